@@ -1,0 +1,124 @@
+"""(op, layout, backend) -> kernel factory, with lazy backend import.
+
+A *kernel factory* is called once per node when a session plans:
+
+    factory(attrs: dict, weights: dict[int, PackedTensor]) -> run
+
+``attrs`` are the node's attributes with the op's defaults filled in; ``weights`` are the
+node's initializer inputs by input position (so a backend can repack them once, at load).
+``run(*inputs)`` takes every input of the node in order (numpy arrays; for a ``dense``
+initializer its array, for other layouts the PackedTensor; None for an absent optional input)
+and returns a tuple of output arrays. ``run`` is what the session calls on every inference.
+
+A backend is a package (kernels/reference, kernels/numba_cpu, ...) whose import registers its
+kernels with ``@register``. It may define ``probe() -> str | None`` returning why it cannot run
+here (no GPU, CPU lacks an ISA...). Importing a backend is deferred until someone asks for it,
+so a missing optional dependency only makes that backend unavailable, with the reason.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable
+
+BACKENDS = ("reference", "numba", "native", "triton", "cupy")
+# Preference order for backend="auto": fastest first. A node falls back along this list to
+# the first backend that has a kernel for its (op, layout); "reference" has every one.
+AUTO_ORDER = ("native", "numba", "reference")
+
+_MODULES = {
+    "reference": "kernels.reference",
+    "numba": "kernels.numba_cpu",
+    "native": "kernels.native_cpu",
+    "triton": "kernels.triton_gpu",
+    "cupy": "kernels.cupy_gpu",
+}
+
+KernelFactory = Callable[[dict, dict], Callable[..., tuple]]
+
+_KERNELS: dict[tuple[str, str, str], KernelFactory] = {}
+_STATUS: dict[str, str | None] = {}   # backend -> None (usable) or the reason it is not
+
+
+class KernelNotFound(LookupError):
+    pass
+
+
+def register(op: str, backend: str, layout: str = "dense") -> Callable[[KernelFactory], KernelFactory]:
+    """Decorator: register ``factory`` as the kernel for (op, layout, backend)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
+
+    def deco(factory: KernelFactory) -> KernelFactory:
+        key = (op, layout, backend)
+        if key in _KERNELS:
+            raise ValueError(f"kernel {key} registered twice")
+        _KERNELS[key] = factory
+        return factory
+    return deco
+
+
+def backend_status(backend: str) -> str | None:
+    """None if ``backend`` is usable here, else a one-line reason. Imports it on first call."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+    if backend not in _STATUS:
+        _STATUS[backend] = _load(backend)
+    return _STATUS[backend]
+
+
+def _load(backend: str) -> str | None:
+    try:
+        mod = importlib.import_module(_MODULES[backend])
+    except ModuleNotFoundError as e:
+        if e.name and _MODULES[backend].startswith(e.name):
+            return "no kernels for this backend yet (its package is not part of this build)"
+        return f"import failed: {e}"
+    except Exception as e:  # a broken optional dependency must not break qrt
+        return f"import failed: {type(e).__name__}: {e}"
+    probe = getattr(mod, "probe", None)
+    if probe is not None:
+        try:
+            reason = probe()
+        except Exception as e:
+            reason = f"probe failed: {type(e).__name__}: {e}"
+        if reason:
+            return reason
+    if not any(k[2] == backend for k in _KERNELS):
+        return "no kernels registered yet"
+    return None
+
+
+def available_backends() -> dict[str, str | None]:
+    """Every backend name -> None if usable here, else the reason it is not."""
+    return {b: backend_status(b) for b in BACKENDS}
+
+
+def has_kernel(op: str, layout: str, backend: str) -> bool:
+    return backend_status(backend) is None and (op, layout, backend) in _KERNELS
+
+
+def lookup(op: str, layout: str, backend: str) -> KernelFactory:
+    reason = backend_status(backend)
+    if reason is not None:
+        raise KernelNotFound(f"backend {backend!r} is unavailable: {reason}")
+    try:
+        return _KERNELS[(op, layout, backend)]
+    except KeyError:
+        have = sorted(b for (o, l, b) in _KERNELS if o == op and l == layout)
+        raise KernelNotFound(f"backend {backend!r} has no kernel for op {op!r} with layout {layout!r}"
+                             f" (backends that have one: {', '.join(have) or 'none'})") from None
+
+
+def kernels(backend: str | None = None) -> list[tuple[str, str, str]]:
+    """Registered (op, layout, backend) keys, for inspection and tests."""
+    if backend is not None:
+        backend_status(backend)
+    return sorted(k for k in _KERNELS if backend is None or k[2] == backend)
+
+
+def fill_attrs(op: str, attrs: dict[str, Any]) -> dict[str, Any]:
+    """The node's attributes with the op's defaults for those it does not set."""
+    from runtime.ops import op_spec
+    out = dict(op_spec(op).attrs)
+    out.update(attrs)
+    return out
