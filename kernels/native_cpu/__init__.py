@@ -1,0 +1,145 @@
+"""Native CPU backend: the Python side of the pybind11 module built from csrc/.
+
+The compiled module is ``kernels.native_cpu._native`` (csrc/bindings.cpp). It is optional:
+setup.py skips it with a warning when there is no compiler, and then this package still
+imports, :func:`probe` says why the backend is unusable, and :func:`cpu_features` answers
+from /proc/cpuinfo instead.
+
+The extension is built for baseline x86-64 (no -march=native), so kernels that need AVX2,
+AVX-512, VNNI or AMX must be picked at run time on :func:`cpu_features`.
+
+This module imports nothing heavy (no numpy): the registry imports it just to ask probe().
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+import platform
+from types import ModuleType
+
+# The feature names, in the order the extension reports them. They are the Linux
+# /proc/cpuinfo flag names, so both sources can be compared key by key.
+FEATURES = (
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512dq",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512_bf16",
+    "amx_int8",
+)
+
+# feature -> /proc/cpuinfo flag. The identity today; kept as a table so that a kernel
+# renaming a flag is a one-line change here, not a hunt through the dispatch code.
+_CPUINFO_FLAG = {name: name for name in FEATURES}
+
+_CPUINFO = "/proc/cpuinfo"
+
+# Not named `_native`: a package attribute of that name would shadow the submodule, and
+# `from . import _native` would return it instead of importing the extension.
+_EXTENSION = f"{__name__}._native"
+_ext: ModuleType | None = None
+_ext_error: str | None = None
+_ext_tried = False
+
+
+def _load_native() -> ModuleType | None:
+    """Import the compiled module once; remember why it failed, if it did."""
+    global _ext, _ext_error, _ext_tried
+    if not _ext_tried:
+        _ext_tried = True
+        try:
+            _ext = importlib.import_module(_EXTENSION)
+        except ImportError as e:
+            # ImportError covers both "never built" (ModuleNotFoundError) and a built .so that
+            # the loader rejects (wrong Python ABI, missing libstdc++ symbol).
+            _ext_error = str(e) or type(e).__name__
+    return _ext
+
+
+def probe() -> str | None:
+    """Why the native backend cannot run here, or None if the extension imports.
+
+    Called by kernels.registry; whether any native kernel is registered is the registry's
+    own check.
+    """
+    if _load_native() is None:
+        return f"extension not built: {_ext_error}"
+    return None
+
+
+def cpu_features() -> dict[str, bool]:
+    """ISA features of this CPU that the OS has enabled, as {name: bool} for every FEATURES name.
+
+    From the extension (cpuid + xgetbv) when it is built, else from /proc/cpuinfo flags
+    (Linux; the kernel hides flags whose register state it does not enable, so both sources
+    mean "usable"), else all False.
+    """
+    return dict(_cpu_features_cached())
+
+
+def cpu_features_source() -> str:
+    """Where cpu_features() gets its answer: "native", "/proc/cpuinfo" or "none"."""
+    if _load_native() is not None:
+        return "native"
+    if _read_cpuinfo() is not None:
+        return _CPUINFO
+    return "none"
+
+
+def cpu_brand() -> str:
+    """The CPU model name, e.g. "AMD EPYC 7B13 64-Core Processor"."""
+    mod = _load_native()
+    if mod is not None:
+        return mod.cpu_brand()
+    text = _read_cpuinfo()
+    if text is not None:
+        for line in text.splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("model name", "Model", "cpu model"):
+                return value.strip()
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def build_info() -> dict | None:
+    """Compiler, C++ standard and pybind11 version of the extension; None if not built."""
+    mod = _load_native()
+    return None if mod is None else dict(mod.build_info())
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_features_cached() -> tuple[tuple[str, bool], ...]:
+    # The CPU does not change under a running process: probe once.
+    mod = _load_native()
+    if mod is not None:
+        found = mod.cpu_features()
+        return tuple((name, bool(found.get(name, False))) for name in FEATURES)
+    text = _read_cpuinfo()
+    found = _features_from_cpuinfo(text) if text is not None else {}
+    return tuple((name, found.get(name, False)) for name in FEATURES)
+
+
+def _read_cpuinfo() -> str | None:
+    try:
+        with open(_CPUINFO, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def _features_from_cpuinfo(text: str) -> dict[str, bool]:
+    """Parse /proc/cpuinfo text. Uses the first "flags" line: every core of a machine
+    reports the same ISA flags (hybrid Intel parts disable AVX-512 on all cores alike)."""
+    flags: set[str] = set()
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() == "flags":
+            flags = set(value.split())
+            break
+    return {name: _CPUINFO_FLAG[name] in flags for name in FEATURES}
