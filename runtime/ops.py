@@ -43,7 +43,8 @@ _VARIADIC = 1 << 16
 _SPECS = [
     # --- element-wise, numpy broadcasting -------------------------------------------------
     *[_spec(n, 2) for n in ("Add", "Sub", "Mul", "Div", "Pow", "Equal", "Greater",
-                            "GreaterOrEqual", "Less", "LessOrEqual", "And", "Or", "Xor", "Mod")],
+                            "GreaterOrEqual", "Less", "LessOrEqual", "And", "Or", "Xor")],
+    _spec("Mod", 2, attrs={"fmod": 0}),
     *[_spec(n, (1, _VARIADIC)) for n in ("Max", "Min", "Sum")],
     *[_spec(n, 1) for n in ("Sqrt", "Neg", "Abs", "Exp", "Log", "Erf", "Relu", "Sigmoid",
                             "Tanh", "Not", "Reciprocal", "Floor", "Ceil", "Identity")],
