@@ -132,6 +132,10 @@ class Graph:
                 raise GraphError(f"value {v.name!r} is defined twice ({seen[v.name]} and graph input)")
             seen[v.name] = "graph input"
         for name, t in self.initializers.items():
+            # '::' may appear (ONNX names like 'onnx::Conv_43'): file tensor names stay unique
+            # because field names never contain '::' (see file_tensor_name)
+            if not isinstance(name, str) or not name or not _NAME_OK.match(name):
+                raise GraphError(f"initializer has an invalid name {name!r} (non-empty, no control characters)")
             if name in seen:
                 raise GraphError(f"initializer {name!r} has the same name as a {seen[name]}")
             seen[name] = "initializer"
@@ -211,7 +215,9 @@ _NAME_OK = re.compile(r"^[^\x00-\x1f]+$")
 
 
 def file_tensor_name(initializer: str, field_name: str) -> str:
-    """Name of the file tensor holding ``field_name`` of an initializer."""
+    """Name of the file tensor holding ``field_name`` of an initializer. Unique per (initializer,
+    field) because layout field names never contain '::' (the part after the last '::' is the
+    field)."""
     return f"{initializer}::{field_name}"
 
 

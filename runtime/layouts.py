@@ -92,7 +92,7 @@ def layout_spec(name: str) -> LayoutSpec:
 
 def dense_tensor(name: str, array: np.ndarray) -> PackedTensor:
     """Wrap a numpy array as a ``dense`` initializer (C-contiguous copy if needed)."""
-    array = np.ascontiguousarray(array)
+    array = np.asarray(array, order="C")  # (ascontiguousarray would turn 0-d into (1,))
     if str(array.dtype) not in DTYPES:
         raise ValueError(f"initializer {name!r}: dtype {array.dtype} is not storable; allowed: {DTYPES}")
     return PackedTensor(name, "dense", str(array.dtype), tuple(int(d) for d in array.shape), {"data": array})

@@ -1,0 +1,227 @@
+"""InferenceSession: load a .qrt file, plan once, run many times.
+
+Shaped like onnxruntime.InferenceSession so users can swap one for the other:
+``sess.run(output_names_or_None, {input_name: array}) -> list[np.ndarray]``,
+``get_inputs()`` / ``get_outputs()`` returning objects with ``name``, ``shape`` and ``type``.
+
+Planning (once, at load): every value gets an integer slot; constants are put in their slots
+once; each node becomes a step ``(run, input_slots, output_slots, slots_to_free)`` where
+``run`` is the kernel the registry prepared for that node (weights packed there, attributes
+bound there). ``run()`` is then a loop over steps with no dict lookups, no attribute
+handling and no kernel choice; a slot is cleared right after its last reader so memory of
+intermediate activations is released as early as possible.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from kernels import registry
+from .graph import Graph, Value
+
+# onnxruntime's type strings, so code written against onnxruntime's NodeArg keeps working.
+_ORT_TYPE = {"float32": "tensor(float)", "float16": "tensor(float16)", "float64": "tensor(double)",
+             "int8": "tensor(int8)", "uint8": "tensor(uint8)", "int16": "tensor(int16)",
+             "uint16": "tensor(uint16)", "int32": "tensor(int32)", "uint32": "tensor(uint32)",
+             "int64": "tensor(int64)", "uint64": "tensor(uint64)", "bool": "tensor(bool)"}
+
+
+@dataclass(frozen=True)
+class NodeArg:
+    """A model input or output: ``shape`` entries are ints, symbolic names (str) or None."""
+    name: str
+    shape: list
+    dtype: str
+
+    @property
+    def type(self) -> str:
+        return _ORT_TYPE.get(self.dtype, f"tensor({self.dtype})")
+
+
+@dataclass(frozen=True)
+class PlannedNode:
+    """What the planner chose for one node (for `qrt inspect`, profiling and tests)."""
+    name: str
+    op: str
+    layout: str
+    backend: str
+
+
+class InferenceSession:
+    """Run a qrt model.
+
+    model:   path to a .qrt file, or a runtime.graph.Graph (e.g. straight from convert).
+    backend: "auto" (fastest available kernel per node), or one of
+             runtime.available_backends(); an explicit backend that is unavailable here is
+             refused with the reason. Ops the chosen backend has no kernel for run on the
+             reference kernels, and ``plan`` says so node by node.
+    threads: worker threads for backends that parallelise (None: all cores).
+    """
+
+    def __init__(self, model: str | os.PathLike | Graph, backend: str = "auto", *, threads: int | None = None):
+        if isinstance(model, Graph):
+            graph = model
+            graph.validate()
+        else:
+            from .format import load
+            graph = load(model)
+        if threads is not None and (not isinstance(threads, int) or threads < 1):
+            raise ValueError(f"threads must be a positive int or None, got {threads!r}")
+        self.threads = threads or os.cpu_count() or 1
+        self.backend = _check_backend(backend)
+        self._graph = graph
+        self._inputs = [NodeArg(v.name, list(v.shape) if v.shape is not None else [], v.dtype) for v in graph.inputs]
+        self._outputs = [NodeArg(v.name, list(v.shape) if v.shape is not None else [], v.dtype) for v in graph.outputs]
+        self._input_values = list(graph.inputs)
+        self._plan(graph)
+
+    # --- onnxruntime-shaped API -----------------------------------------------------------
+    def get_inputs(self) -> list[NodeArg]:
+        return list(self._inputs)
+
+    def get_outputs(self) -> list[NodeArg]:
+        return list(self._outputs)
+
+    @property
+    def plan(self) -> list[PlannedNode]:
+        return list(self._planned)
+
+    def run(self, output_names: Sequence[str] | None, input_feed: Mapping[str, Any],
+            run_options: Any = None) -> list[np.ndarray]:
+        """Run the model; returns the requested outputs (all when output_names is None)."""
+        if output_names is None:
+            out_slots = self._default_out_slots
+        else:
+            out_slots = [self._output_slot(n) for n in output_names]
+        env = list(self._template)
+        for slot, array in self._check_feeds(input_feed):
+            env[slot] = array
+        for run, ins, outs, frees in self._steps:
+            results = run(*[env[i] for i in ins])
+            for s, r in zip(outs, results):
+                env[s] = r
+            for s in frees:
+                env[s] = None
+        return [np.asarray(env[s]) for s in out_slots]
+
+    # --- planning -------------------------------------------------------------------------
+    def _plan(self, graph: Graph) -> None:
+        slots: dict[str, int] = {"": 0}          # slot 0 always holds None (absent input)
+        template: list[Any] = [None]
+
+        def slot(name: str) -> int:
+            if name not in slots:
+                slots[name] = len(template)
+                template.append(None)
+            return slots[name]
+
+        self._input_slots = [(v, slot(v.name)) for v in graph.inputs]
+        constant_slots = set()
+        for name, t in graph.initializers.items():
+            s = slot(name)
+            template[s] = t.fields["data"] if t.layout == "dense" else t
+            constant_slots.add(s)
+        output_names = {v.name for v in graph.outputs}
+
+        last_use: dict[int, int] = {}
+        raw_steps = []
+        self._planned = []
+        for k, node in enumerate(graph.nodes):
+            layout = graph.weight_layout(node)
+            backend = self._choose_backend(node.op, layout)
+            factory = registry.lookup(node.op, layout, backend)
+            run = factory(registry.fill_attrs(node.op, node.attrs), graph.weights_of(node))
+            ins = tuple(slot(i) for i in node.inputs)
+            outs = tuple(slot(o) for o in node.outputs)
+            for s in ins:
+                last_use[s] = k
+            raw_steps.append((run, ins, outs))
+            self._planned.append(PlannedNode(node.name, node.op, layout, backend))
+
+        keep = constant_slots | {slots[o] for o in output_names} | {0}
+        frees_at: dict[int, list[int]] = {}
+        for s, k in last_use.items():
+            if s not in keep:
+                frees_at.setdefault(k, []).append(s)
+        # outputs nobody reads (e.g. unused Split parts) are dropped right after their node
+        for k, (_, _, outs) in enumerate(raw_steps):
+            for s in outs:
+                if s not in last_use and s not in keep:
+                    frees_at.setdefault(k, []).append(s)
+        self._steps = [(run, ins, outs, tuple(frees_at.get(k, ()))) for k, (run, ins, outs) in enumerate(raw_steps)]
+        self._template = template
+        self._slots = slots
+        self._default_out_slots = [slots[v.name] for v in graph.outputs]
+
+    def _choose_backend(self, op: str, layout: str) -> str:
+        candidates = registry.AUTO_ORDER if self.backend == "auto" else (self.backend, "reference")
+        for b in candidates:
+            if registry.has_kernel(op, layout, b):
+                return b
+        raise ValueError(f"no available backend has a kernel for op {op!r} with layout {layout!r} "
+                         f"(tried {', '.join(candidates)})")
+
+    def _output_slot(self, name: str) -> int:
+        if name not in self._slots or name not in {o.name for o in self._outputs}:
+            raise ValueError(f"unknown output {name!r}; the model's outputs are: "
+                             f"{', '.join(o.name for o in self._outputs)}")
+        return self._slots[name]
+
+    # --- feed validation ------------------------------------------------------------------
+    def _check_feeds(self, feeds: Mapping[str, Any]) -> Iterable[tuple[int, np.ndarray]]:
+        if not isinstance(feeds, Mapping):
+            raise TypeError(f"input_feed must be a dict of input name -> array, got {type(feeds).__name__}")
+        expected = {v.name for v in self._input_values}
+        unknown = [k for k in feeds if k not in expected]
+        if unknown:
+            raise ValueError(f"unknown input {unknown[0]!r}; the model's inputs are: {', '.join(sorted(expected))}")
+        symbols: dict[str, tuple[int, str]] = {}
+        checked = []
+        for v, slot in self._input_slots:
+            if v.name not in feeds:
+                raise ValueError(f"missing input {v.name!r} (expected {v.dtype} with shape {_fmt_shape(v.shape)})")
+            a = feeds[v.name]
+            if not isinstance(a, np.ndarray):
+                a = np.asarray(a)
+            if str(a.dtype) != v.dtype:
+                raise ValueError(f"input {v.name!r}: expected dtype {v.dtype}, got {a.dtype}")
+            _check_shape(v, a.shape, symbols)
+            checked.append((slot, np.ascontiguousarray(a)))
+        return checked
+
+
+def _check_backend(backend: str) -> str:
+    if backend == "auto":
+        return backend
+    if backend not in registry.BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; expected 'auto' or one of {', '.join(registry.BACKENDS)}")
+    reason = registry.backend_status(backend)
+    if reason is not None:
+        raise ValueError(f"backend {backend!r} is unavailable here: {reason}")
+    return backend
+
+
+def _fmt_shape(shape) -> str:
+    if shape is None:
+        return "(any)"
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+
+
+def _check_shape(v: Value, got: tuple, symbols: dict[str, tuple[int, str]]) -> None:
+    if v.shape is None:
+        return
+    if len(got) != len(v.shape):
+        raise ValueError(f"input {v.name!r}: expected rank {len(v.shape)} (shape {_fmt_shape(v.shape)}), "
+                         f"got rank {len(got)} (shape {list(got)})")
+    for axis, (want, have) in enumerate(zip(v.shape, got)):
+        if isinstance(want, int) and want != have:
+            raise ValueError(f"input {v.name!r}: dimension {axis} must be {want} (shape {_fmt_shape(v.shape)}), "
+                             f"got {have} (shape {list(got)})")
+        if isinstance(want, str):
+            seen = symbols.setdefault(want, (have, v.name))
+            if seen[0] != have:
+                raise ValueError(f"input {v.name!r}: dimension {axis} ({want!r}) is {have}, but input "
+                                 f"{seen[1]!r} has {want!r} = {seen[0]}")
