@@ -66,14 +66,22 @@ def backend_status(backend: str) -> str | None:
     return _STATUS[backend]
 
 
+def _forget(backend: str) -> None:
+    """Drop kernels a backend registered before its import failed half-way."""
+    for key in [k for k in _KERNELS if k[2] == backend]:
+        del _KERNELS[key]
+
+
 def _load(backend: str) -> str | None:
     try:
         mod = importlib.import_module(_MODULES[backend])
     except ModuleNotFoundError as e:
+        _forget(backend)
         if e.name and _MODULES[backend].startswith(e.name):
             return "no kernels for this backend yet (its package is not part of this build)"
         return f"import failed: {e}"
     except Exception as e:  # a broken optional dependency must not break qrt
+        _forget(backend)
         return f"import failed: {type(e).__name__}: {e}"
     probe = getattr(mod, "probe", None)
     if probe is not None:
@@ -82,6 +90,7 @@ def _load(backend: str) -> str | None:
         except Exception as e:
             reason = f"probe failed: {type(e).__name__}: {e}"
         if reason:
+            _forget(backend)
             return reason
     if not any(k[2] == backend for k in _KERNELS):
         return "no kernels registered yet"

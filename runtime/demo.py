@@ -132,7 +132,7 @@ def run_demo(keep_dir: str | None = None, seed: int = 0) -> int:
             lat1 = _latency_ms(lambda: fn(one), 200)
             latn = _latency_ms(lambda: fn(x_te), 30)
             rows.append([name, precision, f"{nbytes / 1024:.1f}" if nbytes else "-", f"{acc * 100:.2f}",
-                         f"{agree * 100:.1f}", f"{err:.1e}", f"{lat1:.3f}", f"{len(x_te) / latn * 1e-3:.1f}"])
+                         f"{agree * 100:.1f}", f"{err:.1e}", f"{lat1:.3f}", f"{len(x_te) / latn:.0f}"])
         from .cli import _table
         print()
         print(_table(rows, ["runtime", "weights", "KiB", "accuracy %", "agrees w/ sklearn %",

@@ -295,10 +295,21 @@ def _simplify(graph: Graph, consts: dict[str, np.ndarray], inferred: dict[str, t
     out_names = {v.name for v in graph.outputs}
     static_shapes = {v.name: v.shape for v in graph.inputs if _is_static(v.shape)}
     static_shapes.update({k: s for k, s in inferred.items() if _is_static(s)})
+    in_names = {v.name for v in graph.inputs}
+    producers = graph.producers()
     kept: list[Node] = []
     for n in graph.nodes:
         if n.op == "Identity" and n.outputs[0] not in out_names:
             _rename(graph, n.outputs[0], n.inputs[0])
+            continue
+        src = n.inputs[0] if n.op == "Identity" else None
+        if src and src in producers and src not in out_names and src not in in_names and src not in consts:
+            # Identity onto a graph output (exporters' Dropout/Identity tails): let the
+            # producer write the graph output directly
+            p = producers[src]
+            p.outputs = [n.outputs[0] if o == src else o for o in p.outputs]
+            _rename(graph, src, n.outputs[0])
+            producers[n.outputs[0]] = p
             continue
         if n.op == "Shape" and n.inputs[0] in static_shapes:
             full = np.array(static_shapes[n.inputs[0]], np.int64)

@@ -1,0 +1,207 @@
+"""ONNX importer: opset and op checks, constant and shape folding, fusions.
+
+Each fusion test builds the exporter's op-by-op form with onnx.helper, checks the fused op
+is what the IR holds, and checks the result against onnxruntime on the same model.
+"""
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+from onnx import TensorProto, helper, numpy_helper
+
+import runtime
+from runtime.convert import from_onnx
+from runtime.errors import UnsupportedModelError
+
+ort = pytest.importorskip("onnxruntime")
+
+FP32_REL_TOL = 1e-4  # same bound as the model equivalence tests (see there for why)
+
+rng = np.random.default_rng(0)
+
+
+def make_model(nodes, inputs, outputs, inits=(), opset=17):
+    g = helper.make_graph(nodes, "m", inputs, outputs, list(inits))
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)]).SerializeToString()
+
+
+def f32(name, shape):
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+
+
+def const(name, array):
+    return numpy_helper.from_array(np.asarray(array), name)
+
+
+def check_against_ort(data: bytes, feeds: dict) -> runtime.graph.Graph:
+    graph = from_onnx(data)
+    got = runtime.InferenceSession(graph).run(None, feeds)
+    want = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, feeds)
+    for g, w in zip(got, want):
+        assert g.shape == w.shape and g.dtype == w.dtype
+        assert np.linalg.norm(g - w) <= FP32_REL_TOL * max(np.linalg.norm(w), 1e-30)
+    return graph
+
+
+def test_unsupported_ops_are_all_listed():
+    nodes = [helper.make_node("Det", ["x"], ["d"], name="det_a"),
+             helper.make_node("Det", ["x"], ["d2"], name="det_b"),
+             helper.make_node("Hardmax", ["x"], ["h"], name="hard_1"),
+             helper.make_node("Relu", ["x"], ["y"], name="ok")]
+    data = make_model(nodes, [f32("x", [3, 3])], [f32("y", [3, 3]), f32("d", []), f32("d2", []), f32("h", [3, 3])])
+    with pytest.raises(UnsupportedModelError) as e:
+        from_onnx(data)
+    msg = str(e.value)
+    assert "2 unsupported op type(s)" in msg
+    assert "Det: det_a, det_b" in msg and "Hardmax: hard_1" in msg and "Relu" not in msg
+
+
+@pytest.mark.parametrize("opset", [12, 22])
+def test_opset_outside_supported_range_is_refused(opset):
+    data = make_model([helper.make_node("Relu", ["x"], ["y"])], [f32("x", [2])], [f32("y", [2])], opset=opset)
+    with pytest.raises(UnsupportedModelError, match=f"opset {opset}; qrt imports opsets 13 to 21"):
+        from_onnx(data)
+
+
+@pytest.mark.parametrize("opset", [13, 21])
+def test_opset_bounds_are_accepted(opset):
+    data = make_model([helper.make_node("Relu", ["x"], ["y"])], [f32("x", [2])], [f32("y", [2])], opset=opset)
+    check_against_ort(data, {"x": rng.standard_normal(2, dtype=np.float32)})
+
+
+@pytest.mark.parametrize("trans_b,alpha,beta", [(1, 1.0, 1.0), (0, 0.5, 2.0)])
+def test_gemm_with_constant_weight_becomes_linear(trans_b, alpha, beta):
+    w = rng.standard_normal((6, 5) if trans_b else (5, 6), dtype=np.float32)
+    c = rng.standard_normal(6, dtype=np.float32)
+    data = make_model([helper.make_node("Gemm", ["x", "w", "c"], ["y"], transB=trans_b, alpha=alpha, beta=beta)],
+                      [f32("x", ["batch", 5])], [f32("y", ["batch", 6])], [const("w", w), const("c", c)])
+    graph = check_against_ort(data, {"x": rng.standard_normal((3, 5), dtype=np.float32)})
+    (node,) = graph.nodes
+    assert node.op == "Linear" and graph.initializers[node.inputs[1]].shape == (6, 5)
+
+
+def test_matmul_add_becomes_linear_with_bias_either_side():
+    w = rng.standard_normal((5, 6), dtype=np.float32)
+    b = rng.standard_normal(6, dtype=np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Add", ["b", "m"], ["y"])]
+    data = make_model(nodes, [f32("x", ["batch", "seq", 5])], [f32("y", ["batch", "seq", 6])],
+                      [const("w", w), const("b", b)])
+    graph = check_against_ort(data, {"x": rng.standard_normal((2, 3, 5), dtype=np.float32)})
+    assert [n.op for n in graph.nodes] == ["Linear"] and len(graph.nodes[0].inputs) == 3
+
+
+# the three ways exporters associate 0.5 * x * (1 + erf(x / sqrt(2)))
+GELU_FORMS = {
+    "x*(1+erf)*0.5": [("Mul", ["x", "e1"], "m"), ("Mul", ["m", "half"], "y")],
+    "x*((1+erf)*0.5)": [("Mul", ["e1", "half"], "m"), ("Mul", ["x", "m"], "y")],
+    "(x*0.5)*(1+erf)": [("Mul", ["x", "half"], "m"), ("Mul", ["m", "e1"], "y")],
+}
+
+
+@pytest.mark.parametrize("form", sorted(GELU_FORMS))
+@pytest.mark.parametrize("scale_op", ["Div", "Mul"])
+def test_erf_gelu_is_fused(form, scale_op):
+    c = np.float32(np.sqrt(2.0) if scale_op == "Div" else 1 / np.sqrt(2.0))
+    nodes = [helper.make_node(scale_op, ["x", "c"], ["s"]), helper.make_node("Erf", ["s"], ["e"]),
+             helper.make_node("Add", ["e", "one"], ["e1"])]
+    nodes += [helper.make_node(op, ins, [out]) for op, ins, out in GELU_FORMS[form]]
+    data = make_model(nodes, [f32("x", ["n", 7])], [f32("y", ["n", 7])],
+                      [const("c", c), const("one", np.float32(1)), const("half", np.float32(0.5))])
+    graph = check_against_ort(data, {"x": 3 * rng.standard_normal((4, 7), dtype=np.float32)})
+    assert [n.op for n in graph.nodes] == ["Gelu"]
+
+
+def test_erf_not_fused_when_intermediate_is_reused():
+    """If another node reads 1 + erf, fusing would drop a value someone needs."""
+    nodes = [helper.make_node("Div", ["x", "c"], ["s"]), helper.make_node("Erf", ["s"], ["e"]),
+             helper.make_node("Add", ["e", "one"], ["e1"]), helper.make_node("Mul", ["x", "e1"], ["m"]),
+             helper.make_node("Mul", ["m", "half"], ["y"]), helper.make_node("Relu", ["e1"], ["z"])]
+    data = make_model(nodes, [f32("x", [4, 7])], [f32("y", [4, 7]), f32("z", [4, 7])],
+                      [const("c", np.float32(np.sqrt(2))), const("one", np.float32(1)), const("half", np.float32(0.5))])
+    graph = check_against_ort(data, {"x": rng.standard_normal((4, 7), dtype=np.float32)})
+    assert "Gelu" not in [n.op for n in graph.nodes]
+
+
+def test_constant_subgraphs_and_identities_fold():
+    nodes = [helper.make_node("Add", ["a", "b"], ["ab"]), helper.make_node("Sqrt", ["ab"], ["r"]),
+             helper.make_node("Identity", ["x"], ["xi"]), helper.make_node("Mul", ["xi", "r"], ["y"]),
+             helper.make_node("Dropout", ["y"], ["yd"])]
+    data = make_model(nodes, [f32("x", [3])], [f32("yd", [3])],
+                      [const("a", np.float32([1, 2, 3])), const("b", np.float32([3, 2, 1]))])
+    graph = check_against_ort(data, {"x": rng.standard_normal(3, dtype=np.float32)})
+    assert [n.op for n in graph.nodes] == ["Mul"]
+
+
+def _reshape_model(batch, seq):
+    """x (batch, seq, 12) -> view(batch, seq, 3, 4) through a Shape/Gather/Concat chain."""
+    nodes = [helper.make_node("Shape", ["x"], ["s"]),
+             helper.make_node("Gather", ["s", "i0"], ["b"], axis=0),
+             helper.make_node("Gather", ["s", "i1"], ["t"], axis=0),
+             helper.make_node("Unsqueeze", ["b", "ax"], ["b1"]),
+             helper.make_node("Unsqueeze", ["t", "ax"], ["t1"]),
+             helper.make_node("Concat", ["b1", "t1", "tail"], ["shape"], axis=0),
+             helper.make_node("Reshape", ["x", "shape"], ["r"]),
+             helper.make_node("Transpose", ["r"], ["y"], perm=[0, 2, 1, 3])]
+    inits = [const("i0", np.int64(0)), const("i1", np.int64(1)), const("ax", np.int64([0])),
+             const("tail", np.int64([3, 4]))]
+    return make_model(nodes, [f32("x", [batch, seq, 12])], [f32("y", [batch, 3, seq, 4])], inits)
+
+
+def test_shape_chain_on_symbolic_dims_folds_to_constant_reshape():
+    data = _reshape_model("batch", "seq")
+    graph = check_against_ort(data, {"x": rng.standard_normal((2, 5, 12), dtype=np.float32)})
+    assert [n.op for n in graph.nodes] == ["Reshape", "Transpose"]
+    target = graph.initializers[graph.nodes[0].inputs[1]].to_dense()
+    assert target.tolist() == [0, 0, 3, 4]
+    # still right at other sizes: the folded target copies batch and seq from the input
+    sess = runtime.InferenceSession(graph)
+    x = rng.standard_normal((3, 9, 12), dtype=np.float32)
+    np.testing.assert_array_equal(sess.run(None, {"x": x})[0], x.reshape(3, 9, 3, 4).transpose(0, 2, 1, 3))
+
+
+def test_shape_chain_on_static_dims_folds_away():
+    graph = check_against_ort(_reshape_model(2, 5), {"x": rng.standard_normal((2, 5, 12), dtype=np.float32)})
+    assert [n.op for n in graph.nodes] == ["Reshape", "Transpose"]
+    assert graph.initializers[graph.nodes[0].inputs[1]].to_dense().tolist() in ([2, 5, 3, 4], [0, 0, 3, 4])
+
+
+def test_runtime_shape_ops_still_work_when_not_foldable():
+    """Range over a dynamic length cannot fold; it runs as a shape op at run time."""
+    nodes = [helper.make_node("Shape", ["x"], ["s"], start=1, end=2),
+             helper.make_node("Squeeze", ["s"], ["n"]),
+             helper.make_node("Range", ["zero", "n", "one"], ["r"]),
+             helper.make_node("Cast", ["r"], ["rf"], to=TensorProto.FLOAT),
+             helper.make_node("Add", ["x", "rf"], ["y"])]
+    data = make_model(nodes, [f32("x", ["b", "n"])], [f32("y", ["b", "n"])],
+                      [const("zero", np.int64(0)), const("one", np.int64(1))])
+    for shape in [(1, 1), (2, 6)]:
+        check_against_ort(data, {"x": rng.standard_normal(shape, dtype=np.float32)})
+
+
+def test_conv_batchnorm_is_folded():
+    w = rng.standard_normal((4, 3, 3, 3), dtype=np.float32)
+    bn = [rng.standard_normal(4, dtype=np.float32) for _ in range(3)] + [rng.random(4, dtype=np.float32) + 0.5]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["c", "g", "b", "m", "v"], ["y"], epsilon=1e-3)]
+    data = make_model(nodes, [f32("x", ["n", 3, 8, 8])], [f32("y", ["n", 4, 8, 8])],
+                      [const("w", w)] + [const(k, a) for k, a in zip("gbmv", bn)])
+    graph = check_against_ort(data, {"x": rng.standard_normal((2, 3, 8, 8), dtype=np.float32)})
+    assert [n.op for n in graph.nodes] == ["Conv"]
+
+
+def test_layer_norm_decomposed_is_fused():
+    g, b = rng.standard_normal(8, dtype=np.float32), rng.standard_normal(8, dtype=np.float32)
+    nodes = [helper.make_node("ReduceMean", ["x"], ["mu"], axes=[-1]),
+             helper.make_node("Sub", ["x", "mu"], ["d"]),
+             helper.make_node("Pow", ["d", "two"], ["d2"]),
+             helper.make_node("ReduceMean", ["d2"], ["var"], axes=[-1]),
+             helper.make_node("Add", ["var", "eps"], ["ve"]),
+             helper.make_node("Sqrt", ["ve"], ["sd"]),
+             helper.make_node("Div", ["d", "sd"], ["z"]),
+             helper.make_node("Mul", ["z", "g"], ["zg"]),
+             helper.make_node("Add", ["zg", "b"], ["y"])]
+    data = make_model(nodes, [f32("x", ["n", 8])], [f32("y", ["n", 8])],
+                      [const("two", np.float32(2)), const("eps", np.float32(1e-5)), const("g", g), const("b", b)],
+                      opset=13)
+    graph = check_against_ort(data, {"x": rng.standard_normal((5, 8), dtype=np.float32)})
+    assert [n.op for n in graph.nodes] == ["LayerNormalization"]
