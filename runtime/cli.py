@@ -10,7 +10,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -87,26 +86,14 @@ def _parser() -> argparse.ArgumentParser:
 # ------------------------------------------------------------------------------ helpers --
 
 def atomic_write(path: str | os.PathLike, write) -> None:
-    """Call write(file_object) on a temporary file beside ``path``, then rename it onto path;
-    on any failure remove the temporary file so no partial output is left."""
+    """format.atomic_write, after checking the output path is usable (one-line errors)."""
+    from .format import atomic_write as _atomic_write
     path = Path(path)
     if path.is_dir():
         raise CliError(f"output {str(path)!r} is a directory")
     if not path.parent.exists():
         raise CliError(f"output directory {str(path.parent)!r} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    _atomic_write(path, write)
 
 
 def _require_file(path: str, what: str) -> Path:
@@ -143,6 +130,8 @@ def _cmd_convert(args) -> int:
     out = Path(args.output)
     if not out.parent.exists():
         raise CliError(f"output directory {str(out.parent)!r} does not exist")
+    if out.is_dir():  # else save()'s rename fails with a message naming its temporary file
+        raise CliError(f"output {str(out)!r} is a directory")
     t0 = time.perf_counter()
     try:
         import onnx
@@ -151,6 +140,9 @@ def _cmd_convert(args) -> int:
         raise CliError("converting needs the onnx package: pip install 'qrt[convert]'") from None
     except Exception as e:
         raise CliError(f"cannot read {str(src)!r} as an ONNX model: {type(e).__name__}: {e}") from None
+    if not model.opset_import and not model.graph.node:
+        # protobuf parses empty (or some non-ONNX) bytes as an empty ModelProto
+        raise CliError(f"{str(src)!r} is not an ONNX model (no graph and no opset)")
     graph = from_onnx(model, name=src.stem)
     save(graph, out)
     dt = time.perf_counter() - t0
@@ -161,8 +153,9 @@ def _cmd_convert(args) -> int:
 
 
 def _describe(path: Path) -> dict:
-    from .format import load
+    from .format import load, read_header
     graph = load(path)
+    file_meta, _ = read_header(path)  # the format version is in the file's metadata, not the graph's
     inits = [{"name": n, "layout": t.layout, "dtype": t.dtype, "shape": list(t.shape),
               "bytes": t.nbytes, "params": t.params} for n, t in graph.initializers.items()]
     nodes = [{"name": n.name, "op": n.op, "layout": graph.weight_layout(n), "inputs": n.inputs,
@@ -174,7 +167,7 @@ def _describe(path: Path) -> dict:
         by_layout[t.layout] = by_layout.get(t.layout, 0) + t.nbytes
     return {
         "file": str(path), "file_bytes": path.stat().st_size, "name": graph.name,
-        "format_version": graph.metadata.get("format_version"),
+        "format_version": int(file_meta["format_version"]),
         "inputs": [v.to_dict() for v in graph.inputs], "outputs": [v.to_dict() for v in graph.outputs],
         "nodes": nodes, "initializers": inits,
         "totals": {"nodes": len(nodes), "initializers": len(inits),
@@ -220,11 +213,15 @@ def _cmd_run(args) -> int:
             raise CliError(f"--input {spec!r}: expected NAME=FILE.npy")
         f = _require_file(file, f"input file for {name!r}")
         try:
-            feeds[name] = np.load(f, allow_pickle=False)
+            with open(f, "rb") as fh:  # a file object, so an .npz given by mistake is closed too
+                feeds[name] = np.load(fh, allow_pickle=False)
+        except ValueError as e:
+            raise CliError(f"cannot read {file!r} as a .npy array (not a .npy file, or it holds "
+                           f"Python objects, which qrt never unpickles): {e}") from None
         except Exception as e:
             raise CliError(f"cannot read {file!r} as a .npy array: {e}") from None
         if not isinstance(feeds[name], np.ndarray):
-            raise CliError(f"{file!r} is not a single .npy array")
+            raise CliError(f"{file!r} is not a single .npy array (an .npz archive? save one array with np.save)")
     if args.output:
         out = Path(args.output)
         if not out.parent.exists():

@@ -86,20 +86,26 @@ class _Malformed(Exception):
 def save(graph: Graph, path: str | os.PathLike) -> None:
     """Write ``graph`` to ``path`` atomically.
 
-    The graph is validated and serialised first (QrtFormatError, nothing touched on disk).
-    Bytes go to a temporary file next to ``path``, which is flushed, fsynced and renamed onto
-    ``path`` with os.replace, so ``path`` is either the old file or the complete new one; on
-    any failure the temporary file is removed and the exception propagates. Processes that
-    have the old file mapped keep reading the old bytes (the rename swaps inodes)."""
-    path = os.fspath(path)
+    The graph is validated and serialised first (QrtFormatError, nothing touched on disk),
+    then written with atomic_write: ``path`` is either the old file or the complete new one.
+    Processes that have the old file mapped keep reading the old bytes (the rename swaps
+    inodes)."""
     header, entries = _encode(graph)
+    atomic_write(path, lambda f: _write(f, header, entries))
+
+
+def atomic_write(path: str | os.PathLike, write) -> None:
+    """Call ``write(binary_file)`` on a temporary file next to ``path``, flush and fsync it,
+    rename it onto ``path`` (os.replace) and fsync the directory. On any failure the temporary
+    file is removed and the exception propagates, so no partial file is ever left."""
+    path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     # os.open with 0o666 lets the umask decide the permissions, like a plain open() would.
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
-            _write(f, header, entries)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -65,7 +65,7 @@ def import_onnx(model: Any, *, name: str | None = None) -> Graph:
     inputs = [_value_from_onnx(v) for v in g.input if v.name not in init_names]
     outputs = [_value_from_onnx(v) for v in g.output]
 
-    b = _Builder(consts, opset)
+    b = _Builder(consts, opset, {v.name for v in outputs})
     for n in g.node:
         b.translate(n, numpy_helper)
 
@@ -161,9 +161,10 @@ def _storable(a: np.ndarray, name: str) -> np.ndarray:
 class _Builder:
     """Translates ONNX nodes into IR nodes; constants live in ``consts`` until the end."""
 
-    def __init__(self, consts: dict[str, np.ndarray], opset: int):
+    def __init__(self, consts: dict[str, np.ndarray], opset: int, graph_outputs: set[str]):
         self.consts = consts
         self.opset = opset
+        self.graph_outputs = graph_outputs
         self.nodes: list[Node] = []
 
     def const(self, name: str, what: str, node) -> np.ndarray:
@@ -183,7 +184,15 @@ class _Builder:
         name = n.name or f"{op}_{len(self.nodes)}"
 
         def emit(op2, inputs, a=None, outputs=None):
-            self.nodes.append(Node(name, op2, list(inputs), list(outputs or outs), a or {}))
+            node = Node(name, op2, list(inputs), list(outputs or outs), a or {})
+            present = [i for i in node.inputs if i]
+            if present and all(i in self.consts for i in present) and not set(node.outputs) & self.graph_outputs:
+                # fold right away, so a later node whose axes/sizes input is computed from
+                # constants (Cast, Concat of Constants...) sees it as a constant
+                for o, v in zip(node.outputs, _evaluate(node, [self.consts[i] if i else None for i in node.inputs])):
+                    self.consts[o] = np.asarray(v)
+            else:
+                self.nodes.append(node)
 
         if op == "Constant":
             self.consts[outs[0]] = _constant_value(n, attrs, numpy_helper)
@@ -277,8 +286,14 @@ def _constant_value(n, attrs: dict, numpy_helper) -> np.ndarray:
 # ----------------------------------------------------------------------- simplifying -----
 
 def _evaluate(node: Node, args: list) -> tuple:
-    factory = registry.lookup(node.op, "dense", "reference")
-    return factory(registry.fill_attrs(node.op, node.attrs), {})(*args)
+    """Run ``node`` on constant inputs with the reference kernel (constant folding)."""
+    try:
+        factory = registry.lookup(node.op, "dense", "reference")
+        return factory(registry.fill_attrs(node.op, node.attrs), {})(*args)
+    except Exception as e:
+        shapes = ", ".join("None" if a is None else f"{a.dtype}{list(a.shape)}" for a in args)
+        raise UnsupportedModelError(f"node {node.name!r} ({node.op}) fails on its constant inputs "
+                                    f"({shapes}): {type(e).__name__}: {e}") from e
 
 
 def _rename(graph: Graph, old: str, new: str) -> None:

@@ -68,7 +68,7 @@ class InferenceSession:
         else:
             from .format import load
             graph = load(model)
-        if threads is not None and (not isinstance(threads, int) or threads < 1):
+        if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
             raise ValueError(f"threads must be a positive int or None, got {threads!r}")
         self.threads = threads or os.cpu_count() or 1
         self.backend = _check_backend(backend)
@@ -97,7 +97,8 @@ class InferenceSession:
         else:
             out_slots = [self._output_slot(n) for n in output_names]
         env = list(self._template)
-        for slot, array in self._check_feeds(input_feed):
+        fed = self._check_feeds(input_feed)
+        for slot, array in fed:
             env[slot] = array
         for run, ins, outs, frees in self._steps:
             results = run(*[env[i] for i in ins])
@@ -105,7 +106,16 @@ class InferenceSession:
                 env[s] = r
             for s in frees:
                 env[s] = None
-        return [np.asarray(env[s]) for s in out_slots]
+        # Like onnxruntime, hand back arrays the caller owns: an output that is a constant
+        # (a read-only view of the file map) or that aliases a fed array (Identity, Reshape
+        # views) is copied, so writing to it can neither fail nor change the caller's input.
+        out = []
+        for s in out_slots:
+            a = np.asarray(env[s])
+            if not a.flags.writeable or any(np.may_share_memory(a, f) for _, f in fed):
+                a = a.copy()
+            out.append(a)
+        return out
 
     # --- planning -------------------------------------------------------------------------
     def _plan(self, graph: Graph) -> None:
@@ -182,7 +192,9 @@ class InferenceSession:
         checked = []
         for v, slot in self._input_slots:
             if v.name not in feeds:
-                raise ValueError(f"missing input {v.name!r} (expected {v.dtype} with shape {_fmt_shape(v.shape)})")
+                got = f"got only {', '.join(repr(k) for k in feeds)}" if feeds else "got an empty feed"
+                raise ValueError(f"missing input {v.name!r} (expected {v.dtype} with shape {_fmt_shape(v.shape)}); "
+                                 f"{got}")
             a = feeds[v.name]
             if not isinstance(a, np.ndarray):
                 a = np.asarray(a)

@@ -205,3 +205,49 @@ def test_layer_norm_decomposed_is_fused():
                       opset=13)
     graph = check_against_ort(data, {"x": rng.standard_normal((5, 8), dtype=np.float32)})
     assert [n.op for n in graph.nodes] == ["LayerNormalization"]
+
+
+@pytest.mark.parametrize("opset", [13, 18])
+def test_axes_moved_between_attributes_and_inputs(opset):
+    """Split sizes, Squeeze/Unsqueeze and ReduceMean axes are inputs or attributes depending on
+    the opset; the IR holds them as attributes either way."""
+    axes_attr = opset < 18
+    nodes = [helper.make_node("Split", ["x", "sizes"], ["a", "b"], axis=1),
+             helper.make_node("Split", ["x"], ["c", "d", "e"], axis=1,
+                              **({} if opset < 18 else {"num_outputs": 3})),
+             helper.make_node("Unsqueeze", ["a", "ax0"], ["a1"]),
+             helper.make_node("Squeeze", ["a1", "ax0"], ["a2"]),
+             (helper.make_node("ReduceMean", ["b"], ["m"], axes=[1], keepdims=1) if axes_attr else
+              helper.make_node("ReduceMean", ["b", "ax1"], ["m"], keepdims=1)),
+             helper.make_node("Add", ["a2", "m"], ["y0"]),
+             helper.make_node("Concat", ["y0", "c", "d", "e"], ["y"], axis=1)]
+    data = make_model(nodes, [f32("x", ["n", 6])], [f32("y", ["n", 8])],
+                      [const("sizes", np.int64([2, 4])), const("ax0", np.int64([0])), const("ax1", np.int64([1]))],
+                      opset=opset)
+    graph = check_against_ort(data, {"x": rng.standard_normal((3, 6), dtype=np.float32)})
+    split = [n for n in graph.nodes if n.op == "Split"]
+    assert split[0].attrs["split"] == [2, 4] and split[1].attrs["num_outputs"] == 3
+    assert all(len(n.inputs) == 1 for n in graph.nodes if n.op in ("Split", "Squeeze", "Unsqueeze", "ReduceMean"))
+
+
+def test_runtime_computed_axes_are_refused_clearly():
+    nodes = [helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Unsqueeze", ["x", "s"], ["y"])]
+    data = make_model(nodes, [f32("x", ["n"])], [f32("y", None)])
+    with pytest.raises(UnsupportedModelError, match="axes must be a constant"):
+        from_onnx(data)
+
+
+def test_axes_computed_from_constants_are_folded_first():
+    nodes = [helper.make_node("Cast", ["ax32"], ["ax"], to=TensorProto.INT64),
+             helper.make_node("Unsqueeze", ["x", "ax"], ["y"])]
+    data = make_model(nodes, [f32("x", ["n"])], [f32("y", [1, "n"])], [const("ax32", np.int32([0]))])
+    graph = check_against_ort(data, {"x": rng.standard_normal(4, dtype=np.float32)})
+    assert [(n.op, n.attrs) for n in graph.nodes] == [("Unsqueeze", {"axes": [0]})]
+
+
+def test_constant_subgraph_that_cannot_run_is_a_clear_error():
+    nodes = [helper.make_node("Add", ["a", "b"], ["ab"], name="bad_add"), helper.make_node("Add", ["x", "ab"], ["y"])]
+    data = make_model(nodes, [f32("x", [3])], [f32("y", [3])],
+                      [const("a", np.float32([1, 2, 3])), const("b", np.float32([1, 2]))])
+    with pytest.raises(UnsupportedModelError, match=r"node 'bad_add' \(Add\) fails on its constant inputs"):
+        from_onnx(data)

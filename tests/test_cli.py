@@ -1,0 +1,530 @@
+"""The `qrt` command: convert, inspect, run, demo.
+
+Commands run in-process through runtime.cli.main(argv) (fast); one test runs the module as a
+separate process to prove the entry point works and prints no traceback. Every failure must
+be one line `qrt <command>: error: ...` on stderr, exit status 1 (2 for usage errors), no
+traceback and no output file (nor temporary file) left behind.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+import runtime  # noqa: E402
+from runtime.cli import main  # noqa: E402
+
+RNG = np.random.default_rng(0)
+W1 = RNG.standard_normal((8, 16)).astype(np.float32)
+B1 = RNG.standard_normal(16).astype(np.float32)
+W2 = RNG.standard_normal((16, 5)).astype(np.float32)
+B2 = RNG.standard_normal(5).astype(np.float32)
+TENSOR_BYTES = W1.nbytes + B1.nbytes + W2.nbytes + B2.nbytes  # 916
+
+
+def _save_model(path, nodes, inputs, outputs, inits=()):
+    g = helper.make_graph(nodes, "test", inputs, outputs, list(inits))
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(m)
+    onnx.save(m, str(path))
+    return path
+
+
+def good_model(path):
+    """x[batch, 8] -> MatMul+Add -> Relu -> h -> MatMul+Add -> Softmax -> y; outputs y, h."""
+    f = TensorProto.FLOAT
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["mm1"], name="fc1/MatMul"),
+             helper.make_node("Add", ["mm1", "B1"], ["z1"], name="fc1/Add"),
+             helper.make_node("Relu", ["z1"], ["h"], name="act"),
+             helper.make_node("MatMul", ["h", "W2"], ["mm2"], name="fc2/MatMul"),
+             helper.make_node("Add", ["mm2", "B2"], ["z2"], name="fc2/Add"),
+             helper.make_node("Softmax", ["z2"], ["y"], axis=-1, name="probs")]
+    inits = [numpy_helper.from_array(a, n) for a, n in ((W1, "W1"), (B1, "B1"), (W2, "W2"), (B2, "B2"))]
+    return _save_model(path, nodes, [helper.make_tensor_value_info("x", f, ["batch", 8])],
+                       [helper.make_tensor_value_info("y", f, ["batch", 5]),
+                        helper.make_tensor_value_info("h", f, ["batch", 16])], inits)
+
+
+def unsupported_model(path):
+    """Det and NonMaxSuppression (not in qrt's op set) beside a supported Relu."""
+    f = TensorProto.FLOAT
+    nodes = [helper.make_node("Det", ["m"], ["d"], name="my_det"),
+             helper.make_node("NonMaxSuppression", ["boxes", "scores"], ["sel"], name="my_nms"),
+             helper.make_node("Relu", ["m"], ["r"], name="relu")]
+    return _save_model(path, nodes,
+                       [helper.make_tensor_value_info("m", f, [3, 3]),
+                        helper.make_tensor_value_info("boxes", f, [1, 6, 4]),
+                        helper.make_tensor_value_info("scores", f, [1, 1, 6])],
+                       [helper.make_tensor_value_info("d", f, []),
+                        helper.make_tensor_value_info("sel", TensorProto.INT64, ["k", 3]),
+                        helper.make_tensor_value_info("r", f, [3, 3])])
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """A directory with good.onnx, good.qrt (converted by the CLI), x.npy (float32, batch 3)
+    and x64.npy (float64)."""
+    d = tmp_path_factory.mktemp("cli")
+    good_model(d / "good.onnx")
+    assert main(["convert", str(d / "good.onnx"), "-o", str(d / "good.qrt")]) == 0
+    x = np.random.default_rng(1).standard_normal((3, 8), dtype=np.float32)
+    np.save(d / "x.npy", x)
+    np.save(d / "x64.npy", x.astype(np.float64))
+    return d
+
+
+def cli(capsys, *argv) -> tuple[int, str, str]:
+    """Run main(argv) in-process; returns (status, stdout, stderr). argparse's SystemExit
+    (usage errors, --help) becomes its status."""
+    capsys.readouterr()
+    try:
+        rc = main([str(a) for a in argv])
+    except SystemExit as e:
+        rc = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def listing(d) -> list[str]:
+    return sorted(os.listdir(d))  # dot files included: a stray .tmp would show
+
+
+def assert_one_line_error(rc, out, err, command, *fragments, status=1, extra_indented=False):
+    assert rc == status, (rc, out, err)
+    assert "Traceback" not in out + err
+    lines = err.rstrip("\n").split("\n")
+    assert lines[0].startswith(f"qrt {command}: error: "), err
+    if extra_indented:
+        assert all(line.startswith("  ") for line in lines[1:]), err
+    else:
+        assert len(lines) == 1, err
+    for f in fragments:
+        assert f in err, f"{f!r} not in {err!r}"
+    return err
+
+
+# ------------------------------------------------------------------------------ help -----
+
+def test_top_level_help(capsys):
+    rc, out, _ = cli(capsys, "--help")
+    assert rc == 0
+    for cmd in ("convert", "inspect", "run", "demo"):
+        assert cmd in out
+
+
+def test_no_command_prints_help(capsys):
+    rc, out, err = cli(capsys)
+    assert rc == 2
+    assert "convert" in out + err and "Traceback" not in out + err
+
+
+@pytest.mark.parametrize("cmd, words", [
+    ("convert", ["model", "-o", "--output"]),
+    ("inspect", ["file", "--json"]),
+    ("run", ["file", "--input", "NAME=FILE.npy", "--backend", "--output", "OUT.npz"]),
+    ("demo", ["--keep", "DIR", "--seed"]),
+])
+def test_command_help(capsys, cmd, words):
+    rc, out, _ = cli(capsys, cmd, "--help")
+    assert rc == 0
+    assert out.startswith(f"usage: qrt {cmd}")
+    for w in words:
+        assert w in out, (w, out)
+
+
+def test_unknown_command_is_a_usage_error(capsys):
+    rc, out, err = cli(capsys, "frobnicate")
+    assert rc == 2 and "usage:" in err and "Traceback" not in out + err
+
+
+# --------------------------------------------------------------------------- convert -----
+
+def test_convert_good(capsys, tmp_path):
+    src = good_model(tmp_path / "m.onnx")
+    out = tmp_path / "m.qrt"
+    rc, stdout, err = cli(capsys, "convert", src, "-o", out)
+    assert rc == 0 and err == ""
+    assert stdout.startswith(f"wrote {out}: 4 nodes, 4 initializers, 916 B of tensors")
+    assert listing(tmp_path) == ["m.onnx", "m.qrt"]
+    graph = runtime.load(out)
+    assert [n.op for n in graph.nodes] == ["Linear", "Relu", "Linear", "Softmax"]
+    assert sum(t.nbytes for t in graph.initializers.values()) == TENSOR_BYTES
+    x = np.ones((2, 8), np.float32)
+    y, h = runtime.InferenceSession(out).run(None, {"x": x})
+    np.testing.assert_allclose(h, np.maximum(x @ W1 + B1, 0), rtol=1e-5, atol=1e-5)
+    assert y.shape == (2, 5)
+
+
+def test_convert_overwrites_existing_output_on_success(capsys, tmp_path):
+    src = good_model(tmp_path / "m.onnx")
+    out = tmp_path / "m.qrt"
+    out.write_bytes(b"old")
+    rc, _, _ = cli(capsys, "convert", src, "-o", out)
+    assert rc == 0 and runtime.load(out).nodes
+    assert listing(tmp_path) == ["m.onnx", "m.qrt"]
+
+
+def test_convert_missing_input(capsys, tmp_path):
+    rc, out, err = cli(capsys, "convert", tmp_path / "nope.onnx", "-o", tmp_path / "m.qrt")
+    assert_one_line_error(rc, out, err, "convert", "nope.onnx", "does not exist")
+    assert listing(tmp_path) == []
+
+
+def test_convert_input_is_a_directory(capsys, tmp_path):
+    (tmp_path / "d.onnx").mkdir()
+    rc, out, err = cli(capsys, "convert", tmp_path / "d.onnx", "-o", tmp_path / "m.qrt")
+    assert_one_line_error(rc, out, err, "convert", "d.onnx", "not a file")
+    assert listing(tmp_path) == ["d.onnx"]
+
+
+@pytest.mark.parametrize("content", [np.random.default_rng(7).bytes(512), b"", b"hello, I am not a model\n"],
+                         ids=["random-bytes", "empty", "text"])
+def test_convert_not_onnx(capsys, tmp_path, content):
+    src = tmp_path / "junk.onnx"
+    src.write_bytes(content)
+    rc, out, err = cli(capsys, "convert", src, "-o", tmp_path / "m.qrt")
+    assert_one_line_error(rc, out, err, "convert")
+    assert listing(tmp_path) == ["junk.onnx"]
+
+
+def test_convert_empty_file_is_not_an_onnx_model(capsys, tmp_path):
+    src = tmp_path / "empty.onnx"
+    src.write_bytes(b"")
+    rc, out, err = cli(capsys, "convert", src, "-o", tmp_path / "m.qrt")
+    assert_one_line_error(rc, out, err, "convert", "empty.onnx", "is not an ONNX model")
+
+
+def test_convert_random_bytes_names_the_file(capsys, tmp_path):
+    src = tmp_path / "junk.onnx"
+    src.write_bytes(np.random.default_rng(7).bytes(512))
+    rc, out, err = cli(capsys, "convert", src, "-o", tmp_path / "m.qrt")
+    assert_one_line_error(rc, out, err, "convert", "junk.onnx", "ONNX")
+
+
+def test_convert_unsupported_ops(capsys, tmp_path):
+    src = unsupported_model(tmp_path / "u.onnx")
+    rc, out, err = cli(capsys, "convert", src, "-o", tmp_path / "u.qrt")
+    assert_one_line_error(rc, out, err, "convert", "unsupported", "Det", "my_det", "NonMaxSuppression",
+                          "my_nms", extra_indented=True)
+    assert "relu" not in err.lower().replace("unsupported", "")  # only the unsupported ones listed
+    assert listing(tmp_path) == ["u.onnx"]
+
+
+def test_convert_failure_does_not_clobber_existing_output(capsys, tmp_path):
+    src = unsupported_model(tmp_path / "u.onnx")
+    out = tmp_path / "u.qrt"
+    out.write_bytes(b"precious")
+    rc, stdout, err = cli(capsys, "convert", src, "-o", out)
+    assert_one_line_error(rc, stdout, err, "convert", extra_indented=True)
+    assert out.read_bytes() == b"precious"
+    assert listing(tmp_path) == ["u.onnx", "u.qrt"]
+
+
+def test_convert_output_directory_missing(capsys, tmp_path):
+    src = good_model(tmp_path / "m.onnx")
+    rc, out, err = cli(capsys, "convert", src, "-o", tmp_path / "no" / "such" / "m.qrt")
+    assert_one_line_error(rc, out, err, "convert", "does not exist")
+    assert listing(tmp_path) == ["m.onnx"]
+
+
+def test_convert_output_is_a_directory(capsys, tmp_path):
+    src = good_model(tmp_path / "m.onnx")
+    (tmp_path / "out").mkdir()
+    rc, out, err = cli(capsys, "convert", src, "-o", tmp_path / "out")
+    assert_one_line_error(rc, out, err, "convert", "is a directory")
+    assert ".tmp" not in err
+    assert listing(tmp_path) == ["m.onnx", "out"] and listing(tmp_path / "out") == []
+
+
+def test_convert_without_output_is_a_usage_error(capsys, tmp_path):
+    src = good_model(tmp_path / "m.onnx")
+    rc, out, err = cli(capsys, "convert", src)
+    assert rc == 2 and "usage: qrt convert" in err and "--output" in err
+    assert "Traceback" not in out + err
+    assert listing(tmp_path) == ["m.onnx"]
+
+
+def test_debug_env_shows_the_exception(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("QRT_DEBUG", "1")
+    with pytest.raises(Exception):
+        main(["convert", str(tmp_path / "nope.onnx"), "-o", str(tmp_path / "m.qrt")])
+
+
+def test_keyboard_interrupt(capsys, files, monkeypatch):
+    import runtime.cli as cli_mod
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cli_mod, "_cmd_inspect", interrupted)
+    rc, out, err = cli(capsys, "inspect", files / "good.qrt")
+    assert rc == 130 and "interrupted" in err and "Traceback" not in out + err
+
+
+# --------------------------------------------------------------------------- inspect -----
+
+def test_inspect_table(capsys, files):
+    rc, out, err = cli(capsys, "inspect", files / "good.qrt")
+    assert rc == 0 and err == ""
+    graph = runtime.load(files / "good.qrt")
+    for n in graph.nodes:
+        assert n.name in out and n.op in out
+    for name, t in graph.initializers.items():
+        assert name in out
+        assert f"{t.nbytes} B" in out
+    for section in ("inputs:", "outputs:", "nodes:", "initializers:", "totals:"):
+        assert section in out
+    assert "[batch, 8]" in out and "[batch, 5]" in out
+    assert "dense" in out
+    totals = out[out.index("totals:"):]
+    assert "4 nodes" in totals and "Linear 2" in totals and "4 initializers" in totals
+    assert "916 B of tensors" in totals and "dense 916 B" in totals
+    # the first Linear's weights: W1 + B1
+    row = next(line for line in out.splitlines() if re.match(r"^0\s", line))
+    assert "Linear" in row and f"{W1.nbytes + B1.nbytes} B" in row
+
+
+def test_inspect_json(capsys, files):
+    rc, out, err = cli(capsys, "inspect", files / "good.qrt", "--json")
+    assert rc == 0 and err == ""
+    info = json.loads(out)
+    graph = runtime.load(files / "good.qrt")
+    assert info["file_bytes"] == (files / "good.qrt").stat().st_size
+    assert info["format_version"] == 1
+    assert [(n["name"], n["op"], n["layout"]) for n in info["nodes"]] == \
+           [(n.name, n.op, "dense") for n in graph.nodes]
+    assert [n["weight_bytes"] for n in info["nodes"]] == [W1.nbytes + B1.nbytes, 0, W2.nbytes + B2.nbytes, 0]
+    inits = {i["name"]: i for i in info["initializers"]}
+    assert set(inits) == set(graph.initializers)
+    for name, t in graph.initializers.items():
+        assert inits[name]["bytes"] == t.nbytes == sum(a.nbytes for a in t.fields.values())
+        assert inits[name]["shape"] == list(t.shape) and inits[name]["dtype"] == "float32"
+        assert inits[name]["layout"] == "dense"
+    assert sorted(i["bytes"] for i in info["initializers"]) == sorted(a.nbytes for a in (W1, B1, W2, B2))
+    tot = info["totals"]
+    assert tot["tensor_bytes"] == TENSOR_BYTES == sum(i["bytes"] for i in info["initializers"])
+    assert tot["bytes_by_layout"] == {"dense": TENSOR_BYTES}
+    assert tot["nodes"] == 4 and tot["initializers"] == 4
+    assert tot["ops"] == {"Linear": 2, "Relu": 1, "Softmax": 1}
+    assert info["inputs"] == [{"name": "x", "dtype": "float32", "shape": ["batch", 8]}]
+    assert [o["name"] for o in info["outputs"]] == ["y", "h"]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty", "onnx", "missing", "directory"])
+def test_inspect_bad_file(capsys, files, tmp_path, damage):
+    good = (files / "good.qrt").read_bytes()
+    path = tmp_path / "bad.qrt"
+    if damage == "truncated":
+        path.write_bytes(good[: len(good) // 2])
+    elif damage == "garbage":
+        path.write_bytes(np.random.default_rng(3).bytes(len(good)))
+    elif damage == "empty":
+        path.write_bytes(b"")
+    elif damage == "onnx":
+        path.write_bytes((files / "good.onnx").read_bytes())
+    elif damage == "directory":
+        path.mkdir()
+    for args in (["inspect", path], ["inspect", path, "--json"]):
+        rc, out, err = cli(capsys, *args)
+        assert_one_line_error(rc, out, err, "inspect", "bad.qrt")
+        assert out == ""
+
+
+def test_inspect_corrupt_header_byte(capsys, files, tmp_path):
+    raw = bytearray((files / "good.qrt").read_bytes())
+    i = raw.index(b'"graph"')
+    raw[i + 1] = ord("X")  # the metadata key no longer says "graph"
+    path = tmp_path / "bad.qrt"
+    path.write_bytes(bytes(raw))
+    rc, out, err = cli(capsys, "inspect", path)
+    assert_one_line_error(rc, out, err, "inspect", "bad.qrt")
+
+
+# ------------------------------------------------------------------------------- run -----
+
+def test_run_prints_outputs(capsys, files):
+    rc, out, err = cli(capsys, "run", files / "good.qrt", "--input", f"x={files / 'x.npy'}")
+    assert rc == 0 and err == ""
+    assert "y: float32 [3, 5]" in out and "h: float32 [3, 16]" in out
+    assert re.search(r"\([0-9.]+ ms\)", out)
+
+
+@pytest.mark.parametrize("backend", ["reference", "auto"])
+def test_run_writes_npz_matching_the_session(capsys, files, tmp_path, backend):
+    out_path = tmp_path / "out.npz"
+    rc, out, err = cli(capsys, "run", files / "good.qrt", "-i", f"x={files / 'x.npy'}", "-o", out_path,
+                       "--backend", backend)
+    assert rc == 0 and err == "" and "wrote 2 output(s)" in out
+    assert listing(tmp_path) == ["out.npz"]
+    sess = runtime.InferenceSession(files / "good.qrt", backend="reference")
+    want = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"x": np.load(files / "x.npy")})))
+    with np.load(out_path) as got:
+        assert sorted(got.files) == ["h", "y"]
+        for k, v in want.items():
+            assert got[k].dtype == v.dtype
+            np.testing.assert_allclose(got[k], v, rtol=1e-5, atol=1e-6)
+
+
+def test_run_wrong_dtype(capsys, files, tmp_path):
+    out_path = tmp_path / "out.npz"
+    rc, out, err = cli(capsys, "run", files / "good.qrt", "-i", f"x={files / 'x64.npy'}", "-o", out_path)
+    assert_one_line_error(rc, out, err, "run", "'x'", "float32", "float64")
+    assert listing(tmp_path) == []
+
+
+def test_run_failure_does_not_clobber_existing_npz(capsys, files, tmp_path):
+    out_path = tmp_path / "out.npz"
+    out_path.write_bytes(b"old")
+    rc, out, err = cli(capsys, "run", files / "good.qrt", "-i", f"x={files / 'x64.npy'}", "-o", out_path)
+    assert_one_line_error(rc, out, err, "run")
+    assert out_path.read_bytes() == b"old" and listing(tmp_path) == ["out.npz"]
+
+
+def test_run_wrong_shape(capsys, files, tmp_path):
+    np.save(tmp_path / "bad.npy", np.ones((3, 9), np.float32))
+    rc, out, err = cli(capsys, "run", files / "good.qrt", "-i", f"x={tmp_path / 'bad.npy'}")
+    assert_one_line_error(rc, out, err, "run", "'x'", "8", "9")
+
+
+def test_run_missing_input(capsys, files):
+    rc, out, err = cli(capsys, "run", files / "good.qrt")
+    assert_one_line_error(rc, out, err, "run", "missing input 'x'")
+
+
+def test_run_unknown_input(capsys, files):
+    rc, out, err = cli(capsys, "run", files / "good.qrt", "-i", f"x={files / 'x.npy'}",
+                       "-i", f"extra={files / 'x.npy'}")
+    assert_one_line_error(rc, out, err, "run", "'extra'")
+
+
+@pytest.mark.parametrize("spec", ["x", "=x.npy", "x="])
+def test_run_malformed_input_spec(capsys, files, spec):
+    rc, out, err = cli(capsys, "run", files / "good.qrt", "--input", spec)
+    assert_one_line_error(rc, out, err, "run", "NAME=FILE.npy", repr(spec))
+
+
+def test_run_missing_npy(capsys, files, tmp_path):
+    rc, out, err = cli(capsys, "run", files / "good.qrt", "-i", f"x={tmp_path / 'nope.npy'}",
+                       "-o", tmp_path / "out.npz")
+    assert_one_line_error(rc, out, err, "run", "nope.npy", "does not exist")
+    assert listing(tmp_path) == []
+
+
+@pytest.mark.parametrize("kind", ["text", "pickle", "npz"])
+def test_run_unreadable_npy(capsys, files, tmp_path, kind):
+    path = tmp_path / "bad.npy"
+    if kind == "text":
+        path.write_text("1 2 3\n")
+    elif kind == "pickle":
+        np.save(path, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    else:
+        with open(path, "wb") as f:
+            np.savez(f, x=np.ones((3, 8), np.float32))
+    rc, out, err = cli(capsys, "run", files / "good.qrt", "-i", f"x={path}")
+    assert_one_line_error(rc, out, err, "run", "bad.npy")
+
+
+def test_run_missing_model(capsys, tmp_path):
+    rc, out, err = cli(capsys, "run", tmp_path / "nope.qrt")
+    assert_one_line_error(rc, out, err, "run", "nope.qrt", "does not exist")
+
+
+def test_run_unknown_backend(capsys, files):
+    rc, out, err = cli(capsys, "run", files / "good.qrt", "-i", f"x={files / 'x.npy'}", "--backend", "tpu")
+    assert_one_line_error(rc, out, err, "run", "'tpu'", "reference")
+
+
+def test_run_unavailable_backend(capsys, files):
+    reason = runtime.available_backends()["cupy"]
+    if reason is None:
+        pytest.skip("cupy is available here")
+    rc, out, err = cli(capsys, "run", files / "good.qrt", "-i", f"x={files / 'x.npy'}", "--backend", "cupy")
+    assert_one_line_error(rc, out, err, "run", "'cupy'", reason)
+
+
+def test_run_output_directory_missing(capsys, files, tmp_path):
+    rc, out, err = cli(capsys, "run", files / "good.qrt", "-i", f"x={files / 'x.npy'}",
+                       "-o", tmp_path / "no" / "out.npz")
+    assert_one_line_error(rc, out, err, "run", "does not exist")
+    assert listing(tmp_path) == []
+
+
+def test_run_output_is_a_directory(capsys, files, tmp_path):
+    (tmp_path / "out.npz").mkdir()
+    rc, out, err = cli(capsys, "run", files / "good.qrt", "-i", f"x={files / 'x.npy'}", "-o", tmp_path / "out.npz")
+    assert_one_line_error(rc, out, err, "run", "directory")
+    assert listing(tmp_path) == ["out.npz"] and listing(tmp_path / "out.npz") == []
+
+
+# ---------------------------------------------------------------- the console entry -----
+
+def test_module_entry_point_in_a_subprocess(files, tmp_path):
+    """`python -m runtime.cli`: a success and a failure, exit statuses and no traceback."""
+    env = {k: v for k, v in os.environ.items() if k != "QRT_DEBUG"}
+    out_path = tmp_path / "out.npz"
+    ok = subprocess.run([sys.executable, "-m", "runtime.cli", "run", str(files / "good.qrt"),
+                         "-i", f"x={files / 'x.npy'}", "-o", str(out_path)],
+                        capture_output=True, text=True, env=env, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert "wrote 2 output(s)" in ok.stdout and ok.stderr == ""
+    assert out_path.exists()
+    unsupported_model(tmp_path / "u.onnx")
+    bad = subprocess.run([sys.executable, "-m", "runtime.cli", "convert", str(tmp_path / "u.onnx"),
+                          "-o", str(tmp_path / "u.qrt")], capture_output=True, text=True, env=env, timeout=120)
+    assert_one_line_error(bad.returncode, bad.stdout, bad.stderr, "convert", "Det", "my_det",
+                          extra_indented=True)
+    assert not (tmp_path / "u.qrt").exists()
+
+
+# ------------------------------------------------------------------------------ demo -----
+
+def _row(out: str, runtime_name: str, column: str) -> str:
+    lines = out.splitlines()
+    hi = next(k for k, line in enumerate(lines) if line.startswith("runtime "))
+    header = re.split(r"\s{2,}", lines[hi].strip())
+    row = next(line for line in lines[hi:] if line.startswith(runtime_name))
+    return re.split(r"\s{2,}", row.strip())[header.index(column)]
+
+
+def test_demo(capsys, tmp_path, monkeypatch):
+    pytest.importorskip("sklearn")
+    import tempfile
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the demo's scratch dir goes
+    t0 = time.perf_counter()
+    rc, out, err = cli(capsys, "demo")
+    elapsed = time.perf_counter() - t0
+    assert rc == 0, err
+    assert "Traceback" not in out + err
+    assert "qrt reference" in out and "accuracy %" in out
+    assert float(_row(out, "qrt reference", "accuracy %")) > 90.0
+    assert float(_row(out, "qrt reference", "agrees w/ sklearn %")) > 99.0
+    assert listing(tmp_path) == []  # the scratch directory is removed
+    assert elapsed < 60, elapsed
+
+
+def test_demo_keep(capsys, tmp_path, monkeypatch):
+    sklearn_nn = pytest.importorskip("sklearn.neural_network")
+    real = sklearn_nn.MLPClassifier
+
+    def quick(**kw):  # fewer epochs: this test is about the files, test_demo about the result
+        return real(**{**kw, "max_iter": 20})
+    monkeypatch.setattr(sklearn_nn, "MLPClassifier", quick)
+    keep = tmp_path / "kept"  # created by the demo
+    rc, out, err = cli(capsys, "demo", "--keep", keep, "--seed", "1")
+    assert rc == 0, err
+    assert "qrt reference" in out and "accuracy %" in out
+    assert listing(keep) == ["digits_mlp.onnx", "digits_mlp.qrt"]
+    onnx.checker.check_model(str(keep / "digits_mlp.onnx"))
+    sess = runtime.InferenceSession(keep / "digits_mlp.qrt")
+    (i,) = sess.get_inputs()
+    assert (i.name, i.shape) == ("pixels", ["batch", 64])
+    (p,) = sess.run(None, {"pixels": np.zeros((2, 64), np.float32)})
+    np.testing.assert_allclose(p.sum(1), 1.0, rtol=1e-5)
