@@ -20,7 +20,6 @@ import time
 
 import numpy as np
 
-from kernels import registry
 from runtime.graph import Graph, Node, Value
 from runtime.session import InferenceSession
 

@@ -271,25 +271,17 @@ def _zip_items(a: _SymVal, b: _SymVal, fn) -> _SymVal | None:
 
 
 def _arith(op: str, a: _SymVal, b: _SymVal) -> _SymVal | None:
-    if len(a.items) != len(b.items) and len(a.items) != 1 and len(b.items) != 1:
-        return None
-    size = max(len(a.items), len(b.items))
-    xs = a.items * size if len(a.items) == 1 else a.items
-    ys = b.items * size if len(b.items) == 1 else b.items
-    out = []
-    for x, y in zip(xs, ys):
+    def one(x, y):
         if isinstance(x, int) and isinstance(y, int):
             if op == "Div":
-                out.append(None if y == 0 else int(x / y))  # C-style truncation, as ONNX int Div
-            else:
-                out.append({"Add": x + y, "Sub": x - y, "Mul": x * y}[op])
-        elif op == "Mul" and (x == 1 or y == 1):
-            out.append(y if x == 1 else x)
-        elif op in ("Add", "Sub") and y == 0:
-            out.append(x)
-        else:
-            out.append(None)
-    return _SymVal(max(a.ndim, b.ndim), out)
+                return None if y == 0 else int(x / y)  # C-style truncation, as ONNX int Div
+            return {"Add": x + y, "Sub": x - y, "Mul": x * y}[op]
+        if op == "Mul" and (x == 1 or y == 1):
+            return y if x == 1 else x
+        if op in ("Add", "Sub") and y == 0:
+            return x
+        return None
+    return _zip_items(a, b, one)
 
 
 def _reshape_shape(in_shape, target: list, allowzero: int) -> tuple | None:

@@ -106,3 +106,48 @@ def bert_feeds(batch: int, seq: int, vocab: int = 100, seed: int = 0) -> dict[st
         if b % 2 == 1 and keep > 2:
             mask[b, keep // 2] = 0
     return {"input_ids": ids, "attention_mask": mask}
+
+
+# ----------------------------------------------------------------- onnx.helper models ----
+
+def onnx_model(nodes, inputs, outputs, inits=(), opset: int = 17) -> bytes:
+    """A checked ONNX model (bytes) from onnx.helper nodes, value infos and initializers."""
+    import onnx
+    from onnx import helper
+    g = helper.make_graph(nodes, "test", inputs, outputs, list(inits))
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], producer_name="qrt-tests")
+    onnx.checker.check_model(m)
+    return m.SerializeToString()
+
+
+_MLP_RNG = np.random.default_rng(0)
+W1 = _MLP_RNG.standard_normal((8, 16)).astype(np.float32)
+B1 = _MLP_RNG.standard_normal(16).astype(np.float32)
+W2 = _MLP_RNG.standard_normal((16, 5)).astype(np.float32)
+B2 = _MLP_RNG.standard_normal(5).astype(np.float32)
+
+
+def small_mlp_onnx() -> bytes:
+    """x[batch, 8] -> MatMul+Add -> Relu -> h (an output, also read further) -> MatMul+Add ->
+    Softmax -> y[batch, 5]; outputs y and h. Weights W1, B1, W2, B2 above."""
+    from onnx import TensorProto, helper, numpy_helper
+    f = TensorProto.FLOAT
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["mm1"], name="fc1/MatMul"),
+             helper.make_node("Add", ["mm1", "B1"], ["z1"], name="fc1/Add"),
+             helper.make_node("Relu", ["z1"], ["h"], name="relu"),
+             helper.make_node("MatMul", ["h", "W2"], ["mm2"], name="fc2/MatMul"),
+             helper.make_node("Add", ["mm2", "B2"], ["z2"], name="fc2/Add"),
+             helper.make_node("Softmax", ["z2"], ["y"], axis=-1, name="softmax")]
+    inits = [numpy_helper.from_array(a, n) for a, n in ((W1, "W1"), (B1, "B1"), (W2, "W2"), (B2, "B2"))]
+    return onnx_model(nodes, [helper.make_tensor_value_info("x", f, ["batch", 8])],
+                      [helper.make_tensor_value_info("y", f, ["batch", 5]),
+                       helper.make_tensor_value_info("h", f, ["batch", 16])], inits)
+
+
+def small_mlp_numpy(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """small_mlp_onnx in float64 numpy: (y, h)."""
+    x = x.astype(np.float64)
+    h = np.maximum(x @ W1 + B1, 0)
+    z = h @ W2 + B2
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True), h

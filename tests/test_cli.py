@@ -18,40 +18,26 @@ import numpy as np
 import pytest
 
 onnx = pytest.importorskip("onnx")
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+from onnx import TensorProto, helper  # noqa: E402
 
 import runtime  # noqa: E402
 from runtime.cli import main  # noqa: E402
 
+from tests.model_zoo import B1, B2, W1, W2, onnx_model, small_mlp_onnx  # noqa: E402
+
 RNG = np.random.default_rng(0)
-W1 = RNG.standard_normal((8, 16)).astype(np.float32)
-B1 = RNG.standard_normal(16).astype(np.float32)
-W2 = RNG.standard_normal((16, 5)).astype(np.float32)
-B2 = RNG.standard_normal(5).astype(np.float32)
 TENSOR_BYTES = W1.nbytes + B1.nbytes + W2.nbytes + B2.nbytes  # 916
 
 
 def _save_model(path, nodes, inputs, outputs, inits=()):
-    g = helper.make_graph(nodes, "test", inputs, outputs, list(inits))
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    onnx.checker.check_model(m)
-    onnx.save(m, str(path))
+    path.write_bytes(onnx_model(nodes, inputs, outputs, inits))
     return path
 
 
 def good_model(path):
-    """x[batch, 8] -> MatMul+Add -> Relu -> h -> MatMul+Add -> Softmax -> y; outputs y, h."""
-    f = TensorProto.FLOAT
-    nodes = [helper.make_node("MatMul", ["x", "W1"], ["mm1"], name="fc1/MatMul"),
-             helper.make_node("Add", ["mm1", "B1"], ["z1"], name="fc1/Add"),
-             helper.make_node("Relu", ["z1"], ["h"], name="act"),
-             helper.make_node("MatMul", ["h", "W2"], ["mm2"], name="fc2/MatMul"),
-             helper.make_node("Add", ["mm2", "B2"], ["z2"], name="fc2/Add"),
-             helper.make_node("Softmax", ["z2"], ["y"], axis=-1, name="probs")]
-    inits = [numpy_helper.from_array(a, n) for a, n in ((W1, "W1"), (B1, "B1"), (W2, "W2"), (B2, "B2"))]
-    return _save_model(path, nodes, [helper.make_tensor_value_info("x", f, ["batch", 8])],
-                       [helper.make_tensor_value_info("y", f, ["batch", 5]),
-                        helper.make_tensor_value_info("h", f, ["batch", 16])], inits)
+    """tests.model_zoo.small_mlp_onnx written to ``path``: x[batch, 8] -> ... -> y, h."""
+    path.write_bytes(small_mlp_onnx())
+    return path
 
 
 def unsupported_model(path):

@@ -17,42 +17,11 @@ from kernels import registry  # noqa: E402
 from runtime import InferenceSession  # noqa: E402
 from runtime.convert import from_onnx  # noqa: E402
 
+from tests.model_zoo import onnx_model as _model  # noqa: E402
+from tests.model_zoo import small_mlp_numpy as mlp_numpy  # noqa: E402
+from tests.model_zoo import small_mlp_onnx as mlp_onnx  # noqa: E402
+
 RNG = np.random.default_rng(0)
-W1 = RNG.standard_normal((8, 16)).astype(np.float32)
-B1 = RNG.standard_normal(16).astype(np.float32)
-W2 = RNG.standard_normal((16, 5)).astype(np.float32)
-B2 = RNG.standard_normal(5).astype(np.float32)
-
-
-def _model(nodes, inputs, outputs, inits=()) -> bytes:
-    g = helper.make_graph(nodes, "test", inputs, outputs, list(inits))
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], producer_name="qrt-tests")
-    onnx.checker.check_model(m)
-    return m.SerializeToString()
-
-
-def mlp_onnx() -> bytes:
-    """x[batch, 8] -> MatMul+Add -> Relu -> h (an output, also read further) -> MatMul+Add ->
-    Softmax -> y[batch, 5]."""
-    f = TensorProto.FLOAT
-    nodes = [helper.make_node("MatMul", ["x", "W1"], ["mm1"], name="fc1/MatMul"),
-             helper.make_node("Add", ["mm1", "B1"], ["z1"], name="fc1/Add"),
-             helper.make_node("Relu", ["z1"], ["h"], name="relu"),
-             helper.make_node("MatMul", ["h", "W2"], ["mm2"], name="fc2/MatMul"),
-             helper.make_node("Add", ["mm2", "B2"], ["z2"], name="fc2/Add"),
-             helper.make_node("Softmax", ["z2"], ["y"], axis=-1, name="softmax")]
-    inits = [numpy_helper.from_array(a, n) for a, n in ((W1, "W1"), (B1, "B1"), (W2, "W2"), (B2, "B2"))]
-    return _model(nodes, [helper.make_tensor_value_info("x", f, ["batch", 8])],
-                  [helper.make_tensor_value_info("y", f, ["batch", 5]),
-                   helper.make_tensor_value_info("h", f, ["batch", 16])], inits)
-
-
-def mlp_numpy(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    x = x.astype(np.float64)
-    h = np.maximum(x @ W1 + B1, 0)
-    z = h @ W2 + B2
-    e = np.exp(z - z.max(-1, keepdims=True))
-    return e / e.sum(-1, keepdims=True), h
 
 
 def two_input_onnx() -> bytes:
