@@ -80,8 +80,8 @@ def import_onnx(model: Any, *, name: str | None = None) -> Graph:
     if fold_symbolic_shapes(graph, b.consts):  # after fusing: fewer ops to reason about
         _simplify(graph, b.consts, inferred)   # newly constant shape values fold further
     _remove_dead(graph)
-    # Graph outputs that became constants (rare: a model that computes a constant) are
-    # materialised through an Identity so every graph output is a node output or input.
+    # Only constants something still reads are stored; a graph output that is a constant
+    # (an initializer listed as an output) is stored under its own name.
     used = {i for n in graph.nodes for i in n.inputs} | {o.name for o in graph.outputs}
     graph.initializers = {k: dense_tensor(k, _storable(v, k)) for k, v in b.consts.items() if k in used}
     graph.topological_sort()
@@ -109,8 +109,9 @@ def _check_supported(g) -> None:
     from .ops import OPS
     bad: dict[str, list[str]] = {}
     for k, n in enumerate(g.node):
+        # Linear is qrt's own fused op, not an ONNX one: a node by that name is someone's custom op
         if n.domain not in ("", "ai.onnx") or (n.op_type not in OPS and n.op_type not in _IMPORT_ONLY) \
-                or n.op_type in ("Linear",):
+                or n.op_type == "Linear":
             key = n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}::{n.op_type}"
             bad.setdefault(key, []).append(n.name or f"#{k}")
     if bad:
@@ -245,6 +246,8 @@ class _Builder:
                     raise UnsupportedModelError(f"node {name!r}: MaxPool storage_order=1")
             emit(op, ins, a, outputs=outs[:1])
         elif op in ("Conv", "AveragePool"):
+            if op == "AveragePool" and any(d != 1 for d in attrs.get("dilations", [])):
+                raise UnsupportedModelError(f"node {name!r}: AveragePool with dilations {attrs['dilations']}")
             keep = {"Conv": ("strides", "pads", "dilations", "group"),
                     "AveragePool": ("kernel_shape", "strides", "pads", "ceil_mode", "count_include_pad")}[op]
             a = _explicit_pads(name, attrs, {k: attrs[k] for k in keep if k in attrs})
@@ -502,7 +505,6 @@ def _fuse_layernorm(graph: Graph, consts: dict) -> None:
         chain = [rm1, sub, pow_, rm2, add, sqrt, div]
         if len(graph.consumers().get(mean, [])) != 1:
             continue
-        width = None
         gamma = beta = None
         out = div.outputs[0]
         mul = _single_consumer(graph, out)
@@ -516,7 +518,6 @@ def _fuse_layernorm(graph: Graph, consts: dict) -> None:
                 beta = consts[_other(add2, out)]
                 chain.append(add2)
                 out = add2.outputs[0]
-            width = gamma.shape[0]
         if gamma is None:
             continue  # without gamma the width is unknown here; leave the ops as they are
         gname = unique_name(f"{sub.name}.ln_scale", taken)
@@ -528,7 +529,6 @@ def _fuse_layernorm(graph: Graph, consts: dict) -> None:
             taken.add(bname)
             consts[bname] = beta.astype(np.float32)
             inputs.append(bname)
-        del width
         for k in chain:
             remove.add(id(k))
         last = chain[-1]
