@@ -385,6 +385,7 @@ def _fuse_linear(graph: Graph, consts: dict) -> None:
     taken = {o for n in graph.nodes for o in n.outputs} | set(consts) | {v.name for v in graph.inputs}
     new_nodes: list[Node] = []
     fused_adds: set[int] = set()
+    transposed: dict[tuple, str] = {}
     for n in graph.nodes:
         if id(n) in fused_adds:
             continue
@@ -418,9 +419,13 @@ def _fuse_linear(graph: Graph, consts: dict) -> None:
                     bias = np.broadcast_to(c.reshape(-1), (weight.shape[0],)).astype(np.float32)
                     fused_adds.add(id(add))
                     out = add.outputs[0]
-        wname = unique_name(f"{n.name}.weight", taken)
-        taken.add(wname)
-        consts[wname] = weight
+        # a weight shared by several MatMuls (tied weights) is transposed and stored once
+        key = (n.inputs[1], n.op, n.attrs.get("transB", 0), n.attrs.get("alpha", 1.0))
+        wname = transposed.get(key)
+        if wname is None:
+            wname = transposed[key] = unique_name(f"{n.name}.weight", taken)
+            taken.add(wname)
+            consts[wname] = weight
         inputs = [n.inputs[0], wname]
         if bias is not None:
             bname = unique_name(f"{n.name}.bias", taken)

@@ -251,3 +251,13 @@ def test_constant_subgraph_that_cannot_run_is_a_clear_error():
                       [const("a", np.float32([1, 2, 3])), const("b", np.float32([1, 2]))])
     with pytest.raises(UnsupportedModelError, match=r"node 'bad_add' \(Add\) fails on its constant inputs"):
         from_onnx(data)
+
+
+def test_weight_shared_by_two_matmuls_is_stored_once():
+    w = rng.standard_normal((5, 5), dtype=np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["r", "w"], ["y"])]
+    data = make_model(nodes, [f32("x", ["n", 5])], [f32("y", ["n", 5])], [const("w", w)])
+    graph = check_against_ort(data, {"x": rng.standard_normal((3, 5), dtype=np.float32)})
+    assert [n.op for n in graph.nodes] == ["Linear", "Relu", "Linear"]
+    assert graph.nodes[0].inputs[1] == graph.nodes[2].inputs[1] and len(graph.initializers) == 1
