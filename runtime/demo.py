@@ -135,7 +135,7 @@ def run_demo(keep_dir: str | None = None, seed: int = 0) -> int:
                          f"{agree * 100:.1f}", f"{err:.1e}", f"{lat1:.3f}", f"{len(x_te) / latn:.0f}"])
         from .cli import _table
         print()
-        print(_table(rows, ["runtime", "weights", "KiB", "accuracy %", "agrees w/ sklearn %",
+        print(_table(rows, ["runtime", "weights", "model KiB", "accuracy %", "agrees w/ sklearn %",
                             "max |dp|", "batch 1 ms", f"batch {len(x_te)} k img/s"]))
         print("\n  latency: median of repeated runs in this process; 'max |dp|' is the largest "
               "probability difference from scikit-learn's own predict_proba.")
