@@ -40,6 +40,11 @@ def _spec(name, inputs, outputs=(1, 1), attrs=None, weight_input=None, doc=""):
 
 _VARIADIC = 1 << 16
 
+# How a Linear/Conv quantizes its input activations (docs/CONVERTER.md, Numerics):
+# "none" (float activations; the only choice for a dense fp32 weight, and weight-only int4),
+# "dynamic" (per GEMM row at run time) or "static" (act_scale / act_zero_point from calibration).
+_ACT_QUANT = {"act_quant": "none", "act_scale": None, "act_zero_point": 0}
+
 _SPECS = [
     # --- element-wise, numpy broadcasting -------------------------------------------------
     *[_spec(n, 2) for n in ("Add", "Sub", "Mul", "Div", "Pow", "Equal", "Greater",
@@ -62,12 +67,12 @@ _SPECS = [
           doc="inference form: scale, bias, mean, var; normally folded into the Conv before it"),
     # --- GEMM-like ------------------------------------------------------------------------
     _spec("MatMul", 2, doc="numpy matmul semantics; between activations (or a non-2D constant)"),
-    _spec("Linear", (2, 3), attrs={}, weight_input=1,
+    _spec("Linear", (2, 3), attrs=dict(_ACT_QUANT), weight_input=1,
           doc="y = x @ weight.T + bias; x (..., K), weight (N, K), bias (N,), y (..., N)"),
     _spec("Gemm", (2, 3), attrs={"alpha": 1.0, "beta": 1.0, "transA": 0, "transB": 0},
           doc="kept only when B is not a constant; constant-B Gemm becomes Linear"),
     _spec("Conv", (2, 3), weight_input=1,
-          attrs={"strides": None, "pads": None, "dilations": None, "group": 1},
+          attrs={"strides": None, "pads": None, "dilations": None, "group": 1, **_ACT_QUANT},
           doc="NCHW (1-D and 2-D), weight (C_out, C_in/group, kh, kw), explicit pads"),
     _spec("MaxPool", 1, attrs={"kernel_shape": None, "strides": None, "pads": None,
                                "dilations": None, "ceil_mode": 0}),

@@ -58,13 +58,16 @@ def _out_size(length, k, s, d, pad_begin, pad_end, ceil_mode):
 
 
 @reference_kernel("Conv")
-def conv_ref(x, w, b=None, strides=None, pads=None, dilations=None, group=1):
+def conv_ref(x, w, b=None, strides=None, pads=None, dilations=None, group=1,
+             act_quant="none", act_scale=None, act_zero_point=0):
     """Grouped, strided, dilated, zero-padded convolution (cross-correlation, as ONNX).
 
     X (N, C, *spatial) float T, W (M, C/group, *kernel), B (M,) or None;
     Y (N, M, *out) of T. Channels split into ``group`` groups: output channels
     [g*M/group, (g+1)*M/group) see input channels [g*C/group, (g+1)*C/group).
     """
+    if act_quant != "none":
+        raise ValueError(f"Conv with a dense weight takes act_quant='none', got {act_quant!r}")
     nsp = x.ndim - 2
     n, c = x.shape[:2]
     m, cg = w.shape[:2]

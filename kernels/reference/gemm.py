@@ -28,12 +28,15 @@ def mat_mul_ref(a, b):
 
 
 @reference_kernel("Linear")
-def linear_ref(x, weight, bias=None):
+def linear_ref(x, weight, bias=None, act_quant="none", act_scale=None, act_zero_point=0):
     """Y = X @ weight.T + bias, like torch.nn.Linear.
 
     X (..., K) float32, weight (N, K) (a dense initializer: its packed forms are other
-    layouts), bias (N,) or None; Y (..., N) in X's dtype, computed in float64.
+    layouts, kernels/reference/packed.py), bias (N,) or None; Y (..., N) in X's dtype,
+    computed in float64. A dense float weight has float activations: act_quant must be "none".
     """
+    if act_quant != "none":
+        raise ValueError(f"Linear with a dense weight takes act_quant='none', got {act_quant!r}")
     if weight.ndim != 2 or x.shape[-1:] != weight.shape[1:]:
         raise ValueError(f"Linear: X {x.shape} and weight {weight.shape} do not match "
                          "(need X (..., K), weight (N, K))")
