@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .tables import format_table
+
 
 class CliError(Exception):
     """An error whose message is meant for the user as is."""
@@ -47,12 +49,45 @@ def _parser() -> argparse.ArgumentParser:
                                 "neural-network models packed in one .qrt file.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    c = sub.add_parser("convert", help="convert an ONNX model to a .qrt file",
+    c = sub.add_parser("convert", help="convert (prune, quantize) an ONNX model to a .qrt file",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                        description="Import an ONNX model (opset 13-21), fold its constant and shape "
-                                   "subgraphs, fuse Linear/GELU/LayerNorm/BatchNorm patterns and write "
-                                   "one .qrt file. (Pruning and quantization flags come with the converter.)")
+                                   "subgraphs, fuse Linear/GELU/LayerNorm/BatchNorm patterns, then prune "
+                                   "and quantize its Linear/Conv weights into packed layouts, print a "
+                                   "per-layer accuracy report and write one .qrt file. Layer patterns are "
+                                   "fnmatch globs on node or weight names (see `qrt inspect`).")
     c.add_argument("model", help="input ONNX file")
     c.add_argument("-o", "--output", required=True, help="output .qrt file (written atomically)")
+    g = c.add_argument_group("pruning")
+    g.add_argument("--prune", default="none", choices=["none", "magnitude", "nm", "block", "channel", "random"],
+                   help="pruning method")
+    g.add_argument("--sparsity", type=float, default=0.0, help="target fraction of weights removed, in [0, 1)")
+    g.add_argument("--layer-sparsity", action="append", default=[], metavar="PATTERN=F",
+                   help="override the sparsity of layers matching PATTERN (repeatable)")
+    g.add_argument("--nm", default="2:4", metavar="N:M", help="N:M structured sparsity (with --prune nm)")
+    g.add_argument("--block", default="1x4", metavar="RxC", help="block shape (with --prune block)")
+    g.add_argument("--scope", default="layer", choices=["layer", "global"],
+                   help="magnitude pruning threshold per layer or one across all layers")
+    g.add_argument("--skip", nargs="+", default=[], metavar="PATTERN", help="layers not to prune (still quantized)")
+    q = c.add_argument_group("quantization")
+    q.add_argument("--quant", default="none", choices=["none", "int8", "int4"],
+                   help="weight quantization (int4 is weight-only, grouped)")
+    q.add_argument("--act", default="dynamic", choices=["dynamic", "static"],
+                   help="int8 activations: per row at run time, or per tensor from calibration")
+    q.add_argument("--per-tensor", action="store_true", help="one int8 weight scale per tensor (default: per output channel)")
+    q.add_argument("--asymmetric", action="store_true", help="asymmetric weights with a zero point (default: symmetric)")
+    q.add_argument("--group-size", type=int, default=64, help="int4 group size (32, 64 or 128)")
+    q.add_argument("--calib", metavar="FILE.npz", help="calibration data: arrays named like the model "
+                   "inputs, first axis = samples (default: random inputs, reported as such)")
+    q.add_argument("--calib-method", default="minmax", choices=["minmax", "percentile", "mse", "entropy"],
+                   help="static activation range estimation")
+    q.add_argument("--percentile", type=float, default=99.99, help="percentile for --calib-method percentile")
+    q.add_argument("--keep-fp32", nargs="+", default=[], metavar="PATTERN", help="layers kept dense fp32")
+    q.add_argument("--max-error", type=float, metavar="COS", help="accuracy budget: minimum cosine similarity "
+                   "of the outputs; the most sensitive layers fall back to fp32 until it holds")
+    c.add_argument("--report", metavar="REPORT.json", help="also write the accuracy report as JSON")
+    c.add_argument("--seed", type=int, default=0, help="seed for random pruning and random calibration inputs")
+    c.add_argument("-q", "--quiet", action="store_true", help="no per-layer progress and report table")
     c.set_defaults(func=_cmd_convert)
 
     i = sub.add_parser("inspect", help="list the nodes, layouts and tensor bytes of a .qrt file",
@@ -113,19 +148,10 @@ def _human(n: int) -> str:
     return f"{n} B"
 
 
-def _table(rows: list[list[str]], header: list[str]) -> str:
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    lines = [fmt.format(*header), fmt.format(*["-" * w for w in widths])]
-    lines += [fmt.format(*[str(x) for x in r]) for r in rows]
-    return "\n".join(lines)
-
-
 # ----------------------------------------------------------------------------- commands --
 
 def _cmd_convert(args) -> int:
-    from .convert import from_onnx
-    from .format import save
+    from .convert import convert
     src = _require_file(args.model, "model")
     out = Path(args.output)
     if not out.parent.exists():
@@ -143,17 +169,57 @@ def _cmd_convert(args) -> int:
     if not model.opset_import and not model.graph.node:
         # protobuf parses empty (or some non-ONNX) bytes as an empty ModelProto
         raise CliError(f"{str(src)!r} is not an ONNX model (no graph and no opset)")
-    graph = from_onnx(model, name=src.stem)
-    save(graph, out)
+    opts = _convert_options(args)
+    report = Path(args.report) if args.report else None
+    if report is not None and (not report.parent.exists() or report.is_dir()):
+        raise CliError(f"report path {args.report!r} is a directory or its directory does not exist")
+    say = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+    graph = convert(model, out, name=src.stem, progress=say, report_path=report, options=opts)
     dt = time.perf_counter() - t0
     nbytes = sum(t.nbytes for t in graph.initializers.values())
     print(f"wrote {out}: {len(graph.nodes)} nodes, {len(graph.initializers)} initializers, "
-          f"{_human(nbytes)} of tensors, {_human(out.stat().st_size)} on disk ({dt:.2f} s)")
+          f"{_human(nbytes)} of tensors, {_human(out.stat().st_size)} on disk ({dt:.2f} s)"
+          + (f"; report {report}" if report else ""))
     return 0
+
+
+def _pair(text: str, sep: str, flag: str) -> tuple[int, int]:
+    a, found, b = text.lower().partition(sep)
+    try:
+        if not found:
+            raise ValueError
+        return int(a), int(b)
+    except ValueError:
+        raise CliError(f"{flag} {text!r}: expected two integers like {'2:4' if sep == ':' else '4x4'}") from None
+
+
+def _convert_options(args):
+    from .convert import ConvertOptions
+    layer_sparsity = {}
+    for spec in args.layer_sparsity:
+        pattern, sep, value = spec.rpartition("=")
+        try:
+            layer_sparsity[pattern] = float(value)
+            if not sep or not pattern:
+                raise ValueError
+        except ValueError:
+            raise CliError(f"--layer-sparsity {spec!r}: expected PATTERN=F, e.g. '*fc2*=0.5'") from None
+    if args.calib is not None:
+        _require_file(args.calib, "calibration file")
+    opts = ConvertOptions(
+        prune=args.prune, sparsity=args.sparsity, layer_sparsity=layer_sparsity,
+        nm=_pair(args.nm, ":", "--nm"), block=_pair(args.block, "x", "--block"), scope=args.scope,
+        quant=args.quant, act=args.act, per_channel=not args.per_tensor, symmetric=not args.asymmetric,
+        group_size=args.group_size, calib=args.calib, calib_method=args.calib_method,
+        percentile=args.percentile, keep_fp32=args.keep_fp32, skip=args.skip, max_error=args.max_error,
+        seed=args.seed)
+    opts.validate()
+    return opts
 
 
 def _describe(path: Path) -> dict:
     from .format import load, read_header
+    from .ops import op_spec
     graph = load(path)
     file_meta, _ = read_header(path)  # the format version is in the file's metadata, not the graph's
     inits = [{"name": n, "layout": t.layout, "dtype": t.dtype, "shape": list(t.shape),
@@ -165,11 +231,22 @@ def _describe(path: Path) -> dict:
     by_layout: dict[str, int] = {}
     for t in graph.initializers.values():
         by_layout[t.layout] = by_layout.get(t.layout, 0) + t.nbytes
+    layers = []
+    for n in graph.nodes:
+        wi = op_spec(n.op).weight_input
+        if n.op in ("Linear", "Conv") and wi is not None and len(n.inputs) > wi and n.inputs[wi] in graph.initializers:
+            t = graph.initializers[n.inputs[wi]]
+            dense = t.to_dense()
+            fp32 = int(np.prod(t.shape)) * 4   # what this weight costs as plain fp32
+            layers.append({"name": n.name, "op": n.op, "weight": n.inputs[wi], "layout": t.layout,
+                           "shape": list(t.shape), "act_quant": n.attrs.get("act_quant", "none"),
+                           "sparsity": 1.0 - float(np.count_nonzero(dense)) / max(dense.size, 1),
+                           "bytes": t.nbytes, "fp32_bytes": fp32, "ratio": t.nbytes / fp32 if fp32 else 1.0})
     return {
         "file": str(path), "file_bytes": path.stat().st_size, "name": graph.name,
         "format_version": int(file_meta["format_version"]),
         "inputs": [v.to_dict() for v in graph.inputs], "outputs": [v.to_dict() for v in graph.outputs],
-        "nodes": nodes, "initializers": inits,
+        "nodes": nodes, "initializers": inits, "layers": layers, "report": graph.metadata.get("report"),
         "totals": {"nodes": len(nodes), "initializers": len(inits),
                    "tensor_bytes": sum(i["bytes"] for i in inits), "bytes_by_layout": by_layout,
                    "ops": {op: sum(1 for n in nodes if n["op"] == op) for op in sorted({n["op"] for n in nodes})}},
@@ -187,19 +264,43 @@ def _cmd_inspect(args) -> int:
         return "[" + ", ".join("?" if d is None else str(d) for d in v["shape"]) + "]" if v["shape"] is not None else "?"
     print(f"{info['file']}: model {info['name']!r}, {_human(info['file_bytes'])}")
     print("\ninputs:")
-    print(_table([[v["name"], v["dtype"], shape(v)] for v in info["inputs"]], ["name", "dtype", "shape"]))
+    print(format_table([[v["name"], v["dtype"], shape(v)] for v in info["inputs"]], ["name", "dtype", "shape"]))
     print("\noutputs:")
-    print(_table([[v["name"], v["dtype"], shape(v)] for v in info["outputs"]], ["name", "dtype", "shape"]))
+    print(format_table([[v["name"], v["dtype"], shape(v)] for v in info["outputs"]], ["name", "dtype", "shape"]))
     print("\nnodes:")
-    print(_table([[k, n["name"], n["op"], n["layout"], _human(n["weight_bytes"]) if n["weight_bytes"] else "-"]
+    print(format_table([[k, n["name"], n["op"], n["layout"], _human(n["weight_bytes"]) if n["weight_bytes"] else "-"]
                   for k, n in enumerate(info["nodes"])], ["#", "name", "op", "layout", "weights"]))
+    if info["layers"]:
+        print("\nweight layers:")
+        rows = [[lr["name"], lr["op"], lr["layout"], "x".join(map(str, lr["shape"])),
+                 lr["act_quant"] if lr["act_quant"] != "none" else "-", f"{lr['sparsity'] * 100:.1f}%",
+                 _human(lr["bytes"]), f"{lr['ratio']:.3f}"] for lr in info["layers"]]
+        print(format_table(rows, ["layer", "op", "layout", "shape", "act", "sparsity", "bytes", "x fp32"]))
+        packed = sum(lr["bytes"] for lr in info["layers"])
+        fp32 = sum(lr["fp32_bytes"] for lr in info["layers"])
+        print(f"weight layers: {_human(packed)} vs {_human(fp32)} as fp32 ({packed / max(fp32, 1):.3f}x)")
     print("\ninitializers:")
-    print(_table([[t["name"], t["layout"], t["dtype"], "x".join(map(str, t["shape"])) or "scalar", _human(t["bytes"])]
+    print(format_table([[t["name"], t["layout"], t["dtype"], "x".join(map(str, t["shape"])) or "scalar", _human(t["bytes"])]
                   for t in info["initializers"]], ["name", "layout", "dtype", "shape", "bytes"]))
     tot = info["totals"]
     print(f"\ntotals: {tot['nodes']} nodes ({', '.join(f'{k} {v}' for k, v in tot['ops'].items())}), "
           f"{tot['initializers']} initializers, {_human(tot['tensor_bytes'])} of tensors "
           f"({', '.join(f'{k} {_human(v)}' for k, v in tot['bytes_by_layout'].items())})")
+    rep = info["report"]
+    if rep:
+        e = rep.get("end_to_end") or {}
+        print(f"\nconversion report (stored in the file): {rep.get('options', {}).get('prune')} pruning, "
+              f"{rep.get('options', {}).get('quant')} weights; evaluated on {rep.get('calibration')}")
+        if e:
+            top1 = e.get("top1_agreement")
+            print(f"  end to end: cosine {e['cosine']:.6f}, relative error {e['rel_error']:.3e}, "
+                  f"max abs error {e['max_abs_error']:.3e}"
+                  + (f", top-1 agreement {top1 * 100:.2f}%" if top1 is not None else ""))
+        for lr in rep.get("layers", []):
+            if lr.get("note"):
+                print(f"  {lr['name']}: {lr['note']}")
+        if rep.get("budget"):
+            print(f"  accuracy budget: {rep['budget'].get('summary')}")
     return 0
 
 

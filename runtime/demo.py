@@ -3,12 +3,13 @@
 1. train a small MLP classifier on scikit-learn's bundled 8x8 digits (1797 images);
 2. write it as an ONNX model (MatMul + Add + Relu ... + Softmax, opset 17);
 3. convert it to one .qrt file (the importer fuses MatMul + Add into Linear);
-4. run the .qrt on held-out digits with every usable qrt backend and, where installed, the
-   ONNX file in onnxruntime, and print one table: bytes, accuracy, agreement with
+   fp32, and compressed: int8 weights (dynamic and static activations), 2:4 + int8,
+   70% unstructured + int8, weight-only int4 (VARIANTS below);
+4. run each .qrt on held-out digits with every usable qrt backend and, where installed, the
+   ONNX file in onnxruntime, and print one table: model bytes, accuracy, agreement with
    scikit-learn, probability error and latency.
 
-This issue's converter keeps fp32 weights; int8 and sparse rows join the table when the
-converter and the fast backends land.
+No fine-tuning after pruning: the table shows what compression alone costs.
 """
 from __future__ import annotations
 
@@ -20,6 +21,19 @@ from pathlib import Path
 import numpy as np
 
 HIDDEN = (128, 64)
+
+# (file suffix, weights column, convert options). Calibration (for the report and static
+# ranges) uses the training images, never the held-out ones the table scores.
+VARIANTS = [
+    ("", "fp32", {}),
+    ("_int8", "int8 (dyn. act)", {"quant": "int8"}),
+    ("_int8_static", "int8 (static act)", {"quant": "int8", "act": "static", "calib_method": "percentile"}),
+    # sparse variants prune the hidden layers; the small 64 -> 10 classifier is skipped (kept
+    # unpruned, still int8), the usual recipe: one-shot pruning of it alone costs ~2.5 points
+    ("_2of4_int8", "2:4 + int8", {"prune": "nm", "quant": "int8", "skip": ["dense2*"]}),
+    ("_s70_int8", "70% CSR + int8", {"prune": "magnitude", "sparsity": 0.7, "quant": "int8", "skip": ["dense2*"]}),
+    ("_int4", "int4 g32 (weight-only)", {"quant": "int4", "group_size": 32}),
+]
 
 
 def _need(module: str):
@@ -43,7 +57,7 @@ def train(seed: int):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # ConvergenceWarning on some seeds: accuracy is printed anyway
         clf.fit(x_tr, y_tr)
-    return clf, x_te, y_te
+    return clf, x_tr, x_te, y_te
 
 
 def to_onnx(clf) -> bytes:
@@ -82,13 +96,13 @@ def _latency_ms(fn, repeats: int) -> float:
 
 
 def run_demo(keep_dir: str | None = None, seed: int = 0) -> int:
-    from . import available_backends, save
+    from . import available_backends
     from .convert import from_onnx
     from .session import InferenceSession
 
     print("qrt demo: MLP 64-128-64-10 on scikit-learn's digits (8x8 images, 10 classes)")
     t0 = time.perf_counter()
-    clf, x_te, y_te = train(seed)
+    clf, x_cal, x_te, y_te = train(seed)
     print(f"  trained in {time.perf_counter() - t0:.1f} s; {len(x_te)} held-out images")
     want = clf.predict_proba(x_te).astype(np.float32)
     onnx_bytes = to_onnx(clf)
@@ -101,19 +115,23 @@ def run_demo(keep_dir: str | None = None, seed: int = 0) -> int:
         tmp = tempfile.TemporaryDirectory(prefix="qrt-demo-")
         out_dir = Path(tmp.name)
     try:
-        onnx_path, qrt_path = out_dir / "digits_mlp.onnx", out_dir / "digits_mlp.qrt"
+        onnx_path = out_dir / "digits_mlp.onnx"
         onnx_path.write_bytes(onnx_bytes)
-        graph = from_onnx(onnx_bytes, name="digits_mlp")
-        save(graph, qrt_path)
-        print(f"  converted {onnx_path.name} ({onnx_path.stat().st_size} B) -> {qrt_path.name} "
-              f"({qrt_path.stat().st_size} B): {', '.join(n.op for n in graph.nodes)}")
-
+        calib = [{"pixels": x_cal[i:i + 64]} for i in range(0, len(x_cal), 64)]
         runners = []
-        for backend, reason in available_backends().items():
-            if reason is None:
-                sess = InferenceSession(qrt_path, backend=backend)
-                runners.append((f"qrt {backend}", "fp32", qrt_path.stat().st_size,
-                                lambda x, s=sess: s.run(None, {"pixels": x})[0]))
+        kept = [onnx_path]
+        for label, weights, options in VARIANTS:
+            qrt_path = out_dir / f"digits_mlp{label}.qrt"
+            graph = from_onnx(onnx_bytes, qrt_path, name="digits_mlp",
+                              **({**options, "calib": calib} if options else {}))
+            kept.append(qrt_path)
+            print(f"  converted -> {qrt_path.name} ({qrt_path.stat().st_size} B): "
+                  f"{', '.join(sorted({t.layout for t in graph.initializers.values()}))} weights")
+            for backend, reason in available_backends().items():
+                if reason is None:
+                    sess = InferenceSession(qrt_path, backend=backend)
+                    runners.append((f"qrt {backend}", weights, qrt_path.stat().st_size,
+                                    lambda x, s=sess: s.run(None, {"pixels": x})[0]))
         try:
             import onnxruntime as ort
             o = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
@@ -133,9 +151,9 @@ def run_demo(keep_dir: str | None = None, seed: int = 0) -> int:
             latn = _latency_ms(lambda: fn(x_te), 30)
             rows.append([name, precision, f"{nbytes / 1024:.1f}" if nbytes else "-", f"{acc * 100:.2f}",
                          f"{agree * 100:.1f}", f"{err:.1e}", f"{lat1:.3f}", f"{len(x_te) / latn:.0f}"])
-        from .cli import _table
+        from .tables import format_table
         print()
-        print(_table(rows, ["runtime", "weights", "model KiB", "accuracy %", "agrees w/ sklearn %",
+        print(format_table(rows, ["runtime", "weights", "model KiB", "accuracy %", "agrees w/ sklearn %",
                             "max |dp|", "batch 1 ms", f"batch {len(x_te)} k img/s"]))
         print("\n  latency: median of repeated runs in this process; 'max |dp|' is the largest "
               "probability difference from scikit-learn's own predict_proba.")
@@ -143,7 +161,7 @@ def run_demo(keep_dir: str | None = None, seed: int = 0) -> int:
         if unavailable:
             print("  backends not in the table: " + "; ".join(f"{b}: {r}" for b, r in unavailable.items()))
         if keep_dir:
-            print(f"  kept {onnx_path} and {qrt_path}")
+            print(f"  kept {', '.join(str(p) for p in kept)}")
     finally:
         if tmp is not None:
             tmp.cleanup()

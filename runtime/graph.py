@@ -238,7 +238,7 @@ def _check_initializer(name: str, t: PackedTensor) -> None:
         raise GraphError(f"initializer {name!r} has unknown layout {t.layout!r}; known: {sorted(LAYOUTS)}")
     if t.dtype not in DTYPES:
         raise GraphError(f"initializer {name!r} has unknown dtype {t.dtype!r}")
-    wanted = {f.name: f for f in spec.fields}
+    wanted = {f.name: f for f in spec.field_specs(t)}
     if set(t.fields) != set(wanted):
         raise GraphError(f"initializer {name!r} ({t.layout}) has fields {sorted(t.fields)}, "
                          f"layout {t.layout!r} needs {sorted(wanted)}")

@@ -472,12 +472,14 @@ def test_module_entry_point_in_a_subprocess(files, tmp_path):
 
 # ------------------------------------------------------------------------------ demo -----
 
-def _row(out: str, runtime_name: str, column: str) -> str:
+def _row(out: str, runtime_name: str, column: str, weights: str | None = None) -> str:
+    """The ``column`` cell of the demo table's first row for ``runtime_name`` (and weights)."""
     lines = out.splitlines()
     hi = next(k for k, line in enumerate(lines) if line.startswith("runtime "))
     header = re.split(r"\s{2,}", lines[hi].strip())
-    row = next(line for line in lines[hi:] if line.startswith(runtime_name))
-    return re.split(r"\s{2,}", row.strip())[header.index(column)]
+    rows = [re.split(r"\s{2,}", line.strip()) for line in lines[hi + 2:] if line.startswith(runtime_name)]
+    row = next(r for r in rows if weights is None or r[header.index("weights")] == weights)
+    return row[header.index(column)]
 
 
 def test_demo(capsys, tmp_path, monkeypatch):
@@ -492,6 +494,13 @@ def test_demo(capsys, tmp_path, monkeypatch):
     assert "qrt reference" in out and "accuracy %" in out
     assert float(_row(out, "qrt reference", "accuracy %")) > 90.0
     assert float(_row(out, "qrt reference", "agrees w/ sklearn %")) > 99.0
+    # the compressed variants: smaller files, accuracy close to fp32
+    fp32_kib = float(_row(out, "qrt reference", "model KiB", "fp32"))
+    # file sizes, header and fp32 biases included (they weigh on a 70 KiB model: int8 weights
+    # alone are 0.26x): measured 0.33x, 0.25x, 0.26x
+    for weights, max_ratio in [("int8 (dyn. act)", 0.36), ("2:4 + int8", 0.28), ("70% CSR + int8", 0.29)]:
+        assert float(_row(out, "qrt reference", "model KiB", weights)) < fp32_kib * max_ratio, weights
+        assert float(_row(out, "qrt reference", "accuracy %", weights)) > 85.0, weights
     assert listing(tmp_path) == []  # the scratch directory is removed
     assert elapsed < 60, elapsed
 
@@ -507,10 +516,67 @@ def test_demo_keep(capsys, tmp_path, monkeypatch):
     rc, out, err = cli(capsys, "demo", "--keep", keep, "--seed", "1")
     assert rc == 0, err
     assert "qrt reference" in out and "accuracy %" in out
-    assert listing(keep) == ["digits_mlp.onnx", "digits_mlp.qrt"]
+    from runtime.demo import VARIANTS
+    assert listing(keep) == sorted(["digits_mlp.onnx"] + [f"digits_mlp{suffix}.qrt" for suffix, _, _ in VARIANTS])
     onnx.checker.check_model(str(keep / "digits_mlp.onnx"))
     sess = runtime.InferenceSession(keep / "digits_mlp.qrt")
     (i,) = sess.get_inputs()
     assert (i.name, i.shape) == ("pixels", ["batch", 64])
     (p,) = sess.run(None, {"pixels": np.zeros((2, 64), np.float32)})
     np.testing.assert_allclose(p.sum(1), 1.0, rtol=1e-5)
+
+
+# --- convert with compression ---------------------------------------------------------------
+
+def test_convert_compressed_shows_progress_report_and_writes_json(capsys, tmp_path):
+    src = good_model(tmp_path / "m.onnx")
+    out, rep = tmp_path / "m.qrt", tmp_path / "r.json"
+    rc, stdout, err = cli(capsys, "convert", src, "-o", out, "--prune", "magnitude", "--sparsity", "0.5",
+                          "--quant", "int8", "--report", rep)
+    assert rc == 0, err
+    assert "[1/2] fc1/MatMul: csr" in err and "[2/2] fc2/MatMul: csr" in err   # progress per layer
+    assert "SQNR dB" in err and "end to end on random inputs" in err            # the report table
+    assert "wrote" in stdout and "report" in stdout
+    report = json.loads(rep.read_text())
+    assert [lr["layout"] for lr in report["layers"]] == ["csr", "csr"]
+    rc, stdout, err = cli(capsys, "inspect", out)
+    assert rc == 0 and "weight layers:" in stdout and "conversion report (stored in the file)" in stdout
+    assert "50.0%" in stdout and "csr" in stdout
+    info = json.loads(cli(capsys, "inspect", out, "--json")[1])
+    assert info["report"] == report and [lr["layout"] for lr in info["layers"]] == ["csr", "csr"]
+    assert all(lr["bytes"] < lr["fp32_bytes"] for lr in info["layers"])
+
+
+def test_convert_quiet(capsys, tmp_path):
+    src = good_model(tmp_path / "m.onnx")
+    rc, stdout, err = cli(capsys, "convert", src, "-o", tmp_path / "m.qrt", "--quant", "int8", "-q")
+    assert rc == 0 and err == "" and "wrote" in stdout
+
+
+@pytest.mark.parametrize("flags,fragments", [
+    (["--prune", "magnitude", "--sparsity", "1.5"], ["sparsity must be in [0, 1)"]),
+    (["--prune", "nm", "--nm", "4:4"], ["0 < N < M"]),
+    (["--prune", "nm", "--nm", "2-4"], ["--nm", "expected two integers"]),
+    (["--prune", "block", "--sparsity", "0.5", "--block", "3x3"], ["block"]),
+    (["--prune", "block", "--sparsity", "0.5", "--block", "four"], ["--block"]),
+    (["--quant", "int8", "--keep-fp32", "nope*"], ["matches no layer"]),
+    (["--prune", "magnitude", "--sparsity", "0.5", "--layer-sparsity", "fc1*"], ["PATTERN=F"]),
+    (["--quant", "int8", "--calib", "missing.npz"], ["calibration file", "does not exist"]),
+    (["--quant", "int8", "--max-error", "2"], ["max_error"]),
+    (["--sparsity", "0.5"], ["prune='none'"]),
+])
+def test_convert_bad_options_are_one_line_errors_and_write_nothing(capsys, tmp_path, flags, fragments):
+    src = good_model(tmp_path / "m.onnx")
+    rc, out, err = cli(capsys, "convert", src, "-o", tmp_path / "m.qrt", *flags)
+    assert_one_line_error(rc, out, err, "convert", *fragments)
+    assert listing(tmp_path) == ["m.onnx"]
+
+
+def test_convert_bad_calibration_file(capsys, tmp_path):
+    src = good_model(tmp_path / "m.onnx")
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, y=np.zeros((4, 8), np.float32))
+    rc, out, err = cli(capsys, "convert", src, "-o", tmp_path / "m.qrt", "--quant", "int8", "--act", "static",
+                       "--calib", calib)
+    assert_one_line_error(rc, out, err, "convert", "x")
+    assert listing(tmp_path) == ["calib.npz", "m.onnx"]

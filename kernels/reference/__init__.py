@@ -8,11 +8,12 @@ for the factory interface, output dtypes and aliasing rules. Needs numpy only.
 Modules: elementwise (arithmetic, comparisons, logic, activations, Cast, Clip, Where),
 reduction (Reduce*, Softmax, LayerNormalization, BatchNormalization), gemm (MatMul, Linear,
 Gemm), conv_pool (Conv, MaxPool, AveragePool, GlobalAveragePool), shape_ops (shape, slicing,
-indexing, Range, ConstantOfShape).
+indexing, Range, ConstantOfShape), packed (Linear and Conv on the int8, int4_grouped, csr,
+bsr and nm layouts).
 """
-from . import conv_pool, elementwise, gemm, reduction, shape_ops  # noqa: F401  (registers kernels)
+from . import conv_pool, elementwise, gemm, packed, reduction, shape_ops  # noqa: F401  (registers kernels)
 
-MODULES = (elementwise, reduction, gemm, conv_pool, shape_ops)
+MODULES = (elementwise, reduction, gemm, conv_pool, shape_ops, packed)
 
 
 def probe() -> str | None:

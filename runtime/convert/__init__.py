@@ -1,9 +1,25 @@
-"""Model conversion: float model -> qrt graph -> .qrt file.
+"""Model conversion: float model -> (prune, quantize, calibrate, pack) -> .qrt file.
 
-This issue converts without compression (dense fp32); pruning and quantization passes are
-added to ``pipeline.py`` by the converter issue. onnx (and torch for from_torch) are imported
-only when a conversion runs.
+``runtime.convert`` is both this package and a function:
+
+    runtime.convert("model.onnx", "model.qrt", prune="nm", quant="int8")   # = convert(...)
+    runtime.convert.from_onnx(...), runtime.convert.from_torch(...)
+
+(the module's class is swapped for a callable subclass below; that keeps one public name for
+the API the CLI mirrors, ``qrt convert``, and the submodules). onnx, and torch for
+from_torch, are imported only when a conversion runs.
 """
-from .pipeline import from_onnx, from_torch
+import sys
+import types
 
-__all__ = ["from_onnx", "from_torch"]
+from .pipeline import ConvertOptions, compress, convert, from_onnx, from_torch
+
+__all__ = ["convert", "from_onnx", "from_torch", "ConvertOptions", "compress"]
+
+
+class _CallableModule(types.ModuleType):
+    def __call__(self, *args, **kwargs):
+        return convert(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -1,28 +1,534 @@
-"""The conversion pipeline: import -> (later: prune, quantize, calibrate, pack) -> write."""
+"""The conversion pipeline: import -> prune -> calibrate -> quantize + pack -> report -> write.
+
+docs/CONVERTER.md is the contract (layers, numerics, layouts); this module decides, per layer,
+what to do and in which layout, and keeps the user informed:
+
+* every weight layer (Linear / Conv with a constant weight) is pruned and quantized as asked;
+  the only ways to keep one in fp32 are ``keep_fp32`` patterns and the ``max_error`` budget,
+  and the report says which layers were kept and why;
+* every option is checked before any work (bad values, patterns that match no layer, NaN/Inf
+  weights, calibration data that does not fit the model), and nothing is written unless the
+  whole conversion succeeded (the file is written atomically at the very end).
+"""
 from __future__ import annotations
 
+import copy
+import dataclasses
+import fnmatch
 import io
 import os
-from typing import Any, Sequence
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterable, Sequence
 
-from ..graph import Graph
+import numpy as np
+
+from ..graph import Graph, Node
+from ..layouts import PackedTensor, dense_tensor
+from .report import LayerReport, Report, output_metrics, rel_error, sqnr_db
+
+PRUNE_METHODS = ("none", "magnitude", "nm", "block", "channel", "random")
+QUANT_MODES = ("none", "int8", "int4")
+ACT_MODES = ("dynamic", "static")
+CALIB_METHODS = ("minmax", "percentile", "mse", "entropy")
+SCOPES = ("layer", "global")
+LAYER_OPS = ("Linear", "Conv")
 
 
-def from_onnx(model: Any, out_path: str | os.PathLike | None = None, *, name: str | None = None) -> Graph:
-    """Convert an ONNX model (path, bytes or ModelProto) to a qrt Graph; write it to
-    ``out_path`` when given (atomically: a failed write leaves no partial file)."""
+@dataclass
+class ConvertOptions:
+    """Everything `qrt convert` can be asked; the same names as the CLI flags."""
+    prune: str = "none"
+    sparsity: float = 0.0
+    layer_sparsity: dict[str, float] = field(default_factory=dict)   # pattern -> sparsity
+    nm: tuple[int, int] = (2, 4)
+    block: tuple[int, int] = (1, 4)
+    scope: str = "layer"
+    channel_norm: str = "l2"
+    quant: str = "none"
+    act: str = "dynamic"
+    per_channel: bool = True
+    symmetric: bool = True
+    group_size: int = 64
+    calib: Any = None               # path to .npz, or an iterable of feed dicts, or None
+    calib_method: str = "minmax"
+    percentile: float = 99.99
+    keep_fp32: list[str] = field(default_factory=list)
+    skip: list[str] = field(default_factory=list)                   # not pruned (still quantized)
+    max_error: float | None = None  # minimum cosine similarity of the outputs
+    seed: int = 0
+
+    def validate(self) -> None:
+        def choice(name, value, allowed):
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+        choice("prune", self.prune, PRUNE_METHODS)
+        choice("quant", self.quant, QUANT_MODES)
+        choice("act", self.act, ACT_MODES)
+        choice("calib_method", self.calib_method, CALIB_METHODS)
+        choice("scope", self.scope, SCOPES)
+        choice("channel_norm", self.channel_norm, ("l1", "l2"))
+        _check_sparsity("sparsity", self.sparsity)
+        for pattern, s in self.layer_sparsity.items():
+            _check_sparsity(f"sparsity for layers matching {pattern!r}", s)
+        n, m = self.nm
+        if not (isinstance(n, int) and isinstance(m, int) and 0 < n < m):
+            raise ValueError(f"N:M needs 0 < N < M; got {n}:{m}")
+        r, c = self.block
+        if not (isinstance(r, int) and isinstance(c, int) and r >= 1 and c >= 1):
+            raise ValueError(f"block shape must be two positive ints RxC; got {r}x{c}")
+        if self.group_size not in (32, 64, 128) and not (self.group_size > 0 and self.group_size % 2 == 0):
+            raise ValueError(f"group size must be a positive even number (32, 64 or 128); got {self.group_size}")
+        if not 50.0 < self.percentile <= 100.0:
+            raise ValueError(f"percentile must be in (50, 100]; got {self.percentile}")
+        if self.max_error is not None and not 0.0 < self.max_error <= 1.0:
+            raise ValueError(f"max_error is a minimum cosine similarity in (0, 1]; got {self.max_error}")
+        if self.act == "static" and self.quant != "int8":
+            raise ValueError("static activation quantization (act='static') needs quant='int8'")
+        if not self.symmetric and self.prune not in ("none", "channel") and self.quant == "int8":
+            raise ValueError("asymmetric int8 cannot be combined with sparse pruning: sparse int8 "
+                             "layouts are symmetric so that a pruned weight stays exactly 0")
+        if self.prune == "none" and (self.sparsity or self.layer_sparsity):
+            raise ValueError("a sparsity was given but prune='none'; choose a pruning method")
+        if self.prune not in ("none", "nm") and self.sparsity == 0 and not self.layer_sparsity:
+            raise ValueError(f"prune={self.prune!r} needs a sparsity > 0 (e.g. 0.5)")
+        if self.scope == "global" and self.prune != "magnitude":
+            raise ValueError("scope='global' applies to magnitude pruning only")
+
+    @property
+    def compresses(self) -> bool:
+        return self.prune != "none" or self.quant != "none"
+
+
+def _check_sparsity(what: str, s) -> None:
+    if not isinstance(s, (int, float)) or not (0.0 <= float(s) < 1.0):
+        raise ValueError(f"{what} must be in [0, 1), got {s!r}")
+
+
+# ------------------------------------------------------------------------------ layers --
+
+@dataclass
+class Layer:
+    node: Node
+    weight_name: str
+
+    @property
+    def name(self) -> str:
+        return self.node.name
+
+
+def find_layers(graph: Graph) -> list[Layer]:
+    """Linear / Conv nodes whose weight is a dense fp32 initializer, in graph order."""
+    out = []
+    for n in graph.nodes:
+        if n.op in LAYER_OPS and len(n.inputs) > 1 and n.inputs[1] in graph.initializers:
+            t = graph.initializers[n.inputs[1]]
+            if t.layout == "dense" and t.dtype == "float32":
+                out.append(Layer(n, n.inputs[1]))
+    return out
+
+
+def _matches(layer: Layer, pattern: str) -> bool:
+    return fnmatch.fnmatchcase(layer.name, pattern) or fnmatch.fnmatchcase(layer.weight_name, pattern)
+
+
+def _check_patterns(layers: list[Layer], opts: ConvertOptions) -> None:
+    groups = [("--keep-fp32", opts.keep_fp32), ("--skip", opts.skip), ("--layer-sparsity", list(opts.layer_sparsity))]
+    for flag, patterns in groups:
+        for p in patterns:
+            if not any(_matches(lr, p) for lr in layers):
+                names = ", ".join(lr.name for lr in layers[:8]) + (" ..." if len(layers) > 8 else "")
+                raise ValueError(f"{flag} pattern {p!r} matches no layer; the layers are: {names or 'none'}")
+
+
+# ---------------------------------------------------------------------------- convert ---
+
+@dataclass
+class _Plan:
+    """What to do with one layer."""
+    keep_fp32: str = ""            # non-empty: the reason it stays dense fp32
+    sparsity: float = 0.0
+    mask: np.ndarray | None = None
+    act_scale: float | None = None
+    act_zero_point: int = 0
+    note: str = ""
+
+
+def convert(model: Any, out_path: str | os.PathLike | None = None, *, name: str | None = None,
+            progress: Callable[[str], None] | None = None, report_path: str | os.PathLike | None = None,
+            options: ConvertOptions | None = None, **kwargs) -> Graph:
+    """Convert an ONNX model (path, bytes or ModelProto) with pruning/quantization options.
+
+    Options are the ConvertOptions fields (as keyword arguments or one ``options`` object).
+    Returns the converted Graph, whose ``metadata["report"]`` holds the accuracy report;
+    writes ``out_path`` (and the JSON report to ``report_path``) only if everything succeeded.
+    ``progress`` receives one line per step (the CLI passes a printer).
+    """
     from ..onnx_import import import_onnx
+    # keyword options override the fields of an options object
+    opts = dataclasses.replace(options, **kwargs) if options is not None else ConvertOptions(**kwargs)
+    opts.validate()
+    say = progress or (lambda line: None)
+    t_start = time.perf_counter()
     graph = import_onnx(model, name=name)
+    if opts.compresses or opts.max_error is not None:
+        graph = compress(graph, opts, say)
     if out_path is not None:
         from ..format import save
         save(graph, out_path)
+    if report_path is not None and "report" in graph.metadata:
+        import json
+        from ..format import atomic_write
+        data = json.dumps(graph.metadata["report"], indent=1).encode()
+        atomic_write(report_path, lambda f: f.write(data))
+    if "report" in graph.metadata:
+        say(f"converted in {time.perf_counter() - t_start:.1f} s")
     return graph
+
+
+def compress(graph: Graph, opts: ConvertOptions, say: Callable[[str], None] = lambda s: None) -> Graph:
+    """Prune, quantize and pack the weight layers of an imported fp32 graph (a new Graph)."""
+    from . import calibrate as cal
+    from . import prune as pr
+    graph = _copy(graph)
+    layers = find_layers(graph)
+    if not layers:
+        raise ValueError("the model has no Linear/Conv layer with a constant weight to compress")
+    _check_patterns(layers, opts)
+    for lr in layers:
+        w = graph.initializers[lr.weight_name].fields["data"]
+        bad = int(np.size(w) - np.count_nonzero(np.isfinite(w)))
+        if bad:
+            raise ValueError(f"layer {lr.name!r}: weight {lr.weight_name!r} has {bad} NaN/Inf value(s)")
+
+    if opts.prune == "block":     # a block must tile every layer it prunes: say so before any work
+        r, c = opts.block
+        for lr in layers:
+            shape = graph.initializers[lr.weight_name].shape
+            n, k = shape[0], int(np.prod(shape[1:]))
+            pruned = _layer_sparsity(lr, opts) > 0 and not any(_matches(lr, p) for p in opts.keep_fp32)
+            if pruned and (n % r or k % c):
+                raise ValueError(f"block {r}x{c} does not tile layer {lr.name!r}: its weight is {n}x{k} "
+                                 f"(2-D view of {tuple(shape)}); need R | {n} and C | {k} "
+                                 f"(or --skip / --layer-sparsity {lr.name}=0 for this layer)")
+
+    # Calibration / evaluation inputs, checked against the model before any work.
+    if opts.calib is None:
+        feeds = cal.random_feeds(graph, seed=opts.seed)
+    elif isinstance(opts.calib, (str, os.PathLike)):
+        feeds = cal.load_calib_npz(opts.calib, graph)
+    else:
+        feeds = cal.feeds_from_iterable(opts.calib, graph)
+    source = feeds.source
+    say(f"{len(layers)} weight layers; evaluating on {source}")
+    fp32_graph = graph
+    ref_outputs = _run(fp32_graph, feeds)
+
+    report = Report(options=_options_dict(opts), calibration=source)
+    plans: dict[str, _Plan] = {lr.name: _Plan() for lr in layers}
+    for lr in layers:
+        hit = next((p for p in opts.keep_fp32 if _matches(lr, p)), None)
+        if hit:
+            plans[lr.name].keep_fp32 = f"kept fp32 (--keep-fp32 {hit})"
+
+    # --- pruning --------------------------------------------------------------------------
+    if opts.prune == "channel":
+        selectable = {lr.name for lr in layers if not plans[lr.name].keep_fp32
+                      and not any(_matches(lr, p) for p in opts.skip)}
+        result = pr.channel_prune(graph, opts.sparsity, norm=opts.channel_norm,
+                                  select=lambda node: node.name in selectable)
+        for line in _channel_notes(result):
+            say(line)
+        notes = _channel_note_map(result)
+        for lr in layers:
+            plans[lr.name].note = notes.get(lr.name, plans[lr.name].note)
+        layers = find_layers(graph)
+    elif opts.prune != "none":
+        _plan_masks(graph, layers, plans, opts, pr)
+
+    # --- static activation ranges (on the pruned fp32 model) ------------------------------
+    quantized = [lr for lr in layers if not plans[lr.name].keep_fp32]
+    if opts.quant == "int8" and opts.act == "static" and quantized:
+        say(f"calibrating {len(quantized)} activation ranges ({opts.calib_method})")
+        masked = _build(graph, layers, plans, opts, pack=False)
+        ranges = cal.calibrate(masked, feeds, [lr.name for lr in quantized], method=opts.calib_method,
+                               percentile=opts.percentile)
+        for lr in quantized:
+            plans[lr.name].act_scale, plans[lr.name].act_zero_point = ranges[lr.name]
+
+    # --- pack, evaluate, and (with a budget) fall back the most sensitive layers -----------
+    converted = _build(graph, layers, plans, opts, pack=True, say=say)
+    metrics = output_metrics(_run(converted, feeds), ref_outputs)
+    if opts.max_error is not None and metrics["cosine"] < opts.max_error:
+        converted, metrics = _meet_budget(graph, layers, plans, opts, feeds, ref_outputs, metrics, report, say)
+    elif opts.max_error is not None:
+        report.budget = {"min_cosine": opts.max_error, "reverted": [],
+                         "summary": f"cosine {metrics['cosine']:.6f} >= {opts.max_error}: nothing reverted"}
+    report.end_to_end = metrics
+    report.layers = _layer_reports(fp32_graph, graph, converted, layers, plans, feeds)
+    if opts.quant == "int4" and opts.prune not in ("none", "channel"):
+        report.notes.append("int4 has no sparse layout: pruned weights are stored as zeros in int4_grouped")
+    converted.metadata = {**converted.metadata, "report": report.to_dict()}
+    say(report.table())
+    return converted
+
+
+# ---------------------------------------------------------------------------- pruning ---
+
+def _layer_sparsity(lr: Layer, opts: ConvertOptions) -> float:
+    if any(_matches(lr, p) for p in opts.skip):
+        return 0.0
+    for pattern, s in opts.layer_sparsity.items():
+        if _matches(lr, pattern):
+            return float(s)
+    return float(opts.sparsity)
+
+
+def _plan_masks(graph: Graph, layers: list[Layer], plans: dict[str, _Plan], opts: ConvertOptions, pr) -> None:
+    todo = [lr for lr in layers if not plans[lr.name].keep_fp32]
+    weights = {lr.name: np.asarray(graph.initializers[lr.weight_name].fields["data"]) for lr in todo}
+    if opts.prune == "magnitude" and opts.scope == "global":
+        masks = pr.global_magnitude_masks({k: w for k, w in weights.items() if _layer_sparsity(
+            next(lr for lr in todo if lr.name == k), opts) > 0}, opts.sparsity)
+        for lr in todo:
+            if lr.name in masks:
+                plans[lr.name].mask = masks[lr.name]
+    else:
+        for k, lr in enumerate(todo):
+            s = _layer_sparsity(lr, opts)
+            w = weights[lr.name]
+            if opts.prune == "nm":
+                if any(_matches(lr, p) for p in opts.skip):
+                    continue
+                k_in = int(np.prod(w.shape[1:]))
+                if k_in % opts.nm[1]:
+                    # N:M groups run along the input dim; a layer whose K' they do not tile
+                    # (a first conv with 1 channel x 3x3 = 9 inputs) stays unpruned, and says so
+                    plans[lr.name].note = (f"not N:M-pruned: its {k_in} inputs are not a multiple "
+                                           f"of M={opts.nm[1]}")
+                    continue
+                plans[lr.name].mask = pr.nm_mask(w, *opts.nm)
+            elif s == 0:
+                continue
+            elif opts.prune == "magnitude":
+                plans[lr.name].mask = pr.magnitude_mask(w, s)
+            elif opts.prune == "random":
+                plans[lr.name].mask = pr.random_mask(w, s, seed=opts.seed + k)
+            elif opts.prune == "block":
+                try:
+                    plans[lr.name].mask = pr.block_mask(w, s, block_shape=tuple(opts.block))
+                except ValueError as e:
+                    raise ValueError(f"layer {lr.name!r}: {e}") from None
+    for lr in todo:
+        if any(_matches(lr, p) for p in opts.skip):
+            plans[lr.name].note = "not pruned (--skip)"
+        elif plans[lr.name].mask is None and not plans[lr.name].note and opts.prune != "nm":
+            plans[lr.name].note = "not pruned (sparsity 0 for this layer)"
+        mask = plans[lr.name].mask
+        plans[lr.name].sparsity = 0.0 if mask is None else 1.0 - float(np.count_nonzero(mask)) / mask.size
+
+
+def _channel_note_map(result) -> dict[str, str]:
+    """Layer name -> what channel pruning did to it, or why it left it whole."""
+    notes = {}
+    for lr in result.layers:
+        if lr.pruned:
+            notes[lr.name] = f"channels {lr.channels_before} -> {lr.channels_after}"
+        elif lr.reason:
+            notes[lr.name] = f"not channel-pruned: {lr.reason}"
+    return notes
+
+
+def _channel_notes(result) -> list[str]:
+    return [f"channel pruning: {k}: {v}" for k, v in _channel_note_map(result).items()]
+
+
+# ------------------------------------------------------------------------------ build ---
+
+def _layout_for(opts: ConvertOptions, plan: _Plan) -> str:
+    if plan.keep_fp32:
+        return "dense"
+    sparse = plan.mask is not None and opts.quant != "int4"
+    if sparse:
+        return {"magnitude": "csr", "random": "csr", "block": "bsr", "nm": "nm"}[opts.prune]
+    return {"none": "dense", "int8": "int8", "int4": "int4_grouped"}[opts.quant]
+
+
+def _pack(name: str, w: np.ndarray, layout: str, plan: _Plan, opts: ConvertOptions) -> PackedTensor:
+    from .. import layouts as L
+    quant = "int8" if opts.quant == "int8" else "none"
+    if layout == "dense":
+        return dense_tensor(name, w if plan.mask is None or plan.keep_fp32 else (w * plan.mask).astype(np.float32))
+    if layout == "int8":
+        return L.pack_int8(name, w, plan.mask, per_channel=opts.per_channel, symmetric=opts.symmetric)
+    if layout == "int4_grouped":
+        wm = w if plan.mask is None else (w * plan.mask).astype(np.float32)
+        return L.pack_int4_grouped(name, wm, group_size=opts.group_size, symmetric=opts.symmetric)
+    if layout == "csr":
+        return L.pack_csr(name, w, plan.mask, quant=quant, per_channel=opts.per_channel)
+    if layout == "bsr":
+        return L.pack_bsr(name, w, plan.mask, block_shape=tuple(opts.block), quant=quant, per_channel=opts.per_channel)
+    if layout == "nm":
+        n, m = opts.nm
+        return L.pack_nm(name, w, plan.mask, n=n, m=m, quant=quant, per_channel=opts.per_channel)
+    raise AssertionError(layout)
+
+
+def _act_attrs(layout: str, plan: _Plan, opts: ConvertOptions) -> dict:
+    if plan.keep_fp32 or opts.quant != "int8":
+        return {"act_quant": "none"}
+    if opts.act == "static":
+        return {"act_quant": "static", "act_scale": float(plan.act_scale), "act_zero_point": int(plan.act_zero_point)}
+    return {"act_quant": "dynamic"}
+
+
+def _build(graph: Graph, layers: list[Layer], plans: dict[str, _Plan], opts: ConvertOptions, *,
+           pack: bool, say: Callable[[str], None] = lambda s: None) -> Graph:
+    """A new graph with every layer's weight replaced: packed (pack=True) or, for
+    calibration, just masked in fp32 (pack=False)."""
+    out = _copy(graph)
+    packed: dict[str, PackedTensor] = {}
+    for k, lr in enumerate(layers):
+        plan = plans[lr.name]
+        node = next(n for n in out.nodes if n.name == lr.name and n.op == lr.node.op)
+        w = np.asarray(graph.initializers[lr.weight_name].fields["data"])
+        layout = _layout_for(opts, plan) if pack else "dense"
+        if lr.weight_name not in packed:
+            p = plan if pack else _Plan(mask=None if plan.keep_fp32 else plan.mask)
+            packed[lr.weight_name] = _pack(lr.weight_name, w, layout, p, opts)
+            if pack:
+                t = packed[lr.weight_name]
+                say(f"[{k + 1}/{len(layers)}] {lr.name}: {layout}"
+                    f"{'' if plan.mask is None else f', sparsity {plan.sparsity * 100:.1f}%'}"
+                    f", {t.nbytes / 1024:.1f} KiB ({t.nbytes / max(w.nbytes, 1):.3f}x fp32)"
+                    f"{' - ' + plan.keep_fp32 if plan.keep_fp32 else ''}")
+        out.initializers[lr.weight_name] = packed[lr.weight_name]
+        node.attrs = {k2: v for k2, v in node.attrs.items() if not k2.startswith("act_")}
+        if pack:
+            node.attrs.update(_act_attrs(layout, plan, opts))
+    out.validate()
+    return out
+
+
+def _copy(graph: Graph) -> Graph:
+    """Structure copied, arrays shared (they are never written)."""
+    return Graph(graph.name, copy.deepcopy(graph.inputs), copy.deepcopy(graph.outputs),
+                 [Node(n.name, n.op, list(n.inputs), list(n.outputs), copy.deepcopy(n.attrs)) for n in graph.nodes],
+                 dict(graph.initializers), copy.deepcopy(graph.metadata))
+
+
+def _run(graph: Graph, feeds: list[dict]) -> list[list[np.ndarray]]:
+    from ..session import InferenceSession
+    sess = InferenceSession(graph, backend="reference")
+    return [sess.run(None, f) for f in feeds]
+
+
+# ----------------------------------------------------------------------------- budget ---
+
+def _meet_budget(graph, layers, plans, opts, feeds, ref_outputs, metrics, report, say):
+    """Revert the most sensitive layers to fp32 until the output cosine meets the budget.
+
+    Sensitivity of a layer = how much the end-to-end cosine improves when only that layer is
+    kept in fp32 (one evaluation per compressed layer). Layers are then reverted in that
+    order, re-measuring after each, until cosine >= max_error."""
+    candidates = [lr for lr in layers if not plans[lr.name].keep_fp32]
+    say(f"cosine {metrics['cosine']:.6f} < budget {opts.max_error}: measuring {len(candidates)} layer sensitivities")
+    gains = []
+    for lr in candidates:
+        trial = dict(plans)
+        trial[lr.name] = _Plan(keep_fp32="trial")
+        m = output_metrics(_run(_build(graph, layers, trial, opts, pack=True), feeds), ref_outputs)
+        gains.append((m["cosine"] - metrics["cosine"], lr))
+    gains.sort(key=lambda g: -g[0])
+    reverted = []
+    converted = None
+    for gain, lr in gains:
+        plans[lr.name] = _Plan(keep_fp32=f"kept fp32 (accuracy budget: most sensitive, +{gain:.2e} cosine alone)")
+        reverted.append(lr.name)
+        converted = _build(graph, layers, plans, opts, pack=True)
+        metrics = output_metrics(_run(converted, feeds), ref_outputs)
+        say(f"reverted {lr.name} to fp32: cosine {metrics['cosine']:.6f}")
+        if metrics["cosine"] >= opts.max_error:
+            break
+    met = metrics["cosine"] >= opts.max_error
+    report.budget = {"min_cosine": opts.max_error, "reverted": reverted, "met": met,
+                     "summary": f"reverted {len(reverted)} layer(s) to fp32; cosine {metrics['cosine']:.6f} "
+                                f"{'>=' if met else '< (not met even with every layer in fp32)'} {opts.max_error}"}
+    converted = _build(graph, layers, plans, opts, pack=True, say=say)
+    return converted, metrics
+
+
+# ----------------------------------------------------------------------------- report ---
+
+def _layer_reports(fp32_graph, graph, converted, layers, plans, feeds) -> list[LayerReport]:
+    """Per-layer rows. Output error: the converted layer and the original one run on the
+    same fp32 inputs of that layer (first calibration batch), so error does not compound."""
+    from kernels import registry
+    from . import calibrate as cal
+    names = list(dict.fromkeys(lr.node.inputs[0] for lr in layers))
+    inputs = dict(zip(names, cal.probe_session(graph, names).run(names, feeds[0])))
+    orig_nodes = {n.name: n for n in fp32_graph.nodes}
+    rows = []
+    for lr in layers:
+        node = next(n for n in converted.nodes if n.name == lr.name and n.op == lr.node.op)
+        t = converted.initializers[lr.weight_name]
+        orig_t = fp32_graph.initializers.get(lr.weight_name)
+        w_now = np.asarray(graph.initializers[lr.weight_name].fields["data"])
+        dense = t.to_dense()
+        sparsity = 1.0 - float(np.count_nonzero(dense)) / max(dense.size, 1)
+        same_shape = orig_t is not None and tuple(orig_t.shape) == tuple(t.shape)
+        sq = sqnr_db(w_now, dense) if same_shape else None
+        err = None
+        x = inputs.get(lr.node.inputs[0])
+        if same_shape and x is not None:
+            bias = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2] else None
+            b = None if bias is None else np.asarray(converted.initializers[bias].fields["data"])
+            got = _run_layer(registry, node, t, x, b)
+            want = _run_layer(registry, orig_nodes.get(lr.name, node), orig_t, x, b, fp32=True)
+            err = rel_error(got, want)
+        plan = plans.get(lr.name, _Plan())
+        rows.append(LayerReport(
+            name=lr.name, op=lr.node.op, shape=list(t.shape), layout=t.layout, sparsity=sparsity,
+            bytes=t.nbytes, fp32_bytes=orig_t.nbytes if orig_t is not None else t.nbytes,
+            act_quant=node.attrs.get("act_quant", "none"), sqnr_db=sq, output_rel_error=err,
+            note=plan.keep_fp32 or plan.note))
+    return rows
+
+
+def _run_layer(registry, node, t, x, bias, fp32=False):
+    attrs = registry.fill_attrs(node.op, {k: v for k, v in node.attrs.items()
+                                          if not (fp32 and k.startswith("act_"))})
+    arg = t.fields["data"] if t.layout == "dense" else t
+    run = registry.lookup(node.op, t.layout, "reference")(attrs, {1: t})
+    return run(x, arg, bias)[0]
+
+
+def _options_dict(opts: ConvertOptions) -> dict:
+    d = asdict(opts)
+    calib = d.pop("calib")
+    d["calib"] = None if calib is None else (os.fspath(calib) if isinstance(calib, (str, os.PathLike))
+                                             else "python iterable")
+    d["nm"] = f"{opts.nm[0]}:{opts.nm[1]}"
+    d["block"] = f"{opts.block[0]}x{opts.block[1]}"
+    return d
+
+
+# ------------------------------------------------------------------- front doors ------
+
+def from_onnx(model: Any, out_path: str | os.PathLike | None = None, *, name: str | None = None,
+              **options) -> Graph:
+    """Convert an ONNX model (path, bytes or ModelProto) to a qrt Graph; write it to
+    ``out_path`` when given (atomically: a failed write leaves no partial file). Keyword
+    ``options`` are ConvertOptions fields (plus progress / report_path); without any, the
+    model is imported as is (dense fp32)."""
+    return convert(model, out_path, name=name, **options)
 
 
 def from_torch(module: Any, example_inputs: Any, out_path: str | os.PathLike | None = None, *,
                input_names: Sequence[str] | None = None, output_names: Sequence[str] | None = None,
                dynamic_axes: dict | None = None, opset: int = 17, dynamo: bool = False,
-               name: str | None = None) -> Graph:
+               name: str | None = None, **options) -> Graph:
     """Export a torch.nn.Module through ONNX in memory, then convert it like from_onnx.
 
     example_inputs: a tensor or tuple of tensors, passed to torch.onnx.export.
@@ -30,6 +536,7 @@ def from_torch(module: Any, example_inputs: Any, out_path: str | os.PathLike | N
                     symbolic dims of the qrt model's inputs.
     dynamo:         use torch's dynamo-based exporter (needs onnxscript) instead of the
                     TorchScript one; both produce graphs qrt imports.
+    options:        ConvertOptions fields (prune=..., quant=..., ...), as from_onnx.
     """
     try:
         import torch
@@ -53,4 +560,4 @@ def from_torch(module: Any, example_inputs: Any, out_path: str | os.PathLike | N
                 data = buf.getvalue()
     finally:
         module.train(was_training)
-    return from_onnx(data, out_path, name=name or type(module).__name__)
+    return from_onnx(data, out_path, name=name or type(module).__name__, **options)

@@ -1,0 +1,217 @@
+"""Linear and Conv on packed weights: int8, int4_grouped, csr, bsr, nm (the reference spec).
+
+Numerics are docs/CONVERTER.md's "Numerics", implemented literally; every fast kernel for a
+packed layout is tested against these functions. Shapes: X (M, K') rows of the GEMM input,
+the weight's 2-D view W (N, K') (runtime.layouts.dense_view_2d), Y (M, N).
+
+``act_quant`` (a node attribute, runtime/ops.py):
+
+* ``"none"``: float activations. Y = X @ dequant(W).T + b in float64, rounded once to X's
+  dtype, where dequant(W) is ``PackedTensor.to_dense()`` (float32, the one definition of a
+  dequantized weight). The only mode for sparse layouts that store float values (quant
+  "none"); weight-only for int8 and int4.
+* ``"dynamic"``: each GEMM row (a row of X for Linear, one im2col patch for Conv) is
+  quantized on its own, symmetric: s[m] = max|x_m| / 127 (1 for an all-zero row) and
+  qx = clip(rint(x / s), -127, 127), both in float64.
+* ``"static"``: one scale s = act_scale and zero point z = act_zero_point (int8) per node:
+  qx = clip(rint(x / s) + z, -128, 127), in float64.
+
+Integer GEMM, for a weight whose columns are split into G groups of g (int4_grouped; G = 1,
+g = K' for one scale per row):
+
+    acc[m, n, j] = sum_{k in group j} (qx[m, k] - z) * (qw[n, k] - zw[n, j])     exact integer
+    Y[m, n]      = s_x[m] * sum_j (s_w[n, j] * acc[m, n, j]) + b[n]           float64, j = 0, 1, ...
+
+rounded once to X's dtype. The accumulation is exact: it runs in float64 through BLAS, where
+every product and partial sum is an integer of magnitude <= K' * 255 * 255 < 2^53 (K' below
+1.38e11, ``MAX_EXACT_K``), so the result is bit for bit that of an int64 accumulation, in any order.
+Padding of a Conv input is 0, which quantizes to qx = z, so (qx - z) = 0 whether the pad is
+applied before or after quantization.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import numpy as np
+
+from kernels.registry import register
+from runtime.layouts import PackedTensor, dense_view_2d, int_weight
+
+from ._common import is_float, prod
+from .conv_pool import _out_size, _spatial_attrs, _windows
+
+PACKED_LAYOUTS = ("int8", "int4_grouped", "csr", "bsr", "nm")
+ACT_QUANT_MODES = ("none", "dynamic", "static")
+# exactness bound of the float64 accumulation above: K' * 255 * 255 < 2^53
+MAX_EXACT_K = (1 << 53) // (255 * 255)
+
+
+class PackedGemm:
+    """A packed weight prepared once, at plan time, for Y = act(X) @ W.T (no bias).
+
+    weight:    the PackedTensor; its 2-D view is (N, K')
+    act_quant: "none" | "dynamic" | "static" (with act_scale > 0 and act_zero_point in int8)
+
+    Prepared: ``dense`` float64 (N, K') for "none"; for the integer modes ``q`` float64
+    (N, G, g) holding the integers qw - zw (K' zero-padded to G * g) and ``scale`` float64
+    (N, G).
+    """
+
+    def __init__(self, weight: PackedTensor, act_quant: str = "none", act_scale: Any = None,
+                 act_zero_point: Any = 0, *, op: str = "Linear"):
+        if not isinstance(weight, PackedTensor):
+            raise TypeError(f"{op}: the weight must be an initializer in a packed layout, got "
+                             f"{type(weight).__name__}")
+        if weight.layout not in PACKED_LAYOUTS:
+            raise ValueError(f"{op}: layout {weight.layout!r} is not a packed layout {PACKED_LAYOUTS}")
+        if act_quant not in ACT_QUANT_MODES:
+            raise ValueError(f"{op}: act_quant must be one of {ACT_QUANT_MODES}, got {act_quant!r}")
+        self.weight = weight
+        self.act_quant = act_quant
+        self.n, self.k = dense_view_2d(weight.shape)
+        if act_quant == "none":
+            self.dense = weight.to_dense().reshape(self.n, self.k).astype(np.float64)
+            return
+        if weight.layout in ("csr", "bsr", "nm") and weight.params.get("quant", "none") != "int8":
+            raise ValueError(f"{op}: act_quant={act_quant!r} needs integer weights, but {weight.layout} "
+                             f"weight {weight.name!r} stores float values (quant='none'); use act_quant='none'")
+        if self.k > MAX_EXACT_K:
+            raise ValueError(f"{op}: K' = {self.k} is too large for an exact integer accumulation "
+                             f"(at most {MAX_EXACT_K})")
+        if act_quant == "static":
+            if act_scale is None:
+                raise ValueError(f"{op}: act_quant='static' needs the attribute act_scale")
+            s = float(act_scale)
+            if not (math.isfinite(s) and s > 0):
+                raise ValueError(f"{op}: act_scale must be finite and > 0, got {act_scale!r}")
+            z = act_zero_point if act_zero_point is not None else 0
+            if isinstance(z, bool) or not float(z).is_integer() or not -128 <= int(z) <= 127:
+                raise ValueError(f"{op}: act_zero_point must be an int in [-128, 127], got {act_zero_point!r}")
+            self.act_scale, self.act_zero_point = s, int(z)
+        iw = int_weight(weight)
+        g = iw.group_size
+        groups = iw.scale.shape[1]
+        q = np.zeros((self.n, groups * g), np.float64)
+        q[:, :self.k] = iw.q
+        self.group_size = g
+        self.q = q.reshape(self.n, groups, g)
+        self.scale = iw.scale.astype(np.float64)
+
+    def quantize_rows(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | float]:
+        """X (M, K') float -> (qx - z as float64 (M, K') integers, s_x: (M,) or a float)."""
+        x = np.asarray(x, np.float64)
+        if self.act_quant == "dynamic":
+            s = np.max(np.abs(x), axis=1) / 127
+            s = np.where(s == 0, 1.0, s)
+            return np.clip(np.rint(x / s[:, None]), -127, 127), s
+        z = self.act_zero_point
+        qx = np.clip(np.rint(x / self.act_scale) + z, -128, 127)
+        return qx - z, self.act_scale
+
+    def __call__(self, x: np.ndarray, rows: slice = slice(None)) -> np.ndarray:
+        """X (M, K') -> act(X) @ W[rows].T, float64 (M, N'), no bias; ``rows`` picks output rows
+        (a Conv group)."""
+        if self.act_quant == "none":
+            return np.asarray(x, np.float64) @ self.dense[rows].T
+        qx, s_x = self.quantize_rows(x)
+        m, g = qx.shape[0], self.group_size
+        groups = self.q.shape[1]
+        if groups * g != self.k:
+            qx = np.concatenate([qx, np.zeros((m, groups * g - self.k))], axis=1)
+        q, scale = self.q[rows], self.scale[rows]
+        y = np.zeros((m, q.shape[0]), np.float64)
+        for j in range(groups):
+            acc = qx[:, j * g:(j + 1) * g] @ q[:, j].T        # exact integers (module docstring)
+            y += scale[:, j] * acc
+        return y * (s_x[:, None] if isinstance(s_x, np.ndarray) else s_x)
+
+
+def _bias64(bias, n: int, op: str) -> np.ndarray | None:
+    if bias is None:
+        return None
+    b = np.asarray(bias, np.float64)
+    if b.shape != (n,):
+        raise ValueError(f"{op}: bias has shape {b.shape}, expected ({n},)")
+    return b
+
+
+def packed_linear_ref(x: np.ndarray, gemm: PackedGemm, bias: np.ndarray | None = None) -> np.ndarray:
+    """Y = act(X) @ dequant(W).T + bias with a packed weight (numerics: module docstring).
+
+    X (..., K) float, W logical (N, K), bias (N,) or None; Y (..., N) in X's dtype."""
+    if len(gemm.weight.shape) != 2:
+        raise ValueError(f"Linear: packed weight {gemm.weight.name!r} has shape {gemm.weight.shape}, expected (N, K)")
+    if not is_float(x.dtype) or x.ndim < 1 or x.shape[-1] != gemm.k:
+        raise ValueError(f"Linear: X {x.shape} ({x.dtype}) does not match packed weight "
+                         f"{gemm.weight.name!r} of shape {gemm.weight.shape} (need float X (..., K))")
+    y = gemm(x.reshape(-1, gemm.k))
+    b = _bias64(bias, gemm.n, "Linear")
+    if b is not None:
+        y = y + b
+    return y.reshape(*x.shape[:-1], gemm.n).astype(x.dtype)
+
+
+def packed_conv_ref(x: np.ndarray, gemm: PackedGemm, bias: np.ndarray | None = None, strides=None,
+                    pads=None, dilations=None, group: int = 1) -> np.ndarray:
+    """Grouped, strided, dilated, zero-padded convolution with a packed weight, as conv_ref.
+
+    X (N, C, *spatial) float, W logical (M, C/group, *kernel) with 2-D view
+    (M, C/group * prod(kernel)), bias (M,) or None; Y (N, M, *out) in X's dtype. Each group
+    is im2col + the packed GEMM on its M/group weight rows; with act_quant "dynamic" every
+    im2col row (one patch, C/group * prod(kernel) values) is quantized on its own."""
+    wshape = gemm.weight.shape
+    nsp = x.ndim - 2
+    n, c = x.shape[:2]
+    m, cg = wshape[:2]
+    kernel = [int(k) for k in wshape[2:]]
+    if not is_float(x.dtype) or len(wshape) != x.ndim or c != cg * group or m % group:
+        raise ValueError(f"Conv: X {x.shape} ({x.dtype}), packed weight {gemm.weight.name!r} {wshape} and "
+                         f"group={group} do not match (need float X, W (M, C/group, *kernel), group | M)")
+    strides, pb, pe, dilations = _spatial_attrs(nsp, strides, pads, dilations)
+    out = [_out_size(x.shape[2 + i], kernel[i], strides[i], dilations[i], pb[i], pe[i], 0)
+           for i in range(nsp)]
+    xp = np.pad(np.asarray(x, np.float64), [(0, 0), (0, 0)] + list(zip(pb, pe)))
+    win = _windows(xp, kernel, strides, dilations, out)        # (N, C, *out, *kernel)
+    mg = m // group
+    y = np.empty((n, m, *out), np.float64)
+    for g in range(group):
+        cols = np.moveaxis(win[:, g * cg:(g + 1) * cg], 1, 1 + nsp)   # (N, *out, C/g, *kernel)
+        cols = cols.reshape(n * prod(out), cg * prod(kernel))        # im2col, rows = patches
+        yg = gemm(cols, slice(g * mg, (g + 1) * mg)).reshape(n, *out, mg)
+        y[:, g * mg:(g + 1) * mg] = np.moveaxis(yg, -1, 1)
+    b = _bias64(bias, m, "Conv")
+    if b is not None:
+        y += b.reshape((m,) + (1,) * nsp)
+    return y.astype(x.dtype)
+
+
+# --- registration -------------------------------------------------------------------------------
+
+def _factory(op: str, fn: Callable, conv_attrs: tuple[str, ...]):
+    """Kernel factory for (op, packed layout, "reference"): prepares the weight once."""
+
+    def factory(attrs: dict[str, Any], weights: dict) -> Callable[..., tuple]:
+        weight = weights.get(1)
+        quant = {k: attrs.get(k, d) for k, d in
+                 (("act_quant", "none"), ("act_scale", None), ("act_zero_point", 0))}
+        gemm = PackedGemm(weight, quant["act_quant"], quant["act_scale"], quant["act_zero_point"], op=op)
+        kwargs = {k: attrs.get(k) for k in conv_attrs}
+        if "group" in kwargs:
+            kwargs["group"] = int(kwargs["group"] if kwargs["group"] is not None else 1)
+
+        def run(x, w, bias=None):
+            # the session passes the planned PackedTensor; another one is prepared afresh
+            g = gemm if w is weight else PackedGemm(w, **quant, op=op)
+            return (fn(x, g, bias, **kwargs),)
+        return run
+
+    factory.__name__ = f"{fn.__name__}_factory"
+    factory.__qualname__ = factory.__name__
+    factory.__doc__ = f"Reference kernel factory of {op} on packed weights: prepares the weight, returns run."
+    return factory
+
+
+for _layout in PACKED_LAYOUTS:
+    register("Linear", "reference", _layout)(_factory("Linear", packed_linear_ref, ()))
+    register("Conv", "reference", _layout)(_factory("Conv", packed_conv_ref, ("strides", "pads", "dilations", "group")))

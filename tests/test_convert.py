@@ -1,0 +1,230 @@
+"""The converter end to end: accuracy on real data, reports, options and bad input.
+
+Accuracy bounds are the issue's: on models trained on scikit-learn's digits, int8 with dynamic
+activations stays within 1 point of fp32 test accuracy, int8 static (every calibration
+method) within 2 points, 2:4 + int8 within 3 points; a random-weight BERT keeps output
+cosine >= 0.99 with int8 dynamic.
+"""
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnx")
+pytest.importorskip("sklearn")
+
+import runtime
+from runtime.convert import ConvertOptions
+from tests import digits, model_zoo
+
+INT8_DYNAMIC_MAX_DROP = 0.01
+INT8_STATIC_MAX_DROP = 0.02
+NM_INT8_MAX_DROP = 0.03
+
+
+@pytest.fixture(scope="module")
+def mlp():
+    data, x_tr, x_te, y_te = digits.mlp_onnx()
+    calib = [{"pixels": x_tr[i:i + 128]} for i in range(0, 512, 128)]
+    fp32 = digits.accuracy(runtime.convert.from_onnx(data), x_te, y_te, "pixels")
+    return data, calib, x_te, y_te, fp32
+
+
+@pytest.fixture(scope="module")
+def cnn():
+    pytest.importorskip("torch")
+    data, x_tr, x_te, y_te = digits.cnn_onnx()
+    calib = [{"image": x_tr[i:i + 128]} for i in range(0, 512, 128)]
+    fp32 = digits.accuracy(runtime.convert.from_onnx(data), x_te, y_te, "image")
+    assert fp32 > 0.9, f"the CNN should train to > 90% on digits, got {fp32}"
+    return data, calib, x_te, y_te, fp32
+
+
+def _acc(model, **options):
+    data, calib, x_te, y_te, fp32 = model
+    graph = runtime.convert(data, calib=calib, **options)
+    name = graph.inputs[0].name
+    return digits.accuracy(graph, x_te, y_te, name), fp32, graph
+
+
+@pytest.mark.parametrize("which", ["mlp", "cnn"])
+def test_int8_dynamic_within_one_point(which, request):
+    acc, fp32, graph = _acc(request.getfixturevalue(which), quant="int8")
+    assert acc >= fp32 - INT8_DYNAMIC_MAX_DROP, (acc, fp32)
+    layers = [n for n in graph.nodes if n.op in ("Linear", "Conv")]
+    assert layers and all(graph.initializers[n.inputs[1]].layout == "int8" for n in layers)
+    assert all(n.attrs["act_quant"] == "dynamic" for n in layers)
+
+
+@pytest.mark.parametrize("method", ["minmax", "percentile", "mse", "entropy"])
+@pytest.mark.parametrize("which", ["mlp", "cnn"])
+def test_int8_static_within_two_points(which, method, request):
+    acc, fp32, graph = _acc(request.getfixturevalue(which), quant="int8", act="static", calib_method=method)
+    assert acc >= fp32 - INT8_STATIC_MAX_DROP, (method, acc, fp32)
+    layers = [n for n in graph.nodes if n.op in ("Linear", "Conv")]
+    assert all(n.attrs["act_quant"] == "static" and n.attrs["act_scale"] > 0 for n in layers)
+
+
+@pytest.mark.parametrize("which", ["mlp", "cnn"])
+def test_2of4_int8_within_three_points(which, request):
+    """2:4 on every layer but the classifier (skipped by pattern, as ASP-style recipes do):
+    one-shot 2:4 of the digits MLP's 64 -> 10 classifier alone costs ~2.5 points (measured:
+    93.9% with it pruned vs 96.5% skipped, fp32 97.8%); see benchmarks/RESULTS.md."""
+    model = request.getfixturevalue(which)
+    from runtime.convert.pipeline import find_layers
+    classifier = find_layers(runtime.convert.from_onnx(model[0]))[-1].name
+    acc, fp32, graph = _acc(model, prune="nm", quant="int8", skip=[classifier])
+    assert acc >= fp32 - NM_INT8_MAX_DROP, (acc, fp32)
+    notes = {lr["name"]: lr["note"] for lr in graph.metadata["report"]["layers"]}
+    assert "skip" in notes[classifier]
+    for n in graph.nodes:
+        if n.op in ("Linear", "Conv") and n.name != classifier:
+            t = graph.initializers[n.inputs[1]]
+            assert t.layout == "nm" or "not N:M-pruned" in notes[n.name]
+            w = t.to_dense().reshape(t.shape[0], -1)
+            if w.shape[1] % 4 == 0:
+                assert (np.count_nonzero(w.reshape(w.shape[0], -1, 4), axis=2) <= 2).all()
+
+
+def test_report_is_complete_and_stored(mlp, tmp_path):
+    data, calib, *_ = mlp
+    out, rep = tmp_path / "m.qrt", tmp_path / "r.json"
+    lines = []
+    runtime.convert(data, out, calib=calib, prune="magnitude", sparsity=0.5, quant="int8",
+                    report_path=rep, progress=lines.append)
+    report = json.loads(rep.read_text())
+    assert report == runtime.load(out).metadata["report"]
+    assert len(report["layers"]) == 3
+    for layer in report["layers"]:
+        assert layer["layout"] == "csr" and abs(layer["sparsity"] - 0.5) < 0.01
+        assert layer["bytes"] < layer["fp32_bytes"] and 0 < layer["sqnr_db"] < 60
+        assert 0 <= layer["output_rel_error"] < 0.5
+    e = report["end_to_end"]
+    assert 0.9 < e["cosine"] <= 1 and e["top1_agreement"] > 0.8
+    assert any("[1/3]" in line for line in lines), "progress should name each layer"
+    assert any("SQNR dB" in line for line in lines), "the report table is printed"
+
+
+def test_random_calibration_is_said(mlp):
+    data, *_ = mlp
+    graph = runtime.convert(data, quant="int8")
+    assert "random inputs" in graph.metadata["report"]["calibration"]
+
+
+def test_keep_fp32_and_skip_are_reported(mlp):
+    data, calib, *_ = mlp
+    graph = runtime.convert(data, calib=calib, prune="magnitude", sparsity=0.5, quant="int8",
+                            keep_fp32=["dense2*"], skip=["dense0*"])
+    layers = {lr["name"]: lr for lr in graph.metadata["report"]["layers"]}
+    assert layers["dense2/MatMul"]["layout"] == "dense" and "keep-fp32" in layers["dense2/MatMul"]["note"]
+    assert layers["dense0/MatMul"]["layout"] == "int8" and "skip" in layers["dense0/MatMul"]["note"]
+    assert layers["dense1/MatMul"]["layout"] == "csr"
+
+
+def test_accuracy_budget_reverts_the_most_sensitive_layers(mlp):
+    data, calib, *_ = mlp
+    loose = runtime.convert(data, calib=calib, prune="magnitude", sparsity=0.9, quant="int8")
+    cos = loose.metadata["report"]["end_to_end"]["cosine"]
+    target = min(0.9999, cos + (1 - cos) * 0.5)
+    graph = runtime.convert(data, calib=calib, prune="magnitude", sparsity=0.9, quant="int8", max_error=target)
+    rep = graph.metadata["report"]
+    assert rep["end_to_end"]["cosine"] >= target
+    assert rep["budget"]["reverted"], "something had to be reverted"
+    for name in rep["budget"]["reverted"]:
+        lr = next(lr for lr in rep["layers"] if lr["name"] == name)
+        assert lr["layout"] == "dense" and "accuracy budget" in lr["note"]
+
+
+@pytest.mark.parametrize("prune,layout", [("magnitude", "csr"), ("random", "csr"), ("block", "bsr"), ("nm", "nm")])
+def test_sparse_layouts_shrink_the_file(mlp, tmp_path, prune, layout):
+    data, calib, *_ = mlp
+    fp32, out = tmp_path / "fp32.qrt", tmp_path / "s.qrt"
+    runtime.convert(data, fp32)
+    opts = {} if prune == "nm" else {"sparsity": 0.9}
+    graph = runtime.convert(data, out, calib=calib, prune=prune, quant="int8", **opts)
+    assert {graph.initializers[n.inputs[1]].layout for n in graph.nodes if n.op == "Linear"} == {layout}
+    assert out.stat().st_size < fp32.stat().st_size * (0.5 if prune == "nm" else 0.2)
+
+
+def test_channel_pruning_makes_a_smaller_dense_model(mlp, tmp_path):
+    data, calib, x_te, y_te, fp32 = mlp
+    graph = runtime.convert(data, calib=calib, prune="channel", sparsity=0.25)
+    shapes = [graph.initializers[n.inputs[1]].shape for n in graph.nodes if n.op == "Linear"]
+    assert shapes == [(96, 64), (48, 96), (10, 48)]
+    assert digits.accuracy(graph, x_te, y_te, "pixels") > fp32 - 0.1
+    notes = {lr["name"]: lr["note"] for lr in graph.metadata["report"]["layers"]}
+    assert "model output" in notes["dense2/MatMul"] or "Softmax" in notes["dense2/MatMul"]
+
+
+def test_int4_weight_only(mlp):
+    acc, fp32, graph = _acc(mlp, quant="int4", group_size=32)
+    assert acc >= fp32 - 0.03
+    assert {graph.initializers[n.inputs[1]].layout for n in graph.nodes if n.op == "Linear"} == {"int4_grouped"}
+
+
+def test_bert_int8_dynamic_keeps_cosine():
+    pytest.importorskip("transformers")
+    from tests.test_onnx_equivalence import _bert_bytes
+    data = _bert_bytes(model_zoo.bert())
+    feeds = [model_zoo.bert_feeds(2, 16, seed=s) for s in range(3)]
+    graph = runtime.convert(data, quant="int8", calib=feeds)
+    e = graph.metadata["report"]["end_to_end"]
+    assert e["cosine"] >= 0.99, e
+
+
+# --- bad input: clear error, nothing written ----------------------------------------------
+
+@pytest.mark.parametrize("options,message", [
+    ({"prune": "magnitude", "sparsity": 1.0}, "sparsity must be in [0, 1)"),
+    ({"prune": "magnitude", "sparsity": -0.1}, "sparsity must be in [0, 1)"),
+    ({"prune": "nm", "nm": (4, 4)}, "0 < N < M"),
+    ({"prune": "block", "sparsity": 0.5, "block": (5, 5)}, "block"),
+    ({"quant": "int8", "keep_fp32": ["nothing*"]}, "matches no layer"),
+    ({"prune": "magnitude", "sparsity": 0.5, "layer_sparsity": {"zzz": 0.2}}, "matches no layer"),
+    ({"quant": "int4", "act": "static"}, "needs quant='int8'"),
+    ({"quant": "int8", "max_error": 1.5}, "max_error"),
+    ({"prune": "bogus"}, "prune must be one of"),
+])
+def test_bad_options_write_nothing(mlp, tmp_path, options, message):
+    data, calib, *_ = mlp
+    out = tmp_path / "m.qrt"
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
+        runtime.convert(data, out, calib=calib, **options)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_calibration_data_writes_nothing(mlp, tmp_path):
+    data, *_ = mlp
+    bad = tmp_path / "calib.npz"
+    np.savez(bad, wrong_name=np.zeros((4, 64), np.float32))
+    with pytest.raises(ValueError, match="pixels"):
+        runtime.convert(data, tmp_path / "m.qrt", quant="int8", act="static", calib=bad)
+    nan = tmp_path / "nan.npz"
+    x = np.zeros((4, 64), np.float32)
+    x[1, 3] = np.nan
+    np.savez(nan, pixels=x)
+    with pytest.raises(ValueError, match="NaN"):
+        runtime.convert(data, tmp_path / "m.qrt", quant="int8", act="static", calib=nan)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["calib.npz", "nan.npz"]
+
+
+def test_nan_weights_are_refused(tmp_path):
+    from onnx import TensorProto, helper, numpy_helper
+    w = np.ones((4, 3), np.float32)
+    w[2, 1] = np.inf
+    data = model_zoo.onnx_model([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")],
+                                [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+                                [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])],
+                                [numpy_helper.from_array(w, "w")])
+    with pytest.raises(ValueError, match="NaN/Inf"):
+        runtime.convert(data, tmp_path / "m.qrt", quant="int8")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_options_object_and_keywords_agree(mlp):
+    data, calib, *_ = mlp
+    a = runtime.convert(data, calib=calib, options=ConvertOptions(quant="int8"))
+    b = runtime.convert(data, calib=calib, quant="int8")
+    for name, t in a.initializers.items():
+        for f, arr in t.fields.items():
+            np.testing.assert_array_equal(arr, b.initializers[name].fields[f])
