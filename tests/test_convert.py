@@ -228,3 +228,35 @@ def test_options_object_and_keywords_agree(mlp):
     for name, t in a.initializers.items():
         for f, arr in t.fields.items():
             np.testing.assert_array_equal(arr, b.initializers[name].fields[f])
+
+
+@pytest.mark.parametrize("per_channel,symmetric", [(False, True), (True, False), (False, False)])
+def test_int8_weight_quantization_variants(mlp, per_channel, symmetric):
+    acc, fp32, graph = _acc(mlp, quant="int8", per_channel=per_channel, symmetric=symmetric)
+    assert acc >= fp32 - INT8_DYNAMIC_MAX_DROP, (acc, fp32)
+    t = graph.initializers[graph.nodes[0].inputs[1]]
+    assert t.params["per_channel"] == per_channel and t.params["symmetric"] == symmetric
+    assert t.fields["scale"].shape == ((t.shape[0],) if per_channel else (1,))
+    assert ("zero_point" in t.fields) == (not symmetric)
+
+
+def test_int4_asymmetric_has_zero_points(mlp):
+    acc, fp32, graph = _acc(mlp, quant="int4", group_size=32, symmetric=False)
+    assert acc >= fp32 - 0.03
+    t = graph.initializers[graph.nodes[0].inputs[1]]
+    assert "zero_point" in t.fields and t.params["group_size"] == 32
+
+
+def test_layer_sparsity_override_and_global_scope(mlp):
+    data, calib, *_ = mlp
+    graph = runtime.convert(data, calib=calib, prune="magnitude", sparsity=0.5,
+                            layer_sparsity={"dense1*": 0.8})
+    sp = {lr["name"]: lr["sparsity"] for lr in graph.metadata["report"]["layers"]}
+    assert abs(sp["dense0/MatMul"] - 0.5) < 1e-3 and abs(sp["dense1/MatMul"] - 0.8) < 1e-3
+    # global: one threshold; the total equals the target, layers differ
+    g = runtime.convert(data, calib=calib, prune="magnitude", sparsity=0.6, scope="global")
+    layers = g.metadata["report"]["layers"]
+    sizes = [np.prod(lr["shape"]) for lr in layers]
+    total = sum(lr["sparsity"] * s for lr, s in zip(layers, sizes)) / sum(sizes)
+    assert abs(total - 0.6) < 1e-3
+    assert len({round(lr["sparsity"], 3) for lr in layers}) > 1
