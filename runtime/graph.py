@@ -214,6 +214,32 @@ _REQUIRED_ATTRS = {"Cast": ("to",), "Concat": ("axis",)}
 _NAME_OK = re.compile(r"^[^\x00-\x1f]+$")
 
 
+def format_shape(shape) -> str:
+    """[batch, 8] for display; '?' marks an unknown dim, '(any rank)' an unknown shape."""
+    if shape is None:
+        return "(any rank)"
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+
+
+def shape_problem(v: Value, got: tuple, symbols: dict[str, tuple[int, str]]) -> str | None:
+    """Why an array of shape ``got`` cannot feed input ``v`` (rank, a fixed dim, or a symbolic
+    dim whose size differs from the one another array of the same feed gave it), or None.
+    ``symbols`` (symbol -> (size, input name)) carries those sizes across one feed's inputs."""
+    if v.shape is None:
+        return None
+    if len(got) != len(v.shape):
+        return (f"expected rank {len(v.shape)} (shape {format_shape(v.shape)}), "
+                f"got rank {len(got)} (shape {list(got)})")
+    for axis, (want, have) in enumerate(zip(v.shape, got)):
+        if isinstance(want, int) and want != have:
+            return f"dimension {axis} must be {want} (shape {format_shape(v.shape)}), got {have} (shape {list(got)})"
+        if isinstance(want, str):
+            seen = symbols.setdefault(want, (have, v.name))
+            if seen[0] != have:
+                return f"dimension {axis} ({want!r}) is {have}, but input {seen[1]!r} has {want!r} = {seen[0]}"
+    return None
+
+
 def file_tensor_name(initializer: str, field_name: str) -> str:
     """Name of the file tensor holding ``field_name`` of an initializer. Unique per (initializer,
     field) because layout field names never contain '::' (the part after the last '::' is the

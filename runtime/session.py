@@ -20,7 +20,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from kernels import registry
-from .graph import Graph, Value
+from .graph import Graph, format_shape, shape_problem
 
 # onnxruntime's type strings, so code written against onnxruntime's NodeArg keeps working.
 _ORT_TYPE = {"float32": "tensor(float)", "float16": "tensor(float16)", "float64": "tensor(double)",
@@ -193,14 +193,16 @@ class InferenceSession:
         for v, slot in self._input_slots:
             if v.name not in feeds:
                 got = f"got only {', '.join(repr(k) for k in feeds)}" if feeds else "got an empty feed"
-                raise ValueError(f"missing input {v.name!r} (expected {v.dtype} with shape {_fmt_shape(v.shape)}); "
+                raise ValueError(f"missing input {v.name!r} (expected {v.dtype} with shape {format_shape(v.shape)}); "
                                  f"{got}")
             a = feeds[v.name]
             if not isinstance(a, np.ndarray):
                 a = np.asarray(a)
             if str(a.dtype) != v.dtype:
                 raise ValueError(f"input {v.name!r}: expected dtype {v.dtype}, got {a.dtype}")
-            _check_shape(v, a.shape, symbols)
+            problem = shape_problem(v, a.shape, symbols)
+            if problem:
+                raise ValueError(f"input {v.name!r}: {problem}")
             checked.append((slot, np.ascontiguousarray(a)))
         return checked
 
@@ -214,26 +216,3 @@ def _check_backend(backend: str) -> str:
     if reason is not None:
         raise ValueError(f"backend {backend!r} is unavailable here: {reason}")
     return backend
-
-
-def _fmt_shape(shape) -> str:
-    if shape is None:
-        return "(any)"
-    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
-
-
-def _check_shape(v: Value, got: tuple, symbols: dict[str, tuple[int, str]]) -> None:
-    if v.shape is None:
-        return
-    if len(got) != len(v.shape):
-        raise ValueError(f"input {v.name!r}: expected rank {len(v.shape)} (shape {_fmt_shape(v.shape)}), "
-                         f"got rank {len(got)} (shape {list(got)})")
-    for axis, (want, have) in enumerate(zip(v.shape, got)):
-        if isinstance(want, int) and want != have:
-            raise ValueError(f"input {v.name!r}: dimension {axis} must be {want} (shape {_fmt_shape(v.shape)}), "
-                             f"got {have} (shape {list(got)})")
-        if isinstance(want, str):
-            seen = symbols.setdefault(want, (have, v.name))
-            if seen[0] != have:
-                raise ValueError(f"input {v.name!r}: dimension {axis} ({want!r}) is {have}, but input "
-                                 f"{seen[1]!r} has {want!r} = {seen[0]}")

@@ -57,6 +57,33 @@ def _out_size(length, k, s, d, pad_begin, pad_end, ceil_mode):
     return out
 
 
+def conv_by_gemm(x, wshape, strides, pads, dilations, group, gemm):
+    """The im2col driver every reference Conv shares (dense here, packed layouts in packed.py).
+
+    X (N, C, *spatial); wshape (M, C/group, *kernel); ``gemm(cols, rows)`` gets the float64
+    im2col matrix of one group, cols (N * prod(out), C/group * prod(kernel)) with one row per
+    (image, output position) and one column per (channel, tap), and the slice of weight rows
+    (output channels) of that group, and returns (N * prod(out), M/group) float64.
+    Returns Y (N, M, *out) float64, without bias."""
+    nsp = x.ndim - 2
+    n = x.shape[0]
+    m, cg = wshape[:2]
+    kernel = [int(k) for k in wshape[2:]]
+    strides, pb, pe, dilations = _spatial_attrs(nsp, strides, pads, dilations)
+    out = [_out_size(x.shape[2 + i], kernel[i], strides[i], dilations[i], pb[i], pe[i], 0)
+           for i in range(nsp)]
+    xp = np.pad(np.asarray(x, np.float64), [(0, 0), (0, 0)] + list(zip(pb, pe)))
+    win = _windows(xp, kernel, strides, dilations, out)       # (N, C, *out, *kernel)
+    mg = m // group
+    y = np.empty((n, m, *out), np.float64)
+    for g in range(group):
+        cols = np.moveaxis(win[:, g * cg:(g + 1) * cg], 1, 1 + nsp)   # (N, *out, C/g, *kernel)
+        cols = cols.reshape(n * prod(out), cg * prod(kernel))
+        yg = gemm(cols, slice(g * mg, (g + 1) * mg)).reshape(n, *out, mg)   # (N, *out, M/g)
+        y[:, g * mg:(g + 1) * mg] = np.moveaxis(yg, -1, 1)
+    return y
+
+
 @reference_kernel("Conv")
 def conv_ref(x, w, b=None, strides=None, pads=None, dilations=None, group=1,
              act_quant="none", act_scale=None, act_zero_point=0):
@@ -69,26 +96,13 @@ def conv_ref(x, w, b=None, strides=None, pads=None, dilations=None, group=1,
     if act_quant != "none":
         raise ValueError(f"Conv with a dense weight takes act_quant='none', got {act_quant!r}")
     nsp = x.ndim - 2
-    n, c = x.shape[:2]
+    c = x.shape[1]
     m, cg = w.shape[:2]
-    kernel = [int(k) for k in w.shape[2:]]
     if w.ndim != x.ndim or c != cg * group or m % group:
         raise ValueError(f"Conv: X {x.shape}, W {w.shape} and group={group} do not match "
                          "(need W (M, C/group, *kernel) with M divisible by group)")
-    strides, pb, pe, dilations = _spatial_attrs(nsp, strides, pads, dilations)
-    out = [_out_size(x.shape[2 + i], kernel[i], strides[i], dilations[i], pb[i], pe[i], 0)
-           for i in range(nsp)]
-    xp = np.pad(np.asarray(x, np.float64), [(0, 0), (0, 0)] + list(zip(pb, pe)))
-    win = _windows(xp, kernel, strides, dilations, out)       # (N, C, *out, *kernel)
-    mg = m // group
-    y = np.empty((n, m, *out), np.float64)
-    for g in range(group):
-        # im2col: one row per (image, output position), one column per (channel, tap)
-        cols = np.moveaxis(win[:, g * cg:(g + 1) * cg], 1, 1 + nsp)   # (N, *out, C/g, *kernel)
-        cols = cols.reshape(n * prod(out), cg * prod(kernel))
-        wg = np.asarray(w[g * mg:(g + 1) * mg], np.float64).reshape(mg, cg * prod(kernel))
-        yg = (cols @ wg.T).reshape(n, *out, mg)                       # (N, *out, M/g)
-        y[:, g * mg:(g + 1) * mg] = np.moveaxis(yg, -1, 1)
+    w2 = np.asarray(w, np.float64).reshape(m, -1)
+    y = conv_by_gemm(x, w.shape, strides, pads, dilations, group, lambda cols, rows: cols @ w2[rows].T)
     if b is not None:
         y += np.asarray(b, np.float64).reshape((m,) + (1,) * nsp)
     return y.astype(x.dtype)

@@ -38,8 +38,8 @@ import numpy as np
 from kernels.registry import register
 from runtime.layouts import PackedTensor, dense_view_2d, int_weight
 
-from ._common import is_float, prod
-from .conv_pool import _out_size, _spatial_attrs, _windows
+from ._common import is_float
+from .conv_pool import conv_by_gemm
 
 PACKED_LAYOUTS = ("int8", "int4_grouped", "csr", "bsr", "nm")
 ACT_QUANT_MODES = ("none", "dynamic", "static")
@@ -162,24 +162,12 @@ def packed_conv_ref(x: np.ndarray, gemm: PackedGemm, bias: np.ndarray | None = N
     im2col row (one patch, C/group * prod(kernel) values) is quantized on its own."""
     wshape = gemm.weight.shape
     nsp = x.ndim - 2
-    n, c = x.shape[:2]
+    c = x.shape[1]
     m, cg = wshape[:2]
-    kernel = [int(k) for k in wshape[2:]]
     if not is_float(x.dtype) or len(wshape) != x.ndim or c != cg * group or m % group:
         raise ValueError(f"Conv: X {x.shape} ({x.dtype}), packed weight {gemm.weight.name!r} {wshape} and "
                          f"group={group} do not match (need float X, W (M, C/group, *kernel), group | M)")
-    strides, pb, pe, dilations = _spatial_attrs(nsp, strides, pads, dilations)
-    out = [_out_size(x.shape[2 + i], kernel[i], strides[i], dilations[i], pb[i], pe[i], 0)
-           for i in range(nsp)]
-    xp = np.pad(np.asarray(x, np.float64), [(0, 0), (0, 0)] + list(zip(pb, pe)))
-    win = _windows(xp, kernel, strides, dilations, out)        # (N, C, *out, *kernel)
-    mg = m // group
-    y = np.empty((n, m, *out), np.float64)
-    for g in range(group):
-        cols = np.moveaxis(win[:, g * cg:(g + 1) * cg], 1, 1 + nsp)   # (N, *out, C/g, *kernel)
-        cols = cols.reshape(n * prod(out), cg * prod(kernel))        # im2col, rows = patches
-        yg = gemm(cols, slice(g * mg, (g + 1) * mg)).reshape(n, *out, mg)
-        y[:, g * mg:(g + 1) * mg] = np.moveaxis(yg, -1, 1)
+    y = conv_by_gemm(x, wshape, strides, pads, dilations, group, gemm)   # rows = im2col patches
     b = _bias64(bias, m, "Conv")
     if b is not None:
         y += b.reshape((m,) + (1,) * nsp)

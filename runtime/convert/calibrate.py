@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from ..graph import Graph, Value
+from ..graph import Graph, Value, format_shape, shape_problem
 
 # int8 activations use the full asymmetric range [-128, 127]: 255 steps between lo and hi.
 QMIN, QMAX = -128, 127
@@ -66,14 +66,8 @@ class CalibFeeds(list):
 
 # ---------------------------------------------------------------------------- feeds -------
 
-def _fmt_shape(shape) -> str:
-    if shape is None:
-        return "(any rank)"
-    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
-
-
 def _describe_inputs(graph: Graph) -> str:
-    return ", ".join(f"{v.name!r} ({v.dtype} {_fmt_shape(v.shape)})" for v in graph.inputs)
+    return ", ".join(f"{v.name!r} ({v.dtype} {format_shape(v.shape)})" for v in graph.inputs)
 
 
 def _check_finite(name: str, a: np.ndarray, where: str) -> None:
@@ -108,25 +102,6 @@ def _check_dtype(name: str, a: np.ndarray, v: Value, where: str) -> None:
                          f"is {v.dtype} (convert it with .astype(np.{v.dtype}))")
 
 
-def _check_feed_shape(name: str, shape: tuple, v: Value, symbols: dict, where: str) -> None:
-    """One feed's array against the input's shape: rank, fixed dims, and symbolic dims equal
-    wherever the same name appears (across the inputs of one feed)."""
-    if v.shape is None:
-        return
-    if len(shape) != len(v.shape):
-        raise ValueError(f"{where}: array {name!r} has shape {list(shape)} (rank {len(shape)}), the model's "
-                         f"input is {_fmt_shape(v.shape)} (rank {len(v.shape)})")
-    for axis, (want, have) in enumerate(zip(v.shape, shape)):
-        if isinstance(want, int) and want != have:
-            raise ValueError(f"{where}: array {name!r} has shape {list(shape)}, the model's input is "
-                             f"{_fmt_shape(v.shape)}: dimension {axis} must be {want}")
-        if isinstance(want, str):
-            seen = symbols.setdefault(want, (have, name))
-            if seen[0] != have:
-                raise ValueError(f"{where}: array {name!r} dimension {axis} ({want!r}) is {have}, but "
-                                 f"array {seen[1]!r} has {want!r} = {seen[0]}")
-
-
 def _check_feed(feed: Any, graph: Graph, where: str) -> dict[str, np.ndarray]:
     if not isinstance(feed, Mapping):
         raise ValueError(f"{where}: expected a dict of input name -> array, got {type(feed).__name__}")
@@ -137,7 +112,9 @@ def _check_feed(feed: Any, graph: Graph, where: str) -> dict[str, np.ndarray]:
         a = feed[v.name]
         a = a if isinstance(a, np.ndarray) else np.asarray(a)
         _check_dtype(v.name, a, v, where)
-        _check_feed_shape(v.name, a.shape, v, symbols, where)
+        problem = shape_problem(v, a.shape, symbols)
+        if problem:
+            raise ValueError(f"{where}: array {v.name!r} does not fit the model's input: {problem}")
         _check_finite(v.name, a, where)
         out[v.name] = a
     return out
@@ -219,13 +196,13 @@ def load_calib_npz(path: str | os.PathLike, graph: Graph, *,
             group_of[v.name] = 1
         else:
             raise ValueError(f"{where}: array {v.name!r} has shape {list(a.shape)} (rank {a.ndim}); the "
-                             f"model's input is {_fmt_shape(v.shape)}, so expected rank {r} (samples along "
+                             f"model's input is {format_shape(v.shape)}, so expected rank {r} (samples along "
                              f"the batch axis) or {r + 1} (samples, then one whole input each)")
         if inner is not None:
             for axis, (want, have) in enumerate(zip(inner, a.shape[1:]), start=1):
                 if isinstance(want, int) and want != have:
                     raise ValueError(f"{where}: array {v.name!r} has shape {list(a.shape)}; with samples on "
-                                     f"axis 0 the model's input {_fmt_shape(v.shape)} needs dimension {axis} "
+                                     f"axis 0 the model's input {format_shape(v.shape)} needs dimension {axis} "
                                      f"= {want}, got {have}")
         _check_finite(v.name, a, where)
         counts[v.name] = int(a.shape[0])

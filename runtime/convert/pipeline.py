@@ -17,10 +17,9 @@ import dataclasses
 import fnmatch
 import io
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
