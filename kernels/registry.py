@@ -97,6 +97,14 @@ def _load(backend: str) -> str | None:
     return None
 
 
+def thread_setter(backend: str) -> Callable[[int], None] | None:
+    """The backend's ``set_threads(n)`` hook (None if it has none or is unavailable). A session
+    calls it before each run with its ``threads=`` option."""
+    if backend_status(backend) is not None:
+        return None
+    return getattr(importlib.import_module(_MODULES[backend]), "set_threads", None)
+
+
 def available_backends() -> dict[str, str | None]:
     """Every backend name -> None if usable here, else the reason it is not."""
     return {b: backend_status(b) for b in BACKENDS}

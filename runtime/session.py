@@ -96,6 +96,8 @@ class InferenceSession:
             out_slots = self._default_out_slots
         else:
             out_slots = [self._output_slot(n) for n in output_names]
+        for set_threads in self._thread_setters:
+            set_threads(self.threads)
         env = list(self._template)
         fed = self._check_feeds(input_feed)
         for slot, array in fed:
@@ -162,6 +164,8 @@ class InferenceSession:
                 if s not in last_use and s not in keep:
                     frees_at.setdefault(k, []).append(s)
         self._steps = [(run, ins, outs, tuple(frees_at.get(k, ()))) for k, (run, ins, outs) in enumerate(raw_steps)]
+        used = dict.fromkeys(p.backend for p in self._planned)
+        self._thread_setters = [f for f in map(registry.thread_setter, used) if f is not None]
         self._template = template
         self._slots = slots
         self._default_out_slots = [slots[v.name] for v in graph.outputs]

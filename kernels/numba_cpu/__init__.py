@@ -1,0 +1,52 @@
+"""The numba CPU backend: hand-written @njit kernels, parallel over cores with prange.
+
+Importing this package registers its kernels in kernels.registry (each module below
+registers the (op, layout) pairs it implements). Without numba the import fails and the
+registry reports the backend unavailable with the reason.
+
+Threads: numba's thread count is per calling thread; the session calls ``set_threads`` before
+each run with its ``threads=`` option, and every kernel's result is independent of it
+(each output element is computed by one thread, in a fixed order).
+"""
+from __future__ import annotations
+
+import os
+
+# numba's OpenMP pool and OpenBLAS's pthreads pool (the fp32 GEMMs) take turns on the same
+# cores. GNU OpenMP's default is to spin after each parallel region, which starves the other
+# pool: on the 2-core dev machine the fp32 BERT ran at 80 ms per call instead of 1.3-2.5 ms.
+# Passive waiting must be chosen before numba starts its pool (first parallel call); a value
+# the user set wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numba  # noqa: E402
+
+from . import quant  # noqa: F401  (shared helpers, no kernels)
+from . import int8_gemm, int4, ops, sparse  # noqa: F401  (register their kernels)
+
+
+def probe() -> str | None:
+    """None: usable here. numba's import succeeding is the requirement; ISA-specific paths
+    (VNNI) choose at run time and fall back to portable loops."""
+    major, minor = (int(p) for p in numba.__version__.split(".")[:2])
+    if (major, minor) < (0, 59):
+        return f"numba {numba.__version__} is too old (need >= 0.59)"
+    return None
+
+
+_blas_threads: list[int] = []      # the BLAS thread cap last set (threadpoolctl), if any
+
+
+def set_threads(n: int) -> None:
+    """Use ``n`` worker threads for this thread's next calls: numba's pool (capped at its size)
+    and, where threadpoolctl is installed, the BLAS library numpy uses for the fp32 GEMMs, so
+    the two pools never ask for more cores than the session was given."""
+    n = max(1, min(int(n), numba.config.NUMBA_NUM_THREADS))
+    numba.set_num_threads(n)
+    if not _blas_threads or _blas_threads[-1] != n:   # threadpoolctl costs ~0.1 ms: only on change
+        try:
+            from threadpoolctl import threadpool_limits
+        except ImportError:
+            return
+        threadpool_limits(limits=n, user_api="blas")
+        _blas_threads.append(n)

@@ -1,0 +1,553 @@
+"""int8 GEMM on AVX-512 VNNI (vpdpbusd), plus the portable numba GEMM that gives the same bits.
+
+    Y[m, n] = float(s_x[m] * s_w[n] * acc[m, n] + b[n])     acc = sum_k (qx - z_x)(qw - z_w)
+
+The numerics are kernels/reference/packed.py's (docs/CONVERTER.md, "Numerics"); this module
+only changes how the exact integer ``acc`` is obtained and where the epilogue runs.
+
+u8 x s8 (DESIGN.md): vpdpbusd multiplies unsigned bytes by signed bytes, four at a time, into
+int32 lanes. Activations are stored shifted, u = qx + 128 in [0, 255], weights as their raw
+int8 ``qdata`` (zero point not subtracted), so the kernel computes
+
+    raw[m, n] = sum_k u[m, k] qw[n, k] = sum_k qx qw + 128 colsum[n],    colsum[n] = sum_k qw[n, k]
+
+and the epilogue recovers the reference accumulator by expanding the zero points:
+
+    acc[m, n] = raw[m, n] - col_corr[n] - z_w[n] * row_corr[m]
+    col_corr[n] = (128 + z_x) * colsum[n]         (plan time)
+    row_corr[m] = sum_k qx[m, k] - K * z_x         (computed while quantizing row m)
+
+(z_x = 0 for dynamic activations; z_w = 0 for symmetric weights: the term is applied anyway,
+two vector ops per 16 outputs against K / 4 vpdpbusd, so one kernel serves both).
+
+int32 overflow: vpdpbusd wraps (the saturating form is vpdpbusds), and so do the epilogue's
+int32 subtractions, so every intermediate is exact modulo 2^32 and the result is exact
+whenever the true |acc| < 2^31. |qx - z_x| <= 255 and |qw - z_w| <= 255, so |acc| <=
+K * 255 * 255, below 2^31 for K <= MAX_K_INT32 = 33025. Larger K goes to the portable GEMM,
+which accumulates in int64.
+
+Epilogue, in float64 in the reference's order, rounded once to the output dtype:
+``((s_w[n] * float64(acc)) * s_x[m]) + b[n]`` (no FMA contraction: neither llvmlite's
+fmul/fadd below nor numba without fastmath sets the ``contract`` flag). Both paths therefore
+give the reference's bits exactly: the integer is exact and the float operations are the same.
+
+Data layouts (all zero-padded, so the kernel has no K or N edge cases):
+
+* weights: ``panels`` int8 (NP, K4, PANEL, 4), K4 = ceil(K / 4), NP = ceil(N / PANEL): per
+  panel of PANEL = 64 output columns, per k4 step, each column's 4 consecutive k (one int32
+  lane of vpdpbusd). Padded k and padded columns hold 0.
+* activations: ``u`` uint8 (M, 4 * K4), plain rows: the micro-kernel reads MR row streams
+  4 bytes at a time, and the quantizer's stores stay contiguous, so they vectorize (writing
+  MR-row interleaved tiles instead made quantization several times slower, measured). Padded k hold 128 (qx = 0), which meets a 0 weight anyway.
+  The portable GEMM reads the same ``u`` and the weight as plain int8 rows (N, 4 * K4).
+
+The micro-kernel is one numba ``@intrinsic`` that emits the whole K loop and the epilogue in
+LLVM IR: MR x NV accumulators of <16 x i32> kept in registers as loop phis, NV weight vectors
+loaded per k4 step, each activation word broadcast to 16 lanes; one variant per tile height
+1..MR, so the M % MR edge costs only its rows (and M = 1 is a GEMV at memory speed). Measured
+on the 2-core Zen 5 this project benchmarks on: ~450 GOP/s per core with data in L1, 95-98%
+of a register-only vpdpbusd loop (~460 GOP/s per core: one 512-bit vpdpbusd per cycle), for
+every tile from 4x64 to 8x48 and 16x16, so the simplest, 4x64, is used; the raw GEMM (no
+quantization or epilogue) runs at 430-450 GOP/s per core on the DESIGN.md shapes with the
+weight panel (K x 64 bytes, up to 704 KiB) re-read from L2, so there is no K blocking.
+
+The LLVM intrinsic exists only on CPUs with AVX-512 VNNI: the functions that contain it are
+compiled on their first call, and callers reach them only when ``has_vnni()`` says so.
+"""
+from __future__ import annotations
+
+import os
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic, overload
+
+MR = 4                    # rows per micro-tile
+NV = 4                    # 16-lane int32 vectors per micro-tile row
+PANEL = 16 * NV           # output columns per weight panel
+MAX_K_INT32 = (2 ** 31 - 1) // (255 * 255)   # 33025: int32 accumulation exact up to this K
+NO_VNNI_ENV = "QRT_NUMBA_NO_VNNI"            # "1": use the portable GEMM even on a VNNI CPU
+
+_VPDPBUSD = "llvm.x86.avx512.vpdpbusd.512"
+
+
+def has_vnni() -> bool:
+    """True when this CPU has AVX-512 VNNI (and AVX-512 BW/F) and QRT_NUMBA_NO_VNNI is not 1.
+    Read at each call (cheap): kernels decide once, when a session plans."""
+    if os.environ.get(NO_VNNI_ENV, "") == "1":
+        return False
+    from kernels.native_cpu import cpu_features
+    f = cpu_features()
+    return bool(f.get("avx512_vnni") and f.get("avx512bw") and f.get("avx512f"))
+
+
+def padded_sizes(m: int, n: int, k: int) -> tuple[int, int, int]:
+    """(MT, NP, K4): micro-tiles of rows, weight panels, k4 steps for an (M, N, K) GEMM."""
+    return -(-m // MR), -(-n // PANEL), -(-k // 4)
+
+
+# --- weights ------------------------------------------------------------------------------------
+
+def pack_weight_panels(q: np.ndarray) -> np.ndarray:
+    """int8 (N, K) raw qdata -> int8 panels (NP, K4, PANEL, 4), zero-padded (module docstring)."""
+    n, k = q.shape
+    _, np_, k4 = padded_sizes(1, n, k)
+    w = np.zeros((np_ * PANEL, k4 * 4), np.int8)
+    w[:n, :k] = q
+    return np.ascontiguousarray(w.reshape(np_, PANEL, k4, 4).transpose(0, 2, 1, 3))
+
+
+def pack_weight_rows(q: np.ndarray) -> np.ndarray:
+    """int8 (N, K) -> int8 (N, 4 * K4), K zero-padded: the portable GEMM's weight."""
+    n, k = q.shape
+    w = np.zeros((n, -(-k // 4) * 4), np.int8)
+    w[:, :k] = q
+    return w
+
+
+# --- activations: quantize + shift, one pass ---------------------------------------------------
+
+def _row_amax(x, i):
+    """max_k |x[i, k]| as float64 (numba only)."""
+
+
+@overload(_row_amax, inline="always")
+def _row_amax_impl(x, i):
+    # The maximum is taken over the bit patterns with the sign bit cleared: for non-negative
+    # floats integer order is float order, and an integer max reduction vectorizes where a
+    # float one (NaN rules) does not. A NaN has the largest pattern, so it propagates as in
+    # the reference's np.max.
+    if x.dtype == types.float32:
+        ity, mask = np.int32, np.int32(0x7FFFFFFF)
+    elif x.dtype == types.float64:
+        ity, mask = np.int64, np.int64(0x7FFFFFFFFFFFFFFF)
+    else:
+        return None
+    fty = np.float32 if x.dtype == types.float32 else np.float64
+
+    def amax(x, i):
+        bits = x[i].view(ity)
+        top = ity(0)
+        for j in range(x.shape[1]):
+            top = max(top, bits[j] & mask)
+        box = np.empty(1, ity)
+        box[0] = top
+        return np.float64(box.view(fty)[0])
+    return amax
+
+
+@njit(cache=True, inline="always")
+def _quantize_row(x, i, u, s, lo, z):
+    """Row i: u[i, k] = qx + 128 with qx = clip(rint(x / s) + z, lo, 127) in float64 (the
+    reference's formula with its true division: x * (1 / s) rounds differently near .5, and
+    a multiply plus an exactness check measured slower than the division), 128 (qx = 0) for
+    the padding k >= K. Returns (sum_k qx - K * z, whether the row holds a NaN)."""
+    k = x.shape[1]
+    zf = np.float64(z)
+    rs = 0
+    nan = False
+    for j in range(k):
+        v = np.float64(x[i, j])
+        nan |= np.isnan(v)
+        r = np.rint(v / s) + zf
+        # clip with explicit selects, not min/max: NaN -> 127, never an undefined float -> int
+        r = r if r <= 127.0 else 127.0  # noqa: FURB136
+        qi = np.int32(r if r >= lo else lo)  # noqa: FURB136
+        rs += qi
+        u[i, j] = np.uint8(qi + 128)
+    for j in range(k, u.shape[1]):
+        u[i, j] = np.uint8(128)
+    return rs - np.int64(k) * z, nan
+
+
+@njit(cache=True, inline="always")
+def row_scale_dynamic(amax):
+    """s = max|x| / 127, 1.0 for an all-zero row (quant.quantize_rows_dynamic). A row holding
+    a NaN or an infinity gets s = NaN: the reference's output row is all NaN there (its
+    float64 accumulation meets the NaN of x / s), and s_x = NaN makes the epilogue's row NaN,
+    whatever integers the NaN quantized to."""
+    if amax == 0.0:
+        return 1.0
+    s = amax / 127.0
+    return s if s < np.inf else np.nan
+
+
+@njit(cache=True, inline="always")
+def quantize_row_dynamic(x, i, u, sx, row_corr):
+    """Row i of x -> row i of u, sx, row_corr (dynamic); also used by the fused Conv im2col."""
+    s = row_scale_dynamic(_row_amax(x, i))
+    sx[i] = s
+    row_corr[i] = _quantize_row(x, i, u, s, -127.0, 0)[0]
+
+
+@njit(cache=True, inline="always")
+def quantize_row_static(x, i, u, s, z, sx, row_corr):
+    """Row i of x -> row i of u, sx, row_corr (static s, z); also used by the Conv im2col."""
+    # a NaN in x makes the reference's row NaN (rint(NaN) survives clip); +-inf clips to a
+    # finite qx, as there
+    row_corr[i], nan = _quantize_row(x, i, u, s, -128.0, z)
+    sx[i] = np.nan if nan else s
+
+
+@njit(cache=True, parallel=True)
+def _quantize_shift_dynamic_parallel(x, u, sx, row_corr):
+    for i in prange(x.shape[0]):
+        quantize_row_dynamic(x, i, u, sx, row_corr)
+
+
+@njit(cache=True)
+def _quantize_shift_dynamic_serial(x, u, sx, row_corr):
+    for i in range(x.shape[0]):
+        quantize_row_dynamic(x, i, u, sx, row_corr)
+
+
+@njit(cache=True, parallel=True)
+def _quantize_shift_static_parallel(x, u, s, z, sx, row_corr):
+    for i in prange(x.shape[0]):
+        quantize_row_static(x, i, u, s, z, sx, row_corr)
+
+
+@njit(cache=True)
+def _quantize_shift_static_serial(x, u, s, z, sx, row_corr):
+    for i in range(x.shape[0]):
+        quantize_row_static(x, i, u, s, z, sx, row_corr)
+
+
+# Below this many elements one thread quantizes faster than two (~0.45 ns per element on one
+# core; waking a sleeping worker costs 10-40 us on the VM this was measured on).
+PARALLEL_MIN_QUANT = 1 << 17
+
+
+@njit(cache=True)
+def quantize_shift_dynamic(x, u, sx, row_corr):
+    """x (M, K) float32/float64 -> u (M, Kp) uint8 = qx + 128 (k >= K: 128), sx (M,) float64,
+    row_corr (M,) int64 = sum_k qx. qx and sx are exactly
+    kernels/numba_cpu/quant.quantize_rows_dynamic's: s = max|x| / 127 (1.0 for an all-zero
+    row), qx = clip(rint(x / s), -127, 127), in float64 (rows with NaN/inf: row_scale_dynamic)."""
+    if x.size >= PARALLEL_MIN_QUANT and x.shape[0] > 1:
+        _quantize_shift_dynamic_parallel(x, u, sx, row_corr)
+    else:
+        _quantize_shift_dynamic_serial(x, u, sx, row_corr)
+
+
+@njit(cache=True)
+def quantize_shift_static(x, u, s, z, sx, row_corr):
+    """x (M, K) float -> u (M, Kp) uint8 = qx + 128 (k >= K: 128), sx (M,) = s (NaN for a row
+    holding a NaN), row_corr (M,) int64 = sum_k qx - K * z, where
+    qx = clip(rint(x / s) + z, -128, 127) in float64, exactly kernels/numba_cpu/quant.quantize_static."""
+    if x.size >= PARALLEL_MIN_QUANT and x.shape[0] > 1:
+        _quantize_shift_static_parallel(x, u, np.float64(s), np.int64(z), sx, row_corr)
+    else:
+        _quantize_shift_static_serial(x, u, np.float64(s), np.int64(z), sx, row_corr)
+
+
+@njit(cache=True)
+def quantize_shift(x, kp, static, s, z):
+    """Allocate and fill (u (M, kp) uint8, sx (M,) float64, row_corr (M,) int64) for X (M, K):
+    dynamic per-row scales, or static (s, z) when ``static``."""
+    m = x.shape[0]
+    u = np.empty((m, kp), np.uint8)
+    sx = np.empty(m, np.float64)
+    row_corr = np.empty(m, np.int64)
+    if static:
+        quantize_shift_static(x, u, s, z, sx, row_corr)
+    else:
+        quantize_shift_dynamic(x, u, sx, row_corr)
+    return u, sx, row_corr
+
+
+# --- the VNNI micro-kernel ------------------------------------------------------------------
+
+_I32 = ir.IntType(32)
+_I64 = ir.IntType(64)
+_V16I32 = ir.VectorType(_I32, 16)
+_V16F64 = ir.VectorType(ir.DoubleType(), 16)
+_V16F32 = ir.VectorType(ir.FloatType(), 16)
+
+
+def _c64(v: int) -> ir.Constant:
+    return ir.Constant(_I64, v)
+
+
+def _splat(builder, scalar, vty):
+    v = builder.insert_element(ir.Constant(vty, ir.Undefined), scalar, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(v, ir.Constant(vty, ir.Undefined), ir.Constant(_V16I32, [0] * 16))
+
+
+def _vec_ptr(builder, base, offset, vty):
+    return builder.bitcast(builder.gep(base, [offset]), vty.as_pointer())
+
+
+def _make_tile(rows: int):
+    """An @intrinsic computing a rows x PANEL output tile (rows <= MR), K loop and epilogue:
+
+        tile(u, a_off, lda, panels, b_off, k4, y, y_off, ldy,
+             col_corr, zw, sw, bias, n_off, row_corr, sx, m_off)
+
+    u: uint8 activations, row r of the tile at a_off + r * lda (elements); panels: int8, the
+    tile's panel at b_off; k4: k4 steps; y: output (float32 or float64), row r at
+    y_off + r * ldy, PANEL columns written; col_corr int32, zw int32, sw float64, bias
+    float64: padded per-column arrays read at n_off; row_corr int64 and sx float64 per row,
+    read at m_off. The zero-point term zw[n] * row_corr[m] is always applied (zw = 0 for
+    symmetric weights): 2 vector ops per 16 outputs, against K / 4 vpdpbusd."""
+
+    @intrinsic
+    def tile(typingctx, u, a_off, lda, panels, b_off, k4, y, y_off, ldy,
+             col_corr, zw, sw, bias, n_off, row_corr, sx, m_off):
+        intp = types.intp
+        sig = types.void(u, intp, intp, panels, intp, intp, y, intp, intp,
+                         col_corr, zw, sw, bias, intp, row_corr, sx, intp)
+
+        def codegen(context, builder, signature, args):
+            a_off, lda, b_off, k4, y_off, ldy, n_off, m_off = (args[i] for i in (1, 2, 4, 5, 7, 8, 13, 16))
+            data = [context.make_array(t)(context, builder, v).data if isinstance(t, types.Array) else None
+                    for t, v in zip(signature.args, args)]
+            fn = builder.module.globals.get(_VPDPBUSD)
+            if fn is None:
+                fn = ir.Function(builder.module, ir.FunctionType(_V16I32, [_V16I32] * 3), _VPDPBUSD)
+            a = builder.gep(data[0], [a_off])
+            b = builder.gep(data[3], [b_off])
+            zero = ir.Constant(_V16I32, None)
+
+            # K loop: accumulators are loop phis, so they live in zmm registers throughout
+            pre = builder.block
+            loop = builder.append_basic_block("vnni.k4")
+            done = builder.append_basic_block("vnni.epilogue")
+            builder.cbranch(builder.icmp_signed(">", k4, _c64(0)), loop, done)
+            builder.position_at_end(loop)
+            kk = builder.phi(_I64)
+            acc = [[builder.phi(_V16I32) for _ in range(NV)] for _ in range(rows)]
+            bstep = builder.mul(kk, _c64(4 * PANEL))
+            # unaligned loads (align=1): panels start on any byte offset of a numpy buffer
+            wv = [builder.load(_vec_ptr(builder, b, builder.add(bstep, _c64(64 * j)), _V16I32), align=1)
+                  for j in range(NV)]
+            astep = builder.mul(kk, _c64(4))
+            new = []
+            for r in range(rows):
+                off = builder.add(builder.mul(_c64(r), lda), astep)
+                word = builder.load(builder.bitcast(builder.gep(a, [off]), _I32.as_pointer()), align=1)
+                bcast = _splat(builder, word, _V16I32)        # 4 u8 of row r, in every lane
+                new.append([builder.call(fn, [acc[r][j], bcast, wv[j]]) for j in range(NV)])
+            kn = builder.add(kk, _c64(1))
+            kk.add_incoming(_c64(0), pre)
+            kk.add_incoming(kn, loop)
+            for r in range(rows):
+                for j in range(NV):
+                    acc[r][j].add_incoming(zero, pre)
+                    acc[r][j].add_incoming(new[r][j], loop)
+            builder.cbranch(builder.icmp_signed("<", kn, k4), loop, done)
+
+            # epilogue: exact int32 correction, then float64 in the reference's order
+            builder.position_at_end(done)
+            final = [[builder.phi(_V16I32) for _ in range(NV)] for _ in range(rows)]
+            for r in range(rows):
+                for j in range(NV):
+                    final[r][j].add_incoming(zero, pre)
+                    final[r][j].add_incoming(new[r][j], loop)
+            out_f32 = signature.args[6].dtype == types.float32
+            vty = _V16F32 if out_f32 else _V16F64
+            col = []
+            for j in range(NV):
+                nj = builder.add(n_off, _c64(16 * j))
+                col.append([builder.load(_vec_ptr(builder, data[i], nj, t), align=a_)
+                            for i, t, a_ in ((9, _V16I32, 4), (10, _V16I32, 4), (11, _V16F64, 8), (12, _V16F64, 8))])
+            ydata = builder.gep(data[6], [y_off])
+            for r in range(rows):
+                mr_ = builder.add(m_off, _c64(r))
+                sxr = _splat(builder, builder.load(builder.gep(data[15], [mr_])), _V16F64)
+                rcr = _splat(builder, builder.trunc(builder.load(builder.gep(data[14], [mr_])), _I32), _V16I32)
+                yrow = builder.mul(_c64(r), ldy)
+                for j in range(NV):
+                    cc, zwv, swv, bv = col[j]
+                    t = builder.sub(final[r][j], cc)                    # wraps: exact mod 2^32
+                    t = builder.sub(t, builder.mul(zwv, rcr))
+                    f = builder.fmul(swv, builder.sitofp(t, _V16F64))   # s_w * acc
+                    f = builder.fadd(builder.fmul(f, sxr), bv)           # * s_x + b
+                    if out_f32:
+                        f = builder.fptrunc(f, _V16F32)
+                    ptr = _vec_ptr(builder, ydata, builder.add(yrow, _c64(16 * j)), vty)
+                    builder.store(f, ptr, align=4 if out_f32 else 8)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    tile.__name__ = f"vnni_tile_{rows}x{PANEL}"
+    return tile
+
+
+# one intrinsic per tile height: an edge tile of M % MR rows costs only its rows
+_tile1, _tile2, _tile3, _tile4 = (_make_tile(rows) for rows in range(1, 5))
+assert MR == 4, "_tile_dispatch below has one branch per tile height 1..MR"
+
+
+@njit(cache=True, inline="always")
+def _tile_dispatch(rows, u, i0, panels, p, y, y_off, ldy, col_corr, zw, sw, bias, row_corr, sx):
+    lda = u.shape[1]
+    k4 = panels.shape[1]
+    b_off = p * k4 * PANEL * 4
+    n_off = p * PANEL
+    if rows == 4:
+        _tile4(u, i0 * lda, lda, panels, b_off, k4, y, y_off, ldy, col_corr, zw, sw, bias, n_off, row_corr, sx, i0)
+    elif rows == 3:
+        _tile3(u, i0 * lda, lda, panels, b_off, k4, y, y_off, ldy, col_corr, zw, sw, bias, n_off, row_corr, sx, i0)
+    elif rows == 2:
+        _tile2(u, i0 * lda, lda, panels, b_off, k4, y, y_off, ldy, col_corr, zw, sw, bias, n_off, row_corr, sx, i0)
+    else:
+        _tile1(u, i0 * lda, lda, panels, b_off, k4, y, y_off, ldy, col_corr, zw, sw, bias, n_off, row_corr, sx, i0)
+
+
+@njit(cache=True)
+def _panel_tiles(p, t_lo, t_hi, u, panels, y, col_corr, zw, sw, bias, row_corr, sx):
+    """Micro-tiles t_lo .. t_hi - 1 (rows MR * t ...) of panel p, top to bottom. The last
+    panel, when N is not a multiple of PANEL, is computed into a scratch tile and its valid
+    columns copied."""
+    m = u.shape[0]
+    n = y.shape[1]
+    width = min(PANEL, n - p * PANEL)
+    if width == PANEL:
+        for t in range(t_lo, t_hi):
+            i0 = t * MR
+            _tile_dispatch(min(MR, m - i0), u, i0, panels, p, y, i0 * n + p * PANEL, n,
+                           col_corr, zw, sw, bias, row_corr, sx)
+        return
+    scratch = np.empty((MR, PANEL), y.dtype)
+    for t in range(t_lo, t_hi):
+        i0 = t * MR
+        rows = min(MR, m - i0)
+        _tile_dispatch(rows, u, i0, panels, p, scratch, 0, PANEL, col_corr, zw, sw, bias, row_corr, sx)
+        for r in range(rows):
+            for c in range(width):
+                y[i0 + r, p * PANEL + c] = scratch[r, c]
+
+
+@njit(cache=True)
+def _gemm_item(item, row_blocks, u, panels, y, col_corr, zw, sw, bias, row_corr, sx):
+    """Work item = (row block, panel)."""
+    np_ = panels.shape[0]
+    tiles = (u.shape[0] + MR - 1) // MR
+    per_block = (tiles + row_blocks - 1) // row_blocks
+    blk = item // np_
+    p = item - blk * np_
+    _panel_tiles(p, blk * per_block, min(tiles, (blk + 1) * per_block), u, panels, y,
+                 col_corr, zw, sw, bias, row_corr, sx)
+
+
+# Each output tile is computed by one thread, start to end, in a fixed order: the result does
+# not depend on the thread count or on how items are split.
+@njit(cache=True, parallel=True)
+def _vnni_gemm_parallel(u, panels, y, col_corr, zw, sw, bias, row_corr, sx, row_blocks):
+    for item in prange(row_blocks * panels.shape[0]):
+        _gemm_item(item, row_blocks, u, panels, y, col_corr, zw, sw, bias, row_corr, sx)
+
+
+@njit(cache=True)
+def _vnni_gemm_serial(u, panels, y, col_corr, zw, sw, bias, row_corr, sx, row_blocks):
+    for item in range(row_blocks * panels.shape[0]):
+        _gemm_item(item, row_blocks, u, panels, y, col_corr, zw, sw, bias, row_corr, sx)
+
+
+@njit(cache=True, parallel=True)
+def _vnni_linear_row_blocks(x, static, s, z, u, sx, row_corr, panels, y, col_corr, zw, sw, bias, blocks):
+    """Linear with the rows split over threads: each block of rows is quantized, then
+    multiplied by every panel, by one thread. One parallel region per call (quantization
+    needs no barrier before the GEMM), each thread's rows stay in its caches; every thread
+    streams the whole weight, so this is for M large enough to reuse each panel many times."""
+    tiles = (x.shape[0] + MR - 1) // MR
+    per_block = (tiles + blocks - 1) // blocks
+    for blk in prange(blocks):
+        t_lo = blk * per_block
+        t_hi = min(tiles, t_lo + per_block)
+        for i in range(t_lo * MR, min(x.shape[0], t_hi * MR)):
+            if static:
+                quantize_row_static(x, i, u, s, z, sx, row_corr)
+            else:
+                quantize_row_dynamic(x, i, u, sx, row_corr)
+        for p in range(panels.shape[0]):
+            _panel_tiles(p, t_lo, t_hi, u, panels, y, col_corr, zw, sw, bias, row_corr, sx)
+
+
+# Parallel regions are worth their cost only for enough work. Measured on the 2-vCPU VM this
+# project benchmarks on: numba's OpenMP workers sleep between calls (GOMP's default), and
+# waking one costs 10-40 us there, so a GEMM below ~16 M multiply-adds (~80 us on one core)
+# runs faster on the calling thread alone.
+PARALLEL_MIN_MACS = 1 << 24
+# work items per thread the N-split driver aims for, so that uneven items still split evenly
+ITEMS_PER_THREAD = 4
+# row blocks per thread of the row-split Linear driver, and the fewest rows per block: a
+# block re-reads each weight panel once per MR rows, so it needs enough rows to amortise
+# streaming the whole weight through every core
+ROW_BLOCKS_PER_THREAD = 2
+MIN_ROWS_PER_BLOCK = 32
+# The pool size (fixed when numba starts), not numba.get_num_threads(): that call would make
+# these functions uncacheable, and a few extra work items cost nothing when fewer threads run.
+# (A cached compilation keeps the value it was compiled with; it only shapes the work split.)
+POOL_THREADS = numba.config.NUMBA_NUM_THREADS
+
+
+@njit(cache=True)
+def vnni_gemm(u, sx, row_corr, panels, y, col_corr, zw, sw, bias):
+    """y (M, N) = epilogue(u (M, Kp) uint8 @ panels) (module docstring): col_corr, zw int32,
+    sw, bias float64, all padded to NP * PANEL; row_corr int64 (M,), sx float64 (M,).
+    Requires has_vnni() and K <= MAX_K_INT32; compiled on the first call."""
+    m = u.shape[0]
+    np_, k4 = panels.shape[0], panels.shape[1]
+    if POOL_THREADS <= 1 or m * np_ * PANEL * k4 * 4 < PARALLEL_MIN_MACS:
+        _vnni_gemm_serial(u, panels, y, col_corr, zw, sw, bias, row_corr, sx, 1)
+    else:
+        tiles = (m + MR - 1) // MR
+        row_blocks = min(tiles, max(1, (ITEMS_PER_THREAD * POOL_THREADS + np_ - 1) // np_))
+        _vnni_gemm_parallel(u, panels, y, col_corr, zw, sw, bias, row_corr, sx, row_blocks)
+
+
+@njit(cache=True)
+def vnni_linear(x, static, s, z, panels, y, col_corr, zw, sw, bias):
+    """Linear in one call: quantize X (M, K), then the VNNI GEMM into y. Large problems with
+    enough rows split the rows over threads, quantization included (one parallel region);
+    others quantize on the calling thread and split the panels (vnni_gemm)."""
+    m = x.shape[0]
+    np_, k4 = panels.shape[0], panels.shape[1]
+    blocks = min(ROW_BLOCKS_PER_THREAD * POOL_THREADS, m // MIN_ROWS_PER_BLOCK)
+    if POOL_THREADS > 1 and blocks >= POOL_THREADS and m * np_ * PANEL * k4 * 4 >= PARALLEL_MIN_MACS:
+        u = np.empty((m, k4 * 4), np.uint8)
+        sx = np.empty(m, np.float64)
+        row_corr = np.empty(m, np.int64)
+        _vnni_linear_row_blocks(x, static, np.float64(s), np.int64(z), u, sx, row_corr, panels, y,
+                                col_corr, zw, sw, bias, blocks)
+        return
+    u, sx, row_corr = quantize_shift(x, k4 * 4, static, s, z)
+    vnni_gemm(u, sx, row_corr, panels, y, col_corr, zw, sw, bias)
+
+
+# --- the portable GEMM ----------------------------------------------------------------------
+
+@njit(cache=True, parallel=True)
+def _portable_gemm_parallel(u, w, y, col_corr, zw, sw, bias, row_corr, sx):
+    m, kp = u.shape
+    n = y.shape[1]
+    nb = (n + PANEL - 1) // PANEL
+    for item in prange(m * nb):
+        i = item // nb
+        c0 = (item - i * nb) * PANEL
+        for c in range(c0, min(n, c0 + PANEL)):
+            raw = np.int64(0)
+            for k in range(kp):
+                raw += np.int64(np.int32(u[i, k]) * np.int32(w[c, k]))
+            acc = raw - col_corr[c] - zw[c] * row_corr[i]
+            y[i, c] = (sw[c] * np.float64(acc)) * sx[i] + bias[c]
+
+
+@njit(cache=True)
+def portable_gemm(u, sx, row_corr, w, y, col_corr, zw, sw, bias):
+    """The same result as vnni_gemm, bit for bit, in plain loops: u (M, Kp) uint8, w (N, Kp)
+    int8 (K zero-padded), col_corr, zw int64 (N,), sw, bias float64 (N,), row_corr int64 (M,),
+    sx float64 (M,). Accumulates in int64, so any K is exact."""
+    _portable_gemm_parallel(u, w, y, col_corr, zw, sw, bias, row_corr, sx)
+
+
+@njit(cache=True)
+def portable_linear(x, static, s, z, w, y, col_corr, zw, sw, bias):
+    """vnni_linear's twin on the portable GEMM."""
+    u, sx, row_corr = quantize_shift(x, w.shape[1], static, s, z)
+    portable_gemm(u, sx, row_corr, w, y, col_corr, zw, sw, bias)

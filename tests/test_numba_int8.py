@@ -1,0 +1,395 @@
+"""numba int8 Linear / Conv (kernels/numba_cpu/int8_gemm.py, vnni.py) against the reference.
+
+Every comparison is with the reference kernel of the same (op, "int8") on the same packed
+weight, never with another fast kernel. For act_quant "dynamic" and "static" the numba kernels
+compute the exact integer accumulator and the reference's float64 epilogue in the same order,
+so the tolerance is zero (INT8_ATOL). Weight-only ("none") float32 Linear accumulates in
+float32 (WEIGHT_ONLY_ERR_PER_TERM).
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zlib
+
+import numpy as np
+import pytest
+
+numba = pytest.importorskip("numba")
+
+from kernels import registry  # noqa: E402
+from runtime.layouts import pack_int8  # noqa: E402
+
+_REASON = registry.backend_status("numba")
+pytestmark = pytest.mark.skipif(_REASON is not None, reason=f"numba backend unavailable: {_REASON}")
+
+if _REASON is None:
+    from kernels.numba_cpu import int8_gemm, vnni
+    HAS_VNNI = vnni.has_vnni()
+else:  # pragma: no cover
+    HAS_VNNI = False
+
+# exact integer accumulation + the reference's float64 epilogue, same order: identical bits
+INT8_ATOL = 0.0
+# weight-only float32 matmul: each of the K products and K - 1 sums rounds to float32 (plus the
+# bias add and the reference's own final rounding), so |error| <= (K + 2) * 2^-24 * sum |x w|
+# + |b| terms: the classical worst-case bound of a recursive float32 dot product
+WEIGHT_ONLY_ERR_PER_TERM = 2.0 ** -24
+
+WEIGHT_CONFIGS = [{"per_channel": True, "symmetric": True}, {"per_channel": False, "symmetric": True},
+                  {"per_channel": True, "symmetric": False}, {"per_channel": False, "symmetric": False}]
+ACT_CONFIGS = [{"act_quant": "dynamic"}, {"act_quant": "static", "act_scale": 0.031, "act_zero_point": 0},
+               {"act_quant": "static", "act_scale": 0.047, "act_zero_point": -7}]
+MS, KS, NS = (1, 3, 16, 33), (1, 3, 64, 100, 768), (1, 10, 64, 65, 200)
+
+
+def _rng(*key) -> np.random.Generator:
+    """A fresh generator per test case, reproducible across runs (str hashes are salted)."""
+    return np.random.default_rng(zlib.crc32(repr(key).encode()))
+
+
+def _weight(rng, shape, **cfg):
+    w = rng.standard_normal(shape).astype(np.float32)
+    if not cfg.get("symmetric", True):
+        w += np.float32(0.7)          # an off-centre range, so the zero points are not 0
+    return pack_int8("w", w, **cfg)
+
+
+def _input(rng, shape, zero_rows=False):
+    x = (rng.standard_normal(shape) * 1.5).astype(np.float32)
+    if zero_rows and x.ndim >= 2:
+        x.reshape(-1, shape[-1])[::3] = 0        # all-zero rows: s = 1, q = 0
+    return x
+
+
+def _run(op, backend, attrs, t, x, b):
+    return registry.lookup(op, "int8", backend)(attrs, {1: t})(x, t, b)[0]
+
+
+def _assert_same(got, ref, what):
+    assert got.shape == ref.shape and got.dtype == ref.dtype, f"{what}: {got.shape} {got.dtype} vs {ref.shape} {ref.dtype}"
+    assert np.array_equal(np.isnan(got), np.isnan(ref)), f"{what}: NaN positions differ"
+    ok = ~np.isnan(ref)
+    err = np.max(np.abs(got[ok].astype(np.float64) - ref[ok]), initial=0.0)
+    assert err <= INT8_ATOL, f"{what}: max |numba - reference| = {err}"
+
+
+# --- Linear ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("wcfg", WEIGHT_CONFIGS, ids=lambda c: f"pc{int(c['per_channel'])}-sym{int(c['symmetric'])}")
+@pytest.mark.parametrize("acfg", ACT_CONFIGS, ids=lambda c: f"{c['act_quant']}{c.get('act_zero_point', '')}")
+@pytest.mark.parametrize("k", KS)
+def test_linear_matches_reference(wcfg, acfg, k):
+    for n in NS:
+        rng = _rng("lin", str(wcfg), str(acfg), k, n)
+        t = _weight(rng, (n, k), **wcfg)
+        b = rng.standard_normal(n).astype(np.float32) if n % 2 == 0 else None
+        for m in MS:
+            x = _input(rng, (m, k), zero_rows=m > 2)
+            _assert_same(_run("Linear", "numba", acfg, t, x, b), _run("Linear", "reference", acfg, t, x, b),
+                         f"M={m} K={k} N={n} bias={b is not None}")
+
+
+@pytest.mark.parametrize("shape", [(7,), (5, 40), (2, 3, 40), (2, 2, 2, 40), (0, 40)],
+                         ids=["rank1", "rank2", "rank3", "rank4", "empty"])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_linear_input_ranks(shape, with_bias):
+    rng = _rng("ranks", shape, with_bias)
+    k = shape[-1]
+    t = _weight(rng, (33, k))
+    b = rng.standard_normal(33).astype(np.float32) if with_bias else None
+    x = _input(rng, shape)
+    for acfg in ACT_CONFIGS:
+        got = _run("Linear", "numba", acfg, t, x, b)
+        assert got.shape == shape[:-1] + (33,)
+        _assert_same(got, _run("Linear", "reference", acfg, t, x, b), f"{shape} {acfg}")
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float16])
+def test_linear_other_float_dtypes(dtype):
+    rng = _rng("dtype", str(dtype))
+    t = _weight(rng, (70, 50), symmetric=False)
+    x = _input(rng, (9, 50)).astype(dtype)
+    b = rng.standard_normal(70).astype(np.float32)
+    for acfg in ACT_CONFIGS:
+        _assert_same(_run("Linear", "numba", acfg, t, x, b), _run("Linear", "reference", acfg, t, x, b), f"{dtype}")
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered")   # the reference's x / inf
+def test_linear_extreme_values_and_saturation():
+    """Activations far outside the static range saturate at -128 / 127 as the reference does;
+    one huge value per row makes every other dynamic q round to 0; rows holding NaN or inf
+    come out as the reference's (NaN rows, or finite after static clipping)."""
+    rng = _rng("extreme")
+    t = _weight(rng, (65, 96), symmetric=False)
+    x = _input(rng, (8, 96)) * 100
+    x[1, 5] = 1e30
+    x[2] = -3.5                                  # constant row: q = -127 everywhere
+    x[3, ::2] = 0.5 * 0.031                      # exact .5 ties: round half to even
+    x[6, 7] = np.nan
+    x[7, 1] = -np.inf
+    for acfg in ACT_CONFIGS:
+        _assert_same(_run("Linear", "numba", acfg, t, x, None), _run("Linear", "reference", acfg, t, x, None), str(acfg))
+
+
+@pytest.mark.parametrize("k", [vnni.MAX_K_INT32 if _REASON is None else 1, vnni.MAX_K_INT32 + 7 if _REASON is None else 1])
+def test_int32_accumulator_bound(k):
+    """The largest |acc| = K * 255 * 255: static z = -128 with x far above range (qx - z = 255)
+    and an all-positive asymmetric weight row (zero point -128, qw = 127). At K = MAX_K_INT32
+    the VNNI kernel's wrapping int32 arithmetic must still be exact; above it the plan routes
+    to the portable int64 GEMM."""
+    w = np.full((3, k), 5.0, np.float32)
+    w[1, ::2] = 0.0                               # zero point -128 with mixed q
+    w[2] = np.linspace(-1, 4, k, dtype=np.float32)
+    t = pack_int8("w", w, symmetric=False)
+    x = np.full((2, k), 1e3, np.float32)
+    x[1, ::3] = -1e3
+    acfg = {"act_quant": "static", "act_scale": 0.5, "act_zero_point": -128}
+    plan = int8_gemm.Int8Plan("Linear", t, **acfg)
+    assert plan.groups[0].use_vnni == (HAS_VNNI and k <= vnni.MAX_K_INT32)
+    ref = _run("Linear", "reference", acfg, t, x, None)
+    assert abs(float(ref[0, 0])) > 0
+    _assert_same(int8_gemm.int8_linear(x, plan), ref, f"K={k}")
+
+
+def test_fused_quantization_equals_quant_py():
+    """The fused quantize + u8 shift gives exactly kernels/numba_cpu/quant.py's q and scale
+    (serial and parallel drivers, float32 and float64 rows, all-zero rows, K % 4 != 0)."""
+    from kernels.numba_cpu import quant
+    rng = _rng("fused-quant")
+    for m, k in [(1, 5), (7, 100), (64, 768), (300, 97)]:        # both sides of PARALLEL_MIN_QUANT
+        for dtype in (np.float32, np.float64):
+            x = _input(rng, (m, k), zero_rows=True).astype(dtype)
+            kp = -(-k // 4) * 4
+            u = np.full((m, kp), 7, np.uint8)
+            sx, rc = np.full(m, np.nan), np.full(m, -1, np.int64)
+            vnni.quantize_shift_dynamic(x, u, sx, rc)
+            q, s = np.empty((m, k), np.int8), np.empty(m)
+            quant.quantize_rows_dynamic(x, q, s)
+            assert np.array_equal(u[:, :k].astype(np.int64) - 128, q) and np.all(u[:, k:] == 128)
+            assert np.array_equal(sx, s) and np.array_equal(rc, q.astype(np.int64).sum(1))
+            for scale, z in ((0.02, 0), (0.013, -100), (0.5, 127)):
+                vnni.quantize_shift_static(x, u, scale, z, sx, rc)
+                quant.quantize_static(x, q, scale, z)
+                assert np.array_equal(u[:, :k].astype(np.int64) - 128, q) and np.all(u[:, k:] == 128)
+                assert np.all(sx == scale)
+                assert np.array_equal(rc, q.astype(np.int64).sum(1) - k * z)
+
+
+def test_writeable_bias_is_read_every_call():
+    rng = _rng("bias-cache")
+    t = _weight(rng, (20, 30))
+    run = registry.lookup("Linear", "int8", "numba")({"act_quant": "dynamic"}, {1: t})
+    x = _input(rng, (3, 30))
+    b = np.zeros(20, np.float32)
+    y0 = run(x, t, b)[0]
+    b += 1
+    assert np.array_equal(run(x, t, b)[0], _run("Linear", "reference", {"act_quant": "dynamic"}, t, x, b))
+    assert not np.array_equal(y0, run(x, t, b)[0])
+    b.flags.writeable = False                    # an initializer: converted once, then cached
+    for _ in range(2):
+        _assert_same(run(x, t, b)[0], _run("Linear", "reference", {"act_quant": "dynamic"}, t, x, b), "read-only bias")
+
+
+def test_output_fully_written():
+    """Poisoned output buffers: every element of the edge tiles (M % MR, N % PANEL) written."""
+    rng = _rng("poison")
+    for use_vnni in ([True, False] if HAS_VNNI else [False]):
+        for m, n, k in [(1, 1, 1), (33, 65, 100), (5, 200, 7), (4, 64, 64)]:
+            t = _weight(rng, (n, k), symmetric=m % 2 == 0)
+            plan = int8_gemm.Int8Plan("Linear", t, "dynamic", use_vnni=use_vnni)
+            gemm = plan.groups[0]
+            x = _input(rng, (m, k))
+            b = rng.standard_normal(n).astype(np.float32)
+            for dtype in (np.float32, np.float64):
+                out = np.full((m, n), np.nan, dtype)
+                gemm(x.astype(dtype), gemm.bias64(b), out)
+                ref = _run("Linear", "reference", {"act_quant": "dynamic"}, t, x.astype(dtype), b)
+                assert np.all(np.isfinite(out)), f"unwritten elements M={m} N={n} vnni={use_vnni}"
+                _assert_same(out, ref, f"M={m} N={n} K={k} vnni={use_vnni} {dtype}")
+
+
+@pytest.mark.skipif(not HAS_VNNI, reason="this CPU has no AVX-512 VNNI (the portable path is tested everywhere)")
+def test_vnni_and_portable_identical():
+    rng = _rng("vnni-vs-portable")
+    for wcfg in WEIGHT_CONFIGS:
+        for acfg in ACT_CONFIGS:
+            t = _weight(rng, (200, 300), **wcfg)
+            x = _input(rng, (37, 300), zero_rows=True)
+            b = rng.standard_normal(200).astype(np.float32)
+            fast = int8_gemm.int8_linear(x, int8_gemm.Int8Plan("Linear", t, **acfg, use_vnni=True), b)
+            slow = int8_gemm.int8_linear(x, int8_gemm.Int8Plan("Linear", t, **acfg, use_vnni=False), b)
+            assert int8_gemm.Int8Plan("Linear", t, **acfg).groups[0].use_vnni
+            assert np.array_equal(fast, slow), f"{wcfg} {acfg}"
+
+
+def test_forced_fallback_env_in_subprocess():
+    """QRT_NUMBA_NO_VNNI=1: has_vnni() is False, the registered kernel takes the portable GEMM,
+    and its output is the reference's (the parent process compares against the same bits)."""
+    code = r"""
+import numpy as np, sys
+from kernels import registry
+from kernels.numba_cpu import vnni, int8_gemm
+from runtime.layouts import pack_int8
+assert not vnni.has_vnni()
+rng = np.random.default_rng(7)
+t = pack_int8("w", rng.standard_normal((65, 100)).astype(np.float32), symmetric=False)
+x = rng.standard_normal((17, 100)).astype(np.float32)
+assert not int8_gemm.Int8Plan("Linear", t, "dynamic").groups[0].use_vnni
+y = registry.lookup("Linear", "int8", "numba")({"act_quant": "dynamic"}, {1: t})(x, t, None)[0]
+np.save(sys.argv[1], y)
+"""
+    out = os.path.join(os.environ.get("PYTEST_TMPDIR", "/tmp"), f"qrt_novnni_{os.getpid()}.npy")
+    env = dict(os.environ, QRT_NUMBA_NO_VNNI="1")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    res = subprocess.run([sys.executable, "-c", code, out], env=env, cwd=root, capture_output=True, text=True,
+                         timeout=600, check=False)
+    assert res.returncode == 0, res.stderr[-3000:]
+    try:
+        y = np.load(out)
+    finally:
+        os.unlink(out)
+    rng = np.random.default_rng(7)
+    t = pack_int8("w", rng.standard_normal((65, 100)).astype(np.float32), symmetric=False)
+    x = rng.standard_normal((17, 100)).astype(np.float32)
+    _assert_same(y, _run("Linear", "reference", {"act_quant": "dynamic"}, t, x, None), "forced fallback")
+    _assert_same(y, _run("Linear", "numba", {"act_quant": "dynamic"}, t, x, None), "fallback vs this process")
+
+
+@pytest.mark.parametrize("m, k, n", [(203, 768, 200), (33, 768, 1000), (70, 1000, 250)],
+                         ids=["row-split", "panel-split", "row-split-edges"])
+def test_linear_parallel_paths(m, k, n):
+    """Shapes large enough for the parallel drivers (vnni.PARALLEL_MIN_MACS): rows split over
+    threads with quantization inside (many rows), panels split (few rows); every config, against
+    the reference and against one thread."""
+    rng = _rng("parallel", m, k, n)
+    before = numba.get_num_threads()
+    try:
+        for wcfg in (WEIGHT_CONFIGS[0], WEIGHT_CONFIGS[3]):
+            t = _weight(rng, (n, k), **wcfg)
+            b = rng.standard_normal(n).astype(np.float32)
+            x = _input(rng, (m, k), zero_rows=True)
+            for acfg in ACT_CONFIGS:
+                run = registry.lookup("Linear", "int8", "numba")(acfg, {1: t})
+                numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+                got = run(x, t, b)[0]
+                _assert_same(got, _run("Linear", "reference", acfg, t, x, b), f"{wcfg} {acfg}")
+                numba.set_num_threads(1)
+                assert np.array_equal(run(x, t, b)[0], got)
+    finally:
+        numba.set_num_threads(before)
+
+
+def test_thread_count_does_not_change_results():
+    rng = _rng("threads")
+    t = _weight(rng, (200, 768))
+    x = _input(rng, (33, 768))
+    run = registry.lookup("Linear", "int8", "numba")({"act_quant": "dynamic"}, {1: t})
+    before = numba.get_num_threads()
+    try:
+        outs = []
+        for threads in (1, 2):
+            numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+            outs.append(run(x, t, None)[0])
+    finally:
+        numba.set_num_threads(before)
+    assert np.array_equal(outs[0], outs[1])
+
+
+def test_weight_only_linear_within_float32_bound():
+    rng = _rng("weight-only")
+    for wcfg in WEIGHT_CONFIGS:
+        for m, k, n in [(1, 3, 10), (16, 768, 65), (33, 100, 200)]:
+            t = _weight(rng, (n, k), **wcfg)
+            x = _input(rng, (m, k))
+            b = rng.standard_normal(n).astype(np.float32)
+            got = _run("Linear", "numba", {"act_quant": "none"}, t, x, b)
+            ref = _run("Linear", "reference", {"act_quant": "none"}, t, x, b)
+            bound = (np.abs(x.astype(np.float64)) @ np.abs(t.to_dense().astype(np.float64)).T + np.abs(b)) \
+                * (k + 2) * WEIGHT_ONLY_ERR_PER_TERM
+            assert got.dtype == np.float32
+            assert np.all(np.abs(got.astype(np.float64) - ref) <= bound + np.spacing(np.abs(ref))), f"{wcfg} {m} {k} {n}"
+    x64 = _input(rng, (4, 100)).astype(np.float64)
+    t = _weight(rng, (12, 100))
+    np.testing.assert_allclose(_run("Linear", "numba", {"act_quant": "none"}, t, x64, None),
+                               _run("Linear", "reference", {"act_quant": "none"}, t, x64, None), rtol=1e-13, atol=1e-13)
+
+
+# --- Conv -----------------------------------------------------------------------------------------
+
+CONV_CASES = [
+    # (C, M, group, kernel, strides, pads, dilations, spatial)
+    (3, 8, 1, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), (9, 8)),
+    (4, 6, 2, (3, 3), (2, 2), (1, 0, 2, 1), (1, 1), (10, 9)),
+    (6, 6, 6, (3, 3), (1, 2), (1, 1, 1, 1), (2, 1), (11, 12)),      # depthwise, dilated
+    (8, 130, 2, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), (5, 6)),      # 1x1, N' = 65 per group
+    (5, 7, 1, (2, 4), (3, 1), (0, 2, 1, 0), (1, 2), (7, 13)),
+    (4, 4, 2, (5,), (2,), (2, 1), (1,), (17,)),                      # 1-D
+    (2, 4, 1, (2, 2, 2), (1, 2, 1), (1, 0, 0, 0, 1, 1), (1, 1, 2), (5, 6, 6)),  # 3-D: generic path
+]
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=[f"conv{i}" for i in range(len(CONV_CASES))])
+@pytest.mark.parametrize("wcfg", [WEIGHT_CONFIGS[0], WEIGHT_CONFIGS[3]], ids=["sym-pc", "asym-pt"])
+def test_conv_matches_reference(case, wcfg):
+    c, m, group, kernel, strides, pads, dilations, spatial = case
+    rng = _rng("conv", case, str(wcfg))
+    t = _weight(rng, (m, c // group) + kernel, **wcfg)
+    x = _input(rng, (2, c) + spatial)
+    x[1, :, :2] = 0                                    # zero patches
+    b = rng.standard_normal(m).astype(np.float32)
+    for acfg in [*ACT_CONFIGS, {"act_quant": "none"}]:
+        attrs = dict(acfg, group=group, strides=list(strides), pads=list(pads), dilations=list(dilations))
+        for bias in (b, None):
+            got = _run("Conv", "numba", attrs, t, x, bias)
+            ref = _run("Conv", "reference", attrs, t, x, bias)
+            if acfg["act_quant"] == "none":     # float64 through the reference im2col: ~exact
+                np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-6)
+            else:
+                _assert_same(got, ref, f"{acfg} bias={bias is not None}")
+
+
+# --- errors ---------------------------------------------------------------------------------------
+
+def test_bad_inputs_are_refused_with_a_reason():
+    rng = _rng("bad")
+    t = _weight(rng, (10, 20))
+    run = registry.lookup("Linear", "int8", "numba")({"act_quant": "dynamic"}, {1: t})
+    with pytest.raises(ValueError, match="does not match packed weight"):
+        run(np.zeros((3, 21), np.float32), t, None)
+    with pytest.raises(ValueError, match="float"):
+        run(np.zeros((3, 20), np.int32), t, None)
+    with pytest.raises(ValueError, match="bias"):
+        run(np.zeros((3, 20), np.float32), t, np.zeros(11, np.float32))
+    with pytest.raises(ValueError, match="act_scale"):
+        registry.lookup("Linear", "int8", "numba")({"act_quant": "static"}, {1: t})
+    with pytest.raises(ValueError, match="act_zero_point"):
+        registry.lookup("Linear", "int8", "numba")({"act_quant": "static", "act_scale": 1.0, "act_zero_point": 300}, {1: t})
+    with pytest.raises(ValueError, match="layout 'int8'"):
+        from runtime.layouts import pack_int4_grouped
+        t4 = pack_int4_grouped("w", rng.standard_normal((10, 20)).astype(np.float32))
+        registry.lookup("Linear", "int8", "numba")({"act_quant": "dynamic"}, {1: t4})
+    tc = _weight(rng, (6, 2, 3, 3))
+    conv = registry.lookup("Conv", "int8", "numba")({"act_quant": "dynamic", "group": 2}, {1: tc})
+    with pytest.raises(ValueError, match="do not match"):
+        conv(np.zeros((1, 3, 5, 5), np.float32), tc, None)
+
+
+# --- through a session ----------------------------------------------------------------------------
+
+def test_session_on_converted_int8_mlp():
+    pytest.importorskip("onnx")
+    import runtime
+    from tests.model_zoo import small_mlp_onnx
+    graph = runtime.convert(small_mlp_onnx(), quant="int8")
+    fast = runtime.InferenceSession(graph, backend="numba")
+    ref = runtime.InferenceSession(graph, backend="reference")
+    assert any(p.layout == "int8" and p.backend == "numba" for p in fast.plan), fast.plan
+    rng = _rng("session")
+    for batch in (1, 5, 64):
+        x = _input(rng, (batch, 8))
+        (y, h), (y_ref, h_ref) = fast.run(None, {"x": x}), ref.run(None, {"x": x})
+        assert np.array_equal(h, h_ref)          # int8 Linear + Relu: exact
+        # Softmax may run on another backend's kernel with its own (documented) rounding
+        np.testing.assert_allclose(y, y_ref, rtol=1e-6, atol=1e-7)
