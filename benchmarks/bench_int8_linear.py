@@ -349,6 +349,8 @@ def main() -> None:
                 # time
                 before = wait_for_cores(threads, peak, args.wait_quiet)
                 times = time_blocked(impls, x, repeats)
+                if args.wait_quiet > 0:
+                    time.sleep(SETTLE_SECONDS)             # our own pools' spin-wait first
                 after = wait_for_cores(threads, peak, 1e-9 if args.wait_quiet > 0 else 0)
                 if before is not None:
                     quiet_note = f", vpdpbusd rate before/after: {before / peak * 100:.0f}%/{after / peak * 100:.0f}% of peak"

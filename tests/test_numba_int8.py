@@ -210,7 +210,7 @@ def test_output_fully_written():
                 _assert_same(out, ref, f"M={m} N={n} K={k} vnni={use_vnni} {dtype}")
 
 
-@pytest.mark.skipif(not HAS_VNNI, reason="this CPU has no AVX-512 VNNI (the portable path is tested everywhere)")
+@pytest.mark.skipif(not HAS_VNNI, reason="no VNNI path here (CPU without AVX-512 VNNI, or QRT_NUMBA_NO_VNNI=1); the portable path is tested everywhere")
 def test_vnni_and_portable_identical():
     rng = _rng("vnni-vs-portable")
     for wcfg in WEIGHT_CONFIGS:

@@ -18,6 +18,12 @@ import os
 # Passive waiting must be chosen before numba starts its pool (first parallel call); a value
 # the user set wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# ...but parking at once is the other extreme: waking a parked worker costs 10-40 us, so a
+# 2-thread GEMM of M = 16, K = 768, N = 2304 ran no faster than 1 thread (347 vs 353 GOP/s).
+# A short spin before parking (tens of microseconds) keeps workers ready for the next layer's
+# GEMM: 654 GOP/s. libgomp reads both once, when numba first starts its threads. This is
+# process-wide (any libgomp loaded later sees it too); user-set values win.
+os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 
 import numba  # noqa: E402
 

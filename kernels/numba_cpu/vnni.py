@@ -51,6 +51,13 @@ every tile from 4x64 to 8x48 and 16x16, so the simplest, 4x64, is used; the raw 
 quantization or epilogue) runs at 430-450 GOP/s per core on the DESIGN.md shapes with the
 weight panel (K x 64 bytes, up to 704 KiB) re-read from L2, so there is no K blocking.
 
+Threads (numba prange): a Linear with enough rows (MIN_ROWS_PER_BLOCK per block, two blocks
+per thread) splits its rows over threads, each quantizing its own rows and multiplying them by
+every panel, in one parallel region; fewer rows quantize first and split the panels
+(vnni_gemm). Work below PARALLEL_MIN_MACS runs on the calling thread. Each output tile is
+computed by one thread in a fixed order, so results do not depend on the thread count.
+GOMP_SPINCOUNT (set in kernels/numba_cpu/__init__.py) keeps numba's OpenMP workers spinning briefly between calls.
+
 The LLVM intrinsic exists only on CPUs with AVX-512 VNNI: the functions that contain it are
 compiled on their first call, and callers reach them only when ``has_vnni()`` says so.
 """
@@ -71,6 +78,8 @@ MAX_K_INT32 = (2 ** 31 - 1) // (255 * 255)   # 33025: int32 accumulation exact u
 NO_VNNI_ENV = "QRT_NUMBA_NO_VNNI"            # "1": use the portable GEMM even on a VNNI CPU
 
 _VPDPBUSD = "llvm.x86.avx512.vpdpbusd.512"
+
+# (OpenMP wait policy and spin count: kernels/numba_cpu/__init__.py sets both, once.)
 
 
 def has_vnni() -> bool:
@@ -215,9 +224,10 @@ def _quantize_shift_static_serial(x, u, s, z, sx, row_corr):
         quantize_row_static(x, i, u, s, z, sx, row_corr)
 
 
-# Below this many elements one thread quantizes faster than two (~0.45 ns per element on one
-# core; waking a sleeping worker costs 10-40 us on the VM this was measured on).
-PARALLEL_MIN_QUANT = 1 << 17
+# Below this many elements one thread quantizes as fast as two (~0.45 ns per element on one
+# core; a parallel region costs a few microseconds with the workers spinning, GOMP_SPINCOUNT):
+# measured 16 x 768 at 6.5 us serial, 4.5 us parallel.
+PARALLEL_MIN_QUANT = 1 << 13
 
 
 @njit(cache=True)
@@ -468,11 +478,11 @@ def _vnni_linear_row_blocks(x, static, s, z, u, sx, row_corr, panels, y, col_cor
             _panel_tiles(p, t_lo, t_hi, u, panels, y, col_corr, zw, sw, bias, row_corr, sx)
 
 
-# Parallel regions are worth their cost only for enough work. Measured on the 2-vCPU VM this
-# project benchmarks on: numba's OpenMP workers sleep between calls (GOMP's default), and
-# waking one costs 10-40 us there, so a GEMM below ~16 M multiply-adds (~80 us on one core)
-# runs faster on the calling thread alone.
-PARALLEL_MIN_MACS = 1 << 24
+# Below this many multiply-adds one thread is as fast as two (measured with the workers
+# spinning, GOMP_SPINCOUNT: M = 16, K = N = 384, 2.4 M: 13.0 us serial, 13.8 us parallel; 7.1 M:
+# 42 vs 23 us; a GEMV M = 1, K = 768, N = 3072, 2.4 M: 41 vs 23 us). Without the spin (workers
+# parked, e.g. OMP_WAIT_POLICY=PASSIVE) the break-even on that VM was ~16 M.
+PARALLEL_MIN_MACS = 1 << 21
 # work items per thread the N-split driver aims for, so that uneven items still split evenly
 ITEMS_PER_THREAD = 4
 # row blocks per thread of the row-split Linear driver, and the fewest rows per block: a
