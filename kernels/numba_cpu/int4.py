@@ -33,24 +33,25 @@ in a fixed order, so results do not depend on the thread count.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 from numba import njit, prange
 
-from kernels.reference.conv_pool import conv_by_gemm
 from kernels.registry import register
 from runtime.layouts import PackedTensor, dense_view_2d
 
 from .sparse import (
     ACT_QUANT_MODES,
+    CONV_ATTRS,
     PAR_CHUNKS,
     SERIAL_WORK,
     U8_SHIFT,
     _bias64,
     _is_float,
     _quantize_u8,
+    packed_conv,
+    packed_factory,
 )
 
 # --- kernels ------------------------------------------------------------------------------------
@@ -273,59 +274,6 @@ def int4_linear(x: np.ndarray, gemm: Int4Gemm, bias=None) -> np.ndarray:
     return out.reshape(*x.shape[:-1], gemm.n).astype(x.dtype, copy=False)
 
 
-def int4_conv(x: np.ndarray, gemm: Int4Gemm, bias=None, strides=None, pads=None, dilations=None,
-              group: int = 1) -> np.ndarray:
-    """Conv with an int4_grouped weight via kernels.reference.conv_pool.conv_by_gemm (im2col,
-    float64 patches), this module's GEMM per group. X (N, C, *spatial), Y (N, M, *out)."""
-    wshape = gemm.weight.shape
-    x = np.asarray(x)
-    nsp = x.ndim - 2
-    m, cg = wshape[:2]
-    if not _is_float(x.dtype) or len(wshape) != x.ndim or x.shape[1] != cg * group or m % group:
-        raise ValueError(f"Conv: X {x.shape} ({x.dtype}), packed weight {gemm.weight.name!r} {wshape} and "
-                         f"group={group} do not match (need float X, W (M, C/group, *kernel), group | M)")
-    subs = gemm.conv_groups(group)
-    mg = m // group
-
-    def gemm_rows(cols, rows):
-        sub = subs[rows.start // mg]
-        out = np.empty((cols.shape[0], sub.n), np.float64)
-        if cols.shape[0]:
-            sub(np.ascontiguousarray(cols, np.float64), None, out)
-        return out
-
-    y = conv_by_gemm(x, wshape, strides, pads, dilations, group, gemm_rows)
-    b = _bias64(bias, m, "Conv")
-    if b is not None:
-        y += b.reshape((m,) + (1,) * nsp)
-    return y.astype(x.dtype)
-
-
-# --- registration ------------------------------------------------------------------------------
-
-def _factory(op: str, fn: Callable, conv_attrs: tuple[str, ...]):
-    """Kernel factory for (op, "int4_grouped", "numba"): prepares the weight once."""
-
-    def factory(attrs: dict[str, Any], weights: dict) -> Callable[..., tuple]:
-        weight = weights.get(1)
-        quant = {k: attrs.get(k, d) for k, d in
-                 (("act_quant", "none"), ("act_scale", None), ("act_zero_point", 0))}
-        gemm = Int4Gemm(weight, quant["act_quant"], quant["act_scale"], quant["act_zero_point"], op=op)
-        kwargs = {k: attrs.get(k) for k in conv_attrs}
-        if "group" in kwargs:
-            kwargs["group"] = int(kwargs["group"] if kwargs["group"] is not None else 1)
-
-        def run(x, w, bias=None):
-            # the session passes the planned PackedTensor; another one is prepared afresh
-            g = gemm if w is weight else Int4Gemm(w, **quant, op=op)
-            return (fn(x, g, bias, **kwargs),)
-        return run
-
-    factory.__name__ = f"{fn.__name__}_factory"
-    factory.__qualname__ = factory.__name__
-    factory.__doc__ = f"numba kernel factory of {op} on int4_grouped weights: prepares the weight, returns run."
-    return factory
-
-
-register("Linear", "numba", "int4_grouped")(_factory("Linear", int4_linear, ()))
-register("Conv", "numba", "int4_grouped")(_factory("Conv", int4_conv, ("strides", "pads", "dilations", "group")))
+# Conv: the sparse module's im2col driver (packed_conv) and factory, with this module's plan
+register("Linear", "numba", "int4_grouped")(packed_factory("Linear", int4_linear, (), Int4Gemm, "int4_grouped"))
+register("Conv", "numba", "int4_grouped")(packed_factory("Conv", packed_conv, CONV_ATTRS, Int4Gemm, "int4_grouped"))

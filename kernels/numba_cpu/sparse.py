@@ -1282,11 +1282,12 @@ def sparse_linear(x: np.ndarray, gemm: SparseGemm, bias=None) -> np.ndarray:
     return out if out.dtype == x.dtype else out.astype(x.dtype)
 
 
-def sparse_conv(x: np.ndarray, gemm: SparseGemm, bias=None, strides=None, pads=None, dilations=None,
+def packed_conv(x: np.ndarray, gemm, bias=None, strides=None, pads=None, dilations=None,
                 group: int = 1) -> np.ndarray:
-    """Conv with a csr / bsr / nm weight: kernels.reference.conv_pool.conv_by_gemm (im2col,
-    float64 patches) with this module's GEMM per group (a sub-plan of the group's rows);
-    dynamic quantization is per patch, as the reference. X (N, C, *spatial), W logical
+    """Conv with a packed weight (csr / bsr / nm here, int4_grouped in int4.py):
+    kernels.reference.conv_pool.conv_by_gemm (im2col, float64 patches) with the layout's GEMM
+    plan per group (``gemm.conv_groups(group)``: a sub-plan of the group's rows); dynamic
+    quantization is per patch, as the reference. X (N, C, *spatial), W logical
     (M, C/group, *kernel); Y (N, M, *out) in X's dtype."""
     wshape = gemm.weight.shape
     x = np.asarray(x)
@@ -1314,30 +1315,34 @@ def sparse_conv(x: np.ndarray, gemm: SparseGemm, bias=None, strides=None, pads=N
 
 # --- registration ------------------------------------------------------------------------------
 
-def _factory(op: str, fn: Callable, conv_attrs: tuple[str, ...]):
-    """Kernel factory for (op, sparse layout, "numba"): prepares the weight once."""
+def packed_factory(op: str, fn: Callable, conv_attrs: tuple[str, ...], plan=None, what: str = "sparse"):
+    """Kernel factory for (op, packed layout, "numba"): prepares the weight once with ``plan``
+    (SparseGemm here, Int4Gemm in int4.py), then run(x, w, bias) calls ``fn``."""
+    plan = plan or SparseGemm
 
     def factory(attrs: dict[str, Any], weights: dict) -> Callable[..., tuple]:
         weight = weights.get(1)
         quant = {k: attrs.get(k, d) for k, d in
                  (("act_quant", "none"), ("act_scale", None), ("act_zero_point", 0))}
-        gemm = SparseGemm(weight, quant["act_quant"], quant["act_scale"], quant["act_zero_point"], op=op)
+        gemm = plan(weight, quant["act_quant"], quant["act_scale"], quant["act_zero_point"], op=op)
         kwargs = {k: attrs.get(k) for k in conv_attrs}
         if "group" in kwargs:
             kwargs["group"] = int(kwargs["group"] if kwargs["group"] is not None else 1)
 
         def run(x, w, bias=None):
             # the session passes the planned PackedTensor; another one is prepared afresh
-            g = gemm if w is weight else SparseGemm(w, **quant, op=op)
+            g = gemm if w is weight else plan(w, **quant, op=op)
             return (fn(x, g, bias, **kwargs),)
         return run
 
     factory.__name__ = f"{fn.__name__}_factory"
     factory.__qualname__ = factory.__name__
-    factory.__doc__ = f"numba kernel factory of {op} on sparse weights: prepares the weight, returns run."
+    factory.__doc__ = f"numba kernel factory of {op} on {what} weights: prepares the weight, returns run."
     return factory
 
 
+CONV_ATTRS = ("strides", "pads", "dilations", "group")
+
 for _layout in SPARSE_LAYOUTS:
-    register("Linear", "numba", _layout)(_factory("Linear", sparse_linear, ()))
-    register("Conv", "numba", _layout)(_factory("Conv", sparse_conv, ("strides", "pads", "dilations", "group")))
+    register("Linear", "numba", _layout)(packed_factory("Linear", sparse_linear, ()))
+    register("Conv", "numba", _layout)(packed_factory("Conv", packed_conv, CONV_ATTRS))
