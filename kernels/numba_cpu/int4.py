@@ -32,7 +32,6 @@ in a fixed order, so results do not depend on the thread count.
 """
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -42,7 +41,6 @@ from kernels.registry import register
 from runtime.layouts import PackedTensor, dense_view_2d
 
 from .sparse import (
-    ACT_QUANT_MODES,
     CONV_ATTRS,
     PAR_CHUNKS,
     SERIAL_WORK,
@@ -50,6 +48,7 @@ from .sparse import (
     _bias64,
     _is_float,
     _quantize_u8,
+    act_params,
     packed_conv,
     packed_factory,
 )
@@ -203,20 +202,8 @@ class Int4Gemm:
                             f"{type(weight).__name__}")
         if weight.layout != "int4_grouped":
             raise ValueError(f"{op}: layout {weight.layout!r} is not int4_grouped")
-        if act_quant not in ACT_QUANT_MODES:
-            raise ValueError(f"{op}: act_quant must be one of {ACT_QUANT_MODES}, got {act_quant!r}")
         self.weight, self.act_quant, self.op = weight, act_quant, op
-        self.act_scale, self.act_zero_point = 1.0, 0
-        if act_quant == "static":
-            if act_scale is None:
-                raise ValueError(f"{op}: act_quant='static' needs the attribute act_scale")
-            s = float(act_scale)
-            if not (math.isfinite(s) and s > 0):
-                raise ValueError(f"{op}: act_scale must be finite and > 0, got {act_scale!r}")
-            z = act_zero_point if act_zero_point is not None else 0
-            if isinstance(z, bool) or not float(z).is_integer() or not -128 <= int(z) <= 127:
-                raise ValueError(f"{op}: act_zero_point must be an int in [-128, 127], got {act_zero_point!r}")
-            self.act_scale, self.act_zero_point = s, int(z)
+        self.act_scale, self.act_zero_point = act_params(op, act_quant, act_scale, act_zero_point)
         n, self.k = dense_view_2d(weight.shape)
         rows = rows if rows is not None else slice(0, n)
         self.g = int(weight.params.get("group_size", 64))

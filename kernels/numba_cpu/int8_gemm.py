@@ -28,19 +28,18 @@ thread in a fixed order, so results do not depend on the thread count.
 """
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 from numba import njit, prange
 
 from kernels.reference.conv_pool import _out_size, _spatial_attrs, conv_by_gemm
+from kernels.reference.packed import act_params
 from kernels.registry import register
 from runtime.layouts import PackedTensor, dense_view_2d
 
 from . import vnni
 
-ACT_QUANT_MODES = ("none", "dynamic", "static")
 
 
 def _check_weight(op: str, weight: Any) -> PackedTensor:
@@ -50,23 +49,6 @@ def _check_weight(op: str, weight: Any) -> PackedTensor:
     if weight.layout != "int8":
         raise ValueError(f"{op}: the numba int8 kernel takes layout 'int8', got {weight.layout!r}")
     return weight
-
-
-def _act_params(op: str, act_quant: str, act_scale: Any, act_zero_point: Any) -> tuple[float, int]:
-    """(s, z) of static activations, validated as the reference does; (1.0, 0) otherwise."""
-    if act_quant not in ACT_QUANT_MODES:
-        raise ValueError(f"{op}: act_quant must be one of {ACT_QUANT_MODES}, got {act_quant!r}")
-    if act_quant != "static":
-        return 1.0, 0
-    if act_scale is None:
-        raise ValueError(f"{op}: act_quant='static' needs the attribute act_scale")
-    s = float(act_scale)
-    if not (math.isfinite(s) and s > 0):
-        raise ValueError(f"{op}: act_scale must be finite and > 0, got {act_scale!r}")
-    z = act_zero_point if act_zero_point is not None else 0
-    if isinstance(z, bool) or not float(z).is_integer() or not -128 <= int(z) <= 127:
-        raise ValueError(f"{op}: act_zero_point must be an int in [-128, 127], got {act_zero_point!r}")
-    return s, int(z)
 
 
 class Int8Gemm:
@@ -151,7 +133,7 @@ class Int8Plan:
                  act_zero_point: Any = 0, group: int = 1, use_vnni: bool | None = None):
         self.weight = _check_weight(op, weight)
         self.act_quant = act_quant
-        s, z = _act_params(op, act_quant, act_scale, act_zero_point)
+        s, z = act_params(op, act_quant, act_scale, act_zero_point)
         self.n, self.k = dense_view_2d(weight.shape)
         if self.n % group:
             raise ValueError(f"{op}: group={group} does not divide the {self.n} output channels")

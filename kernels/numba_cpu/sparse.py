@@ -67,7 +67,6 @@ costs an NRT incref/decref per array (measured ~40 ns), more than a whole S16 ve
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -80,11 +79,11 @@ from numba.core import config as numba_config
 from numba.extending import intrinsic, models, register_model
 
 from kernels.reference.conv_pool import conv_by_gemm
+from kernels.reference.packed import act_params
 from kernels.registry import register
 from runtime.layouts import PackedTensor, dense_view_2d, nm_positions
 
 SPARSE_LAYOUTS = ("csr", "bsr", "nm")
-ACT_QUANT_MODES = ("none", "dynamic", "static")
 
 # |acc| <= K' * 255 * 127 must stay below 2^31 for the int32 accumulators (module docstring)
 MAX_INT32_K = (2 ** 31 - 1) // (255 * 127)
@@ -1097,24 +1096,12 @@ class SparseGemm:
                             f"{type(weight).__name__}")
         if weight.layout not in SPARSE_LAYOUTS:
             raise ValueError(f"{op}: layout {weight.layout!r} is not a sparse layout {SPARSE_LAYOUTS}")
-        if act_quant not in ACT_QUANT_MODES:
-            raise ValueError(f"{op}: act_quant must be one of {ACT_QUANT_MODES}, got {act_quant!r}")
         self.weight, self.act_quant, self.op = weight, act_quant, op
+        self.act_scale, self.act_zero_point = act_params(op, act_quant, act_scale, act_zero_point)
         self.integer = act_quant != "none"
         if self.integer and weight.params.get("quant", "none") != "int8":
             raise ValueError(f"{op}: act_quant={act_quant!r} needs integer weights, but {weight.layout} "
                              f"weight {weight.name!r} stores float values (quant='none'); use act_quant='none'")
-        self.act_scale, self.act_zero_point = 1.0, 0
-        if act_quant == "static":
-            if act_scale is None:
-                raise ValueError(f"{op}: act_quant='static' needs the attribute act_scale")
-            s = float(act_scale)
-            if not (math.isfinite(s) and s > 0):
-                raise ValueError(f"{op}: act_scale must be finite and > 0, got {act_scale!r}")
-            z = act_zero_point if act_zero_point is not None else 0
-            if isinstance(z, bool) or not float(z).is_integer() or not -128 <= int(z) <= 127:
-                raise ValueError(f"{op}: act_zero_point must be an int in [-128, 127], got {act_zero_point!r}")
-            self.act_scale, self.act_zero_point = s, int(z)
         self.whole = rows is None          # all rows of the weight (not a Conv group's slice)
         self.rc = rows if rows is not None else _rows_csr(weight, self.integer)
         self.n, self.k = self.rc.n, self.rc.k

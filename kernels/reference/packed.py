@@ -43,6 +43,24 @@ from .conv_pool import conv_by_gemm
 
 PACKED_LAYOUTS = ("int8", "int4_grouped", "csr", "bsr", "nm")
 ACT_QUANT_MODES = ("none", "dynamic", "static")
+
+
+def act_params(op: str, act_quant: str, act_scale: Any, act_zero_point: Any) -> tuple[float, int]:
+    """(s, z) of static activations, validated (s finite > 0, z an int in [-128, 127]);
+    (1.0, 0) for the other modes. Every kernel of a packed layout checks its node this way."""
+    if act_quant not in ACT_QUANT_MODES:
+        raise ValueError(f"{op}: act_quant must be one of {ACT_QUANT_MODES}, got {act_quant!r}")
+    if act_quant != "static":
+        return 1.0, 0
+    if act_scale is None:
+        raise ValueError(f"{op}: act_quant='static' needs the attribute act_scale")
+    s = float(act_scale)
+    if not (math.isfinite(s) and s > 0):
+        raise ValueError(f"{op}: act_scale must be finite and > 0, got {act_scale!r}")
+    z = act_zero_point if act_zero_point is not None else 0
+    if isinstance(z, bool) or not float(z).is_integer() or not -128 <= int(z) <= 127:
+        raise ValueError(f"{op}: act_zero_point must be an int in [-128, 127], got {act_zero_point!r}")
+    return s, int(z)
 # exactness bound of the float64 accumulation above: K' * 255 * 255 < 2^53
 MAX_EXACT_K = (1 << 53) // (255 * 255)
 
@@ -80,15 +98,7 @@ class PackedGemm:
             raise ValueError(f"{op}: K' = {self.k} is too large for an exact integer accumulation "
                              f"(at most {MAX_EXACT_K})")
         if act_quant == "static":
-            if act_scale is None:
-                raise ValueError(f"{op}: act_quant='static' needs the attribute act_scale")
-            s = float(act_scale)
-            if not (math.isfinite(s) and s > 0):
-                raise ValueError(f"{op}: act_scale must be finite and > 0, got {act_scale!r}")
-            z = act_zero_point if act_zero_point is not None else 0
-            if isinstance(z, bool) or not float(z).is_integer() or not -128 <= int(z) <= 127:
-                raise ValueError(f"{op}: act_zero_point must be an int in [-128, 127], got {act_zero_point!r}")
-            self.act_scale, self.act_zero_point = s, int(z)
+            self.act_scale, self.act_zero_point = act_params(op, act_quant, act_scale, act_zero_point)
         iw = int_weight(weight)
         g = iw.group_size
         groups = iw.scale.shape[1]
