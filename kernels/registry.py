@@ -126,6 +126,40 @@ def lookup(op: str, layout: str, backend: str) -> KernelFactory:
                              f" (backends that have one: {', '.join(have) or 'none'})") from None
 
 
+# A Linear/Conv node's "activation" attribute (runtime/ops.py ACTIVATIONS) -> the op, with its
+# attributes, whose kernel applies it: the definition of the fused epilogue. A kernel may fuse
+# it (compute it while the output tile is still in registers or L1) by listing the name in its
+# factory's ``fused_activations``; for every other kernel build() runs that op after it.
+EPILOGUE_OPS = {"relu": ("Relu", {}), "gelu": ("Gelu", {"approximate": "none"}),
+                "gelu_tanh": ("Gelu", {"approximate": "tanh"})}
+
+
+def build(op: str, layout: str, backend: str, attrs: dict[str, Any], weights: dict) -> Callable[..., tuple]:
+    """The ``run`` of one node: its kernel factory called with ``attrs`` (defaults filled in)
+    and ``weights``; a Linear/Conv "activation" the kernel does not fuse is applied after it
+    by that activation op's kernel on the same backend (the reference where it has none), so
+    results are those of the unfused pair whichever kernel runs."""
+    factory = lookup(op, layout, backend)
+    if "activation" not in attrs:
+        return factory(attrs, weights)
+    act = attrs["activation"]
+    if act != "none" and act not in EPILOGUE_OPS:
+        raise ValueError(f"{op}: activation must be one of none, {', '.join(EPILOGUE_OPS)}; got {act!r}")
+    if act in getattr(factory, "fused_activations", ()):
+        return factory(attrs, weights)
+    inner = factory({k: v for k, v in attrs.items() if k != "activation"}, weights)
+    if act == "none":
+        return inner
+    act_op, act_attrs = EPILOGUE_OPS[act]
+    act_backend = backend if has_kernel(act_op, "dense", backend) else "reference"
+    post = lookup(act_op, "dense", act_backend)(fill_attrs(act_op, act_attrs), {})
+
+    def run(*inputs):
+        (y,) = inner(*inputs)
+        return post(y)
+    return run
+
+
 def kernels(backend: str | None = None) -> list[tuple[str, str, str]]:
     """Registered (op, layout, backend) keys, for inspection and tests."""
     if backend is not None:

@@ -209,7 +209,7 @@ class Graph:
 
 # Attributes that have no sensible default (their spec default is None but None means "absent"
 # for optional ones such as Squeeze axes).
-_REQUIRED_ATTRS = {"Cast": ("to",), "Concat": ("axis",)}
+_REQUIRED_ATTRS = {"Cast": ("to",), "Concat": ("axis",), "Attention": ("head_dim", "scale")}
 
 _NAME_OK = re.compile(r"^[^\x00-\x1f]+$")
 

@@ -44,6 +44,10 @@ _VARIADIC = 1 << 16
 # "none" (float activations; the only choice for a dense fp32 weight, and weight-only int4),
 # "dynamic" (per GEMM row at run time) or "static" (act_scale / act_zero_point from calibration).
 _ACT_QUANT = {"act_quant": "none", "act_scale": None, "act_zero_point": 0}
+# An activation applied to a Linear/Conv output before it is written (the GEMM epilogue):
+# set by the session's fusion pass (runtime/fuse.py) from a following Relu or Gelu node.
+ACTIVATIONS = ("none", "relu", "gelu", "gelu_tanh")
+_EPILOGUE = {"activation": "none"}
 
 _SPECS = [
     # --- element-wise, numpy broadcasting -------------------------------------------------
@@ -63,16 +67,24 @@ _SPECS = [
       for n in ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin")],
     _spec("Softmax", 1, attrs={"axis": -1}),
     _spec("LayerNormalization", (2, 3), attrs={"axis": -1, "epsilon": 1e-5}),
+    _spec("SkipLayerNormalization", (3, 4), attrs={"epsilon": 1e-5},
+          doc="LayerNormalization over the last axis of (x + skip), the sum rounded to x's dtype "
+              "first; x, skip (..., D), scale, bias (D,); fused from Add + LayerNormalization"),
     _spec("BatchNormalization", 5, attrs={"epsilon": 1e-5},
           doc="inference form: scale, bias, mean, var; normally folded into the Conv before it"),
     # --- GEMM-like ------------------------------------------------------------------------
     _spec("MatMul", 2, doc="numpy matmul semantics; between activations (or a non-2D constant)"),
-    _spec("Linear", (2, 3), attrs=dict(_ACT_QUANT), weight_input=1,
-          doc="y = x @ weight.T + bias; x (..., K), weight (N, K), bias (N,), y (..., N)"),
+    _spec("Linear", (2, 3), attrs={**_ACT_QUANT, **_EPILOGUE}, weight_input=1,
+          doc="y = act(x @ weight.T + bias); x (..., K), weight (N, K), bias (N,), y (..., N)"),
+    _spec("Attention", (3, 4), attrs={"head_dim": None, "scale": None},
+          doc="multi-head scaled dot-product attention: q (B, Sq, H*D), k (B, Sk, H*D), "
+              "v (B, Sk, H*Dv), optional additive mask broadcastable to (B, H, Sq, Sk); "
+              "y (B, Sq, H*Dv) = per head softmax(scale * q_h k_h^T + mask) v_h; fused from "
+              "the Reshape/Transpose/MatMul/Softmax pattern"),
     _spec("Gemm", (2, 3), attrs={"alpha": 1.0, "beta": 1.0, "transA": 0, "transB": 0},
           doc="kept only when B is not a constant; constant-B Gemm becomes Linear"),
     _spec("Conv", (2, 3), weight_input=1,
-          attrs={"strides": None, "pads": None, "dilations": None, "group": 1, **_ACT_QUANT},
+          attrs={"strides": None, "pads": None, "dilations": None, "group": 1, **_ACT_QUANT, **_EPILOGUE},
           doc="NCHW (1-D and 2-D), weight (C_out, C_in/group, kh, kw), explicit pads"),
     _spec("MaxPool", 1, attrs={"kernel_shape": None, "strides": None, "pads": None,
                                "dilations": None, "ceil_mode": 0}),

@@ -59,9 +59,12 @@ class InferenceSession:
              refused with the reason. Ops the chosen backend has no kernel for run on the
              reference kernels, and ``plan`` says so node by node.
     threads: worker threads for backends that parallelise (None: all cores).
+    fuse:    rewrite op patterns into fused ops before planning (runtime/fuse.py: attention,
+             Add + LayerNorm, Linear/Conv + Relu/Gelu); False runs the graph as stored.
     """
 
-    def __init__(self, model: str | os.PathLike | Graph, backend: str = "auto", *, threads: int | None = None):
+    def __init__(self, model: str | os.PathLike | Graph, backend: str = "auto", *, threads: int | None = None,
+                 fuse: bool = True):
         if isinstance(model, Graph):
             graph = model
             graph.validate()
@@ -76,6 +79,9 @@ class InferenceSession:
         self._inputs = [NodeArg(v.name, list(v.shape) if v.shape is not None else [], v.dtype) for v in graph.inputs]
         self._outputs = [NodeArg(v.name, list(v.shape) if v.shape is not None else [], v.dtype) for v in graph.outputs]
         self._input_values = list(graph.inputs)
+        if fuse:
+            from .fuse import fuse as fuse_graph
+            graph = fuse_graph(graph)
         self._plan(graph)
 
     # --- onnxruntime-shaped API -----------------------------------------------------------
@@ -144,8 +150,8 @@ class InferenceSession:
         for k, node in enumerate(graph.nodes):
             layout = graph.weight_layout(node)
             backend = self._choose_backend(node.op, layout)
-            factory = registry.lookup(node.op, layout, backend)
-            run = factory(registry.fill_attrs(node.op, node.attrs), graph.weights_of(node))
+            run = registry.build(node.op, layout, backend, registry.fill_attrs(node.op, node.attrs),
+                                 graph.weights_of(node))
             ins = tuple(slot(i) for i in node.inputs)
             outs = tuple(slot(o) for o in node.outputs)
             for s in ins:

@@ -214,10 +214,12 @@ def test_available_backends_lists_every_backend():
 
 
 def test_reference_backend_plan(mlp, mlp_graph):
-    plan = mlp.plan
+    plan = InferenceSession(mlp_graph, backend="reference", fuse=False).plan
     assert [(p.name, p.op) for p in plan] == [(n.name, n.op) for n in mlp_graph.nodes]
     assert [p.op for p in plan] == ["Linear", "Relu", "Linear", "Softmax"]
-    for p in plan:
+    # fused (the default): the Relu becomes the first Linear's epilogue (runtime/fuse.py)
+    assert [(p.name, p.op) for p in mlp.plan] == [(n.name, n.op) for n in mlp_graph.nodes if n.op != "Relu"]
+    for p in plan + mlp.plan:
         assert p.layout == "dense" and p.backend == "reference"
     assert mlp.backend == "reference"
 

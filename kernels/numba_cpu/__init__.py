@@ -28,7 +28,7 @@ os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 import numba  # noqa: E402
 
 from . import quant  # noqa: F401  (shared helpers, no kernels)
-from . import int8_gemm, int4, ops, sparse  # noqa: F401  (register their kernels)
+from . import fused, int8_gemm, int4, ops, sparse  # noqa: F401  (register their kernels)
 
 
 def probe() -> str | None:

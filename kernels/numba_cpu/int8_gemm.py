@@ -35,10 +35,11 @@ from numba import njit, prange
 
 from kernels.reference.conv_pool import _out_size, _spatial_attrs, conv_by_gemm
 from kernels.reference.packed import act_params
-from kernels.registry import register
+from kernels.registry import EPILOGUE_OPS, fill_attrs, lookup, register
 from runtime.layouts import PackedTensor, dense_view_2d
 
 from . import vnni
+from .ops import ACT_NONE, ACTIVATION_KINDS
 
 
 
@@ -111,18 +112,19 @@ class Int8Gemm:
         """X (M, K) float32/float64 C-contiguous -> (u (M, 4 * K4) uint8, s_x (M,), row_corr (M,))."""
         return vnni.quantize_shift(x, 4 * self.k4, self.static, self.act_scale, self.act_zero_point)
 
-    def __call__(self, x: np.ndarray, bias64: np.ndarray, out: np.ndarray) -> np.ndarray:
-        """out (M, N) float32/float64 = epilogue(quant(x) @ W.T) + bias, x (M, K) float32/float64
-        C-contiguous: quantization and GEMM in one compiled call."""
+    def __call__(self, x: np.ndarray, bias64: np.ndarray, out: np.ndarray, act: int = ACT_NONE) -> np.ndarray:
+        """out (M, N) float32/float64 = act(epilogue(quant(x) @ W.T) + bias), x (M, K)
+        float32/float64 C-contiguous: quantization and GEMM in one compiled call; act an
+        ops.ACTIVATION_KINDS value."""
         linear = vnni.vnni_linear if self.use_vnni else vnni.portable_linear
         linear(x, self.static, self.act_scale, self.act_zero_point, self.weight, out,
-               self.col_corr, self.zw, self.sw, bias64)
+               self.col_corr, self.zw, self.sw, bias64, act)
         return out
 
-    def integer_gemm(self, u, sx, row_corr, bias64, out) -> None:
-        """out = epilogue(u @ W.T): u (M, 4 * K4) uint8, sx, row_corr as quantize() returns."""
+    def integer_gemm(self, u, sx, row_corr, bias64, out, act: int = ACT_NONE) -> None:
+        """out = act(epilogue(u @ W.T)): u (M, 4 * K4) uint8, sx, row_corr as quantize() returns."""
         gemm = vnni.vnni_gemm if self.use_vnni else vnni.portable_gemm
-        gemm(u, sx, row_corr, self.weight, out, self.col_corr, self.zw, self.sw, bias64)
+        gemm(u, sx, row_corr, self.weight, out, self.col_corr, self.zw, self.sw, bias64, act)
 
 
 class Int8Plan:
@@ -165,28 +167,40 @@ def _gemm_dtype(x: np.ndarray):
     return (np.float32, np.float32) if x.dtype == np.float32 else (np.float64, np.float64)
 
 
-def int8_linear(x: np.ndarray, plan: Int8Plan, bias: Any = None) -> np.ndarray:
-    """Y (..., N) = quant(X) @ W.T + bias in X's dtype; X (..., K) float, W logical (N, K)."""
+def int8_linear(x: np.ndarray, plan: Int8Plan, bias: Any = None, activation: str = "none") -> np.ndarray:
+    """Y (..., N) = act(quant(X) @ W.T + bias) in X's dtype; X (..., K) float, W logical (N, K);
+    activation a runtime.ops ACTIVATIONS name, fused into the GEMM's tiles for float32 X."""
     x = np.asarray(x)
     shape = x.shape
     if not shape or shape[-1] != plan.k or x.dtype.kind != "f":
         raise ValueError(f"Linear: X {shape} ({x.dtype}) does not match packed weight "
                          f"{plan.weight.name!r} of shape {plan.weight.shape} (need float X (..., K))")
     if plan.act_quant == "none":
-        return _weight_only(x.reshape(-1, plan.k), plan, bias).reshape(*shape[:-1], plan.n)
+        y = _weight_only(x.reshape(-1, plan.k), plan, bias).reshape(*shape[:-1], plan.n)
+        return _activate_after(y, activation)
     gemm = plan.groups[0]
     if x.dtype == np.float32:             # the common case: no conversion, float32 out
         x2 = x.reshape(-1, plan.k)
         if not x2.flags.c_contiguous:
             x2 = np.ascontiguousarray(x2)
         y = np.empty((x2.shape[0], plan.n), np.float32)
-        gemm(x2, gemm.bias64(bias), y)
+        gemm(x2, gemm.bias64(bias), y, ACTIVATION_KINDS[activation])
         return y.reshape(*shape[:-1], plan.n)
     xin, yt = _gemm_dtype(x)
     x2 = np.ascontiguousarray(x.reshape(-1, plan.k), dtype=xin)
     y = np.empty((x2.shape[0], plan.n), yt)
     gemm(x2, gemm.bias64(bias), y)
-    return y.reshape(*shape[:-1], plan.n).astype(x.dtype, copy=False)
+    return _activate_after(y.reshape(*shape[:-1], plan.n).astype(x.dtype, copy=False), activation)
+
+
+def _activate_after(y: np.ndarray, activation: str) -> np.ndarray:
+    """The activation as its own kernel on Y in its final dtype (the paths that do not fuse
+    it: weight-only, and X other than float32, where the unfused pair rounds Y first)."""
+    if activation == "none":
+        return y
+    op, attrs = EPILOGUE_OPS[activation]
+    backend = "numba" if y.dtype == np.float32 else "reference"
+    return lookup(op, "dense", backend)(fill_attrs(op, attrs), {})(y)[0]
 
 
 def _weight_only(x2: np.ndarray, plan: Int8Plan, bias: Any) -> np.ndarray:
@@ -256,12 +270,13 @@ def _im2col_quantize_2d(x, cg, kh, kw, sh, sw, pt, pl, dh, dw, oh, ow, static, s
 
 
 def int8_conv(x: np.ndarray, plan: Int8Plan, bias: Any = None, strides=None, pads=None,
-              dilations=None, group: int = 1) -> np.ndarray:
+              dilations=None, group: int = 1, activation: str = "none") -> np.ndarray:
     """Grouped, strided, dilated, zero-padded convolution with an int8 weight, as
     kernels/reference/packed.packed_conv_ref: X (N, C, *spatial) float, W logical
     (M, C/group, *kernel); Y (N, M, *out) in X's dtype. 2-D (and 1-D, as H = 1) inputs take
     the fused im2col + quantize kernel and the fused epilogue; other ranks use the reference
-    im2col driver (conv_by_gemm) with the same GEMM."""
+    im2col driver (conv_by_gemm) with the same GEMM. ``activation`` is fused into the GEMM
+    for float32 X on the 2-D path, applied after it otherwise."""
     wshape = plan.weight.shape
     x = _float_input("Conv", x)
     nsp = x.ndim - 2
@@ -270,17 +285,18 @@ def int8_conv(x: np.ndarray, plan: Int8Plan, bias: Any = None, strides=None, pad
         raise ValueError(f"Conv: X {x.shape} ({x.dtype}), packed weight {plan.weight.name!r} {wshape} and "
                          f"group={group} do not match (need float X, W (M, C/group, *kernel), group | M)")
     if plan.act_quant == "none":
-        return _conv_generic(x, plan, bias, strides, pads, dilations, group)
+        return _activate_after(_conv_generic(x, plan, bias, strides, pads, dilations, group), activation)
     if nsp == 1:      # (N, C, W) as (N, C, 1, W) with a 1 x k kernel
         (st,), (pb,), (pe,), (dl,) = _spatial_attrs(1, strides, pads, dilations)
-        y = _conv_2d(x[:, :, None, :], plan, bias, [1, st], [0, pb, 0, pe], [1, dl], group, (1, wshape[2]))
+        y = _conv_2d(x[:, :, None, :], plan, bias, [1, st], [0, pb, 0, pe], [1, dl], group, (1, wshape[2]),
+                     activation)
         return y[:, :, 0, :]
     if nsp == 2:
-        return _conv_2d(x, plan, bias, strides, pads, dilations, group, tuple(wshape[2:]))
-    return _conv_generic(x, plan, bias, strides, pads, dilations, group)
+        return _conv_2d(x, plan, bias, strides, pads, dilations, group, tuple(wshape[2:]), activation)
+    return _activate_after(_conv_generic(x, plan, bias, strides, pads, dilations, group), activation)
 
 
-def _conv_2d(x, plan, bias, strides, pads, dilations, group, kernel):
+def _conv_2d(x, plan, bias, strides, pads, dilations, group, kernel, activation):
     n, c, h, w = x.shape
     (sh, sw), pb, pe, (dh, dw) = _spatial_attrs(2, strides, pads, dilations)
     kh, kw = kernel
@@ -297,6 +313,8 @@ def _conv_2d(x, plan, bias, strides, pads, dilations, group, kernel):
         raise ValueError(f"Conv: bias has shape {np.shape(bias)}, expected ({m},)")
     if rows == 0:
         return y.astype(x.dtype, copy=False)
+    fused = x.dtype == np.float32          # else Y is rounded to X's dtype before the activation
+    act = ACTIVATION_KINDS[activation] if fused else ACT_NONE
     first = plan.groups[0]
     u = np.empty((group, rows, 4 * first.k4), np.uint8)
     sx = np.empty((group, rows), np.float64)
@@ -305,9 +323,11 @@ def _conv_2d(x, plan, bias, strides, pads, dilations, group, kernel):
                         first.act_scale, first.act_zero_point, u, sx, row_corr)
     yg = np.empty((rows, mg), yt)
     for g, gemm in enumerate(plan.groups):
-        gemm.integer_gemm(u[g], sx[g], row_corr[g], gemm.bias64(None if b is None else b[g * mg:(g + 1) * mg]), yg)
+        gemm.integer_gemm(u[g], sx[g], row_corr[g], gemm.bias64(None if b is None else b[g * mg:(g + 1) * mg]),
+                          yg, act)
         y[:, g * mg:(g + 1) * mg] = yg.reshape(n, oh, ow, mg).transpose(0, 3, 1, 2)
-    return y.astype(x.dtype, copy=False)
+    y = y.astype(x.dtype, copy=False)
+    return y if fused else _activate_after(y, activation)
 
 
 def _conv_generic(x, plan, bias, strides, pads, dilations, group):
@@ -352,12 +372,16 @@ def int8_linear_factory(attrs: dict[str, Any], weights: dict):
     """Linear with an int8 weight: prepares the weight once, returns run(x, w, bias)."""
     weight = weights.get(1)
     quant = _quant_attrs(attrs)
+    activation = attrs.get("activation", "none")
     plan = _linear_plan(weight, quant)
 
     def run(x, w, bias=None):
         p = plan if w is weight else _linear_plan(w, quant)
-        return (int8_linear(x, p, bias),)
+        return (int8_linear(x, p, bias, activation),)
     return run
+
+
+int8_linear_factory.fused_activations = tuple(EPILOGUE_OPS)    # kernels.registry.build
 
 
 @register("Conv", "numba", "int8")
@@ -367,9 +391,13 @@ def int8_conv_factory(attrs: dict[str, Any], weights: dict):
     quant = _quant_attrs(attrs)
     group = int(attrs.get("group") if attrs.get("group") is not None else 1)
     conv = {k: attrs.get(k) for k in ("strides", "pads", "dilations")}
+    activation = attrs.get("activation", "none")
     plan = Int8Plan("Conv", weight, **quant, group=group)
 
     def run(x, w, bias=None):
         p = plan if w is weight else Int8Plan("Conv", w, **quant, group=group)
-        return (int8_conv(x, p, bias, group=group, **conv),)
+        return (int8_conv(x, p, bias, group=group, activation=activation, **conv),)
     return run
+
+
+int8_conv_factory.fused_activations = tuple(EPILOGUE_OPS)      # kernels.registry.build

@@ -189,19 +189,31 @@ def _erf64(x):
 GELU_ERF, GELU_TANH, ERF, SIGMOID, RELU = 0, 1, 2, 3, 4
 
 
+@njit(**_INLINE)
+def _gelu_erf_value(v):
+    """GELU, erf form, of float64 v (float64 result): 0.5 v erfc(-v / sqrt 2)."""
+    return 0.5 * v * _erfc64(-v * _INV_SQRT2)
+
+
+@njit(**_INLINE)
+def _gelu_tanh_value(v):
+    """GELU, tanh form, of float64 v: v / (1 + exp(-2u)) = 0.5 v (1 + tanh u)."""
+    u = _SQRT_2_OVER_PI * (v + 0.044715 * (v * v * v))
+    return v / (1.0 + _exp64(-2.0 * u))
+
+
 @njit(**_ELEMENTWISE)
 def _unary_span(x, out, kind):
-    """out = f(x) for flat float32 x, out; f chosen by ``kind``. (Callers pass slices rather
-    than bounds: an index from range(n) is known non-negative, which lets the loop vectorise.)"""
+    """out = f(x) for flat float32 x, out (distinct arrays: with out = x, LLVM's overlap check
+    would send the loop down its scalar path); f chosen by ``kind``. (Callers pass slices
+    rather than bounds: an index from range(n) is known non-negative, which lets the loop
+    vectorise.)"""
     if kind == GELU_ERF:
         for i in range(x.size):
-            v = np.float64(x[i])
-            out[i] = 0.5 * v * _erfc64(-v * _INV_SQRT2)
+            out[i] = _gelu_erf_value(np.float64(x[i]))
     elif kind == GELU_TANH:
         for i in range(x.size):
-            v = np.float64(x[i])
-            u = _SQRT_2_OVER_PI * (v + 0.044715 * (v * v * v))
-            out[i] = v / (1.0 + _exp64(-2.0 * u))
+            out[i] = _gelu_tanh_value(np.float64(x[i]))
     elif kind == ERF:
         for i in range(x.size):
             out[i] = _erf64(np.float64(x[i]))
@@ -214,6 +226,34 @@ def _unary_span(x, out, kind):
         for i in range(x.size):
             v = x[i]
             out[i] = np.float32(0.0) if v < 0.0 else v   # NaN stays NaN, as np.maximum
+
+
+# Linear/Conv epilogue activations (runtime/ops.py ACTIVATIONS) as _unary_span kinds, for the
+# GEMM kernels that apply them tile by tile (ACT_NONE: no activation).
+ACT_NONE = -1
+ACTIVATION_KINDS = {"none": ACT_NONE, "relu": RELU, "gelu": GELU_ERF, "gelu_tanh": GELU_TANH}
+
+
+@njit(**_ELEMENTWISE)
+def activate_rows(y, r0, r1, c0, c1, kind):
+    """y[r0:r1, c0:c1] = f(y[r0:r1, c0:c1]) in place for a 2-D float y: the Linear/Conv
+    epilogue activations with _unary_span's scalar functions, so a fused epilogue gives the
+    bits of the GEMM followed by the Relu/Gelu kernel. In-place loops of their own (one load
+    and one store per element, no overlap check); nothing for ACT_NONE."""
+    if kind == ACT_NONE:
+        return
+    for r in range(r0, r1):
+        row = y[r, c0:c1]
+        if kind == GELU_ERF:
+            for i in range(row.size):
+                row[i] = _gelu_erf_value(np.float64(row[i]))
+        elif kind == GELU_TANH:
+            for i in range(row.size):
+                row[i] = _gelu_tanh_value(np.float64(row[i]))
+        elif kind == RELU:
+            for i in range(row.size):
+                v = row[i]
+                row[i] = 0.0 if v < 0.0 else v
 
 
 @njit(**_ELEMENTWISE)

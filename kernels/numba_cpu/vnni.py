@@ -71,6 +71,8 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 
+from .ops import activate_rows
+
 MR = 4                    # rows per micro-tile
 NV = 4                    # 16-lane int32 vectors per micro-tile row
 PANEL = 16 * NV           # output columns per weight panel
@@ -419,7 +421,8 @@ def _panel_tiles(p, t_lo, t_hi, u, panels, y, col_corr, zw, sw, bias, row_corr, 
     if width == PANEL:
         for t in range(t_lo, t_hi):
             i0 = t * MR
-            _tile_dispatch(min(MR, m - i0), u, i0, panels, p, y, i0 * n + p * PANEL, n,
+            rows = min(MR, m - i0)
+            _tile_dispatch(rows, u, i0, panels, p, y, i0 * n + p * PANEL, n,
                            col_corr, zw, sw, bias, row_corr, sx)
         return
     scratch = np.empty((MR, PANEL), y.dtype)
@@ -433,33 +436,37 @@ def _panel_tiles(p, t_lo, t_hi, u, panels, y, col_corr, zw, sw, bias, row_corr, 
 
 
 @njit(cache=True)
-def _gemm_item(item, row_blocks, u, panels, y, col_corr, zw, sw, bias, row_corr, sx):
-    """Work item = (row block, panel)."""
+def _gemm_item(item, row_blocks, u, panels, y, col_corr, zw, sw, bias, row_corr, sx, act):
+    """Work item = (row block, panel). The epilogue activation ``act`` (ops.ACTIVATION_KINDS)
+    runs on the item's block of y right after its tiles, while the block is in L1/L2, with
+    ops.activate_rows (the numba Relu/Gelu kernels' code). Once per item, not per 4 x 64
+    tile: per tile, the calls cost 6x the activation itself."""
     np_ = panels.shape[0]
     tiles = (u.shape[0] + MR - 1) // MR
     per_block = (tiles + row_blocks - 1) // row_blocks
     blk = item // np_
     p = item - blk * np_
-    _panel_tiles(p, blk * per_block, min(tiles, (blk + 1) * per_block), u, panels, y,
-                 col_corr, zw, sw, bias, row_corr, sx)
+    t_lo, t_hi = blk * per_block, min(tiles, (blk + 1) * per_block)
+    _panel_tiles(p, t_lo, t_hi, u, panels, y, col_corr, zw, sw, bias, row_corr, sx)
+    activate_rows(y, t_lo * MR, min(u.shape[0], t_hi * MR), p * PANEL, min(y.shape[1], (p + 1) * PANEL), act)
 
 
 # Each output tile is computed by one thread, start to end, in a fixed order: the result does
 # not depend on the thread count or on how items are split.
 @njit(cache=True, parallel=True)
-def _vnni_gemm_parallel(u, panels, y, col_corr, zw, sw, bias, row_corr, sx, row_blocks):
+def _vnni_gemm_parallel(u, panels, y, col_corr, zw, sw, bias, row_corr, sx, row_blocks, act):
     for item in prange(row_blocks * panels.shape[0]):
-        _gemm_item(item, row_blocks, u, panels, y, col_corr, zw, sw, bias, row_corr, sx)
+        _gemm_item(item, row_blocks, u, panels, y, col_corr, zw, sw, bias, row_corr, sx, act)
 
 
 @njit(cache=True)
-def _vnni_gemm_serial(u, panels, y, col_corr, zw, sw, bias, row_corr, sx, row_blocks):
+def _vnni_gemm_serial(u, panels, y, col_corr, zw, sw, bias, row_corr, sx, row_blocks, act):
     for item in range(row_blocks * panels.shape[0]):
-        _gemm_item(item, row_blocks, u, panels, y, col_corr, zw, sw, bias, row_corr, sx)
+        _gemm_item(item, row_blocks, u, panels, y, col_corr, zw, sw, bias, row_corr, sx, act)
 
 
 @njit(cache=True, parallel=True)
-def _vnni_linear_row_blocks(x, static, s, z, u, sx, row_corr, panels, y, col_corr, zw, sw, bias, blocks):
+def _vnni_linear_row_blocks(x, static, s, z, u, sx, row_corr, panels, y, col_corr, zw, sw, bias, blocks, act):
     """Linear with the rows split over threads: each block of rows is quantized, then
     multiplied by every panel, by one thread. One parallel region per call (quantization
     needs no barrier before the GEMM), each thread's rows stay in its caches; every thread
@@ -476,6 +483,7 @@ def _vnni_linear_row_blocks(x, static, s, z, u, sx, row_corr, panels, y, col_cor
                 quantize_row_dynamic(x, i, u, sx, row_corr)
         for p in range(panels.shape[0]):
             _panel_tiles(p, t_lo, t_hi, u, panels, y, col_corr, zw, sw, bias, row_corr, sx)
+        activate_rows(y, t_lo * MR, min(x.shape[0], t_hi * MR), 0, y.shape[1], act)
 
 
 # Below this many multiply-adds one thread is as fast as two (measured with the workers
@@ -497,22 +505,23 @@ POOL_THREADS = numba.config.NUMBA_NUM_THREADS
 
 
 @njit(cache=True)
-def vnni_gemm(u, sx, row_corr, panels, y, col_corr, zw, sw, bias):
-    """y (M, N) = epilogue(u (M, Kp) uint8 @ panels) (module docstring): col_corr, zw int32,
-    sw, bias float64, all padded to NP * PANEL; row_corr int64 (M,), sx float64 (M,).
+def vnni_gemm(u, sx, row_corr, panels, y, col_corr, zw, sw, bias, act):
+    """y (M, N) = act(epilogue(u (M, Kp) uint8 @ panels)) (module docstring): col_corr, zw int32,
+    sw, bias float64, all padded to NP * PANEL; row_corr int64 (M,), sx float64 (M,); act an
+    ops.ACTIVATION_KINDS value (ACT_NONE: none).
     Requires has_vnni() and K <= MAX_K_INT32; compiled on the first call."""
     m = u.shape[0]
     np_, k4 = panels.shape[0], panels.shape[1]
     if POOL_THREADS <= 1 or m * np_ * PANEL * k4 * 4 < PARALLEL_MIN_MACS:
-        _vnni_gemm_serial(u, panels, y, col_corr, zw, sw, bias, row_corr, sx, 1)
+        _vnni_gemm_serial(u, panels, y, col_corr, zw, sw, bias, row_corr, sx, 1, act)
     else:
         tiles = (m + MR - 1) // MR
         row_blocks = min(tiles, max(1, (ITEMS_PER_THREAD * POOL_THREADS + np_ - 1) // np_))
-        _vnni_gemm_parallel(u, panels, y, col_corr, zw, sw, bias, row_corr, sx, row_blocks)
+        _vnni_gemm_parallel(u, panels, y, col_corr, zw, sw, bias, row_corr, sx, row_blocks, act)
 
 
 @njit(cache=True)
-def vnni_linear(x, static, s, z, panels, y, col_corr, zw, sw, bias):
+def vnni_linear(x, static, s, z, panels, y, col_corr, zw, sw, bias, act):
     """Linear in one call: quantize X (M, K), then the VNNI GEMM into y. Large problems with
     enough rows split the rows over threads, quantization included (one parallel region);
     others quantize on the calling thread and split the panels (vnni_gemm)."""
@@ -524,10 +533,10 @@ def vnni_linear(x, static, s, z, panels, y, col_corr, zw, sw, bias):
         sx = np.empty(m, np.float64)
         row_corr = np.empty(m, np.int64)
         _vnni_linear_row_blocks(x, static, np.float64(s), np.int64(z), u, sx, row_corr, panels, y,
-                                col_corr, zw, sw, bias, blocks)
+                                col_corr, zw, sw, bias, blocks, act)
         return
     u, sx, row_corr = quantize_shift(x, k4 * 4, static, s, z)
-    vnni_gemm(u, sx, row_corr, panels, y, col_corr, zw, sw, bias)
+    vnni_gemm(u, sx, row_corr, panels, y, col_corr, zw, sw, bias, act)
 
 
 # --- the portable GEMM ----------------------------------------------------------------------
@@ -549,15 +558,16 @@ def _portable_gemm_parallel(u, w, y, col_corr, zw, sw, bias, row_corr, sx):
 
 
 @njit(cache=True)
-def portable_gemm(u, sx, row_corr, w, y, col_corr, zw, sw, bias):
+def portable_gemm(u, sx, row_corr, w, y, col_corr, zw, sw, bias, act):
     """The same result as vnni_gemm, bit for bit, in plain loops: u (M, Kp) uint8, w (N, Kp)
     int8 (K zero-padded), col_corr, zw int64 (N,), sw, bias float64 (N,), row_corr int64 (M,),
     sx float64 (M,). Accumulates in int64, so any K is exact."""
     _portable_gemm_parallel(u, w, y, col_corr, zw, sw, bias, row_corr, sx)
+    activate_rows(y, 0, y.shape[0], 0, y.shape[1], act)
 
 
 @njit(cache=True)
-def portable_linear(x, static, s, z, w, y, col_corr, zw, sw, bias):
+def portable_linear(x, static, s, z, w, y, col_corr, zw, sw, bias, act):
     """vnni_linear's twin on the portable GEMM."""
     u, sx, row_corr = quantize_shift(x, w.shape[1], static, s, z)
-    portable_gemm(u, sx, row_corr, w, y, col_corr, zw, sw, bias)
+    portable_gemm(u, sx, row_corr, w, y, col_corr, zw, sw, bias, act)

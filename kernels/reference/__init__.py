@@ -9,11 +9,12 @@ Modules: elementwise (arithmetic, comparisons, logic, activations, Cast, Clip, W
 reduction (Reduce*, Softmax, LayerNormalization, BatchNormalization), gemm (MatMul, Linear,
 Gemm), conv_pool (Conv, MaxPool, AveragePool, GlobalAveragePool), shape_ops (shape, slicing,
 indexing, Range, ConstantOfShape), packed (Linear and Conv on the int8, int4_grouped, csr,
-bsr and nm layouts).
+bsr and nm layouts), fused (Attention, SkipLayerNormalization: what runtime/fuse.py puts in place of
+op patterns).
 """
-from . import conv_pool, elementwise, gemm, packed, reduction, shape_ops  # noqa: F401  (registers kernels)
+from . import conv_pool, elementwise, fused, gemm, packed, reduction, shape_ops  # noqa: F401  (registers kernels)
 
-MODULES = (elementwise, reduction, gemm, conv_pool, shape_ops, packed)
+MODULES = (elementwise, reduction, gemm, conv_pool, shape_ops, packed, fused)
 
 
 def probe() -> str | None:

@@ -1,0 +1,215 @@
+"""Session-time fusion: rewrite op patterns into the fused ops of runtime/ops.py.
+
+Done when a session plans (InferenceSession(..., fuse=True), the default), on a copy of the
+graph, so a .qrt file keeps the ONNX-shaped graph the converter wrote (what `qrt inspect`
+shows), every session of any file gets the fusions, and fuse=False runs the graph as stored.
+Each rewrite replaces nodes by one node computing the same math (the fused op's reference
+says so, up to float32 rounding between the replaced nodes), and only where every
+intermediate value is read by the next node of the pattern alone and is not a graph output.
+
+Patterns (in this order):
+  * attention: per head softmax(scale * Q K^T + mask) V written out as
+      Reshape(q, [0, 0, -1|H, D]) -> Transpose(0, 2, 1, 3)           (Q heads; K likewise with
+      Transpose(0, 2, 3, 1), V with (0, 2, 1, 3)) -> MatMul(Qh, Kt) -> [Mul|Div by a scalar
+      constant] -> [Add mask] -> Softmax(axis -1) -> MatMul(., Vh) -> Transpose(0, 2, 1, 3)
+      -> Reshape([0, 0, -1|H*Dv])
+    (what torch.onnx exports for BERT-style self attention), optionally with the scale applied
+    as a scalar Mul on the Q and K heads, becomes Attention(q, k, v[, mask]);
+  * Add -> LayerNormalization over the last axis becomes SkipLayerNormalization;
+  * Linear or Conv -> Relu / Gelu becomes the Linear/Conv with activation "relu" / "gelu" /
+    "gelu_tanh" (the kernel applies it in its epilogue, or kernels.registry.build after it).
+"""
+from __future__ import annotations
+
+import copy
+from typing import Callable
+
+import numpy as np
+
+from .graph import Graph, Node
+
+
+class _View:
+    """Who produces and who reads each value, and constant lookups, for one pass."""
+
+    def __init__(self, graph: Graph):
+        self.graph = graph
+        self.producer = graph.producers()
+        self.readers = graph.consumers()
+        self.outputs = {v.name for v in graph.outputs}
+
+    def only_reader(self, value: str, op: str | None = None) -> Node | None:
+        """The single node reading ``value`` (of op ``op``), if the value is an intermediate
+        that node alone reads; else None."""
+        readers = self.readers.get(value, [])
+        if len(readers) != 1 or value in self.outputs or value in self.graph.initializers:
+            return None
+        node = readers[0]
+        return node if op is None or node.op == op else None
+
+    def made_by(self, value: str, op: str) -> Node | None:
+        """The node of op ``op`` producing ``value`` when ``value`` is read only once."""
+        node = self.producer.get(value)
+        if node is None or node.op != op or len(self.readers.get(value, [])) != 1 or value in self.outputs:
+            return None
+        return node
+
+    def const(self, name: str) -> np.ndarray | None:
+        t = self.graph.initializers.get(name)
+        return None if t is None or t.layout != "dense" else np.asarray(t.fields["data"])
+
+    def scalar(self, name: str) -> float | None:
+        c = self.const(name)
+        return float(c.reshape(())) if c is not None and c.size == 1 and c.dtype.kind == "f" else None
+
+
+def fuse(graph: Graph) -> Graph:
+    """A copy of ``graph`` with the module's patterns fused (initializers shared, not copied)."""
+    g = Graph(graph.name, list(graph.inputs), list(graph.outputs), [copy.copy(n) for n in graph.nodes],
+              dict(graph.initializers), dict(graph.metadata))
+    for n in g.nodes:
+        n.attrs = dict(n.attrs)
+    for rewrite in (_fuse_attention, _fuse_skip_layer_norm, _fuse_activation):
+        _apply(g, rewrite)
+    g.validate()
+    return g
+
+
+def _apply(graph: Graph, rewrite: Callable[[_View, Node], tuple[list[Node], Node] | None]) -> None:
+    """Run ``rewrite`` on every node; a match (nodes to drop, new node) puts the new node at
+    the place of the last dropped node (after every producer of the pattern's inputs)."""
+    view = _View(graph)
+    replaced: dict[int, Node | None] = {}
+    for node in list(graph.nodes):
+        if id(node) in replaced:
+            continue
+        match = rewrite(view, node)
+        if match is None:
+            continue
+        drop, new = match
+        if any(id(n) in replaced for n in drop):
+            continue
+        last = max(drop, key=graph.nodes.index)
+        for n in drop:
+            replaced[id(n)] = None
+        replaced[id(last)] = new
+    if replaced:
+        graph.nodes = [replaced.get(id(n), n) for n in graph.nodes if replaced.get(id(n), n) is not None]
+
+
+# --- attention -------------------------------------------------------------------------------
+
+def _heads(view: _View, value: str, perm: list[int]) -> tuple[str, int, float, list[Node]] | None:
+    """``value`` = Transpose(perm)(Reshape(x, [0, 0, H|-1, D])), optionally times a scalar
+    constant after the Transpose: (x, D or -1 when only H is known..., scale, nodes)."""
+    nodes: list[Node] = []
+    scale = 1.0
+    mul = view.made_by(value, "Mul")
+    if mul is not None:
+        for a, b in (mul.inputs, mul.inputs[::-1]):
+            c = view.scalar(b)
+            if c is not None:
+                scale, value = c, a
+                nodes.append(mul)
+                break
+        else:
+            return None
+    tr = view.made_by(value, "Transpose")
+    if tr is None or list(tr.attrs.get("perm") or []) != perm:
+        return None
+    rs = view.made_by(tr.inputs[0], "Reshape")
+    if rs is None or rs.attrs.get("allowzero", 0):
+        return None
+    shape = view.const(rs.inputs[1])
+    if shape is None or shape.shape != (4,) or shape[0] != 0 or shape[1] != 0 or shape[3] <= 0:
+        return None
+    return rs.inputs[0], int(shape[3]), scale, nodes + [tr, rs]
+
+
+def _fuse_attention(view: _View, sm: Node):
+    if sm.op != "Softmax" or sm.attrs.get("axis", -1) not in (-1, 3):
+        return None
+    pv = view.only_reader(sm.outputs[0], "MatMul")
+    if pv is None or pv.inputs[0] != sm.outputs[0]:
+        return None
+    tr_out = view.only_reader(pv.outputs[0], "Transpose")
+    if tr_out is None or list(tr_out.attrs.get("perm") or []) != [0, 2, 1, 3]:
+        return None
+    rs_out = view.only_reader(tr_out.outputs[0], "Reshape")
+    shape = None if rs_out is None else view.const(rs_out.inputs[1])
+    if shape is None or shape.shape != (3,) or shape[0] != 0 or shape[1] != 0 or rs_out.attrs.get("allowzero", 0):
+        return None
+    nodes = [sm, pv, tr_out, rs_out]
+    scores, mask, scale = sm.inputs[0], "", 1.0
+    add = view.made_by(scores, "Add")
+    if add is not None:
+        for a, b in (add.inputs, add.inputs[::-1]):
+            p = view.producer.get(a)
+            if p is not None and p.op in ("Mul", "Div", "MatMul"):
+                scores, mask = a, b
+                nodes.append(add)
+                break
+        else:
+            return None
+    for op in ("Mul", "Div"):
+        sc = view.made_by(scores, op)
+        if sc is None:
+            continue
+        a, b = sc.inputs
+        orders = [(a, b), (b, a)] if op == "Mul" else [(a, b)]      # the constant may come first
+        found = [(x, view.scalar(c)) for x, c in orders if view.scalar(c)]
+        if not found:
+            return None
+        scores, c = found[0]
+        scale *= c if op == "Mul" else 1.0 / c
+        nodes.append(sc)
+        break
+    qk = view.made_by(scores, "MatMul")
+    if qk is None:
+        return None
+    q = _heads(view, qk.inputs[0], [0, 2, 1, 3])
+    k = _heads(view, qk.inputs[1], [0, 2, 3, 1])
+    v = _heads(view, pv.inputs[1], [0, 2, 1, 3])
+    # One head size for Q, K and V (what BERT-style models have), so V's heads are the same
+    # H as Q's whatever the widths; an unscaled V; the output merges heads back: [0, 0, -1|H*D].
+    if q is None or k is None or v is None or not q[1] == k[1] == v[1] or v[2] != 1.0:
+        return None
+    if shape[2] != -1 and shape[2] <= 0:
+        return None
+    scale *= q[2] * k[2]
+    nodes += [qk, *q[3], *k[3], *v[3]]
+    inputs = [q[0], k[0], v[0]] + ([mask] if mask else [])
+    fused = Node(sm.name.rsplit("/", 1)[0] + "/Attention" if "/" in sm.name else f"{sm.name}_attention",
+                 "Attention", inputs, list(rs_out.outputs), {"head_dim": q[1], "scale": scale})
+    return nodes, fused
+
+
+# --- Add + LayerNormalization ----------------------------------------------------------------
+
+def _fuse_skip_layer_norm(view: _View, ln: Node):
+    if ln.op != "LayerNormalization" or ln.attrs.get("axis", -1) != -1:
+        return None
+    add = view.made_by(ln.inputs[0], "Add")
+    if add is None:
+        return None
+    fused = Node(ln.name, "SkipLayerNormalization", [add.inputs[0], add.inputs[1], *ln.inputs[1:]],
+                 list(ln.outputs), {"epsilon": ln.attrs.get("epsilon", 1e-5)})
+    return [add, ln], fused
+
+
+# --- Linear / Conv + activation --------------------------------------------------------------
+
+def _fuse_activation(view: _View, node: Node):
+    if node.op not in ("Linear", "Conv") or node.attrs.get("activation", "none") != "none":
+        return None
+    act = view.only_reader(node.outputs[0])
+    if act is None:
+        return None
+    if act.op == "Relu":
+        name = "relu"
+    elif act.op == "Gelu":
+        name = "gelu_tanh" if act.attrs.get("approximate", "none") == "tanh" else "gelu"
+    else:
+        return None
+    fused = Node(node.name, node.op, list(node.inputs), list(act.outputs), {**node.attrs, "activation": name})
+    return [node, act], fused

@@ -1,0 +1,303 @@
+"""Session-time fusion (runtime/fuse.py) and the fused kernels.
+
+* The pass: which patterns fuse on exported BERTs and small hand-made graphs, which must not
+  (an intermediate that is a graph output or read twice), and that a fused session computes
+  what the unfused graph computes.
+* The fused ops' references (kernels/reference/fused.py) against the unfused graph's math.
+* The numba kernels against those references, for awkward shapes and 1 and 2 threads, and the
+  int8 GEMM's fused epilogue against the unfused GEMM + activation kernel (identical bits).
+"""
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import pytest
+
+import runtime
+from kernels import registry
+from runtime.fuse import fuse
+from runtime.graph import Graph, Node, Value
+from runtime.layouts import dense_tensor, pack_int8
+from tests import model_zoo
+
+# The fused reference computes in float64 and rounds once; the unfused graph rounds to float32
+# after each of ~8 nodes: a few float32 ulps of the largest intermediate.
+UNFUSED_RTOL = 1e-5
+# numba Attention accumulates q.k over D and p.v over Sk in float32 (and scales q first):
+# relative error of a float32 dot product ~ n * 2^-24 on terms of mixed sign; measured worst
+# ~6e-7 relative to the output norm at Sk = 130, bound set with 10x margin.
+ATTENTION_RTOL = 1e-5
+# numba SkipLayerNormalization: float32 sum (as the Add node), float64 statistics and affine
+# step (as the numba LayerNorm); vs the float64 reference: one float32 rounding of the output
+# plus the float64 E[x^2] - mean^2 cancellation, ~1e-16 * mean^2 / var.
+SKIP_LN_ATOL = 2e-6
+
+
+def _rng(*key) -> np.random.Generator:
+    return np.random.default_rng(zlib.crc32(repr(key).encode()))
+
+
+def _rel(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+
+
+def _numba_or_skip():
+    reason = registry.backend_status("numba")
+    if reason is not None:
+        pytest.skip(f"numba backend unavailable: {reason}")
+
+
+@pytest.fixture
+def threads():
+    """The numba backend's set_threads; restores all threads afterwards."""
+    _numba_or_skip()
+    set_threads = registry.thread_setter("numba")
+    yield set_threads
+    set_threads(1 << 30)
+
+
+# --- the pass on exported BERTs -------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def bert_graph():
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from tests.test_onnx_equivalence import _bert_bytes
+    return runtime.convert(_bert_bytes(model_zoo.bert(layers=2, hidden=64, heads=4, ffn=128)))
+
+
+def test_bert_fuses_attention_layernorm_and_gelu(bert_graph):
+    fused = fuse(bert_graph)
+    ops = [n.op for n in fused.nodes]
+    assert ops.count("Attention") == 2
+    assert ops.count("SkipLayerNormalization") == 2 * 2 + 1          # two per layer + embeddings
+    assert sum(n.attrs.get("activation") == "gelu" for n in fused.nodes) == 2
+    for gone in ("Softmax", "Transpose", "MatMul", "Gelu", "LayerNormalization"):
+        assert gone not in ops, gone
+    att = next(n for n in fused.nodes if n.op == "Attention")
+    assert att.attrs == {"head_dim": 16, "scale": pytest.approx(0.25)} and len(att.inputs) == 4
+    # the stored graph is untouched: fusion works on a copy
+    assert "Attention" not in [n.op for n in bert_graph.nodes]
+    assert len(fused.nodes) < len(bert_graph.nodes) - 20
+
+
+@pytest.mark.parametrize("backend", ["reference", "numba"])
+def test_fused_bert_matches_unfused(bert_graph, backend):
+    if backend == "numba":
+        _numba_or_skip()
+    plain = runtime.InferenceSession(bert_graph, backend="reference", fuse=False)
+    fast = runtime.InferenceSession(bert_graph, backend=backend)
+    assert "Attention" in [p.op for p in fast.plan]
+    for b, s in ((1, 1), (2, 7), (3, 33)):
+        feeds = model_zoo.bert_feeds(b, s, seed=b * 10 + s)       # masks real positions
+        for got, want in zip(fast.run(None, feeds), plain.run(None, feeds)):
+            assert _rel(got, want) < 2 * ATTENTION_RTOL, (b, s)
+
+
+def test_fuse_false_runs_the_graph_as_stored(bert_graph):
+    s = runtime.InferenceSession(bert_graph, backend="reference", fuse=False)
+    assert [p.op for p in s.plan] == [n.op for n in bert_graph.nodes]
+
+
+# --- the pass on small graphs ----------------------------------------------------------------------
+
+def _linear_act_graph(act_op: str, extra_output: bool = False, attrs=None) -> Graph:
+    rng = _rng("linear-act", act_op)
+    w = rng.standard_normal((5, 8)).astype(np.float32)
+    b = rng.standard_normal(5).astype(np.float32)
+    nodes = [Node("fc", "Linear", ["x", "w", "b"], ["h"]), Node("act", act_op, ["h"], ["y"], dict(attrs or {}))]
+    outputs = [Value("y", "float32", ("n", 5))] + ([Value("h", "float32", ("n", 5))] if extra_output else [])
+    g = Graph("t", [Value("x", "float32", ("n", 8))], outputs, nodes,
+              {"w": dense_tensor("w", w), "b": dense_tensor("b", b)})
+    g.validate()
+    return g
+
+
+@pytest.mark.parametrize("act_op, attrs, name", [("Relu", {}, "relu"), ("Gelu", {}, "gelu"),
+                                                  ("Gelu", {"approximate": "tanh"}, "gelu_tanh")])
+def test_linear_activation_fuses_and_matches(act_op, attrs, name):
+    g = _linear_act_graph(act_op, attrs=attrs)
+    fused = fuse(g)
+    assert [(n.op, n.attrs.get("activation")) for n in fused.nodes] == [("Linear", name)]
+    x = _rng("x", name).standard_normal((4, 8)).astype(np.float32) * 2
+    want = runtime.InferenceSession(g, backend="reference", fuse=False).run(None, {"x": x})[0]
+    got = runtime.InferenceSession(g, backend="reference").run(None, {"x": x})[0]
+    np.testing.assert_array_equal(got, want)        # the reference applies the same two kernels
+
+
+def test_no_fusion_when_the_intermediate_is_an_output():
+    g = _linear_act_graph("Relu", extra_output=True)
+    assert [n.op for n in fuse(g).nodes] == ["Linear", "Relu"]
+
+
+def test_bad_activation_attribute_is_refused():
+    g = _linear_act_graph("Relu")
+    g.nodes = [g.nodes[0]]
+    g.nodes[0].attrs["activation"] = "swish"
+    g.nodes[0].outputs = ["y"]
+    with pytest.raises(ValueError, match="activation must be one of none, relu, gelu, gelu_tanh; got 'swish'"):
+        runtime.InferenceSession(g, backend="reference")
+
+
+def test_add_layernorm_with_a_second_reader_is_not_fused():
+    rng = _rng("ln")
+    d = 6
+    nodes = [Node("add", "Add", ["x", "r"], ["s"]),
+             Node("ln", "LayerNormalization", ["s", "g", "b"], ["y"]),
+             Node("relu", "Relu", ["s"], ["z"])]
+    g = Graph("t", [Value("x", "float32", (2, d)), Value("r", "float32", (2, d))],
+              [Value("y", "float32", (2, d)), Value("z", "float32", (2, d))], nodes,
+              {"g": dense_tensor("g", rng.standard_normal(d).astype(np.float32)),
+               "b": dense_tensor("b", rng.standard_normal(d).astype(np.float32))})
+    g.validate()
+    assert [n.op for n in fuse(g).nodes] == ["Add", "LayerNormalization", "Relu"]
+    g.nodes.pop()
+    g.outputs.pop()
+    assert [n.op for n in fuse(g).nodes] == ["SkipLayerNormalization"]
+
+
+# --- references of the fused ops --------------------------------------------------------------------
+
+def _unfused_attention(q, k, v, mask, d, scale):
+    """The exported pattern's math, node by node, in float32 (what the fused op replaces)."""
+    b, sq, hd = q.shape
+    sk, h = k.shape[1], hd // d
+    qh = q.reshape(b, sq, h, d).transpose(0, 2, 1, 3)
+    kt = k.reshape(b, sk, h, d).transpose(0, 2, 3, 1)
+    vh = v.reshape(b, sk, h, -1).transpose(0, 2, 1, 3)
+    s = (qh @ kt) * np.float32(scale)
+    if mask is not None:
+        s = s + mask
+    s = np.exp(s - s.max(-1, keepdims=True))
+    p = s / s.sum(-1, keepdims=True)
+    return (p @ vh).transpose(0, 2, 1, 3).reshape(b, sq, -1)
+
+
+MASK_SHAPES = [None, "b11s", "b1qs", "1hqs", "bhqs", "scalar"]
+
+
+def _attention_case(key, b, sq, sk, h, d, dv, mask_kind):
+    rng = _rng("attention", key, b, sq, sk, h, d, dv, mask_kind)
+    q = rng.standard_normal((b, sq, h * d)).astype(np.float32)
+    k = rng.standard_normal((b, sk, h * d)).astype(np.float32)
+    v = rng.standard_normal((b, sk, h * dv)).astype(np.float32)
+    shapes = {"b11s": (b, 1, 1, sk), "b1qs": (b, 1, sq, sk), "1hqs": (1, h, sq, sk),
+              "bhqs": (b, h, sq, sk), "scalar": ()}
+    mask = None
+    if mask_kind is not None:
+        mask = np.where(rng.random(shapes[mask_kind]) < 0.3, np.float32(-3.4e38), np.float32(0)).astype(np.float32)
+        if mask.ndim:
+            mask[..., 0] = 0          # at least one position visible in every row
+    return q, k, v, mask
+
+
+@pytest.mark.parametrize("mask_kind", MASK_SHAPES)
+def test_attention_reference_matches_the_unfused_math(mask_kind):
+    from kernels.reference.fused import attention_ref
+    q, k, v, mask = _attention_case("ref", 2, 5, 7, 3, 4, 4, mask_kind)
+    got = attention_ref(q, k, v, mask, head_dim=4, scale=0.5)
+    assert got.dtype == np.float32 and got.shape == (2, 5, 12)
+    assert _rel(got, _unfused_attention(q, k, v, mask, 4, 0.5)) < UNFUSED_RTOL
+
+
+def test_attention_reference_rejects_bad_shapes():
+    from kernels.reference.fused import attention_ref
+    q = np.zeros((1, 3, 8), np.float32)
+    with pytest.raises(ValueError, match="do not match with head_dim 3"):
+        attention_ref(q, q, q, head_dim=3, scale=1.0)
+    with pytest.raises(ValueError, match=r"mask \(2, 1, 1, 3\) does not broadcast"):
+        attention_ref(q, q, q, np.zeros((2, 1, 1, 3), np.float32), head_dim=4, scale=1.0)
+
+
+# --- numba kernels -------------------------------------------------------------------------------------
+
+ATTENTION_SHAPES = [  # (B, Sq, Sk, H, D, Dv)
+    (1, 1, 1, 1, 1, 1), (1, 16, 16, 12, 32, 32), (2, 7, 13, 3, 6, 6), (1, 130, 130, 2, 64, 64),
+    (3, 5, 9, 4, 5, 3), (1, 33, 65, 12, 32, 32),
+]
+
+
+@pytest.mark.parametrize("shape", ATTENTION_SHAPES)
+@pytest.mark.parametrize("mask_kind", MASK_SHAPES)
+def test_numba_attention_matches_reference(shape, mask_kind, threads):
+    from kernels.numba_cpu.fused import attention
+    from kernels.reference.fused import attention_ref
+    b, sq, sk, h, d, dv = shape
+    q, k, v, mask = _attention_case("numba", *shape, mask_kind)
+    want = attention_ref(q, k, v, mask, head_dim=d, scale=0.37)
+    results = []
+    for n in (1, 2):
+        threads(n)
+        results.append(attention(q, k, v, mask, d, 0.37))
+    np.testing.assert_array_equal(results[0], results[1])
+    assert results[0].shape == want.shape and results[0].dtype == np.float32
+    assert _rel(results[0], want) < ATTENTION_RTOL
+
+
+def test_numba_attention_masked_rows_and_other_dtypes():
+    _numba_or_skip()
+    run = registry.lookup("Attention", "dense", "numba")({"head_dim": 2, "scale": 1.0}, {})
+    ref = registry.lookup("Attention", "dense", "reference")({"head_dim": 2, "scale": 1.0}, {})
+    q, k, v, _ = _attention_case("masked", 1, 3, 4, 2, 2, 2, None)
+    mask = np.full((1, 1, 3, 4), -3.4e38, np.float32)       # every position masked: equal weights
+    np.testing.assert_allclose(run(q, k, v, mask)[0], ref(q, k, v, mask)[0], rtol=ATTENTION_RTOL, atol=1e-6)
+    q64, k64, v64 = (a.astype(np.float64) for a in (q, k, v))
+    np.testing.assert_array_equal(run(q64, k64, v64)[0], ref(q64, k64, v64)[0])    # runs the reference
+
+
+@pytest.mark.parametrize("rows, d", [(1, 1), (3, 7), (128, 384), (1000, 64)])
+def test_numba_skip_layer_norm(rows, d, threads):
+    rng = _rng("skipln", rows, d)
+    x = rng.standard_normal((rows, d)).astype(np.float32) * 3 + 1
+    skip = rng.standard_normal((rows, d)).astype(np.float32)
+    g = rng.standard_normal(d).astype(np.float32)
+    b = rng.standard_normal(d).astype(np.float32)
+    fused = registry.lookup("SkipLayerNormalization", "dense", "numba")({"epsilon": 1e-12}, {})
+    want = registry.lookup("SkipLayerNormalization", "dense", "reference")({"epsilon": 1e-12}, {})(x, skip, g, b)[0]
+    outs = []
+    for n in (1, 2):
+        threads(n)
+        outs.append(fused(x, skip, g, b)[0])
+    np.testing.assert_array_equal(outs[0], outs[1])
+    np.testing.assert_allclose(outs[0], want, rtol=0, atol=SKIP_LN_ATOL * max(1.0, float(np.abs(want).max())))
+    # broadcasting (a bias-like skip) falls back to the reference
+    np.testing.assert_array_equal(fused(x, skip[:1], g, b)[0],
+                                  registry.lookup("SkipLayerNormalization", "dense", "reference")(
+                                      {"epsilon": 1e-12}, {})(x, skip[:1], g, b)[0])
+
+
+@pytest.mark.parametrize("activation", ["relu", "gelu", "gelu_tanh"])
+@pytest.mark.parametrize("m, k, n", [(1, 5, 7), (16, 64, 65), (33, 100, 200), (128, 384, 384)])
+@pytest.mark.parametrize("use_vnni", [True, False])
+def test_numba_int8_fused_activation_is_gemm_then_activation(activation, m, k, n, use_vnni, threads):
+    from kernels.numba_cpu import int8_gemm, vnni
+    if use_vnni and not vnni.has_vnni():
+        pytest.skip("no AVX-512 VNNI here")
+    rng = _rng("int8-act", activation, m, k, n)
+    t = pack_int8("w", rng.standard_normal((n, k)).astype(np.float32))
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    plan = int8_gemm.Int8Plan("Linear", t, "dynamic", use_vnni=use_vnni)
+    act_op, act_attrs = registry.EPILOGUE_OPS[activation]
+    act = registry.lookup(act_op, "dense", "numba")(registry.fill_attrs(act_op, act_attrs), {})
+    outs = []
+    for nthreads in (1, 2):
+        threads(nthreads)
+        outs.append(int8_gemm.int8_linear(x, plan, bias, activation))
+    np.testing.assert_array_equal(outs[0], outs[1])
+    np.testing.assert_array_equal(outs[0], act(int8_gemm.int8_linear(x, plan, bias))[0])
+
+
+def test_numba_int8_conv_fused_relu():
+    _numba_or_skip()
+    rng = _rng("conv-relu")
+    t = pack_int8("w", rng.standard_normal((6, 2, 3, 3)).astype(np.float32))
+    x = rng.standard_normal((2, 4, 9, 8)).astype(np.float32)
+    attrs = registry.fill_attrs("Conv", {"act_quant": "dynamic", "group": 2, "pads": [1, 1, 1, 1]})
+    fused = registry.build("Conv", "int8", "numba", {**attrs, "activation": "relu"}, {1: t})(x, t)[0]
+    plain = registry.build("Conv", "int8", "numba", attrs, {1: t})(x, t)[0]
+    np.testing.assert_array_equal(fused, np.maximum(plain, 0))
+    ref = registry.build("Conv", "int8", "reference", {**attrs, "activation": "relu"}, {1: t})(x, t)[0]
+    np.testing.assert_array_equal(fused, ref)
