@@ -29,6 +29,16 @@ _ORT_TYPE = {"float32": "tensor(float)", "float16": "tensor(float16)", "float64"
              "int64": "tensor(int64)", "uint64": "tensor(uint64)", "bool": "tensor(bool)"}
 
 
+# Shape-only values are cached for this many distinct input shapes per session (oldest
+# dropped first), and only when they take at most this many bytes for one input shape.
+SHAPE_CACHE_ENTRIES = 16
+SHAPE_CACHE_MAX_BYTES = 1 << 22
+# Ops whose output shape depends on the *values* of these inputs (runtime/ops.py semantics);
+# every other op's output shape follows from its inputs' shapes and attributes.
+_SHAPE_GIVING_INPUTS = {"Reshape": (1,), "Expand": (1,), "Tile": (1,), "Slice": (1, 2, 3, 4),
+                        "Range": (0, 1, 2), "ConstantOfShape": (0,)}
+
+
 @dataclass(frozen=True)
 class NodeArg:
     """A model input or output: ``shape`` entries are ints, symbolic names (str) or None."""
@@ -108,12 +118,20 @@ class InferenceSession:
         fed = self._check_feeds(input_feed)
         for slot, array in fed:
             env[slot] = array
-        for run, ins, outs, frees in self._steps:
-            results = run(*[env[i] for i in ins])
-            for s, r in zip(outs, results):
-                env[s] = r
-            for s in frees:
-                env[s] = None
+        shapes = tuple(a.shape for _, a in fed)
+        cached = self._shape_cache.get(shapes)
+        if cached is not None:
+            # values that depend on the input shapes alone (Shape, Range, position ids, ...)
+            # were computed by an earlier run with these shapes: set them, skip their nodes
+            for s, value in cached:
+                env[s] = value
+            _execute(self._value_steps, env)
+        elif self._shape_slots:
+            record: dict[int, Any] = {}
+            _execute(self._steps, env, self._shape_slots, record)
+            self._remember_shape_values(shapes, record)
+        else:
+            _execute(self._steps, env)
         # Like onnxruntime, hand back arrays the caller owns: an output that is a constant
         # (a read-only view of the file map) or that aliases a fed array (Identity, Reshape
         # views) is copied, so writing to it can neither fail nor change the caller's input.
@@ -170,11 +188,58 @@ class InferenceSession:
                 if s not in last_use and s not in keep:
                     frees_at.setdefault(k, []).append(s)
         self._steps = [(run, ins, outs, tuple(frees_at.get(k, ()))) for k, (run, ins, outs) in enumerate(raw_steps)]
+        self._plan_shape_cache(graph, slots)
         used = dict.fromkeys(p.backend for p in self._planned)
         self._thread_setters = [f for f in map(registry.thread_setter, used) if f is not None]
         self._template = template
         self._slots = slots
         self._default_out_slots = [slots[v.name] for v in graph.outputs]
+
+    def _plan_shape_cache(self, graph: Graph, slots: dict[str, int]) -> None:
+        """Find the nodes whose outputs depend on the input *shapes* alone: Shape of a value
+        whose shape follows from the input shapes, and any node all of whose inputs are
+        constants or such values (the position ids, Range and Concat of sizes, ConstantOfShape
+        of an exported transformer: ~40 nodes of a BERT). A run with input shapes seen before
+        takes their values from a small cache and runs only the other steps
+        (``_value_steps``); the frees of skipped steps are dropped, so such a value may live
+        until the end of the run."""
+        shape_only = set(graph.initializers) | {""}
+        shape_known = shape_only | {v.name for v in graph.inputs}
+        shape_steps = set()
+        for k, node in enumerate(graph.nodes):
+            if node.op == "Shape" and node.inputs[0] in shape_known or all(i in shape_only for i in node.inputs):
+                shape_only.update(node.outputs)
+                shape_steps.add(k)
+            # an output's shape follows from the input shapes when the node's inputs' shapes
+            # do and, for ops whose output shape is given by an input's *values*, those
+            # values are shape-only
+            sizing = _SHAPE_GIVING_INPUTS.get(node.op, ())
+            if (all(i in shape_known for i in node.inputs)
+                    and all(node.inputs[i] in shape_only for i in sizing if i < len(node.inputs))):
+                shape_known.update(node.outputs)
+        # values a value step (or the caller) reads: the ones worth caching
+        needed = {slots[o.name] for o in graph.outputs}
+        for k, (_, ins, _, _) in enumerate(self._steps):
+            if k not in shape_steps:
+                needed.update(ins)
+        self._shape_slots = frozenset({s for k in shape_steps for s in self._steps[k][2]} & needed)
+        self._value_steps = [step for k, step in enumerate(self._steps) if k not in shape_steps]
+        self._shape_cache: dict[tuple, list] = {}
+
+    def _remember_shape_values(self, shapes: tuple, record: dict[int, Any]) -> None:
+        values = [(s, record[s]) for s in self._shape_slots if s in record]
+        if sum(np.asarray(v).nbytes for _, v in values) > SHAPE_CACHE_MAX_BYTES:
+            return
+        frozen = []
+        for s, v in values:
+            # a read-only copy: this run hands the original to its caller or kernels, and
+            # later runs share the copy (run() copies read-only outputs before returning them)
+            v = np.array(v)
+            v.flags.writeable = False
+            frozen.append((s, v))
+        if len(self._shape_cache) >= SHAPE_CACHE_ENTRIES:
+            self._shape_cache.pop(next(iter(self._shape_cache)))      # the oldest shapes
+        self._shape_cache[shapes] = frozen
 
     def _choose_backend(self, op: str, layout: str) -> str:
         candidates = registry.AUTO_ORDER if self.backend == "auto" else (self.backend, "reference")
@@ -215,6 +280,19 @@ class InferenceSession:
                 raise ValueError(f"input {v.name!r}: {problem}")
             checked.append((slot, np.ascontiguousarray(a)))
         return checked
+
+
+def _execute(steps: list, env: list, watch: frozenset = frozenset(), record: dict | None = None) -> None:
+    """Run planned steps on ``env`` (slots); outputs landing in ``watch`` slots are also
+    put in ``record`` (before a later step may free them)."""
+    for run, ins, outs, frees in steps:
+        results = run(*[env[i] for i in ins])
+        for s, r in zip(outs, results):
+            env[s] = r
+            if s in watch:
+                record[s] = r
+        for s in frees:
+            env[s] = None
 
 
 def _check_backend(backend: str) -> str:

@@ -301,3 +301,24 @@ def test_numba_int8_conv_fused_relu():
     np.testing.assert_array_equal(fused, np.maximum(plain, 0))
     ref = registry.build("Conv", "int8", "reference", {**attrs, "activation": "relu"}, {1: t})(x, t)[0]
     np.testing.assert_array_equal(fused, ref)
+
+
+def test_exp32_accuracy():
+    _numba_or_skip()
+    from numba import njit
+
+    from kernels.numba_cpu.fused import _exp32
+
+    @njit
+    def exp_all(x, out):
+        for i in range(x.size):
+            out[i] = _exp32(x[i])
+
+    x = np.linspace(-87, 0, 200_001).astype(np.float32)
+    out = np.empty_like(x)
+    exp_all(x, out)
+    want = np.exp(x.astype(np.float64))
+    assert np.max(np.abs(out - want) / want) < 1.1e-7
+    edge = np.array([-np.inf, -3.4e38, -88, np.nan, 0], np.float32)
+    exp_all(edge, out[:5])
+    np.testing.assert_array_equal(out[:5], [0, 0, 0, np.nan, 1])

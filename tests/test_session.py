@@ -16,6 +16,7 @@ import runtime  # noqa: E402
 from kernels import registry  # noqa: E402
 from runtime import InferenceSession  # noqa: E402
 from runtime.convert import from_onnx  # noqa: E402
+from runtime.graph import Graph, Node, Value  # noqa: E402
 
 from tests.model_zoo import onnx_model as _model  # noqa: E402
 from tests.model_zoo import small_mlp_numpy as mlp_numpy  # noqa: E402
@@ -404,3 +405,42 @@ def test_bad_threads_are_rejected(mlp_graph, threads):
 def test_threads(mlp_graph):
     assert InferenceSession(mlp_graph, backend="reference", threads=2).threads == 2
     assert InferenceSession(mlp_graph, backend="reference").threads >= 1
+
+
+# ------------------------------------------------------------ shape-only value cache -----
+
+def _shape_graph() -> Graph:
+    """y = x + ConstantOfShape(Shape(x)) * 2 (shape-only), z = Shape(Reshape(x, target))
+    (target is an input: its *values* give the shape, so z must never come from the cache),
+    s = Shape(x) (an output that is a cached value)."""
+    from runtime.layouts import dense_tensor
+    two = dense_tensor("two", np.array(2.0, np.float32))
+    nodes = [Node("shape", "Shape", ["x"], ["s"]),
+             Node("ones", "ConstantOfShape", ["s"], ["c"], {"value": 1.0, "dtype": "float32"}),
+             Node("twice", "Mul", ["c", "two"], ["c2"]),
+             Node("add", "Add", ["x", "c2"], ["y"]),
+             Node("reshape", "Reshape", ["x", "target"], ["r"]),
+             Node("rshape", "Shape", ["r"], ["z"])]
+    g = Graph("shapes", [Value("x", "float32", ("a", "b")), Value("target", "int64", (2,))],
+              [Value("y", "float32", ("a", "b")), Value("z", "int64", (2,)), Value("s", "int64", (2,))],
+              nodes, {"two": two})
+    g.validate()
+    return g
+
+
+def test_shape_only_values_are_cached_per_input_shape():
+    sess = InferenceSession(_shape_graph(), backend="reference")
+    assert len(sess._steps) == 6 and len(sess._value_steps) == 3          # add, reshape, rshape: not shape-only
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    for target, want_z in (([3, 2], [3, 2]), ([6, 1], [6, 1]), ([1, 6], [1, 6])):
+        y, z, s = sess.run(None, {"x": x, "target": np.array(target, np.int64)})
+        np.testing.assert_array_equal(y, x + 2)
+        np.testing.assert_array_equal(z, want_z)       # value-shaped: recomputed every run
+        np.testing.assert_array_equal(s, [2, 3])
+        s[0] = 99                                      # the caller's copy, not the cache's
+    assert len(sess._shape_cache) == 1
+    x2 = np.ones((4, 1), np.float32)
+    y, z, s = sess.run(None, {"x": x2, "target": np.array([2, 2], np.int64)})
+    np.testing.assert_array_equal(y, x2 + 2)
+    np.testing.assert_array_equal(s, [4, 1])
+    assert len(sess._shape_cache) == 2

@@ -2,12 +2,11 @@
 
 Float32 in and out (other dtypes run the reference), tested against kernels/reference/fused.py.
 
-Attention: one work item per (batch, head), run on numba's pool. An item copies its K head
-transposed to a (D, Sk) scratch (so the score loop reads it along rows), then, one query row at
-a time: scores s (Sk,) = (scale * q_i) K^T accumulated in float32 over D (the j loop is the
-vectorised one) on top of the mask row, softmax in float64 through ops._exp64 (as
-ops.Softmax) stored transposed, then y_h = P V accumulated in float32 over Sk. One head's
-(Sq, Sk) probabilities exist at a time per thread, never all heads' scores. Rounding differs from the unfused graph
+Attention: one work item per (batch, head), run on numba's pool; the head is computed
+transposed (_attention_head) so every loop vectorises along the query axis: scores in float32
+(q scaled first), exp in float32 (_exp32, ~2 ulp) summed in float32, y = P V accumulated in
+float32. One head's (Sk, Sq) scores
+exist at a time per thread, never all heads'. Rounding differs from the unfused graph
 (which rounds to float32 after each MatMul, Mul and Add): the scale multiplies q before the dot
 product; the error bound is in tests/test_fusion.py (ATTENTION_RTOL).
 
@@ -26,7 +25,54 @@ from kernels.reference._common import prod
 from kernels.reference.fused import attention_heads
 from kernels.registry import register
 
-from .ops import _ROWS, F32, _exp64, _is_f32, _reference
+from llvmlite import ir as llvm_ir
+from numba import types
+from numba.extending import intrinsic
+
+from .ops import _INLINE, _ROWS, F32, _is_f32, _reference
+
+# --- float32 exp for the attention softmax ------------------------------------------------------
+# Sixteen lanes instead of ops._exp64's eight: the softmax was half of the attention time.
+_LOG2E_F = np.float32(1.4426950408889634)
+# ln 2 in two float32 parts (Cephes expf): n * _LN2_HI_F is exact for |n| <= 2^8
+_LN2_HI_F = np.float32(0.693359375)
+_LN2_LO_F = np.float32(-2.12194440e-4)
+_EXP32_MIN = np.float32(-87.3)     # below: 0 (exp(-87.3) ~ 1.2e-38, the smallest normal float32)
+
+
+@intrinsic
+def _f32_from_bits(typingctx, bits):
+    """The float32 whose IEEE bits are the low 32 bits of the int64 ``bits`` (a bit cast, no
+    conversion; numba's integer arithmetic is int64)."""
+    if bits != types.int64:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(builder.trunc(args[0], llvm_ir.IntType(32)), llvm_ir.FloatType())
+    return types.float32(types.int64), codegen
+
+
+@njit(**_INLINE)
+def _exp32(x):
+    """exp(x) for float32 x <= 0 (a softmax argument): relative error < 1.1e-7 measured on
+    [-87, 0] (tests/test_fusion.py; Cephes-style
+    range reduction by ln 2, Taylor polynomial of e^r through r^7 for |r| <= ln2 / 2, 2^n from
+    its bits); 0 below _EXP32_MIN and for -inf; NaN stays NaN."""
+    xc = max(x, _EXP32_MIN)
+    n = np.floor(xc * _LOG2E_F + np.float32(0.5))
+    r = (xc - n * _LN2_HI_F) - n * _LN2_LO_F
+    p = np.float32(1.0 / 5040.0)
+    p = p * r + np.float32(1.0 / 720.0)
+    p = p * r + np.float32(1.0 / 120.0)
+    p = p * r + np.float32(1.0 / 24.0)
+    p = p * r + np.float32(1.0 / 6.0)
+    p = p * r + np.float32(0.5)
+    p = p * r + np.float32(1.0)
+    p = p * r + np.float32(1.0)
+    y = p * _f32_from_bits((np.int64(n) + 127) << 23)     # p * 2^n, n >= -126
+    y = np.float32(0.0) if x < _EXP32_MIN else y
+    return x if x != x else y
+
 
 # Attention runs serially below this many multiply-adds (B * H * Sq * Sk * (D + Dv)): waking
 # the pool costs more than a small problem (seq 16 in a MiniLM layer is ~0.2 M).
@@ -42,85 +88,80 @@ def _attention_head(q, k, v, mask, scale, hd, item, out):
     (Bm, Hm, Sqm, Skm) float32 with each of Bm, Hm, Sqm in {1, the full size}, Skm in {1, Sk}
     (a (1, 1, 1, 1) zero array when there is none); writes out[b, :, h*Dv:(h+1)*Dv].
 
-    Every inner loop runs along Sk or Sq (long, contiguous), not along D (32 or 64 in BERTs):
-    scores of row i are s (Sk,) += q[i, d] * kt[d, :]; the probabilities are stored
-    transposed, pt (Sk, Sq), so that y_h^T (Dv, Sq) += v[j, d] * pt[j, :] also runs along Sq."""
+    The head is computed transposed, so that every inner loop runs along Sq (long and
+    contiguous), never along D (32 or 64 in BERTs) and never across a row's reduction:
+    st (Sk, Sq) = mask^T + K (scale Q)^T; the softmax over j is then, for all i at once, a
+    running maximum, exp and sum down the columns; y^T (Dv, Sq) = V^T st. Products are
+    accumulated four at a time (one load and store of the accumulator row per four
+    multiply-adds: these loops are bound by L1 traffic, not by the FMA units)."""
     sq, sk = q.shape[1], k.shape[1]
     heads = q.shape[2] // hd
     dv = v.shape[2] // heads
     b = item // heads
     h = item - b * heads
-    kt = np.empty((hd, sk), np.float32)
-    for j in range(sk):
+    qt = np.empty((hd, sq), np.float32)                 # scale * q_h^T
+    for i in range(sq):
         for d in range(hd):
-            kt[d, j] = k[b, j, h * hd + d]
-    s = np.empty(sk, np.float32)
-    e = np.empty(sk, np.float64)
-    pt = np.empty((sk, sq), np.float32)
+            qt[d, i] = np.float32(scale * q[b, i, h * hd + d])
+    st = np.empty((sk, sq), np.float32)
     mb = b if mask.shape[0] > 1 else 0
     mh = h if mask.shape[1] > 1 else 0
-    sk8 = sk - sk % 8
-    sk4 = sk - sk % 4
     hd4 = hd - hd % 4
-    for i in range(sq):
-        mrow = mask[mb, mh, i if mask.shape[2] > 1 else 0]
-        if mask.shape[3] > 1:
-            for j in range(sk):
-                s[j] = mrow[j]
+    for j in range(sk):
+        row = st[j]
+        jm = j if mask.shape[3] > 1 else 0
+        if mask.shape[2] > 1:
+            for i in range(sq):
+                row[i] = mask[mb, mh, i, jm]
         else:
-            for j in range(sk):
-                s[j] = mrow[0]
-        # four d at a time: one load and store of s per four multiply-adds (the loop is
-        # bound by L1 traffic, not by the FMA units: 2.3x faster than one d at a time)
-        qrow = q[b, i, h * hd:(h + 1) * hd]
+            mv = mask[mb, mh, 0, jm]
+            for i in range(sq):
+                row[i] = mv
+        kj = k[b, j, h * hd:(h + 1) * hd]
         for d in range(0, hd4, 4):
-            q0 = np.float32(scale * qrow[d])
-            q1 = np.float32(scale * qrow[d + 1])
-            q2 = np.float32(scale * qrow[d + 2])
-            q3 = np.float32(scale * qrow[d + 3])
-            k0, k1, k2, k3 = kt[d], kt[d + 1], kt[d + 2], kt[d + 3]
-            for j in range(sk):
-                s[j] += (q0 * k0[j] + q1 * k1[j]) + (q2 * k2[j] + q3 * k3[j])
+            k0, k1, k2, k3 = kj[d], kj[d + 1], kj[d + 2], kj[d + 3]
+            q0, q1, q2, q3 = qt[d], qt[d + 1], qt[d + 2], qt[d + 3]
+            for i in range(sq):
+                row[i] += (k0 * q0[i] + k1 * q1[i]) + (k2 * q2[i] + k3 * q3[i])
         for d in range(hd4, hd):
-            qd = np.float32(scale * qrow[d])
-            kd = kt[d]
-            for j in range(sk):
-                s[j] += qd * kd[j]
-        # row maximum with 8 running maxima (ops._softmax_rows: a max reduction with NaN
-        # semantics does not vectorise); a NaN makes the sum, so the row, NaN
-        m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = np.float32(-np.inf)
-        for j in range(0, sk8, 8):
-            m0 = max(m0, s[j])
-            m1 = max(m1, s[j + 1])
-            m2 = max(m2, s[j + 2])
-            m3 = max(m3, s[j + 3])
-            m4 = max(m4, s[j + 4])
-            m5 = max(m5, s[j + 5])
-            m6 = max(m6, s[j + 6])
-            m7 = max(m7, s[j + 7])
-        m = max(max(max(m0, m1), max(m2, m3)), max(max(m4, m5), max(m6, m7)))
-        for j in range(sk8, sk):
-            m = max(m, s[j])
-        m64 = np.float64(m)
-        total = 0.0
-        for j in range(sk):
-            e[j] = _exp64(np.float64(s[j]) - m64)
-            total += e[j]
-        inv = 1.0 / total
-        for j in range(sk):
-            pt[j, i] = e[j] * inv
+            kd = kj[d]
+            qd = qt[d]
+            for i in range(sq):
+                row[i] += kd * qd[i]
+    # softmax down each column i; a NaN score is skipped by the maximum but makes its
+    # column's sum, so the whole output row, NaN, as in the reference
+    m = np.full(sq, -np.inf, np.float32)
+    for j in range(sk):
+        row = st[j]
+        for i in range(sq):
+            m[i] = row[i] if row[i] > m[i] else m[i]
+    total = np.zeros(sq, np.float32)
+    for j in range(sk):
+        row = st[j]
+        for i in range(sq):
+            e = _exp32(row[i] - m[i])
+            row[i] = e
+            total[i] += e
+    inv = np.empty(sq, np.float32)
+    for i in range(sq):
+        inv[i] = np.float32(1.0) / total[i]
+    for j in range(sk):
+        row = st[j]
+        for i in range(sq):
+            row[i] *= inv[i]
     yt = np.zeros((dv, sq), np.float32)
     vh = v[b, :, h * dv:(h + 1) * dv]
+    sk4 = sk - sk % 4
     for d in range(dv):
         yd = yt[d]
-        for j in range(0, sk4, 4):       # four j at a time, as above
+        for j in range(0, sk4, 4):
             v0, v1, v2, v3 = vh[j, d], vh[j + 1, d], vh[j + 2, d], vh[j + 3, d]
-            p0, p1, p2, p3 = pt[j], pt[j + 1], pt[j + 2], pt[j + 3]
+            p0, p1, p2, p3 = st[j], st[j + 1], st[j + 2], st[j + 3]
             for i in range(sq):
                 yd[i] += (v0 * p0[i] + v1 * p1[i]) + (v2 * p2[i] + v3 * p3[i])
         for j in range(sk4, sk):
             vd = vh[j, d]
-            pj = pt[j]
+            pj = st[j]
             for i in range(sq):
                 yd[i] += vd * pj[i]
     for i in range(sq):
