@@ -17,7 +17,13 @@ Patterns (in this order):
     as a scalar Mul on the Q and K heads, becomes Attention(q, k, v[, mask]);
   * Add -> LayerNormalization over the last axis becomes SkipLayerNormalization;
   * Linear or Conv -> Relu / Gelu becomes the Linear/Conv with activation "relu" / "gelu" /
-    "gelu_tanh" (the kernel applies it in its epilogue, or kernels.registry.build after it).
+    "gelu_tanh" (the kernel applies it in its epilogue, or kernels.registry.build after it);
+  * Linears that read the same input with the same attributes and a dense or int8 weight
+    (attention's Q, K and V projections) become one Linear over the concatenated weight and a
+    Split of its output along the last axis: the input is quantized once and the GEMM is
+    wider (N = 3 x 384 runs at a higher share of the peak than three N = 384). Exact: every
+    output column is computed as before (per-row activation quantization does not depend on
+    N; int8 scales and zero points are per output channel once concatenated).
 """
 from __future__ import annotations
 
@@ -71,6 +77,7 @@ def fuse(graph: Graph) -> Graph:
         n.attrs = dict(n.attrs)
     for rewrite in (_fuse_attention, _fuse_skip_layer_norm, _fuse_activation):
         _apply(g, rewrite)
+    _merge_sibling_linears(g)
     g.validate()
     return g
 
@@ -213,3 +220,83 @@ def _fuse_activation(view: _View, node: Node):
         return None
     fused = Node(node.name, node.op, list(node.inputs), list(act.outputs), {**node.attrs, "activation": name})
     return [node, act], fused
+
+
+# --- Linears sharing an input ----------------------------------------------------------------
+
+MERGEABLE_LAYOUTS = ("dense", "int8")
+
+
+def _merge_sibling_linears(graph: Graph) -> None:
+    view = _View(graph)
+    groups: dict[tuple, list[Node]] = {}
+    for node in graph.nodes:
+        if node.op != "Linear" or len(node.inputs) < 2 or node.inputs[1] not in graph.initializers:
+            continue
+        w = graph.initializers[node.inputs[1]]
+        if w.layout not in MERGEABLE_LAYOUTS or len(w.shape) != 2 or w.dtype != "float32":
+            continue
+        if len(node.inputs) > 2 and node.inputs[2] and view.const(node.inputs[2]) is None:
+            continue                                  # a bias computed at run time
+        key = (node.inputs[0], w.layout, w.shape[1], tuple(sorted((k, repr(v)) for k, v in node.attrs.items())))
+        groups.setdefault(key, []).append(node)
+    order = {id(n): k for k, n in enumerate(graph.nodes)}
+    replaced: dict[int, list[Node] | None] = {}
+    for nodes in groups.values():
+        if len(nodes) < 2:
+            continue
+        weights = [graph.initializers[n.inputs[1]] for n in nodes]
+        merged_w = _concat_weights(weights, _unique(graph, weights[0].name + "/merged"))
+        graph.initializers[merged_w.name] = merged_w
+        inputs = [nodes[0].inputs[0], merged_w.name]
+        biases = [view.const(n.inputs[2]) if len(n.inputs) > 2 and n.inputs[2] else None for n in nodes]
+        if any(b is not None for b in biases):
+            bias = np.concatenate([np.zeros(w.shape[0], np.float32) if b is None else np.asarray(b, np.float32).reshape(-1)
+                                   for w, b in zip(weights, biases)])
+            from .layouts import dense_tensor
+            bias_t = dense_tensor(_unique(graph, merged_w.name + ".bias"), bias)
+            graph.initializers[bias_t.name] = bias_t
+            inputs.append(bias_t.name)
+        first = min(nodes, key=lambda n: order[id(n)])
+        wide = _unique(graph, first.outputs[0] + "/merged")
+        linear = Node(first.name + "/merged", "Linear", inputs, [wide], dict(first.attrs))
+        split = Node(first.name + "/split", "Split", [wide], [n.outputs[0] for n in nodes],
+                     {"axis": -1, "split": [int(w.shape[0]) for w in weights]})
+        for n in nodes:
+            replaced[id(n)] = None
+        replaced[id(first)] = [linear, split]
+    if replaced:
+        out: list[Node] = []
+        for n in graph.nodes:
+            r = replaced.get(id(n), [n])
+            out.extend(r or [])
+        graph.nodes = out
+
+
+def _concat_weights(weights: list, name: str):
+    """One (sum N, K) weight of the layout the given (N_i, K) weights share: dense arrays
+    stacked; int8 qdata stacked with per-output-channel scales (and zero points, 0 for a
+    symmetric part) broadcast from per-tensor ones."""
+    from .layouts import PackedTensor, dense_tensor
+    if weights[0].layout == "dense":
+        return dense_tensor(name, np.concatenate([np.asarray(w.fields["data"]) for w in weights]))
+    n_total = sum(w.shape[0] for w in weights)
+    k = weights[0].shape[1]
+    qdata = np.concatenate([np.asarray(w.fields["qdata"]) for w in weights])
+    scale = np.concatenate([np.broadcast_to(np.asarray(w.fields["scale"], np.float32).reshape(-1), (w.shape[0],))
+                            for w in weights])
+    fields = {"qdata": qdata, "scale": scale}
+    symmetric = all("zero_point" not in w.fields for w in weights)
+    if not symmetric:
+        fields["zero_point"] = np.concatenate([
+            np.broadcast_to(np.asarray(w.fields.get("zero_point", np.zeros(1, np.int8)), np.int8).reshape(-1),
+                            (w.shape[0],)) for w in weights])
+    t = PackedTensor(name, "int8", "float32", (n_total, k), fields, {"per_channel": True, "symmetric": symmetric})
+    t.check()
+    return t
+
+
+def _unique(graph: Graph, base: str) -> str:
+    """A name no initializer or node output of ``graph`` has."""
+    from .graph import unique_name
+    return unique_name(base, set(graph.initializers) | {o for n in graph.nodes for o in n.outputs})

@@ -76,6 +76,9 @@ def test_bert_fuses_attention_layernorm_and_gelu(bert_graph):
     assert sum(n.attrs.get("activation") == "gelu" for n in fused.nodes) == 2
     for gone in ("Softmax", "Transpose", "MatMul", "Gelu", "LayerNormalization"):
         assert gone not in ops, gone
+    # Q, K, V projections: one Linear over the concatenated weight, split into three views
+    assert ops.count("Split") == 2 and ops.count("Linear") == len(
+        [n for n in bert_graph.nodes if n.op == "Linear"]) - 2 * 2
     att = next(n for n in fused.nodes if n.op == "Attention")
     assert att.attrs == {"head_dim": 16, "scale": pytest.approx(0.25)} and len(att.inputs) == 4
     # the stored graph is untouched: fusion works on a copy
@@ -322,3 +325,39 @@ def test_exp32_accuracy():
     edge = np.array([-np.inf, -3.4e38, -88, np.nan, 0], np.float32)
     exp_all(edge, out[:5])
     np.testing.assert_array_equal(out[:5], [0, 0, 0, np.nan, 1])
+
+
+@pytest.mark.parametrize("backend", ["reference", "numba"])
+@pytest.mark.parametrize("act_quant", ["dynamic", "none"])
+def test_sibling_linears_merge_exactly(backend, act_quant):
+    """Three int8 Linears on one input (per-channel, per-tensor, asymmetric weights; one
+    without bias) and a dense one: merged per layout, results identical to unmerged."""
+    if backend == "numba":
+        _numba_or_skip()
+    rng = _rng("merge", act_quant)
+    k = 20
+    cfgs = [dict(per_channel=True), dict(per_channel=False), dict(per_channel=True, symmetric=False)]
+    inits, nodes, outputs = {}, [], []
+    for i, cfg in enumerate(cfgs + [None]):
+        w = rng.standard_normal((7 + i, k)).astype(np.float32) + (0.5 if i == 2 else 0)
+        inits[f"w{i}"] = dense_tensor(f"w{i}", w) if cfg is None else pack_int8(f"w{i}", w, **cfg)
+        ins = ["x", f"w{i}"]
+        if i != 1:
+            inits[f"b{i}"] = dense_tensor(f"b{i}", rng.standard_normal(7 + i).astype(np.float32))
+            ins.append(f"b{i}")
+        attrs = {} if cfg is None else {"act_quant": act_quant}
+        nodes.append(Node(f"fc{i}", "Linear", ins, [f"y{i}"], attrs))
+        outputs.append(Value(f"y{i}", "float32", ("n", 7 + i)))
+    g = Graph("t", [Value("x", "float32", ("n", k))], outputs, nodes, inits)
+    g.validate()
+    fused = fuse(g)
+    assert [n.op for n in fused.nodes] == ["Linear", "Split", "Linear"]
+    assert fused.initializers[fused.nodes[0].inputs[1]].shape == (7 + 8 + 9, k)
+    x = rng.standard_normal((5, k)).astype(np.float32)
+    want = runtime.InferenceSession(g, backend=backend, fuse=False).run(None, {"x": x})
+    got = runtime.InferenceSession(g, backend=backend).run(None, {"x": x})
+    for a, b in zip(got, want):
+        if act_quant == "dynamic" or backend == "reference":
+            np.testing.assert_array_equal(a, b)
+        else:      # weight-only float32 BLAS: a wider sgemm may block the sum differently
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -190,7 +190,8 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | No
               head_dim: int, scale: float) -> np.ndarray:
     """Y (B, Sq, H*Dv) float32 for float32 q, k, v (and mask): see the module docstring."""
     b, sq, sk, h, d, dv = attention_heads(q, k, v, mask, head_dim)
-    q, k, v = (np.ascontiguousarray(a) for a in (q, k, v))
+    # q, k, v may be strided views (the Split of a merged QKV Linear): the kernel reads them
+    # element by element into its transposed scratch, so no contiguous copy is made
     if mask is None:
         m4 = _NO_MASK
     else:
@@ -279,4 +280,23 @@ def skip_layer_normalization_factory(attrs: dict, weights: dict):
         elif r:
             _skip_layer_norm_serial(x2, s2, np.ascontiguousarray(scale), b, eps, out)
         return (out.reshape(x.shape),)
+    return run
+
+
+# --- Split along the last axis: views ------------------------------------------------------------
+
+@register("Split", "numba")
+def split_factory(attrs: dict, weights: dict):
+    """Split with explicit sizes: views of the input (no copy), e.g. Q, K and V of a merged
+    projection (runtime/fuse.py) read in place by Attention. Other forms run the reference."""
+    ref = _reference("Split", attrs, weights)
+    axis, sizes = attrs["axis"], attrs["split"]
+    if sizes is None:
+        return ref
+    bounds = np.cumsum([int(x) for x in sizes])[:-1]
+
+    def run(x):
+        if x.ndim == 0 or sum(int(v) for v in sizes) != x.shape[axis]:
+            return ref(x)                          # the reference raises with the message
+        return tuple(np.split(x, bounds, axis=axis))
     return run
