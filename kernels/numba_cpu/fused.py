@@ -83,10 +83,11 @@ SKIP_LN_PARALLEL_MIN_ELEMENTS = 1 << 15
 
 
 @njit(**_ROWS)
-def _attention_head(q, k, v, mask, scale, hd, item, out):
-    """One (b, h) item of Attention: q (B, Sq, H*D), k (B, Sk, H*D), v (B, Sk, H*Dv), mask
-    (Bm, Hm, Sqm, Skm) float32 with each of Bm, Hm, Sqm in {1, the full size}, Skm in {1, Sk}
-    (a (1, 1, 1, 1) zero array when there is none); writes out[b, :, h*Dv:(h+1)*Dv].
+def _attention_head(q, k, v, mask_t, scale, hd, item, out):
+    """One (b, h) item of Attention: q (B, Sq, H*D), k (B, Sk, H*D), v (B, Sk, H*Dv) (any
+    strides), mask_t (Bm, Hm, Skm, Sqm) float32, the mask *transposed*, C-contiguous, with each
+    of Bm, Hm in {1, the full size}, Skm in {1, Sk}, Sqm in {1, Sq} (a (1, 1, 1, 1) zero array
+    when there is none); writes out[b, :, h*Dv:(h+1)*Dv].
 
     The head is computed transposed, so that every inner loop runs along Sq (long and
     contiguous), never along D (32 or 64 in BERTs) and never across a row's reduction:
@@ -104,17 +105,18 @@ def _attention_head(q, k, v, mask, scale, hd, item, out):
         for d in range(hd):
             qt[d, i] = np.float32(scale * q[b, i, h * hd + d])
     st = np.empty((sk, sq), np.float32)
-    mb = b if mask.shape[0] > 1 else 0
-    mh = h if mask.shape[1] > 1 else 0
+    mb = b if mask_t.shape[0] > 1 else 0
+    mh = h if mask_t.shape[1] > 1 else 0
     hd4 = hd - hd % 4
     for j in range(sk):
         row = st[j]
-        jm = j if mask.shape[3] > 1 else 0
-        if mask.shape[2] > 1:
+        jm = j if mask_t.shape[2] > 1 else 0
+        if mask_t.shape[3] > 1:
+            mrow = mask_t[mb, mh, jm]
             for i in range(sq):
-                row[i] = mask[mb, mh, i, jm]
+                row[i] = mrow[i]
         else:
-            mv = mask[mb, mh, 0, jm]
+            mv = mask_t[mb, mh, jm, 0]
             for i in range(sq):
                 row[i] = mv
         kj = k[b, j, h * hd:(h + 1) * hd]
@@ -195,7 +197,9 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | No
     if mask is None:
         m4 = _NO_MASK
     else:
-        m4 = np.ascontiguousarray(np.asarray(mask, F32).reshape((1,) * (4 - np.ndim(mask)) + np.shape(mask)))
+        # transposed once per call (not per head): the kernel then reads a mask row along Sq
+        m4 = np.asarray(mask, F32).reshape((1,) * (4 - np.ndim(mask)) + np.shape(mask))
+        m4 = np.ascontiguousarray(m4.transpose(0, 1, 3, 2))
     out = np.empty((b, sq, h * dv), F32)
     if out.size == 0:
         return out
