@@ -83,7 +83,17 @@ class OptionalBuildExt(build_ext):
         if self.compiler.compiler_type == "msvc":
             ext.extra_compile_args = [*ext.extra_compile_args, "/O2"]
         else:
-            ext.extra_compile_args = [*ext.extra_compile_args, "-O3"]
+            # -ffp-contract=off: the int8 epilogue must round after each float64 multiply and
+            # add, as the reference does; a fused multiply-add (which GCC forms by default in
+            # functions compiled for FMA) would round once and change the last bit.
+            ext.extra_compile_args = [*ext.extra_compile_args, "-O3", "-ffp-contract=off"]
+            # OpenMP threads the native kernels; without it they run on one thread.
+            if _accepts_openmp(self.compiler, self.build_temp):
+                ext.extra_compile_args = [*ext.extra_compile_args, "-fopenmp"]
+                ext.extra_link_args = [*ext.extra_link_args, "-fopenmp"]
+            else:
+                print("qrt: the C++ compiler does not accept -fopenmp; the native kernels will run "
+                      "on one thread", file=sys.stderr, flush=True)
         try:
             super().build_extension(ext)
         except Exception as e:  # noqa: BLE001 - see run()
@@ -111,6 +121,23 @@ class OptionalBuildExt(build_ext):
     def get_output_mapping(self) -> dict[str, str]:
         # Used by setuptools' editable_wheel (PEP 660) to map built files into the install.
         return self._without_failed(super().get_output_mapping)
+
+
+def _accepts_openmp(compiler, tmp_dir: str) -> bool:
+    """Whether ``compiler`` compiles and links a small OpenMP program with -fopenmp (GCC, and
+    clang where libomp is installed; Apple's clang without libomp does not)."""
+    import tempfile
+    os.makedirs(tmp_dir, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=tmp_dir) as d:
+        src = os.path.join(d, "omp_check.cpp")
+        with open(src, "w") as f:
+            f.write("#include <omp.h>\nint qrt_omp_check() { return omp_get_max_threads(); }\n")
+        try:
+            objs = compiler.compile([src], output_dir=d, extra_postargs=["-fopenmp"])
+            compiler.link_shared_object(objs, os.path.join(d, "omp_check.so"), extra_postargs=["-fopenmp"])
+        except Exception:  # noqa: BLE001 - any failure means "no OpenMP", not "no extension"
+            return False
+    return True
 
 
 def _extensions() -> list:

@@ -1,5 +1,5 @@
-"""int8 Linear throughput: qrt numba (AVX-512 VNNI) against onnxruntime int8, PyTorch dynamic
-int8 and dense fp32 (numpy, onnxruntime), on the DESIGN.md shapes table.
+"""int8 Linear throughput: qrt numba and qrt native (AVX-512 VNNI) against onnxruntime int8,
+PyTorch dynamic int8 and dense fp32 (numpy, onnxruntime), on the DESIGN.md shapes table.
 
     python benchmarks/bench_int8_linear.py [--quick] [--shapes 768x2304,384x384] [--m 16,128]
                                            [--repeats 20] [--threads N]
@@ -10,13 +10,15 @@ out, quantization of X included where there is one:
 * qrt numba int8: the registered ("Linear", "int8", "numba") kernel with act_quant="dynamic"
   on a per-channel symmetric int8 weight: per-row activation quantization, VNNI GEMM, fused
   float64 epilogue (kernels/numba_cpu/int8_gemm.py).
+* qrt native int8: the same through the registered ("Linear", "int8", "native") kernel, the C++
+  extension (csrc/int8_gemm*.cpp; OpenMP threads), where it is built.
 * onnxruntime int8: a MatMul + Add model quantized by onnxruntime.quantization.quantize_dynamic
   (QInt8 weights, per tensor: its default), which onnxruntime runs as DynamicQuantizeMatMul.
 * PyTorch int8: torch.ao.quantization.quantize_dynamic on nn.Linear (qint8, fbgemm).
 * numpy fp32 (x @ W.T + b through BLAS) and onnxruntime fp32 (MatMul + Add); the faster of the
   two per row is "best fp32".
 
-Validate, then time, then explain: the qrt output is first checked against the reference
+Validate, then time, then explain: each qrt output is first checked against the reference
 kernel (bit-exact expected, on up to 32 rows: rows are quantized independently), and every
 implementation's relative error against float64 X @ W.T + b is printed. Timing: each
 implementation in its own block of calls after a pause (time_blocked says why), three passes,
@@ -61,6 +63,7 @@ ALL_M = (1, 16, 128, 512)
 QUICK_SHAPES = [(768, 768), (768, 3072), (384, 1536), (4096, 4096)]
 QUICK_M = (1, 16, 128)
 VALIDATE_ROWS = 32
+QRT_IMPLS = ("qrt numba int8", "qrt native int8")   # validated against the reference kernel
 MIN_SECONDS = 0.3           # per implementation and case: more repeats for fast calls
 PASSES = 3
 SETTLE_SECONDS = 0.2        # > the spin-wait of OpenBLAS / OpenMP / onnxruntime workers
@@ -209,6 +212,9 @@ def build_impls(k: int, n: int, w: np.ndarray, b: np.ndarray, threads: int, tmp:
     t = pack_int8("W", w)                               # per-channel symmetric
     qrt = registry.lookup("Linear", "int8", "numba")({"act_quant": "dynamic"}, {1: t})
     impls["qrt numba int8"] = lambda x: qrt(x, t, b)[0]
+    if registry.backend_status("native") is None:
+        native = registry.lookup("Linear", "int8", "native")({"act_quant": "dynamic"}, {1: t})
+        impls["qrt native int8"] = lambda x: native(x, t, b)[0]
     w_kn = np.ascontiguousarray(w.T)
     try:
         import onnxruntime as ort
@@ -312,6 +318,9 @@ def main() -> None:
     from kernels.numba_cpu import set_threads, vnni
     set_threads(args.threads)
     threads = numba.get_num_threads()
+    if registry.backend_status("native") is None:
+        from kernels.native_cpu import set_threads as native_set_threads
+        native_set_threads(threads)
 
     print("# int8 Linear benchmark\n")
     print(f"Command: `python {' '.join(sys.argv)}`\n")
@@ -322,7 +331,15 @@ def main() -> None:
     one = measure_vnni_peak(1)
     peak = one * threads if one else None
     peak_start = measure_vnni_peak(threads)
-    print(f"- qrt GEMM path: {'AVX-512 VNNI' if vnni.has_vnni() else 'portable numba loops (no VNNI)'}")
+    print(f"- qrt numba GEMM path: {'AVX-512 VNNI' if vnni.has_vnni() else 'portable numba loops (no VNNI)'}")
+    native_reason = registry.backend_status("native")
+    if native_reason is None:
+        from kernels.native_cpu import _native, build_info
+        info = build_info()
+        print(f"- qrt native GEMM path: {_native.int8_isa()} ({info['compiler']}, OpenMP: {info['openmp']}, "
+              f"{_native.get_threads()} threads)")
+    else:
+        print(f"- qrt native: unavailable ({native_reason})")
     print("- int8 peak (register-only vpdpbusd loop, 128 ops per instruction): "
           + (f"{one:.0f} GOP/s on 1 thread, so {peak:.0f} GOP/s for {threads}; measured on {threads} "
              f"threads at the start: {peak_start:.0f} GOP/s" if peak else "n/a (no VNNI)"))
@@ -341,9 +358,10 @@ def main() -> None:
                 x = rng.standard_normal((m, k)).astype(np.float32)
                 # validate
                 xv = x[:VALIDATE_ROWS]
-                got = impls["qrt numba int8"](xv)
                 want = ref_kernel(xv, t_ref, b)[0]
-                exact_diff = float(np.max(np.abs(got.astype(np.float64) - want)))
+                qrt_impls = [name for name in QRT_IMPLS if name in impls]
+                exact_diff = {name: float(np.max(np.abs(impls[name](xv).astype(np.float64) - want)))
+                              for name in qrt_impls}
                 truth = xv.astype(np.float64) @ w.T.astype(np.float64) + b
                 rel = {name: float(np.linalg.norm(fn(xv) - truth) / np.linalg.norm(truth)) for name, fn in impls.items()}
                 # time
@@ -366,12 +384,13 @@ def main() -> None:
                                  ops / med[name] / 1e9 / peak * 100 if peak else float("nan"),
                                  best_fp32 / med[name], ort8 / med[name] if ort8 else float("nan"),
                                  rel[name], sum(map(len, ts))))
-                summary.append((k, n, m, best_fp32 / med["qrt numba int8"],
-                                ort8 / med["qrt numba int8"] if ort8 else float("nan"), exact_diff))
-                print(f"K={k} N={n} M={m}: qrt {ops / med['qrt numba int8'] / 1e9:.0f} GOP/s, "
-                      f"x{best_fp32 / med['qrt numba int8']:.2f} vs best fp32, "
-                      + (f"x{ort8 / med['qrt numba int8']:.2f} vs onnxruntime int8, " if ort8 else "")
-                      + f"max |qrt - reference| = {exact_diff:g}{quiet_note}", file=sys.stderr, flush=True)
+                for name in qrt_impls:
+                    summary.append((k, n, m, name, best_fp32 / med[name],
+                                    ort8 / med[name] if ort8 else float("nan"), exact_diff[name]))
+                    print(f"K={k} N={n} M={m}: {name} {ops / med[name] / 1e9:.0f} GOP/s, "
+                          f"x{best_fp32 / med[name]:.2f} vs best fp32, "
+                          + (f"x{ort8 / med[name]:.2f} vs onnxruntime int8, " if ort8 else "")
+                          + f"max |qrt - reference| = {exact_diff[name]:g}{quiet_note}", file=sys.stderr, flush=True)
 
     peak_end = measure_vnni_peak(threads)
     if peak and peak_end:
@@ -381,21 +400,23 @@ def main() -> None:
     print("| K | N | M | implementation | median ms | spread | GOP/s | % int8 peak | x best fp32 | x ort int8 | rel. err | calls |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for k, n, m, name, ms_, sp, gops, pct, vs32, vs8, rel, calls in rows:
-        bold = "**" if name == "qrt numba int8" else ""
+        bold = "**" if name in QRT_IMPLS else ""
         print(f"| {k} | {n} | {m} | {bold}{name}{bold} | {ms_:.3f} | {sp * 100:.0f}% | {gops:.0f} | {pct:.0f}% | "
               f"{vs32:.2f} | {vs8:.2f} | {rel:.1e} | {calls} |")
-    print("\nqrt numba int8, summary (x = speed-up; > 1 is faster than the baseline):\n")
-    print("| K | N | M | x best fp32 | x onnxruntime int8 | max abs diff vs reference kernel |")
-    print("|---|---|---|---|---|---|")
-    for k, n, m, vs32, vs8, diff in summary:
-        print(f"| {k} | {n} | {m} | {vs32:.2f} | {vs8:.2f} | {diff:g} |")
-    for label, keep in (("M >= 16", lambda m: m >= 16), ("M = 1", lambda m: m == 1)):
-        sel = [r for r in summary if keep(r[2])]
-        if sel:
-            g32 = float(np.exp(np.mean([np.log(r[3]) for r in sel])))
-            g8 = [r[4] for r in sel if np.isfinite(r[4])]
-            g8 = float(np.exp(np.mean(np.log(g8)))) if g8 else float("nan")
-            print(f"\nGeometric mean over {len(sel)} cases with {label}: x{g32:.2f} vs best fp32, x{g8:.2f} vs onnxruntime int8")
+    print("\nqrt int8, summary (x = speed-up; > 1 is faster than the baseline):\n")
+    print("| K | N | M | implementation | x best fp32 | x onnxruntime int8 | max abs diff vs reference kernel |")
+    print("|---|---|---|---|---|---|---|")
+    for k, n, m, name, vs32, vs8, diff in summary:
+        print(f"| {k} | {n} | {m} | {name} | {vs32:.2f} | {vs8:.2f} | {diff:g} |")
+    for name in QRT_IMPLS:
+        for label, keep in (("M >= 16", lambda m: m >= 16), ("M = 1", lambda m: m == 1)):
+            sel = [r for r in summary if r[3] == name and keep(r[2])]
+            if sel:
+                g32 = float(np.exp(np.mean([np.log(r[4]) for r in sel])))
+                g8 = [r[5] for r in sel if np.isfinite(r[5])]
+                g8 = float(np.exp(np.mean(np.log(g8)))) if g8 else float("nan")
+                print(f"\n{name}: geometric mean over {len(sel)} cases with {label}: x{g32:.2f} vs best fp32, "
+                      f"x{g8:.2f} vs onnxruntime int8")
 
 
 if __name__ == "__main__":

@@ -2,11 +2,20 @@
 //
 // Everything Python-facing lives here; the kernels themselves (added by later work) are plain
 // C++ on raw pointers in their own files, so they can be read and tested without pybind11.
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <cmath>
+#include <algorithm>
+#include <cstdint>
+#include <initializer_list>
+#include <memory>
+#include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "cpu_features.h"
+#include "int8_gemm.h"
 
 namespace py = pybind11;
 
@@ -43,10 +52,166 @@ std::string cxx_standard() {
     return "C++11";
 }
 
+// --- argument checks: every array a kernel reads is checked here, with a Python exception that
+// names the argument, what it got and what was expected (a kernel then trusts raw pointers) ---
+
+std::string shape_str(const py::array& a) {
+    std::string s = "(";
+    for (py::ssize_t i = 0; i < a.ndim(); ++i) s += (i ? ", " : "") + std::to_string(a.shape(i));
+    return s + (a.ndim() == 1 ? ",)" : ")");
+}
+
+std::string dtype_str(const py::array& a) { return py::str(a.dtype()).cast<std::string>(); }
+
+// Whether `a` holds T in native byte order. Compared as equivalent types (PyArray_EquivTypes),
+// not as the same dtype object: arrays made by views, memory maps or pickles may carry their
+// own, equal dtype instance.
+template <typename T>
+bool has_dtype(const py::array& a) {
+    return a.dtype().equal(py::dtype::of<T>());
+}
+
+// `obj` as a numpy array of dtype T (exactly: no silent conversion), else TypeError.
+template <typename T>
+py::array as_array_of(const py::handle& obj, const char* what, const char* expected_dtype) {
+    if (!py::isinstance<py::array>(obj))
+        throw py::type_error(std::string(what) + " must be a numpy array of " + expected_dtype + ", got " +
+                             py::str(py::type::of(obj).attr("__name__")).cast<std::string>());
+    py::array a = py::reinterpret_borrow<py::array>(obj);
+    if (!has_dtype<T>(a))
+        throw py::type_error(std::string(what) + " must have dtype " + expected_dtype + ", got " + dtype_str(a));
+    return a;
+}
+
+void require_c_contiguous(const py::array& a, const char* what) {
+    if (!(a.flags() & py::array::c_style))
+        throw py::value_error(std::string(what) + " must be C-contiguous (np.ascontiguousarray), got strides that are not");
+}
+
+// One expected dimension: a size, or any size (size < 0) shown by its name.
+struct Dim {
+    int64_t size;
+    const char* name;
+};
+
+// The message is built only on failure: these checks run on every call.
+void require_shape(const py::array& a, const char* what, std::initializer_list<Dim> want, const char* note = "") {
+    bool ok = a.ndim() == static_cast<py::ssize_t>(want.size());
+    size_t i = 0;
+    for (const Dim& d : want) {
+        ok = ok && (d.size < 0 || a.shape(static_cast<py::ssize_t>(i)) == d.size);
+        ++i;
+    }
+    if (ok) return;
+    std::string expected = "(";
+    i = 0;
+    for (const Dim& d : want) expected += (i++ ? ", " : "") + (d.size < 0 ? std::string(d.name) : std::to_string(d.size));
+    expected += want.size() == 1 ? ",)" : ")";
+    throw py::value_error(std::string(what) + " has shape " + shape_str(a) + ", expected " + expected + note);
+}
+
+// The packed weight from the "int8" layout's fields: qdata (N, K) int8, scale (N,) float32,
+// zero_point (N,) int8 or None (per-tensor values are broadcast to (N,) by the caller).
+std::unique_ptr<qrt::Int8PackedWeight> make_int8_weight(const py::object& qdata_obj, const py::object& scale_obj,
+                                                        const py::object& zp_obj) {
+    py::array q = as_array_of<int8_t>(qdata_obj, "qdata", "int8");
+    require_shape(q, "qdata", {{-1, "N"}, {-1, "K"}});
+    require_c_contiguous(q, "qdata");
+    const int64_t n = q.shape(0), k = q.shape(1);
+    if (n < 1 || k < 1) throw py::value_error("qdata has shape " + shape_str(q) + ", expected N >= 1 and K >= 1");
+    py::array s = as_array_of<float>(scale_obj, "scale", "float32");
+    require_shape(s, "scale", {{n, ""}}, " (one per output row)");
+    require_c_contiguous(s, "scale");
+    const float* sp = static_cast<const float*>(s.data());
+    for (int64_t i = 0; i < n; ++i)
+        if (!(std::isfinite(sp[i]) && sp[i] > 0))
+            throw py::value_error("scale[" + std::to_string(i) + "] = " + std::to_string(sp[i]) + ", expected finite and > 0");
+    const int8_t* zp = nullptr;
+    py::array z;
+    if (!zp_obj.is_none()) {
+        z = as_array_of<int8_t>(zp_obj, "zero_point", "int8");
+        require_shape(z, "zero_point", {{n, ""}}, " (one per output row) or None");
+        require_c_contiguous(z, "zero_point");
+        zp = static_cast<const int8_t*>(z.data());
+    }
+    auto w = std::make_unique<qrt::Int8PackedWeight>();
+    try {
+        *w = qrt::int8_pack_weight(static_cast<const int8_t*>(q.data()), n, k, sp, zp);
+    } catch (const std::invalid_argument& e) {
+        throw py::value_error(e.what());
+    }
+    return w;
+}
+
+// Y (M, N) float32 = int8 Linear of X (M, K) float32 (int8_gemm.h).
+py::array int8_linear_py(const qrt::Int8PackedWeight& w, const py::object& x_obj, const py::object& bias_obj,
+                         const std::string& act_quant, double act_scale, int64_t act_zero_point,
+                         const py::object& out_obj) {
+    qrt::Int8ActQuant aq;
+    if (act_quant == "static") {
+        if (!(std::isfinite(act_scale) && act_scale > 0))
+            throw py::value_error("act_scale = " + std::to_string(act_scale) + ", expected finite and > 0");
+        if (act_zero_point < -128 || act_zero_point > 127)
+            throw py::value_error("act_zero_point = " + std::to_string(act_zero_point) + ", expected an int in [-128, 127]");
+        aq.is_static = true;
+        aq.scale = act_scale;
+        aq.zero_point = static_cast<int32_t>(act_zero_point);
+    } else if (act_quant != "dynamic") {
+        throw py::value_error("act_quant = '" + act_quant + "', expected 'dynamic' or 'static' (the integer kernel; "
+                              "weight-only 'none' is a float matmul on the dequantized weight)");
+    }
+    py::array x = as_array_of<float>(x_obj, "X", "float32");
+    require_shape(x, "X", {{-1, "M"}, {w.k, ""}}, " (K of the weight)");
+    require_c_contiguous(x, "X");
+    const int64_t m = x.shape(0);
+
+    // float64, as the reference adds it, padded to whole panels (int8_linear's contract)
+    qrt::AlignedArray<double> bias;
+    if (!bias_obj.is_none()) {
+        if (!py::isinstance<py::array>(bias_obj))
+            throw py::type_error("bias must be a numpy array of float32 or float64, or None");
+        py::array b = py::reinterpret_borrow<py::array>(bias_obj);
+        require_shape(b, "bias", {{w.n, ""}}, " (N of the weight)");
+        bias.allocate(static_cast<size_t>(w.padded_n()));
+        std::fill(bias.get() + w.n, bias.get() + w.padded_n(), 0.0);
+        const bool contiguous = b.flags() & py::array::c_style;
+        if (has_dtype<float>(b) && contiguous) {   // the usual case: a float32 initializer
+            const float* p = static_cast<const float*>(b.data());
+            for (int64_t i = 0; i < w.n; ++i) bias[i] = p[i];
+        } else if (has_dtype<float>(b)) {
+            auto v = b.unchecked<float, 1>();
+            for (int64_t i = 0; i < w.n; ++i) bias[i] = v(i);
+        } else if (has_dtype<double>(b)) {
+            auto v = b.unchecked<double, 1>();
+            for (int64_t i = 0; i < w.n; ++i) bias[i] = v(i);
+        } else {
+            throw py::type_error("bias must have dtype float32 or float64, got " + dtype_str(b));
+        }
+    }
+
+    py::array out;
+    if (out_obj.is_none()) {
+        out = py::array_t<float>({static_cast<py::ssize_t>(m), static_cast<py::ssize_t>(w.n)});
+    } else {
+        out = as_array_of<float>(out_obj, "out", "float32");
+        require_shape(out, "out", {{m, ""}, {w.n, ""}});
+        require_c_contiguous(out, "out");
+        if (!out.writeable()) throw py::value_error("out must be writeable");
+    }
+    const float* xp = static_cast<const float*>(x.data());
+    float* yp = static_cast<float*>(out.mutable_data());
+    {
+        // the arrays stay referenced by this frame's handles while other Python threads run
+        py::gil_scoped_release release;
+        qrt::int8_linear(w, xp, m, bias.get(), aq, yp);   // bias.get(): nullptr when there is none
+    }
+    return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_native, m) {
-    m.doc() = "qrt native CPU backend (built from csrc/). Feature probe and build information.";
+    m.doc() = "qrt native CPU backend (built from csrc/): feature probe, build information, int8 Linear.";
 
     m.def(
         "cpu_features",
@@ -56,6 +221,53 @@ PYBIND11_MODULE(_native, m) {
             return out;
         },
         "dict[str, bool]: ISA features that the CPU has and the OS enabled (cpuid + xgetbv).");
+
+    // --- int8 Linear (int8_gemm.h) ------------------------------------------------------------
+    py::class_<qrt::Int8PackedWeight>(m, "Int8Weight",
+                                      "An int8 weight packed once for int8_linear: VNNI panels of 64 output columns, "
+                                      "column sums for the u8 shift, scales and zero points as float64 / int32.")
+        .def(py::init(&make_int8_weight), py::arg("qdata"), py::arg("scale"), py::arg("zero_point") = py::none(),
+             "qdata (N, K) int8 C-contiguous, scale (N,) float32 (finite, > 0), zero_point (N,) int8 or None.")
+        .def_property_readonly("n", [](const qrt::Int8PackedWeight& w) { return w.n; })
+        .def_property_readonly("k", [](const qrt::Int8PackedWeight& w) { return w.k; })
+        .def_property_readonly("has_zero_point", [](const qrt::Int8PackedWeight& w) { return w.has_zero_point; })
+        .def_property_readonly("nbytes", &qrt::Int8PackedWeight::nbytes, "bytes held by the packed arrays")
+        .def("__repr__", [](const qrt::Int8PackedWeight& w) {
+            return "Int8Weight(N=" + std::to_string(w.n) + ", K=" + std::to_string(w.k) +
+                   (w.has_zero_point ? ", zero_point" : ", symmetric") + ")";
+        });
+
+    m.def("int8_linear", &int8_linear_py, py::arg("weight"), py::arg("x"), py::arg("bias") = py::none(),
+          py::arg("act_quant") = "dynamic", py::arg("act_scale") = 1.0, py::arg("act_zero_point") = 0,
+          py::arg("out") = py::none(),
+          "Y (M, N) float32 = float32(((s_w * acc) * s_x) + bias), acc the exact integer product of the "
+          "quantized X (M, K) float32 C-contiguous and the weight; act_quant 'dynamic' (per-row scales) or "
+          "'static' (act_scale, act_zero_point). bias (N,) float32/float64 or None; out: an (M, N) float32 "
+          "C-contiguous array to write into, or None. Bit-exact with kernels/reference/packed.py.");
+
+    m.def("int8_isa", []() { return std::string(qrt::int8_isa_name(qrt::int8_current_isa())); },
+          "The code path int8_linear takes now: 'avx512_vnni', 'avx2' or 'scalar'.");
+    m.def("int8_isas", []() {
+            py::list out;
+            for (auto isa : {qrt::Int8Isa::avx512_vnni, qrt::Int8Isa::avx2, qrt::Int8Isa::scalar})
+                if (qrt::int8_isa_supported(isa)) out.append(qrt::int8_isa_name(isa));
+            return out;
+        },
+        "The code paths this CPU can run, fastest first.");
+    m.def("set_int8_isa", [](const std::string& name) {
+            try {
+                qrt::int8_set_isa(name);
+            } catch (const std::invalid_argument& e) {
+                throw py::value_error(e.what());
+            }
+        },
+        py::arg("name"), "Force a code path ('avx512_vnni', 'avx2', 'scalar'), or 'auto' for the best one.");
+    m.def("set_threads", [](int n) {
+            if (n < 1) throw py::value_error("threads must be >= 1, got " + std::to_string(n));
+            qrt::int8_set_threads(n);
+        },
+        py::arg("n"), "Worker threads of the native kernels (OpenMP).");
+    m.def("get_threads", &qrt::int8_get_threads, "Worker threads of the native kernels.");
 
     m.def("cpu_brand", &qrt::cpu_brand, "The CPU brand string (cpuid), or the machine name off x86.");
 
@@ -74,6 +286,7 @@ PYBIND11_MODULE(_native, m) {
 #else
             out["optimized"] = false;
 #endif
+            out["openmp"] = qrt::int8_has_openmp();
             // Baseline ISA of this build: the compiler's own target, not -march=native, so
             // the same binary runs on any x86-64. Faster paths are chosen at run time.
 #if defined(__AVX512F__)

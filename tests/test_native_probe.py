@@ -111,11 +111,22 @@ def test_build_info_is_none_without_extension():
         assert native.build_info() is None
 
 
-def test_import_stays_light():
-    # The registry imports this package just to call probe(); it must not pull in numpy.
+def test_import_stays_light_without_the_extension():
+    # Without the extension (not built: simulated by blocking its import) the package is only
+    # the feature probe, which must not pull in numpy. With it, importing the package
+    # registers the native kernels, which need numpy (test_import_registers_kernels).
     code = (
         "import sys, kernels; before = 'numpy' in sys.modules\n"
-        "import kernels.native_cpu as n; n.probe(); n.cpu_features(); n.cpu_brand()\n"
+        "sys.modules['kernels.native_cpu._native'] = None\n"
+        "import kernels.native_cpu as n; assert n.probe().startswith('extension not built')\n"
+        "n.cpu_features(); n.cpu_brand()\n"
         "assert before or 'numpy' not in sys.modules, 'kernels.native_cpu imported numpy'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_import_registers_kernels():
+    _native_or_skip()
+    from kernels import registry
+    assert registry.backend_status("native") is None
+    assert ("Linear", "int8", "native") in registry.kernels("native")

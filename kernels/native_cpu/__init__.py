@@ -8,14 +8,34 @@ from /proc/cpuinfo instead.
 The extension is built for baseline x86-64 (no -march=native), so kernels that need AVX2,
 AVX-512, VNNI or AMX must be picked at run time on :func:`cpu_features`.
 
-This module imports nothing heavy (no numpy): the registry imports it just to ask probe().
+Kernels: ("Linear", "int8") in int8_linear.py (csrc/int8_gemm.cpp), registered when the
+extension imports. The feature probe imports nothing heavy (no numpy) when the extension is not
+built; when it is, importing this package registers the kernels, which need numpy.
+
+Threads: OpenMP inside the extension; the session calls :func:`set_threads` before each run.
+Every kernel's result is independent of the thread count (each output tile is computed by one
+thread, in a fixed order).
+
+Environment: QRT_NATIVE_ISA = avx512_vnni | avx2 | scalar forces the int8 GEMM's code path (all
+give the same bits; for tests and benchmarks). A value this CPU cannot run makes the backend
+unavailable, with that reason.
 """
 from __future__ import annotations
 
 import functools
 import importlib
+import os
 import platform
 from types import ModuleType
+
+# The extension's OpenMP pool (libgomp) shares the cores with numba's and OpenBLAS's pools; the
+# same settings as kernels/numba_cpu/__init__.py, for the same measured reasons (spinning
+# workers starve the other pools; parking at once costs 10-40 us per parallel GEMM). libgomp
+# reads them once, when it is loaded with the extension; values the user set win.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("GOMP_SPINCOUNT", "10000")
+
+ISA_ENV = "QRT_NATIVE_ISA"
 
 # The feature names, in the order the extension reports them. They are the Linux
 # /proc/cpuinfo flag names, so both sources can be compared key by key.
@@ -63,6 +83,20 @@ def _load_native() -> ModuleType | None:
     return _ext
 
 
+_isa_error: str | None = None
+
+
+def _apply_isa_env() -> None:
+    """QRT_NATIVE_ISA, if set: force that int8 code path; remember why it cannot be."""
+    global _isa_error
+    value = os.environ.get(ISA_ENV, "")
+    if value and _ext is not None:
+        try:
+            _ext.set_int8_isa(value)
+        except ValueError as e:
+            _isa_error = f"{ISA_ENV}={value}: {e}"
+
+
 def probe() -> str | None:
     """Why the native backend cannot run here, or None if the extension imports.
 
@@ -71,7 +105,27 @@ def probe() -> str | None:
     """
     if _load_native() is None:
         return f"extension not built: {_ext_error}"
-    return None
+    return _isa_error
+
+
+def set_threads(n: int) -> None:
+    """Use ``n`` worker threads in the native kernels from now on (all calling threads), and,
+    where threadpoolctl is installed, as numpy's BLAS cap (the weight-only int8 Linear is a
+    BLAS matmul), as the numba backend does."""
+    n = max(1, int(n))
+    if _load_native() is None:
+        return
+    _ext.set_threads(n)                                 # an atomic store
+    if not _blas_threads or _blas_threads[-1] != n:     # threadpoolctl costs ~0.1 ms: on change only
+        try:
+            from threadpoolctl import threadpool_limits
+        except ImportError:
+            return
+        threadpool_limits(limits=n, user_api="blas")
+        _blas_threads.append(n)
+
+
+_blas_threads: list[int] = []      # the BLAS thread cap last set (threadpoolctl), if any
 
 
 def cpu_features() -> dict[str, bool]:
@@ -143,3 +197,10 @@ def _features_from_cpuinfo(text: str) -> dict[str, bool]:
             flags = set(value.split())
             break
     return {name: _CPUINFO_FLAG[name] in flags for name in FEATURES}
+
+
+# Kernels register themselves on import (kernels.registry); they need the extension and numpy.
+if _load_native() is not None:
+    _apply_isa_env()
+    if _isa_error is None:
+        from . import int8_linear  # noqa: F401,E402

@@ -1,0 +1,366 @@
+// int8 Linear: weight packing, the scalar path, run-time dispatch and the threaded driver.
+// Numerics and layouts: int8_gemm.h. The AVX2 and AVX-512 VNNI paths are in
+// int8_gemm_avx2.cpp and int8_gemm_avx512.cpp.
+#include "int8_gemm.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <new>
+#include <stdexcept>
+#include <vector>
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+#include "cpu_features.h"
+#include "int8_gemm_kernels.h"
+
+namespace qrt {
+
+using namespace int8_detail;
+
+// --- aligned arrays ----------------------------------------------------------------------------
+
+template <typename T>
+void AlignedArray<T>::Free::operator()(T* p) const {
+    ::operator delete[](static_cast<void*>(p), std::align_val_t(64));
+}
+
+template <typename T>
+void AlignedArray<T>::allocate(size_t n) {
+    // at least one element, so get() is never null and a 0-row call needs no special case
+    data.reset(static_cast<T*>(::operator new[](std::max<size_t>(n, 1) * sizeof(T), std::align_val_t(64))));
+    size = n;
+}
+
+template struct AlignedArray<int8_t>;
+template struct AlignedArray<uint8_t>;
+template struct AlignedArray<int32_t>;
+template struct AlignedArray<int64_t>;
+template struct AlignedArray<double>;
+
+// --- packing -----------------------------------------------------------------------------------
+
+// The reference accumulates in float64, exact while K * 255 * 255 < 2^53 (its MAX_EXACT_K);
+// the scalar path's int64 and its float64 conversion are exact in the same range.
+constexpr int64_t kMaxExactK = (int64_t(1) << 53) / (255 * 255);
+
+namespace {
+
+// (128 + z) * colsum modulo 2^32, like the int32 lanes it is subtracted from (int8_gemm.h)
+int32_t column_correction(int64_t colsum, int64_t z) {
+    return static_cast<int32_t>(static_cast<uint32_t>((128 + z) * colsum));
+}
+
+}  // namespace
+
+size_t Int8PackedWeight::nbytes() const {
+    return data.size + colsum.size * sizeof(int64_t) + col_corr0.size * sizeof(int32_t) +
+           zero_point.size * sizeof(int32_t) + scale.size * sizeof(double);
+}
+
+Int8PackedWeight int8_pack_weight(const int8_t* qdata, int64_t n, int64_t k, const float* scale,
+                                  const int8_t* zero_point) {
+    if (n < 1 || k < 1) throw std::invalid_argument("int8 weight must have N >= 1 and K >= 1");
+    if (k > kMaxExactK) throw std::invalid_argument("int8 weight: K is too large for an exact integer accumulation");
+    Int8PackedWeight w;
+    w.n = n;
+    w.k = k;
+    w.k4 = (k + 3) / 4;
+    w.panels = (n + kInt8Panel - 1) / kInt8Panel;
+    w.has_zero_point = zero_point != nullptr;
+    const int64_t ncols = w.panels * kInt8Panel;
+    const int64_t panel_bytes = w.k4 * kInt8Panel * 4;
+    w.data.allocate(static_cast<size_t>(w.panels * panel_bytes));
+    std::fill(w.data.get(), w.data.get() + w.data.size, int8_t(0));
+    w.colsum.allocate(ncols);
+    w.col_corr0.allocate(ncols);
+    w.zero_point.allocate(ncols);
+    w.scale.allocate(ncols);
+    for (int64_t c = 0; c < ncols; ++c) {
+        w.colsum[c] = 0;
+        w.zero_point[c] = 0;
+        w.scale[c] = 0.0;
+    }
+    for (int64_t row = 0; row < n; ++row) {
+        const int8_t* q = qdata + row * k;
+        // column c of panel p: byte (kk * 64 + c) * 4 + j of the panel holds k = 4 kk + j
+        int8_t* dst = w.data.get() + (row / kInt8Panel) * panel_bytes + (row % kInt8Panel) * 4;
+        int64_t sum = 0;
+        for (int64_t kk = 0; kk < k; ++kk) {
+            dst[(kk / 4) * kInt8Panel * 4 + (kk % 4)] = q[kk];
+            sum += q[kk];
+        }
+        w.colsum[row] = sum;
+        w.zero_point[row] = zero_point ? zero_point[row] : 0;
+        w.scale[row] = static_cast<double>(scale[row]);
+    }
+    for (int64_t c = 0; c < ncols; ++c) w.col_corr0[c] = column_correction(w.colsum[c], 0);
+    return w;
+}
+
+// --- the scalar path ---------------------------------------------------------------------------
+
+namespace int8_detail {
+
+void quantize_row_scalar(const float* x, int64_t k, int64_t kp, const Int8ActQuant& aq,
+                         uint8_t* u, double* sx, int64_t* row_corr) {
+    double s = aq.scale;
+    if (!aq.is_static) {
+        uint32_t top = 0;
+        for (int64_t j = 0; j < k; ++j) top = std::max(top, abs_bits(x[j]));
+        s = dynamic_row_scale(float_of_abs_bits(top));
+    }
+    const double z = aq.is_static ? aq.zero_point : 0;
+    const double lo = quant_lo(aq);
+    int64_t sum = 0;
+    bool nan = false;
+    for (int64_t j = 0; j < k; ++j) {
+        nan |= std::isnan(x[j]);
+        const int32_t q = quantize_value(x[j], s, z, lo);
+        sum += q;
+        u[j] = static_cast<uint8_t>(q + 128);
+    }
+    for (int64_t j = k; j < kp; ++j) u[j] = 128;   // qx = 0: meets a 0 weight byte anyway
+    *row_corr = sum - k * static_cast<int64_t>(z);
+    // static: a NaN in x makes the reference's row NaN (rint(NaN) survives its clip), while
+    // +-inf clips to a finite qx there and here; dynamic: the scale is already NaN
+    *sx = (aq.is_static && nan) ? std::numeric_limits<double>::quiet_NaN() : s;
+}
+
+// Exact in int64 for every K (no kMaxKInt32 limit): the path for large K.
+void tile_scalar(int64_t rows, const uint8_t* u, int64_t ldu, const int8_t* panel, int64_t k4,
+                 const Epilogue& ep, int64_t m0, int64_t n0, float* y, int64_t ldy) {
+    int64_t acc[kInt8MR][kInt8Panel] = {};
+    for (int64_t kk = 0; kk < k4; ++kk) {
+        const int8_t* wk = panel + kk * kInt8Panel * 4;
+        for (int64_t r = 0; r < rows; ++r) {
+            const uint8_t* a = u + r * ldu + 4 * kk;
+            const int32_t a0 = a[0], a1 = a[1], a2 = a[2], a3 = a[3];
+            for (int64_t c = 0; c < kInt8Panel; ++c) {
+                const int8_t* b = wk + 4 * c;
+                acc[r][c] += a0 * b[0] + a1 * b[1] + a2 * b[2] + a3 * b[3];   // |.| < 2^17
+            }
+        }
+    }
+    for (int64_t r = 0; r < rows; ++r) {
+        const int64_t m = m0 + r;
+        for (int64_t c = 0; c < kInt8Panel; ++c) {
+            const int64_t n = n0 + c;
+            const int64_t exact = acc[r][c] - ep.col_shift * ep.colsum[n] -
+                                  static_cast<int64_t>(ep.zw[n]) * ep.row_corr[m];
+            y[r * ldy + c] = epilogue_value(exact, n, m, ep);
+        }
+    }
+}
+
+}  // namespace int8_detail
+
+// --- dispatch ----------------------------------------------------------------------------------
+
+namespace {
+
+struct PathKernels {
+    QuantizeRowFn quantize_row;
+    TileFn tile;
+};
+
+PathKernels kernels_for(Int8Isa isa) {
+    switch (isa) {
+#if QRT_INT8_X86_SIMD
+        case Int8Isa::avx512_vnni: return {quantize_row_avx512, tile_avx512};
+        case Int8Isa::avx2: return {quantize_row_avx2, tile_avx2};
+#endif
+        default: return {quantize_row_scalar, tile_scalar};
+    }
+}
+
+int default_threads() {
+#if defined(_OPENMP)
+    return std::max(1, omp_get_max_threads());
+#else
+    return 1;
+#endif
+}
+
+std::atomic<int> g_threads{0};          // 0: not set yet (default_threads())
+std::atomic<int> g_isa_override{-1};    // -1: the best path
+
+}  // namespace
+
+const char* int8_isa_name(Int8Isa isa) {
+    switch (isa) {
+        case Int8Isa::avx512_vnni: return "avx512_vnni";
+        case Int8Isa::avx2: return "avx2";
+        default: return "scalar";
+    }
+}
+
+bool int8_isa_supported(Int8Isa isa) {
+    if (isa == Int8Isa::scalar) return true;
+#if QRT_INT8_X86_SIMD
+    // detected once: the CPU does not change under a running process
+    static const CpuFeatures f = detect_cpu_features();
+    if (isa == Int8Isa::avx2) return f.avx2;
+    if (isa == Int8Isa::avx512_vnni) return f.avx512f && f.avx512bw && f.avx512_vnni;
+#endif
+    return false;
+}
+
+Int8Isa int8_best_isa() {
+    if (int8_isa_supported(Int8Isa::avx512_vnni)) return Int8Isa::avx512_vnni;
+    if (int8_isa_supported(Int8Isa::avx2)) return Int8Isa::avx2;
+    return Int8Isa::scalar;
+}
+
+Int8Isa int8_current_isa() {
+    const int forced = g_isa_override.load();
+    return forced < 0 ? int8_best_isa() : static_cast<Int8Isa>(forced);
+}
+
+void int8_set_isa(const std::string& name) {
+    if (name == "auto") {
+        g_isa_override.store(-1);
+        return;
+    }
+    for (Int8Isa isa : {Int8Isa::scalar, Int8Isa::avx2, Int8Isa::avx512_vnni}) {
+        if (name == int8_isa_name(isa)) {
+            if (!int8_isa_supported(isa))
+                throw std::invalid_argument("int8 path '" + name + "' is not supported by this CPU (best here: " +
+                                            int8_isa_name(int8_best_isa()) + ")");
+            g_isa_override.store(static_cast<int>(isa));
+            return;
+        }
+    }
+    throw std::invalid_argument("unknown int8 path '" + name + "'; expected one of auto, avx512_vnni, avx2, scalar");
+}
+
+void int8_set_threads(int n) { g_threads.store(std::max(1, n)); }
+
+int int8_get_threads() {
+    const int n = g_threads.load();
+    return n > 0 ? n : default_threads();
+}
+
+bool int8_has_openmp() {
+#if defined(_OPENMP)
+    return true;
+#else
+    return false;
+#endif
+}
+
+// --- the driver --------------------------------------------------------------------------------
+
+namespace {
+
+// Below this many multiply-adds one thread is as fast as two: a parallel region costs a few
+// microseconds even with the workers spinning (GOMP_SPINCOUNT, kernels/native_cpu/__init__.py).
+// Measured on the 2-core dev machine: 0.6 M (M = 1, K = 384, N = 1536) no faster on two
+// threads; 2.4 M (M = 16, K = N = 384) 19 us on one, 14 us on two. The numba backend found
+// the same break-even (vnni.PARALLEL_MIN_MACS).
+constexpr int64_t kParallelMinMacs = int64_t(1) << 21;
+// Rows of u one block of work reads for every panel: a block of MC rows x K bytes stays in the
+// core's L2 (1 MiB on Zen 4, 2 MiB on recent Intel) next to the weight panel (K x 64 bytes)
+// being multiplied, while each panel is streamed once per block.
+constexpr int64_t kRowBlockBytes = 256 * 1024;
+// work items per thread to aim for, so that uneven items still split evenly
+constexpr int64_t kItemsPerThread = 4;
+
+}  // namespace
+
+void int8_linear_isa(const Int8PackedWeight& w, const float* x, int64_t m, const double* bias,
+                     const Int8ActQuant& aq, float* y, Int8Isa isa, int threads) {
+    if (m <= 0) return;
+    if (!int8_isa_supported(isa)) throw std::invalid_argument("int8_linear: unsupported path");
+    if (w.k > kMaxKInt32) isa = Int8Isa::scalar;   // int32 lanes would not be exact
+    const PathKernels kern = kernels_for(isa);
+    const int64_t n = w.n, k = w.k, kp = 4 * w.k4, ncols = w.panels * kInt8Panel;
+    const int64_t panel_bytes = w.k4 * kInt8Panel * 4;
+
+    // per-call buffers: u (M, kp) uint8, the per-row scales and corrections, and the
+    // per-column corrections for this call's activation zero point (O(M K + N) work)
+    AlignedArray<uint8_t> u;
+    u.allocate(static_cast<size_t>(m * kp));
+    std::vector<double> sx(m);
+    std::vector<int64_t> row_corr(m);
+    const int64_t z = aq.is_static ? aq.zero_point : 0;
+    AlignedArray<int32_t> col_corr_z;   // only for a static zero point z != 0
+    const int32_t* col_corr = w.col_corr0.get();
+    if (z != 0) {
+        col_corr_z.allocate(ncols);
+        for (int64_t c = 0; c < ncols; ++c) col_corr_z[c] = column_correction(w.colsum[c], z);
+        col_corr = col_corr_z.get();
+    }
+    const Epilogue ep{col_corr, w.colsum.get(), 128 + z, w.zero_point.get(), w.has_zero_point,
+                      w.scale.get(), bias, row_corr.data(), sx.data()};
+
+    int nt = std::max(1, threads);
+    if (m * ncols * kp < kParallelMinMacs) nt = 1;
+    // work items: (block of rows, panel), rows blocked for L2 and split further until there
+    // are enough items for the threads
+    const int64_t tiles = (m + kInt8MR - 1) / kInt8MR;
+    int64_t block_tiles = std::max<int64_t>(1, kRowBlockBytes / (kp * kInt8MR));
+    int64_t row_blocks = (tiles + block_tiles - 1) / block_tiles;
+    const int64_t want_blocks = (kItemsPerThread * nt + w.panels - 1) / w.panels;
+    if (row_blocks < want_blocks) {
+        row_blocks = std::min(tiles, want_blocks);
+        block_tiles = (tiles + row_blocks - 1) / row_blocks;
+        row_blocks = (tiles + block_tiles - 1) / block_tiles;
+    }
+    const int64_t items = row_blocks * w.panels;
+
+    // One parallel region: every row is quantized (by one thread) before the barrier at the end
+    // of the first loop, then each output tile is computed start to end by one thread, in a
+    // fixed order, so the result does not depend on the thread count or on which thread
+    // took which item.
+#if defined(_OPENMP)
+#pragma omp parallel num_threads(nt) if (nt > 1)
+#endif
+    {
+#if defined(_OPENMP)
+#pragma omp for schedule(static)
+#endif
+        for (int64_t i = 0; i < m; ++i)
+            kern.quantize_row(x + i * k, k, kp, aq, u.get() + i * kp, &sx[i], &row_corr[i]);
+
+        // Items are handed out one at a time (dynamic): on a machine whose cores are shared
+        // a worker may start late or be preempted, and the others then take its share (the
+        // region still ends only when every worker has arrived). Items in order: the threads
+        // work on one row block at a time, each panel of it read by one of them.
+#if defined(_OPENMP)
+#pragma omp for schedule(dynamic, 1)
+#endif
+        for (int64_t item = 0; item < items; ++item) {
+            const int64_t blk = item / w.panels, p = item % w.panels;
+            const int64_t t_end = std::min(tiles, (blk + 1) * block_tiles);
+            const int64_t n0 = p * kInt8Panel;
+            const int64_t width = std::min(kInt8Panel, n - n0);
+            const int8_t* panel = w.data.get() + p * panel_bytes;
+            alignas(64) float scratch[kInt8MR * kInt8Panel];
+            for (int64_t t = blk * block_tiles; t < t_end; ++t) {
+                const int64_t m0 = t * kInt8MR;
+                const int64_t rows = std::min(kInt8MR, m - m0);
+                const uint8_t* ut = u.get() + m0 * kp;
+                if (width == kInt8Panel) {
+                    kern.tile(rows, ut, kp, panel, w.k4, ep, m0, n0, y + m0 * n + n0, n);
+                } else {
+                    // the last panel of an N that is not a multiple of 64: a full-width tile
+                    // into scratch (padded columns have weight 0 and scale 0), valid columns copied
+                    kern.tile(rows, ut, kp, panel, w.k4, ep, m0, n0, scratch, kInt8Panel);
+                    for (int64_t r = 0; r < rows; ++r)
+                        std::copy(scratch + r * kInt8Panel, scratch + r * kInt8Panel + width, y + (m0 + r) * n + n0);
+                }
+            }
+        }
+    }
+}
+
+void int8_linear(const Int8PackedWeight& w, const float* x, int64_t m, const double* bias,
+                 const Int8ActQuant& aq, float* y) {
+    int8_linear_isa(w, x, m, bias, aq, y, int8_current_isa(), int8_get_threads());
+}
+
+}  // namespace qrt

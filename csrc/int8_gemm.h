@@ -1,0 +1,120 @@
+// int8 Linear of the native backend: Y = epilogue(quant(X) @ W.T), bit-exact with
+// kernels/reference/packed.py (packed_linear_ref) for act_quant "dynamic" and "static".
+//
+// Shapes: X (M, K) float32 row-major, W (N, K) int8 (the "int8" layout's qdata), Y (M, N)
+// float32 row-major.
+//
+// Numerics (docs/CONVERTER.md "Numerics", the reference literally):
+//
+//   dynamic, per row m:  s_x[m] = max_k |x[m, k]| / 127 (1 for an all-zero row),
+//                        qx = clamp(nearbyint(x / s_x[m]), -127, 127), in float64;
+//   static:              s_x = act_scale, z = act_zero_point,
+//                        qx = clamp(nearbyint(x / s_x) + z, -128, 127), in float64;
+//   acc[m, n] = sum_k (qx[m, k] - z) * (qw[n, k] - zw[n])                  exact integer
+//   Y[m, n]   = float32(((s_w[n] * double(acc)) * s_x[m]) + b[n])         float64, this order
+//
+// nearbyint under the default rounding mode is round half to even, as numpy's rint. The
+// clamp uses selects in which NaN becomes 127; a row holding a NaN (or, dynamic, an inf) has
+// s_x = NaN, so the whole output row is NaN, as the reference's is.
+//
+// u8 x s8 (vpdpbusd multiplies unsigned by signed bytes): activations are stored as
+// u = qx + 128 in [0, 255], weights as their raw qdata, and the kernel's raw sum is undone in
+// the epilogue:
+//
+//   raw[m, n] = sum_k u[m, k] qw[n, k]
+//   acc[m, n] = raw[m, n] - (128 + z) colsum[n] - zw[n] row_corr[m]
+//   colsum[n] = sum_k qw[n, k] (plan time),  row_corr[m] = sum_k qx[m, k] - K z (prologue)
+//
+// int32 overflow: the vector paths accumulate in int32 lanes that wrap (vpdpbusd, not the
+// saturating vpdpbusds; vpmaddwd sums two u8 x s8 products, at most 2 * 255 * 128, exactly),
+// and the corrections wrap too, so the result is exact modulo 2^32, hence exact whenever the
+// true |acc| < 2^31. |qx - z| <= 255 and |qw - zw| <= 255 give |acc| <= K * 255 * 255, so
+// the vector paths are used for K <= kMaxKInt32 only; larger K runs the scalar path, which
+// accumulates in int64.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+namespace qrt {
+
+constexpr int64_t kInt8Panel = 64;        // output columns per weight panel (4 zmm of 16 int32)
+constexpr int64_t kInt8MR = 4;            // rows per micro-tile
+constexpr int64_t kMaxKInt32 = 2147483647LL / (255 * 255);   // 33025: int32 accumulation exact
+
+// The GEMM code paths. All give the same int32 (or int64) accumulators, hence the same bits.
+enum class Int8Isa : int { scalar = 0, avx2 = 1, avx512_vnni = 2 };
+
+const char* int8_isa_name(Int8Isa isa);
+// The best path this CPU supports (cpu_features.cpp).
+Int8Isa int8_best_isa();
+bool int8_isa_supported(Int8Isa isa);
+// The path int8_linear takes: the override if one is set (int8_set_isa), else the best one.
+Int8Isa int8_current_isa();
+// "auto" clears the override; "scalar", "avx2" or "avx512_vnni" forces that path. Throws
+// std::invalid_argument for an unknown name or a path this CPU cannot run.
+void int8_set_isa(const std::string& name);
+
+// Worker threads of int8_linear (OpenMP; 1 without OpenMP). n >= 1.
+void int8_set_threads(int n);
+int int8_get_threads();
+bool int8_has_openmp();
+
+// 64-byte aligned array: a weight panel row (64 columns x 4 bytes) is then one cache line
+// pair-aligned load, never split across lines.
+template <typename T>
+struct AlignedArray {
+    struct Free {
+        void operator()(T* p) const;
+    };
+    std::unique_ptr<T[], Free> data;
+    size_t size = 0;
+    void allocate(size_t n);   // uninitialised
+    T* get() const { return data.get(); }
+    T& operator[](size_t i) const { return data.get()[i]; }
+};
+
+// A weight prepared once, at plan time.
+struct Int8PackedWeight {
+    int64_t n = 0, k = 0;
+    int64_t k4 = 0;          // ceil(K / 4): k steps of one 32-bit lane (4 bytes)
+    int64_t panels = 0;      // ceil(N / kInt8Panel)
+    bool has_zero_point = false;
+    // (panels, k4, kInt8Panel, 4) int8: panel p, k step kk, column c holds
+    // qw[p * 64 + c, 4 kk .. 4 kk + 3]; padded columns and k hold 0.
+    AlignedArray<int8_t> data;
+    // per column, padded to panels * kInt8Panel with 0
+    AlignedArray<int64_t> colsum;     // sum_k qw[n, k] (raw qdata, zero point not subtracted)
+    AlignedArray<int32_t> col_corr0;  // 128 * colsum[n] modulo 2^32: the correction when z = 0
+    AlignedArray<int32_t> zero_point; // zw[n] (0 for a symmetric weight)
+    AlignedArray<double> scale;       // s_w[n], float32 -> float64 exactly
+    size_t nbytes() const;
+    int64_t padded_n() const { return panels * kInt8Panel; }
+};
+
+// qdata (N, K) int8 row-major, scale (N,) float32 > 0, zero_point (N,) int8 or nullptr.
+// Throws std::invalid_argument for N < 1 or K < 1.
+Int8PackedWeight int8_pack_weight(const int8_t* qdata, int64_t n, int64_t k, const float* scale,
+                                  const int8_t* zero_point);
+
+struct Int8ActQuant {
+    bool is_static = false;   // false: dynamic per-row scales
+    double scale = 1.0;       // static s_x, finite > 0 (checked by the caller)
+    int32_t zero_point = 0;   // static z in [-128, 127]
+};
+
+// Y (M, N) = epilogue(quant(X) @ W.T) as described above. x (M, K) float32 row-major, bias
+// float64 or nullptr, readable up to w.padded_n() (the vector epilogues read whole panels;
+// entries from N on are never used), y (M, N) float32 row-major, every element written.
+// M may be 0.
+// Runs on int8_current_isa() (scalar when K > kMaxKInt32) with int8_get_threads() threads;
+// the result does not depend on either.
+void int8_linear(const Int8PackedWeight& w, const float* x, int64_t m, const double* bias,
+                 const Int8ActQuant& aq, float* y);
+// The same on an explicit path (tests, benchmarks); isa must be supported.
+void int8_linear_isa(const Int8PackedWeight& w, const float* x, int64_t m, const double* bias,
+                     const Int8ActQuant& aq, float* y, Int8Isa isa, int threads);
+
+}  // namespace qrt

@@ -1,0 +1,168 @@
+// int8 Linear, AVX2 path (CPUs without AVX-512 VNNI): the row quantizer and a vpmaddwd
+// micro-kernel on the same weight panels as the VNNI path. Numerics and layouts: int8_gemm.h.
+//
+// Why not vpmaddubsw (u8 x s8 -> int16 pairs): it saturates the sum of two products to int16
+// (255 * 127 * 2 > 32767), so it is not exact. Here both operands are widened to int16 first
+// and vpmaddwd sums each pair of int16 products into an int32 lane, exactly.
+#include "int8_gemm_kernels.h"
+
+#if QRT_INT8_X86_SIMD
+
+#include <immintrin.h>
+
+#define QRT_TARGET_AVX2 __attribute__((target("avx2,fma")))
+
+namespace qrt {
+namespace int8_detail {
+
+namespace {
+
+QRT_TARGET_AVX2 inline __m128i quantize4(__m128 v, __m256d vs, __m256d vz, __m256d vlo, __m256d vhi) {
+    constexpr int kRound = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+    __m256d d = _mm256_add_pd(_mm256_round_pd(_mm256_div_pd(_mm256_cvtps_pd(v), vs), kRound), vz);
+    d = _mm256_max_pd(_mm256_min_pd(d, vhi), vlo);   // minpd(d, c) = d < c ? d : c: NaN -> 127
+    return _mm256_cvttpd_epi32(d);
+}
+
+// 4 activation bytes of one k step as int16, repeated in each 64-bit quarter:
+// [a0 a1 a2 a3] x 4, so vpmaddwd against 4 columns x 4 k of int16 weights gives, per column,
+// two int32 partial sums (k0 + k1, k2 + k3). Broadcast as a dword, then widened by
+// interleaving the low 8 bytes of each 128-bit half with zeros.
+QRT_TARGET_AVX2 inline __m256i broadcast_u8x4(const uint8_t* a) {
+    int32_t word;
+    std::memcpy(&word, a, 4);
+    return _mm256_unpacklo_epi8(_mm256_set1_epi32(word), _mm256_setzero_si256());
+}
+
+// Row r's two accumulators (lo<r>: columns 0-3 of the group, hi<r>: columns 4-7) take one k step.
+#define QRT_AVX2_ROW(r)                                                    \
+    if constexpr (ROWS > r) {                                              \
+        const __m256i a = broadcast_u8x4(u + r * ldu + 4 * kk);            \
+        lo##r = _mm256_add_epi32(lo##r, _mm256_madd_epi16(a, wlo));        \
+        hi##r = _mm256_add_epi32(hi##r, _mm256_madd_epi16(a, whi));        \
+    }
+
+// ROWS x 8 columns (one 32-byte group g of the panel) for the whole K loop, into out[ROWS].
+// Named accumulators, not an array: see the VNNI kernel (GCC 12 copies array elements).
+template <int ROWS>
+QRT_TARGET_AVX2 void group_rows(const uint8_t* u, int64_t ldu, const int8_t* panel, int64_t k4, int g,
+                                __m256i* out) {
+    // lane 2c of lo<r> holds the k0 + k1 products of column c, lane 2c + 1 the k2 + k3 ones
+    const __m256i zero = _mm256_setzero_si256();
+    __m256i lo0 = zero, hi0 = zero, lo1 = zero, hi1 = zero, lo2 = zero, hi2 = zero, lo3 = zero, hi3 = zero;
+    static_assert(ROWS >= 1 && ROWS <= kInt8MR && kInt8MR == 4, "one QRT_AVX2_ROW per row of the tile");
+    const int8_t* w = panel + 32 * g;
+    for (int64_t kk = 0; kk < k4; ++kk, w += kInt8Panel * 4) {
+        const __m256i w8 = _mm256_load_si256(reinterpret_cast<const __m256i*>(w));
+        const __m256i wlo = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(w8));
+        const __m256i whi = _mm256_cvtepi8_epi16(_mm256_extracti128_si256(w8, 1));
+        QRT_AVX2_ROW(0)
+        QRT_AVX2_ROW(1)
+        QRT_AVX2_ROW(2)
+        QRT_AVX2_ROW(3)
+    }
+    const __m256i los[kInt8MR] = {lo0, lo1, lo2, lo3}, his[kInt8MR] = {hi0, hi1, hi2, hi3};
+    for (int r = 0; r < ROWS; ++r) {
+        // hadd within 128-bit halves: [c0 c1 c4 c5 | c2 c3 c6 c7]; the 64-bit permute puts
+        // the columns in order
+        out[r] = _mm256_permute4x64_epi64(_mm256_hadd_epi32(los[r], his[r]), 0xD8);
+    }
+}
+
+#undef QRT_AVX2_ROW
+
+template <int ROWS>
+QRT_TARGET_AVX2 void tile_rows(const uint8_t* u, int64_t ldu, const int8_t* panel, int64_t k4,
+                               const Epilogue& ep, int64_t m0, int64_t n0, float* y, int64_t ldy) {
+    for (int g = 0; g < kInt8Panel / 8; ++g) {
+        __m256i acc[ROWS];
+        group_rows<ROWS>(u, ldu, panel, k4, g, acc);
+        const int64_t n = n0 + 8 * g;
+        const __m256i cc = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ep.col_corr + n));
+        const __m256i zw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ep.zw + n));
+        const __m256d sw_lo = _mm256_loadu_pd(ep.sw + n), sw_hi = _mm256_loadu_pd(ep.sw + n + 4);
+        for (int r = 0; r < ROWS; ++r) {
+            const int64_t m = m0 + r;
+            // exact int32 corrections (wrapping), then float64 ((s_w * acc) * s_x) + b
+            __m256i t = _mm256_sub_epi32(acc[r], cc);
+            if (ep.has_zw) {
+                const __m256i rc = _mm256_set1_epi32(static_cast<int32_t>(static_cast<uint32_t>(ep.row_corr[m])));
+                t = _mm256_sub_epi32(t, _mm256_mullo_epi32(zw, rc));
+            }
+            const __m256d sxr = _mm256_set1_pd(ep.sx[m]);
+            __m256d lo = _mm256_mul_pd(_mm256_mul_pd(sw_lo, _mm256_cvtepi32_pd(_mm256_castsi256_si128(t))), sxr);
+            __m256d hi = _mm256_mul_pd(_mm256_mul_pd(sw_hi, _mm256_cvtepi32_pd(_mm256_extracti128_si256(t, 1))), sxr);
+            if (ep.bias != nullptr) {
+                lo = _mm256_add_pd(lo, _mm256_loadu_pd(ep.bias + n));
+                hi = _mm256_add_pd(hi, _mm256_loadu_pd(ep.bias + n + 4));
+            }
+            float* out = y + r * ldy + 8 * g;
+            _mm_storeu_ps(out, _mm256_cvtpd_ps(lo));
+            _mm_storeu_ps(out + 4, _mm256_cvtpd_ps(hi));
+        }
+    }
+}
+
+}  // namespace
+
+QRT_TARGET_AVX2 void quantize_row_avx2(const float* x, int64_t k, int64_t kp, const Int8ActQuant& aq,
+                                       uint8_t* u, double* sx, int64_t* row_corr) {
+    const int64_t k8 = k - k % 8;   // vector part; the rest through the scalar helpers
+    double s = aq.scale;
+    if (!aq.is_static) {
+        const __m256i abs_mask = _mm256_set1_epi32(0x7FFFFFFF);
+        __m256i top = _mm256_setzero_si256();
+        for (int64_t j = 0; j < k8; j += 8)
+            top = _mm256_max_epi32(top, _mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + j)), abs_mask));
+        alignas(32) uint32_t lanes[8];
+        _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), top);
+        uint32_t best = 0;
+        for (uint32_t v : lanes) best = best > v ? best : v;
+        for (int64_t j = k8; j < k; ++j) best = best > abs_bits(x[j]) ? best : abs_bits(x[j]);
+        s = dynamic_row_scale(float_of_abs_bits(best));
+    }
+    const double z = aq.is_static ? aq.zero_point : 0;
+    const double lo = quant_lo(aq);
+    const __m256d vs = _mm256_set1_pd(s), vz = _mm256_set1_pd(z);
+    const __m256d vlo = _mm256_set1_pd(lo), vhi = _mm256_set1_pd(127.0);
+    const __m128i shift = _mm_set1_epi32(128);
+    __m128i sum = _mm_setzero_si128();   // int32 lanes, K <= kMaxKInt32 on this path
+    int nan = 0;
+    for (int64_t j = 0; j < k8; j += 8) {
+        const __m256 v = _mm256_loadu_ps(x + j);
+        nan |= _mm256_movemask_ps(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+        const __m128i q0 = quantize4(_mm256_castps256_ps128(v), vs, vz, vlo, vhi);
+        const __m128i q1 = quantize4(_mm256_extractf128_ps(v, 1), vs, vz, vlo, vhi);
+        sum = _mm_add_epi32(sum, _mm_add_epi32(q0, q1));
+        // qx + 128 in [0, 255]: the unsigned saturating packs are exact
+        const __m128i w16 = _mm_packus_epi32(_mm_add_epi32(q0, shift), _mm_add_epi32(q1, shift));
+        _mm_storel_epi64(reinterpret_cast<__m128i*>(u + j), _mm_packus_epi16(w16, w16));
+    }
+    alignas(16) int32_t parts[4];
+    _mm_store_si128(reinterpret_cast<__m128i*>(parts), sum);
+    int64_t total = int64_t(parts[0]) + parts[1] + parts[2] + parts[3];
+    for (int64_t j = k8; j < k; ++j) {
+        nan |= std::isnan(x[j]);
+        const int32_t q = quantize_value(x[j], s, z, lo);
+        total += q;
+        u[j] = static_cast<uint8_t>(q + 128);
+    }
+    for (int64_t j = k; j < kp; ++j) u[j] = 128;
+    *row_corr = total - k * static_cast<int64_t>(z);
+    *sx = (aq.is_static && nan) ? std::numeric_limits<double>::quiet_NaN() : s;
+}
+
+void tile_avx2(int64_t rows, const uint8_t* u, int64_t ldu, const int8_t* panel, int64_t k4,
+               const Epilogue& ep, int64_t m0, int64_t n0, float* y, int64_t ldy) {
+    switch (rows) {
+        case 4: tile_rows<4>(u, ldu, panel, k4, ep, m0, n0, y, ldy); break;
+        case 3: tile_rows<3>(u, ldu, panel, k4, ep, m0, n0, y, ldy); break;
+        case 2: tile_rows<2>(u, ldu, panel, k4, ep, m0, n0, y, ldy); break;
+        default: tile_rows<1>(u, ldu, panel, k4, ep, m0, n0, y, ldy); break;
+    }
+}
+
+}  // namespace int8_detail
+}  // namespace qrt
+
+#endif  // QRT_INT8_X86_SIMD

@@ -1,0 +1,156 @@
+// int8 Linear, AVX-512 VNNI path: the row quantizer and the vpdpbusd micro-kernel.
+// Numerics and layouts: int8_gemm.h. Compiled function by function for AVX-512 (target
+// attributes, no global -m flags): called only when cpuid says the CPU has it.
+#include "int8_gemm_kernels.h"
+
+#if QRT_INT8_X86_SIMD
+
+#include <immintrin.h>
+
+// GCC 12's avx512fintrin.h starts some conversions from a deliberately undefined register
+// (_mm512_undefined_*), which -Wuninitialized reports at every use; nothing here reads it.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
+
+#define QRT_TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vnni")))
+
+namespace qrt {
+namespace int8_detail {
+
+namespace {
+
+// 16 float32 -> 16 int32 qx = clamp(nearbyint(x / s) + z, lo, 127), computed in two halves of
+// 8 float64 exactly as quantize_value: true division, round to nearest even (the rounding
+// immediate, not MXCSR), and min/max in the order that turns a NaN into 127.
+QRT_TARGET_AVX512 inline __m512i quantize16(__m512 v, __m512d vs, __m512d vz, __m512d vlo, __m512d vhi) {
+    constexpr int kRound = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+    const __m512d lo8 = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
+    const __m512d hi8 = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+    __m512d a = _mm512_add_pd(_mm512_roundscale_pd(_mm512_div_pd(lo8, vs), kRound), vz);
+    __m512d b = _mm512_add_pd(_mm512_roundscale_pd(_mm512_div_pd(hi8, vs), kRound), vz);
+    a = _mm512_max_pd(_mm512_min_pd(a, vhi), vlo);   // minpd(a, c) = a < c ? a : c
+    b = _mm512_max_pd(_mm512_min_pd(b, vhi), vlo);
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvttpd_epi32(a)), _mm512_cvttpd_epi32(b), 1);
+}
+
+QRT_TARGET_AVX512 inline __m512i broadcast_u8x4(const uint8_t* a) {
+    int32_t word;
+    std::memcpy(&word, a, 4);
+    return _mm512_set1_epi32(word);   // 4 u8 of one row, one k step, in every lane
+}
+
+// Row r's 4 accumulators (columns 16 j .. 16 j + 15 in c<r><j>) take one k step.
+#define QRT_VNNI_ROW(r)                                             \
+    if constexpr (ROWS > r) {                                       \
+        const __m512i a = broadcast_u8x4(u + r * ldu + 4 * kk);     \
+        c##r##0 = _mm512_dpbusd_epi32(c##r##0, a, w0);              \
+        c##r##1 = _mm512_dpbusd_epi32(c##r##1, a, w1);              \
+        c##r##2 = _mm512_dpbusd_epi32(c##r##2, a, w2);              \
+        c##r##3 = _mm512_dpbusd_epi32(c##r##3, a, w3);              \
+    }
+
+// The K loop of one tile: ROWS x 4 accumulators of 16 int32 lanes in zmm registers, each k
+// step loading the panel's 4 x 64 bytes once and broadcasting 4 activation bytes per row.
+// The accumulators are named variables, not an array: GCC 12 keeps an array of them in
+// registers only with a register-to-register copy of each one per k step (and a spill).
+template <int ROWS>
+QRT_TARGET_AVX512 void tile_rows(const uint8_t* u, int64_t ldu, const int8_t* panel, int64_t k4,
+                                 const Epilogue& ep, int64_t m0, int64_t n0, float* y, int64_t ldy) {
+    const __m512i zero = _mm512_setzero_si512();
+    __m512i c00 = zero, c01 = zero, c02 = zero, c03 = zero, c10 = zero, c11 = zero, c12 = zero, c13 = zero;
+    __m512i c20 = zero, c21 = zero, c22 = zero, c23 = zero, c30 = zero, c31 = zero, c32 = zero, c33 = zero;
+    static_assert(ROWS >= 1 && ROWS <= kInt8MR && kInt8MR == 4, "one QRT_VNNI_ROW per row of the tile");
+    const int8_t* w = panel;
+    for (int64_t kk = 0; kk < k4; ++kk, w += kInt8Panel * 4) {
+        // panels are 64-byte aligned (AlignedArray) and 256 bytes per k step
+        const __m512i w0 = _mm512_load_si512(w), w1 = _mm512_load_si512(w + 64);
+        const __m512i w2 = _mm512_load_si512(w + 128), w3 = _mm512_load_si512(w + 192);
+        QRT_VNNI_ROW(0)
+        QRT_VNNI_ROW(1)
+        QRT_VNNI_ROW(2)
+        QRT_VNNI_ROW(3)
+    }
+    const __m512i acc[kInt8MR][4] = {{c00, c01, c02, c03}, {c10, c11, c12, c13},
+                                     {c20, c21, c22, c23}, {c30, c31, c32, c33}};
+    // epilogue: exact int32 corrections (wrapping, int8_gemm.h), then float64 in the
+    // reference's order ((s_w * acc) * s_x) + b, rounded once to float32
+    for (int r = 0; r < ROWS; ++r) {
+        const int64_t m = m0 + r;
+        const __m512d sxr = _mm512_set1_pd(ep.sx[m]);
+        const __m512i rc = _mm512_set1_epi32(static_cast<int32_t>(static_cast<uint32_t>(ep.row_corr[m])));
+        for (int j = 0; j < 4; ++j) {
+            const int64_t n = n0 + 16 * j;
+            __m512i t = _mm512_sub_epi32(acc[r][j], _mm512_loadu_si512(ep.col_corr + n));
+            if (ep.has_zw) t = _mm512_sub_epi32(t, _mm512_mullo_epi32(_mm512_loadu_si512(ep.zw + n), rc));
+            __m512d lo = _mm512_cvtepi32_pd(_mm512_castsi512_si256(t));
+            __m512d hi = _mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(t, 1));
+            lo = _mm512_mul_pd(_mm512_mul_pd(_mm512_loadu_pd(ep.sw + n), lo), sxr);
+            hi = _mm512_mul_pd(_mm512_mul_pd(_mm512_loadu_pd(ep.sw + n + 8), hi), sxr);
+            if (ep.bias != nullptr) {
+                lo = _mm512_add_pd(lo, _mm512_loadu_pd(ep.bias + n));
+                hi = _mm512_add_pd(hi, _mm512_loadu_pd(ep.bias + n + 8));
+            }
+            float* out = y + r * ldy + 16 * j;
+            _mm256_storeu_ps(out, _mm512_cvtpd_ps(lo));
+            _mm256_storeu_ps(out + 8, _mm512_cvtpd_ps(hi));
+        }
+    }
+}
+
+#undef QRT_VNNI_ROW
+
+}  // namespace
+
+QRT_TARGET_AVX512 void quantize_row_avx512(const float* x, int64_t k, int64_t kp, const Int8ActQuant& aq,
+                                           uint8_t* u, double* sx, int64_t* row_corr) {
+    const __mmask16 tail = static_cast<__mmask16>((1u << (k % 16)) - 1);
+    double s = aq.scale;
+    if (!aq.is_static) {
+        const __m512i abs_mask = _mm512_set1_epi32(0x7FFFFFFF);
+        __m512i top = _mm512_setzero_si512();
+        int64_t j = 0;
+        for (; j + 16 <= k; j += 16)
+            top = _mm512_max_epi32(top, _mm512_and_si512(_mm512_loadu_si512(x + j), abs_mask));
+        if (j < k) top = _mm512_max_epi32(top, _mm512_and_si512(_mm512_maskz_loadu_epi32(tail, x + j), abs_mask));
+        s = dynamic_row_scale(float_of_abs_bits(static_cast<uint32_t>(_mm512_reduce_max_epi32(top))));
+    }
+    const double z = aq.is_static ? aq.zero_point : 0;
+    const __m512d vs = _mm512_set1_pd(s), vz = _mm512_set1_pd(z);
+    const __m512d vlo = _mm512_set1_pd(quant_lo(aq)), vhi = _mm512_set1_pd(127.0);
+    const __m512i shift = _mm512_set1_epi32(128);
+    // int32 lanes: each sums about K / 16 values of |qx| <= 128, far from overflow for the K
+    // this path runs (<= kMaxKInt32)
+    __m512i sum = _mm512_setzero_si512();
+    __mmask16 nan = 0;
+    for (int64_t j = 0; j < k; j += 16) {
+        const __mmask16 mk = j + 16 <= k ? static_cast<__mmask16>(0xFFFF) : tail;
+        const __m512 v = _mm512_maskz_loadu_ps(mk, x + j);
+        nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+        const __m512i q = quantize16(v, vs, vz, vlo, vhi);
+        sum = _mm512_mask_add_epi32(sum, mk, sum, q);   // masked lanes quantized 0.0 to z
+        _mm512_mask_cvtepi32_storeu_epi8(u + j, mk, _mm512_add_epi32(q, shift));
+    }
+    for (int64_t j = k; j < kp; ++j) u[j] = 128;
+    *row_corr = static_cast<int64_t>(_mm512_reduce_add_epi32(sum)) - k * static_cast<int64_t>(z);
+    *sx = (aq.is_static && nan) ? std::numeric_limits<double>::quiet_NaN() : s;
+}
+
+void tile_avx512(int64_t rows, const uint8_t* u, int64_t ldu, const int8_t* panel, int64_t k4,
+                 const Epilogue& ep, int64_t m0, int64_t n0, float* y, int64_t ldy) {
+    // one instantiation per tile height: an edge tile of M % 4 rows costs only its rows, and
+    // M = 1 (a GEMV) streams each panel once with 4 accumulators
+    switch (rows) {
+        case 4: tile_rows<4>(u, ldu, panel, k4, ep, m0, n0, y, ldy); break;
+        case 3: tile_rows<3>(u, ldu, panel, k4, ep, m0, n0, y, ldy); break;
+        case 2: tile_rows<2>(u, ldu, panel, k4, ep, m0, n0, y, ldy); break;
+        default: tile_rows<1>(u, ldu, panel, k4, ep, m0, n0, y, ldy); break;
+    }
+}
+
+}  // namespace int8_detail
+}  // namespace qrt
+
+#endif  // QRT_INT8_X86_SIMD

@@ -1,0 +1,112 @@
+// Internal to the int8 Linear (int8_gemm.cpp and its ISA files): the per-row quantizer and the
+// micro-kernel of each code path, and the scalar helpers they share for their edges.
+// Numerics and data layouts: int8_gemm.h.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+
+#include "int8_gemm.h"
+
+// The AVX2 and AVX-512 paths use GCC/clang target attributes (compiled for those ISAs function
+// by function, the rest of the module stays baseline x86-64).
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+#define QRT_INT8_X86_SIMD 1
+#else
+#define QRT_INT8_X86_SIMD 0
+#endif
+
+namespace qrt {
+namespace int8_detail {
+
+// What the epilogue of a tile reads. Per-column arrays are padded to panels * kInt8Panel and
+// indexed by the global column n; per-row arrays by the global row m.
+struct Epilogue {
+    const int32_t* col_corr;   // (128 + z) * colsum[n], wrapped to int32 (vector paths)
+    const int64_t* colsum;     // exact colsum[n] (scalar path: int64 arithmetic)
+    int64_t col_shift;         // 128 + z
+    const int32_t* zw;         // weight zero points
+    bool has_zw;               // false: zw is all 0, its term is skipped
+    const double* sw;          // weight scales, float64
+    const double* bias;        // nullptr: no bias (not even + 0.0, which would turn -0.0 into 0.0)
+    const int64_t* row_corr;   // sum_k qx[m, k] - K z
+    const double* sx;          // activation scale of each row (NaN for a NaN row)
+};
+
+// One row: x (K,) float32 -> u (kp,) uint8 = qx + 128 (128 for k >= K), *sx, *row_corr.
+using QuantizeRowFn = void (*)(const float* x, int64_t k, int64_t kp, const Int8ActQuant& aq,
+                               uint8_t* u, double* sx, int64_t* row_corr);
+// rows (1..kInt8MR) x kInt8Panel outputs of one panel: u rows at u + r * ldu, the panel's
+// (k4, 64, 4) bytes at panel, outputs y[r * ldy + c] for c < 64 (a full panel's width), rows
+// m0 + r and columns n0 + c of the epilogue's arrays.
+using TileFn = void (*)(int64_t rows, const uint8_t* u, int64_t ldu, const int8_t* panel,
+                        int64_t k4, const Epilogue& ep, int64_t m0, int64_t n0, float* y,
+                        int64_t ldy);
+
+void quantize_row_scalar(const float* x, int64_t k, int64_t kp, const Int8ActQuant& aq,
+                         uint8_t* u, double* sx, int64_t* row_corr);
+void tile_scalar(int64_t rows, const uint8_t* u, int64_t ldu, const int8_t* panel, int64_t k4,
+                 const Epilogue& ep, int64_t m0, int64_t n0, float* y, int64_t ldy);
+#if QRT_INT8_X86_SIMD
+void quantize_row_avx2(const float* x, int64_t k, int64_t kp, const Int8ActQuant& aq,
+                       uint8_t* u, double* sx, int64_t* row_corr);
+void tile_avx2(int64_t rows, const uint8_t* u, int64_t ldu, const int8_t* panel, int64_t k4,
+               const Epilogue& ep, int64_t m0, int64_t n0, float* y, int64_t ldy);
+void quantize_row_avx512(const float* x, int64_t k, int64_t kp, const Int8ActQuant& aq,
+                         uint8_t* u, double* sx, int64_t* row_corr);
+void tile_avx512(int64_t rows, const uint8_t* u, int64_t ldu, const int8_t* panel, int64_t k4,
+                 const Epilogue& ep, int64_t m0, int64_t n0, float* y, int64_t ldy);
+#endif
+
+// --- scalar helpers, shared by every path (the vector paths use them for their tails) ------
+
+// |x| as the bit pattern with the sign cleared: for non-negative floats integer order is float
+// order, and a NaN has a larger pattern than any number, so an integer max propagates NaN as
+// the reference's np.max does (and vectorises, where a float max with NaN rules does not).
+inline uint32_t abs_bits(float v) {
+    uint32_t b;
+    std::memcpy(&b, &v, sizeof b);
+    return b & 0x7FFFFFFFu;
+}
+
+inline double float_of_abs_bits(uint32_t b) {
+    float f;
+    std::memcpy(&f, &b, sizeof f);
+    return static_cast<double>(f);
+}
+
+// Dynamic scale from max|x|: amax / 127 in float64, 1.0 for an all-zero row. A row holding a
+// NaN or an infinity gets NaN: the reference's output row is all NaN there (its float64
+// accumulation meets the NaN of x / s), and s_x = NaN makes the epilogue's row NaN whatever
+// integers the NaN quantized to.
+inline double dynamic_row_scale(double amax) {
+    if (amax == 0.0) return 1.0;
+    const double s = amax / 127.0;
+    return s < std::numeric_limits<double>::infinity() ? s : std::numeric_limits<double>::quiet_NaN();
+}
+
+// qx = clamp(nearbyint(x / s) + z, lo, 127) in float64, the reference's true division (not a
+// multiply by 1 / s, which rounds differently near .5). The clamp is written as the selects
+// that x86 min/max implement (a NaN becomes 127), so every path gives the same integer.
+inline int32_t quantize_value(float x, double s, double z, double lo) {
+    double r = std::nearbyint(static_cast<double>(x) / s) + z;
+    r = r < 127.0 ? r : 127.0;
+    r = r > lo ? r : lo;
+    return static_cast<int32_t>(r);
+}
+
+// The lower clamp: dynamic activations are symmetric [-127, 127], static ones use all of int8.
+inline double quant_lo(const Int8ActQuant& aq) { return aq.is_static ? -128.0 : -127.0; }
+
+// One output of the epilogue from its exact accumulator (scalar path and vector edges).
+inline float epilogue_value(int64_t acc, int64_t n, int64_t m, const Epilogue& ep) {
+    double v = ep.sw[n] * static_cast<double>(acc);
+    v = v * ep.sx[m];
+    if (ep.bias != nullptr) v = v + ep.bias[n];
+    return static_cast<float>(v);
+}
+
+}  // namespace int8_detail
+}  // namespace qrt

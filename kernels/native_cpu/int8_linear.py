@@ -1,0 +1,134 @@
+"""Linear on ``int8`` packed weights, native backend: ("Linear", "native", "int8").
+
+The kernel is csrc/int8_gemm.cpp (numerics written down in csrc/int8_gemm.h): per-row
+(dynamic) or static activation quantization fused into the GEMM's prologue, an exact integer
+GEMM (AVX-512 VNNI, AVX2 or scalar, chosen on cpuid; ``_native.set_int8_isa`` or the
+environment variable QRT_NATIVE_ISA forces one), the float64 epilogue in the reference's order.
+For act_quant "dynamic" and "static" with float32 X the result is
+kernels/reference/packed.py's bit for bit (tests/test_native_int8.py asserts equality).
+
+Plan time (the factory): the weight is packed once into 64-column panels (``_native.Int8Weight``).
+Run time: X (..., K) is viewed as (M, K) rows, Y (M, N) reshaped to (..., N).
+
+Other cases, each with the numerics of the kernel it uses:
+
+* act_quant "none" (weight-only int8): float32 BLAS matmul with the weight dequantized once at
+  plan time (PackedTensor.to_dense()), like the numba backend's: not bit exact, the float32
+  accumulation error is bounded by (K + 2) * 2^-24 * sum_k |x_k w_nk| (tests:
+  WEIGHT_ONLY_ERR_PER_TERM); float64 BLAS for other float dtypes.
+* X in another float dtype (float64, float16): the reference's own arithmetic
+  (kernels/reference/packed.PackedGemm), since the C++ kernel reads float32 and rounding
+  float64 X to float32 first would change the quantized values. Models run float32.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from kernels.reference.packed import PackedGemm, act_params, packed_linear_ref
+from kernels.registry import register
+from runtime.layouts import PackedTensor
+
+from . import _native
+
+
+class NativeInt8Linear:
+    """One Linear node's int8 weight, prepared once.
+
+    weight: PackedTensor of layout "int8", logical shape (N, K): qdata (N, K) int8, scale (N,)
+    or (1,) float32, zero_point like scale (asymmetric) or absent.
+    """
+
+    def __init__(self, weight: Any, act_quant: str = "none", act_scale: Any = None, act_zero_point: Any = 0):
+        if not isinstance(weight, PackedTensor):
+            raise TypeError(f"Linear: the weight must be an initializer in a packed layout, got {type(weight).__name__}")
+        if weight.layout != "int8":
+            raise ValueError(f"Linear: the native int8 kernel takes layout 'int8', got {weight.layout!r}")
+        if len(weight.shape) != 2:
+            raise ValueError(f"Linear: packed weight {weight.name!r} has shape {weight.shape}, expected (N, K)")
+        self.weight = weight
+        self.act_quant = act_quant
+        self.act_scale, self.act_zero_point = act_params("Linear", act_quant, act_scale, act_zero_point)
+        self.n, self.k = weight.shape
+        self._reference: PackedGemm | None = None       # built on first non-float32 X
+        if act_quant == "none":
+            self.dense32 = np.ascontiguousarray(weight.to_dense().reshape(self.n, self.k), np.float32)
+            return
+        f = weight.fields
+        # per-tensor scale / zero point (shape (1,)) become one value per row, as the kernel reads
+        scale = np.ascontiguousarray(np.broadcast_to(np.asarray(f["scale"]).reshape(-1), (self.n,)), np.float32)
+        zp = f.get("zero_point")
+        if zp is not None:
+            zp = np.ascontiguousarray(np.broadcast_to(np.asarray(zp).reshape(-1), (self.n,)), np.int8)
+        qdata = np.ascontiguousarray(np.asarray(f["qdata"]).reshape(self.n, self.k))
+        self.packed = _native.Int8Weight(qdata, scale, zp)
+
+    def reference(self) -> PackedGemm:
+        if self._reference is None:
+            self._reference = PackedGemm(self.weight, self.act_quant, self.act_scale, self.act_zero_point)
+        return self._reference
+
+
+def int8_linear(x: Any, plan: NativeInt8Linear, bias: Any = None) -> np.ndarray:
+    """Y (..., N) = quant(X) @ W.T + bias in X's dtype; X (..., K) float, W logical (N, K),
+    bias (N,) or None."""
+    x = np.asarray(x)
+    shape = x.shape
+    if not shape or shape[-1] != plan.k or x.dtype.kind != "f":
+        raise ValueError(f"Linear: X {shape} ({x.dtype}) does not match packed weight "
+                         f"{plan.weight.name!r} of shape {plan.weight.shape} (need float X (..., K))")
+    x2 = x.reshape(-1, plan.k)
+    if x.dtype == np.float32 and plan.act_quant != "none":
+        # the common case, kept lean (it runs on every inference): the binding checks the
+        # bias's shape and reads float32 / float64 itself
+        if bias is not None and not (isinstance(bias, np.ndarray) and bias.dtype in _BIAS_DTYPES):
+            bias = _bias(bias, plan.n)
+        y = _native.int8_linear(plan.packed, x2 if x2.flags.c_contiguous else np.ascontiguousarray(x2), bias,
+                                plan.act_quant, plan.act_scale, plan.act_zero_point)   # (M, N) float32
+        return y.reshape(*shape[:-1], plan.n)
+    bias = None if bias is None else _bias(bias, plan.n)
+    if plan.act_quant == "none":
+        return _weight_only(x2, plan, bias).reshape(*shape[:-1], plan.n)
+    return packed_linear_ref(x, plan.reference(), bias)
+
+
+_BIAS_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _bias(bias: Any, n: int) -> np.ndarray:
+    """The bias as float32 / float64 (other dtypes to float64, exactly), shape checked."""
+    b = np.asarray(bias)
+    if b.dtype not in _BIAS_DTYPES:
+        b = b.astype(np.float64)
+    if b.shape != (n,):
+        raise ValueError(f"Linear: bias has shape {b.shape}, expected ({n},)")
+    return b
+
+
+def _weight_only(x2: np.ndarray, plan: NativeInt8Linear, bias: np.ndarray | None) -> np.ndarray:
+    """act_quant "none", X (M, K): float32 BLAS for float32 X (module docstring), float64 BLAS
+    (the reference's arithmetic) rounded once to X's dtype otherwise."""
+    if x2.dtype == np.float32:
+        y = x2 @ plan.dense32.T
+        if bias is not None:
+            y += bias.astype(np.float32, copy=False)
+        return y
+    y = np.asarray(x2, np.float64) @ plan.dense32.T.astype(np.float64)
+    if bias is not None:
+        y += bias
+    return y.astype(x2.dtype)
+
+
+@register("Linear", "native", "int8")
+def int8_linear_factory(attrs: dict[str, Any], weights: dict) -> Any:
+    """Kernel factory of (Linear, int8, native): packs the weight once; returns run(x, w, bias)."""
+    weight = weights.get(1)
+    quant = {k: attrs.get(k, d) for k, d in (("act_quant", "none"), ("act_scale", None), ("act_zero_point", 0))}
+    plan = NativeInt8Linear(weight, **quant)
+
+    def run(x, w, bias=None):
+        # the session passes the planned PackedTensor; another one is prepared afresh
+        p = plan if w is weight else NativeInt8Linear(w, **quant)
+        return (int8_linear(x, p, bias),)
+    return run

@@ -1,0 +1,445 @@
+"""native int8 Linear (csrc/int8_gemm*.cpp, kernels/native_cpu/int8_linear.py) against the reference.
+
+Every comparison is with the reference kernel of ("Linear", "int8") on the same packed weight,
+never with another fast kernel. For act_quant "dynamic" and "static" the native kernel computes
+the exact integer accumulator and the reference's float64 epilogue in the same order, so the
+tolerance is zero (INT8_ATOL), on every code path the CPU has (AVX-512 VNNI, AVX2, scalar:
+forced with _native.set_int8_isa) and for every thread count.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import subprocess
+import sys
+import zlib
+
+import numpy as np
+import pytest
+
+from kernels import registry
+from runtime.layouts import pack_int8
+
+_REASON = registry.backend_status("native")
+pytestmark = pytest.mark.skipif(_REASON is not None, reason=f"native backend unavailable: {_REASON}")
+
+if _REASON is None:
+    from kernels.native_cpu import _native
+    ISAS = tuple(_native.int8_isas())            # fastest first; "scalar" always
+    MAX_K_INT32 = (2 ** 31 - 1) // (255 * 255)   # csrc/int8_gemm.h kMaxKInt32
+else:  # pragma: no cover
+    _native = None
+    ISAS = ()
+    MAX_K_INT32 = 1
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# exact integer accumulation + the reference's float64 epilogue, same order: identical bits
+INT8_ATOL = 0.0
+# weight-only float32 matmul: each of the K products and K - 1 sums rounds to float32 (plus the
+# bias add and the reference's own final rounding), so |error| <= (K + 2) * 2^-24 * sum |x w|
+# + |b| terms: the classical worst-case bound of a recursive float32 dot product
+WEIGHT_ONLY_ERR_PER_TERM = 2.0 ** -24
+
+WEIGHT_CONFIGS = [{"per_channel": True, "symmetric": True}, {"per_channel": False, "symmetric": True},
+                  {"per_channel": True, "symmetric": False}, {"per_channel": False, "symmetric": False}]
+ACT_CONFIGS = [{"act_quant": "dynamic"}, {"act_quant": "static", "act_scale": 0.031, "act_zero_point": 0},
+               {"act_quant": "static", "act_scale": 0.047, "act_zero_point": -7}]
+# awkward shapes: M around the 4-row micro-tile, K around the 4-byte VNNI step and the
+# 16/64-lane vectors, N around the 64-column panel
+MS, KS, NS = (1, 3, 17, 128), (1, 5, 63, 64, 100, 384), (1, 7, 16, 65, 384)
+
+
+def _rng(*key) -> np.random.Generator:
+    """A fresh generator per test case, reproducible across runs (str hashes are salted)."""
+    return np.random.default_rng(zlib.crc32(repr(key).encode()))
+
+
+def _weight(rng, shape, **cfg):
+    w = rng.standard_normal(shape).astype(np.float32)
+    if not cfg.get("symmetric", True):
+        w += np.float32(0.7)          # an off-centre range, so the zero points are not 0
+    return pack_int8("w", w, **cfg)
+
+
+def _input(rng, shape, zero_rows=False):
+    x = (rng.standard_normal(shape) * 1.5).astype(np.float32)
+    if zero_rows and x.ndim >= 2:
+        x.reshape(-1, shape[-1])[::3] = 0        # all-zero rows: s = 1, q = 0
+    return x
+
+
+def _run(backend, attrs, t, x, b):
+    return registry.lookup("Linear", "int8", backend)(attrs, {1: t})(x, t, b)[0]
+
+
+def _assert_same(got, ref, what):
+    assert got.shape == ref.shape and got.dtype == ref.dtype, f"{what}: {got.shape} {got.dtype} vs {ref.shape} {ref.dtype}"
+    assert np.array_equal(np.isnan(got), np.isnan(ref)), f"{what}: NaN positions differ"
+    ok = ~np.isnan(ref)
+    err = np.max(np.abs(got[ok].astype(np.float64) - ref[ok]), initial=0.0)
+    assert err <= INT8_ATOL, f"{what}: max |native - reference| = {err}"
+
+
+def _fields(t):
+    """The int8 layout's fields as _native.Int8Weight takes them: per-tensor values as (N,)."""
+    n = t.shape[0]
+    scale = np.ascontiguousarray(np.broadcast_to(t.fields["scale"], (n,)), np.float32)
+    zp = t.fields.get("zero_point")
+    zp = None if zp is None else np.ascontiguousarray(np.broadcast_to(zp, (n,)), np.int8)
+    return np.ascontiguousarray(t.fields["qdata"]), scale, zp
+
+
+def _binding_args(acfg):
+    return acfg["act_quant"], acfg.get("act_scale", 1.0), acfg.get("act_zero_point", 0)
+
+
+@pytest.fixture
+def restore_native_state():
+    """Tests that force a code path or a thread count put the previous ones back (the path may
+    have been forced for the whole run with QRT_NATIVE_ISA)."""
+    threads = _native.get_threads()
+    forced = os.environ.get("QRT_NATIVE_ISA")
+    yield
+    _native.set_int8_isa(forced or "auto")
+    _native.set_threads(threads)
+
+
+# --- Linear against the reference --------------------------------------------------------------
+
+@pytest.mark.parametrize("wcfg", WEIGHT_CONFIGS, ids=lambda c: f"pc{int(c['per_channel'])}-sym{int(c['symmetric'])}")
+@pytest.mark.parametrize("acfg", ACT_CONFIGS, ids=lambda c: f"{c['act_quant']}{c.get('act_zero_point', '')}")
+def test_linear_matches_reference_on_every_path(wcfg, acfg, restore_native_state):
+    """Every (M, K, N) of the shape lists, with and without bias, on every code path."""
+    for k in KS:
+        for n in NS:
+            rng = _rng("lin", str(wcfg), str(acfg), k, n)
+            t = _weight(rng, (n, k), **wcfg)
+            bias = rng.standard_normal(n).astype(np.float32)
+            run = registry.lookup("Linear", "int8", "native")(acfg, {1: t})
+            for m in MS:
+                x = _input(rng, (m, k), zero_rows=m > 2)
+                b = bias if (m + n) % 2 else None
+                ref = _run("reference", acfg, t, x, b)
+                for isa in ISAS:
+                    _native.set_int8_isa(isa)
+                    _assert_same(run(x, t, b)[0], ref, f"{isa} M={m} K={k} N={n} bias={b is not None}")
+
+
+def test_every_path_is_tested_here():
+    """The CPU's best path is the one auto picks, and scalar is always available."""
+    assert ISAS[-1] == "scalar"
+    assert _native.int8_isa() == (os.environ.get("QRT_NATIVE_ISA") or ISAS[0])
+    from kernels.native_cpu import cpu_features
+    f = cpu_features()
+    assert ("avx512_vnni" in ISAS) == bool(f["avx512_vnni"] and f["avx512bw"] and f["avx512f"])
+    assert ("avx2" in ISAS) == f["avx2"]
+
+
+@pytest.mark.parametrize("shape", [(7,), (5, 40), (2, 3, 40), (2, 2, 2, 40), (0, 40)],
+                         ids=["rank1", "rank2", "rank3", "rank4", "empty"])
+def test_linear_input_ranks(shape):
+    """X (..., K) of any rank, including no rows at all (Y (0, N), as the reference)."""
+    rng = _rng("ranks", shape)
+    k = shape[-1]
+    t = _weight(rng, (33, k))
+    b = rng.standard_normal(33).astype(np.float32)
+    x = _input(rng, shape)
+    for acfg in ACT_CONFIGS:
+        got = _run("native", acfg, t, x, b)
+        assert got.shape == shape[:-1] + (33,)
+        _assert_same(got, _run("reference", acfg, t, x, b), f"{shape} {acfg}")
+
+
+def test_non_contiguous_input_and_bias_dtypes():
+    rng = _rng("layouts")
+    t = _weight(rng, (20, 30), symmetric=False)
+    x = _input(rng, (9, 60))[:, ::2]                   # strided view: copied by the wrapper
+    for b in (rng.standard_normal(20), rng.standard_normal(20).astype(np.float16), None):
+        for acfg in ACT_CONFIGS:
+            _assert_same(_run("native", acfg, t, x, b), _run("reference", acfg, t, x, b), f"{acfg} {getattr(b, 'dtype', None)}")
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float16])
+def test_linear_other_float_dtypes(dtype):
+    """X in float64 / float16 runs the reference's arithmetic (int8_linear.py docstring)."""
+    rng = _rng("dtype", str(dtype))
+    t = _weight(rng, (70, 50), symmetric=False)
+    x = _input(rng, (9, 50)).astype(dtype)
+    b = rng.standard_normal(70).astype(np.float32)
+    for acfg in ACT_CONFIGS:
+        _assert_same(_run("native", acfg, t, x, b), _run("reference", acfg, t, x, b), f"{dtype}")
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered")   # the reference's x / inf
+def test_linear_extreme_values_and_saturation(restore_native_state):
+    """Activations far outside the static range saturate at -128 / 127 as the reference does;
+    one huge value per row makes every other dynamic q round to 0; exact .5 ties round to
+    even; rows holding NaN or inf come out as the reference's (NaN rows, or finite after
+    static clipping); subnormal rows keep their tiny scale."""
+    rng = _rng("extreme")
+    t = _weight(rng, (65, 96), symmetric=False)
+    x = _input(rng, (10, 96)) * 100
+    x[1, 5] = 1e30
+    x[2] = -3.5                                  # constant row: q = -127 everywhere
+    x[3, ::2] = 0.5 * 0.031                      # exact .5 ties: round half to even
+    x[4, :] = np.float32(1e-40) * np.arange(96)  # float32 subnormals
+    x[6, 7] = np.nan
+    x[7, 1] = -np.inf
+    x[8, 3] = np.inf
+    x[9] = np.linspace(-127.5, 127.5, 96) * np.float32(0.031)   # ties across the static range
+    for isa in ISAS:
+        _native.set_int8_isa(isa)
+        for acfg in ACT_CONFIGS:
+            _assert_same(_run("native", acfg, t, x, None), _run("reference", acfg, t, x, None), f"{isa} {acfg}")
+
+
+@pytest.mark.parametrize("k", [MAX_K_INT32, MAX_K_INT32 + 7])
+def test_int32_accumulator_bound(k, restore_native_state):
+    """The largest |acc| = K * 255 * 255: static z = -128 with x far above range (qx - z = 255)
+    and an all-positive asymmetric weight row (zero point -128, qw = 127). At K = kMaxKInt32 the
+    vector paths' wrapping int32 arithmetic must still be exact; above it every path runs the
+    scalar int64 kernel."""
+    w = np.full((3, k), 5.0, np.float32)
+    w[1, ::2] = 0.0                               # zero point -128 with mixed q
+    w[2] = np.linspace(-1, 4, k, dtype=np.float32)
+    t = pack_int8("w", w, symmetric=False)
+    x = np.full((2, k), 1e3, np.float32)
+    x[1, ::3] = -1e3
+    acfg = {"act_quant": "static", "act_scale": 0.5, "act_zero_point": -128}
+    ref = _run("reference", acfg, t, x, None)
+    assert abs(float(ref[0, 0])) > 2.0 ** 31 * float(t.fields["scale"][0]) * 0.5 * 0.99   # |acc| near 2^31
+    for isa in ISAS:
+        _native.set_int8_isa(isa)
+        _assert_same(_run("native", acfg, t, x, None), ref, f"{isa} K={k}")
+
+
+# --- outputs, threads, paths -------------------------------------------------------------------
+
+def test_output_fully_written(restore_native_state):
+    """Poisoned output buffers (out=): every element of the edge tiles (M % 4, N % 64) written."""
+    rng = _rng("poison")
+    for m, n, k in [(1, 1, 1), (33, 65, 100), (5, 200, 7), (4, 64, 64), (130, 130, 33)]:
+        t = _weight(rng, (n, k), symmetric=m % 2 == 0)
+        w = _native.Int8Weight(*_fields(t))
+        x = _input(rng, (m, k))
+        b = rng.standard_normal(n).astype(np.float32)
+        ref = _run("reference", {"act_quant": "dynamic"}, t, x, b)
+        for isa in ISAS:
+            _native.set_int8_isa(isa)
+            out = np.full((m, n), np.nan, np.float32)
+            got = _native.int8_linear(w, x, b, "dynamic", out=out)
+            assert got is out or np.shares_memory(got, out)
+            assert np.all(np.isfinite(out)), f"unwritten elements M={m} N={n} {isa}"
+            _assert_same(out, ref, f"M={m} N={n} K={k} {isa}")
+
+
+@pytest.mark.parametrize("m, k, n", [(128, 384, 384), (1, 768, 3072), (17, 1000, 200), (300, 64, 65)],
+                         ids=["square", "gemv", "edges", "many-rows"])
+def test_thread_count_does_not_change_results(m, k, n, restore_native_state):
+    """Shapes above the parallel threshold (csrc/int8_gemm.cpp kParallelMinMacs): 1 and 2
+    threads (and 3, uneven) give the reference's bits on every path."""
+    rng = _rng("threads", m, k, n)
+    for wcfg in (WEIGHT_CONFIGS[0], WEIGHT_CONFIGS[3]):
+        t = _weight(rng, (n, k), **wcfg)
+        w = _native.Int8Weight(*_fields(t))
+        b = rng.standard_normal(n).astype(np.float32)
+        x = _input(rng, (m, k), zero_rows=True)
+        for acfg in ACT_CONFIGS:
+            ref = _run("reference", acfg, t, x, b)
+            for isa in ISAS[:2]:                # the scalar path is slow at these sizes
+                _native.set_int8_isa(isa)
+                for threads in (1, 2, 3):
+                    _native.set_threads(threads)
+                    _assert_same(_native.int8_linear(w, x, b, *_binding_args(acfg)), ref,
+                                 f"{wcfg} {acfg} {isa} threads={threads}")
+
+
+def test_concurrent_calls_from_python_threads():
+    """The kernel runs without the GIL; calls from several Python threads on one packed weight
+    each get their own, correct result."""
+    rng = _rng("concurrent")
+    t = _weight(rng, (300, 200), symmetric=False)
+    run = registry.lookup("Linear", "int8", "native")({"act_quant": "dynamic"}, {1: t})
+    xs = [_input(rng, (40 + i, 200)) for i in range(8)]
+    want = [_run("reference", {"act_quant": "dynamic"}, t, x, None) for x in xs]
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda x: run(x, t, None)[0], xs))
+    for i, (g, r) in enumerate(zip(got, want)):
+        _assert_same(g, r, f"call {i}")
+
+
+def test_set_threads_hook_and_isa_override(restore_native_state):
+    import kernels.native_cpu as native
+    assert registry.thread_setter("native") is native.set_threads
+    native.set_threads(1)
+    assert _native.get_threads() == 1
+    native.set_threads(3)
+    assert _native.get_threads() == 3
+    with pytest.raises(ValueError, match="unknown int8 path"):
+        _native.set_int8_isa("avx9000")
+    if "avx512_vnni" not in ISAS:
+        with pytest.raises(ValueError, match="not supported by this CPU"):
+            _native.set_int8_isa("avx512_vnni")
+    for isa in ISAS:
+        _native.set_int8_isa(isa)
+        assert _native.int8_isa() == isa
+    _native.set_int8_isa("auto")
+    assert _native.int8_isa() == ISAS[0]     # the fixture restores a QRT_NATIVE_ISA override
+
+
+def _subprocess(code: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, cwd=ROOT,
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_isa_environment_variable_in_subprocess():
+    """QRT_NATIVE_ISA=scalar forces the scalar path (its output is the reference's, compared in
+    the parent); a value this CPU cannot run makes the backend unavailable with the reason."""
+    code = r"""
+import numpy as np, sys
+from kernels import registry
+from kernels.native_cpu import _native
+from runtime.layouts import pack_int8
+assert registry.backend_status("native") is None and _native.int8_isa() == "scalar", _native.int8_isa()
+rng = np.random.default_rng(7)
+t = pack_int8("w", rng.standard_normal((65, 100)).astype(np.float32), symmetric=False)
+x = rng.standard_normal((17, 100)).astype(np.float32)
+y = registry.lookup("Linear", "int8", "native")({"act_quant": "dynamic"}, {1: t})(x, t, None)[0]
+sys.stdout.write(y.tobytes().hex())
+"""
+    res = _subprocess(code, {"QRT_NATIVE_ISA": "scalar"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    y = np.frombuffer(bytes.fromhex(res.stdout), np.float32).reshape(17, 65)
+    rng = np.random.default_rng(7)
+    t = pack_int8("w", rng.standard_normal((65, 100)).astype(np.float32), symmetric=False)
+    x = rng.standard_normal((17, 100)).astype(np.float32)
+    _assert_same(y, _run("reference", {"act_quant": "dynamic"}, t, x, None), "QRT_NATIVE_ISA=scalar")
+
+    res = _subprocess("import runtime; print(runtime.available_backends()['native'])", {"QRT_NATIVE_ISA": "sse1"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "QRT_NATIVE_ISA=sse1" in res.stdout and "unknown int8 path" in res.stdout, res.stdout
+
+
+# --- weight-only --------------------------------------------------------------------------------
+
+def test_weight_only_linear_within_float32_bound():
+    rng = _rng("weight-only")
+    for wcfg in WEIGHT_CONFIGS:
+        for m, k, n in [(1, 3, 10), (16, 768, 65), (33, 100, 200)]:
+            t = _weight(rng, (n, k), **wcfg)
+            x = _input(rng, (m, k))
+            b = rng.standard_normal(n).astype(np.float32)
+            got = _run("native", {"act_quant": "none"}, t, x, b)
+            ref = _run("reference", {"act_quant": "none"}, t, x, b)
+            bound = (np.abs(x.astype(np.float64)) @ np.abs(t.to_dense().astype(np.float64)).T + np.abs(b)) \
+                * (k + 2) * WEIGHT_ONLY_ERR_PER_TERM
+            assert got.dtype == np.float32
+            assert np.all(np.abs(got.astype(np.float64) - ref) <= bound + np.spacing(np.abs(ref))), f"{wcfg} {m} {k} {n}"
+
+
+# --- errors -------------------------------------------------------------------------------------
+
+def test_bad_inputs_to_the_binding_are_refused_with_a_reason():
+    rng = _rng("bad-binding")
+    t = _weight(rng, (10, 20), symmetric=False)
+    q, s, zp = _fields(t)
+    w = _native.Int8Weight(q, s, zp)
+    assert (w.n, w.k, w.has_zero_point) == (10, 20, True) and w.nbytes > q.nbytes
+    x = _input(rng, (3, 20))
+    good = _native.int8_linear(w, x, None, "dynamic")
+    cases = [
+        # (exception, message pattern, call)
+        (TypeError, "X must have dtype float32, got float64", lambda: _native.int8_linear(w, x.astype(np.float64))),
+        (TypeError, "X must be a numpy array", lambda: _native.int8_linear(w, x.tolist())),
+        (ValueError, "X must be C-contiguous", lambda: _native.int8_linear(w, np.asfortranarray(x))),
+        (ValueError, r"X has shape \(3, 21\), expected \(M, 20\)", lambda: _native.int8_linear(w, np.zeros((3, 21), np.float32))),
+        (ValueError, r"X has shape \(20,\), expected \(M, 20\)", lambda: _native.int8_linear(w, x[0])),
+        (ValueError, r"X has shape \(3, 0\)", lambda: _native.int8_linear(w, np.zeros((3, 0), np.float32))),
+        (ValueError, r"bias has shape \(11,\), expected \(10,\)", lambda: _native.int8_linear(w, x, np.zeros(11, np.float32))),
+        (ValueError, r"bias has shape \(0,\)", lambda: _native.int8_linear(w, x, np.zeros(0, np.float32))),
+        (TypeError, "bias must have dtype float32 or float64, got int32", lambda: _native.int8_linear(w, x, np.zeros(10, np.int32))),
+        (ValueError, "act_quant = 'none'", lambda: _native.int8_linear(w, x, None, "none")),
+        (ValueError, "act_scale", lambda: _native.int8_linear(w, x, None, "static", 0.0, 0)),
+        (ValueError, "act_scale", lambda: _native.int8_linear(w, x, None, "static", float("nan"), 0)),
+        (ValueError, "act_zero_point", lambda: _native.int8_linear(w, x, None, "static", 0.1, 128)),
+        (ValueError, r"out has shape \(3, 11\)", lambda: _native.int8_linear(w, x, out=np.zeros((3, 11), np.float32))),
+        (TypeError, "out must have dtype float32", lambda: _native.int8_linear(w, x, out=np.zeros((3, 10)))),
+        (TypeError, "qdata must have dtype int8, got int16", lambda: _native.Int8Weight(q.astype(np.int16), s, zp)),
+        (ValueError, r"qdata has shape \(20,\), expected \(N, K\)", lambda: _native.Int8Weight(q[0].copy(), s, zp)),
+        (ValueError, "qdata must be C-contiguous", lambda: _native.Int8Weight(q[:, ::2], s, zp)),
+        (ValueError, r"qdata has shape \(0, 20\)", lambda: _native.Int8Weight(q[:0], s[:0], None)),
+        (ValueError, r"qdata has shape \(10, 0\)", lambda: _native.Int8Weight(q[:, :0].copy(), s, None)),
+        (ValueError, r"scale has shape \(1,\), expected \(10,\)", lambda: _native.Int8Weight(q, s[:1].copy(), zp)),
+        (TypeError, "scale must have dtype float32, got float64", lambda: _native.Int8Weight(q, s.astype(np.float64), zp)),
+        (ValueError, r"scale\[3\] = .*expected finite and > 0", lambda: _native.Int8Weight(q, np.where(np.arange(10) == 3, -1, s).astype(np.float32), zp)),
+        (TypeError, "zero_point must have dtype int8, got uint8", lambda: _native.Int8Weight(q, s, zp.view(np.uint8))),
+        (ValueError, r"zero_point has shape \(9,\)", lambda: _native.Int8Weight(q, s, zp[:9].copy())),
+    ]
+    for exc, pattern, call in cases:
+        with pytest.raises(exc, match=pattern):
+            call()
+    read_only = np.zeros((3, 10), np.float32)
+    read_only.flags.writeable = False
+    with pytest.raises(ValueError, match="writeable"):
+        _native.int8_linear(w, x, out=read_only)
+    # nothing is lost: the weight still works, X was not touched
+    assert np.array_equal(_native.int8_linear(w, x, None, "dynamic"), good)
+    # equal dtypes that are other dtype objects (file reader, views) are accepted; a
+    # byte-swapped float32 is not float32 for the kernel
+    assert np.array_equal(_native.int8_linear(w, x.view(np.dtype("<f4").newbyteorder("=")), None), good)
+    assert _native.Int8Weight(q.view(np.dtype("i1").newbyteorder("<")), s, zp).n == 10
+    with pytest.raises(TypeError, match="X must have dtype float32, got >f4"):
+        _native.int8_linear(w, x.astype(">f4"))
+    # no rows is not an error: Y (0, N), as the reference
+    assert _native.int8_linear(w, np.zeros((0, 20), np.float32)).shape == (0, 10)
+
+
+def test_bad_inputs_to_the_kernel_are_refused_with_a_reason():
+    rng = _rng("bad")
+    t = _weight(rng, (10, 20))
+    run = registry.lookup("Linear", "int8", "native")({"act_quant": "dynamic"}, {1: t})
+    with pytest.raises(ValueError, match="does not match packed weight"):
+        run(np.zeros((3, 21), np.float32), t, None)
+    with pytest.raises(ValueError, match="float"):
+        run(np.zeros((3, 20), np.int32), t, None)
+    with pytest.raises(ValueError, match="bias"):
+        run(np.zeros((3, 20), np.float32), t, np.zeros(11, np.float32))
+    with pytest.raises(ValueError, match="act_scale"):
+        registry.lookup("Linear", "int8", "native")({"act_quant": "static"}, {1: t})
+    with pytest.raises(ValueError, match="act_zero_point"):
+        registry.lookup("Linear", "int8", "native")({"act_quant": "static", "act_scale": 1.0, "act_zero_point": 300}, {1: t})
+    with pytest.raises(ValueError, match="layout 'int8'"):
+        from runtime.layouts import pack_int4_grouped
+        t4 = pack_int4_grouped("w", rng.standard_normal((10, 20)).astype(np.float32))
+        registry.lookup("Linear", "int8", "native")({"act_quant": "dynamic"}, {1: t4})
+    with pytest.raises(TypeError, match="packed layout"):
+        registry.lookup("Linear", "int8", "native")({"act_quant": "dynamic"}, {1: np.zeros((10, 20), np.float32)})
+
+
+# --- through a session --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("act", ["dynamic", "static"])
+def test_session_on_converted_int8_mlp(act, tmp_path):
+    """A converted model written to a .qrt file and loaded back (zero-copy fields, whose dtype
+    objects are the reader's own instances), on backend="native", "auto" and "reference"."""
+    pytest.importorskip("onnx")
+    import runtime
+    from tests.model_zoo import small_mlp_onnx
+    rng = _rng("session", act)
+    calib = [{"x": _input(rng, (64, 8))}] if act == "static" else None
+    path = tmp_path / "mlp_int8.qrt"
+    graph = runtime.convert(small_mlp_onnx(), path, quant="int8", act=act, calib=calib)
+    assert any(n.op == "Linear" and n.attrs.get("act_quant") == act for n in graph.nodes)
+    native = runtime.InferenceSession(str(path), backend="native")
+    auto = runtime.InferenceSession(str(path), backend="auto")
+    ref = runtime.InferenceSession(graph, backend="reference")
+    assert any(p.layout == "int8" and p.backend == "native" for p in native.plan), native.plan
+    assert all(p.backend == "native" for p in auto.plan if p.op == "Linear" and p.layout == "int8"), auto.plan
+    for batch in (1, 5, 64):
+        x = _input(rng, (batch, 8))
+        (y, h), (y_ref, h_ref) = native.run(None, {"x": x}), ref.run(None, {"x": x})
+        assert np.array_equal(h, h_ref)          # int8 Linear + Relu: exact
+        # Softmax may run on another backend's kernel with its own (documented) rounding
+        np.testing.assert_allclose(y, y_ref, rtol=1e-6, atol=1e-7)
+        assert np.array_equal(auto.run(None, {"x": x})[1], h_ref)
