@@ -8,7 +8,7 @@ Rows, all on the same ONNX file and the same inputs, in one process:
 Latency: median of --repeats runs after warm-up; p90 and spread; outputs are checked first
 (cosine vs onnxruntime fp32).
 
-    python benchmarks/bench_bert_e2e.py [--repeats 30] [--seqs 16 128]
+    python benchmarks/bench_bert_e2e.py [--repeats 30] [--seqs 16 128] [--backends numba native] [--unfused]
 
 OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE are removed for this process (re-exec) so numpy's fp32
 BLAS runs at its best, as every fp32 baseline here must.
@@ -63,6 +63,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--seqs", type=int, nargs="+", default=[16, 128])
     ap.add_argument("--backends", nargs="+", default=["numba"])
+    ap.add_argument("--unfused", action="store_true",
+                    help="also time int8 with the session's fusions off (fuse=False)")
     a = ap.parse_args()
     import onnxruntime as ort
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -83,6 +85,9 @@ def main() -> None:
             graph = runtime.convert(data, calib=calib, **opts)
             for backend in a.backends:
                 runners[f"qrt {backend} {label}"] = runtime.InferenceSession(graph, backend=backend)
+                if label == "int8" and a.unfused:
+                    runners[f"qrt {backend} {label}, fuse=False"] = runtime.InferenceSession(
+                        graph, backend=backend, fuse=False)
         rows = []
         for seq in a.seqs:
             feeds = model_zoo.bert_feeds(1, seq, vocab=VOCAB, seed=seq)
@@ -90,6 +95,7 @@ def main() -> None:
             want = runners["onnxruntime fp32"].run(None, feeds)[0]
             base = None
             for name, sess in runners.items():
+                time.sleep(0.3)       # let the previous runner's thread pool stop spinning
                 out = sess.run(None, feeds)[0]
                 med, p90, lo, hi = timed(lambda s=sess: s.run(None, feeds), a.repeats)
                 if name == "onnxruntime int8":

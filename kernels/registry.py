@@ -134,11 +134,13 @@ EPILOGUE_OPS = {"relu": ("Relu", {}), "gelu": ("Gelu", {"approximate": "none"}),
                 "gelu_tanh": ("Gelu", {"approximate": "tanh"})}
 
 
-def build(op: str, layout: str, backend: str, attrs: dict[str, Any], weights: dict) -> Callable[..., tuple]:
+def build(op: str, layout: str, backend: str, attrs: dict[str, Any], weights: dict,
+          fallbacks: tuple[str, ...] = ("reference",)) -> Callable[..., tuple]:
     """The ``run`` of one node: its kernel factory called with ``attrs`` (defaults filled in)
     and ``weights``; a Linear/Conv "activation" the kernel does not fuse is applied after it
-    by that activation op's kernel on the same backend (the reference where it has none), so
-    results are those of the unfused pair whichever kernel runs."""
+    by that activation op's kernel on ``backend``, else on the first of ``fallbacks`` that has
+    one (a session passes the backends it may use: AUTO_ORDER for "auto"), so results are
+    those of the unfused pair whichever kernel runs."""
     factory = lookup(op, layout, backend)
     if "activation" not in attrs:
         return factory(attrs, weights)
@@ -151,7 +153,7 @@ def build(op: str, layout: str, backend: str, attrs: dict[str, Any], weights: di
     if act == "none":
         return inner
     act_op, act_attrs = EPILOGUE_OPS[act]
-    act_backend = backend if has_kernel(act_op, "dense", backend) else "reference"
+    act_backend = next((b for b in (backend, *fallbacks, "reference") if has_kernel(act_op, "dense", b)))
     post = lookup(act_op, "dense", act_backend)(fill_attrs(act_op, act_attrs), {})
 
     def run(*inputs):

@@ -169,7 +169,7 @@ class InferenceSession:
             layout = graph.weight_layout(node)
             backend = self._choose_backend(node.op, layout)
             run = registry.build(node.op, layout, backend, registry.fill_attrs(node.op, node.attrs),
-                                 graph.weights_of(node))
+                                 graph.weights_of(node), self._candidates())
             ins = tuple(slot(i) for i in node.inputs)
             outs = tuple(slot(o) for o in node.outputs)
             for s in ins:
@@ -241,8 +241,13 @@ class InferenceSession:
             self._shape_cache.pop(next(iter(self._shape_cache)))      # the oldest shapes
         self._shape_cache[shapes] = frozen
 
+    def _candidates(self) -> tuple[str, ...]:
+        """The backends a node may run on: "auto" tries them fastest first; an explicit
+        backend falls back to the reference only."""
+        return registry.AUTO_ORDER if self.backend == "auto" else (self.backend, "reference")
+
     def _choose_backend(self, op: str, layout: str) -> str:
-        candidates = registry.AUTO_ORDER if self.backend == "auto" else (self.backend, "reference")
+        candidates = self._candidates()
         for b in candidates:
             if registry.has_kernel(op, layout, b):
                 return b
