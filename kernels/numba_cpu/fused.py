@@ -3,9 +3,9 @@
 Float32 in and out (other dtypes run the reference), tested against kernels/reference/fused.py.
 
 Attention: one work item per (batch, head), run on numba's pool; the head is computed
-transposed (_attention_head) so every loop vectorises along the query axis: scores in float32
-(q scaled first), exp in float32 (_exp32, ~2 ulp) summed in float32, y = P V accumulated in
-float32. One head's (Sk, Sq) scores
+transposed (_attention_head) so the softmax vectorises along the query axis, and both products
+are register-blocked float32 GEMMs (f32_tile.py): scores in float32 (q scaled first), exp in
+float32 (_exp32, ~1 ulp) summed in float32, y = P V accumulated in float32. One head's (Sk, Sq) scores
 exist at a time per thread, never all heads'. Rounding differs from the unfused graph
 (which rounds to float32 after each MatMul, Mul and Add): the scale multiplies q before the dot
 product; the error bound is in tests/test_fusion.py (ATTENTION_RTOL).
@@ -29,7 +29,8 @@ from llvmlite import ir as llvm_ir
 from numba import types
 from numba.extending import intrinsic
 
-from .ops import _INLINE, _ROWS, F32, _is_f32, _reference
+from .f32_tile import gemm_acc
+from .ops import _INLINE, _ROWS, F32, _is_f32, _reference, blas_recently_called
 
 # --- float32 exp for the attention softmax ------------------------------------------------------
 # Sixteen lanes instead of ops._exp64's eight: the softmax was half of the attention time.
@@ -89,25 +90,32 @@ def _attention_head(q, k, v, mask_t, scale, hd, item, out):
     of Bm, Hm in {1, the full size}, Skm in {1, Sk}, Sqm in {1, Sq} (a (1, 1, 1, 1) zero array
     when there is none); writes out[b, :, h*Dv:(h+1)*Dv].
 
-    The head is computed transposed, so that every inner loop runs along Sq (long and
-    contiguous), never along D (32 or 64 in BERTs) and never across a row's reduction:
-    st (Sk, Sq) = mask^T + K (scale Q)^T; the softmax over j is then, for all i at once, a
-    running maximum, exp and sum down the columns; y^T (Dv, Sq) = V^T st. Products are
-    accumulated four at a time (one load and store of the accumulator row per four
-    multiply-adds: these loops are bound by L1 traffic, not by the FMA units)."""
+    The head is computed transposed, so that the softmax over j runs down columns, for all
+    query rows i at once (vectorised along Sq), and both products are register-blocked
+    f32_tile GEMMs on zero-padded scratch copies:
+        st (Sk4, Sq16)  = mask^T + Kh (Sk4, D) @ (scale Qh)^T (D, Sq16)
+        st[:Sk]         = softmax over j (columns)
+        yt (Dv4, Sq16)  = Vh^T (Dv4, Sk) @ st[:Sk]
+    with Sq16, Sk4, Dv4 the sizes rounded up to the tile's 16 columns / 4 rows."""
     sq, sk = q.shape[1], k.shape[1]
     heads = q.shape[2] // hd
     dv = v.shape[2] // heads
     b = item // heads
     h = item - b * heads
-    qt = np.empty((hd, sq), np.float32)                 # scale * q_h^T
+    sq16 = (sq + 15) // 16 * 16
+    sk4 = (sk + 3) // 4 * 4
+    dv4 = (dv + 3) // 4 * 4
+    kh = np.zeros((sk4, hd), np.float32)
+    for j in range(sk):
+        for d in range(hd):
+            kh[j, d] = k[b, j, h * hd + d]
+    qt = np.zeros((hd, sq16), np.float32)
     for i in range(sq):
         for d in range(hd):
             qt[d, i] = np.float32(scale * q[b, i, h * hd + d])
-    st = np.empty((sk, sq), np.float32)
+    st = np.zeros((sk4, sq16), np.float32)
     mb = b if mask_t.shape[0] > 1 else 0
     mh = h if mask_t.shape[1] > 1 else 0
-    hd4 = hd - hd % 4
     for j in range(sk):
         row = st[j]
         jm = j if mask_t.shape[2] > 1 else 0
@@ -119,53 +127,34 @@ def _attention_head(q, k, v, mask_t, scale, hd, item, out):
             mv = mask_t[mb, mh, jm, 0]
             for i in range(sq):
                 row[i] = mv
-        kj = k[b, j, h * hd:(h + 1) * hd]
-        for d in range(0, hd4, 4):
-            k0, k1, k2, k3 = kj[d], kj[d + 1], kj[d + 2], kj[d + 3]
-            q0, q1, q2, q3 = qt[d], qt[d + 1], qt[d + 2], qt[d + 3]
-            for i in range(sq):
-                row[i] += (k0 * q0[i] + k1 * q1[i]) + (k2 * q2[i] + k3 * q3[i])
-        for d in range(hd4, hd):
-            kd = kj[d]
-            qd = qt[d]
-            for i in range(sq):
-                row[i] += kd * qd[i]
+    gemm_acc(kh, hd, qt, sq16, hd, st, sq16, sk4, sq16)
     # softmax down each column i; a NaN score is skipped by the maximum but makes its
     # column's sum, so the whole output row, NaN, as in the reference
-    m = np.full(sq, -np.inf, np.float32)
+    m = np.full(sq16, -np.inf, np.float32)
     for j in range(sk):
         row = st[j]
-        for i in range(sq):
+        for i in range(sq16):
             m[i] = row[i] if row[i] > m[i] else m[i]
-    total = np.zeros(sq, np.float32)
+    total = np.zeros(sq16, np.float32)
     for j in range(sk):
         row = st[j]
-        for i in range(sq):
+        for i in range(sq16):
             e = _exp32(row[i] - m[i])
             row[i] = e
             total[i] += e
-    inv = np.empty(sq, np.float32)
-    for i in range(sq):
+    inv = np.empty(sq16, np.float32)
+    for i in range(sq16):
         inv[i] = np.float32(1.0) / total[i]
     for j in range(sk):
         row = st[j]
-        for i in range(sq):
+        for i in range(sq16):
             row[i] *= inv[i]
-    yt = np.zeros((dv, sq), np.float32)
-    vh = v[b, :, h * dv:(h + 1) * dv]
-    sk4 = sk - sk % 4
-    for d in range(dv):
-        yd = yt[d]
-        for j in range(0, sk4, 4):
-            v0, v1, v2, v3 = vh[j, d], vh[j + 1, d], vh[j + 2, d], vh[j + 3, d]
-            p0, p1, p2, p3 = st[j], st[j + 1], st[j + 2], st[j + 3]
-            for i in range(sq):
-                yd[i] += (v0 * p0[i] + v1 * p1[i]) + (v2 * p2[i] + v3 * p3[i])
-        for j in range(sk4, sk):
-            vd = vh[j, d]
-            pj = st[j]
-            for i in range(sq):
-                yd[i] += vd * pj[i]
+    vt = np.zeros((dv4, sk), np.float32)
+    for j in range(sk):
+        for d in range(dv):
+            vt[d, j] = v[b, j, h * dv + d]
+    yt = np.zeros((dv4, sq16), np.float32)
+    gemm_acc(vt, sk, st, sq16, sk, yt, sq16, dv4, sq16)
     for i in range(sq):
         for d in range(dv):
             out[b, i, h * dv + d] = yt[d, i]
@@ -206,7 +195,7 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | No
     if sk == 0:
         out[:] = np.nan          # softmax over no positions: 0 / 0, as the reference
         return out
-    if b * h * sq * sk * (d + dv) >= ATTENTION_PARALLEL_MIN_MACS:
+    if b * h * sq * sk * (d + dv) >= ATTENTION_PARALLEL_MIN_MACS and not blas_recently_called():
         _attention_parallel(q, k, v, m4, float(scale), d, out)
     else:
         _attention_serial(q, k, v, m4, float(scale), d, out)
@@ -279,7 +268,7 @@ def skip_layer_normalization_factory(attrs: dict, weights: dict):
         s2 = np.ascontiguousarray(skip).reshape(r, d)
         b = np.zeros(d, F32) if bias is None else np.ascontiguousarray(bias)
         out = np.empty((r, d), F32)
-        if x2.size >= SKIP_LN_PARALLEL_MIN_ELEMENTS:
+        if x2.size >= SKIP_LN_PARALLEL_MIN_ELEMENTS and not blas_recently_called():
             _skip_layer_norm_parallel(x2, s2, np.ascontiguousarray(scale), b, eps, out)
         elif r:
             _skip_layer_norm_serial(x2, s2, np.ascontiguousarray(scale), b, eps, out)

@@ -39,7 +39,7 @@ from kernels.registry import EPILOGUE_OPS, fill_attrs, lookup, register
 from runtime.layouts import PackedTensor, dense_view_2d
 
 from . import vnni
-from .ops import ACT_NONE, ACTIVATION_KINDS
+from .ops import ACT_NONE, ACTIVATION_KINDS, note_blas_call
 
 
 
@@ -208,6 +208,7 @@ def _weight_only(x2: np.ndarray, plan: Int8Plan, bias: Any) -> np.ndarray:
     BLAS (the reference's arithmetic) otherwise."""
     if x2.dtype == np.float32:
         y = x2 @ plan.dense32.T
+        note_blas_call()
         if bias is not None:
             y += np.asarray(bias, np.float32)
         return y
