@@ -373,3 +373,19 @@ def test_sibling_linears_merge_exactly(backend, act_quant):
             np.testing.assert_array_equal(a, b)
         else:      # weight-only float32 BLAS: a wider sgemm may block the sum differently
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("m, k, n", [(4, 1, 16), (8, 0, 32), (4, 33, 80), (12, 128, 144)])
+def test_f32_tile_gemm(m, k, n):
+    """kernels/numba_cpu/f32_tile.py: C += A @ B on whole tiles (m % 4 == 0, n % 16 == 0),
+    64- and 16-column tiles, K = 0 included; float32 FMAs, so within K float32 roundings."""
+    _numba_or_skip()
+    from kernels.numba_cpu.f32_tile import gemm_acc
+    rng = _rng("tile", m, k, n)
+    a = rng.standard_normal((m, k)).astype(np.float32)
+    b = rng.standard_normal((k, n)).astype(np.float32)
+    c = rng.standard_normal((m, n)).astype(np.float32)
+    want = c.astype(np.float64) + a.astype(np.float64) @ b.astype(np.float64)
+    gemm_acc(a, k, b, n, k, c, n, m, n)
+    bound = (k + 1) * 2.0 ** -24 * (np.abs(a).astype(np.float64) @ np.abs(b) + np.abs(want))
+    assert np.all(np.abs(c - want) <= bound)
