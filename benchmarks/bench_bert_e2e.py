@@ -58,6 +58,20 @@ def cosine(a, b):
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
+def print_profile(title: str, per_node) -> None:
+    """Time per (op, layout, backend), largest first, from InferenceSession.profile."""
+    total = sum(t for _, t in per_node)
+    by_op: dict[tuple, list] = {}
+    for p, t in per_node:
+        entry = by_op.setdefault((p.op, p.layout, p.backend), [0, 0.0])
+        entry[0] += 1
+        entry[1] += t
+    rows = [[op, layout, backend, n, f"{t * 1e3:.3f}", f"{100 * t / total:.1f}%"]
+            for (op, layout, backend), (n, t) in sorted(by_op.items(), key=lambda kv: -kv[1][1])]
+    print(f"\n## profile: {title} (sum of node medians {total * 1e3:.2f} ms, {len(per_node)} nodes)")
+    print(format_table(rows, ["op", "layout", "backend", "nodes", "ms", "share"]))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=30)
@@ -65,6 +79,8 @@ def main() -> None:
     ap.add_argument("--backends", nargs="+", default=["numba"])
     ap.add_argument("--unfused", action="store_true",
                     help="also time int8 with the session's fusions off (fuse=False)")
+    ap.add_argument("--profile", action="store_true",
+                    help="print where each qrt int8 runner spends its time, per op (InferenceSession.profile)")
     a = ap.parse_args()
     import onnxruntime as ort
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -105,6 +121,13 @@ def main() -> None:
             for r in rows:
                 if r[0] == f"1 x {seq}" and base:
                     r.append(f"{base / r[-1]:.2f}x")
+        if a.profile:
+            for seq in a.seqs:
+                feeds = model_zoo.bert_feeds(1, seq, vocab=VOCAB, seed=seq)
+                feeds["attention_mask"][:] = 1
+                for name, sess in runners.items():
+                    if name.startswith("qrt") and "int8" in name:
+                        print_profile(f"{name}, 1 x {seq}", sess.profile(feeds, repeats=a.repeats))
         print(format_table([r[:6] + r[7:] for r in rows],
                            ["batch x seq", "runtime", "median ms", "p90 ms", "min-max ms",
                             "cosine vs ort fp32", "speed vs ort int8"]))

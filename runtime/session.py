@@ -143,6 +143,30 @@ class InferenceSession:
             out.append(a)
         return out
 
+    def profile(self, input_feed: Mapping[str, Any], repeats: int = 10) -> list[tuple[PlannedNode, float]]:
+        """Median seconds per node of the plan over ``repeats`` runs on ``input_feed`` (after
+        one warm-up run); every node runs, shape-only ones included (no shape cache)."""
+        if repeats < 1:
+            raise ValueError(f"repeats must be >= 1, got {repeats}")
+        import time
+        times = [[] for _ in self._steps]
+        for rep in range(repeats + 1):
+            for set_threads in self._thread_setters:
+                set_threads(self.threads)
+            env = list(self._template)
+            for slot, array in self._check_feeds(input_feed):
+                env[slot] = array
+            for k, (run, ins, outs, frees) in enumerate(self._steps):
+                t0 = time.perf_counter()
+                results = run(*[env[i] for i in ins])
+                if rep:
+                    times[k].append(time.perf_counter() - t0)
+                for s, r in zip(outs, results):
+                    env[s] = r
+                for s in frees:
+                    env[s] = None
+        return [(p, float(np.median(t))) for p, t in zip(self._planned, times)]
+
     # --- planning -------------------------------------------------------------------------
     def _plan(self, graph: Graph) -> None:
         slots: dict[str, int] = {"": 0}          # slot 0 always holds None (absent input)

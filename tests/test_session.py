@@ -444,3 +444,12 @@ def test_shape_only_values_are_cached_per_input_shape():
     np.testing.assert_array_equal(y, x2 + 2)
     np.testing.assert_array_equal(s, [4, 1])
     assert len(sess._shape_cache) == 2
+
+
+def test_profile_times_every_planned_node(mlp):
+    x = np.ones((3, 8), np.float32)
+    prof = mlp.profile({"x": x}, repeats=3)
+    assert [p for p, _ in prof] == mlp.plan
+    assert all(t >= 0 for _, t in prof)
+    with pytest.raises(ValueError, match="repeats must be >= 1"):
+        mlp.profile({"x": x}, repeats=0)
