@@ -322,7 +322,7 @@ def test_exp32_accuracy():
     _numba_or_skip()
     from numba import njit
 
-    from kernels.numba_cpu.fused import _exp32
+    from kernels.numba_cpu.ops import _exp32
 
     @njit
     def exp_all(x, out):

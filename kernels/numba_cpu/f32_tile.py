@@ -23,26 +23,13 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
+from .vnni import _c64, _splat, _vec_ptr
+
 MR = 4                     # rows of a tile
 LANES = 16                 # float32 per zmm
 _F32 = ir.FloatType()
-_I32 = ir.IntType(32)
-_I64 = ir.IntType(64)
 _V16F32 = ir.VectorType(_F32, LANES)
 _FMA = "llvm.fma.v16f32"
-
-
-def _c64(v: int) -> ir.Constant:
-    return ir.Constant(_I64, v)
-
-
-def _vec_ptr(builder, base, offset):
-    return builder.bitcast(builder.gep(base, [offset]), _V16F32.as_pointer())
-
-
-def _splat(builder, scalar):
-    v = builder.insert_element(ir.Constant(_V16F32, ir.Undefined), scalar, ir.Constant(_I32, 0))
-    return builder.shuffle_vector(v, ir.Constant(_V16F32, ir.Undefined), ir.Constant(ir.VectorType(_I32, LANES), [0] * LANES))
 
 
 def _make_tile(nv: int):
@@ -62,7 +49,7 @@ def _make_tile(nv: int):
             if fma is None:
                 fma = ir.Function(builder.module, ir.FunctionType(_V16F32, [_V16F32] * 3), _FMA)
             crow = [builder.add(c_off, builder.mul(_c64(r), ldc)) for r in range(MR)]
-            init = [[builder.load(_vec_ptr(builder, pc, builder.add(crow[r], _c64(LANES * j))), align=4)
+            init = [[builder.load(_vec_ptr(builder, pc, builder.add(crow[r], _c64(LANES * j)), _V16F32), align=4)
                      for j in range(nv)] for r in range(MR)]
             arow = [builder.gep(pa, [builder.add(a_off, builder.mul(_c64(r), lda))]) for r in range(MR)]
             pre = builder.block
@@ -70,13 +57,13 @@ def _make_tile(nv: int):
             done = builder.append_basic_block("f32tile.store")
             builder.cbranch(builder.icmp_signed(">", kdim, _c64(0)), loop, done)
             builder.position_at_end(loop)
-            kk = builder.phi(_I64)
+            kk = builder.phi(ir.IntType(64))
             acc = [[builder.phi(_V16F32) for _ in range(nv)] for _ in range(MR)]
             brow = builder.add(b_off, builder.mul(kk, ldb))
-            bv = [builder.load(_vec_ptr(builder, pb, builder.add(brow, _c64(LANES * j))), align=4) for j in range(nv)]
+            bv = [builder.load(_vec_ptr(builder, pb, builder.add(brow, _c64(LANES * j)), _V16F32), align=4) for j in range(nv)]
             new = []
             for r in range(MR):
-                av = _splat(builder, builder.load(builder.gep(arow[r], [kk]), align=4))
+                av = _splat(builder, builder.load(builder.gep(arow[r], [kk]), align=4), _V16F32)
                 new.append([builder.call(fma, [av, bv[j], acc[r][j]]) for j in range(nv)])
             kn = builder.add(kk, _c64(1))
             kk.add_incoming(_c64(0), pre)
@@ -94,7 +81,7 @@ def _make_tile(nv: int):
                     final[r][j].add_incoming(new[r][j], loop)
             for r in range(MR):
                 for j in range(nv):
-                    builder.store(final[r][j], _vec_ptr(builder, pc, builder.add(crow[r], _c64(LANES * j))), align=4)
+                    builder.store(final[r][j], _vec_ptr(builder, pc, builder.add(crow[r], _c64(LANES * j)), _V16F32), align=4)
             return context.get_dummy_value()
 
         return sig, codegen

@@ -25,55 +25,8 @@ from kernels.reference._common import prod
 from kernels.reference.fused import attention_heads
 from kernels.registry import register
 
-from llvmlite import ir as llvm_ir
-from numba import types
-from numba.extending import intrinsic
-
 from .f32_tile import gemm_acc
-from .ops import _INLINE, _ROWS, F32, _is_f32, _reference, blas_recently_called
-
-# --- float32 exp for the attention softmax ------------------------------------------------------
-# Sixteen lanes instead of ops._exp64's eight: the softmax was half of the attention time.
-_LOG2E_F = np.float32(1.4426950408889634)
-# ln 2 in two float32 parts (Cephes expf): n * _LN2_HI_F is exact for |n| <= 2^8
-_LN2_HI_F = np.float32(0.693359375)
-_LN2_LO_F = np.float32(-2.12194440e-4)
-_EXP32_MIN = np.float32(-87.3)     # below: 0 (exp(-87.3) ~ 1.2e-38, the smallest normal float32)
-
-
-@intrinsic
-def _f32_from_bits(typingctx, bits):
-    """The float32 whose IEEE bits are the low 32 bits of the int64 ``bits`` (a bit cast, no
-    conversion; numba's integer arithmetic is int64)."""
-    if bits != types.int64:
-        return None
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(builder.trunc(args[0], llvm_ir.IntType(32)), llvm_ir.FloatType())
-    return types.float32(types.int64), codegen
-
-
-@njit(**_INLINE)
-def _exp32(x):
-    """exp(x) for float32 x <= 0 (a softmax argument): relative error < 1.1e-7 measured on
-    [-87, 0] (tests/test_fusion.py; Cephes-style
-    range reduction by ln 2, Taylor polynomial of e^r through r^7 for |r| <= ln2 / 2, 2^n from
-    its bits); 0 below _EXP32_MIN and for -inf; NaN stays NaN."""
-    xc = max(x, _EXP32_MIN)
-    n = np.floor(xc * _LOG2E_F + np.float32(0.5))
-    r = (xc - n * _LN2_HI_F) - n * _LN2_LO_F
-    p = np.float32(1.0 / 5040.0)
-    p = p * r + np.float32(1.0 / 720.0)
-    p = p * r + np.float32(1.0 / 120.0)
-    p = p * r + np.float32(1.0 / 24.0)
-    p = p * r + np.float32(1.0 / 6.0)
-    p = p * r + np.float32(0.5)
-    p = p * r + np.float32(1.0)
-    p = p * r + np.float32(1.0)
-    y = p * _f32_from_bits((np.int64(n) + 127) << 23)     # p * 2^n, n >= -126
-    y = np.float32(0.0) if x < _EXP32_MIN else y
-    return x if x != x else y
-
+from .ops import _ROWS, F32, _exp32, _is_f32, _reference, blas_recently_called
 
 # Attention runs serially below this many multiply-adds (B * H * Sq * Sk * (D + Dv)): waking
 # the pool costs more than a small problem (seq 16 in a MiniLM layer is ~0.2 M).
