@@ -224,7 +224,7 @@ def _fuse_activation(view: _View, node: Node):
 
 # --- Linears sharing an input ----------------------------------------------------------------
 
-MERGEABLE_LAYOUTS = ("dense", "int8")
+MERGEABLE_LAYOUTS = ("dense", "int8", "csr")
 
 
 def _merge_sibling_linears(graph: Graph) -> None:
@@ -238,7 +238,8 @@ def _merge_sibling_linears(graph: Graph) -> None:
             continue
         if len(node.inputs) > 2 and node.inputs[2] and view.const(node.inputs[2]) is None:
             continue                                  # a bias computed at run time
-        key = (node.inputs[0], w.layout, w.shape[1], tuple(sorted((k, repr(v)) for k, v in node.attrs.items())))
+        key = (node.inputs[0], w.layout, w.params.get("quant"), w.shape[1],
+               tuple(sorted((k, repr(v)) for k, v in node.attrs.items())))
         groups.setdefault(key, []).append(node)
     order = {id(n): k for k, n in enumerate(graph.nodes)}
     replaced: dict[int, list[Node] | None] = {}
@@ -280,11 +281,12 @@ def _concat_weights(weights: list, name: str):
     from .layouts import PackedTensor, dense_tensor
     if weights[0].layout == "dense":
         return dense_tensor(name, np.concatenate([np.asarray(w.fields["data"]) for w in weights]))
+    if weights[0].layout == "csr":
+        return _concat_csr(weights, name)
     n_total = sum(w.shape[0] for w in weights)
     k = weights[0].shape[1]
     qdata = np.concatenate([np.asarray(w.fields["qdata"]) for w in weights])
-    scale = np.concatenate([np.broadcast_to(np.asarray(w.fields["scale"], np.float32).reshape(-1), (w.shape[0],))
-                            for w in weights])
+    scale = _per_channel_scales(weights)
     fields = {"qdata": qdata, "scale": scale}
     symmetric = all("zero_point" not in w.fields for w in weights)
     if not symmetric:
@@ -292,6 +294,41 @@ def _concat_weights(weights: list, name: str):
             np.broadcast_to(np.asarray(w.fields.get("zero_point", np.zeros(1, np.int8)), np.int8).reshape(-1),
                             (w.shape[0],)) for w in weights])
     t = PackedTensor(name, "int8", "float32", (n_total, k), fields, {"per_channel": True, "symmetric": symmetric})
+    t.check()
+    return t
+
+
+def _per_channel_scales(weights: list) -> np.ndarray:
+    """The weights' scales, per-tensor ones broadcast to their rows, as one (sum N,) array."""
+    return np.concatenate([np.broadcast_to(np.asarray(w.fields["scale"], np.float32).reshape(-1), (w.shape[0],))
+                           for w in weights])
+
+
+def _concat_csr(weights: list, name: str):
+    """CSR weights (N_i, K) stacked: rows one after another (indptr shifted by the nonzeros
+    before), the same stored values, int8 scales per output channel. Mixed float/int8 values
+    do not merge (the grouping key includes the attributes, and the layouts' params differ)."""
+    from .layouts import PackedTensor, _index_dtypes
+    quant = {w.params.get("quant", "none") for w in weights}
+    if len(quant) != 1:
+        raise ValueError("cannot merge csr weights with different value types")
+    quant = quant.pop()
+    k = weights[0].shape[1]
+    nnz = [int(np.asarray(w.fields["indptr"])[-1]) for w in weights]
+    ptr_dtype, idx_dtype = _index_dtypes(k, sum(nnz))
+    starts = np.cumsum([0] + nnz[:-1])
+    indptr = np.concatenate([np.asarray(w.fields["indptr"], np.int64)[:-1] + s for w, s in zip(weights, starts)]
+                            + [np.array([sum(nnz)], np.int64)]).astype(ptr_dtype)
+    fields = {"indptr": indptr,
+              "indices": np.concatenate([np.asarray(w.fields["indices"]) for w in weights]).astype(idx_dtype)}
+    if quant == "none":
+        fields["values"] = np.concatenate([np.asarray(w.fields["values"]) for w in weights])
+        params = {"quant": "none"}
+    else:
+        fields["qdata"] = np.concatenate([np.asarray(w.fields["qdata"]) for w in weights])
+        fields["scale"] = _per_channel_scales(weights)
+        params = {"quant": quant, "per_channel": True}
+    t = PackedTensor(name, "csr", "float32", (sum(w.shape[0] for w in weights), k), fields, params)
     t.check()
     return t
 

@@ -389,3 +389,39 @@ def test_f32_tile_gemm(m, k, n):
     gemm_acc(a, k, b, n, k, c, n, m, n)
     bound = (k + 1) * 2.0 ** -24 * (np.abs(a).astype(np.float64) @ np.abs(b) + np.abs(want))
     assert np.all(np.abs(c - want) <= bound)
+
+
+@pytest.mark.parametrize("backend", ["reference", "numba"])
+@pytest.mark.parametrize("quant", ["int8", "none"])
+def test_sibling_csr_linears_merge_exactly(backend, quant):
+    """Pruned Q/K/V-like Linears (csr, one row left empty, per-tensor and per-channel int8
+    scales) merge into one csr Linear + Split with the results of the unmerged graph."""
+    if backend == "numba":
+        _numba_or_skip()
+    from runtime.layouts import pack_csr
+    rng = _rng("merge-csr", quant)
+    k = 40
+    inits, nodes, outputs = {}, [], []
+    for i in range(3):
+        w = rng.standard_normal((9 + i, k)).astype(np.float32)
+        mask = rng.random(w.shape) < 0.2
+        mask[0] = False                                    # an empty row
+        inits[f"w{i}"] = pack_csr(f"w{i}", w, mask, quant=quant, per_channel=i != 1)
+        inits[f"b{i}"] = dense_tensor(f"b{i}", rng.standard_normal(9 + i).astype(np.float32))
+        attrs = {"act_quant": "dynamic"} if quant == "int8" else {}
+        nodes.append(Node(f"fc{i}", "Linear", ["x", f"w{i}", f"b{i}"], [f"y{i}"], attrs))
+        outputs.append(Value(f"y{i}", "float32", ("n", 9 + i)))
+    g = Graph("t", [Value("x", "float32", ("n", k))], outputs, nodes, inits)
+    g.validate()
+    fused = fuse(g)
+    assert [n.op for n in fused.nodes] == ["Linear", "Split"]
+    merged = fused.initializers[fused.nodes[0].inputs[1]]
+    assert merged.layout == "csr" and merged.shape == (30, k)
+    x = rng.standard_normal((6, k)).astype(np.float32)
+    want = runtime.InferenceSession(g, backend=backend, fuse=False).run(None, {"x": x})
+    got = runtime.InferenceSession(g, backend=backend).run(None, {"x": x})
+    for a, b in zip(got, want):
+        if quant == "int8" or backend == "reference":
+            np.testing.assert_array_equal(a, b)
+        else:       # float values: a different row grouping may sum in another order
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)

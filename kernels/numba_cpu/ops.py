@@ -54,8 +54,9 @@ Numerics of the numba kernels (float32 in and out, float64 inside):
 
 Threads: a kernel runs on numba's pool (``set_threads``) only when its input has at least
 ``PARALLEL_MIN_ELEMENTS`` elements (``RELU_PARALLEL_MIN_ELEMENTS`` for Relu, which is memory
-bound at ~0.13 ns per element); waking the pool costs 2 us with one thread and 10-100 us
-with two on a busy 2-core machine, more than a small op. Work is split by rows (row ops) or by fixed blocks of ``ELEMENTWISE_BLOCK``
+bound at ~0.13 ns per element) and no BLAS GEMM ran in the last ``BLAS_QUIET_SECONDS``;
+waking the pool costs 2 us with one thread and 10-100 us with two on a busy 2-core
+machine, more than a small op. Work is split by rows (row ops) or by fixed blocks of ``ELEMENTWISE_BLOCK``
 elements, each done by one thread with the same code, so the result is bit for bit the same
 for any thread count. OpenBLAS (the GEMMs) uses its own thread pool, not numba's.
 """
@@ -75,12 +76,14 @@ from kernels.registry import lookup, register
 
 F32 = np.dtype(np.float32)
 
-# Below this many elements a kernel runs on the calling thread only (see module docstring).
-# Raised from 1 << 16 after measuring the whole BERT: on 2 cores, parallel element-wise
-# kernels between OpenBLAS GEMMs made both thread pools contend (fp32 MiniLM-dims BERT,
-# seq 128: 108 ms per run vs 26 ms with these ops serial); the ops are memory bound anyway.
-PARALLEL_MIN_ELEMENTS = 1 << 22
-RELU_PARALLEL_MIN_ELEMENTS = 1 << 24
+# Below this many elements a kernel runs on the calling thread only (see module docstring),
+# and also above it when a BLAS GEMM ran just before (BLAS_QUIET_SECONDS: on 2 cores, parallel
+# element-wise kernels between OpenBLAS GEMMs made both thread pools contend, fp32
+# MiniLM-dims BERT, seq 128: 108 ms per run vs 26 ms with these ops serial). Without BLAS
+# around (int8 and sparse models), GELU on a 128 x 1536 FFN output (~0.3 ms on one thread)
+# is worth two threads.
+PARALLEL_MIN_ELEMENTS = 1 << 15
+RELU_PARALLEL_MIN_ELEMENTS = 1 << 20
 # Below this many elements Relu calls the reference (np.maximum): numba's call overhead
 # (~1 us) is more than the whole op there.
 RELU_NUMPY_MAX_ELEMENTS = 1 << 12
@@ -368,7 +371,7 @@ def _unary(x: np.ndarray, kind: int) -> np.ndarray:
     """f(x) for float32 x of any shape (a new C-order float32 array)."""
     flat = np.ascontiguousarray(x).reshape(-1)
     out = np.empty(flat.shape, F32)
-    if flat.size >= (RELU_PARALLEL_MIN_ELEMENTS if kind == RELU else PARALLEL_MIN_ELEMENTS):
+    if flat.size >= (RELU_PARALLEL_MIN_ELEMENTS if kind == RELU else PARALLEL_MIN_ELEMENTS) and not blas_recently_called():
         _unary_parallel(flat, out, kind)
     elif flat.size:
         _unary_serial(flat, out, kind)
@@ -621,7 +624,7 @@ def layer_normalization_factory(attrs: dict, weights: dict):
             return ref(x, scale, bias)   # not broadcastable: the reference raises
         x2 = np.ascontiguousarray(x).reshape(prod(x.shape[:k]), prod(dshape))
         out = np.empty(x2.shape, F32)
-        if x2.size >= PARALLEL_MIN_ELEMENTS:
+        if x2.size >= PARALLEL_MIN_ELEMENTS and not blas_recently_called():
             _layer_norm_parallel(x2, s, b, eps, out)
         elif x2.size:
             _layer_norm_serial(x2, s, b, eps, out)
@@ -638,7 +641,7 @@ def softmax_factory(attrs: dict, weights: dict):
     def rows(x):
         x2 = np.ascontiguousarray(x).reshape(prod(x.shape[:-1]), x.shape[-1])
         out = np.empty(x2.shape, F32)
-        if x2.size >= PARALLEL_MIN_ELEMENTS:
+        if x2.size >= PARALLEL_MIN_ELEMENTS and not blas_recently_called():
             _softmax_parallel(x2, out)
         elif x2.size:
             _softmax_serial(x2, out)
