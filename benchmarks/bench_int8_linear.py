@@ -343,6 +343,14 @@ def main() -> None:
     print("- int8 peak (register-only vpdpbusd loop, 128 ops per instruction): "
           + (f"{one:.0f} GOP/s on 1 thread, so {peak:.0f} GOP/s for {threads}; measured on {threads} "
              f"threads at the start: {peak_start:.0f} GOP/s" if peak else "n/a (no VNNI)"))
+    if native_reason is None:
+        # the extension's own probe (csrc/peak_probe.cpp), as a cross-check, with the fp32 FMA peak
+        from kernels.native_cpu import measure_peaks
+        p1, pt = measure_peaks(1, seconds=0.4), measure_peaks(threads, seconds=0.4)
+        int8 = (f"int8 {p1['int8_gops']:.0f} GOP/s on 1 thread, {pt['int8_gops']:.0f} on {pt['threads']} "
+                f"({p1['int8_isa']})" if p1["int8_gops"] else "int8 n/a (no VNNI)")
+        print(f"- native peak probe: {int8}; fp32 {p1['fp32_gflops']:.0f} GFLOP/s on 1 thread, "
+              f"{pt['fp32_gflops']:.0f} on {pt['threads']} ({p1['fp32_isa']})")
     print()
 
     rows, summary = [], []

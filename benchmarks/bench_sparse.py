@@ -1,4 +1,5 @@
-"""Sparse int8 Linear (numba: csr, bsr, nm) against dense int8 (numba) and dense fp32 (numpy).
+"""Sparse int8 Linear (numba and qrt native: csr, bsr, nm) against dense int8 (numba / native)
+and dense fp32 (numpy).
 
 Validate, then time, then explain:
 
@@ -9,7 +10,8 @@ Validate, then time, then explain:
    the spread p10..p90) of --reps runs; all variants of a (shape, M) timed round-robin in
    one process, so that they share the machine's noise and their ratios are the figures
    that count (absolute times on a shared machine drift);
-3. explain: speedup over dense int8 on the same backend and over dense fp32 numpy, dense-
+3. explain: speedup over dense int8 on the same backend (numba rows: numba dense int8; "qrt
+   native" rows: the native dense int8 kernel, csrc/int8_gemm.cpp) and over dense fp32 numpy, dense-
    equivalent GOP/s (2 M N K / t), the share of the measured int8 peak (a register-only
    vpdpbusd loop), for M = 1 the bytes the kernel streams and the bandwidth that implies,
    and per shape the break-even sparsity (the lowest benchmarked sparsity at which the
@@ -18,6 +20,7 @@ Validate, then time, then explain:
     python benchmarks/bench_sparse.py                 # BERT-base and MiniLM shapes, M in {1, 16}
     python benchmarks/bench_sparse.py --full --m 1,16,128
     python benchmarks/bench_sparse.py --threads 1 --layouts csr,bsr16x1 --sparsities 0.9
+    python benchmarks/bench_sparse.py --shapes 384:1536,768:3072 --sparsities 0.9 --backends native
 
 OpenBLAS: OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE slow numpy's fp32 on some machines; the script
 re-executes itself without them (this process only) before importing numpy, and reports the
@@ -53,7 +56,10 @@ SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95)
 # name -> (layout, block_shape); 16x1 is the block shape the S16 kernel favours (a block
 # column fills the 16 rows of an S16 vector), 4x4 / 1x16 the quad paths at larger M
 LAYOUTS = {"csr": ("csr", None), "bsr1x4": ("bsr", (1, 4)), "bsr4x4": ("bsr", (4, 4)),
-           "bsr16x1": ("bsr", (16, 1)), "bsr1x16": ("bsr", (1, 16))}
+           "bsr16x1": ("bsr", (16, 1)), "bsr1x16": ("bsr", (1, 16)),
+           # not in the default list: the native quad kernels' other shapes (--layouts)
+           "bsr16x4": ("bsr", (16, 4)), "bsr2x4": ("bsr", (2, 4))}
+DEFAULT_LAYOUTS = ("csr", "bsr1x4", "bsr4x4", "bsr16x1", "bsr1x16", "nm2:4")
 ACT = {"act_quant": "dynamic"}
 
 
@@ -210,8 +216,18 @@ def interleaved(fns: dict, reps: int, warmup: int = 3) -> dict:
             for name, v in ts.items()}
 
 
-def run_shape(k: int, n: int, ms, configs, sparsities, reps, peaks, rng, rows_out, fails):
+def native_bytes(packed, m: int) -> int:
+    """Bytes of the native packed structure the M = 1 path reads once per call (the weights
+    side; printed for M = 1 only)."""
+    return packed.kernel_nbytes
+
+
+def run_shape(k: int, n: int, ms, configs, sparsities, reps, peaks, rng, rows_out, fails, backends=("numba",)):
     from kernels.numba_cpu import sparse
+    use_numba = "numba" in backends
+    use_native = "native" in backends
+    if use_native:
+        from kernels.native_cpu.sparse_int8 import pack_sparse
     w = rng.standard_normal((n, k)).astype(np.float32)
     wt32 = np.ascontiguousarray(w.T)
     dense_run, dense_label, dense_t = dense_int8_kernel(w)
@@ -219,6 +235,7 @@ def run_shape(k: int, n: int, ms, configs, sparsities, reps, peaks, rng, rows_ou
     xs = {m: (rng.standard_normal((m, k)) * 1.5).astype(np.float32) for m in ms}
     # build and validate every sparse variant first
     variants = []                                  # (name, sparsity, tensor, run, gemm)
+    native_variants = []                           # (name, sparsity, tensor, run, native packed weight)
     attrs = registry.fill_attrs("Linear", ACT)
     for name in configs:
         layout, block = ("nm", None) if name == "nm2:4" else LAYOUTS[name]
@@ -226,8 +243,16 @@ def run_shape(k: int, n: int, ms, configs, sparsities, reps, peaks, rng, rows_ou
             if block is not None and (n % block[0] or k % block[1]):
                 continue
             t = sparse_weight(w, layout, block, sp)
-            fast = registry.lookup("Linear", layout, "numba")(attrs, {1: t})
-            variants.append((name, sp, t, fast, sparse.SparseGemm(t, "dynamic")))
+            if use_numba:
+                fast = registry.lookup("Linear", layout, "numba")(attrs, {1: t})
+                variants.append((name, sp, t, fast, sparse.SparseGemm(t, "dynamic")))
+            if use_native:
+                fast = registry.lookup("Linear", layout, "native")(attrs, {1: t})
+                native_variants.append((name, sp, t, fast, pack_sparse(t)))
+    native_dense = None
+    if use_native:
+        nd = registry.lookup("Linear", "int8", "native")(attrs, {1: dense_t})
+        native_dense = (lambda x: nd(x, dense_t, None)[0])
     for m in ms:
         x = xs[m]
         valid = {}
@@ -237,9 +262,19 @@ def run_shape(k: int, n: int, ms, configs, sparsities, reps, peaks, rng, rows_ou
             ref = registry.lookup("Linear", t.layout, "reference")(attrs, {1: t})
             valid[(name, sp)] = bool(np.array_equal(fast(x, t, None)[0], ref(x, t, None)[0]))
             del ref
+        if native_dense is not None:
+            valid["native int8"] = bool(np.array_equal(native_dense(x), dense_ref(x, dense_t, None)[0]))
+        for name, sp, t, fast, _ in native_variants:
+            ref = registry.lookup("Linear", t.layout, "reference")(attrs, {1: t})
+            valid[("native", name, sp)] = bool(np.array_equal(fast(x, t, None)[0], ref(x, t, None)[0]))
+            del ref
         fns = {"fp32": lambda x=x: x @ wt32, "int8": lambda x=x: dense_run(x)}
         for name, sp, t, fast, _ in variants:
             fns[(name, sp)] = (lambda f=fast, tt=t, x=x: f(x, tt, None))
+        if native_dense is not None:
+            fns["native int8"] = lambda x=x: native_dense(x)
+        for name, sp, t, fast, _ in native_variants:
+            fns[("native", name, sp)] = (lambda f=fast, tt=t, x=x: f(x, tt, None))
         times = interleaved(fns, reps)
         t_fp32, t_int8 = times["fp32"], times["int8"]
         flops = 2.0 * m * n * k
@@ -251,6 +286,27 @@ def run_shape(k: int, n: int, ms, configs, sparsities, reps, peaks, rng, rows_ou
                              "bytes": n * k, "gbs": n * k / t_int8[0] / 1e9 if m == 1 else None})
         if valid.get("int8") is False:
             fails.append(f"dense int8 K={k} N={n} M={m}")
+        if native_dense is not None:
+            t_nat = times["native int8"]
+            if not valid["native int8"]:
+                fails.append(f"native dense int8 K={k} N={n} M={m}")
+            rows_out.append({"K": k, "N": n, "M": m, "kernel": "dense int8 (qrt native; baseline of the native rows)",
+                             "sparsity": 0.0, "t": t_nat, "ok": valid["native int8"], "gops": flops / t_nat[0] / 1e9,
+                             "vs_int8": 1.0, "vs_fp32": t_fp32[0] / t_nat[0],
+                             "peak": flops / t_nat[0] / 1e9 / peaks["int8_peak_gops"],
+                             "bytes": n * k, "gbs": n * k / t_nat[0] / 1e9 if m == 1 else None})
+            for name, sp, t, fast, packed in native_variants:
+                tm = times[("native", name, sp)]
+                ok = valid[("native", name, sp)]
+                if not ok:
+                    fails.append(f"native {name} {sp} K={k} N={n} M={m}")
+                nbytes = native_bytes(packed, m)
+                rows_out.append({"K": k, "N": n, "M": m, "kernel": f"{name} (qrt native: {packed.path(m)})",
+                                 "sparsity": sp, "t": tm, "ok": ok, "gops": flops / tm[0] / 1e9,
+                                 "peak": flops / tm[0] / 1e9 / peaks["int8_peak_gops"],
+                                 "vs_int8": t_nat[0] / tm[0], "vs_fp32": t_fp32[0] / tm[0],
+                                 "bytes": nbytes, "gbs": nbytes / tm[0] / 1e9 if m == 1 else None,
+                                 "config": f"native {name}"})
         for name, sp, t, fast, gemm in variants:
             tm = times[(name, sp)]
             ok = valid[(name, sp)]
@@ -285,7 +341,7 @@ def break_even(rows) -> str:
     """Per (shape, M, config): the lowest benchmarked sparsity at which sparse beats dense int8,
     and the speedup at 90%."""
     out = ["| K | N | M | config | break-even sparsity vs dense int8 | speedup at 90% |", "|---|---|---|---|---|---|"]
-    keys = sorted({(r["K"], r["N"], r["M"], r["config"]) for r in rows if "config" in r and r["config"] != "nm2:4"},
+    keys = sorted({(r["K"], r["N"], r["M"], r["config"]) for r in rows if "config" in r and not r["config"].endswith("nm2:4")},
                   key=lambda t: (t[0], t[1], t[2], t[3]))
     for k, n, m, c in keys:
         sel = sorted((r for r in rows if r.get("config") == c and (r["K"], r["N"], r["M"]) == (k, n, m)),
@@ -302,10 +358,13 @@ def main(argv=None) -> int:
     ap.add_argument("--m", default="1,16", help="comma-separated batch rows M (default 1,16)")
     ap.add_argument("--threads", type=int, default=None, help="numba threads (default: all)")
     ap.add_argument("--reps", type=int, default=30, help="timed runs per variant (>= 20)")
-    ap.add_argument("--layouts", default=",".join(list(LAYOUTS) + ["nm2:4"]))
+    ap.add_argument("--layouts", default=",".join(DEFAULT_LAYOUTS),
+                    help=f"comma-separated, of {', '.join(list(LAYOUTS) + ['nm2:4'])}")
     ap.add_argument("--sparsities", default=",".join(str(s) for s in SPARSITIES))
     ap.add_argument("--shapes", default=None, help="K:N,K:N,... instead of the tables")
     ap.add_argument("--out", default=None, help="also write the markdown report to this file")
+    ap.add_argument("--backends", default="numba,native",
+                    help="sparse backends to time: numba, native (default both; native where it is built)")
     args = ap.parse_args(argv)
     if args.reps < 20:
         ap.error("--reps must be >= 20")
@@ -317,6 +376,15 @@ def main(argv=None) -> int:
     if args.threads:
         numba.set_num_threads(args.threads)
     threads = numba.get_num_threads()
+    backends = tuple(b for b in args.backends.split(",") if b)
+    if "native" in backends:
+        native_reason = registry.backend_status("native")
+        if native_reason is not None:
+            print(f"native backend unavailable ({native_reason}): its rows are left out")
+            backends = tuple(b for b in backends if b != "native")
+        else:
+            import kernels.native_cpu as native
+            native.set_threads(threads)        # the same thread count as numba's
     ms = [int(v) for v in args.m.split(",")]
     configs = args.layouts.split(",")
     sparsities = [float(v) for v in args.sparsities.split(",")]
@@ -337,7 +405,7 @@ def main(argv=None) -> int:
     rows, fails = [], []
     for k, n in shapes:
         shape_rows = []
-        run_shape(k, n, ms, configs, sparsities, args.reps, peaks, rng, shape_rows, fails)
+        run_shape(k, n, ms, configs, sparsities, args.reps, peaks, rng, shape_rows, fails, backends)
         rows += shape_rows
         print(fmt_table(shape_rows), "\n", flush=True)
     report = "\n".join(head) + "\n" + fmt_table(rows) + "\n\n## Break-even\n\n" + break_even(rows) + "\n"

@@ -16,6 +16,7 @@
 
 #include "cpu_features.h"
 #include "int8_gemm.h"
+#include "peak_probe.h"
 
 namespace py = pybind11;
 
@@ -146,7 +147,13 @@ std::unique_ptr<qrt::Int8PackedWeight> make_int8_weight(const py::object& qdata_
 // Y (M, N) float32 = int8 Linear of X (M, K) float32 (int8_gemm.h).
 py::array int8_linear_py(const qrt::Int8PackedWeight& w, const py::object& x_obj, const py::object& bias_obj,
                          const std::string& act_quant, double act_scale, int64_t act_zero_point,
-                         const py::object& out_obj) {
+                         const py::object& out_obj, const std::string& activation) {
+    qrt::Activation act = qrt::Activation::none;
+    try {
+        act = qrt::activation_from_name(activation);
+    } catch (const std::invalid_argument& e) {
+        throw py::value_error(e.what());
+    }
     qrt::Int8ActQuant aq;
     if (act_quant == "static") {
         if (!(std::isfinite(act_scale) && act_scale > 0))
@@ -203,12 +210,53 @@ py::array int8_linear_py(const qrt::Int8PackedWeight& w, const py::object& x_obj
     {
         // the arrays stay referenced by this frame's handles while other Python threads run
         py::gil_scoped_release release;
-        qrt::int8_linear(w, xp, m, bias.get(), aq, yp);   // bias.get(): nullptr when there is none
+        qrt::int8_linear(w, xp, m, bias.get(), aq, yp, act);   // bias.get(): nullptr when there is none
     }
     return out;
 }
 
+// y = act(y) in place: y any shape, float32, C-contiguous, writeable (activation.h).
+void apply_activation_py(const py::object& y_obj, const std::string& activation) {
+    qrt::Activation act = qrt::Activation::none;
+    try {
+        act = qrt::activation_from_name(activation);
+    } catch (const std::invalid_argument& e) {
+        throw py::value_error(e.what());
+    }
+    py::array y = as_array_of<float>(y_obj, "y", "float32");
+    require_c_contiguous(y, "y");
+    if (!y.writeable()) throw py::value_error("y must be writeable");
+    float* p = static_cast<float*>(y.mutable_data());
+    const int64_t count = static_cast<int64_t>(y.size());
+    py::gil_scoped_release release;
+    qrt::activation_inplace(p, count, act);
+}
+
+// {"threads", "int8_gops", "int8_isa", "int8_ops_per_instruction", "fp32_gflops", "fp32_isa",
+// "fp32_ops_per_instruction"} from the register-only loops of peak_probe.h.
+py::dict measure_peaks_py(int threads, double seconds) {
+    if (threads < 1 || threads > 1024) throw py::value_error("threads = " + std::to_string(threads) + ", expected 1 to 1024");
+    if (!(seconds > 0 && seconds <= 60)) throw py::value_error("seconds = " + std::to_string(seconds) + ", expected > 0 and <= 60");
+    qrt::PeakResult i8, f32;
+    {
+        py::gil_scoped_release release;
+        i8 = qrt::measure_int8_peak(threads, seconds / 2);
+        f32 = qrt::measure_fp32_peak(threads, seconds / 2);
+    }
+    py::dict out;
+    out["threads"] = i8.threads;
+    out["int8_gops"] = i8.ops_per_instruction ? py::object(py::float_(i8.ops_per_second / 1e9)) : py::object(py::none());
+    out["int8_isa"] = i8.isa;
+    out["int8_ops_per_instruction"] = i8.ops_per_instruction;
+    out["fp32_gflops"] = f32.ops_per_instruction ? py::object(py::float_(f32.ops_per_second / 1e9)) : py::object(py::none());
+    out["fp32_isa"] = f32.isa;
+    out["fp32_ops_per_instruction"] = f32.ops_per_instruction;
+    return out;
+}
+
 }  // namespace
+
+void bind_sparse(py::module_& m);   // bind_sparse.cpp: the sparse int8 Linear
 
 PYBIND11_MODULE(_native, m) {
     m.doc() = "qrt native CPU backend (built from csrc/): feature probe, build information, int8 Linear.";
@@ -239,11 +287,20 @@ PYBIND11_MODULE(_native, m) {
 
     m.def("int8_linear", &int8_linear_py, py::arg("weight"), py::arg("x"), py::arg("bias") = py::none(),
           py::arg("act_quant") = "dynamic", py::arg("act_scale") = 1.0, py::arg("act_zero_point") = 0,
-          py::arg("out") = py::none(),
-          "Y (M, N) float32 = float32(((s_w * acc) * s_x) + bias), acc the exact integer product of the "
+          py::arg("out") = py::none(), py::arg("activation") = "none",
+          "Y (M, N) float32 = act(float32(((s_w * acc) * s_x) + bias)), acc the exact integer product of the "
           "quantized X (M, K) float32 C-contiguous and the weight; act_quant 'dynamic' (per-row scales) or "
           "'static' (act_scale, act_zero_point). bias (N,) float32/float64 or None; out: an (M, N) float32 "
-          "C-contiguous array to write into, or None. Bit-exact with kernels/reference/packed.py.");
+          "C-contiguous array to write into, or None; activation 'none', 'relu', 'gelu' or 'gelu_tanh' applied "
+          "to each tile in the epilogue (csrc/activation.h). Bit-exact with kernels/reference/packed.py before "
+          "the activation.");
+    m.def("apply_activation", &apply_activation_py, py::arg("y"), py::arg("activation"),
+          "y = act(y) in place, on one thread, for y float32 C-contiguous writeable of any shape: the int8 "
+          "Linear's epilogue activation on its own (same bits), on the current int8 code path.");
+    m.def("measure_peaks", &measure_peaks_py, py::arg("threads"), py::arg("seconds") = 0.2,
+          "This machine's int8 vpdpbusd and fp32 FMA peak on `threads` OpenMP threads (register-only loops, "
+          "about `seconds` in all): dict with int8_gops / fp32_gflops (None where the CPU lacks the "
+          "instruction), the instruction timed (int8_isa, fp32_isa), ops per instruction, threads.");
 
     m.def("int8_isa", []() { return std::string(qrt::int8_isa_name(qrt::int8_current_isa())); },
           "The code path int8_linear takes now: 'avx512_vnni', 'avx2' or 'scalar'.");
@@ -268,6 +325,8 @@ PYBIND11_MODULE(_native, m) {
         },
         py::arg("n"), "Worker threads of the native kernels (OpenMP).");
     m.def("get_threads", &qrt::int8_get_threads, "Worker threads of the native kernels.");
+
+    bind_sparse(m);
 
     m.def("cpu_brand", &qrt::cpu_brand, "The CPU brand string (cpuid), or the machine name off x86.");
 

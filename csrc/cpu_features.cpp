@@ -106,6 +106,7 @@ CpuFeatures detect_cpu_features() {
     f.avx512bw = os_avx512 && bit(l7.ebx, 30);
     f.avx512vl = os_avx512 && bit(l7.ebx, 31);
     f.avx512_vnni = os_avx512 && bit(l7.ecx, 11);
+    f.avx512_vbmi = os_avx512 && bit(l7.ecx, 1);
     // AMX is usable only with tile state enabled in XCR0. On Linux >= 5.16 a process must in
     // addition ask for it once with arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) before
     // the first tile instruction; that request belongs to the AMX kernel, not to this probe.

@@ -24,6 +24,8 @@ struct CpuFeatures {
     bool avx512vl = false;
     bool avx512dq = false;
     bool avx512_vnni = false;   // VPDPBUSD on 512/256/128-bit (EVEX) registers
+    bool avx512_vbmi = false;   // VPERMB / VPERMI2B (byte permutes); used by the sparse int8 kernels,
+                                // not part of cpu_feature_list() (whose keys tests pin)
     bool avx_vnni = false;      // VPDPBUSD on 256/128-bit (VEX) registers, no AVX-512 needed
     bool avx512_bf16 = false;
     bool amx_int8 = false;      // see the note on Linux permission in cpu_features.cpp

@@ -203,7 +203,8 @@ bool int8_isa_supported(Int8Isa isa) {
 #if QRT_INT8_X86_SIMD
     // detected once: the CPU does not change under a running process
     static const CpuFeatures f = detect_cpu_features();
-    if (isa == Int8Isa::avx2) return f.avx2;
+    // the AVX2 path's epilogue activations use FMA (activation.h); every AVX2 CPU has it
+    if (isa == Int8Isa::avx2) return f.avx2 && f.fma;
     if (isa == Int8Isa::avx512_vnni) return f.avx512f && f.avx512bw && f.avx512_vnni;
 #endif
     return false;
@@ -272,7 +273,7 @@ constexpr int64_t kItemsPerThread = 4;
 }  // namespace
 
 void int8_linear_isa(const Int8PackedWeight& w, const float* x, int64_t m, const double* bias,
-                     const Int8ActQuant& aq, float* y, Int8Isa isa, int threads) {
+                     const Int8ActQuant& aq, float* y, Int8Isa isa, int threads, Activation act) {
     if (m <= 0) return;
     if (!int8_isa_supported(isa)) throw std::invalid_argument("int8_linear: unsupported path");
     if (w.k > kMaxKInt32) isa = Int8Isa::scalar;   // int32 lanes would not be exact
@@ -295,7 +296,7 @@ void int8_linear_isa(const Int8PackedWeight& w, const float* x, int64_t m, const
         col_corr = col_corr_z.get();
     }
     const Epilogue ep{col_corr, w.colsum.get(), 128 + z, w.zero_point.get(), w.has_zero_point,
-                      w.scale.get(), bias, row_corr.data(), sx.data()};
+                      w.scale.get(), bias, row_corr.data(), sx.data(), act};
 
     int nt = std::max(1, threads);
     if (m * ncols * kp < kParallelMinMacs) nt = 1;
@@ -359,8 +360,27 @@ void int8_linear_isa(const Int8PackedWeight& w, const float* x, int64_t m, const
 }
 
 void int8_linear(const Int8PackedWeight& w, const float* x, int64_t m, const double* bias,
-                 const Int8ActQuant& aq, float* y) {
-    int8_linear_isa(w, x, m, bias, aq, y, int8_current_isa(), int8_get_threads());
+                 const Int8ActQuant& aq, float* y, Activation act) {
+    int8_linear_isa(w, x, m, bias, aq, y, int8_current_isa(), int8_get_threads(), act);
+}
+
+// --- the epilogue activation on its own ----------------------------------------------------------
+
+void activation_inplace_isa(float* y, int64_t count, Activation act, Int8Isa isa) {
+    if (act == Activation::none || count <= 0) return;
+    if (!int8_isa_supported(isa)) throw std::invalid_argument("activation_inplace: unsupported path");
+    switch (isa) {
+#if QRT_INT8_X86_SIMD
+        case Int8Isa::avx512_vnni: activation_span_avx512(y, count, act); return;
+        case Int8Isa::avx2: activation_span_avx2(y, count, act); return;
+#endif
+        default:
+            for (int64_t i = 0; i < count; ++i) y[i] = activation_scalar(y[i], act);
+    }
+}
+
+void activation_inplace(float* y, int64_t count, Activation act) {
+    activation_inplace_isa(y, count, act, int8_current_isa());
 }
 
 }  // namespace qrt

@@ -12,6 +12,9 @@
 //                        qx = clamp(nearbyint(x / s_x) + z, -128, 127), in float64;
 //   acc[m, n] = sum_k (qx[m, k] - z) * (qw[n, k] - zw[n])                  exact integer
 //   Y[m, n]   = float32(((s_w[n] * double(acc)) * s_x[m]) + b[n])         float64, this order
+//   Y[m, n]   = act(Y[m, n])      the optional epilogue activation (activation.h) on that
+//                                 float32 value, applied to each tile in registers (ReLU) or
+//                                 in L1 right after its store (the GELUs)
 //
 // nearbyint under the default rounding mode is round half to even, as numpy's rint. The
 // clamp uses selects in which NaN becomes 127; a row holding a NaN (or, dynamic, an inf) has
@@ -37,6 +40,8 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+
+#include "activation.h"
 
 namespace qrt {
 
@@ -105,16 +110,23 @@ struct Int8ActQuant {
     int32_t zero_point = 0;   // static z in [-128, 127]
 };
 
-// Y (M, N) = epilogue(quant(X) @ W.T) as described above. x (M, K) float32 row-major, bias
+// Y (M, N) = act(epilogue(quant(X) @ W.T)) as described above. x (M, K) float32 row-major, bias
 // float64 or nullptr, readable up to w.padded_n() (the vector epilogues read whole panels;
 // entries from N on are never used), y (M, N) float32 row-major, every element written.
 // M may be 0.
 // Runs on int8_current_isa() (scalar when K > kMaxKInt32) with int8_get_threads() threads;
 // the result does not depend on either.
 void int8_linear(const Int8PackedWeight& w, const float* x, int64_t m, const double* bias,
-                 const Int8ActQuant& aq, float* y);
+                 const Int8ActQuant& aq, float* y, Activation act = Activation::none);
 // The same on an explicit path (tests, benchmarks); isa must be supported.
 void int8_linear_isa(const Int8PackedWeight& w, const float* x, int64_t m, const double* bias,
-                     const Int8ActQuant& aq, float* y, Int8Isa isa, int threads);
+                     const Int8ActQuant& aq, float* y, Int8Isa isa, int threads,
+                     Activation act = Activation::none);
+
+// y[i] = act(y[i]) for i < count, in place, on one thread: the epilogue activation on its own
+// (for outputs that do not come from the int8 GEMM, e.g. the weight-only Linear's BLAS
+// matmul). Same bits as the fused epilogue on every path.
+void activation_inplace(float* y, int64_t count, Activation act);
+void activation_inplace_isa(float* y, int64_t count, Activation act, Int8Isa isa);
 
 }  // namespace qrt

@@ -74,6 +74,10 @@ QRT_TARGET_AVX2 void group_rows(const uint8_t* u, int64_t ldu, const int8_t* pan
 template <int ROWS>
 QRT_TARGET_AVX2 void tile_rows(const uint8_t* u, int64_t ldu, const int8_t* panel, int64_t k4,
                                const Epilogue& ep, int64_t m0, int64_t n0, float* y, int64_t ldy) {
+    // ReLU is applied to the registers before the store; the GELUs to the stored rows of the
+    // tile afterwards, while they are in L1, as on the AVX-512 path (int8_gemm_avx512.cpp)
+    const Activation act = ep.act == Activation::relu ? ep.act : Activation::none;
+    const bool gelu_after = ep.act == Activation::gelu || ep.act == Activation::gelu_tanh;
     for (int g = 0; g < kInt8Panel / 8; ++g) {
         __m256i acc[ROWS];
         group_rows<ROWS>(u, ldu, panel, k4, g, acc);
@@ -96,11 +100,13 @@ QRT_TARGET_AVX2 void tile_rows(const uint8_t* u, int64_t ldu, const int8_t* pane
                 lo = _mm256_add_pd(lo, _mm256_loadu_pd(ep.bias + n));
                 hi = _mm256_add_pd(hi, _mm256_loadu_pd(ep.bias + n + 4));
             }
-            float* out = y + r * ldy + 8 * g;
-            _mm_storeu_ps(out, _mm256_cvtpd_ps(lo));
-            _mm_storeu_ps(out + 4, _mm256_cvtpd_ps(hi));
+            // rounded once to float32; ReLU (activation.h) before the store
+            const __m256 v = _mm256_set_m128(_mm256_cvtpd_ps(hi), _mm256_cvtpd_ps(lo));
+            _mm256_storeu_ps(y + r * ldy + 8 * g, activation_avx2(v, act));
         }
     }
+    if (gelu_after)
+        for (int r = 0; r < ROWS; ++r) activation_span_avx2(y + r * ldy, kInt8Panel, ep.act);
 }
 
 }  // namespace
@@ -160,6 +166,12 @@ void tile_avx2(int64_t rows, const uint8_t* u, int64_t ldu, const int8_t* panel,
         case 2: tile_rows<2>(u, ldu, panel, k4, ep, m0, n0, y, ldy); break;
         default: tile_rows<1>(u, ldu, panel, k4, ep, m0, n0, y, ldy); break;
     }
+}
+
+QRT_TARGET_AVX2 void activation_span_avx2(float* y, int64_t count, Activation act) {
+    int64_t i = 0;
+    for (; i + 8 <= count; i += 8) _mm256_storeu_ps(y + i, activation_avx2(_mm256_loadu_ps(y + i), act));
+    for (; i < count; ++i) y[i] = activation_scalar(y[i], act);   // the same bits as a vector lane
 }
 
 }  // namespace int8_detail

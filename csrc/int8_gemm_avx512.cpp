@@ -76,7 +76,12 @@ QRT_TARGET_AVX512 void tile_rows(const uint8_t* u, int64_t ldu, const int8_t* pa
     const __m512i acc[kInt8MR][4] = {{c00, c01, c02, c03}, {c10, c11, c12, c13},
                                      {c20, c21, c22, c23}, {c30, c31, c32, c33}};
     // epilogue: exact int32 corrections (wrapping, int8_gemm.h), then float64 in the
-    // reference's order ((s_w * acc) * s_x) + b, rounded once to float32
+    // reference's order ((s_w * acc) * s_x) + b, rounded once to float32, then the activation
+    // (activation.h) on those float32 values. ReLU is applied to the registers before the store; the GELUs to the stored rows of the
+    // tile afterwards, while they are in L1: they need most of the vector registers, which
+    // the epilogue shares with the accumulators (measured: a fused GELU costs ~10% less so)
+    const Activation act = ep.act == Activation::relu ? ep.act : Activation::none;
+    const bool gelu_after = ep.act == Activation::gelu || ep.act == Activation::gelu_tanh;
     for (int r = 0; r < ROWS; ++r) {
         const int64_t m = m0 + r;
         const __m512d sxr = _mm512_set1_pd(ep.sx[m]);
@@ -93,11 +98,14 @@ QRT_TARGET_AVX512 void tile_rows(const uint8_t* u, int64_t ldu, const int8_t* pa
                 lo = _mm512_add_pd(lo, _mm512_loadu_pd(ep.bias + n));
                 hi = _mm512_add_pd(hi, _mm512_loadu_pd(ep.bias + n + 8));
             }
-            float* out = y + r * ldy + 16 * j;
-            _mm256_storeu_ps(out, _mm512_cvtpd_ps(lo));
-            _mm256_storeu_ps(out + 8, _mm512_cvtpd_ps(hi));
+            // the 16 float32 results in one register (insertf64x4: AVX-512F, no DQ needed)
+            const __m512 v = _mm512_castpd_ps(_mm512_insertf64x4(
+                _mm512_castps_pd(_mm512_castps256_ps512(_mm512_cvtpd_ps(lo))), _mm256_castps_pd(_mm512_cvtpd_ps(hi)), 1));
+            _mm512_storeu_ps(y + r * ldy + 16 * j, activation_avx512(v, act));
         }
     }
+    if (gelu_after)
+        for (int r = 0; r < ROWS; ++r) activation_span_avx512(y + r * ldy, kInt8Panel, ep.act);
 }
 
 #undef QRT_VNNI_ROW
@@ -148,6 +156,12 @@ void tile_avx512(int64_t rows, const uint8_t* u, int64_t ldu, const int8_t* pane
         case 2: tile_rows<2>(u, ldu, panel, k4, ep, m0, n0, y, ldy); break;
         default: tile_rows<1>(u, ldu, panel, k4, ep, m0, n0, y, ldy); break;
     }
+}
+
+QRT_TARGET_AVX512 void activation_span_avx512(float* y, int64_t count, Activation act) {
+    int64_t i = 0;
+    for (; i + 16 <= count; i += 16) _mm512_storeu_ps(y + i, activation_avx512(_mm512_loadu_ps(y + i), act));
+    for (; i < count; ++i) y[i] = activation_scalar(y[i], act);   // the same bits as a vector lane
 }
 
 }  // namespace int8_detail

@@ -33,6 +33,9 @@ struct Epilogue {
     const double* bias;        // nullptr: no bias (not even + 0.0, which would turn -0.0 into 0.0)
     const int64_t* row_corr;   // sum_k qx[m, k] - K z
     const double* sx;          // activation scale of each row (NaN for a NaN row)
+    // applied to each float32 output after the rounding above (activation.h); last, with a
+    // default, so that callers that build an Epilogue without it get none
+    Activation act = Activation::none;
 };
 
 // One row: x (K,) float32 -> u (kp,) uint8 = qx + 128 (128 for k >= K), *sx, *row_corr.
@@ -54,6 +57,9 @@ void quantize_row_avx2(const float* x, int64_t k, int64_t kp, const Int8ActQuant
                        uint8_t* u, double* sx, int64_t* row_corr);
 void tile_avx2(int64_t rows, const uint8_t* u, int64_t ldu, const int8_t* panel, int64_t k4,
                const Epilogue& ep, int64_t m0, int64_t n0, float* y, int64_t ldy);
+// y[i] = act(y[i]), i < count, in place (activation_inplace)
+void activation_span_avx2(float* y, int64_t count, Activation act);
+void activation_span_avx512(float* y, int64_t count, Activation act);
 void quantize_row_avx512(const float* x, int64_t k, int64_t kp, const Int8ActQuant& aq,
                          uint8_t* u, double* sx, int64_t* row_corr);
 void tile_avx512(int64_t rows, const uint8_t* u, int64_t ldu, const int8_t* panel, int64_t k4,
@@ -105,7 +111,7 @@ inline float epilogue_value(int64_t acc, int64_t n, int64_t m, const Epilogue& e
     double v = ep.sw[n] * static_cast<double>(acc);
     v = v * ep.sx[m];
     if (ep.bias != nullptr) v = v + ep.bias[n];
-    return static_cast<float>(v);
+    return activation_scalar(static_cast<float>(v), ep.act);
 }
 
 }  // namespace int8_detail

@@ -5,10 +5,16 @@ never with another fast kernel. For act_quant "dynamic" and "static" the native 
 the exact integer accumulator and the reference's float64 epilogue in the same order, so the
 tolerance is zero (INT8_ATOL), on every code path the CPU has (AVX-512 VNNI, AVX2, scalar:
 forced with _native.set_int8_isa) and for every thread count.
+
+The fused epilogue activations (csrc/activation.h) are compared with the reference Linear
+followed by the reference activation: ReLU exactly, the GELUs within GELU_RTOL / GELU_ATOL,
+also in the far tails (against math.erfc), on every path with the same bits on all of them,
+and through a session whose fusion pass folds a Gelu node into the Linear.
 """
 from __future__ import annotations
 
 import concurrent.futures
+import math
 import os
 import subprocess
 import sys
@@ -36,6 +42,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # exact integer accumulation + the reference's float64 epilogue, same order: identical bits
 INT8_ATOL = 0.0
+# epilogue activations (csrc/activation.h) against the reference Linear followed by the reference
+# activation, as tests/test_numba_ops.py: the GEMM part is exact, so the only error is the GELU
+# formula's (erfc fit < 1.2e-7 relative + the final float32 rounding 6e-8: 1e-6 leaves room and
+# is far below a wrong formula, tanh vs erf GELU differ by 1e-4); for x < -5 the reference's
+# own 0.5 x (1 + erf(x / sqrt 2)) cancels (absolute error ~1e-16 |x|) while the kernel's erfc
+# does not, hence the absolute floor. ReLU is exact.
+GELU_RTOL = 1e-6
+GELU_ATOL = 1e-12
+ACTIVATIONS = ("relu", "gelu", "gelu_tanh")
 # weight-only float32 matmul: each of the K products and K - 1 sums rounds to float32 (plus the
 # bias add and the reference's own final rounding), so |error| <= (K + 2) * 2^-24 * sum |x w|
 # + |b| terms: the classical worst-case bound of a recursive float32 dot product
@@ -133,7 +148,7 @@ def test_every_path_is_tested_here():
     from kernels.native_cpu import cpu_features
     f = cpu_features()
     assert ("avx512_vnni" in ISAS) == bool(f["avx512_vnni"] and f["avx512bw"] and f["avx512f"])
-    assert ("avx2" in ISAS) == f["avx2"]
+    assert ("avx2" in ISAS) == (f["avx2"] and f["fma"])     # the AVX2 path uses FMA (activation.h)
 
 
 @pytest.mark.parametrize("shape", [(7,), (5, 40), (2, 3, 40), (2, 2, 2, 40), (0, 40)],
@@ -319,6 +334,223 @@ sys.stdout.write(y.tobytes().hex())
     res = _subprocess("import runtime; print(runtime.available_backends()['native'])", {"QRT_NATIVE_ISA": "sse1"})
     assert res.returncode == 0, res.stderr[-3000:]
     assert "QRT_NATIVE_ISA=sse1" in res.stdout and "unknown int8 path" in res.stdout, res.stdout
+
+
+# --- fused epilogue activation ----------------------------------------------------------------
+
+def _linear_then_activation_ref(attrs, t, x, b, activation):
+    """The definition: the reference Linear, then the activation op's reference kernel
+    (kernels.registry.build adds it: the reference factory does not fuse)."""
+    full = registry.fill_attrs("Linear", {**attrs, "activation": activation})
+    return registry.build("Linear", "int8", "reference", full, {1: t})(x, t, b)[0]
+
+
+def _assert_activation_close(got, want, activation, what):
+    assert got.shape == want.shape and got.dtype == want.dtype == np.float32, what
+    if activation == "relu":                     # exact, down to the sign of zero
+        assert np.array_equal(got.view(np.uint32), want.view(np.uint32)), what
+    else:
+        np.testing.assert_allclose(got.astype(np.float64), want.astype(np.float64), rtol=GELU_RTOL,
+                                   atol=GELU_ATOL, err_msg=what)
+
+
+def _same_bits(a, b):
+    """Identical float32 arrays, NaNs included (NaN payloads are not compared)."""
+    nan = np.isnan(a)
+    return np.array_equal(nan, np.isnan(b)) and np.array_equal(a[~nan].view(np.uint32), b[~nan].view(np.uint32))
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("acfg", ACT_CONFIGS[:2], ids=lambda c: c["act_quant"])
+def test_fused_activation_matches_reference_on_every_path(activation, acfg, restore_native_state):
+    """The fused kernel (as a session builds it: registry.build with the "activation"
+    attribute) against the reference Linear then the reference activation, on the awkward
+    shapes, every code path giving the same bits."""
+    attrs = registry.fill_attrs("Linear", {**acfg, "activation": activation})
+    for k in KS:
+        for n in NS:
+            rng = _rng("act", activation, str(acfg), k, n)
+            t = _weight(rng, (n, k), symmetric=(k + n) % 2 == 0)
+            bias = rng.standard_normal(n).astype(np.float32)
+            run = registry.build("Linear", "int8", "native", attrs, {1: t})
+            for m in MS:
+                x = _input(rng, (m, k), zero_rows=m > 2)
+                b = bias if (m + n) % 2 else None
+                want = _linear_then_activation_ref(acfg, t, x, b, activation)
+                outs = []
+                for isa in ISAS:
+                    _native.set_int8_isa(isa)
+                    outs.append(run(x, t, b)[0])
+                    _assert_activation_close(outs[-1], want, activation, f"{activation} {isa} M={m} K={k} N={n}")
+                assert all(_same_bits(o, outs[0]) for o in outs), f"paths differ: M={m} K={k} N={n}"
+
+
+def test_fused_activation_registered_as_fused():
+    """build() must not add a second activation after the native kernel."""
+    factory = registry.lookup("Linear", "int8", "native")
+    assert set(factory.fused_activations) == set(ACTIVATIONS)
+    t = _weight(_rng("bad-act"), (4, 8))
+    with pytest.raises(ValueError, match="activation must be one of"):
+        factory({"act_quant": "dynamic", "activation": "swish"}, {1: t})
+    with pytest.raises(ValueError, match="activation = 'swish'"):
+        _native.int8_linear(_native.Int8Weight(*_fields(t)), np.zeros((2, 8), np.float32), activation="swish")
+
+
+def _through_bias(values, isa, activation):
+    """act(values) computed by the fused kernel: a Linear with an all-zero weight gives
+    Y = float32(0 + bias) = bias exactly, so the bias reaches the activation unchanged."""
+    n = values.size
+    w = _native.Int8Weight(np.zeros((n, 3), np.int8), np.ones(n, np.float32))
+    x = _rng("through-bias").standard_normal((2, 3)).astype(np.float32)
+    _native.set_int8_isa(isa)
+    y = _native.int8_linear(w, x, values, "dynamic", activation=activation)
+    assert _same_bits(y[0], y[1])
+    return y[0]
+
+
+def _gelu_tanh_exact(v: float) -> float:
+    """0.5 v (1 + tanh u) as v / (1 + exp(-2u)), which does not cancel for v < 0."""
+    u = math.sqrt(2.0 / math.pi) * (v + 0.044715 * v ** 3)
+    return v / (1.0 + math.exp(-2.0 * u)) if -2.0 * u < 700 else 0.0 * v
+
+
+def test_fused_gelu_tails_accurate(restore_native_state):
+    """Beyond the reference's own accuracy (tests/test_numba_ops.py's tail test, same points):
+    against math.erfc in float64, relative 1e-6 wherever the result is a normal float32,
+    absolute 1e-12 below; the tanh form against its non-cancelling float64 formula."""
+    x = np.concatenate([np.linspace(-12, 12, 20001), np.geomspace(1e-30, 1e-2, 50),
+                        -np.geomspace(1e-30, 1e-2, 50), [-14.0, -13.5, 20.0, 1e4, -1e4, 3e38, -3e38]]).astype(np.float32)
+    xs = x.astype(np.float64).tolist()
+    exact = {"gelu": np.array([0.5 * v * math.erfc(-v / math.sqrt(2.0)) for v in xs]),
+             "gelu_tanh": np.array([_gelu_tanh_exact(v) for v in xs])}
+    tiny = np.finfo(np.float32).tiny
+    for activation, want in exact.items():
+        outs = []
+        for isa in ISAS:
+            got = _through_bias(x, isa, activation).astype(np.float64)
+            keep = np.abs(want) > tiny                       # float32 normal range
+            rel = np.abs(got - want)[keep] / np.abs(want)[keep]
+            assert rel.max() <= GELU_RTOL, (activation, isa, rel.max(), x[keep][rel.argmax()])
+            assert np.max(np.abs(got - want)[~keep]) <= GELU_ATOL, (activation, isa)
+            outs.append(got)
+        assert all(np.array_equal(o, outs[0]) for o in outs), activation
+
+
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")   # the reference's inf * 0
+def test_fused_activation_nonfinite_and_signed_zero(restore_native_state):
+    """NaN, +-inf and -0.0 reach the activation as the reference's kernels see them: the same
+    values (NaN where the reference's inf * 0 gives NaN), and ReLU(-0.0) = +0.0 as np.maximum."""
+    x = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-45, -1e-45, 3e38, -3e38], np.float32)
+    for activation in ACTIVATIONS:
+        op, attrs = registry.EPILOGUE_OPS[activation]
+        want = registry.lookup(op, "dense", "reference")(registry.fill_attrs(op, attrs), {})(x)[0]
+        for isa in ISAS:
+            got = _through_bias(x, isa, activation)
+            assert np.array_equal(np.isnan(got), np.isnan(want)), (activation, isa, got, want)
+            ok = ~np.isnan(want) & (np.abs(want) > GELU_ATOL)
+            assert np.array_equal(got[ok], want[ok]), (activation, isa, got, want)
+            assert np.all(np.abs(got[~ok & ~np.isnan(want)]) <= GELU_ATOL), (activation, isa, got, want)
+            if activation == "relu":
+                assert _same_bits(got, want), (isa, got, want)
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_fused_activation_threads_and_poisoned_output(activation, restore_native_state):
+    """Above the parallel threshold: 1 and 2 threads give the same bits on each vector path
+    (and the reference's within tolerance); every element of a poisoned out= is written."""
+    rng = _rng("act-threads", activation)
+    for m, k, n in [(128, 384, 384), (33, 100, 200)]:
+        t = _weight(rng, (n, k), symmetric=False)
+        w = _native.Int8Weight(*_fields(t))
+        x = _input(rng, (m, k), zero_rows=True)
+        b = rng.standard_normal(n).astype(np.float32)
+        want = _linear_then_activation_ref({"act_quant": "dynamic"}, t, x, b, activation)
+        for isa in ISAS:
+            _native.set_int8_isa(isa)
+            outs = []
+            for threads in (1, 2):
+                _native.set_threads(threads)
+                out = np.full((m, n), np.nan, np.float32)
+                _native.int8_linear(w, x, b, "dynamic", out=out, activation=activation)
+                assert not np.any(np.isnan(out)), f"unwritten elements {isa} threads={threads}"
+                outs.append(out)
+            assert _same_bits(outs[0], outs[1]), f"{activation} {isa} M={m}: threads change the result"
+            _assert_activation_close(outs[0], want, activation, f"{activation} {isa} M={m}")
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_apply_activation_binding(activation, restore_native_state):
+    """_native.apply_activation (the weight-only path's activation) gives the fused epilogue's
+    bits, on every path, for any length (vector tails), and refuses what it cannot write."""
+    x = (_rng("apply", activation).standard_normal(1001) * 4).astype(np.float32)
+    want = _through_bias(x, ISAS[0], activation)
+    for isa in ISAS:
+        _native.set_int8_isa(isa)
+        for size in (0, 1, 7, 8, 9, 1001):
+            y = x[:size].copy()
+            _native.apply_activation(y, activation)
+            assert _same_bits(y, want[:size]), (isa, size)
+    y2 = x[:1000].reshape(10, 100).copy()
+    _native.apply_activation(y2, activation)          # any shape, in place
+    assert _same_bits(y2.ravel(), want[:1000])
+    with pytest.raises(ValueError, match="C-contiguous"):
+        _native.apply_activation(np.zeros((4, 4), np.float32)[:, ::2], activation)
+    with pytest.raises(TypeError, match="float32"):
+        _native.apply_activation(np.zeros(4), activation)
+    read_only = np.zeros(4, np.float32)
+    read_only.flags.writeable = False
+    with pytest.raises(ValueError, match="writeable"):
+        _native.apply_activation(read_only, activation)
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_weight_only_and_other_dtypes_apply_the_activation(activation, dtype):
+    """The paths that do not run the fused GEMM still apply the activation: weight-only
+    (BLAS, then the native activation in place) and float64 X (reference arithmetic)."""
+    rng = _rng("act-other", activation, str(dtype))
+    t = _weight(rng, (65, 40))
+    x = _input(rng, (5, 40)).astype(dtype)
+    b = rng.standard_normal(65).astype(np.float32)
+    for acfg in ({"act_quant": "none"}, {"act_quant": "dynamic"}):
+        attrs = registry.fill_attrs("Linear", {**acfg, "activation": activation})
+        got = registry.build("Linear", "int8", "native", attrs, {1: t})(x, t, b)[0]
+        plain = _run("native", acfg, t, x, b)        # the same Linear without activation
+        op, act_attrs = registry.EPILOGUE_OPS[activation]
+        want = registry.lookup(op, "dense", "reference")(registry.fill_attrs(op, act_attrs), {})(plain)[0]
+        assert got.dtype == x.dtype
+        if dtype == np.float64 or activation == "relu":
+            np.testing.assert_array_equal(got, want)
+        else:
+            np.testing.assert_allclose(got, want, rtol=GELU_RTOL, atol=GELU_ATOL)
+
+
+@pytest.mark.parametrize("act_op, attrs", [("Gelu", {}), ("Gelu", {"approximate": "tanh"}), ("Relu", {})],
+                         ids=["gelu", "gelu_tanh", "relu"])
+def test_session_fuses_linear_and_activation(act_op, attrs):
+    """An int8 Linear -> Gelu graph: the session's fusion pass (runtime/fuse.py) folds the
+    Gelu into the Linear's activation, the native kernel runs it fused, and the result is the
+    reference session's (unfused, fuse=False) within the GELU tolerance."""
+    import runtime
+    from runtime.graph import Graph, Node, Value
+    rng = _rng("session-act", act_op, str(attrs))
+    k, n = 96, 130
+    t = _weight(rng, (n, k), symmetric=False)
+    b = rng.standard_normal(n).astype(np.float32)
+    from runtime.layouts import dense_tensor
+    nodes = [Node("fc", "Linear", ["x", "w", "b"], ["h"], {"act_quant": "dynamic"}),
+             Node("act", act_op, ["h"], ["y"], dict(attrs))]
+    g = Graph("t", [Value("x", "float32", ("m", k))], [Value("y", "float32", ("m", n))], nodes,
+              {"w": t, "b": dense_tensor("b", b)})
+    g.validate()
+    native = runtime.InferenceSession(g, backend="native")
+    ref = runtime.InferenceSession(g, backend="reference", fuse=False)
+    steps = [(p.op, p.backend) for p in native.plan]
+    assert steps == [("Linear", "native")], steps               # the Gelu is gone: fused
+    for m in (1, 17):
+        x = _input(rng, (m, k))
+        got, want = native.run(None, {"x": x})[0], ref.run(None, {"x": x})[0]
+        _assert_activation_close(got, want, "relu" if act_op == "Relu" else "gelu", f"{act_op} {attrs} M={m}")
 
 
 # --- weight-only --------------------------------------------------------------------------------

@@ -8,9 +8,10 @@ from /proc/cpuinfo instead.
 The extension is built for baseline x86-64 (no -march=native), so kernels that need AVX2,
 AVX-512, VNNI or AMX must be picked at run time on :func:`cpu_features`.
 
-Kernels: ("Linear", "int8") in int8_linear.py (csrc/int8_gemm.cpp), registered when the
-extension imports. The feature probe imports nothing heavy (no numpy) when the extension is not
-built; when it is, importing this package registers the kernels, which need numpy.
+Kernels: ("Linear", "int8") in int8_linear.py (csrc/int8_gemm.cpp) and ("Linear", "csr" / "bsr" /
+"nm") in sparse_int8.py (csrc/sparse_int8.cpp), registered when the extension imports. The
+feature probe imports nothing heavy (no numpy) when the extension is not built; when it is,
+importing this package registers the kernels, which need numpy.
 
 Threads: OpenMP inside the extension; the session calls :func:`set_threads` before each run.
 Every kernel's result is independent of the thread count (each output tile is computed by one
@@ -167,6 +168,25 @@ def build_info() -> dict | None:
     return None if mod is None else dict(mod.build_info())
 
 
+def measure_peaks(threads: int | None = None, seconds: float = 0.2) -> dict:
+    """This machine's int8 and fp32 peak, measured now (csrc/peak_probe.h): register-only loops
+    of independent vpdpbusd (int8) and vfmadd231ps (fp32; mulps + addps without FMA) on
+    ``threads`` OpenMP threads (default: the native kernels' current count), about ``seconds``
+    in all, best of three repeats.
+
+    Returns {"threads", "int8_gops", "int8_isa", "int8_ops_per_instruction", "fp32_gflops",
+    "fp32_isa", "fp32_ops_per_instruction"}: GOP/s counting a multiply and an add as 2 ops
+    (a zmm vpdpbusd is 128 ops, a zmm FMA 32); int8_gops is None without AVX-512 VNNI or
+    AVX-VNNI. On a shared machine the figure is lower while other processes hold cores.
+    Raises RuntimeError when the extension is not built.
+    """
+    mod = _load_native()
+    if mod is None:
+        raise RuntimeError(f"native extension not built: {_ext_error}")
+    n = mod.get_threads() if threads is None else int(threads)
+    return dict(mod.measure_peaks(n, float(seconds)))
+
+
 @functools.lru_cache(maxsize=1)
 def _cpu_features_cached() -> tuple[tuple[str, bool], ...]:
     # The CPU does not change under a running process: probe once.
@@ -203,4 +223,4 @@ def _features_from_cpuinfo(text: str) -> dict[str, bool]:
 if _load_native() is not None:
     _apply_isa_env()
     if _isa_error is None:
-        from . import int8_linear  # noqa: F401,E402
+        from . import int8_linear, sparse_int8  # noqa: F401,E402

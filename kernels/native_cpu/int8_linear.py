@@ -10,15 +10,26 @@ kernels/reference/packed.py's bit for bit (tests/test_native_int8.py asserts equ
 Plan time (the factory): the weight is packed once into 64-column panels (``_native.Int8Weight``).
 Run time: X (..., K) is viewed as (M, K) rows, Y (M, N) reshaped to (..., N).
 
+Epilogue activation: the node's "activation" attribute (runtime/ops.py ACTIVATIONS: relu, gelu,
+gelu_tanh; kernels/registry.py EPILOGUE_OPS defines it as the Relu / Gelu op applied to the
+float32 Y) is fused: the kernel applies it to each output tile right after the epilogue's
+rounding to float32 (csrc/activation.h: ReLU exact; the GELUs mostly in float32 with a fitted
+erfc and exp, relative error < 4.6e-7 against the float64 reference where the result is a
+normal float32; the same bits on every code path).
+The factory declares ``fused_activations`` so that kernels.registry.build does not add a
+separate activation kernel.
+
 Other cases, each with the numerics of the kernel it uses:
 
 * act_quant "none" (weight-only int8): float32 BLAS matmul with the weight dequantized once at
   plan time (PackedTensor.to_dense()), like the numba backend's: not bit exact, the float32
   accumulation error is bounded by (K + 2) * 2^-24 * sum_k |x_k w_nk| (tests:
-  WEIGHT_ONLY_ERR_PER_TERM); float64 BLAS for other float dtypes.
+  WEIGHT_ONLY_ERR_PER_TERM); float64 BLAS for other float dtypes. The activation then runs
+  on Y in place (``_native.apply_activation``: the epilogue's code, on one thread).
 * X in another float dtype (float64, float16): the reference's own arithmetic
   (kernels/reference/packed.PackedGemm), since the C++ kernel reads float32 and rounding
-  float64 X to float32 first would change the quantized values. Models run float32.
+  float64 X to float32 first would change the quantized values; the activation is then the
+  reference's kernel on Y in X's dtype, as the unfused pair computes it. Models run float32.
 """
 from __future__ import annotations
 
@@ -27,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from kernels.reference.packed import PackedGemm, act_params, packed_linear_ref
-from kernels.registry import register
+from kernels.registry import EPILOGUE_OPS, fill_attrs, lookup, register
 from runtime.layouts import PackedTensor
 
 from . import _native
@@ -70,9 +81,9 @@ class NativeInt8Linear:
         return self._reference
 
 
-def int8_linear(x: Any, plan: NativeInt8Linear, bias: Any = None) -> np.ndarray:
-    """Y (..., N) = quant(X) @ W.T + bias in X's dtype; X (..., K) float, W logical (N, K),
-    bias (N,) or None."""
+def int8_linear(x: Any, plan: NativeInt8Linear, bias: Any = None, activation: str = "none") -> np.ndarray:
+    """Y (..., N) = act(quant(X) @ W.T + bias) in X's dtype; X (..., K) float, W logical (N, K),
+    bias (N,) or None, activation one of runtime.ops ACTIVATIONS (fused for float32 X)."""
     x = np.asarray(x)
     shape = x.shape
     if not shape or shape[-1] != plan.k or x.dtype.kind != "f":
@@ -85,12 +96,26 @@ def int8_linear(x: Any, plan: NativeInt8Linear, bias: Any = None) -> np.ndarray:
         if bias is not None and not (isinstance(bias, np.ndarray) and bias.dtype in _BIAS_DTYPES):
             bias = _bias(bias, plan.n)
         y = _native.int8_linear(plan.packed, x2 if x2.flags.c_contiguous else np.ascontiguousarray(x2), bias,
-                                plan.act_quant, plan.act_scale, plan.act_zero_point)   # (M, N) float32
+                                plan.act_quant, plan.act_scale, plan.act_zero_point,
+                                activation=activation)   # (M, N) float32
         return y.reshape(*shape[:-1], plan.n)
     bias = None if bias is None else _bias(bias, plan.n)
     if plan.act_quant == "none":
-        return _weight_only(x2, plan, bias).reshape(*shape[:-1], plan.n)
-    return packed_linear_ref(x, plan.reference(), bias)
+        y = _weight_only(x2, plan, bias)                 # (M, N), a fresh array in X's dtype
+        if y.dtype == np.float32:
+            _native.apply_activation(y, activation)      # in place; "none" does nothing
+            return y.reshape(*shape[:-1], plan.n)
+        return _activate_after(y.reshape(*shape[:-1], plan.n), activation)
+    return _activate_after(packed_linear_ref(x, plan.reference(), bias), activation)
+
+
+def _activate_after(y: np.ndarray, activation: str) -> np.ndarray:
+    """The activation op's reference kernel on Y (float64 / float16 Y: the unfused pair's
+    numerics in that dtype)."""
+    if activation == "none":
+        return y
+    op, attrs = EPILOGUE_OPS[activation]
+    return lookup(op, "dense", "reference")(fill_attrs(op, attrs), {})(y)[0]
 
 
 _BIAS_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -125,10 +150,16 @@ def int8_linear_factory(attrs: dict[str, Any], weights: dict) -> Any:
     """Kernel factory of (Linear, int8, native): packs the weight once; returns run(x, w, bias)."""
     weight = weights.get(1)
     quant = {k: attrs.get(k, d) for k, d in (("act_quant", "none"), ("act_scale", None), ("act_zero_point", 0))}
+    activation = attrs.get("activation", "none")
+    if activation != "none" and activation not in EPILOGUE_OPS:
+        raise ValueError(f"Linear: activation must be one of none, {', '.join(EPILOGUE_OPS)}; got {activation!r}")
     plan = NativeInt8Linear(weight, **quant)
 
     def run(x, w, bias=None):
         # the session passes the planned PackedTensor; another one is prepared afresh
         p = plan if w is weight else NativeInt8Linear(w, **quant)
-        return (int8_linear(x, p, bias),)
+        return (int8_linear(x, p, bias, activation),)
     return run
+
+
+int8_linear_factory.fused_activations = tuple(EPILOGUE_OPS)    # kernels.registry.build

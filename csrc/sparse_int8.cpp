@@ -1,0 +1,549 @@
+// Sparse int8 Linear: layout conversion with index checks, plan-time packing (ELL, quad tiles),
+// the scalar path, path choice and the threaded driver. Numerics and layouts: sparse_int8.h;
+// the AVX-512 kernels are in sparse_int8_avx512.cpp.
+#include "sparse_int8.h"
+
+#include <algorithm>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+#include "cpu_features.h"
+#include "sparse_int8_kernels.h"
+
+namespace qrt {
+
+using int8_detail::Epilogue;
+using sparse_detail::Problem;
+
+namespace {
+
+// The reference accumulates in float64, exact while K * 255 * 255 < 2^53 (packed.py's
+// MAX_EXACT_K); the scalar path's int64 accumulator and its float64 conversion are exact there.
+constexpr int64_t kMaxExactK = (int64_t(1) << 53) / (255 * 255);
+
+[[noreturn]] void fail(const std::string& msg) { throw std::invalid_argument(msg); }
+
+std::string str(int64_t v) { return std::to_string(v); }
+
+void check_dims(int64_t n, int64_t k) {
+    if (n < 1 || k < 1) fail("sparse weight must have N >= 1 and K >= 1, got (" + str(n) + ", " + str(k) + ")");
+    if (k > kMaxExactK) fail("sparse weight: K = " + str(k) + " is too large for an exact integer accumulation");
+}
+
+// indptr (rows + 1,): starts at 0, never decreases, ends at `stored`; per row, indices strictly
+// increasing and in [0, ncols). `what` names the unit ("column" / "block column").
+void check_compressed(int64_t rows, int64_t ncols, const int64_t* indptr, const int64_t* indices, int64_t stored,
+                      const char* what) {
+    if (indptr[0] != 0) fail("indptr[0] = " + str(indptr[0]) + ", expected 0");
+    for (int64_t r = 0; r < rows; ++r)
+        if (indptr[r + 1] < indptr[r])
+            fail("indptr decreases at row " + str(r) + ": indptr[" + str(r) + "] = " + str(indptr[r]) + " > indptr[" +
+                 str(r + 1) + "] = " + str(indptr[r + 1]));
+    if (indptr[rows] != stored)
+        fail("indptr[-1] = " + str(indptr[rows]) + " but " + str(stored) + " entries are stored");
+    for (int64_t r = 0; r < rows; ++r) {
+        for (int64_t j = indptr[r]; j < indptr[r + 1]; ++j) {
+            if (indices[j] < 0 || indices[j] >= ncols)
+                fail("indices[" + str(j) + "] = " + str(indices[j]) + " is out of range [0, " + str(ncols) + ") (" +
+                     what + ")");
+            if (j > indptr[r] && indices[j] <= indices[j - 1])
+                fail("indices of row " + str(r) + " are not strictly increasing at indices[" + str(j) + "] = " +
+                     str(indices[j]));
+        }
+    }
+}
+
+}  // namespace
+
+// --- layout conversion -------------------------------------------------------------------------
+
+SparseRows sparse_rows_csr(int64_t n, int64_t k, const int64_t* indptr, const int64_t* indices, int64_t nnz,
+                           const int8_t* qdata) {
+    check_dims(n, k);
+    check_compressed(n, k, indptr, indices, nnz, "column");
+    SparseRows rows;
+    rows.n = n;
+    rows.k = k;
+    rows.indptr.assign(indptr, indptr + n + 1);
+    rows.cols.assign(indices, indices + nnz);
+    rows.vals.assign(qdata, qdata + nnz);
+    return rows;
+}
+
+SparseRows sparse_rows_bsr(int64_t n, int64_t k, int64_t r, int64_t c, const int64_t* indptr,
+                           const int64_t* indices, int64_t nb, const int8_t* qdata) {
+    check_dims(n, k);
+    if (r < 1 || c < 1 || n % r || k % c)
+        fail("block_shape (" + str(r) + ", " + str(c) + ") does not tile the 2-D view (" + str(n) + ", " + str(k) + ")");
+    check_compressed(n / r, k / c, indptr, indices, nb, "block column");
+    SparseRows rows;
+    rows.n = n;
+    rows.k = k;
+    rows.indptr.resize(n + 1);
+    rows.cols.resize(nb * r * c);
+    rows.vals.resize(nb * r * c);
+    rows.indptr[0] = 0;
+    int64_t j = 0;
+    // row br * R + i: block b of block row br contributes its row i, columns bcol * C + 0..C-1;
+    // block columns ascend, so the columns do
+    for (int64_t br = 0; br < n / r; ++br) {
+        for (int64_t i = 0; i < r; ++i) {
+            for (int64_t b = indptr[br]; b < indptr[br + 1]; ++b) {
+                for (int64_t jj = 0; jj < c; ++jj, ++j) {
+                    rows.cols[j] = static_cast<int32_t>(indices[b] * c + jj);
+                    rows.vals[j] = qdata[(b * r + i) * c + jj];
+                }
+            }
+            rows.indptr[br * r + i + 1] = j;
+        }
+    }
+    return rows;
+}
+
+int nm_meta_bits(int64_t mm) {
+    int need = 1;
+    while ((int64_t(1) << need) < mm) ++need;   // ceil(log2(mm)), at least 1
+    int b = 1;
+    while (b < need) b *= 2;
+    return b;
+}
+
+SparseRows sparse_rows_nm(int64_t n, int64_t k, int64_t nn, int64_t mm, const uint8_t* meta, int64_t meta_cols,
+                          const int8_t* qdata) {
+    check_dims(n, k);
+    if (!(1 <= nn && nn < mm && mm <= 256)) fail("n:m must satisfy 1 <= n < m <= 256, got " + str(nn) + ":" + str(mm));
+    if (k % mm) fail("m = " + str(mm) + " does not divide K = " + str(k));
+    const int bits = nm_meta_bits(mm);
+    const int64_t count = k / mm * nn;   // stored values (position codes) per row
+    if (meta_cols != (count * bits + 7) / 8)
+        fail("meta has " + str(meta_cols) + " bytes per row, expected " + str((count * bits + 7) / 8));
+    const unsigned mask = (1u << bits) - 1;
+    SparseRows rows;
+    rows.n = n;
+    rows.k = k;
+    rows.indptr.resize(n + 1);
+    rows.cols.resize(n * count);
+    rows.vals.assign(qdata, qdata + n * count);
+    for (int64_t row = 0; row <= n; ++row) rows.indptr[row] = row * count;
+    for (int64_t row = 0; row < n; ++row) {
+        const uint8_t* mrow = meta + row * meta_cols;
+        for (int64_t j = 0; j < count; ++j) {
+            // code j of the row's little-endian bit stream: bits (j b) % 8 .. of byte (j b) / 8
+            const int64_t bit = j * bits;
+            const int64_t pos = (mrow[bit / 8] >> (bit % 8)) & mask;
+            const int64_t g = j / nn;
+            if (pos >= mm)
+                fail("meta row " + str(row) + ", group " + str(g) + " holds position " + str(pos) + ", not < m = " + str(mm));
+            if (j % nn && pos <= rows.cols[row * count + j - 1] - g * mm)
+                fail("meta row " + str(row) + ", group " + str(g) + ": positions are not strictly ascending");
+            rows.cols[row * count + j] = static_cast<int32_t>(g * mm + pos);
+        }
+        const int64_t used = count * bits % 8;   // bits of the last byte holding codes (0: all)
+        if (used && (mrow[meta_cols - 1] >> used))
+            fail("meta row " + str(row) + ": the unused trailing bits of its last byte are not 0");
+    }
+    return rows;
+}
+
+// --- packing -----------------------------------------------------------------------------------
+
+namespace {
+
+int64_t round_up(int64_t v, int64_t to) { return (v + to - 1) / to * to; }
+
+// ELL over (block of 16 rows, segment of 128 bytes) of `rows`. Counting (idx == nullptr):
+// fills sptr (nblk * nseg + 1,) and returns the vector count; filling: writes the vectors at
+// the offsets sptr gives into idx / val (zeroed by the caller). Byte lanes: up to 4 stored
+// values of a row per vector; dword lanes: one column quad per vector (the 4 weights of
+// k = 4 q .. 4 q + 3, zeros where the row stores nothing).
+int64_t ell_build(const SparseRows& rows, int64_t nblk, int64_t nseg, EllLanes lanes, std::vector<int64_t>& sptr,
+                  uint8_t* idx, int8_t* val) {
+    const bool fill = idx != nullptr;
+    const int64_t idx_bytes = lanes == EllLanes::byte ? 64 : 16;
+    if (!fill) sptr.assign(nblk * nseg + 1, 0);
+    std::vector<int64_t> cur(kSparseBlockRows);
+    for (int64_t b = 0; b < nblk; ++b) {
+        const int64_t r0 = b * kSparseBlockRows, nr = std::min(kSparseBlockRows, rows.n - r0);
+        for (int64_t i = 0; i < nr; ++i) cur[i] = rows.indptr[r0 + i];
+        for (int64_t s = 0; s < nseg; ++s) {
+            const int64_t end = (s + 1) * kSparseSegment;
+            const int64_t base = sptr[b * nseg + s];
+            int64_t vectors = 0;
+            for (int64_t i = 0; i < nr; ++i) {
+                const int64_t stop = rows.indptr[r0 + i + 1];
+                int64_t units = 0, last_quad = -1;
+                for (int64_t e = 0; cur[i] < stop && rows.cols[cur[i]] < end; ++cur[i], ++e) {
+                    const int64_t col = rows.cols[cur[i]] - s * kSparseSegment;   // 0..127
+                    if (lanes == EllLanes::byte) {
+                        units = e / 4 + 1;
+                        if (fill) {
+                            const int64_t at = (base + e / 4) * 64 + 4 * i + e % 4;   // vector e / 4, lane i, byte e % 4
+                            idx[at] = static_cast<uint8_t>(col);
+                            val[at] = rows.vals[cur[i]];
+                        }
+                    } else {
+                        if (col / 4 != last_quad) {
+                            last_quad = col / 4;
+                            ++units;
+                        }
+                        if (fill) {
+                            const int64_t v = base + units - 1;
+                            idx[v * idx_bytes + i] = static_cast<uint8_t>(col / 4);
+                            val[v * 64 + 4 * i + col % 4] = rows.vals[cur[i]];
+                        }
+                    }
+                }
+                vectors = std::max(vectors, units);
+            }
+            if (!fill) sptr[b * nseg + s + 1] = base + vectors;
+        }
+    }
+    return sptr.back();
+}
+
+void ell_pack(SparseInt8Weight& w, EllLanes lanes) {
+    w.lanes = lanes;
+    w.ell_vectors = ell_build(w.rows, w.nblk, w.nseg, lanes, w.sptr, nullptr, nullptr);
+    const int64_t idx_bytes = lanes == EllLanes::byte ? 64 : 16;
+    w.ell_idx.allocate(static_cast<size_t>(w.ell_vectors * idx_bytes));
+    w.ell_val.allocate(static_cast<size_t>(w.ell_vectors * 64));
+    std::fill(w.ell_idx.get(), w.ell_idx.get() + w.ell_idx.size, uint8_t(0));   // unused lanes: weight 0
+    std::fill(w.ell_val.get(), w.ell_val.get() + w.ell_val.size, int8_t(0));
+    ell_build(w.rows, w.nblk, w.nseg, lanes, w.sptr, w.ell_idx.get(), w.ell_val.get());
+}
+
+// Quads of groups of G rows: the sorted union of the column quads the G rows store.
+void quads_pack(SparseInt8Weight& w, int g) {
+    const SparseRows& rows = w.rows;
+    const int64_t groups = w.n / g, k4 = (w.k + 3) / 4;
+    std::vector<int64_t> slot(k4, -1);   // quad -> its index in the current group's list
+    std::vector<int64_t> list;
+    std::vector<std::vector<uint16_t>> per_group(groups);
+    w.qptr.assign(groups + 1, 0);
+    for (int64_t gi = 0; gi < groups; ++gi) {
+        list.clear();
+        for (int64_t r = gi * g; r < (gi + 1) * g; ++r)
+            for (int64_t j = rows.indptr[r]; j < rows.indptr[r + 1]; ++j)
+                if (slot[rows.cols[j] / 4] < 0) {
+                    slot[rows.cols[j] / 4] = 0;
+                    list.push_back(rows.cols[j] / 4);
+                }
+        std::sort(list.begin(), list.end());
+        per_group[gi].assign(list.begin(), list.end());
+        for (int64_t q : list) slot[q] = -1;
+        w.qptr[gi + 1] = w.qptr[gi] + static_cast<int64_t>(list.size());
+    }
+    w.quad_rows = g;
+    w.nquads = w.qptr[groups];
+    w.qcol.resize(w.nquads);
+    w.qw.allocate(static_cast<size_t>(w.nquads * g * 4));
+    std::fill(w.qw.get(), w.qw.get() + w.qw.size, int8_t(0));
+    for (int64_t gi = 0; gi < groups; ++gi) {
+        const int64_t q0 = w.qptr[gi];
+        const auto& qs = per_group[gi];
+        for (size_t i = 0; i < qs.size(); ++i) {
+            w.qcol[q0 + i] = qs[i];
+            slot[qs[i]] = q0 + static_cast<int64_t>(i);
+        }
+        for (int64_t r = gi * g; r < (gi + 1) * g; ++r)
+            for (int64_t j = rows.indptr[r]; j < rows.indptr[r + 1]; ++j) {
+                const int64_t col = rows.cols[j];
+                w.qw[(slot[col / 4] * g + (r - gi * g)) * 4 + col % 4] = rows.vals[j];
+            }
+        for (uint16_t q : qs) slot[q] = -1;
+    }
+}
+
+}  // namespace
+
+bool sparse_has_vbmi() {
+#if QRT_INT8_X86_SIMD
+    static const bool vbmi = detect_cpu_features().avx512_vbmi;
+    return vbmi;
+#else
+    return false;
+#endif
+}
+
+size_t SparseInt8Weight::nbytes() const {
+    return rows.indptr.size() * sizeof(int64_t) + rows.cols.size() * sizeof(int32_t) + rows.vals.size() +
+           rowsum.size * sizeof(int64_t) + scale.size * sizeof(double) + corr0.size * sizeof(int32_t) +
+           sptr.size() * sizeof(int64_t) +
+           ell_idx.size + ell_val.size + qptr.size() * sizeof(int64_t) + qcol.size() * sizeof(uint16_t) + qw.size;
+}
+
+SparseInt8Weight sparse_int8_pack(SparseRows rows, const float* scale, const SparsePackOptions& opt) {
+    SparseInt8Weight w;
+    w.n = rows.n;
+    w.k = rows.k;
+    w.nnz = rows.nnz();
+    w.rows = std::move(rows);
+    w.npad = round_up(w.n, kSparseBlockRows);
+    w.rowsum.allocate(w.npad);
+    w.scale.allocate(w.npad);
+    for (int64_t r = 0; r < w.npad; ++r) {
+        int64_t sum = 0;
+        if (r < w.n)
+            for (int64_t j = w.rows.indptr[r]; j < w.rows.indptr[r + 1]; ++j) sum += w.rows.vals[j];
+        w.rowsum[r] = sum;
+        w.scale[r] = r < w.n ? static_cast<double>(scale[r]) : 0.0;
+    }
+    w.corr0.allocate(w.npad);
+    for (int64_t r = 0; r < w.npad; ++r) w.corr0[r] = static_cast<int32_t>(static_cast<uint32_t>(128 * w.rowsum[r]));
+    w.nblk = w.npad / kSparseBlockRows;
+    w.nseg = (w.k + kSparseSegment - 1) / kSparseSegment;
+    if (opt.lanes == static_cast<int>(EllLanes::byte) && !sparse_has_vbmi())
+        fail("ELL byte lanes need AVX-512 VBMI (vpermi2b), which this CPU does not have");
+    if (opt.quad_rows == 4 && w.n % 4) fail("quads of 4 rows need N % 4 == 0, got N = " + str(w.n));
+    if (!(opt.quad_rows >= -1 && opt.quad_rows <= 4 && opt.quad_rows != 2 && opt.quad_rows != 3))
+        fail("quad_rows must be -1 (auto), 0, 1 or 4, got " + str(opt.quad_rows));
+    // the vector structures only for K the int32 lanes are exact for (larger K: scalar only)
+    if (w.k > kMaxKInt32) return w;
+
+    int quad_rows = opt.quad_rows;
+    if (quad_rows < 0)   // bsr blocks made of whole aligned column quads
+        quad_rows = (opt.block_c > 0 && opt.block_c % 4 == 0) ? (opt.block_r % 4 == 0 ? 4 : 1) : 0;
+    if (quad_rows > 0) quads_pack(w, quad_rows);
+
+    int lanes = opt.lanes;
+    if (lanes < 0) {   // the denser of the two: byte lanes are 128 bytes per vector, dword lanes 80
+        std::vector<int64_t> counts;
+        const int64_t dword_bytes = ell_build(w.rows, w.nblk, w.nseg, EllLanes::dword, counts, nullptr, nullptr) * 80;
+        const int64_t byte_bytes =
+            sparse_has_vbmi() ? ell_build(w.rows, w.nblk, w.nseg, EllLanes::byte, counts, nullptr, nullptr) * 128 : -1;
+        lanes = static_cast<int>(byte_bytes >= 0 && byte_bytes < dword_bytes ? EllLanes::byte : EllLanes::dword);
+    }
+    if (lanes != static_cast<int>(EllLanes::none)) {
+        ell_pack(w, static_cast<EllLanes>(lanes));
+        w.rows = SparseRows();   // the scalar path reads the ELL vectors from now on
+        w.rows.n = w.n;
+        w.rows.k = w.k;
+        w.has_rows = false;
+    }
+    return w;
+}
+
+// --- the scalar path ---------------------------------------------------------------------------
+
+namespace {
+
+// Output rows [r0, r1) for every activation row, from the canonical rows; int64 accumulators,
+// exact for any K.
+void scalar_rows(const Problem& p, int64_t r0, int64_t r1) {
+    const SparseRows& rows = p.w->rows;
+    const int64_t n = p.w->n;
+    for (int64_t r = r0; r < r1; ++r) {
+        const int64_t j0 = rows.indptr[r], j1 = rows.indptr[r + 1];
+        for (int64_t mm = 0; mm < p.m; ++mm) {
+            const uint8_t* u = p.u + mm * p.ldu;
+            int64_t raw = 0;
+            for (int64_t j = j0; j < j1; ++j) raw += static_cast<int64_t>(rows.vals[j]) * u[rows.cols[j]];
+            const int64_t acc = raw - p.ep.col_shift * p.w->rowsum[r];
+            p.y[mm * n + r] = int8_detail::epilogue_value(acc, r, mm, p.ep);
+        }
+    }
+}
+
+
+// Block b (output rows 16 b ..) for every activation row, from the ELL vectors (the scalar
+// path when the canonical rows were dropped): lane i of a vector is row 16 b + i, its 4 bytes
+// weights at offsets (byte lanes) or the 4 columns of one quad (dword lanes) in the segment.
+// int64 accumulators; padding lanes hold weight 0 at offset 0, inside the segment.
+void scalar_ell_block(const Problem& p, int64_t b) {
+    const SparseInt8Weight& w = *p.w;
+    const bool bytes = w.lanes == EllLanes::byte;
+    const int64_t r0 = b * kSparseBlockRows, nr = std::min(kSparseBlockRows, w.n - r0);
+    for (int64_t mm = 0; mm < p.m; ++mm) {
+        int64_t raw[kSparseBlockRows] = {};
+        for (int64_t s = 0; s < w.nseg; ++s) {
+            const uint8_t* u = p.u + mm * p.ldu + s * kSparseSegment;
+            for (int64_t v = w.sptr[b * w.nseg + s]; v < w.sptr[b * w.nseg + s + 1]; ++v) {
+                const int8_t* val = w.ell_val.get() + v * 64;
+                for (int64_t i = 0; i < kSparseBlockRows; ++i)
+                    for (int64_t j = 0; j < 4; ++j) {
+                        const int64_t off = bytes ? w.ell_idx[v * 64 + 4 * i + j] : 4 * w.ell_idx[v * 16 + i] + j;
+                        raw[i] += static_cast<int64_t>(val[4 * i + j]) * u[off];
+                    }
+            }
+        }
+        for (int64_t i = 0; i < nr; ++i) {
+            const int64_t acc = raw[i] - p.ep.col_shift * w.rowsum[r0 + i];
+            p.y[mm * w.n + r0 + i] = int8_detail::epilogue_value(acc, r0 + i, mm, p.ep);
+        }
+    }
+}
+
+}  // namespace
+
+// --- path choice and driver --------------------------------------------------------------------
+
+namespace {
+
+// From this many activation rows quad tiles (16 rows per vpdpbusd, but a 16-row tile and its
+// transposes whatever M) beat ELL (a permute per vector and row). Measured on the 2-core Zen 4
+// dev machine, one thread, 90%, (K, N) = (768, 3072), us: bsr 4x4 M = 4: ELL 23.8, tiles 40.9;
+// M = 8: 42.6 / 43.6; M = 16: 82.7 / 54.3. bsr 1x4 (G = 1, 4 times the quads) M = 8: 49.9 /
+// 67.4; M = 12: 63.1 / 52.0. (384, 1536) crosses at the same M.
+constexpr int64_t kQuadTilesMinM4 = 8;    // G = 4
+constexpr int64_t kQuadTilesMinM1 = 12;   // G = 1
+// Below this much work (stored lanes x activation rows) one thread: a parallel region costs
+// a few microseconds. Measured on the 2-core dev machine, csr 90 %, M = 1: (384, 1536) with
+// 96 K lane-MACs 4.6 us on one thread, 5.6 us on two; (768, 3072) with 393 K, 12.7 us on one,
+// 10.6 us on two.
+constexpr int64_t kParallelMinWork = int64_t(1) << 18;
+
+}  // namespace
+
+const char* sparse_path_name(SparsePath p) {
+    switch (p) {
+        case SparsePath::scalar: return "scalar";
+        case SparsePath::ell: return "ell";
+        case SparsePath::quad_tiles: return "quad_tiles";
+        default: return "auto";
+    }
+}
+
+bool sparse_path_available(const SparseInt8Weight& w, SparsePath path, Int8Isa isa) {
+    if (path == SparsePath::scalar) return true;
+    if (isa != Int8Isa::avx512_vnni || !int8_isa_supported(isa) || w.k > kMaxKInt32) return false;
+    switch (path) {
+        case SparsePath::ell: return w.lanes == EllLanes::dword || (w.lanes == EllLanes::byte && sparse_has_vbmi());
+        case SparsePath::quad_tiles: return w.quad_rows > 0;
+        default: return false;
+    }
+}
+
+SparsePath sparse_choose_path(const SparseInt8Weight& w, int64_t m, Int8Isa isa) {
+    const bool tiles = sparse_path_available(w, SparsePath::quad_tiles, isa);
+    if (tiles && m >= (w.quad_rows == 4 ? kQuadTilesMinM4 : kQuadTilesMinM1)) return SparsePath::quad_tiles;
+    if (sparse_path_available(w, SparsePath::ell, isa)) return SparsePath::ell;
+    if (tiles) return SparsePath::quad_tiles;
+    return SparsePath::scalar;
+}
+
+void sparse_int8_linear_isa(const SparseInt8Weight& w, const float* x, int64_t m, const double* bias,
+                            const Int8ActQuant& aq, float* y, SparsePath path, Int8Isa isa, int threads) {
+    if (m <= 0) return;
+    if (!int8_isa_supported(isa)) throw std::invalid_argument("sparse_int8_linear: unsupported ISA");
+    if (path == SparsePath::automatic) {
+        path = sparse_choose_path(w, m, isa);
+    } else if (!sparse_path_available(w, path, isa)) {
+        fail(std::string("sparse path '") + sparse_path_name(path) + "' is not available for this weight on '" +
+             int8_isa_name(isa) + "' (available: the structures built at pack time, AVX-512 VNNI, K <= " +
+             str(kMaxKInt32) + ")");
+    }
+    const int64_t n = w.n, k = w.k;
+    // ELL tables read whole 128-byte segments and the tile transposes whole 16-quad blocks:
+    // rows of u padded to a multiple of 128 bytes, with u = 128 (qx = 0) in the padding
+    const int64_t ldu = round_up(k, kSparseSegment);
+    const int64_t mpad = path == SparsePath::quad_tiles ? round_up(m, kSparseTileRows) : m;
+    AlignedArray<uint8_t> u;
+    u.allocate(static_cast<size_t>(mpad * ldu));
+    std::vector<double> sx(mpad, 0.0);
+    std::vector<int64_t> row_corr(mpad, 0);   // unused: sparse weights have no zero point
+    if (mpad > m) std::fill(u.get() + m * ldu, u.get() + mpad * ldu, uint8_t(128));
+
+    const int64_t z = aq.is_static ? aq.zero_point : 0;
+    AlignedArray<int32_t> corr_z;   // only for a static zero point z != 0
+    const int32_t* corr = w.corr0.get();
+    if (z != 0) {
+        corr_z.allocate(w.npad);
+        for (int64_t r = 0; r < w.npad; ++r)   // (128 + z) * rowsum modulo 2^32, as the int32 lanes
+            corr_z[r] = static_cast<int32_t>(static_cast<uint32_t>((128 + z) * w.rowsum[r]));
+        corr = corr_z.get();
+    }
+    static const int32_t kNoZeroPoint = 0;
+    Problem p;
+    p.w = &w;
+    p.u = u.get();
+    p.ldu = ldu;
+    p.m = m;
+    p.corr = corr;
+    p.ep = Epilogue{corr, w.rowsum.get(), 128 + z, &kNoZeroPoint, false, w.scale.get(), bias,
+                    row_corr.data(), sx.data()};
+    p.y = y;
+
+    int8_detail::QuantizeRowFn quantize = int8_detail::quantize_row_scalar;
+#if QRT_INT8_X86_SIMD
+    if (isa == Int8Isa::avx512_vnni) quantize = int8_detail::quantize_row_avx512;
+    if (isa == Int8Isa::avx2) quantize = int8_detail::quantize_row_avx2;
+#endif
+
+    // work items, each computing a fixed set of outputs start to end (thread-count independent)
+    int64_t items = 0, work = 0;
+    const int64_t tiles = mpad / kSparseTileRows;
+    switch (path) {
+        case SparsePath::ell: items = w.nblk; work = w.ell_vectors * 64 * m; break;
+        case SparsePath::quad_tiles: items = w.nblk * tiles; work = w.nquads * w.quad_rows * 4 * mpad; break;
+        default: items = w.nblk; work = w.nnz * m; break;
+    }
+    int nt = std::max(1, threads);
+    if (work < kParallelMinWork) nt = 1;
+    AlignedArray<uint8_t> xq;   // quad tiles: (tiles, ldu / 4, 16, 4)
+    if (path == SparsePath::quad_tiles) xq.allocate(static_cast<size_t>(mpad * ldu));
+
+    const auto quantize_row = [&](int64_t i) { quantize(x + i * k, k, ldu, aq, u.get() + i * ldu, &sx[i], &row_corr[i]); };
+    const auto transpose_tile = [&](int64_t t) {
+#if QRT_INT8_X86_SIMD
+        sparse_detail::quad_tile_transpose_avx512(u.get(), ldu, t, xq.get());
+#else
+        (void)t;
+#endif
+    };
+    const auto run_item = [&](int64_t item) {
+        switch (path) {
+#if QRT_INT8_X86_SIMD
+            case SparsePath::ell: sparse_detail::ell_blocks_avx512(p, item, item + 1); break;
+            case SparsePath::quad_tiles: sparse_detail::quad_tile_avx512(p, xq.get(), item / tiles, item % tiles); break;
+#endif
+            default:
+                if (w.has_rows)
+                    scalar_rows(p, item * kSparseBlockRows, std::min(n, (item + 1) * kSparseBlockRows));
+                else
+                    scalar_ell_block(p, item);
+                break;
+        }
+    };
+    const int64_t ntiles = path == SparsePath::quad_tiles ? tiles : 0;
+    if (nt == 1) {   // no OpenMP loop bookkeeping (measured: ~10 % of a small call)
+        for (int64_t i = 0; i < m; ++i) quantize_row(i);
+        for (int64_t t = 0; t < ntiles; ++t) transpose_tile(t);
+        for (int64_t item = 0; item < items; ++item) run_item(item);
+        return;
+    }
+    // One parallel region: every row is quantized (and, for quad tiles, transposed) before the
+    // barriers that end those loops; then each work item is computed start to end by one
+    // thread. Items are handed out in small chunks (dynamic): on a machine whose cores are
+    // shared a worker may start late, and the others then take its share.
+    const int64_t chunk = std::max<int64_t>(1, items / (8 * nt));
+#if defined(_OPENMP)
+#pragma omp parallel num_threads(nt)
+#endif
+    {
+#if defined(_OPENMP)
+#pragma omp for schedule(static)
+#endif
+        for (int64_t i = 0; i < m; ++i) quantize_row(i);
+#if defined(_OPENMP)
+#pragma omp for schedule(static)
+#endif
+        for (int64_t t = 0; t < ntiles; ++t) transpose_tile(t);
+#if defined(_OPENMP)
+#pragma omp for schedule(dynamic, chunk)
+#endif
+        for (int64_t item = 0; item < items; ++item) run_item(item);
+    }
+}
+
+void sparse_int8_linear(const SparseInt8Weight& w, const float* x, int64_t m, const double* bias,
+                        const Int8ActQuant& aq, float* y, SparsePath path) {
+    sparse_int8_linear_isa(w, x, m, bias, aq, y, path, int8_current_isa(), int8_get_threads());
+}
+
+}  // namespace qrt

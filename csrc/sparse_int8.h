@@ -1,0 +1,152 @@
+// Sparse int8 Linear of the native backend (layouts "csr", "bsr", "nm" with quant "int8"):
+// Y = epilogue(quant(X) @ W.T), bit-exact with kernels/reference/packed.py for act_quant
+// "dynamic" and "static".
+//
+// Shapes: X (M, K) float32 row-major, W the weight's 2-D view (N, K) with stored int8 values,
+// Y (M, N) float32 row-major.
+//
+// Numerics: those of int8_gemm.h, with a symmetric weight (no weight zero point, as every
+// sparse int8 layout stores, runtime/layouts.py). X is quantized row by row by int8_gemm's own
+// quantizer (int8_detail::quantize_row_*: float64 true division, round half to even, the
+// reference's clamp) into u = qx + 128 in [0, 255]; then
+//
+//   raw[m, n] = sum over the stored (k, qw) of row n of u[m, k] * qw          (u8 x s8)
+//   acc[m, n] = raw[m, n] - (128 + z) * rowsum[n],  rowsum[n] = sum of row n's stored qw
+//   Y[m, n]   = float32(((s_w[n] * double(acc)) * s_x[m]) + b[n])           float64, this order
+//
+// Pruned positions contribute 0 to raw and to rowsum alike, so acc is the reference's exact
+// sum_k (qx - z) * qw. The vector paths accumulate in wrapping int32 lanes (vpdpbusd) and
+// subtract the correction modulo 2^32: exact while |acc| <= K * 255 * 128 < 2^31, i.e. for
+// K <= kMaxKInt32 (the int8 GEMM's bound, which holds for any int8 value, -128 included);
+// larger K runs the scalar path, which accumulates in int64.
+//
+// Layouts the kernels read (built once, at plan time, from the canonical rows):
+//
+// * ELL, "sliced ELLPACK" over blocks of 16 output rows x segments of 128 bytes of K (one
+//   two-register permute table of activations). A vector is one zmm of 16 int32 lanes, lane i
+//   = output row 16 b + i; it holds 4 stored weights of that row inside the segment:
+//     byte lanes  (ell_lanes == byte): 64 index bytes (the k offset in the segment, 0..127) +
+//                 64 weight bytes; activations fetched with vpermi2b (AVX-512 VBMI), any
+//                 pattern (csr, nm, bsr whose blocks are not 4-column aligned);
+//     dword lanes (ell_lanes == dword): 16 index bytes (the 4-byte column quad in the segment,
+//                 0..31) + 64 weight bytes (one quad of 4 consecutive k per lane, zeros where
+//                 nothing is stored); activations fetched with vpermi2d. Denser than byte
+//                 lanes when the stored weights come in aligned quads (bsr 1x4, 2x4, ...).
+//   The vectors of one (block, segment) are as many as its fullest row needs; unused lanes
+//   hold weight 0. The packer keeps the lane kind of fewer bytes. M = 1 streams every vector
+//   once; larger M reuses each vector for 4 activation rows at a time (8 table registers).
+//   Once ELL exists the canonical rows are dropped and the scalar path reads the vectors.
+// * Quad tiles, for bsr weights whose blocks cover whole aligned column quads (C % 4 == 0),
+//   batched M: per group of G output rows (G = 4 when R % 4 == 0, else 1) the list of column
+//   quads any of them stores, with G x 4 weight bytes per quad. Activations are transposed into
+//   tiles of 16 rows, (K/4, 16, 4) bytes, so one quad of 16 activation rows is one 64-byte
+//   load, multiplied by each of the G rows' weight dword (lane = activation row); 16 x 16
+//   output tiles are transposed in registers into Y. (A small-M kernel on the same quads, 4
+//   quads x 4 rows per zmm with broadcast activations, was slower than dword-lane ELL at every
+//   M measured, 1 to 16, and was removed.)
+//
+// Threads: every output element is computed by one thread, in a fixed order (work items are
+// row blocks, or (row block, activation tile) pairs), so results do not depend on the thread
+// count. The thread count and the ISA override are int8_gemm's (int8_set_threads,
+// int8_set_isa): "avx512_vnni" runs the vector paths (byte-lane ELL also needs VBMI); "avx2"
+// and "scalar" run the scalar path (there is no AVX2 sparse kernel yet).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "int8_gemm.h"
+
+namespace qrt {
+
+constexpr int64_t kSparseBlockRows = 16;    // output rows per ELL block (16 int32 lanes)
+constexpr int64_t kSparseSegment = 128;     // activation bytes per ELL segment (2 zmm tables)
+constexpr int64_t kSparseTileRows = 16;     // activation rows per quad tile (16 int32 lanes)
+
+// Canonical row form of a sparse int8 weight's 2-D view (N, K): what every layout is
+// converted to first (stored zeros kept, they are part of the layout's contract).
+struct SparseRows {
+    int64_t n = 0, k = 0;
+    std::vector<int64_t> indptr;   // (N + 1,), indptr[0] = 0, non-decreasing
+    std::vector<int32_t> cols;     // (nnz,), strictly increasing within a row, < K
+    std::vector<int8_t> vals;      // (nnz,)
+    int64_t nnz() const { return static_cast<int64_t>(cols.size()); }
+};
+
+// Converters from the layouts' fields (runtime/layouts.py), with every index checked: they
+// throw std::invalid_argument naming the first bad entry, so a malformed array is an error,
+// never an out-of-bounds read. Index arrays arrive widened to int64 (the binding's job).
+//   csr: indptr (N+1,), indices (nnz,) column k, qdata (nnz,)
+SparseRows sparse_rows_csr(int64_t n, int64_t k, const int64_t* indptr, const int64_t* indices, int64_t nnz,
+                           const int8_t* qdata);
+//   bsr: R x C blocks, R | N, C | K; indptr (N/R+1,), indices (nb,) block column, qdata (nb, R, C)
+SparseRows sparse_rows_bsr(int64_t n, int64_t k, int64_t r, int64_t c, const int64_t* indptr,
+                           const int64_t* indices, int64_t nb, const int8_t* qdata);
+//   nm: nn of every mm consecutive k (mm | K, 1 <= nn < mm <= 256); meta (N, meta_cols) uint8
+//   bit stream of b-bit positions (b = nm_meta_bits(mm), runtime/layouts.py), qdata (N, K/mm*nn)
+SparseRows sparse_rows_nm(int64_t n, int64_t k, int64_t nn, int64_t mm, const uint8_t* meta, int64_t meta_cols,
+                          const int8_t* qdata);
+int nm_meta_bits(int64_t mm);   // the smallest power of two >= ceil(log2(mm)): 1, 2, 4 or 8
+
+enum class EllLanes : int { none = 0, byte = 1, dword = 2 };
+
+// What to build at plan time. "auto" (-1): ELL with the lanes of fewer bytes (byte lanes only
+// with VBMI); quads for bsr with C % 4 == 0 (G = 4 when R % 4 == 0).
+struct SparsePackOptions {
+    int64_t block_r = 0, block_c = 0;   // bsr block shape; 0: not a bsr weight
+    int lanes = -1;                     // -1 auto, else an EllLanes value
+    int quad_rows = -1;                 // -1 auto, 0 none, 1 or 4 (4 needs N % 4 == 0)
+};
+
+struct SparseInt8Weight {
+    // The canonical rows, kept only when no ELL was built (K > kMaxKInt32, or lanes "none"):
+    // otherwise the scalar path reads the ELL vectors, and the packed weight stays smaller
+    // than dense int8 (at 90% the rows alone are ~5 bytes per stored weight).
+    SparseRows rows;
+    bool has_rows = true;
+    int64_t n = 0, k = 0, nnz = 0;
+    int64_t npad = 0;                 // N rounded up to kSparseBlockRows
+    AlignedArray<int64_t> rowsum;     // (npad,), 0 past N
+    AlignedArray<double> scale;       // (npad,) s_w as float64, 0 past N
+    AlignedArray<int32_t> corr0;      // (npad,) 128 * rowsum wrapped to int32: the correction for z = 0
+    // ELL (lanes != none)
+    EllLanes lanes = EllLanes::none;
+    int64_t nblk = 0, nseg = 0;       // ceil(N / 16), ceil(K / 128)
+    std::vector<int64_t> sptr;        // (nblk * nseg + 1,): vectors of (block b, segment s)
+    AlignedArray<uint8_t> ell_idx;    // (vectors, 64) byte lanes, (vectors, 16) dword lanes
+    AlignedArray<int8_t> ell_val;     // (vectors, 64)
+    int64_t ell_vectors = 0;
+    // quads (quad_rows != 0)
+    int quad_rows = 0;                // G
+    std::vector<int64_t> qptr;        // (N / G + 1,) quads of each group of G rows
+    std::vector<uint16_t> qcol;       // (nquads,) column quad k / 4 (< 2^16 whenever K <= kMaxKInt32)
+    AlignedArray<int8_t> qw;          // (nquads, G, 4) weights, 0 where a row stores nothing
+    int64_t nquads = 0;
+    size_t nbytes() const;            // bytes held by every packed array
+};
+
+// Packs `rows` (moved in) with scale (N,) float32 (finite > 0, checked by the caller).
+// Throws std::invalid_argument for an impossible option (byte lanes without VBMI, G = 4 with
+// N % 4 != 0).
+SparseInt8Weight sparse_int8_pack(SparseRows rows, const float* scale, const SparsePackOptions& opt);
+
+enum class SparsePath : int { automatic = -1, scalar = 0, ell = 1, quad_tiles = 2 };
+const char* sparse_path_name(SparsePath p);
+// The path sparse_int8_linear takes for M rows on `isa` (automatic resolved).
+SparsePath sparse_choose_path(const SparseInt8Weight& w, int64_t m, Int8Isa isa);
+// Whether `path` can run `w` on `isa` (its structure was built, the CPU has what it needs).
+bool sparse_path_available(const SparseInt8Weight& w, SparsePath path, Int8Isa isa);
+bool sparse_has_vbmi();
+
+// Y (M, N) = epilogue(quant(X) @ W.T) as above. x (M, K) float32 row-major, bias float64
+// readable up to w.npad or nullptr, y (M, N) float32 row-major, every element written. M may be
+// 0. path automatic: sparse_choose_path; otherwise it must be available (std::invalid_argument).
+void sparse_int8_linear(const SparseInt8Weight& w, const float* x, int64_t m, const double* bias,
+                        const Int8ActQuant& aq, float* y, SparsePath path = SparsePath::automatic);
+// The same on an explicit ISA and thread count (tests, benchmarks).
+void sparse_int8_linear_isa(const SparseInt8Weight& w, const float* x, int64_t m, const double* bias,
+                            const Int8ActQuant& aq, float* y, SparsePath path, Int8Isa isa, int threads);
+
+}  // namespace qrt

@@ -1,0 +1,35 @@
+// Internal to the sparse int8 Linear (sparse_int8.cpp and sparse_int8_avx512.cpp): what one
+// call hands its kernels. Numerics and layouts: sparse_int8.h.
+#pragma once
+
+#include <cstdint>
+
+#include "int8_gemm_kernels.h"
+#include "sparse_int8.h"
+
+namespace qrt {
+namespace sparse_detail {
+
+// One call, after the prologue (activations quantized).
+struct Problem {
+    const SparseInt8Weight* w;
+    const uint8_t* u;          // (mpad, ldu) u8 = qx + 128; 128 from K on and in rows >= M
+    int64_t ldu;               // a multiple of kSparseSegment (ELL tables, 16-quad transposes)
+    int64_t m;                 // rows of X and Y
+    const int32_t* corr;       // (npad,) (128 + z) * rowsum[n] wrapped to int32
+    int8_detail::Epilogue ep;  // sw = w.scale, sx (mpad,), bias (npad,) or nullptr
+    float* y;                  // (M, N)
+};
+
+#if QRT_INT8_X86_SIMD
+// ELL blocks [b0, b1), every activation row (byte lanes need VBMI).
+void ell_blocks_avx512(const Problem& p, int64_t b0, int64_t b1);
+// Quad tiles: activation tile t (rows 16 t ..) of u transposed into xq + t * k4p * 64 bytes,
+// (k4p, 16, 4) u8 with k4p = ldu / 4.
+void quad_tile_transpose_avx512(const uint8_t* u, int64_t ldu, int64_t t, uint8_t* xq);
+// Quad tiles: output rows [16 blk, 16 blk + 16) x activation tile t, from xq as above.
+void quad_tile_avx512(const Problem& p, const uint8_t* xq, int64_t blk, int64_t t);
+#endif
+
+}  // namespace sparse_detail
+}  // namespace qrt

@@ -1,0 +1,143 @@
+"""Linear on sparse int8 weights, native backend: ("Linear", "native", "csr" / "bsr" / "nm").
+
+The kernels are csrc/sparse_int8*.cpp (numerics and packed layouts written down in
+csrc/sparse_int8.h): X quantized per row (dynamic) or with the node's static scale by the int8
+GEMM's own quantizer, an exact integer product with the stored int8 values (AVX-512 VNNI: ELL
+vectors over 16-row blocks for csr / nm / unaligned bsr, column quads for bsr blocks of whole
+4-column quads; scalar int64 on other CPUs and for K > 33025), the float64 epilogue in the
+reference's order. For act_quant "dynamic" and "static" with float32 X the result is
+kernels/reference/packed.py's bit for bit (tests/test_native_sparse.py asserts equality).
+
+Plan time (the factory): the layout's fields are checked and packed once
+(``_native.sparse_int8_csr`` / ``_bsr`` / ``_nm``). Run time: X (..., K) is viewed as (M, K)
+rows, Y (M, N) reshaped to (..., N).
+
+Other cases, each with the numerics of the code it runs (not fast, not small):
+
+* act_quant "none" (float values, quant "none", or weight-only int8): float32 BLAS matmul with
+  the weight densified once at plan time (PackedTensor.to_dense()), as int8_linear.py's
+  weight-only path: within (K + 2) * 2^-24 * sum_k |x_k w_nk| of the reference.
+* X in another float dtype (float64, float16): the reference's own arithmetic.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from kernels.reference.packed import PackedGemm, act_params, packed_linear_ref
+from kernels.registry import register
+from runtime.layouts import PackedTensor
+
+from . import _native
+
+SPARSE_LAYOUTS = ("csr", "bsr", "nm")
+_BIAS_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _bias(bias: Any, n: int) -> np.ndarray:
+    """The bias as float32 / float64 (other dtypes to float64, exactly), shape checked."""
+    b = np.asarray(bias)
+    if b.dtype not in _BIAS_DTYPES:
+        b = b.astype(np.float64)
+    if b.shape != (n,):
+        raise ValueError(f"Linear: bias has shape {b.shape}, expected ({n},)")
+    return b
+
+
+def pack_sparse(weight: PackedTensor, lanes: str = "auto", quad_rows: int = -1):
+    """The native packed form of a csr / bsr / nm weight with quant "int8", logical (N, K).
+
+    Fields as runtime/layouts.py stores them; a per-tensor scale (1,) becomes one per row.
+    ``lanes`` / ``quad_rows`` force the packed structures (tests, benchmarks; see
+    ``_native.sparse_int8_csr``)."""
+    n, k = weight.shape
+    f = weight.fields
+    scale = np.ascontiguousarray(np.broadcast_to(np.asarray(f["scale"]).reshape(-1), (n,)), np.float32)
+    qdata = np.ascontiguousarray(f["qdata"])
+    if weight.layout == "csr":
+        return _native.sparse_int8_csr(f["indptr"], f["indices"], qdata, scale, (n, k), lanes, quad_rows)
+    if weight.layout == "bsr":
+        return _native.sparse_int8_bsr(f["indptr"], f["indices"], qdata, scale, (n, k), lanes, quad_rows)
+    p = weight.params
+    return _native.sparse_int8_nm(f["meta"], qdata, scale, (n, k), int(p.get("n", 2)), int(p.get("m", 4)),
+                                  lanes, quad_rows)
+
+
+class NativeSparseLinear:
+    """One Linear node's csr / bsr / nm weight, prepared once.
+
+    weight: PackedTensor of logical shape (N, K); quant "int8" (qdata, scale (N,) or (1,))
+    for the integer modes, any quant for act_quant "none"."""
+
+    def __init__(self, weight: Any, act_quant: str = "none", act_scale: Any = None, act_zero_point: Any = 0):
+        if not isinstance(weight, PackedTensor):
+            raise TypeError(f"Linear: the weight must be an initializer in a packed layout, got {type(weight).__name__}")
+        if weight.layout not in SPARSE_LAYOUTS:
+            raise ValueError(f"Linear: the native sparse kernel takes layouts {SPARSE_LAYOUTS}, got {weight.layout!r}")
+        if len(weight.shape) != 2:
+            raise ValueError(f"Linear: packed weight {weight.name!r} has shape {weight.shape}, expected (N, K)")
+        self.weight = weight
+        self.act_quant = act_quant
+        self.act_scale, self.act_zero_point = act_params("Linear", act_quant, act_scale, act_zero_point)
+        self.n, self.k = weight.shape
+        self._reference: PackedGemm | None = None       # built on first non-float32 X
+        if act_quant == "none":
+            self.dense32 = np.ascontiguousarray(weight.to_dense().reshape(self.n, self.k), np.float32)
+            return
+        if weight.params.get("quant", "none") != "int8":
+            raise ValueError(f"Linear: act_quant={act_quant!r} needs integer weights, but {weight.layout} weight "
+                             f"{weight.name!r} stores float values (quant='none'); use act_quant='none'")
+        self.packed = pack_sparse(weight)
+
+    def reference(self) -> PackedGemm:
+        if self._reference is None:
+            self._reference = PackedGemm(self.weight, self.act_quant, self.act_scale, self.act_zero_point)
+        return self._reference
+
+
+def sparse_linear(x: Any, plan: NativeSparseLinear, bias: Any = None) -> np.ndarray:
+    """Y (..., N) = quant(X) @ W.T + bias in X's dtype; X (..., K) float, W logical (N, K),
+    bias (N,) or None."""
+    x = np.asarray(x)
+    shape = x.shape
+    if not shape or shape[-1] != plan.k or x.dtype.kind != "f":
+        raise ValueError(f"Linear: X {shape} ({x.dtype}) does not match packed weight "
+                         f"{plan.weight.name!r} of shape {plan.weight.shape} (need float X (..., K))")
+    x2 = x.reshape(-1, plan.k)
+    if x.dtype == np.float32 and plan.act_quant != "none":
+        if bias is not None and not (isinstance(bias, np.ndarray) and bias.dtype in _BIAS_DTYPES):
+            bias = _bias(bias, plan.n)
+        y = _native.sparse_int8_linear(plan.packed, x2 if x2.flags.c_contiguous else np.ascontiguousarray(x2), bias,
+                                       plan.act_quant, plan.act_scale, plan.act_zero_point)   # (M, N) float32
+        return y.reshape(*shape[:-1], plan.n)
+    bias = None if bias is None else _bias(bias, plan.n)
+    if plan.act_quant == "none":
+        if x2.dtype == np.float32:
+            y = x2 @ plan.dense32.T
+            if bias is not None:
+                y += bias.astype(np.float32, copy=False)
+        else:
+            y = np.asarray(x2, np.float64) @ plan.dense32.T.astype(np.float64)
+            if bias is not None:
+                y += bias
+            y = y.astype(x2.dtype)
+        return y.reshape(*shape[:-1], plan.n)
+    return packed_linear_ref(x, plan.reference(), bias)
+
+
+def _factory(attrs: dict[str, Any], weights: dict) -> Any:
+    """Kernel factory of (Linear, csr / bsr / nm, native): packs the weight once; returns run(x, w, bias)."""
+    weight = weights.get(1)
+    quant = {k: attrs.get(k, d) for k, d in (("act_quant", "none"), ("act_scale", None), ("act_zero_point", 0))}
+    plan = NativeSparseLinear(weight, **quant)
+
+    def run(x, w, bias=None):
+        # the session passes the planned PackedTensor; another one is prepared afresh
+        p = plan if w is weight else NativeSparseLinear(w, **quant)
+        return (sparse_linear(x, p, bias),)
+    return run
+
+
+for _layout in SPARSE_LAYOUTS:
+    register("Linear", "native", _layout)(_factory)

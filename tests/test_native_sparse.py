@@ -1,0 +1,655 @@
+"""native sparse int8 Linear (csrc/sparse_int8*.cpp, kernels/native_cpu/sparse_int8.py) against the
+reference.
+
+Every comparison is with the reference kernel of ("Linear", layout) on the same packed weight,
+never with another fast kernel. For act_quant "dynamic" and "static" the native kernels compute
+the exact integer accumulator and the reference's float64 epilogue in the same order, so the
+tolerance is zero (INT8_ATOL), on every code path: the scalar path, ELL with byte and dword
+lanes and the quad tiles of 1 and 4 rows (forced with the packing options and ``path=``), on
+every ISA the CPU has (``_native.set_int8_isa``), for 1 and 2 threads. Weights are packed by
+runtime.layouts from fresh random weights and masks of runtime.convert.prune.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import zlib
+
+import numpy as np
+import pytest
+
+from kernels import registry
+from runtime import layouts
+from runtime.convert import prune
+
+_REASON = registry.backend_status("native")
+pytestmark = pytest.mark.skipif(_REASON is not None, reason=f"native backend unavailable: {_REASON}")
+
+if _REASON is None:
+    from kernels.native_cpu import _native
+    from kernels.native_cpu.sparse_int8 import pack_sparse
+    ISAS = tuple(_native.int8_isas())            # fastest first; "scalar" always
+    VECTOR = "avx512_vnni" in ISAS               # the ELL / quad kernels run only there
+    LANES = ("byte", "dword") if _native.sparse_has_vbmi() else ("dword",)
+else:  # pragma: no cover
+    _native = None
+    ISAS, VECTOR, LANES = (), False, ()
+
+MAX_K_INT32 = (2 ** 31 - 1) // (255 * 255)   # csrc/int8_gemm.h kMaxKInt32: vector paths up to here
+
+# exact integer accumulation + the reference's float64 epilogue, same order: identical bits
+INT8_ATOL = 0.0
+# act_quant "none" is a float32 BLAS matmul of the densified weight (sparse_int8.py docstring):
+# each of the K products and K - 1 sums rounds to float32, the classical bound of a recursive
+# float32 dot product, (K + 2) * 2^-24 * sum |x w| (+ the bias and the reference's own rounding)
+WEIGHT_ONLY_ERR_PER_TERM = 2.0 ** -24
+
+STATIC = {"act_quant": "static", "act_scale": 0.037, "act_zero_point": -7}
+ACTS = {"dynamic": {"act_quant": "dynamic"}, "static": STATIC,
+        "static_z0": {"act_quant": "static", "act_scale": 0.05, "act_zero_point": 0}}
+MS = (1, 3, 17, 128)
+
+
+def _rng(*key) -> np.random.Generator:
+    """A fresh generator per test case, reproducible across runs (str hashes are salted)."""
+    return np.random.default_rng(zlib.crc32(repr(key).encode()))
+
+
+def _weights(rng, n, k, kind):
+    """(w, mask) of shape (N, K) for an unstructured sparsity pattern ``kind``."""
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    if kind == "dense":                          # 0% sparsity
+        return w, np.ones((n, k), bool)
+    if kind == "all_pruned":                     # 100%: every row empty
+        return w, np.zeros((n, k), bool)
+    if kind == "empty_rows":                     # 70% and whole rows pruned
+        mask = prune.magnitude_mask(w, 0.7)
+        mask[::3] = False
+        return w, mask
+    if kind == "explicit_zeros":                 # stored zeros (kept by the mask)
+        w[rng.random((n, k)) < 0.3] = 0.0
+        return w, prune.magnitude_mask(w, 0.2) | (w == 0)
+    if kind.startswith("magnitude"):
+        return w, prune.magnitude_mask(w, float(kind[9:]))
+    raise ValueError(kind)
+
+
+def _pack(rng, layout, n, k, kind="magnitude0.7", quant="int8", block=(1, 4), nm=(2, 4)):
+    if layout == "csr":
+        w, mask = _weights(rng, n, k, kind)
+        return layouts.pack("csr", "w", w, mask, quant=quant)
+    if layout == "bsr":
+        w = rng.standard_normal((n, k)).astype(np.float32)
+        r, c = block
+        if kind == "zero_blocks":                # whole stored blocks of zeros
+            zb = rng.random((n // r, k // c)) < 0.4
+            w = np.where(np.kron(zb, np.ones((r, c), bool)), np.float32(0), w)
+            mask = np.ones((n, k), bool)
+        elif kind == "all_pruned":
+            mask = np.zeros((n, k), bool)
+        elif kind == "dense":
+            mask = np.ones((n, k), bool)
+        else:
+            mask = prune.block_mask(w, float(kind[5:]) if kind.startswith("block") and len(kind) > 5 else 0.7, block)
+        return layouts.pack("bsr", "w", w, mask, quant=quant, block_shape=block)
+    if layout == "nm":
+        w = rng.standard_normal((n, k)).astype(np.float32)
+        return layouts.pack("nm", "w", w, prune.nm_mask(w, *nm), quant=quant, n=nm[0], m=nm[1])
+    raise ValueError(layout)
+
+
+def _x(rng, shape, dtype=np.float32):
+    x = (rng.standard_normal(shape) * 1.5).astype(dtype)
+    if x.ndim >= 2 and x.shape[0] > 2:
+        x[1] = 0                                  # an all-zero row: s_x = 1, qx = 0
+    return x
+
+
+def _reference(t, attrs, x, bias=None):
+    return registry.lookup("Linear", t.layout, "reference")(registry.fill_attrs("Linear", attrs), {1: t})(x, t, bias)[0]
+
+
+def _assert_same(got, ref, what):
+    assert got.shape == ref.shape and got.dtype == ref.dtype, f"{what}: {got.shape} {got.dtype} vs {ref.shape} {ref.dtype}"
+    assert np.array_equal(np.isnan(got), np.isnan(ref)), f"{what}: NaN positions differ"
+    ok = ~np.isnan(ref)
+    err = np.max(np.abs(got[ok].astype(np.float64) - ref[ok]), initial=0.0)
+    assert err <= INT8_ATOL, f"{what}: max |native - reference| = {err}"
+
+
+def _binding_args(attrs):
+    return attrs["act_quant"], attrs.get("act_scale", 1.0), attrs.get("act_zero_point", 0)
+
+
+def _variants(t):
+    """(label, packed weight, path, isa) for every code path this weight and CPU can take:
+    the scalar path on every ISA, on the canonical rows and on the ELL vectors (what it reads
+    once ELL is built), ELL with each lane kind, quad tiles of 1 and 4 rows (4: N % 4 == 0), the
+    vector ones on AVX-512 VNNI."""
+    out = [(f"scalar/{isa}", pack_sparse(t, lanes="none", quad_rows=0), "scalar", isa) for isa in ISAS]
+    auto = pack_sparse(t, quad_rows=0)
+    out += [(f"scalar-{auto.lanes}/{isa}", auto, "scalar", isa) for isa in ISAS if auto.lanes != "none"]
+    if not VECTOR:
+        return out
+    for lanes in LANES:
+        out.append((f"ell-{lanes}", pack_sparse(t, lanes=lanes, quad_rows=0), "ell", "avx512_vnni"))
+    quad_rows = (1, 4) if t.shape[0] % 4 == 0 else (1,)
+    for g in quad_rows:
+        out.append((f"quad_tiles-{g}", pack_sparse(t, lanes="none", quad_rows=g), "quad_tiles", "avx512_vnni"))
+    return out
+
+
+@pytest.fixture
+def restore_native_state():
+    """Tests that force a code path or a thread count put the previous ones back (the path may
+    have been forced for the whole run with QRT_NATIVE_ISA)."""
+    threads = _native.get_threads()
+    forced = os.environ.get("QRT_NATIVE_ISA")
+    yield
+    _native.set_int8_isa(forced or "auto")
+    _native.set_threads(threads)
+
+
+# --- every layout, pattern and awkward shape, through the registered kernel ----------------------
+
+SPARSE_CASES = [  # (layout, kind, block, nm, N, K)
+    ("csr", "magnitude0.7", None, None, 33, 200),
+    ("csr", "magnitude0.9", None, None, 64, 700),
+    ("csr", "magnitude0.95", None, None, 16, 130),
+    ("csr", "dense", None, None, 17, 100),               # 0% sparsity
+    ("csr", "all_pruned", None, None, 9, 70),            # 100%
+    ("csr", "empty_rows", None, None, 40, 130),
+    ("csr", "explicit_zeros", None, None, 20, 60),
+    ("csr", "magnitude0.7", None, None, 1, 63),          # N = 1
+    ("csr", "magnitude0.5", None, None, 5, 1),           # K = 1
+    ("bsr", "block", (1, 4), None, 33, 136),
+    ("bsr", "block", (4, 4), None, 36, 204),
+    ("bsr", "block", (16, 1), None, 48, 90),
+    ("bsr", "block", (1, 16), None, 20, 144),
+    ("bsr", "block", (2, 8), None, 18, 72),
+    ("bsr", "block", (4, 8), None, 20, 264),
+    ("bsr", "block", (16, 4), None, 48, 100),
+    ("bsr", "block", (3, 2), None, 21, 30),
+    ("bsr", "block", (1, 1), None, 7, 45),
+    ("bsr", "zero_blocks", (4, 4), None, 32, 64),        # all-zero stored blocks
+    ("bsr", "dense", (4, 4), None, 16, 36),
+    ("bsr", "all_pruned", (1, 4), None, 8, 16),
+    ("nm", "nm", None, (2, 4), 33, 200),
+    ("nm", "nm", None, (1, 4), 16, 132),
+    ("nm", "nm", None, (2, 8), 7, 64),
+    ("nm", "nm", None, (3, 16), 5, 96),                  # 4-bit position codes
+    ("nm", "nm", None, (1, 2), 6, 10),                   # 1-bit codes
+    ("nm", "nm", None, (5, 32), 4, 160),                 # 8-bit codes
+]
+
+
+def _case_id(c):
+    layout, kind, block, nm, n, k = c
+    extra = f"{block[0]}x{block[1]}" if block else (f"{nm[0]}of{nm[1]}" if nm else "")
+    return f"{layout}-{kind}{extra}-N{n}-K{k}"
+
+
+@pytest.mark.parametrize("case", SPARSE_CASES, ids=_case_id)
+@pytest.mark.parametrize("act", ["dynamic", "static"])
+def test_sparse_linear_matches_reference(case, act):
+    """The registered ("Linear", layout, "native") kernel on its automatic path, every M, with
+    and without bias."""
+    layout, kind, block, nm, n, k = case
+    rng = _rng("linear", case, act)
+    t = _pack(rng, layout, n, k, kind, block=block or (1, 4), nm=nm or (2, 4))
+    bias = rng.standard_normal(n).astype(np.float32)
+    run = registry.lookup("Linear", layout, "native")(registry.fill_attrs("Linear", ACTS[act]), {1: t})
+    for m in MS:
+        x = _x(rng, (m, k))
+        b = bias if (m + n) % 2 else None
+        _assert_same(run(x, t, b)[0], _reference(t, ACTS[act], x, b), f"{_case_id(case)} M={m} bias={b is not None}")
+
+
+@pytest.mark.parametrize("case", SPARSE_CASES, ids=_case_id)
+def test_every_path_exact_and_fully_written(case, restore_native_state):
+    """Every code path (_variants) into a poisoned output buffer: all elements written, the
+    reference's bits, for M across the 4-row ELL groups and the 16-row tiles."""
+    layout, kind, block, nm, n, k = case
+    rng = _rng("paths", case)
+    t = _pack(rng, layout, n, k, kind, block=block or (1, 4), nm=nm or (2, 4))
+    bias = rng.standard_normal(n)
+    for m in (1, 5, 17):
+        x = _x(rng, (m, k))
+        for act in ("dynamic", "static"):
+            ref = _reference(t, ACTS[act], x, bias)
+            for label, w, path, isa in _variants(t):
+                _native.set_int8_isa(isa)
+                out = np.full((m, n), np.nan, np.float32)      # poisoned: an unwritten element fails
+                got = _native.sparse_int8_linear(w, x, bias, *_binding_args(ACTS[act]), out=out, path=path)
+                assert np.shares_memory(got, out)
+                _assert_same(out, ref, f"{_case_id(case)} {label} M={m} {act}")
+
+
+def test_automatic_path_choice(restore_native_state):
+    """What auto packs and runs on a VNNI CPU: ELL for every layout (byte lanes where VBMI makes
+    them denser, dword lanes for 4-column blocks), plus quad tiles for bsr with C % 4 == 0, taken
+    from M = 8 (4-row quads, R % 4 == 0) or M = 12 (1-row quads); scalar elsewhere."""
+    rng = _rng("choice")
+    csr = pack_sparse(_pack(rng, "csr", 32, 256, "magnitude0.9"))
+    b44 = pack_sparse(_pack(rng, "bsr", 32, 256, block=(4, 4)))
+    b14 = pack_sparse(_pack(rng, "bsr", 32, 256, block=(1, 4)))
+    b161 = pack_sparse(_pack(rng, "bsr", 32, 256, block=(16, 1)))
+    assert (b44.quad_rows, b44.lanes) == (4, "dword")
+    assert b14.quad_rows == 1 and b14.lanes == "dword"
+    assert b161.quad_rows == 0 and csr.quad_rows == 0
+    if not VECTOR:
+        assert {w.path(1) for w in (csr, b44, b14, b161)} == {"scalar"}
+        return
+    _native.set_int8_isa("avx512_vnni")
+    assert csr.path(1) == csr.path(128) == "ell" and csr.lanes == LANES[0]
+    assert b44.path(1) == b44.path(7) == "ell" and b44.path(8) == b44.path(128) == "quad_tiles"
+    assert b14.path(11) == "ell" and b14.path(12) == "quad_tiles"
+    assert b161.path(1) == b161.path(128) == "ell"
+    _native.set_int8_isa("scalar")
+    assert {w.path(m) for w in (csr, b44, b14, b161) for m in (1, 128)} == {"scalar"}
+
+
+@pytest.mark.parametrize("layout,block", [("csr", None), ("bsr", (4, 4)), ("bsr", (1, 4)), ("bsr", (16, 1)),
+                                          ("nm", None)])
+def test_thread_count_does_not_change_results(layout, block, restore_native_state):
+    """Sizes above the parallel threshold (csrc/sparse_int8.cpp kParallelMinWork), every path:
+    1, 2 and 3 threads give the reference's bits."""
+    rng = _rng("threads", layout, block)
+    t = _pack(rng, layout, 512, 768, "magnitude0.7" if layout == "csr" else "block0.5", block=block or (1, 4))
+    bias = rng.standard_normal(512).astype(np.float32)
+    variants = _variants(t)
+    for m in (1, 16, 40):
+        x = _x(rng, (m, 768))
+        ref = _reference(t, STATIC, x, bias)
+        for label, w, path, isa in variants:
+            _native.set_int8_isa(isa)
+            for threads in (1, 2, 3):
+                _native.set_threads(threads)
+                got = _native.sparse_int8_linear(w, x, bias, *_binding_args(STATIC), path=path)
+                _assert_same(got, ref, f"{layout}{block or ''} {label} M={m} threads={threads}")
+
+
+def test_concurrent_calls_from_python_threads():
+    """The kernel runs without the GIL; calls from several Python threads on one packed weight
+    each get their own, correct result."""
+    rng = _rng("concurrent")
+    t = _pack(rng, "csr", 300, 200)
+    run = registry.lookup("Linear", "csr", "native")({"act_quant": "dynamic"}, {1: t})
+    xs = [_x(rng, (3 + 7 * i, 200)) for i in range(8)]
+    want = [_reference(t, ACTS["dynamic"], x) for x in xs]
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda x: run(x, t, None)[0], xs))
+    for i, (g, r) in enumerate(zip(got, want)):
+        _assert_same(g, r, f"call {i}")
+
+
+# --- numerics at the edges --------------------------------------------------------------------------
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered")   # the reference's x / inf
+def test_extreme_values_and_saturation(restore_native_state):
+    """Static saturation at -128 / 127, one huge value per dynamic row, .5 ties, NaN / inf rows
+    (NaN rows, or finite after static clipping), subnormal rows, on every path."""
+    rng = _rng("extreme")
+    t = _pack(rng, "bsr", 32, 96, block=(4, 4))
+    x = _x(rng, (10, 96)) * 100
+    x[1, 5] = 1e30
+    x[2] = -3.5
+    x[3, ::2] = 0.5 * 0.037                      # exact .5 ties under the static scale
+    x[4, :] = np.float32(1e-40) * np.arange(96)
+    x[6, 7] = np.nan
+    x[7, 1] = -np.inf
+    x[8, 3] = np.inf
+    x[9] = np.linspace(-127.5, 127.5, 96) * np.float32(0.037)
+    for act in ("dynamic", "static", "static_z0"):
+        ref = _reference(t, ACTS[act], x)
+        for label, w, path, isa in _variants(t):
+            _native.set_int8_isa(isa)
+            _assert_same(_native.sparse_int8_linear(w, x, None, *_binding_args(ACTS[act]), path=path), ref,
+                         f"{label} {act}")
+
+
+@pytest.mark.parametrize("k", [MAX_K_INT32 - 1, MAX_K_INT32 + 7])
+def test_int32_accumulator_bound(k, restore_native_state):
+    """The largest |acc|: static z = -128 with x far above range (qx - z = 255) and qw = +-127
+    everywhere: K * 255 * 127. Up to kMaxKInt32 the vector paths' wrapping int32 arithmetic is
+    exact; above it every path is the scalar int64 one (auto picks it)."""
+    k -= k % 4                                   # 4-column blocks
+    w = np.ones((4, k), np.float32)
+    w[1] = -1
+    w[2, ::2] = -1
+    t_csr = layouts.pack("csr", "w", w, np.ones((4, k), bool), quant="int8")
+    t_bsr = layouts.pack("bsr", "w", w, np.ones((4, k), bool), quant="int8", block_shape=(4, 4))
+    x = np.full((2, k), 1e3, np.float32)
+    x[1, ::3] = -1e3
+    attrs = {"act_quant": "static", "act_scale": 0.5, "act_zero_point": -128}
+    for t in (t_csr, t_bsr):
+        ref = _reference(t, attrs, x)
+        assert abs(float(ref[0, 0])) > 0.95 * k * 255 * 127 * float(t.fields["scale"][0]) * 0.5
+        for label, wp, path, isa in _variants(t):
+            _native.set_int8_isa(isa)
+            if k > MAX_K_INT32 and path != "scalar":
+                with pytest.raises(ValueError, match="not available"):
+                    _native.sparse_int8_linear(wp, x, None, *_binding_args(attrs), path=path)
+                continue
+            _assert_same(_native.sparse_int8_linear(wp, x, None, *_binding_args(attrs), path=path), ref,
+                         f"{t.layout} {label} K={k}")
+        _native.set_int8_isa("auto")
+        auto = pack_sparse(t)
+        assert (auto.path(2) == "scalar") == (k > MAX_K_INT32 or not VECTOR)
+        _assert_same(_native.sparse_int8_linear(auto, x, None, *_binding_args(attrs)), ref, f"{t.layout} auto K={k}")
+
+
+# --- shapes, dtypes, modes ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("shape", [(70,), (5, 70), (2, 3, 70), (2, 2, 2, 70), (0, 70)],
+                         ids=["rank1", "rank2", "rank3", "rank4", "empty"])
+@pytest.mark.parametrize("layout", ["csr", "bsr", "nm"])
+def test_input_ranks(shape, layout):
+    """X (..., K) of any rank, including no rows at all (Y (0, N), as the reference)."""
+    rng = _rng("ranks", shape, layout)
+    t = _pack(rng, layout, 36, 70 if layout != "nm" else 72, block=(4, 2))
+    k = t.shape[1]
+    shape = shape[:-1] + (k,)
+    x = _x(rng, shape)
+    b = rng.standard_normal(36).astype(np.float32)
+    run = registry.lookup("Linear", layout, "native")({"act_quant": "dynamic"}, {1: t})
+    got = run(x, t, b)[0]
+    assert got.shape == shape[:-1] + (36,)
+    _assert_same(got, _reference(t, ACTS["dynamic"], x, b), f"{shape}")
+
+
+def test_non_contiguous_input_bias_dtypes_and_other_float_dtypes():
+    """A strided X is copied by the wrapper; float64 / float16 biases; float64 / float16 X run
+    the reference's arithmetic (sparse_int8.py docstring)."""
+    rng = _rng("layouts")
+    t = _pack(rng, "csr", 20, 30)
+    run = registry.lookup("Linear", "csr", "native")(STATIC, {1: t})
+    x = _x(rng, (9, 60))[:, ::2]
+    for b in (rng.standard_normal(20), rng.standard_normal(20).astype(np.float16), None):
+        _assert_same(run(x, t, b)[0], _reference(t, STATIC, x, b), f"{getattr(b, 'dtype', None)}")
+    for dtype in (np.float64, np.float16):
+        xd = _x(rng, (4, 30)).astype(dtype)
+        _assert_same(run(xd, t, None)[0], _reference(t, STATIC, xd), f"{dtype}")
+
+
+@pytest.mark.parametrize("quant", ["none", "int8"])
+@pytest.mark.parametrize("layout", ["csr", "bsr", "nm"])
+def test_act_none_within_float32_bound(quant, layout):
+    """act_quant "none" (float values, or weight-only int8): float32 BLAS on the densified
+    weight, within WEIGHT_ONLY_ERR_PER_TERM of the reference."""
+    rng = _rng("none", quant, layout)
+    t = _pack(rng, layout, 32, 96, quant=quant, block=(4, 4))
+    run = registry.lookup("Linear", layout, "native")({"act_quant": "none"}, {1: t})
+    x = _x(rng, (7, 96))
+    b = rng.standard_normal(32).astype(np.float32)
+    got, ref = run(x, t, b)[0], _reference(t, {"act_quant": "none"}, x, b)
+    bound = (np.abs(x.astype(np.float64)) @ np.abs(t.to_dense().astype(np.float64)).T + np.abs(b)) \
+        * (96 + 2) * WEIGHT_ONLY_ERR_PER_TERM
+    assert got.dtype == np.float32
+    assert np.all(np.abs(got.astype(np.float64) - ref) <= bound + np.spacing(np.abs(ref)))
+
+
+def test_per_tensor_scale():
+    rng = _rng("per-tensor")
+    w = rng.standard_normal((24, 64)).astype(np.float32)
+    t = layouts.pack("csr", "w", w, prune.magnitude_mask(w, 0.6), quant="int8", per_channel=False)
+    assert t.fields["scale"].shape == (1,)
+    x = _x(rng, (5, 64))
+    run = registry.lookup("Linear", "csr", "native")({"act_quant": "dynamic"}, {1: t})
+    _assert_same(run(x, t, None)[0], _reference(t, ACTS["dynamic"], x), "per-tensor")
+
+
+# --- errors ---------------------------------------------------------------------------------------
+
+def _csr_fields(rng):
+    t = _pack(rng, "csr", 6, 20, "magnitude0.5")
+    f = t.fields
+    return (np.ascontiguousarray(f["indptr"]), np.ascontiguousarray(f["indices"]), np.ascontiguousarray(f["qdata"]),
+            np.ascontiguousarray(np.broadcast_to(f["scale"], (6,)), np.float32))
+
+
+def test_bad_weights_are_refused_with_a_reason():
+    rng = _rng("bad-weights")
+    ip, ix, q, s = _csr_fields(rng)
+    shape = (6, 20)
+    good = _native.sparse_int8_csr(ip, ix, q, s, shape)
+    assert (good.n, good.k, good.nnz) == (6, 20, q.size) and good.nbytes > q.nbytes
+
+    def with_value(a, i, v):
+        a = a.copy()
+        a[i] = v
+        return a
+    row0 = int(ip[1]) - int(ip[0])
+    assert row0 >= 2
+    cases = [
+        (TypeError, "indptr must have dtype int32 or int64, got float64", lambda: _native.sparse_int8_csr(ip.astype(np.float64), ix, q, s, shape)),
+        (TypeError, "indptr must be a numpy array", lambda: _native.sparse_int8_csr(ip.tolist(), ix, q, s, shape)),
+        (TypeError, "indices must have dtype uint8, uint16, int32 or int64, got int8", lambda: _native.sparse_int8_csr(ip, ix.astype(np.int8), q, s, shape)),
+        (ValueError, "indices must be C-contiguous", lambda: _native.sparse_int8_csr(ip, np.repeat(ix, 2)[::2], q, s, shape)),
+        (ValueError, r"indptr has 6 entries, expected N \+ 1 = 7", lambda: _native.sparse_int8_csr(ip[:-1].copy(), ix, q, s, shape)),
+        (ValueError, r"indptr\[0\] = 1, expected 0", lambda: _native.sparse_int8_csr(with_value(ip, 0, 1), ix, q, s, shape)),
+        (ValueError, "indptr decreases at row 1", lambda: _native.sparse_int8_csr(with_value(ip, 2, 0), ix, q, s, shape)),
+        (ValueError, r"indptr\[-1\] = .* but .* entries are stored", lambda: _native.sparse_int8_csr(with_value(ip, 6, ip[6] - 1), ix, q, s, shape)),
+        (ValueError, r"indices\[0\] = 20 is out of range \[0, 20\)", lambda: _native.sparse_int8_csr(ip, with_value(ix, 0, 20), q, s, shape)),
+        (ValueError, r"indices\[0\] = -1 is out of range", lambda: _native.sparse_int8_csr(ip.astype(np.int64), with_value(ix.astype(np.int32), 0, -1), q, s, shape)),
+        (ValueError, "indices of row 0 are not strictly increasing", lambda: _native.sparse_int8_csr(ip, with_value(ix, 1, ix[0]), q, s, shape)),
+        (TypeError, "qdata must have dtype int8, got uint8", lambda: _native.sparse_int8_csr(ip, ix, q.view(np.uint8), s, shape)),
+        (ValueError, r"qdata has shape \(\d+,\), expected \(\d+,\) \(one per index\)", lambda: _native.sparse_int8_csr(ip, ix, q[:-1].copy(), s, shape)),
+        (ValueError, r"scale has shape \(1,\), expected \(6,\)", lambda: _native.sparse_int8_csr(ip, ix, q, s[:1].copy(), shape)),
+        (TypeError, "scale must have dtype float32, got float64", lambda: _native.sparse_int8_csr(ip, ix, q, s.astype(np.float64), shape)),
+        (ValueError, r"scale\[2\] = .*expected finite and > 0", lambda: _native.sparse_int8_csr(ip, ix, q, with_value(s, 2, np.nan), shape)),
+        (ValueError, r"shape \(0, 20\) must have N >= 1", lambda: _native.sparse_int8_csr(ip[:1].copy(), ix[:0], q[:0], s[:0], (0, 20))),
+        (ValueError, "lanes = 'wide'", lambda: _native.sparse_int8_csr(ip, ix, q, s, shape, lanes="wide")),
+        (ValueError, "quad_rows must be", lambda: _native.sparse_int8_csr(ip, ix, q, s, shape, quad_rows=3)),
+        (ValueError, r"quads of 4 rows need N % 4 == 0", lambda: _native.sparse_int8_csr(ip, ix, q, s, shape, quad_rows=4)),
+    ]
+    for exc, pattern, call in cases:
+        with pytest.raises(exc, match=pattern):
+            call()
+    if not _native.sparse_has_vbmi():
+        with pytest.raises(ValueError, match="VBMI"):
+            _native.sparse_int8_csr(ip, ix, q, s, shape, lanes="byte")
+    # nothing is lost: the weight packed before still gives the reference's bits
+    t = _pack(_rng("bad-weights"), "csr", 6, 20, "magnitude0.5")
+    x = _x(rng, (3, 20))
+    _assert_same(_native.sparse_int8_linear(good, x), _reference(t, ACTS["dynamic"], x), "after errors")
+
+
+def test_bad_bsr_and_nm_weights_are_refused_with_a_reason():
+    rng = _rng("bad-bsr-nm")
+    t = _pack(rng, "bsr", 8, 16, block=(2, 4))
+    f = t.fields
+    ip, ix, q = np.ascontiguousarray(f["indptr"]), np.ascontiguousarray(f["indices"]), np.ascontiguousarray(f["qdata"])
+    s = np.ascontiguousarray(np.broadcast_to(f["scale"], (8,)), np.float32)
+    assert ix.size >= 1
+    bad_ix = ix.copy()
+    bad_ix[0] = 4                                 # K / C = 4 block columns
+    with pytest.raises(ValueError, match=r"indices\[0\] = 4 is out of range \[0, 4\) \(block column\)"):
+        _native.sparse_int8_bsr(ip, bad_ix, q, s, (8, 16))
+    with pytest.raises(ValueError, match=r"qdata has shape \(\d+, 3, 4\): block_shape"):
+        _native.sparse_int8_bsr(ip, ix, np.zeros((ix.size, 3, 4), np.int8), s, (8, 16))
+    with pytest.raises(ValueError, match=r"qdata has shape \(\d+, 8\), expected \(nb, R, C\)"):
+        _native.sparse_int8_bsr(ip, ix, q.reshape(ix.size, 8), s, (8, 16))
+    with pytest.raises(ValueError, match="indices has"):
+        _native.sparse_int8_bsr(ip, ix[:-1].copy(), q, s, (8, 16))
+    with pytest.raises(ValueError, match=r"indptr has 3 entries, expected N / R \+ 1 = 5"):
+        _native.sparse_int8_bsr(ip[:3].copy(), ix, q, s, (8, 16))
+
+    tn = _pack(rng, "nm", 4, 16, nm=(2, 4))       # 2-bit codes, 8 per row: 2 bytes
+    meta, qn = np.ascontiguousarray(tn.fields["meta"]), np.ascontiguousarray(tn.fields["qdata"])
+    sn = np.ascontiguousarray(np.broadcast_to(tn.fields["scale"], (4,)), np.float32)
+    assert _native.sparse_int8_nm(meta, qn, sn, (4, 16), 2, 4).nnz == 32
+    swapped = meta.copy()
+    swapped[0, 0] = 0b0001_1011                   # group 0 positions (3, 2): not ascending
+    with pytest.raises(ValueError, match="meta row 0, group 0: positions are not strictly ascending"):
+        _native.sparse_int8_nm(swapped, qn, sn, (4, 16), 2, 4)
+    tn3 = _pack(rng, "nm", 2, 12, nm=(1, 3))      # m = 3: 2-bit codes, so position 3 is encodable
+    m3 = np.ascontiguousarray(tn3.fields["meta"]).copy()
+    m3[1, 0] = (m3[1, 0] & ~np.uint8(3)) | np.uint8(3)
+    with pytest.raises(ValueError, match="meta row 1, group 0 holds position 3, not < m = 3"):
+        _native.sparse_int8_nm(m3, np.ascontiguousarray(tn3.fields["qdata"]), np.ones(2, np.float32), (2, 12), 1, 3)
+    tn5 = _pack(rng, "nm", 2, 12, nm=(1, 4))      # 3 codes of 2 bits: bits 6..7 unused
+    m5 = np.ascontiguousarray(tn5.fields["meta"]).copy()
+    m5[0, 0] |= np.uint8(0x80)
+    with pytest.raises(ValueError, match="meta row 0: the unused trailing bits"):
+        _native.sparse_int8_nm(m5, np.ascontiguousarray(tn5.fields["qdata"]), np.ones(2, np.float32), (2, 12), 1, 4)
+    with pytest.raises(ValueError, match=r"meta has shape \(4, 1\), expected \(4, 2\)"):
+        _native.sparse_int8_nm(meta[:, :1].copy(), qn, sn, (4, 16), 2, 4)
+    with pytest.raises(ValueError, match=r"n:m must satisfy"):
+        _native.sparse_int8_nm(meta, qn, sn, (4, 16), 4, 4)
+    with pytest.raises(ValueError, match="m = 5 does not divide K = 16"):
+        _native.sparse_int8_nm(meta, qn, sn, (4, 16), 2, 5)
+    with pytest.raises(TypeError, match="meta must have dtype uint8, got int8"):
+        _native.sparse_int8_nm(meta.view(np.int8), qn, sn, (4, 16), 2, 4)
+
+
+def _native_from_fields(layout, fields, t):
+    """The binding called on (possibly malformed) fields of ``t``'s layout."""
+    n, k = t.shape
+    scale = np.ascontiguousarray(np.broadcast_to(t.fields["scale"], (n,)), np.float32)
+    if layout == "csr":
+        return _native.sparse_int8_csr(fields["indptr"], fields["indices"], fields["qdata"], scale, (n, k))
+    if layout == "bsr":
+        return _native.sparse_int8_bsr(fields["indptr"], fields["indices"], fields["qdata"], scale, (n, k))
+    return _native.sparse_int8_nm(fields["meta"], fields["qdata"], scale, (n, k), t.params["n"], t.params["m"])
+
+
+def test_fuzzed_weights_raise_or_match_the_reference():
+    """Malformed fields (a random byte flipped, truncated, another dtype, shuffled, empty, not
+    contiguous): the binding either raises TypeError / ValueError, or accepts a weight that is
+    valid and gives the reference's bits on every path. Never a crash, never a wrong answer."""
+    from kernels.reference.packed import PackedGemm, packed_linear_ref
+    from runtime.layouts import PackedTensor
+    rng = _rng("fuzz")
+    base = {"csr": _pack(rng, "csr", 12, 40), "bsr": _pack(rng, "bsr", 12, 40, block=(2, 4)),
+            "nm": _pack(rng, "nm", 6, 16, nm=(2, 4))}
+    dtypes = (np.int8, np.uint8, np.int16, np.uint16, np.int32, np.int64, np.float32)
+    accepted = 0
+    for i in range(600):
+        layout = ("csr", "bsr", "nm")[i % 3]
+        t = base[layout]
+        fields = {name: np.array(a, copy=True) for name, a in t.fields.items() if name != "scale"}
+        name = sorted(fields)[int(rng.integers(len(fields)))]
+        a = fields[name]
+        op = int(rng.integers(6))
+        if op == 0 and a.size:                          # one random byte
+            a.view(np.uint8).reshape(-1)[int(rng.integers(a.nbytes))] = int(rng.integers(256))
+        elif op == 1 and a.shape[0]:                    # truncated
+            a = a[:-1].copy()
+        elif op == 2:                                   # another dtype
+            a = a.astype(dtypes[int(rng.integers(len(dtypes)))])
+        elif op == 3:                                   # shuffled
+            a = rng.permutation(a.reshape(-1)).reshape(a.shape)
+        elif op == 4:                                   # empty
+            a = np.zeros((0,) + a.shape[1:], a.dtype)
+        else:                                           # not contiguous
+            a = np.repeat(a, 2, axis=-1)[..., ::2]
+        fields[name] = a
+        try:
+            w = _native_from_fields(layout, fields, t)
+        except (TypeError, ValueError):
+            continue
+        accepted += 1
+        t2 = PackedTensor(t.name, layout, t.dtype, t.shape, {**fields, "scale": t.fields["scale"]}, t.params)
+        x = _x(rng, (3, t.shape[1]))
+        ref = packed_linear_ref(x, PackedGemm(t2, "dynamic"))
+        for path in ("auto", "scalar"):
+            _assert_same(_native.sparse_int8_linear(w, x, path=path), ref, f"fuzz {i} {layout} {name} op {op} {path}")
+    assert accepted > 0            # some mutations are harmless (a value byte): those are compared
+
+
+def test_bad_calls_are_refused_with_a_reason(restore_native_state):
+    rng = _rng("bad-calls")
+    ip, ix, q, s = _csr_fields(rng)
+    w = _native.sparse_int8_csr(ip, ix, q, s, (6, 20), lanes="none", quad_rows=0)
+    x = _x(rng, (3, 20))
+    good = _native.sparse_int8_linear(w, x)
+    cases = [
+        (TypeError, "X must have dtype float32, got float64", lambda: _native.sparse_int8_linear(w, x.astype(np.float64))),
+        (TypeError, "X must be a numpy array", lambda: _native.sparse_int8_linear(w, x.tolist())),
+        (ValueError, "X must be C-contiguous", lambda: _native.sparse_int8_linear(w, np.asfortranarray(x))),
+        (ValueError, r"X has shape \(3, 21\), expected \(M, 20\)", lambda: _native.sparse_int8_linear(w, np.zeros((3, 21), np.float32))),
+        (ValueError, r"X has shape \(20,\)", lambda: _native.sparse_int8_linear(w, x[0])),
+        (ValueError, r"bias has shape \(7,\), expected \(6,\)", lambda: _native.sparse_int8_linear(w, x, np.zeros(7, np.float32))),
+        (TypeError, "bias must have dtype float32 or float64, got int32", lambda: _native.sparse_int8_linear(w, x, np.zeros(6, np.int32))),
+        (ValueError, "act_quant = 'none'", lambda: _native.sparse_int8_linear(w, x, None, "none")),
+        (ValueError, "act_scale", lambda: _native.sparse_int8_linear(w, x, None, "static", 0.0, 0)),
+        (ValueError, "act_zero_point", lambda: _native.sparse_int8_linear(w, x, None, "static", 0.1, -129)),
+        (ValueError, r"out has shape \(3, 7\)", lambda: _native.sparse_int8_linear(w, x, out=np.zeros((3, 7), np.float32))),
+        (TypeError, "out must have dtype float32", lambda: _native.sparse_int8_linear(w, x, out=np.zeros((3, 6)))),
+        (ValueError, "path = 'fast'", lambda: _native.sparse_int8_linear(w, x, path="fast")),
+        (ValueError, "sparse path 'ell' is not available", lambda: _native.sparse_int8_linear(w, x, path="ell")),
+        (ValueError, "sparse path 'quad_tiles' is not available", lambda: _native.sparse_int8_linear(w, x, path="quad_tiles")),
+    ]
+    for exc, pattern, call in cases:
+        with pytest.raises(exc, match=pattern):
+            call()
+    read_only = np.zeros((3, 6), np.float32)
+    read_only.flags.writeable = False
+    with pytest.raises(ValueError, match="writeable"):
+        _native.sparse_int8_linear(w, x, out=read_only)
+    if VECTOR:                                    # a built structure, but an ISA that cannot run it
+        wq = _native.sparse_int8_csr(ip, ix, q, s, (6, 20), lanes="dword")
+        _native.set_int8_isa("scalar")
+        with pytest.raises(ValueError, match="sparse path 'ell' is not available for this weight on 'scalar'"):
+            _native.sparse_int8_linear(wq, x, path="ell")
+        _native.set_int8_isa("auto")
+    assert np.array_equal(_native.sparse_int8_linear(w, x), good)
+    assert _native.sparse_int8_linear(w, np.zeros((0, 20), np.float32)).shape == (0, 6)
+
+
+def test_bad_inputs_to_the_kernel_are_refused_with_a_reason():
+    rng = _rng("bad-kernel")
+    t = _pack(rng, "csr", 10, 20)
+    run = registry.lookup("Linear", "csr", "native")({"act_quant": "dynamic"}, {1: t})
+    with pytest.raises(ValueError, match="does not match packed weight"):
+        run(np.zeros((3, 21), np.float32), t, None)
+    with pytest.raises(ValueError, match="float"):
+        run(np.zeros((3, 20), np.int32), t, None)
+    with pytest.raises(ValueError, match="bias"):
+        run(np.zeros((3, 20), np.float32), t, np.zeros(11, np.float32))
+    with pytest.raises(ValueError, match="act_scale"):
+        registry.lookup("Linear", "csr", "native")({"act_quant": "static"}, {1: t})
+    with pytest.raises(ValueError, match="stores float values"):
+        registry.lookup("Linear", "csr", "native")({"act_quant": "dynamic"}, {1: _pack(rng, "csr", 10, 20, quant="none")})
+    with pytest.raises(ValueError, match="layouts"):
+        registry.lookup("Linear", "csr", "native")({"act_quant": "dynamic"}, {1: layouts.pack("int8", "w", np.ones((4, 4)))})
+    with pytest.raises(TypeError, match="packed layout"):
+        registry.lookup("Linear", "csr", "native")({"act_quant": "dynamic"}, {1: np.zeros((10, 20), np.float32)})
+
+
+# --- through a session ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("opts", [
+    {"prune": "magnitude", "sparsity": 0.7, "quant": "int8"},
+    {"prune": "magnitude", "sparsity": 0.7, "quant": "int8", "act": "static"},
+    {"prune": "block", "sparsity": 0.5, "block": (1, 4), "quant": "int8"},
+    # fc2's weight (5, 16) is not tiled by 4 x 4: pruned layer fc1 only (fc2 stays dense int8)
+    {"prune": "block", "sparsity": 0.5, "block": (4, 4), "quant": "int8", "layer_sparsity": {"fc2/MatMul": 0.0}},
+    {"prune": "nm", "quant": "int8"},
+], ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()))
+def test_session_on_converted_pruned_mlp(opts, tmp_path):
+    """A pruned, quantized model written to a .qrt file and loaded back (zero-copy read-only
+    fields), on backend="native" and "auto" against "reference": the sparse Linears run native
+    and give the reference's bits."""
+    pytest.importorskip("onnx")
+    import runtime
+    from tests.model_zoo import small_mlp_onnx
+    rng = _rng("session", tuple(opts.items()))
+    if opts.get("act") == "static":
+        opts = {**opts, "calib": [{"x": _x(rng, (64, 8))}]}
+    path = tmp_path / "mlp_sparse.qrt"
+    graph = runtime.convert(small_mlp_onnx(), path, **opts)
+    native = runtime.InferenceSession(str(path), backend="native")
+    auto = runtime.InferenceSession(str(path), backend="auto")
+    ref = runtime.InferenceSession(graph, backend="reference")
+    sparse_nodes = [p for p in native.plan if p.op == "Linear" and p.layout in ("csr", "bsr", "nm")]
+    assert sparse_nodes and all(p.backend == "native" for p in sparse_nodes), native.plan
+    assert all(p.backend == "native" for p in auto.plan if p.op == "Linear" and p.layout in ("csr", "bsr", "nm"))
+    for batch in (1, 5, 64):
+        x = _x(rng, (batch, 8))
+        (y, h), (y_ref, h_ref) = native.run(None, {"x": x}), ref.run(None, {"x": x})
+        assert np.array_equal(h, h_ref)          # exact sparse int8 Linear, then Relu
+        # Softmax may run on another backend's kernel with its own (documented) rounding
+        np.testing.assert_allclose(y, y_ref, rtol=1e-6, atol=1e-7)
+        assert np.array_equal(auto.run(None, {"x": x})[1], h_ref)
