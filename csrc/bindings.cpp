@@ -257,6 +257,8 @@ py::dict measure_peaks_py(int threads, double seconds) {
 }  // namespace
 
 void bind_sparse(py::module_& m);   // bind_sparse.cpp: the sparse int8 Linear
+void bind_fused(py::module_& m);    // bind_fused.cpp: Attention, SkipLayerNormalization
+void bind_int4(py::module_& m);     // bind_int4.cpp: the int4_grouped weight-only Linear
 
 PYBIND11_MODULE(_native, m) {
     m.doc() = "qrt native CPU backend (built from csrc/): feature probe, build information, int8 Linear.";
@@ -327,6 +329,8 @@ PYBIND11_MODULE(_native, m) {
     m.def("get_threads", &qrt::int8_get_threads, "Worker threads of the native kernels.");
 
     bind_sparse(m);
+    bind_fused(m);
+    bind_int4(m);
 
     m.def("cpu_brand", &qrt::cpu_brand, "The CPU brand string (cpuid), or the machine name off x86.");
 

@@ -224,3 +224,5 @@ if _load_native() is not None:
     _apply_isa_env()
     if _isa_error is None:
         from . import int8_linear, sparse_int8  # noqa: F401,E402
+        from . import fused  # noqa: F401,E402
+        from . import conv, int4_linear  # noqa: F401,E402

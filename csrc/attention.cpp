@@ -1,0 +1,331 @@
+// Float32 attention: AVX-512 FMA micro-kernels and a scalar fallback. Numerics: attention.h.
+#include "attention.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "cpu_features.h"
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+#define QRT_FUSED_X86_SIMD 1
+#include <immintrin.h>
+#else
+#define QRT_FUSED_X86_SIMD 0
+#endif
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wuninitialized"      // accumulator arrays set in unrolled loops
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
+namespace qrt {
+
+namespace {
+
+// exp32 constants (kernels/numba_cpu/ops.py _exp32): ln 2 in two float32 parts (Cephes expf),
+// n * kLn2Hi exact for |n| <= 2^8.
+constexpr float kLog2e = 1.44269504088896340736f;
+constexpr float kLn2Hi = 0.693359375f;
+constexpr float kLn2Lo = -2.12194440e-4f;
+constexpr float kExpMin = -87.3f;        // exp(-87.3) ~ 1.2e-38, the smallest normal float32
+// Taylor coefficients of e^r, r^7 down to r^2 (then r + 1): truncation < 1.2e-7 relative
+// for |r| <= ln2 / 2
+constexpr float kExpPoly[6] = {1.0f / 5040, 1.0f / 720, 1.0f / 120, 1.0f / 24, 1.0f / 6, 0.5f};
+
+inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+float exp32_scalar(float x) {
+    if (x != x) return x;
+    if (x < kExpMin) return 0.0f;
+    const float n = std::floor(x * kLog2e + 0.5f);
+    const float r = (x - n * kLn2Hi) - n * kLn2Lo;
+    float p = kExpPoly[0];
+    for (int t = 1; t < 6; ++t) p = p * r + kExpPoly[t];
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    return std::ldexp(p, static_cast<int>(n));
+}
+
+// --- scalar path ---------------------------------------------------------------------------------
+
+// C (m, n) = A (m, kd) @ B (kd, n); rows of A at stride lda, of B at ldb, of C at ldc.
+void gemm_scalar(int64_t m, int64_t n, int64_t kd, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
+                 int64_t ldc) {
+    for (int64_t i = 0; i < m; ++i) {
+        float* ci = c + i * ldc;
+        std::fill(ci, ci + n, 0.0f);
+        for (int64_t p = 0; p < kd; ++p) {
+            const float ap = a[i * lda + p];
+            const float* bp = b + p * ldb;
+            for (int64_t j = 0; j < n; ++j) ci[j] += ap * bp[j];
+        }
+    }
+}
+
+// One softmax row in place: s[j] = s[j] * scale + mrow[j] (mrow may be nullptr), then
+// exp(s - max); returns the float32 sum.
+float softmax_row_scalar(float* s, int64_t sk, float scale, const float* mrow) {
+    float m = -std::numeric_limits<float>::infinity();
+    for (int64_t j = 0; j < sk; ++j) {
+        float t = s[j] * scale;
+        if (mrow != nullptr) t += mrow[j];
+        s[j] = t;
+        m = t > m ? t : m;      // NaN skipped, as _mm512_max_ps(t, m) does
+    }
+    float total = 0.0f;
+    for (int64_t j = 0; j < sk; ++j) {
+        const float e = exp32_scalar(s[j] - m);
+        s[j] = e;
+        total += e;
+    }
+    return total;
+}
+
+#if QRT_FUSED_X86_SIMD
+
+#define QRT_F_AVX512 __attribute__((target("avx512f")))
+
+QRT_F_AVX512 inline __m512 exp32_avx512(__m512 x) {
+    // max(kExpMin, x): the second operand is returned when either is NaN, so NaN stays NaN
+    const __m512 xc = _mm512_max_ps(_mm512_set1_ps(kExpMin), x);
+    const __m512 n = _mm512_roundscale_ps(_mm512_fmadd_ps(xc, _mm512_set1_ps(kLog2e), _mm512_set1_ps(0.5f)),
+                                          _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kLn2Hi), xc);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kLn2Lo), r);
+    __m512 p = _mm512_set1_ps(kExpPoly[0]);
+    for (int t = 1; t < 6; ++t) p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kExpPoly[t]));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    const __m512 y = _mm512_scalef_ps(p, n);      // p * 2^n, n >= -126 here: a normal float32
+    const __mmask16 under = _mm512_cmp_ps_mask(x, _mm512_set1_ps(kExpMin), _CMP_LT_OQ);
+    return _mm512_mask_blend_ps(under, y, _mm512_setzero_ps());
+}
+
+// C (MR, NV*16) = A (MR, kd) @ B (kd, NV*16): MR x NV accumulators in registers, A broadcast
+// element by element, B rows loaded as vectors; the sum over p runs in order (FMA each term).
+template <int MR, int NV>
+QRT_F_AVX512 inline void tile_avx512(const float* a, int64_t lda, const float* b, int64_t ldb, int64_t kd, float* c,
+                                     int64_t ldc) {
+    __m512 acc[MR][NV];
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 2
+        for (int t = 0; t < NV; ++t) acc[r][t] = _mm512_setzero_ps();
+    for (int64_t p = 0; p < kd; ++p) {
+        __m512 bv[NV];
+#pragma GCC unroll 2
+        for (int t = 0; t < NV; ++t) bv[t] = _mm512_loadu_ps(b + p * ldb + 16 * t);
+#pragma GCC unroll 16
+        for (int r = 0; r < MR; ++r) {
+            const __m512 ar = _mm512_set1_ps(a[r * lda + p]);
+#pragma GCC unroll 2
+            for (int t = 0; t < NV; ++t) acc[r][t] = _mm512_fmadd_ps(ar, bv[t], acc[r][t]);
+        }
+    }
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 2
+        for (int t = 0; t < NV; ++t) _mm512_storeu_ps(c + r * ldc + 16 * t, acc[r][t]);
+}
+
+constexpr int kMr = 8;      // rows of a tile: 8 x 2 accumulators + 2 B vectors of 32 registers
+
+template <int NV>
+QRT_F_AVX512 void tile_rows(int rows, const float* a, int64_t lda, const float* b, int64_t ldb, int64_t kd, float* c,
+                            int64_t ldc) {
+    switch (rows) {
+        case 8: tile_avx512<8, NV>(a, lda, b, ldb, kd, c, ldc); break;
+        case 7: tile_avx512<7, NV>(a, lda, b, ldb, kd, c, ldc); break;
+        case 6: tile_avx512<6, NV>(a, lda, b, ldb, kd, c, ldc); break;
+        case 5: tile_avx512<5, NV>(a, lda, b, ldb, kd, c, ldc); break;
+        case 4: tile_avx512<4, NV>(a, lda, b, ldb, kd, c, ldc); break;
+        case 3: tile_avx512<3, NV>(a, lda, b, ldb, kd, c, ldc); break;
+        case 2: tile_avx512<2, NV>(a, lda, b, ldb, kd, c, ldc); break;
+        default: tile_avx512<1, NV>(a, lda, b, ldb, kd, c, ldc); break;
+    }
+}
+
+// C (m, n16) = A (m, kd) @ B (kd, n16), n16 a multiple of 16 (B and C have that many columns).
+// Column panels of 32 outer (B's panel stays in L1 while every row tile passes over it).
+QRT_F_AVX512 void gemm_avx512(int64_t m, int64_t n16, int64_t kd, const float* a, int64_t lda, const float* b,
+                              int64_t ldb, float* c, int64_t ldc) {
+    for (int64_t j = 0; j < n16; j += 32) {
+        const bool two = n16 - j >= 32;
+        for (int64_t i = 0; i < m; i += kMr) {
+            const int rows = static_cast<int>(std::min<int64_t>(kMr, m - i));
+            if (two)
+                tile_rows<2>(rows, a + i * lda, lda, b + j, ldb, kd, c + i * ldc + j, ldc);
+            else
+                tile_rows<1>(rows, a + i * lda, lda, b + j, ldb, kd, c + i * ldc + j, ldc);
+        }
+    }
+}
+
+QRT_F_AVX512 inline __mmask16 tail_mask(int64_t left) {
+    return left >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << left) - 1);
+}
+
+// softmax_row_scalar's job on 16 lanes; mrow (nullptr or unit stride) padded reads masked.
+QRT_F_AVX512 float softmax_row_avx512(float* s, int64_t sk, float scale, const float* mrow) {
+    const __m512 vscale = _mm512_set1_ps(scale);
+    __m512 vmax = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+    for (int64_t j = 0; j < sk; j += 16) {
+        const __mmask16 k = tail_mask(sk - j);
+        __m512 t = _mm512_maskz_loadu_ps(k, s + j);
+        t = mrow != nullptr ? _mm512_fmadd_ps(t, vscale, _mm512_maskz_loadu_ps(k, mrow + j)) : _mm512_mul_ps(t, vscale);
+        _mm512_mask_storeu_ps(s + j, k, t);
+        vmax = _mm512_mask_max_ps(vmax, k, t, vmax);    // NaN t: vmax kept (second operand)
+    }
+    const __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(vmax));
+    __m512 vsum = _mm512_setzero_ps();
+    for (int64_t j = 0; j < sk; j += 16) {
+        const __mmask16 k = tail_mask(sk - j);
+        const __m512 e = exp32_avx512(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, s + j), m));
+        _mm512_mask_storeu_ps(s + j, k, e);
+        vsum = _mm512_mask_add_ps(vsum, k, vsum, e);
+    }
+    return _mm512_reduce_add_ps(vsum);
+}
+
+QRT_F_AVX512 void exp_avx512(const float* x, float* y, int64_t n) {
+    for (int64_t i = 0; i < n; i += 16) {
+        const __mmask16 k = tail_mask(n - i);
+        _mm512_mask_storeu_ps(y + i, k, exp32_avx512(_mm512_maskz_loadu_ps(k, x + i)));
+    }
+}
+
+#endif  // QRT_FUSED_X86_SIMD
+
+// One thread's buffers, sized for the whole call, zeroed once: padding columns are never
+// written, so they stay zero (Kh^T's pad columns make extra score columns, never read).
+struct Scratch {
+    std::vector<float> kt, s, vpad, yt, mrow, inv;
+    Scratch(const AttentionArgs& a, int64_t sk16, int64_t dv16)
+        : kt(a.head_dim * sk16, 0.0f),
+          s(a.sq * sk16, 0.0f),
+          vpad(a.v_head_dim % 16 ? a.sk * dv16 : 0, 0.0f),
+          yt(a.sq * dv16, 0.0f),
+          mrow(sk16, 0.0f),
+          inv(a.sq, 0.0f) {}
+};
+
+void attention_item(const AttentionArgs& a, int64_t item, Scratch& w, FusedIsa isa) {
+    const int64_t hds = a.heads, d = a.head_dim, dv = a.v_head_dim, sq = a.sq, sk = a.sk;
+    const int64_t b = item / hds, h = item - b * hds;
+    const int64_t sk16 = round_up(sk, 16), dv16 = round_up(dv, 16);
+    const float* qh = a.q + b * a.q_strides[0] + h * d;     // row i at qh + i * q_strides[1]
+    const float* kh = a.k + b * a.k_strides[0] + h * d;
+    const float* vh = a.v + b * a.v_strides[0] + h * dv;
+    const int64_t qs = a.q_strides[1], ks = a.k_strides[1], vs = a.v_strides[1];
+
+    // Kh^T (D, Sk16)
+    float* kt = w.kt.data();
+    for (int64_t j = 0; j < sk; ++j) {
+        const float* kr = kh + j * ks;
+        for (int64_t t = 0; t < d; ++t) kt[t * sk16 + j] = kr[t];
+    }
+    // V operand (Sk, Dv16): V itself when its rows are whole vectors
+    const float* vb = vh;
+    int64_t ldv = vs;
+    if (dv % 16) {
+        for (int64_t j = 0; j < sk; ++j) std::memcpy(w.vpad.data() + j * dv16, vh + j * vs, sizeof(float) * dv);
+        vb = w.vpad.data();
+        ldv = dv16;
+    }
+    float* s = w.s.data();
+    float* yt = w.yt.data();
+    const float* mbase = a.mask == nullptr ? nullptr : a.mask + b * a.mask_strides[0] + h * a.mask_strides[1];
+    const int64_t msi = a.mask_strides[2], msj = a.mask_strides[3];
+
+    // the mask row i, as unit-stride values: in place, or gathered into w.mrow
+    auto mask_row = [&](int64_t i) -> const float* {
+        if (mbase == nullptr) return nullptr;
+        const float* r = mbase + i * msi;
+        if (msj == 1) return r;
+        for (int64_t j = 0; j < sk; ++j) w.mrow[j] = r[j * msj];
+        return w.mrow.data();
+    };
+    // a mask constant along i (stride 0) is gathered once
+    const bool row_invariant = mbase != nullptr && msi == 0 && msj != 1;
+    const float* fixed_row = row_invariant ? mask_row(0) : nullptr;
+
+#if QRT_FUSED_X86_SIMD
+    if (isa == FusedIsa::avx512) {
+        gemm_avx512(sq, sk16, d, qh, qs, kt, sk16, s, sk16);
+        for (int64_t i = 0; i < sq; ++i)
+            w.inv[i] = 1.0f / softmax_row_avx512(s + i * sk16, sk, a.scale, row_invariant ? fixed_row : mask_row(i));
+        gemm_avx512(sq, dv16, sk, s, sk16, vb, ldv, yt, dv16);
+    } else
+#endif
+    {
+        gemm_scalar(sq, sk, d, qh, qs, kt, sk16, s, sk16);
+        for (int64_t i = 0; i < sq; ++i)
+            w.inv[i] = 1.0f / softmax_row_scalar(s + i * sk16, sk, a.scale, row_invariant ? fixed_row : mask_row(i));
+        gemm_scalar(sq, dv, sk, s, sk16, vb, ldv, yt, dv16);
+    }
+    const int64_t ys = hds * dv;
+    float* yh = a.y + b * sq * ys + h * dv;
+    for (int64_t i = 0; i < sq; ++i) {
+        const float inv = w.inv[i];
+        const float* src = yt + i * dv16;
+        float* dst = yh + i * ys;
+        for (int64_t t = 0; t < dv; ++t) dst[t] = src[t] * inv;
+    }
+}
+
+}  // namespace
+
+const char* fused_isa_name(FusedIsa isa) { return isa == FusedIsa::avx512 ? "avx512" : "scalar"; }
+
+bool fused_isa_supported(FusedIsa isa) {
+    if (isa == FusedIsa::scalar) return true;
+#if QRT_FUSED_X86_SIMD
+    static const CpuFeatures f = detect_cpu_features();
+    return f.avx512f;
+#else
+    return false;
+#endif
+}
+
+FusedIsa fused_best_isa() { return fused_isa_supported(FusedIsa::avx512) ? FusedIsa::avx512 : FusedIsa::scalar; }
+
+void attention_f32(const AttentionArgs& a, FusedIsa isa, int threads) {
+    if (!fused_isa_supported(isa)) isa = FusedIsa::scalar;
+    const int64_t items = a.batch * a.heads;
+    const int64_t sk16 = round_up(a.sk, 16), dv16 = round_up(a.v_head_dim, 16);
+    const int64_t macs = items * a.sq * a.sk * (a.head_dim + a.v_head_dim);
+    int nt = static_cast<int>(std::min<int64_t>(std::max(1, threads), items));
+    if (macs < kAttentionParallelMinMacs) nt = 1;
+#if defined(_OPENMP)
+    if (nt > 1) {
+#pragma omp parallel num_threads(nt)
+        {
+            Scratch w(a, sk16, dv16);
+#pragma omp for schedule(dynamic, 1)
+            for (int64_t item = 0; item < items; ++item) attention_item(a, item, w, isa);
+        }
+        return;
+    }
+#endif
+    Scratch w(a, sk16, dv16);
+    for (int64_t item = 0; item < items; ++item) attention_item(a, item, w, isa);
+}
+
+void exp_f32(const float* x, float* y, int64_t n, FusedIsa isa) {
+#if QRT_FUSED_X86_SIMD
+    if (isa == FusedIsa::avx512 && fused_isa_supported(isa)) {
+        exp_avx512(x, y, n);
+        return;
+    }
+#endif
+    for (int64_t i = 0; i < n; ++i) y[i] = exp32_scalar(x[i]);
+}
+
+}  // namespace qrt

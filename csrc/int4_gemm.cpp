@@ -1,0 +1,133 @@
+// int4_grouped weight-only Linear: dispatch, threads, scalar path. Numerics: int4_gemm.h.
+#include "int4_gemm.h"
+
+#include <algorithm>
+#include <stdexcept>
+
+#include "cpu_features.h"
+#include "int8_gemm.h"
+
+namespace qrt {
+
+Int4Weight int4_make_weight(const uint8_t* qdata, const float* scale, const uint8_t* zero_point,
+                            int64_t n, int64_t k, int64_t group_size) {
+    if (n < 1 || k < 1) throw std::invalid_argument("int4 weight: N and K must be >= 1");
+    if (group_size < 2 || group_size % 2) throw std::invalid_argument("int4 weight: group_size must be even and >= 2");
+    Int4Weight w;
+    w.n = n;
+    w.k = k;
+    w.group_size = group_size;
+    w.groups = (k + group_size - 1) / group_size;
+    w.symmetric = zero_point == nullptr;
+    const int64_t bytes = n * w.kp() / 2, ng = n * w.groups;
+    w.qdata.assign(qdata, qdata + bytes);
+    w.scale.assign(scale, scale + ng);
+    w.zero_point.assign(static_cast<size_t>(ng), 0);
+    if (zero_point)
+        for (int64_t i = 0; i < ng; ++i) {
+            if (zero_point[i] > 15) throw std::invalid_argument("int4 weight: zero_point values must be in [0, 15]");
+            w.zero_point[i] = zero_point[i];
+        }
+    return w;
+}
+
+const char* int4_isa_name(Int4Isa isa) { return isa == Int4Isa::avx512 ? "avx512" : "scalar"; }
+
+bool int4_isa_supported(Int4Isa isa) {
+    if (isa == Int4Isa::scalar) return true;
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    const CpuFeatures f = detect_cpu_features();
+    return f.avx512f && f.avx512bw;
+#else
+    return false;
+#endif
+}
+
+Int4Isa int4_auto_isa(const Int4Weight& w) {
+    if (w.group_size % 32 == 0 && int8_current_isa() == Int8Isa::avx512_vnni && int4_isa_supported(Int4Isa::avx512))
+        return Int4Isa::avx512;
+    return Int4Isa::scalar;
+}
+
+Int4Isa int4_isa_from_name(const std::string& name, const Int4Weight& w) {
+    if (name == "auto") return int4_auto_isa(w);
+    if (name == "scalar") return Int4Isa::scalar;
+    if (name == "avx512") {
+        if (!int4_isa_supported(Int4Isa::avx512)) throw std::invalid_argument("isa 'avx512': this CPU has no AVX-512F/BW");
+        if (w.group_size % 32)
+            throw std::invalid_argument("isa 'avx512' needs group_size % 32 == 0, got " + std::to_string(w.group_size));
+        return Int4Isa::avx512;
+    }
+    throw std::invalid_argument("isa = '" + name + "', expected 'auto', 'avx512' or 'scalar'");
+}
+
+namespace {
+
+// One output on the scalar path: sequential float32 multiply-adds in k order.
+float dot_scalar(const Int4Weight& w, const float* x, int64_t n) {
+    const uint8_t* q = w.qdata.data() + n * (w.kp() / 2);
+    const float* s = w.scale.data() + n * w.groups;
+    const int32_t* zp = w.zero_point.data() + n * w.groups;
+    float acc = 0.0f;
+    for (int64_t k = 0; k < w.k; ++k) {
+        const int64_t j = k / w.group_size;
+        int32_t v = (k & 1) ? (q[k >> 1] >> 4) : (q[k >> 1] & 0xF);
+        if (w.symmetric) v = v >= 8 ? v - 16 : v;
+        const float wf = static_cast<float>(v - zp[j]) * s[j];   // the dequantized weight's bits
+        acc += x[k] * wf;    // -ffp-contract=off: a product, then a sum (two roundings)
+    }
+    return acc;
+}
+
+inline float finish(float acc, const double* bias, int64_t n) {
+    return bias ? static_cast<float>(static_cast<double>(acc) + bias[n]) : acc;
+}
+
+}  // namespace
+
+void int4_linear(const Int4Weight& w, const float* x, int64_t m, const double* bias, float* y,
+                 Int4Isa isa, int threads) {
+    if (m <= 0) return;
+    const int nt = std::max(1, threads);
+    if (isa == Int4Isa::scalar) {
+        const int64_t items = m * w.n;
+#if defined(_OPENMP)
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1 && items * w.k > (1 << 16))
+#endif
+        for (int64_t i = 0; i < items; ++i) {
+            const int64_t r = i / w.n, n = i % w.n;
+            y[r * w.n + n] = finish(dot_scalar(w, x + r * w.k, n), bias, n);
+        }
+        return;
+    }
+    // AVX-512: X re-ordered per 32-block (evens, then odds) so that the unpacked low / high
+    // nibbles of 16 bytes line up with it without shuffles; zero padded to Kp.
+    const int64_t kp = w.kp();
+    std::vector<float> xs(static_cast<size_t>(m * kp), 0.0f);
+    for (int64_t r = 0; r < m; ++r) {
+        const float* xr = x + r * w.k;
+        float* d = xs.data() + r * kp;
+        for (int64_t k = 0; k < w.k; ++k) {
+            const int64_t b = k & ~int64_t(31), e = k & 31;
+            d[b + (e & 1) * 16 + (e >> 1)] = xr[k];
+        }
+    }
+    const int64_t nblocks = (w.n + 3) / 4, mblocks = (m + 3) / 4;
+    const int64_t items = nblocks * mblocks;
+    // Work item = 4 weight rows x 4 X rows; n-major so that consecutive items of one thread
+    // reuse the weight rows from cache.
+#if defined(_OPENMP)
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1 && items > 1)
+#endif
+    for (int64_t it = 0; it < items; ++it) {
+        const int64_t nb = it / mblocks, mb = it % mblocks;
+        const int64_t n0 = nb * 4, nr = std::min<int64_t>(4, w.n - n0);
+        const int64_t m0 = mb * 4, mr = std::min<int64_t>(4, m - m0);
+        float acc[16];
+        int4_detail::tile_avx512(w, xs.data() + m0 * kp, kp, mr, n0, nr, acc);
+        for (int64_t r = 0; r < mr; ++r)
+            for (int64_t c = 0; c < nr; ++c) y[(m0 + r) * w.n + n0 + c] = finish(acc[r * 4 + c], bias, n0 + c);
+    }
+}
+
+}  // namespace qrt

@@ -1,0 +1,188 @@
+"""Conv on packed weights, native backend: ("Conv", "native", layout) for int8, int4_grouped,
+csr, bsr and nm.
+
+A Python driver: im2col of X (N, C, *spatial) in float32, with the reference's patch order
+(kernels/reference/conv_pool.conv_by_gemm: one row per (image, output position), one column
+per (channel, tap), zero padding applied before the windows), then per group the native
+Linear kernel of the layout on that group's weight rows, bias included in its epilogue.
+
+Numerics. The im2col matrix holds X's float32 values unchanged (the reference's float64 copy
+of them is exact), and the native int8 / sparse Linears quantize each row (one patch) on its
+own for act_quant "dynamic", or with the node's static scale, exactly as the reference; their
+float64 epilogue adds the bias in the reference's order and rounds once. So for float32 X and
+act_quant "dynamic" / "static" the result equals kernels/reference/packed.packed_conv_ref bit
+for bit (tests/test_native_int4_conv.py). act_quant "none" (weight-only, or sparse float
+values) runs the layout's float32 path with the Linear's tolerance; int4_grouped Conv is its
+weight-only kernel (csrc/int4_gemm.h's bound, K' = C/group * prod(kernel)).
+
+Per group weights, prepared once at plan time: group = 1 uses the weight's own 2-D view; with
+group > 1 int8 and int4_grouped slice their fields by rows, and the sparse layouts re-express
+each group's rows as CSR built from the same stored integers (runtime.layouts.int_weight), an
+exact re-encoding, so the integer products are unchanged.
+
+Other cases run the reference (packed_conv_ref): X not float32, or more than 2 spatial dims.
+The node's epilogue activation is not fused: kernels.registry.build runs it afterwards.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+from kernels.reference.conv_pool import _out_size, _spatial_attrs, _windows
+from kernels.reference.packed import PackedGemm, act_params, packed_conv_ref
+from kernels.registry import register
+from runtime.layouts import PackedTensor, dense_view_2d, int_weight
+
+from . import _native
+from .int4_linear import NativeInt4Linear, int4_linear
+from .int8_linear import NativeInt8Linear, int8_linear
+from .sparse_int8 import SPARSE_LAYOUTS, NativeSparseLinear, sparse_linear
+
+CONV_LAYOUTS = ("int8", "int4_grouped") + SPARSE_LAYOUTS
+NATIVE_SPATIAL_DIMS = (1, 2)      # other ranks: the reference driver
+
+# one group's GEMM: (cols (R, K') float32 C-contiguous, bias (M/group,) float64 or None) -> (R, M/group) float32
+GroupGemm = Callable[[np.ndarray, "np.ndarray | None"], np.ndarray]
+
+
+def _rows_view(weight: PackedTensor, rows: slice, mg: int, kk: int) -> PackedTensor:
+    """int8 / int4_grouped weight rows ``rows`` as a 2-D (mg, K') tensor (fields sliced)."""
+    f = weight.fields
+    m = weight.shape[0]
+    sub = {}
+    for name, a in f.items():
+        a = np.asarray(a)
+        if name == "qdata" and weight.layout == "int8":
+            sub[name] = np.ascontiguousarray(a.reshape(m, kk)[rows])
+        elif a.shape[0] == m and not (a.ndim == 1 and m == 1):
+            sub[name] = np.ascontiguousarray(a[rows])
+        else:
+            sub[name] = a            # per-tensor scale / zero point (1,)
+    return PackedTensor(f"{weight.name}[{rows.start}:{rows.stop}]", weight.layout, weight.dtype, (mg, kk), sub,
+                        dict(weight.params))
+
+
+def _sparse_group_csr(iw, rows: slice, mg: int, kk: int):
+    """The native CSR weight of rows ``rows`` of an integer sparse weight (exact re-encoding)."""
+    q = iw.q[rows]
+    nz = q != 0
+    indptr = np.zeros(mg + 1, np.int64)
+    np.cumsum(nz.sum(axis=1), out=indptr[1:])
+    indices = np.nonzero(nz)[1].astype(np.int32)
+    qdata = q[nz].astype(np.int8)
+    scale = np.ascontiguousarray(iw.scale[rows].reshape(-1), np.float32)
+    return _native.sparse_int8_csr(indptr, indices, qdata, scale, (mg, kk), "auto", -1)
+
+
+class NativeConv:
+    """One Conv node's packed weight W (M, C/group, *kernel), prepared once per group."""
+
+    def __init__(self, weight: Any, group: int = 1, act_quant: str = "none", act_scale: Any = None,
+                 act_zero_point: Any = 0):
+        if not isinstance(weight, PackedTensor):
+            raise TypeError(f"Conv: the weight must be an initializer in a packed layout, got {type(weight).__name__}")
+        if weight.layout not in CONV_LAYOUTS:
+            raise ValueError(f"Conv: the native Conv takes layouts {CONV_LAYOUTS}, got {weight.layout!r}")
+        if len(weight.shape) < 3:
+            raise ValueError(f"Conv: packed weight {weight.name!r} has shape {weight.shape}, expected (M, C/group, *kernel)")
+        self.weight = weight
+        self.group = int(group)
+        self.act_quant = act_quant
+        self.act_scale, self.act_zero_point = act_params("Conv", act_quant, act_scale, act_zero_point)
+        self.m, self.kk = dense_view_2d(weight.shape)
+        if self.group < 1 or self.m % self.group:
+            raise ValueError(f"Conv: group={group} must be >= 1 and divide M = {self.m}")
+        self.mg = self.m // self.group
+        self._reference: PackedGemm | None = None
+        self.gemms: list[GroupGemm] = [self._group_gemm(g) for g in range(self.group)]
+
+    def _group_gemm(self, g: int) -> GroupGemm:
+        w, mg, kk = self.weight, self.mg, self.kk
+        rows = slice(g * mg, (g + 1) * mg)
+        quant = dict(act_quant=self.act_quant, act_scale=self.act_scale, act_zero_point=self.act_zero_point)
+        if w.layout in ("int8", "int4_grouped"):
+            sub = _rows_view(w, rows, mg, kk)
+            if w.layout == "int8":
+                plan8 = NativeInt8Linear(sub, **quant)
+                return lambda cols, b: int8_linear(cols, plan8, b)
+            plan4 = NativeInt4Linear(sub, **quant, op="Conv")
+            return lambda cols, b: int4_linear(cols, plan4, b)
+        if self.group == 1:
+            view = PackedTensor(w.name, w.layout, w.dtype, (mg, kk), w.fields, w.params)
+            plans = NativeSparseLinear(view, **quant)
+            return lambda cols, b: sparse_linear(cols, plans, b)
+        if self.act_quant == "none":
+            dense = np.ascontiguousarray(w.to_dense().reshape(self.m, kk)[rows], np.float32)
+
+            def weight_only(cols, b):
+                y = cols @ dense.T
+                if b is not None:
+                    y += b.astype(np.float32)
+                return y
+            return weight_only
+        if w.params.get("quant", "none") != "int8":
+            raise ValueError(f"Conv: act_quant={self.act_quant!r} needs integer weights, but {w.layout} weight "
+                             f"{w.name!r} stores float values (quant='none'); use act_quant='none'")
+        packed = _sparse_group_csr(int_weight(w), rows, mg, kk)
+        return lambda cols, b: _native.sparse_int8_linear(packed, cols, b, self.act_quant, self.act_scale,
+                                                          self.act_zero_point)
+
+    def reference(self) -> PackedGemm:
+        if self._reference is None:
+            self._reference = PackedGemm(self.weight, self.act_quant, self.act_scale, self.act_zero_point, op="Conv")
+        return self._reference
+
+
+def native_conv(x: Any, plan: NativeConv, bias: Any = None, strides=None, pads=None, dilations=None) -> np.ndarray:
+    """Y (N, M, *out) = conv(X, W) + bias in X's dtype (numerics: module docstring)."""
+    x = np.asarray(x)
+    nsp = x.ndim - 2
+    wshape = plan.weight.shape
+    if x.dtype != np.float32 or nsp not in NATIVE_SPATIAL_DIMS:
+        return packed_conv_ref(x, plan.reference(), bias, strides, pads, dilations, plan.group)
+    n, c = x.shape[:2]
+    cg = wshape[1]
+    if len(wshape) != x.ndim or c != cg * plan.group:
+        raise ValueError(f"Conv: X {x.shape} ({x.dtype}), packed weight {plan.weight.name!r} {wshape} and "
+                         f"group={plan.group} do not match (need float X, W (M, C/group, *kernel), group | M)")
+    kernel = [int(k) for k in wshape[2:]]
+    strides, pb, pe, dilations = _spatial_attrs(nsp, strides, pads, dilations)
+    out = [_out_size(x.shape[2 + i], kernel[i], strides[i], dilations[i], pb[i], pe[i], 0) for i in range(nsp)]
+    if min(out) < 1:
+        raise ValueError(f"Conv: X {x.shape} is smaller than the dilated kernel {kernel} with pads {pb + pe}")
+    b = None
+    if bias is not None:
+        b = np.asarray(bias, np.float64)
+        if b.shape != (plan.m,):
+            raise ValueError(f"Conv: bias has shape {b.shape}, expected ({plan.m},)")
+    xp = np.pad(x, [(0, 0), (0, 0)] + list(zip(pb, pe))) if any(pb) or any(pe) else x
+    win = _windows(xp, kernel, strides, dilations, out)          # (N, C, *out, *kernel), a view
+    rows = n * int(np.prod(out))
+    mg = plan.mg
+    y = np.empty((n, plan.m, *out), np.float32)
+    for g in range(plan.group):
+        cols = np.moveaxis(win[:, g * cg:(g + 1) * cg], 1, 1 + nsp)   # (N, *out, C/g, *kernel)
+        cols = np.ascontiguousarray(cols).reshape(rows, plan.kk)
+        bg = None if b is None else np.ascontiguousarray(b[g * mg:(g + 1) * mg])
+        yg = plan.gemms[g](cols, bg).reshape(n, *out, mg)
+        y[:, g * mg:(g + 1) * mg] = np.moveaxis(yg, -1, 1)
+    return y
+
+
+def _conv_factory(attrs: dict[str, Any], weights: dict) -> Any:
+    """Kernel factory of (Conv, packed layout, native): prepares the weight once; returns run(x, w, bias)."""
+    weight = weights.get(1)
+    quant = {k: attrs.get(k, d) for k, d in (("act_quant", "none"), ("act_scale", None), ("act_zero_point", 0))}
+    group = int(attrs.get("group") or 1)
+    conv = {k: attrs.get(k) for k in ("strides", "pads", "dilations")}
+    plan = NativeConv(weight, group, **quant)
+
+    def run(x, w, bias=None):
+        p = plan if w is weight else NativeConv(w, group, **quant)
+        return (native_conv(x, p, bias, **conv),)
+    return run
+
+
+for _layout in CONV_LAYOUTS:
+    register("Conv", "native", _layout)(_conv_factory)

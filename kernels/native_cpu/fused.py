@@ -1,0 +1,105 @@
+"""The fused ops of runtime/fuse.py on the native backend: Attention, SkipLayerNormalization,
+Split (views).
+
+Float32 in and out; other dtypes run the reference (kernels/reference/fused.py), as on the
+numba backend. The kernels are csrc/attention.cpp and csrc/layer_norm.cpp, with their
+numerics written down in csrc/attention.h and csrc/layer_norm.h:
+
+* Attention: one work item per (batch, head), OpenMP over the items, each item on one thread
+  in a fixed order (results identical for any thread count). Per head S = Qh Kh^T and Y = P Vh
+  are float32 GEMMs with AVX-512 FMA register tiles (8 rows x 32 columns), the softmax along
+  the key axis in float32 with a vectorised exp (relative error ~1e-7), scale and mask applied
+  in one FMA; a scalar path where the CPU has no AVX-512. q, k, v are read in place with their
+  strides (the Split of a merged QKV Linear gives views): no copy. Error bound against the
+  float64 reference: tests/test_fusion.py ATTENTION_RTOL.
+* SkipLayerNormalization: LayerNorm of float32(x + skip) with float64 statistics (the numba
+  kernel's numerics), parallel over blocks of 16 rows. Built and tested but not registered:
+  slower than numba's kernel here (see skip_layer_normalization_factory).
+
+The thread count is the native backend's (``set_threads``).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from kernels.registry import lookup, register
+
+from . import _native
+
+F32 = np.dtype(np.float32)
+
+
+def _reference(op: str, attrs: dict, weights: dict):
+    """The reference kernel of this node: what runs for inputs that are not float32."""
+    return lookup(op, "dense", "reference")(attrs, weights)
+
+
+def _is_f32(*arrays) -> bool:
+    return all(a is None or (isinstance(a, np.ndarray) and a.dtype == F32) for a in arrays)
+
+
+def _last_axis_contiguous(a: np.ndarray) -> np.ndarray:
+    # the kernel reads rows of a head as vectors: the last axis must have unit stride
+    return a if a.shape[-1] <= 1 or a.strides[-1] == a.itemsize else np.ascontiguousarray(a)
+
+
+def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | None,
+              head_dim: int, scale: float) -> np.ndarray:
+    """Y (B, Sq, H*Dv) float32 for float32 q (B, Sq, H*D), k (B, Sk, H*D), v (B, Sk, H*Dv)
+    and mask (None or broadcastable to (B, H, Sq, Sk)); see the module docstring."""
+    return _native.attention(_last_axis_contiguous(q), _last_axis_contiguous(k), _last_axis_contiguous(v),
+                             mask, int(head_dim), float(scale))
+
+
+@register("Attention", "native")
+def attention_factory(attrs: dict, weights: dict):
+    """Attention on float32 q, k, v, mask; other dtypes run the reference."""
+    ref = _reference("Attention", attrs, weights)     # checks head_dim and scale
+    head_dim, scale = int(attrs["head_dim"]), float(attrs["scale"])
+
+    def run(q, k, v, mask=None):
+        if not _is_f32(q, k, v, mask):
+            return ref(q, k, v, mask)
+        return (attention(q, k, v, mask, head_dim, scale),)
+    return run
+
+
+def skip_layer_norm(x: np.ndarray, skip: np.ndarray, scale: np.ndarray, bias: np.ndarray | None,
+                    epsilon: float) -> np.ndarray:
+    """LayerNorm over the last axis of float32(x + skip), x and skip float32 of one shape."""
+    c = np.ascontiguousarray
+    return _native.skip_layer_norm(c(x), c(skip), c(scale), None if bias is None else c(bias), float(epsilon))
+
+
+# Not registered: measured slower than the numba kernel (128 x 384: 48 vs 30 us on one thread,
+# 26 vs 17 us on two; GCC does not vectorise the float64 statistics as LLVM does with numba's
+# "reassoc"), so backend="auto" keeps numba's. Tested directly (tests/test_native_fused.py).
+def skip_layer_normalization_factory(attrs: dict, weights: dict):
+    """LayerNorm(x + skip) over the last axis for float32 x, skip of one shape and (D,) scale
+    and bias; anything else (broadcasting, other dtypes) runs the reference."""
+    ref = _reference("SkipLayerNormalization", attrs, weights)
+    eps = float(attrs["epsilon"])
+
+    def run(x, skip, scale, bias=None):
+        if (not _is_f32(x, skip, scale, bias) or x.ndim == 0 or x.shape != skip.shape or x.shape[-1] == 0
+                or scale.shape != (x.shape[-1],) or (bias is not None and bias.shape != (x.shape[-1],))):
+            return ref(x, skip, scale, bias)
+        return (skip_layer_norm(x, skip, scale, bias, eps),)
+    return run
+
+
+@register("Split", "native")
+def split_factory(attrs: dict, weights: dict):
+    """Split with explicit sizes: views of the input (no copy), e.g. Q, K and V of a merged
+    projection (runtime/fuse.py) read in place by Attention. Other forms run the reference."""
+    ref = _reference("Split", attrs, weights)
+    axis, sizes = attrs["axis"], attrs["split"]
+    if sizes is None:
+        return ref
+    bounds = np.cumsum([int(x) for x in sizes])[:-1]
+
+    def run(x):
+        if x.ndim == 0 or sum(int(v) for v in sizes) != x.shape[axis]:
+            return ref(x)                          # the reference raises with the message
+        return tuple(np.split(x, bounds, axis=axis))
+    return run

@@ -1,0 +1,91 @@
+"""Linear on ``int4_grouped`` weights, native backend: ("Linear", "native", "int4_grouped").
+
+The kernel is csrc/int4_gemm*.cpp (numerics in csrc/int4_gemm.h): weight-only (act_quant
+"none", float32 X), the nibbles unpacked in registers to float32(q - zp) * scale (the bits of
+PackedTensor.to_dense(); the fp32 weight is never stored), float32 accumulation (AVX-512 FMA
+lanes for group_size % 32 == 0 on CPUs whose int8 path is AVX-512 VNNI, else a scalar loop),
+bias added in float64 and rounded once. Against the reference (float64 accumulation):
+
+    |y - y_ref| <= (K + 2) * 2^-24 * sum_k |x_k w_nk|  + 2^-24 |bias_n|
+
+Results are identical for any thread count and for a row computed alone (M = 1) or batched.
+
+Other cases run the reference's arithmetic (kernels/reference/packed.PackedGemm): the integer
+modes (act_quant "dynamic" / "static" with int4 weights) and X in another float dtype.
+
+The node's epilogue activation is not fused here: kernels.registry.build runs the activation
+op's kernel after this one.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from kernels.reference.packed import PackedGemm, act_params, packed_linear_ref
+from kernels.registry import register
+from runtime.layouts import PackedTensor, dense_view_2d
+
+from . import _native
+
+_BIAS_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+class NativeInt4Linear:
+    """One int4_grouped weight, prepared once. weight: PackedTensor of layout "int4_grouped"
+    whose 2-D view is (N, K) (a Conv filter is viewed as (M, C/group * prod(kernel)))."""
+
+    def __init__(self, weight: Any, act_quant: str = "none", act_scale: Any = None, act_zero_point: Any = 0,
+                 op: str = "Linear"):
+        if not isinstance(weight, PackedTensor):
+            raise TypeError(f"{op}: the weight must be an initializer in a packed layout, got {type(weight).__name__}")
+        if weight.layout != "int4_grouped":
+            raise ValueError(f"{op}: the native int4 kernel takes layout 'int4_grouped', got {weight.layout!r}")
+        self.weight = weight
+        self.act_quant = act_quant
+        self.act_scale, self.act_zero_point = act_params(op, act_quant, act_scale, act_zero_point)
+        self.n, self.k = dense_view_2d(weight.shape)
+        self._reference: PackedGemm | None = None
+        if act_quant != "none":
+            return      # integer modes: the reference's arithmetic (module docstring)
+        f = weight.fields
+        zp = f.get("zero_point")
+        self.packed = _native.Int4Weight(np.ascontiguousarray(f["qdata"]), np.ascontiguousarray(f["scale"], np.float32),
+                                         None if zp is None else np.ascontiguousarray(zp, np.uint8),
+                                         (self.n, self.k), int(weight.params["group_size"]))
+
+    def reference(self) -> PackedGemm:
+        if self._reference is None:
+            self._reference = PackedGemm(self.weight, self.act_quant, self.act_scale, self.act_zero_point)
+        return self._reference
+
+
+def int4_linear(x: Any, plan: NativeInt4Linear, bias: Any = None) -> np.ndarray:
+    """Y (..., N) = X @ dequant(W).T + bias in X's dtype; X (..., K) float, bias (N,) or None."""
+    x = np.asarray(x)
+    shape = x.shape
+    if not shape or shape[-1] != plan.k or x.dtype.kind != "f":
+        raise ValueError(f"Linear: X {shape} ({x.dtype}) does not match packed weight "
+                         f"{plan.weight.name!r} of shape {plan.weight.shape} (need float X (..., K))")
+    if x.dtype == np.float32 and plan.act_quant == "none":
+        if bias is not None and not (isinstance(bias, np.ndarray) and bias.dtype in _BIAS_DTYPES):
+            bias = np.asarray(bias, np.float64)
+        x2 = x.reshape(-1, plan.k)
+        y = _native.int4_linear(plan.packed, x2 if x2.flags.c_contiguous else np.ascontiguousarray(x2), bias)
+        return y.reshape(*shape[:-1], plan.n)
+    return packed_linear_ref(x, plan.reference(), bias)
+
+
+@register("Linear", "native", "int4_grouped")
+def int4_linear_factory(attrs: dict[str, Any], weights: dict) -> Any:
+    """Kernel factory of (Linear, int4_grouped, native): returns run(x, w, bias)."""
+    weight = weights.get(1)
+    quant = {k: attrs.get(k, d) for k, d in (("act_quant", "none"), ("act_scale", None), ("act_zero_point", 0))}
+    if isinstance(weight, PackedTensor) and len(weight.shape) != 2:
+        raise ValueError(f"Linear: packed weight {weight.name!r} has shape {weight.shape}, expected (N, K)")
+    plan = NativeInt4Linear(weight, **quant)
+
+    def run(x, w, bias=None):
+        p = plan if w is weight else NativeInt4Linear(w, **quant)
+        return (int4_linear(x, p, bias),)
+    return run

@@ -1,0 +1,280 @@
+"""Native int4_grouped weight-only Linear (csrc/int4_gemm*.cpp) and the native Conv driver
+(kernels/native_cpu/conv.py) against the numpy reference (kernels/reference/packed.py).
+
+int4: within the float32-accumulation bound of csrc/int4_gemm.h on every path this CPU has
+("avx512" needs group_size % 32 == 0), identical for threads 1 and 2 and for a row computed
+alone (M = 1) or in a batch. Conv on int8 / csr / bsr / nm with act_quant "dynamic" / "static":
+bit for bit the reference's packed_conv_ref, on every int8 code path, threads 1 and 2; int4
+Conv within the int4 bound. A converted CNN (tests/digits.py) runs on backend="native" with the
+reference session's outputs exactly.
+"""
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import pytest
+
+from kernels import registry
+from kernels.reference.packed import PackedGemm, packed_conv_ref, packed_linear_ref
+from runtime import layouts
+from runtime.convert.prune import nm_mask
+
+_REASON = registry.backend_status("native")
+pytestmark = pytest.mark.skipif(_REASON is not None, reason=f"native backend unavailable: {_REASON}")
+
+if _REASON is None:
+    from kernels.native_cpu import _native
+    from kernels.native_cpu.conv import NativeConv, native_conv
+    from kernels.native_cpu.int4_linear import NativeInt4Linear, int4_linear
+    INT4_ISAS = tuple(_native.int4_isas())
+    INT8_ISAS = tuple(_native.int8_isas())
+else:  # pragma: no cover
+    INT4_ISAS = INT8_ISAS = ("scalar",)
+
+# float32 accumulation of K products against the reference's float64 one, plus the final
+# rounding (csrc/int4_gemm.h): |y - y_ref| <= (K + 2) * 2^-24 * sum_k |x_k w_nk| + 2^-24 |b|.
+INT4_ERR_PER_TERM = 2.0 ** -24
+
+
+def _rng(*key) -> np.random.Generator:
+    return np.random.default_rng(zlib.crc32(repr(key).encode()))
+
+
+def _int4_bound(x2, t, k, bias):
+    w = t.to_dense().reshape(t.shape[0], -1).astype(np.float64)
+    b = 0 if bias is None else np.abs(bias.astype(np.float64))
+    return (k + 2) * INT4_ERR_PER_TERM * (np.abs(x2.astype(np.float64)) @ np.abs(w).T) + INT4_ERR_PER_TERM * b
+
+
+@pytest.fixture
+def threads():
+    before = _native.get_threads()
+    yield _native.set_threads
+    _native.set_threads(before)
+
+
+@pytest.fixture
+def int8_isa():
+    yield _native.set_int8_isa
+    _native.set_int8_isa("auto")
+
+
+# --- int4_grouped Linear ------------------------------------------------------------------------
+
+INT4_SHAPES = [  # (M, N, K, group_size)
+    (1, 37, 100, 32), (3, 5, 64, 64), (16, 33, 200, 32), (5, 64, 768, 128),
+    (1, 7, 70, 6), (4, 9, 31, 2), (2, 3, 1, 2),
+]
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("m,n,k,g", INT4_SHAPES)
+def test_int4_linear_matches_reference(m, n, k, g, symmetric, threads):
+    rng = _rng("int4", m, n, k, g, symmetric)
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    t = layouts.pack_int4_grouped("w", w, group_size=g, symmetric=symmetric)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    ref = packed_linear_ref(x, PackedGemm(t, "none"), bias).astype(np.float64)
+    plan = NativeInt4Linear(t)
+    bound = _int4_bound(x, t, k, bias)
+    for isa in INT4_ISAS:
+        if isa == "avx512" and g % 32:
+            with pytest.raises(ValueError, match="group_size"):
+                _native.int4_linear(plan.packed, x, bias, isa)
+            continue
+        results = []
+        for nt in (1, 2):
+            threads(nt)
+            results.append(_native.int4_linear(plan.packed, x, bias, isa))
+        assert np.array_equal(results[0], results[1])
+        y = results[0]
+        assert y.dtype == np.float32 and y.shape == (m, n)
+        err = np.abs(y - ref)
+        assert (err <= bound).all(), f"{isa}: max excess {np.max(err - bound)}"
+        # a row alone gives the same bits as in the batch (M = 1 path == batched path)
+        for r in {0, m - 1}:
+            assert np.array_equal(_native.int4_linear(plan.packed, x[r:r + 1], bias, isa)[0], y[r])
+    y_auto = int4_linear(x.reshape(1, m, k), plan, bias)        # the wrapper: (..., K) in, (..., N) out
+    assert y_auto.shape == (1, m, n)
+    assert (np.abs(y_auto[0] - ref) <= bound).all()
+
+
+def test_int4_linear_through_registry_and_other_dtypes():
+    rng = _rng("int4-registry")
+    t = layouts.pack_int4_grouped("w", rng.standard_normal((12, 96)).astype(np.float32), group_size=32)
+    run = registry.lookup("Linear", "int4_grouped", "native")({"act_quant": "none"}, {1: t})
+    x = rng.standard_normal((2, 3, 96)).astype(np.float32)
+    (y,) = run(x, t, None)
+    ref = packed_linear_ref(x, PackedGemm(t, "none"))
+    assert y.shape == (2, 3, 12)
+    assert np.max(np.abs(y - ref)) <= 1e-4
+    x64 = x.astype(np.float64)          # float64 X: the reference's arithmetic, exactly
+    assert np.array_equal(run(x64, t, None)[0], packed_linear_ref(x64, PackedGemm(t, "none")))
+    # integer modes with int4 weights run the reference's arithmetic
+    run_dyn = registry.lookup("Linear", "int4_grouped", "native")({"act_quant": "dynamic"}, {1: t})
+    assert np.array_equal(run_dyn(x, t, None)[0], packed_linear_ref(x, PackedGemm(t, "dynamic")))
+
+
+def test_int4_bad_inputs():
+    rng = _rng("int4-bad")
+    t = layouts.pack_int4_grouped("w", rng.standard_normal((4, 64)).astype(np.float32), group_size=32,
+                                  symmetric=False)
+    q, s, z = t.fields["qdata"], t.fields["scale"], t.fields["zero_point"]
+    with pytest.raises(TypeError, match="qdata"):
+        _native.Int4Weight(q.astype(np.int8), s, z, (4, 64), 32)
+    with pytest.raises(ValueError, match="qdata"):
+        _native.Int4Weight(q[:, :-1].copy(), s, z, (4, 64), 32)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        _native.Int4Weight(np.asfortranarray(q), s, z, (4, 64), 32)
+    with pytest.raises(ValueError, match="scale"):
+        _native.Int4Weight(q, np.zeros_like(s), z, (4, 64), 32)
+    with pytest.raises(ValueError, match="scale"):
+        _native.Int4Weight(q, s[:, :1].copy(), z, (4, 64), 32)
+    with pytest.raises(ValueError, match="zero_point"):
+        _native.Int4Weight(q, s, np.full_like(z, 16), (4, 64), 32)
+    with pytest.raises(ValueError, match="group_size"):
+        _native.Int4Weight(q, s, z, (4, 64), 3)
+    with pytest.raises(ValueError, match="N, K"):
+        _native.Int4Weight(q, s, z, (4, 0), 32)
+    w = _native.Int4Weight(q, s, z, (4, 64), 32)
+    x = rng.standard_normal((2, 64)).astype(np.float32)
+    with pytest.raises(TypeError, match="X"):
+        _native.int4_linear(w, x.astype(np.float64))
+    with pytest.raises(ValueError, match="X"):
+        _native.int4_linear(w, x[:, :63].copy())
+    with pytest.raises(ValueError, match="C-contiguous"):
+        _native.int4_linear(w, x[:, ::2])
+    with pytest.raises(ValueError, match="bias"):
+        _native.int4_linear(w, x, np.zeros(5, np.float32))
+    with pytest.raises(TypeError, match="bias"):
+        _native.int4_linear(w, x, np.zeros(4, np.int32))
+    with pytest.raises(ValueError, match="isa"):
+        _native.int4_linear(w, x, None, "avx2")
+    assert _native.int4_linear(w, x[:0].copy()).shape == (0, 4)
+
+
+# --- Conv ---------------------------------------------------------------------------------------
+
+CONV_CASES = [  # (x shape, M, kernel, group, strides, pads, dilations)
+    ((2, 6, 9, 8), 12, (3, 2), 1, [2, 1], [1, 0, 2, 1], [1, 2]),
+    ((1, 6, 7, 7), 12, (3, 3), 3, [1, 1], [1, 1, 1, 1], [1, 1]),
+    ((3, 4, 5, 6), 8, (1, 1), 2, [1, 2], [0, 0, 0, 0], [1, 1]),
+    ((2, 4, 17), 8, (5,), 2, [3], [2, 1], [2]),
+    ((1, 3, 10), 4, (3,), 1, [1], [0, 0], [1]),
+]
+
+
+def _packed(layout, w, rng):
+    if layout in ("int8", "int8_asym"):
+        return layouts.pack_int8("w", w, symmetric=layout == "int8")
+    if layout == "csr":
+        return layouts.pack_csr("w", w, rng.random(w.shape) > 0.7, quant="int8")
+    if layout == "bsr":
+        n, kk = layouts.dense_view_2d(w.shape)
+        blocks = rng.random((n // 2, kk)) > 0.5           # (2, 1) blocks: tile any even M
+        return layouts.pack_bsr("w", w, np.repeat(blocks, 2, axis=0).reshape(w.shape), block_shape=(2, 1),
+                                quant="int8")
+    if layout == "nm":
+        n, kk = layouts.dense_view_2d(w.shape)
+        if kk % 4:
+            pytest.skip("2:4 needs K' % 4 == 0")
+        return layouts.pack_nm("w", w, nm_mask(w.reshape(n, kk)).reshape(w.shape), quant="int8")
+    return layouts.pack_int4_grouped("w", w, group_size=4, symmetric=False)
+
+
+@pytest.mark.parametrize("act", ["dynamic", "static"])
+@pytest.mark.parametrize("layout", ["int8", "int8_asym", "csr", "bsr", "nm"])
+@pytest.mark.parametrize("case", range(len(CONV_CASES)))
+def test_conv_integer_modes_bit_exact(case, layout, act, threads, int8_isa):
+    xshape, m, kernel, group, strides, pads, dilations = CONV_CASES[case]
+    rng = _rng("conv", case, layout, act)
+    x = rng.standard_normal(xshape).astype(np.float32)
+    w = rng.standard_normal((m, xshape[1] // group, *kernel)).astype(np.float32)
+    bias = rng.standard_normal(m).astype(np.float32)
+    t = _packed(layout, w, rng)
+    quant = dict(act_quant=act, act_scale=0.03, act_zero_point=5) if act == "static" else dict(act_quant=act)
+    kw = dict(strides=strides, pads=pads, dilations=dilations)
+    ref = packed_conv_ref(x, PackedGemm(t, op="Conv", **quant), bias, group=group, **kw)
+    plan = NativeConv(t, group, **quant)
+    for isa in INT8_ISAS:
+        int8_isa(isa)
+        for nt in (1, 2):
+            threads(nt)
+            y = native_conv(x, plan, bias, **kw)
+            assert y.dtype == np.float32 and y.shape == ref.shape
+            assert np.array_equal(y, ref), f"{isa}, {nt} threads: max diff {np.max(np.abs(y - ref))}"
+    assert np.array_equal(native_conv(x, plan, None, **kw),
+                          packed_conv_ref(x, PackedGemm(t, op="Conv", **quant), None, group=group, **kw))
+
+
+@pytest.mark.parametrize("case", range(len(CONV_CASES)))
+def test_conv_int4_weight_only(case):
+    xshape, m, kernel, group, strides, pads, dilations = CONV_CASES[case]
+    rng = _rng("conv-int4", case)
+    x = rng.standard_normal(xshape).astype(np.float32)
+    w = rng.standard_normal((m, xshape[1] // group, *kernel)).astype(np.float32)
+    t = _packed("int4", w, rng)
+    kw = dict(strides=strides, pads=pads, dilations=dilations)
+    y = native_conv(x, NativeConv(t, group), None, **kw)
+    ref = packed_conv_ref(x, PackedGemm(t, op="Conv"), None, group=group, **kw)
+    kk = int(np.prod(w.shape[1:]))
+    # the int4 bound with every |x| <= max|x|, per output channel
+    wsum = np.abs(t.to_dense().reshape(m, -1).astype(np.float64)).sum(axis=1)
+    bound = (kk + 2) * INT4_ERR_PER_TERM * np.abs(x).max() * wsum
+    assert (np.abs(y - ref) <= bound.reshape((1, m) + (1,) * len(kernel))).all()
+
+
+def test_conv_sparse_weight_only_and_3d_fallback():
+    rng = _rng("conv-misc")
+    x = rng.standard_normal((1, 4, 6, 6)).astype(np.float32)
+    w = rng.standard_normal((4, 2, 3, 3)).astype(np.float32)
+    t = layouts.pack_csr("w", w, rng.random(w.shape) > 0.5)           # float values: act_quant none
+    y = native_conv(x, NativeConv(t, 2), None, pads=[1, 1, 1, 1])
+    ref = packed_conv_ref(x, PackedGemm(t, op="Conv"), None, pads=[1, 1, 1, 1], group=2)
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
+    x3 = rng.standard_normal((1, 2, 4, 4, 4)).astype(np.float32)      # 3-D: the reference driver
+    t3 = layouts.pack_int8("w", rng.standard_normal((3, 2, 2, 2, 2)).astype(np.float32))
+    y3 = native_conv(x3, NativeConv(t3, 1, "dynamic"), None)
+    assert np.array_equal(y3, packed_conv_ref(x3, PackedGemm(t3, "dynamic", op="Conv"), None))
+
+
+def test_conv_bad_inputs():
+    rng = _rng("conv-bad")
+    t = layouts.pack_int8("w", rng.standard_normal((4, 2, 3, 3)).astype(np.float32))
+    with pytest.raises(ValueError, match="group"):
+        NativeConv(t, 3, "dynamic")
+    with pytest.raises(TypeError):
+        NativeConv(rng.standard_normal((4, 2, 3, 3)), 1, "dynamic")
+    with pytest.raises(ValueError, match="act_quant"):
+        NativeConv(t, 1, "int8")
+    plan = NativeConv(t, 2, "dynamic")
+    with pytest.raises(ValueError, match="do not match"):
+        native_conv(rng.standard_normal((1, 3, 5, 5)).astype(np.float32), plan)
+    with pytest.raises(ValueError, match="bias"):
+        native_conv(rng.standard_normal((1, 4, 5, 5)).astype(np.float32), plan, np.zeros(3, np.float32))
+    with pytest.raises(ValueError, match="larger|smaller"):
+        native_conv(rng.standard_normal((1, 4, 2, 2)).astype(np.float32), plan)
+    with pytest.raises(ValueError, match="strides"):
+        native_conv(rng.standard_normal((1, 4, 5, 5)).astype(np.float32), plan, strides=[1])
+
+
+# --- a converted CNN through a session ----------------------------------------------------------
+
+@pytest.mark.parametrize("prune", [{}, {"prune": "nm"}, {"prune": "magnitude", "sparsity": 0.7}])
+def test_session_cnn_native_equals_reference(prune):
+    pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+    import runtime
+    from tests.digits import cnn_onnx
+    onnx_bytes, x_tr, x_te, _ = cnn_onnx(epochs=1)
+    graph = runtime.convert(onnx_bytes, quant="int8", act="dynamic", **prune)
+    convs = [n for n in graph.nodes if n.op == "Conv"]
+    assert convs and all(n.attrs.get("act_quant") == "dynamic" for n in convs)
+    native = runtime.InferenceSession(graph, backend="native")
+    ref = runtime.InferenceSession(graph, backend="reference")
+    assert sum(p.backend == "native" and p.op == "Conv" for p in native.plan) == len(convs), native.plan
+    for batch in (1, 7):
+        x = np.ascontiguousarray(x_te[:batch], np.float32)
+        assert np.array_equal(native.run(None, {"image": x})[0], ref.run(None, {"image": x})[0])
