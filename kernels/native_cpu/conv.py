@@ -29,6 +29,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from kernels.blas_activity import note_blas_call
 from kernels.reference.conv_pool import _out_size, _spatial_attrs, _windows
 from kernels.reference.packed import PackedGemm, act_params, packed_conv_ref
 from kernels.registry import register
@@ -117,6 +118,7 @@ class NativeConv:
 
             def weight_only(cols, b):
                 y = cols @ dense.T
+                note_blas_call()
                 if b is not None:
                     y += b.astype(np.float32)
                 return y

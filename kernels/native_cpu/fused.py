@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from kernels.blas_activity import blas_recently_called
 from kernels.registry import lookup, register
 
 from . import _native
@@ -47,8 +48,18 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | No
               head_dim: int, scale: float) -> np.ndarray:
     """Y (B, Sq, H*Dv) float32 for float32 q (B, Sq, H*D), k (B, Sk, H*D), v (B, Sk, H*Dv)
     and mask (None or broadcastable to (B, H, Sq, Sk)); see the module docstring."""
-    return _native.attention(_last_axis_contiguous(q), _last_axis_contiguous(k), _last_axis_contiguous(v),
-                             mask, int(head_dim), float(scale))
+    args = (_last_axis_contiguous(q), _last_axis_contiguous(k), _last_axis_contiguous(v), mask, int(head_dim),
+            float(scale))
+    if not blas_recently_called():
+        return _native.attention(*args)
+    # one thread right after a BLAS GEMM: OpenBLAS's spinning workers would stall the second
+    # OpenMP thread (kernels/blas_activity.py: fp32 BERT 64 ms per run instead of ~25)
+    threads = _native.get_threads()
+    _native.set_threads(1)
+    try:
+        return _native.attention(*args)
+    finally:
+        _native.set_threads(threads)
 
 
 @register("Attention", "native")

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from kernels.reference.packed import PackedGemm, act_params, packed_linear_ref
+from kernels.blas_activity import note_blas_call
 from kernels.registry import EPILOGUE_OPS, fill_attrs, lookup, register
 from runtime.layouts import PackedTensor
 
@@ -136,6 +137,7 @@ def _weight_only(x2: np.ndarray, plan: NativeInt8Linear, bias: np.ndarray | None
     (the reference's arithmetic) rounded once to X's dtype otherwise."""
     if x2.dtype == np.float32:
         y = x2 @ plan.dense32.T
+        note_blas_call()
         if bias is not None:
             y += bias.astype(np.float32, copy=False)
         return y

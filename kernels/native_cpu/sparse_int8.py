@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from kernels.reference.packed import PackedGemm, act_params, packed_linear_ref
+from kernels.blas_activity import note_blas_call
 from kernels.registry import register
 from runtime.layouts import PackedTensor
 
@@ -115,6 +116,7 @@ def sparse_linear(x: Any, plan: NativeSparseLinear, bias: Any = None) -> np.ndar
     if plan.act_quant == "none":
         if x2.dtype == np.float32:
             y = x2 @ plan.dense32.T
+            note_blas_call()
             if bias is not None:
                 y += bias.astype(np.float32, copy=False)
         else:

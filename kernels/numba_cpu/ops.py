@@ -63,7 +63,6 @@ for any thread count. OpenBLAS (the GEMMs) uses its own thread pool, not numba's
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 from llvmlite import ir as llvm_ir
@@ -72,6 +71,7 @@ from numba.extending import intrinsic
 
 from kernels.reference._common import normalize_axis, prod
 from kernels.reference.conv_pool import _out_size, _spatial_attrs, _windows
+from kernels.blas_activity import blas_recently_called, note_blas_call  # noqa: F401  (fused.py, int8_gemm.py)
 from kernels.registry import lookup, register
 
 F32 = np.dtype(np.float32)
@@ -90,22 +90,6 @@ RELU_NUMPY_MAX_ELEMENTS = 1 << 12
 # Element-wise kernels split their flat input into blocks of this many elements, one thread
 # per block; the split does not depend on the thread count.
 ELEMENTWISE_BLOCK = 1 << 14
-# OpenBLAS's workers busy-wait after each GEMM (up to 2^28 cycles, ~0.1 s, by default), so a
-# numba parallel region started soon after a float32 BLAS call runs its second thread against
-# a spinning one (fp32 MiniLM-dims BERT, seq 128, with the fused Attention and Add+LayerNorm
-# parallel: 157 ms per run instead of ~25). Kernels that would go parallel (fused.py) stay on
-# the calling thread when a BLAS GEMM of this backend ran less than this long ago.
-BLAS_QUIET_SECONDS = 0.2
-_last_blas_call = [float("-inf")]
-
-
-def note_blas_call() -> None:
-    """Record that this backend just ran a BLAS GEMM (see BLAS_QUIET_SECONDS)."""
-    _last_blas_call[0] = time.perf_counter()
-
-
-def blas_recently_called() -> bool:
-    return time.perf_counter() - _last_blas_call[0] < BLAS_QUIET_SECONDS
 
 # numba options of every kernel: cached on disk (a new process loads instead of compiling);
 # error_model="numpy" makes x / 0 inf or nan as in numpy instead of raising, which also lets
