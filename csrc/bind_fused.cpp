@@ -17,24 +17,17 @@
 #include "attention.h"
 #include "int8_gemm.h"      // int8_get_threads: the native kernels' one thread count
 #include "layer_norm.h"
+#include "bind_checks.h"
 
 namespace py = pybind11;
 
 namespace {
 
-std::string shape_str(const py::array& a) {
-    std::string s = "(";
-    for (py::ssize_t i = 0; i < a.ndim(); ++i) s += (i ? ", " : "") + std::to_string(a.shape(i));
-    return s + (a.ndim() == 1 ? ",)" : ")");
-}
+using qrt::bind::as_array_of;
+using qrt::bind::shape_str;
 
 py::array as_f32(const py::handle& obj, const char* what) {
-    if (!py::isinstance<py::array>(obj))
-        throw py::type_error(std::string(what) + " must be a numpy array of float32, got " +
-                             py::str(py::type::of(obj).attr("__name__")).cast<std::string>());
-    py::array a = py::reinterpret_borrow<py::array>(obj);
-    if (!a.dtype().equal(py::dtype::of<float>()))
-        throw py::type_error(std::string(what) + " must have dtype float32, got " + py::str(a.dtype()).cast<std::string>());
+    py::array a = as_array_of<float>(obj, what, "float32");
     if (reinterpret_cast<uintptr_t>(a.data()) % alignof(float) != 0)
         throw py::value_error(std::string(what) + " is not aligned to float32 (np.ascontiguousarray)");
     return a;

@@ -13,28 +13,20 @@
 
 #include "int4_gemm.h"
 #include "int8_gemm.h"
+#include "bind_checks.h"
 
 namespace py = pybind11;
 
 namespace {
 
-std::string shape_str(const py::array& a) {
-    std::string s = "(";
-    for (py::ssize_t i = 0; i < a.ndim(); ++i) s += (i ? ", " : "") + std::to_string(a.shape(i));
-    return s + (a.ndim() == 1 ? ",)" : ")");
-}
+using qrt::bind::as_array_of;
+using qrt::bind::require_c_contiguous;
+using qrt::bind::shape_str;
 
 template <typename T>
 py::array checked(const py::handle& obj, const char* what, const char* dtype) {
-    if (!py::isinstance<py::array>(obj))
-        throw py::type_error(std::string(what) + " must be a numpy array of " + dtype + ", got " +
-                             py::str(py::type::of(obj).attr("__name__")).cast<std::string>());
-    py::array a = py::reinterpret_borrow<py::array>(obj);
-    if (!a.dtype().equal(py::dtype::of<T>()))
-        throw py::type_error(std::string(what) + " must have dtype " + dtype + ", got " +
-                             py::str(a.dtype()).cast<std::string>());
-    if (!(a.flags() & py::array::c_style))
-        throw py::value_error(std::string(what) + " must be C-contiguous (np.ascontiguousarray)");
+    py::array a = as_array_of<T>(obj, what, dtype);
+    require_c_contiguous(a, what);
     return a;
 }
 

@@ -8,7 +8,7 @@
 // runtime/layouts.py check) validates the same things for a file; these checks are repeated
 // because the binding can be called with any arrays.
 //
-// The small argument helpers mirror those of bindings.cpp (which keeps them file-local).
+// The argument helpers shared with the other binding files are in bind_checks.h.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
@@ -21,42 +21,18 @@
 #include <vector>
 
 #include "sparse_int8.h"
+#include "bind_checks.h"
 
 namespace py = pybind11;
 
 namespace {
 
-std::string shape_str(const py::array& a) {
-    std::string s = "(";
-    for (py::ssize_t i = 0; i < a.ndim(); ++i) s += (i ? ", " : "") + std::to_string(a.shape(i));
-    return s + (a.ndim() == 1 ? ",)" : ")");
-}
-
-std::string dtype_str(const py::array& a) { return py::str(a.dtype()).cast<std::string>(); }
-
-template <typename T>
-bool has_dtype(const py::array& a) {
-    return a.dtype().equal(py::dtype::of<T>());   // equivalent dtypes, native byte order
-}
-
-py::array as_array(const py::handle& obj, const char* what) {
-    if (!py::isinstance<py::array>(obj))
-        throw py::type_error(std::string(what) + " must be a numpy array, got " +
-                             py::str(py::type::of(obj).attr("__name__")).cast<std::string>());
-    return py::reinterpret_borrow<py::array>(obj);
-}
-
-template <typename T>
-py::array as_array_of(const py::handle& obj, const char* what, const char* expected) {
-    py::array a = as_array(obj, what);
-    if (!has_dtype<T>(a)) throw py::type_error(std::string(what) + " must have dtype " + expected + ", got " + dtype_str(a));
-    return a;
-}
-
-void require_c_contiguous(const py::array& a, const char* what) {
-    if (!(a.flags() & py::array::c_style))
-        throw py::value_error(std::string(what) + " must be C-contiguous (np.ascontiguousarray), got strides that are not");
-}
+using qrt::bind::shape_str;
+using qrt::bind::dtype_str;
+using qrt::bind::has_dtype;
+using qrt::bind::as_array;
+using qrt::bind::as_array_of;
+using qrt::bind::require_c_contiguous;
 
 void require_ndim(const py::array& a, const char* what, py::ssize_t ndim, const std::string& expected) {
     if (a.ndim() != ndim) throw py::value_error(std::string(what) + " has shape " + shape_str(a) + ", expected " + expected);

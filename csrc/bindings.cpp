@@ -17,10 +17,17 @@
 #include "cpu_features.h"
 #include "int8_gemm.h"
 #include "peak_probe.h"
+#include "bind_checks.h"
 
 namespace py = pybind11;
 
 namespace {
+
+using qrt::bind::shape_str;
+using qrt::bind::dtype_str;
+using qrt::bind::has_dtype;
+using qrt::bind::as_array_of;
+using qrt::bind::require_c_contiguous;
 
 // The compiler that built this module, for benchmark reports and bug reports: a kernel's
 // speed depends on it as much as on the CPU.
@@ -55,39 +62,6 @@ std::string cxx_standard() {
 
 // --- argument checks: every array a kernel reads is checked here, with a Python exception that
 // names the argument, what it got and what was expected (a kernel then trusts raw pointers) ---
-
-std::string shape_str(const py::array& a) {
-    std::string s = "(";
-    for (py::ssize_t i = 0; i < a.ndim(); ++i) s += (i ? ", " : "") + std::to_string(a.shape(i));
-    return s + (a.ndim() == 1 ? ",)" : ")");
-}
-
-std::string dtype_str(const py::array& a) { return py::str(a.dtype()).cast<std::string>(); }
-
-// Whether `a` holds T in native byte order. Compared as equivalent types (PyArray_EquivTypes),
-// not as the same dtype object: arrays made by views, memory maps or pickles may carry their
-// own, equal dtype instance.
-template <typename T>
-bool has_dtype(const py::array& a) {
-    return a.dtype().equal(py::dtype::of<T>());
-}
-
-// `obj` as a numpy array of dtype T (exactly: no silent conversion), else TypeError.
-template <typename T>
-py::array as_array_of(const py::handle& obj, const char* what, const char* expected_dtype) {
-    if (!py::isinstance<py::array>(obj))
-        throw py::type_error(std::string(what) + " must be a numpy array of " + expected_dtype + ", got " +
-                             py::str(py::type::of(obj).attr("__name__")).cast<std::string>());
-    py::array a = py::reinterpret_borrow<py::array>(obj);
-    if (!has_dtype<T>(a))
-        throw py::type_error(std::string(what) + " must have dtype " + expected_dtype + ", got " + dtype_str(a));
-    return a;
-}
-
-void require_c_contiguous(const py::array& a, const char* what) {
-    if (!(a.flags() & py::array::c_style))
-        throw py::value_error(std::string(what) + " must be C-contiguous (np.ascontiguousarray), got strides that are not");
-}
 
 // One expected dimension: a size, or any size (size < 0) shown by its name.
 struct Dim {
