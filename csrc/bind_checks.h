@@ -6,6 +6,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <cstdint>
 #include <string>
 
 namespace qrt {
@@ -52,6 +53,43 @@ py::array as_array_of(const py::handle& obj, const char* what, const char* expec
 inline void require_c_contiguous(const py::array& a, const char* what) {
     if (!(a.flags() & py::array::c_style))
         throw py::value_error(std::string(what) + " must be C-contiguous (np.ascontiguousarray), got strides that are not");
+}
+
+// A Linear's bias argument (not None): a (n,) numpy array, else TypeError / ValueError.
+inline py::array bias_array(const py::handle& obj, int64_t n) {
+    py::array b = as_array(obj, "bias");
+    if (b.ndim() != 1 || b.shape(0) != n)
+        throw py::value_error("bias has shape " + shape_str(b) + ", expected (" + std::to_string(n) +
+                              ",) (N of the weight)");
+    return b;
+}
+
+// bias_array's b (float32 or float64, any stride) as float64 into dst[0, n), dst[n, padded)
+// set to 0: the kernels add the bias in float64, as the reference does, over whole panels.
+inline void copy_bias_f64(const py::array& b, int64_t n, int64_t padded, double* dst) {
+    for (int64_t i = n; i < padded; ++i) dst[i] = 0.0;
+    if (has_dtype<float>(b)) {
+        auto v = b.unchecked<float, 1>();
+        for (int64_t i = 0; i < n; ++i) dst[i] = v(i);
+    } else if (has_dtype<double>(b)) {
+        auto v = b.unchecked<double, 1>();
+        for (int64_t i = 0; i < n; ++i) dst[i] = v(i);
+    } else {
+        throw py::type_error("bias must have dtype float32 or float64, got " + dtype_str(b));
+    }
+}
+
+// The (m, n) float32 output: a new array for None, else `out` checked (dtype, shape,
+// C-contiguous, writeable).
+inline py::array output_f32(const py::handle& out_obj, int64_t m, int64_t n) {
+    if (out_obj.is_none()) return py::array_t<float>({static_cast<py::ssize_t>(m), static_cast<py::ssize_t>(n)});
+    py::array out = as_array_of<float>(out_obj, "out", "float32");
+    if (out.ndim() != 2 || out.shape(0) != m || out.shape(1) != n)
+        throw py::value_error("out has shape " + shape_str(out) + ", expected (" + std::to_string(m) + ", " +
+                              std::to_string(n) + ")");
+    require_c_contiguous(out, "out");
+    if (!out.writeable()) throw py::value_error("out must be writeable");
+    return out;
 }
 
 }  // namespace bind

@@ -27,6 +27,9 @@ namespace py = pybind11;
 
 namespace {
 
+using qrt::bind::bias_array;
+using qrt::bind::copy_bias_f64;
+using qrt::bind::output_f32;
 using qrt::bind::shape_str;
 using qrt::bind::dtype_str;
 using qrt::bind::has_dtype;
@@ -217,31 +220,11 @@ py::array sparse_linear_py(const qrt::SparseInt8Weight& w, const py::object& x_o
 
     qrt::AlignedArray<double> bias;   // float64, padded to whole 16-row blocks (the kernel's contract)
     if (!bias_obj.is_none()) {
-        py::array b = as_array(bias_obj, "bias");
-        require_len(b, "bias", w.n, " (N of the weight)");
+        py::array b = bias_array(bias_obj, w.n);
         bias.allocate(static_cast<size_t>(w.npad));
-        std::fill(bias.get(), bias.get() + w.npad, 0.0);
-        if (has_dtype<float>(b)) {
-            auto v = b.unchecked<float, 1>();
-            for (int64_t i = 0; i < w.n; ++i) bias[i] = v(i);
-        } else if (has_dtype<double>(b)) {
-            auto v = b.unchecked<double, 1>();
-            for (int64_t i = 0; i < w.n; ++i) bias[i] = v(i);
-        } else {
-            throw py::type_error("bias must have dtype float32 or float64, got " + dtype_str(b));
-        }
+        copy_bias_f64(b, w.n, w.npad, bias.get());
     }
-    py::array out;
-    if (out_obj.is_none()) {
-        out = py::array_t<float>({static_cast<py::ssize_t>(m), static_cast<py::ssize_t>(w.n)});
-    } else {
-        out = as_array_of<float>(out_obj, "out", "float32");
-        if (out.ndim() != 2 || out.shape(0) != m || out.shape(1) != w.n)
-            throw py::value_error("out has shape " + shape_str(out) + ", expected (" + std::to_string(m) + ", " +
-                                  std::to_string(w.n) + ")");
-        require_c_contiguous(out, "out");
-        if (!out.writeable()) throw py::value_error("out must be writeable");
-    }
+    py::array out = output_f32(out_obj, m, w.n);
     const qrt::Int8Isa isa = qrt::int8_current_isa();
     if (path != qrt::SparsePath::automatic && !qrt::sparse_path_available(w, path, isa))
         throw py::value_error(std::string("sparse path '") + path_name + "' is not available for this weight on '" +

@@ -23,6 +23,9 @@ namespace py = pybind11;
 
 namespace {
 
+using qrt::bind::bias_array;
+using qrt::bind::copy_bias_f64;
+using qrt::bind::output_f32;
 using qrt::bind::shape_str;
 using qrt::bind::dtype_str;
 using qrt::bind::has_dtype;
@@ -149,36 +152,11 @@ py::array int8_linear_py(const qrt::Int8PackedWeight& w, const py::object& x_obj
     // float64, as the reference adds it, padded to whole panels (int8_linear's contract)
     qrt::AlignedArray<double> bias;
     if (!bias_obj.is_none()) {
-        if (!py::isinstance<py::array>(bias_obj))
-            throw py::type_error("bias must be a numpy array of float32 or float64, or None");
-        py::array b = py::reinterpret_borrow<py::array>(bias_obj);
-        require_shape(b, "bias", {{w.n, ""}}, " (N of the weight)");
+        py::array b = bias_array(bias_obj, w.n);
         bias.allocate(static_cast<size_t>(w.padded_n()));
-        std::fill(bias.get() + w.n, bias.get() + w.padded_n(), 0.0);
-        const bool contiguous = b.flags() & py::array::c_style;
-        if (has_dtype<float>(b) && contiguous) {   // the usual case: a float32 initializer
-            const float* p = static_cast<const float*>(b.data());
-            for (int64_t i = 0; i < w.n; ++i) bias[i] = p[i];
-        } else if (has_dtype<float>(b)) {
-            auto v = b.unchecked<float, 1>();
-            for (int64_t i = 0; i < w.n; ++i) bias[i] = v(i);
-        } else if (has_dtype<double>(b)) {
-            auto v = b.unchecked<double, 1>();
-            for (int64_t i = 0; i < w.n; ++i) bias[i] = v(i);
-        } else {
-            throw py::type_error("bias must have dtype float32 or float64, got " + dtype_str(b));
-        }
+        copy_bias_f64(b, w.n, w.padded_n(), bias.get());
     }
-
-    py::array out;
-    if (out_obj.is_none()) {
-        out = py::array_t<float>({static_cast<py::ssize_t>(m), static_cast<py::ssize_t>(w.n)});
-    } else {
-        out = as_array_of<float>(out_obj, "out", "float32");
-        require_shape(out, "out", {{m, ""}, {w.n, ""}});
-        require_c_contiguous(out, "out");
-        if (!out.writeable()) throw py::value_error("out must be writeable");
-    }
+    py::array out = output_f32(out_obj, m, w.n);
     const float* xp = static_cast<const float*>(x.data());
     float* yp = static_cast<float*>(out.mutable_data());
     {
