@@ -1,4 +1,5 @@
-"""Fuzz of the native extension's bindings (csrc/bindings.cpp, csrc/bind_sparse.cpp): malformed
+"""Fuzz of the native extension's bindings (csrc/bindings.cpp, bind_sparse.cpp, bind_int4.cpp,
+bind_fused.cpp): malformed
 arguments must give Python exceptions, never a crash, a hang or an out-of-bounds access.
 
 Every binding is called with a valid argument set first (so that the mutations below reach the
@@ -39,7 +40,7 @@ SEED = 5
 CASES = 1500
 # bindings that take arrays get most of the cases: they have the checks worth fuzzing
 HEAVY = {"Int8Weight", "int8_linear", "apply_activation", "sparse_int8_csr", "sparse_int8_bsr", "sparse_int8_nm",
-         "sparse_int8_linear"}
+         "sparse_int8_linear", "Int4Weight", "int4_linear", "attention", "skip_layer_norm"}
 # exception types a malformed call may raise: TypeError / ValueError from the binding's own
 # checks and pybind11's argument conversion, OverflowError for Python ints beyond C types,
 # RuntimeError for pybind11's cast errors (e.g. a shape tuple holding a string). Anything else
@@ -215,6 +216,32 @@ def _valid_cases(rng):
              [sw, xs, rng.standard_normal(ns).astype(np.float32), "dynamic", 1.0, 0, None, "auto"], {}),
             ("SparseInt8Weight.path", sw.path, [m], {}),
             ("sparse_has_vbmi", _native.sparse_has_vbmi, [], {}),
+        ]
+    if hasattr(_native, "int4_linear"):
+        # the int4 weight-only Linear (csrc/bind_int4.cpp), fields as runtime/layouts.py stores them
+        from runtime.layouts import pack_int4_grouped
+        n4, k4 = int(rng.integers(1, 40)), 32 * int(rng.integers(1, 5))
+        t4 = pack_int4_grouped("w", rng.standard_normal((n4, k4)).astype(np.float32), group_size=32, symmetric=False)
+        f = t4.fields
+        int4_args = [np.ascontiguousarray(f["qdata"]), np.ascontiguousarray(f["scale"], np.float32),
+                     np.ascontiguousarray(f["zero_point"]), (n4, k4), 32]
+        w4 = _native.Int4Weight(*int4_args)
+        cases += [
+            ("Int4Weight", _native.Int4Weight, int4_args, {}),
+            ("int4_linear", _native.int4_linear,
+             [w4, rng.standard_normal((m, k4)).astype(np.float32), rng.standard_normal(n4).astype(np.float32)], {}),
+        ]
+    if hasattr(_native, "attention"):
+        # the fused BERT ops (csrc/bind_fused.cpp)
+        b, sq, sk, h, d = (int(v) for v in rng.integers(1, 5, 5))
+        qkv = [rng.standard_normal((b, s_, h * d)).astype(np.float32) for s_ in (sq, sk, sk)]
+        mask = rng.standard_normal((b, 1, sq, sk)).astype(np.float32)
+        xs2 = rng.standard_normal((m + 1, 24)).astype(np.float32)
+        cases += [
+            ("attention", _native.attention, [*qkv, mask, d, 0.5], {}),
+            ("skip_layer_norm", _native.skip_layer_norm,
+             [xs2, xs2.copy(), np.ones(24, np.float32), np.zeros(24, np.float32), 1e-5], {}),
+            ("exp32", _native.exp32, [-rng.random(19).astype(np.float32)], {}),
         ]
     return cases
 
