@@ -18,8 +18,8 @@ Patterns (in this order):
   * Add -> LayerNormalization over the last axis becomes SkipLayerNormalization;
   * Linear or Conv -> Relu / Gelu becomes the Linear/Conv with activation "relu" / "gelu" /
     "gelu_tanh" (the kernel applies it in its epilogue, or kernels.registry.build after it);
-  * Linears that read the same input with the same attributes and a dense or int8 weight
-    (attention's Q, K and V projections) become one Linear over the concatenated weight and a
+  * Linears that read the same input with the same attributes and a dense, int8, csr or N:M
+    weight (attention's Q, K and V projections) become one Linear over the concatenated weight and a
     Split of its output along the last axis: the input is quantized once and the GEMM is
     wider (N = 3 x 384 runs at a higher share of the peak than three N = 384). Exact: every
     output column is computed as before (per-row activation quantization does not depend on
@@ -224,7 +224,7 @@ def _fuse_activation(view: _View, node: Node):
 
 # --- Linears sharing an input ----------------------------------------------------------------
 
-MERGEABLE_LAYOUTS = ("dense", "int8", "csr")
+MERGEABLE_LAYOUTS = ("dense", "int8", "csr", "nm")
 
 
 def _merge_sibling_linears(graph: Graph) -> None:
@@ -238,8 +238,10 @@ def _merge_sibling_linears(graph: Graph) -> None:
             continue
         if len(node.inputs) > 2 and node.inputs[2] and view.const(node.inputs[2]) is None:
             continue                                  # a bias computed at run time
-        key = (node.inputs[0], w.layout, w.params.get("quant"), w.shape[1],
-               tuple(sorted((k, repr(v)) for k, v in node.attrs.items())))
+        # same input, layout, K, attributes and layout parameters (quant, n and m of N:M);
+        # per-tensor vs per-channel scales and symmetric vs not merge (made per channel)
+        params = tuple(sorted((k, repr(v)) for k, v in w.params.items() if k not in ("per_channel", "symmetric")))
+        key = (node.inputs[0], w.layout, params, w.shape[1], tuple(sorted((k, repr(v)) for k, v in node.attrs.items())))
         groups.setdefault(key, []).append(node)
     order = {id(n): k for k, n in enumerate(graph.nodes)}
     replaced: dict[int, list[Node] | None] = {}
@@ -283,6 +285,8 @@ def _concat_weights(weights: list, name: str):
         return dense_tensor(name, np.concatenate([np.asarray(w.fields["data"]) for w in weights]))
     if weights[0].layout == "csr":
         return _concat_csr(weights, name)
+    if weights[0].layout == "nm":
+        return _concat_rows(weights, name, ("values", "qdata", "meta"))
     n_total = sum(w.shape[0] for w in weights)
     k = weights[0].shape[1]
     qdata = np.concatenate([np.asarray(w.fields["qdata"]) for w in weights])
@@ -329,6 +333,22 @@ def _concat_csr(weights: list, name: str):
         fields["scale"] = _per_channel_scales(weights)
         params = {"quant": quant, "per_channel": True}
     t = PackedTensor(name, "csr", "float32", (sum(w.shape[0] for w in weights), k), fields, params)
+    t.check()
+    return t
+
+
+def _concat_rows(weights: list, name: str, row_fields: tuple[str, ...]):
+    """Weights of a layout whose fields are all per output row (N:M: values or qdata, meta;
+    and scale) stacked row after row, scales made per channel."""
+    from .layouts import PackedTensor
+    fields = {f: np.concatenate([np.asarray(w.fields[f]) for w in weights])
+              for f in row_fields if f in weights[0].fields}
+    params = dict(weights[0].params)
+    if "scale" in weights[0].fields:
+        fields["scale"] = _per_channel_scales(weights)
+        params["per_channel"] = True
+    t = PackedTensor(name, weights[0].layout, "float32", (sum(w.shape[0] for w in weights), weights[0].shape[1]),
+                     fields, params)
     t.check()
     return t
 

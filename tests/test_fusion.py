@@ -425,3 +425,30 @@ def test_sibling_csr_linears_merge_exactly(backend, quant):
             np.testing.assert_array_equal(a, b)
         else:       # float values: a different row grouping may sum in another order
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["reference", "numba"])
+def test_sibling_nm_linears_merge_exactly(backend):
+    """2:4 int8 Linears (per-channel and per-tensor scales) merge with unchanged results."""
+    if backend == "numba":
+        _numba_or_skip()
+    from runtime.convert.prune import nm_mask
+    from runtime.layouts import pack_nm
+    rng = _rng("merge-nm")
+    k = 32
+    inits, nodes, outputs = {}, [], []
+    for i in range(3):
+        w = rng.standard_normal((8 + i, k)).astype(np.float32)
+        inits[f"w{i}"] = pack_nm(f"w{i}", w, nm_mask(w, 2, 4), quant="int8", per_channel=i != 1)
+        nodes.append(Node(f"fc{i}", "Linear", ["x", f"w{i}"], [f"y{i}"], {"act_quant": "dynamic"}))
+        outputs.append(Value(f"y{i}", "float32", ("n", 8 + i)))
+    g = Graph("t", [Value("x", "float32", ("n", k))], outputs, nodes, inits)
+    g.validate()
+    fused = fuse(g)
+    assert [n.op for n in fused.nodes] == ["Linear", "Split"]
+    assert fused.initializers[fused.nodes[0].inputs[1]].layout == "nm"
+    x = rng.standard_normal((5, k)).astype(np.float32)
+    want = runtime.InferenceSession(g, backend=backend, fuse=False).run(None, {"x": x})
+    got = runtime.InferenceSession(g, backend=backend).run(None, {"x": x})
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
