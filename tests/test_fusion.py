@@ -452,3 +452,19 @@ def test_sibling_nm_linears_merge_exactly(backend):
     got = runtime.InferenceSession(g, backend=backend).run(None, {"x": x})
     for a, b in zip(got, want):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("axis", [-1, 0, 1])
+def test_split_views_match_the_reference(axis):
+    from kernels.split_views import split_views_factory
+    x = np.arange(2 * 6 * 9, dtype=np.float32).reshape(2, 6, 9)
+    sizes = {-1: [4, 0, 5], 0: [1, 1], 1: [2, 4]}[axis]
+    attrs = {"axis": axis, "split": sizes, "num_outputs": None}
+    got = split_views_factory(attrs, {})(x)
+    want = registry.lookup("Split", "dense", "reference")(attrs, {})(x)
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+        assert np.shares_memory(g, x) or g.size == 0           # views, not copies
+    with pytest.raises(ValueError, match="do not add up"):
+        split_views_factory({"axis": axis, "split": [1, 1, 1, 1], "num_outputs": None}, {})(x)

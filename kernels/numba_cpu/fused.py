@@ -24,6 +24,7 @@ from numba import njit, prange
 from kernels.reference._common import prod
 from kernels.reference.fused import attention_heads
 from kernels.registry import register
+from kernels.split_views import split_views_factory
 
 from .f32_tile import gemm_acc
 from .ops import _ROWS, F32, _exp32, _is_f32, _reference, blas_recently_called
@@ -231,18 +232,4 @@ def skip_layer_normalization_factory(attrs: dict, weights: dict):
 
 # --- Split along the last axis: views ------------------------------------------------------------
 
-@register("Split", "numba")
-def split_factory(attrs: dict, weights: dict):
-    """Split with explicit sizes: views of the input (no copy), e.g. Q, K and V of a merged
-    projection (runtime/fuse.py) read in place by Attention. Other forms run the reference."""
-    ref = _reference("Split", attrs, weights)
-    axis, sizes = attrs["axis"], attrs["split"]
-    if sizes is None:
-        return ref
-    bounds = np.cumsum([int(x) for x in sizes])[:-1]
-
-    def run(x):
-        if x.ndim == 0 or sum(int(v) for v in sizes) != x.shape[axis]:
-            return ref(x)                          # the reference raises with the message
-        return tuple(np.split(x, bounds, axis=axis))
-    return run
+register("Split", "numba")(split_views_factory)      # views, kernels/split_views.py
