@@ -83,6 +83,8 @@ from kernels.reference.packed import act_params
 from kernels.registry import register
 from runtime.layouts import PackedTensor, dense_view_2d, nm_positions
 
+from .vnni import quantize_shift
+
 SPARSE_LAYOUTS = ("csr", "bsr", "nm")
 
 # |acc| <= K' * 255 * 127 must stay below 2^31 for the int32 accumulators (module docstring)
@@ -594,100 +596,12 @@ class RowQuads:
 
 # --- activations --------------------------------------------------------------------------------
 
-@intrinsic
-def _f32_from_bits(typingctx, bits):
-    """The float32 whose bit pattern is the low 32 bits of int64 ``bits``, as float64."""
-    def impl(context, builder, sig, args):
-        f = builder.bitcast(builder.trunc(args[0], _I32), ir.FloatType())
-        return builder.fpext(f, ir.DoubleType())
-    return types.float64(types.int64), impl
-
-
-@intrinsic
-def _f64_from_bits(typingctx, bits):
-    """The float64 whose bit pattern is int64 ``bits``."""
-    def impl(context, builder, sig, args):
-        return builder.bitcast(args[0], ir.DoubleType())
-    return types.float64(types.int64), impl
-
-
-# The exact quotient is wanted: qx = rint(fl64(x / s)). A candidate t = x * (1/s) is
-# computed in the input's precision: for float32 inputs in float32 (16 lanes), where t is
-# within |x/s| * 2^-22 of x / s (fl32(1/s), the product's rounding, and fl64(x/s)'s own);
-# for float64 inputs in float64, within |x/s| * 2^-51. rint of t and of fl64(x / s) can
-# differ only if a half-integer lies within that distance of t, so elements closer than
-# |t| * guard (8x margin) to one are redone with the true float64 division: the result is
-# rint(fl64(x / s)) bit for bit, with the division run on a tiny fraction of the elements
-# (and on every exact .5 tie, which always lands there).
-QUANT_GUARD_F32 = 2.0 ** -19
-QUANT_GUARD_F64 = 2.0 ** -48
-
-
 @njit(cache=True)
 def _quantize_u8(x, dynamic, act_scale, act_zero_point, kpad):
     """x (M, K) float32/float64 -> (u (M, kpad) u8 = qx + 128, padding columns 128 (qx = 0);
-    s_x (M,) float64). qx is bit for bit the reference's (and kernels/numba_cpu/quant.py's
-    quantize_rows_dynamic / quantize_static): s = max|x| / 127 (1 where that is 0) or
-    act_scale, qx = clip(rint(x / s) (+ z), -127 or -128, 127), rint half to even, x / s in
-    float64 (evaluated as above; tests compare with quant.py, ties included). Runs on the
-    calling thread: for the M of a sparse GEMM a parallel launch costs more than it saves.
-    max |x| is taken on the integer bit patterns: with the sign bit cleared, IEEE floats >= 0
-    order as their bit patterns, so an integer max (which LLVM vectorizes, unlike a float
-    compare-and-select chain) finds the same maximum. (NaN: quant.py skips NaN in the max,
-    this takes it; garbage either way. A float64 row whose max / 127 underflows to 0: the
-    reference and this take s = 1, quant.py divides by 0.)"""
-    m, k = x.shape
-    u = np.empty((m, kpad), np.uint8)
-    s_x = np.empty(m, np.float64)
-    lo = -127.0 if dynamic else -128.0
-    z = 0.0 if dynamic else np.float64(act_zero_point)
-    for i in range(m):
-        s = act_scale
-        if dynamic:
-            mx = np.int64(0)
-            if x.itemsize == 4:
-                b32 = x[i].view(np.int32)
-                for j in range(k):
-                    mx = max(mx, np.int64(b32[j]) & np.int64(0x7FFFFFFF))
-                amax = _f32_from_bits(mx)
-            else:
-                b64 = x[i].view(np.int64)
-                for j in range(k):
-                    mx = max(mx, b64[j] & np.int64(0x7FFFFFFFFFFFFFFF))
-                amax = _f64_from_bits(mx)
-            s = amax / 127.0
-            if s == 0.0:              # the reference's rule (an all-zero row, or underflow)
-                s = 1.0
-        s_x[i] = s
-        inv = 1.0 / s
-        redo = 0
-        guard = QUANT_GUARD_F64
-        if x.itemsize == 4 and inv < 1e38:           # 1/s representable in float32
-            inv32 = np.float32(inv)
-            lo32, z32 = np.float32(lo), np.float32(z)
-            for j in range(k):
-                t = np.float32(x[i, j]) * inv32
-                # (|t| >= 300 saturates the clip whichever way it rounds: nothing to redo)
-                redo += (abs(t - (np.floor(t) + np.float32(0.5))) <= abs(t) * np.float32(QUANT_GUARD_F32)) \
-                    & (abs(t) < np.float32(300.0))
-                u[i, j] = np.uint8(np.int32(min(np.float32(127.0), max(lo32, np.rint(t) + z32))) + U8_SHIFT)
-            guard = QUANT_GUARD_F32
-        elif inv < 1e300:
-            for j in range(k):
-                t = np.float64(x[i, j]) * inv
-                redo += (abs(t - (np.floor(t) + 0.5)) <= abs(t) * QUANT_GUARD_F64) & (abs(t) < 300.0)
-                u[i, j] = np.uint8(np.int32(min(127.0, max(lo, np.rint(t) + z))) + U8_SHIFT)
-        else:                                         # a denormal scale: divide everything
-            for j in range(k):
-                u[i, j] = np.uint8(np.int32(min(127.0, max(lo, np.rint(np.float64(x[i, j]) / s) + z))) + U8_SHIFT)
-        if redo:
-            for j in range(k):
-                t = np.float64(x[i, j]) / s
-                # the same test as above, on the exact quotient with a doubled margin
-                if abs(t - (np.floor(t) + 0.5)) <= abs(t) * (2.0 * guard) and abs(t) < 301.0:
-                    u[i, j] = np.uint8(np.int32(min(127.0, max(lo, np.rint(t) + z))) + U8_SHIFT)
-        for j in range(k, kpad):
-            u[i, j] = np.uint8(U8_SHIFT)
+    s_x (M,) float64): the dense int8 kernels' quantizer (vnni.quantize_shift), bit for bit
+    the reference's, NaN and inf rows included."""
+    u, s_x, _ = quantize_shift(x, kpad, not dynamic, act_scale, act_zero_point)
     return u, s_x
 
 
