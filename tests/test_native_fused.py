@@ -184,8 +184,7 @@ def test_skip_layer_norm_registered_kernel_and_fallbacks():
     x = rng.standard_normal((2, 5, 24)).astype(np.float32)
     skip = rng.standard_normal((2, 5, 24)).astype(np.float32)
     g, b = (rng.standard_normal(24).astype(np.float32) for _ in range(2))
-    from kernels.native_cpu.fused import skip_layer_normalization_factory
-    fused = skip_layer_normalization_factory({"epsilon": 1e-5}, {})
+    fused = registry.lookup("SkipLayerNormalization", "dense", "native")({"epsilon": 1e-5}, {})
     ref = registry.lookup("SkipLayerNormalization", "dense", "reference")({"epsilon": 1e-5}, {})
     got = fused(x, skip, g, b)[0]
     assert got.shape == x.shape and got.dtype == np.float32
@@ -245,7 +244,7 @@ def test_bert_native_matches_reference(bert_int8):
     native = runtime.InferenceSession(bert_int8, backend="native")
     reference = runtime.InferenceSession(bert_int8, backend="reference")
     by_op = {(p.op, p.backend) for p in native.plan}
-    assert ("Attention", "native") in by_op and ("SkipLayerNormalization", "native") not in by_op
+    assert ("Attention", "native") in by_op and ("SkipLayerNormalization", "native") in by_op
     assert ("Split", "native") in by_op
     for b, s in ((1, 1), (2, 7), (3, 33)):
         feeds = model_zoo.bert_feeds(b, s, seed=b * 10 + s)
