@@ -50,16 +50,20 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | No
               head_dim: int, scale: float) -> np.ndarray:
     """Y (B, Sq, H*Dv) float32 for float32 q (B, Sq, H*D), k (B, Sk, H*D), v (B, Sk, H*Dv)
     and mask (None or broadcastable to (B, H, Sq, Sk)); see the module docstring."""
-    args = (_last_axis_contiguous(q), _last_axis_contiguous(k), _last_axis_contiguous(v), mask, int(head_dim),
-            float(scale))
+    return _away_from_blas(_native.attention, _last_axis_contiguous(q), _last_axis_contiguous(k),
+                           _last_axis_contiguous(v), mask, int(head_dim), float(scale))
+
+
+def _away_from_blas(kernel, *args):
+    """kernel(*args), on one thread when a BLAS GEMM ran just before: OpenBLAS's spinning
+    workers would stall the second OpenMP thread (kernels/blas_activity.py; fp32 BERT with
+    native attention 64 ms per run, with native SkipLayerNorm too 104 ms, instead of ~25)."""
     if not blas_recently_called():
-        return _native.attention(*args)
-    # one thread right after a BLAS GEMM: OpenBLAS's spinning workers would stall the second
-    # OpenMP thread (kernels/blas_activity.py: fp32 BERT 64 ms per run instead of ~25)
+        return kernel(*args)
     threads = _native.get_threads()
     _native.set_threads(1)
     try:
-        return _native.attention(*args)
+        return kernel(*args)
     finally:
         _native.set_threads(threads)
 
@@ -81,7 +85,8 @@ def skip_layer_norm(x: np.ndarray, skip: np.ndarray, scale: np.ndarray, bias: np
                     epsilon: float) -> np.ndarray:
     """LayerNorm over the last axis of float32(x + skip), x and skip float32 of one shape."""
     c = np.ascontiguousarray
-    return _native.skip_layer_norm(c(x), c(skip), c(scale), None if bias is None else c(bias), float(epsilon))
+    return _away_from_blas(_native.skip_layer_norm, c(x), c(skip), c(scale), None if bias is None else c(bias),
+                           float(epsilon))
 
 
 @register("SkipLayerNormalization", "native")
