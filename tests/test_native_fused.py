@@ -252,3 +252,18 @@ def test_bert_native_matches_reference(bert_int8):
             # measured <= 7e-8 (as numba's); the bound leaves room for an activation that lands
             # on the other side of an int8 rounding step in a later Linear (per-row quantization)
             assert _rel(got, want) < 1e-4, (b, s)
+
+
+def test_one_thread_right_after_a_blas_gemm(monkeypatch):
+    """kernels/blas_activity.py: right after a BLAS GEMM the native fused kernels run on one
+    thread (OpenBLAS's spinning workers would stall the second), and the count is restored."""
+    from kernels import blas_activity
+    from kernels.native_cpu import _native
+    from kernels.native_cpu import fused as native_fused
+    _native.set_threads(2)
+    seen = []
+    blas_activity.note_blas_call()
+    native_fused._away_from_blas(lambda: seen.append(_native.get_threads()))
+    monkeypatch.setattr(blas_activity, "_last_blas_call", [float("-inf")])
+    native_fused._away_from_blas(lambda: seen.append(_native.get_threads()))
+    assert seen == [1, 2] and _native.get_threads() == 2
