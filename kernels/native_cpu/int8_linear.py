@@ -85,24 +85,20 @@ class NativeInt8Linear:
 def int8_linear(x: Any, plan: NativeInt8Linear, bias: Any = None, activation: str = "none") -> np.ndarray:
     """Y (..., N) = act(quant(X) @ W.T + bias) in X's dtype; X (..., K) float, W logical (N, K),
     bias (N,) or None, activation one of runtime.ops ACTIVATIONS (fused for float32 X)."""
-    x = np.asarray(x)
+    x, x2 = rows_of(x, plan)
     shape = x.shape
-    if not shape or shape[-1] != plan.k or x.dtype.kind != "f":
-        raise ValueError(f"Linear: X {shape} ({x.dtype}) does not match packed weight "
-                         f"{plan.weight.name!r} of shape {plan.weight.shape} (need float X (..., K))")
-    x2 = x.reshape(-1, plan.k)
     if x.dtype == np.float32 and plan.act_quant != "none":
         # the common case, kept lean (it runs on every inference): the binding checks the
         # bias's shape and reads float32 / float64 itself
         if bias is not None and not (isinstance(bias, np.ndarray) and bias.dtype in _BIAS_DTYPES):
-            bias = _bias(bias, plan.n)
+            bias = bias_of(bias, plan.n)
         y = _native.int8_linear(plan.packed, x2 if x2.flags.c_contiguous else np.ascontiguousarray(x2), bias,
                                 plan.act_quant, plan.act_scale, plan.act_zero_point,
                                 activation=activation)   # (M, N) float32
         return y.reshape(*shape[:-1], plan.n)
-    bias = None if bias is None else _bias(bias, plan.n)
+    bias = None if bias is None else bias_of(bias, plan.n)
     if plan.act_quant == "none":
-        y = _weight_only(x2, plan, bias)                 # (M, N), a fresh array in X's dtype
+        y = weight_only(x2, plan, bias)                 # (M, N), a fresh array in X's dtype
         if y.dtype == np.float32:
             _native.apply_activation(y, activation)      # in place; "none" does nothing
             return y.reshape(*shape[:-1], plan.n)
@@ -119,10 +115,20 @@ def _activate_after(y: np.ndarray, activation: str) -> np.ndarray:
     return lookup(op, "dense", "reference")(fill_attrs(op, attrs), {})(y)[0]
 
 
+def rows_of(x: Any, plan) -> tuple[np.ndarray, np.ndarray]:
+    """(X as an array, X as (M, K) rows) for a plan with k and weight (int8 and sparse Linear),
+    or ValueError naming the shapes."""
+    x = np.asarray(x)
+    if not x.shape or x.shape[-1] != plan.k or x.dtype.kind != "f":
+        raise ValueError(f"Linear: X {x.shape} ({x.dtype}) does not match packed weight "
+                         f"{plan.weight.name!r} of shape {plan.weight.shape} (need float X (..., K))")
+    return x, x.reshape(-1, plan.k)
+
+
 _BIAS_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
-def _bias(bias: Any, n: int) -> np.ndarray:
+def bias_of(bias: Any, n: int) -> np.ndarray:
     """The bias as float32 / float64 (other dtypes to float64, exactly), shape checked."""
     b = np.asarray(bias)
     if b.dtype not in _BIAS_DTYPES:
@@ -132,8 +138,8 @@ def _bias(bias: Any, n: int) -> np.ndarray:
     return b
 
 
-def _weight_only(x2: np.ndarray, plan: NativeInt8Linear, bias: np.ndarray | None) -> np.ndarray:
-    """act_quant "none", X (M, K): float32 BLAS for float32 X (module docstring), float64 BLAS
+def weight_only(x2: np.ndarray, plan, bias: np.ndarray | None) -> np.ndarray:
+    """act_quant "none", X (M, K), plan.dense32 (N, K) float32 (int8 and sparse Linear): float32 BLAS for float32 X (module docstring), float64 BLAS
     (the reference's arithmetic) rounded once to X's dtype otherwise."""
     if x2.dtype == np.float32:
         y = x2 @ plan.dense32.T

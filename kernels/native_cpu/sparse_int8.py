@@ -26,26 +26,13 @@ from typing import Any
 import numpy as np
 
 from kernels.reference.packed import PackedGemm, act_params, packed_linear_ref
-from kernels.blas_activity import note_blas_call
 from kernels.registry import register
 from runtime.layouts import PackedTensor
 
 from . import _native
+from .int8_linear import _BIAS_DTYPES, bias_of, rows_of, weight_only
 
 SPARSE_LAYOUTS = ("csr", "bsr", "nm")
-_BIAS_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-
-
-def _bias(bias: Any, n: int) -> np.ndarray:
-    """The bias as float32 / float64 (other dtypes to float64, exactly), shape checked."""
-    b = np.asarray(bias)
-    if b.dtype not in _BIAS_DTYPES:
-        b = b.astype(np.float64)
-    if b.shape != (n,):
-        raise ValueError(f"Linear: bias has shape {b.shape}, expected ({n},)")
-    return b
-
-
 def pack_sparse(weight: PackedTensor, lanes: str = "auto", quad_rows: int = -1):
     """The native packed form of a csr / bsr / nm weight with quant "int8", logical (N, K).
 
@@ -100,31 +87,17 @@ class NativeSparseLinear:
 def sparse_linear(x: Any, plan: NativeSparseLinear, bias: Any = None) -> np.ndarray:
     """Y (..., N) = quant(X) @ W.T + bias in X's dtype; X (..., K) float, W logical (N, K),
     bias (N,) or None."""
-    x = np.asarray(x)
+    x, x2 = rows_of(x, plan)
     shape = x.shape
-    if not shape or shape[-1] != plan.k or x.dtype.kind != "f":
-        raise ValueError(f"Linear: X {shape} ({x.dtype}) does not match packed weight "
-                         f"{plan.weight.name!r} of shape {plan.weight.shape} (need float X (..., K))")
-    x2 = x.reshape(-1, plan.k)
     if x.dtype == np.float32 and plan.act_quant != "none":
         if bias is not None and not (isinstance(bias, np.ndarray) and bias.dtype in _BIAS_DTYPES):
-            bias = _bias(bias, plan.n)
+            bias = bias_of(bias, plan.n)
         y = _native.sparse_int8_linear(plan.packed, x2 if x2.flags.c_contiguous else np.ascontiguousarray(x2), bias,
                                        plan.act_quant, plan.act_scale, plan.act_zero_point)   # (M, N) float32
         return y.reshape(*shape[:-1], plan.n)
-    bias = None if bias is None else _bias(bias, plan.n)
+    bias = None if bias is None else bias_of(bias, plan.n)
     if plan.act_quant == "none":
-        if x2.dtype == np.float32:
-            y = x2 @ plan.dense32.T
-            note_blas_call()
-            if bias is not None:
-                y += bias.astype(np.float32, copy=False)
-        else:
-            y = np.asarray(x2, np.float64) @ plan.dense32.T.astype(np.float64)
-            if bias is not None:
-                y += bias
-            y = y.astype(x2.dtype)
-        return y.reshape(*shape[:-1], plan.n)
+        return weight_only(x2, plan, bias).reshape(*shape[:-1], plan.n)
     return packed_linear_ref(x, plan.reference(), bias)
 
 
