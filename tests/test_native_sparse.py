@@ -21,6 +21,7 @@ import pytest
 from kernels import registry
 from runtime import layouts
 from runtime.convert import prune
+from tests.sparse_cases import pack_sparse_case
 
 _REASON = registry.backend_status("native")
 pytestmark = pytest.mark.skipif(_REASON is not None, reason=f"native backend unavailable: {_REASON}")
@@ -53,49 +54,6 @@ MS = (1, 3, 17, 128)
 def _rng(*key) -> np.random.Generator:
     """A fresh generator per test case, reproducible across runs (str hashes are salted)."""
     return np.random.default_rng(zlib.crc32(repr(key).encode()))
-
-
-def _weights(rng, n, k, kind):
-    """(w, mask) of shape (N, K) for an unstructured sparsity pattern ``kind``."""
-    w = rng.standard_normal((n, k)).astype(np.float32)
-    if kind == "dense":                          # 0% sparsity
-        return w, np.ones((n, k), bool)
-    if kind == "all_pruned":                     # 100%: every row empty
-        return w, np.zeros((n, k), bool)
-    if kind == "empty_rows":                     # 70% and whole rows pruned
-        mask = prune.magnitude_mask(w, 0.7)
-        mask[::3] = False
-        return w, mask
-    if kind == "explicit_zeros":                 # stored zeros (kept by the mask)
-        w[rng.random((n, k)) < 0.3] = 0.0
-        return w, prune.magnitude_mask(w, 0.2) | (w == 0)
-    if kind.startswith("magnitude"):
-        return w, prune.magnitude_mask(w, float(kind[9:]))
-    raise ValueError(kind)
-
-
-def _pack(rng, layout, n, k, kind="magnitude0.7", quant="int8", block=(1, 4), nm=(2, 4)):
-    if layout == "csr":
-        w, mask = _weights(rng, n, k, kind)
-        return layouts.pack("csr", "w", w, mask, quant=quant)
-    if layout == "bsr":
-        w = rng.standard_normal((n, k)).astype(np.float32)
-        r, c = block
-        if kind == "zero_blocks":                # whole stored blocks of zeros
-            zb = rng.random((n // r, k // c)) < 0.4
-            w = np.where(np.kron(zb, np.ones((r, c), bool)), np.float32(0), w)
-            mask = np.ones((n, k), bool)
-        elif kind == "all_pruned":
-            mask = np.zeros((n, k), bool)
-        elif kind == "dense":
-            mask = np.ones((n, k), bool)
-        else:
-            mask = prune.block_mask(w, float(kind[5:]) if kind.startswith("block") and len(kind) > 5 else 0.7, block)
-        return layouts.pack("bsr", "w", w, mask, quant=quant, block_shape=block)
-    if layout == "nm":
-        w = rng.standard_normal((n, k)).astype(np.float32)
-        return layouts.pack("nm", "w", w, prune.nm_mask(w, *nm), quant=quant, n=nm[0], m=nm[1])
-    raise ValueError(layout)
 
 
 def _x(rng, shape, dtype=np.float32):
@@ -196,7 +154,7 @@ def test_sparse_linear_matches_reference(case, act):
     and without bias."""
     layout, kind, block, nm, n, k = case
     rng = _rng("linear", case, act)
-    t = _pack(rng, layout, n, k, kind, block=block or (1, 4), nm=nm or (2, 4))
+    t = pack_sparse_case(rng, layout, n, k, kind, block=block or (1, 4), nm=nm or (2, 4))
     bias = rng.standard_normal(n).astype(np.float32)
     run = registry.lookup("Linear", layout, "native")(registry.fill_attrs("Linear", ACTS[act]), {1: t})
     for m in MS:
@@ -211,7 +169,7 @@ def test_every_path_exact_and_fully_written(case, restore_native_state):
     reference's bits, for M across the 4-row ELL groups and the 16-row tiles."""
     layout, kind, block, nm, n, k = case
     rng = _rng("paths", case)
-    t = _pack(rng, layout, n, k, kind, block=block or (1, 4), nm=nm or (2, 4))
+    t = pack_sparse_case(rng, layout, n, k, kind, block=block or (1, 4), nm=nm or (2, 4))
     bias = rng.standard_normal(n)
     for m in (1, 5, 17):
         x = _x(rng, (m, k))
@@ -230,10 +188,10 @@ def test_automatic_path_choice(restore_native_state):
     them denser, dword lanes for 4-column blocks), plus quad tiles for bsr with C % 4 == 0, taken
     from M = 8 (4-row quads, R % 4 == 0) or M = 12 (1-row quads); scalar elsewhere."""
     rng = _rng("choice")
-    csr = pack_sparse(_pack(rng, "csr", 32, 256, "magnitude0.9"))
-    b44 = pack_sparse(_pack(rng, "bsr", 32, 256, block=(4, 4)))
-    b14 = pack_sparse(_pack(rng, "bsr", 32, 256, block=(1, 4)))
-    b161 = pack_sparse(_pack(rng, "bsr", 32, 256, block=(16, 1)))
+    csr = pack_sparse(pack_sparse_case(rng, "csr", 32, 256, "magnitude0.9"))
+    b44 = pack_sparse(pack_sparse_case(rng, "bsr", 32, 256, block=(4, 4)))
+    b14 = pack_sparse(pack_sparse_case(rng, "bsr", 32, 256, block=(1, 4)))
+    b161 = pack_sparse(pack_sparse_case(rng, "bsr", 32, 256, block=(16, 1)))
     assert (b44.quad_rows, b44.lanes) == (4, "dword")
     assert b14.quad_rows == 1 and b14.lanes == "dword"
     assert b161.quad_rows == 0 and csr.quad_rows == 0
@@ -255,7 +213,7 @@ def test_thread_count_does_not_change_results(layout, block, restore_native_stat
     """Sizes above the parallel threshold (csrc/sparse_int8.cpp kParallelMinWork), every path:
     1, 2 and 3 threads give the reference's bits."""
     rng = _rng("threads", layout, block)
-    t = _pack(rng, layout, 512, 768, "magnitude0.7" if layout == "csr" else "block0.5", block=block or (1, 4))
+    t = pack_sparse_case(rng, layout, 512, 768, "magnitude0.7" if layout == "csr" else "block0.5", block=block or (1, 4))
     bias = rng.standard_normal(512).astype(np.float32)
     variants = _variants(t)
     for m in (1, 16, 40):
@@ -273,7 +231,7 @@ def test_concurrent_calls_from_python_threads():
     """The kernel runs without the GIL; calls from several Python threads on one packed weight
     each get their own, correct result."""
     rng = _rng("concurrent")
-    t = _pack(rng, "csr", 300, 200)
+    t = pack_sparse_case(rng, "csr", 300, 200)
     run = registry.lookup("Linear", "csr", "native")({"act_quant": "dynamic"}, {1: t})
     xs = [_x(rng, (3 + 7 * i, 200)) for i in range(8)]
     want = [_reference(t, ACTS["dynamic"], x) for x in xs]
@@ -290,7 +248,7 @@ def test_extreme_values_and_saturation(restore_native_state):
     """Static saturation at -128 / 127, one huge value per dynamic row, .5 ties, NaN / inf rows
     (NaN rows, or finite after static clipping), subnormal rows, on every path."""
     rng = _rng("extreme")
-    t = _pack(rng, "bsr", 32, 96, block=(4, 4))
+    t = pack_sparse_case(rng, "bsr", 32, 96, block=(4, 4))
     x = _x(rng, (10, 96)) * 100
     x[1, 5] = 1e30
     x[2] = -3.5
@@ -347,7 +305,7 @@ def test_int32_accumulator_bound(k, restore_native_state):
 def test_input_ranks(shape, layout):
     """X (..., K) of any rank, including no rows at all (Y (0, N), as the reference)."""
     rng = _rng("ranks", shape, layout)
-    t = _pack(rng, layout, 36, 70 if layout != "nm" else 72, block=(4, 2))
+    t = pack_sparse_case(rng, layout, 36, 70 if layout != "nm" else 72, block=(4, 2))
     k = t.shape[1]
     shape = shape[:-1] + (k,)
     x = _x(rng, shape)
@@ -362,7 +320,7 @@ def test_non_contiguous_input_bias_dtypes_and_other_float_dtypes():
     """A strided X is copied by the wrapper; float64 / float16 biases; float64 / float16 X run
     the reference's arithmetic (sparse_int8.py docstring)."""
     rng = _rng("layouts")
-    t = _pack(rng, "csr", 20, 30)
+    t = pack_sparse_case(rng, "csr", 20, 30)
     run = registry.lookup("Linear", "csr", "native")(STATIC, {1: t})
     x = _x(rng, (9, 60))[:, ::2]
     for b in (rng.standard_normal(20), rng.standard_normal(20).astype(np.float16), None):
@@ -378,7 +336,7 @@ def test_act_none_within_float32_bound(quant, layout):
     """act_quant "none" (float values, or weight-only int8): float32 BLAS on the densified
     weight, within WEIGHT_ONLY_ERR_PER_TERM of the reference."""
     rng = _rng("none", quant, layout)
-    t = _pack(rng, layout, 32, 96, quant=quant, block=(4, 4))
+    t = pack_sparse_case(rng, layout, 32, 96, quant=quant, block=(4, 4))
     run = registry.lookup("Linear", layout, "native")({"act_quant": "none"}, {1: t})
     x = _x(rng, (7, 96))
     b = rng.standard_normal(32).astype(np.float32)
@@ -402,7 +360,7 @@ def test_per_tensor_scale():
 # --- errors ---------------------------------------------------------------------------------------
 
 def _csr_fields(rng):
-    t = _pack(rng, "csr", 6, 20, "magnitude0.5")
+    t = pack_sparse_case(rng, "csr", 6, 20, "magnitude0.5")
     f = t.fields
     return (np.ascontiguousarray(f["indptr"]), np.ascontiguousarray(f["indices"]), np.ascontiguousarray(f["qdata"]),
             np.ascontiguousarray(np.broadcast_to(f["scale"], (6,)), np.float32))
@@ -450,14 +408,14 @@ def test_bad_weights_are_refused_with_a_reason():
         with pytest.raises(ValueError, match="VBMI"):
             _native.sparse_int8_csr(ip, ix, q, s, shape, lanes="byte")
     # nothing is lost: the weight packed before still gives the reference's bits
-    t = _pack(_rng("bad-weights"), "csr", 6, 20, "magnitude0.5")
+    t = pack_sparse_case(_rng("bad-weights"), "csr", 6, 20, "magnitude0.5")
     x = _x(rng, (3, 20))
     _assert_same(_native.sparse_int8_linear(good, x), _reference(t, ACTS["dynamic"], x), "after errors")
 
 
 def test_bad_bsr_and_nm_weights_are_refused_with_a_reason():
     rng = _rng("bad-bsr-nm")
-    t = _pack(rng, "bsr", 8, 16, block=(2, 4))
+    t = pack_sparse_case(rng, "bsr", 8, 16, block=(2, 4))
     f = t.fields
     ip, ix, q = np.ascontiguousarray(f["indptr"]), np.ascontiguousarray(f["indices"]), np.ascontiguousarray(f["qdata"])
     s = np.ascontiguousarray(np.broadcast_to(f["scale"], (8,)), np.float32)
@@ -475,7 +433,7 @@ def test_bad_bsr_and_nm_weights_are_refused_with_a_reason():
     with pytest.raises(ValueError, match=r"indptr has 3 entries, expected N / R \+ 1 = 5"):
         _native.sparse_int8_bsr(ip[:3].copy(), ix, q, s, (8, 16))
 
-    tn = _pack(rng, "nm", 4, 16, nm=(2, 4))       # 2-bit codes, 8 per row: 2 bytes
+    tn = pack_sparse_case(rng, "nm", 4, 16, nm=(2, 4))       # 2-bit codes, 8 per row: 2 bytes
     meta, qn = np.ascontiguousarray(tn.fields["meta"]), np.ascontiguousarray(tn.fields["qdata"])
     sn = np.ascontiguousarray(np.broadcast_to(tn.fields["scale"], (4,)), np.float32)
     assert _native.sparse_int8_nm(meta, qn, sn, (4, 16), 2, 4).nnz == 32
@@ -483,12 +441,12 @@ def test_bad_bsr_and_nm_weights_are_refused_with_a_reason():
     swapped[0, 0] = 0b0001_1011                   # group 0 positions (3, 2): not ascending
     with pytest.raises(ValueError, match="meta row 0, group 0: positions are not strictly ascending"):
         _native.sparse_int8_nm(swapped, qn, sn, (4, 16), 2, 4)
-    tn3 = _pack(rng, "nm", 2, 12, nm=(1, 3))      # m = 3: 2-bit codes, so position 3 is encodable
+    tn3 = pack_sparse_case(rng, "nm", 2, 12, nm=(1, 3))      # m = 3: 2-bit codes, so position 3 is encodable
     m3 = np.ascontiguousarray(tn3.fields["meta"]).copy()
     m3[1, 0] = (m3[1, 0] & ~np.uint8(3)) | np.uint8(3)
     with pytest.raises(ValueError, match="meta row 1, group 0 holds position 3, not < m = 3"):
         _native.sparse_int8_nm(m3, np.ascontiguousarray(tn3.fields["qdata"]), np.ones(2, np.float32), (2, 12), 1, 3)
-    tn5 = _pack(rng, "nm", 2, 12, nm=(1, 4))      # 3 codes of 2 bits: bits 6..7 unused
+    tn5 = pack_sparse_case(rng, "nm", 2, 12, nm=(1, 4))      # 3 codes of 2 bits: bits 6..7 unused
     m5 = np.ascontiguousarray(tn5.fields["meta"]).copy()
     m5[0, 0] |= np.uint8(0x80)
     with pytest.raises(ValueError, match="meta row 0: the unused trailing bits"):
@@ -521,8 +479,8 @@ def test_fuzzed_weights_raise_or_match_the_reference():
     from kernels.reference.packed import PackedGemm, packed_linear_ref
     from runtime.layouts import PackedTensor
     rng = _rng("fuzz")
-    base = {"csr": _pack(rng, "csr", 12, 40), "bsr": _pack(rng, "bsr", 12, 40, block=(2, 4)),
-            "nm": _pack(rng, "nm", 6, 16, nm=(2, 4))}
+    base = {"csr": pack_sparse_case(rng, "csr", 12, 40), "bsr": pack_sparse_case(rng, "bsr", 12, 40, block=(2, 4)),
+            "nm": pack_sparse_case(rng, "nm", 6, 16, nm=(2, 4))}
     dtypes = (np.int8, np.uint8, np.int16, np.uint16, np.int32, np.int64, np.float32)
     accepted = 0
     for i in range(600):
@@ -600,7 +558,7 @@ def test_bad_calls_are_refused_with_a_reason(restore_native_state):
 
 def test_bad_inputs_to_the_kernel_are_refused_with_a_reason():
     rng = _rng("bad-kernel")
-    t = _pack(rng, "csr", 10, 20)
+    t = pack_sparse_case(rng, "csr", 10, 20)
     run = registry.lookup("Linear", "csr", "native")({"act_quant": "dynamic"}, {1: t})
     with pytest.raises(ValueError, match="does not match packed weight"):
         run(np.zeros((3, 21), np.float32), t, None)
@@ -611,7 +569,7 @@ def test_bad_inputs_to_the_kernel_are_refused_with_a_reason():
     with pytest.raises(ValueError, match="act_scale"):
         registry.lookup("Linear", "csr", "native")({"act_quant": "static"}, {1: t})
     with pytest.raises(ValueError, match="stores float values"):
-        registry.lookup("Linear", "csr", "native")({"act_quant": "dynamic"}, {1: _pack(rng, "csr", 10, 20, quant="none")})
+        registry.lookup("Linear", "csr", "native")({"act_quant": "dynamic"}, {1: pack_sparse_case(rng, "csr", 10, 20, quant="none")})
     with pytest.raises(ValueError, match="layouts"):
         registry.lookup("Linear", "csr", "native")({"act_quant": "dynamic"}, {1: layouts.pack("int8", "w", np.ones((4, 4)))})
     with pytest.raises(TypeError, match="packed layout"):

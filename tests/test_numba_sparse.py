@@ -27,7 +27,7 @@ numba = pytest.importorskip("numba")
 
 from kernels import registry
 from runtime import layouts
-from runtime.convert import prune
+from tests.sparse_cases import pack_sparse_case
 
 _REASON = registry.backend_status("numba")
 pytestmark = pytest.mark.skipif(_REASON is not None, reason=f"numba backend unavailable: {_REASON}")
@@ -50,47 +50,6 @@ ACTS = {"none": {"act_quant": "none"}, "dynamic": {"act_quant": "dynamic"}, "sta
 def _rng(*key) -> np.random.Generator:
     """A fresh generator per test case, reproducible across runs (str hashes are salted)."""
     return np.random.default_rng(zlib.crc32(repr(key).encode()))
-
-
-def _weights(rng, n, k, kind):
-    """(w, mask) of shape (N, K) for a sparsity pattern ``kind``."""
-    w = rng.standard_normal((n, k)).astype(np.float32)
-    if kind == "dense":                          # 0% sparsity
-        return w, np.ones((n, k), bool)
-    if kind == "all_pruned":                     # 100%: every row empty
-        return w, np.zeros((n, k), bool)
-    if kind == "empty_rows":                     # 70% and whole rows pruned
-        mask = prune.magnitude_mask(w, 0.7)
-        mask[::3] = False
-        return w, mask
-    if kind == "explicit_zeros":                 # stored zeros (kept by the mask)
-        w[rng.random((n, k)) < 0.3] = 0.0
-        return w, prune.magnitude_mask(w, 0.2) | (w == 0)
-    if kind.startswith("magnitude"):
-        return w, prune.magnitude_mask(w, float(kind[9:]))
-    raise ValueError(kind)
-
-
-def _pack(rng, layout, n, k, kind="magnitude0.7", quant="int8", block=(1, 4), nm=(2, 4)):
-    if layout == "csr":
-        w, mask = _weights(rng, n, k, kind)
-        return layouts.pack("csr", "w", w, mask, quant=quant)
-    if layout == "bsr":
-        w = rng.standard_normal((n, k)).astype(np.float32)
-        if kind == "zero_blocks":                # whole stored blocks of zeros
-            r, c = block
-            zb = rng.random((n // r, k // c)) < 0.4
-            w = np.where(np.kron(zb, np.ones((r, c), bool)), np.float32(0), w)
-            mask = np.ones((n, k), bool)
-        elif kind == "all_pruned":
-            mask = np.zeros((n, k), bool)
-        else:
-            mask = prune.block_mask(w, 0.7, block)
-        return layouts.pack("bsr", "w", w, mask, quant=quant, block_shape=block)
-    if layout == "nm":
-        w = rng.standard_normal((n, k)).astype(np.float32)
-        return layouts.pack("nm", "w", w, prune.nm_mask(w, *nm), quant=quant, n=nm[0], m=nm[1])
-    raise ValueError(layout)
 
 
 def _kernels(op, t, attrs):
@@ -170,7 +129,7 @@ def _case_id(c):
 def test_sparse_linear_matches_reference(case, act, m):
     layout, kind, block, nm, n, k = case
     rng = _rng("linear", case, act, m)
-    t = _pack(rng, layout, n, k, kind, quant="int8", block=block or (1, 4), nm=nm or (2, 4))
+    t = pack_sparse_case(rng, layout, n, k, kind, quant="int8", block=block or (1, 4), nm=nm or (2, 4))
     bias = rng.standard_normal(n).astype(np.float32)
     _assert_linear(t, ACTS[act], _x(rng, (m, k)), bias)
 
@@ -180,7 +139,7 @@ def test_sparse_linear_matches_reference(case, act, m):
 def test_float_valued_sparse_linear(layout, m):
     """quant "none" (float32 values): act "none" only, float64 accumulation."""
     rng = _rng("float", layout, m)
-    t = _pack(rng, layout, 32, 96, quant="none", block=(4, 4))
+    t = pack_sparse_case(rng, layout, 32, 96, quant="none", block=(4, 4))
     _assert_linear(t, ACTS["none"], _x(rng, (m, 96)), rng.standard_normal(32).astype(np.float32))
     _assert_linear(t, ACTS["none"], _x(rng, (m, 96)))
 
@@ -190,7 +149,7 @@ def test_float_valued_sparse_linear(layout, m):
 @pytest.mark.parametrize("with_bias", [True, False])
 def test_input_ranks_and_bias(act, shape, with_bias):
     rng = _rng("ranks", act, shape, with_bias)
-    t = _pack(rng, "csr", 24, 200)
+    t = pack_sparse_case(rng, "csr", 24, 200)
     bias = rng.standard_normal(24).astype(np.float32) if with_bias else None
     y = _assert_linear(t, ACTS[act], _x(rng, shape), bias)
     assert y.shape == shape[:-1] + (24,)
@@ -199,7 +158,7 @@ def test_input_ranks_and_bias(act, shape, with_bias):
 @pytest.mark.parametrize("act", ["none", "dynamic", "static_z0"])
 def test_float64_input(act):
     rng = _rng("f64", act)
-    t = _pack(rng, "bsr", 32, 128, block=(4, 4))
+    t = pack_sparse_case(rng, "bsr", 32, 128, block=(4, 4))
     _assert_linear(t, ACTS[act], _x(rng, (7, 128), np.float64), rng.standard_normal(32))
 
 
@@ -234,7 +193,7 @@ def test_every_path_exact_and_fully_written(case, parallel, act, force_path, mon
     monkeypatch.setattr(sparse, "SERIAL_WORK", 0 if parallel else 1 << 62)
     rng = _rng("path", case, parallel, act)
     n, k = 48, 264
-    t = _pack(rng, layout, n, k, block=block or (1, 4))
+    t = pack_sparse_case(rng, layout, n, k, block=block or (1, 4))
     gemm = sparse.SparseGemm(t, **ACTS[act])
     assert gemm.path(m) == path
     x = _x(rng, (m, k))
@@ -247,10 +206,10 @@ def test_every_path_exact_and_fully_written(case, parallel, act, force_path, mon
 
 def test_path_choice():
     rng = _rng("choice")
-    csr = sparse.SparseGemm(_pack(rng, "csr", 16, 64), "dynamic")
+    csr = sparse.SparseGemm(pack_sparse_case(rng, "csr", 16, 64), "dynamic")
     assert csr.path(1) == ("S16" if sparse.HAS_VBMI else "G4")
-    assert sparse.SparseGemm(_pack(rng, "csr", 16, 64, quant="none"), "none").path(4) == "f64"
-    b44 = sparse.SparseGemm(_pack(rng, "bsr", 16, 64, block=(4, 4)), "dynamic")
+    assert sparse.SparseGemm(pack_sparse_case(rng, "csr", 16, 64, quant="none"), "none").path(4) == "f64"
+    b44 = sparse.SparseGemm(pack_sparse_case(rng, "bsr", 16, 64, block=(4, 4)), "dynamic")
     assert b44.path(sparse.BSR_QUADS_MIN_M) == "BQ4"
     assert b44.path(1) == ("S16" if sparse.HAS_VBMI else "G4")
 
@@ -261,7 +220,7 @@ def test_path_choice():
 def test_thread_count_does_not_change_results(layout, block, act, m, monkeypatch):
     monkeypatch.setattr(sparse, "SERIAL_WORK", 0)
     rng = _rng("threads", layout, block, act, m)
-    t = _pack(rng, layout, 64, 256, quant="int8", block=block or (1, 4))
+    t = pack_sparse_case(rng, layout, 64, 256, quant="int8", block=block or (1, 4))
     _, fast = _kernels("Linear", t, ACTS[act])
     x = _x(rng, (m, 256))
     before = numba.get_num_threads()
@@ -375,7 +334,7 @@ def test_conv_matches_reference(case, layout, block, act):
     if layout == "int4_grouped":
         t = layouts.pack("int4_grouped", "w", w, group_size=8, symmetric=False)
     else:
-        t2 = _pack(rng, layout, n, k, block=block or (1, 4))
+        t2 = pack_sparse_case(rng, layout, n, k, block=block or (1, 4))
         t = layouts.PackedTensor(t2.name, t2.layout, t2.dtype, ws, t2.fields, t2.params)
         t.check()
     attrs = {**ACTS[act], **cattrs}
@@ -432,8 +391,8 @@ def test_int4_threads_and_ranks(act, monkeypatch):
 
 def test_bad_inputs_are_refused_with_a_reason():
     rng = _rng("bad")
-    t = _pack(rng, "csr", 8, 16)
-    tf = _pack(rng, "csr", 8, 16, quant="none")
+    t = pack_sparse_case(rng, "csr", 8, 16)
+    tf = pack_sparse_case(rng, "csr", 8, 16, quant="none")
     factory = registry.lookup("Linear", "csr", "numba")
     run = factory(registry.fill_attrs("Linear", {"act_quant": "dynamic"}), {1: t})
     with pytest.raises(ValueError, match="does not match"):
@@ -463,7 +422,7 @@ def test_bad_inputs_are_refused_with_a_reason():
 def test_another_weight_is_prepared_afresh():
     """run(x, w) with a PackedTensor other than the planned one uses that tensor."""
     rng = _rng("afresh")
-    t1, t2 = _pack(rng, "csr", 8, 32), _pack(rng, "csr", 8, 32)
+    t1, t2 = pack_sparse_case(rng, "csr", 8, 32), pack_sparse_case(rng, "csr", 8, 32)
     attrs = registry.fill_attrs("Linear", {"act_quant": "dynamic"})
     run = registry.lookup("Linear", "csr", "numba")(attrs, {1: t1})
     ref2 = registry.lookup("Linear", "csr", "reference")(attrs, {1: t2})
