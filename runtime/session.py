@@ -21,6 +21,7 @@ import numpy as np
 
 from kernels import registry
 from .graph import Graph, format_shape, shape_problem
+from .layouts import dense_tensor, dense_view_2d
 
 # onnxruntime's type strings, so code written against onnxruntime's NodeArg keeps working.
 _ORT_TYPE = {"float32": "tensor(float)", "float16": "tensor(float16)", "float64": "tensor(double)",
@@ -71,10 +72,16 @@ class InferenceSession:
     threads: worker threads for backends that parallelise (None: all cores).
     fuse:    rewrite op patterns into fused ops before planning (runtime/fuse.py: attention,
              Add + LayerNorm, Linear/Conv + Relu/Gelu); False runs the graph as stored.
+    plan:    per-layer planning (runtime/planner.py): "auto" measures, once per machine and
+             input size (cached on disk), every equivalent layout and backend of each
+             sparse / int4 / int8 Linear and Conv and runs the fastest, so a sparse layer that
+             is slower than dense int8 here falls back to it (same results: only layouts that
+             compute the same function are candidates); "measure" ignores the cache; "off"
+             runs every weight in its stored layout. ``layer_plan`` lists the choices made.
     """
 
     def __init__(self, model: str | os.PathLike | Graph, backend: str = "auto", *, threads: int | None = None,
-                 fuse: bool = True):
+                 fuse: bool = True, plan: str = "auto"):
         if isinstance(model, Graph):
             graph = model
             graph.validate()
@@ -85,6 +92,11 @@ class InferenceSession:
             raise ValueError(f"threads must be a positive int or None, got {threads!r}")
         self.threads = threads or os.cpu_count() or 1
         self.backend = _check_backend(backend)
+        from .planner import PLAN_MODES
+        if plan not in PLAN_MODES:
+            raise ValueError(f"plan must be one of {', '.join(PLAN_MODES)}, got {plan!r}")
+        self.plan_mode = plan
+        self._layer_plan: list[dict] = []
         self._graph = graph
         self._inputs = [NodeArg(v.name, list(v.shape) if v.shape is not None else [], v.dtype) for v in graph.inputs]
         self._outputs = [NodeArg(v.name, list(v.shape) if v.shape is not None else [], v.dtype) for v in graph.outputs]
@@ -103,7 +115,36 @@ class InferenceSession:
 
     @property
     def plan(self) -> list[PlannedNode]:
+        """Each node's op, stored layout and backend (before per-layer planning's choices)."""
         return list(self._planned)
+
+    @property
+    def layer_plan(self) -> list[dict]:
+        """The per-layer planning decisions made so far (runtime/planner.py plan_record):
+        node, stored and chosen "layout/backend", GEMM rows, measured ms per candidate, and
+        the reason. Decisions are made at the first run of each input size, or by
+        ``plan_layers``."""
+        return list(self._layer_plan)
+
+    def plan_layers(self, rows: int, seed: int = 0) -> list[dict]:
+        """Decide now, for ``rows`` GEMM rows, every planned Linear layer (on random inputs of
+        that many rows; Conv layers need the real input's spatial shape and are decided at
+        their first run). Returns the decisions (also added to ``layer_plan``)."""
+        if not isinstance(rows, int) or isinstance(rows, bool) or rows < 1:
+            raise ValueError(f"rows must be a positive int, got {rows!r}")
+        from .planner import rows_bucket
+        rng = np.random.default_rng(seed)
+        start = len(self._layer_plan)
+        for set_threads in self._thread_setters:
+            set_threads(self.threads)
+        for layer, k, extra in self._planned_layers:
+            if layer.op != "Linear":
+                continue
+            x = rng.standard_normal((rows, k)).astype(np.float32)
+            bucket = rows_bucket("Linear", x)
+            if bucket not in layer._chosen:
+                layer.decide(bucket, (x, layer.stored, *extra))
+        return self._layer_plan[start:]
 
     def run(self, output_names: Sequence[str] | None, input_feed: Mapping[str, Any],
             run_options: Any = None) -> list[np.ndarray]:
@@ -189,11 +230,14 @@ class InferenceSession:
         last_use: dict[int, int] = {}
         raw_steps = []
         self._planned = []
+        self._planned_layers = []
         for k, node in enumerate(graph.nodes):
             layout = graph.weight_layout(node)
             backend = self._choose_backend(node.op, layout)
-            run = registry.build(node.op, layout, backend, registry.fill_attrs(node.op, node.attrs),
-                                 graph.weights_of(node), self._candidates())
+            attrs = registry.fill_attrs(node.op, node.attrs)
+            run = self._planned_layer(node, graph, layout, backend, attrs)
+            if run is None:
+                run = registry.build(node.op, layout, backend, attrs, graph.weights_of(node), self._candidates())
             ins = tuple(slot(i) for i in node.inputs)
             outs = tuple(slot(o) for o in node.outputs)
             for s in ins:
@@ -264,6 +308,35 @@ class InferenceSession:
         if len(self._shape_cache) >= SHAPE_CACHE_ENTRIES:
             self._shape_cache.pop(next(iter(self._shape_cache)))      # the oldest shapes
         self._shape_cache[shapes] = frozen
+
+    def _planned_layer(self, node, graph: Graph, layout: str, backend: str, attrs: dict):
+        """A planner.PlannedLayer for a Linear/Conv whose weight has more than one candidate
+        (layout, backend), else None (the node runs its stored layout on ``backend``)."""
+        from . import planner
+        if self.plan_mode == "off" or node.op not in planner.PLANNED_OPS or layout in ("dense", None):
+            return None
+        weights = graph.weights_of(node)
+        stored = weights.get(1)
+        if stored is None:
+            return None
+        cands = planner.candidates(node.op, stored, attrs, self._candidates())
+        if len(cands) < 2 or (cands[0].layout, cands[0].backend) != (layout, backend):
+            return None
+        fallbacks = self._candidates()
+
+        def build(c: planner.Candidate):
+            w = dict(weights)
+            w[1] = c.weight if c.layout != "dense" else dense_tensor(stored.name, c.weight)
+            return registry.build(node.op, c.layout, c.backend, attrs, w, fallbacks)
+
+        cache = planner.default_cache()
+        layer = planner.PlannedLayer(node.name, node.op, attrs, stored, cands, build, self.threads,
+                                     self.plan_mode, cache, self._layer_plan)
+        # for plan_layers: K of the weight's 2-D view, and the inputs after the weight (bias)
+        extra = tuple(graph.initializers[i].fields["data"] if i in graph.initializers
+                      and graph.initializers[i].layout == "dense" else None for i in node.inputs[2:])
+        self._planned_layers.append((layer, dense_view_2d(stored.shape)[1], extra))
+        return layer
 
     def _candidates(self) -> tuple[str, ...]:
         """The backends a node may run on: "auto" tries them fastest first; an explicit

@@ -1,0 +1,310 @@
+"""Per-layer planning: which layout and backend runs each weight layer fastest on this machine.
+
+A converted file stores each weight in one layout (csr, int8, int4_grouped...), but whether
+that layout is the fastest *here* depends on the CPU, the sparsity and the number of rows:
+90% unstructured sparsity beats dense int8 by 2-3x on AVX-512 VNNI, 10% sparsity is slower
+than dense int8 everywhere. So the session measures, once per machine and shape, every
+*equivalent* way to run a Linear/Conv layer and runs the fastest.
+
+Equivalent means computing the same function from what the file already holds, so a file
+needs nothing extra for the fallback and the choice never changes what the model computes:
+
+* a sparse layout with int8 values (csr, bsr, nm; quant "int8") -> the dense ``int8`` layout
+  with the same integers and scales. Every kernel of both layouts is bit-exact with the one
+  reference (kernels/reference/packed.py, which sees both through ``int_weight``), so the
+  outputs are identical bit for bit;
+* a sparse layout with float values -> dense float32 (the same dequantized weight);
+* int4_grouped weight-only (act_quant "none") -> dense float32 of the dequantized weight:
+  the same math, X @ dequant(W).T, only the float32 summation order differs (within the
+  int4 kernels' own stated error bound).
+
+Not a candidate: dense float32 for an int8 layer with quantized activations (it would drop
+the activation rounding and change results), or an int8 layer for a float one.
+
+Each candidate runs on every backend of the session's list that has a kernel for it
+("auto": native, numba; an explicit backend: that one). The stored layout is kept unless
+another candidate is at least ``MARGIN`` faster: timings on a shared machine wobble by a few
+percent and the stored layout is what the user asked for.
+
+When: lazily, at the first run that gives a layer an input of a new size (a power-of-two
+bucket of its GEMM rows for Linear, the exact input shape for Conv), on that very input. The
+measurements are cached on disk, keyed by the machine (runtime.bench.machine: CPU model, ISA
+flags, cores), the thread count and the layer's shape and structure (not its values), in
+``$QRT_CACHE_DIR`` or ``~/.cache/qrt``; a second session on the same machine measures
+nothing. ``InferenceSession(plan="off")`` turns planning off, ``plan="measure"`` ignores
+the cache (and refreshes it).
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from kernels import registry
+from .layouts import PackedTensor, dense_view_2d, int_weight
+
+PLAN_MODES = ("auto", "measure", "off")
+PLANNED_OPS = ("Linear", "Conv")
+# another candidate must be this much faster than the stored layout to replace it
+MARGIN = 0.10
+# per candidate and round: at least MIN_CALLS timed calls, more until MIN_SECONDS, at most
+# MAX_CALLS; ROUNDS rounds over all candidates, each candidate's quietest round counts
+MIN_CALLS, MAX_CALLS, MIN_SECONDS, ROUNDS = 3, 30, 0.01, 3
+CACHE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One way to run a layer: ``layout`` on ``backend``; ``weight`` is the tensor the kernel
+    reads (the stored one, or its equivalent in ``layout``): a PackedTensor, or the numpy
+    array itself for a dense layout (what a session's slot holds)."""
+    layout: str
+    backend: str
+    weight: Any
+
+    @property
+    def label(self) -> str:
+        return f"{self.layout}/{self.backend}"
+
+
+# --- equivalent layouts -----------------------------------------------------------------------
+
+def equivalent_weights(t: PackedTensor, attrs: dict) -> dict[str, Any]:
+    """layout -> the weight in that layout, for every layout that computes the same function
+    as ``t`` under the node's ``attrs`` (module docstring); the stored layout included."""
+    out: dict[str, Any] = {t.layout: t if t.layout != "dense" else t.fields["data"]}
+    if t.layout in ("csr", "bsr", "nm"):
+        if t.params.get("quant", "none") == "int8":
+            out["int8"] = _as_dense_int8(t)
+        else:
+            out["dense"] = t.to_dense()
+    elif t.layout == "int4_grouped" and attrs.get("act_quant", "none") == "none":
+        out["dense"] = t.to_dense()
+    return out
+
+
+def _as_dense_int8(t: PackedTensor) -> PackedTensor:
+    """A sparse int8 tensor as the ``int8`` layout: the same integers (0 where pruned) and the
+    same per-row or per-tensor scales, symmetric."""
+    iw = int_weight(t)
+    per_channel = bool(t.params.get("per_channel", True))
+    scale = np.asarray(t.fields["scale"], np.float32).reshape(-1)
+    q = iw.q.astype(np.int8).reshape(t.shape)
+    return PackedTensor(t.name, "int8", "float32", tuple(t.shape), {"qdata": q, "scale": scale},
+                        {"per_channel": per_channel, "symmetric": True})
+
+
+def candidates(op: str, t: PackedTensor, attrs: dict, backends: tuple[str, ...]) -> list[Candidate]:
+    """Every (equivalent layout, backend with a kernel for it), the stored layout first,
+    backends in ``backends`` order. The reference backend counts only where nothing else has
+    a kernel (it is the spec, never the fast path)."""
+    fast = tuple(b for b in backends if b != "reference")
+    out = []
+    for layout, weight in equivalent_weights(t, attrs).items():
+        if attrs.get("act_quant", "none") != "none" and layout == "dense":
+            continue
+        have = [b for b in fast if registry.has_kernel(op, layout, b)]
+        out += [Candidate(layout, b, weight) for b in have]
+    return out
+
+
+# --- the cache ----------------------------------------------------------------------------------
+
+def cache_dir() -> Path:
+    root = os.environ.get("QRT_CACHE_DIR")
+    if root:
+        return Path(root)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "qrt"
+
+
+_MACHINE_KEY: str | None = None
+
+
+def machine_key() -> str:
+    """The machine part of the cache key (CPU model, ISA flags, cores; runtime.bench.machine)."""
+    global _MACHINE_KEY
+    if _MACHINE_KEY is None:
+        from .bench.machine import fingerprint
+        _MACHINE_KEY = fingerprint(threads=0, measure=False)["key"]
+    return _MACHINE_KEY
+
+
+class PlanCache:
+    """Measured choices, one JSON file per machine: ``{key: {"chosen", "times_ms"}}``.
+    Unreadable or unwritable caches degrade to memory only (planning still works)."""
+
+    def __init__(self, path: Path | None = None):
+        self.path = path or cache_dir() / f"plans-{machine_key()}.json"
+        self._entries: dict[str, dict] | None = None
+
+    def _load(self) -> dict[str, dict]:
+        if self._entries is None:
+            try:
+                data = json.loads(self.path.read_text())
+                ok = isinstance(data, dict) and data.get("version") == CACHE_VERSION
+                self._entries = dict(data.get("entries", {})) if ok else {}
+            except (OSError, ValueError):
+                self._entries = {}
+        return self._entries
+
+    def get(self, key: str) -> dict | None:
+        return self._load().get(key)
+
+    def put(self, key: str, entry: dict) -> None:
+        entries = self._load()
+        entries[key] = entry
+        try:  # re-read so that two sessions writing one after the other both keep their entries
+            on_disk = json.loads(self.path.read_text()).get("entries", {})
+        except (OSError, ValueError, AttributeError):
+            on_disk = {}
+        merged = {**on_disk, **entries}
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".plans-", suffix=".tmp")
+            with os.fdopen(fd, "w") as f:
+                json.dump({"version": CACHE_VERSION, "entries": merged}, f, indent=0, sort_keys=True)
+            os.replace(tmp, self.path)
+        except OSError:
+            pass    # read-only home, full disk: the choice still holds for this session
+
+
+_DEFAULT_CACHE: PlanCache | None = None
+
+
+def default_cache() -> PlanCache:
+    """One cache object per process and cache directory (the directory may change in tests)."""
+    global _DEFAULT_CACHE
+    path = cache_dir() / f"plans-{machine_key()}.json"
+    if _DEFAULT_CACHE is None or _DEFAULT_CACHE.path != path:
+        _DEFAULT_CACHE = PlanCache(path)
+    return _DEFAULT_CACHE
+
+
+# --- the planned layer --------------------------------------------------------------------------
+
+def rows_bucket(op: str, x: np.ndarray) -> tuple:
+    """What a choice is keyed by: Linear, the GEMM rows rounded up to a power of two (the
+    speed of a layout changes slowly with M); Conv, the exact input shape."""
+    if op == "Conv":
+        return tuple(int(d) for d in x.shape)
+    rows = int(np.prod(x.shape[:-1], dtype=np.int64)) if x.ndim > 1 else 1
+    return (1 << max(0, (rows - 1).bit_length()),)
+
+
+def _structure(t: PackedTensor) -> str:
+    """The layer's weight structure for the cache key: layout, params, shape, stored entries
+    (not the values: two layers of one shape and sparsity share their measurements)."""
+    n, k = dense_view_2d(t.shape)
+    nnz = ""
+    for f in ("indices", "values", "qdata"):
+        if t.layout in ("csr", "bsr", "nm") and f in t.fields:
+            nnz = f",stored={t.fields[f].size}"
+            break
+    return f"{t.layout}{json.dumps(t.params, sort_keys=True)},{n}x{k}{nnz}"
+
+
+class PlannedLayer:
+    """A session step's ``run`` for a Linear/Conv layer with several candidates: runs the
+    choice made for the input's size, measuring it the first time (module docstring)."""
+
+    def __init__(self, node_name: str, op: str, attrs: dict, stored: PackedTensor, cands: list[Candidate],
+                 build: Callable[[Candidate], Callable], threads: int, mode: str, cache: PlanCache | None,
+                 log: list, timer: Callable[[dict, tuple], dict] | None = None):
+        if mode not in ("auto", "measure"):
+            raise ValueError(f"plan must be one of {PLAN_MODES}, got {mode!r}")
+        self.node_name, self.op, self.stored = node_name, op, stored
+        self.cands = cands
+        self._build = build
+        self._runs: dict[str, Callable] = {}
+        self._chosen: dict[tuple, Callable] = {}
+        self._mode, self._cache, self._log = mode, cache, log
+        self._timer = timer or measure
+        labels = ",".join(c.label for c in cands)
+        acts = {k: attrs.get(k) for k in ("act_quant", "act_scale", "act_zero_point", "activation", "group",
+                                          "strides", "pads", "dilations") if k in attrs}
+        self._key_prefix = f"{op}|{_structure(stored)}|{json.dumps(acts, sort_keys=True, default=str)}|" \
+                           f"threads={threads}|{labels}"
+
+    def run_of(self, c: Candidate) -> Callable:
+        if c.label not in self._runs:
+            kernel = self._build(c)
+            if c.weight is self.stored:
+                self._runs[c.label] = kernel
+            else:  # the slot still holds the stored tensor: hand the kernel its equivalent
+                w = c.weight
+                self._runs[c.label] = lambda x, _w, *rest, _k=kernel: _k(x, w, *rest)
+        return self._runs[c.label]
+
+    def __call__(self, *inputs):
+        bucket = rows_bucket(self.op, inputs[0])
+        run = self._chosen.get(bucket)
+        if run is None:
+            run = self.decide(bucket, inputs)
+        return run(*inputs)
+
+    def decide(self, bucket: tuple, inputs: tuple) -> Callable:
+        """Choose for ``bucket`` (from the cache, or by timing every candidate on ``inputs``)."""
+        key = f"{self._key_prefix}|in={'x'.join(map(str, bucket))}"
+        entry = self._cache.get(key) if (self._cache is not None and self._mode == "auto") else None
+        labels = {c.label: c for c in self.cands}
+        source = "cached"
+        if entry is None or entry.get("chosen") not in labels:
+            times = self._timer({c.label: self.run_of(c) for c in self.cands}, inputs)
+            stored = self.cands[0].label
+            best = min(times, key=times.get)
+            chosen = best if times[best] < times[stored] * (1 - MARGIN) else stored
+            entry = {"chosen": chosen, "times_ms": {k: v * 1e3 for k, v in times.items()}}
+            if self._cache is not None:
+                self._cache.put(key, entry)
+            source = "measured"
+        chosen = entry["chosen"]
+        rows = int(np.prod(inputs[0].shape[:-1], dtype=np.int64)) if self.op == "Linear" else int(inputs[0].shape[0])
+        self._log.append(plan_record(self.node_name, self.cands[0].label, chosen, rows, bucket, entry["times_ms"],
+                                     source))
+        run = self.run_of(labels[chosen])
+        self._chosen[bucket] = run
+        return run
+
+
+def plan_record(node: str, stored: str, chosen: str, rows: int, bucket: tuple, times_ms: dict, source: str) -> dict:
+    """One decision as reports show it (runtime/bench/report.py's "plan" rows): ``rows`` the
+    GEMM rows it was measured on (Conv: the batch), ``bucket`` the inputs it holds for."""
+    st = times_ms.get(stored)
+    if chosen == stored:
+        others = [v for k, v in times_ms.items() if k != stored]
+        reason = (f"stored layout kept: {stored} {st:.3f} ms" +
+                  (f", best other {min(others):.3f} ms" if others else "") +
+                  f" (another must be > {MARGIN:.0%} faster)")
+    else:
+        reason = f"{chosen} {times_ms[chosen]:.3f} ms vs stored {stored} {st:.3f} ms: " \
+                 f"{st / times_ms[chosen]:.2f}x faster"
+    held = f"up to {bucket[0]} rows" if len(bucket) == 1 else "input " + "x".join(map(str, bucket))
+    return {"node": node, "stored": stored, "chosen": chosen, "rows": int(rows), "holds_for": held,
+            "times_ms": dict(times_ms), "reason": f"{reason} ({source})"}
+
+
+def measure(runs: dict[str, Callable], inputs: tuple) -> dict[str, float]:
+    """label -> seconds per call of ``runs[label](*inputs)``: one warm-up call each (compilation,
+    packing), then ROUNDS rounds over all candidates, in each MIN_CALLS..MAX_CALLS calls for
+    at least MIN_SECONDS; the median of each candidate's quietest round. Rounds spread a burst
+    of noise from another process over every candidate instead of one."""
+    for run in runs.values():
+        run(*inputs)
+    best = {label: float("inf") for label in runs}
+    for _ in range(ROUNDS):
+        for label, run in runs.items():
+            ts: list[float] = []
+            start = time.perf_counter()
+            while len(ts) < MIN_CALLS or (len(ts) < MAX_CALLS and time.perf_counter() - start < MIN_SECONDS):
+                t0 = time.perf_counter()
+                run(*inputs)
+                ts.append(time.perf_counter() - t0)
+            best[label] = min(best[label], statistics.median(ts))
+    return best
