@@ -1,4 +1,4 @@
-"""The `qrt` command: convert, inspect, run, demo.
+"""The `qrt` command: convert, inspect, run, bench, demo.
 
 Every command fails the same way: one line `qrt <command>: error: <what>` on stderr and exit
 status 1 (2 for bad usage, as argparse does), no traceback (set QRT_DEBUG=1 to see one), and
@@ -25,6 +25,7 @@ class CliError(Exception):
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)   # for reports: the command as given
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
@@ -95,6 +96,12 @@ def _parser() -> argparse.ArgumentParser:
                                    "initializers (layout, dtype, shape, bytes) and totals.")
     i.add_argument("file", help=".qrt file")
     i.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    i.add_argument("--plan", type=int, metavar="ROWS",
+                   help="also show per-layer planning for ROWS GEMM rows (batch x sequence): which layout "
+                        "and backend each Linear runs here and the measured reason (measured once per "
+                        "machine and shape, then cached)")
+    i.add_argument("--backend", default="auto", help="backend for --plan (default auto)")
+    i.add_argument("--threads", type=int, help="threads for --plan (default: all cores)")
     i.set_defaults(func=_cmd_inspect)
 
     r = sub.add_parser("run", help="run a .qrt model on inputs from .npy files",
@@ -107,12 +114,17 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("-o", "--output", metavar="OUT.npz", help="write all outputs to this .npz file")
     r.set_defaults(func=_cmd_run)
 
-    d = sub.add_parser("demo", help="train, convert and run a small model; print a comparison table",
-                       description="Train a small MLP on scikit-learn's bundled digits data set, "
-                                   "export it to ONNX, convert it to .qrt, run it and compare accuracy, "
-                                   "agreement and latency with the original model. Needs no files or "
-                                   "network (pip install 'qrt[demo]').")
-    d.add_argument("--keep", metavar="DIR", help="keep the .onnx and .qrt files in DIR")
+    from .bench.command import add_parser as add_bench_parser
+    add_bench_parser(sub)
+
+    d = sub.add_parser("demo", help="train, convert and run a small model; print a comparison table and a report",
+                       description="Train an MLP on scikit-learn's bundled digits data set, export it to "
+                                   "ONNX, convert it to .qrt as fp32, int8, int4, 2:4 + int8 and 90%% sparse + "
+                                   "int8, run each on every available backend and in onnxruntime, print one "
+                                   "table (accuracy, size, latency, speed-ups) and write report.md, report.json "
+                                   "and plots to a folder. Needs no files or network (pip install 'qrt[demo]').")
+    d.add_argument("--out", metavar="DIR", default="qrt-demo", help="folder for the report (created; default ./qrt-demo)")
+    d.add_argument("--keep-models", action="store_true", help="also keep the .onnx and .qrt files, in DIR/models")
     d.add_argument("--seed", type=int, default=0, help="random seed for the split and training")
     d.set_defaults(func=_cmd_demo)
     return p
@@ -255,7 +267,13 @@ def _describe(path: Path) -> dict:
 
 def _cmd_inspect(args) -> int:
     path = _require_file(args.file, "file")
+    if args.plan is not None and args.plan < 1:
+        raise CliError(f"--plan ROWS must be >= 1, got {args.plan}")
     info = _describe(path)
+    if args.plan is not None:
+        from .session import InferenceSession
+        sess = InferenceSession(path, backend=args.backend, threads=args.threads)
+        info["plan"] = sess.plan_layers(args.plan)
     if args.json:
         print(json.dumps(info, indent=1))
         return 0
@@ -286,6 +304,14 @@ def _cmd_inspect(args) -> int:
     print(f"\ntotals: {tot['nodes']} nodes ({', '.join(f'{k} {v}' for k, v in tot['ops'].items())}), "
           f"{tot['initializers']} initializers, {_human(tot['tensor_bytes'])} of tensors "
           f"({', '.join(f'{k} {_human(v)}' for k, v in tot['bytes_by_layout'].items())})")
+    if "plan" in info:
+        print(f"\nlayer plan for {args.plan} rows on backend {args.backend!r} (measured here, or cached for this machine):")
+        if info["plan"]:
+            print(format_table([[r["node"], r["stored"], r["chosen"],
+                                 ", ".join(f"{k} {v:.3f}" for k, v in r["times_ms"].items()), r["reason"]]
+                                for r in info["plan"]], ["layer", "stored", "chosen", "ms per candidate", "reason"]))
+        else:
+            print("  no Linear layer has a choice (dense fp32 weights, or a single candidate layout and backend)")
     rep = info["report"]
     if rep:
         e = rep.get("end_to_end") or {}
@@ -346,7 +372,7 @@ def _cmd_run(args) -> int:
 
 def _cmd_demo(args) -> int:
     from .demo import run_demo
-    return run_demo(keep_dir=args.keep, seed=args.seed)
+    return run_demo(out_dir=args.out, keep_models=args.keep_models, seed=args.seed)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,178 @@
+"""`qrt bench`: the GEMM sweep (--gemm) and model benchmarks (MODEL.qrt ...), one report.
+
+    qrt bench --gemm [--quick] [--shapes 768x3072,bert] [--m 1,16] [--sparsity 0.5,0.9]
+                     [--layouts int8,csr] [--backend native] [--json OUT] [--report DIR]
+    qrt bench MODEL.qrt [--backend auto] [--batch 1] [--seq 128] [--compare ORIGINAL.onnx]
+                        [--profile] [--json OUT] [--report DIR]
+
+Both may be given in one call; the result is one "qrt-bench/1" dict (runtime/bench/report.py)
+printed as Markdown and written as JSON (--json) and as a report folder with plots (--report).
+
+The benchmark process re-executes itself without OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE (they
+make numpy's fp32 BLAS, the dense baseline, slower on some machines); --keep-blas-env keeps
+them (tests use it: they never change the BLAS environment).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import shlex
+import sys
+
+from . import gemm as gemm_mod
+
+
+def add_parser(sub) -> None:
+    b = sub.add_parser(
+        "bench", help="benchmark kernels (--gemm) or a .qrt model against fp32 and other runtimes",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Measure on this machine. --gemm sweeps Y = X W^T over shapes, batch rows M, "
+                    "layouts, sparsities and backends against dense fp32 (numpy, onnxruntime) and "
+                    "onnxruntime / PyTorch int8 where installed; MODEL.qrt times a converted model "
+                    "(latency, throughput, per-node profile with --profile, per-layer plan) and, with "
+                    "--compare ORIGINAL.onnx, the original in onnxruntime fp32 and int8 and qrt's own "
+                    "dense fp32 on the same inputs, with output agreement. Prints a Markdown report; "
+                    "--json and --report write it.",
+        epilog="shape sets for --shapes: " + ", ".join(f"{k} ({len(v)} shapes)" for k, v in gemm_mod.SHAPE_SETS.items())
+               + f". --quick: shapes {gemm_mod.QUICK['shapes']}, M {gemm_mod.QUICK['ms']}, "
+                 f"sparsities {gemm_mod.QUICK['sparsities']}.")
+    b.add_argument("model", nargs="?", help=".qrt file to benchmark (optional with --gemm)")
+    b.add_argument("--gemm", action="store_true", help="run the GEMM sweep")
+    b.add_argument("--quick", action="store_true", help="the GEMM sweep's quick subset (under 2 minutes)")
+    b.add_argument("--shapes", help="comma-separated KxN shapes and/or shape sets (default: all)")
+    b.add_argument("--m", help="comma-separated GEMM rows M (default 1,16,128,512)")
+    b.add_argument("--sparsity", help="comma-separated sparsities in (0, 1) (default 0.5,0.7,0.8,0.9,0.95; "
+                   "0.5 also runs 2:4)")
+    b.add_argument("--layouts", help=f"comma-separated qrt layouts (default {','.join(gemm_mod.LAYOUTS)})")
+    b.add_argument("--backend", help="qrt backend(s), comma-separated: for --gemm default native,numba; "
+                   "for a model default auto")
+    b.add_argument("--no-baselines", action="store_true", help="--gemm: qrt rows only (no fp32 / onnxruntime / "
+                   "PyTorch rows, no speed-ups against them)")
+    b.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads for every runtime")
+    b.add_argument("--batch", type=int, default=1, help="model: batch size for symbolic batch dimensions")
+    b.add_argument("--seq", type=int, help="model: size of the other symbolic dimensions (sequence length)")
+    b.add_argument("--compare", metavar="ORIGINAL.onnx", help="model: also run the original ONNX model")
+    b.add_argument("--profile", action="store_true", help="model: time every node (InferenceSession.profile)")
+    b.add_argument("--seconds", type=float, help="seconds of timed calls per implementation and case "
+                   f"(default {gemm_mod.MIN_SECONDS} for --gemm, 1.0 for a model)")
+    b.add_argument("--json", metavar="OUT.json", help="write the result as JSON (with the machine fingerprint)")
+    b.add_argument("--report", metavar="DIR", help="write report.md, report.json and the PNG plots to DIR")
+    b.add_argument("--keep-blas-env", action="store_true", help="do not re-execute without OPENBLAS_CORETYPE / "
+                   "OPENBLAS_L2_SIZE (the fp32 baseline may then be slower than it can be)")
+    b.set_defaults(func=cmd_bench)
+
+
+def _csv(text: str | None, conv, what: str) -> list | None:
+    if text is None:
+        return None
+    try:
+        out = [conv(v.strip()) for v in text.split(",") if v.strip()]
+    except ValueError as e:
+        raise ValueError(f"--{what}: {e}") from None
+    if not out:
+        raise ValueError(f"--{what}: empty list")
+    return out
+
+
+def parse_shapes(text: str) -> list[tuple[int, int]]:
+    """'768x3072,bert' -> [(768, 3072), *BERT]."""
+    out = []
+    for item in text.split(","):
+        item = item.strip().lower()
+        if item in gemm_mod.SHAPE_SETS:
+            out += gemm_mod.SHAPE_SETS[item]
+            continue
+        k, sep, n = item.partition("x")
+        if not sep or not k.isdigit() or not n.isdigit() or int(k) < 1 or int(n) < 1:
+            raise ValueError(f"--shapes: {item!r} is neither KxN (e.g. 768x3072) nor a shape set "
+                             f"({', '.join(gemm_mod.SHAPE_SETS)})")
+        out.append((int(k), int(n)))
+    return out
+
+
+def _positive_int(v: str) -> int:
+    i = int(v)
+    if i < 1:
+        raise ValueError(f"{v} is not >= 1")
+    return i
+
+
+def _sparsity(v: str) -> float:
+    s = float(v)
+    if not 0 < s < 1:
+        raise ValueError(f"{v} is not in (0, 1)")
+    return s
+
+
+def _layout(v: str) -> str:
+    if v not in gemm_mod.LAYOUTS:
+        raise ValueError(f"{v!r} is not one of {', '.join(gemm_mod.LAYOUTS)}")
+    return v
+
+
+def gemm_sweep_from_args(args) -> gemm_mod.Sweep:
+    base = gemm_mod.Sweep.quick() if args.quick else gemm_mod.Sweep()
+    backends = _csv(args.backend, str, "backend")
+    if backends:
+        from kernels.registry import BACKENDS
+        bad = [b for b in backends if b not in BACKENDS]
+        if bad:
+            raise ValueError(f"--backend: unknown backend {bad[0]!r}; expected some of {', '.join(BACKENDS)}")
+    return gemm_mod.Sweep(
+        shapes=parse_shapes(args.shapes) if args.shapes else base.shapes,
+        ms=tuple(_csv(args.m, _positive_int, "m") or base.ms),
+        sparsities=tuple(_csv(args.sparsity, _sparsity, "sparsity") or base.sparsities),
+        layouts=tuple(_csv(args.layouts, _layout, "layouts") or base.layouts),
+        backends=tuple(backends or base.backends), baselines=not args.no_baselines, threads=args.threads,
+        min_seconds=args.seconds or gemm_mod.MIN_SECONDS)
+
+
+def cmd_bench(args) -> int:
+    from . import machine, report
+    from .progress import Progress
+    if not args.gemm and not args.model:
+        raise ValueError("nothing to benchmark: give a MODEL.qrt file and/or --gemm (see qrt bench --help)")
+    if args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    if args.model and not os.path.isfile(args.model):
+        raise ValueError(f"no such .qrt file: {args.model}")
+    if args.compare and not args.model:
+        raise ValueError("--compare needs a MODEL.qrt to compare with")
+    for flag in ("batch", "seq"):
+        v = getattr(args, flag)
+        if v is not None and v < 1:
+            raise ValueError(f"--{flag} must be >= 1, got {v}")
+    sweep = gemm_sweep_from_args(args) if args.gemm else None      # argument errors before any work
+    for out in (args.json, args.report):
+        if out and not os.path.isdir(os.path.dirname(os.path.abspath(out))):
+            raise ValueError(f"the folder of {out!r} does not exist")
+    if not args.keep_blas_env:
+        machine.openblas_reexec()
+    log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+    log("qrt bench: measuring this machine's peaks")
+    fp = machine.fingerprint(args.threads, measure=True)
+    result = {"schema": report.SCHEMA, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "command": "qrt " + shlex.join(getattr(args, "argv", None) or ["bench"]),
+              "machine": fp, "omitted": []}
+    if sweep is not None:
+        cases = len(sweep.shapes) * len(sweep.ms)
+        with Progress(cases, "gemm sweep") as bar:
+            rows, omitted = gemm_mod.run_sweep(sweep, fp["peaks"], progress=bar, log=log)
+        result["gemm"] = rows
+        result["omitted"] += omitted
+    if args.model:
+        from .model import bench_model
+        result["models"] = [bench_model(args.model, backend, batch=args.batch, seq=args.seq, threads=args.threads,
+                                        compare=args.compare, profile=args.profile,
+                                        min_seconds=args.seconds or 1.0, omitted=result["omitted"], log=log)
+                            for backend in (_csv(args.backend, str, "backend") or ["auto"])]
+    report.validate(result)
+    print(report.to_markdown(result))
+    if args.json:
+        report.write_json(result, args.json)
+        log(f"wrote {args.json}")
+    if args.report:
+        written = report.write_report(result, args.report)
+        log(f"wrote {', '.join(str(p) for p in written.values())}")
+    return 0

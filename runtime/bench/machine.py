@@ -1,0 +1,312 @@
+"""What machine a benchmark ran on: the fingerprint stored with every result, and the
+OpenBLAS re-exec that gives numpy's fp32 baseline its best kernel.
+
+fingerprint(threads) is cheap with measure=False (no timing; a few ms of probing) and is then
+only a description plus ``key``, the cache key for per-machine measurements. ``key`` hashes
+what decides kernel speed and cannot change under a running process (CPU model, ISA, core
+count, thread count), never measured numbers or package versions: two runs on the same machine
+must find the same cache entry even though their peaks differ by noise.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import importlib.util
+import itertools
+import json
+import os
+import platform
+import sys
+import threading
+import time
+
+# Environment variables with which OpenBLAS picks a slower kernel or blocking on some machines
+# (DESIGN.md, "Benchmarks"); a fair fp32 baseline runs without them.
+OPENBLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+# Set by openblas_reexec in the re-executed process: "VAR=value,..." of what it removed.
+UNSET_ENV = "QRT_BENCH_UNSET"
+
+# ISA features that change which int8/fp32 kernel can run, as our name -> /proc/cpuinfo flag.
+# kernels.native_cpu.FEATURES covers most of them (from cpuid when the extension is built);
+# the rest (VBMI, the AMX tiles) are only read from /proc/cpuinfo.
+ISA_FLAGS = {
+    "avx2": "avx2",
+    "fma": "fma",
+    "avx512f": "avx512f",
+    "avx512bw": "avx512bw",
+    "avx512vl": "avx512vl",
+    "avx512dq": "avx512dq",
+    "avx512_vnni": "avx512_vnni",
+    "avx512_vbmi": "avx512vbmi",
+    "avx512_bf16": "avx512_bf16",
+    "avx_vnni": "avx_vnni",
+    "amx_tile": "amx_tile",
+    "amx_int8": "amx_int8",
+    "amx_bf16": "amx_bf16",
+}
+
+# Optional packages whose versions are recorded: module name -> distribution names to ask
+# importlib.metadata (cheap: reading a METADATA file, where importing torch takes seconds).
+OPTIONAL_PACKAGES = {
+    "numba": ("numba",),
+    "onnxruntime": ("onnxruntime", "onnxruntime-gpu"),
+    "torch": ("torch",),
+    "triton": ("triton",),
+    "cupy": ("cupy-cuda13x", "cupy-cuda12x", "cupy-cuda11x", "cupy"),
+}
+
+PEAK_SECONDS = 0.3
+BANDWIDTH_BYTES = 64 * 1024 * 1024   # well past any L3, so the copy streams from DRAM
+BANDWIDTH_REPEATS = 5
+
+_CPUINFO = "/proc/cpuinfo"
+
+
+def fingerprint(threads: int, measure: bool = True) -> dict:
+    """Describe this machine for a benchmark run on ``threads`` threads.
+
+    measure=True also times the int8/fp32 peaks (about 1 s) and the memory bandwidth (about
+    0.2 s); measure=False leaves "peaks" values and "mem_bw_gbs" None, for a fast cache key.
+    The dict is JSON-serialisable; see the module docstring for what "key" depends on.
+    """
+    threads = max(1, int(threads))
+    cpu, isa, cores = cpu_name(), isa_flags(), os.cpu_count() or 1
+    import numpy as np
+    return {
+        "cpu": cpu,
+        "isa": isa,
+        "logical_cores": cores,
+        "threads": threads,
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "blas": blas_summary(),
+        "openblas_env": openblas_env(),
+        "versions": package_versions(),
+        "backends": _backends(),
+        "peaks": measure_peaks(threads) if measure else _no_peaks("not measured (measure=False)"),
+        "mem_bw_gbs": copy_bandwidth_gbs(threads) if measure else None,
+        "key": machine_key(cpu, isa, cores, threads),
+    }
+
+
+def machine_key(cpu: str, isa: list[str], logical_cores: int, threads: int) -> str:
+    """12 hex digits of sha1 over what decides kernel speed (and nothing measured)."""
+    blob = json.dumps([cpu, sorted(isa), int(logical_cores), int(threads)])
+    return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+def cpu_name() -> str:
+    """The CPU brand string: kernels.native_cpu.cpu_brand(), else /proc/cpuinfo, else platform."""
+    native = _native_cpu()
+    if native is not None:
+        return native.cpu_brand()       # cpuid's brand string, or its own /proc/cpuinfo read
+    for line in (_read_cpuinfo() or "").splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() == "model name":
+            return value.strip()
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def isa_flags() -> list[str]:
+    """Sorted ISA_FLAGS names this CPU (and OS) supports."""
+    found: set[str] = set()
+    native = _native_cpu()
+    if native is not None:
+        # cpuid + xgetbv when the extension is built, else its own /proc/cpuinfo parse.
+        found |= {name for name, ok in native.cpu_features().items() if ok and name in ISA_FLAGS}
+    flags = _cpuinfo_flags()
+    found |= {name for name, flag in ISA_FLAGS.items() if flag in flags}
+    return sorted(found)
+
+
+def blas_summary() -> str:
+    """Which BLAS numpy runs: threadpoolctl's view of the loaded library (the kernel it picked
+    for this CPU), else numpy's build configuration."""
+    import numpy as np
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        threadpool_info = None
+    if threadpool_info is not None:
+        rows = [f"{i.get('internal_api')} {i.get('version')} ({i.get('architecture', '?')}, "
+                f"{i.get('num_threads')} threads, {os.path.basename(i.get('filepath', ''))})"
+                for i in threadpool_info() if i.get("user_api") == "blas"]
+        if rows:
+            return "; ".join(rows)
+    try:
+        blas = np.show_config(mode="dicts").get("Build Dependencies", {}).get("blas", {})
+    except TypeError:       # numpy < 1.25 has no mode="dicts"
+        blas = {}
+    return (f"{blas.get('name', '?')} {blas.get('version', '')} "
+            "(numpy build config; install threadpoolctl for the kernel)")
+
+
+def openblas_env() -> str:
+    """Whether OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE apply to this process."""
+    unset = os.environ.get(UNSET_ENV)
+    if unset:
+        return f"unset for this process ({unset})"
+    present = [f"{v}={os.environ[v]}" for v in OPENBLAS_VARS if v in os.environ]
+    return f"set: {', '.join(present)}" if present else "not set"
+
+
+def package_versions() -> dict[str, str | None]:
+    """{"qrt": version or "dev", and each OPTIONAL_PACKAGES name: version or None}."""
+    versions: dict[str, str | None] = {"qrt": _dist_version(("qrt",)) or "dev"}
+    for module, dists in OPTIONAL_PACKAGES.items():
+        # A distribution left behind without its module (a broken uninstall) counts as absent.
+        found = importlib.util.find_spec(module) is not None
+        versions[module] = _dist_version(dists) if found else None
+    return versions
+
+
+def measure_peaks(threads: int, seconds: float = PEAK_SECONDS) -> dict:
+    """The int8 (vpdpbusd) and fp32 (FMA) register-only peaks on ``threads`` threads, from the
+    native extension; None values with the reason in "source" where it cannot measure."""
+    native = _native_cpu()
+    reason = "native extension not importable" if native is None else native.probe()
+    if reason is not None:
+        return _no_peaks(f"unavailable: {reason}")
+    try:
+        p = native.measure_peaks(threads, seconds=seconds)
+    except (RuntimeError, ValueError) as e:
+        return _no_peaks(f"unavailable: {e}")
+    return {"int8_gops": p.get("int8_gops"), "fp32_gflops": p.get("fp32_gflops"),
+            "threads": p.get("threads", threads), "int8_isa": p.get("int8_isa"),
+            "fp32_isa": p.get("fp32_isa"),
+            "source": f"kernels.native_cpu.measure_peaks(threads={threads}, seconds={seconds})"}
+
+
+def copy_bandwidth_gbs(threads: int) -> float:
+    """Memory bandwidth in GB/s: np.copyto of a 64 MiB float32 array split over ``threads``
+    Python threads (numpy releases the GIL while copying, and one core alone cannot saturate
+    DRAM), best of BANDWIDTH_REPEATS, counting the bytes read plus the bytes written."""
+    import numpy as np
+    src = np.ones(BANDWIDTH_BYTES // 4, dtype=np.float32)   # (16 Mi,) float32
+    dst = np.empty_like(src)
+    np.copyto(dst, src)                                      # fault the pages in, untimed
+    bounds = np.linspace(0, src.size, max(1, threads) + 1).astype(int)
+    parts = [(dst[a:b], src[a:b]) for a, b in itertools.pairwise(bounds)]
+    best = float("inf")
+    for _ in range(BANDWIDTH_REPEATS):
+        workers = [threading.Thread(target=np.copyto, args=part) for part in parts]
+        start = time.perf_counter()
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        best = min(best, time.perf_counter() - start)
+    return 2 * src.nbytes / best / 1e9
+
+
+def openblas_reexec(argv: list[str] | None = None) -> None:
+    """Re-execute this process without OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE, if either is set.
+
+    For benchmark processes only, never tests or CI: those must run in the environment they
+    were given. Call it before numpy first loads OpenBLAS (OpenBLAS reads the variables once,
+    at load). The new process finds UNSET_ENV = "VAR=value,..." naming what was removed, which
+    openblas_env() reports. Returns only when nothing is set; otherwise it does not return.
+
+    argv: the arguments after the interpreter (default: how this interpreter was started,
+    sys.orig_argv[1:], so that "python -m runtime.cli bench" and "python -X ... script.py"
+    come back the same; a console-script wrapper in argv[0] is a Python file, so
+    ``python wrapper args`` runs it as the wrapper did).
+    """
+    if not any(v in os.environ for v in OPENBLAS_VARS):
+        return
+    if argv is None:
+        argv = list(getattr(sys, "orig_argv", [sys.executable, *sys.argv])[1:])
+    env = {k: v for k, v in os.environ.items() if k not in OPENBLAS_VARS}
+    env[UNSET_ENV] = ",".join(f"{v}={os.environ[v]}" for v in OPENBLAS_VARS if v in os.environ)
+    # execve replaces the process: anything still buffered would be lost.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, *argv], env)
+
+
+def describe(fp: dict) -> list[str]:
+    """Human-readable lines for a fingerprint (tolerates missing fields from older results)."""
+    versions = fp.get("versions") or {}
+    backends = fp.get("backends") or {}
+    return [
+        (f"CPU: {fp.get('cpu', '?')}, {fp.get('logical_cores', '?')} logical cores, "
+         f"{fp.get('threads', '?')} threads used"),
+        f"ISA: {' '.join(fp.get('isa') or []) or 'none of interest'}",
+        f"OS: {fp.get('os', '?')}; Python {fp.get('python', '?')}, numpy {fp.get('numpy', '?')}",
+        f"BLAS: {fp.get('blas', '?')}",
+        f"OpenBLAS env: {fp.get('openblas_env', '?')}",
+        _describe_peaks(fp.get("peaks")),
+        _describe_bandwidth(fp.get("mem_bw_gbs"), fp.get("threads")),
+        "Versions: " + ", ".join(f"{name} {v}" if v else f"{name} not installed"
+                                 for name, v in versions.items()),
+        "Backends: " + ", ".join(f"{name} ok" if why is None else f"{name} unavailable ({why})"
+                                 for name, why in backends.items()),
+        f"Machine key: {fp.get('key', '?')}",
+    ]
+
+
+def _describe_peaks(peaks: dict | None) -> str:
+    if not peaks or (peaks.get("int8_gops") is None and peaks.get("fp32_gflops") is None):
+        source = (peaks or {}).get("source", "not measured")
+        return f"Peaks: {source}"
+    parts = []
+    if peaks.get("int8_gops") is not None:
+        parts.append(f"int8 {peaks['int8_gops']:.0f} GOP/s ({peaks.get('int8_isa')})")
+    else:
+        parts.append("int8: no VNNI")
+    if peaks.get("fp32_gflops") is not None:
+        parts.append(f"fp32 {peaks['fp32_gflops']:.0f} GFLOP/s ({peaks.get('fp32_isa')})")
+    return f"Peaks on {peaks.get('threads', '?')} threads: {', '.join(parts)}"
+
+
+def _describe_bandwidth(gbs: float | None, threads) -> str:
+    if gbs is None:
+        return "Memory bandwidth: not measured"
+    return (f"Memory bandwidth: {gbs:.1f} GB/s (np.copyto of 64 MiB on {threads} threads, "
+            "read + write bytes)")
+
+
+def _no_peaks(source: str) -> dict:
+    return {"int8_gops": None, "fp32_gflops": None, "threads": None, "int8_isa": None,
+            "fp32_isa": None, "source": source}
+
+
+def _backends() -> dict[str, str | None]:
+    from runtime import available_backends
+    return available_backends()
+
+
+def _native_cpu():
+    """kernels.native_cpu (it imports without its extension and says why); None if absent."""
+    try:
+        import kernels.native_cpu as native
+    except ImportError:
+        return None
+    return native
+
+
+def _dist_version(dists: tuple[str, ...]) -> str | None:
+    for dist in dists:
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def _cpuinfo_flags() -> set[str]:
+    # Every core reports the same flags; the first "flags" line is enough.
+    for line in (_read_cpuinfo() or "").splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() == "flags":
+            return set(value.split())
+    return set()
+
+
+def _read_cpuinfo() -> str | None:
+    try:
+        with open(_CPUINFO, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except OSError:
+        return None
