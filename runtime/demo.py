@@ -1,39 +1,47 @@
 """`qrt demo`: the main job, end to end on a fresh machine with no files and no network.
 
-1. train a small MLP classifier on scikit-learn's bundled 8x8 digits (1797 images);
+1. train an MLP classifier (64 -> 256 -> 256 -> 10, ReLU) on scikit-learn's bundled 8x8 digits
+   (1797 images, 70/30 split);
 2. write it as an ONNX model (MatMul + Add + Relu ... + Softmax, opset 17);
-3. convert it to one .qrt file (the importer fuses MatMul + Add into Linear);
-   fp32, and compressed: int8 weights (dynamic and static activations), 2:4 + int8,
-   70% unstructured + int8, weight-only int4 (VARIANTS below);
-4. run each .qrt on held-out digits with every usable qrt backend and, where installed, the
-   ONNX file in onnxruntime, and print one table: model bytes, accuracy, agreement with
-   scikit-learn, probability error and latency.
+3. convert it to .qrt files: fp32, and compressed: int8 weights (dynamic and static
+   activations), int4 grouped weight-only, 2:4 + int8, 90% unstructured + int8 (VARIANTS);
+4. run each on held-out digits with every usable qrt backend and, where installed, the ONNX
+   file in onnxruntime fp32 and int8 (quantize_dynamic), and print one table: model size,
+   accuracy, agreement with scikit-learn, latency at batch 1 and for the whole test set, and
+   the speed-up against the best dense fp32 runtime and against onnxruntime int8;
+5. write the same as report.md / report.json with two plots (speed-up and accuracy vs size)
+   to a folder it names (``--out``, default ./qrt-demo).
 
-No fine-tuning after pruning: the table shows what compression alone costs.
+No fine-tuning after pruning: the table shows what compression alone costs. Latency is the
+median of repeated runs in this process (runtime/bench/timing.py); sessions use per-layer
+planning (runtime/planner.py), whose choices the report lists.
 """
 from __future__ import annotations
 
-import statistics
+import datetime
+import json
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-HIDDEN = (128, 64)
+HIDDEN = (256, 256)
+MAX_ITER = 60
 
 # (file suffix, weights column, convert options). Calibration (for the report and static
-# ranges) uses the training images, never the held-out ones the table scores.
+# ranges) uses the training images, never the held-out ones the table scores. The sparse
+# variants prune the hidden layers; the small classifier layer (dense2) is kept unpruned, still
+# int8, the usual recipe: one-shot pruning of it alone costs points for no speed.
 VARIANTS = [
     ("", "fp32", {}),
     ("_int8", "int8 (dyn. act)", {"quant": "int8"}),
     ("_int8_static", "int8 (static act)", {"quant": "int8", "act": "static", "calib_method": "percentile"}),
-    # sparse variants prune the hidden layers; the small 64 -> 10 classifier is skipped (kept
-    # unpruned, still int8), the usual recipe: one-shot pruning of it alone costs ~2.5 points
-    ("_2of4_int8", "2:4 + int8", {"prune": "nm", "quant": "int8", "skip": ["dense2*"]}),
-    ("_s70_int8", "70% CSR + int8", {"prune": "magnitude", "sparsity": 0.7, "quant": "int8", "skip": ["dense2*"]}),
     ("_int4", "int4 g32 (weight-only)", {"quant": "int4", "group_size": 32}),
+    ("_2of4_int8", "2:4 + int8", {"prune": "nm", "quant": "int8", "skip": ["dense2*"]}),
+    ("_s90_int8", "90% CSR + int8", {"prune": "magnitude", "sparsity": 0.9, "quant": "int8", "skip": ["dense2*"]}),
 ]
+BATCH1_SECONDS, BATCHN_SECONDS = 0.3, 0.6     # of timed calls per runner
 
 
 def _need(module: str):
@@ -43,8 +51,8 @@ def _need(module: str):
         raise RuntimeError(f"the demo needs {module!r}: pip install 'qrt[demo]'") from None
 
 
-def train(seed: int):
-    """Digits split 70/30, MLP (64 -> 128 -> 64 -> 10, ReLU), pixel values scaled to [0, 1]."""
+def train(seed: int, hidden: tuple[int, ...] = HIDDEN, max_iter: int | None = None):
+    """Digits split 70/30, MLP (64 -> hidden... -> 10, ReLU), pixel values scaled to [0, 1]."""
     _need("sklearn")
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
@@ -52,7 +60,8 @@ def train(seed: int):
     x, y = load_digits(return_X_y=True)
     x = (x / 16.0).astype(np.float32)
     x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.3, random_state=seed, stratify=y)
-    clf = MLPClassifier(hidden_layer_sizes=HIDDEN, max_iter=400, random_state=seed)
+    clf = MLPClassifier(hidden_layer_sizes=hidden, max_iter=max_iter or MAX_ITER,
+                        random_state=seed)
     import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # ConvergenceWarning on some seeds: accuracy is printed anyway
@@ -85,84 +94,189 @@ def to_onnx(clf) -> bytes:
     return model.SerializeToString()
 
 
-def _latency_ms(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
+def _median_ms(fn, seconds: float, settle: bool) -> float:
+    from .bench.timing import quietest_median, time_blocked
+    return quietest_median(time_blocked([fn], [settle], seconds)[0]) * 1e3
 
 
-def run_demo(keep_dir: str | None = None, seed: int = 0) -> int:
+def run_demo(out_dir: str | None = "qrt-demo", keep_models: bool = False, seed: int = 0) -> int:
     from . import available_backends
     from .convert import from_onnx
     from .session import InferenceSession
 
-    print("qrt demo: MLP 64-128-64-10 on scikit-learn's digits (8x8 images, 10 classes)")
-    t0 = time.perf_counter()
+    out = Path(out_dir or "qrt-demo")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {str(out)!r} exists and is not a folder")
+    hidden = "-".join(map(str, HIDDEN))
+    print(f"qrt demo: MLP 64-{hidden}-10 on scikit-learn's digits (8x8 images, 10 classes)")
+    t_start = time.perf_counter()
     clf, x_cal, x_te, y_te = train(seed)
-    print(f"  trained in {time.perf_counter() - t0:.1f} s; {len(x_te)} held-out images")
+    print(f"  trained in {time.perf_counter() - t_start:.1f} s; {len(x_te)} held-out images")
     want = clf.predict_proba(x_te).astype(np.float32)
     onnx_bytes = to_onnx(clf)
+    backends = [b for b, reason in available_backends().items() if reason is None]
 
-    tmp = None
-    if keep_dir:
-        out_dir = Path(keep_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-    else:
-        tmp = tempfile.TemporaryDirectory(prefix="qrt-demo-")
-        out_dir = Path(tmp.name)
-    try:
-        onnx_path = out_dir / "digits_mlp.onnx"
+    with tempfile.TemporaryDirectory(prefix="qrt-demo-") as tmp:
+        model_dir = out / "models" if keep_models else Path(tmp)
+        model_dir.mkdir(parents=True, exist_ok=True)
+        onnx_path = model_dir / "digits_mlp.onnx"
         onnx_path.write_bytes(onnx_bytes)
         calib = [{"pixels": x_cal[i:i + 64]} for i in range(0, len(x_cal), 64)]
-        runners = []
-        kept = [onnx_path]
-        for label, weights, options in VARIANTS:
-            qrt_path = out_dir / f"digits_mlp{label}.qrt"
+        runners = []            # (runtime, weights, bytes, fn, session or None)
+        for suffix, weights, options in VARIANTS:
+            qrt_path = model_dir / f"digits_mlp{suffix}.qrt"
             graph = from_onnx(onnx_bytes, qrt_path, name="digits_mlp",
                               **({**options, "calib": calib} if options else {}))
-            kept.append(qrt_path)
             print(f"  converted -> {qrt_path.name} ({qrt_path.stat().st_size} B): "
                   f"{', '.join(sorted({t.layout for t in graph.initializers.values()}))} weights")
-            for backend, reason in available_backends().items():
-                if reason is None:
-                    sess = InferenceSession(qrt_path, backend=backend)
-                    runners.append((f"qrt {backend}", weights, qrt_path.stat().st_size,
-                                    lambda x, s=sess: s.run(None, {"pixels": x})[0]))
-        try:
-            import onnxruntime as ort
-            o = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
-            runners.append(("onnxruntime", "fp32", len(onnx_bytes), lambda x, o=o: o.run(None, {"pixels": x})[0]))
-        except ImportError:
-            print("  (onnxruntime not installed: its row is omitted)")
-        runners.append(("scikit-learn", "fp64", None, lambda x: clf.predict_proba(x)))
+            for backend in backends:
+                sess = InferenceSession(qrt_path, backend=backend)
+                runners.append((f"qrt {backend}", weights, qrt_path.stat().st_size,
+                                lambda x, s=sess: s.run(None, {"pixels": x})[0], sess))
+        omitted = _onnxruntime_runners(onnx_path, Path(tmp), runners)
+        runners.append(("scikit-learn", "fp64", None, lambda x: clf.predict_proba(x), None))
 
-        rows = []
-        one = x_te[:1]
-        for name, precision, nbytes, fn in runners:
-            probs = np.asarray(fn(x_te))
-            acc = float(np.mean(probs.argmax(1) == y_te))
-            agree = float(np.mean(probs.argmax(1) == want.argmax(1)))
-            err = float(np.max(np.abs(probs.astype(np.float64) - want)))
-            lat1 = _latency_ms(lambda: fn(one), 200)
-            latn = _latency_ms(lambda: fn(x_te), 30)
-            rows.append([name, precision, f"{nbytes / 1024:.1f}" if nbytes else "-", f"{acc * 100:.2f}",
-                         f"{agree * 100:.1f}", f"{err:.1e}", f"{lat1:.3f}", f"{len(x_te) / latn:.0f}"])
-        from .tables import format_table
-        print()
-        print(format_table(rows, ["runtime", "weights", "model KiB", "accuracy %", "agrees w/ sklearn %",
-                            "max |dp|", "batch 1 ms", f"batch {len(x_te)} k img/s"]))
-        print("\n  latency: median of repeated runs in this process; 'max |dp|' is the largest "
-              "probability difference from scikit-learn's own predict_proba.")
-        unavailable = {b: r for b, r in available_backends().items() if r}
-        if unavailable:
-            print("  backends not in the table: " + "; ".join(f"{b}: {r}" for b, r in unavailable.items()))
-        if keep_dir:
-            print(f"  kept {', '.join(str(p) for p in kept)}")
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
+        rows = _measure(runners, x_te, y_te, want)
+    _speedups(rows)
+    _print_table(rows, len(x_te))
+    unavailable = {b: r for b, r in available_backends().items() if r}
+    notes = [f"{b}: {r}" for b, r in unavailable.items()] + [f"{o['what']}: {o['reason']}" for o in omitted]
+    if notes:
+        print("  not in the table: " + "; ".join(notes))
+    plans = [{"runtime": r["runtime"], "weights": r["weights"], **p} for r in rows for p in r.pop("plan", [])]
+    written = write_report(out, rows, plans, notes, len(x_te), seed)
+    print(f"\n  report: {', '.join(str(p) for p in written)}"
+          + (f"; models in {model_dir}" if keep_models else ""))
+    print(f"  total {time.perf_counter() - t_start:.0f} s")
     return 0
+
+
+def _onnxruntime_runners(onnx_path: Path, tmp: Path, runners: list) -> list[dict]:
+    try:
+        import onnxruntime as ort
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+    except ImportError:
+        return [{"what": "onnxruntime rows", "reason": "onnxruntime is not installed"}]
+    q_path = tmp / "digits_mlp_ort_int8.onnx"
+    import logging
+    logging.getLogger().setLevel(logging.ERROR)     # quantize_dynamic's "consider pre-processing" hint
+    quantize_dynamic(str(onnx_path), str(q_path), weight_type=QuantType.QInt8)
+    for label, path in (("fp32", onnx_path), ("int8 (dyn. act)", q_path)):
+        o = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        runners.append(("onnxruntime", label, path.stat().st_size, lambda x, o=o: o.run(None, {"pixels": x})[0], None))
+    return []
+
+
+def _measure(runners: list, x_te: np.ndarray, y_te: np.ndarray, want: np.ndarray) -> list[dict]:
+    rows = []
+    one = x_te[:1]
+    for name, weights, nbytes, fn, sess in runners:
+        probs = np.asarray(fn(x_te))            # also the first run: per-layer planning happens here
+        fn(one)
+        qrt = name.startswith("qrt")
+        rows.append({
+            "runtime": name, "weights": weights, "bytes": nbytes,
+            "accuracy": float(np.mean(probs.argmax(1) == y_te)),
+            "agreement": float(np.mean(probs.argmax(1) == want.argmax(1))),
+            "max_dp": float(np.max(np.abs(probs.astype(np.float64) - want))),
+            "batch1_ms": _median_ms(lambda: fn(one), BATCH1_SECONDS, not qrt),
+            "batchn_ms": _median_ms(lambda: fn(x_te), BATCHN_SECONDS, not qrt),
+            "plan": sess.layer_plan if sess is not None else []})
+    return rows
+
+
+def _speedups(rows: list[dict]) -> None:
+    """x fp32: the best dense fp32 runtime's batch-N time / this one's; x ort int8 likewise."""
+    fp32 = [r["batchn_ms"] for r in rows if r["weights"] == "fp32"]
+    ort8 = [r["batchn_ms"] for r in rows if r["runtime"] == "onnxruntime" and r["weights"] != "fp32"]
+    for r in rows:
+        r["vs_fp32"] = min(fp32) / r["batchn_ms"] if fp32 else None
+        r["vs_ort_int8"] = ort8[0] / r["batchn_ms"] if ort8 else None
+
+
+HEADER = ["runtime", "weights", "model KiB", "accuracy %", "agrees w/ sklearn %", "max |dp|", "batch 1 ms",
+          "batch {n} ms", "x fp32", "x ort int8"]
+
+
+def _cells(r: dict) -> list[str]:
+    ratio = lambda v: "-" if v is None else f"{v:.2f}x"  # noqa: E731
+    return [r["runtime"], r["weights"], f"{r['bytes'] / 1024:.1f}" if r["bytes"] else "-",
+            f"{r['accuracy'] * 100:.2f}", f"{r['agreement'] * 100:.1f}", f"{r['max_dp']:.1e}",
+            f"{r['batch1_ms']:.3f}", f"{r['batchn_ms']:.3f}", ratio(r["vs_fp32"]), ratio(r["vs_ort_int8"])]
+
+
+def _print_table(rows: list[dict], n: int) -> None:
+    from .tables import format_table
+    print()
+    print(format_table([_cells(r) for r in rows], [h.format(n=n) for h in HEADER]))
+    print(f"\n  latency: median of repeated runs in this process; 'x fp32' and 'x ort int8' compare the "
+          f"batch-{n} time with the fastest dense fp32 runtime and with onnxruntime int8 (> 1: faster); "
+          f"'max |dp|' is the largest probability difference from scikit-learn's predict_proba.")
+
+
+def write_report(out: Path, rows: list[dict], plans: list[dict], notes: list[str], n: int, seed: int) -> list[Path]:
+    """report.md, report.json, speedup.png and accuracy_vs_size.png in ``out`` (plots only with
+    matplotlib); returns the paths written."""
+    from .bench import machine
+    from .bench.report import markdown_table, write_atomic
+    out.mkdir(parents=True, exist_ok=True)
+    fp = machine.fingerprint(threads=0, measure=False)
+    fp.pop("peaks", None)
+    fp.pop("mem_bw_gbs", None)
+    written = []
+    data = {"schema": "qrt-demo/1", "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "model": f"MLP 64-{'-'.join(map(str, HIDDEN))}-10, digits, seed {seed}", "test_images": n,
+            "machine": fp, "rows": rows, "plan": plans, "not_in_table": notes}
+    written.append(write_atomic(out / "report.json", json.dumps(data, indent=1).encode()))
+    plots = _plots(out, rows)
+    lines = [f"# qrt demo ({data['created']})", "", f"Model: {data['model']}; {n} held-out images.", "",
+             *[f"- {line}" for line in machine.describe(fp)], "",
+             *markdown_table(tuple(h.format(n=n) for h in HEADER), [_cells(r) for r in rows],
+                             [r["runtime"].startswith("qrt") for r in rows]), "",
+             "Latency: median of repeated runs in one process; x fp32 / x ort int8: the fastest dense fp32 "
+             f"runtime's and onnxruntime int8's batch-{n} time over this row's (> 1: this row is faster).", ""]
+    if plans:
+        lines += ["## Per-layer plan (measured on this machine at the first run)", "",
+                  *markdown_table(("runtime", "weights", "layer", "rows", "stored", "chosen", "reason"),
+                                  [[p["runtime"], p["weights"], p["node"], str(p["rows"]), p["stored"], p["chosen"],
+                                    p["reason"]] for p in plans]), ""]
+    if notes:
+        lines += ["Not in the table: " + "; ".join(notes), ""]
+    lines += [f"![{p.stem}]({p.name})" for p in plots] or ["(plots skipped: matplotlib is not installed)"]
+    written.insert(0, write_atomic(out / "report.md", ("\n".join(lines) + "\n").encode()))
+    return written + plots
+
+
+def _plots(out: Path, rows: list[dict]) -> list[Path]:
+    try:
+        from .bench.report import figure, save_figure
+        fig, (ax,) = figure(1, width=9, height=3.6)
+    except ImportError:
+        return []
+    qrt = [r for r in rows if r["runtime"].startswith("qrt") and r["vs_fp32"]]
+    variants = list(dict.fromkeys(r["weights"] for r in qrt))
+    runtimes = list(dict.fromkeys(r["runtime"] for r in qrt))
+    width = 0.8 / max(len(runtimes), 1)
+    for i, rt in enumerate(runtimes):
+        xs = [variants.index(r["weights"]) + i * width for r in qrt if r["runtime"] == rt]
+        ax.bar(xs, [r["vs_fp32"] for r in qrt if r["runtime"] == rt], width, label=rt)
+    ax.axhline(1.0, color="gray", linewidth=1, linestyle="--")
+    ax.set_xticks([k + width * (len(runtimes) - 1) / 2 for k in range(len(variants))], variants, fontsize=7)
+    ax.set_ylabel("speed-up vs best dense fp32")
+    ax.set_title("batch latency, whole test set")
+    ax.legend(fontsize=7)
+    paths = [out / "speedup.png"]
+    save_figure(fig, paths[0])
+    fig, (ax,) = figure(1, width=6, height=3.6)
+    seen = {}
+    for r in rows:
+        if r["bytes"] and r["weights"] not in seen:
+            seen[r["weights"]] = r
+            ax.scatter(r["bytes"] / 1024, r["accuracy"] * 100)
+            ax.annotate(f"{r['runtime'].split()[0]} {r['weights']}", (r["bytes"] / 1024, r["accuracy"] * 100), fontsize=7)
+    ax.set_xlabel("model KiB")
+    ax.set_ylabel("test accuracy %")
+    ax.set_title("accuracy vs size")
+    paths.append(out / "accuracy_vs_size.png")
+    save_figure(fig, paths[1])
+    return paths

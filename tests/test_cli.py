@@ -103,7 +103,7 @@ def assert_one_line_error(rc, out, err, command, *fragments, status=1, extra_ind
 def test_top_level_help(capsys):
     rc, out, _ = cli(capsys, "--help")
     assert rc == 0
-    for cmd in ("convert", "inspect", "run", "demo"):
+    for cmd in ("convert", "inspect", "run", "bench", "demo"):
         assert cmd in out
 
 
@@ -115,9 +115,11 @@ def test_no_command_prints_help(capsys):
 
 @pytest.mark.parametrize("cmd, words", [
     ("convert", ["model", "-o", "--output"]),
-    ("inspect", ["file", "--json"]),
+    ("inspect", ["file", "--json", "--plan", "ROWS", "--backend"]),
+    ("bench", ["model", "--gemm", "--quick", "--shapes", "--sparsity", "--backend", "--compare", "--profile",
+               "--json", "--report", "--keep-blas-env"]),
     ("run", ["file", "--input", "NAME=FILE.npy", "--backend", "--output", "OUT.npz"]),
-    ("demo", ["--keep", "DIR", "--seed"]),
+    ("demo", ["--out", "DIR", "--keep-models", "--seed"]),
 ])
 def test_command_help(capsys, cmd, words):
     rc, out, _ = cli(capsys, cmd, "--help")
@@ -482,48 +484,79 @@ def _row(out: str, runtime_name: str, column: str, weights: str | None = None) -
     return row[header.index(column)]
 
 
-def test_demo(capsys, tmp_path, monkeypatch):
+@pytest.fixture
+def quick_demo(monkeypatch):
+    """The demo with short timing (the table's latencies are not what these tests check)."""
+    from runtime import demo
+    monkeypatch.setattr(demo, "BATCH1_SECONDS", 0.005)
+    monkeypatch.setattr(demo, "BATCHN_SECONDS", 0.01)
+    return demo
+
+
+def test_demo(capsys, tmp_path, monkeypatch, quick_demo):
     pytest.importorskip("sklearn")
     import tempfile
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the demo's scratch dir goes
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "scratch"))  # where the demo's scratch dir goes
+    (tmp_path / "scratch").mkdir()
+    out_dir = tmp_path / "report"
     t0 = time.perf_counter()
-    rc, out, err = cli(capsys, "demo")
+    rc, out, err = cli(capsys, "demo", "--out", out_dir)
     elapsed = time.perf_counter() - t0
     assert rc == 0, err
     assert "Traceback" not in out + err
-    assert "qrt reference" in out and "accuracy %" in out
+    assert "qrt reference" in out and "accuracy %" in out and "x fp32" in out
     assert float(_row(out, "qrt reference", "accuracy %")) > 90.0
     assert float(_row(out, "qrt reference", "agrees w/ sklearn %")) > 99.0
-    # the compressed variants: smaller files, accuracy close to fp32
+    # the compressed variants: smaller files, accuracy close to fp32 (90% one-shot pruning
+    # without fine-tuning costs the most: measured 90.7% against 98.1%)
     fp32_kib = float(_row(out, "qrt reference", "model KiB", "fp32"))
-    # file sizes, header and fp32 biases included (they weigh on a 70 KiB model: int8 weights
-    # alone are 0.26x): measured 0.33x, 0.25x, 0.26x
-    for weights, max_ratio in [("int8 (dyn. act)", 0.36), ("2:4 + int8", 0.28), ("70% CSR + int8", 0.29)]:
+    # file sizes, header and fp32 biases included: measured 0.27x, 0.18x, 0.09x, 0.17x
+    for weights, max_ratio, min_acc in [("int8 (dyn. act)", 0.30, 90.0), ("2:4 + int8", 0.21, 88.0),
+                                        ("90% CSR + int8", 0.12, 80.0), ("int4 g32 (weight-only)", 0.2, 90.0)]:
         assert float(_row(out, "qrt reference", "model KiB", weights)) < fp32_kib * max_ratio, weights
-        assert float(_row(out, "qrt reference", "accuracy %", weights)) > 85.0, weights
-    assert listing(tmp_path) == []  # the scratch directory is removed
-    assert elapsed < 60, elapsed
+        assert float(_row(out, "qrt reference", "accuracy %", weights)) > min_acc, weights
+    assert listing(tmp_path / "scratch") == []  # the scratch directory is removed
+    # the report folder: Markdown, JSON and the two plots
+    assert listing(out_dir) == ["accuracy_vs_size.png", "report.json", "report.md", "speedup.png"]
+    for png in ("accuracy_vs_size.png", "speedup.png"):
+        assert (out_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rep = json.loads((out_dir / "report.json").read_text())
+    assert rep["schema"] == "qrt-demo/1" and rep["machine"]["key"]
+    from runtime.demo import VARIANTS
+    qrt_rows = [r for r in rep["rows"] if r["runtime"].startswith("qrt ")]
+    assert {r["weights"] for r in qrt_rows} == {label for _, label, _ in VARIANTS}
+    assert all(r["vs_fp32"] > 0 and r["batchn_ms"] > 0 for r in rep["rows"])
+    # per-layer planning: the compressed variants on a fast backend have decisions with reasons
+    if any(r["runtime"] in ("qrt numba", "qrt native") for r in qrt_rows):
+        assert rep["plan"] and all(p["reason"] and p["times_ms"] for p in rep["plan"])
+    md = (out_dir / "report.md").read_text()
+    assert "| **qrt reference** |" in md and "![speedup](speedup.png)" in md
+    assert elapsed < 90, elapsed
 
 
-def test_demo_keep(capsys, tmp_path, monkeypatch):
-    sklearn_nn = pytest.importorskip("sklearn.neural_network")
-    real = sklearn_nn.MLPClassifier
-
-    def quick(**kw):  # fewer epochs: this test is about the files, test_demo about the result
-        return real(**{**kw, "max_iter": 20})
-    monkeypatch.setattr(sklearn_nn, "MLPClassifier", quick)
-    keep = tmp_path / "kept"  # created by the demo
-    rc, out, err = cli(capsys, "demo", "--keep", keep, "--seed", "1")
+def test_demo_keep_models(capsys, tmp_path, monkeypatch, quick_demo):
+    pytest.importorskip("sklearn")
+    monkeypatch.setattr(quick_demo, "MAX_ITER", 5)   # this test is about the files, test_demo about the result
+    out_dir = tmp_path / "kept"  # created by the demo
+    rc, out, err = cli(capsys, "demo", "--out", out_dir, "--keep-models", "--seed", "1")
     assert rc == 0, err
     assert "qrt reference" in out and "accuracy %" in out
     from runtime.demo import VARIANTS
-    assert listing(keep) == sorted(["digits_mlp.onnx"] + [f"digits_mlp{suffix}.qrt" for suffix, _, _ in VARIANTS])
-    onnx.checker.check_model(str(keep / "digits_mlp.onnx"))
-    sess = runtime.InferenceSession(keep / "digits_mlp.qrt")
+    assert listing(out_dir / "models") == sorted(["digits_mlp.onnx"] + [f"digits_mlp{suffix}.qrt"
+                                                                        for suffix, _, _ in VARIANTS])
+    onnx.checker.check_model(str(out_dir / "models" / "digits_mlp.onnx"))
+    sess = runtime.InferenceSession(out_dir / "models" / "digits_mlp.qrt")
     (i,) = sess.get_inputs()
     assert (i.name, i.shape) == ("pixels", ["batch", 64])
     (p,) = sess.run(None, {"pixels": np.zeros((2, 64), np.float32)})
     np.testing.assert_allclose(p.sum(1), 1.0, rtol=1e-5)
+
+
+def test_demo_out_must_be_a_folder(capsys, tmp_path):
+    pytest.importorskip("sklearn")
+    (tmp_path / "f").write_text("x")
+    rc, out, err = cli(capsys, "demo", "--out", tmp_path / "f")
+    assert_one_line_error(rc, out, err, "demo", "exists and is not a folder")
 
 
 # --- convert with compression ---------------------------------------------------------------
