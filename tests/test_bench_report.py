@@ -351,3 +351,20 @@ def test_progress_redraws_one_line_on_a_tty():
 
 def test_format_duration():
     assert [format_duration(s) for s in (4.4, 65, 3725)] == ["4s", "1m05s", "1h02m"]
+
+
+def test_markdown_overview_table():
+    """One row per (K, N, M): fp32 and onnxruntime int8 GOP/s, each qrt runtime's int8 vs
+    onnxruntime int8 and % peak, csr/bsr at 90% vs its dense int8 ('-' where not measured)."""
+    lines = report.overview_lines(_gemm_rows())
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert header[:5] == ["K", "N", "M", "best fp32 GOP/s", "ort int8 GOP/s"]
+    assert "qrt native csr 90% x int8" in header and "qrt numba int8 x ort int8" in header
+    rows = {tuple(c.strip() for c in line.strip("|").split("|"))[2]: [c.strip() for c in line.strip("|").split("|")]
+            for line in lines[2:]}
+    m16 = dict(zip(header, rows["16"]))
+    assert m16["qrt native int8 x ort int8"] == "3.00x" and m16["qrt numba int8 x ort int8"] == "1.50x"
+    assert m16["qrt native csr 90% x int8"] == "2.50x" and m16["qrt native bsr 90% x int8"] == "-"
+    assert m16["best fp32 GOP/s"] == f"{2 * 16 * 768 * 768 / 0.4e-3 / 1e9:.0f}"
+    m128 = dict(zip(header, rows["128"]))
+    assert m128["ort int8 GOP/s"] == "-" and m128["qrt numba int8 x ort int8"] == "-"

@@ -197,6 +197,7 @@ def _gemm_section(rows: list[dict], machine: dict) -> list[str]:
               "measured in one process run. GOP/s counts dense-equivalent 2*M*N*K ops; "
               "% peak is of the measured peak for the row's precision. qrt rows in bold. "
               f"Threads: {machine.get('threads', '?')}.")]
+    lines += ["", "### Overview", "", *overview_lines(rows), "", "### Every row"]
     for (n, k, m), group in sorted(_group_by_shape(rows).items()):
         group = sorted(group, key=_row_order)
         lines += ["", f"### M={m} N={n} K={k}", "",
@@ -205,6 +206,43 @@ def _gemm_section(rows: list[dict], machine: dict) -> list[str]:
     lines += ["", "### Summary (geometric mean over valid rows)", ""]
     lines += _summary_lines(rows) or ["No qrt rows."]
     return lines
+
+
+OVERVIEW_SPARSITY = 0.9     # the sparse columns of the overview: this sparsity where measured
+
+
+def overview_lines(rows: list[dict]) -> list[str]:
+    """One Markdown row per (K, N, M): best dense fp32 and onnxruntime int8 GOP/s, and per qrt
+    runtime its dense int8 against onnxruntime int8 and the peak, and its csr / bsr at
+    OVERVIEW_SPARSITY (else the highest sparsity measured) against its own dense int8."""
+    qrts = sorted({r["runtime"] for r in rows if _is_qrt(r)})
+    sparsities = {r["sparsity"] for r in rows if r["layout"] in ("csr", "bsr")}
+    s = OVERVIEW_SPARSITY if OVERVIEW_SPARSITY in sparsities else max(sparsities, default=None)
+    header = ["K", "N", "M", "best fp32 GOP/s", "ort int8 GOP/s"]
+    for q in qrts:
+        header += [f"{q} int8 x ort int8", f"{q} int8 % peak"]
+        if s is not None:
+            header += [f"{q} csr {s:.0%} x int8", f"{q} bsr {s:.0%} x int8"]
+    out = []
+    for (n, k, m), group in sorted(_group_by_shape(rows).items(), key=lambda kv: (kv[0][1], kv[0][0], kv[0][2])):
+        def find(runtime=None, layout=None, sparsity=0.0, baseline=False):
+            return [r for r in group if r["valid"] and (runtime is None or r["runtime"] == runtime)
+                    and (layout is None or r["layout"] == layout) and r["sparsity"] == sparsity
+                    and (not baseline or not _is_qrt(r))]
+        fp32 = find(layout="fp32", baseline=True)
+        ort = [r for r in group if r["runtime"] == "onnxruntime int8"]
+        cells = [str(k), str(n), str(m), _fmt_opt(max((r["gops"] for r in fp32), default=None), "{:.0f}"),
+                 _fmt_opt(ort[0]["gops"] if ort else None, "{:.0f}")]
+        for q in qrts:
+            dense = find(q, "int8")
+            cells += [_fmt_ratio(dense[0]["vs_ort_int8"] if dense else None),
+                      _fmt_opt(dense[0]["pct_peak"] if dense else None, "{:.0f}")]
+            if s is not None:
+                for lay in ("csr", "bsr"):
+                    sp = find(q, lay, s)
+                    cells.append(_fmt_ratio(sp[0]["vs_dense_int8"] if sp else None))
+        out.append(cells)
+    return markdown_table(tuple(header), out)
 
 
 def _group_by_shape(rows: list[dict]) -> dict[tuple[int, int, int], list[dict]]:

@@ -16,24 +16,33 @@ from typing import Any, Callable
 PASSES = 3
 MIN_CALLS, MAX_CALLS = 6, 600
 SETTLE_SECONDS = 0.1        # > the spin-wait of OpenBLAS / onnxruntime / PyTorch workers
+SLOW_CALL_SECONDS = 0.05    # calls this long are timed once per pass (3 calls: the spread is small)
 
 
 def time_blocked(fns: list[Callable[[], Any]], settle: list[bool], min_seconds: float,
                  passes: int = PASSES) -> list[list[list[float]]]:
-    """Per function, ``passes`` lists of call times in seconds; at least MIN_CALLS calls in all
-    and about ``min_seconds`` of calls per function (at most MAX_CALLS), after 2 warm-up calls
-    per pass (compilation, allocator, caches)."""
+    """Per function, ``passes`` lists of call times in seconds: about ``min_seconds`` of calls
+    per function in all, at least MIN_CALLS (or one per pass for calls longer than
+    SLOW_CALL_SECONDS) and at most MAX_CALLS. Warm-up (compilation, allocator, caches): two
+    calls in the first pass (one for a slow call), one in the others (none for slow calls)."""
     times: list[list[list[float]]] = [[] for _ in fns]
-    for _ in range(passes):
+    per_call = [0.0] * len(fns)
+    for p in range(passes):
         time.sleep(SETTLE_SECONDS)
         for i, fn in enumerate(fns):
             if settle[i] or (i and settle[i - 1]):
                 time.sleep(SETTLE_SECONDS)
-            t0 = time.perf_counter()
-            fn()
-            fn()
-            per_call = (time.perf_counter() - t0) / 2
-            calls = max(-(-MIN_CALLS // passes), min(MAX_CALLS // passes, int(min_seconds / passes / max(per_call, 1e-9))))
+            if p == 0 or per_call[i] <= SLOW_CALL_SECONDS:
+                t0 = time.perf_counter()
+                fn()
+                per_call[i] = time.perf_counter() - t0
+                if p == 0 and per_call[i] <= SLOW_CALL_SECONDS:     # the first call may have compiled
+                    t0 = time.perf_counter()
+                    fn()
+                    per_call[i] = time.perf_counter() - t0
+            slow = per_call[i] > SLOW_CALL_SECONDS
+            least = 1 if slow else -(-MIN_CALLS // passes)
+            calls = max(least, min(MAX_CALLS // passes, int(min_seconds / passes / max(per_call[i], 1e-9))))
             ts = []
             for _ in range(calls):
                 t0 = time.perf_counter()
