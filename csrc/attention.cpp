@@ -1,4 +1,5 @@
-// Float32 attention: AVX-512 FMA micro-kernels and a scalar fallback. Numerics: attention.h.
+// Float32 attention: AVX-512 FMA micro-kernels, the dispatch to the AVX2 ones
+// (attention_avx2.cpp) and a scalar fallback. Numerics: attention.h.
 #include "attention.h"
 
 #include <algorithm>
@@ -8,6 +9,7 @@
 #include <vector>
 
 #include "cpu_features.h"
+#include "int8_gemm.h"      // int8_isa_forced / int8_current_isa: fused_auto_isa's cap
 
 #if defined(_OPENMP)
 #include <omp.h>
@@ -29,15 +31,12 @@ namespace qrt {
 
 namespace {
 
-// exp32 constants (kernels/numba_cpu/ops.py _exp32): ln 2 in two float32 parts (Cephes expf),
-// n * kLn2Hi exact for |n| <= 2^8.
-constexpr float kLog2e = 1.44269504088896340736f;
-constexpr float kLn2Hi = 0.693359375f;
-constexpr float kLn2Lo = -2.12194440e-4f;
-constexpr float kExpMin = -87.3f;        // exp(-87.3) ~ 1.2e-38, the smallest normal float32
-// Taylor coefficients of e^r, r^7 down to r^2 (then r + 1): truncation < 1.2e-7 relative
-// for |r| <= ln2 / 2
-constexpr float kExpPoly[6] = {1.0f / 5040, 1.0f / 720, 1.0f / 120, 1.0f / 24, 1.0f / 6, 0.5f};
+// exp32 constants: attention.h (shared with the AVX2 kernels)
+using fused_detail::kExpMin;
+using fused_detail::kExpPoly;
+using fused_detail::kLn2Hi;
+using fused_detail::kLn2Lo;
+using fused_detail::kLog2e;
 
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
@@ -262,6 +261,14 @@ void attention_item(const AttentionArgs& a, int64_t item, Scratch& w, FusedIsa i
         for (int64_t i = 0; i < sq; ++i)
             w.inv[i] = 1.0f / softmax_row_avx512(s + i * sk16, sk, a.scale, row_invariant ? fixed_row : mask_row(i));
         gemm_avx512(sq, dv16, sk, s, sk16, vb, ldv, yt, dv16);
+    } else if (isa == FusedIsa::avx2) {
+        // 8-column vectors: the 16-padded scratch holds them; only round_up(., 8) columns
+        // are computed (V's rows, read in place when Dv % 16 == 0, are then exactly Dv long)
+        fused_detail::gemm_avx2(sq, round_up(sk, 8), d, qh, qs, kt, sk16, s, sk16);
+        for (int64_t i = 0; i < sq; ++i)
+            w.inv[i] = 1.0f / fused_detail::softmax_row_avx2(s + i * sk16, sk, a.scale,
+                                                             row_invariant ? fixed_row : mask_row(i));
+        fused_detail::gemm_avx2(sq, round_up(dv, 8), sk, s, sk16, vb, ldv, yt, dv16);
     } else
 #endif
     {
@@ -282,19 +289,41 @@ void attention_item(const AttentionArgs& a, int64_t item, Scratch& w, FusedIsa i
 
 }  // namespace
 
-const char* fused_isa_name(FusedIsa isa) { return isa == FusedIsa::avx512 ? "avx512" : "scalar"; }
+const char* fused_isa_name(FusedIsa isa) {
+    switch (isa) {
+        case FusedIsa::avx512: return "avx512";
+        case FusedIsa::avx2: return "avx2";
+        default: return "scalar";
+    }
+}
 
 bool fused_isa_supported(FusedIsa isa) {
     if (isa == FusedIsa::scalar) return true;
 #if QRT_FUSED_X86_SIMD
     static const CpuFeatures f = detect_cpu_features();
+    if (isa == FusedIsa::avx2) return f.avx2 && f.fma;
     return f.avx512f;
 #else
     return false;
 #endif
 }
 
-FusedIsa fused_best_isa() { return fused_isa_supported(FusedIsa::avx512) ? FusedIsa::avx512 : FusedIsa::scalar; }
+FusedIsa fused_best_isa() {
+    if (fused_isa_supported(FusedIsa::avx512)) return FusedIsa::avx512;
+    if (fused_isa_supported(FusedIsa::avx2)) return FusedIsa::avx2;
+    return FusedIsa::scalar;
+}
+
+FusedIsa fused_auto_isa() {
+    const FusedIsa best = fused_best_isa();
+    if (!int8_isa_forced()) return best;
+    // the forced int8 path caps the choice: no wider vectors than it uses
+    switch (int8_current_isa()) {
+        case Int8Isa::avx512_vnni: return best;
+        case Int8Isa::avx2: return best == FusedIsa::scalar ? best : FusedIsa::avx2;
+        default: return FusedIsa::scalar;
+    }
+}
 
 void attention_f32(const AttentionArgs& a, FusedIsa isa, int threads) {
     if (!fused_isa_supported(isa)) isa = FusedIsa::scalar;
@@ -322,6 +351,10 @@ void exp_f32(const float* x, float* y, int64_t n, FusedIsa isa) {
 #if QRT_FUSED_X86_SIMD
     if (isa == FusedIsa::avx512 && fused_isa_supported(isa)) {
         exp_avx512(x, y, n);
+        return;
+    }
+    if (isa == FusedIsa::avx2 && fused_isa_supported(isa)) {
+        fused_detail::exp_avx2(x, y, n);
         return;
     }
 #endif

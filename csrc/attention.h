@@ -8,24 +8,36 @@
 //   y (B, Sq, H*Dv) float32, C-contiguous:
 //     y[b, i, h*Dv:(h+1)*Dv] = softmax_j(scale * (q_bih . k_bjh) + mask[b, h, i, j]) @ v_bh
 //
+// Code paths (FusedIsa): AVX-512F (16 lanes), AVX2 + FMA (8 lanes, csrc/attention_avx2.cpp),
+// scalar. "auto" (fused_auto_isa) is the best one the CPU has, capped by the int8 path when
+// QRT_NATIVE_ISA / set_int8_isa forces one (int8_isa_forced(): avx512_vnni allows avx512, avx2
+// allows avx2, scalar forces scalar), so that forcing it tests the whole backend on that ISA.
+//
 // Numerics (spec: kernels/reference/fused.py attention_ref, float64 rounded once):
-//   - S = Qh Kh^T accumulated in float32 over d in order (one FMA per term on AVX-512);
-//     then s = S * scale + mask (one FMA on AVX-512, multiply then add on the scalar path).
+//   - S = Qh Kh^T accumulated in float32 over d in order (one FMA per term on AVX-512 and
+//     AVX2: the two give the same S); then s = S * scale + mask (one FMA on AVX-512 / AVX2,
+//     multiply then add on the scalar path).
 //   - softmax along j in float32: m = max_j s (a NaN score is skipped by the maximum but its
 //     exp is NaN, so the row's sum and the whole output row are NaN, as in the reference);
 //     e_j = exp32(s_j - m), exp32 below; total = sum_j e_j in float32 (16 lane partial sums
-//     on AVX-512, then a fixed reduction tree).
+//     on AVX-512, 8 on AVX2, in j order, then a fixed reduction tree; so the paths differ in
+//     the last bits of total).
 //   - y = (E V) / total: E V accumulated in float32 over j in order, then each row multiplied
 //     by 1 / total. A row masked everywhere with a large finite negative value (-3.4e38)
 //     gets equal weights, as the reference: the score is absorbed by the mask.
 //   - exp32(x) for x <= 0: n = round(x log2 e), r = x - n ln 2 (ln 2 in two float32 parts),
 //     Taylor polynomial of e^r through r^7, times 2^n; 0 below -87.3 (where the result would
-//     leave the normal float32 range), NaN stays NaN. Relative error ~1e-7 (tests).
+//     leave the normal float32 range), NaN stays NaN. Relative error ~1e-7 (tests). AVX-512
+//     and AVX2 perform the same operations (n by an FMA and a floor, 2^n by scalef / by
+//     building the exponent bits, both exact for x <= 0): the same bits for x <= 0 (the
+//     AVX2 2^n saturates at 2^127, so x > 88 differs; softmax never passes x > 0).
 //   Error against the reference: the float32 dot products, ~n 2^-24 relative to the output
 //   norm; tests/test_native_fused.py uses tests/test_fusion.py's ATTENTION_RTOL.
 //
 // Work: one item per (b, h), each computed start to end by one thread in a fixed order, so
-// the result does not depend on the thread count (OpenMP, dynamic schedule). Per thread a
+// the result does not depend on the thread count (OpenMP, dynamic schedule); each query row's
+// scores, softmax and output are computed in an order that does not depend on the other rows
+// or batches (a row or a batch alone gives the same bits as in the batch). Per thread a
 // scratch of Kh^T (D, Sk16), S (Sq, Sk16), padded V (Sk, Dv16) when Dv % 16 != 0 and
 // Y (Sq, Dv16): one head at a time, never all heads' scores.
 #pragma once
@@ -34,11 +46,15 @@
 
 namespace qrt {
 
-enum class FusedIsa { scalar = 0, avx512 = 1 };
+enum class FusedIsa { scalar = 0, avx512 = 1, avx2 = 2 };
 
 const char* fused_isa_name(FusedIsa isa);
+// avx512 needs AVX-512F, avx2 needs AVX2 and FMA (cpu_features.cpp).
 bool fused_isa_supported(FusedIsa isa);
+// The best path this CPU has.
 FusedIsa fused_best_isa();
+// The path "auto" takes now: fused_best_isa(), capped by a forced int8 path (see above).
+FusedIsa fused_auto_isa();
 
 struct AttentionArgs {
     const float* q = nullptr;
@@ -63,5 +79,28 @@ void attention_f32(const AttentionArgs& args, FusedIsa isa, int threads);
 
 // y[i] = exp32(x[i]) for x <= 0 (softmax arguments), the kernel's exp; for tests.
 void exp_f32(const float* x, float* y, int64_t n, FusedIsa isa);
+
+namespace fused_detail {
+
+// exp32 constants (kernels/numba_cpu/ops.py _exp32): ln 2 in two float32 parts (Cephes expf),
+// n * kLn2Hi exact for |n| <= 2^8.
+inline constexpr float kLog2e = 1.44269504088896340736f;
+inline constexpr float kLn2Hi = 0.693359375f;
+inline constexpr float kLn2Lo = -2.12194440e-4f;
+inline constexpr float kExpMin = -87.3f;        // exp(-87.3) ~ 1.2e-38, the smallest normal float32
+// Taylor coefficients of e^r, r^7 down to r^2 (then r + 1): truncation < 1.2e-7 relative
+// for |r| <= ln2 / 2
+inline constexpr float kExpPoly[6] = {1.0f / 5040, 1.0f / 720, 1.0f / 120, 1.0f / 24, 1.0f / 6, 0.5f};
+
+// The AVX2 + FMA kernels (csrc/attention_avx2.cpp); callers check fused_isa_supported(avx2).
+// C (m, n8) = A (m, kd) @ B (kd, n8), n8 a multiple of 8 (B and C have that many columns).
+void gemm_avx2(int64_t m, int64_t n8, int64_t kd, const float* a, int64_t lda, const float* b, int64_t ldb, float* c,
+               int64_t ldc);
+// One softmax row in place: s[j] = s[j] * scale + mrow[j] (mrow nullptr or sk unit-stride
+// values), then exp32(s - max); returns the float32 sum. Reads and writes s[0, sk) only.
+float softmax_row_avx2(float* s, int64_t sk, float scale, const float* mrow);
+void exp_avx2(const float* x, float* y, int64_t n);
+
+}  // namespace fused_detail
 
 }  // namespace qrt

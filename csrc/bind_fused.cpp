@@ -48,9 +48,12 @@ int64_t elem_stride(const py::array& a, py::ssize_t ax, const char* what) {
     return static_cast<int64_t>(s / static_cast<py::ssize_t>(sizeof(float)));
 }
 
+constexpr qrt::FusedIsa kAllIsas[] = {qrt::FusedIsa::avx512, qrt::FusedIsa::avx2, qrt::FusedIsa::scalar};
+
+// "auto": fused_auto_isa, which follows a forced int8 path (QRT_NATIVE_ISA / set_int8_isa)
 qrt::FusedIsa isa_from_name(const std::string& name) {
-    if (name == "auto") return qrt::fused_best_isa();
-    for (qrt::FusedIsa isa : {qrt::FusedIsa::avx512, qrt::FusedIsa::scalar}) {
+    if (name == "auto") return qrt::fused_auto_isa();
+    for (qrt::FusedIsa isa : kAllIsas) {
         if (name == qrt::fused_isa_name(isa)) {
             if (!qrt::fused_isa_supported(isa))
                 throw py::value_error("fused path '" + name + "' is not supported by this CPU (best here: " +
@@ -58,7 +61,7 @@ qrt::FusedIsa isa_from_name(const std::string& name) {
             return isa;
         }
     }
-    throw py::value_error("unknown fused path '" + name + "'; expected one of auto, avx512, scalar");
+    throw py::value_error("unknown fused path '" + name + "'; expected one of auto, avx512, avx2, scalar");
 }
 
 py::array attention_py(const py::object& q_obj, const py::object& k_obj, const py::object& v_obj,
@@ -184,18 +187,23 @@ void bind_fused(py::module_& m) {
           py::arg("head_dim"), py::arg("scale"), py::arg("isa") = "auto",
           "Y (B, Sq, H*Dv) float32 = softmax(scale * Q K^T + mask) V per head (csrc/attention.h): q (B, Sq, H*D), "
           "k (B, Sk, H*D), v (B, Sk, H*Dv) float32, any batch/sequence strides, last axis contiguous; mask None or "
-          "float32 broadcastable to (B, H, Sq, Sk) (any strides). isa 'auto', 'avx512' or 'scalar'.");
+          "float32 broadcastable to (B, H, Sq, Sk) (any strides). isa 'auto', 'avx512', 'avx2' or 'scalar'.");
     m.def("skip_layer_norm", &skip_layer_norm_py, py::arg("x"), py::arg("skip"), py::arg("scale"),
           py::arg("bias") = py::none(), py::arg("epsilon") = 1e-5, py::arg("isa") = "auto",
           "LayerNorm over the last axis of float32(x + skip) (csrc/layer_norm.h): x, skip (..., D) float32 "
-          "C-contiguous of one shape, scale and bias (D,) float32 (bias may be None); float64 statistics.");
+          "C-contiguous of one shape, scale and bias (D,) float32 (bias may be None); float64 statistics. "
+          "isa 'auto', 'avx512', 'avx2' or 'scalar'.");
     m.def("exp32", &exp_py, py::arg("x"), py::arg("isa") = "auto",
-          "exp of float32 x (N,) for x <= 0, as the attention softmax computes it (for tests).");
+          "exp of float32 x (N,) for x <= 0, as the attention softmax computes it (for tests). "
+          "isa 'auto', 'avx512', 'avx2' or 'scalar'.");
     m.def("fused_isas", []() {
             py::list out;
-            for (auto isa : {qrt::FusedIsa::avx512, qrt::FusedIsa::scalar})
+            for (auto isa : kAllIsas)
                 if (qrt::fused_isa_supported(isa)) out.append(qrt::fused_isa_name(isa));
             return out;
         },
-        "The code paths of attention / skip_layer_norm this CPU can run, fastest first.");
+        "The code paths of attention / skip_layer_norm / exp32 this CPU can run, fastest first.");
+    m.def("fused_isa", []() { return std::string(qrt::fused_isa_name(qrt::fused_auto_isa())); },
+          "The path isa='auto' takes now: the best of fused_isas(), no wider than the int8 path when one is "
+          "forced (QRT_NATIVE_ISA / set_int8_isa).");
 }

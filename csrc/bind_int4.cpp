@@ -133,10 +133,10 @@ void bind_int4(py::module_& m) {
           py::arg("isa") = "auto",
           "Y (M, N) float32 = X (M, K) float32 C-contiguous @ dequant(W).T + bias (float64 add, one rounding); "
           "float32 accumulation, nibbles unpacked in registers (csrc/int4_gemm.h). isa: 'auto', 'avx512' "
-          "(group_size % 32 == 0) or 'scalar'.");
+          "(group_size % 32 == 0), 'avx2' (group_size % 16 == 0) or 'scalar'.");
     m.def("int4_isas", []() {
             py::list out;
-            for (auto isa : {qrt::Int4Isa::avx512, qrt::Int4Isa::scalar})
+            for (auto isa : {qrt::Int4Isa::avx512, qrt::Int4Isa::avx2, qrt::Int4Isa::scalar})
                 if (qrt::int4_isa_supported(isa)) out.append(qrt::int4_isa_name(isa));
             return out;
         },

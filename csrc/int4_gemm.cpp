@@ -1,8 +1,10 @@
 // int4_grouped weight-only Linear: dispatch, threads, scalar path. Numerics: int4_gemm.h.
+// The SIMD tiles are in int4_gemm_avx512.cpp and int4_gemm_avx2.cpp.
 #include "int4_gemm.h"
 
 #include <algorithm>
 #include <stdexcept>
+#include <tuple>
 
 #include "cpu_features.h"
 #include "int8_gemm.h"
@@ -31,12 +33,20 @@ Int4Weight int4_make_weight(const uint8_t* qdata, const float* scale, const uint
     return w;
 }
 
-const char* int4_isa_name(Int4Isa isa) { return isa == Int4Isa::avx512 ? "avx512" : "scalar"; }
+const char* int4_isa_name(Int4Isa isa) {
+    switch (isa) {
+        case Int4Isa::avx512: return "avx512";
+        case Int4Isa::avx2: return "avx2";
+        default: return "scalar";
+    }
+}
 
 bool int4_isa_supported(Int4Isa isa) {
     if (isa == Int4Isa::scalar) return true;
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-    const CpuFeatures f = detect_cpu_features();
+    // detected once: the CPU does not change under a running process
+    static const CpuFeatures f = detect_cpu_features();
+    if (isa == Int4Isa::avx2) return f.avx2 && f.fma;
     return f.avx512f && f.avx512bw;
 #else
     return false;
@@ -44,21 +54,29 @@ bool int4_isa_supported(Int4Isa isa) {
 }
 
 Int4Isa int4_auto_isa(const Int4Weight& w) {
-    if (w.group_size % 32 == 0 && int8_current_isa() == Int8Isa::avx512_vnni && int4_isa_supported(Int4Isa::avx512))
+    // a forced int8 path caps the choice (int4_gemm.h); read once, so one answer per call
+    const bool forced = int8_isa_forced();
+    const Int8Isa cap = forced ? int8_current_isa() : Int8Isa::avx512_vnni;
+    if (w.group_size % kInt4Avx512Step == 0 && cap == Int8Isa::avx512_vnni && int4_isa_supported(Int4Isa::avx512))
         return Int4Isa::avx512;
+    if (w.group_size % kInt4Avx2Step == 0 && cap != Int8Isa::scalar && int4_isa_supported(Int4Isa::avx2))
+        return Int4Isa::avx2;
     return Int4Isa::scalar;
 }
 
 Int4Isa int4_isa_from_name(const std::string& name, const Int4Weight& w) {
     if (name == "auto") return int4_auto_isa(w);
     if (name == "scalar") return Int4Isa::scalar;
-    if (name == "avx512") {
-        if (!int4_isa_supported(Int4Isa::avx512)) throw std::invalid_argument("isa 'avx512': this CPU has no AVX-512F/BW");
-        if (w.group_size % 32)
-            throw std::invalid_argument("isa 'avx512' needs group_size % 32 == 0, got " + std::to_string(w.group_size));
-        return Int4Isa::avx512;
+    for (const auto& [isa, step, needs] : {std::tuple{Int4Isa::avx512, kInt4Avx512Step, "AVX-512F/BW"},
+                                           std::tuple{Int4Isa::avx2, kInt4Avx2Step, "AVX2/FMA"}}) {
+        if (name != int4_isa_name(isa)) continue;
+        if (!int4_isa_supported(isa)) throw std::invalid_argument("isa '" + name + "': this CPU has no " + needs);
+        if (w.group_size % step)
+            throw std::invalid_argument("isa '" + name + "' needs group_size % " + std::to_string(step) +
+                                        " == 0, got " + std::to_string(w.group_size));
+        return isa;
     }
-    throw std::invalid_argument("isa = '" + name + "', expected 'auto', 'avx512' or 'scalar'");
+    throw std::invalid_argument("isa = '" + name + "', expected 'auto', 'avx512', 'avx2' or 'scalar'");
 }
 
 namespace {
@@ -100,16 +118,18 @@ void int4_linear(const Int4Weight& w, const float* x, int64_t m, const double* b
         }
         return;
     }
-    // AVX-512: X re-ordered per 32-block (evens, then odds) so that the unpacked low / high
-    // nibbles of 16 bytes line up with it without shuffles; zero padded to Kp.
+    // SIMD: X re-ordered per step of k (32 on AVX-512, 16 on AVX2; evens, then odds) so that
+    // the unpacked low / high nibbles of a step's bytes line up with it without shuffles; zero
+    // padded to Kp.
     const int64_t kp = w.kp();
+    const int64_t step = isa == Int4Isa::avx512 ? kInt4Avx512Step : kInt4Avx2Step, half = step / 2;
     std::vector<float> xs(static_cast<size_t>(m * kp), 0.0f);
     for (int64_t r = 0; r < m; ++r) {
         const float* xr = x + r * w.k;
         float* d = xs.data() + r * kp;
         for (int64_t k = 0; k < w.k; ++k) {
-            const int64_t b = k & ~int64_t(31), e = k & 31;
-            d[b + (e & 1) * 16 + (e >> 1)] = xr[k];
+            const int64_t b = k & ~(step - 1), e = k & (step - 1);   // steps are powers of two
+            d[b + (e & 1) * half + (e >> 1)] = xr[k];
         }
     }
     const int64_t nblocks = (w.n + 3) / 4, mblocks = (m + 3) / 4;
@@ -124,7 +144,10 @@ void int4_linear(const Int4Weight& w, const float* x, int64_t m, const double* b
         const int64_t n0 = nb * 4, nr = std::min<int64_t>(4, w.n - n0);
         const int64_t m0 = mb * 4, mr = std::min<int64_t>(4, m - m0);
         float acc[16];
-        int4_detail::tile_avx512(w, xs.data() + m0 * kp, kp, mr, n0, nr, acc);
+        if (isa == Int4Isa::avx512)
+            int4_detail::tile_avx512(w, xs.data() + m0 * kp, kp, mr, n0, nr, acc);
+        else
+            int4_detail::tile_avx2(w, xs.data() + m0 * kp, kp, mr, n0, nr, acc);
         for (int64_t r = 0; r < mr; ++r)
             for (int64_t c = 0; c < nr; ++c) y[(m0 + r) * w.n + n0 + c] = finish(acc[r * 4 + c], bias, n0 + c);
     }

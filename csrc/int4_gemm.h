@@ -8,15 +8,20 @@
 // Numerics. The weight is never materialised in float32: each nibble is unpacked in registers
 // to w = float32(q - zp) * scale (q - zp is exact in float32, one float32 rounding of the
 // product: the very bits of PackedTensor.to_dense()), then accumulated as x * w in float32:
-// AVX-512 FMAs in 16 lanes, the lanes summed at the end (fixed order), or, on the scalar path,
-// a sequential multiply-add in k order. The bias is added in float64 and the sum rounded once.
+//   - AVX-512 (group_size % 32 == 0): FMAs in 16 lanes; per 32-block of k, lane l takes
+//     element 2l, then 2l + 1; the 16 lanes summed at the end by _mm512_reduce_add_ps's tree.
+//   - AVX2 + FMA (group_size % 16 == 0): FMAs in 8 lanes; per 16-block of k, lane l takes
+//     element 2l, then 2l + 1; the 8 lanes summed at the end as ((l0 + l4) + (l2 + l6)) +
+//     ((l1 + l5) + (l3 + l7)).
+//   - scalar: a sequential multiply-add (two roundings) in k order.
+// The bias is added in float64 and the sum rounded once.
 // Against the reference (float64 accumulation of the same dequantized weights, rounded once):
 //     |y - y_ref| <= (K + 2) * 2^-24 * sum_k |x_k w_nk|     (+ |bias| * 2^-24)
 // (the float32 summation error of K terms, gamma_K, plus the final rounding).
 //
 // Every output (m, n) is computed by one thread in an order that does not depend on M, on the
 // row's position in M, or on the thread count: results are identical for threads 1..T and for
-// M = 1 vs batched. The AVX-512 and scalar paths differ in summation order (not bit equal).
+// M = 1 vs batched. The three paths differ in summation order (not bit equal to each other).
 #pragma once
 
 #include <cstdint>
@@ -25,7 +30,11 @@
 
 namespace qrt {
 
-enum class Int4Isa : int { scalar = 0, avx512 = 1 };
+enum class Int4Isa : int { scalar = 0, avx512 = 1, avx2 = 2 };
+
+// k elements per vector step of each path: a group must hold whole steps (group_size % step)
+constexpr int64_t kInt4Avx512Step = 32;   // 16 bytes -> 16 lanes of evens + 16 of odds
+constexpr int64_t kInt4Avx2Step = 16;     // 8 bytes -> 8 lanes of evens + 8 of odds
 
 struct Int4Weight {
     int64_t n = 0, k = 0;
@@ -44,12 +53,15 @@ Int4Weight int4_make_weight(const uint8_t* qdata, const float* scale, const uint
                             int64_t n, int64_t k, int64_t group_size);
 
 const char* int4_isa_name(Int4Isa isa);
+// avx512 needs AVX-512F/BW, avx2 needs AVX2 and FMA (cpu_features.cpp).
 bool int4_isa_supported(Int4Isa isa);
-// the path int4_linear takes: AVX-512 when the int8 code path in force is AVX-512 VNNI (so that
-// QRT_NATIVE_ISA / set_int8_isa force both) and the group size is a multiple of 32; else scalar.
+// The path int4_linear takes: the widest one this CPU supports whose step divides the group
+// size (AVX-512: g % 32 == 0, AVX2: g % 16 == 0), else scalar. When the int8 code path is
+// forced (QRT_NATIVE_ISA / set_int8_isa: int8_isa_forced()) no wider path than it is taken:
+// avx512_vnni allows avx512, avx2 allows avx2, scalar forces scalar, so forcing one tests both.
 Int4Isa int4_auto_isa(const Int4Weight& w);
 // Name -> path ("auto" -> int4_auto_isa); throws std::invalid_argument for an unknown name, an
-// unsupported path, or "avx512" with a group size that is not a multiple of 32.
+// unsupported path, or "avx512" / "avx2" with a group size that is not a multiple of 32 / 16.
 Int4Isa int4_isa_from_name(const std::string& name, const Int4Weight& w);
 
 // x (M, K) row-major, bias (N,) float64 or nullptr, y (M, N) row-major.
@@ -62,6 +74,11 @@ namespace int4_detail {
 // even elements, then the 16 odd ones), Kp long, zero padded.
 void tile_avx512(const Int4Weight& w, const float* xs, int64_t ldx, int64_t mr, int64_t n0, int64_t nr,
                  float* acc);
+// The same on AVX2 (group_size % 16 == 0), xs re-ordered per 16-block (the 8 even elements,
+// then the 8 odd ones). Inside, 1 X row x 4 weight rows, or up to 4 X rows x 2 weight rows
+// per K pass (at most 8 ymm accumulators: the unpacked weights and X need the other 8).
+void tile_avx2(const Int4Weight& w, const float* xs, int64_t ldx, int64_t mr, int64_t n0, int64_t nr,
+               float* acc);
 }  // namespace int4_detail
 
 }  // namespace qrt

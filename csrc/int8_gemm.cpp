@@ -221,6 +221,8 @@ Int8Isa int8_current_isa() {
     return forced < 0 ? int8_best_isa() : static_cast<Int8Isa>(forced);
 }
 
+bool int8_isa_forced() { return g_isa_override.load() >= 0; }
+
 void int8_set_isa(const std::string& name) {
     if (name == "auto") {
         g_isa_override.store(-1);

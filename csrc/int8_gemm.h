@@ -61,6 +61,11 @@ Int8Isa int8_current_isa();
 // "auto" clears the override; "scalar", "avx2" or "avx512_vnni" forces that path. Throws
 // std::invalid_argument for an unknown name or a path this CPU cannot run.
 void int8_set_isa(const std::string& name);
+// Whether a path is forced (int8_set_isa with a name other than "auto", i.e. QRT_NATIVE_ISA or
+// set_int8_isa). The int4 and fused ops' "auto" paths follow a forced int8 path (no wider ISA
+// than it), so that forcing one tests the whole backend on that ISA; unforced, they take the
+// best path this CPU has.
+bool int8_isa_forced();
 
 // Worker threads of int8_linear (OpenMP; 1 without OpenMP). n >= 1.
 void int8_set_threads(int n);

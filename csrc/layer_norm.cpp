@@ -1,6 +1,5 @@
-// SkipLayerNormalization: numerics in layer_norm.h. One row function, compiled for the
-// baseline and (with the same source, so the same sums in the same order) for AVX-512, where
-// the compiler vectorises its 8 float64 partial sums.
+// SkipLayerNormalization: numerics in layer_norm.h. One generic row function (rows_body, the
+// scalar path) and explicit AVX-512 and AVX2 versions of it.
 #include "layer_norm.h"
 
 #include <algorithm>
@@ -162,6 +161,76 @@ QRT_LN_AVX512 void rows_avx512(const float* x, const float* skip, const float* s
         }
     }
 }
+
+// Explicit AVX2: rows_body's arithmetic exactly, so the scalar path's bits. 8 floats a step,
+// widened to two float64 vectors that are rows_body's partial sums s[0..3] and s[4..7]
+// (lane l sums the elements j with j % 8 == l, in j order), combined in rows_body's order;
+// the d % 8 tail in scalars as there; the affine step in float64 (sub, mul, mul, add).
+#define QRT_LN_AVX2 __attribute__((target("avx2")))
+
+QRT_LN_AVX2 inline void accumulate8(__m256 t, __m256d& s0, __m256d& s1, __m256d& q0, __m256d& q1) {
+    const __m256d a = _mm256_cvtps_pd(_mm256_castps256_ps128(t)), b = _mm256_cvtps_pd(_mm256_extractf128_ps(t, 1));
+    s0 = _mm256_add_pd(s0, a);
+    s1 = _mm256_add_pd(s1, b);
+    q0 = _mm256_add_pd(q0, _mm256_mul_pd(a, a));
+    q1 = _mm256_add_pd(q1, _mm256_mul_pd(b, b));
+}
+
+// rows_body's (((v0 + v1) + (v2 + v3)) + ((v4 + v5) + (v6 + v7))) of the 8 partial sums
+QRT_LN_AVX2 inline double combine8(__m256d lo, __m256d hi) {
+    alignas(32) double v[8];
+    _mm256_store_pd(v, lo);
+    _mm256_store_pd(v + 4, hi);
+    return ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]));
+}
+
+QRT_LN_AVX2 inline __m128 affine4(__m128 t, __m128 g, __m128 b, __m256d mean, __m256d rstd, bool has_bias) {
+    const __m256d r = _mm256_mul_pd(_mm256_mul_pd(_mm256_sub_pd(_mm256_cvtps_pd(t), mean), rstd), _mm256_cvtps_pd(g));
+    return _mm256_cvtpd_ps(has_bias ? _mm256_add_pd(r, _mm256_cvtps_pd(b)) : r);
+}
+
+QRT_LN_AVX2 void rows_avx2(const float* x, const float* skip, const float* scale, const float* bias, double eps,
+                           float* y, int64_t lo, int64_t hi, int64_t d) {
+    const int64_t d8 = d / 8 * 8;
+    const bool has_bias = bias != nullptr;
+    for (int64_t i = lo; i < hi; ++i) {
+        const float* xr = x + i * d;
+        const float* sr = skip + i * d;
+        float* yr = y + i * d;                    // holds t = float32(x + skip) until the last pass
+        __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
+        __m256d q0 = _mm256_setzero_pd(), q1 = _mm256_setzero_pd();
+        for (int64_t j = 0; j < d8; j += 8) {
+            const __m256 t = _mm256_add_ps(_mm256_loadu_ps(xr + j), _mm256_loadu_ps(sr + j));
+            _mm256_storeu_ps(yr + j, t);
+            accumulate8(t, s0, s1, q0, q1);
+        }
+        double s_tail = 0.0, q_tail = 0.0;
+        for (int64_t j = d8; j < d; ++j) {
+            const float t = xr[j] + sr[j];
+            yr[j] = t;
+            const double t64 = static_cast<double>(t);
+            s_tail += t64;
+            q_tail += t64 * t64;
+        }
+        const double mean = (combine8(s0, s1) + s_tail) / static_cast<double>(d);
+        const double var = std::max((combine8(q0, q1) + q_tail) / static_cast<double>(d) - mean * mean, 0.0);
+        const double rstd = 1.0 / std::sqrt(var + eps);
+        const __m256d vmean = _mm256_set1_pd(mean), vrstd = _mm256_set1_pd(rstd);
+        for (int64_t j = 0; j < d8; j += 8) {
+            const __m256 t = _mm256_loadu_ps(yr + j), g = _mm256_loadu_ps(scale + j);
+            const __m256 b = has_bias ? _mm256_loadu_ps(bias + j) : _mm256_setzero_ps();
+            const __m128 lo4 = affine4(_mm256_castps256_ps128(t), _mm256_castps256_ps128(g), _mm256_castps256_ps128(b),
+                                       vmean, vrstd, has_bias);
+            const __m128 hi4 = affine4(_mm256_extractf128_ps(t, 1), _mm256_extractf128_ps(g, 1),
+                                       _mm256_extractf128_ps(b, 1), vmean, vrstd, has_bias);
+            _mm256_storeu_ps(yr + j, _mm256_set_m128(hi4, lo4));
+        }
+        for (int64_t j = d8; j < d; ++j) {
+            const double r = (static_cast<double>(yr[j]) - mean) * rstd * static_cast<double>(scale[j]);
+            yr[j] = static_cast<float>(has_bias ? r + static_cast<double>(bias[j]) : r);
+        }
+    }
+}
 #endif
 
 }  // namespace
@@ -171,6 +240,7 @@ void skip_layer_norm_f32(const float* x, const float* skip, const float* scale, 
     auto rows_fn = rows_scalar;
 #if QRT_LN_X86_SIMD
     if (isa == FusedIsa::avx512 && fused_isa_supported(isa)) rows_fn = rows_avx512;
+    if (isa == FusedIsa::avx2 && fused_isa_supported(isa)) rows_fn = rows_avx2;
 #else
     (void)isa;
 #endif

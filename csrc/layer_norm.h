@@ -8,7 +8,10 @@
 // float64 (8 partial sums per row, combined in a fixed order), var = max(E[t^2] - mean^2, 0),
 // the affine step in float64, rounded once to float32. Against the float64 reference
 // (kernels/reference/fused.py): one float32 rounding plus the E[t^2] - mean^2 cancellation,
-// ~1e-16 mean^2 / var (tests/test_fusion.py SKIP_LN_ATOL).
+// ~1e-16 mean^2 / var (tests/test_fusion.py SKIP_LN_ATOL). Paths (FusedIsa, "auto" as for
+// attention: attention.h): scalar (the generic row function), AVX2 (the scalar path's bits:
+// its 8 partial sums are two float64 vectors of 4) and AVX-512 (16 partial sums, so it
+// differs from the other two in the last bits).
 //
 // Work: blocks of kSkipLnRowsPerItem rows, each row computed by one thread: the result does
 // not depend on the thread count.

@@ -1,8 +1,8 @@
 """native fused BERT ops (csrc/attention.cpp, csrc/layer_norm.cpp, kernels/native_cpu/fused.py)
 against the float64 references of kernels/reference/fused.py, with tests/test_fusion.py's
 tolerances (ATTENTION_RTOL, SKIP_LN_ATOL: the native kernels have the numba kernels' numerics),
-on every code path this CPU has (``isa``: 'avx512' and 'scalar') and 1 and 2 threads (the
-results must be identical), plus the test BERT end to end with backend="native".
+on every code path this CPU has (``isa``: 'avx512', 'avx2' and 'scalar') and 1 and 2 threads
+(the results must be identical), plus the test BERT end to end with backend="native".
 """
 from __future__ import annotations
 
@@ -18,20 +18,25 @@ _REASON = registry.backend_status("native")
 pytestmark = pytest.mark.skipif(_REASON is not None, reason=f"native backend unavailable: {_REASON}")
 
 if _REASON is None:
-    from kernels.native_cpu import _native
+    from kernels.native_cpu import _native, cpu_features
     ISAS = tuple(_native.fused_isas())          # fastest first; "scalar" always
+    _FEATURES = cpu_features()
 else:
     _native = None
     ISAS = ()
+    _FEATURES = {}
 
 # exp32 against float64 exp on [-87, 0]: Taylor truncation 1.2e-7 at |r| = ln2/2 plus a few
 # float32 roundings (the numba _exp32's bound, tests/test_fusion.py test_exp32_accuracy)
 EXP32_RTOL = 2e-7
 
-# (B, Sq, Sk, H, D, Dv): Sq != Sk, D and Dv not multiples of 4 or 16, Sk across tile edges
+# (B, Sq, Sk, H, D, Dv): Sq != Sk, D and Dv not multiples of 4, 8 or 16, Sk across tile edges
+# (16 lanes on AVX-512, 8 on AVX2, whose row tiles are 6 high: Sq = 1, 6, 7, 13), Dv = 24
+# (whole 8-lane vectors, not 16), Sq = 1 (one query: decoding)
 ATTENTION_SHAPES = [
     (1, 1, 1, 1, 1, 1), (1, 16, 16, 12, 32, 32), (2, 7, 13, 3, 6, 6), (1, 130, 130, 2, 64, 64),
     (3, 5, 9, 4, 5, 3), (1, 33, 65, 12, 32, 32), (2, 17, 31, 2, 17, 20), (1, 9, 40, 1, 48, 16),
+    (1, 13, 17, 3, 24, 8), (2, 6, 8, 2, 7, 9), (3, 1, 11, 2, 10, 24), (1, 1, 57, 4, 32, 32),
 ]
 
 
@@ -41,6 +46,38 @@ def threads():
     before = _native.get_threads()
     yield _native.set_threads
     _native.set_threads(before)
+
+
+def test_fused_paths_on_this_cpu():
+    """The AVX2 path exists wherever the CPU has AVX2 and FMA (csrc/attention_avx2.cpp), the
+    AVX-512 one wherever it has AVX-512F; "scalar" always; fastest first."""
+    want = [isa for isa, ok in (("avx512", _FEATURES["avx512f"]), ("avx2", _FEATURES["avx2"] and _FEATURES["fma"]))
+            if ok]
+    assert list(ISAS) == want + ["scalar"]
+
+
+@pytest.fixture
+def int8_isa():
+    yield _native.set_int8_isa
+    _native.set_int8_isa("auto")
+
+
+def test_fused_auto_path_follows_the_forced_int8_path(int8_isa):
+    """isa='auto' (fused_isa()) is the best path, no wider than the int8 path when
+    QRT_NATIVE_ISA / set_int8_isa forces one, so that forcing it runs the whole backend on that
+    ISA; 'auto' then gives that path's bits."""
+    q, k, v, mask = _attention_case("auto", 2, 7, 13, 3, 12, 12, "b1qs")
+    x = _rng("auto-ln").standard_normal((3, 21)).astype(np.float32)
+    g = np.ones(21, np.float32)
+    order = ("avx512", "avx2", "scalar")
+    cap = {"auto": "avx512", "avx512_vnni": "avx512", "avx2": "avx2", "scalar": "scalar"}
+    for forced in ("auto", *_native.int8_isas()):
+        int8_isa(forced)
+        want = next(i for i in ISAS if order.index(i) >= order.index(cap[forced]))
+        assert _native.fused_isa() == want, forced
+        np.testing.assert_array_equal(_native.attention(q, k, v, mask, 12, 0.3),
+                                      _native.attention(q, k, v, mask, 12, 0.3, want))
+        np.testing.assert_array_equal(_native.skip_layer_norm(x, x, g), _native.skip_layer_norm(x, x, g, None, 1e-5, want))
 
 
 @pytest.mark.parametrize("shape", ATTENTION_SHAPES)
@@ -72,6 +109,21 @@ def test_attention_big_problem_threads_identical(isa, threads):
         outs.append(_native.attention(q, k, v, mask, 32, 0.125, isa))
     np.testing.assert_array_equal(outs[0], outs[1])
     assert _rel(outs[0], attention_ref(q, k, v, mask, head_dim=32, scale=0.125)) < ATTENTION_RTOL
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("mask_kind", [None, "b11s", "bhqs"])
+def test_attention_rows_and_batches_alone_give_the_same_bits(isa, mask_kind):
+    """csrc/attention.h: a query row (Sq = 1, decoding) or a batch computed alone gives the
+    bits it has in the whole problem, wherever it sits in the row tiles (6 or 8 high)."""
+    b, sq, sk, h, d = 2, 15, 19, 3, 10
+    q, k, v, mask = _attention_case("alone", b, sq, sk, h, d, d, mask_kind)
+    full = _native.attention(q, k, v, mask, d, 0.4, isa)
+    for i in (0, 5, 6, sq - 1):
+        m_i = None if mask is None else mask[:, :, i:i + 1] if mask.shape[2] > 1 else mask
+        np.testing.assert_array_equal(_native.attention(q[:, i:i + 1], k, v, m_i, d, 0.4, isa), full[:, i:i + 1])
+    np.testing.assert_array_equal(_native.attention(q[1:], k[1:], v[1:], None if mask is None else mask[1:], d, 0.4,
+                                                    isa), full[1:])
 
 
 @pytest.mark.parametrize("isa", ISAS)
@@ -127,6 +179,20 @@ def test_exp32_accuracy(isa):
     assert np.max(np.abs(got - want) / want) < EXP32_RTOL
     special = _native.exp32(np.array([np.nan, -np.inf, -88.0, -1e30, 0.0], np.float32), isa)
     assert np.isnan(special[0]) and list(special[1:]) == [0.0, 0.0, 0.0, 1.0]
+    for n in (1, 7, 9, 17):           # the tails of the 8 / 16 lane loops
+        np.testing.assert_array_equal(_native.exp32(x[:n], isa), got[:n])
+
+
+def test_exp32_simd_paths_give_the_same_bits():
+    """csrc/attention.h: the AVX2 exp32 performs the AVX-512 one's operations (2^n built in the
+    exponent bits instead of vscalefps, exact for x <= 0): the same bits on softmax arguments."""
+    simd = [isa for isa in ISAS if isa != "scalar"]
+    if len(simd) < 2:
+        pytest.skip(f"needs two SIMD paths, this CPU has {simd}")
+    x = np.concatenate([-np.linspace(0, 90, 300_001), [-0.0, -1e-38, -87.3, -87.29999]]).astype(np.float32)
+    outs = [_native.exp32(x, isa) for isa in simd]
+    for other in outs[1:]:
+        np.testing.assert_array_equal(outs[0], other)
 
 
 def test_attention_bad_inputs_raise():
@@ -149,7 +215,7 @@ def test_attention_bad_inputs_raise():
     for args, exc, msg in cases:
         with pytest.raises(exc, match=msg):
             _native.attention(*args)
-    with pytest.raises(ValueError, match="unknown fused path"):
+    with pytest.raises(ValueError, match="unknown fused path 'avx9'; expected one of auto, avx512, avx2, scalar"):
         _native.attention(q, q, q, None, 4, 1.0, "avx9")
     unaligned = np.zeros(100, np.uint8)[1:97].view(np.float32).reshape(1, 3, 8)
     assert not unaligned.flags.aligned
@@ -159,7 +225,7 @@ def test_attention_bad_inputs_raise():
 
 # --- SkipLayerNormalization ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("rows, d", [(1, 1), (3, 7), (128, 384), (1000, 64), (37, 769)])
+@pytest.mark.parametrize("rows, d", [(1, 1), (3, 7), (128, 384), (1000, 64), (37, 769), (5, 8), (17, 23), (2, 1000)])
 def test_skip_layer_norm_matches_reference(rows, d, threads):
     rng = _rng("native-skipln", rows, d)
     x = rng.standard_normal((rows, d)).astype(np.float32) * 3 + 1
@@ -177,6 +243,11 @@ def test_skip_layer_norm_matches_reference(rows, d, threads):
         np.testing.assert_allclose(outs[0], want, rtol=0, atol=SKIP_LN_ATOL * max(1.0, float(np.abs(want).max())))
         no_bias = _native.skip_layer_norm(x, skip, g, None, 1e-12, isa)
         np.testing.assert_allclose(no_bias, want_nb, rtol=0, atol=SKIP_LN_ATOL * max(1.0, float(np.abs(want_nb).max())))
+        if isa == "avx2":       # csrc/layer_norm.h: the scalar path's sums in the same order
+            np.testing.assert_array_equal(outs[0], _native.skip_layer_norm(x, skip, g, b, 1e-12, "scalar"))
+            np.testing.assert_array_equal(no_bias, _native.skip_layer_norm(x, skip, g, None, 1e-12, "scalar"))
+        # a row alone gives the bits it has among the others
+        np.testing.assert_array_equal(_native.skip_layer_norm(x[-1:], skip[-1:], g, b, 1e-12, isa), outs[0][-1:])
 
 
 def test_skip_layer_norm_registered_kernel_and_fallbacks():

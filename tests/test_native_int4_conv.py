@@ -2,8 +2,8 @@
 (kernels/native_cpu/conv.py) against the numpy reference (kernels/reference/packed.py).
 
 int4: within the float32-accumulation bound of csrc/int4_gemm.h on every path this CPU has
-("avx512" needs group_size % 32 == 0), identical for threads 1 and 2 and for a row computed
-alone (M = 1) or in a batch. Conv on int8 / csr / bsr / nm with act_quant "dynamic" / "static":
+("avx512" needs group_size % 32 == 0, "avx2" group_size % 16 == 0), identical for threads 1 and
+2 and for a row computed alone (M = 1) or in a batch; the "auto" path follows a forced int8 path. Conv on int8 / csr / bsr / nm with act_quant "dynamic" / "static":
 bit for bit the reference's packed_conv_ref, on every int8 code path, threads 1 and 2; int4
 Conv within the int4 bound. A converted CNN (tests/digits.py) runs on backend="native" with the
 reference session's outputs exactly.
@@ -29,8 +29,15 @@ if _REASON is None:
     from kernels.native_cpu.int4_linear import NativeInt4Linear, int4_linear
     INT4_ISAS = tuple(_native.int4_isas())
     INT8_ISAS = tuple(_native.int8_isas())
+    from kernels.native_cpu import cpu_features
+    _FEATURES = cpu_features()
 else:  # pragma: no cover
     INT4_ISAS = INT8_ISAS = ("scalar",)
+    _FEATURES = {}
+
+# k elements per vector step of the SIMD paths: they need group_size % step == 0
+# (csrc/int4_gemm.h kInt4Avx512Step, kInt4Avx2Step)
+INT4_STEP = {"avx512": 32, "avx2": 16}
 
 # float32 accumulation of K products against the reference's float64 one, plus the final
 # rounding (csrc/int4_gemm.h): |y - y_ref| <= (K + 2) * 2^-24 * sum_k |x_k w_nk| + 2^-24 |b|.
@@ -65,6 +72,10 @@ def int8_isa():
 INT4_SHAPES = [  # (M, N, K, group_size)
     (1, 37, 100, 32), (3, 5, 64, 64), (16, 33, 200, 32), (5, 64, 768, 128),
     (1, 7, 70, 6), (4, 9, 31, 2), (2, 3, 1, 2),
+    # group sizes for AVX2 only (g % 16 == 0, g % 32 != 0), for neither (g = 8, 24), odd K,
+    # M across the 4-row items (M % 4 = 1, 2, 3) and N across the 4 / 2 weight-row passes
+    (1, 6, 101, 16), (2, 10, 97, 48), (7, 11, 33, 16), (6, 2, 80, 80), (3, 1, 17, 16),
+    (1, 5, 45, 8), (5, 13, 71, 24), (9, 4, 160, 32),
 ]
 
 
@@ -80,7 +91,7 @@ def test_int4_linear_matches_reference(m, n, k, g, symmetric, threads):
     plan = NativeInt4Linear(t)
     bound = _int4_bound(x, t, k, bias)
     for isa in INT4_ISAS:
-        if isa == "avx512" and g % 32:
+        if g % INT4_STEP.get(isa, 2):
             with pytest.raises(ValueError, match="group_size"):
                 _native.int4_linear(plan.packed, x, bias, isa)
             continue
@@ -93,12 +104,41 @@ def test_int4_linear_matches_reference(m, n, k, g, symmetric, threads):
         assert y.dtype == np.float32 and y.shape == (m, n)
         err = np.abs(y - ref)
         assert (err <= bound).all(), f"{isa}: max excess {np.max(err - bound)}"
-        # a row alone gives the same bits as in the batch (M = 1 path == batched path)
-        for r in {0, m - 1}:
+        # a row alone gives the same bits as in the batch (M = 1 path == batched path), as
+        # does a batch in which it sits at another position of the 4-row items
+        for r in {0, m // 2, m - 1}:
             assert np.array_equal(_native.int4_linear(plan.packed, x[r:r + 1], bias, isa)[0], y[r])
+        shifted = _native.int4_linear(plan.packed, np.concatenate([x[1:], x[:1]]), bias, isa)
+        assert np.array_equal(shifted, np.concatenate([y[1:], y[:1]]))
     y_auto = int4_linear(x.reshape(1, m, k), plan, bias)        # the wrapper: (..., K) in, (..., N) out
     assert y_auto.shape == (1, m, n)
     assert (np.abs(y_auto[0] - ref) <= bound).all()
+
+
+def test_int4_paths_on_this_cpu():
+    """The AVX2 path exists wherever the CPU has AVX2 and FMA (csrc/int4_gemm_avx2.cpp), the
+    AVX-512 one wherever it has AVX-512F/BW; "scalar" always; fastest first."""
+    want = [isa for isa, ok in (("avx512", _FEATURES["avx512f"] and _FEATURES["avx512bw"]),
+                                ("avx2", _FEATURES["avx2"] and _FEATURES["fma"])) if ok]
+    assert list(INT4_ISAS) == want + ["scalar"]
+
+
+def test_int4_auto_path_follows_the_forced_int8_path(int8_isa):
+    """Int4Weight.isa (what 'auto' runs): the widest path whose step divides g, no wider than
+    the int8 path when QRT_NATIVE_ISA / set_int8_isa forces one; auto gives that path's bits."""
+    rng = _rng("int4-auto")
+    x = rng.standard_normal((3, 96)).astype(np.float32)
+    order = ("avx512", "avx2", "scalar")
+    cap = {"auto": "avx512", "avx512_vnni": "avx512", "avx2": "avx2", "scalar": "scalar"}
+    for forced in ("auto", *INT8_ISAS):
+        int8_isa(forced)
+        for g in (64, 16, 6):
+            want = next(i for i in INT4_ISAS
+                        if order.index(i) >= order.index(cap[forced]) and g % INT4_STEP.get(i, 2) == 0)
+            w = NativeInt4Linear(layouts.pack_int4_grouped("w", rng.standard_normal((5, 96)).astype(np.float32),
+                                                           group_size=g)).packed
+            assert w.isa == want, (forced, g)
+            assert np.array_equal(_native.int4_linear(w, x), _native.int4_linear(w, x, None, want))
 
 
 def test_int4_linear_through_registry_and_other_dtypes():
@@ -150,8 +190,12 @@ def test_int4_bad_inputs():
         _native.int4_linear(w, x, np.zeros(5, np.float32))
     with pytest.raises(TypeError, match="bias"):
         _native.int4_linear(w, x, np.zeros(4, np.int32))
-    with pytest.raises(ValueError, match="isa"):
-        _native.int4_linear(w, x, None, "avx2")
+    with pytest.raises(ValueError, match="'auto', 'avx512', 'avx2' or 'scalar'"):
+        _native.int4_linear(w, x, None, "avx9")
+    wg = _native.Int4Weight(np.zeros((4, 33), np.uint8), np.ones((4, 11), np.float32), None, (4, 64), 6)
+    for isa in INT4_ISAS[:-1]:      # the SIMD paths refuse a group size that is not whole steps
+        with pytest.raises(ValueError, match=f"'{isa}' needs group_size % {INT4_STEP[isa]}"):
+            _native.int4_linear(wg, x, None, isa)
     assert _native.int4_linear(w, x[:0].copy()).shape == (0, 4)
 
 

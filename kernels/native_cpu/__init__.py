@@ -18,7 +18,9 @@ Every kernel's result is independent of the thread count (each output tile is co
 thread, in a fixed order).
 
 Environment: QRT_NATIVE_ISA = avx512_vnni | avx2 | scalar forces the int8 GEMM's code path (all
-give the same bits; for tests and benchmarks). A value this CPU cannot run makes the backend
+give the same bits; for tests and benchmarks), and caps the int4 Linear's and the fused ops'
+automatic paths at the same ISA (avx512_vnni: AVX-512, avx2: AVX2, scalar: scalar), so that
+forcing it runs the whole backend on that ISA. A value this CPU cannot run makes the backend
 unavailable, with that reason.
 """
 from __future__ import annotations

@@ -7,15 +7,22 @@ numerics written down in csrc/attention.h and csrc/layer_norm.h:
 
 * Attention: one work item per (batch, head), OpenMP over the items, each item on one thread
   in a fixed order (results identical for any thread count). Per head S = Qh Kh^T and Y = P Vh
-  are float32 GEMMs with AVX-512 FMA register tiles (8 rows x 32 columns), the softmax along
-  the key axis in float32 with a vectorised exp (relative error ~1e-7), scale and mask applied
-  in one FMA; a scalar path where the CPU has no AVX-512. q, k, v are read in place with their
-  strides (the Split of a merged QKV Linear gives views): no copy. Error bound against the
-  float64 reference: tests/test_fusion.py ATTENTION_RTOL.
+  are float32 GEMMs with AVX-512 FMA register tiles (8 rows x 32 columns; AVX2 + FMA: 6 rows
+  x 16 columns), the softmax along the key axis in float32 with a vectorised exp (relative
+  error ~1e-7), scale and mask applied in one FMA; a scalar path where the CPU has neither.
+  q, k, v are read in place with their strides (the Split of a merged QKV Linear gives
+  views): no copy. Error bound against the float64 reference: tests/test_fusion.py
+  ATTENTION_RTOL.
 * SkipLayerNormalization: LayerNorm of float32(x + skip) with float64 statistics (the numba
   kernel's numerics), parallel over blocks of 16 rows; explicit AVX-512 (GCC does not
   vectorise the float64 sums of the generic code): 128 x 384 in 27.6 us on one thread,
-  15.7 us on two (numba's kernel: 29.2 / 16.9 us, same run).
+  15.7 us on two (numba's kernel: 29.2 / 16.9 us, same run); explicit AVX2 with the generic
+  code's sums in the same order (the scalar path's bits).
+
+Paths: csrc's ``isa`` argument ('auto', 'avx512', 'avx2', 'scalar'; ``_native.fused_isas()``
+lists this CPU's). 'auto' (``_native.fused_isa()``) is the best one, no wider than the int8
+path when QRT_NATIVE_ISA / ``set_int8_isa`` forces one, so that forcing it runs the whole
+backend on that ISA.
 
 The thread count is the native backend's (``set_threads``).
 """

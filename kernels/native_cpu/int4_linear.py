@@ -2,9 +2,11 @@
 
 The kernel is csrc/int4_gemm*.cpp (numerics in csrc/int4_gemm.h): weight-only (act_quant
 "none", float32 X), the nibbles unpacked in registers to float32(q - zp) * scale (the bits of
-PackedTensor.to_dense(); the fp32 weight is never stored), float32 accumulation (AVX-512 FMA
-lanes for group_size % 32 == 0 on CPUs whose int8 path is AVX-512 VNNI, else a scalar loop),
-bias added in float64 and rounded once. Against the reference (float64 accumulation):
+PackedTensor.to_dense(); the fp32 weight is never stored), float32 accumulation (16 AVX-512
+FMA lanes for group_size % 32 == 0, 8 AVX2 FMA lanes for group_size % 16 == 0, else a scalar
+loop; the widest the CPU has, no wider than the int8 path when QRT_NATIVE_ISA / set_int8_isa
+forces one), bias added in float64 and rounded once. Against the reference (float64
+accumulation):
 
     |y - y_ref| <= (K + 2) * 2^-24 * sum_k |x_k w_nk|  + 2^-24 |bias_n|
 
