@@ -95,9 +95,10 @@ const char* lanes_name(qrt::EllLanes l) {
 }
 
 qrt::SparsePath path_option(const std::string& path) {
-    for (auto p : {qrt::SparsePath::automatic, qrt::SparsePath::scalar, qrt::SparsePath::ell, qrt::SparsePath::quad_tiles})
+    for (auto p : {qrt::SparsePath::automatic, qrt::SparsePath::scalar, qrt::SparsePath::ell, qrt::SparsePath::quad_tiles,
+                   qrt::SparsePath::ell_avx2})
         if (path == qrt::sparse_path_name(p)) return p;
-    throw py::value_error("path = '" + path + "', expected 'auto', 'scalar', 'ell' or 'quad_tiles'");
+    throw py::value_error("path = '" + path + "', expected 'auto', 'scalar', 'ell', 'quad_tiles' or 'ell_avx2'");
 }
 
 // qdata: int8, C-contiguous, of `count` elements in the given shape (checked by the caller).
@@ -263,7 +264,8 @@ void bind_sparse(py::module_& m) {
             [](const qrt::SparseInt8Weight& w) {
                 // what the vector path for M = 1 streams per call (weights side)
                 const qrt::SparsePath p = qrt::sparse_choose_path(w, 1, qrt::int8_current_isa());
-                if (p == qrt::SparsePath::ell || (p == qrt::SparsePath::scalar && !w.has_rows))
+                if (p == qrt::SparsePath::ell || p == qrt::SparsePath::ell_avx2 ||
+                    (p == qrt::SparsePath::scalar && !w.has_rows))
                     return static_cast<int64_t>(w.ell_idx.size + w.ell_val.size + w.sptr.size() * 8);
                 if (p == qrt::SparsePath::quad_tiles)
                     return static_cast<int64_t>(w.qw.size + w.qcol.size() * 2 + w.qptr.size() * 8);
@@ -281,8 +283,8 @@ void bind_sparse(py::module_& m) {
         });
 
     const char* opts_doc = " lanes: ELL lanes 'auto' (the denser of byte / dword), "
-                           "'none', 'byte' (needs AVX-512 VBMI), 'dword'; quad_rows: -1 auto (bsr with C % 4 == 0: "
-                           "4 if R % 4 == 0 else 1), 0 none, 1 or 4 (N % 4 == 0).";
+                           "'none', 'byte' (refused on CPUs with AVX-512 VNNI but no VBMI), 'dword'; quad_rows: -1 "
+                           "auto (bsr with C % 4 == 0: 4 if R % 4 == 0 else 1), 0 none, 1 or 4 (N % 4 == 0).";
     m.def("sparse_int8_csr", &make_csr, py::arg("indptr"), py::arg("indices"), py::arg("qdata"), py::arg("scale"),
           py::arg("shape"), py::arg("lanes") = "auto", py::arg("quad_rows") = -1,
           (std::string("csr int8 weight: indptr (N+1,) int32/int64, indices (nnz,) uint8/uint16/int32/int64, qdata "
@@ -301,6 +303,7 @@ void bind_sparse(py::module_& m) {
           "Y (M, N) float32 = float32(((s_w * acc) * s_x) + bias), acc the exact integer product of the quantized X "
           "(M, K) float32 C-contiguous and the sparse weight; act_quant 'dynamic' or 'static' (act_scale, "
           "act_zero_point); bias (N,) float32/float64 or None; out (M, N) float32 or None; path 'auto', 'scalar', "
-          "'ell', 'quad_tiles' (forced, for tests). Bit-exact with kernels/reference/packed.py.");
+          "'ell', 'quad_tiles' (AVX-512 VNNI), 'ell_avx2' (AVX2) (forced, for tests). Bit-exact with "
+          "kernels/reference/packed.py.");
     m.def("sparse_has_vbmi", &qrt::sparse_has_vbmi, "Whether the CPU has AVX-512 VBMI (byte-lane ELL).");
 }

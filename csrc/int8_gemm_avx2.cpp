@@ -93,15 +93,8 @@ QRT_TARGET_AVX2 void tile_rows(const uint8_t* u, int64_t ldu, const int8_t* pane
                 const __m256i rc = _mm256_set1_epi32(static_cast<int32_t>(static_cast<uint32_t>(ep.row_corr[m])));
                 t = _mm256_sub_epi32(t, _mm256_mullo_epi32(zw, rc));
             }
-            const __m256d sxr = _mm256_set1_pd(ep.sx[m]);
-            __m256d lo = _mm256_mul_pd(_mm256_mul_pd(sw_lo, _mm256_cvtepi32_pd(_mm256_castsi256_si128(t))), sxr);
-            __m256d hi = _mm256_mul_pd(_mm256_mul_pd(sw_hi, _mm256_cvtepi32_pd(_mm256_extracti128_si256(t, 1))), sxr);
-            if (ep.bias != nullptr) {
-                lo = _mm256_add_pd(lo, _mm256_loadu_pd(ep.bias + n));
-                hi = _mm256_add_pd(hi, _mm256_loadu_pd(ep.bias + n + 4));
-            }
-            // rounded once to float32; ReLU (activation.h) before the store
-            const __m256 v = _mm256_set_m128(_mm256_cvtpd_ps(hi), _mm256_cvtpd_ps(lo));
+            // rounded once to float32 (epilogue8_avx2); ReLU (activation.h) before the store
+            const __m256 v = epilogue8_avx2(t, sw_lo, sw_hi, ep.sx[m], ep.bias == nullptr ? nullptr : ep.bias + n);
             _mm256_storeu_ps(y + r * ldy + 8 * g, activation_avx2(v, act));
         }
     }

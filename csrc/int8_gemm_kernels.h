@@ -14,6 +14,7 @@
 // by function, the rest of the module stays baseline x86-64).
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
 #define QRT_INT8_X86_SIMD 1
+#include <immintrin.h>
 #else
 #define QRT_INT8_X86_SIMD 0
 #endif
@@ -113,6 +114,24 @@ inline float epilogue_value(int64_t acc, int64_t n, int64_t m, const Epilogue& e
     if (ep.bias != nullptr) v = v + ep.bias[n];
     return activation_scalar(static_cast<float>(v), ep.act);
 }
+
+#if QRT_INT8_X86_SIMD
+// The same for 8 outputs of one row on the AVX2 paths (the dense int8 tile and the sparse ELL
+// kernel share it): columns n .. n + 7 with their exact int32 accumulators (every correction
+// applied), sw_lo / sw_hi = s_w[n .. n + 3] / s_w[n + 4 .. n + 7], bias = &b[n] or nullptr;
+// ((s_w * acc) * s_x) + b in float64, rounded once to float32, before any activation.
+__attribute__((target("avx2,fma"))) inline __m256 epilogue8_avx2(__m256i acc, __m256d sw_lo, __m256d sw_hi,
+                                                                  double sx, const double* bias) {
+    const __m256d sxr = _mm256_set1_pd(sx);
+    __m256d lo = _mm256_mul_pd(_mm256_mul_pd(sw_lo, _mm256_cvtepi32_pd(_mm256_castsi256_si128(acc))), sxr);
+    __m256d hi = _mm256_mul_pd(_mm256_mul_pd(sw_hi, _mm256_cvtepi32_pd(_mm256_extracti128_si256(acc, 1))), sxr);
+    if (bias != nullptr) {
+        lo = _mm256_add_pd(lo, _mm256_loadu_pd(bias));
+        hi = _mm256_add_pd(hi, _mm256_loadu_pd(bias + 4));
+    }
+    return _mm256_set_m128(_mm256_cvtpd_ps(hi), _mm256_cvtpd_ps(lo));
+}
+#endif
 
 }  // namespace int8_detail
 }  // namespace qrt

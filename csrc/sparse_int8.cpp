@@ -1,6 +1,6 @@
 // Sparse int8 Linear: layout conversion with index checks, plan-time packing (ELL, quad tiles),
 // the scalar path, path choice and the threaded driver. Numerics and layouts: sparse_int8.h;
-// the AVX-512 kernels are in sparse_int8_avx512.cpp.
+// the AVX-512 kernels are in sparse_int8_avx512.cpp, the AVX2 one in sparse_int8_avx2.cpp.
 #include "sparse_int8.h"
 
 #include <algorithm>
@@ -271,6 +271,10 @@ bool sparse_has_vbmi() {
 #endif
 }
 
+bool sparse_byte_lanes_supported() {
+    return sparse_has_vbmi() || !int8_isa_supported(Int8Isa::avx512_vnni);
+}
+
 size_t SparseInt8Weight::nbytes() const {
     return rows.indptr.size() * sizeof(int64_t) + rows.cols.size() * sizeof(int32_t) + rows.vals.size() +
            rowsum.size * sizeof(int64_t) + scale.size * sizeof(double) + corr0.size * sizeof(int32_t) +
@@ -298,8 +302,8 @@ SparseInt8Weight sparse_int8_pack(SparseRows rows, const float* scale, const Spa
     for (int64_t r = 0; r < w.npad; ++r) w.corr0[r] = static_cast<int32_t>(static_cast<uint32_t>(128 * w.rowsum[r]));
     w.nblk = w.npad / kSparseBlockRows;
     w.nseg = (w.k + kSparseSegment - 1) / kSparseSegment;
-    if (opt.lanes == static_cast<int>(EllLanes::byte) && !sparse_has_vbmi())
-        fail("ELL byte lanes need AVX-512 VBMI (vpermi2b), which this CPU does not have");
+    if (opt.lanes == static_cast<int>(EllLanes::byte) && !sparse_byte_lanes_supported())
+        fail("ELL byte lanes need AVX-512 VBMI (vpermi2b) on a CPU with AVX-512 VNNI, and this one does not have it");
     if (opt.quad_rows == 4 && w.n % 4) fail("quads of 4 rows need N % 4 == 0, got N = " + str(w.n));
     if (!(opt.quad_rows >= -1 && opt.quad_rows <= 4 && opt.quad_rows != 2 && opt.quad_rows != 3))
         fail("quad_rows must be -1 (auto), 0, 1 or 4, got " + str(opt.quad_rows));
@@ -315,8 +319,9 @@ SparseInt8Weight sparse_int8_pack(SparseRows rows, const float* scale, const Spa
     if (lanes < 0) {   // the denser of the two: byte lanes are 128 bytes per vector, dword lanes 80
         std::vector<int64_t> counts;
         const int64_t dword_bytes = ell_build(w.rows, w.nblk, w.nseg, EllLanes::dword, counts, nullptr, nullptr) * 80;
-        const int64_t byte_bytes =
-            sparse_has_vbmi() ? ell_build(w.rows, w.nblk, w.nseg, EllLanes::byte, counts, nullptr, nullptr) * 128 : -1;
+        const int64_t byte_bytes = sparse_byte_lanes_supported()
+                                       ? ell_build(w.rows, w.nblk, w.nseg, EllLanes::byte, counts, nullptr, nullptr) * 128
+                                       : -1;
         lanes = static_cast<int>(byte_bytes >= 0 && byte_bytes < dword_bytes ? EllLanes::byte : EllLanes::dword);
     }
     if (lanes != static_cast<int>(EllLanes::none)) {
@@ -405,16 +410,22 @@ const char* sparse_path_name(SparsePath p) {
         case SparsePath::scalar: return "scalar";
         case SparsePath::ell: return "ell";
         case SparsePath::quad_tiles: return "quad_tiles";
+        case SparsePath::ell_avx2: return "ell_avx2";
         default: return "auto";
     }
 }
 
 bool sparse_path_available(const SparseInt8Weight& w, SparsePath path, Int8Isa isa) {
     if (path == SparsePath::scalar) return true;
-    if (isa != Int8Isa::avx512_vnni || !int8_isa_supported(isa) || w.k > kMaxKInt32) return false;
+    // every vector path accumulates in wrapping int32 lanes: exact for K <= kMaxKInt32 only
+    if (!int8_isa_supported(isa) || w.k > kMaxKInt32) return false;
+    // each vector path runs on its own ISA only, so that the ISA override picks the code
     switch (path) {
-        case SparsePath::ell: return w.lanes == EllLanes::dword || (w.lanes == EllLanes::byte && sparse_has_vbmi());
-        case SparsePath::quad_tiles: return w.quad_rows > 0;
+        case SparsePath::ell:
+            return isa == Int8Isa::avx512_vnni &&
+                   (w.lanes == EllLanes::dword || (w.lanes == EllLanes::byte && sparse_has_vbmi()));
+        case SparsePath::quad_tiles: return isa == Int8Isa::avx512_vnni && w.quad_rows > 0;
+        case SparsePath::ell_avx2: return isa == Int8Isa::avx2 && w.lanes != EllLanes::none;
         default: return false;
     }
 }
@@ -424,6 +435,7 @@ SparsePath sparse_choose_path(const SparseInt8Weight& w, int64_t m, Int8Isa isa)
     if (tiles && m >= (w.quad_rows == 4 ? kQuadTilesMinM4 : kQuadTilesMinM1)) return SparsePath::quad_tiles;
     if (sparse_path_available(w, SparsePath::ell, isa)) return SparsePath::ell;
     if (tiles) return SparsePath::quad_tiles;
+    if (sparse_path_available(w, SparsePath::ell_avx2, isa)) return SparsePath::ell_avx2;
     return SparsePath::scalar;
 }
 
@@ -435,8 +447,8 @@ void sparse_int8_linear_isa(const SparseInt8Weight& w, const float* x, int64_t m
         path = sparse_choose_path(w, m, isa);
     } else if (!sparse_path_available(w, path, isa)) {
         fail(std::string("sparse path '") + sparse_path_name(path) + "' is not available for this weight on '" +
-             int8_isa_name(isa) + "' (available: the structures built at pack time, AVX-512 VNNI, K <= " +
-             str(kMaxKInt32) + ")");
+             int8_isa_name(isa) + "' (a vector path needs its structures built at pack time, K <= " + str(kMaxKInt32) +
+             " and its ISA: 'ell' and 'quad_tiles' run on avx512_vnni, 'ell_avx2' on avx2)");
     }
     const int64_t n = w.n, k = w.k;
     // ELL tables read whole 128-byte segments and the tile transposes whole 16-quad blocks:
@@ -479,7 +491,8 @@ void sparse_int8_linear_isa(const SparseInt8Weight& w, const float* x, int64_t m
     int64_t items = 0, work = 0;
     const int64_t tiles = mpad / kSparseTileRows;
     switch (path) {
-        case SparsePath::ell: items = w.nblk; work = w.ell_vectors * 64 * m; break;
+        case SparsePath::ell:
+        case SparsePath::ell_avx2: items = w.nblk; work = w.ell_vectors * 64 * m; break;
         case SparsePath::quad_tiles: items = w.nblk * tiles; work = w.nquads * w.quad_rows * 4 * mpad; break;
         default: items = w.nblk; work = w.nnz * m; break;
     }
@@ -501,6 +514,7 @@ void sparse_int8_linear_isa(const SparseInt8Weight& w, const float* x, int64_t m
 #if QRT_INT8_X86_SIMD
             case SparsePath::ell: sparse_detail::ell_blocks_avx512(p, item, item + 1); break;
             case SparsePath::quad_tiles: sparse_detail::quad_tile_avx512(p, xq.get(), item / tiles, item % tiles); break;
+            case SparsePath::ell_avx2: sparse_detail::ell_blocks_avx2(p, item, item + 1); break;
 #endif
             default:
                 if (w.has_rows)

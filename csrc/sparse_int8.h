@@ -15,10 +15,11 @@
 //   Y[m, n]   = float32(((s_w[n] * double(acc)) * s_x[m]) + b[n])           float64, this order
 //
 // Pruned positions contribute 0 to raw and to rowsum alike, so acc is the reference's exact
-// sum_k (qx - z) * qw. The vector paths accumulate in wrapping int32 lanes (vpdpbusd) and
-// subtract the correction modulo 2^32: exact while |acc| <= K * 255 * 128 < 2^31, i.e. for
-// K <= kMaxKInt32 (the int8 GEMM's bound, which holds for any int8 value, -128 included);
-// larger K runs the scalar path, which accumulates in int64.
+// sum_k (qx - z) * qw. The vector paths accumulate in wrapping int32 lanes (vpdpbusd on
+// AVX-512; on AVX2 exact int16 pairs of vpmaddubsw on split weights, summed into int32 by
+// vpmaddwd, sparse_int8_avx2.cpp) and subtract the correction modulo 2^32: exact while
+// |acc| <= K * 255 * 128 < 2^31, i.e. for K <= kMaxKInt32 (the int8 GEMM's bound, which holds
+// for any int8 value, -128 included); larger K runs the scalar path, which accumulates in int64.
 //
 // Layouts the kernels read (built once, at plan time, from the canonical rows):
 //
@@ -26,8 +27,10 @@
 //   two-register permute table of activations). A vector is one zmm of 16 int32 lanes, lane i
 //   = output row 16 b + i; it holds 4 stored weights of that row inside the segment:
 //     byte lanes  (ell_lanes == byte): 64 index bytes (the k offset in the segment, 0..127) +
-//                 64 weight bytes; activations fetched with vpermi2b (AVX-512 VBMI), any
-//                 pattern (csr, nm, bsr whose blocks are not 4-column aligned);
+//                 64 weight bytes; activations fetched with vpermi2b (AVX-512 VBMI) or, on
+//                 AVX2, vpshufb + selects; any pattern (csr, nm, bsr whose blocks are not
+//                 4-column aligned). Not built on CPUs with AVX-512 VNNI but no VBMI (their
+//                 vector path could not read them);
 //     dword lanes (ell_lanes == dword): 16 index bytes (the 4-byte column quad in the segment,
 //                 0..31) + 64 weight bytes (one quad of 4 consecutive k per lane, zeros where
 //                 nothing is stored); activations fetched with vpermi2d. Denser than byte
@@ -36,6 +39,9 @@
 //   hold weight 0. The packer keeps the lane kind of fewer bytes. M = 1 streams every vector
 //   once; larger M reuses each vector for 4 activation rows at a time (8 table registers).
 //   Once ELL exists the canonical rows are dropped and the scalar path reads the vectors.
+//   The AVX2 kernel reads the same vectors as two halves of 8 rows (one ymm of 8 int32
+//   lanes), the activations looked up without a gather (vpermd / vpshufb on each part of the
+//   segment, then blends on the remaining index bits), for up to 4 activation rows at a time.
 // * Quad tiles, for bsr weights whose blocks cover whole aligned column quads (C % 4 == 0),
 //   batched M: per group of G output rows (G = 4 when R % 4 == 0, else 1) the list of column
 //   quads any of them stores, with G x 4 weight bytes per quad. Activations are transposed into
@@ -48,8 +54,9 @@
 // Threads: every output element is computed by one thread, in a fixed order (work items are
 // row blocks, or (row block, activation tile) pairs), so results do not depend on the thread
 // count. The thread count and the ISA override are int8_gemm's (int8_set_threads,
-// int8_set_isa): "avx512_vnni" runs the vector paths (byte-lane ELL also needs VBMI); "avx2"
-// and "scalar" run the scalar path (there is no AVX2 sparse kernel yet).
+// int8_set_isa): "avx512_vnni" runs the AVX-512 paths (ell, quad_tiles; byte-lane ELL also
+// needs VBMI); "avx2" runs ell_avx2, the AVX2 kernel on the same ELL vectors (either lane
+// kind; quad tiles have no AVX2 kernel, ELL serves every M); "scalar" runs the scalar path.
 #pragma once
 
 #include <cstddef>
@@ -93,7 +100,7 @@ int nm_meta_bits(int64_t mm);   // the smallest power of two >= ceil(log2(mm)): 
 enum class EllLanes : int { none = 0, byte = 1, dword = 2 };
 
 // What to build at plan time. "auto" (-1): ELL with the lanes of fewer bytes (byte lanes only
-// with VBMI); quads for bsr with C % 4 == 0 (G = 4 when R % 4 == 0).
+// where sparse_byte_lanes_supported); quads for bsr with C % 4 == 0 (G = 4 when R % 4 == 0).
 struct SparsePackOptions {
     int64_t block_r = 0, block_c = 0;   // bsr block shape; 0: not a bsr weight
     int lanes = -1;                     // -1 auto, else an EllLanes value
@@ -128,17 +135,21 @@ struct SparseInt8Weight {
 };
 
 // Packs `rows` (moved in) with scale (N,) float32 (finite > 0, checked by the caller).
-// Throws std::invalid_argument for an impossible option (byte lanes without VBMI, G = 4 with
-// N % 4 != 0).
+// Throws std::invalid_argument for an impossible option (byte lanes where not supported, G = 4
+// with N % 4 != 0).
 SparseInt8Weight sparse_int8_pack(SparseRows rows, const float* scale, const SparsePackOptions& opt);
 
-enum class SparsePath : int { automatic = -1, scalar = 0, ell = 1, quad_tiles = 2 };
+// ell and quad_tiles: the AVX-512 kernels; ell_avx2: the AVX2 kernel on the same ELL vectors.
+enum class SparsePath : int { automatic = -1, scalar = 0, ell = 1, quad_tiles = 2, ell_avx2 = 3 };
 const char* sparse_path_name(SparsePath p);
 // The path sparse_int8_linear takes for M rows on `isa` (automatic resolved).
 SparsePath sparse_choose_path(const SparseInt8Weight& w, int64_t m, Int8Isa isa);
 // Whether `path` can run `w` on `isa` (its structure was built, the CPU has what it needs).
 bool sparse_path_available(const SparseInt8Weight& w, SparsePath path, Int8Isa isa);
 bool sparse_has_vbmi();
+// Whether byte-lane ELL may be built: the AVX-512 kernel reads it with VBMI only, the AVX2 and
+// scalar ones always; so everywhere except on CPUs with AVX-512 VNNI but no VBMI.
+bool sparse_byte_lanes_supported();
 
 // Y (M, N) = epilogue(quant(X) @ W.T) as above. x (M, K) float32 row-major, bias float64
 // readable up to w.npad or nullptr, y (M, N) float32 row-major, every element written. M may be

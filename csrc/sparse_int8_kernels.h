@@ -1,5 +1,5 @@
-// Internal to the sparse int8 Linear (sparse_int8.cpp and sparse_int8_avx512.cpp): what one
-// call hands its kernels. Numerics and layouts: sparse_int8.h.
+// Internal to the sparse int8 Linear (sparse_int8.cpp, sparse_int8_avx512.cpp and
+// sparse_int8_avx2.cpp): what one call hands its kernels. Numerics and layouts: sparse_int8.h.
 #pragma once
 
 #include <cstdint>
@@ -29,6 +29,8 @@ void ell_blocks_avx512(const Problem& p, int64_t b0, int64_t b1);
 void quad_tile_transpose_avx512(const uint8_t* u, int64_t ldu, int64_t t, uint8_t* xq);
 // Quad tiles: output rows [16 blk, 16 blk + 16) x activation tile t, from xq as above.
 void quad_tile_avx512(const Problem& p, const uint8_t* xq, int64_t blk, int64_t t);
+// AVX2: ELL blocks [b0, b1), every activation row, byte or dword lanes (no VBMI needed).
+void ell_blocks_avx2(const Problem& p, int64_t b0, int64_t b1);
 #endif
 
 }  // namespace sparse_detail

@@ -4,9 +4,10 @@ reference.
 Every comparison is with the reference kernel of ("Linear", layout) on the same packed weight,
 never with another fast kernel. For act_quant "dynamic" and "static" the native kernels compute
 the exact integer accumulator and the reference's float64 epilogue in the same order, so the
-tolerance is zero (INT8_ATOL), on every code path: the scalar path, ELL with byte and dword
-lanes and the quad tiles of 1 and 4 rows (forced with the packing options and ``path=``), on
-every ISA the CPU has (``_native.set_int8_isa``), for 1 and 2 threads. Weights are packed by
+tolerance is zero (INT8_ATOL), on every code path: the scalar path, the AVX-512 ELL with byte
+and dword lanes and quad tiles of 1 and 4 rows, the AVX2 ELL kernel ("ell_avx2") with either
+lane kind (forced with the packing options and ``path=``), on every ISA the CPU has
+(``_native.set_int8_isa``), for 1 and 2 threads. Weights are packed by
 runtime.layouts from fresh random weights and masks of runtime.convert.prune.
 """
 from __future__ import annotations
@@ -30,11 +31,16 @@ if _REASON is None:
     from kernels.native_cpu import _native
     from kernels.native_cpu.sparse_int8 import pack_sparse
     ISAS = tuple(_native.int8_isas())            # fastest first; "scalar" always
-    VECTOR = "avx512_vnni" in ISAS               # the ELL / quad kernels run only there
-    LANES = ("byte", "dword") if _native.sparse_has_vbmi() else ("dword",)
+    VNNI = "avx512_vnni" in ISAS                 # the AVX-512 kernels: "ell", "quad_tiles"
+    AVX2 = "avx2" in ISAS                        # the AVX2 kernel: "ell_avx2"
+    VECTOR = VNNI or AVX2
+    # byte-lane ELL is built everywhere but on VNNI CPUs without VBMI (csrc/sparse_int8.h)
+    BYTE_LANES = _native.sparse_has_vbmi() or not VNNI
+    LANES = ("byte", "dword") if _native.sparse_has_vbmi() else ("dword",)   # AVX-512 ELL
+    AVX2_LANES = ("byte", "dword") if BYTE_LANES else ("dword",)
 else:  # pragma: no cover
     _native = None
-    ISAS, VECTOR, LANES = (), False, ()
+    ISAS, VNNI, AVX2, VECTOR, BYTE_LANES, LANES, AVX2_LANES = (), False, False, False, False, (), ()
 
 MAX_K_INT32 = (2 ** 31 - 1) // (255 * 255)   # csrc/int8_gemm.h kMaxKInt32: vector paths up to here
 
@@ -82,12 +88,15 @@ def _binding_args(attrs):
 def _variants(t):
     """(label, packed weight, path, isa) for every code path this weight and CPU can take:
     the scalar path on every ISA, on the canonical rows and on the ELL vectors (what it reads
-    once ELL is built), ELL with each lane kind, quad tiles of 1 and 4 rows (4: N % 4 == 0), the
-    vector ones on AVX-512 VNNI."""
+    once ELL is built); on AVX2 the AVX2 ELL kernel with each lane kind; on AVX-512 VNNI, ELL
+    with each lane kind and quad tiles of 1 and 4 rows (4: N % 4 == 0)."""
     out = [(f"scalar/{isa}", pack_sparse(t, lanes="none", quad_rows=0), "scalar", isa) for isa in ISAS]
     auto = pack_sparse(t, quad_rows=0)
     out += [(f"scalar-{auto.lanes}/{isa}", auto, "scalar", isa) for isa in ISAS if auto.lanes != "none"]
-    if not VECTOR:
+    if AVX2:
+        for lanes in AVX2_LANES:
+            out.append((f"ell_avx2-{lanes}", pack_sparse(t, lanes=lanes, quad_rows=0), "ell_avx2", "avx2"))
+    if not VNNI:
         return out
     for lanes in LANES:
         out.append((f"ell-{lanes}", pack_sparse(t, lanes=lanes, quad_rows=0), "ell", "avx512_vnni"))
@@ -183,28 +192,66 @@ def test_every_path_exact_and_fully_written(case, restore_native_state):
                 _assert_same(out, ref, f"{_case_id(case)} {label} M={m} {act}")
 
 
+@pytest.mark.skipif(not AVX2, reason="the CPU has no AVX2")
+@pytest.mark.parametrize("case", SPARSE_CASES, ids=_case_id)
+def test_avx2_kernel_on_awkward_shapes(case, restore_native_state):
+    """The AVX2 kernel (csrc/sparse_int8_avx2.cpp) with the ISA forced to "avx2": the automatic
+    path must be "ell_avx2" (asserted, so that a fall back to the scalar path fails here), for
+    each lane kind it reads and the auto packing, M = 1 to 16 (the 4-row groups, their 3 / 2 / 1
+    row remainders), dynamic and static activations (z != 0 and z = 0), with and without bias,
+    1 and 2 threads, into poisoned outputs: the reference's bits."""
+    layout, kind, block, nm, n, k = case
+    rng = _rng("avx2", case)
+    t = pack_sparse_case(rng, layout, n, k, kind, block=block or (1, 4), nm=nm or (2, 4))
+    bias = rng.standard_normal(n)
+    weights = [(lanes, pack_sparse(t, lanes=lanes, quad_rows=0)) for lanes in AVX2_LANES]
+    weights.append(("auto", pack_sparse(t)))
+    _native.set_int8_isa("avx2")
+    for m in (1, 2, 3, 4, 5, 6, 7, 9, 16):
+        x = _x(rng, (m, k))
+        for act in ACTS:
+            b = bias if (m + len(act)) % 2 else None
+            ref = _reference(t, ACTS[act], x, b)
+            for lanes, w in weights:
+                assert w.path(m) == "ell_avx2", (lanes, w.lanes)
+                for threads in (1, 2):
+                    _native.set_threads(threads)
+                    out = np.full((m, n), np.nan, np.float32)
+                    _native.sparse_int8_linear(w, x, b, *_binding_args(ACTS[act]), out=out)
+                    _assert_same(out, ref, f"{_case_id(case)} ell_avx2-{lanes} M={m} {act} threads={threads}")
+
+
 def test_automatic_path_choice(restore_native_state):
-    """What auto packs and runs on a VNNI CPU: ELL for every layout (byte lanes where VBMI makes
-    them denser, dword lanes for 4-column blocks), plus quad tiles for bsr with C % 4 == 0, taken
-    from M = 8 (4-row quads, R % 4 == 0) or M = 12 (1-row quads); scalar elsewhere."""
+    """What auto packs and runs: ELL for every layout (byte lanes where they are denser and
+    supported, dword lanes for 4-column blocks), plus quad tiles for bsr with C % 4 == 0. On
+    AVX-512 VNNI the quad tiles are taken from M = 8 (4-row quads, R % 4 == 0) or M = 12 (1-row
+    quads), ELL below; on AVX2 the AVX2 ELL kernel for every M; scalar on the scalar ISA and
+    for a weight without ELL on AVX2."""
     rng = _rng("choice")
-    csr = pack_sparse(pack_sparse_case(rng, "csr", 32, 256, "magnitude0.9"))
+    case = pack_sparse_case(rng, "csr", 32, 256, "magnitude0.9")
+    csr = pack_sparse(case)
     b44 = pack_sparse(pack_sparse_case(rng, "bsr", 32, 256, block=(4, 4)))
     b14 = pack_sparse(pack_sparse_case(rng, "bsr", 32, 256, block=(1, 4)))
     b161 = pack_sparse(pack_sparse_case(rng, "bsr", 32, 256, block=(16, 1)))
     assert (b44.quad_rows, b44.lanes) == (4, "dword")
     assert b14.quad_rows == 1 and b14.lanes == "dword"
     assert b161.quad_rows == 0 and csr.quad_rows == 0
-    if not VECTOR:
-        assert {w.path(1) for w in (csr, b44, b14, b161)} == {"scalar"}
-        return
-    _native.set_int8_isa("avx512_vnni")
-    assert csr.path(1) == csr.path(128) == "ell" and csr.lanes == LANES[0]
-    assert b44.path(1) == b44.path(7) == "ell" and b44.path(8) == b44.path(128) == "quad_tiles"
-    assert b14.path(11) == "ell" and b14.path(12) == "quad_tiles"
-    assert b161.path(1) == b161.path(128) == "ell"
+    assert csr.lanes == ("byte" if BYTE_LANES else "dword")
+    everything = (csr, b44, b14, b161)
+    _native.set_int8_isa("auto")
+    assert csr.path(1) == ("ell" if VNNI else "ell_avx2" if AVX2 else "scalar")
+    if VNNI:
+        _native.set_int8_isa("avx512_vnni")
+        assert csr.path(1) == csr.path(128) == ("ell" if csr.lanes in LANES else "scalar")
+        assert b44.path(1) == b44.path(7) == "ell" and b44.path(8) == b44.path(128) == "quad_tiles"
+        assert b14.path(11) == "ell" and b14.path(12) == "quad_tiles"
+        assert b161.path(1) == b161.path(128) == ("ell" if b161.lanes in LANES else "scalar")
+    if AVX2:
+        _native.set_int8_isa("avx2")
+        assert {w.path(m) for w in everything for m in (1, 7, 8, 12, 128)} == {"ell_avx2"}
+        assert pack_sparse(case, lanes="none", quad_rows=0).path(1) == "scalar"
     _native.set_int8_isa("scalar")
-    assert {w.path(m) for w in (csr, b44, b14, b161) for m in (1, 128)} == {"scalar"}
+    assert {w.path(m) for w in everything for m in (1, 128)} == {"scalar"}
 
 
 @pytest.mark.parametrize("layout,block", [("csr", None), ("bsr", (4, 4)), ("bsr", (1, 4)), ("bsr", (16, 1)),
@@ -404,9 +451,11 @@ def test_bad_weights_are_refused_with_a_reason():
     for exc, pattern, call in cases:
         with pytest.raises(exc, match=pattern):
             call()
-    if not _native.sparse_has_vbmi():
+    if not BYTE_LANES:
         with pytest.raises(ValueError, match="VBMI"):
             _native.sparse_int8_csr(ip, ix, q, s, shape, lanes="byte")
+    else:
+        assert _native.sparse_int8_csr(ip, ix, q, s, shape, lanes="byte").lanes == "byte"
     # nothing is lost: the weight packed before still gives the reference's bits
     t = pack_sparse_case(_rng("bad-weights"), "csr", 6, 20, "magnitude0.5")
     x = _x(rng, (3, 20))
@@ -538,6 +587,7 @@ def test_bad_calls_are_refused_with_a_reason(restore_native_state):
         (ValueError, "path = 'fast'", lambda: _native.sparse_int8_linear(w, x, path="fast")),
         (ValueError, "sparse path 'ell' is not available", lambda: _native.sparse_int8_linear(w, x, path="ell")),
         (ValueError, "sparse path 'quad_tiles' is not available", lambda: _native.sparse_int8_linear(w, x, path="quad_tiles")),
+        (ValueError, "sparse path 'ell_avx2' is not available", lambda: _native.sparse_int8_linear(w, x, path="ell_avx2")),
     ]
     for exc, pattern, call in cases:
         with pytest.raises(exc, match=pattern):
@@ -549,8 +599,16 @@ def test_bad_calls_are_refused_with_a_reason(restore_native_state):
     if VECTOR:                                    # a built structure, but an ISA that cannot run it
         wq = _native.sparse_int8_csr(ip, ix, q, s, (6, 20), lanes="dword")
         _native.set_int8_isa("scalar")
-        with pytest.raises(ValueError, match="sparse path 'ell' is not available for this weight on 'scalar'"):
-            _native.sparse_int8_linear(wq, x, path="ell")
+        for path in ("ell", "ell_avx2"):
+            with pytest.raises(ValueError, match=f"sparse path '{path}' is not available for this weight on 'scalar'"):
+                _native.sparse_int8_linear(wq, x, path=path)
+        if VNNI and AVX2:                         # each vector path runs on its own ISA only
+            _native.set_int8_isa("avx2")
+            with pytest.raises(ValueError, match="sparse path 'ell' is not available for this weight on 'avx2'"):
+                _native.sparse_int8_linear(wq, x, path="ell")
+            _native.set_int8_isa("avx512_vnni")
+            with pytest.raises(ValueError, match="sparse path 'ell_avx2' is not available for this weight on 'avx512"):
+                _native.sparse_int8_linear(wq, x, path="ell_avx2")
         _native.set_int8_isa("auto")
     assert np.array_equal(_native.sparse_int8_linear(w, x), good)
     assert _native.sparse_int8_linear(w, np.zeros((0, 20), np.float32)).shape == (0, 6)

@@ -4,8 +4,8 @@ The kernels are csrc/sparse_int8*.cpp (numerics and packed layouts written down 
 csrc/sparse_int8.h): X quantized per row (dynamic) or with the node's static scale by the int8
 GEMM's own quantizer, an exact integer product with the stored int8 values (AVX-512 VNNI: ELL
 vectors over 16-row blocks for csr / nm / unaligned bsr, column quads for bsr blocks of whole
-4-column quads; scalar int64 on other CPUs and for K > 33025), the float64 epilogue in the
-reference's order. For act_quant "dynamic" and "static" with float32 X the result is
+4-column quads; AVX2: the same ELL vectors, 8 rows per ymm, path "ell_avx2"; scalar int64 on
+other CPUs and for K > 33025), the float64 epilogue in the reference's order. For act_quant "dynamic" and "static" with float32 X the result is
 kernels/reference/packed.py's bit for bit (tests/test_native_sparse.py asserts equality).
 
 Plan time (the factory): the layout's fields are checked and packed once
