@@ -57,7 +57,7 @@ MARGIN = 0.10
 # per candidate and round: at least MIN_CALLS timed calls, more until MIN_SECONDS, at most
 # MAX_CALLS; ROUNDS rounds over all candidates, each candidate's quietest round counts
 MIN_CALLS, MAX_CALLS, MIN_SECONDS, ROUNDS = 3, 30, 0.01, 3
-CACHE_VERSION = 1
+CACHE_VERSION = 2        # bumped when the measurement method changes: older entries are re-measured
 
 
 @dataclass(frozen=True)

@@ -320,7 +320,7 @@ def _model_section(m: dict) -> list[str]:
     lines = [f"## Model {m['model']} ({m['backend']}, batch {m['batch']}{seq})", "",
              (f"Latency: median {_fmt_sig(lat['median'])} ms, p90 {_fmt_sig(lat['p90'])} ms, "
               f"spread {lat['spread']:.1%}; throughput {_fmt_sig(m['throughput'])} {m['unit']}; "
-              f"weights {m['bytes'] / 2**20:.2f} MiB")]
+              f"file {m['bytes'] / 2**20:.2f} MiB")]
     if m.get("compare"):
         lines += ["", "Against other runtimes (speedup > 1: qrt faster):", "", *markdown_table(
             ("runtime", "median ms", "p90 ms", "speedup", "max abs err", "cosine"),
