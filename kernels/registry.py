@@ -21,9 +21,14 @@ import importlib
 from typing import Any, Callable
 
 BACKENDS = ("reference", "numba", "native", "triton", "cupy")
-# Preference order for backend="auto": fastest first. A node falls back along this list to
-# the first backend that has a kernel for its (op, layout); "reference" has every one.
+# Preference order for backend="auto" on the CPU: fastest first. A node falls back along this
+# list to the first backend that has a kernel for its (op, layout); "reference" has every one.
 AUTO_ORDER = ("native", "numba", "reference")
+# Backends whose kernels take and return device arrays (runtime/device.py). With a CUDA GPU,
+# "auto" uses them (GPU_AUTO_ORDER) and never mixes in the CPU backends: every op they lack
+# runs on the reference, on the host, and the session says so in its plan.
+GPU_BACKENDS = ("triton", "cupy")
+GPU_AUTO_ORDER = ("triton", "cupy", "reference")
 
 _MODULES = {
     "reference": "kernels.reference",
@@ -103,6 +108,38 @@ def thread_setter(backend: str) -> Callable[[int], None] | None:
     if backend_status(backend) is not None:
         return None
     return getattr(importlib.import_module(_MODULES[backend]), "set_threads", None)
+
+
+def backend_device(backend: str) -> str | None:
+    """Where a usable GPU backend's arrays live: "cuda", or "cpu" (Triton's interpreter);
+    None for a CPU backend or an unavailable one."""
+    if backend not in GPU_BACKENDS or backend_status(backend) is not None:
+        return None
+    return getattr(importlib.import_module(_MODULES[backend]), "DEVICE", "cuda")
+
+
+def backend_module(backend: str):
+    """The imported package of a usable backend (its to_device / set_threads hooks)."""
+    if backend_status(backend) is not None:
+        raise KernelNotFound(f"backend {backend!r} is unavailable: {backend_status(backend)}")
+    return importlib.import_module(_MODULES[backend])
+
+
+def auto_order() -> tuple[str, ...]:
+    """backend="auto": the GPU backends when one runs on a CUDA device, else the CPU ones."""
+    if any(backend_device(b) == "cuda" for b in GPU_BACKENDS):
+        return GPU_AUTO_ORDER
+    return AUTO_ORDER
+
+
+def fallback_order(backend: str) -> tuple[str, ...]:
+    """The backends a node may run on when a session asks for ``backend`` explicitly: that one,
+    then (for a GPU backend) the other GPU backend on the same device, then the reference."""
+    if backend in GPU_BACKENDS:
+        device = backend_device(backend)
+        others = tuple(b for b in GPU_BACKENDS if device is not None and b != backend and backend_device(b) == device)
+        return (backend, *others, "reference")
+    return (backend, "reference")
 
 
 def available_backends() -> dict[str, str | None]:

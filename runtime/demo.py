@@ -100,6 +100,8 @@ def _median_ms(fn, seconds: float, settle: bool) -> float:
 
 
 def run_demo(out_dir: str | None = "qrt-demo", keep_models: bool = False, seed: int = 0) -> int:
+    from kernels.registry import backend_device
+
     from . import available_backends
     from .convert import from_onnx
     from .session import InferenceSession
@@ -114,7 +116,9 @@ def run_demo(out_dir: str | None = "qrt-demo", keep_models: bool = False, seed: 
     print(f"  trained in {time.perf_counter() - t_start:.1f} s; {len(x_te)} held-out images")
     want = clf.predict_proba(x_te).astype(np.float32)
     onnx_bytes = to_onnx(clf)
-    backends = [b for b, reason in available_backends().items() if reason is None]
+    # a GPU backend on the CPU (Triton's interpreter, TRITON_INTERPRET=1) is a correctness
+    # tool, thousands of times slower than a kernel: not a row of a speed table
+    backends = [b for b, reason in available_backends().items() if reason is None and backend_device(b) != "cpu"]
 
     with tempfile.TemporaryDirectory(prefix="qrt-demo-") as tmp:
         model_dir = out / "models" if keep_models else Path(tmp)
@@ -139,7 +143,8 @@ def run_demo(out_dir: str | None = "qrt-demo", keep_models: bool = False, seed: 
         rows = _measure(runners, x_te, y_te, want)
     _speedups(rows)
     _print_table(rows, len(x_te))
-    unavailable = {b: r for b, r in available_backends().items() if r}
+    unavailable = {b: r or "runs on the CPU interpreter (TRITON_INTERPRET=1): not timed"
+                   for b, r in available_backends().items() if r or backend_device(b) == "cpu"}
     notes = [f"{b}: {r}" for b, r in unavailable.items()] + [f"{o['what']}: {o['reason']}" for o in omitted]
     if notes:
         print("  not in the table: " + "; ".join(notes))

@@ -21,6 +21,7 @@ import numpy as np
 
 from kernels import registry
 from .graph import Graph, format_shape, shape_problem
+from .device import dtype_name, is_device_array, shape_stand_in, to_numpy
 from .layouts import dense_tensor, dense_view_2d
 
 # onnxruntime's type strings, so code written against onnxruntime's NodeArg keeps working.
@@ -148,7 +149,12 @@ class InferenceSession:
 
     def run(self, output_names: Sequence[str] | None, input_feed: Mapping[str, Any],
             run_options: Any = None) -> list[np.ndarray]:
-        """Run the model; returns the requested outputs (all when output_names is None)."""
+        """Run the model; returns the requested outputs (all when output_names is None).
+
+        On a GPU backend, feeds may be numpy arrays (uploaded once) or device arrays (CuPy
+        arrays, torch tensors: used in place), and values stay on the device between GPU
+        nodes; outputs come back as numpy unless ``run_options`` asks for device arrays
+        (``{"device_outputs": True}``, or an object with that attribute)."""
         if output_names is None:
             out_slots = self._default_out_slots
         else:
@@ -157,9 +163,8 @@ class InferenceSession:
             set_threads(self.threads)
         env = list(self._template)
         fed = self._check_feeds(input_feed)
-        for slot, array in fed:
-            env[slot] = array
-        shapes = tuple(a.shape for _, a in fed)
+        self._feed(env, fed)
+        shapes = tuple(tuple(a.shape) for _, a in fed)
         cached = self._shape_cache.get(shapes)
         if cached is not None:
             # values that depend on the input shapes alone (Shape, Range, position ids, ...)
@@ -176,10 +181,16 @@ class InferenceSession:
         # Like onnxruntime, hand back arrays the caller owns: an output that is a constant
         # (a read-only view of the file map) or that aliases a fed array (Identity, Reshape
         # views) is copied, so writing to it can neither fail nor change the caller's input.
+        device_outputs = bool(run_options.get("device_outputs", False) if isinstance(run_options, Mapping)
+                              else getattr(run_options, "device_outputs", False))
         out = []
         for s in out_slots:
-            a = np.asarray(env[s])
-            if not a.flags.writeable or any(np.may_share_memory(a, f) for _, f in fed):
+            a = env[s]
+            if is_device_array(a):
+                out.append(a if device_outputs else to_numpy(a))
+                continue
+            a = np.asarray(a)
+            if not a.flags.writeable or any(isinstance(f, np.ndarray) and np.may_share_memory(a, f) for _, f in fed):
                 a = a.copy()
             out.append(a)
         return out
@@ -195,8 +206,7 @@ class InferenceSession:
             for set_threads in self._thread_setters:
                 set_threads(self.threads)
             env = list(self._template)
-            for slot, array in self._check_feeds(input_feed):
-                env[slot] = array
+            self._feed(env, self._check_feeds(input_feed))
             for k, (run, ins, outs, frees) in enumerate(self._steps):
                 t0 = time.perf_counter()
                 results = run(*[env[i] for i in ins])
@@ -207,6 +217,12 @@ class InferenceSession:
                 for s in frees:
                     env[s] = None
         return [(p, float(np.median(t))) for p, t in zip(self._planned, times)]
+
+    def _feed(self, env: list, fed: list) -> None:
+        """Put checked feeds in their slots; numpy feeds a GPU node reads are uploaded (once)."""
+        for slot, array in fed:
+            upload = self._uploads.get(slot)
+            env[slot] = upload(array) if upload is not None and isinstance(array, np.ndarray) else array
 
     # --- planning -------------------------------------------------------------------------
     def _plan(self, graph: Graph) -> None:
@@ -245,6 +261,7 @@ class InferenceSession:
             raw_steps.append((run, ins, outs))
             self._planned.append(PlannedNode(node.name, node.op, layout, backend))
 
+        self._plan_devices(graph, raw_steps, slots)
         keep = constant_slots | {slots[o] for o in output_names} | {0}
         frees_at: dict[int, list[int]] = {}
         for s, k in last_use.items():
@@ -309,6 +326,32 @@ class InferenceSession:
             self._shape_cache.pop(next(iter(self._shape_cache)))      # the oldest shapes
         self._shape_cache[shapes] = frozen
 
+    def _plan_devices(self, graph: Graph, raw_steps: list, slots: dict[str, int]) -> None:
+        """A session with GPU nodes: host nodes get their device-array inputs copied to the
+        host (Shape / Size only a shape stand-in: no copy), and the feeds a GPU node reads
+        are uploaded once per run, by the backend of the first GPU node that reads them.
+        ``host_transfers`` counts the host nodes that read a device value (the plan's round
+        trips); a CPU session is left exactly as it was."""
+        self._uploads: dict[int, Any] = {}
+        self.host_transfers = 0
+        gpu = [p.backend in registry.GPU_BACKENDS for p in self._planned]
+        self._on_gpu = any(gpu)
+        if not self._on_gpu:
+            return
+        on_device = set()                      # slots a GPU node writes (device values)
+        feeds = {slots[v.name] for v in graph.inputs}
+        for k, (node, (run, ins, outs)) in enumerate(zip(graph.nodes, raw_steps)):
+            if gpu[k]:
+                to_device = getattr(registry.backend_module(self._planned[k].backend), "to_device", None)
+                for s in ins:
+                    if s in feeds and s not in self._uploads and to_device is not None:
+                        self._uploads[s] = to_device
+                on_device.update(outs)
+                continue
+            if any(s in on_device or s in feeds for s in ins):
+                self.host_transfers += any(s in on_device for s in ins) and node.op not in ("Shape", "Size")
+                raw_steps[k] = (_on_host(run, node.op), ins, outs)
+
     def _planned_layer(self, node, graph: Graph, layout: str, backend: str, attrs: dict):
         """A planner.PlannedLayer for a Linear/Conv whose weight has more than one candidate
         (layout, backend), else None (the node runs its stored layout on ``backend``)."""
@@ -339,9 +382,10 @@ class InferenceSession:
         return layer
 
     def _candidates(self) -> tuple[str, ...]:
-        """The backends a node may run on: "auto" tries them fastest first; an explicit
-        backend falls back to the reference only."""
-        return registry.AUTO_ORDER if self.backend == "auto" else (self.backend, "reference")
+        """The backends a node may run on: "auto" tries them fastest first (the GPU backends
+        where a CUDA GPU is usable); an explicit backend falls back to the other GPU backend
+        on the same device (for a GPU backend), then to the reference."""
+        return registry.auto_order() if self.backend == "auto" else registry.fallback_order(self.backend)
 
     def _choose_backend(self, op: str, layout: str) -> str:
         candidates = self._candidates()
@@ -373,15 +417,29 @@ class InferenceSession:
                 raise ValueError(f"missing input {v.name!r} (expected {v.dtype} with shape {format_shape(v.shape)}); "
                                  f"{got}")
             a = feeds[v.name]
-            if not isinstance(a, np.ndarray):
+            device = is_device_array(a)
+            if not device and not isinstance(a, np.ndarray):
                 a = np.asarray(a)
-            if str(a.dtype) != v.dtype:
-                raise ValueError(f"input {v.name!r}: expected dtype {v.dtype}, got {a.dtype}")
-            problem = shape_problem(v, a.shape, symbols)
+            if dtype_name(a) != v.dtype:
+                raise ValueError(f"input {v.name!r}: expected dtype {v.dtype}, got {dtype_name(a)}")
+            problem = shape_problem(v, tuple(int(d) for d in a.shape), symbols)
             if problem:
                 raise ValueError(f"input {v.name!r}: {problem}")
-            checked.append((slot, np.ascontiguousarray(a)))
+            if device and not self._on_gpu:        # a CPU session: bring it to the host once
+                a = to_numpy(a)
+                device = False
+            checked.append((slot, a if device else np.ascontiguousarray(a)))
         return checked
+
+
+def _on_host(run, op: str):
+    """``run`` (a host kernel) with its device-array inputs brought to the host first; Shape
+    and Size read only the shape, so they get a stand-in without the data."""
+    convert = shape_stand_in if op in ("Shape", "Size") else to_numpy
+
+    def host_run(*inputs):
+        return run(*[convert(a) if is_device_array(a) else a for a in inputs])
+    return host_run
 
 
 def _execute(steps: list, env: list, watch: frozenset = frozenset(), record: dict | None = None) -> None:

@@ -68,10 +68,10 @@ def test_gemm_degrades_without_onnxruntime_and_torch(monkeypatch):
     assert "not installed" in reasons["onnxruntime fp32 / int8"] and "not installed" in reasons["pytorch int8"]
     # the sweep goes on with what there is, and the report lists the omissions
     sweep = gemm.Sweep(shapes=[(32, 16)], ms=(2,), sparsities=(0.9,), layouts=("int8", "csr"),
-                       backends=("reference", "triton"), threads=1, min_seconds=0.001)
+                       backends=("reference", "cupy"), threads=1, min_seconds=0.001)
     rows, omitted = gemm.run_sweep(sweep, peaks=None)
     assert {r["runtime"] for r in rows} == {"qrt reference", "numpy fp32"}
-    assert any(o["what"] == "qrt triton" for o in omitted)
+    assert any(o["what"] == "qrt cupy" for o in omitted)          # no GPU here: omitted with the reason
     assert all(r["pct_peak"] is None and r["vs_ort_int8"] is None for r in rows)
 
 
