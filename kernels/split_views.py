@@ -29,3 +29,14 @@ def split_views_factory(attrs: dict[str, Any], weights: dict) -> Callable[..., t
         lead = (slice(None),) * (axis % x.ndim)
         return tuple(x[lead + (slice(a, a + n),)] for a, n in zip(starts, sizes))
     return run
+
+
+def device_split_factory(attrs: dict[str, Any], weights: dict) -> Callable[..., tuple]:
+    """Split for the GPU backends: views of the device array for explicit sizes (torch
+    tensors and CuPy arrays slice like numpy, without a copy); the other forms go through the
+    reference on a host copy (the next GPU kernel uploads its part)."""
+    views = split_views_factory(attrs, weights)
+    if attrs["split"] is not None:
+        return views
+    from runtime.device import to_numpy
+    return lambda x: views(to_numpy(x))
