@@ -194,20 +194,11 @@ def wait_for_cores(threads: int, peak: float | None, max_wait: float) -> float |
 
 # --- implementations ----------------------------------------------------------------------------
 
-def onnx_linear(k: int, n: int, w_kn: np.ndarray, b: np.ndarray, path: str) -> None:
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-    nodes = [helper.make_node("MatMul", ["x", "W"], ["xw"]), helper.make_node("Add", ["xw", "B"], ["y"])]
-    graph = helper.make_graph(nodes, "linear", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["M", k])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["M", n])],
-                              [numpy_helper.from_array(w_kn, "W"), numpy_helper.from_array(b, "B")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, path)
-
-
 def build_impls(k: int, n: int, w: np.ndarray, b: np.ndarray, threads: int, tmp: str) -> dict:
-    """name -> callable(x) -> y (float32 (M, N)), for everything installed here."""
+    """name -> callable(x) -> y (float32 (M, N)), for everything installed here: qrt's int8
+    Linear kernels, and the baselines of runtime/bench/gemm.py (numpy / onnxruntime fp32,
+    onnxruntime / PyTorch int8)."""
+    from runtime.bench.gemm import baseline_impls
     impls = {}
     t = pack_int8("W", w)                               # per-channel symmetric
     qrt = registry.lookup("Linear", "int8", "numba")({"act_quant": "dynamic"}, {1: t})
@@ -215,40 +206,11 @@ def build_impls(k: int, n: int, w: np.ndarray, b: np.ndarray, threads: int, tmp:
     if registry.backend_status("native") is None:
         native = registry.lookup("Linear", "int8", "native")({"act_quant": "dynamic"}, {1: t})
         impls["qrt native int8"] = lambda x: native(x, t, b)[0]
-    w_kn = np.ascontiguousarray(w.T)
-    try:
-        import onnxruntime as ort
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-        f32 = os.path.join(tmp, f"linear_{k}_{n}.onnx")
-        i8 = os.path.join(tmp, f"linear_{k}_{n}_int8.onnx")
-        onnx_linear(k, n, w_kn, b, f32)
-        quantize_dynamic(f32, i8, weight_type=QuantType.QInt8)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        s8 = ort.InferenceSession(i8, opts, providers=["CPUExecutionProvider"])
-        s32 = ort.InferenceSession(f32, opts, providers=["CPUExecutionProvider"])
-        impls["onnxruntime int8"] = lambda x: s8.run(None, {"x": x})[0]
-        impls["onnxruntime fp32"] = lambda x: s32.run(None, {"x": x})[0]
-    except ImportError as e:
-        print(f"onnxruntime: skipped ({e})")
-    try:
-        import torch
-        torch.set_num_threads(threads)
-        lin = torch.nn.Linear(k, n)
-        with torch.no_grad():
-            lin.weight.copy_(torch.from_numpy(w))
-            lin.bias.copy_(torch.from_numpy(b))
-        qlin = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(lin), {torch.nn.Linear}, dtype=torch.qint8)
-
-        def torch_int8(x):
-            with torch.inference_mode():
-                return qlin(torch.from_numpy(x)).numpy()
-        impls["pytorch int8"] = torch_int8
-    except ImportError as e:
-        print(f"torch: skipped ({e})")
-    impls["numpy fp32"] = lambda x: x @ w_kn + b
+    omitted: list = []
+    for impl in baseline_impls(w, b, threads, tmp, omitted):
+        impls[impl.runtime] = impl.run
+    for o in omitted:
+        print(f"{o['what']}: skipped ({o['reason']})")
     return impls
 
 

@@ -202,3 +202,34 @@ def activate(y, ACTIVATION: tl.constexpr):
         t = tl.where(u < 0, -t, t)
         y = (0.5 * x * (1.0 + t)).to(tl.float32)
     return y
+
+
+@triton.jit
+def grouped_tile(M, N, BM: tl.constexpr, BN: tl.constexpr, GROUP_M: tl.constexpr):
+    """(pid_m, pid_n) of this program in a 1-D grid over (M / BM) x (N / BN) output tiles,
+    GROUP_M tile rows at a time, so that programs running together share weight tiles in L2."""
+    pid = tl.program_id(0)
+    num_pid_m = tl.cdiv(M, BM)
+    num_pid_n = tl.cdiv(N, BN)
+    per_group = GROUP_M * num_pid_n
+    first_m = (pid // per_group) * GROUP_M
+    group_m = tl.minimum(num_pid_m - first_m, GROUP_M)
+    return first_m + (pid % per_group) % group_m, (pid % per_group) // group_m
+
+
+@triton.jit
+def int8_epilogue(acc, offs_m, offs_n, m_ok, n_ok, sx_ptr, sw_ptr, colsum_ptr, bias_ptr, act_zero_point,
+                  HAS_XZP: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """The int8 GEMM epilogue in the reference's order (kernels/reference/packed.py): the
+    activation zero point's correction in exact int32 (- z_x * sum_k (qw[n, k] - z_w[n])), then
+    s_w[n] * acc, times s_x[m], plus the bias, in float64, rounded once to float32."""
+    if HAS_XZP:
+        colsum = tl.load(colsum_ptr + offs_n, mask=n_ok, other=0)
+        acc -= act_zero_point * colsum[None, :]
+    sw = tl.load(sw_ptr + offs_n, mask=n_ok, other=0.0)
+    sx = tl.load(sx_ptr + offs_m, mask=m_ok, other=0.0)
+    y = sw[None, :] * acc.to(tl.float64)
+    y = y * sx[:, None]
+    if HAS_BIAS:
+        y = y + tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0)[None, :]
+    return y.to(tl.float32)

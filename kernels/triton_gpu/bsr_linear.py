@@ -58,7 +58,7 @@ from kernels.registry import register
 from runtime.layouts import layout_spec
 
 from . import _common as C
-from ._common import activate
+from ._common import activate, int8_epilogue
 from .int8_linear import linear_factory
 from .quantize import quantize_rows
 
@@ -115,16 +115,8 @@ def _bsr_kernel(x_ptr, tiles_ptr, tile_ptr_ptr, tile_k_ptr, sx_ptr, sw_ptr, cols
 
     n_ok = offs_n < N
     if INT8:
-        if HAS_XZP:
-            colsum = tl.load(colsum_ptr + offs_n, mask=n_ok, other=0)
-            acc -= act_zero_point * colsum[None, :]
-        sw = tl.load(sw_ptr + offs_n, mask=n_ok, other=0.0)
-        sx = tl.load(sx_ptr + offs_m, mask=m_ok, other=0.0)
-        y = sw[None, :] * acc.to(tl.float64)
-        y = y * sx[:, None]
-        if HAS_BIAS:
-            y = y + tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0)[None, :]
-        out = y.to(tl.float32)
+        out = int8_epilogue(acc, offs_m, offs_n, m_ok, n_ok, sx_ptr, sw_ptr, colsum_ptr, bias_ptr,
+                            act_zero_point, HAS_XZP, HAS_BIAS)
     else:
         out = acc
         if HAS_BIAS:

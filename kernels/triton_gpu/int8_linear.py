@@ -54,7 +54,7 @@ from kernels.reference.packed import act_params
 from kernels.registry import register
 
 from . import _common as C
-from ._common import activate
+from ._common import activate, grouped_tile, int8_epilogue
 from .quantize import quantize_rows
 
 
@@ -91,14 +91,7 @@ def _int8_gemm_kernel(qx_ptr, w_ptr, sx_ptr, rowsum_ptr, sw_ptr, zw_ptr, colsum_
                       ACTIVATION: tl.constexpr,
                       BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr):
     # qx (M, Kp) int8, W (Np, Kp) int8 zero-padded, Y (M, N) float32
-    pid = tl.program_id(0)
-    num_pid_m = tl.cdiv(M, BM)
-    num_pid_n = tl.cdiv(N, BN)
-    per_group = GROUP_M * num_pid_n
-    first_m = (pid // per_group) * GROUP_M
-    group_m = tl.minimum(num_pid_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % per_group) % group_m
-    pid_n = (pid % per_group) // group_m
+    pid_m, pid_n = grouped_tile(M, N, BM, BN, GROUP_M)
 
     offs_m = pid_m * BM + tl.arange(0, BM)
     offs_n = pid_n * BN + tl.arange(0, BN)
@@ -119,17 +112,9 @@ def _int8_gemm_kernel(qx_ptr, w_ptr, sx_ptr, rowsum_ptr, sw_ptr, zw_ptr, colsum_
         rowsum = tl.load(rowsum_ptr + offs_m, mask=m_ok, other=0)
         zw = tl.load(zw_ptr + offs_n, mask=n_ok, other=0)
         acc -= zw[None, :] * rowsum[:, None]
-    if HAS_XZP:   # - z_x * sum_k (qw[n, k] - z_w[n])
-        colsum = tl.load(colsum_ptr + offs_n, mask=n_ok, other=0)
-        acc -= act_zero_point * colsum[None, :]
-    sw = tl.load(sw_ptr + offs_n, mask=n_ok, other=0.0)
-    sx = tl.load(sx_ptr + offs_m, mask=m_ok, other=0.0)
-    y = sw[None, :] * acc.to(tl.float64)
-    y = y * sx[:, None]
-    if HAS_BIAS:
-        b = tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0)
-        y = y + b[None, :]
-    out = activate(y.to(tl.float32), ACTIVATION)
+    y = int8_epilogue(acc, offs_m, offs_n, m_ok, n_ok, sx_ptr, sw_ptr, colsum_ptr, bias_ptr, act_zero_point,
+                      HAS_XZP, HAS_BIAS)
+    out = activate(y, ACTIVATION)
     y_ptrs = y_ptr + offs_m.to(tl.int64)[:, None] * stride_ym + offs_n[None, :]
     tl.store(y_ptrs, out, mask=m_ok[:, None] & n_ok[None, :])
 

@@ -57,7 +57,7 @@ from kernels.registry import register
 from runtime.layouts import layout_spec
 
 from . import _common as C
-from ._common import activate
+from ._common import activate, grouped_tile
 from .int8_linear import linear_factory
 
 DOT_MODES = ("fp32", "fp16")
@@ -113,14 +113,7 @@ def _weight_only_kernel(x_ptr, w_ptr, scale_ptr, zp_ptr, bias_ptr, y_ptr,
                         DOT_FP16: tl.constexpr, ACTIVATION: tl.constexpr,
                         BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr):
     # X (M, K) float32; W (Np, Kp*BITS/8) bytes, K-major, zero-padded; scale / zp (G', Np)
-    pid = tl.program_id(0)
-    num_pid_m = tl.cdiv(M, BM)
-    num_pid_n = tl.cdiv(N, BN)
-    per_group = GROUP_M * num_pid_n
-    first_m = (pid // per_group) * GROUP_M
-    group_m = tl.minimum(num_pid_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % per_group) % group_m
-    pid_n = (pid % per_group) // group_m
+    pid_m, pid_n = grouped_tile(M, N, BM, BN, GROUP_M)
 
     offs_m = pid_m * BM + tl.arange(0, BM)
     offs_n = pid_n * BN + tl.arange(0, BN)

@@ -59,7 +59,6 @@ PEAK_SECONDS = 0.3
 BANDWIDTH_BYTES = 64 * 1024 * 1024   # well past any L3, so the copy streams from DRAM
 BANDWIDTH_REPEATS = 5
 
-_CPUINFO = "/proc/cpuinfo"
 
 
 def fingerprint(threads: int, measure: bool = True) -> dict:
@@ -305,8 +304,7 @@ def _cpuinfo_flags() -> set[str]:
 
 
 def _read_cpuinfo() -> str | None:
-    try:
-        with open(_CPUINFO, encoding="utf-8", errors="replace") as f:
-            return f.read()
-    except OSError:
-        return None
+    """/proc/cpuinfo's text, or None (not Linux): the native backend's reader, which works
+    whether or not the extension is built."""
+    from kernels.native_cpu import _read_cpuinfo as read
+    return read()
