@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from kernels import registry
+from tests.linear_errors import assert_common_refusals
 from runtime import layouts
 from runtime.convert import prune
 from tests.sparse_cases import pack_sparse_case
@@ -617,15 +618,7 @@ def test_bad_calls_are_refused_with_a_reason(restore_native_state):
 def test_bad_inputs_to_the_kernel_are_refused_with_a_reason():
     rng = _rng("bad-kernel")
     t = pack_sparse_case(rng, "csr", 10, 20)
-    run = registry.lookup("Linear", "csr", "native")({"act_quant": "dynamic"}, {1: t})
-    with pytest.raises(ValueError, match="does not match packed weight"):
-        run(np.zeros((3, 21), np.float32), t, None)
-    with pytest.raises(ValueError, match="float"):
-        run(np.zeros((3, 20), np.int32), t, None)
-    with pytest.raises(ValueError, match="bias"):
-        run(np.zeros((3, 20), np.float32), t, np.zeros(11, np.float32))
-    with pytest.raises(ValueError, match="act_scale"):
-        registry.lookup("Linear", "csr", "native")({"act_quant": "static"}, {1: t})
+    assert_common_refusals("csr", "native", t)
     with pytest.raises(ValueError, match="stores float values"):
         registry.lookup("Linear", "csr", "native")({"act_quant": "dynamic"}, {1: pack_sparse_case(rng, "csr", 10, 20, quant="none")})
     with pytest.raises(ValueError, match="layouts"):
