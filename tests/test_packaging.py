@@ -81,7 +81,7 @@ def test_readme_gives_the_ci_test_command_and_the_demo_command():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     blocks = re.findall(r"```bash\n(.*?)```", readme, flags=re.S)
     assert 'python3 -m venv .venv && . .venv/bin/activate && pip install -e ".[test]" && python -m pytest -q\n' in blocks
-    assert 'python3 -m venv .venv && . .venv/bin/activate && pip install ".[demo]" && qrt demo\n' in blocks
+    assert 'python3 -m venv .venv && . .venv/bin/activate && pip install -e ".[demo]" && qrt demo\n' in blocks
 
 
 def test_build_without_a_compiler_warns_and_succeeds(tmp_path):
