@@ -31,21 +31,13 @@ from __future__ import annotations
 import numpy as np
 
 from kernels.blas_activity import blas_recently_called
-from kernels.registry import lookup, register
+from kernels.fused_dispatch import attention_factory, skip_layer_normalization_factory
+from kernels.registry import register
 from kernels.split_views import split_views_factory
 
 from . import _native
 
 F32 = np.dtype(np.float32)
-
-
-def _reference(op: str, attrs: dict, weights: dict):
-    """The reference kernel of this node: what runs for inputs that are not float32."""
-    return lookup(op, "dense", "reference")(attrs, weights)
-
-
-def _is_f32(*arrays) -> bool:
-    return all(a is None or (isinstance(a, np.ndarray) and a.dtype == F32) for a in arrays)
 
 
 def _last_axis_contiguous(a: np.ndarray) -> np.ndarray:
@@ -75,17 +67,7 @@ def _away_from_blas(kernel, *args):
         _native.set_threads(threads)
 
 
-@register("Attention", "native")
-def attention_factory(attrs: dict, weights: dict):
-    """Attention on float32 q, k, v, mask; other dtypes run the reference."""
-    ref = _reference("Attention", attrs, weights)     # checks head_dim and scale
-    head_dim, scale = int(attrs["head_dim"]), float(attrs["scale"])
-
-    def run(q, k, v, mask=None):
-        if not _is_f32(q, k, v, mask):
-            return ref(q, k, v, mask)
-        return (attention(q, k, v, mask, head_dim, scale),)
-    return run
+register("Attention", "native")(attention_factory(attention))
 
 
 def skip_layer_norm(x: np.ndarray, skip: np.ndarray, scale: np.ndarray, bias: np.ndarray | None,
@@ -96,19 +78,5 @@ def skip_layer_norm(x: np.ndarray, skip: np.ndarray, scale: np.ndarray, bias: np
                            float(epsilon))
 
 
-@register("SkipLayerNormalization", "native")
-def skip_layer_normalization_factory(attrs: dict, weights: dict):
-    """LayerNorm(x + skip) over the last axis for float32 x, skip of one shape and (D,) scale
-    and bias; anything else (broadcasting, other dtypes) runs the reference."""
-    ref = _reference("SkipLayerNormalization", attrs, weights)
-    eps = float(attrs["epsilon"])
-
-    def run(x, skip, scale, bias=None):
-        if (not _is_f32(x, skip, scale, bias) or x.ndim == 0 or x.shape != skip.shape or x.shape[-1] == 0
-                or scale.shape != (x.shape[-1],) or (bias is not None and bias.shape != (x.shape[-1],))):
-            return ref(x, skip, scale, bias)
-        return (skip_layer_norm(x, skip, scale, bias, eps),)
-    return run
-
-
+register("SkipLayerNormalization", "native")(skip_layer_normalization_factory(skip_layer_norm))
 register("Split", "native")(split_views_factory)      # views, kernels/split_views.py

@@ -23,11 +23,12 @@ from numba import njit, prange
 
 from kernels.reference._common import prod
 from kernels.reference.fused import attention_heads
+from kernels.fused_dispatch import attention_factory, skip_layer_normalization_factory
 from kernels.registry import register
 from kernels.split_views import split_views_factory
 
 from .f32_tile import gemm_acc
-from .ops import _ROWS, F32, _exp32, _is_f32, _reference, blas_recently_called
+from .ops import _ROWS, F32, _exp32, blas_recently_called
 
 # Attention runs serially below this many multiply-adds (B * H * Sq * Sk * (D + Dv)): waking
 # the pool costs more than a small problem (seq 16 in a MiniLM layer is ~0.2 M).
@@ -156,17 +157,7 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | No
     return out
 
 
-@register("Attention", "numba")
-def attention_factory(attrs: dict, weights: dict):
-    """Attention on float32 q, k, v, mask; other dtypes run the reference."""
-    ref = _reference("Attention", attrs, weights)     # checks head_dim and scale
-    head_dim, scale = int(attrs["head_dim"]), float(attrs["scale"])
-
-    def run(q, k, v, mask=None):
-        if not _is_f32(q, k, v, mask):
-            return ref(q, k, v, mask)
-        return (attention(q, k, v, mask, head_dim, scale),)
-    return run
+register("Attention", "numba")(attention_factory(attention))
 
 
 # --- SkipLayerNormalization --------------------------------------------------------------------
@@ -205,29 +196,24 @@ def _skip_layer_norm_serial(x, skip, scale, bias, eps, out):
     _skip_layer_norm_rows(x, skip, scale, bias, eps, out, 0, x.shape[0])
 
 
-@register("SkipLayerNormalization", "numba")
-def skip_layer_normalization_factory(attrs: dict, weights: dict):
-    """LayerNorm(x + skip) over the last axis for float32 x, skip of one shape and (D,) scale
-    and bias; anything else (broadcasting, other dtypes) runs the reference."""
-    ref = _reference("SkipLayerNormalization", attrs, weights)
-    eps = float(attrs["epsilon"])
+def skip_layer_norm(x: np.ndarray, skip: np.ndarray, scale: np.ndarray, bias: np.ndarray | None,
+                    eps: float) -> np.ndarray:
+    """LayerNorm(x + skip) over the last axis: float32 x, skip (..., D) of one shape, D >= 1,
+    scale and bias (D,) (kernels/fused_dispatch.py checks all that before calling)."""
+    d = x.shape[-1]
+    r = prod(x.shape[:-1])
+    x2 = np.ascontiguousarray(x).reshape(r, d)
+    s2 = np.ascontiguousarray(skip).reshape(r, d)
+    b = np.zeros(d, F32) if bias is None else np.ascontiguousarray(bias)
+    out = np.empty((r, d), F32)
+    if x2.size >= SKIP_LN_PARALLEL_MIN_ELEMENTS and not blas_recently_called():
+        _skip_layer_norm_parallel(x2, s2, np.ascontiguousarray(scale), b, eps, out)
+    elif r:
+        _skip_layer_norm_serial(x2, s2, np.ascontiguousarray(scale), b, eps, out)
+    return out.reshape(x.shape)
 
-    def run(x, skip, scale, bias=None):
-        d = x.shape[-1] if x.ndim else 0
-        if (not _is_f32(x, skip, scale, bias) or x.shape != skip.shape or x.ndim == 0 or d == 0
-                or scale.shape != (d,) or (bias is not None and bias.shape != (d,))):
-            return ref(x, skip, scale, bias)
-        r = prod(x.shape[:-1])
-        x2 = np.ascontiguousarray(x).reshape(r, d)
-        s2 = np.ascontiguousarray(skip).reshape(r, d)
-        b = np.zeros(d, F32) if bias is None else np.ascontiguousarray(bias)
-        out = np.empty((r, d), F32)
-        if x2.size >= SKIP_LN_PARALLEL_MIN_ELEMENTS and not blas_recently_called():
-            _skip_layer_norm_parallel(x2, s2, np.ascontiguousarray(scale), b, eps, out)
-        elif r:
-            _skip_layer_norm_serial(x2, s2, np.ascontiguousarray(scale), b, eps, out)
-        return (out.reshape(x.shape),)
-    return run
+
+register("SkipLayerNormalization", "numba")(skip_layer_normalization_factory(skip_layer_norm))
 
 
 # --- Split along the last axis: views ------------------------------------------------------------

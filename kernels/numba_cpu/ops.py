@@ -72,7 +72,8 @@ from numba.extending import intrinsic
 from kernels.reference._common import normalize_axis, prod
 from kernels.reference.conv_pool import _out_size, _spatial_attrs, _windows
 from kernels.blas_activity import blas_recently_called, note_blas_call  # noqa: F401  (fused.py, int8_gemm.py)
-from kernels.registry import lookup, register
+from kernels.fused_dispatch import reference_of as _reference
+from kernels.registry import register
 
 F32 = np.dtype(np.float32)
 
@@ -436,11 +437,6 @@ def _softmax_parallel(x, out):
 
 
 # --- wrappers (the registered kernel factories) ------------------------------------------------
-
-def _reference(op: str, attrs: dict, weights: dict):
-    """The reference kernel of this node: what runs for inputs that are not float32."""
-    return lookup(op, "dense", "reference")(attrs, weights)
-
 
 class _Prepared:
     """An initializer input converted once at plan time (``convert(array)``), used when

@@ -1,0 +1,55 @@
+"""The factories of the fused ops that the CPU backends share: a fast float32 kernel where the
+inputs fit it, the reference kernel for everything else (other dtypes, broadcasting, empty
+rows). Each backend passes its own kernel function; the dispatch rule is written once, here.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+from kernels.registry import lookup
+
+F32 = np.dtype(np.float32)
+
+
+def reference_of(op: str, attrs: dict, weights: dict) -> Callable[..., tuple]:
+    """The reference kernel of this node: what runs for inputs a fast kernel does not take."""
+    return lookup(op, "dense", "reference")(attrs, weights)
+
+
+def all_f32(*arrays: Any) -> bool:
+    """Every array given is a float32 numpy array (None: an absent optional input)."""
+    return all(a is None or (isinstance(a, np.ndarray) and a.dtype == F32) for a in arrays)
+
+
+def attention_factory(attention: Callable[..., np.ndarray]):
+    """Kernel factory of Attention: ``attention(q, k, v, mask, head_dim, scale) -> y`` on
+    float32 q, k, v, mask; other dtypes run the reference (which also checks the attributes)."""
+    def factory(attrs: dict, weights: dict):
+        ref = reference_of("Attention", attrs, weights)     # checks head_dim and scale
+        head_dim, scale = int(attrs["head_dim"]), float(attrs["scale"])
+
+        def run(q, k, v, mask=None):
+            if not all_f32(q, k, v, mask):
+                return ref(q, k, v, mask)
+            return (attention(q, k, v, mask, head_dim, scale),)
+        return run
+    return factory
+
+
+def skip_layer_normalization_factory(skip_layer_norm: Callable[..., np.ndarray]):
+    """Kernel factory of SkipLayerNormalization: ``skip_layer_norm(x, skip, scale, bias, eps)
+    -> y`` for float32 x and skip of one shape (..., D), D >= 1, and (D,) scale and bias;
+    anything else (broadcasting, other dtypes) runs the reference."""
+    def factory(attrs: dict, weights: dict):
+        ref = reference_of("SkipLayerNormalization", attrs, weights)
+        eps = float(attrs["epsilon"])
+
+        def run(x, skip, scale, bias=None):
+            if (not all_f32(x, skip, scale, bias) or x.ndim == 0 or x.shape != skip.shape or x.shape[-1] == 0
+                    or scale.shape != (x.shape[-1],) or (bias is not None and bias.shape != (x.shape[-1],))):
+                return ref(x, skip, scale, bias)
+            return (skip_layer_norm(x, skip, scale, bias, eps),)
+        return run
+    return factory
