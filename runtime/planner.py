@@ -81,12 +81,10 @@ def equivalent_weights(t: PackedTensor, attrs: dict) -> dict[str, Any]:
     """layout -> the weight in that layout, for every layout that computes the same function
     as ``t`` under the node's ``attrs`` (module docstring); the stored layout included."""
     out: dict[str, Any] = {t.layout: t if t.layout != "dense" else t.fields["data"]}
-    if t.layout in ("csr", "bsr", "nm"):
-        if t.params.get("quant", "none") == "int8":
-            out["int8"] = _as_dense_int8(t)
-        else:
-            out["dense"] = t.to_dense()
-    elif t.layout == "int4_grouped" and attrs.get("act_quant", "none") == "none":
+    float_acts = attrs.get("act_quant", "none") == "none"      # a float32 weight needs float activations
+    if t.layout in ("csr", "bsr", "nm") and t.params.get("quant", "none") == "int8":
+        out["int8"] = _as_dense_int8(t)
+    elif t.layout in ("csr", "bsr", "nm", "int4_grouped") and float_acts:
         out["dense"] = t.to_dense()
     return out
 
@@ -109,8 +107,6 @@ def candidates(op: str, t: PackedTensor, attrs: dict, backends: tuple[str, ...])
     fast = tuple(b for b in backends if b != "reference")
     out = []
     for layout, weight in equivalent_weights(t, attrs).items():
-        if attrs.get("act_quant", "none") != "none" and layout == "dense":
-            continue
         have = [b for b in fast if registry.has_kernel(op, layout, b)]
         out += [Candidate(layout, b, weight) for b in have]
     return out
