@@ -58,7 +58,7 @@ every panel, in one parallel region; fewer rows quantize first and split the pan
 computed by one thread in a fixed order, so results do not depend on the thread count.
 GOMP_SPINCOUNT (set in kernels/numba_cpu/__init__.py) keeps numba's OpenMP workers spinning briefly between calls.
 
-The LLVM intrinsic exists only on CPUs with AVX-512 VNNI: the functions that contain it are
+The LLVM intrinsic exists only on targets with AVX-512 VNNI: the functions that contain it are
 compiled on their first call, and callers reach them only when ``has_vnni()`` says so.
 """
 from __future__ import annotations
@@ -71,6 +71,7 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 
+from . import isa
 from .ops import activate_rows
 
 MR = 4                    # rows per micro-tile
@@ -85,13 +86,12 @@ _VPDPBUSD = "llvm.x86.avx512.vpdpbusd.512"
 
 
 def has_vnni() -> bool:
-    """True when this CPU has AVX-512 VNNI (and AVX-512 BW/F) and QRT_NUMBA_NO_VNNI is not 1.
-    Read at each call (cheap): kernels decide once, when a session plans."""
+    """True when numba's compile target (isa.py: this CPU unless QRT_NUMBA_ISA says otherwise)
+    has AVX-512 VNNI and QRT_NUMBA_NO_VNNI is not 1. Read at each call (cheap): kernels decide
+    once, when a session plans."""
     if os.environ.get(NO_VNNI_ENV, "") == "1":
         return False
-    from kernels.native_cpu import cpu_features
-    f = cpu_features()
-    return bool(f.get("avx512_vnni") and f.get("avx512bw") and f.get("avx512f"))
+    return isa.has_vnni()
 
 
 def padded_sizes(m: int, n: int, k: int) -> tuple[int, int, int]:
