@@ -30,7 +30,8 @@ from runtime import layouts
 from tests.sparse_cases import pack_sparse_case
 
 _REASON = registry.backend_status("numba")
-pytestmark = pytest.mark.skipif(_REASON is not None, reason=f"numba backend unavailable: {_REASON}")
+pytestmark = [pytest.mark.skipif(_REASON is not None, reason=f"numba backend unavailable: {_REASON}"),
+              pytest.mark.isa]   # CPU-specific paths: tests/test_forced_isa.py runs them forced to AVX2
 
 if _REASON is None:
     from kernels.numba_cpu import int4 as int4_mod
@@ -176,7 +177,14 @@ PATH_CASES = [  # (path, layout, block, M) -- the layout/M that reaches the path
 
 @pytest.fixture
 def force_path(monkeypatch):
+    """Make ``path`` the one SparseGemm takes, on any CPU. S16 is the path of targets with
+    AVX-512 VBMI; on others (AVX2-only CPUs, or QRT_NUMBA_ISA=avx2) it is forced and runs its
+    portable form (sparse._vpermi2b: one byte load per lane instead of vpermi2b, and the
+    portable vpdpbusd), so the S16 algorithm is checked from every machine; G4 is what such a
+    CPU takes by itself, and is forced here on VBMI targets."""
     def force(path):
+        if path == "S16":
+            monkeypatch.setattr(sparse, "USE_S16", True)
         if path == "G4":
             monkeypatch.setattr(sparse, "USE_S16", False)
         if path == "int64":
@@ -232,49 +240,6 @@ def test_thread_count_does_not_change_results(layout, block, act, m, monkeypatch
     finally:
         numba.set_num_threads(before)
     assert np.array_equal(y1, y2)
-
-
-_PORTABLE_SCRIPT = r"""
-import numpy as np
-from kernels import registry
-from kernels.numba_cpu import sparse
-from runtime import layouts
-from runtime.convert import prune
-assert not sparse.HAS_VNNI and not sparse.HAS_VBMI and not sparse.USE_S16
-rng = np.random.default_rng(0)
-w = rng.standard_normal((32, 72)).astype(np.float32)
-cases = [layouts.pack("csr", "w", w, prune.magnitude_mask(w, 0.7), quant="int8"),
-         layouts.pack("bsr", "w", w, prune.block_mask(w, 0.7, (4, 4)), quant="int8", block_shape=(4, 4)),
-         layouts.pack("bsr", "w", w, prune.block_mask(w, 0.7, (1, 4)), quant="int8", block_shape=(1, 4))]
-paths = set()
-for use_s16 in (False, True):          # True: S16 with the portable vpermi2b IR
-    sparse.USE_S16 = use_s16
-    for t in cases:
-        attrs = registry.fill_attrs("Linear", {"act_quant": "static", "act_scale": 0.03, "act_zero_point": 3})
-        ref = registry.lookup("Linear", t.layout, "reference")(attrs, {1: t})
-        fast = registry.lookup("Linear", t.layout, "numba")(attrs, {1: t})
-        for m in (1, 17):
-            x = rng.standard_normal((m, 72)).astype(np.float32)
-            assert np.array_equal(ref(x, t, None)[0], fast(x, t, None)[0]), (t.layout, m, use_s16)
-            paths.add(sparse.SparseGemm(t, **{k: attrs[k] for k in ("act_quant", "act_scale", "act_zero_point")}).path(m))
-print(sorted(paths))
-"""
-
-
-def test_portable_ir_without_vnni_or_vbmi(tmp_path):
-    """NUMBA_CPU_NAME=generic: numba compiles for a CPU without AVX-512, so every vpdpbusd /
-    vpermi2b is emitted as portable LLVM IR; the results must still be the reference's bits.
-    (A fresh cache dir: nothing compiled for this CPU is reused.)"""
-    import os
-    import subprocess
-    import sys
-    env = dict(os.environ, NUMBA_CPU_NAME="generic", NUMBA_CACHE_DIR=str(tmp_path))
-    env.pop("NUMBA_CPU_FEATURES", None)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    proc = subprocess.run([sys.executable, "-c", _PORTABLE_SCRIPT], env=env, cwd=root,
-                          capture_output=True, text=True, timeout=900, check=False)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "G4" in proc.stdout and "S16" in proc.stdout and "BQ4" in proc.stdout, proc.stdout
 
 
 # --- integer bounds --------------------------------------------------------------------------

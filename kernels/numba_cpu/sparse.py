@@ -75,7 +75,6 @@ import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
 from numba.core import cgutils
-from numba.core import config as numba_config
 from numba.extending import intrinsic, models, register_model
 
 from kernels.reference.conv_pool import conv_by_gemm
@@ -83,6 +82,7 @@ from kernels.reference.packed import act_params
 from kernels.registry import register
 from runtime.layouts import PackedTensor, dense_view_2d, nm_positions
 
+from . import isa
 from .vnni import quantize_shift
 
 SPARSE_LAYOUTS = ("csr", "bsr", "nm")
@@ -106,20 +106,9 @@ PAR_CHUNKS = 64      # row chunks of a parallel kernel (a few per thread; see _n
 
 # --- target features ---------------------------------------------------------------------------
 
-def _target_features() -> dict[str, bool]:
-    """The ISA features numba compiles for: NUMBA_CPU_FEATURES if set, none for an explicit
-    non-host NUMBA_CPU_NAME (e.g. 'generic' for portable caches), else the host's."""
-    if numba_config.CPU_FEATURES:
-        return {f[1:]: f[0] == "+" for f in numba_config.CPU_FEATURES.split(",") if f}
-    if numba_config.CPU_NAME not in (None, "host"):
-        return {}
-    import llvmlite.binding as llb
-    return dict(llb.get_host_cpu_features())
-
-
-_FEATURES = _target_features()
-HAS_VNNI = all(_FEATURES.get(f, False) for f in ("avx512f", "avx512bw", "avx512vl", "avx512vnni"))
-HAS_VBMI = all(_FEATURES.get(f, False) for f in ("avx512f", "avx512bw", "avx512vbmi"))
+# What numba compiles for (isa.py: this CPU, or the target QRT_NUMBA_ISA / NUMBA_CPU_NAME set).
+HAS_VNNI = isa.has_vnni()
+HAS_VBMI = isa.has_vbmi()
 # Which path runs (a module attribute so that tests can force each one):
 USE_S16 = HAS_VBMI    # its byte permute is one instruction only with VBMI
 
@@ -196,11 +185,19 @@ def _vpermi2b(builder, idx, lo, hi):
         fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_B64, [_B64, _B64, _B64]),
                                             "llvm.x86.avx512.vpermi2var.qi.512")
         return builder.call(fn, [lo, idx, hi])
-    table = builder.shuffle_vector(lo, hi, ir.Constant(ir.VectorType(_I32, 128), list(range(128))))
+    # Portable form: the 128-byte table in a stack slot, one byte load per lane. (Indexing a
+    # <128 x i8> value with a variable lane instead made LLVM spill the whole vector for every
+    # lane: 2-3x the compile time of every kernel that uses it.)
+    table = cgutils.alloca_once(builder, ir.ArrayType(ir.IntType(8), 128))
+    base = builder.bitcast(table, _B64.as_pointer())
+    builder.store(lo, base, align=1)
+    builder.store(hi, builder.gep(base, [ir.Constant(_I32, 1)]), align=1)
+    first = builder.bitcast(table, ir.IntType(8).as_pointer())
     out = ir.Constant(_B64, ir.Undefined)
     for i in range(64):
         j = builder.and_(builder.extract_element(idx, ir.Constant(_I32, i)), ir.Constant(ir.IntType(8), 127))
-        out = builder.insert_element(out, builder.extract_element(table, builder.zext(j, _I32)), ir.Constant(_I32, i))
+        byte = builder.load(builder.gep(first, [builder.zext(j, _I32)]))
+        out = builder.insert_element(out, byte, ir.Constant(_I32, i))
     return out
 
 
