@@ -1,8 +1,8 @@
 """Per-layer planning (runtime/planner.py): equivalent layouts compute the same function, the
-choice follows the measurements (injected timer: deterministic) and falls back from a sparse
-layout that is slower than dense int8 here (real timing, a 10%-sparse layer: its CSR kernel
-does ~90% of the dense work with index overhead, several times slower than dense int8 on
-every backend, far beyond timing noise), the disk cache, and the session's options."""
+choice follows the measurements (injected timers, so no test depends on this CPU's speed or
+load) and a session falls back from a sparse layout that measures slower than dense int8,
+the disk cache, and the session's options. Real measurements of the same decision are
+benchmarks/planner_fallback.py's."""
 from __future__ import annotations
 
 import json
@@ -179,9 +179,20 @@ def test_broken_cache_file_is_ignored(tmp_path):
 
 @needs_fast
 @pytest.mark.parametrize("backend", ["auto", *FAST])
-def test_session_falls_back_from_10pct_sparse_to_dense_int8(backend):
-    """The issue's acceptance case: a 10%-sparse CSR int8 layer is slower than dense int8 on
-    this machine, so the planner runs it as dense int8, with identical outputs."""
+def test_session_falls_back_from_slower_sparse_to_dense_int8(backend, monkeypatch):
+    """The acceptance case, end to end through a session: a 10%-sparse CSR int8 layer whose
+    stored layout measures slower than dense int8 runs as dense int8, with identical outputs.
+    The timings are injected (the planner's module-level ``measure``), so the test does not
+    depend on this CPU or on how busy it is; benchmarks/planner_fallback.py measures the same
+    layer for real."""
+    timed: list[str] = []
+
+    def fake_measure(runs, inputs):
+        for label, run in runs.items():       # run each candidate once, as the real timer does
+            run(*inputs)
+            timed.append(label)
+        return {label: 3e-3 if label.startswith("csr/") else 1e-3 for label in runs}
+    monkeypatch.setattr(planner, "measure", fake_measure)
     n, k = 256, 512
     g = _graph(_weight("csr", n, k, 0.10, quant="int8"), {"act_quant": "dynamic"}, n, k)
     x = np.random.default_rng(3).standard_normal((16, k)).astype(np.float32)
@@ -193,7 +204,10 @@ def test_session_falls_back_from_10pct_sparse_to_dense_int8(backend):
     assert off.layer_plan == []
     (rec,) = on.layer_plan
     assert rec["stored"].startswith("csr/") and rec["chosen"].startswith("int8/"), rec
-    assert rec["times_ms"][rec["stored"]] > rec["times_ms"][rec["chosen"]]
+    assert rec["times_ms"] == {label: (3.0 if label.startswith("csr/") else 1.0) for label in timed}
+    assert "3.00x faster" in rec["reason"] and "(measured)" in rec["reason"]
+    on.run(None, {"x": x})                    # decided once: the same input size is not timed again
+    assert len(timed) == len(rec["times_ms"])
 
 
 @needs_fast
