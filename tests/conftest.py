@@ -1,10 +1,23 @@
-"""Test-wide settings: per-layer planning's measurement cache (runtime/planner.py) goes to a
-temporary folder, never to the user's ~/.cache, and starts empty for every test run."""
+"""Test-wide settings.
+
+* Per-layer planning's measurement cache (runtime/planner.py) goes to a temporary folder,
+  never to the user's ~/.cache, and starts empty for every test run.
+* The header of every run names the CPU, its ISA flags, and each backend with "ok" (and the
+  code path it takes) or the reason it is unavailable, so a backend that was silently skipped
+  shows in every CI log.
+* QRT_REQUIRE_BACKENDS=native,numba (a comma list) and QRT_REQUIRE_NATIVE=1 (which also makes
+  setup.py fail a broken build) stop the run at once, with the reason, when a required backend
+  is unavailable: without them its tests would all be skipped and the run would pass.
+* Tests marked ``isa`` exercise CPU-specific code paths; tests/test_forced_isa.py runs them
+  once more with the AVX2 paths forced.
+"""
 import importlib.util
 import os
 import tempfile
 
 import pytest
+
+REQUIRE_ENV = "QRT_REQUIRE_BACKENDS"
 
 
 def _triton_interpreter_without_gpu() -> None:
@@ -33,3 +46,51 @@ def _plan_cache_dir():
         os.environ.pop("QRT_CACHE_DIR", None)
     else:
         os.environ["QRT_CACHE_DIR"] = old
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "isa: exercises CPU-specific code paths (run again with the "
+                                       "AVX2 paths forced by tests/test_forced_isa.py)")
+
+
+def required_backends() -> list[str]:
+    """The backends this run must have (QRT_REQUIRE_BACKENDS, plus native for QRT_REQUIRE_NATIVE)."""
+    names = [b.strip() for b in os.environ.get(REQUIRE_ENV, "").split(",") if b.strip()]
+    if os.environ.get("QRT_REQUIRE_NATIVE", "") not in ("", "0") and "native" not in names:
+        names.append("native")
+    return names
+
+
+def _backend_line(name: str, reason: str | None) -> str:
+    if reason is not None:
+        return f"qrt backend {name}: unavailable: {reason}"
+    detail = ""
+    if name == "native":
+        from kernels.native_cpu import _native
+        detail = f" (int8 path {_native.int8_isa()}, fused ops path {_native.fused_isa()})"
+    elif name == "numba":
+        from kernels.numba_cpu import isa
+        detail = f" ({isa.describe()})"
+    elif name == "triton":
+        from kernels.registry import backend_device
+        if backend_device(name) == "cpu":
+            detail = " (TRITON_INTERPRET=1: Triton's interpreter on the CPU)"
+    return f"qrt backend {name}: ok{detail}"
+
+
+def pytest_report_header(config):
+    from kernels import registry
+    from kernels.native_cpu import cpu_brand, cpu_features
+    flags = [f for f, ok in cpu_features().items() if ok]
+    lines = [f"qrt CPU: {cpu_brand()} ({', '.join(flags) or 'no SIMD flags found'})"]
+    lines += [_backend_line(b, reason) for b, reason in registry.available_backends().items()]
+    return lines
+
+
+def pytest_sessionstart(session):
+    from kernels import registry
+    missing = {b: registry.backend_status(b) for b in required_backends()}
+    missing = {b: r for b, r in missing.items() if r is not None}
+    if missing:
+        pytest.exit("required backend unavailable (QRT_REQUIRE_BACKENDS / QRT_REQUIRE_NATIVE): "
+                    + "; ".join(f"{b}: {r}" for b, r in missing.items()), returncode=3)

@@ -21,6 +21,8 @@ from runtime.graph import Graph, Node, Value
 from runtime.layouts import dense_tensor, pack_int8
 from tests import model_zoo
 
+pytestmark = pytest.mark.isa   # the fused kernels' CPU paths: tests/test_forced_isa.py runs them forced to AVX2
+
 # The fused reference computes in float64 and rounds once; the unfused graph rounds to float32
 # after each of ~8 nodes: a few float32 ulps of the largest intermediate.
 UNFUSED_RTOL = 1e-5
@@ -284,9 +286,9 @@ def test_numba_int8_fused_activation_matches_reference(activation, m, k, n, use_
     """The fused epilogue against the reference int8 Linear followed by the reference
     activation: the GEMM part is exact, so the only error is the numba activation formula's
     (ELEMENTWISE_RTOL / GELU_ATOL of tests/test_numba_ops.py; ReLU exact)."""
-    from kernels.numba_cpu import int8_gemm, vnni
+    from kernels.numba_cpu import int8_gemm, isa, vnni
     if use_vnni and not vnni.has_vnni():
-        pytest.skip("no AVX-512 VNNI here")
+        pytest.skip(f"the VNNI GEMM needs AVX-512 VNNI; numba compiles for {isa.describe()}")
     rng = _rng("int8-act", activation, m, k, n)
     t = pack_int8("w", rng.standard_normal((n, k)).astype(np.float32))
     x = rng.standard_normal((m, k)).astype(np.float32)

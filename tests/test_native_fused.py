@@ -15,7 +15,8 @@ from tests import model_zoo
 from tests.test_fusion import ATTENTION_RTOL, MASK_SHAPES, SKIP_LN_ATOL, _attention_case, _rel, _rng
 
 _REASON = registry.backend_status("native")
-pytestmark = pytest.mark.skipif(_REASON is not None, reason=f"native backend unavailable: {_REASON}")
+pytestmark = [pytest.mark.skipif(_REASON is not None, reason=f"native backend unavailable: {_REASON}"),
+              pytest.mark.isa]   # CPU-specific paths: tests/test_forced_isa.py runs them forced to AVX2
 
 if _REASON is None:
     from kernels.native_cpu import _native, cpu_features

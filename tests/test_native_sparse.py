@@ -26,7 +26,8 @@ from runtime.convert import prune
 from tests.sparse_cases import pack_sparse_case
 
 _REASON = registry.backend_status("native")
-pytestmark = pytest.mark.skipif(_REASON is not None, reason=f"native backend unavailable: {_REASON}")
+pytestmark = [pytest.mark.skipif(_REASON is not None, reason=f"native backend unavailable: {_REASON}"),
+              pytest.mark.isa]   # CPU-specific paths: tests/test_forced_isa.py runs them forced to AVX2
 
 if _REASON is None:
     from kernels.native_cpu import _native

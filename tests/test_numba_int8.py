@@ -23,7 +23,8 @@ from tests.linear_errors import assert_common_refusals  # noqa: E402
 from runtime.layouts import pack_int8  # noqa: E402
 
 _REASON = registry.backend_status("numba")
-pytestmark = pytest.mark.skipif(_REASON is not None, reason=f"numba backend unavailable: {_REASON}")
+pytestmark = [pytest.mark.skipif(_REASON is not None, reason=f"numba backend unavailable: {_REASON}"),
+              pytest.mark.isa]   # CPU-specific paths: tests/test_forced_isa.py runs them forced to AVX2
 
 if _REASON is None:
     from kernels.numba_cpu import int8_gemm, vnni
@@ -211,7 +212,7 @@ def test_output_fully_written():
                 _assert_same(out, ref, f"M={m} N={n} K={k} vnni={use_vnni} {dtype}")
 
 
-@pytest.mark.skipif(not HAS_VNNI, reason="no VNNI path here (CPU without AVX-512 VNNI, or QRT_NUMBA_NO_VNNI=1); the portable path is tested everywhere")
+@pytest.mark.skipif(not HAS_VNNI, reason="no VNNI path here (numba's target lacks AVX-512 VNNI: an older CPU, QRT_NUMBA_ISA or QRT_NUMBA_NO_VNNI=1); the portable path is tested everywhere")
 def test_vnni_and_portable_identical():
     rng = _rng("vnni-vs-portable")
     for wcfg in WEIGHT_CONFIGS:

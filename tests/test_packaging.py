@@ -61,9 +61,16 @@ def test_setup_py_never_builds_for_the_host_cpu():
     assert not [s for s in strings if "march=native" in s or "mtune=native" in s]
 
 
+# README's test command, which .ci/run runs: the native build must succeed (setup.py) and the
+# backends the test extra installs must load (tests/conftest.py), or the run fails instead of
+# skipping their tests.
+TEST_COMMAND = ('python3 -m venv .venv && . .venv/bin/activate && QRT_REQUIRE_NATIVE=1 pip install -e ".[test]" && '
+                'QRT_REQUIRE_BACKENDS=native,numba,triton python -m pytest -q')
+
+
 def test_ci_runs_the_documented_command():
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
-    assert 'python3 -m venv .venv && . .venv/bin/activate && pip install -e ".[test]" && python -m pytest -q' in ci
+    assert TEST_COMMAND in ci
 
 
 def test_installed_metadata_matches_when_installed():
@@ -80,7 +87,7 @@ def test_installed_metadata_matches_when_installed():
 def test_readme_gives_the_ci_test_command_and_the_demo_command():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     blocks = re.findall(r"```bash\n(.*?)```", readme, flags=re.S)
-    assert 'python3 -m venv .venv && . .venv/bin/activate && pip install -e ".[test]" && python -m pytest -q\n' in blocks
+    assert TEST_COMMAND + "\n" in blocks
     assert 'python3 -m venv .venv && . .venv/bin/activate && pip install -e ".[demo]" && qrt demo\n' in blocks
 
 
@@ -97,6 +104,56 @@ def test_build_without_a_compiler_warns_and_succeeds(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert "qrt: native extension not built" in r.stderr
     assert not list((tmp_path / "lib").rglob("_native*"))
+
+
+def test_broken_csrc_fails_the_build_when_native_is_required(tmp_path):
+    """QRT_REQUIRE_NATIVE=1 (the test command's install): a C++ syntax error fails the build,
+    so CI stops instead of testing without the native backend; without it, the same error is
+    a warning and qrt installs. A copy of setup.py with a one-file csrc/ keeps this fast."""
+    pytest.importorskip("pybind11")
+    pytest.importorskip("setuptools")
+    (tmp_path / "csrc").mkdir()
+    (tmp_path / "setup.py").write_text((ROOT / "setup.py").read_text(encoding="utf-8"), encoding="utf-8")
+    (tmp_path / "csrc" / "bindings.cpp").write_text("int broken( {\n", encoding="utf-8")
+    for required in ("1", None):
+        env = {k: v for k, v in os.environ.items() if k != "QRT_REQUIRE_NATIVE"}
+        if required:
+            env["QRT_REQUIRE_NATIVE"] = required
+        r = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--build-lib", str(tmp_path / "lib"),
+                            "--build-temp", str(tmp_path / "tmp")],
+                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        if required:
+            assert r.returncode != 0, r.stderr[-2000:]
+            assert "qrt: native extension build failed (QRT_REQUIRE_NATIVE is set)" in r.stderr
+        else:
+            assert r.returncode == 0, r.stderr[-2000:]
+            assert "qrt: native extension not built" in r.stderr
+        assert not list((tmp_path / "lib").rglob("_native*"))
+
+
+@pytest.mark.parametrize("env", [{"QRT_REQUIRE_BACKENDS": "native"}, {"QRT_REQUIRE_NATIVE": "1"}])
+def test_pytest_stops_when_a_required_backend_is_unavailable(env):
+    """tests/conftest.py: a required backend that cannot load ends the run at once, with its
+    reason and a non-zero status (an invalid QRT_NATIVE_ISA makes native unavailable here)."""
+    full = {**os.environ, **env, "QRT_NATIVE_ISA": "sse1"}
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                        "tests/test_packaging.py::test_distribution_and_console_script"],
+                       cwd=ROOT, env=full, capture_output=True, text=True, timeout=300)
+    out = r.stdout + r.stderr
+    assert r.returncode == 3, out[-3000:]
+    assert "required backend unavailable" in out and "native: QRT_NATIVE_ISA=sse1" in out, out[-3000:]
+    assert "passed" not in out
+
+
+def test_pytest_header_names_every_backend(pytestconfig):
+    """Every backend appears in the run's header, "ok" or with the reason."""
+    from tests.conftest import pytest_report_header
+    from kernels import registry
+    lines = pytest_report_header(pytestconfig)
+    assert lines[0].startswith("qrt CPU: ")
+    for b, reason in registry.available_backends().items():
+        (line,) = [ln for ln in lines if ln.startswith(f"qrt backend {b}: ")]
+        assert (line.startswith(f"qrt backend {b}: ok") if reason is None else line.endswith(reason)), line
 
 
 def test_runtime_works_when_the_native_extension_is_missing(tmp_path):

@@ -1,0 +1,66 @@
+"""The CPU-specific tests once more, as on an AVX2-only CPU (AMD Zen 1-3, Intel before
+Skylake-X): a pytest run in a subprocess over the tests marked ``isa`` (the native and numba
+kernel files and the fused kernels), with
+
+    QRT_NATIVE_ISA=avx2   the native backend's int8 / sparse / int4 / fused paths capped at AVX2
+    QRT_NUMBA_ISA=avx2    numba compiling for an AVX2 + FMA target (no AVX-512: the portable
+                          int8 GEMM, the G4 sparse path, S16 in its portable form)
+
+so a machine with AVX-512 keeps the AVX2 paths honest, including the tests' own assumptions
+about which path runs. On a CPU without AVX-512 the main run already takes the AVX2 paths, so
+this test is skipped with that reason; there, the AVX-512 paths cannot run at all (no emulator
+is available here), and the AVX-512 machines' runs are the ones that check them.
+
+The subprocess requires the native and numba backends (QRT_REQUIRE_BACKENDS) wherever this run
+has them, so a forced path that fails to load fails here instead of skipping every test.
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from kernels import registry
+from kernels.native_cpu import cpu_features
+
+FORCED = {"QRT_NATIVE_ISA": "avx2", "QRT_NUMBA_ISA": "avx2"}
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _skip_reason() -> str | None:
+    already = {k: os.environ[k] for k in FORCED if os.environ.get(k)}
+    if already:
+        return f"this run already forces a path ({', '.join(f'{k}={v}' for k, v in already.items())})"
+    f = cpu_features()
+    if not (f["avx2"] and f["fma"]):
+        return "this CPU has no AVX2 + FMA, so the AVX2 paths cannot run here"
+    if not f["avx512f"]:
+        return "this CPU has no AVX-512: the run that contains this test already took the AVX2 paths"
+    if all(registry.backend_status(b) is not None for b in ("native", "numba")):
+        return "neither the native nor the numba backend is usable here"
+    return None
+
+
+def test_isa_tests_pass_with_the_avx2_paths_forced(tmp_path, capsys):
+    reason = _skip_reason()
+    if reason:
+        pytest.skip(reason)
+    required = [b for b in ("native", "numba") if registry.backend_status(b) is None]
+    env = {**os.environ, **FORCED, "QRT_REQUIRE_BACKENDS": ",".join(required),
+           "QRT_CACHE_DIR": str(tmp_path / "plans")}
+    # numba may have been configured by this process; the child starts from the environment
+    env.pop("NUMBA_CPU_NAME", None)
+    env.pop("NUMBA_CPU_FEATURES", None)
+    cmd = [sys.executable, "-m", "pytest", "-q", "-m", "isa", "-p", "no:cacheprovider", "--no-header",
+           "-o", "console_output_style=classic", "tests"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800, check=False)
+    out = proc.stdout + proc.stderr
+    lines = [ln for ln in out.strip().splitlines() if ln.strip()]
+    summary = lines[-1] if lines else "(no output)"
+    with capsys.disabled():     # the child's closing line belongs in the CI log, pass or fail
+        print(f"\n[forced {', '.join(f'{k}={v}' for k, v in FORCED.items())}] {summary.strip('= ')}")
+    assert proc.returncode == 0, f"the isa tests failed with the AVX2 paths forced:\n{out[-6000:]}"
+    assert re.search(r"\b[1-9]\d* passed\b", summary), summary
