@@ -2,9 +2,9 @@
 
 * Per-layer planning's measurement cache (runtime/planner.py) goes to a temporary folder,
   never to the user's ~/.cache, and starts empty for every test run.
-* The header of every run names the CPU, its ISA flags, and each backend with "ok" (and the
-  code path it takes) or the reason it is unavailable, so a backend that was silently skipped
-  shows in every CI log.
+* Every run starts by naming the CPU, its ISA flags, and each backend with "ok" (and the code
+  path it takes) or the reason it is unavailable, so a backend that was silently skipped shows
+  in every CI log (also under -q, which hides pytest's own header).
 * QRT_REQUIRE_BACKENDS=native,numba (a comma list) and QRT_REQUIRE_NATIVE=1 (which also makes
   setup.py fail a broken build) stop the run at once, with the reason, when a required backend
   is unavailable: without them its tests would all be skipped and the run would pass.
@@ -78,7 +78,8 @@ def _backend_line(name: str, reason: str | None) -> str:
     return f"qrt backend {name}: ok{detail}"
 
 
-def pytest_report_header(config):
+def backend_report() -> list[str]:
+    """The CPU and every backend, one line each ("ok" and its code path, or why not)."""
     from kernels import registry
     from kernels.native_cpu import cpu_brand, cpu_features
     flags = [f for f, ok in cpu_features().items() if ok]
@@ -88,6 +89,12 @@ def pytest_report_header(config):
 
 
 def pytest_sessionstart(session):
+    # Written here rather than by pytest_report_header: `pytest -q` (the README's command)
+    # hides the header, and these lines must be in every log.
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        for line in backend_report():
+            reporter.write_line(line)
     from kernels import registry
     missing = {b: registry.backend_status(b) for b in required_backends()}
     missing = {b: r for b, r in missing.items() if r is not None}

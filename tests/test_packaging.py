@@ -145,12 +145,15 @@ def test_pytest_stops_when_a_required_backend_is_unavailable(env):
     assert "passed" not in out
 
 
-def test_pytest_header_names_every_backend(pytestconfig):
-    """Every backend appears in the run's header, "ok" or with the reason."""
-    from tests.conftest import pytest_report_header
+def test_every_run_names_every_backend_even_under_q():
+    """The first lines of a `pytest -q` run: the CPU, then every backend, "ok" or the reason."""
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                        "tests/test_packaging.py::test_distribution_and_console_script"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     from kernels import registry
-    lines = pytest_report_header(pytestconfig)
-    assert lines[0].startswith("qrt CPU: ")
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("qrt CPU: "), lines[:8]
     for b, reason in registry.available_backends().items():
         (line,) = [ln for ln in lines if ln.startswith(f"qrt backend {b}: ")]
         assert (line.startswith(f"qrt backend {b}: ok") if reason is None else line.endswith(reason)), line
