@@ -29,7 +29,7 @@ percent and the stored layout is what the user asked for.
 When: lazily, at the first run that gives a layer an input of a new size (a power-of-two
 bucket of its GEMM rows for Linear, the exact input shape for Conv), on that very input. The
 measurements are cached on disk, keyed by the machine (runtime.bench.machine: CPU model, ISA
-flags, cores), the thread count and the layer's shape and structure (not its values), in
+flags, cores, and any forced code path: QRT_NATIVE_ISA / QRT_NUMBA_ISA), the thread count and the layer's shape and structure (not its values), in
 ``$QRT_CACHE_DIR`` or ``~/.cache/qrt``; a second session on the same machine measures
 nothing. ``InferenceSession(plan="off")`` turns planning off, ``plan="measure"`` ignores
 the cache (and refreshes it).
@@ -125,7 +125,8 @@ _MACHINE_KEY: str | None = None
 
 
 def machine_key() -> str:
-    """The machine part of the cache key (CPU model, ISA flags, cores; runtime.bench.machine)."""
+    """The machine part of the cache key (CPU model, ISA flags, cores, forced code paths;
+    runtime.bench.machine)."""
     global _MACHINE_KEY
     if _MACHINE_KEY is None:
         from .bench.machine import fingerprint

@@ -248,7 +248,7 @@ def test_write_report_does_not_mutate_result(tmp_path):
 # --- machine ---------------------------------------------------------------------------------
 
 FINGERPRINT_KEYS = {"cpu", "isa", "logical_cores", "threads", "os", "python", "numpy", "blas",
-                    "openblas_env", "versions", "backends", "peaks", "mem_bw_gbs", "key"}
+                    "openblas_env", "versions", "backends", "peaks", "mem_bw_gbs", "forced_paths", "key"}
 
 
 def test_fingerprint_without_measuring():
@@ -265,6 +265,22 @@ def test_fingerprint_without_measuring():
     lines = machine.describe(fp)
     assert any(line.startswith("CPU: ") for line in lines)
     assert "Peaks: not measured (measure=False)" in lines
+
+
+def test_forced_code_paths_get_their_own_key(monkeypatch):
+    """Measurements taken with QRT_NATIVE_ISA / QRT_NUMBA_ISA forcing a path are not this
+    machine's own: the planner must not reuse them in a normal process, nor the reverse."""
+    for var in machine.FORCED_PATH_VARS:
+        monkeypatch.delenv(var, raising=False)
+    plain = machine.fingerprint(2, measure=False)
+    assert plain["forced_paths"] == {}
+    assert plain["key"] == machine.machine_key(plain["cpu"], plain["isa"], plain["logical_cores"], 2)
+    monkeypatch.setenv("QRT_NATIVE_ISA", "avx2")
+    forced = machine.fingerprint(2, measure=False)
+    assert forced["forced_paths"] == {"QRT_NATIVE_ISA": "avx2"} and forced["key"] != plain["key"]
+    assert any("forced QRT_NATIVE_ISA=avx2" in line for line in machine.describe(forced))
+    monkeypatch.setenv("QRT_NUMBA_ISA", "avx2")
+    assert machine.fingerprint(2, measure=False)["key"] not in (plain["key"], forced["key"])
 
 
 def test_fingerprint_fits_report_schema():

@@ -55,6 +55,11 @@ OPTIONAL_PACKAGES = {
     "cupy": ("cupy-cuda13x", "cupy-cuda12x", "cupy-cuda11x", "cupy"),
 }
 
+# Environment switches that force a kernel code path (kernels/native_cpu, kernels/numba_cpu):
+# a process with one of them set runs other kernels than this machine's own, so its
+# measurements (the planner's cache) get a key of their own.
+FORCED_PATH_VARS = ("QRT_NATIVE_ISA", "QRT_NUMBA_ISA", "QRT_NUMBA_NO_VNNI")
+
 PEAK_SECONDS = 0.3
 BANDWIDTH_BYTES = 64 * 1024 * 1024   # well past any L3, so the copy streams from DRAM
 BANDWIDTH_REPEATS = 5
@@ -69,7 +74,7 @@ def fingerprint(threads: int, measure: bool = True) -> dict:
     The dict is JSON-serialisable; see the module docstring for what "key" depends on.
     """
     threads = max(1, int(threads))
-    cpu, isa, cores = cpu_name(), isa_flags(), os.cpu_count() or 1
+    cpu, isa, cores, forced = cpu_name(), isa_flags(), os.cpu_count() or 1, forced_paths()
     import numpy as np
     return {
         "cpu": cpu,
@@ -85,14 +90,24 @@ def fingerprint(threads: int, measure: bool = True) -> dict:
         "backends": _backends(),
         "peaks": measure_peaks(threads) if measure else _no_peaks("not measured (measure=False)"),
         "mem_bw_gbs": copy_bandwidth_gbs(threads) if measure else None,
-        "key": machine_key(cpu, isa, cores, threads),
+        "forced_paths": forced,
+        "key": machine_key(cpu, isa, cores, threads, forced),
     }
 
 
-def machine_key(cpu: str, isa: list[str], logical_cores: int, threads: int) -> str:
-    """12 hex digits of sha1 over what decides kernel speed (and nothing measured)."""
-    blob = json.dumps([cpu, sorted(isa), int(logical_cores), int(threads)])
-    return hashlib.sha1(blob.encode()).hexdigest()[:12]
+def machine_key(cpu: str, isa: list[str], logical_cores: int, threads: int,
+                forced: dict[str, str] | None = None) -> str:
+    """12 hex digits of sha1 over what decides kernel speed (and nothing measured). A forced
+    code path enters the hash only when there is one, so unforced keys stay as they were."""
+    parts = [cpu, sorted(isa), int(logical_cores), int(threads)]
+    if forced:
+        parts.append(sorted(forced.items()))
+    return hashlib.sha1(json.dumps(parts).encode()).hexdigest()[:12]
+
+
+def forced_paths() -> dict[str, str]:
+    """The FORCED_PATH_VARS set in this process, {name: value}."""
+    return {name: os.environ[name] for name in FORCED_PATH_VARS if os.environ.get(name)}
 
 
 def cpu_name() -> str:
@@ -231,7 +246,8 @@ def describe(fp: dict) -> list[str]:
     return [
         (f"CPU: {fp.get('cpu', '?')}, {fp.get('logical_cores', '?')} logical cores, "
          f"{fp.get('threads', '?')} threads used"),
-        f"ISA: {' '.join(fp.get('isa') or []) or 'none of interest'}",
+        f"ISA: {' '.join(fp.get('isa') or []) or 'none of interest'}"
+        + "".join(f"; forced {k}={v}" for k, v in (fp.get("forced_paths") or {}).items()),
         f"OS: {fp.get('os', '?')}; Python {fp.get('python', '?')}, numpy {fp.get('numpy', '?')}",
         f"BLAS: {fp.get('blas', '?')}",
         f"OpenBLAS env: {fp.get('openblas_env', '?')}",
