@@ -31,9 +31,9 @@ REQUIRE_NATIVE = os.environ.get("QRT_REQUIRE_NATIVE", "") not in ("", "0")
 
 
 def _warn(reason: str) -> None:
-    msg = f"qrt: native extension not built: {reason}; the native backend will be unavailable"
     if REQUIRE_NATIVE:
-        raise SystemExit(msg.replace("not built", "build failed (QRT_REQUIRE_NATIVE is set)"))
+        raise SystemExit(f"qrt: native extension build failed (QRT_REQUIRE_NATIVE is set): {reason}")
+    msg = f"qrt: native extension not built: {reason}; the native backend will be unavailable"
     # stderr, with a blank line around it, so it stands out in `pip install -v` logs.
     print(f"\n{msg}\n", file=sys.stderr, flush=True)
 
