@@ -14,8 +14,10 @@ feature probe imports nothing heavy (no numpy) when the extension is not built; 
 importing this package registers the kernels, which need numpy.
 
 Threads: OpenMP inside the extension; the session calls :func:`set_threads` before each run.
-Every kernel's result is independent of the thread count (each output tile is computed by one
-thread, in a fixed order).
+Every C++ kernel's result is independent of the thread count (each output tile is computed by
+one thread, in a fixed order). The weight-only (act_quant "none") Linear is numpy's float32
+BLAS matmul, whose bits may follow BLAS's thread count (kernels/numba_cpu/ops.py): it agrees
+within float32 rounding.
 
 Environment: QRT_NATIVE_ISA = avx512_vnni | avx2 | scalar forces the int8 GEMM's code path (all
 give the same bits; for tests and benchmarks), and caps the int4 Linear's and the fused ops'
