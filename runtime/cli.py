@@ -61,7 +61,12 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("-o", "--output", required=True, help="output .qrt file (written atomically)")
     g = c.add_argument_group("pruning")
     g.add_argument("--prune", default="none", choices=["none", "magnitude", "nm", "block", "channel", "random"],
-                   help="pruning method")
+                   help="pruning method: the mask's shape (magnitude = unstructured)")
+    g.add_argument("--prune-method", default="auto", choices=["auto", "magnitude", "wanda", "obs"],
+                   help="how the kept weights of a magnitude/nm/block mask are chosen: obs (SparseGPT: "
+                        "second-order, updates the kept weights), wanda (|w| x input norm), magnitude; "
+                        "obs and wanda need --calib (Linear layers; Conv layers use magnitude); "
+                        "auto: obs with --calib, else magnitude with a warning")
     g.add_argument("--sparsity", type=float, default=0.0, help="target fraction of weights removed, in [0, 1)")
     g.add_argument("--layer-sparsity", action="append", default=[], metavar="PATTERN=F",
                    help="override the sparsity of layers matching PATTERN (repeatable)")
@@ -219,7 +224,7 @@ def _convert_options(args):
     if args.calib is not None:
         _require_file(args.calib, "calibration file")
     opts = ConvertOptions(
-        prune=args.prune, sparsity=args.sparsity, layer_sparsity=layer_sparsity,
+        prune=args.prune, prune_method=args.prune_method, sparsity=args.sparsity, layer_sparsity=layer_sparsity,
         nm=_pair(args.nm, ":", "--nm"), block=_pair(args.block, "x", "--block"), scope=args.scope,
         quant=args.quant, act=args.act, per_channel=not args.per_tensor, symmetric=not args.asymmetric,
         group_size=args.group_size, calib=args.calib, calib_method=args.calib_method,

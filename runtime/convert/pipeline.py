@@ -28,6 +28,10 @@ from ..layouts import PackedTensor, dense_tensor
 from .report import LayerReport, Report, output_metrics, rel_error, sqnr_db
 
 PRUNE_METHODS = ("none", "magnitude", "nm", "block", "channel", "random")
+# how the kept weights of a magnitude (unstructured) / nm / block mask are chosen: "auto" is
+# obs with real calibration data, else magnitude (runtime/convert/obs.py)
+PRUNE_SELECTIONS = ("auto", "magnitude", "wanda", "obs")
+MASK_KINDS = {"magnitude": "unstructured", "nm": "nm", "block": "block"}
 QUANT_MODES = ("none", "int8", "int4")
 ACT_MODES = ("dynamic", "static")
 CALIB_METHODS = ("minmax", "percentile", "mse", "entropy")
@@ -39,6 +43,7 @@ LAYER_OPS = ("Linear", "Conv")
 class ConvertOptions:
     """Everything `qrt convert` can be asked; the same names as the CLI flags."""
     prune: str = "none"
+    prune_method: str = "auto"
     sparsity: float = 0.0
     layer_sparsity: dict[str, float] = field(default_factory=dict)   # pattern -> sparsity
     nm: tuple[int, int] = (2, 4)
@@ -63,6 +68,7 @@ class ConvertOptions:
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
         choice("prune", self.prune, PRUNE_METHODS)
+        choice("prune_method", self.prune_method, PRUNE_SELECTIONS)
         choice("quant", self.quant, QUANT_MODES)
         choice("act", self.act, ACT_MODES)
         choice("calib_method", self.calib_method, CALIB_METHODS)
@@ -94,6 +100,32 @@ class ConvertOptions:
             raise ValueError(f"prune={self.prune!r} needs a sparsity > 0 (e.g. 0.5)")
         if self.scope == "global" and self.prune != "magnitude":
             raise ValueError("scope='global' applies to magnitude pruning only")
+        if self.prune_method not in ("auto", "magnitude"):
+            if self.prune not in MASK_KINDS:
+                raise ValueError(f"prune_method={self.prune_method!r} chooses the weights of a mask: it needs "
+                                 f"prune='magnitude' (unstructured), 'nm' or 'block', got prune={self.prune!r}")
+            if self.scope == "global":
+                raise ValueError(f"prune_method={self.prune_method!r} prunes layer by layer; scope='global' "
+                                 "takes prune_method='magnitude'")
+            if self.calib is None:
+                raise ValueError(f"prune_method={self.prune_method!r} needs real calibration data (calib): it "
+                                 "weighs each weight by the layer's real inputs, and random inputs would "
+                                 "fit the masks to noise")
+
+    def resolved_prune_method(self) -> tuple[str, str | None]:
+        """(the method that chooses the kept weights, a warning or None): "auto" is obs with
+        real calibration data, magnitude without (and says why)."""
+        if self.prune not in MASK_KINDS:
+            return "magnitude", None
+        if self.prune_method != "auto":
+            return self.prune_method, None
+        if self.scope == "global":
+            return "magnitude", None
+        if self.calib is None:
+            return "magnitude", ("pruning by magnitude: no calibration data was given, and the calibration-"
+                                 "aware methods (obs, wanda) need the layers' real inputs; one-shot magnitude "
+                                 "pruning loses much more accuracy (pass calib to use obs)")
+        return "obs", None
 
     @property
     def compresses(self) -> bool:
@@ -152,6 +184,8 @@ class _Plan:
     act_scale: float | None = None
     act_zero_point: int = 0
     note: str = ""
+    # the weight before an obs update: what "kept in fp32" must restore (None: not updated)
+    fp32_weight: np.ndarray | None = None
 
 
 def convert(model: Any, out_path: str | os.PathLike | None = None, *, name: str | None = None,
@@ -244,7 +278,12 @@ def compress(graph: Graph, opts: ConvertOptions, say: Callable[[str], None] = la
             plans[lr.name].note = notes.get(lr.name, plans[lr.name].note)
         layers = find_layers(graph)
     elif opts.prune != "none":
-        _plan_masks(graph, layers, plans, opts, pr)
+        method, warning = opts.resolved_prune_method()
+        if warning:
+            say(f"warning: {warning}")
+            report.notes.append(warning)
+        report.options["prune_method"] = method
+        graph = _plan_masks(graph, layers, plans, opts, pr, method, feeds, say)
 
     # --- static activation ranges (on the pruned fp32 model) ------------------------------
     quantized = [lr for lr in layers if not plans[lr.name].keep_fp32]
@@ -284,8 +323,18 @@ def _layer_sparsity(lr: Layer, opts: ConvertOptions) -> float:
     return float(opts.sparsity)
 
 
-def _plan_masks(graph: Graph, layers: list[Layer], plans: dict[str, _Plan], opts: ConvertOptions, pr) -> None:
+def _plan_masks(graph: Graph, layers: list[Layer], plans: dict[str, _Plan], opts: ConvertOptions, pr,
+                method: str = "magnitude", feeds=None, say: Callable[[str], None] = lambda s: None) -> Graph:
+    """Masks for every layer to prune (plans[...].mask), by ``method``; returns the graph to
+    pack from: ``graph`` itself, or for obs a copy holding the updated weights."""
     todo = [lr for lr in layers if not plans[lr.name].keep_fp32]
+    if method in ("wanda", "obs"):
+        linears = [lr for lr in todo if lr.node.op == "Linear"]
+        graph = _calibrated_masks(graph, linears, plans, opts, method, feeds, say)
+        for lr in todo:
+            if lr.node.op != "Linear" and not any(_matches(lr, p) for p in opts.skip):
+                plans[lr.name].note = f"pruned by magnitude ({method} takes Linear layers only so far)"
+        todo = [lr for lr in todo if lr.node.op != "Linear"]
     weights = {lr.name: np.asarray(graph.initializers[lr.weight_name].fields["data"]) for lr in todo}
     if opts.prune == "magnitude" and opts.scope == "global":
         masks = pr.global_magnitude_masks({k: w for k, w in weights.items() if _layer_sparsity(
@@ -319,6 +368,20 @@ def _plan_masks(graph: Graph, layers: list[Layer], plans: dict[str, _Plan], opts
                     plans[lr.name].mask = pr.block_mask(w, s, block_shape=tuple(opts.block))
                 except ValueError as e:
                     raise ValueError(f"layer {lr.name!r}: {e}") from None
+    _finish_notes(todo, plans, opts)
+    return graph
+
+
+def _magnitude_mask(w: np.ndarray, kind: str, s: float, opts: ConvertOptions) -> np.ndarray:
+    from . import prune as pr
+    if kind == "nm":
+        return pr.nm_mask(w, *opts.nm)
+    if kind == "block":
+        return pr.block_mask(w, s, block_shape=tuple(opts.block))
+    return pr.magnitude_mask(w, s)
+
+
+def _finish_notes(todo: list[Layer], plans: dict[str, _Plan], opts: ConvertOptions) -> None:
     for lr in todo:
         if any(_matches(lr, p) for p in opts.skip):
             plans[lr.name].note = "not pruned (--skip)"
@@ -326,6 +389,59 @@ def _plan_masks(graph: Graph, layers: list[Layer], plans: dict[str, _Plan], opts
             plans[lr.name].note = "not pruned (sparsity 0 for this layer)"
         mask = plans[lr.name].mask
         plans[lr.name].sparsity = 0.0 if mask is None else 1.0 - float(np.count_nonzero(mask)) / mask.size
+
+
+def _calibrated_masks(graph: Graph, linears: list[Layer], plans: dict[str, _Plan], opts: ConvertOptions,
+                      method: str, feeds, say: Callable[[str], None]) -> Graph:
+    """wanda / obs for the Linear layers, in graph order and sequentially: each layer's input
+    statistics come from the model as the layers before it were pruned (obs: and updated).
+    Returns a copy of ``graph`` with the pruned (obs: updated) weights; ``graph`` is unchanged."""
+    from . import calibrate as cal
+    from . import obs
+    graph = _copy(graph)
+    kind = MASK_KINDS[opts.prune]
+    grams: dict[str, np.ndarray] = {}     # input value -> X^T X (consumers of one value share it)
+    done: dict[str, np.ndarray] = {}      # weight name -> mask (a weight read by two layers)
+    for idx, lr in enumerate(linears):
+        plan = plans[lr.name]
+        s = _layer_sparsity(lr, opts)
+        if any(_matches(lr, p) for p in opts.skip) or (kind != "nm" and s == 0):
+            continue
+        if lr.weight_name in done:
+            plan.mask = done[lr.weight_name]
+            continue
+        w = np.asarray(graph.initializers[lr.weight_name].fields["data"])
+        if kind == "nm" and w.shape[1] % opts.nm[1]:
+            plan.note = f"not N:M-pruned: its {w.shape[1]} inputs are not a multiple of M={opts.nm[1]}"
+            continue
+        x_name = lr.node.inputs[0]
+        if x_name not in grams:
+            # Exact to cache by value: every layer that could change x_name comes before its
+            # producer, so before the first reader, in graph order.
+            stats = obs.LayerInputStats(w.shape[1])
+            sess = cal.probe_session(graph, [x_name])
+            for feed in feeds:
+                stats.add(sess.run([x_name], feed)[0])
+            grams[x_name] = stats.gram
+        g = grams[x_name]
+        args = dict(kind=kind, sparsity=s, nm=tuple(opts.nm), block=tuple(opts.block))
+        baseline = w * _magnitude_mask(w, kind, s, opts)       # what prune_method="magnitude" keeps
+        try:
+            if method == "wanda":
+                mask = obs.wanda_mask(w, g, **args)
+                new_w = (w * mask).astype(np.float32)
+            else:
+                new_w, mask = obs.obs_prune(w, g, **args)
+        except ValueError as e:
+            raise ValueError(f"layer {lr.name!r}: {e}") from None
+        before, after = obs.output_error(baseline, w, g), obs.output_error(new_w, w, g)
+        graph.initializers[lr.weight_name] = dense_tensor(lr.weight_name, new_w)
+        plan.mask = done[lr.weight_name] = mask
+        plan.fp32_weight = w
+        plan.note = f"{method}: layer output error {after:.4f} (magnitude, no update: {before:.4f})"
+        say(f"[{idx + 1}/{len(linears)}] {lr.name}: {method}, output error {before:.4f} -> {after:.4f}")
+    _finish_notes(linears, plans, opts)
+    return graph
 
 
 def _channel_note_map(result) -> dict[str, str]:
@@ -392,6 +508,8 @@ def _build(graph: Graph, layers: list[Layer], plans: dict[str, _Plan], opts: Con
         plan = plans[lr.name]
         node = next(n for n in out.nodes if n.name == lr.name and n.op == lr.node.op)
         w = np.asarray(graph.initializers[lr.weight_name].fields["data"])
+        if plan.keep_fp32 and plan.fp32_weight is not None:
+            w = plan.fp32_weight                # a layer obs updated goes back to its own weight
         layout = _layout_for(opts, plan) if pack else "dense"
         if lr.weight_name not in packed:
             p = plan if pack else _Plan(mask=None if plan.keep_fp32 else plan.mask)
@@ -436,14 +554,15 @@ def _meet_budget(graph, layers, plans, opts, feeds, ref_outputs, metrics, report
     gains = []
     for lr in candidates:
         trial = dict(plans)
-        trial[lr.name] = _Plan(keep_fp32="trial")
+        trial[lr.name] = _Plan(keep_fp32="trial", fp32_weight=plans[lr.name].fp32_weight)
         m = output_metrics(_run(_build(graph, layers, trial, opts, pack=True), feeds), ref_outputs)
         gains.append((m["cosine"] - metrics["cosine"], lr))
     gains.sort(key=lambda g: -g[0])
     reverted = []
     converted = None
     for gain, lr in gains:
-        plans[lr.name] = _Plan(keep_fp32=f"kept fp32 (accuracy budget: most sensitive, +{gain:.2e} cosine alone)")
+        plans[lr.name] = _Plan(keep_fp32=f"kept fp32 (accuracy budget: most sensitive, +{gain:.2e} cosine alone)",
+                               fp32_weight=plans[lr.name].fp32_weight)
         reverted.append(lr.name)
         converted = _build(graph, layers, plans, opts, pack=True)
         metrics = output_metrics(_run(converted, feeds), ref_outputs)
@@ -473,11 +592,11 @@ def _layer_reports(fp32_graph, graph, converted, layers, plans, feeds) -> list[L
         node = next(n for n in converted.nodes if n.name == lr.name and n.op == lr.node.op)
         t = converted.initializers[lr.weight_name]
         orig_t = fp32_graph.initializers.get(lr.weight_name)
-        w_now = np.asarray(graph.initializers[lr.weight_name].fields["data"])
         dense = t.to_dense()
         sparsity = 1.0 - float(np.count_nonzero(dense)) / max(dense.size, 1)
         same_shape = orig_t is not None and tuple(orig_t.shape) == tuple(t.shape)
-        sq = sqnr_db(w_now, dense) if same_shape else None
+        # against the original weight: pruning, any obs update and quantization together
+        sq = sqnr_db(np.asarray(orig_t.fields["data"]), dense) if same_shape else None
         err = None
         x = inputs.get(lr.node.inputs[0])
         if same_shape and x is not None:

@@ -1,0 +1,169 @@
+"""Calibration-aware one-shot pruning of a Linear weight: Wanda masks and the OBS / SparseGPT
+weight update (docs/CONVERTER.md, "Pruning methods").
+
+Both read one statistic of the layer's input X (R rows x K, every row of every calibration
+feed, as the already-pruned earlier layers produce it): the Gram matrix G = X^T X (float64,
+K x K). The layer's output error for a changed weight W' is then known without X:
+
+    ||X W'^T - X W^T||_F^2 = sum_n (W' - W)[n] G (W' - W)[n]^T        (``output_error``)
+
+* **Wanda** (Sun et al. 2023): the score of W[n, k] is |W[n, k]| * ||X[:, k]|| =
+  |W[n, k]| * sqrt(G[k, k]); the lowest scores are pruned, per output row for unstructured
+  masks (every row keeps the same count, as the paper compares), per group for N:M, per block
+  (scores summed) for RxC blocks. The kept weights are not changed.
+* **OBS** (Optimal Brain Surgeon, in SparseGPT's form, Frantar & Alistarh 2023): with
+  H = G + lambda I (``DAMP`` of mean(diag G), as SparseGPT and GPTQ; dead inputs, G[k, k] = 0,
+  get H[k, k] = 1 and their weights 0), the columns are visited left to right. Removing W[n, k]
+  costs W[n, k]^2 / [H^-1]_kk (its saliency) once the earlier columns are fixed, and the best
+  compensation moves the rest of row n by -W[n, k] / [H^-1]_kk * [H^-1]_k,k: (the row of the
+  upper Cholesky factor U of H^-1, U^T U = H^-1, gives exactly these sequential updates). The
+  mask is chosen from the *updated* weights at the start of each column block (``BLOCK``
+  columns: the fraction s of lowest saliency in the block, every row together, or per RxC tile
+  for block masks) or N:M group, so it adapts to the updates made so far. Pruned weights come
+  out exactly 0.
+
+Shapes: w (N, K) float32 (a Linear weight maps K inputs to N outputs), g (K, K) float64.
+Masks are bool (N, K), True = kept, with the counting rule of prune.py (``round(s * count)``
+items pruned per decision unit; ties: the earlier item in C order first).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .prune import _count, _prune_smallest, check_sparsity
+
+DAMP = 0.01          # lambda = DAMP * mean(diag G): SparseGPT's and GPTQ's default
+BLOCK = 128          # columns per mask decision and per lazy batch of updates (SparseGPT)
+
+KINDS = ("unstructured", "nm", "block")
+
+
+class LayerInputStats:
+    """Accumulates G = X^T X and the row count over the batches of one layer input."""
+
+    def __init__(self, k: int):
+        self.k = int(k)
+        self.gram = np.zeros((self.k, self.k), np.float64)
+        self.rows = 0
+
+    def add(self, x: np.ndarray) -> None:
+        """x (..., K): every leading index is one row of the layer's input."""
+        x2 = np.asarray(x, np.float64).reshape(-1, self.k)
+        if not np.isfinite(x2).all():
+            raise ValueError("a calibration activation holds NaN or Inf")
+        self.gram += x2.T @ x2
+        self.rows += x2.shape[0]
+
+
+def output_error(w_new: np.ndarray, w: np.ndarray, g: np.ndarray) -> float:
+    """||X W_new^T - X W^T|| / ||X W^T|| over the calibration rows behind g (module docstring)."""
+    d = np.asarray(w_new, np.float64) - np.asarray(w, np.float64)
+    w64 = np.asarray(w, np.float64)
+    num = float(np.einsum("nk,kj,nj->", d, g, d))
+    den = float(np.einsum("nk,kj,nj->", w64, g, w64))
+    return float(np.sqrt(max(num, 0.0) / den)) if den > 0 else 0.0
+
+
+def _check(w: np.ndarray, g: np.ndarray, kind: str, sparsity: float, nm, block) -> tuple[np.ndarray, float]:
+    if kind not in KINDS:
+        raise ValueError(f"mask kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    a = np.asarray(w)
+    if a.ndim != 2:
+        raise ValueError(f"calibration-aware pruning takes a Linear weight (N, K), got shape {a.shape}")
+    n, k = a.shape
+    if np.shape(g) != (k, k):
+        raise ValueError(f"input statistics are {np.shape(g)}, expected ({k}, {k}) for a weight {a.shape}")
+    s = 0.0 if kind == "nm" else check_sparsity(sparsity)
+    if kind == "nm" and k % nm[1]:
+        raise ValueError(f"N:M groups of {nm[1]} do not tile K = {k}")
+    if kind == "block" and (n % block[0] or k % block[1]):
+        raise ValueError(f"block {block[0]}x{block[1]} does not tile the weight {n}x{k}")
+    return a, s
+
+
+def wanda_mask(w: np.ndarray, g: np.ndarray, kind: str, sparsity: float = 0.0,
+               nm: tuple[int, int] = (2, 4), block: tuple[int, int] = (1, 4)) -> np.ndarray:
+    """Wanda's mask (module docstring); w (N, K), g (K, K) or its diagonal (K,)."""
+    g = np.asarray(g, np.float64)
+    diag = np.diagonal(g) if g.ndim == 2 else g
+    a, s = _check(w, np.zeros((diag.size, diag.size)) if g.ndim == 1 else g, kind, sparsity, nm, block)
+    n, k = a.shape
+    score = np.abs(a.astype(np.float64)) * np.sqrt(np.maximum(diag, 0.0))[None, :]
+    if kind == "unstructured":
+        per_row = _count(s, k)
+        return np.stack([_prune_smallest(score[i], per_row) for i in range(n)])
+    if kind == "nm":
+        keep_n, m = nm
+        groups = score.reshape(n, k // m, m)
+        order = np.argsort(groups, axis=-1, kind="stable")[..., : m - keep_n]
+        keep = np.ones(groups.shape, bool)
+        np.put_along_axis(keep, order, False, axis=-1)
+        return keep.reshape(n, k)
+    r, c = block
+    tiles = score.reshape(n // r, r, k // c, c).sum(axis=(1, 3))
+    keep_t = _prune_smallest(tiles.ravel(), _count(s, tiles.size)).reshape(tiles.shape)
+    return np.ascontiguousarray(np.broadcast_to(keep_t[:, None, :, None], (n // r, r, k // c, c))).reshape(n, k)
+
+
+def _inverse_cholesky(g: np.ndarray, dead: np.ndarray) -> np.ndarray:
+    """Upper U with U^T U = (G + lambda I)^-1, lambda raised tenfold until H is positive definite."""
+    h = g.copy()
+    h[dead, dead] = 1.0
+    damp = DAMP * float(np.mean(np.diagonal(h)))
+    for _ in range(6):
+        try:
+            hd = h + damp * np.eye(h.shape[0])
+            inv = np.linalg.inv(hd)
+            return np.linalg.cholesky((inv + inv.T) / 2).T
+        except np.linalg.LinAlgError:
+            damp *= 10.0
+    raise ValueError("the layer's input statistics are not positive definite even with damping")
+
+
+def obs_prune(w: np.ndarray, g: np.ndarray, kind: str, sparsity: float = 0.0,
+              nm: tuple[int, int] = (2, 4), block: tuple[int, int] = (1, 4)) -> tuple[np.ndarray, np.ndarray]:
+    """OBS / SparseGPT pruning (module docstring). Returns (updated weight (N, K) float32 with
+    exact zeros where pruned, mask (N, K) bool, True = kept)."""
+    a, s = _check(w, g, kind, sparsity, nm, block)
+    g = np.asarray(g, np.float64)
+    n, k = a.shape
+    wt = a.astype(np.float64).copy()
+    dead = np.diagonal(g) == 0
+    wt[:, dead] = 0.0
+    u = _inverse_cholesky(g, dead)
+    mask = np.ones((n, k), bool)
+    step = BLOCK if kind != "block" else max(block[1], BLOCK // block[1] * block[1])
+    for c0 in range(0, k, step):
+        c1 = min(k, c0 + step)
+        w1 = wt[:, c0:c1].copy()
+        err = np.zeros_like(w1)
+        u1 = u[c0:c1, c0:c1]
+        d1 = np.diagonal(u1)
+        if kind == "unstructured":
+            sal = (w1 * w1) / (d1 * d1)[None, :]
+            mask[:, c0:c1] = _prune_smallest(sal.ravel(), _count(s, sal.size)).reshape(sal.shape)
+        elif kind == "block":
+            r, c = block
+            sal = ((w1 * w1) / (d1 * d1)[None, :]).reshape(n // r, r, (c1 - c0) // c, c).sum(axis=(1, 3))
+            keep_t = _prune_smallest(sal.ravel(), _count(s, sal.size)).reshape(sal.shape)
+            mask[:, c0:c1] = np.broadcast_to(keep_t[:, None, :, None],
+                                             (n // r, r, (c1 - c0) // c, c)).reshape(n, c1 - c0)
+        for j in range(c1 - c0):
+            if kind == "nm" and j % nm[1] == 0:
+                m = nm[1]
+                sal = (w1[:, j:j + m] ** 2) / (d1[j:j + m] ** 2)[None, :]
+                order = np.argsort(sal, axis=1, kind="stable")[:, : m - nm[0]]
+                keep = np.ones(sal.shape, bool)
+                np.put_along_axis(keep, order, False, axis=1)
+                mask[:, c0 + j:c0 + j + m] = keep
+            col = w1[:, j]
+            q = np.where(mask[:, c0 + j], col, 0.0)
+            e = (col - q) / u1[j, j]
+            w1[:, j:] -= np.outer(e, u1[j, j:])
+            w1[:, j] = q                         # exactly the kept value or 0
+            err[:, j] = e
+        wt[:, c0:c1] = w1
+        wt[:, c1:] -= err @ u[c0:c1, c1:]
+    out = wt.astype(np.float32)
+    out[~mask] = 0.0
+    return out, mask

@@ -1,0 +1,186 @@
+"""Calibration-aware pruning (runtime/convert/obs.py): Wanda masks and the OBS / SparseGPT
+weight update, alone and through the converter (prune_method / --prune-method).
+
+The layer-level checks use a weight and inputs with correlated, unevenly scaled input columns
+(what real activations look like, and where |w| alone chooses badly): each method's output
+error on those inputs must beat plain magnitude pruning at the same mask budget, by a margin a
+magnitude mask cannot reach (measured here: magnitude 0.27 / 0.37 / 0.58, obs 0.04 / 0.06 /
+0.06 for 50% unstructured / 2:4 / 50% 4x4 blocks)."""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+import runtime
+from runtime.convert import obs, prune
+from tests import digits
+
+# obs must at least halve the magnitude mask's output error on these inputs (measured: 5-9x)
+OBS_GAIN = 2.0
+# wanda must be better than magnitude (measured: 1.7-2.9x); it does not update weights
+WANDA_GAIN = 1.2
+
+CASES = [("unstructured", 0.5, None), ("unstructured", 0.8, None), ("nm", 0.0, None), ("block", 0.5, (4, 4)),
+         ("block", 0.75, (1, 8))]
+
+
+def _layer(seed=0, n=48, k=256, rows=1500):
+    rng = np.random.default_rng(seed)
+    base = rng.standard_normal((rows, 24)) @ rng.standard_normal((24, k))
+    x = (base + 0.3 * rng.standard_normal((rows, k))) * np.exp(rng.standard_normal(k))[None, :]
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    stats = obs.LayerInputStats(k)
+    for part in np.array_split(x, 3):                     # accumulated over batches
+        stats.add(part.reshape(-1, 5, k) if part.shape[0] % 5 == 0 else part)
+    return w, x, stats.gram
+
+
+def _magnitude(w, kind, s, block):
+    if kind == "nm":
+        return prune.nm_mask(w, 2, 4)
+    if kind == "block":
+        return prune.block_mask(w, s, block_shape=block)
+    return prune.magnitude_mask(w, s)
+
+
+def _explicit_error(w_new, w, x):
+    return np.linalg.norm(x @ w_new.T.astype(np.float64) - x @ w.T) / np.linalg.norm(x @ w.T)
+
+
+def test_gram_and_output_error_are_what_they_say():
+    w, x, g = _layer()
+    np.testing.assert_allclose(g, x.T @ x, rtol=1e-10)
+    w2 = w * prune.magnitude_mask(w, 0.5)
+    assert obs.output_error(w2, w, g) == pytest.approx(_explicit_error(w2, w, x), rel=1e-9)
+
+
+@pytest.mark.parametrize("kind, s, block", CASES)
+def test_obs_beats_magnitude_and_keeps_the_mask_shape(kind, s, block):
+    w, x, g = _layer()
+    block = block or (1, 4)
+    new_w, mask = obs.obs_prune(w, g, kind, s, block=block)
+    assert new_w.dtype == np.float32 and new_w.shape == w.shape and mask.dtype == np.bool_
+    assert np.all(new_w[~mask] == 0)                          # pruned weights exactly zero
+    base = _magnitude(w, kind, s, block)
+    assert mask.sum() == base.sum()                           # the same budget as magnitude
+    if kind == "nm":
+        assert np.all(mask.reshape(w.shape[0], -1, 4).sum(-1) == 2)
+    if kind == "block":
+        r, c = block
+        tiles = mask.reshape(w.shape[0] // r, r, w.shape[1] // c, c)
+        assert np.all(tiles.all(axis=(1, 3)) == tiles.any(axis=(1, 3)))   # whole tiles only
+    err_mag = _explicit_error(w * base, w, x)
+    err_obs = _explicit_error(new_w, w, x)
+    assert err_obs * OBS_GAIN < err_mag, (err_obs, err_mag)
+
+
+@pytest.mark.parametrize("kind, s, block", CASES)
+def test_wanda_beats_magnitude_without_changing_kept_weights(kind, s, block):
+    w, x, g = _layer(seed=1)
+    block = block or (1, 4)
+    mask = obs.wanda_mask(w, g, kind, s, block=block)
+    base = _magnitude(w, kind, s, block)
+    if kind == "unstructured":                                # per output row, as the paper
+        assert np.all(mask.sum(1) == mask.sum(1)[0])
+    assert abs(int(mask.sum()) - int(base.sum())) <= w.shape[0]
+    assert _explicit_error(w * mask, w, x) * WANDA_GAIN < _explicit_error(w * base, w, x)
+
+
+def test_dead_inputs_and_bad_shapes():
+    w, x, g = _layer(k=64, n=8)
+    g[:, 5] = g[5, :] = 0                                     # an input that is always zero
+    new_w, mask = obs.obs_prune(w, g, "unstructured", 0.5)
+    assert np.all(np.isfinite(new_w)) and new_w[:, 5].tolist() == [0.0] * 8
+    with pytest.raises(ValueError, match=r"input statistics are \(64, 64\), expected \(32, 32\)"):
+        obs.obs_prune(w[:, :32], g, "unstructured", 0.5)
+    with pytest.raises(ValueError, match="N:M groups of 4 do not tile K = 30"):
+        obs.obs_prune(w[:, :30], g[:30, :30], "nm")
+    with pytest.raises(ValueError, match="block 3x4 does not tile"):
+        obs.obs_prune(w, g, "block", 0.5, block=(3, 4))
+    with pytest.raises(ValueError, match="mask kind"):
+        obs.wanda_mask(w, g, "channels", 0.5)
+    stats = obs.LayerInputStats(4)
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        stats.add(np.array([[1.0, np.nan, 0.0, 0.0]]))
+
+
+# --- through the converter -----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def mlp():
+    data, x_tr, x_te, y_te = digits.mlp_onnx()
+    calib = [{"pixels": x_tr[i:i + 128]} for i in range(0, 512, 128)]
+    return data, calib, x_te, y_te
+
+
+def _weights(graph):
+    return {name: t.to_dense() for name, t in graph.initializers.items() if t.layout in ("csr", "nm", "int8", "bsr")}
+
+
+@pytest.mark.parametrize("prune_kind, extra", [("magnitude", {"sparsity": 0.8}), ("nm", {}),
+                                               ("block", {"sparsity": 0.75, "block": (1, 4)})])
+def test_obs_through_the_converter_beats_magnitude(mlp, prune_kind, extra):
+    data, calib, x_te, y_te = mlp
+    results = {}
+    for method in ("magnitude", "wanda", "obs"):
+        g = runtime.convert(data, calib=calib, prune=prune_kind, prune_method=method, quant="int8", **extra)
+        rep = g.metadata["report"]
+        assert rep["options"]["prune_method"] == method
+        results[method] = (rep["end_to_end"]["cosine"], digits.accuracy(g, x_te, y_te, "pixels"), g)
+    # obs: end to end (measured cosine 0.77 -> 0.97 at 80%, 0.976 -> 0.9995 at 2:4, 0.56 -> 0.93
+    # at 75% 1x4 blocks; accuracy 67 -> 96%, 94 -> 98%, 40 -> 89%)
+    assert results["obs"][0] > results["magnitude"][0], {m: r[:2] for m, r in results.items()}
+    assert results["obs"][1] > results["magnitude"][1], {m: r[:2] for m, r in results.items()}
+    # wanda lowers every layer's own output error, but on this MLP not the end-to-end error
+    # (benchmarks/RESULTS.md): only the layer-level claim is made
+    for method in ("wanda", "obs"):
+        layers = results[method][2].metadata["report"]["layers"]
+        for lr in layers:
+            after, before = (float(v) for v in re.findall(r"\d+\.\d+", lr["note"])[:2])
+            assert lr["note"].startswith(f"{method}: layer output error") and after < before, lr["note"]
+            assert lr["layout"] == {"magnitude": "csr", "nm": "nm", "block": "bsr"}[prune_kind]
+
+
+def test_auto_is_obs_with_calibration_and_magnitude_with_a_warning_without(mlp):
+    data, calib, *_ = mlp
+    lines: list[str] = []
+    g = runtime.convert(data, calib=calib, prune="nm", quant="int8", progress=lines.append)
+    assert g.metadata["report"]["options"]["prune_method"] == "obs"
+    assert any(": obs, output error" in line for line in lines)
+    lines.clear()
+    g = runtime.convert(data, prune="nm", quant="int8", progress=lines.append)
+    rep = g.metadata["report"]
+    assert rep["options"]["prune_method"] == "magnitude"
+    assert any(line.startswith("warning: pruning by magnitude: no calibration data") for line in lines)
+    assert any("no calibration data" in note for note in rep["notes"])
+
+
+@pytest.mark.parametrize("options, fragment", [
+    ({"prune": "nm", "prune_method": "obs"}, "prune_method='obs' needs real calibration data"),
+    ({"prune": "random", "sparsity": 0.5, "prune_method": "wanda", "calib": [{}]}, "needs prune='magnitude'"),
+    ({"prune": "magnitude", "sparsity": 0.5, "scope": "global", "prune_method": "obs", "calib": [{}]},
+     "scope='global' takes prune_method='magnitude'"),
+    ({"prune": "nm", "prune_method": "sparsegpt"}, "prune_method must be one of auto, magnitude, wanda, obs"),
+])
+def test_bad_method_options_are_refused_before_any_work(mlp, options, fragment):
+    data, *_ = mlp
+    with pytest.raises(ValueError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
+        runtime.convert(data, **options)
+
+
+def test_a_reverted_layer_gets_its_original_weight_back(mlp):
+    """The accuracy budget keeps sensitive layers in fp32: a layer obs updated must come back
+    as the model's own weight, not as its pruned and updated version."""
+    data, calib, *_ = mlp
+    original = {n: t.fields["data"] for n, t in runtime.convert.from_onnx(data).initializers.items()
+                if t.layout == "dense"}
+    g = runtime.convert(data, calib=calib, prune="magnitude", sparsity=0.9, quant="int8", max_error=0.99999)
+    reverted = g.metadata["report"]["budget"]["reverted"]
+    assert reverted
+    for node in g.nodes:
+        if node.name in reverted:
+            w = g.initializers[node.inputs[1]]
+            assert w.layout == "dense"
+            np.testing.assert_array_equal(w.fields["data"], original[node.inputs[1]])
