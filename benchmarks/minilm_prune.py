@@ -59,6 +59,16 @@ def sentences() -> list[str]:
 
 def export(model, tok, path: str, seq: int) -> None:
     import torch
+
+    class Encoder(torch.nn.Module):      # keyword call: BertModel's positional arguments differ
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, input_ids, attention_mask, token_type_ids):
+            return self.m(input_ids=input_ids, attention_mask=attention_mask,
+                          token_type_ids=token_type_ids).last_hidden_state
+    model = Encoder(model).eval()
     enc = tok(["an example sentence"] * 2, padding="max_length", max_length=seq, return_tensors="pt")
     names = ["input_ids", "attention_mask", "token_type_ids"]
     dyn = {n: {0: "batch", 1: "seq"} for n in names}

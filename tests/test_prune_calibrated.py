@@ -184,3 +184,16 @@ def test_a_reverted_layer_gets_its_original_weight_back(mlp):
             w = g.initializers[node.inputs[1]]
             assert w.layout == "dense"
             np.testing.assert_array_equal(w.fields["data"], original[node.inputs[1]])
+
+
+def test_upstream_part_computes_the_same_value_with_fewer_nodes(mlp):
+    from runtime.convert import calibrate as cal
+    data, calib, *_ = mlp
+    g = runtime.convert.from_onnx(data)
+    first = next(n for n in g.nodes if n.op == "Linear")
+    part = cal.upstream(g, [first.outputs[0]])
+    assert len(part.nodes) < len(g.nodes) and first.name in [n.name for n in part.nodes]
+    assert set(part.initializers) < set(g.initializers)
+    want = cal.probe_session(g, [first.outputs[0]]).run([first.outputs[0]], calib[0])[0]
+    got = cal.probe_session(part, [first.outputs[0]]).run([first.outputs[0]], calib[0])[0]
+    np.testing.assert_array_equal(got, want)

@@ -364,6 +364,23 @@ def probe_session(graph: Graph, value_names: Sequence[str], *, backend: str = "r
     return InferenceSession(probe, backend=backend)
 
 
+def upstream(graph: Graph, value_names: Sequence[str]) -> Graph:
+    """The part of ``graph`` that computes ``value_names``: the nodes they depend on (in the
+    graph's order), the initializers those read, every graph input, and no outputs (a
+    ``probe_session`` adds the values). Running it gives the same values as the whole graph,
+    for less work: what sequential calibration (obs, wanda) needs per layer."""
+    needed = set(value_names)
+    keep = []
+    for n in reversed(graph.nodes):
+        if needed.intersection(n.outputs):
+            keep.append(n)
+            needed.update(i for i in n.inputs if i)
+    keep.reverse()
+    used = {i for n in keep for i in n.inputs}
+    return Graph(graph.name, list(graph.inputs), [], keep,
+                 {k: t for k, t in graph.initializers.items() if k in used}, dict(graph.metadata))
+
+
 def collect_inputs(graph: Graph, feeds_list: Sequence[Mapping[str, np.ndarray]], value_names: Iterable[str],
                    *, max_values: int = DEFAULT_MAX_VALUES, seed: int = 0,
                    backend: str = "reference") -> dict[str, np.ndarray]:

@@ -419,7 +419,7 @@ def _calibrated_masks(graph: Graph, linears: list[Layer], plans: dict[str, _Plan
             # Exact to cache by value: every layer that could change x_name comes before its
             # producer, so before the first reader, in graph order.
             stats = obs.LayerInputStats(w.shape[1])
-            sess = cal.probe_session(graph, [x_name])
+            sess = cal.probe_session(cal.upstream(graph, [x_name]), [x_name])
             for feed in feeds:
                 stats.add(sess.run([x_name], feed)[0])
             grams[x_name] = stats.gram
