@@ -65,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--prune-method", default="auto", choices=["auto", "magnitude", "wanda", "obs"],
                    help="how the kept weights of a magnitude/nm/block mask are chosen: obs (SparseGPT: "
                         "second-order, updates the kept weights), wanda (|w| x input norm), magnitude; "
-                        "obs and wanda need --calib (Linear layers; Conv layers use magnitude); "
+                        "obs and wanda need --calib (Linear and ungrouped Conv layers; grouped Convs use magnitude); "
                         "auto: obs with --calib, else magnitude with a warning")
     g.add_argument("--sparsity", type=float, default=0.0, help="target fraction of weights removed, in [0, 1)")
     g.add_argument("--layer-sparsity", action="append", default=[], metavar="PATTERN=F",

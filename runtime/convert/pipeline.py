@@ -329,12 +329,12 @@ def _plan_masks(graph: Graph, layers: list[Layer], plans: dict[str, _Plan], opts
     pack from: ``graph`` itself, or for obs a copy holding the updated weights."""
     todo = [lr for lr in layers if not plans[lr.name].keep_fp32]
     if method in ("wanda", "obs"):
-        linears = [lr for lr in todo if lr.node.op == "Linear"]
-        graph = _calibrated_masks(graph, linears, plans, opts, method, feeds, say)
+        chosen = [lr for lr in todo if _calibratable(lr)]
+        graph = _calibrated_masks(graph, chosen, plans, opts, method, feeds, say)
         for lr in todo:
-            if lr.node.op != "Linear" and not any(_matches(lr, p) for p in opts.skip):
-                plans[lr.name].note = f"pruned by magnitude ({method} takes Linear layers only so far)"
-        todo = [lr for lr in todo if lr.node.op != "Linear"]
+            if not _calibratable(lr) and not any(_matches(lr, p) for p in opts.skip):
+                plans[lr.name].note = f"pruned by magnitude ({method} takes Linear and group-1 Conv layers)"
+        todo = [lr for lr in todo if not _calibratable(lr)]
     weights = {lr.name: np.asarray(graph.initializers[lr.weight_name].fields["data"]) for lr in todo}
     if opts.prune == "magnitude" and opts.scope == "global":
         masks = pr.global_magnitude_masks({k: w for k, w in weights.items() if _layer_sparsity(
@@ -391,18 +391,50 @@ def _finish_notes(todo: list[Layer], plans: dict[str, _Plan], opts: ConvertOptio
         plans[lr.name].sparsity = 0.0 if mask is None else 1.0 - float(np.count_nonzero(mask)) / mask.size
 
 
-def _calibrated_masks(graph: Graph, linears: list[Layer], plans: dict[str, _Plan], opts: ConvertOptions,
+def _calibratable(lr: Layer) -> bool:
+    """wanda / obs take a Linear, or a Conv without groups (its im2col rows are the X)."""
+    return lr.node.op == "Linear" or (lr.node.op == "Conv" and int(lr.node.attrs.get("group", 1)) == 1)
+
+
+def _input_key(lr: Layer, wshape: tuple) -> tuple:
+    """Layers with equal keys see the same X: the same input value, and for Conv the same
+    kernel size and window attributes (the im2col rows)."""
+    if lr.node.op == "Linear":
+        return (lr.node.inputs[0],)
+    a = lr.node.attrs
+    return (lr.node.inputs[0], tuple(wshape[1:]), str(a.get("strides")), str(a.get("pads")), str(a.get("dilations")))
+
+
+def _add_rows(stats, lr: Layer, x: np.ndarray, wshape: tuple) -> None:
+    """Add one batch of the layer's input rows to ``stats``: X (..., K) for Linear; for Conv
+    the im2col rows (one per image and output position, columns in the weight's (C, *kernel)
+    order, as its 2-D view (M, C * prod(kernel)))."""
+    if lr.node.op == "Linear":
+        stats.add(x)
+        return
+    from kernels.reference.conv_pool import conv_by_gemm
+    from kernels.registry import fill_attrs
+    a = fill_attrs("Conv", dict(lr.node.attrs))
+
+    def gemm(cols, rows):
+        stats.add(cols)
+        return np.zeros((cols.shape[0], wshape[0]))
+    conv_by_gemm(x, wshape, a["strides"], a["pads"], a["dilations"], 1, gemm)
+
+
+def _calibrated_masks(graph: Graph, chosen: list[Layer], plans: dict[str, _Plan], opts: ConvertOptions,
                       method: str, feeds, say: Callable[[str], None]) -> Graph:
-    """wanda / obs for the Linear layers, in graph order and sequentially: each layer's input
-    statistics come from the model as the layers before it were pruned (obs: and updated).
-    Returns a copy of ``graph`` with the pruned (obs: updated) weights; ``graph`` is unchanged."""
+    """wanda / obs for Linear and group-1 Conv layers, in graph order and sequentially: each
+    layer's input statistics come from the model as the layers before it were pruned (obs: and
+    updated). Returns a copy of ``graph`` with the pruned (obs: updated) weights; ``graph`` is
+    unchanged. A Conv weight (M, C, *kernel) is pruned as its 2-D view (M, C * prod(kernel))."""
     from . import calibrate as cal
     from . import obs
     graph = _copy(graph)
     kind = MASK_KINDS[opts.prune]
-    grams: dict[str, np.ndarray] = {}     # input value -> X^T X (consumers of one value share it)
+    grams: dict[tuple, np.ndarray] = {}   # input key -> X^T X (layers reading one X share it)
     done: dict[str, np.ndarray] = {}      # weight name -> mask (a weight read by two layers)
-    for idx, lr in enumerate(linears):
+    for idx, lr in enumerate(chosen):
         plan = plans[lr.name]
         s = _layer_sparsity(lr, opts)
         if any(_matches(lr, p) for p in opts.skip) or (kind != "nm" and s == 0):
@@ -410,20 +442,21 @@ def _calibrated_masks(graph: Graph, linears: list[Layer], plans: dict[str, _Plan
         if lr.weight_name in done:
             plan.mask = done[lr.weight_name]
             continue
-        w = np.asarray(graph.initializers[lr.weight_name].fields["data"])
+        w_full = np.asarray(graph.initializers[lr.weight_name].fields["data"])
+        w = w_full.reshape(w_full.shape[0], -1)
         if kind == "nm" and w.shape[1] % opts.nm[1]:
             plan.note = f"not N:M-pruned: its {w.shape[1]} inputs are not a multiple of M={opts.nm[1]}"
             continue
-        x_name = lr.node.inputs[0]
-        if x_name not in grams:
+        x_name, key = lr.node.inputs[0], _input_key(lr, w_full.shape)
+        if key not in grams:
             # Exact to cache by value: every layer that could change x_name comes before its
             # producer, so before the first reader, in graph order.
             stats = obs.LayerInputStats(w.shape[1])
             sess = cal.probe_session(cal.upstream(graph, [x_name]), [x_name])
             for feed in feeds:
-                stats.add(sess.run([x_name], feed)[0])
-            grams[x_name] = stats.gram
-        g = grams[x_name]
+                _add_rows(stats, lr, sess.run([x_name], feed)[0], w_full.shape)
+            grams[key] = stats.gram
+        g = grams[key]
         args = dict(kind=kind, sparsity=s, nm=tuple(opts.nm), block=tuple(opts.block))
         baseline = w * _magnitude_mask(w, kind, s, opts)       # what prune_method="magnitude" keeps
         try:
@@ -435,12 +468,12 @@ def _calibrated_masks(graph: Graph, linears: list[Layer], plans: dict[str, _Plan
         except ValueError as e:
             raise ValueError(f"layer {lr.name!r}: {e}") from None
         before, after = obs.output_error(baseline, w, g), obs.output_error(new_w, w, g)
-        graph.initializers[lr.weight_name] = dense_tensor(lr.weight_name, new_w)
-        plan.mask = done[lr.weight_name] = mask
-        plan.fp32_weight = w
+        graph.initializers[lr.weight_name] = dense_tensor(lr.weight_name, new_w.reshape(w_full.shape))
+        plan.mask = done[lr.weight_name] = mask.reshape(w_full.shape)
+        plan.fp32_weight = w_full
         plan.note = f"{method}: layer output error {after:.4f} (magnitude, no update: {before:.4f})"
-        say(f"[{idx + 1}/{len(linears)}] {lr.name}: {method}, output error {before:.4f} -> {after:.4f}")
-    _finish_notes(linears, plans, opts)
+        say(f"[{idx + 1}/{len(chosen)}] {lr.name}: {method}, output error {before:.4f} -> {after:.4f}")
+    _finish_notes(chosen, plans, opts)
     return graph
 
 
