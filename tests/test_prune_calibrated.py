@@ -212,3 +212,24 @@ def test_obs_prunes_conv_layers_through_their_im2col_rows():
     assert got["obs"][0] > got["magnitude"][0], {m: v[:2] for m, v in got.items()}
     convs = [lr for lr in got["obs"][2].metadata["report"]["layers"] if lr["op"] == "Conv"]
     assert convs and all(lr["note"].startswith("obs: layer output error") for lr in convs), convs
+
+
+def test_strided_dilated_and_grouped_convs():
+    """tests/model_zoo.cnn: padding, stride, dilation and 1x1 Convs go through obs (each
+    layer's own output error below the magnitude mask's); the grouped Conv falls back to
+    magnitude and says so."""
+    torch = pytest.importorskip("torch")
+    from tests import model_zoo
+    data = model_zoo.export(model_zoo.cnn(), (torch.zeros(2, 3, 12, 12),), input_names=["x"], output_names=["y"],
+                            dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
+    rng = np.random.default_rng(3)
+    calib = [{"x": rng.standard_normal((8, 3, 12, 12)).astype(np.float32)} for _ in range(3)]
+    g = runtime.convert(data, calib=calib, prune="magnitude", sparsity=0.5, prune_method="obs", quant="int8")
+    notes = {lr["name"]: (lr["op"], lr["note"]) for lr in g.metadata["report"]["layers"]}
+    grouped = [name for name, (op, note) in notes.items() if note.startswith("pruned by magnitude (obs takes")]
+    assert len(grouped) == 1 and notes[grouped[0]][0] == "Conv", notes
+    others = {name: note for name, (op, note) in notes.items() if name not in grouped}
+    assert len(others) == 4, notes                              # three Convs and the Linear
+    for name, note in others.items():
+        after, before = (float(v) for v in re.findall(r"\d+\.\d+", note)[:2])
+        assert note.startswith("obs: layer output error") and after < before, (name, note)

@@ -331,10 +331,7 @@ def _plan_masks(graph: Graph, layers: list[Layer], plans: dict[str, _Plan], opts
     if method in ("wanda", "obs"):
         chosen = [lr for lr in todo if _calibratable(lr)]
         graph = _calibrated_masks(graph, chosen, plans, opts, method, feeds, say)
-        for lr in todo:
-            if not _calibratable(lr) and not any(_matches(lr, p) for p in opts.skip):
-                plans[lr.name].note = f"pruned by magnitude ({method} takes Linear and group-1 Conv layers)"
-        todo = [lr for lr in todo if not _calibratable(lr)]
+        todo = [lr for lr in todo if not _calibratable(lr)]    # these fall back to magnitude below
     weights = {lr.name: np.asarray(graph.initializers[lr.weight_name].fields["data"]) for lr in todo}
     if opts.prune == "magnitude" and opts.scope == "global":
         masks = pr.global_magnitude_masks({k: w for k, w in weights.items() if _layer_sparsity(
@@ -368,6 +365,10 @@ def _plan_masks(graph: Graph, layers: list[Layer], plans: dict[str, _Plan], opts
                     plans[lr.name].mask = pr.block_mask(w, s, block_shape=tuple(opts.block))
                 except ValueError as e:
                     raise ValueError(f"layer {lr.name!r}: {e}") from None
+    if method in ("wanda", "obs"):
+        for lr in todo:
+            if plans[lr.name].mask is not None and not plans[lr.name].note:
+                plans[lr.name].note = f"pruned by magnitude ({method} takes Linear and group-1 Conv layers)"
     _finish_notes(todo, plans, opts)
     return graph
 
