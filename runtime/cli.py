@@ -90,7 +90,8 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--percentile", type=float, default=99.99, help="percentile for --calib-method percentile")
     q.add_argument("--keep-fp32", nargs="+", default=[], metavar="PATTERN", help="layers kept dense fp32")
     q.add_argument("--max-error", type=float, metavar="COS", help="accuracy budget: minimum cosine similarity "
-                   "of the outputs; the most sensitive layers fall back to fp32 until it holds")
+                   "of the outputs; the most sensitive layers are unpruned (still quantized), then "
+                   "fall back to fp32, until it holds")
     c.add_argument("--report", metavar="REPORT.json", help="also write the accuracy report as JSON")
     c.add_argument("--seed", type=int, default=0, help="seed for random pruning and random calibration inputs")
     c.add_argument("-q", "--quiet", action="store_true", help="no per-layer progress and report table")

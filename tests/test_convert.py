@@ -122,17 +122,62 @@ def test_keep_fp32_and_skip_are_reported(mlp):
 
 
 def test_accuracy_budget_reverts_the_most_sensitive_layers(mlp):
+    """A budget that dense int8 cannot meet: the sensitive layers are first unpruned (still
+    int8), then reverted to fp32 until the cosine holds."""
     data, calib, *_ = mlp
-    loose = runtime.convert(data, calib=calib, prune="magnitude", sparsity=0.9, quant="int8")
-    cos = loose.metadata["report"]["end_to_end"]["cosine"]
-    target = min(0.9999, cos + (1 - cos) * 0.5)
-    graph = runtime.convert(data, calib=calib, prune="magnitude", sparsity=0.9, quant="int8", max_error=target)
+    dense_int8 = runtime.convert(data, calib=calib, quant="int8").metadata["report"]["end_to_end"]["cosine"]
+    target = dense_int8 + (1 - dense_int8) * 0.5          # above what dense int8 gives
+    graph = runtime.convert(data, calib=calib, prune="magnitude", sparsity=0.9, prune_method="magnitude",
+                            quant="int8", max_error=target)
     rep = graph.metadata["report"]
-    assert rep["end_to_end"]["cosine"] >= target
-    assert rep["budget"]["reverted"], "something had to be reverted"
+    assert rep["end_to_end"]["cosine"] >= target and rep["budget"]["met"]
+    assert rep["budget"]["unpruned"], "the cheap step comes first"
+    assert rep["budget"]["reverted"], "dense int8 is not enough for this budget: something had to be reverted"
     for name in rep["budget"]["reverted"]:
         lr = next(lr for lr in rep["layers"] if lr["name"] == name)
         assert lr["layout"] == "dense" and "accuracy budget" in lr["note"]
+
+
+@pytest.mark.parametrize("method", ["magnitude", "obs"])
+def test_accuracy_budget_tries_dense_int8_before_fp32(mlp, method):
+    """2:4 + int8 with a budget that int8 alone meets: layers are unpruned to dense int8 (from
+    their original weights), nothing goes back to fp32, and the file stays compressed."""
+    data, calib, *_ = mlp
+    dense_int8 = runtime.convert(data, calib=calib, quant="int8").metadata["report"]["end_to_end"]["cosine"]
+    nm = runtime.convert(data, calib=calib, prune="nm", prune_method=method, quant="int8")
+    nm_cos = nm.metadata["report"]["end_to_end"]["cosine"]
+    assert nm_cos < dense_int8
+    target = (nm_cos + dense_int8) / 2
+    graph = runtime.convert(data, calib=calib, prune="nm", prune_method=method, quant="int8", max_error=target)
+    rep = graph.metadata["report"]
+    assert rep["budget"]["met"] and rep["end_to_end"]["cosine"] >= target
+    assert rep["budget"]["unpruned"] and rep["budget"]["reverted"] == []
+    original = {n: t.fields["data"] for n, t in runtime.convert.from_onnx(data).initializers.items()}
+    for lr in rep["layers"]:
+        assert lr["layout"] in ("nm", "int8"), lr
+        if lr["name"] in rep["budget"]["unpruned"]:
+            assert lr["layout"] == "int8" and "not pruned, int8 kept" in lr["note"]
+            node = next(n for n in graph.nodes if n.name == lr["name"])
+            from runtime.layouts import pack_int8
+            want = pack_int8(node.inputs[1], original[node.inputs[1]]).to_dense()
+            np.testing.assert_array_equal(graph.initializers[node.inputs[1]].to_dense(), want)
+    assert rep["totals"]["ratio"] < 0.35
+
+
+def test_collapse_and_static_without_calibration_warn(mlp):
+    data, *_ = mlp
+    lines: list[str] = []
+    g = runtime.convert(data, prune="magnitude", sparsity=0.95, quant="int8", act="static", progress=lines.append)
+    rep = g.metadata["report"]
+    warnings = [ln for ln in lines if ln.startswith("warning: ")]
+    assert any("static activation ranges come from random inputs" in w for w in warnings), warnings
+    if rep["end_to_end"]["cosine"] < 0.9:
+        (collapse,) = [w for w in warnings if "outputs collapsed" in w]
+        worst = max(rep["layers"], key=lambda lr: lr["output_rel_error"])
+        assert worst["name"] in collapse and "try a lower sparsity" in collapse
+        assert any("outputs collapsed" in n for n in rep["notes"])
+    else:
+        assert not any("outputs collapsed" in w for w in warnings)
 
 
 @pytest.mark.parametrize("prune,layout", [("magnitude", "csr"), ("random", "csr"), ("block", "bsr"), ("nm", "nm")])

@@ -132,6 +132,15 @@ class ConvertOptions:
         return self.prune != "none" or self.quant != "none"
 
 
+# a conversion whose outputs fall below this cosine to the fp32 model's ends with a warning
+COLLAPSE_COSINE = 0.9
+
+
+def _warn(report: Report, say: Callable[[str], None], text: str) -> None:
+    say(f"warning: {text}")
+    report.notes.append(text)
+
+
 def _check_sparsity(what: str, s) -> None:
     if not isinstance(s, (int, float)) or not (0.0 <= float(s) < 1.0):
         raise ValueError(f"{what} must be in [0, 1), got {s!r}")
@@ -280,13 +289,15 @@ def compress(graph: Graph, opts: ConvertOptions, say: Callable[[str], None] = la
     elif opts.prune != "none":
         method, warning = opts.resolved_prune_method()
         if warning:
-            say(f"warning: {warning}")
-            report.notes.append(warning)
+            _warn(report, say, warning)
         report.options["prune_method"] = method
         graph = _plan_masks(graph, layers, plans, opts, pr, method, feeds, say)
 
     # --- static activation ranges (on the pruned fp32 model) ------------------------------
     quantized = [lr for lr in layers if not plans[lr.name].keep_fp32]
+    if opts.quant == "int8" and opts.act == "static" and quantized and opts.calib is None:
+        _warn(report, say, "static activation ranges come from random inputs (no calibration data was "
+                           "given): the model's real activations may fall outside them; pass calib")
     if opts.quant == "int8" and opts.act == "static" and quantized:
         say(f"calibrating {len(quantized)} activation ranges ({opts.calib_method})")
         masked = _build(graph, layers, plans, opts, pack=False)
@@ -301,10 +312,20 @@ def compress(graph: Graph, opts: ConvertOptions, say: Callable[[str], None] = la
     if opts.max_error is not None and metrics["cosine"] < opts.max_error:
         converted, metrics = _meet_budget(graph, layers, plans, opts, feeds, ref_outputs, metrics, report, say)
     elif opts.max_error is not None:
-        report.budget = {"min_cosine": opts.max_error, "reverted": [],
+        report.budget = {"min_cosine": opts.max_error, "unpruned": [], "reverted": [],
                          "summary": f"cosine {metrics['cosine']:.6f} >= {opts.max_error}: nothing reverted"}
     report.end_to_end = metrics
     report.layers = _layer_reports(fp32_graph, graph, converted, layers, plans, feeds)
+    top1 = metrics.get("top1_agreement")
+    if metrics["cosine"] < COLLAPSE_COSINE or top1 == 0:
+        worst = sorted((lr for lr in report.layers if lr.output_rel_error is not None),
+                       key=lambda lr: -lr.output_rel_error)[:3]
+        _warn(report, say, f"the converted model's outputs collapsed: cosine {metrics['cosine']:.3f} to the fp32 "
+                           f"model" + ("" if top1 is None else f", top-1 agreement {top1:.0%}") + "; the layers "
+                           "with the largest output error: " + ", ".join(f"{lr.name} ({lr.output_rel_error:.2f})"
+                                                                          for lr in worst)
+                           + "; try a lower sparsity, calibration data (prune_method obs), max_error, or "
+                             "keep_fp32 for those layers")
     if opts.quant == "int4" and opts.prune not in ("none", "channel"):
         report.notes.append("int4 has no sparse layout: pruned weights are stored as zeros in int4_grouped")
     converted.metadata = {**converted.metadata, "report": report.to_dict()}
@@ -542,8 +563,8 @@ def _build(graph: Graph, layers: list[Layer], plans: dict[str, _Plan], opts: Con
         plan = plans[lr.name]
         node = next(n for n in out.nodes if n.name == lr.name and n.op == lr.node.op)
         w = np.asarray(graph.initializers[lr.weight_name].fields["data"])
-        if plan.keep_fp32 and plan.fp32_weight is not None:
-            w = plan.fp32_weight                # a layer obs updated goes back to its own weight
+        if (plan.keep_fp32 or plan.mask is None) and plan.fp32_weight is not None:
+            w = plan.fp32_weight                # a layer obs updated, unpruned again: its own weight
         layout = _layout_for(opts, plan) if pack else "dense"
         if lr.weight_name not in packed:
             p = plan if pack else _Plan(mask=None if plan.keep_fp32 else plan.mask)
@@ -578,11 +599,14 @@ def _run(graph: Graph, feeds: list[dict]) -> list[list[np.ndarray]]:
 # ----------------------------------------------------------------------------- budget ---
 
 def _meet_budget(graph, layers, plans, opts, feeds, ref_outputs, metrics, report, say):
-    """Revert the most sensitive layers to fp32 until the output cosine meets the budget.
+    """Give back compression, the most sensitive layers first, until the output cosine meets
+    the budget, and as little as that takes.
 
     Sensitivity of a layer = how much the end-to-end cosine improves when only that layer is
-    kept in fp32 (one evaluation per compressed layer). Layers are then reverted in that
-    order, re-measuring after each, until cosine >= max_error."""
+    kept in fp32 (one evaluation per compressed layer). Then two passes in that order, each
+    re-measuring after every step and stopping as soon as cosine >= max_error: first the cheap
+    step, a pruned layer unpruned but still quantized (dense int8 / int4, from its original
+    weight); then, if that was not enough, layers back to fp32."""
     candidates = [lr for lr in layers if not plans[lr.name].keep_fp32]
     say(f"cosine {metrics['cosine']:.6f} < budget {opts.max_error}: measuring {len(candidates)} layer sensitivities")
     gains = []
@@ -592,20 +616,36 @@ def _meet_budget(graph, layers, plans, opts, feeds, ref_outputs, metrics, report
         m = output_metrics(_run(_build(graph, layers, trial, opts, pack=True), feeds), ref_outputs)
         gains.append((m["cosine"] - metrics["cosine"], lr))
     gains.sort(key=lambda g: -g[0])
-    reverted = []
-    converted = None
-    for gain, lr in gains:
-        plans[lr.name] = _Plan(keep_fp32=f"kept fp32 (accuracy budget: most sensitive, +{gain:.2e} cosine alone)",
-                               fp32_weight=plans[lr.name].fp32_weight)
-        reverted.append(lr.name)
-        converted = _build(graph, layers, plans, opts, pack=True)
-        metrics = output_metrics(_run(converted, feeds), ref_outputs)
-        say(f"reverted {lr.name} to fp32: cosine {metrics['cosine']:.6f}")
-        if metrics["cosine"] >= opts.max_error:
-            break
-    met = metrics["cosine"] >= opts.max_error
-    report.budget = {"min_cosine": opts.max_error, "reverted": reverted, "met": met,
-                     "summary": f"reverted {len(reverted)} layer(s) to fp32; cosine {metrics['cosine']:.6f} "
+    unpruned, reverted = [], []
+
+    def remeasure(what: str) -> bool:
+        nonlocal metrics
+        metrics = output_metrics(_run(_build(graph, layers, plans, opts, pack=True), feeds), ref_outputs)
+        say(f"{what}: cosine {metrics['cosine']:.6f}")
+        return metrics["cosine"] >= opts.max_error
+
+    met = False
+    if opts.quant != "none":               # unpruned fp32 would be the fp32 step itself
+        for gain, lr in gains:
+            plan = plans[lr.name]
+            if plan.mask is None:
+                continue
+            plans[lr.name] = dataclasses.replace(
+                plan, mask=None, sparsity=0.0,
+                note=f"accuracy budget: not pruned, {opts.quant} kept (was {plan.sparsity:.0%} sparse)")
+            unpruned.append(lr.name)
+            if (met := remeasure(f"unpruned {lr.name}, kept {opts.quant}")):
+                break
+    if not met:
+        for gain, lr in gains:
+            plans[lr.name] = _Plan(keep_fp32=f"kept fp32 (accuracy budget: most sensitive, +{gain:.2e} cosine alone)",
+                                   fp32_weight=plans[lr.name].fp32_weight)
+            reverted.append(lr.name)
+            if (met := remeasure(f"reverted {lr.name} to fp32")):
+                break
+    report.budget = {"min_cosine": opts.max_error, "unpruned": unpruned, "reverted": reverted, "met": met,
+                     "summary": f"unpruned {len(unpruned)} layer(s) (still {opts.quant}), reverted "
+                                f"{len(reverted)} to fp32; cosine {metrics['cosine']:.6f} "
                                 f"{'>=' if met else '< (not met even with every layer in fp32)'} {opts.max_error}"}
     converted = _build(graph, layers, plans, opts, pack=True, say=say)
     return converted, metrics
