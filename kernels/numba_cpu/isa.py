@@ -28,6 +28,7 @@ the CPU name and features), so switching never reuses code compiled for another 
 """
 from __future__ import annotations
 
+import functools
 import os
 
 ENV = "QRT_NUMBA_ISA"
@@ -109,13 +110,19 @@ def target_features() -> dict[str, bool]:
         return {f[1:]: f[0] == "+" for f in config.CPU_FEATURES.split(",") if f}
     if config.CPU_NAME not in (None, "host"):
         return {}
+    return dict(_host_features())
+
+
+@functools.lru_cache(maxsize=1)
+def _host_features() -> tuple[tuple[str, bool], ...]:
+    # The CPU does not change under a running process: ask LLVM once (has_vnni() is asked
+    # for every int8 layer a session plans).
     import llvmlite.binding as llb
-    return dict(llb.get_host_cpu_features())
+    return tuple(llb.get_host_cpu_features().items())
 
 
 def _host_has(names: tuple[str, ...]) -> bool:
-    import llvmlite.binding as llb
-    host = llb.get_host_cpu_features()
+    host = dict(_host_features())
     return all(host.get(f, False) for f in names)
 
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .prune import _count, _prune_smallest, check_sparsity
+from .prune import _count, _prune_smallest, check_sparsity, nm_mask
 
 DAMP = 0.01          # lambda = DAMP * mean(diag G): SparseGPT's and GPTQ's default
 BLOCK = 128          # columns per mask decision and per lazy batch of updates (SparseGPT)
@@ -57,8 +57,8 @@ class LayerInputStats:
 
 def output_error(w_new: np.ndarray, w: np.ndarray, g: np.ndarray) -> float:
     """||X W_new^T - X W^T|| / ||X W^T|| over the calibration rows behind g (module docstring)."""
-    d = np.asarray(w_new, np.float64) - np.asarray(w, np.float64)
     w64 = np.asarray(w, np.float64)
+    d = np.asarray(w_new, np.float64) - w64
     num = float(np.einsum("nk,kj,nj->", d, g, d))
     den = float(np.einsum("nk,kj,nj->", w64, g, w64))
     return float(np.sqrt(max(num, 0.0) / den)) if den > 0 else 0.0
@@ -81,28 +81,27 @@ def _check(w: np.ndarray, g: np.ndarray, kind: str, sparsity: float, nm, block) 
     return a, s
 
 
+def _tile_mask(scores: np.ndarray, block: tuple[int, int], s: float) -> np.ndarray:
+    """Keep mask (N, K') over scores (N, K'): RxC tiles ranked by their summed score, the
+    round(s * tiles) lowest pruned, the decision broadcast to every element of its tile."""
+    (r, c), (n, k) = block, scores.shape
+    tiles = scores.reshape(n // r, r, k // c, c).sum(axis=(1, 3))
+    keep = _prune_smallest(tiles.ravel(), _count(s, tiles.size)).reshape(tiles.shape)
+    return np.ascontiguousarray(np.broadcast_to(keep[:, None, :, None], (n // r, r, k // c, c))).reshape(n, k)
+
+
 def wanda_mask(w: np.ndarray, g: np.ndarray, kind: str, sparsity: float = 0.0,
                nm: tuple[int, int] = (2, 4), block: tuple[int, int] = (1, 4)) -> np.ndarray:
-    """Wanda's mask (module docstring); w (N, K), g (K, K) or its diagonal (K,)."""
-    g = np.asarray(g, np.float64)
-    diag = np.diagonal(g) if g.ndim == 2 else g
-    a, s = _check(w, np.zeros((diag.size, diag.size)) if g.ndim == 1 else g, kind, sparsity, nm, block)
+    """Wanda's mask (module docstring); w (N, K), g (K, K)."""
+    a, s = _check(w, g, kind, sparsity, nm, block)
     n, k = a.shape
-    score = np.abs(a.astype(np.float64)) * np.sqrt(np.maximum(diag, 0.0))[None, :]
+    score = np.abs(a.astype(np.float64)) * np.sqrt(np.maximum(np.diagonal(np.asarray(g, np.float64)), 0.0))[None, :]
     if kind == "unstructured":
         per_row = _count(s, k)
         return np.stack([_prune_smallest(score[i], per_row) for i in range(n)])
     if kind == "nm":
-        keep_n, m = nm
-        groups = score.reshape(n, k // m, m)
-        order = np.argsort(groups, axis=-1, kind="stable")[..., : m - keep_n]
-        keep = np.ones(groups.shape, bool)
-        np.put_along_axis(keep, order, False, axis=-1)
-        return keep.reshape(n, k)
-    r, c = block
-    tiles = score.reshape(n // r, r, k // c, c).sum(axis=(1, 3))
-    keep_t = _prune_smallest(tiles.ravel(), _count(s, tiles.size)).reshape(tiles.shape)
-    return np.ascontiguousarray(np.broadcast_to(keep_t[:, None, :, None], (n // r, r, k // c, c))).reshape(n, k)
+        return nm_mask(score, *nm)        # the scores are >= 0: ranked as magnitudes
+    return _tile_mask(score, block, s)
 
 
 def _inverse_cholesky(g: np.ndarray, dead: np.ndarray) -> np.ndarray:
@@ -143,19 +142,11 @@ def obs_prune(w: np.ndarray, g: np.ndarray, kind: str, sparsity: float = 0.0,
             sal = (w1 * w1) / (d1 * d1)[None, :]
             mask[:, c0:c1] = _prune_smallest(sal.ravel(), _count(s, sal.size)).reshape(sal.shape)
         elif kind == "block":
-            r, c = block
-            sal = ((w1 * w1) / (d1 * d1)[None, :]).reshape(n // r, r, (c1 - c0) // c, c).sum(axis=(1, 3))
-            keep_t = _prune_smallest(sal.ravel(), _count(s, sal.size)).reshape(sal.shape)
-            mask[:, c0:c1] = np.broadcast_to(keep_t[:, None, :, None],
-                                             (n // r, r, (c1 - c0) // c, c)).reshape(n, c1 - c0)
+            mask[:, c0:c1] = _tile_mask((w1 * w1) / (d1 * d1)[None, :], block, s)
         for j in range(c1 - c0):
             if kind == "nm" and j % nm[1] == 0:
                 m = nm[1]
-                sal = (w1[:, j:j + m] ** 2) / (d1[j:j + m] ** 2)[None, :]
-                order = np.argsort(sal, axis=1, kind="stable")[:, : m - nm[0]]
-                keep = np.ones(sal.shape, bool)
-                np.put_along_axis(keep, order, False, axis=1)
-                mask[:, c0 + j:c0 + j + m] = keep
+                mask[:, c0 + j:c0 + j + m] = nm_mask((w1[:, j:j + m] ** 2) / (d1[j:j + m] ** 2)[None, :], *nm)
             col = w1[:, j]
             q = np.where(mask[:, c0 + j], col, 0.0)
             e = (col - q) / u1[j, j]

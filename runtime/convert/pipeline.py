@@ -295,10 +295,10 @@ def compress(graph: Graph, opts: ConvertOptions, say: Callable[[str], None] = la
 
     # --- static activation ranges (on the pruned fp32 model) ------------------------------
     quantized = [lr for lr in layers if not plans[lr.name].keep_fp32]
-    if opts.quant == "int8" and opts.act == "static" and quantized and opts.calib is None:
-        _warn(report, say, "static activation ranges come from random inputs (no calibration data was "
-                           "given): the model's real activations may fall outside them; pass calib")
     if opts.quant == "int8" and opts.act == "static" and quantized:
+        if opts.calib is None:
+            _warn(report, say, "static activation ranges come from random inputs (no calibration data was "
+                               "given): the model's real activations may fall outside them; pass calib")
         say(f"calibrating {len(quantized)} activation ranges ({opts.calib_method})")
         masked = _build(graph, layers, plans, opts, pack=False)
         ranges = cal.calibrate(masked, feeds, [lr.name for lr in quantized], method=opts.calib_method,
@@ -374,16 +374,14 @@ def _plan_masks(graph: Graph, layers: list[Layer], plans: dict[str, _Plan], opts
                     plans[lr.name].note = (f"not N:M-pruned: its {k_in} inputs are not a multiple "
                                            f"of M={opts.nm[1]}")
                     continue
-                plans[lr.name].mask = pr.nm_mask(w, *opts.nm)
+                plans[lr.name].mask = _magnitude_mask(w, "nm", s, opts)
             elif s == 0:
                 continue
-            elif opts.prune == "magnitude":
-                plans[lr.name].mask = pr.magnitude_mask(w, s)
             elif opts.prune == "random":
                 plans[lr.name].mask = pr.random_mask(w, s, seed=opts.seed + k)
-            elif opts.prune == "block":
+            else:
                 try:
-                    plans[lr.name].mask = pr.block_mask(w, s, block_shape=tuple(opts.block))
+                    plans[lr.name].mask = _magnitude_mask(w, MASK_KINDS[opts.prune], s, opts)
                 except ValueError as e:
                     raise ValueError(f"layer {lr.name!r}: {e}") from None
     if method in ("wanda", "obs"):
@@ -395,6 +393,7 @@ def _plan_masks(graph: Graph, layers: list[Layer], plans: dict[str, _Plan], opts
 
 
 def _magnitude_mask(w: np.ndarray, kind: str, s: float, opts: ConvertOptions) -> np.ndarray:
+    """The mask of ``kind`` (MASK_KINDS) that prune_method="magnitude" keeps for one layer."""
     from . import prune as pr
     if kind == "nm":
         return pr.nm_mask(w, *opts.nm)
