@@ -40,6 +40,19 @@ OPTION_SETS = [
     ("50% + int8, obs", dict(prune="magnitude", sparsity=0.5, prune_method="obs", quant="int8")),
     ("80% + int8, magnitude", dict(prune="magnitude", sparsity=0.8, prune_method="magnitude", quant="int8")),
     ("80% + int8, obs", dict(prune="magnitude", sparsity=0.8, prune_method="obs", quant="int8")),
+    # calibration-aware quantization (issue 13 item 2)
+    ("int8 gptq", dict(quant="int8", quant_method="gptq")),
+    ("int4 g64", dict(quant="int4")),
+    ("int4 g64 gptq", dict(quant="int4", quant_method="gptq")),
+    ("int4 g32 gptq", dict(quant="int4", quant_method="gptq", group_size=32)),
+    ("static int8", dict(quant="int8", act="static")),
+    ("static int8 percentile", dict(quant="int8", act="static", calib_method="percentile")),
+    ("static int8 smooth 0.5", dict(quant="int8", act="static", smooth=0.5)),
+    ("static int8 smooth 0.5 percentile", dict(quant="int8", act="static", smooth=0.5, calib_method="percentile")),
+    ("static int8 smooth 0.8 percentile", dict(quant="int8", act="static", smooth=0.8, calib_method="percentile")),
+    ("2:4 + int8, obs + gptq", dict(prune="nm", prune_method="obs", quant="int8", quant_method="gptq")),
+    ("50% + int8, obs + gptq", dict(prune="magnitude", sparsity=0.5, prune_method="obs", quant="int8",
+                                    quant_method="gptq")),
 ]
 
 

@@ -211,6 +211,7 @@ py::dict measure_peaks_py(int threads, double seconds) {
 void bind_sparse(py::module_& m);   // bind_sparse.cpp: the sparse int8 Linear
 void bind_fused(py::module_& m);    // bind_fused.cpp: Attention, SkipLayerNormalization
 void bind_int4(py::module_& m);     // bind_int4.cpp: the int4_grouped weight-only Linear
+void bind_gather(py::module_& m);   // bind_gather.cpp: Gather on an int8 / int4_grouped table
 
 PYBIND11_MODULE(_native, m) {
     m.doc() = "qrt native CPU backend (built from csrc/): feature probe, build information, int8 Linear.";
@@ -283,6 +284,7 @@ PYBIND11_MODULE(_native, m) {
     bind_sparse(m);
     bind_fused(m);
     bind_int4(m);
+    bind_gather(m);
 
     m.def("cpu_brand", &qrt::cpu_brand, "The CPU brand string (cpuid), or the machine name off x86.");
 

@@ -65,8 +65,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--prune-method", default="auto", choices=["auto", "magnitude", "wanda", "obs"],
                    help="how the kept weights of a magnitude/nm/block mask are chosen: obs (SparseGPT: "
                         "second-order, updates the kept weights), wanda (|w| x input norm), magnitude; "
-                        "obs and wanda need --calib (Linear and ungrouped Conv layers; grouped Convs use magnitude); "
-                        "auto: obs with --calib, else magnitude with a warning")
+                        "obs and wanda need --calib or --calib-text (Linear and ungrouped Conv layers; grouped "
+                        "Convs use magnitude); auto: obs with calibration data, else magnitude with a warning")
     g.add_argument("--sparsity", type=float, default=0.0, help="target fraction of weights removed, in [0, 1)")
     g.add_argument("--layer-sparsity", action="append", default=[], metavar="PATTERN=F",
                    help="override the sparsity of layers matching PATTERN (repeatable)")
@@ -83,12 +83,32 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--per-tensor", action="store_true", help="one int8 weight scale per tensor (default: per output channel)")
     q.add_argument("--asymmetric", action="store_true", help="asymmetric weights with a zero point (default: symmetric)")
     q.add_argument("--group-size", type=int, default=64, help="int4 group size (32, 64 or 128)")
-    q.add_argument("--calib", metavar="FILE.npz", help="calibration data: arrays named like the model "
-                   "inputs, first axis = samples (default: random inputs, reported as such)")
+    q.add_argument("--quant-method", default="rtn", choices=["rtn", "gptq"],
+                   help="how weights are rounded: rtn (round to nearest, default) or gptq (each layer's "
+                        "rounding error corrected on its calibration inputs; needs calibration data, "
+                        "composes with pruning)")
+    q.add_argument("--no-act-order", action="store_true",
+                   help="gptq: visit the inputs in their order instead of largest activations first")
+    q.add_argument("--smooth", type=float, metavar="ALPHA",
+                   help="SmoothQuant for --act static: move activation outliers into the weights by "
+                        "max|X|^ALPHA / max|W|^(1-ALPHA) per input channel (0.5 is usual; needs calibration data)")
+    q.add_argument("--calib", metavar="FILE.npz|DIR", help="calibration data: an .npz of arrays named like "
+                   "the model inputs, or a folder with one INPUT_NAME.npy per model input; first axis = "
+                   "samples (default: random inputs, reported as such)")
+    q.add_argument("--calib-text", metavar="FILE", help="calibration data for a text model: a UTF-8 text "
+                   "file, one sentence or paragraph per line (blank lines skipped), tokenized with "
+                   "--tokenizer into input_ids / attention_mask / token_type_ids")
+    q.add_argument("--tokenizer", metavar="DIR", help="Hugging Face tokenizer folder holding tokenizer.json, "
+                   "for --calib-text (needs the tokenizers package)")
+    q.add_argument("--seq-len", type=int, default=128, metavar="N",
+                   help="--calib-text: at most N tokens per line (longer lines are truncated)")
     q.add_argument("--calib-method", default="minmax", choices=["minmax", "percentile", "mse", "entropy"],
                    help="static activation range estimation")
     q.add_argument("--percentile", type=float, default=99.99, help="percentile for --calib-method percentile")
-    q.add_argument("--keep-fp32", nargs="+", default=[], metavar="PATTERN", help="layers kept dense fp32")
+    q.add_argument("--keep-fp32", nargs="+", default=[], metavar="PATTERN", help="layers (node or weight name) or embedding tables (table or Gather name) kept dense fp32")
+    q.add_argument("--holdout", type=float, default=0.2, metavar="F",
+                   help="fraction of the calibration feeds held back from every calibration step and used "
+                        "only to report end-to-end accuracy on unseen samples (default 0.2; 0: none)")
     q.add_argument("--max-error", type=float, metavar="COS", help="accuracy budget: minimum cosine similarity "
                    "of the outputs; the most sensitive layers are unpruned (still quantized), then "
                    "fall back to fp32, until it holds")
@@ -222,14 +242,20 @@ def _convert_options(args):
                 raise ValueError
         except ValueError:
             raise CliError(f"--layer-sparsity {spec!r}: expected PATTERN=F, e.g. '*fc2*=0.5'") from None
-    if args.calib is not None:
+    if args.calib is not None and not Path(args.calib).is_dir():   # a folder of .npy is checked by the loader
         _require_file(args.calib, "calibration file")
+    if args.calib_text is not None:
+        _require_file(args.calib_text, "calibration text file")
+    if args.tokenizer is not None and not Path(args.tokenizer).exists():
+        raise CliError(f"tokenizer folder {args.tokenizer!r} does not exist")
     opts = ConvertOptions(
         prune=args.prune, prune_method=args.prune_method, sparsity=args.sparsity, layer_sparsity=layer_sparsity,
         nm=_pair(args.nm, ":", "--nm"), block=_pair(args.block, "x", "--block"), scope=args.scope,
         quant=args.quant, act=args.act, per_channel=not args.per_tensor, symmetric=not args.asymmetric,
-        group_size=args.group_size, calib=args.calib, calib_method=args.calib_method,
-        percentile=args.percentile, keep_fp32=args.keep_fp32, skip=args.skip, max_error=args.max_error,
+        group_size=args.group_size, quant_method=args.quant_method, act_order=not args.no_act_order,
+        smooth=args.smooth, calib=args.calib, calib_text=args.calib_text, tokenizer=args.tokenizer,
+        seq_len=args.seq_len, calib_method=args.calib_method,
+        percentile=args.percentile, keep_fp32=args.keep_fp32, skip=args.skip, max_error=args.max_error, holdout=args.holdout,
         seed=args.seed)
     opts.validate()
     return opts
@@ -328,6 +354,11 @@ def _cmd_inspect(args) -> int:
             print(f"  end to end: cosine {e['cosine']:.6f}, relative error {e['rel_error']:.3e}, "
                   f"max abs error {e['max_abs_error']:.3e}"
                   + (f", top-1 agreement {top1 * 100:.2f}%" if top1 is not None else ""))
+        h = rep.get("held_out") or {}
+        if h:
+            top1 = h.get("top1_agreement")
+            print(f"  held out ({rep.get('held_out_source')}): cosine {h['cosine']:.6f}, relative error "
+                  f"{h['rel_error']:.3e}" + (f", top-1 agreement {top1 * 100:.2f}%" if top1 is not None else ""))
         for lr in rep.get("layers", []):
             if lr.get("note"):
                 print(f"  {lr['name']}: {lr['note']}")

@@ -341,10 +341,22 @@ def _scale32(num: np.ndarray, den: float) -> np.ndarray:
     return s.astype(np.float32)
 
 
-def _quant_symmetric(v: np.ndarray, axis, levels: int, qrange: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """scale = max|v| / levels over ``axis`` (keepdims), q = clip(rint(v / scale), *qrange)."""
+def _quant_symmetric(v: np.ndarray, axis, levels: int, qrange: tuple[int, int],
+                     scale: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """scale = max|v| / levels over ``axis`` (keepdims), q = clip(rint(v / scale), *qrange).
+
+    ``scale`` given (GPTQ chose it, runtime/convert/gptq.py): used as is, one value per
+    reduction (its size must be that of the keepdims max), so values already on that grid
+    come back as exactly the same integers."""
     amax = np.max(np.abs(v), axis=axis, keepdims=True)
-    scale = _scale32(amax, levels)
+    if scale is None:
+        scale = _scale32(amax, levels)
+    else:
+        given = np.asarray(scale)
+        if given.size != amax.size or given.dtype != np.float32 or not (np.isfinite(given).all() and (given > 0).all()):
+            raise ValueError(f"a given quantization scale must be {amax.size} positive finite float32 value(s) "
+                             f"(one per {'tensor' if axis is None else 'row/group'}); got {given.dtype} {given.shape}")
+        scale = given.reshape(amax.shape)
     q = np.clip(np.rint(_div(v, scale)), *qrange)
     return q.astype(np.int64), scale
 
@@ -361,10 +373,10 @@ def _quant_asymmetric(v: np.ndarray, axis, levels: int, zp_offset: int,
     return q.astype(np.int64), scale, zp.astype(np.int64)
 
 
-def _sparse_int8(kept: np.ndarray, per_channel: bool) -> tuple[np.ndarray, np.ndarray]:
+def _sparse_int8(kept: np.ndarray, per_channel: bool, scale=None) -> tuple[np.ndarray, np.ndarray]:
     """Symmetric int8 of the 2-D view with pruned entries already 0: q (N, K') and scale
-    (N,) or (1,) over the kept values."""
-    q, scale = _quant_symmetric(kept, 1 if per_channel else None, 127, INT8_SYMMETRIC)
+    (N,) or (1,) over the kept values (or the given one)."""
+    q, scale = _quant_symmetric(kept, 1 if per_channel else None, 127, INT8_SYMMETRIC, scale)
     return q, scale.reshape(-1)
 
 
@@ -468,9 +480,11 @@ def _int8_check(t: PackedTensor) -> None:
         _check_shape(t, "zero_point", want)
 
 
-def pack_int8(name: str, w, mask=None, *, per_channel: bool = True, symmetric: bool = True) -> PackedTensor:
+def pack_int8(name: str, w, mask=None, *, per_channel: bool = True, symmetric: bool = True,
+              scale: np.ndarray | None = None) -> PackedTensor:
     """int8 weight of the logical shape, one scale per output channel (row of the 2-D view) or
     per tensor; pruned positions of ``mask`` are set to 0 first (0 is exact in both modes).
+    ``scale`` (symmetric only): use these scales, N or 1 float32, instead of max|w| / 127.
 
     Fields: qdata int8 (shape), scale float32 (N,) or (1,), zero_point int8 like scale
     (asymmetric only)."""
@@ -480,8 +494,10 @@ def pack_int8(name: str, w, mask=None, *, per_channel: bool = True, symmetric: b
     v = w.reshape(n, k)
     axis = 1 if per_channel else None
     fields: dict[str, np.ndarray] = {}
+    if not symmetric and scale is not None:
+        raise ValueError(f"weight {name!r}: a given scale needs symmetric quantization")
     if symmetric:
-        q, scale = _quant_symmetric(v, axis, 127, INT8_SYMMETRIC)
+        q, scale = _quant_symmetric(v, axis, 127, INT8_SYMMETRIC, scale)
     else:
         q, scale, zp = _quant_asymmetric(v, axis, 255, -128, INT8_ASYMMETRIC)
     fields["qdata"] = q.astype(np.int8).reshape(w.shape)
@@ -536,10 +552,12 @@ def _int4_check(t: PackedTensor) -> None:
         _check_range(t, "zero_point", *INT4_ASYMMETRIC, " (a 4-bit zero point)")
 
 
-def pack_int4_grouped(name: str, w, mask=None, *, group_size: int = 64, symmetric: bool = True) -> PackedTensor:
+def pack_int4_grouped(name: str, w, mask=None, *, group_size: int = 64, symmetric: bool = True,
+                      scale: np.ndarray | None = None) -> PackedTensor:
     """4-bit weight, one scale per group of ``group_size`` consecutive k of a row of the 2-D
     view; K' is padded with zeros to a multiple of group_size. Pruned positions of ``mask``
-    are set to 0 first.
+    are set to 0 first. ``scale`` (symmetric only): (N, groups) float32 to use instead of
+    max|group| / 7.
 
     Fields: qdata uint8 (N, ceil(K'/g)*g/2), two values per byte, element 2j in bits 0-3 and
     2j+1 in bits 4-7 (signed two's complement nibbles when symmetric, unsigned otherwise);
@@ -555,8 +573,10 @@ def pack_int4_grouped(name: str, w, mask=None, *, group_size: int = 64, symmetri
     v[:, :k] = w.reshape(n, k)
     v = v.reshape(n, groups, g)
     fields: dict[str, np.ndarray] = {}
+    if not symmetric and scale is not None:
+        raise ValueError(f"weight {name!r}: a given scale needs symmetric quantization")
     if symmetric:
-        q, scale = _quant_symmetric(v, 2, 7, INT4_SYMMETRIC)
+        q, scale = _quant_symmetric(v, 2, 7, INT4_SYMMETRIC, scale)
     else:
         q, scale, zp = _quant_asymmetric(v, 2, 15, 0, INT4_ASYMMETRIC)
     fields["qdata"] = _pack_nibbles(q.reshape(n, groups * g))
@@ -588,13 +608,15 @@ def _sparse_params(p_quant: str, per_channel: bool) -> dict:
     return {"quant": p_quant} if p_quant == "none" else {"quant": p_quant, "per_channel": bool(per_channel)}
 
 
-def _store(kept: np.ndarray, quant: str, per_channel: bool, name: str):
+def _store(kept: np.ndarray, quant: str, per_channel: bool, name: str, scale=None):
     """(stored (N, K') array of values or q, extra fields): float32 values, or int8 q + scale."""
     if quant not in QUANT_MODES:
         raise ValueError(f"weight {name!r}: quant must be one of {QUANT_MODES}, got {quant!r}")
     if quant == "none":
+        if scale is not None:
+            raise ValueError(f"weight {name!r}: a quantization scale was given but quant='none'")
         return kept, {}
-    q, scale = _sparse_int8(kept, per_channel)
+    q, scale = _sparse_int8(kept, per_channel, scale)
     return q, {"scale": scale.astype(np.float32)}
 
 
@@ -618,7 +640,8 @@ def _csr_scatter(t: PackedTensor, stored: np.ndarray, dtype) -> np.ndarray:
     return out
 
 
-def pack_csr(name: str, w, mask, *, quant: str = "none", per_channel: bool = True) -> PackedTensor:
+def pack_csr(name: str, w, mask, *, quant: str = "none", per_channel: bool = True,
+             scale: np.ndarray | None = None) -> PackedTensor:
     """Compressed sparse rows of the 2-D view: every position the mask keeps is stored (an
     exact zero the mask keeps is stored too), row-major, columns ascending.
 
@@ -632,7 +655,7 @@ def pack_csr(name: str, w, mask, *, quant: str = "none", per_channel: bool = Tru
         raise ValueError(f"weight {name!r}: K' = {k} columns do not fit int32 indices")
     m2 = mask.reshape(n, k)
     kept = np.where(m2, w.reshape(n, k), np.float32(0))
-    stored, extra = _store(kept, quant, per_channel, name)
+    stored, extra = _store(kept, quant, per_channel, name, scale)
     rows, cols = np.nonzero(m2)                   # row-major: rows ascending, columns ascending
     nnz = rows.size
     ptr_dtype, idx_dtype = _index_dtypes(k, nnz)
@@ -676,7 +699,7 @@ def _bsr_scatter(t: PackedTensor, stored: np.ndarray, dtype) -> np.ndarray:
 
 
 def pack_bsr(name: str, w, mask, *, block_shape=(1, 4), quant: str = "none",
-             per_channel: bool = True) -> PackedTensor:
+             per_channel: bool = True, scale: np.ndarray | None = None) -> PackedTensor:
     """Block sparse rows of the 2-D view over R x C blocks: a block is stored when the mask
     keeps any of its positions (the positions it prunes are stored as explicit zeros); an
     all-pruned block is absent.
@@ -699,7 +722,7 @@ def pack_bsr(name: str, w, mask, *, block_shape=(1, 4), quant: str = "none",
                          f"{(n, k)} of weight shape {w.shape} (need R | N and C | K')")
     m2 = mask.reshape(n, k)
     kept = np.where(m2, w.reshape(n, k), np.float32(0))
-    stored, extra = _store(kept, quant, per_channel, name)
+    stored, extra = _store(kept, quant, per_channel, name, scale)
     blocks = stored.reshape(n // r, r, k // c, c)
     block_kept = m2.reshape(n // r, r, k // c, c).any(axis=(1, 3))     # (N/R, K'/C)
     brows, bcols = np.nonzero(block_kept)
@@ -832,7 +855,7 @@ def _nm_scatter(t: PackedTensor, stored: np.ndarray, dtype) -> np.ndarray:
 
 
 def pack_nm(name: str, w, mask, *, n: int = 2, m: int = 4, quant: str = "none",
-            per_channel: bool = True) -> PackedTensor:
+            per_channel: bool = True, scale: np.ndarray | None = None) -> PackedTensor:
     """N:M structured sparsity along K' (the input dim of the 2-D view): in every group of m
     consecutive k exactly n values are stored with their positions. The mask must keep at
     most n of every m (mask None keeps everything, so it is refused: pass e.g. the mask of
@@ -857,7 +880,7 @@ def pack_nm(name: str, w, mask, *, n: int = 2, m: int = 4, quant: str = "none",
         raise ValueError(f"weight {name!r}: the mask keeps {int(counts[r, g])} of {m} in row {r}, "
                          f"group {g} (columns {g * m}..{g * m + m - 1}); {n}:{m} allows at most {n}")
     kept = np.where(mask, w, np.float32(0)).reshape(rows, k)
-    stored, extra = _store(kept, quant, per_channel, name)
+    stored, extra = _store(kept, quant, per_channel, name, scale)
     # kept positions first, then the lowest pruned ones; the n chosen, ascending
     pos = np.arange(m)
     order = np.argsort(np.where(m3, pos, pos + m), axis=2, kind="stable")[:, :, :n]

@@ -22,7 +22,8 @@ Registered, all on the ``dense`` layout:
 
 Not registered, because the reference is already numpy in the input dtype and a wrapper
 would only add a call: Add/Sub/Mul/Div (np.add... on float32 operands give float32), Where
-(np.where), Gather (np.take, an embedding lookup), Transpose/Reshape, and Tanh (np.tanh is
+(np.where), Gather on a dense table (np.take, an embedding lookup; a quantized table has
+its kernel in gather.py), Transpose/Reshape, and Tanh (np.tanh is
 vectorised by numpy, ~0.4 ns per element; a float64 tanh through ``_exp64`` is slower).
 
 Numerics of the numba kernels (float32 in and out, float64 inside):

@@ -9,12 +9,13 @@ Modules: elementwise (arithmetic, comparisons, logic, activations, Cast, Clip, W
 reduction (Reduce*, Softmax, LayerNormalization, BatchNormalization), gemm (MatMul, Linear,
 Gemm), conv_pool (Conv, MaxPool, AveragePool, GlobalAveragePool), shape_ops (shape, slicing,
 indexing, Range, ConstantOfShape), packed (Linear and Conv on the int8, int4_grouped, csr,
-bsr and nm layouts), fused (Attention, SkipLayerNormalization: what runtime/fuse.py puts in place of
+bsr and nm layouts), packed_gather (Gather on a packed table: the quantized embedding
+lookup), fused (Attention, SkipLayerNormalization: what runtime/fuse.py puts in place of
 op patterns).
 """
-from . import conv_pool, elementwise, fused, gemm, packed, reduction, shape_ops  # noqa: F401  (registers kernels)
+from . import conv_pool, elementwise, fused, gemm, packed, packed_gather, reduction, shape_ops  # noqa: F401  (registers kernels)
 
-MODULES = (elementwise, reduction, gemm, conv_pool, shape_ops, packed, fused)
+MODULES = (elementwise, reduction, gemm, conv_pool, shape_ops, packed, packed_gather, fused)
 
 
 def probe() -> str | None:

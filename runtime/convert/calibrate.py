@@ -15,6 +15,7 @@ The pieces, in the order the pipeline uses them:
     feeds   load_calib_npz(path, graph)           user data, one array per model input
             feeds_from_iterable(it, graph)        user data, an iterable of feed dicts
             random_feeds(graph)                   no data: random inputs (flagged as random)
+            (a folder of .npy files, or a text file + tokenizer: runtime/convert/data.py)
     values  collect_inputs(graph, feeds, names)   run the float graph, keep those activations
     ranges  range_minmax / range_percentile / range_mse / range_entropy   (x: 1-D samples)
     result  calibrate(graph, feeds, layer_nodes, method) -> {node: (act_scale, act_zero_point)}
@@ -175,6 +176,17 @@ def load_calib_npz(path: str | os.PathLike, graph: Graph, *,
             arrays = {k: obj[k] for k in obj.files}
     except Exception as e:  # noqa: BLE001 -- any failure reading the archive is bad data
         raise ValueError(f"{where}: cannot read its arrays ({type(e).__name__}: {e})") from None
+    return feeds_from_arrays(arrays, graph, where, os.path.basename(p), batch_size=batch_size)
+
+
+def feeds_from_arrays(arrays: Mapping[str, np.ndarray], graph: Graph, where: str, label: str, *,
+                      batch_size: int = DEFAULT_BATCH_SIZE) -> CalibFeeds:
+    """Feeds from {input name: array holding every sample}, checked and batched as described
+    in load_calib_npz (which reads the arrays from an .npz; runtime/convert/data.py reads them
+    from a folder of .npy files). ``where`` starts every error message; ``label`` starts the
+    feeds' source ("calib.npz: 100 sample(s) in 4 feed(s)")."""
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     _check_names(arrays, graph, where)
 
     counts: dict[str, int] = {}
@@ -235,7 +247,7 @@ def load_calib_npz(path: str | os.PathLike, graph: Graph, *,
     # between inputs (e.g. input_ids and attention_mask of different lengths)
     for k in sorted({0, len(feeds) - 1}):
         _check_feed(feeds[k], graph, f"{where}, feed {k}")
-    feeds.source = f"{os.path.basename(p)}: {n} sample(s) in {len(feeds)} feed(s)"
+    feeds.source = f"{label}: {n} sample(s) in {len(feeds)} feed(s)"
     return feeds
 
 

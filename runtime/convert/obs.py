@@ -39,12 +39,15 @@ KINDS = ("unstructured", "nm", "block")
 
 
 class LayerInputStats:
-    """Accumulates G = X^T X and the row count over the batches of one layer input."""
+    """Accumulates G = X^T X, the row count and the column sums and maxima of |X| over the
+    batches of one layer input (the sums for bias correction, the maxima for SmoothQuant)."""
 
     def __init__(self, k: int):
         self.k = int(k)
         self.gram = np.zeros((self.k, self.k), np.float64)
         self.rows = 0
+        self.col_sum = np.zeros(self.k, np.float64)
+        self.absmax = np.zeros(self.k, np.float64)
 
     def add(self, x: np.ndarray) -> None:
         """x (..., K): every leading index is one row of the layer's input."""
@@ -53,6 +56,9 @@ class LayerInputStats:
             raise ValueError("a calibration activation holds NaN or Inf")
         self.gram += x2.T @ x2
         self.rows += x2.shape[0]
+        self.col_sum += x2.sum(axis=0)
+        if x2.shape[0]:
+            self.absmax = np.maximum(self.absmax, np.abs(x2).max(axis=0))
 
 
 def output_error(w_new: np.ndarray, w: np.ndarray, g: np.ndarray) -> float:

@@ -25,7 +25,7 @@ import numpy as np
 
 from ..graph import Graph, Node
 from ..layouts import PackedTensor, dense_tensor
-from .report import LayerReport, Report, output_metrics, rel_error, sqnr_db
+from .report import EmbeddingReport, LayerReport, Report, output_metrics, rel_error, sqnr_db
 
 PRUNE_METHODS = ("none", "magnitude", "nm", "block", "channel", "random")
 # how the kept weights of a magnitude (unstructured) / nm / block mask are chosen: "auto" is
@@ -33,6 +33,9 @@ PRUNE_METHODS = ("none", "magnitude", "nm", "block", "channel", "random")
 PRUNE_SELECTIONS = ("auto", "magnitude", "wanda", "obs")
 MASK_KINDS = {"magnitude": "unstructured", "nm": "nm", "block": "block"}
 QUANT_MODES = ("none", "int8", "int4")
+# how weights are rounded to the grid: round to nearest, or GPTQ's error update from the
+# layer's calibration inputs (runtime/convert/gptq.py)
+QUANT_METHODS = ("rtn", "gptq")
 ACT_MODES = ("dynamic", "static")
 CALIB_METHODS = ("minmax", "percentile", "mse", "entropy")
 SCOPES = ("layer", "global")
@@ -51,16 +54,23 @@ class ConvertOptions:
     scope: str = "layer"
     channel_norm: str = "l2"
     quant: str = "none"
+    quant_method: str = "rtn"
+    act_order: bool = True          # GPTQ visits the inputs with the most energy first
+    smooth: float | None = None     # SmoothQuant alpha for static int8 activations
     act: str = "dynamic"
     per_channel: bool = True
     symmetric: bool = True
     group_size: int = 64
-    calib: Any = None               # path to .npz, or an iterable of feed dicts, or None
+    calib: Any = None               # path to .npz or to a folder of .npy, an iterable of feed dicts, or None
+    calib_text: str | os.PathLike | None = None   # text file, one sample per line (runtime/convert/data.py) ...
+    tokenizer: str | os.PathLike | None = None    # ... tokenized by this Hugging Face tokenizer folder
+    seq_len: int = 128              # ... each line capped at this many tokens
     calib_method: str = "minmax"
     percentile: float = 99.99
     keep_fp32: list[str] = field(default_factory=list)
     skip: list[str] = field(default_factory=list)                   # not pruned (still quantized)
     max_error: float | None = None  # minimum cosine similarity of the outputs
+    holdout: float = 0.2            # fraction of real calibration feeds kept for evaluation only
     seed: int = 0
 
     def validate(self) -> None:
@@ -70,6 +80,7 @@ class ConvertOptions:
         choice("prune", self.prune, PRUNE_METHODS)
         choice("prune_method", self.prune_method, PRUNE_SELECTIONS)
         choice("quant", self.quant, QUANT_MODES)
+        choice("quant_method", self.quant_method, QUANT_METHODS)
         choice("act", self.act, ACT_MODES)
         choice("calib_method", self.calib_method, CALIB_METHODS)
         choice("scope", self.scope, SCOPES)
@@ -87,10 +98,40 @@ class ConvertOptions:
             raise ValueError(f"group size must be a positive even number (32, 64 or 128); got {self.group_size}")
         if not 50.0 < self.percentile <= 100.0:
             raise ValueError(f"percentile must be in (50, 100]; got {self.percentile}")
+        if self.calib is not None and self.calib_text is not None:
+            raise ValueError("give one calibration source: calib (arrays) or calib_text (text), not both")
+        if self.calib_text is not None and self.tokenizer is None:
+            raise ValueError("calib_text needs a tokenizer: a Hugging Face tokenizer folder holding tokenizer.json")
+        if self.tokenizer is not None and self.calib_text is None:
+            raise ValueError("a tokenizer was given without calib_text (the text file it tokenizes)")
+        if not isinstance(self.seq_len, int) or isinstance(self.seq_len, bool) or self.seq_len < 1:
+            raise ValueError(f"seq_len must be a positive int (tokens per text sample); got {self.seq_len!r}")
+        if isinstance(self.holdout, bool) or not isinstance(self.holdout, (int, float)) \
+                or not 0.0 <= float(self.holdout) < 1.0:
+            raise ValueError(f"holdout is the fraction of calibration feeds kept for evaluation, in [0, 1); "
+                             f"got {self.holdout!r}")
         if self.max_error is not None and not 0.0 < self.max_error <= 1.0:
             raise ValueError(f"max_error is a minimum cosine similarity in (0, 1]; got {self.max_error}")
         if self.act == "static" and self.quant != "int8":
             raise ValueError("static activation quantization (act='static') needs quant='int8'")
+        if self.quant_method == "gptq":
+            if self.quant == "none":
+                raise ValueError("quant_method='gptq' rounds weights to a grid: it needs quant='int8' or 'int4'")
+            if not self.symmetric:
+                raise ValueError("quant_method='gptq' takes symmetric weights (its grid keeps pruned zeros exact)")
+            if not self.has_calib:
+                raise ValueError("quant_method='gptq' needs real calibration data (calib): it corrects each "
+                                 "layer's rounding error on the layer's real inputs")
+        if self.smooth is not None:
+            if isinstance(self.smooth, bool) or not isinstance(self.smooth, (int, float)) \
+                    or not 0.0 < float(self.smooth) < 1.0:
+                raise ValueError(f"smooth is SmoothQuant's alpha, in (0, 1) (0.5 is usual); got {self.smooth!r}")
+            if self.quant != "int8" or self.act != "static":
+                raise ValueError("smooth (SmoothQuant) balances static int8 activations: it needs quant='int8' "
+                                 "and act='static'")
+            if not self.has_calib:
+                raise ValueError("smooth (SmoothQuant) needs real calibration data (calib): the activation "
+                                 "ranges it balances are the layers' real inputs")
         if not self.symmetric and self.prune not in ("none", "channel") and self.quant == "int8":
             raise ValueError("asymmetric int8 cannot be combined with sparse pruning: sparse int8 "
                              "layouts are symmetric so that a pruned weight stays exactly 0")
@@ -107,10 +148,10 @@ class ConvertOptions:
             if self.scope == "global":
                 raise ValueError(f"prune_method={self.prune_method!r} prunes layer by layer; scope='global' "
                                  "takes prune_method='magnitude'")
-            if self.calib is None:
-                raise ValueError(f"prune_method={self.prune_method!r} needs real calibration data (calib): it "
-                                 "weighs each weight by the layer's real inputs, and random inputs would "
-                                 "fit the masks to noise")
+            if not self.has_calib:
+                raise ValueError(f"prune_method={self.prune_method!r} needs real calibration data (calib or "
+                                 "calib_text): it weighs each weight by the layer's real inputs, and random "
+                                 "inputs would fit the masks to noise")
 
     def resolved_prune_method(self) -> tuple[str, str | None]:
         """(the method that chooses the kept weights, a warning or None): "auto" is obs with
@@ -121,11 +162,16 @@ class ConvertOptions:
             return self.prune_method, None
         if self.scope == "global":
             return "magnitude", None
-        if self.calib is None:
+        if not self.has_calib:
             return "magnitude", ("pruning by magnitude: no calibration data was given, and the calibration-"
                                  "aware methods (obs, wanda) need the layers' real inputs; one-shot magnitude "
-                                 "pruning loses much more accuracy (pass calib to use obs)")
+                                 "pruning loses much more accuracy (pass calib or calib_text to use obs)")
         return "obs", None
+
+    @property
+    def has_calib(self) -> bool:
+        """Real calibration data was given (arrays or text), not the random-input fallback."""
+        return self.calib is not None or self.calib_text is not None
 
     @property
     def compresses(self) -> bool:
@@ -173,13 +219,107 @@ def _matches(layer: Layer, pattern: str) -> bool:
     return fnmatch.fnmatchcase(layer.name, pattern) or fnmatch.fnmatchcase(layer.weight_name, pattern)
 
 
-def _check_patterns(layers: list[Layer], opts: ConvertOptions) -> None:
+def _check_patterns(layers: list[Layer], opts: ConvertOptions, embeddings: Sequence["Embedding"] = ()) -> None:
     groups = [("--keep-fp32", opts.keep_fp32), ("--skip", opts.skip), ("--layer-sparsity", list(opts.layer_sparsity))]
     for flag, patterns in groups:
         for p in patterns:
+            # --keep-fp32 also keeps an embedding table fp32; tables are never pruned, so the
+            # pruning flags name layers only
+            if flag == "--keep-fp32" and any(_embedding_matches(e, p) for e in embeddings):
+                continue
             if not any(_matches(lr, p) for lr in layers):
                 names = ", ".join(lr.name for lr in layers[:8]) + (" ..." if len(layers) > 8 else "")
-                raise ValueError(f"{flag} pattern {p!r} matches no layer; the layers are: {names or 'none'}")
+                tables = ""
+                if flag == "--keep-fp32" and embeddings:
+                    tables = "; the embedding tables are: " + ", ".join(e.table for e in embeddings[:8]) + \
+                        (" ..." if len(embeddings) > 8 else "")
+                raise ValueError(f"{flag} pattern {p!r} matches no layer"
+                                 f"{' or embedding table' if flag == '--keep-fp32' else ''}; "
+                                 f"the layers are: {names or 'none'}{tables}")
+
+
+# -------------------------------------------------------------------- embedding tables --
+# A Gather reading rows of a constant fp32 (V, D) table (word / position / token-type
+# embeddings) is quantized with the weights: int8 with one scale per row (per vocabulary
+# entry: rows of one table can differ widely in norm, and one scale for all would leave a
+# small row few levels), or int4_grouped with groups along D. The lookup kernels
+# (kernels/reference/packed_gather.py, numba_cpu/gather.py, native_cpu/gather.py) dequantize
+# only the gathered rows. Tables are never pruned (a pruned row would be a token that reads
+# zeros), and the accuracy budget (max_error) reverts layers only; --keep-fp32 excludes one.
+
+@dataclass
+class Embedding:
+    table: str                  # the initializer name
+    nodes: list[str]            # the Gather nodes reading it, in graph order (packed once)
+    shape: tuple[int, int]      # (V, D): V rows (vocabulary entries) of D values
+
+
+def find_embeddings(graph: Graph) -> list[Embedding]:
+    """Constant tables looked up by Gather, in graph order: a dense float32 2-D initializer
+    that is input 0 of Gather nodes with axis 0 (or -2) and read by nothing else. A table also
+    read by another node (a tied output projection, a Shape) is left alone: that node's kernel
+    expects the dense array. So is a Linear/Conv weight, which is packed as that layer's."""
+    readers = graph.consumers()
+    out: dict[str, Embedding] = {}
+    for n in graph.nodes:
+        if n.op != "Gather" or len(n.inputs) < 2 or n.inputs[0] not in graph.initializers or n.inputs[0] in out:
+            continue
+        name = n.inputs[0]
+        t = graph.initializers[name]
+        if t.layout != "dense" or t.dtype != "float32" or len(t.shape) != 2 or min(t.shape) < 1:
+            continue
+
+        def is_lookup(r: Node) -> bool:
+            return (r.op == "Gather" and r.inputs[0] == name and name not in r.inputs[1:]
+                    and int(r.attrs.get("axis", 0)) in (0, -2))
+        users = readers.get(name, [])
+        if users and all(is_lookup(r) for r in users) and name not in {v.name for v in graph.outputs}:
+            out[name] = Embedding(name, list(dict.fromkeys(r.name for r in users)), (int(t.shape[0]), int(t.shape[1])))
+    return list(out.values())
+
+
+def _embedding_matches(e: Embedding, pattern: str) -> bool:
+    return fnmatch.fnmatchcase(e.table, pattern) or any(fnmatch.fnmatchcase(n, pattern) for n in e.nodes)
+
+
+def _pack_embeddings(graph: Graph, opts: ConvertOptions,
+                     say: Callable[[str], None]) -> tuple[Graph, list[EmbeddingReport]]:
+    """A copy of ``graph`` with every embedding table (find_embeddings) quantized as ``opts``
+    asks (int8 per row, or int4_grouped with opts.group_size along D; symmetric or not as
+    opts.symmetric), except those --keep-fp32 matches; and one report row per table. With
+    quant "none" the graph is returned as is (tables are never pruned)."""
+    from .. import layouts as L
+    tables = find_embeddings(graph) if opts.quant != "none" else []
+    if not tables:
+        return graph, []
+    out = _copy(graph)
+    rows = []
+    for k, e in enumerate(tables):
+        w = np.asarray(graph.initializers[e.table].fields["data"])
+        hit = next((p for p in opts.keep_fp32 if _embedding_matches(e, p)), None)
+        bad = 0 if hit else int(w.size - np.count_nonzero(np.isfinite(w)))
+        if bad:     # a NaN row would get a NaN scale, which the layout refuses
+            raise ValueError(f"embedding table {e.table!r} (read by {', '.join(e.nodes)}) has {bad} NaN/Inf "
+                             f"value(s); fix the model or keep it fp32 (--keep-fp32 {e.table})")
+        if hit:
+            t, note = graph.initializers[e.table], f"kept fp32 (--keep-fp32 {hit})"
+        elif opts.quant == "int8":
+            # per row always (not opts.per_channel, a layers' choice): one scale for a whole
+            # vocabulary would flatten every rare token's small row to a few levels
+            t, note = L.pack("int8", e.table, w, per_channel=True, symmetric=opts.symmetric), ""
+        else:
+            t, note = L.pack("int4_grouped", e.table, w, group_size=opts.group_size, symmetric=opts.symmetric), ""
+        out.initializers[e.table] = t
+        deq = t.to_dense()
+        rows.append(EmbeddingReport(
+            name=e.table, nodes=list(e.nodes), shape=list(e.shape), layout=t.layout, bytes=t.nbytes,
+            fp32_bytes=int(w.nbytes), max_abs_error=float(np.max(np.abs(deq - w))) if w.size else 0.0,
+            sqnr_db=sqnr_db(w, deq), note=note))
+        say(f"[embedding {k + 1}/{len(tables)}] {e.table} {e.shape[0]}x{e.shape[1]}: {t.layout}"
+            f", {t.nbytes / 1024:.1f} KiB ({t.nbytes / max(w.nbytes, 1):.3f}x fp32)"
+            f"{' - ' + note if note else ''}")
+    out.validate()
+    return out, rows
 
 
 # ---------------------------------------------------------------------------- convert ---
@@ -193,8 +333,12 @@ class _Plan:
     act_scale: float | None = None
     act_zero_point: int = 0
     note: str = ""
-    # the weight before an obs update: what "kept in fp32" must restore (None: not updated)
+    # the weight before the calibrated pass changed it (obs update, GPTQ rounding): what
+    # "kept in fp32" and "unpruned" restore (None: not changed); smoothed if ``smooth`` is set
     fp32_weight: np.ndarray | None = None
+    use_original: bool = False     # the budget unpruned it: pack fp32_weight, rounded to nearest
+    qscale: np.ndarray | None = None   # GPTQ's scales: the packer uses these, not max|w| / levels
+    smooth: np.ndarray | None = None   # SmoothQuant's s (K,): the layer reads X / s, its weight is W * s
 
 
 def convert(model: Any, out_path: str | os.PathLike | None = None, *, name: str | None = None,
@@ -237,7 +381,7 @@ def compress(graph: Graph, opts: ConvertOptions, say: Callable[[str], None] = la
     layers = find_layers(graph)
     if not layers:
         raise ValueError("the model has no Linear/Conv layer with a constant weight to compress")
-    _check_patterns(layers, opts)
+    _check_patterns(layers, opts, find_embeddings(graph))
     for lr in layers:
         w = graph.initializers[lr.weight_name].fields["data"]
         bad = int(np.size(w) - np.count_nonzero(np.isfinite(w)))
@@ -256,18 +400,26 @@ def compress(graph: Graph, opts: ConvertOptions, say: Callable[[str], None] = la
                                  f"(or --skip / --layer-sparsity {lr.name}=0 for this layer)")
 
     # Calibration / evaluation inputs, checked against the model before any work.
-    if opts.calib is None:
+    if opts.calib_text is not None:
+        from .data import load_text_feeds
+        feeds = load_text_feeds(opts.calib_text, opts.tokenizer, graph, seq_len=opts.seq_len)
+    elif opts.calib is None:
         feeds = cal.random_feeds(graph, seed=opts.seed)
+    elif isinstance(opts.calib, (str, os.PathLike)) and os.path.isdir(opts.calib):
+        from .data import load_npy_dir
+        feeds = load_npy_dir(opts.calib, graph)
     elif isinstance(opts.calib, (str, os.PathLike)):
         feeds = cal.load_calib_npz(opts.calib, graph)
     else:
         feeds = cal.feeds_from_iterable(opts.calib, graph)
+    feeds, held = _split_holdout(feeds, opts.holdout)
     source = feeds.source
     say(f"{len(layers)} weight layers; evaluating on {source}")
     fp32_graph = graph
     ref_outputs = _run(fp32_graph, feeds)
 
-    report = Report(options=_options_dict(opts), calibration=source)
+    report = Report(options=_options_dict(opts), calibration=source,
+                    held_out_source=held.source if held else "")
     plans: dict[str, _Plan] = {lr.name: _Plan() for lr in layers}
     for lr in layers:
         hit = next((p for p in opts.keep_fp32 if _matches(lr, p)), None)
@@ -293,10 +445,16 @@ def compress(graph: Graph, opts: ConvertOptions, say: Callable[[str], None] = la
         report.options["prune_method"] = method
         graph = _plan_masks(graph, layers, plans, opts, pr, method, feeds, say)
 
+    # --- layer by layer on the real inputs: SmoothQuant, obs / wanda, GPTQ ------------------
+    calibrated_prune = opts.prune in MASK_KINDS and report.options.get("prune_method") in ("wanda", "obs")
+    if calibrated_prune or opts.quant_method == "gptq" or opts.smooth is not None:
+        graph = _calibrated_pass(graph, layers, plans, opts, report.options.get("prune_method", "magnitude"),
+                                 feeds, say)
+
     # --- static activation ranges (on the pruned fp32 model) ------------------------------
     quantized = [lr for lr in layers if not plans[lr.name].keep_fp32]
     if opts.quant == "int8" and opts.act == "static" and quantized:
-        if opts.calib is None:
+        if not opts.has_calib:
             _warn(report, say, "static activation ranges come from random inputs (no calibration data was "
                                "given): the model's real activations may fall outside them; pass calib")
         say(f"calibrating {len(quantized)} activation ranges ({opts.calib_method})")
@@ -305,6 +463,10 @@ def compress(graph: Graph, opts: ConvertOptions, say: Callable[[str], None] = la
                                percentile=opts.percentile)
         for lr in quantized:
             plans[lr.name].act_scale, plans[lr.name].act_zero_point = ranges[lr.name]
+
+    # --- embedding tables: quantized into the graph every _build below starts from, so the
+    # evaluation, the budget's trials and the written file all have them -------------------
+    graph, report.embeddings = _pack_embeddings(graph, opts, say)
 
     # --- pack, evaluate, and (with a budget) fall back the most sensitive layers -----------
     converted = _build(graph, layers, plans, opts, pack=True, say=say)
@@ -315,6 +477,8 @@ def compress(graph: Graph, opts: ConvertOptions, say: Callable[[str], None] = la
         report.budget = {"min_cosine": opts.max_error, "unpruned": [], "reverted": [],
                          "summary": f"cosine {metrics['cosine']:.6f} >= {opts.max_error}: nothing reverted"}
     report.end_to_end = metrics
+    if held:
+        report.held_out = output_metrics(_run(converted, held), _run(fp32_graph, held))
     report.layers = _layer_reports(fp32_graph, graph, converted, layers, plans, feeds)
     top1 = metrics.get("top1_agreement")
     if metrics["cosine"] < COLLAPSE_COSINE or top1 == 0:
@@ -333,6 +497,21 @@ def compress(graph: Graph, opts: ConvertOptions, say: Callable[[str], None] = la
     return converted
 
 
+def _split_holdout(feeds, fraction: float):
+    """(calibration feeds, held-back feeds or None): the last round(fraction * n) feeds of real
+    data (at least 1, and at least 1 left for calibration), by whole feeds, so no sample is in
+    both. Random inputs are not split: they stand for no data the model will see."""
+    from .calibrate import CalibFeeds
+    if feeds.is_random or fraction <= 0 or len(feeds) < 2:
+        return feeds, None
+    k = min(len(feeds) - 1, max(1, round(fraction * len(feeds))))
+    n = len(feeds) - k
+    rows = lambda fs: sum(int(next(iter(f.values())).shape[0]) if f else 0 for f in fs)   # noqa: E731
+    calib = CalibFeeds(feeds[:n], f"{feeds.source}; calibration: the first {n} feed(s), {rows(feeds[:n])} sample(s)")
+    held = CalibFeeds(feeds[n:], f"{k} held-back feed(s), {rows(feeds[n:])} sample(s), not used to calibrate")
+    return calib, held
+
+
 # ---------------------------------------------------------------------------- pruning ---
 
 def _layer_sparsity(lr: Layer, opts: ConvertOptions) -> float:
@@ -348,11 +527,10 @@ def _plan_masks(graph: Graph, layers: list[Layer], plans: dict[str, _Plan], opts
                 method: str = "magnitude", feeds=None, say: Callable[[str], None] = lambda s: None) -> Graph:
     """Masks for every layer to prune (plans[...].mask), by ``method``; returns the graph to
     pack from: ``graph`` itself, or for obs a copy holding the updated weights."""
+    from .sequential import calibratable
     todo = [lr for lr in layers if not plans[lr.name].keep_fp32]
-    if method in ("wanda", "obs"):
-        chosen = [lr for lr in todo if _calibratable(lr)]
-        graph = _calibrated_masks(graph, chosen, plans, opts, method, feeds, say)
-        todo = [lr for lr in todo if not _calibratable(lr)]    # these fall back to magnitude below
+    if method in ("wanda", "obs"):      # the calibrated pass prunes these (_calibrated_pass)
+        todo = [lr for lr in todo if not calibratable(lr.node)]    # these fall back to magnitude below
     weights = {lr.name: np.asarray(graph.initializers[lr.weight_name].fields["data"]) for lr in todo}
     if opts.prune == "magnitude" and opts.scope == "global":
         masks = pr.global_magnitude_masks({k: w for k, w in weights.items() if _layer_sparsity(
@@ -412,89 +590,32 @@ def _finish_notes(todo: list[Layer], plans: dict[str, _Plan], opts: ConvertOptio
         plans[lr.name].sparsity = 0.0 if mask is None else 1.0 - float(np.count_nonzero(mask)) / mask.size
 
 
-def _calibratable(lr: Layer) -> bool:
-    """wanda / obs take a Linear, or a Conv without groups (its im2col rows are the X)."""
-    return lr.node.op == "Linear" or (lr.node.op == "Conv" and int(lr.node.attrs.get("group", 1)) == 1)
+def _calibrated_pass(graph: Graph, layers: list[Layer], plans: dict[str, _Plan], opts: ConvertOptions,
+                     method: str, feeds, say: Callable[[str], None]) -> Graph:
+    """SmoothQuant, obs / wanda pruning and GPTQ, layer by layer in graph order on the real
+    inputs (runtime/convert/sequential.py), for Linear and group-1 Conv layers not kept in
+    fp32. Returns a copy of ``graph`` with the changed weights (and any smoothing nodes);
+    ``graph`` is unchanged. Masks already chosen by magnitude are kept."""
+    from . import sequential as seq
+    chosen = [lr for lr in layers if not plans[lr.name].keep_fp32 and seq.calibratable(lr.node)]
+    calibrated_prune = method in ("wanda", "obs")
+    kind = MASK_KINDS.get(opts.prune, "unstructured")
+    steps = seq.Steps(prune_method=method if calibrated_prune else None, mask_kind=kind, nm=tuple(opts.nm),
+                      block=tuple(opts.block), gptq_bits={"int8": 8, "int4": 4}.get(opts.quant)
+                      if opts.quant_method == "gptq" else None, per_channel=opts.per_channel,
+                      group_size=opts.group_size, act_order=opts.act_order, smooth_alpha=opts.smooth)
 
-
-def _input_key(lr: Layer, wshape: tuple) -> tuple:
-    """Layers with equal keys see the same X: the same input value, and for Conv the same
-    kernel size and window attributes (the im2col rows)."""
-    if lr.node.op == "Linear":
-        return (lr.node.inputs[0],)
-    a = lr.node.attrs
-    return (lr.node.inputs[0], tuple(wshape[1:]), str(a.get("strides")), str(a.get("pads")), str(a.get("dilations")))
-
-
-def _add_rows(stats, lr: Layer, x: np.ndarray, wshape: tuple) -> None:
-    """Add one batch of the layer's input rows to ``stats``: X (..., K) for Linear; for Conv
-    the im2col rows (one per image and output position, columns in the weight's (C, *kernel)
-    order, as its 2-D view (M, C * prod(kernel)))."""
-    if lr.node.op == "Linear":
-        stats.add(x)
-        return
-    from kernels.reference.conv_pool import conv_by_gemm
-    from kernels.registry import fill_attrs
-    a = fill_attrs("Conv", dict(lr.node.attrs))
-
-    def gemm(cols, rows):
-        stats.add(cols)
-        return np.zeros((cols.shape[0], wshape[0]))
-    conv_by_gemm(x, wshape, a["strides"], a["pads"], a["dilations"], 1, gemm)
-
-
-def _calibrated_masks(graph: Graph, chosen: list[Layer], plans: dict[str, _Plan], opts: ConvertOptions,
-                      method: str, feeds, say: Callable[[str], None]) -> Graph:
-    """wanda / obs for Linear and group-1 Conv layers, in graph order and sequentially: each
-    layer's input statistics come from the model as the layers before it were pruned (obs: and
-    updated). Returns a copy of ``graph`` with the pruned (obs: updated) weights; ``graph`` is
-    unchanged. A Conv weight (M, C, *kernel) is pruned as its 2-D view (M, C * prod(kernel))."""
-    from . import calibrate as cal
-    from . import obs
-    graph = _copy(graph)
-    kind = MASK_KINDS[opts.prune]
-    grams: dict[tuple, np.ndarray] = {}   # input key -> X^T X (layers reading one X share it)
-    done: dict[str, np.ndarray] = {}      # weight name -> mask (a weight read by two layers)
-    for idx, lr in enumerate(chosen):
-        plan = plans[lr.name]
+    def prune_sparsity(lr: Layer) -> float | None:
         s = _layer_sparsity(lr, opts)
         if any(_matches(lr, p) for p in opts.skip) or (kind != "nm" and s == 0):
-            continue
-        if lr.weight_name in done:
-            plan.mask = done[lr.weight_name]
-            continue
-        w_full = np.asarray(graph.initializers[lr.weight_name].fields["data"])
-        w = w_full.reshape(w_full.shape[0], -1)
-        if kind == "nm" and w.shape[1] % opts.nm[1]:
-            plan.note = f"not N:M-pruned: its {w.shape[1]} inputs are not a multiple of M={opts.nm[1]}"
-            continue
-        x_name, key = lr.node.inputs[0], _input_key(lr, w_full.shape)
-        if key not in grams:
-            # Exact to cache by value: every layer that could change x_name comes before its
-            # producer, so before the first reader, in graph order.
-            stats = obs.LayerInputStats(w.shape[1])
-            sess = cal.probe_session(cal.upstream(graph, [x_name]), [x_name])
-            for feed in feeds:
-                _add_rows(stats, lr, sess.run([x_name], feed)[0], w_full.shape)
-            grams[key] = stats.gram
-        g = grams[key]
-        args = dict(kind=kind, sparsity=s, nm=tuple(opts.nm), block=tuple(opts.block))
-        baseline = w * _magnitude_mask(w, kind, s, opts)       # what prune_method="magnitude" keeps
-        try:
-            if method == "wanda":
-                mask = obs.wanda_mask(w, g, **args)
-                new_w = (w * mask).astype(np.float32)
-            else:
-                new_w, mask = obs.obs_prune(w, g, **args)
-        except ValueError as e:
-            raise ValueError(f"layer {lr.name!r}: {e}") from None
-        before, after = obs.output_error(baseline, w, g), obs.output_error(new_w, w, g)
-        graph.initializers[lr.weight_name] = dense_tensor(lr.weight_name, new_w.reshape(w_full.shape))
-        plan.mask = done[lr.weight_name] = mask.reshape(w_full.shape)
-        plan.fp32_weight = w_full
-        plan.note = f"{method}: layer output error {after:.4f} (magnitude, no update: {before:.4f})"
-        say(f"[{idx + 1}/{len(chosen)}] {lr.name}: {method}, output error {before:.4f} -> {after:.4f}")
-    _finish_notes(chosen, plans, opts)
+            return None
+        return s
+
+    graph = _copy(graph)
+    seq.run(graph, chosen, plans, steps, feeds, prune_sparsity=prune_sparsity,
+            baseline_mask=lambda w, s: _magnitude_mask(w, kind, s, opts), say=say)
+    if calibrated_prune:
+        _finish_notes(chosen, plans, opts)
     return graph
 
 
@@ -529,18 +650,20 @@ def _pack(name: str, w: np.ndarray, layout: str, plan: _Plan, opts: ConvertOptio
     quant = "int8" if opts.quant == "int8" else "none"
     if layout == "dense":
         return dense_tensor(name, w if plan.mask is None or plan.keep_fp32 else (w * plan.mask).astype(np.float32))
+    scale = plan.qscale          # GPTQ's grid (None: max|w| / levels, round to nearest)
     if layout == "int8":
-        return L.pack_int8(name, w, plan.mask, per_channel=opts.per_channel, symmetric=opts.symmetric)
+        return L.pack_int8(name, w, plan.mask, per_channel=opts.per_channel, symmetric=opts.symmetric, scale=scale)
     if layout == "int4_grouped":
         wm = w if plan.mask is None else (w * plan.mask).astype(np.float32)
-        return L.pack_int4_grouped(name, wm, group_size=opts.group_size, symmetric=opts.symmetric)
+        return L.pack_int4_grouped(name, wm, group_size=opts.group_size, symmetric=opts.symmetric, scale=scale)
     if layout == "csr":
-        return L.pack_csr(name, w, plan.mask, quant=quant, per_channel=opts.per_channel)
+        return L.pack_csr(name, w, plan.mask, quant=quant, per_channel=opts.per_channel, scale=scale)
     if layout == "bsr":
-        return L.pack_bsr(name, w, plan.mask, block_shape=tuple(opts.block), quant=quant, per_channel=opts.per_channel)
+        return L.pack_bsr(name, w, plan.mask, block_shape=tuple(opts.block), quant=quant,
+                          per_channel=opts.per_channel, scale=scale)
     if layout == "nm":
         n, m = opts.nm
-        return L.pack_nm(name, w, plan.mask, n=n, m=m, quant=quant, per_channel=opts.per_channel)
+        return L.pack_nm(name, w, plan.mask, n=n, m=m, quant=quant, per_channel=opts.per_channel, scale=scale)
     raise AssertionError(layout)
 
 
@@ -562,11 +685,13 @@ def _build(graph: Graph, layers: list[Layer], plans: dict[str, _Plan], opts: Con
         plan = plans[lr.name]
         node = next(n for n in out.nodes if n.name == lr.name and n.op == lr.node.op)
         w = np.asarray(graph.initializers[lr.weight_name].fields["data"])
-        if (plan.keep_fp32 or plan.mask is None) and plan.fp32_weight is not None:
-            w = plan.fp32_weight                # a layer obs updated, unpruned again: its own weight
+        if (plan.keep_fp32 or plan.use_original) and plan.fp32_weight is not None:
+            w = plan.fp32_weight                # a layer the pass changed, given back: its own weight
         layout = _layout_for(opts, plan) if pack else "dense"
         if lr.weight_name not in packed:
             p = plan if pack else _Plan(mask=None if plan.keep_fp32 else plan.mask)
+            if plan.keep_fp32 or plan.use_original:
+                p = dataclasses.replace(p, qscale=None)   # GPTQ's grid was for the changed weight
             packed[lr.weight_name] = _pack(lr.weight_name, w, layout, p, opts)
             if pack:
                 t = packed[lr.weight_name]
@@ -611,7 +736,7 @@ def _meet_budget(graph, layers, plans, opts, feeds, ref_outputs, metrics, report
     gains = []
     for lr in candidates:
         trial = dict(plans)
-        trial[lr.name] = _Plan(keep_fp32="trial", fp32_weight=plans[lr.name].fp32_weight)
+        trial[lr.name] = _Plan(keep_fp32="trial", fp32_weight=plans[lr.name].fp32_weight, smooth=plans[lr.name].smooth)
         m = output_metrics(_run(_build(graph, layers, trial, opts, pack=True), feeds), ref_outputs)
         gains.append((m["cosine"] - metrics["cosine"], lr))
     gains.sort(key=lambda g: -g[0])
@@ -630,7 +755,7 @@ def _meet_budget(graph, layers, plans, opts, feeds, ref_outputs, metrics, report
             if plan.mask is None:
                 continue
             plans[lr.name] = dataclasses.replace(
-                plan, mask=None, sparsity=0.0,
+                plan, mask=None, sparsity=0.0, use_original=True, qscale=None,
                 note=f"accuracy budget: not pruned, {opts.quant} kept (was {plan.sparsity:.0%} sparse)")
             unpruned.append(lr.name)
             if (met := remeasure(f"unpruned {lr.name}, kept {opts.quant}")):
@@ -638,7 +763,7 @@ def _meet_budget(graph, layers, plans, opts, feeds, ref_outputs, metrics, report
     if not met:
         for gain, lr in gains:
             plans[lr.name] = _Plan(keep_fp32=f"kept fp32 (accuracy budget: most sensitive, +{gain:.2e} cosine alone)",
-                                   fp32_weight=plans[lr.name].fp32_weight)
+                                   fp32_weight=plans[lr.name].fp32_weight, smooth=plans[lr.name].smooth)
             reverted.append(lr.name)
             if (met := remeasure(f"reverted {lr.name} to fp32")):
                 break
@@ -654,31 +779,41 @@ def _meet_budget(graph, layers, plans, opts, feeds, ref_outputs, metrics, report
 
 def _layer_reports(fp32_graph, graph, converted, layers, plans, feeds) -> list[LayerReport]:
     """Per-layer rows. Output error: the converted layer and the original one run on the
-    same fp32 inputs of that layer (first calibration batch), so error does not compound."""
+    same fp32 inputs of that layer (first calibration batch), so error does not compound.
+    A smoothed layer (SmoothQuant) reads X / s with the weight W * s: it is compared with the
+    original W on X = (X / s) * s."""
     from kernels import registry
     from . import calibrate as cal
-    names = list(dict.fromkeys(lr.node.inputs[0] for lr in layers))
+    conv_nodes = {lr.name: next(n for n in converted.nodes if n.name == lr.name and n.op == lr.node.op)
+                  for lr in layers}
+    names = list(dict.fromkeys(n.inputs[0] for n in conv_nodes.values()))
     inputs = dict(zip(names, cal.probe_session(graph, names).run(names, feeds[0])))
     orig_nodes = {n.name: n for n in fp32_graph.nodes}
     rows = []
     for lr in layers:
-        node = next(n for n in converted.nodes if n.name == lr.name and n.op == lr.node.op)
+        node = conv_nodes[lr.name]
+        plan = plans.get(lr.name, _Plan())
         t = converted.initializers[lr.weight_name]
         orig_t = fp32_graph.initializers.get(lr.weight_name)
         dense = t.to_dense()
         sparsity = 1.0 - float(np.count_nonzero(dense)) / max(dense.size, 1)
         same_shape = orig_t is not None and tuple(orig_t.shape) == tuple(t.shape)
+        s = plan.smooth if plan.smooth is not None and lr.node.op == "Linear" else None
         # against the original weight: pruning, any obs update and quantization together
-        sq = sqnr_db(np.asarray(orig_t.fields["data"]), dense) if same_shape else None
+        if same_shape:
+            w_orig = np.asarray(orig_t.fields["data"])
+            sq = sqnr_db(w_orig, dense if s is None else (dense / s[None, :]).astype(np.float32))
+        else:
+            sq = None
         err = None
-        x = inputs.get(lr.node.inputs[0])
+        x = inputs.get(node.inputs[0])
         if same_shape and x is not None:
             bias = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2] else None
             b = None if bias is None else np.asarray(converted.initializers[bias].fields["data"])
             got = _run_layer(registry, node, t, x, b)
-            want = _run_layer(registry, orig_nodes.get(lr.name, node), orig_t, x, b, fp32=True)
+            x_orig = x if s is None else (x * s).astype(np.float32)
+            want = _run_layer(registry, orig_nodes.get(lr.name, node), orig_t, x_orig, b, fp32=True)
             err = rel_error(got, want)
-        plan = plans.get(lr.name, _Plan())
         rows.append(LayerReport(
             name=lr.name, op=lr.node.op, shape=list(t.shape), layout=t.layout, sparsity=sparsity,
             bytes=t.nbytes, fp32_bytes=orig_t.nbytes if orig_t is not None else t.nbytes,
@@ -700,6 +835,8 @@ def _options_dict(opts: ConvertOptions) -> dict:
     calib = d.pop("calib")
     d["calib"] = None if calib is None else (os.fspath(calib) if isinstance(calib, (str, os.PathLike))
                                              else "python iterable")
+    for key in ("calib_text", "tokenizer"):      # JSON: a PathLike becomes its string
+        d[key] = None if d[key] is None else os.fspath(d[key])
     d["nm"] = f"{opts.nm[0]}:{opts.nm[1]}"
     d["block"] = f"{opts.block[0]}x{opts.block[1]}"
     return d

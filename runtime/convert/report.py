@@ -3,10 +3,11 @@
 Per layer: the layout chosen, achieved sparsity, bytes (packed vs fp32), weight SQNR in dB
 (10 log10 ||w||^2 / ||w - dequant(w)||^2: pruning and quantization error together), and the
 layer's output error on its own fp32 calibration inputs (relative L2), so a bad layer can be
-told from error that accumulated upstream. End to end: max abs error, relative error, cosine
-similarity and, for classifier-shaped outputs (rank 2, more than one column), top-1
-agreement. The report is plain JSON-able data: printed as a table, written with --report and
-stored in the .qrt metadata so `qrt inspect` can show it later.
+told from error that accumulated upstream. Per embedding table (a constant table read by
+Gather): layout, bytes vs fp32, max abs dequantization error and SQNR. End to end: max abs
+error, relative error, cosine similarity and, for classifier-shaped outputs (rank 2, more
+than one column), top-1 agreement. The report is plain JSON-able data: printed as a table,
+written with --report and stored in the .qrt metadata so `qrt inspect` can show it later.
 """
 from __future__ import annotations
 
@@ -37,26 +38,55 @@ class LayerReport:
 
 
 @dataclass
+class EmbeddingReport:
+    """One embedding table (a constant table read by Gather; pipeline.find_embeddings)."""
+    name: str                         # the table's initializer name
+    nodes: list[str]                  # the Gather nodes reading it
+    shape: list[int]                  # (V, D): vocabulary rows x embedding width
+    layout: str                       # int8 (one scale per row), int4_grouped, or dense (kept fp32)
+    bytes: int                        # packed bytes (all fields)
+    fp32_bytes: int
+    max_abs_error: float              # max |table - dequant(table)| over every entry
+    sqnr_db: float | None = None
+    note: str = ""
+
+    @property
+    def ratio(self) -> float:
+        return self.bytes / self.fp32_bytes if self.fp32_bytes else 1.0
+
+
+@dataclass
 class Report:
     options: dict[str, Any]
     calibration: str                  # where the calibration/evaluation inputs came from
     layers: list[LayerReport] = field(default_factory=list)
     end_to_end: dict[str, Any] = field(default_factory=dict)
+    # the same metrics on calibration samples held back from every calibration step (pruning,
+    # GPTQ, ranges, the budget): what to expect on data the conversion did not see
+    held_out: dict[str, Any] = field(default_factory=dict)
+    held_out_source: str = ""
     budget: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    embeddings: list[EmbeddingReport] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         for layer, lr in zip(d["layers"], self.layers):
             layer["ratio"] = lr.ratio
+        for table, er in zip(d["embeddings"], self.embeddings):
+            table["ratio"] = er.ratio
         d["totals"] = self.totals()
         return _finite(d)
 
     def totals(self) -> dict[str, Any]:
         packed = sum(lr.bytes for lr in self.layers)
         fp32 = sum(lr.fp32_bytes for lr in self.layers)
-        return {"layers": len(self.layers), "weight_bytes": packed, "fp32_weight_bytes": fp32,
-                "ratio": packed / fp32 if fp32 else 1.0}
+        out = {"layers": len(self.layers), "weight_bytes": packed, "fp32_weight_bytes": fp32,
+               "ratio": packed / fp32 if fp32 else 1.0}
+        if self.embeddings:       # apart from the layers' figures, which keep their meaning
+            out["embedding_bytes"] = sum(e.bytes for e in self.embeddings)
+            out["fp32_embedding_bytes"] = sum(e.fp32_bytes for e in self.embeddings)
+        return out
 
     def table(self) -> str:
         from ..tables import format_table
@@ -71,9 +101,18 @@ class Report:
         t = self.totals()
         out.append(f"weights: {t['weight_bytes'] / 1024:.1f} KiB vs {t['fp32_weight_bytes'] / 1024:.1f} KiB "
                    f"fp32 ({t['ratio']:.3f}x)")
-        e = self.end_to_end
-        if e:
-            line = (f"end to end on {self.calibration}: cosine {e['cosine']:.6f}, relative error "
+        if self.embeddings:
+            rows = [[e.name, "x".join(map(str, e.shape)), e.layout, f"{e.bytes / 1024:.1f}", f"{e.ratio:.3f}",
+                     f"{e.max_abs_error:.2e}", _fmt(e.sqnr_db, ".1f"), e.note] for e in self.embeddings]
+            out.append(format_table(rows, ["embedding table", "shape", "layout", "KiB", "x fp32",
+                                           "max abs err", "SQNR dB", "note"]))
+            eb, ef = t["embedding_bytes"], t["fp32_embedding_bytes"]
+            out.append(f"embedding tables: {eb / 1024:.1f} KiB vs {ef / 1024:.1f} KiB fp32 "
+                       f"({eb / ef if ef else 1.0:.3f}x)")
+        for e, where in ((self.end_to_end, self.calibration), (self.held_out, self.held_out_source)):
+            if not e:
+                continue
+            line = (f"end to end on {where}: cosine {e['cosine']:.6f}, relative error "
                     f"{e['rel_error']:.3e}, max abs error {e['max_abs_error']:.3e}")
             if e.get("top1_agreement") is not None:
                 line += f", top-1 agreement {e['top1_agreement'] * 100:.2f}%"

@@ -1,0 +1,91 @@
+// Gather on a quantized table (embedding_gather.h): index check, then one row at a time.
+#include "embedding_gather.h"
+
+#include <algorithm>
+
+namespace qrt {
+
+namespace {
+
+// The first position of idx (n,) outside [-v, v), or -1.
+template <typename Index>
+int64_t first_bad_index(const Index* idx, int64_t n, int64_t v) {
+    for (int64_t i = 0; i < n; ++i) {
+        const int64_t r = static_cast<int64_t>(idx[i]);
+        if (r < -v || r >= v) return i;
+    }
+    return -1;
+}
+
+template <typename Index>
+inline int64_t row_of(const Index* idx, int64_t i, int64_t v) {
+    const int64_t r = static_cast<int64_t>(idx[i]);
+    return r < 0 ? r + v : r;
+}
+
+inline bool parallel(int threads, int64_t n, int64_t d) {
+    return threads > 1 && n > 1 && n * d >= kGatherParallelMinElements;
+}
+
+}  // namespace
+
+template <typename Index>
+int64_t gather_int8_rows(const int8_t* qdata, const float* scale, const int8_t* zero_point, bool per_row,
+                         int64_t v, int64_t d, const Index* idx, int64_t n, float* out, int threads) {
+    const int64_t bad = first_bad_index(idx, n, v);
+    if (bad >= 0) return bad;
+    const int nt = std::max(1, threads);
+#pragma omp parallel for schedule(static) num_threads(nt) if (parallel(nt, n, d))
+    for (int64_t i = 0; i < n; ++i) {
+        const int64_t r = row_of(idx, i, v);
+        const int64_t s_row = per_row ? r : 0;
+        const float s = scale[s_row];
+        const int32_t z = zero_point ? static_cast<int32_t>(zero_point[s_row]) : 0;
+        const int8_t* q = qdata + r * d;
+        float* o = out + i * d;
+        for (int64_t k = 0; k < d; ++k) o[k] = static_cast<float>(static_cast<int32_t>(q[k]) - z) * s;
+    }
+    return -1;
+}
+
+template <typename Index>
+int64_t gather_int4_rows(const uint8_t* qdata, const float* scale, const uint8_t* zero_point, int64_t v,
+                         int64_t d, int64_t group_size, const Index* idx, int64_t n, float* out, int threads) {
+    const int64_t bad = first_bad_index(idx, n, v);
+    if (bad >= 0) return bad;
+    const int64_t groups = (d + group_size - 1) / group_size;
+    const int64_t row_bytes = groups * group_size / 2;
+    // symmetric: a two's complement nibble is (u ^ 8) - 8; asymmetric: u - zp
+    const int32_t sbit = zero_point ? 0 : 8;
+    const int nt = std::max(1, threads);
+#pragma omp parallel for schedule(static) num_threads(nt) if (parallel(nt, n, d))
+    for (int64_t i = 0; i < n; ++i) {
+        const int64_t r = row_of(idx, i, v);
+        const uint8_t* q = qdata + r * row_bytes;
+        const float* s = scale + r * groups;
+        const uint8_t* zp = zero_point ? zero_point + r * groups : nullptr;
+        float* o = out + i * d;
+        for (int64_t j = 0; j < groups; ++j) {
+            const int32_t z = (zp ? static_cast<int32_t>(zp[j]) : 0) + sbit;
+            const float sj = s[j];
+            const int64_t k1 = std::min(d, (j + 1) * group_size);
+            for (int64_t k = j * group_size; k < k1; ++k) {
+                const int32_t byte = q[k >> 1];
+                const int32_t nib = ((byte >> ((k & 1) * 4)) & 15) ^ sbit;
+                o[k] = static_cast<float>(nib - z) * sj;
+            }
+        }
+    }
+    return -1;
+}
+
+template int64_t gather_int8_rows<int32_t>(const int8_t*, const float*, const int8_t*, bool, int64_t, int64_t,
+                                           const int32_t*, int64_t, float*, int);
+template int64_t gather_int8_rows<int64_t>(const int8_t*, const float*, const int8_t*, bool, int64_t, int64_t,
+                                           const int64_t*, int64_t, float*, int);
+template int64_t gather_int4_rows<int32_t>(const uint8_t*, const float*, const uint8_t*, int64_t, int64_t, int64_t,
+                                           const int32_t*, int64_t, float*, int);
+template int64_t gather_int4_rows<int64_t>(const uint8_t*, const float*, const uint8_t*, int64_t, int64_t, int64_t,
+                                           const int64_t*, int64_t, float*, int);
+
+}  // namespace qrt

@@ -1,0 +1,130 @@
+"""GPTQ: weight quantization with a second-order error update (docs/CONVERTER.md,
+"Quantization methods").
+
+Round-to-nearest (RTN) quantizes every weight on its own. GPTQ (Frantar et al. 2022) visits
+the columns of a Linear weight W (N, K) one at a time and, after rounding column k, moves the
+not yet quantized columns of each row so that the layer's output on the calibration inputs
+changes as little as possible: with H = X^T X + lambda I and U the upper Cholesky factor of
+H^-1 (the same U as obs.py's OBS update),
+
+    e = (W[:, k] - Q[:, k]) / U[k, k];   W[:, k+1:] -= e U[k, k+1:]
+
+so the error of column k is absorbed by the columns that still can change. It is OBS with
+"round to the grid" in place of "set to zero", and composes with a pruning mask: a pruned
+position is rounded to exactly 0 (0 is on every symmetric grid), so the kept weights absorb
+both errors and the zeros stay zero.
+
+The grid is fixed before the first column (GPTQ's "static groups"): the scales are those
+round-to-nearest would use on the same (masked) weight, max|w| / 127 per row (or per tensor)
+for int8 and max|group| / 7 per (row, group of ``group_size`` columns) for int4. Fixing them
+lets the columns be visited in any order without a group's scale depending on which of its
+columns came first, and the converter hands these scales to the packer (layouts.pack_*
+``scale=``), so the packed integers are exactly the ones chosen here. Updated weights that
+leave the grid's range are clipped (int8 [-127, 127], int4 [-8, 7]).
+
+act_order (GPTQ's "desc_act"): columns are visited in order of decreasing H[k, k] (the inputs
+with the most energy first), so the error of the columns that matter most is spread over the
+most remaining columns. Lazy batches of ``obs.BLOCK`` columns, as obs_prune.
+
+Shapes: w (N, K) float32, g (K, K) float64, mask (N, K) bool or None (True = kept).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..layouts import INT4_SYMMETRIC, INT8_SYMMETRIC, _scale32
+from .obs import BLOCK, _inverse_cholesky
+
+BITS = {8: (127, INT8_SYMMETRIC), 4: (7, INT4_SYMMETRIC)}
+
+
+def rtn_scales(w: np.ndarray, bits: int, *, per_channel: bool = True, group_size: int | None = None) -> np.ndarray:
+    """The scales round-to-nearest uses for w (N, K) float32 (pruned entries already 0), in
+    the packer's field shape: int8 (N,) per channel or (1,) per tensor; int4 (N, ceil(K/g))."""
+    levels, _ = BITS[bits]
+    a = np.abs(np.asarray(w, np.float32))
+    n, k = a.shape
+    if bits == 4:
+        g = int(group_size)
+        groups = -(-k // g)
+        pad = np.zeros((n, groups * g), np.float32)
+        pad[:, :k] = a
+        return _scale32(pad.reshape(n, groups, g).max(axis=2), levels).astype(np.float32)
+    amax = a.max(axis=1) if per_channel else np.array([a.max()], np.float32)
+    return _scale32(amax, levels).astype(np.float32)
+
+
+def _column_scales(scale: np.ndarray, bits: int, n: int, k: int, group_size: int | None) -> np.ndarray:
+    """(N, K) float64: the scale every weight position quantizes with."""
+    s = np.asarray(scale, np.float64)
+    if bits == 4:
+        return np.repeat(s, int(group_size), axis=1)[:, :k]
+    return np.broadcast_to(s.reshape(-1, 1), (n, k))
+
+
+def _round(col: np.ndarray, s: np.ndarray, qrange: tuple[int, int]) -> np.ndarray:
+    """The packer's rounding (layouts._quant_symmetric): clip(rint(w / s)) * s, in float64."""
+    return np.clip(np.rint(col / s), *qrange) * s
+
+
+def rtn_quantize(w: np.ndarray, bits: int, *, per_channel: bool = True, group_size: int | None = None,
+                 mask: np.ndarray | None = None) -> np.ndarray:
+    """Round-to-nearest on the RTN grid: the dequantized weight (N, K) float32 the packer
+    stores for w without GPTQ (the baseline GPTQ is compared with)."""
+    a = np.asarray(w, np.float32)
+    if mask is not None:
+        a = np.where(mask, a, np.float32(0))
+    n, k = a.shape
+    scale = rtn_scales(a, bits, per_channel=per_channel, group_size=group_size)
+    cs = _column_scales(scale, bits, n, k, group_size)
+    return _round(a.astype(np.float64), cs, BITS[bits][1]).astype(np.float32)
+
+
+def gptq_quantize(w: np.ndarray, g: np.ndarray, bits: int, *, per_channel: bool = True,
+                  group_size: int | None = None, mask: np.ndarray | None = None,
+                  act_order: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """GPTQ (module docstring). Returns (the dequantized weight (N, K) float32, exactly
+    q * scale with q on the grid and 0 where ``mask`` prunes; the scales in the packer's
+    field shape, see rtn_scales)."""
+    if bits not in BITS:
+        raise ValueError(f"GPTQ quantizes to 8 or 4 bits, got {bits!r}")
+    a = np.asarray(w, np.float32)
+    if a.ndim != 2:
+        raise ValueError(f"GPTQ takes a Linear weight (N, K), got shape {a.shape}")
+    n, k = a.shape
+    if np.shape(g) != (k, k):
+        raise ValueError(f"input statistics are {np.shape(g)}, expected ({k}, {k}) for a weight {a.shape}")
+    if bits == 4 and not (isinstance(group_size, int) and group_size > 0):
+        raise ValueError(f"int4 GPTQ needs a positive group size, got {group_size!r}")
+    if mask is not None and np.shape(mask) != a.shape:
+        raise ValueError(f"mask {np.shape(mask)} does not match the weight {a.shape}")
+    keep = np.ones((n, k), bool) if mask is None else np.asarray(mask, bool)
+    a = np.where(keep, a, np.float32(0))
+    scale = rtn_scales(a, bits, per_channel=per_channel, group_size=group_size)
+    cs = _column_scales(scale, bits, n, k, group_size)
+    qrange = BITS[bits][1]
+
+    g = np.asarray(g, np.float64)
+    order = np.argsort(-np.diagonal(g), kind="stable") if act_order else np.arange(k)
+    gp = g[np.ix_(order, order)]
+    dead = np.diagonal(gp) == 0                 # inputs that were always 0: no coupling, plain RTN
+    u = _inverse_cholesky(gp, dead)
+    wt = a.astype(np.float64)[:, order]
+    keep_p, cs_p = keep[:, order], np.ascontiguousarray(cs[:, order])
+    for c0 in range(0, k, BLOCK):
+        c1 = min(k, c0 + BLOCK)
+        w1 = wt[:, c0:c1].copy()
+        err = np.zeros_like(w1)
+        u1 = u[c0:c1, c0:c1]
+        for j in range(c1 - c0):
+            col = w1[:, j]
+            q = np.where(keep_p[:, c0 + j], _round(col, cs_p[:, c0 + j], qrange), 0.0)
+            e = (col - q) / u1[j, j]
+            w1[:, j:] -= np.outer(e, u1[j, j:])
+            w1[:, j] = q                         # exactly on the grid (or 0)
+            err[:, j] = e
+        wt[:, c0:c1] = w1
+        wt[:, c1:] -= err @ u[c0:c1, c1:]
+    out = np.empty_like(wt)
+    out[:, order] = wt
+    return out.astype(np.float32), scale

@@ -1,0 +1,177 @@
+"""The converter's layer-by-layer calibrated pass: SmoothQuant, OBS / Wanda pruning and GPTQ,
+each layer from the statistics of its real input (docs/CONVERTER.md).
+
+The layers are visited in graph order. For each one, G = X^T X (and the per-column max of
+|X|) is measured on the model *as the layers before it were already changed* (smoothed,
+pruned, updated and GPTQ-rounded), so each layer corrects the error that reaches it: that is
+SparseGPT's and GPTQ's sequential mode. Per layer, in this order, all with the same G:
+
+1. smooth (SmoothQuant, when the first layer reading an input is reached: every Linear
+   reading that input gets one s, smooth.py), G becomes G / (s s^T);
+2. prune (obs or wanda, obs.py), unless the mask was already chosen by magnitude;
+3. quantize (GPTQ, gptq.py) on the pruned weight, keeping its zeros; the scales go to
+   the packer through plans[...].qscale.
+
+A Conv weight (M, C, *kernel) is handled as its 2-D view (M, C * prod(kernel)) with the
+im2col rows of its input as X; grouped Convs are not visited (the caller prunes them by
+magnitude and quantizes them by rounding). SmoothQuant takes Linear layers only.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from ..graph import Graph
+from ..layouts import dense_tensor
+
+
+@dataclass
+class Steps:
+    """What the pass does to each layer it visits."""
+    prune_method: str | None = None     # "obs" / "wanda", or None: keep plans[...].mask as is
+    mask_kind: str = "unstructured"     # obs.KINDS
+    nm: tuple[int, int] = (2, 4)
+    block: tuple[int, int] = (1, 4)
+    gptq_bits: int | None = None        # 8 / 4, or None: no GPTQ (round to nearest at packing)
+    per_channel: bool = True
+    group_size: int = 64
+    act_order: bool = True
+    smooth_alpha: float | None = None   # SmoothQuant's alpha, or None
+
+
+def calibratable(node) -> bool:
+    """The pass takes a Linear, or a Conv without groups (its im2col rows are the X)."""
+    return node.op == "Linear" or (node.op == "Conv" and int(node.attrs.get("group", 1)) == 1)
+
+
+def input_key(node, wshape: tuple) -> tuple:
+    """Layers with equal keys see the same X: the same input value, and for Conv the same
+    kernel size and window attributes (the im2col rows)."""
+    if node.op == "Linear":
+        return (node.inputs[0],)
+    a = node.attrs
+    return (node.inputs[0], tuple(wshape[1:]), str(a.get("strides")), str(a.get("pads")), str(a.get("dilations")))
+
+
+def _add_rows(stats, node, x: np.ndarray, wshape: tuple) -> None:
+    """Add one batch of the layer's input rows to ``stats``: X (..., K) for Linear; for Conv
+    the im2col rows (one per image and output position, columns in the weight's (C, *kernel)
+    order, as its 2-D view (M, C * prod(kernel)))."""
+    if node.op == "Linear":
+        stats.add(x)
+        return
+    from kernels.reference.conv_pool import conv_by_gemm
+    from kernels.registry import fill_attrs
+    a = fill_attrs("Conv", dict(node.attrs))
+
+    def gemm(cols, rows):
+        stats.add(cols)
+        return np.zeros((cols.shape[0], wshape[0]))
+    conv_by_gemm(x, wshape, a["strides"], a["pads"], a["dilations"], 1, gemm)
+
+
+def _measure(graph: Graph, node, wshape: tuple, feeds):
+    from . import calibrate as cal
+    from . import obs
+    x_name = node.inputs[0]
+    stats = obs.LayerInputStats(int(np.prod(wshape[1:])))
+    sess = cal.probe_session(cal.upstream(graph, [x_name]), [x_name])
+    for feed in feeds:
+        _add_rows(stats, node, sess.run([x_name], feed)[0], wshape)
+    return stats
+
+
+def run(graph: Graph, layers: list, plans: dict, steps: Steps, feeds, *,
+        prune_sparsity: Callable[[object], float | None], baseline_mask: Callable[[np.ndarray, float], np.ndarray],
+        say: Callable[[str], None] = lambda s: None) -> None:
+    """The pass (module docstring), in place on ``graph`` (the converter's working copy).
+
+    layers: the layers to visit (Layer objects: .name, .node, .weight_name), in graph order;
+    plans: layer name -> the converter's _Plan (mask, fp32_weight, qscale, smooth, note);
+    prune_sparsity(layer): the sparsity to prune it to with steps.prune_method, or None to
+    leave its mask alone; baseline_mask(w2d, sparsity): magnitude's mask, for the report's
+    "before" error."""
+    from . import gptq, obs
+    from .smooth import apply_smoothing, smooth_factors
+    nodes = {n.name: n for n in graph.nodes}
+    stats_by_key: dict[tuple, object] = {}
+    done: dict[str, str] = {}              # weight name -> the layer that already handled it
+    for idx, lr in enumerate(layers):
+        node = nodes[lr.name]
+        plan = plans[lr.name]
+        w_full = np.asarray(graph.initializers[lr.weight_name].fields["data"])
+        if lr.weight_name in done:         # a weight read by two layers: handled once
+            first = plans[done[lr.weight_name]]
+            plan.mask, plan.qscale, plan.fp32_weight = first.mask, first.qscale, first.fp32_weight
+            continue
+        key = input_key(node, w_full.shape)
+        if key not in stats_by_key:
+            # Exact to cache by value: every layer that could change this input comes before
+            # its producer, so before its first reader, in graph order.
+            stats = _measure(graph, node, w_full.shape, feeds)
+            if steps.smooth_alpha is not None and node.op == "Linear":
+                group = [m for m in layers[idx:] if nodes[m.name].op == "Linear"
+                         and input_key(nodes[m.name], ()) == key]
+                wnames = list(dict.fromkeys(m.weight_name for m in group))
+                w_absmax = np.max([np.abs(np.asarray(graph.initializers[n].fields["data"])).max(axis=0)
+                                   for n in wnames], axis=0)
+                s = smooth_factors(stats.absmax, w_absmax, steps.smooth_alpha)
+                how = apply_smoothing(graph, node.inputs[0], [nodes[m.name] for m in group], wnames, s)
+                s64 = s.astype(np.float64)
+                stats.gram = stats.gram / np.outer(s64, s64)
+                stats.absmax = stats.absmax / s64
+                stats.col_sum = stats.col_sum / s64
+                for m in group:
+                    plans[m.name].smooth = s
+                    plans[m.name].note = f"smoothed (alpha {steps.smooth_alpha}, {how})"
+                    if plans[m.name].fp32_weight is not None:
+                        plans[m.name].fp32_weight = (plans[m.name].fp32_weight * s[None, :]).astype(np.float32)
+                say(f"smooth {node.inputs[0]}: max|X| {float(stats.absmax.max() * s64.max()):.3g} over "
+                    f"{len(group)} layer(s), {how}")
+                w_full = np.asarray(graph.initializers[lr.weight_name].fields["data"])
+                key = input_key(node, w_full.shape)     # the readers now read X / s
+            stats_by_key[key] = stats
+        g = stats_by_key[key].gram
+        w = w_full.reshape(w_full.shape[0], -1)
+        notes = [plan.note] if plan.note else []
+        new_w = w
+        s_prune = prune_sparsity(lr) if steps.prune_method else None
+        if s_prune is not None:
+            if steps.mask_kind == "nm" and w.shape[1] % steps.nm[1]:
+                plan.note = f"not N:M-pruned: its {w.shape[1]} inputs are not a multiple of M={steps.nm[1]}"
+                notes = [plan.note]
+            else:
+                args = dict(kind=steps.mask_kind, sparsity=s_prune, nm=steps.nm, block=steps.block)
+                baseline = w * baseline_mask(w, s_prune)
+                try:
+                    if steps.prune_method == "wanda":
+                        mask = obs.wanda_mask(w, g, **args)
+                        new_w = (w * mask).astype(np.float32)
+                    else:
+                        new_w, mask = obs.obs_prune(w, g, **args)
+                except ValueError as e:
+                    raise ValueError(f"layer {lr.name!r}: {e}") from None
+                before, after = obs.output_error(baseline, w, g), obs.output_error(new_w, w, g)
+                plan.mask = mask.reshape(w_full.shape)
+                notes.append(f"{steps.prune_method}: layer output error {after:.4f} (magnitude, no update: {before:.4f})")
+                say(f"[{idx + 1}/{len(layers)}] {lr.name}: {steps.prune_method}, output error {before:.4f} -> {after:.4f}")
+        if steps.gptq_bits is not None:
+            m2 = None if plan.mask is None else plan.mask.reshape(w.shape)
+            kw = dict(per_channel=steps.per_channel, group_size=steps.group_size if steps.gptq_bits == 4 else None)
+            try:
+                wq, scale = gptq.gptq_quantize(new_w, g, steps.gptq_bits, mask=m2, act_order=steps.act_order, **kw)
+            except ValueError as e:
+                raise ValueError(f"layer {lr.name!r}: {e}") from None
+            rtn = gptq.rtn_quantize(new_w, steps.gptq_bits, mask=m2, **kw)
+            before, after = obs.output_error(rtn, new_w, g), obs.output_error(wq, new_w, g)
+            notes.append(f"gptq int{steps.gptq_bits}: output error {after:.4f} (round to nearest: {before:.4f})")
+            say(f"[{idx + 1}/{len(layers)}] {lr.name}: gptq int{steps.gptq_bits}, output error {before:.4f} -> {after:.4f}")
+            new_w, plan.qscale = wq, scale
+        if new_w is not w:
+            plan.fp32_weight = w_full if plan.fp32_weight is None else plan.fp32_weight
+            graph.initializers[lr.weight_name] = dense_tensor(lr.weight_name, new_w.reshape(w_full.shape))
+        if notes:
+            plan.note = "; ".join(notes)
+        done[lr.weight_name] = lr.name

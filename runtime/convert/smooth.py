@@ -1,0 +1,78 @@
+"""SmoothQuant (Xiao et al. 2023) for static int8 activations (docs/CONVERTER.md, "SmoothQuant").
+
+A static int8 activation has one scale per tensor, so a few input channels with outliers
+(transformer activations have channels 10-100x larger than the rest) leave the other
+channels only a few int8 steps. SmoothQuant moves that range into the weight, which is
+quantized per output row and absorbs it easily: for the Linear layers reading one input X (N_i, K),
+
+    s_j = max|X[:, j]|^alpha / max_i max|W_i[:, j]|^(1 - alpha)       (j < K)
+    X' = X / s (per column),  W_i' = W_i * s (per column):  X' W_i'^T = X W_i^T exactly.
+
+alpha = 0.5 is the paper's default; larger moves more range into the weights.
+
+Where X / s is computed: if X is the output of a LayerNormalization whose only readers are
+these layers, 1/s is folded into its scale and bias (free). Otherwise (BERT's post-LN
+outputs also feed the residual Add; GELU and attention outputs have no affine producer) a Mul
+by 1/s is inserted in front of these layers only, so every other reader of X sees it
+unchanged; it costs one elementwise pass over X.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..graph import Graph, Node, unique_name
+from ..layouts import dense_tensor
+
+S_RANGE = (1e-5, 1e5)     # clip: a channel that is 0 in all calibration data must not blow up
+
+
+def smooth_factors(x_absmax: np.ndarray, w_absmax: np.ndarray, alpha: float) -> np.ndarray:
+    """s (K,) float32 from max|X[:, j]| (K,) and max|W[:, j]| over the layers (K,); 1 where
+    either is 0 (nothing to balance)."""
+    x = np.asarray(x_absmax, np.float64)
+    w = np.asarray(w_absmax, np.float64)
+    ok = (x > 0) & (w > 0)
+    s = np.ones_like(x)
+    s[ok] = x[ok] ** alpha / w[ok] ** (1.0 - alpha)
+    return np.clip(s, *S_RANGE).astype(np.float32)
+
+
+def apply_smoothing(graph: Graph, x_name: str, readers: list[Node], weight_names: list[str],
+                    s: np.ndarray) -> str:
+    """Divide X = ``x_name`` by s for ``readers`` (Linear nodes of ``graph``) and multiply
+    their weights' columns by s, in place on ``graph`` (the converter's working copy).
+    Returns how X / s is computed, for the report."""
+    s = np.asarray(s, np.float32)
+    inv = (np.float32(1) / s).astype(np.float32)
+    for name in dict.fromkeys(weight_names):
+        w = np.asarray(graph.initializers[name].fields["data"])
+        graph.initializers[name] = dense_tensor(name, (w * s[None, :]).astype(np.float32))
+    producer = graph.producers().get(x_name)
+    reader_ids = {id(n) for n in readers}
+    others = [n for n in graph.consumers().get(x_name, []) if id(n) not in reader_ids]
+    is_output = any(v.name == x_name for v in graph.outputs)
+    if (producer is not None and producer.op == "LayerNormalization" and not others and not is_output
+            and all(i in graph.initializers and graph.initializers[i].layout == "dense"
+                    for i in producer.inputs[1:] if i)):
+        # gamma / s and beta / s, as new initializers (the originals may be shared)
+        for pos in range(1, len(producer.inputs)):
+            old = producer.inputs[pos]
+            if not old:
+                continue
+            new = unique_name(f"{old}.smooth", graph.initializers)
+            v = np.asarray(graph.initializers[old].fields["data"])
+            graph.initializers[new] = dense_tensor(new, (v * inv).astype(np.float32))
+            producer.inputs[pos] = new
+        return f"folded into {producer.name}"
+    taken = set(graph.initializers) | {o for n in graph.nodes for o in n.outputs} | {v.name for v in graph.inputs}
+    scale_name = unique_name(f"{x_name}.smooth_scale", taken)
+    taken.add(scale_name)
+    out_name = unique_name(f"{x_name}.smoothed", taken)
+    graph.initializers[scale_name] = dense_tensor(scale_name, inv)
+    mul = Node(unique_name(f"{x_name}/smooth", {n.name for n in graph.nodes}), "Mul",
+               [x_name, scale_name], [out_name], {})
+    first = min(graph.nodes.index(n) for n in readers)
+    graph.nodes.insert(first, mul)
+    for n in readers:
+        n.inputs[0] = out_name
+    return f"Mul by 1/s inserted ({mul.name})"
