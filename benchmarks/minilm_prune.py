@@ -50,6 +50,8 @@ OPTION_SETS = [
     ("static int8 smooth 0.5", dict(quant="int8", act="static", smooth=0.5)),
     ("static int8 smooth 0.5 percentile", dict(quant="int8", act="static", smooth=0.5, calib_method="percentile")),
     ("static int8 smooth 0.8 percentile", dict(quant="int8", act="static", smooth=0.8, calib_method="percentile")),
+    ("int8 smooth 0.5", dict(quant="int8", smooth=0.5)),
+    ("int8 smooth 0.5 gptq", dict(quant="int8", smooth=0.5, quant_method="gptq")),
     ("2:4 + int8, obs + gptq", dict(prune="nm", prune_method="obs", quant="int8", quant_method="gptq")),
     ("50% + int8, obs + gptq", dict(prune="magnitude", sparsity=0.5, prune_method="obs", quant="int8",
                                     quant_method="gptq")),
@@ -114,6 +116,7 @@ def main() -> None:
     ap.add_argument("--eval", type=int, default=256, help="evaluation sentences, disjoint (default: 256)")
     ap.add_argument("--seq", type=int, default=64, help="tokens per sentence, padded (default: 64)")
     ap.add_argument("--only", nargs="*", help="labels of the option sets to run (default: all)")
+    ap.add_argument("--save", metavar="DIR", help="keep the exported .onnx and every .qrt in DIR (for qrt bench)")
     args = ap.parse_args()
     import torch
     from transformers import AutoModel, AutoTokenizer
@@ -136,13 +139,15 @@ def main() -> None:
                                     f["attention_mask"]) for f in evals])
     rows = []
     with tempfile.TemporaryDirectory() as d:
-        onnx_path = os.path.join(d, "minilm.onnx")
+        if args.save:
+            os.makedirs(args.save, exist_ok=True)
+        onnx_path = os.path.join(args.save or d, "minilm.onnx")
         export(model, tok, onnx_path, args.seq)
         fp32_bytes = None
         for label, opts in OPTION_SETS:
             if args.only and label not in args.only:
                 continue
-            out = os.path.join(d, "m.qrt")
+            out = os.path.join(args.save or d, re.sub(r"[^A-Za-z0-9]+", "_", label).strip("_") + ".qrt")
             t0 = time.perf_counter()
             runtime.convert(onnx_path, out, calib=calib, **opts)
             secs = time.perf_counter() - t0

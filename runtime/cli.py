@@ -90,7 +90,7 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--no-act-order", action="store_true",
                    help="gptq: visit the inputs in their order instead of largest activations first")
     q.add_argument("--smooth", type=float, metavar="ALPHA",
-                   help="SmoothQuant for --act static: move activation outliers into the weights by "
+                   help="SmoothQuant for int8 activations (static above all): move activation outliers into the weights by "
                         "max|X|^ALPHA / max|W|^(1-ALPHA) per input channel (0.5 is usual; needs calibration data)")
     q.add_argument("--calib", metavar="FILE.npz|DIR", help="calibration data: an .npz of arrays named like "
                    "the model inputs, or a folder with one INPUT_NAME.npy per model input; first axis = "
@@ -112,6 +112,23 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--max-error", type=float, metavar="COS", help="accuracy budget: minimum cosine similarity "
                    "of the outputs; the most sensitive layers are unpruned (still quantized), then "
                    "fall back to fp32, until it holds")
+    r = c.add_argument_group("recovery (knowledge distillation; needs PyTorch: pip install torch==2.13.0)")
+    r.add_argument("--recover", action="store_true",
+                   help="after pruning, fine-tune the pruned model toward the original (output and hidden-state "
+                        "losses, masks fixed) on unlabeled data, then quantize")
+    r.add_argument("--recover-data", metavar="FILE.npz|DIR|FILE.txt",
+                   help="training data for --recover, in the forms of --calib (a text file takes --tokenizer); "
+                        "default: the calibration data")
+    r.add_argument("--recover-minutes", type=float, metavar="M",
+                   help="time budget of --recover in minutes (default 10 when --recover-steps is not given)")
+    r.add_argument("--recover-steps", type=int, metavar="N", help="optimizer steps of --recover (with "
+                   "--recover-minutes: whichever ends first)")
+    r.add_argument("--recover-lr", type=float, default=1e-4, metavar="LR",
+                   help="peak learning rate of --recover (default 1e-4, for pretrained transformers; small "
+                        "models trained from scratch take ~1e-3)")
+    r.add_argument("--recover-gradual", action="store_true",
+                   help="prune during training instead of one-shot: sparsity grows on a cubic schedule from 0 "
+                        "to the target over the first 2/3 of the budget (--prune magnitude or block)")
     c.add_argument("--report", metavar="REPORT.json", help="also write the accuracy report as JSON")
     c.add_argument("--seed", type=int, default=0, help="seed for random pruning and random calibration inputs")
     c.add_argument("-q", "--quiet", action="store_true", help="no per-layer progress and report table")
@@ -246,6 +263,8 @@ def _convert_options(args):
         _require_file(args.calib, "calibration file")
     if args.calib_text is not None:
         _require_file(args.calib_text, "calibration text file")
+    if args.recover_data is not None and not Path(args.recover_data).is_dir():
+        _require_file(args.recover_data, "recovery data file")
     if args.tokenizer is not None and not Path(args.tokenizer).exists():
         raise CliError(f"tokenizer folder {args.tokenizer!r} does not exist")
     opts = ConvertOptions(
@@ -256,6 +275,8 @@ def _convert_options(args):
         smooth=args.smooth, calib=args.calib, calib_text=args.calib_text, tokenizer=args.tokenizer,
         seq_len=args.seq_len, calib_method=args.calib_method,
         percentile=args.percentile, keep_fp32=args.keep_fp32, skip=args.skip, max_error=args.max_error, holdout=args.holdout,
+        recover=args.recover, recover_data=args.recover_data, recover_minutes=args.recover_minutes,
+        recover_steps=args.recover_steps, recover_lr=args.recover_lr, recover_gradual=args.recover_gradual,
         seed=args.seed)
     opts.validate()
     return opts

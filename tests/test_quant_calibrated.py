@@ -229,7 +229,7 @@ def test_gptq_unpruned_by_the_budget_is_rounded_from_the_original(outlier_model)
     ({"quant_method": "gptq", "calib": [{}]}, "needs quant='int8' or 'int4'"),
     ({"quant": "int8", "quant_method": "gptq", "symmetric": False, "calib": [{}]}, "symmetric weights"),
     ({"quant": "int8", "quant_method": "optq"}, "quant_method must be one of rtn, gptq"),
-    ({"quant": "int8", "smooth": 0.5, "calib": [{}]}, "needs quant='int8' and act='static'"),
+    ({"quant": "int4", "smooth": 0.5, "calib": [{}]}, "it needs quant='int8'"),
     ({"quant": "int8", "act": "static", "smooth": 1.5, "calib": [{}]}, "alpha, in (0, 1)"),
     ({"quant": "int8", "act": "static", "smooth": 0.5}, "smooth (SmoothQuant) needs real calibration data"),
 ])

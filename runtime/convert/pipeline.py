@@ -71,6 +71,14 @@ class ConvertOptions:
     skip: list[str] = field(default_factory=list)                   # not pruned (still quantized)
     max_error: float | None = None  # minimum cosine similarity of the outputs
     holdout: float = 0.2            # fraction of real calibration feeds kept for evaluation only
+    # distillation recovery (runtime/convert/recover.py): fine-tune the pruned fp32 model
+    # toward the original on unlabeled data before quantizing (needs PyTorch)
+    recover: bool = False
+    recover_data: Any = None        # like calib (.npz, .npy folder, iterable); None: the calibration data
+    recover_minutes: float | None = None   # time budget; default RECOVER_MINUTES without recover_steps
+    recover_steps: int | None = None
+    recover_lr: float = 1e-4
+    recover_gradual: bool = False   # prune gradually during training (cubic schedule) instead of one-shot
     seed: int = 0
 
     def validate(self) -> None:
@@ -102,10 +110,35 @@ class ConvertOptions:
             raise ValueError("give one calibration source: calib (arrays) or calib_text (text), not both")
         if self.calib_text is not None and self.tokenizer is None:
             raise ValueError("calib_text needs a tokenizer: a Hugging Face tokenizer folder holding tokenizer.json")
-        if self.tokenizer is not None and self.calib_text is None:
-            raise ValueError("a tokenizer was given without calib_text (the text file it tokenizes)")
+        if self.tokenizer is not None and self.calib_text is None and self.recover_data is None:
+            raise ValueError("a tokenizer was given without calib_text or recover_data (the text file it tokenizes)")
         if not isinstance(self.seq_len, int) or isinstance(self.seq_len, bool) or self.seq_len < 1:
             raise ValueError(f"seq_len must be a positive int (tokens per text sample); got {self.seq_len!r}")
+        if self.recover:
+            if self.prune == "none":
+                raise ValueError("recover fine-tunes a pruned model toward the original: it needs pruning "
+                                 "(prune='magnitude', 'nm', 'block' or 'channel')")
+            if self.recover_data is None and not self.has_calib:
+                raise ValueError("recover needs real data (recover_data, or calibration data: calib / "
+                                 "calib_text): trained on random inputs, the model would fit noise")
+            if self.recover_minutes is not None and not (isinstance(self.recover_minutes, (int, float))
+                                                         and self.recover_minutes > 0):
+                raise ValueError(f"recover_minutes must be > 0, got {self.recover_minutes!r}")
+            if self.recover_steps is not None and not (isinstance(self.recover_steps, int)
+                                                       and self.recover_steps > 0):
+                raise ValueError(f"recover_steps must be a positive int, got {self.recover_steps!r}")
+            if not (isinstance(self.recover_lr, (int, float)) and self.recover_lr > 0):
+                raise ValueError(f"recover_lr must be > 0, got {self.recover_lr!r}")
+            if self.recover_gradual and self.prune_method not in ("auto", "magnitude"):
+                raise ValueError("recover_gradual grows the masks by magnitude during training: it takes "
+                                 f"prune_method 'auto' or 'magnitude', got {self.prune_method!r}")
+            if self.recover_gradual and self.prune not in ("magnitude", "block"):
+                raise ValueError("recover_gradual raises unstructured or block sparsity step by step: it needs "
+                                 f"prune='magnitude' or 'block', got {self.prune!r}")
+        elif self.recover_data is not None or self.recover_gradual or self.recover_steps is not None \
+                or self.recover_minutes is not None:
+            raise ValueError("recover_data / recover_minutes / recover_steps / recover_gradual were given "
+                             "without recover=True (--recover)")
         if isinstance(self.holdout, bool) or not isinstance(self.holdout, (int, float)) \
                 or not 0.0 <= float(self.holdout) < 1.0:
             raise ValueError(f"holdout is the fraction of calibration feeds kept for evaluation, in [0, 1); "
@@ -126,9 +159,9 @@ class ConvertOptions:
             if isinstance(self.smooth, bool) or not isinstance(self.smooth, (int, float)) \
                     or not 0.0 < float(self.smooth) < 1.0:
                 raise ValueError(f"smooth is SmoothQuant's alpha, in (0, 1) (0.5 is usual); got {self.smooth!r}")
-            if self.quant != "int8" or self.act != "static":
-                raise ValueError("smooth (SmoothQuant) balances static int8 activations: it needs quant='int8' "
-                                 "and act='static'")
+            if self.quant != "int8":
+                raise ValueError("smooth (SmoothQuant) balances int8 activations against int8 weights: it needs "
+                                 "quant='int8'")
             if not self.has_calib:
                 raise ValueError("smooth (SmoothQuant) needs real calibration data (calib): the activation "
                                  "ranges it balances are the layers' real inputs")
@@ -158,6 +191,8 @@ class ConvertOptions:
         real calibration data, magnitude without (and says why)."""
         if self.prune not in MASK_KINDS:
             return "magnitude", None
+        if self.recover_gradual:      # the masks grow during training, by magnitude (recover.py)
+            return "magnitude", None
         if self.prune_method != "auto":
             return self.prune_method, None
         if self.scope == "global":
@@ -177,6 +212,8 @@ class ConvertOptions:
     def compresses(self) -> bool:
         return self.prune != "none" or self.quant != "none"
 
+
+RECOVER_MINUTES = 10.0   # the recovery budget when neither minutes nor steps are given
 
 # a conversion whose outputs fall below this cosine to the fp32 model's ends with a warning
 COLLAPSE_COSINE = 0.9
@@ -413,6 +450,7 @@ def compress(graph: Graph, opts: ConvertOptions, say: Callable[[str], None] = la
     else:
         feeds = cal.feeds_from_iterable(opts.calib, graph)
     feeds, held = _split_holdout(feeds, opts.holdout)
+    recover_feeds = _load_recover_data(opts.recover_data, graph, opts) if opts.recover else None
     source = feeds.source
     say(f"{len(layers)} weight layers; evaluating on {source}")
     fp32_graph = graph
@@ -446,10 +484,19 @@ def compress(graph: Graph, opts: ConvertOptions, say: Callable[[str], None] = la
         graph = _plan_masks(graph, layers, plans, opts, pr, method, feeds, say)
 
     # --- layer by layer on the real inputs: SmoothQuant, obs / wanda, GPTQ ------------------
-    calibrated_prune = opts.prune in MASK_KINDS and report.options.get("prune_method") in ("wanda", "obs")
-    if calibrated_prune or opts.quant_method == "gptq" or opts.smooth is not None:
-        graph = _calibrated_pass(graph, layers, plans, opts, report.options.get("prune_method", "magnitude"),
-                                 feeds, say)
+    # (with recovery: obs / wanda first, then training, then SmoothQuant and GPTQ on the
+    # trained weights)
+    method = report.options.get("prune_method", "magnitude")
+    calibrated_prune = opts.prune in MASK_KINDS and method in ("wanda", "obs") and not opts.recover_gradual
+    quant_steps = opts.quant_method == "gptq" or opts.smooth is not None
+    if opts.recover:
+        if calibrated_prune:
+            graph = _calibrated_pass(graph, layers, plans, opts, method, feeds, say, quant=False)
+        graph = _recover(graph, fp32_graph, layers, plans, opts, feeds, recover_feeds or feeds, report, say)
+        if quant_steps:
+            graph = _calibrated_pass(graph, layers, plans, opts, "magnitude", feeds, say)
+    elif calibrated_prune or quant_steps:
+        graph = _calibrated_pass(graph, layers, plans, opts, method, feeds, say)
 
     # --- static activation ranges (on the pruned fp32 model) ------------------------------
     quantized = [lr for lr in layers if not plans[lr.name].keep_fp32]
@@ -591,7 +638,7 @@ def _finish_notes(todo: list[Layer], plans: dict[str, _Plan], opts: ConvertOptio
 
 
 def _calibrated_pass(graph: Graph, layers: list[Layer], plans: dict[str, _Plan], opts: ConvertOptions,
-                     method: str, feeds, say: Callable[[str], None]) -> Graph:
+                     method: str, feeds, say: Callable[[str], None], quant: bool = True) -> Graph:
     """SmoothQuant, obs / wanda pruning and GPTQ, layer by layer in graph order on the real
     inputs (runtime/convert/sequential.py), for Linear and group-1 Conv layers not kept in
     fp32. Returns a copy of ``graph`` with the changed weights (and any smoothing nodes);
@@ -602,8 +649,9 @@ def _calibrated_pass(graph: Graph, layers: list[Layer], plans: dict[str, _Plan],
     kind = MASK_KINDS.get(opts.prune, "unstructured")
     steps = seq.Steps(prune_method=method if calibrated_prune else None, mask_kind=kind, nm=tuple(opts.nm),
                       block=tuple(opts.block), gptq_bits={"int8": 8, "int4": 4}.get(opts.quant)
-                      if opts.quant_method == "gptq" else None, per_channel=opts.per_channel,
-                      group_size=opts.group_size, act_order=opts.act_order, smooth_alpha=opts.smooth)
+                      if opts.quant_method == "gptq" and quant else None, per_channel=opts.per_channel,
+                      group_size=opts.group_size, act_order=opts.act_order,
+                      smooth_alpha=opts.smooth if quant else None)
 
     def prune_sparsity(lr: Layer) -> float | None:
         s = _layer_sparsity(lr, opts)
@@ -617,6 +665,77 @@ def _calibrated_pass(graph: Graph, layers: list[Layer], plans: dict[str, _Plan],
     if calibrated_prune:
         _finish_notes(chosen, plans, opts)
     return graph
+
+
+def _load_recover_data(data, graph: Graph, opts: ConvertOptions):
+    """The training feeds of recovery: None (use the calibration feeds), an .npz, a folder of
+    .npy files, a text file (with opts.tokenizer), or an iterable of feed dicts."""
+    from . import calibrate as cal
+    if data is None:
+        return None
+    if not isinstance(data, (str, os.PathLike)):
+        return cal.feeds_from_iterable(data, graph)
+    if os.path.isdir(data):
+        from .data import load_npy_dir
+        return load_npy_dir(data, graph)
+    if os.fspath(data).endswith(".npz"):
+        return cal.load_calib_npz(data, graph)
+    if opts.tokenizer is None:
+        raise ValueError(f"recover data {os.fspath(data)!r}: expected an .npz file, a folder of .npy files, or a "
+                         "text file with a tokenizer (tokenizer / --tokenizer DIR)")
+    from .data import load_text_feeds
+    return load_text_feeds(data, opts.tokenizer, graph, seq_len=opts.seq_len)
+
+
+def _recover(graph: Graph, teacher: Graph, layers: list[Layer], plans: dict[str, _Plan], opts: ConvertOptions,
+             feeds, data, report: Report, say: Callable[[str], None]) -> Graph:
+    """Distillation recovery (runtime/convert/recover.py): the pruned fp32 ``graph`` trained
+    toward ``teacher`` (the original) on opts.recover_data (default: the calibration feeds),
+    masks fixed (or, with recover_gradual, grown on a cubic schedule from dense to each layer's
+    sparsity). Returns a copy with the trained weights; plans get the final masks."""
+    from .recover import recover
+    masks = {lr.weight_name: plans[lr.name].mask for lr in layers if plans[lr.name].mask is not None}
+    gradual, target = {}, {}
+    if opts.recover_gradual:
+        kind = MASK_KINDS[opts.prune]
+        for lr in layers:
+            plan = plans[lr.name]
+            if plan.mask is not None:
+                gradual[lr.weight_name] = lambda w, s, kind=kind: _magnitude_mask(
+                    w.reshape(w.shape[0], -1), kind, s, opts).reshape(w.shape)
+                target[lr.weight_name] = plan.sparsity
+        masks = {}
+    minutes = opts.recover_minutes if opts.recover_minutes or opts.recover_steps else RECOVER_MINUTES
+    budget = " and ".join(x for x in (f"{minutes:g} min" if minutes else "",
+                                      f"{opts.recover_steps} steps" if opts.recover_steps else "") if x)
+    say(f"recovery: distilling the pruned model toward the original on {data.source if hasattr(data, 'source') else 'the given data'}"
+        f", {len(masks) or len(gradual)} pruned weight(s), budget {budget}"
+        f"{', gradual pruning' if gradual else ''}")
+    before = output_metrics(_run(graph, feeds), _run(teacher, feeds))["cosine"]
+    result = recover(graph, teacher, masks, data, minutes=minutes, steps=opts.recover_steps, lr=opts.recover_lr,
+                     gradual=gradual or None, target=target or None, seed=opts.seed, say=say)
+    out = _copy(graph)
+    for name, w in result.weights.items():
+        out.initializers[name] = dense_tensor(name, np.asarray(w, np.float32))
+    originals = teacher.initializers
+    for lr in layers:
+        plan = plans[lr.name]
+        if lr.weight_name in result.masks:
+            plan.mask = np.asarray(result.masks[lr.weight_name], bool)
+            plan.sparsity = 1.0 - float(np.count_nonzero(plan.mask)) / plan.mask.size
+        orig = originals.get(lr.weight_name)
+        if plan.fp32_weight is None and orig is not None and tuple(orig.shape) == tuple(out.initializers[lr.weight_name].shape):
+            plan.fp32_weight = np.asarray(orig.fields["data"])    # what a budget fallback gives back
+        if plan.mask is not None:
+            plan.note = "; ".join(x for x in (plan.note, "recovered by distillation") if x)
+    after = output_metrics(_run(out, feeds), _run(teacher, feeds))["cosine"]
+    report.recovery = {"steps": result.steps, "seconds": round(result.seconds, 1), "loss_start": result.loss_start,
+                       "loss_end": result.loss_end, "interrupted": result.interrupted,
+                       "cosine_before": before, "cosine_after": after, "gradual": bool(gradual),
+                       "data": getattr(data, "source", "the given data")}
+    say(f"recovery: {result.steps} steps in {result.seconds:.0f} s, loss {result.loss_start:.4f} -> "
+        f"{result.loss_end:.4f}, fp32 cosine to the original {before:.4f} -> {after:.4f}")
+    return out
 
 
 def _channel_note_map(result) -> dict[str, str]:
@@ -835,6 +954,9 @@ def _options_dict(opts: ConvertOptions) -> dict:
     calib = d.pop("calib")
     d["calib"] = None if calib is None else (os.fspath(calib) if isinstance(calib, (str, os.PathLike))
                                              else "python iterable")
+    rd = d.pop("recover_data")
+    d["recover_data"] = None if rd is None else (os.fspath(rd) if isinstance(rd, (str, os.PathLike))
+                                                 else "python iterable")
     for key in ("calib_text", "tokenizer"):      # JSON: a PathLike becomes its string
         d[key] = None if d[key] is None else os.fspath(d[key])
     d["nm"] = f"{opts.nm[0]}:{opts.nm[1]}"

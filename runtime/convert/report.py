@@ -65,6 +65,7 @@ class Report:
     # GPTQ, ranges, the budget): what to expect on data the conversion did not see
     held_out: dict[str, Any] = field(default_factory=dict)
     held_out_source: str = ""
+    recovery: dict[str, Any] = field(default_factory=dict)   # distillation: steps, losses, cosines
     budget: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     embeddings: list[EmbeddingReport] = field(default_factory=list)
@@ -117,6 +118,11 @@ class Report:
             if e.get("top1_agreement") is not None:
                 line += f", top-1 agreement {e['top1_agreement'] * 100:.2f}%"
             out.append(line)
+        if self.recovery:
+            r = self.recovery
+            out.append(f"recovery: {r['steps']} steps in {r['seconds']} s on {r['data']}, loss {r['loss_start']:.4f} "
+                       f"-> {r['loss_end']:.4f}, fp32 cosine {r['cosine_before']:.4f} -> {r['cosine_after']:.4f}"
+                       f"{' (interrupted)' if r['interrupted'] else ''}")
         if self.budget:
             out.append(f"accuracy budget: {self.budget['summary']}")
         out += [f"note: {n}" for n in self.notes]
