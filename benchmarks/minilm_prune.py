@@ -52,6 +52,14 @@ OPTION_SETS = [
     ("static int8 smooth 0.8 percentile", dict(quant="int8", act="static", smooth=0.8, calib_method="percentile")),
     ("int8 smooth 0.5", dict(quant="int8", smooth=0.5)),
     ("int8 smooth 0.5 gptq", dict(quant="int8", smooth=0.5, quant_method="gptq")),
+    ("int8 smooth 0.5, no calibration holdout", dict(quant="int8", smooth=0.5, holdout=0.0)),
+    # distillation recovery (issue 13 item 4): --recover-minutes sets the budget of these
+    ("2:4 + int8, obs + recover", dict(prune="nm", quant="int8", smooth=0.5, recover=True)),
+    ("80% + int8, obs + recover", dict(prune="magnitude", sparsity=0.8, quant="int8", smooth=0.5, recover=True)),
+    ("90% 4x1 + int8, obs + recover", dict(prune="block", block=(4, 1), sparsity=0.9, quant="int8", smooth=0.5,
+                                           recover=True)),
+    ("90% 4x1 + int8, gradual recover", dict(prune="block", block=(4, 1), sparsity=0.9, quant="int8", smooth=0.5,
+                                             recover=True, recover_gradual=True)),
     ("2:4 + int8, obs + gptq", dict(prune="nm", prune_method="obs", quant="int8", quant_method="gptq")),
     ("50% + int8, obs + gptq", dict(prune="magnitude", sparsity=0.5, prune_method="obs", quant="int8",
                                     quant_method="gptq")),
@@ -116,6 +124,8 @@ def main() -> None:
     ap.add_argument("--eval", type=int, default=256, help="evaluation sentences, disjoint (default: 256)")
     ap.add_argument("--seq", type=int, default=64, help="tokens per sentence, padded (default: 64)")
     ap.add_argument("--only", nargs="*", help="labels of the option sets to run (default: all)")
+    ap.add_argument("--recover-minutes", type=float, default=10.0,
+                    help="time budget of each distillation recovery (default: 10)")
     ap.add_argument("--save", metavar="DIR", help="keep the exported .onnx and every .qrt in DIR (for qrt bench)")
     args = ap.parse_args()
     import torch
@@ -130,13 +140,21 @@ def main() -> None:
     calib_texts = [texts[i] for i in order[:args.calib]]
     eval_texts = [texts[i] for i in order[args.calib:args.calib + args.eval]]
     print(f"# {len(texts)} sentences from pydoc_data.topics: {len(calib_texts)} calibration, "
+          f"{len(texts) - len(eval_texts)} for recovery training, "
           f"{len(eval_texts)} evaluation; {args.seq} tokens; torch {torch.__version__}; "
           f"load average {os.getloadavg()[0]:.2f}", flush=True)
     calib = feeds_of(tok, calib_texts, args.seq, 16)
+    # recovery trains on every sentence that is not an evaluation sentence (calibration included)
+    held = set(order[args.calib:args.calib + args.eval].tolist())
+    train_texts = [texts[i] for i in order if i not in held]
+    train = feeds_of(tok, train_texts, args.seq, 16)
     evals = feeds_of(tok, eval_texts, args.seq, 32)
     with torch.no_grad():
         ref = np.concatenate([embed(model(**{k: torch.from_numpy(v) for k, v in f.items()})[0].numpy(),
                                     f["attention_mask"]) for f in evals])
+    def progress(line: str) -> None:     # the recovery's progress lines, so long runs show life
+        if line.startswith("recovery"):
+            print("   ", line, flush=True)
     rows = []
     with tempfile.TemporaryDirectory() as d:
         if args.save:
@@ -149,7 +167,9 @@ def main() -> None:
                 continue
             out = os.path.join(args.save or d, re.sub(r"[^A-Za-z0-9]+", "_", label).strip("_") + ".qrt")
             t0 = time.perf_counter()
-            runtime.convert(onnx_path, out, calib=calib, **opts)
+            if opts.get("recover"):
+                opts = dict(opts, recover_data=train, recover_minutes=args.recover_minutes)
+            runtime.convert(onnx_path, out, calib=calib, progress=progress, **opts)
             secs = time.perf_counter() - t0
             size = os.path.getsize(out)
             fp32_bytes = fp32_bytes or (size if label == "fp32" else None)

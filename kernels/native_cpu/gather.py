@@ -18,8 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from kernels.reference._common import normalize_axis
-from kernels.reference.packed_gather import check_index_dtype, index_error, packed_gather_factory
+from kernels.reference.packed_gather import check_index_dtype, index_error, row_gather_factory
 from kernels.registry import register
 from runtime.layouts import PackedTensor, dense_view_2d
 
@@ -75,20 +74,7 @@ class NativeTable:
         return out.reshape(idx.shape + tuple(self.table.shape[1:]))
 
 
-def gather_factory(attrs: dict, weights: dict):
-    """Kernel factory of (Gather, int8 | int4_grouped, native): run(table, indices)."""
-    table = weights.get(0)
-    axis = int(attrs.get("axis", 0))
-    if not isinstance(table, PackedTensor):
-        raise TypeError(f"Gather: the table must be an initializer in a packed layout, got {type(table).__name__}")
-    if normalize_axis(axis, len(table.shape), "Gather axis") != 0:
-        return packed_gather_factory(attrs, weights)
-    plan = NativeTable(table)
-
-    def run(data, indices):
-        p = plan if data is table else NativeTable(data)
-        return (p.lookup(indices),)
-    return run
+gather_factory = row_gather_factory(NativeTable, "native")
 
 
 for _layout in ("int8", "int4_grouped"):

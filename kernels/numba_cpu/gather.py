@@ -27,8 +27,7 @@ from typing import Any
 import numpy as np
 from numba import njit
 
-from kernels.reference._common import normalize_axis
-from kernels.reference.packed_gather import check_index_dtype, index_error, packed_gather_factory
+from kernels.reference.packed_gather import check_index_dtype, index_error, row_gather_factory
 from kernels.registry import register
 from runtime.layouts import PackedTensor, dense_view_2d
 
@@ -129,21 +128,7 @@ class _Table:
         return out.reshape(idx.shape + tuple(self.table.shape[1:]))
 
 
-def gather_factory(attrs: dict, weights: dict):
-    """Kernel factory of (Gather, int8 | int4_grouped, numba): run(table, indices). Axis 0 runs
-    the kernels above; any other axis the reference (dequantizing the table at plan time)."""
-    table = weights.get(0)
-    axis = int(attrs.get("axis", 0))
-    if not isinstance(table, PackedTensor):
-        raise TypeError(f"Gather: the table must be an initializer in a packed layout, got {type(table).__name__}")
-    if normalize_axis(axis, len(table.shape), "Gather axis") != 0:
-        return packed_gather_factory(attrs, weights)
-    plan = _Table(table)
-
-    def run(data, indices):
-        p = plan if data is table else _Table(data)
-        return (p.lookup(indices),)
-    return run
+gather_factory = row_gather_factory(_Table, "numba")
 
 
 for _layout in ("int8", "int4_grouped"):

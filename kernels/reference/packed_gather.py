@@ -97,3 +97,24 @@ def packed_gather_factory(attrs: dict, weights: dict) -> Callable[..., tuple]:
 
 for _layout in PACKED_LAYOUTS:
     register("Gather", "reference", _layout)(packed_gather_factory)
+
+
+def row_gather_factory(plan: Callable[[PackedTensor], Any], backend: str) -> Callable[..., Callable[..., tuple]]:
+    """The kernel factory a CPU backend registers for (Gather, int8 | int4_grouped): axis 0 runs
+    ``plan(table).lookup(indices)`` (the backend's row kernels, planned once per table); any
+    other axis runs the reference, which dequantizes the table at plan time."""
+    def factory(attrs: dict, weights: dict):
+        table = weights.get(0)
+        axis = int(attrs.get("axis", 0))
+        if not isinstance(table, PackedTensor):
+            raise TypeError(f"Gather: the table must be an initializer in a packed layout, got {type(table).__name__}")
+        if normalize_axis(axis, len(table.shape), "Gather axis") != 0:
+            return packed_gather_factory(attrs, weights)
+        planned = plan(table)
+
+        def run(data, indices):
+            p = planned if data is table else plan(data)
+            return (p.lookup(indices),)
+        return run
+    factory.__doc__ = f"Kernel factory of (Gather, int8 | int4_grouped, {backend}): run(table, indices)."
+    return factory

@@ -251,71 +251,18 @@ def _sum(a, *xs):
     return out
 
 
-@_op("Sqrt")
-def _sqrt(a, x):
-    return x.sqrt()
-
-
-@_op("Neg")
-def _neg(a, x):
-    return -x
-
-
-@_op("Abs")
-def _abs(a, x):
-    return x.abs()
-
-
-@_op("Exp")
-def _exp(a, x):
-    return x.exp()
-
-
-@_op("Log")
-def _log(a, x):
-    return x.log()
-
-
-@_op("Erf")
-def _erf(a, x):
-    import torch
-    return torch.erf(x)
+# Elementwise ops that are one torch function of a float tensor (the reference's numpy
+# function of the same name): the tensor method of that name.
+_UNARY = {"Sqrt": "sqrt", "Neg": "neg", "Abs": "abs", "Exp": "exp", "Log": "log", "Erf": "erf",
+          "Sigmoid": "sigmoid", "Tanh": "tanh", "Reciprocal": "reciprocal", "Floor": "floor", "Ceil": "ceil"}
+for _name, _fn in _UNARY.items():
+    _op(_name)(lambda a, x, _fn=_fn: getattr(x, _fn)())
 
 
 @_op("Relu")
 def _relu(a, x):
     import torch
     return torch.relu(x) if _is_float(x) else torch.clamp(x, min=0)
-
-
-@_op("Sigmoid")
-def _sigmoid(a, x):
-    import torch
-    return torch.sigmoid(x)
-
-
-@_op("Tanh")
-def _tanh(a, x):
-    import torch
-    return torch.tanh(x)
-
-
-@_op("Reciprocal")
-def _reciprocal(a, x):
-    import torch
-    return torch.reciprocal(x)
-
-
-@_op("Floor")
-def _floor(a, x):
-    import torch
-    return torch.floor(x)
-
-
-@_op("Ceil")
-def _ceil(a, x):
-    import torch
-    return torch.ceil(x)
 
 
 @_op("Identity")
