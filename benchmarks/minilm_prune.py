@@ -153,7 +153,7 @@ def main() -> None:
         ref = np.concatenate([embed(model(**{k: torch.from_numpy(v) for k, v in f.items()})[0].numpy(),
                                     f["attention_mask"]) for f in evals])
     def progress(line: str) -> None:     # the recovery's progress lines, so long runs show life
-        if line.startswith("recovery"):
+        if line.startswith("recover"):
             print("   ", line, flush=True)
     rows = []
     with tempfile.TemporaryDirectory() as d:

@@ -22,6 +22,16 @@ class CliError(Exception):
     """An error whose message is meant for the user as is."""
 
 
+def _alpha(text: str):
+    """--smooth: a float, or "auto"."""
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1) or 'auto', got {text!r}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -83,15 +93,19 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--per-tensor", action="store_true", help="one int8 weight scale per tensor (default: per output channel)")
     q.add_argument("--asymmetric", action="store_true", help="asymmetric weights with a zero point (default: symmetric)")
     q.add_argument("--group-size", type=int, default=64, help="int4 group size (32, 64 or 128)")
+    q.add_argument("--embed-quant", default="auto", choices=["auto", "int8", "int4", "none"],
+                   help="embedding tables (constant tables read by Gather): auto (default) = int8 per row "
+                        "whenever --quant is int8 or int4; int4 = int4_grouped along the row; none = fp32")
     q.add_argument("--quant-method", default="rtn", choices=["rtn", "gptq"],
                    help="how weights are rounded: rtn (round to nearest, default) or gptq (each layer's "
                         "rounding error corrected on its calibration inputs; needs calibration data, "
                         "composes with pruning)")
     q.add_argument("--no-act-order", action="store_true",
                    help="gptq: visit the inputs in their order instead of largest activations first")
-    q.add_argument("--smooth", type=float, metavar="ALPHA",
+    q.add_argument("--smooth", type=_alpha, metavar="ALPHA|auto",
                    help="SmoothQuant for int8 activations (static above all): move activation outliers into the weights by "
-                        "max|X|^ALPHA / max|W|^(1-ALPHA) per input channel (0.5 is usual; needs calibration data)")
+                        "max|X|^ALPHA / max|W|^(1-ALPHA) per input channel (0.5 is usual; auto: the alpha with the "
+                        "lowest int8 output error per layer input, or none; needs calibration data)")
     q.add_argument("--calib", metavar="FILE.npz|DIR", help="calibration data: an .npz of arrays named like "
                    "the model inputs, or a folder with one INPUT_NAME.npy per model input; first axis = "
                    "samples (default: random inputs, reported as such)")
@@ -271,7 +285,7 @@ def _convert_options(args):
         prune=args.prune, prune_method=args.prune_method, sparsity=args.sparsity, layer_sparsity=layer_sparsity,
         nm=_pair(args.nm, ":", "--nm"), block=_pair(args.block, "x", "--block"), scope=args.scope,
         quant=args.quant, act=args.act, per_channel=not args.per_tensor, symmetric=not args.asymmetric,
-        group_size=args.group_size, quant_method=args.quant_method, act_order=not args.no_act_order,
+        group_size=args.group_size, quant_method=args.quant_method, embed_quant=args.embed_quant, act_order=not args.no_act_order,
         smooth=args.smooth, calib=args.calib, calib_text=args.calib_text, tokenizer=args.tokenizer,
         seq_len=args.seq_len, calib_method=args.calib_method,
         percentile=args.percentile, keep_fp32=args.keep_fp32, skip=args.skip, max_error=args.max_error, holdout=args.holdout,

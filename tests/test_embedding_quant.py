@@ -294,8 +294,10 @@ def test_patterns_that_match_nothing_or_only_a_table_for_pruning_are_refused():
 
 
 @pytest.mark.parametrize("options,layout,zero_point", [
-    ({"quant": "int4", "group_size": 16}, "int4_grouped", False),
-    ({"quant": "int4", "group_size": 32, "symmetric": False}, "int4_grouped", True),
+    ({"quant": "int4", "group_size": 16, "embed_quant": "int4"}, "int4_grouped", False),
+    ({"quant": "int4", "group_size": 32, "symmetric": False, "embed_quant": "int4"}, "int4_grouped", True),
+    ({"quant": "int4", "group_size": 32}, "int8", False),          # auto: int8 tables under int4 layers
+    ({"quant": "int8", "embed_quant": "none"}, "dense", False),
     ({"quant": "int8", "symmetric": False}, "int8", True),
     ({"quant": "int8", "per_channel": False}, "int8", False),
     ({"quant": "int8", "prune": "magnitude", "sparsity": 0.5}, "int8", False),
@@ -309,13 +311,15 @@ def test_int4_asymmetric_and_pruned_conversions(options, layout, zero_point):
     for name in ("word", "types"):
         t = q.initializers[name]
         assert t.layout == layout and ("zero_point" in t.fields) == zero_point
+        if layout == "dense":
+            continue
         if layout == "int4_grouped":
             assert t.params["group_size"] == options["group_size"]
             assert t.fields["scale"].shape == (arrays[name].shape[0], D // options["group_size"])
         else:
             assert t.fields["scale"].shape == (arrays[name].shape[0],)      # per row, even per_channel=False
             assert np.count_nonzero(t.fields["qdata"]) > 0.9 * t.fields["qdata"].size   # never pruned
-    floor = INT4_MIN_COSINE if layout == "int4_grouped" else INT8_MIN_COSINE
+    floor = INT4_MIN_COSINE if options["quant"] == "int4" else INT8_MIN_COSINE
     got, want = _outputs(q), _outputs(fp32)
     assert min(_cosine(g, w) for g, w in zip(got, want)) >= floor
 

@@ -253,3 +253,31 @@ def test_cli_flags(tmp_path, outlier_model, capsys):
     import json
     rep = json.loads((tmp_path / "r.json").read_text())
     assert rep["options"]["quant_method"] == "gptq" and rep["options"]["smooth"] == 0.5
+
+
+def test_smooth_auto_searches_alpha_per_input(outlier_model):
+    """smooth="auto": per layer input, the alpha (or none) whose simulated int8 output error is
+    lowest; on the outlier channels it smooths, and it is no worse than a fixed 0.5."""
+    data, calib, held = outlier_model
+    lines: list[str] = []
+    auto = runtime.convert(data, calib=calib, quant="int8", act="static", smooth="auto", progress=lines.append)
+    fixed = runtime.convert(data, calib=calib, quant="int8", act="static", smooth=0.5)
+    searches = [line for line in lines if "alpha search" in line]
+    assert len(searches) == 3, lines
+    assert any("folded into" in lr["note"] or "inserted" in lr["note"] for lr in auto.metadata["report"]["layers"])
+    _, err_auto = _cosine_to_fp32(data, auto, held)
+    _, err_fixed = _cosine_to_fp32(data, fixed, held)
+    assert err_auto <= err_fixed * 1.05, (err_auto, err_fixed)
+
+
+def test_alpha_search_prefers_no_smoothing_without_outliers():
+    from runtime.convert.smooth import search_alpha
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((512, 64))
+    w = rng.standard_normal((32, 64)).astype(np.float32)
+    best, errors = search_alpha(x, x.min(axis=0), x.max(axis=0), w, "dynamic")
+    assert set(errors) == {None, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9}
+    assert errors[best] == min(errors.values())
+    x[:, :3] *= 50                                   # outlier channels: smoothing must win
+    best, errors = search_alpha(x, x.min(axis=0), x.max(axis=0), w, "static")
+    assert best is not None and errors[best] < 0.5 * errors[None], errors

@@ -42,12 +42,24 @@ class LayerInputStats:
     """Accumulates G = X^T X, the row count and the column sums and maxima of |X| over the
     batches of one layer input (the sums for bias correction, the maxima for SmoothQuant)."""
 
-    def __init__(self, k: int):
+    def __init__(self, k: int, sample_rows: int = 0):
         self.k = int(k)
         self.gram = np.zeros((self.k, self.k), np.float64)
         self.rows = 0
         self.col_sum = np.zeros(self.k, np.float64)
         self.absmax = np.zeros(self.k, np.float64)
+        self.col_min = np.zeros(self.k, np.float64)      # min(0, min X[:, j]): ranges include 0
+        self.col_max = np.zeros(self.k, np.float64)
+        # up to ``sample_rows`` rows of every batch, kept as float32 (SmoothQuant's alpha search
+        # simulates quantization on real rows; a fixed seed picks them)
+        self.sample_rows = int(sample_rows)
+        self._samples: list[np.ndarray] = []
+        self._rng = np.random.default_rng(0)
+
+    @property
+    def sample(self) -> np.ndarray:
+        """The kept rows (R, K) float32."""
+        return np.concatenate(self._samples) if self._samples else np.zeros((0, self.k), np.float32)
 
     def add(self, x: np.ndarray) -> None:
         """x (..., K): every leading index is one row of the layer's input."""
@@ -59,6 +71,12 @@ class LayerInputStats:
         self.col_sum += x2.sum(axis=0)
         if x2.shape[0]:
             self.absmax = np.maximum(self.absmax, np.abs(x2).max(axis=0))
+            self.col_min = np.minimum(self.col_min, x2.min(axis=0))
+            self.col_max = np.maximum(self.col_max, x2.max(axis=0))
+            if self.sample_rows:
+                pick = x2 if x2.shape[0] <= self.sample_rows else \
+                    x2[np.sort(self._rng.choice(x2.shape[0], self.sample_rows, replace=False))]
+                self._samples.append(pick.astype(np.float32))
 
 
 def output_error(w_new: np.ndarray, w: np.ndarray, g: np.ndarray) -> float:

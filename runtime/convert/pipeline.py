@@ -36,6 +36,9 @@ QUANT_MODES = ("none", "int8", "int4")
 # how weights are rounded to the grid: round to nearest, or GPTQ's error update from the
 # layer's calibration inputs (runtime/convert/gptq.py)
 QUANT_METHODS = ("rtn", "gptq")
+# embedding tables: "auto" is int8 per row whenever weights are quantized (int8 or int4: an
+# int4 table costs accuracy at the model's very input, measured on MiniLM in RESULTS.md)
+EMBED_QUANTS = ("auto", "int8", "int4", "none")
 ACT_MODES = ("dynamic", "static")
 CALIB_METHODS = ("minmax", "percentile", "mse", "entropy")
 SCOPES = ("layer", "global")
@@ -55,8 +58,9 @@ class ConvertOptions:
     channel_norm: str = "l2"
     quant: str = "none"
     quant_method: str = "rtn"
+    embed_quant: str = "auto"       # EMBED_QUANTS
     act_order: bool = True          # GPTQ visits the inputs with the most energy first
-    smooth: float | None = None     # SmoothQuant alpha for static int8 activations
+    smooth: float | str | None = None   # SmoothQuant alpha for int8 activations, or "auto"
     act: str = "dynamic"
     per_channel: bool = True
     symmetric: bool = True
@@ -89,6 +93,7 @@ class ConvertOptions:
         choice("prune_method", self.prune_method, PRUNE_SELECTIONS)
         choice("quant", self.quant, QUANT_MODES)
         choice("quant_method", self.quant_method, QUANT_METHODS)
+        choice("embed_quant", self.embed_quant, EMBED_QUANTS)
         choice("act", self.act, ACT_MODES)
         choice("calib_method", self.calib_method, CALIB_METHODS)
         choice("scope", self.scope, SCOPES)
@@ -156,9 +161,10 @@ class ConvertOptions:
                 raise ValueError("quant_method='gptq' needs real calibration data (calib): it corrects each "
                                  "layer's rounding error on the layer's real inputs")
         if self.smooth is not None:
-            if isinstance(self.smooth, bool) or not isinstance(self.smooth, (int, float)) \
-                    or not 0.0 < float(self.smooth) < 1.0:
-                raise ValueError(f"smooth is SmoothQuant's alpha, in (0, 1) (0.5 is usual); got {self.smooth!r}")
+            if self.smooth != "auto" and (isinstance(self.smooth, bool) or not isinstance(self.smooth, (int, float))
+                                          or not 0.0 < float(self.smooth) < 1.0):
+                raise ValueError(f"smooth is SmoothQuant's alpha, in (0, 1) (0.5 is usual), or 'auto' (searched per "
+                                 f"layer input); got {self.smooth!r}")
             if self.quant != "int8":
                 raise ValueError("smooth (SmoothQuant) balances int8 activations against int8 weights: it needs "
                                  "quant='int8'")
@@ -322,11 +328,12 @@ def _embedding_matches(e: Embedding, pattern: str) -> bool:
 def _pack_embeddings(graph: Graph, opts: ConvertOptions,
                      say: Callable[[str], None]) -> tuple[Graph, list[EmbeddingReport]]:
     """A copy of ``graph`` with every embedding table (find_embeddings) quantized as ``opts``
-    asks (int8 per row, or int4_grouped with opts.group_size along D; symmetric or not as
-    opts.symmetric), except those --keep-fp32 matches; and one report row per table. With
-    quant "none" the graph is returned as is (tables are never pruned)."""
+    asks (opts.embed_quant: int8 per row, or int4_grouped with opts.group_size along D; "auto"
+    is int8 whenever quant is not "none"; symmetric or not as opts.symmetric), except those
+    --keep-fp32 matches; and one report row per table. Tables are never pruned."""
     from .. import layouts as L
-    tables = find_embeddings(graph) if opts.quant != "none" else []
+    mode = opts.embed_quant if opts.embed_quant != "auto" else ("int8" if opts.quant != "none" else "none")
+    tables = find_embeddings(graph) if mode != "none" else []
     if not tables:
         return graph, []
     out = _copy(graph)
@@ -340,7 +347,7 @@ def _pack_embeddings(graph: Graph, opts: ConvertOptions,
                              f"value(s); fix the model or keep it fp32 (--keep-fp32 {e.table})")
         if hit:
             t, note = graph.initializers[e.table], f"kept fp32 (--keep-fp32 {hit})"
-        elif opts.quant == "int8":
+        elif mode == "int8":
             # per row always (not opts.per_channel, a layers' choice): one scale for a whole
             # vocabulary would flatten every rare token's small row to a few levels
             t, note = L.pack("int8", e.table, w, per_channel=True, symmetric=opts.symmetric), ""
@@ -651,7 +658,7 @@ def _calibrated_pass(graph: Graph, layers: list[Layer], plans: dict[str, _Plan],
                       block=tuple(opts.block), gptq_bits={"int8": 8, "int4": 4}.get(opts.quant)
                       if opts.quant_method == "gptq" and quant else None, per_channel=opts.per_channel,
                       group_size=opts.group_size, act_order=opts.act_order,
-                      smooth_alpha=opts.smooth if quant else None)
+                      smooth_alpha=opts.smooth if quant else None, act=opts.act)
 
     def prune_sparsity(lr: Layer) -> float | None:
         s = _layer_sparsity(lr, opts)

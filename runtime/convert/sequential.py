@@ -38,7 +38,8 @@ class Steps:
     per_channel: bool = True
     group_size: int = 64
     act_order: bool = True
-    smooth_alpha: float | None = None   # SmoothQuant's alpha, or None
+    smooth_alpha: float | str | None = None   # SmoothQuant's alpha, "auto" (searched per input), or None
+    act: str = "dynamic"                # how the activations will be quantized (the alpha search simulates it)
 
 
 def calibratable(node) -> bool:
@@ -72,11 +73,14 @@ def _add_rows(stats, node, x: np.ndarray, wshape: tuple) -> None:
     conv_by_gemm(x, wshape, a["strides"], a["pads"], a["dilations"], 1, gemm)
 
 
-def _measure(graph: Graph, node, wshape: tuple, feeds):
+SAMPLE_ROWS = 512    # rows per calibration batch kept for SmoothQuant's alpha search
+
+
+def _measure(graph: Graph, node, wshape: tuple, feeds, sample: bool = False):
     from . import calibrate as cal
     from . import obs
     x_name = node.inputs[0]
-    stats = obs.LayerInputStats(int(np.prod(wshape[1:])))
+    stats = obs.LayerInputStats(int(np.prod(wshape[1:])), sample_rows=SAMPLE_ROWS if sample else 0)
     sess = cal.probe_session(cal.upstream(graph, [x_name]), [x_name])
     for feed in feeds:
         _add_rows(stats, node, sess.run([x_name], feed)[0], wshape)
@@ -94,7 +98,7 @@ def run(graph: Graph, layers: list, plans: dict, steps: Steps, feeds, *,
     leave its mask alone; baseline_mask(w2d, sparsity): magnitude's mask, for the report's
     "before" error."""
     from . import gptq, obs
-    from .smooth import apply_smoothing, smooth_factors
+    from .smooth import apply_smoothing, search_alpha, smooth_factors
     nodes = {n.name: n for n in graph.nodes}
     stats_by_key: dict[tuple, object] = {}
     done: dict[str, str] = {}              # weight name -> the layer that already handled it
@@ -110,14 +114,29 @@ def run(graph: Graph, layers: list, plans: dict, steps: Steps, feeds, *,
         if key not in stats_by_key:
             # Exact to cache by value: every layer that could change this input comes before
             # its producer, so before its first reader, in graph order.
-            stats = _measure(graph, node, w_full.shape, feeds)
-            if steps.smooth_alpha is not None and node.op == "Linear":
+            auto = steps.smooth_alpha == "auto" and node.op == "Linear"
+            stats = _measure(graph, node, w_full.shape, feeds, sample=auto)
+            alpha = steps.smooth_alpha
+            if auto:
+                group = [m for m in layers[idx:] if nodes[m.name].op == "Linear"
+                         and input_key(nodes[m.name], ()) == key]
+                stacked = np.concatenate([np.asarray(graph.initializers[n].fields["data"]) for n in
+                                          dict.fromkeys(m.weight_name for m in group)])
+                alpha, errors = search_alpha(stats.sample, stats.col_min, stats.col_max, stacked, steps.act)
+                say(f"smooth {node.inputs[0]}: alpha search ({steps.act} int8 output error) "
+                    + ", ".join(f"{'none' if a is None else a}: {e:.4f}" for a, e in errors.items())
+                    + f" -> {'no smoothing' if alpha is None else alpha}")
+                stats._samples = []            # only the search needs the rows
+                if alpha is None:
+                    for m in group:
+                        plans[m.name].note = "not smoothed (alpha search: smoothing did not lower the error)"
+            if alpha is not None and node.op == "Linear":
                 group = [m for m in layers[idx:] if nodes[m.name].op == "Linear"
                          and input_key(nodes[m.name], ()) == key]
                 wnames = list(dict.fromkeys(m.weight_name for m in group))
                 w_absmax = np.max([np.abs(np.asarray(graph.initializers[n].fields["data"])).max(axis=0)
                                    for n in wnames], axis=0)
-                s = smooth_factors(stats.absmax, w_absmax, steps.smooth_alpha)
+                s = smooth_factors(stats.absmax, w_absmax, alpha)
                 how = apply_smoothing(graph, node.inputs[0], [nodes[m.name] for m in group], wnames, s)
                 s64 = s.astype(np.float64)
                 stats.gram = stats.gram / np.outer(s64, s64)
@@ -125,7 +144,7 @@ def run(graph: Graph, layers: list, plans: dict, steps: Steps, feeds, *,
                 stats.col_sum = stats.col_sum / s64
                 for m in group:
                     plans[m.name].smooth = s
-                    plans[m.name].note = f"smoothed (alpha {steps.smooth_alpha}, {how})"
+                    plans[m.name].note = f"smoothed (alpha {alpha}, {how})"
                     if plans[m.name].fp32_weight is not None:
                         plans[m.name].fp32_weight = (plans[m.name].fp32_weight * s[None, :]).astype(np.float32)
                 say(f"smooth {node.inputs[0]}: max|X| {float(stats.absmax.max() * s64.max()):.3g} over "

@@ -24,6 +24,8 @@ from ..graph import Graph, Node, unique_name
 from ..layouts import dense_tensor
 
 S_RANGE = (1e-5, 1e5)     # clip: a channel that is 0 in all calibration data must not blow up
+# alpha "auto": the candidates tried per group of layers (None: no smoothing)
+ALPHAS = (None, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
 def smooth_factors(x_absmax: np.ndarray, w_absmax: np.ndarray, alpha: float) -> np.ndarray:
@@ -35,6 +37,44 @@ def smooth_factors(x_absmax: np.ndarray, w_absmax: np.ndarray, alpha: float) -> 
     s = np.ones_like(x)
     s[ok] = x[ok] ** alpha / w[ok] ** (1.0 - alpha)
     return np.clip(s, *S_RANGE).astype(np.float32)
+
+
+def _fake_quant_rows(x: np.ndarray, act: str, lo: float, hi: float) -> np.ndarray:
+    """x (R, K) float64 through int8 activations as the kernels quantize them (kernels/reference/
+    packed.py): dynamic = symmetric per row; static = one asymmetric (scale, zero point) over
+    [lo, hi] (the calibrated range, min-max)."""
+    if act == "dynamic":
+        s = np.abs(x).max(axis=1, keepdims=True) / 127.0
+        s = np.where(s == 0, 1.0, s)
+        return np.clip(np.rint(x / s), -127, 127) * s
+    scale = (hi - lo) / 255.0 if hi > lo else 1.0
+    z = np.clip(np.rint(-128 - lo / scale), -128, 127)
+    return (np.clip(np.rint(x / scale) + z, -128, 127) - z) * scale
+
+
+def search_alpha(x: np.ndarray, col_min: np.ndarray, col_max: np.ndarray, w: np.ndarray, act: str,
+                 alphas=ALPHAS) -> tuple[float | None, dict]:
+    """The alpha (or None: leave X alone) whose int8 layer output is closest to the float one
+    on the sampled rows x (R, K) of X, for the weights w (N, K) of every layer reading X
+    (stacked): ||Q(X / s) Q(W * s)^T - X W^T|| / ||X W^T||, Q = int8 activations as ``act``
+    quantizes them (the static range from col_min / col_max over all calibration rows) and
+    int8 weights per row, rounded to nearest. Returns (best alpha, {alpha: error})."""
+    from .gptq import rtn_quantize
+    x64 = np.asarray(x, np.float64)
+    w32 = np.asarray(w, np.float32)
+    ref = x64 @ w32.T.astype(np.float64)
+    den = float(np.linalg.norm(ref)) or 1.0
+    absmax = np.maximum(np.abs(col_min), np.abs(col_max))
+    errors = {}
+    for a in alphas:
+        s = np.ones(x.shape[1], np.float32) if a is None else smooth_factors(absmax, np.abs(w32).max(axis=0), a)
+        s64 = s.astype(np.float64)
+        xq = _fake_quant_rows(x64 / s64, act, min(0.0, float((col_min / s64).min())),
+                              max(0.0, float((col_max / s64).max())))
+        wq = rtn_quantize((w32 * s[None, :]).astype(np.float32), 8).astype(np.float64)
+        errors[a] = float(np.linalg.norm(xq @ wq.T - ref)) / den
+    best = min(errors, key=lambda a: errors[a])
+    return best, errors
 
 
 def apply_smoothing(graph: Graph, x_name: str, readers: list[Node], weight_names: list[str],
