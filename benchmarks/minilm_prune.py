@@ -49,6 +49,9 @@ OPTION_SETS = [
     ("static int8 percentile", dict(quant="int8", act="static", calib_method="percentile")),
     ("static int8 smooth 0.5", dict(quant="int8", act="static", smooth=0.5)),
     ("static int8 smooth 0.5 percentile", dict(quant="int8", act="static", smooth=0.5, calib_method="percentile")),
+    ("static int8 smooth auto", dict(quant="int8", act="static", smooth="auto")),
+    ("static int8 smooth auto percentile", dict(quant="int8", act="static", smooth="auto", calib_method="percentile")),
+    ("int8 smooth auto", dict(quant="int8", smooth="auto")),
     ("static int8 smooth 0.8 percentile", dict(quant="int8", act="static", smooth=0.8, calib_method="percentile")),
     ("int8 smooth 0.5", dict(quant="int8", smooth=0.5)),
     ("int8 smooth 0.5 gptq", dict(quant="int8", smooth=0.5, quant_method="gptq")),
@@ -77,6 +80,38 @@ def sentences() -> list[str]:
             if 8 <= len(words) <= 40 and not re.search(r"[{}\[\]=<>*|_]|\.\.\.|>>>", s) and s not in seen:
                 seen.add(s)
                 out.append(s)
+    return out
+
+
+def _keep(s: str) -> bool:
+    words = s.split()
+    return 8 <= len(words) <= 40 and not re.search(r"[{}\[\]=<>*|_]|\.\.\.|>>>", s)
+
+
+def docstring_sentences(exclude: set[str], limit: int) -> list[str]:
+    """Unlabeled English for distillation: sentences of the docstrings of CPython's own standard
+    library sources (read with ast, nothing imported), the same filter as ``sentences``, none of
+    ``exclude`` (the evaluation sentences), in a fixed order, at most ``limit``."""
+    import ast
+    import sysconfig
+    root = Path(sysconfig.get_paths()["stdlib"])
+    out, seen = [], set(exclude)
+    for f in sorted(root.rglob("*.py")):
+        if any(part in ("test", "tests", "idle_test", "site-packages") for part in f.parts):
+            continue
+        try:
+            tree = ast.parse(f.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError, ValueError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                doc = ast.get_docstring(node)
+                for s in re.split(r"(?<=[.!?])\s+(?=[A-Z])", re.sub(r"\s+", " ", doc or "")):
+                    if _keep(s) and s not in seen:
+                        seen.add(s)
+                        out.append(s)
+                        if len(out) >= limit:
+                            return out
     return out
 
 
@@ -124,6 +159,8 @@ def main() -> None:
     ap.add_argument("--eval", type=int, default=256, help="evaluation sentences, disjoint (default: 256)")
     ap.add_argument("--seq", type=int, default=64, help="tokens per sentence, padded (default: 64)")
     ap.add_argument("--only", nargs="*", help="labels of the option sets to run (default: all)")
+    ap.add_argument("--train-extra", type=int, default=8000,
+                    help="docstring sentences added to the recovery training text (default 8000)")
     ap.add_argument("--recover-minutes", type=float, default=10.0,
                     help="time budget of each distillation recovery (default: 10)")
     ap.add_argument("--save", metavar="DIR", help="keep the exported .onnx and every .qrt in DIR (for qrt bench)")
@@ -145,8 +182,11 @@ def main() -> None:
           f"load average {os.getloadavg()[0]:.2f}", flush=True)
     calib = feeds_of(tok, calib_texts, args.seq, 16)
     # recovery trains on every sentence that is not an evaluation sentence (calibration included)
+    # and on sentences of the standard library's docstrings (more text: 610 sentences alone are
+    # learnt by heart within minutes)
     held = set(order[args.calib:args.calib + args.eval].tolist())
     train_texts = [texts[i] for i in order if i not in held]
+    train_texts += docstring_sentences(set(texts), args.train_extra)
     train = feeds_of(tok, train_texts, args.seq, 16)
     evals = feeds_of(tok, eval_texts, args.seq, 32)
     with torch.no_grad():
