@@ -397,6 +397,13 @@ def _cmd_inspect(args) -> int:
         for lr in rep.get("layers", []):
             if lr.get("note"):
                 print(f"  {lr['name']}: {lr['note']}")
+        for e in rep.get("embeddings", []):
+            print(f"  embedding table {e['name']} {'x'.join(map(str, e['shape']))}: {e['layout']}, "
+                  f"{e['ratio']:.3f}x fp32{' - ' + e['note'] if e.get('note') else ''}")
+        r = rep.get("recovery") or {}
+        if r:
+            print(f"  recovery: {r['steps']} steps in {r['seconds']} s, loss {r['loss_start']:.4f} -> "
+                  f"{r['loss_end']:.4f}, fp32 cosine {r['cosine_before']:.4f} -> {r['cosine_after']:.4f}")
         if rep.get("budget"):
             print(f"  accuracy budget: {rep['budget'].get('summary')}")
     return 0

@@ -129,7 +129,8 @@ def run(graph: Graph, layers: list, plans: dict, steps: Steps, feeds, *,
                 stats._samples = []            # only the search needs the rows
                 if alpha is None:
                     for m in group:
-                        plans[m.name].note = "not smoothed (alpha search: smoothing did not lower the error)"
+                        plans[m.name].note = "; ".join(x for x in (plans[m.name].note, "not smoothed (alpha search: "
+                                                                   "smoothing did not lower the error)") if x)
             if alpha is not None and node.op == "Linear":
                 group = [m for m in layers[idx:] if nodes[m.name].op == "Linear"
                          and input_key(nodes[m.name], ()) == key]
@@ -144,7 +145,7 @@ def run(graph: Graph, layers: list, plans: dict, steps: Steps, feeds, *,
                 stats.col_sum = stats.col_sum / s64
                 for m in group:
                     plans[m.name].smooth = s
-                    plans[m.name].note = f"smoothed (alpha {alpha}, {how})"
+                    plans[m.name].note = "; ".join(x for x in (plans[m.name].note, f"smoothed (alpha {alpha}, {how})") if x)
                     if plans[m.name].fp32_weight is not None:
                         plans[m.name].fp32_weight = (plans[m.name].fp32_weight * s[None, :]).astype(np.float32)
                 say(f"smooth {node.inputs[0]}: max|X| {float(stats.absmax.max() * s64.max()):.3g} over "
