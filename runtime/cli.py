@@ -23,13 +23,13 @@ class CliError(Exception):
 
 
 def _alpha(text: str):
-    """--smooth: a float, or "auto"."""
-    if text == "auto":
+    """--smooth: a float, "auto" or "none"."""
+    if text in ("auto", "none"):
         return text
     try:
         return float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1) or 'auto', got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), 'auto' or 'none', got {text!r}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,10 +102,11 @@ def _parser() -> argparse.ArgumentParser:
                         "composes with pruning)")
     q.add_argument("--no-act-order", action="store_true",
                    help="gptq: visit the inputs in their order instead of largest activations first")
-    q.add_argument("--smooth", type=_alpha, metavar="ALPHA|auto",
-                   help="SmoothQuant for int8 activations (static above all): move activation outliers into the weights by "
+    q.add_argument("--smooth", type=_alpha, metavar="ALPHA|auto|none",
+                   help="SmoothQuant for int8 activations: move activation outliers into the weights by "
                         "max|X|^ALPHA / max|W|^(1-ALPHA) per input channel (0.5 is usual; auto: the alpha with the "
-                        "lowest int8 output error per layer input, or none; needs calibration data)")
+                        "lowest int8 output error per layer input, or none; needs calibration data). Default: auto "
+                        "for --quant int8 with calibration data, none otherwise")
     q.add_argument("--calib", metavar="FILE.npz|DIR", help="calibration data: an .npz of arrays named like "
                    "the model inputs, or a folder with one INPUT_NAME.npy per model input; first axis = "
                    "samples (default: random inputs, reported as such)")

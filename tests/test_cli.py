@@ -610,3 +610,20 @@ def test_convert_bad_calibration_file(capsys, tmp_path):
                        "--calib", calib)
     assert_one_line_error(rc, out, err, "convert", "x")
     assert listing(tmp_path) == ["calib.npz", "m.onnx"]
+
+
+def test_convert_smooth_flag(capsys, tmp_path):
+    """--smooth: unset is auto for int8 with calibration data, 'none' turns it off, anything
+    but a number or auto/none is a usage error naming the value."""
+    src = good_model(tmp_path / "m.onnx")
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, x=np.random.default_rng(0).standard_normal((16, 8)).astype(np.float32))
+    for flags, want in (([], "auto"), (["--smooth", "none"], None), (["--smooth", "0.6"], 0.6)):
+        rc, out, err = cli(capsys, "convert", src, "-o", tmp_path / "m.qrt", "--quant", "int8", "--calib", calib,
+                           "--holdout", "0", *flags)
+        assert rc == 0, err
+        assert runtime.load(tmp_path / "m.qrt").metadata["report"]["options"]["smooth"] == want
+    rc, out, err = cli(capsys, "convert", src, "-o", tmp_path / "n.qrt", "--quant", "int8", "--calib", calib,
+                       "--smooth", "strong")
+    assert rc == 2 and "expected a number in (0, 1), 'auto' or 'none', got 'strong'" in err
+    assert not (tmp_path / "n.qrt").exists()

@@ -28,7 +28,9 @@ def _sparsities(g):
 
 def test_recovery_beats_one_shot_and_keeps_the_masks(mlp):
     data, calib, x_te, y_te = mlp
-    opts = dict(calib=calib, prune="magnitude", sparsity=0.9, quant="int8", prune_method="obs")
+    # smooth="none": smoothing runs in the one-shot obs pass but after training with recovery,
+    # and its damping makes the masks differ slightly; the masks are compared below
+    opts = dict(calib=calib, prune="magnitude", sparsity=0.9, quant="int8", prune_method="obs", smooth="none")
     one_shot = runtime.convert(data, **opts)
     lines: list[str] = []
     rec = runtime.convert(data, recover=True, recover_steps=STEPS, recover_lr=1e-3, progress=lines.append, **opts)

@@ -125,7 +125,8 @@ def test_obs_through_the_converter_beats_magnitude(mlp, prune_kind, extra):
     data, calib, x_te, y_te = mlp
     results = {}
     for method in ("magnitude", "wanda", "obs"):
-        g = runtime.convert(data, calib=calib, prune=prune_kind, prune_method=method, quant="int8", **extra)
+        g = runtime.convert(data, calib=calib, prune=prune_kind, prune_method=method, quant="int8", smooth="none",
+                            **extra)
         rep = g.metadata["report"]
         assert rep["options"]["prune_method"] == method
         results[method] = (rep["end_to_end"]["cosine"], digits.accuracy(g, x_te, y_te, "pixels"), g)
@@ -176,9 +177,11 @@ def test_a_reverted_layer_gets_its_original_weight_back(mlp):
     data, calib, *_ = mlp
     original = {n: t.fields["data"] for n, t in runtime.convert.from_onnx(data).initializers.items()
                 if t.layout == "dense"}
-    dense_int8 = runtime.convert(data, calib=calib, quant="int8").metadata["report"]["end_to_end"]["cosine"]
+    # smooth="none": a smoothed layer reads X / s, and its weight comes back as original * s
+    dense_int8 = runtime.convert(data, calib=calib, quant="int8", smooth="none").metadata["report"]["end_to_end"]["cosine"]
     target = dense_int8 + (1 - dense_int8) * 0.5           # beyond int8: needs fp32 layers
-    g = runtime.convert(data, calib=calib, prune="magnitude", sparsity=0.9, quant="int8", max_error=target)
+    g = runtime.convert(data, calib=calib, prune="magnitude", sparsity=0.9, quant="int8", max_error=target,
+                        smooth="none")
     reverted = g.metadata["report"]["budget"]["reverted"]
     assert reverted
     for node in g.nodes:
@@ -226,7 +229,8 @@ def test_strided_dilated_and_grouped_convs():
                             dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
     rng = np.random.default_rng(3)
     calib = [{"x": rng.standard_normal((8, 3, 12, 12)).astype(np.float32)} for _ in range(3)]
-    g = runtime.convert(data, calib=calib, prune="magnitude", sparsity=0.5, prune_method="obs", quant="int8")
+    g = runtime.convert(data, calib=calib, prune="magnitude", sparsity=0.5, prune_method="obs", quant="int8",
+                        smooth="none")
     notes = {lr["name"]: (lr["op"], lr["note"]) for lr in g.metadata["report"]["layers"]}
     grouped = [name for name, (op, note) in notes.items() if note.startswith("pruned by magnitude (obs takes")]
     assert len(grouped) == 1 and notes[grouped[0]][0] == "Conv", notes

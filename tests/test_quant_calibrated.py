@@ -152,7 +152,7 @@ def _cosine_to_fp32(data, g, feed):
 
 def test_smoothquant_lowers_static_int8_error_and_keeps_other_readers_exact(outlier_model):
     data, calib, held = outlier_model
-    plain = runtime.convert(data, calib=calib, quant="int8", act="static")
+    plain = runtime.convert(data, calib=calib, quant="int8", act="static", smooth="none")
     lines: list[str] = []
     smooth = runtime.convert(data, calib=calib, quant="int8", act="static", smooth=0.5, progress=lines.append)
     _, err_plain = _cosine_to_fp32(data, plain, held)
@@ -214,7 +214,7 @@ def test_gptq_unpruned_by_the_budget_is_rounded_from_the_original(outlier_model)
     data, calib, held = outlier_model
     orig = {n: t.fields["data"] for n, t in runtime.convert.from_onnx(data).initializers.items()}
     g = runtime.convert(data, calib=calib, quant="int8", quant_method="gptq", prune="magnitude",
-                        sparsity=0.9, max_error=0.999)
+                        sparsity=0.9, max_error=0.999, smooth="none")   # unsmoothed: orig is the weight
     unpruned = g.metadata["report"]["budget"]["unpruned"]
     assert unpruned
     for node in g.nodes:
@@ -229,7 +229,8 @@ def test_gptq_unpruned_by_the_budget_is_rounded_from_the_original(outlier_model)
     ({"quant_method": "gptq", "calib": [{}]}, "needs quant='int8' or 'int4'"),
     ({"quant": "int8", "quant_method": "gptq", "symmetric": False, "calib": [{}]}, "symmetric weights"),
     ({"quant": "int8", "quant_method": "optq"}, "quant_method must be one of rtn, gptq"),
-    ({"quant": "int4", "smooth": 0.5, "calib": [{}]}, "it needs quant='int8'"),
+    ({"smooth": 0.5, "calib": [{}]}, "it needs quant='int8', got quant='none'"),
+    ({"quant": "int4", "smooth": "auto", "calib": [{}]}, "int4 layers are weight-only"),
     ({"quant": "int8", "act": "static", "smooth": 1.5, "calib": [{}]}, "alpha, in (0, 1)"),
     ({"quant": "int8", "act": "static", "smooth": 0.5}, "smooth (SmoothQuant) needs real calibration data"),
 ])
@@ -281,3 +282,22 @@ def test_alpha_search_prefers_no_smoothing_without_outliers():
     x[:, :3] *= 50                                   # outlier channels: smoothing must win
     best, errors = search_alpha(x, x.min(axis=0), x.max(axis=0), w, "static")
     assert best is not None and errors[best] < 0.5 * errors[None], errors
+
+
+def test_int8_with_calibration_is_smoothed_by_default(outlier_model):
+    """smooth unset: "auto" for int8 with real calibration data (the report says so), no
+    smoothing without it or for int4; "none" turns it off."""
+    data, calib, held = outlier_model
+    default = runtime.convert(data, calib=calib, quant="int8")
+    off = runtime.convert(data, calib=calib, quant="int8", smooth="none")
+    assert default.metadata["report"]["options"]["smooth"] == "auto"
+    assert off.metadata["report"]["options"]["smooth"] is None
+    assert any(n.op == "Mul" and n.name.endswith("/smooth") for n in default.nodes)
+    assert not any(n.name.endswith("/smooth") for n in off.nodes)
+    _, err_default = _cosine_to_fp32(data, default, held)
+    _, err_off = _cosine_to_fp32(data, off, held)
+    assert err_default < err_off, (err_default, err_off)
+    for options in (dict(quant="int8"), dict(quant="int4", calib=calib)):
+        g = runtime.convert(data, **options)
+        assert g.metadata["report"]["options"]["smooth"] is None
+        assert not any(n.name.endswith("/smooth") for n in g.nodes)

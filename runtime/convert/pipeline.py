@@ -60,7 +60,9 @@ class ConvertOptions:
     quant_method: str = "rtn"
     embed_quant: str = "auto"       # EMBED_QUANTS
     act_order: bool = True          # GPTQ visits the inputs with the most energy first
-    smooth: float | str | None = None   # SmoothQuant alpha for int8 activations, or "auto"
+    # SmoothQuant: an alpha in (0, 1), "auto" (searched per layer input) or "none"; None (the
+    # default) is "auto" for int8 with real calibration data and "none" otherwise (resolved_smooth)
+    smooth: float | str | None = None
     act: str = "dynamic"
     per_channel: bool = True
     symmetric: bool = True
@@ -160,14 +162,15 @@ class ConvertOptions:
             if not self.has_calib:
                 raise ValueError("quant_method='gptq' needs real calibration data (calib): it corrects each "
                                  "layer's rounding error on the layer's real inputs")
-        if self.smooth is not None:
+        if self.smooth is not None and self.smooth != "none":
             if self.smooth != "auto" and (isinstance(self.smooth, bool) or not isinstance(self.smooth, (int, float))
                                           or not 0.0 < float(self.smooth) < 1.0):
-                raise ValueError(f"smooth is SmoothQuant's alpha, in (0, 1) (0.5 is usual), or 'auto' (searched per "
-                                 f"layer input); got {self.smooth!r}")
+                raise ValueError(f"smooth is SmoothQuant's alpha, in (0, 1) (0.5 is usual), 'auto' (searched per "
+                                 f"layer input) or 'none'; got {self.smooth!r}")
             if self.quant != "int8":
                 raise ValueError("smooth (SmoothQuant) balances int8 activations against int8 weights: it needs "
-                                 "quant='int8'")
+                                 f"quant='int8', got quant={self.quant!r} (int4 layers are weight-only: their "
+                                 "activations stay float, there is nothing to smooth)")
             if not self.has_calib:
                 raise ValueError("smooth (SmoothQuant) needs real calibration data (calib): the activation "
                                  "ranges it balances are the layers' real inputs")
@@ -208,6 +211,17 @@ class ConvertOptions:
                                  "aware methods (obs, wanda) need the layers' real inputs; one-shot magnitude "
                                  "pruning loses much more accuracy (pass calib or calib_text to use obs)")
         return "obs", None
+
+    def resolved_smooth(self) -> float | str | None:
+        """The SmoothQuant alpha the conversion uses ("auto", a float, or None: no smoothing).
+        Unset, it is "auto" for int8 with real calibration data: per-row int8 activations of
+        transformers lose most of their accuracy to a few outlier channels (MiniLM's min
+        cosine 0.9865 -> 0.9975, RESULTS.md), and the search keeps a layer unsmoothed where
+        smoothing does not lower its simulated error. int4 layers are weight-only (float
+        activations): nothing to smooth."""
+        if self.smooth is None:
+            return "auto" if self.quant == "int8" and self.has_calib else None
+        return None if self.smooth == "none" else self.smooth
 
     @property
     def has_calib(self) -> bool:
@@ -495,7 +509,8 @@ def compress(graph: Graph, opts: ConvertOptions, say: Callable[[str], None] = la
     # trained weights)
     method = report.options.get("prune_method", "magnitude")
     calibrated_prune = opts.prune in MASK_KINDS and method in ("wanda", "obs") and not opts.recover_gradual
-    quant_steps = opts.quant_method == "gptq" or opts.smooth is not None
+    report.options["smooth"] = opts.resolved_smooth()
+    quant_steps = opts.quant_method == "gptq" or opts.resolved_smooth() is not None
     if opts.recover:
         if calibrated_prune:
             graph = _calibrated_pass(graph, layers, plans, opts, method, feeds, say, quant=False)
@@ -658,7 +673,7 @@ def _calibrated_pass(graph: Graph, layers: list[Layer], plans: dict[str, _Plan],
                       block=tuple(opts.block), gptq_bits={"int8": 8, "int4": 4}.get(opts.quant)
                       if opts.quant_method == "gptq" and quant else None, per_channel=opts.per_channel,
                       group_size=opts.group_size, act_order=opts.act_order,
-                      smooth_alpha=opts.smooth if quant else None, act=opts.act)
+                      smooth_alpha=opts.resolved_smooth() if quant else None, act=opts.act)
 
     def prune_sparsity(lr: Layer) -> float | None:
         s = _layer_sparsity(lr, opts)
