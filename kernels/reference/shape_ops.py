@@ -98,6 +98,21 @@ def squeeze_ref(x, axes=None):
     return np.squeeze(x, axis=ax)
 
 
+def slice_bounds(start: int, end: int, step: int, dim: int) -> tuple[int, int]:
+    """ONNX Slice's clamping of one axis (see slice_ref): (start, end) with a negative first
+    given the dim, then clamped to [0, dim] for step > 0, to [0, dim-1] and [-1, dim-1] for
+    step < 0 (end -1: past the front). Also used by the converter's PyTorch evaluation."""
+    if step == 0:
+        raise ValueError("Slice: a step is 0")
+    start = start + dim if start < 0 else start
+    end = end + dim if end < 0 else end
+    if step > 0:
+        return min(max(start, 0), dim), min(max(end, 0), dim)
+    if dim == 0:
+        return 0, 0
+    return min(max(start, 0), dim - 1), min(max(end, -1), dim - 1)
+
+
 @reference_kernel("Slice")
 def slice_ref(data, starts, ends, axes=None, steps=None):
     """data[starts:ends:steps] along ``axes``; starts, ends, axes, steps 1-D int tensors (axes
@@ -116,17 +131,7 @@ def slice_ref(data, starts, ends, axes=None, steps=None):
     index = [slice(None)] * data.ndim
     for start, end, axis, step in zip(starts, ends, axes, steps):
         axis = normalize_axis(axis, data.ndim, "Slice axis")
-        dim = data.shape[axis]
-        if step == 0:
-            raise ValueError("Slice: a step is 0")
-        start = start + dim if start < 0 else start
-        end = end + dim if end < 0 else end
-        if step > 0:
-            start, end = min(max(start, 0), dim), min(max(end, 0), dim)
-        else:
-            start, end = min(max(start, 0), dim - 1), min(max(end, -1), dim - 1)
-            if dim == 0:
-                start, end = 0, 0
+        start, end = slice_bounds(start, end, step, data.shape[axis])
         # numpy reads end=-1 as "the last element"; None is "past the front" for step < 0
         index[axis] = slice(start, None if end < 0 else end, step)
     return np.array(data[tuple(index)], order="C")

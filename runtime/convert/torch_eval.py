@@ -225,30 +225,18 @@ def _not(a, x):
     return torch.logical_not(x)
 
 
-@_op("Max")
-def _max(a, *xs):
-    import torch
-    out = xs[0]
-    for x in xs[1:]:
-        out = torch.maximum(out, x)
-    return out
+def _variadic(name: str, pair: Callable) -> None:
+    """Max / Min / Sum: ``pair`` (torch) folded over the inputs, left to right."""
+    def run(a, *xs):
+        import functools
+        import torch
+        return functools.reduce(lambda x, y: pair(torch, x, y), xs)
+    _op(name)(run)
 
 
-@_op("Min")
-def _min(a, *xs):
-    import torch
-    out = xs[0]
-    for x in xs[1:]:
-        out = torch.minimum(out, x)
-    return out
-
-
-@_op("Sum")
-def _sum(a, *xs):
-    out = xs[0]
-    for x in xs[1:]:
-        out = out + x
-    return out
+_variadic("Max", lambda torch, x, y: torch.maximum(x, y))
+_variadic("Min", lambda torch, x, y: torch.minimum(x, y))
+_variadic("Sum", lambda torch, x, y: x + y)
 
 
 # Elementwise ops that are one torch function of a float tensor (the reference's numpy
@@ -658,8 +646,9 @@ def _squeeze(a, x):
 
 @_op("Slice")
 def _slice(a, data, starts, ends, axes=None, steps=None):
-    """data[starts:ends:steps] along axes, with ONNX's clamping (see the ref)."""
+    """data[starts:ends:steps] along axes, with ONNX's clamping (the reference's slice_bounds)."""
     import torch
+    from kernels.reference.shape_ops import slice_bounds
     starts, ends = _ints(starts), _ints(ends)
     axes = list(range(len(starts))) if axes is None else _ints(axes)
     steps = [1] * len(starts) if steps is None else _ints(steps)
@@ -667,17 +656,12 @@ def _slice(a, data, starts, ends, axes=None, steps=None):
     for start, end, axis, step in zip(starts, ends, axes, steps):
         axis = _axis(axis, data.ndim, "Slice axis")
         dim = data.shape[axis]
-        if step == 0:
-            raise ValueError("Slice: a step is 0")
-        start = start + dim if start < 0 else start
-        end = end + dim if end < 0 else end
+        start, end = slice_bounds(start, end, step, dim)
         if step > 0:
-            start, end = min(max(start, 0), dim), min(max(end, 0), dim)
             index = [slice(None)] * data.ndim
             index[axis] = slice(start, max(end, start), step)
             out = out[tuple(index)]
         else:
-            start, end = min(max(start, 0), dim - 1), min(max(end, -1), dim - 1)
             # torch slicing takes no negative step: pick the indices explicitly
             picks = list(range(start, end, step)) if dim else []
             out = out.index_select(axis, torch.tensor(picks, dtype=torch.int64))
