@@ -45,6 +45,12 @@ OPTION_SETS = [
     ("int4 g64", dict(quant="int4")),
     ("int4 g64 gptq", dict(quant="int4", quant_method="gptq")),
     ("int4 g32 gptq", dict(quant="int4", quant_method="gptq", group_size=32)),
+    # bias correction (the mean output error of each layer's final weight, into its bias)
+    ("int8 + bias correction", dict(quant="int8", bias_correction=True)),
+    ("int4 g32 gptq + bias correction", dict(quant="int4", quant_method="gptq", group_size=32, bias_correction=True)),
+    ("2:4 + int8, obs + bias correction", dict(prune="nm", prune_method="obs", quant="int8", bias_correction=True)),
+    ("50% + int8, obs + bias correction", dict(prune="magnitude", sparsity=0.5, prune_method="obs", quant="int8",
+                                               bias_correction=True)),
     ("static int8", dict(quant="int8", act="static")),
     ("static int8 percentile", dict(quant="int8", act="static", calib_method="percentile")),
     ("static int8 smooth 0.5", dict(quant="int8", act="static", smooth=0.5)),

@@ -100,6 +100,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="how weights are rounded: rtn (round to nearest, default) or gptq (each layer's "
                         "rounding error corrected on its calibration inputs; needs calibration data, "
                         "composes with pruning)")
+    q.add_argument("--bias-correction", action="store_true",
+                   help="shift each layer's bias by the mean output error its pruned / rounded weight leaves on "
+                        "the calibration inputs (needs calibration data)")
     q.add_argument("--no-act-order", action="store_true",
                    help="gptq: visit the inputs in their order instead of largest activations first")
     q.add_argument("--smooth", type=_alpha, metavar="ALPHA|auto|none",
@@ -290,6 +293,7 @@ def _convert_options(args):
         smooth=args.smooth, calib=args.calib, calib_text=args.calib_text, tokenizer=args.tokenizer,
         seq_len=args.seq_len, calib_method=args.calib_method,
         percentile=args.percentile, keep_fp32=args.keep_fp32, skip=args.skip, max_error=args.max_error, holdout=args.holdout,
+        bias_correction=args.bias_correction,
         recover=args.recover, recover_data=args.recover_data, recover_minutes=args.recover_minutes,
         recover_steps=args.recover_steps, recover_lr=args.recover_lr, recover_gradual=args.recover_gradual,
         seed=args.seed)

@@ -627,3 +627,18 @@ def test_convert_smooth_flag(capsys, tmp_path):
                        "--smooth", "strong")
     assert rc == 2 and "expected a number in (0, 1), 'auto' or 'none', got 'strong'" in err
     assert not (tmp_path / "n.qrt").exists()
+
+
+def test_convert_bias_correction_flag(capsys, tmp_path):
+    src = good_model(tmp_path / "m.onnx")
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, x=np.random.default_rng(0).standard_normal((16, 8)).astype(np.float32))
+    rc, out, err = cli(capsys, "convert", src, "-o", tmp_path / "m.qrt", "--quant", "int8", "--calib", calib,
+                       "--bias-correction")
+    assert rc == 0, err
+    g = runtime.load(tmp_path / "m.qrt")
+    assert g.metadata["report"]["options"]["bias_correction"] is True
+    assert any("bias corrected" in lr["note"] for lr in g.metadata["report"]["layers"])
+    rc, out, err = cli(capsys, "convert", src, "-o", tmp_path / "n.qrt", "--quant", "int8", "--bias-correction")
+    assert_one_line_error(rc, out, err, "convert", "bias_correction needs real calibration data")
+    assert not (tmp_path / "n.qrt").exists()

@@ -301,3 +301,57 @@ def test_int8_with_calibration_is_smoothed_by_default(outlier_model):
         g = runtime.convert(data, **options)
         assert g.metadata["report"]["options"]["smooth"] is None
         assert not any(n.name.endswith("/smooth") for n in g.nodes)
+
+
+# ------------------------------------------------------------------------ bias correction ---
+
+def test_bias_shift_is_the_least_squares_constant():
+    from runtime.convert.sequential import bias_shift
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((400, 24)) + 1.5              # inputs with a mean (ReLU / GELU outputs)
+    w = rng.standard_normal((8, 24)).astype(np.float32)
+    final = (w * (rng.random(w.shape) > 0.7)).astype(np.float32)   # pruned: a mean error remains
+    c, before, after = bias_shift(w, final, x.T @ x, x.sum(axis=0), len(x))
+    ref = x @ w.T.astype(np.float64)
+    err = lambda y: float(np.linalg.norm(y - ref) / np.linalg.norm(ref))  # noqa: E731
+    assert before == pytest.approx(err(x @ final.T.astype(np.float64)), rel=1e-9)
+    assert after == pytest.approx(err(x @ final.T.astype(np.float64) + c), rel=1e-6)
+    assert after < 0.8 * before
+    for eps in (0.05, -0.05):                            # any other constant does worse
+        assert err(x @ final.T.astype(np.float64) + c + eps) > after
+
+
+def test_bias_correction_through_the_converter(outlier_model):
+    """Magnitude pruning leaves a mean output error on inputs with a mean: bias correction
+    removes it (held-back rows the calibration did not see), with no bias or a shared one
+    left changed for other readers; layers the budget gives back keep their own bias."""
+    data, calib, held = outlier_model
+    opts = dict(calib=calib, prune="magnitude", sparsity=0.8, prune_method="magnitude", quant="int8", smooth="none")
+    plain = runtime.convert(data, **opts)
+    corrected = runtime.convert(data, bias_correction=True, **opts)
+    cos_plain, err_plain = _cosine_to_fp32(data, plain, held)
+    cos_corr, err_corr = _cosine_to_fp32(data, corrected, held)
+    # measured: cosine 0.588 -> 0.607, max error 0.848 -> 0.804
+    assert cos_corr > cos_plain + 0.01 and err_corr < err_plain, (cos_corr, cos_plain, err_corr, err_plain)
+    notes = [lr["note"] for lr in corrected.metadata["report"]["layers"]]
+    assert all("bias corrected: output error" in n for n in notes), notes
+    for lr in corrected.metadata["report"]["layers"]:
+        before, after = (float(v) for v in re.search(r"bias corrected: output error (\S+) -> (\S+)", lr["note"]).groups())
+        assert after <= before
+    linears = [n for n in corrected.nodes if n.op == "Linear"]
+    assert all(n.inputs[2].endswith(".corrected") for n in linears)
+    assert corrected.metadata["report"]["options"]["bias_correction"] is True
+    # every layer back in fp32 (an unreachable budget): the model's own biases
+    fp32 = runtime.convert(data, bias_correction=True, max_error=0.99999999, **opts)
+    assert not any(n.inputs[2].endswith(".corrected") for n in fp32.nodes if n.op == "Linear"
+                   if n.name in fp32.metadata["report"]["budget"]["reverted"])
+
+
+@pytest.mark.parametrize("options, fragment", [
+    ({"quant": "int8", "bias_correction": True}, "bias_correction needs real calibration data"),
+    ({"bias_correction": True, "calib": [{}]}, "it needs quant or a sparse prune"),
+    ({"quant": "int8", "symmetric": False, "bias_correction": True, "calib": [{}]}, "takes symmetric weights"),
+])
+def test_bad_bias_correction_options(outlier_model, options, fragment):
+    with pytest.raises(ValueError, match=re.escape(fragment)):
+        runtime.convert(outlier_model[0], **options)

@@ -23,7 +23,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..graph import Graph, Node
+from ..graph import Graph, Node, unique_name
 from ..layouts import PackedTensor, dense_tensor
 from .report import EmbeddingReport, LayerReport, Report, output_metrics, rel_error, sqnr_db
 
@@ -77,6 +77,7 @@ class ConvertOptions:
     skip: list[str] = field(default_factory=list)                   # not pruned (still quantized)
     max_error: float | None = None  # minimum cosine similarity of the outputs
     holdout: float = 0.2            # fraction of real calibration feeds kept for evaluation only
+    bias_correction: bool = False   # shift biases by the mean output error on the calibration data
     # distillation recovery (runtime/convert/recover.py): fine-tune the pruned fp32 model
     # toward the original on unlabeled data before quantizing (needs PyTorch)
     recover: bool = False
@@ -174,6 +175,15 @@ class ConvertOptions:
             if not self.has_calib:
                 raise ValueError("smooth (SmoothQuant) needs real calibration data (calib): the activation "
                                  "ranges it balances are the layers' real inputs")
+        if self.bias_correction:
+            if not self.has_calib:
+                raise ValueError("bias_correction needs real calibration data (calib): the shift is the mean "
+                                 "output error on the layers' real inputs")
+            if self.quant == "none" and self.prune in ("none", "channel"):
+                raise ValueError("bias_correction corrects the error of pruning or quantization: it needs "
+                                 "quant or a sparse prune")
+            if not self.symmetric and self.quant != "none":
+                raise ValueError("bias_correction takes symmetric weights (it predicts the packer's rounding)")
         if not self.symmetric and self.prune not in ("none", "channel") and self.quant == "int8":
             raise ValueError("asymmetric int8 cannot be combined with sparse pruning: sparse int8 "
                              "layouts are symmetric so that a pruned weight stays exactly 0")
@@ -397,6 +407,7 @@ class _Plan:
     use_original: bool = False     # the budget unpruned it: pack fp32_weight, rounded to nearest
     qscale: np.ndarray | None = None   # GPTQ's scales: the packer uses these, not max|w| / levels
     smooth: np.ndarray | None = None   # SmoothQuant's s (K,): the layer reads X / s, its weight is W * s
+    bias_shift: np.ndarray | None = None   # bias correction (N,): added to the bias when packed as planned
 
 
 def convert(model: Any, out_path: str | os.PathLike | None = None, *, name: str | None = None,
@@ -510,7 +521,7 @@ def compress(graph: Graph, opts: ConvertOptions, say: Callable[[str], None] = la
     method = report.options.get("prune_method", "magnitude")
     calibrated_prune = opts.prune in MASK_KINDS and method in ("wanda", "obs") and not opts.recover_gradual
     report.options["smooth"] = opts.resolved_smooth()
-    quant_steps = opts.quant_method == "gptq" or opts.resolved_smooth() is not None
+    quant_steps = opts.quant_method == "gptq" or opts.resolved_smooth() is not None or opts.bias_correction
     if opts.recover:
         if calibrated_prune:
             graph = _calibrated_pass(graph, layers, plans, opts, method, feeds, say, quant=False)
@@ -673,7 +684,9 @@ def _calibrated_pass(graph: Graph, layers: list[Layer], plans: dict[str, _Plan],
                       block=tuple(opts.block), gptq_bits={"int8": 8, "int4": 4}.get(opts.quant)
                       if opts.quant_method == "gptq" and quant else None, per_channel=opts.per_channel,
                       group_size=opts.group_size, act_order=opts.act_order,
-                      smooth_alpha=opts.resolved_smooth() if quant else None, act=opts.act)
+                      smooth_alpha=opts.resolved_smooth() if quant else None,
+                      bias_correction=opts.bias_correction and quant,
+                      quant_bits={"int8": 8, "int4": 4}.get(opts.quant), act=opts.act)
 
     def prune_sparsity(lr: Layer) -> float | None:
         s = _layer_sparsity(lr, opts)
@@ -841,11 +854,23 @@ def _build(graph: Graph, layers: list[Layer], plans: dict[str, _Plan], opts: Con
                     f", {t.nbytes / 1024:.1f} KiB ({t.nbytes / max(w.nbytes, 1):.3f}x fp32)"
                     f"{' - ' + plan.keep_fp32 if plan.keep_fp32 else ''}")
         out.initializers[lr.weight_name] = packed[lr.weight_name]
+        if pack and plan.bias_shift is not None and not (plan.keep_fp32 or plan.use_original):
+            _shift_bias(out, node, plan.bias_shift)
         node.attrs = {k2: v for k2, v in node.attrs.items() if not k2.startswith("act_")}
         if pack:
             node.attrs.update(_act_attrs(layout, plan, opts))
     out.validate()
     return out
+
+
+def _shift_bias(graph: Graph, node: Node, shift: np.ndarray) -> None:
+    """node's bias + shift (N,), as a new initializer (the old one may be shared); a node with
+    no bias gets one."""
+    old = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2] else None
+    base = np.zeros_like(shift) if old is None else np.asarray(graph.initializers[old].fields["data"], np.float32)
+    name = unique_name(f"{old or node.name + '.bias'}.corrected", graph.initializers)
+    graph.initializers[name] = dense_tensor(name, (base + shift).astype(np.float32))
+    node.inputs[2:] = [name]
 
 
 def _copy(graph: Graph) -> Graph:

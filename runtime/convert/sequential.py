@@ -40,6 +40,11 @@ class Steps:
     act_order: bool = True
     smooth_alpha: float | str | None = None   # SmoothQuant's alpha, "auto" (searched per input), or None
     act: str = "dynamic"                # how the activations will be quantized (the alpha search simulates it)
+    # bias correction: shift each layer's bias by the mean output error of its final weight
+    # (pruned, updated, rounded) on the calibration inputs; quant_bits says how the packer
+    # will round a weight GPTQ did not (8 / 4, None: not quantized)
+    bias_correction: bool = False
+    quant_bits: int | None = None
 
 
 def calibratable(node) -> bool:
@@ -189,9 +194,39 @@ def run(graph: Graph, layers: list, plans: dict, steps: Steps, feeds, *,
             notes.append(f"gptq int{steps.gptq_bits}: output error {after:.4f} (round to nearest: {before:.4f})")
             say(f"[{idx + 1}/{len(layers)}] {lr.name}: gptq int{steps.gptq_bits}, output error {before:.4f} -> {after:.4f}")
             new_w, plan.qscale = wq, scale
+        if steps.bias_correction:
+            st = stats_by_key[key]
+            # the weight the packer will store: masked (magnitude masks are applied at packing),
+            # rounded to nearest where GPTQ did not round it
+            m2 = None if plan.mask is None else plan.mask.reshape(w.shape)
+            final = new_w if m2 is None else np.where(m2, new_w, np.float32(0))
+            if steps.gptq_bits is None and steps.quant_bits is not None:
+                final = gptq.rtn_quantize(final, steps.quant_bits, per_channel=steps.per_channel,
+                                          group_size=steps.group_size if steps.quant_bits == 4 else None, mask=m2)
+            plan.bias_shift, before, after = bias_shift(w, final, g, st.col_sum, st.rows)
+            notes.append(f"bias corrected: output error {before:.4f} -> {after:.4f}")
         if new_w is not w:
             plan.fp32_weight = w_full if plan.fp32_weight is None else plan.fp32_weight
             graph.initializers[lr.weight_name] = dense_tensor(lr.weight_name, new_w.reshape(w_full.shape))
         if notes:
             plan.note = "; ".join(notes)
         done[lr.weight_name] = lr.name
+
+
+def bias_shift(w: np.ndarray, final: np.ndarray, gram: np.ndarray, col_sum: np.ndarray,
+               rows: int) -> tuple[np.ndarray, float, float]:
+    """Bias correction (Nagel et al. 2019, "Data-free quantization", with measured means): the
+    constant c (N,) that, added to the bias, minimises ||X final^T + c - X w^T|| over the
+    calibration rows X (G = X^T X, column sums, row count): c = (w - final) mu with mu the
+    mean input row. It removes the mean of the output error pruning and rounding leave; on
+    the calibration rows it can only lower the error (least squares), by rows * ||c||^2.
+    w, final (N, K); returns (c float32, relative output error before, after)."""
+    d = np.asarray(w, np.float64) - np.asarray(final, np.float64)
+    mu = np.asarray(col_sum, np.float64) / max(int(rows), 1)
+    c = d @ mu
+    num = float(np.einsum("nk,kj,nj->", d, gram, d))
+    w64 = np.asarray(w, np.float64)
+    den = float(np.einsum("nk,kj,nj->", w64, gram, w64))
+    after = max(num - rows * float(c @ c), 0.0)
+    rel = (lambda v: float(np.sqrt(v / den))) if den > 0 else (lambda v: 0.0)
+    return c.astype(np.float32), rel(max(num, 0.0)), rel(after)
