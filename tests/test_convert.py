@@ -165,6 +165,31 @@ def test_accuracy_budget_tries_dense_int8_before_fp32(mlp, method):
     assert rep["totals"]["ratio"] < 0.35
 
 
+def test_accuracy_budget_lowers_sparsity_first(mlp):
+    """90% magnitude + int8 with a budget just above what it reaches: the first rung halves
+    the sparsity of the most sensitive layers (csr kept, magnitude masks of the original
+    weights) before any layer is unpruned or goes back to fp32."""
+    data, calib, *_ = mlp
+    q = dict(quant="int8", smooth="none", prune="magnitude", sparsity=0.9, prune_method="magnitude")
+    start = runtime.convert(data, calib=calib, **q).metadata["report"]["end_to_end"]["cosine"]
+    target = start + (1 - start) * 0.1
+    graph = runtime.convert(data, calib=calib, max_error=target, **q)
+    rep = graph.metadata["report"]
+    assert rep["budget"]["met"] and rep["end_to_end"]["cosine"] >= target, rep["budget"]
+    assert rep["budget"]["lowered"] and not rep["budget"]["unpruned"] and not rep["budget"]["reverted"]
+    original = {n: t.fields["data"] for n, t in runtime.convert.from_onnx(data).initializers.items()}
+    for lr in rep["layers"]:
+        if lr["name"] in rep["budget"]["lowered"]:
+            assert lr["layout"] == "csr" and 0.40 < lr["sparsity"] < 0.50, lr
+            assert "accuracy budget: sparsity 90% -> 45%" in lr["note"], lr["note"]
+            node = next(n for n in graph.nodes if n.name == lr["name"])
+            kept = graph.initializers[node.inputs[1]].to_dense() != 0
+            w = np.abs(original[node.inputs[1]])
+            assert w[kept].min() >= np.quantile(w, 0.44)      # the largest original weights kept
+        else:
+            assert lr["sparsity"] > 0.85, lr
+
+
 def test_collapse_and_static_without_calibration_warn(mlp):
     data, *_ = mlp
     lines: list[str] = []

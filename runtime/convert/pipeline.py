@@ -893,10 +893,11 @@ def _meet_budget(graph, layers, plans, opts, feeds, ref_outputs, metrics, report
     the budget, and as little as that takes.
 
     Sensitivity of a layer = how much the end-to-end cosine improves when only that layer is
-    kept in fp32 (one evaluation per compressed layer). Then two passes in that order, each
-    re-measuring after every step and stopping as soon as cosine >= max_error: first the cheap
-    step, a pruned layer unpruned but still quantized (dense int8 / int4, from its original
-    weight); then, if that was not enough, layers back to fp32."""
+    kept in fp32 (one evaluation per compressed layer). Then passes in that order, each
+    re-measuring after every step and stopping as soon as cosine >= max_error, cheapest give-
+    back first: a pruned layer at half its sparsity (unstructured and block masks: the
+    magnitude mask of its original weight); a pruned layer unpruned but still quantized (dense
+    int8 / int4, from its original weight); then layers back to fp32."""
     candidates = [lr for lr in layers if not plans[lr.name].keep_fp32]
     say(f"cosine {metrics['cosine']:.6f} < budget {opts.max_error}: measuring {len(candidates)} layer sensitivities")
     gains = []
@@ -906,7 +907,7 @@ def _meet_budget(graph, layers, plans, opts, feeds, ref_outputs, metrics, report
         m = output_metrics(_run(_build(graph, layers, trial, opts, pack=True), feeds), ref_outputs)
         gains.append((m["cosine"] - metrics["cosine"], lr))
     gains.sort(key=lambda g: -g[0])
-    unpruned, reverted = [], []
+    lowered, unpruned, reverted = [], [], []
 
     def remeasure(what: str) -> bool:
         nonlocal metrics
@@ -915,7 +916,24 @@ def _meet_budget(graph, layers, plans, opts, feeds, ref_outputs, metrics, report
         return metrics["cosine"] >= opts.max_error
 
     met = False
-    if opts.quant != "none":               # unpruned fp32 would be the fp32 step itself
+    kind = MASK_KINDS.get(opts.prune)
+    if kind in ("unstructured", "block"):  # N:M has no lower rung of the same pattern
+        for gain, lr in gains:
+            plan = plans[lr.name]
+            if plan.mask is None or plan.sparsity < 0.2:
+                continue
+            w = plan.fp32_weight if plan.fp32_weight is not None else \
+                np.asarray(graph.initializers[lr.weight_name].fields["data"])
+            half = plan.sparsity / 2
+            mask = _magnitude_mask(w, kind, half, opts)
+            plans[lr.name] = dataclasses.replace(
+                plan, mask=mask, sparsity=1.0 - float(mask.mean()), use_original=True, qscale=None,
+                note=f"accuracy budget: sparsity {plan.sparsity:.0%} -> {1.0 - float(mask.mean()):.0%} (magnitude "
+                     f"mask of its original weight)")
+            lowered.append(lr.name)
+            if (met := remeasure(f"{lr.name} at sparsity {half:.0%}")):
+                break
+    if not met and opts.quant != "none":   # unpruned fp32 would be the fp32 step itself
         for gain, lr in gains:
             plan = plans[lr.name]
             if plan.mask is None:
@@ -933,8 +951,10 @@ def _meet_budget(graph, layers, plans, opts, feeds, ref_outputs, metrics, report
             reverted.append(lr.name)
             if (met := remeasure(f"reverted {lr.name} to fp32")):
                 break
-    report.budget = {"min_cosine": opts.max_error, "unpruned": unpruned, "reverted": reverted, "met": met,
-                     "summary": f"unpruned {len(unpruned)} layer(s) (still {opts.quant}), reverted "
+    report.budget = {"min_cosine": opts.max_error, "lowered": [n for n in lowered if n not in unpruned + reverted],
+                     "unpruned": unpruned, "reverted": reverted, "met": met,
+                     "summary": f"halved the sparsity of {len(lowered)} layer(s), "
+                                f"unpruned {len(unpruned)} layer(s) (still {opts.quant}), reverted "
                                 f"{len(reverted)} to fp32; cosine {metrics['cosine']:.6f} "
                                 f"{'>=' if met else '< (not met even with every layer in fp32)'} {opts.max_error}"}
     converted = _build(graph, layers, plans, opts, pack=True, say=say)
@@ -978,7 +998,11 @@ def _layer_reports(fp32_graph, graph, converted, layers, plans, feeds) -> list[L
             b = None if bias is None else np.asarray(converted.initializers[bias].fields["data"])
             got = _run_layer(registry, node, t, x, b)
             x_orig = x if s is None else (x * s).astype(np.float32)
-            want = _run_layer(registry, orig_nodes.get(lr.name, node), orig_t, x_orig, b, fp32=True)
+            orig_node = orig_nodes.get(lr.name, node)
+            ob = orig_node.inputs[2] if len(orig_node.inputs) > 2 and orig_node.inputs[2] else None
+            b_orig = np.asarray(fp32_graph.initializers[ob].fields["data"]) if ob in fp32_graph.initializers else \
+                (None if ob is None else b)       # the model's own bias, not a corrected one
+            want = _run_layer(registry, orig_node, orig_t, x_orig, b_orig, fp32=True)
             err = rel_error(got, want)
         rows.append(LayerReport(
             name=lr.name, op=lr.node.op, shape=list(t.shape), layout=t.layout, sparsity=sparsity,
