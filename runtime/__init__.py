@@ -7,8 +7,20 @@ Public API:
     available_backends()                              backend name -> None or why unusable
     load(path) / save(graph, path)                    the .qrt file itself
 """
-from kernels.registry import available_backends
-from . import convert
+import os as _os
+
+import kernels as _kernels
+
+# qrt's top-level `kernels` package shares its import name with Hugging Face's `kernels`
+# (a dependency of transformers >= 5.25): whichever comes first on sys.path shadows the other.
+if _os.path.dirname(_os.path.dirname(_os.path.abspath(getattr(_kernels, "__file__", None) or "?"))) != \
+        _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__))):
+    raise ImportError(f"the package 'kernels' imported from {getattr(_kernels, '__file__', None)} is not qrt's "
+                      "(Hugging Face's 'kernels', installed with transformers >= 5.25, has the same name); use qrt "
+                      "in an environment without it: pip install 'transformers<5.25' && pip uninstall kernels")
+
+from kernels.registry import available_backends  # noqa: E402
+from . import convert  # noqa: E402
 from .errors import QrtFormatError, UnsupportedModelError
 from .format import load, save
 from .session import InferenceSession

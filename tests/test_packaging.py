@@ -173,3 +173,26 @@ def test_runtime_works_when_the_native_extension_is_missing(tmp_path):
         "assert y.tolist() == [0, 2], y\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60, cwd=tmp_path)
+
+
+def test_a_foreign_kernels_package_is_named(tmp_path):
+    """Hugging Face's `kernels` (a dependency of transformers >= 5.25) has the import name of
+    qrt's own top-level package: when it comes first on sys.path, `import runtime` says so
+    instead of failing somewhere inside the registry."""
+    (tmp_path / "kernels").mkdir()
+    (tmp_path / "kernels" / "__init__.py").write_text("")
+    code = "import sys; sys.path[:0] = [sys.argv[1], sys.argv[2]]; import runtime"
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path), str(ROOT)], capture_output=True, text=True,
+                       cwd=tmp_path)
+    assert r.returncode != 0
+    assert "is not qrt's" in r.stderr and "transformers<5.25" in r.stderr, r.stderr[-2000:]
+    ok = subprocess.run([sys.executable, "-c", code, str(ROOT), str(ROOT)], capture_output=True, text=True,
+                        cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+
+
+def test_transformers_is_held_below_the_release_that_needs_hf_kernels():
+    extras = PROJECT["optional-dependencies"]
+    for extra in ("test", "bench"):
+        reqs = [r for r in extras[extra] if _name(r) == "transformers"]
+        assert reqs and all("<5.25" in r for r in reqs), (extra, reqs)
