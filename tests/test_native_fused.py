@@ -305,25 +305,36 @@ def test_attention_kernel_and_split_views():
 
 
 @pytest.fixture(scope="module")
-def bert_int8():
+def bert_graphs():
+    """A 2-layer BERT as torch exports it: (fp32 graph, dynamic int8 graph)."""
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
     from tests.test_onnx_equivalence import _bert_bytes
-    return runtime.convert(_bert_bytes(model_zoo.bert(layers=2, hidden=64, heads=4, ffn=128)), quant="int8")
+    data = _bert_bytes(model_zoo.bert(layers=2, hidden=64, heads=4, ffn=128))
+    return runtime.convert(data), runtime.convert(data, quant="int8")
 
 
-def test_bert_native_matches_reference(bert_int8):
-    native = runtime.InferenceSession(bert_int8, backend="native")
-    reference = runtime.InferenceSession(bert_int8, backend="reference")
-    by_op = {(p.op, p.backend) for p in native.plan}
-    assert ("Attention", "native") in by_op and ("SkipLayerNormalization", "native") in by_op
-    assert ("Split", "native") in by_op
-    for b, s in ((1, 1), (2, 7), (3, 33)):
-        feeds = model_zoo.bert_feeds(b, s, seed=b * 10 + s)
-        for got, want in zip(native.run(None, feeds), reference.run(None, feeds)):
-            # measured <= 7e-8 (as numba's); the bound leaves room for an activation that lands
-            # on the other side of an int8 rounding step in a later Linear (per-row quantization)
-            assert _rel(got, want) < 1e-4, (b, s)
+def test_bert_native_matches_reference(bert_graphs):
+    """fp32: the fused kernels (Attention, SkipLayerNorm, GELU epilogues) agree with the
+    reference to float rounding. int8: the same, except that an input differing in its last
+    bit can land on the other side of an int8 rounding step of its row's dynamic quantization;
+    such a row then differs by about one quantization step (measured on an AVX2-only Zen 3:
+    1 token row of 99 at 1.8e-3 of the output's range; on AVX-512 none). The bound allows a
+    few such rows, never a wrong row."""
+    for graph, kind in zip(bert_graphs, ("fp32", "int8")):
+        native = runtime.InferenceSession(graph, backend="native")
+        reference = runtime.InferenceSession(graph, backend="reference")
+        by_op = {(p.op, p.backend) for p in native.plan}
+        assert ("Attention", "native") in by_op and ("SkipLayerNormalization", "native") in by_op
+        assert ("Split", "native") in by_op
+        for b, s in ((1, 1), (2, 7), (3, 33)):
+            feeds = model_zoo.bert_feeds(b, s, seed=b * 10 + s)
+            for got, want in zip(native.run(None, feeds), reference.run(None, feeds)):
+                if kind == "fp32":
+                    assert _rel(got, want) < 1e-6, (kind, b, s)      # measured <= 1.6e-7
+                    continue
+                rows = np.abs(got - want).reshape(-1, got.shape[-1]).max(axis=1) / np.abs(want).max()
+                assert (rows > 1e-5).sum() <= max(1, rows.size // 20) and rows.max() < 1e-2, (kind, b, s, rows.max())
 
 
 def test_one_thread_right_after_a_blas_gemm(monkeypatch):
