@@ -55,6 +55,14 @@ inline void require_c_contiguous(const py::array& a, const char* what) {
         throw py::value_error(std::string(what) + " must be C-contiguous (np.ascontiguousarray), got strides that are not");
 }
 
+// as_array_of + require_c_contiguous: an array a kernel reads by raw pointer.
+template <typename T>
+py::array contiguous_array_of(const py::handle& obj, const char* what, const char* expected_dtype) {
+    py::array a = as_array_of<T>(obj, what, expected_dtype);
+    require_c_contiguous(a, what);
+    return a;
+}
+
 // A Linear's bias argument (not None): a (n,) numpy array, else TypeError / ValueError.
 inline py::array bias_array(const py::handle& obj, int64_t n) {
     py::array b = as_array(obj, "bias");

@@ -19,19 +19,12 @@ namespace py = pybind11;
 namespace {
 
 using qrt::bind::as_array;
-using qrt::bind::as_array_of;
+using qrt::bind::contiguous_array_of;
 using qrt::bind::dtype_str;
 using qrt::bind::has_dtype;
 using qrt::bind::output_f32;
 using qrt::bind::require_c_contiguous;
 using qrt::bind::shape_str;
-
-template <typename T>
-py::array checked(const py::handle& obj, const char* what, const char* dtype) {
-    py::array a = as_array_of<T>(obj, what, dtype);
-    require_c_contiguous(a, what);
-    return a;
-}
 
 py::array checked_indices(const py::handle& obj) {
     py::array a = as_array(obj, "indices");
@@ -40,6 +33,16 @@ py::array checked_indices(const py::handle& obj) {
     if (a.ndim() != 1) throw py::value_error("indices has shape " + shape_str(a) + ", expected (n,) (flattened)");
     require_c_contiguous(a, "indices");
     return a;
+}
+
+// Runs f(pointer to the indices) as int32 or int64, with the GIL released (the dtype is asked
+// of numpy before).
+template <typename F>
+int64_t with_indices(const py::array& idx, F&& f) {
+    const bool idx32 = has_dtype<int32_t>(idx);
+    const void* p = idx.data();
+    py::gil_scoped_release release;
+    return idx32 ? f(static_cast<const int32_t*>(p)) : f(static_cast<const int64_t*>(p));
 }
 
 void require_shape(const py::array& a, const char* what, std::initializer_list<int64_t> dims) {
@@ -57,18 +60,18 @@ void require_shape(const py::array& a, const char* what, std::initializer_list<i
 
 int64_t gather_int8_py(const py::object& qdata_obj, const py::object& scale_obj, const py::object& zp_obj,
                        const py::object& indices_obj, const py::object& out_obj) {
-    py::array q = checked<int8_t>(qdata_obj, "qdata", "int8");
+    py::array q = contiguous_array_of<int8_t>(qdata_obj, "qdata", "int8");
     if (q.ndim() != 2 || q.shape(0) < 1 || q.shape(1) < 1)
         throw py::value_error("qdata has shape " + shape_str(q) + ", expected (V, D) with V, D >= 1");
     const int64_t v = q.shape(0), d = q.shape(1);
-    py::array s = checked<float>(scale_obj, "scale", "float32");
+    py::array s = contiguous_array_of<float>(scale_obj, "scale", "float32");
     if (s.ndim() != 1 || (s.shape(0) != v && s.shape(0) != 1))
         throw py::value_error("scale has shape " + shape_str(s) + ", expected (" + std::to_string(v) +
                               ",) per row or (1,) per tensor");
     const int8_t* zp = nullptr;
     py::array z;
     if (!zp_obj.is_none()) {
-        z = checked<int8_t>(zp_obj, "zero_point", "int8");
+        z = contiguous_array_of<int8_t>(zp_obj, "zero_point", "int8");
         require_shape(z, "zero_point", {s.shape(0)});
         zp = static_cast<const int8_t*>(z.data());
     }
@@ -80,11 +83,7 @@ int64_t gather_int8_py(const py::object& qdata_obj, const py::object& scale_obj,
     const float* sp = static_cast<const float*>(s.data());
     float* op = static_cast<float*>(out.mutable_data());
     const int threads = qrt::int8_get_threads();
-    const bool idx32 = has_dtype<int32_t>(idx);   // asks numpy: before the GIL is released
-    py::gil_scoped_release release;
-    if (idx32)
-        return qrt::gather_int8_rows(qp, sp, zp, per_row, v, d, static_cast<const int32_t*>(idx.data()), n, op, threads);
-    return qrt::gather_int8_rows(qp, sp, zp, per_row, v, d, static_cast<const int64_t*>(idx.data()), n, op, threads);
+    return with_indices(idx, [&](auto* ip) { return qrt::gather_int8_rows(qp, sp, zp, per_row, v, d, ip, n, op, threads); });
 }
 
 int64_t gather_int4_py(const py::object& qdata_obj, const py::object& scale_obj, const py::object& zp_obj,
@@ -93,17 +92,17 @@ int64_t gather_int4_py(const py::object& qdata_obj, const py::object& scale_obj,
     if (group_size < 2 || group_size % 2)
         throw py::value_error("group_size = " + std::to_string(group_size) + ", expected an even int >= 2");
     const int64_t groups = (d + group_size - 1) / group_size;
-    py::array q = checked<uint8_t>(qdata_obj, "qdata", "uint8");
+    py::array q = contiguous_array_of<uint8_t>(qdata_obj, "qdata", "uint8");
     if (q.ndim() != 2 || q.shape(0) < 1)
         throw py::value_error("qdata has shape " + shape_str(q) + ", expected (V, ceil(D / g) * g / 2) with V >= 1");
     const int64_t v = q.shape(0);
     require_shape(q, "qdata", {v, groups * group_size / 2});
-    py::array s = checked<float>(scale_obj, "scale", "float32");
+    py::array s = contiguous_array_of<float>(scale_obj, "scale", "float32");
     require_shape(s, "scale", {v, groups});
     const uint8_t* zp = nullptr;
     py::array z;
     if (!zp_obj.is_none()) {
-        z = checked<uint8_t>(zp_obj, "zero_point", "uint8");
+        z = contiguous_array_of<uint8_t>(zp_obj, "zero_point", "uint8");
         require_shape(z, "zero_point", {v, groups});
         zp = static_cast<const uint8_t*>(z.data());
     }
@@ -114,13 +113,9 @@ int64_t gather_int4_py(const py::object& qdata_obj, const py::object& scale_obj,
     const float* sp = static_cast<const float*>(s.data());
     float* op = static_cast<float*>(out.mutable_data());
     const int threads = qrt::int8_get_threads();
-    const bool idx32 = has_dtype<int32_t>(idx);   // asks numpy: before the GIL is released
-    py::gil_scoped_release release;
-    if (idx32)
-        return qrt::gather_int4_rows(qp, sp, zp, v, d, group_size, static_cast<const int32_t*>(idx.data()), n, op,
-                                     threads);
-    return qrt::gather_int4_rows(qp, sp, zp, v, d, group_size, static_cast<const int64_t*>(idx.data()), n, op,
-                                 threads);
+    return with_indices(idx, [&](auto* ip) {
+        return qrt::gather_int4_rows(qp, sp, zp, v, d, group_size, ip, n, op, threads);
+    });
 }
 
 }  // namespace

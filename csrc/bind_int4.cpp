@@ -19,16 +19,9 @@ namespace py = pybind11;
 
 namespace {
 
-using qrt::bind::as_array_of;
+using qrt::bind::contiguous_array_of;
 using qrt::bind::require_c_contiguous;
 using qrt::bind::shape_str;
-
-template <typename T>
-py::array checked(const py::handle& obj, const char* what, const char* dtype) {
-    py::array a = as_array_of<T>(obj, what, dtype);
-    require_c_contiguous(a, what);
-    return a;
-}
 
 void require_2d(const py::array& a, const char* what, int64_t d0, int64_t d1, const std::string& expected) {
     if (a.ndim() != 2 || a.shape(0) != d0 || a.shape(1) != d1)
@@ -44,10 +37,10 @@ std::unique_ptr<qrt::Int4Weight> make_int4(const py::object& qdata_obj, const py
         throw py::value_error("group_size = " + std::to_string(group_size) + ", expected an even int >= 2");
     const int64_t groups = (k + group_size - 1) / group_size;
     const std::string ng = "(" + std::to_string(n) + ", " + std::to_string(groups) + ")";
-    py::array q = checked<uint8_t>(qdata_obj, "qdata", "uint8");
+    py::array q = contiguous_array_of<uint8_t>(qdata_obj, "qdata", "uint8");
     require_2d(q, "qdata", n, groups * group_size / 2,
                "(" + std::to_string(n) + ", " + std::to_string(groups * group_size / 2) + ") (N, ceil(K / g) * g / 2)");
-    py::array s = checked<float>(scale_obj, "scale", "float32");
+    py::array s = contiguous_array_of<float>(scale_obj, "scale", "float32");
     require_2d(s, "scale", n, groups, ng + " (N, ceil(K / g))");
     const float* sp = static_cast<const float*>(s.data());
     for (int64_t i = 0; i < n * groups; ++i)
@@ -56,7 +49,7 @@ std::unique_ptr<qrt::Int4Weight> make_int4(const py::object& qdata_obj, const py
     const uint8_t* zp = nullptr;
     py::array z;
     if (!zp_obj.is_none()) {
-        z = checked<uint8_t>(zp_obj, "zero_point", "uint8");
+        z = contiguous_array_of<uint8_t>(zp_obj, "zero_point", "uint8");
         require_2d(z, "zero_point", n, groups, ng + " like scale, or None");
         zp = static_cast<const uint8_t*>(z.data());
     }
@@ -76,7 +69,7 @@ py::array int4_linear_py(const qrt::Int4Weight& w, const py::object& x_obj, cons
     } catch (const std::invalid_argument& e) {
         throw py::value_error(e.what());
     }
-    py::array x = checked<float>(x_obj, "X", "float32");
+    py::array x = contiguous_array_of<float>(x_obj, "X", "float32");
     if (x.ndim() != 2 || x.shape(1) != w.k)
         throw py::value_error("X has shape " + shape_str(x) + ", expected (M, " + std::to_string(w.k) + ") (K of the weight)");
     const int64_t m = x.shape(0);

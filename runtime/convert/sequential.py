@@ -221,12 +221,12 @@ def bias_shift(w: np.ndarray, final: np.ndarray, gram: np.ndarray, col_sum: np.n
     mean input row. It removes the mean of the output error pruning and rounding leave; on
     the calibration rows it can only lower the error (least squares), by rows * ||c||^2.
     w, final (N, K); returns (c float32, relative output error before, after)."""
+    from .obs import output_error
     d = np.asarray(w, np.float64) - np.asarray(final, np.float64)
-    mu = np.asarray(col_sum, np.float64) / max(int(rows), 1)
-    c = d @ mu
-    num = float(np.einsum("nk,kj,nj->", d, gram, d))
+    c = d @ (np.asarray(col_sum, np.float64) / max(int(rows), 1))
+    before = output_error(final, w, gram)
+    # ||X D^T + c||^2 = ||X D^T||^2 - rows ||c||^2 for this c: the error falls by rows ||c||^2
     w64 = np.asarray(w, np.float64)
     den = float(np.einsum("nk,kj,nj->", w64, gram, w64))
-    after = max(num - rows * float(c @ c), 0.0)
-    rel = (lambda v: float(np.sqrt(v / den))) if den > 0 else (lambda v: 0.0)
-    return c.astype(np.float32), rel(max(num, 0.0)), rel(after)
+    after = float(np.sqrt(max(before * before * den - rows * float(c @ c), 0.0) / den)) if den > 0 else 0.0
+    return c.astype(np.float32), before, after
