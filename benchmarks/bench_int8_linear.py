@@ -53,7 +53,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from kernels import registry  # noqa: E402
-from runtime.layouts import pack_int8  # noqa: E402
+from kernels.core.layouts import pack_int8  # noqa: E402
 
 BERT = [(768, 2304), (768, 768), (768, 3072), (3072, 768)]
 MINILM = [(384, 1152), (384, 384), (384, 1536), (1536, 384)]

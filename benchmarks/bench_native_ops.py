@@ -27,7 +27,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kernels import registry  # noqa: E402
-from runtime.layouts import pack_int4_grouped  # noqa: E402
+from kernels.core.layouts import pack_int4_grouped  # noqa: E402
 from runtime.tables import format_table  # noqa: E402
 
 

@@ -46,7 +46,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from kernels import registry
-from runtime import layouts
+from kernels.core import layouts
 from runtime.convert import prune
 
 BERT_SHAPES = [(768, 2304), (768, 768), (768, 3072), (3072, 768)]

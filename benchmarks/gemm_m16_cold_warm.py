@@ -8,7 +8,7 @@ import time
 sys.path.insert(0, __import__("os").path.dirname(__import__("os").path.dirname(__import__("os").path.abspath(__file__))))
 import numpy as np
 from kernels import registry
-from runtime.layouts import pack_int8
+from kernels.core.layouts import pack_int8
 registry.backend_status("native")
 from kernels.native_cpu import set_threads
 set_threads(2)

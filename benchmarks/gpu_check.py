@@ -112,7 +112,7 @@ def poison_pools() -> None:
 # --- correctness ----------------------------------------------------------------------------------
 
 def weight(layout: str, n: int, k: int, rng, sparsity: float = 0.9, block=(16, 16)):
-    from runtime import layouts as L
+    from kernels.core import layouts as L
     from runtime.convert import prune
     w = (rng.standard_normal((n, k)) / math.sqrt(k)).astype(np.float32)
     if layout == "int8":
@@ -133,7 +133,7 @@ OP_TOL = 1e-4                                                                   
 
 
 def rel(got, want) -> float:
-    from runtime.device import to_numpy
+    from kernels.core.device import to_numpy
     g = np.asarray(to_numpy(got), np.float64)
     w = np.asarray(want, np.float64)
     if g.shape != w.shape:
@@ -156,7 +156,7 @@ def check_linears(backend: str) -> None:
                 b = (rng.standard_normal(n) * 0.1).astype(np.float32)
                 attrs = registry.fill_attrs("Linear", {"act_quant": "none" if layout == "int4_grouped" else "dynamic",
                                                        "activation": act})
-                from runtime.layouts import dense_tensor
+                from kernels.core.layouts import dense_tensor
                 weights = {1: t, 2: dense_tensor("b", b)}      # the bias is a constant: uploaded once
                 kern = registry.build("Linear", layout, backend, attrs, weights)
                 ref = registry.build("Linear", layout, "reference", attrs, weights)
@@ -289,7 +289,7 @@ def encoder_graph(rng, hidden: int, heads: int, ffn: int, layers: int):
     """(Graph, float weights per layer): the fused encoder the session builds from an exported
     BERT, int8 weights with dynamic activations; input x (batch, seq, hidden), mask (batch, 1,
     1, seq) additive."""
-    from runtime import layouts as L
+    from kernels.core import layouts as L
     from runtime.graph import Graph, Node, Value
     inits, nodes, fw = {}, [], []
     x = "x"
@@ -374,7 +374,7 @@ def end_to_end(quick: bool) -> None:
                 with torch.inference_mode():
                     want = ref(xh, md)
                     ref_ms = bench_ms(lambda: ref(xh, md))
-                from runtime.device import to_numpy
+                from kernels.core.device import to_numpy
                 got = np.asarray(to_numpy(out), np.float64)
                 w = want.float().cpu().numpy().astype(np.float64)
                 cos = float((got * w).sum() / (np.linalg.norm(got) * np.linalg.norm(w)))

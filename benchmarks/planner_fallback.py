@@ -22,7 +22,7 @@ from kernels import registry  # noqa: E402
 from runtime import InferenceSession  # noqa: E402
 from runtime.bench import machine  # noqa: E402
 from runtime.graph import Graph, Node, Value  # noqa: E402
-from runtime.layouts import dense_tensor, pack  # noqa: E402
+from kernels.core.layouts import dense_tensor, pack  # noqa: E402
 
 SPARSITIES = (0.10, 0.50, 0.80, 0.90)
 SHAPES = ((256, 512), (768, 768), (3072, 768))    # (N, K): the test's layer, then BERT-base ones

@@ -161,8 +161,8 @@ def test_conv(benchmark, backend, layout, sparsity, batch, cin, h, w_, cout):
 
 def _reshaped(t, shape):
     """A packed 2-D weight (N, K') as the Conv filter of logical ``shape`` (N, C, kh, kw): the
-    packed fields are those of the 2-D view already (runtime/layouts.py)."""
-    from runtime.layouts import PackedTensor
+    packed fields are those of the 2-D view already (kernels/core/layouts.py)."""
+    from kernels.core.layouts import PackedTensor
     fields = dict(t.fields)
     if t.layout == "dense":
         fields["data"] = fields["data"].reshape(shape)

@@ -24,7 +24,7 @@ BACKENDS = ("reference", "numba", "native", "triton", "cupy")
 # Preference order for backend="auto" on the CPU: fastest first. A node falls back along this
 # list to the first backend that has a kernel for its (op, layout); "reference" has every one.
 AUTO_ORDER = ("native", "numba", "reference")
-# Backends whose kernels take and return device arrays (runtime/device.py). With a CUDA GPU,
+# Backends whose kernels take and return device arrays (kernels/core/device.py). With a CUDA GPU,
 # "auto" uses them (GPU_AUTO_ORDER) and never mixes in the CPU backends: every op they lack
 # runs on the reference, on the host, and the session says so in its plan.
 GPU_BACKENDS = ("triton", "cupy")
@@ -163,7 +163,7 @@ def lookup(op: str, layout: str, backend: str) -> KernelFactory:
                              f" (backends that have one: {', '.join(have) or 'none'})") from None
 
 
-# A Linear/Conv node's "activation" attribute (runtime/ops.py ACTIVATIONS) -> the op, with its
+# A Linear/Conv node's "activation" attribute (kernels/core/ops.py ACTIVATIONS) -> the op, with its
 # attributes, whose kernel applies it: the definition of the fused epilogue. A kernel may fuse
 # it (compute it while the output tile is still in registers or L1) by listing the name in its
 # factory's ``fused_activations``; for every other kernel build() runs that op after it.
@@ -208,7 +208,7 @@ def kernels(backend: str | None = None) -> list[tuple[str, str, str]]:
 
 def fill_attrs(op: str, attrs: dict[str, Any]) -> dict[str, Any]:
     """The node's attributes with the op's defaults for those it does not set."""
-    from runtime.ops import op_spec
+    from kernels.core.ops import op_spec
     out = dict(op_spec(op).attrs)
     out.update(attrs)
     return out

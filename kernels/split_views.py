@@ -38,5 +38,5 @@ def device_split_factory(attrs: dict[str, Any], weights: dict) -> Callable[..., 
     views = split_views_factory(attrs, weights)
     if attrs["split"] is not None:
         return views
-    from runtime.device import to_numpy
+    from kernels.core.device import to_numpy
     return lambda x: views(to_numpy(x))

@@ -303,7 +303,7 @@ def _convert_options(args):
 
 def _describe(path: Path) -> dict:
     from .format import load, read_header
-    from .ops import op_spec
+    from kernels.core.ops import op_spec
     graph = load(path)
     file_meta, _ = read_header(path)  # the format version is in the file's metadata, not the graph's
     inits = [{"name": n, "layout": t.layout, "dtype": t.dtype, "shape": list(t.shape),

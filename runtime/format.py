@@ -36,7 +36,7 @@ import numpy as np
 
 from .errors import QrtFormatError
 from .graph import Graph, GraphError, file_tensor_name
-from .layouts import DTYPES
+from kernels.core.layouts import DTYPES
 
 FORMAT_NAME = "qrt"
 # Bump when a reader of the previous version would misread a new file (see docs/FORMAT.md).
@@ -54,7 +54,7 @@ PAD_PREFIX = "__qrt_pad_"
 _PAD_NAME = re.compile(r"__qrt_pad_[0-9]+")
 _HEADER_LENGTH = struct.Struct("<Q")
 
-# numpy dtype name (runtime.layouts.DTYPES) <-> safetensors dtype code. Data is little-endian.
+# numpy dtype name (kernels.core.layouts.DTYPES) <-> safetensors dtype code. Data is little-endian.
 DTYPE_CODES: dict[str, str] = {
     "float64": "F64", "float32": "F32", "float16": "F16",
     "int64": "I64", "int32": "I32", "int16": "I16", "int8": "I8",

@@ -1,4 +1,4 @@
-"""Session-time fusion: rewrite op patterns into the fused ops of runtime/ops.py.
+"""Session-time fusion: rewrite op patterns into the fused ops of kernels/core/ops.py.
 
 Done when a session plans (InferenceSession(..., fuse=True), the default), on a copy of the
 graph, so a .qrt file keeps the ONNX-shaped graph the converter wrote (what `qrt inspect`
@@ -256,7 +256,7 @@ def _merge_sibling_linears(graph: Graph) -> None:
         if any(b is not None for b in biases):
             bias = np.concatenate([np.zeros(w.shape[0], np.float32) if b is None else np.asarray(b, np.float32).reshape(-1)
                                    for w, b in zip(weights, biases)])
-            from .layouts import dense_tensor
+            from kernels.core.layouts import dense_tensor
             bias_t = dense_tensor(_unique(graph, merged_w.name + ".bias"), bias)
             graph.initializers[bias_t.name] = bias_t
             inputs.append(bias_t.name)
@@ -280,7 +280,7 @@ def _concat_weights(weights: list, name: str):
     """One (sum N, K) weight of the layout the given (N_i, K) weights share: dense arrays
     stacked; int8 qdata stacked with per-output-channel scales (and zero points, 0 for a
     symmetric part) broadcast from per-tensor ones."""
-    from .layouts import PackedTensor, dense_tensor
+    from kernels.core.layouts import PackedTensor, dense_tensor
     if weights[0].layout == "dense":
         return dense_tensor(name, np.concatenate([np.asarray(w.fields["data"]) for w in weights]))
     if weights[0].layout == "csr":
@@ -312,7 +312,7 @@ def _concat_csr(weights: list, name: str):
     """CSR weights (N_i, K) stacked: rows one after another (indptr shifted by the nonzeros
     before), the same stored values, int8 scales per output channel. Mixed float/int8 values
     do not merge (the grouping key includes the attributes, and the layouts' params differ)."""
-    from .layouts import PackedTensor, _index_dtypes
+    from kernels.core.layouts import PackedTensor, _index_dtypes
     quant = {w.params.get("quant", "none") for w in weights}
     if len(quant) != 1:
         raise ValueError("cannot merge csr weights with different value types")
@@ -340,7 +340,7 @@ def _concat_csr(weights: list, name: str):
 def _concat_rows(weights: list, name: str, row_fields: tuple[str, ...]):
     """Weights of a layout whose fields are all per output row (N:M: values or qdata, meta;
     and scale) stacked row after row, scales made per channel."""
-    from .layouts import PackedTensor
+    from kernels.core.layouts import PackedTensor
     fields = {f: np.concatenate([np.asarray(w.fields[f]) for w in weights])
               for f in row_fields if f in weights[0].fields}
     params = dict(weights[0].params)

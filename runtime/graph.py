@@ -16,8 +16,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from .layouts import DTYPES, LAYOUTS, PackedTensor
-from .ops import OPS
+from kernels.core.layouts import DTYPES, LAYOUTS, PackedTensor
+from kernels.core.ops import OPS
 
 Dim = int | str | None
 

@@ -3,7 +3,7 @@
 Steps, in order (each a small function below):
   1. read the ModelProto, check the opset (13..21) and that every op is importable; an
      unsupported model gets ONE error listing every unsupported op type with node names;
-  2. translate node by node into IR ops (runtime/ops.py), turning constant axes inputs into
+  2. translate node by node into IR ops (kernels/core/ops.py), turning constant axes inputs into
      attributes and ONNX type codes into numpy dtype names;
   3. simplify: drop Identity/Dropout, fold every node whose inputs are all constant
      (evaluated with the numpy reference kernels, so folding and running agree), fold Shape
@@ -25,7 +25,7 @@ import numpy as np
 from kernels import registry
 from .errors import UnsupportedModelError
 from .graph import Graph, Node, Value, unique_name
-from .layouts import DTYPES, dense_tensor
+from kernels.core.layouts import DTYPES, dense_tensor
 from .shape_fold import fold_symbolic_shapes
 
 MIN_OPSET, MAX_OPSET = 13, 21
@@ -106,7 +106,7 @@ def _default_opset(model) -> int:
 
 
 def _check_supported(g) -> None:
-    from .ops import OPS
+    from kernels.core.ops import OPS
     bad: dict[str, list[str]] = {}
     for k, n in enumerate(g.node):
         # Linear is qrt's own fused op, not an ONNX one: a node by that name is someone's custom op
@@ -255,7 +255,7 @@ class _Builder:
         elif op == "Gelu":
             emit(op, ins, {"approximate": attrs.get("approximate", "none")})
         else:
-            from .ops import OPS
+            from kernels.core.ops import OPS
             allowed = OPS[op].attrs
             dropped = set(attrs) - set(allowed)
             if dropped - {"stash_type"}:

@@ -49,7 +49,7 @@ from typing import Any, Callable
 import numpy as np
 
 from kernels import registry
-from .layouts import PackedTensor, dense_view_2d, int_weight
+from kernels.core.layouts import PackedTensor, dense_view_2d, int_weight
 
 PLAN_MODES = ("auto", "measure", "off")
 PLANNED_OPS = ("Linear", "Conv")

@@ -21,8 +21,8 @@ import numpy as np
 
 from kernels import registry
 from .graph import Graph, format_shape, shape_problem
-from .device import dtype_name, is_device_array, shape_stand_in, to_numpy
-from .layouts import dense_tensor, dense_view_2d
+from kernels.core.device import dtype_name, is_device_array, shape_stand_in, to_numpy
+from kernels.core.layouts import dense_tensor, dense_view_2d
 
 # onnxruntime's type strings, so code written against onnxruntime's NodeArg keeps working.
 _ORT_TYPE = {"float32": "tensor(float)", "float16": "tensor(float16)", "float64": "tensor(double)",
@@ -35,7 +35,7 @@ _ORT_TYPE = {"float32": "tensor(float)", "float16": "tensor(float16)", "float64"
 # dropped first), and only when they take at most this many bytes for one input shape.
 SHAPE_CACHE_ENTRIES = 16
 SHAPE_CACHE_MAX_BYTES = 1 << 22
-# Ops whose output shape depends on the *values* of these inputs (runtime/ops.py semantics);
+# Ops whose output shape depends on the *values* of these inputs (kernels/core/ops.py semantics);
 # every other op's output shape follows from its inputs' shapes and attributes.
 _SHAPE_GIVING_INPUTS = {"Reshape": (1,), "Expand": (1,), "Tile": (1,), "Slice": (1, 2, 3, 4),
                         "Range": (0, 1, 2), "ConstantOfShape": (0,)}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from runtime import layouts
+from kernels.core import layouts
 from runtime.convert import prune
 
 

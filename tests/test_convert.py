@@ -159,7 +159,7 @@ def test_accuracy_budget_tries_dense_int8_before_fp32(mlp, method):
         if lr["name"] in rep["budget"]["unpruned"]:
             assert lr["layout"] == "int8" and "not pruned, int8 kept" in lr["note"]
             node = next(n for n in graph.nodes if n.name == lr["name"])
-            from runtime.layouts import pack_int8
+            from kernels.core.layouts import pack_int8
             want = pack_int8(node.inputs[1], original[node.inputs[1]]).to_dense()
             np.testing.assert_array_equal(graph.initializers[node.inputs[1]].to_dense(), want)
     assert rep["totals"]["ratio"] < 0.35

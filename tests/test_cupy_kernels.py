@@ -43,9 +43,9 @@ import pytest
 import runtime
 from kernels import registry
 from kernels.registry import EPILOGUE_OPS
-from runtime import layouts
+from kernels.core import layouts
 from runtime.convert import prune
-from runtime.ops import ACTIVATIONS
+from kernels.core.ops import ACTIVATIONS
 from tests.sparse_cases import pack_sparse_case
 from tests.test_fusion import ATTENTION_RTOL, MASK_SHAPES, _attention_case, _rel
 

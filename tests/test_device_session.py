@@ -1,4 +1,4 @@
-"""Device arrays in a session (runtime/device.py, the session's GPU plumbing) as far as a
+"""Device arrays in a session (kernels/core/device.py, the session's GPU plumbing) as far as a
 machine without a GPU can check them: recognising device arrays, bringing them to the host,
 shape stand-ins, the backend orders, and a CPU session fed a device array. The GPU session
 itself (uploads once, values kept on the device, device outputs on request) is tested with
@@ -10,9 +10,9 @@ import pytest
 
 from kernels import registry
 from runtime import InferenceSession
-from runtime.device import dtype_name, is_device_array, shape_stand_in, to_numpy
+from kernels.core.device import dtype_name, is_device_array, shape_stand_in, to_numpy
 from runtime.graph import Graph, Node, Value
-from runtime.layouts import dense_tensor
+from kernels.core.layouts import dense_tensor
 
 
 class FakeDeviceArray:

@@ -15,7 +15,7 @@ import pytest
 
 import runtime
 from kernels import registry
-from runtime import layouts as L
+from kernels.core import layouts as L
 from runtime.convert.pipeline import find_embeddings
 from tests import model_zoo
 

@@ -15,7 +15,7 @@ from runtime.errors import QrtFormatError
 from runtime.format import (ALIGNMENT, FORMAT_VERSION, MAGIC, PAD_PREFIX, load, read_header,
                             save, to_bytes)
 from runtime.graph import Graph, Node, Value
-from runtime.layouts import PackedTensor, dense_tensor
+from kernels.core.layouts import PackedTensor, dense_tensor
 
 # --- fixtures ----------------------------------------------------------------------------
 

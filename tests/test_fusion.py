@@ -18,7 +18,7 @@ import runtime
 from kernels import registry
 from runtime.fuse import fuse
 from runtime.graph import Graph, Node, Value
-from runtime.layouts import dense_tensor, pack_int8
+from kernels.core.layouts import dense_tensor, pack_int8
 from tests import model_zoo
 
 pytestmark = pytest.mark.isa   # the fused kernels' CPU paths: tests/test_forced_isa.py runs them forced to AVX2
@@ -400,7 +400,7 @@ def test_sibling_csr_linears_merge_exactly(backend, quant):
     scales) merge into one csr Linear + Split with the results of the unmerged graph."""
     if backend == "numba":
         _numba_or_skip()
-    from runtime.layouts import pack_csr
+    from kernels.core.layouts import pack_csr
     rng = _rng("merge-csr", quant)
     k = 40
     inits, nodes, outputs = {}, [], []
@@ -435,7 +435,7 @@ def test_sibling_nm_linears_merge_exactly(backend):
     if backend == "numba":
         _numba_or_skip()
     from runtime.convert.prune import nm_mask
-    from runtime.layouts import pack_nm
+    from kernels.core.layouts import pack_nm
     rng = _rng("merge-nm")
     k = 32
     inits, nodes, outputs = {}, [], []

@@ -1,4 +1,4 @@
-"""Packed layouts (runtime/layouts.py) and their reference kernels (kernels/reference/packed.py).
+"""Packed layouts (kernels/core/layouts.py) and their reference kernels (kernels/reference/packed.py).
 
 Every expected value here is computed by plain numpy written in this file from the formulas
 of docs/CONVERTER.md, never by the code under test:
@@ -20,11 +20,11 @@ import pytest
 
 from kernels.reference.conv_pool import conv_ref
 from kernels.registry import fill_attrs, lookup
-from runtime import layouts as L
+from kernels.core import layouts as L
 from runtime.errors import QrtFormatError
 from runtime.format import load, save
 from runtime.graph import Graph, GraphError, Node, Value
-from runtime.layouts import PackedTensor, dense_tensor
+from kernels.core.layouts import PackedTensor, dense_tensor
 from runtime.session import InferenceSession
 
 # The reference kernels and these numpy checks both compute in float64 from the same integers

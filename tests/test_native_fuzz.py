@@ -164,7 +164,7 @@ def _mutate(rng, value):
 def _valid_cases(rng):
     """(name, callable, args, kwargs) with valid arguments for every binding known here."""
     from kernels.native_cpu import _native
-    from runtime.layouts import pack_bsr, pack_csr, pack_nm
+    from kernels.core.layouts import pack_bsr, pack_csr, pack_nm
 
     n, k, m = int(rng.integers(1, 70)), int(rng.integers(1, 100)), int(rng.integers(0, 9))
     qdata = rng.integers(-128, 128, (n, k)).astype(np.int8)
@@ -189,7 +189,7 @@ def _valid_cases(rng):
         ("build_info", _native.build_info, [], {}),
     ]
     if hasattr(_native, "sparse_int8_csr"):
-        # the sparse bindings (csrc/bind_sparse.cpp), with their fields as runtime/layouts.py
+        # the sparse bindings (csrc/bind_sparse.cpp), with their fields as kernels/core/layouts.py
         # stores them and kernels/native_cpu/sparse_int8.py passes them
         ns, ks = 4 * int(rng.integers(1, 17)), 8 * int(rng.integers(1, 13))
         dense = rng.standard_normal((ns, ks)).astype(np.float32)
@@ -218,8 +218,8 @@ def _valid_cases(rng):
             ("sparse_has_vbmi", _native.sparse_has_vbmi, [], {}),
         ]
     if hasattr(_native, "int4_linear"):
-        # the int4 weight-only Linear (csrc/bind_int4.cpp), fields as runtime/layouts.py stores them
-        from runtime.layouts import pack_int4_grouped
+        # the int4 weight-only Linear (csrc/bind_int4.cpp), fields as kernels/core/layouts.py stores them
+        from kernels.core.layouts import pack_int4_grouped
         n4, k4 = int(rng.integers(1, 40)), 32 * int(rng.integers(1, 5))
         t4 = pack_int4_grouped("w", rng.standard_normal((n4, k4)).astype(np.float32), group_size=32, symmetric=False)
         f = t4.fields

@@ -17,7 +17,7 @@ import pytest
 
 from kernels import registry
 from kernels.reference.packed import PackedGemm, packed_conv_ref, packed_linear_ref
-from runtime import layouts
+from kernels.core import layouts
 from runtime.convert.prune import nm_mask
 
 _REASON = registry.backend_status("native")

@@ -25,7 +25,7 @@ import pytest
 
 from kernels import registry
 from tests.linear_errors import assert_common_refusals
-from runtime.layouts import pack_int8
+from kernels.core.layouts import pack_int8
 
 _REASON = registry.backend_status("native")
 pytestmark = [pytest.mark.skipif(_REASON is not None, reason=f"native backend unavailable: {_REASON}"),
@@ -317,7 +317,7 @@ def test_isa_environment_variable_in_subprocess():
 import numpy as np, sys
 from kernels import registry
 from kernels.native_cpu import _native
-from runtime.layouts import pack_int8
+from kernels.core.layouts import pack_int8
 assert registry.backend_status("native") is None and _native.int8_isa() == "scalar", _native.int8_isa()
 rng = np.random.default_rng(7)
 t = pack_int8("w", rng.standard_normal((65, 100)).astype(np.float32), symmetric=False)
@@ -539,7 +539,7 @@ def test_session_fuses_linear_and_activation(act_op, attrs):
     k, n = 96, 130
     t = _weight(rng, (n, k), symmetric=False)
     b = rng.standard_normal(n).astype(np.float32)
-    from runtime.layouts import dense_tensor
+    from kernels.core.layouts import dense_tensor
     nodes = [Node("fc", "Linear", ["x", "w", "b"], ["h"], {"act_quant": "dynamic"}),
              Node("act", act_op, ["h"], ["y"], dict(attrs))]
     g = Graph("t", [Value("x", "float32", ("m", k))], [Value("y", "float32", ("m", n))], nodes,
@@ -636,7 +636,7 @@ def test_bad_inputs_to_the_kernel_are_refused_with_a_reason():
     with pytest.raises(ValueError, match="act_zero_point"):
         registry.lookup("Linear", "int8", "native")({"act_quant": "static", "act_scale": 1.0, "act_zero_point": 300}, {1: t})
     with pytest.raises(ValueError, match="layout 'int8'"):
-        from runtime.layouts import pack_int4_grouped
+        from kernels.core.layouts import pack_int4_grouped
         t4 = pack_int4_grouped("w", rng.standard_normal((10, 20)).astype(np.float32))
         registry.lookup("Linear", "int8", "native")({"act_quant": "dynamic"}, {1: t4})
     with pytest.raises(TypeError, match="packed layout"):

@@ -8,7 +8,7 @@ tolerance is zero (INT8_ATOL), on every code path: the scalar path, the AVX-512 
 and dword lanes and quad tiles of 1 and 4 rows, the AVX2 ELL kernel ("ell_avx2") with either
 lane kind (forced with the packing options and ``path=``), on every ISA the CPU has
 (``_native.set_int8_isa``), for 1 and 2 threads. Weights are packed by
-runtime.layouts from fresh random weights and masks of runtime.convert.prune.
+kernels.core.layouts from fresh random weights and masks of runtime.convert.prune.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import pytest
 
 from kernels import registry
 from tests.linear_errors import assert_common_refusals
-from runtime import layouts
+from kernels.core import layouts
 from runtime.convert import prune
 from tests.sparse_cases import pack_sparse_case
 
@@ -528,7 +528,7 @@ def test_fuzzed_weights_raise_or_match_the_reference():
     contiguous): the binding either raises TypeError / ValueError, or accepts a weight that is
     valid and gives the reference's bits on every path. Never a crash, never a wrong answer."""
     from kernels.reference.packed import PackedGemm, packed_linear_ref
-    from runtime.layouts import PackedTensor
+    from kernels.core.layouts import PackedTensor
     rng = _rng("fuzz")
     base = {"csr": pack_sparse_case(rng, "csr", 12, 40), "bsr": pack_sparse_case(rng, "bsr", 12, 40, block=(2, 4)),
             "nm": pack_sparse_case(rng, "nm", 6, 16, nm=(2, 4))}

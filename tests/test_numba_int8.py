@@ -20,7 +20,7 @@ numba = pytest.importorskip("numba")
 
 from kernels import registry  # noqa: E402
 from tests.linear_errors import assert_common_refusals  # noqa: E402
-from runtime.layouts import pack_int8  # noqa: E402
+from kernels.core.layouts import pack_int8  # noqa: E402
 
 _REASON = registry.backend_status("numba")
 pytestmark = [pytest.mark.skipif(_REASON is not None, reason=f"numba backend unavailable: {_REASON}"),
@@ -233,7 +233,7 @@ def test_forced_fallback_env_in_subprocess():
 import numpy as np, sys
 from kernels import registry
 from kernels.numba_cpu import vnni, int8_gemm
-from runtime.layouts import pack_int8
+from kernels.core.layouts import pack_int8
 assert not vnni.has_vnni()
 rng = np.random.default_rng(7)
 t = pack_int8("w", rng.standard_normal((65, 100)).astype(np.float32), symmetric=False)
@@ -361,7 +361,7 @@ def test_bad_inputs_are_refused_with_a_reason():
     with pytest.raises(ValueError, match="act_zero_point"):
         registry.lookup("Linear", "int8", "numba")({"act_quant": "static", "act_scale": 1.0, "act_zero_point": 300}, {1: t})
     with pytest.raises(ValueError, match="layout 'int8'"):
-        from runtime.layouts import pack_int4_grouped
+        from kernels.core.layouts import pack_int4_grouped
         t4 = pack_int4_grouped("w", rng.standard_normal((10, 20)).astype(np.float32))
         registry.lookup("Linear", "int8", "numba")({"act_quant": "dynamic"}, {1: t4})
     tc = _weight(rng, (6, 2, 3, 3))

@@ -18,7 +18,7 @@ import pytest
 numba = pytest.importorskip("numba")
 
 from kernels import registry  # noqa: E402
-from runtime.layouts import PackedTensor  # noqa: E402
+from kernels.core.layouts import PackedTensor  # noqa: E402
 
 _REASON = registry.backend_status("numba")
 pytestmark = [pytest.mark.skipif(_REASON is not None, reason=f"numba backend unavailable: {_REASON}"),

@@ -2,7 +2,7 @@
 
 Every comparison is with the reference kernel of the same (op, layout) on the same packed
 weight (registry.lookup(op, layout, "reference")), never with another fast kernel. Weights are
-packed by runtime.layouts from fresh random weights and masks of runtime.convert.prune.
+packed by kernels.core.layouts from fresh random weights and masks of runtime.convert.prune.
 
 Tolerances (why these values):
 
@@ -26,7 +26,7 @@ import pytest
 numba = pytest.importorskip("numba")
 
 from kernels import registry
-from runtime import layouts
+from kernels.core import layouts
 from tests.sparse_cases import pack_sparse_case
 
 _REASON = registry.backend_status("numba")

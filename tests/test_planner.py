@@ -14,7 +14,7 @@ from kernels import registry
 from kernels.reference.packed import PackedGemm, packed_linear_ref
 from runtime import InferenceSession, planner
 from runtime.graph import Graph, Node, Value
-from runtime.layouts import dense_tensor, pack
+from kernels.core.layouts import dense_tensor, pack
 
 FAST = tuple(b for b in registry.AUTO_ORDER if b != "reference" and registry.backend_status(b) is None)
 needs_fast = pytest.mark.skipif(not FAST, reason="no fast CPU backend (numba / native) is usable here")

@@ -16,7 +16,7 @@ from runtime.convert.prune import (REASON_FLATTEN_SPATIAL, REASON_MODEL_OUTPUT, 
                                    block_mask, channel_prune, check_sparsity, global_magnitude_masks,
                                    magnitude_mask, nm_mask, random_mask, sparsity_of)
 from runtime.graph import Graph, Node, Value
-from runtime.layouts import dense_tensor
+from kernels.core.layouts import dense_tensor
 
 # Removing a channel whose weights are exactly zero changes only which zero terms a GEMM
 # sums; the reference accumulates in float64 and rounds once, so the outputs agree to

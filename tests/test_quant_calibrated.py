@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import runtime
-from runtime import layouts as L
+from kernels.core import layouts as L
 from runtime.convert import gptq, obs, prune
 from runtime.convert.smooth import smooth_factors
 from tests import model_zoo

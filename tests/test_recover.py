@@ -10,7 +10,7 @@ from runtime.convert.prune import magnitude_mask  # noqa: E402
 from runtime.convert.recover import (RecoverResult, cubic_sparsity, hidden_values, recover,  # noqa: E402
                                      trainable_names)
 from runtime.graph import Graph, Node, Value  # noqa: E402
-from runtime.layouts import dense_tensor  # noqa: E402
+from kernels.core.layouts import dense_tensor  # noqa: E402
 from runtime.session import InferenceSession  # noqa: E402
 
 SPARSITY = 0.85

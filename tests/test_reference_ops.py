@@ -27,7 +27,7 @@ from onnx import helper  # noqa: E402
 import kernels.reference as reference_pkg  # noqa: E402
 from kernels.reference._common import snake_name  # noqa: E402
 from kernels.registry import fill_attrs, kernels, lookup  # noqa: E402
-from runtime.ops import OPS  # noqa: E402
+from kernels.core.ops import OPS  # noqa: E402
 
 # float32 outputs: the reference computes in float64 (or float32 for plain element-wise ops)
 # and rounds once, i.e. within 0.5 ulp (6e-8 relative); onnxruntime's MLAS kernels use float32

@@ -413,7 +413,7 @@ def _shape_graph() -> Graph:
     """y = x + ConstantOfShape(Shape(x)) * 2 (shape-only), z = Shape(Reshape(x, target))
     (target is an input: its *values* give the shape, so z must never come from the cache),
     s = Shape(x) (an output that is a cached value)."""
-    from runtime.layouts import dense_tensor
+    from kernels.core.layouts import dense_tensor
     two = dense_tensor("two", np.array(2.0, np.float32))
     nodes = [Node("shape", "Shape", ["x"], ["s"]),
              Node("ones", "ConstantOfShape", ["s"], ["c"], {"value": 1.0, "dtype": "float32"}),

@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 from kernels import registry  # noqa: E402
 from runtime.convert.torch_eval import OPS, TorchGraph, as_tensor  # noqa: E402
 from runtime.graph import Graph, Node, Value  # noqa: E402
-from runtime.layouts import dense_tensor, pack_int8  # noqa: E402
+from kernels.core.layouts import dense_tensor, pack_int8  # noqa: E402
 from runtime.onnx_import import import_onnx  # noqa: E402
 from runtime.session import InferenceSession  # noqa: E402
 
@@ -167,7 +167,7 @@ def test_op_matches_reference(op, attrs, inputs):
 
 
 def test_every_vocabulary_op_has_an_entry_and_a_case():
-    from runtime.ops import OPS as VOCABULARY
+    from kernels.core.ops import OPS as VOCABULARY
     assert set(OPS) == set(VOCABULARY)
     assert set(VOCABULARY) <= {c[0] for c in CASES}
 

@@ -36,7 +36,7 @@ import numpy as np
 import pytest
 
 from kernels import registry
-from runtime.layouts import dense_tensor, pack_bsr, pack_int4_grouped, pack_int8
+from kernels.core.layouts import dense_tensor, pack_bsr, pack_int4_grouped, pack_int8
 
 _REASON = registry.backend_status("triton")
 pytestmark = pytest.mark.skipif(_REASON is not None, reason=f"triton backend unavailable: {_REASON}")

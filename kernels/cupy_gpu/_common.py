@@ -21,12 +21,12 @@ from typing import Any
 
 import numpy as np
 
-from runtime.layouts import PackedTensor
+from kernels.core.layouts import PackedTensor
 
 SOURCE_DIR = Path(__file__).resolve().parent
 COMMON_HEADER = "common.cuh"
 
-# the activation attribute of a Linear (runtime/ops.py ACTIVATIONS) -> the epilogue code of
+# the activation attribute of a Linear (kernels/core/ops.py ACTIVATIONS) -> the epilogue code of
 # common.cuh (QRT_ACT_*; tests/test_cupy_kernels.py checks the two tables agree)
 ACTIVATION_CODES = {"none": 0, "relu": 1, "gelu": 2, "gelu_tanh": 3}
 

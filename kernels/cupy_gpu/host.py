@@ -5,7 +5,7 @@ They are plain numpy so that tests/test_cupy_kernels.py checks them against the 
 ``to_dense`` on machines without a GPU.
 
 * csr: indptr widened to int64 (N + 1,) and indices to int32 (nnz,), whatever the stored
-  dtypes (runtime/layouts.py stores uint8 / uint16 / int32 indices and int32 / int64 indptr by
+  dtypes (kernels/core/layouts.py stores uint8 / uint16 / int32 indices and int32 / int64 indptr by
   shape): one kernel for every stored combination, 64-bit entry positions for any nnz.
 * nm: meta unpacked to one int32 column per stored value, cols (N, K/m*n), row-major like
   the values, so the kernel reads an ELL matrix: cols[r, j*n + i] = j*m + positions[r, j, i].
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from runtime.layouts import PackedTensor, dense_view_2d, nm_positions
+from kernels.core.layouts import PackedTensor, dense_view_2d, nm_positions
 
 SPARSE_LAYOUTS = ("csr", "nm")
 

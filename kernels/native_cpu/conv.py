@@ -17,7 +17,7 @@ weight-only kernel (csrc/int4_gemm.h's bound, K' = C/group * prod(kernel)).
 
 Per group weights, prepared once at plan time: group = 1 uses the weight's own 2-D view; with
 group > 1 int8 and int4_grouped slice their fields by rows, and the sparse layouts re-express
-each group's rows as CSR built from the same stored integers (runtime.layouts.int_weight), an
+each group's rows as CSR built from the same stored integers (kernels.core.layouts.int_weight), an
 exact re-encoding, so the integer products are unchanged.
 
 Other cases run the reference (packed_conv_ref): X not float32, or more than 2 spatial dims.
@@ -33,7 +33,7 @@ from kernels.blas_activity import note_blas_call
 from kernels.reference.conv_pool import _out_size, _spatial_attrs, _windows
 from kernels.reference.packed import PackedGemm, act_params, packed_conv_ref
 from kernels.registry import register
-from runtime.layouts import PackedTensor, dense_view_2d, int_weight
+from kernels.core.layouts import PackedTensor, dense_view_2d, int_weight
 
 from . import _native
 from .int4_linear import NativeInt4Linear, int4_linear

@@ -20,7 +20,7 @@ import numpy as np
 
 from kernels.reference.packed_gather import check_index_dtype, index_error, row_gather_factory
 from kernels.registry import register
-from runtime.layouts import PackedTensor, dense_view_2d
+from kernels.core.layouts import PackedTensor, dense_view_2d
 
 from . import _native
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from kernels.reference.packed import PackedGemm, act_params, packed_linear_ref
 from kernels.registry import register
-from runtime.layouts import PackedTensor, dense_view_2d
+from kernels.core.layouts import PackedTensor, dense_view_2d
 
 from . import _native
 

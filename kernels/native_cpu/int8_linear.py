@@ -10,7 +10,7 @@ kernels/reference/packed.py's bit for bit (tests/test_native_int8.py asserts equ
 Plan time (the factory): the weight is packed once into 64-column panels (``_native.Int8Weight``).
 Run time: X (..., K) is viewed as (M, K) rows, Y (M, N) reshaped to (..., N).
 
-Epilogue activation: the node's "activation" attribute (runtime/ops.py ACTIVATIONS: relu, gelu,
+Epilogue activation: the node's "activation" attribute (kernels/core/ops.py ACTIVATIONS: relu, gelu,
 gelu_tanh; kernels/registry.py EPILOGUE_OPS defines it as the Relu / Gelu op applied to the
 float32 Y) is fused: the kernel applies it to each output tile right after the epilogue's
 rounding to float32 (csrc/activation.h: ReLU exact; the GELUs mostly in float32 with a fitted
@@ -40,7 +40,7 @@ import numpy as np
 from kernels.reference.packed import PackedGemm, act_params, packed_linear_ref
 from kernels.blas_activity import note_blas_call
 from kernels.registry import EPILOGUE_OPS, fill_attrs, lookup, register
-from runtime.layouts import PackedTensor
+from kernels.core.layouts import PackedTensor
 
 from . import _native
 
@@ -84,7 +84,7 @@ class NativeInt8Linear:
 
 def int8_linear(x: Any, plan: NativeInt8Linear, bias: Any = None, activation: str = "none") -> np.ndarray:
     """Y (..., N) = act(quant(X) @ W.T + bias) in X's dtype; X (..., K) float, W logical (N, K),
-    bias (N,) or None, activation one of runtime.ops ACTIVATIONS (fused for float32 X)."""
+    bias (N,) or None, activation one of kernels.core.ops ACTIVATIONS (fused for float32 X)."""
     x, x2 = rows_of(x, plan)
     shape = x.shape
     if x.dtype == np.float32 and plan.act_quant != "none":

@@ -27,7 +27,7 @@ import numpy as np
 
 from kernels.reference.packed import PackedGemm, act_params, packed_linear_ref
 from kernels.registry import register
-from runtime.layouts import PackedTensor
+from kernels.core.layouts import PackedTensor
 
 from . import _native
 from .int8_linear import _BIAS_DTYPES, bias_of, rows_of, weight_only
@@ -36,7 +36,7 @@ SPARSE_LAYOUTS = ("csr", "bsr", "nm")
 def pack_sparse(weight: PackedTensor, lanes: str = "auto", quad_rows: int = -1):
     """The native packed form of a csr / bsr / nm weight with quant "int8", logical (N, K).
 
-    Fields as runtime/layouts.py stores them; a per-tensor scale (1,) becomes one per row.
+    Fields as kernels/core/layouts.py stores them; a per-tensor scale (1,) becomes one per row.
     ``lanes`` / ``quad_rows`` force the packed structures (tests, benchmarks; see
     ``_native.sparse_int8_csr``)."""
     n, k = weight.shape

@@ -29,7 +29,7 @@ from numba import njit
 
 from kernels.reference.packed_gather import check_index_dtype, index_error, row_gather_factory
 from kernels.registry import register
-from runtime.layouts import PackedTensor, dense_view_2d
+from kernels.core.layouts import PackedTensor, dense_view_2d
 
 F32 = np.dtype(np.float32)
 

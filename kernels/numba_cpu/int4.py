@@ -38,7 +38,7 @@ import numpy as np
 from numba import njit, prange
 
 from kernels.registry import register
-from runtime.layouts import PackedTensor, dense_view_2d
+from kernels.core.layouts import PackedTensor, dense_view_2d
 
 from .sparse import (
     CONV_ATTRS,

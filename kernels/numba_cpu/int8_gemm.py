@@ -36,7 +36,7 @@ from numba import njit, prange
 from kernels.reference.conv_pool import _out_size, _spatial_attrs, conv_by_gemm
 from kernels.reference.packed import act_params
 from kernels.registry import EPILOGUE_OPS, fill_attrs, lookup, register
-from runtime.layouts import PackedTensor, dense_view_2d
+from kernels.core.layouts import PackedTensor, dense_view_2d
 
 from . import vnni
 from .ops import ACT_NONE, ACTIVATION_KINDS, note_blas_call
@@ -169,7 +169,7 @@ def _gemm_dtype(x: np.ndarray):
 
 def int8_linear(x: np.ndarray, plan: Int8Plan, bias: Any = None, activation: str = "none") -> np.ndarray:
     """Y (..., N) = act(quant(X) @ W.T + bias) in X's dtype; X (..., K) float, W logical (N, K);
-    activation a runtime.ops ACTIVATIONS name, fused into the GEMM's tiles for float32 X."""
+    activation a kernels.core.ops ACTIVATIONS name, fused into the GEMM's tiles for float32 X."""
     x = np.asarray(x)
     shape = x.shape
     if not shape or shape[-1] != plan.k or x.dtype.kind != "f":

@@ -317,7 +317,7 @@ def _unary_span(x, out, kind):
             out[i] = np.float32(0.0) if v < 0.0 else v   # NaN stays NaN, as np.maximum
 
 
-# Linear/Conv epilogue activations (runtime/ops.py ACTIVATIONS) as _unary_span kinds, for the
+# Linear/Conv epilogue activations (kernels/core/ops.py ACTIVATIONS) as _unary_span kinds, for the
 # GEMM kernels that apply them tile by tile (ACT_NONE: no activation).
 ACT_NONE = -1
 ACTIVATION_KINDS = {"none": ACT_NONE, "relu": RELU, "gelu": GELU_ERF, "gelu_tanh": GELU_TANH}

@@ -2,7 +2,7 @@
 
 Numerics are kernels/reference/packed.py's (docs/CONVERTER.md, "Numerics"); every kernel here
 is tested against it (tests/test_numba_sparse.py). Shapes: X (M, K') rows of the GEMM input,
-the weight's 2-D view W (N, K') (runtime.layouts.dense_view_2d), Y (M, N).
+the weight's 2-D view W (N, K') (kernels.core.layouts.dense_view_2d), Y (M, N).
 
 ``act_quant``:
 
@@ -80,7 +80,7 @@ from numba.extending import intrinsic, models, register_model
 from kernels.reference.conv_pool import conv_by_gemm
 from kernels.reference.packed import act_params
 from kernels.registry import register
-from runtime.layouts import PackedTensor, dense_view_2d, nm_positions
+from kernels.core.layouts import PackedTensor, dense_view_2d, nm_positions
 
 from . import isa
 from .vnni import quantize_shift

@@ -1,4 +1,4 @@
-"""The numpy reference backend: the spec of every op in runtime.ops.
+"""The numpy reference backend: the spec of every op in kernels.core.ops.
 
 Each op has a plain function ``<snake_op>_ref`` (``add_ref``, ``conv_ref``, ``gather_nd_ref``)
 written to be read, not to be fast; every fast kernel is tested against it. Importing this

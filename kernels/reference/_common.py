@@ -6,7 +6,7 @@ registers it with kernels.registry as the ``(op, "dense", "reference")`` kernel 
 
     factory(attrs, weights) -> run(*inputs) -> tuple of np.ndarray
 
-The factory binds the op's attributes (those listed in runtime.ops, defaults filled in) once,
+The factory binds the op's attributes (those listed in kernels.core.ops, defaults filled in) once,
 at plan time, and checks the required ones; ``run`` only calls the function and wraps its
 result. Absent optional inputs arrive as None (or are simply not passed).
 
@@ -25,7 +25,7 @@ from typing import Any, Callable
 import numpy as np
 
 from kernels.registry import register
-from runtime.ops import op_spec
+from kernels.core.ops import op_spec
 
 _SNAKE_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 
@@ -48,7 +48,7 @@ def reference_kernel(op: str, *, required: tuple[str, ...] = (),
     """Decorator: register ``fn`` (named ``<snake_op>_ref``) as the reference kernel of ``op``.
 
     required:    attributes that must not be None (checked at plan time, not per call).
-    extra_attrs: attributes the kernel honours that runtime.ops does not (yet) list, with
+    extra_attrs: attributes the kernel honours that kernels.core.ops does not (yet) list, with
                  their defaults; passed through when a node carries them.
     check:       validates the bound attributes at plan time; raises ValueError.
     """

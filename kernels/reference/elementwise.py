@@ -56,7 +56,7 @@ def div_ref(a, b):
 def mod_ref(a, b, fmod=0):
     """A mod B; A, B of one dtype T, broadcast; output T.
 
-    fmod=0 (the only form runtime.ops lists): the result has the sign of the divisor, like
+    fmod=0 (the only form kernels.core.ops lists): the result has the sign of the divisor, like
     Python's % (np.mod): -7 mod 2 = 1. fmod=1: C fmod, the sign of the dividend: -7 mod 2 = -1
     (ONNX requires fmod=1 for float inputs; honoured here if the node carries it).
     Integer mod by zero is undefined in ONNX; here it gives 0.

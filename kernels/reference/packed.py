@@ -2,9 +2,9 @@
 
 Numerics are docs/CONVERTER.md's "Numerics", implemented literally; every fast kernel for a
 packed layout is tested against these functions. Shapes: X (M, K') rows of the GEMM input,
-the weight's 2-D view W (N, K') (runtime.layouts.dense_view_2d), Y (M, N).
+the weight's 2-D view W (N, K') (kernels.core.layouts.dense_view_2d), Y (M, N).
 
-``act_quant`` (a node attribute, runtime/ops.py):
+``act_quant`` (a node attribute, kernels/core/ops.py):
 
 * ``"none"``: float activations. Y = X @ dequant(W).T + b in float64, rounded once to X's
   dtype, where dequant(W) is ``PackedTensor.to_dense()`` (float32, the one definition of a
@@ -36,7 +36,7 @@ from typing import Any, Callable
 import numpy as np
 
 from kernels.registry import register
-from runtime.layouts import PackedTensor, dense_view_2d, int_weight
+from kernels.core.layouts import PackedTensor, dense_view_2d, int_weight
 
 from ._common import is_float
 from .conv_pool import conv_by_gemm

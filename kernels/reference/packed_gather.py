@@ -7,7 +7,7 @@ The lookup on such a table is defined as the lookup on the dequantized table:
 
     out[i..., :] = dequant(table)[idx[i...], :]          out shape indices.shape + (D,)
     dequant      = PackedTensor.to_dense(): float32(q - zero_point) * scale, one float32
-                   rounding per element (runtime/layouts.py, Numerics)
+                   rounding per element (kernels/core/layouts.py, Numerics)
 
 so every fast kernel, which dequantizes only the gathered rows, matches this bit for bit: it
 evaluates the same float32 product of the same two numbers.
@@ -30,7 +30,7 @@ from typing import Any, Callable
 import numpy as np
 
 from kernels.registry import register
-from runtime.layouts import PackedTensor
+from kernels.core.layouts import PackedTensor
 
 from ._common import normalize_axis
 from .packed import PACKED_LAYOUTS

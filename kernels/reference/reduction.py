@@ -5,7 +5,7 @@ is the exact value, and a fast kernel's float32 accumulation error is what the t
 its tests allow for. Integer sums accumulate in the input dtype (wrapping like onnxruntime's
 T accumulator); an integer mean truncates toward zero (C integer division).
 
-Reduction axes are attributes in the qrt IR for every opset (see runtime/ops.py):
+Reduction axes are attributes in the qrt IR for every opset (see kernels/core/ops.py):
 ``axes`` None or [] reduces every axis, unless ``noop_with_empty_axes`` is 1, in which case
 the input is returned unchanged (an alias: outputs are read-only).
 """

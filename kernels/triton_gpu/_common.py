@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from runtime.layouts import PackedTensor
+from kernels.core.layouts import PackedTensor
 
 from . import DEVICE
 
@@ -46,7 +46,7 @@ LAUNCH = {"enable_fp_fusion": False}
 # partial result is a sum of at most K' products of magnitude <= 255 * 255 (docs/CONVERTER.md).
 MAX_K_INT32 = (2 ** 31 - 1) // (255 * 255)          # 33025
 
-# runtime/ops.py ACTIVATIONS -> the constexpr the kernels branch on
+# kernels/core/ops.py ACTIVATIONS -> the constexpr the kernels branch on
 ACTIVATION_CODES = {"none": 0, "relu": 1, "gelu": 2, "gelu_tanh": 3}
 FUSED_ACTIVATIONS = ("relu", "gelu", "gelu_tanh")
 

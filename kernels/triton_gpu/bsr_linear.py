@@ -1,6 +1,6 @@
 """Block-sparse Linear (``bsr`` weights): ("Linear", "bsr", "triton").
 
-    Y (M, N) float32 = act(X @ W^T + bias),  W stored as R x C blocks (runtime/layouts.py bsr)
+    Y (M, N) float32 = act(X @ W^T + bias),  W stored as R x C blocks (kernels/core/layouts.py bsr)
 
 Design:
 
@@ -55,7 +55,7 @@ import triton.language as tl
 
 from kernels.reference.packed import act_params
 from kernels.registry import register
-from runtime.layouts import layout_spec
+from kernels.core.layouts import layout_spec
 
 from . import _common as C
 from ._common import activate, int8_epilogue

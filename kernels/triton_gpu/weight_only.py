@@ -15,7 +15,7 @@ Design:
   and zero point are one (BN,) vector), or BK_MAX when group_size has no power-of-two factor
   >= 16 (then each element gathers its own group's scale: correct, slower).
 * Main loop, per K tile: load (BN, BK/2) bytes, split the nibbles (low nibble = even k, as
-  runtime/layouts.py packs them), interleave them back with ``tl.join`` + ``tl.reshape``,
+  kernels/core/layouts.py packs them), interleave them back with ``tl.join`` + ``tl.reshape``,
   sign-extend (symmetric) or subtract the zero point (asymmetric), dequantize, then
   ``tl.dot``. Rows M < 16 (decode) take a GEMV branch instead (broadcast multiply + ``tl.sum``):
   a ``tl.dot`` needs BM >= 16 and would do 16x the work of a 1-row GEMV.
@@ -54,7 +54,7 @@ import triton
 import triton.language as tl
 
 from kernels.registry import register
-from runtime.layouts import layout_spec
+from kernels.core.layouts import layout_spec
 
 from . import _common as C
 from ._common import activate, grouped_tile

@@ -94,7 +94,7 @@ def pack_case(w: np.ndarray, layout: str, sparsity: float = 0.0):
     """(PackedTensor, block label or None) of w (N, K) float32 in a report layout (fp32, int8,
     int4, csr, bsr, nm) pruned to ``sparsity`` (magnitude; 2:4 for nm; 4x4 blocks for bsr),
     packed like the converter packs it; None where the shape does not fit (bsr, nm)."""
-    from runtime import layouts as L
+    from kernels.core import layouts as L
     from runtime.convert import prune
     n, k = w.shape
     if layout == "fp32":

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..layouts import INT4_SYMMETRIC, INT8_SYMMETRIC, _scale32
+from kernels.core.layouts import INT4_SYMMETRIC, INT8_SYMMETRIC, _scale32
 from .obs import BLOCK, _inverse_cholesky
 
 BITS = {8: (127, INT8_SYMMETRIC), 4: (7, INT4_SYMMETRIC)}

@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..graph import Graph, Node, unique_name
-from ..layouts import PackedTensor, dense_tensor
+from kernels.core.layouts import PackedTensor, dense_tensor
 from .report import EmbeddingReport, LayerReport, Report, output_metrics, rel_error, sqnr_db
 
 PRUNE_METHODS = ("none", "magnitude", "nm", "block", "channel", "random")
@@ -355,7 +355,7 @@ def _pack_embeddings(graph: Graph, opts: ConvertOptions,
     asks (opts.embed_quant: int8 per row, or int4_grouped with opts.group_size along D; "auto"
     is int8 whenever quant is not "none"; symmetric or not as opts.symmetric), except those
     --keep-fp32 matches; and one report row per table. Tables are never pruned."""
-    from .. import layouts as L
+    from kernels.core import layouts as L
     mode = opts.embed_quant if opts.embed_quant != "auto" else ("int8" if opts.quant != "none" else "none")
     tables = find_embeddings(graph) if mode != "none" else []
     if not tables:
@@ -800,7 +800,7 @@ def _layout_for(opts: ConvertOptions, plan: _Plan) -> str:
 
 
 def _pack(name: str, w: np.ndarray, layout: str, plan: _Plan, opts: ConvertOptions) -> PackedTensor:
-    from .. import layouts as L
+    from kernels.core import layouts as L
     quant = "int8" if opts.quant == "int8" else "none"
     if layout == "dense":
         return dense_tensor(name, w if plan.mask is None or plan.keep_fp32 else (w * plan.mask).astype(np.float32))

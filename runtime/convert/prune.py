@@ -4,7 +4,7 @@ Two kinds of pruning live here (docs/CONVERTER.md, "Pruning"):
 
 * **Masks.** ``magnitude_mask``, ``global_magnitude_masks``, ``nm_mask``, ``block_mask`` and
   ``random_mask`` return a bool array of the weight's logical shape, True = kept. They do not
-  change the weight; the packer (runtime/layouts.py, ``pack_csr`` / ``pack_bsr`` /
+  change the weight; the packer (kernels/core/layouts.py, ``pack_csr`` / ``pack_bsr`` /
   ``pack_nm``) stores only the kept values. Every function works on the weight's **2-D view
   (N, K')**, N = shape[0], K' = prod(shape[1:]): a Linear weight (N, K) is its own view, a
   Conv weight (M, C/group, kh, kw) is one row per output filter.
@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 
 from ..graph import Graph, Node
-from ..layouts import dense_tensor
+from kernels.core.layouts import dense_tensor
 
 __all__ = [
     "check_sparsity", "sparsity_of",

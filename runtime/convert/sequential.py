@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 
 from ..graph import Graph
-from ..layouts import dense_tensor
+from kernels.core.layouts import dense_tensor
 
 
 @dataclass

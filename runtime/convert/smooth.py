@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..graph import Graph, Node, unique_name
-from ..layouts import dense_tensor
+from kernels.core.layouts import dense_tensor
 
 S_RANGE = (1e-5, 1e5)     # clip: a channel that is 0 in all calibration data must not blow up
 # alpha "auto": the candidates tried per group of layers (None: no smoothing)

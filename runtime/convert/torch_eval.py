@@ -2,7 +2,7 @@
 
 ``OPS`` is one table like the reference kernels (kernels/reference): op name ->
 ``fn(attrs, *inputs) -> tuple of torch.Tensor``, ``attrs`` the node's attributes with the
-op's defaults filled in (runtime/ops.py), absent optional inputs None. Each entry computes
+op's defaults filled in (kernels/core/ops.py), absent optional inputs None. Each entry computes
 what the op's ``*_ref`` function computes, in the inputs' dtype (float32 here, where the
 reference works in float64 and rounds once: results agree to float32 rounding, a few ulps per
 op), and is differentiable where the op is. Shape-like inputs (Reshape's shape, Slice's
@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from ..graph import Graph
-from ..ops import op_spec
+from kernels.core.ops import op_spec
 
 TORCH_PIN = "torch==2.13.0"
 
