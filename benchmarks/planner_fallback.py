@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 
 from kernels import registry  # noqa: E402
 from runtime import InferenceSession  # noqa: E402
-from runtime.bench import machine  # noqa: E402
+from kernels.core.cpu import cpu_name  # noqa: E402
 from runtime.graph import Graph, Node, Value  # noqa: E402
 from kernels.core.layouts import dense_tensor, pack  # noqa: E402
 
@@ -48,7 +48,7 @@ def main() -> None:
     if not fast:
         sys.exit("no fast CPU backend (numba / native) is usable here: "
                  + "; ".join(f"{b}: {registry.backend_status(b)}" for b in ("native", "numba")))
-    print(f"# {machine.cpu_name()}, threads={args.threads}, M={args.rows}, load average "
+    print(f"# {cpu_name()}, threads={args.threads}, M={args.rows}, load average "
           f"{os.getloadavg()[0]:.2f} (1 min), QRT_NATIVE_ISA={os.environ.get('QRT_NATIVE_ISA', '')!r}, "
           f"QRT_NUMBA_ISA={os.environ.get('QRT_NUMBA_ISA', '')!r}")
     print("| N x K | sparsity | backend | chosen | stored ms | dense int8 ms | stored / dense |")

@@ -304,6 +304,8 @@ PYBIND11_MODULE(_native, m) {
             out["optimized"] = false;
 #endif
             out["openmp"] = qrt::int8_has_openmp();
+            out["max_k_int32"] = qrt::kMaxKInt32;   // numeric_bounds.h: tied to kernels/core/bounds.py by a test
+            out["max_exact_k"] = qrt::kMaxExactK;
             // Baseline ISA of this build: the compiler's own target, not -march=native, so
             // the same binary runs on any x86-64. Faster paths are chosen at run time.
 #if defined(__AVX512F__)

@@ -43,9 +43,6 @@ template struct AlignedArray<double>;
 
 // --- packing -----------------------------------------------------------------------------------
 
-// The reference accumulates in float64, exact while K * 255 * 255 < 2^53 (its MAX_EXACT_K);
-// the scalar path's int64 and its float64 conversion are exact in the same range.
-constexpr int64_t kMaxExactK = (int64_t(1) << 53) / (255 * 255);
 
 namespace {
 

@@ -42,12 +42,12 @@
 #include <string>
 
 #include "activation.h"
+#include "numeric_bounds.h"
 
 namespace qrt {
 
 constexpr int64_t kInt8Panel = 64;        // output columns per weight panel (4 zmm of 16 int32)
 constexpr int64_t kInt8MR = 4;            // rows per micro-tile
-constexpr int64_t kMaxKInt32 = 2147483647LL / (255 * 255);   // 33025: int32 accumulation exact
 
 // The GEMM code paths. All give the same int32 (or int64) accumulators, hence the same bits.
 enum class Int8Isa : int { scalar = 0, avx2 = 1, avx512_vnni = 2 };

@@ -23,9 +23,6 @@ using sparse_detail::Problem;
 
 namespace {
 
-// The reference accumulates in float64, exact while K * 255 * 255 < 2^53 (packed.py's
-// MAX_EXACT_K); the scalar path's int64 accumulator and its float64 conversion are exact there.
-constexpr int64_t kMaxExactK = (int64_t(1) << 53) / (255 * 255);
 
 [[noreturn]] void fail(const std::string& msg) { throw std::invalid_argument(msg); }
 

@@ -19,12 +19,33 @@ if _os.path.dirname(_os.path.dirname(_os.path.abspath(getattr(_kernels, "__file_
                       "(Hugging Face's 'kernels', installed with transformers >= 5.25, has the same name); use qrt "
                       "in an environment without it: pip install 'transformers<5.25' && pip uninstall kernels")
 
-from kernels.registry import available_backends  # noqa: E402
-from . import convert  # noqa: E402
-from .errors import QrtFormatError, UnsupportedModelError
-from .format import load, save
-from .session import InferenceSession
+from .errors import QrtFormatError, UnsupportedModelError  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = ["InferenceSession", "convert", "available_backends", "load", "save",
            "QrtFormatError", "UnsupportedModelError", "__version__"]
+
+# The rest loads on first use (PEP 562), so that `import runtime` (the CLI's start, a kernel
+# test importing runtime.format) does not pay for the session, the planner and the converter.
+_LAZY = {
+    "InferenceSession": ("runtime.session", "InferenceSession"),
+    "convert": ("runtime.convert", None),
+    "load": ("runtime.format", "load"),
+    "save": ("runtime.format", "save"),
+    "available_backends": ("kernels.registry", "available_backends"),
+}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'runtime' has no attribute {name!r}")
+    import importlib
+    module, attr = _LAZY[name]
+    value = importlib.import_module(module)
+    value = value if attr is None else getattr(value, attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_LAZY))

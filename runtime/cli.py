@@ -15,6 +15,15 @@ from pathlib import Path
 
 import numpy as np
 
+from kernels.core import config
+from kernels.core.ops import op_spec
+
+from .bench.command import add_parser as add_bench_parser
+from .convert import ConvertOptions, convert
+from .demo import run_demo
+from .format import atomic_write as _atomic_write
+from .format import load, read_header
+from .session import InferenceSession
 from .tables import format_table
 
 
@@ -45,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"qrt {args.command}: interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # noqa: BLE001 - the CLI's contract is one line, no traceback
-        if os.environ.get("QRT_DEBUG"):
+        if config.get("QRT_DEBUG"):
             raise
         msg = str(e).strip() or type(e).__name__
         first, *rest = msg.splitlines()
@@ -175,7 +184,6 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("-o", "--output", metavar="OUT.npz", help="write all outputs to this .npz file")
     r.set_defaults(func=_cmd_run)
 
-    from .bench.command import add_parser as add_bench_parser
     add_bench_parser(sub)
 
     d = sub.add_parser("demo", help="train, convert and run a small model; print a comparison table and a report",
@@ -195,7 +203,6 @@ def _parser() -> argparse.ArgumentParser:
 
 def atomic_write(path: str | os.PathLike, write) -> None:
     """format.atomic_write, after checking the output path is usable (one-line errors)."""
-    from .format import atomic_write as _atomic_write
     path = Path(path)
     if path.is_dir():
         raise CliError(f"output {str(path)!r} is a directory")
@@ -224,7 +231,6 @@ def _human(n: int) -> str:
 # ----------------------------------------------------------------------------- commands --
 
 def _cmd_convert(args) -> int:
-    from .convert import convert
     src = _require_file(args.model, "model")
     out = Path(args.output)
     if not out.parent.exists():
@@ -267,7 +273,6 @@ def _pair(text: str, sep: str, flag: str) -> tuple[int, int]:
 
 
 def _convert_options(args):
-    from .convert import ConvertOptions
     layer_sparsity = {}
     for spec in args.layer_sparsity:
         pattern, sep, value = spec.rpartition("=")
@@ -302,8 +307,6 @@ def _convert_options(args):
 
 
 def _describe(path: Path) -> dict:
-    from .format import load, read_header
-    from kernels.core.ops import op_spec
     graph = load(path)
     file_meta, _ = read_header(path)  # the format version is in the file's metadata, not the graph's
     inits = [{"name": n, "layout": t.layout, "dtype": t.dtype, "shape": list(t.shape),
@@ -343,7 +346,6 @@ def _cmd_inspect(args) -> int:
         raise CliError(f"--plan ROWS must be >= 1, got {args.plan}")
     info = _describe(path)
     if args.plan is not None:
-        from .session import InferenceSession
         sess = InferenceSession(path, backend=args.backend, threads=args.threads)
         info["plan"] = sess.plan_layers(args.plan)
     if args.json:
@@ -415,7 +417,6 @@ def _cmd_inspect(args) -> int:
 
 
 def _cmd_run(args) -> int:
-    from .session import InferenceSession
     path = _require_file(args.file, "file")
     feeds = {}
     for spec in args.input:
@@ -455,7 +456,6 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_demo(args) -> int:
-    from .demo import run_demo
     return run_demo(out_dir=args.out, keep_models=args.keep_models, seed=args.seed)
 
 

@@ -26,6 +26,16 @@ from pathlib import Path
 
 import numpy as np
 
+from kernels.registry import backend_device
+
+from . import available_backends
+from .bench import machine
+from .bench.report import figure, markdown_table, save_figure, write_atomic
+from .bench.timing import quietest_median, time_blocked
+from .convert import from_onnx
+from .session import InferenceSession
+from .tables import format_table
+
 HIDDEN = (256, 256)
 MAX_ITER = 60
 
@@ -95,16 +105,11 @@ def to_onnx(clf) -> bytes:
 
 
 def _median_ms(fn, seconds: float, settle: bool) -> float:
-    from .bench.timing import quietest_median, time_blocked
     return quietest_median(time_blocked([fn], [settle], seconds)[0]) * 1e3
 
 
 def run_demo(out_dir: str | None = "qrt-demo", keep_models: bool = False, seed: int = 0) -> int:
-    from kernels.registry import backend_device
 
-    from . import available_backends
-    from .convert import from_onnx
-    from .session import InferenceSession
 
     out = Path(out_dir or "qrt-demo")
     if out.exists() and not out.is_dir():
@@ -211,7 +216,6 @@ def _cells(r: dict) -> list[str]:
 
 
 def _print_table(rows: list[dict], n: int) -> None:
-    from .tables import format_table
     print()
     print(format_table([_cells(r) for r in rows], [h.format(n=n) for h in HEADER]))
     print(f"\n  latency: median of repeated runs in this process; 'x fp32' and 'x ort int8' compare the "
@@ -222,8 +226,6 @@ def _print_table(rows: list[dict], n: int) -> None:
 def write_report(out: Path, rows: list[dict], plans: list[dict], notes: list[str], n: int, seed: int) -> list[Path]:
     """report.md, report.json, speedup.png and accuracy_vs_size.png in ``out`` (plots only with
     matplotlib); returns the paths written."""
-    from .bench import machine
-    from .bench.report import markdown_table, write_atomic
     out.mkdir(parents=True, exist_ok=True)
     fp = machine.fingerprint(threads=0, measure=False)
     fp.pop("peaks", None)
@@ -254,7 +256,6 @@ def write_report(out: Path, rows: list[dict], plans: list[dict], notes: list[str
 
 def _plots(out: Path, rows: list[dict]) -> list[Path]:
     try:
-        from .bench.report import figure, save_figure
         fig, (ax,) = figure(1, width=9, height=3.6)
     except ImportError:
         return []

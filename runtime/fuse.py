@@ -32,7 +32,9 @@ from typing import Callable
 
 import numpy as np
 
-from .graph import Graph, Node
+from kernels.core.layouts import PackedTensor, dense_tensor, index_dtypes
+
+from .graph import Graph, Node, unique_name
 
 
 class _View:
@@ -256,7 +258,6 @@ def _merge_sibling_linears(graph: Graph) -> None:
         if any(b is not None for b in biases):
             bias = np.concatenate([np.zeros(w.shape[0], np.float32) if b is None else np.asarray(b, np.float32).reshape(-1)
                                    for w, b in zip(weights, biases)])
-            from kernels.core.layouts import dense_tensor
             bias_t = dense_tensor(_unique(graph, merged_w.name + ".bias"), bias)
             graph.initializers[bias_t.name] = bias_t
             inputs.append(bias_t.name)
@@ -280,7 +281,6 @@ def _concat_weights(weights: list, name: str):
     """One (sum N, K) weight of the layout the given (N_i, K) weights share: dense arrays
     stacked; int8 qdata stacked with per-output-channel scales (and zero points, 0 for a
     symmetric part) broadcast from per-tensor ones."""
-    from kernels.core.layouts import PackedTensor, dense_tensor
     if weights[0].layout == "dense":
         return dense_tensor(name, np.concatenate([np.asarray(w.fields["data"]) for w in weights]))
     if weights[0].layout == "csr":
@@ -312,14 +312,13 @@ def _concat_csr(weights: list, name: str):
     """CSR weights (N_i, K) stacked: rows one after another (indptr shifted by the nonzeros
     before), the same stored values, int8 scales per output channel. Mixed float/int8 values
     do not merge (the grouping key includes the attributes, and the layouts' params differ)."""
-    from kernels.core.layouts import PackedTensor, _index_dtypes
     quant = {w.params.get("quant", "none") for w in weights}
     if len(quant) != 1:
         raise ValueError("cannot merge csr weights with different value types")
     quant = quant.pop()
     k = weights[0].shape[1]
     nnz = [int(np.asarray(w.fields["indptr"])[-1]) for w in weights]
-    ptr_dtype, idx_dtype = _index_dtypes(k, sum(nnz))
+    ptr_dtype, idx_dtype = index_dtypes(k, sum(nnz))
     starts = np.cumsum([0] + nnz[:-1])
     indptr = np.concatenate([np.asarray(w.fields["indptr"], np.int64)[:-1] + s for w, s in zip(weights, starts)]
                             + [np.array([sum(nnz)], np.int64)]).astype(ptr_dtype)
@@ -340,7 +339,6 @@ def _concat_csr(weights: list, name: str):
 def _concat_rows(weights: list, name: str, row_fields: tuple[str, ...]):
     """Weights of a layout whose fields are all per output row (N:M: values or qdata, meta;
     and scale) stacked row after row, scales made per channel."""
-    from kernels.core.layouts import PackedTensor
     fields = {f: np.concatenate([np.asarray(w.fields[f]) for w in weights])
               for f in row_fields if f in weights[0].fields}
     params = dict(weights[0].params)
@@ -355,5 +353,4 @@ def _concat_rows(weights: list, name: str, row_fields: tuple[str, ...]):
 
 def _unique(graph: Graph, base: str) -> str:
     """A name no initializer or node output of ``graph`` has."""
-    from .graph import unique_name
     return unique_name(base, set(graph.initializers) | {o for n in graph.nodes for o in n.outputs})

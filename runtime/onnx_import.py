@@ -23,9 +23,11 @@ from typing import Any
 import numpy as np
 
 from kernels import registry
+from kernels.core.layouts import DTYPES, dense_tensor
+from kernels.core.ops import OPS
+
 from .errors import UnsupportedModelError
 from .graph import Graph, Node, Value, unique_name
-from kernels.core.layouts import DTYPES, dense_tensor
 from .shape_fold import fold_symbolic_shapes
 
 MIN_OPSET, MAX_OPSET = 13, 21
@@ -106,7 +108,6 @@ def _default_opset(model) -> int:
 
 
 def _check_supported(g) -> None:
-    from kernels.core.ops import OPS
     bad: dict[str, list[str]] = {}
     for k, n in enumerate(g.node):
         # Linear is qrt's own fused op, not an ONNX one: a node by that name is someone's custom op
@@ -255,7 +256,6 @@ class _Builder:
         elif op == "Gelu":
             emit(op, ins, {"approximate": attrs.get("approximate", "none")})
         else:
-            from kernels.core.ops import OPS
             allowed = OPS[op].attrs
             dropped = set(attrs) - set(allowed)
             if dropped - {"stash_type"}:

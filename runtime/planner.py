@@ -49,6 +49,7 @@ from typing import Any, Callable
 import numpy as np
 
 from kernels import registry
+from kernels.core import config, cpu
 from kernels.core.layouts import PackedTensor, dense_view_2d, int_weight
 
 PLAN_MODES = ("auto", "measure", "off")
@@ -115,7 +116,7 @@ def candidates(op: str, t: PackedTensor, attrs: dict, backends: tuple[str, ...])
 # --- the cache ----------------------------------------------------------------------------------
 
 def cache_dir() -> Path:
-    root = os.environ.get("QRT_CACHE_DIR")
+    root = config.get("QRT_CACHE_DIR")
     if root:
         return Path(root)
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "qrt"
@@ -126,11 +127,10 @@ _MACHINE_KEY: str | None = None
 
 def machine_key() -> str:
     """The machine part of the cache key (CPU model, ISA flags, cores, forced code paths;
-    runtime.bench.machine)."""
+    kernels/core/cpu.py)."""
     global _MACHINE_KEY
     if _MACHINE_KEY is None:
-        from .bench.machine import fingerprint
-        _MACHINE_KEY = fingerprint(threads=0, measure=False)["key"]
+        _MACHINE_KEY = cpu.machine_key(threads=0)
     return _MACHINE_KEY
 
 

@@ -20,9 +20,14 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from kernels import registry
-from .graph import Graph, format_shape, shape_problem
 from kernels.core.device import dtype_name, is_device_array, shape_stand_in, to_numpy
 from kernels.core.layouts import dense_tensor, dense_view_2d
+
+from . import planner
+from .format import load
+from .fuse import fuse as fuse_graph
+from .graph import Graph, format_shape, shape_problem
+from .planner import PLAN_MODES, rows_bucket
 
 # onnxruntime's type strings, so code written against onnxruntime's NodeArg keeps working.
 _ORT_TYPE = {"float32": "tensor(float)", "float16": "tensor(float16)", "float64": "tensor(double)",
@@ -87,13 +92,11 @@ class InferenceSession:
             graph = model
             graph.validate()
         else:
-            from .format import load
             graph = load(model)
         if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
             raise ValueError(f"threads must be a positive int or None, got {threads!r}")
         self.threads = threads or os.cpu_count() or 1
         self.backend = _check_backend(backend)
-        from .planner import PLAN_MODES
         if plan not in PLAN_MODES:
             raise ValueError(f"plan must be one of {', '.join(PLAN_MODES)}, got {plan!r}")
         self.plan_mode = plan
@@ -103,7 +106,6 @@ class InferenceSession:
         self._outputs = [NodeArg(v.name, list(v.shape) if v.shape is not None else [], v.dtype) for v in graph.outputs]
         self._input_values = list(graph.inputs)
         if fuse:
-            from .fuse import fuse as fuse_graph
             graph = fuse_graph(graph)
         self._plan(graph)
 
@@ -133,7 +135,6 @@ class InferenceSession:
         their first run). Returns the decisions (also added to ``layer_plan``)."""
         if not isinstance(rows, int) or isinstance(rows, bool) or rows < 1:
             raise ValueError(f"rows must be a positive int, got {rows!r}")
-        from .planner import rows_bucket
         rng = np.random.default_rng(seed)
         start = len(self._layer_plan)
         for set_threads in self._thread_setters:
@@ -355,7 +356,6 @@ class InferenceSession:
     def _planned_layer(self, node, graph: Graph, layout: str, backend: str, attrs: dict):
         """A planner.PlannedLayer for a Linear/Conv whose weight has more than one candidate
         (layout, backend), else None (the node runs its stored layout on ``backend``)."""
-        from . import planner
         if self.plan_mode == "off" or node.op not in planner.PLANNED_OPS or layout in ("dense", None):
             return None
         weights = graph.weights_of(node)

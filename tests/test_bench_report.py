@@ -12,6 +12,8 @@ import sys
 
 import pytest
 
+from kernels.core import config
+from kernels.core import cpu as cpu_id
 from runtime.bench import machine, report
 from runtime.bench.progress import Progress, format_duration
 
@@ -256,7 +258,7 @@ def test_fingerprint_without_measuring():
     assert set(fp) == FINGERPRINT_KEYS
     assert fp["threads"] == 2 and fp["mem_bw_gbs"] is None
     assert fp["peaks"]["int8_gops"] is None and fp["peaks"]["fp32_gflops"] is None
-    assert fp["isa"] == sorted(fp["isa"]) and set(fp["isa"]) <= set(machine.ISA_FLAGS)
+    assert fp["isa"] == sorted(fp["isa"]) and set(fp["isa"]) <= set(cpu_id.ISA_FLAGS)
     assert set(fp["versions"]) == {"qrt", *machine.OPTIONAL_PACKAGES}
     assert re.fullmatch(r"[0-9a-f]{12}", fp["key"])
     json.dumps(fp)                                                  # stored in report.json
@@ -270,11 +272,11 @@ def test_fingerprint_without_measuring():
 def test_forced_code_paths_get_their_own_key(monkeypatch):
     """Measurements taken with QRT_NATIVE_ISA / QRT_NUMBA_ISA forcing a path are not this
     machine's own: the planner must not reuse them in a normal process, nor the reverse."""
-    for var in machine.FORCED_PATH_VARS:
+    for var in config.FORCED_PATH_VARS:
         monkeypatch.delenv(var, raising=False)
     plain = machine.fingerprint(2, measure=False)
     assert plain["forced_paths"] == {}
-    assert plain["key"] == machine.machine_key(plain["cpu"], plain["isa"], plain["logical_cores"], 2)
+    assert plain["key"] == cpu_id.machine_key(2, plain["cpu"], plain["isa"], plain["logical_cores"], {})
     monkeypatch.setenv("QRT_NATIVE_ISA", "avx2")
     forced = machine.fingerprint(2, measure=False)
     assert forced["forced_paths"] == {"QRT_NATIVE_ISA": "avx2"} and forced["key"] != plain["key"]

@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 
 from kernels import registry
+from kernels.core import bounds
 from tests.linear_errors import assert_common_refusals
 from kernels.core.layouts import pack_int8
 
@@ -34,7 +35,7 @@ pytestmark = [pytest.mark.skipif(_REASON is not None, reason=f"native backend un
 if _REASON is None:
     from kernels.native_cpu import _native
     ISAS = tuple(_native.int8_isas())            # fastest first; "scalar" always
-    MAX_K_INT32 = (2 ** 31 - 1) // (255 * 255)   # csrc/int8_gemm.h kMaxKInt32
+    MAX_K_INT32 = bounds.MAX_K_INT32
 else:  # pragma: no cover
     _native = None
     ISAS = ()

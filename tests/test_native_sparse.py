@@ -44,7 +44,7 @@ else:  # pragma: no cover
     _native = None
     ISAS, VNNI, AVX2, VECTOR, BYTE_LANES, LANES, AVX2_LANES = (), False, False, False, False, (), ()
 
-MAX_K_INT32 = (2 ** 31 - 1) // (255 * 255)   # csrc/int8_gemm.h kMaxKInt32: vector paths up to here
+from kernels.core.bounds import MAX_K_INT32  # vector paths up to here
 
 # exact integer accumulation + the reference's float64 epilogue, same order: identical bits
 INT8_ATOL = 0.0

@@ -20,6 +20,7 @@ numba = pytest.importorskip("numba")
 
 from kernels import registry  # noqa: E402
 from tests.linear_errors import assert_common_refusals  # noqa: E402
+from kernels.core.bounds import MAX_K_INT32  # noqa: E402
 from kernels.core.layouts import pack_int8  # noqa: E402
 
 _REASON = registry.backend_status("numba")
@@ -135,7 +136,7 @@ def test_linear_extreme_values_and_saturation():
         _assert_same(_run("Linear", "numba", acfg, t, x, None), _run("Linear", "reference", acfg, t, x, None), str(acfg))
 
 
-@pytest.mark.parametrize("k", [vnni.MAX_K_INT32 if _REASON is None else 1, vnni.MAX_K_INT32 + 7 if _REASON is None else 1])
+@pytest.mark.parametrize("k", [MAX_K_INT32 if _REASON is None else 1, MAX_K_INT32 + 7 if _REASON is None else 1])
 def test_int32_accumulator_bound(k):
     """The largest |acc| = K * 255 * 255: static z = -128 with x far above range (qx - z = 255)
     and an all-positive asymmetric weight row (zero point -128, qw = 127). At K = MAX_K_INT32
@@ -149,7 +150,7 @@ def test_int32_accumulator_bound(k):
     x[1, ::3] = -1e3
     acfg = {"act_quant": "static", "act_scale": 0.5, "act_zero_point": -128}
     plan = int8_gemm.Int8Plan("Linear", t, **acfg)
-    assert plan.groups[0].use_vnni == (HAS_VNNI and k <= vnni.MAX_K_INT32)
+    assert plan.groups[0].use_vnni == (HAS_VNNI and k <= MAX_K_INT32)
     ref = _run("Linear", "reference", acfg, t, x, None)
     assert abs(float(ref[0, 0])) > 0
     _assert_same(int8_gemm.int8_linear(x, plan), ref, f"K={k}")

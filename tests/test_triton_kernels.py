@@ -36,6 +36,7 @@ import numpy as np
 import pytest
 
 from kernels import registry
+from kernels.core.bounds import MAX_K_INT32
 from kernels.core.layouts import dense_tensor, pack_bsr, pack_int4_grouped, pack_int8
 
 _REASON = registry.backend_status("triton")
@@ -263,7 +264,7 @@ def test_int8_non_finite_rows_as_the_reference(acfg):
 
 
 def test_int8_refuses_k_beyond_exact_int32():
-    k = triton_common.MAX_K_INT32 + 1
+    k = MAX_K_INT32 + 1
     t = pack_int8("w", np.ones((1, k), np.float32))
     with pytest.raises(ValueError, match="too large for the exact int32"):
         registry.build("Linear", "int8", "triton", _attrs(act_quant="dynamic"), {1: t})

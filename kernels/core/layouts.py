@@ -232,7 +232,7 @@ def _check_range(t: PackedTensor, name: str, lo: int, hi: int, why: str = "") ->
                  f"allowed [{lo}, {hi}]{why}")
 
 
-def _index_dtypes(ncols: int, nnz: int) -> tuple[str, str]:
+def index_dtypes(ncols: int, nnz: int) -> tuple[str, str]:
     """(indptr dtype, indices dtype) that a compressed layout with ``ncols`` (block) columns
     and ``nnz`` stored entries (blocks) must use."""
     if ncols <= UINT8_MAX_COLUMNS:
@@ -247,7 +247,7 @@ def _index_dtypes(ncols: int, nnz: int) -> tuple[str, str]:
 def _check_compressed(t: PackedTensor, nrows: int, ncols: int, what: str) -> None:
     """CSR structure over ``nrows`` x ``ncols`` (elements, or blocks for BSR): indptr (nrows+1,)
     starts at 0, never decreases, ends at nnz; indices (nnz,) in [0, ncols), strictly
-    increasing within a row; index dtypes as ``_index_dtypes`` says."""
+    increasing within a row; index dtypes as ``index_dtypes`` says."""
     indptr, indices = t.fields["indptr"], t.fields["indices"]
     if ncols >= INT32_LIMIT:
         _fail(t, f"{ncols} {what} columns do not fit int32 indices")
@@ -255,7 +255,7 @@ def _check_compressed(t: PackedTensor, nrows: int, ncols: int, what: str) -> Non
         _fail(t, f"field 'indices' must be 1-D, got shape {tuple(indices.shape)}")
     nnz = indices.shape[0]
     _check_shape(t, "indptr", (nrows + 1,))
-    want_ptr, want_idx = _index_dtypes(ncols, nnz)
+    want_ptr, want_idx = index_dtypes(ncols, nnz)
     if str(indptr.dtype) != want_ptr:
         _fail(t, f"field 'indptr' must be {want_ptr} for {nnz} stored {what}s, got {indptr.dtype}")
     if str(indices.dtype) != want_idx:
@@ -658,7 +658,7 @@ def pack_csr(name: str, w, mask, *, quant: str = "none", per_channel: bool = Tru
     stored, extra = _store(kept, quant, per_channel, name, scale)
     rows, cols = np.nonzero(m2)                   # row-major: rows ascending, columns ascending
     nnz = rows.size
-    ptr_dtype, idx_dtype = _index_dtypes(k, nnz)
+    ptr_dtype, idx_dtype = index_dtypes(k, nnz)
     indptr = np.zeros(n + 1, np.int64)
     np.cumsum(np.bincount(rows, minlength=n), out=indptr[1:])
     value_field = "values" if quant == "none" else "qdata"
@@ -727,7 +727,7 @@ def pack_bsr(name: str, w, mask, *, block_shape=(1, 4), quant: str = "none",
     block_kept = m2.reshape(n // r, r, k // c, c).any(axis=(1, 3))     # (N/R, K'/C)
     brows, bcols = np.nonzero(block_kept)
     nb = brows.size
-    ptr_dtype, idx_dtype = _index_dtypes(k // c, nb)
+    ptr_dtype, idx_dtype = index_dtypes(k // c, nb)
     indptr = np.zeros(n // r + 1, np.int64)
     np.cumsum(np.bincount(brows, minlength=n // r), out=indptr[1:])
     value_field = "values" if quant == "none" else "qdata"

@@ -32,8 +32,9 @@ from __future__ import annotations
 import functools
 import importlib
 import os
-import platform
 from types import ModuleType
+
+from kernels.core import config, cpu
 
 # The extension's OpenMP pool (libgomp) shares the cores with numba's and OpenBLAS's pools; the
 # same settings as kernels/numba_cpu/__init__.py, for the same measured reasons (spinning
@@ -66,8 +67,6 @@ FEATURES = (
 # renaming a flag is a one-line change here, not a hunt through the dispatch code.
 _CPUINFO_FLAG = {name: name for name in FEATURES}
 
-_CPUINFO = "/proc/cpuinfo"
-
 # Not named `_native`: a package attribute of that name would shadow the submodule, and
 # `from . import _native` would return it instead of importing the extension.
 _EXTENSION = f"{__name__}._native"
@@ -96,7 +95,7 @@ _isa_error: str | None = None
 def _apply_isa_env() -> None:
     """QRT_NATIVE_ISA, if set: force that int8 code path; remember why it cannot be."""
     global _isa_error
-    value = os.environ.get(ISA_ENV, "")
+    value = config.get(ISA_ENV)
     if value and _ext is not None:
         try:
             _ext.set_int8_isa(value)
@@ -149,8 +148,8 @@ def cpu_features_source() -> str:
     """Where cpu_features() gets its answer: "native", "/proc/cpuinfo" or "none"."""
     if _load_native() is not None:
         return "native"
-    if _read_cpuinfo() is not None:
-        return _CPUINFO
+    if cpu.read_cpuinfo() is not None:
+        return cpu.CPUINFO
     return "none"
 
 
@@ -159,13 +158,7 @@ def cpu_brand() -> str:
     mod = _load_native()
     if mod is not None:
         return mod.cpu_brand()
-    text = _read_cpuinfo()
-    if text is not None:
-        for line in text.splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() in ("model name", "Model", "cpu model"):
-                return value.strip()
-    return platform.processor() or platform.machine() or "unknown"
+    return cpu.cpu_name()
 
 
 def build_info() -> dict | None:
@@ -200,28 +193,14 @@ def _cpu_features_cached() -> tuple[tuple[str, bool], ...]:
     if mod is not None:
         found = mod.cpu_features()
         return tuple((name, bool(found.get(name, False))) for name in FEATURES)
-    text = _read_cpuinfo()
+    text = cpu.read_cpuinfo()
     found = _features_from_cpuinfo(text) if text is not None else {}
     return tuple((name, found.get(name, False)) for name in FEATURES)
 
 
-def _read_cpuinfo() -> str | None:
-    try:
-        with open(_CPUINFO, encoding="utf-8", errors="replace") as f:
-            return f.read()
-    except OSError:
-        return None
-
-
 def _features_from_cpuinfo(text: str) -> dict[str, bool]:
-    """Parse /proc/cpuinfo text. Uses the first "flags" line: every core of a machine
-    reports the same ISA flags (hybrid Intel parts disable AVX-512 on all cores alike)."""
-    flags: set[str] = set()
-    for line in text.splitlines():
-        key, sep, value = line.partition(":")
-        if sep and key.strip() == "flags":
-            flags = set(value.split())
-            break
+    """FEATURES from /proc/cpuinfo text (kernels/core/cpu.py reads its flags line)."""
+    flags = cpu.cpuinfo_flags(text)
     return {name: _CPUINFO_FLAG[name] in flags for name in FEATURES}
 
 

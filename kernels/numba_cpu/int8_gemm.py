@@ -7,7 +7,7 @@ results are the reference's bit for bit (tests/test_numba_int8.py asserts equali
   (static) exactly as kernels/numba_cpu/quant.py does, fused with the u8 shift (and, for Conv,
   with im2col: one pass over the input, no float64 patch matrix);
 * the integer GEMM runs on AVX-512 VNNI (kernels/numba_cpu/vnni.py: u8 x s8, the shift and
-  the zero points undone in the epilogue) or, without VNNI or for K > vnni.MAX_K_INT32, in
+  the zero points undone in the epilogue) or, without VNNI or for K > MAX_K_INT32, in
   portable numba loops; both give the exact integer accumulator;
 * the epilogue y = ((s_w[n] * acc) * s_x[m]) + b[n] runs in float64 in the reference's order
   inside the GEMM and is rounded once to float32 (or to X's dtype, through float64).
@@ -36,6 +36,7 @@ from numba import njit, prange
 from kernels.reference.conv_pool import _out_size, _spatial_attrs, conv_by_gemm
 from kernels.reference.packed import act_params
 from kernels.registry import EPILOGUE_OPS, fill_attrs, lookup, register
+from kernels.core.bounds import MAX_K_INT32
 from kernels.core.layouts import PackedTensor, dense_view_2d
 
 from . import vnni
@@ -67,7 +68,7 @@ class Int8Gemm:
         self.act_quant = act_quant
         self.act_scale, self.act_zero_point = float(act_scale), int(act_zero_point)
         self.static = act_quant == "static"
-        self.use_vnni = (vnni.has_vnni() if use_vnni is None else use_vnni) and self.k <= vnni.MAX_K_INT32
+        self.use_vnni = (vnni.has_vnni() if use_vnni is None else use_vnni) and self.k <= MAX_K_INT32
         zw = np.zeros(self.n, np.int64) if zero_point is None else np.asarray(zero_point, np.int64)
         colsum = q.astype(np.int64).sum(axis=1)
         col_corr = (128 + self.act_zero_point) * colsum          # vnni.py docstring

@@ -31,6 +31,8 @@ from __future__ import annotations
 import functools
 import os
 
+from kernels.core import config
+
 ENV = "QRT_NUMBA_ISA"
 VALUES = ("auto", "avx512_vnni", "avx2", "generic")
 
@@ -52,7 +54,7 @@ _error: str | None = None
 
 def requested() -> str:
     """The QRT_NUMBA_ISA value ("auto" when unset or empty)."""
-    return os.environ.get(ENV, "") or "auto"
+    return config.get(ENV) or "auto"
 
 
 def apply_env() -> str | None:

@@ -63,13 +63,13 @@ compiled on their first call, and callers reach them only when ``has_vnni()`` sa
 """
 from __future__ import annotations
 
-import os
-
 import numba
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic, overload
+
+from kernels.core import config
 
 from . import isa
 from .ops import activate_rows
@@ -77,7 +77,6 @@ from .ops import activate_rows
 MR = 4                    # rows per micro-tile
 NV = 4                    # 16-lane int32 vectors per micro-tile row
 PANEL = 16 * NV           # output columns per weight panel
-MAX_K_INT32 = (2 ** 31 - 1) // (255 * 255)   # 33025: int32 accumulation exact up to this K
 NO_VNNI_ENV = "QRT_NUMBA_NO_VNNI"            # "1": use the portable GEMM even on a VNNI CPU
 
 _VPDPBUSD = "llvm.x86.avx512.vpdpbusd.512"
@@ -89,7 +88,7 @@ def has_vnni() -> bool:
     """True when numba's compile target (isa.py: this CPU unless QRT_NUMBA_ISA says otherwise)
     has AVX-512 VNNI and QRT_NUMBA_NO_VNNI is not 1. Read at each call (cheap): kernels decide
     once, when a session plans."""
-    if os.environ.get(NO_VNNI_ENV, "") == "1":
+    if config.get(NO_VNNI_ENV) == "1":
         return False
     return isa.has_vnni()
 

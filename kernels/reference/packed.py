@@ -36,6 +36,7 @@ from typing import Any, Callable
 import numpy as np
 
 from kernels.registry import register
+from kernels.core.bounds import MAX_EXACT_K
 from kernels.core.layouts import PackedTensor, dense_view_2d, int_weight
 
 from ._common import is_float
@@ -61,8 +62,6 @@ def act_params(op: str, act_quant: str, act_scale: Any, act_zero_point: Any) -> 
     if isinstance(z, bool) or not float(z).is_integer() or not -128 <= int(z) <= 127:
         raise ValueError(f"{op}: act_zero_point must be an int in [-128, 127], got {act_zero_point!r}")
     return s, int(z)
-# exactness bound of the float64 accumulation above: K' * 255 * 255 < 2^53
-MAX_EXACT_K = (1 << 53) // (255 * 255)
 
 
 class PackedGemm:

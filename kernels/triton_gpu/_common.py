@@ -26,6 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.core import config
 from kernels.core.layouts import PackedTensor
 
 from . import DEVICE
@@ -37,14 +38,11 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # QRT_TRITON_AUTOTUNE=0: each kernel gets one default configuration per M range instead of
 # benchmarking its list on every new shape (tests on a GPU, quick runs). Compilation is per
 # configuration and constexpr combination, so tuning the full lists costs minutes on first use.
-AUTOTUNE = os.environ.get("QRT_TRITON_AUTOTUNE", "1") != "0"
+AUTOTUNE = config.get("QRT_TRITON_AUTOTUNE") != "0"
 
 # Launch options of every kernel: no FMA contraction (module docstring).
 LAUNCH = {"enable_fp_fusion": False}
 
-# Largest K' whose exact integer GEMM fits int32 after the zero-point corrections: every
-# partial result is a sum of at most K' products of magnitude <= 255 * 255 (docs/CONVERTER.md).
-MAX_K_INT32 = (2 ** 31 - 1) // (255 * 255)          # 33025
 
 # kernels/core/ops.py ACTIVATIONS -> the constexpr the kernels branch on
 ACTIVATION_CODES = {"none": 0, "relu": 1, "gelu": 2, "gelu_tanh": 3}

@@ -55,6 +55,7 @@ import triton.language as tl
 
 from kernels.reference.packed import act_params
 from kernels.registry import register
+from kernels.core.bounds import MAX_K_INT32
 from kernels.core.layouts import layout_spec
 
 from . import _common as C
@@ -179,9 +180,9 @@ class BsrPlan:
             if quant != "int8":
                 raise ValueError(f"Linear: act_quant={act_quant!r} needs integer weights, but bsr weight "
                                  f"{weight.name!r} stores float values (quant='none'); use act_quant='none'")
-            if k > C.MAX_K_INT32:
+            if k > MAX_K_INT32:
                 raise ValueError(f"Linear (triton bsr int8): K = {k} is too large for the exact int32 "
-                                 f"accumulation (at most {C.MAX_K_INT32}); use another backend")
+                                 f"accumulation (at most {MAX_K_INT32}); use another backend")
             values = np.asarray(f["qdata"])
         elif quant == "int8":     # weight-only: PackedTensor.to_dense()'s values, float32(q) * scale
             scale = np.broadcast_to(np.asarray(f["scale"], np.float32).reshape(-1), (n,))

@@ -51,6 +51,7 @@ import triton
 import triton.language as tl
 
 from kernels.reference.packed import act_params
+from kernels.core.bounds import MAX_K_INT32
 from kernels.registry import register
 
 from . import _common as C
@@ -134,9 +135,9 @@ class Int8Plan:
         if act_quant not in ("dynamic", "static"):
             raise ValueError(f"Linear: the triton int8 GEMM takes act_quant 'dynamic' or 'static', got {act_quant!r}")
         s, z = act_params("Linear", act_quant, act_scale, act_zero_point)
-        if self.k > C.MAX_K_INT32:
+        if self.k > MAX_K_INT32:
             raise ValueError(f"Linear (triton int8): K = {self.k} is too large for the exact int32 "
-                             f"accumulation (at most {C.MAX_K_INT32}); use another backend")
+                             f"accumulation (at most {MAX_K_INT32}); use another backend")
         self.static = act_quant == "static"
         self.act_zero_point = z
         self.act_scale = C.upload(np.array([s], np.float64)) if self.static else None

@@ -45,7 +45,6 @@ times faster at M >= 128.
 """
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
@@ -53,15 +52,16 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.registry import register
+from kernels.core import config
 from kernels.core.layouts import layout_spec
+from kernels.registry import register
 
 from . import _common as C
 from ._common import activate, grouped_tile
 from .int8_linear import linear_factory
 
 DOT_MODES = ("fp32", "fp16")
-DOT = os.environ.get("QRT_TRITON_WEIGHT_ONLY_DOT", "fp32")
+DOT = config.get("QRT_TRITON_WEIGHT_ONLY_DOT")
 BK_MAX = 32           # K tile at most (configs(): register pressure of the fp32 dot)
 DOT_MIN_M = 16        # rows from which the tl.dot branch runs (tl.dot needs BM >= 16)
 

@@ -20,7 +20,12 @@ import os
 import shlex
 import sys
 
+from kernels.registry import BACKENDS
+
 from . import gemm as gemm_mod
+from . import machine, report
+from .model import bench_model
+from .progress import Progress
 
 
 def add_parser(sub) -> None:
@@ -115,7 +120,6 @@ def gemm_sweep_from_args(args) -> gemm_mod.Sweep:
     base = gemm_mod.Sweep.quick() if args.quick else gemm_mod.Sweep()
     backends = _csv(args.backend, str, "backend")
     if backends:
-        from kernels.registry import BACKENDS
         bad = [b for b in backends if b not in BACKENDS]
         if bad:
             raise ValueError(f"--backend: unknown backend {bad[0]!r}; expected some of {', '.join(BACKENDS)}")
@@ -129,8 +133,6 @@ def gemm_sweep_from_args(args) -> gemm_mod.Sweep:
 
 
 def cmd_bench(args) -> int:
-    from . import machine, report
-    from .progress import Progress
     if not args.gemm and not args.model:
         raise ValueError("nothing to benchmark: give a MODEL.qrt file and/or --gemm (see qrt bench --help)")
     if args.threads < 1:
@@ -162,7 +164,6 @@ def cmd_bench(args) -> int:
         result["gemm"] = rows
         result["omitted"] += omitted
     if args.model:
-        from .model import bench_model
         result["models"] = [bench_model(args.model, backend, batch=args.batch, seq=args.seq, threads=args.threads,
                                         compare=args.compare, profile=args.profile,
                                         min_seconds=args.seconds or 1.0, omitted=result["omitted"], log=log)

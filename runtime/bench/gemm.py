@@ -29,6 +29,10 @@ from typing import Callable
 
 import numpy as np
 
+from kernels import registry
+from kernels.core import layouts as L
+from runtime.convert import prune
+
 from .timing import quietest_median, spread, time_blocked
 
 BERT = [(768, 2304), (768, 768), (768, 3072), (3072, 768)]
@@ -94,8 +98,6 @@ def pack_case(w: np.ndarray, layout: str, sparsity: float = 0.0):
     """(PackedTensor, block label or None) of w (N, K) float32 in a report layout (fp32, int8,
     int4, csr, bsr, nm) pruned to ``sparsity`` (magnitude; 2:4 for nm; 4x4 blocks for bsr),
     packed like the converter packs it; None where the shape does not fit (bsr, nm)."""
-    from kernels.core import layouts as L
-    from runtime.convert import prune
     n, k = w.shape
     if layout == "fp32":
         return L.pack_dense("w", w), None
@@ -136,7 +138,6 @@ def packed_weights(w: np.ndarray, layouts: tuple[str, ...], sparsities: tuple[fl
 
 def qrt_impls(w: np.ndarray, b: np.ndarray, sweep: Sweep, omitted: list) -> list[Impl]:
     """The registered qrt kernels for every packed weight of ``w`` (N, K) on sweep.backends."""
-    from kernels import registry
     impls = []
     weights = packed_weights(w, sweep.layouts, sweep.sparsities)
     for backend in sweep.backends:
@@ -238,7 +239,6 @@ def check(impl: Impl, x: np.ndarray, truth: np.ndarray) -> tuple[float | None, b
 
 def set_threads(threads: int) -> None:
     """Thread count for qrt's CPU backends (where usable) and numpy's BLAS."""
-    from kernels import registry
     for backend in ("numba", "native"):
         setter = registry.thread_setter(backend)
         if setter is not None:

@@ -9,41 +9,24 @@ must find the same cache entry even though their peaks differ by noise.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import importlib.util
 import itertools
-import json
 import os
 import platform
 import sys
 import threading
 import time
 
+from kernels import registry
+from kernels.core import cpu as cpu_id
+from runtime import available_backends
+
 # Environment variables with which OpenBLAS picks a slower kernel or blocking on some machines
 # (DESIGN.md, "Benchmarks"); a fair fp32 baseline runs without them.
 OPENBLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 # Set by openblas_reexec in the re-executed process: "VAR=value,..." of what it removed.
 UNSET_ENV = "QRT_BENCH_UNSET"
-
-# ISA features that change which int8/fp32 kernel can run, as our name -> /proc/cpuinfo flag.
-# kernels.native_cpu.FEATURES covers most of them (from cpuid when the extension is built);
-# the rest (VBMI, the AMX tiles) are only read from /proc/cpuinfo.
-ISA_FLAGS = {
-    "avx2": "avx2",
-    "fma": "fma",
-    "avx512f": "avx512f",
-    "avx512bw": "avx512bw",
-    "avx512vl": "avx512vl",
-    "avx512dq": "avx512dq",
-    "avx512_vnni": "avx512_vnni",
-    "avx512_vbmi": "avx512vbmi",
-    "avx512_bf16": "avx512_bf16",
-    "avx_vnni": "avx_vnni",
-    "amx_tile": "amx_tile",
-    "amx_int8": "amx_int8",
-    "amx_bf16": "amx_bf16",
-}
 
 # Optional packages whose versions are recorded: module name -> distribution names to ask
 # importlib.metadata (cheap: reading a METADATA file, where importing torch takes seconds).
@@ -54,11 +37,6 @@ OPTIONAL_PACKAGES = {
     "triton": ("triton",),
     "cupy": ("cupy-cuda13x", "cupy-cuda12x", "cupy-cuda11x", "cupy"),
 }
-
-# Environment switches that force a kernel code path (kernels/native_cpu, kernels/numba_cpu):
-# a process with one of them set runs other kernels than this machine's own, so its
-# measurements (the planner's cache) get a key of their own.
-FORCED_PATH_VARS = ("QRT_NATIVE_ISA", "QRT_NUMBA_ISA", "QRT_NUMBA_NO_VNNI")
 
 PEAK_SECONDS = 0.3
 BANDWIDTH_BYTES = 64 * 1024 * 1024   # well past any L3, so the copy streams from DRAM
@@ -74,7 +52,7 @@ def fingerprint(threads: int, measure: bool = True) -> dict:
     The dict is JSON-serialisable; see the module docstring for what "key" depends on.
     """
     threads = max(1, int(threads))
-    cpu, isa, cores, forced = cpu_name(), isa_flags(), os.cpu_count() or 1, forced_paths()
+    cpu, isa, cores, forced = cpu_id.cpu_name(), cpu_id.isa_flags(), os.cpu_count() or 1, cpu_id.forced_paths()
     import numpy as np
     return {
         "cpu": cpu,
@@ -91,47 +69,8 @@ def fingerprint(threads: int, measure: bool = True) -> dict:
         "peaks": measure_peaks(threads) if measure else _no_peaks("not measured (measure=False)"),
         "mem_bw_gbs": copy_bandwidth_gbs(threads) if measure else None,
         "forced_paths": forced,
-        "key": machine_key(cpu, isa, cores, threads, forced),
+        "key": cpu_id.machine_key(threads, cpu, isa, cores, forced),
     }
-
-
-def machine_key(cpu: str, isa: list[str], logical_cores: int, threads: int,
-                forced: dict[str, str] | None = None) -> str:
-    """12 hex digits of sha1 over what decides kernel speed (and nothing measured). A forced
-    code path enters the hash only when there is one, so unforced keys stay as they were."""
-    parts = [cpu, sorted(isa), int(logical_cores), int(threads)]
-    if forced:
-        parts.append(sorted(forced.items()))
-    return hashlib.sha1(json.dumps(parts).encode()).hexdigest()[:12]
-
-
-def forced_paths() -> dict[str, str]:
-    """The FORCED_PATH_VARS set in this process, {name: value}."""
-    return {name: os.environ[name] for name in FORCED_PATH_VARS if os.environ.get(name)}
-
-
-def cpu_name() -> str:
-    """The CPU brand string: kernels.native_cpu.cpu_brand(), else /proc/cpuinfo, else platform."""
-    native = _native_cpu()
-    if native is not None:
-        return native.cpu_brand()       # cpuid's brand string, or its own /proc/cpuinfo read
-    for line in (_read_cpuinfo() or "").splitlines():
-        key, sep, value = line.partition(":")
-        if sep and key.strip() == "model name":
-            return value.strip()
-    return platform.processor() or platform.machine() or "unknown"
-
-
-def isa_flags() -> list[str]:
-    """Sorted ISA_FLAGS names this CPU (and OS) supports."""
-    found: set[str] = set()
-    native = _native_cpu()
-    if native is not None:
-        # cpuid + xgetbv when the extension is built, else its own /proc/cpuinfo parse.
-        found |= {name for name, ok in native.cpu_features().items() if ok and name in ISA_FLAGS}
-    flags = _cpuinfo_flags()
-    found |= {name for name, flag in ISA_FLAGS.items() if flag in flags}
-    return sorted(found)
 
 
 def blas_summary() -> str:
@@ -178,10 +117,10 @@ def package_versions() -> dict[str, str | None]:
 def measure_peaks(threads: int, seconds: float = PEAK_SECONDS) -> dict:
     """The int8 (vpdpbusd) and fp32 (FMA) register-only peaks on ``threads`` threads, from the
     native extension; None values with the reason in "source" where it cannot measure."""
-    native = _native_cpu()
-    reason = "native extension not importable" if native is None else native.probe()
+    reason = registry.backend_status("native")
     if reason is not None:
         return _no_peaks(f"unavailable: {reason}")
+    native = registry.backend_module("native")
     try:
         p = native.measure_peaks(threads, seconds=seconds)
     except (RuntimeError, ValueError) as e:
@@ -288,17 +227,7 @@ def _no_peaks(source: str) -> dict:
 
 
 def _backends() -> dict[str, str | None]:
-    from runtime import available_backends
     return available_backends()
-
-
-def _native_cpu():
-    """kernels.native_cpu (it imports without its extension and says why); None if absent."""
-    try:
-        import kernels.native_cpu as native
-    except ImportError:
-        return None
-    return native
 
 
 def _dist_version(dists: tuple[str, ...]) -> str | None:
@@ -308,19 +237,3 @@ def _dist_version(dists: tuple[str, ...]) -> str | None:
         except importlib.metadata.PackageNotFoundError:
             continue
     return None
-
-
-def _cpuinfo_flags() -> set[str]:
-    # Every core reports the same flags; the first "flags" line is enough.
-    for line in (_read_cpuinfo() or "").splitlines():
-        key, sep, value = line.partition(":")
-        if sep and key.strip() == "flags":
-            return set(value.split())
-    return set()
-
-
-def _read_cpuinfo() -> str | None:
-    """/proc/cpuinfo's text, or None (not Linux): the native backend's reader, which works
-    whether or not the extension is built."""
-    from kernels.native_cpu import _read_cpuinfo as read
-    return read()

@@ -20,6 +20,9 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..convert import from_onnx
+from ..format import load
+from ..session import InferenceSession
 from .timing import percentile, quietest_median, spread, time_blocked
 
 MIN_SECONDS = 1.0           # of calls per runtime, over all passes
@@ -84,8 +87,6 @@ def bench_model(path: str | os.PathLike, backend: str = "auto", *, batch: int = 
                 min_seconds: float = MIN_SECONDS, omitted: list | None = None, log: Callable[[str], None] | None = None,
                 seed: int = 0) -> dict:
     """One model_result (runtime/bench/report.py schema) for the .qrt file at ``path``."""
-    from ..format import load
-    from ..session import InferenceSession
     omitted = omitted if omitted is not None else []
     log = log or (lambda s: None)
     path = Path(path)
@@ -130,8 +131,6 @@ def _compare_runners(onnx_path: Path, feeds: dict, backend: str, threads: int | 
                      runners: list, outputs: dict, omitted: list, log) -> str:
     """Add onnxruntime fp32 / int8 and qrt dense fp32 runners for the original model; returns
     the name of the float truth for agreement."""
-    from ..convert import from_onnx
-    from ..session import InferenceSession
     if not onnx_path.is_file():
         raise FileNotFoundError(f"--compare: no such ONNX file: {onnx_path}")
     truth = None

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..format import atomic_write
 from .machine import describe
 
 SCHEMA = "qrt-bench/1"
@@ -419,7 +420,6 @@ def write_report(result: dict, folder: str | os.PathLike) -> dict[str, Path]:
 def write_atomic(path: Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` through runtime.format.atomic_write (a temporary file in the
     same folder, renamed: no half-written report; permissions from the umask)."""
-    from ..format import atomic_write
     atomic_write(path, lambda f: f.write(data))
     return Path(path)
 

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from ..graph import Graph, Value, format_shape, shape_problem
+from ..session import InferenceSession
 
 # int8 activations use the full asymmetric range [-128, 127]: 255 steps between lo and hi.
 QMIN, QMAX = -128, 127
@@ -357,7 +358,6 @@ def probe_session(graph: Graph, value_names: Sequence[str], *, backend: str = "r
     """An InferenceSession on a copy of ``graph`` whose outputs also include ``value_names``
     (intermediate activations), so ``run(value_names, feed)`` returns them. The graph itself
     is not modified."""
-    from ..session import InferenceSession    # the converter reads the session only to calibrate
 
     known = {v.name: v for v in graph.inputs}
     produced = {o for n in graph.nodes for o in n.outputs}

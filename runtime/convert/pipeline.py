@@ -23,9 +23,22 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..graph import Graph, Node, unique_name
+from kernels import registry
+from kernels.core import layouts as L
 from kernels.core.layouts import PackedTensor, dense_tensor
+
+from ..format import atomic_write, save
+from ..graph import Graph, Node, unique_name
+from ..onnx_import import import_onnx
+from ..session import InferenceSession
+from . import calibrate as cal
+from . import prune as pr
+from . import sequential as seq
+from .calibrate import CalibFeeds
+from .data import load_npy_dir, load_text_feeds
+from .recover import recover
 from .report import EmbeddingReport, LayerReport, Report, output_metrics, rel_error, sqnr_db
+from .sequential import calibratable
 
 PRUNE_METHODS = ("none", "magnitude", "nm", "block", "channel", "random")
 # how the kept weights of a magnitude (unstructured) / nm / block mask are chosen: "auto" is
@@ -355,7 +368,6 @@ def _pack_embeddings(graph: Graph, opts: ConvertOptions,
     asks (opts.embed_quant: int8 per row, or int4_grouped with opts.group_size along D; "auto"
     is int8 whenever quant is not "none"; symmetric or not as opts.symmetric), except those
     --keep-fp32 matches; and one report row per table. Tables are never pruned."""
-    from kernels.core import layouts as L
     mode = opts.embed_quant if opts.embed_quant != "auto" else ("int8" if opts.quant != "none" else "none")
     tables = find_embeddings(graph) if mode != "none" else []
     if not tables:
@@ -420,7 +432,6 @@ def convert(model: Any, out_path: str | os.PathLike | None = None, *, name: str 
     writes ``out_path`` (and the JSON report to ``report_path``) only if everything succeeded.
     ``progress`` receives one line per step (the CLI passes a printer).
     """
-    from ..onnx_import import import_onnx
     # keyword options override the fields of an options object
     opts = dataclasses.replace(options, **kwargs) if options is not None else ConvertOptions(**kwargs)
     opts.validate()
@@ -430,11 +441,9 @@ def convert(model: Any, out_path: str | os.PathLike | None = None, *, name: str 
     if opts.compresses or opts.max_error is not None:
         graph = compress(graph, opts, say)
     if out_path is not None:
-        from ..format import save
         save(graph, out_path)
     if report_path is not None and "report" in graph.metadata:
         import json
-        from ..format import atomic_write
         data = json.dumps(graph.metadata["report"], indent=1).encode()
         atomic_write(report_path, lambda f: f.write(data))
     if "report" in graph.metadata:
@@ -444,8 +453,6 @@ def convert(model: Any, out_path: str | os.PathLike | None = None, *, name: str 
 
 def compress(graph: Graph, opts: ConvertOptions, say: Callable[[str], None] = lambda s: None) -> Graph:
     """Prune, quantize and pack the weight layers of an imported fp32 graph (a new Graph)."""
-    from . import calibrate as cal
-    from . import prune as pr
     graph = _copy(graph)
     layers = find_layers(graph)
     if not layers:
@@ -470,12 +477,10 @@ def compress(graph: Graph, opts: ConvertOptions, say: Callable[[str], None] = la
 
     # Calibration / evaluation inputs, checked against the model before any work.
     if opts.calib_text is not None:
-        from .data import load_text_feeds
         feeds = load_text_feeds(opts.calib_text, opts.tokenizer, graph, seq_len=opts.seq_len)
     elif opts.calib is None:
         feeds = cal.random_feeds(graph, seed=opts.seed)
     elif isinstance(opts.calib, (str, os.PathLike)) and os.path.isdir(opts.calib):
-        from .data import load_npy_dir
         feeds = load_npy_dir(opts.calib, graph)
     elif isinstance(opts.calib, (str, os.PathLike)):
         feeds = cal.load_calib_npz(opts.calib, graph)
@@ -581,7 +586,6 @@ def _split_holdout(feeds, fraction: float):
     """(calibration feeds, held-back feeds or None): the last round(fraction * n) feeds of real
     data (at least 1, and at least 1 left for calibration), by whole feeds, so no sample is in
     both. Random inputs are not split: they stand for no data the model will see."""
-    from .calibrate import CalibFeeds
     if feeds.is_random or fraction <= 0 or len(feeds) < 2:
         return feeds, None
     k = min(len(feeds) - 1, max(1, round(fraction * len(feeds))))
@@ -607,7 +611,6 @@ def _plan_masks(graph: Graph, layers: list[Layer], plans: dict[str, _Plan], opts
                 method: str = "magnitude", feeds=None, say: Callable[[str], None] = lambda s: None) -> Graph:
     """Masks for every layer to prune (plans[...].mask), by ``method``; returns the graph to
     pack from: ``graph`` itself, or for obs a copy holding the updated weights."""
-    from .sequential import calibratable
     todo = [lr for lr in layers if not plans[lr.name].keep_fp32]
     if method in ("wanda", "obs"):      # the calibrated pass prunes these (_calibrated_pass)
         todo = [lr for lr in todo if not calibratable(lr.node)]    # these fall back to magnitude below
@@ -652,7 +655,6 @@ def _plan_masks(graph: Graph, layers: list[Layer], plans: dict[str, _Plan], opts
 
 def _magnitude_mask(w: np.ndarray, kind: str, s: float, opts: ConvertOptions) -> np.ndarray:
     """The mask of ``kind`` (MASK_KINDS) that prune_method="magnitude" keeps for one layer."""
-    from . import prune as pr
     if kind == "nm":
         return pr.nm_mask(w, *opts.nm)
     if kind == "block":
@@ -676,7 +678,6 @@ def _calibrated_pass(graph: Graph, layers: list[Layer], plans: dict[str, _Plan],
     inputs (runtime/convert/sequential.py), for Linear and group-1 Conv layers not kept in
     fp32. Returns a copy of ``graph`` with the changed weights (and any smoothing nodes);
     ``graph`` is unchanged. Masks already chosen by magnitude are kept."""
-    from . import sequential as seq
     chosen = [lr for lr in layers if not plans[lr.name].keep_fp32 and seq.calibratable(lr.node)]
     calibrated_prune = method in ("wanda", "obs")
     kind = MASK_KINDS.get(opts.prune, "unstructured")
@@ -705,20 +706,17 @@ def _calibrated_pass(graph: Graph, layers: list[Layer], plans: dict[str, _Plan],
 def _load_recover_data(data, graph: Graph, opts: ConvertOptions):
     """The training feeds of recovery: None (use the calibration feeds), an .npz, a folder of
     .npy files, a text file (with opts.tokenizer), or an iterable of feed dicts."""
-    from . import calibrate as cal
     if data is None:
         return None
     if not isinstance(data, (str, os.PathLike)):
         return cal.feeds_from_iterable(data, graph)
     if os.path.isdir(data):
-        from .data import load_npy_dir
         return load_npy_dir(data, graph)
     if os.fspath(data).endswith(".npz"):
         return cal.load_calib_npz(data, graph)
     if opts.tokenizer is None:
         raise ValueError(f"recover data {os.fspath(data)!r}: expected an .npz file, a folder of .npy files, or a "
                          "text file with a tokenizer (tokenizer / --tokenizer DIR)")
-    from .data import load_text_feeds
     return load_text_feeds(data, opts.tokenizer, graph, seq_len=opts.seq_len)
 
 
@@ -728,7 +726,6 @@ def _recover(graph: Graph, teacher: Graph, layers: list[Layer], plans: dict[str,
     toward ``teacher`` (the original) on opts.recover_data (default: the calibration feeds),
     masks fixed (or, with recover_gradual, grown on a cubic schedule from dense to each layer's
     sparsity). Returns a copy with the trained weights; plans get the final masks."""
-    from .recover import recover
     masks = {lr.weight_name: plans[lr.name].mask for lr in layers if plans[lr.name].mask is not None}
     gradual, target = {}, {}
     if opts.recover_gradual:
@@ -800,7 +797,6 @@ def _layout_for(opts: ConvertOptions, plan: _Plan) -> str:
 
 
 def _pack(name: str, w: np.ndarray, layout: str, plan: _Plan, opts: ConvertOptions) -> PackedTensor:
-    from kernels.core import layouts as L
     quant = "int8" if opts.quant == "int8" else "none"
     if layout == "dense":
         return dense_tensor(name, w if plan.mask is None or plan.keep_fp32 else (w * plan.mask).astype(np.float32))
@@ -881,7 +877,6 @@ def _copy(graph: Graph) -> Graph:
 
 
 def _run(graph: Graph, feeds: list[dict]) -> list[list[np.ndarray]]:
-    from ..session import InferenceSession
     sess = InferenceSession(graph, backend="reference")
     return [sess.run(None, f) for f in feeds]
 
@@ -968,8 +963,6 @@ def _layer_reports(fp32_graph, graph, converted, layers, plans, feeds) -> list[L
     same fp32 inputs of that layer (first calibration batch), so error does not compound.
     A smoothed layer (SmoothQuant) reads X / s with the weight W * s: it is compared with the
     original W on X = (X / s) * s."""
-    from kernels import registry
-    from . import calibrate as cal
     conv_nodes = {lr.name: next(n for n in converted.nodes if n.name == lr.name and n.op == lr.node.op)
                   for lr in layers}
     names = list(dict.fromkeys(n.inputs[0] for n in conv_nodes.values()))

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from ..tables import format_table
+
 
 @dataclass
 class LayerReport:
@@ -90,7 +92,6 @@ class Report:
         return out
 
     def table(self) -> str:
-        from ..tables import format_table
         rows = []
         for lr in self.layers:
             rows.append([lr.name, lr.op, "x".join(map(str, lr.shape)), lr.layout,

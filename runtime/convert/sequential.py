@@ -23,8 +23,15 @@ from typing import Callable
 
 import numpy as np
 
-from ..graph import Graph
 from kernels.core.layouts import dense_tensor
+from kernels.reference.conv_pool import conv_by_gemm
+from kernels.registry import fill_attrs
+
+from ..graph import Graph
+from . import calibrate as cal
+from . import gptq, obs
+from .obs import output_error
+from .smooth import apply_smoothing, search_alpha, smooth_factors
 
 
 @dataclass
@@ -68,8 +75,6 @@ def _add_rows(stats, node, x: np.ndarray, wshape: tuple) -> None:
     if node.op == "Linear":
         stats.add(x)
         return
-    from kernels.reference.conv_pool import conv_by_gemm
-    from kernels.registry import fill_attrs
     a = fill_attrs("Conv", dict(node.attrs))
 
     def gemm(cols, rows):
@@ -82,8 +87,6 @@ SAMPLE_ROWS = 512    # rows per calibration batch kept for SmoothQuant's alpha s
 
 
 def _measure(graph: Graph, node, wshape: tuple, feeds, sample: bool = False):
-    from . import calibrate as cal
-    from . import obs
     x_name = node.inputs[0]
     stats = obs.LayerInputStats(int(np.prod(wshape[1:])), sample_rows=SAMPLE_ROWS if sample else 0)
     sess = cal.probe_session(cal.upstream(graph, [x_name]), [x_name])
@@ -102,8 +105,6 @@ def run(graph: Graph, layers: list, plans: dict, steps: Steps, feeds, *,
     prune_sparsity(layer): the sparsity to prune it to with steps.prune_method, or None to
     leave its mask alone; baseline_mask(w2d, sparsity): magnitude's mask, for the report's
     "before" error."""
-    from . import gptq, obs
-    from .smooth import apply_smoothing, search_alpha, smooth_factors
     nodes = {n.name: n for n in graph.nodes}
     stats_by_key: dict[tuple, object] = {}
     done: dict[str, str] = {}              # weight name -> the layer that already handled it
@@ -221,7 +222,6 @@ def bias_shift(w: np.ndarray, final: np.ndarray, gram: np.ndarray, col_sum: np.n
     mean input row. It removes the mean of the output error pruning and rounding leave; on
     the calibration rows it can only lower the error (least squares), by rows * ||c||^2.
     w, final (N, K); returns (c float32, relative output error before, after)."""
-    from .obs import output_error
     d = np.asarray(w, np.float64) - np.asarray(final, np.float64)
     c = d @ (np.asarray(col_sum, np.float64) / max(int(rows), 1))
     before = output_error(final, w, gram)

@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..graph import Graph, Node, unique_name
 from kernels.core.layouts import dense_tensor
+
+from ..graph import Graph, Node, unique_name
+from .gptq import rtn_quantize
 
 S_RANGE = (1e-5, 1e5)     # clip: a channel that is 0 in all calibration data must not blow up
 # alpha "auto": the candidates tried per group of layers (None: no smoothing)
@@ -59,7 +61,6 @@ def search_alpha(x: np.ndarray, col_min: np.ndarray, col_max: np.ndarray, w: np.
     (stacked): ||Q(X / s) Q(W * s)^T - X W^T|| / ||X W^T||, Q = int8 activations as ``act``
     quantizes them (the static range from col_min / col_max over all calibration rows) and
     int8 weights per row, rounded to nearest. Returns (best alpha, {alpha: error})."""
-    from .gptq import rtn_quantize
     x64 = np.asarray(x, np.float64)
     w32 = np.asarray(w, np.float32)
     ref = x64 @ w32.T.astype(np.float64)

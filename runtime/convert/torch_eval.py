@@ -22,8 +22,11 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from ..graph import Graph
 from kernels.core.ops import op_spec
+from kernels.reference.shape_ops import slice_bounds
+from kernels.registry import fill_attrs
+
+from ..graph import Graph
 
 TORCH_PIN = "torch==2.13.0"
 
@@ -229,6 +232,7 @@ def _variadic(name: str, pair: Callable) -> None:
     """Max / Min / Sum: ``pair`` (torch) folded over the inputs, left to right."""
     def run(a, *xs):
         import functools
+
         import torch
         return functools.reduce(lambda x, y: pair(torch, x, y), xs)
     _op(name)(run)
@@ -648,7 +652,6 @@ def _squeeze(a, x):
 def _slice(a, data, starts, ends, axes=None, steps=None):
     """data[starts:ends:steps] along axes, with ONNX's clamping (the reference's slice_bounds)."""
     import torch
-    from kernels.reference.shape_ops import slice_bounds
     starts, ends = _ints(starts), _ints(ends)
     axes = list(range(len(starts))) if axes is None else _ints(axes)
     steps = [1] * len(starts) if steps is None else _ints(steps)
@@ -808,7 +811,6 @@ class TorchGraph:
                 self.params[name] = torch.nn.Parameter(as_tensor(np.array(t.fields["data"], order="C")))
             else:
                 self.constants[name] = as_tensor(t.fields["data"])
-        from kernels.registry import fill_attrs
         self._steps = [(n, OPS[n.op], fill_attrs(n.op, n.attrs)) for n in graph.nodes]
         # the index of the last node that reads each value: intermediates are dropped after
         # it, so autograd alone decides what stays alive for the backward pass
