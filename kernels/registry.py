@@ -10,6 +10,14 @@ node's initializer inputs by input position (so a backend can repack them once, 
 initializer its array, for other layouts the PackedTensor; None for an absent optional input)
 and returns a tuple of output arrays. ``run`` is what the session calls on every inference.
 
+Bound weights: the weight input of an op that has one (kernels/core/ops.py ``weight_input``:
+Linear's and Conv's weight, Gather's table) is bound at plan time when it is an initializer:
+the factory prepares ``weights[weight_input]`` and ``run`` does not read that slot (the session
+still passes it, so every op keeps one calling convention). Only a weight computed at run time
+(not in ``weights``) is read from the slot. So a kernel is a function of the activations, and
+the planner swaps whole kernels built on different forms of one weight.
+Linear/Conv kernels on packed weights are made by kernels/gemm_front.py.
+
 A backend is a package (kernels/reference, kernels/numba_cpu, ...) whose import registers its
 kernels with ``@register``. It may define ``probe() -> str | None`` returning why it cannot run
 here (no GPU, CPU lacks an ISA...). Importing a backend is deferred until someone asks for it,
@@ -19,6 +27,8 @@ from __future__ import annotations
 
 import importlib
 from typing import Any, Callable
+
+from kernels.core.ops import op_spec
 
 BACKENDS = ("reference", "numba", "native", "triton", "cupy")
 # Preference order for backend="auto" on the CPU: fastest first. A node falls back along this
@@ -206,9 +216,15 @@ def kernels(backend: str | None = None) -> list[tuple[str, str, str]]:
     return sorted(k for k in _KERNELS if backend is None or k[2] == backend)
 
 
+def bound_dense(weights: dict, index: int):
+    """The array of a dense initializer input (bound at plan time: module docstring), or None
+    when that input is computed at run time or packed."""
+    t = weights.get(index)
+    return t.fields["data"] if t is not None and getattr(t, "layout", None) == "dense" else None
+
+
 def fill_attrs(op: str, attrs: dict[str, Any]) -> dict[str, Any]:
     """The node's attributes with the op's defaults for those it does not set."""
-    from kernels.core.ops import op_spec
     out = dict(op_spec(op).attrs)
     out.update(attrs)
     return out

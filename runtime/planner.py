@@ -233,13 +233,10 @@ class PlannedLayer:
                            f"threads={threads}|{labels}"
 
     def run_of(self, c: Candidate) -> Callable:
+        """The candidate's kernel, built on its own form of the weight, which it binds: the
+        weight slot (still the stored tensor) is not read (kernels/registry.py)."""
         if c.label not in self._runs:
-            kernel = self._build(c)
-            if c.weight is self.stored:
-                self._runs[c.label] = kernel
-            else:  # the slot still holds the stored tensor: hand the kernel its equivalent
-                w = c.weight
-                self._runs[c.label] = lambda x, _w, *rest, _k=kernel: _k(x, w, *rest)
+            self._runs[c.label] = self._build(c)
         return self._runs[c.label]
 
     def __call__(self, *inputs):

@@ -587,9 +587,9 @@ def test_linear_bias_inputs_shapes_and_errors(device, layout):
         run(x[..., :23], t)
     with pytest.raises(ValueError, match="bias has shape"):
         run(x, t, np.zeros(5, np.float32))
-    other = pack_sparse_case(_rng("other", layout), layout, 6, 24, quant="int8")   # another weight: prepared afresh
-    (got,) = run(x, other)
-    _check_linear(got, _linear_reference(other, attrs, x, None), other, x, None, attrs, "another weight")
+    other = pack_sparse_case(_rng("other", layout), layout, 6, 24, quant="int8")   # the slot is not read:
+    (got,) = run(x, other)                                                          # the weight is bound
+    _check_linear(got, _linear_reference(t, attrs, x, None), t, x, None, attrs, "bound weight")
 
 
 # --- LayerNormalization, SkipLayerNormalization ---------------------------------------------------

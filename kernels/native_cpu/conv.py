@@ -29,11 +29,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from kernels.blas_activity import note_blas_call
+from kernels.core.layouts import PackedTensor, dense_view_2d, int_weight
+from kernels.gemm_front import bias64, gemm_factory, weight_only
 from kernels.reference.conv_pool import _out_size, _spatial_attrs, _windows
 from kernels.reference.packed import PackedGemm, act_params, packed_conv_ref
 from kernels.registry import register
-from kernels.core.layouts import PackedTensor, dense_view_2d, int_weight
 
 from . import _native
 from .int4_linear import NativeInt4Linear, int4_linear
@@ -81,8 +81,6 @@ class NativeConv:
 
     def __init__(self, weight: Any, group: int = 1, act_quant: str = "none", act_scale: Any = None,
                  act_zero_point: Any = 0):
-        if not isinstance(weight, PackedTensor):
-            raise TypeError(f"Conv: the weight must be an initializer in a packed layout, got {type(weight).__name__}")
         if weight.layout not in CONV_LAYOUTS:
             raise ValueError(f"Conv: the native Conv takes layouts {CONV_LAYOUTS}, got {weight.layout!r}")
         if len(weight.shape) < 3:
@@ -115,14 +113,7 @@ class NativeConv:
             return lambda cols, b: sparse_linear(cols, plans, b)
         if self.act_quant == "none":
             dense = np.ascontiguousarray(w.to_dense().reshape(self.m, kk)[rows], np.float32)
-
-            def weight_only(cols, b):
-                y = cols @ dense.T
-                note_blas_call()
-                if b is not None:
-                    y += b.astype(np.float32)
-                return y
-            return weight_only
+            return lambda cols, b: weight_only(cols, dense, b)
         if w.params.get("quant", "none") != "int8":
             raise ValueError(f"Conv: act_quant={self.act_quant!r} needs integer weights, but {w.layout} weight "
                              f"{w.name!r} stores float values (quant='none'); use act_quant='none'")
@@ -153,11 +144,7 @@ def native_conv(x: Any, plan: NativeConv, bias: Any = None, strides=None, pads=N
     out = [_out_size(x.shape[2 + i], kernel[i], strides[i], dilations[i], pb[i], pe[i], 0) for i in range(nsp)]
     if min(out) < 1:
         raise ValueError(f"Conv: X {x.shape} is smaller than the dilated kernel {kernel} with pads {pb + pe}")
-    b = None
-    if bias is not None:
-        b = np.asarray(bias, np.float64)
-        if b.shape != (plan.m,):
-            raise ValueError(f"Conv: bias has shape {b.shape}, expected ({plan.m},)")
+    b = bias64(bias, plan.m, "Conv")
     xp = np.pad(x, [(0, 0), (0, 0)] + list(zip(pb, pe))) if any(pb) or any(pe) else x
     win = _windows(xp, kernel, strides, dilations, out)          # (N, C, *out, *kernel), a view
     rows = n * int(np.prod(out))
@@ -172,18 +159,9 @@ def native_conv(x: Any, plan: NativeConv, bias: Any = None, strides=None, pads=N
     return y
 
 
-def _conv_factory(attrs: dict[str, Any], weights: dict) -> Any:
-    """Kernel factory of (Conv, packed layout, native): prepares the weight once; returns run(x, w, bias)."""
-    weight = weights.get(1)
-    quant = {k: attrs.get(k, d) for k, d in (("act_quant", "none"), ("act_scale", None), ("act_zero_point", 0))}
-    group = int(attrs.get("group") or 1)
-    conv = {k: attrs.get(k) for k in ("strides", "pads", "dilations")}
-    plan = NativeConv(weight, group, **quant)
-
-    def run(x, w, bias=None):
-        p = plan if w is weight else NativeConv(w, group, **quant)
-        return (native_conv(x, p, bias, **conv),)
-    return run
+_conv_factory = gemm_factory(
+    "Conv", lambda w, a, _: NativeConv(w, a.group, **a.quant),
+    lambda x, plan, bias, a: native_conv(x, plan, bias, a.strides, a.pads, a.dilations), name="native_conv_factory")
 
 
 for _layout in CONV_LAYOUTS:

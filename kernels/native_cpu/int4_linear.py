@@ -24,13 +24,12 @@ from typing import Any
 
 import numpy as np
 
+from kernels.core.layouts import dense_view_2d
+from kernels.gemm_front import F32_F64, gemm_factory, rows_of
 from kernels.reference.packed import PackedGemm, act_params, packed_linear_ref
 from kernels.registry import register
-from kernels.core.layouts import PackedTensor, dense_view_2d
 
 from . import _native
-
-_BIAS_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 class NativeInt4Linear:
@@ -39,8 +38,6 @@ class NativeInt4Linear:
 
     def __init__(self, weight: Any, act_quant: str = "none", act_scale: Any = None, act_zero_point: Any = 0,
                  op: str = "Linear"):
-        if not isinstance(weight, PackedTensor):
-            raise TypeError(f"{op}: the weight must be an initializer in a packed layout, got {type(weight).__name__}")
         if weight.layout != "int4_grouped":
             raise ValueError(f"{op}: the native int4 kernel takes layout 'int4_grouped', got {weight.layout!r}")
         self.weight = weight
@@ -64,30 +61,16 @@ class NativeInt4Linear:
 
 def int4_linear(x: Any, plan: NativeInt4Linear, bias: Any = None) -> np.ndarray:
     """Y (..., N) = X @ dequant(W).T + bias in X's dtype; X (..., K) float, bias (N,) or None."""
-    x = np.asarray(x)
+    x, x2 = rows_of(x, plan.k, plan.weight)
     shape = x.shape
-    if not shape or shape[-1] != plan.k or x.dtype.kind != "f":
-        raise ValueError(f"Linear: X {shape} ({x.dtype}) does not match packed weight "
-                         f"{plan.weight.name!r} of shape {plan.weight.shape} (need float X (..., K))")
     if x.dtype == np.float32 and plan.act_quant == "none":
-        if bias is not None and not (isinstance(bias, np.ndarray) and bias.dtype in _BIAS_DTYPES):
+        if bias is not None and not (isinstance(bias, np.ndarray) and bias.dtype in F32_F64):
             bias = np.asarray(bias, np.float64)
-        x2 = x.reshape(-1, plan.k)
         y = _native.int4_linear(plan.packed, x2 if x2.flags.c_contiguous else np.ascontiguousarray(x2), bias)
         return y.reshape(*shape[:-1], plan.n)
     return packed_linear_ref(x, plan.reference(), bias)
 
 
-@register("Linear", "native", "int4_grouped")
-def int4_linear_factory(attrs: dict[str, Any], weights: dict) -> Any:
-    """Kernel factory of (Linear, int4_grouped, native): returns run(x, w, bias)."""
-    weight = weights.get(1)
-    quant = {k: attrs.get(k, d) for k, d in (("act_quant", "none"), ("act_scale", None), ("act_zero_point", 0))}
-    if isinstance(weight, PackedTensor) and len(weight.shape) != 2:
-        raise ValueError(f"Linear: packed weight {weight.name!r} has shape {weight.shape}, expected (N, K)")
-    plan = NativeInt4Linear(weight, **quant)
-
-    def run(x, w, bias=None):
-        p = plan if w is weight else NativeInt4Linear(w, **quant)
-        return (int4_linear(x, p, bias),)
-    return run
+int4_linear_factory = register("Linear", "native", "int4_grouped")(gemm_factory(
+    "Linear", lambda w, a, _: NativeInt4Linear(w, **a.quant), lambda x, plan, bias, a: int4_linear(x, plan, bias),
+    name="int4_linear_factory"))

@@ -37,10 +37,9 @@ from typing import Any
 
 import numpy as np
 
+from kernels.gemm_front import F32_F64, bias32_or_64, gemm_factory, rows_of, weight_only
 from kernels.reference.packed import PackedGemm, act_params, packed_linear_ref
-from kernels.blas_activity import note_blas_call
 from kernels.registry import EPILOGUE_OPS, fill_attrs, lookup, register
-from kernels.core.layouts import PackedTensor
 
 from . import _native
 
@@ -53,12 +52,8 @@ class NativeInt8Linear:
     """
 
     def __init__(self, weight: Any, act_quant: str = "none", act_scale: Any = None, act_zero_point: Any = 0):
-        if not isinstance(weight, PackedTensor):
-            raise TypeError(f"Linear: the weight must be an initializer in a packed layout, got {type(weight).__name__}")
         if weight.layout != "int8":
             raise ValueError(f"Linear: the native int8 kernel takes layout 'int8', got {weight.layout!r}")
-        if len(weight.shape) != 2:
-            raise ValueError(f"Linear: packed weight {weight.name!r} has shape {weight.shape}, expected (N, K)")
         self.weight = weight
         self.act_quant = act_quant
         self.act_scale, self.act_zero_point = act_params("Linear", act_quant, act_scale, act_zero_point)
@@ -85,20 +80,20 @@ class NativeInt8Linear:
 def int8_linear(x: Any, plan: NativeInt8Linear, bias: Any = None, activation: str = "none") -> np.ndarray:
     """Y (..., N) = act(quant(X) @ W.T + bias) in X's dtype; X (..., K) float, W logical (N, K),
     bias (N,) or None, activation one of kernels.core.ops ACTIVATIONS (fused for float32 X)."""
-    x, x2 = rows_of(x, plan)
+    x, x2 = rows_of(x, plan.k, plan.weight)
     shape = x.shape
     if x.dtype == np.float32 and plan.act_quant != "none":
         # the common case, kept lean (it runs on every inference): the binding checks the
         # bias's shape and reads float32 / float64 itself
-        if bias is not None and not (isinstance(bias, np.ndarray) and bias.dtype in _BIAS_DTYPES):
-            bias = bias_of(bias, plan.n)
+        if bias is not None and not (isinstance(bias, np.ndarray) and bias.dtype in F32_F64):
+            bias = bias32_or_64(bias, plan.n)
         y = _native.int8_linear(plan.packed, x2 if x2.flags.c_contiguous else np.ascontiguousarray(x2), bias,
                                 plan.act_quant, plan.act_scale, plan.act_zero_point,
                                 activation=activation)   # (M, N) float32
         return y.reshape(*shape[:-1], plan.n)
-    bias = None if bias is None else bias_of(bias, plan.n)
+    bias = bias32_or_64(bias, plan.n)
     if plan.act_quant == "none":
-        y = weight_only(x2, plan, bias)                 # (M, N), a fresh array in X's dtype
+        y = weight_only(x2, plan.dense32, bias)               # (M, N), a fresh array in X's dtype
         if y.dtype == np.float32:
             _native.apply_activation(y, activation)      # in place; "none" does nothing
             return y.reshape(*shape[:-1], plan.n)
@@ -115,59 +110,6 @@ def _activate_after(y: np.ndarray, activation: str) -> np.ndarray:
     return lookup(op, "dense", "reference")(fill_attrs(op, attrs), {})(y)[0]
 
 
-def rows_of(x: Any, plan) -> tuple[np.ndarray, np.ndarray]:
-    """(X as an array, X as (M, K) rows) for a plan with k and weight (int8 and sparse Linear),
-    or ValueError naming the shapes."""
-    x = np.asarray(x)
-    if not x.shape or x.shape[-1] != plan.k or x.dtype.kind != "f":
-        raise ValueError(f"Linear: X {x.shape} ({x.dtype}) does not match packed weight "
-                         f"{plan.weight.name!r} of shape {plan.weight.shape} (need float X (..., K))")
-    return x, x.reshape(-1, plan.k)
-
-
-_BIAS_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-
-
-def bias_of(bias: Any, n: int) -> np.ndarray:
-    """The bias as float32 / float64 (other dtypes to float64, exactly), shape checked."""
-    b = np.asarray(bias)
-    if b.dtype not in _BIAS_DTYPES:
-        b = b.astype(np.float64)
-    if b.shape != (n,):
-        raise ValueError(f"Linear: bias has shape {b.shape}, expected ({n},)")
-    return b
-
-
-def weight_only(x2: np.ndarray, plan, bias: np.ndarray | None) -> np.ndarray:
-    """act_quant "none", X (M, K), plan.dense32 (N, K) float32 (int8 and sparse Linear): float32 BLAS for float32 X (module docstring), float64 BLAS
-    (the reference's arithmetic) rounded once to X's dtype otherwise."""
-    if x2.dtype == np.float32:
-        y = x2 @ plan.dense32.T
-        note_blas_call()
-        if bias is not None:
-            y += bias.astype(np.float32, copy=False)
-        return y
-    y = np.asarray(x2, np.float64) @ plan.dense32.T.astype(np.float64)
-    if bias is not None:
-        y += bias
-    return y.astype(x2.dtype)
-
-
-@register("Linear", "native", "int8")
-def int8_linear_factory(attrs: dict[str, Any], weights: dict) -> Any:
-    """Kernel factory of (Linear, int8, native): packs the weight once; returns run(x, w, bias)."""
-    weight = weights.get(1)
-    quant = {k: attrs.get(k, d) for k, d in (("act_quant", "none"), ("act_scale", None), ("act_zero_point", 0))}
-    activation = attrs.get("activation", "none")
-    if activation != "none" and activation not in EPILOGUE_OPS:
-        raise ValueError(f"Linear: activation must be one of none, {', '.join(EPILOGUE_OPS)}; got {activation!r}")
-    plan = NativeInt8Linear(weight, **quant)
-
-    def run(x, w, bias=None):
-        # the session passes the planned PackedTensor; another one is prepared afresh
-        p = plan if w is weight else NativeInt8Linear(w, **quant)
-        return (int8_linear(x, p, bias, activation),)
-    return run
-
-
-int8_linear_factory.fused_activations = tuple(EPILOGUE_OPS)    # kernels.registry.build
+int8_linear_factory = register("Linear", "native", "int8")(gemm_factory(
+    "Linear", lambda w, a, _: NativeInt8Linear(w, **a.quant),
+    lambda x, plan, bias, a: int8_linear(x, plan, bias, a.activation), fused=True, name="int8_linear_factory"))

@@ -25,12 +25,12 @@ from typing import Any
 
 import numpy as np
 
+from kernels.core.layouts import PackedTensor
+from kernels.gemm_front import F32_F64, bias32_or_64, gemm_factory, rows_of, weight_only
 from kernels.reference.packed import PackedGemm, act_params, packed_linear_ref
 from kernels.registry import register
-from kernels.core.layouts import PackedTensor
 
 from . import _native
-from .int8_linear import _BIAS_DTYPES, bias_of, rows_of, weight_only
 
 SPARSE_LAYOUTS = ("csr", "bsr", "nm")
 def pack_sparse(weight: PackedTensor, lanes: str = "auto", quad_rows: int = -1):
@@ -59,12 +59,8 @@ class NativeSparseLinear:
     for the integer modes, any quant for act_quant "none"."""
 
     def __init__(self, weight: Any, act_quant: str = "none", act_scale: Any = None, act_zero_point: Any = 0):
-        if not isinstance(weight, PackedTensor):
-            raise TypeError(f"Linear: the weight must be an initializer in a packed layout, got {type(weight).__name__}")
         if weight.layout not in SPARSE_LAYOUTS:
             raise ValueError(f"Linear: the native sparse kernel takes layouts {SPARSE_LAYOUTS}, got {weight.layout!r}")
-        if len(weight.shape) != 2:
-            raise ValueError(f"Linear: packed weight {weight.name!r} has shape {weight.shape}, expected (N, K)")
         self.weight = weight
         self.act_quant = act_quant
         self.act_scale, self.act_zero_point = act_params("Linear", act_quant, act_scale, act_zero_point)
@@ -87,31 +83,22 @@ class NativeSparseLinear:
 def sparse_linear(x: Any, plan: NativeSparseLinear, bias: Any = None) -> np.ndarray:
     """Y (..., N) = quant(X) @ W.T + bias in X's dtype; X (..., K) float, W logical (N, K),
     bias (N,) or None."""
-    x, x2 = rows_of(x, plan)
+    x, x2 = rows_of(x, plan.k, plan.weight)
     shape = x.shape
     if x.dtype == np.float32 and plan.act_quant != "none":
-        if bias is not None and not (isinstance(bias, np.ndarray) and bias.dtype in _BIAS_DTYPES):
-            bias = bias_of(bias, plan.n)
+        if bias is not None and not (isinstance(bias, np.ndarray) and bias.dtype in F32_F64):
+            bias = bias32_or_64(bias, plan.n)
         y = _native.sparse_int8_linear(plan.packed, x2 if x2.flags.c_contiguous else np.ascontiguousarray(x2), bias,
                                        plan.act_quant, plan.act_scale, plan.act_zero_point)   # (M, N) float32
         return y.reshape(*shape[:-1], plan.n)
-    bias = None if bias is None else bias_of(bias, plan.n)
+    bias = bias32_or_64(bias, plan.n)
     if plan.act_quant == "none":
-        return weight_only(x2, plan, bias).reshape(*shape[:-1], plan.n)
+        return weight_only(x2, plan.dense32, bias).reshape(*shape[:-1], plan.n)
     return packed_linear_ref(x, plan.reference(), bias)
 
 
-def _factory(attrs: dict[str, Any], weights: dict) -> Any:
-    """Kernel factory of (Linear, csr / bsr / nm, native): packs the weight once; returns run(x, w, bias)."""
-    weight = weights.get(1)
-    quant = {k: attrs.get(k, d) for k, d in (("act_quant", "none"), ("act_scale", None), ("act_zero_point", 0))}
-    plan = NativeSparseLinear(weight, **quant)
-
-    def run(x, w, bias=None):
-        # the session passes the planned PackedTensor; another one is prepared afresh
-        p = plan if w is weight else NativeSparseLinear(w, **quant)
-        return (sparse_linear(x, p, bias),)
-    return run
+_factory = gemm_factory("Linear", lambda w, a, _: NativeSparseLinear(w, **a.quant),
+                        lambda x, plan, bias, a: sparse_linear(x, plan, bias), name="sparse_linear_factory")
 
 
 for _layout in SPARSE_LAYOUTS:

@@ -37,15 +37,14 @@ from typing import Any
 import numpy as np
 from numba import njit, prange
 
-from kernels.registry import register
 from kernels.core.layouts import PackedTensor, dense_view_2d
+from kernels.gemm_front import bias64
+from kernels.registry import register
 
 from .sparse import (
-    CONV_ATTRS,
     PAR_CHUNKS,
     SERIAL_WORK,
     U8_SHIFT,
-    _bias64,
     _is_float,
     _quantize_u8,
     act_params,
@@ -252,7 +251,7 @@ def int4_linear(x: np.ndarray, gemm: Int4Gemm, bias=None) -> np.ndarray:
     if not _is_float(x.dtype) or x.ndim < 1 or x.shape[-1] != gemm.k:
         raise ValueError(f"Linear: X {x.shape} ({x.dtype}) does not match packed weight "
                          f"{w.name!r} of shape {w.shape} (need float X (..., K))")
-    b = _bias64(bias, gemm.n, "Linear")
+    b = bias64(bias, gemm.n, "Linear")
     kdtype = x.dtype if x.dtype in (np.float32, np.float64) else np.dtype(np.float64)
     x2 = np.ascontiguousarray(x.reshape(-1, gemm.k), kdtype)
     out = np.empty((x2.shape[0], gemm.n), kdtype)
@@ -262,5 +261,5 @@ def int4_linear(x: np.ndarray, gemm: Int4Gemm, bias=None) -> np.ndarray:
 
 
 # Conv: the sparse module's im2col driver (packed_conv) and factory, with this module's plan
-register("Linear", "numba", "int4_grouped")(packed_factory("Linear", int4_linear, (), Int4Gemm, "int4_grouped"))
-register("Conv", "numba", "int4_grouped")(packed_factory("Conv", packed_conv, CONV_ATTRS, Int4Gemm, "int4_grouped"))
+register("Linear", "numba", "int4_grouped")(packed_factory("Linear", int4_linear, Int4Gemm))
+register("Conv", "numba", "int4_grouped")(packed_factory("Conv", packed_conv, Int4Gemm))

@@ -38,9 +38,10 @@ from kernels.reference.packed import act_params
 from kernels.registry import EPILOGUE_OPS, fill_attrs, lookup, register
 from kernels.core.bounds import MAX_K_INT32
 from kernels.core.layouts import PackedTensor, dense_view_2d
+from kernels.gemm_front import GemmAttrs, bias32_or_64, gemm_factory, rows_of, weight_only
 
 from . import vnni
-from .ops import ACT_NONE, ACTIVATION_KINDS, note_blas_call
+from .ops import ACT_NONE, ACTIVATION_KINDS
 
 
 
@@ -171,17 +172,13 @@ def _gemm_dtype(x: np.ndarray):
 def int8_linear(x: np.ndarray, plan: Int8Plan, bias: Any = None, activation: str = "none") -> np.ndarray:
     """Y (..., N) = act(quant(X) @ W.T + bias) in X's dtype; X (..., K) float, W logical (N, K);
     activation a kernels.core.ops ACTIVATIONS name, fused into the GEMM's tiles for float32 X."""
-    x = np.asarray(x)
+    x, x2 = rows_of(x, plan.k, plan.weight)
     shape = x.shape
-    if not shape or shape[-1] != plan.k or x.dtype.kind != "f":
-        raise ValueError(f"Linear: X {shape} ({x.dtype}) does not match packed weight "
-                         f"{plan.weight.name!r} of shape {plan.weight.shape} (need float X (..., K))")
     if plan.act_quant == "none":
-        y = _weight_only(x.reshape(-1, plan.k), plan, bias).reshape(*shape[:-1], plan.n)
+        y = weight_only(x2, plan.dense32, bias32_or_64(bias, plan.n)).reshape(*shape[:-1], plan.n)
         return _activate_after(y, activation)
     gemm = plan.groups[0]
     if x.dtype == np.float32:             # the common case: no conversion, float32 out
-        x2 = x.reshape(-1, plan.k)
         if not x2.flags.c_contiguous:
             x2 = np.ascontiguousarray(x2)
         y = np.empty((x2.shape[0], plan.n), np.float32)
@@ -202,21 +199,6 @@ def _activate_after(y: np.ndarray, activation: str) -> np.ndarray:
     op, attrs = EPILOGUE_OPS[activation]
     backend = "numba" if y.dtype == np.float32 else "reference"
     return lookup(op, "dense", backend)(fill_attrs(op, attrs), {})(y)[0]
-
-
-def _weight_only(x2: np.ndarray, plan: Int8Plan, bias: Any) -> np.ndarray:
-    """act_quant "none": float32 BLAS for float32 X (tests: WEIGHT_ONLY_ERR_PER_TERM), float64
-    BLAS (the reference's arithmetic) otherwise."""
-    if x2.dtype == np.float32:
-        y = x2 @ plan.dense32.T
-        note_blas_call()
-        if bias is not None:
-            y += np.asarray(bias, np.float32)
-        return y
-    y = np.asarray(x2, np.float64) @ plan.dense32.T.astype(np.float64)
-    if bias is not None:
-        y += np.asarray(bias, np.float64)
-    return y.astype(x2.dtype)
 
 
 # --- Conv: im2col fused with activation quantization ------------------------------------------
@@ -358,48 +340,15 @@ def _conv_generic(x, plan, bias, strides, pads, dilations, group):
 
 # --- registration -------------------------------------------------------------------------------
 
-def _quant_attrs(attrs: dict) -> dict:
-    return {k: attrs.get(k, d) for k, d in (("act_quant", "none"), ("act_scale", None), ("act_zero_point", 0))}
+def _linear_plan(weight: PackedTensor, a: GemmAttrs, _weights: dict) -> Int8Plan:
+    return Int8Plan("Linear", weight, **a.quant)
 
 
-def _linear_plan(weight: Any, quant: dict) -> Int8Plan:
-    plan = Int8Plan("Linear", weight, **quant)
-    if len(weight.shape) != 2:
-        raise ValueError(f"Linear: packed weight {weight.name!r} has shape {weight.shape}, expected (N, K)")
-    return plan
-
-
-@register("Linear", "numba", "int8")
-def int8_linear_factory(attrs: dict[str, Any], weights: dict):
-    """Linear with an int8 weight: prepares the weight once, returns run(x, w, bias)."""
-    weight = weights.get(1)
-    quant = _quant_attrs(attrs)
-    activation = attrs.get("activation", "none")
-    plan = _linear_plan(weight, quant)
-
-    def run(x, w, bias=None):
-        p = plan if w is weight else _linear_plan(w, quant)
-        return (int8_linear(x, p, bias, activation),)
-    return run
-
-
-int8_linear_factory.fused_activations = tuple(EPILOGUE_OPS)    # kernels.registry.build
-
-
-@register("Conv", "numba", "int8")
-def int8_conv_factory(attrs: dict[str, Any], weights: dict):
-    """Conv with an int8 weight: prepares the weight (one GEMM per group) once, returns run."""
-    weight = weights.get(1)
-    quant = _quant_attrs(attrs)
-    group = int(attrs.get("group") if attrs.get("group") is not None else 1)
-    conv = {k: attrs.get(k) for k in ("strides", "pads", "dilations")}
-    activation = attrs.get("activation", "none")
-    plan = Int8Plan("Conv", weight, **quant, group=group)
-
-    def run(x, w, bias=None):
-        p = plan if w is weight else Int8Plan("Conv", w, **quant, group=group)
-        return (int8_conv(x, p, bias, group=group, activation=activation, **conv),)
-    return run
-
-
-int8_conv_factory.fused_activations = tuple(EPILOGUE_OPS)      # kernels.registry.build
+int8_linear_factory = register("Linear", "numba", "int8")(gemm_factory(
+    "Linear", _linear_plan, lambda x, plan, bias, a: int8_linear(x, plan, bias, a.activation), fused=True,
+    name="int8_linear_factory"))
+int8_conv_factory = register("Conv", "numba", "int8")(gemm_factory(
+    "Conv", lambda w, a, _: Int8Plan("Conv", w, **a.quant, group=a.group),
+    lambda x, plan, bias, a: int8_conv(x, plan, bias, group=a.group, activation=a.activation, strides=a.strides,
+                                       pads=a.pads, dilations=a.dilations),
+    fused=True, name="int8_conv_factory"))

@@ -80,7 +80,7 @@ from kernels.reference._common import normalize_axis, prod
 from kernels.reference.conv_pool import _out_size, _spatial_attrs, _windows
 from kernels.blas_activity import blas_recently_called, note_blas_call  # noqa: F401  (fused.py, int8_gemm.py)
 from kernels.fused_dispatch import reference_of as _reference
-from kernels.registry import register
+from kernels.registry import bound_dense, register
 
 F32 = np.dtype(np.float32)
 
@@ -475,8 +475,10 @@ def linear_factory(attrs: dict, weights: dict):
     ref = _reference("Linear", attrs, weights)
     weight_t = _Prepared(weights, 1, lambda w: np.ascontiguousarray(w.T, dtype=F32) if w.ndim == 2 else None)
     bias32 = _Prepared(weights, 2, lambda b: np.ascontiguousarray(b, dtype=F32))
+    bound = bound_dense(weights, 1)
 
     def run(x, w, b=None):
+        w = w if bound is None else bound      # a bound weight's slot is not read (kernels/registry.py)
         if not _is_f32(x, w, b) or w.ndim != 2 or x.ndim == 0 or x.shape[-1] != w.shape[1]:
             return ref(x, w, b)       # other dtypes; shape errors are the reference's to raise
         wt = weight_t.get(w)          # (K, N)
@@ -566,8 +568,10 @@ def conv_factory(attrs: dict, weights: dict):
     strides, pads, dilations = attrs["strides"], attrs["pads"], attrs["dilations"]
     weight3 = _Prepared(weights, 1, lambda w: _conv_weight(w, group))
     bias32 = _Prepared(weights, 2, lambda b: np.ascontiguousarray(b, dtype=F32))
+    bound = bound_dense(weights, 1)
 
     def run(x, w, b=None):
+        w = w if bound is None else bound      # a bound weight's slot is not read (kernels/registry.py)
         m = w.shape[0]
         if (not _is_f32(x, w, b) or x.ndim < 3 or w.ndim != x.ndim or m % group
                 or x.shape[1] != w.shape[1] * group):

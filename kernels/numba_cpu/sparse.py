@@ -21,7 +21,7 @@ the weight's 2-D view W (N, K') (kernels.core.layouts.dense_view_2d), Y (M, N).
 
 int32 exactness: sparse int8 weights are symmetric, |qw| <= 127, and |qx - z| <= 255, so
 |acc| <= K' * 255 * 127 < 2^31 for K' <= MAX_INT32_K (66311). The fast paths use VNNI's u8 x
-s8 form (DESIGN.md): activations are stored as u = qx + 128 in [0, 255], dot = sum_k u * qw,
+s8 form (docs/CONVERTER.md, "Integer GEMM"): activations are stored as u = qx + 128 in [0, 255], dot = sum_k u * qw,
 and acc = dot - fix[n] with fix[n] = (128 + z) * sum_k qw[n, k] computed at plan time. int32
 arithmetic wraps modulo 2^32 (vpdpbusd is the non-saturating form); the true acc fits int32,
 so the wrapped result is exact. A larger K' takes the portable int64 path.
@@ -77,10 +77,11 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
 
+from kernels.core.layouts import PackedTensor, dense_view_2d, nm_positions
+from kernels.gemm_front import bias64, gemm_factory
 from kernels.reference.conv_pool import conv_by_gemm
 from kernels.reference.packed import act_params
 from kernels.registry import register
-from kernels.core.layouts import PackedTensor, dense_view_2d, nm_positions
 
 from . import isa
 from .vnni import quantize_shift
@@ -1145,16 +1146,6 @@ def _is_float(dtype) -> bool:
     return np.issubdtype(np.dtype(dtype), np.floating)
 
 
-def _bias64(bias, n: int, op: str) -> np.ndarray | None:
-    if bias is None:
-        return None
-    b = bias if (type(bias) is np.ndarray and bias.dtype == np.float64 and bias.flags.c_contiguous) \
-        else np.ascontiguousarray(bias, np.float64)
-    if b.shape != (n,):
-        raise ValueError(f"{op}: bias has shape {b.shape}, expected ({n},)")
-    return b
-
-
 def sparse_linear(x: np.ndarray, gemm: SparseGemm, bias=None) -> np.ndarray:
     """Y = act(X) @ W.T + bias with a csr / bsr / nm weight. X (..., K) float, Y (..., N) in
     X's dtype (numerics: module docstring)."""
@@ -1167,7 +1158,7 @@ def sparse_linear(x: np.ndarray, gemm: SparseGemm, bias=None) -> np.ndarray:
                              f"{w.name!r} of shape {w.shape} (need float X (..., K))")
     if len(gemm.weight.shape) != 2:
         raise ValueError(f"Linear: packed weight {gemm.weight.name!r} has shape {gemm.weight.shape}, expected (N, K)")
-    b = _bias64(bias, gemm.n, "Linear")
+    b = bias64(bias, gemm.n, "Linear")
     kdtype = x.dtype if x.dtype in _KERNEL_DTYPES else np.dtype(np.float64)
     x2 = x.reshape(-1, gemm.k)
     if not x2.flags.c_contiguous or x2.dtype != kdtype:
@@ -1205,7 +1196,7 @@ def packed_conv(x: np.ndarray, gemm, bias=None, strides=None, pads=None, dilatio
         return out
 
     y = conv_by_gemm(x, wshape, strides, pads, dilations, group, gemm_rows)
-    b = _bias64(bias, m, "Conv")
+    b = bias64(bias, m, "Conv")
     if b is not None:
         y += b.reshape((m,) + (1,) * nsp)
     return y.astype(x.dtype)
@@ -1213,34 +1204,21 @@ def packed_conv(x: np.ndarray, gemm, bias=None, strides=None, pads=None, dilatio
 
 # --- registration ------------------------------------------------------------------------------
 
-def packed_factory(op: str, fn: Callable, conv_attrs: tuple[str, ...], plan=None, what: str = "sparse"):
-    """Kernel factory for (op, packed layout, "numba"): prepares the weight once with ``plan``
-    (SparseGemm here, Int4Gemm in int4.py), then run(x, w, bias) calls ``fn``."""
+def packed_factory(op: str, fn: Callable, plan=None):
+    """Kernel factory for (op, packed layout, "numba") on kernels/gemm_front.py: prepares the
+    weight once with ``plan`` (SparseGemm here, Int4Gemm in int4.py), then each call is
+    ``fn(x, gemm, bias)`` (Linear) or ``fn(x, gemm, bias, strides=, pads=, dilations=, group=)``
+    (Conv)."""
     plan = plan or SparseGemm
+    if op == "Conv":
+        def compute(x, g, bias, a):
+            return fn(x, g, bias, **a.conv)
+    else:
+        def compute(x, g, bias, a):
+            return fn(x, g, bias)
+    return gemm_factory(op, lambda w, a, _: plan(w, **a.quant, op=op), compute, name=f"{fn.__name__}_factory")
 
-    def factory(attrs: dict[str, Any], weights: dict) -> Callable[..., tuple]:
-        weight = weights.get(1)
-        quant = {k: attrs.get(k, d) for k, d in
-                 (("act_quant", "none"), ("act_scale", None), ("act_zero_point", 0))}
-        gemm = plan(weight, quant["act_quant"], quant["act_scale"], quant["act_zero_point"], op=op)
-        kwargs = {k: attrs.get(k) for k in conv_attrs}
-        if "group" in kwargs:
-            kwargs["group"] = int(kwargs["group"] if kwargs["group"] is not None else 1)
-
-        def run(x, w, bias=None):
-            # the session passes the planned PackedTensor; another one is prepared afresh
-            g = gemm if w is weight else plan(w, **quant, op=op)
-            return (fn(x, g, bias, **kwargs),)
-        return run
-
-    factory.__name__ = f"{fn.__name__}_factory"
-    factory.__qualname__ = factory.__name__
-    factory.__doc__ = f"numba kernel factory of {op} on {what} weights: prepares the weight, returns run."
-    return factory
-
-
-CONV_ATTRS = ("strides", "pads", "dilations", "group")
 
 for _layout in SPARSE_LAYOUTS:
-    register("Linear", "numba", _layout)(packed_factory("Linear", sparse_linear, ()))
-    register("Conv", "numba", _layout)(packed_factory("Conv", packed_conv, CONV_ATTRS))
+    register("Linear", "numba", _layout)(packed_factory("Linear", sparse_linear))
+    register("Conv", "numba", _layout)(packed_factory("Conv", packed_conv))

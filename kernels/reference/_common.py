@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from kernels.registry import register
+from kernels.registry import bound_dense, register
 from kernels.core.ops import op_spec
 
 _SNAKE_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
@@ -70,9 +70,14 @@ def reference_kernel(op: str, *, required: tuple[str, ...] = (),
                 raise ValueError(f"{op}: required attribute(s) {', '.join(missing)} not set")
             if check is not None:
                 check(kwargs)
-
-            def run(*inputs):
-                return as_outputs(fn(*inputs, **kwargs))
+            wi = op_spec(op).weight_input
+            bound = None if wi is None else bound_dense(weights, wi)
+            if bound is None:
+                def run(*inputs):
+                    return as_outputs(fn(*inputs, **kwargs))
+            else:   # the weight input is bound at plan time (kernels/registry.py): its slot is not read
+                def run(*inputs):
+                    return as_outputs(fn(*inputs[:wi], bound, *inputs[wi + 1:], **kwargs))
             return run
 
         factory.__name__ = f"{expected}_factory"

@@ -31,10 +31,11 @@ applied before or after quantization.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
+from kernels.gemm_front import GemmAttrs, bias64, gemm_factory
 from kernels.registry import register
 from kernels.core.bounds import MAX_EXACT_K
 from kernels.core.layouts import PackedTensor, dense_view_2d, int_weight
@@ -136,15 +137,6 @@ class PackedGemm:
         return y * (s_x[:, None] if isinstance(s_x, np.ndarray) else s_x)
 
 
-def _bias64(bias, n: int, op: str) -> np.ndarray | None:
-    if bias is None:
-        return None
-    b = np.asarray(bias, np.float64)
-    if b.shape != (n,):
-        raise ValueError(f"{op}: bias has shape {b.shape}, expected ({n},)")
-    return b
-
-
 def packed_linear_ref(x: np.ndarray, gemm: PackedGemm, bias: np.ndarray | None = None) -> np.ndarray:
     """Y = act(X) @ dequant(W).T + bias with a packed weight (numerics: module docstring).
 
@@ -155,7 +147,7 @@ def packed_linear_ref(x: np.ndarray, gemm: PackedGemm, bias: np.ndarray | None =
         raise ValueError(f"Linear: X {x.shape} ({x.dtype}) does not match packed weight "
                          f"{gemm.weight.name!r} of shape {gemm.weight.shape} (need float X (..., K))")
     y = gemm(x.reshape(-1, gemm.k))
-    b = _bias64(bias, gemm.n, "Linear")
+    b = bias64(bias, gemm.n, "Linear")
     if b is not None:
         y = y + b
     return y.reshape(*x.shape[:-1], gemm.n).astype(x.dtype)
@@ -177,7 +169,7 @@ def packed_conv_ref(x: np.ndarray, gemm: PackedGemm, bias: np.ndarray | None = N
         raise ValueError(f"Conv: X {x.shape} ({x.dtype}), packed weight {gemm.weight.name!r} {wshape} and "
                          f"group={group} do not match (need float X, W (M, C/group, *kernel), group | M)")
     y = conv_by_gemm(x, wshape, strides, pads, dilations, group, gemm)   # rows = im2col patches
-    b = _bias64(bias, m, "Conv")
+    b = bias64(bias, m, "Conv")
     if b is not None:
         y += b.reshape((m,) + (1,) * nsp)
     return y.astype(x.dtype)
@@ -185,30 +177,15 @@ def packed_conv_ref(x: np.ndarray, gemm: PackedGemm, bias: np.ndarray | None = N
 
 # --- registration -------------------------------------------------------------------------------
 
-def _factory(op: str, fn: Callable, conv_attrs: tuple[str, ...]):
-    """Kernel factory for (op, packed layout, "reference"): prepares the weight once."""
+def _prepare(w: PackedTensor, a: GemmAttrs, _weights: dict) -> PackedGemm:
+    return PackedGemm(w, **a.quant, op=a.op)
 
-    def factory(attrs: dict[str, Any], weights: dict) -> Callable[..., tuple]:
-        weight = weights.get(1)
-        quant = {k: attrs.get(k, d) for k, d in
-                 (("act_quant", "none"), ("act_scale", None), ("act_zero_point", 0))}
-        gemm = PackedGemm(weight, quant["act_quant"], quant["act_scale"], quant["act_zero_point"], op=op)
-        kwargs = {k: attrs.get(k) for k in conv_attrs}
-        if "group" in kwargs:
-            kwargs["group"] = int(kwargs["group"] if kwargs["group"] is not None else 1)
 
-        def run(x, w, bias=None):
-            # the session passes the planned PackedTensor; another one is prepared afresh
-            g = gemm if w is weight else PackedGemm(w, **quant, op=op)
-            return (fn(x, g, bias, **kwargs),)
-        return run
-
-    factory.__name__ = f"{fn.__name__}_factory"
-    factory.__qualname__ = factory.__name__
-    factory.__doc__ = f"Reference kernel factory of {op} on packed weights: prepares the weight, returns run."
-    return factory
-
+packed_linear_factory = gemm_factory("Linear", _prepare, lambda x, g, bias, a: packed_linear_ref(x, g, bias),
+                                     name="packed_linear_ref_factory")
+packed_conv_factory = gemm_factory("Conv", _prepare, lambda x, g, bias, a: packed_conv_ref(x, g, bias, **a.conv),
+                                   name="packed_conv_ref_factory")
 
 for _layout in PACKED_LAYOUTS:
-    register("Linear", "reference", _layout)(_factory("Linear", packed_linear_ref, ()))
-    register("Conv", "reference", _layout)(_factory("Conv", packed_conv_ref, ("strides", "pads", "dilations", "group")))
+    register("Linear", "reference", _layout)(packed_linear_factory)
+    register("Conv", "reference", _layout)(packed_conv_factory)

@@ -81,8 +81,7 @@ def packed_gather_ref(table: PackedTensor, indices: Any, axis: int = 0,
 
 def packed_gather_factory(attrs: dict, weights: dict) -> Callable[..., tuple]:
     """Kernel factory of (Gather, packed layout, reference): dequantizes the table once, at
-    plan time (the session passes that PackedTensor on every run; another one is dequantized
-    afresh)."""
+    plan time. The table is bound then: run's table slot is not read (kernels/registry.py)."""
     table = weights.get(0)
     axis = int(attrs.get("axis", 0))
     if not isinstance(table, PackedTensor):
@@ -90,8 +89,8 @@ def packed_gather_factory(attrs: dict, weights: dict) -> Callable[..., tuple]:
     dense = table.to_dense()
     normalize_axis(axis, dense.ndim, "Gather axis")       # a bad axis is a plan-time error
 
-    def run(data, indices):
-        return (packed_gather_ref(data, indices, axis, dense if data is table else None),)
+    def run(_table, indices):
+        return (packed_gather_ref(table, indices, axis, dense),)
     return run
 
 
@@ -102,7 +101,8 @@ for _layout in PACKED_LAYOUTS:
 def row_gather_factory(plan: Callable[[PackedTensor], Any], backend: str) -> Callable[..., Callable[..., tuple]]:
     """The kernel factory a CPU backend registers for (Gather, int8 | int4_grouped): axis 0 runs
     ``plan(table).lookup(indices)`` (the backend's row kernels, planned once per table); any
-    other axis runs the reference, which dequantizes the table at plan time."""
+    other axis runs the reference, which dequantizes the table at plan time. The table is
+    bound at plan time: run's table slot is not read (kernels/registry.py)."""
     def factory(attrs: dict, weights: dict):
         table = weights.get(0)
         axis = int(attrs.get("axis", 0))
@@ -112,9 +112,8 @@ def row_gather_factory(plan: Callable[[PackedTensor], Any], backend: str) -> Cal
             return packed_gather_factory(attrs, weights)
         planned = plan(table)
 
-        def run(data, indices):
-            p = planned if data is table else plan(data)
-            return (p.lookup(indices),)
+        def run(_table, indices):
+            return (planned.lookup(indices),)
         return run
     factory.__doc__ = f"Kernel factory of (Gather, int8 | int4_grouped, {backend}): run(table, indices)."
     return factory

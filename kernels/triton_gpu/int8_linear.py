@@ -52,6 +52,7 @@ import triton.language as tl
 
 from kernels.reference.packed import act_params
 from kernels.core.bounds import MAX_K_INT32
+from kernels.gemm_front import gemm_factory
 from kernels.registry import register
 
 from . import _common as C
@@ -183,31 +184,22 @@ def make_plan(weight: Any, act_quant: str = "none", act_scale: Any = None, act_z
 
 
 def linear_factory(layout: str, make: Any):
-    """A kernel factory for ("Linear", layout, "triton") over a plan constructor
-    ``make(weight, act_quant, act_scale, act_zero_point)``: plan once, run per call."""
+    """A kernel factory for ("Linear", layout, "triton") on kernels/gemm_front.py over a plan
+    constructor ``make(weight, act_quant, act_scale, act_zero_point)``: the weight (and a
+    constant bias) go to the device once; each call runs the plan on X's rows."""
 
-    def factory(attrs: dict[str, Any], weights: dict) -> Any:
-        weight = weights.get(1)
-        quant = {k: attrs.get(k, d) for k, d in
-                 (("act_quant", "none"), ("act_scale", None), ("act_zero_point", 0))}
-        activation = C.check_activation(attrs)
-        plan = make(weight, **quant)
-        bias_of = C.Bias(weights, plan.n, plan.bias_dtype)
+    def prepare(weight, a, weights):
+        plan = make(weight, **a.quant)
+        return plan, C.Bias(weights, plan.n, plan.bias_dtype), C.check_activation({"activation": a.activation})
 
-        def run(x, w, bias=None):
-            # the session passes the planned PackedTensor; another one is planned afresh
-            if w is weight:
-                p, b = plan, bias_of(bias)
-            else:
-                p = make(w, **quant)
-                b = C.Bias({}, p.n, p.bias_dtype)(bias)
-            x2, lead = C.rows_of(x, p.k, p.weight)
-            out = C.alloc((x2.shape[0], p.n), torch.float32)
-            p(x2, b, activation, out)
-            return (out.reshape(*lead, p.n),)
-        return run
+    def compute(x, prepared, bias, a):
+        plan, bias_of, activation = prepared
+        x2, lead = C.rows_of(x, plan.k, plan.weight)
+        out = C.alloc((x2.shape[0], plan.n), torch.float32)
+        plan(x2, bias_of(bias), activation, out)
+        return out.reshape(*lead, plan.n)
 
-    factory.__name__ = factory.__qualname__ = f"triton_{layout}_linear_factory"
+    factory = gemm_factory("Linear", prepare, compute, name=f"triton_{layout}_linear_factory")
     factory.fused_activations = C.FUSED_ACTIVATIONS          # kernels.registry.build
     return factory
 

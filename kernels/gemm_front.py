@@ -1,0 +1,146 @@
+"""The one front of every Linear / Conv kernel on a packed weight: the policy written once.
+
+A backend registers, per (op, layout), two functions and this module makes the kernel factory:
+
+    prepare(weight: PackedTensor, a: GemmAttrs, weights: dict) -> plan   once, at plan time
+    compute(x, plan, bias, a: GemmAttrs) -> Y                            every call
+
+The front parses the node's attributes once (``GemmAttrs``), checks the weight once, and binds
+it: the session passes every input in order (kernels/registry.py), and the weight slot of ``run``
+is not read, because the weight is the initializer the factory was given. So the planner swaps
+whole kernels (each built on its own candidate weight) and never re-plans a weight per call.
+
+The shared pieces of ``compute`` live here too: X's rows (``rows_of``), the bias as the
+kernels read it (``bias64`` / ``bias32_or_64``) and the weight-only float32 BLAS path
+(``weight_only``), so that no backend writes its own.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from kernels.blas_activity import note_blas_call
+from kernels.core.layouts import PackedTensor
+from kernels.registry import EPILOGUE_OPS
+
+
+@dataclass(frozen=True)
+class GemmAttrs:
+    """A Linear/Conv node's attributes (kernels/core/ops.py), defaults filled in."""
+    op: str
+    act_quant: str = "none"
+    act_scale: Any = None
+    act_zero_point: Any = 0
+    activation: str = "none"          # the fused epilogue (kernels/registry.py EPILOGUE_OPS)
+    group: int = 1                    # Conv only, as the rest
+    strides: Any = None
+    pads: Any = None
+    dilations: Any = None
+
+    @classmethod
+    def of(cls, op: str, attrs: dict[str, Any]) -> "GemmAttrs":
+        activation = attrs.get("activation", "none")
+        if activation != "none" and activation not in EPILOGUE_OPS:
+            raise ValueError(f"{op}: activation must be one of none, {', '.join(EPILOGUE_OPS)}; got {activation!r}")
+        group = attrs.get("group")
+        return cls(op, attrs.get("act_quant", "none"), attrs.get("act_scale"), attrs.get("act_zero_point", 0),
+                   activation, int(group) if group is not None else 1,
+                   attrs.get("strides"), attrs.get("pads"), attrs.get("dilations"))
+
+    @property
+    def quant(self) -> dict[str, Any]:
+        """The activation quantization, as the plan constructors take it."""
+        return {"act_quant": self.act_quant, "act_scale": self.act_scale, "act_zero_point": self.act_zero_point}
+
+    @property
+    def conv(self) -> dict[str, Any]:
+        """The Conv geometry, as the conv drivers take it."""
+        return {"strides": self.strides, "pads": self.pads, "dilations": self.dilations, "group": self.group}
+
+
+def bound_weight(op: str, weights: dict) -> PackedTensor:
+    """The node's weight initializer (input 1), which the kernel binds; TypeError otherwise.
+    A Linear's weight is (N, K)."""
+    w = weights.get(1)
+    if not isinstance(w, PackedTensor):
+        raise TypeError(f"{op}: the weight must be an initializer in a packed layout, got {type(w).__name__}")
+    if op == "Linear" and len(w.shape) != 2:
+        raise ValueError(f"Linear: packed weight {w.name!r} has shape {w.shape}, expected (N, K)")
+    return w
+
+
+def gemm_factory(op: str, prepare: Callable[[PackedTensor, GemmAttrs, dict], Any],
+                 compute: Callable[[Any, Any, Any, GemmAttrs], Any], *, fused: bool = False,
+                 name: str | None = None) -> Callable[[dict, dict], Callable[..., tuple]]:
+    """The kernel factory of ``op`` on a packed weight (module docstring). ``fused``: compute
+    applies ``a.activation`` itself (kernels.registry.build then adds no activation kernel)."""
+
+    def factory(attrs: dict[str, Any], weights: dict) -> Callable[..., tuple]:
+        a = GemmAttrs.of(op, attrs)
+        plan = prepare(bound_weight(op, weights), a, weights)
+
+        def run(x, _weight=None, bias=None):
+            return (compute(x, plan, bias, a),)
+        return run
+
+    if fused:
+        factory.fused_activations = tuple(EPILOGUE_OPS)
+    factory.__name__ = factory.__qualname__ = name or f"{op.lower()}_factory"
+    return factory
+
+
+# --- the shared pieces of compute -------------------------------------------------------------
+
+def rows_of(x: Any, k: int, weight: PackedTensor) -> tuple[np.ndarray, np.ndarray]:
+    """(X as an array, X as (M, K) rows) for a Linear of K inputs, or ValueError naming the shapes."""
+    x = np.asarray(x)
+    if not x.shape or x.shape[-1] != k or x.dtype.kind != "f":
+        raise ValueError(f"Linear: X {x.shape} ({x.dtype}) does not match packed weight "
+                         f"{weight.name!r} of shape {weight.shape} (need float X (..., K))")
+    return x, x.reshape(-1, k)
+
+
+def bias64(bias: Any, n: int, op: str) -> np.ndarray | None:
+    """The bias as contiguous float64 (N,) (exact from any float32 / integer bias), or None."""
+    if bias is None:
+        return None
+    b = bias if (type(bias) is np.ndarray and bias.dtype == np.float64 and bias.flags.c_contiguous) \
+        else np.ascontiguousarray(bias, np.float64)
+    if b.shape != (n,):
+        raise ValueError(f"{op}: bias has shape {b.shape}, expected ({n},)")
+    return b
+
+
+F32_F64 = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def bias32_or_64(bias: Any, n: int, op: str = "Linear") -> np.ndarray | None:
+    """The bias as float32 or float64 (N,), as the native bindings read both (other dtypes to
+    float64, exactly), or None."""
+    if bias is None:
+        return None
+    b = np.asarray(bias)
+    if b.dtype not in F32_F64:
+        b = b.astype(np.float64)
+    if b.shape != (n,):
+        raise ValueError(f"{op}: bias has shape {b.shape}, expected ({n},)")
+    return b
+
+
+def weight_only(x2: np.ndarray, dense32: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+    """act_quant "none": Y (M, N) = X (M, K) @ W.T + bias with the weight dequantized once to
+    float32 (N, K). float32 X: float32 BLAS (not bit exact: the float32 accumulation error is
+    bounded by (K + 2) * 2^-24 * sum_k |x_k w_nk|); other float X: float64 BLAS (the reference's
+    arithmetic), rounded once to X's dtype."""
+    if x2.dtype == np.float32:
+        y = x2 @ dense32.T
+        note_blas_call()
+        if bias is not None:
+            y += bias.astype(np.float32, copy=False)
+        return y
+    y = np.asarray(x2, np.float64) @ dense32.T.astype(np.float64)
+    if bias is not None:
+        y += bias
+    return y.astype(x2.dtype)
