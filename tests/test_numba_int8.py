@@ -94,31 +94,6 @@ def test_linear_matches_reference(wcfg, acfg, k):
                          f"M={m} K={k} N={n} bias={b is not None}")
 
 
-@pytest.mark.parametrize("shape", [(7,), (5, 40), (2, 3, 40), (2, 2, 2, 40), (0, 40)],
-                         ids=["rank1", "rank2", "rank3", "rank4", "empty"])
-@pytest.mark.parametrize("with_bias", [True, False])
-def test_linear_input_ranks(shape, with_bias):
-    rng = _rng("ranks", shape, with_bias)
-    k = shape[-1]
-    t = _weight(rng, (33, k))
-    b = rng.standard_normal(33).astype(np.float32) if with_bias else None
-    x = _input(rng, shape)
-    for acfg in ACT_CONFIGS:
-        got = _run("Linear", "numba", acfg, t, x, b)
-        assert got.shape == shape[:-1] + (33,)
-        _assert_same(got, _run("Linear", "reference", acfg, t, x, b), f"{shape} {acfg}")
-
-
-@pytest.mark.parametrize("dtype", [np.float64, np.float16])
-def test_linear_other_float_dtypes(dtype):
-    rng = _rng("dtype", str(dtype))
-    t = _weight(rng, (70, 50), symmetric=False)
-    x = _input(rng, (9, 50)).astype(dtype)
-    b = rng.standard_normal(70).astype(np.float32)
-    for acfg in ACT_CONFIGS:
-        _assert_same(_run("Linear", "numba", acfg, t, x, b), _run("Linear", "reference", acfg, t, x, b), f"{dtype}")
-
-
 @pytest.mark.filterwarnings("ignore:invalid value encountered")   # the reference's x / inf
 def test_linear_extreme_values_and_saturation():
     """Activations far outside the static range saturate at -128 / 127 as the reference does;
@@ -320,38 +295,6 @@ def test_weight_only_linear_within_float32_bound():
 
 
 # --- Conv -----------------------------------------------------------------------------------------
-
-CONV_CASES = [
-    # (C, M, group, kernel, strides, pads, dilations, spatial)
-    (3, 8, 1, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), (9, 8)),
-    (4, 6, 2, (3, 3), (2, 2), (1, 0, 2, 1), (1, 1), (10, 9)),
-    (6, 6, 6, (3, 3), (1, 2), (1, 1, 1, 1), (2, 1), (11, 12)),      # depthwise, dilated
-    (8, 130, 2, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), (5, 6)),      # 1x1, N' = 65 per group
-    (5, 7, 1, (2, 4), (3, 1), (0, 2, 1, 0), (1, 2), (7, 13)),
-    (4, 4, 2, (5,), (2,), (2, 1), (1,), (17,)),                      # 1-D
-    (2, 4, 1, (2, 2, 2), (1, 2, 1), (1, 0, 0, 0, 1, 1), (1, 1, 2), (5, 6, 6)),  # 3-D: generic path
-]
-
-
-@pytest.mark.parametrize("case", CONV_CASES, ids=[f"conv{i}" for i in range(len(CONV_CASES))])
-@pytest.mark.parametrize("wcfg", [WEIGHT_CONFIGS[0], WEIGHT_CONFIGS[3]], ids=["sym-pc", "asym-pt"])
-def test_conv_matches_reference(case, wcfg):
-    c, m, group, kernel, strides, pads, dilations, spatial = case
-    rng = _rng("conv", case, str(wcfg))
-    t = _weight(rng, (m, c // group) + kernel, **wcfg)
-    x = _input(rng, (2, c) + spatial)
-    x[1, :, :2] = 0                                    # zero patches
-    b = rng.standard_normal(m).astype(np.float32)
-    for acfg in [*ACT_CONFIGS, {"act_quant": "none"}]:
-        attrs = dict(acfg, group=group, strides=list(strides), pads=list(pads), dilations=list(dilations))
-        for bias in (b, None):
-            got = _run("Conv", "numba", attrs, t, x, bias)
-            ref = _run("Conv", "reference", attrs, t, x, bias)
-            if acfg["act_quant"] == "none":     # float64 through the reference im2col: ~exact
-                np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-6)
-            else:
-                _assert_same(got, ref, f"{acfg} bias={bias is not None}")
-
 
 # --- errors ---------------------------------------------------------------------------------------
 

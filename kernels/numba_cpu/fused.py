@@ -148,7 +148,7 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | No
     if out.size == 0:
         return out
     if sk == 0:
-        out[:] = np.nan          # softmax over no positions: 0 / 0, as the reference
+        out[:] = 0               # no keys: the weighted sum over no values is empty, as the reference's
         return out
     if b * h * sq * sk * (d + dv) >= ATTENTION_PARALLEL_MIN_MACS and not blas_recently_called():
         _attention_parallel(q, k, v, m4, float(scale), d, out)
