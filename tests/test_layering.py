@@ -23,8 +23,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 BACKEND_PACKAGES = ("kernels.numba_cpu", "kernels.native_cpu", "kernels.triton_gpu", "kernels.cupy_gpu")
 TOOLS = ("runtime.convert", "runtime.bench", "runtime.demo", "runtime.cli")
-# stdlib and third-party modules the floor may import (numpy: the one dependency of inference)
-FLOOR_ALLOWED = {"__future__", "dataclasses", "typing", "math", "os", "functools", "hashlib", "json",
+# stdlib and third-party modules the floor may import (numpy: the one dependency of inference;
+# threadpoolctl: optional, imported where used)
+FLOOR_ALLOWED = {"__future__", "dataclasses", "typing", "math", "os", "functools", "hashlib", "json", "threadpoolctl",
                  "platform", "numpy"}
 
 

@@ -31,17 +31,12 @@ from __future__ import annotations
 
 import functools
 import importlib
-import os
 from types import ModuleType
 
 from kernels.core import config, cpu
+from kernels.core import threads as core_threads
 
-# The extension's OpenMP pool (libgomp) shares the cores with numba's and OpenBLAS's pools; the
-# same settings as kernels/numba_cpu/__init__.py, for the same measured reasons (spinning
-# workers starve the other pools; parking at once costs 10-40 us per parallel GEMM). libgomp
-# reads them once, when it is loaded with the extension; values the user set win.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-os.environ.setdefault("GOMP_SPINCOUNT", "10000")
+core_threads.configure_openmp()     # before the extension loads libgomp (kernels/core/threads.py)
 
 ISA_ENV = "QRT_NATIVE_ISA"
 
@@ -122,16 +117,7 @@ def set_threads(n: int) -> None:
     if _load_native() is None:
         return
     _ext.set_threads(n)                                 # an atomic store
-    if not _blas_threads or _blas_threads[-1] != n:     # threadpoolctl costs ~0.1 ms: on change only
-        try:
-            from threadpoolctl import threadpool_limits
-        except ImportError:
-            return
-        threadpool_limits(limits=n, user_api="blas")
-        _blas_threads.append(n)
-
-
-_blas_threads: list[int] = []      # the BLAS thread cap last set (threadpoolctl), if any
+    core_threads.cap_blas_threads(n)
 
 
 def cpu_features() -> dict[str, bool]:

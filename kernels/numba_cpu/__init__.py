@@ -17,20 +17,9 @@ count (ops.py): they agree within float32 rounding.
 """
 from __future__ import annotations
 
-import os
+from kernels.core import threads as core_threads
 
-# numba's OpenMP pool and OpenBLAS's pthreads pool (the fp32 GEMMs) take turns on the same
-# cores. GNU OpenMP's default is to spin after each parallel region, which starves the other
-# pool: on the 2-core dev machine the fp32 BERT ran at 80 ms per call instead of 1.3-2.5 ms.
-# Passive waiting must be chosen before numba starts its pool (first parallel call); a value
-# the user set wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-# ...but parking at once is the other extreme: waking a parked worker costs 10-40 us, so a
-# 2-thread GEMM of M = 16, K = 768, N = 2304 ran no faster than 1 thread (347 vs 353 GOP/s).
-# A short spin before parking (tens of microseconds) keeps workers ready for the next layer's
-# GEMM: 654 GOP/s. libgomp reads both once, when numba first starts its threads. This is
-# process-wide (any libgomp loaded later sees it too); user-set values win.
-os.environ.setdefault("GOMP_SPINCOUNT", "10000")
+core_threads.configure_openmp()     # before numba starts its pool (kernels/core/threads.py)
 
 import numba  # noqa: E402
 
@@ -55,19 +44,10 @@ def probe() -> str | None:
     return None
 
 
-_blas_threads: list[int] = []      # the BLAS thread cap last set (threadpoolctl), if any
-
-
 def set_threads(n: int) -> None:
     """Use ``n`` worker threads for this thread's next calls: numba's pool (capped at its size)
     and, where threadpoolctl is installed, the BLAS library numpy uses for the fp32 GEMMs, so
     the two pools never ask for more cores than the session was given."""
     n = max(1, min(int(n), numba.config.NUMBA_NUM_THREADS))
     numba.set_num_threads(n)
-    if not _blas_threads or _blas_threads[-1] != n:   # threadpoolctl costs ~0.1 ms: only on change
-        try:
-            from threadpoolctl import threadpool_limits
-        except ImportError:
-            return
-        threadpool_limits(limits=n, user_api="blas")
-        _blas_threads.append(n)
+    core_threads.cap_blas_threads(n)

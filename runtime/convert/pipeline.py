@@ -36,7 +36,7 @@ from . import prune as pr
 from . import sequential as seq
 from .calibrate import CalibFeeds
 from .data import load_npy_dir, load_text_feeds
-from .recover import recover
+from . import recover as recovery
 from .report import EmbeddingReport, LayerReport, Report, output_metrics, rel_error, sqnr_db
 from .sequential import calibratable
 
@@ -744,8 +744,9 @@ def _recover(graph: Graph, teacher: Graph, layers: list[Layer], plans: dict[str,
         f", {len(masks) or len(gradual)} pruned weight(s), budget {budget}"
         f"{', gradual pruning' if gradual else ''}")
     before = output_metrics(_run(graph, feeds), _run(teacher, feeds))["cosine"]
-    result = recover(graph, teacher, masks, data, minutes=minutes, steps=opts.recover_steps, lr=opts.recover_lr,
-                     gradual=gradual or None, target=target or None, seed=opts.seed, say=say)
+    result = recovery.recover(graph, teacher, masks, data, minutes=minutes, steps=opts.recover_steps,
+                              lr=opts.recover_lr, gradual=gradual or None, target=target or None, seed=opts.seed,
+                              say=say)
     out = _copy(graph)
     for name, w in result.weights.items():
         out.initializers[name] = dense_tensor(name, np.asarray(w, np.float32))
