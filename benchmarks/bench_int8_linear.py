@@ -1,5 +1,5 @@
 """int8 Linear throughput: qrt numba and qrt native (AVX-512 VNNI) against onnxruntime int8,
-PyTorch dynamic int8 and dense fp32 (numpy, onnxruntime), on the DESIGN.md shapes table.
+PyTorch dynamic int8 and dense fp32 (numpy, onnxruntime), on the shapes table of runtime/bench/gemm.py.
 
     python benchmarks/bench_int8_linear.py [--quick] [--shapes 768x2304,384x384] [--m 16,128]
                                            [--repeats 20] [--threads N]
@@ -256,7 +256,7 @@ def spread(passes: list[list[float]]) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help=f"shapes {QUICK_SHAPES} x M {QUICK_M}")
-    ap.add_argument("--shapes", help="comma-separated KxN, e.g. 768x2304,384x384 (default: all of DESIGN.md)")
+    ap.add_argument("--shapes", help="comma-separated KxN, e.g. 768x2304,384x384 (default: all of runtime/bench/gemm.py's table)")
     ap.add_argument("--m", help="comma-separated M values (default 1,16,128,512)")
     ap.add_argument("--repeats", type=int, default=20, help="minimum timed calls per implementation (>= 20)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)

@@ -1,6 +1,6 @@
 """pytest-benchmark suite settings (benchmarks/test_kernels.py).
 
-    pytest benchmarks/ --benchmark-only              # the whole grid (DESIGN.md's shapes table)
+    pytest benchmarks/ --benchmark-only              # the whole grid (the shapes table of runtime/bench/gemm.py)
     pytest benchmarks/ --benchmark-only -m quick     # the quick subset, under 2 minutes
 
 Like `qrt bench`, the benchmark process runs without OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The suite's full run on this machine, as recorded in benchmarks/RESULTS.md:
 #   bash benchmarks/full_run.sh [OUT_DIR]      (default benchmarks/results/full)
-# 1. the GEMM sweep over DESIGN.md's whole shapes table, M, layouts and sparsities, both CPU
+# 1. the GEMM sweep over the whole shapes table (runtime/bench/gemm.py), M, layouts and sparsities, both CPU
 #    backends, against numpy / onnxruntime fp32 and onnxruntime / PyTorch int8;
 # 2. the MiniLM-dimension BERT (int8, 80% sparse + int8, 2:4 + int8) at batch 1, sequence 16
 #    and 128, against the original ONNX model in onnxruntime fp32 and int8 and qrt's own fp32.

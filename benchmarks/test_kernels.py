@@ -1,4 +1,4 @@
-"""pytest-benchmark: every registered (op, layout, backend) kernel on DESIGN.md's shapes table
+"""pytest-benchmark: every registered (op, layout, backend) kernel on the shapes table of runtime/bench/gemm.py
 and sparsity grid, each validated against the numpy reference before it is timed.
 
     pytest benchmarks/ --benchmark-only -m quick           # < 2 minutes

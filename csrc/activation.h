@@ -74,7 +74,7 @@
 
 namespace qrt {
 
-// A Linear's "activation" attribute (runtime/ops.py ACTIVATIONS, same names).
+// A Linear's "activation" attribute (kernels/core/ops.py ACTIVATIONS, same names).
 enum class Activation : int { none = 0, relu = 1, gelu = 2, gelu_tanh = 3 };
 
 inline const char* activation_name(Activation a) {
@@ -86,7 +86,7 @@ inline const char* activation_name(Activation a) {
     }
 }
 
-// Throws std::invalid_argument for a name that is not one of runtime/ops.py ACTIVATIONS.
+// Throws std::invalid_argument for a name that is not one of kernels/core/ops.py ACTIVATIONS.
 inline Activation activation_from_name(const std::string& name) {
     for (Activation a : {Activation::none, Activation::relu, Activation::gelu, Activation::gelu_tanh})
         if (name == activation_name(a)) return a;

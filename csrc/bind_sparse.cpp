@@ -5,7 +5,7 @@
 // sparse_int8.cpp (indptr monotone from 0 to the stored count, indices in range and strictly
 // increasing within a row, N:M positions < m, ascending, trailing meta bits 0): a malformed
 // weight is a TypeError / ValueError, never a crash. The reader (runtime/format.py ->
-// runtime/layouts.py check) validates the same things for a file; these checks are repeated
+// kernels/core/layouts.py check) validates the same things for a file; these checks are repeated
 // because the binding can be called with any arrays.
 //
 // The argument helpers shared with the other binding files are in bind_checks.h.

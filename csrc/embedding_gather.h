@@ -2,7 +2,7 @@
 //
 //   out (n, D) float32, row i = dequant(table)[r_i, :],  r_i = idx[i] (+ V when negative)
 //
-// Layouts (runtime/layouts.py): int8 qdata (V, D) int8, scale (V,) float32 per row (or (1,)
+// Layouts (kernels/core/layouts.py): int8 qdata (V, D) int8, scale (V,) float32 per row (or (1,)
 // per tensor, per_row false), zero_point int8 like scale or nullptr (symmetric);
 // int4_grouped qdata (V, G * g / 2) uint8, element 2j of a row in bits 0-3 of byte j and 2j + 1
 // in bits 4-7 (two's complement nibbles when symmetric, unsigned with zero_point (V, G) uint8

@@ -1,6 +1,6 @@
 // int4_grouped weight-only Linear: Y (M, N) float32 = X (M, K) float32 @ dequant(W).T + bias.
 //
-// Layout (runtime/layouts.py "int4_grouped"): qdata uint8 (N, Kp / 2), Kp = G * g (K padded
+// Layout (kernels/core/layouts.py "int4_grouped"): qdata uint8 (N, Kp / 2), Kp = G * g (K padded
 // with zeros to whole groups of g = group_size, g even), element 2j of a row in bits 0-3 of
 // byte j and element 2j + 1 in bits 4-7; signed two's complement nibbles when symmetric, else
 // unsigned nibbles with zero_point uint8 (N, G); scale float32 (N, G).

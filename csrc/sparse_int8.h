@@ -6,7 +6,7 @@
 // Y (M, N) float32 row-major.
 //
 // Numerics: those of int8_gemm.h, with a symmetric weight (no weight zero point, as every
-// sparse int8 layout stores, runtime/layouts.py). X is quantized row by row by int8_gemm's own
+// sparse int8 layout stores, kernels/core/layouts.py). X is quantized row by row by int8_gemm's own
 // quantizer (int8_detail::quantize_row_*: float64 true division, round half to even, the
 // reference's clamp) into u = qx + 128 in [0, 255]; then
 //
@@ -82,7 +82,7 @@ struct SparseRows {
     int64_t nnz() const { return static_cast<int64_t>(cols.size()); }
 };
 
-// Converters from the layouts' fields (runtime/layouts.py), with every index checked: they
+// Converters from the layouts' fields (kernels/core/layouts.py), with every index checked: they
 // throw std::invalid_argument naming the first bad entry, so a malformed array is an error,
 // never an out-of-bounds read. Index arrays arrive widened to int64 (the binding's job).
 //   csr: indptr (N+1,), indices (nnz,) column k, qdata (nnz,)
@@ -92,7 +92,7 @@ SparseRows sparse_rows_csr(int64_t n, int64_t k, const int64_t* indptr, const in
 SparseRows sparse_rows_bsr(int64_t n, int64_t k, int64_t r, int64_t c, const int64_t* indptr,
                            const int64_t* indices, int64_t nb, const int8_t* qdata);
 //   nm: nn of every mm consecutive k (mm | K, 1 <= nn < mm <= 256); meta (N, meta_cols) uint8
-//   bit stream of b-bit positions (b = nm_meta_bits(mm), runtime/layouts.py), qdata (N, K/mm*nn)
+//   bit stream of b-bit positions (b = nm_meta_bits(mm), kernels/core/layouts.py), qdata (N, K/mm*nn)
 SparseRows sparse_rows_nm(int64_t n, int64_t k, int64_t nn, int64_t mm, const uint8_t* meta, int64_t meta_cols,
                           const int8_t* qdata);
 int nm_meta_bits(int64_t mm);   // the smallest power of two >= ceil(log2(mm)): 1, 2, 4 or 8

@@ -1,7 +1,8 @@
-// Linear on a csr weight: Y (M, N) = act(s_x[m] * s_w[n] * sum_k (qx[m, k] - z) * qw[n, k] + b[n]).
+// Linear on a csr weight: Y (M, N) = act((s_w[n] * acc) * s_x[m] + b[n]), acc = sum_k (qx[m, k] - z) * qw[n, k]
+// (the epilogue order of docs/CONVERTER.md, "Numerics").
 // Compiled after common.cuh (kernels/cupy_gpu/_common.py compiled_source).
 //
-// The weight is the csr layout of runtime/layouts.py with its indices widened at load time
+// The weight is the csr layout of kernels/core/layouts.py with its indices widened at load time
 // (kernels/cupy_gpu/host.py csr_device_arrays): indptr int64 (N + 1,), indices int32 (nnz,),
 // qw int8 (nnz,) (or values float32 (nnz,) for the float path). Row n of the weight is output
 // channel n.

@@ -5,7 +5,7 @@
 The numerics are kernels/reference/packed.py's (docs/CONVERTER.md, "Numerics"); this module
 only changes how the exact integer ``acc`` is obtained and where the epilogue runs.
 
-u8 x s8 (DESIGN.md): vpdpbusd multiplies unsigned bytes by signed bytes, four at a time, into
+u8 x s8 (docs/CONVERTER.md, "Integer GEMM"): vpdpbusd multiplies unsigned bytes by signed bytes, four at a time, into
 int32 lanes. Activations are stored shifted, u = qx + 128 in [0, 255], weights as their raw
 int8 ``qdata`` (zero point not subtracted), so the kernel computes
 
@@ -48,7 +48,7 @@ loaded per k4 step, each activation word broadcast to 16 lanes; one variant per 
 on the 2-core Zen 5 this project benchmarks on: ~450 GOP/s per core with data in L1, 95-98%
 of a register-only vpdpbusd loop (~460 GOP/s per core: one 512-bit vpdpbusd per cycle), for
 every tile from 4x64 to 8x48 and 16x16, so the simplest, 4x64, is used; the raw GEMM (no
-quantization or epilogue) runs at 430-450 GOP/s per core on the DESIGN.md shapes with the
+quantization or epilogue) runs at 430-450 GOP/s per core on the benchmark shapes with the
 weight panel (K x 64 bytes, up to 704 KiB) re-read from L2, so there is no K blocking.
 
 Threads (numba prange): a Linear with enough rows (MIN_ROWS_PER_BLOCK per block, two blocks

@@ -2,7 +2,7 @@
 every (shape, M, layout, sparsity, backend), against dense fp32 and the int8 runtimes users
 would otherwise pick, validated, then timed side by side in one process.
 
-Shapes, M and sparsities are DESIGN.md's table. Implementations of one case (``Impl``):
+Shapes, M and sparsities: the design card's table, written here (SHAPE_SETS, ALL_M, SPARSITIES). Implementations of one case (``Impl``):
 
 * qrt: the registered ("Linear", layout, backend) kernel, exactly what a session runs, on a
   weight packed like the converter packs it: int8 per channel with dynamic activations; int4

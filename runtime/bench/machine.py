@@ -23,7 +23,7 @@ from kernels.core import cpu as cpu_id
 from runtime import available_backends
 
 # Environment variables with which OpenBLAS picks a slower kernel or blocking on some machines
-# (DESIGN.md, "Benchmarks"); a fair fp32 baseline runs without them.
+# (the design card, "Benchmarks"); a fair fp32 baseline runs without them.
 OPENBLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 # Set by openblas_reexec in the re-executed process: "VAR=value,..." of what it removed.
 UNSET_ENV = "QRT_BENCH_UNSET"

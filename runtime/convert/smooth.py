@@ -1,4 +1,4 @@
-"""SmoothQuant (Xiao et al. 2023) for static int8 activations (docs/CONVERTER.md, "SmoothQuant").
+"""SmoothQuant (Xiao et al. 2023) for static int8 activations (docs/CONVERTER.md, "Quantization methods").
 
 A static int8 activation has one scale per tensor, so a few input channels with outliers
 (transformer activations have channels 10-100x larger than the rest) leave the other
