@@ -162,6 +162,8 @@ def embed(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--calib", type=int, default=128, help="calibration sentences (default: 128)")
+    ap.add_argument("--calib-extra", type=int, default=0,
+                    help="docstring sentences added to the calibration set (default: 0)")
     ap.add_argument("--eval", type=int, default=256, help="evaluation sentences, disjoint (default: 256)")
     ap.add_argument("--seq", type=int, default=64, help="tokens per sentence, padded (default: 64)")
     ap.add_argument("--only", nargs="*", help="labels of the option sets to run (default: all)")
@@ -186,6 +188,8 @@ def main() -> None:
           f"{len(texts) - len(eval_texts)} for recovery training, "
           f"{len(eval_texts)} evaluation; {args.seq} tokens; torch {torch.__version__}; "
           f"load average {os.getloadavg()[0]:.2f}", flush=True)
+    if args.calib_extra:      # more calibration text than pydoc's, none of it an evaluation sentence
+        calib_texts = calib_texts + docstring_sentences(set(texts), args.calib_extra)
     calib = feeds_of(tok, calib_texts, args.seq, 16)
     # recovery trains on every sentence that is not an evaluation sentence (calibration included)
     # and on sentences of the standard library's docstrings (more text: 610 sentences alone are

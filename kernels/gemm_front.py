@@ -23,7 +23,7 @@ import numpy as np
 
 from kernels.blas_activity import note_blas_call
 from kernels.core.layouts import PackedTensor
-from kernels.registry import EPILOGUE_OPS
+from kernels.registry import EPILOGUE_OPS, fill_attrs, has_kernel, lookup
 
 
 @dataclass(frozen=True)
@@ -127,6 +127,17 @@ def bias32_or_64(bias: Any, n: int, op: str = "Linear") -> np.ndarray | None:
     if b.shape != (n,):
         raise ValueError(f"{op}: bias has shape {b.shape}, expected ({n},)")
     return b
+
+
+def activate_after(y: np.ndarray, activation: str, backend: str = "reference") -> np.ndarray:
+    """The epilogue activation as its own op's kernel on Y, for the paths that do not fuse it
+    (weight-only, X other than float32: the unfused pair rounds Y to its dtype first); the
+    reference's kernel unless Y is float32 and ``backend`` has one."""
+    if activation == "none":
+        return y
+    op, attrs = EPILOGUE_OPS[activation]
+    backend = backend if y.dtype == np.float32 and has_kernel(op, "dense", backend) else "reference"
+    return lookup(op, "dense", backend)(fill_attrs(op, attrs), {})(y)[0]
 
 
 def weight_only(x2: np.ndarray, dense32: np.ndarray, bias: np.ndarray | None) -> np.ndarray:

@@ -29,10 +29,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from kernels.core.layouts import PackedTensor, dense_view_2d, int_weight
+from kernels.core.layouts import PackedTensor, int_weight
 from kernels.gemm_front import bias64, gemm_factory, weight_only
 from kernels.reference.conv_pool import _out_size, _spatial_attrs, _windows
-from kernels.reference.packed import PackedGemm, act_params, packed_conv_ref
+from kernels.reference.packed import PreparedWeight, packed_conv_ref
 from kernels.registry import register
 
 from . import _native
@@ -76,7 +76,7 @@ def _sparse_group_csr(iw, rows: slice, mg: int, kk: int):
     return _native.sparse_int8_csr(indptr, indices, qdata, scale, (mg, kk), "auto", -1)
 
 
-class NativeConv:
+class NativeConv(PreparedWeight):
     """One Conv node's packed weight W (M, C/group, *kernel), prepared once per group."""
 
     def __init__(self, weight: Any, group: int = 1, act_quant: str = "none", act_scale: Any = None,
@@ -85,15 +85,12 @@ class NativeConv:
             raise ValueError(f"Conv: the native Conv takes layouts {CONV_LAYOUTS}, got {weight.layout!r}")
         if len(weight.shape) < 3:
             raise ValueError(f"Conv: packed weight {weight.name!r} has shape {weight.shape}, expected (M, C/group, *kernel)")
-        self.weight = weight
+        super().__init__(weight, act_quant, act_scale, act_zero_point, "Conv")
         self.group = int(group)
-        self.act_quant = act_quant
-        self.act_scale, self.act_zero_point = act_params("Conv", act_quant, act_scale, act_zero_point)
-        self.m, self.kk = dense_view_2d(weight.shape)
+        self.m, self.kk = self.n, self.k          # W's 2-D view: (M, C/group * prod(kernel))
         if self.group < 1 or self.m % self.group:
             raise ValueError(f"Conv: group={group} must be >= 1 and divide M = {self.m}")
         self.mg = self.m // self.group
-        self._reference: PackedGemm | None = None
         self.gemms: list[GroupGemm] = [self._group_gemm(g) for g in range(self.group)]
 
     def _group_gemm(self, g: int) -> GroupGemm:
@@ -120,11 +117,6 @@ class NativeConv:
         packed = _sparse_group_csr(int_weight(w), rows, mg, kk)
         return lambda cols, b: _native.sparse_int8_linear(packed, cols, b, self.act_quant, self.act_scale,
                                                           self.act_zero_point)
-
-    def reference(self) -> PackedGemm:
-        if self._reference is None:
-            self._reference = PackedGemm(self.weight, self.act_quant, self.act_scale, self.act_zero_point, op="Conv")
-        return self._reference
 
 
 def native_conv(x: Any, plan: NativeConv, bias: Any = None, strides=None, pads=None, dilations=None) -> np.ndarray:

@@ -24,15 +24,14 @@ from typing import Any
 
 import numpy as np
 
-from kernels.core.layouts import dense_view_2d
 from kernels.gemm_front import F32_F64, gemm_factory, rows_of
-from kernels.reference.packed import PackedGemm, act_params, packed_linear_ref
+from kernels.reference.packed import PreparedWeight, packed_linear_ref
 from kernels.registry import register
 
 from . import _native
 
 
-class NativeInt4Linear:
+class NativeInt4Linear(PreparedWeight):
     """One int4_grouped weight, prepared once. weight: PackedTensor of layout "int4_grouped"
     whose 2-D view is (N, K) (a Conv filter is viewed as (M, C/group * prod(kernel)))."""
 
@@ -40,11 +39,7 @@ class NativeInt4Linear:
                  op: str = "Linear"):
         if weight.layout != "int4_grouped":
             raise ValueError(f"{op}: the native int4 kernel takes layout 'int4_grouped', got {weight.layout!r}")
-        self.weight = weight
-        self.act_quant = act_quant
-        self.act_scale, self.act_zero_point = act_params(op, act_quant, act_scale, act_zero_point)
-        self.n, self.k = dense_view_2d(weight.shape)
-        self._reference: PackedGemm | None = None
+        super().__init__(weight, act_quant, act_scale, act_zero_point, op)
         if act_quant != "none":
             return      # integer modes: the reference's arithmetic (module docstring)
         f = weight.fields
@@ -52,11 +47,6 @@ class NativeInt4Linear:
         self.packed = _native.Int4Weight(np.ascontiguousarray(f["qdata"]), np.ascontiguousarray(f["scale"], np.float32),
                                          None if zp is None else np.ascontiguousarray(zp, np.uint8),
                                          (self.n, self.k), int(weight.params["group_size"]))
-
-    def reference(self) -> PackedGemm:
-        if self._reference is None:
-            self._reference = PackedGemm(self.weight, self.act_quant, self.act_scale, self.act_zero_point)
-        return self._reference
 
 
 def int4_linear(x: Any, plan: NativeInt4Linear, bias: Any = None) -> np.ndarray:

@@ -37,14 +37,14 @@ from typing import Any
 
 import numpy as np
 
-from kernels.gemm_front import F32_F64, bias32_or_64, gemm_factory, rows_of, weight_only
-from kernels.reference.packed import PackedGemm, act_params, packed_linear_ref
-from kernels.registry import EPILOGUE_OPS, fill_attrs, lookup, register
+from kernels.gemm_front import F32_F64, activate_after, bias32_or_64, gemm_factory, rows_of, weight_only
+from kernels.reference.packed import PreparedWeight, packed_linear_ref
+from kernels.registry import register
 
 from . import _native
 
 
-class NativeInt8Linear:
+class NativeInt8Linear(PreparedWeight):
     """One Linear node's int8 weight, prepared once.
 
     weight: PackedTensor of layout "int8", logical shape (N, K): qdata (N, K) int8, scale (N,)
@@ -54,11 +54,7 @@ class NativeInt8Linear:
     def __init__(self, weight: Any, act_quant: str = "none", act_scale: Any = None, act_zero_point: Any = 0):
         if weight.layout != "int8":
             raise ValueError(f"Linear: the native int8 kernel takes layout 'int8', got {weight.layout!r}")
-        self.weight = weight
-        self.act_quant = act_quant
-        self.act_scale, self.act_zero_point = act_params("Linear", act_quant, act_scale, act_zero_point)
-        self.n, self.k = weight.shape
-        self._reference: PackedGemm | None = None       # built on first non-float32 X
+        super().__init__(weight, act_quant, act_scale, act_zero_point)
         if act_quant == "none":
             self.dense32 = np.ascontiguousarray(weight.to_dense().reshape(self.n, self.k), np.float32)
             return
@@ -70,11 +66,6 @@ class NativeInt8Linear:
             zp = np.ascontiguousarray(np.broadcast_to(np.asarray(zp).reshape(-1), (self.n,)), np.int8)
         qdata = np.ascontiguousarray(np.asarray(f["qdata"]).reshape(self.n, self.k))
         self.packed = _native.Int8Weight(qdata, scale, zp)
-
-    def reference(self) -> PackedGemm:
-        if self._reference is None:
-            self._reference = PackedGemm(self.weight, self.act_quant, self.act_scale, self.act_zero_point)
-        return self._reference
 
 
 def int8_linear(x: Any, plan: NativeInt8Linear, bias: Any = None, activation: str = "none") -> np.ndarray:
@@ -97,17 +88,8 @@ def int8_linear(x: Any, plan: NativeInt8Linear, bias: Any = None, activation: st
         if y.dtype == np.float32:
             _native.apply_activation(y, activation)      # in place; "none" does nothing
             return y.reshape(*shape[:-1], plan.n)
-        return _activate_after(y.reshape(*shape[:-1], plan.n), activation)
-    return _activate_after(packed_linear_ref(x, plan.reference(), bias), activation)
-
-
-def _activate_after(y: np.ndarray, activation: str) -> np.ndarray:
-    """The activation op's reference kernel on Y (float64 / float16 Y: the unfused pair's
-    numerics in that dtype)."""
-    if activation == "none":
-        return y
-    op, attrs = EPILOGUE_OPS[activation]
-    return lookup(op, "dense", "reference")(fill_attrs(op, attrs), {})(y)[0]
+        return activate_after(y.reshape(*shape[:-1], plan.n), activation)
+    return activate_after(packed_linear_ref(x, plan.reference(), bias), activation)
 
 
 int8_linear_factory = register("Linear", "native", "int8")(gemm_factory(

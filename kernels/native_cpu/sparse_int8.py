@@ -27,7 +27,7 @@ import numpy as np
 
 from kernels.core.layouts import PackedTensor
 from kernels.gemm_front import F32_F64, bias32_or_64, gemm_factory, rows_of, weight_only
-from kernels.reference.packed import PackedGemm, act_params, packed_linear_ref
+from kernels.reference.packed import PreparedWeight, packed_linear_ref
 from kernels.registry import register
 
 from . import _native
@@ -52,7 +52,7 @@ def pack_sparse(weight: PackedTensor, lanes: str = "auto", quad_rows: int = -1):
                                   lanes, quad_rows)
 
 
-class NativeSparseLinear:
+class NativeSparseLinear(PreparedWeight):
     """One Linear node's csr / bsr / nm weight, prepared once.
 
     weight: PackedTensor of logical shape (N, K); quant "int8" (qdata, scale (N,) or (1,))
@@ -61,11 +61,7 @@ class NativeSparseLinear:
     def __init__(self, weight: Any, act_quant: str = "none", act_scale: Any = None, act_zero_point: Any = 0):
         if weight.layout not in SPARSE_LAYOUTS:
             raise ValueError(f"Linear: the native sparse kernel takes layouts {SPARSE_LAYOUTS}, got {weight.layout!r}")
-        self.weight = weight
-        self.act_quant = act_quant
-        self.act_scale, self.act_zero_point = act_params("Linear", act_quant, act_scale, act_zero_point)
-        self.n, self.k = weight.shape
-        self._reference: PackedGemm | None = None       # built on first non-float32 X
+        super().__init__(weight, act_quant, act_scale, act_zero_point)
         if act_quant == "none":
             self.dense32 = np.ascontiguousarray(weight.to_dense().reshape(self.n, self.k), np.float32)
             return
@@ -73,11 +69,6 @@ class NativeSparseLinear:
             raise ValueError(f"Linear: act_quant={act_quant!r} needs integer weights, but {weight.layout} weight "
                              f"{weight.name!r} stores float values (quant='none'); use act_quant='none'")
         self.packed = pack_sparse(weight)
-
-    def reference(self) -> PackedGemm:
-        if self._reference is None:
-            self._reference = PackedGemm(self.weight, self.act_quant, self.act_scale, self.act_zero_point)
-        return self._reference
 
 
 def sparse_linear(x: Any, plan: NativeSparseLinear, bias: Any = None) -> np.ndarray:

@@ -196,9 +196,6 @@ class Int4Gemm:
 
     def __init__(self, weight: PackedTensor, act_quant: str = "none", act_scale: Any = None,
                  act_zero_point: Any = 0, *, op: str = "Linear", rows: slice | None = None):
-        if not isinstance(weight, PackedTensor):
-            raise TypeError(f"{op}: the weight must be an initializer in a packed layout, got "
-                            f"{type(weight).__name__}")
         if weight.layout != "int4_grouped":
             raise ValueError(f"{op}: layout {weight.layout!r} is not int4_grouped")
         self.weight, self.act_quant, self.op = weight, act_quant, op

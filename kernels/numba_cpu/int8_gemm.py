@@ -35,10 +35,10 @@ from numba import njit, prange
 
 from kernels.reference.conv_pool import _out_size, _spatial_attrs, conv_by_gemm
 from kernels.reference.packed import act_params
-from kernels.registry import EPILOGUE_OPS, fill_attrs, lookup, register
+from kernels.registry import register
 from kernels.core.bounds import MAX_K_INT32
 from kernels.core.layouts import PackedTensor, dense_view_2d
-from kernels.gemm_front import GemmAttrs, bias32_or_64, gemm_factory, rows_of, weight_only
+from kernels.gemm_front import GemmAttrs, activate_after, bias32_or_64, gemm_factory, rows_of, weight_only
 
 from . import vnni
 from .ops import ACT_NONE, ACTIVATION_KINDS
@@ -46,9 +46,6 @@ from .ops import ACT_NONE, ACTIVATION_KINDS
 
 
 def _check_weight(op: str, weight: Any) -> PackedTensor:
-    if not isinstance(weight, PackedTensor):
-        raise TypeError(f"{op}: the weight must be an initializer in a packed layout, got "
-                        f"{type(weight).__name__}")
     if weight.layout != "int8":
         raise ValueError(f"{op}: the numba int8 kernel takes layout 'int8', got {weight.layout!r}")
     return weight
@@ -176,7 +173,7 @@ def int8_linear(x: np.ndarray, plan: Int8Plan, bias: Any = None, activation: str
     shape = x.shape
     if plan.act_quant == "none":
         y = weight_only(x2, plan.dense32, bias32_or_64(bias, plan.n)).reshape(*shape[:-1], plan.n)
-        return _activate_after(y, activation)
+        return activate_after(y, activation, "numba")
     gemm = plan.groups[0]
     if x.dtype == np.float32:             # the common case: no conversion, float32 out
         if not x2.flags.c_contiguous:
@@ -188,17 +185,7 @@ def int8_linear(x: np.ndarray, plan: Int8Plan, bias: Any = None, activation: str
     x2 = np.ascontiguousarray(x.reshape(-1, plan.k), dtype=xin)
     y = np.empty((x2.shape[0], plan.n), yt)
     gemm(x2, gemm.bias64(bias), y)
-    return _activate_after(y.reshape(*shape[:-1], plan.n).astype(x.dtype, copy=False), activation)
-
-
-def _activate_after(y: np.ndarray, activation: str) -> np.ndarray:
-    """The activation as its own kernel on Y in its final dtype (the paths that do not fuse
-    it: weight-only, and X other than float32, where the unfused pair rounds Y first)."""
-    if activation == "none":
-        return y
-    op, attrs = EPILOGUE_OPS[activation]
-    backend = "numba" if y.dtype == np.float32 else "reference"
-    return lookup(op, "dense", backend)(fill_attrs(op, attrs), {})(y)[0]
+    return activate_after(y.reshape(*shape[:-1], plan.n).astype(x.dtype, copy=False), activation, "numba")
 
 
 # --- Conv: im2col fused with activation quantization ------------------------------------------
@@ -269,7 +256,7 @@ def int8_conv(x: np.ndarray, plan: Int8Plan, bias: Any = None, strides=None, pad
         raise ValueError(f"Conv: X {x.shape} ({x.dtype}), packed weight {plan.weight.name!r} {wshape} and "
                          f"group={group} do not match (need float X, W (M, C/group, *kernel), group | M)")
     if plan.act_quant == "none":
-        return _activate_after(_conv_generic(x, plan, bias, strides, pads, dilations, group), activation)
+        return activate_after(_conv_generic(x, plan, bias, strides, pads, dilations, group), activation, "numba")
     if nsp == 1:      # (N, C, W) as (N, C, 1, W) with a 1 x k kernel
         (st,), (pb,), (pe,), (dl,) = _spatial_attrs(1, strides, pads, dilations)
         y = _conv_2d(x[:, :, None, :], plan, bias, [1, st], [0, pb, 0, pe], [1, dl], group, (1, wshape[2]),
@@ -277,7 +264,7 @@ def int8_conv(x: np.ndarray, plan: Int8Plan, bias: Any = None, strides=None, pad
         return y[:, :, 0, :]
     if nsp == 2:
         return _conv_2d(x, plan, bias, strides, pads, dilations, group, tuple(wshape[2:]), activation)
-    return _activate_after(_conv_generic(x, plan, bias, strides, pads, dilations, group), activation)
+    return activate_after(_conv_generic(x, plan, bias, strides, pads, dilations, group), activation, "numba")
 
 
 def _conv_2d(x, plan, bias, strides, pads, dilations, group, kernel, activation):
@@ -311,7 +298,7 @@ def _conv_2d(x, plan, bias, strides, pads, dilations, group, kernel, activation)
                           yg, act)
         y[:, g * mg:(g + 1) * mg] = yg.reshape(n, oh, ow, mg).transpose(0, 3, 1, 2)
     y = y.astype(x.dtype, copy=False)
-    return y if fused else _activate_after(y, activation)
+    return y if fused else activate_after(y, activation, "numba")
 
 
 def _conv_generic(x, plan, bias, strides, pads, dilations, group):

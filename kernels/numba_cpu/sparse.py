@@ -1003,9 +1003,6 @@ class SparseGemm:
     def __init__(self, weight: PackedTensor, act_quant: str = "none", act_scale: Any = None,
                  act_zero_point: Any = 0, *, op: str = "Linear", rows: RowsCSR | None = None,
                  scale: np.ndarray | None = None):
-        if not isinstance(weight, PackedTensor):
-            raise TypeError(f"{op}: the weight must be an initializer in a packed layout, got "
-                            f"{type(weight).__name__}")
         if weight.layout not in SPARSE_LAYOUTS:
             raise ValueError(f"{op}: layout {weight.layout!r} is not a sparse layout {SPARSE_LAYOUTS}")
         self.weight, self.act_quant, self.op = weight, act_quant, op

@@ -137,6 +137,24 @@ class PackedGemm:
         return y * (s_x[:, None] if isinstance(s_x, np.ndarray) else s_x)
 
 
+class PreparedWeight:
+    """What a backend's prepared Linear/Conv weight holds: the PackedTensor, its activation
+    quantization (checked), (N, K') of its 2-D view, and the reference GEMM for the inputs its
+    fast kernel does not take (other float dtypes), built on first use."""
+
+    def __init__(self, weight: PackedTensor, act_quant: str = "none", act_scale: Any = None,
+                 act_zero_point: Any = 0, op: str = "Linear"):
+        self.weight, self.act_quant, self.op = weight, act_quant, op
+        self.act_scale, self.act_zero_point = act_params(op, act_quant, act_scale, act_zero_point)
+        self.n, self.k = dense_view_2d(weight.shape)
+        self._reference: PackedGemm | None = None
+
+    def reference(self) -> PackedGemm:
+        if self._reference is None:
+            self._reference = PackedGemm(self.weight, self.act_quant, self.act_scale, self.act_zero_point, op=self.op)
+        return self._reference
+
+
 def packed_linear_ref(x: np.ndarray, gemm: PackedGemm, bias: np.ndarray | None = None) -> np.ndarray:
     """Y = act(X) @ dequant(W).T + bias with a packed weight (numerics: module docstring).
 
