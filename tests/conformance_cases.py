@@ -57,21 +57,19 @@ DOT_EXTRA_TERMS = 3
 GELU_LIPSCHITZ = 1.13
 # Erf, Sigmoid, Exp, Log, Tanh, Pow in float32 against the float64 (or numpy float32) reference:
 # erfc is a fit with relative error < 1.2e-7 and the final rounding adds 6e-8 (~2 float32 ulp);
-# 1e-6 (8 ulp) leaves room and is far below a wrong formula (tests/test_numba_ops.py
-# ELEMENTWISE_RTOL).
+# 1e-6 (8 ulp) leaves room and is far below a wrong formula (tanh vs erf Gelu differ by 1e-4).
 ELEMENTWISE_RTOL = 1e-6
 # Softmax: float64 exp and sum, one rounding; outputs below float32's normal range have fewer
-# significant bits, hence the absolute floor (tests/test_numba_ops.py SOFTMAX_RTOL / _ATOL).
+# significant bits, hence the absolute floor.
 SOFTMAX_RTOL = 1e-6
 SOFTMAX_ATOL = float(np.finfo(np.float32).tiny)
 # LayerNormalization / BatchNormalization: statistics and the affine step in float64, one
-# rounding; outputs are O(1), so 1e-6 absolute covers results that cancel to ~0
-# (tests/test_numba_ops.py LAYERNORM_RTOL / _ATOL).
+# rounding; outputs are O(1), so 1e-6 absolute covers results that cancel to ~0.
 LAYERNORM_RTOL = 1e-6
 LAYERNORM_ATOL = 1e-6
 # MatMul / Gemm in float32 BLAS against the float64 product, as ||got - ref|| / ||ref||: the
 # accumulation error grows like sqrt(K) * 6e-8; 1e-5 is far below a dropped bias or a wrong
-# transpose (tests/test_numba_ops.py GEMM_REL_TOL).
+# transpose (errors of order 1).
 GEMM_REL_TOL = 1e-5
 
 

@@ -25,25 +25,16 @@ pytestmark = [pytest.mark.skipif(_REASON is not None, reason=f"numba backend una
               pytest.mark.isa]   # CPU-specific paths: tests/test_forced_isa.py runs them forced to AVX2
 
 # --- tolerances -------------------------------------------------------------------------------
-# Gelu, Erf, Sigmoid: erfc is a fit with relative error < 1.2e-7 and the final rounding adds
-# 6e-8 (Erf, Sigmoid, tanh Gelu in float64 inside: ~2 float32 ulp; erf Gelu mostly in float32:
-# < 4e-7 measured); 1e-6 (8 ulp) leaves room and is far below a wrong formula (tanh vs erf
-# Gelu differ by 1e-4).
-ELEMENTWISE_RTOL = 1e-6
-# Softmax: float64 exp and sum, one rounding; outputs below float32's normal range (tiny)
-# have fewer significant bits, hence the absolute floor.
-SOFTMAX_RTOL = 1e-6
-SOFTMAX_ATOL = float(np.finfo(np.float32).tiny)
-# LayerNormalization: statistics and the affine step in float64, one rounding; the outputs are
-# O(1) (normalised values times O(1) scale and bias), so 1e-6 absolute covers results that
-# cancel to ~0.
-LAYERNORM_RTOL = 1e-6
-LAYERNORM_ATOL = 1e-6
-# GEMMs (Linear, MatMul, Gemm, Conv) in float32 BLAS against the float64 product, as
-# ||got - ref|| / ||ref||: the accumulation error grows like sqrt(K) * 6e-8 (K <= 300 here,
-# ~1e-6); 1e-5 leaves room for unlucky sums and is far below a dropped bias or a wrong
-# transpose (errors of order 1).
-GEMM_REL_TOL = 1e-5
+# the tolerances of the numba kernels, named and explained once (tests/conformance_cases.py)
+from tests.conformance_cases import (  # noqa: E402
+    ELEMENTWISE_RTOL,
+    GEMM_REL_TOL,
+    LAYERNORM_ATOL,
+    LAYERNORM_RTOL,
+    SOFTMAX_ATOL,
+    SOFTMAX_RTOL,
+)
+
 # a numba session of the whole BERT against onnxruntime (as tests/test_onnx_equivalence.py)
 BERT_REL_TOL = 1e-4
 
