@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from kernels.core.device import to_numpy
 from kernels.registry import lookup
 
 
@@ -38,5 +39,4 @@ def device_split_factory(attrs: dict[str, Any], weights: dict) -> Callable[..., 
     views = split_views_factory(attrs, weights)
     if attrs["split"] is not None:
         return views
-    from kernels.core.device import to_numpy
     return lambda x: views(to_numpy(x))
