@@ -418,8 +418,8 @@ def int_weight(t: PackedTensor) -> IntWeight:
         if "zero_point" in t.fields:
             q = q - np.repeat(t.fields["zero_point"].astype(np.int64), g, axis=1)
         return IntWeight(q[:, :k], np.asarray(t.fields["scale"], np.float32), g)
-    if t.layout in _SCATTER and p.get("quant") == "int8":
-        q = _SCATTER[t.layout](t, t.fields["qdata"], np.int64)
+    if t.layout in ("csr", "bsr", "nm") and p.get("quant") == "int8":
+        q = _sparse_scatter(t, np.int64)
         return IntWeight(q, _per_row(t.fields["scale"], n), k)
     raise ValueError(f"{t.layout} tensor {t.name!r} stores float values, not integers")
 
@@ -598,10 +598,56 @@ def _stored(t: PackedTensor) -> np.ndarray:
     return t.fields["qdata"] if "qdata" in t.fields else t.fields["values"]
 
 
+def sparse_entries(t: PackedTensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The one decoding of a csr / bsr / nm tensor: every stored entry of its 2-D view (N, K')
+    as (rows int64 (nnz,), cols int64 (nnz,), stored values (nnz,): qdata int8 or values
+    float32), in storage order. Stored explicit zeros (bsr block entries, nm groups filled
+    up) are entries too."""
+    n, k = dense_view_2d(t.shape)
+    stored = np.asarray(_stored(t))
+    if t.layout == "csr":
+        rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(t.fields["indptr"].astype(np.int64)))
+        return rows, t.fields["indices"].astype(np.int64), stored.reshape(-1)
+    if t.layout == "bsr":         # entry (block b, i, j) -> row brow[b]*R + i, column bcol[b]*C + j
+        r, c = (int(v) for v in _params(t)["block_shape"])
+        brow = np.repeat(np.arange(n // r, dtype=np.int64), np.diff(t.fields["indptr"].astype(np.int64)))
+        rows = np.broadcast_to(brow[:, None, None] * r + np.arange(r)[None, :, None], stored.shape)
+        cols = np.broadcast_to(t.fields["indices"].astype(np.int64)[:, None, None] * c + np.arange(c), stored.shape)
+        return rows.reshape(-1), cols.reshape(-1), stored.reshape(-1)
+    if t.layout == "nm":          # row-major, groups ascending, positions ascending in a group
+        p = _params(t)
+        m, per_row = int(p["m"]), k // int(p["m"]) * int(p["n"])
+        cols = np.arange(k // m, dtype=np.int64)[None, :, None] * m + nm_positions(t).astype(np.int64)
+        return np.repeat(np.arange(n, dtype=np.int64), per_row), cols.reshape(-1), stored.reshape(-1)
+    raise ValueError(f"{t.layout} tensor {t.name!r} is not a sparse layout (csr, bsr, nm)")
+
+
+def sparse_rows(t: PackedTensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The canonical row form of a csr / bsr / nm tensor, which the sparse kernels build on:
+    (indptr int64 (N + 1,), cols int32 (nnz,) ascending within each row, stored values (nnz,)
+    in that order). csr and nm are stored so already; bsr's block entries are sorted."""
+    n, _ = dense_view_2d(t.shape)
+    rows, cols, vals = sparse_entries(t)
+    if t.layout == "bsr":
+        order = np.lexsort((cols, rows))
+        rows, cols, vals = rows[order], cols[order], vals[order]
+    indptr = np.zeros(n + 1, np.int64)
+    np.cumsum(np.bincount(rows, minlength=n), out=indptr[1:])
+    return indptr, cols.astype(np.int32), vals
+
+
+def _sparse_scatter(t: PackedTensor, dtype) -> np.ndarray:
+    """The stored values of a sparse tensor at their places in its (N, K') 2-D view."""
+    rows, cols, vals = sparse_entries(t)
+    out = np.zeros(dense_view_2d(t.shape), dtype)
+    out[rows, cols] = vals
+    return out
+
+
 def _sparse_to_dense(t: PackedTensor) -> np.ndarray:
     if "qdata" in t.fields:
         return _quantized_to_dense(t)
-    return _SCATTER[t.layout](t, t.fields["values"], np.float32).reshape(t.shape)
+    return _sparse_scatter(t, np.float32).reshape(t.shape)
 
 
 def _sparse_params(p_quant: str, per_channel: bool) -> dict:
@@ -629,15 +675,6 @@ def _csr_check(t: PackedTensor) -> None:
     _check_quant(t, p)
     _check_compressed(t, n, k, "element")
     _check_stored_values(t, p, (t.fields["indices"].shape[0],), n)
-
-
-def _csr_scatter(t: PackedTensor, stored: np.ndarray, dtype) -> np.ndarray:
-    n, k = dense_view_2d(t.shape)
-    ptr = t.fields["indptr"].astype(np.int64)
-    rows = np.repeat(np.arange(n), np.diff(ptr))
-    out = np.zeros((n, k), dtype)
-    out[rows, t.fields["indices"].astype(np.int64)] = stored
-    return out
 
 
 def pack_csr(name: str, w, mask, *, quant: str = "none", per_channel: bool = True,
@@ -686,16 +723,6 @@ def _bsr_check(t: PackedTensor) -> None:
         _fail(t, f"block_shape {[r, c]} does not tile the 2-D view {(n, k)} of shape {tuple(t.shape)}")
     _check_compressed(t, n // r, k // c, "block")
     _check_stored_values(t, p, (t.fields["indices"].shape[0], r, c), n)
-
-
-def _bsr_scatter(t: PackedTensor, stored: np.ndarray, dtype) -> np.ndarray:
-    n, k = dense_view_2d(t.shape)
-    r, c = (int(b) for b in _params(t)["block_shape"])
-    ptr = t.fields["indptr"].astype(np.int64)
-    block_rows = np.repeat(np.arange(n // r), np.diff(ptr))
-    out = np.zeros((n // r, r, k // c, c), dtype)
-    out[block_rows, :, t.fields["indices"].astype(np.int64), :] = stored   # (nb, R, C) per block
-    return out.reshape(n, k)
 
 
 def pack_bsr(name: str, w, mask, *, block_shape=(1, 4), quant: str = "none",
@@ -844,16 +871,6 @@ def _nm_check(t: PackedTensor) -> None:
                          f"ascending (positions must be distinct, in order)")
 
 
-def _nm_scatter(t: PackedTensor, stored: np.ndarray, dtype) -> np.ndarray:
-    rows, k = dense_view_2d(t.shape)
-    p = _params(t)
-    n, m = int(p["n"]), int(p["m"])
-    out = np.zeros((rows, k // m, m), dtype)
-    np.put_along_axis(out, nm_positions(t).astype(np.int64),
-                      np.asarray(stored).reshape(rows, k // m, n), axis=2)
-    return out.reshape(rows, k)
-
-
 def pack_nm(name: str, w, mask, *, n: int = 2, m: int = 4, quant: str = "none",
             per_channel: bool = True, scale: np.ndarray | None = None) -> PackedTensor:
     """N:M structured sparsity along K' (the input dim of the 2-D view): in every group of m
@@ -891,9 +908,6 @@ def pack_nm(name: str, w, mask, *, n: int = 2, m: int = 4, quant: str = "none",
     fields = {value_field: vals.astype(np.float32 if quant == "none" else np.int8), **extra, "meta": meta}
     params = {"n": int(n), "m": int(m), **_sparse_params(quant, per_channel)}
     return PackedTensor(name, "nm", "float32", w.shape, fields, params)
-
-
-_SCATTER = {"csr": _csr_scatter, "bsr": _bsr_scatter, "nm": _nm_scatter}
 
 
 # --- the table ------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kernels.core.layouts import PackedTensor, dense_view_2d, nm_positions
+from kernels.core.layouts import PackedTensor, dense_view_2d, sparse_entries
 
 SPARSE_LAYOUTS = ("csr", "nm")
 
@@ -64,11 +64,7 @@ def nm_column_indices(t: PackedTensor) -> np.ndarray:
     """int32 (N, K/m*n): the column of every stored value of an nm tensor, aligned with
     ``values`` / ``qdata`` (N, K/m*n)."""
     rows, _ = dense_view_2d(t.shape)
-    m = int(t.params.get("m", 4))
-    positions = nm_positions(t).astype(np.int64)                  # (N, K/m, n) in [0, m)
-    groups = positions.shape[1]
-    cols = positions + (np.arange(groups, dtype=np.int64) * m)[None, :, None]
-    return np.ascontiguousarray(cols.reshape(rows, -1), dtype=np.int32)
+    return np.ascontiguousarray(sparse_entries(t)[1].reshape(rows, -1), dtype=np.int32)
 
 
 def stored_int8(t: PackedTensor) -> np.ndarray:
@@ -85,10 +81,7 @@ def weight_scale64(t: PackedTensor) -> np.ndarray:
 
 def entry_rows(t: PackedTensor) -> np.ndarray:
     """int64: the output channel (row) of every stored entry, in storage order."""
-    n, k = dense_view_2d(t.shape)
-    if t.layout == "csr":
-        return np.repeat(np.arange(n, dtype=np.int64), np.diff(np.asarray(t.fields["indptr"], np.int64)))
-    return np.repeat(np.arange(n, dtype=np.int64), nm_count(t))
+    return sparse_entries(t)[0]
 
 
 def nm_count(t: PackedTensor) -> int:

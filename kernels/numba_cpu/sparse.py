@@ -77,7 +77,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
 
-from kernels.core.layouts import PackedTensor, dense_view_2d, nm_positions
+from kernels.core.layouts import PackedTensor, dense_view_2d, sparse_rows
 from kernels.gemm_front import bias64, gemm_factory
 from kernels.reference.conv_pool import conv_by_gemm
 from kernels.reference.packed import act_params
@@ -457,34 +457,10 @@ class RowsCSR:
 
 
 def _rows_csr(t: PackedTensor, want_int: bool) -> RowsCSR:
-    """RowsCSR of a csr / bsr / nm tensor (values int8 if want_int, else float32)."""
+    """RowsCSR of a csr / bsr / nm tensor (values int8 if want_int, else float32), from the
+    layouts table's canonical row form (kernels/core/layouts.py sparse_rows)."""
     n, k = dense_view_2d(t.shape)
-    stored = t.fields["qdata"] if "qdata" in t.fields else t.fields["values"]
-    if t.layout == "csr":
-        indptr = t.fields["indptr"].astype(np.int64)
-        cols = t.fields["indices"].astype(np.int32)
-        vals = np.asarray(stored)
-    elif t.layout == "bsr":
-        r, c = (int(b) for b in t.params.get("block_shape", (1, 4)))
-        bptr = t.fields["indptr"].astype(np.int64)
-        bcols = t.fields["indices"].astype(np.int64)
-        brow = np.repeat(np.arange(n // r), np.diff(bptr))                         # (nb,)
-        # entry (block b, row i, col j) -> row brow*R + i, column bcol*C + j; row-major order
-        rows = np.broadcast_to(brow[:, None, None] * r + np.arange(r)[None, :, None], stored.shape)
-        colm = np.broadcast_to(bcols[:, None, None] * c + np.arange(c)[None, None, :], stored.shape)
-        order = np.lexsort((colm.reshape(-1), rows.reshape(-1)))
-        cols = colm.reshape(-1)[order].astype(np.int32)
-        vals = np.asarray(stored).reshape(-1)[order]
-        indptr = np.zeros(n + 1, np.int64)
-        np.cumsum(np.bincount(rows.reshape(-1), minlength=n), out=indptr[1:])
-    elif t.layout == "nm":
-        nn, m = int(t.params.get("n", 2)), int(t.params.get("m", 4))
-        pos = nm_positions(t).astype(np.int32)                                   # (N, K'/m, n)
-        cols = (np.arange(k // m, dtype=np.int32)[None, :, None] * m + pos).reshape(-1)
-        indptr = np.arange(n + 1, dtype=np.int64) * (k // m * nn)
-        vals = np.asarray(stored).reshape(-1)
-    else:
-        raise ValueError(f"not a sparse layout: {t.layout!r}")
+    indptr, cols, vals = sparse_rows(t)
     if want_int:
         values = vals.astype(np.int8)
     elif "qdata" in t.fields:
