@@ -5,45 +5,40 @@ Shaped like onnxruntime.InferenceSession so users can swap one for the other:
 ``get_inputs()`` / ``get_outputs()`` returning objects with ``name``, ``shape`` and ``type``.
 
 Planning (once, at load): every value gets an integer slot; constants are put in their slots
-once; each node becomes a step ``(run, input_slots, output_slots, slots_to_free)`` where
+once; each node becomes a ``Step(run, ins, outs, frees)`` (input, output and freed slots) where
 ``run`` is the kernel the registry prepared for that node (weights packed there, attributes
 bound there). ``run()`` is then a loop over steps with no dict lookups, no attribute
 handling and no kernel choice; a slot is cleared right after its last reader so memory of
-intermediate activations is released as early as possible.
+intermediate activations is released as early as possible. ``execute`` is that loop, for
+run and profile alike. Feed checks are runtime/feeds.py, the cache of values that depend on
+the input shapes alone runtime/shape_cache.py, per-layer choices runtime/planner.py.
 """
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
 from kernels import registry
-from kernels.core.device import dtype_name, is_device_array, shape_stand_in, to_numpy
+from kernels.core.device import is_device_array, shape_stand_in, to_numpy
 from kernels.core.layouts import dense_tensor, dense_view_2d
 
 from . import planner
 from .format import load
 from .fuse import fuse as fuse_graph
-from .graph import Graph, format_shape, shape_problem
+from .feeds import check_feeds
+from .graph import Graph
 from .planner import PLAN_MODES, rows_bucket
+from .shape_cache import ShapeCache
 
 # onnxruntime's type strings, so code written against onnxruntime's NodeArg keeps working.
 _ORT_TYPE = {"float32": "tensor(float)", "float16": "tensor(float16)", "float64": "tensor(double)",
              "int8": "tensor(int8)", "uint8": "tensor(uint8)", "int16": "tensor(int16)",
              "uint16": "tensor(uint16)", "int32": "tensor(int32)", "uint32": "tensor(uint32)",
              "int64": "tensor(int64)", "uint64": "tensor(uint64)", "bool": "tensor(bool)"}
-
-
-# Shape-only values are cached for this many distinct input shapes per session (oldest
-# dropped first), and only when they take at most this many bytes for one input shape.
-SHAPE_CACHE_ENTRIES = 16
-SHAPE_CACHE_MAX_BYTES = 1 << 22
-# Ops whose output shape depends on the *values* of these inputs (kernels/core/ops.py semantics);
-# every other op's output shape follows from its inputs' shapes and attributes.
-_SHAPE_GIVING_INPUTS = {"Reshape": (1,), "Expand": (1,), "Tile": (1,), "Slice": (1, 2, 3, 4),
-                        "Range": (0, 1, 2), "ConstantOfShape": (0,)}
 
 
 @dataclass(frozen=True)
@@ -104,7 +99,6 @@ class InferenceSession:
         self._graph = graph
         self._inputs = [NodeArg(v.name, list(v.shape) if v.shape is not None else [], v.dtype) for v in graph.inputs]
         self._outputs = [NodeArg(v.name, list(v.shape) if v.shape is not None else [], v.dtype) for v in graph.outputs]
-        self._input_values = list(graph.inputs)
         if fuse:
             graph = fuse_graph(graph)
         self._plan(graph)
@@ -163,7 +157,7 @@ class InferenceSession:
         for set_threads in self._thread_setters:
             set_threads(self.threads)
         env = list(self._template)
-        fed = self._check_feeds(input_feed)
+        fed = check_feeds(input_feed, self._input_slots, self._on_gpu)
         self._feed(env, fed)
         shapes = tuple(tuple(a.shape) for _, a in fed)
         cached = self._shape_cache.get(shapes)
@@ -172,13 +166,13 @@ class InferenceSession:
             # were computed by an earlier run with these shapes: set them, skip their nodes
             for s, value in cached:
                 env[s] = value
-            _execute(self._value_steps, env)
-        elif self._shape_slots:
+            execute(self._value_steps, env)
+        elif self._shape_cache.watch:
             record: dict[int, Any] = {}
-            _execute(self._steps, env, self._shape_slots, record)
-            self._remember_shape_values(shapes, record)
+            execute(self._steps, env, self._shape_cache.watch, record)
+            self._shape_cache.remember(shapes, record)
         else:
-            _execute(self._steps, env)
+            execute(self._steps, env)
         # Like onnxruntime, hand back arrays the caller owns: an output that is a constant
         # (a read-only view of the file map) or that aliases a fed array (Identity, Reshape
         # views) is copied, so writing to it can neither fail nor change the caller's input.
@@ -201,22 +195,13 @@ class InferenceSession:
         one warm-up run); every node runs, shape-only ones included (no shape cache)."""
         if repeats < 1:
             raise ValueError(f"repeats must be >= 1, got {repeats}")
-        import time
-        times = [[] for _ in self._steps]
+        times: list[list[float]] = [[] for _ in self._steps]
         for rep in range(repeats + 1):
             for set_threads in self._thread_setters:
                 set_threads(self.threads)
             env = list(self._template)
-            self._feed(env, self._check_feeds(input_feed))
-            for k, (run, ins, outs, frees) in enumerate(self._steps):
-                t0 = time.perf_counter()
-                results = run(*[env[i] for i in ins])
-                if rep:
-                    times[k].append(time.perf_counter() - t0)
-                for s, r in zip(outs, results):
-                    env[s] = r
-                for s in frees:
-                    env[s] = None
+            self._feed(env, check_feeds(input_feed, self._input_slots, self._on_gpu))
+            execute(self._steps, env, times=times if rep else None)
         return [(p, float(np.median(t))) for p, t in zip(self._planned, times)]
 
     def _feed(self, env: list, fed: list) -> None:
@@ -273,59 +258,14 @@ class InferenceSession:
             for s in outs:
                 if s not in last_use and s not in keep:
                     frees_at.setdefault(k, []).append(s)
-        self._steps = [(run, ins, outs, tuple(frees_at.get(k, ()))) for k, (run, ins, outs) in enumerate(raw_steps)]
-        self._plan_shape_cache(graph, slots)
+        self._steps = [Step(run, ins, outs, tuple(frees_at.get(k, ()))) for k, (run, ins, outs) in enumerate(raw_steps)]
+        self._shape_cache = ShapeCache(graph, slots, self._steps)
+        self._value_steps = self._shape_cache.value_steps
         used = dict.fromkeys(p.backend for p in self._planned)
         self._thread_setters = [f for f in map(registry.thread_setter, used) if f is not None]
         self._template = template
         self._slots = slots
         self._default_out_slots = [slots[v.name] for v in graph.outputs]
-
-    def _plan_shape_cache(self, graph: Graph, slots: dict[str, int]) -> None:
-        """Find the nodes whose outputs depend on the input *shapes* alone: Shape of a value
-        whose shape follows from the input shapes, and any node all of whose inputs are
-        constants or such values (the position ids, Range and Concat of sizes, ConstantOfShape
-        of an exported transformer: ~40 nodes of a BERT). A run with input shapes seen before
-        takes their values from a small cache and runs only the other steps
-        (``_value_steps``); the frees of skipped steps are dropped, so such a value may live
-        until the end of the run."""
-        shape_only = set(graph.initializers) | {""}
-        shape_known = shape_only | {v.name for v in graph.inputs}
-        shape_steps = set()
-        for k, node in enumerate(graph.nodes):
-            if node.op == "Shape" and node.inputs[0] in shape_known or all(i in shape_only for i in node.inputs):
-                shape_only.update(node.outputs)
-                shape_steps.add(k)
-            # an output's shape follows from the input shapes when the node's inputs' shapes
-            # do and, for ops whose output shape is given by an input's *values*, those
-            # values are shape-only
-            sizing = _SHAPE_GIVING_INPUTS.get(node.op, ())
-            if (all(i in shape_known for i in node.inputs)
-                    and all(node.inputs[i] in shape_only for i in sizing if i < len(node.inputs))):
-                shape_known.update(node.outputs)
-        # values a value step (or the caller) reads: the ones worth caching
-        needed = {slots[o.name] for o in graph.outputs}
-        for k, (_, ins, _, _) in enumerate(self._steps):
-            if k not in shape_steps:
-                needed.update(ins)
-        self._shape_slots = frozenset({s for k in shape_steps for s in self._steps[k][2]} & needed)
-        self._value_steps = [step for k, step in enumerate(self._steps) if k not in shape_steps]
-        self._shape_cache: dict[tuple, list] = {}
-
-    def _remember_shape_values(self, shapes: tuple, record: dict[int, Any]) -> None:
-        values = [(s, record[s]) for s in self._shape_slots if s in record]
-        if sum(np.asarray(v).nbytes for _, v in values) > SHAPE_CACHE_MAX_BYTES:
-            return
-        frozen = []
-        for s, v in values:
-            # a read-only copy: this run hands the original to its caller or kernels, and
-            # later runs share the copy (run() copies read-only outputs before returning them)
-            v = np.array(v)
-            v.flags.writeable = False
-            frozen.append((s, v))
-        if len(self._shape_cache) >= SHAPE_CACHE_ENTRIES:
-            self._shape_cache.pop(next(iter(self._shape_cache)))      # the oldest shapes
-        self._shape_cache[shapes] = frozen
 
     def _plan_devices(self, graph: Graph, raw_steps: list, slots: dict[str, int]) -> None:
         """A session with GPU nodes: host nodes get their device-array inputs copied to the
@@ -401,36 +341,6 @@ class InferenceSession:
                              f"{', '.join(o.name for o in self._outputs)}")
         return self._slots[name]
 
-    # --- feed validation ------------------------------------------------------------------
-    def _check_feeds(self, feeds: Mapping[str, Any]) -> Iterable[tuple[int, np.ndarray]]:
-        if not isinstance(feeds, Mapping):
-            raise TypeError(f"input_feed must be a dict of input name -> array, got {type(feeds).__name__}")
-        expected = {v.name for v in self._input_values}
-        unknown = [k for k in feeds if k not in expected]
-        if unknown:
-            raise ValueError(f"unknown input {unknown[0]!r}; the model's inputs are: {', '.join(sorted(expected))}")
-        symbols: dict[str, tuple[int, str]] = {}
-        checked = []
-        for v, slot in self._input_slots:
-            if v.name not in feeds:
-                got = f"got only {', '.join(repr(k) for k in feeds)}" if feeds else "got an empty feed"
-                raise ValueError(f"missing input {v.name!r} (expected {v.dtype} with shape {format_shape(v.shape)}); "
-                                 f"{got}")
-            a = feeds[v.name]
-            device = is_device_array(a)
-            if not device and not isinstance(a, np.ndarray):
-                a = np.asarray(a)
-            if dtype_name(a) != v.dtype:
-                raise ValueError(f"input {v.name!r}: expected dtype {v.dtype}, got {dtype_name(a)}")
-            problem = shape_problem(v, tuple(int(d) for d in a.shape), symbols)
-            if problem:
-                raise ValueError(f"input {v.name!r}: {problem}")
-            if device and not self._on_gpu:        # a CPU session: bring it to the host once
-                a = to_numpy(a)
-                device = False
-            checked.append((slot, a if device else np.ascontiguousarray(a)))
-        return checked
-
 
 def _on_host(run, op: str):
     """``run`` (a host kernel) with its device-array inputs brought to the host first; Shape
@@ -442,11 +352,26 @@ def _on_host(run, op: str):
     return host_run
 
 
-def _execute(steps: list, env: list, watch: frozenset = frozenset(), record: dict | None = None) -> None:
-    """Run planned steps on ``env`` (slots); outputs landing in ``watch`` slots are also
-    put in ``record`` (before a later step may free them)."""
-    for run, ins, outs, frees in steps:
-        results = run(*[env[i] for i in ins])
+class Step(NamedTuple):
+    """One planned node: its kernel, the slots it reads and writes, the slots freed after it."""
+    run: Callable[..., tuple]
+    ins: tuple[int, ...]
+    outs: tuple[int, ...]
+    frees: tuple[int, ...]
+
+
+def execute(steps: list, env: list, watch: frozenset = frozenset(), record: dict | None = None,
+            times: list[list[float]] | None = None) -> None:
+    """Run planned steps on ``env`` (slots), the one loop of run and profile: outputs landing
+    in ``watch`` slots are also put in ``record`` (before a later step may free them);
+    ``times`` (one list per step) receives each step's seconds."""
+    for k, (run, ins, outs, frees) in enumerate(steps):
+        if times is not None:
+            t0 = time.perf_counter()
+            results = run(*[env[i] for i in ins])
+            times[k].append(time.perf_counter() - t0)
+        else:
+            results = run(*[env[i] for i in ins])
         for s, r in zip(outs, results):
             env[s] = r
             if s in watch:
