@@ -5,14 +5,10 @@ A backend registers, per (op, layout), two functions and this module makes the k
     prepare(weight: PackedTensor, a: GemmAttrs, weights: dict) -> plan   once, at plan time
     compute(x, plan, bias, a: GemmAttrs) -> Y                            every call
 
-The front parses the node's attributes once (``GemmAttrs``), checks the weight once, and binds
-it: the session passes every input in order (kernels/registry.py), and the weight slot of ``run``
-is not read, because the weight is the initializer the factory was given. So the planner swaps
-whole kernels (each built on its own candidate weight) and never re-plans a weight per call.
-
-The shared pieces of ``compute`` live here too: X's rows (``rows_of``), the bias as the
-kernels read it (``bias64`` / ``bias32_or_64``) and the weight-only float32 BLAS path
-(``weight_only``), so that no backend writes its own.
+The front parses the attributes once (``GemmAttrs``), checks the weight and binds it: run's
+weight slot is not read (kernels/registry.py), so the planner swaps whole kernels. The shared
+pieces of ``compute`` live here too (``rows_of``, ``bias64`` / ``bias32_or_64``,
+``weight_only``, ``activate_after``), so that no backend writes its own.
 """
 from __future__ import annotations
 

@@ -46,6 +46,3 @@ def __getattr__(name: str):
     globals()[name] = value
     return value
 
-
-def __dir__():
-    return sorted(list(globals()) + list(_LAZY))

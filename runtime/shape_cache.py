@@ -1,12 +1,7 @@
-"""The session's cache of values that depend on the input *shapes* alone.
-
-Shape of a value whose shape follows from the input shapes, and any node all of whose inputs
-are constants or such values (the position ids, Range and Concat of sizes, ConstantOfShape of
-an exported transformer: ~40 nodes of a BERT), compute the same thing for every run with the
-same input shapes. A run with input shapes seen before takes their values from here and runs
-only the other steps (``value_steps``); the frees of skipped steps are dropped, so such a
-value may live until the end of the run.
-"""
+"""The session's cache of values that depend on the input *shapes* alone (Shape, and nodes
+whose inputs are constants or such values: position ids, Range, ConstantOfShape...). A run
+with input shapes seen before takes them from here and runs only ``value_steps``; the frees of
+skipped steps are dropped, so such a value may live until the end of the run."""
 from __future__ import annotations
 
 from typing import Any
@@ -26,11 +21,8 @@ SHAPE_GIVING_INPUTS = {"Reshape": (1,), "Expand": (1,), "Tile": (1,), "Slice": (
 
 
 class ShapeCache:
-    """Built from the planned graph, its slots and its steps (Step: run, ins, outs, frees).
-
-    watch:       the slots of shape-only values some value step (or the caller) reads
-    value_steps: the steps a cached run still runs
-    """
+    """From the planned graph, its slots and steps. ``watch``: the slots of shape-only values a
+    value step (or the caller) reads; ``value_steps``: the steps a cached run still runs."""
 
     def __init__(self, graph: Graph, slots: dict[str, int], steps: list):
         shape_only = set(graph.initializers) | {""}

@@ -1,10 +1,6 @@
-"""Numeric bounds of the int8 GEMM, defined once for Python (csrc/numeric_bounds.h is the C++
-twin; tests/test_layering.py checks that the built extension reports the same values).
-
-Every int8 product, zero points undone, is |qx - zx| * |qw - zw| <= 255 * 255, so an
-accumulator over K' terms (K' = K, or the kept entries of a sparse row) is bounded by
-K' * 255 * 255 (docs/CONVERTER.md, "Numerics"). Hence:
-"""
+"""Numeric bounds of the int8 GEMM, once for Python (C++: csrc/numeric_bounds.h, tied by
+tests/test_layering.py). A sum of K' zero-point-corrected int8 products is bounded by
+K' * 255 * 255 (docs/CONVERTER.md, "Numerics")."""
 from __future__ import annotations
 
 # Largest magnitude of one zero-point-corrected int8 x int8 product.

@@ -1,9 +1,5 @@
-"""Every QRT_* environment variable qrt reads, in one table (README.md, "Configuration", lists
-the same; tests/test_layering.py checks that no module reads a QRT_* variable outside it).
-
-Code reads a variable with ``get(name)``, which knows its default; an unlisted name is a
-KeyError, so a new switch cannot appear without its line here.
-"""
+"""Every QRT_* environment variable qrt reads, in one table (README.md lists it; tests hold that
+nothing else reads one). ``get(name)`` knows the default; an unlisted name is a KeyError."""
 from __future__ import annotations
 
 import os

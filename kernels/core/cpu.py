@@ -1,11 +1,7 @@
-"""Which machine this is: the CPU's name and ISA flags (from /proc/cpuinfo), and the machine key
-under which measurements (the planner's cache, benchmark reports) are stored.
-
-Backends choose their code paths from their own probes (the native extension's cpuid, numba's
-LLVM target); this module only names the machine, once, for everything that records or caches
-what was measured on it. Linux only for the details: elsewhere the name comes from ``platform``
-and the flag list is empty (the key still separates machines by name and core count).
-"""
+"""Which machine this is (CPU name and ISA flags from /proc/cpuinfo), and the key under which
+measurements are stored (the planner's cache, benchmark reports). Backends pick code paths from
+their own probes (cpuid, numba's LLVM target). Elsewhere than Linux: the name from ``platform``,
+no flags."""
 from __future__ import annotations
 
 import functools
@@ -47,9 +43,8 @@ def read_cpuinfo() -> str | None:
 
 
 def cpuinfo_flags(text: str | None = None) -> set[str]:
-    """The first "flags" line's flags: every core of a machine reports the same ISA flags (hybrid
-    Intel parts disable AVX-512 on all cores alike), and Linux hides the flags whose register
-    state the OS does not enable, so a listed flag is usable."""
+    """The first "flags" line's flags (every core reports the same; Linux hides the flags whose
+    register state the OS does not enable, so a listed flag is usable)."""
     for line in (read_cpuinfo() if text is None else text or "").splitlines():
         key, sep, value = line.partition(":")
         if sep and key.strip() == "flags":
@@ -79,11 +74,9 @@ def forced_paths() -> dict[str, str]:
 
 def machine_key(threads: int, cpu: str | None = None, isa: list[str] | None = None,
                 logical_cores: int | None = None, forced: dict[str, str] | None = None) -> str:
-    """12 hex digits of sha1 over what decides kernel speed and cannot change under a running
-    process (CPU model, ISA, core count, thread count, forced code paths), never measured
-    numbers or package versions: two runs on one machine find the same cache entry although
-    their timings differ by noise. Arguments left None are this machine's own. A forced path
-    enters the hash only when there is one, so unforced keys stay as they were."""
+    """12 hex digits of sha1 over what decides kernel speed and cannot change under a process
+    (CPU model, ISA, cores, threads, forced code paths; None: this machine's), never measured
+    numbers or versions, so two runs on one machine share their cache entries."""
     parts = [cpu_name() if cpu is None else cpu, sorted(isa_flags() if isa is None else isa),
              int(os.cpu_count() or 1) if logical_cores is None else int(logical_cores), int(threads)]
     forced = forced_paths() if forced is None else forced

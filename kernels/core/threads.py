@@ -1,12 +1,7 @@
-"""Thread settings shared by the CPU backends: the OpenMP wait policy every pool in the process
-lives with, and the cap on numpy's BLAS threads.
-
-The numba pool, the native extension's OpenMP pool and OpenBLAS's pthreads pool take turns on
-the same cores. GNU OpenMP's default spins after each parallel region, which starves the other
-pools (the fp32 BERT once ran tens of times slower for it); parking at once is the other
-extreme (waking a parked worker costs tens of microseconds per layer's GEMM). So: passive
-waiting after a short spin. libgomp reads both once, when a pool starts; values the user set win.
-"""
+"""Thread settings of the CPU backends. The numba, native (OpenMP) and OpenBLAS pools take turns
+on the same cores: OpenMP's default spinning starves the others, parking at once costs tens of
+microseconds a wake-up, so workers wait passively after a short spin (RESULTS.md, "OpenMP wait
+policy"). libgomp reads this once, when a pool starts; values the user set win."""
 from __future__ import annotations
 
 import os
