@@ -166,7 +166,7 @@ class InferenceSession:
             # were computed by an earlier run with these shapes: set them, skip their nodes
             for s, value in cached:
                 env[s] = value
-            execute(self._value_steps, env)
+            execute(self._shape_cache.value_steps, env)
         elif self._shape_cache.watch:
             record: dict[int, Any] = {}
             execute(self._steps, env, self._shape_cache.watch, record)
@@ -260,7 +260,6 @@ class InferenceSession:
                     frees_at.setdefault(k, []).append(s)
         self._steps = [Step(run, ins, outs, tuple(frees_at.get(k, ()))) for k, (run, ins, outs) in enumerate(raw_steps)]
         self._shape_cache = ShapeCache(graph, slots, self._steps)
-        self._value_steps = self._shape_cache.value_steps
         used = dict.fromkeys(p.backend for p in self._planned)
         self._thread_setters = [f for f in map(registry.thread_setter, used) if f is not None]
         self._template = template

@@ -430,7 +430,7 @@ def _shape_graph() -> Graph:
 
 def test_shape_only_values_are_cached_per_input_shape():
     sess = InferenceSession(_shape_graph(), backend="reference")
-    assert len(sess._steps) == 6 and len(sess._value_steps) == 3          # add, reshape, rshape: not shape-only
+    assert len(sess._steps) == 6 and len(sess._shape_cache.value_steps) == 3          # add, reshape, rshape: not shape-only
     x = np.arange(6, dtype=np.float32).reshape(2, 3)
     for target, want_z in (([3, 2], [3, 2]), ([6, 1], [6, 1]), ([1, 6], [1, 6])):
         y, z, s = sess.run(None, {"x": x, "target": np.array(target, np.int64)})
