@@ -9,7 +9,7 @@ out, quantization of X included where there is one:
 
 * qrt numba int8: the registered ("Linear", "int8", "numba") kernel with act_quant="dynamic"
   on a per-channel symmetric int8 weight: per-row activation quantization, VNNI GEMM, fused
-  float64 epilogue (kernels/numba_cpu/int8_gemm.py).
+  float64 epilogue (kernels/numba_cpu/int8.py).
 * qrt native int8: the same through the registered ("Linear", "int8", "native") kernel, the C++
   extension (csrc/int8_gemm*.cpp; OpenMP threads), where it is built.
 * onnxruntime int8: a MatMul + Add model quantized by onnxruntime.quantization.quantize_dynamic

@@ -53,8 +53,8 @@ BERT_SHAPES = [(768, 2304), (768, 768), (768, 3072), (3072, 768)]
 MINILM_SHAPES = [(384, 1152), (384, 384), (384, 1536), (1536, 384)]
 LLM_SHAPES = [(4096, 4096), (4096, 11008), (11008, 4096)]
 SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95)
-# name -> (layout, block_shape); 16x1 is the block shape the S16 kernel favours (a block
-# column fills the 16 rows of an S16 vector), 4x4 / 1x16 the quad paths at larger M
+# name -> (layout, block_shape); 16x1 is the block shape the Ell kernel favours (a block
+# column fills the 16 rows of an Ell vector), 4x4 / 1x16 the quad paths at larger M
 LAYOUTS = {"csr": ("csr", None), "bsr1x4": ("bsr", (1, 4)), "bsr4x4": ("bsr", (4, 4)),
            "bsr16x1": ("bsr", (16, 1)), "bsr1x16": ("bsr", (1, 16)),
            # not in the default list: the native quad kernels' other shapes (--layouts)
@@ -184,17 +184,17 @@ def sparse_weight(w: np.ndarray, layout: str, block, sparsity: float) -> layouts
 def streamed_bytes(gemm, m: int) -> int:
     """Bytes of the packed structure the chosen kernel reads once per call (weights side)."""
     path = gemm.path(m)
-    if path == "S16":
-        st = gemm.structure("S16")
+    if path == "ell":
+        st = gemm.structure("ell")
         return st.vidx.nbytes + st.vval.nbytes + st.sptr.nbytes
-    if path in ("BQ4",):
-        st = gemm.structure("BQ4")
+    if path in ("block_quad_tiles",):
+        st = gemm.structure("block_quad_tiles")
         return st.wq.nbytes + st.qcol.nbytes + st.bptr.nbytes
-    if path == "RowQuads":
-        st = gemm.structure("RowQuads")
+    if path == "quad_tiles":
+        st = gemm.structure("quad_tiles")
         return st.qw.nbytes + st.qidx.nbytes + st.qptr.nbytes
-    if path == "G4":
-        st = gemm.structure("G4")
+    if path == "value_groups":
+        st = gemm.structure("value_groups")
         return st.gw.nbytes + st.cols.nbytes + st.gptr.nbytes
     return gemm.rc.cols.nbytes + gemm.rc.values.nbytes
 
@@ -227,7 +227,7 @@ def run_shape(k: int, n: int, ms, configs, sparsities, reps, peaks, rng, rows_ou
     use_numba = "numba" in backends
     use_native = "native" in backends
     if use_native:
-        from kernels.native_cpu.sparse_int8 import pack_sparse
+        from kernels.native_cpu.sparse import pack_sparse
     w = rng.standard_normal((n, k)).astype(np.float32)
     wt32 = np.ascontiguousarray(w.T)
     dense_run, dense_label, dense_t = dense_int8_kernel(w)
@@ -245,7 +245,7 @@ def run_shape(k: int, n: int, ms, configs, sparsities, reps, peaks, rng, rows_ou
             t = sparse_weight(w, layout, block, sp)
             if use_numba:
                 fast = registry.lookup("Linear", layout, "numba")(attrs, {1: t})
-                variants.append((name, sp, t, fast, sparse.SparseGemm(t, "dynamic")))
+                variants.append((name, sp, t, fast, sparse.SparsePlan(t, "dynamic")))
             if use_native:
                 fast = registry.lookup("Linear", layout, "native")(attrs, {1: t})
                 native_variants.append((name, sp, t, fast, pack_sparse(t)))

@@ -1,8 +1,8 @@
-// pybind11 bindings of the sparse int8 Linear (sparse_int8.h), added to the one module by
+// pybind11 bindings of the sparse int8 Linear (sparse_gemm.h), added to the one module by
 // bindings.cpp's call of bind_sparse(m).
 //
 // Every array is checked here (dtype, contiguity, shape) and every index by the converters in
-// sparse_int8.cpp (indptr monotone from 0 to the stored count, indices in range and strictly
+// sparse_gemm.cpp (indptr monotone from 0 to the stored count, indices in range and strictly
 // increasing within a row, N:M positions < m, ascending, trailing meta bits 0): a malformed
 // weight is a TypeError / ValueError, never a crash. The reader (runtime/format.py ->
 // kernels/core/layouts.py check) validates the same things for a file; these checks are repeated
@@ -20,7 +20,7 @@
 #include <string>
 #include <vector>
 
-#include "sparse_int8.h"
+#include "sparse_gemm.h"
 #include "bind_checks.h"
 
 namespace py = pybind11;
@@ -196,7 +196,7 @@ std::unique_ptr<qrt::SparseInt8Weight> make_nm(const py::object& meta_obj, const
     return pack(n, scale_obj, opt, [&] { return qrt::sparse_rows_nm(n, k, nn, mm, mp, meta_cols, qp); });
 }
 
-// Y (M, N) float32 = sparse int8 Linear of X (M, K) float32 (sparse_int8.h).
+// Y (M, N) float32 = sparse int8 Linear of X (M, K) float32 (sparse_gemm.h).
 py::array sparse_linear_py(const qrt::SparseInt8Weight& w, const py::object& x_obj, const py::object& bias_obj,
                            const std::string& act_quant, double act_scale, int64_t act_zero_point,
                            const py::object& out_obj, const std::string& path_name) {

@@ -11,7 +11,7 @@ bound there). ``run()`` is then a loop over steps with no dict lookups, no attri
 handling and no kernel choice; a slot is cleared right after its last reader so memory of
 intermediate activations is released as early as possible. ``execute`` is that loop, for
 run and profile alike. Feed checks are runtime/feeds.py, the cache of values that depend on
-the input shapes alone runtime/shape_cache.py, per-layer choices runtime/planner.py.
+the input shapes alone runtime/shape_cache.py, per-layer choices runtime/planner.py, host/GPU placement runtime/placement.py.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from typing import Any, Callable, Mapping, NamedTuple, Sequence
 import numpy as np
 
 from kernels import registry
-from kernels.core.device import is_device_array, shape_stand_in, to_numpy
+from kernels.core.device import is_device_array, to_numpy
 from kernels.core.layouts import dense_tensor, dense_view_2d
 
 from . import planner
@@ -31,6 +31,7 @@ from .format import load
 from .fuse import fuse as fuse_graph
 from .feeds import check_feeds
 from .graph import Graph
+from .placement import place
 from .planner import PLAN_MODES, rows_bucket
 from .shape_cache import ShapeCache
 
@@ -157,8 +158,8 @@ class InferenceSession:
         for set_threads in self._thread_setters:
             set_threads(self.threads)
         env = list(self._template)
-        fed = check_feeds(input_feed, self._input_slots, self._on_gpu)
-        self._feed(env, fed)
+        fed = check_feeds(input_feed, self._input_slots, self._placement.on_gpu)
+        self._placement.feed(env, fed)
         shapes = tuple(tuple(a.shape) for _, a in fed)
         cached = self._shape_cache.get(shapes)
         if cached is not None:
@@ -200,15 +201,9 @@ class InferenceSession:
             for set_threads in self._thread_setters:
                 set_threads(self.threads)
             env = list(self._template)
-            self._feed(env, check_feeds(input_feed, self._input_slots, self._on_gpu))
+            self._placement.feed(env, check_feeds(input_feed, self._input_slots, self._placement.on_gpu))
             execute(self._steps, env, times=times if rep else None)
         return [(p, float(np.median(t))) for p, t in zip(self._planned, times)]
-
-    def _feed(self, env: list, fed: list) -> None:
-        """Put checked feeds in their slots; numpy feeds a GPU node reads are uploaded (once)."""
-        for slot, array in fed:
-            upload = self._uploads.get(slot)
-            env[slot] = upload(array) if upload is not None and isinstance(array, np.ndarray) else array
 
     # --- planning -------------------------------------------------------------------------
     def _plan(self, graph: Graph) -> None:
@@ -247,7 +242,8 @@ class InferenceSession:
             raw_steps.append((run, ins, outs))
             self._planned.append(PlannedNode(node.name, node.op, layout, backend))
 
-        self._plan_devices(graph, raw_steps, slots)
+        self._placement = place(graph, [p.backend for p in self._planned], raw_steps, slots)
+        self.host_transfers = self._placement.host_transfers
         keep = constant_slots | {slots[o] for o in output_names} | {0}
         frees_at: dict[int, list[int]] = {}
         for s, k in last_use.items():
@@ -265,32 +261,6 @@ class InferenceSession:
         self._template = template
         self._slots = slots
         self._default_out_slots = [slots[v.name] for v in graph.outputs]
-
-    def _plan_devices(self, graph: Graph, raw_steps: list, slots: dict[str, int]) -> None:
-        """A session with GPU nodes: host nodes get their device-array inputs copied to the
-        host (Shape / Size only a shape stand-in: no copy), and the feeds a GPU node reads
-        are uploaded once per run, by the backend of the first GPU node that reads them.
-        ``host_transfers`` counts the host nodes that read a device value (the plan's round
-        trips); a CPU session is left exactly as it was."""
-        self._uploads: dict[int, Any] = {}
-        self.host_transfers = 0
-        gpu = [p.backend in registry.GPU_BACKENDS for p in self._planned]
-        self._on_gpu = any(gpu)
-        if not self._on_gpu:
-            return
-        on_device = set()                      # slots a GPU node writes (device values)
-        feeds = {slots[v.name] for v in graph.inputs}
-        for k, (node, (run, ins, outs)) in enumerate(zip(graph.nodes, raw_steps)):
-            if gpu[k]:
-                to_device = getattr(registry.backend_module(self._planned[k].backend), "to_device", None)
-                for s in ins:
-                    if s in feeds and s not in self._uploads and to_device is not None:
-                        self._uploads[s] = to_device
-                on_device.update(outs)
-                continue
-            if any(s in on_device or s in feeds for s in ins):
-                self.host_transfers += any(s in on_device for s in ins) and node.op not in ("Shape", "Size")
-                raw_steps[k] = (_on_host(run, node.op), ins, outs)
 
     def _planned_layer(self, node, graph: Graph, layout: str, backend: str, attrs: dict):
         """A planner.PlannedLayer for a Linear/Conv whose weight has more than one candidate
@@ -339,16 +309,6 @@ class InferenceSession:
             raise ValueError(f"unknown output {name!r}; the model's outputs are: "
                              f"{', '.join(o.name for o in self._outputs)}")
         return self._slots[name]
-
-
-def _on_host(run, op: str):
-    """``run`` (a host kernel) with its device-array inputs brought to the host first; Shape
-    and Size read only the shape, so they get a stand-in without the data."""
-    convert = shape_stand_in if op in ("Shape", "Size") else to_numpy
-
-    def host_run(*inputs):
-        return run(*[convert(a) if is_device_array(a) else a for a in inputs])
-    return host_run
 
 
 class Step(NamedTuple):

@@ -388,7 +388,7 @@ def _linear(layout, name, x, t, bias, attrs, tol=None, tags=()):
     tol = tol or gemm_tolerance(aq, attrs.get("activation", "none"))
     if layout == "bsr" and aq == "none":
         # Triton's bsr kernel takes float activations through its float16 path, for float and
-        # for int8 values alike (kernels/triton_gpu/bsr_linear.py)
+        # for int8 values alike (kernels/triton_gpu/sparse.py)
         tol = {"*": tol, "triton": FP16_DOT}
     return _case("Linear", layout, name, (x, t, bias), attrs, (1, 2), tol, tags)
 
@@ -1200,7 +1200,7 @@ class Refusal:
 
 REFUSALS = [
     Refusal("triton", "Linear", ("int4_grouped",), lambda c: c.attrs["act_quant"] != "none", ValueError, "weight-only",
-            "kernels/triton_gpu/weight_only.py: int4 is weight-only (act_quant 'none')"),
+            "kernels/triton_gpu/int4.py: int4 is weight-only (act_quant 'none')"),
     Refusal("triton", "Linear", ("int8", "int4_grouped", "bsr"), lambda c: "non_float32_x" in c.tags, ValueError,
             "must be float32", "kernels/triton_gpu/_common.py rows_of: the Triton kernels read float32 X"),
 ]

@@ -483,7 +483,7 @@ QUANTIZE_TIES = {"dynamic": [8.496261596679688, 4.248130798339844], "static": [2
 @pytest.mark.parametrize("act", ["dynamic", "static", "static_z0"])
 def test_quantize_matches_the_reference(device, shape, act):
     from kernels.cupy_gpu.quantize import dequantize_rows, quantize_rows
-    from kernels.reference.packed import PackedGemm
+    from kernels.reference.packed import PackedPlan
     rng = _rng("quantize", shape, act)
     x = (rng.standard_normal(shape) * 1.5).astype(np.float32)
     if shape[0] > 2:
@@ -494,7 +494,7 @@ def test_quantize_matches_the_reference(device, shape, act):
         x[3, : len(QUANTIZE_TIES[act])] = QUANTIZE_TIES[act]
     attrs = ACTS[act]
     t = pack_sparse_case(rng, "csr", 2, shape[1])
-    ref = PackedGemm(t, attrs["act_quant"], attrs.get("act_scale"), attrs.get("act_zero_point", 0))
+    ref = PackedPlan(t, attrs["act_quant"], attrs.get("act_scale"), attrs.get("act_zero_point", 0))
     want_q, want_s = ref.quantize_rows(x)
     z = attrs.get("act_zero_point", 0)
     qx, x_scale, step = quantize_rows(_common.to_device(x), attrs["act_quant"], attrs.get("act_scale", 1.0), z)

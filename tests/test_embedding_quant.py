@@ -126,7 +126,7 @@ def test_numba_kernels_write_every_element():
     from kernels.numba_cpu import gather as nb
     for layout, opts in TABLE_CASES:
         t = _table(layout, opts)
-        plan = nb._Table(t)
+        plan = nb.TablePlan(t)
         idx = np.array([5, -1, 3, 5], np.int64)
         out = np.full((4, 37), np.nan, np.float32)          # poisoned: an unwritten element fails
         if layout == "int8":
@@ -141,10 +141,10 @@ def test_native_binding_writes_every_element_and_checks_its_arguments():
     if registry.backend_status("native") is not None:
         pytest.skip(f"native unavailable: {registry.backend_status('native')}")
     from kernels.native_cpu import _native
-    from kernels.native_cpu.gather import NativeTable
+    from kernels.native_cpu.gather import TablePlan
     for layout, opts in TABLE_CASES:
         t = _table(layout, opts)
-        p = NativeTable(t)
+        p = TablePlan(t)
         for idx in (np.array([5, -1, 3, 5], np.int32), np.array([5, -1, 3, 5], np.int64)):
             out = np.full((4, 37), np.nan, np.float32)
             if layout == "int8":
@@ -153,7 +153,7 @@ def test_native_binding_writes_every_element_and_checks_its_arguments():
                 bad = _native.gather_int4_rows(p.qdata, p.scale, p.zero_point, 37, p.group_size, idx, out)
             assert bad == -1
             assert np.array_equal(_bits(out), _bits(t.to_dense()[[5, 49, 3, 5]])), (layout, opts)
-    p = NativeTable(_table("int8", {}))
+    p = TablePlan(_table("int8", {}))
     out = np.full((2, 37), np.nan, np.float32)
     assert _native.gather_int8_rows(p.qdata, p.scale, None, np.array([1, 50], np.int64), out) == 1
     assert np.isnan(out).all()                              # nothing written before the check

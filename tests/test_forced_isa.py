@@ -4,7 +4,7 @@ kernel files and the fused kernels), with
 
     QRT_NATIVE_ISA=avx2   the native backend's int8 / sparse / int4 / fused paths capped at AVX2
     QRT_NUMBA_ISA=avx2    numba compiling for an AVX2 + FMA target (no AVX-512: the portable
-                          int8 GEMM, the G4 sparse path, S16 in its portable form)
+                          int8 GEMM, the ValueGroups sparse path, Ell in its portable form)
 
 so a machine with AVX-512 keeps the AVX2 paths honest, including the tests' own assumptions
 about which path runs. On a CPU without AVX-512 the main run already takes the AVX2 paths, so

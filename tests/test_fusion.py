@@ -286,20 +286,20 @@ def test_numba_int8_fused_activation_matches_reference(activation, m, k, n, use_
     """The fused epilogue against the reference int8 Linear followed by the reference
     activation: the GEMM part is exact, so the only error is the numba activation formula's
     (ELEMENTWISE_RTOL / GELU_ATOL of tests/test_numba_ops.py; ReLU exact)."""
-    from kernels.numba_cpu import int8_gemm, isa, vnni
+    from kernels.numba_cpu import int8, isa, vnni
     if use_vnni and not vnni.has_vnni():
         pytest.skip(f"the VNNI GEMM needs AVX-512 VNNI; numba compiles for {isa.describe()}")
     rng = _rng("int8-act", activation, m, k, n)
     t = pack_int8("w", rng.standard_normal((n, k)).astype(np.float32))
     x = rng.standard_normal((m, k)).astype(np.float32)
     bias = rng.standard_normal(n).astype(np.float32)
-    plan = int8_gemm.Int8Plan("Linear", t, "dynamic", use_vnni=use_vnni)
+    plan = int8.Int8Plan("Linear", t, "dynamic", use_vnni=use_vnni)
     attrs = registry.fill_attrs("Linear", {"act_quant": "dynamic", "activation": activation})
     want = registry.build("Linear", "int8", "reference", attrs, {1: t})(x, t, bias)[0]
     outs = []
     for nthreads in (1, 2):
         threads(nthreads)
-        outs.append(int8_gemm.int8_linear(x, plan, bias, activation))
+        outs.append(int8.int8_linear(x, plan, bias, activation))
     np.testing.assert_array_equal(outs[0], outs[1])
     if activation == "relu":
         np.testing.assert_array_equal(outs[0], want)

@@ -190,7 +190,7 @@ def _valid_cases(rng):
     ]
     if hasattr(_native, "sparse_int8_csr"):
         # the sparse bindings (csrc/bind_sparse.cpp), with their fields as kernels/core/layouts.py
-        # stores them and kernels/native_cpu/sparse_int8.py passes them
+        # stores them and kernels/native_cpu/sparse.py passes them
         ns, ks = 4 * int(rng.integers(1, 17)), 8 * int(rng.integers(1, 13))
         dense = rng.standard_normal((ns, ks)).astype(np.float32)
         mask = rng.random((ns, ks)) < 0.3

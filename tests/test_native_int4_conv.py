@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from kernels import registry
-from kernels.reference.packed import PackedGemm, packed_conv_ref, packed_linear_ref
+from kernels.reference.packed import PackedPlan, packed_conv_ref, packed_linear_ref
 from kernels.core import layouts
 from runtime.convert.prune import nm_mask
 
@@ -26,8 +26,8 @@ pytestmark = [pytest.mark.skipif(_REASON is not None, reason=f"native backend un
 
 if _REASON is None:
     from kernels.native_cpu import _native
-    from kernels.native_cpu.conv import NativeConv, native_conv
-    from kernels.native_cpu.int4_linear import NativeInt4Linear, int4_linear
+    from kernels.native_cpu.conv import ConvPlan, native_conv
+    from kernels.native_cpu.int4 import Int4Plan, int4_linear
     INT4_ISAS = tuple(_native.int4_isas())
     INT8_ISAS = tuple(_native.int8_isas())
     from kernels.native_cpu import cpu_features
@@ -88,8 +88,8 @@ def test_int4_linear_matches_reference(m, n, k, g, symmetric, threads):
     t = layouts.pack_int4_grouped("w", w, group_size=g, symmetric=symmetric)
     x = rng.standard_normal((m, k)).astype(np.float32)
     bias = rng.standard_normal(n).astype(np.float32)
-    ref = packed_linear_ref(x, PackedGemm(t, "none"), bias).astype(np.float64)
-    plan = NativeInt4Linear(t)
+    ref = packed_linear_ref(x, PackedPlan(t, "none"), bias).astype(np.float64)
+    plan = Int4Plan(t)
     bound = _int4_bound(x, t, k, bias)
     for isa in INT4_ISAS:
         if g % INT4_STEP.get(isa, 2):
@@ -136,7 +136,7 @@ def test_int4_auto_path_follows_the_forced_int8_path(int8_isa):
         for g in (64, 16, 6):
             want = next(i for i in INT4_ISAS
                         if order.index(i) >= order.index(cap[forced]) and g % INT4_STEP.get(i, 2) == 0)
-            w = NativeInt4Linear(layouts.pack_int4_grouped("w", rng.standard_normal((5, 96)).astype(np.float32),
+            w = Int4Plan(layouts.pack_int4_grouped("w", rng.standard_normal((5, 96)).astype(np.float32),
                                                            group_size=g)).packed
             assert w.isa == want, (forced, g)
             assert np.array_equal(_native.int4_linear(w, x), _native.int4_linear(w, x, None, want))
@@ -225,8 +225,8 @@ def test_conv_integer_modes_bit_exact(case, layout, act, threads, int8_isa):
     t = _packed(layout, w, rng)
     quant = dict(act_quant=act, act_scale=0.03, act_zero_point=5) if act == "static" else dict(act_quant=act)
     kw = dict(strides=strides, pads=pads, dilations=dilations)
-    ref = packed_conv_ref(x, PackedGemm(t, op="Conv", **quant), bias, group=group, **kw)
-    plan = NativeConv(t, group, **quant)
+    ref = packed_conv_ref(x, PackedPlan(t, op="Conv", **quant), bias, group=group, **kw)
+    plan = ConvPlan(t, group, **quant)
     for isa in INT8_ISAS:
         int8_isa(isa)
         for nt in (1, 2):
@@ -235,7 +235,7 @@ def test_conv_integer_modes_bit_exact(case, layout, act, threads, int8_isa):
             assert y.dtype == np.float32 and y.shape == ref.shape
             assert np.array_equal(y, ref), f"{isa}, {nt} threads: max diff {np.max(np.abs(y - ref))}"
     assert np.array_equal(native_conv(x, plan, None, **kw),
-                          packed_conv_ref(x, PackedGemm(t, op="Conv", **quant), None, group=group, **kw))
+                          packed_conv_ref(x, PackedPlan(t, op="Conv", **quant), None, group=group, **kw))
 
 
 def test_conv_sparse_weight_only_and_3d_fallback():
@@ -243,25 +243,25 @@ def test_conv_sparse_weight_only_and_3d_fallback():
     x = rng.standard_normal((1, 4, 6, 6)).astype(np.float32)
     w = rng.standard_normal((4, 2, 3, 3)).astype(np.float32)
     t = layouts.pack_csr("w", w, rng.random(w.shape) > 0.5)           # float values: act_quant none
-    y = native_conv(x, NativeConv(t, 2), None, pads=[1, 1, 1, 1])
-    ref = packed_conv_ref(x, PackedGemm(t, op="Conv"), None, pads=[1, 1, 1, 1], group=2)
+    y = native_conv(x, ConvPlan(t, 2), None, pads=[1, 1, 1, 1])
+    ref = packed_conv_ref(x, PackedPlan(t, op="Conv"), None, pads=[1, 1, 1, 1], group=2)
     np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
     x3 = rng.standard_normal((1, 2, 4, 4, 4)).astype(np.float32)      # 3-D: the reference driver
     t3 = layouts.pack_int8("w", rng.standard_normal((3, 2, 2, 2, 2)).astype(np.float32))
-    y3 = native_conv(x3, NativeConv(t3, 1, "dynamic"), None)
-    assert np.array_equal(y3, packed_conv_ref(x3, PackedGemm(t3, "dynamic", op="Conv"), None))
+    y3 = native_conv(x3, ConvPlan(t3, 1, "dynamic"), None)
+    assert np.array_equal(y3, packed_conv_ref(x3, PackedPlan(t3, "dynamic", op="Conv"), None))
 
 
 def test_conv_bad_inputs():
     rng = _rng("conv-bad")
     t = layouts.pack_int8("w", rng.standard_normal((4, 2, 3, 3)).astype(np.float32))
     with pytest.raises(ValueError, match="group"):
-        NativeConv(t, 3, "dynamic")
+        ConvPlan(t, 3, "dynamic")
     with pytest.raises(TypeError, match="initializer in a packed layout"):   # kernels/gemm_front.py checks
         registry.lookup("Conv", "int8", "native")({"act_quant": "dynamic"}, {1: rng.standard_normal((4, 2, 3, 3))})
     with pytest.raises(ValueError, match="act_quant"):
-        NativeConv(t, 1, "int8")
-    plan = NativeConv(t, 2, "dynamic")
+        ConvPlan(t, 1, "int8")
+    plan = ConvPlan(t, 2, "dynamic")
     with pytest.raises(ValueError, match="do not match"):
         native_conv(rng.standard_normal((1, 3, 5, 5)).astype(np.float32), plan)
     with pytest.raises(ValueError, match="bias"):

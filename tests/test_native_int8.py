@@ -1,4 +1,4 @@
-"""native int8 Linear (csrc/int8_gemm*.cpp, kernels/native_cpu/int8_linear.py) against the reference.
+"""native int8 Linear (csrc/int8_gemm*.cpp, kernels/native_cpu/int8.py) against the reference.
 
 Every comparison is with the reference kernel of ("Linear", "int8") on the same packed weight,
 never with another fast kernel. For act_quant "dynamic" and "static" the native kernel computes

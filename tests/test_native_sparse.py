@@ -1,4 +1,4 @@
-"""native sparse int8 Linear (csrc/sparse_int8*.cpp, kernels/native_cpu/sparse_int8.py) against the
+"""native sparse int8 Linear (csrc/sparse_gemm*.cpp, kernels/native_cpu/sparse.py) against the
 reference.
 
 Every comparison is with the reference kernel of ("Linear", layout) on the same packed weight,
@@ -31,12 +31,12 @@ pytestmark = [pytest.mark.skipif(_REASON is not None, reason=f"native backend un
 
 if _REASON is None:
     from kernels.native_cpu import _native
-    from kernels.native_cpu.sparse_int8 import pack_sparse
+    from kernels.native_cpu.sparse import pack_sparse
     ISAS = tuple(_native.int8_isas())            # fastest first; "scalar" always
     VNNI = "avx512_vnni" in ISAS                 # the AVX-512 kernels: "ell", "quad_tiles"
     AVX2 = "avx2" in ISAS                        # the AVX2 kernel: "ell_avx2"
     VECTOR = VNNI or AVX2
-    # byte-lane ELL is built everywhere but on VNNI CPUs without VBMI (csrc/sparse_int8.h)
+    # byte-lane ELL is built everywhere but on VNNI CPUs without VBMI (csrc/sparse_gemm.h)
     BYTE_LANES = _native.sparse_has_vbmi() or not VNNI
     LANES = ("byte", "dword") if _native.sparse_has_vbmi() else ("dword",)   # AVX-512 ELL
     AVX2_LANES = ("byte", "dword") if BYTE_LANES else ("dword",)
@@ -48,7 +48,7 @@ from kernels.core.bounds import MAX_K_INT32  # vector paths up to here
 
 # exact integer accumulation + the reference's float64 epilogue, same order: identical bits
 INT8_ATOL = 0.0
-# act_quant "none" is a float32 BLAS matmul of the densified weight (sparse_int8.py docstring):
+# act_quant "none" is a float32 BLAS matmul of the densified weight (sparse.py docstring):
 # each of the K products and K - 1 sums rounds to float32, the classical bound of a recursive
 # float32 dot product, (K + 2) * 2^-24 * sum |x w| (+ the bias and the reference's own rounding)
 WEIGHT_ONLY_ERR_PER_TERM = 2.0 ** -24
@@ -197,7 +197,7 @@ def test_every_path_exact_and_fully_written(case, restore_native_state):
 @pytest.mark.skipif(not AVX2, reason="the CPU has no AVX2")
 @pytest.mark.parametrize("case", SPARSE_CASES, ids=_case_id)
 def test_avx2_kernel_on_awkward_shapes(case, restore_native_state):
-    """The AVX2 kernel (csrc/sparse_int8_avx2.cpp) with the ISA forced to "avx2": the automatic
+    """The AVX2 kernel (csrc/sparse_gemm_avx2.cpp) with the ISA forced to "avx2": the automatic
     path must be "ell_avx2" (asserted, so that a fall back to the scalar path fails here), for
     each lane kind it reads and the auto packing, M = 1 to 16 (the 4-row groups, their 3 / 2 / 1
     row remainders), dynamic and static activations (z != 0 and z = 0), with and without bias,
@@ -259,7 +259,7 @@ def test_automatic_path_choice(restore_native_state):
 @pytest.mark.parametrize("layout,block", [("csr", None), ("bsr", (4, 4)), ("bsr", (1, 4)), ("bsr", (16, 1)),
                                           ("nm", None)])
 def test_thread_count_does_not_change_results(layout, block, restore_native_state):
-    """Sizes above the parallel threshold (csrc/sparse_int8.cpp kParallelMinWork), every path:
+    """Sizes above the parallel threshold (csrc/sparse_gemm.cpp kParallelMinWork), every path:
     1, 2 and 3 threads give the reference's bits."""
     rng = _rng("threads", layout, block)
     t = pack_sparse_case(rng, layout, 512, 768, "magnitude0.7" if layout == "csr" else "block0.5", block=block or (1, 4))
@@ -367,7 +367,7 @@ def test_input_ranks(shape, layout):
 
 def test_non_contiguous_input_bias_dtypes_and_other_float_dtypes():
     """A strided X is copied by the wrapper; float64 / float16 biases; float64 / float16 X run
-    the reference's arithmetic (sparse_int8.py docstring)."""
+    the reference's arithmetic (sparse.py docstring)."""
     rng = _rng("layouts")
     t = pack_sparse_case(rng, "csr", 20, 30)
     run = registry.lookup("Linear", "csr", "native")(STATIC, {1: t})
@@ -527,7 +527,7 @@ def test_fuzzed_weights_raise_or_match_the_reference():
     """Malformed fields (a random byte flipped, truncated, another dtype, shuffled, empty, not
     contiguous): the binding either raises TypeError / ValueError, or accepts a weight that is
     valid and gives the reference's bits on every path. Never a crash, never a wrong answer."""
-    from kernels.reference.packed import PackedGemm, packed_linear_ref
+    from kernels.reference.packed import PackedPlan, packed_linear_ref
     from kernels.core.layouts import PackedTensor
     rng = _rng("fuzz")
     base = {"csr": pack_sparse_case(rng, "csr", 12, 40), "bsr": pack_sparse_case(rng, "bsr", 12, 40, block=(2, 4)),
@@ -561,7 +561,7 @@ def test_fuzzed_weights_raise_or_match_the_reference():
         accepted += 1
         t2 = PackedTensor(t.name, layout, t.dtype, t.shape, {**fields, "scale": t.fields["scale"]}, t.params)
         x = _x(rng, (3, t.shape[1]))
-        ref = packed_linear_ref(x, PackedGemm(t2, "dynamic"))
+        ref = packed_linear_ref(x, PackedPlan(t2, "dynamic"))
         for path in ("auto", "scalar"):
             _assert_same(_native.sparse_int8_linear(w, x, path=path), ref, f"fuzz {i} {layout} {name} op {op} {path}")
     assert accepted > 0            # some mutations are harmless (a value byte): those are compared

@@ -1,4 +1,4 @@
-"""numba int8 Linear / Conv (kernels/numba_cpu/int8_gemm.py, vnni.py) against the reference.
+"""numba int8 Linear / Conv (kernels/numba_cpu/int8.py, vnni.py) against the reference.
 
 Every comparison is with the reference kernel of the same (op, "int8") on the same packed
 weight, never with another fast kernel. For act_quant "dynamic" and "static" the numba kernels
@@ -28,7 +28,7 @@ pytestmark = [pytest.mark.skipif(_REASON is not None, reason=f"numba backend una
               pytest.mark.isa]   # CPU-specific paths: tests/test_forced_isa.py runs them forced to AVX2
 
 if _REASON is None:
-    from kernels.numba_cpu import int8_gemm, vnni
+    from kernels.numba_cpu import int8, vnni
     HAS_VNNI = vnni.has_vnni()
 else:  # pragma: no cover
     HAS_VNNI = False
@@ -124,11 +124,11 @@ def test_int32_accumulator_bound(k):
     x = np.full((2, k), 1e3, np.float32)
     x[1, ::3] = -1e3
     acfg = {"act_quant": "static", "act_scale": 0.5, "act_zero_point": -128}
-    plan = int8_gemm.Int8Plan("Linear", t, **acfg)
+    plan = int8.Int8Plan("Linear", t, **acfg)
     assert plan.groups[0].use_vnni == (HAS_VNNI and k <= MAX_K_INT32)
     ref = _run("Linear", "reference", acfg, t, x, None)
     assert abs(float(ref[0, 0])) > 0
-    _assert_same(int8_gemm.int8_linear(x, plan), ref, f"K={k}")
+    _assert_same(int8.int8_linear(x, plan), ref, f"K={k}")
 
 
 def test_fused_quantization_equals_quant_py():
@@ -176,7 +176,7 @@ def test_output_fully_written():
     for use_vnni in ([True, False] if HAS_VNNI else [False]):
         for m, n, k in [(1, 1, 1), (33, 65, 100), (5, 200, 7), (4, 64, 64)]:
             t = _weight(rng, (n, k), symmetric=m % 2 == 0)
-            plan = int8_gemm.Int8Plan("Linear", t, "dynamic", use_vnni=use_vnni)
+            plan = int8.Int8Plan("Linear", t, "dynamic", use_vnni=use_vnni)
             gemm = plan.groups[0]
             x = _input(rng, (m, k))
             b = rng.standard_normal(n).astype(np.float32)
@@ -196,9 +196,9 @@ def test_vnni_and_portable_identical():
             t = _weight(rng, (200, 300), **wcfg)
             x = _input(rng, (37, 300), zero_rows=True)
             b = rng.standard_normal(200).astype(np.float32)
-            fast = int8_gemm.int8_linear(x, int8_gemm.Int8Plan("Linear", t, **acfg, use_vnni=True), b)
-            slow = int8_gemm.int8_linear(x, int8_gemm.Int8Plan("Linear", t, **acfg, use_vnni=False), b)
-            assert int8_gemm.Int8Plan("Linear", t, **acfg).groups[0].use_vnni
+            fast = int8.int8_linear(x, int8.Int8Plan("Linear", t, **acfg, use_vnni=True), b)
+            slow = int8.int8_linear(x, int8.Int8Plan("Linear", t, **acfg, use_vnni=False), b)
+            assert int8.Int8Plan("Linear", t, **acfg).groups[0].use_vnni
             assert np.array_equal(fast, slow), f"{wcfg} {acfg}"
 
 
@@ -208,13 +208,13 @@ def test_forced_fallback_env_in_subprocess():
     code = r"""
 import numpy as np, sys
 from kernels import registry
-from kernels.numba_cpu import vnni, int8_gemm
+from kernels.numba_cpu import vnni, int8
 from kernels.core.layouts import pack_int8
 assert not vnni.has_vnni()
 rng = np.random.default_rng(7)
 t = pack_int8("w", rng.standard_normal((65, 100)).astype(np.float32), symmetric=False)
 x = rng.standard_normal((17, 100)).astype(np.float32)
-assert not int8_gemm.Int8Plan("Linear", t, "dynamic").groups[0].use_vnni
+assert not int8.Int8Plan("Linear", t, "dynamic").groups[0].use_vnni
 y = registry.lookup("Linear", "int8", "numba")({"act_quant": "dynamic"}, {1: t})(x, t, None)[0]
 np.save(sys.argv[1], y)
 """

@@ -138,27 +138,27 @@ def test_sparse_linear_matches_reference(case, act, m):
 # --- every kernel path, serial and parallel, with a poisoned output ---------------------------
 
 PATH_CASES = [  # (path, layout, block, M) -- the layout/M that reaches the path
-    ("S16", "csr", None, 1), ("S16", "csr", None, 33), ("S16", "nm", None, 6),
-    ("S16", "bsr", (16, 1), 20), ("S16", "bsr", (1, 4), 3),
-    ("G4", "csr", None, 1), ("G4", "csr", None, 33), ("G4", "bsr", (2, 2), 17),
-    ("BQ4", "bsr", (4, 8), 17), ("BQ4", "bsr", (8, 4), 40),
-    ("RowQuads", "bsr", (1, 4), 16), ("RowQuads", "bsr", (2, 8), 33),
+    ("ell", "csr", None, 1), ("ell", "csr", None, 33), ("ell", "nm", None, 6),
+    ("ell", "bsr", (16, 1), 20), ("ell", "bsr", (1, 4), 3),
+    ("value_groups", "csr", None, 1), ("value_groups", "csr", None, 33), ("value_groups", "bsr", (2, 2), 17),
+    ("block_quad_tiles", "bsr", (4, 8), 17), ("block_quad_tiles", "bsr", (8, 4), 40),
+    ("quad_tiles", "bsr", (1, 4), 16), ("quad_tiles", "bsr", (2, 8), 33),
     ("int64", "csr", None, 5),
 ]
 
 
 @pytest.fixture
 def force_path(monkeypatch):
-    """Make ``path`` the one SparseGemm takes, on any CPU. S16 is the path of targets with
+    """Make ``path`` the one SparsePlan takes, on any CPU. Ell is the path of targets with
     AVX-512 VBMI; on others (AVX2-only CPUs, or QRT_NUMBA_ISA=avx2) it is forced and runs its
     portable form (sparse._vpermi2b: one byte load per lane instead of vpermi2b, and the
-    portable vpdpbusd), so the S16 algorithm is checked from every machine; G4 is what such a
+    portable vpdpbusd), so the Ell algorithm is checked from every machine; ValueGroups is what such a
     CPU takes by itself, and is forced here on VBMI targets."""
     def force(path):
-        if path == "S16":
-            monkeypatch.setattr(sparse, "USE_S16", True)
-        if path == "G4":
-            monkeypatch.setattr(sparse, "USE_S16", False)
+        if path == "ell":
+            monkeypatch.setattr(sparse, "USE_ELL", True)
+        if path == "value_groups":
+            monkeypatch.setattr(sparse, "USE_ELL", False)
         if path == "int64":
             monkeypatch.setattr(sparse, "MAX_INT32_K", 8)
     return force
@@ -174,7 +174,7 @@ def test_every_path_exact_and_fully_written(case, parallel, act, force_path, mon
     rng = _rng("path", case, parallel, act)
     n, k = 48, 264
     t = pack_sparse_case(rng, layout, n, k, block=block or (1, 4))
-    gemm = sparse.SparseGemm(t, **ACTS[act])
+    gemm = sparse.SparsePlan(t, **ACTS[act])
     assert gemm.path(m) == path
     x = _x(rng, (m, k))
     bias = rng.standard_normal(n)
@@ -186,12 +186,12 @@ def test_every_path_exact_and_fully_written(case, parallel, act, force_path, mon
 
 def test_path_choice():
     rng = _rng("choice")
-    csr = sparse.SparseGemm(pack_sparse_case(rng, "csr", 16, 64), "dynamic")
-    assert csr.path(1) == ("S16" if sparse.HAS_VBMI else "G4")
-    assert sparse.SparseGemm(pack_sparse_case(rng, "csr", 16, 64, quant="none"), "none").path(4) == "f64"
-    b44 = sparse.SparseGemm(pack_sparse_case(rng, "bsr", 16, 64, block=(4, 4)), "dynamic")
-    assert b44.path(sparse.BSR_QUADS_MIN_M) == "BQ4"
-    assert b44.path(1) == ("S16" if sparse.HAS_VBMI else "G4")
+    csr = sparse.SparsePlan(pack_sparse_case(rng, "csr", 16, 64), "dynamic")
+    assert csr.path(1) == ("ell" if sparse.HAS_VBMI else "value_groups")
+    assert sparse.SparsePlan(pack_sparse_case(rng, "csr", 16, 64, quant="none"), "none").path(4) == "f64"
+    b44 = sparse.SparsePlan(pack_sparse_case(rng, "bsr", 16, 64, block=(4, 4)), "dynamic")
+    assert b44.path(sparse.BSR_QUADS_MIN_M) == "block_quad_tiles"
+    assert b44.path(1) == ("ell" if sparse.HAS_VBMI else "value_groups")
 
 
 @pytest.mark.parametrize("layout,block", [("csr", None), ("bsr", (4, 4)), ("bsr", (1, 16)), ("nm", None)])
@@ -225,7 +225,7 @@ def test_int32_accumulator_at_its_bound():
         t = layouts.pack("csr", "w", w, np.ones((2, k), bool), quant="int8")     # qw = +-127
         attrs = {"act_quant": "static", "act_scale": 0.01, "act_zero_point": -128}
         x = np.full((1, k), 2.56, np.float32)                     # rint(256) - 128 -> qx = 127
-        assert (sparse.SparseGemm(t, **attrs).path(1) == "int64") == (k > sparse.MAX_INT32_K)
+        assert (sparse.SparsePlan(t, **attrs).path(1) == "int64") == (k > sparse.MAX_INT32_K)
         y = _assert_linear(t, attrs, x)
         assert abs(float(y[0, 0]) - k * 255 * 127 * 0.01 / 127) <= 1e-5 * abs(float(y[0, 0]))
 

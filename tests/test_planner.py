@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from kernels import registry
-from kernels.reference.packed import PackedGemm, packed_linear_ref
+from kernels.reference.packed import PackedPlan, packed_linear_ref
 from runtime import InferenceSession, planner
 from runtime.graph import Graph, Node, Value
 from kernels.core.layouts import dense_tensor, pack
@@ -61,8 +61,8 @@ def test_sparse_int8_equivalent_is_bit_identical(layout, act, per_channel):
     np.testing.assert_array_equal(d.to_dense(), t.to_dense())
     x = np.random.default_rng(2).standard_normal((5, 32)).astype(np.float32)
     gemm = {k: v for k, v in act.items() if k != "act_quant"}
-    want = packed_linear_ref(x, PackedGemm(t, act["act_quant"], **gemm))
-    got = packed_linear_ref(x, PackedGemm(d, act["act_quant"], **gemm))
+    want = packed_linear_ref(x, PackedPlan(t, act["act_quant"], **gemm))
+    got = packed_linear_ref(x, PackedPlan(d, act["act_quant"], **gemm))
     np.testing.assert_array_equal(got, want)
 
 

@@ -45,10 +45,10 @@ pytestmark = pytest.mark.skipif(_REASON is not None, reason=f"triton backend una
 if _REASON is None:
     import torch
 
-    from kernels.triton_gpu import DEVICE, bsr_linear, weight_only
+    from kernels.triton_gpu import DEVICE, int4, sparse
     from kernels.triton_gpu import _common as triton_common
 else:  # pragma: no cover
-    torch = triton_common = bsr_linear = weight_only = DEVICE = None
+    torch = triton_common = int4 = sparse = DEVICE = None
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -314,7 +314,7 @@ def test_weight_only_fp16_dot(layout):
     k, n = 96, 13
     w = rng.standard_normal((n, k)).astype(np.float32)
     t = pack_int4_grouped("w", w, group_size=32) if layout == "int4_grouped" else pack_int8("w", w)
-    plan = weight_only.WeightOnlyPlan(t, dot="fp16")
+    plan = int4.Int4Plan(t, dot="fp16")
     assert plan.dot == "fp16"
     b = rng.standard_normal(n).astype(np.float32)
     for m in MS:
@@ -397,7 +397,7 @@ def test_bsr_repack_tiles_hold_exactly_the_stored_blocks(shape):
     rng = _rng("repack", shape)
     mask = _bsr_mask(rng, n, k, block_shape, 0.4)
     t = pack_bsr("w", rng.standard_normal((n, k)).astype(np.float32), mask, block_shape=block_shape, quant="int8")
-    plan = bsr_linear.BsrPlan(t, "dynamic")
+    plan = sparse.SparsePlan(t, "dynamic")
     bn, bk = plan.bn, plan.bk
     tiles, ptr, tk = (a.cpu().numpy() for a in (plan.tiles, plan.tile_ptr, plan.tile_k))
     nt, kt = -(-n // bn), -(-k // bk)
@@ -418,11 +418,11 @@ def test_bsr_repack_tiles_hold_exactly_the_stored_blocks(shape):
 
 
 def test_bsr_kernel_tile_prefers_block_aligned_tiles():
-    assert bsr_linear.kernel_tile((32, 64), int8=True) == (32, 64)
-    assert bsr_linear.kernel_tile((64, 256), int8=True) == (64, 128)
-    assert bsr_linear.kernel_tile((16, 16), int8=True) == (16, 32)        # int8 mma needs K >= 32
-    assert bsr_linear.kernel_tile((16, 16), int8=False) == (16, 16)
-    assert bsr_linear.kernel_tile((1, 4), int8=False) == (16, 32)
+    assert sparse.kernel_tile((32, 64), int8=True) == (32, 64)
+    assert sparse.kernel_tile((64, 256), int8=True) == (64, 128)
+    assert sparse.kernel_tile((16, 16), int8=True) == (16, 32)        # int8 mma needs K >= 32
+    assert sparse.kernel_tile((16, 16), int8=False) == (16, 16)
+    assert sparse.kernel_tile((1, 4), int8=False) == (16, 32)
 
 
 def test_bsr_refusals():

@@ -30,7 +30,7 @@ from . import _common
 from ._common import sources  # noqa: F401  (public: the CUDA sources by file name)
 from .attention import attention_factory
 from .elementwise import gelu_factory, softmax_factory
-from .linear import sparse_linear_factory
+from .sparse import sparse_linear_factory
 from .normalization import layer_normalization_factory, skip_layer_normalization_factory
 
 INSTALL_HINT = "pip install cupy-cuda12x"

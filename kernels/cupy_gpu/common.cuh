@@ -118,7 +118,7 @@ __device__ __forceinline__ float apply_activation(float y, int act) {
 //
 // Integer path: qx is int8 (M, K) row-major, the product (qx - x_zero_point) * qw is exact in
 // int32 and so is the sum as long as entries * max|qx - z| * 127 < 2^31 (the wrappers check the
-// densest row against that bound before launching, kernels/cupy_gpu/linear.py).
+// densest row against that bound before launching, kernels/cupy_gpu/sparse.py).
 
 // The integer epilogue in the reference's float64 order (kernels/reference/packed.py):
 // y = float32((s_w * acc) * s_x + b), then the activation. Every product and sum is one

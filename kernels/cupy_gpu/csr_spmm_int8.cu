@@ -7,7 +7,7 @@
 // qw int8 (nnz,) (or values float32 (nnz,) for the float path). Row n of the weight is output
 // channel n.
 //
-// Launch (kernels/cupy_gpu/linear.py): block = (32 * WARPS,), one warp per output channel
+// Launch (kernels/cupy_gpu/sparse.py): block = (32 * WARPS,), one warp per output channel
 // n = blockIdx.x * WARPS + warp; grid = (ceil(N / WARPS), row tiles), blockIdx.y walks the
 // tiles of QRT_SPARSE_ROWS rows of X (common.cuh sparse_int8_warp). No __syncthreads: a warp
 // past N returns at once.

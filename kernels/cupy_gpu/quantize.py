@@ -1,6 +1,6 @@
 """Activation quantization on the GPU (quantize.cu): the prologue of the int8 Linear kernels.
 
-Numerics are kernels/reference/packed.py's (``PackedGemm.quantize_rows``), computed in float64
+Numerics are kernels/reference/packed.py's (``PackedPlan.quantize_rows``), computed in float64
 with the same operations, so the integers and scales are the reference's bit for bit:
 
 * dynamic: s[m] = max|x_m| / 127 (1 for an all-zero row), qx = clip(rint(x / s), -127, 127);

@@ -8,8 +8,8 @@ from /proc/cpuinfo instead.
 The extension is built for baseline x86-64 (no -march=native), so kernels that need AVX2,
 AVX-512, VNNI or AMX must be picked at run time on :func:`cpu_features`.
 
-Kernels: ("Linear", "int8") in int8_linear.py (csrc/int8_gemm.cpp), ("Linear", "csr" / "bsr" /
-"nm") in sparse_int8.py (csrc/sparse_int8.cpp), ("Gather", "int8" / "int4_grouped"), the
+Kernels: ("Linear", "int8") in int8.py (csrc/int8_gemm.cpp), ("Linear", "csr" / "bsr" /
+"nm") in sparse.py (csrc/sparse_gemm.cpp), ("Gather", "int8" / "int4_grouped"), the
 quantized embedding lookup, in gather.py (csrc/embedding_gather.cpp), and others, registered
 when the extension imports. The
 feature probe imports nothing heavy (no numpy) when the extension is not built; when it is,
@@ -194,7 +194,7 @@ def _features_from_cpuinfo(text: str) -> dict[str, bool]:
 if _load_native() is not None:
     _apply_isa_env()
     if _isa_error is None:
-        from . import int8_linear, sparse_int8  # noqa: F401,E402
+        from . import int8, sparse  # noqa: F401,E402
         from . import fused  # noqa: F401,E402
-        from . import conv, int4_linear  # noqa: F401,E402
+        from . import conv, int4  # noqa: F401,E402
         from . import gather  # noqa: F401,E402

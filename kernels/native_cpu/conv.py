@@ -36,9 +36,9 @@ from kernels.reference.packed import PreparedWeight, packed_conv_ref
 from kernels.registry import register
 
 from . import _native
-from .int4_linear import NativeInt4Linear, int4_linear
-from .int8_linear import NativeInt8Linear, int8_linear
-from .sparse_int8 import SPARSE_LAYOUTS, NativeSparseLinear, sparse_linear
+from .int4 import Int4Plan, int4_linear
+from .int8 import Int8Plan, int8_linear
+from .sparse import SPARSE_LAYOUTS, SparsePlan, sparse_linear
 
 CONV_LAYOUTS = ("int8", "int4_grouped") + SPARSE_LAYOUTS
 NATIVE_SPATIAL_DIMS = (1, 2)      # other ranks: the reference driver
@@ -76,7 +76,7 @@ def _sparse_group_csr(iw, rows: slice, mg: int, kk: int):
     return _native.sparse_int8_csr(indptr, indices, qdata, scale, (mg, kk), "auto", -1)
 
 
-class NativeConv(PreparedWeight):
+class ConvPlan(PreparedWeight):
     """One Conv node's packed weight W (M, C/group, *kernel), prepared once per group."""
 
     def __init__(self, weight: Any, group: int = 1, act_quant: str = "none", act_scale: Any = None,
@@ -100,13 +100,13 @@ class NativeConv(PreparedWeight):
         if w.layout in ("int8", "int4_grouped"):
             sub = _rows_view(w, rows, mg, kk)
             if w.layout == "int8":
-                plan8 = NativeInt8Linear(sub, **quant)
+                plan8 = Int8Plan(sub, **quant)
                 return lambda cols, b: int8_linear(cols, plan8, b)
-            plan4 = NativeInt4Linear(sub, **quant, op="Conv")
+            plan4 = Int4Plan(sub, **quant, op="Conv")
             return lambda cols, b: int4_linear(cols, plan4, b)
         if self.group == 1:
             view = PackedTensor(w.name, w.layout, w.dtype, (mg, kk), w.fields, w.params)
-            plans = NativeSparseLinear(view, **quant)
+            plans = SparsePlan(view, **quant)
             return lambda cols, b: sparse_linear(cols, plans, b)
         if self.act_quant == "none":
             dense = np.ascontiguousarray(w.to_dense().reshape(self.m, kk)[rows], np.float32)
@@ -119,7 +119,7 @@ class NativeConv(PreparedWeight):
                                                           self.act_zero_point)
 
 
-def native_conv(x: Any, plan: NativeConv, bias: Any = None, strides=None, pads=None, dilations=None) -> np.ndarray:
+def native_conv(x: Any, plan: ConvPlan, bias: Any = None, strides=None, pads=None, dilations=None) -> np.ndarray:
     """Y (N, M, *out) = conv(X, W) + bias in X's dtype (numerics: module docstring)."""
     x = np.asarray(x)
     nsp = x.ndim - 2
@@ -152,7 +152,7 @@ def native_conv(x: Any, plan: NativeConv, bias: Any = None, strides=None, pads=N
 
 
 _conv_factory = gemm_factory(
-    "Conv", lambda w, a, _: NativeConv(w, a.group, **a.quant),
+    "Conv", lambda w, a, _: ConvPlan(w, a.group, **a.quant),
     lambda x, plan, bias, a: native_conv(x, plan, bias, a.strides, a.pads, a.dilations), name="native_conv_factory")
 
 

@@ -39,7 +39,7 @@ def _flat_indices(indices: Any) -> tuple[np.ndarray, np.ndarray]:
     return idx, np.ascontiguousarray(flat)
 
 
-class NativeTable:
+class TablePlan:
     """One int8 / int4_grouped table, its fields held as the C++ kernel reads them."""
 
     def __init__(self, table: Any):
@@ -74,7 +74,7 @@ class NativeTable:
         return out.reshape(idx.shape + tuple(self.table.shape[1:]))
 
 
-gather_factory = row_gather_factory(NativeTable, "native")
+gather_factory = row_gather_factory(TablePlan, "native")
 
 
 for _layout in ("int8", "int4_grouped"):

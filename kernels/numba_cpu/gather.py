@@ -94,7 +94,7 @@ def _flat_indices(indices: Any) -> tuple[np.ndarray, np.ndarray]:
     return idx, flat.astype(np.int64)
 
 
-class _Table:
+class TablePlan:
     """One packed table's fields as the kernels take them (contiguous, 2-D), prepared once."""
 
     def __init__(self, table: PackedTensor):
@@ -128,7 +128,7 @@ class _Table:
         return out.reshape(idx.shape + tuple(self.table.shape[1:]))
 
 
-gather_factory = row_gather_factory(_Table, "numba")
+gather_factory = row_gather_factory(TablePlan, "numba")
 
 
 for _layout in ("int8", "int4_grouped"):

@@ -190,7 +190,7 @@ def _gemm_int(x, dynamic, act_scale, act_zero_point, qdata, scale, zp, has_zp, s
 
 # --- the plan ------------------------------------------------------------------------------------
 
-class Int4Gemm:
+class Int4Plan:
     """An int4_grouped weight prepared once for Y = act(X) @ W.T (+ b): the 2-D view of
     qdata, scale and zero_point as C-contiguous arrays (no dequantization at plan time)."""
 
@@ -211,13 +211,13 @@ class Int4Gemm:
                    else np.zeros((1, 1), np.uint8))
         self.n = self.qdata.shape[0]
         self.bias_dummy = np.zeros(1, np.float64)
-        self._groups: dict[int, list[Int4Gemm]] = {}
+        self._groups: dict[int, list[Int4Plan]] = {}
 
-    def conv_groups(self, group: int) -> list[Int4Gemm]:
+    def conv_groups(self, group: int) -> list[Int4Plan]:
         if group not in self._groups:
             mg = self.n // group
             self._groups[group] = [self] if group == 1 else [
-                Int4Gemm(self.weight, self.act_quant, self.act_scale, self.act_zero_point, op=self.op,
+                Int4Plan(self.weight, self.act_quant, self.act_scale, self.act_zero_point, op=self.op,
                          rows=slice(g * mg, (g + 1) * mg)) for g in range(group)]
         return self._groups[group]
 
@@ -238,7 +238,7 @@ class Int4Gemm:
 
 # --- Linear / Conv wrappers --------------------------------------------------------------------
 
-def int4_linear(x: np.ndarray, gemm: Int4Gemm, bias=None) -> np.ndarray:
+def int4_linear(x: np.ndarray, gemm: Int4Plan, bias=None) -> np.ndarray:
     """Y = act(X) @ dequant(W).T + bias with an int4_grouped weight; X (..., K) float, Y (..., N)
     in X's dtype."""
     w = gemm.weight
@@ -258,5 +258,5 @@ def int4_linear(x: np.ndarray, gemm: Int4Gemm, bias=None) -> np.ndarray:
 
 
 # Conv: the sparse module's im2col driver (packed_conv) and factory, with this module's plan
-register("Linear", "numba", "int4_grouped")(packed_factory("Linear", int4_linear, Int4Gemm))
-register("Conv", "numba", "int4_grouped")(packed_factory("Conv", packed_conv, Int4Gemm))
+register("Linear", "numba", "int4_grouped")(packed_factory("Linear", int4_linear, Int4Plan))
+register("Conv", "numba", "int4_grouped")(packed_factory("Conv", packed_conv, Int4Plan))

@@ -14,7 +14,7 @@ forced-ISA step, benchmarks):
     auto         the default: numba's target (this CPU unless NUMBA_CPU_NAME says otherwise)
     avx512_vnni  this CPU, which must have AVX-512 VNNI (else the backend is unavailable)
     avx2         an AVX2 + FMA CPU without AVX-512 (LLVM's "haswell": what every AVX2 machine,
-                 Intel or AMD Zen 1-3, can run): the portable int8 GEMM and the G4 sparse
+                 Intel or AMD Zen 1-3, can run): the portable int8 GEMM and the ValueGroups sparse
                  path, vectorised by LLVM for 256-bit registers, as on such a machine
     generic      baseline x86-64 (SSE2): the portable IR everywhere
 

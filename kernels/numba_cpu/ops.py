@@ -78,7 +78,7 @@ from numba.extending import intrinsic
 
 from kernels.reference._common import normalize_axis, prod
 from kernels.reference.conv_pool import _out_size, _spatial_attrs, _windows
-from kernels.blas_activity import blas_recently_called, note_blas_call  # noqa: F401  (fused.py, int8_gemm.py)
+from kernels.blas_activity import blas_recently_called, note_blas_call  # noqa: F401  (fused.py, int8.py)
 from kernels.fused_dispatch import reference_of as _reference
 from kernels.registry import bound_dense, register
 

@@ -29,9 +29,9 @@ so the wrapped result is exact. A larger K' takes the portable int64 path.
 Plan time (the factory) converts every layout to one canonical row-wise form, ``RowsCSR``
 (indptr int64, column indices int32, stored values int8 or float32; bsr blocks and nm groups
 expanded into their rows, explicitly stored zeros kept), and, on first use, the structure of
-the fast path an input needs (``SparseGemm.path``):
+the fast path an input needs (``SparsePlan.path``):
 
-* ``S16`` (csr, nm, bsr at M < BSR_QUADS_MIN_M or with R % 16 == 0; needs AVX512-VBMI):
+* ``Ell`` (csr, nm, bsr at M < BSR_QUADS_MIN_M or with R % 16 == 0; needs AVX512-VBMI):
   sliced ELLPACK over blocks of 16 output rows and segments of 128 columns. A 64-byte vector
   holds 4 stored values of each of the block's 16 rows, all in one segment (byte 4i + j:
   row i, its j-th value there; unused lanes 0). X is quantized into rows of u8; per (block,
@@ -42,14 +42,14 @@ the fast path an input needs (``SparseGemm.path``):
   M = 1 (the memory-bound vector case) streams each vector once: 2 bytes per lane, lanes
   ~60% full at 90% random sparsity. Measured ~0.5 ns per vector and activation row (2-core
   Zen 4, 1 thread).
-* ``BQ4`` / ``RowQuads`` (bsr with C % 4 == 0, R % 16 != 0, M >= BSR_QUADS_MIN_M): X tiled
+* ``BlockQuadTiles`` / ``QuadTiles`` (bsr with C % 4 == 0, R % 16 != 0, M >= BSR_QUADS_MIN_M): X tiled
   as (K'/4, 16, 4) u8, so a block's 4-column quad of 16 activation rows is one 64-byte load
   and one vpdpbusd with the quad's 4 weights broadcast (lane = activation row). With R % 4
-  == 0 (BQ4) each load feeds 4 rows' accumulators; otherwise each row runs its list of
-  quads (RowQuads). The 16 x 16 output tiles are transposed in registers to Y.
-* ``G4`` (csr / nm / bsr without VBMI): groups of 4 stored values of a row; X tiled as (K',
+  == 0 (BlockQuadTiles) each load feeds 4 rows' accumulators; otherwise each row runs its list of
+  quads (QuadTiles). The 16 x 16 output tiles are transposed in registers to Y.
+* ``ValueGroups`` (csr / nm / bsr without VBMI): groups of 4 stored values of a row; X tiled as (K',
   16) u8 so column c of 16 activation rows is 16 bytes; per group the 4 columns are loaded,
-  byte-transposed into quads and multiplied with one vpdpbusd. About half S16's speed.
+  byte-transposed into quads and multiplied with one vpdpbusd. About half Ell's speed.
 
 The portable path (any CPU, any K'): per output element a loop over the row's stored values,
 int64 (integer modes) or float64 (act "none") accumulator.
@@ -63,7 +63,7 @@ type, and @intrinsic operations on it. An x86 instruction (vpdpbusd, vpermi2b) i
 only when numba's compilation target has the feature; otherwise the same operation is
 emitted as portable LLVM IR (correct everywhere, slow), and ``path`` avoids the paths that
 rely on it. Hot loops call only intrinsics: a call of an @njit helper with array arguments
-costs an NRT incref/decref per array (measured ~40 ns), more than a whole S16 vector.
+costs an NRT incref/decref per array (measured ~40 ns), more than a whole Ell vector.
 """
 from __future__ import annotations
 
@@ -92,12 +92,12 @@ SPARSE_LAYOUTS = ("csr", "bsr", "nm")
 MAX_INT32_K = (2 ** 31 - 1) // (255 * 127)
 U8_SHIFT = 128       # u8 activations of the VNNI paths are qx + 128 (qx in [-128, 127])
 TILE_M = 16          # activation rows per tile of the batched paths (16 int32 lanes of a zmm)
-VEC_BYTES = 64       # one S16 vector (the byte lanes of a zmm)
+VEC_BYTES = 64       # one Ell vector (the byte lanes of a zmm)
 SEGMENT = 128        # activation bytes one vpermi2b reads (two zmm)
-# bsr with C % 4 == 0 takes the quad paths from this M (measured: from M ~ 16 they beat S16,
-# whose lanes a block pattern fills poorly unless R is a multiple of 16; S16 wins below)
+# bsr with C % 4 == 0 takes the quad paths from this M (measured: from M ~ 16 they beat Ell,
+# whose lanes a block pattern fills poorly unless R is a multiple of 16; Ell wins below)
 BSR_QUADS_MIN_M = 8
-# below this many stored-value x activation-row products (about 15 us of S16 on one core) a
+# below this many stored-value x activation-row products (about 15 us of Ell on one core) a
 # kernel runs on the calling thread: a parallel launch costs ~10-12 us with the OpenMP pool
 # waiting passively (kernels/numba_cpu/__init__.py sets OMP_WAIT_POLICY=PASSIVE; ~2 us when it
 # spins), more than splitting such a kernel saves
@@ -111,7 +111,7 @@ PAR_CHUNKS = 64      # row chunks of a parallel kernel (a few per thread; see _n
 HAS_VNNI = isa.has_vnni()
 HAS_VBMI = isa.has_vbmi()
 # Which path runs (a module attribute so that tests can force each one):
-USE_S16 = HAS_VBMI    # its byte permute is one instruction only with VBMI
+USE_ELL = HAS_VBMI    # its byte permute is one instruction only with VBMI
 
 # The GEMM drivers below are plain @njit functions that call parallel ones; when they are
 # loaded from numba's cache, the parallel runtime must already be up or LLVM cannot resolve
@@ -256,8 +256,8 @@ def _v_dot_w(typingctx, acc, xv, wq, j):
 
 
 @intrinsic
-def _v_dot_g4(typingctx, acc, xt, xoff, cols, gw, g):
-    """The G4 step: acc[m] += sum_i s8(w_i) * u8(x[m, c_i]), i < 4, for the 16 rows m of a tile.
+def _v_dot_value_groups(typingctx, acc, xt, xoff, cols, gw, g):
+    """The ValueGroups step: acc[m] += sum_i s8(w_i) * u8(x[m, c_i]), i < 4, for the 16 rows m of a tile.
 
     xt: u8 tiles, column c of the tile at byte xoff + 16 * c (16 rows); cols[4g .. 4g+3] the
     group's columns c_i, gw[g] its 4 values w_i packed in an int32 (little endian). The 4
@@ -324,7 +324,7 @@ def _transpose_block(context, builder, sig, args, order):
     return context.get_dummy_value()
 
 
-# G4 tiles: output byte 16 c + i = row i, column c (column c's 16 rows contiguous)
+# ValueGroups tiles: output byte 16 c + i = row i, column c (column c's 16 rows contiguous)
 _ORDER_T = [16 * i + c for c in range(16) for i in range(16)]
 # quad tiles: output byte 64 j + 4 i + c = row i, column 4 j + c (quad j: 16 rows x 4 bytes)
 _ORDER_Q = [16 * i + 4 * j + c for j in range(4) for i in range(16) for c in range(4)]
@@ -332,7 +332,7 @@ _ORDER_Q = [16 * i + 4 * j + c for j in range(4) for i in range(16) for c in ran
 
 @intrinsic
 def _v_transpose16(typingctx, q, src_off, src_stride, dst, dst_off):
-    """16 x 16 block of q -> 16 columns of 16 u8 (the G4 tile layout)."""
+    """16 x 16 block of q -> 16 columns of 16 u8 (the ValueGroups tile layout)."""
     def impl(context, builder, sig, args):
         return _transpose_block(context, builder, sig, args, _ORDER_T)
     return types.none(q, types.intp, types.intp, dst, types.intp), impl
@@ -493,7 +493,7 @@ def _group_rows(rc: RowsCSR, size: int) -> tuple[np.ndarray, np.ndarray, np.ndar
     return gptr, np.ascontiguousarray(cols, np.int32), vals
 
 
-class G4:
+class ValueGroups:
     """Groups of 4 stored values per row (the path without VBMI): gptr int64 (N+1,), cols int32
     (4 * groups,), gw int32 (groups,) = the group's 4 int8 values packed, lane i = value i."""
 
@@ -502,7 +502,7 @@ class G4:
         self.gw = vals.view(np.int32)
 
 
-class S16:
+class Ell:
     """Sliced ELLPACK (csr, nm; bsr at small M): rows in blocks of 16, columns in segments of
     128. A block's stored values in segment s fill ceil(max_i count_i / 4) vectors of 64
     bytes; byte 4i + j of the block's v-th vector in s holds value 4v + j of row i of the
@@ -537,7 +537,7 @@ class S16:
         self.nseg = nseg
 
 
-class BQ4:
+class BlockQuadTiles:
     """bsr with C % 4 == 0 and R % 4 == 0 (batched): bptr int64 (N/R+1,), qcol int32 (nb,)
     = the block's first column quad (column / 4), wq int32 (nb * R * C/4,): the block's
     values, row-major, 4 per int32."""
@@ -550,7 +550,7 @@ class BQ4:
         self.wq = np.ascontiguousarray(t.fields["qdata"], np.int8).reshape(-1).view(np.int32)
 
 
-class RowQuads:
+class QuadTiles:
     """Per row, the column quads (4 consecutive columns from a multiple of 4) that hold its
     stored values (batched bsr with C % 4 == 0, R % 4 != 0): qptr int64 (N+1,), qidx int32
     (quad index = column / 4), qw int32 (the quad's 4 values, 0 where nothing is stored)."""
@@ -581,7 +581,7 @@ def _quantize_u8(x, dynamic, act_scale, act_zero_point, kpad):
 
 @njit(cache=True)
 def _pack_tiles_t(u, k):
-    """u (M, >= K) u8 -> xt (T, K, 16) u8 (the G4 tiles: column c of 16 activation rows
+    """u (M, >= K) u8 -> xt (T, K, 16) u8 (the ValueGroups tiles: column c of 16 activation rows
     contiguous); rows >= M of the last tile are 128 (qx = 0). Whole 16 x 16 blocks go through
     one in-register transpose."""
     m, ld = u.shape
@@ -660,10 +660,10 @@ def _chunk_bounds(c, nchunks, n):
     return c * n // nchunks, (c + 1) * n // nchunks
 
 
-# --- S16: small M int8 ----------------------------------------------------------------------------
+# --- Ell: small M int8 ----------------------------------------------------------------------------
 
 @njit(cache=True)
-def _s16_chunk(xs, nseg, sptr, vidx, vval, fix, s_w, s_x, bias, has_bias, out, b0, b1):
+def _ell_chunk(xs, nseg, sptr, vidx, vval, fix, s_w, s_x, bias, has_bias, out, b0, b1):
     """Row blocks [b0, b1) (lane i of an accumulator = row 16 b + i). Activation rows go 4
     at a time: per (block, segment) their four 128-byte segment tables (8 zmm) are loaded
     once and each vector's indices and values feed 4 permutes and 4 dot products; the rows
@@ -727,28 +727,28 @@ def _s16_chunk(xs, nseg, sptr, vidx, vval, fix, s_w, s_x, bias, has_bias, out, b
 
 
 @njit(cache=True, parallel=True)
-def _s16_par(xs, nseg, sptr, vidx, vval, fix, s_w, s_x, bias, has_bias, out, nchunks):
+def _ell_par(xs, nseg, sptr, vidx, vval, fix, s_w, s_x, bias, has_bias, out, nchunks):
     nblk = (sptr.shape[0] - 1) // nseg
     for c in prange(nchunks):
         b0, b1 = _chunk_bounds(c, nchunks, nblk)
-        _s16_chunk(xs, nseg, sptr, vidx, vval, fix, s_w, s_x, bias, has_bias, out, b0, b1)
+        _ell_chunk(xs, nseg, sptr, vidx, vval, fix, s_w, s_x, bias, has_bias, out, b0, b1)
 
 
 @njit(cache=True)
-def _gemm_s16(x, dynamic, act_scale, act_zero_point, nseg, sptr, vidx, vval, fix, s_w,
+def _gemm_ell(x, dynamic, act_scale, act_zero_point, nseg, sptr, vidx, vval, fix, s_w,
               bias, has_bias, out, nchunks):
-    """S16 GEMM: fix, s_w, bias padded to a multiple of 16 rows."""
+    """Ell GEMM: fix, s_w, bias padded to a multiple of 16 rows."""
     xs, s_x = _quantize_u8(x, dynamic, act_scale, act_zero_point, nseg * SEGMENT)
     if nchunks <= 1:
-        _s16_chunk(xs, nseg, sptr, vidx, vval, fix, s_w, s_x, bias, has_bias, out, 0, (sptr.shape[0] - 1) // nseg)
+        _ell_chunk(xs, nseg, sptr, vidx, vval, fix, s_w, s_x, bias, has_bias, out, 0, (sptr.shape[0] - 1) // nseg)
     else:
-        _s16_par(xs, nseg, sptr, vidx, vval, fix, s_w, s_x, bias, has_bias, out, nchunks)
+        _ell_par(xs, nseg, sptr, vidx, vval, fix, s_w, s_x, bias, has_bias, out, nchunks)
 
 
-# --- G4: batched int8 ---------------------------------------------------------------------------
+# --- ValueGroups: batched int8 ---------------------------------------------------------------------------
 
 @njit(cache=True)
-def _g4_chunk(xt, gptr, cols, gw, fix, s_w, s_x, bias, has_bias, out, r0, r1):
+def _value_groups_chunk(xt, gptr, cols, gw, fix, s_w, s_x, bias, has_bias, out, r0, r1):
     """Rows [r0, r1): per row and activation tile, the row's groups with 4 accumulators; the
     16 results (lane = activation row) go to a transposed buffer, copied to out at the end."""
     ntiles, k = xt.shape[0], xt.shape[1]
@@ -763,13 +763,13 @@ def _g4_chunk(xt, gptr, cols, gw, fix, s_w, s_x, bias, has_bias, out, r0, r1):
             a3 = _v_zero()
             g = g0
             while g + 4 <= g1:
-                a0 = _v_dot_g4(a0, xt, xoff, cols, gw, g)
-                a1 = _v_dot_g4(a1, xt, xoff, cols, gw, g + 1)
-                a2 = _v_dot_g4(a2, xt, xoff, cols, gw, g + 2)
-                a3 = _v_dot_g4(a3, xt, xoff, cols, gw, g + 3)
+                a0 = _v_dot_value_groups(a0, xt, xoff, cols, gw, g)
+                a1 = _v_dot_value_groups(a1, xt, xoff, cols, gw, g + 1)
+                a2 = _v_dot_value_groups(a2, xt, xoff, cols, gw, g + 2)
+                a3 = _v_dot_value_groups(a3, xt, xoff, cols, gw, g + 3)
                 g += 4
             while g < g1:
-                a0 = _v_dot_g4(a0, xt, xoff, cols, gw, g)
+                a0 = _v_dot_value_groups(a0, xt, xoff, cols, gw, g)
                 g += 1
             _v_epi_tile(_v_add(_v_add(a0, a1), _v_add(a2, a3)), fix[r], s_w[r], s_x, t * TILE_M,
                         bias[r], has_bias, yt, ((r - r0) * yt.shape[1] + t * TILE_M) * yt.itemsize)
@@ -777,29 +777,29 @@ def _g4_chunk(xt, gptr, cols, gw, fix, s_w, s_x, bias, has_bias, out, r0, r1):
 
 
 @njit(cache=True, parallel=True)
-def _g4_par(xt, gptr, cols, gw, fix, s_w, s_x, bias, has_bias, out, nchunks):
+def _value_groups_par(xt, gptr, cols, gw, fix, s_w, s_x, bias, has_bias, out, nchunks):
     n = gptr.shape[0] - 1
     for c in prange(nchunks):
         r0, r1 = _chunk_bounds(c, nchunks, n)
-        _g4_chunk(xt, gptr, cols, gw, fix, s_w, s_x, bias, has_bias, out, r0, r1)
+        _value_groups_chunk(xt, gptr, cols, gw, fix, s_w, s_x, bias, has_bias, out, r0, r1)
 
 
 @njit(cache=True)
-def _gemm_g4(x, dynamic, act_scale, act_zero_point, gptr, cols, gw, fix, s_w, bias, has_bias, out, nchunks):
+def _gemm_value_groups(x, dynamic, act_scale, act_zero_point, gptr, cols, gw, fix, s_w, bias, has_bias, out, nchunks):
     u, s_x = _quantize_u8(x, dynamic, act_scale, act_zero_point, x.shape[1])
     xt = _pack_tiles_t(u, x.shape[1])
     s_x = _pad16(s_x, s_x.shape[0])
     if nchunks <= 1:
-        _g4_chunk(xt, gptr, cols, gw, fix, s_w, s_x, bias, has_bias, out, 0, gptr.shape[0] - 1)
+        _value_groups_chunk(xt, gptr, cols, gw, fix, s_w, s_x, bias, has_bias, out, 0, gptr.shape[0] - 1)
     else:
-        _g4_par(xt, gptr, cols, gw, fix, s_w, s_x, bias, has_bias, out, nchunks)
+        _value_groups_par(xt, gptr, cols, gw, fix, s_w, s_x, bias, has_bias, out, nchunks)
 
 
 # --- bsr quads: batched int8 -------------------------------------------------------------------
 
 @njit(cache=True)
-def _rq_chunk(xq, qptr, qidx, qw, fix, s_w, s_x, bias, has_bias, out, r0, r1):
-    """Rows [r0, r1) from their column quads (RowQuads), 4 accumulators per row."""
+def _quad_tiles_chunk(xq, qptr, qidx, qw, fix, s_w, s_x, bias, has_bias, out, r0, r1):
+    """Rows [r0, r1) from their column quads (QuadTiles), 4 accumulators per row."""
     ntiles, k4 = xq.shape[0], xq.shape[1]
     yt = np.empty((r1 - r0, ntiles * TILE_M), out.dtype)
     for r in range(r0, r1):
@@ -826,26 +826,26 @@ def _rq_chunk(xq, qptr, qidx, qw, fix, s_w, s_x, bias, has_bias, out, r0, r1):
 
 
 @njit(cache=True, parallel=True)
-def _rq_par(xq, qptr, qidx, qw, fix, s_w, s_x, bias, has_bias, out, nchunks):
+def _quad_tiles_par(xq, qptr, qidx, qw, fix, s_w, s_x, bias, has_bias, out, nchunks):
     n = qptr.shape[0] - 1
     for c in prange(nchunks):
         r0, r1 = _chunk_bounds(c, nchunks, n)
-        _rq_chunk(xq, qptr, qidx, qw, fix, s_w, s_x, bias, has_bias, out, r0, r1)
+        _quad_tiles_chunk(xq, qptr, qidx, qw, fix, s_w, s_x, bias, has_bias, out, r0, r1)
 
 
 @njit(cache=True)
-def _gemm_rq(x, dynamic, act_scale, act_zero_point, qptr, qidx, qw, fix, s_w, bias, has_bias, out, nchunks):
+def _gemm_quad_tiles(x, dynamic, act_scale, act_zero_point, qptr, qidx, qw, fix, s_w, bias, has_bias, out, nchunks):
     u, s_x = _quantize_u8(x, dynamic, act_scale, act_zero_point, x.shape[1])
     xq = _pack_tiles_quads(u, x.shape[1])
     s_x = _pad16(s_x, s_x.shape[0])
     if nchunks <= 1:
-        _rq_chunk(xq, qptr, qidx, qw, fix, s_w, s_x, bias, has_bias, out, 0, qptr.shape[0] - 1)
+        _quad_tiles_chunk(xq, qptr, qidx, qw, fix, s_w, s_x, bias, has_bias, out, 0, qptr.shape[0] - 1)
     else:
-        _rq_par(xq, qptr, qidx, qw, fix, s_w, s_x, bias, has_bias, out, nchunks)
+        _quad_tiles_par(xq, qptr, qidx, qw, fix, s_w, s_x, bias, has_bias, out, nchunks)
 
 
 @njit(cache=True)
-def _bq4_chunk(xq, r, c4, bptr, qcol, wq, fix, s_w, s_x, bias, has_bias, out, br0, br1):
+def _block_quad_tiles_chunk(xq, r, c4, bptr, qcol, wq, fix, s_w, s_x, bias, has_bias, out, br0, br1):
     """Block rows [br0, br1) of a bsr weight with R % 4 == 0: rows go 4 at a time, each
     64-byte activation quad loaded once for the 4 rows' accumulators."""
     ntiles, k4 = xq.shape[0], xq.shape[1]
@@ -881,22 +881,22 @@ def _bq4_chunk(xq, r, c4, bptr, qcol, wq, fix, s_w, s_x, bias, has_bias, out, br
 
 
 @njit(cache=True, parallel=True)
-def _bq4_par(xq, r, c4, bptr, qcol, wq, fix, s_w, s_x, bias, has_bias, out, nchunks):
+def _block_quad_tiles_par(xq, r, c4, bptr, qcol, wq, fix, s_w, s_x, bias, has_bias, out, nchunks):
     nbr = bptr.shape[0] - 1
     for c in prange(nchunks):
         br0, br1 = _chunk_bounds(c, nchunks, nbr)
-        _bq4_chunk(xq, r, c4, bptr, qcol, wq, fix, s_w, s_x, bias, has_bias, out, br0, br1)
+        _block_quad_tiles_chunk(xq, r, c4, bptr, qcol, wq, fix, s_w, s_x, bias, has_bias, out, br0, br1)
 
 
 @njit(cache=True)
-def _gemm_bq4(x, dynamic, act_scale, act_zero_point, r, c4, bptr, qcol, wq, fix, s_w, bias, has_bias, out, nchunks):
+def _gemm_block_quad_tiles(x, dynamic, act_scale, act_zero_point, r, c4, bptr, qcol, wq, fix, s_w, bias, has_bias, out, nchunks):
     u, s_x = _quantize_u8(x, dynamic, act_scale, act_zero_point, x.shape[1])
     xq = _pack_tiles_quads(u, x.shape[1])
     s_x = _pad16(s_x, s_x.shape[0])
     if nchunks <= 1:
-        _bq4_chunk(xq, r, c4, bptr, qcol, wq, fix, s_w, s_x, bias, has_bias, out, 0, bptr.shape[0] - 1)
+        _block_quad_tiles_chunk(xq, r, c4, bptr, qcol, wq, fix, s_w, s_x, bias, has_bias, out, 0, bptr.shape[0] - 1)
     else:
-        _bq4_par(xq, r, c4, bptr, qcol, wq, fix, s_w, s_x, bias, has_bias, out, nchunks)
+        _block_quad_tiles_par(xq, r, c4, bptr, qcol, wq, fix, s_w, s_x, bias, has_bias, out, nchunks)
 
 
 # --- portable paths ------------------------------------------------------------------------------
@@ -969,12 +969,12 @@ def _nchunks(rows: int, work: int) -> int:
     return 1 if work < SERIAL_WORK else max(1, min(rows, PAR_CHUNKS))
 
 
-class SparseGemm:
+class SparsePlan:
     """A csr / bsr / nm weight prepared once (plan time) for Y = act(X) @ W.T (+ b).
 
     act_quant "none": RowsCSR with float32 values. The integer modes: RowsCSR with int8
     values, float64 scales s_w (N,), fix = (128 + z) * rowsum (N,) int64, and the structures
-    of the fast paths (S16, G4, BQ4, RowQuads), each built on its first use and kept."""
+    of the fast paths (Ell, ValueGroups, BlockQuadTiles, QuadTiles), each built on its first use and kept."""
 
     def __init__(self, weight: PackedTensor, act_quant: str = "none", act_scale: Any = None,
                  act_zero_point: Any = 0, *, op: str = "Linear", rows: RowsCSR | None = None,
@@ -1000,7 +1000,7 @@ class SparseGemm:
         self.s_w = np.ascontiguousarray(scale, np.float64)
         csum = np.concatenate([[0], np.cumsum(self.rc.values, dtype=np.int64)])
         rowsum = csum[self.rc.indptr[1:]] - csum[self.rc.indptr[:-1]]
-        # padded to a multiple of 16 rows: S16's epilogue reads 16 rows at a time
+        # padded to a multiple of 16 rows: Ell's epilogue reads 16 rows at a time
         npad = -(-self.n // TILE_M) * TILE_M
         self.fix = np.zeros(npad, np.int64)
         self.fix[:self.n] = (U8_SHIFT + self.act_zero_point) * rowsum
@@ -1010,12 +1010,12 @@ class SparseGemm:
         bs = weight.params.get("block_shape", (1, 4))
         self.block_shape = (int(bs[0]), int(bs[1]))
 
-    def rows_slice(self, r0: int, r1: int) -> SparseGemm:
+    def rows_slice(self, r0: int, r1: int) -> SparsePlan:
         """The plan of output rows [r0, r1) (a Conv group)."""
-        return SparseGemm(self.weight, self.act_quant, self.act_scale, self.act_zero_point, op=self.op,
+        return SparsePlan(self.weight, self.act_quant, self.act_scale, self.act_zero_point, op=self.op,
                           rows=self.rc.rows(r0, r1), scale=self.s_w[r0:r1] if self.integer else None)
 
-    def conv_groups(self, group: int) -> list[SparseGemm]:
+    def conv_groups(self, group: int) -> list[SparsePlan]:
         """Per-group sub-plans, built once per group count."""
         key = f"groups{group}"
         if key not in self._built:
@@ -1025,23 +1025,23 @@ class SparseGemm:
         return self._built[key]
 
     def structure(self, name: str):
-        """The fast-path structure ``name`` (S16, G4, BQ4, RowQuads), built on first use."""
+        """The fast-path structure ``name`` (Ell, ValueGroups, BlockQuadTiles, QuadTiles), built on first use."""
         if name not in self._built:
-            self._built[name] = {"S16": lambda: S16(self.rc), "G4": lambda: G4(self.rc),
-                                 "BQ4": lambda: BQ4(self.weight),
-                                 "RowQuads": lambda: RowQuads(self.rc)}[name]()
+            self._built[name] = {"ell": lambda: Ell(self.rc), "value_groups": lambda: ValueGroups(self.rc),
+                                 "block_quad_tiles": lambda: BlockQuadTiles(self.weight),
+                                 "quad_tiles": lambda: QuadTiles(self.rc)}[name]()
         return self._built[name]
 
     def path(self, m: int) -> str:
-        """The kernel an M-row input runs: "f64" | "int64" | "S16" | "G4" | "BQ4" | "RowQuads"."""
+        """The kernel an M-row input runs: "f64" | "int64" | "ell" | "value_groups" | "block_quad_tiles" | "quad_tiles"."""
         if not self.integer:
             return "f64"
         if self.k > MAX_INT32_K:
             return "int64"
         r, c = self.block_shape
         if self.weight.layout == "bsr" and c % 4 == 0 and r % TILE_M != 0 and m >= BSR_QUADS_MIN_M:
-            return "BQ4" if (r % 4 == 0 and self.whole) else "RowQuads"
-        return "S16" if USE_S16 else "G4"
+            return "block_quad_tiles" if (r % 4 == 0 and self.whole) else "quad_tiles"
+        return "ell" if USE_ELL else "value_groups"
 
     def __call__(self, x: np.ndarray, bias: np.ndarray | None, out: np.ndarray) -> np.ndarray:
         """x (M, K') C-contiguous float32/float64 -> out (M, N) = act(x) @ W.T (+ bias),
@@ -1077,33 +1077,33 @@ class SparseGemm:
             rows = self.n
         else:
             st = self.structure(path)
-            if path == "S16":
+            if path == "ell":
                 rows = st.nblk
 
                 def launch(x, b, hb, out, nch):
-                    _gemm_s16(x, *quant, st.nseg, st.sptr, st.vidx, st.vval, self.fix, self.s_w, b, hb, out, nch)
-            elif path == "G4":
+                    _gemm_ell(x, *quant, st.nseg, st.sptr, st.vidx, st.vval, self.fix, self.s_w, b, hb, out, nch)
+            elif path == "value_groups":
                 rows = self.n
 
                 def launch(x, b, hb, out, nch):
-                    _gemm_g4(x, *quant, st.gptr, st.cols, st.gw, self.fix, self.s_w, b, hb, out, nch)
-            elif path == "BQ4":
+                    _gemm_value_groups(x, *quant, st.gptr, st.cols, st.gw, self.fix, self.s_w, b, hb, out, nch)
+            elif path == "block_quad_tiles":
                 rows = st.bptr.shape[0] - 1
 
                 def launch(x, b, hb, out, nch):
-                    _gemm_bq4(x, *quant, st.r, st.c4, st.bptr, st.qcol, st.wq, self.fix, self.s_w, b, hb, out, nch)
+                    _gemm_block_quad_tiles(x, *quant, st.r, st.c4, st.bptr, st.qcol, st.wq, self.fix, self.s_w, b, hb, out, nch)
             else:
                 rows = self.n
 
                 def launch(x, b, hb, out, nch):
-                    _gemm_rq(x, *quant, st.qptr, st.qidx, st.qw, self.fix, self.s_w, b, hb, out, nch)
+                    _gemm_quad_tiles(x, *quant, st.qptr, st.qidx, st.qw, self.fix, self.s_w, b, hb, out, nch)
 
         def run(x, bias, out):
             if bias is None:
                 b, hb = self.zero_bias, False
             elif bias.shape[0] == npad:
                 b, hb = bias, True
-            else:                      # S16's epilogue reads 16 rows at a time: pad
+            else:                      # Ell's epilogue reads 16 rows at a time: pad
                 b, hb = self.zero_bias.copy(), True
                 b[:self.n] = bias
             launch(x, b, hb, out, _nchunks(rows, nnz_rows * x.shape[0]))
@@ -1119,7 +1119,7 @@ def _is_float(dtype) -> bool:
     return np.issubdtype(np.dtype(dtype), np.floating)
 
 
-def sparse_linear(x: np.ndarray, gemm: SparseGemm, bias=None) -> np.ndarray:
+def sparse_linear(x: np.ndarray, gemm: SparsePlan, bias=None) -> np.ndarray:
     """Y = act(X) @ W.T + bias with a csr / bsr / nm weight. X (..., K) float, Y (..., N) in
     X's dtype (numerics: module docstring)."""
     if type(x) is not np.ndarray:
@@ -1179,10 +1179,10 @@ def packed_conv(x: np.ndarray, gemm, bias=None, strides=None, pads=None, dilatio
 
 def packed_factory(op: str, fn: Callable, plan=None):
     """Kernel factory for (op, packed layout, "numba") on kernels/gemm_front.py: prepares the
-    weight once with ``plan`` (SparseGemm here, Int4Gemm in int4.py), then each call is
+    weight once with ``plan`` (SparsePlan here, Int4Plan in int4.py), then each call is
     ``fn(x, gemm, bias)`` (Linear) or ``fn(x, gemm, bias, strides=, pads=, dilations=, group=)``
     (Conv)."""
-    plan = plan or SparseGemm
+    plan = plan or SparsePlan
     if op == "Conv":
         def compute(x, g, bias, a):
             return fn(x, g, bias, **a.conv)

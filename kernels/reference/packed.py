@@ -65,7 +65,7 @@ def act_params(op: str, act_quant: str, act_scale: Any, act_zero_point: Any) -> 
     return s, int(z)
 
 
-class PackedGemm:
+class PackedPlan:
     """A packed weight prepared once, at plan time, for Y = act(X) @ W.T (no bias).
 
     weight:    the PackedTensor; its 2-D view is (N, K')
@@ -147,15 +147,15 @@ class PreparedWeight:
         self.weight, self.act_quant, self.op = weight, act_quant, op
         self.act_scale, self.act_zero_point = act_params(op, act_quant, act_scale, act_zero_point)
         self.n, self.k = dense_view_2d(weight.shape)
-        self._reference: PackedGemm | None = None
+        self._reference: PackedPlan | None = None
 
-    def reference(self) -> PackedGemm:
+    def reference(self) -> PackedPlan:
         if self._reference is None:
-            self._reference = PackedGemm(self.weight, self.act_quant, self.act_scale, self.act_zero_point, op=self.op)
+            self._reference = PackedPlan(self.weight, self.act_quant, self.act_scale, self.act_zero_point, op=self.op)
         return self._reference
 
 
-def packed_linear_ref(x: np.ndarray, gemm: PackedGemm, bias: np.ndarray | None = None) -> np.ndarray:
+def packed_linear_ref(x: np.ndarray, gemm: PackedPlan, bias: np.ndarray | None = None) -> np.ndarray:
     """Y = act(X) @ dequant(W).T + bias with a packed weight (numerics: module docstring).
 
     X (..., K) float, W logical (N, K), bias (N,) or None; Y (..., N) in X's dtype."""
@@ -171,7 +171,7 @@ def packed_linear_ref(x: np.ndarray, gemm: PackedGemm, bias: np.ndarray | None =
     return y.reshape(*x.shape[:-1], gemm.n).astype(x.dtype)
 
 
-def packed_conv_ref(x: np.ndarray, gemm: PackedGemm, bias: np.ndarray | None = None, strides=None,
+def packed_conv_ref(x: np.ndarray, gemm: PackedPlan, bias: np.ndarray | None = None, strides=None,
                     pads=None, dilations=None, group: int = 1) -> np.ndarray:
     """Grouped, strided, dilated, zero-padded convolution with a packed weight, as conv_ref.
 
@@ -195,8 +195,8 @@ def packed_conv_ref(x: np.ndarray, gemm: PackedGemm, bias: np.ndarray | None = N
 
 # --- registration -------------------------------------------------------------------------------
 
-def _prepare(w: PackedTensor, a: GemmAttrs, _weights: dict) -> PackedGemm:
-    return PackedGemm(w, **a.quant, op=a.op)
+def _prepare(w: PackedTensor, a: GemmAttrs, _weights: dict) -> PackedPlan:
+    return PackedPlan(w, **a.quant, op=a.op)
 
 
 packed_linear_factory = gemm_factory("Linear", _prepare, lambda x, g, bias, a: packed_linear_ref(x, g, bias),

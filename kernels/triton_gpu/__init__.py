@@ -2,14 +2,14 @@
 
 Kernels (each module's docstring has its design, numerics and the expected H100 behaviour):
 
-    ("Linear", "int8")          int8_linear.py   int8 x int8 -> int32 tensor-core GEMM, with
+    ("Linear", "int8")          int8.py   int8 x int8 -> int32 tensor-core GEMM, with
                                                   dynamic (per row) or static activation
                                                   quantization (quantize.py) and the float64
                                                   dequantize + bias + activation epilogue;
-                                                  act_quant "none" -> weight_only.py
-    ("Linear", "int4_grouped")  weight_only.py   weight-only int4 (and int8): nibbles unpacked
+                                                  act_quant "none" -> int4.py
+    ("Linear", "int4_grouped")  int4.py   weight-only int4 (and int8): nibbles unpacked
                                                   and dequantized per group in registers, fp32 dot
-    ("Linear", "bsr")           bsr_linear.py    block-sparse: stored blocks repacked at load into
+    ("Linear", "bsr")           sparse.py    block-sparse: stored blocks repacked at load into
                                                   kernel tiles, empty tiles never visited; int8
                                                   (dynamic / static) or fp16 values
 
@@ -31,7 +31,7 @@ constants in tests/test_triton_kernels.py):
   exact int32 GEMM: the reference's bits (tolerance 0), K <= 33025 (else refused).
 * weight-only (int4_grouped; int8 with act_quant "none"): the reference's float32 dequantized
   weight, float32 dot: |err| <= (K + 3) 2^-24 (sum |x w| + |b|). Optional "fp16" dot.
-* bsr float path: float16 X and W, float32 accumulation (bound in bsr_linear.py).
+* bsr float path: float16 X and W, float32 accumulation (bound in sparse.py).
 * fused activations: ReLU exact; GELU (erf / tanh) in float64, rounded once.
 
 Environment: QRT_TRITON_AUTOTUNE=0 (one configuration per M range, nothing benchmarked: for
@@ -102,7 +102,7 @@ def set_threads(n: int) -> None:
 
 if probe() is None:
     # Kernels register themselves (kernels.registry) on import.
-    from . import bsr_linear, int8_linear, weight_only  # noqa: F401
+    from . import int4, int8, sparse  # noqa: F401
 
 # Split as views of the device tensor: the merged Q/K/V projection stays on the device.
 from kernels.registry import register as _register  # noqa: E402

@@ -4,7 +4,7 @@ and round-half-to-even, written once.
 Numerics shared by every kernel of this backend:
 
 * Activation quantization and the int8 epilogues run in float64 (quantize.py,
-  int8_linear.py), the reference's own arithmetic: on the GPU, float64 division is ``div.rn.f64``
+  int8.py), the reference's own arithmetic: on the GPU, float64 division is ``div.rn.f64``
   (correctly rounded; Triton's float32 ``/`` is not), conversions round to nearest even, and
   every kernel is launched with ``enable_fp_fusion=False`` (``LAUNCH``) so that no multiply and
   add are contracted into an FMA behind the reference's back.

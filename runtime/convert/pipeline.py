@@ -797,25 +797,24 @@ def _layout_for(opts: ConvertOptions, plan: _Plan) -> str:
     return {"none": "dense", "int8": "int8", "int4": "int4_grouped"}[opts.quant]
 
 
+# The options each layout's packer (kernels/core/layouts.py) takes from ConvertOptions; the
+# packing itself, and its checks, are the layouts table's.
+_PACK_OPTS: dict[str, Callable[[ConvertOptions, str], dict]] = {
+    "int8": lambda o, q: {"per_channel": o.per_channel, "symmetric": o.symmetric},
+    "int4_grouped": lambda o, q: {"group_size": o.group_size, "symmetric": o.symmetric},
+    "csr": lambda o, q: {"quant": q, "per_channel": o.per_channel},
+    "bsr": lambda o, q: {"quant": q, "per_channel": o.per_channel, "block_shape": tuple(o.block)},
+    "nm": lambda o, q: {"quant": q, "per_channel": o.per_channel, "n": o.nm[0], "m": o.nm[1]},
+}
+
+
 def _pack(name: str, w: np.ndarray, layout: str, plan: _Plan, opts: ConvertOptions) -> PackedTensor:
-    quant = "int8" if opts.quant == "int8" else "none"
+    """w (N, K') float32 -> the layer's PackedTensor in ``layout``, pruned by plan.mask and on
+    GPTQ's grid plan.qscale where set (None: max|w| / levels, round to nearest)."""
     if layout == "dense":
         return dense_tensor(name, w if plan.mask is None or plan.keep_fp32 else (w * plan.mask).astype(np.float32))
-    scale = plan.qscale          # GPTQ's grid (None: max|w| / levels, round to nearest)
-    if layout == "int8":
-        return L.pack_int8(name, w, plan.mask, per_channel=opts.per_channel, symmetric=opts.symmetric, scale=scale)
-    if layout == "int4_grouped":
-        wm = w if plan.mask is None else (w * plan.mask).astype(np.float32)
-        return L.pack_int4_grouped(name, wm, group_size=opts.group_size, symmetric=opts.symmetric, scale=scale)
-    if layout == "csr":
-        return L.pack_csr(name, w, plan.mask, quant=quant, per_channel=opts.per_channel, scale=scale)
-    if layout == "bsr":
-        return L.pack_bsr(name, w, plan.mask, block_shape=tuple(opts.block), quant=quant,
-                          per_channel=opts.per_channel, scale=scale)
-    if layout == "nm":
-        n, m = opts.nm
-        return L.pack_nm(name, w, plan.mask, n=n, m=m, quant=quant, per_channel=opts.per_channel, scale=scale)
-    raise AssertionError(layout)
+    quant = "int8" if opts.quant == "int8" else "none"
+    return L.pack(layout, name, w, plan.mask, scale=plan.qscale, **_PACK_OPTS[layout](opts, quant))
 
 
 def _act_attrs(layout: str, plan: _Plan, opts: ConvertOptions) -> dict:

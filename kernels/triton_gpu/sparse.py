@@ -19,12 +19,12 @@ Design:
   multiple of 32 (best 64 or 128), e.g. (32, 64) or (64, 64); the converter should prefer
   them when it targets this backend. With 1 x 4 blocks at 90% random block sparsity almost
   every 16 x 32 tile holds a block (P(empty) = 0.9^128 ~ 1e-6): the kernel then does the work
-  of a dense GEMM on small tiles. ``BsrPlan.tile_fill`` reports the stored fraction.
+  of a dense GEMM on small tiles. ``SparsePlan.tile_fill`` reports the stored fraction.
 * Run: one program per (BM rows, tile row); it walks only its tile row's stored tiles
   (``for t in range(tile_ptr[n], tile_ptr[n+1])``): the X tile at K-tile ``tile_k[t]``, the
   weight tile, one ``tl.dot``. A tile row without tiles does no loads at all (bias only).
 * int8 values (quant "int8") with act_quant "dynamic" / "static": X is quantized first
-  (quantize.py, padded to the tiles' K), int8 x int8 -> int32 dot, then int8_linear.py's
+  (quantize.py, padded to the tiles' K), int8 x int8 -> int32 dot, then int8.py's
   epilogue: exact, the reference's bits (sparse int8 is symmetric, so no weight zero point;
   a static zero point is taken out with the weight's row sums).
 * float values (quant "none"), and int8 values with act_quant "none" (dequantized at plan
@@ -60,7 +60,7 @@ from kernels.core.layouts import layout_spec
 
 from . import _common as C
 from ._common import activate, int8_epilogue
-from .int8_linear import linear_factory
+from .int8 import linear_factory
 from .quantize import quantize_rows
 
 FP16_MAX = 65504.0
@@ -160,7 +160,7 @@ def repack_tiles(values: np.ndarray, indptr: np.ndarray, indices: np.ndarray, bl
     return tiles, tile_ptr.astype(np.int32), tile_k.astype(np.int32)
 
 
-class BsrPlan:
+class SparsePlan:
     """A bsr weight repacked into kernel tiles on the device (module docstring).
 
     act_quant "dynamic" / "static" need quant "int8" values (symmetric int8, scale (N,) or (1,));
@@ -235,4 +235,4 @@ class BsrPlan:
         return out
 
 
-bsr_linear_factory = register("Linear", "triton", "bsr")(linear_factory("bsr", BsrPlan))
+sparse_linear_factory = register("Linear", "triton", "bsr")(linear_factory("bsr", SparsePlan))

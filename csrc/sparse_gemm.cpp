@@ -1,7 +1,7 @@
 // Sparse int8 Linear: layout conversion with index checks, plan-time packing (ELL, quad tiles),
-// the scalar path, path choice and the threaded driver. Numerics and layouts: sparse_int8.h;
-// the AVX-512 kernels are in sparse_int8_avx512.cpp, the AVX2 one in sparse_int8_avx2.cpp.
-#include "sparse_int8.h"
+// the scalar path, path choice and the threaded driver. Numerics and layouts: sparse_gemm.h;
+// the AVX-512 kernels are in sparse_gemm_avx512.cpp, the AVX2 one in sparse_gemm_avx2.cpp.
+#include "sparse_gemm.h"
 
 #include <algorithm>
 #include <cstring>
@@ -14,7 +14,7 @@
 #endif
 
 #include "cpu_features.h"
-#include "sparse_int8_kernels.h"
+#include "sparse_gemm_kernels.h"
 
 namespace qrt {
 

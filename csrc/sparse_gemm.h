@@ -17,7 +17,7 @@
 // Pruned positions contribute 0 to raw and to rowsum alike, so acc is the reference's exact
 // sum_k (qx - z) * qw. The vector paths accumulate in wrapping int32 lanes (vpdpbusd on
 // AVX-512; on AVX2 exact int16 pairs of vpmaddubsw on split weights, summed into int32 by
-// vpmaddwd, sparse_int8_avx2.cpp) and subtract the correction modulo 2^32: exact while
+// vpmaddwd, sparse_gemm_avx2.cpp) and subtract the correction modulo 2^32: exact while
 // |acc| <= K * 255 * 128 < 2^31, i.e. for K <= kMaxKInt32 (the int8 GEMM's bound, which holds
 // for any int8 value, -128 included); larger K runs the scalar path, which accumulates in int64.
 //

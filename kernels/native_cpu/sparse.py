@@ -1,7 +1,7 @@
 """Linear on sparse int8 weights, native backend: ("Linear", "native", "csr" / "bsr" / "nm").
 
-The kernels are csrc/sparse_int8*.cpp (numerics and packed layouts written down in
-csrc/sparse_int8.h): X quantized per row (dynamic) or with the node's static scale by the int8
+The kernels are csrc/sparse_gemm*.cpp (numerics and packed layouts written down in
+csrc/sparse_gemm.h): X quantized per row (dynamic) or with the node's static scale by the int8
 GEMM's own quantizer, an exact integer product with the stored int8 values (AVX-512 VNNI: ELL
 vectors over 16-row blocks for csr / nm / unaligned bsr, column quads for bsr blocks of whole
 4-column quads; AVX2: the same ELL vectors, 8 rows per ymm, path "ell_avx2"; scalar int64 on
@@ -15,7 +15,7 @@ rows, Y (M, N) reshaped to (..., N).
 Other cases, each with the numerics of the code it runs (not fast, not small):
 
 * act_quant "none" (float values, quant "none", or weight-only int8): float32 BLAS matmul with
-  the weight densified once at plan time (PackedTensor.to_dense()), as int8_linear.py's
+  the weight densified once at plan time (PackedTensor.to_dense()), as int8.py's
   weight-only path: within (K + 2) * 2^-24 * sum_k |x_k w_nk| of the reference.
 * X in another float dtype (float64, float16): the reference's own arithmetic.
 """
@@ -52,7 +52,7 @@ def pack_sparse(weight: PackedTensor, lanes: str = "auto", quad_rows: int = -1):
                                   lanes, quad_rows)
 
 
-class NativeSparseLinear(PreparedWeight):
+class SparsePlan(PreparedWeight):
     """One Linear node's csr / bsr / nm weight, prepared once.
 
     weight: PackedTensor of logical shape (N, K); quant "int8" (qdata, scale (N,) or (1,))
@@ -71,7 +71,7 @@ class NativeSparseLinear(PreparedWeight):
         self.packed = pack_sparse(weight)
 
 
-def sparse_linear(x: Any, plan: NativeSparseLinear, bias: Any = None) -> np.ndarray:
+def sparse_linear(x: Any, plan: SparsePlan, bias: Any = None) -> np.ndarray:
     """Y (..., N) = quant(X) @ W.T + bias in X's dtype; X (..., K) float, W logical (N, K),
     bias (N,) or None."""
     x, x2 = rows_of(x, plan.k, plan.weight)
@@ -88,7 +88,7 @@ def sparse_linear(x: Any, plan: NativeSparseLinear, bias: Any = None) -> np.ndar
     return packed_linear_ref(x, plan.reference(), bias)
 
 
-_factory = gemm_factory("Linear", lambda w, a, _: NativeSparseLinear(w, **a.quant),
+_factory = gemm_factory("Linear", lambda w, a, _: SparsePlan(w, **a.quant),
                         lambda x, plan, bias, a: sparse_linear(x, plan, bias), name="sparse_linear_factory")
 
 

@@ -1,7 +1,7 @@
 // Sparse int8 Linear, AVX2 kernel (CPUs without AVX-512 VNNI): ELL with byte or dword lanes.
-// Numerics and layouts: sparse_int8.h.
+// Numerics and layouts: sparse_gemm.h.
 // Compiled function by function for AVX2 (target attributes): called only when cpuid says the
-// CPU has it (sparse_int8.cpp, sparse_path_available).
+// CPU has it (sparse_gemm.cpp, sparse_path_available).
 //
 // The ELL vectors built at pack time serve unchanged: a vector (16 output rows x 4 weights of
 // each, in one 128-byte segment of K) is read as two halves of 8 rows, each one ymm of 8 int32
@@ -32,7 +32,7 @@
 // Then the correction and the shared AVX2 epilogue (int8_detail::epilogue8_avx2), 8 outputs of
 // one activation row at a time. Rows are handled in groups of 4 (then 3, 2, 1): each group
 // reads the block's vectors once per half.
-#include "sparse_int8_kernels.h"
+#include "sparse_gemm_kernels.h"
 
 #if QRT_INT8_X86_SIMD
 

@@ -58,7 +58,7 @@ from kernels.registry import register
 
 from . import _common as C
 from ._common import activate, grouped_tile
-from .int8_linear import linear_factory
+from .int8 import linear_factory
 
 DOT_MODES = ("fp32", "fp16")
 DOT = config.get("QRT_TRITON_WEIGHT_ONLY_DOT")
@@ -184,7 +184,7 @@ def _tile_k(group_size: int) -> int:
     return min(pow2, BK_MAX) if pow2 >= 16 else BK_MAX
 
 
-class WeightOnlyPlan:
+class Int4Plan:
     """A weight-only int8 / int4_grouped weight on the device.
 
     int8: qdata (N, K) int8, scale (N,) or (1,), zero_point like scale or absent: one group of K.
@@ -264,7 +264,7 @@ def make_plan(weight: Any, act_quant: str = "none", act_scale: Any = None, act_z
         raise ValueError(f"Linear (triton): int4_grouped weights are weight-only (act_quant 'none'), "
                          f"got act_quant={act_quant!r}")
     C.check_2d_weight(weight, "int4_grouped")
-    return WeightOnlyPlan(weight)
+    return Int4Plan(weight)
 
 
 int4_linear_factory = register("Linear", "triton", "int4_grouped")(linear_factory("int4_grouped", make_plan))

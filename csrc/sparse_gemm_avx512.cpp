@@ -1,7 +1,7 @@
-// Sparse int8 Linear, AVX-512 VNNI kernels: ELL (byte / dword lanes) and quad tiles (batched M). Numerics and layouts: sparse_int8.h.
+// Sparse int8 Linear, AVX-512 VNNI kernels: ELL (byte / dword lanes) and quad tiles (batched M). Numerics and layouts: sparse_gemm.h.
 // Compiled function by function for AVX-512 (target attributes): called only when cpuid says
-// the CPU has it (sparse_int8.cpp, sparse_path_available).
-#include "sparse_int8_kernels.h"
+// the CPU has it (sparse_gemm.cpp, sparse_path_available).
+#include "sparse_gemm_kernels.h"
 
 #if QRT_INT8_X86_SIMD
 

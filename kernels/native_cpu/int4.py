@@ -12,7 +12,7 @@ accumulation):
 
 Results are identical for any thread count and for a row computed alone (M = 1) or batched.
 
-Other cases run the reference's arithmetic (kernels/reference/packed.PackedGemm): the integer
+Other cases run the reference's arithmetic (kernels/reference/packed.PackedPlan): the integer
 modes (act_quant "dynamic" / "static" with int4 weights) and X in another float dtype.
 
 The node's epilogue activation is not fused here: kernels.registry.build runs the activation
@@ -31,7 +31,7 @@ from kernels.registry import register
 from . import _native
 
 
-class NativeInt4Linear(PreparedWeight):
+class Int4Plan(PreparedWeight):
     """One int4_grouped weight, prepared once. weight: PackedTensor of layout "int4_grouped"
     whose 2-D view is (N, K) (a Conv filter is viewed as (M, C/group * prod(kernel)))."""
 
@@ -49,7 +49,7 @@ class NativeInt4Linear(PreparedWeight):
                                          (self.n, self.k), int(weight.params["group_size"]))
 
 
-def int4_linear(x: Any, plan: NativeInt4Linear, bias: Any = None) -> np.ndarray:
+def int4_linear(x: Any, plan: Int4Plan, bias: Any = None) -> np.ndarray:
     """Y (..., N) = X @ dequant(W).T + bias in X's dtype; X (..., K) float, bias (N,) or None."""
     x, x2 = rows_of(x, plan.k, plan.weight)
     shape = x.shape
@@ -62,5 +62,5 @@ def int4_linear(x: Any, plan: NativeInt4Linear, bias: Any = None) -> np.ndarray:
 
 
 int4_linear_factory = register("Linear", "native", "int4_grouped")(gemm_factory(
-    "Linear", lambda w, a, _: NativeInt4Linear(w, **a.quant), lambda x, plan, bias, a: int4_linear(x, plan, bias),
+    "Linear", lambda w, a, _: Int4Plan(w, **a.quant), lambda x, plan, bias, a: int4_linear(x, plan, bias),
     name="int4_linear_factory"))

@@ -51,7 +51,7 @@ def _check_weight(op: str, weight: Any) -> PackedTensor:
     return weight
 
 
-class Int8Gemm:
+class Int8Group:
     """Y = epilogue(quant(X) @ W.T) for one int8 weight (or one Conv group of its rows),
     prepared once.
 
@@ -127,7 +127,7 @@ class Int8Gemm:
 
 
 class Int8Plan:
-    """A packed int8 weight prepared for one node: one Int8Gemm per Conv group (one for Linear),
+    """A packed int8 weight prepared for one node: one Int8Group per Conv group (one for Linear),
     or the dequantized float weight for act_quant "none"."""
 
     def __init__(self, op: str, weight: Any, act_quant: str = "none", act_scale: Any = None,
@@ -148,7 +148,7 @@ class Int8Plan:
         zp = f.get("zero_point")
         zp = None if zp is None else np.broadcast_to(np.asarray(zp, np.int64).reshape(-1), (self.n,))
         mg = self.n // group
-        self.groups = [Int8Gemm(q[g * mg:(g + 1) * mg], scale[g * mg:(g + 1) * mg],
+        self.groups = [Int8Group(q[g * mg:(g + 1) * mg], scale[g * mg:(g + 1) * mg],
                                 None if zp is None else zp[g * mg:(g + 1) * mg], act_quant, s, z, use_vnni)
                        for g in range(group)]
 

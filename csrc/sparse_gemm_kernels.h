@@ -1,11 +1,11 @@
-// Internal to the sparse int8 Linear (sparse_int8.cpp, sparse_int8_avx512.cpp and
-// sparse_int8_avx2.cpp): what one call hands its kernels. Numerics and layouts: sparse_int8.h.
+// Internal to the sparse int8 Linear (sparse_gemm.cpp, sparse_gemm_avx512.cpp and
+// sparse_gemm_avx2.cpp): what one call hands its kernels. Numerics and layouts: sparse_gemm.h.
 #pragma once
 
 #include <cstdint>
 
 #include "int8_gemm_kernels.h"
-#include "sparse_int8.h"
+#include "sparse_gemm.h"
 
 namespace qrt {
 namespace sparse_detail {

@@ -30,7 +30,7 @@ Numerics (the reference's, kernels/reference/packed.py, bit for bit):
   With the quantization also the reference's (quantize.py), Y equals the reference's Y
   exactly; the fused ReLU is exact, the GELUs are float64 formulas rounded once (their
   tolerance: tests/test_triton_kernels.py).
-* act_quant "none" (weight-only int8) is weight_only.py's kernel.
+* act_quant "none" (weight-only int8) is int4.py's kernel.
 
 On an H100 (SXM: ~1980 dense int8 TOP/s, 3.35 TB/s). Nothing could be timed here; the
 configurations were only compiled for sm_90a (Triton 3.9) to check that the >= 64-row tiles
@@ -175,11 +175,11 @@ class Int8Plan:
 
 
 def make_plan(weight: Any, act_quant: str = "none", act_scale: Any = None, act_zero_point: Any = 0):
-    """The int8 GEMM plan for integer activations, weight_only.py's for act_quant "none"."""
+    """The int8 GEMM plan for integer activations, int4.py's for act_quant "none"."""
     if act_quant == "none":
-        from .weight_only import WeightOnlyPlan
+        from .int4 import Int4Plan
         C.check_2d_weight(weight, "int8")
-        return WeightOnlyPlan(weight)
+        return Int4Plan(weight)
     return Int8Plan(weight, act_quant, act_scale, act_zero_point)
 
 

@@ -27,7 +27,7 @@ Other cases, each with the numerics of the kernel it uses:
   WEIGHT_ONLY_ERR_PER_TERM); float64 BLAS for other float dtypes. The activation then runs
   on Y in place (``_native.apply_activation``: the epilogue's code, on one thread).
 * X in another float dtype (float64, float16): the reference's own arithmetic
-  (kernels/reference/packed.PackedGemm), since the C++ kernel reads float32 and rounding
+  (kernels/reference/packed.PackedPlan), since the C++ kernel reads float32 and rounding
   float64 X to float32 first would change the quantized values; the activation is then the
   reference's kernel on Y in X's dtype, as the unfused pair computes it. Models run float32.
 """
@@ -44,7 +44,7 @@ from kernels.registry import register
 from . import _native
 
 
-class NativeInt8Linear(PreparedWeight):
+class Int8Plan(PreparedWeight):
     """One Linear node's int8 weight, prepared once.
 
     weight: PackedTensor of layout "int8", logical shape (N, K): qdata (N, K) int8, scale (N,)
@@ -68,7 +68,7 @@ class NativeInt8Linear(PreparedWeight):
         self.packed = _native.Int8Weight(qdata, scale, zp)
 
 
-def int8_linear(x: Any, plan: NativeInt8Linear, bias: Any = None, activation: str = "none") -> np.ndarray:
+def int8_linear(x: Any, plan: Int8Plan, bias: Any = None, activation: str = "none") -> np.ndarray:
     """Y (..., N) = act(quant(X) @ W.T + bias) in X's dtype; X (..., K) float, W logical (N, K),
     bias (N,) or None, activation one of kernels.core.ops ACTIVATIONS (fused for float32 X)."""
     x, x2 = rows_of(x, plan.k, plan.weight)
@@ -93,5 +93,5 @@ def int8_linear(x: Any, plan: NativeInt8Linear, bias: Any = None, activation: st
 
 
 int8_linear_factory = register("Linear", "native", "int8")(gemm_factory(
-    "Linear", lambda w, a, _: NativeInt8Linear(w, **a.quant),
+    "Linear", lambda w, a, _: Int8Plan(w, **a.quant),
     lambda x, plan, bias, a: int8_linear(x, plan, bias, a.activation), fused=True, name="int8_linear_factory"))

@@ -44,7 +44,7 @@ ROWS_PER_TILE = 8              # common.cuh QRT_SPARSE_ROWS
 MAX_ROW_TILES = 65535          # gridDim.y limit; the kernels stride past it
 
 
-class SparseLinearPlan:
+class SparsePlan:
     """One Linear node's csr / nm weight on the device, prepared once.
 
     weight: PackedTensor (N, K), layout csr or nm; act_quant "dynamic" / "static" need quant
@@ -133,7 +133,7 @@ class SparseLinearPlan:
 
 
 def _prepare(weight, a, weights):
-    return SparseLinearPlan(weight, **a.quant, activation=a.activation), DeviceConstants(weights, {2: np.float64})
+    return SparsePlan(weight, **a.quant, activation=a.activation), DeviceConstants(weights, {2: np.float64})
 
 
 def _compute(x, prepared, bias, a):
