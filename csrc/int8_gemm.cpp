@@ -89,6 +89,7 @@ Int8PackedWeight int8_pack_weight(const int8_t* qdata, int64_t n, int64_t k, con
         for (int64_t kk = 0; kk < k; ++kk) {
             dst[(kk / 4) * kInt8Panel * 4 + (kk % 4)] = q[kk];
             sum += q[kk];
+            w.has_q_min |= q[kk] == -128;
         }
         w.colsum[row] = sum;
         w.zero_point[row] = zero_point ? zero_point[row] : 0;
@@ -162,13 +163,18 @@ namespace {
 struct PathKernels {
     QuantizeRowFn quantize_row;
     TileFn tile;
+    int64_t row_factor = 1;   // bytes of a quantized row = row_factor * kp
 };
 
-PathKernels kernels_for(Int8Isa isa) {
+// AVX2 takes the vpmaddubsw tile (2 multiplies per 32 products) unless a weight byte is -128,
+// where only the int16-widening tile is exact (int8_gemm_avx2.cpp).
+PathKernels kernels_for(Int8Isa isa, const Int8PackedWeight& w) {
     switch (isa) {
 #if QRT_INT8_X86_SIMD
         case Int8Isa::avx512_vnni: return {quantize_row_avx512, tile_avx512};
-        case Int8Isa::avx2: return {quantize_row_avx2, tile_avx2};
+        case Int8Isa::avx2:
+            if (w.has_q_min) return {quantize_row_avx2, tile_avx2};
+            return {quantize_row_avx2_signed, tile_avx2_signed, 2};
 #endif
         default: return {quantize_row_scalar, tile_scalar};
     }
@@ -276,14 +282,15 @@ void int8_linear_isa(const Int8PackedWeight& w, const float* x, int64_t m, const
     if (m <= 0) return;
     if (!int8_isa_supported(isa)) throw std::invalid_argument("int8_linear: unsupported path");
     if (w.k > kMaxKInt32) isa = Int8Isa::scalar;   // int32 lanes would not be exact
-    const PathKernels kern = kernels_for(isa);
+    const PathKernels kern = kernels_for(isa, w);
     const int64_t n = w.n, k = w.k, kp = 4 * w.k4, ncols = w.panels * kInt8Panel;
     const int64_t panel_bytes = w.k4 * kInt8Panel * 4;
 
     // per-call buffers: u (M, kp) uint8, the per-row scales and corrections, and the
     // per-column corrections for this call's activation zero point (O(M K + N) work)
+    const int64_t ldu = kern.row_factor * kp;
     AlignedArray<uint8_t> u;
-    u.allocate(static_cast<size_t>(m * kp));
+    u.allocate(static_cast<size_t>(m * ldu));
     std::vector<double> sx(m);
     std::vector<int64_t> row_corr(m);
     const int64_t z = aq.is_static ? aq.zero_point : 0;
@@ -295,14 +302,14 @@ void int8_linear_isa(const Int8PackedWeight& w, const float* x, int64_t m, const
         col_corr = col_corr_z.get();
     }
     const Epilogue ep{col_corr, w.colsum.get(), 128 + z, w.zero_point.get(), w.has_zero_point,
-                      w.scale.get(), bias, row_corr.data(), sx.data(), act};
+                      w.scale.get(), bias, row_corr.data(), sx.data(), act, w.col_corr0.get()};
 
     int nt = std::max(1, threads);
     if (m * ncols * kp < kParallelMinMacs) nt = 1;
     // work items: (block of rows, panel), rows blocked for L2 and split further until there
     // are enough items for the threads
     const int64_t tiles = (m + kInt8MR - 1) / kInt8MR;
-    int64_t block_tiles = std::max<int64_t>(1, kRowBlockBytes / (kp * kInt8MR));
+    int64_t block_tiles = std::max<int64_t>(1, kRowBlockBytes / (ldu * kInt8MR));
     int64_t row_blocks = (tiles + block_tiles - 1) / block_tiles;
     const int64_t want_blocks = (kItemsPerThread * nt + w.panels - 1) / w.panels;
     if (row_blocks < want_blocks) {
@@ -324,7 +331,7 @@ void int8_linear_isa(const Int8PackedWeight& w, const float* x, int64_t m, const
 #pragma omp for schedule(static)
 #endif
         for (int64_t i = 0; i < m; ++i)
-            kern.quantize_row(x + i * k, k, kp, aq, u.get() + i * kp, &sx[i], &row_corr[i]);
+            kern.quantize_row(x + i * k, k, kp, aq, u.get() + i * ldu, &sx[i], &row_corr[i]);
 
         // Items are handed out one at a time (dynamic): on a machine whose cores are shared
         // a worker may start late or be preempted, and the others then take its share (the
@@ -343,13 +350,13 @@ void int8_linear_isa(const Int8PackedWeight& w, const float* x, int64_t m, const
             for (int64_t t = blk * block_tiles; t < t_end; ++t) {
                 const int64_t m0 = t * kInt8MR;
                 const int64_t rows = std::min(kInt8MR, m - m0);
-                const uint8_t* ut = u.get() + m0 * kp;
+                const uint8_t* ut = u.get() + m0 * ldu;
                 if (width == kInt8Panel) {
-                    kern.tile(rows, ut, kp, panel, w.k4, ep, m0, n0, y + m0 * n + n0, n);
+                    kern.tile(rows, ut, ldu, panel, w.k4, ep, m0, n0, y + m0 * n + n0, n);
                 } else {
                     // the last panel of an N that is not a multiple of 64: a full-width tile
                     // into scratch (padded columns have weight 0 and scale 0), valid columns copied
-                    kern.tile(rows, ut, kp, panel, w.k4, ep, m0, n0, scratch, kInt8Panel);
+                    kern.tile(rows, ut, ldu, panel, w.k4, ep, m0, n0, scratch, kInt8Panel);
                     for (int64_t r = 0; r < rows; ++r)
                         std::copy(scratch + r * kInt8Panel, scratch + r * kInt8Panel + width, y + (m0 + r) * n + n0);
                 }

@@ -92,6 +92,7 @@ struct Int8PackedWeight {
     int64_t k4 = 0;          // ceil(K / 4): k steps of one 32-bit lane (4 bytes)
     int64_t panels = 0;      // ceil(N / kInt8Panel)
     bool has_zero_point = false;
+    bool has_q_min = false;  // some qw is -128: the AVX2 vpmaddubsw tile is not exact for it
     // (panels, k4, kInt8Panel, 4) int8: panel p, k step kk, column c holds
     // qw[p * 64 + c, 4 kk .. 4 kk + 3]; padded columns and k hold 0.
     AlignedArray<int8_t> data;

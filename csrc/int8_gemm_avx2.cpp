@@ -1,9 +1,15 @@
-// int8 Linear, AVX2 path (CPUs without AVX-512 VNNI): the row quantizer and a vpmaddwd
-// micro-kernel on the same weight panels as the VNNI path. Numerics and layouts: int8_gemm.h.
+// int8 Linear, AVX2 path (CPUs without AVX-512 VNNI): the row quantizers and two micro-kernels
+// on the same weight panels as the VNNI path. Numerics and layouts: int8_gemm.h.
 //
-// Why not vpmaddubsw (u8 x s8 -> int16 pairs): it saturates the sum of two products to int16
-// (255 * 127 * 2 > 32767), so it is not exact. Here both operands are widened to int16 first
-// and vpmaddwd sums each pair of int16 products into an int32 lane, exactly.
+// vpmaddubsw (u8 x s8 -> int16, adjacent pairs summed with saturation) is the fast AVX2 int8
+// multiply, but on the VNNI path's operands (u = qx + 128 in [0, 255], qw in [-128, 127]) a
+// pair can reach 2 * 255 * 128 > 32767 and saturate. The signed tile moves the signs instead:
+// it multiplies |qx| (u8, <= 128) by sign(qx) * qw (vpsignb; s8, exact while qw != -128), so a
+// pair is at most 2 * 128 * 127 = 32512: never saturated, hence exact; vpmaddwd against ones
+// then sums the pairs into int32 (2 multiplies per 32 products). A weight holding -128 (only
+// asymmetric quantization makes one) takes the widening tile: both operands widened to int16,
+// vpmaddwd sums each pair of products into int32 (exact for every byte, but 2 multiplies and a
+// shuffle per 16 products of a row).
 #include "int8_gemm_kernels.h"
 
 #if QRT_INT8_X86_SIMD
@@ -102,6 +108,80 @@ QRT_TARGET_AVX2 void tile_rows(const uint8_t* u, int64_t ldu, const int8_t* pane
         for (int r = 0; r < ROWS; ++r) activation_span_avx2(y + r * ldy, kInt8Panel, ep.act);
 }
 
+
+// --- the signed (vpmaddubsw) tile -------------------------------------------------------------
+
+// Row r's two accumulators (a<r>: columns 0-7 of the 16-column group, b<r>: 8-15) take one
+// k step: lane c of a<r> gets sum_j |qx_j| * (sign(qx_j) * qw[c, j]) over the step's 4 k.
+#define QRT_AVX2S_ROW(r)                                                                   \
+    if constexpr (ROWS > r) {                                                              \
+        int32_t xs_word, ax_word;                                                          \
+        std::memcpy(&xs_word, u + r * ldu + 4 * kk, 4);                                    \
+        std::memcpy(&ax_word, u + r * ldu + half + 4 * kk, 4);                             \
+        const __m256i xs = _mm256_set1_epi32(xs_word), ax = _mm256_set1_epi32(ax_word);    \
+        a##r = _mm256_add_epi32(a##r, _mm256_madd_epi16(_mm256_maddubs_epi16(ax, _mm256_sign_epi8(w0, xs)), ones)); \
+        b##r = _mm256_add_epi32(b##r, _mm256_madd_epi16(_mm256_maddubs_epi16(ax, _mm256_sign_epi8(w1, xs)), ones)); \
+    }
+
+// ROWS x 16 columns (group g of 16 in the panel) for the whole K loop: out[2r] columns 0-7,
+// out[2r + 1] columns 8-15 of row r (sum qx * qw, int32, exact for K <= kMaxKInt32).
+template <int ROWS>
+QRT_TARGET_AVX2 void group16_rows(const uint8_t* u, int64_t ldu, const int8_t* panel, int64_t k4, int g,
+                                  __m256i* out) {
+    static_assert(ROWS >= 1 && ROWS <= kInt8MR && kInt8MR == 4, "one QRT_AVX2S_ROW per row of the tile");
+    const int64_t half = ldu / 2;                 // |qx| follows qx in each row
+    const __m256i ones = _mm256_set1_epi16(1), zero = _mm256_setzero_si256();
+    __m256i a0 = zero, b0 = zero, a1 = zero, b1 = zero, a2 = zero, b2 = zero, a3 = zero, b3 = zero;
+    const int8_t* w = panel + 64 * g;
+    for (int64_t kk = 0; kk < k4; ++kk, w += kInt8Panel * 4) {
+        const __m256i w0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(w));
+        const __m256i w1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(w + 32));
+        QRT_AVX2S_ROW(0)
+        QRT_AVX2S_ROW(1)
+        QRT_AVX2S_ROW(2)
+        QRT_AVX2S_ROW(3)
+    }
+    const __m256i as[kInt8MR] = {a0, a1, a2, a3}, bs[kInt8MR] = {b0, b1, b2, b3};
+    for (int r = 0; r < ROWS; ++r) {
+        out[2 * r] = as[r];
+        out[2 * r + 1] = bs[r];
+    }
+}
+
+#undef QRT_AVX2S_ROW
+
+template <int ROWS>
+QRT_TARGET_AVX2 void tile_rows_signed(const uint8_t* u, int64_t ldu, const int8_t* panel, int64_t k4,
+                                      const Epilogue& ep, int64_t m0, int64_t n0, float* y, int64_t ldy) {
+    const Activation act = ep.act == Activation::relu ? ep.act : Activation::none;
+    const bool gelu_after = ep.act == Activation::gelu || ep.act == Activation::gelu_tanh;
+    for (int g = 0; g < kInt8Panel / 16; ++g) {
+        __m256i acc[2 * ROWS];
+        group16_rows<ROWS>(u, ldu, panel, k4, g, acc);
+        for (int h = 0; h < 2; ++h) {
+            const int64_t n = n0 + 16 * g + 8 * h;
+            // sum qx * qw + 128 colsum = the u8 paths' accumulator; then their corrections
+            const __m256i cc = _mm256_sub_epi32(
+                _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ep.col_corr0 + n)),
+                _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ep.col_corr + n)));
+            const __m256i zw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ep.zw + n));
+            const __m256d sw_lo = _mm256_loadu_pd(ep.sw + n), sw_hi = _mm256_loadu_pd(ep.sw + n + 4);
+            for (int r = 0; r < ROWS; ++r) {
+                const int64_t m = m0 + r;
+                __m256i t = _mm256_add_epi32(acc[2 * r + h], cc);
+                if (ep.has_zw) {
+                    const __m256i rc = _mm256_set1_epi32(static_cast<int32_t>(static_cast<uint32_t>(ep.row_corr[m])));
+                    t = _mm256_sub_epi32(t, _mm256_mullo_epi32(zw, rc));
+                }
+                const __m256 v = epilogue8_avx2(t, sw_lo, sw_hi, ep.sx[m], ep.bias == nullptr ? nullptr : ep.bias + n);
+                _mm256_storeu_ps(y + r * ldy + 16 * g + 8 * h, activation_avx2(v, act));
+            }
+        }
+    }
+    if (gelu_after)
+        for (int r = 0; r < ROWS; ++r) activation_span_avx2(y + r * ldy, kInt8Panel, ep.act);
+}
+
 }  // namespace
 
 QRT_TARGET_AVX2 void quantize_row_avx2(const float* x, int64_t k, int64_t kp, const Int8ActQuant& aq,
@@ -158,6 +238,34 @@ void tile_avx2(int64_t rows, const uint8_t* u, int64_t ldu, const int8_t* panel,
         case 3: tile_rows<3>(u, ldu, panel, k4, ep, m0, n0, y, ldy); break;
         case 2: tile_rows<2>(u, ldu, panel, k4, ep, m0, n0, y, ldy); break;
         default: tile_rows<1>(u, ldu, panel, k4, ep, m0, n0, y, ldy); break;
+    }
+}
+
+QRT_TARGET_AVX2 void quantize_row_avx2_signed(const float* x, int64_t k, int64_t kp, const Int8ActQuant& aq,
+                                              uint8_t* u, double* sx, int64_t* row_corr) {
+    quantize_row_avx2(x, k, kp, aq, u, sx, row_corr);
+    // u = qx + 128 -> qx (flip the top bit) in place, |qx| after it (|-128| = 128 as a byte)
+    const __m256i top = _mm256_set1_epi8(static_cast<char>(0x80));
+    int64_t j = 0;
+    for (; j + 32 <= kp; j += 32) {
+        const __m256i q = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(u + j)), top);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(u + j), q);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(u + kp + j), _mm256_abs_epi8(q));
+    }
+    for (; j < kp; ++j) {
+        const int32_t q = static_cast<int32_t>(u[j]) - 128;
+        u[j] = static_cast<uint8_t>(static_cast<int8_t>(q));
+        u[kp + j] = static_cast<uint8_t>(q < 0 ? -q : q);
+    }
+}
+
+void tile_avx2_signed(int64_t rows, const uint8_t* u, int64_t ldu, const int8_t* panel, int64_t k4,
+                      const Epilogue& ep, int64_t m0, int64_t n0, float* y, int64_t ldy) {
+    switch (rows) {
+        case 4: tile_rows_signed<4>(u, ldu, panel, k4, ep, m0, n0, y, ldy); break;
+        case 3: tile_rows_signed<3>(u, ldu, panel, k4, ep, m0, n0, y, ldy); break;
+        case 2: tile_rows_signed<2>(u, ldu, panel, k4, ep, m0, n0, y, ldy); break;
+        default: tile_rows_signed<1>(u, ldu, panel, k4, ep, m0, n0, y, ldy); break;
     }
 }
 

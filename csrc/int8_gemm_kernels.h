@@ -37,6 +37,9 @@ struct Epilogue {
     // applied to each float32 output after the rounding above (activation.h); last, with a
     // default, so that callers that build an Epilogue without it get none
     Activation act = Activation::none;
+    // 128 * colsum[n] wrapped to int32 (the weight's col_corr0): the signed-activation tile
+    // (tile_avx2_signed) accumulates sum qx * qw, which is the u8 paths' sum minus this
+    const int32_t* col_corr0 = nullptr;
 };
 
 // One row: x (K,) float32 -> u (kp,) uint8 = qx + 128 (128 for k >= K), *sx, *row_corr.
@@ -58,6 +61,12 @@ void quantize_row_avx2(const float* x, int64_t k, int64_t kp, const Int8ActQuant
                        uint8_t* u, double* sx, int64_t* row_corr);
 void tile_avx2(int64_t rows, const uint8_t* u, int64_t ldu, const int8_t* panel, int64_t k4,
                const Epilogue& ep, int64_t m0, int64_t n0, float* y, int64_t ldy);
+// The signed-activation AVX2 path (vpmaddubsw, exact because |qw| <= 127: see the file).
+// Its rows are 2 * kp bytes: qx as int8, then |qx| as uint8 (kp each, 0 past K).
+void quantize_row_avx2_signed(const float* x, int64_t k, int64_t kp, const Int8ActQuant& aq,
+                              uint8_t* u, double* sx, int64_t* row_corr);
+void tile_avx2_signed(int64_t rows, const uint8_t* u, int64_t ldu, const int8_t* panel, int64_t k4,
+                      const Epilogue& ep, int64_t m0, int64_t n0, float* y, int64_t ldy);
 // y[i] = act(y[i]), i < count, in place (activation_inplace)
 void activation_span_avx2(float* y, int64_t count, Activation act);
 void activation_span_avx512(float* y, int64_t count, Activation act);

@@ -644,3 +644,34 @@ def test_session_on_converted_int8_mlp(act, tmp_path):
         # Softmax may run on another backend's kernel with its own (documented) rounding
         np.testing.assert_allclose(y, y_ref, rtol=1e-6, atol=1e-7)
         assert np.array_equal(auto.run(None, {"x": x})[1], h_ref)
+
+
+@pytest.mark.parametrize("q_min", [False, True], ids=["maddubs-tile", "widening-tile"])
+@pytest.mark.parametrize("k", [1, 4, 37, 256, MAX_K_INT32])
+def test_avx2_tiles_exact_at_the_int8_extremes(q_min, k, restore_native_state):
+    """The AVX2 path has two tiles (csrc/int8_gemm_avx2.cpp): vpmaddubsw on |qx| x sign(qx) qw,
+    exact because a pair of products is at most 2 * 128 * 127, and the int16-widening one for
+    weights holding -128 (where vpsignb would wrap). Raw qdata at the extremes (+-127, and -128
+    for the widening tile) against activations at qx = -128 and 127 (static, z = 0 and z = -128):
+    any saturation or sign wrap changes the integers, hence the bits."""
+    if "avx2" not in ISAS:
+        pytest.skip("no AVX2 on this CPU")
+    rng = _rng("avx2-tiles", q_min, k)
+    n = 70
+    q = rng.choice(np.array([-127, 127, -126, 0, 1], np.int8), size=(n, k)).astype(np.int8)
+    if q_min:
+        q[::3, ::2] = -128
+    w = _native.Int8Weight(q, np.full(n, 0.01, np.float32), None)
+    assert w.has_q_min == q_min
+    t = pack_int8("w", np.zeros((n, k), np.float32))    # the reference's layout, then the same qdata
+    t.fields["qdata"][...] = q
+    t.fields["scale"][...] = np.float32(0.01)
+    x = np.where(rng.random((6, k)) < 0.5, np.float32(-1e4), np.float32(1e4))
+    x[1, ::2] = 0.0
+    for acfg in ({"act_quant": "static", "act_scale": 0.5, "act_zero_point": 0},
+                 {"act_quant": "static", "act_scale": 0.5, "act_zero_point": -128},
+                 {"act_quant": "dynamic"}):
+        ref = _run("reference", acfg, t, x, None)
+        _native.set_int8_isa("avx2")
+        got = _native.int8_linear(w, x, None, *_binding_args(acfg))
+        _assert_same(got, ref, f"avx2 q_min={q_min} K={k} {acfg}")

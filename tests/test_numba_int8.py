@@ -28,10 +28,14 @@ pytestmark = [pytest.mark.skipif(_REASON is not None, reason=f"numba backend una
               pytest.mark.isa]   # CPU-specific paths: tests/test_forced_isa.py runs them forced to AVX2
 
 if _REASON is None:
-    from kernels.numba_cpu import int8, vnni
+    from kernels.numba_cpu import int8, isa, vnni
     HAS_VNNI = vnni.has_vnni()
+    HAS_AVX2 = isa.has_avx2()
 else:  # pragma: no cover
-    HAS_VNNI = False
+    HAS_VNNI = HAS_AVX2 = False
+# the GEMM paths this target can run, as Int8Plan's (use_vnni, use_avx2): VNNI tile, AVX2 tile,
+# portable loops
+PATHS = [p for p, ok in (((True, False), HAS_VNNI), ((False, True), HAS_AVX2), ((False, False), True)) if ok]
 
 # exact integer accumulation + the reference's float64 epilogue, same order: identical bits
 INT8_ATOL = 0.0
@@ -173,10 +177,10 @@ def test_writeable_bias_is_read_every_call():
 def test_output_fully_written():
     """Poisoned output buffers: every element of the edge tiles (M % MR, N % PANEL) written."""
     rng = _rng("poison")
-    for use_vnni in ([True, False] if HAS_VNNI else [False]):
+    for use_vnni, use_avx2 in PATHS:
         for m, n, k in [(1, 1, 1), (33, 65, 100), (5, 200, 7), (4, 64, 64)]:
             t = _weight(rng, (n, k), symmetric=m % 2 == 0)
-            plan = int8.Int8Plan("Linear", t, "dynamic", use_vnni=use_vnni)
+            plan = int8.Int8Plan("Linear", t, "dynamic", use_vnni=use_vnni, use_avx2=use_avx2)
             gemm = plan.groups[0]
             x = _input(rng, (m, k))
             b = rng.standard_normal(n).astype(np.float32)
@@ -184,8 +188,8 @@ def test_output_fully_written():
                 out = np.full((m, n), np.nan, dtype)
                 gemm(x.astype(dtype), gemm.bias64(b), out)
                 ref = _run("Linear", "reference", {"act_quant": "dynamic"}, t, x.astype(dtype), b)
-                assert np.all(np.isfinite(out)), f"unwritten elements M={m} N={n} vnni={use_vnni}"
-                _assert_same(out, ref, f"M={m} N={n} K={k} vnni={use_vnni} {dtype}")
+                assert np.all(np.isfinite(out)), f"unwritten elements M={m} N={n} path={use_vnni, use_avx2}"
+                _assert_same(out, ref, f"M={m} N={n} K={k} path={use_vnni, use_avx2} {dtype}")
 
 
 @pytest.mark.skipif(not HAS_VNNI, reason="no VNNI path here (numba's target lacks AVX-512 VNNI: an older CPU, QRT_NUMBA_ISA or QRT_NUMBA_NO_VNNI=1); the portable path is tested everywhere")
@@ -331,3 +335,31 @@ def test_session_on_converted_int8_mlp():
         assert np.array_equal(h, h_ref)          # int8 Linear + Relu: exact
         # Softmax may run on another backend's kernel with its own (documented) rounding
         np.testing.assert_allclose(y, y_ref, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.skipif(not HAS_AVX2, reason="numba's target has no AVX2 (QRT_NUMBA_ISA=generic)")
+@pytest.mark.parametrize("q_min", [False, True], ids=["avx2-tile", "has-minus-128"])
+@pytest.mark.parametrize("m,k", [(1, 1), (5, 37), (17, 256), (3, MAX_K_INT32)])
+def test_avx2_tile_exact_at_the_int8_extremes(q_min, m, k):
+    """The AVX2 tile (vnni._raw_avx2) multiplies |qx| by sign(qx) qw with vpmaddubsw: exact
+    because a pair of products is at most 2 * 128 * 127 and the weight holds no -128; a weight
+    with -128 (where vpsignb would wrap) must take the portable GEMM. Raw qdata at the extremes
+    against activations at qx = -128 and 127 (static z = 0 and -128, and dynamic): any
+    saturation or wrap changes the integers, hence the bits."""
+    rng = _rng("avx2-tile", q_min, m, k)
+    n = 70
+    q = rng.choice(np.array([-127, 127, -126, 0, 1], np.int8), size=(n, k)).astype(np.int8)
+    if q_min:
+        q[::3, ::2] = -128
+    t = pack_int8("w", np.zeros((n, k), np.float32))
+    t.fields["qdata"][...] = q
+    t.fields["scale"][...] = np.float32(0.01)
+    x = np.where(rng.random((m, k)) < 0.5, np.float32(-1e4), np.float32(1e4))
+    x[0, ::2] = 0.0
+    for acfg in ({"act_quant": "static", "act_scale": 0.5, "act_zero_point": 0},
+                 {"act_quant": "static", "act_scale": 0.5, "act_zero_point": -128},
+                 {"act_quant": "dynamic"}):
+        plan = int8.Int8Plan("Linear", t, **acfg, use_vnni=False, use_avx2=True)
+        assert plan.groups[0].use_avx2 == (not q_min)
+        _assert_same(int8.int8_linear(x, plan), _run("Linear", "reference", acfg, t, x, None),
+                     f"q_min={q_min} M={m} K={k} {acfg}")

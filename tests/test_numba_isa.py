@@ -31,7 +31,7 @@ def dot(a, b):
 dot(np.ones(64), np.ones(64))
 asm = next(iter(dot.inspect_asm().values()))
 print("target:", numba.config.CPU_NAME, "vnni:", vnni.has_vnni(), "vbmi:", isa.has_vbmi(),
-      "s16:", sparse.USE_S16, "zmm:", "zmm" in asm, "ymm:", "ymm" in asm)
+      "ell:", sparse.USE_ELL, "zmm:", "zmm" in asm, "ymm:", "ymm" in asm)
 """
 
 
@@ -49,13 +49,13 @@ def _run(code: str, **env) -> str:
 def test_avx2_compiles_for_an_avx2_cpu():
     out = _run(_PROBE, QRT_NUMBA_ISA="avx2")
     assert "status: None" in out, out
-    assert "target: haswell vnni: False vbmi: False s16: False zmm: False ymm: True" in out, out
+    assert "target: haswell vnni: False vbmi: False ell: False zmm: False ymm: True" in out, out
 
 
 def test_generic_compiles_for_baseline_x86_64():
     out = _run(_PROBE, QRT_NUMBA_ISA="generic")
     assert "status: None" in out, out
-    assert "target: generic vnni: False vbmi: False s16: False zmm: False ymm: False" in out, out
+    assert "target: generic vnni: False vbmi: False ell: False zmm: False ymm: False" in out, out
 
 
 def test_auto_is_numbas_own_target():

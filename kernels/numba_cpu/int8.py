@@ -40,7 +40,7 @@ from kernels.core.bounds import MAX_K_INT32
 from kernels.core.layouts import PackedTensor, dense_view_2d
 from kernels.gemm_front import GemmAttrs, activate_after, bias32_or_64, gemm_factory, rows_of, weight_only
 
-from . import vnni
+from . import isa, vnni
 from .ops import ACT_NONE, ACTIVATION_KINDS
 
 
@@ -61,20 +61,27 @@ class Int8Group:
 
     def __init__(self, q: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | None,
                  act_quant: str, act_scale: float = 1.0, act_zero_point: int = 0,
-                 use_vnni: bool | None = None):
+                 use_vnni: bool | None = None, use_avx2: bool | None = None):
         self.n, self.k = q.shape
         self.act_quant = act_quant
         self.act_scale, self.act_zero_point = float(act_scale), int(act_zero_point)
         self.static = act_quant == "static"
-        self.use_vnni = (vnni.has_vnni() if use_vnni is None else use_vnni) and self.k <= MAX_K_INT32
+        fits = self.k <= MAX_K_INT32
+        self.use_vnni = (vnni.has_vnni() if use_vnni is None else use_vnni) and fits
+        # the AVX2 tile is exact only without -128 in the weight (vnni._raw_avx2)
+        self.use_avx2 = not self.use_vnni and fits and (isa.has_avx2() if use_avx2 is None else use_avx2) \
+            and (q.size == 0 or int(q.min()) > -128)
         zw = np.zeros(self.n, np.int64) if zero_point is None else np.asarray(zero_point, np.int64)
         colsum = q.astype(np.int64).sum(axis=1)
-        col_corr = (128 + self.act_zero_point) * colsum          # vnni.py docstring
+        # vnni.py docstring: the u8 kernels subtract (128 + z_x) colsum; the AVX2 one sums qx qw
+        col_corr = (self.act_zero_point if self.use_avx2 else 128 + self.act_zero_point) * colsum
         sw = np.asarray(scale, np.float64)
         _, np_, self.k4 = vnni.padded_sizes(1, self.n, self.k)
         self.padded_n = np_ * vnni.PANEL
-        if self.use_vnni:
-            self.weight = vnni.pack_weight_panels(q)
+        self.panels = self.use_vnni or self.use_avx2
+        if self.panels:
+            # uint8 panels (the same bytes) select the AVX2 tile (vnni._make_tile)
+            self.weight = vnni.pack_weight_panels(q).view(np.uint8 if self.use_avx2 else np.int8)
             # int32 copies wrap modulo 2^32 like the kernel's arithmetic (exact for K <= MAX_K_INT32)
             self.col_corr = self._pad(col_corr).astype(np.int32)
             self.zw = self._pad(zw).astype(np.int32)
@@ -82,7 +89,7 @@ class Int8Group:
         else:
             self.weight = vnni.pack_weight_rows(q)
             self.col_corr, self.zw, self.sw = col_corr, zw, sw
-        self._zero_bias = np.zeros(self.padded_n if self.use_vnni else self.n)
+        self._zero_bias = np.zeros(self.padded_n if self.panels else self.n)
         self._bias_cache: tuple[np.ndarray, np.ndarray] | None = None
 
     def _pad(self, a: np.ndarray) -> np.ndarray:
@@ -102,7 +109,7 @@ class Int8Group:
         b = np.asarray(bias, np.float64).reshape(-1)
         if b.shape != (self.n,):
             raise ValueError(f"bias has shape {np.shape(bias)}, expected ({self.n},)")
-        b = self._pad(b) if self.use_vnni else b
+        b = self._pad(b) if self.panels else b
         if isinstance(bias, np.ndarray) and not bias.flags.writeable:
             self._bias_cache = (bias, b)
         return b
@@ -115,14 +122,14 @@ class Int8Group:
         """out (M, N) float32/float64 = act(epilogue(quant(x) @ W.T) + bias), x (M, K)
         float32/float64 C-contiguous: quantization and GEMM in one compiled call; act an
         ops.ACTIVATION_KINDS value."""
-        linear = vnni.vnni_linear if self.use_vnni else vnni.portable_linear
+        linear = vnni.panel_linear if self.panels else vnni.portable_linear
         linear(x, self.static, self.act_scale, self.act_zero_point, self.weight, out,
                self.col_corr, self.zw, self.sw, bias64, act)
         return out
 
     def integer_gemm(self, u, sx, row_corr, bias64, out, act: int = ACT_NONE) -> None:
         """out = act(epilogue(u @ W.T)): u (M, 4 * K4) uint8, sx, row_corr as quantize() returns."""
-        gemm = vnni.vnni_gemm if self.use_vnni else vnni.portable_gemm
+        gemm = vnni.panel_gemm if self.panels else vnni.portable_gemm
         gemm(u, sx, row_corr, self.weight, out, self.col_corr, self.zw, self.sw, bias64, act)
 
 
@@ -131,7 +138,7 @@ class Int8Plan:
     or the dequantized float weight for act_quant "none"."""
 
     def __init__(self, op: str, weight: Any, act_quant: str = "none", act_scale: Any = None,
-                 act_zero_point: Any = 0, group: int = 1, use_vnni: bool | None = None):
+                 act_zero_point: Any = 0, group: int = 1, use_vnni: bool | None = None, use_avx2: bool | None = None):
         self.weight = _check_weight(op, weight)
         self.act_quant = act_quant
         s, z = act_params(op, act_quant, act_scale, act_zero_point)
@@ -149,7 +156,7 @@ class Int8Plan:
         zp = None if zp is None else np.broadcast_to(np.asarray(zp, np.int64).reshape(-1), (self.n,))
         mg = self.n // group
         self.groups = [Int8Group(q[g * mg:(g + 1) * mg], scale[g * mg:(g + 1) * mg],
-                                None if zp is None else zp[g * mg:(g + 1) * mg], act_quant, s, z, use_vnni)
+                                None if zp is None else zp[g * mg:(g + 1) * mg], act_quant, s, z, use_vnni, use_avx2)
                        for g in range(group)]
 
 

@@ -48,6 +48,7 @@ _TARGETS = {
 # The LLVM feature names the hand-emitted instructions need.
 _VNNI = ("avx512f", "avx512bw", "avx512vl", "avx512vnni")
 _VBMI = ("avx512f", "avx512bw", "avx512vbmi")
+_AVX2 = ("avx2",)
 
 _error: str | None = None
 
@@ -140,6 +141,11 @@ def has_vnni() -> bool:
     return target_has(_VNNI)
 
 
+def has_avx2() -> bool:
+    """vpmaddubsw / vpsignb on ymm (the AVX2 int8 tile, vnni.py) may be emitted."""
+    return target_has(_AVX2)
+
+
 def has_vbmi() -> bool:
     """vpermi2b (AVX-512 VBMI) may be emitted."""
     return target_has(_VBMI)
@@ -150,4 +156,5 @@ def describe() -> str:
     from numba.core import config
     cpu = config.CPU_NAME or "host"
     return f"target {cpu} ({ENV}={requested()}), vnni={'yes' if has_vnni() else 'no'}, " \
+           f"avx2={'yes' if has_avx2() else 'no'}, " \
            f"vbmi={'yes' if has_vbmi() else 'no'}"

@@ -1,4 +1,5 @@
-"""int8 GEMM on AVX-512 VNNI (vpdpbusd), plus the portable numba GEMM that gives the same bits.
+"""int8 GEMM on AVX-512 VNNI (vpdpbusd) or AVX2 (vpmaddubsw), plus the portable numba GEMM
+that gives the same bits.
 
     Y[m, n] = float(s_x[m] * s_w[n] * acc[m, n] + b[n])     acc = sum_k (qx - z_x)(qw - z_w)
 
@@ -54,12 +55,18 @@ weight panel (K x 64 bytes, up to 704 KiB) re-read from L2, so there is no K blo
 Threads (numba prange): a Linear with enough rows (MIN_ROWS_PER_BLOCK per block, two blocks
 per thread) splits its rows over threads, each quantizing its own rows and multiplying them by
 every panel, in one parallel region; fewer rows quantize first and split the panels
-(vnni_gemm). Work below PARALLEL_MIN_MACS runs on the calling thread. Each output tile is
+(panel_gemm). Work below PARALLEL_MIN_MACS runs on the calling thread. Each output tile is
 computed by one thread in a fixed order, so results do not depend on the thread count.
 GOMP_SPINCOUNT (set in kernels/numba_cpu/__init__.py) keeps numba's OpenMP workers spinning briefly between calls.
 
-The LLVM intrinsic exists only on targets with AVX-512 VNNI: the functions that contain it are
-compiled on their first call, and callers reach them only when ``has_vnni()`` says so.
+AVX2 (no vpdpbusd): the same panels, viewed as uint8, select the AVX2 tile (_raw_avx2: 16
+columns per K loop, |qx| x sign(qx) qw by vpmaddubsw, exact for weights without -128;
+docs/CONVERTER.md, "Integer GEMM"). It reads rows of qx then |qx| (signed_rows) and sums
+qx qw, so its col_corr is z_x colsum. Per core it runs at the C++ AVX2 tile's speed.
+
+The LLVM intrinsics exist only on targets with those instructions: the functions that contain
+them are compiled on their first call for the panel dtype used, and callers reach them only
+when ``has_vnni()`` (int8 panels) or ``isa.has_avx2()`` (uint8 panels) says so.
 """
 from __future__ import annotations
 
@@ -269,6 +276,39 @@ def quantize_shift(x, kp, static, s, z):
     return u, sx, row_corr
 
 
+# --- the rows the AVX2 tile reads ----------------------------------------------------------------
+
+def signed_rows(u, panels):
+    """The activation rows the tile for ``panels`` reads (numba only): u itself for the VNNI
+    tile (int8 panels); for the AVX2 tile (uint8 panels) a new (M, 2 Kp) uint8 array whose row
+    i is qx (int8 bytes) then |qx| (uint8, 128 for -128), filled by fill_signed_rows."""
+
+
+@overload(signed_rows, inline="always")
+def _signed_rows_impl(u, panels):
+    if panels.dtype == types.uint8:
+        return lambda u, panels: np.empty((u.shape[0], 2 * u.shape[1]), np.uint8)
+    return lambda u, panels: u
+
+
+def fill_signed_rows(u, panels, us, lo, hi):
+    """Rows lo .. hi - 1 of u (qx + 128) -> us (numba only; nothing for int8 panels)."""
+
+
+@overload(fill_signed_rows, inline="always")
+def _fill_signed_rows_impl(u, panels, us, lo, hi):
+    if panels.dtype == types.uint8:
+        def fill(u, panels, us, lo, hi):
+            kp = u.shape[1]
+            for i in range(lo, hi):
+                for j in range(kp):
+                    v = u[i, j]
+                    us[i, j] = v ^ np.uint8(128)                               # qx as a byte
+                    us[i, kp + j] = v - np.uint8(128) if v >= 128 else np.uint8(128) - v   # |qx|
+        return fill
+    return lambda u, panels, us, lo, hi: None
+
+
 # --- the VNNI micro-kernel ------------------------------------------------------------------
 
 _I32 = ir.IntType(32)
@@ -284,11 +324,113 @@ def _c64(v: int) -> ir.Constant:
 
 def _splat(builder, scalar, vty):
     v = builder.insert_element(ir.Constant(vty, ir.Undefined), scalar, ir.Constant(_I32, 0))
-    return builder.shuffle_vector(v, ir.Constant(vty, ir.Undefined), ir.Constant(_V16I32, [0] * 16))
+    return builder.shuffle_vector(v, ir.Constant(vty, ir.Undefined), ir.Constant(ir.VectorType(_I32, vty.count), [0] * vty.count))
 
 
 def _vec_ptr(builder, base, offset, vty):
     return builder.bitcast(builder.gep(base, [offset]), vty.as_pointer())
+
+
+_I8 = ir.IntType(8)
+_I16 = ir.IntType(16)
+_V32I8 = ir.VectorType(_I8, 32)
+_V16I16 = ir.VectorType(_I16, 16)
+_V8I32 = ir.VectorType(_I32, 8)
+_PMADDUBSW = "llvm.x86.avx2.pmadd.ub.sw"
+_PMADDWD = "llvm.x86.avx2.pmadd.wd"
+_PSIGNB = "llvm.x86.avx2.psign.b"
+
+
+def _intrinsic_fn(builder, name, ret, args):
+    fn = builder.module.globals.get(name)
+    return fn if fn is not None else ir.Function(builder.module, ir.FunctionType(ret, args), name)
+
+
+def _k_loop(builder, name, k4, body, acc_type, count):
+    """Emit ``for kk in range(k4)`` with ``count`` accumulator phis of acc_type (zero at
+    entry): body(kk, accs) -> new accs. Returns the accumulators after the loop."""
+    zero = ir.Constant(acc_type, None)
+    pre = builder.block
+    loop = builder.append_basic_block(f"{name}.loop")
+    done = builder.append_basic_block(f"{name}.done")
+    builder.cbranch(builder.icmp_signed(">", k4, _c64(0)), loop, done)
+    builder.position_at_end(loop)
+    kk = builder.phi(_I64)
+    acc = [builder.phi(acc_type) for _ in range(count)]
+    new = body(kk, acc)
+    kn = builder.add(kk, _c64(1))
+    kk.add_incoming(_c64(0), pre)
+    kk.add_incoming(kn, builder.block)
+    for a, v in zip(acc, new):
+        a.add_incoming(zero, pre)
+        a.add_incoming(v, builder.block)
+    end = builder.block
+    builder.cbranch(builder.icmp_signed("<", kn, k4), loop, done)
+    builder.position_at_end(done)
+    final = [builder.phi(acc_type) for _ in range(count)]
+    for f, v in zip(final, new):
+        f.add_incoming(zero, pre)
+        f.add_incoming(v, end)
+    return final
+
+
+def _raw_vnni(builder, a, lda, b, k4, rows):
+    """sum_k u qw by vpdpbusd: rows x NV accumulators <16 x i32> (columns 16 j .. 16 j + 15)."""
+    fn = _intrinsic_fn(builder, _VPDPBUSD, _V16I32, [_V16I32] * 3)
+
+    def body(kk, acc):
+        bstep = builder.mul(kk, _c64(4 * PANEL))
+        # unaligned loads (align=1): panels start on any byte offset of a numpy buffer
+        wv = [builder.load(_vec_ptr(builder, b, builder.add(bstep, _c64(64 * j)), _V16I32), align=1)
+              for j in range(NV)]
+        astep = builder.mul(kk, _c64(4))
+        new = []
+        for r in range(rows):
+            off = builder.add(builder.mul(_c64(r), lda), astep)
+            word = builder.load(builder.bitcast(builder.gep(a, [off]), _I32.as_pointer()), align=1)
+            bcast = _splat(builder, word, _V16I32)        # 4 u8 of row r, in every lane
+            new.extend(builder.call(fn, [acc[r * NV + j], bcast, wv[j]]) for j in range(NV))
+        return new
+
+    final = _k_loop(builder, "vnni.k4", k4, body, _V16I32, rows * NV)
+    return [final[r * NV:(r + 1) * NV] for r in range(rows)]
+
+
+def _raw_avx2(builder, a, lda, b, k4, rows):
+    """sum_k qx qw (not u qw: the epilogue's col_corr is z_x colsum for this kernel) on AVX2,
+    from the rows signed_rows made (qx, then |qx|):
+    rows x 8 accumulators <8 x i32> (columns 8 j .. 8 j + 7). Per k4 step and row, |qx| (u8)
+    times sign(qx) qw (vpsignb, s8) by vpmaddubsw: a pair of products is at most 2 * 128 * 127
+    < 2^15, so the int16 pair sums never saturate (the weight holds no -128: Int8Group checks),
+    then vpmaddwd against ones into int32. One K loop per 16 columns keeps the rows x 2
+    accumulators in the 16 ymm registers."""
+    maddubs = _intrinsic_fn(builder, _PMADDUBSW, _V16I16, [_V32I8, _V32I8])
+    maddwd = _intrinsic_fn(builder, _PMADDWD, _V8I32, [_V16I16, _V16I16])
+    psign = _intrinsic_fn(builder, _PSIGNB, _V32I8, [_V32I8, _V32I8])
+    ones = ir.Constant(_V16I16, [1] * 16)
+    half = builder.ashr(lda, _c64(1))          # a row: qx (Kp bytes), then |qx| (vnni.signed_rows)
+    out = [[None] * (PANEL // 8) for _ in range(rows)]
+    for g in range(PANEL // 16):
+        def body(kk, acc, g=g):
+            bstep = builder.add(builder.mul(kk, _c64(4 * PANEL)), _c64(64 * g))
+            wv = [builder.load(_vec_ptr(builder, b, builder.add(bstep, _c64(32 * j)), _V32I8), align=1)
+                  for j in range(2)]
+            astep = builder.mul(kk, _c64(4))
+            new = []
+            for r in range(rows):
+                off = builder.add(builder.mul(_c64(r), lda), astep)
+                xs, ax = (builder.bitcast(_splat(builder, builder.load(builder.bitcast(
+                    builder.gep(a, [o]), _I32.as_pointer()), align=1), _V8I32), _V32I8)
+                    for o in (off, builder.add(off, half)))
+                for j in range(2):
+                    p = builder.call(maddubs, [ax, builder.call(psign, [wv[j], xs])])
+                    new.append(builder.add(acc[2 * r + j], builder.call(maddwd, [p, ones])))
+            return new
+
+        final = _k_loop(builder, f"avx2.g{g}", k4, body, _V8I32, rows * 2)
+        for r in range(rows):
+            out[r][2 * g], out[r][2 * g + 1] = final[2 * r], final[2 * r + 1]
+    return out
 
 
 def _make_tile(rows: int):
@@ -297,9 +439,12 @@ def _make_tile(rows: int):
         tile(u, a_off, lda, panels, b_off, k4, y, y_off, ldy,
              col_corr, zw, sw, bias, n_off, row_corr, sx, m_off)
 
-    u: uint8 activations, row r of the tile at a_off + r * lda (elements); panels: int8, the
-    tile's panel at b_off; k4: k4 steps; y: output (float32 or float64), row r at
-    y_off + r * ldy, PANEL columns written; col_corr int32, zw int32, sw float64, bias
+    u: uint8 activations, row r of the tile at a_off + r * lda (elements); panels: the tile's
+    panel at b_off, whose dtype selects the kernel (numba compiles one specialisation per
+    dtype, so neither instruction set is emitted where it is not used): int8 -> vpdpbusd
+    (AVX-512 VNNI), uint8 (the same int8 bytes viewed unsigned) -> the AVX2 vpmaddubsw kernel
+    (_raw_avx2; its col_corr is z_x colsum). k4: k4 steps; y: output (float32 or float64), row r
+    at y_off + r * ldy, PANEL columns written; col_corr int32, zw int32, sw float64, bias
     float64: padded per-column arrays read at n_off; row_corr int64 and sx float64 per row,
     read at m_off. The zero-point term zw[n] * row_corr[m] is always applied (zw = 0 for
     symmetric weights): 2 vector ops per 16 outputs, against K / 4 vpdpbusd."""
@@ -310,81 +455,49 @@ def _make_tile(rows: int):
         intp = types.intp
         sig = types.void(u, intp, intp, panels, intp, intp, y, intp, intp,
                          col_corr, zw, sw, bias, intp, row_corr, sx, intp)
+        avx2 = panels.dtype == types.uint8
 
         def codegen(context, builder, signature, args):
             a_off, lda, b_off, k4, y_off, ldy, n_off, m_off = (args[i] for i in (1, 2, 4, 5, 7, 8, 13, 16))
             data = [context.make_array(t)(context, builder, v).data if isinstance(t, types.Array) else None
                     for t, v in zip(signature.args, args)]
-            fn = builder.module.globals.get(_VPDPBUSD)
-            if fn is None:
-                fn = ir.Function(builder.module, ir.FunctionType(_V16I32, [_V16I32] * 3), _VPDPBUSD)
             a = builder.gep(data[0], [a_off])
             b = builder.gep(data[3], [b_off])
-            zero = ir.Constant(_V16I32, None)
-
-            # K loop: accumulators are loop phis, so they live in zmm registers throughout
-            pre = builder.block
-            loop = builder.append_basic_block("vnni.k4")
-            done = builder.append_basic_block("vnni.epilogue")
-            builder.cbranch(builder.icmp_signed(">", k4, _c64(0)), loop, done)
-            builder.position_at_end(loop)
-            kk = builder.phi(_I64)
-            acc = [[builder.phi(_V16I32) for _ in range(NV)] for _ in range(rows)]
-            bstep = builder.mul(kk, _c64(4 * PANEL))
-            # unaligned loads (align=1): panels start on any byte offset of a numpy buffer
-            wv = [builder.load(_vec_ptr(builder, b, builder.add(bstep, _c64(64 * j)), _V16I32), align=1)
-                  for j in range(NV)]
-            astep = builder.mul(kk, _c64(4))
-            new = []
-            for r in range(rows):
-                off = builder.add(builder.mul(_c64(r), lda), astep)
-                word = builder.load(builder.bitcast(builder.gep(a, [off]), _I32.as_pointer()), align=1)
-                bcast = _splat(builder, word, _V16I32)        # 4 u8 of row r, in every lane
-                new.append([builder.call(fn, [acc[r][j], bcast, wv[j]]) for j in range(NV)])
-            kn = builder.add(kk, _c64(1))
-            kk.add_incoming(_c64(0), pre)
-            kk.add_incoming(kn, loop)
-            for r in range(rows):
-                for j in range(NV):
-                    acc[r][j].add_incoming(zero, pre)
-                    acc[r][j].add_incoming(new[r][j], loop)
-            builder.cbranch(builder.icmp_signed("<", kn, k4), loop, done)
+            if avx2:
+                final, lanes = _raw_avx2(builder, a, lda, builder.bitcast(b, _I8.as_pointer()), k4, rows), 8
+            else:
+                final, lanes = _raw_vnni(builder, a, lda, b, k4, rows), 16
 
             # epilogue: exact int32 correction, then float64 in the reference's order
-            builder.position_at_end(done)
-            final = [[builder.phi(_V16I32) for _ in range(NV)] for _ in range(rows)]
-            for r in range(rows):
-                for j in range(NV):
-                    final[r][j].add_incoming(zero, pre)
-                    final[r][j].add_incoming(new[r][j], loop)
+            vi32, vf64 = ir.VectorType(_I32, lanes), ir.VectorType(ir.DoubleType(), lanes)
             out_f32 = signature.args[6].dtype == types.float32
-            vty = _V16F32 if out_f32 else _V16F64
+            vty = ir.VectorType(ir.FloatType(), lanes) if out_f32 else vf64
             col = []
-            for j in range(NV):
-                nj = builder.add(n_off, _c64(16 * j))
+            for j in range(PANEL // lanes):
+                nj = builder.add(n_off, _c64(lanes * j))
                 col.append([builder.load(_vec_ptr(builder, data[i], nj, t), align=a_)
-                            for i, t, a_ in ((9, _V16I32, 4), (10, _V16I32, 4), (11, _V16F64, 8), (12, _V16F64, 8))])
+                            for i, t, a_ in ((9, vi32, 4), (10, vi32, 4), (11, vf64, 8), (12, vf64, 8))])
             ydata = builder.gep(data[6], [y_off])
             for r in range(rows):
                 mr_ = builder.add(m_off, _c64(r))
-                sxr = _splat(builder, builder.load(builder.gep(data[15], [mr_])), _V16F64)
-                rcr = _splat(builder, builder.trunc(builder.load(builder.gep(data[14], [mr_])), _I32), _V16I32)
+                sxr = _splat(builder, builder.load(builder.gep(data[15], [mr_])), vf64)
+                rcr = _splat(builder, builder.trunc(builder.load(builder.gep(data[14], [mr_])), _I32), vi32)
                 yrow = builder.mul(_c64(r), ldy)
-                for j in range(NV):
+                for j in range(PANEL // lanes):
                     cc, zwv, swv, bv = col[j]
                     t = builder.sub(final[r][j], cc)                    # wraps: exact mod 2^32
                     t = builder.sub(t, builder.mul(zwv, rcr))
-                    f = builder.fmul(swv, builder.sitofp(t, _V16F64))   # s_w * acc
+                    f = builder.fmul(swv, builder.sitofp(t, vf64))      # s_w * acc
                     f = builder.fadd(builder.fmul(f, sxr), bv)           # * s_x + b
                     if out_f32:
-                        f = builder.fptrunc(f, _V16F32)
-                    ptr = _vec_ptr(builder, ydata, builder.add(yrow, _c64(16 * j)), vty)
+                        f = builder.fptrunc(f, vty)
+                    ptr = _vec_ptr(builder, ydata, builder.add(yrow, _c64(lanes * j)), vty)
                     builder.store(f, ptr, align=4 if out_f32 else 8)
             return context.get_dummy_value()
 
         return sig, codegen
 
-    tile.__name__ = f"vnni_tile_{rows}x{PANEL}"
+    tile.__name__ = f"panel_tile_{rows}x{PANEL}"
     return tile
 
 
@@ -453,19 +566,19 @@ def _gemm_item(item, row_blocks, u, panels, y, col_corr, zw, sw, bias, row_corr,
 # Each output tile is computed by one thread, start to end, in a fixed order: the result does
 # not depend on the thread count or on how items are split.
 @njit(cache=True, parallel=True)
-def _vnni_gemm_parallel(u, panels, y, col_corr, zw, sw, bias, row_corr, sx, row_blocks, act):
+def _panel_gemm_parallel(u, panels, y, col_corr, zw, sw, bias, row_corr, sx, row_blocks, act):
     for item in prange(row_blocks * panels.shape[0]):
         _gemm_item(item, row_blocks, u, panels, y, col_corr, zw, sw, bias, row_corr, sx, act)
 
 
 @njit(cache=True)
-def _vnni_gemm_serial(u, panels, y, col_corr, zw, sw, bias, row_corr, sx, row_blocks, act):
+def _panel_gemm_serial(u, panels, y, col_corr, zw, sw, bias, row_corr, sx, row_blocks, act):
     for item in range(row_blocks * panels.shape[0]):
         _gemm_item(item, row_blocks, u, panels, y, col_corr, zw, sw, bias, row_corr, sx, act)
 
 
 @njit(cache=True, parallel=True)
-def _vnni_linear_row_blocks(x, static, s, z, u, sx, row_corr, panels, y, col_corr, zw, sw, bias, blocks, act):
+def _panel_linear_row_blocks(x, static, s, z, u, us, sx, row_corr, panels, y, col_corr, zw, sw, bias, blocks, act):
     """Linear with the rows split over threads: each block of rows is quantized, then
     multiplied by every panel, by one thread. One parallel region per call (quantization
     needs no barrier before the GEMM), each thread's rows stay in its caches; every thread
@@ -480,8 +593,9 @@ def _vnni_linear_row_blocks(x, static, s, z, u, sx, row_corr, panels, y, col_cor
                 quantize_row_static(x, i, u, s, z, sx, row_corr)
             else:
                 quantize_row_dynamic(x, i, u, sx, row_corr)
+        fill_signed_rows(u, panels, us, t_lo * MR, min(x.shape[0], t_hi * MR))
         for p in range(panels.shape[0]):
-            _panel_tiles(p, t_lo, t_hi, u, panels, y, col_corr, zw, sw, bias, row_corr, sx)
+            _panel_tiles(p, t_lo, t_hi, us, panels, y, col_corr, zw, sw, bias, row_corr, sx)
         activate_rows(y, t_lo * MR, min(x.shape[0], t_hi * MR), 0, y.shape[1], act)
 
 
@@ -504,26 +618,30 @@ POOL_THREADS = numba.config.NUMBA_NUM_THREADS
 
 
 @njit(cache=True)
-def vnni_gemm(u, sx, row_corr, panels, y, col_corr, zw, sw, bias, act):
+def panel_gemm(u, sx, row_corr, panels, y, col_corr, zw, sw, bias, act):
     """y (M, N) = act(epilogue(u (M, Kp) uint8 @ panels)) (module docstring): col_corr, zw int32,
     sw, bias float64, all padded to NP * PANEL; row_corr int64 (M,), sx float64 (M,); act an
-    ops.ACTIVATION_KINDS value (ACT_NONE: none).
-    Requires has_vnni() and K <= MAX_K_INT32; compiled on the first call."""
+    ops.ACTIVATION_KINDS value (ACT_NONE: none). int8 panels: requires has_vnni(); uint8
+    panels (the AVX2 tile): has_avx2() and no -128 weight byte; K <= MAX_K_INT32 for both.
+    Compiled on the first call."""
     m = u.shape[0]
     np_, k4 = panels.shape[0], panels.shape[1]
+    us = signed_rows(u, panels)
+    fill_signed_rows(u, panels, us, 0, m)
+    u = us
     if POOL_THREADS <= 1 or m * np_ * PANEL * k4 * 4 < PARALLEL_MIN_MACS:
-        _vnni_gemm_serial(u, panels, y, col_corr, zw, sw, bias, row_corr, sx, 1, act)
+        _panel_gemm_serial(u, panels, y, col_corr, zw, sw, bias, row_corr, sx, 1, act)
     else:
         tiles = (m + MR - 1) // MR
         row_blocks = min(tiles, max(1, (ITEMS_PER_THREAD * POOL_THREADS + np_ - 1) // np_))
-        _vnni_gemm_parallel(u, panels, y, col_corr, zw, sw, bias, row_corr, sx, row_blocks, act)
+        _panel_gemm_parallel(u, panels, y, col_corr, zw, sw, bias, row_corr, sx, row_blocks, act)
 
 
 @njit(cache=True)
-def vnni_linear(x, static, s, z, panels, y, col_corr, zw, sw, bias, act):
-    """Linear in one call: quantize X (M, K), then the VNNI GEMM into y. Large problems with
+def panel_linear(x, static, s, z, panels, y, col_corr, zw, sw, bias, act):
+    """Linear in one call: quantize X (M, K), then the panel GEMM (VNNI or AVX2 tile) into y. Large problems with
     enough rows split the rows over threads, quantization included (one parallel region);
-    others quantize on the calling thread and split the panels (vnni_gemm)."""
+    others quantize on the calling thread and split the panels (panel_gemm)."""
     m = x.shape[0]
     np_, k4 = panels.shape[0], panels.shape[1]
     blocks = min(ROW_BLOCKS_PER_THREAD * POOL_THREADS, m // MIN_ROWS_PER_BLOCK)
@@ -531,11 +649,11 @@ def vnni_linear(x, static, s, z, panels, y, col_corr, zw, sw, bias, act):
         u = np.empty((m, k4 * 4), np.uint8)
         sx = np.empty(m, np.float64)
         row_corr = np.empty(m, np.int64)
-        _vnni_linear_row_blocks(x, static, np.float64(s), np.int64(z), u, sx, row_corr, panels, y,
-                                col_corr, zw, sw, bias, blocks, act)
+        _panel_linear_row_blocks(x, static, np.float64(s), np.int64(z), u, signed_rows(u, panels), sx, row_corr,
+                                 panels, y, col_corr, zw, sw, bias, blocks, act)
         return
     u, sx, row_corr = quantize_shift(x, k4 * 4, static, s, z)
-    vnni_gemm(u, sx, row_corr, panels, y, col_corr, zw, sw, bias, act)
+    panel_gemm(u, sx, row_corr, panels, y, col_corr, zw, sw, bias, act)
 
 
 # --- the portable GEMM ----------------------------------------------------------------------
@@ -558,7 +676,7 @@ def _portable_gemm_parallel(u, w, y, col_corr, zw, sw, bias, row_corr, sx):
 
 @njit(cache=True)
 def portable_gemm(u, sx, row_corr, w, y, col_corr, zw, sw, bias, act):
-    """The same result as vnni_gemm, bit for bit, in plain loops: u (M, Kp) uint8, w (N, Kp)
+    """The same result as panel_gemm, bit for bit, in plain loops: u (M, Kp) uint8, w (N, Kp)
     int8 (K zero-padded), col_corr, zw int64 (N,), sw, bias float64 (N,), row_corr int64 (M,),
     sx float64 (M,). Accumulates in int64, so any K is exact."""
     _portable_gemm_parallel(u, w, y, col_corr, zw, sw, bias, row_corr, sx)
@@ -567,6 +685,6 @@ def portable_gemm(u, sx, row_corr, w, y, col_corr, zw, sw, bias, act):
 
 @njit(cache=True)
 def portable_linear(x, static, s, z, w, y, col_corr, zw, sw, bias, act):
-    """vnni_linear's twin on the portable GEMM."""
+    """panel_linear's twin on the portable GEMM."""
     u, sx, row_corr = quantize_shift(x, w.shape[1], static, s, z)
     portable_gemm(u, sx, row_corr, w, y, col_corr, zw, sw, bias, act)
