@@ -96,9 +96,9 @@ const char* lanes_name(qrt::EllLanes l) {
 
 qrt::SparsePath path_option(const std::string& path) {
     for (auto p : {qrt::SparsePath::automatic, qrt::SparsePath::scalar, qrt::SparsePath::ell, qrt::SparsePath::quad_tiles,
-                   qrt::SparsePath::ell_avx2})
+                   qrt::SparsePath::ell_avx2, qrt::SparsePath::pairs_avx2})
         if (path == qrt::sparse_path_name(p)) return p;
-    throw py::value_error("path = '" + path + "', expected 'auto', 'scalar', 'ell', 'quad_tiles' or 'ell_avx2'");
+    throw py::value_error("path = '" + path + "', expected 'auto', 'scalar', 'ell', 'quad_tiles', 'ell_avx2' or 'pairs_avx2'");
 }
 
 // qdata: int8, C-contiguous, of `count` elements in the given shape (checked by the caller).
@@ -127,7 +127,7 @@ std::unique_ptr<qrt::SparseInt8Weight> pack(int64_t n, const py::object& scale_o
 
 std::unique_ptr<qrt::SparseInt8Weight> make_csr(const py::object& indptr_obj, const py::object& indices_obj,
                                                 const py::object& qdata_obj, const py::object& scale_obj,
-                                                const py::tuple& shape, const std::string& lanes, int quad_rows) {
+                                                const py::tuple& shape, const std::string& lanes, int quad_rows, int pairs) {
     const auto [n, k] = shape_nk(shape);
     const std::vector<int64_t> indptr = index_array(indptr_obj, "indptr", false);
     const std::vector<int64_t> indices = index_array(indices_obj, "indices", true);
@@ -139,6 +139,7 @@ std::unique_ptr<qrt::SparseInt8Weight> make_csr(const py::object& indptr_obj, co
     qrt::SparsePackOptions opt;
     opt.lanes = lanes_option(lanes);
     opt.quad_rows = quad_rows;
+    opt.pairs = pairs;
     return pack(n, scale_obj, opt, [&] {
         return qrt::sparse_rows_csr(n, k, indptr.data(), indices.data(), static_cast<int64_t>(indices.size()), qp);
     });
@@ -146,7 +147,7 @@ std::unique_ptr<qrt::SparseInt8Weight> make_csr(const py::object& indptr_obj, co
 
 std::unique_ptr<qrt::SparseInt8Weight> make_bsr(const py::object& indptr_obj, const py::object& indices_obj,
                                                 const py::object& qdata_obj, const py::object& scale_obj,
-                                                const py::tuple& shape, const std::string& lanes, int quad_rows) {
+                                                const py::tuple& shape, const std::string& lanes, int quad_rows, int pairs) {
     const auto [n, k] = shape_nk(shape);
     py::array q = as_array_of<int8_t>(qdata_obj, "qdata", "int8");
     require_ndim(q, "qdata", 3, "(nb, R, C)");
@@ -168,12 +169,13 @@ std::unique_ptr<qrt::SparseInt8Weight> make_bsr(const py::object& indptr_obj, co
     opt.block_c = c;
     opt.lanes = lanes_option(lanes);
     opt.quad_rows = quad_rows;
+    opt.pairs = pairs;
     return pack(n, scale_obj, opt, [&] { return qrt::sparse_rows_bsr(n, k, r, c, indptr.data(), indices.data(), nb, qp); });
 }
 
 std::unique_ptr<qrt::SparseInt8Weight> make_nm(const py::object& meta_obj, const py::object& qdata_obj,
                                                const py::object& scale_obj, const py::tuple& shape, int64_t nn,
-                                               int64_t mm, const std::string& lanes, int quad_rows) {
+                                               int64_t mm, const std::string& lanes, int quad_rows, int pairs) {
     const auto [n, k] = shape_nk(shape);
     if (!(1 <= nn && nn < mm && mm <= 256))
         throw py::value_error("n:m must satisfy 1 <= n < m <= 256, got " + std::to_string(nn) + ":" + std::to_string(mm));
@@ -193,6 +195,7 @@ std::unique_ptr<qrt::SparseInt8Weight> make_nm(const py::object& meta_obj, const
     qrt::SparsePackOptions opt;
     opt.lanes = lanes_option(lanes);
     opt.quad_rows = quad_rows;
+    opt.pairs = pairs;
     return pack(n, scale_obj, opt, [&] { return qrt::sparse_rows_nm(n, k, nn, mm, mp, meta_cols, qp); });
 }
 
@@ -258,6 +261,8 @@ void bind_sparse(py::module_& m) {
         .def_property_readonly("quad_rows", [](const qrt::SparseInt8Weight& w) { return w.quad_rows; },
                                "rows per quad group (1 or 4), 0 when no quads were built")
         .def_property_readonly("nquads", [](const qrt::SparseInt8Weight& w) { return w.nquads; })
+        .def_property_readonly("npairs", [](const qrt::SparseInt8Weight& w) { return w.has_pairs ? w.npairs : -1; },
+                               "weight pairs of the pairs_avx2 path, -1 when they were not built")
         .def_property_readonly("nbytes", &qrt::SparseInt8Weight::nbytes, "bytes held by every packed array")
         .def_property_readonly(
             "kernel_nbytes",
@@ -269,6 +274,8 @@ void bind_sparse(py::module_& m) {
                     return static_cast<int64_t>(w.ell_idx.size + w.ell_val.size + w.sptr.size() * 8);
                 if (p == qrt::SparsePath::quad_tiles)
                     return static_cast<int64_t>(w.qw.size + w.qcol.size() * 2 + w.qptr.size() * 8);
+                if (p == qrt::SparsePath::pairs_avx2)
+                    return static_cast<int64_t>(w.npairs * 8 + w.pptr.size() * 8);
                 return static_cast<int64_t>(w.nnz * 5 + w.rows.indptr.size() * 8);
             },
             "bytes of the packed weight the M = 1 path reads per call")
@@ -284,17 +291,18 @@ void bind_sparse(py::module_& m) {
 
     const char* opts_doc = " lanes: ELL lanes 'auto' (the denser of byte / dword), "
                            "'none', 'byte' (refused on CPUs with AVX-512 VNNI but no VBMI), 'dword'; quad_rows: -1 "
-                           "auto (bsr with C % 4 == 0: 4 if R % 4 == 0 else 1), 0 none, 1 or 4 (N % 4 == 0).";
+                           "auto (bsr with C % 4 == 0: 4 if R % 4 == 0 else 1), 0 none, 1 or 4 (N % 4 == 0); pairs: -1 "
+                           "auto (built where the current int8 path is avx2), 0 no, 1 yes (the pairs_avx2 path's).";
     m.def("sparse_int8_csr", &make_csr, py::arg("indptr"), py::arg("indices"), py::arg("qdata"), py::arg("scale"),
-          py::arg("shape"), py::arg("lanes") = "auto", py::arg("quad_rows") = -1,
+          py::arg("shape"), py::arg("lanes") = "auto", py::arg("quad_rows") = -1, py::arg("pairs") = -1,
           (std::string("csr int8 weight: indptr (N+1,) int32/int64, indices (nnz,) uint8/uint16/int32/int64, qdata "
                        "(nnz,) int8, scale (N,) float32, shape (N, K).") + opts_doc).c_str());
     m.def("sparse_int8_bsr", &make_bsr, py::arg("indptr"), py::arg("indices"), py::arg("qdata"), py::arg("scale"),
-          py::arg("shape"), py::arg("lanes") = "auto", py::arg("quad_rows") = -1,
+          py::arg("shape"), py::arg("lanes") = "auto", py::arg("quad_rows") = -1, py::arg("pairs") = -1,
           (std::string("bsr int8 weight: indptr (N/R+1,), indices (nb,) block columns, qdata (nb, R, C) int8, scale "
                        "(N,) float32, shape (N, K).") + opts_doc).c_str());
     m.def("sparse_int8_nm", &make_nm, py::arg("meta"), py::arg("qdata"), py::arg("scale"), py::arg("shape"),
-          py::arg("n"), py::arg("m"), py::arg("lanes") = "auto", py::arg("quad_rows") = -1,
+          py::arg("n"), py::arg("m"), py::arg("lanes") = "auto", py::arg("quad_rows") = -1, py::arg("pairs") = -1,
           (std::string("n:m int8 weight: meta (N, ceil(K/m*n*b/8)) uint8, qdata (N, K/m*n) int8, scale (N,) float32, "
                        "shape (N, K).") + opts_doc).c_str());
     m.def("sparse_int8_linear", &sparse_linear_py, py::arg("weight"), py::arg("x"), py::arg("bias") = py::none(),

@@ -39,6 +39,7 @@ template struct AlignedArray<int8_t>;
 template struct AlignedArray<uint8_t>;
 template struct AlignedArray<int32_t>;
 template struct AlignedArray<int64_t>;
+template struct AlignedArray<int16_t>;
 template struct AlignedArray<double>;
 
 // --- packing -----------------------------------------------------------------------------------

@@ -272,11 +272,39 @@ bool sparse_byte_lanes_supported() {
     return sparse_has_vbmi() || !int8_isa_supported(Int8Isa::avx512_vnni);
 }
 
+namespace {
+
+// The pairs (sparse_gemm_avx2.cpp): each row's stored weights two at a time in column order,
+// the weights as two int16 halves of an int32 (the vpmaddwd operand, broadcast).
+void pairs_pack(SparseInt8Weight& w) {
+    const SparseRows& rows = w.rows;
+    w.pptr.assign(w.n + 1, 0);
+    for (int64_t r = 0; r < w.n; ++r) w.pptr[r + 1] = w.pptr[r] + (rows.indptr[r + 1] - rows.indptr[r] + 1) / 2;
+    w.npairs = w.pptr[w.n];
+    w.pcol.assign(2 * w.npairs, 0);
+    w.pw.allocate(std::max<int64_t>(1, w.npairs));
+    const auto half = [](int8_t v) { return static_cast<uint32_t>(static_cast<uint16_t>(static_cast<int16_t>(v))); };
+    for (int64_t r = 0; r < w.n; ++r) {
+        const int64_t j1 = rows.indptr[r + 1];
+        int64_t q = w.pptr[r];
+        for (int64_t j = rows.indptr[r]; j < j1; j += 2, ++q) {
+            const bool two = j + 1 < j1;   // else the last column again, with weight 0
+            w.pcol[2 * q] = static_cast<uint16_t>(rows.cols[j]);
+            w.pcol[2 * q + 1] = static_cast<uint16_t>(rows.cols[two ? j + 1 : j]);
+            w.pw[q] = static_cast<int32_t>(half(rows.vals[j]) | (half(two ? rows.vals[j + 1] : 0) << 16));
+        }
+    }
+    w.has_pairs = true;
+}
+
+}  // namespace
+
 size_t SparseInt8Weight::nbytes() const {
     return rows.indptr.size() * sizeof(int64_t) + rows.cols.size() * sizeof(int32_t) + rows.vals.size() +
            rowsum.size * sizeof(int64_t) + scale.size * sizeof(double) + corr0.size * sizeof(int32_t) +
            sptr.size() * sizeof(int64_t) +
-           ell_idx.size + ell_val.size + qptr.size() * sizeof(int64_t) + qcol.size() * sizeof(uint16_t) + qw.size;
+           ell_idx.size + ell_val.size + qptr.size() * sizeof(int64_t) + qcol.size() * sizeof(uint16_t) + qw.size +
+           pptr.size() * sizeof(int64_t) + pcol.size() * sizeof(uint16_t) + pw.size * sizeof(int32_t);
 }
 
 SparseInt8Weight sparse_int8_pack(SparseRows rows, const float* scale, const SparsePackOptions& opt) {
@@ -304,8 +332,11 @@ SparseInt8Weight sparse_int8_pack(SparseRows rows, const float* scale, const Spa
     if (opt.quad_rows == 4 && w.n % 4) fail("quads of 4 rows need N % 4 == 0, got N = " + str(w.n));
     if (!(opt.quad_rows >= -1 && opt.quad_rows <= 4 && opt.quad_rows != 2 && opt.quad_rows != 3))
         fail("quad_rows must be -1 (auto), 0, 1 or 4, got " + str(opt.quad_rows));
+    if (opt.pairs < -1 || opt.pairs > 1) fail("pairs must be -1 (auto), 0 or 1, got " + str(opt.pairs));
     // the vector structures only for K the int32 lanes are exact for (larger K: scalar only)
     if (w.k > kMaxKInt32) return w;
+
+    if (opt.pairs == 1 || (opt.pairs < 0 && int8_current_isa() == Int8Isa::avx2)) pairs_pack(w);
 
     int quad_rows = opt.quad_rows;
     if (quad_rows < 0)   // bsr blocks made of whole aligned column quads
@@ -394,6 +425,9 @@ namespace {
 // 67.4; M = 12: 63.1 / 52.0. (384, 1536) crosses at the same M.
 constexpr int64_t kQuadTilesMinM4 = 8;    // G = 4
 constexpr int64_t kQuadTilesMinM1 = 12;   // G = 1
+// From this many activation rows the AVX2 pairs kernel (16 rows in lanes, whatever M) beats
+// ELL on AVX2 (a lookup per vector and row). Measured: benchmarks/RESULTS.md, "AVX2 sparse: pairs".
+constexpr int64_t kPairsMinM = 8;
 // Below this much work (stored lanes x activation rows) one thread: a parallel region costs
 // a few microseconds. Measured on the 2-core dev machine, csr 90 %, M = 1: (384, 1536) with
 // 96 K lane-MACs 4.6 us on one thread, 5.6 us on two; (768, 3072) with 393 K, 12.7 us on one,
@@ -408,6 +442,7 @@ const char* sparse_path_name(SparsePath p) {
         case SparsePath::ell: return "ell";
         case SparsePath::quad_tiles: return "quad_tiles";
         case SparsePath::ell_avx2: return "ell_avx2";
+        case SparsePath::pairs_avx2: return "pairs_avx2";
         default: return "auto";
     }
 }
@@ -423,6 +458,7 @@ bool sparse_path_available(const SparseInt8Weight& w, SparsePath path, Int8Isa i
                    (w.lanes == EllLanes::dword || (w.lanes == EllLanes::byte && sparse_has_vbmi()));
         case SparsePath::quad_tiles: return isa == Int8Isa::avx512_vnni && w.quad_rows > 0;
         case SparsePath::ell_avx2: return isa == Int8Isa::avx2 && w.lanes != EllLanes::none;
+        case SparsePath::pairs_avx2: return isa == Int8Isa::avx2 && w.has_pairs;
         default: return false;
     }
 }
@@ -432,7 +468,10 @@ SparsePath sparse_choose_path(const SparseInt8Weight& w, int64_t m, Int8Isa isa)
     if (tiles && m >= (w.quad_rows == 4 ? kQuadTilesMinM4 : kQuadTilesMinM1)) return SparsePath::quad_tiles;
     if (sparse_path_available(w, SparsePath::ell, isa)) return SparsePath::ell;
     if (tiles) return SparsePath::quad_tiles;
+    const bool pairs = sparse_path_available(w, SparsePath::pairs_avx2, isa);
+    if (pairs && m >= kPairsMinM) return SparsePath::pairs_avx2;
     if (sparse_path_available(w, SparsePath::ell_avx2, isa)) return SparsePath::ell_avx2;
+    if (pairs) return SparsePath::pairs_avx2;
     return SparsePath::scalar;
 }
 
@@ -445,13 +484,14 @@ void sparse_int8_linear_isa(const SparseInt8Weight& w, const float* x, int64_t m
     } else if (!sparse_path_available(w, path, isa)) {
         fail(std::string("sparse path '") + sparse_path_name(path) + "' is not available for this weight on '" +
              int8_isa_name(isa) + "' (a vector path needs its structures built at pack time, K <= " + str(kMaxKInt32) +
-             " and its ISA: 'ell' and 'quad_tiles' run on avx512_vnni, 'ell_avx2' on avx2)");
+             " and its ISA: 'ell' and 'quad_tiles' run on avx512_vnni, 'ell_avx2' and 'pairs_avx2' on avx2)");
     }
     const int64_t n = w.n, k = w.k;
     // ELL tables read whole 128-byte segments and the tile transposes whole 16-quad blocks:
     // rows of u padded to a multiple of 128 bytes, with u = 128 (qx = 0) in the padding
     const int64_t ldu = round_up(k, kSparseSegment);
-    const int64_t mpad = path == SparsePath::quad_tiles ? round_up(m, kSparseTileRows) : m;
+    const bool tiled = path == SparsePath::quad_tiles || path == SparsePath::pairs_avx2;
+    const int64_t mpad = tiled ? round_up(m, kSparseTileRows) : m;
     AlignedArray<uint8_t> u;
     u.allocate(static_cast<size_t>(mpad * ldu));
     std::vector<double> sx(mpad, 0.0);
@@ -467,6 +507,9 @@ void sparse_int8_linear_isa(const SparseInt8Weight& w, const float* x, int64_t m
             corr_z[r] = static_cast<int32_t>(static_cast<uint32_t>((128 + z) * w.rowsum[r]));
         corr = corr_z.get();
     }
+    AlignedArray<int32_t> corr_signed;   // z * rowsum: for the kernels that sum qx * w (pairs)
+    corr_signed.allocate(w.npad);
+    for (int64_t r = 0; r < w.npad; ++r) corr_signed[r] = static_cast<int32_t>(static_cast<uint32_t>(z * w.rowsum[r]));
     static const int32_t kNoZeroPoint = 0;
     Problem p;
     p.w = &w;
@@ -474,6 +517,7 @@ void sparse_int8_linear_isa(const SparseInt8Weight& w, const float* x, int64_t m
     p.ldu = ldu;
     p.m = m;
     p.corr = corr;
+    p.corr_signed = corr_signed.get();
     p.ep = Epilogue{corr, w.rowsum.get(), 128 + z, &kNoZeroPoint, false, w.scale.get(), bias,
                     row_corr.data(), sx.data()};
     p.y = y;
@@ -491,17 +535,23 @@ void sparse_int8_linear_isa(const SparseInt8Weight& w, const float* x, int64_t m
         case SparsePath::ell:
         case SparsePath::ell_avx2: items = w.nblk; work = w.ell_vectors * 64 * m; break;
         case SparsePath::quad_tiles: items = w.nblk * tiles; work = w.nquads * w.quad_rows * 4 * mpad; break;
+        case SparsePath::pairs_avx2: items = (n + 7) / 8 * tiles; work = w.npairs * 2 * mpad; break;
         default: items = w.nblk; work = w.nnz * m; break;
     }
     int nt = std::max(1, threads);
     if (work < kParallelMinWork) nt = 1;
     AlignedArray<uint8_t> xq;   // quad tiles: (tiles, ldu / 4, 16, 4)
     if (path == SparsePath::quad_tiles) xq.allocate(static_cast<size_t>(mpad * ldu));
+    AlignedArray<int16_t> xt;   // pairs: (tiles, ldu, 16) int16
+    if (path == SparsePath::pairs_avx2) xt.allocate(static_cast<size_t>(mpad * ldu));
 
     const auto quantize_row = [&](int64_t i) { quantize(x + i * k, k, ldu, aq, u.get() + i * ldu, &sx[i], &row_corr[i]); };
     const auto transpose_tile = [&](int64_t t) {
 #if QRT_INT8_X86_SIMD
-        sparse_detail::quad_tile_transpose_avx512(u.get(), ldu, t, xq.get());
+        if (path == SparsePath::pairs_avx2)
+            sparse_detail::pairs_transpose_avx2(p, t, xt.get());
+        else
+            sparse_detail::quad_tile_transpose_avx512(u.get(), ldu, t, xq.get());
 #else
         (void)t;
 #endif
@@ -512,6 +562,7 @@ void sparse_int8_linear_isa(const SparseInt8Weight& w, const float* x, int64_t m
             case SparsePath::ell: sparse_detail::ell_blocks_avx512(p, item, item + 1); break;
             case SparsePath::quad_tiles: sparse_detail::quad_tile_avx512(p, xq.get(), item / tiles, item % tiles); break;
             case SparsePath::ell_avx2: sparse_detail::ell_blocks_avx2(p, item, item + 1); break;
+            case SparsePath::pairs_avx2: sparse_detail::pairs_block_avx2(p, xt.get(), item / tiles, item % tiles); break;
 #endif
             default:
                 if (w.has_rows)
@@ -521,7 +572,7 @@ void sparse_int8_linear_isa(const SparseInt8Weight& w, const float* x, int64_t m
                 break;
         }
     };
-    const int64_t ntiles = path == SparsePath::quad_tiles ? tiles : 0;
+    const int64_t ntiles = tiled ? tiles : 0;
     if (nt == 1) {   // no OpenMP loop bookkeeping (measured: ~10 % of a small call)
         for (int64_t i = 0; i < m; ++i) quantize_row(i);
         for (int64_t t = 0; t < ntiles; ++t) transpose_tile(t);

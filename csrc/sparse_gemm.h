@@ -105,6 +105,7 @@ struct SparsePackOptions {
     int64_t block_r = 0, block_c = 0;   // bsr block shape; 0: not a bsr weight
     int lanes = -1;                     // -1 auto, else an EllLanes value
     int quad_rows = -1;                 // -1 auto, 0 none, 1 or 4 (4 needs N % 4 == 0)
+    int pairs = -1;                     // -1 auto (where the best int8 path is AVX2), 0 no, 1 yes
 };
 
 struct SparseInt8Weight {
@@ -131,6 +132,13 @@ struct SparseInt8Weight {
     std::vector<uint16_t> qcol;       // (nquads,) column quad k / 4 (< 2^16 whenever K <= kMaxKInt32)
     AlignedArray<int8_t> qw;          // (nquads, G, 4) weights, 0 where a row stores nothing
     int64_t nquads = 0;
+    // pairs (AVX2, activation rows in lanes): each row's stored weights two at a time, in
+    // column order; an odd row's last pair repeats its column with weight 0
+    bool has_pairs = false;
+    std::vector<int64_t> pptr;        // (N + 1,) pairs of each row
+    std::vector<uint16_t> pcol;       // (npairs, 2) the two columns (K <= kMaxKInt32 < 2^16)
+    AlignedArray<int32_t> pw;         // (npairs,) the two weights as int16: low half, high half
+    int64_t npairs = 0;
     size_t nbytes() const;            // bytes held by every packed array
 };
 
@@ -139,8 +147,9 @@ struct SparseInt8Weight {
 // with N % 4 != 0).
 SparseInt8Weight sparse_int8_pack(SparseRows rows, const float* scale, const SparsePackOptions& opt);
 
-// ell and quad_tiles: the AVX-512 kernels; ell_avx2: the AVX2 kernel on the same ELL vectors.
-enum class SparsePath : int { automatic = -1, scalar = 0, ell = 1, quad_tiles = 2, ell_avx2 = 3 };
+// ell and quad_tiles: the AVX-512 kernels; ell_avx2: the AVX2 kernel on the same ELL vectors;
+// pairs_avx2: the AVX2 kernel on the pairs, 16 activation rows in int16 lanes (M >= kPairsMinM).
+enum class SparsePath : int { automatic = -1, scalar = 0, ell = 1, quad_tiles = 2, ell_avx2 = 3, pairs_avx2 = 4 };
 const char* sparse_path_name(SparsePath p);
 // The path sparse_int8_linear takes for M rows on `isa` (automatic resolved).
 SparsePath sparse_choose_path(const SparseInt8Weight& w, int64_t m, Int8Isa isa);

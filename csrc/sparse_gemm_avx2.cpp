@@ -208,6 +208,81 @@ void ell_blocks_avx2(const Problem& p, int64_t b0, int64_t b1) {
         ell_blocks<false>(p, b0, b1);
 }
 
+// --- pairs: activation rows in lanes ------------------------------------------------------------
+//
+// For M >= kPairsMinM the lanes hold activation rows instead of output rows, so no lane needs a
+// lookup: a tile of 16 activation rows is transposed once into xt (K, 16) int16 = qx, and an
+// output row's stored weights are taken two at a time, (c1, w1), (c2, w2): vpunpck{l,h}wd of
+// xt[c1] and xt[c2] interleaves the two columns per activation row, and vpmaddwd against the
+// broadcast int16 pair (w1, w2) adds qx[m, c1] w1 + qx[m, c2] w2 into lane m, exactly (int16
+// products, int32 sums). Per pair: 2 loads, 2 unpacks, 2 vpmaddwd, 2 vpaddd for 32
+// multiply-adds; the rows' sums are kept as int32 (8 output rows x 16 activation rows) and
+// go through the shared epilogue 8 outputs of one activation row at a time.
+
+void pairs_transpose_avx2(const Problem& p, int64_t t, int16_t* xt) {
+    int16_t* dst = xt + t * p.ldu * kSparseTileRows;
+    for (int64_t r = 0; r < kSparseTileRows; ++r) {
+        const uint8_t* src = p.u + (t * kSparseTileRows + r) * p.ldu;   // rows >= M hold 128: qx = 0
+        for (int64_t k = 0; k < p.ldu; ++k) dst[k * kSparseTileRows + r] = static_cast<int16_t>(src[k] - 128);
+    }
+}
+
+// One pair (the j-th of a row): l / h += its two columns' qx times its two weights.
+QRT_TARGET_AVX2 inline void pair_step(const int16_t* x, const uint16_t* col, const int32_t* pw, int64_t j, __m256i& l,
+                                      __m256i& h) {
+    const __m256i a = _mm256_load_si256(reinterpret_cast<const __m256i*>(x + col[2 * j] * kSparseTileRows));
+    const __m256i b = _mm256_load_si256(reinterpret_cast<const __m256i*>(x + col[2 * j + 1] * kSparseTileRows));
+    const __m256i wv = _mm256_set1_epi32(pw[j]);
+    l = _mm256_add_epi32(l, _mm256_madd_epi16(_mm256_unpacklo_epi16(a, b), wv));
+    h = _mm256_add_epi32(h, _mm256_madd_epi16(_mm256_unpackhi_epi16(a, b), wv));
+}
+
+QRT_TARGET_AVX2 void pairs_block_avx2(const Problem& p, const int16_t* xt, int64_t blk, int64_t t) {
+    const SparseInt8Weight& w = *p.w;
+    const int16_t* x = xt + t * p.ldu * kSparseTileRows;
+    const int64_t n = w.n, n0 = blk * 8, rows = std::min<int64_t>(8, n - n0);
+    alignas(32) int32_t raw[8][kSparseTileRows] = {};
+    for (int64_t r = 0; r < rows; ++r) {
+        const int64_t j0 = w.pptr[n0 + r], j1 = w.pptr[n0 + r + 1];
+        const uint16_t* col = w.pcol.data() + 2 * j0;
+        const int32_t* pw = w.pw.get() + j0;
+        __m256i lo = _mm256_setzero_si256(), hi = lo;   // lanes: rows 0-3, 8-11 / 4-7, 12-15
+        __m256i lo2 = lo, hi2 = lo;                      // the odd pairs: two independent chains
+        const int64_t count = j1 - j0;
+        int64_t j = 0;
+        for (; j + 2 <= count; j += 2) {
+            pair_step(x, col, pw, j, lo, hi);
+            pair_step(x, col, pw, j + 1, lo2, hi2);
+        }
+        if (j < count) pair_step(x, col, pw, j, lo, hi);
+        lo = _mm256_add_epi32(lo, lo2);
+        hi = _mm256_add_epi32(hi, hi2);
+        int32_t* o = raw[r];
+        _mm_store_si128(reinterpret_cast<__m128i*>(o), _mm256_castsi256_si128(lo));
+        _mm_store_si128(reinterpret_cast<__m128i*>(o + 4), _mm256_castsi256_si128(hi));
+        _mm_store_si128(reinterpret_cast<__m128i*>(o + 8), _mm256_extracti128_si256(lo, 1));
+        _mm_store_si128(reinterpret_cast<__m128i*>(o + 12), _mm256_extracti128_si256(hi, 1));
+    }
+    // sum qx * w - z * rowsum = the exact accumulator (wrapping int32, as every vector path)
+    const __m256i cs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.corr_signed + n0));
+    const __m256d sw_lo = _mm256_loadu_pd(p.ep.sw + n0), sw_hi = _mm256_loadu_pd(p.ep.sw + n0 + 4);
+    const double* bias = p.ep.bias == nullptr ? nullptr : p.ep.bias + n0;
+    const int64_t m0 = t * kSparseTileRows, mrows = std::min<int64_t>(kSparseTileRows, p.m - m0);
+    for (int64_t i = 0; i < mrows; ++i) {
+        const __m256i acc = _mm256_sub_epi32(_mm256_setr_epi32(raw[0][i], raw[1][i], raw[2][i], raw[3][i], raw[4][i],
+                                                               raw[5][i], raw[6][i], raw[7][i]), cs);
+        const __m256 v = int8_detail::epilogue8_avx2(acc, sw_lo, sw_hi, p.ep.sx[m0 + i], bias);
+        float* out = p.y + (m0 + i) * n + n0;
+        if (rows == 8) {
+            _mm256_storeu_ps(out, v);
+        } else {
+            alignas(32) float tmp[8];
+            _mm256_store_ps(tmp, v);
+            std::memcpy(out, tmp, static_cast<size_t>(rows) * sizeof(float));
+        }
+    }
+}
+
 }  // namespace sparse_detail
 }  // namespace qrt
 

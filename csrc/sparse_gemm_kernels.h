@@ -17,6 +17,7 @@ struct Problem {
     int64_t ldu;               // a multiple of kSparseSegment (ELL tables, 16-quad transposes)
     int64_t m;                 // rows of X and Y
     const int32_t* corr;       // (npad,) (128 + z) * rowsum[n] wrapped to int32
+    const int32_t* corr_signed;  // (npad,) z * rowsum[n] wrapped: for kernels summing qx * w
     int8_detail::Epilogue ep;  // sw = w.scale, sx (mpad,), bias (npad,) or nullptr
     float* y;                  // (M, N)
 };
@@ -31,6 +32,11 @@ void quad_tile_transpose_avx512(const uint8_t* u, int64_t ldu, int64_t t, uint8_
 void quad_tile_avx512(const Problem& p, const uint8_t* xq, int64_t blk, int64_t t);
 // AVX2: ELL blocks [b0, b1), every activation row, byte or dword lanes (no VBMI needed).
 void ell_blocks_avx2(const Problem& p, int64_t b0, int64_t b1);
+// AVX2 pairs: activation tile t (rows 16 t ..) of u as qx, transposed into
+// xt + t * ldu * 16: (ldu, 16) int16, 0 in rows >= M.
+void pairs_transpose_avx2(const Problem& p, int64_t t, int16_t* xt);
+// AVX2 pairs: output rows [8 blk, 8 blk + 8) x activation tile t, from xt as above.
+void pairs_block_avx2(const Problem& p, const int16_t* xt, int64_t blk, int64_t t);
 #endif
 
 }  // namespace sparse_detail

@@ -97,7 +97,8 @@ def _variants(t):
     out += [(f"scalar-{auto.lanes}/{isa}", auto, "scalar", isa) for isa in ISAS if auto.lanes != "none"]
     if AVX2:
         for lanes in AVX2_LANES:
-            out.append((f"ell_avx2-{lanes}", pack_sparse(t, lanes=lanes, quad_rows=0), "ell_avx2", "avx2"))
+            out.append((f"ell_avx2-{lanes}", pack_sparse(t, lanes=lanes, quad_rows=0, pairs=0), "ell_avx2", "avx2"))
+        out.append(("pairs_avx2", pack_sparse(t, lanes="none", quad_rows=0, pairs=1), "pairs_avx2", "avx2"))
     if not VNNI:
         return out
     for lanes in LANES:
@@ -197,38 +198,43 @@ def test_every_path_exact_and_fully_written(case, restore_native_state):
 @pytest.mark.skipif(not AVX2, reason="the CPU has no AVX2")
 @pytest.mark.parametrize("case", SPARSE_CASES, ids=_case_id)
 def test_avx2_kernel_on_awkward_shapes(case, restore_native_state):
-    """The AVX2 kernel (csrc/sparse_gemm_avx2.cpp) with the ISA forced to "avx2": the automatic
-    path must be "ell_avx2" (asserted, so that a fall back to the scalar path fails here), for
-    each lane kind it reads and the auto packing, M = 1 to 16 (the 4-row groups, their 3 / 2 / 1
-    row remainders), dynamic and static activations (z != 0 and z = 0), with and without bias,
-    1 and 2 threads, into poisoned outputs: the reference's bits."""
+    """The AVX2 kernels (csrc/sparse_gemm_avx2.cpp) with the ISA forced to "avx2": the automatic
+    path must be "ell_avx2" for ELL weights without pairs, and for a weight with pairs
+    "pairs_avx2" from M = 8 ("ell_avx2" below; asserted, so that a fall back to another path
+    fails here), for each lane kind and the auto packing, M = 1 to 33 (the 4-row groups, their
+    3 / 2 / 1 row remainders, 16-row tiles and their edges), dynamic and static activations
+    (z != 0 and z = 0), with and without bias, 1 and 2 threads, into poisoned outputs: the
+    reference's bits."""
     layout, kind, block, nm, n, k = case
     rng = _rng("avx2", case)
     t = pack_sparse_case(rng, layout, n, k, kind, block=block or (1, 4), nm=nm or (2, 4))
     bias = rng.standard_normal(n)
-    weights = [(lanes, pack_sparse(t, lanes=lanes, quad_rows=0)) for lanes in AVX2_LANES]
-    weights.append(("auto", pack_sparse(t)))
+    weights = [(lanes, pack_sparse(t, lanes=lanes, quad_rows=0, pairs=0)) for lanes in AVX2_LANES]
+    weights.append(("auto", pack_sparse(t, pairs=0)))
+    weights.append(("pairs", pack_sparse(t, pairs=1)))
     _native.set_int8_isa("avx2")
-    for m in (1, 2, 3, 4, 5, 6, 7, 9, 16):
+    for m in (1, 2, 3, 4, 5, 6, 7, 8, 9, 16, 17, 33):
         x = _x(rng, (m, k))
         for act in ACTS:
             b = bias if (m + len(act)) % 2 else None
             ref = _reference(t, ACTS[act], x, b)
             for lanes, w in weights:
-                assert w.path(m) == "ell_avx2", (lanes, w.lanes)
+                path = "pairs_avx2" if lanes == "pairs" and m >= 8 else "ell_avx2"
+                assert w.path(m) == path, (lanes, w.lanes, m)
                 for threads in (1, 2):
                     _native.set_threads(threads)
                     out = np.full((m, n), np.nan, np.float32)
                     _native.sparse_int8_linear(w, x, b, *_binding_args(ACTS[act]), out=out)
-                    _assert_same(out, ref, f"{_case_id(case)} ell_avx2-{lanes} M={m} {act} threads={threads}")
+                    _assert_same(out, ref, f"{_case_id(case)} {path}-{lanes} M={m} {act} threads={threads}")
 
 
 def test_automatic_path_choice(restore_native_state):
     """What auto packs and runs: ELL for every layout (byte lanes where they are denser and
     supported, dword lanes for 4-column blocks), plus quad tiles for bsr with C % 4 == 0. On
     AVX-512 VNNI the quad tiles are taken from M = 8 (4-row quads, R % 4 == 0) or M = 12 (1-row
-    quads), ELL below; on AVX2 the AVX2 ELL kernel for every M; scalar on the scalar ISA and
-    for a weight without ELL on AVX2."""
+    quads), ELL below; on AVX2 the AVX2 ELL kernel below M = 8 and the pairs kernel from there
+    where pairs were built (auto: where the int8 path is avx2 at pack time), or for every M
+    without ELL; scalar on the scalar ISA and for a weight without either on AVX2."""
     rng = _rng("choice")
     case = pack_sparse_case(rng, "csr", 32, 256, "magnitude0.9")
     csr = pack_sparse(case)
@@ -250,8 +256,15 @@ def test_automatic_path_choice(restore_native_state):
         assert b161.path(1) == b161.path(128) == ("ell" if b161.lanes in LANES else "scalar")
     if AVX2:
         _native.set_int8_isa("avx2")
-        assert {w.path(m) for w in everything for m in (1, 7, 8, 12, 128)} == {"ell_avx2"}
-        assert pack_sparse(case, lanes="none", quad_rows=0).path(1) == "scalar"
+        assert {w.path(m) for w in everything for m in (1, 7)} == {"ell_avx2"}
+        for w in everything:
+            assert {w.path(m) for m in (8, 12, 128)} == {"pairs_avx2" if w.npairs >= 0 else "ell_avx2"}
+        with_pairs = pack_sparse(case, pairs=1)
+        assert (with_pairs.path(7), with_pairs.path(8)) == ("ell_avx2", "pairs_avx2")
+        assert pack_sparse(case, lanes="none", quad_rows=0, pairs=1).path(1) == "pairs_avx2"
+        assert pack_sparse(case, lanes="none", quad_rows=0, pairs=0).path(1) == "scalar"
+        per_row = np.diff(case.fields["indptr"].astype(np.int64))
+        assert pack_sparse(case, pairs=0).npairs == -1 and with_pairs.npairs == int(((per_row + 1) // 2).sum())
     _native.set_int8_isa("scalar")
     assert {w.path(m) for w in everything for m in (1, 128)} == {"scalar"}
 
@@ -601,7 +614,7 @@ def test_bad_calls_are_refused_with_a_reason(restore_native_state):
     if VECTOR:                                    # a built structure, but an ISA that cannot run it
         wq = _native.sparse_int8_csr(ip, ix, q, s, (6, 20), lanes="dword")
         _native.set_int8_isa("scalar")
-        for path in ("ell", "ell_avx2"):
+        for path in ("ell", "ell_avx2", "pairs_avx2"):
             with pytest.raises(ValueError, match=f"sparse path '{path}' is not available for this weight on 'scalar'"):
                 _native.sparse_int8_linear(wq, x, path=path)
         if VNNI and AVX2:                         # each vector path runs on its own ISA only
