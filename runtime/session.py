@@ -25,6 +25,7 @@ import numpy as np
 from kernels import registry
 from kernels.core.device import is_device_array, to_numpy
 from kernels.core.layouts import dense_tensor, dense_view_2d
+from kernels.core.threads import usable_cpus
 
 from . import planner
 from .format import load
@@ -71,7 +72,8 @@ class InferenceSession:
              runtime.available_backends(); an explicit backend that is unavailable here is
              refused with the reason. Ops the chosen backend has no kernel for run on the
              reference kernels, and ``plan`` says so node by node.
-    threads: worker threads for backends that parallelise (None: all cores).
+    threads: worker threads for backends that parallelise (None: the CPUs this process may use:
+             its affinity mask, capped by its cgroup CPU quota; kernels.core.threads.usable_cpus).
     fuse:    rewrite op patterns into fused ops before planning (runtime/fuse.py: attention,
              Add + LayerNorm, Linear/Conv + Relu/Gelu); False runs the graph as stored.
     plan:    per-layer planning (runtime/planner.py): "auto" measures, once per machine and
@@ -91,7 +93,7 @@ class InferenceSession:
             graph = load(model)
         if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
             raise ValueError(f"threads must be a positive int or None, got {threads!r}")
-        self.threads = threads or os.cpu_count() or 1
+        self.threads = threads or usable_cpus()
         self.backend = _check_backend(backend)
         if plan not in PLAN_MODES:
             raise ValueError(f"plan must be one of {', '.join(PLAN_MODES)}, got {plan!r}")

@@ -27,3 +27,47 @@ def cap_blas_threads(n: int) -> None:
         return
     threadpool_limits(limits=n, user_api="blas")
     _blas_threads.append(n)
+
+
+def usable_cpus(cgroup_root: str = "/sys/fs/cgroup") -> int:
+    """How many CPUs this process may really use: the CPUs of its affinity mask, capped by its
+    cgroup's CPU quota rounded up (cgroup v2 ``cpu.max``, v1 ``cpu.cfs_quota_us`` /
+    ``cpu.cfs_period_us``), at least 1. The default thread count: a container limited to 2
+    CPUs on a 64-core host, or a process pinned to 2 cores, gets 2 threads, not 64 that then
+    wait at every barrier for workers the scheduler does not run."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):          # not on Linux
+        n = os.cpu_count() or 1
+    quota = _cgroup_quota(cgroup_root)
+    if quota is not None:
+        n = min(n, quota)
+    return max(1, n)
+
+
+def _cgroup_quota(root: str) -> int | None:
+    """ceil(quota / period) of the cgroup CPU limit, None when unlimited or unreadable."""
+    def read(name: str) -> str | None:
+        try:
+            with open(os.path.join(root, name)) as f:
+                return f.read().strip()
+        except OSError:
+            return None
+    v2 = read("cpu.max")                       # "max 100000" or "200000 100000"
+    if v2:
+        parts = v2.split()
+        if len(parts) == 2 and parts[0] != "max":
+            return _ceil_ratio(parts[0], parts[1])
+        return None
+    q, p = read("cpu/cpu.cfs_quota_us") or read("cpu.cfs_quota_us"), read("cpu/cpu.cfs_period_us") or read("cpu.cfs_period_us")
+    if q and p and q.lstrip("-").isdigit() and int(q) > 0:
+        return _ceil_ratio(q, p)
+    return None
+
+
+def _ceil_ratio(q: str, p: str) -> int | None:
+    try:
+        quota, period = int(q), int(p)
+    except ValueError:
+        return None
+    return max(1, -(-quota // period)) if quota > 0 and period > 0 else None

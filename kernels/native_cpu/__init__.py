@@ -10,7 +10,8 @@ AVX-512, VNNI or AMX must be picked at run time on :func:`cpu_features`.
 
 Kernels: ("Linear", "int8") in int8.py (csrc/int8_gemm.cpp), ("Linear", "csr" / "bsr" /
 "nm") in sparse.py (csrc/sparse_gemm.cpp), ("Gather", "int8" / "int4_grouped"), the
-quantized embedding lookup, in gather.py (csrc/embedding_gather.cpp), and others, registered
+quantized embedding lookup, in gather.py (csrc/embedding_gather.cpp), float32 Linear /
+MatMul / Gemm / Conv (BLAS) and Gelu / Relu in elementwise.py, and others, registered
 when the extension imports. The
 feature probe imports nothing heavy (no numpy) when the extension is not built; when it is,
 importing this package registers the kernels, which need numpy.
@@ -18,7 +19,7 @@ importing this package registers the kernels, which need numpy.
 Threads: OpenMP inside the extension; the session calls :func:`set_threads` before each run.
 Every C++ kernel's result is independent of the thread count (each output tile is computed by
 one thread, in a fixed order). The weight-only (act_quant "none") Linear is numpy's float32
-BLAS matmul, whose bits may follow BLAS's thread count (kernels/numba_cpu/ops.py): it agrees
+BLAS matmul, whose bits may follow BLAS's thread count (kernels/blas_ops.py): it agrees
 within float32 rounding.
 
 Environment: QRT_NATIVE_ISA = avx512_vnni | avx2 | scalar forces the int8 GEMM's code path (all
@@ -197,4 +198,4 @@ if _load_native() is not None:
         from . import int8, sparse  # noqa: F401,E402
         from . import fused  # noqa: F401,E402
         from . import conv, int4  # noqa: F401,E402
-        from . import gather  # noqa: F401,E402
+        from . import elementwise, gather  # noqa: F401,E402

@@ -20,6 +20,7 @@ import os
 import shlex
 import sys
 
+from kernels.core.threads import usable_cpus
 from kernels.registry import BACKENDS
 
 from . import gemm as gemm_mod
@@ -54,7 +55,8 @@ def add_parser(sub) -> None:
                    "for a model default auto")
     b.add_argument("--no-baselines", action="store_true", help="--gemm: qrt rows only (no fp32 / onnxruntime / "
                    "PyTorch rows, no speed-ups against them)")
-    b.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads for every runtime")
+    b.add_argument("--threads", type=int, default=usable_cpus(),
+                   help="threads for every runtime (default: the CPUs this process may use, affinity and cgroup quota)")
     b.add_argument("--batch", type=int, default=1, help="model: batch size for symbolic batch dimensions")
     b.add_argument("--seq", type=int, help="model: size of the other symbolic dimensions (sequence length)")
     b.add_argument("--compare", metavar="ORIGINAL.onnx", help="model: also run the original ONNX model")
