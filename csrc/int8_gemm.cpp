@@ -173,6 +173,7 @@ PathKernels kernels_for(Int8Isa isa, const Int8PackedWeight& w) {
     switch (isa) {
 #if QRT_INT8_X86_SIMD
         case Int8Isa::avx512_vnni: return {quantize_row_avx512, tile_avx512};
+        case Int8Isa::avx_vnni: return {quantize_row_avx2, tile_avx_vnni};
         case Int8Isa::avx2:
             if (w.has_q_min) return {quantize_row_avx2, tile_avx2};
             return {quantize_row_avx2_signed, tile_avx2_signed, 2};
@@ -197,6 +198,7 @@ std::atomic<int> g_isa_override{-1};    // -1: the best path
 const char* int8_isa_name(Int8Isa isa) {
     switch (isa) {
         case Int8Isa::avx512_vnni: return "avx512_vnni";
+        case Int8Isa::avx_vnni: return "avx_vnni";
         case Int8Isa::avx2: return "avx2";
         default: return "scalar";
     }
@@ -210,12 +212,14 @@ bool int8_isa_supported(Int8Isa isa) {
     // the AVX2 path's epilogue activations use FMA (activation.h); every AVX2 CPU has it
     if (isa == Int8Isa::avx2) return f.avx2 && f.fma;
     if (isa == Int8Isa::avx512_vnni) return f.avx512f && f.avx512bw && f.avx512_vnni;
+    if (isa == Int8Isa::avx_vnni) return f.avx2 && f.fma && f.avx_vnni;
 #endif
     return false;
 }
 
 Int8Isa int8_best_isa() {
     if (int8_isa_supported(Int8Isa::avx512_vnni)) return Int8Isa::avx512_vnni;
+    if (int8_isa_supported(Int8Isa::avx_vnni)) return Int8Isa::avx_vnni;
     if (int8_isa_supported(Int8Isa::avx2)) return Int8Isa::avx2;
     return Int8Isa::scalar;
 }
@@ -232,7 +236,7 @@ void int8_set_isa(const std::string& name) {
         g_isa_override.store(-1);
         return;
     }
-    for (Int8Isa isa : {Int8Isa::scalar, Int8Isa::avx2, Int8Isa::avx512_vnni}) {
+    for (Int8Isa isa : {Int8Isa::scalar, Int8Isa::avx2, Int8Isa::avx_vnni, Int8Isa::avx512_vnni}) {
         if (name == int8_isa_name(isa)) {
             if (!int8_isa_supported(isa))
                 throw std::invalid_argument("int8 path '" + name + "' is not supported by this CPU (best here: " +
@@ -241,7 +245,7 @@ void int8_set_isa(const std::string& name) {
             return;
         }
     }
-    throw std::invalid_argument("unknown int8 path '" + name + "'; expected one of auto, avx512_vnni, avx2, scalar");
+    throw std::invalid_argument("unknown int8 path '" + name + "'; expected one of auto, avx512_vnni, avx_vnni, avx2, scalar");
 }
 
 void int8_set_threads(int n) { g_threads.store(std::max(1, n)); }
@@ -379,6 +383,7 @@ void activation_inplace_isa(float* y, int64_t count, Activation act, Int8Isa isa
     switch (isa) {
 #if QRT_INT8_X86_SIMD
         case Int8Isa::avx512_vnni: activation_span_avx512(y, count, act); return;
+        case Int8Isa::avx_vnni:
         case Int8Isa::avx2: activation_span_avx2(y, count, act); return;
 #endif
         default:

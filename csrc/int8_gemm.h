@@ -50,7 +50,11 @@ constexpr int64_t kInt8Panel = 64;        // output columns per weight panel (4 
 constexpr int64_t kInt8MR = 4;            // rows per micro-tile
 
 // The GEMM code paths. All give the same int32 (or int64) accumulators, hence the same bits.
-enum class Int8Isa : int { scalar = 0, avx2 = 1, avx512_vnni = 2 };
+// avx_vnni: VEX vpdpbusd on ymm (Intel Alder Lake and later client CPUs, Zen 5 without
+// AVX-512 enabled); the AVX2 kernels serve it wherever it has no kernel of its own.
+enum class Int8Isa : int { scalar = 0, avx2 = 1, avx512_vnni = 2, avx_vnni = 3 };
+// avx2 or avx_vnni: the ISAs whose other kernels (sparse, int4, fused) are the AVX2 ones.
+inline bool int8_isa_is_avx2_class(Int8Isa isa) { return isa == Int8Isa::avx2 || isa == Int8Isa::avx_vnni; }
 
 const char* int8_isa_name(Int8Isa isa);
 // The best path this CPU supports (cpu_features.cpp).
@@ -58,7 +62,7 @@ Int8Isa int8_best_isa();
 bool int8_isa_supported(Int8Isa isa);
 // The path int8_linear takes: the override if one is set (int8_set_isa), else the best one.
 Int8Isa int8_current_isa();
-// "auto" clears the override; "scalar", "avx2" or "avx512_vnni" forces that path. Throws
+// "auto" clears the override; "scalar", "avx2", "avx_vnni" or "avx512_vnni" forces that path. Throws
 // std::invalid_argument for an unknown name or a path this CPU cannot run.
 void int8_set_isa(const std::string& name);
 // Whether a path is forced (int8_set_isa with a name other than "auto", i.e. QRT_NATIVE_ISA or

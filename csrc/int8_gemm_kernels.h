@@ -61,6 +61,9 @@ void quantize_row_avx2(const float* x, int64_t k, int64_t kp, const Int8ActQuant
                        uint8_t* u, double* sx, int64_t* row_corr);
 void tile_avx2(int64_t rows, const uint8_t* u, int64_t ldu, const int8_t* panel, int64_t k4,
                const Epilogue& ep, int64_t m0, int64_t n0, float* y, int64_t ldy);
+// AVX-VNNI (int8_gemm_avxvnni.cpp): the u8 tile on VEX vpdpbusd, with quantize_row_avx2.
+void tile_avx_vnni(int64_t rows, const uint8_t* u, int64_t ldu, const int8_t* panel, int64_t k4,
+                   const Epilogue& ep, int64_t m0, int64_t n0, float* y, int64_t ldy);
 // The signed-activation AVX2 path (vpmaddubsw, exact because |qw| <= 127: see the file).
 // Its rows are 2 * kp bytes: qx as int8, then |qx| as uint8 (kp each, 0 past K).
 void quantize_row_avx2_signed(const float* x, int64_t k, int64_t kp, const Int8ActQuant& aq,

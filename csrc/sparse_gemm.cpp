@@ -336,7 +336,7 @@ SparseInt8Weight sparse_int8_pack(SparseRows rows, const float* scale, const Spa
     // the vector structures only for K the int32 lanes are exact for (larger K: scalar only)
     if (w.k > kMaxKInt32) return w;
 
-    if (opt.pairs == 1 || (opt.pairs < 0 && int8_current_isa() == Int8Isa::avx2)) pairs_pack(w);
+    if (opt.pairs == 1 || (opt.pairs < 0 && int8_isa_is_avx2_class(int8_current_isa()))) pairs_pack(w);
 
     int quad_rows = opt.quad_rows;
     if (quad_rows < 0)   // bsr blocks made of whole aligned column quads
@@ -457,8 +457,8 @@ bool sparse_path_available(const SparseInt8Weight& w, SparsePath path, Int8Isa i
             return isa == Int8Isa::avx512_vnni &&
                    (w.lanes == EllLanes::dword || (w.lanes == EllLanes::byte && sparse_has_vbmi()));
         case SparsePath::quad_tiles: return isa == Int8Isa::avx512_vnni && w.quad_rows > 0;
-        case SparsePath::ell_avx2: return isa == Int8Isa::avx2 && w.lanes != EllLanes::none;
-        case SparsePath::pairs_avx2: return isa == Int8Isa::avx2 && w.has_pairs;
+        case SparsePath::ell_avx2: return int8_isa_is_avx2_class(isa) && w.lanes != EllLanes::none;
+        case SparsePath::pairs_avx2: return int8_isa_is_avx2_class(isa) && w.has_pairs;
         default: return false;
     }
 }
@@ -525,7 +525,7 @@ void sparse_int8_linear_isa(const SparseInt8Weight& w, const float* x, int64_t m
     int8_detail::QuantizeRowFn quantize = int8_detail::quantize_row_scalar;
 #if QRT_INT8_X86_SIMD
     if (isa == Int8Isa::avx512_vnni) quantize = int8_detail::quantize_row_avx512;
-    if (isa == Int8Isa::avx2) quantize = int8_detail::quantize_row_avx2;
+    if (int8_isa_is_avx2_class(isa)) quantize = int8_detail::quantize_row_avx2;
 #endif
 
     // work items, each computing a fixed set of outputs start to end (thread-count independent)

@@ -152,6 +152,11 @@ def test_every_path_is_tested_here():
     f = cpu_features()
     assert ("avx512_vnni" in ISAS) == bool(f["avx512_vnni"] and f["avx512bw"] and f["avx512f"])
     assert ("avx2" in ISAS) == (f["avx2"] and f["fma"])     # the AVX2 path uses FMA (activation.h)
+    # AVX-VNNI (VEX vpdpbusd, csrc/int8_gemm_avxvnni.cpp): offered exactly where the CPU has it,
+    # ahead of avx2 and behind avx512_vnni; where it is offered, every test here runs it
+    assert ("avx_vnni" in ISAS) == bool(f["avx_vnni"] and f["avx2"] and f["fma"])
+    order = ["avx512_vnni", "avx_vnni", "avx2", "scalar"]
+    assert list(ISAS) == [i for i in order if i in ISAS]
 
 
 def test_non_contiguous_input_and_bias_dtypes():
@@ -270,9 +275,9 @@ def test_set_threads_hook_and_isa_override(restore_native_state):
     assert _native.get_threads() == 3
     with pytest.raises(ValueError, match="unknown int8 path"):
         _native.set_int8_isa("avx9000")
-    if "avx512_vnni" not in ISAS:
-        with pytest.raises(ValueError, match="not supported by this CPU"):
-            _native.set_int8_isa("avx512_vnni")
+    for missing in {"avx512_vnni", "avx_vnni"} - set(ISAS):
+        with pytest.raises(ValueError, match=f"int8 path '{missing}' is not supported by this CPU"):
+            _native.set_int8_isa(missing)
     for isa in ISAS:
         _native.set_int8_isa(isa)
         assert _native.int8_isa() == isa

@@ -1,0 +1,107 @@
+// int8 Linear, AVX-VNNI path: VEX-encoded vpdpbusd on ymm registers, for CPUs that have it
+// without AVX-512 (Intel Alder Lake and later client cores, Zen 5 parts with AVX-512 off).
+// Numerics and layouts: int8_gemm.h; the rows come from the AVX2 quantizer (u = qx + 128).
+//
+// vpdpbusd multiplies 4 unsigned bytes by 4 signed bytes and adds the four products to an
+// int32 lane without intermediate saturation (the saturating form is vpdpbusds), so u x qw is
+// exact for every byte, -128 included; the lanes wrap modulo 2^32 and the epilogue's
+// corrections recover the accumulator exactly for K <= kMaxKInt32, as on the AVX-512 path.
+// The tile is 4 rows x 16 columns (8 accumulators, 2 weight vectors per k step), the same
+// register shape as the AVX2 tiles, one vpdpbusd per 32 products of a row.
+//
+// What ran: this file is compiled and dispatched on cpuid (int8_isa_supported), but no CPU of
+// the development machines has AVX-VNNI, so its results have not been compared with the
+// reference on hardware (tests/test_native_int8.py skips it where the CPU lacks it).
+#include "int8_gemm_kernels.h"
+
+#if QRT_INT8_X86_SIMD
+
+#include <immintrin.h>
+
+#define QRT_TARGET_AVXVNNI __attribute__((target("avx2,fma,avxvnni")))
+
+namespace qrt {
+namespace int8_detail {
+
+namespace {
+
+#define QRT_VNNI_ROW(r)                                                                        \
+    if constexpr (ROWS > r) {                                                                  \
+        int32_t word;                                                                          \
+        std::memcpy(&word, u + r * ldu + 4 * kk, 4);                                           \
+        const __m256i a = _mm256_set1_epi32(word);                                             \
+        a##r = _mm256_dpbusd_avx_epi32(a##r, a, w0);                                           \
+        b##r = _mm256_dpbusd_avx_epi32(b##r, a, w1);                                           \
+    }
+
+// ROWS x 16 columns (group g of the panel) for the whole K loop: out[2r] columns 0-7, out[2r+1]
+// columns 8-15 of row r, sum_k u qw (wrapping int32).
+template <int ROWS>
+QRT_TARGET_AVXVNNI void group16_vnni(const uint8_t* u, int64_t ldu, const int8_t* panel, int64_t k4, int g,
+                                     __m256i* out) {
+    static_assert(ROWS >= 1 && ROWS <= kInt8MR && kInt8MR == 4, "one QRT_VNNI_ROW per row of the tile");
+    const __m256i zero = _mm256_setzero_si256();
+    __m256i a0 = zero, b0 = zero, a1 = zero, b1 = zero, a2 = zero, b2 = zero, a3 = zero, b3 = zero;
+    const int8_t* w = panel + 64 * g;
+    for (int64_t kk = 0; kk < k4; ++kk, w += kInt8Panel * 4) {
+        const __m256i w0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(w));
+        const __m256i w1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(w + 32));
+        QRT_VNNI_ROW(0)
+        QRT_VNNI_ROW(1)
+        QRT_VNNI_ROW(2)
+        QRT_VNNI_ROW(3)
+    }
+    const __m256i as[kInt8MR] = {a0, a1, a2, a3}, bs[kInt8MR] = {b0, b1, b2, b3};
+    for (int r = 0; r < ROWS; ++r) {
+        out[2 * r] = as[r];
+        out[2 * r + 1] = bs[r];
+    }
+}
+
+#undef QRT_VNNI_ROW
+
+template <int ROWS>
+QRT_TARGET_AVXVNNI void tile_rows_vnni(const uint8_t* u, int64_t ldu, const int8_t* panel, int64_t k4,
+                                       const Epilogue& ep, int64_t m0, int64_t n0, float* y, int64_t ldy) {
+    const Activation act = ep.act == Activation::relu ? ep.act : Activation::none;
+    const bool gelu_after = ep.act == Activation::gelu || ep.act == Activation::gelu_tanh;
+    for (int g = 0; g < kInt8Panel / 16; ++g) {
+        __m256i acc[2 * ROWS];
+        group16_vnni<ROWS>(u, ldu, panel, k4, g, acc);
+        for (int h = 0; h < 2; ++h) {
+            const int64_t n = n0 + 16 * g + 8 * h;
+            const __m256i cc = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ep.col_corr + n));
+            const __m256i zw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ep.zw + n));
+            const __m256d sw_lo = _mm256_loadu_pd(ep.sw + n), sw_hi = _mm256_loadu_pd(ep.sw + n + 4);
+            for (int r = 0; r < ROWS; ++r) {
+                const int64_t m = m0 + r;
+                __m256i t = _mm256_sub_epi32(acc[2 * r + h], cc);
+                if (ep.has_zw) {
+                    const __m256i rc = _mm256_set1_epi32(static_cast<int32_t>(static_cast<uint32_t>(ep.row_corr[m])));
+                    t = _mm256_sub_epi32(t, _mm256_mullo_epi32(zw, rc));
+                }
+                const __m256 v = epilogue8_avx2(t, sw_lo, sw_hi, ep.sx[m], ep.bias == nullptr ? nullptr : ep.bias + n);
+                _mm256_storeu_ps(y + r * ldy + 16 * g + 8 * h, activation_avx2(v, act));
+            }
+        }
+    }
+    if (gelu_after)
+        for (int r = 0; r < ROWS; ++r) activation_span_avx2(y + r * ldy, kInt8Panel, ep.act);
+}
+
+}  // namespace
+
+void tile_avx_vnni(int64_t rows, const uint8_t* u, int64_t ldu, const int8_t* panel, int64_t k4,
+                   const Epilogue& ep, int64_t m0, int64_t n0, float* y, int64_t ldy) {
+    switch (rows) {
+        case 4: tile_rows_vnni<4>(u, ldu, panel, k4, ep, m0, n0, y, ldy); break;
+        case 3: tile_rows_vnni<3>(u, ldu, panel, k4, ep, m0, n0, y, ldy); break;
+        case 2: tile_rows_vnni<2>(u, ldu, panel, k4, ep, m0, n0, y, ldy); break;
+        default: tile_rows_vnni<1>(u, ldu, panel, k4, ep, m0, n0, y, ldy); break;
+    }
+}
+
+}  // namespace int8_detail
+}  // namespace qrt
+
+#endif  // QRT_INT8_X86_SIMD
