@@ -1,20 +1,23 @@
 """Speed of converted all-MiniLM-L6-v2 files side by side, in one process, on the same inputs.
 
     python benchmarks/minilm_prune.py --only fp32 int8 "80% + int8, obs" --save DIR   # the files
-    python benchmarks/minilm_speed.py DIR [--batch 1] [--seq 128] [--seconds 3]
+    python benchmarks/minilm_speed.py DIR [--batch 1] [--seq 128] [--seconds 3] [--busy N]
 
-Times, in interleaved rounds (so that a change in the machine's load hits every row alike),
-one ``run`` of: every .qrt file in DIR under qrt's planner (``plan="auto"``: per layer the
+Times, in interleaved rounds (so that a change in the machine's load hits every row alike;
+each round starts with WARM_SECONDS of untimed calls, so that the previous row's spinning thread pool does
+not count against this one), one ``run`` of: every .qrt file in DIR under qrt's planner (``plan="auto"``: per layer the
 fastest of the stored layout and its dense int8 equivalent on this machine's backends) and
 with the stored layouts as written (``plan="off"``); onnxruntime fp32 on DIR/minilm.onnx and
 onnxruntime int8 (its dynamic quantization of the same file). Prints the median ms per run
 and the speed-up against the dense int8 file (int8.qrt). The inputs are random token ids of
-``--seq`` tokens, no padding.
+``--seq`` tokens, no padding. ``--busy N`` runs N CPU-bound background processes per CPU
+during the timing (a shared machine: other workers on the same cores), for every row alike.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -27,6 +30,8 @@ import numpy as np  # noqa: E402
 import runtime  # noqa: E402
 from runtime.tables import format_table  # noqa: E402
 
+WARM_SECONDS = 0.2      # OpenBLAS's idle workers spin about 0.1 s before they sleep
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -34,6 +39,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--seconds", type=float, default=3.0, help="timed seconds per row (default 3)")
+    ap.add_argument("--busy", type=int, default=0, help="CPU-bound background processes per CPU while timing")
     args = ap.parse_args()
     import onnxruntime as ort
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -59,20 +65,30 @@ def main() -> None:
     for fn in runners.values():          # first runs: the planner measures, numba compiles
         fn()
         fn()
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.busy * cpus)]
+    time.sleep(0.5 if busy else 0.0)
     times: dict[str, list[float]] = {k: [] for k in runners}
     rounds = 10
     t_end = time.perf_counter() + args.seconds * len(runners)
     load = os.getloadavg()[0]
     while time.perf_counter() < t_end or min(len(v) for v in times.values()) < 5:
         for name, fn in runners.items():
+            warm = time.perf_counter() + WARM_SECONDS
+            while time.perf_counter() < warm:   # untimed: the previous row's thread pool may still
+                fn()                            # spin on the cores (OpenBLAS: ~0.1 s after a call)
             for _ in range(rounds):
                 t0 = time.perf_counter()
                 fn()
                 times[name].append(time.perf_counter() - t0)
+    for p in busy:
+        p.kill()
+        p.wait()
     med = {k: float(np.median(v)) * 1e3 for k, v in times.items()}
     base = med.get("qrt int8 (plan auto)")
     rows = [[k, f"{v:.2f}", f"{base / v:.2f}x" if base else "-", str(len(times[k]))] for k, v in med.items()]
-    print(f"# batch {args.batch} x seq {args.seq}; {os.cpu_count()} CPUs; load average before timing {load:.2f}, "
+    print(f"# batch {args.batch} x seq {args.seq}; {os.cpu_count()} CPUs; {args.busy} busy background process(es) "
+          f"per CPU; load average before timing {load:.2f}, "
           f"after {os.getloadavg()[0]:.2f}")
     print(format_table(rows, ["run", "median ms", "speed-up vs qrt int8", "runs"]))
 

@@ -63,29 +63,12 @@ QRT_TARGET_AVXVNNI void group16_vnni(const uint8_t* u, int64_t ldu, const int8_t
 template <int ROWS>
 QRT_TARGET_AVXVNNI void tile_rows_vnni(const uint8_t* u, int64_t ldu, const int8_t* panel, int64_t k4,
                                        const Epilogue& ep, int64_t m0, int64_t n0, float* y, int64_t ldy) {
-    const Activation act = ep.act == Activation::relu ? ep.act : Activation::none;
-    const bool gelu_after = ep.act == Activation::gelu || ep.act == Activation::gelu_tanh;
     for (int g = 0; g < kInt8Panel / 16; ++g) {
         __m256i acc[2 * ROWS];
         group16_vnni<ROWS>(u, ldu, panel, k4, g, acc);
-        for (int h = 0; h < 2; ++h) {
-            const int64_t n = n0 + 16 * g + 8 * h;
-            const __m256i cc = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ep.col_corr + n));
-            const __m256i zw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ep.zw + n));
-            const __m256d sw_lo = _mm256_loadu_pd(ep.sw + n), sw_hi = _mm256_loadu_pd(ep.sw + n + 4);
-            for (int r = 0; r < ROWS; ++r) {
-                const int64_t m = m0 + r;
-                __m256i t = _mm256_sub_epi32(acc[2 * r + h], cc);
-                if (ep.has_zw) {
-                    const __m256i rc = _mm256_set1_epi32(static_cast<int32_t>(static_cast<uint32_t>(ep.row_corr[m])));
-                    t = _mm256_sub_epi32(t, _mm256_mullo_epi32(zw, rc));
-                }
-                const __m256 v = epilogue8_avx2(t, sw_lo, sw_hi, ep.sx[m], ep.bias == nullptr ? nullptr : ep.bias + n);
-                _mm256_storeu_ps(y + r * ldy + 16 * g + 8 * h, activation_avx2(v, act));
-            }
-        }
+        store_group16_avx2<ROWS>(acc, false, ep, m0, n0, g, y, ldy);
     }
-    if (gelu_after)
+    if (ep.act == Activation::gelu || ep.act == Activation::gelu_tanh)
         for (int r = 0; r < ROWS; ++r) activation_span_avx2(y + r * ldy, kInt8Panel, ep.act);
 }
 

@@ -143,6 +143,37 @@ __attribute__((target("avx2,fma"))) inline __m256 epilogue8_avx2(__m256i acc, __
     }
     return _mm256_set_m128(_mm256_cvtpd_ps(hi), _mm256_cvtpd_ps(lo));
 }
+
+// The stores of one 16-column group g of a 4 x 64 tile on the 256-bit paths (the signed AVX2
+// tile and the AVX-VNNI one): acc[2r + h] holds row r's sums for columns 16 g + 8 h .. + 7,
+// as sum u * qw (signed_sums false) or sum qx * qw (true: 128 * colsum added back first); then
+// the exact int32 corrections, the epilogue and ReLU (the GELUs are applied by the caller to
+// the whole stored rows, activation_span_avx2).
+template <int ROWS>
+__attribute__((target("avx2,fma"))) inline void store_group16_avx2(const __m256i* acc, bool signed_sums,
+                                                                    const Epilogue& ep, int64_t m0, int64_t n0, int g,
+                                                                    float* y, int64_t ldy) {
+    const Activation act = ep.act == Activation::relu ? ep.act : Activation::none;
+    for (int h = 0; h < 2; ++h) {
+        const int64_t n = n0 + 16 * g + 8 * h;
+        __m256i cc = _mm256_sub_epi32(_mm256_setzero_si256(),
+                                      _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ep.col_corr + n)));
+        if (signed_sums)
+            cc = _mm256_add_epi32(cc, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ep.col_corr0 + n)));
+        const __m256i zw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ep.zw + n));
+        const __m256d sw_lo = _mm256_loadu_pd(ep.sw + n), sw_hi = _mm256_loadu_pd(ep.sw + n + 4);
+        for (int r = 0; r < ROWS; ++r) {
+            const int64_t m = m0 + r;
+            __m256i t = _mm256_add_epi32(acc[2 * r + h], cc);
+            if (ep.has_zw) {
+                const __m256i rc = _mm256_set1_epi32(static_cast<int32_t>(static_cast<uint32_t>(ep.row_corr[m])));
+                t = _mm256_sub_epi32(t, _mm256_mullo_epi32(zw, rc));
+            }
+            const __m256 v = epilogue8_avx2(t, sw_lo, sw_hi, ep.sx[m], ep.bias == nullptr ? nullptr : ep.bias + n);
+            _mm256_storeu_ps(y + r * ldy + 16 * g + 8 * h, activation_avx2(v, act));
+        }
+    }
+}
 #endif
 
 }  // namespace int8_detail
