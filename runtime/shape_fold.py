@@ -125,7 +125,8 @@ def _broadcast(*shapes) -> tuple | None:
     return tuple(out)
 
 
-_SAME_SHAPE = {"Relu", "Sigmoid", "Tanh", "Gelu", "Erf", "Sqrt", "Neg", "Abs", "Exp", "Log", "Not",
+_SAME_SHAPE = {"Relu", "Sigmoid", "Tanh", "Gelu", "Erf", "Sqrt", "Neg", "Abs", "Exp", "Log", "Not", "IsNaN", "Sign",
+               "HardSigmoid", "HardSwish", "CumSum",
                "Reciprocal", "Floor", "Ceil", "Identity", "LeakyRelu", "Softmax", "Cast",
                "LayerNormalization", "Clip"}
 _BROADCAST = {"Add", "Sub", "Mul", "Div", "Pow", "Equal", "Greater", "GreaterOrEqual", "Less",

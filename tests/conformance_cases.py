@@ -1090,6 +1090,32 @@ def _misc_ops() -> dict:
     def not_():
         yield _case("Not", "dense", "bool", (_rng("Not").random((3, 4)) < 0.5,), {})
 
+    def is_nan():
+        yield _case("IsNaN", "dense", "specials", (with_specials(randn(_rng("IsNaN"), 3, 17)),), {})
+
+    def sign():
+        rng = _rng("Sign")
+        yield _case("Sign", "dense", "float32", (with_specials(randn(rng, 3, 17)),), {})
+        yield _case("Sign", "dense", "int32", (rng.integers(-3, 4, (9,)).astype(np.int32),), {})
+
+    def hard_sigmoid():
+        rng = _rng("HardSigmoid")
+        yield _case("HardSigmoid", "dense", "default", (with_specials(randn(rng, 3, 17, scale=5.0)),), {})
+        yield _case("HardSigmoid", "dense", "alpha-beta", (randn(rng, 4, 5, scale=5.0),), {"alpha": 0.3, "beta": 0.4})
+
+    def hard_swish():
+        yield _case("HardSwish", "dense", "float32", (with_specials(randn(_rng("HardSwish"), 3, 17, scale=5.0)),), {})
+
+    def cum_sum():
+        rng = _rng("CumSum")
+        x = randn(rng, 3, 4, 5)
+        for axis in (0, -1, 1):
+            for exclusive in (0, 1):
+                for reverse in (0, 1):
+                    yield _case("CumSum", "dense", f"axis{axis}-ex{exclusive}-rev{reverse}",
+                                (x, np.array(axis, np.int64)), {"exclusive": exclusive, "reverse": reverse}, (1,))
+        yield _case("CumSum", "dense", "int32", (rng.integers(-9, 9, (2, 6)).astype(np.int32), np.array([1], np.int32)), {}, (1,))
+
     def leaky_relu():
         rng = _rng("LeakyRelu")
         yield _case("LeakyRelu", "dense", "default-alpha", (with_specials(randn(rng, 3, 17, scale=4.0)),), {})
@@ -1124,6 +1150,8 @@ def _misc_ops() -> dict:
                         {}, (1, 2, 3, 4), LAYERNORM)
 
     return {("Mod", "dense"): mod, ("Pow", "dense"): pow_, ("Not", "dense"): not_, ("LeakyRelu", "dense"): leaky_relu,
+            ("IsNaN", "dense"): is_nan, ("Sign", "dense"): sign, ("HardSigmoid", "dense"): hard_sigmoid,
+            ("HardSwish", "dense"): hard_swish, ("CumSum", "dense"): cum_sum,
             ("Clip", "dense"): clip, ("Cast", "dense"): cast, ("Where", "dense"): where,
             ("BatchNormalization", "dense"): batch_norm}
 

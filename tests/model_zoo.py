@@ -72,13 +72,16 @@ def cnn():
     return m.eval()
 
 
-def bert(layers: int = 2, hidden: int = 64, heads: int = 4, ffn: int = 128, vocab: int = 100):
-    """A random-weight transformers BertModel, wrapped to take (input_ids, attention_mask)."""
+def bert(layers: int = 2, hidden: int = 64, heads: int = 4, ffn: int = 128, vocab: int = 100,
+         attn_implementation: str | None = "eager"):
+    """A random-weight transformers BertModel, wrapped to take (input_ids, attention_mask).
+    attn_implementation None: transformers' default (sdpa, what users export); "eager": the
+    explicit MatMul/Softmax pattern the session's fusion turns into one Attention node."""
     import torch
     from transformers import BertConfig, BertModel
     cfg = BertConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
                      intermediate_size=ffn, vocab_size=vocab, max_position_embeddings=128,
-                     attn_implementation="eager")
+                     **({} if attn_implementation is None else {"attn_implementation": attn_implementation}))
     model = BertModel(cfg)
     randomize_(model, seed=3, scale=0.1)
 

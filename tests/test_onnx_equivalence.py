@@ -79,6 +79,15 @@ def bert_model():
     return model_zoo.bert()
 
 
+@pytest.fixture(scope="module")
+def bert_default_attention():
+    """transformers' default attention (sdpa): its export zeroes NaN softmax rows with IsNaN +
+    Where, which qrt imports (unfused: the session's Attention fusion matches the eager form)."""
+    m = model_zoo.bert(attn_implementation=None)
+    assert m.m.config._attn_implementation == "sdpa"
+    return m
+
+
 def _bert_bytes(model, **kw):
     ids = torch.randint(0, 100, (2, 8))
     mask = torch.ones(2, 8, dtype=torch.int64)
@@ -104,6 +113,20 @@ def test_bert_matches_onnxruntime(bert_model, exporter, tmp_path):
     assert ops.count("Linear") == 2 * 6 + 1 and "Erf" not in ops
 
 
+@pytest.mark.parametrize("exporter", ["torchscript-opset17", "dynamo-opset18"])
+def test_bert_default_attention_matches_onnxruntime(bert_default_attention, exporter, tmp_path):
+    kw = {"torchscript-opset17": dict(opset=17), "dynamo-opset18": dict(opset=18, dynamo=True)}[exporter]
+    if kw.get("dynamo"):
+        pytest.importorskip("onnxscript")
+    data = _bert_bytes(bert_default_attention, **kw)
+    feeds = [model_zoo.bert_feeds(b, s, seed=b * 100 + s) for b, s in BERT_SHAPES]
+    err = compare(data, feeds, roundtrip_dir=tmp_path)
+    print(f"BERT sdpa {exporter}: worst relative error vs onnxruntime {err:.2e}")
+    ops = [n.op for n in from_onnx(data).nodes]
+    assert "IsNaN" in ops or exporter != "torchscript-opset17"
+    assert ops.count("Linear") == 2 * 6 + 1
+
+
 def test_bert_mask_changes_output(bert_model):
     """The mask must matter: masking a real token changes the unmasked positions' output."""
     graph = from_onnx(_bert_bytes(bert_model))
@@ -126,3 +149,28 @@ def test_from_torch_matches_torch():
         want = m(x).numpy()
     assert rel_err(got, want) <= FP32_REL_TOL
     assert sess.get_inputs()[0].shape == ["batch", 20]
+
+
+def test_ops_of_common_exports_match_onnxruntime(tmp_path):
+    """The ops transformers' and torchvision's default exports add beyond BERT's eager form:
+    IsNaN (sdpa attention), CumSum (RoBERTa / XLM-R position ids), Sign (DeBERTa),
+    HardSigmoid / HardSwish (MobileNetV3), each against onnxruntime on the same file."""
+    from onnx import TensorProto, helper, numpy_helper
+    f, i64, b = TensorProto.FLOAT, TensorProto.INT64, TensorProto.BOOL
+    nodes = [helper.make_node("IsNaN", ["x"], ["nan"]),
+             helper.make_node("Sign", ["x"], ["sign"]),
+             helper.make_node("HardSigmoid", ["x"], ["hsig"], alpha=0.3, beta=0.4),
+             helper.make_node("HardSwish", ["x"], ["hswish"]),
+             helper.make_node("CumSum", ["x", "axis"], ["csum"]),
+             helper.make_node("CumSum", ["x", "axis"], ["csum_ex_rev"], exclusive=1, reverse=1),
+             helper.make_node("CumSum", ["ids", "axis"], ["pos"])]
+    data = model_zoo.onnx_model(
+        nodes, [helper.make_tensor_value_info("x", f, ["b", 6]), helper.make_tensor_value_info("ids", i64, ["b", 6])],
+        [helper.make_tensor_value_info(n, t, ["b", 6]) for n, t in
+         (("nan", b), ("sign", f), ("hsig", f), ("hswish", f), ("csum", f), ("csum_ex_rev", f), ("pos", i64))],
+        [numpy_helper.from_array(np.array(1, np.int64), "axis")], opset=14)
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((3, 6)) * 4).astype(np.float32)
+    x[0, 1], x[1, 2], x[2, 3] = np.nan, 0.0, -3.0          # NaN, a zero, HardSwish's knee
+    ids = (rng.random((3, 6)) < 0.7).astype(np.int64)
+    assert compare(data, [{"x": x, "ids": ids}], roundtrip_dir=tmp_path) <= FP32_REL_TOL

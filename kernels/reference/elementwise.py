@@ -135,6 +135,12 @@ def xor_ref(a, b):
     return np.logical_xor(a, b)
 
 
+@reference_kernel("IsNaN")
+def is_na_n_ref(x):   # the registry derives the name from the op: "IsNaN" -> is_na_n
+    """isnan(X); float T; output bool, same shape."""
+    return np.isnan(x)
+
+
 @reference_kernel("Not")
 def not_ref(x):
     """not X; bool; output bool, same shape."""
@@ -280,6 +286,45 @@ def gelu_ref(x, approximate="none"):
     else:
         y = 0.5 * x64 * (1.0 + erf64(x64 / _SQRT_2))
     return y.astype(x.dtype)
+
+
+@reference_kernel("Sign")
+def sign_ref(x):
+    """-1, 0 or 1 by the sign of X (NaN stays NaN); numeric T; output T."""
+    return np.sign(x)
+
+
+@reference_kernel("HardSigmoid")
+def hard_sigmoid_ref(x, alpha=0.2, beta=0.5):
+    """max(0, min(1, alpha X + beta)) in T (alpha, beta rounded to T first: ONNX's float
+    attributes are float32); float T; output T."""
+    t = x * np.asarray(alpha, x.dtype) + np.asarray(beta, x.dtype)
+    return np.minimum(np.maximum(t, np.zeros((), x.dtype)), np.ones((), x.dtype))
+
+
+@reference_kernel("HardSwish")
+def hard_swish_ref(x):
+    """X * HardSigmoid(X) with alpha = 1/6, beta = 0.5 (ONNX's definition); float T; output T."""
+    return x * hard_sigmoid_ref(x, 1.0 / 6.0, 0.5)
+
+
+@reference_kernel("CumSum")
+def cum_sum_ref(x, axis, exclusive=0, reverse=0):
+    """Running sums of X along ``axis`` (a scalar int tensor, negative counts from the end), in
+    T, first element first (last first when reverse); exclusive: each sum leaves its own
+    element out (0 at the start). Output T, X's shape."""
+    a = np.asarray(axis)
+    if a.size != 1 or a.dtype.kind not in "iu":
+        raise ValueError(f"CumSum: axis must be one integer, got {a!r}")
+    ax = int(a.reshape(-1)[0])
+    if not -x.ndim <= ax < x.ndim:
+        raise ValueError(f"CumSum: axis {ax} is out of range for rank {x.ndim}")
+    y = np.flip(x, ax) if reverse else x
+    if exclusive:
+        head = np.zeros_like(np.take(y, [0], axis=ax))
+        y = np.concatenate([head, np.take(y, np.arange(y.shape[ax] - 1), axis=ax)], axis=ax)
+    y = np.cumsum(y, axis=ax, dtype=x.dtype)
+    return np.ascontiguousarray(np.flip(y, ax) if reverse else y)
 
 
 @reference_kernel("LeakyRelu")

@@ -222,6 +222,12 @@ def _xor(a, x, y):
     return torch.logical_xor(x, y)
 
 
+@_op("IsNaN")
+def _is_nan(a, x):
+    import torch
+    return torch.isnan(x)
+
+
 @_op("Not")
 def _not(a, x):
     import torch
@@ -273,6 +279,35 @@ def _gelu(a, x):
     if approx not in _GELU:
         raise ValueError(f"Gelu: approximate must be one of {tuple(_GELU)}, got {approx!r}")
     return F.gelu(x, approximate=_GELU[approx])
+
+
+@_op("Sign")
+def _sign(a, x):
+    import torch
+    return torch.sign(x)
+
+
+@_op("HardSigmoid")
+def _hard_sigmoid(a, x):
+    import torch
+    return torch.clamp(x * float(a.get("alpha", 0.2)) + float(a.get("beta", 0.5)), 0.0, 1.0)
+
+
+@_op("HardSwish")
+def _hard_swish(a, x):
+    import torch
+    return x * torch.clamp(x / 6.0 + 0.5, 0.0, 1.0)
+
+
+@_op("CumSum")
+def _cum_sum(a, x, axis):
+    import torch
+    ax = int(axis.reshape(-1)[0])
+    y = torch.flip(x, [ax]) if a.get("reverse", 0) else x
+    s = torch.cumsum(y, ax)
+    if a.get("exclusive", 0):
+        s = s - y
+    return torch.flip(s, [ax]) if a.get("reverse", 0) else s
 
 
 @_op("LeakyRelu")
