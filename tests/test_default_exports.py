@@ -1,0 +1,150 @@
+"""The models people export, exported the default way, import and match onnxruntime fp32.
+
+transformers models with their default attention (sdpa: IsNaN + Where around the softmax),
+small configs and random weights, through torch.onnx.export's default TorchScript exporter;
+ViT; and CNNs built from the blocks of torchvision's resnet18, mobilenet_v3_small and
+efficientnet_b0 (Conv + BatchNorm + ReLU / MaxPool / residual Add; depthwise convs, Hardswish,
+Hardsigmoid squeeze-excitation; SiLU and Sigmoid squeeze-excitation): torchvision's wheel on the
+package index is built against the CUDA torch and does not load beside the CPU build this
+project pins, so the blocks are written here with torch.nn. Every model runs on the default
+backend ("auto") and must agree with onnxruntime within 1e-4 of the output's scale.
+"""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+T = pytest.importorskip("transformers")
+ort = pytest.importorskip("onnxruntime")
+
+import runtime  # noqa: E402
+
+TOL = 1e-4
+_SMALL = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, vocab_size=100,
+              max_position_embeddings=64)
+
+
+def _text_models():
+    return {
+        "bert": lambda: T.BertModel(T.BertConfig(**_SMALL)),
+        "distilbert": lambda: T.DistilBertModel(T.DistilBertConfig(dim=32, n_layers=1, n_heads=2, hidden_dim=64,
+                                                                   vocab_size=100, max_position_embeddings=64)),
+        "roberta": lambda: T.RobertaModel(T.RobertaConfig(**_SMALL)),
+        "albert": lambda: T.AlbertModel(T.AlbertConfig(embedding_size=16, **_SMALL)),
+        "electra": lambda: T.ElectraModel(T.ElectraConfig(embedding_size=16, **_SMALL)),
+        "xlm-roberta": lambda: T.XLMRobertaModel(T.XLMRobertaConfig(**_SMALL)),
+        "mpnet": lambda: T.MPNetModel(T.MPNetConfig(**_SMALL)),
+        "deberta-v2": lambda: T.DebertaV2Model(T.DebertaV2Config(**_SMALL)),
+        "gpt2": lambda: T.GPT2Model(T.GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=100, n_positions=64)),
+    }
+
+
+class _Text(torch.nn.Module):
+    """input_ids, attention_mask -> last hidden state, as a user wraps a transformers model."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask)[0]
+
+
+def _export(module, args, names, dynamic) -> bytes:
+    buf = io.BytesIO()
+    torch.onnx.export(module.eval(), args, buf, input_names=names, output_names=["y"], dynamic_axes=dynamic,
+                      opset_version=17, dynamo=False)
+    return buf.getvalue()
+
+
+def _assert_matches(data: bytes, feeds: dict, what: str) -> None:
+    got = runtime.InferenceSession(runtime.convert(data)).run(None, feeds)[0]
+    want = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    assert got.shape == want.shape, what
+    err = float(np.max(np.abs(got.astype(np.float64) - want)))
+    assert err <= TOL * max(1.0, float(np.max(np.abs(want)))), f"{what}: max |qrt - onnxruntime| = {err}"
+
+
+@pytest.mark.parametrize("name", list(_text_models()))
+def test_transformers_default_export(name):
+    torch.manual_seed(0)
+    model = _text_models()[name]().eval()
+    assert model.config._attn_implementation in ("sdpa", "eager")   # whatever the default is
+    ids = torch.randint(3, 100, (2, 8))
+    mask = torch.ones(2, 8, dtype=torch.long)
+    mask[1, 6:] = 0                                                  # a padded row
+    data = _export(_Text(model), (ids, mask), ["input_ids", "attention_mask"],
+                   {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}})
+    for b, s in ((2, 8), (1, 5)):                                    # the symbolic axes at other sizes
+        feeds = {"input_ids": ids[:b, :s].numpy(), "attention_mask": mask[:b, :s].numpy()}
+        _assert_matches(data, feeds, f"{name} batch {b} seq {s}")
+
+
+class _SE(torch.nn.Module):
+    def __init__(self, c, gate):
+        super().__init__()
+        self.pool, self.f1, self.f2, self.gate = torch.nn.AdaptiveAvgPool2d(1), torch.nn.Conv2d(c, c // 2, 1), \
+            torch.nn.Conv2d(c // 2, c, 1), gate
+
+    def forward(self, x):
+        return x * self.gate(self.f2(torch.relu(self.f1(self.pool(x)))))
+
+
+class _Basic(torch.nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        nn = torch.nn
+        self.body = nn.Sequential(nn.Conv2d(c, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU(),
+                                  nn.Conv2d(c, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c))
+
+    def forward(self, x):
+        return torch.relu(x + self.body(x))
+
+
+def _cnn(name):
+    nn = torch.nn
+    if name == "resnet18-blocks":
+        return nn.Sequential(nn.Conv2d(3, 16, 7, 2, 3, bias=False), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(3, 2, 1),
+                             _Basic(16), nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(), nn.Linear(16, 10))
+    if name == "mobilenet_v3-blocks":
+        return nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.Hardswish(),
+                             nn.Conv2d(16, 16, 3, 1, 1, groups=16), nn.BatchNorm2d(16), _SE(16, nn.Hardsigmoid()),
+                             nn.Conv2d(16, 24, 1), nn.Hardswish(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(24, 10))
+    return nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.SiLU(),       # efficientnet_b0
+                         nn.Conv2d(16, 16, 3, 1, 1, groups=16), nn.BatchNorm2d(16), nn.SiLU(), _SE(16, nn.Sigmoid()),
+                         nn.Conv2d(16, 24, 1), nn.BatchNorm2d(24), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Dropout(0.2), nn.Linear(24, 10))
+
+
+@pytest.mark.parametrize("name", ["resnet18-blocks", "mobilenet_v3-blocks", "efficientnet_b0-blocks"])
+def test_cnn_default_export(name):
+    torch.manual_seed(0)
+    model = _cnn(name)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):          # non-trivial statistics, so folding matters
+            m.running_mean.normal_()
+            m.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(2, 3, 32, 32)
+    data = _export(model, (x,), ["x"], {"x": {0: "batch"}})
+    _assert_matches(data, {"x": x.numpy()}, name)
+
+
+def test_vit_default_export():
+    torch.manual_seed(0)
+    cfg = T.ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                      image_size=32, patch_size=8)
+
+    class _Vit(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = T.ViTModel(cfg)
+
+        def forward(self, pixel_values):
+            return self.model(pixel_values=pixel_values).last_hidden_state
+
+    x = torch.randn(2, 3, 32, 32)
+    data = _export(_Vit(), (x,), ["pixel_values"], {"pixel_values": {0: "batch"}})
+    _assert_matches(data, {"pixel_values": x.numpy()}, "vit")
