@@ -71,7 +71,7 @@ def _parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("convert", help="convert (prune, quantize) an ONNX model to a .qrt file",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                       description="Import an ONNX model (opset 13-21), fold its constant and shape "
+                       description="Import an ONNX model (opset 13-28), fold its constant and shape "
                                    "subgraphs, fuse Linear/GELU/LayerNorm/BatchNorm patterns, then prune "
                                    "and quantize its Linear/Conv weights into packed layouts, print a "
                                    "per-layer accuracy report and write one .qrt file. Layer patterns are "

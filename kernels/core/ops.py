@@ -1,6 +1,6 @@
 """The op vocabulary: the one table of every op a qrt graph may contain.
 
-Ops follow ONNX semantics (opset 13..21) unless the entry says otherwise, with two kinds of
+Ops follow ONNX semantics (opset 13..28) unless the entry says otherwise, with two kinds of
 normalisation done by the importer so kernels see one form per op:
   * axes-like inputs that ONNX moved between attributes and inputs across opsets
     (Unsqueeze, Squeeze, ReduceMean/ReduceSum/ReduceMax, Split) are attributes here;
