@@ -9,7 +9,8 @@
 // core is slower, never faster).
 //
 //   int8: vpdpbusd, one u8 x s8 multiply and one add per byte pair, so 4 x 2 ops per int32
-//         lane: zmm (AVX-512 VNNI) 128 ops, ymm (AVX-VNNI) 64 ops per instruction.
+//         lane: zmm (AVX-512 VNNI) 128 ops, ymm (AVX-VNNI) 64 ops per instruction; on AVX2
+//         alone, vpmaddubsw + vpmaddwd + vpaddd, 64 ops per such triple ("avx2").
 //   fp32: vfmadd231ps, 2 flops per lane: zmm (AVX-512F) 32, ymm (AVX2 + FMA) 16; without FMA,
 //         mulps + addps pairs on xmm (SSE2), 8 flops per pair.
 #pragma once

@@ -20,7 +20,7 @@ SECONDS = 0.02
 KEYS = {"threads", "int8_gops", "int8_isa", "int8_ops_per_instruction", "fp32_gflops", "fp32_isa",
         "fp32_ops_per_instruction"}
 # ops per instruction of the instruction each ISA times (peak_probe.h)
-INT8_OPS = {"avx512_vnni": 128, "avx_vnni": 64}
+INT8_OPS = {"avx512_vnni": 128, "avx_vnni": 64, "avx2": 64}
 FP32_OPS = {"avx512f": 32, "avx2_fma": 16, "sse2": 4}
 
 
@@ -33,8 +33,12 @@ def test_measure_peaks_is_sane(threads):
     f = native.cpu_features()
     if f["avx512f"] and f["avx512_vnni"]:
         assert peaks["int8_isa"] == "avx512_vnni"
+    elif f["avx_vnni"]:
+        assert peaks["int8_isa"] == "avx_vnni"
+    elif f["avx2"]:
+        assert peaks["int8_isa"] == "avx2"        # vpmaddubsw + vpmaddwd + vpaddd
     if peaks["int8_isa"] == "none":
-        assert peaks["int8_gops"] is None and not (f["avx512_vnni"] or f["avx_vnni"])
+        assert peaks["int8_gops"] is None and not (f["avx512_vnni"] or f["avx_vnni"] or f["avx2"])
     else:
         assert peaks["int8_ops_per_instruction"] == INT8_OPS[peaks["int8_isa"]]
         assert math.isfinite(peaks["int8_gops"]) and peaks["int8_gops"] > 0
