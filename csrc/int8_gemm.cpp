@@ -173,7 +173,9 @@ PathKernels kernels_for(Int8Isa isa, const Int8PackedWeight& w) {
     switch (isa) {
 #if QRT_INT8_X86_SIMD
         case Int8Isa::avx512_vnni: return {quantize_row_avx512, tile_avx512};
+#if QRT_INT8_AVX_VNNI
         case Int8Isa::avx_vnni: return {quantize_row_avx2, tile_avx_vnni};
+#endif
         case Int8Isa::avx2:
             if (w.has_q_min) return {quantize_row_avx2, tile_avx2};
             return {quantize_row_avx2_signed, tile_avx2_signed, 2};
@@ -212,7 +214,7 @@ bool int8_isa_supported(Int8Isa isa) {
     // the AVX2 path's epilogue activations use FMA (activation.h); every AVX2 CPU has it
     if (isa == Int8Isa::avx2) return f.avx2 && f.fma;
     if (isa == Int8Isa::avx512_vnni) return f.avx512f && f.avx512bw && f.avx512_vnni;
-    if (isa == Int8Isa::avx_vnni) return f.avx2 && f.fma && f.avx_vnni;
+    if (isa == Int8Isa::avx_vnni) return QRT_INT8_AVX_VNNI && f.avx2 && f.fma && f.avx_vnni;
 #endif
     return false;
 }

@@ -14,7 +14,7 @@
 // reference on hardware (tests/test_native_int8.py skips it where the CPU lacks it).
 #include "int8_gemm_kernels.h"
 
-#if QRT_INT8_X86_SIMD
+#if QRT_INT8_AVX_VNNI
 
 #include <immintrin.h>
 
@@ -87,4 +87,4 @@ void tile_avx_vnni(int64_t rows, const uint8_t* u, int64_t ldu, const int8_t* pa
 }  // namespace int8_detail
 }  // namespace qrt
 
-#endif  // QRT_INT8_X86_SIMD
+#endif  // QRT_INT8_AVX_VNNI

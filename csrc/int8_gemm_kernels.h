@@ -18,6 +18,13 @@
 #else
 #define QRT_INT8_X86_SIMD 0
 #endif
+// The AVX-VNNI tile (_mm256_dpbusd_avx_epi32) needs GCC >= 11 or clang >= 12; older compilers
+// build without it and the path is reported unsupported.
+#if QRT_INT8_X86_SIMD && ((defined(__clang__) && __clang_major__ >= 12) || (!defined(__clang__) && __GNUC__ >= 11))
+#define QRT_INT8_AVX_VNNI 1
+#else
+#define QRT_INT8_AVX_VNNI 0
+#endif
 
 namespace qrt {
 namespace int8_detail {
@@ -61,7 +68,8 @@ void quantize_row_avx2(const float* x, int64_t k, int64_t kp, const Int8ActQuant
                        uint8_t* u, double* sx, int64_t* row_corr);
 void tile_avx2(int64_t rows, const uint8_t* u, int64_t ldu, const int8_t* panel, int64_t k4,
                const Epilogue& ep, int64_t m0, int64_t n0, float* y, int64_t ldy);
-// AVX-VNNI (int8_gemm_avxvnni.cpp): the u8 tile on VEX vpdpbusd, with quantize_row_avx2.
+// AVX-VNNI (int8_gemm_avxvnni.cpp, where QRT_INT8_AVX_VNNI): the u8 tile on VEX vpdpbusd,
+// with quantize_row_avx2.
 void tile_avx_vnni(int64_t rows, const uint8_t* u, int64_t ldu, const int8_t* panel, int64_t k4,
                    const Epilogue& ep, int64_t m0, int64_t n0, float* y, int64_t ldy);
 // The signed-activation AVX2 path (vpmaddubsw, exact because |qw| <= 127: see the file).

@@ -20,7 +20,7 @@ VARS = {v.name: v for v in (
     Var("QRT_NUMBA_NO_VNNI", "", "1: the numba int8 GEMM uses its portable path even on a VNNI CPU"),
     Var("QRT_TRITON_AUTOTUNE", "1", "0: Triton kernels use their first configuration instead of autotuning"),
     Var("QRT_TRITON_WEIGHT_ONLY_DOT", "fp32", "the dot of Triton's weight-only Linear: fp32 or fp16 (tensor cores, large M)"),
-    Var("QRT_CACHE_DIR", "", "where the planner keeps its measurements (default $XDG_CACHE_HOME/qrt or ~/.cache/qrt)"),
+    Var("QRT_CACHE_DIR", "", "where the planner and qrt bench keep their measurements: layer timings, machine peaks (default $XDG_CACHE_HOME/qrt or ~/.cache/qrt)"),
     Var("QRT_DEBUG", "", "any value: the CLI prints tracebacks instead of one-line errors"),
     Var("QRT_BENCH_UNSET", "", "set by a benchmark's OpenBLAS re-exec: the variables it removed (internal)"),
     Var("QRT_REQUIRE_NATIVE", "", "1: `pip install` fails when the C++ extension does not build (setup.py)"),

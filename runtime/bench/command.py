@@ -65,6 +65,8 @@ def add_parser(sub) -> None:
                    f"(default {gemm_mod.MIN_SECONDS} for --gemm, 1.0 for a model)")
     b.add_argument("--json", metavar="OUT.json", help="write the result as JSON (with the machine fingerprint)")
     b.add_argument("--report", metavar="DIR", help="write report.md, report.json and the PNG plots to DIR")
+    b.add_argument("--remeasure-peaks", action="store_true", help="measure the machine's peaks again (they are "
+                   "measured once per machine and cached)")
     b.add_argument("--keep-blas-env", action="store_true", help="do not re-execute without OPENBLAS_CORETYPE / "
                    "OPENBLAS_L2_SIZE (the fp32 baseline may then be slower than it can be)")
     b.set_defaults(func=cmd_bench)
@@ -154,8 +156,13 @@ def cmd_bench(args) -> int:
     if not args.keep_blas_env:
         machine.openblas_reexec()
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
-    log("qrt bench: measuring this machine's peaks")
-    fp = machine.fingerprint(args.threads, measure=True)
+    busy = machine.busy_warning(args.threads)
+    if busy:
+        log(f"qrt bench: warning: {busy}")
+    log("qrt bench: this machine's peaks")
+    fp = machine.fingerprint(args.threads, measure=True, remeasure=args.remeasure_peaks)
+    if busy:
+        fp["busy_warning"] = busy
     result = {"schema": report.SCHEMA, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "command": "qrt " + shlex.join(getattr(args, "argv", None) or ["bench"]),
               "machine": fp, "omitted": []}

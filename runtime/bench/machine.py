@@ -9,9 +9,11 @@ must find the same cache entry even though their peaks differ by noise.
 """
 from __future__ import annotations
 
+import datetime
 import importlib.metadata
 import importlib.util
 import itertools
+import json
 import os
 import platform
 import sys
@@ -44,15 +46,23 @@ BANDWIDTH_REPEATS = 5
 
 
 
-def fingerprint(threads: int, measure: bool = True) -> dict:
+PEAKS_FILE = "peaks.json"    # in runtime.planner.cache_dir(): measured peaks per machine key
+
+
+def fingerprint(threads: int, measure: bool = True, remeasure: bool = False) -> dict:
     """Describe this machine for a benchmark run on ``threads`` threads.
 
-    measure=True also times the int8/fp32 peaks (about 1 s) and the memory bandwidth (about
-    0.2 s); measure=False leaves "peaks" values and "mem_bw_gbs" None, for a fast cache key.
-    The dict is JSON-serialisable; see the module docstring for what "key" depends on.
+    measure=True also gives the int8/fp32 peaks and the memory bandwidth: measured once per
+    machine key (about 1.2 s) and then read from the cache file PEAKS_FILE (remeasure=True
+    measures again and replaces the entry; "peaks"["source"] says which); measure=False leaves
+    them None, for a fast cache key. The dict is JSON-serialisable; see the module docstring
+    for what "key" depends on.
     """
     threads = max(1, int(threads))
     cpu, isa, cores, forced = cpu_id.cpu_name(), cpu_id.isa_flags(), os.cpu_count() or 1, cpu_id.forced_paths()
+    key = cpu_id.machine_key(threads, cpu, isa, cores, forced)
+    peaks, bandwidth = (_cached_peaks(threads, key, remeasure) if measure
+                        else (_no_peaks("not measured (measure=False)"), None))
     import numpy as np
     return {
         "cpu": cpu,
@@ -66,11 +76,55 @@ def fingerprint(threads: int, measure: bool = True) -> dict:
         "openblas_env": openblas_env(),
         "versions": package_versions(),
         "backends": _backends(),
-        "peaks": measure_peaks(threads) if measure else _no_peaks("not measured (measure=False)"),
-        "mem_bw_gbs": copy_bandwidth_gbs(threads) if measure else None,
+        "peaks": peaks,
+        "mem_bw_gbs": bandwidth,
         "forced_paths": forced,
-        "key": cpu_id.machine_key(threads, cpu, isa, cores, forced),
+        "key": key,
     }
+
+
+def _cached_peaks(threads: int, key: str, remeasure: bool) -> tuple[dict, float | None]:
+    """(peaks, bandwidth) for this machine key: from the cache file unless remeasure or absent
+    or unreadable (then measured and written back, atomically; a cache that cannot be written
+    only costs the next run a measurement)."""
+    from ..planner import cache_dir
+    path = cache_dir() / PEAKS_FILE
+    try:
+        entries = json.loads(path.read_text())
+        entries = entries if isinstance(entries, dict) else {}
+    except (OSError, ValueError):
+        entries = {}
+    hit = entries.get(key)
+    if not remeasure and isinstance(hit, dict) and isinstance(hit.get("peaks"), dict) \
+            and isinstance(hit.get("mem_bw_gbs"), (int, float)):
+        peaks = dict(hit["peaks"])
+        peaks["source"] = f"cached in {path} (measured {hit.get('measured', '?')}; qrt bench --remeasure-peaks)"
+        return peaks, float(hit["mem_bw_gbs"])
+    peaks, bandwidth = measure_peaks(threads), copy_bandwidth_gbs(threads)
+    if peaks.get("int8_gops") is not None or peaks.get("fp32_gflops") is not None:
+        entries[key] = {"peaks": peaks, "mem_bw_gbs": bandwidth,
+                        "measured": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(entries, indent=1))
+            os.replace(tmp, path)
+        except OSError:
+            pass
+    return peaks, bandwidth
+
+
+def busy_warning(threads: int) -> str | None:
+    """A warning when the machine is already busy (1-minute load average at or above half the
+    threads the benchmark will use), else None: measured ratios then say little."""
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+    if load >= 0.5 * max(1, threads):
+        return (f"the machine is busy before the benchmark: load average {load:.2f} for {threads} thread(s); "
+                f"timings and ratios include that load")
+    return None
 
 
 def blas_summary() -> str:
@@ -197,7 +251,7 @@ def describe(fp: dict) -> list[str]:
         "Backends: " + ", ".join(f"{name} ok" if why is None else f"{name} unavailable ({why})"
                                  for name, why in backends.items()),
         f"Machine key: {fp.get('key', '?')}",
-    ]
+    ] + ([f"**Warning:** {fp['busy_warning']}"] if fp.get("busy_warning") else [])
 
 
 def _describe_peaks(peaks: dict | None) -> str:

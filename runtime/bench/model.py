@@ -3,7 +3,7 @@ backend, its per-node profile and per-layer plan, and, with the original ONNX fi
 inputs through onnxruntime fp32 and int8 and qrt's own dense fp32, with output agreement.
 
 Inputs are made up from the model's declared inputs: symbolic dimensions take ``batch`` (the
-first) and ``seq`` (the others); integer inputs named like a mask are all ones, like
+first) and ``seq`` (the others; DEFAULT_SEQ when not given, stated in the result); integer inputs named like a mask are all ones, like
 token_type_ids all zeros, other integer inputs random ids below the row count of the
 embedding table they index (found in the graph), float inputs standard normal.
 
@@ -26,6 +26,7 @@ from ..session import InferenceSession
 from .timing import percentile, quietest_median, spread, time_blocked
 
 MIN_SECONDS = 1.0           # of calls per runtime, over all passes
+DEFAULT_SEQ = 128           # the sequence length for a model with symbolic non-batch axes and no --seq
 
 
 def make_feeds(graph, batch: int, seq: int | None, seed: int = 0) -> dict[str, np.ndarray]:
@@ -55,6 +56,15 @@ def make_feeds(graph, batch: int, seq: int | None, seed: int = 0) -> dict[str, n
             a = rng.standard_normal(shape).astype(v.dtype)
         feeds[v.name] = a
     return feeds
+
+
+def _has_sequence_axis(graph) -> bool:
+    """Whether an input has a symbolic axis after its first symbolic one (what --seq sizes)."""
+    for v in graph.inputs:
+        symbolic = [d for d in (v.shape or ()) if not (isinstance(d, int) and not isinstance(d, bool))]
+        if len(symbolic) > 1:
+            return True
+    return False
 
 
 def _embedding_rows(graph) -> dict[str, int]:
@@ -91,6 +101,9 @@ def bench_model(path: str | os.PathLike, backend: str = "auto", *, batch: int = 
     log = log or (lambda s: None)
     path = Path(path)
     graph = load(path)
+    if seq is None and _has_sequence_axis(graph):
+        seq = DEFAULT_SEQ               # stated in the result and the report, never a silent 1
+        log(f"{path.name}: symbolic sequence axis, benchmarking seq {seq} (--seq to change)")
     feeds = make_feeds(graph, batch, seq, seed)
     sess = InferenceSession(graph, backend, threads=threads)
     log(f"qrt {backend}: first run (compiles kernels, plans layers)")
