@@ -169,6 +169,17 @@ for approximate in ("none", "tanh"):
     for shape in [(), (3, 4), (2, 3, 7)]:
         case(f"{approximate}-{shape}", "Gelu", [f32(*shape, lo=-6, hi=6)],
              {"approximate": approximate}, opset=OPSET_GELU)
+case("specials", "IsNaN", [const([1.0, np.nan, -np.inf, 0.0], np.float32)])
+case("f32", "Sign", [f32(3, 4)])
+case("zeros-nan", "Sign", [const([0.0, -0.0, np.nan, 2.0, -np.inf], np.float32)])
+case("int32", "Sign", [ints(6, dtype=np.int32)])
+case("default", "HardSigmoid", [f32(3, 4, lo=-6, hi=6)])
+case("alpha-beta", "HardSigmoid", [f32(5, lo=-6, hi=6)], {"alpha": 0.3, "beta": 0.4})
+case("f32", "HardSwish", [f32(3, 4, lo=-6, hi=6)], opset=max(OPSET, 14))
+case("axis1", "CumSum", [f32(3, 4), const(1)])
+case("axis-neg-exclusive-reverse", "CumSum", [f32(2, 3, 4), const(-1)], {"exclusive": 1, "reverse": 1})
+case("exclusive", "CumSum", [f32(5), const(0)], {"exclusive": 1})
+case("int32", "CumSum", [ints(2, 6, dtype=np.int32), const(1, np.int32)], {"reverse": 1})
 case("default", "LeakyRelu", [f32(3, 4)])
 case("alpha", "LeakyRelu", [f32(2, 3, 4)], {"alpha": 0.2})
 case("scalar", "LeakyRelu", [f32()], {"alpha": 0.5})

@@ -92,6 +92,12 @@ CASES = [
     ("Gelu", {}, [f32(64) * 3]),
     ("Gelu", {"approximate": "tanh"}, [f32(64) * 3]),
     ("LeakyRelu", {"alpha": 0.2}, [f32(20)]),
+    ("IsNaN", {}, [np.array([1.0, np.nan, -np.inf], np.float32)]),
+    ("Sign", {}, [f32(9)]),
+    ("HardSigmoid", {"alpha": 0.3, "beta": 0.4}, [f32(20) * 3]),
+    ("HardSwish", {}, [f32(20) * 3]),
+    ("CumSum", {}, [f32(3, 4), np.int64(1).reshape(())]),
+    ("CumSum", {"exclusive": 1, "reverse": 1}, [f32(3, 4), np.int64(-1).reshape(())]),
     ("Clip", {}, [f32(20), np.float32(-0.5).reshape(()), np.float32(0.5).reshape(())]),
     ("Clip", {}, [f32(20), np.float32(0.5).reshape(()), np.float32(-0.5).reshape(())]),   # lo > hi
     ("Cast", {"to": "int64"}, [f32(20) * 4]),
