@@ -50,13 +50,20 @@
 //   output tiles are transposed in registers into Y. (A small-M kernel on the same quads, 4
 //   quads x 4 rows per zmm with broadcast activations, was slower than dword-lane ELL at every
 //   M measured, 1 to 16, and was removed.)
+// * Pairs (AVX2, built where the int8 path is avx2 or avx_vnni at pack time, or on request):
+//   each output row's stored weights two at a time in column order, the two columns (uint16)
+//   and the two weights as int16 halves of one int32. Activations are transposed per tile of
+//   16 rows into (K, 16) int16 = qx, so a pair is two 32-byte loads, two vpunpck{l,h}wd and two
+//   vpmaddwd against the broadcast weight pair (lane = activation row): no lookups, exact for
+//   any int8. Taken from M = kPairsMinM (8); below it the AVX2 ELL kernel is faster.
 //
 // Threads: every output element is computed by one thread, in a fixed order (work items are
 // row blocks, or (row block, activation tile) pairs), so results do not depend on the thread
 // count. The thread count and the ISA override are int8_gemm's (int8_set_threads,
 // int8_set_isa): "avx512_vnni" runs the AVX-512 paths (ell, quad_tiles; byte-lane ELL also
-// needs VBMI); "avx2" runs ell_avx2, the AVX2 kernel on the same ELL vectors (either lane
-// kind; quad tiles have no AVX2 kernel, ELL serves every M); "scalar" runs the scalar path.
+// needs VBMI); "avx2" (and "avx_vnni") run ell_avx2, the AVX2 kernel on the same ELL vectors
+// (either lane kind), and pairs_avx2 from M = 8 where pairs were built (quad tiles have no
+// AVX2 kernel); "scalar" runs the scalar path.
 #pragma once
 
 #include <cstddef>
