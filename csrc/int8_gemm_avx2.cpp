@@ -150,17 +150,11 @@ QRT_TARGET_AVX2 void group16_rows(const uint8_t* u, int64_t ldu, const int8_t* p
 
 #undef QRT_AVX2S_ROW
 
-template <int ROWS>
-QRT_TARGET_AVX2 void tile_rows_signed(const uint8_t* u, int64_t ldu, const int8_t* panel, int64_t k4,
-                                      const Epilogue& ep, int64_t m0, int64_t n0, float* y, int64_t ldy) {
-    for (int g = 0; g < kInt8Panel / 16; ++g) {
-        __m256i acc[2 * ROWS];
-        group16_rows<ROWS>(u, ldu, panel, k4, g, acc);
-        store_group16_avx2<ROWS>(acc, true, ep, m0, n0, g, y, ldy);
-    }
-    if (ep.act == Activation::gelu || ep.act == Activation::gelu_tanh)
-        for (int r = 0; r < ROWS; ++r) activation_span_avx2(y + r * ldy, kInt8Panel, ep.act);
-}
+struct SignedGroup16 {
+    static constexpr bool kSignedSums = true;
+    template <int ROWS>
+    static constexpr auto run = &group16_rows<ROWS>;
+};
 
 }  // namespace
 
@@ -241,12 +235,7 @@ QRT_TARGET_AVX2 void quantize_row_avx2_signed(const float* x, int64_t k, int64_t
 
 void tile_avx2_signed(int64_t rows, const uint8_t* u, int64_t ldu, const int8_t* panel, int64_t k4,
                       const Epilogue& ep, int64_t m0, int64_t n0, float* y, int64_t ldy) {
-    switch (rows) {
-        case 4: tile_rows_signed<4>(u, ldu, panel, k4, ep, m0, n0, y, ldy); break;
-        case 3: tile_rows_signed<3>(u, ldu, panel, k4, ep, m0, n0, y, ldy); break;
-        case 2: tile_rows_signed<2>(u, ldu, panel, k4, ep, m0, n0, y, ldy); break;
-        default: tile_rows_signed<1>(u, ldu, panel, k4, ep, m0, n0, y, ldy); break;
-    }
+    tile16<SignedGroup16>(rows, u, ldu, panel, k4, ep, m0, n0, y, ldy);
 }
 
 QRT_TARGET_AVX2 void activation_span_avx2(float* y, int64_t count, Activation act) {

@@ -60,28 +60,17 @@ QRT_TARGET_AVXVNNI void group16_vnni(const uint8_t* u, int64_t ldu, const int8_t
 
 #undef QRT_VNNI_ROW
 
-template <int ROWS>
-QRT_TARGET_AVXVNNI void tile_rows_vnni(const uint8_t* u, int64_t ldu, const int8_t* panel, int64_t k4,
-                                       const Epilogue& ep, int64_t m0, int64_t n0, float* y, int64_t ldy) {
-    for (int g = 0; g < kInt8Panel / 16; ++g) {
-        __m256i acc[2 * ROWS];
-        group16_vnni<ROWS>(u, ldu, panel, k4, g, acc);
-        store_group16_avx2<ROWS>(acc, false, ep, m0, n0, g, y, ldy);
-    }
-    if (ep.act == Activation::gelu || ep.act == Activation::gelu_tanh)
-        for (int r = 0; r < ROWS; ++r) activation_span_avx2(y + r * ldy, kInt8Panel, ep.act);
-}
+struct VnniGroup16 {
+    static constexpr bool kSignedSums = false;
+    template <int ROWS>
+    static constexpr auto run = &group16_vnni<ROWS>;
+};
 
 }  // namespace
 
 void tile_avx_vnni(int64_t rows, const uint8_t* u, int64_t ldu, const int8_t* panel, int64_t k4,
                    const Epilogue& ep, int64_t m0, int64_t n0, float* y, int64_t ldy) {
-    switch (rows) {
-        case 4: tile_rows_vnni<4>(u, ldu, panel, k4, ep, m0, n0, y, ldy); break;
-        case 3: tile_rows_vnni<3>(u, ldu, panel, k4, ep, m0, n0, y, ldy); break;
-        case 2: tile_rows_vnni<2>(u, ldu, panel, k4, ep, m0, n0, y, ldy); break;
-        default: tile_rows_vnni<1>(u, ldu, panel, k4, ep, m0, n0, y, ldy); break;
-    }
+    tile16<VnniGroup16>(rows, u, ldu, panel, k4, ep, m0, n0, y, ldy);
 }
 
 }  // namespace int8_detail

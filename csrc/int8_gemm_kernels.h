@@ -182,6 +182,35 @@ __attribute__((target("avx2,fma"))) inline void store_group16_avx2(const __m256i
         }
     }
 }
+
+// A 256-bit tile (rows 1..4 x one 64-column panel) built from a 16-column K-loop kernel:
+// Group::run<ROWS>(u, ldu, panel, k4, g, out) writes out[2r + h] = row r's sums for columns
+// 16 g + 8 h .. + 7, as sum u * qw, or sum qx * qw where Group::kSignedSums. The signed AVX2
+// tile and the AVX-VNNI one differ only in that kernel.
+template <class Group, int ROWS>
+__attribute__((target("avx2,fma"))) inline void tile16_rows(const uint8_t* u, int64_t ldu, const int8_t* panel,
+                                                             int64_t k4, const Epilogue& ep, int64_t m0, int64_t n0,
+                                                             float* y, int64_t ldy) {
+    for (int g = 0; g < kInt8Panel / 16; ++g) {
+        __m256i acc[2 * ROWS];
+        Group::template run<ROWS>(u, ldu, panel, k4, g, acc);
+        store_group16_avx2<ROWS>(acc, Group::kSignedSums, ep, m0, n0, g, y, ldy);
+    }
+    if (ep.act == Activation::gelu || ep.act == Activation::gelu_tanh)
+        for (int r = 0; r < ROWS; ++r) activation_span_avx2(y + r * ldy, kInt8Panel, ep.act);
+}
+
+// The TileFn of such a tile: one instance per tile height.
+template <class Group>
+void tile16(int64_t rows, const uint8_t* u, int64_t ldu, const int8_t* panel, int64_t k4, const Epilogue& ep,
+            int64_t m0, int64_t n0, float* y, int64_t ldy) {
+    switch (rows) {
+        case 4: tile16_rows<Group, 4>(u, ldu, panel, k4, ep, m0, n0, y, ldy); break;
+        case 3: tile16_rows<Group, 3>(u, ldu, panel, k4, ep, m0, n0, y, ldy); break;
+        case 2: tile16_rows<Group, 2>(u, ldu, panel, k4, ep, m0, n0, y, ldy); break;
+        default: tile16_rows<Group, 1>(u, ldu, panel, k4, ep, m0, n0, y, ldy); break;
+    }
+}
 #endif
 
 }  // namespace int8_detail
