@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 import runtime  # noqa: E402
+from kernels.core.threads import usable_cpus  # noqa: E402
 from runtime.tables import format_table  # noqa: E402
 
 WARM_SECONDS = 0.2      # OpenBLAS's idle workers spin about 0.1 s before they sleep
@@ -65,8 +66,7 @@ def main() -> None:
     for fn in runners.values():          # first runs: the planner measures, numba compiles
         fn()
         fn()
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.busy * cpus)]
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.busy * usable_cpus())]
     time.sleep(0.5 if busy else 0.0)
     times: dict[str, list[float]] = {k: [] for k in runners}
     rounds = 10

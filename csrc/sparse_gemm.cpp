@@ -507,9 +507,11 @@ void sparse_int8_linear_isa(const SparseInt8Weight& w, const float* x, int64_t m
             corr_z[r] = static_cast<int32_t>(static_cast<uint32_t>((128 + z) * w.rowsum[r]));
         corr = corr_z.get();
     }
-    AlignedArray<int32_t> corr_signed;   // z * rowsum: for the kernels that sum qx * w (pairs)
-    corr_signed.allocate(w.npad);
-    for (int64_t r = 0; r < w.npad; ++r) corr_signed[r] = static_cast<int32_t>(static_cast<uint32_t>(z * w.rowsum[r]));
+    AlignedArray<int32_t> corr_signed;   // z * rowsum: for the kernel that sums qx * w (pairs only)
+    if (path == SparsePath::pairs_avx2) {
+        corr_signed.allocate(w.npad);
+        for (int64_t r = 0; r < w.npad; ++r) corr_signed[r] = static_cast<int32_t>(static_cast<uint32_t>(z * w.rowsum[r]));
+    }
     static const int32_t kNoZeroPoint = 0;
     Problem p;
     p.w = &w;

@@ -87,6 +87,7 @@ def _cached_peaks(threads: int, key: str, remeasure: bool) -> tuple[dict, float 
     """(peaks, bandwidth) for this machine key: from the cache file unless remeasure or absent
     or unreadable (then measured and written back, atomically; a cache that cannot be written
     only costs the next run a measurement)."""
+    from ..format import atomic_write
     from ..planner import cache_dir
     path = cache_dir() / PEAKS_FILE
     try:
@@ -104,11 +105,10 @@ def _cached_peaks(threads: int, key: str, remeasure: bool) -> tuple[dict, float 
     if peaks.get("int8_gops") is not None or peaks.get("fp32_gflops") is not None:
         entries[key] = {"peaks": peaks, "mem_bw_gbs": bandwidth,
                         "measured": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+        text = json.dumps(entries, indent=1).encode()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(entries, indent=1))
-            os.replace(tmp, path)
+            atomic_write(path, lambda f: f.write(text))
         except OSError:
             pass
     return peaks, bandwidth
