@@ -461,6 +461,7 @@ def test_bad_weights_are_refused_with_a_reason():
         (ValueError, r"shape \(0, 20\) must have N >= 1", lambda: _native.sparse_int8_csr(ip[:1].copy(), ix[:0], q[:0], s[:0], (0, 20))),
         (ValueError, "lanes = 'wide'", lambda: _native.sparse_int8_csr(ip, ix, q, s, shape, lanes="wide")),
         (ValueError, "quad_rows must be", lambda: _native.sparse_int8_csr(ip, ix, q, s, shape, quad_rows=3)),
+        (ValueError, "pairs must be -1 \\(auto\\), 0 or 1, got 2", lambda: _native.sparse_int8_csr(ip, ix, q, s, shape, pairs=2)),
         (ValueError, r"quads of 4 rows need N % 4 == 0", lambda: _native.sparse_int8_csr(ip, ix, q, s, shape, quad_rows=4)),
     ]
     for exc, pattern, call in cases:

@@ -601,3 +601,13 @@ def test_missing_required_attribute_is_an_error_at_plan_time():
         lookup("Split", "dense", "reference")(fill_attrs("Split", {}), {})
     with pytest.raises(ValueError, match="approximate"):
         lookup("Gelu", "dense", "reference")(fill_attrs("Gelu", {"approximate": "fast"}), {})
+
+
+@pytest.mark.parametrize("axis, message", [(np.array([0, 1]), "axis must be one integer"),
+                                           (np.array(0.0), "axis must be one integer"),
+                                           (np.array(2), "axis 2 is out of range for rank 2"),
+                                           (np.array(-3), "axis -3 is out of range for rank 2")])
+def test_cum_sum_refuses_a_bad_axis(axis, message):
+    from kernels.reference.elementwise import cum_sum_ref
+    with pytest.raises(ValueError, match=message):
+        cum_sum_ref(np.zeros((2, 3), np.float32), axis)
