@@ -45,6 +45,8 @@ OPTION_SETS = [
     ("int4 g64", dict(quant="int4")),
     ("int4 g64 gptq", dict(quant="int4", quant_method="gptq")),
     ("int4 g32 gptq", dict(quant="int4", quant_method="gptq", group_size=32)),
+    ("int4 g32 gptq asymmetric", dict(quant="int4", quant_method="gptq", group_size=32, symmetric=False)),
+    ("int4 g64 gptq asymmetric", dict(quant="int4", quant_method="gptq", symmetric=False)),
     # bias correction (the mean output error of each layer's final weight, into its bias)
     ("int8 + bias correction", dict(quant="int8", bias_correction=True)),
     ("int4 g32 gptq + bias correction", dict(quant="int4", quant_method="gptq", group_size=32, bias_correction=True)),

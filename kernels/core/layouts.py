@@ -341,6 +341,15 @@ def _scale32(num: np.ndarray, den: float) -> np.ndarray:
     return s.astype(np.float32)
 
 
+def _given_scale(scale, size: int, axis) -> np.ndarray:
+    """A scale handed to the packer (GPTQ's grid): ``size`` positive finite float32 values."""
+    given = np.asarray(scale)
+    if given.size != size or given.dtype != np.float32 or not (np.isfinite(given).all() and (given > 0).all()):
+        raise ValueError(f"a given quantization scale must be {size} positive finite float32 value(s) "
+                         f"(one per {'tensor' if axis is None else 'row/group'}); got {given.dtype} {given.shape}")
+    return given
+
+
 def _quant_symmetric(v: np.ndarray, axis, levels: int, qrange: tuple[int, int],
                      scale: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """scale = max|v| / levels over ``axis`` (keepdims), q = clip(rint(v / scale), *qrange).
@@ -352,23 +361,31 @@ def _quant_symmetric(v: np.ndarray, axis, levels: int, qrange: tuple[int, int],
     if scale is None:
         scale = _scale32(amax, levels)
     else:
-        given = np.asarray(scale)
-        if given.size != amax.size or given.dtype != np.float32 or not (np.isfinite(given).all() and (given > 0).all()):
-            raise ValueError(f"a given quantization scale must be {amax.size} positive finite float32 value(s) "
-                             f"(one per {'tensor' if axis is None else 'row/group'}); got {given.dtype} {given.shape}")
-        scale = given.reshape(amax.shape)
+        scale = _given_scale(scale, amax.size, axis).reshape(amax.shape)
     q = np.clip(np.rint(_div(v, scale)), *qrange)
     return q.astype(np.int64), scale
 
 
 def _quant_asymmetric(v: np.ndarray, axis, levels: int, zp_offset: int,
-                      qrange: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                      qrange: tuple[int, int], scale: np.ndarray | None = None,
+                      zero_point: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """min <= 0 <= max forced; scale = (max - min) / levels;
-    zp = clip(rint(zp_offset - min / scale), *qrange); q = clip(rint(v / scale) + zp, *qrange)."""
+    zp = clip(rint(zp_offset - min / scale), *qrange); q = clip(rint(v / scale) + zp, *qrange).
+    A given ``scale`` and ``zero_point`` (both or neither; one per row/group) are used instead."""
     lo = np.minimum(np.min(v, axis=axis, keepdims=True), 0).astype(np.float64)
     hi = np.maximum(np.max(v, axis=axis, keepdims=True), 0).astype(np.float64)
-    scale = _scale32(hi - lo, levels)
-    zp = np.clip(np.rint(zp_offset - lo / scale.astype(np.float64)), *qrange)
+    if (scale is None) != (zero_point is None):
+        raise ValueError("an asymmetric grid is given as both scale and zero_point, or neither")
+    if scale is None:
+        scale = _scale32(hi - lo, levels)
+        zp = np.clip(np.rint(zp_offset - lo / scale.astype(np.float64)), *qrange)
+    else:
+        scale = _given_scale(scale, lo.size, axis).reshape(lo.shape)
+        zp = np.asarray(zero_point)
+        if zp.size != lo.size or zp.dtype != np.uint8 or not ((zp >= qrange[0]) & (zp <= qrange[1])).all():
+            raise ValueError(f"a given zero point must be {lo.size} uint8 value(s) in [{qrange[0]}, {qrange[1]}] "
+                             f"(one per row/group); got {zp.dtype} {zp.shape}")
+        zp = zp.reshape(lo.shape).astype(np.float64)
     q = np.clip(np.rint(_div(v, scale)) + zp, *qrange)
     return q.astype(np.int64), scale, zp.astype(np.int64)
 
@@ -553,11 +570,12 @@ def _int4_check(t: PackedTensor) -> None:
 
 
 def pack_int4_grouped(name: str, w, mask=None, *, group_size: int = 64, symmetric: bool = True,
-                      scale: np.ndarray | None = None) -> PackedTensor:
+                      scale: np.ndarray | None = None, zero_point: np.ndarray | None = None) -> PackedTensor:
     """4-bit weight, one scale per group of ``group_size`` consecutive k of a row of the 2-D
     view; K' is padded with zeros to a multiple of group_size. Pruned positions of ``mask``
-    are set to 0 first. ``scale`` (symmetric only): (N, groups) float32 to use instead of
-    max|group| / 7.
+    are set to 0 first. ``scale``: (N, groups) float32 to use instead of max|group| / 7
+    (symmetric) or (max - min) / 15 (asymmetric, which then also takes ``zero_point``, (N,
+    groups) uint8 in [0, 15]).
 
     Fields: qdata uint8 (N, ceil(K'/g)*g/2), two values per byte, element 2j in bits 0-3 and
     2j+1 in bits 4-7 (signed two's complement nibbles when symmetric, unsigned otherwise);
@@ -573,12 +591,15 @@ def pack_int4_grouped(name: str, w, mask=None, *, group_size: int = 64, symmetri
     v[:, :k] = w.reshape(n, k)
     v = v.reshape(n, groups, g)
     fields: dict[str, np.ndarray] = {}
-    if not symmetric and scale is not None:
-        raise ValueError(f"weight {name!r}: a given scale needs symmetric quantization")
-    if symmetric:
-        q, scale = _quant_symmetric(v, 2, 7, INT4_SYMMETRIC, scale)
-    else:
-        q, scale, zp = _quant_asymmetric(v, 2, 15, 0, INT4_ASYMMETRIC)
+    if symmetric and zero_point is not None:
+        raise ValueError(f"weight {name!r}: a zero point needs asymmetric quantization (symmetric=False)")
+    try:
+        if symmetric:
+            q, scale = _quant_symmetric(v, 2, 7, INT4_SYMMETRIC, scale)
+        else:
+            q, scale, zp = _quant_asymmetric(v, 2, 15, 0, INT4_ASYMMETRIC, scale, zero_point)
+    except ValueError as e:
+        raise ValueError(f"weight {name!r}: {e}") from None
     fields["qdata"] = _pack_nibbles(q.reshape(n, groups * g))
     fields["scale"] = scale.reshape(n, groups).astype(np.float32)
     if not symmetric:

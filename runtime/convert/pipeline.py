@@ -171,8 +171,9 @@ class ConvertOptions:
         if self.quant_method == "gptq":
             if self.quant == "none":
                 raise ValueError("quant_method='gptq' rounds weights to a grid: it needs quant='int8' or 'int4'")
-            if not self.symmetric:
-                raise ValueError("quant_method='gptq' takes symmetric weights (its grid keeps pruned zeros exact)")
+            if not self.symmetric and self.quant != "int4":
+                raise ValueError("quant_method='gptq' with asymmetric weights is int4 only: int8 GPTQ grids are "
+                                 "symmetric (sparse int8 layouts need pruned zeros exactly 0)")
             if not self.has_calib:
                 raise ValueError("quant_method='gptq' needs real calibration data (calib): it corrects each "
                                  "layer's rounding error on the layer's real inputs")
@@ -418,6 +419,7 @@ class _Plan:
     fp32_weight: np.ndarray | None = None
     use_original: bool = False     # the budget unpruned it: pack fp32_weight, rounded to nearest
     qscale: np.ndarray | None = None   # GPTQ's scales: the packer uses these, not max|w| / levels
+    qzero: np.ndarray | None = None    # GPTQ's zero points (asymmetric int4), with qscale
     smooth: np.ndarray | None = None   # SmoothQuant's s (K,): the layer reads X / s, its weight is W * s
     bias_shift: np.ndarray | None = None   # bias correction (N,): added to the bias when packed as planned
 
@@ -684,7 +686,7 @@ def _calibrated_pass(graph: Graph, layers: list[Layer], plans: dict[str, _Plan],
     steps = seq.Steps(prune_method=method if calibrated_prune else None, mask_kind=kind, nm=tuple(opts.nm),
                       block=tuple(opts.block), gptq_bits={"int8": 8, "int4": 4}.get(opts.quant)
                       if opts.quant_method == "gptq" and quant else None, per_channel=opts.per_channel,
-                      group_size=opts.group_size, act_order=opts.act_order,
+                      group_size=opts.group_size, act_order=opts.act_order, symmetric=opts.symmetric,
                       smooth_alpha=opts.resolved_smooth() if quant else None,
                       bias_correction=opts.bias_correction and quant,
                       quant_bits={"int8": 8, "int4": 4}.get(opts.quant), act=opts.act)
@@ -810,11 +812,13 @@ _PACK_OPTS: dict[str, Callable[[ConvertOptions, str], dict]] = {
 
 def _pack(name: str, w: np.ndarray, layout: str, plan: _Plan, opts: ConvertOptions) -> PackedTensor:
     """w (N, K') float32 -> the layer's PackedTensor in ``layout``, pruned by plan.mask and on
-    GPTQ's grid plan.qscale where set (None: max|w| / levels, round to nearest)."""
+    GPTQ's grid plan.qscale (and plan.qzero) where set (None: the packer's own grid, round to
+    nearest)."""
     if layout == "dense":
         return dense_tensor(name, w if plan.mask is None or plan.keep_fp32 else (w * plan.mask).astype(np.float32))
     quant = "int8" if opts.quant == "int8" else "none"
-    return L.pack(layout, name, w, plan.mask, scale=plan.qscale, **_PACK_OPTS[layout](opts, quant))
+    grid = {"scale": plan.qscale} if plan.qzero is None else {"scale": plan.qscale, "zero_point": plan.qzero}
+    return L.pack(layout, name, w, plan.mask, **grid, **_PACK_OPTS[layout](opts, quant))
 
 
 def _act_attrs(layout: str, plan: _Plan, opts: ConvertOptions) -> dict:
@@ -841,7 +845,7 @@ def _build(graph: Graph, layers: list[Layer], plans: dict[str, _Plan], opts: Con
         if lr.weight_name not in packed:
             p = plan if pack else _Plan(mask=None if plan.keep_fp32 else plan.mask)
             if plan.keep_fp32 or plan.use_original:
-                p = dataclasses.replace(p, qscale=None)   # GPTQ's grid was for the changed weight
+                p = dataclasses.replace(p, qscale=None, qzero=None)   # GPTQ's grid was for the changed weight
             packed[lr.weight_name] = _pack(lr.weight_name, w, layout, p, opts)
             if pack:
                 t = packed[lr.weight_name]
@@ -922,7 +926,7 @@ def _meet_budget(graph, layers, plans, opts, feeds, ref_outputs, metrics, report
             half = plan.sparsity / 2
             mask = _magnitude_mask(w, kind, half, opts)
             plans[lr.name] = dataclasses.replace(
-                plan, mask=mask, sparsity=1.0 - float(mask.mean()), use_original=True, qscale=None,
+                plan, mask=mask, sparsity=1.0 - float(mask.mean()), use_original=True, qscale=None, qzero=None,
                 note=f"accuracy budget: sparsity {plan.sparsity:.0%} -> {1.0 - float(mask.mean()):.0%} (magnitude "
                      f"mask of its original weight)")
             lowered.append(lr.name)
@@ -934,7 +938,7 @@ def _meet_budget(graph, layers, plans, opts, feeds, ref_outputs, metrics, report
             if plan.mask is None:
                 continue
             plans[lr.name] = dataclasses.replace(
-                plan, mask=None, sparsity=0.0, use_original=True, qscale=None,
+                plan, mask=None, sparsity=0.0, use_original=True, qscale=None, qzero=None,
                 note=f"accuracy budget: not pruned, {opts.quant} kept (was {plan.sparsity:.0%} sparse)")
             unpruned.append(lr.name)
             if (met := remeasure(f"unpruned {lr.name}, kept {opts.quant}")):

@@ -45,6 +45,7 @@ class Steps:
     per_channel: bool = True
     group_size: int = 64
     act_order: bool = True
+    symmetric: bool = True              # False: asymmetric int4 grids (zero points), GPTQ int4 only
     smooth_alpha: float | str | None = None   # SmoothQuant's alpha, "auto" (searched per input), or None
     act: str = "dynamic"                # how the activations will be quantized (the alpha search simulates it)
     # bias correction: shift each layer's bias by the mean output error of its final weight
@@ -114,7 +115,7 @@ def run(graph: Graph, layers: list, plans: dict, steps: Steps, feeds, *,
         w_full = np.asarray(graph.initializers[lr.weight_name].fields["data"])
         if lr.weight_name in done:         # a weight read by two layers: handled once
             first = plans[done[lr.weight_name]]
-            plan.mask, plan.qscale, plan.fp32_weight = first.mask, first.qscale, first.fp32_weight
+            plan.mask, plan.qscale, plan.qzero, plan.fp32_weight = first.mask, first.qscale, first.qzero, first.fp32_weight
             continue
         key = input_key(node, w_full.shape)
         if key not in stats_by_key:
@@ -185,16 +186,17 @@ def run(graph: Graph, layers: list, plans: dict, steps: Steps, feeds, *,
                 say(f"[{idx + 1}/{len(layers)}] {lr.name}: {steps.prune_method}, output error {before:.4f} -> {after:.4f}")
         if steps.gptq_bits is not None:
             m2 = None if plan.mask is None else plan.mask.reshape(w.shape)
-            kw = dict(per_channel=steps.per_channel, group_size=steps.group_size if steps.gptq_bits == 4 else None)
+            kw = dict(per_channel=steps.per_channel, group_size=steps.group_size if steps.gptq_bits == 4 else None,
+                      symmetric=steps.symmetric)
             try:
-                wq, scale = gptq.gptq_quantize(new_w, g, steps.gptq_bits, mask=m2, act_order=steps.act_order, **kw)
+                wq, scale, zero = gptq.gptq_quantize(new_w, g, steps.gptq_bits, mask=m2, act_order=steps.act_order, **kw)
             except ValueError as e:
                 raise ValueError(f"layer {lr.name!r}: {e}") from None
             rtn = gptq.rtn_quantize(new_w, steps.gptq_bits, mask=m2, **kw)
             before, after = obs.output_error(rtn, new_w, g), obs.output_error(wq, new_w, g)
             notes.append(f"gptq int{steps.gptq_bits}: output error {after:.4f} (round to nearest: {before:.4f})")
             say(f"[{idx + 1}/{len(layers)}] {lr.name}: gptq int{steps.gptq_bits}, output error {before:.4f} -> {after:.4f}")
-            new_w, plan.qscale = wq, scale
+            new_w, plan.qscale, plan.qzero = wq, scale, zero
         if steps.bias_correction:
             st = stats_by_key[key]
             # the weight the packer will store: masked (magnitude masks are applied at packing),
