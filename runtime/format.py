@@ -68,6 +68,8 @@ assert set(DTYPE_CODES) == set(DTYPES), "every storable dtype needs a safetensor
 # could otherwise declare such a shape with a valid byte count of 0.
 _MAX_NDIM = 32
 _MAX_DIM = 2 ** 62
+# numpy's index type is int64: a shape's element count (zeros read as 1) must fit well within it
+_MAX_ELEMENTS = 2 ** 62
 
 _METADATA_REQUIRED = ("format", "format_version", "graph")
 _TENSOR_KEYS = ("dtype", "shape", "data_offsets")
@@ -94,28 +96,116 @@ def save(graph: Graph, path: str | os.PathLike) -> None:
     atomic_write(path, lambda f: _write(f, header, entries))
 
 
-def atomic_write(path: str | os.PathLike, write) -> None:
+def atomic_write(path: str | os.PathLike, write, *, durable: bool = True) -> None:
     """Call ``write(binary_file)`` on a temporary file next to ``path``, flush and fsync it,
-    rename it onto ``path`` (os.replace) and fsync the directory. On any failure the temporary
-    file is removed and the exception propagates, so no partial file is ever left."""
+    rename it onto ``path`` (os.replace) and fsync the directory (``durable=False``: no fsync,
+    for files that may be lost in a power cut but never seen half-written, such as caches). On any failure the temporary
+    file is removed and the exception propagates, so no partial file is ever left.
+
+    A process killed outright (SIGKILL, OOM) runs no cleanup. Where the file system allows it
+    (Linux O_TMPFILE), the data is written to a file with no name, which the kernel frees with
+    the process; it gets its temporary name only once complete, for the instant before the
+    rename. Elsewhere, and for that instant, the next write to ``path`` removes temporary files
+    of ``path`` left by processes that no longer exist (remove_stale_temps)."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
+    remove_stale_temps(path)
     tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    # os.open with 0o666 lets the umask decide the permissions, like a plain open() would.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    unnamed = _open_unnamed(directory)
     try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
+        if unnamed is not None:
+            with os.fdopen(unnamed, "wb") as f:
+                write(f)
+                f.flush()
+                if durable:
+                    os.fsync(f.fileno())
+                os.link(f"/proc/self/fd/{f.fileno()}", tmp, follow_symlinks=True)
+        else:
+            # os.open with 0o666 lets the umask decide the permissions, like a plain open() would.
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+                f.flush()
+                if durable:
+                    os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         try:
             os.unlink(tmp)
-        except FileNotFoundError:
+        except (FileNotFoundError, IsADirectoryError, PermissionError):
             pass
         raise
     _fsync_directory(directory)
+
+
+# st_dev -> whether unnamed files on it can be given a name (probed once per file system:
+# some kernels and sandboxes refuse the link with EXDEV)
+_UNNAMED_LINKS: dict[int, bool] = {}
+
+
+def _open_unnamed(directory: str) -> int | None:
+    """An O_TMPFILE descriptor in ``directory`` that can be given a name later (Linux), or
+    None where the OS or file system has none (the caller then writes a named temporary)."""
+    flag = getattr(os, "O_TMPFILE", 0)
+    if not flag or not os.path.isdir("/proc/self/fd"):
+        return None
+    try:
+        dev = os.stat(directory).st_dev
+        # 0o666: the umask decides the permissions, like a plain open() would
+        fd = os.open(directory, flag | os.O_WRONLY, 0o666)
+    except OSError:     # EOPNOTSUPP / EISDIR / EINVAL: this file system has no unnamed files
+        return None
+    if dev not in _UNNAMED_LINKS:
+        probe = os.path.join(directory, f".qrt-probe.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        try:
+            os.link(f"/proc/self/fd/{fd}", probe, follow_symlinks=True)
+            os.unlink(probe)
+            _UNNAMED_LINKS[dev] = True
+        except OSError:
+            _UNNAMED_LINKS[dev] = False
+    if not _UNNAMED_LINKS[dev]:
+        os.close(fd)
+        return None
+    return fd
+
+
+_TEMP_NAME = re.compile(r"\.(?P<base>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp")
+
+
+def remove_stale_temps(path: str | os.PathLike) -> list[str]:
+    """Remove the temporary files atomic_write left next to ``path`` in processes that no
+    longer exist (a conversion killed while writing); returns what was removed. A temporary
+    of a live process (a concurrent writer) is left alone."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    base = os.path.basename(path)
+    removed = []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return removed
+    for name in names:
+        m = _TEMP_NAME.fullmatch(name)
+        if not m or m.group("base") != base or _alive(int(m.group("pid"))):
+            continue
+        try:
+            os.unlink(os.path.join(directory, name))
+            removed.append(name)
+        except OSError:
+            pass
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True     # exists but not ours, or not a pid this OS knows: leave it
+    return True
 
 
 def to_bytes(graph: Graph) -> bytes:
@@ -271,8 +361,10 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, str], dict[str, dict
 
 
 def _map(path: str) -> mmap.mmap:
-    """Map ``path`` read-only; header parsing and tensor views use the same snapshot."""
-    with open(path, "rb") as f:
+    """Map ``path`` read-only; header parsing and tensor views use the same snapshot. Opened
+    non-blocking, so a FIFO or a device is refused at once instead of waiting for a writer."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    with os.fdopen(fd, "rb") as f:
         st = os.fstat(f.fileno())
         if not stat.S_ISREG(st.st_mode):
             raise QrtFormatError(f"{path}: not a regular file")
@@ -389,6 +481,10 @@ def _check_tensor_entry(name: str, entry: Any, data_start: int, data_len: int) -
         raise _Malformed(f"{where}: shape {shape!r} is not a list of non-negative integers")
     if len(shape) > _MAX_NDIM or any(d > _MAX_DIM for d in shape):
         raise _Malformed(f"{where}: shape {shape!r} is too large")
+    if math.prod(max(d, 1) for d in shape) > _MAX_ELEMENTS:
+        # even with a 0 in it (no bytes), numpy cannot index a shape this large
+        raise _Malformed(f"{where}: shape {shape!r} is too large: the product of its non-zero "
+                         f"dimensions exceeds {_MAX_ELEMENTS}")
     if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o) for o in offsets)
             and 0 <= offsets[0] <= offsets[1]):
         raise _Malformed(f"{where}: data_offsets {offsets!r} is not [begin, end] with "

@@ -36,11 +36,11 @@ the cache (and refreshes it).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import statistics
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +51,7 @@ import numpy as np
 from kernels import registry
 from kernels.core import config, cpu
 from kernels.core.layouts import PackedTensor, dense_view_2d, int_weight
+from runtime.format import atomic_write
 
 PLAN_MODES = ("auto", "measure", "off")
 PLANNED_OPS = ("Linear", "Conv")
@@ -134,43 +135,101 @@ def machine_key() -> str:
     return _MACHINE_KEY
 
 
+class QrtCacheWarning(UserWarning):
+    """The plan cache could not be read or written; planning goes on in memory."""
+
+
+def valid_entry(entry: Any) -> bool:
+    """A cache entry as PlannedLayer.decide writes it: {"chosen": label, "times_ms": {label:
+    positive finite ms}}, the chosen label among the timed ones."""
+    if not (isinstance(entry, dict) and isinstance(entry.get("chosen"), str) and isinstance(entry.get("times_ms"), dict)):
+        return False
+    times = entry["times_ms"]
+    return entry["chosen"] in times and all(
+        isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+        for k, v in times.items())
+
+
 class PlanCache:
-    """Measured choices, one JSON file per machine: ``{key: {"chosen", "times_ms"}}``.
-    Unreadable or unwritable caches degrade to memory only (planning still works)."""
+    """Measured choices, one JSON file per machine: ``{"version", "entries": {key: {"chosen",
+    "times_ms"}}}``. The file is shared by every process on the machine, so nothing in it is
+    trusted: a file that is not such an object, or an entry of the wrong shape, is ignored
+    (with a QrtCacheWarning) and re-measured, and the next write replaces it. Unreadable or
+    unwritable caches degrade to memory only, with a warning (planning still works). Writers
+    hold an exclusive lock on ``<path>.lock`` while they read, merge and replace the file, so
+    two processes planning at once both keep their entries."""
 
     def __init__(self, path: Path | None = None):
         self.path = path or cache_dir() / f"plans-{machine_key()}.json"
         self._entries: dict[str, dict] | None = None
 
+    def _warn(self, what: str) -> None:
+        import warnings
+        warnings.warn(f"qrt plan cache {self.path}: {what}", QrtCacheWarning, stacklevel=4)
+
+    def _read(self, warn: bool) -> dict[str, dict]:
+        """The valid entries on disk ({} when there is no file)."""
+        try:
+            data = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError, UnicodeDecodeError) as e:
+            if warn:
+                self._warn(f"unreadable ({type(e).__name__}: {e}); ignored, choices are measured again")
+            return {}
+        if not (isinstance(data, dict) and isinstance(data.get("entries"), dict)):
+            if warn:
+                self._warn('not a qrt plan cache (expected {"version": ..., "entries": {...}}); ignored, '
+                           "it will be rewritten")
+            return {}
+        if data.get("version") != CACHE_VERSION:
+            return {}       # another measurement method: re-measured, silently (expected after upgrades)
+        entries = {k: v for k, v in data["entries"].items() if isinstance(k, str) and valid_entry(v)}
+        if warn and len(entries) < len(data["entries"]):
+            self._warn(f"{len(data['entries']) - len(entries)} malformed entr"
+                       f"{'y' if len(data['entries']) - len(entries) == 1 else 'ies'} ignored (re-measured)")
+        return entries
+
     def _load(self) -> dict[str, dict]:
         if self._entries is None:
-            try:
-                data = json.loads(self.path.read_text())
-                ok = isinstance(data, dict) and data.get("version") == CACHE_VERSION
-                self._entries = dict(data.get("entries", {})) if ok else {}
-            except (OSError, ValueError):
-                self._entries = {}
+            self._entries = self._read(warn=True)
         return self._entries
 
     def get(self, key: str) -> dict | None:
-        return self._load().get(key)
+        entry = self._load().get(key)
+        return entry if valid_entry(entry) else None
 
     def put(self, key: str, entry: dict) -> None:
+        if not valid_entry(entry):
+            raise ValueError(f"not a plan cache entry: {entry!r}")
         entries = self._load()
         entries[key] = entry
-        try:  # re-read so that two sessions writing one after the other both keep their entries
-            on_disk = json.loads(self.path.read_text()).get("entries", {})
-        except (OSError, ValueError, AttributeError):
-            on_disk = {}
-        merged = {**on_disk, **entries}
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".plans-", suffix=".tmp")
-            with os.fdopen(fd, "w") as f:
-                json.dump({"version": CACHE_VERSION, "entries": merged}, f, indent=0, sort_keys=True)
-            os.replace(tmp, self.path)
-        except OSError:
-            pass    # read-only home, full disk: the choice still holds for this session
+            with _locked(self.path.with_name(self.path.name + ".lock")):
+                # re-read under the lock: entries other processes wrote since our first read stay
+                merged = {**self._read(warn=False), **entries}
+                payload = json.dumps({"version": CACHE_VERSION, "entries": merged}, indent=0, sort_keys=True)
+                atomic_write(self.path, lambda f: f.write(payload.encode()), durable=False)
+        except OSError as e:
+            self._warn(f"not written ({type(e).__name__}: {e}); this session's choices hold in memory only")
+
+
+@contextlib.contextmanager
+def _locked(lock_path: Path):
+    """An exclusive advisory lock on ``lock_path`` (created if missing) for the with-block;
+    where the OS has no flock (Windows), no lock: the last writer's merge wins."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)        # closing releases the lock
 
 
 _DEFAULT_CACHE: PlanCache | None = None
@@ -256,7 +315,7 @@ class PlannedLayer:
         entry = self._cache.get(key) if (self._cache is not None and self._mode == "auto") else None
         labels = {c.label: c for c in self.cands}
         source = "cached"
-        if entry is None or entry.get("chosen") not in labels:
+        if entry is None or entry["chosen"] not in labels or not set(labels) <= set(entry["times_ms"]):
             times = self._timer({c.label: self.run_of(c) for c in self.cands}, inputs)
             stored = self.cands[0].label
             best = min(times, key=times.get)

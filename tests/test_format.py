@@ -403,6 +403,8 @@ def _set(tensor, key, value):
     (_set("w::data", "shape", [4.0, 3]), "is not a list of non-negative integers"),
     (_set("w::data", "shape", [True, 3]), "is not a list of non-negative integers"),
     (_set("empty::data", "shape", [0, 2**70]), "is too large"),
+    # zero bytes, each dimension allowed, but numpy cannot shape it (was numpy's ValueError)
+    (_set("empty::data", "shape", [0, 2**40, 2**40]), "product of its non-zero dimensions"),
     (_set("w::data", "data_offsets", [0]), "data_offsets [0] is not [begin, end]"),
     (_set("w::data", "data_offsets", ["0", 48]), "is not [begin, end]"),
     (_set("w::data", "data_offsets", [48, 0]), "is not [begin, end]"),
@@ -417,6 +419,18 @@ def _set(tensor, key, value):
 ], ids=lambda x: x if isinstance(x, str) else "")
 def test_bad_tensor_entry(tmp_path, mutate, fragment):
     expect_error(mutate_file(tmp_path, "t.qrt", mutate), fragment)
+
+
+def test_a_fifo_or_device_is_refused_without_blocking(tmp_path):
+    """Opening a FIFO for reading waits for a writer: load once blocked forever. The file is
+    opened non-blocking and refused as not a regular file, for load and read_header."""
+    fifo = tmp_path / "model.qrt"
+    os.mkfifo(fifo)
+    for read in (load, read_header):
+        with pytest.raises(QrtFormatError, match="not a regular file"):
+            read(fifo)
+        with pytest.raises(QrtFormatError, match="not a regular file"):
+            read("/dev/zero")
 
 
 def test_read_header_validates_too(tmp_path):
@@ -483,3 +497,44 @@ def test_pad_tensors_are_ignored_but_other_names_are_not(tmp_path):
         pad = next(k for k in h if k.startswith(PAD_PREFIX))
         h["__qrt_pad_x"] = h.pop(pad)       # not the pad pattern: an ordinary stray tensor
     expect_error(mutate_file(tmp_path, "p.qrt", mutate), "tensor '__qrt_pad_x'")
+
+
+# --- writes that are killed ------------------------------------------------------------------
+
+_KILLED_WRITER = """
+import sys, time
+from runtime.format import atomic_write
+def write(f):
+    f.write(b"x" * 4096)
+    f.flush()
+    print("writing", flush=True)
+    time.sleep(60)
+atomic_write(sys.argv[1], write)
+"""
+
+
+def test_a_killed_write_leaves_nothing_behind_after_the_next_write(tmp_path):
+    """SIGKILL in the middle of atomic_write: the output is never created half-written, and
+    whatever temporary the dead process had (none where unnamed files exist) is removed by
+    the next write to the same path; a live writer's temporary is left alone."""
+    import signal
+    import subprocess
+    import sys
+    from runtime import format as F
+    out = tmp_path / "model.qrt"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    p = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, str(out)], cwd=root, stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "writing"
+    p.send_signal(signal.SIGKILL)
+    p.wait(timeout=30)
+    p.stdout.close()
+    assert not out.exists()
+    leftovers = [q.name for q in tmp_path.iterdir()]
+    assert all(n.startswith(".model.qrt.") and n.endswith(".tmp") for n in leftovers), leftovers
+    live = tmp_path / f".model.qrt.{os.getpid()}.0123abcd.tmp"   # a concurrent writer (this process)
+    live.write_bytes(b"partial")
+    other = tmp_path / ".other.qrt.999999999.0123abcd.tmp"       # another output's temporary
+    other.write_bytes(b"partial")
+    F.atomic_write(out, lambda f: f.write(b"done"))
+    assert out.read_bytes() == b"done"
+    assert sorted(q.name for q in tmp_path.iterdir()) == sorted([out.name, live.name, other.name])

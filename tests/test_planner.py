@@ -5,7 +5,12 @@ the disk cache, and the session's options. Real measurements of the same decisio
 benchmarks/planner_fallback.py's."""
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import subprocess
+import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -15,6 +20,8 @@ from kernels.reference.packed import PackedPlan, packed_linear_ref
 from runtime import InferenceSession, planner
 from runtime.graph import Graph, Node, Value
 from kernels.core.layouts import dense_tensor, pack
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 FAST = tuple(b for b in registry.AUTO_ORDER if b != "reference" and registry.backend_status(b) is None)
 needs_fast = pytest.mark.skipif(not FAST, reason="no fast CPU backend (numba / native) is usable here")
@@ -167,12 +174,90 @@ def test_cache_round_trip(tmp_path):
         "chosen"] == "csr/reference"
 
 
-def test_broken_cache_file_is_ignored(tmp_path):
-    (tmp_path / "plans.json").write_text("{not json")
-    layer, t, log, timer = _layer({"csr": 3e-3, "int8": 1e-3}, planner.PlanCache(tmp_path / "plans.json"))
+def _an_entry_key(tmp_path) -> str:
+    """The key _layer's layer writes (measured once in a scratch cache)."""
+    scratch = planner.PlanCache(tmp_path / "scratch.json")
+    layer, t, _, _ = _layer({"csr": 3e-3, "int8": 1e-3}, scratch)
     layer(np.ones((2, 16), np.float32), t, None)
+    return next(iter(json.loads((tmp_path / "scratch.json").read_text())["entries"]))
+
+
+# Valid JSON of the wrong shape: each once made every session on the machine fail (TypeError,
+# AttributeError, KeyError, ZeroDivisionError), and the file stayed
+_GOOD = {"chosen": "csr/reference", "times_ms": {"csr/reference": 1.0, "int8/reference": 2.0}}
+BAD_CACHES = {
+    "not json": "{not json",
+    "entries a number": {"version": planner.CACHE_VERSION, "entries": 5},
+    "a list": [1, 2],
+    "entry a number": {"KEY": 5},
+    "entry a list": {"KEY": [1]},
+    "no times_ms": {"KEY": {"chosen": "csr/reference"}},
+    "zero time": {"KEY": {**_GOOD, "times_ms": {"csr/reference": 0.0, "int8/reference": 0.0}}},
+    "NaN time": {"KEY": {**_GOOD, "times_ms": {"csr/reference": float("nan"), "int8/reference": 1.0}}},
+    "chosen not timed": {"KEY": {"chosen": "csr/reference", "times_ms": {"int8/reference": 1.0}}},
+    "a label missing": {"KEY": {"chosen": "csr/reference", "times_ms": {"csr/reference": 1.0}}},
+    "chosen a number": {"KEY": {**_GOOD, "chosen": 3}},
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CACHES))
+def test_malformed_cache_is_ignored_with_a_warning_and_rewritten(tmp_path, case):
+    bad = BAD_CACHES[case]
+    if isinstance(bad, dict) and "KEY" in bad:
+        bad = {"version": planner.CACHE_VERSION, "entries": {_an_entry_key(tmp_path): bad["KEY"]}}
+    path = tmp_path / "plans.json"
+    path.write_text(bad if isinstance(bad, str) else json.dumps(bad))
+    layer, t, log, timer = _layer({"csr": 3e-3, "int8": 1e-3}, planner.PlanCache(path))
+    with pytest.warns(planner.QrtCacheWarning, match=str(path)) if case != "a label missing" else _no_warning():
+        layer(np.ones((2, 16), np.float32), t, None)
+    assert log[0]["chosen"] == "int8/reference" and "(measured)" in log[0]["reason"]
+    data = json.loads(path.read_text())          # rewritten: the next session reads it cleanly
+    assert data["version"] == planner.CACHE_VERSION
+    assert all(planner.valid_entry(e) for e in data["entries"].values()) and len(data["entries"]) == 1
+    layer2, t2, log2, timer2 = _layer({"csr": 3e-3, "int8": 1e-3}, planner.PlanCache(path))
+    layer2(np.ones((2, 16), np.float32), t2, None)
+    assert timer2.calls == [] and "(cached)" in log2[0]["reason"]
+
+
+@contextlib.contextmanager
+def _no_warning():
+    """A well-formed entry that does not time every candidate of this layer (written with
+    other candidates) is re-measured without a warning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", planner.QrtCacheWarning)
+        yield
+
+
+def test_unwritable_cache_warns_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "plans.json"
+    path.mkdir()                                   # the cache path is a directory
+    layer, t, log, _ = _layer({"csr": 3e-3, "int8": 1e-3}, planner.PlanCache(path))
+    with pytest.warns(planner.QrtCacheWarning, match="not written"):
+        layer(np.ones((2, 16), np.float32), t, None)
     assert log[0]["chosen"] == "int8/reference"
-    assert json.loads((tmp_path / "plans.json").read_text())["version"] == planner.CACHE_VERSION
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plans.json", "plans.json.lock"]
+    assert list(path.iterdir()) == []
+
+
+_WRITER = """
+import sys
+from runtime import planner
+cache = planner.PlanCache(__import__("pathlib").Path(sys.argv[1]))
+for i in range(int(sys.argv[3])):
+    cache.put(f"{sys.argv[2]}-{i}", {"chosen": "a", "times_ms": {"a": 1.0 + i}})
+"""
+
+
+def test_processes_planning_into_one_cache_keep_every_entry(tmp_path):
+    """Four processes each write 40 entries into one cache at once: every entry survives (the
+    read-merge-replace of each write is under the cache's lock; without it entries are lost)."""
+    path = tmp_path / "plans.json"
+    procs = [subprocess.Popen([sys.executable, "-c", _WRITER, str(path), f"p{j}", "40"], cwd=ROOT)
+             for j in range(4)]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0, 0, 0]
+    entries = json.loads(path.read_text())["entries"]
+    assert len(entries) == 160 and all(planner.valid_entry(e) for e in entries.values())
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
 
 
 # --- sessions, real timing -------------------------------------------------------------------------
