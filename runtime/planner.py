@@ -7,24 +7,27 @@ than dense int8 everywhere. So the session measures, once per machine and shape,
 *equivalent* way to run a Linear/Conv layer and runs the fastest.
 
 Equivalent means computing the same function from what the file already holds, so a file
-needs nothing extra for the fallback and the choice never changes what the model computes:
+needs nothing extra for the fallback:
 
 * a sparse layout with int8 values (csr, bsr, nm; quant "int8") -> the dense ``int8`` layout
-  with the same integers and scales. Every kernel of both layouts is bit-exact with the one
-  reference (kernels/reference/packed.py, which sees both through ``int_weight``), so the
-  outputs are identical bit for bit;
+  with the same integers and scales (kernels/reference/packed.py sees both through
+  ``int_weight``);
 * a sparse layout with float values -> dense float32 (the same dequantized weight);
-* int4_grouped weight-only (act_quant "none") -> dense float32 of the dequantized weight:
-  the same math, X @ dequant(W).T, only the float32 summation order differs (within the
-  int4 kernels' own stated error bound).
+* int4_grouped weight-only (act_quant "none") -> dense float32 of the dequantized weight.
 
 Not a candidate: dense float32 for an int8 layer with quantized activations (it would drop
 the activation rounding and change results), or an int8 layer for a float one.
 
-Each candidate runs on every backend of the session's list that has a kernel for it
-("auto": native, numba; an explicit backend: that one). The stored layout is kept unless
-another candidate is at least ``MARGIN`` faster: timings on a shared machine wobble by a few
-percent and the stored layout is what the user asked for.
+Each equivalent layout runs on every backend of the session's list that has a kernel for it
+("auto": native, numba; an explicit backend: that one), and of those the planner keeps only
+the ones that give the *same bits* as the stored layout on the session's backend for it
+(``same_bits``), so the choice, which follows timings and so may differ from session to
+session, never changes a bit of what the model computes. For integer layers that is every
+layout on the same backend, and every backend unless a GELU is fused (each backend has its own
+erf / tanh). Float layers (float sparse, int4 weight-only) sum in another order on every
+other layout and backend, so they are not planned: they run as stored. The stored layout is
+kept unless another candidate is at least ``MARGIN`` faster: timings on a shared machine
+wobble by a few percent and the stored layout is what the user asked for.
 
 When: lazily, at the first run that gives a layer an input of a new size (a power-of-two
 bucket of its GEMM rows for Linear, the exact input shape for Conv), on that very input. The
@@ -41,6 +44,7 @@ import json
 import math
 import os
 import statistics
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,16 +106,39 @@ def _as_dense_int8(t: PackedTensor) -> PackedTensor:
                         {"per_channel": per_channel, "symmetric": True})
 
 
+# Fused activations whose epilogue every backend computes with the same IEEE operations (a
+# max for relu), so an integer layer's output bits do not depend on the backend. The GELUs are
+# not among them: native and numba each evaluate erf / tanh with their own code (1 ulp apart
+# on ~20% of the outputs, measured in tests/test_planner.py).
+SAME_BITS_ACTIVATIONS = ("none", "relu")
+
+
+def same_bits(stored: Candidate, c: Candidate, attrs: dict) -> bool:
+    """Whether candidate ``c`` computes exactly the bits of ``stored`` for every input.
+
+    Integer layers (quantized activations): the integer sums are exact on every layout and
+    backend, and a backend's epilogue is shared by its layouts, so the same backend always
+    matches; another backend only for SAME_BITS_ACTIVATIONS. Float layers (float activations:
+    dense, float sparse, int4 weight-only): layouts and backends sum in different orders, so
+    only the stored candidate itself."""
+    if (c.layout, c.backend) == (stored.layout, stored.backend):
+        return True
+    if attrs.get("act_quant", "none") == "none":
+        return False
+    return c.backend == stored.backend or attrs.get("activation", "none") in SAME_BITS_ACTIVATIONS
+
+
 def candidates(op: str, t: PackedTensor, attrs: dict, backends: tuple[str, ...]) -> list[Candidate]:
-    """Every (equivalent layout, backend with a kernel for it), the stored layout first,
-    backends in ``backends`` order. The reference backend counts only where nothing else has
-    a kernel (it is the spec, never the fast path)."""
+    """Every (equivalent layout, backend with a kernel for it) that gives the same bits as the
+    stored layout on the first such backend (same_bits), that one first, backends in
+    ``backends`` order. The reference backend counts only where nothing else has a kernel (it
+    is the spec, never the fast path)."""
     fast = tuple(b for b in backends if b != "reference")
     out = []
     for layout, weight in equivalent_weights(t, attrs).items():
         have = [b for b in fast if registry.has_kernel(op, layout, b)]
         out += [Candidate(layout, b, weight) for b in have]
-    return out
+    return [c for c in out if same_bits(out[0], c, attrs)] if out else out
 
 
 # --- the cache ----------------------------------------------------------------------------------
@@ -281,8 +308,13 @@ class PlannedLayer:
         self._build = build
         self._runs: dict[str, Callable] = {}
         self._chosen: dict[tuple, Callable] = {}
-        self._last_shape: tuple | None = None   # the previous call's input shape and its run
-        self._last_run: Callable | None = None
+        # the previous call's (input shape, run): one tuple, replaced whole, so a thread never
+        # reads one call's shape with another's run
+        self._last: tuple[tuple | None, Callable | None] = (None, None)
+        # one decision at a time: a session's run() may be called from many threads, and the
+        # first call of a new size measures; the others wait for that choice instead of
+        # measuring at the same time (which would also skew the timings) or racing on _chosen
+        self._deciding = threading.Lock()
         self._mode, self._cache, self._log = mode, cache, log
         self._timer = timer or measure
         labels = ",".join(c.label for c in cands)
@@ -300,13 +332,15 @@ class PlannedLayer:
 
     def __call__(self, *inputs):
         shape = inputs[0].shape
-        if shape == self._last_shape:           # the common case: the same input size as last call
-            return self._last_run(*inputs)
+        last_shape, last_run = self._last
+        if shape == last_shape:                 # the common case: the same input size as last call
+            return last_run(*inputs)
         bucket = rows_bucket(self.op, inputs[0])
         run = self._chosen.get(bucket)
         if run is None:
-            run = self.decide(bucket, inputs)
-        self._last_shape, self._last_run = shape, run
+            with self._deciding:
+                run = self._chosen.get(bucket) or self.decide(bucket, inputs)
+        self._last = (shape, run)
         return run(*inputs)
 
     def decide(self, bucket: tuple, inputs: tuple) -> Callable:

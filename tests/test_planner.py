@@ -315,16 +315,51 @@ def test_session_plan_layers_and_cache(tmp_path, monkeypatch):
 
 
 @needs_fast
-def test_int4_weight_only_candidates_agree():
-    n, k = 32, 128
-    g = _graph(_weight("int4_grouped", n, k, 0, group_size=32), {"act_quant": "none"}, n, k)
-    s = InferenceSession(g, plan="measure", threads=1)
-    x = np.random.default_rng(5).standard_normal((4, k)).astype(np.float32)
-    got = s.run(None, {"x": x})[0]
-    want = InferenceSession(g, "reference").run(None, {"x": x})[0]
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-    (rec,) = s.layer_plan
-    assert {c.split("/")[0] for c in rec["times_ms"]} == {"int4_grouped", "dense"}
+def test_float_layers_are_not_planned():
+    """int4 weight-only and float sparse have dense fp32 equivalents, but those sum in another
+    order: a session runs them as stored (one candidate, nothing measured)."""
+    for t in (_weight("int4_grouped", 32, 128, 0, group_size=32), _weight("csr", 32, 128, 0.5)):
+        assert [c.label for c in planner.candidates("Linear", t, {"act_quant": "none"}, registry.AUTO_ORDER)] \
+            == [f"{t.layout}/{FAST[0]}"]
+        g = _graph(t, {"act_quant": "none"}, 32, 128)
+        s = InferenceSession(g, plan="measure", threads=1)
+        x = np.random.default_rng(5).standard_normal((4, 128)).astype(np.float32)
+        np.testing.assert_allclose(s.run(None, {"x": x})[0], InferenceSession(g, "reference").run(None, {"x": x})[0],
+                                   rtol=1e-5, atol=1e-5)
+        assert s.layer_plan == []
+
+
+@needs_fast
+@pytest.mark.parametrize("layout", ["csr", "bsr", "nm"])
+@pytest.mark.parametrize("activation", ["none", "relu", "gelu", "gelu_tanh"])
+@pytest.mark.parametrize("act_quant", ["dynamic", "static"])
+def test_every_candidate_gives_the_stored_bits(layout, activation, act_quant):
+    """What the planner may choose between is bit-identical to the stored layout on the first
+    backend, for every activation; the GELUs, whose epilogues differ between backends, keep
+    only the stored backend (and the test shows they do differ: without same_bits a session
+    planned at another time could change ~20% of the outputs by 1 ulp)."""
+    t = _weight(layout, 64, 128, 0.75, quant="int8")
+    attrs = registry.fill_attrs("Linear", {"act_quant": act_quant, "activation": activation,
+                                           **({"act_scale": 0.02, "act_zero_point": 3} if act_quant == "static" else {})})
+    cands = planner.candidates("Linear", t, attrs, registry.AUTO_ORDER)
+    rng = np.random.default_rng(7)
+    bias = rng.standard_normal(64).astype(np.float32)
+    x = (rng.standard_normal((16, 128)) * 3).astype(np.float32)
+
+    def out(c):
+        return registry.build("Linear", c.layout, c.backend, attrs, {1: c.weight})(x, c.weight, bias)[0]
+    want = out(cands[0])
+    for c in cands[1:]:
+        np.testing.assert_array_equal(out(c), want, err_msg=c.label)
+    backends = {c.backend for c in cands}
+    if activation.startswith("gelu"):
+        assert backends == {cands[0].backend}
+        if len(FAST) > 1:     # the excluded ones really differ
+            every = [planner.Candidate(c.layout, b, c.weight) for c in cands for b in FAST
+                     if b != c.backend and registry.has_kernel("Linear", c.layout, b)]
+            assert any((out(c) != want).any() for c in every)
+    else:
+        assert backends == set(FAST)
 
 
 def test_plan_option_errors_and_off():
