@@ -68,6 +68,13 @@ assert set(DTYPE_CODES) == set(DTYPES), "every storable dtype needs a safetensor
 # could otherwise declare such a shape with a valid byte count of 0.
 _MAX_NDIM = 32
 _MAX_DIM = 2 ** 62
+# Work a file can ask for is bounded by its size, and these counts bound the per-entry work
+# (validation, graph and session building, each linear in them): a header of a million one-byte
+# tensors, or a million-node chain, would otherwise take a minute and gigabytes to refuse or
+# load. Real models are far below (a 2-layer BERT: ~150 nodes, ~200 tensors; a 7B LLM export:
+# ~10,000 nodes).
+MAX_TENSORS = 100_000
+MAX_NODES = 100_000
 # numpy's index type is int64: a shape's element count (zeros read as 1) must fit well within it
 _MAX_ELEMENTS = 2 ** 62
 
@@ -400,6 +407,9 @@ def _parse_header(mm: mmap.mmap) -> tuple[dict[str, str], dict[str, tuple], int]
         raise _Malformed("header is not a JSON object")
 
     meta = _check_metadata(top.get("__metadata__"))
+    if len(top) - 1 > MAX_TENSORS:
+        raise _Malformed(f"header lists {len(top) - 1} tensors, more than the {MAX_TENSORS} a .qrt file may "
+                         f"hold (docs/FORMAT.md, Limits)")
 
     data_len = size - data_start
     tensors: dict[str, tuple] = {}
@@ -545,6 +555,11 @@ def _check_graph_dict(d: Any) -> None:
         raise _Malformed(f"graph JSON lacks keys {missing}")
     _only_keys(d, _GRAPH_KEYS, "graph JSON")
     _want(d["name"], str, "graph JSON 'name'")
+    for section, cap in (("nodes", MAX_NODES), ("inputs", MAX_NODES), ("outputs", MAX_NODES),
+                         ("initializers", MAX_TENSORS)):
+        if isinstance(d[section], (list, dict)) and len(d[section]) > cap:
+            raise _Malformed(f"graph JSON has {len(d[section])} {section}, more than the {cap} a .qrt file may "
+                             f"hold (docs/FORMAT.md, Limits)")
     for section in ("inputs", "outputs"):
         _want(d[section], list, f"graph JSON {section!r}")
         for k, v in enumerate(d[section]):

@@ -33,15 +33,15 @@ class Placement:
 
 
 def place(graph: Graph, backends: Sequence[str], steps: list, slots: dict[str, int]) -> Placement:
-    """backends[k] runs graph.nodes[k]; steps[k] = (run, ins, outs), whose ``run`` is wrapped
-    in place for host nodes that may read device arrays."""
+    """backends[k] runs graph.nodes[k]; steps[k] = (run, ins, outs, where), whose ``run`` is
+    wrapped in place for host nodes that may read device arrays."""
     gpu = [b in registry.GPU_BACKENDS for b in backends]
     placement = Placement(on_gpu=any(gpu))
     if not placement.on_gpu:
         return placement
     on_device = set()                      # slots a GPU node writes (device values)
     feeds = {slots[v.name] for v in graph.inputs}
-    for k, (node, (run, ins, outs)) in enumerate(zip(graph.nodes, steps)):
+    for k, (node, (run, ins, outs, where)) in enumerate(zip(graph.nodes, steps)):
         if gpu[k]:
             to_device = getattr(registry.backend_module(backends[k]), "to_device", None)
             for s in ins:
@@ -51,7 +51,7 @@ def place(graph: Graph, backends: Sequence[str], steps: list, slots: dict[str, i
             continue
         if any(s in on_device or s in feeds for s in ins):
             placement.host_transfers += any(s in on_device for s in ins) and node.op not in ("Shape", "Size")
-            steps[k] = (_on_host(run, node.op), ins, outs)
+            steps[k] = (_on_host(run, node.op), ins, outs, where)
     return placement
 
 

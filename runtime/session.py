@@ -5,7 +5,7 @@ Shaped like onnxruntime.InferenceSession so users can swap one for the other:
 ``get_inputs()`` / ``get_outputs()`` returning objects with ``name``, ``shape`` and ``type``.
 
 Planning (once, at load): every value gets an integer slot; constants are put in their slots
-once; each node becomes a ``Step(run, ins, outs, frees)`` (input, output and freed slots) where
+once; each node becomes a ``Step(run, ins, outs, frees, where)`` (input, output and freed slots) where
 ``run`` is the kernel the registry prepared for that node (weights packed there, attributes
 bound there). ``run()`` is then a loop over steps with no dict lookups, no attribute
 handling and no kernel choice; a slot is cleared right after its last reader so memory of
@@ -241,7 +241,7 @@ class InferenceSession:
             outs = tuple(slot(o) for o in node.outputs)
             for s in ins:
                 last_use[s] = k
-            raw_steps.append((run, ins, outs))
+            raw_steps.append((run, ins, outs, step_name(node)))
             self._planned.append(PlannedNode(node.name, node.op, layout, backend))
 
         self._placement = place(graph, [p.backend for p in self._planned], raw_steps, slots)
@@ -252,11 +252,12 @@ class InferenceSession:
             if s not in keep:
                 frees_at.setdefault(k, []).append(s)
         # outputs nobody reads (e.g. unused Split parts) are dropped right after their node
-        for k, (_, _, outs) in enumerate(raw_steps):
+        for k, (_, _, outs, _) in enumerate(raw_steps):
             for s in outs:
                 if s not in last_use and s not in keep:
                     frees_at.setdefault(k, []).append(s)
-        self._steps = [Step(run, ins, outs, tuple(frees_at.get(k, ()))) for k, (run, ins, outs) in enumerate(raw_steps)]
+        self._steps = [Step(run, ins, outs, tuple(frees_at.get(k, ())), where)
+                       for k, (run, ins, outs, where) in enumerate(raw_steps)]
         self._shape_cache = ShapeCache(graph, slots, self._steps)
         used = dict.fromkeys(p.backend for p in self._planned)
         self._thread_setters = [f for f in map(registry.thread_setter, used) if f is not None]
@@ -314,11 +315,24 @@ class InferenceSession:
 
 
 class Step(NamedTuple):
-    """One planned node: its kernel, the slots it reads and writes, the slots freed after it."""
+    """One planned node: its kernel, the slots it reads and writes, the slots freed after it,
+    and how errors name it ("node 'fc1' (Linear reading 'x', 'fc1.weight')")."""
     run: Callable[..., tuple]
     ins: tuple[int, ...]
     outs: tuple[int, ...]
     frees: tuple[int, ...]
+    where: str = ""
+
+
+# Errors a kernel raises for what it was given (an index out of range, a shape it cannot take,
+# an allocation that does not fit): re-raised by execute as the same built-in type with the node
+# named, since a bare "index 5473 is out of bounds" does not say which input or layer it was.
+_NAMED_ERRORS = (IndexError, ValueError, TypeError, OverflowError, MemoryError)
+
+
+def step_name(node) -> str:
+    ins = ", ".join(repr(i) for i in node.inputs if i)
+    return f"node {node.name!r} ({node.op}{' reading ' + ins if ins else ''})"
 
 
 def execute(steps: list, env: list, watch: frozenset = frozenset(), record: dict | None = None,
@@ -326,19 +340,24 @@ def execute(steps: list, env: list, watch: frozenset = frozenset(), record: dict
     """Run planned steps on ``env`` (slots), the one loop of run and profile: outputs landing
     in ``watch`` slots are also put in ``record`` (before a later step may free them);
     ``times`` (one list per step) receives each step's seconds."""
-    for k, (run, ins, outs, frees) in enumerate(steps):
-        if times is not None:
-            t0 = time.perf_counter()
-            results = run(*[env[i] for i in ins])
-            times[k].append(time.perf_counter() - t0)
-        else:
-            results = run(*[env[i] for i in ins])
-        for s, r in zip(outs, results):
-            env[s] = r
-            if s in watch:
-                record[s] = r
-        for s in frees:
-            env[s] = None
+    k = 0
+    try:
+        for k, (run, ins, outs, frees, _) in enumerate(steps):
+            if times is not None:
+                t0 = time.perf_counter()
+                results = run(*[env[i] for i in ins])
+                times[k].append(time.perf_counter() - t0)
+            else:
+                results = run(*[env[i] for i in ins])
+            for s, r in zip(outs, results):
+                env[s] = r
+                if s in watch:
+                    record[s] = r
+            for s in frees:
+                env[s] = None
+    except _NAMED_ERRORS as e:
+        base = next(c for c in type(e).__mro__ if c in _NAMED_ERRORS)
+        raise base(f"{steps[k].where}: {e}") from e
 
 
 def _check_backend(backend: str) -> str:

@@ -538,3 +538,37 @@ def test_a_killed_write_leaves_nothing_behind_after_the_next_write(tmp_path):
     F.atomic_write(out, lambda f: f.write(b"done"))
     assert out.read_bytes() == b"done"
     assert sorted(q.name for q in tmp_path.iterdir()) == sorted([out.name, live.name, other.name])
+
+
+# --- limits ----------------------------------------------------------------------------------
+
+def test_too_many_tensors_are_refused_before_any_per_tensor_work(tmp_path, monkeypatch):
+    """A header of MAX_TENSORS + 1 empty tensors is refused on the count (once: 1,000,000
+    one-byte tensors took 13.5 s and 1.1 GB to load, as many unreferenced ones 26.7 s to
+    refuse). The per-entry check must not run at all."""
+    from runtime import format as F
+    header, data = split_file(craft_good(tmp_path))
+    for k in range(F.MAX_TENSORS + 1):
+        header[f"t{k}"] = {"dtype": "U8", "shape": [0], "data_offsets": [0, 0]}
+    path = craft(tmp_path / "many.qrt", header, data)
+
+    def never(*a):
+        raise AssertionError("a tensor entry was checked")
+    monkeypatch.setattr(F, "_check_tensor_entry", never)
+    for read in (load, read_header):
+        with pytest.raises(QrtFormatError, match=f"more than the {F.MAX_TENSORS}"):
+            read(path)
+
+
+@pytest.mark.parametrize("section", ["nodes", "inputs", "outputs", "initializers"])
+def test_too_many_graph_entries_are_refused_on_the_count(tmp_path, section):
+    from runtime import format as F
+    header, data = split_file(craft_good(tmp_path))
+    g = graph_of(header)
+    cap = F.MAX_TENSORS if section == "initializers" else F.MAX_NODES
+    if section == "initializers":
+        g[section] = {f"i{k}": {} for k in range(cap + 1)}
+    else:
+        g[section] = [{} for _ in range(cap + 1)]
+    set_graph(header, g)
+    expect_error(craft(tmp_path / "big.qrt", header, data), f"more than the {cap}", section)

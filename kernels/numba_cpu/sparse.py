@@ -458,7 +458,15 @@ class RowsCSR:
 
 def _rows_csr(t: PackedTensor, want_int: bool) -> RowsCSR:
     """RowsCSR of a csr / bsr / nm tensor (values int8 if want_int, else float32), from the
-    layouts table's canonical row form (kernels/core/layouts.py sparse_rows)."""
+    layouts table's canonical row form (kernels/core/layouts.py sparse_rows).
+
+    The tensor's own layout check runs first, although the loader ran it: the kernels below
+    index with these arrays without bounds checks, so a tensor that reached them any other way
+    (built in code, or a loader bug) must not make them read outside the activations."""
+    try:
+        t.check()
+    except (ValueError, KeyError, TypeError, IndexError) as e:
+        raise ValueError(f"weight {t.name!r} is not a valid {t.layout} tensor: {e}") from None
     n, k = dense_view_2d(t.shape)
     indptr, cols, vals = sparse_rows(t)
     if want_int:
