@@ -231,6 +231,7 @@ def main() -> None:
             rows.append([label, f"{cos.min():.4f}", f"{cos.mean():.4f}",
                          f"{size / fp32_bytes:.3f}" if fp32_bytes else "-", f"{secs:.1f}"])
             print(" | ".join(rows[-1]), flush=True)
+            print(f"# {label}: min cosine {cos.min():.6f}, mean {cos.mean():.6f} (unrounded)", flush=True)
     print(format_table(rows, ["conversion", "min cosine", "mean cosine", "file x fp32", "convert s"]))
 
 

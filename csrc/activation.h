@@ -67,7 +67,7 @@
 
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
 #define QRT_ACT_X86_SIMD 1
-#include <immintrin.h>
+#include "simd.h"
 #else
 #define QRT_ACT_X86_SIMD 0
 #endif

@@ -5,7 +5,7 @@
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 
-#include <immintrin.h>
+#include "simd.h"
 
 #include <algorithm>
 

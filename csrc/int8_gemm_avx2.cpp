@@ -14,7 +14,7 @@
 
 #if QRT_INT8_X86_SIMD
 
-#include <immintrin.h>
+#include "simd.h"
 
 #define QRT_TARGET_AVX2 __attribute__((target("avx2,fma")))
 

@@ -5,7 +5,7 @@
 
 #if QRT_INT8_X86_SIMD
 
-#include <immintrin.h>
+#include "simd.h"
 
 // GCC 12's avx512fintrin.h starts some conversions from a deliberately undefined register
 // (_mm512_undefined_*), which -Wuninitialized reports at every use; nothing here reads it.

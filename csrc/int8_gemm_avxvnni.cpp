@@ -16,7 +16,7 @@
 
 #if QRT_INT8_AVX_VNNI
 
-#include <immintrin.h>
+#include "simd.h"
 
 #define QRT_TARGET_AVXVNNI __attribute__((target("avx2,fma,avxvnni")))
 

@@ -14,7 +14,7 @@
 // by function, the rest of the module stays baseline x86-64).
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
 #define QRT_INT8_X86_SIMD 1
-#include <immintrin.h>
+#include "simd.h"
 #else
 #define QRT_INT8_X86_SIMD 0
 #endif

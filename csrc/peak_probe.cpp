@@ -15,7 +15,7 @@
 
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
 #define QRT_PEAK_X86 1
-#include <immintrin.h>
+#include "simd.h"
 // AVX-VNNI (VEX vpdpbusd, _mm256_dpbusd_avx_epi32) needs GCC >= 11 or clang >= 12
 #if (defined(__clang__) && __clang_major__ >= 12) || (!defined(__clang__) && __GNUC__ >= 11)
 #define QRT_PEAK_AVX_VNNI 1

@@ -5,7 +5,7 @@
 
 #if QRT_INT8_X86_SIMD
 
-#include <immintrin.h>
+#include "simd.h"
 
 #include <algorithm>
 

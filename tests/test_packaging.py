@@ -64,8 +64,8 @@ def test_setup_py_never_builds_for_the_host_cpu():
 # README's test command, which .ci/run runs: the native build must succeed (setup.py) and the
 # backends the test extra installs must load (tests/conftest.py), or the run fails instead of
 # skipping their tests.
-TEST_COMMAND = ('python3 -m venv .venv && . .venv/bin/activate && QRT_REQUIRE_NATIVE=1 pip install -e ".[test]" && '
-                'QRT_REQUIRE_BACKENDS=native,numba,triton python -m pytest -q')
+TEST_COMMAND = ('python3 -m venv .venv && . .venv/bin/activate && QRT_REQUIRE_NATIVE=1 QRT_WERROR=1 '
+                'pip install -e ".[test]" && QRT_REQUIRE_BACKENDS=native,numba,triton python -m pytest -q')
 
 
 def test_ci_runs_the_documented_command():
@@ -196,3 +196,24 @@ def test_transformers_is_held_below_the_release_that_needs_hf_kernels():
     for extra in ("test", "bench"):
         reqs = [r for r in extras[extra] if _name(r) == "transformers"]
         assert reqs and all("<5.25" in r for r in reqs), (extra, reqs)
+
+
+def test_a_compiler_warning_fails_the_build_under_qrt_werror(tmp_path):
+    """csrc/ builds with -Wall -Wextra; QRT_WERROR=1 (the test command) makes a warning fail
+    the build, so new warnings cannot land; without it the same code builds (users' installs
+    must not break on a newer compiler's new warning)."""
+    pytest.importorskip("pybind11")
+    pytest.importorskip("setuptools")
+    (tmp_path / "csrc").mkdir()
+    (tmp_path / "setup.py").write_text((ROOT / "setup.py").read_text(encoding="utf-8"), encoding="utf-8")
+    (tmp_path / "csrc" / "bindings.cpp").write_text("int f(int unused_argument) { return 0; }\n", encoding="utf-8")
+    for werror in ("1", None):
+        env = {k: v for k, v in os.environ.items() if k not in ("QRT_WERROR", "QRT_EXTRA_CFLAGS")}
+        env["QRT_REQUIRE_NATIVE"] = "1"
+        if werror:
+            env["QRT_WERROR"] = werror
+        r = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--build-lib", str(tmp_path / "lib"),
+                            "--build-temp", str(tmp_path / f"tmp{werror}")],
+                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert "unused parameter" in r.stderr, r.stderr[-2000:]
+        assert (r.returncode != 0) == bool(werror), r.stderr[-2000:]

@@ -258,8 +258,8 @@ def test_unavailable_backend_is_refused_with_the_reason(mlp_graph, backend):
 
 def _last_uses(sess) -> dict[int, int]:
     last = {}
-    for k, (_, ins, outs, _) in enumerate(sess._steps):
-        for s in ins:
+    for k, step in enumerate(sess._steps):
+        for s in step.ins:
             last[s] = k
     return last
 
@@ -274,11 +274,11 @@ def test_each_intermediate_is_freed_once_after_its_last_use(model):
     outputs = {slots[v.name] for v in graph.outputs}
     transient = {s for n, s in slots.items() if n and s not in constants and s not in outputs}
     assert transient, "the model should have intermediates"
-    freed = [s for *_, frees in sess._steps for s in frees]
+    freed = [s for step in sess._steps for s in step.frees]
     assert sorted(freed) == sorted(transient)  # each exactly once, and nothing else
     last = _last_uses(sess)
-    for k, (*_, frees) in enumerate(sess._steps):
-        for s in frees:
+    for k, step in enumerate(sess._steps):
+        for s in step.frees:
             assert last.get(s, k) == k  # freed right after its last reader, not later
 
 
@@ -305,7 +305,7 @@ def test_intermediates_are_released_during_run():
             return results
         return step
 
-    sess._steps = [(wrap(k, run, outs), ins, outs, frees) for k, (run, ins, outs, frees) in enumerate(sess._steps)]
+    sess._steps = [st._replace(run=wrap(k, st.run, st.outs)) for k, st in enumerate(sess._steps)]
     x = feed(16)
     sess.run(None, {"x": x})
     assert len(set(checked)) >= 5

@@ -1,0 +1,116 @@
+"""The native backend's tests, and its fuzzer, under AddressSanitizer + UndefinedBehaviorSanitizer
+(issue 16): the C++ is built again into a copy of the source tree with
+-fsanitize=address,undefined (-O1, every UB check fatal), then the native test files and
+fuzz/fuzz_qrt.py's native target (QRT_FUZZ_SECONDS) run against that build with the ASan
+runtime preloaded. An out-of-bounds access, use after free or undefined operation fails the
+run even where the plain build would not crash.
+
+Also here: the numba sparse kernels once with numba's bounds checking on (NUMBA_BOUNDSCHECK=1,
+a separate cache), so an index past an array's end raises instead of reading memory: every
+path of every sparse layout against the reference (the tests that compile each kernel once;
+about a minute of JIT). The intrinsics that read through raw pointers are outside numba's
+checks; their bounds are the plan's (kernels/numba_cpu/sparse.py re-checks the layout)."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kernels import registry
+
+ROOT = Path(__file__).resolve().parents[1]
+NATIVE_TESTS = ["tests/test_native_sparse.py", "tests/test_native_int8.py", "tests/test_native_fuzz.py",
+                "tests/test_native_int4_conv.py", "tests/test_native_fused.py"]
+SANITIZE = "-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -O1"
+FUZZ_SECONDS = int(os.environ.get("QRT_FUZZ_SECONDS", "20"))
+
+
+def _runtime_libs() -> list[str] | None:
+    """The ASan runtime and libstdc++ to preload (Python itself is not built with ASan;
+    libstdc++ first in line lets ASan intercept C++ exceptions), or None without them."""
+    cxx = shutil.which(os.environ.get("CXX", "g++"))
+    if cxx is None:
+        return None
+    libs = []
+    for name in ("libasan.so", "libstdc++.so"):
+        path = subprocess.run([cxx, f"-print-file-name={name}"], capture_output=True, text=True).stdout.strip()
+        if not os.path.isabs(path) or not os.path.exists(path):
+            return None
+        libs.append(path)
+    return libs
+
+
+def _tail(text: str, n: int = 6000) -> str:
+    return text[-n:]
+
+
+def test_native_tests_and_fuzzer_are_clean_under_asan_and_ubsan(tmp_path, capsys):
+    if registry.backend_status("native") is not None:
+        pytest.skip(f"native backend unavailable: {registry.backend_status('native')}")
+    libs = _runtime_libs()
+    if libs is None:
+        pytest.skip("no g++ with libasan here (Debian: g++ ships it)")
+    src = tmp_path / "src"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", ".venv", "venv", "build", "*.so", "__pycache__",
+                                                             "*.egg-info", ".pytest_cache", "qrt-demo"))
+    build = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=src, capture_output=True,
+                           text=True, timeout=1200, check=False,
+                           env={**os.environ, "QRT_REQUIRE_NATIVE": "1", "QRT_EXTRA_CFLAGS": SANITIZE,
+                                "QRT_EXTRA_LDFLAGS": "-fsanitize=address,undefined"})
+    assert build.returncode == 0, _tail(build.stdout + build.stderr)
+    env = {**os.environ, "LD_PRELOAD": ":".join(libs), "PYTHONPATH": str(src),
+           "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=1", "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1",
+           "QRT_REQUIRE_BACKENDS": "native", "QRT_CACHE_DIR": str(tmp_path / "cache")}
+    # the sanitized module is the one imported (not the tree's own build)
+    where = subprocess.run([sys.executable, "-c", "import kernels.native_cpu._native as n; print(n.__file__)"],
+                           cwd=src, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert where.returncode == 0 and where.stdout.strip().startswith(str(src)), _tail(where.stdout + where.stderr)
+    tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "--no-header",
+                            "-o", "console_output_style=classic", *NATIVE_TESTS], cwd=src, env=env,
+                           capture_output=True, text=True, timeout=1800, check=False)
+    out = tests.stdout + tests.stderr
+    lines = [ln for ln in out.strip().splitlines() if ln.strip()]
+    summary = lines[-1].strip("= ") if lines else "(no output)"
+    fuzz = None
+    if tests.returncode == 0 and _has_atheris():
+        fuzz = subprocess.run([sys.executable, "fuzz/fuzz_qrt.py", "native", f"-max_total_time={FUZZ_SECONDS}",
+                               f"-artifact_prefix={tmp_path}/"], cwd=src, env=env, capture_output=True,
+                              text=True, timeout=600, check=False)
+    with capsys.disabled():
+        print(f"\n[ASan + UBSan] native tests: {summary}")
+        if fuzz is not None:
+            runs = re.findall(r"Done (\d+) runs in (\d+) second", fuzz.stdout + fuzz.stderr)
+            print("[ASan + UBSan] native fuzzer: " + (f"{runs[-1][0]} executions in {runs[-1][1]} s"
+                                                       if runs else f"exit {fuzz.returncode}"))
+    assert tests.returncode == 0, f"native tests failed under the sanitizers:\n{_tail(out)}"
+    assert re.search(r"\b[1-9]\d* passed\b", summary), summary
+    if fuzz is not None:
+        assert fuzz.returncode == 0, f"the native fuzzer failed under the sanitizers:\n{_tail(fuzz.stdout + fuzz.stderr)}"
+
+
+def _has_atheris() -> bool:
+    import importlib.util
+    return importlib.util.find_spec("atheris") is not None
+
+
+def test_numba_sparse_kernels_with_bounds_checking(tmp_path, capsys):
+    if registry.backend_status("numba") is not None:
+        pytest.skip(f"numba backend unavailable: {registry.backend_status('numba')}")
+    env = {**os.environ, "NUMBA_BOUNDSCHECK": "1", "NUMBA_CACHE_DIR": str(tmp_path / "numba"),
+           "QRT_REQUIRE_BACKENDS": "numba", "QRT_CACHE_DIR": str(tmp_path / "cache")}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "--no-header",
+                           "-o", "console_output_style=classic", "tests/test_numba_sparse.py",
+                           "-k", "every_path_exact or matches_reference"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800, check=False)
+    out = proc.stdout + proc.stderr
+    lines = [ln for ln in out.strip().splitlines() if ln.strip()]
+    summary = lines[-1].strip("= ") if lines else "(no output)"
+    with capsys.disabled():
+        print(f"\n[NUMBA_BOUNDSCHECK=1] tests/test_numba_sparse.py (every path): {summary}")
+    assert proc.returncode == 0, _tail(out)
+    assert re.search(r"\b[1-9]\d* passed\b", summary), summary
