@@ -64,13 +64,26 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+class _DefaultsFormatter(argparse.HelpFormatter):
+    """ArgumentDefaultsHelpFormatter without the noise: "(default: X)" only where the help
+    does not already say its default and X means something (not None, False or empty)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        d = action.default
+        if ("default" in text or d is None or d is False or d == [] or d is argparse.SUPPRESS
+                or action.option_strings == [] or isinstance(action, argparse._HelpAction)):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="qrt", description="qrt: convert, inspect and run int8/sparse "
                                 "neural-network models packed in one .qrt file.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     c = sub.add_parser("convert", help="convert (prune, quantize) an ONNX model to a .qrt file",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       formatter_class=_DefaultsFormatter,
                        description="Import an ONNX model (opset 13-28), fold its constant and shape "
                                    "subgraphs, fuse Linear/GELU/LayerNorm/BatchNorm patterns, then prune "
                                    "and quantize its Linear/Conv weights into packed layouts, print a "
@@ -89,8 +102,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--sparsity", type=float, default=0.0, help="target fraction of weights removed, in [0, 1)")
     g.add_argument("--layer-sparsity", action="append", default=[], metavar="PATTERN=F",
                    help="override the sparsity of layers matching PATTERN (repeatable)")
-    g.add_argument("--nm", default="2:4", metavar="N:M", help="N:M structured sparsity (with --prune nm)")
-    g.add_argument("--block", default="1x4", metavar="RxC", help="block shape (with --prune block)")
+    g.add_argument("--nm", metavar="N:M", help="N:M structured sparsity, with --prune nm (default 2:4)")
+    g.add_argument("--block", metavar="RxC", help="block shape, with --prune block (default 1x4)")
     g.add_argument("--scope", default="layer", choices=["layer", "global"],
                    help="magnitude pruning threshold per layer or one across all layers")
     g.add_argument("--skip", nargs="+", default=[], metavar="PATTERN", help="layers not to prune (still quantized)")
@@ -188,10 +201,10 @@ def _parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="train, convert and run a small model; print a comparison table and a report",
                        description="Train an MLP on scikit-learn's bundled digits data set, export it to "
-                                   "ONNX, convert it to .qrt as fp32, int8, int4, 2:4 + int8 and 90%% sparse + "
+                                   "ONNX, convert it to .qrt as fp32, int8, int4, 2:4 + int8 and 90% sparse + "
                                    "int8, run each on every available backend and in onnxruntime, print one "
                                    "table (accuracy, size, latency, speed-ups) and write report.md, report.json "
-                                   "and plots to a folder. Needs no files or network (pip install 'qrt[demo]').")
+                                   "and plots to a folder. Needs no files or network (pip install -e '.[demo]' in the qrt checkout).")
     d.add_argument("--out", metavar="DIR", default="qrt-demo", help="folder for the report (created; default ./qrt-demo)")
     d.add_argument("--keep-models", action="store_true", help="also keep the .onnx and .qrt files, in DIR/models")
     d.add_argument("--seed", type=int, default=0, help="random seed for the split and training")
@@ -242,7 +255,7 @@ def _cmd_convert(args) -> int:
         import onnx
         model = onnx.load(str(src))
     except ImportError:
-        raise CliError("converting needs the onnx package: pip install 'qrt[convert]'") from None
+        raise CliError("converting needs the onnx package: pip install onnx (or pip install -e '.[convert]' in the qrt checkout)") from None
     except Exception as e:
         raise CliError(f"cannot read {str(src)!r} as an ONNX model: {type(e).__name__}: {e}") from None
     if not model.opset_import and not model.graph.node:
@@ -290,9 +303,13 @@ def _convert_options(args):
         _require_file(args.recover_data, "recovery data file")
     if args.tokenizer is not None and not Path(args.tokenizer).exists():
         raise CliError(f"tokenizer folder {args.tokenizer!r} does not exist")
+    # a mask-shape option for another mask would silently do nothing
+    for flag, value, prune in (("--nm", args.nm, "nm"), ("--block", args.block, "block")):
+        if value is not None and args.prune != prune:
+            raise CliError(f"{flag} {value} applies to --prune {prune} only; this conversion has --prune {args.prune}")
     opts = ConvertOptions(
         prune=args.prune, prune_method=args.prune_method, sparsity=args.sparsity, layer_sparsity=layer_sparsity,
-        nm=_pair(args.nm, ":", "--nm"), block=_pair(args.block, "x", "--block"), scope=args.scope,
+        nm=_pair(args.nm or "2:4", ":", "--nm"), block=_pair(args.block or "1x4", "x", "--block"), scope=args.scope,
         quant=args.quant, act=args.act, per_channel=not args.per_tensor, symmetric=not args.asymmetric,
         group_size=args.group_size, quant_method=args.quant_method, embed_quant=args.embed_quant, act_order=not args.no_act_order,
         smooth=args.smooth, calib=args.calib, calib_text=args.calib_text, tokenizer=args.tokenizer,

@@ -58,7 +58,7 @@ def _need(module: str):
     try:
         return __import__(module)
     except ImportError:
-        raise RuntimeError(f"the demo needs {module!r}: pip install 'qrt[demo]'") from None
+        raise RuntimeError(f"the demo needs {module!r}: pip install -e '.[demo]' in the qrt checkout") from None
 
 
 def train(seed: int, hidden: tuple[int, ...] = HIDDEN, max_iter: int | None = None):

@@ -381,6 +381,14 @@ def _map(path: str) -> mmap.mmap:
         return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
 
 
+def _looks_like_onnx(mm) -> bool:
+    """An ONNX ModelProto as exporters write it: field 1 (ir_version, a small varint) first,
+    then producer_name / producer_version / domain / graph / opset_import (fields 2, 3, 4, 7,
+    8, length-delimited). A guess for the error message only: the file is refused either way."""
+    b = bytes(mm[:3])
+    return len(b) == 3 and b[0] == 0x08 and b[1] < 0x80 and b[2] in (0x12, 0x1A, 0x22, 0x3A, 0x42)
+
+
 def _parse_header(mm: mmap.mmap) -> tuple[dict[str, str], dict[str, tuple], int]:
     """Check the container; returns (metadata, {name: (dtype, shape, begin, end)}, data_start)
     where begin/end are relative to data_start and already checked against the file."""
@@ -388,6 +396,9 @@ def _parse_header(mm: mmap.mmap) -> tuple[dict[str, str], dict[str, tuple], int]
     (n,) = _HEADER_LENGTH.unpack(mm[:_HEADER_LENGTH.size])
     head = mm[_HEADER_LENGTH.size:_HEADER_LENGTH.size + len(MAGIC)]
     if head != MAGIC:
+        if _looks_like_onnx(mm):
+            raise _Malformed("this is an ONNX model, not a .qrt file: convert it first, e.g. "
+                             "`qrt convert MODEL.onnx -o model.qrt --quant int8` (or runtime.convert)")
         raise _Malformed(f"not a .qrt file (wrong magic: expected {MAGIC!r} at offset 8, found {head!r})")
     if n > MAX_HEADER_BYTES:
         raise _Malformed(f"header length {n} is absurd (more than {MAX_HEADER_BYTES} bytes); "

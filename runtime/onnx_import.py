@@ -56,7 +56,7 @@ def _onnx():
         from onnx import numpy_helper
         return onnx, numpy_helper
     except ImportError as e:  # pragma: no cover - exercised only without the extra
-        raise ImportError("converting ONNX models needs the 'onnx' package: pip install 'qrt[convert]'") from e
+        raise ImportError("converting ONNX models needs the 'onnx' package: pip install onnx (or pip install -e '.[convert]' in the qrt checkout)") from e
 
 
 def import_onnx(model: Any, *, name: str | None = None) -> Graph:

@@ -594,6 +594,9 @@ def test_convert_quiet(capsys, tmp_path):
     (["--quant", "int8", "--calib", "missing.npz"], ["calibration file", "does not exist"]),
     (["--quant", "int8", "--max-error", "2"], ["max_error"]),
     (["--sparsity", "0.5"], ["prune='none'"]),
+    # a mask-shape option of another mask did nothing, silently
+    (["--prune", "magnitude", "--sparsity", "0.5", "--nm", "2:4"], ["--nm 2:4 applies to --prune nm only"]),
+    (["--quant", "int8", "--block", "4x1"], ["--block 4x1 applies to --prune block only", "--prune none"]),
 ])
 def test_convert_bad_options_are_one_line_errors_and_write_nothing(capsys, tmp_path, flags, fragments):
     src = good_model(tmp_path / "m.onnx")
@@ -642,3 +645,18 @@ def test_convert_bias_correction_flag(capsys, tmp_path):
     rc, out, err = cli(capsys, "convert", src, "-o", tmp_path / "n.qrt", "--quant", "int8", "--bias-correction")
     assert_one_line_error(rc, out, err, "convert", "bias_correction needs real calibration data")
     assert not (tmp_path / "n.qrt").exists()
+
+
+def test_help_texts_say_each_default_once_and_print_percent_signs(capsys):
+    """`qrt convert --help` appended "(default: ...)" to help that already gave it, and
+    "(default: None)" / "(default: False)"; `qrt demo --help` printed a literal "90%%"."""
+    for command in ("convert", "demo"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = capsys.readouterr().out
+        entries = [" ".join(e.split()) for e in re.split(r"\n  (?=-)", text)]
+        assert not [e for e in entries if e.count("default") > 1], command
+        assert "(default: None)" not in text and "(default: False)" not in text and "%%" not in text
+    with pytest.raises(SystemExit):
+        main(["convert", "--help"])
+    assert "(default: 0.0)" in capsys.readouterr().out          # a meaningful default still shows

@@ -572,3 +572,18 @@ def test_too_many_graph_entries_are_refused_on_the_count(tmp_path, section):
         g[section] = [{} for _ in range(cap + 1)]
     set_graph(header, g)
     expect_error(craft(tmp_path / "big.qrt", header, data), f"more than the {cap}", section)
+
+
+def test_an_onnx_model_is_named_as_such(tmp_path):
+    """An ONNX file handed to load / qrt run / inspect / bench: said to be an ONNX model to
+    convert first, not "wrong magic ... found b'rch...'" (the bytes of "pytorch")."""
+    from tests import model_zoo
+    path = tmp_path / "model.onnx"
+    path.write_bytes(model_zoo.small_mlp_onnx())
+    for read in (load, read_header):
+        with pytest.raises(QrtFormatError, match="this is an ONNX model, not a .qrt file: convert it first"):
+            read(path)
+    torch_like = tmp_path / "torch.onnx"          # what torch.onnx.export writes first
+    torch_like.write_bytes(b"\x08\x08\x12\x07pytorch\x1a\x0b2.13.0+cpu" + b"\x00" * 64)
+    with pytest.raises(QrtFormatError, match="ONNX model"):
+        load(torch_like)

@@ -267,7 +267,7 @@ def _load_tokenizer(tokenizer_dir):
         from tokenizers import Tokenizer
     except ImportError:
         raise ImportError("calibrating on text needs the tokenizers package: pip install tokenizers "
-                          "(or pip install 'qrt[text]')") from None
+                          "(or pip install -e '.[text]' in the qrt checkout)") from None
     try:
         tok = Tokenizer.from_file(file)
     except Exception as e:  # noqa: BLE001 -- the Rust side raises plain Exceptions for bad JSON
