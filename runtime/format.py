@@ -119,22 +119,17 @@ def atomic_write(path: str | os.PathLike, write, *, durable: bool = True) -> Non
     remove_stale_temps(path)
     tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     unnamed = _open_unnamed(directory)
+    # os.open with 0o666 lets the umask decide the permissions, like a plain open() would.
+    fd = unnamed if unnamed is not None else \
+        os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
-        if unnamed is not None:
-            with os.fdopen(unnamed, "wb") as f:
-                write(f)
-                f.flush()
-                if durable:
-                    os.fsync(f.fileno())
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            if durable:
+                os.fsync(f.fileno())
+            if unnamed is not None:          # complete: give it its temporary name
                 os.link(f"/proc/self/fd/{f.fileno()}", tmp, follow_symlinks=True)
-        else:
-            # os.open with 0o666 lets the umask decide the permissions, like a plain open() would.
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-            with os.fdopen(fd, "wb") as f:
-                write(f)
-                f.flush()
-                if durable:
-                    os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -142,7 +137,8 @@ def atomic_write(path: str | os.PathLike, write, *, durable: bool = True) -> Non
         except (FileNotFoundError, IsADirectoryError, PermissionError):
             pass
         raise
-    _fsync_directory(directory)
+    if durable:
+        _fsync_directory(directory)
 
 
 # st_dev -> whether unnamed files on it can be given a name (probed once per file system:

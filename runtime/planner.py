@@ -223,8 +223,7 @@ class PlanCache:
         return self._entries
 
     def get(self, key: str) -> dict | None:
-        entry = self._load().get(key)
-        return entry if valid_entry(entry) else None
+        return self._load().get(key)       # only valid entries are ever held (_read, put)
 
     def put(self, key: str, entry: dict) -> None:
         if not valid_entry(entry):

@@ -106,22 +106,33 @@ def test_build_without_a_compiler_warns_and_succeeds(tmp_path):
     assert not list((tmp_path / "lib").rglob("_native*"))
 
 
-def test_broken_csrc_fails_the_build_when_native_is_required(tmp_path):
-    """QRT_REQUIRE_NATIVE=1 (the test command's install): a C++ syntax error fails the build,
-    so CI stops instead of testing without the native backend; without it, the same error is
-    a warning and qrt installs. A copy of setup.py with a one-file csrc/ keeps this fast."""
+def _one_file_tree(tmp_path, source: str) -> None:
+    """A copy of setup.py beside a csrc/ of one file, bindings.cpp = ``source``: builds in
+    seconds (skips without pybind11 / setuptools, before which setup.py compiles nothing)."""
     pytest.importorskip("pybind11")
     pytest.importorskip("setuptools")
     (tmp_path / "csrc").mkdir()
     (tmp_path / "setup.py").write_text((ROOT / "setup.py").read_text(encoding="utf-8"), encoding="utf-8")
-    (tmp_path / "csrc" / "bindings.cpp").write_text("int broken( {\n", encoding="utf-8")
+    (tmp_path / "csrc" / "bindings.cpp").write_text(source, encoding="utf-8")
+
+
+def _build_one_file(tmp_path, env: dict, temp: str) -> subprocess.CompletedProcess:
+    """``setup.py build_ext`` of _one_file_tree into tmp_path/lib (objects in tmp_path/``temp``)."""
+    return subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--build-lib", str(tmp_path / "lib"),
+                           "--build-temp", str(tmp_path / temp)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_broken_csrc_fails_the_build_when_native_is_required(tmp_path):
+    """QRT_REQUIRE_NATIVE=1 (the test command's install): a C++ syntax error fails the build,
+    so CI stops instead of testing without the native backend; without it, the same error is
+    a warning and qrt installs. A copy of setup.py with a one-file csrc/ keeps this fast."""
+    _one_file_tree(tmp_path, "int broken( {\n")
     for required in ("1", None):
         env = {k: v for k, v in os.environ.items() if k != "QRT_REQUIRE_NATIVE"}
         if required:
             env["QRT_REQUIRE_NATIVE"] = required
-        r = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--build-lib", str(tmp_path / "lib"),
-                            "--build-temp", str(tmp_path / "tmp")],
-                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        r = _build_one_file(tmp_path, env, "tmp")
         if required:
             assert r.returncode != 0, r.stderr[-2000:]
             assert "qrt: native extension build failed (QRT_REQUIRE_NATIVE is set)" in r.stderr
@@ -202,18 +213,12 @@ def test_a_compiler_warning_fails_the_build_under_qrt_werror(tmp_path):
     """csrc/ builds with -Wall -Wextra; QRT_WERROR=1 (the test command) makes a warning fail
     the build, so new warnings cannot land; without it the same code builds (users' installs
     must not break on a newer compiler's new warning)."""
-    pytest.importorskip("pybind11")
-    pytest.importorskip("setuptools")
-    (tmp_path / "csrc").mkdir()
-    (tmp_path / "setup.py").write_text((ROOT / "setup.py").read_text(encoding="utf-8"), encoding="utf-8")
-    (tmp_path / "csrc" / "bindings.cpp").write_text("int f(int unused_argument) { return 0; }\n", encoding="utf-8")
+    _one_file_tree(tmp_path, "int f(int unused_argument) { return 0; }\n")
     for werror in ("1", None):
         env = {k: v for k, v in os.environ.items() if k not in ("QRT_WERROR", "QRT_EXTRA_CFLAGS")}
         env["QRT_REQUIRE_NATIVE"] = "1"
         if werror:
             env["QRT_WERROR"] = werror
-        r = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--build-lib", str(tmp_path / "lib"),
-                            "--build-temp", str(tmp_path / f"tmp{werror}")],
-                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        r = _build_one_file(tmp_path, env, f"tmp{werror}")
         assert "unused parameter" in r.stderr, r.stderr[-2000:]
         assert (r.returncode != 0) == bool(werror), r.stderr[-2000:]

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from kernels import registry
+from tests.child_pytest import passed_some, run_pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 NATIVE_TESTS = ["tests/test_native_sparse.py", "tests/test_native_int8.py", "tests/test_native_fuzz.py",
@@ -70,14 +71,9 @@ def test_native_tests_and_fuzzer_are_clean_under_asan_and_ubsan(tmp_path, capsys
     where = subprocess.run([sys.executable, "-c", "import kernels.native_cpu._native as n; print(n.__file__)"],
                            cwd=src, env=env, capture_output=True, text=True, timeout=120, check=False)
     assert where.returncode == 0 and where.stdout.strip().startswith(str(src)), _tail(where.stdout + where.stderr)
-    tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "--no-header",
-                            "-o", "console_output_style=classic", *NATIVE_TESTS], cwd=src, env=env,
-                           capture_output=True, text=True, timeout=1800, check=False)
-    out = tests.stdout + tests.stderr
-    lines = [ln for ln in out.strip().splitlines() if ln.strip()]
-    summary = lines[-1].strip("= ") if lines else "(no output)"
+    code, out, summary = run_pytest(["-x", *NATIVE_TESTS], src, env)
     fuzz = None
-    if tests.returncode == 0 and _has_atheris():
+    if code == 0 and _has_atheris():
         fuzz = subprocess.run([sys.executable, "fuzz/fuzz_qrt.py", "native", f"-max_total_time={FUZZ_SECONDS}",
                                f"-artifact_prefix={tmp_path}/"], cwd=src, env=env, capture_output=True,
                               text=True, timeout=600, check=False)
@@ -87,8 +83,8 @@ def test_native_tests_and_fuzzer_are_clean_under_asan_and_ubsan(tmp_path, capsys
             runs = re.findall(r"Done (\d+) runs in (\d+) second", fuzz.stdout + fuzz.stderr)
             print("[ASan + UBSan] native fuzzer: " + (f"{runs[-1][0]} executions in {runs[-1][1]} s"
                                                        if runs else f"exit {fuzz.returncode}"))
-    assert tests.returncode == 0, f"native tests failed under the sanitizers:\n{_tail(out)}"
-    assert re.search(r"\b[1-9]\d* passed\b", summary), summary
+    assert code == 0, f"native tests failed under the sanitizers:\n{_tail(out)}"
+    assert passed_some(summary), summary
     if fuzz is not None:
         assert fuzz.returncode == 0, f"the native fuzzer failed under the sanitizers:\n{_tail(fuzz.stdout + fuzz.stderr)}"
 
@@ -103,14 +99,9 @@ def test_numba_sparse_kernels_with_bounds_checking(tmp_path, capsys):
         pytest.skip(f"numba backend unavailable: {registry.backend_status('numba')}")
     env = {**os.environ, "NUMBA_BOUNDSCHECK": "1", "NUMBA_CACHE_DIR": str(tmp_path / "numba"),
            "QRT_REQUIRE_BACKENDS": "numba", "QRT_CACHE_DIR": str(tmp_path / "cache")}
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "--no-header",
-                           "-o", "console_output_style=classic", "tests/test_numba_sparse.py",
-                           "-k", "every_path_exact or matches_reference"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800, check=False)
-    out = proc.stdout + proc.stderr
-    lines = [ln for ln in out.strip().splitlines() if ln.strip()]
-    summary = lines[-1].strip("= ") if lines else "(no output)"
+    code, out, summary = run_pytest(["-x", "tests/test_numba_sparse.py", "-k", "every_path_exact or matches_reference"],
+                                    ROOT, env)
     with capsys.disabled():
         print(f"\n[NUMBA_BOUNDSCHECK=1] tests/test_numba_sparse.py (every path): {summary}")
-    assert proc.returncode == 0, _tail(out)
-    assert re.search(r"\b[1-9]\d* passed\b", summary), summary
+    assert code == 0, _tail(out)
+    assert passed_some(summary), summary

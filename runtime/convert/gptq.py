@@ -18,7 +18,7 @@ The grid is fixed before the first column (GPTQ's "static groups"). int8: the sc
 round-to-nearest would use on the same (masked) weight, max|w| / 127 per row (or per tensor).
 int4: per (row, group of ``group_size`` columns) the scale among r * max|group| / 7,
 r in SHRINK, whose grid rounds that group with the least input-weighted squared error
-sum_k H[k, k] (w_k - q_k)^2 (search_int4_scales). Seven steps a side are coarse: clipping the
+sum_k H[k, k] (w_k - q_k)^2 (search_int4_grid). Seven steps a side are coarse: clipping the
 few largest weights of a group to round the rest finer usually lowers the layer's error, and
 r = 7/8 puts a group's largest negative weight on the grid's -8. Asymmetric int4
 (``symmetric=False``): the same search over the range [r min, r max] in 15 steps with a zero
