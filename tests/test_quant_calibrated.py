@@ -130,6 +130,16 @@ def test_bad_scales_and_shapes_are_refused():
         L.pack_int8("w", w, scale=np.ones(3, np.float32))
     with pytest.raises(ValueError, match="symmetric"):
         L.pack_int8("w", w, symmetric=False, scale=np.ones(w.shape[0], np.float32))
+    # a given asymmetric int4 grid (GPTQ's): scale and zero point together, each well formed
+    s4, z4 = np.ones((w.shape[0], 4), np.float32), np.full((w.shape[0], 4), 8, np.uint8)
+    with pytest.raises(ValueError, match="a zero point needs asymmetric quantization"):
+        L.pack_int4_grouped("w", w, group_size=64, scale=s4, zero_point=z4)
+    with pytest.raises(ValueError, match="both scale and zero_point, or neither"):
+        L.pack_int4_grouped("w", w, group_size=64, symmetric=False, scale=s4)
+    with pytest.raises(ValueError, match=r"weight 'w': a given zero point must be 192 uint8 value\(s\) in \[0, 15\]"):
+        L.pack_int4_grouped("w", w, group_size=64, symmetric=False, scale=s4, zero_point=z4 + 8)
+    with pytest.raises(ValueError, match="asymmetric GPTQ is int4 only"):
+        gptq.gptq_quantize(w, g, 8, symmetric=False)
     with pytest.raises(ValueError, match=r"expected \(256, 256\)"):
         gptq.gptq_quantize(w, g[:10, :10], 8)
     with pytest.raises(ValueError, match="8 or 4 bits"):
