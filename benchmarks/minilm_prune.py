@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 import runtime  # noqa: E402
+from runtime.convert.builtin_text import docstring_sentences  # noqa: E402
 from runtime.tables import format_table  # noqa: E402
 
 OPTION_SETS = [
@@ -88,38 +89,6 @@ def sentences() -> list[str]:
             if 8 <= len(words) <= 40 and not re.search(r"[{}\[\]=<>*|_]|\.\.\.|>>>", s) and s not in seen:
                 seen.add(s)
                 out.append(s)
-    return out
-
-
-def _keep(s: str) -> bool:
-    words = s.split()
-    return 8 <= len(words) <= 40 and not re.search(r"[{}\[\]=<>*|_]|\.\.\.|>>>", s)
-
-
-def docstring_sentences(exclude: set[str], limit: int) -> list[str]:
-    """Unlabeled English for distillation: sentences of the docstrings of CPython's own standard
-    library sources (read with ast, nothing imported), the same filter as ``sentences``, none of
-    ``exclude`` (the evaluation sentences), in a fixed order, at most ``limit``."""
-    import ast
-    import sysconfig
-    root = Path(sysconfig.get_paths()["stdlib"])
-    out, seen = [], set(exclude)
-    for f in sorted(root.rglob("*.py")):
-        if any(part in ("test", "tests", "idle_test", "site-packages") for part in f.parts):
-            continue
-        try:
-            tree = ast.parse(f.read_text(encoding="utf-8"))
-        except (SyntaxError, UnicodeDecodeError, ValueError):
-            continue
-        for node in ast.walk(tree):
-            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-                doc = ast.get_docstring(node)
-                for s in re.split(r"(?<=[.!?])\s+(?=[A-Z])", re.sub(r"\s+", " ", doc or "")):
-                    if _keep(s) and s not in seen:
-                        seen.add(s)
-                        out.append(s)
-                        if len(out) >= limit:
-                            return out
     return out
 
 
@@ -191,14 +160,14 @@ def main() -> None:
           f"{len(eval_texts)} evaluation; {args.seq} tokens; torch {torch.__version__}; "
           f"load average {os.getloadavg()[0]:.2f}", flush=True)
     if args.calib_extra:      # more calibration text than pydoc's, none of it an evaluation sentence
-        calib_texts = calib_texts + docstring_sentences(set(texts), args.calib_extra)
+        calib_texts = calib_texts + docstring_sentences(args.calib_extra, exclude=set(texts))
     calib = feeds_of(tok, calib_texts, args.seq, 16)
     # recovery trains on every sentence that is not an evaluation sentence (calibration included)
     # and on sentences of the standard library's docstrings (more text: 610 sentences alone are
     # learnt by heart within minutes)
     held = set(order[args.calib:args.calib + args.eval].tolist())
     train_texts = [texts[i] for i in order if i not in held]
-    train_texts += docstring_sentences(set(texts), args.train_extra)
+    train_texts += docstring_sentences(args.train_extra, exclude=set(texts))
     train = feeds_of(tok, train_texts, args.seq, 16)
     evals = feeds_of(tok, eval_texts, args.seq, 32)
     with torch.no_grad():

@@ -4,6 +4,8 @@ Public API:
     InferenceSession(path_or_graph, backend="auto")   run a .qrt model (onnxruntime-shaped)
     convert.from_onnx(model, out_path=None)           ONNX -> qrt graph (-> .qrt file)
     convert.from_torch(module, example_inputs, ...)   PyTorch -> ONNX (in memory) -> qrt
+    convert.from_hf(model_folder, out_path=None)      Hugging Face / sentence-transformers folder -> qrt
+    TextEncoder(path).encode(texts)                   sentence embeddings of a text .qrt (runtime/text.py)
     available_backends()                              backend name -> None or why unusable
     load(path) / save(graph, path)                    the .qrt file itself
 """
@@ -22,13 +24,14 @@ if _os.path.dirname(_os.path.dirname(_os.path.abspath(getattr(_kernels, "__file_
 from .errors import QrtFormatError, UnsupportedModelError  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["InferenceSession", "convert", "available_backends", "load", "save",
+__all__ = ["InferenceSession", "TextEncoder", "convert", "available_backends", "load", "save",
            "QrtFormatError", "UnsupportedModelError", "__version__"]
 
 # The rest loads on first use (PEP 562), so that `import runtime` (the CLI's start, a kernel
 # test importing runtime.format) does not pay for the session, the planner and the converter.
 _LAZY = {
     "InferenceSession": ("runtime.session", "InferenceSession"),
+    "TextEncoder": ("runtime.text", "TextEncoder"),
     "convert": ("runtime.convert", None),
     "load": ("runtime.format", "load"),
     "save": ("runtime.format", "save"),

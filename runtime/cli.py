@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from .convert import ConvertOptions, convert
 from .demo import run_demo
 from .format import atomic_write as _atomic_write
 from .format import load, read_header
+from .planner import QrtCacheWarning
 from .session import InferenceSession
 from .tables import format_table
 
@@ -49,7 +51,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return args.func(args) or 0
+        with warnings.catch_warnings():
+            if not config.get("QRT_DEBUG"):
+                # other libraries' warnings (torch's exporter, numba, scikit-learn) are not the
+                # user's business here; qrt's own (a damaged plan cache) are
+                warnings.simplefilter("ignore")
+                warnings.simplefilter("default", QrtCacheWarning)
+            return args.func(args) or 0
     except KeyboardInterrupt:
         print(f"qrt {args.command}: interrupted", file=sys.stderr)
         return 130
@@ -82,14 +90,17 @@ def _parser() -> argparse.ArgumentParser:
                                 "neural-network models packed in one .qrt file.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    c = sub.add_parser("convert", help="convert (prune, quantize) an ONNX model to a .qrt file",
+    c = sub.add_parser("convert", help="convert (prune, quantize) an ONNX model or a Hugging Face model folder to a .qrt file",
                        formatter_class=_DefaultsFormatter,
-                       description="Import an ONNX model (opset 13-28), fold its constant and shape "
+                       description="Import an ONNX model (opset 13-28) or a Hugging Face / sentence-transformers "
+                                   "model folder (exported inside with PyTorch, tokenizer and pooling kept in the "
+                                   ".qrt for `qrt embed`; calibrated on built-in English text unless --calib or "
+                                   "--calib-text is given), fold its constant and shape "
                                    "subgraphs, fuse Linear/GELU/LayerNorm/BatchNorm patterns, then prune "
                                    "and quantize its Linear/Conv weights into packed layouts, print a "
                                    "per-layer accuracy report and write one .qrt file. Layer patterns are "
                                    "fnmatch globs on node or weight names (see `qrt inspect`).")
-    c.add_argument("model", help="input ONNX file")
+    c.add_argument("model", help="input ONNX file, or a Hugging Face model folder (config.json, weights, tokenizer)")
     c.add_argument("-o", "--output", required=True, help="output .qrt file (written atomically)")
     g = c.add_argument_group("pruning")
     g.add_argument("--prune", default="none", choices=["none", "magnitude", "nm", "block", "channel", "random"],
@@ -139,7 +150,7 @@ def _parser() -> argparse.ArgumentParser:
                    "file, one sentence or paragraph per line (blank lines skipped), tokenized with "
                    "--tokenizer into input_ids / attention_mask / token_type_ids")
     q.add_argument("--tokenizer", metavar="DIR", help="Hugging Face tokenizer folder holding tokenizer.json, "
-                   "for --calib-text (needs the tokenizers package)")
+                   "for --calib-text (needs the tokenizers package); a model folder is its own tokenizer")
     q.add_argument("--seq-len", type=int, default=128, metavar="N",
                    help="--calib-text: at most N tokens per line (longer lines are truncated)")
     q.add_argument("--calib-method", default="minmax", choices=["minmax", "percentile", "mse", "entropy"],
@@ -197,6 +208,22 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("-o", "--output", metavar="OUT.npz", help="write all outputs to this .npz file")
     r.set_defaults(func=_cmd_run)
 
+    e = sub.add_parser("embed", help="sentence embeddings of a text file, with a .qrt converted from a Hugging Face folder",
+                       formatter_class=_DefaultsFormatter,
+                       description="Embed every line of a UTF-8 text file with a text model converted by `qrt "
+                                   "convert MODEL_FOLDER`: tokenized with the tokenizer stored in the .qrt, pooled "
+                                   "and normalised as the model was configured, written as one float32 .npy "
+                                   "array [lines, dimension], row i for line i+1 (blank lines included). Needs "
+                                   "numpy and the tokenizers package, no PyTorch.")
+    e.add_argument("file", help=".qrt text model")
+    e.add_argument("--input", "-i", required=True, metavar="TEXTS.txt", help="UTF-8 text file, one text per line")
+    e.add_argument("-o", "--output", required=True, metavar="OUT.npy", help="output .npy file (written atomically)")
+    e.add_argument("--batch-size", type=int, default=32, metavar="N", help="texts per model run")
+    e.add_argument("--backend", default="auto", help="backend: auto or one of reference, numba, native, triton, cupy")
+    e.add_argument("--threads", type=int, help="threads (default: the CPUs this process may use)")
+    e.add_argument("-q", "--quiet", action="store_true", help="no progress line")
+    e.set_defaults(func=_cmd_embed)
+
     add_bench_parser(sub)
 
     d = sub.add_parser("demo", help="train, convert and run a small model; print a comparison table and a report",
@@ -244,16 +271,46 @@ def _human(n: int) -> str:
 # ----------------------------------------------------------------------------- commands --
 
 def _cmd_convert(args) -> int:
-    src = _require_file(args.model, "model")
+    folder = Path(args.model).is_dir()
+    src = Path(args.model) if folder else _require_file(args.model, "model")
     out = Path(args.output)
     if not out.parent.exists():
         raise CliError(f"output directory {str(out.parent)!r} does not exist")
     if out.is_dir():  # else save()'s rename fails with a message naming its temporary file
         raise CliError(f"output {str(out)!r} is a directory")
     t0 = time.perf_counter()
+    if folder:
+        from .convert.hf import read_folder
+        read_folder(src)        # a folder qrt cannot convert is refused before any option is checked
+        model = None
+    else:
+        model = _read_onnx(src)
+    # a folder is its own tokenizer, and calibrates on built-in text without --calib: from_folder
+    # fills those in, then validates
+    opts = _convert_options(args, validate=not folder)
+    report = Path(args.report) if args.report else None
+    if report is not None and (not report.parent.exists() or report.is_dir()):
+        raise CliError(f"report path {args.report!r} is a directory or its directory does not exist")
+    say = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+    if folder:
+        from .convert.hf import from_folder
+        graph = from_folder(src, out, progress=say, report_path=report, options=opts)
+    else:
+        graph = convert(model, out, name=src.stem, progress=say, report_path=report, options=opts)
+    dt = time.perf_counter() - t0
+    nbytes = sum(t.nbytes for t in graph.initializers.values())
+    print(f"wrote {out}: {len(graph.nodes)} nodes, {len(graph.initializers)} initializers, "
+          f"{_human(nbytes)} of tensors, {_human(out.stat().st_size)} on disk ({dt:.2f} s)"
+          + (f"; report {report}" if report else ""))
+    return 0
+
+
+def _read_onnx(src: Path):
     try:
-        import onnx
-        model = onnx.load(str(src))
+        from .onnx_import import load_onnx_file
+        model = load_onnx_file(src)
+    except ValueError as e:                   # external data missing: the message says what to do
+        raise CliError(str(e)) from None
     except ImportError:
         raise CliError("converting needs the onnx package: pip install onnx (or pip install -e '.[convert]' in the qrt checkout)") from None
     except Exception as e:
@@ -261,18 +318,7 @@ def _cmd_convert(args) -> int:
     if not model.opset_import and not model.graph.node:
         # protobuf parses empty (or some non-ONNX) bytes as an empty ModelProto
         raise CliError(f"{str(src)!r} is not an ONNX model (no graph and no opset)")
-    opts = _convert_options(args)
-    report = Path(args.report) if args.report else None
-    if report is not None and (not report.parent.exists() or report.is_dir()):
-        raise CliError(f"report path {args.report!r} is a directory or its directory does not exist")
-    say = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
-    graph = convert(model, out, name=src.stem, progress=say, report_path=report, options=opts)
-    dt = time.perf_counter() - t0
-    nbytes = sum(t.nbytes for t in graph.initializers.values())
-    print(f"wrote {out}: {len(graph.nodes)} nodes, {len(graph.initializers)} initializers, "
-          f"{_human(nbytes)} of tensors, {_human(out.stat().st_size)} on disk ({dt:.2f} s)"
-          + (f"; report {report}" if report else ""))
-    return 0
+    return model
 
 
 def _pair(text: str, sep: str, flag: str) -> tuple[int, int]:
@@ -285,7 +331,7 @@ def _pair(text: str, sep: str, flag: str) -> tuple[int, int]:
         raise CliError(f"{flag} {text!r}: expected two integers like {'2:4' if sep == ':' else '4x4'}") from None
 
 
-def _convert_options(args):
+def _convert_options(args, validate: bool = True):
     layer_sparsity = {}
     for spec in args.layer_sparsity:
         pattern, sep, value = spec.rpartition("=")
@@ -319,7 +365,8 @@ def _convert_options(args):
         recover=args.recover, recover_data=args.recover_data, recover_minutes=args.recover_minutes,
         recover_steps=args.recover_steps, recover_lr=args.recover_lr, recover_gradual=args.recover_gradual,
         seed=args.seed)
-    opts.validate()
+    if validate:
+        opts.validate()
     return opts
 
 
@@ -459,16 +506,51 @@ def _cmd_run(args) -> int:
     t0 = time.perf_counter()
     outputs = sess.run(None, feeds)
     dt = time.perf_counter() - t0
+    # The first run of an input size also plans its layers (times each candidate kernel):
+    # that time is not the model's, so a run that planned is followed by one that did not.
+    measured = sum(1 for r in sess.layer_plan if r.get("source") == "measured")
+    timing = f"{dt * 1e3:.2f} ms"
+    if sess.layer_plan:
+        t0 = time.perf_counter()
+        sess.run(None, feeds)
+        what = (f"timing the kernels of {measured} layer(s) for this input size (once per machine and size)"
+                if measured else "choosing each layer's kernel from the plan cache")
+        timing = f"{(time.perf_counter() - t0) * 1e3:.2f} ms; the first run took {dt * 1e3:.2f} ms, {what}"
     names = [o.name for o in sess.get_outputs()]
     if args.output:
         atomic_write(args.output, lambda f: np.savez(f, **dict(zip(names, outputs))))
-        print(f"wrote {len(outputs)} output(s) to {args.output} ({dt * 1e3:.2f} ms)")
+        print(f"wrote {len(outputs)} output(s) to {args.output} ({timing})")
     else:
         for n, a in zip(names, outputs):
             flat = a.reshape(-1)
             head = np.array2string(flat[:6], precision=5, separator=", ")
             print(f"{n}: {a.dtype} {list(a.shape)} {head}{' ...' if flat.size > 6 else ''}")
-        print(f"({dt * 1e3:.2f} ms)")
+        print(f"({timing})")
+    return 0
+
+
+def _cmd_embed(args) -> int:
+    from .text import ProgressLine, TextEncoder, read_text_lines
+    _require_file(args.file, "model")
+    _require_file(args.input, "input text file")
+    if args.batch_size < 1:
+        raise CliError(f"--batch-size must be >= 1, got {args.batch_size}")
+    out = Path(args.output)
+    if out.suffix != ".npy":
+        raise CliError(f"output {args.output!r}: expected a .npy file name (np.save adds .npy to any other)")
+    texts = read_text_lines(args.input, f"input text {args.input!r}")
+    if not texts:
+        raise CliError(f"input text {args.input!r} is empty; expected one text per line")
+    t0 = time.perf_counter()
+    enc = TextEncoder(args.file, backend=args.backend, threads=args.threads)
+    t1 = time.perf_counter()
+    progress = None if args.quiet else ProgressLine("embed")
+    emb = enc.encode(texts, batch_size=args.batch_size, progress=progress)
+    dt = time.perf_counter() - t1
+    atomic_write(out, lambda f: np.save(f, emb))
+    # the first batches of each length also plan their layers (measured once per machine)
+    print(f"wrote {out}: {emb.shape[0]} x {emb.shape[1]} float32 embeddings in {dt:.2f} s "
+          f"({emb.shape[0] / dt:.1f} texts/s, {enc.session.threads} thread(s); model loaded in {t1 - t0:.2f} s)")
     return 0
 
 

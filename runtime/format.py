@@ -119,9 +119,12 @@ def atomic_write(path: str | os.PathLike, write, *, durable: bool = True) -> Non
     remove_stale_temps(path)
     tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     unnamed = _open_unnamed(directory)
-    # os.open with 0o666 lets the umask decide the permissions, like a plain open() would.
-    fd = unnamed if unnamed is not None else \
-        os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        # os.open with 0o666 lets the umask decide the permissions, like a plain open() would.
+        fd = unnamed if unnamed is not None else \
+            os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    except OSError as e:
+        raise _naming(e, path) from None
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -131,14 +134,24 @@ def atomic_write(path: str | os.PathLike, write, *, durable: bool = True) -> Non
             if unnamed is not None:          # complete: give it its temporary name
                 os.link(f"/proc/self/fd/{f.fileno()}", tmp, follow_symlinks=True)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except (FileNotFoundError, IsADirectoryError, PermissionError):
             pass
+        if isinstance(e, OSError) and e.filename in (tmp, None):
+            raise _naming(e, path) from None
         raise
     if durable:
         _fsync_directory(directory)
+
+
+def _naming(e: OSError, path: str) -> OSError:
+    """The same kind of OSError, naming the file the caller asked for instead of the
+    temporary one ("cannot write 'out.qrt': Permission denied", not '.out.qrt.123.ab.tmp')."""
+    new = type(e)(f"cannot write {path!r}: {e.strerror or e}")
+    new.errno = e.errno          # str() stays the message: filename is left unset
+    return new
 
 
 # st_dev -> whether unnamed files on it can be given a name (probed once per file system:

@@ -18,6 +18,7 @@ onnx is imported lazily: loading and running a .qrt file never needs it.
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 import numpy as np
@@ -59,13 +60,35 @@ def _onnx():
         raise ImportError("converting ONNX models needs the 'onnx' package: pip install onnx (or pip install -e '.[convert]' in the qrt checkout)") from e
 
 
+def load_onnx_file(path: Any):
+    """onnx.load, with the weights a model keeps in files beside it (external data: what
+    torch.onnx.export's dynamo exporter writes for large models, model.onnx.data) checked
+    first, so a .onnx copied without them is refused by name instead of with onnx's
+    ValidationError from deep inside."""
+    onnx, _ = _onnx()
+    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
+    p = os.fspath(path)
+    model = onnx.load(p, load_external_data=False)
+    folder = os.path.dirname(os.path.abspath(p))
+    wanted = sorted({ExternalDataInfo(t).location for t in _get_all_tensors(model) if uses_external_data(t)})
+    missing = [w for w in wanted if not os.path.isfile(os.path.join(folder, w))]
+    if missing:
+        raise ValueError(f"{p!r} keeps its weights in {', '.join(repr(m) for m in missing)} beside it (ONNX "
+                         f"external data, as torch.onnx.export's dynamo exporter writes it), which is not in "
+                         f"{folder!r}: copy {'that file' if len(missing) == 1 else 'those files'} next to the "
+                         f".onnx file")
+    if wanted:
+        onnx.load_external_data_for_model(model, folder)
+    return model
+
+
 def import_onnx(model: Any, *, name: str | None = None) -> Graph:
     """Import an ONNX model (path, bytes or ModelProto) into a validated qrt Graph."""
     onnx, numpy_helper = _onnx()
     if isinstance(model, (bytes, bytearray)):
         model = onnx.load_from_string(bytes(model))
     elif not isinstance(model, onnx.ModelProto):
-        model = onnx.load(str(model))
+        model = load_onnx_file(model)
     opset = _default_opset(model)
     g = model.graph
     _check_supported(g)

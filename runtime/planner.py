@@ -380,7 +380,7 @@ def plan_record(node: str, stored: str, chosen: str, rows: int, bucket: tuple, t
                  f"{st / times_ms[chosen]:.2f}x faster"
     held = f"up to {bucket[0]} rows" if len(bucket) == 1 else "input " + "x".join(map(str, bucket))
     return {"node": node, "stored": stored, "chosen": chosen, "rows": int(rows), "holds_for": held,
-            "times_ms": dict(times_ms), "reason": f"{reason} ({source})"}
+            "times_ms": dict(times_ms), "source": source, "reason": f"{reason} ({source})"}
 
 
 def measure(runs: dict[str, Callable], inputs: tuple) -> dict[str, float]:

@@ -114,6 +114,12 @@ class InferenceSession:
         return list(self._outputs)
 
     @property
+    def metadata(self) -> dict:
+        """The graph's free-form metadata as stored (source model, conversion report, a text
+        model's tokenizer: runtime/text.py); a shallow copy."""
+        return dict(self._graph.metadata)
+
+    @property
     def plan(self) -> list[PlannedNode]:
         """Each node's op, stored layout and backend (before per-layer planning's choices)."""
         return list(self._planned)

@@ -131,6 +131,7 @@ def test_inspect_plan(capsys, model_files):
     (["bench", "--gemm", "--backend", "gpu"], ["unknown backend 'gpu'"]),
     (["bench", "missing.qrt"], ["no such .qrt file"]),
     (["bench", "--gemm", "--compare", "x.onnx"], ["--compare needs a MODEL.qrt"]),
+    (["bench", "FILE", "--compare", "missing.onnx"], ["--compare missing.onnx: no such ONNX file"]),
     (["bench", "--gemm", "--json", "/no/such/dir/out.json"], ["does not exist"]),
     (["inspect", "FILE", "--plan", "0"], ["--plan ROWS must be >= 1"]),
 ])
@@ -138,3 +139,4 @@ def test_bench_argument_errors(capsys, model_files, args, fragments):
     args = [str(model_files / "m.qrt") if a == "FILE" else a for a in args]
     rc, out, err = cli(capsys, *args, "--keep-blas-env") if args[0] == "bench" else cli(capsys, *args)
     assert_one_line_error(rc, out, err, args[0], *fragments)
+    assert "peaks" not in err        # refused before any measuring

@@ -169,7 +169,8 @@ def test_convert_missing_input(capsys, tmp_path):
 def test_convert_input_is_a_directory(capsys, tmp_path):
     (tmp_path / "d.onnx").mkdir()
     rc, out, err = cli(capsys, "convert", tmp_path / "d.onnx", "-o", tmp_path / "m.qrt")
-    assert_one_line_error(rc, out, err, "convert", "d.onnx", "not a file")
+    # a folder is read as a Hugging Face model folder, and this one is not
+    assert_one_line_error(rc, out, err, "convert", "d.onnx", "has no config.json", "Hugging Face model folder")
     assert listing(tmp_path) == ["d.onnx"]
 
 
@@ -342,6 +343,18 @@ def test_run_prints_outputs(capsys, files):
     assert rc == 0 and err == ""
     assert "y: float32 [3, 5]" in out and "h: float32 [3, 16]" in out
     assert re.search(r"\([0-9.]+ ms\)", out)
+
+
+def test_run_does_not_report_planning_as_the_run(capsys, files, tmp_path, monkeypatch):
+    """The first run of an input size also plans its layers: the time printed is a run that
+    did not, and the first run's time is named as such (issue 17)."""
+    monkeypatch.setenv("QRT_CACHE_DIR", str(tmp_path / "cache"))       # nothing planned yet
+    int8 = tmp_path / "int8.qrt"
+    assert cli(capsys, "convert", files / "good.onnx", "-o", int8, "--quant", "int8", "-q")[0] == 0
+    for source in (r"timing the kernels of \d+ layer\(s\) for this input size", "from the plan cache"):
+        rc, out, err = cli(capsys, "run", int8, "--input", f"x={files / 'x.npy'}")
+        assert rc == 0, err
+        assert re.search(r"\([0-9.]+ ms; the first run took [0-9.]+ ms, .*" + source, out), out
 
 
 @pytest.mark.parametrize("backend", ["reference", "auto"])
@@ -660,3 +673,47 @@ def test_help_texts_say_each_default_once_and_print_percent_signs(capsys):
     with pytest.raises(SystemExit):
         main(["convert", "--help"])
     assert "(default: 0.0)" in capsys.readouterr().out          # a meaningful default still shows
+
+
+def test_other_libraries_warnings_stay_out_of_the_output(capsys, files, tmp_path, monkeypatch):
+    """issue 17: a library's warning during a command (torch's exporter, numba, ...) is not
+    printed; qrt's own warnings (a damaged plan cache) are."""
+    import warnings
+
+    import runtime.cli as cli_mod
+    from runtime.planner import QrtCacheWarning
+    real = cli_mod._read_onnx
+
+    def noisy(src):
+        warnings.warn("a library's deprecation notice", DeprecationWarning)
+        warnings.warn("a library's tracer warning", UserWarning)
+        warnings.warn("qrt plan cache: damaged, rewritten", QrtCacheWarning)
+        return real(src)
+    monkeypatch.setattr(cli_mod, "_read_onnx", noisy)
+    rc, out, err = cli(capsys, "convert", files / "good.onnx", "-o", tmp_path / "m.qrt", "-q")
+    assert rc == 0, err
+    assert "library's" not in err and "qrt plan cache: damaged" in err
+    monkeypatch.setenv("QRT_DEBUG", "1")          # everything, for whoever debugs
+    rc, out, err = cli(capsys, "convert", files / "good.onnx", "-o", tmp_path / "m.qrt", "-q")
+    assert "tracer warning" in err
+
+
+def test_onnx_weights_in_a_missing_external_file_are_named(capsys, tmp_path):
+    """issue 17: a .onnx copied without its external data (model.onnx.data, as the dynamo
+    exporter writes it) is refused naming that file; with it beside, it converts."""
+    import onnx
+    import shutil
+    model = onnx.load_from_string(small_mlp_onnx())
+    with_data = tmp_path / "exported"
+    with_data.mkdir()
+    onnx.save_model(model, str(with_data / "model.onnx"), save_as_external_data=True,
+                    all_tensors_to_one_file=True, location="model.onnx.data", size_threshold=0)
+    assert (with_data / "model.onnx.data").is_file()
+    alone = tmp_path / "copied"
+    alone.mkdir()
+    shutil.copy(with_data / "model.onnx", alone / "model.onnx")
+    rc, out, err = cli(capsys, "convert", alone / "model.onnx", "-o", alone / "m.qrt")
+    assert_one_line_error(rc, out, err, "convert", "'model.onnx.data' beside it", "copy that file next to the .onnx")
+    assert not (alone / "m.qrt").exists()
+    rc, out, err = cli(capsys, "convert", with_data / "model.onnx", "-o", with_data / "m.qrt", "-q")
+    assert rc == 0, err

@@ -43,6 +43,7 @@ import pytest
 import runtime
 from kernels import registry
 from kernels.registry import EPILOGUE_OPS
+from kernels.core import device as core_device
 from kernels.core import layouts
 from runtime.convert import prune
 from kernels.core.ops import ACTIVATIONS
@@ -296,12 +297,24 @@ def test_available_backends_gives_the_probe_reason():
     assert reason is None or ("\n" not in reason and reason)
 
 
-def test_probe_reason_without_cupy(monkeypatch):
+@pytest.fixture
+def gpu_present(monkeypatch):
+    """The probe as on a machine with an NVIDIA GPU: what it says next depends on cupy."""
+    monkeypatch.setattr(core_device, "nvidia_gpu_visible", lambda: True)
+
+
+def test_probe_reason_without_a_gpu_is_the_gpu_whatever_is_installed(monkeypatch):
+    monkeypatch.setattr(core_device, "nvidia_gpu_visible", lambda: False)
+    monkeypatch.setitem(sys.modules, "cupy", None)
+    assert cupy_gpu.probe() == "no CUDA GPU on this machine (no NVIDIA device found)"
+
+
+def test_probe_reason_without_cupy(monkeypatch, gpu_present):
     monkeypatch.setitem(sys.modules, "cupy", None)            # import cupy -> ModuleNotFoundError
     assert cupy_gpu.probe() == "cupy is not installed (pip install cupy-cuda12x)"
 
 
-def test_probe_reason_when_cupy_cannot_load(monkeypatch):
+def test_probe_reason_when_cupy_cannot_load(monkeypatch, gpu_present):
     class Broken:
         def find_spec(self, name, path=None, target=None):
             if name == "cupy":
@@ -317,7 +330,7 @@ def test_probe_reason_when_cupy_cannot_load(monkeypatch):
                                           "no CUDA device: RuntimeError: cudaErrorNoDevice: no CUDA-capable device "
                                           "is detected"),
                                          (3, None)])
-def test_probe_reason_without_a_device(monkeypatch, count, want):
+def test_probe_reason_without_a_device(monkeypatch, gpu_present, count, want):
     def get_device_count():
         if isinstance(count, Exception):
             raise count
@@ -329,7 +342,8 @@ def test_probe_reason_without_a_device(monkeypatch, count, want):
 
 
 def test_importing_the_package_does_not_import_cupy():
-    code = ("import sys; sys.modules['cupy'] = None; import kernels.cupy_gpu as c; "
+    code = ("import sys; sys.modules['cupy'] = None; from kernels.core import device; "
+            "device.nvidia_gpu_visible = lambda: True; import kernels.cupy_gpu as c; "
             "from kernels import registry; print(registry.backend_status('cupy'))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        cwd=Path(__file__).resolve().parents[1])

@@ -280,7 +280,7 @@ def test_patterns_that_match_nothing_or_only_a_table_for_pruning_are_refused():
     with pytest.raises(ValueError, match="matches no layer or embedding table.*embedding tables are: word, types"):
         runtime.convert(data, quant="int8", keep_fp32=["nothing*"])
     # tables are never pruned: --skip / --layer-sparsity name layers only
-    with pytest.raises(ValueError, match="--skip pattern 'word' matches no layer"):
+    with pytest.raises(ValueError, match=r"skip \(--skip\) pattern 'word' matches no layer"):
         runtime.convert(data, quant="int8", prune="magnitude", sparsity=0.5, skip=["word"])
 
 

@@ -587,3 +587,26 @@ def test_an_onnx_model_is_named_as_such(tmp_path):
     torch_like.write_bytes(b"\x08\x08\x12\x07pytorch\x1a\x0b2.13.0+cpu" + b"\x00" * 64)
     with pytest.raises(QrtFormatError, match="ONNX model"):
         load(torch_like)
+
+
+# --------------------------------------------------- errors name the file asked for -----
+
+def test_a_failed_write_names_the_output_not_its_temporary(tmp_path, monkeypatch):
+    """issue 17: "an unwritable output is reported under its temp-file name"."""
+    from runtime import format as fmt
+    out = tmp_path / "m.qrt"
+
+    def refuse(src, dst):
+        raise PermissionError(13, "Permission denied", src)
+    monkeypatch.setattr(fmt.os, "replace", refuse)
+    with pytest.raises(PermissionError) as e:
+        fmt.atomic_write(out, lambda f: f.write(b"x"))
+    assert str(e.value) == f"cannot write {str(out)!r}: Permission denied" and e.value.errno == 13
+    assert os.listdir(tmp_path) == []            # and no temporary left behind
+
+
+@pytest.mark.skipif(not os.path.isdir("/sys/kernel"), reason="Linux /sys: a folder nobody may create files in")
+def test_an_unwritable_folder_names_the_output(capsys):
+    from runtime.format import atomic_write
+    with pytest.raises(OSError, match=r"^cannot write '/sys/kernel/m\.qrt': "):
+        atomic_write("/sys/kernel/m.qrt", lambda f: f.write(b"x"))

@@ -204,7 +204,7 @@ def test_a_foreign_kernels_package_is_named(tmp_path):
 
 def test_transformers_is_held_below_the_release_that_needs_hf_kernels():
     extras = PROJECT["optional-dependencies"]
-    for extra in ("test", "bench"):
+    for extra in ("test", "bench", "convert"):
         reqs = [r for r in extras[extra] if _name(r) == "transformers"]
         assert reqs and all("<5.25" in r for r in reqs), (extra, reqs)
 

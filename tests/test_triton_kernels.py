@@ -208,8 +208,24 @@ def test_probe_names_the_reason_without_gpu_or_interpreter():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.strip().splitlines()
-    want = "no CUDA GPU (torch.cuda.is_available() is False) and TRITON_INTERPRET is not set"
+    want = ("no CUDA GPU on this machine (no NVIDIA device found); TRITON_INTERPRET=1 runs the kernels in "
+            "Triton's CPU interpreter, for testing")
     assert lines == [want, want]
+
+
+def test_probe_without_a_gpu_says_so_whatever_is_installed(monkeypatch):
+    """Without a GPU the reason is the GPU, not a package (issue 17): the same line with
+    torch or triton missing; with a GPU, the import error."""
+    from kernels import triton_gpu
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(triton_gpu, "nvidia_gpu_visible", lambda: False)
+    monkeypatch.setattr(triton_gpu, "_IMPORT_ERROR", "triton is not installed")
+    assert triton_gpu.probe().startswith("no CUDA GPU on this machine")
+    monkeypatch.setattr(triton_gpu, "nvidia_gpu_visible", lambda: True)
+    assert triton_gpu.probe() == "triton is not installed"
+    monkeypatch.setattr(triton_gpu, "_IMPORT_ERROR", None)
+    monkeypatch.setattr(triton_gpu, "DEVICE", "cpu")
+    assert "torch.cuda.is_available() is False" in triton_gpu.probe()
 
 
 # --- int8 weights, int8 activations ---------------------------------------------------------------

@@ -10,6 +10,8 @@ Nothing here imports torch or cupy: a numpy-only install never pays for them.
 """
 from __future__ import annotations
 
+import glob
+import os
 from typing import Any
 
 import numpy as np
@@ -18,6 +20,25 @@ import numpy as np
 _TORCH_DTYPES = {"torch.float32": "float32", "torch.float16": "float16", "torch.float64": "float64",
                  "torch.int64": "int64", "torch.int32": "int32", "torch.int16": "int16", "torch.int8": "int8",
                  "torch.uint8": "uint8", "torch.bool": "bool", "torch.bfloat16": "bfloat16"}
+
+
+NO_GPU = "no CUDA GPU on this machine (no NVIDIA device found)"
+
+
+def nvidia_gpu_visible() -> bool:
+    """Whether this process can see an NVIDIA GPU, asked without importing a CUDA library (so a
+    GPU backend's reason on a machine without one is "no GPU", whatever is installed): a device
+    node /dev/nvidia<N> (what containers mount), the driver's /proc/driver/nvidia/gpus entries,
+    or WSL2's /dev/dxg; unless CUDA_VISIBLE_DEVICES hides every device ("" or "-1")."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return False
+    if glob.glob("/dev/nvidia[0-9]*") or os.path.exists("/dev/dxg"):
+        return True
+    try:
+        return bool(os.listdir("/proc/driver/nvidia/gpus"))
+    except OSError:
+        return False
 
 
 def is_torch(a: Any) -> bool:

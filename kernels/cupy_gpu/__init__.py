@@ -23,6 +23,7 @@ The load-time host preparation of packed weights is numpy only (host.py).
 """
 from __future__ import annotations
 
+from kernels.core import device
 from kernels.registry import register
 from kernels.split_views import device_split_factory
 
@@ -65,7 +66,10 @@ def _one_line(e: BaseException) -> str:
 
 def probe() -> str | None:
     """None when cupy imports and sees at least one CUDA device, else a one-line reason.
-    Never raises: every CUDA error (no driver, no device, a broken install) is a reason."""
+    Never raises: every CUDA error (no driver, no device, a broken install) is a reason. On a
+    machine without an NVIDIA GPU the reason is that, not what to install."""
+    if not device.nvidia_gpu_visible():
+        return device.NO_GPU
     try:
         import cupy
     except ModuleNotFoundError as e:

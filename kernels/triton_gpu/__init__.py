@@ -49,6 +49,8 @@ from __future__ import annotations
 import importlib.util
 import os
 
+from kernels.core.device import NO_GPU, nvidia_gpu_visible
+
 _IMPORT_ERROR: str | None = None
 DEVICE = "cpu"
 
@@ -80,11 +82,16 @@ def _interpreting() -> bool:
 
 def probe() -> str | None:
     """None when torch and triton import and either a CUDA GPU is visible or TRITON_INTERPRET
-    is "1" (the interpreter, on CPU tensors); else why not, in one line."""
+    is "1" (the interpreter, on CPU tensors); else why not, in one line: on a machine without
+    an NVIDIA GPU that is the reason, whatever is installed."""
+    if _interpreting():
+        return _IMPORT_ERROR
+    if not nvidia_gpu_visible():
+        return f"{NO_GPU}; TRITON_INTERPRET=1 runs the kernels in Triton's CPU interpreter, for testing"
     if _IMPORT_ERROR is not None:
         return _IMPORT_ERROR
-    if DEVICE != "cuda" and not _interpreting():
-        return "no CUDA GPU (torch.cuda.is_available() is False) and TRITON_INTERPRET is not set"
+    if DEVICE != "cuda":
+        return "an NVIDIA GPU is present but torch.cuda.is_available() is False (a CPU-only build of torch?)"
     return None
 
 

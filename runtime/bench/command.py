@@ -145,6 +145,8 @@ def cmd_bench(args) -> int:
         raise ValueError(f"no such .qrt file: {args.model}")
     if args.compare and not args.model:
         raise ValueError("--compare needs a MODEL.qrt to compare with")
+    if args.compare and not os.path.isfile(args.compare):     # before the peaks take seconds
+        raise ValueError(f"--compare {args.compare}: no such ONNX file")
     for flag in ("batch", "seq"):
         v = getattr(args, flag)
         if v is not None and v < 1:

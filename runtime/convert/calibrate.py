@@ -140,7 +140,7 @@ def feeds_from_iterable(it: Iterable[Mapping[str, Any]], graph: Graph) -> CalibF
         feeds.append(_check_feed(feed, graph, f"calibration feed {k}"))
     if not feeds:
         raise ValueError("calibration feeds: the iterable yielded no feeds (zero samples)")
-    feeds.source = f"{len(feeds)} feed(s) from an iterable"
+    feeds.source = getattr(it, "source", "") or f"{len(feeds)} feed(s) from an iterable"
     return feeds
 
 

@@ -11,21 +11,16 @@ tokenizer.json, a text file that is not UTF-8 or has no non-blank line.
 """
 from __future__ import annotations
 
-import codecs
 import os
 
 import numpy as np
 
 from ..graph import Graph, format_shape
+from ..text import TEXT_INPUTS, import_tokenizers, pad_batch, padding_of, read_text_lines
 from .calibrate import (DEFAULT_BATCH_SIZE, CalibFeeds, _check_feed, _describe_inputs, _gather_rows,
                         feeds_from_arrays)
 
 DEFAULT_SEQ_LEN = 128
-# The model inputs a tokenizer can fill, by their Hugging Face names.
-TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-# Looked up when tokenizer.json has no padding settings; id 0 if none exists. Padded positions
-# have attention_mask 0, so the id matters only to a model without an attention_mask.
-_PAD_TOKENS = ("[PAD]", "<pad>", "<|pad|>")
 # Files that show a folder holds a tokenizer, only not in the form qrt reads (tokenizer.json).
 _SLOW_TOKENIZER_FILES = ("vocab.txt", "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model",
                          "tokenizer.model", "tokenizer_config.json")
@@ -109,14 +104,8 @@ def load_text_feeds(path: str | os.PathLike, tokenizer_dir: str | os.PathLike | 
     # tokenizer.json may carry padding / truncation settings (MiniLM's pads every row to 128):
     # padding is done here per feed, and truncation is re-set to this call's cap, keeping the
     # saved direction.
-    padding, truncation = tok.padding, tok.truncation
-    if padding:
-        pad_id, pad_type_id = int(padding["pad_id"]), int(padding["pad_type_id"])
-    else:
-        pad_id = next((i for t in _PAD_TOKENS if (i := tok.token_to_id(t)) is not None), 0)
-        pad_type_id = 0
-    pad_left = bool(padding) and padding.get("direction") == "left"
-    tok.no_padding()
+    truncation = tok.truncation
+    pad = padding_of(tok)
     try:
         tok.enable_truncation(max_length=cap, direction=(truncation or {}).get("direction", "right"))
         encodings = tok.encode_batch([text for _, text in lines])
@@ -128,8 +117,8 @@ def load_text_feeds(path: str | os.PathLike, tokenizer_dir: str | os.PathLike | 
         if not enc.ids:
             raise ValueError(f"{where}, line {lineno}: the tokenizer made no tokens of it (only characters "
                              f"it drops?); a sample needs at least one token")
-    _check_token_range(graph, lines, encodings, where, tok_label, pad={"input_ids": pad_id,
-                                                                      "token_type_ids": pad_type_id})
+    _check_token_range(graph, lines, encodings, where, tok_label, pad={"input_ids": pad.pad_id,
+                                                                      "token_type_ids": pad.pad_type_id})
 
     group = batch or batch_size
     used = len(encodings) - len(encodings) % group if batch else len(encodings)
@@ -139,16 +128,8 @@ def load_text_feeds(path: str | os.PathLike, tokenizer_dir: str | os.PathLike | 
     feeds = CalibFeeds()
     for start in range(0, used, group):
         chunk = encodings[start:start + group]
-        width = length or max(len(e.ids) for e in chunk)
-        arrays = {"input_ids": np.full((len(chunk), width), pad_id, np.int64),
-                  "attention_mask": np.zeros((len(chunk), width), np.int64),
-                  "token_type_ids": np.full((len(chunk), width), pad_type_id, np.int64)}
-        for row, enc in enumerate(chunk):
-            k = len(enc.ids)                       # <= cap <= width
-            at = slice(width - k, width) if pad_left else slice(0, k)
-            arrays["input_ids"][row, at] = enc.ids
-            arrays["attention_mask"][row, at] = enc.attention_mask
-            arrays["token_type_ids"][row, at] = enc.type_ids
+        width = length or max(len(e.ids) for e in chunk)          # every row is <= cap <= width
+        arrays = pad_batch(chunk, width, pad)
         feeds.append({v.name: arrays[v.name].astype(v.dtype) for v in graph.inputs})
     # names, dtypes and ranks follow from _text_inputs; this is the same final check every
     # other feed source gets
@@ -212,28 +193,7 @@ def _text_inputs(graph: Graph, where: str) -> tuple[int | None, int | None]:
 def _read_lines(p: str, where: str) -> tuple[list[tuple[int, str]], int]:
     """The non-blank lines of a UTF-8 file as (line number, stripped text), and how many
     blank lines were skipped."""
-    if not os.path.isfile(p):
-        raise ValueError(f"{where}: no such file")
-    with open(p, "rb") as f:
-        data = f.read()
-    # a byte-order mark (some Windows editors write one) is not text of the first line
-    body = data[len(codecs.BOM_UTF8):] if data.startswith(codecs.BOM_UTF8) else data
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = body.count(b"\n", 0, e.start) + 1
-        raise ValueError(f"{where} is not UTF-8 text: byte 0x{body[e.start]:02x} on line {line} ({e.reason}); "
-                         f"expected a UTF-8 text file, one sentence or paragraph per line") from None
-    if "\x00" in text:
-        line = text.count("\n", 0, text.index("\x00")) + 1
-        raise ValueError(f"{where} holds a NUL byte (line {line}): a binary file, not text; expected a UTF-8 "
-                         f"text file, one sentence or paragraph per line")
-    # "\n" only (with "\r" stripped): str.splitlines would also split on form feeds and
-    # Unicode separators inside a paragraph
-    raw = text.split("\n")
-    if raw and raw[-1] == "":
-        raw.pop()                       # the newline that ends the last line
-    lines = [(k, s.strip()) for k, s in enumerate(raw, start=1)]
+    lines = [(k, s.strip()) for k, s in enumerate(read_text_lines(p, where), start=1)]
     kept = [(k, s) for k, s in lines if s]
     if not kept:
         raise ValueError(f"{where} has no non-blank line ({len(lines)} line(s), blank lines are skipped); "
@@ -263,11 +223,7 @@ def _load_tokenizer(tokenizer_dir):
     else:
         raise ValueError(f"tokenizer {d!r}: no such folder; expected a Hugging Face tokenizer folder holding "
                          f"tokenizer.json")
-    try:
-        from tokenizers import Tokenizer
-    except ImportError:
-        raise ImportError("calibrating on text needs the tokenizers package: pip install tokenizers "
-                          "(or pip install -e '.[text]' in the qrt checkout)") from None
+    Tokenizer = import_tokenizers().Tokenizer
     try:
         tok = Tokenizer.from_file(file)
     except Exception as e:  # noqa: BLE001 -- the Rust side raises plain Exceptions for bad JSON

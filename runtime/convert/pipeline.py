@@ -301,22 +301,25 @@ def _matches(layer: Layer, pattern: str) -> bool:
 
 
 def _check_patterns(layers: list[Layer], opts: ConvertOptions, embeddings: Sequence["Embedding"] = ()) -> None:
-    groups = [("--keep-fp32", opts.keep_fp32), ("--skip", opts.skip), ("--layer-sparsity", list(opts.layer_sparsity))]
+    # named as both the Python keyword and the CLI flag: the same check serves both
+    groups = [("keep_fp32 (--keep-fp32)", opts.keep_fp32), ("skip (--skip)", opts.skip),
+              ("layer_sparsity (--layer-sparsity)", list(opts.layer_sparsity))]
     for flag, patterns in groups:
         for p in patterns:
             # --keep-fp32 also keeps an embedding table fp32; tables are never pruned, so the
             # pruning flags name layers only
-            if flag == "--keep-fp32" and any(_embedding_matches(e, p) for e in embeddings):
+            keep = flag.startswith("keep_fp32")
+            if keep and any(_embedding_matches(e, p) for e in embeddings):
                 continue
             if not any(_matches(lr, p) for lr in layers):
                 names = ", ".join(lr.name for lr in layers[:8]) + (" ..." if len(layers) > 8 else "")
                 tables = ""
-                if flag == "--keep-fp32" and embeddings:
+                if keep and embeddings:
                     tables = "; the embedding tables are: " + ", ".join(e.table for e in embeddings[:8]) + \
                         (" ..." if len(embeddings) > 8 else "")
                 raise ValueError(f"{flag} pattern {p!r} matches no layer"
-                                 f"{' or embedding table' if flag == '--keep-fp32' else ''}; "
-                                 f"the layers are: {names or 'none'}{tables}")
+                                 f"{' or embedding table' if keep else ''} (patterns are fnmatch globs on "
+                                 f"node or weight names); the layers are: {names or 'none'}{tables}")
 
 
 # -------------------------------------------------------------------- embedding tables --
@@ -426,10 +429,11 @@ class _Plan:
 
 def convert(model: Any, out_path: str | os.PathLike | None = None, *, name: str | None = None,
             progress: Callable[[str], None] | None = None, report_path: str | os.PathLike | None = None,
-            options: ConvertOptions | None = None, **kwargs) -> Graph:
+            options: ConvertOptions | None = None, metadata: dict | None = None, **kwargs) -> Graph:
     """Convert an ONNX model (path, bytes or ModelProto) with pruning/quantization options.
 
     Options are the ConvertOptions fields (as keyword arguments or one ``options`` object).
+    ``metadata`` entries are added to the graph's metadata (e.g. a text model's tokenizer).
     Returns the converted Graph, whose ``metadata["report"]`` holds the accuracy report;
     writes ``out_path`` (and the JSON report to ``report_path``) only if everything succeeded.
     ``progress`` receives one line per step (the CLI passes a printer).
@@ -442,6 +446,8 @@ def convert(model: Any, out_path: str | os.PathLike | None = None, *, name: str 
     graph = import_onnx(model, name=name)
     if opts.compresses or opts.max_error is not None:
         graph = compress(graph, opts, say)
+    if metadata:
+        graph.metadata = {**graph.metadata, **metadata}
     if out_path is not None:
         save(graph, out_path)
     if report_path is not None and "report" in graph.metadata:
