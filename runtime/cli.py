@@ -220,7 +220,12 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("-o", "--output", required=True, metavar="OUT.npy", help="output .npy file (written atomically)")
     e.add_argument("--batch-size", type=int, default=32, metavar="N", help="texts per model run")
     e.add_argument("--backend", default="auto", help="backend: auto or one of reference, numba, native, triton, cupy")
-    e.add_argument("--threads", type=int, help="threads (default: the CPUs this process may use)")
+    e.add_argument("--threads", type=int, help="threads (default: the CPUs this process may use; with --ray: "
+                   "threads per actor, default 1)")
+    e.add_argument("--ray", metavar="ADDRESS", help="run on a Ray cluster: 'local' starts one on this machine, "
+                   "'auto' or ray://HOST:PORT joins one (pip install -e '.[ray]'); the same embeddings")
+    e.add_argument("--actors", type=int, metavar="N", help="with --ray: actors (qrt sessions), default: the "
+                   "cluster's CPUs / --threads")
     e.add_argument("-q", "--quiet", action="store_true", help="no progress line")
     e.set_defaults(func=_cmd_embed)
 
@@ -541,16 +546,30 @@ def _cmd_embed(args) -> int:
     texts = read_text_lines(args.input, f"input text {args.input!r}")
     if not texts:
         raise CliError(f"input text {args.input!r} is empty; expected one text per line")
-    t0 = time.perf_counter()
-    enc = TextEncoder(args.file, backend=args.backend, threads=args.threads)
-    t1 = time.perf_counter()
+    if args.actors is not None and not args.ray:
+        raise CliError("--actors applies to --ray only")
+    for flag, v in (("--threads", args.threads), ("--actors", args.actors)):
+        if v is not None and v < 1:
+            raise CliError(f"{flag} must be >= 1, got {v}")
     progress = None if args.quiet else ProgressLine("embed")
-    emb = enc.encode(texts, batch_size=args.batch_size, progress=progress)
+    t0 = time.perf_counter()
+    if args.ray:
+        from .ray_embed import connect, embed_texts
+        ray = connect(args.ray)
+        t1 = time.perf_counter()
+        emb = embed_texts(texts, args.file, batch_size=args.batch_size, actors=args.actors,
+                          threads_per_actor=args.threads, backend=args.backend, progress=progress)
+        where = f"Ray at {args.ray} ({int(ray.cluster_resources().get('CPU', 0))} CPUs); connected in {t1 - t0:.2f} s"
+    else:
+        enc = TextEncoder(args.file, backend=args.backend, threads=args.threads)
+        t1 = time.perf_counter()
+        emb = enc.encode(texts, batch_size=args.batch_size, progress=progress)
+        where = f"{enc.session.threads} thread(s); model loaded in {t1 - t0:.2f} s"
     dt = time.perf_counter() - t1
     atomic_write(out, lambda f: np.save(f, emb))
     # the first batches of each length also plan their layers (measured once per machine)
     print(f"wrote {out}: {emb.shape[0]} x {emb.shape[1]} float32 embeddings in {dt:.2f} s "
-          f"({emb.shape[0] / dt:.1f} texts/s, {enc.session.threads} thread(s); model loaded in {t1 - t0:.2f} s)")
+          f"({emb.shape[0] / dt:.1f} texts/s, {where})")
     return 0
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kernels.core.threads import usable_cpus
 from kernels.registry import backend_device
 
 from . import available_backends
@@ -190,7 +191,7 @@ def _measure(runners: list, x_te: np.ndarray, y_te: np.ndarray, want: np.ndarray
             "agreement": float(np.mean(probs.argmax(1) == want.argmax(1))),
             "max_dp": float(np.max(np.abs(probs.astype(np.float64) - want))),
             "batch1_ms": _median_ms(lambda: fn(one), BATCH1_SECONDS, not qrt),
-            "batchn_ms": _median_ms(lambda: fn(x_te), BATCHN_SECONDS, not qrt),
+            "batchn_ms": _median_ms(lambda: fn(x_te), BATCHN_SECONDS, not qrt), "batch_n": len(x_te),
             "plan": sess.layer_plan if sess is not None else []})
     return rows
 
@@ -223,11 +224,21 @@ def _print_table(rows: list[dict], n: int) -> None:
           f"'max |dp|' is the largest probability difference from scikit-learn's predict_proba.")
 
 
+def _best(rows: list[dict]) -> list[bool]:
+    """Which rows to bold: the fastest at batch 1, the fastest at batch N, the smallest file."""
+    picks = {min(range(len(rows)), key=lambda i: rows[i]["batch1_ms"]),
+             min(range(len(rows)), key=lambda i: rows[i]["batchn_ms"])}
+    sized = [i for i, r in enumerate(rows) if r["bytes"]]
+    if sized:
+        picks.add(min(sized, key=lambda i: rows[i]["bytes"]))
+    return [i in picks for i in range(len(rows))]
+
+
 def write_report(out: Path, rows: list[dict], plans: list[dict], notes: list[str], n: int, seed: int) -> list[Path]:
     """report.md, report.json, speedup.png and accuracy_vs_size.png in ``out`` (plots only with
     matplotlib); returns the paths written."""
     out.mkdir(parents=True, exist_ok=True)
-    fp = machine.fingerprint(threads=0, measure=False)
+    fp = machine.fingerprint(threads=usable_cpus(), measure=False)   # the sessions' default threads
     fp.pop("peaks", None)
     fp.pop("mem_bw_gbs", None)
     written = []
@@ -239,7 +250,8 @@ def write_report(out: Path, rows: list[dict], plans: list[dict], notes: list[str
     lines = [f"# qrt demo ({data['created']})", "", f"Model: {data['model']}; {n} held-out images.", "",
              *[f"- {line}" for line in machine.describe(fp)], "",
              *markdown_table(tuple(h.format(n=n) for h in HEADER), [_cells(r) for r in rows],
-                             [r["runtime"].startswith("qrt") for r in rows]), "",
+                             _best(rows)), "",
+             "Bold: the fastest row at batch 1 and at batch N, and the smallest file.", "",
              "Latency: median of repeated runs in one process; x fp32 / x ort int8: the fastest dense fp32 "
              f"runtime's and onnxruntime int8's batch-{n} time over this row's (> 1: this row is faster).", ""]
     if plans:
@@ -254,35 +266,50 @@ def write_report(out: Path, rows: list[dict], plans: list[dict], notes: list[str
     return written + plots
 
 
+def _row_label(r: dict) -> str:
+    return f"{r['runtime']}, {r['weights']}"
+
+
 def _plots(out: Path, rows: list[dict]) -> list[Path]:
+    """speedup.png: every timed row (qrt on each backend, onnxruntime fp32 and int8) as one
+    horizontal bar, so no label can overlap or be cut; accuracy_vs_size.png: one marker per
+    file, named in a legend beside the axes rather than by text on the points."""
     try:
-        fig, (ax,) = figure(1, width=9, height=3.6)
+        fig, (ax,) = figure(1, width=8, height=0.32 * len(rows) + 1.6)
     except ImportError:
         return []
-    qrt = [r for r in rows if r["runtime"].startswith("qrt") and r["vs_fp32"]]
-    variants = list(dict.fromkeys(r["weights"] for r in qrt))
-    runtimes = list(dict.fromkeys(r["runtime"] for r in qrt))
-    width = 0.8 / max(len(runtimes), 1)
-    for i, rt in enumerate(runtimes):
-        xs = [variants.index(r["weights"]) + i * width for r in qrt if r["runtime"] == rt]
-        ax.bar(xs, [r["vs_fp32"] for r in qrt if r["runtime"] == rt], width, label=rt)
-    ax.axhline(1.0, color="gray", linewidth=1, linestyle="--")
-    ax.set_xticks([k + width * (len(runtimes) - 1) / 2 for k in range(len(variants))], variants, fontsize=7)
-    ax.set_ylabel("speed-up vs best dense fp32")
-    ax.set_title("batch latency, whole test set")
-    ax.legend(fontsize=7)
+    timed = sorted((r for r in rows if r.get("vs_fp32")), key=lambda r: r["vs_fp32"])
+    colors = {"qrt": "tab:blue", "onnxruntime": "tab:orange", "scikit-learn": "tab:gray"}
+    ax.barh([_row_label(r) for r in timed], [r["vs_fp32"] for r in timed],
+            color=[colors.get(r["runtime"].split()[0], "tab:green") for r in timed])
+    fastest = max((r for r in rows if r["weights"] == "fp32"), key=lambda r: r["vs_fp32"] or 0, default=None)
+    ax.axvline(1.0, color="black", linewidth=1, linestyle="--",
+               label=f"1.0 = the fastest dense fp32 ({fastest['runtime']})" if fastest else "1.0")
+    for y, r in enumerate(timed):
+        ax.annotate(f"{r['vs_fp32']:.2f}x", (r["vs_fp32"], y), xytext=(3, 0), textcoords="offset points",
+                    va="center", fontsize=7)
+    ax.set_xlabel(f"speed-up over the fastest dense fp32 runtime, batch {rows[0].get('batch_n', 'N')} "
+                  "(higher is faster)")
+    ax.tick_params(axis="y", labelsize=7)
+    ax.set_xlim(0, max(r["vs_fp32"] for r in timed) * 1.15)
+    ax.set_title("qrt and onnxruntime against dense fp32: the whole test set in one batch")
+    ax.legend(fontsize=7, loc="lower right")
     paths = [out / "speedup.png"]
     save_figure(fig, paths[0])
-    fig, (ax,) = figure(1, width=6, height=3.6)
-    seen = {}
-    for r in rows:
-        if r["bytes"] and r["weights"] not in seen:
-            seen[r["weights"]] = r
-            ax.scatter(r["bytes"] / 1024, r["accuracy"] * 100)
-            ax.annotate(f"{r['runtime'].split()[0]} {r['weights']}", (r["bytes"] / 1024, r["accuracy"] * 100), fontsize=7)
-    ax.set_xlabel("model KiB")
+
+    fig, (ax,) = figure(1, width=8, height=3.8)
+    files = {}
+    for r in rows:            # one point per file: the backends of one qrt file share its size
+        if r["bytes"]:
+            files.setdefault((r["runtime"].split()[0], r["weights"]), r)
+    markers = "osD^v<>ph*"
+    for i, ((runtime, weights), r) in enumerate(sorted(files.items(), key=lambda kv: kv[1]["bytes"])):
+        ax.scatter(r["bytes"] / 1024, r["accuracy"] * 100, marker=markers[i % len(markers)], s=40,
+                   color=colors.get(runtime, "tab:green"), label=f"{runtime} {weights}")
+    ax.set_xlabel("model file KiB")
     ax.set_ylabel("test accuracy %")
-    ax.set_title("accuracy vs size")
+    ax.set_title("test accuracy against file size")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     paths.append(out / "accuracy_vs_size.png")
     save_figure(fig, paths[1])
     return paths

@@ -143,25 +143,36 @@ class TextEncoder:
                progress: Callable[[int, int], None] | None = None) -> np.ndarray:
         """Embeddings of ``texts``, float32 [len(texts), dimension], row i for texts[i].
         ``progress(done, total)`` is called after each batch."""
+        texts = _check_texts(texts)
+        out: np.ndarray | None = None
+        done = 0
+        for rows, encodings in self.plan(texts, batch_size):
+            emb = self.run_batch(encodings)
+            if out is None:
+                out = np.empty((len(texts), emb.shape[1]), np.float32)
+            out[rows] = emb
+            done += len(rows)
+            if progress is not None:
+                progress(done, len(texts))
+        return out if out is not None else np.zeros((0, self.dimension or 0), np.float32)
+
+    def plan(self, texts: Sequence[str], batch_size: int) -> list[tuple[np.ndarray, list[Any]]]:
+        """The model batches ``encode`` runs: (row indices into ``texts``, their Encodings),
+        longest texts first, ``batch_size`` a batch. runtime/ray_embed.py runs the same
+        batches on other processes, hence the same bits."""
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         encodings = self.tokenize(texts)
-        n = len(encodings)
-        if n == 0:
-            return np.zeros((0, self.dimension or 0), np.float32)
-        order = np.argsort([-len(e.ids) for e in encodings], kind="stable")   # longest first
-        out: np.ndarray | None = None
-        for start in range(0, n, batch_size):
-            rows = order[start:start + batch_size]
-            chunk = [encodings[i] for i in rows]
-            arrays = pad_batch(chunk, max(len(e.ids) for e in chunk), self._pad)
-            (emb,) = self.session.run([SENTENCE_OUTPUT], {k: arrays[k] for k in self._inputs})
-            if out is None:
-                out = np.empty((n, emb.shape[1]), np.float32)
-            out[rows] = emb
-            if progress is not None:
-                progress(min(start + batch_size, n), n)
-        return out
+        order = np.argsort([-len(e.ids) for e in encodings], kind="stable")
+        return [(order[k:k + batch_size], [encodings[i] for i in order[k:k + batch_size]])
+                for k in range(0, len(encodings), batch_size)]
+
+    def run_batch(self, encodings: Sequence[Any]) -> np.ndarray:
+        """One model run: the sentence embeddings [len(encodings), dimension] of Encodings
+        padded together to the longest of them."""
+        arrays = pad_batch(encodings, max(len(e.ids) for e in encodings), self._pad)
+        (emb,) = self.session.run([SENTENCE_OUTPUT], {k: arrays[k] for k in self._inputs})
+        return emb
 
 
 def read_text_lines(path: str | os.PathLike, where: str) -> list[str]:

@@ -12,7 +12,13 @@ from runtime.bench import machine, model
 torch = pytest.importorskip("torch")
 
 
-def test_peaks_are_cached_per_machine_and_remeasured_on_request(tmp_path, monkeypatch):
+@pytest.fixture
+def quiet_machine(monkeypatch):
+    """The peak tests as on an idle machine, whatever this one's load is."""
+    monkeypatch.setattr(machine, "busy_warning", lambda threads: None)
+
+
+def test_peaks_are_cached_per_machine_and_remeasured_on_request(tmp_path, monkeypatch, quiet_machine):
     monkeypatch.setenv("QRT_CACHE_DIR", str(tmp_path))
     calls = []
     monkeypatch.setattr(machine, "measure_peaks", lambda threads: calls.append(threads) or
@@ -30,12 +36,24 @@ def test_peaks_are_cached_per_machine_and_remeasured_on_request(tmp_path, monkey
 
 
 @pytest.mark.parametrize("content", ["{not json", "[1, 2]", '{"k": 5}'])
-def test_a_broken_peaks_cache_is_remeasured_not_fatal(tmp_path, monkeypatch, content):
+def test_a_broken_peaks_cache_is_remeasured_not_fatal(tmp_path, monkeypatch, content, quiet_machine):
     monkeypatch.setenv("QRT_CACHE_DIR", str(tmp_path))
     (tmp_path / machine.PEAKS_FILE).write_text(content)
     monkeypatch.setattr(machine, "measure_peaks", lambda threads: {"int8_gops": 1.0, "fp32_gflops": 1.0, "source": "probe"})
     monkeypatch.setattr(machine, "copy_bandwidth_gbs", lambda threads: 1.0)
     assert machine.fingerprint(1)["peaks"]["source"] == "probe"
+
+
+def test_peaks_probed_on_a_busy_machine_are_not_cached(tmp_path, monkeypatch):
+    """A peak measured beside other work is low; cached, it would stand for every later run."""
+    monkeypatch.setenv("QRT_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(machine, "busy_warning", lambda threads: "the machine is busy (load 3.0)")
+    monkeypatch.setattr(machine, "measure_peaks", lambda threads: {"int8_gops": 1.0, "fp32_gflops": 1.0,
+                                                                   "source": "probe"})
+    monkeypatch.setattr(machine, "copy_bandwidth_gbs", lambda threads: 1.0)
+    fp = machine.fingerprint(1)
+    assert fp["peaks"]["int8_gops"] == 1.0 and "not cached: the machine is busy" in fp["peaks"]["source"]
+    assert not (tmp_path / machine.PEAKS_FILE).exists()
 
 
 def test_busy_warning(monkeypatch):

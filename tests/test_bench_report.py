@@ -386,3 +386,31 @@ def test_markdown_overview_table():
     assert m16["best fp32 GOP/s"] == f"{2 * 16 * 768 * 768 / 0.4e-3 / 1e9:.0f}"
     m128 = dict(zip(header, rows["128"]))
     assert m128["ort int8 GOP/s"] == "-" and m128["qrt numba int8 x ort int8"] == "-"
+
+
+def test_a_peak_below_measured_rates_is_dropped_and_forgotten(monkeypatch):
+    """issue 17: a peak probed on a busy machine ("fp32 peak 1 GOP/s") made "% peak" 8269%:
+    such a peak is dropped from the result (no % peak, no roof), and its cache entry removed."""
+    from runtime.bench import command, machine
+    forgotten = []
+    monkeypatch.setattr(machine, "forget_peaks", forgotten.append)
+    rows = [{"runtime": "numpy fp32", "precision": "fp32", "pct_peak": 8269.0, "gops": 82.7},
+            {"runtime": "qrt native", "precision": "int8", "pct_peak": 60.0, "gops": 600.0},
+            # another library past qrt's instruction-sequence peak is not evidence against it
+            {"runtime": "onnxruntime int8", "precision": "int8", "pct_peak": 161.0, "gops": 1610.0}]
+    result = {"machine": {"key": "k", "peaks": {"fp32_gflops": 1.0, "int8_gops": 1000.0, "source": "probe"}},
+              "gemm": rows}
+    (warning,) = command.check_peaks(result)
+    assert "fp32 peak, 1.0, is below rates this run measured (8269% of it)" in warning
+    assert result["machine"]["peaks"]["fp32_gflops"] is None and result["machine"]["peaks"]["int8_gops"] == 1000.0
+    assert rows[0]["pct_peak"] is None and rows[1]["pct_peak"] == 60.0
+    assert forgotten == ["k"]
+    assert command.check_peaks(result) == []       # nothing left to drop
+
+
+def test_a_busy_spread_is_flagged():
+    from runtime.bench.report import BUSY_SPREAD, _gemm_cells
+    row = {"runtime": "qrt native", "layout": "int8", "sparsity": 0.0, "block": None, "median_s": 1e-3,
+           "gops": 10.0, "pct_peak": 5.0, "valid": True, "max_err": 0.0}
+    assert _gemm_cells({**row, "spread": BUSY_SPREAD + 0.01})[3].endswith("busy?")
+    assert "busy" not in _gemm_cells({**row, "spread": 0.02})[3]

@@ -151,6 +151,37 @@ def test_from_torch_matches_torch():
     assert sess.get_inputs()[0].shape == ["batch", 20]
 
 
+@pytest.mark.parametrize("dynamo", [False, True])
+def test_from_torch_names_inputs_and_outputs_readably(dynamo, capfd):
+    """Without input_names / output_names: the forward's parameter names, and output /
+    output_i, not the TorchScript exporter's 'onnx::Gemm_0' and '18' (issue 17); the
+    exporter's chatter (warnings, progress lines) stays out of the output."""
+    class Two(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(8, 4)
+
+        def forward(self, tokens, scale):
+            h = self.fc(tokens)
+            return h * scale, torch.relu(h)
+    m = Two()
+    x, s = torch.randn(3, 8), torch.randn(3, 4)
+    capfd.readouterr()
+    graph = runtime.convert.from_torch(m, (x, s), dynamo=dynamo)
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""
+    assert [v.name for v in graph.inputs] == ["tokens", "scale"]
+    if not dynamo:        # the dynamo exporter names outputs itself (after the op that made them)
+        assert [v.name for v in graph.outputs] == ["output_0", "output_1"]
+    got = runtime.InferenceSession(graph).run(None, {"tokens": x.numpy(), "scale": s.numpy()})
+    with torch.no_grad():
+        want = [t.numpy() for t in m(x, s)]
+    for g, w in zip(got, want):
+        assert rel_err(g, w) <= FP32_REL_TOL
+    one = runtime.convert.from_torch(torch.nn.Linear(8, 2), (x,))
+    assert [v.name for v in one.outputs] == ["output"] and [v.name for v in one.inputs] == ["input"]
+
+
 def test_ops_of_common_exports_match_onnxruntime(tmp_path):
     """The ops transformers' and torchvision's default exports add beyond BERT's eager form:
     IsNaN (sdpa attention), CumSum (RoBERTa / XLM-R position ids), Sign (DeBERTa),

@@ -101,8 +101,11 @@ def _cached_peaks(threads: int, key: str, remeasure: bool) -> tuple[dict, float 
         peaks = dict(hit["peaks"])
         peaks["source"] = f"cached in {path} (measured {hit.get('measured', '?')}; qrt bench --remeasure-peaks)"
         return peaks, float(hit["mem_bw_gbs"])
+    busy = busy_warning(threads)
     peaks, bandwidth = measure_peaks(threads), copy_bandwidth_gbs(threads)
-    if peaks.get("int8_gops") is not None or peaks.get("fp32_gflops") is not None:
+    if busy:       # a peak probed beside other work is low: use it this once, cache nothing
+        peaks["source"] = f"{peaks.get('source', '')}; not cached: {busy}"
+    elif peaks.get("int8_gops") is not None or peaks.get("fp32_gflops") is not None:
         entries[key] = {"peaks": peaks, "mem_bw_gbs": bandwidth,
                         "measured": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
         text = json.dumps(entries, indent=1).encode()
@@ -112,6 +115,20 @@ def _cached_peaks(threads: int, key: str, remeasure: bool) -> tuple[dict, float 
         except OSError:
             pass
     return peaks, bandwidth
+
+
+def forget_peaks(key: str | None) -> None:
+    """Remove this machine's cached peaks (they were found wrong), so the next run measures."""
+    from ..format import atomic_write
+    from ..planner import cache_dir
+    path = cache_dir() / PEAKS_FILE
+    try:
+        entries = json.loads(path.read_text())
+        if isinstance(entries, dict) and entries.pop(key, None) is not None:
+            text = json.dumps(entries, indent=1).encode()
+            atomic_write(path, lambda f: f.write(text))
+    except (OSError, ValueError):
+        pass
 
 
 def busy_warning(threads: int) -> str | None:

@@ -188,6 +188,11 @@ def to_markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+# calls of one measurement further apart than this (spread: interquartile range / median of
+# every call, runtime/bench/timing.py) say the machine was busy during it, not that the
+# kernel varies
+BUSY_SPREAD = 0.25
+
 GEMM_HEADER = ("runtime", "layout", "median ms", "spread", "GOP/s", "% peak", "x fp32",
                "x ort int8", "x dense int8", "err")
 
@@ -196,7 +201,9 @@ def _gemm_section(rows: list[dict], machine: dict) -> list[str]:
     lines = ["## GEMM: y = x W^T, x (M, K) fp32, W (N, K)", "",
              ("Ratios are other runtime's median / this one's (> 1: this row is faster), "
               "measured in one process run. GOP/s counts dense-equivalent 2*M*N*K ops; "
-              "% peak is of the measured peak for the row's precision. qrt rows in bold. "
+              "% peak is of the measured peak for the row's precision (a sparse row's of the operations "
+              f"it does). qrt rows in bold. A spread above {BUSY_SPREAD:.0%} is flagged \"busy?\": repeats "
+              "that far apart mean other work shared the cores. "
               f"Threads: {machine.get('threads', '?')}.")]
     lines += ["", "### Overview", "", *overview_lines(rows), "", "### Every row"]
     for (n, k, m), group in sorted(_group_by_shape(rows).items()):
@@ -278,7 +285,8 @@ def _gemm_cells(row: dict) -> list[str]:
     if not row["valid"]:
         err = f"INVALID {err}"
     return [row["runtime"], layout_label(row), _fmt_sig(row["median_s"] * 1e3),
-            f"{row['spread']:.1%}", _fmt_sig(row["gops"]), _fmt_opt(row.get("pct_peak"), "{:.1f}"),
+            f"{row['spread']:.1%}" + (" busy?" if row["spread"] > BUSY_SPREAD else ""), _fmt_sig(row["gops"]),
+            _fmt_opt(row.get("pct_peak"), "{:.1f}"),
             _fmt_ratio(row.get("vs_fp32")), _fmt_ratio(row.get("vs_ort_int8")),
             _fmt_ratio(row.get("vs_dense_int8")), err]
 
@@ -439,8 +447,15 @@ def plot_speedup_vs_sparsity(result: dict, path: str | os.PathLike) -> bool:
     colors = _color_map(sorted({r["runtime"] for r in rows}))
     for ax, shape in zip(axes, shapes):
         _speedup_panel(ax, shape, groups[shape], colors)
-    axes[0].legend(fontsize=7, loc="best")
-    fig.suptitle("Speed-up over the best dense fp32 (same run); dashed: dense int8", fontsize=9)
+    # one legend for every panel, below them: inside a panel it would cover points
+    handles: dict[str, Any] = {}
+    for ax in axes:
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, h)
+    fig.legend(list(handles.values()), list(handles.keys()), fontsize=7, loc="outside lower center",
+               ncols=min(4, len(handles)))
+    fig.suptitle("Sparse int8 GEMM: speed-up over the best dense fp32 runtime of the same run "
+                 "(higher is faster)", fontsize=9)
     save_figure(fig, Path(path))
     return True
 
@@ -459,13 +474,14 @@ def _speedup_panel(ax, shape: tuple[int, int, int], rows: list[dict], colors: di
         ax.plot([100 * r["sparsity"] for r in points], [r["vs_fp32"] for r in points],
                 marker=MARKERS[points[0]["layout"]], color=colors[runtime],
                 label=f"{runtime} {label}")
-    for runtime in sorted({rt for rt, _ in lines}):
+    # the dense int8 of every runtime that has one, onnxruntime's included: what sparsity must beat
+    for runtime in sorted({r["runtime"] for r in rows if r["layout"] == "int8" and r["sparsity"] == 0}):
         dense = [r["vs_fp32"] for r in rows if r["runtime"] == runtime and r["layout"] == "int8"
                  and r["sparsity"] == 0]
-        if dense:
-            ax.axhline(max(dense), linestyle="--", linewidth=1, color=colors[runtime],
-                       label=f"{runtime} dense int8")
-    ax.axhline(1.0, linestyle=":", linewidth=1, color="gray")
+        ax.axhline(max(dense), linestyle="--" if runtime.startswith("qrt") else "-.", linewidth=1,
+                   color=colors[runtime], label=f"{runtime} (dense)" if runtime.endswith("int8")
+                   else f"{runtime} dense int8")
+    ax.axhline(1.0, linestyle=":", linewidth=1, color="gray", label="1.0 = the best dense fp32")
     ax.set_title(f"N={n} K={k} M={m}", fontsize=9)
     ax.set_xlabel("sparsity (%)")
     ax.set_ylabel("x dense fp32")

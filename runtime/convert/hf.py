@@ -27,7 +27,6 @@ import inspect
 import io
 import json
 import os
-import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -224,14 +223,14 @@ def export_folder(folder: ModelFolder, *, opset: int = 17) -> tuple[bytes, str, 
 
 @contextlib.contextmanager
 def _quiet(transformers):
-    """Keep transformers' and torch.onnx's warnings and progress bars (tracer warnings,
-    "Loading weights") out of qrt's output: the export is qrt's business, not the user's."""
+    """Keep transformers' warnings and progress bars ("Loading weights") and torch.onnx's
+    tracer warnings out of qrt's output: the export is qrt's business, not the user's."""
+    from .pipeline import quiet_export
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with quiet_export():
             yield
     finally:
         transformers.logging.set_verbosity(verbosity)

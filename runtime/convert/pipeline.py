@@ -12,12 +12,16 @@ what to do and in which layout, and keeps the user informed:
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import fnmatch
+import inspect
 import io
+import logging
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -1049,6 +1053,52 @@ def from_onnx(model: Any, out_path: str | os.PathLike | None = None, *, name: st
     return convert(model, out_path, name=name, **options)
 
 
+@contextlib.contextmanager
+def quiet_export():
+    """torch.onnx.export's chatter (its warnings, the dynamo exporter's progress prints) kept
+    out of the caller's output: the export is an internal step of the conversion here."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch._dynamo", "torch.export", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+                contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def _argument_names(module: Any, n: int) -> list[str] | None:
+    """The names of ``module.forward``'s first ``n`` positional parameters (what the dynamo
+    exporter names the inputs; the TorchScript one would say 'onnx::Gemm_0'), or None when
+    forward takes *args or fewer."""
+    try:
+        params = list(inspect.signature(module.forward).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    positional = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return positional[:n] if len(positional) >= n else None
+
+
+def _name_outputs(data: bytes) -> bytes:
+    """The TorchScript exporter names unnamed outputs after internal values ('18'): rename
+    them output (one) or output_0, output_1, ... through Identity nodes."""
+    import onnx
+    model = onnx.load_from_string(data)
+    outs = list(model.graph.output)
+    names = ["output"] if len(outs) == 1 else [f"output_{i}" for i in range(len(outs))]
+    taken = {v for n in model.graph.node for v in n.output} | {i.name for i in model.graph.input}
+    if any(n in taken for n in names):
+        return data
+    for o, new in zip(outs, names):
+        model.graph.node.append(onnx.helper.make_node("Identity", [o.name], [new], name=f"{new}_name"))
+        o.name = new
+    return model.SerializeToString()
+
+
 def from_torch(module: Any, example_inputs: Any, out_path: str | os.PathLike | None = None, *,
                input_names: Sequence[str] | None = None, output_names: Sequence[str] | None = None,
                dynamic_axes: dict | None = None, opset: int = 17, dynamo: bool = False,
@@ -1056,6 +1106,8 @@ def from_torch(module: Any, example_inputs: Any, out_path: str | os.PathLike | N
     """Export a torch.nn.Module through ONNX in memory, then convert it like from_onnx.
 
     example_inputs: a tensor or tuple of tensors, passed to torch.onnx.export.
+    input_names:    default: the names of forward's parameters (x for ``forward(self, x)``).
+    output_names:   default: output (one output) or output_0, output_1, ...
     dynamic_axes:   as torch.onnx.export, e.g. {"x": {0: "batch"}}; names become the
                     symbolic dims of the qrt model's inputs.
     dynamo:         use torch's dynamo-based exporter (needs onnxscript) instead of the
@@ -1068,6 +1120,8 @@ def from_torch(module: Any, example_inputs: Any, out_path: str | os.PathLike | N
         raise ImportError("from_torch needs PyTorch: pip install torch") from e
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
+    if input_names is None:
+        input_names = _argument_names(module, len(example_inputs))
     buf = io.BytesIO()
     kwargs = dict(input_names=list(input_names) if input_names else None,
                   output_names=list(output_names) if output_names else None,
@@ -1075,7 +1129,7 @@ def from_torch(module: Any, example_inputs: Any, out_path: str | os.PathLike | N
     was_training = module.training
     module.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), quiet_export():
             if dynamo:
                 prog = torch.onnx.export(module, tuple(example_inputs), None, verbose=False, **kwargs)
                 data = prog.model_proto.SerializeToString()
@@ -1084,4 +1138,6 @@ def from_torch(module: Any, example_inputs: Any, out_path: str | os.PathLike | N
                 data = buf.getvalue()
     finally:
         module.train(was_training)
+    if not output_names and not dynamo:
+        data = _name_outputs(data)
     return from_onnx(data, out_path, name=name or type(module).__name__, **options)
