@@ -117,6 +117,11 @@ def run_demo(out_dir: str | None = "qrt-demo", keep_models: bool = False, seed: 
         raise ValueError(f"--out {str(out)!r} exists and is not a folder")
     hidden = "-".join(map(str, HIDDEN))
     print(f"qrt demo: MLP 64-{hidden}-10 on scikit-learn's digits (8x8 images, 10 classes)")
+    fp = machine.fingerprint(threads=usable_cpus(), measure=False)
+    print(f"  machine: {fp['cpu']}, {usable_cpus()} usable CPU(s), int8 class {machine.cpu_class(fp['isa'])}")
+    busy = machine.busy_warning(usable_cpus())
+    if busy:
+        print(f"  warning: {busy}")
     t_start = time.perf_counter()
     clf, x_cal, x_te, y_te = train(seed)
     print(f"  trained in {time.perf_counter() - t_start:.1f} s; {len(x_te)} held-out images")

@@ -30,6 +30,8 @@ import re
 import secrets
 import stat
 import struct
+import threading
+import weakref
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -338,7 +340,7 @@ def load(path: str | os.PathLike) -> Graph:
     the file cannot be opened. Do not truncate or rewrite a file in place while a graph loaded
     from it is alive (save() replaces files by rename, which is safe)."""
     path = os.fspath(path)
-    mm = _map(path)
+    mm = _map(path, shared=True)
     try:
         meta, tensors, data_start = _parse_header(mm)
         arrays = {}
@@ -376,9 +378,19 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, str], dict[str, dict
     return dict(meta), out
 
 
-def _map(path: str) -> mmap.mmap:
+# Live read-only maps of loaded files by (device, inode, size, mtime): loading a file again
+# while a graph of it lives (many sessions of one file in one process) views the same map,
+# so the process maps its bytes once; save() replaces a file by rename (a new inode), so a
+# rewritten file is never served from an old map.
+_MAPS: "weakref.WeakValueDictionary[tuple, mmap.mmap]" = weakref.WeakValueDictionary()
+_MAPS_LOCK = threading.Lock()
+
+
+def _map(path: str, shared: bool = False) -> mmap.mmap:
     """Map ``path`` read-only; header parsing and tensor views use the same snapshot. Opened
-    non-blocking, so a FIFO or a device is refused at once instead of waiting for a writer."""
+    non-blocking, so a FIFO or a device is refused at once instead of waiting for a writer.
+    ``shared``: a live map of the same unchanged file is returned instead of a new one (the
+    caller must then not close it)."""
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
     with os.fdopen(fd, "rb") as f:
         st = os.fstat(f.fileno())
@@ -387,7 +399,15 @@ def _map(path: str) -> mmap.mmap:
         if st.st_size < _HEADER_LENGTH.size:
             raise QrtFormatError(f"{path}: file is too short ({st.st_size} bytes) to be a .qrt file: "
                                  f"it needs at least the {_HEADER_LENGTH.size}-byte header length")
-        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        if not shared:
+            return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        with _MAPS_LOCK:
+            mm = _MAPS.get(key)
+            if mm is None or mm.closed:
+                mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+                _MAPS[key] = mm
+            return mm
 
 
 def _looks_like_onnx(mm) -> bool:

@@ -29,13 +29,13 @@ def _fast_tokenizer(max_len: int):
                              sep_token="[SEP]", mask_token="[MASK]", model_max_length=max_len)
 
 
-def transformers_folder(path: Path, *, seed: int = 0, max_len: int = 48) -> Path:
+def transformers_folder(path: Path, *, seed: int = 0, max_len: int = 48, positions: int = MAX_POSITIONS) -> Path:
     """model.save_pretrained + tokenizer.save_pretrained of a random 2-layer BERT."""
     import torch
     from transformers import BertConfig, BertModel
     torch.manual_seed(seed)
     cfg = BertConfig(vocab_size=len(VOCAB), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                     intermediate_size=64, max_position_embeddings=MAX_POSITIONS)
+                     intermediate_size=64, max_position_embeddings=positions)
     model = BertModel(cfg).eval()
     with torch.no_grad():         # weights far from the init's tiny scale, so pooling modes differ clearly
         for p in model.parameters():

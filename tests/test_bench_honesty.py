@@ -81,3 +81,11 @@ def test_sequence_models_get_a_stated_default_seq(tmp_path):
     mlp = tmp_path / "mlp.qrt"
     runtime.save(runtime.convert(model_zoo.small_mlp_onnx()), mlp)
     assert model.bench_model(mlp, "reference", batch=2, min_seconds=0.05)["seq"] is None
+
+
+@pytest.mark.parametrize("isa, want", [(["avx2", "fma", "avx512f", "avx512bw", "avx512_vnni"], "AVX-512 VNNI"),
+                                       (["avx2", "fma", "avx_vnni"], "AVX-VNNI (256-bit), no AVX-512"),
+                                       (["avx2", "fma"], "AVX2 + FMA, no AVX-512, no VNNI"),
+                                       ([], "no AVX2 (scalar int8 kernels)")])
+def test_cpu_class_names_the_int8_path(isa, want):
+    assert machine.cpu_class(isa) == want

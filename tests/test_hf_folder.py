@@ -225,3 +225,19 @@ def test_embed_errors(folders, tmp_path, capsys):
         TextEncoder(model).encode("hello")
     with pytest.raises(ValueError, match="item 1 is a int"):
         TextEncoder(model).encode(["hello", 3])
+
+
+def test_text_longer_than_the_model_reads_is_named(folders, tmp_path, capsys):
+    """An exported BERT with 64 positions calibrated on a line of more tokens: the error names
+    the feed, its shapes and --seq-len, not a broadcast deep in a LayerNorm (issue 17)."""
+    from runtime.convert.hf import export_folder
+    model = tmp_path / "bert.onnx"
+    model.write_bytes(export_folder(read_folder(folders["transformers"]))[0])
+    text = tmp_path / "long.txt"
+    text.write_text("the cat sat on the mat " * 20 + "\n")
+    rc, _, err = _cli(capsys, "convert", model, "-o", tmp_path / "m.qrt", "--quant", "int8", "--calib-text", text,
+                      "--tokenizer", folders["transformers"], "--seq-len", "128")
+    assert rc == 1
+    assert "the fp32 model fails on calibration feed 0 (input_ids [1, 122]" in err
+    assert "lower --seq-len (now 128)" in err
+    assert not (tmp_path / "m.qrt").exists()

@@ -453,3 +453,40 @@ def test_profile_times_every_planned_node(mlp):
     assert all(t >= 0 for _, t in prof)
     with pytest.raises(ValueError, match="repeats must be >= 1"):
         mlp.profile({"x": x}, repeats=0)
+
+
+@pytest.mark.parametrize("backend", ["reference", "numba", "native"])
+def test_sessions_of_one_file_share_their_prepared_weights(tmp_path, backend):
+    """issue 16: many sessions of one file in one process prepare (repack) each weight once;
+    a file with other weights of the same shapes gets its own; the shared plans go with the
+    last session holding them."""
+    import gc
+
+    from kernels import gemm_front
+    if registry.backend_status(backend) is not None:
+        pytest.skip(registry.backend_status(backend))
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 8)).astype(np.float32)
+    a, b = tmp_path / "a.qrt", tmp_path / "b.qrt"
+    import onnx
+    from_onnx(mlp_onnx(), a, quant="int8")
+    other = onnx.load_from_string(mlp_onnx())          # the same model with other weights
+    for t in other.graph.initializer:
+        t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t) * 1.5 + 0.01, t.name))
+    from_onnx(other.SerializeToString(), b, quant="int8")
+    gc.collect()
+    before = len(gemm_front._SHARED)
+    s1 = InferenceSession(a, backend=backend, plan="off")
+    y1 = s1.run(None, {"x": x})
+    one = len(gemm_front._SHARED) - before
+    assert one >= 2                                     # the MLP's Linear layers
+    s2 = InferenceSession(a, backend=backend, plan="off")
+    assert len(gemm_front._SHARED) - before == one      # nothing prepared again
+    for got, want in zip(s2.run(None, {"x": x}), y1):
+        np.testing.assert_array_equal(got, want)
+    s3 = InferenceSession(b, backend=backend, plan="off")   # other bytes: its own plans
+    assert len(gemm_front._SHARED) - before == 2 * one
+    assert not np.array_equal(s3.run(None, {"x": x})[0], y1[0])
+    del s1, s2, s3
+    gc.collect()
+    assert len(gemm_front._SHARED) == before

@@ -249,6 +249,19 @@ def openblas_reexec(argv: list[str] | None = None) -> None:
     os.execve(sys.executable, [sys.executable, *argv], env)
 
 
+def cpu_class(isa: list[str]) -> str:
+    """The int8 class of a CPU from its ISA flags, as qrt's kernels see it: which int8 code
+    path runs, the first thing that decides its speed."""
+    have = set(isa)
+    if "avx512_vnni" in have:
+        return "AVX-512 VNNI"
+    if "avx_vnni" in have:
+        return "AVX-VNNI (256-bit), no AVX-512"
+    if "avx2" in have:
+        return "AVX2" + (" + FMA" if "fma" in have else "") + ", no AVX-512, no VNNI"
+    return "no AVX2 (scalar int8 kernels)"
+
+
 def describe(fp: dict) -> list[str]:
     """Human-readable lines for a fingerprint (tolerates missing fields from older results)."""
     versions = fp.get("versions") or {}

@@ -503,7 +503,7 @@ def compress(graph: Graph, opts: ConvertOptions, say: Callable[[str], None] = la
     source = feeds.source
     say(f"{len(layers)} weight layers; evaluating on {source}")
     fp32_graph = graph
-    ref_outputs = _run(fp32_graph, feeds)
+    ref_outputs = _run_feeds(fp32_graph, feeds, opts)
 
     report = Report(options=_options_dict(opts), calibration=source,
                     held_out_source=held.source if held else "")
@@ -888,6 +888,22 @@ def _copy(graph: Graph) -> Graph:
     return Graph(graph.name, copy.deepcopy(graph.inputs), copy.deepcopy(graph.outputs),
                  [Node(n.name, n.op, list(n.inputs), list(n.outputs), copy.deepcopy(n.attrs)) for n in graph.nodes],
                  dict(graph.initializers), copy.deepcopy(graph.metadata))
+
+
+def _run_feeds(graph: Graph, feeds, opts: ConvertOptions) -> list[list[np.ndarray]]:
+    """The fp32 model's outputs on the calibration feeds; a feed the model cannot run (most
+    often text longer than its position table) is named with its shapes and what to do."""
+    sess = InferenceSession(graph, backend="reference")
+    out = []
+    for k, f in enumerate(feeds):
+        try:
+            out.append(sess.run(None, f))
+        except Exception as e:  # noqa: BLE001 -- any kernel error: the message says where
+            shapes = ", ".join(f"{n} {list(np.shape(a))}" for n, a in f.items())
+            hint = (f"; if the model reads fewer tokens than that, lower --seq-len (now {opts.seq_len})"
+                    if opts.calib_text is not None else "")
+            raise ValueError(f"the fp32 model fails on calibration feed {k} ({shapes}): {e}{hint}") from None
+    return out
 
 
 def _run(graph: Graph, feeds: list[dict]) -> list[list[np.ndarray]]:
