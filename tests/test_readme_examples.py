@@ -8,9 +8,7 @@ tests/test_cli.py the demo. Timing loops are shortened (what they measure is not
 from __future__ import annotations
 
 import os
-import re
 import shlex
-import shutil
 from pathlib import Path
 
 import numpy as np
