@@ -82,7 +82,8 @@ def _digest(arrays: list[tuple[str, np.ndarray]]) -> bytes:
     for name, a in arrays:
         a = np.ascontiguousarray(a)
         h.update(f"{name}:{a.dtype.str}:{a.shape};".encode())
-        h.update(memoryview(a).cast("B"))
+        if a.size:                   # (a view with a zero in its shape cannot be cast to bytes)
+            h.update(memoryview(a.reshape(-1)).cast("B"))
     return h.digest()
 
 

@@ -138,12 +138,11 @@ def embed_texts(texts: Sequence[str], model: str | os.PathLike, *, address: str 
                 backend: str = "auto", progress: Callable[[int, int], None] | None = None) -> np.ndarray:
     """The embeddings TextEncoder(model).encode(texts, batch_size=batch_size) gives, the same
     bits, computed by actors on the Ray cluster at ``address`` (see connect)."""
-    from .text import TextEncoder
+    from .text import TextEncoder, assemble
     ray = connect(address)
     n, threads = _layout(ray, actors, threads_per_actor)
     planner = TextEncoder(model, backend="reference", threads=1)     # tokenizer and batch plan only
     plan = planner.plan(list(texts), batch_size)
-    out = None
     if not plan:
         return np.zeros((0, planner.dimension or 0), np.float32)
     ref, name = _ship(ray, model)
@@ -151,14 +150,5 @@ def embed_texts(texts: Sequence[str], model: str | os.PathLike, *, address: str 
     ds = ray.data.from_items(rows, override_num_blocks=min(len(rows), 4 * n))
     ds = ds.map_batches(_Embedder, fn_constructor_args=(ref, name, threads, backend), batch_size=1,
                         batch_format="numpy", num_cpus=threads, compute=ray.data.ActorPoolStrategy(size=n))
-    done = 0
-    for row in ds.iter_rows():
-        idx = plan[int(row["batch"])][0]
-        emb = np.asarray(row["embedding"], np.float32)
-        if out is None:
-            out = np.empty((len(texts), emb.shape[1]), np.float32)
-        out[idx] = emb
-        done += len(idx)
-        if progress is not None:
-            progress(done, len(texts))
-    return out
+    return assemble(((plan[int(row["batch"])][0], np.asarray(row["embedding"], np.float32)) for row in ds.iter_rows()),
+                    len(texts), planner.dimension, progress)

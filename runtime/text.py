@@ -20,7 +20,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -144,17 +144,8 @@ class TextEncoder:
         """Embeddings of ``texts``, float32 [len(texts), dimension], row i for texts[i].
         ``progress(done, total)`` is called after each batch."""
         texts = _check_texts(texts)
-        out: np.ndarray | None = None
-        done = 0
-        for rows, encodings in self.plan(texts, batch_size):
-            emb = self.run_batch(encodings)
-            if out is None:
-                out = np.empty((len(texts), emb.shape[1]), np.float32)
-            out[rows] = emb
-            done += len(rows)
-            if progress is not None:
-                progress(done, len(texts))
-        return out if out is not None else np.zeros((0, self.dimension or 0), np.float32)
+        return assemble(((rows, self.run_batch(encodings)) for rows, encodings in self.plan(texts, batch_size)),
+                        len(texts), self.dimension, progress)
 
     def plan(self, texts: Sequence[str], batch_size: int) -> list[tuple[np.ndarray, list[Any]]]:
         """The model batches ``encode`` runs: (row indices into ``texts``, their Encodings),
@@ -173,6 +164,22 @@ class TextEncoder:
         arrays = pad_batch(encodings, max(len(e.ids) for e in encodings), self._pad)
         (emb,) = self.session.run([SENTENCE_OUTPUT], {k: arrays[k] for k in self._inputs})
         return emb
+
+
+def assemble(batches: Iterable[tuple[np.ndarray, np.ndarray]], total: int, dimension: int | None,
+             progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """Embeddings of (row indices, rows [len(indices), D]) batches, in any order, as one
+    float32 [total, D] array; ``progress(done, total)`` after each batch."""
+    out: np.ndarray | None = None
+    done = 0
+    for rows, emb in batches:
+        if out is None:
+            out = np.empty((total, emb.shape[1]), np.float32)
+        out[rows] = emb
+        done += len(rows)
+        if progress is not None:
+            progress(done, total)
+    return out if out is not None else np.zeros((0, dimension or 0), np.float32)
 
 
 def read_text_lines(path: str | os.PathLike, where: str) -> list[str]:

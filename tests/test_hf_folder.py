@@ -17,22 +17,12 @@ pytest.importorskip("transformers")
 pytest.importorskip("onnx")
 st = pytest.importorskip("sentence_transformers")
 
-from runtime.cli import main  # noqa: E402
+from tests.test_cli import cli as _cli  # noqa: E402   (main in-process: status, stdout, stderr)
 from runtime.convert.hf import read_folder  # noqa: E402
 from runtime.text import TextEncoder  # noqa: E402
 from tests.hf_folders import TEXTS, sentence_transformers_folder, transformers_folder  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _cli(capsys, *argv):
-    capsys.readouterr()
-    try:
-        rc = main([str(a) for a in argv])
-    except SystemExit as e:
-        rc = e.code
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:

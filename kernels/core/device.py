@@ -10,7 +10,6 @@ Nothing here imports torch or cupy: a numpy-only install never pays for them.
 """
 from __future__ import annotations
 
-import glob
 import os
 from typing import Any
 
@@ -33,8 +32,11 @@ def nvidia_gpu_visible() -> bool:
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None and visible.strip() in ("", "-1"):
         return False
-    if glob.glob("/dev/nvidia[0-9]*") or os.path.exists("/dev/dxg"):
-        return True
+    try:
+        if any(n.startswith("nvidia") and n[6:].isdigit() for n in os.listdir("/dev")) or os.path.exists("/dev/dxg"):
+            return True
+    except OSError:
+        pass
     try:
         return bool(os.listdir("/proc/driver/nvidia/gpus"))
     except OSError:
