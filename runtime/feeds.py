@@ -42,3 +42,63 @@ def check_feeds(feeds: Mapping[str, Any], inputs: list[tuple[Value, int]], on_gp
             device = False
         checked.append((slot, a if device else np.ascontiguousarray(a)))
     return checked
+
+
+# Runs estimated to need less than this are not checked against the machine (the check reads
+# /proc, which costs more than a small run's whole overhead budget).
+MEMORY_CHECK_BYTES = 1 << 30
+
+
+def available_memory() -> int | None:
+    """Bytes this process may still allocate: MemAvailable (/proc/meminfo), lowered to the
+    cgroup's memory.max minus memory.current where one is set; None where neither is known."""
+    avail = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError):
+        pass
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f:
+            limit = f.read().strip()
+        with open("/sys/fs/cgroup/memory.current") as f:
+            current = int(f.read())
+        if limit != "max":
+            left = max(0, int(limit) - current)
+            avail = left if avail is None else min(avail, left)
+    except (OSError, ValueError):
+        pass
+    return avail
+
+
+def check_memory(fed: list[tuple[int, Any]], widest: int, attention: bool) -> None:
+    """Refuse, before anything is allocated, a run whose feeds would make one intermediate
+    larger than the memory left (a lower bound, so a refusal is never wrong): the widest
+    Linear / embedding output over every row of a token or feature feed (``widest`` values
+    per row, float32), and with attention one (batch, sequence, sequence) score matrix of a
+    token feed. MemoryError naming the feed shapes, the need and what is available."""
+    need, why = 0, ""
+    for _, a in fed:
+        shape = tuple(int(d) for d in a.shape)
+        if not shape:
+            continue
+        name = dtype_name(a)                                  # numpy's name, for device arrays too
+        ints = name.startswith(("int", "uint"))
+        rows = 1
+        for d in (shape if ints else shape[:-1]):
+            rows *= d
+        if widest and (ints or len(shape) <= 3) and rows * widest * 4 > need:
+            need, why = rows * widest * 4, f"{rows:,} rows x {widest:,} values of the widest layer"
+        if attention and ints and len(shape) == 2 and shape[0] * shape[1] ** 2 * 4 > need:
+            need, why = shape[0] * shape[1] ** 2 * 4, f"attention scores {shape[0]:,} x {shape[1]:,} x {shape[1]:,}"
+    if need < MEMORY_CHECK_BYTES:
+        return
+    avail = available_memory()
+    if avail is not None and need > avail:
+        shapes = ", ".join("x".join(str(int(d)) for d in a.shape) for _, a in fed)
+        raise MemoryError(f"this run needs at least {need / 2**30:.1f} GiB ({why}) for feeds of shape {shapes}, "
+                          f"more than the {avail / 2**30:.1f} GiB this process may still use; run smaller batches "
+                          f"or shorter sequences")

@@ -30,7 +30,7 @@ from kernels.core.threads import usable_cpus
 from . import planner
 from .format import load
 from .fuse import fuse as fuse_graph
-from .feeds import check_feeds
+from .feeds import check_feeds, check_memory
 from .graph import Graph
 from .placement import place
 from .planner import PLAN_MODES, rows_bucket
@@ -167,8 +167,11 @@ class InferenceSession:
             set_threads(self.threads)
         env = list(self._template)
         fed = check_feeds(input_feed, self._input_slots, self._placement.on_gpu)
-        self._placement.feed(env, fed)
         shapes = tuple(tuple(a.shape) for _, a in fed)
+        if shapes != self._memory_checked:       # once per input size (it costs ~8 us)
+            check_memory(fed, self._widest, self._attention)
+            self._memory_checked = shapes
+        self._placement.feed(env, fed)
         cached = self._shape_cache.get(shapes)
         if cached is not None:
             # values that depend on the input shapes alone (Shape, Range, position ids, ...)
@@ -269,6 +272,15 @@ class InferenceSession:
         self._thread_setters = [f for f in map(registry.thread_setter, used) if f is not None]
         self._template = template
         self._slots = slots
+        # what check_memory needs: the widest Linear output / embedding row, and attention
+        widths = [int(graph.initializers[n.inputs[1]].shape[0]) for n in graph.nodes
+                  if n.op == "Linear" and len(n.inputs) > 1 and n.inputs[1] in graph.initializers]
+        widths += [int(graph.initializers[n.inputs[0]].shape[-1]) for n in graph.nodes
+                   if n.op == "Gather" and n.inputs[0] in graph.initializers
+                   and len(graph.initializers[n.inputs[0]].shape) == 2]
+        self._widest = max(widths, default=0)
+        self._attention = any(n.op == "Attention" for n in graph.nodes)
+        self._memory_checked: tuple | None = None      # the input shapes check_memory last passed
         self._default_out_slots = [slots[v.name] for v in graph.outputs]
 
     def _planned_layer(self, node, graph: Graph, layout: str, backend: str, attrs: dict):

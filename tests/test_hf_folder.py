@@ -231,3 +231,17 @@ def test_text_longer_than_the_model_reads_is_named(folders, tmp_path, capsys):
     assert "the fp32 model fails on calibration feed 0 (input_ids [1, 122]" in err
     assert "lower --seq-len (now 128)" in err
     assert not (tmp_path / "m.qrt").exists()
+
+
+def test_a_sequence_too_long_for_memory_is_refused_before_running(folders, tmp_path, capsys, monkeypatch):
+    """issue 16: a token feed whose attention scores alone would not fit (batch x seq x seq)."""
+    import numpy as np
+
+    from runtime import InferenceSession, feeds
+    model = tmp_path / "m.qrt"
+    assert _cli(capsys, "convert", folders["st mean normalized"], "-o", model, "-q")[0] == 0
+    sess = InferenceSession(model)
+    monkeypatch.setattr(feeds, "available_memory", lambda: 1 << 30)
+    ids = np.ones((2, 20_000), np.int64)                  # 2 x 20,000^2 x 4 B = 3.0 GiB of scores
+    with pytest.raises(MemoryError, match=r"needs at least 3\.0 GiB \(attention scores 2 x 20,000 x 20,000\)"):
+        sess.run(None, {"input_ids": ids, "attention_mask": ids, "token_type_ids": 0 * ids})

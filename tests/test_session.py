@@ -490,3 +490,24 @@ def test_sessions_of_one_file_share_their_prepared_weights(tmp_path, backend):
     del s1, s2, s3
     gc.collect()
     assert len(gemm_front._SHARED) == before
+
+
+def test_a_feed_that_needs_more_memory_than_is_left_is_refused_before_running(tmp_path, monkeypatch):
+    """issue 16: the estimate (the widest layer's output over every row) against the memory
+    this process may still use; refused with MemoryError naming the need, nothing run."""
+    from runtime import feeds
+    path = tmp_path / "m.qrt"
+    from_onnx(mlp_onnx(), path, quant="int8")
+    sess = InferenceSession(path)
+    x = np.ones((1000, 8), np.float32)                     # 1000 rows x 16 (the widest Linear) x 4 B
+    monkeypatch.setattr(feeds, "MEMORY_CHECK_BYTES", 0)
+    monkeypatch.setattr(feeds, "available_memory", lambda: 10_000)
+    ran = []
+    monkeypatch.setattr(runtime.session, "execute", lambda *a, **k: ran.append(1))
+    with pytest.raises(MemoryError, match=r"needs at least 0\.0 GiB \(1,000 rows x 16 values of the widest layer\) "
+                                          r"for feeds of shape 1000x8, more than the 0\.0 GiB"):
+        sess.run(None, {"x": x})
+    assert ran == []
+    monkeypatch.setattr(feeds, "available_memory", lambda: 1 << 40)
+    sess.run(None, {"x": x})
+    assert ran == [1]
