@@ -283,6 +283,10 @@ void attention_item(const AttentionArgs& a, int64_t item, Scratch& w, FusedIsa i
         const float inv = w.inv[i];
         const float* src = yt + i * dv16;
         float* dst = yh + i * ys;
+        if (a.nan_to_zero && std::isnan(inv)) {      // 1 / NaN sum: every probability was NaN
+            std::fill(dst, dst + dv, 0.0f);
+            continue;
+        }
         for (int64_t t = 0; t < dv; ++t) dst[t] = src[t] * inv;
     }
 }

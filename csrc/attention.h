@@ -67,6 +67,7 @@ struct AttentionArgs {
     int64_t v_strides[2] = {0, 0};
     int64_t mask_strides[4] = {0, 0, 0, 0};   // (b, h, i, j) in elements, 0 where broadcast
     float scale = 1.0f;
+    bool nan_to_zero = false;         // a row whose softmax sum is NaN writes zeros (sdpa's IsNaN + Where)
     float* y = nullptr;               // (B, Sq, H*Dv) C-contiguous
 };
 

@@ -65,7 +65,8 @@ qrt::FusedIsa isa_from_name(const std::string& name) {
 }
 
 py::array attention_py(const py::object& q_obj, const py::object& k_obj, const py::object& v_obj,
-                       const py::object& mask_obj, int64_t head_dim, double scale, const std::string& isa_name) {
+                       const py::object& mask_obj, int64_t head_dim, double scale, const std::string& isa_name,
+                       bool nan_to_zero) {
     const qrt::FusedIsa isa = isa_from_name(isa_name);
     py::array q = as_f32(q_obj, "q"), k = as_f32(k_obj, "k"), v = as_f32(v_obj, "v");
     if (q.ndim() != 3 || k.ndim() != 3 || v.ndim() != 3)
@@ -83,6 +84,7 @@ py::array attention_py(const py::object& q_obj, const py::object& k_obj, const p
     qrt::AttentionArgs a;
     a.batch = b, a.sq = sq, a.sk = sk, a.heads = h, a.head_dim = head_dim, a.v_head_dim = dv;
     a.scale = static_cast<float>(scale);
+    a.nan_to_zero = nan_to_zero;
     const py::array* qkv[3] = {&q, &k, &v};
     const char* names[3] = {"q", "k", "v"};
     int64_t* strides[3] = {a.q_strides, a.k_strides, a.v_strides};
@@ -184,10 +186,11 @@ py::array exp_py(const py::object& x_obj, const std::string& isa_name) {
 
 void bind_fused(py::module_& m) {
     m.def("attention", &attention_py, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("mask") = py::none(),
-          py::arg("head_dim"), py::arg("scale"), py::arg("isa") = "auto",
+          py::arg("head_dim"), py::arg("scale"), py::arg("isa") = "auto", py::arg("nan_to_zero") = false,
           "Y (B, Sq, H*Dv) float32 = softmax(scale * Q K^T + mask) V per head (csrc/attention.h): q (B, Sq, H*D), "
           "k (B, Sk, H*D), v (B, Sk, H*Dv) float32, any batch/sequence strides, last axis contiguous; mask None or "
-          "float32 broadcastable to (B, H, Sq, Sk) (any strides). isa 'auto', 'avx512', 'avx2' or 'scalar'.");
+          "float32 broadcastable to (B, H, Sq, Sk) (any strides). isa 'auto', 'avx512', 'avx2' or 'scalar'. "
+          "nan_to_zero: a query row whose softmax is NaN (scores all -inf, or a NaN / +inf score) gives zeros.");
     m.def("skip_layer_norm", &skip_layer_norm_py, py::arg("x"), py::arg("skip"), py::arg("scale"),
           py::arg("bias") = py::none(), py::arg("epsilon") = 1e-5, py::arg("isa") = "auto",
           "LayerNorm over the last axis of float32(x + skip) (csrc/layer_norm.h): x, skip (..., D) float32 "

@@ -24,16 +24,18 @@ def all_f32(*arrays: Any) -> bool:
 
 
 def attention_factory(attention: Callable[..., np.ndarray]):
-    """Kernel factory of Attention: ``attention(q, k, v, mask, head_dim, scale) -> y`` on
-    float32 q, k, v, mask; other dtypes run the reference (which also checks the attributes)."""
+    """Kernel factory of Attention: ``attention(q, k, v, mask, head_dim, scale, nan_to_zero)
+    -> y`` on float32 q, k, v, mask; other dtypes run the reference (which also checks the
+    attributes)."""
     def factory(attrs: dict, weights: dict):
-        ref = reference_of("Attention", attrs, weights)     # checks head_dim and scale
+        ref = reference_of("Attention", attrs, weights)     # checks head_dim, scale, nan_to_zero
         head_dim, scale = int(attrs["head_dim"]), float(attrs["scale"])
+        nan_to_zero = bool(attrs.get("nan_to_zero", 0))
 
         def run(q, k, v, mask=None):
             if not all_f32(q, k, v, mask):
                 return ref(q, k, v, mask)
-            return (attention(q, k, v, mask, head_dim, scale),)
+            return (attention(q, k, v, mask, head_dim, scale, nan_to_zero),)
         return run
     return factory
 

@@ -14,7 +14,13 @@ Patterns (in this order):
       constant] -> [Add mask] -> Softmax(axis -1) -> MatMul(., Vh) -> Transpose(0, 2, 1, 3)
       -> Reshape([0, 0, -1|H*Dv])
     (what torch.onnx exports for BERT-style self attention), optionally with the scale applied
-    as a scalar Mul on the Q and K heads, becomes Attention(q, k, v[, mask]);
+    as a scalar Mul on the Q and K heads, becomes Attention(q, k, v[, mask]). transformers'
+    default sdpa attention exports the same with Softmax -> Where(IsNaN(p), 0, p) (fused with
+    nan_to_zero=1: a row of -inf scores gives zeros, not NaN), a no-op Reshape [0, -1, 0, Dv]
+    after P V (TorchScript), K^T as Transpose(0, 2, 1, 3) then a swap of the last two axes
+    (dynamo; runtime/shape_fold.py turns its 3-D Reshape / Transpose / Reshape into that
+    Transpose), and a merging Reshape to a run-time shape with allowzero=1 (dynamo: kept after
+    the Attention node, which gives the same elements in the same order);
   * Add -> LayerNormalization over the last axis becomes SkipLayerNormalization;
   * Linear or Conv -> Relu / Gelu becomes the Linear/Conv with activation "relu" / "gelu" /
     "gelu_tanh" (the kernel applies it in its epilogue, or kernels.registry.build after it);
@@ -84,11 +90,12 @@ def fuse(graph: Graph) -> Graph:
     return g
 
 
-def _apply(graph: Graph, rewrite: Callable[[_View, Node], tuple[list[Node], Node] | None]) -> None:
-    """Run ``rewrite`` on every node; a match (nodes to drop, new node) puts the new node at
-    the place of the last dropped node (after every producer of the pattern's inputs)."""
+def _apply(graph: Graph, rewrite: Callable[[_View, Node], tuple[list[Node], Node | list[Node]] | None]) -> None:
+    """Run ``rewrite`` on every node; a match (nodes to drop, new node or nodes in order) puts
+    the new nodes at the place of the last dropped node (after every producer of the
+    pattern's inputs)."""
     view = _View(graph)
-    replaced: dict[int, Node | None] = {}
+    replaced: dict[int, Node | list[Node] | None] = {}
     for node in list(graph.nodes):
         if id(node) in replaced:
             continue
@@ -103,7 +110,11 @@ def _apply(graph: Graph, rewrite: Callable[[_View, Node], tuple[list[Node], Node
             replaced[id(n)] = None
         replaced[id(last)] = new
     if replaced:
-        graph.nodes = [replaced.get(id(n), n) for n in graph.nodes if replaced.get(id(n), n) is not None]
+        nodes: list[Node] = []
+        for n in graph.nodes:
+            new = replaced.get(id(n), n)
+            nodes.extend(new if isinstance(new, list) else [] if new is None else [new])
+        graph.nodes = nodes
 
 
 # --- attention -------------------------------------------------------------------------------
@@ -123,8 +134,21 @@ def _heads(view: _View, value: str, perm: list[int]) -> tuple[str, int, float, l
                 break
         else:
             return None
+    # the heads' Transpose, possibly written as several (the dynamo export's K^T is
+    # Transpose(0, 2, 1, 3) then a swap of the last two axes): their composition must be perm
     tr = view.made_by(value, "Transpose")
-    if tr is None or list(tr.attrs.get("perm") or []) != perm:
+    if tr is None:
+        return None
+    got = list(tr.attrs.get("perm") or [])
+    nodes.append(tr)
+    while (inner := view.made_by(tr.inputs[0], "Transpose")) is not None and len(got) == 4:
+        p1 = list(inner.attrs.get("perm") or [])
+        if len(p1) != 4:
+            return None
+        got = [p1[j] for j in got]          # transpose(transpose(x, p1), p2) = transpose(x, p1[p2])
+        tr = inner
+        nodes.append(tr)
+    if got != perm:
         return None
     rs = view.made_by(tr.inputs[0], "Reshape")
     if rs is None or rs.attrs.get("allowzero", 0):
@@ -132,23 +156,63 @@ def _heads(view: _View, value: str, perm: list[int]) -> tuple[str, int, float, l
     shape = view.const(rs.inputs[1])
     if shape is None or shape.shape != (4,) or shape[0] != 0 or shape[1] != 0 or shape[3] <= 0:
         return None
-    return rs.inputs[0], int(shape[3]), scale, nodes + [tr, rs]
+    return rs.inputs[0], int(shape[3]), scale, nodes + [rs]
+
+
+def _probs_reader(view: _View, sm: Node) -> tuple[Node, list[Node], int] | None:
+    """The MatMul reading Softmax ``sm``'s probabilities: directly (eager export), or through
+    sdpa's Where(IsNaN(p), 0, p) (then nan_to_zero = 1); with the nodes between."""
+    p = sm.outputs[0]
+    pv = view.only_reader(p, "MatMul")
+    if pv is not None:
+        return (pv, [], 0) if pv.inputs[0] == p else None
+    readers = view.readers.get(p, [])
+    if len(readers) != 2 or p in view.outputs:
+        return None
+    isnan = next((r for r in readers if r.op == "IsNaN"), None)
+    where = next((r for r in readers if r.op == "Where"), None)
+    if isnan is None or where is None or view.only_reader(isnan.outputs[0], "Where") is not where:
+        return None
+    if where.inputs[0] != isnan.outputs[0] or where.inputs[2] != p or view.scalar(where.inputs[1]) != 0.0:
+        return None
+    pv = view.only_reader(where.outputs[0], "MatMul")
+    if pv is None or pv.inputs[0] != where.outputs[0]:
+        return None
+    return pv, [isnan, where], 1
 
 
 def _fuse_attention(view: _View, sm: Node):
     if sm.op != "Softmax" or sm.attrs.get("axis", -1) not in (-1, 3):
         return None
-    pv = view.only_reader(sm.outputs[0], "MatMul")
-    if pv is None or pv.inputs[0] != sm.outputs[0]:
+    found = _probs_reader(view, sm)
+    if found is None:
         return None
-    tr_out = view.only_reader(pv.outputs[0], "Transpose")
+    pv, between, nan_to_zero = found
+    # the TorchScript sdpa export reshapes P V to [0, -1, 0, Dv] (itself: checked below)
+    # before merging the heads
+    heads_out = pv.outputs[0]
+    noop = view.only_reader(heads_out, "Reshape")
+    noop_shape = None if noop is None else view.const(noop.inputs[1])
+    if noop_shape is not None and noop_shape.shape == (4,) and list(noop_shape[:3]) == [0, -1, 0]:
+        heads_out = noop.outputs[0]
+    else:
+        noop = None
+    tr_out = view.only_reader(heads_out, "Transpose")
     if tr_out is None or list(tr_out.attrs.get("perm") or []) != [0, 2, 1, 3]:
         return None
     rs_out = view.only_reader(tr_out.outputs[0], "Reshape")
-    shape = None if rs_out is None else view.const(rs_out.inputs[1])
-    if shape is None or shape.shape != (3,) or shape[0] != 0 or shape[1] != 0 or rs_out.attrs.get("allowzero", 0):
+    if rs_out is None:
         return None
-    nodes = [sm, pv, tr_out, rs_out]
+    # the merge of the heads: dropped when it is [0, 0, -1|H*Dv]; any other Reshape whose
+    # result does not depend on the input's rank (no 0 that copies a dim) is kept, reading
+    # the fused (B, Sq, H*Dv), whose elements are in the order of (B, Sq, H, Dv)
+    shape = view.const(rs_out.inputs[1])
+    zero_copies = not rs_out.attrs.get("allowzero", 0)
+    merge = (shape is not None and shape.shape == (3,) and shape[0] == 0 and shape[1] == 0 and zero_copies
+             and (shape[2] == -1 or shape[2] > 0))
+    if not merge and zero_copies and (shape is None or bool((shape == 0).any())):
+        return None
+    nodes = [sm, *between, pv, tr_out, rs_out] + ([noop] if noop is not None else [])
     scores, mask, scale = sm.inputs[0], "", 1.0
     add = view.made_by(scores, "Add")
     if add is not None:
@@ -183,14 +247,18 @@ def _fuse_attention(view: _View, sm: Node):
     # H as Q's whatever the widths; an unscaled V; the output merges heads back: [0, 0, -1|H*D].
     if q is None or k is None or v is None or not q[1] == k[1] == v[1] or v[2] != 1.0:
         return None
-    if shape[2] != -1 and shape[2] <= 0:
+    if noop is not None and noop_shape[3] != v[1]:
         return None
     scale *= q[2] * k[2]
     nodes += [qk, *q[3], *k[3], *v[3]]
     inputs = [q[0], k[0], v[0]] + ([mask] if mask else [])
-    fused = Node(sm.name.rsplit("/", 1)[0] + "/Attention" if "/" in sm.name else f"{sm.name}_attention",
-                 "Attention", inputs, list(rs_out.outputs), {"head_dim": q[1], "scale": scale})
-    return nodes, fused
+    name = sm.name.rsplit("/", 1)[0] + "/Attention" if "/" in sm.name else f"{sm.name}_attention"
+    attrs = {"head_dim": q[1], "scale": scale, **({"nan_to_zero": 1} if nan_to_zero else {})}
+    if merge:
+        return nodes, Node(name, "Attention", inputs, list(rs_out.outputs), attrs)
+    y = _unique(view.graph, f"{name}_output")
+    return nodes, [Node(name, "Attention", inputs, [y], attrs),
+                   Node(rs_out.name, "Reshape", [y, rs_out.inputs[1]], list(rs_out.outputs), dict(rs_out.attrs))]
 
 
 # --- Add + LayerNormalization ----------------------------------------------------------------

@@ -52,12 +52,20 @@ def fold_symbolic_shapes(graph: Graph, consts: dict[str, np.ndarray]) -> int:
 
     rewrites = 0
     taken = set(consts) | {o for n in graph.nodes for o in n.outputs} | {v.name for v in graph.inputs}
+    made = {o: n for n in graph.nodes for o in n.outputs}
     for n in graph.nodes:
         try:
             _propagate(n, shapes, symvals, consts)
         except Exception:  # unknown stays unknown; never break import over an optimisation
             for o in n.outputs:
                 shapes.setdefault(o, None)
+        x = _swapped_last_two(n, made, shapes, symvals) if n.op == "Reshape" else None
+        if x is not None:
+            rank = len(shapes[x])
+            n.op, n.inputs = "Transpose", [x]
+            n.attrs = {"perm": list(range(rank - 2)) + [rank - 1, rank - 2]}
+            rewrites += 1
+            continue
         if n.op == "Reshape" and n.inputs[1] not in consts and n.inputs[1] in symvals:
             target = _constant_reshape_target(symvals[n.inputs[1]], shapes.get(n.inputs[0]),
                                               n.attrs.get("allowzero", 0))
@@ -79,6 +87,28 @@ def fold_symbolic_shapes(graph: Graph, consts: dict[str, np.ndarray]) -> int:
                 rewrites += 1
     graph.nodes = [n for n in graph.nodes if not all(o in consts for o in n.outputs)]
     return rewrites
+
+
+def _swapped_last_two(n: Node, made: dict, shapes: dict, symvals: dict) -> str | None:
+    """x when Reshape ``n`` is Reshape(Transpose([0, 2, 1])(Reshape(x, [-1, S, D])), [*lead, D, S])
+    for x of shape (*lead, S, D): x with its last two axes swapped. The dynamo exporter writes
+    a 4-D ``k.transpose(-2, -1)`` (attention's K^T) this way, through 3-D; as one Transpose the
+    attention pattern of runtime/fuse.py sees it. Every dim is checked symbolically."""
+    t = made.get(n.inputs[0])
+    if t is None or t.op != "Transpose" or list(t.attrs.get("perm") or []) != [0, 2, 1]:
+        return None
+    r = made.get(t.inputs[0])
+    if r is None or r.op != "Reshape":
+        return None
+    x = r.inputs[0]
+    xs = shapes.get(x)
+    s1, s2 = symvals.get(r.inputs[1]), symvals.get(n.inputs[1])
+    if xs is None or len(xs) < 3 or None in xs or s1 is None or s2 is None:
+        return None
+    lead = list(xs[:-2])
+    if s1.items not in ([-1, xs[-2], xs[-1]], [_product(lead), xs[-2], xs[-1]]):
+        return None
+    return x if s2.items == lead + [xs[-1], xs[-2]] else None
 
 
 def _constant_reshape_target(sv: _SymVal, in_shape, allowzero: int) -> list[int] | None:

@@ -755,6 +755,17 @@ def attention() -> Iterator[Case]:
     mask[1, 0, :, 3:] = -3.4e38
     yield _case("Attention", "dense", "fully-masked-rows", (q, k, v, mask), {"head_dim": 5, "scale": 1.0}, (),
                 ATTENTION)
+    # softmax rows that are NaN: every score -inf (TorchScript's sdpa mask on a row of padding),
+    # a NaN score, a +inf score; with nan_to_zero (sdpa's IsNaN + Where) they give zeros
+    q, k, v, _ = _attention_case("nan-rows", 2, 4, 6, 2, 3, 3, None)
+    mask = np.zeros((2, 1, 4, 6), np.float32)
+    mask[0, 0, 1] = -np.inf
+    mask[0, 0, 2, 4:] = -np.inf
+    mask[1, 0, 2, 3] = np.nan
+    mask[1, 0, 3, 0] = np.inf
+    for flag in (0, 1):
+        yield _case("Attention", "dense", f"nan-rows-nan_to_zero{flag}", (q, k, v, mask),
+                    {"head_dim": 3, "scale": 0.7, "nan_to_zero": flag}, (), ATTENTION)
     q, k, v, mask = _attention_case("float64", 2, 3, 5, 2, 4, 4, "b1qs")
     yield _case("Attention", "dense", "float64", tuple(a.astype(np.float64) for a in (q, k, v, mask)),
                 {"head_dim": 4, "scale": 0.5}, (), ATTENTION)

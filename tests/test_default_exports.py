@@ -1,7 +1,8 @@
 """The models people export, exported the default way, import and match onnxruntime fp32.
 
 transformers models with their default attention (sdpa: IsNaN + Where around the softmax),
-small configs and random weights, through torch.onnx.export's default TorchScript exporter;
+small configs and random weights, through torch.onnx.export's TorchScript exporter (and the
+encoders that fuse into one Attention node through the default dynamo exporter too);
 ViT; and CNNs built from the blocks of torchvision's resnet18, mobilenet_v3_small and
 efficientnet_b0 (Conv + BatchNorm + ReLU / MaxPool / residual Add; depthwise convs, Hardswish,
 Hardsigmoid squeeze-excitation; SiLU and Sigmoid squeeze-excitation): torchvision's wheel on the
@@ -81,6 +82,46 @@ def test_transformers_default_export(name):
     for b, s in ((2, 8), (1, 5)):                                    # the symbolic axes at other sizes
         feeds = {"input_ids": ids[:b, :s].numpy(), "attention_mask": mask[:b, :s].numpy()}
         _assert_matches(data, feeds, f"{name} batch {b} seq {s}")
+
+
+# Encoders whose sdpa attention is softmax(q k^T / sqrt(d) + mask) v fuse into one Attention
+# node (runtime/fuse.py); MPNet (a relative position bias), DeBERTa-v2 (disentangled attention)
+# and GPT-2 (causal) run unfused. "dynamo" is torch.onnx.export with no exporter named (the
+# default since torch 2.9): its K^T goes through a 3-D Reshape / Transpose / Reshape and its
+# mask uses float32's minimum; the TorchScript export masks with -inf, so a sequence of
+# padding only has NaN softmax rows that its IsNaN + Where turn into zeros (nan_to_zero).
+_FUSED = ["bert", "distilbert", "roberta", "albert", "electra", "xlm-roberta"]
+
+
+@pytest.mark.parametrize("name,exporter", [(n, "torchscript") for n in _FUSED]
+                         + [(n, "dynamo") for n in ("bert", "distilbert", "roberta")])
+def test_sdpa_export_fuses_into_attention(name, exporter, tmp_path):
+    from runtime.fuse import fuse
+    torch.manual_seed(0)
+    model = _text_models()[name]().eval()
+    ids = torch.randint(3, 100, (3, 8))
+    mask = torch.ones(3, 8, dtype=torch.long)
+    mask[1, 5:] = 0                                                  # padding
+    mask[2, :] = 0                                                   # padding only
+    names = ["input_ids", "attention_mask"]
+    axes = {n: {0: "batch", 1: "seq"} for n in names}
+    if exporter == "dynamo":
+        path = tmp_path / "m.onnx"                                   # plus m.onnx.data beside it
+        torch.onnx.export(_Text(model), (ids, mask), path, input_names=names, output_names=["y"],
+                          dynamic_axes=axes)
+        data = str(path)
+    else:
+        data = _export(_Text(model), (ids, mask), names, axes)
+    graph = runtime.convert(data)
+    ops = [n.op for n in fuse(graph).nodes]
+    assert ops.count("Attention") == 1 and "Softmax" not in ops and "IsNaN" not in ops, ops
+    feeds = {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
+    want = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    assert np.isfinite(want).all()
+    for backend in ("reference", "numba", "native"):
+        got = runtime.InferenceSession(graph, backend=backend).run(None, feeds)[0]
+        err = float(np.max(np.abs(got.astype(np.float64) - want)))
+        assert err <= TOL * max(1.0, float(np.max(np.abs(want)))), f"{name} {exporter} {backend}: {err}"
 
 
 class _SE(torch.nn.Module):

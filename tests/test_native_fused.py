@@ -170,6 +170,20 @@ def test_attention_fully_masked_rows_and_edges(isa):
     got = _native.attention(q, k, v, None, 4, 1.0, isa)
     want = attention_ref(q, k, v, None, head_dim=4, scale=1.0)
     np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    # nan_to_zero (sdpa's IsNaN + Where): NaN softmax rows, from a NaN key or a row of -inf
+    # mask, give zeros; the other rows keep their bits
+    q, k, v, _ = _attention_case("nan0", 2, 5, 9, 2, 4, 4, None)
+    mask = np.zeros((2, 1, 5, 9), np.float32)
+    mask[1, 0, 3] = -np.inf
+    k[0, 2, 1] = np.nan
+    plain = _native.attention(q, k, v, mask, 4, 1.0, isa)
+    zeroed = _native.attention(q, k, v, mask, 4, 1.0, isa, True)
+    want = attention_ref(q, k, v, mask, head_dim=4, scale=1.0, nan_to_zero=1)
+    nan_rows = np.isnan(plain)
+    assert nan_rows.any() and not np.isnan(zeroed).any()
+    np.testing.assert_array_equal(zeroed[nan_rows], 0.0)
+    np.testing.assert_array_equal(zeroed[~nan_rows], plain[~nan_rows])
+    np.testing.assert_allclose(zeroed, want, rtol=ATTENTION_RTOL, atol=1e-6)
 
 
 @pytest.mark.parametrize("isa", ISAS)

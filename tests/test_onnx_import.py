@@ -194,6 +194,39 @@ def test_shape_chain_on_static_dims_folds_away():
     assert graph.initializers[graph.nodes[0].inputs[1]].to_dense().tolist() in ([2, 5, 3, 4], [0, 0, 3, 4])
 
 
+def _swap_through_3d_model(swapped: bool) -> bytes:
+    """x (b, 2, s, 4) -> Reshape [-1, s, 4] -> Transpose(0, 2, 1) -> Reshape [b, 2, 4, s]: how the
+    dynamo exporter writes x.transpose(-2, -1); with swapped=False the last Reshape asks for
+    [b, 2, s, 4] instead (a different tensor: the elements are in the transposed order)."""
+    def dims(name):
+        return [helper.make_node("Shape", ["x"], [f"{name}_all"]),
+                helper.make_node("Slice", [f"{name}_all", f"{name}_s", f"{name}_e"], [name])]
+    last = ["lead", "d", "s"] if swapped else ["lead", "s", "d"]
+    nodes = (dims("s") + dims("lead") + dims("d")
+             + [helper.make_node("Concat", ["m1", "s", "d"], ["t3"], axis=0),
+                helper.make_node("Reshape", ["x", "t3"], ["x3"]),
+                helper.make_node("Transpose", ["x3"], ["x3t"], perm=[0, 2, 1]),
+                helper.make_node("Concat", last, ["t4"], axis=0),
+                helper.make_node("Reshape", ["x3t", "t4"], ["y"])])
+    inits = [const("m1", np.array([-1], np.int64))]
+    for name, (a, b) in {"s": (-2, -1), "lead": (0, -2), "d": (-1, 4)}.items():
+        inits += [const(f"{name}_s", np.array([a], np.int64)), const(f"{name}_e", np.array([b], np.int64))]
+    out = ["b", 2, 4, "s"] if swapped else ["b", 2, "s", 4]
+    return make_model(nodes, [f32("x", ["b", 2, "s", 4])], [f32("y", out)], inits)
+
+
+@pytest.mark.parametrize("swapped", [True, False])
+def test_transpose_written_through_3d_becomes_one_transpose(swapped):
+    data = _swap_through_3d_model(swapped)
+    for shape in [(2, 2, 5, 4), (1, 2, 1, 4)]:
+        graph = check_against_ort(data, {"x": rng.standard_normal(shape, dtype=np.float32)})
+    ops = [n.op for n in graph.nodes]
+    if swapped:
+        assert ops == ["Transpose"] and graph.nodes[0].attrs["perm"] == [0, 1, 3, 2]
+    else:
+        assert "Transpose" in ops and ops.count("Reshape") == 2     # not a swap: left as written
+
+
 def test_runtime_shape_ops_still_work_when_not_foldable():
     """Range over a dynamic length cannot fold; it runs as a shape op at run time."""
     nodes = [helper.make_node("Shape", ["x"], ["s"], start=1, end=2),

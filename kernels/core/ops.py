@@ -81,11 +81,14 @@ _SPECS = [
     _spec("MatMul", 2, doc="numpy matmul semantics; between activations (or a non-2D constant)"),
     _spec("Linear", (2, 3), attrs={**_ACT_QUANT, **_EPILOGUE}, weight_input=1,
           doc="y = act(x @ weight.T + bias); x (..., K), weight (N, K), bias (N,), y (..., N)"),
-    _spec("Attention", (3, 4), attrs={"head_dim": None, "scale": None},
+    _spec("Attention", (3, 4), attrs={"head_dim": None, "scale": None, "nan_to_zero": 0},
           doc="multi-head scaled dot-product attention: q (B, Sq, H*D), k (B, Sk, H*D), "
               "v (B, Sk, H*Dv), optional additive mask broadcastable to (B, H, Sq, Sk); "
               "y (B, Sq, H*Dv) = per head softmax(scale * q_h k_h^T + mask) v_h; fused from "
-              "the Reshape/Transpose/MatMul/Softmax pattern"),
+              "the Reshape/Transpose/MatMul/Softmax pattern. nan_to_zero=1: softmax "
+              "probabilities that are NaN count as 0 (the IsNaN + Where that transformers' "
+              "sdpa export puts after its Softmax), so a query row masked everywhere with "
+              "-inf gives zeros"),
     _spec("Gemm", (2, 3), attrs={"alpha": 1.0, "beta": 1.0, "transA": 0, "transB": 0},
           doc="kept only when B is not a constant; constant-B Gemm becomes Linear"),
     _spec("Conv", (2, 3), weight_input=1,

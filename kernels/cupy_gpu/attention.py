@@ -30,9 +30,10 @@ from ._common import check_float32, contiguous, to_device
 from .elementwise import mask_float32, masked_softmax
 
 
-def attention(q, k, v, mask, head_dim: int, scale: float):
+def attention(q, k, v, mask, head_dim: int, scale: float, nan_to_zero: bool = False):
     """q (B, Sq, H*D), k (B, Sk, H*D), v (B, Sk, H*Dv) float32 on the device, mask None or a
-    float32 device array broadcastable to (B, H, Sq, Sk) -> y (B, Sq, H*Dv) float32."""
+    float32 device array broadcastable to (B, H, Sq, Sk) -> y (B, Sq, H*Dv) float32;
+    nan_to_zero: NaN probabilities count as 0 (the sdpa export's IsNaN + Where)."""
     cp = _common.cupy()
     for name, a in (("q", q), ("k", k), ("v", v)):
         check_float32("Attention", name, a)
@@ -42,6 +43,8 @@ def attention(q, k, v, mask, head_dim: int, scale: float):
     vh = v.reshape(b, sk, h, dv).transpose(0, 2, 1, 3)           # (B, H, Sk, Dv)
     scores = contiguous(cp.matmul(qh, kt))                        # (B, H, Sq, Sk)
     probs = masked_softmax(scores, float(scale), mask)           # (B, H, Sq, Sk)
+    if nan_to_zero:
+        probs = cp.where(cp.isnan(probs), cp.float32(0), probs)
     y = cp.matmul(probs, vh)                                      # (B, H, Sq, Dv)
     return contiguous(y.transpose(0, 2, 1, 3)).reshape(b, sq, h * dv)
 
@@ -55,11 +58,14 @@ def attention_factory(attrs: dict[str, Any], weights: dict):
     if scale is None:
         raise ValueError("Attention: required attribute(s) scale not set")
     head_dim, scale = int(head_dim), float(scale)
+    nan_to_zero = attrs.get("nan_to_zero", 0)
+    if nan_to_zero not in (0, 1):
+        raise ValueError(f"Attention: nan_to_zero must be 0 or 1, got {nan_to_zero!r}")
     mask_host = _common.host_constant(weights.get(3))
     mask_device = mask_float32(mask_host) if mask_host is not None else None
 
     def run(q, k, v, mask=None):
         if mask is not None:
             mask = mask_device if (mask is mask_host or mask is weights.get(3)) else mask_float32(mask)
-        return (attention(to_device(q), to_device(k), to_device(v), mask, head_dim, scale),)
+        return (attention(to_device(q), to_device(k), to_device(v), mask, head_dim, scale, bool(nan_to_zero)),)
     return run

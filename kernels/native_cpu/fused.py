@@ -46,11 +46,12 @@ def _last_axis_contiguous(a: np.ndarray) -> np.ndarray:
 
 
 def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | None,
-              head_dim: int, scale: float) -> np.ndarray:
+              head_dim: int, scale: float, nan_to_zero: bool = False) -> np.ndarray:
     """Y (B, Sq, H*Dv) float32 for float32 q (B, Sq, H*D), k (B, Sk, H*D), v (B, Sk, H*Dv)
     and mask (None or broadcastable to (B, H, Sq, Sk)); see the module docstring."""
     return _away_from_blas(_native.attention, _last_axis_contiguous(q), _last_axis_contiguous(k),
-                           _last_axis_contiguous(v), mask, int(head_dim), float(scale))
+                           _last_axis_contiguous(v), mask, int(head_dim), float(scale), "auto",
+                           bool(nan_to_zero))
 
 
 def _away_from_blas(kernel, *args):

@@ -39,11 +39,13 @@ SKIP_LN_PARALLEL_MIN_ELEMENTS = 1 << 15
 
 
 @njit(**_ROWS)
-def _attention_head(q, k, v, mask_t, scale, hd, item, out):
+def _attention_head(q, k, v, mask_t, scale, hd, nan_to_zero, item, out):
     """One (b, h) item of Attention: q (B, Sq, H*D), k (B, Sk, H*D), v (B, Sk, H*Dv) (any
     strides), mask_t (Bm, Hm, Skm, Sqm) float32, the mask *transposed*, C-contiguous, with each
     of Bm, Hm in {1, the full size}, Skm in {1, Sk}, Sqm in {1, Sq} (a (1, 1, 1, 1) zero array
-    when there is none); writes out[b, :, h*Dv:(h+1)*Dv].
+    when there is none); writes out[b, :, h*Dv:(h+1)*Dv]. nan_to_zero: a query row whose
+    softmax sum is NaN (all of its probabilities NaN) writes zeros (the sdpa export's
+    IsNaN + Where).
 
     The head is computed transposed, so that the softmax over j runs down columns, for all
     query rows i at once (vectorised along Sq), and both products are register-blocked
@@ -111,29 +113,30 @@ def _attention_head(q, k, v, mask_t, scale, hd, item, out):
     yt = np.zeros((dv4, sq16), np.float32)
     gemm_acc(vt, sk, st, sq16, sk, yt, sq16, dv4, sq16)
     for i in range(sq):
+        zero = nan_to_zero and total[i] != total[i]
         for d in range(dv):
-            out[b, i, h * dv + d] = yt[d, i]
+            out[b, i, h * dv + d] = np.float32(0.0) if zero else yt[d, i]
 
 
 @njit(parallel=True, **_ROWS)
-def _attention_parallel(q, k, v, mask, scale, hd, out):
+def _attention_parallel(q, k, v, mask, scale, hd, nan_to_zero, out):
     heads = q.shape[2] // hd
     for item in prange(q.shape[0] * heads):
-        _attention_head(q, k, v, mask, scale, hd, item, out)
+        _attention_head(q, k, v, mask, scale, hd, nan_to_zero, item, out)
 
 
 @njit(**_ROWS)
-def _attention_serial(q, k, v, mask, scale, hd, out):
+def _attention_serial(q, k, v, mask, scale, hd, nan_to_zero, out):
     heads = q.shape[2] // hd
     for item in range(q.shape[0] * heads):
-        _attention_head(q, k, v, mask, scale, hd, item, out)
+        _attention_head(q, k, v, mask, scale, hd, nan_to_zero, item, out)
 
 
 _NO_MASK = np.zeros((1, 1, 1, 1), F32)
 
 
 def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | None,
-              head_dim: int, scale: float) -> np.ndarray:
+              head_dim: int, scale: float, nan_to_zero: bool = False) -> np.ndarray:
     """Y (B, Sq, H*Dv) float32 for float32 q, k, v (and mask): see the module docstring."""
     b, sq, sk, h, d, dv = attention_heads(q, k, v, mask, head_dim)
     # q, k, v may be strided views (the Split of a merged QKV Linear): the kernel reads them
@@ -151,9 +154,9 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | No
         out[:] = 0               # no keys: the weighted sum over no values is empty, as the reference's
         return out
     if b * h * sq * sk * (d + dv) >= ATTENTION_PARALLEL_MIN_MACS and not blas_recently_called():
-        _attention_parallel(q, k, v, m4, float(scale), d, out)
+        _attention_parallel(q, k, v, m4, float(scale), d, bool(nan_to_zero), out)
     else:
-        _attention_serial(q, k, v, m4, float(scale), d, out)
+        _attention_serial(q, k, v, m4, float(scale), d, bool(nan_to_zero), out)
     return out
 
 

@@ -17,6 +17,8 @@ from .reduction import layer_normalization_ref
 def _check_attention(attrs):
     if not isinstance(attrs["head_dim"], int) or attrs["head_dim"] < 1:
         raise ValueError(f"Attention: head_dim must be a positive int, got {attrs['head_dim']!r}")
+    if attrs.get("nan_to_zero", 0) not in (0, 1):
+        raise ValueError(f"Attention: nan_to_zero must be 0 or 1, got {attrs['nan_to_zero']!r}")
 
 
 def attention_heads(q, k, v, mask, head_dim: int):
@@ -42,14 +44,16 @@ def attention_heads(q, k, v, mask, head_dim: int):
 
 
 @reference_kernel("Attention", required=("head_dim", "scale"), check=_check_attention)
-def attention_ref(q, k, v, mask=None, head_dim=None, scale=None):
+def attention_ref(q, k, v, mask=None, head_dim=None, scale=None, nan_to_zero=0):
     """Multi-head scaled dot-product attention, heads side by side in the last axis.
 
     q (B, Sq, H*D), k (B, Sk, H*D), v (B, Sk, H*Dv) float T; mask None or float, added to the
     scores, broadcastable to (B, H, Sq, Sk) (a very negative value masks a position; a row
     masked everywhere gets equal weights, as the unfused graph gives); y (B, Sq, H*Dv) of T:
     y[b, i, h*Dv:(h+1)*Dv] = softmax_j(scale * q_bih . k_bjh + mask[b, h, i, j]) @ v_bh.
-    In float64, rounded once to T.
+    In float64, rounded once to T. nan_to_zero: NaN probabilities count as 0, as the sdpa
+    export's IsNaN + Where (a row whose scores are all -inf, or hold a NaN or +inf, has an
+    all-NaN softmax, so its output is 0).
     """
     b, sq, sk, h, d, dv = attention_heads(q, k, v, mask, head_dim)
     f = np.float64
@@ -60,8 +64,11 @@ def attention_ref(q, k, v, mask=None, head_dim=None, scale=None):
     if mask is not None:
         s = s + np.asarray(mask, f)
     if s.size:
-        s = np.exp(s - s.max(axis=-1, keepdims=True))
+        with np.errstate(invalid="ignore"):     # -inf - -inf, inf - inf: NaN rows, as in ONNX's Softmax
+            s = np.exp(s - s.max(axis=-1, keepdims=True))
         s = s / s.sum(axis=-1, keepdims=True)
+        if nan_to_zero:
+            s[np.isnan(s)] = 0.0
     y = (s @ vh).transpose(0, 2, 1, 3).reshape(b, sq, h * dv)
     return y.astype(q.dtype)
 

@@ -7,8 +7,8 @@ alone (runtime/text.py: TextEncoder, `qrt embed`):
 
 1. read_folder: what the folder is (layout, pooling, normalisation, longest sequence), with an
    error naming the file and what was expected for anything qrt cannot convert;
-2. export_folder: transformers loads the model with eager attention (the export that fuses
-   into qrt's Attention node; transformers' default sdpa export imports too, but runs unfused),
+2. export_folder: transformers loads the model with eager attention (its export fuses into
+   qrt's Attention node for every BERT-style encoder; the default sdpa export fuses for most),
    and torch.onnx.export (TorchScript exporter, opset 17, no onnxscript needed) writes a
    wrapper whose outputs are ``sentence_embedding`` (pooled and, where configured, normalised:
    the nodes of sentence-transformers' Pooling / Normalize) and ``token_embeddings``

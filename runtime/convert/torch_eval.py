@@ -502,7 +502,10 @@ def _attention(a, q, k, v, mask=None):
     s = (qh @ kh) * float(a["scale"])
     if mask is not None:
         s = s + mask
-    return (torch.softmax(s, dim=-1) @ vh).transpose(1, 2).reshape(b, sq, h * dv)
+    p = torch.softmax(s, dim=-1)
+    if a.get("nan_to_zero", 0):
+        p = torch.where(torch.isnan(p), torch.zeros_like(p), p)
+    return (p @ vh).transpose(1, 2).reshape(b, sq, h * dv)
 
 
 # ------------------------------------------------------------------ conv and pool -------
