@@ -3,7 +3,9 @@
 #include "attention.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <memory>
 #include <cstring>
 #include <limits>
 #include <vector>
@@ -11,13 +13,11 @@
 #include "cpu_features.h"
 #include "int8_gemm.h"      // int8_isa_forced / int8_current_isa: fused_auto_isa's cap
 
-#if defined(_OPENMP)
-#include <omp.h>
-#endif
 
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
 #define QRT_FUSED_X86_SIMD 1
 #include "simd.h"
+#include "work_pool.h"
 #else
 #define QRT_FUSED_X86_SIMD 0
 #endif
@@ -337,17 +337,26 @@ void attention_f32(const AttentionArgs& a, FusedIsa isa, int threads) {
     const int64_t macs = items * a.sq * a.sk * (a.head_dim + a.v_head_dim);
     int nt = static_cast<int>(std::min<int64_t>(std::max(1, threads), items));
     if (macs < kAttentionParallelMinMacs) nt = 1;
-#if defined(_OPENMP)
     if (nt > 1) {
-#pragma omp parallel num_threads(nt)
-        {
-            Scratch w(a, sk16, dv16);
-#pragma omp for schedule(dynamic, 1)
-            for (int64_t item = 0; item < items; ++item) attention_item(a, item, w, isa);
-        }
+        // items claimed by whoever is awake (csrc/work_pool.h); each thread that takes part
+        // gets its own Scratch, made at its first item of this call
+        std::vector<std::unique_ptr<Scratch>> scratch(static_cast<size_t>(nt));
+        std::atomic<int> used{0};
+        static std::atomic<uint64_t> calls{0};
+        const uint64_t call = calls.fetch_add(1) + 1;
+        thread_local uint64_t my_call = 0;
+        thread_local Scratch* mine = nullptr;
+        parallel_items(items, nt, [&](int64_t item) {
+            if (my_call != call) {
+                const int slot = used.fetch_add(1);
+                scratch[static_cast<size_t>(slot)] = std::make_unique<Scratch>(a, sk16, dv16);
+                mine = scratch[static_cast<size_t>(slot)].get();
+                my_call = call;
+            }
+            attention_item(a, item, *mine, isa);
+        });
         return;
     }
-#endif
     Scratch w(a, sk16, dv16);
     for (int64_t item = 0; item < items; ++item) attention_item(a, item, w, isa);
 }

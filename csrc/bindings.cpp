@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <initializer_list>
 #include <memory>
@@ -17,6 +18,7 @@
 #include "cpu_features.h"
 #include "int8_gemm.h"
 #include "peak_probe.h"
+#include "work_pool.h"
 #include "bind_checks.h"
 
 namespace py = pybind11;
@@ -280,8 +282,27 @@ PYBIND11_MODULE(_native, m) {
             if (n < 1) throw py::value_error("threads must be >= 1, got " + std::to_string(n));
             qrt::int8_set_threads(n);
         },
-        py::arg("n"), "Worker threads of the native kernels (OpenMP).");
+        py::arg("n"), "Worker threads of the native kernels (OpenMP, and the work pool of csrc/work_pool.h).");
     m.def("get_threads", &qrt::int8_get_threads, "Worker threads of the native kernels.");
+    m.def("work_pool_counts", [](int64_t items, int threads, int64_t spin) {
+            if (items < 0 || threads < 1 || spin < 0)
+                throw py::value_error("items >= 0, threads >= 1 and spin >= 0 expected");
+            std::vector<std::atomic<int64_t>> hits(static_cast<size_t>(items));
+            {
+                py::gil_scoped_release release;
+                qrt::parallel_items(items, threads, [&](int64_t i) {
+                    volatile int64_t sink = 0;
+                    for (int64_t t = 0; t < spin; ++t) sink = sink + t;   // some work per item
+                    hits[static_cast<size_t>(i)].fetch_add(1, std::memory_order_relaxed);
+                });
+            }
+            py::array_t<int64_t> out(items);
+            for (int64_t i = 0; i < items; ++i) out.mutable_at(i) = hits[static_cast<size_t>(i)].load();
+            return out;
+        },
+        py::arg("items"), py::arg("threads"), py::arg("spin") = 0,
+        "How many times the work pool (csrc/work_pool.h) ran each of `items` items on `threads` "
+        "threads, each item spinning `spin` steps (for tests: every count must be 1).");
 
     bind_sparse(m);
     bind_fused(m);

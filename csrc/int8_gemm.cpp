@@ -12,10 +12,12 @@
 
 #if defined(_OPENMP)
 #include <omp.h>
+
 #endif
 
 #include "cpu_features.h"
 #include "int8_gemm_kernels.h"
+#include "work_pool.h"
 
 namespace qrt {
 
@@ -281,6 +283,8 @@ constexpr int64_t kParallelMinMacs = int64_t(1) << 21;
 constexpr int64_t kRowBlockBytes = 256 * 1024;
 // work items per thread to aim for, so that uneven items still split evenly
 constexpr int64_t kItemsPerThread = 4;
+// rows of X one quantization item converts
+constexpr int64_t kQuantRows = 16;
 
 }  // namespace
 
@@ -326,50 +330,38 @@ void int8_linear_isa(const Int8PackedWeight& w, const float* x, int64_t m, const
     }
     const int64_t items = row_blocks * w.panels;
 
-    // One parallel region: every row is quantized (by one thread) before the barrier at the end
-    // of the first loop, then each output tile is computed start to end by one thread, in a
-    // fixed order, so the result does not depend on the thread count or on which thread
-    // took which item.
-#if defined(_OPENMP)
-#pragma omp parallel num_threads(nt) if (nt > 1)
-#endif
-    {
-#if defined(_OPENMP)
-#pragma omp for schedule(static)
-#endif
-        for (int64_t i = 0; i < m; ++i)
+    // Two rounds of work_pool.h items (claimed by whoever is awake, the caller included; no
+    // waiting for a worker that has not started): every row quantized, kQuantRows rows an
+    // item, then each output tile computed start to end by one thread, in a fixed order, so
+    // the result does not depend on the thread count or on which thread took which item.
+    // Items in order: the threads work on one row block at a time, each panel of it read by
+    // one of them.
+    parallel_items((m + kQuantRows - 1) / kQuantRows, nt, [&](int64_t item) {
+        for (int64_t i = item * kQuantRows; i < std::min(m, (item + 1) * kQuantRows); ++i)
             kern.quantize_row(x + i * k, k, kp, aq, u.get() + i * ldu, &sx[i], &row_corr[i]);
-
-        // Items are handed out one at a time (dynamic): on a machine whose cores are shared
-        // a worker may start late or be preempted, and the others then take its share (the
-        // region still ends only when every worker has arrived). Items in order: the threads
-        // work on one row block at a time, each panel of it read by one of them.
-#if defined(_OPENMP)
-#pragma omp for schedule(dynamic, 1)
-#endif
-        for (int64_t item = 0; item < items; ++item) {
-            const int64_t blk = item / w.panels, p = item % w.panels;
-            const int64_t t_end = std::min(tiles, (blk + 1) * block_tiles);
-            const int64_t n0 = p * kInt8Panel;
-            const int64_t width = std::min(kInt8Panel, n - n0);
-            const int8_t* panel = w.data.get() + p * panel_bytes;
-            alignas(64) float scratch[kInt8MR * kInt8Panel];
-            for (int64_t t = blk * block_tiles; t < t_end; ++t) {
-                const int64_t m0 = t * kInt8MR;
-                const int64_t rows = std::min(kInt8MR, m - m0);
-                const uint8_t* ut = u.get() + m0 * ldu;
-                if (width == kInt8Panel) {
-                    kern.tile(rows, ut, ldu, panel, w.k4, ep, m0, n0, y + m0 * n + n0, n);
-                } else {
-                    // the last panel of an N that is not a multiple of 64: a full-width tile
-                    // into scratch (padded columns have weight 0 and scale 0), valid columns copied
-                    kern.tile(rows, ut, ldu, panel, w.k4, ep, m0, n0, scratch, kInt8Panel);
-                    for (int64_t r = 0; r < rows; ++r)
-                        std::copy(scratch + r * kInt8Panel, scratch + r * kInt8Panel + width, y + (m0 + r) * n + n0);
-                }
+    });
+    parallel_items(items, nt, [&](int64_t item) {
+        const int64_t blk = item / w.panels, p = item % w.panels;
+        const int64_t t_end = std::min(tiles, (blk + 1) * block_tiles);
+        const int64_t n0 = p * kInt8Panel;
+        const int64_t width = std::min(kInt8Panel, n - n0);
+        const int8_t* panel = w.data.get() + p * panel_bytes;
+        alignas(64) float scratch[kInt8MR * kInt8Panel];
+        for (int64_t t = blk * block_tiles; t < t_end; ++t) {
+            const int64_t m0 = t * kInt8MR;
+            const int64_t rows = std::min(kInt8MR, m - m0);
+            const uint8_t* ut = u.get() + m0 * ldu;
+            if (width == kInt8Panel) {
+                kern.tile(rows, ut, ldu, panel, w.k4, ep, m0, n0, y + m0 * n + n0, n);
+            } else {
+                // the last panel of an N that is not a multiple of 64: a full-width tile
+                // into scratch (padded columns have weight 0 and scale 0), valid columns copied
+                kern.tile(rows, ut, ldu, panel, w.k4, ep, m0, n0, scratch, kInt8Panel);
+                for (int64_t r = 0; r < rows; ++r)
+                    std::copy(scratch + r * kInt8Panel, scratch + r * kInt8Panel + width, y + (m0 + r) * n + n0);
             }
         }
-    }
+    });
 }
 
 void int8_linear(const Int8PackedWeight& w, const float* x, int64_t m, const double* bias,

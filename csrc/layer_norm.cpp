@@ -7,6 +7,7 @@
 
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
 #include "simd.h"
+#include "work_pool.h"
 #endif
 
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
@@ -247,16 +248,13 @@ void skip_layer_norm_f32(const float* x, const float* skip, const float* scale, 
     const int64_t items = (rows + kSkipLnRowsPerItem - 1) / kSkipLnRowsPerItem;
     int nt = static_cast<int>(std::min<int64_t>(std::max(1, threads), items));
     if (rows * d < kSkipLnParallelMinElements) nt = 1;
-#if defined(_OPENMP)
-    if (nt > 1) {
-#pragma omp parallel for num_threads(nt) schedule(static)
-        for (int64_t item = 0; item < items; ++item) {
+    if (nt > 1) {     // items claimed by whoever is awake (csrc/work_pool.h)
+        parallel_items(items, nt, [&](int64_t item) {
             const int64_t lo = item * kSkipLnRowsPerItem;
             rows_fn(x, skip, scale, bias, epsilon, y, lo, std::min(rows, lo + kSkipLnRowsPerItem), d);
-        }
+        });
         return;
     }
-#endif
     rows_fn(x, skip, scale, bias, epsilon, y, 0, rows, d);
 }
 

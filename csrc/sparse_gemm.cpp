@@ -9,12 +9,10 @@
 #include <string>
 #include <vector>
 
-#if defined(_OPENMP)
-#include <omp.h>
-#endif
 
 #include "cpu_features.h"
 #include "sparse_gemm_kernels.h"
+#include "work_pool.h"
 
 namespace qrt {
 
@@ -581,28 +579,19 @@ void sparse_int8_linear_isa(const SparseInt8Weight& w, const float* x, int64_t m
         for (int64_t item = 0; item < items; ++item) run_item(item);
         return;
     }
-    // One parallel region: every row is quantized (and, for quad tiles, transposed) before the
-    // barriers that end those loops; then each work item is computed start to end by one
-    // thread. Items are handed out in small chunks (dynamic): on a machine whose cores are
-    // shared a worker may start late, and the others then take its share.
+    // Rounds of work_pool.h items (claimed by whoever is awake, the caller included; nobody
+    // waited for who has not started): every row quantized (and, for quad tiles / pairs,
+    // transposed), then each work item computed start to end by one thread, items claimed in
+    // small chunks.
     const int64_t chunk = std::max<int64_t>(1, items / (8 * nt));
-#if defined(_OPENMP)
-#pragma omp parallel num_threads(nt)
-#endif
-    {
-#if defined(_OPENMP)
-#pragma omp for schedule(static)
-#endif
-        for (int64_t i = 0; i < m; ++i) quantize_row(i);
-#if defined(_OPENMP)
-#pragma omp for schedule(static)
-#endif
-        for (int64_t t = 0; t < ntiles; ++t) transpose_tile(t);
-#if defined(_OPENMP)
-#pragma omp for schedule(dynamic, chunk)
-#endif
-        for (int64_t item = 0; item < items; ++item) run_item(item);
-    }
+    constexpr int64_t kRowsPerItem = 16;
+    parallel_items((m + kRowsPerItem - 1) / kRowsPerItem, nt, [&](int64_t c) {
+        for (int64_t i = c * kRowsPerItem; i < std::min(m, (c + 1) * kRowsPerItem); ++i) quantize_row(i);
+    });
+    parallel_items(ntiles, nt, transpose_tile);
+    parallel_items((items + chunk - 1) / chunk, nt, [&](int64_t c) {
+        for (int64_t item = c * chunk; item < std::min(items, (c + 1) * chunk); ++item) run_item(item);
+    });
 }
 
 void sparse_int8_linear(const SparseInt8Weight& w, const float* x, int64_t m, const double* bias,

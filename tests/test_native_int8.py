@@ -266,6 +266,37 @@ def test_concurrent_calls_from_python_threads():
         _assert_same(g, r, f"call {i}")
 
 
+@pytest.mark.parametrize("threads", [2, 3, 16])
+def test_work_pool_runs_every_item_once(threads):
+    """csrc/work_pool.h: items claimed by the caller and whichever workers are awake; every item
+    runs exactly once, also with more threads than cores, with items of very uneven length,
+    and with several Python threads calling at once (each call its own job)."""
+    for items, spin in ((1, 0), (2, 0), (7, 1000), (5000, 0), (300, 20000)):
+        counts = _native.work_pool_counts(items, threads, spin)
+        assert counts.shape == (items,) and (counts == 1).all(), (items, threads, spin)
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda i: _native.work_pool_counts(400 + i, threads, 500), range(12)))
+    assert all(r.shape == (400 + i,) and (r == 1).all() for i, r in enumerate(results))
+
+
+def test_work_pool_after_fork():
+    """A forked child (multiprocessing, Ray workers) has none of the parent's pool threads:
+    its first parallel GEMM must run (on a fresh pool), not wait for them."""
+    _native.work_pool_counts(100, 2, 100)                   # the parent's pool is started
+    code = ("import os, sys\n"
+            "from kernels.native_cpu import _native\n"
+            "_native.work_pool_counts(100, 2, 100)\n"
+            "pid = os.fork()\n"
+            "if pid == 0:\n"
+            "    ok = (_native.work_pool_counts(1000, 2, 100) == 1).all()\n"
+            "    os._exit(0 if ok else 1)\n"
+            "_, status = os.waitpid(pid, 0)\n"
+            "sys.exit(os.waitstatus_to_exitcode(status))\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, timeout=60)
+    assert done.returncode == 0
+
+
 def test_set_threads_hook_and_isa_override(restore_native_state):
     import kernels.native_cpu as native
     assert registry.thread_setter("native") is native.set_threads

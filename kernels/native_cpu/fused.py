@@ -5,7 +5,7 @@ Float32 in and out; other dtypes run the reference (kernels/reference/fused.py),
 numba backend. The kernels are csrc/attention.cpp and csrc/layer_norm.cpp, with their
 numerics written down in csrc/attention.h and csrc/layer_norm.h:
 
-* Attention: one work item per (batch, head), OpenMP over the items, each item on one thread
+* Attention: one work item per (batch, head), claimed by the threads of csrc/work_pool.h, each item on one thread
   in a fixed order (results identical for any thread count). Per head S = Qh Kh^T and Y = P Vh
   are float32 GEMMs with AVX-512 FMA register tiles (8 rows x 32 columns; AVX2 + FMA: 6 rows
   x 16 columns), the softmax along the key axis in float32 with a vectorised exp (relative

@@ -1,0 +1,129 @@
+// The work pool of work_pool.h.
+#include "work_pool.h"
+
+#include <pthread.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
+#include <immintrin.h>
+#define QRT_CPU_RELAX() _mm_pause()
+#else
+#define QRT_CPU_RELAX() std::this_thread::yield()
+#endif
+
+namespace qrt {
+namespace {
+
+// One parallel_items call. Shared (shared_ptr) between its caller and the workers that joined:
+// a worker that joins after the caller returned still finds a live object, sees every item
+// claimed, and leaves without calling fn (fn is only called for an item < total, and the caller
+// returns only once all of them are done).
+struct Job {
+    const std::function<void(int64_t)>* fn = nullptr;
+    int64_t total = 0;
+    std::atomic<int64_t> next{0};
+    std::atomic<int64_t> done{0};
+};
+
+// each item counted done as soon as it is (not at the end of the loop: a worker descheduled
+// between its last item and the count would hold the caller up)
+void work_on(Job& job) {
+    for (;;) {
+        const int64_t i = job.next.fetch_add(1, std::memory_order_relaxed);
+        if (i >= job.total) break;
+        (*job.fn)(i);
+        job.done.fetch_add(1, std::memory_order_acq_rel);
+    }
+}
+
+// A worker spins this long for the next job before it sleeps: the next layer's GEMM usually
+// follows within tens of microseconds, and waking a sleeping thread costs about as much.
+constexpr auto kSpin = std::chrono::microseconds(50);
+
+class Pool {
+  public:
+    void run(int64_t items, int threads, const std::function<void(int64_t)>& fn) {
+        auto job = std::make_shared<Job>();
+        job->fn = &fn;
+        job->total = items;
+        const int helpers = static_cast<int>(std::min<int64_t>(threads - 1, items - 1));
+        {
+            std::lock_guard<std::mutex> lock(mu_);
+            while (static_cast<int>(workers_) < helpers) {
+                std::thread(&Pool::worker, this, static_cast<int>(workers_)).detach();
+                ++workers_;
+            }
+            current_ = job;
+            helpers_ = helpers;
+            gen_.fetch_add(1, std::memory_order_release);
+        }
+        cv_.notify_all();
+        work_on(*job);
+        // the items others claimed; yield now and then, so that a worker descheduled on
+        // this core mid-item gets it back
+        for (int spins = 0; job->done.load(std::memory_order_acquire) < items; ++spins) {
+            if (spins < 2000) QRT_CPU_RELAX();
+            else std::this_thread::yield();
+        }
+    }
+
+  private:
+    void worker(int index) {
+        uint64_t seen = gen_.load(std::memory_order_acquire);
+        for (;;) {
+            const auto until = std::chrono::steady_clock::now() + kSpin;
+            while (gen_.load(std::memory_order_acquire) == seen && std::chrono::steady_clock::now() < until)
+                QRT_CPU_RELAX();
+            std::shared_ptr<Job> job;
+            {
+                std::unique_lock<std::mutex> lock(mu_);
+                cv_.wait(lock, [&] { return gen_.load(std::memory_order_relaxed) != seen; });
+                seen = gen_.load(std::memory_order_relaxed);
+                if (index < helpers_) job = current_;
+            }
+            if (job) work_on(*job);
+        }
+    }
+
+    std::mutex mu_;
+    std::condition_variable cv_;
+    std::atomic<uint64_t> gen_{0};
+    std::shared_ptr<Job> current_;
+    int helpers_ = 0;
+    size_t workers_ = 0;
+};
+
+// Never destroyed: its detached workers wait on it until the process ends. A forked child has
+// none of the parent's threads (and maybe a mutex some worker held): it starts a fresh pool.
+Pool* g_pool = nullptr;
+std::once_flag g_once;
+
+void reset_after_fork() { g_pool = new Pool(); }
+
+Pool& pool() {
+    std::call_once(g_once, [] {
+        g_pool = new Pool();
+        pthread_atfork(nullptr, nullptr, reset_after_fork);
+    });
+    return *g_pool;
+}
+
+}  // namespace
+
+void parallel_items(int64_t items, int threads, const std::function<void(int64_t)>& fn) {
+    if (items <= 0) return;
+    if (threads <= 1 || items == 1) {
+        for (int64_t i = 0; i < items; ++i) fn(i);
+        return;
+    }
+    pool().run(items, threads, fn);
+}
+
+}  // namespace qrt

@@ -1,0 +1,31 @@
+// A work pool for machines whose cores are shared: items claimed one at a time by whoever is
+// awake, the calling thread included, and nobody waited for who has not claimed anything.
+//
+// An OpenMP parallel region ends (and a `for` construct's barrier passes) only when every
+// member of the team has arrived. On a core shared with other processes a member may be
+// descheduled for a whole time slice (milliseconds) before it even starts, and the region,
+// whose work takes tens of microseconds, then waits for it: RESULTS.md, "The default export
+// fuses", qrt int8 at 350-560 ms beside busy processes against 20 ms quiet. Here the caller
+// claims items from a shared counter like every worker; it returns once every *claimed* item
+// is done, so a worker that wakes late finds nothing left and holds no one up. Only a worker
+// descheduled in the middle of an item is waited for (an item is short: one row block times
+// one 64-column panel of a GEMM).
+//
+// Numerics do not depend on it: every item writes its own outputs, so who ran an item, and
+// how many threads there were, never changes a result.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+
+namespace qrt {
+
+// fn(item) for every item in [0, items), on the calling thread and up to threads - 1 pool
+// workers (started on first use, kept, waiting passively after a short spin). fn must not
+// throw. threads <= 1 or items <= 1: every item on the calling thread, in order. Not
+// reentrant from inside fn; concurrent calls from several threads are safe (each is one job,
+// the pool's workers join whichever was published last, the others' callers do their items
+// themselves).
+void parallel_items(int64_t items, int threads, const std::function<void(int64_t)>& fn);
+
+}  // namespace qrt
