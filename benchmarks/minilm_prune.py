@@ -92,10 +92,13 @@ def sentences() -> list[str]:
     return out
 
 
-def export(model, tok, path: str, seq: int) -> None:
+def keyword_encoder(model):
+    """``model`` (a transformers BertModel) as a module taking input_ids, attention_mask,
+    token_type_ids positionally and returning last_hidden_state: the wrapper users write for
+    torch.onnx.export (BertModel's own positional arguments differ)."""
     import torch
 
-    class Encoder(torch.nn.Module):      # keyword call: BertModel's positional arguments differ
+    class Encoder(torch.nn.Module):
         def __init__(self, m):
             super().__init__()
             self.m = m
@@ -103,7 +106,12 @@ def export(model, tok, path: str, seq: int) -> None:
         def forward(self, input_ids, attention_mask, token_type_ids):
             return self.m(input_ids=input_ids, attention_mask=attention_mask,
                           token_type_ids=token_type_ids).last_hidden_state
-    model = Encoder(model).eval()
+    return Encoder(model).eval()
+
+
+def export(model, tok, path: str, seq: int) -> None:
+    import torch
+    model = keyword_encoder(model)
     enc = tok(["an example sentence"] * 2, padding="max_length", max_length=seq, return_tensors="pt")
     names = ["input_ids", "attention_mask", "token_type_ids"]
     dyn = {n: {0: "batch", 1: "seq"} for n in names}
