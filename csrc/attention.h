@@ -35,7 +35,7 @@
 //   norm; tests/test_native_fused.py uses tests/test_fusion.py's ATTENTION_RTOL.
 //
 // Work: one item per (b, h), each computed start to end by one thread in a fixed order, so
-// the result does not depend on the thread count (OpenMP, dynamic schedule); each query row's
+// the result does not depend on the thread count (items claimed from work_pool.h); each query row's
 // scores, softmax and output are computed in an order that does not depend on the other rows
 // or batches (a row or a batch alone gives the same bits as in the batch). Per thread a
 // scratch of Kh^T (D, Sk16), S (Sq, Sk16), padded V (Sk, Dv16) when Dv % 16 != 0 and
