@@ -5,19 +5,18 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
-#include <memory>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <vector>
 
 #include "cpu_features.h"
 #include "int8_gemm.h"      // int8_isa_forced / int8_current_isa: fused_auto_isa's cap
-
+#include "work_pool.h"
 
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
 #define QRT_FUSED_X86_SIMD 1
 #include "simd.h"
-#include "work_pool.h"
 #else
 #define QRT_FUSED_X86_SIMD 0
 #endif

@@ -5,9 +5,10 @@
 #include <algorithm>
 #include <cmath>
 
+#include "work_pool.h"
+
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
 #include "simd.h"
-#include "work_pool.h"
 #endif
 
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
