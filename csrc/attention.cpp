@@ -337,21 +337,12 @@ void attention_f32(const AttentionArgs& a, FusedIsa isa, int threads) {
     int nt = static_cast<int>(std::min<int64_t>(std::max(1, threads), items));
     if (macs < kAttentionParallelMinMacs) nt = 1;
     if (nt > 1) {
-        // items claimed by whoever is awake (csrc/work_pool.h); each thread that takes part
-        // gets its own Scratch, made at its first item of this call
+        // items claimed by whoever is awake (csrc/work_pool.h); each participant's slot gets
+        // its own Scratch, made at its first item of this call
         std::vector<std::unique_ptr<Scratch>> scratch(static_cast<size_t>(nt));
-        std::atomic<int> used{0};
-        static std::atomic<uint64_t> calls{0};
-        const uint64_t call = calls.fetch_add(1) + 1;
-        thread_local uint64_t my_call = 0;
-        thread_local Scratch* mine = nullptr;
-        parallel_items(items, nt, [&](int64_t item) {
-            if (my_call != call) {
-                const int slot = used.fetch_add(1);
-                scratch[static_cast<size_t>(slot)] = std::make_unique<Scratch>(a, sk16, dv16);
-                mine = scratch[static_cast<size_t>(slot)].get();
-                my_call = call;
-            }
+        parallel_items(items, nt, [&](int64_t item, int slot) {
+            auto& mine = scratch[static_cast<size_t>(slot)];
+            if (!mine) mine = std::make_unique<Scratch>(a, sk16, dv16);
             attention_item(a, item, *mine, isa);
         });
         return;

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <algorithm>
 #include <atomic>
+#include <thread>
 #include <cstdint>
 #include <initializer_list>
 #include <memory>
@@ -288,21 +289,34 @@ PYBIND11_MODULE(_native, m) {
             if (items < 0 || threads < 1 || spin < 0)
                 throw py::value_error("items >= 0, threads >= 1 and spin >= 0 expected");
             std::vector<std::atomic<int64_t>> hits(static_cast<size_t>(items));
+            // each slot must be one thread for the whole call, and below `threads`
+            std::vector<std::atomic<std::thread::id>> owner(static_cast<size_t>(threads));
+            std::atomic<bool> bad_slot{false};
             {
                 py::gil_scoped_release release;
-                qrt::parallel_items(items, threads, [&](int64_t i) {
+                qrt::parallel_items(items, threads, [&](int64_t i, int slot) {
+                    if (slot < 0 || slot >= threads) {
+                        bad_slot = true;
+                    } else {
+                        std::thread::id none{};
+                        const auto me = std::this_thread::get_id();
+                        if (!owner[static_cast<size_t>(slot)].compare_exchange_strong(none, me) && none != me)
+                            bad_slot = true;
+                    }
                     volatile int64_t sink = 0;
                     for (int64_t t = 0; t < spin; ++t) sink = sink + t;   // some work per item
                     hits[static_cast<size_t>(i)].fetch_add(1, std::memory_order_relaxed);
                 });
             }
+            if (bad_slot) throw std::runtime_error("work pool: a slot was out of range or shared by two threads");
             py::array_t<int64_t> out(items);
             for (int64_t i = 0; i < items; ++i) out.mutable_at(i) = hits[static_cast<size_t>(i)].load();
             return out;
         },
         py::arg("items"), py::arg("threads"), py::arg("spin") = 0,
         "How many times the work pool (csrc/work_pool.h) ran each of `items` items on `threads` "
-        "threads, each item spinning `spin` steps (for tests: every count must be 1).");
+        "threads, each item spinning `spin` steps (for tests: every count must be 1); raises "
+        "RuntimeError if a participant slot was out of range or held by two threads.");
 
     bind_sparse(m);
     bind_fused(m);

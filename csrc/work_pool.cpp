@@ -26,7 +26,7 @@ namespace {
 // claimed, and leaves without calling fn (fn is only called for an item < total, and the caller
 // returns only once all of them are done).
 struct Job {
-    const std::function<void(int64_t)>* fn = nullptr;
+    const std::function<void(int64_t, int)>* fn = nullptr;
     int64_t total = 0;
     std::atomic<int64_t> next{0};
     std::atomic<int64_t> done{0};
@@ -34,11 +34,11 @@ struct Job {
 
 // each item counted done as soon as it is (not at the end of the loop: a worker descheduled
 // between its last item and the count would hold the caller up)
-void work_on(Job& job) {
+void work_on(Job& job, int slot) {
     for (;;) {
         const int64_t i = job.next.fetch_add(1, std::memory_order_relaxed);
         if (i >= job.total) break;
-        (*job.fn)(i);
+        (*job.fn)(i, slot);
         job.done.fetch_add(1, std::memory_order_acq_rel);
     }
 }
@@ -49,7 +49,7 @@ constexpr auto kSpin = std::chrono::microseconds(50);
 
 class Pool {
   public:
-    void run(int64_t items, int threads, const std::function<void(int64_t)>& fn) {
+    void run(int64_t items, int threads, const std::function<void(int64_t, int)>& fn) {
         auto job = std::make_shared<Job>();
         job->fn = &fn;
         job->total = items;
@@ -65,7 +65,7 @@ class Pool {
             gen_.fetch_add(1, std::memory_order_release);
         }
         cv_.notify_all();
-        work_on(*job);
+        work_on(*job, 0);
         // the items others claimed; yield now and then, so that a worker descheduled on
         // this core mid-item gets it back
         for (int spins = 0; job->done.load(std::memory_order_acquire) < items; ++spins) {
@@ -88,7 +88,8 @@ class Pool {
                 seen = gen_.load(std::memory_order_relaxed);
                 if (index < helpers_) job = current_;
             }
-            if (job) work_on(*job);
+            // index < helpers <= threads - 1: slot index + 1 is below the job's thread count
+            if (job) work_on(*job, index + 1);
         }
     }
 
@@ -117,13 +118,17 @@ Pool& pool() {
 
 }  // namespace
 
-void parallel_items(int64_t items, int threads, const std::function<void(int64_t)>& fn) {
+void parallel_items(int64_t items, int threads, const std::function<void(int64_t, int)>& fn) {
     if (items <= 0) return;
     if (threads <= 1 || items == 1) {
-        for (int64_t i = 0; i < items; ++i) fn(i);
+        for (int64_t i = 0; i < items; ++i) fn(i, 0);
         return;
     }
     pool().run(items, threads, fn);
+}
+
+void parallel_items(int64_t items, int threads, const std::function<void(int64_t)>& fn) {
+    parallel_items(items, threads, std::function<void(int64_t, int)>([&fn](int64_t i, int) { fn(i); }));
 }
 
 }  // namespace qrt

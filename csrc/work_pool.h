@@ -28,4 +28,9 @@ namespace qrt {
 // themselves).
 void parallel_items(int64_t items, int threads, const std::function<void(int64_t)>& fn);
 
+// The same, with fn(item, slot): slot says which participant runs the item, 0 for the calling
+// thread, 1 .. threads - 1 for the workers that joined this call; within one call a slot is
+// only ever one thread, so per-slot scratch (an array of `threads` entries) needs no lock.
+void parallel_items(int64_t items, int threads, const std::function<void(int64_t, int)>& fn);
+
 }  // namespace qrt

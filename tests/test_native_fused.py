@@ -364,3 +364,16 @@ def test_one_thread_right_after_a_blas_gemm(monkeypatch):
     monkeypatch.setattr(blas_activity, "_last_blas_call", [float("-inf")])
     native_fused._away_from_blas(lambda: seen.append(_native.get_threads()))
     assert seen == [1, 2] and _native.get_threads() == 2
+
+
+@pytest.mark.parametrize("backend", ["reference", "numba", "native"])
+@pytest.mark.parametrize("value", [2, -1, 0.5, "yes"])
+def test_attention_nan_to_zero_other_than_0_or_1_is_refused_when_built(backend, value):
+    """nan_to_zero is a 0/1 flag: anything else is refused when the kernel is built, on every
+    CPU backend (the GPU factory has its own check, tests/test_cupy_kernels.py needs a GPU)."""
+    from kernels import registry
+    if registry.backend_status(backend) is not None:
+        pytest.skip(f"{backend}: {registry.backend_status(backend)}")
+    attrs = registry.fill_attrs("Attention", {"head_dim": 4, "scale": 0.5, "nan_to_zero": value})
+    with pytest.raises(ValueError, match="nan_to_zero must be 0 or 1"):
+        registry.build("Attention", "dense", backend, attrs, {})
