@@ -7,7 +7,8 @@ Models: the demo's MLP (64-256-256-10, scikit-learn, runtime/demo.py; its classi
 dense2 is kept unpruned, as the demo does) and the CNN of tests/digits.py (Conv 1->16,
 Conv 16->32, MaxPool, Linear 512->64, Linear 64->10; the first conv, 9 weights per filter, and
 the classifier are kept unpruned). Calibration: 512 training images; recovery trains on all
-1257 training images without their labels; accuracy on the 540 held-out test images.
+1257 training images without their labels; accuracy on the 540 held-out test images. obs
+runs with drift correction (the default) and, for comparison, without.
 """
 from __future__ import annotations
 
@@ -51,6 +52,8 @@ def main() -> None:
         pruned = dict(base, prune="magnitude", sparsity=args.sparsity)
         sets = [("fp32", {}), ("int8", base),
                 (f"{args.sparsity:.0%} + int8, magnitude", dict(pruned, prune_method="magnitude")),
+                (f"{args.sparsity:.0%} + int8, obs, no drift correction", dict(pruned, prune_method="obs",
+                                                                              drift_correction="off")),
                 (f"{args.sparsity:.0%} + int8, obs", dict(pruned, prune_method="obs")),
                 (f"{args.sparsity:.0%} + int8, obs + recover", dict(pruned, prune_method="obs", recover=True,
                                                                      recover_data=train, recover_steps=args.steps,

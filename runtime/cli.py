@@ -136,6 +136,10 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--bias-correction", action="store_true",
                    help="shift each layer's bias by the mean output error its pruned / rounded weight leaves on "
                         "the calibration inputs (needs calibration data)")
+    q.add_argument("--drift-correction", choices=["obs", "all", "off"],
+                   help="aim each layer at the original model's output instead of its own output on the "
+                        "already-changed model's inputs: obs (the default) for obs pruning, all for obs and "
+                        "gptq, off (SparseGPT's and GPTQ's way); one more forward pass per layer input")
     q.add_argument("--no-act-order", action="store_true",
                    help="gptq: visit the inputs in their order instead of largest activations first")
     q.add_argument("--smooth", type=_alpha, metavar="ALPHA|auto|none",
@@ -367,6 +371,7 @@ def _convert_options(args, validate: bool = True):
         seq_len=args.seq_len, calib_method=args.calib_method,
         percentile=args.percentile, keep_fp32=args.keep_fp32, skip=args.skip, max_error=args.max_error, holdout=args.holdout,
         bias_correction=args.bias_correction,
+        drift_correction=args.drift_correction,
         recover=args.recover, recover_data=args.recover_data, recover_minutes=args.recover_minutes,
         recover_steps=args.recover_steps, recover_lr=args.recover_lr, recover_gradual=args.recover_gradual,
         seed=args.seed)

@@ -665,6 +665,25 @@ def test_convert_bias_correction_flag(capsys, tmp_path):
     assert not (tmp_path / "n.qrt").exists()
 
 
+def test_convert_drift_correction_flag(capsys, tmp_path):
+    """Unset: obs pruning is drift-corrected, GPTQ alone is not; all: GPTQ too; off: neither;
+    another value is a usage error."""
+    src = good_model(tmp_path / "m.onnx")
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, x=np.random.default_rng(0).standard_normal((16, 8)).astype(np.float32))
+    for flags, want in (([], True), (["--drift-correction", "off"], False),
+                        (["--quant-method", "gptq"], False), (["--quant-method", "gptq", "--drift-correction", "all"], True)):
+        prune = [] if "--quant-method" in flags else ["--prune", "nm"]
+        rc, out, err = cli(capsys, "convert", src, "-o", tmp_path / "m.qrt", "--quant", "int8", "--calib", calib,
+                           "--holdout", "0", *prune, *flags)
+        assert rc == 0, err
+        notes = [lr["note"] for lr in runtime.load(tmp_path / "m.qrt").metadata["report"]["layers"]]
+        assert notes and all(("drift corrected: error to the original layer output" in n) == want for n in notes), \
+            (flags, notes)
+    rc, out, err = cli(capsys, "convert", src, "-o", tmp_path / "n.qrt", "--drift-correction", "yes")
+    assert rc == 2 and "invalid choice: 'yes'" in err
+
+
 def test_help_texts_say_each_default_once_and_print_percent_signs(capsys):
     """`qrt convert --help` appended "(default: ...)" to help that already gave it, and
     "(default: None)" / "(default: False)"; `qrt demo --help` printed a literal "90%%"."""

@@ -45,6 +45,14 @@ def _magnitude(w, kind, s, block):
     return prune.magnitude_mask(w, s)
 
 
+def _method_errors(note: str, method: str) -> tuple[float, float]:
+    """(the layer's output error after ``method``, with the magnitude mask) from its report
+    note; AssertionError when the note does not say the method ran."""
+    found = re.search(rf"(?:^|; ){method}: layer output error (\d+\.\d+) \(magnitude, no update: (\d+\.\d+)\)", note)
+    assert found, note
+    return float(found.group(1)), float(found.group(2))
+
+
 def _explicit_error(w_new, w, x):
     return np.linalg.norm(x @ w_new.T.astype(np.float64) - x @ w.T) / np.linalg.norm(x @ w.T)
 
@@ -139,8 +147,8 @@ def test_obs_through_the_converter_beats_magnitude(mlp, prune_kind, extra):
     for method in ("wanda", "obs"):
         layers = results[method][2].metadata["report"]["layers"]
         for lr in layers:
-            after, before = (float(v) for v in re.findall(r"\d+\.\d+", lr["note"])[:2])
-            assert lr["note"].startswith(f"{method}: layer output error") and after < before, lr["note"]
+            after, before = _method_errors(lr["note"], method)
+            assert after < before, lr["note"]
             assert lr["layout"] == {"magnitude": "csr", "nm": "nm", "block": "bsr"}[prune_kind]
 
 
@@ -216,7 +224,7 @@ def test_obs_prunes_conv_layers_through_their_im2col_rows():
         got[method] = (g.metadata["report"]["end_to_end"]["cosine"], digits.accuracy(g, x_te, y_te, "image"), g)
     assert got["obs"][0] > got["magnitude"][0], {m: v[:2] for m, v in got.items()}
     convs = [lr for lr in got["obs"][2].metadata["report"]["layers"] if lr["op"] == "Conv"]
-    assert convs and all(lr["note"].startswith("obs: layer output error") for lr in convs), convs
+    assert convs and all(_method_errors(lr["note"], "obs") for lr in convs), convs
 
 
 def test_strided_dilated_and_grouped_convs():
@@ -237,5 +245,107 @@ def test_strided_dilated_and_grouped_convs():
     others = {name: note for name, (op, note) in notes.items() if name not in grouped}
     assert len(others) == 4, notes                              # three Convs and the Linear
     for name, note in others.items():
-        after, before = (float(v) for v in re.findall(r"\d+\.\d+", note)[:2])
-        assert note.startswith("obs: layer output error") and after < before, (name, note)
+        after, before = _method_errors(note, "obs")
+        assert after < before, (name, note)
+
+
+# --- drift correction: aiming each layer at the original model's output ---------------------
+
+def _drifted(seed=0, n=32, k=64, rows=800):
+    """A layer input X0 of the original model and X = X0 + drift (what earlier pruned layers
+    hand on), accumulated as the pass does; w0 the layer's weight."""
+    rng = np.random.default_rng(seed)
+    x0 = rng.standard_normal((rows, k)) @ rng.standard_normal((k, k)) * 0.3
+    # mostly a linear distortion (which a changed weight can undo), some noise (which it cannot)
+    x = x0 + 0.2 * x0 @ rng.standard_normal((k, k)) / np.sqrt(k) + 0.02 * rng.standard_normal((rows, k))
+    w0 = rng.standard_normal((n, k)).astype(np.float32)
+    stats = obs.LayerInputStats(k, cross=True)
+    for a, b in zip(np.array_split(x, 4), np.array_split(x0, 4)):
+        stats.add(a)
+        stats.add_original(a, b)
+    return x, x0, w0, stats
+
+
+def _target_error(w_new, w0, x, x0):
+    want = x0 @ w0.T.astype(np.float64)
+    return np.linalg.norm(x @ w_new.T.astype(np.float64) - want) / np.linalg.norm(want)
+
+
+def test_drift_moments_and_target_error_are_what_they_say():
+    x, x0, w0, st = _drifted()
+    np.testing.assert_allclose(st.cross, x.T @ x0, rtol=1e-10)
+    np.testing.assert_allclose(st.gram0, x0.T @ x0, rtol=1e-10)
+    w2 = w0 * prune.magnitude_mask(w0, 0.5)
+    assert obs.target_error(w2, w0, st.gram, st.cross, st.gram0) == pytest.approx(_target_error(w2, w0, x, x0), rel=1e-8)
+    with pytest.raises(ValueError, match="rows"):
+        st.add_original(x[:10], x0[:11])
+
+
+def test_drift_correction_restores_the_original_output_and_is_a_no_op_without_drift():
+    x, x0, w0, st = _drifted()
+    v = obs.drift_corrected(w0, w0, st.gram, st.cross)
+    # least squares on the same rows: well below the error the drift leaves (measured 0.205 -> 0.010)
+    assert _target_error(v, w0, x, x0) < 0.3 * _target_error(w0, w0, x, x0)
+    # no drift: the weight comes back (also with SmoothQuant's scales: X = X0 / s, W = W0 s)
+    s = np.exp(np.random.default_rng(1).standard_normal(x0.shape[1]))
+    same = obs.LayerInputStats(x0.shape[1], cross=True)
+    same.add(x0)
+    same.add_original(x0, x0)
+    np.testing.assert_allclose(obs.drift_corrected(w0, w0, same.gram, same.cross), w0, rtol=1e-4, atol=1e-4)
+    same.scale_rows(s)
+    ws = (w0 * s[None, :]).astype(np.float32)
+    np.testing.assert_allclose(obs.drift_corrected(ws, w0, same.gram, same.cross), ws, rtol=1e-4, atol=1e-3)
+
+
+def test_obs_on_the_corrected_weight_lands_closer_to_the_original_output():
+    x, x0, w0, st = _drifted()
+    plain, _ = obs.obs_prune(w0, st.gram, "unstructured", 0.5)
+    fixed, mask = obs.obs_prune(obs.drift_corrected(w0, w0, st.gram, st.cross), st.gram, "unstructured", 0.5)
+    assert 1 - mask.mean() == pytest.approx(0.5) and np.all(fixed[~mask] == 0)
+    # measured 0.319 -> 0.254: the pruning error itself stays
+    assert _target_error(fixed, w0, x, x0) < 0.9 * _target_error(plain, w0, x, x0)
+
+
+@pytest.mark.parametrize("model", ["mlp", "cnn"])
+def test_drift_correction_through_the_converter_at_90_percent(mlp, model):
+    """Digits models at 90% + int8, obs one-shot: drift correction must gain at least 2 points of
+    test accuracy (measured: this MLP 64-128-64-10 86.7 -> 93.5%, the CNN 93.7 -> 97.2%; the
+    demo's MLP in benchmarks/RESULTS.md), and every pruned layer's note says what it did."""
+    if model == "mlp":
+        data, calib, x_te, y_te = mlp
+        name = "pixels"
+        skip = [n.name for n in runtime.convert.from_onnx(data).nodes if n.op == "Linear"][-1:]
+    else:
+        pytest.importorskip("torch")
+        data, x_tr, x_te, y_te = digits.cnn_onnx()
+        calib = [{"image": x_tr[i:i + 128]} for i in range(0, 512, 128)]
+        name = "image"
+        layers = [n.name for n in runtime.convert.from_onnx(data).nodes if n.op in ("Linear", "Conv")]
+        skip = [layers[0], layers[-1]]
+    acc = {}
+    for dc in ("off", None):                   # None: the default, "obs"
+        g = runtime.convert(data, calib=calib, prune="magnitude", sparsity=0.9, prune_method="obs", quant="int8",
+                            skip=skip, holdout=0.0, drift_correction=dc)
+        acc[dc] = digits.accuracy(g, x_te, y_te, name)
+    assert acc[None] >= acc["off"] + 0.02, acc
+    assert g.metadata["report"]["options"]["drift_correction"] == "obs"
+    notes = [lr["note"] for lr in g.metadata["report"]["layers"] if lr["name"] not in skip]
+    assert notes and all("drift corrected: error to the original layer output" in n and "; obs: layer output error" in n
+                         for n in notes), notes
+
+
+def test_drift_correction_asked_where_it_cannot_run_is_refused(mlp):
+    data, calib, *_ = mlp
+    for dc in ("obs", "all"):
+        with pytest.raises(ValueError, match="drift_correction needs real calibration data"):
+            runtime.convert(data, prune="nm", quant="int8", drift_correction=dc)
+        for opts in ({"quant": "int8"}, {"prune": "nm", "prune_method": "wanda", "quant": "int8"}):
+            with pytest.raises(ValueError, match="it needs prune_method 'obs'"):
+                runtime.convert(data, calib=calib, drift_correction=dc, **opts)
+    with pytest.raises(ValueError, match="drift_correction='obs' aims obs pruning"):
+        runtime.convert(data, calib=calib, quant="int8", quant_method="gptq", drift_correction="obs")
+    with pytest.raises(ValueError, match="drift_correction must be one of obs, all, off"):
+        runtime.convert(data, calib=calib, prune="nm", quant="int8", drift_correction=True)
+    g = runtime.convert(data, calib=calib, prune="nm", quant="int8", drift_correction="off")
+    assert g.metadata["report"]["options"]["drift_correction"] == "off"
+    assert not any("drift corrected" in lr["note"] for lr in g.metadata["report"]["layers"])

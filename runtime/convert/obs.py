@@ -33,6 +33,7 @@ import numpy as np
 from .prune import _count, _prune_smallest, check_sparsity, nm_mask
 
 DAMP = 0.01          # lambda = DAMP * mean(diag G): SparseGPT's and GPTQ's default
+DRIFT_DAMP = 0.01     # lambda of drift_corrected, as a fraction of mean(diag G)
 BLOCK = 128          # columns per mask decision and per lazy batch of updates (SparseGPT)
 
 KINDS = ("unstructured", "nm", "block")
@@ -42,9 +43,13 @@ class LayerInputStats:
     """Accumulates G = X^T X, the row count and the column sums and maxima of |X| over the
     batches of one layer input (the sums for bias correction, the maxima for SmoothQuant)."""
 
-    def __init__(self, k: int, sample_rows: int = 0):
+    def __init__(self, k: int, sample_rows: int = 0, cross: bool = False):
         self.k = int(k)
         self.gram = np.zeros((self.k, self.k), np.float64)
+        # with ``cross``: the same layer's input in the original model, X0 (same rows), as
+        # C = X^T X0 and G0 = X0^T X0 (drift correction, ``drift_corrected``)
+        self.cross = np.zeros((self.k, self.k), np.float64) if cross else None
+        self.gram0 = np.zeros((self.k, self.k), np.float64) if cross else None
         self.rows = 0
         self.col_sum = np.zeros(self.k, np.float64)
         self.absmax = np.zeros(self.k, np.float64)
@@ -78,6 +83,26 @@ class LayerInputStats:
                     x2[np.sort(self._rng.choice(x2.shape[0], self.sample_rows, replace=False))]
                 self._samples.append(pick.astype(np.float32))
 
+    def add_original(self, x: np.ndarray, x0: np.ndarray) -> None:
+        """x0 (..., K): the original model's input of the layer on the same feed as the rows
+        ``x`` just given to ``add`` (the same rows in the same order)."""
+        x2 = np.asarray(x, np.float64).reshape(-1, self.k)
+        y2 = np.asarray(x0, np.float64).reshape(-1, self.k)
+        if x2.shape != y2.shape:
+            raise ValueError(f"the original model's layer input has {y2.shape[0]} rows, the changed model's {x2.shape[0]}")
+        if not np.isfinite(y2).all():
+            raise ValueError("a calibration activation of the original model holds NaN or Inf")
+        self.cross += x2.T @ y2
+        self.gram0 += y2.T @ y2
+
+    def scale_rows(self, s64: np.ndarray) -> None:
+        """The layer now reads X / s (SmoothQuant): rescale what was measured on X."""
+        self.gram = self.gram / np.outer(s64, s64)
+        self.absmax = self.absmax / s64
+        self.col_sum = self.col_sum / s64
+        if self.cross is not None:
+            self.cross = self.cross / s64[:, None]
+
 
 def output_error(w_new: np.ndarray, w: np.ndarray, g: np.ndarray) -> float:
     """||X W_new^T - X W^T|| / ||X W^T|| over the calibration rows behind g (module docstring)."""
@@ -85,6 +110,44 @@ def output_error(w_new: np.ndarray, w: np.ndarray, g: np.ndarray) -> float:
     d = np.asarray(w_new, np.float64) - w64
     num = float(np.einsum("nk,kj,nj->", d, g, d))
     den = float(np.einsum("nk,kj,nj->", w64, g, w64))
+    return float(np.sqrt(max(num, 0.0) / den)) if den > 0 else 0.0
+
+
+def drift_corrected(w: np.ndarray, w0: np.ndarray, g: np.ndarray, cross: np.ndarray) -> np.ndarray:
+    """The weight that best restores the original model's layer output on the changed model.
+
+    The sequential pass measures each layer's input X on the model as the earlier layers were
+    already pruned and rounded; the original model computed X0 W0^T from its own input X0. OBS
+    and GPTQ, given the layer's weight W and G = X^T X, keep X W'^T close to X W^T, i.e. they
+    keep the error that reached the layer. This solves instead
+
+        min_V ||X V^T - X0 W0^T||^2 + lambda ||V - W||^2
+        (G + lambda I) V^T = C W0^T + lambda W^T,   C = X^T X0
+
+    (lambda as OBS's damping, so with no drift, X = X0 and W = W0, V = W exactly; W differs
+    from W0 only by SmoothQuant's column scales, with X = X0 / s); pruning and rounding then
+    start from V with the same H: ||X V'^T - X0 W0^T||^2 differs from ||X (V' - V)^T||^2 by a
+    constant (V is the least-squares solution), so OBS / GPTQ's own objective is the right one
+    after the move (GPTAQ, Li et al. 2025, folds the same target into GPTQ's loop).
+    w, w0 (N, K) float32; g, cross (K, K) float64; returns V (N, K) float32."""
+    g = np.asarray(g, np.float64)
+    h = g.copy()
+    dead = np.diagonal(g) == 0
+    h[dead, dead] = 1.0
+    lam = DRIFT_DAMP * float(np.mean(np.diagonal(h)))
+    rhs = np.asarray(cross, np.float64) @ np.asarray(w0, np.float64).T + lam * np.asarray(w, np.float64).T
+    out = np.linalg.solve(h + lam * np.eye(g.shape[0]), rhs).T
+    out[:, dead] = 0.0
+    return out.astype(np.float32)
+
+
+def target_error(w_new: np.ndarray, w0: np.ndarray, g: np.ndarray, cross: np.ndarray, g0: np.ndarray) -> float:
+    """||X W_new^T - X0 W0^T|| / ||X0 W0^T||: the layer's output error against the original
+    model's (drift_corrected's names)."""
+    a, b = np.asarray(w_new, np.float64), np.asarray(w0, np.float64)
+    num = float(np.einsum("nk,kj,nj->", a, g, a) - 2 * np.einsum("nk,kj,nj->", a, cross, b)
+                + np.einsum("nk,kj,nj->", b, g0, b))
+    den = float(np.einsum("nk,kj,nj->", b, g0, b))
     return float(np.sqrt(max(num, 0.0) / den)) if den > 0 else 0.0
 
 

@@ -12,6 +12,11 @@ SparseGPT's and GPTQ's sequential mode. Per layer, in this order, all with the s
 3. quantize (GPTQ, gptq.py) on the pruned weight, keeping its zeros; the scales go to
    the packer through plans[...].qscale.
 
+Drift correction (Steps.drift_obs / drift_gptq, obs.drift_corrected): before 2 (and 3), the
+weight moves to the least-squares fit of the *original* model's layer output X0 W0^T on the
+changed input X, measured by running the original model (run()'s ``original``) on the same
+feeds, so each layer also makes up for the error the earlier layers passed on.
+
 A Conv weight (M, C, *kernel) is handled as its 2-D view (M, C * prod(kernel)) with the
 im2col rows of its input as X; grouped Convs are not visited (the caller prunes them by
 magnitude and quantizes them by rounding). SmoothQuant takes Linear layers only.
@@ -53,6 +58,11 @@ class Steps:
     # will round a weight GPTQ did not (8 / 4, None: not quantized)
     bias_correction: bool = False
     quant_bits: int | None = None
+    # drift correction: obs-prune (drift_obs) / GPTQ-round (drift_gptq) toward the original
+    # model's layer output X0 W0^T rather than X W^T on the changed input X
+    # (obs.drift_corrected); run() needs original=
+    drift_obs: bool = False
+    drift_gptq: bool = False
 
 
 def calibratable(node) -> bool:
@@ -69,43 +79,55 @@ def input_key(node, wshape: tuple) -> tuple:
     return (node.inputs[0], tuple(wshape[1:]), str(a.get("strides")), str(a.get("pads")), str(a.get("dilations")))
 
 
-def _add_rows(stats, node, x: np.ndarray, wshape: tuple) -> None:
-    """Add one batch of the layer's input rows to ``stats``: X (..., K) for Linear; for Conv
-    the im2col rows (one per image and output position, columns in the weight's (C, *kernel)
-    order, as its 2-D view (M, C * prod(kernel)))."""
+def _rows(node, x: np.ndarray, wshape: tuple) -> np.ndarray:
+    """One batch of the layer's input rows: X (..., K) for Linear; for Conv the im2col rows (one
+    per image and output position, columns in the weight's (C, *kernel) order, as its 2-D view
+    (M, C * prod(kernel)))."""
     if node.op == "Linear":
-        stats.add(x)
-        return
+        return np.asarray(x)
     a = fill_attrs("Conv", dict(node.attrs))
+    chunks = []
 
     def gemm(cols, rows):
-        stats.add(cols)
+        chunks.append(np.array(cols))
         return np.zeros((cols.shape[0], wshape[0]))
     conv_by_gemm(x, wshape, a["strides"], a["pads"], a["dilations"], 1, gemm)
+    return np.concatenate(chunks) if chunks else np.zeros((0, int(np.prod(wshape[1:]))), np.float32)
 
 
 SAMPLE_ROWS = 512    # rows per calibration batch kept for SmoothQuant's alpha search
 
 
-def _measure(graph: Graph, node, wshape: tuple, feeds, sample: bool = False):
+def _measure(graph: Graph, node, wshape: tuple, feeds, sample: bool = False, original: Graph | None = None):
+    """The layer input's statistics on ``graph``; with ``original``, also the cross moments
+    with the same input in the original model (drift correction)."""
     x_name = node.inputs[0]
-    stats = obs.LayerInputStats(int(np.prod(wshape[1:])), sample_rows=SAMPLE_ROWS if sample else 0)
+    stats = obs.LayerInputStats(int(np.prod(wshape[1:])), sample_rows=SAMPLE_ROWS if sample else 0,
+                                cross=original is not None)
     sess = cal.probe_session(cal.upstream(graph, [x_name]), [x_name])
+    sess0 = None if original is None else cal.probe_session(cal.upstream(original, [x_name]), [x_name])
     for feed in feeds:
-        _add_rows(stats, node, sess.run([x_name], feed)[0], wshape)
+        rows = _rows(node, sess.run([x_name], feed)[0], wshape)
+        stats.add(rows)
+        if sess0 is not None:
+            stats.add_original(rows, _rows(node, sess0.run([x_name], feed)[0], wshape))
     return stats
 
 
 def run(graph: Graph, layers: list, plans: dict, steps: Steps, feeds, *,
         prune_sparsity: Callable[[object], float | None], baseline_mask: Callable[[np.ndarray, float], np.ndarray],
-        say: Callable[[str], None] = lambda s: None) -> None:
+        say: Callable[[str], None] = lambda s: None, original: Graph | None = None) -> None:
     """The pass (module docstring), in place on ``graph`` (the converter's working copy).
 
     layers: the layers to visit (Layer objects: .name, .node, .weight_name), in graph order;
     plans: layer name -> the converter's _Plan (mask, fp32_weight, qscale, smooth, note);
     prune_sparsity(layer): the sparsity to prune it to with steps.prune_method, or None to
     leave its mask alone; baseline_mask(w2d, sparsity): magnitude's mask, for the report's
-    "before" error."""
+    "before" error; original: the model before the pass (the same value and weight names),
+    needed by steps.drift_correction."""
+    drift = (steps.drift_gptq and steps.gptq_bits is not None) or (steps.drift_obs and steps.prune_method == "obs")
+    if drift and original is None:
+        raise ValueError("drift correction needs the original model (original=)")
     nodes = {n.name: n for n in graph.nodes}
     stats_by_key: dict[tuple, object] = {}
     done: dict[str, str] = {}              # weight name -> the layer that already handled it
@@ -122,7 +144,8 @@ def run(graph: Graph, layers: list, plans: dict, steps: Steps, feeds, *,
             # Exact to cache by value: every layer that could change this input comes before
             # its producer, so before its first reader, in graph order.
             auto = steps.smooth_alpha == "auto" and node.op == "Linear"
-            stats = _measure(graph, node, w_full.shape, feeds, sample=auto)
+            stats = _measure(graph, node, w_full.shape, feeds, sample=auto,
+                             original=original if drift else None)
             alpha = steps.smooth_alpha
             if auto:
                 group = [m for m in layers[idx:] if nodes[m.name].op == "Linear"
@@ -147,9 +170,7 @@ def run(graph: Graph, layers: list, plans: dict, steps: Steps, feeds, *,
                 s = smooth_factors(stats.absmax, w_absmax, alpha)
                 how = apply_smoothing(graph, node.inputs[0], [nodes[m.name] for m in group], wnames, s)
                 s64 = s.astype(np.float64)
-                stats.gram = stats.gram / np.outer(s64, s64)
-                stats.absmax = stats.absmax / s64
-                stats.col_sum = stats.col_sum / s64
+                stats.scale_rows(s64)
                 for m in group:
                     plans[m.name].smooth = s
                     plans[m.name].note = "; ".join(x for x in (plans[m.name].note, f"smoothed (alpha {alpha}, {how})") if x)
@@ -160,11 +181,27 @@ def run(graph: Graph, layers: list, plans: dict, steps: Steps, feeds, *,
                 w_full = np.asarray(graph.initializers[lr.weight_name].fields["data"])
                 key = input_key(node, w_full.shape)     # the readers now read X / s
             stats_by_key[key] = stats
-        g = stats_by_key[key].gram
+        st = stats_by_key[key]
+        g = st.gram
         w = w_full.reshape(w_full.shape[0], -1)
         notes = [plan.note] if plan.note else []
         new_w = w
         s_prune = prune_sparsity(lr) if steps.prune_method else None
+        # the weight pruning and GPTQ start from, and the output error they are judged by: the
+        # layer's own output on X, or with drift correction the original model's X0 W0^T
+        start, w0 = w, None
+        if st.cross is not None and ((steps.drift_gptq and steps.gptq_bits is not None)
+                                     or (steps.drift_obs and s_prune is not None and steps.prune_method == "obs")):
+            w0 = np.asarray(original.initializers[lr.weight_name].fields["data"]).reshape(w.shape)
+            start = obs.drift_corrected(w, w0, g, st.cross)
+
+        def error(x, w0=w0, st=st):
+            return obs.output_error(x, w, g) if w0 is None else obs.target_error(x, w0, g, st.cross, st.gram0)
+        if w0 is not None:
+            notes.append(f"drift corrected: error to the original layer output {error(w):.4f} -> {error(start):.4f}")
+            say(f"[{idx + 1}/{len(layers)}] {lr.name}: drift corrected, error to the original layer output "
+                f"{error(w):.4f} -> {error(start):.4f}")
+            new_w = start
         if s_prune is not None:
             if steps.mask_kind == "nm" and w.shape[1] % steps.nm[1]:
                 plan.note = f"not N:M-pruned: its {w.shape[1]} inputs are not a multiple of M={steps.nm[1]}"
@@ -177,10 +214,10 @@ def run(graph: Graph, layers: list, plans: dict, steps: Steps, feeds, *,
                         mask = obs.wanda_mask(w, g, **args)
                         new_w = (w * mask).astype(np.float32)
                     else:
-                        new_w, mask = obs.obs_prune(w, g, **args)
+                        new_w, mask = obs.obs_prune(start, g, **args)
                 except ValueError as e:
                     raise ValueError(f"layer {lr.name!r}: {e}") from None
-                before, after = obs.output_error(baseline, w, g), obs.output_error(new_w, w, g)
+                before, after = error(baseline), error(new_w)
                 plan.mask = mask.reshape(w_full.shape)
                 notes.append(f"{steps.prune_method}: layer output error {after:.4f} (magnitude, no update: {before:.4f})")
                 say(f"[{idx + 1}/{len(layers)}] {lr.name}: {steps.prune_method}, output error {before:.4f} -> {after:.4f}")
