@@ -281,6 +281,14 @@ constexpr int64_t kParallelMinMacs = int64_t(1) << 21;
 // core's L2 (1 MiB on Zen 4, 2 MiB on recent Intel) next to the weight panel (K x 64 bytes)
 // being multiplied, while each panel is streamed once per block.
 constexpr int64_t kRowBlockBytes = 256 * 1024;
+// A weight larger than this is not expected to stay in the last-level cache (a 2-vCPU slice of
+// a shared L3) from one row block to the next: every row block then streams it from memory
+// again, so its row blocks are made large (the quantized rows come from L3 instead of L2).
+// Measured on Zen 3 (RESULTS.md, 2026-12-04): (M, K, N) = (128, 11008, 4096) 88-91 ms with
+// 256 KB blocks (16 blocks: the 45 MB weight read 16 times), 45-51 ms with 16 MB (one block);
+// (16, 4096, 4096) 2.7-3.0 -> 2.2-2.3 ms; weights of 2.4 MB (BERT-base) no different.
+constexpr int64_t kStreamedWeightBytes = int64_t(4) << 20;
+constexpr int64_t kStreamedRowBlockBytes = int64_t(16) << 20;
 // work items per thread to aim for, so that uneven items still split evenly
 constexpr int64_t kItemsPerThread = 4;
 // rows of X one quantization item converts
@@ -320,7 +328,9 @@ void int8_linear_isa(const Int8PackedWeight& w, const float* x, int64_t m, const
     // work items: (block of rows, panel), rows blocked for L2 and split further until there
     // are enough items for the threads
     const int64_t tiles = (m + kInt8MR - 1) / kInt8MR;
-    int64_t block_tiles = std::max<int64_t>(1, kRowBlockBytes / (ldu * kInt8MR));
+    const int64_t weight_bytes = w.k4 * 4 * ncols;
+    const int64_t row_block_bytes = weight_bytes > kStreamedWeightBytes ? kStreamedRowBlockBytes : kRowBlockBytes;
+    int64_t block_tiles = std::max<int64_t>(1, row_block_bytes / (ldu * kInt8MR));
     int64_t row_blocks = (tiles + block_tiles - 1) / block_tiles;
     const int64_t want_blocks = (kItemsPerThread * nt + w.panels - 1) / w.panels;
     if (row_blocks < want_blocks) {

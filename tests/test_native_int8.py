@@ -711,3 +711,19 @@ def test_avx2_tiles_exact_at_the_int8_extremes(q_min, k, restore_native_state):
         _native.set_int8_isa("avx2")
         got = _native.int8_linear(w, x, None, *_binding_args(acfg))
         _assert_same(got, ref, f"avx2 q_min={q_min} K={k} {acfg}")
+
+
+def test_weight_beyond_the_cache_gets_large_row_blocks_and_the_same_bits(restore_native_state):
+    """A packed weight above 4 MB (csrc/int8_gemm.cpp kStreamedWeightBytes) is multiplied in
+    large row blocks (the weight streamed once, not once per 256 KB of rows): still the
+    reference's bits on every path, 1 and 2 threads, with rows left over in the last tile."""
+    rng = _rng("big-weight")
+    t = _weight(rng, (600, 7000))                  # 10 panels x 7000 x 64 bytes: 4.5 MB packed
+    x = _input(rng, (41, 7000))
+    b = rng.standard_normal(600).astype(np.float32)
+    ref = _run("reference", {"act_quant": "dynamic"}, t, x, b)
+    for isa in ISAS:
+        _native.set_int8_isa(isa)
+        for threads in (1, 2):
+            _native.set_threads(threads)
+            _assert_same(_run("native", {"act_quant": "dynamic"}, t, x, b), ref, f"{isa} threads={threads}")
