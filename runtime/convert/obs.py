@@ -33,7 +33,6 @@ import numpy as np
 from .prune import _count, _prune_smallest, check_sparsity, nm_mask
 
 DAMP = 0.01          # lambda = DAMP * mean(diag G): SparseGPT's and GPTQ's default
-DRIFT_DAMP = 0.01     # lambda of drift_corrected, as a fraction of mean(diag G)
 BLOCK = 128          # columns per mask decision and per lazy batch of updates (SparseGPT)
 
 KINDS = ("unstructured", "nm", "block")
@@ -131,10 +130,8 @@ def drift_corrected(w: np.ndarray, w0: np.ndarray, g: np.ndarray, cross: np.ndar
     after the move (GPTAQ, Li et al. 2025, folds the same target into GPTQ's loop).
     w, w0 (N, K) float32; g, cross (K, K) float64; returns V (N, K) float32."""
     g = np.asarray(g, np.float64)
-    h = g.copy()
     dead = np.diagonal(g) == 0
-    h[dead, dead] = 1.0
-    lam = DRIFT_DAMP * float(np.mean(np.diagonal(h)))
+    h, lam = _damping(g, dead)
     rhs = np.asarray(cross, np.float64) @ np.asarray(w0, np.float64).T + lam * np.asarray(w, np.float64).T
     out = np.linalg.solve(h + lam * np.eye(g.shape[0]), rhs).T
     out[:, dead] = 0.0
@@ -191,11 +188,16 @@ def wanda_mask(w: np.ndarray, g: np.ndarray, kind: str, sparsity: float = 0.0,
     return _tile_mask(score, block, s)
 
 
-def _inverse_cholesky(g: np.ndarray, dead: np.ndarray) -> np.ndarray:
-    """Upper U with U^T U = (G + lambda I)^-1, lambda raised tenfold until H is positive definite."""
+def _damping(g: np.ndarray, dead: np.ndarray) -> tuple[np.ndarray, float]:
+    """(G with H[k, k] = 1 for the dead inputs, lambda = DAMP * mean of that diagonal)."""
     h = g.copy()
     h[dead, dead] = 1.0
-    damp = DAMP * float(np.mean(np.diagonal(h)))
+    return h, DAMP * float(np.mean(np.diagonal(h)))
+
+
+def _inverse_cholesky(g: np.ndarray, dead: np.ndarray) -> np.ndarray:
+    """Upper U with U^T U = (G + lambda I)^-1, lambda raised tenfold until H is positive definite."""
+    h, damp = _damping(g, dead)
     for _ in range(6):
         try:
             hd = h + damp * np.eye(h.shape[0])

@@ -65,6 +65,13 @@ class Steps:
     drift_gptq: bool = False
 
 
+def _drift_corrects(steps: Steps, obs_prunes: bool) -> bool:
+    """Whether drift correction moves a layer's weight: before GPTQ (drift_gptq), or before obs
+    pruning (drift_obs) when ``obs_prunes`` (the layer is pruned by obs)."""
+    return (steps.drift_gptq and steps.gptq_bits is not None) or \
+        (steps.drift_obs and steps.prune_method == "obs" and obs_prunes)
+
+
 def calibratable(node) -> bool:
     """The pass takes a Linear, or a Conv without groups (its im2col rows are the X)."""
     return node.op == "Linear" or (node.op == "Conv" and int(node.attrs.get("group", 1)) == 1)
@@ -124,8 +131,8 @@ def run(graph: Graph, layers: list, plans: dict, steps: Steps, feeds, *,
     prune_sparsity(layer): the sparsity to prune it to with steps.prune_method, or None to
     leave its mask alone; baseline_mask(w2d, sparsity): magnitude's mask, for the report's
     "before" error; original: the model before the pass (the same value and weight names),
-    needed by steps.drift_correction."""
-    drift = (steps.drift_gptq and steps.gptq_bits is not None) or (steps.drift_obs and steps.prune_method == "obs")
+    needed by drift correction (steps.drift_obs, drift_gptq)."""
+    drift = _drift_corrects(steps, obs_prunes=True)      # for some layer: the original model is run
     if drift and original is None:
         raise ValueError("drift correction needs the original model (original=)")
     nodes = {n.name: n for n in graph.nodes}
@@ -190,17 +197,16 @@ def run(graph: Graph, layers: list, plans: dict, steps: Steps, feeds, *,
         # the weight pruning and GPTQ start from, and the output error they are judged by: the
         # layer's own output on X, or with drift correction the original model's X0 W0^T
         start, w0 = w, None
-        if st.cross is not None and ((steps.drift_gptq and steps.gptq_bits is not None)
-                                     or (steps.drift_obs and s_prune is not None and steps.prune_method == "obs")):
+        if st.cross is not None and _drift_corrects(steps, obs_prunes=s_prune is not None):
             w0 = np.asarray(original.initializers[lr.weight_name].fields["data"]).reshape(w.shape)
             start = obs.drift_corrected(w, w0, g, st.cross)
 
-        def error(x, w0=w0, st=st):
+        def error(x, w=w, g=g, w0=w0, st=st):
             return obs.output_error(x, w, g) if w0 is None else obs.target_error(x, w0, g, st.cross, st.gram0)
         if w0 is not None:
-            notes.append(f"drift corrected: error to the original layer output {error(w):.4f} -> {error(start):.4f}")
-            say(f"[{idx + 1}/{len(layers)}] {lr.name}: drift corrected, error to the original layer output "
-                f"{error(w):.4f} -> {error(start):.4f}")
+            moved = f"error to the original layer output {error(w):.4f} -> {error(start):.4f}"
+            notes.append(f"drift corrected: {moved}")
+            say(f"[{idx + 1}/{len(layers)}] {lr.name}: drift corrected, {moved}")
             new_w = start
         if s_prune is not None:
             if steps.mask_kind == "nm" and w.shape[1] % steps.nm[1]:
