@@ -478,7 +478,7 @@ def test_the_weight_is_bound_at_plan_time():
     b1 = rng.standard_normal(7).astype(np.float32)
     run = registry.build("Linear", "int8", "triton", _attrs(act_quant="dynamic"), {1: t1})
     x = _x(rng, 5, 20)
-    _assert_exact(run(torch.from_numpy(x), t2, b1)[0].cpu().numpy(),
+    _assert_exact(run(torch.from_numpy(x).to(DEVICE), t2, b1)[0].cpu().numpy(),
                   _reference("int8", {"act_quant": "dynamic"}, t1, x, b1), "bound weight")
 
 
@@ -487,11 +487,11 @@ def test_bad_inputs_are_refused_with_the_reason():
     t = pack_int8("w", rng.standard_normal((5, 16)).astype(np.float32))
     run = registry.build("Linear", "int8", "triton", _attrs(act_quant="dynamic"), {1: t})
     with pytest.raises(ValueError, match=r"X \(3, 15\) does not match packed weight 'w'"):
-        run(torch.zeros((3, 15)), t, None)
+        run(torch.zeros((3, 15), device=DEVICE), t, None)
     with pytest.raises(ValueError, match="X must be float32, got torch.float64"):
-        run(torch.zeros((3, 16), dtype=torch.float64), t, None)
+        run(torch.zeros((3, 16), dtype=torch.float64, device=DEVICE), t, None)
     with pytest.raises(ValueError, match=r"bias has shape \(4,\), expected \(5,\)"):
-        run(torch.zeros((3, 16)), t, np.zeros(4, np.float32))
+        run(torch.zeros((3, 16), device=DEVICE), t, np.zeros(4, np.float32))
     with pytest.raises(ValueError, match="activation must be one of"):
         registry.lookup("Linear", "int8", "triton")({"act_quant": "dynamic", "activation": "tanh"}, {1: t})
     with pytest.raises(ValueError, match="act_scale"):
@@ -535,3 +535,21 @@ def test_session_on_triton_keeps_values_on_the_device():
     assert isinstance(dev[0], torch.Tensor)
     _assert_exact(dev[0].cpu().numpy(), want[0], "device output")
     assert sess.host_transfers == 1                     # the Add reads fc2's device output
+
+
+def test_kernel_globals_compare_equal_to_themselves():
+    """Triton re-checks a kernel's global tl.constexpr values with == at every launch on a GPU
+    (not in the interpreter): a NaN global fails every launch ("Global variable _NAN has
+    changed ... from constexpr[nan] to constexpr[nan]", seen on an H200). No module of the
+    backend may hold one."""
+    import importlib
+    import pkgutil
+
+    import triton.language as tl
+
+    import kernels.triton_gpu as pkg
+    for info in pkgutil.iter_modules(pkg.__path__):
+        mod = importlib.import_module(f"{pkg.__name__}.{info.name}")
+        for name, value in vars(mod).items():
+            if isinstance(value, tl.constexpr):
+                assert value == value, f"{mod.__name__}.{name} = {value!r} never compares equal to itself"  # noqa: PLR0124

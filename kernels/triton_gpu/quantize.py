@@ -38,7 +38,11 @@ from . import _common as C
 from ._common import rint_f64
 
 _INF = tl.constexpr(float("inf"))
-_NAN = tl.constexpr(float("nan"))
+# NaN as float64 bits: a global tl.constexpr(float("nan")) breaks Triton's check that a
+# kernel's globals are unchanged since it was compiled (it compares with ==, and NaN != NaN:
+# "Global variable _NAN has changed ... from constexpr[nan] to constexpr[nan]", seen on an
+# H200 with Triton 3.6; the interpreter does not make that check).
+_NAN_BITS = tl.constexpr(0x7FF8000000000000)
 
 
 def configs() -> list[triton.Config]:
@@ -93,7 +97,8 @@ def _quantize_rows_kernel(x_ptr, q_ptr, s_ptr, rowsum_ptr, act_scale_ptr, act_ze
         qi = tl.where(kk < K, q.to(tl.int32), 0)
         rowsum += qi
         tl.store(q_row + kk, qi.to(tl.int8), mask=kk < Kp)
-    s = tl.where(tl.max(bad, axis=0) != 0, _NAN, s)
+    nan = tl.full([], _NAN_BITS, tl.int64).to(tl.float64, bitcast=True)
+    s = tl.where(tl.max(bad, axis=0) != 0, nan, s)
     tl.store(s_ptr + m, s)
     tl.store(rowsum_ptr + m, tl.sum(rowsum, axis=0))
 
