@@ -2,6 +2,11 @@
 what users would otherwise run, and a MiniLM-sized BERT end to end; one table printed last.
 
     python3 benchmarks/gpu_check.py [--quick] [--out results.md]
+    python3 benchmarks/gpu_check.py --cpu-smoke     # the script itself, without a GPU
+
+--cpu-smoke runs every Triton section at toy sizes in Triton's interpreter on torch CPU tensors
+(wall-clock timings, meaningless as speed), so that the script is known to run before device
+time is spent on it; the CuPy sections and the machine's ceilings need a GPU and are skipped.
 
 For a lent H100 / H200 machine (no network: it uses torch, triton, cupy and numpy as found,
 installs nothing, and does not need onnx or transformers) in under 8 minutes. Sections:
@@ -42,6 +47,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 ROWS: list[tuple[str, str, str, str]] = []          # (section, what, result, note)
 MINILM = dict(hidden=384, heads=12, ffn=1536, layers=6)
 BERT_SHAPES = [(768, 2304), (768, 768), (768, 3072), (3072, 768)]
+# Sizes of the timed problems and of the end-to-end run; --cpu-smoke shrinks them (SMOKE_SIZES).
+SIZES = dict(square=4096, m=512, n=4096, k=4096, seq=128, batches=(1, 32), bert_shapes=BERT_SHAPES,
+             backends=("auto", "triton", "cupy"))
+SMOKE_SIZES = dict(square=64, m=16, n=64, k=96, seq=16, batches=(1,), bert_shapes=[(96, 64)],
+                   backends=("triton",))
+DEV = "cuda"          # torch device of the timed inputs; "cpu" under --cpu-smoke
+SMOKE = False
 DATASHEET = {"H100": (1979.0, 989.0, 3350.0), "H200": (1979.0, 989.0, 4800.0)}   # int8 TOP/s, fp16 TFLOP/s, GB/s
 
 
@@ -67,6 +79,13 @@ def guarded(section: str, what: str):
 # --- machine ------------------------------------------------------------------------------------
 
 def bench_ms(fn) -> float:
+    if SMOKE:                                        # no CUDA events without a GPU: wall clock
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+        return float(np.median(times))
     import triton.testing
     return float(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median"))
 
@@ -78,18 +97,23 @@ def machine() -> dict:
     row("machine", "GPU", name, f"{props.multi_processor_count} SMs, {props.total_memory / 2**30:.0f} GiB, "
         f"torch {torch.__version__}")
     n = 8192
-    a = torch.randn(n, n, device="cuda", dtype=torch.float16)
-    b = torch.randn(n, n, device="cuda", dtype=torch.float16)
+    a = torch.randn(n, n, device=DEV, dtype=torch.float16)
+    b = torch.randn(n, n, device=DEV, dtype=torch.float16)
     fp16 = 2 * n ** 3 / bench_ms(lambda: a @ b) / 1e9
-    ai = torch.randint(-127, 127, (n, n), device="cuda", dtype=torch.int8)
-    bi = torch.randint(-127, 127, (n, n), device="cuda", dtype=torch.int8)
+    ai = torch.randint(-127, 127, (n, n), device=DEV, dtype=torch.int8)
+    # B column-major (a (N, K) row-major tensor transposed), cuBLASLt's int8 "TN" form, as
+    # qrt's (N, K) weights are: a row-major B ran at 127 TOP/s on an H200 (a slow path)
+    bi = torch.randint(-127, 127, (n, n), device=DEV, dtype=torch.int8).t()
     int8 = 2 * n ** 3 / bench_ms(lambda: torch._int_mm(ai, bi)) / 1e9
-    big = torch.empty(2 ** 30, dtype=torch.uint8, device="cuda")
+    bi_rows = bi.contiguous()
+    int8_rows = 2 * n ** 3 / bench_ms(lambda: torch._int_mm(ai, bi_rows)) / 1e9
+    big = torch.empty(2 ** 30, dtype=torch.uint8, device=DEV)
     dst = torch.empty_like(big)
     bw = 2 * big.numel() / bench_ms(lambda: dst.copy_(big)) / 1e6
     sheet = next((v for k, v in DATASHEET.items() if k in name), None)
     row("machine", "fp16 matmul 8192^3", f"{fp16:.0f} TFLOP/s", f"datasheet {sheet[1]:.0f}" if sheet else "")
-    row("machine", "int8 torch._int_mm 8192^3", f"{int8:.0f} TOP/s", f"datasheet {sheet[0]:.0f}" if sheet else "")
+    row("machine", "int8 torch._int_mm 8192^3", f"{int8:.0f} TOP/s",
+        (f"datasheet {sheet[0]:.0f}; " if sheet else "") + f"B row-major instead: {int8_rows:.0f} TOP/s")
     row("machine", "device copy", f"{bw:.0f} GB/s", f"datasheet {sheet[2]:.0f}" if sheet else "")
     return {"int8_tops": int8, "fp16_tflops": fp16, "gbs": bw}     # the buffers go with this frame
 
@@ -98,8 +122,10 @@ def poison_pools() -> None:
     """Fill the allocators' cached memory with NaN, so a kernel output allocated from it that
     is not fully written shows NaN (torch's caching allocator and CuPy's pool)."""
     import torch
+    if SMOKE:
+        return
     torch.cuda.empty_cache()
-    t = torch.full((64 << 20,), float("nan"), device="cuda")       # 256 MiB
+    t = torch.full((64 << 20,), float("nan"), device=DEV)       # 256 MiB
     del t
     try:
         import cupy
@@ -150,6 +176,8 @@ def check_linears(backend: str) -> None:
         if not registry.has_kernel("Linear", layout, backend):
             continue
         for m, n, k, act in ((1, 96, 160, "none"), (37, 130, 256, "gelu"), (300, 256, 512, "relu")):
+            if layout == "bsr":
+                n = -(-n // 16) * 16                  # 16 x 16 blocks must tile the weight
             @guarded("check", f"{backend} Linear {layout} M={m} N={n} K={k} {act}")
             def one():
                 t = weight(layout, n, k, rng)
@@ -212,19 +240,20 @@ def time_triton_int8(peaks: dict, quick: bool) -> None:
         row("time", "triton int8", "SKIP", "no triton int8 Linear registered")
         return
     rng = np.random.default_rng(3)
-    shapes = [(4096, 4096, 4096)] + ([] if quick else [(512, n, k) for k, n in BERT_SHAPES])
+    sq, m_bert = SIZES["square"], SIZES["m"]
+    shapes = [(sq, sq, sq)] + ([] if quick else [(m_bert, n, k) for k, n in SIZES["bert_shapes"]])
     for m, n, k in shapes:
         @guarded("time", f"triton int8 M={m} N={n} K={k}")
         def one(m=m, n=n, k=k):
             t = weight("int8", n, k, rng)
             attrs = registry.fill_attrs("Linear", {"act_quant": "dynamic"})
             kern = registry.build("Linear", "int8", "triton", attrs, {1: t})
-            x = torch.randn(m, k, device="cuda")
+            x = torch.randn(m, k, device=DEV)
             ms = bench_ms(lambda: kern(x, t, None))
-            xi = torch.randint(-127, 127, (m, k), device="cuda", dtype=torch.int8)
-            wi = torch.randint(-127, 127, (k, n), device="cuda", dtype=torch.int8)
+            xi = torch.randint(-127, 127, (m, k), device=DEV, dtype=torch.int8)
+            wi = torch.randint(-127, 127, (n, k), device=DEV, dtype=torch.int8).t()     # column-major, as in machine()
             ref_ms = bench_ms(lambda: torch._int_mm(xi, wi))
-            xh, wh = x.half(), torch.randn(k, n, device="cuda", dtype=torch.float16)
+            xh, wh = x.half(), torch.randn(k, n, device=DEV, dtype=torch.float16)
             fp16_ms = bench_ms(lambda: xh @ wh)
             bf_ms = bench_ms(lambda: xh.bfloat16() @ wh.bfloat16())
             tops = 2 * m * n * k / ms / 1e9
@@ -242,7 +271,7 @@ def time_triton_bsr(quick: bool) -> None:
         row("time", "triton bsr", "SKIP", "no triton bsr Linear registered")
         return
     rng = np.random.default_rng(4)
-    m, n, k = (512, 4096, 4096)
+    m, n, k = SIZES["m"], SIZES["n"], SIZES["k"]
     for block in ((16, 16), (32, 32)):
         @guarded("time", f"triton bsr int8 {block}")
         def one(block=block):
@@ -250,7 +279,7 @@ def time_triton_bsr(quick: bool) -> None:
             sparse = weight("bsr", n, k, rng, 0.9, block)
             dense = weight("bsr", n, k, rng, 1e-9, block)          # every block stored: the same kernel dense
             ks, kd = (registry.build("Linear", "bsr", "triton", attrs, {1: t}) for t in (sparse, dense))
-            x = torch.randn(m, k, device="cuda")
+            x = torch.randn(m, k, device=DEV)
             ms_s, ms_d = bench_ms(lambda: ks(x, sparse, None)), bench_ms(lambda: kd(x, dense, None))
             row("time", f"triton bsr int8 90% blocks {block[0]}x{block[1]} M={m} N={n} K={k}",
                 f"{ms_d / ms_s:.2f}x its dense", f"{ms_s:.3f} ms vs {ms_d:.3f} ms; goal >= 4x")
@@ -265,7 +294,7 @@ def time_cupy_csr(quick: bool) -> None:
     import cupy
     import cupyx.scipy.sparse as cps
     rng = np.random.default_rng(5)
-    m, n, k = 512, 4096, 4096
+    m, n, k = SIZES["m"], SIZES["n"], SIZES["k"]
     for sparsity in (0.9, 0.95):
         @guarded("time", f"cupy csr {sparsity:.0%}")
         def one(sparsity=sparsity):
@@ -334,7 +363,7 @@ def torch_encoder(fw, heads: int):
     """The same encoder in torch fp16 (the dequantized int8 weights), run(x, mask) -> y."""
     import torch
     import torch.nn.functional as F
-    dev = [[tuple(torch.tensor(a, device="cuda", dtype=torch.float16) for a in part) for part in layer] for layer in fw]
+    dev = [[tuple(torch.tensor(a, device=DEV, dtype=torch.float16) for a in part) for part in layer] for layer in fw]
 
     def run(x, mask):
         b, s, h = x.shape
@@ -357,16 +386,17 @@ def end_to_end(quick: bool) -> None:
     rng = np.random.default_rng(6)
     g, fw = encoder_graph(rng, **MINILM)
     ref = torch_encoder(fw, MINILM["heads"])
-    for backend in ("auto", "triton", "cupy"):
+    seq = SIZES["seq"]
+    for backend in SIZES["backends"]:
         @guarded("bert", f"session {backend}")
         def one(backend=backend):
             sess = InferenceSession(g, backend)
             gpu_nodes = sum(p.backend in ("triton", "cupy") for p in sess.plan)
-            for batch in ((1,) if quick else (1, 32)):
-                x = rng.standard_normal((batch, 128, MINILM["hidden"])).astype(np.float32)
-                mask = np.zeros((batch, 1, 1, 128), np.float32)
-                mask[:, ..., 120:] = -1e4
-                xd, md = torch.tensor(x, device="cuda"), torch.tensor(mask, device="cuda")
+            for batch in (SIZES["batches"][:1] if quick else SIZES["batches"]):
+                x = rng.standard_normal((batch, seq, MINILM["hidden"])).astype(np.float32)
+                mask = np.zeros((batch, 1, 1, seq), np.float32)
+                mask[:, ..., seq - seq // 16:] = -1e4
+                xd, md = torch.tensor(x, device=DEV), torch.tensor(mask, device=DEV)
                 feeds = {"x": xd, "mask": md}
                 out = sess.run(None, feeds, {"device_outputs": True})[0]
                 ms = bench_ms(lambda: sess.run(None, feeds, {"device_outputs": True}))
@@ -378,7 +408,7 @@ def end_to_end(quick: bool) -> None:
                 got = np.asarray(to_numpy(out), np.float64)
                 w = want.float().cpu().numpy().astype(np.float64)
                 cos = float((got * w).sum() / (np.linalg.norm(got) * np.linalg.norm(w)))
-                row("bert", f"MiniLM encoder int8, {backend}, batch {batch} x 128", f"{ref_ms / ms:.2f}x torch fp16",
+                row("bert", f"MiniLM encoder int8, {backend}, batch {batch} x {seq}", f"{ref_ms / ms:.2f}x torch fp16",
                     f"{ms:.2f} ms vs {ref_ms:.2f} ms; cosine {cos:.5f}; {gpu_nodes}/{len(sess.plan)} nodes on the GPU, "
                     f"{sess.host_transfers} host round trips")
         one()
@@ -389,13 +419,24 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="fewer shapes (a smoke test)")
     ap.add_argument("--out", default=os.path.join(os.environ.get("OUT", "."), "gpu_check.md"),
                     help="also write the table here (default $OUT/gpu_check.md)")
+    ap.add_argument("--cpu-smoke", action="store_true",
+                    help="no GPU: the Triton sections at toy sizes in Triton's interpreter (tests the script)")
     a = ap.parse_args()
     t0 = time.perf_counter()
+    global SMOKE, DEV
+    if a.cpu_smoke:
+        os.environ["TRITON_INTERPRET"] = "1"           # read when triton is first imported (below)
+        SMOKE, DEV = True, "cpu"
+        SIZES.update(SMOKE_SIZES)
+        MINILM["layers"] = 1
     import runtime
     status = runtime.available_backends()
+    if SMOKE:
+        status["cupy"] = "skipped by --cpu-smoke"
     for b in ("triton", "cupy"):
         row("machine", f"backend {b}", "usable" if status[b] is None else "UNAVAILABLE", status[b] or "")
-    peaks = guarded("machine", "ceilings")(machine)() or {"int8_tops": float("nan"), "fp16_tflops": float("nan")}
+    no_peaks = {"int8_tops": float("nan"), "fp16_tflops": float("nan")}
+    peaks = no_peaks if SMOKE else guarded("machine", "ceilings")(machine)() or no_peaks
     for b in ("triton", "cupy"):
         if status[b] is None:
             check_linears(b)
