@@ -43,6 +43,9 @@ OPTION_SETS = [
     ("80% + int8, obs", dict(prune="magnitude", sparsity=0.8, prune_method="obs", quant="int8")),
     # calibration-aware quantization (issue 13 item 2)
     ("int8 gptq", dict(quant="int8", quant_method="gptq")),
+    # 7-bit weights ([-63, 63]): the AVX2 narrow tile (docs/CONVERTER.md, "Integer GEMM")
+    ("int8, 7-bit weights", dict(quant="int8", weight_bits=7)),
+    ("int8 gptq, 7-bit weights", dict(quant="int8", quant_method="gptq", weight_bits=7)),
     ("int4 g64", dict(quant="int4")),
     ("int4 g64 gptq", dict(quant="int4", quant_method="gptq")),
     ("int4 g32 gptq", dict(quant="int4", quant_method="gptq", group_size=32)),

@@ -239,6 +239,8 @@ PYBIND11_MODULE(_native, m) {
         .def_property_readonly("has_zero_point", [](const qrt::Int8PackedWeight& w) { return w.has_zero_point; })
         .def_property_readonly("has_q_min", [](const qrt::Int8PackedWeight& w) { return w.has_q_min; },
                                "some weight byte is -128: the AVX2 path takes its widening tile, not vpmaddubsw")
+        .def_property_readonly("max_abs_q", [](const qrt::Int8PackedWeight& w) { return w.max_abs_q; },
+                               "max |qw|: at most 63 (a narrow weight) takes the AVX2 narrow tile")
         .def_property_readonly("nbytes", &qrt::Int8PackedWeight::nbytes, "bytes held by the packed arrays")
         .def("__repr__", [](const qrt::Int8PackedWeight& w) {
             return "Int8Weight(N=" + std::to_string(w.n) + ", K=" + std::to_string(w.k) +

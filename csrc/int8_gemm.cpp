@@ -93,6 +93,7 @@ Int8PackedWeight int8_pack_weight(const int8_t* qdata, int64_t n, int64_t k, con
             dst[(kk / 4) * kInt8Panel * 4 + (kk % 4)] = q[kk];
             sum += q[kk];
             w.has_q_min |= q[kk] == -128;
+            w.max_abs_q = std::max<int32_t>(w.max_abs_q, q[kk] < 0 ? -q[kk] : q[kk]);
         }
         w.colsum[row] = sum;
         w.zero_point[row] = zero_point ? zero_point[row] : 0;
@@ -170,7 +171,8 @@ struct PathKernels {
 };
 
 // AVX2 takes the vpmaddubsw tile (2 multiplies per 32 products) unless a weight byte is -128,
-// where only the int16-widening tile is exact (int8_gemm_avx2.cpp).
+// where only the int16-widening tile is exact (int8_gemm_avx2.cpp); a narrow weight (every
+// |qw| <= kNarrowQMax) takes the narrow tile (no vpsignb, rows half as long).
 PathKernels kernels_for(Int8Isa isa, const Int8PackedWeight& w) {
     switch (isa) {
 #if QRT_INT8_X86_SIMD
@@ -180,6 +182,7 @@ PathKernels kernels_for(Int8Isa isa, const Int8PackedWeight& w) {
 #endif
         case Int8Isa::avx2:
             if (w.has_q_min) return {quantize_row_avx2, tile_avx2};
+            if (w.max_abs_q <= kNarrowQMax) return {quantize_row_avx2, tile_avx2_narrow};
             return {quantize_row_avx2_signed, tile_avx2_signed, 2};
 #endif
         default: return {quantize_row_scalar, tile_scalar};

@@ -91,6 +91,11 @@ struct AlignedArray {
     T& operator[](size_t i) const { return data.get()[i]; }
 };
 
+// Weights with every |qw| <= kNarrowQMax (quantized to the narrow range, the converter's
+// weight_bits = 7) take the AVX2 narrow tile: vpmaddubsw on u = qx + 128 (<= 255) is exact
+// for them (2 * 255 * 63 = 32130 <= 32767), with no vpsignb (int8_gemm_avx2.cpp).
+constexpr int32_t kNarrowQMax = 63;
+
 // A weight prepared once, at plan time.
 struct Int8PackedWeight {
     int64_t n = 0, k = 0;
@@ -98,6 +103,7 @@ struct Int8PackedWeight {
     int64_t panels = 0;      // ceil(N / kInt8Panel)
     bool has_zero_point = false;
     bool has_q_min = false;  // some qw is -128: the AVX2 vpmaddubsw tile is not exact for it
+    int32_t max_abs_q = 0;   // max |qw|: at most kNarrowQMax takes the AVX2 narrow tile
     // (panels, k4, kInt8Panel, 4) int8: panel p, k step kk, column c holds
     // qw[p * 64 + c, 4 kk .. 4 kk + 3]; padded columns and k hold 0.
     AlignedArray<int8_t> data;

@@ -78,6 +78,10 @@ void quantize_row_avx2_signed(const float* x, int64_t k, int64_t kp, const Int8A
                               uint8_t* u, double* sx, int64_t* row_corr);
 void tile_avx2_signed(int64_t rows, const uint8_t* u, int64_t ldu, const int8_t* panel, int64_t k4,
                       const Epilogue& ep, int64_t m0, int64_t n0, float* y, int64_t ldy);
+// The AVX2 tile for narrow weights (every |qw| <= kNarrowQMax, int8_gemm.h): vpmaddubsw on
+// quantize_row_avx2's u = qx + 128 directly, exact because 2 * 255 * 63 <= 32767.
+void tile_avx2_narrow(int64_t rows, const uint8_t* u, int64_t ldu, const int8_t* panel, int64_t k4,
+                      const Epilogue& ep, int64_t m0, int64_t n0, float* y, int64_t ldy);
 // y[i] = act(y[i]), i < count, in place (activation_inplace)
 void activation_span_avx2(float* y, int64_t count, Activation act);
 void activation_span_avx512(float* y, int64_t count, Activation act);

@@ -126,6 +126,10 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--per-tensor", action="store_true", help="one int8 weight scale per tensor (default: per output channel)")
     q.add_argument("--asymmetric", action="store_true", help="asymmetric weights with a zero point (default: symmetric)")
     q.add_argument("--group-size", type=int, default=64, help="int4 group size (32, 64 or 128)")
+    q.add_argument("--weight-bits", type=int, default=8, choices=[8, 7],
+                   help="int8 weights on 8 bits (default) or 7 ([-63, 63], the same file layout): AVX2 CPUs "
+                        "multiply 7-bit weights about 1.3x faster, exactly; the rounding step doubles "
+                        "(dense, symmetric int8 only)")
     q.add_argument("--embed-quant", default="auto", choices=["auto", "int8", "int4", "none"],
                    help="embedding tables (constant tables read by Gather): auto (default) = int8 per row "
                         "whenever --quant is int8 or int4; int4 = int4_grouped along the row; none = fp32")
@@ -366,7 +370,7 @@ def _convert_options(args, validate: bool = True):
         prune=args.prune, prune_method=args.prune_method, sparsity=args.sparsity, layer_sparsity=layer_sparsity,
         nm=_pair(args.nm or "2:4", ":", "--nm"), block=_pair(args.block or "1x4", "x", "--block"), scope=args.scope,
         quant=args.quant, act=args.act, per_channel=not args.per_tensor, symmetric=not args.asymmetric,
-        group_size=args.group_size, quant_method=args.quant_method, embed_quant=args.embed_quant, act_order=not args.no_act_order,
+        group_size=args.group_size, quant_method=args.quant_method, weight_bits=args.weight_bits, embed_quant=args.embed_quant, act_order=not args.no_act_order,
         smooth=args.smooth, calib=args.calib, calib_text=args.calib_text, tokenizer=args.tokenizer,
         seq_len=args.seq_len, calib_method=args.calib_method,
         percentile=args.percentile, keep_fp32=args.keep_fp32, skip=args.skip, max_error=args.max_error, holdout=args.holdout,

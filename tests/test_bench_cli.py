@@ -55,6 +55,25 @@ def test_gemm_sweep_cli_json_and_report(capsys, tmp_path):
         assert (out_dir / "roofline.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_gemm_sweep_times_seven_bit_weights_beside_int8(capsys, tmp_path):
+    """--layouts int8,int8w7: the 7-bit-weight rows (--weight-bits 7's packing, max |q| 63)
+    beside int8 on every fast backend, bit-exact with the reference; an unknown layout is a
+    usage error naming the known ones."""
+    w = np.random.default_rng(0).standard_normal((32, 64)).astype(np.float32)
+    t, label = gemm.pack_case(w, "int8w7")
+    assert t.layout == "int8" and label == "w7" and np.abs(t.fields["qdata"].astype(int)).max() == 63
+    out_json = tmp_path / "g.json"
+    rc, out, err = cli(capsys, "bench", "--gemm", "--shapes", "64x32", "--m", "5", "--layouts", "int8,int8w7",
+                       "--seconds", "0.002", "--threads", "1", "--keep-blas-env", "--no-baselines", "--json", out_json)
+    assert rc == 0, err
+    rows = json.loads(out_json.read_text())["gemm"]
+    for b in FAST:
+        got = {r["layout"]: r for r in rows if r["runtime"] == f"qrt {b}"}
+        assert set(got) == {"int8", "int8w7"} and all(r["valid"] and r["max_err"] == 0 for r in got.values()), got
+    rc, out, err = cli(capsys, "bench", "--gemm", "--layouts", "int7", "--keep-blas-env")
+    assert rc == 1 and "int8w7" in err, err
+
+
 def test_gemm_degrades_without_onnxruntime_and_torch(monkeypatch):
     """Rows omitted, each with its reason, when the other runtimes are not installed."""
     monkeypatch.setitem(sys.modules, "onnxruntime", None)         # import raises ImportError

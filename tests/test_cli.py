@@ -684,6 +684,18 @@ def test_convert_drift_correction_flag(capsys, tmp_path):
     assert rc == 2 and "invalid choice: 'yes'" in err
 
 
+def test_convert_weight_bits_flag(capsys, tmp_path):
+    """--weight-bits 7 packs every int8 weight on [-63, 63]; another value is a usage error."""
+    src = good_model(tmp_path / "m.onnx")
+    rc, out, err = cli(capsys, "convert", src, "-o", tmp_path / "m.qrt", "--quant", "int8", "--weight-bits", "7")
+    assert rc == 0, err
+    g = runtime.load(tmp_path / "m.qrt")
+    qs = [t.fields["qdata"] for t in g.initializers.values() if t.layout == "int8"]
+    assert qs and all(np.abs(q.astype(np.int64)).max() == 63 for q in qs)
+    rc, out, err = cli(capsys, "convert", src, "-o", tmp_path / "n.qrt", "--quant", "int8", "--weight-bits", "4")
+    assert rc == 2 and "invalid choice: 4" in err
+
+
 def test_help_texts_say_each_default_once_and_print_percent_signs(capsys):
     """`qrt convert --help` appended "(default: ...)" to help that already gave it, and
     "(default: None)" / "(default: False)"; `qrt demo --help` printed a literal "90%%"."""

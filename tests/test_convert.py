@@ -312,6 +312,33 @@ def test_int8_weight_quantization_variants(mlp, per_channel, symmetric):
     assert ("zero_point" in t.fields) == (not symmetric)
 
 
+@pytest.mark.parametrize("quant_method", ["rtn", "gptq"])
+def test_seven_bit_weights_stay_on_their_grid(mlp, quant_method):
+    """weight_bits=7: every int8 weight on [-63, 63] (max |q| = 63 in each row with per-channel
+    round to nearest: the narrow grid, not 8 bits clipped), within the dynamic int8 accuracy
+    budget; GPTQ rounds onto the same grid."""
+    acc, fp32, graph = _acc(mlp, quant="int8", weight_bits=7, quant_method=quant_method)
+    assert acc >= fp32 - INT8_DYNAMIC_MAX_DROP, (acc, fp32)
+    assert graph.metadata["report"]["options"]["weight_bits"] == 7
+    for n in (n for n in graph.nodes if n.op == "Linear"):
+        q = graph.initializers[n.inputs[1]].fields["qdata"].astype(np.int64)
+        assert np.abs(q).max() == 63, n.name
+        if quant_method == "rtn":
+            assert (np.abs(q).max(axis=1) == 63).all(), n.name
+
+
+@pytest.mark.parametrize("options,message", [
+    ({"quant": "int4"}, "needs quant='int8'"),
+    ({"quant": "int8", "symmetric": False}, "asymmetric weights keep 8 bits"),
+    ({"quant": "int8", "prune": "nm"}, "sparse layouts keep 8 bits"),
+    ({"quant": "int8", "weight_bits": 6}, "weight_bits must be one of 8, 7"),
+])
+def test_seven_bit_weights_refused_where_they_do_not_apply(mlp, options, message):
+    opts = {"weight_bits": 7, **options}
+    with pytest.raises(ValueError, match=message):
+        runtime.convert(mlp[0], **opts)
+
+
 def test_int4_asymmetric_has_zero_points(mlp):
     acc, fp32, graph = _acc(mlp, quant="int4", group_size=32, symmetric=False)
     assert acc >= fp32 - 0.03

@@ -682,23 +682,32 @@ def test_session_on_converted_int8_mlp(act, tmp_path):
         assert np.array_equal(auto.run(None, {"x": x})[1], h_ref)
 
 
-@pytest.mark.parametrize("q_min", [False, True], ids=["maddubs-tile", "widening-tile"])
+# the AVX2 tile each weight takes (csrc/int8_gemm_avx2.cpp): its extreme bytes, and max |qw|
+AVX2_TILES = {"maddubs-tile": ([-127, 127, -126, 0, 1], 127), "widening-tile": ([-127, 127, -126, 0, 1, -128], 128),
+              "narrow-tile": ([-63, 63, -62, 0, 1], 63)}
+
+
+@pytest.mark.parametrize("tile", list(AVX2_TILES))
 @pytest.mark.parametrize("k", [1, 4, 37, 256, MAX_K_INT32])
-def test_avx2_tiles_exact_at_the_int8_extremes(q_min, k, restore_native_state):
-    """The AVX2 path has two tiles (csrc/int8_gemm_avx2.cpp): vpmaddubsw on |qx| x sign(qx) qw,
-    exact because a pair of products is at most 2 * 128 * 127, and the int16-widening one for
-    weights holding -128 (where vpsignb would wrap). Raw qdata at the extremes (+-127, and -128
-    for the widening tile) against activations at qx = -128 and 127 (static, z = 0 and z = -128):
-    any saturation or sign wrap changes the integers, hence the bits."""
+def test_avx2_tiles_exact_at_the_int8_extremes(tile, k, restore_native_state):
+    """The AVX2 path has three tiles (csrc/int8_gemm_avx2.cpp): vpmaddubsw on |qx| x sign(qx) qw,
+    exact because a pair of products is at most 2 * 128 * 127; the int16-widening one for
+    weights holding -128 (where vpsignb would wrap); and for narrow weights (every |qw| <= 63)
+    vpmaddubsw on u = qx + 128 directly, a pair at most 2 * 255 * 63. Raw qdata at the extremes
+    against activations at qx = -128 and 127 (u = 0 and 255; static, z = 0 and z = -128): any
+    saturation or sign wrap changes the integers, hence the bits."""
     if "avx2" not in ISAS:
         pytest.skip("no AVX2 on this CPU")
-    rng = _rng("avx2-tiles", q_min, k)
+    values, max_abs = AVX2_TILES[tile]
+    rng = _rng("avx2-tiles", tile, k)
     n = 70
-    q = rng.choice(np.array([-127, 127, -126, 0, 1], np.int8), size=(n, k)).astype(np.int8)
-    if q_min:
+    q = rng.choice(np.array(values[:5], np.int8), size=(n, k)).astype(np.int8)
+    q.reshape(-1)[0] = values[0]                    # the extreme is there even at K = 1
+    if tile == "widening-tile":
         q[::3, ::2] = -128
     w = _native.Int8Weight(q, np.full(n, 0.01, np.float32), None)
-    assert w.has_q_min == q_min
+    assert w.has_q_min == (tile == "widening-tile")
+    assert w.max_abs_q == max_abs
     t = pack_int8("w", np.zeros((n, k), np.float32))    # the reference's layout, then the same qdata
     t.fields["qdata"][...] = q
     t.fields["scale"][...] = np.float32(0.01)
@@ -710,7 +719,34 @@ def test_avx2_tiles_exact_at_the_int8_extremes(q_min, k, restore_native_state):
         ref = _run("reference", acfg, t, x, None)
         _native.set_int8_isa("avx2")
         got = _native.int8_linear(w, x, None, *_binding_args(acfg))
-        _assert_same(got, ref, f"avx2 q_min={q_min} K={k} {acfg}")
+        _assert_same(got, ref, f"avx2 {tile} K={k} {acfg}")
+
+
+@pytest.mark.parametrize("acfg", ACT_CONFIGS, ids=["dynamic", "static-z0", "static-z-7"])
+def test_narrow_weights_give_the_reference_bits_on_every_path(acfg, restore_native_state):
+    """7-bit weights (pack_int8(qmax=63), the converter's weight_bits=7) take the AVX2 narrow
+    tile: with a bias, every epilogue activation, tile heights 1-4 and 1 and 2 threads, on every
+    path this CPU has (AVX2 forced too), the reference's bits."""
+    rng = _rng("narrow", acfg["act_quant"], acfg.get("act_zero_point"))
+    for n, k in ((65, 100), (16, 384), (130, 36)):
+        t = _weight(rng, (n, k), qmax=63)
+        assert np.abs(t.fields["qdata"]).max() == 63
+        assert _native.Int8Weight(t.fields["qdata"], t.fields["scale"], None).max_abs_q == 63
+        b = rng.standard_normal(n).astype(np.float32)
+        x = _input(rng, (11, k), zero_rows=True)
+        ref = _run("reference", acfg, t, x, b)
+        for isa in ISAS:
+            _native.set_int8_isa(isa)
+            for threads in (1, 2):
+                _native.set_threads(threads)
+                _assert_same(_run("native", acfg, t, x, b), ref, f"narrow {isa} {threads}t {(n, k)} {acfg}")
+        for act in ACTIVATIONS:
+            run = registry.build("Linear", "int8", "native", registry.fill_attrs("Linear", {**acfg, "activation": act}),
+                                 {1: t})
+            want = _linear_then_activation_ref(acfg, t, x, b, act)
+            for isa in ISAS:
+                _native.set_int8_isa(isa)
+                _assert_activation_close(run(x, t, b)[0], want, act, f"narrow {isa} {act} {(n, k)} {acfg}")
 
 
 def test_weight_beyond_the_cache_gets_large_row_blocks_and_the_same_bits(restore_native_state):

@@ -67,6 +67,8 @@ INT32_LIMIT = 1 << 31
 # Integer ranges (docs/CONVERTER.md): symmetric int8 never uses -128 so negation cannot
 # overflow and u8 x s8 VNNI kernels can shift activations without special cases.
 INT8_SYMMETRIC = (-127, 127)
+# 7-bit weights in the int8 layout (kernels/native_cpu: the AVX2 narrow tile, csrc/int8_gemm.h)
+NARROW_INT8_QMAX = 63
 INT8_ASYMMETRIC = (-128, 127)
 INT4_SYMMETRIC = (-8, 7)       # two's complement nibble
 INT4_ASYMMETRIC = (0, 15)      # unsigned nibble
@@ -498,10 +500,12 @@ def _int8_check(t: PackedTensor) -> None:
 
 
 def pack_int8(name: str, w, mask=None, *, per_channel: bool = True, symmetric: bool = True,
-              scale: np.ndarray | None = None) -> PackedTensor:
+              scale: np.ndarray | None = None, qmax: int = 127) -> PackedTensor:
     """int8 weight of the logical shape, one scale per output channel (row of the 2-D view) or
     per tensor; pruned positions of ``mask`` are set to 0 first (0 is exact in both modes).
-    ``scale`` (symmetric only): use these scales, N or 1 float32, instead of max|w| / 127.
+    ``scale`` (symmetric only): use these scales, N or 1 float32, instead of max|w| / qmax.
+    ``qmax`` (symmetric only): the grid is [-qmax, qmax]; NARROW_INT8_QMAX = 63 is the
+    converter's 7-bit weights (weight_bits=7), which the AVX2 kernels multiply faster, exactly.
 
     Fields: qdata int8 (shape), scale float32 (N,) or (1,), zero_point int8 like scale
     (asymmetric only)."""
@@ -513,8 +517,10 @@ def pack_int8(name: str, w, mask=None, *, per_channel: bool = True, symmetric: b
     fields: dict[str, np.ndarray] = {}
     if not symmetric and scale is not None:
         raise ValueError(f"weight {name!r}: a given scale needs symmetric quantization")
+    if not (_is_int(qmax) and 1 <= qmax <= 127) or (not symmetric and qmax != 127):
+        raise ValueError(f"weight {name!r}: qmax must be an int in [1, 127] (symmetric only), got {qmax!r}")
     if symmetric:
-        q, scale = _quant_symmetric(v, axis, 127, INT8_SYMMETRIC, scale)
+        q, scale = _quant_symmetric(v, axis, int(qmax), (-int(qmax), int(qmax)), scale)
     else:
         q, scale, zp = _quant_asymmetric(v, axis, 255, -128, INT8_ASYMMETRIC)
     fields["qdata"] = q.astype(np.int8).reshape(w.shape)

@@ -50,7 +50,8 @@ def add_parser(sub) -> None:
     b.add_argument("--m", help="comma-separated GEMM rows M (default 1,16,128,512)")
     b.add_argument("--sparsity", help="comma-separated sparsities in (0, 1) (default 0.5,0.7,0.8,0.9,0.95; "
                    "0.5 also runs 2:4)")
-    b.add_argument("--layouts", help=f"comma-separated qrt layouts (default {','.join(gemm_mod.LAYOUTS)})")
+    b.add_argument("--layouts", help=f"comma-separated qrt layouts (default {','.join(gemm_mod.LAYOUTS)}; also "
+                                     "int8w7: int8 with 7-bit weights, as --weight-bits 7 converts)")
     b.add_argument("--backend", help="qrt backend(s), comma-separated: for --gemm default native,numba; "
                    "for a model default auto")
     b.add_argument("--no-baselines", action="store_true", help="--gemm: qrt rows only (no fp32 / onnxruntime / "
@@ -115,8 +116,9 @@ def _sparsity(v: str) -> float:
 
 
 def _layout(v: str) -> str:
-    if v not in gemm_mod.LAYOUTS:
-        raise ValueError(f"{v!r} is not one of {', '.join(gemm_mod.LAYOUTS)}")
+    known = gemm_mod.LAYOUTS + gemm_mod.EXTRA_LAYOUTS
+    if v not in known:
+        raise ValueError(f"{v!r} is not one of {', '.join(known)}")
     return v
 
 

@@ -42,6 +42,9 @@ SHAPE_SETS = {"bert": BERT, "minilm": MINILM, "llm": LLM, "all": BERT + MINILM +
 ALL_M = (1, 16, 128, 512)
 SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95)
 LAYOUTS = ("int8", "int4", "csr", "bsr", "nm")
+# report layouts beyond the default sweep: "int8w7" is int8 with 7-bit weights ([-63, 63], the
+# converter's --weight-bits 7), which the AVX2 kernels multiply with their narrow tile
+EXTRA_LAYOUTS = ("int8w7",)
 BSR_BLOCK = (4, 4)
 INT4_GROUP = 64
 # the quick subset: one shape per family, small and large M, two sparsities
@@ -103,6 +106,8 @@ def pack_case(w: np.ndarray, layout: str, sparsity: float = 0.0):
         return L.pack_dense("w", w), None
     if layout == "int8":
         return L.pack_int8("w", w), None
+    if layout == "int8w7":
+        return L.pack_int8("w", w, qmax=L.NARROW_INT8_QMAX), "w7"
     if layout == "int4":
         return L.pack_int4_grouped("w", w, group_size=INT4_GROUP), f"g{INT4_GROUP}"
     if layout == "csr":
@@ -118,7 +123,7 @@ def pack_case(w: np.ndarray, layout: str, sparsity: float = 0.0):
 def layout_cases(layouts: tuple[str, ...], sparsities: tuple[float, ...]) -> list[tuple[str, float]]:
     """(layout, sparsity) of a sweep: dense layouts once, csr / bsr at every sparsity, 2:4
     (nm) at 50% only."""
-    out = [(lay, 0.0) for lay in ("fp32", "int8", "int4") if lay in layouts]
+    out = [(lay, 0.0) for lay in ("fp32", "int8", "int8w7", "int4") if lay in layouts]
     for s in sparsities:
         out += [(lay, s) for lay in ("csr", "bsr") if lay in layouts]
         if "nm" in layouts and s == 0.5:

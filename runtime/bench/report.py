@@ -39,7 +39,7 @@ model_result: model backend batch seq bytes latency_ms{median p90 spread} throug
      profile[{node op layout kernel median_ms share}]
      plan[{node stored chosen rows times_ms{candidate: ms} reason}]"""
 
-LAYOUTS = ("fp32", "int8", "int4", "csr", "bsr", "nm")     # the order rows are listed in
+LAYOUTS = ("fp32", "int8", "int8w7", "int4", "csr", "bsr", "nm")     # the order rows are listed in
 SPARSE_LAYOUTS = ("csr", "bsr", "nm")
 PRECISIONS = ("fp32", "int8", "int4")
 UNITS = ("sequences/s", "samples/s")
