@@ -337,18 +337,28 @@ def test_session_on_converted_int8_mlp():
         np.testing.assert_allclose(y, y_ref, rtol=1e-6, atol=1e-7)
 
 
+# weight bytes of each case: (values, has -128, max |q| <= 63)
+AVX2_CASES = {"avx2-tile": ([-127, 127, -126, 0, 1], False, False),
+              "has-minus-128": ([-127, 127, -126, 0, 1], True, False),
+              "narrow-tile": ([-63, 63, -62, 0, 1], False, True)}
+
+
 @pytest.mark.skipif(not HAS_AVX2, reason="numba's target has no AVX2 (QRT_NUMBA_ISA=generic)")
-@pytest.mark.parametrize("q_min", [False, True], ids=["avx2-tile", "has-minus-128"])
+@pytest.mark.parametrize("case", list(AVX2_CASES))
 @pytest.mark.parametrize("m,k", [(1, 1), (5, 37), (17, 256), (3, MAX_K_INT32)])
-def test_avx2_tile_exact_at_the_int8_extremes(q_min, m, k):
+def test_avx2_tile_exact_at_the_int8_extremes(case, m, k):
     """The AVX2 tile (vnni._raw_avx2) multiplies |qx| by sign(qx) qw with vpmaddubsw: exact
     because a pair of products is at most 2 * 128 * 127 and the weight holds no -128; a weight
-    with -128 (where vpsignb would wrap) must take the portable GEMM. Raw qdata at the extremes
-    against activations at qx = -128 and 127 (static z = 0 and -128, and dynamic): any
-    saturation or wrap changes the integers, hence the bits."""
-    rng = _rng("avx2-tile", q_min, m, k)
+    with -128 (where vpsignb would wrap) must take the portable GEMM; a narrow weight (every
+    |qw| <= 63) takes vnni._raw_avx2_narrow, vpmaddubsw on u = qx + 128 itself (a pair at most
+    2 * 255 * 63). Raw qdata at the extremes against activations at qx = -128 and 127 (u = 0
+    and 255; static z = 0 and -128, and dynamic): any saturation or wrap changes the integers,
+    hence the bits."""
+    values, q_min, narrow = AVX2_CASES[case]
+    rng = _rng("avx2-tile", case, m, k)
     n = 70
-    q = rng.choice(np.array([-127, 127, -126, 0, 1], np.int8), size=(n, k)).astype(np.int8)
+    q = rng.choice(np.array(values, np.int8), size=(n, k)).astype(np.int8)
+    q.reshape(-1)[0] = values[0]                    # the extreme is there even at K = 1
     if q_min:
         q[::3, ::2] = -128
     t = pack_int8("w", np.zeros((n, k), np.float32))
@@ -360,6 +370,24 @@ def test_avx2_tile_exact_at_the_int8_extremes(q_min, m, k):
                  {"act_quant": "static", "act_scale": 0.5, "act_zero_point": -128},
                  {"act_quant": "dynamic"}):
         plan = int8.Int8Plan("Linear", t, **acfg, use_vnni=False, use_avx2=True)
-        assert plan.groups[0].use_avx2 == (not q_min)
+        assert plan.groups[0].use_avx2 == (not q_min) and plan.groups[0].narrow == narrow
         _assert_same(int8.int8_linear(x, plan), _run("Linear", "reference", acfg, t, x, None),
-                     f"q_min={q_min} M={m} K={k} {acfg}")
+                     f"{case} M={m} K={k} {acfg}")
+
+
+@pytest.mark.skipif(not HAS_AVX2, reason="numba's target has no AVX2 (QRT_NUMBA_ISA=generic)")
+@pytest.mark.parametrize("acfg", [{"act_quant": "dynamic"}, {"act_quant": "static", "act_scale": 0.047, "act_zero_point": -7}],
+                         ids=["dynamic", "static"])
+def test_narrow_weights_give_the_reference_bits(acfg):
+    """7-bit weights (pack_int8(qmax=63), the converter's weight_bits=7) on the AVX2 path: the
+    narrow tile at one row, an edge tile, and enough rows for the row-block driver
+    (vnni.panel_linear), with a bias: the reference's bits."""
+    rng = _rng("narrow", acfg["act_quant"])
+    n, k = 130, 260
+    t = pack_int8("w", rng.standard_normal((n, k)).astype(np.float32), qmax=63)
+    plan = int8.Int8Plan("Linear", t, **acfg, use_vnni=False, use_avx2=True)
+    assert plan.groups[0].narrow
+    b = rng.standard_normal(n).astype(np.float32)
+    for m in (1, 17, 300):
+        x = _input(rng, (m, k))
+        _assert_same(int8.int8_linear(x, plan, b), _run("Linear", "reference", acfg, t, x, b), f"narrow M={m} {acfg}")

@@ -71,17 +71,22 @@ class Int8Group:
         # the AVX2 tile is exact only without -128 in the weight (vnni._raw_avx2)
         self.use_avx2 = not self.use_vnni and fits and (isa.has_avx2() if use_avx2 is None else use_avx2) \
             and (q.size == 0 or int(q.min()) > -128)
+        # narrow weights (every |qw| <= 63) take the AVX2 narrow tile, on u like the VNNI one
+        self.narrow = self.use_avx2 and (q.size == 0 or int(np.abs(q.astype(np.int64)).max()) <= vnni.NARROW_QMAX)
         zw = np.zeros(self.n, np.int64) if zero_point is None else np.asarray(zero_point, np.int64)
         colsum = q.astype(np.int64).sum(axis=1)
-        # vnni.py docstring: the u8 kernels subtract (128 + z_x) colsum; the AVX2 one sums qx qw
-        col_corr = (self.act_zero_point if self.use_avx2 else 128 + self.act_zero_point) * colsum
+        # vnni.py docstring: the u8 kernels subtract (128 + z_x) colsum; the signed AVX2 one sums qx qw
+        signed = self.use_avx2 and not self.narrow
+        col_corr = (self.act_zero_point if signed else 128 + self.act_zero_point) * colsum
         sw = np.asarray(scale, np.float64)
         _, np_, self.k4 = vnni.padded_sizes(1, self.n, self.k)
         self.padded_n = np_ * vnni.PANEL
         self.panels = self.use_vnni or self.use_avx2
         if self.panels:
             # uint8 panels (the same bytes) select the AVX2 tile (vnni._make_tile)
-            self.weight = vnni.pack_weight_panels(q).view(np.uint8 if self.use_avx2 else np.int8)
+            panels = vnni.pack_weight_panels(q)
+            self.weight = vnni.narrow_panels(panels) if self.narrow else panels.view(np.uint8) if self.use_avx2 \
+                else panels
             # int32 copies wrap modulo 2^32 like the kernel's arithmetic (exact for K <= MAX_K_INT32)
             self.col_corr = self._pad(col_corr).astype(np.int32)
             self.zw = self._pad(zw).astype(np.int32)

@@ -62,7 +62,10 @@ GOMP_SPINCOUNT (set in kernels/numba_cpu/__init__.py) keeps numba's OpenMP worke
 AVX2 (no vpdpbusd): the same panels, viewed as uint8, select the AVX2 tile (_raw_avx2: 16
 columns per K loop, |qx| x sign(qx) qw by vpmaddubsw, exact for weights without -128;
 docs/CONVERTER.md, "Integer GEMM"). It reads rows of qx then |qx| (signed_rows) and sums
-qx qw, so its col_corr is z_x colsum. Per core it runs at the C++ AVX2 tile's speed.
+qx qw, so its col_corr is z_x colsum. Per core it runs at the C++ AVX2 tile's speed. Narrow
+weights (every |qw| <= NARROW_QMAX, the converter's weight_bits=7), viewed uint8 and 3-D
+(narrow_panels), select _raw_avx2_narrow: vpmaddubsw on u itself, like the VNNI tile's rows
+and col_corr.
 
 The LLVM intrinsics exist only on targets with those instructions: the functions that contain
 them are compiled on their first call for the panel dtype used, and callers reach them only
@@ -77,11 +80,13 @@ from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 
 from kernels.core import config
+from kernels.core.layouts import NARROW_INT8_QMAX
 
 from . import isa
 from .ops import activate_rows
 
 MR = 4                    # rows per micro-tile
+NARROW_QMAX = NARROW_INT8_QMAX   # a weight with every |qw| <= this can take the narrow AVX2 tile
 NV = 4                    # 16-lane int32 vectors per micro-tile row
 PANEL = 16 * NV           # output columns per weight panel
 NO_VNNI_ENV = "QRT_NUMBA_NO_VNNI"            # "1": use the portable GEMM even on a VNNI CPU
@@ -284,9 +289,25 @@ def signed_rows(u, panels):
     i is qx (int8 bytes) then |qx| (uint8, 128 for -128), filled by fill_signed_rows."""
 
 
+def _signed_tile(panels) -> bool:
+    """Whether numba type ``panels`` selects the signed AVX2 tile (4-D uint8 panels), which
+    reads signed rows; the VNNI tile (int8) and the narrow AVX2 tile (uint8 viewed 3-D, see
+    narrow_panels) read u itself."""
+    return panels.dtype == types.uint8 and panels.ndim == 4
+
+
+def narrow_panels(panels: np.ndarray) -> np.ndarray:
+    """int8 panels (NP, K4, PANEL, 4) of a weight with every |qw| <= NARROW_QMAX, as the view
+    that selects the narrow AVX2 tile (_raw_avx2_narrow): the same bytes as uint8 (NP, K4,
+    PANEL * 4). The tile is chosen at compile time from the array type, so the view is the
+    switch (module docstring)."""
+    np_, k4 = panels.shape[:2]
+    return panels.view(np.uint8).reshape(np_, k4, PANEL * 4)
+
+
 @overload(signed_rows, inline="always")
 def _signed_rows_impl(u, panels):
-    if panels.dtype == types.uint8:
+    if _signed_tile(panels):
         return lambda u, panels: np.empty((u.shape[0], 2 * u.shape[1]), np.uint8)
     return lambda u, panels: u
 
@@ -297,7 +318,7 @@ def fill_signed_rows(u, panels, us, lo, hi):
 
 @overload(fill_signed_rows, inline="always")
 def _fill_signed_rows_impl(u, panels, us, lo, hi):
-    if panels.dtype == types.uint8:
+    if _signed_tile(panels):
         def fill(u, panels, us, lo, hi):
             kp = u.shape[1]
             for i in range(lo, hi):
@@ -433,6 +454,37 @@ def _raw_avx2(builder, a, lda, b, k4, rows):
     return out
 
 
+def _raw_avx2_narrow(builder, a, lda, b, k4, rows):
+    """sum_k u qw on AVX2 for narrow weights (every |qw| <= NARROW_QMAX = 63): vpmaddubsw on
+    u = qx + 128 (u8) itself, a pair at most 2 * 255 * 63 < 2^15, never saturated; no vpsignb and
+    one broadcast per row and k step (the signed tile's rows are twice as long). The same
+    register shape as _raw_avx2; its col_corr is (128 + z_x) colsum, as the VNNI tile's."""
+    maddubs = _intrinsic_fn(builder, _PMADDUBSW, _V16I16, [_V32I8, _V32I8])
+    maddwd = _intrinsic_fn(builder, _PMADDWD, _V8I32, [_V16I16, _V16I16])
+    ones = ir.Constant(_V16I16, [1] * 16)
+    out = [[None] * (PANEL // 8) for _ in range(rows)]
+    for g in range(PANEL // 16):
+        def body(kk, acc, g=g):
+            bstep = builder.add(builder.mul(kk, _c64(4 * PANEL)), _c64(64 * g))
+            wv = [builder.load(_vec_ptr(builder, b, builder.add(bstep, _c64(32 * j)), _V32I8), align=1)
+                  for j in range(2)]
+            astep = builder.mul(kk, _c64(4))
+            new = []
+            for r in range(rows):
+                off = builder.add(builder.mul(_c64(r), lda), astep)
+                ux = builder.bitcast(_splat(builder, builder.load(builder.bitcast(
+                    builder.gep(a, [off]), _I32.as_pointer()), align=1), _V8I32), _V32I8)
+                for j in range(2):
+                    p = builder.call(maddubs, [ux, wv[j]])
+                    new.append(builder.add(acc[2 * r + j], builder.call(maddwd, [p, ones])))
+            return new
+
+        final = _k_loop(builder, f"avx2n.g{g}", k4, body, _V8I32, rows * 2)
+        for r in range(rows):
+            out[r][2 * g], out[r][2 * g + 1] = final[2 * r], final[2 * r + 1]
+    return out
+
+
 def _make_tile(rows: int):
     """An @intrinsic computing a rows x PANEL output tile (rows <= MR), K loop and epilogue:
 
@@ -456,6 +508,7 @@ def _make_tile(rows: int):
         sig = types.void(u, intp, intp, panels, intp, intp, y, intp, intp,
                          col_corr, zw, sw, bias, intp, row_corr, sx, intp)
         avx2 = panels.dtype == types.uint8
+        narrow = avx2 and panels.ndim == 3               # narrow_panels' view
 
         def codegen(context, builder, signature, args):
             a_off, lda, b_off, k4, y_off, ldy, n_off, m_off = (args[i] for i in (1, 2, 4, 5, 7, 8, 13, 16))
@@ -463,7 +516,9 @@ def _make_tile(rows: int):
                     for t, v in zip(signature.args, args)]
             a = builder.gep(data[0], [a_off])
             b = builder.gep(data[3], [b_off])
-            if avx2:
+            if narrow:
+                final, lanes = _raw_avx2_narrow(builder, a, lda, builder.bitcast(b, _I8.as_pointer()), k4, rows), 8
+            elif avx2:
                 final, lanes = _raw_avx2(builder, a, lda, builder.bitcast(b, _I8.as_pointer()), k4, rows), 8
             else:
                 final, lanes = _raw_vnni(builder, a, lda, b, k4, rows), 16
