@@ -27,7 +27,9 @@ layout on the same backend, and every backend unless a GELU is fused (each backe
 erf / tanh). Float layers (float sparse, int4 weight-only) sum in another order on every
 other layout and backend, so they are not planned: they run as stored. The stored layout is
 kept unless another candidate is at least ``MARGIN`` faster: timings on a shared machine
-wobble by a few percent and the stored layout is what the user asked for.
+wobble by a few percent and the stored layout is what the user asked for. With several
+threads, a candidate on another backend is first charged ``POOL_SWITCH_S`` for the switch of
+thread pools that its isolated timing does not see.
 
 When: lazily, at the first run that gives a layer an input of a new size (a power-of-two
 bucket of its GEMM rows for Linear, the exact input shape for Conv), on that very input. The
@@ -61,10 +63,19 @@ PLAN_MODES = ("auto", "measure", "off")
 PLANNED_OPS = ("Linear", "Conv")
 # another candidate must be this much faster than the stored layout to replace it
 MARGIN = 0.10
+# With more than one thread, a candidate on another backend than the stored one also pays a
+# switch of thread pools each time the model passes through the layer: the previous pool's
+# workers still spin (native: 50 us after each job, csrc/work_pool.cpp) on the cores the next
+# pool's workers need, and parked workers take tens of microseconds to wake. Isolated timings
+# do not see it. Measured on all-MiniLM-L6-v2 at seq 16 on Zen 3 (2 threads): moving the six
+# FFN-output Linears to numba, each 0.04 ms faster alone, made the model 1.1 ms slower, about
+# 0.18 ms per moved layer (benchmarks/RESULTS.md, "7-bit weights"). So such a candidate is
+# charged this much (seconds) before it is compared.
+POOL_SWITCH_S = 150e-6
 # per candidate and round: at least MIN_CALLS timed calls, more until MIN_SECONDS, at most
 # MAX_CALLS; ROUNDS rounds over all candidates, each candidate's quietest round counts
 MIN_CALLS, MAX_CALLS, MIN_SECONDS, ROUNDS = 3, 30, 0.01, 3
-CACHE_VERSION = 2        # bumped when the measurement method changes: older entries are re-measured
+CACHE_VERSION = 3        # bumped when the measurement or the decision rule changes: older entries are re-measured
 
 
 @dataclass(frozen=True)
@@ -315,6 +326,7 @@ class PlannedLayer:
         # measuring at the same time (which would also skew the timings) or racing on _chosen
         self._deciding = threading.Lock()
         self._mode, self._cache, self._log = mode, cache, log
+        self._threads = threads
         self._timer = timer or measure
         labels = ",".join(c.label for c in cands)
         acts = {k: attrs.get(k) for k in ("act_quant", "act_scale", "act_zero_point", "activation", "group",
@@ -342,6 +354,11 @@ class PlannedLayer:
         self._last = (shape, run)
         return run(*inputs)
 
+    def switch_cost(self, c: Candidate) -> float:
+        """Seconds a candidate is charged for leaving the stored candidate's thread pool
+        (POOL_SWITCH_S; nothing with one thread)."""
+        return POOL_SWITCH_S if self._threads > 1 and c.backend != self.cands[0].backend else 0.0
+
     def decide(self, bucket: tuple, inputs: tuple) -> Callable:
         """Choose for ``bucket`` (from the cache, or by timing every candidate on ``inputs``)."""
         key = f"{self._key_prefix}|in={'x'.join(map(str, bucket))}"
@@ -351,8 +368,9 @@ class PlannedLayer:
         if entry is None or entry["chosen"] not in labels or not set(labels) <= set(entry["times_ms"]):
             times = self._timer({c.label: self.run_of(c) for c in self.cands}, inputs)
             stored = self.cands[0].label
-            best = min(times, key=times.get)
-            chosen = best if times[best] < times[stored] * (1 - MARGIN) else stored
+            charged = {k: v + self.switch_cost(labels[k]) for k, v in times.items()}
+            best = min(charged, key=charged.get)
+            chosen = best if charged[best] < times[stored] * (1 - MARGIN) else stored
             entry = {"chosen": chosen, "times_ms": {k: v * 1e3 for k, v in times.items()}}
             if self._cache is not None:
                 self._cache.put(key, entry)
@@ -374,7 +392,8 @@ def plan_record(node: str, stored: str, chosen: str, rows: int, bucket: tuple, t
         others = [v for k, v in times_ms.items() if k != stored]
         reason = (f"stored layout kept: {stored} {st:.3f} ms" +
                   (f", best other {min(others):.3f} ms" if others else "") +
-                  f" (another must be > {MARGIN:.0%} faster)")
+                  f" (another must be > {MARGIN:.0%} faster, and one on another backend "
+                  f"{POOL_SWITCH_S * 1e3:.2f} ms more with several threads)")
     else:
         reason = f"{chosen} {times_ms[chosen]:.3f} ms vs stored {stored} {st:.3f} ms: " \
                  f"{st / times_ms[chosen]:.2f}x faster"

@@ -19,7 +19,7 @@ from kernels import registry
 from kernels.reference.packed import PackedPlan, packed_linear_ref
 from runtime import InferenceSession, planner
 from runtime.graph import Graph, Node, Value
-from kernels.core.layouts import dense_tensor, pack
+from kernels.core.layouts import dense_tensor, pack, pack_int8
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -144,6 +144,29 @@ def test_slower_stored_layout_falls_back():
     assert len(timer.calls) == 2 and len(log) == 1
     layer(x[:1], t, None)                        # a new size: measured again
     assert len(timer.calls) == 4 and [r["rows"] for r in log] == [3, 1]
+
+
+@pytest.mark.parametrize("threads,other_s,moved", [(2, 0.80e-3, False), (2, 0.60e-3, True), (1, 0.80e-3, True)])
+def test_another_backend_pays_the_pool_switch_with_several_threads(threads, other_s, moved):
+    """A candidate on another backend than the stored one is charged POOL_SWITCH_S (0.15 ms)
+    with more than one thread: 0.80 ms against the stored 1.00 ms stays put (0.95 ms charged is
+    not 10% faster), 0.60 ms moves; with one thread nothing is charged."""
+    other = next((b for b in ("numba", "native") if registry.backend_status(b) is None), None)
+    if other is None:
+        pytest.skip("needs a second backend with an int8 Linear")
+    t = pack_int8("w", np.random.default_rng(1).standard_normal((8, 16)).astype(np.float32))
+    attrs = registry.fill_attrs("Linear", {"act_quant": "dynamic"})
+    cands = [planner.Candidate("int8", "reference", t), planner.Candidate("int8", other, t)]
+    seconds = {"int8/reference": 1.0e-3, f"int8/{other}": other_s}
+    log: list = []
+    layer = planner.PlannedLayer("fc", "Linear", attrs, t, cands,
+                                 lambda c: registry.build("Linear", c.layout, c.backend, attrs, {1: c.weight}),
+                                 threads, "auto", None, log,
+                                 timer=lambda runs, inputs: {k: seconds[k] for k in runs})
+    layer(np.ones((2, 16), np.float32), t, None)
+    assert log[0]["chosen"] == (f"int8/{other}" if moved else "int8/reference"), log[0]
+    if not moved:
+        assert "0.15 ms more with several threads" in log[0]["reason"]
 
 
 def test_stored_layout_kept_within_margin():
