@@ -109,37 +109,53 @@ QRT_TARGET_AVX2 void tile_rows(const uint8_t* u, int64_t ldu, const int8_t* pane
 }
 
 
-// --- the signed (vpmaddubsw) tile -------------------------------------------------------------
+// --- the vpmaddubsw tiles: signed, and narrow ------------------------------------------------
 
-// Row r's two accumulators (a<r>: columns 0-7 of the 16-column group, b<r>: 8-15) take one
-// k step: lane c of a<r> gets sum_j |qx_j| * (sign(qx_j) * qw[c, j]) over the step's 4 k.
-#define QRT_AVX2S_ROW(r)                                                                   \
+// Two tiles share one K loop (group16_rows), which differ only in a row's k step:
+// * signed (NARROW false): |qx| (u8, <= 128) times sign(qx) * qw (vpsignb; s8, exact while
+//   qw != -128): a pair is at most 2 * 128 * 127 = 32512, never saturated. Rows are qx then |qx|
+//   (quantize_row_avx2_signed); the sums are sum qx * qw.
+// * narrow (NARROW true, every |qw| <= kNarrowQMax = 63): the VNNI path's operands, u = qx + 128
+//   (u8, <= 255) against qw: a pair is at most 2 * 255 * 63 = 32130, so no vpsignb is needed:
+//   per 32 products of a row one broadcast, vpmaddubsw, vpmaddwd and vpaddd, and rows half as
+//   long. 1.3-1.4x the signed tile on Zen 3 (benchmarks/RESULTS.md). The sums are sum u * qw;
+//   the epilogue subtracts 128 colsum.
+// Either way vpmaddwd against ones sums the int16 pairs into int32. Row r's two accumulators
+// (a<r>: columns 0-7 of the 16-column group, b<r>: 8-15) take one k step (4 k).
+#define QRT_AVX2_G16_ROW(r)                                                                \
     if constexpr (ROWS > r) {                                                              \
-        int32_t xs_word, ax_word;                                                          \
-        std::memcpy(&xs_word, u + r * ldu + 4 * kk, 4);                                    \
-        std::memcpy(&ax_word, u + r * ldu + half + 4 * kk, 4);                             \
-        const __m256i xs = _mm256_set1_epi32(xs_word), ax = _mm256_set1_epi32(ax_word);    \
-        a##r = _mm256_add_epi32(a##r, _mm256_madd_epi16(_mm256_maddubs_epi16(ax, _mm256_sign_epi8(w0, xs)), ones)); \
-        b##r = _mm256_add_epi32(b##r, _mm256_madd_epi16(_mm256_maddubs_epi16(ax, _mm256_sign_epi8(w1, xs)), ones)); \
+        int32_t x_word;                                                                    \
+        std::memcpy(&x_word, u + r * ldu + 4 * kk, 4);                                     \
+        const __m256i x = _mm256_set1_epi32(x_word);                                       \
+        if constexpr (NARROW) {                                                            \
+            a##r = _mm256_add_epi32(a##r, _mm256_madd_epi16(_mm256_maddubs_epi16(x, w0), ones)); \
+            b##r = _mm256_add_epi32(b##r, _mm256_madd_epi16(_mm256_maddubs_epi16(x, w1), ones)); \
+        } else {                                                                           \
+            int32_t ax_word;                                                               \
+            std::memcpy(&ax_word, u + r * ldu + half + 4 * kk, 4);                         \
+            const __m256i ax = _mm256_set1_epi32(ax_word);                                 \
+            a##r = _mm256_add_epi32(a##r, _mm256_madd_epi16(_mm256_maddubs_epi16(ax, _mm256_sign_epi8(w0, x)), ones)); \
+            b##r = _mm256_add_epi32(b##r, _mm256_madd_epi16(_mm256_maddubs_epi16(ax, _mm256_sign_epi8(w1, x)), ones)); \
+        }                                                                                  \
     }
 
 // ROWS x 16 columns (group g of 16 in the panel) for the whole K loop: out[2r] columns 0-7,
-// out[2r + 1] columns 8-15 of row r (sum qx * qw, int32, exact for K <= kMaxKInt32).
-template <int ROWS>
+// out[2r + 1] columns 8-15 of row r (int32, exact for K <= kMaxKInt32).
+template <bool NARROW, int ROWS>
 QRT_TARGET_AVX2 void group16_rows(const uint8_t* u, int64_t ldu, const int8_t* panel, int64_t k4, int g,
                                   __m256i* out) {
-    static_assert(ROWS >= 1 && ROWS <= kInt8MR && kInt8MR == 4, "one QRT_AVX2S_ROW per row of the tile");
-    const int64_t half = ldu / 2;                 // |qx| follows qx in each row
+    static_assert(ROWS >= 1 && ROWS <= kInt8MR && kInt8MR == 4, "one QRT_AVX2_G16_ROW per row of the tile");
+    [[maybe_unused]] const int64_t half = ldu / 2;     // signed rows: |qx| follows qx
     const __m256i ones = _mm256_set1_epi16(1), zero = _mm256_setzero_si256();
     __m256i a0 = zero, b0 = zero, a1 = zero, b1 = zero, a2 = zero, b2 = zero, a3 = zero, b3 = zero;
     const int8_t* w = panel + 64 * g;
     for (int64_t kk = 0; kk < k4; ++kk, w += kInt8Panel * 4) {
         const __m256i w0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(w));
         const __m256i w1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(w + 32));
-        QRT_AVX2S_ROW(0)
-        QRT_AVX2S_ROW(1)
-        QRT_AVX2S_ROW(2)
-        QRT_AVX2S_ROW(3)
+        QRT_AVX2_G16_ROW(0)
+        QRT_AVX2_G16_ROW(1)
+        QRT_AVX2_G16_ROW(2)
+        QRT_AVX2_G16_ROW(3)
     }
     const __m256i as[kInt8MR] = {a0, a1, a2, a3}, bs[kInt8MR] = {b0, b1, b2, b3};
     for (int r = 0; r < ROWS; ++r) {
@@ -148,58 +164,13 @@ QRT_TARGET_AVX2 void group16_rows(const uint8_t* u, int64_t ldu, const int8_t* p
     }
 }
 
-#undef QRT_AVX2S_ROW
+#undef QRT_AVX2_G16_ROW
 
-struct SignedGroup16 {
-    static constexpr bool kSignedSums = true;
+template <bool NARROW>
+struct Group16 {
+    static constexpr bool kSignedSums = !NARROW;
     template <int ROWS>
-    static constexpr auto run = &group16_rows<ROWS>;
-};
-
-// --- the narrow-weight tile (every |qw| <= kNarrowQMax = 63) ---------------------------------
-
-// The VNNI path's operands, u = qx + 128 (u8, <= 255) against qw: with |qw| <= 63 a pair is at
-// most 2 * 255 * 63 = 32130, so vpmaddubsw never saturates and no vpsignb is needed: per 32
-// products of a row one broadcast, vpmaddubsw, vpmaddwd and vpaddd (the signed tile adds a
-// vpsignb and a second broadcast, and reads rows twice as long). 1.3-1.4x the signed tile on
-// Zen 3 (benchmarks/RESULTS.md). The sums are sum u * qw; the epilogue subtracts 128 colsum.
-#define QRT_AVX2U_ROW(r)                                                                   \
-    if constexpr (ROWS > r) {                                                              \
-        int32_t uw;                                                                        \
-        std::memcpy(&uw, u + r * ldu + 4 * kk, 4);                                         \
-        const __m256i ux = _mm256_set1_epi32(uw);                                          \
-        a##r = _mm256_add_epi32(a##r, _mm256_madd_epi16(_mm256_maddubs_epi16(ux, w0), ones)); \
-        b##r = _mm256_add_epi32(b##r, _mm256_madd_epi16(_mm256_maddubs_epi16(ux, w1), ones)); \
-    }
-
-template <int ROWS>
-QRT_TARGET_AVX2 void group16_rows_narrow(const uint8_t* u, int64_t ldu, const int8_t* panel, int64_t k4, int g,
-                                         __m256i* out) {
-    static_assert(ROWS >= 1 && ROWS <= kInt8MR && kInt8MR == 4, "one QRT_AVX2U_ROW per row of the tile");
-    const __m256i ones = _mm256_set1_epi16(1), zero = _mm256_setzero_si256();
-    __m256i a0 = zero, b0 = zero, a1 = zero, b1 = zero, a2 = zero, b2 = zero, a3 = zero, b3 = zero;
-    const int8_t* w = panel + 64 * g;
-    for (int64_t kk = 0; kk < k4; ++kk, w += kInt8Panel * 4) {
-        const __m256i w0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(w));
-        const __m256i w1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(w + 32));
-        QRT_AVX2U_ROW(0)
-        QRT_AVX2U_ROW(1)
-        QRT_AVX2U_ROW(2)
-        QRT_AVX2U_ROW(3)
-    }
-    const __m256i as[kInt8MR] = {a0, a1, a2, a3}, bs[kInt8MR] = {b0, b1, b2, b3};
-    for (int r = 0; r < ROWS; ++r) {
-        out[2 * r] = as[r];
-        out[2 * r + 1] = bs[r];
-    }
-}
-
-#undef QRT_AVX2U_ROW
-
-struct NarrowGroup16 {
-    static constexpr bool kSignedSums = false;
-    template <int ROWS>
-    static constexpr auto run = &group16_rows_narrow<ROWS>;
+    static constexpr auto run = &group16_rows<NARROW, ROWS>;
 };
 
 }  // namespace
@@ -281,12 +252,12 @@ QRT_TARGET_AVX2 void quantize_row_avx2_signed(const float* x, int64_t k, int64_t
 
 void tile_avx2_signed(int64_t rows, const uint8_t* u, int64_t ldu, const int8_t* panel, int64_t k4,
                       const Epilogue& ep, int64_t m0, int64_t n0, float* y, int64_t ldy) {
-    tile16<SignedGroup16>(rows, u, ldu, panel, k4, ep, m0, n0, y, ldy);
+    tile16<Group16<false>>(rows, u, ldu, panel, k4, ep, m0, n0, y, ldy);
 }
 
 void tile_avx2_narrow(int64_t rows, const uint8_t* u, int64_t ldu, const int8_t* panel, int64_t k4,
                       const Epilogue& ep, int64_t m0, int64_t n0, float* y, int64_t ldy) {
-    tile16<NarrowGroup16>(rows, u, ldu, panel, k4, ep, m0, n0, y, ldy);
+    tile16<Group16<true>>(rows, u, ldu, panel, k4, ep, m0, n0, y, ldy);
 }
 
 // noipa: specialised for the tiles (count = 64), GCC 12 reports a spurious "iteration ... invokes

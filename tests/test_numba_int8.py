@@ -350,7 +350,7 @@ def test_avx2_tile_exact_at_the_int8_extremes(case, m, k):
     """The AVX2 tile (vnni._raw_avx2) multiplies |qx| by sign(qx) qw with vpmaddubsw: exact
     because a pair of products is at most 2 * 128 * 127 and the weight holds no -128; a weight
     with -128 (where vpsignb would wrap) must take the portable GEMM; a narrow weight (every
-    |qw| <= 63) takes vnni._raw_avx2_narrow, vpmaddubsw on u = qx + 128 itself (a pair at most
+    |qw| <= 63) takes vnni._raw_avx2(narrow=True), vpmaddubsw on u = qx + 128 itself (a pair at most
     2 * 255 * 63). Raw qdata at the extremes against activations at qx = -128 and 127 (u = 0
     and 255; static z = 0 and -128, and dynamic): any saturation or wrap changes the integers,
     hence the bits."""

@@ -64,7 +64,7 @@ columns per K loop, |qx| x sign(qx) qw by vpmaddubsw, exact for weights without 
 docs/CONVERTER.md, "Integer GEMM"). It reads rows of qx then |qx| (signed_rows) and sums
 qx qw, so its col_corr is z_x colsum. Per core it runs at the C++ AVX2 tile's speed. Narrow
 weights (every |qw| <= NARROW_QMAX, the converter's weight_bits=7), viewed uint8 and 3-D
-(narrow_panels), select _raw_avx2_narrow: vpmaddubsw on u itself, like the VNNI tile's rows
+(narrow_panels), select _raw_avx2(narrow=True): vpmaddubsw on u itself, like the VNNI tile's rows
 and col_corr.
 
 The LLVM intrinsics exist only on targets with those instructions: the functions that contain
@@ -298,7 +298,7 @@ def _signed_tile(panels) -> bool:
 
 def narrow_panels(panels: np.ndarray) -> np.ndarray:
     """int8 panels (NP, K4, PANEL, 4) of a weight with every |qw| <= NARROW_QMAX, as the view
-    that selects the narrow AVX2 tile (_raw_avx2_narrow): the same bytes as uint8 (NP, K4,
+    that selects the narrow AVX2 tile (_raw_avx2(narrow=True)): the same bytes as uint8 (NP, K4,
     PANEL * 4). The tile is chosen at compile time from the array type, so the view is the
     switch (module docstring)."""
     np_, k4 = panels.shape[:2]
@@ -417,19 +417,28 @@ def _raw_vnni(builder, a, lda, b, k4, rows):
     return [final[r * NV:(r + 1) * NV] for r in range(rows)]
 
 
-def _raw_avx2(builder, a, lda, b, k4, rows):
-    """sum_k qx qw (not u qw: the epilogue's col_corr is z_x colsum for this kernel) on AVX2,
-    from the rows signed_rows made (qx, then |qx|):
-    rows x 8 accumulators <8 x i32> (columns 8 j .. 8 j + 7). Per k4 step and row, |qx| (u8)
-    times sign(qx) qw (vpsignb, s8) by vpmaddubsw: a pair of products is at most 2 * 128 * 127
-    < 2^15, so the int16 pair sums never saturate (the weight holds no -128: Int8Group checks),
-    then vpmaddwd against ones into int32. One K loop per 16 columns keeps the rows x 2
-    accumulators in the 16 ymm registers."""
+def _raw_avx2(builder, a, lda, b, k4, rows, narrow=False):
+    """The AVX2 tiles: rows x 8 accumulators <8 x i32> (columns 8 j .. 8 j + 7), one K loop per
+    16 columns (rows x 2 accumulators stay in the 16 ymm registers); per k4 step and row
+    vpmaddubsw, then vpmaddwd against ones into int32.
+
+    * signed (narrow False): sum_k qx qw (not u qw: the epilogue's col_corr is z_x colsum), from
+      the rows signed_rows made (qx, then |qx|): |qx| (u8) times sign(qx) qw (vpsignb, s8), a pair
+      of products at most 2 * 128 * 127 < 2^15, never saturated (the weight holds no -128:
+      Int8Group checks).
+    * narrow (every |qw| <= NARROW_QMAX = 63): sum_k u qw, vpmaddubsw on u = qx + 128 itself, a
+      pair at most 2 * 255 * 63 < 2^15; no vpsignb, one broadcast per row and k step, rows half
+      as long; col_corr (128 + z_x) colsum, as the VNNI tile's."""
     maddubs = _intrinsic_fn(builder, _PMADDUBSW, _V16I16, [_V32I8, _V32I8])
     maddwd = _intrinsic_fn(builder, _PMADDWD, _V8I32, [_V16I16, _V16I16])
-    psign = _intrinsic_fn(builder, _PSIGNB, _V32I8, [_V32I8, _V32I8])
+    psign = None if narrow else _intrinsic_fn(builder, _PSIGNB, _V32I8, [_V32I8, _V32I8])
     ones = ir.Constant(_V16I16, [1] * 16)
-    half = builder.ashr(lda, _c64(1))          # a row: qx (Kp bytes), then |qx| (vnni.signed_rows)
+    half = builder.ashr(lda, _c64(1))          # signed: a row is qx (Kp bytes), then |qx|
+
+    def splat_word(off):
+        word = builder.load(builder.bitcast(builder.gep(a, [off]), _I32.as_pointer()), align=1)
+        return builder.bitcast(_splat(builder, word, _V8I32), _V32I8)
+
     out = [[None] * (PANEL // 8) for _ in range(rows)]
     for g in range(PANEL // 16):
         def body(kk, acc, g=g):
@@ -440,46 +449,14 @@ def _raw_avx2(builder, a, lda, b, k4, rows):
             new = []
             for r in range(rows):
                 off = builder.add(builder.mul(_c64(r), lda), astep)
-                xs, ax = (builder.bitcast(_splat(builder, builder.load(builder.bitcast(
-                    builder.gep(a, [o]), _I32.as_pointer()), align=1), _V8I32), _V32I8)
-                    for o in (off, builder.add(off, half)))
+                x = splat_word(off)
+                ax = x if narrow else splat_word(builder.add(off, half))
                 for j in range(2):
-                    p = builder.call(maddubs, [ax, builder.call(psign, [wv[j], xs])])
+                    p = builder.call(maddubs, [ax, wv[j] if narrow else builder.call(psign, [wv[j], x])])
                     new.append(builder.add(acc[2 * r + j], builder.call(maddwd, [p, ones])))
             return new
 
-        final = _k_loop(builder, f"avx2.g{g}", k4, body, _V8I32, rows * 2)
-        for r in range(rows):
-            out[r][2 * g], out[r][2 * g + 1] = final[2 * r], final[2 * r + 1]
-    return out
-
-
-def _raw_avx2_narrow(builder, a, lda, b, k4, rows):
-    """sum_k u qw on AVX2 for narrow weights (every |qw| <= NARROW_QMAX = 63): vpmaddubsw on
-    u = qx + 128 (u8) itself, a pair at most 2 * 255 * 63 < 2^15, never saturated; no vpsignb and
-    one broadcast per row and k step (the signed tile's rows are twice as long). The same
-    register shape as _raw_avx2; its col_corr is (128 + z_x) colsum, as the VNNI tile's."""
-    maddubs = _intrinsic_fn(builder, _PMADDUBSW, _V16I16, [_V32I8, _V32I8])
-    maddwd = _intrinsic_fn(builder, _PMADDWD, _V8I32, [_V16I16, _V16I16])
-    ones = ir.Constant(_V16I16, [1] * 16)
-    out = [[None] * (PANEL // 8) for _ in range(rows)]
-    for g in range(PANEL // 16):
-        def body(kk, acc, g=g):
-            bstep = builder.add(builder.mul(kk, _c64(4 * PANEL)), _c64(64 * g))
-            wv = [builder.load(_vec_ptr(builder, b, builder.add(bstep, _c64(32 * j)), _V32I8), align=1)
-                  for j in range(2)]
-            astep = builder.mul(kk, _c64(4))
-            new = []
-            for r in range(rows):
-                off = builder.add(builder.mul(_c64(r), lda), astep)
-                ux = builder.bitcast(_splat(builder, builder.load(builder.bitcast(
-                    builder.gep(a, [off]), _I32.as_pointer()), align=1), _V8I32), _V32I8)
-                for j in range(2):
-                    p = builder.call(maddubs, [ux, wv[j]])
-                    new.append(builder.add(acc[2 * r + j], builder.call(maddwd, [p, ones])))
-            return new
-
-        final = _k_loop(builder, f"avx2n.g{g}", k4, body, _V8I32, rows * 2)
+        final = _k_loop(builder, f"avx2{'n' if narrow else ''}.g{g}", k4, body, _V8I32, rows * 2)
         for r in range(rows):
             out[r][2 * g], out[r][2 * g + 1] = final[2 * r], final[2 * r + 1]
     return out
@@ -516,10 +493,8 @@ def _make_tile(rows: int):
                     for t, v in zip(signature.args, args)]
             a = builder.gep(data[0], [a_off])
             b = builder.gep(data[3], [b_off])
-            if narrow:
-                final, lanes = _raw_avx2_narrow(builder, a, lda, builder.bitcast(b, _I8.as_pointer()), k4, rows), 8
-            elif avx2:
-                final, lanes = _raw_avx2(builder, a, lda, builder.bitcast(b, _I8.as_pointer()), k4, rows), 8
+            if avx2:
+                final, lanes = _raw_avx2(builder, a, lda, builder.bitcast(b, _I8.as_pointer()), k4, rows, narrow), 8
             else:
                 final, lanes = _raw_vnni(builder, a, lda, b, k4, rows), 16
 
