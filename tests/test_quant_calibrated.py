@@ -345,6 +345,18 @@ def test_alpha_search_prefers_no_smoothing_without_outliers():
     assert best is not None and errors[best] < 0.5 * errors[None], errors
 
 
+def test_alpha_search_rounds_weights_on_the_grid_the_file_gets():
+    """weight_bits=7 (the converter's --weight-bits 7): the search measures each alpha with the
+    weights on [-63, 63], whose rounding error is larger than on 8 bits."""
+    from runtime.convert.smooth import search_alpha
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((256, 64))
+    w = rng.standard_normal((32, 64)).astype(np.float32)
+    _, e8 = search_alpha(x, x.min(axis=0), x.max(axis=0), w, "dynamic")
+    _, e7 = search_alpha(x, x.min(axis=0), x.max(axis=0), w, "dynamic", weight_bits=7)
+    assert all(e7[a] > e8[a] for a in e8), (e7, e8)
+
+
 def test_int8_with_calibration_is_smoothed_by_default(outlier_model):
     """smooth unset: "auto" for int8 with real calibration data (the report says so), no
     smoothing without it or for int4; "none" turns it off."""

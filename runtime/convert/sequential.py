@@ -159,7 +159,8 @@ def run(graph: Graph, layers: list, plans: dict, steps: Steps, feeds, *,
                          and input_key(nodes[m.name], ()) == key]
                 stacked = np.concatenate([np.asarray(graph.initializers[n].fields["data"]) for n in
                                           dict.fromkeys(m.weight_name for m in group)])
-                alpha, errors = search_alpha(stats.sample, stats.col_min, stats.col_max, stacked, steps.act)
+                alpha, errors = search_alpha(stats.sample, stats.col_min, stats.col_max, stacked, steps.act,
+                                             weight_bits=steps.quant_bits if steps.quant_bits in (7, 8) else 8)
                 say(f"smooth {node.inputs[0]}: alpha search ({steps.act} int8 output error) "
                     + ", ".join(f"{'none' if a is None else a}: {e:.4f}" for a, e in errors.items())
                     + f" -> {'no smoothing' if alpha is None else alpha}")

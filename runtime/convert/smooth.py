@@ -55,12 +55,13 @@ def _fake_quant_rows(x: np.ndarray, act: str, lo: float, hi: float) -> np.ndarra
 
 
 def search_alpha(x: np.ndarray, col_min: np.ndarray, col_max: np.ndarray, w: np.ndarray, act: str,
-                 alphas=ALPHAS) -> tuple[float | None, dict]:
+                 alphas=ALPHAS, weight_bits: int = 8) -> tuple[float | None, dict]:
     """The alpha (or None: leave X alone) whose int8 layer output is closest to the float one
     on the sampled rows x (R, K) of X, for the weights w (N, K) of every layer reading X
     (stacked): ||Q(X / s) Q(W * s)^T - X W^T|| / ||X W^T||, Q = int8 activations as ``act``
     quantizes them (the static range from col_min / col_max over all calibration rows) and
-    int8 weights per row, rounded to nearest. Returns (best alpha, {alpha: error})."""
+    int8 weights per row, rounded to nearest on the ``weight_bits`` grid (8, or 7: [-63, 63]).
+    Returns (best alpha, {alpha: error})."""
     x64 = np.asarray(x, np.float64)
     w32 = np.asarray(w, np.float32)
     ref = x64 @ w32.T.astype(np.float64)
@@ -72,7 +73,7 @@ def search_alpha(x: np.ndarray, col_min: np.ndarray, col_max: np.ndarray, w: np.
         s64 = s.astype(np.float64)
         xq = _fake_quant_rows(x64 / s64, act, min(0.0, float((col_min / s64).min())),
                               max(0.0, float((col_max / s64).max())))
-        wq = rtn_quantize((w32 * s[None, :]).astype(np.float32), 8).astype(np.float64)
+        wq = rtn_quantize((w32 * s[None, :]).astype(np.float32), weight_bits).astype(np.float64)
         errors[a] = float(np.linalg.norm(xq @ wq.T - ref)) / den
     best = min(errors, key=lambda a: errors[a])
     return best, errors
