@@ -166,11 +166,46 @@ QRT_TARGET_AVX2 void group16_rows(const uint8_t* u, int64_t ldu, const int8_t* p
 
 #undef QRT_AVX2_G16_ROW
 
+// One row (M = 1, or a panel's last row) x all 64 columns of the panel in one K loop: the
+// 16-column groups above would walk the panel four times, each pass reading one 64-byte line
+// of every 256-byte k step; here each k step's 256 bytes are read once, in order, which is what
+// a GEMV streaming a weight from memory needs. out[2g + h]: columns 16 g + 8 h .. + 7.
+#define QRT_AVX2_ROW1_COL(j)                                                                 \
+    {                                                                                        \
+        const __m256i wj = _mm256_load_si256(reinterpret_cast<const __m256i*>(w + 32 * j));  \
+        const __m256i p = NARROW ? _mm256_maddubs_epi16(x, wj)                               \
+                                 : _mm256_maddubs_epi16(ax, _mm256_sign_epi8(wj, x));         \
+        c##j = _mm256_add_epi32(c##j, _mm256_madd_epi16(p, ones));                           \
+    }
+
+template <bool NARROW>
+QRT_TARGET_AVX2 void row1_panel(const uint8_t* u, int64_t ldu, const int8_t* panel, int64_t k4, __m256i* out) {
+    static_assert(kInt8Panel == 64, "eight 8-column accumulators per panel");
+    [[maybe_unused]] const int64_t half = ldu / 2;
+    const __m256i ones = _mm256_set1_epi16(1), zero = _mm256_setzero_si256();
+    __m256i c0 = zero, c1 = zero, c2 = zero, c3 = zero, c4 = zero, c5 = zero, c6 = zero, c7 = zero;
+    const int8_t* w = panel;
+    for (int64_t kk = 0; kk < k4; ++kk, w += kInt8Panel * 4) {
+        int32_t x_word, ax_word = 0;
+        std::memcpy(&x_word, u + 4 * kk, 4);
+        if constexpr (!NARROW) std::memcpy(&ax_word, u + half + 4 * kk, 4);
+        const __m256i x = _mm256_set1_epi32(x_word);
+        [[maybe_unused]] const __m256i ax = _mm256_set1_epi32(ax_word);
+        QRT_AVX2_ROW1_COL(0) QRT_AVX2_ROW1_COL(1) QRT_AVX2_ROW1_COL(2) QRT_AVX2_ROW1_COL(3)
+        QRT_AVX2_ROW1_COL(4) QRT_AVX2_ROW1_COL(5) QRT_AVX2_ROW1_COL(6) QRT_AVX2_ROW1_COL(7)
+    }
+    // the 16-column groups' order: group g = (c_{2g}, c_{2g+1})
+    out[0] = c0, out[1] = c1, out[2] = c2, out[3] = c3, out[4] = c4, out[5] = c5, out[6] = c6, out[7] = c7;
+}
+
+#undef QRT_AVX2_ROW1_COL
+
 template <bool NARROW>
 struct Group16 {
     static constexpr bool kSignedSums = !NARROW;
     template <int ROWS>
     static constexpr auto run = &group16_rows<NARROW, ROWS>;
+    static constexpr auto run_row1 = &row1_panel<NARROW>;     // tile16_rows at ROWS = 1
 };
 
 }  // namespace

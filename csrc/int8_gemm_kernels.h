@@ -187,6 +187,13 @@ __attribute__((target("avx2,fma"))) inline void store_group16_avx2(const __m256i
     }
 }
 
+// Whether Group has run_row1(u, ldu, panel, k4, out[8]): one row x the whole panel in one K
+// loop, which tile16_rows takes for single rows (a GEMV streams the panel once, in order).
+template <class Group>
+constexpr auto has_row1(int) -> decltype(Group::run_row1, true) { return true; }
+template <class Group>
+constexpr bool has_row1(long) { return false; }
+
 // A 256-bit tile (rows 1..4 x one 64-column panel) built from a 16-column K-loop kernel:
 // Group::run<ROWS>(u, ldu, panel, k4, g, out) writes out[2r + h] = row r's sums for columns
 // 16 g + 8 h .. + 7, as sum u * qw, or sum qx * qw where Group::kSignedSums. The signed AVX2
@@ -195,10 +202,17 @@ template <class Group, int ROWS>
 __attribute__((target("avx2,fma"))) inline void tile16_rows(const uint8_t* u, int64_t ldu, const int8_t* panel,
                                                              int64_t k4, const Epilogue& ep, int64_t m0, int64_t n0,
                                                              float* y, int64_t ldy) {
-    for (int g = 0; g < kInt8Panel / 16; ++g) {
-        __m256i acc[2 * ROWS];
-        Group::template run<ROWS>(u, ldu, panel, k4, g, acc);
-        store_group16_avx2<ROWS>(acc, Group::kSignedSums, ep, m0, n0, g, y, ldy);
+    if constexpr (ROWS == 1 && has_row1<Group>(0)) {
+        __m256i acc[kInt8Panel / 8];
+        Group::run_row1(u, ldu, panel, k4, acc);
+        for (int g = 0; g < kInt8Panel / 16; ++g)
+            store_group16_avx2<1>(acc + 2 * g, Group::kSignedSums, ep, m0, n0, g, y, ldy);
+    } else {
+        for (int g = 0; g < kInt8Panel / 16; ++g) {
+            __m256i acc[2 * ROWS];
+            Group::template run<ROWS>(u, ldu, panel, k4, g, acc);
+            store_group16_avx2<ROWS>(acc, Group::kSignedSums, ep, m0, n0, g, y, ldy);
+        }
     }
     if (ep.act == Activation::gelu || ep.act == Activation::gelu_tanh)
         for (int r = 0; r < ROWS; ++r) activation_span_avx2(y + r * ldy, kInt8Panel, ep.act);

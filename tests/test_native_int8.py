@@ -711,7 +711,7 @@ def test_avx2_tiles_exact_at_the_int8_extremes(tile, k, restore_native_state):
     t = pack_int8("w", np.zeros((n, k), np.float32))    # the reference's layout, then the same qdata
     t.fields["qdata"][...] = q
     t.fields["scale"][...] = np.float32(0.01)
-    x = np.where(rng.random((6, k)) < 0.5, np.float32(-1e4), np.float32(1e4))
+    x = np.where(rng.random((5, k)) < 0.5, np.float32(-1e4), np.float32(1e4))   # tiles of 4 and 1 rows
     x[1, ::2] = 0.0
     for acfg in ({"act_quant": "static", "act_scale": 0.5, "act_zero_point": 0},
                  {"act_quant": "static", "act_scale": 0.5, "act_zero_point": -128},
@@ -725,8 +725,9 @@ def test_avx2_tiles_exact_at_the_int8_extremes(tile, k, restore_native_state):
 @pytest.mark.parametrize("acfg", ACT_CONFIGS, ids=["dynamic", "static-z0", "static-z-7"])
 def test_narrow_weights_give_the_reference_bits_on_every_path(acfg, restore_native_state):
     """7-bit weights (pack_int8(qmax=63), the converter's weight_bits=7) take the AVX2 narrow
-    tile: with a bias, every epilogue activation, tile heights 1-4 and 1 and 2 threads, on every
-    path this CPU has (AVX2 forced too), the reference's bits."""
+    tile: with a bias, every epilogue activation, tile heights 1-4 (a lone row: the whole-panel
+    K loop) and 1 and 2 threads, on every path this CPU has (AVX2 forced too), the reference's
+    bits."""
     rng = _rng("narrow", acfg["act_quant"], acfg.get("act_zero_point"))
     for n, k in ((65, 100), (16, 384), (130, 36)):
         t = _weight(rng, (n, k), qmax=63)
@@ -734,12 +735,13 @@ def test_narrow_weights_give_the_reference_bits_on_every_path(acfg, restore_nati
         assert _native.Int8Weight(t.fields["qdata"], t.fields["scale"], None).max_abs_q == 63
         b = rng.standard_normal(n).astype(np.float32)
         x = _input(rng, (11, k), zero_rows=True)
-        ref = _run("reference", acfg, t, x, b)
-        for isa in ISAS:
-            _native.set_int8_isa(isa)
-            for threads in (1, 2):
-                _native.set_threads(threads)
-                _assert_same(_run("native", acfg, t, x, b), ref, f"narrow {isa} {threads}t {(n, k)} {acfg}")
+        for m in (1, 5, 11):                     # a single row takes the whole-panel K loop (row1_panel)
+            ref = _run("reference", acfg, t, x[:m], b)
+            for isa in ISAS:
+                _native.set_int8_isa(isa)
+                for threads in (1, 2):
+                    _native.set_threads(threads)
+                    _assert_same(_run("native", acfg, t, x[:m], b), ref, f"narrow {isa} {threads}t M={m} {(n, k)} {acfg}")
         for act in ACTIVATIONS:
             run = registry.build("Linear", "int8", "native", registry.fill_attrs("Linear", {**acfg, "activation": act}),
                                  {1: t})
