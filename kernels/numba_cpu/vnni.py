@@ -439,26 +439,31 @@ def _raw_avx2(builder, a, lda, b, k4, rows, narrow=False):
         word = builder.load(builder.bitcast(builder.gep(a, [off]), _I32.as_pointer()), align=1)
         return builder.bitcast(_splat(builder, word, _V8I32), _V32I8)
 
+    # 16-column groups per K loop: one for a tile of several rows (its accumulators fill the
+    # registers); all four for a lone row, so that each k step's 256 bytes of the panel are read
+    # once, in order, not in four strided passes (the C++ tile's row1_panel)
+    span = PANEL // 16 if rows == 1 else 1
     out = [[None] * (PANEL // 8) for _ in range(rows)]
-    for g in range(PANEL // 16):
-        def body(kk, acc, g=g):
-            bstep = builder.add(builder.mul(kk, _c64(4 * PANEL)), _c64(64 * g))
-            wv = [builder.load(_vec_ptr(builder, b, builder.add(bstep, _c64(32 * j)), _V32I8), align=1)
-                  for j in range(2)]
+    for g0 in range(0, PANEL // 16, span):
+        def body(kk, acc, g0=g0):
+            kstep = builder.mul(kk, _c64(4 * PANEL))
+            wv = [builder.load(_vec_ptr(builder, b, builder.add(kstep, _c64(64 * (g0 + i // 2) + 32 * (i % 2))),
+                                        _V32I8), align=1) for i in range(2 * span)]
             astep = builder.mul(kk, _c64(4))
             new = []
             for r in range(rows):
                 off = builder.add(builder.mul(_c64(r), lda), astep)
                 x = splat_word(off)
                 ax = x if narrow else splat_word(builder.add(off, half))
-                for j in range(2):
-                    p = builder.call(maddubs, [ax, wv[j] if narrow else builder.call(psign, [wv[j], x])])
-                    new.append(builder.add(acc[2 * r + j], builder.call(maddwd, [p, ones])))
+                for i in range(2 * span):
+                    p = builder.call(maddubs, [ax, wv[i] if narrow else builder.call(psign, [wv[i], x])])
+                    new.append(builder.add(acc[2 * span * r + i], builder.call(maddwd, [p, ones])))
             return new
 
-        final = _k_loop(builder, f"avx2{'n' if narrow else ''}.g{g}", k4, body, _V8I32, rows * 2)
+        final = _k_loop(builder, f"avx2{'n' if narrow else ''}.g{g0}", k4, body, _V8I32, rows * 2 * span)
         for r in range(rows):
-            out[r][2 * g], out[r][2 * g + 1] = final[2 * r], final[2 * r + 1]
+            for i in range(2 * span):
+                out[r][2 * g0 + i] = final[2 * span * r + i]
     return out
 
 
