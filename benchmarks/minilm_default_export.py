@@ -8,8 +8,9 @@ attention) and exported by ``torch.onnx.export`` with nothing but input / output
 dynamic batch and sequence axes: the dynamo exporter (torch's default since 2.9), or with
 ``--exporter torchscript`` the TorchScript one. From that one file:
 
-  * qrt int8 (``runtime.convert(f, quant="int8")``: int8 weights, dynamic activations) and qrt
-    fp32, on the default backend and planner;
+  * qrt int8 (``runtime.convert(f, quant="int8")``: int8 weights, dynamic activations), the same
+    with 7-bit weights (``weight_bits=7``, the AVX2 narrow tile) and qrt fp32, on the default
+    backend and planner;
   * qrt 80% + int8: magnitude masks at 80% (csr) then int8; for speed only (its accuracy is
     issue 13's business: benchmarks/minilm_prune.py);
   * onnxruntime fp32; onnxruntime int8 (``quantize_dynamic``, QInt8 weights);
@@ -85,6 +86,7 @@ def main() -> None:
         print(f"# qrt after fusion: {fused.count('Attention')} Attention, {fused.count('Softmax')} Softmax, "
               f"{fused.count('SkipLayerNormalization')} SkipLayerNormalization", flush=True)
         files = {"qrt fp32": graph, "qrt int8": runtime.convert(onnx_path, quant="int8"),
+                 "qrt int8, 7-bit weights": runtime.convert(onnx_path, quant="int8", weight_bits=7),
                  "qrt 80% + int8": runtime.convert(onnx_path, prune="magnitude", sparsity=0.8, quant="int8")}
         so = ort.SessionOptions()
         so.intra_op_num_threads = os.cpu_count() or 1
