@@ -69,6 +69,8 @@ INT32_LIMIT = 1 << 31
 INT8_SYMMETRIC = (-127, 127)
 # 7-bit weights in the int8 layout (kernels/native_cpu: the AVX2 narrow tile, csrc/int8_gemm.h)
 NARROW_INT8_QMAX = 63
+# the converter's weight_bits -> qmax of the symmetric int8 grid [-qmax, qmax]
+INT8_QMAX_OF_BITS = {8: INT8_SYMMETRIC[1], 7: NARROW_INT8_QMAX}
 INT8_ASYMMETRIC = (-128, 127)
 INT4_SYMMETRIC = (-8, 7)       # two's complement nibble
 INT4_ASYMMETRIC = (0, 15)      # unsigned nibble

@@ -37,7 +37,7 @@ from kernels.reference.conv_pool import _out_size, _spatial_attrs, conv_by_gemm
 from kernels.reference.packed import act_params
 from kernels.registry import register
 from kernels.core.bounds import MAX_K_INT32
-from kernels.core.layouts import PackedTensor, dense_view_2d
+from kernels.core.layouts import NARROW_INT8_QMAX, PackedTensor, dense_view_2d
 from kernels.gemm_front import GemmAttrs, activate_after, bias32_or_64, gemm_factory, rows_of, weight_only
 
 from . import isa, vnni
@@ -72,7 +72,7 @@ class Int8Group:
         self.use_avx2 = not self.use_vnni and fits and (isa.has_avx2() if use_avx2 is None else use_avx2) \
             and (q.size == 0 or int(q.min()) > -128)
         # narrow weights (every |qw| <= 63) take the AVX2 narrow tile, on u like the VNNI one
-        self.narrow = self.use_avx2 and (q.size == 0 or int(np.abs(q.astype(np.int64)).max()) <= vnni.NARROW_QMAX)
+        self.narrow = self.use_avx2 and (q.size == 0 or int(np.abs(q.astype(np.int64)).max()) <= NARROW_INT8_QMAX)
         zw = np.zeros(self.n, np.int64) if zero_point is None else np.asarray(zero_point, np.int64)
         colsum = q.astype(np.int64).sum(axis=1)
         # vnni.py docstring: the u8 kernels subtract (128 + z_x) colsum; the signed AVX2 one sums qx qw

@@ -63,7 +63,7 @@ AVX2 (no vpdpbusd): the same panels, viewed as uint8, select the AVX2 tile (_raw
 columns per K loop, |qx| x sign(qx) qw by vpmaddubsw, exact for weights without -128;
 docs/CONVERTER.md, "Integer GEMM"). It reads rows of qx then |qx| (signed_rows) and sums
 qx qw, so its col_corr is z_x colsum. Per core it runs at the C++ AVX2 tile's speed. Narrow
-weights (every |qw| <= NARROW_QMAX, the converter's weight_bits=7), viewed uint8 and 3-D
+weights (every |qw| <= NARROW_INT8_QMAX, the converter's weight_bits=7), viewed uint8 and 3-D
 (narrow_panels), select _raw_avx2(narrow=True): vpmaddubsw on u itself, like the VNNI tile's rows
 and col_corr.
 
@@ -80,13 +80,11 @@ from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 
 from kernels.core import config
-from kernels.core.layouts import NARROW_INT8_QMAX
 
 from . import isa
 from .ops import activate_rows
 
 MR = 4                    # rows per micro-tile
-NARROW_QMAX = NARROW_INT8_QMAX   # a weight with every |qw| <= this can take the narrow AVX2 tile
 NV = 4                    # 16-lane int32 vectors per micro-tile row
 PANEL = 16 * NV           # output columns per weight panel
 NO_VNNI_ENV = "QRT_NUMBA_NO_VNNI"            # "1": use the portable GEMM even on a VNNI CPU
@@ -297,7 +295,7 @@ def _signed_tile(panels) -> bool:
 
 
 def narrow_panels(panels: np.ndarray) -> np.ndarray:
-    """int8 panels (NP, K4, PANEL, 4) of a weight with every |qw| <= NARROW_QMAX, as the view
+    """int8 panels (NP, K4, PANEL, 4) of a weight with every |qw| <= NARROW_INT8_QMAX, as the view
     that selects the narrow AVX2 tile (_raw_avx2(narrow=True)): the same bytes as uint8 (NP, K4,
     PANEL * 4). The tile is chosen at compile time from the array type, so the view is the
     switch (module docstring)."""
@@ -426,7 +424,7 @@ def _raw_avx2(builder, a, lda, b, k4, rows, narrow=False):
       the rows signed_rows made (qx, then |qx|): |qx| (u8) times sign(qx) qw (vpsignb, s8), a pair
       of products at most 2 * 128 * 127 < 2^15, never saturated (the weight holds no -128:
       Int8Group checks).
-    * narrow (every |qw| <= NARROW_QMAX = 63): sum_k u qw, vpmaddubsw on u = qx + 128 itself, a
+    * narrow (every |qw| <= NARROW_INT8_QMAX = 63): sum_k u qw, vpmaddubsw on u = qx + 128 itself, a
       pair at most 2 * 255 * 63 < 2^15; no vpsignb, one broadcast per row and k step, rows half
       as long; col_corr (128 + z_x) colsum, as the VNNI tile's."""
     maddubs = _intrinsic_fn(builder, _PMADDUBSW, _V16I16, [_V32I8, _V32I8])

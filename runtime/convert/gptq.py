@@ -38,13 +38,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from kernels.core.layouts import (INT4_ASYMMETRIC, INT4_SYMMETRIC, INT8_SYMMETRIC, NARROW_INT8_QMAX, _scale32,
-                                  pack_int4_grouped)
+from kernels.core.layouts import INT4_ASYMMETRIC, INT4_SYMMETRIC, INT8_QMAX_OF_BITS, _scale32, pack_int4_grouped
 from .obs import BLOCK, _inverse_cholesky
 
-# bits -> (levels, the symmetric grid); 7: int8 weights on [-63, 63] (ConvertOptions.weight_bits)
-BITS = {8: (127, INT8_SYMMETRIC), 7: (NARROW_INT8_QMAX, (-NARROW_INT8_QMAX, NARROW_INT8_QMAX)),
-        4: (7, INT4_SYMMETRIC)}
+# bits -> (levels, the symmetric grid): int8 on 8 or 7 bits (ConvertOptions.weight_bits), int4
+BITS = {**{b: (q, (-q, q)) for b, q in INT8_QMAX_OF_BITS.items()}, 4: (7, INT4_SYMMETRIC)}
 # the int4 scale candidates, as fractions of round-to-nearest's max|group| / 7 (7/8 included:
 # a negative extreme then lands exactly on -8)
 SHRINK = np.unique(np.concatenate([np.linspace(0.5, 1.0, 26), [7 / 8]]))

@@ -856,7 +856,7 @@ def _layout_for(opts: ConvertOptions, plan: _Plan) -> str:
 # packing itself, and its checks, are the layouts table's.
 _PACK_OPTS: dict[str, Callable[[ConvertOptions, str], dict]] = {
     "int8": lambda o, q: {"per_channel": o.per_channel, "symmetric": o.symmetric,
-                          "qmax": L.NARROW_INT8_QMAX if o.weight_bits == 7 else 127},
+                          "qmax": L.INT8_QMAX_OF_BITS[o.weight_bits]},
     "int4_grouped": lambda o, q: {"group_size": o.group_size, "symmetric": o.symmetric},
     "csr": lambda o, q: {"quant": q, "per_channel": o.per_channel},
     "bsr": lambda o, q: {"quant": q, "per_channel": o.per_channel, "block_shape": tuple(o.block)},
