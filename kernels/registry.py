@@ -28,6 +28,7 @@ from __future__ import annotations
 import importlib
 from typing import Any, Callable
 
+from kernels.core import config
 from kernels.core.ops import op_spec
 
 BACKENDS = ("reference", "numba", "native", "triton", "cupy")
@@ -88,6 +89,9 @@ def _forget(backend: str) -> None:
 
 
 def _load(backend: str) -> str | None:
+    disabled = [b.strip() for b in config.get("QRT_DISABLE_BACKENDS").split(",") if b.strip()]
+    if backend in disabled and backend != "reference":   # the reference is every op's fallback
+        return "disabled by QRT_DISABLE_BACKENDS"
     try:
         mod = importlib.import_module(_MODULES[backend])
     except ModuleNotFoundError as e:

@@ -64,7 +64,9 @@ def test_native_tests_and_fuzzer_are_clean_under_asan_and_ubsan(tmp_path, capsys
                            env={**os.environ, "QRT_REQUIRE_NATIVE": "1", "QRT_EXTRA_CFLAGS": SANITIZE,
                                 "QRT_EXTRA_LDFLAGS": "-fsanitize=address,undefined"})
     assert build.returncode == 0, _tail(build.stdout + build.stderr)
-    env = {**os.environ, "LD_PRELOAD": ":".join(libs), "PYTHONPATH": str(src),
+    # numba off (QRT_DISABLE_BACKENDS): its JIT under the ASan runtime took 2 of the run's 3
+    # minutes, in the session tests' backend="auto" plans, and it is not the code under test
+    env = {**os.environ, "LD_PRELOAD": ":".join(libs), "PYTHONPATH": str(src), "QRT_DISABLE_BACKENDS": "numba",
            "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=1", "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1",
            "QRT_REQUIRE_BACKENDS": "native", "QRT_CACHE_DIR": str(tmp_path / "cache")}
     # the sanitized module is the one imported (not the tree's own build)

@@ -254,6 +254,20 @@ def test_unavailable_backend_is_refused_with_the_reason(mlp_graph, backend):
     assert backend in str(info.value) and reason in str(info.value)
 
 
+def test_disabled_backend_is_unavailable_with_the_reason_and_auto_goes_without_it(mlp_graph, monkeypatch):
+    """QRT_DISABLE_BACKENDS (the sanitizer run sets numba, whose JIT under ASan takes minutes):
+    the named backends report why, "auto" plans without them, the reference cannot be disabled."""
+    monkeypatch.setenv("QRT_DISABLE_BACKENDS", "numba, native,reference")
+    monkeypatch.setattr(registry, "_STATUS", {})     # statuses are cached per process
+    avail = runtime.available_backends()
+    assert avail["numba"] == avail["native"] == "disabled by QRT_DISABLE_BACKENDS"
+    assert avail["reference"] is None
+    sess = InferenceSession(mlp_graph)
+    assert {p.backend for p in sess.plan} == {"reference"}
+    with pytest.raises(ValueError, match="disabled by QRT_DISABLE_BACKENDS"):
+        InferenceSession(mlp_graph, backend="numba")
+
+
 # -------------------------------------------------------------------------- planning -----
 
 def _last_uses(sess) -> dict[int, int]:

@@ -24,6 +24,8 @@ VARS = {v.name: v for v in (
     Var("QRT_DEBUG", "", "any value: the CLI prints tracebacks instead of one-line errors"),
     Var("QRT_BENCH_UNSET", "", "set by a benchmark's OpenBLAS re-exec: the variables it removed (internal)"),
     Var("QRT_REQUIRE_NATIVE", "", "1: `pip install` fails when the C++ extension does not build (setup.py)"),
+    Var("QRT_DISABLE_BACKENDS", "", "comma list: backends this process treats as unavailable, e.g. numba to skip its "
+                                    "JIT warm-up (tests/test_sanitizers.py: numba under ASan)"),
     Var("QRT_REQUIRE_BACKENDS", "", "comma list: pytest stops at once if one of these backends cannot load "
                                     "(tests/conftest.py)"),
 )}
