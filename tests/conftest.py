@@ -8,6 +8,8 @@
 * QRT_REQUIRE_BACKENDS=native,numba (a comma list) and QRT_REQUIRE_NATIVE=1 (which also makes
   setup.py fail a broken build) stop the run at once, with the reason, when a required backend
   is unavailable: without them its tests would all be skipped and the run would pass.
+* When tests/test_sanitizers.py's native test is collected, its sanitized build starts in the
+  background right after collection (niced), so that the test mostly finds it done.
 * Tests marked ``isa`` exercise CPU-specific code paths; tests/test_forced_isa.py runs them
   once more with the AVX2 paths forced.
 """
@@ -51,6 +53,13 @@ def _plan_cache_dir():
 def pytest_configure(config):
     config.addinivalue_line("markers", "isa: exercises CPU-specific code paths (run again with the "
                                        "AVX2 paths forced by tests/test_forced_isa.py)")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    # the sanitizer test's build (minutes of compiling) starts now, beside the other tests
+    if any(item.nodeid.endswith("test_native_tests_and_fuzzer_are_clean_under_asan_and_ubsan") for item in items):
+        from tests import test_sanitizers
+        test_sanitizers.start_background_build()
 
 
 def required_backends() -> list[str]:

@@ -512,7 +512,7 @@ def test_demo(capsys, tmp_path, monkeypatch, quick_demo):
     (tmp_path / "scratch").mkdir()
     out_dir = tmp_path / "report"
     # no wall-clock limit: how long the demo takes is a benchmark's business, not a test's
-    rc, out, err = cli(capsys, "demo", "--out", out_dir)
+    rc, out, err = cli(capsys, "demo", "--out", out_dir, "--keep-models")
     assert rc == 0, err
     assert "Traceback" not in out + err
     assert "qrt reference" in out and "accuracy %" in out and "x fp32" in out
@@ -528,13 +528,21 @@ def test_demo(capsys, tmp_path, monkeypatch, quick_demo):
         assert float(_row(out, "qrt reference", "model KiB", weights)) < fp32_kib * max_ratio, weights
         assert float(_row(out, "qrt reference", "accuracy %", weights)) > min_acc, weights
     assert listing(tmp_path / "scratch") == []  # the scratch directory is removed
-    # the report folder: Markdown, JSON and the two plots
-    assert listing(out_dir) == ["accuracy_vs_size.png", "report.json", "report.md", "speedup.png"]
+    # the report folder: Markdown, JSON, the two plots, and (--keep-models) the models
+    assert listing(out_dir) == ["accuracy_vs_size.png", "models", "report.json", "report.md", "speedup.png"]
+    from runtime.demo import VARIANTS
+    assert listing(out_dir / "models") == sorted(["digits_mlp.onnx"] + [f"digits_mlp{suffix}.qrt"
+                                                                        for suffix, _, _ in VARIANTS])
+    onnx.checker.check_model(str(out_dir / "models" / "digits_mlp.onnx"))
+    sess = runtime.InferenceSession(out_dir / "models" / "digits_mlp.qrt")
+    (i,) = sess.get_inputs()
+    assert (i.name, i.shape) == ("pixels", ["batch", 64])
+    (p,) = sess.run(None, {"pixels": np.zeros((2, 64), np.float32)})
+    np.testing.assert_allclose(p.sum(1), 1.0, rtol=1e-5)
     for png in ("accuracy_vs_size.png", "speedup.png"):
         assert (out_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rep = json.loads((out_dir / "report.json").read_text())
     assert rep["schema"] == "qrt-demo/1" and rep["machine"]["key"]
-    from runtime.demo import VARIANTS
     qrt_rows = [r for r in rep["rows"] if r["runtime"].startswith("qrt ")]
     assert {r["weights"] for r in qrt_rows} == {label for _, label, _ in VARIANTS}
     assert all(r["vs_fp32"] > 0 and r["batchn_ms"] > 0 for r in rep["rows"])
@@ -547,24 +555,6 @@ def test_demo(capsys, tmp_path, monkeypatch, quick_demo):
     assert 1 <= sum(1 for line in md.splitlines() if line.startswith("| **")) <= 3
     from kernels.core.threads import usable_cpus
     assert f"{usable_cpus()} threads used" in md
-
-
-def test_demo_keep_models(capsys, tmp_path, monkeypatch, quick_demo):
-    pytest.importorskip("sklearn")
-    monkeypatch.setattr(quick_demo, "MAX_ITER", 5)   # this test is about the files, test_demo about the result
-    out_dir = tmp_path / "kept"  # created by the demo
-    rc, out, err = cli(capsys, "demo", "--out", out_dir, "--keep-models", "--seed", "1")
-    assert rc == 0, err
-    assert "qrt reference" in out and "accuracy %" in out
-    from runtime.demo import VARIANTS
-    assert listing(out_dir / "models") == sorted(["digits_mlp.onnx"] + [f"digits_mlp{suffix}.qrt"
-                                                                        for suffix, _, _ in VARIANTS])
-    onnx.checker.check_model(str(out_dir / "models" / "digits_mlp.onnx"))
-    sess = runtime.InferenceSession(out_dir / "models" / "digits_mlp.qrt")
-    (i,) = sess.get_inputs()
-    assert (i.name, i.shape) == ("pixels", ["batch", 64])
-    (p,) = sess.run(None, {"pixels": np.zeros((2, 64), np.float32)})
-    np.testing.assert_allclose(p.sum(1), 1.0, rtol=1e-5)
 
 
 def test_demo_out_must_be_a_folder(capsys, tmp_path):
