@@ -35,6 +35,20 @@ def test_peaks_are_cached_per_machine_and_remeasured_on_request(tmp_path, monkey
     assert json.loads((tmp_path / machine.PEAKS_FILE).read_text())[third["key"]]["peaks"]["int8_gops"] == 102.0
 
 
+def test_peaks_cached_by_another_probe_version_are_measured_again(tmp_path, monkeypatch, quiet_machine):
+    """A fixed probe (PEAK_PROBE_VERSION) must not keep reading the old probe's figures."""
+    monkeypatch.setenv("QRT_CACHE_DIR", str(tmp_path))
+    key = machine.fingerprint(2, measure=False)["key"]
+    old = {"peaks": {"int8_gops": 97.0, "fp32_gflops": 50.0}, "mem_bw_gbs": 20.0, "measured": "2026-12-03"}
+    (tmp_path / machine.PEAKS_FILE).write_text(json.dumps({key: old}))   # written before "probe" existed
+    monkeypatch.setattr(machine, "measure_peaks", lambda threads: {"int8_gops": 188.0, "fp32_gflops": 50.0, "source": "probe"})
+    monkeypatch.setattr(machine, "copy_bandwidth_gbs", lambda threads: 20.0)
+    assert machine.fingerprint(2)["peaks"]["int8_gops"] == 188.0
+    entry = json.loads((tmp_path / machine.PEAKS_FILE).read_text())[key]
+    assert entry["probe"] == machine.PEAK_PROBE_VERSION and entry["peaks"]["int8_gops"] == 188.0
+    assert machine.fingerprint(2)["peaks"]["int8_gops"] == 188.0     # and now it is a cache hit
+
+
 @pytest.mark.parametrize("content", ["{not json", "[1, 2]", '{"k": 5}'])
 def test_a_broken_peaks_cache_is_remeasured_not_fatal(tmp_path, monkeypatch, content, quiet_machine):
     monkeypatch.setenv("QRT_CACHE_DIR", str(tmp_path))
