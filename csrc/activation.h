@@ -313,30 +313,44 @@ QRT_ACT_TARGET_AVX2 inline void exp_parts_avx2(__m256 r, __m256i n, int32_t zero
     scale2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n1, bias), 23));
 }
 
+// N independent vectors at once, each statement applied to all N before the next: the same
+// operations per lane as one vector at a time (the same bits), but N dependency chains side by
+// side. One GELU is a chain of about 40 dependent operations (a division, two polynomials); a
+// loop over single vectors left the FMA pipes waiting on it (measured: 2.2 ns per element on
+// Zen 3, 1.57 M GELUs of MiniLM's FFN 1.7 ms of a 5.6 ms Linear).
+template <int N>
+QRT_ACT_TARGET_AVX2 inline void gelu_erf_avx2_n(__m256* v) {
+#define QRT_EACH for (int j = 0; j < N; ++j)
+    const __m256 one = _mm256_set1_ps(1.0f), magic = _mm256_set1_ps(kMagicF);
+    __m256 ax[N], t[N], q[N], xc[N], hx[N], s_hi[N], s_lo[N], k[N], r[N], p[N], scale1[N], scale2[N];
+    QRT_EACH ax[j] = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), v[j]);   // fabs: the sign bit cleared
+    QRT_EACH t[j] = _mm256_div_ps(one, _mm256_fmadd_ps(ax[j], _mm256_set1_ps(kHalfInvSqrt2), one));
+    QRT_EACH q[j] = _mm256_set1_ps(kErfcPoly[0]);
+    for (int i = 1; i < kErfcTerms; ++i) QRT_EACH q[j] = _mm256_fmadd_ps(q[j], t[j], _mm256_set1_ps(kErfcPoly[i]));
+    QRT_EACH xc[j] = _mm256_max_ps(_mm256_min_ps(ax[j], _mm256_set1_ps(kGeluXMax)), _mm256_set1_ps(kGeluXMin));
+    QRT_EACH hx[j] = _mm256_mul_ps(_mm256_set1_ps(-0.5f), xc[j]);
+    QRT_EACH s_hi[j] = _mm256_mul_ps(hx[j], xc[j]);
+    QRT_EACH s_lo[j] = _mm256_fmsub_ps(hx[j], xc[j], s_hi[j]);
+    QRT_EACH k[j] = _mm256_fmadd_ps(_mm256_add_ps(q[j], s_hi[j]), _mm256_set1_ps(kLog2eF), magic);
+    QRT_EACH r[j] = _mm256_fnmadd_ps(_mm256_sub_ps(k[j], magic), _mm256_set1_ps(kLn2HiF), s_hi[j]);
+    QRT_EACH r[j] = _mm256_add_ps(_mm256_add_ps(r[j], q[j]), s_lo[j]);
+    QRT_EACH r[j] = _mm256_fnmadd_ps(_mm256_sub_ps(k[j], magic), _mm256_set1_ps(kLn2LoF), r[j]);
+    QRT_EACH exp_parts_avx2(r[j], _mm256_sub_epi32(_mm256_castps_si256(k[j]), _mm256_castps_si256(magic)),
+                            kErfZeroExponent, p[j], scale1[j], scale2[j]);
+    QRT_EACH {
+        const __m256 x = v[j];
+        const __m256 ht = _mm256_mul_ps(_mm256_set1_ps(0.5f), t[j]);
+        const __m256 negative = _mm256_mul_ps(_mm256_mul_ps(_mm256_mul_ps(_mm256_mul_ps(x, ht), p[j]), scale1[j]), scale2[j]);
+        const __m256 h = _mm256_mul_ps(_mm256_mul_ps(_mm256_mul_ps(ht, p[j]), scale1[j]), scale2[j]);
+        const __m256 positive = _mm256_mul_ps(x, _mm256_sub_ps(one, h));
+        v[j] = _mm256_blendv_ps(positive, negative, _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_LT_OQ));
+    }
+#undef QRT_EACH
+}
+
 QRT_ACT_TARGET_AVX2 inline __m256 gelu_erf_avx2(__m256 x) {
-    const __m256 one = _mm256_set1_ps(1.0f);
-    const __m256 ax = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), x);   // fabs: the sign bit cleared
-    const __m256 t = _mm256_div_ps(one, _mm256_fmadd_ps(ax, _mm256_set1_ps(kHalfInvSqrt2), one));
-    __m256 q = _mm256_set1_ps(kErfcPoly[0]);
-    for (int i = 1; i < kErfcTerms; ++i) q = _mm256_fmadd_ps(q, t, _mm256_set1_ps(kErfcPoly[i]));
-    const __m256 xc = _mm256_max_ps(_mm256_min_ps(ax, _mm256_set1_ps(kGeluXMax)), _mm256_set1_ps(kGeluXMin));
-    const __m256 hx = _mm256_mul_ps(_mm256_set1_ps(-0.5f), xc);
-    const __m256 s_hi = _mm256_mul_ps(hx, xc);
-    const __m256 s_lo = _mm256_fmsub_ps(hx, xc, s_hi);
-    const __m256 magic = _mm256_set1_ps(kMagicF);
-    const __m256 k = _mm256_fmadd_ps(_mm256_add_ps(q, s_hi), _mm256_set1_ps(kLog2eF), magic);
-    const __m256 n = _mm256_sub_ps(k, magic);
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(kLn2HiF), s_hi);
-    r = _mm256_add_ps(_mm256_add_ps(r, q), s_lo);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(kLn2LoF), r);
-    __m256 p, scale1, scale2;
-    exp_parts_avx2(r, _mm256_sub_epi32(_mm256_castps_si256(k), _mm256_castps_si256(magic)), kErfZeroExponent, p,
-                   scale1, scale2);
-    const __m256 ht = _mm256_mul_ps(_mm256_set1_ps(0.5f), t);
-    const __m256 negative = _mm256_mul_ps(_mm256_mul_ps(_mm256_mul_ps(_mm256_mul_ps(x, ht), p), scale1), scale2);
-    const __m256 h = _mm256_mul_ps(_mm256_mul_ps(_mm256_mul_ps(ht, p), scale1), scale2);
-    const __m256 positive = _mm256_mul_ps(x, _mm256_sub_ps(one, h));
-    return _mm256_blendv_ps(positive, negative, _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_LT_OQ));
+    gelu_erf_avx2_n<1>(&x);
+    return x;
 }
 
 QRT_ACT_TARGET_AVX2 inline void tanh_reduce_avx2(__m256d xd, __m128& r, __m128i& n) {

@@ -313,6 +313,18 @@ void tile_avx2_narrow(int64_t rows, const uint8_t* u, int64_t ldu, const int8_t*
 // undefined behavior" on its tail loop (-Waggressive-loop-optimizations); one call per row.
 QRT_TARGET_AVX2 __attribute__((noipa)) void activation_span_avx2(float* y, int64_t count, Activation act) {
     int64_t i = 0;
+    if (act == Activation::gelu) {
+        // eight vectors side by side (activation.h gelu_erf_avx2_n: the same bits, eight
+        // chains; a tile row of 64 columns is one such group). Zen 3, the (1024, 384, 1536)
+        // Linear + GELU, 2 threads: GELU 1.73 ms one vector at a time, 1.25 four, 0.94 eight
+        constexpr int kGroup = 8;
+        for (; i + 8 * kGroup <= count; i += 8 * kGroup) {
+            __m256 v[kGroup];
+            for (int j = 0; j < kGroup; ++j) v[j] = _mm256_loadu_ps(y + i + 8 * j);
+            act_detail::gelu_erf_avx2_n<kGroup>(v);
+            for (int j = 0; j < kGroup; ++j) _mm256_storeu_ps(y + i + 8 * j, v[j]);
+        }
+    }
     for (; i + 8 <= count; i += 8) _mm256_storeu_ps(y + i, activation_avx2(_mm256_loadu_ps(y + i), act));
     for (; i < count; ++i) y[i] = activation_scalar(y[i], act);   // the same bits as a vector lane
 }
