@@ -55,6 +55,7 @@ def pytest_configure(config):
                                        "AVX2 paths forced by tests/test_forced_isa.py)")
 
 
+@pytest.hookimpl(trylast=True)    # after -m / -k deselection: a run without that test builds nothing
 def pytest_collection_modifyitems(session, config, items):
     # the sanitizer test's build (minutes of compiling) starts now, beside the other tests
     if any(item.nodeid.endswith("test_native_tests_and_fuzzer_are_clean_under_asan_and_ubsan") for item in items):
