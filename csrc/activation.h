@@ -322,7 +322,7 @@ template <int N>
 QRT_ACT_TARGET_AVX2 inline void gelu_erf_avx2_n(__m256* v) {
 #define QRT_EACH for (int j = 0; j < N; ++j)
     const __m256 one = _mm256_set1_ps(1.0f), magic = _mm256_set1_ps(kMagicF);
-    __m256 ax[N], t[N], q[N], xc[N], hx[N], s_hi[N], s_lo[N], k[N], r[N], p[N], scale1[N], scale2[N];
+    __m256 ax[N], t[N], q[N], xc[N], hx[N], s_hi[N], s_lo[N], k[N], n[N], r[N], p[N], scale1[N], scale2[N];
     QRT_EACH ax[j] = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), v[j]);   // fabs: the sign bit cleared
     QRT_EACH t[j] = _mm256_div_ps(one, _mm256_fmadd_ps(ax[j], _mm256_set1_ps(kHalfInvSqrt2), one));
     QRT_EACH q[j] = _mm256_set1_ps(kErfcPoly[0]);
@@ -332,9 +332,10 @@ QRT_ACT_TARGET_AVX2 inline void gelu_erf_avx2_n(__m256* v) {
     QRT_EACH s_hi[j] = _mm256_mul_ps(hx[j], xc[j]);
     QRT_EACH s_lo[j] = _mm256_fmsub_ps(hx[j], xc[j], s_hi[j]);
     QRT_EACH k[j] = _mm256_fmadd_ps(_mm256_add_ps(q[j], s_hi[j]), _mm256_set1_ps(kLog2eF), magic);
-    QRT_EACH r[j] = _mm256_fnmadd_ps(_mm256_sub_ps(k[j], magic), _mm256_set1_ps(kLn2HiF), s_hi[j]);
+    QRT_EACH n[j] = _mm256_sub_ps(k[j], magic);
+    QRT_EACH r[j] = _mm256_fnmadd_ps(n[j], _mm256_set1_ps(kLn2HiF), s_hi[j]);
     QRT_EACH r[j] = _mm256_add_ps(_mm256_add_ps(r[j], q[j]), s_lo[j]);
-    QRT_EACH r[j] = _mm256_fnmadd_ps(_mm256_sub_ps(k[j], magic), _mm256_set1_ps(kLn2LoF), r[j]);
+    QRT_EACH r[j] = _mm256_fnmadd_ps(n[j], _mm256_set1_ps(kLn2LoF), r[j]);
     QRT_EACH exp_parts_avx2(r[j], _mm256_sub_epi32(_mm256_castps_si256(k[j]), _mm256_castps_si256(magic)),
                             kErfZeroExponent, p[j], scale1[j], scale2[j]);
     QRT_EACH {
