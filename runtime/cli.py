@@ -21,6 +21,7 @@ from kernels.core.ops import op_spec
 
 from .bench.command import add_parser as add_bench_parser
 from .convert import ConvertOptions, convert
+from .convert.recover import DEFAULT_LR as DEFAULT_RECOVER_LR
 from .demo import run_demo
 from .format import atomic_write as _atomic_write
 from .format import load, read_header
@@ -182,9 +183,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="time budget of --recover in minutes (default 10 when --recover-steps is not given)")
     r.add_argument("--recover-steps", type=int, metavar="N", help="optimizer steps of --recover (with "
                    "--recover-minutes: whichever ends first)")
-    r.add_argument("--recover-lr", type=float, default=1e-4, metavar="LR",
-                   help="peak learning rate of --recover (default 1e-4, for pretrained transformers; small "
-                        "models trained from scratch take ~1e-3)")
+    r.add_argument("--recover-lr", type=float, default=DEFAULT_RECOVER_LR, metavar="LR",
+                   help=f"peak learning rate of --recover (default {DEFAULT_RECOVER_LR:g}, measured on a pretrained "
+                        "transformer: benchmarks/RESULTS.md, \"Recovery settings\")")
     r.add_argument("--recover-gradual", action="store_true",
                    help="prune during training instead of one-shot: sparsity grows on a cubic schedule from 0 "
                         "to the target over the first 2/3 of the budget (--prune magnitude or block)")

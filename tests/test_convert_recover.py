@@ -41,6 +41,7 @@ def test_recovery_beats_one_shot_and_keeps_the_masks(mlp):
     info = r2["recovery"]
     assert info["steps"] == STEPS and not info["interrupted"] and not info["gradual"]
     assert info["loss_end"] < info["loss_start"] and info["cosine_after"] > info["cosine_before"]
+    assert info["lr"] == 1e-3 and info["hidden_weight"] == 1.0      # an MLP: no LayerNorm, weight 1
     assert any(line.startswith("recovery: ") and "steps in" in line for line in lines)
     # the one-shot obs masks are the ones trained with: csr int8 storing the same positions
     # (the kept set; int8 rounding may zero a few kept values, which csr still stores)

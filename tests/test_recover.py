@@ -7,8 +7,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from runtime.convert.prune import magnitude_mask  # noqa: E402
-from runtime.convert.recover import (RecoverResult, cubic_sparsity, hidden_values, recover,  # noqa: E402
-                                     trainable_names)
+from runtime.convert.recover import (LAYER_HIDDEN_WEIGHT, NORM_HIDDEN_WEIGHT, RecoverResult,  # noqa: E402
+                                     cubic_sparsity, hidden_values, recover, trainable_names)
 from runtime.graph import Graph, Node, Value  # noqa: E402
 from kernels.core.layouts import dense_tensor  # noqa: E402
 from runtime.session import InferenceSession  # noqa: E402
@@ -75,6 +75,7 @@ def test_recover_raises_the_output_cosine_and_keeps_the_masks():
     start = _cosine(student, teacher, held_out)
     r = recover(student, teacher, masks, _feeds(), steps=100, lr=1e-3)
     assert isinstance(r, RecoverResult) and r.steps == 100 and not r.interrupted
+    assert r.hidden_weight == LAYER_HIDDEN_WEIGHT       # no LayerNorm: the Linear outputs, weight 1
     end = _cosine(_with(student, r.weights), teacher, held_out)
     assert end > start + MIN_COSINE_GAIN, (start, end)
     assert r.loss_end < 0.8 * r.loss_start
@@ -207,6 +208,8 @@ def test_transformer_hidden_states_and_padded_batches_of_two_lengths():
              for f in _token_feeds(50, [(8, 6), (8, 9), (8, 6)])]
     r = recover(student, teacher, masks, feeds, steps=30, lr=1e-3, batch_size=8)
     assert r.loss_end < r.loss_start
+    assert r.hidden_weight == NORM_HIDDEN_WEIGHT        # LayerNorm outputs: the transformer default
+    assert recover(student, teacher, masks, feeds, steps=1, batch_size=8, hidden_weight=0.0).hidden_weight == 0.0
     names = trainable_names(student)
     assert any("ln" in k for k in names)                       # LayerNorm scale/bias are trained
     for k, m in masks.items():

@@ -109,7 +109,7 @@ class ConvertOptions:
     recover_data: Any = None        # like calib (.npz, .npy folder, iterable); None: the calibration data
     recover_minutes: float | None = None   # time budget; default RECOVER_MINUTES without recover_steps
     recover_steps: int | None = None
-    recover_lr: float = 1e-4
+    recover_lr: float = recovery.DEFAULT_LR
     recover_gradual: bool = False   # prune gradually during training (cubic schedule) instead of one-shot
     seed: int = 0
 
@@ -820,6 +820,7 @@ def _recover(graph: Graph, teacher: Graph, layers: list[Layer], plans: dict[str,
     report.recovery = {"steps": result.steps, "seconds": round(result.seconds, 1), "loss_start": result.loss_start,
                        "loss_end": result.loss_end, "interrupted": result.interrupted,
                        "cosine_before": before, "cosine_after": after, "gradual": bool(gradual),
+                       "lr": opts.recover_lr, "hidden_weight": result.hidden_weight,
                        "data": getattr(data, "source", "the given data")}
     say(f"recovery: {result.steps} steps in {result.seconds:.0f} s, loss {result.loss_start:.4f} -> "
         f"{result.loss_end:.4f}, fp32 cosine to the original {before:.4f} -> {after:.4f}")

@@ -65,6 +65,17 @@ TEACHER_CACHE_BYTES = 1 << 30
 # batch is checked against a fresh teacher run, to this relative tolerance.
 CACHE_CHECK_RTOL = 1e-4
 VAR_FLOOR = 1e-12             # a constant teacher value: its MSE is not divided by ~0
+# Defaults, from 600-step runs on all-MiniLM-L6-v2 pruned 2:4 (benchmarks/RESULTS.md,
+# "Recovery settings"; mean cosine of the fp32 student's sentence embeddings): Adam's peak rate
+# 1e-3 and the hidden-state (LayerNorm output) terms weighted 10x the output's. Rate 1e-4 /
+# 5e-4 / 1e-3 / 2e-3 at weight 1: 0.924 / 0.944 / 0.947 / 0.943; weight 0 / 1 / 4 / 10 at
+# 5e-4: 0.940 / 0.944 / 0.946 / 0.946; 1e-3 with weight 10: 0.951. Matching every layer's
+# hidden state, not only the last, is what a short budget gets furthest with. A graph without
+# LayerNorms (hidden values = the Linear / Conv outputs, e.g. the digits MLP and CNN) keeps
+# weight 1, the setting its figures were measured with.
+DEFAULT_LR = 1e-3
+NORM_HIDDEN_WEIGHT = 10.0
+LAYER_HIDDEN_WEIGHT = 1.0
 
 LAYER_OPS = ("Linear", "Conv")
 NORM_OPS = {"LayerNormalization": (1, 2), "SkipLayerNormalization": (2, 3)}   # op -> affine inputs
@@ -79,6 +90,7 @@ class RecoverResult:
     loss_start: float
     loss_end: float
     interrupted: bool
+    hidden_weight: float             # the hidden-state terms' weight the run used (resolved default)
 
 
 # --------------------------------------------------------------------- graph queries ----
@@ -227,11 +239,12 @@ def _lr_factor(progress: float, progress_after: float) -> float:
 # ---------------------------------------------------------------------------- recover ----
 
 def recover(student: Graph, teacher: Graph, masks: dict[str, np.ndarray], feeds: Sequence[dict[str, np.ndarray]], *,
-            minutes: float | None = None, steps: int | None = None, lr: float = 1e-4,
+            minutes: float | None = None, steps: int | None = None, lr: float = DEFAULT_LR,
             gradual: dict[str, Callable[[np.ndarray, float], np.ndarray]] | None = None,
             target: dict[str, float] | None = None, seed: int = 0,
             say: Callable[[str], None] = lambda s: None,
-            batch_size: int | None = None, hidden: Sequence[str] | None = None, hidden_weight: float = 1.0,
+            batch_size: int | None = None, hidden: Sequence[str] | None = None,
+            hidden_weight: float | None = None,
             train_norms: bool = True, keep_on_interrupt: bool = False) -> RecoverResult:
     """Distill ``teacher`` (the original fp32 graph) into ``student`` (the pruned fp32 graph,
     same structure and value names) on the unlabeled ``feeds``; the graphs are not modified.
@@ -239,8 +252,7 @@ def recover(student: Graph, teacher: Graph, masks: dict[str, np.ndarray], feeds:
     masks:     weight initializer name -> bool mask of its shape (True = kept); those
                positions are zeroed at the start and stay exactly 0.
     minutes, steps: the budget; training stops at whichever runs out first (one is required).
-    lr:        Adam's peak learning rate (1e-4 suits fine-tuning a pretrained transformer;
-               small models trained from scratch take ~1e-3).
+    lr:        Adam's peak learning rate (DEFAULT_LR, measured on a pretrained transformer).
     gradual:   weight name -> mask function (w (fp32, the weight's shape), sparsity) -> bool
                mask; with ``target`` (name -> final sparsity in [0, 1)) the sparsity of those
                weights ramps from the input mask's (0 without one) to the target.
@@ -248,7 +260,8 @@ def recover(student: Graph, teacher: Graph, masks: dict[str, np.ndarray], feeds:
     say:       progress lines, one every PROGRESS_SECONDS.
     batch_size: rows per step (default: the largest feed's batch).
     hidden:    value names for the hidden-state loss (default ``hidden_values(student)``);
-               ``hidden_weight`` its weight (0 disables it).
+               ``hidden_weight`` its weight against the output terms' (0 disables it; None:
+               NORM_HIDDEN_WEIGHT for LayerNorm outputs, else LAYER_HIDDEN_WEIGHT).
     train_norms: also train LayerNorm scale/bias (``trainable_names``).
     keep_on_interrupt: on Ctrl-C return what was trained so far (interrupted=True) instead of
                re-raising KeyboardInterrupt (the default: the caller then writes nothing).
@@ -296,6 +309,9 @@ def recover(student: Graph, teacher: Graph, masks: dict[str, np.ndarray], feeds:
             raise ValueError(f"target sparsity of {k!r} ({s}) is below its mask's ({start_sparsity[k]:.3f}); "
                              "gradual pruning only raises sparsity")
     hidden = list(hidden_values(student) if hidden is None else hidden)
+    if hidden_weight is None:
+        norm_outputs = {n.outputs[0] for n in student.nodes if n.op in NORM_OPS}
+        hidden_weight = NORM_HIDDEN_WEIGHT if hidden and set(hidden) <= norm_outputs else LAYER_HIDDEN_WEIGHT
     produced = {o for n in student.nodes for o in n.outputs} & {o for n in teacher.nodes for o in n.outputs}
     bad = [h for h in hidden if h not in produced]
     if bad:
@@ -432,7 +448,8 @@ def recover(student: Graph, teacher: Graph, masks: dict[str, np.ndarray], feeds:
     # masked_fill_ after every step (and at each ramp point) wrote +0.0 at every masked position
     weights = {k: w.astype(np.float32, copy=False) for k, w in student_t.weights().items()}
     return RecoverResult(weights=weights, masks={k: m.copy() for k, m in masks.items()}, steps=step,
-                         seconds=seconds, loss_start=loss_start, loss_end=loss_end, interrupted=interrupted)
+                         seconds=seconds, loss_start=loss_start, loss_end=loss_end, interrupted=interrupted,
+                         hidden_weight=float(hidden_weight))
 
 
 def _cache_teacher(pools: list[_Pool], feeds, input_names: list[str], keep: list[str],
