@@ -14,7 +14,9 @@ Patterns (in this order):
       constant] -> [Add mask] -> Softmax(axis -1) -> MatMul(., Vh) -> Transpose(0, 2, 1, 3)
       -> Reshape([0, 0, -1|H*Dv])
     (what torch.onnx exports for BERT-style self attention), optionally with the scale applied
-    as a scalar Mul on the Q and K heads, becomes Attention(q, k, v[, mask]). transformers'
+    as a scalar Mul on the Q and K heads, becomes Attention(q, k, v[, mask]). Two additive
+    terms (MPNet: scores + relative position bias + mask) become one mask, bias + mask, summed
+    by an Add node before the Attention node (float32 rounding of the sum may differ). transformers'
     default sdpa attention exports the same with Softmax -> Where(IsNaN(p), 0, p) (fused with
     nan_to_zero=1: a row of -inf scores gives zeros, not NaN), a no-op Reshape [0, -1, 0, Dv]
     after P V (TorchScript), K^T as Transpose(0, 2, 1, 3) then a swap of the last two axes
@@ -213,17 +215,21 @@ def _fuse_attention(view: _View, sm: Node):
     if not merge and zero_copies and (shape is None or bool((shape == 0).any())):
         return None
     nodes = [sm, *between, pv, tr_out, rs_out] + ([noop] if noop is not None else [])
-    scores, mask, scale = sm.inputs[0], "", 1.0
-    add = view.made_by(scores, "Add")
-    if add is not None:
-        for a, b in (add.inputs, add.inputs[::-1]):
-            p = view.producer.get(a)
-            if p is not None and p.op in ("Mul", "Div", "MatMul"):
-                scores, mask = a, b
-                nodes.append(add)
-                break
-        else:
+    scores, mask, scale, before = sm.inputs[0], "", 1.0, []
+    if view.made_by(scores, "Add") is not None:
+        found = _plus_terms(view, scores, MAX_SCORE_TERMS)
+        if found is None:
             return None
+        scores, terms, adds = found
+        nodes += adds
+        mask = terms[0]
+        for t in terms[1:]:
+            # scores + bias + mask (MPNet: a relative position bias, then the padding mask) as
+            # scores + (bias + mask): one additive mask, summed by an Add node before Attention
+            mask_sum = Node(_unique(view.graph, f"{adds[0].name}_mask"), "Add", [mask, t],
+                            [_unique(view.graph, f"{adds[0].name}_mask_output")], {})
+            before.append(mask_sum)
+            mask = mask_sum.outputs[0]
     for op in ("Mul", "Div"):
         sc = view.made_by(scores, op)
         if sc is None:
@@ -255,10 +261,31 @@ def _fuse_attention(view: _View, sm: Node):
     name = sm.name.rsplit("/", 1)[0] + "/Attention" if "/" in sm.name else f"{sm.name}_attention"
     attrs = {"head_dim": q[1], "scale": scale, **({"nan_to_zero": 1} if nan_to_zero else {})}
     if merge:
-        return nodes, Node(name, "Attention", inputs, list(rs_out.outputs), attrs)
+        return nodes, before + [Node(name, "Attention", inputs, list(rs_out.outputs), attrs)]
     y = _unique(view.graph, f"{name}_output")
-    return nodes, [Node(name, "Attention", inputs, [y], attrs),
-                   Node(rs_out.name, "Reshape", [y, rs_out.inputs[1]], list(rs_out.outputs), dict(rs_out.attrs))]
+    return nodes, before + [Node(name, "Attention", inputs, [y], attrs),
+                            Node(rs_out.name, "Reshape", [y, rs_out.inputs[1]], list(rs_out.outputs),
+                                 dict(rs_out.attrs))]
+
+
+MAX_SCORE_TERMS = 2     # additive terms after the scaled scores: a mask, or a bias and a mask
+
+
+def _plus_terms(view: _View, value: str, depth: int) -> tuple[str, list[str], list[Node]] | None:
+    """``value`` = s + t1 [+ t2 ...] written as a chain of at most ``depth`` Adds, each read
+    once, s made by Mul / Div / MatMul (the scaled scores): (s, [t1, ...], the Adds)."""
+    add = view.made_by(value, "Add")
+    if add is None or depth < 1:
+        return None
+    for a, b in (add.inputs, add.inputs[::-1]):
+        p = view.producer.get(a)
+        if p is not None and p.op in ("Mul", "Div", "MatMul"):
+            return a, [b], [add]
+    for a, b in (add.inputs, add.inputs[::-1]):
+        inner = _plus_terms(view, a, depth - 1)
+        if inner is not None:
+            return inner[0], inner[1] + [b], inner[2] + [add]
+    return None
 
 
 # --- Add + LayerNormalization ----------------------------------------------------------------

@@ -268,6 +268,8 @@ def _propagate(n: Node, shapes: dict, symvals: dict, consts: dict) -> None:
             symvals[n.outputs[0]] = sv[0]   # a 1-D shape vector reshaped to itself
         if t is not None and t.ndim == 1:
             out_shape = _reshape_shape(ins[0], t.items, n.attrs.get("allowzero", 0))
+    elif op == "ConstantOfShape" and sv[0] is not None and sv[0].ndim == 1:
+        out_shape = tuple(sv[0].items)      # MPNet's relative-position buckets start from one
     elif op == "Expand" and sv[1] is not None and ins[0] is not None:
         out_shape = _broadcast(ins[0], tuple(sv[1].items))
     for k, o in enumerate(n.outputs):
