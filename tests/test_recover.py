@@ -222,3 +222,56 @@ def test_learning_rate_schedule():
     assert _lr_factor(WARMUP_FRACTION, WARMUP_FRACTION) == pytest.approx(0.5 * (1 + np.cos(np.pi * WARMUP_FRACTION)))
     assert _lr_factor(0.5, 0.5) == pytest.approx(0.5)
     assert _lr_factor(1.0, 1.0) == pytest.approx(0.0)
+
+
+def test_teacher_cache_is_float16_within_budget_and_trains_like_the_uncached_run(monkeypatch):
+    import runtime.convert.recover as R
+    teacher = _mlp()
+    student, masks = _pruned(teacher)
+    runs = {}
+    for budget in (None, 100):             # default budget; 100 bytes: the teacher runs at every step
+        monkeypatch.setattr(R, "TEACHER_CACHE_BYTES", budget)
+        said: list[str] = []
+        torch.manual_seed(0)
+        runs[budget] = recover(student, teacher, masks, _feeds(), steps=60, lr=1e-3, say=said.append)
+        runs[budget, "said"] = " ".join(said)
+    assert "values cached" in runs[None, "said"] and "as float16" in runs[None, "said"], runs[None, "said"]
+    assert "teacher runs at every step" in runs[100, "said"], runs[100, "said"]
+    # float16 targets round at 2^-11 relative: the two runs train alike
+    a, b = runs[None].loss_end, runs[100].loss_end
+    assert abs(a - b) <= 0.02 * b, (a, b)
+
+
+def test_teacher_cache_keeps_float32_where_float16_would_overflow(monkeypatch):
+    import runtime.convert.recover as R
+    monkeypatch.setattr(R, "TEACHER_CACHE_BYTES", 1 << 20)
+    x = np.arange(200, dtype=np.float32).reshape(200, 1)     # cached in chunks of 64 rows
+    pools = R._pools([{"x": x}], ["x"])
+
+    def teacher_values(feed):              # y from row 66 on is out of float16's range (> 65504)
+        v = torch.from_numpy(feed["x"] * np.float32(1e3))
+        return {"y": v, "z": v / np.float32(1e3)}
+    R._cache_teacher(pools, None, ["x"], ["y", "z"], teacher_values, lambda s: None)
+    y, z = pools[0].targets["y"], pools[0].targets["z"]
+    # the first chunk was stored as float16 (rounded), the later ones made y float32
+    assert y.dtype == np.float32 and np.array_equal(y[64:], x[64:] * np.float32(1e3))
+    assert np.allclose(y[:64], x[:64] * 1e3, rtol=2.0 ** -11, atol=0)
+    assert z.dtype == np.float16 and np.array_equal(z.astype(np.float32), x)
+    assert R._compact(torch.tensor([1.0, float("nan")])).dtype == np.float32
+    assert R._compact(torch.tensor([1.0, 1e5])).dtype == np.float32
+    assert R._compact(torch.tensor([1.0, -65504.0])).dtype == np.float16
+
+
+def test_teacher_cache_budget_follows_available_memory(monkeypatch):
+    import runtime.convert.recover as R
+    monkeypatch.setattr(R, "TEACHER_CACHE_BYTES", None)
+    monkeypatch.setattr(R, "available_memory", lambda: 3 << 30)
+    assert R.teacher_cache_bytes() == int((3 << 30) * R.TEACHER_CACHE_SHARE)
+    monkeypatch.setattr(R, "available_memory", lambda: 1 << 40)
+    assert R.teacher_cache_bytes() == R.TEACHER_CACHE_MAX_BYTES
+    monkeypatch.setattr(R, "available_memory", lambda: None)
+    assert R.teacher_cache_bytes() == R.TEACHER_CACHE_FALLBACK_BYTES
+    monkeypatch.setattr(R, "TEACHER_CACHE_BYTES", 12345)
+    assert R.teacher_cache_bytes() == 12345
+    got = R.available_memory()                      # this machine: a positive byte count or None
+    assert got is None or got > 0

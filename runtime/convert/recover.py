@@ -59,11 +59,20 @@ RAMP_POINTS = 10              # mask recomputations during the ramp (the last on
 PROGRESS_SECONDS = 5.0        # between say() lines
 EVAL_BATCHES = 2              # batches of the fixed loss measured before and after training
 # The teacher's outputs and hidden values are computed once per row and cached when they fit
-# in this much memory (the teacher costs about a quarter of a training step otherwise).
-TEACHER_CACHE_BYTES = 1 << 30
+# in teacher_cache_bytes() (the teacher costs about a fifth of a training step otherwise:
+# all-MiniLM-L6-v2, 2:4, 8,610 rows, 181 -> 222 steps/min with the cache, benchmarks/RESULTS.md).
+# Values are kept as float16 when they fit its range (half the memory; the rounding, 2^-11
+# relative, is far below what the student still gets wrong), else float32.
+TEACHER_CACHE_BYTES: int | None = None     # a fixed budget; None: teacher_cache_bytes() decides
+TEACHER_CACHE_SHARE = 1.0 / 3.0            # of the memory available (and under the cgroup limit)
+TEACHER_CACHE_MAX_BYTES = 8 << 30
+TEACHER_CACHE_FALLBACK_BYTES = 1 << 30     # where the available memory cannot be read
 # The cache assumes a row's values do not depend on the other rows of its batch; the first
-# batch is checked against a fresh teacher run, to this relative tolerance.
+# batch is checked against a fresh teacher run, to this relative tolerance (float32 values;
+# float16 ones to FP16_CHECK_RTOL, their rounding included).
 CACHE_CHECK_RTOL = 1e-4
+FP16_CHECK_RTOL = 2e-3
+FP16_MAX = 65504.0
 VAR_FLOOR = 1e-12             # a constant teacher value: its MSE is not divided by ~0
 # Defaults, from 600-step runs on all-MiniLM-L6-v2 pruned 2:4 (benchmarks/RESULTS.md,
 # "Recovery settings"; mean cosine of the fp32 student's sentence embeddings): Adam's peak rate
@@ -403,7 +412,7 @@ def recover(student: Graph, teacher: Graph, masks: dict[str, np.ndarray], feeds:
                         ramp_to(ramp_done)       # several points passed at once: only the latest
                 feed = {n: pool.data[n][idx] for n in input_names}
                 if pool.targets is not None:
-                    want = {n: torch.from_numpy(pool.targets[n][idx]) for n in keep}
+                    want = {n: torch.from_numpy(pool.targets[n][idx]).float() for n in keep}
                 else:
                     want = teacher_values(feed)
                 for g in opt.param_groups:
@@ -452,42 +461,106 @@ def recover(student: Graph, teacher: Graph, masks: dict[str, np.ndarray], feeds:
                          hidden_weight=float(hidden_weight))
 
 
+def available_memory() -> int | None:
+    """Bytes this process can still take: /proc/meminfo's MemAvailable, lowered to the room
+    left under a cgroup v2 memory limit; None where neither can be read."""
+    avail = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f:
+            limit = f.read().strip()
+        with open("/sys/fs/cgroup/memory.current") as f:
+            used = int(f.read().strip())
+        if limit != "max":
+            room = max(0, int(limit) - used)
+            avail = room if avail is None else min(avail, room)
+    except (OSError, ValueError):
+        pass
+    return avail
+
+
+def teacher_cache_bytes() -> int:
+    """The teacher cache's budget: TEACHER_CACHE_BYTES when set, else TEACHER_CACHE_SHARE of
+    available_memory() up to TEACHER_CACHE_MAX_BYTES (TEACHER_CACHE_FALLBACK_BYTES unknown)."""
+    if TEACHER_CACHE_BYTES is not None:
+        return int(TEACHER_CACHE_BYTES)
+    avail = available_memory()
+    if avail is None:
+        return TEACHER_CACHE_FALLBACK_BYTES
+    return int(min(TEACHER_CACHE_MAX_BYTES, avail * TEACHER_CACHE_SHARE))
+
+
+def _compact(v) -> np.ndarray:
+    """A teacher value (float32 torch tensor) as numpy float16 when every element is finite
+    and within float16's range, else float32."""
+    a = v.numpy()
+    if a.dtype == np.float32 and a.size and np.isfinite(a).all() and float(np.abs(a).max()) <= FP16_MAX:
+        return a.astype(np.float16)
+    return a
+
+
 def _cache_teacher(pools: list[_Pool], feeds, input_names: list[str], keep: list[str],
                    teacher_values: Callable[[dict], dict], say: Callable[[str], None]) -> None:
-    """Fill each pool's ``targets`` (teacher value per row) when every value has the batch as
-    its leading axis, the whole fits in TEACHER_CACHE_BYTES, and a re-batched run of the
-    teacher agrees with the cached rows (rows do not interact); else leave them None and
-    the teacher runs at every step."""
+    """Fill each pool's ``targets`` (teacher value per row, float16 where it fits: _compact)
+    when every value has the batch as its leading axis, the whole fits in
+    teacher_cache_bytes(), and a re-batched run of the teacher agrees with the cached rows
+    (rows do not interact); else leave them None and the teacher runs at every step."""
+    budget = teacher_cache_bytes()
     total = 0
+    t0 = time.perf_counter()
+
+    def too_big() -> bool:
+        if total > budget:
+            say(f"recover: the teacher runs at every step (its values exceed the cache's {budget >> 20} MiB)")
+            _drop(pools)
+        return total > budget
+
     for pool in pools:
-        parts: dict[str, list[np.ndarray]] = {n: [] for n in keep}
+        # one array per value and pool, allocated at its first chunk (so the budget is
+        # checked before the teacher has run over every row) and filled in place
+        store: dict[str, np.ndarray] = {}
         for i in range(0, pool.rows, 64):
             rows = min(64, pool.rows - i)
             vals = teacher_values({n: pool.data[n][i:i + rows] for n in input_names})
             for n in keep:
                 v = vals[n]
-                if v.ndim == 0 or v.shape[0] != rows:
-                    say(f"recover: the teacher runs at every step (value {n!r} has no batch axis)")
+                if v.ndim == 0 or v.shape[0] != rows or (n in store and tuple(v.shape[1:]) != store[n].shape[1:]):
+                    say(f"recover: the teacher runs at every step (value {n!r} has no batch axis of fixed shape)")
                     _drop(pools)
                     return
-                total += v.numel() * v.element_size()
-                if total > TEACHER_CACHE_BYTES:
-                    say(f"recover: the teacher runs at every step (its values exceed "
-                        f"{TEACHER_CACHE_BYTES >> 20} MiB)")
-                    _drop(pools)
+                a = _compact(v)
+                if n not in store:
+                    store[n] = np.empty((pool.rows,) + a.shape[1:], a.dtype)
+                    total += store[n].nbytes
+                elif store[n].dtype == np.float16 and a.dtype != np.float16:
+                    # a chunk out of float16's range: the value is float32 throughout
+                    total += store[n].nbytes
+                    store[n] = store[n].astype(np.float32)
+                if too_big():
                     return
-                parts[n].append(v.numpy())
-        pool.targets = {n: np.concatenate(parts[n]) for n in keep}
+                store[n][i:i + rows] = a
+        pool.targets = store
     # rows must not interact: a batch of rows taken from two places gives the cached values
     pool = max(pools, key=lambda p: p.rows)
     idx = np.unique(np.r_[np.arange(min(2, pool.rows)), pool.rows - 1 - np.arange(min(2, pool.rows))])
     fresh = teacher_values({n: pool.data[n][idx] for n in input_names})
     for n in keep:
-        want, got = pool.targets[n][idx], fresh[n].numpy()
-        if not np.allclose(got, want, rtol=CACHE_CHECK_RTOL, atol=CACHE_CHECK_RTOL * float(np.abs(want).max() or 1.0)):
+        want, got = pool.targets[n][idx].astype(np.float32), fresh[n].numpy()
+        tol = FP16_CHECK_RTOL if pool.targets[n].dtype == np.float16 else CACHE_CHECK_RTOL
+        if not np.allclose(got, want, rtol=tol, atol=tol * float(np.abs(want).max() or 1.0)):
             say(f"recover: the teacher runs at every step (value {n!r} depends on the other rows of a batch)")
             _drop(pools)
             return
+    halves = sum(1 for n in keep if pools[0].targets[n].dtype == np.float16)
+    say(f"recover: the teacher's values cached ({total / 2 ** 20:.0f} MiB of a {budget >> 20} MiB budget; "
+        f"{halves} of {len(keep)} value(s) as float16) in {time.perf_counter() - t0:.1f} s")
 
 
 def _drop(pools: list[_Pool]) -> None:
