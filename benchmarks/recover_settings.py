@@ -63,6 +63,28 @@ def extra_loss(kind: str):
     return Loss
 
 
+def augmented(texts: list[str], kind: str) -> list[str]:
+    """Extra training text made from ``texts`` (the teacher labels any input): ``cropsN``, N
+    contiguous spans of 4-12 words (short inputs, like the worst evaluation sentences);
+    ``pairsN``, N pairs of sentences joined (long inputs). Seeded, so runs compare."""
+    name, n = kind.rstrip("0123456789"), int(kind.lstrip("abcdefghijklmnopqrstuvwxyz") or 0)
+    rng = np.random.default_rng(1)
+    if name == "none":
+        return []
+    if name == "crops":
+        out = []
+        for i in rng.integers(0, len(texts), n):
+            words = texts[i].split()
+            k = int(rng.integers(4, min(12, len(words)) + 1))
+            j = int(rng.integers(0, len(words) - k + 1))
+            span = " ".join(words[j:j + k]).rstrip(",;:")
+            out.append(span[0].upper() + span[1:] + ("" if span[-1] in ".!?" else "."))
+        return out
+    if name == "pairs":
+        return [texts[i] + " " + texts[j] for i, j in rng.integers(0, len(texts), (n, 2))]
+    raise SystemExit(f"--augment {kind!r}: expected none, cropsN or pairsN")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--prune", choices=sorted(PRUNINGS), default="nm", help="mask kind (default nm: 2:4)")
@@ -71,6 +93,9 @@ def main() -> None:
     ap.add_argument("--hidden-weight", type=float, default=R.NORM_HIDDEN_WEIGHT)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--loss", default="mse", help="mse (recover.py's), or mse plus cosW / poolW")
+    ap.add_argument("--augment", default="none",
+                    help="none, cropsN (N random 4-12 word spans of the training sentences added to the text) "
+                         "or pairsN (N pairs of training sentences joined into one)")
     ap.add_argument("--work", default="/tmp/qrt_recover_settings", help="folder for the export and pruned files")
     args = ap.parse_args()
     import torch
@@ -85,8 +110,8 @@ def main() -> None:
     calib = mp.feeds_of(tok, [texts[i] for i in order[:128]], 64, 16)
     eval_texts = [texts[i] for i in order[128:128 + 256]]
     held = set(order[128:128 + 256].tolist())
-    train = mp.feeds_of(tok, [texts[i] for i in order if i not in held]
-                        + docstring_sentences(8000, exclude=set(texts)), 64, 16)
+    train_texts = [texts[i] for i in order if i not in held] + docstring_sentences(8000, exclude=set(texts))
+    train = mp.feeds_of(tok, train_texts + augmented(train_texts, args.augment), 64, 16)
     evals = mp.feeds_of(tok, eval_texts, 64, 32)
     with torch.no_grad():
         ref = np.concatenate([mp.embed(model(**{k: torch.from_numpy(v) for k, v in f.items()})[0].numpy(),
@@ -131,7 +156,7 @@ def main() -> None:
     else:
         cos = score({})
     line = dict(prune=args.prune, steps=args.steps, lr=args.lr, hidden_weight=args.hidden_weight, batch=args.batch,
-                loss=args.loss, min=round(float(cos.min()), 4), mean=round(float(cos.mean()), 4),
+                loss=args.loss, augment=args.augment, min=round(float(cos.min()), 4), mean=round(float(cos.mean()), 4),
                 p5=round(float(np.percentile(cos, 5)), 4), seconds=round(time.perf_counter() - t0),
                 load_average=round(os.getloadavg()[0], 2))
     print(json.dumps(line))
