@@ -50,8 +50,9 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from ..feeds import available_memory
 from ..graph import Graph
-from .torch_eval import TorchGraph, as_tensor, import_torch
+from .torch_eval import TorchGraph, import_torch
 
 WARMUP_FRACTION = 0.05        # of the budget (steps or time, whichever is further along)
 RAMP_FRACTION = 2.0 / 3.0     # gradual pruning reaches its target at this share of the budget
@@ -64,7 +65,7 @@ EVAL_BATCHES = 2              # batches of the fixed loss measured before and af
 # Values are kept as float16 when they fit its range (half the memory; the rounding, 2^-11
 # relative, is far below what the student still gets wrong), else float32.
 TEACHER_CACHE_BYTES: int | None = None     # a fixed budget; None: teacher_cache_bytes() decides
-TEACHER_CACHE_SHARE = 1.0 / 3.0            # of the memory available (and under the cgroup limit)
+TEACHER_CACHE_SHARE = 1.0 / 3.0            # of runtime.feeds.available_memory() (cgroup-aware)
 TEACHER_CACHE_MAX_BYTES = 8 << 30
 TEACHER_CACHE_FALLBACK_BYTES = 1 << 30     # where the available memory cannot be read
 # The cache assumes a row's values do not depend on the other rows of its batch; the first
@@ -459,31 +460,6 @@ def recover(student: Graph, teacher: Graph, masks: dict[str, np.ndarray], feeds:
     return RecoverResult(weights=weights, masks={k: m.copy() for k, m in masks.items()}, steps=step,
                          seconds=seconds, loss_start=loss_start, loss_end=loss_end, interrupted=interrupted,
                          hidden_weight=float(hidden_weight))
-
-
-def available_memory() -> int | None:
-    """Bytes this process can still take: /proc/meminfo's MemAvailable, lowered to the room
-    left under a cgroup v2 memory limit; None where neither can be read."""
-    avail = None
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    avail = int(line.split()[1]) * 1024
-                    break
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        with open("/sys/fs/cgroup/memory.max") as f:
-            limit = f.read().strip()
-        with open("/sys/fs/cgroup/memory.current") as f:
-            used = int(f.read().strip())
-        if limit != "max":
-            room = max(0, int(limit) - used)
-            avail = room if avail is None else min(avail, room)
-    except (OSError, ValueError):
-        pass
-    return avail
 
 
 def teacher_cache_bytes() -> int:
