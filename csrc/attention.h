@@ -101,6 +101,9 @@ void gemm_avx2(int64_t m, int64_t n8, int64_t kd, const float* a, int64_t lda, c
 // values), then exp32(s - max); returns the float32 sum. Reads and writes s[0, sk) only.
 float softmax_row_avx2(float* s, int64_t sk, float scale, const float* mrow);
 void exp_avx2(const float* x, float* y, int64_t n);
+// Kh^T: t[c * ldt + r] = a[r * lda + c] for r < rows, c < cols (8 x 8 blocks through
+// registers, the edges element by element): a copy, the same bits as the scalar loop.
+void transpose_avx2(const float* a, int64_t lda, int64_t rows, int64_t cols, float* t, int64_t ldt);
 
 }  // namespace fused_detail
 

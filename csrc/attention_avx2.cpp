@@ -173,6 +173,40 @@ QRT_F_AVX2 void exp_avx2(const float* x, float* y, int64_t n) {
     }
 }
 
+// 8 rows of 8 floats transposed in registers (the unpack / shuffle / permute network), then
+// stored as 8 rows of t.
+QRT_F_AVX2 inline void transpose8x8(const float* a, int64_t lda, float* t, int64_t ldt) {
+    __m256 r[8];
+    for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(a + i * lda);
+    __m256 u[8];
+    for (int i = 0; i < 8; i += 2) {
+        u[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);        // a0 b0 a1 b1 | a4 b4 a5 b5
+        u[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);    // a2 b2 a3 b3 | a6 b6 a7 b7
+    }
+    __m256 v[8];
+    for (int i = 0; i < 8; i += 4) {
+        v[i] = _mm256_shuffle_ps(u[i], u[i + 2], _MM_SHUFFLE(1, 0, 1, 0));      // a0 b0 c0 d0 | a4 ..
+        v[i + 1] = _mm256_shuffle_ps(u[i], u[i + 2], _MM_SHUFFLE(3, 2, 3, 2));  // a1 b1 c1 d1 | a5 ..
+        v[i + 2] = _mm256_shuffle_ps(u[i + 1], u[i + 3], _MM_SHUFFLE(1, 0, 1, 0));  // a2 .. | a6 ..
+        v[i + 3] = _mm256_shuffle_ps(u[i + 1], u[i + 3], _MM_SHUFFLE(3, 2, 3, 2));  // a3 .. | a7 ..
+    }
+    // v[0..3]: columns 0-3 (low half) and 4-7 (high half) of rows 0-3; v[4..7] of rows 4-7
+    for (int c = 0; c < 4; ++c) {
+        _mm256_storeu_ps(t + c * ldt, _mm256_permute2f128_ps(v[c], v[c + 4], 0x20));
+        _mm256_storeu_ps(t + (c + 4) * ldt, _mm256_permute2f128_ps(v[c], v[c + 4], 0x31));
+    }
+}
+
+QRT_F_AVX2 void transpose_avx2(const float* a, int64_t lda, int64_t rows, int64_t cols, float* t, int64_t ldt) {
+    const int64_t r8 = rows / 8 * 8, c8 = cols / 8 * 8;
+    for (int64_t r = 0; r < r8; r += 8)
+        for (int64_t c = 0; c < c8; c += 8) transpose8x8(a + r * lda + c, lda, t + c * ldt + r, ldt);
+    for (int64_t r = 0; r < rows; ++r) {            // the edges: rows past r8, columns past c8
+        const int64_t c0 = r < r8 ? c8 : 0;
+        for (int64_t c = c0; c < cols; ++c) t[c * ldt + r] = a[r * lda + c];
+    }
+}
+
 }  // namespace fused_detail
 }  // namespace qrt
 
@@ -189,6 +223,9 @@ float softmax_row_avx2(float*, int64_t, float, const float*) {
     throw std::logic_error("attention AVX2 kernel called on a build without x86 SIMD");
 }
 void exp_avx2(const float*, float*, int64_t) {
+    throw std::logic_error("attention AVX2 kernel called on a build without x86 SIMD");
+}
+void transpose_avx2(const float*, int64_t, int64_t, int64_t, float*, int64_t) {
     throw std::logic_error("attention AVX2 kernel called on a build without x86 SIMD");
 }
 }  // namespace fused_detail
