@@ -61,7 +61,7 @@ PROGRESS_SECONDS = 5.0        # between say() lines
 EVAL_BATCHES = 2              # batches of the fixed loss measured before and after training
 # The teacher's outputs and hidden values are computed once per row and cached when they fit
 # in teacher_cache_bytes() (the teacher costs about a fifth of a training step otherwise:
-# all-MiniLM-L6-v2, 2:4, 8,610 rows, 181 -> 222 steps/min with the cache, benchmarks/RESULTS.md).
+# all-MiniLM-L6-v2, 2:4, 8,610 rows, 181 -> 218 steps/min with the float16 cache, RESULTS.md).
 # Values are kept as float16 when they fit its range (half the memory; the rounding, 2^-11
 # relative, is far below what the student still gets wrong), else float32.
 TEACHER_CACHE_BYTES: int | None = None     # a fixed budget; None: teacher_cache_bytes() decides
