@@ -70,7 +70,8 @@ def main() -> None:
     rng = np.random.default_rng(0)
     for shape in args.shapes.split(","):
         b, s = (int(x) for x in shape.split("x"))
-        feed = {"input_ids": rng.integers(3, 1000, (b, s)).astype(np.int64), "attention_mask": np.ones((b, s), np.int64)}
+        feed = {"input_ids": rng.integers(3, 1000, (b, s)).astype(np.int64),
+                "attention_mask": np.ones((b, s), np.int64)}
         ys = {f: sess.run(None, feed)[0] for f, sess in sessions.items()}
         med, runs, (l0, l1) = time_interleaved({f"fused={f}": (lambda sess=sess: sess.run(None, feed))
                                                 for f, sess in sessions.items()}, args.seconds)

@@ -87,10 +87,11 @@ def test_transformers_default_export(name):
 # Encoders whose sdpa attention is softmax(q k^T / sqrt(d) + mask) v fuse into one Attention
 # node (runtime/fuse.py); MPNet's scores + relative position bias + mask too (the bias and the
 # mask summed by one Add before it); DeBERTa-v2 (disentangled attention, 3-D batched MatMuls)
-# and GPT-2 (a key/value-cache Concat, run-time head shapes of a Split) run unfused. "dynamo" is torch.onnx.export with no exporter named (the
-# default since torch 2.9): its K^T goes through a 3-D Reshape / Transpose / Reshape and its
-# mask uses float32's minimum; the TorchScript export masks with -inf, so a sequence of
-# padding only has NaN softmax rows that its IsNaN + Where turn into zeros (nan_to_zero).
+# and GPT-2 (a key/value-cache Concat, run-time head shapes of a Split) run unfused. "dynamo"
+# is torch.onnx.export with no exporter named (the default since torch 2.9): its K^T goes
+# through a 3-D Reshape / Transpose / Reshape and its mask uses float32's minimum; the
+# TorchScript export masks with -inf, so a sequence of padding only has NaN softmax rows that
+# its IsNaN + Where turn into zeros (nan_to_zero).
 _FUSED = ["bert", "distilbert", "roberta", "albert", "electra", "xlm-roberta", "mpnet"]
 
 
