@@ -91,13 +91,15 @@ class OptionalBuildExt(build_ext):
             # for plain installs: a newer compiler's new warning must not stop a user's install.
             if os.environ.get("QRT_WERROR") == "1":
                 ext.extra_compile_args = [*ext.extra_compile_args, "-Werror"]
-            # OpenMP threads the native kernels; without it they run on one thread.
+            # OpenMP gives the native kernels' default thread count and the peak probe's team
+            # (the kernels themselves run on csrc/work_pool.h); without it the default is one
+            # thread, and a session's threads= still applies.
             if _accepts_openmp(self.compiler, self.build_temp):
                 ext.extra_compile_args = [*ext.extra_compile_args, "-fopenmp"]
                 ext.extra_link_args = [*ext.extra_link_args, "-fopenmp"]
             else:
-                print("qrt: the C++ compiler does not accept -fopenmp; the native kernels will run "
-                      "on one thread", file=sys.stderr, flush=True)
+                print("qrt: the C++ compiler does not accept -fopenmp; the native kernels will default "
+                      "to one thread (a session's threads= still sets more)", file=sys.stderr, flush=True)
         # QRT_EXTRA_CFLAGS / QRT_EXTRA_LDFLAGS (space-separated), last so they win: e.g. the
         # sanitizer build of tests/test_sanitizers.py (-fsanitize=address,undefined -O1)
         ext.extra_compile_args = [*ext.extra_compile_args, *os.environ.get("QRT_EXTRA_CFLAGS", "").split()]

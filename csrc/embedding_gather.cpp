@@ -3,6 +3,8 @@
 
 #include <algorithm>
 
+#include "work_pool.h"
+
 namespace qrt {
 
 namespace {
@@ -23,8 +25,19 @@ inline int64_t row_of(const Index* idx, int64_t i, int64_t v) {
     return r < 0 ? r + v : r;
 }
 
-inline bool parallel(int threads, int64_t n, int64_t d) {
-    return threads > 1 && n > 1 && n * d >= kGatherParallelMinElements;
+// Rows per work item: about kGatherItemElements output elements, so that a claim (one atomic
+// add) is small beside the item's work, and a row of any width is one item at most.
+constexpr int64_t kGatherItemElements = 16384;
+
+// fn(i) for every row i of n, on the work pool (csrc/work_pool.h) above
+// kGatherParallelMinElements output elements, else on the calling thread.
+template <typename RowFn>
+void for_rows(int64_t n, int64_t d, int threads, const RowFn& fn) {
+    const int nt = (threads > 1 && n > 1 && n * d >= kGatherParallelMinElements) ? threads : 1;
+    const int64_t rows = std::max<int64_t>(1, kGatherItemElements / std::max<int64_t>(d, 1));
+    parallel_items((n + rows - 1) / rows, nt, [&](int64_t item) {
+        for (int64_t i = item * rows; i < std::min(n, (item + 1) * rows); ++i) fn(i);
+    });
 }
 
 }  // namespace
@@ -34,9 +47,7 @@ int64_t gather_int8_rows(const int8_t* qdata, const float* scale, const int8_t* 
                          int64_t v, int64_t d, const Index* idx, int64_t n, float* out, int threads) {
     const int64_t bad = first_bad_index(idx, n, v);
     if (bad >= 0) return bad;
-    const int nt = std::max(1, threads);
-#pragma omp parallel for schedule(static) num_threads(nt) if (parallel(nt, n, d))
-    for (int64_t i = 0; i < n; ++i) {
+    for_rows(n, d, threads, [&](int64_t i) {
         const int64_t r = row_of(idx, i, v);
         const int64_t s_row = per_row ? r : 0;
         const float s = scale[s_row];
@@ -44,7 +55,7 @@ int64_t gather_int8_rows(const int8_t* qdata, const float* scale, const int8_t* 
         const int8_t* q = qdata + r * d;
         float* o = out + i * d;
         for (int64_t k = 0; k < d; ++k) o[k] = static_cast<float>(static_cast<int32_t>(q[k]) - z) * s;
-    }
+    });
     return -1;
 }
 
@@ -57,9 +68,7 @@ int64_t gather_int4_rows(const uint8_t* qdata, const float* scale, const uint8_t
     const int64_t row_bytes = groups * group_size / 2;
     // symmetric: a two's complement nibble is (u ^ 8) - 8; asymmetric: u - zp
     const int32_t sbit = zero_point ? 0 : 8;
-    const int nt = std::max(1, threads);
-#pragma omp parallel for schedule(static) num_threads(nt) if (parallel(nt, n, d))
-    for (int64_t i = 0; i < n; ++i) {
+    for_rows(n, d, threads, [&](int64_t i) {
         const int64_t r = row_of(idx, i, v);
         const uint8_t* q = qdata + r * row_bytes;
         const float* s = scale + r * groups;
@@ -75,7 +84,7 @@ int64_t gather_int4_rows(const uint8_t* qdata, const float* scale, const uint8_t
                 o[k] = static_cast<float>(nib - z) * sj;
             }
         }
-    }
+    });
     return -1;
 }
 

@@ -16,8 +16,9 @@
 // read. The functions return -1 when all are in range (out written), else the position of the
 // first index out of range (out not written): the caller raises the error.
 //
-// Threads: rows split in fixed blocks over OpenMP above kGatherParallelMinElements output
-// elements, each row written by one thread: the result does not depend on the thread count.
+// Threads: above kGatherParallelMinElements output elements, blocks of rows are work items of
+// the work pool (csrc/work_pool.h: claimed by whichever thread is awake, the caller included),
+// each row written by one thread: the result does not depend on the thread count.
 #pragma once
 
 #include <cstdint>

@@ -8,6 +8,7 @@
 
 #include "cpu_features.h"
 #include "int8_gemm.h"
+#include "work_pool.h"
 
 namespace qrt {
 
@@ -81,6 +82,11 @@ Int4Isa int4_isa_from_name(const std::string& name, const Int4Weight& w) {
 
 namespace {
 
+// outputs per work item on the scalar path (each a K-long dot product)
+constexpr int64_t kScalarOutputs = 16;
+// work items per thread to aim for on the SIMD path, so that uneven items still split evenly
+constexpr int64_t kItemsPerThread = 4;
+
 // One output on the scalar path: sequential float32 multiply-adds in k order.
 float dot_scalar(const Int4Weight& w, const float* x, int64_t n) {
     const uint8_t* q = w.qdata.data() + n * (w.kp() / 2);
@@ -108,14 +114,15 @@ void int4_linear(const Int4Weight& w, const float* x, int64_t m, const double* b
     if (m <= 0) return;
     const int nt = std::max(1, threads);
     if (isa == Int4Isa::scalar) {
-        const int64_t items = m * w.n;
-#if defined(_OPENMP)
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1 && items * w.k > (1 << 16))
-#endif
-        for (int64_t i = 0; i < items; ++i) {
-            const int64_t r = i / w.n, n = i % w.n;
-            y[r * w.n + n] = finish(dot_scalar(w, x + r * w.k, n), bias, n);
-        }
+        // work items of kScalarOutputs outputs (row-major), on the pool above 64 K multiply-adds
+        const int64_t outputs = m * w.n;
+        const int64_t items = (outputs + kScalarOutputs - 1) / kScalarOutputs;
+        parallel_items(items, outputs * w.k > (1 << 16) ? nt : 1, [&](int64_t item) {
+            for (int64_t i = item * kScalarOutputs; i < std::min(outputs, (item + 1) * kScalarOutputs); ++i) {
+                const int64_t r = i / w.n, n = i % w.n;
+                y[r * w.n + n] = finish(dot_scalar(w, x + r * w.k, n), bias, n);
+            }
+        });
         return;
     }
     // SIMD: X re-ordered per step of k (32 on AVX-512, 16 on AVX2; evens, then odds) so that
@@ -134,23 +141,24 @@ void int4_linear(const Int4Weight& w, const float* x, int64_t m, const double* b
     }
     const int64_t nblocks = (w.n + 3) / 4, mblocks = (m + 3) / 4;
     const int64_t items = nblocks * mblocks;
-    // Work item = 4 weight rows x 4 X rows; n-major so that consecutive items of one thread
-    // reuse the weight rows from cache.
-#if defined(_OPENMP)
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1 && items > 1)
-#endif
-    for (int64_t it = 0; it < items; ++it) {
-        const int64_t nb = it / mblocks, mb = it % mblocks;
-        const int64_t n0 = nb * 4, nr = std::min<int64_t>(4, w.n - n0);
-        const int64_t m0 = mb * 4, mr = std::min<int64_t>(4, m - m0);
-        float acc[16];
-        if (isa == Int4Isa::avx512)
-            int4_detail::tile_avx512(w, xs.data() + m0 * kp, kp, mr, n0, nr, acc);
-        else
-            int4_detail::tile_avx2(w, xs.data() + m0 * kp, kp, mr, n0, nr, acc);
-        for (int64_t r = 0; r < mr; ++r)
-            for (int64_t c = 0; c < nr; ++c) y[(m0 + r) * w.n + n0 + c] = finish(acc[r * 4 + c], bias, n0 + c);
-    }
+    // Tile = 4 weight rows x 4 X rows, n-major so that consecutive tiles reuse the weight rows
+    // from cache. A work item of the pool (csrc/work_pool.h) is a run of consecutive tiles,
+    // about kItemsPerThread items per thread, so that the threads awake share the work evenly.
+    const int64_t per_item = std::max<int64_t>(1, items / (kItemsPerThread * nt));
+    parallel_items((items + per_item - 1) / per_item, nt, [&](int64_t chunk) {
+        for (int64_t it = chunk * per_item; it < std::min(items, (chunk + 1) * per_item); ++it) {
+            const int64_t nb = it / mblocks, mb = it % mblocks;
+            const int64_t n0 = nb * 4, nr = std::min<int64_t>(4, w.n - n0);
+            const int64_t m0 = mb * 4, mr = std::min<int64_t>(4, m - m0);
+            float acc[16];
+            if (isa == Int4Isa::avx512)
+                int4_detail::tile_avx512(w, xs.data() + m0 * kp, kp, mr, n0, nr, acc);
+            else
+                int4_detail::tile_avx2(w, xs.data() + m0 * kp, kp, mr, n0, nr, acc);
+            for (int64_t r = 0; r < mr; ++r)
+                for (int64_t c = 0; c < nr; ++c) y[(m0 + r) * w.n + n0 + c] = finish(acc[r * 4 + c], bias, n0 + c);
+        }
+    });
 }
 
 }  // namespace qrt

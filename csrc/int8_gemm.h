@@ -71,8 +71,8 @@ void int8_set_isa(const std::string& name);
 // best path this CPU has.
 bool int8_isa_forced();
 
-// Threads of the native kernels (work_pool.h for the int8 / sparse GEMMs, Attention and
-// SkipLayerNorm; OpenMP for the int4 GEMM and the gather, 1 there without OpenMP). n >= 1.
+// Threads of the native kernels (work_pool.h: the int8 / sparse / int4 GEMMs, Attention,
+// SkipLayerNorm and the gather). Unset, OpenMP's default count (1 without OpenMP). n >= 1.
 void int8_set_threads(int n);
 int int8_get_threads();
 bool int8_has_openmp();

@@ -168,6 +168,35 @@ def test_native_binding_writes_every_element_and_checks_its_arguments():
                                  np.array([1], np.int64), np.empty((1, 37), np.float32))
 
 
+@pytest.mark.parametrize("v,d,n", [(60, 37, 4000), (7, 20000, 5)])
+def test_native_gather_on_the_work_pool_is_the_same_for_any_thread_count(v, d, n):
+    # above the parallel threshold (n * d >= 65536 elements): blocks of rows (442 rows of 37;
+    # one row of 20,000 at a time) go to the work pool; every thread count must write every
+    # row with the table's bits, remainders of the last block included
+    if registry.backend_status("native") is not None:
+        pytest.skip(f"native unavailable: {registry.backend_status('native')}")
+    from kernels.native_cpu import _native
+    from kernels.native_cpu.gather import TablePlan
+    idx = np.random.default_rng(1).integers(-v, v, n).astype(np.int64)
+    before = _native.get_threads()
+    try:
+        for layout, opts in TABLE_CASES:
+            t = _table(layout, opts, v=v, d=d)
+            p = TablePlan(t)
+            want = _bits(t.to_dense()[idx])
+            for nt in (1, 2, 3):
+                _native.set_threads(nt)
+                out = np.full((n, d), np.nan, np.float32)
+                if layout == "int8":
+                    bad = _native.gather_int8_rows(p.qdata, p.scale, p.zero_point, idx, out)
+                else:
+                    bad = _native.gather_int4_rows(p.qdata, p.scale, p.zero_point, d, p.group_size, idx, out)
+                assert bad == -1
+                assert np.array_equal(_bits(out), want), (layout, opts, nt)
+    finally:
+        _native.set_threads(before)
+
+
 def test_reference_takes_a_sparse_table():
     # a Linear weight shared with a Gather may be packed sparse; the same definition covers it
     w = np.random.default_rng(2).standard_normal((12, 8)).astype(np.float32)

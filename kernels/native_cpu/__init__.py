@@ -17,9 +17,8 @@ feature probe imports nothing heavy (no numpy) when the extension is not built; 
 importing this package registers the kernels, which need numpy.
 
 Threads: the extension's work pool (csrc/work_pool.h: items claimed by the calling thread and
-whichever workers are awake, so a descheduled worker on a shared core holds nobody up; the
-int4 GEMM and the embedding gather still use OpenMP); the session calls :func:`set_threads`
-before each run.
+whichever workers are awake, so a descheduled worker on a shared core holds nobody up; every
+kernel of the extension runs on it); the session calls :func:`set_threads` before each run.
 Every C++ kernel's result is independent of the thread count (each output tile is computed by
 one thread, in a fixed order). The weight-only (act_quant "none") Linear is numpy's float32
 BLAS matmul, whose bits may follow BLAS's thread count (kernels/blas_ops.py): it agrees
