@@ -22,7 +22,10 @@ Patterns (in this order):
     after P V (TorchScript), K^T as Transpose(0, 2, 1, 3) then a swap of the last two axes
     (dynamo; runtime/shape_fold.py turns its 3-D Reshape / Transpose / Reshape into that
     Transpose), and a merging Reshape to a run-time shape with allowzero=1 (dynamo: kept after
-    the Attention node, which gives the same elements in the same order);
+    the Attention node, which gives the same elements in the same order). GPT-2 exports the
+    same once imported (runtime/onnx_import.py drops its cache's one-input Concat,
+    runtime/shape_fold.py folds its head shapes through the Split): its causal mask is the
+    additive mask;
   * Add -> LayerNormalization over the last axis becomes SkipLayerNormalization;
   * Linear or Conv -> Relu / Gelu becomes the Linear/Conv with activation "relu" / "gelu" /
     "gelu_tanh" (the kernel applies it in its epilogue, or kernels.registry.build after it);

@@ -351,10 +351,13 @@ def _simplify(graph: Graph, consts: dict[str, np.ndarray], inferred: dict[str, t
     producers = graph.producers()
     kept: list[Node] = []
     for n in graph.nodes:
-        if n.op == "Identity" and n.outputs[0] not in out_names:
+        # a Concat of one input is that input (GPT-2's key / value cache, exported without a
+        # past: Concat(k) along the sequence axis)
+        identity = n.op == "Identity" or (n.op == "Concat" and len([i for i in n.inputs if i]) == 1)
+        if identity and n.inputs[0] and n.outputs[0] not in out_names:
             _rename(graph, n.outputs[0], n.inputs[0])
             continue
-        src = n.inputs[0] if n.op == "Identity" else None
+        src = n.inputs[0] if identity else None
         if src and src in producers and src not in out_names and src not in in_names and src not in consts:
             # Identity onto a graph output (exporters' Dropout/Identity tails): let the
             # producer write the graph output directly

@@ -272,6 +272,22 @@ def _propagate(n: Node, shapes: dict, symvals: dict, consts: dict) -> None:
         out_shape = tuple(sv[0].items)      # MPNet's relative-position buckets start from one
     elif op == "Expand" and sv[1] is not None and ins[0] is not None:
         out_shape = _broadcast(ins[0], tuple(sv[1].items))
+    elif op == "Split" and ins[0] is not None:
+        # every output's shape, for explicit sizes (attribute, or a constant second input) or
+        # equal parts of an int dim (ONNX 18: ceil(dim / parts), the last part what is left);
+        # GPT-2's heads are reshaped to shapes read off the Q, K and V parts of one projection
+        axis = n.attrs.get("axis", 0) % len(ins[0])
+        sizes = n.attrs.get("split")
+        if sizes is None and len(n.inputs) > 1 and n.inputs[1] in consts:
+            sizes = consts[n.inputs[1]].reshape(-1)
+        dim, parts = ins[0][axis], len(n.outputs)
+        if sizes is None and isinstance(dim, int) and parts and len(n.inputs) < 2:
+            step = -(-dim // parts)
+            sizes = [min(step, max(dim - k * step, 0)) for k in range(parts)]
+        if sizes is not None and len(sizes) == len(n.outputs):
+            for o, size in zip(n.outputs, sizes):
+                shapes[o] = tuple(ins[0][:axis]) + (int(size),) + tuple(ins[0][axis + 1:])
+            return
     for k, o in enumerate(n.outputs):
         shapes[o] = out_shape if k == 0 else None
 
@@ -328,7 +344,9 @@ def _reshape_shape(in_shape, target: list, allowzero: int) -> tuple | None:
             out.append(d)
     if out.count(None) == 1 and in_shape is not None and None not in in_shape:
         # -1 = (product of input dims) / (product of the other output dims): cancel the
-        # symbolic dims both sides share, then the rest must be ints
+        # symbolic dims both sides share; then the rest must be ints, or one symbolic input
+        # dim and ints of the same product on both sides (x.view(-1, seq) of (batch, seq)
+        # is (batch, seq))
         rest_in = list(in_shape)
         rest_out = []
         for d in out:
@@ -336,8 +354,12 @@ def _reshape_shape(in_shape, target: list, allowzero: int) -> tuple | None:
                 rest_in.remove(d)
             elif d is not None:
                 rest_out.append(d)
-        if all(isinstance(d, int) for d in rest_in + rest_out):
+        syms_in = [d for d in rest_in if isinstance(d, str)]
+        ints_in = [d for d in rest_in if isinstance(d, int)]
+        if all(isinstance(d, int) for d in rest_out):
             known = int(np.prod(rest_out))
-            if known and int(np.prod(rest_in)) % known == 0:
-                out[out.index(None)] = int(np.prod(rest_in)) // known
+            if not syms_in and known and int(np.prod(ints_in)) % known == 0:
+                out[out.index(None)] = int(np.prod(ints_in)) // known
+            elif len(syms_in) == 1 and known and int(np.prod(ints_in)) == known:
+                out[out.index(None)] = syms_in[0]
     return tuple(out)

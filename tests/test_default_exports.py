@@ -86,17 +86,19 @@ def test_transformers_default_export(name):
 
 # Encoders whose sdpa attention is softmax(q k^T / sqrt(d) + mask) v fuse into one Attention
 # node (runtime/fuse.py); MPNet's scores + relative position bias + mask too (the bias and the
-# mask summed by one Add before it); DeBERTa-v2 (disentangled attention, 3-D batched MatMuls)
-# and GPT-2 (a key/value-cache Concat, run-time head shapes of a Split) run unfused. "dynamo"
+# mask summed by one Add before it); GPT-2 too (its causal mask is the additive mask; its key /
+# value cache, exported without a past, is a one-input Concat, and its head shapes are read off
+# the Split of one projection); DeBERTa-v2 (disentangled attention, 3-D batched MatMuls) runs
+# unfused. "dynamo"
 # is torch.onnx.export with no exporter named (the default since torch 2.9): its K^T goes
 # through a 3-D Reshape / Transpose / Reshape and its mask uses float32's minimum; the
 # TorchScript export masks with -inf, so a sequence of padding only has NaN softmax rows that
 # its IsNaN + Where turn into zeros (nan_to_zero).
-_FUSED = ["bert", "distilbert", "roberta", "albert", "electra", "xlm-roberta", "mpnet"]
+_FUSED = ["bert", "distilbert", "roberta", "albert", "electra", "xlm-roberta", "mpnet", "gpt2"]
 
 
 @pytest.mark.parametrize("name,exporter", [(n, "torchscript") for n in _FUSED]
-                         + [(n, "dynamo") for n in ("bert", "distilbert", "roberta")])
+                         + [(n, "dynamo") for n in ("bert", "distilbert", "roberta", "gpt2")])
 def test_sdpa_export_fuses_into_attention(name, exporter, tmp_path):
     from runtime.fuse import fuse
     torch.manual_seed(0)

@@ -194,6 +194,74 @@ def test_shape_chain_on_static_dims_folds_away():
     assert graph.initializers[graph.nodes[0].inputs[1]].to_dense().tolist() in ([2, 5, 3, 4], [0, 0, 3, 4])
 
 
+def _split_then_view_model(split: str) -> bytes:
+    """x (b, s, W) -> Split along the last axis -> the last part viewed as [b, s, -1, 4] with b
+    and s read off that part's Shape (GPT-2's head split), then Transpose(0, 2, 1, 3).
+    ``split``: "input" (sizes [12, 12] as the second input, W = 24), "even" (opset 18's
+    num_outputs = 2, W = 24) or "uneven" (num_outputs = 3 of W = 26: parts 9, 9, 8)."""
+    parts = {"input": 2, "even": 2, "uneven": 3}[split]
+    width = 26 if split == "uneven" else 24
+    outs = [f"p{k}" for k in range(parts)]
+    last = outs[-1]
+    split_node = (helper.make_node("Split", ["x", "sizes"], outs, axis=2) if split == "input"
+                  else helper.make_node("Split", ["x"], outs, axis=2, num_outputs=parts))
+    nodes = [split_node,
+             helper.make_node("Shape", [last], ["sh"]),
+             helper.make_node("Gather", ["sh", "i0"], ["b"], axis=0),
+             helper.make_node("Gather", ["sh", "i1"], ["t"], axis=0),
+             helper.make_node("Unsqueeze", ["b", "ax"], ["b1"]),
+             helper.make_node("Unsqueeze", ["t", "ax"], ["t1"]),
+             helper.make_node("Concat", ["b1", "t1", "tail"], ["shape"], axis=0),
+             helper.make_node("Reshape", [last, "shape"], ["r"]),
+             helper.make_node("Transpose", ["r"], ["y"], perm=[0, 2, 1, 3])]
+    inits = [const("i0", np.int64(0)), const("i1", np.int64(1)), const("ax", np.int64([0])),
+             const("tail", np.int64([-1, 4]))] + ([const("sizes", np.int64([12, 12]))] if split == "input" else [])
+    heads = (width - 9 * (parts - 1) if split == "uneven" else 12) // 4
+    return make_model(nodes, [f32("x", ["b", "s", width])], [f32("y", ["b", heads, "s", 4])], inits,
+                      opset=17 if split == "input" else 18)
+
+
+@pytest.mark.parametrize("split", ["input", "even", "uneven"])
+def test_split_parts_keep_their_shapes_for_folding(split):
+    # the parts' symbolic shapes let the view's target fold: [0, 0, -1, 4] (b and s copied)
+    data = _split_then_view_model(split)
+    for shape in [(2, 5), (1, 3)]:
+        graph = check_against_ort(data, {"x": rng.standard_normal(shape + (26 if split == "uneven" else 24,),
+                                                                  dtype=np.float32)})
+    assert [n.op for n in graph.nodes] == ["Split", "Reshape", "Transpose"]
+    assert graph.initializers[graph.nodes[1].inputs[1]].to_dense().tolist() == [0, 0, -1, 4]
+
+
+def test_view_with_minus_one_keeps_the_symbolic_dim_it_stands_for():
+    # x (b, s, 8) -> view(-1, s, 8) (GPT-2 flattens input_ids so) -> view(b, -1, 2, 4) with b
+    # read off the first view: its -1 is b, so the second target folds to [0, -1, 2, 4]
+    nodes = [helper.make_node("Shape", ["x"], ["sx"]),
+             helper.make_node("Gather", ["sx", "i1"], ["s"], axis=0),
+             helper.make_node("Unsqueeze", ["s", "ax"], ["s1"]),
+             helper.make_node("Concat", ["m1", "s1", "eight"], ["t1"], axis=0),
+             helper.make_node("Reshape", ["x", "t1"], ["v"]),
+             helper.make_node("Shape", ["v"], ["sv"]),
+             helper.make_node("Gather", ["sv", "i0"], ["b"], axis=0),
+             helper.make_node("Unsqueeze", ["b", "ax"], ["b1"]),
+             helper.make_node("Concat", ["b1", "m1", "tail"], ["t2"], axis=0),
+             helper.make_node("Reshape", ["v", "t2"], ["y"])]
+    inits = [const("i0", np.int64(0)), const("i1", np.int64(1)), const("ax", np.int64([0])),
+             const("m1", np.int64([-1])), const("eight", np.int64([8])), const("tail", np.int64([2, 4]))]
+    data = make_model(nodes, [f32("x", ["b", "s", 8])], [f32("y", ["b", "s2", 2, 4])], inits)
+    for shape in [(2, 5, 8), (3, 1, 8)]:
+        graph = check_against_ort(data, {"x": rng.standard_normal(shape, dtype=np.float32)})
+    assert [n.op for n in graph.nodes] == ["Reshape", "Reshape"]
+    assert graph.initializers[graph.nodes[1].inputs[1]].to_dense().tolist() == [0, -1, 2, 4]
+
+
+def test_concat_of_one_input_is_that_input():
+    # GPT-2's key / value cache exported without a past: Concat(k) along the sequence axis
+    nodes = [helper.make_node("Concat", ["x"], ["c"], axis=-2), helper.make_node("Relu", ["c"], ["y"])]
+    data = make_model(nodes, [f32("x", ["b", 3])], [f32("y", ["b", 3])])
+    graph = check_against_ort(data, {"x": rng.standard_normal((2, 3), dtype=np.float32)})
+    assert [n.op for n in graph.nodes] == ["Relu"]
+
+
 def _swap_through_3d_model(swapped: bool) -> bytes:
     """x (b, 2, s, 4) -> Reshape [-1, s, 4] -> Transpose(0, 2, 1) -> Reshape [b, 2, 4, s]: how the
     dynamo exporter writes x.transpose(-2, -1); with swapped=False the last Reshape asks for
