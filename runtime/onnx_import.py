@@ -474,22 +474,24 @@ def _fuse_linear(graph: Graph, consts: dict) -> None:
 
 
 def _fuse_gelu(graph: Graph, consts: dict) -> None:
-    """0.5 * x * (1 + erf(x / sqrt(2))) in any association of the two Muls -> Gelu(x)."""
+    """0.5 * x * (1 + erf(x / sqrt(2))) -> Gelu(x), and 0.5 * x * (1 + tanh(sqrt(2 / pi) *
+    (x + 0.044715 * x^3))) -> Gelu(x, approximate="tanh") (GPT-2's gelu_new), in any
+    association of the two outer Muls."""
     producers = graph.producers()
     remove: set[int] = set()
     replace: dict[int, Node] = {}
-    for erf in graph.nodes:
-        if erf.op != "Erf":
+    for inner in graph.nodes:
+        if inner.op == "Erf":
+            found, approximate = _erf_argument(graph, producers, consts, inner), "none"
+        elif inner.op == "Tanh":
+            found, approximate = _tanh_argument(graph, producers, consts, inner), "tanh"
+        else:
             continue
-        pre = producers.get(erf.inputs[0])
-        if pre is None or pre.op not in ("Div", "Mul") or _single_consumer(graph, pre.outputs[0]) is not erf:
+        if found is None:
             continue
-        c = _scalar(consts, pre.inputs[1])
-        if not c or not math.isclose(c if pre.op == "Div" else 1.0 / c, math.sqrt(2.0), rel_tol=1e-3):
-            continue
-        x = pre.inputs[0]
-        add = _single_consumer(graph, erf.outputs[0])
-        if add is None or add.op != "Add" or _scalar(consts, _other(add, erf.outputs[0])) != 1.0:
+        x, pre = found
+        add = _single_consumer(graph, inner.outputs[0])
+        if add is None or add.op != "Add" or _scalar(consts, _other(add, inner.outputs[0])) != 1.0:
             continue
         m1 = _single_consumer(graph, add.outputs[0])
         if m1 is None or m1.op != "Mul":
@@ -498,17 +500,55 @@ def _fuse_gelu(graph: Graph, consts: dict) -> None:
         m2 = _single_consumer(graph, m1.outputs[0])
         half = producers.get(other)
         if other == x and m2 is not None and m2.op == "Mul" and _scalar(consts, _other(m2, m1.outputs[0])) == 0.5:
-            chain, final = [pre, erf, add, m1, m2], m2         # (x * (1 + erf)) * 0.5
+            chain, final = [*pre, inner, add, m1, m2], m2         # (x * (1 + f)) * 0.5
         elif _scalar(consts, other) == 0.5 and m2 is not None and m2.op == "Mul" and _other(m2, m1.outputs[0]) == x:
-            chain, final = [pre, erf, add, m1, m2], m2         # x * ((1 + erf) * 0.5)
+            chain, final = [*pre, inner, add, m1, m2], m2         # x * ((1 + f) * 0.5)
         elif half is not None and half.op == "Mul" and x in half.inputs and _scalar(consts, _other(half, x)) == 0.5 \
                 and _single_consumer(graph, half.outputs[0]) is m1:
-            chain, final = [pre, erf, add, half, m1], m1       # (x * 0.5) * (1 + erf)
+            chain, final = [*pre, inner, add, half, m1], m1       # (x * 0.5) * (1 + f)
         else:
             continue
         remove.update(id(k) for k in chain)
-        replace[id(final)] = Node(final.name, "Gelu", [x], [final.outputs[0]], {"approximate": "none"})
+        replace[id(final)] = Node(final.name, "Gelu", [x], [final.outputs[0]], {"approximate": approximate})
     graph.nodes = [replace.get(id(n), n) for n in graph.nodes if id(n) not in remove or id(n) in replace]
+
+
+def _erf_argument(graph: Graph, producers: dict, consts: dict, erf: Node) -> tuple[str, list[Node]] | None:
+    """Erf's input is x / sqrt(2) (or x * (1 / sqrt(2))), read by Erf alone: (x, [that node])."""
+    pre = producers.get(erf.inputs[0])
+    if pre is None or pre.op not in ("Div", "Mul") or _single_consumer(graph, pre.outputs[0]) is not erf:
+        return None
+    c = _scalar(consts, pre.inputs[1])
+    if not c or not math.isclose(c if pre.op == "Div" else 1.0 / c, math.sqrt(2.0), rel_tol=1e-3):
+        return None
+    return pre.inputs[0], [pre]
+
+
+def _tanh_argument(graph: Graph, producers: dict, consts: dict, tanh: Node) -> tuple[str, list[Node]] | None:
+    """Tanh's input is sqrt(2 / pi) * (x + 0.044715 * Pow(x, 3)), each intermediate read by the
+    next node alone (the constants to 1e-3): (x, [Pow, Mul, Add, Mul])."""
+    def scaled(value: str, c: float) -> str | None:     # value = c * t: t
+        mul = producers.get(value)
+        if mul is None or mul.op != "Mul":
+            return None
+        for a, b in (mul.inputs, mul.inputs[::-1]):
+            k = _scalar(consts, b)
+            if k is not None and math.isclose(k, c, rel_tol=1e-3):
+                return a
+        return None
+    outer = producers.get(tanh.inputs[0])
+    inner = scaled(tanh.inputs[0], math.sqrt(2.0 / math.pi))
+    add = producers.get(inner) if inner is not None else None
+    if add is None or add.op != "Add" or _single_consumer(graph, outer.outputs[0]) is not tanh \
+            or _single_consumer(graph, add.outputs[0]) is not outer:
+        return None
+    for x, term in (add.inputs, add.inputs[::-1]):
+        cube = scaled(term, 0.044715)
+        mul, pow_ = producers.get(term), producers.get(cube) if cube is not None else None
+        if (pow_ is not None and pow_.op == "Pow" and pow_.inputs[0] == x and _scalar(consts, pow_.inputs[1]) == 3.0
+                and _single_consumer(graph, pow_.outputs[0]) is mul and _single_consumer(graph, term) is add):
+            return x, [pow_, mul, add, outer]
+    return None
 
 
 def _other(node: Node, name: str) -> str:

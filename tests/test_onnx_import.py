@@ -140,6 +140,38 @@ def test_erf_gelu_is_fused(form, scale_op):
     assert [n.op for n in graph.nodes] == ["Gelu"]
 
 
+@pytest.mark.parametrize("form", sorted(GELU_FORMS))
+@pytest.mark.parametrize("swapped", [False, True])
+def test_tanh_gelu_is_fused(form, swapped):
+    # GPT-2's gelu_new as TorchScript exports it: tanh(sqrt(2/pi) * (x + 0.044715 * x^3)),
+    # with the constants on either side of their Muls / Adds
+    def mul(a, b, out):
+        return helper.make_node("Mul", [b, a] if swapped else [a, b], [out])
+    nodes = [helper.make_node("Pow", ["x", "three"], ["p"]), mul("p", "k", "pk"),
+             helper.make_node("Add", ["pk", "x"] if swapped else ["x", "pk"], ["a"]), mul("a", "c", "s"),
+             helper.make_node("Tanh", ["s"], ["e"]), helper.make_node("Add", ["e", "one"], ["e1"])]
+    nodes += [helper.make_node(op, ins, [out]) for op, ins, out in GELU_FORMS[form]]
+    data = make_model(nodes, [f32("x", ["n", 7])], [f32("y", ["n", 7])],
+                      [const("three", np.float32(3)), const("k", np.float32(0.044715)),
+                       const("c", np.float32(np.sqrt(2 / np.pi))), const("one", np.float32(1)),
+                       const("half", np.float32(0.5))])
+    graph = check_against_ort(data, {"x": 3 * rng.standard_normal((4, 7), dtype=np.float32)})
+    assert [(n.op, n.attrs.get("approximate")) for n in graph.nodes] == [("Gelu", "tanh")]
+
+
+def test_tanh_with_other_constants_is_not_gelu():
+    # 0.5 x (1 + tanh(0.7 (x + 0.044715 x^3))) is not GELU: left as written
+    nodes = [helper.make_node("Pow", ["x", "three"], ["p"]), helper.make_node("Mul", ["p", "k"], ["pk"]),
+             helper.make_node("Add", ["x", "pk"], ["a"]), helper.make_node("Mul", ["a", "c"], ["s"]),
+             helper.make_node("Tanh", ["s"], ["e"]), helper.make_node("Add", ["e", "one"], ["e1"]),
+             helper.make_node("Mul", ["x", "e1"], ["m"]), helper.make_node("Mul", ["m", "half"], ["y"])]
+    data = make_model(nodes, [f32("x", [4, 7])], [f32("y", [4, 7])],
+                      [const("three", np.float32(3)), const("k", np.float32(0.044715)), const("c", np.float32(0.7)),
+                       const("one", np.float32(1)), const("half", np.float32(0.5))])
+    graph = check_against_ort(data, {"x": rng.standard_normal((4, 7), dtype=np.float32)})
+    assert "Gelu" not in [n.op for n in graph.nodes] and "Tanh" in [n.op for n in graph.nodes]
+
+
 def test_erf_not_fused_when_intermediate_is_reused():
     """If another node reads 1 + erf, fusing would drop a value someone needs."""
     nodes = [helper.make_node("Div", ["x", "c"], ["s"]), helper.make_node("Erf", ["s"], ["e"]),
