@@ -318,6 +318,26 @@ def test_attention_kernel_and_split_views():
     np.testing.assert_array_equal(run(q64, k64, v64)[0], ref(q64, k64, v64)[0])    # runs the reference
 
 
+@pytest.mark.parametrize("attrs,width", [({"axis": 1, "split": None, "num_outputs": 3}, 24),
+                                         ({"axis": 1, "split": None, "num_outputs": 3}, 26),
+                                         ({"axis": -1, "split": [5, 0, 7]}, 12)])
+def test_split_views_match_the_reference(attrs, width):
+    # views (no copy) with the reference's parts: explicit sizes (a 0-sized part included) and
+    # num_outputs, even and uneven (26 = 9 + 9 + 8); a width the sizes do not fit is refused
+    # by the reference's error
+    split = registry.lookup("Split", "dense", "native")(attrs, {})
+    ref = registry.lookup("Split", "dense", "reference")(attrs, {})
+    x = _rng("views").standard_normal((3, width)).astype(np.float32)
+    got, want = split(x), ref(x)
+    assert [p.shape for p in got] == [p.shape for p in want]
+    assert all(np.shares_memory(p, x) for p in got if p.size)
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+    if attrs["split"] is not None:
+        with pytest.raises(ValueError, match="do not add up"):
+            split(np.zeros((3, width + 1), np.float32))
+
+
 @pytest.fixture(scope="module")
 def bert_graphs():
     """A 2-layer BERT as torch exports it: (fp32 graph, dynamic int8 graph)."""
