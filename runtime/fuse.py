@@ -29,6 +29,7 @@ Patterns (in this order):
   * Add -> LayerNormalization over the last axis becomes SkipLayerNormalization;
   * Linear or Conv -> Relu / Gelu becomes the Linear/Conv with activation "relu" / "gelu" /
     "gelu_tanh" (the kernel applies it in its epilogue, or kernels.registry.build after it);
+    Linear -> Reshape -> Relu / Gelu (GPT-2's Conv1D) becomes that Linear -> the Reshape;
   * Linears that read the same input with the same attributes and a dense, int8, csr or N:M
     weight (attention's Q, K and V projections) become one Linear over the concatenated weight and a
     Split of its output along the last axis: the input is quantized once and the GEMM is
@@ -310,6 +311,11 @@ def _fuse_activation(view: _View, node: Node):
     if node.op not in ("Linear", "Conv") or node.attrs.get("activation", "none") != "none":
         return None
     act = view.only_reader(node.outputs[0])
+    reshape = None
+    if act is not None and act.op == "Reshape" and node.op == "Linear":
+        # GPT-2 (Conv1D: a 2-D Gemm between Reshapes) activates the reshaped output; an
+        # element-wise activation commutes with the Reshape
+        reshape, act = act, view.only_reader(act.outputs[0])
     if act is None:
         return None
     if act.op == "Relu":
@@ -318,8 +324,12 @@ def _fuse_activation(view: _View, node: Node):
         name = "gelu_tanh" if act.attrs.get("approximate", "none") == "tanh" else "gelu"
     else:
         return None
-    fused = Node(node.name, node.op, list(node.inputs), list(act.outputs), {**node.attrs, "activation": name})
-    return [node, act], fused
+    attrs = {**node.attrs, "activation": name}
+    if reshape is None:
+        return [node, act], Node(node.name, node.op, list(node.inputs), list(act.outputs), attrs)
+    return [node, reshape, act], [Node(node.name, node.op, list(node.inputs), list(node.outputs), attrs),
+                                  Node(reshape.name, "Reshape", list(reshape.inputs), list(act.outputs),
+                                       dict(reshape.attrs))]
 
 
 # --- Linears sharing an input ----------------------------------------------------------------

@@ -138,6 +138,26 @@ def test_linear_activation_fuses_and_matches(act_op, attrs, name):
     np.testing.assert_array_equal(got, want)        # the reference applies the same two kernels
 
 
+def test_linear_reshape_activation_fuses_into_the_linear():
+    # GPT-2's Conv1D: Gemm on (B*S, K), Reshape to (B, S, N), then the activation
+    g = _linear_act_graph("Gelu", attrs={"approximate": "tanh"})
+    g.nodes = [g.nodes[0], Node("rs", "Reshape", ["h", "shape"], ["h3"]), Node("act", "Gelu", ["h3"], ["y"],
+                                                                            {"approximate": "tanh"})]
+    g.initializers["shape"] = dense_tensor("shape", np.array([2, -1, 5], np.int64))
+    g.outputs = [Value("y", "float32", (2, "m", 5))]
+    g.validate()
+    fused = fuse(g)
+    assert [(n.op, n.attrs.get("activation")) for n in fused.nodes] == [("Linear", "gelu_tanh"), ("Reshape", None)]
+    x = _rng("x", "reshape").standard_normal((4, 8)).astype(np.float32) * 2
+    want = runtime.InferenceSession(g, backend="reference", fuse=False).run(None, {"x": x})[0]
+    for backend in ("reference", "numba", "native"):
+        if registry.backend_status(backend) is not None:
+            continue
+        got = runtime.InferenceSession(g, backend=backend).run(None, {"x": x})[0]
+        assert got.shape == (2, 2, 5)
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
 def test_no_fusion_when_the_intermediate_is_an_output():
     g = _linear_act_graph("Relu", extra_output=True)
     assert [n.op for n in fuse(g).nodes] == ["Linear", "Relu"]
