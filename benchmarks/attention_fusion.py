@@ -1,14 +1,16 @@
-"""MPNet's attention fused into one Attention node against the same graph unfused, one process.
+"""An exported model's attention fused into one Attention node against the same graph unfused,
+one process.
 
-    python benchmarks/mpnet_fusion.py [--layers 2] [--hidden 384] [--heads 12] [--shapes 1x128,8x128]
-                                      [--quant none|int8] [--seconds 2]
+    python benchmarks/attention_fusion.py [--model mpnet|gpt2] [--layers 2] [--hidden 384] [--heads 12]
+                                          [--shapes 1x128,8x128] [--quant none|int8] [--seconds 2]
 
-A transformers MPNetModel with random weights (no download: the config sizes are arguments;
-the defaults are all-mpnet-base-v2's shape at MiniLM's width), default (sdpa) attention,
-exported by torch.onnx.export's TorchScript exporter with dynamic batch and sequence axes, as
-tests/test_default_exports.py does. Its attention adds a relative position bias and the
-padding mask to the scores, which runtime/fuse.py folds into one mask (an Add before the
-Attention node). Each shape: median ms of InferenceSession(fuse=True) and (fuse=False) on the
+A transformers MPNetModel or GPT2Model with random weights (no download: the config sizes are
+arguments; the defaults are all-mpnet-base-v2's shape at MiniLM's width), default (sdpa)
+attention, exported by torch.onnx.export's TorchScript exporter with dynamic batch and sequence
+axes, as tests/test_default_exports.py does. MPNet's attention adds a relative position bias
+and the padding mask to the scores, which runtime/fuse.py folds into one mask (an Add before
+the Attention node); GPT-2's adds its causal mask, and its key / value cache (exported without
+a past) is a one-input Concat. (Called mpnet_fusion.py before GPT-2 fused.) Each shape: median ms of InferenceSession(fuse=True) and (fuse=False) on the
 default backend, timed interleaved (benchmarks/interleaved.py), and the largest difference
 between the two outputs.
 """
@@ -28,12 +30,16 @@ from benchmarks.interleaved import time_interleaved  # noqa: E402
 from runtime.fuse import fuse  # noqa: E402
 
 
-def export(layers: int, hidden: int, heads: int) -> bytes:
+def export(name: str, layers: int, hidden: int, heads: int) -> bytes:
     import torch
     import transformers as T
     torch.manual_seed(0)
-    model = T.MPNetModel(T.MPNetConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                                       intermediate_size=4 * hidden, vocab_size=1000)).eval()
+    if name == "gpt2":
+        model = T.GPT2Model(T.GPT2Config(n_embd=hidden, n_layer=layers, n_head=heads, vocab_size=1000,
+                                         n_positions=1024, bos_token_id=0, eos_token_id=0)).eval()
+    else:
+        model = T.MPNetModel(T.MPNetConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                                           intermediate_size=4 * hidden, vocab_size=1000)).eval()
 
     class Text(torch.nn.Module):
         def __init__(self, m):
@@ -54,6 +60,7 @@ def export(layers: int, hidden: int, heads: int) -> bytes:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", choices=["mpnet", "gpt2"], default="mpnet")
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--hidden", type=int, default=384)
     ap.add_argument("--heads", type=int, default=12)
@@ -61,10 +68,10 @@ def main() -> None:
     ap.add_argument("--quant", choices=["none", "int8"], default="none")
     ap.add_argument("--seconds", type=float, default=2.0, help="timed seconds per row and shape (default 2)")
     args = ap.parse_args()
-    graph = runtime.convert(export(args.layers, args.hidden, args.heads),
+    graph = runtime.convert(export(args.model, args.layers, args.hidden, args.heads),
                             **({} if args.quant == "none" else {"quant": "int8"}))
     fused = [n.op for n in fuse(graph).nodes].count("Attention")
-    print(f"# MPNet {args.layers} layers, hidden {args.hidden}, {args.heads} heads, {args.quant}; "
+    print(f"# {args.model} {args.layers} layers, hidden {args.hidden}, {args.heads} heads, {args.quant}; "
           f"{fused} Attention node(s) after fusion")
     sessions = {f: runtime.InferenceSession(graph, fuse=f) for f in (True, False)}
     rng = np.random.default_rng(0)

@@ -11,7 +11,9 @@ to the fp32 PyTorch model's). The pruned fp32 file is made once per mask kind (o
 converter's defaults) and kept in --work, so runs of several settings compare the training
 alone. --loss adds a term to recover.DistillLoss for the experiment: ``cosW`` W times the mean
 cosine distance of the output vectors, ``poolW`` W times the relative squared error of the
-output averaged over the sequence axis (mean pooling, padding included). One JSON line per
+output averaged over the sequence axis (mean pooling, padding included). --attention W adds
+W times the KL divergence of the student's attention distributions (Softmax outputs) from the
+teacher's (MiniLM-style). One JSON line per
 run is appended to WORK/results.jsonl.
 """
 from __future__ import annotations
@@ -63,6 +65,31 @@ def extra_loss(kind: str):
     return Loss
 
 
+def with_attention_loss(base, attention: list[str], weight: float):
+    """A DistillLoss subclass that adds ``weight`` times the mean KL divergence of the
+    student's attention distributions (the Softmax outputs ``attention``, (B, H, Sq, Sk)) from
+    the teacher's, per query row (MiniLM-style self-attention distillation). The attention
+    values travel in the hidden list (so they are kept and cached) but are left out of the
+    hidden-state MSE term."""
+    import torch
+
+    class Loss(base):
+        def __init__(self, output_names, hidden, hidden_weight, teacher_first):
+            super().__init__(output_names, hidden, hidden_weight, teacher_first)
+            self.attention = [h for h in hidden if h in attention]
+            self.hidden = [h for h in hidden if h not in attention]
+
+        def __call__(self, student, teacher):
+            loss = super().__call__(student, teacher)
+            kl = 0.0
+            for n in self.attention:
+                t = teacher[n].float().clamp_min(0.0)
+                s = student[n].float().clamp_min(1e-8)
+                kl = kl + (t * (torch.log(t.clamp_min(1e-8)) - torch.log(s))).sum(-1).mean()
+            return loss + weight * kl / max(len(self.attention), 1)
+    return Loss
+
+
 def augmented(texts: list[str], kind: str) -> list[str]:
     """Extra training text made from ``texts`` (the teacher labels any input): ``cropsN``, N
     contiguous spans of 4-12 words (short inputs, like the worst evaluation sentences);
@@ -93,6 +120,8 @@ def main() -> None:
     ap.add_argument("--hidden-weight", type=float, default=R.NORM_HIDDEN_WEIGHT)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--loss", default="mse", help="mse (recover.py's), or mse plus cosW / poolW")
+    ap.add_argument("--attention", type=float, default=0.0,
+                    help="weight of an attention-distribution KL term (the Softmax outputs; default 0: none)")
     ap.add_argument("--augment", default="none",
                     help="none, cropsN (N random 4-12 word spans of the training sentences added to the text) "
                          "or pairsN (N pairs of training sentences joined into one)")
@@ -149,14 +178,19 @@ def main() -> None:
     if args.steps:
         if args.loss != "mse":
             R.DistillLoss = extra_loss(args.loss)
+        hidden = R.hidden_values(student)
+        if args.attention:
+            softmax = [n.outputs[0] for n in student.nodes if n.op == "Softmax"]
+            R.DistillLoss = with_attention_loss(R.DistillLoss, softmax, args.attention)
+            hidden = hidden + softmax
         res = R.recover(student, teacher, masks, train, steps=args.steps, lr=args.lr, batch_size=args.batch,
-                        hidden_weight=args.hidden_weight,
+                        hidden_weight=args.hidden_weight, hidden=hidden,
                         say=lambda s: print("   ", s, flush=True) if "ETA" not in s else None)
         cos = score(res.weights)
     else:
         cos = score({})
     line = dict(prune=args.prune, steps=args.steps, lr=args.lr, hidden_weight=args.hidden_weight, batch=args.batch,
-                loss=args.loss, augment=args.augment, min=round(float(cos.min()), 4), mean=round(float(cos.mean()), 4),
+                loss=args.loss, augment=args.augment, attention=args.attention, min=round(float(cos.min()), 4), mean=round(float(cos.mean()), 4),
                 p5=round(float(np.percentile(cos, 5)), 4), seconds=round(time.perf_counter() - t0),
                 load_average=round(os.getloadavg()[0], 2))
     print(json.dumps(line))
