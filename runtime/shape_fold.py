@@ -262,6 +262,11 @@ def _propagate(n: Node, shapes: dict, symvals: dict, consts: dict) -> None:
         out_shape = tuple(_product(head) for _ in [0]) + tuple(_product(tail) for _ in [0])
     elif op == "GatherElements":
         out_shape = ins[1]
+    elif op == "GatherND" and ins[0] is not None and ins[1] is not None and isinstance(ins[1][-1], int):
+        # indices (*B, *I, k) into data (*B, *D): (*B, *I, *D[k:]) (the dynamo export's padding
+        # mask; without it the attention output's shape, and its merging Reshape, stay unknown)
+        b = int(n.attrs.get("batch_dims", 0))
+        out_shape = tuple(ins[1][:-1]) + tuple(ins[0][b + ins[1][-1]:])
     elif op == "Reshape":
         t = sv[1]
         if sv[0] is not None and sv[0].ndim == 1 and t is not None and t.items in ([-1], [len(sv[0].items)]):
