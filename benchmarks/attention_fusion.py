@@ -10,9 +10,9 @@ attention, exported by torch.onnx.export's TorchScript exporter with dynamic bat
 axes, as tests/test_default_exports.py does. MPNet's attention adds a relative position bias
 and the padding mask to the scores, which runtime/fuse.py folds into one mask (an Add before
 the Attention node); GPT-2's adds its causal mask, and its key / value cache (exported without
-a past) is a one-input Concat. (Called mpnet_fusion.py before GPT-2 fused.) Each shape: median ms of InferenceSession(fuse=True) and (fuse=False) on the
-default backend, timed interleaved (benchmarks/interleaved.py), and the largest difference
-between the two outputs.
+a past) is a one-input Concat. (Called mpnet_fusion.py before GPT-2 fused.) Each shape: median
+ms of InferenceSession(fuse=True) and (fuse=False) on the default backend, timed interleaved
+(benchmarks/interleaved.py), and the largest difference between the two outputs.
 """
 from __future__ import annotations
 

@@ -13,8 +13,7 @@ alone. --loss adds a term to recover.DistillLoss for the experiment: ``cosW`` W 
 cosine distance of the output vectors, ``poolW`` W times the relative squared error of the
 output averaged over the sequence axis (mean pooling, padding included). --attention W adds
 W times the KL divergence of the student's attention distributions (Softmax outputs) from the
-teacher's (MiniLM-style). One JSON line per
-run is appended to WORK/results.jsonl.
+teacher's (MiniLM-style). One JSON line per run is appended to WORK/results.jsonl.
 """
 from __future__ import annotations
 
@@ -190,7 +189,8 @@ def main() -> None:
     else:
         cos = score({})
     line = dict(prune=args.prune, steps=args.steps, lr=args.lr, hidden_weight=args.hidden_weight, batch=args.batch,
-                loss=args.loss, augment=args.augment, attention=args.attention, min=round(float(cos.min()), 4), mean=round(float(cos.mean()), 4),
+                loss=args.loss, augment=args.augment, attention=args.attention,
+                min=round(float(cos.min()), 4), mean=round(float(cos.mean()), 4),
                 p5=round(float(np.percentile(cos, 5)), 4), seconds=round(time.perf_counter() - t0),
                 load_average=round(os.getloadavg()[0], 2))
     print(json.dumps(line))

@@ -89,11 +89,10 @@ def test_transformers_default_export(name):
 # mask summed by one Add before it); GPT-2 too (its causal mask is the additive mask; its key /
 # value cache, exported without a past, is a one-input Concat, and its head shapes are read off
 # the Split of one projection); DeBERTa-v2 (disentangled attention, 3-D batched MatMuls) runs
-# unfused. "dynamo"
-# is torch.onnx.export with no exporter named (the default since torch 2.9): its K^T goes
-# through a 3-D Reshape / Transpose / Reshape and its mask uses float32's minimum; the
-# TorchScript export masks with -inf, so a sequence of padding only has NaN softmax rows that
-# its IsNaN + Where turn into zeros (nan_to_zero).
+# unfused. "dynamo" is torch.onnx.export with no exporter named (the default since torch 2.9):
+# its K^T goes through a 3-D Reshape / Transpose / Reshape and its mask uses float32's minimum;
+# the TorchScript export masks with -inf, so a sequence of padding only has NaN softmax rows
+# that its IsNaN + Where turn into zeros (nan_to_zero).
 _FUSED = ["bert", "distilbert", "roberta", "albert", "electra", "xlm-roberta", "mpnet", "gpt2"]
 
 
