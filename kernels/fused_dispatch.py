@@ -42,15 +42,27 @@ def attention_factory(attention: Callable[..., np.ndarray]):
 
 def skip_layer_normalization_factory(skip_layer_norm: Callable[..., np.ndarray]):
     """Kernel factory of SkipLayerNormalization: ``skip_layer_norm(x, skip, scale, bias, eps)
-    -> y`` for float32 x and skip of one shape (..., D), D >= 1, and (D,) scale and bias;
-    anything else (broadcasting, other dtypes) runs the reference."""
+    -> y`` for float32 x and skip of one shape (..., D), D >= 1, and (D,) scale and bias.
+    x and skip that broadcast to one shape (BERT's embeddings: the (1, S, D) position table
+    added to the (B, S, D) words) are broadcast here, a copy of the smaller one, so they take
+    the fast kernel too (the reference's float64 path took 3 ms at 8 x 128 x 384 against
+    0.2); anything else (other dtypes, shapes that do not broadcast) runs the reference."""
     def factory(attrs: dict, weights: dict):
         ref = reference_of("SkipLayerNormalization", attrs, weights)
         eps = float(attrs["epsilon"])
 
         def run(x, skip, scale, bias=None):
-            if (not all_f32(x, skip, scale, bias) or x.ndim == 0 or x.shape != skip.shape or x.shape[-1] == 0
-                    or scale.shape != (x.shape[-1],) or (bias is not None and bias.shape != (x.shape[-1],))):
+            if not all_f32(x, skip, scale, bias) or x.ndim == 0 or skip.ndim == 0:
+                return ref(x, skip, scale, bias)
+            if x.shape != skip.shape:
+                try:
+                    shape = np.broadcast_shapes(x.shape, skip.shape)
+                except ValueError:
+                    return ref(x, skip, scale, bias)       # raises the error that names both shapes
+                x = np.ascontiguousarray(np.broadcast_to(x, shape))
+                skip = np.ascontiguousarray(np.broadcast_to(skip, shape))
+            if (x.shape[-1] == 0 or scale.shape != (x.shape[-1],)
+                    or (bias is not None and bias.shape != (x.shape[-1],))):
                 return ref(x, skip, scale, bias)
             return (skip_layer_norm(x, skip, scale, bias, eps),)
         return run
