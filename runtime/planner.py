@@ -29,7 +29,9 @@ other layout and backend, so they are not planned: they run as stored. The store
 kept unless another candidate is at least ``MARGIN`` faster: timings on a shared machine
 wobble by a few percent and the stored layout is what the user asked for. With several
 threads, a candidate on another backend is first charged ``POOL_SWITCH_S`` for the switch of
-thread pools that its isolated timing does not see.
+thread pools that its isolated timing does not see (``SPINNING_POOL_SWITCH_S`` where the
+OpenMP workers spin). The cache keeps the timings, and the choice is made from them by the
+rule of the running version, so a changed charge or margin applies to cached layers too.
 
 When: lazily, at the first run that gives a layer an input of a new size (a power-of-two
 bucket of its GEMM rows for Linear, the exact input shape for Conv), on that very input. The
@@ -56,6 +58,7 @@ import numpy as np
 
 from kernels import registry
 from kernels.core import config, cpu
+from kernels.core import threads as core_threads
 from kernels.core.layouts import PackedTensor, dense_view_2d, int_weight
 from runtime.format import atomic_write
 
@@ -72,6 +75,13 @@ MARGIN = 0.10
 # 0.18 ms per moved layer (benchmarks/RESULTS.md, "7-bit weights"). So such a candidate is
 # charged this much (seconds) before it is compared.
 POOL_SWITCH_S = 150e-6
+# The same switch when numba's OpenMP workers spin for milliseconds after each of their calls
+# (kernels.core.threads.openmp_may_spin: torch imported before qrt brings its libgomp with the
+# default wait policy): they hold a core while the native pool's next kernels need it.
+# Measured on all-MiniLM-L6-v2 at 8 x 128 on Zen 3 (2 threads), torch imported first, the six
+# FFN-output Linears on numba against all native: 128.6 against 97.3 ms, about 5 ms per moved
+# layer (benchmarks/RESULTS.md, "A GPU check that loaded torch").
+SPINNING_POOL_SWITCH_S = 5e-3
 # per candidate and round: at least MIN_CALLS timed calls, more until MIN_SECONDS, at most
 # MAX_CALLS; ROUNDS rounds over all candidates, each candidate's quietest round counts
 MIN_CALLS, MAX_CALLS, MIN_SECONDS, ROUNDS = 3, 30, 0.01, 3
@@ -356,44 +366,60 @@ class PlannedLayer:
 
     def switch_cost(self, c: Candidate) -> float:
         """Seconds a candidate is charged for leaving the stored candidate's thread pool
-        (POOL_SWITCH_S; nothing with one thread)."""
-        return POOL_SWITCH_S if self._threads > 1 and c.backend != self.cands[0].backend else 0.0
+        (nothing with one thread or on the same backend)."""
+        return switch_charge(self._threads) if c.backend != self.cands[0].backend else 0.0
+
+    def choose(self, times_ms: dict[str, float]) -> str:
+        """The rule: the stored candidate, unless another one, charged switch_cost, is more
+        than MARGIN faster."""
+        labels = {c.label: c for c in self.cands}
+        stored = self.cands[0].label
+        charged = {k: times_ms[k] + 1e3 * self.switch_cost(labels[k]) for k in labels}
+        best = min(charged, key=charged.get)
+        return best if charged[best] < times_ms[stored] * (1 - MARGIN) else stored
 
     def decide(self, bucket: tuple, inputs: tuple) -> Callable:
-        """Choose for ``bucket`` (from the cache, or by timing every candidate on ``inputs``)."""
+        """Choose for ``bucket`` (from the cache's timings, or by timing every candidate on
+        ``inputs``)."""
         key = f"{self._key_prefix}|in={'x'.join(map(str, bucket))}"
         entry = self._cache.get(key) if (self._cache is not None and self._mode == "auto") else None
         labels = {c.label: c for c in self.cands}
         source = "cached"
-        if entry is None or entry["chosen"] not in labels or not set(labels) <= set(entry["times_ms"]):
+        if entry is None or not set(labels) <= set(entry["times_ms"]):
             times = self._timer({c.label: self.run_of(c) for c in self.cands}, inputs)
-            stored = self.cands[0].label
-            charged = {k: v + self.switch_cost(labels[k]) for k, v in times.items()}
-            best = min(charged, key=charged.get)
-            chosen = best if charged[best] < times[stored] * (1 - MARGIN) else stored
-            entry = {"chosen": chosen, "times_ms": {k: v * 1e3 for k, v in times.items()}}
+            times_ms = {k: v * 1e3 for k, v in times.items()}
+            entry = {"chosen": self.choose(times_ms), "times_ms": times_ms}
             if self._cache is not None:
                 self._cache.put(key, entry)
             source = "measured"
-        chosen = entry["chosen"]
+        chosen = self.choose(entry["times_ms"])
         rows = math.prod(inputs[0].shape[:-1]) if self.op == "Linear" else int(inputs[0].shape[0])
         self._log.append(plan_record(self.node_name, self.cands[0].label, chosen, rows, bucket, entry["times_ms"],
-                                     source))
+                                     source, switch_charge(self._threads)))
         run = self.run_of(labels[chosen])
         self._chosen[bucket] = run
         return run
 
 
-def plan_record(node: str, stored: str, chosen: str, rows: int, bucket: tuple, times_ms: dict, source: str) -> dict:
+def switch_charge(threads: int) -> float:
+    """Seconds charged to a candidate on another backend's thread pool (none on one thread)."""
+    if threads <= 1:
+        return 0.0
+    return SPINNING_POOL_SWITCH_S if core_threads.openmp_may_spin() else POOL_SWITCH_S
+
+
+def plan_record(node: str, stored: str, chosen: str, rows: int, bucket: tuple, times_ms: dict, source: str,
+                charge_s: float = POOL_SWITCH_S) -> dict:
     """One decision as reports show it (runtime/bench/report.py's "plan" rows): ``rows`` the
-    GEMM rows it was measured on (Conv: the batch), ``bucket`` the inputs it holds for."""
+    GEMM rows it was measured on (Conv: the batch), ``bucket`` the inputs it holds for,
+    ``charge_s`` what a candidate on another backend was charged."""
     st = times_ms.get(stored)
     if chosen == stored:
         others = [v for k, v in times_ms.items() if k != stored]
         reason = (f"stored layout kept: {stored} {st:.3f} ms" +
                   (f", best other {min(others):.3f} ms" if others else "") +
                   f" (another must be > {MARGIN:.0%} faster, and one on another backend "
-                  f"{POOL_SWITCH_S * 1e3:.2f} ms more with several threads)")
+                  f"{charge_s * 1e3:.2f} ms more)")
     else:
         reason = f"{chosen} {times_ms[chosen]:.3f} ms vs stored {stored} {st:.3f} ms: " \
                  f"{st / times_ms[chosen]:.2f}x faster"

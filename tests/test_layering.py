@@ -13,6 +13,7 @@ restates matches Python's. A test here fails when an upward import is added.
 from __future__ import annotations
 
 import ast
+import os
 import re
 import subprocess
 import sys
@@ -140,3 +141,27 @@ def test_numeric_bounds_agree_between_python_and_cpp():
         pytest.skip(f"native backend unavailable: {reason}")
     info = registry.backend_module("native").build_info()
     assert (info["max_k_int32"], info["max_exact_k"]) == (bounds.MAX_K_INT32, bounds.MAX_EXACT_K)
+
+
+def test_a_session_without_a_gpu_imports_neither_torch_nor_triton():
+    """On a machine without an NVIDIA GPU (and TRITON_INTERPRET unset), creating a session
+    imports no torch or triton: 1.7 s a process, and torch's libgomp would start before qrt sets
+    the OpenMP wait policy (kernels/core/threads.py), so numba's workers would spin."""
+    from kernels.core.device import nvidia_gpu_visible
+    if nvidia_gpu_visible():
+        pytest.skip("this machine has a GPU: the triton backend imports torch on purpose")
+    code = ("import sys, numpy as np, runtime\n"
+            "import onnx\n"
+            "from onnx import helper, TensorProto\n"
+            "x = helper.make_tensor_value_info('x', TensorProto.FLOAT, [2, 3])\n"
+            "y = helper.make_tensor_value_info('y', TensorProto.FLOAT, [2, 3])\n"
+            "m = helper.make_model(helper.make_graph([helper.make_node('Relu', ['x'], ['y'])], 'g', [x], [y]))\n"
+            "from runtime.onnx_import import import_onnx\n"
+            "sess = runtime.InferenceSession(import_onnx(m))\n"
+            "sess.run(None, {'x': np.ones((2, 3), np.float32)})\n"
+            "from kernels.core import threads\n"
+            "loaded = [m for m in ('torch', 'triton') if m in sys.modules]\n"
+            "assert not loaded, loaded\n"
+            "assert not threads.openmp_may_spin()\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, env=env, timeout=120)

@@ -146,27 +146,64 @@ def test_slower_stored_layout_falls_back():
     assert len(timer.calls) == 4 and [r["rows"] for r in log] == [3, 1]
 
 
-@pytest.mark.parametrize("threads,other_s,moved", [(2, 0.80e-3, False), (2, 0.60e-3, True), (1, 0.80e-3, True)])
-def test_another_backend_pays_the_pool_switch_with_several_threads(threads, other_s, moved):
-    """A candidate on another backend than the stored one is charged POOL_SWITCH_S (0.15 ms)
-    with more than one thread: 0.80 ms against the stored 1.00 ms stays put (0.95 ms charged is
-    not 10% faster), 0.60 ms moves; with one thread nothing is charged."""
+def _two_backend_layer(threads: int, stored_s: float, other_s: float, cache=None):
+    """A layer stored as int8/reference with an int8 candidate on another CPU backend, timed
+    by a fake timer at the given seconds: (layer, weight, log, other label)."""
     other = next((b for b in ("numba", "native") if registry.backend_status(b) is None), None)
     if other is None:
         pytest.skip("needs a second backend with an int8 Linear")
     t = pack_int8("w", np.random.default_rng(1).standard_normal((8, 16)).astype(np.float32))
     attrs = registry.fill_attrs("Linear", {"act_quant": "dynamic"})
     cands = [planner.Candidate("int8", "reference", t), planner.Candidate("int8", other, t)]
-    seconds = {"int8/reference": 1.0e-3, f"int8/{other}": other_s}
+    seconds = {"int8/reference": stored_s, f"int8/{other}": other_s}
     log: list = []
     layer = planner.PlannedLayer("fc", "Linear", attrs, t, cands,
                                  lambda c: registry.build("Linear", c.layout, c.backend, attrs, {1: c.weight}),
-                                 threads, "auto", None, log,
+                                 threads, "auto", cache, log,
                                  timer=lambda runs, inputs: {k: seconds[k] for k in runs})
+    return layer, t, log, f"int8/{other}"
+
+
+@pytest.mark.parametrize("threads,other_s,moved", [(2, 0.80e-3, False), (2, 0.60e-3, True), (1, 0.80e-3, True)])
+def test_another_backend_pays_the_pool_switch_with_several_threads(monkeypatch, threads, other_s, moved):
+    """A candidate on another backend than the stored one is charged POOL_SWITCH_S (0.15 ms)
+    with more than one thread: 0.80 ms against the stored 1.00 ms stays put (0.95 ms charged is
+    not 10% faster), 0.60 ms moves; with one thread nothing is charged."""
+    monkeypatch.setattr(planner.core_threads, "openmp_may_spin", lambda: False)
+    layer, t, log, other = _two_backend_layer(threads, 1.0e-3, other_s)
     layer(np.ones((2, 16), np.float32), t, None)
-    assert log[0]["chosen"] == (f"int8/{other}" if moved else "int8/reference"), log[0]
+    assert log[0]["chosen"] == (other if moved else "int8/reference"), log[0]
     if not moved:
-        assert "0.15 ms more with several threads" in log[0]["reason"]
+        assert "0.15 ms more" in log[0]["reason"]
+
+
+@pytest.mark.parametrize("stored_s,other_s,moved", [(1.0e-3, 0.3e-3, False), (20e-3, 10e-3, True)])
+def test_spinning_openmp_workers_make_the_switch_dearer(monkeypatch, stored_s, other_s, moved):
+    """Where numba's OpenMP workers spin after each call (torch imported first), a candidate on
+    another backend is charged SPINNING_POOL_SWITCH_S (5 ms): 3x faster at 1 ms stays put,
+    10 ms against 20 ms (15 ms charged) still moves."""
+    monkeypatch.setattr(planner.core_threads, "openmp_may_spin", lambda: True)
+    layer, t, log, other = _two_backend_layer(2, stored_s, other_s)
+    layer(np.ones((2, 16), np.float32), t, None)
+    assert log[0]["chosen"] == (other if moved else "int8/reference"), log[0]
+    if not moved:
+        assert "5.00 ms more" in log[0]["reason"]
+
+
+def test_cached_timings_are_judged_by_the_current_rule(tmp_path, monkeypatch):
+    """The cache keeps timings; the choice is made from them by the running version's rule, so
+    an entry chosen under a smaller charge (or written by an older version) does not hold a
+    layer on another backend that the charge now rules out."""
+    cache = planner.PlanCache(tmp_path / "plans.json")
+    monkeypatch.setattr(planner.core_threads, "openmp_may_spin", lambda: False)
+    layer, t, log, other = _two_backend_layer(2, 1.0e-3, 0.6e-3, cache)
+    layer(np.ones((2, 16), np.float32), t, None)
+    assert log[0]["chosen"] == other
+    monkeypatch.setattr(planner.core_threads, "openmp_may_spin", lambda: True)
+    layer2, t2, log2, _ = _two_backend_layer(2, 9.0, 9.0, planner.PlanCache(tmp_path / "plans.json"))
+    layer2(np.ones((2, 16), np.float32), t2, None)
+    assert log2[0]["chosen"] == "int8/reference" and "(cached)" in log2[0]["reason"], log2[0]
+    assert log2[0]["times_ms"][other] == pytest.approx(0.6)        # the cached timings, not 9 s
 
 
 def test_stored_layout_kept_within_margin():

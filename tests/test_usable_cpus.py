@@ -54,3 +54,35 @@ def test_session_default_threads_follow_usable_cpus(monkeypatch):
     monkeypatch.setattr("runtime.session.usable_cpus", lambda: 1)
     assert runtime.InferenceSession(graph).threads == 1
     assert runtime.InferenceSession(graph, threads=3).threads == 3
+
+
+# --- the OpenMP wait policy (configure_openmp / openmp_may_spin) ------------------------------
+
+MAPS_WITH_GOMP = "7f00-7f10 r-xp 0 08:01 1 /site-packages/torch/lib/libgomp.so.1\n"
+MAPS_WITHOUT = "7f00-7f10 r-xp 0 08:01 1 /usr/lib/x86_64-linux-gnu/libc.so.6\n"
+
+
+@pytest.mark.parametrize("maps, env, spins", [
+    (MAPS_WITHOUT, {}, False),                                 # qrt sets the policy first
+    (MAPS_WITH_GOMP, {}, True),                                # a libgomp started with its default
+    (MAPS_WITH_GOMP, {"OMP_WAIT_POLICY": "passive"}, False),   # ... but the user chose passive
+    (MAPS_WITH_GOMP, {"GOMP_SPINCOUNT": "1000"}, False),       # ... or a spin count
+    (MAPS_WITHOUT, {"OMP_WAIT_POLICY": "ACTIVE"}, True),       # active waiting asked for
+    (None, {}, False),                                         # no /proc (not Linux): unknown
+])
+def test_openmp_may_spin(tmp_path, monkeypatch, maps, env, spins):
+    monkeypatch.setattr(threads, "_openmp_spins", [])
+    for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    path = tmp_path / "maps"
+    if maps is not None:
+        path.write_text(maps)
+    threads.configure_openmp(str(path))
+    assert threads.openmp_may_spin() is spins
+    # the user's values win; qrt's fill the rest
+    assert os.environ["OMP_WAIT_POLICY"] == env.get("OMP_WAIT_POLICY", "PASSIVE")
+    assert os.environ["GOMP_SPINCOUNT"] == env.get("GOMP_SPINCOUNT", "10000")
+    threads.configure_openmp(MAPS_WITH_GOMP)      # decided once, by the first call
+    assert threads.openmp_may_spin() is spins

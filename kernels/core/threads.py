@@ -7,12 +7,44 @@ from __future__ import annotations
 import os
 
 _blas_threads: list[int] = []      # the BLAS thread cap last set, if any
+# set by the first configure_openmp(): whether the process's OpenMP workers may spin for
+# milliseconds after each parallel region (openmp_may_spin)
+_openmp_spins: list[bool] = []
+
+# OpenMP runtimes that read OMP_WAIT_POLICY once, when they are loaded
+_OPENMP_LIBRARIES = ("libgomp", "libiomp", "libomp")
 
 
-def configure_openmp() -> None:
-    """Before a backend loads its OpenMP runtime: passive waiting after a short spin."""
+def configure_openmp(maps_path: str = "/proc/self/maps") -> None:
+    """Before a backend loads its OpenMP runtime: passive waiting after a short spin. Called
+    when ``kernels`` is imported, so that it precedes anything qrt loads; an OpenMP runtime
+    that is already loaded by then (torch imported first brings its libgomp) has read its
+    settings and keeps its default, which spins: openmp_may_spin() says so."""
+    if not _openmp_spins:
+        user_set = "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ
+        active = os.environ.get("OMP_WAIT_POLICY", "").strip().lower() == "active"
+        _openmp_spins.append(active or (not user_set and _openmp_loaded(maps_path)))
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     os.environ.setdefault("GOMP_SPINCOUNT", "10000")
+
+
+def openmp_may_spin() -> bool:
+    """Whether the OpenMP workers of this process (numba's pool) keep spinning for
+    milliseconds after each parallel region: the runtime was loaded before configure_openmp
+    could set its wait policy, or OMP_WAIT_POLICY=active. The planner then charges a switch
+    between thread pools much more (runtime/planner.py, SPINNING_POOL_SWITCH_S)."""
+    if not _openmp_spins:
+        configure_openmp()
+    return _openmp_spins[0]
+
+
+def _openmp_loaded(maps_path: str) -> bool:
+    """An OpenMP runtime is mapped into this process (Linux; elsewhere: unknown, False)."""
+    try:
+        with open(maps_path) as f:
+            return any(lib in line for line in f for lib in _OPENMP_LIBRARIES)
+    except OSError:
+        return False
 
 
 def cap_blas_threads(n: int) -> None:

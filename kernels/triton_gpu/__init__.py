@@ -62,7 +62,19 @@ def _missing(name: str) -> bool:
         return True
 
 
-if _missing("torch"):
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+# torch and triton are imported only where they could run: importing them on a machine without
+# an NVIDIA GPU (and without the interpreter) costs about 1.7 s per process, and torch brings
+# its own libgomp, which would then be the process's OpenMP runtime, started before
+# kernels/core/threads.py could set its wait policy (its workers then spin for milliseconds
+# after each numba call, on the cores the native pool needs: RESULTS.md, "A GPU check that
+# loaded torch").
+if not (_interpreting() or nvidia_gpu_visible()):
+    _IMPORT_ERROR = "not imported (no NVIDIA GPU and TRITON_INTERPRET is not 1)"
+elif _missing("torch"):
     _IMPORT_ERROR = "torch is not installed"
 elif _missing("triton"):
     _IMPORT_ERROR = "triton is not installed"
@@ -74,10 +86,6 @@ else:
         _IMPORT_ERROR = f"importing torch / triton failed: {type(e).__name__}: {e}"
     else:
         DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def probe() -> str | None:
