@@ -168,6 +168,37 @@ def test_non_contiguous_input_and_bias_dtypes():
             _assert_same(_run("native", acfg, t, x, b), _run("reference", acfg, t, x, b), f"{acfg} {getattr(b, 'dtype', None)}")
 
 
+def test_quantization_near_ties_is_the_reference_division(restore_native_state):
+    """The vector quantizers estimate x / s by a float32 multiply and divide only near a
+    half-integer (csrc/int8_gemm_avx2.cpp, quantize8). The near ties that real rows hold: an
+    element at half the row's max (x / s = 63.5 (1 + e) after s's rounding), its float32
+    neighbours, and every (n + 1/2) s of a static scale with its neighbours; each row long
+    enough (37) for the vector loop. Every path must give the reference's integers."""
+    rng = _rng("near-ties")
+    rows = []
+    for amax in rng.uniform(0.01, 100.0, 200).astype(np.float32):
+        row = rng.uniform(-1, 1, 37).astype(np.float32) * amax * np.float32(0.4)
+        row[0] = amax
+        half = np.float32(amax / np.float32(2))
+        row[1:9] = [half, -half, np.nextafter(half, np.float32(0)), np.nextafter(half, np.float32(np.inf)),
+                    -np.nextafter(half, np.float32(0)), half * np.float32(0.5), half / np.float32(63.5) * 62.5, half]
+        rows.append(row)
+    x = np.stack(rows)
+    t = pack_int8("w", np.eye(37, dtype=np.float32) + np.float32(0.01))
+    for acfg in ACT_CONFIGS:
+        xs = x
+        if acfg["act_quant"] == "static":
+            s = np.float64(acfg["act_scale"])
+            ties = (np.arange(-130, 130) + 0.5) * s
+            near = np.concatenate([ties, np.nextafter(ties.astype(np.float32), np.float32(np.inf)),
+                                   np.nextafter(ties.astype(np.float32), np.float32(-np.inf))]).astype(np.float32)
+            xs = np.resize(near, (len(near) // 37 + 1) * 37).reshape(-1, 37)
+        ref = _run("reference", acfg, t, xs, None)
+        for isa in ISAS:
+            _native.set_int8_isa(isa)
+            _assert_same(_run("native", acfg, t, xs, None), ref, f"{isa} {acfg}")
+
+
 @pytest.mark.filterwarnings("ignore:invalid value encountered")   # the reference's x / inf
 def test_linear_extreme_values_and_saturation(restore_native_state):
     """Activations far outside the static range saturate at -128 / 127 as the reference does;
