@@ -96,9 +96,10 @@ const char* lanes_name(qrt::EllLanes l) {
 
 qrt::SparsePath path_option(const std::string& path) {
     for (auto p : {qrt::SparsePath::automatic, qrt::SparsePath::scalar, qrt::SparsePath::ell, qrt::SparsePath::quad_tiles,
-                   qrt::SparsePath::ell_avx2, qrt::SparsePath::pairs_avx2})
+                   qrt::SparsePath::ell_avx2, qrt::SparsePath::pairs_avx2, qrt::SparsePath::quad_tiles_avx2})
         if (path == qrt::sparse_path_name(p)) return p;
-    throw py::value_error("path = '" + path + "', expected 'auto', 'scalar', 'ell', 'quad_tiles', 'ell_avx2' or 'pairs_avx2'");
+    throw py::value_error("path = '" + path + "', expected 'auto', 'scalar', 'ell', 'quad_tiles', 'ell_avx2', 'pairs_avx2' "
+                          "or 'quad_tiles_avx2'");
 }
 
 // qdata: int8, C-contiguous, of `count` elements in the given shape (checked by the caller).

@@ -253,6 +253,7 @@ void quads_pack(SparseInt8Weight& w, int g) {
             }
         for (uint16_t q : qs) slot[q] = -1;
     }
+    w.quads_no_min = std::none_of(w.qw.get(), w.qw.get() + w.qw.size, [](int8_t v) { return v == -128; });
 }
 
 }  // namespace
@@ -423,6 +424,12 @@ namespace {
 // 67.4; M = 12: 63.1 / 52.0. (384, 1536) crosses at the same M.
 constexpr int64_t kQuadTilesMinM4 = 8;    // G = 4
 constexpr int64_t kQuadTilesMinM1 = 12;   // G = 1
+// From this many activation rows the AVX2 quad tiles beat the AVX2 ELL kernel (and the pairs,
+// at every M). Measured on Zen 3, best of 0.5 s, bsr 80% and 90%, (K, N) = (384, 1536) and
+// (768, 3072), 1 and 2 threads, us (ELL / quad tiles): 4x4 80% (384, 1536) M = 2: 30.2 / 36.9,
+// M = 4: 57.3 / 38.1; 1x4 80% M = 2: 36.5 / 48.0, M = 4: 70.1 / 49.0; every case crosses
+// between M = 2 and 4 (benchmarks/RESULTS.md, "AVX2 quad tiles").
+constexpr int64_t kQuadTilesAvx2MinM = 4;
 // From this many activation rows the AVX2 pairs kernel (16 rows in lanes, whatever M) beats
 // ELL on AVX2 (a lookup per vector and row). Measured: benchmarks/RESULTS.md, "AVX2 sparse: pairs".
 constexpr int64_t kPairsMinM = 8;
@@ -441,6 +448,7 @@ const char* sparse_path_name(SparsePath p) {
         case SparsePath::quad_tiles: return "quad_tiles";
         case SparsePath::ell_avx2: return "ell_avx2";
         case SparsePath::pairs_avx2: return "pairs_avx2";
+        case SparsePath::quad_tiles_avx2: return "quad_tiles_avx2";
         default: return "auto";
     }
 }
@@ -457,6 +465,7 @@ bool sparse_path_available(const SparseInt8Weight& w, SparsePath path, Int8Isa i
         case SparsePath::quad_tiles: return isa == Int8Isa::avx512_vnni && w.quad_rows > 0;
         case SparsePath::ell_avx2: return int8_isa_is_avx2_class(isa) && w.lanes != EllLanes::none;
         case SparsePath::pairs_avx2: return int8_isa_is_avx2_class(isa) && w.has_pairs;
+        case SparsePath::quad_tiles_avx2: return int8_isa_is_avx2_class(isa) && w.quad_rows > 0 && w.quads_no_min;
         default: return false;
     }
 }
@@ -466,6 +475,8 @@ SparsePath sparse_choose_path(const SparseInt8Weight& w, int64_t m, Int8Isa isa)
     if (tiles && m >= (w.quad_rows == 4 ? kQuadTilesMinM4 : kQuadTilesMinM1)) return SparsePath::quad_tiles;
     if (sparse_path_available(w, SparsePath::ell, isa)) return SparsePath::ell;
     if (tiles) return SparsePath::quad_tiles;
+    if (sparse_path_available(w, SparsePath::quad_tiles_avx2, isa) && m >= kQuadTilesAvx2MinM)
+        return SparsePath::quad_tiles_avx2;
     const bool pairs = sparse_path_available(w, SparsePath::pairs_avx2, isa);
     if (pairs && m >= kPairsMinM) return SparsePath::pairs_avx2;
     if (sparse_path_available(w, SparsePath::ell_avx2, isa)) return SparsePath::ell_avx2;
@@ -482,13 +493,15 @@ void sparse_int8_linear_isa(const SparseInt8Weight& w, const float* x, int64_t m
     } else if (!sparse_path_available(w, path, isa)) {
         fail(std::string("sparse path '") + sparse_path_name(path) + "' is not available for this weight on '" +
              int8_isa_name(isa) + "' (a vector path needs its structures built at pack time, K <= " + str(kMaxKInt32) +
-             " and its ISA: 'ell' and 'quad_tiles' run on avx512_vnni, 'ell_avx2' and 'pairs_avx2' on avx2)");
+             " and its ISA: 'ell' and 'quad_tiles' run on avx512_vnni, 'ell_avx2', 'pairs_avx2' and 'quad_tiles_avx2' on "
+             "avx2; 'quad_tiles_avx2' also needs a weight without -128)");
     }
     const int64_t n = w.n, k = w.k;
     // ELL tables read whole 128-byte segments and the tile transposes whole 16-quad blocks:
     // rows of u padded to a multiple of 128 bytes, with u = 128 (qx = 0) in the padding
     const int64_t ldu = round_up(k, kSparseSegment);
-    const bool tiled = path == SparsePath::quad_tiles || path == SparsePath::pairs_avx2;
+    const bool quads = path == SparsePath::quad_tiles || path == SparsePath::quad_tiles_avx2;
+    const bool tiled = quads || path == SparsePath::pairs_avx2;
     const int64_t mpad = tiled ? round_up(m, kSparseTileRows) : m;
     AlignedArray<uint8_t> u;
     u.allocate(static_cast<size_t>(mpad * ldu));
@@ -505,8 +518,8 @@ void sparse_int8_linear_isa(const SparseInt8Weight& w, const float* x, int64_t m
             corr_z[r] = static_cast<int32_t>(static_cast<uint32_t>((128 + z) * w.rowsum[r]));
         corr = corr_z.get();
     }
-    AlignedArray<int32_t> corr_signed;   // z * rowsum: for the kernel that sums qx * w (pairs only)
-    if (path == SparsePath::pairs_avx2) {
+    AlignedArray<int32_t> corr_signed;   // z * rowsum: for the kernels that sum qx * w (AVX2 pairs, quads)
+    if (path == SparsePath::pairs_avx2 || path == SparsePath::quad_tiles_avx2) {
         corr_signed.allocate(w.npad);
         for (int64_t r = 0; r < w.npad; ++r) corr_signed[r] = static_cast<int32_t>(static_cast<uint32_t>(z * w.rowsum[r]));
     }
@@ -534,14 +547,15 @@ void sparse_int8_linear_isa(const SparseInt8Weight& w, const float* x, int64_t m
     switch (path) {
         case SparsePath::ell:
         case SparsePath::ell_avx2: items = w.nblk; work = w.ell_vectors * 64 * m; break;
-        case SparsePath::quad_tiles: items = w.nblk * tiles; work = w.nquads * w.quad_rows * 4 * mpad; break;
+        case SparsePath::quad_tiles:
+        case SparsePath::quad_tiles_avx2: items = w.nblk * tiles; work = w.nquads * w.quad_rows * 4 * mpad; break;
         case SparsePath::pairs_avx2: items = (n + 7) / 8 * tiles; work = w.npairs * 2 * mpad; break;
         default: items = w.nblk; work = w.nnz * m; break;
     }
     int nt = std::max(1, threads);
     if (work < kParallelMinWork) nt = 1;
     AlignedArray<uint8_t> xq;   // quad tiles: (tiles, ldu / 4, 16, 4)
-    if (path == SparsePath::quad_tiles) xq.allocate(static_cast<size_t>(mpad * ldu));
+    if (quads) xq.allocate(static_cast<size_t>(mpad * ldu));
     AlignedArray<int16_t> xt;   // pairs: (tiles, ldu, 16) int16
     if (path == SparsePath::pairs_avx2) xt.allocate(static_cast<size_t>(mpad * ldu));
 
@@ -550,6 +564,8 @@ void sparse_int8_linear_isa(const SparseInt8Weight& w, const float* x, int64_t m
 #if QRT_INT8_X86_SIMD
         if (path == SparsePath::pairs_avx2)
             sparse_detail::pairs_transpose_avx2(p, t, xt.get());
+        else if (path == SparsePath::quad_tiles_avx2)
+            sparse_detail::quad_tile_transpose_avx2(u.get(), ldu, t, xq.get());
         else
             sparse_detail::quad_tile_transpose_avx512(u.get(), ldu, t, xq.get());
 #else
@@ -563,6 +579,9 @@ void sparse_int8_linear_isa(const SparseInt8Weight& w, const float* x, int64_t m
             case SparsePath::quad_tiles: sparse_detail::quad_tile_avx512(p, xq.get(), item / tiles, item % tiles); break;
             case SparsePath::ell_avx2: sparse_detail::ell_blocks_avx2(p, item, item + 1); break;
             case SparsePath::pairs_avx2: sparse_detail::pairs_block_avx2(p, xt.get(), item / tiles, item % tiles); break;
+            case SparsePath::quad_tiles_avx2:
+                sparse_detail::quad_tile_avx2(p, xq.get(), item / tiles, item % tiles);
+                break;
 #endif
             default:
                 if (w.has_rows)

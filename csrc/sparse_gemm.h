@@ -50,6 +50,13 @@
 //   output tiles are transposed in registers into Y. (A small-M kernel on the same quads, 4
 //   quads x 4 rows per zmm with broadcast activations, was slower than dword-lane ELL at every
 //   M measured, 1 to 16, and was removed.)
+//   On AVX2 (quad_tiles_avx2) the same quads, 8 activation rows per ymm, stored as qx (u ^ 0x80)
+//   in the same (K/4, 16, 4) tiles: vpmaddubsw of |qx| (vpabsb) against the broadcast weight
+//   dword with qx's signs (vpsignb), then vpmaddwd against ones: a pair of products is at most
+//   2 x 128 x 127, never saturated, so exact while no quad weight is -128 (quads_no_min; else
+//   the path is not offered). Per quad and 8 activation rows: one load and one vpabsb, then per
+//   output row of the group a broadcast, vpsignb, vpmaddubsw, vpmaddwd and vpaddd for 32
+//   multiply-adds: about the dense AVX2 tile's cost per multiply-add, on the stored quads only.
 // * Pairs (AVX2, built where the int8 path is avx2 or avx_vnni at pack time, or on request):
 //   each output row's stored weights two at a time in column order, the two columns (uint16)
 //   and the two weights as int16 halves of one int32. Activations are transposed per tile of
@@ -139,6 +146,7 @@ struct SparseInt8Weight {
     std::vector<uint16_t> qcol;       // (nquads,) column quad k / 4 (< 2^16 whenever K <= kMaxKInt32)
     AlignedArray<int8_t> qw;          // (nquads, G, 4) weights, 0 where a row stores nothing
     int64_t nquads = 0;
+    bool quads_no_min = false;        // no quad weight is -128: the AVX2 quad tiles are exact
     // pairs (AVX2, activation rows in lanes): each row's stored weights two at a time, in
     // column order; an odd row's last pair repeats its column with weight 0
     bool has_pairs = false;
@@ -155,8 +163,11 @@ struct SparseInt8Weight {
 SparseInt8Weight sparse_int8_pack(SparseRows rows, const float* scale, const SparsePackOptions& opt);
 
 // ell and quad_tiles: the AVX-512 kernels; ell_avx2: the AVX2 kernel on the same ELL vectors;
-// pairs_avx2: the AVX2 kernel on the pairs, 16 activation rows in int16 lanes (M >= kPairsMinM).
-enum class SparsePath : int { automatic = -1, scalar = 0, ell = 1, quad_tiles = 2, ell_avx2 = 3, pairs_avx2 = 4 };
+// pairs_avx2: the AVX2 kernel on the pairs, 16 activation rows in int16 lanes (M >= kPairsMinM);
+// quad_tiles_avx2: the AVX2 kernel on the quads (bsr with C % 4 == 0, no -128 weight).
+enum class SparsePath : int {
+    automatic = -1, scalar = 0, ell = 1, quad_tiles = 2, ell_avx2 = 3, pairs_avx2 = 4, quad_tiles_avx2 = 5
+};
 const char* sparse_path_name(SparsePath p);
 // The path sparse_int8_linear takes for M rows on `isa` (automatic resolved).
 SparsePath sparse_choose_path(const SparseInt8Weight& w, int64_t m, Int8Isa isa);

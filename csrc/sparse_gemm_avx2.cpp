@@ -1,4 +1,5 @@
-// Sparse int8 Linear, AVX2 kernel (CPUs without AVX-512 VNNI): ELL with byte or dword lanes.
+// Sparse int8 Linear, AVX2 kernels (CPUs without AVX-512 VNNI): ELL with byte or dword lanes,
+// pairs and quad tiles (batched M).
 // Numerics and layouts: sparse_gemm.h.
 // Compiled function by function for AVX2 (target attributes): called only when cpuid says the
 // CPU has it (sparse_gemm.cpp, sparse_path_available).
@@ -279,6 +280,156 @@ QRT_TARGET_AVX2 void pairs_block_avx2(const Problem& p, const int16_t* xt, int64
             alignas(32) float tmp[8];
             _mm256_store_ps(tmp, v);
             std::memcpy(out, tmp, static_cast<size_t>(rows) * sizeof(float));
+        }
+    }
+}
+
+// --- quad tiles: activation rows in lanes, 4 consecutive k per lane ---------------------------
+//
+// For bsr weights made of whole aligned column quads (sparse_gemm.h, "Quad tiles"): the quads
+// list of each group of G output rows, against a tile of 16 activation rows transposed once into
+// (K/4, 16, 4) bytes of qx, 8 rows (one ymm) per half.
+
+namespace {
+
+// r[i] = row i of an 8 x 8 matrix of 32-bit elements; afterwards r[j] = column j.
+QRT_TARGET_AVX2 inline void transpose8x8_epi32(__m256i* r) {
+    const __m256i t0 = _mm256_unpacklo_epi32(r[0], r[1]), t1 = _mm256_unpackhi_epi32(r[0], r[1]);
+    const __m256i t2 = _mm256_unpacklo_epi32(r[2], r[3]), t3 = _mm256_unpackhi_epi32(r[2], r[3]);
+    const __m256i t4 = _mm256_unpacklo_epi32(r[4], r[5]), t5 = _mm256_unpackhi_epi32(r[4], r[5]);
+    const __m256i t6 = _mm256_unpacklo_epi32(r[6], r[7]), t7 = _mm256_unpackhi_epi32(r[6], r[7]);
+    const __m256i u0 = _mm256_unpacklo_epi64(t0, t2), u1 = _mm256_unpackhi_epi64(t0, t2);
+    const __m256i u2 = _mm256_unpacklo_epi64(t1, t3), u3 = _mm256_unpackhi_epi64(t1, t3);
+    const __m256i u4 = _mm256_unpacklo_epi64(t4, t6), u5 = _mm256_unpackhi_epi64(t4, t6);
+    const __m256i u6 = _mm256_unpacklo_epi64(t5, t7), u7 = _mm256_unpackhi_epi64(t5, t7);
+    r[0] = _mm256_permute2x128_si256(u0, u4, 0x20);
+    r[1] = _mm256_permute2x128_si256(u1, u5, 0x20);
+    r[2] = _mm256_permute2x128_si256(u2, u6, 0x20);
+    r[3] = _mm256_permute2x128_si256(u3, u7, 0x20);
+    r[4] = _mm256_permute2x128_si256(u0, u4, 0x31);
+    r[5] = _mm256_permute2x128_si256(u1, u5, 0x31);
+    r[6] = _mm256_permute2x128_si256(u2, u6, 0x31);
+    r[7] = _mm256_permute2x128_si256(u3, u7, 0x31);
+}
+
+// acc + qx . w over one quad of 8 activation rows: xa = |qx| (u8), xs = qx (s8), w the weight
+// dword broadcast; exact (sparse_gemm.h: no pair exceeds 2 x 128 x 127)
+QRT_TARGET_AVX2 inline __m256i quad_step(__m256i acc, __m256i xa, __m256i xs, const int8_t* w, __m256i ones) {
+    int32_t word;
+    std::memcpy(&word, w, 4);
+    const __m256i ws = _mm256_sign_epi8(_mm256_set1_epi32(word), xs);
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(xa, ws), ones));
+}
+
+// quad_step for quad q of a one-row group (G = 1)
+QRT_TARGET_AVX2 inline __m256i quad_step_at(__m256i acc, const int8_t* xt, const uint16_t* qcol, const int8_t* qw,
+                                            int64_t q, int h, __m256i ones) {
+    const __m256i xs = _mm256_load_si256(reinterpret_cast<const __m256i*>(xt + int64_t(qcol[q]) * 64 + 32 * h));
+    return quad_step(acc, _mm256_abs_epi8(xs), xs, qw + q * 4, ones);
+}
+
+// raw[r] = sum over the stored quads of output row n0 + r of qx . w, for the 8 activation rows of
+// half h of the tile (lane = activation row), r < rows (a multiple of G)
+template <int G>
+QRT_TARGET_AVX2 void quad_half(const SparseInt8Weight& w, const int8_t* xt, int64_t n0, int64_t rows, int h,
+                               __m256i* raw) {
+    const uint16_t* qcol = w.qcol.data();
+    const int8_t* qw = w.qw.get();
+    const __m256i ones = _mm256_set1_epi16(1);
+    for (int64_t r0 = 0; r0 < rows; r0 += G) {
+        const int64_t grp = (n0 + r0) / G;
+        const int64_t q1 = w.qptr[grp + 1];
+        int64_t q = w.qptr[grp];
+        __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
+        if constexpr (G == 4) {
+            // one load of 8 rows' quad feeds the group's 4 output rows
+            for (; q < q1; ++q) {
+                const __m256i xs = _mm256_load_si256(reinterpret_cast<const __m256i*>(xt + int64_t(qcol[q]) * 64 + 32 * h));
+                const __m256i xa = _mm256_abs_epi8(xs);
+                const int8_t* wq = qw + q * 16;
+                a0 = quad_step(a0, xa, xs, wq, ones);
+                a1 = quad_step(a1, xa, xs, wq + 4, ones);
+                a2 = quad_step(a2, xa, xs, wq + 8, ones);
+                a3 = quad_step(a3, xa, xs, wq + 12, ones);
+            }
+            raw[r0] = a0;
+            raw[r0 + 1] = a1;
+            raw[r0 + 2] = a2;
+            raw[r0 + 3] = a3;
+        } else {
+            // one row: four accumulators over consecutive quads, summed (wrapping) at the end
+            for (; q + 4 <= q1; q += 4) {
+                a0 = quad_step_at(a0, xt, qcol, qw, q, h, ones);
+                a1 = quad_step_at(a1, xt, qcol, qw, q + 1, h, ones);
+                a2 = quad_step_at(a2, xt, qcol, qw, q + 2, h, ones);
+                a3 = quad_step_at(a3, xt, qcol, qw, q + 3, h, ones);
+            }
+            for (; q < q1; ++q) a0 = quad_step_at(a0, xt, qcol, qw, q, h, ones);
+            raw[r0] = _mm256_add_epi32(_mm256_add_epi32(a0, a1), _mm256_add_epi32(a2, a3));
+        }
+    }
+}
+
+}  // namespace
+
+QRT_TARGET_AVX2 void quad_tile_transpose_avx2(const uint8_t* u, int64_t ldu, int64_t t, uint8_t* xq) {
+    // 8 rows x 8 quads (32 bytes of each row) per step, transposed as 32-bit elements: quad j of
+    // the 8 rows is one 32-byte vector; u ^ 0x80 = qx as int8
+    const int64_t k4p = ldu / 4;   // a multiple of 32: ldu is a multiple of kSparseSegment
+    const __m256i flip = _mm256_set1_epi8(static_cast<char>(0x80));
+    uint8_t* dst = xq + t * k4p * 64;
+    for (int h = 0; h < 2; ++h) {
+        const uint8_t* rows = u + (t * kSparseTileRows + 8 * h) * ldu;
+        for (int64_t q0 = 0; q0 < k4p; q0 += 8) {
+            __m256i r[8];
+            for (int i = 0; i < 8; ++i)
+                r[i] = _mm256_xor_si256(_mm256_load_si256(reinterpret_cast<const __m256i*>(rows + i * ldu + 4 * q0)), flip);
+            transpose8x8_epi32(r);
+            for (int j = 0; j < 8; ++j)
+                _mm256_store_si256(reinterpret_cast<__m256i*>(dst + (q0 + j) * 64 + 32 * h), r[j]);
+        }
+    }
+}
+
+QRT_TARGET_AVX2 void quad_tile_avx2(const Problem& p, const uint8_t* xq, int64_t blk, int64_t t) {
+    const SparseInt8Weight& w = *p.w;
+    const int64_t n0 = blk * kSparseBlockRows, m0 = t * kSparseTileRows;
+    const int64_t nrows = std::min<int64_t>(kSparseBlockRows, w.n - n0);   // a multiple of G
+    const int8_t* xt = reinterpret_cast<const int8_t*>(xq + t * (p.ldu / 4) * 64);
+    // raw[h][r]: output row n0 + r, lane i = activation row m0 + 8 h + i (sum qx * w)
+    __m256i raw[2][kSparseBlockRows];
+    for (int h = 0; h < 2; ++h) {
+        for (int64_t r = nrows; r < kSparseBlockRows; ++r) raw[h][r] = _mm256_setzero_si256();
+        if (w.quad_rows == 4)
+            quad_half<4>(w, xt, n0, nrows, h, raw[h]);
+        else
+            quad_half<1>(w, xt, n0, nrows, h, raw[h]);
+    }
+    // sum qx * w - z * rowsum = the exact accumulator (wrapping int32), then the shared epilogue,
+    // 8 output rows of one activation row at a time (an 8 x 8 transpose per quarter of the tile)
+    const int64_t mrows = std::min<int64_t>(kSparseTileRows, p.m - m0);
+    const double* bias = p.ep.bias;
+    for (int og = 0; og < 2 && 8 * og < nrows; ++og) {
+        const int64_t nb = n0 + 8 * og, cols = std::min<int64_t>(8, nrows - 8 * og);
+        const __m256i cs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.corr_signed + nb));
+        const __m256d sw_lo = _mm256_loadu_pd(p.ep.sw + nb), sw_hi = _mm256_loadu_pd(p.ep.sw + nb + 4);
+        for (int h = 0; h < 2 && 8 * h < mrows; ++h) {
+            __m256i c[8];
+            for (int r = 0; r < 8; ++r) c[r] = raw[h][8 * og + r];
+            transpose8x8_epi32(c);   // c[i]: activation row m0 + 8 h + i, lane = output row nb + lane
+            for (int i = 0; i < 8 && 8 * h + i < mrows; ++i) {
+                const int64_t m = m0 + 8 * h + i;
+                const __m256 v = int8_detail::epilogue8_avx2(_mm256_sub_epi32(c[i], cs), sw_lo, sw_hi, p.ep.sx[m],
+                                                             bias == nullptr ? nullptr : bias + nb);
+                float* out = p.y + m * w.n + nb;
+                if (cols == 8) {
+                    _mm256_storeu_ps(out, v);
+                } else {
+                    alignas(32) float tmp[8];
+                    _mm256_store_ps(tmp, v);
+                    std::memcpy(out, tmp, static_cast<size_t>(cols) * sizeof(float));
+                }
+            }
         }
     }
 }

@@ -90,8 +90,9 @@ def _binding_args(attrs):
 def _variants(t):
     """(label, packed weight, path, isa) for every code path this weight and CPU can take:
     the scalar path on every ISA, on the canonical rows and on the ELL vectors (what it reads
-    once ELL is built); on AVX2 the AVX2 ELL kernel with each lane kind; on AVX-512 VNNI, ELL
-    with each lane kind and quad tiles of 1 and 4 rows (4: N % 4 == 0)."""
+    once ELL is built); on AVX2 the AVX2 ELL kernel with each lane kind, the pairs and, for
+    bsr with whole column quads and no -128 weight, the AVX2 quad tiles of 1 and 4 rows; on
+    AVX-512 VNNI, ELL with each lane kind and quad tiles of 1 and 4 rows (4: N % 4 == 0)."""
     out = [(f"scalar/{isa}", pack_sparse(t, lanes="none", quad_rows=0), "scalar", isa) for isa in ISAS]
     auto = pack_sparse(t, quad_rows=0)
     out += [(f"scalar-{auto.lanes}/{isa}", auto, "scalar", isa) for isa in ISAS if auto.lanes != "none"]
@@ -99,6 +100,10 @@ def _variants(t):
         for lanes in AVX2_LANES:
             out.append((f"ell_avx2-{lanes}", pack_sparse(t, lanes=lanes, quad_rows=0, pairs=0), "ell_avx2", "avx2"))
         out.append(("pairs_avx2", pack_sparse(t, lanes="none", quad_rows=0, pairs=1), "pairs_avx2", "avx2"))
+        if _whole_quads(t):
+            for g in ((1, 4) if t.shape[0] % 4 == 0 else (1,)):
+                out.append((f"quad_tiles_avx2-{g}", pack_sparse(t, lanes="none", quad_rows=g, pairs=0),
+                            "quad_tiles_avx2", "avx2"))
     if not VNNI:
         return out
     for lanes in LANES:
@@ -107,6 +112,13 @@ def _variants(t):
     for g in quad_rows:
         out.append((f"quad_tiles-{g}", pack_sparse(t, lanes="none", quad_rows=g), "quad_tiles", "avx512_vnni"))
     return out
+
+
+def _whole_quads(t) -> bool:
+    """bsr blocks made of whole aligned column quads without a -128 weight: the AVX2 quad tiles
+    take it (csrc/sparse_gemm.h)."""
+    return (t.layout == "bsr" and t.params["block_shape"][1] % 4 == 0
+            and not (np.asarray(t.fields["qdata"]) == -128).any())
 
 
 @pytest.fixture
@@ -201,7 +213,7 @@ def test_avx2_kernel_on_awkward_shapes(case, restore_native_state):
     """The AVX2 kernels (csrc/sparse_gemm_avx2.cpp) with the ISA forced to "avx2": the automatic
     path must be "ell_avx2" for ELL weights without pairs, and for a weight with pairs
     "pairs_avx2" from M = 8 ("ell_avx2" below; asserted, so that a fall back to another path
-    fails here), for each lane kind and the auto packing, M = 1 to 33 (the 4-row groups, their
+    fails here), or "quad_tiles_avx2" from M = 4 where quads were built, for each lane kind and the auto packing, M = 1 to 33 (the 4-row groups, their
     3 / 2 / 1 row remainders, 16-row tiles and their edges), dynamic and static activations
     (z != 0 and z = 0), with and without bias, 1 and 2 threads, into poisoned outputs: the
     reference's bits."""
@@ -212,6 +224,7 @@ def test_avx2_kernel_on_awkward_shapes(case, restore_native_state):
     weights = [(lanes, pack_sparse(t, lanes=lanes, quad_rows=0, pairs=0)) for lanes in AVX2_LANES]
     weights.append(("auto", pack_sparse(t, pairs=0)))
     weights.append(("pairs", pack_sparse(t, pairs=1)))
+    quads = _whole_quads(t)          # auto packing builds quads too: from M = 8 they run
     _native.set_int8_isa("avx2")
     for m in (1, 2, 3, 4, 5, 6, 7, 8, 9, 16, 17, 33):
         x = _x(rng, (m, k))
@@ -219,7 +232,10 @@ def test_avx2_kernel_on_awkward_shapes(case, restore_native_state):
             b = bias if (m + len(act)) % 2 else None
             ref = _reference(t, ACTS[act], x, b)
             for lanes, w in weights:
-                path = "pairs_avx2" if lanes == "pairs" and m >= 8 else "ell_avx2"
+                if quads and lanes in ("auto", "pairs") and m >= 4:
+                    path = "quad_tiles_avx2"
+                else:
+                    path = "pairs_avx2" if lanes == "pairs" and m >= 8 else "ell_avx2"
                 assert w.path(m) == path, (lanes, w.lanes, m)
                 for threads in (1, 2):
                     _native.set_threads(threads)
@@ -228,13 +244,36 @@ def test_avx2_kernel_on_awkward_shapes(case, restore_native_state):
                     _assert_same(out, ref, f"{_case_id(case)} {path}-{lanes} M={m} {act} threads={threads}")
 
 
+@pytest.mark.skipif(not AVX2, reason="the CPU has no AVX2")
+def test_avx2_quad_tiles_refuse_a_minus_128_weight(restore_native_state):
+    """The AVX2 quad tiles multiply |qx| by sign(qx) w (vpsignb), exact only while no quad weight
+    is -128 (whose negation does not fit int8): such a weight is not offered the path (auto
+    takes the pairs, a forced path is refused), and its results stay the reference's."""
+    rng = _rng("quads-min")
+    t = pack_sparse_case(rng, "bsr", 32, 128, block=(4, 4))
+    q = np.array(t.fields["qdata"])
+    q.reshape(-1)[5] = -128
+    t = layouts.PackedTensor(t.name, t.layout, t.dtype, t.shape, {**t.fields, "qdata": q}, dict(t.params))
+    w = pack_sparse(t, pairs=1)
+    assert w.quad_rows == 4
+    _native.set_int8_isa("avx2")
+    assert w.path(16) == "pairs_avx2"
+    x = _x(rng, (16, 128))
+    with pytest.raises(ValueError, match="sparse path 'quad_tiles_avx2' is not available"):
+        _native.sparse_int8_linear(w, x, path="quad_tiles_avx2")
+    _assert_same(_native.sparse_int8_linear(w, x), _reference(t, ACTS["dynamic"], x), "pairs with a -128 weight")
+    ok = pack_sparse(pack_sparse_case(rng, "bsr", 32, 128, block=(4, 4)), pairs=1)
+    assert ok.path(16) == "quad_tiles_avx2"
+
+
 def test_automatic_path_choice(restore_native_state):
     """What auto packs and runs: ELL for every layout (byte lanes where they are denser and
     supported, dword lanes for 4-column blocks), plus quad tiles for bsr with C % 4 == 0. On
     AVX-512 VNNI the quad tiles are taken from M = 8 (4-row quads, R % 4 == 0) or M = 12 (1-row
     quads), ELL below; on AVX2 the AVX2 ELL kernel below M = 8 and the pairs kernel from there
     where pairs were built (auto: where the int8 path is avx2 at pack time), or for every M
-    without ELL; scalar on the scalar ISA and for a weight without either on AVX2."""
+    without ELL, and the AVX2 quad tiles from M = 4 for bsr with whole column quads; scalar
+    on the scalar ISA and for a weight without either on AVX2."""
     rng = _rng("choice")
     case = pack_sparse_case(rng, "csr", 32, 256, "magnitude0.9")
     csr = pack_sparse(case)
@@ -256,9 +295,12 @@ def test_automatic_path_choice(restore_native_state):
         assert b161.path(1) == b161.path(128) == ("ell" if b161.lanes in LANES else "scalar")
     if AVX2:
         _native.set_int8_isa("avx2")
-        assert {w.path(m) for w in everything for m in (1, 7)} == {"ell_avx2"}
-        for w in everything:
+        assert {w.path(m) for w in everything for m in (1, 3)} == {"ell_avx2"}
+        assert {w.path(m) for w in (csr, b161) for m in (4, 7)} == {"ell_avx2"}
+        for w in (csr, b161):
             assert {w.path(m) for m in (8, 12, 128)} == {"pairs_avx2" if w.npairs >= 0 else "ell_avx2"}
+        for w in (b44, b14):             # whole column quads: the AVX2 quad tiles from M = 4
+            assert {w.path(m) for m in (4, 7, 8, 12, 128)} == {"quad_tiles_avx2"}
         with_pairs = pack_sparse(case, pairs=1)
         assert (with_pairs.path(7), with_pairs.path(8)) == ("ell_avx2", "pairs_avx2")
         assert pack_sparse(case, lanes="none", quad_rows=0, pairs=1).path(1) == "pairs_avx2"
