@@ -257,8 +257,8 @@ PYBIND11_MODULE(_native, m) {
           "to each tile in the epilogue (csrc/activation.h). Bit-exact with kernels/reference/packed.py before "
           "the activation.");
     m.def("apply_activation", &apply_activation_py, py::arg("y"), py::arg("activation"),
-          "y = act(y) in place, on one thread, for y float32 C-contiguous writeable of any shape: the int8 "
-          "Linear's epilogue activation on its own (same bits), on the current int8 code path.");
+          "y = act(y) in place, for y float32 C-contiguous writeable of any shape: the int8 Linear's epilogue "
+          "activation on its own (same bits), on the current int8 code path and, for large y, its threads.");
     m.def("measure_peaks", &measure_peaks_py, py::arg("threads"), py::arg("seconds") = 0.2,
           "This machine's int8 vpdpbusd and fp32 FMA peak on `threads` OpenMP threads (register-only loops, "
           "about `seconds` in all): dict with int8_gops / fp32_gflops (None where the CPU lacks the "

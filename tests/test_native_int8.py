@@ -548,6 +548,29 @@ def test_apply_activation_binding(activation, restore_native_state):
 
 
 @pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_apply_activation_split_over_threads_keeps_the_bits(activation, restore_native_state):
+    """Large arrays are split over the native threads (chunks of 16 K elements; ReLU from 1 M,
+    the GELUs from 32 K): the bits of one thread, whatever the thread count, on every path,
+    ragged last chunk included."""
+    n = (1 << 20) + 4099
+    x = (_rng("apply-threads", activation).standard_normal(n) * 4).astype(np.float32)
+    x[::977] = np.nan
+    for isa in ISAS:
+        _native.set_int8_isa(isa)
+        outs = []
+        for threads in (1, 2, 3):
+            _native.set_threads(threads)
+            y = x.copy()
+            _native.apply_activation(y, activation)
+            outs.append(y)
+        assert all(_same_bits(o, outs[0]) for o in outs[1:]), isa
+        _native.set_threads(1)
+        head = x[:1001].copy()
+        _native.apply_activation(head, activation)
+        assert _same_bits(outs[0][:1001], head), isa
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_weight_only_and_other_dtypes_apply_the_activation(activation, dtype):
     """The paths that do not run the fused GEMM still apply the activation: weight-only

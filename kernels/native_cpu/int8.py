@@ -25,7 +25,8 @@ Other cases, each with the numerics of the kernel it uses:
   plan time (PackedTensor.to_dense()), like the numba backend's: not bit exact, the float32
   accumulation error is bounded by (K + 2) * 2^-24 * sum_k |x_k w_nk| (tests:
   WEIGHT_ONLY_ERR_PER_TERM); float64 BLAS for other float dtypes. The activation then runs
-  on Y in place (``_native.apply_activation``: the epilogue's code, on one thread).
+  on Y in place (``_native.apply_activation``: the epilogue's code, on the native threads
+  when Y is large).
 * X in another float dtype (float64, float16): the reference's own arithmetic
   (kernels/reference/packed.PackedPlan), since the C++ kernel reads float32 and rounding
   float64 X to float32 first would change the quantized values; the activation is then the
