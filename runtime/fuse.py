@@ -334,7 +334,7 @@ def _fuse_activation(view: _View, node: Node):
 
 # --- Linears sharing an input ----------------------------------------------------------------
 
-MERGEABLE_LAYOUTS = ("dense", "int8", "csr", "nm")
+MERGEABLE_LAYOUTS = ("dense", "int8", "csr", "nm", "bsr")
 
 
 def _merge_sibling_linears(graph: Graph) -> None:
@@ -391,7 +391,7 @@ def _concat_weights(weights: list, name: str):
     symmetric part) broadcast from per-tensor ones."""
     if weights[0].layout == "dense":
         return dense_tensor(name, np.concatenate([np.asarray(w.fields["data"]) for w in weights]))
-    if weights[0].layout == "csr":
+    if weights[0].layout in ("csr", "bsr"):
         return _concat_csr(weights, name)
     if weights[0].layout == "nm":
         return _concat_rows(weights, name, ("values", "qdata", "meta"))
@@ -418,15 +418,19 @@ def _per_channel_scales(weights: list) -> np.ndarray:
 
 def _concat_csr(weights: list, name: str):
     """CSR weights (N_i, K) stacked: rows one after another (indptr shifted by the nonzeros
-    before), the same stored values, int8 scales per output channel. Mixed float/int8 values
-    do not merge (the grouping key includes the attributes, and the layouts' params differ)."""
+    before), the same stored values, int8 scales per output channel. BSR the same with block
+    rows and blocks (the grouping key holds the block shape, so it is the same for all).
+    Mixed float/int8 values do not merge (the grouping key includes the attributes, and the
+    layouts' params differ)."""
+    layout = weights[0].layout
     quant = {w.params.get("quant", "none") for w in weights}
     if len(quant) != 1:
-        raise ValueError("cannot merge csr weights with different value types")
+        raise ValueError(f"cannot merge {layout} weights with different value types")
     quant = quant.pop()
     k = weights[0].shape[1]
+    columns = k // weights[0].params["block_shape"][1] if layout == "bsr" else k
     nnz = [int(np.asarray(w.fields["indptr"])[-1]) for w in weights]
-    ptr_dtype, idx_dtype = index_dtypes(k, sum(nnz))
+    ptr_dtype, idx_dtype = index_dtypes(columns, sum(nnz))
     starts = np.cumsum([0] + nnz[:-1])
     indptr = np.concatenate([np.asarray(w.fields["indptr"], np.int64)[:-1] + s for w, s in zip(weights, starts)]
                             + [np.array([sum(nnz)], np.int64)]).astype(ptr_dtype)
@@ -439,7 +443,9 @@ def _concat_csr(weights: list, name: str):
         fields["qdata"] = np.concatenate([np.asarray(w.fields["qdata"]) for w in weights])
         fields["scale"] = _per_channel_scales(weights)
         params = {"quant": quant, "per_channel": True}
-    t = PackedTensor(name, "csr", "float32", (sum(w.shape[0] for w in weights), k), fields, params)
+    if layout == "bsr":
+        params["block_shape"] = list(weights[0].params["block_shape"])
+    t = PackedTensor(name, layout, "float32", (sum(w.shape[0] for w in weights), k), fields, params)
     t.check()
     return t
 

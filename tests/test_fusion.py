@@ -449,6 +449,45 @@ def test_sibling_csr_linears_merge_exactly(backend, quant):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("backend", ["reference", "numba", "native"])
+@pytest.mark.parametrize("quant", ["int8", "none"])
+def test_sibling_bsr_linears_merge_exactly(backend, quant):
+    """Block-sparse Q/K/V-like Linears (4 x 4 blocks, a block row left empty, per-tensor and
+    per-channel int8 scales) merge into one bsr Linear + Split with the unmerged graph's
+    results; the merged weight keeps the block shape (native: the quad tiles)."""
+    if backend == "numba":
+        _numba_or_skip()
+    if backend == "native" and registry.backend_status("native") is not None:
+        pytest.skip(f"native: {registry.backend_status('native')}")
+    from kernels.core.layouts import pack_bsr
+    rng = _rng("merge-bsr", quant)
+    k = 48
+    inits, nodes, outputs = {}, [], []
+    for i in range(3):
+        w = rng.standard_normal((8 + 4 * i, k)).astype(np.float32)
+        mask = np.kron(rng.random((w.shape[0] // 4, k // 4)) < 0.3, np.ones((4, 4), bool))
+        mask[:4] = False                                   # an empty block row
+        inits[f"w{i}"] = pack_bsr(f"w{i}", w, mask, block_shape=(4, 4), quant=quant, per_channel=i != 1)
+        inits[f"b{i}"] = dense_tensor(f"b{i}", rng.standard_normal(8 + 4 * i).astype(np.float32))
+        attrs = {"act_quant": "dynamic"} if quant == "int8" else {}
+        nodes.append(Node(f"fc{i}", "Linear", ["x", f"w{i}", f"b{i}"], [f"y{i}"], attrs))
+        outputs.append(Value(f"y{i}", "float32", ("n", 8 + 4 * i)))
+    g = Graph("t", [Value("x", "float32", ("n", k))], outputs, nodes, inits)
+    g.validate()
+    fused = fuse(g)
+    assert [n.op for n in fused.nodes] == ["Linear", "Split"]
+    merged = fused.initializers[fused.nodes[0].inputs[1]]
+    assert merged.layout == "bsr" and merged.shape == (36, k) and merged.params["block_shape"] == [4, 4]
+    x = rng.standard_normal((6, k)).astype(np.float32)
+    want = runtime.InferenceSession(g, backend=backend, fuse=False).run(None, {"x": x})
+    got = runtime.InferenceSession(g, backend=backend).run(None, {"x": x})
+    for a, b in zip(got, want):
+        if quant == "int8" or backend == "reference":
+            np.testing.assert_array_equal(a, b)
+        else:       # float values: a different row grouping may sum in another order
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("backend", ["reference", "numba"])
 def test_sibling_nm_linears_merge_exactly(backend):
     """2:4 int8 Linears (per-channel and per-tensor scales) merge with unchanged results."""
