@@ -413,6 +413,19 @@ def test_f32_tile_gemm(m, k, n):
     assert np.all(np.abs(c - want) <= bound)
 
 
+def _assert_merge_keeps_results(g, backend: str, quant: str, x: np.ndarray) -> None:
+    """The fused (merged) graph gives the unfused one's outputs on x: the same bits for int8
+    values or on the reference; float values within rounding (another row grouping may sum in
+    another order)."""
+    want = runtime.InferenceSession(g, backend=backend, fuse=False).run(None, {"x": x})
+    got = runtime.InferenceSession(g, backend=backend).run(None, {"x": x})
+    for a, b in zip(got, want):
+        if quant == "int8" or backend == "reference":
+            np.testing.assert_array_equal(a, b)
+        else:
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("backend", ["reference", "numba"])
 @pytest.mark.parametrize("quant", ["int8", "none"])
 def test_sibling_csr_linears_merge_exactly(backend, quant):
@@ -439,14 +452,7 @@ def test_sibling_csr_linears_merge_exactly(backend, quant):
     assert [n.op for n in fused.nodes] == ["Linear", "Split"]
     merged = fused.initializers[fused.nodes[0].inputs[1]]
     assert merged.layout == "csr" and merged.shape == (30, k)
-    x = rng.standard_normal((6, k)).astype(np.float32)
-    want = runtime.InferenceSession(g, backend=backend, fuse=False).run(None, {"x": x})
-    got = runtime.InferenceSession(g, backend=backend).run(None, {"x": x})
-    for a, b in zip(got, want):
-        if quant == "int8" or backend == "reference":
-            np.testing.assert_array_equal(a, b)
-        else:       # float values: a different row grouping may sum in another order
-            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    _assert_merge_keeps_results(g, backend, quant, rng.standard_normal((6, k)).astype(np.float32))
 
 
 @pytest.mark.parametrize("backend", ["reference", "numba", "native"])
@@ -478,14 +484,7 @@ def test_sibling_bsr_linears_merge_exactly(backend, quant):
     assert [n.op for n in fused.nodes] == ["Linear", "Split"]
     merged = fused.initializers[fused.nodes[0].inputs[1]]
     assert merged.layout == "bsr" and merged.shape == (36, k) and merged.params["block_shape"] == [4, 4]
-    x = rng.standard_normal((6, k)).astype(np.float32)
-    want = runtime.InferenceSession(g, backend=backend, fuse=False).run(None, {"x": x})
-    got = runtime.InferenceSession(g, backend=backend).run(None, {"x": x})
-    for a, b in zip(got, want):
-        if quant == "int8" or backend == "reference":
-            np.testing.assert_array_equal(a, b)
-        else:       # float values: a different row grouping may sum in another order
-            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    _assert_merge_keeps_results(g, backend, quant, rng.standard_normal((6, k)).astype(np.float32))
 
 
 @pytest.mark.parametrize("backend", ["reference", "numba"])
