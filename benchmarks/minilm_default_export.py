@@ -12,8 +12,8 @@ dynamic batch and sequence axes: the dynamo exporter (torch's default since 2.9)
     with 7-bit weights (``weight_bits=7``, the AVX2 narrow tile) and qrt fp32, on the default
     backend and planner;
   * qrt 80% + int8: magnitude masks at 80% (csr) then int8, and the same with 4 x 4 blocks
-    (bsr: whole column quads, the AVX2 / AVX-512 quad tiles); for speed only (their accuracy
-    is issue 13's business: benchmarks/minilm_prune.py);
+    (bsr: whole column quads, the AVX2 / AVX-512 quad tiles), also with 7-bit weights; for
+    speed only (their accuracy is issue 13's business: benchmarks/minilm_prune.py);
   * onnxruntime fp32; onnxruntime int8 (``quantize_dynamic``, QInt8 weights);
   * onnxruntime's transformer optimizer (``onnxruntime.transformers.optimizer.optimize_model``,
     model_type "bert", 12 heads, hidden 384: the fused Attention / SkipLayerNorm / BiasGelu a
@@ -90,7 +90,9 @@ def main() -> None:
                  "qrt int8, 7-bit weights": runtime.convert(onnx_path, quant="int8", weight_bits=7),
                  "qrt 80% + int8": runtime.convert(onnx_path, prune="magnitude", sparsity=0.8, quant="int8"),
                  "qrt 80% 4x4 blocks + int8": runtime.convert(onnx_path, prune="block", block=(4, 4), sparsity=0.8,
-                                                             quant="int8")}
+                                                             quant="int8"),
+                 "qrt 80% 4x4 blocks + int8, 7-bit weights": runtime.convert(
+                     onnx_path, prune="block", block=(4, 4), sparsity=0.8, quant="int8", weight_bits=7)}
         so = ort.SessionOptions()
         so.intra_op_num_threads = os.cpu_count() or 1
         i8 = os.path.join(t, "int8.onnx")

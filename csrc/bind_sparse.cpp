@@ -262,6 +262,8 @@ void bind_sparse(py::module_& m) {
         .def_property_readonly("quad_rows", [](const qrt::SparseInt8Weight& w) { return w.quad_rows; },
                                "rows per quad group (1 or 4), 0 when no quads were built")
         .def_property_readonly("nquads", [](const qrt::SparseInt8Weight& w) { return w.nquads; })
+        .def_property_readonly("quads_narrow", [](const qrt::SparseInt8Weight& w) { return w.quad_rows > 0 && w.quads_narrow; },
+                               "quads built and every quad weight within [-63, 63]: the AVX2 quad tiles skip the sign step")
         .def_property_readonly("npairs", [](const qrt::SparseInt8Weight& w) { return w.has_pairs ? w.npairs : -1; },
                                "weight pairs of the pairs_avx2 path, -1 when they were not built")
         .def_property_readonly("nbytes", &qrt::SparseInt8Weight::nbytes, "bytes held by every packed array")

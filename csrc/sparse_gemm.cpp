@@ -254,6 +254,8 @@ void quads_pack(SparseInt8Weight& w, int g) {
         for (uint16_t q : qs) slot[q] = -1;
     }
     w.quads_no_min = std::none_of(w.qw.get(), w.qw.get() + w.qw.size, [](int8_t v) { return v == -128; });
+    w.quads_narrow = std::all_of(w.qw.get(), w.qw.get() + w.qw.size,
+                                 [](int8_t v) { return v >= -kNarrowQMax && v <= kNarrowQMax; });
 }
 
 }  // namespace
@@ -565,7 +567,7 @@ void sparse_int8_linear_isa(const SparseInt8Weight& w, const float* x, int64_t m
         if (path == SparsePath::pairs_avx2)
             sparse_detail::pairs_transpose_avx2(p, t, xt.get());
         else if (path == SparsePath::quad_tiles_avx2)
-            sparse_detail::quad_tile_transpose_avx2(u.get(), ldu, t, xq.get());
+            sparse_detail::quad_tile_transpose_avx2(u.get(), ldu, t, xq.get(), w.quads_narrow);
         else
             sparse_detail::quad_tile_transpose_avx512(u.get(), ldu, t, xq.get());
 #else

@@ -57,6 +57,9 @@
 //   the path is not offered). Per quad and 8 activation rows: one load and one vpabsb, then per
 //   output row of the group a broadcast, vpsignb, vpmaddubsw, vpmaddwd and vpaddd for 32
 //   multiply-adds: about the dense AVX2 tile's cost per multiply-add, on the stored quads only.
+//   Narrow weights (every quad weight in [-63, 63]: quads_narrow, the converter's 7-bit
+//   weights) keep u = qx + 128 in the tiles and skip vpabsb / vpsignb, as the dense narrow tile:
+//   a pair is at most 2 x 255 x 63, and the sums are corrected by (128 + z) rowsum.
 // * Pairs (AVX2, built where the int8 path is avx2 or avx_vnni at pack time, or on request):
 //   each output row's stored weights two at a time in column order, the two columns (uint16)
 //   and the two weights as int16 halves of one int32. Activations are transposed per tile of
@@ -147,6 +150,7 @@ struct SparseInt8Weight {
     AlignedArray<int8_t> qw;          // (nquads, G, 4) weights, 0 where a row stores nothing
     int64_t nquads = 0;
     bool quads_no_min = false;        // no quad weight is -128: the AVX2 quad tiles are exact
+    bool quads_narrow = false;        // every |quad weight| <= kNarrowQMax: the AVX2 tiles skip the signs
     // pairs (AVX2, activation rows in lanes): each row's stored weights two at a time, in
     // column order; an odd row's last pair repeats its column with weight 0
     bool has_pairs = false;

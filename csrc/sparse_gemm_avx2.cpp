@@ -321,16 +321,26 @@ QRT_TARGET_AVX2 inline __m256i quad_step(__m256i acc, __m256i xa, __m256i xs, co
     return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(xa, ws), ones));
 }
 
+// acc + u . w for narrow weights (every |w| <= kNarrowQMax): xu = qx + 128 (u8), exact
+// (2 x 255 x 63 <= 32767); the sums are sum u * w, corrected by (128 + z) rowsum
+QRT_TARGET_AVX2 inline __m256i quad_step_narrow(__m256i acc, __m256i xu, const int8_t* w, __m256i ones) {
+    int32_t word;
+    std::memcpy(&word, w, 4);
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(xu, _mm256_set1_epi32(word)), ones));
+}
+
 // quad_step for quad q of a one-row group (G = 1)
+template <bool NARROW>
 QRT_TARGET_AVX2 inline __m256i quad_step_at(__m256i acc, const int8_t* xt, const uint16_t* qcol, const int8_t* qw,
                                             int64_t q, int h, __m256i ones) {
     const __m256i xs = _mm256_load_si256(reinterpret_cast<const __m256i*>(xt + int64_t(qcol[q]) * 64 + 32 * h));
+    if constexpr (NARROW) return quad_step_narrow(acc, xs, qw + q * 4, ones);
     return quad_step(acc, _mm256_abs_epi8(xs), xs, qw + q * 4, ones);
 }
 
-// raw[r] = sum over the stored quads of output row n0 + r of qx . w, for the 8 activation rows of
-// half h of the tile (lane = activation row), r < rows (a multiple of G)
-template <int G>
+// raw[r] = sum over the stored quads of output row n0 + r of qx . w (NARROW: u . w), for the 8
+// activation rows of half h of the tile (lane = activation row), r < rows (a multiple of G)
+template <int G, bool NARROW>
 QRT_TARGET_AVX2 void quad_half(const SparseInt8Weight& w, const int8_t* xt, int64_t n0, int64_t rows, int h,
                                __m256i* raw) {
     const uint16_t* qcol = w.qcol.data();
@@ -345,12 +355,19 @@ QRT_TARGET_AVX2 void quad_half(const SparseInt8Weight& w, const int8_t* xt, int6
             // one load of 8 rows' quad feeds the group's 4 output rows
             for (; q < q1; ++q) {
                 const __m256i xs = _mm256_load_si256(reinterpret_cast<const __m256i*>(xt + int64_t(qcol[q]) * 64 + 32 * h));
-                const __m256i xa = _mm256_abs_epi8(xs);
                 const int8_t* wq = qw + q * 16;
-                a0 = quad_step(a0, xa, xs, wq, ones);
-                a1 = quad_step(a1, xa, xs, wq + 4, ones);
-                a2 = quad_step(a2, xa, xs, wq + 8, ones);
-                a3 = quad_step(a3, xa, xs, wq + 12, ones);
+                if constexpr (NARROW) {
+                    a0 = quad_step_narrow(a0, xs, wq, ones);
+                    a1 = quad_step_narrow(a1, xs, wq + 4, ones);
+                    a2 = quad_step_narrow(a2, xs, wq + 8, ones);
+                    a3 = quad_step_narrow(a3, xs, wq + 12, ones);
+                } else {
+                    const __m256i xa = _mm256_abs_epi8(xs);
+                    a0 = quad_step(a0, xa, xs, wq, ones);
+                    a1 = quad_step(a1, xa, xs, wq + 4, ones);
+                    a2 = quad_step(a2, xa, xs, wq + 8, ones);
+                    a3 = quad_step(a3, xa, xs, wq + 12, ones);
+                }
             }
             raw[r0] = a0;
             raw[r0 + 1] = a1;
@@ -359,12 +376,12 @@ QRT_TARGET_AVX2 void quad_half(const SparseInt8Weight& w, const int8_t* xt, int6
         } else {
             // one row: four accumulators over consecutive quads, summed (wrapping) at the end
             for (; q + 4 <= q1; q += 4) {
-                a0 = quad_step_at(a0, xt, qcol, qw, q, h, ones);
-                a1 = quad_step_at(a1, xt, qcol, qw, q + 1, h, ones);
-                a2 = quad_step_at(a2, xt, qcol, qw, q + 2, h, ones);
-                a3 = quad_step_at(a3, xt, qcol, qw, q + 3, h, ones);
+                a0 = quad_step_at<NARROW>(a0, xt, qcol, qw, q, h, ones);
+                a1 = quad_step_at<NARROW>(a1, xt, qcol, qw, q + 1, h, ones);
+                a2 = quad_step_at<NARROW>(a2, xt, qcol, qw, q + 2, h, ones);
+                a3 = quad_step_at<NARROW>(a3, xt, qcol, qw, q + 3, h, ones);
             }
-            for (; q < q1; ++q) a0 = quad_step_at(a0, xt, qcol, qw, q, h, ones);
+            for (; q < q1; ++q) a0 = quad_step_at<NARROW>(a0, xt, qcol, qw, q, h, ones);
             raw[r0] = _mm256_add_epi32(_mm256_add_epi32(a0, a1), _mm256_add_epi32(a2, a3));
         }
     }
@@ -372,11 +389,11 @@ QRT_TARGET_AVX2 void quad_half(const SparseInt8Weight& w, const int8_t* xt, int6
 
 }  // namespace
 
-QRT_TARGET_AVX2 void quad_tile_transpose_avx2(const uint8_t* u, int64_t ldu, int64_t t, uint8_t* xq) {
+QRT_TARGET_AVX2 void quad_tile_transpose_avx2(const uint8_t* u, int64_t ldu, int64_t t, uint8_t* xq, bool narrow) {
     // 8 rows x 8 quads (32 bytes of each row) per step, transposed as 32-bit elements: quad j of
-    // the 8 rows is one 32-byte vector; u ^ 0x80 = qx as int8
+    // the 8 rows is one 32-byte vector; u ^ 0x80 = qx as int8 (narrow weights: u as it is)
     const int64_t k4p = ldu / 4;   // a multiple of 32: ldu is a multiple of kSparseSegment
-    const __m256i flip = _mm256_set1_epi8(static_cast<char>(0x80));
+    const __m256i flip = _mm256_set1_epi8(narrow ? 0 : static_cast<char>(0x80));
     uint8_t* dst = xq + t * k4p * 64;
     for (int h = 0; h < 2; ++h) {
         const uint8_t* rows = u + (t * kSparseTileRows + 8 * h) * ldu;
@@ -400,10 +417,10 @@ QRT_TARGET_AVX2 void quad_tile_avx2(const Problem& p, const uint8_t* xq, int64_t
     __m256i raw[2][kSparseBlockRows];
     for (int h = 0; h < 2; ++h) {
         for (int64_t r = nrows; r < kSparseBlockRows; ++r) raw[h][r] = _mm256_setzero_si256();
-        if (w.quad_rows == 4)
-            quad_half<4>(w, xt, n0, nrows, h, raw[h]);
+        if (w.quads_narrow)
+            (w.quad_rows == 4 ? quad_half<4, true> : quad_half<1, true>)(w, xt, n0, nrows, h, raw[h]);
         else
-            quad_half<1>(w, xt, n0, nrows, h, raw[h]);
+            (w.quad_rows == 4 ? quad_half<4, false> : quad_half<1, false>)(w, xt, n0, nrows, h, raw[h]);
     }
     // sum qx * w - z * rowsum = the exact accumulator (wrapping int32), then the shared epilogue,
     // 8 output rows of one activation row at a time (an 8 x 8 transpose per quarter of the tile)
@@ -411,7 +428,8 @@ QRT_TARGET_AVX2 void quad_tile_avx2(const Problem& p, const uint8_t* xq, int64_t
     const double* bias = p.ep.bias;
     for (int og = 0; og < 2 && 8 * og < nrows; ++og) {
         const int64_t nb = n0 + 8 * og, cols = std::min<int64_t>(8, nrows - 8 * og);
-        const __m256i cs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.corr_signed + nb));
+        const int32_t* corr = w.quads_narrow ? p.corr : p.corr_signed;   // sum u * w or sum qx * w
+        const __m256i cs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(corr + nb));
         const __m256d sw_lo = _mm256_loadu_pd(p.ep.sw + nb), sw_hi = _mm256_loadu_pd(p.ep.sw + nb + 4);
         for (int h = 0; h < 2 && 8 * h < mrows; ++h) {
             __m256i c[8];

@@ -32,9 +32,10 @@ void quad_tile_transpose_avx512(const uint8_t* u, int64_t ldu, int64_t t, uint8_
 void quad_tile_avx512(const Problem& p, const uint8_t* xq, int64_t blk, int64_t t);
 // AVX2: ELL blocks [b0, b1), every activation row, byte or dword lanes (no VBMI needed).
 void ell_blocks_avx2(const Problem& p, int64_t b0, int64_t b1);
-// AVX2 quad tiles: activation tile t (rows 16 t ..) of u as qx = u ^ 0x80, transposed into
+// AVX2 quad tiles: activation tile t (rows 16 t ..) of u as qx = u ^ 0x80 (narrow weights: u
+// itself), transposed into
 // xq + t * k4p * 64 bytes, (k4p, 16, 4) int8 with k4p = ldu / 4 (the AVX-512 tiles' layout).
-void quad_tile_transpose_avx2(const uint8_t* u, int64_t ldu, int64_t t, uint8_t* xq);
+void quad_tile_transpose_avx2(const uint8_t* u, int64_t ldu, int64_t t, uint8_t* xq, bool narrow);
 // AVX2 quad tiles: output rows [16 blk, 16 blk + 16) x activation tile t, from xq as above.
 void quad_tile_avx2(const Problem& p, const uint8_t* xq, int64_t blk, int64_t t);
 // AVX2 pairs: activation tile t (rows 16 t ..) of u as qx, transposed into

@@ -245,6 +245,37 @@ def test_avx2_kernel_on_awkward_shapes(case, restore_native_state):
 
 
 @pytest.mark.skipif(not AVX2, reason="the CPU has no AVX2")
+@pytest.mark.parametrize("block,n,k", [((4, 4), 36, 136), ((1, 4), 17, 260), ((8, 4), 32, 64)])
+def test_avx2_quad_tiles_on_seven_bit_weights(block, n, k, restore_native_state):
+    """7-bit values (every |q| <= 63, the converter's weight_bits=7) take the narrow quad tiles
+    (vpmaddubsw on u = qx + 128, no sign step; corrected by (128 + z) rowsum): the reference's
+    bits for M = 4 to 33, dynamic and static activations, 1 and 2 threads; one 64 turns them
+    back into the signed tiles, with the same results."""
+    rng = _rng("quads-narrow", block, n, k)
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    mask = prune.block_mask(w, 0.7, block)
+    t = layouts.pack("bsr", "w", w, mask, quant="int8", block_shape=block, qmax=63)
+    assert np.abs(np.asarray(t.fields["qdata"])).max() == 63
+    wide_q = np.array(t.fields["qdata"])
+    wide_q.reshape(-1)[np.flatnonzero(wide_q.reshape(-1))[0]] = 64
+    wide = layouts.PackedTensor(t.name, t.layout, t.dtype, t.shape, {**t.fields, "qdata": wide_q}, dict(t.params))
+    narrow_w, wide_w = pack_sparse(t), pack_sparse(wide)
+    assert narrow_w.quads_narrow and not wide_w.quads_narrow
+    _native.set_int8_isa("avx2")
+    for m in (4, 7, 16, 33):
+        x = _x(rng, (m, k))
+        for act in ACTS:
+            for tt, pw in ((t, narrow_w), (wide, wide_w)):
+                assert pw.path(m) == "quad_tiles_avx2"
+                ref = _reference(tt, ACTS[act], x)
+                for threads in (1, 2):
+                    _native.set_threads(threads)
+                    out = np.full((m, n), np.nan, np.float32)
+                    _native.sparse_int8_linear(pw, x, None, *_binding_args(ACTS[act]), out=out)
+                    _assert_same(out, ref, f"{block} M={m} {act} narrow={pw.quads_narrow} threads={threads}")
+
+
+@pytest.mark.skipif(not AVX2, reason="the CPU has no AVX2")
 def test_avx2_quad_tiles_refuse_a_minus_128_weight(restore_native_state):
     """The AVX2 quad tiles multiply |qx| by sign(qx) w (vpsignb), exact only while no quad weight
     is -128 (whose negation does not fit int8): such a weight is not offered the path (auto

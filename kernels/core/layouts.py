@@ -394,10 +394,10 @@ def _quant_asymmetric(v: np.ndarray, axis, levels: int, zp_offset: int,
     return q.astype(np.int64), scale, zp.astype(np.int64)
 
 
-def _sparse_int8(kept: np.ndarray, per_channel: bool, scale=None) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric int8 of the 2-D view with pruned entries already 0: q (N, K') and scale
-    (N,) or (1,) over the kept values (or the given one)."""
-    q, scale = _quant_symmetric(kept, 1 if per_channel else None, 127, INT8_SYMMETRIC, scale)
+def _sparse_int8(kept: np.ndarray, per_channel: bool, scale=None, qmax: int = 127) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 of the 2-D view with pruned entries already 0: q (N, K') on the grid
+    [-qmax, qmax] and scale (N,) or (1,) over the kept values (or the given one)."""
+    q, scale = _quant_symmetric(kept, 1 if per_channel else None, qmax, (-qmax, qmax), scale)
     return q, scale.reshape(-1)
 
 
@@ -683,15 +683,21 @@ def _sparse_params(p_quant: str, per_channel: bool) -> dict:
     return {"quant": p_quant} if p_quant == "none" else {"quant": p_quant, "per_channel": bool(per_channel)}
 
 
-def _store(kept: np.ndarray, quant: str, per_channel: bool, name: str, scale=None):
-    """(stored (N, K') array of values or q, extra fields): float32 values, or int8 q + scale."""
+def _store(kept: np.ndarray, quant: str, per_channel: bool, name: str, scale=None, qmax: int = 127):
+    """(stored (N, K') array of values or q, extra fields): float32 values, or int8 q on the grid
+    [-qmax, qmax] + scale (qmax 63: the converter's 7-bit weights, which the AVX2 quad tiles
+    multiply without the sign step)."""
     if quant not in QUANT_MODES:
         raise ValueError(f"weight {name!r}: quant must be one of {QUANT_MODES}, got {quant!r}")
+    if not (_is_int(qmax) and 1 <= qmax <= 127):
+        raise ValueError(f"weight {name!r}: qmax must be an int in [1, 127], got {qmax!r}")
     if quant == "none":
         if scale is not None:
             raise ValueError(f"weight {name!r}: a quantization scale was given but quant='none'")
+        if qmax != 127:
+            raise ValueError(f"weight {name!r}: qmax {qmax} narrows int8 values, but quant='none'")
         return kept, {}
-    q, scale = _sparse_int8(kept, per_channel, scale)
+    q, scale = _sparse_int8(kept, per_channel, scale, int(qmax))
     return q, {"scale": scale.astype(np.float32)}
 
 
@@ -707,7 +713,7 @@ def _csr_check(t: PackedTensor) -> None:
 
 
 def pack_csr(name: str, w, mask, *, quant: str = "none", per_channel: bool = True,
-             scale: np.ndarray | None = None) -> PackedTensor:
+             scale: np.ndarray | None = None, qmax: int = 127) -> PackedTensor:
     """Compressed sparse rows of the 2-D view: every position the mask keeps is stored (an
     exact zero the mask keeps is stored too), row-major, columns ascending.
 
@@ -721,7 +727,7 @@ def pack_csr(name: str, w, mask, *, quant: str = "none", per_channel: bool = Tru
         raise ValueError(f"weight {name!r}: K' = {k} columns do not fit int32 indices")
     m2 = mask.reshape(n, k)
     kept = np.where(m2, w.reshape(n, k), np.float32(0))
-    stored, extra = _store(kept, quant, per_channel, name, scale)
+    stored, extra = _store(kept, quant, per_channel, name, scale, qmax)
     rows, cols = np.nonzero(m2)                   # row-major: rows ascending, columns ascending
     nnz = rows.size
     ptr_dtype, idx_dtype = index_dtypes(k, nnz)
@@ -755,7 +761,7 @@ def _bsr_check(t: PackedTensor) -> None:
 
 
 def pack_bsr(name: str, w, mask, *, block_shape=(1, 4), quant: str = "none",
-             per_channel: bool = True, scale: np.ndarray | None = None) -> PackedTensor:
+             per_channel: bool = True, scale: np.ndarray | None = None, qmax: int = 127) -> PackedTensor:
     """Block sparse rows of the 2-D view over R x C blocks: a block is stored when the mask
     keeps any of its positions (the positions it prunes are stored as explicit zeros); an
     all-pruned block is absent.
@@ -778,7 +784,7 @@ def pack_bsr(name: str, w, mask, *, block_shape=(1, 4), quant: str = "none",
                          f"{(n, k)} of weight shape {w.shape} (need R | N and C | K')")
     m2 = mask.reshape(n, k)
     kept = np.where(m2, w.reshape(n, k), np.float32(0))
-    stored, extra = _store(kept, quant, per_channel, name, scale)
+    stored, extra = _store(kept, quant, per_channel, name, scale, qmax)
     blocks = stored.reshape(n // r, r, k // c, c)
     block_kept = m2.reshape(n // r, r, k // c, c).any(axis=(1, 3))     # (N/R, K'/C)
     brows, bcols = np.nonzero(block_kept)
@@ -901,7 +907,7 @@ def _nm_check(t: PackedTensor) -> None:
 
 
 def pack_nm(name: str, w, mask, *, n: int = 2, m: int = 4, quant: str = "none",
-            per_channel: bool = True, scale: np.ndarray | None = None) -> PackedTensor:
+            per_channel: bool = True, scale: np.ndarray | None = None, qmax: int = 127) -> PackedTensor:
     """N:M structured sparsity along K' (the input dim of the 2-D view): in every group of m
     consecutive k exactly n values are stored with their positions. The mask must keep at
     most n of every m (mask None keeps everything, so it is refused: pass e.g. the mask of
@@ -926,7 +932,7 @@ def pack_nm(name: str, w, mask, *, n: int = 2, m: int = 4, quant: str = "none",
         raise ValueError(f"weight {name!r}: the mask keeps {int(counts[r, g])} of {m} in row {r}, "
                          f"group {g} (columns {g * m}..{g * m + m - 1}); {n}:{m} allows at most {n}")
     kept = np.where(mask, w, np.float32(0)).reshape(rows, k)
-    stored, extra = _store(kept, quant, per_channel, name, scale)
+    stored, extra = _store(kept, quant, per_channel, name, scale, qmax)
     # kept positions first, then the lowest pruned ones; the n chosen, ascending
     pos = np.arange(m)
     order = np.argsort(np.where(m3, pos, pos + m), axis=2, kind="stable")[:, :, :n]

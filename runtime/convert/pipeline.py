@@ -145,9 +145,6 @@ class ConvertOptions:
                                  f"got {self.quant!r}")
             if not self.symmetric:
                 raise ValueError(f"weight_bits {self.weight_bits} is a symmetric grid; asymmetric weights keep 8 bits")
-            if self.prune != "none":
-                raise ValueError(f"weight_bits {self.weight_bits} applies to dense int8 weights; the sparse layouts "
-                                 f"keep 8 bits (got prune={self.prune!r})")
         if self.group_size not in (32, 64, 128) and not (self.group_size > 0 and self.group_size % 2 == 0):
             raise ValueError(f"group size must be a positive even number (32, 64 or 128); got {self.group_size}")
         if not 50.0 < self.percentile <= 100.0:
@@ -859,10 +856,18 @@ _PACK_OPTS: dict[str, Callable[[ConvertOptions, str], dict]] = {
     "int8": lambda o, q: {"per_channel": o.per_channel, "symmetric": o.symmetric,
                           "qmax": L.INT8_QMAX_OF_BITS[o.weight_bits]},
     "int4_grouped": lambda o, q: {"group_size": o.group_size, "symmetric": o.symmetric},
-    "csr": lambda o, q: {"quant": q, "per_channel": o.per_channel},
-    "bsr": lambda o, q: {"quant": q, "per_channel": o.per_channel, "block_shape": tuple(o.block)},
-    "nm": lambda o, q: {"quant": q, "per_channel": o.per_channel, "n": o.nm[0], "m": o.nm[1]},
+    "csr": lambda o, q: {"quant": q, "per_channel": o.per_channel, "qmax": _sparse_qmax(o, q)},
+    "bsr": lambda o, q: {"quant": q, "per_channel": o.per_channel, "block_shape": tuple(o.block),
+                         "qmax": _sparse_qmax(o, q)},
+    "nm": lambda o, q: {"quant": q, "per_channel": o.per_channel, "n": o.nm[0], "m": o.nm[1],
+                        "qmax": _sparse_qmax(o, q)},
 }
+
+
+def _sparse_qmax(o: ConvertOptions, quant: str) -> int:
+    """The int8 grid of a sparse layout's values: weight_bits 7 narrows it as for dense int8
+    (float values: the packer's default)."""
+    return L.INT8_QMAX_OF_BITS[o.weight_bits] if quant == "int8" else 127
 
 
 def _pack(name: str, w: np.ndarray, layout: str, plan: _Plan, opts: ConvertOptions) -> PackedTensor:
