@@ -207,6 +207,16 @@ def test_every_path_exact_and_fully_written(case, restore_native_state):
                 _assert_same(out, ref, f"{_case_id(case)} {label} M={m} {act}")
 
 
+def _assert_on_1_and_2_threads(w, x, bias, attrs, ref, what):
+    """sparse_int8_linear of packed w into a NaN-poisoned output, on 1 and 2 threads: the
+    reference's bits (every output written, none depending on the split)."""
+    for threads in (1, 2):
+        _native.set_threads(threads)
+        out = np.full((x.shape[0], w.n), np.nan, np.float32)
+        _native.sparse_int8_linear(w, x, bias, *_binding_args(attrs), out=out)
+        _assert_same(out, ref, f"{what} threads={threads}")
+
+
 @pytest.mark.skipif(not AVX2, reason="the CPU has no AVX2")
 @pytest.mark.parametrize("case", SPARSE_CASES, ids=_case_id)
 def test_avx2_kernel_on_awkward_shapes(case, restore_native_state):
@@ -237,11 +247,7 @@ def test_avx2_kernel_on_awkward_shapes(case, restore_native_state):
                 else:
                     path = "pairs_avx2" if lanes == "pairs" and m >= 8 else "ell_avx2"
                 assert w.path(m) == path, (lanes, w.lanes, m)
-                for threads in (1, 2):
-                    _native.set_threads(threads)
-                    out = np.full((m, n), np.nan, np.float32)
-                    _native.sparse_int8_linear(w, x, b, *_binding_args(ACTS[act]), out=out)
-                    _assert_same(out, ref, f"{_case_id(case)} {path}-{lanes} M={m} {act} threads={threads}")
+                _assert_on_1_and_2_threads(w, x, b, ACTS[act], ref, f"{_case_id(case)} {path}-{lanes} M={m} {act}")
 
 
 @pytest.mark.skipif(not AVX2, reason="the CPU has no AVX2")
@@ -268,11 +274,7 @@ def test_avx2_quad_tiles_on_seven_bit_weights(block, n, k, restore_native_state)
             for tt, pw in ((t, narrow_w), (wide, wide_w)):
                 assert pw.path(m) == "quad_tiles_avx2"
                 ref = _reference(tt, ACTS[act], x)
-                for threads in (1, 2):
-                    _native.set_threads(threads)
-                    out = np.full((m, n), np.nan, np.float32)
-                    _native.sparse_int8_linear(pw, x, None, *_binding_args(ACTS[act]), out=out)
-                    _assert_same(out, ref, f"{block} M={m} {act} narrow={pw.quads_narrow} threads={threads}")
+                _assert_on_1_and_2_threads(pw, x, None, ACTS[act], ref, f"{block} M={m} {act} narrow={pw.quads_narrow}")
 
 
 @pytest.mark.skipif(not AVX2, reason="the CPU has no AVX2")
