@@ -32,9 +32,9 @@ namespace {
 // lane within kTieWindow of one (x = max|x| / 2 is one: 63.5 (1 + e) after s's rounding), or a
 // row whose 1 / s is not a normal float32, takes the float64 division, as before.
 constexpr float kTieWindow = 0x1p-12f;
+constexpr int kRound = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
 
 QRT_TARGET_AVX2 inline __m128i exact4(__m128 v, __m256d vs, __m256d vz, __m256d vlo, __m256d vhi) {
-    constexpr int kRound = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
     __m256d d = _mm256_add_pd(_mm256_round_pd(_mm256_div_pd(_mm256_cvtps_pd(v), vs), kRound), vz);
     d = _mm256_max_pd(_mm256_min_pd(d, vhi), vlo);   // minpd(d, c) = d < c ? d : c: NaN -> 127
     return _mm256_cvttpd_epi32(d);
@@ -49,7 +49,6 @@ struct QuantConsts {
 // q0: lanes 0-3, q1: lanes 4-7 (int32)
 QRT_TARGET_AVX2 inline void quantize8(__m256 v, const QuantConsts& c, __m128i& q0, __m128i& q1) {
     if (c.estimate) {
-        constexpr int kRound = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
         const __m256 y = _mm256_mul_ps(v, c.inv);
         const __m256 r = _mm256_round_ps(y, kRound);
         // |y - nearbyint(y)| in [0, 0.5]: near 0.5 is near a half-integer (NaN: false)

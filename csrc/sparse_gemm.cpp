@@ -520,8 +520,8 @@ void sparse_int8_linear_isa(const SparseInt8Weight& w, const float* x, int64_t m
             corr_z[r] = static_cast<int32_t>(static_cast<uint32_t>((128 + z) * w.rowsum[r]));
         corr = corr_z.get();
     }
-    AlignedArray<int32_t> corr_signed;   // z * rowsum: for the kernels that sum qx * w (AVX2 pairs, quads)
-    if (path == SparsePath::pairs_avx2 || path == SparsePath::quad_tiles_avx2) {
+    AlignedArray<int32_t> corr_signed;   // z * rowsum: for the kernels that sum qx * w (AVX2 pairs, signed quads)
+    if (path == SparsePath::pairs_avx2 || (path == SparsePath::quad_tiles_avx2 && !w.quads_narrow)) {
         corr_signed.allocate(w.npad);
         for (int64_t r = 0; r < w.npad; ++r) corr_signed[r] = static_cast<int32_t>(static_cast<uint32_t>(z * w.rowsum[r]));
     }

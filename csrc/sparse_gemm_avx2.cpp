@@ -124,11 +124,12 @@ QRT_TARGET_AVX2 inline __m256i dot4(__m256i acc, __m256i x, __m256i wh, __m256i 
 }
 
 // 8 outputs (output rows n0 .. n0 + 7, lane = row) of activation row mrow from their raw int32
-// sums: the wrapping correction, then the shared epilogue; rows from N on are not stored.
-// corr / sw / bias are padded to whole 16-row blocks, so the 8-lane loads stay inside.
-QRT_TARGET_AVX2 inline void store_rows8(__m256i raw, const Problem& p, int64_t n0, int64_t mrow) {
+// sums: the wrapping correction corr (p.corr for sums of u * w, p.corr_signed for sums of
+// qx * w), then the shared epilogue; rows from N on are not stored. corr / sw / bias are
+// padded to whole 16-row blocks, so the 8-lane loads stay inside.
+QRT_TARGET_AVX2 inline void store_rows8(__m256i raw, const Problem& p, int64_t n0, int64_t mrow, const int32_t* corr) {
     const int64_t n = p.w->n;
-    const __m256i acc = _mm256_sub_epi32(raw, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.corr + n0)));
+    const __m256i acc = _mm256_sub_epi32(raw, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(corr + n0)));
     const __m256 v = int8_detail::epilogue8_avx2(acc, _mm256_loadu_pd(p.ep.sw + n0), _mm256_loadu_pd(p.ep.sw + n0 + 4),
                                                  p.ep.sx[mrow], p.ep.bias == nullptr ? nullptr : p.ep.bias + n0);
     float* out = p.y + mrow * n + n0;
@@ -177,10 +178,10 @@ QRT_TARGET_AVX2 void ell_half(const Problem& p, int64_t b, int h, int64_t m0) {
         }
     }
     const int64_t n0 = b * kSparseBlockRows + 8 * h;
-    store_rows8(a0, p, n0, m0);
-    if constexpr (ROWS > 1) store_rows8(a1, p, n0, m0 + 1);
-    if constexpr (ROWS > 2) store_rows8(a2, p, n0, m0 + 2);
-    if constexpr (ROWS > 3) store_rows8(a3, p, n0, m0 + 3);
+    store_rows8(a0, p, n0, m0, p.corr);
+    if constexpr (ROWS > 1) store_rows8(a1, p, n0, m0 + 1, p.corr);
+    if constexpr (ROWS > 2) store_rows8(a2, p, n0, m0 + 2, p.corr);
+    if constexpr (ROWS > 3) store_rows8(a3, p, n0, m0 + 3, p.corr);
 }
 
 template <bool kByte>
@@ -265,23 +266,11 @@ QRT_TARGET_AVX2 void pairs_block_avx2(const Problem& p, const int16_t* xt, int64
         _mm_store_si128(reinterpret_cast<__m128i*>(o + 12), _mm256_extracti128_si256(hi, 1));
     }
     // sum qx * w - z * rowsum = the exact accumulator (wrapping int32, as every vector path)
-    const __m256i cs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.corr_signed + n0));
-    const __m256d sw_lo = _mm256_loadu_pd(p.ep.sw + n0), sw_hi = _mm256_loadu_pd(p.ep.sw + n0 + 4);
-    const double* bias = p.ep.bias == nullptr ? nullptr : p.ep.bias + n0;
     const int64_t m0 = t * kSparseTileRows, mrows = std::min<int64_t>(kSparseTileRows, p.m - m0);
-    for (int64_t i = 0; i < mrows; ++i) {
-        const __m256i acc = _mm256_sub_epi32(_mm256_setr_epi32(raw[0][i], raw[1][i], raw[2][i], raw[3][i], raw[4][i],
-                                                               raw[5][i], raw[6][i], raw[7][i]), cs);
-        const __m256 v = int8_detail::epilogue8_avx2(acc, sw_lo, sw_hi, p.ep.sx[m0 + i], bias);
-        float* out = p.y + (m0 + i) * n + n0;
-        if (rows == 8) {
-            _mm256_storeu_ps(out, v);
-        } else {
-            alignas(32) float tmp[8];
-            _mm256_store_ps(tmp, v);
-            std::memcpy(out, tmp, static_cast<size_t>(rows) * sizeof(float));
-        }
-    }
+    for (int64_t i = 0; i < mrows; ++i)
+        store_rows8(_mm256_setr_epi32(raw[0][i], raw[1][i], raw[2][i], raw[3][i], raw[4][i], raw[5][i], raw[6][i],
+                                      raw[7][i]),
+                    p, n0, m0 + i, p.corr_signed);
 }
 
 // --- quad tiles: activation rows in lanes, 4 consecutive k per lane ---------------------------
@@ -422,32 +411,16 @@ QRT_TARGET_AVX2 void quad_tile_avx2(const Problem& p, const uint8_t* xq, int64_t
         else
             (w.quad_rows == 4 ? quad_half<4, false> : quad_half<1, false>)(w, xt, n0, nrows, h, raw[h]);
     }
-    // sum qx * w - z * rowsum = the exact accumulator (wrapping int32), then the shared epilogue,
-    // 8 output rows of one activation row at a time (an 8 x 8 transpose per quarter of the tile)
+    // the exact accumulators through store_rows8, 8 output rows of one activation row at a time
+    // (an 8 x 8 transpose per quarter of the tile)
     const int64_t mrows = std::min<int64_t>(kSparseTileRows, p.m - m0);
-    const double* bias = p.ep.bias;
+    const int32_t* corr = w.quads_narrow ? p.corr : p.corr_signed;   // sums of u * w, or of qx * w
     for (int og = 0; og < 2 && 8 * og < nrows; ++og) {
-        const int64_t nb = n0 + 8 * og, cols = std::min<int64_t>(8, nrows - 8 * og);
-        const int32_t* corr = w.quads_narrow ? p.corr : p.corr_signed;   // sum u * w or sum qx * w
-        const __m256i cs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(corr + nb));
-        const __m256d sw_lo = _mm256_loadu_pd(p.ep.sw + nb), sw_hi = _mm256_loadu_pd(p.ep.sw + nb + 4);
         for (int h = 0; h < 2 && 8 * h < mrows; ++h) {
             __m256i c[8];
             for (int r = 0; r < 8; ++r) c[r] = raw[h][8 * og + r];
-            transpose8x8_epi32(c);   // c[i]: activation row m0 + 8 h + i, lane = output row nb + lane
-            for (int i = 0; i < 8 && 8 * h + i < mrows; ++i) {
-                const int64_t m = m0 + 8 * h + i;
-                const __m256 v = int8_detail::epilogue8_avx2(_mm256_sub_epi32(c[i], cs), sw_lo, sw_hi, p.ep.sx[m],
-                                                             bias == nullptr ? nullptr : bias + nb);
-                float* out = p.y + m * w.n + nb;
-                if (cols == 8) {
-                    _mm256_storeu_ps(out, v);
-                } else {
-                    alignas(32) float tmp[8];
-                    _mm256_store_ps(tmp, v);
-                    std::memcpy(out, tmp, static_cast<size_t>(cols) * sizeof(float));
-                }
-            }
+            transpose8x8_epi32(c);   // c[i]: activation row m0 + 8 h + i, lane = output row n0 + 8 og + lane
+            for (int i = 0; i < 8 && 8 * h + i < mrows; ++i) store_rows8(c[i], p, n0 + 8 * og, m0 + 8 * h + i, corr);
         }
     }
 }
