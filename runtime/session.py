@@ -30,7 +30,7 @@ from kernels.core.threads import usable_cpus
 from . import planner
 from .format import load
 from .fuse import fuse as fuse_graph
-from .feeds import check_feeds, check_memory
+from .feeds import check_feeds, check_memory, feed_signature, recheck_feeds
 from .graph import Graph
 from .placement import place
 from .planner import PLAN_MODES, rows_bucket
@@ -166,7 +166,11 @@ class InferenceSession:
         for set_threads in self._thread_setters:
             set_threads(self.threads)
         env = list(self._template)
-        fed = check_feeds(input_feed, self._input_slots, self._placement.on_gpu)
+        sig = self._feed_signature
+        fed = None if sig is None else recheck_feeds(input_feed, self._input_slots, sig)
+        if fed is None:
+            fed = check_feeds(input_feed, self._input_slots, self._placement.on_gpu)
+            self._feed_signature = feed_signature(fed)
         shapes = tuple(tuple(a.shape) for _, a in fed)
         if shapes != self._memory_checked:       # once per input size (it costs ~8 us)
             check_memory(fed, self._widest, self._attention)
@@ -178,11 +182,29 @@ class InferenceSession:
             # were computed by an earlier run with these shapes: set them, skip their nodes
             for s, value in cached:
                 env[s] = value
-            execute(self._shape_cache.value_steps, env)
-        elif self._shape_cache.watch:
+            cache = self._shape_cache
+            key = cache.mask_key(shapes, env)
+            masks = None if key is None else cache.masks(key)
+            if masks is not None:
+                # the mask values (the attention-mask plumbing) of these integer inputs too
+                for s, value in masks:
+                    env[s] = value
+                execute(cache.mask_steps, env)
+            elif key is not None:
+                record = {}
+                execute(cache.value_steps, env, cache.mask_watch, record)
+                cache.remember_masks(key, record)
+            else:
+                execute(cache.value_steps, env)
+        elif self._shape_cache.watch or self._shape_cache.mask_watch:
+            # (with mask values but no shape-only ones, the entry is empty: it marks the shapes seen)
+            cache = self._shape_cache
+            key = cache.mask_key(shapes, env)
             record: dict[int, Any] = {}
-            execute(self._steps, env, self._shape_cache.watch, record)
-            self._shape_cache.remember(shapes, record)
+            execute(self._steps, env, cache.watch | cache.mask_watch, record)
+            cache.remember(shapes, record)
+            if key is not None:
+                cache.remember_masks(key, record)
         else:
             execute(self._steps, env)
         # Like onnxruntime, hand back arrays the caller owns: an output that is a constant
@@ -281,6 +303,7 @@ class InferenceSession:
         self._widest = max(widths, default=0)
         self._attention = any(n.op == "Attention" for n in graph.nodes)
         self._memory_checked: tuple | None = None      # the input shapes check_memory last passed
+        self._feed_signature: tuple | None = None       # of the last feed check_feeds accepted (feeds.py)
         self._default_out_slots = [slots[v.name] for v in graph.outputs]
 
     def _planned_layer(self, node, graph: Graph, layout: str, backend: str, attrs: dict):

@@ -1,7 +1,21 @@
-"""The session's cache of values that depend on the input *shapes* alone (Shape, and nodes
-whose inputs are constants or such values: position ids, Range, ConstantOfShape...). A run
-with input shapes seen before takes them from here and runs only ``value_steps``; the frees of
-skipped steps are dropped, so such a value may live until the end of the run."""
+"""The session's caches of values that need not be computed again.
+
+Shape-only values: values that depend on the input *shapes* alone (Shape, and nodes whose
+inputs are constants or such values: position ids, Range, ConstantOfShape...). A run with
+input shapes seen before takes them from here and runs only ``value_steps``; the frees of
+skipped steps are dropped, so such a value may live until the end of the run.
+
+Mask values: values computed from the *integer* inputs (an attention mask, token type ids)
+and shape-only values alone, through no weight (only integer constants of at most
+MASK_CONST_MAX_ELEMENTS elements and scalars): the attention-mask plumbing of a transformer export (the
+dynamo export of BERT: Cast, GatherND, And, Where, four tiny steps per run before any layer).
+They are remembered per input shapes and the bytes of those integer inputs, so a run whose
+mask equals an earlier one's skips them too (``mask_steps``); a new mask computes them as
+before. Why: each such step costs 10-25 us of Python on caches the GEMMs just emptied, about
+the time onnxruntime's C++ takes for the whole op, and the four together 5-9% of
+all-MiniLM-L6-v2 at 1 x 16 (benchmarks/RESULTS.md, "Mask values computed once"). Model
+compute never qualifies: a value read from a weight (an embedding table) or from a float
+input is outside the rule, so a benchmark repeating one feed does not skip any layer."""
 from __future__ import annotations
 
 from typing import Any
@@ -16,6 +30,17 @@ SHAPE_CACHE_ENTRIES = 16
 SHAPE_CACHE_MAX_BYTES = 1 << 22
 # Ops whose output shape depends on the *values* of these inputs (kernels/core/ops.py semantics);
 # every other op's output shape follows from its inputs' shapes and attributes.
+# Mask values: remembered for this many (shapes, integer input bytes) keys, at most this many
+# bytes of values each. The constants of the plumbing: integer initializers of at most this
+# many elements (shape vectors, axes) and scalars (a Where's 0 and -inf); a float initializer
+# of more than one element is a weight (an embedding table, however small).
+MASK_CACHE_ENTRIES = 16
+MASK_CACHE_MAX_BYTES = 1 << 22
+MASK_CONST_MAX_ELEMENTS = 64
+INTEGER_DTYPES = {"int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "bool"}
+# ops whose result is not a function of their inputs (kernels/core/ops.py has none today; listed so
+# that adding one cannot make its values remembered)
+RANDOM_OPS = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Bernoulli", "Multinomial"}
 SHAPE_GIVING_INPUTS = {"Reshape": (1,), "Expand": (1,), "Tile": (1,), "Slice": (1, 2, 3, 4),
                        "Range": (0, 1, 2), "ConstantOfShape": (0,)}
 
@@ -47,6 +72,33 @@ class ShapeCache:
         self.value_steps = [step for k, step in enumerate(steps) if k not in shape_steps]
         self._entries: dict[tuple, list] = {}
 
+        # mask values: a node reading an integer input or a mask value, and otherwise only
+        # shape-only values and small constants, gives mask values
+        integer_inputs = {v.name for v in graph.inputs if v.dtype in INTEGER_DTYPES}
+        small = {name for name, t in graph.initializers.items()
+                 if int(np.prod(t.shape)) <= (MASK_CONST_MAX_ELEMENTS if t.dtype in INTEGER_DTYPES else 1)}
+        plumbing = (shape_only - set(graph.initializers)) | small | {""}
+        mask_vals: set[str] = set()
+        mask_steps: set[int] = set()
+        key_inputs: set[str] = set()
+        for k, node in enumerate(graph.nodes):
+            if k in shape_steps or node.op in RANDOM_OPS:
+                continue
+            reads = [i for i in node.inputs if i in integer_inputs or i in mask_vals]
+            if reads and all(i in plumbing or i in integer_inputs or i in mask_vals for i in node.inputs):
+                mask_vals.update(node.outputs)
+                mask_steps.add(k)
+                key_inputs.update(i for i in reads if i in integer_inputs)
+        mask_needed = {slots[o.name] for o in graph.outputs}
+        for k, step in enumerate(steps):
+            if k not in shape_steps and k not in mask_steps:
+                mask_needed.update(step[1])
+        self.mask_watch = frozenset({s for k in mask_steps for s in steps[k][2]} & mask_needed)
+        # the slots whose bytes key a mask entry, in the graph's input order
+        self.mask_key_slots = tuple(slots[v.name] for v in graph.inputs if v.name in key_inputs)
+        self.mask_steps = [step for k, step in enumerate(steps) if k not in shape_steps and k not in mask_steps]
+        self._masks: dict[tuple, list] = {}
+
     def __len__(self) -> int:
         return len(self._entries)
 
@@ -55,16 +107,44 @@ class ShapeCache:
         return self._entries.get(shapes)
 
     def remember(self, shapes: tuple, record: dict[int, Any]) -> None:
-        values = [(s, record[s]) for s in self.watch if s in record]
-        if sum(np.asarray(v).nbytes for _, v in values) > SHAPE_CACHE_MAX_BYTES:
-            return
-        frozen = []
-        for s, v in values:
-            # a read-only copy: this run hands the original to its caller or kernels, and
-            # later runs share the copy (run() copies read-only outputs before returning them)
-            v = np.array(v)
-            v.flags.writeable = False
-            frozen.append((s, v))
-        if len(self._entries) >= SHAPE_CACHE_ENTRIES:
-            self._entries.pop(next(iter(self._entries)))      # the oldest shapes
-        self._entries[shapes] = frozen
+        _remember(self._entries, shapes, [(s, record[s]) for s in self.watch if s in record],
+                  SHAPE_CACHE_ENTRIES, SHAPE_CACHE_MAX_BYTES)
+
+    def mask_key(self, shapes: tuple, env: list) -> tuple | None:
+        """The mask cache's key for this run's integer inputs (already in ``env``), or None
+        when there are no mask values or an input is not a numpy array (a device array)."""
+        if not self.mask_watch:
+            return None
+        parts = [shapes]
+        for s in self.mask_key_slots:
+            a = env[s]
+            if type(a) is not np.ndarray:
+                return None
+            parts.append((a.dtype.str, a.tobytes()))
+        return tuple(parts)
+
+    def masks(self, key: tuple) -> list[tuple[int, Any]] | None:
+        """(slot, value) pairs of the mask values remembered for ``key``, or None."""
+        return self._masks.get(key)
+
+    def remember_masks(self, key: tuple, record: dict[int, Any]) -> None:
+        values = [(s, record[s]) for s in self.mask_watch if s in record]
+        if all(isinstance(v, np.ndarray) for _, v in values):     # not a GPU kernel's device array
+            _remember(self._masks, key, values, MASK_CACHE_ENTRIES, MASK_CACHE_MAX_BYTES)
+
+
+def _remember(entries: dict, key: tuple, values: list[tuple[int, Any]], max_entries: int, max_bytes: int) -> None:
+    """entries[key] = read-only copies of ``values`` when they take at most ``max_bytes``; the
+    oldest entry goes when there are ``max_entries``."""
+    if sum(np.asarray(v).nbytes for _, v in values) > max_bytes:
+        return
+    frozen = []
+    for s, v in values:
+        # a read-only copy: this run hands the original to its caller or kernels, and
+        # later runs share the copy (run() copies read-only outputs before returning them)
+        v = np.array(v)
+        v.flags.writeable = False
+        frozen.append((s, v))
+    if len(entries) >= max_entries:
+        entries.pop(next(iter(entries)))      # the oldest
+    entries[key] = frozen
