@@ -33,7 +33,11 @@ def attention_factory(attention: Callable[..., np.ndarray]):
         nan_to_zero = bool(attrs.get("nan_to_zero", 0))
 
         def run(q, k, v, mask=None):
-            if not all_f32(q, k, v, mask):
+            # type() and dtype compared one by one: all_f32's generator costs more than the
+            # whole check on a small model's every call
+            if not (type(q) is np.ndarray and type(k) is np.ndarray and type(v) is np.ndarray
+                    and q.dtype == F32 and k.dtype == F32 and v.dtype == F32
+                    and (mask is None or (type(mask) is np.ndarray and mask.dtype == F32))):
                 return ref(q, k, v, mask)
             return (attention(q, k, v, mask, head_dim, scale, nan_to_zero),)
         return run
@@ -52,6 +56,15 @@ def skip_layer_normalization_factory(skip_layer_norm: Callable[..., np.ndarray])
         eps = float(attrs["epsilon"])
 
         def run(x, skip, scale, bias=None):
+            # the common call (a residual and its Linear's output, the same C-contiguous
+            # float32 (..., D), constant (D,) scale and bias), checked inline (see attention)
+            if (type(x) is np.ndarray and type(skip) is np.ndarray and x.dtype == F32 and skip.dtype == F32
+                    and x.shape == skip.shape and x.ndim and type(scale) is np.ndarray and scale.dtype == F32
+                    and scale.shape == x.shape[-1:] and x.shape[-1] and x.flags.c_contiguous
+                    and skip.flags.c_contiguous and scale.flags.c_contiguous
+                    and (bias is None or (type(bias) is np.ndarray and bias.dtype == F32
+                                          and bias.shape == scale.shape and bias.flags.c_contiguous))):
+                return (skip_layer_norm(x, skip, scale, bias, eps),)
             if not all_f32(x, skip, scale, bias) or x.ndim == 0 or skip.ndim == 0:
                 return ref(x, skip, scale, bias)
             if x.shape != skip.shape:

@@ -131,9 +131,17 @@ def bound_weight(op: str, weights: dict) -> PackedTensor:
 
 def gemm_factory(op: str, prepare: Callable[[PackedTensor, GemmAttrs, dict], Any],
                  compute: Callable[[Any, Any, Any, GemmAttrs], Any], *, fused: bool = False,
-                 name: str | None = None) -> Callable[[dict, dict], Callable[..., tuple]]:
+                 name: str | None = None,
+                 fast: Callable[[Any, GemmAttrs, Callable[..., tuple]], Callable[..., tuple] | None] | None = None
+                 ) -> Callable[[dict, dict], Callable[..., tuple]]:
     """The kernel factory of ``op`` on a packed weight (module docstring). ``fused``: compute
-    applies ``a.activation`` itself (kernels.registry.build then adds no activation kernel)."""
+    applies ``a.activation`` itself (kernels.registry.build then adds no activation kernel).
+    ``fast(plan, a, run)``: a backend's run for the common call (float32 rows straight into
+    its kernel, everything bound at plan time), which hands any other call to ``run`` (the
+    general one, which it must keep: it holds the shared plan); None where it has none.
+    Why: a small model's Linear takes tens of microseconds, and each Python layer between
+    the session and the kernel costs about a microsecond of it, more on caches the kernels
+    just emptied."""
 
     def factory(attrs: dict[str, Any], weights: dict) -> Callable[..., tuple]:
         a = GemmAttrs.of(op, attrs)
@@ -142,7 +150,8 @@ def gemm_factory(op: str, prepare: Callable[[PackedTensor, GemmAttrs, dict], Any
 
         def run(x, _weight=None, bias=None, _held=held):    # _held: keeps the shared plan alive
             return (compute(x, plan, bias, a),)
-        return run
+        quick = None if fast is None else fast(plan, a, run)
+        return run if quick is None else quick
 
     if fused:
         factory.fused_activations = tuple(EPILOGUE_OPS)
@@ -172,7 +181,8 @@ def bias64(bias: Any, n: int, op: str) -> np.ndarray | None:
     return b
 
 
-F32_F64 = (np.dtype(np.float32), np.dtype(np.float64))
+F32 = np.dtype(np.float32)
+F32_F64 = (F32, np.dtype(np.float64))
 
 
 def bias32_or_64(bias: Any, n: int, op: str = "Linear") -> np.ndarray | None:

@@ -49,9 +49,11 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | No
               head_dim: int, scale: float, nan_to_zero: bool = False) -> np.ndarray:
     """Y (B, Sq, H*Dv) float32 for float32 q (B, Sq, H*D), k (B, Sk, H*D), v (B, Sk, H*Dv)
     and mask (None or broadcastable to (B, H, Sq, Sk)); see the module docstring."""
-    return _away_from_blas(_native.attention, _last_axis_contiguous(q), _last_axis_contiguous(k),
-                           _last_axis_contiguous(v), mask, int(head_dim), float(scale), "auto",
-                           bool(nan_to_zero))
+    args = (_last_axis_contiguous(q), _last_axis_contiguous(k), _last_axis_contiguous(v), mask, int(head_dim),
+            float(scale), "auto", bool(nan_to_zero))
+    if blas_recently_called():
+        return _away_from_blas(_native.attention, *args)
+    return _native.attention(*args)
 
 
 def _away_from_blas(kernel, *args):
@@ -75,8 +77,10 @@ def skip_layer_norm(x: np.ndarray, skip: np.ndarray, scale: np.ndarray, bias: np
                     epsilon: float) -> np.ndarray:
     """LayerNorm over the last axis of float32(x + skip), x and skip float32 of one shape."""
     c = np.ascontiguousarray
-    return _away_from_blas(_native.skip_layer_norm, c(x), c(skip), c(scale), None if bias is None else c(bias),
-                           float(epsilon))
+    args = (c(x), c(skip), c(scale), None if bias is None else c(bias))
+    if blas_recently_called():
+        return _away_from_blas(_native.skip_layer_norm, *args, float(epsilon))
+    return _native.skip_layer_norm(*args, float(epsilon))
 
 
 register("SkipLayerNormalization", "native")(skip_layer_normalization_factory(skip_layer_norm))

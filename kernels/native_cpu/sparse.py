@@ -21,12 +21,12 @@ Other cases, each with the numerics of the code it runs (not fast, not small):
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from kernels.core.layouts import PackedTensor
-from kernels.gemm_front import F32_F64, bias32_or_64, gemm_factory, rows_of, weight_only
+from kernels.gemm_front import F32, F32_F64, bias32_or_64, gemm_factory, rows_of, weight_only
 from kernels.reference.packed import PreparedWeight, packed_linear_ref
 from kernels.registry import register
 
@@ -88,8 +88,27 @@ def sparse_linear(x: Any, plan: SparsePlan, bias: Any = None) -> np.ndarray:
     return packed_linear_ref(x, plan.reference(), bias)
 
 
+def _fast_sparse_linear(plan: SparsePlan, a: Any, general: Callable[..., tuple]) -> Callable[..., tuple] | None:
+    """gemm_front's fast run: C-contiguous float32 X (..., K) and a float32 / float64 bias
+    (N,) or None straight into the kernel; anything else to ``general``."""
+    if plan.act_quant == "none":       # weight-only: no packed weight
+        return None
+    packed, k, n = plan.packed, plan.k, plan.n
+    act_quant, act_scale, act_zero_point = plan.act_quant, plan.act_scale, plan.act_zero_point
+
+    def run(x, _weight=None, bias=None):
+        if (type(x) is np.ndarray and x.dtype == F32 and x.ndim and x.shape[-1] == k and x.flags.c_contiguous
+                and (bias is None or (type(bias) is np.ndarray and bias.dtype in F32_F64))):
+            y = _native.sparse_int8_linear(packed, x.reshape(-1, k), bias, act_quant, act_scale,
+                                           act_zero_point)     # (M, N) float32; checks the bias's shape
+            return (y.reshape(x.shape[:-1] + (n,)),)
+        return general(x, _weight, bias)
+    return run
+
+
 _factory = gemm_factory("Linear", lambda w, a, _: SparsePlan(w, **a.quant),
-                        lambda x, plan, bias, a: sparse_linear(x, plan, bias), name="sparse_linear_factory")
+                        lambda x, plan, bias, a: sparse_linear(x, plan, bias), name="sparse_linear_factory",
+                        fast=_fast_sparse_linear)
 
 
 for _layout in SPARSE_LAYOUTS:
