@@ -383,6 +383,21 @@ def execute(steps: list, env: list, watch: frozenset = frozenset(), record: dict
     ``times`` (one list per step) receives each step's seconds."""
     k = 0
     try:
+        if times is None and not watch:
+            # the loop of every inference, kept lean: map() reads the inputs without a Python
+            # frame of its own (a list comprehension is one), a single output is stored
+            # directly (52 steps: 41 -> 24 us per run on Zen 3, hot caches)
+            get = env.__getitem__
+            for k, (run, ins, outs, frees, _) in enumerate(steps):
+                results = run(*map(get, ins))
+                if len(outs) == 1:
+                    env[outs[0]] = results[0]
+                else:
+                    for s, r in zip(outs, results):
+                        env[s] = r
+                for s in frees:
+                    env[s] = None
+            return
         for k, (run, ins, outs, frees, _) in enumerate(steps):
             if times is not None:
                 t0 = time.perf_counter()
