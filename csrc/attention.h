@@ -72,8 +72,11 @@ struct AttentionArgs {
 };
 
 // Attention below this many multiply-adds (B * H * Sq * Sk * (D + Dv)) runs on one thread:
-// waking the pool costs more than a small problem (as kernels/numba_cpu/fused.py).
-constexpr int64_t kAttentionParallelMinMacs = int64_t(1) << 19;
+// waking the pool costs more than a small problem. In a model the pool's workers are still
+// spinning from the Linear before, and the caller never waits for one that is not (work_pool.h),
+// so the bar is low: MiniLM's 12 heads at 1 x 16 (196 K) 12.7 us on one thread, 9.5 on two
+// (Zen 3). Was 2^19, as kernels/numba_cpu/fused.py's (whose OpenMP team does wait).
+constexpr int64_t kAttentionParallelMinMacs = int64_t(1) << 16;
 
 // Requires sk >= 1 and every size >= 1 (the binding handles empty problems).
 void attention_f32(const AttentionArgs& args, FusedIsa isa, int threads);
