@@ -146,5 +146,6 @@ def _remember(entries: dict, key: tuple, values: list[tuple[int, Any]], max_entr
         v.flags.writeable = False
         frozen.append((s, v))
     if len(entries) >= max_entries:
-        entries.pop(next(iter(entries)))      # the oldest
+        # the oldest; another thread's run may have dropped it first
+        entries.pop(next(iter(entries), None), None)
     entries[key] = frozen
