@@ -1,6 +1,6 @@
 """qrt against onnxruntime on a quiet and on a busy machine, the same files, one process.
 
-    python benchmarks/busy_ratio.py MODEL.qrt MODEL_ORT.onnx [--shapes 1x16,1x128] [--repeat 5]
+    python benchmarks/busy_ratio.py MODEL.qrt MODEL_ORT.onnx [--shapes 1x16,1x128] [--repeat 5] [--backend B]
 
 For each batch x seq shape, qrt (default session) and onnxruntime (intra_op_num_threads = CPU
 count) are timed interleaved (benchmarks/interleaved.py), first alone, then with one CPU-bound
@@ -33,9 +33,10 @@ def main() -> None:
     ap.add_argument("--shapes", default="1x16,1x128", help="batch x seq list (default 1x16,1x128)")
     ap.add_argument("--repeat", type=int, default=5, help="repeats (default 5)")
     ap.add_argument("--seconds", type=float, default=1.5, help="timed seconds per row (default 1.5)")
+    ap.add_argument("--backend", default="auto", help="qrt's backend (default auto; e.g. numba: its own thread pool)")
     args = ap.parse_args()
     import onnxruntime as ort
-    q = runtime.InferenceSession(args.qrt)
+    q = runtime.InferenceSession(args.qrt, args.backend)
     so = ort.SessionOptions()
     so.intra_op_num_threads = os.cpu_count() or 1
     o = ort.InferenceSession(args.onnx, so, providers=["CPUExecutionProvider"])
