@@ -37,6 +37,10 @@ SHAPE_CACHE_MAX_BYTES = 1 << 22
 MASK_CACHE_ENTRIES = 16
 MASK_CACHE_MAX_BYTES = 1 << 22
 MASK_CONST_MAX_ELEMENTS = 64
+# the integer inputs that key an entry: at most this many bytes (a 64 x 128 int64 mask is 64 KB)
+MASK_KEY_MAX_BYTES = 1 << 16
+# after this many runs in a row whose integer inputs were not remembered, stop keeping them
+MASK_MISSES_OFF = 8
 INTEGER_DTYPES = {"int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "bool"}
 # ops whose result is not a function of their inputs (kernels/core/ops.py has none today; listed so
 # that adding one cannot make its values remembered)
@@ -98,6 +102,7 @@ class ShapeCache:
         self.mask_key_slots = tuple(slots[v.name] for v in graph.inputs if v.name in key_inputs)
         self.mask_steps = [step for k, step in enumerate(steps) if k not in shape_steps and k not in mask_steps]
         self._masks: dict[tuple, list] = {}
+        self._mask_misses = 0         # masks() misses in a row
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -111,21 +116,30 @@ class ShapeCache:
                   SHAPE_CACHE_ENTRIES, SHAPE_CACHE_MAX_BYTES)
 
     def mask_key(self, shapes: tuple, env: list) -> tuple | None:
-        """The mask cache's key for this run's integer inputs (already in ``env``), or None
-        when there are no mask values or an input is not a numpy array (a device array)."""
-        if not self.mask_watch:
+        """The mask cache's key for this run's integer inputs (already in ``env``), or None:
+        no mask values, an input that is not a numpy array (a device array), inputs of more
+        than MASK_KEY_MAX_BYTES, or MASK_MISSES_OFF misses in a row (integer inputs that are
+        data, e.g. uint8 images, differ on every run: keeping their values would only cost)."""
+        if not self.mask_watch or self._mask_misses >= MASK_MISSES_OFF:
             return None
         parts = [shapes]
+        size = 0
         for s in self.mask_key_slots:
             a = env[s]
             if type(a) is not np.ndarray:
+                return None
+            size += a.nbytes
+            if size > MASK_KEY_MAX_BYTES:
                 return None
             parts.append((a.dtype.str, a.tobytes()))
         return tuple(parts)
 
     def masks(self, key: tuple) -> list[tuple[int, Any]] | None:
-        """(slot, value) pairs of the mask values remembered for ``key``, or None."""
-        return self._masks.get(key)
+        """(slot, value) pairs of the mask values remembered for ``key``, or None (a miss,
+        counted towards MASK_MISSES_OFF; a hit resets the count)."""
+        found = self._masks.get(key)
+        self._mask_misses = 0 if found is not None else self._mask_misses + 1
+        return found
 
     def remember_masks(self, key: tuple, record: dict[int, Any]) -> None:
         values = [(s, record[s]) for s in self.mask_watch if s in record]

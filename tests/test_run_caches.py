@@ -97,6 +97,32 @@ def test_a_remembered_mask_skips_its_steps(monkeypatch):
     assert {"cast", "not", "where", "unsq"} <= set(calls[-1])
 
 
+def test_integer_inputs_that_are_data_turn_the_mask_cache_off(monkeypatch):
+    """A new mask on every run (integer data, e.g. uint8 images): after MASK_MISSES_OFF misses
+    in a row nothing more is keyed or kept; inputs over MASK_KEY_MAX_BYTES are never keyed.
+    Results stay exact throughout."""
+    from runtime import shape_cache
+    g = _mask_graph()
+    sess = InferenceSession(g, backend="reference")
+    cache = sess._shape_cache
+    ids, types = np.zeros((1, 8), np.int64), np.zeros((1, 8), np.int64)
+    for r in range(shape_cache.MASK_CACHE_ENTRIES + 4):
+        mask = np.array([[int(b) for b in np.binary_repr(r + 1, 8)]], np.int64)    # a new one each run
+        y, bias = sess.run(None, {"ids": ids, "mask": mask, "types": types})
+        np.testing.assert_array_equal(bias, _want(g, ids, mask, types)[1])
+    assert cache._mask_misses >= shape_cache.MASK_MISSES_OFF
+    kept = len(cache._masks)
+    assert kept <= shape_cache.MASK_MISSES_OFF + 1      # the first run's, then the misses' until off
+    sess.run(None, {"ids": ids, "mask": np.ones((1, 8), np.int64), "types": types})
+    assert len(cache._masks) == kept                    # off: nothing more kept
+
+    monkeypatch.setattr(shape_cache, "MASK_KEY_MAX_BYTES", 8 * 8 - 1)   # one (1, 8) int64 mask is 64 bytes
+    sess = InferenceSession(g, backend="reference")
+    for _ in range(3):
+        sess.run(None, {"ids": ids, "mask": np.ones((1, 8), np.int64), "types": types})
+    assert len(sess._shape_cache._masks) == 0
+
+
 # ----------------------------------------------------------------------- feed checks -----
 
 def test_the_feed_fast_path_lets_no_bad_feed_through():
