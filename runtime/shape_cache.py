@@ -5,17 +5,18 @@ inputs are constants or such values: position ids, Range, ConstantOfShape...). A
 input shapes seen before takes them from here and runs only ``value_steps``; the frees of
 skipped steps are dropped, so such a value may live until the end of the run.
 
-Mask values: values computed from the *integer* inputs (an attention mask, token type ids)
-and shape-only values alone, through no weight (only integer constants of at most
-MASK_CONST_MAX_ELEMENTS elements and scalars): the attention-mask plumbing of a transformer export (the
-dynamo export of BERT: Cast, GatherND, And, Where, four tiny steps per run before any layer).
-They are remembered per input shapes and the bytes of those integer inputs, so a run whose
-mask equals an earlier one's skips them too (``mask_steps``); a new mask computes them as
-before. Why: each such step costs 10-25 us of Python on caches the GEMMs just emptied, about
-the time onnxruntime's C++ takes for the whole op, and the four together 5-9% of
-all-MiniLM-L6-v2 at 1 x 16 (benchmarks/RESULTS.md, "Mask values computed once"). Model
-compute never qualifies: a value read from a weight (an embedding table) or from a float
-input is outside the rule, so a benchmark repeating one feed does not skip any layer."""
+Mask values: values computed from the *integer* inputs (an attention mask, token type ids),
+scalars, small integer constants and shape-only values made of those alone, through no
+weight: the attention-mask plumbing of a transformer export (the dynamo export of BERT: Cast,
+GatherND, And, Where, four tiny steps per run before any layer). They are remembered per input
+shapes and the bytes of those integer inputs, so a run whose mask equals an earlier one's skips
+them too (``mask_steps``); a new mask computes them as before. Why: each such step costs 10-25
+us of Python on caches the GEMMs just emptied, about the time onnxruntime's C++ takes for the
+whole op, and the four together 5-9% of all-MiniLM-L6-v2 at 1 x 16 (benchmarks/RESULTS.md,
+"Less Python per run"). Model compute never qualifies: a value that reads a weight (a float
+initializer of more than one element, e.g. an embedding table, or a shape-only value made from
+one, e.g. gathered position embeddings) or a float input is outside the rule, so a benchmark
+repeating one feed does not skip any layer."""
 from __future__ import annotations
 
 from typing import Any
@@ -28,8 +29,6 @@ from .graph import Graph
 # dropped first), and only when they take at most this many bytes for one input shape.
 SHAPE_CACHE_ENTRIES = 16
 SHAPE_CACHE_MAX_BYTES = 1 << 22
-# Ops whose output shape depends on the *values* of these inputs (kernels/core/ops.py semantics);
-# every other op's output shape follows from its inputs' shapes and attributes.
 # Mask values: remembered for this many (shapes, integer input bytes) keys, at most this many
 # bytes of values each. The constants of the plumbing: integer initializers of at most this
 # many elements (shape vectors, axes) and scalars (a Where's 0 and -inf); a float initializer
@@ -45,6 +44,8 @@ INTEGER_DTYPES = {"int8", "int16", "int32", "int64", "uint8", "uint16", "uint32"
 # ops whose result is not a function of their inputs (kernels/core/ops.py has none today; listed so
 # that adding one cannot make its values remembered)
 RANDOM_OPS = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Bernoulli", "Multinomial"}
+# Ops whose output shape depends on the *values* of these inputs (kernels/core/ops.py semantics);
+# every other op's output shape follows from its inputs' shapes and attributes.
 SHAPE_GIVING_INPUTS = {"Reshape": (1,), "Expand": (1,), "Tile": (1,), "Slice": (1, 2, 3, 4),
                        "Range": (0, 1, 2), "ConstantOfShape": (0,)}
 
@@ -77,11 +78,14 @@ class ShapeCache:
         self._entries: dict[tuple, list] = {}
 
         # mask values: a node reading an integer input or a mask value, and otherwise only
-        # shape-only values and small constants, gives mask values
+        # small constants and the shape-only values made of them (and of Shape), gives mask values
         integer_inputs = {v.name for v in graph.inputs if v.dtype in INTEGER_DTYPES}
-        small = {name for name, t in graph.initializers.items()
-                 if int(np.prod(t.shape)) <= (MASK_CONST_MAX_ELEMENTS if t.dtype in INTEGER_DTYPES else 1)}
-        plumbing = (shape_only - set(graph.initializers)) | small | {""}
+        plumbing = {name for name, t in graph.initializers.items()
+                    if int(np.prod(t.shape)) <= (MASK_CONST_MAX_ELEMENTS if t.dtype in INTEGER_DTYPES else 1)}
+        plumbing.add("")
+        for k, node in enumerate(graph.nodes):
+            if k in shape_steps and (node.op == "Shape" or all(i in plumbing for i in node.inputs)):
+                plumbing.update(node.outputs)
         mask_vals: set[str] = set()
         mask_steps: set[int] = set()
         key_inputs: set[str] = set()

@@ -54,6 +54,24 @@ def test_mask_values_are_the_integer_plumbing_only():
     assert cache.mask_key_slots == (sess._input_slots[1][1],)      # keyed on 'mask' alone
 
 
+def test_a_value_made_from_a_weight_is_never_a_mask_value():
+    """A shape-only value that copies a weight (gathered position embeddings, here an Identity
+    of a 4-element table) counts as the weight: what reads it is model compute."""
+    w = np.array([0.5, -1.0, 2.0, 3.0], np.float32)
+    nodes = [Node("wi", "Identity", ["w"], ["wi"]),
+             Node("cast", "Cast", ["mask"], ["mf"], {"to": "float32"}),
+             Node("mul", "Mul", ["mf", "wi"], ["y"])]
+    g = Graph("w", [Value("mask", "int64", ("b", 4))], [Value("y", "float32", ("b", 4))], nodes,
+              {"w": dense_tensor("w", w)})
+    g.validate()
+    sess = InferenceSession(g, backend="reference")
+    cache = sess._shape_cache
+    assert [s.where.split("'")[1] for s in cache.value_steps if s not in cache.mask_steps] == ["cast"]
+    mask = np.array([[1, 0, 1, 1]], np.int64)
+    for _ in range(3):
+        np.testing.assert_array_equal(sess.run(None, {"mask": mask})[0], mask * w)
+
+
 def test_mask_values_remembered_per_input_bytes_and_recomputed_for_new_ones():
     g = _mask_graph()
     sess = InferenceSession(g, backend="reference")
