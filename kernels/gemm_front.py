@@ -170,6 +170,20 @@ def rows_of(x: Any, k: int, weight: PackedTensor) -> tuple[np.ndarray, np.ndarra
     return x, x.reshape(-1, k)
 
 
+def float32_rows_run(kernel: Callable[[np.ndarray, Any], np.ndarray], k: int, n: int,
+                     general: Callable[..., tuple]) -> Callable[..., tuple]:
+    """A Linear's fast run (``gemm_factory``'s ``fast``): C-contiguous float32 X (..., K) and a
+    float32 / float64 bias (N,) or None go straight to ``kernel(X (M, K), bias) -> Y (M, N)``
+    float32 (a C++ binding with everything else bound, e.g. by functools.partial, and which
+    checks the bias's shape); anything else to ``general``."""
+    def run(x, _weight=None, bias=None):
+        if (type(x) is np.ndarray and x.dtype == F32 and x.ndim and x.shape[-1] == k and x.flags.c_contiguous
+                and (bias is None or (type(bias) is np.ndarray and bias.dtype in F32_F64))):
+            return (kernel(x.reshape(-1, k), bias).reshape(x.shape[:-1] + (n,)),)
+        return general(x, _weight, bias)
+    return run
+
+
 def bias64(bias: Any, n: int, op: str) -> np.ndarray | None:
     """The bias as contiguous float64 (N,) (exact from any float32 / integer bias), or None."""
     if bias is None:

@@ -34,11 +34,13 @@ Other cases, each with the numerics of the kernel it uses:
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Callable
 
 import numpy as np
 
-from kernels.gemm_front import F32, F32_F64, activate_after, bias32_or_64, gemm_factory, rows_of, weight_only
+from kernels.gemm_front import (F32_F64, activate_after, bias32_or_64, float32_rows_run, gemm_factory, rows_of,
+                                weight_only)
 from kernels.reference.packed import PreparedWeight, packed_linear_ref
 from kernels.registry import register
 
@@ -94,21 +96,12 @@ def int8_linear(x: Any, plan: Int8Plan, bias: Any = None, activation: str = "non
 
 
 def _fast_int8_linear(plan: Int8Plan, a: Any, general: Callable[..., tuple]) -> Callable[..., tuple] | None:
-    """gemm_front's fast run: C-contiguous float32 X (..., K) and a float32 / float64 bias
-    (N,) or None straight into the kernel; anything else to ``general``."""
+    """gemm_front's fast run (float32_rows_run) on the packed weight; None for weight-only."""
     if plan.act_quant == "none":       # weight-only: no packed weight
         return None
-    packed, k, n, activation = plan.packed, plan.k, plan.n, a.activation
-    act_quant, act_scale, act_zero_point = plan.act_quant, plan.act_scale, plan.act_zero_point
-
-    def run(x, _weight=None, bias=None):
-        if (type(x) is np.ndarray and x.dtype == F32 and x.ndim and x.shape[-1] == k and x.flags.c_contiguous
-                and (bias is None or (type(bias) is np.ndarray and bias.dtype in F32_F64))):
-            y = _native.int8_linear(packed, x.reshape(-1, k), bias, act_quant, act_scale, act_zero_point,
-                                    activation=activation)     # (M, N) float32; checks the bias's shape
-            return (y.reshape(x.shape[:-1] + (n,)),)
-        return general(x, _weight, bias)
-    return run
+    kernel = partial(_native.int8_linear, plan.packed, act_quant=plan.act_quant, act_scale=plan.act_scale,
+                     act_zero_point=plan.act_zero_point, activation=a.activation)
+    return float32_rows_run(kernel, plan.k, plan.n, general)
 
 
 int8_linear_factory = register("Linear", "native", "int8")(gemm_factory(

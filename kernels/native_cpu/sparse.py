@@ -21,12 +21,13 @@ Other cases, each with the numerics of the code it runs (not fast, not small):
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Callable
 
 import numpy as np
 
 from kernels.core.layouts import PackedTensor
-from kernels.gemm_front import F32, F32_F64, bias32_or_64, gemm_factory, rows_of, weight_only
+from kernels.gemm_front import F32_F64, bias32_or_64, float32_rows_run, gemm_factory, rows_of, weight_only
 from kernels.reference.packed import PreparedWeight, packed_linear_ref
 from kernels.registry import register
 
@@ -89,21 +90,12 @@ def sparse_linear(x: Any, plan: SparsePlan, bias: Any = None) -> np.ndarray:
 
 
 def _fast_sparse_linear(plan: SparsePlan, a: Any, general: Callable[..., tuple]) -> Callable[..., tuple] | None:
-    """gemm_front's fast run: C-contiguous float32 X (..., K) and a float32 / float64 bias
-    (N,) or None straight into the kernel; anything else to ``general``."""
+    """gemm_front's fast run (float32_rows_run) on the packed weight; None for weight-only."""
     if plan.act_quant == "none":       # weight-only: no packed weight
         return None
-    packed, k, n = plan.packed, plan.k, plan.n
-    act_quant, act_scale, act_zero_point = plan.act_quant, plan.act_scale, plan.act_zero_point
-
-    def run(x, _weight=None, bias=None):
-        if (type(x) is np.ndarray and x.dtype == F32 and x.ndim and x.shape[-1] == k and x.flags.c_contiguous
-                and (bias is None or (type(bias) is np.ndarray and bias.dtype in F32_F64))):
-            y = _native.sparse_int8_linear(packed, x.reshape(-1, k), bias, act_quant, act_scale,
-                                           act_zero_point)     # (M, N) float32; checks the bias's shape
-            return (y.reshape(x.shape[:-1] + (n,)),)
-        return general(x, _weight, bias)
-    return run
+    kernel = partial(_native.sparse_int8_linear, plan.packed, act_quant=plan.act_quant, act_scale=plan.act_scale,
+                     act_zero_point=plan.act_zero_point)
+    return float32_rows_run(kernel, plan.k, plan.n, general)
 
 
 _factory = gemm_factory("Linear", lambda w, a, _: SparsePlan(w, **a.quant),
