@@ -408,11 +408,17 @@ def test_one_thread_right_after_a_blas_gemm(monkeypatch):
     from kernels.native_cpu import fused as native_fused
     _native.set_threads(2)
     seen = []
-    blas_activity.note_blas_call()
-    native_fused._away_from_blas(lambda: seen.append(_native.get_threads()))
-    monkeypatch.setattr(blas_activity, "_last_blas_call", [float("-inf")])
-    native_fused._away_from_blas(lambda: seen.append(_native.get_threads()))
-    assert seen == [1, 2] and _native.get_threads() == 2
+    monkeypatch.setattr(_native, "skip_layer_norm", lambda *a: seen.append(_native.get_threads()))
+    monkeypatch.setattr(_native, "attention", lambda *a: seen.append(_native.get_threads()))
+    x = np.ones((2, 8), np.float32)
+    q = np.ones((1, 2, 8), np.float32)
+    for call in (lambda: native_fused.skip_layer_norm(x, x, x[0], None, 1e-5),
+                 lambda: native_fused.attention(q, q, q, None, 4, 0.5)):
+        blas_activity.note_blas_call()
+        call()
+        monkeypatch.setattr(blas_activity, "_last_blas_call", [float("-inf")])
+        call()
+    assert seen == [1, 2, 1, 2] and _native.get_threads() == 2
 
 
 @pytest.mark.parametrize("backend", ["reference", "numba", "native"])

@@ -52,16 +52,15 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | No
     args = (_last_axis_contiguous(q), _last_axis_contiguous(k), _last_axis_contiguous(v), mask, int(head_dim),
             float(scale), "auto", bool(nan_to_zero))
     if blas_recently_called():
-        return _away_from_blas(_native.attention, *args)
+        return _on_one_thread(_native.attention, *args)
     return _native.attention(*args)
 
 
-def _away_from_blas(kernel, *args):
-    """kernel(*args), on one thread when a BLAS GEMM ran just before: OpenBLAS's spinning
-    workers would stall the second OpenMP thread (kernels/blas_activity.py; fp32 BERT with
-    native attention 64 ms per run, with native SkipLayerNorm too 104 ms, instead of ~25)."""
-    if not blas_recently_called():
-        return kernel(*args)
+def _on_one_thread(kernel, *args):
+    """kernel(*args) on one thread: the callers' choice when a BLAS GEMM ran just before
+    (blas_recently_called), whose spinning OpenBLAS workers would stall the second thread
+    (kernels/blas_activity.py; fp32 BERT with native attention 64 ms per run, with native
+    SkipLayerNorm too 104 ms, instead of ~25)."""
     threads = _native.get_threads()
     _native.set_threads(1)
     try:
@@ -79,7 +78,7 @@ def skip_layer_norm(x: np.ndarray, skip: np.ndarray, scale: np.ndarray, bias: np
     c = np.ascontiguousarray
     args = (c(x), c(skip), c(scale), None if bias is None else c(bias))
     if blas_recently_called():
-        return _away_from_blas(_native.skip_layer_norm, *args, float(epsilon))
+        return _on_one_thread(_native.skip_layer_norm, *args, float(epsilon))
     return _native.skip_layer_norm(*args, float(epsilon))
 
 
