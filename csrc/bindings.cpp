@@ -319,6 +319,31 @@ PYBIND11_MODULE(_native, m) {
         "How many times the work pool (csrc/work_pool.h) ran each of `items` items on `threads` "
         "threads, each item spinning `spin` steps (for tests: every count must be 1); raises "
         "RuntimeError if a participant slot was out of range or held by two threads.");
+    m.def("work_pool_order", [](int64_t items, int threads, int64_t spin) {
+            if (items < 0 || threads < 1 || spin < 0)
+                throw py::value_error("items >= 0, threads >= 1 and spin >= 0 expected");
+            // per item: the slot that ran it and its place among that slot's items
+            std::vector<int64_t> slot_of(static_cast<size_t>(items), -1), place(static_cast<size_t>(items), -1);
+            std::vector<int64_t> ran(static_cast<size_t>(threads), 0);   // a slot is one thread
+            {
+                py::gil_scoped_release release;
+                qrt::parallel_items(items, threads, [&](int64_t i, int slot) {
+                    volatile int64_t sink = 0;
+                    for (int64_t t = 0; t < spin; ++t) sink = sink + t;
+                    slot_of[static_cast<size_t>(i)] = slot;
+                    place[static_cast<size_t>(i)] = ran[static_cast<size_t>(slot)]++;
+                });
+            }
+            py::array_t<int64_t> out({items, int64_t(2)});
+            for (int64_t i = 0; i < items; ++i) {
+                out.mutable_at(i, 0) = slot_of[static_cast<size_t>(i)];
+                out.mutable_at(i, 1) = place[static_cast<size_t>(i)];
+            }
+            return out;
+        },
+        py::arg("items"), py::arg("threads"), py::arg("spin") = 0,
+        "(items, 2) int64: for each item the work pool's slot that ran it (0: the caller) and "
+        "its place in that slot's order of work (for tests of the claim order).");
 
     bind_sparse(m);
     bind_fused(m);

@@ -274,12 +274,15 @@ bool int8_has_openmp() {
 
 namespace {
 
-// Below this many multiply-adds one thread is as fast as two: a parallel region costs a few
-// microseconds even with the workers spinning (GOMP_SPINCOUNT, kernels/native_cpu/__init__.py).
-// Measured on the 2-core dev machine: 0.6 M (M = 1, K = 384, N = 1536) no faster on two
-// threads; 2.4 M (M = 16, K = N = 384) 19 us on one, 14 us on two. The numba backend found
-// the same break-even (vnni.PARALLEL_MIN_MACS).
-constexpr int64_t kParallelMinMacs = int64_t(1) << 21;
+// Below this many multiply-adds one thread is as fast as two: handing work to the pool costs a
+// few microseconds even with the workers spinning. Measured on Zen 4 (2 vCPU, AVX-512 VNNI,
+// RESULTS.md "Two threads from 0.26 M multiply-adds"), one thread against two, median us: M = 1,
+// (K, N) = (384, 384) (0.15 M) 2.43 / 2.47; (384, 1152) (0.44 M) 5.31 / 3.95; (768, 2304)
+// (1.8 M) 22.2 / 12.1; M = 4, (384, 384) (0.59 M) 4.39 / 4.20. A GEMV streams its weight, and
+// two cores stream it at twice the rate of one, each from its own L2 when the work pool keeps
+// the same panels on the same core (work_pool.h). The limit was 2 M before that pool split its
+// items by participant (each call gave the threads a different mix of panels).
+constexpr int64_t kParallelMinMacs = int64_t(1) << 18;
 // Rows of u one block of work reads for every panel: a block of MC rows x K bytes stays in the
 // core's L2 (1 MiB on Zen 4, 2 MiB on recent Intel) next to the weight panel (K x 64 bytes)
 // being multiplied, while each panel is streamed once per block.

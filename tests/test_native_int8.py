@@ -310,6 +310,27 @@ def test_work_pool_runs_every_item_once(threads):
     assert all(r.shape == (400 + i,) and (r == 1).all() for i, r in enumerate(results))
 
 
+@pytest.mark.parametrize("threads", [2, 3])
+def test_work_pool_takes_its_own_range_first(threads):
+    """csrc/work_pool.h: the items are split into one contiguous range per participant, which
+    works through its own range (front to back) before it takes what is left of the others'. So
+    on quiet cores every call gives the same items to the same thread (a GEMM's weight panels
+    stay in that core's L2). With one shared counter, a worker that joined took the items after
+    the caller's first ones, outside its range, and only later reached its own."""
+    items, spin = 600, 2000
+    for _ in range(5):
+        order = _native.work_pool_order(items, threads, spin)
+        assert (order[:, 0] >= 0).all() and (order[:, 0] < threads).all()
+        for slot in range(threads):
+            mine = np.flatnonzero(order[:, 0] == slot)
+            seq = mine[np.argsort(order[mine, 1])]             # the items in the order it ran them
+            lo, hi = items * slot // threads, items * (slot + 1) // threads
+            own = (seq >= lo) & (seq < hi)
+            first_foreign = int(np.argmin(own)) if not own.all() else len(seq)
+            assert own[:first_foreign].all() and not own[first_foreign:].any(), (slot, seq[:20])
+            assert (np.diff(seq[:first_foreign]) > 0).all(), slot   # its range front to back
+
+
 def test_work_pool_after_fork():
     """A forked child (multiprocessing, Ray workers) has none of the parent's pool threads:
     its first parallel GEMM must run (on a fresh pool), not wait for them."""
