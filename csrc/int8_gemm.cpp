@@ -276,7 +276,8 @@ namespace {
 
 // Below this many multiply-adds one thread is as fast as two: handing work to the pool costs a
 // few microseconds even with the workers spinning. Measured on Zen 4 (2 vCPU, AVX-512 VNNI,
-// RESULTS.md "Two threads from 0.26 M multiply-adds"), one thread against two, median us: M = 1,
+// RESULTS.md "The work pool hands each thread the same items on quiet cores"), one thread
+// against two, median us: M = 1,
 // (K, N) = (384, 384) (0.15 M) 2.43 / 2.47; (384, 1152) (0.44 M) 5.31 / 3.95; (768, 2304)
 // (1.8 M) 22.2 / 12.1; M = 4, (384, 384) (0.59 M) 4.39 / 4.20. A GEMV streams its weight, and
 // two cores stream it at twice the rate of one, each from its own L2 when the work pool keeps

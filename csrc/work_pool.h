@@ -6,7 +6,7 @@
 // descheduled for a whole time slice (milliseconds) before it even starts, and the region,
 // whose work takes tens of microseconds, then waits for it: RESULTS.md, "The default export
 // fuses", qrt int8 at 350-560 ms beside busy processes against 20 ms quiet. Here the caller
-// claims items from a shared counter like every worker; it returns once every *claimed* item
+// claims items like every worker (its own range of them first, work_pool.cpp); it returns once every *claimed* item
 // is done, so a worker that wakes late finds nothing left and holds no one up. Only a worker
 // descheduled in the middle of an item is waited for (an item is short: one row block times
 // one 64-column panel of a GEMM).
