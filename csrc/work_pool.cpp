@@ -40,13 +40,12 @@ struct alignas(64) Range {
 
 struct Job {
     const std::function<void(int64_t, int)>* fn = nullptr;
-    int64_t total = 0;
     int slots = 1;
     std::unique_ptr<Range[]> ranges;
     std::atomic<int64_t> done{0};
 
     Job(const std::function<void(int64_t, int)>* f, int64_t items, int participants)
-        : fn(f), total(items), slots(participants), ranges(new Range[participants]) {
+        : fn(f), slots(participants), ranges(new Range[participants]) {
         for (int s = 0; s < slots; ++s) {
             ranges[s].next.store(items * s / slots, std::memory_order_relaxed);
             ranges[s].end = items * (s + 1) / slots;

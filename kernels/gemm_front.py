@@ -16,6 +16,7 @@ import hashlib
 import threading
 import weakref
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Callable
 
 import numpy as np
@@ -170,12 +171,20 @@ def rows_of(x: Any, k: int, weight: PackedTensor) -> tuple[np.ndarray, np.ndarra
     return x, x.reshape(-1, k)
 
 
-def float32_rows_run(kernel: Callable[[np.ndarray, Any], np.ndarray], k: int, n: int,
-                     general: Callable[..., tuple]) -> Callable[..., tuple]:
-    """A Linear's fast run (``gemm_factory``'s ``fast``): C-contiguous float32 X (..., K) and a
-    float32 / float64 bias (N,) or None go straight to ``kernel(X (M, K), bias) -> Y (M, N)``
-    float32 (a C++ binding with everything else bound, e.g. by functools.partial, and which
-    checks the bias's shape); anything else to ``general``."""
+def packed_rows_run(binding: Callable[..., np.ndarray], plan: Any, general: Callable[..., tuple],
+                    **bound: Any) -> Callable[..., tuple] | None:
+    """A Linear's fast run (``gemm_factory``'s ``fast``) on a plan
+    (kernels.reference.packed.PreparedWeight) that packed its weight for quantized activations:
+    C-contiguous float32 X (..., K) and a float32 / float64 bias (N,) or None go straight to
+    ``binding(plan.packed, X (M, K), bias, act_quant=, act_scale=, act_zero_point=, **bound)
+    -> Y (M, N)`` float32 (a C++ binding, which checks the bias's shape); anything else to
+    ``general``. None for a weight-only plan (no packed weight)."""
+    if plan.act_quant == "none":
+        return None
+    kernel = partial(binding, plan.packed, act_quant=plan.act_quant, act_scale=plan.act_scale,
+                     act_zero_point=plan.act_zero_point, **bound)
+    k, n = plan.k, plan.n
+
     def run(x, _weight=None, bias=None):
         if (type(x) is np.ndarray and x.dtype == F32 and x.ndim and x.shape[-1] == k and x.flags.c_contiguous
                 and (bias is None or (type(bias) is np.ndarray and bias.dtype in F32_F64))):

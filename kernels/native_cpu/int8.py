@@ -34,12 +34,11 @@ Other cases, each with the numerics of the kernel it uses:
 """
 from __future__ import annotations
 
-from functools import partial
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
-from kernels.gemm_front import (F32_F64, activate_after, bias32_or_64, float32_rows_run, gemm_factory, rows_of,
+from kernels.gemm_front import (F32_F64, activate_after, bias32_or_64, gemm_factory, packed_rows_run, rows_of,
                                 weight_only)
 from kernels.reference.packed import PreparedWeight, packed_linear_ref
 from kernels.registry import register
@@ -95,16 +94,7 @@ def int8_linear(x: Any, plan: Int8Plan, bias: Any = None, activation: str = "non
     return activate_after(packed_linear_ref(x, plan.reference(), bias), activation)
 
 
-def _fast_int8_linear(plan: Int8Plan, a: Any, general: Callable[..., tuple]) -> Callable[..., tuple] | None:
-    """gemm_front's fast run (float32_rows_run) on the packed weight; None for weight-only."""
-    if plan.act_quant == "none":       # weight-only: no packed weight
-        return None
-    kernel = partial(_native.int8_linear, plan.packed, act_quant=plan.act_quant, act_scale=plan.act_scale,
-                     act_zero_point=plan.act_zero_point, activation=a.activation)
-    return float32_rows_run(kernel, plan.k, plan.n, general)
-
-
 int8_linear_factory = register("Linear", "native", "int8")(gemm_factory(
     "Linear", lambda w, a, _: Int8Plan(w, **a.quant),
     lambda x, plan, bias, a: int8_linear(x, plan, bias, a.activation), fused=True, name="int8_linear_factory",
-    fast=_fast_int8_linear))
+    fast=lambda plan, a, run: packed_rows_run(_native.int8_linear, plan, run, activation=a.activation)))

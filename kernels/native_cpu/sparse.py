@@ -21,13 +21,12 @@ Other cases, each with the numerics of the code it runs (not fast, not small):
 """
 from __future__ import annotations
 
-from functools import partial
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from kernels.core.layouts import PackedTensor
-from kernels.gemm_front import F32_F64, bias32_or_64, float32_rows_run, gemm_factory, rows_of, weight_only
+from kernels.gemm_front import F32_F64, bias32_or_64, gemm_factory, packed_rows_run, rows_of, weight_only
 from kernels.reference.packed import PreparedWeight, packed_linear_ref
 from kernels.registry import register
 
@@ -89,18 +88,9 @@ def sparse_linear(x: Any, plan: SparsePlan, bias: Any = None) -> np.ndarray:
     return packed_linear_ref(x, plan.reference(), bias)
 
 
-def _fast_sparse_linear(plan: SparsePlan, a: Any, general: Callable[..., tuple]) -> Callable[..., tuple] | None:
-    """gemm_front's fast run (float32_rows_run) on the packed weight; None for weight-only."""
-    if plan.act_quant == "none":       # weight-only: no packed weight
-        return None
-    kernel = partial(_native.sparse_int8_linear, plan.packed, act_quant=plan.act_quant, act_scale=plan.act_scale,
-                     act_zero_point=plan.act_zero_point)
-    return float32_rows_run(kernel, plan.k, plan.n, general)
-
-
 _factory = gemm_factory("Linear", lambda w, a, _: SparsePlan(w, **a.quant),
                         lambda x, plan, bias, a: sparse_linear(x, plan, bias), name="sparse_linear_factory",
-                        fast=_fast_sparse_linear)
+                        fast=lambda plan, a, run: packed_rows_run(_native.sparse_int8_linear, plan, run))
 
 
 for _layout in SPARSE_LAYOUTS:
