@@ -344,6 +344,16 @@ PYBIND11_MODULE(_native, m) {
         py::arg("items"), py::arg("threads"), py::arg("spin") = 0,
         "(items, 2) int64: for each item the work pool's slot that ran it (0: the caller) and "
         "its place in that slot's order of work (for tests of the claim order).");
+    m.def("work_pool_moves", &qrt::work_pool_moves,
+          "How many times a work pool worker, woken on its caller's CPU, moved itself to another CPU.");
+    m.def("move_thread_off", [](int cpu) {
+            if (cpu < 0) throw py::value_error("cpu must be >= 0, got " + std::to_string(cpu));
+            py::gil_scoped_release release;
+            return qrt::move_thread_off(cpu);
+        },
+        py::arg("cpu"), "Move the calling thread off `cpu` the way a work pool worker does (its affinity set "
+        "left as it was): the CPU it moved to, -1 where nothing moved. For tests.");
+    m.def("thread_cpu", &qrt::thread_cpu, "The CPU the calling thread runs on (-1: unknown).");
 
     bind_sparse(m);
     bind_fused(m);

@@ -2,6 +2,9 @@
 #include "work_pool.h"
 
 #include <pthread.h>
+#if defined(__linux__)
+#include <sched.h>
+#endif
 
 #include <atomic>
 #include <chrono>
@@ -41,6 +44,7 @@ struct alignas(64) Range {
 struct Job {
     const std::function<void(int64_t, int)>* fn = nullptr;
     int slots = 1;
+    int caller_cpu = -1;                      // where the caller published the job (-1: unknown)
     std::unique_ptr<Range[]> ranges;
     std::atomic<int64_t> done{0};
 
@@ -67,6 +71,41 @@ void work_on(Job& job, int slot) {
     }
 }
 
+// The CPU the calling thread runs on now, -1 where that is unknown.
+int current_cpu() {
+#if defined(__linux__)
+    return sched_getcpu();
+#else
+    return -1;
+#endif
+}
+
+// Moves the calling thread off `cpu` to another CPU it may run on, and leaves it free to run
+// anywhere it could before; returns the CPU it moved to, or -1 (nothing moved) where the
+// affinity cannot be read or set or no other CPU is allowed. Why: Linux may wake a sleeping
+// worker on its waker's CPU (wake-affine placement) although another CPU is idle; measured on
+// the 2-vCPU VMs of RESULTS.md ("Two threads on one CPU"), after most pauses of a millisecond
+// or more. The worker then shares the caller's CPU: it runs only when the caller waits, every
+// parallel call takes one thread's time plus the switches, and the balancer does not separate
+// the two, because the worker sleeps between jobs and never looks like load. Narrowing the
+// thread's affinity to the other CPUs migrates it at once; restoring the old set does not move
+// it back.
+int move_off(int cpu) {
+#if defined(__linux__)
+    cpu_set_t allowed;
+    if (cpu < 0 || cpu >= CPU_SETSIZE || sched_getaffinity(0, sizeof allowed, &allowed) != 0) return -1;
+    cpu_set_t others = allowed;
+    CPU_CLR(cpu, &others);
+    if (CPU_COUNT(&others) == 0 || sched_setaffinity(0, sizeof others, &others) != 0) return -1;
+    const int landed = sched_getcpu();
+    sched_setaffinity(0, sizeof allowed, &allowed);
+    return landed;
+#else
+    (void)cpu;
+    return -1;
+#endif
+}
+
 // A worker spins this long for the next job before it sleeps: the next layer's GEMM usually
 // follows within tens of microseconds, and waking a sleeping thread costs about as much.
 constexpr auto kSpin = std::chrono::microseconds(50);
@@ -76,6 +115,7 @@ class Pool {
     void run(int64_t items, int threads, const std::function<void(int64_t, int)>& fn) {
         const int helpers = static_cast<int>(std::min<int64_t>(threads - 1, items - 1));
         auto job = std::make_shared<Job>(&fn, items, helpers + 1);
+        job->caller_cpu = current_cpu();
         {
             std::lock_guard<std::mutex> lock(mu_);
             while (static_cast<int>(workers_) < helpers) {
@@ -96,6 +136,8 @@ class Pool {
         }
     }
 
+    int64_t moves() const { return moves_.load(std::memory_order_relaxed); }
+
   private:
     void worker(int index) {
         uint64_t seen = gen_.load(std::memory_order_acquire);
@@ -110,8 +152,12 @@ class Pool {
                 seen = gen_.load(std::memory_order_relaxed);
                 if (index < helpers_) job = current_;
             }
+            if (!job) continue;
+            // on the caller's CPU it could only take turns with the caller: move off first
+            if (job->caller_cpu >= 0 && current_cpu() == job->caller_cpu && move_off(job->caller_cpu) >= 0)
+                moves_.fetch_add(1, std::memory_order_relaxed);
             // index < helpers <= threads - 1: slot index + 1 is below the job's thread count
-            if (job) work_on(*job, index + 1);
+            work_on(*job, index + 1);
         }
     }
 
@@ -121,6 +167,7 @@ class Pool {
     std::shared_ptr<Job> current_;
     int helpers_ = 0;
     size_t workers_ = 0;
+    std::atomic<int64_t> moves_{0};           // move_off calls that moved a worker
 };
 
 // Never destroyed: its detached workers wait on it until the process ends. A forked child has
@@ -148,6 +195,12 @@ void parallel_items(int64_t items, int threads, const std::function<void(int64_t
     }
     pool().run(items, threads, fn);
 }
+
+int64_t work_pool_moves() { return pool().moves(); }
+
+int move_thread_off(int cpu) { return move_off(cpu); }
+
+int thread_cpu() { return current_cpu(); }
 
 void parallel_items(int64_t items, int threads, const std::function<void(int64_t)>& fn) {
     parallel_items(items, threads, std::function<void(int64_t, int)>([&fn](int64_t i, int) { fn(i); }));

@@ -11,6 +11,9 @@
 // descheduled in the middle of an item is waited for (an item is short: one row block times
 // one 64-column panel of a GEMM).
 //
+// A worker that joins a job on its caller's CPU (where Linux's wake-affine placement may put a
+// woken thread) moves to another CPU of its affinity set first (work_pool.cpp, move_off).
+//
 // Numerics do not depend on it: every item writes its own outputs, so who ran an item, and
 // how many threads there were, never changes a result.
 #pragma once
@@ -32,5 +35,17 @@ void parallel_items(int64_t items, int threads, const std::function<void(int64_t
 // thread, 1 .. threads - 1 for the workers that joined this call; within one call a slot is
 // only ever one thread, so per-slot scratch (an array of `threads` entries) needs no lock.
 void parallel_items(int64_t items, int threads, const std::function<void(int64_t, int)>& fn);
+
+// How many times a worker found itself woken on its caller's CPU and moved to another
+// (work_pool.cpp, move_off): for benchmarks and tests.
+int64_t work_pool_moves();
+
+// The calling thread moved off `cpu` to another CPU of its affinity set, the set itself left
+// as it was: returns the CPU it was moved to (read before the set was restored), -1 where
+// nothing moved (no other CPU allowed, or not Linux). For tests.
+int move_thread_off(int cpu);
+
+// The CPU the calling thread runs on, -1 where unknown.
+int thread_cpu();
 
 }  // namespace qrt

@@ -85,7 +85,9 @@ SPINNING_POOL_SWITCH_S = 5e-3
 # per candidate and round: at least MIN_CALLS timed calls, more until MIN_SECONDS, at most
 # MAX_CALLS; ROUNDS rounds over all candidates, each candidate's quietest round counts
 MIN_CALLS, MAX_CALLS, MIN_SECONDS, ROUNDS = 3, 30, 0.01, 3
-CACHE_VERSION = 3        # bumped when the measurement or the decision rule changes: older entries are re-measured
+CACHE_VERSION = 4        # bumped when the measurement or the decision rule changes: older entries are re-measured
+# (4: candidates on a backend other than the stored one are timed with the session's thread count;
+# before, a threads=1 session timed numba on its whole pool)
 
 
 @dataclass(frozen=True)

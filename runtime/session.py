@@ -290,7 +290,11 @@ class InferenceSession:
         self._steps = [Step(run, ins, outs, tuple(frees_at.get(k, ())), where)
                        for k, (run, ins, outs, where) in enumerate(raw_steps)]
         self._shape_cache = ShapeCache(graph, slots, self._steps)
-        used = dict.fromkeys(p.backend for p in self._planned)
+        # every backend a step may run on: the planned nodes' and the candidates of the layers
+        # the planner decides at run time (a threads=1 session whose planner picked numba for a
+        # layer ran it on numba's whole pool before: RESULTS.md, "Two threads on one CPU")
+        used = dict.fromkeys([p.backend for p in self._planned]
+                             + [c.backend for layer, _, _ in self._planned_layers for c in layer.cands])
         self._thread_setters = [f for f in map(registry.thread_setter, used) if f is not None]
         self._template = template
         self._slots = slots

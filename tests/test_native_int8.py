@@ -331,6 +331,56 @@ def test_work_pool_takes_its_own_range_first(threads):
             assert (np.diff(seq[:first_foreign]) > 0).all(), slot   # its range front to back
 
 
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs Linux and two CPUs this process may use")
+def test_move_thread_off_moves_and_keeps_the_affinity():
+    """csrc/work_pool.cpp, move_off: the calling thread lands on another CPU it may use, and its
+    affinity set afterwards is the one it had (it may run anywhere again)."""
+    allowed = os.sched_getaffinity(0)
+    cpu = _native.thread_cpu()
+    assert cpu in allowed
+    landed = _native.move_thread_off(cpu)
+    assert landed in allowed and landed != cpu
+    assert os.sched_getaffinity(0) == allowed
+    with pytest.raises(ValueError, match="cpu must be >= 0"):
+        _native.move_thread_off(-1)
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs Linux and two CPUs this process may use")
+def test_work_pool_worker_leaves_the_callers_cpu():
+    """A pool worker that runs a job on its caller's CPU moves to another one (work_pool.cpp,
+    move_off): Linux may wake it there (wake-affine), and there it could only take turns with
+    the caller. In a child process: the caller pinned to one CPU, the sleeping worker put on the
+    same CPU (free to run elsewhere); after one job the worker must have left that CPU. Without
+    the move it stays wherever the scheduler woke it, often on the caller's CPU."""
+    code = ("import os, sys, time\n"
+            "from kernels.native_cpu import _native\n"
+            "allowed = sorted(os.sched_getaffinity(0))\n"
+            "before = set(os.listdir('/proc/self/task'))\n"
+            "_native.work_pool_counts(100, 2, 100)\n"
+            "(worker,) = [int(t) for t in set(os.listdir('/proc/self/task')) - before]\n"
+            "c = allowed[0]\n"
+            "os.sched_setaffinity(0, {c})\n"
+            "os.sched_setaffinity(worker, {c})\n"
+            "_native.work_pool_counts(100, 2, 100)\n"       # the worker runs on c, then sleeps there
+            "time.sleep(0.05)\n"
+            "os.sched_setaffinity(worker, set(allowed))\n"
+            "def cpu(tid):\n"
+            "    return int(open(f'/proc/self/task/{tid}/stat').read().rsplit(')', 1)[1].split()[36])\n"
+            "assert cpu(worker) == c, cpu(worker)\n"
+            "assert (_native.work_pool_counts(200, 2, 20000) == 1).all()\n"
+            "for _ in range(200):\n"
+            "    if cpu(worker) != c:\n"
+            "        break\n"
+            "    time.sleep(0.005)\n"
+            "print(cpu(worker), _native.work_pool_moves())\n"
+            "sys.exit(0 if cpu(worker) != c else 1)\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, timeout=60, capture_output=True, text=True)
+    assert done.returncode == 0, (done.stdout, done.stderr)
+
+
 def test_work_pool_after_fork():
     """A forked child (multiprocessing, Ray workers) has none of the parent's pool threads:
     its first parallel GEMM must run (on a fresh pool), not wait for them."""

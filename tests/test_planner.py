@@ -355,6 +355,36 @@ def test_session_falls_back_from_slower_sparse_to_dense_int8(backend, monkeypatc
     assert len(timed) == len(rec["times_ms"])
 
 
+@pytest.mark.skipif(not {"native", "numba"} <= set(FAST), reason="needs the native and numba backends")
+@pytest.mark.parametrize("threads", [1, 2])
+def test_session_threads_reach_every_candidate_backend(threads, monkeypatch):
+    """A session's thread count reaches the backends its planner may pick at run time, not only
+    the stored layout's: an int8 layer stored for the native backend also has a numba
+    candidate, which must be timed and run with the session's threads (a threads=1 session
+    timed numba on its whole pool, picked it, and then woke numba's OpenMP workers at every
+    call: 11 ms instead of 2 ms per MiniLM run after a 20 ms pause, RESULTS.md)."""
+    import numba
+    pool = numba.config.NUMBA_NUM_THREADS
+    if pool < 2:
+        pytest.skip("numba's pool has one thread")
+    seen: dict[str, int] = {}
+
+    def fake_measure(runs, inputs):
+        for label, run in runs.items():
+            run(*inputs)
+            seen[label] = numba.get_num_threads()
+        return {label: 1e-3 for label in runs}
+    monkeypatch.setattr(planner, "measure", fake_measure)
+    n, k = 64, 128
+    g = _graph(_weight("int8", n, k, 0.0), {"act_quant": "dynamic"}, n, k)
+    numba.set_num_threads(pool)                   # what a fresh process has
+    s = InferenceSession(g, "auto", plan="measure", threads=threads)
+    s.run(None, {"x": np.random.default_rng(5).standard_normal((16, k)).astype(np.float32)})
+    assert "int8/numba" in seen and "int8/native" in seen, seen
+    assert seen["int8/numba"] == min(threads, pool), seen
+    assert numba.get_num_threads() == min(threads, pool)
+
+
 @needs_fast
 def test_session_plan_layers_and_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("QRT_CACHE_DIR", str(tmp_path))
