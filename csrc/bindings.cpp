@@ -345,7 +345,8 @@ PYBIND11_MODULE(_native, m) {
         "(items, 2) int64: for each item the work pool's slot that ran it (0: the caller) and "
         "its place in that slot's order of work (for tests of the claim order).");
     m.def("work_pool_moves", &qrt::work_pool_moves,
-          "How many times a work pool worker, woken on its caller's CPU, moved itself to another CPU.");
+          "How many times a work pool worker was kept off its caller's CPU (woken elsewhere, or moved off when it "
+          "joined a job on it).");
     m.def("move_thread_off", [](int cpu) {
             if (cpu < 0) throw py::value_error("cpu must be >= 0, got " + std::to_string(cpu));
             py::gil_scoped_release release;

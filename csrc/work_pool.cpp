@@ -4,11 +4,13 @@
 #include <pthread.h>
 #if defined(__linux__)
 #include <sched.h>
+#include <unistd.h>
 #endif
 
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <deque>
 #include <memory>
 #include <mutex>
 #include <thread>
@@ -71,6 +73,21 @@ void work_on(Job& job, int slot) {
     }
 }
 
+// --- keeping a worker off its caller's CPU -------------------------------------------------------
+//
+// Linux may wake a sleeping worker on its waker's CPU (wake-affine placement) although another
+// CPU is idle: measured on the 2-vCPU VMs of RESULTS.md ("Two threads on one CPU") after most
+// pauses of a millisecond or more. There the worker runs only when the caller waits: every
+// parallel call takes one thread's time plus the switches, and the balancer does not separate
+// the two, because the worker sleeps between jobs and never looks like load. So:
+//  * a caller that wakes sleeping workers first narrows their affinity to the CPUs other than
+//    its own (the kernel then wakes them there); each restores its old set once it runs;
+//  * a worker that still finds itself on its caller's CPU when it joins a job (it was not
+//    asleep, or the narrowing failed) moves off: its affinity narrowed the same way, which
+//    migrates it at once, then restored, which does not move it back.
+// Nobody is pinned: the sets are only ever narrowed for a moment, the caller's never, and where
+// an affinity cannot be read or set (or only one CPU is allowed) nothing changes.
+
 // The CPU the calling thread runs on now, -1 where that is unknown.
 int current_cpu() {
 #if defined(__linux__)
@@ -80,30 +97,33 @@ int current_cpu() {
 #endif
 }
 
-// Moves the calling thread off `cpu` to another CPU it may run on, and leaves it free to run
-// anywhere it could before; returns the CPU it moved to, or -1 (nothing moved) where the
-// affinity cannot be read or set or no other CPU is allowed. Why: Linux may wake a sleeping
-// worker on its waker's CPU (wake-affine placement) although another CPU is idle; measured on
-// the 2-vCPU VMs of RESULTS.md ("Two threads on one CPU"), after most pauses of a millisecond
-// or more. The worker then shares the caller's CPU: it runs only when the caller waits, every
-// parallel call takes one thread's time plus the switches, and the balancer does not separate
-// the two, because the worker sleeps between jobs and never looks like load. Narrowing the
-// thread's affinity to the other CPUs migrates it at once; restoring the old set does not move
-// it back.
-int move_off(int cpu) {
 #if defined(__linux__)
-    cpu_set_t allowed;
-    if (cpu < 0 || cpu >= CPU_SETSIZE || sched_getaffinity(0, sizeof allowed, &allowed) != 0) return -1;
-    cpu_set_t others = allowed;
+using CpuSet = cpu_set_t;
+int current_tid() { return static_cast<int>(gettid()); }
+// Thread tid's (0: the calling thread's) affinity into *saved, then narrowed to exclude `cpu`;
+// false (nothing changed) where that is impossible.
+bool narrow_off(int tid, int cpu, CpuSet* saved) {
+    if (tid < 0 || cpu < 0 || cpu >= CPU_SETSIZE || sched_getaffinity(tid, sizeof *saved, saved) != 0) return false;
+    CpuSet others = *saved;
     CPU_CLR(cpu, &others);
-    if (CPU_COUNT(&others) == 0 || sched_setaffinity(0, sizeof others, &others) != 0) return -1;
-    const int landed = sched_getcpu();
-    sched_setaffinity(0, sizeof allowed, &allowed);
-    return landed;
+    return CPU_COUNT(&others) > 0 && sched_setaffinity(tid, sizeof others, &others) == 0;
+}
+void restore_affinity(const CpuSet& saved) { sched_setaffinity(0, sizeof saved, &saved); }
 #else
-    (void)cpu;
-    return -1;
+struct CpuSet {};
+int current_tid() { return -1; }
+bool narrow_off(int, int, CpuSet*) { return false; }
+void restore_affinity(const CpuSet&) {}
 #endif
+
+// Moves the calling thread off `cpu` to another CPU it may run on, its affinity left as it was:
+// the CPU it moved to, or -1 where nothing moved.
+int move_off(int cpu) {
+    CpuSet saved;
+    if (!narrow_off(0, cpu, &saved)) return -1;
+    const int landed = current_cpu();
+    restore_affinity(saved);
+    return landed;
 }
 
 // A worker spins this long for the next job before it sleeps: the next layer's GEMM usually
@@ -119,11 +139,15 @@ class Pool {
         {
             std::lock_guard<std::mutex> lock(mu_);
             while (static_cast<int>(workers_) < helpers) {
+                sleepers_.emplace_back();
                 std::thread(&Pool::worker, this, static_cast<int>(workers_)).detach();
                 ++workers_;
             }
             current_ = job;
             helpers_ = helpers;
+            // sleeping workers are woken off the caller's CPU (see "keeping a worker off")
+            for (Sleeper& w : sleepers_)
+                if (w.asleep && !w.narrowed && w.tid > 0) w.narrowed = narrow_off(w.tid, job->caller_cpu, &w.saved);
             gen_.fetch_add(1, std::memory_order_release);
         }
         cv_.notify_all();
@@ -140,6 +164,10 @@ class Pool {
 
   private:
     void worker(int index) {
+        {
+            std::lock_guard<std::mutex> lock(mu_);
+            sleepers_[static_cast<size_t>(index)].tid = current_tid();
+        }
         uint64_t seen = gen_.load(std::memory_order_acquire);
         for (;;) {
             const auto until = std::chrono::steady_clock::now() + kSpin;
@@ -148,7 +176,15 @@ class Pool {
             std::shared_ptr<Job> job;
             {
                 std::unique_lock<std::mutex> lock(mu_);
+                Sleeper& me = sleepers_[static_cast<size_t>(index)];
+                me.asleep = true;
                 cv_.wait(lock, [&] { return gen_.load(std::memory_order_relaxed) != seen; });
+                me.asleep = false;
+                if (me.narrowed) {   // woken off the caller's CPU: free to run anywhere again
+                    restore_affinity(me.saved);
+                    me.narrowed = false;
+                    moves_.fetch_add(1, std::memory_order_relaxed);
+                }
                 seen = gen_.load(std::memory_order_relaxed);
                 if (index < helpers_) job = current_;
             }
@@ -167,7 +203,14 @@ class Pool {
     std::shared_ptr<Job> current_;
     int helpers_ = 0;
     size_t workers_ = 0;
-    std::atomic<int64_t> moves_{0};           // move_off calls that moved a worker
+    std::atomic<int64_t> moves_{0};           // workers kept off their caller's CPU (woken elsewhere, or moved)
+    struct Sleeper {                          // per worker, guarded by mu_
+        int tid = -1;                         // -1 until it started (or where unknown)
+        bool asleep = false;                  // waiting on cv_
+        bool narrowed = false;                // its affinity narrowed by a caller; saved holds the old set
+        CpuSet saved{};
+    };
+    std::deque<Sleeper> sleepers_;            // a deque: a worker's reference stays valid as others are added
 };
 
 // Never destroyed: its detached workers wait on it until the process ends. A forked child has

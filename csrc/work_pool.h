@@ -11,8 +11,10 @@
 // descheduled in the middle of an item is waited for (an item is short: one row block times
 // one 64-column panel of a GEMM).
 //
-// A worker that joins a job on its caller's CPU (where Linux's wake-affine placement may put a
-// woken thread) moves to another CPU of its affinity set first (work_pool.cpp, move_off).
+// Workers are kept off their caller's CPU, where Linux's wake-affine placement may put a woken
+// thread: a caller narrows the affinity of the sleeping workers it wakes to the other CPUs (each
+// restores its own set when it runs), and a worker that still joins a job on its caller's CPU
+// moves off first (work_pool.cpp, "keeping a worker off its caller's CPU").
 //
 // Numerics do not depend on it: every item writes its own outputs, so who ran an item, and
 // how many threads there were, never changes a result.
@@ -36,8 +38,8 @@ void parallel_items(int64_t items, int threads, const std::function<void(int64_t
 // only ever one thread, so per-slot scratch (an array of `threads` entries) needs no lock.
 void parallel_items(int64_t items, int threads, const std::function<void(int64_t, int)>& fn);
 
-// How many times a worker found itself woken on its caller's CPU and moved to another
-// (work_pool.cpp, move_off): for benchmarks and tests.
+// How many times a worker was kept off its caller's CPU: woken elsewhere (its affinity narrowed
+// by the caller) or moved off when it joined (work_pool.cpp): for benchmarks and tests.
 int64_t work_pool_moves();
 
 // The calling thread moved off `cpu` to another CPU of its affinity set, the set itself left
