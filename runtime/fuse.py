@@ -35,7 +35,10 @@ Patterns (in this order):
     Split of its output along the last axis: the input is quantized once and the GEMM is
     wider (N = 3 x 384 runs at a higher share of the peak than three N = 384). Exact: every
     output column is computed as before (per-row activation quantization does not depend on
-    N; int8 scales and zero points are per output channel once concatenated).
+    N; int8 scales and zero points are per output channel once concatenated);
+  * last, a csr int8 Linear whose output reaches one integer Linear through element-wise steps
+    only (a transformer FFN) gets its rows sorted by density and the reader's columns permuted
+    alike (runtime/row_order.py): fuller vectors for the sparse kernels, the same bits.
 """
 from __future__ import annotations
 
@@ -46,6 +49,7 @@ import numpy as np
 
 from kernels.core.layouts import PackedTensor, dense_tensor, index_dtypes
 
+from .row_order import order_sparse_rows
 from .graph import Graph, Node, unique_name
 
 
@@ -92,6 +96,7 @@ def fuse(graph: Graph) -> Graph:
     for rewrite in (_fuse_attention, _fuse_skip_layer_norm, _fuse_activation):
         _apply(g, rewrite)
     _merge_sibling_linears(g)
+    order_sparse_rows(g)
     g.validate()
     return g
 
