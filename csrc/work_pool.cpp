@@ -138,10 +138,9 @@ class Pool {
         job->caller_cpu = current_cpu();
         {
             std::lock_guard<std::mutex> lock(mu_);
-            while (static_cast<int>(workers_) < helpers) {
+            while (static_cast<int>(sleepers_.size()) < helpers) {   // one Sleeper per started worker
                 sleepers_.emplace_back();
-                std::thread(&Pool::worker, this, static_cast<int>(workers_)).detach();
-                ++workers_;
+                std::thread(&Pool::worker, this, static_cast<int>(sleepers_.size()) - 1).detach();
             }
             current_ = job;
             helpers_ = helpers;
@@ -202,7 +201,6 @@ class Pool {
     std::atomic<uint64_t> gen_{0};
     std::shared_ptr<Job> current_;
     int helpers_ = 0;
-    size_t workers_ = 0;
     std::atomic<int64_t> moves_{0};           // workers kept off their caller's CPU (woken elsewhere, or moved)
     struct Sleeper {                          // per worker, guarded by mu_
         int tid = -1;                         // -1 until it started (or where unknown)
