@@ -44,22 +44,27 @@ EXACT_ACT_QUANT = ("dynamic", "static")
 def ell_vectors(indptr: np.ndarray, indices: np.ndarray, n: int, k: int, order: np.ndarray | None = None) -> int:
     """ELL vectors (csrc/sparse_gemm.cpp, ell_build, byte lanes) of a csr structure (N, K) with
     its rows in ``order`` (None: as stored)."""
-    counts = _segment_counts(indptr, indices, n, k)
-    if order is not None:
-        counts = counts[order]
-    pad = (-n) % BLOCK_ROWS
+    counts = segment_counts(indptr, indices, n, k)
+    return _vectors(counts if order is None else counts[order])
+
+
+def _vectors(counts: np.ndarray) -> int:
+    """ELL vectors of rows with these (N, segments) counts, in this order: per block of 16 rows
+    and segment, its fullest row's count over 4, rounded up."""
+    pad = (-counts.shape[0]) % BLOCK_ROWS
     blocks = np.vstack([counts, np.zeros((pad, counts.shape[1]), np.int64)]).reshape(-1, BLOCK_ROWS, counts.shape[1])
     return int(np.ceil(blocks.max(axis=1) / PER_LANE).sum())
 
 
-def density_order(indptr: np.ndarray, indices: np.ndarray, n: int, k: int) -> np.ndarray:
-    """The new row order: rows sorted by their fullest segment, then by their count (stable),
+def density_order(counts: np.ndarray) -> np.ndarray:
+    """The new row order of rows with these (N, segments) counts (segment_counts): rows sorted
+    by their fullest segment, then by their count (stable),
     so that rows needing as many vectors share a block of 16; then the blocks dealt over the
     reader's 128-column segments (block j to segment j mod S) instead of laid out densest last:
     the reader's columns are these rows, and sorted they would crowd its last segments with
     weights (measured on MiniLM: +0.3-5% vectors for the reader sorted, -0.1-+0.6% dealt). A
     block's position does not change its own vectors."""
-    counts = _segment_counts(indptr, indices, n, k)
+    n = counts.shape[0]
     order = np.lexsort((counts.sum(axis=1), counts.max(axis=1)))
     full = n // BLOCK_ROWS
     blocks = order[:full * BLOCK_ROWS].reshape(full, BLOCK_ROWS)
@@ -83,9 +88,9 @@ def order_sparse_rows(graph: Graph) -> list[str]:
         steps, b = chain
         w = graph.initializers[a.inputs[1]]
         n, k = w.shape
-        indptr, indices = np.asarray(w.fields["indptr"], np.int64), np.asarray(w.fields["indices"], np.int64)
-        order = density_order(indptr, indices, n, k)
-        if ell_vectors(indptr, indices, n, k, order) * MIN_GAIN > ell_vectors(indptr, indices, n, k):
+        counts = segment_counts(np.asarray(w.fields["indptr"], np.int64), np.asarray(w.fields["indices"], np.int64), n, k)
+        order = density_order(counts)
+        if _vectors(counts[order]) * MIN_GAIN > _vectors(counts):
             continue
         names = set(graph.initializers) | {o for node in graph.nodes for o in node.outputs}
         a.inputs = list(a.inputs)
@@ -170,7 +175,7 @@ def _dense_const(graph: Graph, name: str) -> np.ndarray | None:
 
 # --- permuted tensors -------------------------------------------------------------------------
 
-def _segment_counts(indptr: np.ndarray, indices: np.ndarray, n: int, k: int) -> np.ndarray:
+def segment_counts(indptr: np.ndarray, indices: np.ndarray, n: int, k: int) -> np.ndarray:
     """(N, ceil(K / 128)) stored weights of each row in each segment."""
     counts = np.zeros((n, (k + SEGMENT - 1) // SEGMENT), np.int64)
     rows = np.repeat(np.arange(n), np.diff(indptr))

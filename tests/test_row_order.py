@@ -119,15 +119,13 @@ def test_even_rows_are_not_reordered():
 def test_vector_count_is_the_native_packers():
     """row_order.ell_vectors models csrc/sparse_gemm.cpp's byte-lane ELL: vectors x (64 index +
     64 weight bytes) + the segment pointers are the packed bytes the GEMV path reads."""
-    from kernels.native_cpu import _native
+    from kernels.native_cpu.sparse import pack_sparse
     rng = _rng("count")
     for n, k in ((96, 160), (40, 384), (17, 1000)):
         w = rng.standard_normal((n, k)).astype(np.float32)
         t = pack_csr("w", w, _uneven_mask(rng, n, k), quant="int8")
         f = t.fields
-        packed = _native.sparse_int8_csr(f["indptr"], f["indices"], f["qdata"],
-                                         np.broadcast_to(np.asarray(f["scale"], np.float32).reshape(-1), (n,)).copy(),
-                                         (n, k), "byte")
+        packed = pack_sparse(t, lanes="byte")
         vectors = row_order.ell_vectors(np.asarray(f["indptr"], np.int64), np.asarray(f["indices"], np.int64), n, k)
         segments = (n + 15) // 16 * ((k + 127) // 128)
         assert packed.kernel_nbytes == vectors * 128 + (segments + 1) * 8
