@@ -128,7 +128,7 @@ std::unique_ptr<qrt::SparseInt8Weight> pack(int64_t n, const py::object& scale_o
 
 std::unique_ptr<qrt::SparseInt8Weight> make_csr(const py::object& indptr_obj, const py::object& indices_obj,
                                                 const py::object& qdata_obj, const py::object& scale_obj,
-                                                const py::tuple& shape, const std::string& lanes, int quad_rows, int pairs) {
+                                                const py::tuple& shape, const std::string& lanes, int quad_rows, int pairs, int segment) {
     const auto [n, k] = shape_nk(shape);
     const std::vector<int64_t> indptr = index_array(indptr_obj, "indptr", false);
     const std::vector<int64_t> indices = index_array(indices_obj, "indices", true);
@@ -141,6 +141,7 @@ std::unique_ptr<qrt::SparseInt8Weight> make_csr(const py::object& indptr_obj, co
     opt.lanes = lanes_option(lanes);
     opt.quad_rows = quad_rows;
     opt.pairs = pairs;
+    opt.segment = segment;
     return pack(n, scale_obj, opt, [&] {
         return qrt::sparse_rows_csr(n, k, indptr.data(), indices.data(), static_cast<int64_t>(indices.size()), qp);
     });
@@ -148,7 +149,7 @@ std::unique_ptr<qrt::SparseInt8Weight> make_csr(const py::object& indptr_obj, co
 
 std::unique_ptr<qrt::SparseInt8Weight> make_bsr(const py::object& indptr_obj, const py::object& indices_obj,
                                                 const py::object& qdata_obj, const py::object& scale_obj,
-                                                const py::tuple& shape, const std::string& lanes, int quad_rows, int pairs) {
+                                                const py::tuple& shape, const std::string& lanes, int quad_rows, int pairs, int segment) {
     const auto [n, k] = shape_nk(shape);
     py::array q = as_array_of<int8_t>(qdata_obj, "qdata", "int8");
     require_ndim(q, "qdata", 3, "(nb, R, C)");
@@ -171,12 +172,13 @@ std::unique_ptr<qrt::SparseInt8Weight> make_bsr(const py::object& indptr_obj, co
     opt.lanes = lanes_option(lanes);
     opt.quad_rows = quad_rows;
     opt.pairs = pairs;
+    opt.segment = segment;
     return pack(n, scale_obj, opt, [&] { return qrt::sparse_rows_bsr(n, k, r, c, indptr.data(), indices.data(), nb, qp); });
 }
 
 std::unique_ptr<qrt::SparseInt8Weight> make_nm(const py::object& meta_obj, const py::object& qdata_obj,
                                                const py::object& scale_obj, const py::tuple& shape, int64_t nn,
-                                               int64_t mm, const std::string& lanes, int quad_rows, int pairs) {
+                                               int64_t mm, const std::string& lanes, int quad_rows, int pairs, int segment) {
     const auto [n, k] = shape_nk(shape);
     if (!(1 <= nn && nn < mm && mm <= 256))
         throw py::value_error("n:m must satisfy 1 <= n < m <= 256, got " + std::to_string(nn) + ":" + std::to_string(mm));
@@ -197,6 +199,7 @@ std::unique_ptr<qrt::SparseInt8Weight> make_nm(const py::object& meta_obj, const
     opt.lanes = lanes_option(lanes);
     opt.quad_rows = quad_rows;
     opt.pairs = pairs;
+    opt.segment = segment;
     return pack(n, scale_obj, opt, [&] { return qrt::sparse_rows_nm(n, k, nn, mm, mp, meta_cols, qp); });
 }
 
@@ -250,7 +253,7 @@ void bind_sparse(py::module_& m) {
     py::class_<qrt::SparseInt8Weight>(
         m, "SparseInt8Weight",
         "A csr / bsr / nm int8 weight packed once for sparse_int8_linear: canonical rows (scalar path), ELL "
-        "vectors over 16-row blocks x 128-byte segments (byte or dword lanes), and column quads of 1 or 4 rows "
+        "vectors over 16-row blocks x 64- or 128-byte segments (byte or dword lanes), and column quads of 1 or 4 rows "
         "(bsr with 4-column aligned blocks). Built by sparse_int8_csr / _bsr / _nm.")
         .def_property_readonly("n", [](const qrt::SparseInt8Weight& w) { return w.n; })
         .def_property_readonly("k", [](const qrt::SparseInt8Weight& w) { return w.k; })
@@ -259,6 +262,8 @@ void bind_sparse(py::module_& m) {
         .def_property_readonly("lanes", [](const qrt::SparseInt8Weight& w) { return std::string(lanes_name(w.lanes)); },
                                "ELL lanes built: 'byte', 'dword' or 'none'")
         .def_property_readonly("ell_vectors", [](const qrt::SparseInt8Weight& w) { return w.ell_vectors; })
+        .def_property_readonly("segment", [](const qrt::SparseInt8Weight& w) { return w.lanes == qrt::EllLanes::none ? 0 : w.seg; },
+                               "bytes of K per ELL segment (64 or 128), 0 when no ELL was built")
         .def_property_readonly("quad_rows", [](const qrt::SparseInt8Weight& w) { return w.quad_rows; },
                                "rows per quad group (1 or 4), 0 when no quads were built")
         .def_property_readonly("nquads", [](const qrt::SparseInt8Weight& w) { return w.nquads; })
@@ -288,24 +293,26 @@ void bind_sparse(py::module_& m) {
             py::arg("m"), "The path sparse_int8_linear takes for M rows on the current ISA.")
         .def("__repr__", [](const qrt::SparseInt8Weight& w) {
             return "SparseInt8Weight(N=" + std::to_string(w.n) + ", K=" + std::to_string(w.k) + ", nnz=" +
-                   std::to_string(w.nnz) + ", lanes=" + lanes_name(w.lanes) + ", quad_rows=" +
+                   std::to_string(w.nnz) + ", lanes=" + lanes_name(w.lanes) + ", segment=" +
+                   std::to_string(w.lanes == qrt::EllLanes::none ? 0 : w.seg) + ", quad_rows=" +
                    std::to_string(w.quad_rows) + ")";
         });
 
     const char* opts_doc = " lanes: ELL lanes 'auto' (the denser of byte / dword), "
                            "'none', 'byte' (refused on CPUs with AVX-512 VNNI but no VBMI), 'dword'; quad_rows: -1 "
                            "auto (bsr with C % 4 == 0: 4 if R % 4 == 0 else 1), 0 none, 1 or 4 (N % 4 == 0); pairs: -1 "
-                           "auto (built where the current int8 path is avx2), 0 no, 1 yes (the pairs_avx2 path's).";
+                           "auto (built where the current int8 path is avx2), 0 no, 1 yes (the pairs_avx2 path's); "
+                           "segment: byte lanes' segment bytes, -1 auto (sparse_byte_segment()), 64 or 128.";
     m.def("sparse_int8_csr", &make_csr, py::arg("indptr"), py::arg("indices"), py::arg("qdata"), py::arg("scale"),
-          py::arg("shape"), py::arg("lanes") = "auto", py::arg("quad_rows") = -1, py::arg("pairs") = -1,
+          py::arg("shape"), py::arg("lanes") = "auto", py::arg("quad_rows") = -1, py::arg("pairs") = -1, py::arg("segment") = -1,
           (std::string("csr int8 weight: indptr (N+1,) int32/int64, indices (nnz,) uint8/uint16/int32/int64, qdata "
                        "(nnz,) int8, scale (N,) float32, shape (N, K).") + opts_doc).c_str());
     m.def("sparse_int8_bsr", &make_bsr, py::arg("indptr"), py::arg("indices"), py::arg("qdata"), py::arg("scale"),
-          py::arg("shape"), py::arg("lanes") = "auto", py::arg("quad_rows") = -1, py::arg("pairs") = -1,
+          py::arg("shape"), py::arg("lanes") = "auto", py::arg("quad_rows") = -1, py::arg("pairs") = -1, py::arg("segment") = -1,
           (std::string("bsr int8 weight: indptr (N/R+1,), indices (nb,) block columns, qdata (nb, R, C) int8, scale "
                        "(N,) float32, shape (N, K).") + opts_doc).c_str());
     m.def("sparse_int8_nm", &make_nm, py::arg("meta"), py::arg("qdata"), py::arg("scale"), py::arg("shape"),
-          py::arg("n"), py::arg("m"), py::arg("lanes") = "auto", py::arg("quad_rows") = -1, py::arg("pairs") = -1,
+          py::arg("n"), py::arg("m"), py::arg("lanes") = "auto", py::arg("quad_rows") = -1, py::arg("pairs") = -1, py::arg("segment") = -1,
           (std::string("n:m int8 weight: meta (N, ceil(K/m*n*b/8)) uint8, qdata (N, K/m*n) int8, scale (N,) float32, "
                        "shape (N, K).") + opts_doc).c_str());
     m.def("sparse_int8_linear", &sparse_linear_py, py::arg("weight"), py::arg("x"), py::arg("bias") = py::none(),
@@ -317,4 +324,10 @@ void bind_sparse(py::module_& m) {
           "'ell', 'quad_tiles' (AVX-512 VNNI), 'ell_avx2' (AVX2) (forced, for tests). Bit-exact with "
           "kernels/reference/packed.py.");
     m.def("sparse_has_vbmi", &qrt::sparse_has_vbmi, "Whether the CPU has AVX-512 VBMI (byte-lane ELL).");
+    m.def("sparse_byte_segment", &qrt::sparse_byte_segment,
+          "The segment (64 or 128 bytes of K) byte-lane ELL is built with by default, for the current int8 path "
+          "(csrc/sparse_gemm.h).");
+    m.def("sparse_permute_probe", &qrt::sparse_permute_probe,
+          "(vpermi2b, vpermb) nanoseconds per (permute, vpdpbusd) pair, best of 5 short loops; (0, 0) without "
+          "AVX-512 VBMI + VNNI.");
 }

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 
@@ -152,14 +153,15 @@ namespace {
 
 int64_t round_up(int64_t v, int64_t to) { return (v + to - 1) / to * to; }
 
-// ELL over (block of 16 rows, segment of 128 bytes) of `rows`. Counting (idx == nullptr):
+// ELL over (block of 16 rows, segment of `seg` bytes) of `rows`. Counting (idx == nullptr):
 // fills sptr (nblk * nseg + 1,) and returns the vector count; filling: writes the vectors at
 // the offsets sptr gives into idx / val (zeroed by the caller). Byte lanes: up to 4 stored
 // values of a row per vector; dword lanes: one column quad per vector (the 4 weights of
 // k = 4 q .. 4 q + 3, zeros where the row stores nothing).
-int64_t ell_build(const SparseRows& rows, int64_t nblk, int64_t nseg, EllLanes lanes, std::vector<int64_t>& sptr,
+int64_t ell_build(const SparseRows& rows, int64_t nblk, int64_t seg, EllLanes lanes, std::vector<int64_t>& sptr,
                   uint8_t* idx, int8_t* val) {
     const bool fill = idx != nullptr;
+    const int64_t nseg = (rows.k + seg - 1) / seg;
     const int64_t idx_bytes = lanes == EllLanes::byte ? 64 : 16;
     if (!fill) sptr.assign(nblk * nseg + 1, 0);
     std::vector<int64_t> cur(kSparseBlockRows);
@@ -167,14 +169,14 @@ int64_t ell_build(const SparseRows& rows, int64_t nblk, int64_t nseg, EllLanes l
         const int64_t r0 = b * kSparseBlockRows, nr = std::min(kSparseBlockRows, rows.n - r0);
         for (int64_t i = 0; i < nr; ++i) cur[i] = rows.indptr[r0 + i];
         for (int64_t s = 0; s < nseg; ++s) {
-            const int64_t end = (s + 1) * kSparseSegment;
+            const int64_t end = (s + 1) * seg;
             const int64_t base = sptr[b * nseg + s];
             int64_t vectors = 0;
             for (int64_t i = 0; i < nr; ++i) {
                 const int64_t stop = rows.indptr[r0 + i + 1];
                 int64_t units = 0, last_quad = -1;
                 for (int64_t e = 0; cur[i] < stop && rows.cols[cur[i]] < end; ++cur[i], ++e) {
-                    const int64_t col = rows.cols[cur[i]] - s * kSparseSegment;   // 0..127
+                    const int64_t col = rows.cols[cur[i]] - s * seg;   // 0 .. seg - 1
                     if (lanes == EllLanes::byte) {
                         units = e / 4 + 1;
                         if (fill) {
@@ -202,15 +204,17 @@ int64_t ell_build(const SparseRows& rows, int64_t nblk, int64_t nseg, EllLanes l
     return sptr.back();
 }
 
-void ell_pack(SparseInt8Weight& w, EllLanes lanes) {
+void ell_pack(SparseInt8Weight& w, EllLanes lanes, int64_t seg) {
     w.lanes = lanes;
-    w.ell_vectors = ell_build(w.rows, w.nblk, w.nseg, lanes, w.sptr, nullptr, nullptr);
+    w.seg = seg;
+    w.nseg = (w.k + seg - 1) / seg;
+    w.ell_vectors = ell_build(w.rows, w.nblk, seg, lanes, w.sptr, nullptr, nullptr);
     const int64_t idx_bytes = lanes == EllLanes::byte ? 64 : 16;
     w.ell_idx.allocate(static_cast<size_t>(w.ell_vectors * idx_bytes));
     w.ell_val.allocate(static_cast<size_t>(w.ell_vectors * 64));
     std::fill(w.ell_idx.get(), w.ell_idx.get() + w.ell_idx.size, uint8_t(0));   // unused lanes: weight 0
     std::fill(w.ell_val.get(), w.ell_val.get() + w.ell_val.size, int8_t(0));
-    ell_build(w.rows, w.nblk, w.nseg, lanes, w.sptr, w.ell_idx.get(), w.ell_val.get());
+    ell_build(w.rows, w.nblk, seg, lanes, w.sptr, w.ell_idx.get(), w.ell_val.get());
 }
 
 // Quads of groups of G rows: the sorted union of the column quads the G rows store.
@@ -273,6 +277,35 @@ bool sparse_byte_lanes_supported() {
     return sparse_has_vbmi() || !int8_isa_supported(Int8Isa::avx512_vnni);
 }
 
+std::pair<double, double> sparse_permute_probe() {
+#if QRT_INT8_X86_SIMD
+    if (sparse_has_vbmi() && int8_isa_supported(Int8Isa::avx512_vnni)) {
+        // alternate the two loops, best of 5 each: a busy or frequency-shifting core slows
+        // both alike, and the best run is the one least disturbed
+        double two = 1e30, one = 1e30;
+        for (int rep = 0; rep < 5; ++rep) {
+            two = std::min(two, sparse_detail::permute_pair_ns_avx512(true));
+            one = std::min(one, sparse_detail::permute_pair_ns_avx512(false));
+        }
+        return {two, one};
+    }
+#endif
+    return {0.0, 0.0};
+}
+
+int64_t sparse_byte_segment() {
+    // Zen 4: vpermi2b + vpdpbusd 0.52 ns a pair, vpermb + vpdpbusd 0.38 (1.37x), so 64-byte
+    // segments win although they need 6-18% more vectors (MiniLM's 80% weights); a CPU whose
+    // two-table permute is as fast as the one-table one keeps 128 (fewer vectors). The margin
+    // 1.25x covers that vector growth.
+    if (int8_current_isa() != Int8Isa::avx512_vnni) return kSparseSegmentNarrow;   // AVX2-class or scalar: fewer lookups
+    static const bool narrow = [] {   // measured once per process
+        const auto [two, one] = sparse_permute_probe();
+        return one > 0 && two > 1.25 * one;
+    }();
+    return narrow ? kSparseSegmentNarrow : kSparseSegment;
+}
+
 namespace {
 
 // The pairs (sparse_gemm_avx2.cpp): each row's stored weights two at a time in column order,
@@ -328,6 +361,8 @@ SparseInt8Weight sparse_int8_pack(SparseRows rows, const float* scale, const Spa
     for (int64_t r = 0; r < w.npad; ++r) w.corr0[r] = static_cast<int32_t>(static_cast<uint32_t>(128 * w.rowsum[r]));
     w.nblk = w.npad / kSparseBlockRows;
     w.nseg = (w.k + kSparseSegment - 1) / kSparseSegment;
+    if (!(opt.segment == -1 || opt.segment == kSparseSegmentNarrow || opt.segment == kSparseSegment))
+        fail("segment must be -1 (auto), 64 or 128, got " + str(opt.segment));
     if (opt.lanes == static_cast<int>(EllLanes::byte) && !sparse_byte_lanes_supported())
         fail("ELL byte lanes need AVX-512 VBMI (vpermi2b) on a CPU with AVX-512 VNNI, and this one does not have it");
     if (opt.quad_rows == 4 && w.n % 4) fail("quads of 4 rows need N % 4 == 0, got N = " + str(w.n));
@@ -345,16 +380,18 @@ SparseInt8Weight sparse_int8_pack(SparseRows rows, const float* scale, const Spa
     if (quad_rows > 0) quads_pack(w, quad_rows);
 
     int lanes = opt.lanes;
+    const int64_t byte_seg = opt.segment > 0 ? opt.segment : sparse_byte_segment();
     if (lanes < 0) {   // the denser of the two: byte lanes are 128 bytes per vector, dword lanes 80
         std::vector<int64_t> counts;
-        const int64_t dword_bytes = ell_build(w.rows, w.nblk, w.nseg, EllLanes::dword, counts, nullptr, nullptr) * 80;
+        const int64_t dword_bytes = ell_build(w.rows, w.nblk, kSparseSegment, EllLanes::dword, counts, nullptr, nullptr) * 80;
         const int64_t byte_bytes = sparse_byte_lanes_supported()
-                                       ? ell_build(w.rows, w.nblk, w.nseg, EllLanes::byte, counts, nullptr, nullptr) * 128
+                                       ? ell_build(w.rows, w.nblk, byte_seg, EllLanes::byte, counts, nullptr, nullptr) * 128
                                        : -1;
         lanes = static_cast<int>(byte_bytes >= 0 && byte_bytes < dword_bytes ? EllLanes::byte : EllLanes::dword);
     }
     if (lanes != static_cast<int>(EllLanes::none)) {
-        ell_pack(w, static_cast<EllLanes>(lanes));
+        // dword lanes index 32 quads of a 128-byte segment (vpermi2d); byte lanes either width
+        ell_pack(w, static_cast<EllLanes>(lanes), lanes == static_cast<int>(EllLanes::byte) ? byte_seg : kSparseSegment);
         w.rows = SparseRows();   // the scalar path reads the ELL vectors from now on
         w.rows.n = w.n;
         w.rows.k = w.k;
@@ -396,7 +433,7 @@ void scalar_ell_block(const Problem& p, int64_t b) {
     for (int64_t mm = 0; mm < p.m; ++mm) {
         int64_t raw[kSparseBlockRows] = {};
         for (int64_t s = 0; s < w.nseg; ++s) {
-            const uint8_t* u = p.u + mm * p.ldu + s * kSparseSegment;
+            const uint8_t* u = p.u + mm * p.ldu + s * w.seg;
             for (int64_t v = w.sptr[b * w.nseg + s]; v < w.sptr[b * w.nseg + s + 1]; ++v) {
                 const int8_t* val = w.ell_val.get() + v * 64;
                 for (int64_t i = 0; i < kSparseBlockRows; ++i)

@@ -24,20 +24,28 @@
 // Layouts the kernels read (built once, at plan time, from the canonical rows):
 //
 // * ELL, "sliced ELLPACK" over blocks of 16 output rows x segments of 128 bytes of K (one
-//   two-register permute table of activations). A vector is one zmm of 16 int32 lanes, lane i
-//   = output row 16 b + i; it holds 4 stored weights of that row inside the segment:
-//     byte lanes  (ell_lanes == byte): 64 index bytes (the k offset in the segment, 0..127) +
-//                 64 weight bytes; activations fetched with vpermi2b (AVX-512 VBMI) or, on
-//                 AVX2, vpshufb + selects; any pattern (csr, nm, bsr whose blocks are not
-//                 4-column aligned). Not built on CPUs with AVX-512 VNNI but no VBMI (their
-//                 vector path could not read them);
+//   two-register permute table of activations), or 64 for byte lanes (one register). A vector
+//   is one zmm of 16 int32 lanes, lane i = output row 16 b + i; it holds 4 stored weights of
+//   that row inside the segment:
+//     byte lanes  (ell_lanes == byte): 64 index bytes (the k offset in the segment, 0..127 or
+//                 0..63) + 64 weight bytes; activations fetched with vpermi2b (128-byte
+//                 segments) or vpermb (64) (AVX-512 VBMI) or, on AVX2, vpshufb + selects; any
+//                 pattern (csr, nm, bsr whose blocks are not 4-column aligned). Not built on
+//                 CPUs with AVX-512 VNNI but no VBMI (their vector path could not read them).
+//                 The segment is sparse_byte_segment()'s unless forced: narrower segments pad
+//                 more (a vector holds as many weights as the fullest of its 16 rows has in the
+//                 segment: 6-18% more vectors on MiniLM's 80% weights) but fetch for less (on
+//                 Zen 4 a vpermb + vpdpbusd pair takes ~1.4 cycles, vpermi2b + vpdpbusd ~1.9;
+//                 on AVX2 4 shuffles + 3 selects instead of 8 + 7), and with one register per
+//                 activation row the kernel feeds 8 rows per vector instead of 4;
 //     dword lanes (ell_lanes == dword): 16 index bytes (the 4-byte column quad in the segment,
 //                 0..31) + 64 weight bytes (one quad of 4 consecutive k per lane, zeros where
 //                 nothing is stored); activations fetched with vpermi2d. Denser than byte
 //                 lanes when the stored weights come in aligned quads (bsr 1x4, 2x4, ...).
 //   The vectors of one (block, segment) are as many as its fullest row needs; unused lanes
 //   hold weight 0. The packer keeps the lane kind of fewer bytes. M = 1 streams every vector
-//   once; larger M reuses each vector for 4 activation rows at a time (8 table registers).
+//   once; larger M reuses each vector for 4 activation rows at a time (8 table registers), 8
+//   with 64-byte segments.
 //   Once ELL exists the canonical rows are dropped and the scalar path reads the vectors.
 //   The AVX2 kernel reads the same vectors as two halves of 8 rows (one ymm of 8 int32
 //   lanes), the activations looked up without a gather (vpermd / vpshufb on each part of the
@@ -79,6 +87,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "int8_gemm.h"
@@ -86,7 +95,8 @@
 namespace qrt {
 
 constexpr int64_t kSparseBlockRows = 16;    // output rows per ELL block (16 int32 lanes)
-constexpr int64_t kSparseSegment = 128;     // activation bytes per ELL segment (2 zmm tables)
+constexpr int64_t kSparseSegment = 128;     // activation bytes per ELL segment (2 zmm tables), the most
+constexpr int64_t kSparseSegmentNarrow = 64;  // byte lanes may use this instead: one zmm table (vpermb)
 constexpr int64_t kSparseTileRows = 16;     // activation rows per quad tile (16 int32 lanes)
 
 // Canonical row form of a sparse int8 weight's 2-D view (N, K): what every layout is
@@ -121,6 +131,7 @@ enum class EllLanes : int { none = 0, byte = 1, dword = 2 };
 struct SparsePackOptions {
     int64_t block_r = 0, block_c = 0;   // bsr block shape; 0: not a bsr weight
     int lanes = -1;                     // -1 auto, else an EllLanes value
+    int segment = -1;                   // byte lanes' segment: -1 auto (sparse_byte_segment), 64 or 128
     int quad_rows = -1;                 // -1 auto, 0 none, 1 or 4 (4 needs N % 4 == 0)
     int pairs = -1;                     // -1 auto (where the best int8 path is AVX2), 0 no, 1 yes
 };
@@ -138,7 +149,8 @@ struct SparseInt8Weight {
     AlignedArray<int32_t> corr0;      // (npad,) 128 * rowsum wrapped to int32: the correction for z = 0
     // ELL (lanes != none)
     EllLanes lanes = EllLanes::none;
-    int64_t nblk = 0, nseg = 0;       // ceil(N / 16), ceil(K / 128)
+    int64_t seg = kSparseSegment;     // ELL segment bytes: 128, or 64 for byte lanes (sparse_byte_segment)
+    int64_t nblk = 0, nseg = 0;       // ceil(N / 16), ceil(K / seg)
     std::vector<int64_t> sptr;        // (nblk * nseg + 1,): vectors of (block b, segment s)
     AlignedArray<uint8_t> ell_idx;    // (vectors, 64) byte lanes, (vectors, 16) dword lanes
     AlignedArray<int8_t> ell_val;     // (vectors, 64)
@@ -181,6 +193,15 @@ bool sparse_has_vbmi();
 // Whether byte-lane ELL may be built: the AVX-512 kernel reads it with VBMI only, the AVX2 and
 // scalar ones always; so everywhere except on CPUs with AVX-512 VNNI but no VBMI.
 bool sparse_byte_lanes_supported();
+// The segment byte lanes are built with by default: 64 where the int8 path at pack time is
+// AVX2-class (the AVX2 lookup of a 64-byte segment is 4 shuffles + 3 selects, of a 128-byte one
+// 8 + 7) or where the CPU's one-table byte permute (vpermb) runs a (permute, vpdpbusd) pair
+// clearly faster than the two-table one (vpermi2b): measured once per process by a short
+// register-only loop (sparse_permute_probe); 128 otherwise. Both are exact; only the speed differs.
+int64_t sparse_byte_segment();
+// The probe behind it: nanoseconds per (permute, vpdpbusd) pair for vpermi2b and vpermb (best of
+// a few short runs), or {0, 0} without AVX-512 VBMI + VNNI.
+std::pair<double, double> sparse_permute_probe();
 
 // Y (M, N) = epilogue(quant(X) @ W.T) as above. x (M, K) float32 row-major, bias float64
 // readable up to w.npad or nullptr, y (M, N) float32 row-major, every element written. M may be

@@ -15,8 +15,10 @@
 //   remaining index bits:
 //     dword lanes: vpermd on each 32-byte quarter (quad index bits 0-2), vblendvps on bits 3
 //                  and 4: 4 permutes + 3 blends for 8 quads;
-//     byte lanes:  vpshufb on each 16-byte eighth, broadcast to both 128-bit halves (offset
-//                  bits 0-3), vpblendvb on bits 4, 5 and 6: 8 shuffles + 7 blends for 32 bytes.
+//     byte lanes:  vpshufb on each 16-byte part, broadcast to both 128-bit halves (offset
+//                  bits 0-3), vpblendvb on bits 4, 5 and 6: 8 shuffles + 7 blends for 32 bytes
+//                  of a 128-byte segment, 4 shuffles + 3 blends (bits 4 and 5) of a 64-byte one
+//                  (the segment sparse_byte_segment picks wherever the int8 path is AVX2-class).
 // * the u8 x s8 products, exactly: vpmaddubsw (u8 x s8 pairs summed into int16) would
 //   saturate, 2 * 255 * 128 > 32767. So each weight is split as w = 2 wh + wl, wh = w >> 1 in
 //   [-64, 63], wl = w & 1 in {0, 1}: a pair of u * wh is at most 2 * 255 * 64 = 32640 in
@@ -57,7 +59,7 @@ struct HalfIndex {
 };
 
 // dword lanes: 8 index bytes (the quad 0..31 of each row), widened to one dword per lane.
-// Byte lanes: 32 index bytes (the offset 0..127 of each weight). vpsllw shifts 16-bit words,
+// Byte lanes: 32 index bytes (the offset 0..127, or 0..63, of each weight). vpsllw shifts 16-bit words,
 // but bit 7 of each byte only receives bits of the same byte, which is all vpblendvb reads.
 template <bool kByte>
 QRT_TARGET_AVX2 inline HalfIndex decode(const uint8_t* idx) {
@@ -88,10 +90,15 @@ QRT_TARGET_AVX2 inline __m256i shuffle16(const uint8_t* t, int j, __m256i sel) {
     return _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(table), sel);
 }
 
-// The activations of the half-vector's lanes from the segment t (128 bytes of u, 32-aligned).
-template <bool kByte>
+// The activations of the half-vector's lanes from the segment t (128 bytes of u, or 64 for
+// kSeg64; 32-aligned).
+template <bool kByte, bool kSeg64>
 QRT_TARGET_AVX2 inline __m256i fetch(const uint8_t* t, const HalfIndex& d) {
-    if constexpr (kByte) {
+    if constexpr (kByte && kSeg64) {
+        const __m256i a0 = _mm256_blendv_epi8(shuffle16(t, 0, d.sel), shuffle16(t, 1, d.sel), d.m0);
+        const __m256i a1 = _mm256_blendv_epi8(shuffle16(t, 2, d.sel), shuffle16(t, 3, d.sel), d.m0);
+        return _mm256_blendv_epi8(a0, a1, d.m1);
+    } else if constexpr (kByte) {
         const __m256i a0 = _mm256_blendv_epi8(shuffle16(t, 0, d.sel), shuffle16(t, 1, d.sel), d.m0);
         const __m256i a1 = _mm256_blendv_epi8(shuffle16(t, 2, d.sel), shuffle16(t, 3, d.sel), d.m0);
         const __m256i a2 = _mm256_blendv_epi8(shuffle16(t, 4, d.sel), shuffle16(t, 5, d.sel), d.m0);
@@ -151,7 +158,7 @@ QRT_TARGET_AVX2 inline bool half_is_zero(const int8_t* val) {
 // Half h (rows 16 b + 8 h ..) of block b, activation rows m0 .. m0 + ROWS - 1. Named
 // accumulators, not an array: GCC 12 copies an array of vectors through the stack on every
 // step (int8_gemm_avx512.cpp).
-template <bool kByte, int ROWS>
+template <bool kByte, bool kSeg64, int ROWS>
 QRT_TARGET_AVX2 void ell_half(const Problem& p, int64_t b, int h, int64_t m0) {
     static_assert(ROWS >= 1 && ROWS <= 4, "one accumulator per activation row");
     const SparseInt8Weight& w = *p.w;
@@ -162,7 +169,7 @@ QRT_TARGET_AVX2 void ell_half(const Problem& p, int64_t b, int h, int64_t m0) {
     const int64_t ldu = p.ldu;
     __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
     for (int64_t s = 0; s < w.nseg; ++s) {
-        const uint8_t* t = p.u + m0 * ldu + s * kSparseSegment;
+        const uint8_t* t = p.u + m0 * ldu + s * w.seg;
         // a segment's vectors are as many as the fullest of 16 rows needs, and every row fills
         // a prefix of them: the ones past this half's fullest row are all 0 here, skipped
         int64_t v1 = sp[s + 1];
@@ -171,10 +178,10 @@ QRT_TARGET_AVX2 void ell_half(const Problem& p, int64_t b, int h, int64_t m0) {
             const HalfIndex d = decode<kByte>(idx + v * kIdx);
             __m256i wh, wl;
             split_weights(_mm256_load_si256(reinterpret_cast<const __m256i*>(val + v * 64)), wh, wl);
-            a0 = dot4(a0, fetch<kByte>(t, d), wh, wl);
-            if constexpr (ROWS > 1) a1 = dot4(a1, fetch<kByte>(t + ldu, d), wh, wl);
-            if constexpr (ROWS > 2) a2 = dot4(a2, fetch<kByte>(t + 2 * ldu, d), wh, wl);
-            if constexpr (ROWS > 3) a3 = dot4(a3, fetch<kByte>(t + 3 * ldu, d), wh, wl);
+            a0 = dot4(a0, fetch<kByte, kSeg64>(t, d), wh, wl);
+            if constexpr (ROWS > 1) a1 = dot4(a1, fetch<kByte, kSeg64>(t + ldu, d), wh, wl);
+            if constexpr (ROWS > 2) a2 = dot4(a2, fetch<kByte, kSeg64>(t + 2 * ldu, d), wh, wl);
+            if constexpr (ROWS > 3) a3 = dot4(a3, fetch<kByte, kSeg64>(t + 3 * ldu, d), wh, wl);
         }
     }
     const int64_t n0 = b * kSparseBlockRows + 8 * h;
@@ -184,17 +191,17 @@ QRT_TARGET_AVX2 void ell_half(const Problem& p, int64_t b, int h, int64_t m0) {
     if constexpr (ROWS > 3) store_rows8(a3, p, n0, m0 + 3, p.corr);
 }
 
-template <bool kByte>
+template <bool kByte, bool kSeg64>
 void ell_blocks(const Problem& p, int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
         for (int h = 0; h < 2; ++h) {
             if (b * kSparseBlockRows + 8 * h >= p.w->n) break;   // a half of padding rows only
             int64_t m0 = 0;
-            for (; m0 + 4 <= p.m; m0 += 4) ell_half<kByte, 4>(p, b, h, m0);
+            for (; m0 + 4 <= p.m; m0 += 4) ell_half<kByte, kSeg64, 4>(p, b, h, m0);
             switch (p.m - m0) {
-                case 3: ell_half<kByte, 3>(p, b, h, m0); break;
-                case 2: ell_half<kByte, 2>(p, b, h, m0); break;
-                case 1: ell_half<kByte, 1>(p, b, h, m0); break;
+                case 3: ell_half<kByte, kSeg64, 3>(p, b, h, m0); break;
+                case 2: ell_half<kByte, kSeg64, 2>(p, b, h, m0); break;
+                case 1: ell_half<kByte, kSeg64, 1>(p, b, h, m0); break;
                 default: break;
             }
         }
@@ -204,10 +211,12 @@ void ell_blocks(const Problem& p, int64_t b0, int64_t b1) {
 }  // namespace
 
 void ell_blocks_avx2(const Problem& p, int64_t b0, int64_t b1) {
-    if (p.w->lanes == EllLanes::byte)
-        ell_blocks<true>(p, b0, b1);
+    if (p.w->lanes == EllLanes::byte && p.w->seg == kSparseSegmentNarrow)
+        ell_blocks<true, true>(p, b0, b1);
+    else if (p.w->lanes == EllLanes::byte)
+        ell_blocks<true, false>(p, b0, b1);
     else
-        ell_blocks<false>(p, b0, b1);
+        ell_blocks<false, false>(p, b0, b1);
 }
 
 // --- pairs: activation rows in lanes ------------------------------------------------------------

@@ -8,6 +8,7 @@
 #include "simd.h"
 
 #include <algorithm>
+#include <chrono>
 
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wuninitialized"      // see int8_gemm_avx512.cpp
@@ -50,85 +51,143 @@ QRT_TARGET_AVX512 inline void store_rows16(__m512i raw, const Problem& p, int64_
 
 // --- ELL ---------------------------------------------------------------------------------------
 
-// The activations of one vector: lane bytes from the segment table (tlo, thi) = 128 bytes of u.
-template <bool kByte>
+// The three vector kinds: byte lanes over 128-byte segments (two table registers per activation
+// row, vpermi2b), byte lanes over 64-byte segments (one table register, vpermb: on Zen 4 a
+// (permute, vpdpbusd) pair takes ~1.4 cycles against ~1.9, sparse_byte_segment), dword lanes
+// over 128-byte segments (vpermi2d).
+enum class Fetch { byte128, byte64, dword };
+
+// The activations of one vector: lane bytes from the segment table (tlo, thi) = 128 bytes of u,
+// or tlo = 64 bytes of u (byte64; thi unused).
+template <Fetch kF>
 QRT_TARGET_AVX512_VBMI inline __m512i ell_fetch(const uint8_t* idx, __m512i tlo, __m512i thi) {
-    if constexpr (kByte) {
+    if constexpr (kF == Fetch::byte128) {
         return _mm512_permutex2var_epi8(tlo, _mm512_load_si512(idx), thi);                // byte b: u[idx[b]]
+    } else if constexpr (kF == Fetch::byte64) {
+        (void)thi;
+        return _mm512_permutexvar_epi8(_mm512_load_si512(idx), tlo);                      // byte b: u[idx[b]]
     } else {
         const __m512i q = _mm512_cvtepu8_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(idx)));
         return _mm512_permutex2var_epi32(tlo, q, thi);                                     // lane i: quad idx[i]
     }
 }
 
-// Block b (output rows 16 b ..), activation rows m0 .. m0 + ROWS - 1. ROWS = 4: one vector's
-// indices and weights feed 4 rows (8 table registers); ROWS = 1: two accumulators, alternating,
-// for vpdpbusd's latency.
-template <bool kByte, int ROWS>
+// Block b (output rows 16 b ..), activation rows m0 .. m0 + ROWS - 1. ROWS = 4 (or 8 with
+// one-register tables): one vector's indices and weights feed that many rows (8 table
+// registers); ROWS = 1: two accumulators, alternating, for vpdpbusd's latency.
+template <Fetch kF, int ROWS>
 QRT_TARGET_AVX512_VBMI void ell_block(const Problem& p, int64_t b, int64_t m0) {
+    static_assert(ROWS == 1 || ROWS == 4 || (ROWS == 8 && kF == Fetch::byte64), "8 table registers at most");
     const SparseInt8Weight& w = *p.w;
-    constexpr int64_t kIdx = kByte ? 64 : 16;
+    constexpr int64_t kIdx = kF == Fetch::dword ? 16 : 64;
+    constexpr bool kTwo = kF != Fetch::byte64;   // two table registers per activation row
     const uint8_t* idx = w.ell_idx.get();
     const int8_t* val = w.ell_val.get();
     const int64_t* sp = w.sptr.data() + b * w.nseg;
-    __m512i a0 = zero(), a1 = zero(), a2 = zero(), a3 = zero();
+    const int64_t seg = w.seg, ldu = p.ldu;
+    __m512i acc[ROWS];
+#pragma GCC unroll 8
+    for (int r = 0; r < ROWS; ++r) acc[r] = zero();
+    __m512i a1 = zero();   // ROWS = 1: the second, alternating accumulator
     for (int64_t s = 0; s < w.nseg; ++s) {
         int64_t v = sp[s];
         const int64_t v1 = sp[s + 1];
         if (v == v1) continue;
-        const uint8_t* t = p.u + m0 * p.ldu + s * kSparseSegment;
-        if constexpr (ROWS == 4) {
-            const __m512i t0l = _mm512_load_si512(t), t0h = _mm512_load_si512(t + 64);
-            const __m512i t1l = _mm512_load_si512(t + p.ldu), t1h = _mm512_load_si512(t + p.ldu + 64);
-            const __m512i t2l = _mm512_load_si512(t + 2 * p.ldu), t2h = _mm512_load_si512(t + 2 * p.ldu + 64);
-            const __m512i t3l = _mm512_load_si512(t + 3 * p.ldu), t3h = _mm512_load_si512(t + 3 * p.ldu + 64);
+        const uint8_t* t = p.u + m0 * ldu + s * seg;
+        if constexpr (ROWS > 1) {
+            __m512i tl[ROWS], th[ROWS];
+#pragma GCC unroll 8
+            for (int r = 0; r < ROWS; ++r) {
+                tl[r] = _mm512_load_si512(t + r * ldu);
+                th[r] = kTwo ? _mm512_load_si512(t + r * ldu + 64) : tl[r];
+            }
             for (; v < v1; ++v) {
                 const uint8_t* iv = idx + v * kIdx;
                 const __m512i wv = _mm512_load_si512(val + v * 64);
-                a0 = _mm512_dpbusd_epi32(a0, ell_fetch<kByte>(iv, t0l, t0h), wv);
-                a1 = _mm512_dpbusd_epi32(a1, ell_fetch<kByte>(iv, t1l, t1h), wv);
-                a2 = _mm512_dpbusd_epi32(a2, ell_fetch<kByte>(iv, t2l, t2h), wv);
-                a3 = _mm512_dpbusd_epi32(a3, ell_fetch<kByte>(iv, t3l, t3h), wv);
+#pragma GCC unroll 8
+                for (int r = 0; r < ROWS; ++r) acc[r] = _mm512_dpbusd_epi32(acc[r], ell_fetch<kF>(iv, tl[r], th[r]), wv);
             }
         } else {
-            const __m512i tl = _mm512_load_si512(t), th = _mm512_load_si512(t + 64);
+            const __m512i tl = _mm512_load_si512(t), th = kTwo ? _mm512_load_si512(t + 64) : tl;
             for (; v + 2 <= v1; v += 2) {
-                a0 = _mm512_dpbusd_epi32(a0, ell_fetch<kByte>(idx + v * kIdx, tl, th), _mm512_load_si512(val + v * 64));
-                a1 = _mm512_dpbusd_epi32(a1, ell_fetch<kByte>(idx + (v + 1) * kIdx, tl, th),
+                acc[0] = _mm512_dpbusd_epi32(acc[0], ell_fetch<kF>(idx + v * kIdx, tl, th), _mm512_load_si512(val + v * 64));
+                a1 = _mm512_dpbusd_epi32(a1, ell_fetch<kF>(idx + (v + 1) * kIdx, tl, th),
                                          _mm512_load_si512(val + (v + 1) * 64));
             }
             if (v < v1)
-                a0 = _mm512_dpbusd_epi32(a0, ell_fetch<kByte>(idx + v * kIdx, tl, th), _mm512_load_si512(val + v * 64));
+                acc[0] = _mm512_dpbusd_epi32(acc[0], ell_fetch<kF>(idx + v * kIdx, tl, th), _mm512_load_si512(val + v * 64));
         }
     }
     const int64_t n0 = b * kSparseBlockRows;
-    if constexpr (ROWS == 4) {
-        store_rows16(a0, p, n0, m0);
-        store_rows16(a1, p, n0, m0 + 1);
-        store_rows16(a2, p, n0, m0 + 2);
-        store_rows16(a3, p, n0, m0 + 3);
+    if constexpr (ROWS > 1) {
+#pragma GCC unroll 8
+        for (int r = 0; r < ROWS; ++r) store_rows16(acc[r], p, n0, m0 + r);
     } else {
         // int32 addition wraps like the lanes themselves: the sum is still exact modulo 2^32
-        store_rows16(_mm512_add_epi32(a0, a1), p, n0, m0);
+        store_rows16(_mm512_add_epi32(acc[0], a1), p, n0, m0);
     }
 }
 
-template <bool kByte>
+template <Fetch kF>
 QRT_TARGET_AVX512_VBMI void ell_blocks(const Problem& p, int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
         int64_t m0 = 0;
-        for (; m0 + 4 <= p.m; m0 += 4) ell_block<kByte, 4>(p, b, m0);
-        for (; m0 < p.m; ++m0) ell_block<kByte, 1>(p, b, m0);
+        if constexpr (kF == Fetch::byte64)
+            for (; m0 + 8 <= p.m; m0 += 8) ell_block<kF, 8>(p, b, m0);
+        for (; m0 + 4 <= p.m; m0 += 4) ell_block<kF, 4>(p, b, m0);
+        for (; m0 < p.m; ++m0) ell_block<kF, 1>(p, b, m0);
     }
 }
 
 }  // namespace
 
 void ell_blocks_avx512(const Problem& p, int64_t b0, int64_t b1) {
-    if (p.w->lanes == EllLanes::byte)
-        ell_blocks<true>(p, b0, b1);
+    if (p.w->lanes == EllLanes::dword)
+        ell_blocks<Fetch::dword>(p, b0, b1);
+    else if (p.w->seg == kSparseSegmentNarrow)
+        ell_blocks<Fetch::byte64>(p, b0, b1);
     else
-        ell_blocks<false>(p, b0, b1);
+        ell_blocks<Fetch::byte128>(p, b0, b1);
+}
+
+namespace {
+
+// 8 independent (permute, vpdpbusd) chains; the asm statement makes each index look new every
+// iteration, so the permutes are not hoisted out of the loop.
+template <bool kTwo>
+QRT_TARGET_AVX512_VBMI __m512i permute_pairs(int64_t iters, __m512i tl, __m512i th, __m512i w) {
+    __m512i acc[8], ix[8];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; ++i) {
+        acc[i] = zero();
+        ix[i] = _mm512_set1_epi8(static_cast<char>(9 * i + 5));
+    }
+    for (int64_t it = 0; it < iters; ++it) {
+#pragma GCC unroll 8
+        for (int i = 0; i < 8; ++i) {
+            __m512i x = ix[i];
+            asm volatile("" : "+v"(x));
+            const __m512i f = kTwo ? _mm512_permutex2var_epi8(tl, x, th) : _mm512_permutexvar_epi8(x, tl);
+            acc[i] = _mm512_dpbusd_epi32(acc[i], f, w);
+        }
+    }
+    __m512i sum = acc[0];
+#pragma GCC unroll 8
+    for (int i = 1; i < 8; ++i) sum = _mm512_add_epi32(sum, acc[i]);
+    return sum;
+}
+
+}  // namespace
+
+QRT_TARGET_AVX512_VBMI double permute_pair_ns_avx512(bool two_tables) {
+    constexpr int64_t kIters = 2048;   // 16 K pairs: ~8 us on Zen 4
+    const __m512i tl = _mm512_set1_epi8(3), th = _mm512_set1_epi8(5), w = _mm512_set1_epi8(1);
+    const auto t0 = std::chrono::steady_clock::now();
+    const __m512i r = two_tables ? permute_pairs<true>(kIters, tl, th, w) : permute_pairs<false>(kIters, tl, th, w);
+    const double ns = std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - t0).count();
+    volatile int sink = _mm_cvtsi128_si32(_mm512_castsi512_si128(r));   // keep the loop's result alive
+    (void)sink;
+    return ns / (kIters * 8.0);
 }
 
 // --- quad tiles, batched M -----------------------------------------------------------------------

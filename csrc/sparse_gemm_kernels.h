@@ -25,6 +25,9 @@ struct Problem {
 #if QRT_INT8_X86_SIMD
 // ELL blocks [b0, b1), every activation row (byte lanes need VBMI).
 void ell_blocks_avx512(const Problem& p, int64_t b0, int64_t b1);
+// Nanoseconds per (byte permute, vpdpbusd) pair in a short register-only loop: vpermi2b (two
+// tables) or vpermb (one). Needs AVX-512 VBMI + VNNI.
+double permute_pair_ns_avx512(bool two_tables);
 // Quad tiles: activation tile t (rows 16 t ..) of u transposed into xq + t * k4p * 64 bytes,
 // (k4p, 16, 4) u8 with k4p = ldu / 4.
 void quad_tile_transpose_avx512(const uint8_t* u, int64_t ldu, int64_t t, uint8_t* xq);

@@ -1,10 +1,12 @@
 """Session-time row order of sparse Linears: rows of similar density side by side, for free.
 
 The native sparse kernels read a csr weight as ELL vectors (csrc/sparse_gemm.h): 16 output rows
-at a time, each vector padded to the fullest of its 16 rows within a 128-column segment. With
+at a time, each vector padded to the fullest of its 16 rows within a segment of 64 or 128
+columns (``byte_segment``: the one the native packer builds on this CPU). With
 magnitude pruning the rows of a weight differ a lot in how many weights they keep, so about half
 of the vector lanes hold padding (MiniLM's FFN input Linears at 80%: 52% of the lanes hold a
-weight). Sorting the rows by density fills them (82% there, 1.58x fewer vectors), but then
+weight). Sorting the rows by density fills them (82% there, 1.58x fewer vectors over 128-column
+segments, 1.43x over 64), but then
 output i is row perm[i]; scattering the outputs back cost more than it saved (RESULTS.md,
 "Sorting a csr weight's rows for the ELL kernel").
 
@@ -29,11 +31,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from kernels import registry
 from kernels.core.layouts import PackedTensor, dense_tensor, index_dtypes
 
 from .graph import Graph, Node, unique_name
 
-# ELL geometry of csrc/sparse_gemm.h: rows per block, columns per segment, weights per lane
+# ELL geometry of csrc/sparse_gemm.h: rows per block, columns per segment (the most; byte lanes
+# may use 64, byte_segment), weights per lane
 BLOCK_ROWS, SEGMENT, PER_LANE = 16, 128, 4
 MIN_GAIN = 1.10          # sorted vectors at most 1 / MIN_GAIN of the stored order's
 ELEMENTWISE = ("Relu", "Gelu")
@@ -41,10 +45,21 @@ CONST_ELEMENTWISE = ("Mul", "Add")
 EXACT_ACT_QUANT = ("dynamic", "static")
 
 
-def ell_vectors(indptr: np.ndarray, indices: np.ndarray, n: int, k: int, order: np.ndarray | None = None) -> int:
-    """ELL vectors (csrc/sparse_gemm.cpp, ell_build, byte lanes) of a csr structure (N, K) with
-    its rows in ``order`` (None: as stored)."""
-    counts = segment_counts(indptr, indices, n, k)
+def byte_segment() -> int:
+    """Columns per segment of the byte-lane ELL the native packer builds now
+    (``_native.sparse_byte_segment``: 64 or 128); 128 where the native backend is unavailable
+    (no backend reads ELL then, and the order changes no result either way)."""
+    if registry.backend_status("native") is not None:
+        return SEGMENT
+    from kernels.native_cpu import _native
+    return int(_native.sparse_byte_segment())
+
+
+def ell_vectors(indptr: np.ndarray, indices: np.ndarray, n: int, k: int, order: np.ndarray | None = None,
+                segment: int = SEGMENT) -> int:
+    """ELL vectors (csrc/sparse_gemm.cpp, ell_build, byte lanes over ``segment`` columns) of a
+    csr structure (N, K) with its rows in ``order`` (None: as stored)."""
+    counts = segment_counts(indptr, indices, n, k, segment)
     return _vectors(counts if order is None else counts[order])
 
 
@@ -56,11 +71,11 @@ def _vectors(counts: np.ndarray) -> int:
     return int(np.ceil(blocks.max(axis=1) / PER_LANE).sum())
 
 
-def density_order(counts: np.ndarray) -> np.ndarray:
+def density_order(counts: np.ndarray, segment: int = SEGMENT) -> np.ndarray:
     """The new row order of rows with these (N, segments) counts (segment_counts): rows sorted
     by their fullest segment, then by their count (stable),
     so that rows needing as many vectors share a block of 16; then the blocks dealt over the
-    reader's 128-column segments (block j to segment j mod S) instead of laid out densest last:
+    reader's ``segment``-column segments (block j to segment j mod S) instead of laid out densest last:
     the reader's columns are these rows, and sorted they would crowd its last segments with
     weights (measured on MiniLM: +0.3-5% vectors for the reader sorted, -0.1-+0.6% dealt). A
     block's position does not change its own vectors."""
@@ -68,7 +83,7 @@ def density_order(counts: np.ndarray) -> np.ndarray:
     order = np.lexsort((counts.sum(axis=1), counts.max(axis=1)))
     full = n // BLOCK_ROWS
     blocks = order[:full * BLOCK_ROWS].reshape(full, BLOCK_ROWS)
-    segments = max(1, -(-n // SEGMENT))
+    segments = max(1, -(-n // segment))
     dealt = [blocks[j] for s in range(segments) for j in range(s, full, segments)]
     return np.concatenate(dealt + [order[full * BLOCK_ROWS:]])
 
@@ -81,6 +96,7 @@ def order_sparse_rows(graph: Graph) -> list[str]:
     outputs = {v.name for v in graph.outputs}
     taken: set[str] = set()
     done = []
+    segment = byte_segment()
     for a in list(graph.nodes):
         chain = _pattern(graph, a, readers, outputs)
         if chain is None or a.name in taken:
@@ -88,8 +104,9 @@ def order_sparse_rows(graph: Graph) -> list[str]:
         steps, b = chain
         w = graph.initializers[a.inputs[1]]
         n, k = w.shape
-        counts = segment_counts(np.asarray(w.fields["indptr"], np.int64), np.asarray(w.fields["indices"], np.int64), n, k)
-        order = density_order(counts)
+        counts = segment_counts(np.asarray(w.fields["indptr"], np.int64), np.asarray(w.fields["indices"], np.int64), n, k,
+                                segment)
+        order = density_order(counts, segment)
         if _vectors(counts[order]) * MIN_GAIN > _vectors(counts):
             continue
         names = set(graph.initializers) | {o for node in graph.nodes for o in node.outputs}
@@ -175,11 +192,11 @@ def _dense_const(graph: Graph, name: str) -> np.ndarray | None:
 
 # --- permuted tensors -------------------------------------------------------------------------
 
-def segment_counts(indptr: np.ndarray, indices: np.ndarray, n: int, k: int) -> np.ndarray:
-    """(N, ceil(K / 128)) stored weights of each row in each segment."""
-    counts = np.zeros((n, (k + SEGMENT - 1) // SEGMENT), np.int64)
+def segment_counts(indptr: np.ndarray, indices: np.ndarray, n: int, k: int, segment: int = SEGMENT) -> np.ndarray:
+    """(N, ceil(K / segment)) stored weights of each row in each segment."""
+    counts = np.zeros((n, (k + segment - 1) // segment), np.int64)
     rows = np.repeat(np.arange(n), np.diff(indptr))
-    np.add.at(counts, (rows, np.asarray(indices, np.int64) // SEGMENT), 1)
+    np.add.at(counts, (rows, np.asarray(indices, np.int64) // segment), 1)
     return counts
 
 

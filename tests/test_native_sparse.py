@@ -5,8 +5,8 @@ Every comparison is with the reference kernel of ("Linear", layout) on the same 
 never with another fast kernel. For act_quant "dynamic" and "static" the native kernels compute
 the exact integer accumulator and the reference's float64 epilogue in the same order, so the
 tolerance is zero (INT8_ATOL), on every code path: the scalar path, the AVX-512 ELL with byte
-and dword lanes and quad tiles of 1 and 4 rows, the AVX2 ELL kernel ("ell_avx2") with either
-lane kind (forced with the packing options and ``path=``), on every ISA the CPU has
+(over 64- and 128-byte segments) and dword lanes and quad tiles of 1 and 4 rows, the AVX2 ELL
+kernel ("ell_avx2") with each of those (forced with the packing options and ``path=``), on every ISA the CPU has
 (``_native.set_int8_isa``), for 1 and 2 threads. Weights are packed by
 kernels.core.layouts from fresh random weights and masks of runtime.convert.prune.
 """
@@ -38,8 +38,11 @@ if _REASON is None:
     VECTOR = VNNI or AVX2
     # byte-lane ELL is built everywhere but on VNNI CPUs without VBMI (csrc/sparse_gemm.h)
     BYTE_LANES = _native.sparse_has_vbmi() or not VNNI
-    LANES = ("byte", "dword") if _native.sparse_has_vbmi() else ("dword",)   # AVX-512 ELL
-    AVX2_LANES = ("byte", "dword") if BYTE_LANES else ("dword",)
+    # (lanes, segment): byte lanes over 64- and 128-byte segments (sparse_byte_segment picks one
+    # per CPU; both are forced here), dword lanes over 128
+    BYTE_FORMS = (("byte", 64), ("byte", 128))
+    LANES = (BYTE_FORMS if _native.sparse_has_vbmi() else ()) + (("dword", -1),)   # AVX-512 ELL
+    AVX2_LANES = (BYTE_FORMS if BYTE_LANES else ()) + (("dword", -1),)
 else:  # pragma: no cover
     _native = None
     ISAS, VNNI, AVX2, VECTOR, BYTE_LANES, LANES, AVX2_LANES = (), False, False, False, False, (), ()
@@ -95,10 +98,14 @@ def _variants(t):
     AVX-512 VNNI, ELL with each lane kind and quad tiles of 1 and 4 rows (4: N % 4 == 0)."""
     out = [(f"scalar/{isa}", pack_sparse(t, lanes="none", quad_rows=0), "scalar", isa) for isa in ISAS]
     auto = pack_sparse(t, quad_rows=0)
-    out += [(f"scalar-{auto.lanes}/{isa}", auto, "scalar", isa) for isa in ISAS if auto.lanes != "none"]
+    out += [(f"scalar-{auto.lanes}{auto.segment}/{isa}", auto, "scalar", isa) for isa in ISAS if auto.lanes != "none"]
+    if BYTE_LANES:   # the scalar path on the ELL vectors of either byte segment
+        out += [(f"scalar-byte{seg}", pack_sparse(t, lanes="byte", quad_rows=0, segment=seg), "scalar", "scalar")
+                for _, seg in BYTE_FORMS]
     if AVX2:
-        for lanes in AVX2_LANES:
-            out.append((f"ell_avx2-{lanes}", pack_sparse(t, lanes=lanes, quad_rows=0, pairs=0), "ell_avx2", "avx2"))
+        for lanes, seg in AVX2_LANES:
+            out.append((f"ell_avx2-{lanes}{seg}", pack_sparse(t, lanes=lanes, quad_rows=0, pairs=0, segment=seg),
+                        "ell_avx2", "avx2"))
         out.append(("pairs_avx2", pack_sparse(t, lanes="none", quad_rows=0, pairs=1), "pairs_avx2", "avx2"))
         if _whole_quads(t):
             for g in ((1, 4) if t.shape[0] % 4 == 0 else (1,)):
@@ -106,8 +113,8 @@ def _variants(t):
                             "quad_tiles_avx2", "avx2"))
     if not VNNI:
         return out
-    for lanes in LANES:
-        out.append((f"ell-{lanes}", pack_sparse(t, lanes=lanes, quad_rows=0), "ell", "avx512_vnni"))
+    for lanes, seg in LANES:
+        out.append((f"ell-{lanes}{seg}", pack_sparse(t, lanes=lanes, quad_rows=0, segment=seg), "ell", "avx512_vnni"))
     quad_rows = (1, 4) if t.shape[0] % 4 == 0 else (1,)
     for g in quad_rows:
         out.append((f"quad_tiles-{g}", pack_sparse(t, lanes="none", quad_rows=g), "quad_tiles", "avx512_vnni"))
@@ -231,7 +238,7 @@ def test_avx2_kernel_on_awkward_shapes(case, restore_native_state):
     rng = _rng("avx2", case)
     t = pack_sparse_case(rng, layout, n, k, kind, block=block or (1, 4), nm=nm or (2, 4))
     bias = rng.standard_normal(n)
-    weights = [(lanes, pack_sparse(t, lanes=lanes, quad_rows=0, pairs=0)) for lanes in AVX2_LANES]
+    weights = [(f"{lanes}{seg}", pack_sparse(t, lanes=lanes, quad_rows=0, pairs=0, segment=seg)) for lanes, seg in AVX2_LANES]
     weights.append(("auto", pack_sparse(t, pairs=0)))
     weights.append(("pairs", pack_sparse(t, pairs=1)))
     quads = _whole_quads(t)          # auto packing builds quads too: from M = 8 they run
@@ -322,10 +329,10 @@ def test_automatic_path_choice(restore_native_state):
     assert csr.path(1) == ("ell" if VNNI else "ell_avx2" if AVX2 else "scalar")
     if VNNI:
         _native.set_int8_isa("avx512_vnni")
-        assert csr.path(1) == csr.path(128) == ("ell" if csr.lanes in LANES else "scalar")
+        assert csr.path(1) == csr.path(128) == ("ell" if csr.lanes in dict(LANES) else "scalar")
         assert b44.path(1) == b44.path(7) == "ell" and b44.path(8) == b44.path(128) == "quad_tiles"
         assert b14.path(11) == "ell" and b14.path(12) == "quad_tiles"
-        assert b161.path(1) == b161.path(128) == ("ell" if b161.lanes in LANES else "scalar")
+        assert b161.path(1) == b161.path(128) == ("ell" if b161.lanes in dict(LANES) else "scalar")
     if AVX2:
         _native.set_int8_isa("avx2")
         assert {w.path(m) for w in everything for m in (1, 3)} == {"ell_avx2"}
@@ -342,6 +349,41 @@ def test_automatic_path_choice(restore_native_state):
         assert pack_sparse(case, pairs=0).npairs == -1 and with_pairs.npairs == int(((per_row + 1) // 2).sum())
     _native.set_int8_isa("scalar")
     assert {w.path(m) for w in everything for m in (1, 128)} == {"scalar"}
+
+
+def test_byte_lane_segment_choice(restore_native_state):
+    """Byte lanes are built over the segment sparse_byte_segment() names for the int8 path at
+    pack time (64 on AVX2-class and scalar paths; on AVX-512 VNNI 64 or 128, by the permute
+    probe) unless forced; dword lanes always over 128 bytes; the vector counts follow the
+    segment (each vector is 4 weights of 16 rows inside one segment)."""
+    rng = _rng("segment")
+    case = pack_sparse_case(rng, "csr", 48, 300, "magnitude0.8")
+    ip, ix = case.fields["indptr"].astype(np.int64), case.fields["indices"].astype(np.int64)
+    rows = np.repeat(np.arange(48), np.diff(ip))
+
+    def vectors(seg):
+        counts = np.zeros((48, -(-300 // seg)), np.int64)
+        np.add.at(counts, (rows, ix // seg), 1)
+        return int(np.ceil(counts.reshape(3, 16, -1).max(1) / 4).sum())
+
+    for isa in ISAS:
+        _native.set_int8_isa(isa)
+        expected = _native.sparse_byte_segment()
+        assert expected == 64 if isa != "avx512_vnni" else expected in (64, 128)
+        if BYTE_LANES:
+            auto = pack_sparse(case, lanes="byte", quad_rows=0)
+            assert (auto.segment, auto.ell_vectors) == (expected, vectors(expected))
+    if BYTE_LANES:
+        for seg in (64, 128):
+            w = pack_sparse(case, lanes="byte", quad_rows=0, segment=seg)
+            assert (w.lanes, w.segment, w.ell_vectors) == ("byte", seg, vectors(seg))
+    assert pack_sparse(case, lanes="dword", quad_rows=0, segment=64).segment == 128
+    assert pack_sparse(case, lanes="none", quad_rows=0).segment == 0
+    two, one = _native.sparse_permute_probe()
+    if VNNI and _native.sparse_has_vbmi():
+        assert two > 0 and one > 0
+    else:
+        assert (two, one) == (0.0, 0.0)
 
 
 @pytest.mark.parametrize("layout,block", [("csr", None), ("bsr", (4, 4)), ("bsr", (1, 4)), ("bsr", (16, 1)),
@@ -537,6 +579,7 @@ def test_bad_weights_are_refused_with_a_reason():
         (ValueError, "lanes = 'wide'", lambda: _native.sparse_int8_csr(ip, ix, q, s, shape, lanes="wide")),
         (ValueError, "quad_rows must be", lambda: _native.sparse_int8_csr(ip, ix, q, s, shape, quad_rows=3)),
         (ValueError, "pairs must be -1 \\(auto\\), 0 or 1, got 2", lambda: _native.sparse_int8_csr(ip, ix, q, s, shape, pairs=2)),
+        (ValueError, r"segment must be -1 \(auto\), 64 or 128, got 32", lambda: _native.sparse_int8_csr(ip, ix, q, s, shape, segment=32)),
         (ValueError, r"quads of 4 rows need N % 4 == 0", lambda: _native.sparse_int8_csr(ip, ix, q, s, shape, quad_rows=4)),
     ]
     for exc, pattern, call in cases:

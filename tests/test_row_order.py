@@ -81,9 +81,10 @@ def test_ordered_rows_give_the_same_bits(backend, reader, smooth, monkeypatch):
     assert g.nodes[0].inputs[1] == "w1" and "w1/rows_by_density" not in g.initializers   # the caller's graph untouched
     w = fused.initializers[a.inputs[1]]
     f = g.initializers["w1"].fields
+    seg = row_order.byte_segment()
     assert row_order.ell_vectors(np.asarray(w.fields["indptr"], np.int64), np.asarray(w.fields["indices"], np.int64),
-                                 *w.shape) * row_order.MIN_GAIN <= row_order.ell_vectors(
-        np.asarray(f["indptr"], np.int64), np.asarray(f["indices"], np.int64), *w.shape)
+                                 *w.shape, segment=seg) * row_order.MIN_GAIN <= row_order.ell_vectors(
+        np.asarray(f["indptr"], np.int64), np.asarray(f["indices"], np.int64), *w.shape, segment=seg)
     for m in (1, 7, 33):
         x = _rng("x", m).standard_normal((m, g.inputs[0].shape[1])).astype(np.float32)
         got, want = _run_both(g, backend, x, monkeypatch)
@@ -117,15 +118,20 @@ def test_even_rows_are_not_reordered():
 
 @pytest.mark.skipif(registry.backend_status("native") is not None, reason="native backend unavailable")
 def test_vector_count_is_the_native_packers():
-    """row_order.ell_vectors models csrc/sparse_gemm.cpp's byte-lane ELL: vectors x (64 index +
-    64 weight bytes) + the segment pointers are the packed bytes the GEMV path reads."""
+    """row_order.ell_vectors models csrc/sparse_gemm.cpp's byte-lane ELL over either segment:
+    vectors x (64 index + 64 weight bytes) + the segment pointers are the packed bytes the GEMV
+    path reads; byte_segment is the packer's default."""
+    from kernels.native_cpu import _native
     from kernels.native_cpu.sparse import pack_sparse
+    assert row_order.byte_segment() == _native.sparse_byte_segment()
     rng = _rng("count")
     for n, k in ((96, 160), (40, 384), (17, 1000)):
         w = rng.standard_normal((n, k)).astype(np.float32)
         t = pack_csr("w", w, _uneven_mask(rng, n, k), quant="int8")
         f = t.fields
-        packed = pack_sparse(t, lanes="byte")
-        vectors = row_order.ell_vectors(np.asarray(f["indptr"], np.int64), np.asarray(f["indices"], np.int64), n, k)
-        segments = (n + 15) // 16 * ((k + 127) // 128)
-        assert packed.kernel_nbytes == vectors * 128 + (segments + 1) * 8
+        for seg in (64, 128):
+            packed = pack_sparse(t, lanes="byte", segment=seg)
+            vectors = row_order.ell_vectors(np.asarray(f["indptr"], np.int64), np.asarray(f["indices"], np.int64), n, k,
+                                            segment=seg)
+            segments = (n + 15) // 16 * ((k + seg - 1) // seg)
+            assert packed.kernel_nbytes == vectors * 128 + (segments + 1) * 8, (n, k, seg)

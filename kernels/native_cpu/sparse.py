@@ -33,23 +33,23 @@ from kernels.registry import register
 from . import _native
 
 SPARSE_LAYOUTS = ("csr", "bsr", "nm")
-def pack_sparse(weight: PackedTensor, lanes: str = "auto", quad_rows: int = -1, pairs: int = -1):
+def pack_sparse(weight: PackedTensor, lanes: str = "auto", quad_rows: int = -1, pairs: int = -1, segment: int = -1):
     """The native packed form of a csr / bsr / nm weight with quant "int8", logical (N, K).
 
     Fields as kernels/core/layouts.py stores them; a per-tensor scale (1,) becomes one per row.
-    ``lanes`` / ``quad_rows`` / ``pairs`` force the packed structures (tests, benchmarks; see
-    ``_native.sparse_int8_csr``)."""
+    ``lanes`` / ``quad_rows`` / ``pairs`` / ``segment`` force the packed structures (tests,
+    benchmarks; see ``_native.sparse_int8_csr``)."""
     n, k = weight.shape
     f = weight.fields
     scale = np.ascontiguousarray(np.broadcast_to(np.asarray(f["scale"]).reshape(-1), (n,)), np.float32)
     qdata = np.ascontiguousarray(f["qdata"])
     if weight.layout == "csr":
-        return _native.sparse_int8_csr(f["indptr"], f["indices"], qdata, scale, (n, k), lanes, quad_rows, pairs)
+        return _native.sparse_int8_csr(f["indptr"], f["indices"], qdata, scale, (n, k), lanes, quad_rows, pairs, segment)
     if weight.layout == "bsr":
-        return _native.sparse_int8_bsr(f["indptr"], f["indices"], qdata, scale, (n, k), lanes, quad_rows, pairs)
+        return _native.sparse_int8_bsr(f["indptr"], f["indices"], qdata, scale, (n, k), lanes, quad_rows, pairs, segment)
     p = weight.params
     return _native.sparse_int8_nm(f["meta"], qdata, scale, (n, k), int(p.get("n", 2)), int(p.get("m", 4)),
-                                  lanes, quad_rows, pairs)
+                                  lanes, quad_rows, pairs, segment)
 
 
 class SparsePlan(PreparedWeight):
