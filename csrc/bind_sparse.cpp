@@ -20,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "activation.h"
 #include "sparse_gemm.h"
 #include "bind_checks.h"
 
@@ -206,7 +207,13 @@ std::unique_ptr<qrt::SparseInt8Weight> make_nm(const py::object& meta_obj, const
 // Y (M, N) float32 = sparse int8 Linear of X (M, K) float32 (sparse_gemm.h).
 py::array sparse_linear_py(const qrt::SparseInt8Weight& w, const py::object& x_obj, const py::object& bias_obj,
                            const std::string& act_quant, double act_scale, int64_t act_zero_point,
-                           const py::object& out_obj, const std::string& path_name) {
+                           const py::object& out_obj, const std::string& path_name, const std::string& activation) {
+    qrt::Activation act = qrt::Activation::none;
+    try {
+        act = qrt::activation_from_name(activation);
+    } catch (const std::invalid_argument& e) {
+        throw py::value_error(e.what());
+    }
     qrt::Int8ActQuant aq;
     if (act_quant == "static") {
         if (!(std::isfinite(act_scale) && act_scale > 0))
@@ -242,7 +249,7 @@ py::array sparse_linear_py(const qrt::SparseInt8Weight& w, const py::object& x_o
     {
         py::gil_scoped_release release;   // the arrays stay referenced by this frame
         qrt::sparse_int8_linear_isa(w, xp, m, bias_obj.is_none() ? nullptr : bias.get(), aq, yp, path, isa,
-                                    qrt::int8_get_threads());
+                                    qrt::int8_get_threads(), act);
     }
     return out;
 }
@@ -317,12 +324,13 @@ void bind_sparse(py::module_& m) {
                        "shape (N, K).") + opts_doc).c_str());
     m.def("sparse_int8_linear", &sparse_linear_py, py::arg("weight"), py::arg("x"), py::arg("bias") = py::none(),
           py::arg("act_quant") = "dynamic", py::arg("act_scale") = 1.0, py::arg("act_zero_point") = 0,
-          py::arg("out") = py::none(), py::arg("path") = "auto",
-          "Y (M, N) float32 = float32(((s_w * acc) * s_x) + bias), acc the exact integer product of the quantized X "
+          py::arg("out") = py::none(), py::arg("path") = "auto", py::arg("activation") = "none",
+          "Y (M, N) float32 = act(float32(((s_w * acc) * s_x) + bias)), acc the exact integer product of the quantized X "
           "(M, K) float32 C-contiguous and the sparse weight; act_quant 'dynamic' or 'static' (act_scale, "
           "act_zero_point); bias (N,) float32/float64 or None; out (M, N) float32 or None; path 'auto', 'scalar', "
-          "'ell', 'quad_tiles' (AVX-512 VNNI), 'ell_avx2' (AVX2) (forced, for tests). Bit-exact with "
-          "kernels/reference/packed.py.");
+          "'ell', 'quad_tiles' (AVX-512 VNNI), 'ell_avx2' (AVX2) (forced, for tests); activation 'none', 'relu', "
+          "'gelu' or 'gelu_tanh' (apply_activation's bits). Bit-exact with kernels/reference/packed.py (then the "
+          "activation).");
     m.def("sparse_has_vbmi", &qrt::sparse_has_vbmi, "Whether the CPU has AVX-512 VBMI (byte-lane ELL).");
     m.def("sparse_byte_segment", &qrt::sparse_byte_segment,
           "The segment (64 or 128 bytes of K) byte-lane ELL is built with by default, for the current int8 path "

@@ -206,10 +206,15 @@ std::pair<double, double> sparse_permute_probe();
 // Y (M, N) = epilogue(quant(X) @ W.T) as above. x (M, K) float32 row-major, bias float64
 // readable up to w.npad or nullptr, y (M, N) float32 row-major, every element written. M may be
 // 0. path automatic: sparse_choose_path; otherwise it must be available (std::invalid_argument).
+// act: the activation (activation.h) applied to each output after its rounding, in one pass
+// over Y on the call's threads: the bits of activation_inplace on Y afterwards, without the copy
+// a separate activation op makes.
 void sparse_int8_linear(const SparseInt8Weight& w, const float* x, int64_t m, const double* bias,
-                        const Int8ActQuant& aq, float* y, SparsePath path = SparsePath::automatic);
+                        const Int8ActQuant& aq, float* y, SparsePath path = SparsePath::automatic,
+                        Activation act = Activation::none);
 // The same on an explicit ISA and thread count (tests, benchmarks).
 void sparse_int8_linear_isa(const SparseInt8Weight& w, const float* x, int64_t m, const double* bias,
-                            const Int8ActQuant& aq, float* y, SparsePath path, Int8Isa isa, int threads);
+                            const Int8ActQuant& aq, float* y, SparsePath path, Int8Isa isa, int threads,
+                            Activation act = Activation::none);
 
 }  // namespace qrt

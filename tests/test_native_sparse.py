@@ -214,6 +214,34 @@ def test_every_path_exact_and_fully_written(case, restore_native_state):
                 _assert_same(out, ref, f"{_case_id(case)} {label} M={m} {act}")
 
 
+@pytest.mark.parametrize("case", [c for c in SPARSE_CASES if c[4] % 16 or c[0] == "bsr"], ids=_case_id)
+def test_fused_activation_is_the_activation_afterwards(case, restore_native_state):
+    """activation= applies the activation to each block of outputs right after the kernel wrote
+    it (csrc/sparse_gemm.h): the bits of apply_activation on the whole output afterwards, on every
+    path (ELL blocks, quad tiles and pairs cover different rectangles of Y; N here is not a
+    multiple of 16, or the blocks are bsr), for M across the 16-row tiles, 1 and 2 threads,
+    into a poisoned output (every element written once, activated once)."""
+    layout, kind, block, nm, n, k = case
+    rng = _rng("fused-act", case)
+    t = pack_sparse_case(rng, layout, n, k, kind, block=block or (1, 4), nm=nm or (2, 4))
+    bias = rng.standard_normal(n)
+    for m in (1, 17, 33):
+        x = _x(rng, (m, k))
+        for label, w, path, isa in _variants(t):
+            _native.set_int8_isa(isa)
+            plain = _native.sparse_int8_linear(w, x, bias, path=path)
+            for act in ("relu", "gelu", "gelu_tanh"):
+                want = plain.copy()
+                _native.apply_activation(want, act)
+                for threads in (1, 2):
+                    _native.set_threads(threads)
+                    out = np.full((m, n), np.nan, np.float32)
+                    _native.sparse_int8_linear(w, x, bias, out=out, path=path, activation=act)
+                    np.testing.assert_array_equal(out, want, err_msg=f"{_case_id(case)} {label} M={m} {act} t={threads}")
+    with pytest.raises(ValueError, match="activation = 'tanh', expected one of none, relu, gelu, gelu_tanh"):
+        _native.sparse_int8_linear(w, x, bias, activation="tanh")
+
+
 def _assert_on_1_and_2_threads(w, x, bias, attrs, ref, what):
     """sparse_int8_linear of packed w into a NaN-poisoned output, on 1 and 2 threads: the
     reference's bits (every output written, none depending on the split)."""
