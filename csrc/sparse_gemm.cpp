@@ -380,7 +380,21 @@ SparseInt8Weight sparse_int8_pack(SparseRows rows, const float* scale, const Spa
     if (quad_rows > 0) quads_pack(w, quad_rows);
 
     int lanes = opt.lanes;
-    const int64_t byte_seg = opt.segment > 0 ? opt.segment : sparse_byte_segment();
+    int64_t byte_seg = opt.segment > 0 ? opt.segment : sparse_byte_segment();
+    if (opt.segment < 0 && byte_seg == kSparseSegmentNarrow && int8_current_isa() == Int8Isa::avx512_vnni &&
+        sparse_byte_lanes_supported()) {
+        // AVX-512: the narrow segments' faster permute pays for up to ~1.36x more vectors once a
+        // vector serves several activation rows, but M = 1 streams each vector once, so there
+        // every extra vector costs its bytes. Measured (Zen 4, 2 threads, 90% random masks, where
+        // 64-byte segments need 1.20-1.21x the vectors): M = 1 8-19% slower, M = 4 even, M = 16
+        // 5-9% faster; MiniLM's 80% weights (1.06-1.18x): M = 16 13%, M = 128 17% faster. So
+        // 64 only below 1.2x. (The AVX2 kernel takes 64 always: 1.18-1.29x faster at every M
+        // measured, M = 1 included, at 1.2x the vectors.)
+        std::vector<int64_t> counts;
+        const int64_t narrow = ell_build(w.rows, w.nblk, kSparseSegmentNarrow, EllLanes::byte, counts, nullptr, nullptr);
+        const int64_t wide = ell_build(w.rows, w.nblk, kSparseSegment, EllLanes::byte, counts, nullptr, nullptr);
+        if (narrow * 5 >= wide * 6) byte_seg = kSparseSegment;
+    }
     if (lanes < 0) {   // the denser of the two: byte lanes are 128 bytes per vector, dword lanes 80
         std::vector<int64_t> counts;
         const int64_t dword_bytes = ell_build(w.rows, w.nblk, kSparseSegment, EllLanes::dword, counts, nullptr, nullptr) * 80;

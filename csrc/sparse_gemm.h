@@ -32,9 +32,11 @@
 //                 segments) or vpermb (64) (AVX-512 VBMI) or, on AVX2, vpshufb + selects; any
 //                 pattern (csr, nm, bsr whose blocks are not 4-column aligned). Not built on
 //                 CPUs with AVX-512 VNNI but no VBMI (their vector path could not read them).
-//                 The segment is sparse_byte_segment()'s unless forced: narrower segments pad
-//                 more (a vector holds as many weights as the fullest of its 16 rows has in the
-//                 segment: 6-18% more vectors on MiniLM's 80% weights) but fetch for less (on
+//                 The segment is sparse_byte_segment()'s unless forced (on AVX-512, 128 for a
+//                 weight whose 64-byte form needs 1.2x the vectors or more: see the packer).
+//                 Narrower segments pad more (a vector holds as many weights as the fullest of
+//                 its 16 rows has in the segment: 6-18% more vectors on MiniLM's 80% weights,
+//                 20-21% on 90% random masks) but fetch for less (on
 //                 Zen 4 a vpermb + vpdpbusd pair takes ~1.4 cycles, vpermi2b + vpdpbusd ~1.9;
 //                 on AVX2 4 shuffles + 3 selects instead of 8 + 7), and with one register per
 //                 activation row the kernel feeds 8 rows per vector instead of 4;

@@ -48,7 +48,8 @@ EXACT_ACT_QUANT = ("dynamic", "static")
 def byte_segment() -> int:
     """Columns per segment of the byte-lane ELL the native packer builds now
     (``_native.sparse_byte_segment``: 64 or 128); 128 where the native backend is unavailable
-    (no backend reads ELL then, and the order changes no result either way)."""
+    (no backend reads ELL then, and the order changes no result either way). The packer may
+    still keep 128 for a very sparse weight (csrc/sparse_gemm.cpp); the order stays exact."""
     if registry.backend_status("native") is not None:
         return SEGMENT
     from kernels.native_cpu import _native

@@ -382,31 +382,40 @@ def test_automatic_path_choice(restore_native_state):
 def test_byte_lane_segment_choice(restore_native_state):
     """Byte lanes are built over the segment sparse_byte_segment() names for the int8 path at
     pack time (64 on AVX2-class and scalar paths; on AVX-512 VNNI 64 or 128, by the permute
-    probe) unless forced; dword lanes always over 128 bytes; the vector counts follow the
-    segment (each vector is 4 weights of 16 rows inside one segment)."""
+    probe; where that is 64, a weight whose 64-byte form needs 1.2x the vectors or more keeps
+    128: M = 1 streams every vector) unless forced; dword lanes always over 128 bytes; the
+    vector counts follow the segment (each vector is 4 weights of 16 rows inside one segment)."""
     rng = _rng("segment")
-    case = pack_sparse_case(rng, "csr", 48, 300, "magnitude0.8")
-    ip, ix = case.fields["indptr"].astype(np.int64), case.fields["indices"].astype(np.int64)
-    rows = np.repeat(np.arange(48), np.diff(ip))
+    cases = [pack_sparse_case(rng, "csr", 48, 300, "magnitude0.8"),     # 64 needs 1.07x the vectors
+             pack_sparse_case(rng, "csr", 48, 512, "magnitude0.95")]    # 64 needs 1.6x
+    for case in cases:
+        n, k = case.shape
+        ip, ix = case.fields["indptr"].astype(np.int64), case.fields["indices"].astype(np.int64)
+        rows = np.repeat(np.arange(n), np.diff(ip))
 
-    def vectors(seg):
-        counts = np.zeros((48, -(-300 // seg)), np.int64)
-        np.add.at(counts, (rows, ix // seg), 1)
-        return int(np.ceil(counts.reshape(3, 16, -1).max(1) / 4).sum())
+        def vectors(seg):
+            counts = np.zeros((n, -(-k // seg)), np.int64)
+            np.add.at(counts, (rows, ix // seg), 1)
+            return int(np.ceil(counts.reshape(n // 16, 16, -1).max(1) / 4).sum())
 
-    for isa in ISAS:
-        _native.set_int8_isa(isa)
-        expected = _native.sparse_byte_segment()
-        assert expected == 64 if isa != "avx512_vnni" else expected in (64, 128)
+        for isa in ISAS:
+            _native.set_int8_isa(isa)
+            expected = _native.sparse_byte_segment()
+            assert expected == 64 if isa != "avx512_vnni" else expected in (64, 128)
+            if isa == "avx512_vnni" and expected == 64 and vectors(64) >= 1.2 * vectors(128):
+                expected = 128
+            if BYTE_LANES:
+                auto = pack_sparse(case, lanes="byte", quad_rows=0)
+                assert (auto.segment, auto.ell_vectors) == (expected, vectors(expected)), (isa, vectors(64), vectors(128))
         if BYTE_LANES:
-            auto = pack_sparse(case, lanes="byte", quad_rows=0)
-            assert (auto.segment, auto.ell_vectors) == (expected, vectors(expected))
-    if BYTE_LANES:
-        for seg in (64, 128):
-            w = pack_sparse(case, lanes="byte", quad_rows=0, segment=seg)
-            assert (w.lanes, w.segment, w.ell_vectors) == ("byte", seg, vectors(seg))
-    assert pack_sparse(case, lanes="dword", quad_rows=0, segment=64).segment == 128
-    assert pack_sparse(case, lanes="none", quad_rows=0).segment == 0
+            for seg in (64, 128):
+                w = pack_sparse(case, lanes="byte", quad_rows=0, segment=seg)
+                assert (w.lanes, w.segment, w.ell_vectors) == ("byte", seg, vectors(seg))
+    ratios = [pack_sparse(c, lanes="byte", quad_rows=0, segment=64).ell_vectors
+              / pack_sparse(c, lanes="byte", quad_rows=0, segment=128).ell_vectors for c in cases] if BYTE_LANES else [1, 2]
+    assert ratios[0] < 1.2 <= ratios[1], ratios   # both sides of the rule are exercised
+    assert pack_sparse(cases[0], lanes="dword", quad_rows=0, segment=64).segment == 128
+    assert pack_sparse(cases[0], lanes="none", quad_rows=0).segment == 0
     two, one = _native.sparse_permute_probe()
     if VNNI and _native.sparse_has_vbmi():
         assert two > 0 and one > 0
