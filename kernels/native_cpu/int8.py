@@ -73,6 +73,15 @@ class Int8Plan(PreparedWeight):
 def int8_linear(x: Any, plan: Int8Plan, bias: Any = None, activation: str = "none") -> np.ndarray:
     """Y (..., N) = act(quant(X) @ W.T + bias) in X's dtype; X (..., K) float, W logical (N, K),
     bias (N,) or None, activation one of kernels.core.ops ACTIVATIONS (fused for float32 X)."""
+    return packed_linear(_native.int8_linear, x, plan, bias, activation)
+
+
+def packed_linear(binding: Any, x: Any, plan: Any, bias: Any = None, activation: str = "none") -> np.ndarray:
+    """int8_linear's body on any native integer plan (Int8Plan, sparse.SparsePlan): float32 X
+    with quantized activations goes to ``binding(plan.packed, X (M, K), bias, act_quant,
+    act_scale, act_zero_point, activation=)`` -> Y (M, N) float32, the activation applied by the
+    kernel; weight-only plans to float BLAS on ``plan.dense32``, then the activation in place;
+    anything else to the reference."""
     x, x2 = rows_of(x, plan.k, plan.weight)
     shape = x.shape
     if x.dtype == np.float32 and plan.act_quant != "none":
@@ -80,9 +89,8 @@ def int8_linear(x: Any, plan: Int8Plan, bias: Any = None, activation: str = "non
         # bias's shape and reads float32 / float64 itself
         if bias is not None and not (isinstance(bias, np.ndarray) and bias.dtype in F32_F64):
             bias = bias32_or_64(bias, plan.n)
-        y = _native.int8_linear(plan.packed, x2 if x2.flags.c_contiguous else np.ascontiguousarray(x2), bias,
-                                plan.act_quant, plan.act_scale, plan.act_zero_point,
-                                activation=activation)   # (M, N) float32
+        y = binding(plan.packed, x2 if x2.flags.c_contiguous else np.ascontiguousarray(x2), bias,
+                    plan.act_quant, plan.act_scale, plan.act_zero_point, activation=activation)   # (M, N) float32
         return y.reshape(*shape[:-1], plan.n)
     bias = bias32_or_64(bias, plan.n)
     if plan.act_quant == "none":

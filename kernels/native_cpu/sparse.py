@@ -26,12 +26,12 @@ from typing import Any
 import numpy as np
 
 from kernels.core.layouts import PackedTensor
-from kernels.gemm_front import (F32_F64, activate_after, bias32_or_64, gemm_factory, packed_rows_run, rows_of,
-                                 weight_only)
-from kernels.reference.packed import PreparedWeight, packed_linear_ref
+from kernels.gemm_front import gemm_factory, packed_rows_run
+from kernels.reference.packed import PreparedWeight
 from kernels.registry import register
 
 from . import _native
+from .int8 import packed_linear
 
 SPARSE_LAYOUTS = ("csr", "bsr", "nm")
 def pack_sparse(weight: PackedTensor, lanes: str = "auto", quad_rows: int = -1, pairs: int = -1, segment: int = -1):
@@ -75,24 +75,8 @@ class SparsePlan(PreparedWeight):
 def sparse_linear(x: Any, plan: SparsePlan, bias: Any = None, activation: str = "none") -> np.ndarray:
     """Y (..., N) = act(quant(X) @ W.T + bias) in X's dtype; X (..., K) float, W logical (N, K),
     bias (N,) or None, activation one of kernels.core.ops ACTIVATIONS (applied by the kernel's
-    threads right after each block of outputs, for float32 X: no second pass, no copy)."""
-    x, x2 = rows_of(x, plan.k, plan.weight)
-    shape = x.shape
-    if x.dtype == np.float32 and plan.act_quant != "none":
-        if bias is not None and not (isinstance(bias, np.ndarray) and bias.dtype in F32_F64):
-            bias = bias32_or_64(bias, plan.n)
-        y = _native.sparse_int8_linear(plan.packed, x2 if x2.flags.c_contiguous else np.ascontiguousarray(x2), bias,
-                                       plan.act_quant, plan.act_scale, plan.act_zero_point,
-                                       activation=activation)   # (M, N) float32
-        return y.reshape(*shape[:-1], plan.n)
-    bias = bias32_or_64(bias, plan.n)
-    if plan.act_quant == "none":
-        y = weight_only(x2, plan.dense32, bias)               # (M, N), a fresh array in X's dtype
-        if y.dtype == np.float32:
-            _native.apply_activation(y, activation)      # in place; "none" does nothing
-            return y.reshape(*shape[:-1], plan.n)
-        return activate_after(y.reshape(*shape[:-1], plan.n), activation)
-    return activate_after(packed_linear_ref(x, plan.reference(), bias), activation)
+    threads in one pass over Y for float32 X: no copy, no separate op)."""
+    return packed_linear(_native.sparse_int8_linear, x, plan, bias, activation)
 
 
 _factory = gemm_factory("Linear", lambda w, a, _: SparsePlan(w, **a.quant),
