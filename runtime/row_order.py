@@ -52,8 +52,7 @@ def byte_segment() -> int:
     still keep 128 for a very sparse weight (csrc/sparse_gemm.cpp); the order stays exact."""
     if registry.backend_status("native") is not None:
         return SEGMENT
-    from kernels.native_cpu import _native
-    return int(_native.sparse_byte_segment())
+    return registry.backend_module("native").ell_byte_segment()
 
 
 def ell_vectors(indptr: np.ndarray, indices: np.ndarray, n: int, k: int, order: np.ndarray | None = None,

@@ -123,6 +123,15 @@ def set_threads(n: int) -> None:
     core_threads.cap_blas_threads(n)
 
 
+def ell_byte_segment() -> int:
+    """Columns per segment of the byte-lane ELL the sparse packer builds now by default
+    (``_native.sparse_byte_segment``, csrc/sparse_gemm.h: 64 or 128); 128 without the
+    extension. runtime/row_order.py sorts rows for it."""
+    if _load_native() is None:
+        return 128
+    return int(_ext.sparse_byte_segment())
+
+
 def cpu_features() -> dict[str, bool]:
     """ISA features of this CPU that the OS has enabled, as {name: bool} for every FEATURES name.
 
