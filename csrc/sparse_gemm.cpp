@@ -381,8 +381,9 @@ SparseInt8Weight sparse_int8_pack(SparseRows rows, const float* scale, const Spa
 
     int lanes = opt.lanes;
     int64_t byte_seg = opt.segment > 0 ? opt.segment : sparse_byte_segment();
-    if (opt.segment < 0 && byte_seg == kSparseSegmentNarrow && int8_current_isa() == Int8Isa::avx512_vnni &&
-        sparse_byte_lanes_supported()) {
+    const bool may_be_bytes = lanes < 0 || lanes == static_cast<int>(EllLanes::byte);
+    if (opt.segment < 0 && may_be_bytes && byte_seg == kSparseSegmentNarrow &&
+        int8_current_isa() == Int8Isa::avx512_vnni && sparse_byte_lanes_supported()) {
         // AVX-512: the narrow segments' faster permute pays for up to ~1.36x more vectors once a
         // vector serves several activation rows, but M = 1 streams each vector once, so there
         // every extra vector costs its bytes. Measured (Zen 4, 2 threads, 90% random masks, where
