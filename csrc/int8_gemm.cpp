@@ -420,8 +420,10 @@ constexpr int64_t kReluParallelMin = 1 << 20;
 }  // namespace
 
 void activation_inplace(float* y, int64_t count, Activation act) {
-    const Int8Isa isa = int8_current_isa();
-    const int nt = int8_get_threads();
+    activation_inplace_threads(y, count, act, int8_current_isa(), int8_get_threads());
+}
+
+void activation_inplace_threads(float* y, int64_t count, Activation act, Int8Isa isa, int nt) {
     const int64_t min_count = act == Activation::relu ? kReluParallelMin : kGeluParallelMin;
     if (act == Activation::none || nt <= 1 || count < min_count) {
         activation_inplace_isa(y, count, act, isa);

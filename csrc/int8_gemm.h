@@ -143,8 +143,10 @@ void int8_linear_isa(const Int8PackedWeight& w, const float* x, int64_t m, const
 // y[i] = act(y[i]) for i < count, in place: the epilogue activation on its own (for outputs
 // that do not come from the int8 GEMM, e.g. the weight-only Linear's BLAS matmul, the sparse
 // Linears), on the int8 path's threads where count is large (int8_gemm.cpp). Same bits as the
-// fused epilogue on every path and for any split. The _isa form runs on the calling thread.
+// fused epilogue on every path and for any split. The _isa form runs on the calling thread;
+// the _threads form on an explicit path and thread count (the sparse Linear's own).
 void activation_inplace(float* y, int64_t count, Activation act);
 void activation_inplace_isa(float* y, int64_t count, Activation act, Int8Isa isa);
+void activation_inplace_threads(float* y, int64_t count, Activation act, Int8Isa isa, int threads);
 
 }  // namespace qrt

@@ -627,8 +627,8 @@ void sparse_int8_linear_isa(const SparseInt8Weight& w, const float* x, int64_t m
         (void)t;
 #endif
     };
-    // The activation: one pass over Y after the products, split over the threads (element by
-    // element: the bits of activation_inplace). Measured on MiniLM's 80% FFN input Linear, M = 128,
+    // The activation: one pass over Y after the products, on the call's threads
+    // (activation_inplace_threads: its bits, its split). Measured on MiniLM's 80% FFN input Linear, M = 128,
     // 2 threads, Zen 4, us: products 112, + the pass 196; the GELU in the ELL kernel's registers
     // before each store 223-241; on each work item's 16-column strips right after it 229.
     const auto run_item = [&](int64_t item) {
@@ -651,12 +651,11 @@ void sparse_int8_linear_isa(const SparseInt8Weight& w, const float* x, int64_t m
         }
     };
     const int64_t ntiles = tiled ? tiles : 0;
-    const bool act_after = act != Activation::none;
     if (nt == 1) {   // no OpenMP loop bookkeeping (measured: ~10 % of a small call)
         for (int64_t i = 0; i < m; ++i) quantize_row(i);
         for (int64_t t = 0; t < ntiles; ++t) transpose_tile(t);
         for (int64_t item = 0; item < items; ++item) run_item(item);
-        if (act_after) activation_inplace_isa(y, m * n, act, isa);
+        activation_inplace_threads(y, m * n, act, isa, 1);
         return;
     }
     // Rounds of work_pool.h items (claimed by whoever is awake, the caller included; nobody
@@ -672,13 +671,7 @@ void sparse_int8_linear_isa(const SparseInt8Weight& w, const float* x, int64_t m
     parallel_items((items + chunk - 1) / chunk, nt, [&](int64_t c) {
         for (int64_t item = c * chunk; item < std::min(items, (c + 1) * chunk); ++item) run_item(item);
     });
-    if (act_after) {   // rows in chunks of ~16 K elements (activation_inplace's split)
-        const int64_t rows = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, n));
-        parallel_items((m + rows - 1) / rows, nt, [&](int64_t c) {
-            const int64_t r0 = c * rows, r1 = std::min(m, r0 + rows);
-            activation_inplace_isa(y + r0 * n, (r1 - r0) * n, act, isa);
-        });
-    }
+    activation_inplace_threads(y, m * n, act, isa, nt);
 }
 
 void sparse_int8_linear(const SparseInt8Weight& w, const float* x, int64_t m, const double* bias,

@@ -94,13 +94,10 @@ QRT_TARGET_AVX2 inline __m256i shuffle16(const uint8_t* t, int j, __m256i sel) {
 // kSeg64; 32-aligned).
 template <bool kByte, bool kSeg64>
 QRT_TARGET_AVX2 inline __m256i fetch(const uint8_t* t, const HalfIndex& d) {
-    if constexpr (kByte && kSeg64) {
+    if constexpr (kByte) {
         const __m256i a0 = _mm256_blendv_epi8(shuffle16(t, 0, d.sel), shuffle16(t, 1, d.sel), d.m0);
         const __m256i a1 = _mm256_blendv_epi8(shuffle16(t, 2, d.sel), shuffle16(t, 3, d.sel), d.m0);
-        return _mm256_blendv_epi8(a0, a1, d.m1);
-    } else if constexpr (kByte) {
-        const __m256i a0 = _mm256_blendv_epi8(shuffle16(t, 0, d.sel), shuffle16(t, 1, d.sel), d.m0);
-        const __m256i a1 = _mm256_blendv_epi8(shuffle16(t, 2, d.sel), shuffle16(t, 3, d.sel), d.m0);
+        if constexpr (kSeg64) return _mm256_blendv_epi8(a0, a1, d.m1);   // offsets < 64: bits 4 and 5
         const __m256i a2 = _mm256_blendv_epi8(shuffle16(t, 4, d.sel), shuffle16(t, 5, d.sel), d.m0);
         const __m256i a3 = _mm256_blendv_epi8(shuffle16(t, 6, d.sel), shuffle16(t, 7, d.sel), d.m0);
         return _mm256_blendv_epi8(_mm256_blendv_epi8(a0, a1, d.m1), _mm256_blendv_epi8(a2, a3, d.m1), d.m2);
