@@ -42,6 +42,12 @@
 //              2^-126, which the tests allow), and no subnormal is ever computed there: on
 //              x86, an operation that produces one is several times slower (measured here: a
 //              fused Linear + GELU whose outputs are often below -14 ran at half speed).
+//              gelu's bound is n < -126 itself, so wherever its e^r is not 0, n1 = n: it
+//              multiplies by 2^n alone, and by +0 instead of zeroing e^r (kErfScaleFloor).
+//              That form does 8 fewer vector operations for the same bits on all 2^32 inputs
+//              (checked exhaustively against the two-factor form, 2026-12-05). Zen 4, one
+//              thread, 196,608 values in L2: AVX-512 0.83 -> 0.75 ns a value, AVX2 (eight
+//              chains) 0.95 -> 0.87.
 //
 // Accuracy, measured on every 13th float32 bit pattern (329 million finite values, both signs)
 // against float64 formulas with scipy's erfc (tools/activation_accuracy.py 13): relative error < 4.6e-7 (gelu) and < 2.2e-7
@@ -118,6 +124,12 @@ constexpr int32_t kMinExponent = -126;    // 2^n1 stays a normal float32
 // and e = e^r 2^n <= sqrt 2 * 2^n (|r| <= ln2 / 2): below 2^-126 for n <= -127. gelu_tanh's is below |x| e, and n <= -131 means
 // an exponent below -90.4, i.e. |x| > 10.3, where |x| e < 6e-39 < 2^-126 (falling as |x| grows).
 constexpr int32_t kErfZeroExponent = -126;
+// gelu needs no scale1: its e^r is 0 exactly where n < kErfZeroExponent = kMinExponent, so
+// wherever it is not, n1 = n and scale1 = 1. It takes 2^max(n, kErfZeroExponent - 1) instead,
+// whose biased exponent is 0 (the float +0) for every n below: multiplying by it gives the same
+// zero (sign included) as p = 0 did, in one integer max instead of a compare, a select, a max
+// and two multiplications (tests/test_native_int8.py checks the bits against the scalar code).
+constexpr int32_t kErfScaleFloor = kErfZeroExponent - 1;
 constexpr int32_t kTanhZeroExponent = -130;
 // float32 range reduction: ln 2 = kLn2HiF + kLn2LoF, n = k - kMagicF
 constexpr float kLog2eF = 1.44269504088896340736f;
@@ -155,11 +167,17 @@ struct ExpParts {
     float p, scale1, scale2;
 };
 
-// p = 0 for n < zero_below. n may be anything for a NaN argument (the callers' results are NaN
-// through x itself), so the integer arithmetic is unsigned (modulo 2^32, as the vector lanes).
-inline ExpParts exp_parts(float r, int32_t n, int32_t zero_below) {
+inline float exp_poly(float r) {   // e^r, |r| <= ln2 / 2
     float p = kExpPoly[0];
     for (int i = 1; i < kExpTerms; ++i) p = std::fma(p, r, kExpPoly[i]);
+    return p;
+}
+
+// p = 0 for n < zero_below. n may be anything for a NaN argument (the callers' results are NaN
+// through x itself), so the integer arithmetic is unsigned (modulo 2^32, as the vector lanes;
+// gelu_erf's too).
+inline ExpParts exp_parts(float r, int32_t n, int32_t zero_below) {
+    float p = exp_poly(r);
     if (n < zero_below) p = 0.0f;
     const int32_t n1 = n > kMinExponent ? n : kMinExponent;
     return {p, pow2_from_exponent(static_cast<uint32_t>(n) - static_cast<uint32_t>(n1) + 127u),
@@ -182,10 +200,14 @@ inline float gelu_erf(float x) {
     float r = std::fma(-n, kLn2HiF, s_hi);                // the large terms cancel first
     r = (r + q) + s_lo;
     r = std::fma(-n, kLn2LoF, r);
-    const ExpParts e = exp_parts(r, static_cast<int32_t>(float_bits(k) - float_bits(kMagicF)), kErfZeroExponent);
+    const int32_t ni = static_cast<int32_t>(float_bits(k) - float_bits(kMagicF));
+    const int32_t n1 = ni > kErfScaleFloor ? ni : kErfScaleFloor;
+    const float scale = pow2_from_exponent(static_cast<uint32_t>(n1) + 127u);   // 2^n, or +0 (kErfScaleFloor)
     const float ht = 0.5f * t;
-    if (x < 0.0f) return (((x * ht) * e.p) * e.scale1) * e.scale2;
-    return x * (1.0f - ((ht * e.p) * e.scale1) * e.scale2);
+    // g = ((x ht) p) 2^n for x < 0 (the result), (ht p) 2^n = h for x >= 0 (1 * ht is ht exactly)
+    const bool negative = x < 0.0f;
+    const float g = (((negative ? x : 1.0f) * ht) * exp_poly(r)) * scale;
+    return negative ? g : x * (1.0f - g);
 }
 
 // GELU, tanh form
@@ -233,11 +255,16 @@ namespace act_detail {
 // --- AVX-512: 16 float32 lanes (gelu_tanh's float64 part in two halves of 8), the scalar code
 // above operation for operation -------------------------------------------------------------------
 
+QRT_ACT_TARGET_AVX512 inline __m512 exp_poly_avx512(__m512 r) {
+    __m512 p = _mm512_set1_ps(kExpPoly[0]);
+    for (int i = 1; i < kExpTerms; ++i) p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kExpPoly[i]));
+    return p;
+}
+
 // (p * scale1) * scale2 parts of exp_parts, for 16 lanes
 QRT_ACT_TARGET_AVX512 inline void exp_parts_avx512(__m512 r, __m512i n, int32_t zero_below, __m512& p, __m512& scale1,
                                                    __m512& scale2) {
-    p = _mm512_set1_ps(kExpPoly[0]);
-    for (int i = 1; i < kExpTerms; ++i) p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kExpPoly[i]));
+    p = exp_poly_avx512(r);
     p = _mm512_maskz_mov_ps(_mm512_cmpge_epi32_mask(n, _mm512_set1_epi32(zero_below)), p);
     const __m512i n1 = _mm512_max_epi32(n, _mm512_set1_epi32(kMinExponent));
     const __m512i bias = _mm512_set1_epi32(127);
@@ -261,14 +288,14 @@ QRT_ACT_TARGET_AVX512 inline __m512 gelu_erf_avx512(__m512 x) {
     __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kLn2HiF), s_hi);
     r = _mm512_add_ps(_mm512_add_ps(r, q), s_lo);
     r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kLn2LoF), r);
-    __m512 p, scale1, scale2;
-    exp_parts_avx512(r, _mm512_sub_epi32(_mm512_castps_si512(k), _mm512_castps_si512(magic)), kErfZeroExponent, p,
-                     scale1, scale2);
+    const __m512i ni = _mm512_sub_epi32(_mm512_castps_si512(k), _mm512_castps_si512(magic));
+    const __m512i n1 = _mm512_max_epi32(ni, _mm512_set1_epi32(kErfScaleFloor));
+    const __m512 scale = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(n1, _mm512_set1_epi32(127)), 23));
     const __m512 ht = _mm512_mul_ps(_mm512_set1_ps(0.5f), t);
-    const __m512 negative = _mm512_mul_ps(_mm512_mul_ps(_mm512_mul_ps(_mm512_mul_ps(x, ht), p), scale1), scale2);
-    const __m512 h = _mm512_mul_ps(_mm512_mul_ps(_mm512_mul_ps(ht, p), scale1), scale2);
-    const __m512 positive = _mm512_mul_ps(x, _mm512_sub_ps(one, h));
-    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ), positive, negative);
+    const __mmask16 negative = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ);
+    const __m512 g = _mm512_mul_ps(_mm512_mul_ps(_mm512_mul_ps(_mm512_mask_blend_ps(negative, one, x), ht), exp_poly_avx512(r)),
+                                   scale);
+    return _mm512_mask_blend_ps(negative, _mm512_mul_ps(x, _mm512_sub_ps(one, g)), g);
 }
 
 // r (as float32) and n of gelu_tanh's exponent for 8 lanes of x (float64)
@@ -301,10 +328,15 @@ QRT_ACT_TARGET_AVX512 inline __m512 gelu_tanh_avx512(__m512 x) {
 
 // --- AVX2 + FMA: 8 float32 lanes (float64 in two halves of 4), the same operations -----------
 
+QRT_ACT_TARGET_AVX2 inline __m256 exp_poly_avx2(__m256 r) {
+    __m256 p = _mm256_set1_ps(kExpPoly[0]);
+    for (int i = 1; i < kExpTerms; ++i) p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kExpPoly[i]));
+    return p;
+}
+
 QRT_ACT_TARGET_AVX2 inline void exp_parts_avx2(__m256 r, __m256i n, int32_t zero_below, __m256& p, __m256& scale1,
                                                __m256& scale2) {
-    p = _mm256_set1_ps(kExpPoly[0]);
-    for (int i = 1; i < kExpTerms; ++i) p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kExpPoly[i]));
+    p = exp_poly_avx2(r);
     // p = 0 where n < zero_below
     p = _mm256_andnot_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(zero_below), n)), p);
     const __m256i n1 = _mm256_max_epi32(n, _mm256_set1_epi32(kMinExponent));
@@ -322,7 +354,7 @@ template <int N>
 QRT_ACT_TARGET_AVX2 inline void gelu_erf_avx2_n(__m256* v) {
 #define QRT_EACH for (int j = 0; j < N; ++j)
     const __m256 one = _mm256_set1_ps(1.0f), magic = _mm256_set1_ps(kMagicF);
-    __m256 ax[N], t[N], q[N], xc[N], hx[N], s_hi[N], s_lo[N], k[N], n[N], r[N], p[N], scale1[N], scale2[N];
+    __m256 ax[N], t[N], q[N], xc[N], hx[N], s_hi[N], s_lo[N], k[N], n[N], r[N], p[N];
     QRT_EACH ax[j] = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), v[j]);   // fabs: the sign bit cleared
     QRT_EACH t[j] = _mm256_div_ps(one, _mm256_fmadd_ps(ax[j], _mm256_set1_ps(kHalfInvSqrt2), one));
     QRT_EACH q[j] = _mm256_set1_ps(kErfcPoly[0]);
@@ -336,15 +368,17 @@ QRT_ACT_TARGET_AVX2 inline void gelu_erf_avx2_n(__m256* v) {
     QRT_EACH r[j] = _mm256_fnmadd_ps(n[j], _mm256_set1_ps(kLn2HiF), s_hi[j]);
     QRT_EACH r[j] = _mm256_add_ps(_mm256_add_ps(r[j], q[j]), s_lo[j]);
     QRT_EACH r[j] = _mm256_fnmadd_ps(n[j], _mm256_set1_ps(kLn2LoF), r[j]);
-    QRT_EACH exp_parts_avx2(r[j], _mm256_sub_epi32(_mm256_castps_si256(k[j]), _mm256_castps_si256(magic)),
-                            kErfZeroExponent, p[j], scale1[j], scale2[j]);
+    QRT_EACH p[j] = _mm256_set1_ps(kExpPoly[0]);   // exp_poly_avx2, N chains side by side
+    for (int i = 1; i < kExpTerms; ++i) QRT_EACH p[j] = _mm256_fmadd_ps(p[j], r[j], _mm256_set1_ps(kExpPoly[i]));
     QRT_EACH {
         const __m256 x = v[j];
+        const __m256i ni = _mm256_sub_epi32(_mm256_castps_si256(k[j]), _mm256_castps_si256(magic));
+        const __m256i n1 = _mm256_max_epi32(ni, _mm256_set1_epi32(kErfScaleFloor));
+        const __m256 scale = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n1, _mm256_set1_epi32(127)), 23));
         const __m256 ht = _mm256_mul_ps(_mm256_set1_ps(0.5f), t[j]);
-        const __m256 negative = _mm256_mul_ps(_mm256_mul_ps(_mm256_mul_ps(_mm256_mul_ps(x, ht), p[j]), scale1[j]), scale2[j]);
-        const __m256 h = _mm256_mul_ps(_mm256_mul_ps(_mm256_mul_ps(ht, p[j]), scale1[j]), scale2[j]);
-        const __m256 positive = _mm256_mul_ps(x, _mm256_sub_ps(one, h));
-        v[j] = _mm256_blendv_ps(positive, negative, _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_LT_OQ));
+        const __m256 negative = _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_LT_OQ);
+        const __m256 g = _mm256_mul_ps(_mm256_mul_ps(_mm256_mul_ps(_mm256_blendv_ps(one, x, negative), ht), p[j]), scale);
+        v[j] = _mm256_blendv_ps(_mm256_mul_ps(x, _mm256_sub_ps(one, g)), g, negative);
     }
 #undef QRT_EACH
 }
