@@ -197,12 +197,13 @@ def test_sparse_linear_matches_reference(case, act):
 @pytest.mark.parametrize("case", SPARSE_CASES, ids=_case_id)
 def test_every_path_exact_and_fully_written(case, restore_native_state):
     """Every code path (_variants) into a poisoned output buffer: all elements written, the
-    reference's bits, for M across the 4-row ELL groups and the 16-row tiles."""
+    reference's bits, for M across the 4-row ELL groups and the 16-row tiles; M = 45 also takes
+    the AVX-512 ELL kernel's prefetching first pass (M >= 32), then 8-, 4- and 1-row passes."""
     layout, kind, block, nm, n, k = case
     rng = _rng("paths", case)
     t = pack_sparse_case(rng, layout, n, k, kind, block=block or (1, 4), nm=nm or (2, 4))
     bias = rng.standard_normal(n)
-    for m in (1, 5, 17):
+    for m in (1, 5, 17, 45):
         x = _x(rng, (m, k))
         for act in ("dynamic", "static"):
             ref = _reference(t, ACTS[act], x, bias)
