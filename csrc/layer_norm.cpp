@@ -202,15 +202,25 @@ QRT_LN_AVX2 inline double combine8(__m256d lo, __m256d hi) {
     return ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]));
 }
 
-QRT_LN_AVX2 inline __m128 affine4(__m128 t, __m128 g, __m128 b, __m256d mean, __m256d rstd, bool has_bias) {
-    const __m256d r = _mm256_mul_pd(_mm256_mul_pd(_mm256_sub_pd(_mm256_cvtps_pd(t), mean), rstd), _mm256_cvtps_pd(g));
-    return _mm256_cvtpd_ps(has_bias ? _mm256_add_pd(r, _mm256_cvtps_pd(b)) : r);
+// g64 / b64: scale and bias widened to float64 once per block of rows (rows_avx2)
+QRT_LN_AVX2 inline __m128 affine4(__m128 t, const double* g64, const double* b64, __m256d mean, __m256d rstd,
+                                  bool has_bias) {
+    const __m256d r = _mm256_mul_pd(_mm256_mul_pd(_mm256_sub_pd(_mm256_cvtps_pd(t), mean), rstd), _mm256_loadu_pd(g64));
+    return _mm256_cvtpd_ps(has_bias ? _mm256_add_pd(r, _mm256_loadu_pd(b64)) : r);
 }
 
 QRT_LN_AVX2 void rows_avx2(const float* x, const float* skip, const float* scale, const float* bias, double eps,
                            float* y, int64_t lo, int64_t hi, int64_t d) {
     const int64_t d8 = d / 8 * 8;
     const bool has_bias = bias != nullptr;
+    // scale and bias as float64 for the vector part, once for these rows (as rows_avx512)
+    std::vector<double> gb(static_cast<size_t>(2 * d8));
+    double* g64 = gb.data();
+    double* b64 = g64 + d8;
+    for (int64_t j = 0; j < d8; ++j) {
+        g64[j] = static_cast<double>(scale[j]);
+        b64[j] = has_bias ? static_cast<double>(bias[j]) : 0.0;
+    }
     for (int64_t i = lo; i < hi; ++i) {
         const float* xr = x + i * d;
         const float* sr = skip + i * d;
@@ -235,12 +245,9 @@ QRT_LN_AVX2 void rows_avx2(const float* x, const float* skip, const float* scale
         const double rstd = 1.0 / std::sqrt(var + eps);
         const __m256d vmean = _mm256_set1_pd(mean), vrstd = _mm256_set1_pd(rstd);
         for (int64_t j = 0; j < d8; j += 8) {
-            const __m256 t = _mm256_loadu_ps(yr + j), g = _mm256_loadu_ps(scale + j);
-            const __m256 b = has_bias ? _mm256_loadu_ps(bias + j) : _mm256_setzero_ps();
-            const __m128 lo4 = affine4(_mm256_castps256_ps128(t), _mm256_castps256_ps128(g), _mm256_castps256_ps128(b),
-                                       vmean, vrstd, has_bias);
-            const __m128 hi4 = affine4(_mm256_extractf128_ps(t, 1), _mm256_extractf128_ps(g, 1),
-                                       _mm256_extractf128_ps(b, 1), vmean, vrstd, has_bias);
+            const __m256 t = _mm256_loadu_ps(yr + j);
+            const __m128 lo4 = affine4(_mm256_castps256_ps128(t), g64 + j, b64 + j, vmean, vrstd, has_bias);
+            const __m128 hi4 = affine4(_mm256_extractf128_ps(t, 1), g64 + j + 4, b64 + j + 4, vmean, vrstd, has_bias);
             _mm256_storeu_ps(yr + j, _mm256_set_m128(hi4, lo4));
         }
         for (int64_t j = d8; j < d; ++j) {
