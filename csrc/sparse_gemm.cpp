@@ -297,15 +297,15 @@ int64_t sparse_byte_segment() {
     // Zen 4: vpermi2b + vpdpbusd 0.52-0.54 ns a pair, vpermb + vpdpbusd 0.36-0.39 (1.38-1.48x),
     // so 64-byte segments win although they need 6-18% more vectors (MiniLM's 80% weights); a
     // CPU whose two-table permute is as fast as the one-table one keeps 128 (fewer vectors).
-    // The margin is small on purpose: the same Zen 4 VM also probes 0.56 / 0.48 (1.17-1.22x)
-    // at times (a busy host), and a 1.25x margin then packed a whole process's weights over
-    // 128 bytes, which ran MiniLM's 80% model 2-26% slower than 64 in every state measured
-    // (benchmarks/RESULTS.md, "One segment whatever the host's state"). The packer's 1.2x
-    // vector-growth rule still keeps 128 where 64 would pad too much.
+    // The margin is small on purpose: the same Zen 4 VM also probes 0.56 / 0.48-0.50
+    // (1.13-1.22x) at times (a busy host), and a 1.25x margin then packed a whole process's
+    // weights over 128 bytes, which ran MiniLM's 80% model 2-26% slower than 64 in every round
+    // measured (benchmarks/RESULTS.md, "The segment probe depended on the host's state"). The
+    // packer's 1.2x vector-growth rule still keeps 128 where 64 would pad too much.
     if (int8_current_isa() != Int8Isa::avx512_vnni) return kSparseSegmentNarrow;   // AVX2-class or scalar: fewer lookups
     static const bool narrow = [] {   // measured once per process
         const auto [two, one] = sparse_permute_probe();
-        return one > 0 && two > 1.1 * one;
+        return one > 0 && two > 1.05 * one;
     }();
     return narrow ? kSparseSegmentNarrow : kSparseSegment;
 }
