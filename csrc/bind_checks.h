@@ -6,8 +6,13 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <cmath>
 #include <cstdint>
+#include <stdexcept>
 #include <string>
+
+#include "activation.h"
+#include "int8_gemm.h"
 
 namespace qrt {
 namespace bind {
@@ -98,6 +103,34 @@ inline py::array output_f32(const py::handle& out_obj, int64_t m, int64_t n) {
     require_c_contiguous(out, "out");
     if (!out.writeable()) throw py::value_error("out must be writeable");
     return out;
+}
+
+// An epilogue activation by name ('none', 'relu', 'gelu', 'gelu_tanh'), else ValueError.
+inline Activation activation_arg(const std::string& name) {
+    try {
+        return activation_from_name(name);
+    } catch (const std::invalid_argument& e) {
+        throw py::value_error(e.what());
+    }
+}
+
+// The integer kernels' activation quantization: 'dynamic' (per-row scales), or 'static' with a
+// finite scale > 0 and a zero point in [-128, 127]; else ValueError.
+inline Int8ActQuant act_quant_arg(const std::string& act_quant, double act_scale, int64_t act_zero_point) {
+    Int8ActQuant aq;
+    if (act_quant == "static") {
+        if (!(std::isfinite(act_scale) && act_scale > 0))
+            throw py::value_error("act_scale = " + std::to_string(act_scale) + ", expected finite and > 0");
+        if (act_zero_point < -128 || act_zero_point > 127)
+            throw py::value_error("act_zero_point = " + std::to_string(act_zero_point) + ", expected an int in [-128, 127]");
+        aq.is_static = true;
+        aq.scale = act_scale;
+        aq.zero_point = static_cast<int32_t>(act_zero_point);
+    } else if (act_quant != "dynamic") {
+        throw py::value_error("act_quant = '" + act_quant + "', expected 'dynamic' or 'static' (the integer kernel; "
+                              "weight-only 'none' is a float matmul on the dequantized weight)");
+    }
+    return aq;
 }
 
 }  // namespace bind

@@ -208,24 +208,8 @@ std::unique_ptr<qrt::SparseInt8Weight> make_nm(const py::object& meta_obj, const
 py::array sparse_linear_py(const qrt::SparseInt8Weight& w, const py::object& x_obj, const py::object& bias_obj,
                            const std::string& act_quant, double act_scale, int64_t act_zero_point,
                            const py::object& out_obj, const std::string& path_name, const std::string& activation) {
-    qrt::Activation act = qrt::Activation::none;
-    try {
-        act = qrt::activation_from_name(activation);
-    } catch (const std::invalid_argument& e) {
-        throw py::value_error(e.what());
-    }
-    qrt::Int8ActQuant aq;
-    if (act_quant == "static") {
-        if (!(std::isfinite(act_scale) && act_scale > 0))
-            throw py::value_error("act_scale = " + std::to_string(act_scale) + ", expected finite and > 0");
-        if (act_zero_point < -128 || act_zero_point > 127)
-            throw py::value_error("act_zero_point = " + std::to_string(act_zero_point) + ", expected an int in [-128, 127]");
-        aq.is_static = true;
-        aq.scale = act_scale;
-        aq.zero_point = static_cast<int32_t>(act_zero_point);
-    } else if (act_quant != "dynamic") {
-        throw py::value_error("act_quant = '" + act_quant + "', expected 'dynamic' or 'static' (the integer kernel)");
-    }
+    const qrt::Activation act = qrt::bind::activation_arg(activation);
+    const qrt::Int8ActQuant aq = qrt::bind::act_quant_arg(act_quant, act_scale, act_zero_point);
     const qrt::SparsePath path = path_option(path_name);
     py::array x = as_array_of<float>(x_obj, "X", "float32");
     if (x.ndim() != 2 || x.shape(1) != w.k)

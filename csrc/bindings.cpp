@@ -128,25 +128,8 @@ std::unique_ptr<qrt::Int8PackedWeight> make_int8_weight(const py::object& qdata_
 py::array int8_linear_py(const qrt::Int8PackedWeight& w, const py::object& x_obj, const py::object& bias_obj,
                          const std::string& act_quant, double act_scale, int64_t act_zero_point,
                          const py::object& out_obj, const std::string& activation) {
-    qrt::Activation act = qrt::Activation::none;
-    try {
-        act = qrt::activation_from_name(activation);
-    } catch (const std::invalid_argument& e) {
-        throw py::value_error(e.what());
-    }
-    qrt::Int8ActQuant aq;
-    if (act_quant == "static") {
-        if (!(std::isfinite(act_scale) && act_scale > 0))
-            throw py::value_error("act_scale = " + std::to_string(act_scale) + ", expected finite and > 0");
-        if (act_zero_point < -128 || act_zero_point > 127)
-            throw py::value_error("act_zero_point = " + std::to_string(act_zero_point) + ", expected an int in [-128, 127]");
-        aq.is_static = true;
-        aq.scale = act_scale;
-        aq.zero_point = static_cast<int32_t>(act_zero_point);
-    } else if (act_quant != "dynamic") {
-        throw py::value_error("act_quant = '" + act_quant + "', expected 'dynamic' or 'static' (the integer kernel; "
-                              "weight-only 'none' is a float matmul on the dequantized weight)");
-    }
+    const qrt::Activation act = qrt::bind::activation_arg(activation);
+    const qrt::Int8ActQuant aq = qrt::bind::act_quant_arg(act_quant, act_scale, act_zero_point);
     py::array x = as_array_of<float>(x_obj, "X", "float32");
     require_shape(x, "X", {{-1, "M"}, {w.k, ""}}, " (K of the weight)");
     require_c_contiguous(x, "X");
@@ -172,12 +155,7 @@ py::array int8_linear_py(const qrt::Int8PackedWeight& w, const py::object& x_obj
 
 // y = act(y) in place: y any shape, float32, C-contiguous, writeable (activation.h).
 void apply_activation_py(const py::object& y_obj, const std::string& activation) {
-    qrt::Activation act = qrt::Activation::none;
-    try {
-        act = qrt::activation_from_name(activation);
-    } catch (const std::invalid_argument& e) {
-        throw py::value_error(e.what());
-    }
+    const qrt::Activation act = qrt::bind::activation_arg(activation);
     py::array y = as_array_of<float>(y_obj, "y", "float32");
     require_c_contiguous(y, "y");
     if (!y.writeable()) throw py::value_error("y must be writeable");
@@ -215,6 +193,7 @@ void bind_sparse(py::module_& m);   // bind_sparse.cpp: the sparse int8 Linear
 void bind_fused(py::module_& m);    // bind_fused.cpp: Attention, SkipLayerNormalization
 void bind_int4(py::module_& m);     // bind_int4.cpp: the int4_grouped weight-only Linear
 void bind_gather(py::module_& m);   // bind_gather.cpp: Gather on an int8 / int4_grouped table
+void bind_linear_call(py::module_& m);   // bind_linear_call.cpp: a Linear step bound in C++
 
 PYBIND11_MODULE(_native, m) {
     m.doc() = "qrt native CPU backend (built from csrc/): feature probe, build information, int8 Linear.";
@@ -360,6 +339,7 @@ PYBIND11_MODULE(_native, m) {
     bind_fused(m);
     bind_int4(m);
     bind_gather(m);
+    bind_linear_call(m);   // after the weight classes it takes
 
     m.def("cpu_brand", &qrt::cpu_brand, "The CPU brand string (cpuid), or the machine name off x86.");
 

@@ -16,7 +16,6 @@ import hashlib
 import threading
 import weakref
 from dataclasses import dataclass
-from functools import partial
 from typing import Any, Callable
 
 import numpy as np
@@ -169,28 +168,6 @@ def rows_of(x: Any, k: int, weight: PackedTensor) -> tuple[np.ndarray, np.ndarra
         raise ValueError(f"Linear: X {x.shape} ({x.dtype}) does not match packed weight "
                          f"{weight.name!r} of shape {weight.shape} (need float X (..., K))")
     return x, x.reshape(-1, k)
-
-
-def packed_rows_run(binding: Callable[..., np.ndarray], plan: Any, general: Callable[..., tuple],
-                    **bound: Any) -> Callable[..., tuple] | None:
-    """A Linear's fast run (``gemm_factory``'s ``fast``) on a plan
-    (kernels.reference.packed.PreparedWeight) that packed its weight for quantized activations:
-    C-contiguous float32 X (..., K) and a float32 / float64 bias (N,) or None go straight to
-    ``binding(plan.packed, X (M, K), bias, act_quant=, act_scale=, act_zero_point=, **bound)
-    -> Y (M, N)`` float32 (a C++ binding, which checks the bias's shape); anything else to
-    ``general``. None for a weight-only plan (no packed weight)."""
-    if plan.act_quant == "none":
-        return None
-    kernel = partial(binding, plan.packed, act_quant=plan.act_quant, act_scale=plan.act_scale,
-                     act_zero_point=plan.act_zero_point, **bound)
-    k, n = plan.k, plan.n
-
-    def run(x, _weight=None, bias=None):
-        if (type(x) is np.ndarray and x.dtype == F32 and x.ndim and x.shape[-1] == k and x.flags.c_contiguous
-                and (bias is None or (type(bias) is np.ndarray and bias.dtype in F32_F64))):
-            return (kernel(x.reshape(-1, k), bias).reshape(x.shape[:-1] + (n,)),)
-        return general(x, _weight, bias)
-    return run
 
 
 def bias64(bias: Any, n: int, op: str) -> np.ndarray | None:

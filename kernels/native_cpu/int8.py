@@ -38,8 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from kernels.gemm_front import (F32_F64, activate_after, bias32_or_64, gemm_factory, packed_rows_run, rows_of,
-                                weight_only)
+from kernels.gemm_front import F32_F64, activate_after, bias32_or_64, gemm_factory, rows_of, weight_only
 from kernels.reference.packed import PreparedWeight, packed_linear_ref
 from kernels.registry import register
 
@@ -102,7 +101,19 @@ def packed_linear(binding: Any, x: Any, plan: Any, bias: Any = None, activation:
     return activate_after(packed_linear_ref(x, plan.reference(), bias), activation)
 
 
+def bound_linear_run(plan: Any, general: Any, activation: str) -> Any:
+    """A Linear's fast run (``gemm_factory``'s ``fast``) on a native integer plan (Int8Plan,
+    sparse.SparsePlan): ``_native.LinearCall``, which runs C-contiguous float32 X (..., K) with
+    a float32 / float64 bias (N,) or None straight into the kernel and hands every other call
+    to ``general`` (csrc/bind_linear_call.cpp: the same bits as ``packed_linear``, without the
+    Python between the session and the binding, about 1.5 us a call). None for a weight-only
+    plan (no packed weight)."""
+    if plan.act_quant == "none":
+        return None
+    return _native.LinearCall(plan.packed, plan.act_quant, plan.act_scale, plan.act_zero_point, activation, general)
+
+
 int8_linear_factory = register("Linear", "native", "int8")(gemm_factory(
     "Linear", lambda w, a, _: Int8Plan(w, **a.quant),
     lambda x, plan, bias, a: int8_linear(x, plan, bias, a.activation), fused=True, name="int8_linear_factory",
-    fast=lambda plan, a, run: packed_rows_run(_native.int8_linear, plan, run, activation=a.activation)))
+    fast=lambda plan, a, run: bound_linear_run(plan, run, a.activation)))

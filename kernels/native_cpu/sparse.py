@@ -26,12 +26,12 @@ from typing import Any
 import numpy as np
 
 from kernels.core.layouts import PackedTensor
-from kernels.gemm_front import gemm_factory, packed_rows_run
+from kernels.gemm_front import gemm_factory
 from kernels.reference.packed import PreparedWeight
 from kernels.registry import register
 
 from . import _native
-from .int8 import packed_linear
+from .int8 import bound_linear_run, packed_linear
 
 SPARSE_LAYOUTS = ("csr", "bsr", "nm")
 def pack_sparse(weight: PackedTensor, lanes: str = "auto", quad_rows: int = -1, pairs: int = -1, segment: int = -1):
@@ -82,8 +82,7 @@ def sparse_linear(x: Any, plan: SparsePlan, bias: Any = None, activation: str = 
 _factory = gemm_factory("Linear", lambda w, a, _: SparsePlan(w, **a.quant),
                         lambda x, plan, bias, a: sparse_linear(x, plan, bias, a.activation), fused=True,
                         name="sparse_linear_factory",
-                        fast=lambda plan, a, run: packed_rows_run(_native.sparse_int8_linear, plan, run,
-                                                                  activation=a.activation))
+                        fast=lambda plan, a, run: bound_linear_run(plan, run, a.activation))
 
 
 for _layout in SPARSE_LAYOUTS:
