@@ -64,10 +64,10 @@ qrt::FusedIsa isa_from_name(const std::string& name) {
     throw py::value_error("unknown fused path '" + name + "'; expected one of auto, avx512, avx2, scalar");
 }
 
-py::array attention_py(const py::object& q_obj, const py::object& k_obj, const py::object& v_obj,
-                       const py::object& mask_obj, int64_t head_dim, double scale, const std::string& isa_name,
-                       bool nan_to_zero) {
-    const qrt::FusedIsa isa = isa_from_name(isa_name);
+// attention on `threads` threads of `isa` (every argument checked: attention_py's contract)
+py::array attention_run(const py::handle& q_obj, const py::handle& k_obj, const py::handle& v_obj,
+                        const py::handle& mask_obj, int64_t head_dim, double scale, qrt::FusedIsa isa,
+                        bool nan_to_zero, int threads) {
     py::array q = as_f32(q_obj, "q"), k = as_f32(k_obj, "k"), v = as_f32(v_obj, "v");
     if (q.ndim() != 3 || k.ndim() != 3 || v.ndim() != 3)
         throw py::value_error("q, k, v must be (B, S, H*D), got " + shape_str(q) + ", " + shape_str(k) + ", " + shape_str(v));
@@ -126,14 +126,21 @@ py::array attention_py(const py::object& q_obj, const py::object& k_obj, const p
     a.y = y.mutable_data();
     {
         py::gil_scoped_release release;   // the arrays stay referenced by this frame
-        qrt::attention_f32(a, isa, qrt::int8_get_threads());
+        qrt::attention_f32(a, isa, threads);
     }
     return y;
 }
 
-py::array skip_layer_norm_py(const py::object& x_obj, const py::object& skip_obj, const py::object& scale_obj,
-                             const py::object& bias_obj, double epsilon, const std::string& isa_name) {
-    const qrt::FusedIsa isa = isa_from_name(isa_name);
+py::array attention_py(const py::object& q_obj, const py::object& k_obj, const py::object& v_obj,
+                       const py::object& mask_obj, int64_t head_dim, double scale, const std::string& isa_name,
+                       bool nan_to_zero) {
+    return attention_run(q_obj, k_obj, v_obj, mask_obj, head_dim, scale, isa_from_name(isa_name), nan_to_zero,
+                         qrt::int8_get_threads());
+}
+
+// skip_layer_norm on `threads` threads of `isa` (every argument checked: skip_layer_norm_py's contract)
+py::array skip_layer_norm_run(const py::handle& x_obj, const py::handle& skip_obj, const py::handle& scale_obj,
+                              const py::handle& bias_obj, double epsilon, qrt::FusedIsa isa, int threads) {
     py::array x = as_f32(x_obj, "x"), skip = as_f32(skip_obj, "skip"), scale = as_f32(scale_obj, "scale");
     require_c_contiguous(x, "x");
     require_c_contiguous(skip, "skip");
@@ -167,10 +174,114 @@ py::array skip_layer_norm_py(const py::object& x_obj, const py::object& skip_obj
     float* yp = y.mutable_data();
     {
         py::gil_scoped_release release;
-        qrt::skip_layer_norm_f32(xp, sp, gp, bp, epsilon, yp, rows, d, isa, qrt::int8_get_threads());
+        qrt::skip_layer_norm_f32(xp, sp, gp, bp, epsilon, yp, rows, d, isa, threads);
     }
     return y;
 }
+
+py::array skip_layer_norm_py(const py::object& x_obj, const py::object& skip_obj, const py::object& scale_obj,
+                             const py::object& bias_obj, double epsilon, const std::string& isa_name) {
+    return skip_layer_norm_run(x_obj, skip_obj, scale_obj, bias_obj, epsilon, isa_from_name(isa_name),
+                               qrt::int8_get_threads());
+}
+
+// --- session steps bound in C++ -----------------------------------------------------------------
+//
+// As LinearCall (bind_linear_call.cpp): a session step's run as one C++ callable, the
+// attributes bound at plan time, so that the common call (float32 arrays the kernel takes as
+// they are) skips the Python between the session and the binding (about 1.7 us a step:
+// all-MiniLM-L6-v2 has 13 SkipLayerNormalizations and 6 Attentions). Any other call goes to
+// `general`, the Python run of kernels/fused_dispatch.py, which handles it (broadcasting,
+// other dtypes, copies) or raises the error. `one_thread` is kernels/blas_activity.py's
+// blas_recently_called: true, the kernel stays on the calling thread (why: that module).
+
+bool is_f32_array(py::handle a) {
+    return py::array::check_(a) && qrt::bind::has_dtype<float>(py::reinterpret_borrow<py::array>(a));
+}
+
+class FusedStep {
+public:
+    FusedStep(py::object general, py::object one_thread) : general_(std::move(general)), one_thread_(std::move(one_thread)) {
+        if (!PyCallable_Check(general_.ptr()) || !PyCallable_Check(one_thread_.ptr()))
+            throw py::type_error("general and one_thread must be callable");
+    }
+
+protected:
+    int threads() const { return one_thread_().cast<bool>() ? 1 : qrt::int8_get_threads(); }
+    py::object fallback(const py::args& args, const py::kwargs& kwargs) const { return general_(*args, **kwargs); }
+
+private:
+    py::object general_, one_thread_;
+};
+
+class AttentionStep : public FusedStep {
+public:
+    AttentionStep(int64_t head_dim, double scale, bool nan_to_zero, py::object general, py::object one_thread)
+        : FusedStep(std::move(general), std::move(one_thread)), head_dim_(head_dim), scale_(scale),
+          nan_to_zero_(nan_to_zero) {}
+
+    // (q, k, v, mask=None) -> (Y,): q, k, v float32 with a contiguous last axis (strided views
+    // of a merged QKV projection are read in place), mask None or float32
+    py::object call(const py::args& args, const py::kwargs& kwargs) const {
+        const size_t na = args.size();
+        if (kwargs.empty() && (na == 3 || na == 4)) {
+            const py::handle mask = na == 4 ? args[3] : py::handle(Py_None);
+            bool fast = mask.is_none() || is_f32_array(mask);
+            for (size_t i = 0; fast && i < 3; ++i) fast = is_f32_array(args[i]) && last_axis_contiguous(args[i]);
+            if (fast)
+                return py::make_tuple(attention_run(args[0], args[1], args[2], mask, head_dim_, scale_,
+                                                    qrt::fused_auto_isa(), nan_to_zero_, threads()));
+        }
+        return fallback(args, kwargs);
+    }
+
+private:
+    static bool last_axis_contiguous(py::handle h) {
+        const auto a = py::reinterpret_borrow<py::array>(h);
+        return a.ndim() >= 1 && (a.shape(a.ndim() - 1) <= 1 || a.strides(a.ndim() - 1) == static_cast<py::ssize_t>(sizeof(float)));
+    }
+    int64_t head_dim_;
+    double scale_;
+    bool nan_to_zero_;
+};
+
+class SkipLayerNormStep : public FusedStep {
+public:
+    SkipLayerNormStep(double epsilon, py::object general, py::object one_thread)
+        : FusedStep(std::move(general), std::move(one_thread)), epsilon_(epsilon) {}
+
+    // (x, skip, scale, bias=None) -> (Y,): x and skip float32 C-contiguous of one shape (..., D),
+    // D >= 1, scale and bias (D,) float32 C-contiguous
+    py::object call(const py::args& args, const py::kwargs& kwargs) const {
+        const size_t na = args.size();
+        if (kwargs.empty() && (na == 3 || na == 4)) {
+            const py::handle bias = na == 4 ? args[3] : py::handle(Py_None);
+            if (fast(args[0], args[1], args[2], bias))
+                return py::make_tuple(skip_layer_norm_run(args[0], args[1], args[2], bias, epsilon_, qrt::fused_auto_isa(),
+                                                          threads()));
+        }
+        return fallback(args, kwargs);
+    }
+
+private:
+    static bool c_f32(py::handle h) {
+        return is_f32_array(h) && (py::reinterpret_borrow<py::array>(h).flags() & py::array::c_style);
+    }
+    static bool fast(py::handle x_h, py::handle skip_h, py::handle scale_h, py::handle bias_h) {
+        if (!(c_f32(x_h) && c_f32(skip_h) && c_f32(scale_h) && (bias_h.is_none() || c_f32(bias_h)))) return false;
+        const auto x = py::reinterpret_borrow<py::array>(x_h), skip = py::reinterpret_borrow<py::array>(skip_h);
+        if (x.ndim() < 1 || skip.ndim() != x.ndim()) return false;
+        for (py::ssize_t ax = 0; ax < x.ndim(); ++ax)
+            if (skip.shape(ax) != x.shape(ax)) return false;
+        const py::ssize_t d = x.shape(x.ndim() - 1);
+        const auto vec = [d](py::handle h) {
+            const auto a = py::reinterpret_borrow<py::array>(h);
+            return a.ndim() == 1 && a.shape(0) == d;
+        };
+        return d >= 1 && vec(scale_h) && (bias_h.is_none() || vec(bias_h));
+    }
+    double epsilon_;
+};
 
 py::array exp_py(const py::object& x_obj, const std::string& isa_name) {
     const qrt::FusedIsa isa = isa_from_name(isa_name);
@@ -196,6 +307,20 @@ void bind_fused(py::module_& m) {
           "LayerNorm over the last axis of float32(x + skip) (csrc/layer_norm.h): x, skip (..., D) float32 "
           "C-contiguous of one shape, scale and bias (D,) float32 (bias may be None); float64 statistics. "
           "isa 'auto', 'avx512', 'avx2' or 'scalar'.");
+    py::class_<AttentionStep>(m, "AttentionStep",
+                              "An Attention session step bound once: call(q, k, v, mask=None) -> (Y,), attention() on "
+                              "float32 q, k, v (last axis contiguous) and mask; other calls go to `general`.")
+        .def(py::init<int64_t, double, bool, py::object, py::object>(), py::arg("head_dim"), py::arg("scale"),
+             py::arg("nan_to_zero"), py::arg("general"), py::arg("one_thread"),
+             "general: the run for other calls; one_thread: () -> bool, true keeps the kernel on the calling thread.")
+        .def("__call__", &AttentionStep::call);
+    py::class_<SkipLayerNormStep>(m, "SkipLayerNormStep",
+                                  "A SkipLayerNormalization session step bound once: call(x, skip, scale, bias=None) -> "
+                                  "(Y,), skip_layer_norm() on float32 C-contiguous x, skip of one shape and (D,) scale, "
+                                  "bias; other calls go to `general`.")
+        .def(py::init<double, py::object, py::object>(), py::arg("epsilon"), py::arg("general"), py::arg("one_thread"),
+             "general: the run for other calls; one_thread: () -> bool, true keeps the kernel on the calling thread.")
+        .def("__call__", &SkipLayerNormStep::call);
     m.def("exp32", &exp_py, py::arg("x"), py::arg("isa") = "auto",
           "exp of float32 x (N,) for x <= 0, as the attention softmax computes it (for tests). "
           "isa 'auto', 'avx512', 'avx2' or 'scalar'.");

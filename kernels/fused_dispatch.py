@@ -23,10 +23,12 @@ def all_f32(*arrays: Any) -> bool:
     return all(a is None or (isinstance(a, np.ndarray) and a.dtype == F32) for a in arrays)
 
 
-def attention_factory(attention: Callable[..., np.ndarray]):
+def attention_factory(attention: Callable[..., np.ndarray], fast: Callable[..., Any] | None = None):
     """Kernel factory of Attention: ``attention(q, k, v, mask, head_dim, scale, nan_to_zero)
     -> y`` on float32 q, k, v, mask; other dtypes run the reference (which also checks the
-    attributes)."""
+    attributes). ``fast(head_dim, scale, nan_to_zero, run)``: a backend's run for the common
+    call, bound once (the native backend's C++ AttentionStep), which hands every other call to
+    ``run``; the factory returns it instead of ``run``."""
     def factory(attrs: dict, weights: dict):
         ref = reference_of("Attention", attrs, weights)     # checks head_dim, scale, nan_to_zero
         head_dim, scale = int(attrs["head_dim"]), float(attrs["scale"])
@@ -40,17 +42,18 @@ def attention_factory(attention: Callable[..., np.ndarray]):
                     and (mask is None or (type(mask) is np.ndarray and mask.dtype == F32))):
                 return ref(q, k, v, mask)
             return (attention(q, k, v, mask, head_dim, scale, nan_to_zero),)
-        return run
+        return run if fast is None else fast(head_dim, scale, nan_to_zero, run)
     return factory
 
 
-def skip_layer_normalization_factory(skip_layer_norm: Callable[..., np.ndarray]):
+def skip_layer_normalization_factory(skip_layer_norm: Callable[..., np.ndarray], fast: Callable[..., Any] | None = None):
     """Kernel factory of SkipLayerNormalization: ``skip_layer_norm(x, skip, scale, bias, eps)
     -> y`` for float32 x and skip of one shape (..., D), D >= 1, and (D,) scale and bias.
     x and skip that broadcast to one shape (BERT's embeddings: the (1, S, D) position table
     added to the (B, S, D) words) are broadcast here, a copy of the smaller one, so they take
     the fast kernel too (the reference's float64 path took 3 ms at 8 x 128 x 384 against
-    0.2); anything else (other dtypes, shapes that do not broadcast) runs the reference."""
+    0.2); anything else (other dtypes, shapes that do not broadcast) runs the reference.
+    ``fast(epsilon, run)``: as attention_factory's (the native C++ SkipLayerNormStep)."""
     def factory(attrs: dict, weights: dict):
         ref = reference_of("SkipLayerNormalization", attrs, weights)
         eps = float(attrs["epsilon"])
@@ -78,5 +81,5 @@ def skip_layer_normalization_factory(skip_layer_norm: Callable[..., np.ndarray])
                     or (bias is not None and bias.shape != (x.shape[-1],))):
                 return ref(x, skip, scale, bias)
             return (skip_layer_norm(x, skip, scale, bias, eps),)
-        return run
+        return run if fast is None else fast(eps, run)
     return factory

@@ -69,7 +69,11 @@ def _on_one_thread(kernel, *args):
         _native.set_threads(threads)
 
 
-register("Attention", "native")(attention_factory(attention))
+# The session's steps: C++ callables bound once (csrc/bind_fused.cpp, AttentionStep /
+# SkipLayerNormStep), the Python runs above for every call they do not take
+register("Attention", "native")(attention_factory(
+    attention, fast=lambda head_dim, scale, nan_to_zero, run: _native.AttentionStep(head_dim, scale, nan_to_zero, run,
+                                                                                    blas_recently_called)))
 
 
 def skip_layer_norm(x: np.ndarray, skip: np.ndarray, scale: np.ndarray, bias: np.ndarray | None,
@@ -82,5 +86,6 @@ def skip_layer_norm(x: np.ndarray, skip: np.ndarray, scale: np.ndarray, bias: np
     return _native.skip_layer_norm(*args, float(epsilon))
 
 
-register("SkipLayerNormalization", "native")(skip_layer_normalization_factory(skip_layer_norm))
+register("SkipLayerNormalization", "native")(skip_layer_normalization_factory(
+    skip_layer_norm, fast=lambda eps, run: _native.SkipLayerNormStep(eps, run, blas_recently_called)))
 register("Split", "native")(split_views_factory)      # views, kernels/split_views.py
