@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 #include "activation.h"
 #include "int8_gemm.h"
@@ -104,6 +105,29 @@ inline py::array output_f32(const py::handle& out_obj, int64_t m, int64_t n) {
     if (!out.writeable()) throw py::value_error("out must be writeable");
     return out;
 }
+
+// Whether `obj` is a numpy array holding T in native byte order; never raises (the bound
+// session steps ask it before they take a call, and hand the call on when not).
+template <typename T>
+bool is_array_of(const py::handle& obj) {
+    return py::array::check_(obj) && has_dtype<T>(py::reinterpret_borrow<py::array>(obj));
+}
+
+// The base of a session step bound in C++ (bind_linear_call.cpp's LinearCall, bind_fused.cpp's
+// AttentionStep and SkipLayerNormStep): `general` is the Python run the kernel factory made,
+// which takes every call the step does not take itself, and raises the errors.
+class BoundStep {
+  public:
+    explicit BoundStep(py::object general) : general_(std::move(general)) {
+        if (!PyCallable_Check(general_.ptr())) throw py::type_error("general must be callable");
+    }
+
+  protected:
+    py::object fallback(const py::args& args, const py::kwargs& kwargs) const { return general_(*args, **kwargs); }
+
+  private:
+    py::object general_;
+};
 
 // An epilogue activation by name ('none', 'relu', 'gelu', 'gelu_tanh'), else ValueError.
 inline Activation activation_arg(const std::string& name) {

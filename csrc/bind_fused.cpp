@@ -195,23 +195,18 @@ py::array skip_layer_norm_py(const py::object& x_obj, const py::object& skip_obj
 // other dtypes, copies) or raises the error. `one_thread` is kernels/blas_activity.py's
 // blas_recently_called: true, the kernel stays on the calling thread (why: that module).
 
-bool is_f32_array(py::handle a) {
-    return py::array::check_(a) && qrt::bind::has_dtype<float>(py::reinterpret_borrow<py::array>(a));
-}
-
-class FusedStep {
+class FusedStep : public qrt::bind::BoundStep {
 public:
-    FusedStep(py::object general, py::object one_thread) : general_(std::move(general)), one_thread_(std::move(one_thread)) {
-        if (!PyCallable_Check(general_.ptr()) || !PyCallable_Check(one_thread_.ptr()))
-            throw py::type_error("general and one_thread must be callable");
+    FusedStep(py::object general, py::object one_thread)
+        : BoundStep(std::move(general)), one_thread_(std::move(one_thread)) {
+        if (!PyCallable_Check(one_thread_.ptr())) throw py::type_error("one_thread must be callable");
     }
 
 protected:
     int threads() const { return one_thread_().cast<bool>() ? 1 : qrt::int8_get_threads(); }
-    py::object fallback(const py::args& args, const py::kwargs& kwargs) const { return general_(*args, **kwargs); }
 
 private:
-    py::object general_, one_thread_;
+    py::object one_thread_;
 };
 
 class AttentionStep : public FusedStep {
@@ -226,8 +221,9 @@ public:
         const size_t na = args.size();
         if (kwargs.empty() && (na == 3 || na == 4)) {
             const py::handle mask = na == 4 ? args[3] : py::handle(Py_None);
-            bool fast = mask.is_none() || is_f32_array(mask);
-            for (size_t i = 0; fast && i < 3; ++i) fast = is_f32_array(args[i]) && last_axis_contiguous(args[i]);
+            bool fast = mask.is_none() || qrt::bind::is_array_of<float>(mask);
+            for (size_t i = 0; fast && i < 3; ++i)
+                fast = qrt::bind::is_array_of<float>(args[i]) && last_axis_contiguous(args[i]);
             if (fast)
                 return py::make_tuple(attention_run(args[0], args[1], args[2], mask, head_dim_, scale_,
                                                     qrt::fused_auto_isa(), nan_to_zero_, threads()));
@@ -265,7 +261,7 @@ public:
 
 private:
     static bool c_f32(py::handle h) {
-        return is_f32_array(h) && (py::reinterpret_borrow<py::array>(h).flags() & py::array::c_style);
+        return qrt::bind::is_array_of<float>(h) && (py::reinterpret_borrow<py::array>(h).flags() & py::array::c_style);
     }
     static bool fast(py::handle x_h, py::handle skip_h, py::handle scale_h, py::handle bias_h) {
         if (!(c_f32(x_h) && c_f32(skip_h) && c_f32(scale_h) && (bias_h.is_none() || c_f32(bias_h)))) return false;

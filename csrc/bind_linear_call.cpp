@@ -31,13 +31,11 @@ namespace py = pybind11;
 
 namespace {
 
-using qrt::bind::has_dtype;
-
-class LinearCall {
+class LinearCall : public qrt::bind::BoundStep {
 public:
     LinearCall(py::object weight, const std::string& act_quant, double act_scale, int64_t act_zero_point,
                const std::string& activation, py::object general)
-        : weight_(std::move(weight)), general_(std::move(general)),
+        : BoundStep(std::move(general)), weight_(std::move(weight)),
           aq_(qrt::bind::act_quant_arg(act_quant, act_scale, act_zero_point)),
           act_(qrt::bind::activation_arg(activation)) {
         if (py::isinstance<qrt::Int8PackedWeight>(weight_)) {
@@ -54,7 +52,6 @@ public:
             throw py::type_error("weight must be an Int8Weight or a SparseInt8Weight, got " +
                                  py::str(py::type::of(weight_).attr("__name__")).cast<std::string>());
         }
-        if (!PyCallable_Check(general_.ptr())) throw py::type_error("general must be callable");
     }
 
     py::object call(const py::args& args, const py::kwargs& kwargs) const {
@@ -64,7 +61,7 @@ public:
             const py::handle bias = na == 3 ? args[2] : py::handle(Py_None);
             if (fast_x(x) && (bias.is_none() || fast_bias(bias))) return py::make_tuple(run(x, bias));
         }
-        return general_(*args, **kwargs);
+        return fallback(args, kwargs);
     }
 
     int64_t n() const { return n_; }
@@ -74,17 +71,16 @@ public:
 private:
     // X: a float32 ndarray (native byte order), C-contiguous, at least 1-D, last axis K
     bool fast_x(py::handle x) const {
-        if (k_ == 0 || !py::array::check_(x)) return false;
+        if (k_ == 0 || !qrt::bind::is_array_of<float>(x)) return false;
         const auto a = py::reinterpret_borrow<py::array>(x);
-        return a.ndim() >= 1 && a.shape(a.ndim() - 1) == k_ && (a.flags() & py::array::c_style) &&
-               has_dtype<float>(a);
+        return a.ndim() >= 1 && a.shape(a.ndim() - 1) == k_ && (a.flags() & py::array::c_style);
     }
 
     // bias: a float32 / float64 ndarray of shape (N,), any stride (copy_bias_f64 reads strides)
     bool fast_bias(py::handle b) const {
-        if (!py::array::check_(b)) return false;
+        if (!(qrt::bind::is_array_of<float>(b) || qrt::bind::is_array_of<double>(b))) return false;
         const auto a = py::reinterpret_borrow<py::array>(b);
-        return a.ndim() == 1 && a.shape(0) == n_ && (has_dtype<float>(a) || has_dtype<double>(a));
+        return a.ndim() == 1 && a.shape(0) == n_;
     }
 
     py::array run(py::handle x_obj, py::handle bias_obj) const {
@@ -111,7 +107,6 @@ private:
     }
 
     py::object weight_;    // keeps the packed weight alive
-    py::object general_;
     qrt::Int8ActQuant aq_;
     qrt::Activation act_;
     const qrt::Int8PackedWeight* dense_ = nullptr;
