@@ -161,13 +161,20 @@ QRT_TARGET_AVX512 void quantize_row_avx512(const float* x, int64_t k, int64_t kp
     // this path runs (<= kMaxKInt32)
     __m512i sum = _mm512_setzero_si512();
     __mmask16 nan = 0;
-    for (int64_t j = 0; j < k; j += 16) {
-        const __mmask16 mk = j + 16 <= k ? static_cast<__mmask16>(0xFFFF) : tail;
-        const __m512 v = _mm512_maskz_loadu_ps(mk, x + j);
+    int64_t j = 0;
+    for (; j + 16 <= k; j += 16) {
+        const __m512 v = _mm512_loadu_ps(x + j);
         nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
         const __m512i q = quantize16_estimated(v, c);
-        sum = _mm512_mask_add_epi32(sum, mk, sum, q);   // masked lanes quantized 0.0 to z
-        _mm512_mask_cvtepi32_storeu_epi8(u + j, mk, _mm512_add_epi32(q, shift));
+        sum = _mm512_add_epi32(sum, q);
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(u + j), _mm512_cvtepi32_epi8(_mm512_add_epi32(q, shift)));
+    }
+    if (j < k) {
+        const __m512 v = _mm512_maskz_loadu_ps(tail, x + j);
+        nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+        const __m512i q = quantize16_estimated(v, c);
+        sum = _mm512_mask_add_epi32(sum, tail, sum, q);   // masked lanes quantized 0.0 to z
+        _mm512_mask_cvtepi32_storeu_epi8(u + j, tail, _mm512_add_epi32(q, shift));
     }
     for (int64_t j = k; j < kp; ++j) u[j] = 128;
     *row_corr = static_cast<int64_t>(_mm512_reduce_add_epi32(sum)) - k * static_cast<int64_t>(z);
