@@ -14,6 +14,7 @@
 
 #include "activation.h"
 #include "int8_gemm.h"
+#include "output_cache.h"
 
 namespace qrt {
 namespace bind {
@@ -93,10 +94,10 @@ inline void copy_bias_f64(const py::array& b, int64_t n, int64_t padded, double*
     }
 }
 
-// The (m, n) float32 output: a new array for None, else `out` checked (dtype, shape,
+// The (m, n) float32 output: a new array for None (output_cache.h), else `out` checked (dtype, shape,
 // C-contiguous, writeable).
 inline py::array output_f32(const py::handle& out_obj, int64_t m, int64_t n) {
-    if (out_obj.is_none()) return py::array_t<float>({static_cast<py::ssize_t>(m), static_cast<py::ssize_t>(n)});
+    if (out_obj.is_none()) return new_f32({static_cast<py::ssize_t>(m), static_cast<py::ssize_t>(n)});
     py::array out = as_array_of<float>(out_obj, "out", "float32");
     if (out.ndim() != 2 || out.shape(0) != m || out.shape(1) != n)
         throw py::value_error("out has shape " + shape_str(out) + ", expected (" + std::to_string(m) + ", " +

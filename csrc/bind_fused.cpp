@@ -114,7 +114,7 @@ py::array attention_run(const py::handle& q_obj, const py::handle& k_obj, const 
             a.mask_strides[4 - mask.ndim() + ax] = elem_stride(mask, ax, "mask");
         a.mask = static_cast<const float*>(mask.data());
     }
-    py::array_t<float> y({b, sq, h * dv});
+    py::array_t<float> y = qrt::bind::new_f32({b, sq, h * dv});   // output_cache.h
     if (y.size() == 0) return y;
     if (sk == 0) {       // softmax over no positions: the reference's empty product, zeros
         std::fill(y.mutable_data(), y.mutable_data() + y.size(), 0.0f);
@@ -165,7 +165,7 @@ py::array skip_layer_norm_run(const py::handle& x_obj, const py::handle& skip_ob
     if (!(std::isfinite(epsilon) && epsilon >= 0))
         throw py::value_error("epsilon must be finite and >= 0, got " + std::to_string(epsilon));
     std::vector<py::ssize_t> shape(x.shape(), x.shape() + x.ndim());
-    py::array_t<float> y(shape);
+    py::array_t<float> y = qrt::bind::new_f32(shape);   // output_cache.h
     const int64_t rows = d > 0 ? static_cast<int64_t>(x.size()) / d : 0;
     if (rows == 0) return y;
     const float* xp = static_cast<const float*>(x.data());

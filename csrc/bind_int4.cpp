@@ -90,7 +90,7 @@ py::array int4_linear_py(const qrt::Int4Weight& w, const py::object& x_obj, cons
             throw py::type_error("bias must have dtype float32 or float64, got " + py::str(b.dtype()).cast<std::string>());
         }
     }
-    py::array_t<float> out({static_cast<py::ssize_t>(m), static_cast<py::ssize_t>(w.n)});
+    py::array_t<float> out = qrt::bind::new_f32({static_cast<py::ssize_t>(m), static_cast<py::ssize_t>(w.n)});
     const float* xp = static_cast<const float*>(x.data());
     float* yp = out.mutable_data();
     const double* bp = bias.empty() ? nullptr : bias.data();

@@ -88,7 +88,7 @@ private:
         std::vector<py::ssize_t> shape(x.shape(), x.shape() + x.ndim());
         const int64_t m = static_cast<int64_t>(x.size() / k_);   // K > 0: both weight kinds refuse K = 0
         shape.back() = static_cast<py::ssize_t>(n_);
-        py::array_t<float> out(shape);
+        py::array_t<float> out = qrt::bind::new_f32(shape);   // output_cache.h
         qrt::AlignedArray<double> bias;   // float64, padded to the kernel's rows (its contract)
         if (!bias_obj.is_none()) {
             bias.allocate(static_cast<size_t>(bias_rows_));

@@ -323,6 +323,21 @@ PYBIND11_MODULE(_native, m) {
         py::arg("items"), py::arg("threads"), py::arg("spin") = 0,
         "(items, 2) int64: for each item the work pool's slot that ran it (0: the caller) and "
         "its place in that slot's order of work (for tests of the claim order).");
+    m.def("output_cache_stats", [] {
+            const std::vector<int64_t> s = qrt::bind::output_cache_stats();
+            return py::make_tuple(s[0], s[1], s[2]);
+        },
+        "(free blocks held, their bytes, cached outputs handed out so far) of the output block cache "
+        "(csrc/output_cache.h): float32 outputs of 256 KiB or more reuse freed blocks.");
+    m.def("output_cache_clear", &qrt::bind::output_cache_clear,
+          "Frees every block the output cache holds (arrays still in use keep theirs).");
+    m.def("output_cache_set_limit", [](int64_t bytes) {
+            if (bytes < 0) throw py::value_error("limit must be >= 0 bytes, got " + std::to_string(bytes));
+            return static_cast<int64_t>(qrt::bind::output_cache_set_limit(static_cast<size_t>(bytes)));
+        },
+        py::arg("bytes"),
+        "Sets the most bytes of free blocks the output cache holds (0: no cache, every output a plain numpy "
+        "array) and returns the previous limit (64 MiB at first; the package sets QRT_OUTPUT_CACHE_MB's on import).");
     m.def("work_pool_moves", &qrt::work_pool_moves,
           "How many times a work pool worker was kept off its caller's CPU (woken elsewhere, or moved off when it "
           "joined a job on it).");

@@ -18,6 +18,8 @@ VARS = {v.name: v for v in (
                               "(same bits on every path; tests and benchmarks)"),
     Var("QRT_NUMBA_ISA", "", "compile the numba backend for another target: auto, avx512_vnni, avx2 or generic"),
     Var("QRT_NUMBA_NO_VNNI", "", "1: the numba int8 GEMM uses its portable path even on a VNNI CPU"),
+    Var("QRT_OUTPUT_CACHE_MB", "64", "MiB of freed native kernel outputs (256 KiB or larger) kept for reuse, so that "
+                                     "each run does not map and fault them in anew (csrc/output_cache.h); 0: none"),
     Var("QRT_TRITON_AUTOTUNE", "1", "0: Triton kernels use their first configuration instead of autotuning"),
     Var("QRT_TRITON_WEIGHT_ONLY_DOT", "fp32", "the dot of Triton's weight-only Linear: fp32 or fp16 (tensor cores, large M)"),
     Var("QRT_CACHE_DIR", "", "where the planner and qrt bench keep their measurements: layer timings, machine peaks (default $XDG_CACHE_HOME/qrt or ~/.cache/qrt)"),

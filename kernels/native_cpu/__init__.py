@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import warnings
 from types import ModuleType
 
 from kernels.core import config, cpu
@@ -42,6 +43,7 @@ from kernels.core import threads as core_threads
 core_threads.configure_openmp()     # before the extension loads libgomp (kernels/core/threads.py)
 
 ISA_ENV = "QRT_NATIVE_ISA"
+OUTPUT_CACHE_ENV = "QRT_OUTPUT_CACHE_MB"
 
 # The feature names, in the order the extension reports them. They are the Linux
 # /proc/cpuinfo flag names, so both sources can be compared key by key.
@@ -99,6 +101,21 @@ def _apply_isa_env() -> None:
             _ext.set_int8_isa(value)
         except ValueError as e:
             _isa_error = f"{ISA_ENV}={value}: {e}"
+
+
+def _apply_output_cache_env() -> None:
+    """QRT_OUTPUT_CACHE_MB: the MiB of freed outputs the extension keeps (csrc/output_cache.h);
+    a value that is not a whole number >= 0 is refused with a warning, the default kept."""
+    value = config.get(OUTPUT_CACHE_ENV)
+    try:
+        mb = int(value)
+        if mb < 0 or mb > 1 << 20:
+            raise ValueError
+    except ValueError:
+        warnings.warn(f"{OUTPUT_CACHE_ENV}={value!r} is not a whole number of MiB from 0 to {1 << 20}; "
+                      f"keeping {config.VARS[OUTPUT_CACHE_ENV].default}", RuntimeWarning, stacklevel=2)
+        mb = int(config.VARS[OUTPUT_CACHE_ENV].default)
+    _ext.output_cache_set_limit(mb << 20)
 
 
 def probe() -> str | None:
@@ -205,6 +222,7 @@ def _features_from_cpuinfo(text: str) -> dict[str, bool]:
 # Kernels register themselves on import (kernels.registry); they need the extension and numpy.
 if _load_native() is not None:
     _apply_isa_env()
+    _apply_output_cache_env()
     if _isa_error is None:
         from . import int8, sparse  # noqa: F401,E402
         from . import fused  # noqa: F401,E402
