@@ -1,7 +1,6 @@
 // The output block cache of output_cache.h.
 #include "output_cache.h"
 
-#include <pthread.h>
 #if defined(__linux__)
 #include <sys/mman.h>
 #endif
@@ -10,6 +9,8 @@
 #include <mutex>
 #include <new>
 #include <utility>
+
+#include "fork_fresh.h"
 
 namespace py = pybind11;
 
@@ -106,20 +107,9 @@ class Cache {
     size_t limit_ = kCacheMaxBytes;
 };
 
-// Never destroyed (capsules may hand blocks back during interpreter shutdown). A forked child
-// gets a fresh one: another thread may have held the parent's lock at the fork.
-Cache* g_cache = nullptr;
-std::once_flag g_once;
-
-void reset_after_fork() { g_cache = new Cache(); }
-
-Cache& cache() {
-    std::call_once(g_once, [] {
-        g_cache = new Cache();
-        pthread_atfork(nullptr, nullptr, reset_after_fork);
-    });
-    return *g_cache;
-}
+// Never destroyed (capsules may hand blocks back during interpreter shutdown); fresh in a
+// forked child (fork_fresh.h).
+Cache& cache() { return fork_fresh_instance<Cache>(); }
 
 }  // namespace
 

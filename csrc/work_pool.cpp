@@ -16,6 +16,8 @@
 #include <thread>
 #include <vector>
 
+#include "fork_fresh.h"
+
 #if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
 #include <immintrin.h>
 #define QRT_CPU_RELAX() _mm_pause()
@@ -225,19 +227,9 @@ class Pool {
 };
 
 // Never destroyed: its detached workers wait on it until the process ends. A forked child has
-// none of the parent's threads (and maybe a mutex some worker held): it starts a fresh pool.
-Pool* g_pool = nullptr;
-std::once_flag g_once;
-
-void reset_after_fork() { g_pool = new Pool(); }
-
-Pool& pool() {
-    std::call_once(g_once, [] {
-        g_pool = new Pool();
-        pthread_atfork(nullptr, nullptr, reset_after_fork);
-    });
-    return *g_pool;
-}
+// none of the parent's threads (and maybe a mutex some worker held): it starts a fresh pool
+// (fork_fresh.h).
+Pool& pool() { return fork_fresh_instance<Pool>(); }
 
 }  // namespace
 
