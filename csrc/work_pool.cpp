@@ -41,9 +41,9 @@ namespace {
 // with one shared counter each call gave every thread a different mix of panels). A thread
 // that is descheduled still holds nobody up: the others empty its range.
 // Each range counts its own items done, on its own cache line: with one shared counter every
-// item's count moved that line between the cores (an empty 24-item round on 2 threads cost
-// 1.8 us against 0.4 us on one: the count, not the work). A participant now touches only its
-// own range's line while it works through its own range.
+// item's count moved that line between the cores (a C++ loop of rounds of empty items on 2
+// threads, Zen 4: 48 items 1.37 -> 0.76 us a round, 24 items 0.7-0.9 -> 0.5-0.7). A participant
+// now touches only its own range's line while it works through its own range.
 struct alignas(64) Range {
     std::atomic<int64_t> next{0};
     std::atomic<int64_t> done{0};
