@@ -40,6 +40,7 @@ import numpy as np  # noqa: E402
 import runtime  # noqa: E402
 from benchmarks.interleaved import time_interleaved  # noqa: E402
 from kernels.core.cpu import cpu_name  # noqa: E402
+from runtime.bench.machine import cpu_pair_latency, describe_cpu_pair  # noqa: E402
 from runtime.tables import format_table  # noqa: E402
 
 NAMES = ["input_ids", "attention_mask", "token_type_ids"]
@@ -126,11 +127,15 @@ def main() -> None:
             names = {i.name for i in x.get_inputs()}
             runners[k] = (lambda x=x, f={n: v for n, v in feed.items() if n in names}: x.run(None, f))
         for busy in busy_levels:
+            pair_before = cpu_pair_latency()     # without the busy processes (they start inside)
             med, runs, (load, load_after) = time_interleaved(runners, args.seconds, busy)
+            pair_line, far = describe_cpu_pair(pair_before, cpu_pair_latency())
             base, opt_base = med["onnxruntime int8"], med["onnxruntime optimizer + int8"]
             rows = [[k, f"{v:.2f}", f"{base / v:.2f}x", f"{opt_base / v:.2f}x", str(runs[k])] for k, v in med.items()]
             print(f"\n## batch {b} x seq {s}; {busy} busy process(es) per CPU; load average {load:.2f} before "
-                  f"timing, {load_after:.2f} after")
+                  f"timing, {load_after:.2f} after" + (f"; {pair_line}" if pair_line else ""))
+            if far:
+                print(f"warning: {far}")
             print(format_table(rows, ["run", "median ms", "speed vs ort int8", "vs ort optimizer + int8", "runs"]),
                   flush=True)
 

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "cpu_features.h"
+#include "cpu_pair_probe.h"
 #include "int8_gemm.h"
 #include "peak_probe.h"
 #include "work_pool.h"
@@ -338,6 +339,18 @@ PYBIND11_MODULE(_native, m) {
         py::arg("bytes"),
         "Sets the most bytes of free blocks the output cache holds (0: no cache, every output a plain numpy "
         "array) and returns the previous limit (64 MiB at first; the package sets QRT_OUTPUT_CACHE_MB's on import).");
+    m.def("cpu_pair_round_trip_ns", [](int cpu_a, int cpu_b, double seconds) {
+            if (cpu_a < 0 || cpu_b < 0 || cpu_a == cpu_b)
+                throw py::value_error("two different CPU numbers >= 0 expected, got " + std::to_string(cpu_a) + " and " +
+                                      std::to_string(cpu_b));
+            if (!(seconds > 0 && seconds <= 10))
+                throw py::value_error("seconds must be in (0, 10], got " + std::to_string(seconds));
+            py::gil_scoped_release release;
+            return qrt::cpu_pair_round_trip_ns(cpu_a, cpu_b, seconds);
+        },
+        py::arg("cpu_a"), py::arg("cpu_b"), py::arg("seconds") = 0.05,
+        "Nanoseconds per round trip of one cache line between threads pinned to cpu_a and cpu_b (csrc/cpu_pair_probe.h), "
+        "about `seconds` of them; -1 where it cannot be measured (a CPU outside this process's affinity, no answer).");
     m.def("work_pool_moves", &qrt::work_pool_moves,
           "How many times a work pool worker was kept off its caller's CPU (woken elsewhere, or moved off when it "
           "joined a job on it).");

@@ -140,6 +140,17 @@ def set_threads(n: int) -> None:
     core_threads.cap_blas_threads(n)
 
 
+def cpu_pair_round_trip_ns(cpu_a: int, cpu_b: int, seconds: float = 0.05) -> float | None:
+    """Nanoseconds per round trip of one cache line between threads pinned to CPUs ``cpu_a``
+    and ``cpu_b``, about ``seconds`` of them (csrc/cpu_pair_probe.h: ~100-130 ns where the two
+    share an L3, ~500 where a VM's host put them on two CCDs); None without the extension or
+    where it cannot be measured (a CPU outside this process's affinity, no answer)."""
+    if _load_native() is None:
+        return None
+    ns = float(_ext.cpu_pair_round_trip_ns(int(cpu_a), int(cpu_b), float(seconds)))
+    return ns if ns > 0 else None
+
+
 def ell_byte_segment() -> int:
     """Columns per segment of the byte-lane ELL the sparse packer builds now by default
     (``_native.sparse_byte_segment``, csrc/sparse_gemm.h: 64 or 128); 128 without the

@@ -198,6 +198,7 @@ def cmd_bench(args) -> int:
     fp = machine.fingerprint(args.threads, measure=True, remeasure=args.remeasure_peaks)
     if busy:
         fp["busy_warning"] = busy
+    pair_before = machine.cpu_pair_latency()
     result = {"schema": report.SCHEMA, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "command": "qrt " + shlex.join(getattr(args, "argv", None) or ["bench"]),
               "machine": fp, "omitted": []}
@@ -214,6 +215,11 @@ def cmd_bench(args) -> int:
                                         compare=args.compare, profile=args.profile,
                                         min_seconds=args.seconds or 1.0, omitted=result["omitted"], log=log)
                             for backend in (_csv(args.backend, str, "backend") or ["auto"])]
+    if args.threads > 1:   # how near the CPUs were, before and after the timing (machine.py)
+        fp["cpu_pair"] = {"before": pair_before, "after": machine.cpu_pair_latency()}
+        _, far = machine.describe_cpu_pair(pair_before, fp["cpu_pair"]["after"])
+        if far:
+            log(f"qrt bench: warning: {far}")
     report.validate(result)
     print(report.to_markdown(result))
     if args.json:

@@ -206,6 +206,40 @@ def measure_peaks(threads: int, seconds: float = PEAK_SECONDS) -> dict:
             "source": f"kernels.native_cpu.measure_peaks(threads={threads}, seconds={seconds})"}
 
 
+# A round trip between the two CPUs a benchmark's threads run on above this (ns) says they do
+# not share an L3 now: on a VM, the host has put them on two CCDs or sockets, and every call
+# that hands work to a second thread is slower (RESULTS.md, "The two vCPUs are near, then far":
+# ~110 ns near, ~500 far, moving within seconds).
+FAR_CPU_PAIR_NS = 300.0
+
+
+def cpu_pair_latency(seconds: float = 0.05) -> dict | None:
+    """{"cpus": [a, b], "ns": round trip} for the first two CPUs this process may use
+    (kernels.native_cpu.cpu_pair_round_trip_ns), or None: one CPU, no native extension, or
+    not measurable."""
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if len(cpus) < 2 or registry.backend_status("native") is not None:
+        return None
+    ns = registry.backend_module("native").cpu_pair_round_trip_ns(cpus[0], cpus[1], seconds)
+    return None if ns is None else {"cpus": cpus[:2], "ns": round(ns, 1)}
+
+
+def describe_cpu_pair(before: dict | None, after: dict | None) -> tuple[str | None, str | None]:
+    """(a line, a warning or None) for cpu_pair_latency() measured before and after timing."""
+    probes = [p for p in (before, after) if p]
+    if not probes:
+        return None, None
+    a, b = probes[0]["cpus"]
+    ns = " before, ".join(f"{p['ns']:.0f} ns" for p in (before, after) if p) + (" after" if before and after else "")
+    line = f"CPUs {a} and {b}, one cache line's round trip: {ns}"
+    worst = max(p["ns"] for p in probes)
+    if worst <= FAR_CPU_PAIR_NS:
+        return line, None
+    return line, (f"CPUs {a} and {b} were far apart ({worst:.0f} ns a round trip, above {FAR_CPU_PAIR_NS:.0f}: "
+                  "no shared L3, e.g. a VM's vCPUs on two CCDs of the host); calls on two threads are slower "
+                  "than when near, so the ratios of this run may differ from a run in another state")
+
+
 def copy_bandwidth_gbs(threads: int) -> float:
     """Memory bandwidth in GB/s: np.copyto of a 64 MiB float32 array split over ``threads``
     Python threads (numpy releases the GIL while copying, and one core alone cannot saturate
@@ -285,7 +319,14 @@ def describe(fp: dict) -> list[str]:
         "Backends: " + ", ".join(f"{name} ok" if why is None else f"{name} unavailable ({why})"
                                  for name, why in backends.items()),
         f"Machine key: {fp.get('key', '?')}",
-    ] + ([f"**Warning:** {fp['busy_warning']}"] if fp.get("busy_warning") else [])
+    ] + _pair_lines(fp.get("cpu_pair")) + ([f"**Warning:** {fp['busy_warning']}"] if fp.get("busy_warning") else [])
+
+
+def _pair_lines(pair: dict | None) -> list[str]:
+    if not pair:
+        return []
+    line, warning = describe_cpu_pair(pair.get("before"), pair.get("after"))
+    return ([line] if line else []) + ([f"**Warning:** {warning}"] if warning else [])
 
 
 def _describe_peaks(peaks: dict | None) -> str:
