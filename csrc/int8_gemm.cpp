@@ -298,13 +298,6 @@ constexpr int64_t kStreamedWeightBytes = int64_t(4) << 20;
 constexpr int64_t kStreamedRowBlockBytes = int64_t(16) << 20;
 // work items per thread to aim for, so that uneven items still split evenly
 constexpr int64_t kItemsPerThread = 4;
-// rows of X one quantization item converts, at most: fewer where M is small, so that the rows
-// of a 16-row call are split over the threads too (its 16 x 1536 rows were one item, about 8 us
-// on one thread while the other waited); at least kQuantRowsMin, so that a call of 4 rows or
-// fewer quantizes on the caller alone, without a round of the pool (Zen 4, 2 threads, (K, N) =
-// (384, 384), M = 4: 4.2-4.5 -> 3.5-3.8 us)
-constexpr int64_t kQuantRows = 16;
-constexpr int64_t kQuantRowsMin = 4;
 
 }  // namespace
 
@@ -353,12 +346,12 @@ void int8_linear_isa(const Int8PackedWeight& w, const float* x, int64_t m, const
     const int64_t items = row_blocks * w.panels;
 
     // Two rounds of work_pool.h items (claimed by whoever is awake, the caller included; no
-    // waiting for a worker that has not started): every row quantized, kQuantRows rows an
-    // item, then each output tile computed start to end by one thread, in a fixed order, so
+    // waiting for a worker that has not started): every row quantized (quant_rows_per_item rows
+    // an item), then each output tile computed start to end by one thread, in a fixed order, so
     // the result does not depend on the thread count or on which thread took which item.
     // Items in order: the threads work on one row block at a time, each panel of it read by
     // one of them.
-    const int64_t quant_rows = std::clamp<int64_t>((m + 2 * nt - 1) / (2 * nt), kQuantRowsMin, kQuantRows);
+    const int64_t quant_rows = int8_detail::quant_rows_per_item(m, nt);
     parallel_items((m + quant_rows - 1) / quant_rows, nt, [&](int64_t item) {
         for (int64_t i = item * quant_rows; i < std::min(m, (item + 1) * quant_rows); ++i)
             kern.quantize_row(x + i * k, k, kp, aq, u.get() + i * ldu, &sx[i], &row_corr[i]);

@@ -667,11 +667,7 @@ void sparse_int8_linear_isa(const SparseInt8Weight& w, const float* x, int64_t m
     // transposed), then each work item computed start to end by one thread, items claimed in
     // small chunks.
     const int64_t chunk = std::max<int64_t>(1, items / (8 * nt));
-    // rows quantized in up to 2 items a thread, at least 4 rows an item: one 16-row item left
-    // the second thread idle through the whole first round (csr 90%, 2 threads, Zen 4, M = 16:
-    // (K, N) = (1536, 384) 15.8 -> 13.5 us, (768, 768) 13.3 -> 12.4), while items of one row
-    // made M = 4 slower than quantizing on the caller alone ((768, 768) 4.9 -> 5.3)
-    const int64_t quant_rows = std::clamp<int64_t>((m + 2 * nt - 1) / (2 * nt), 4, 16);
+    const int64_t quant_rows = int8_detail::quant_rows_per_item(m, nt);   // int8_gemm_kernels.h
     parallel_items((m + quant_rows - 1) / quant_rows, nt, [&](int64_t c) {
         for (int64_t i = c * quant_rows; i < std::min(m, (c + 1) * quant_rows); ++i) quantize_row(i);
     });
