@@ -35,9 +35,12 @@ struct Block {
 
 class Cache {
   public:
+    // A block of `bytes` (a freed one if held, else a new one), or {nullptr, 0} while the
+    // limit is 0 (the cache is off): one lock a call.
     Block take(size_t bytes) {
         {
             std::lock_guard<std::mutex> lock(mu_);
+            if (limit_ == 0) return {nullptr, 0};
             ++handed_;
             for (size_t i = free_.size(); i-- > 0;) {   // the most recently freed first: warmest
                 if (free_[i].bytes == bytes) {
@@ -76,11 +79,6 @@ class Cache {
 
     void clear() { set_limit(0, true); }
 
-    size_t limit() {
-        std::lock_guard<std::mutex> lock(mu_);
-        return limit_;
-    }
-
     // the new limit (unless keep_limit), the oldest free blocks freed until the rest fit it
     size_t set_limit(size_t bytes, bool keep_limit = false) {
         std::vector<Block> gone;
@@ -117,8 +115,10 @@ py::array_t<float> new_f32(const std::vector<py::ssize_t>& shape) {
     size_t count = 1;
     for (const py::ssize_t d : shape) count *= static_cast<size_t>(d);
     const size_t bytes = count * sizeof(float);
-    if (bytes < kCachedMinBytes || cache().limit() == 0) return py::array_t<float>(shape);
-    Block* b = new Block(cache().take(block_bytes(bytes)));
+    if (bytes < kCachedMinBytes) return py::array_t<float>(shape);
+    const Block block = cache().take(block_bytes(bytes));
+    if (block.data == nullptr) return py::array_t<float>(shape);   // the cache is off
+    Block* b = new Block(block);
     py::capsule owner(b, [](void* p) {
         Block* blk = static_cast<Block*>(p);
         cache().give_back(*blk);
