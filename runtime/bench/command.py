@@ -198,7 +198,7 @@ def cmd_bench(args) -> int:
     fp = machine.fingerprint(args.threads, measure=True, remeasure=args.remeasure_peaks)
     if busy:
         fp["busy_warning"] = busy
-    pair_before = machine.cpu_pair_latency()
+    pair_before = machine.cpu_pair_latency() if args.threads > 1 else None   # machine.py; one thread shares nothing
     result = {"schema": report.SCHEMA, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "command": "qrt " + shlex.join(getattr(args, "argv", None) or ["bench"]),
               "machine": fp, "omitted": []}

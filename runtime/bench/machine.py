@@ -230,7 +230,10 @@ def describe_cpu_pair(before: dict | None, after: dict | None) -> tuple[str | No
     if not probes:
         return None, None
     a, b = probes[0]["cpus"]
-    ns = " before, ".join(f"{p['ns']:.0f} ns" for p in (before, after) if p) + (" after" if before and after else "")
+    if before and after:
+        ns = f"{before['ns']:.0f} ns before, {after['ns']:.0f} ns after"
+    else:
+        ns = f"{probes[0]['ns']:.0f} ns"
     line = f"CPUs {a} and {b}, one cache line's round trip: {ns}"
     worst = max(p["ns"] for p in probes)
     if worst <= FAR_CPU_PAIR_NS:
