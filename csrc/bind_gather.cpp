@@ -12,6 +12,7 @@
 
 #include "bind_checks.h"
 #include "embedding_gather.h"
+#include "gather_elements.h"
 #include "int8_gemm.h"   // int8_get_threads: the native kernels' one thread count
 
 namespace py = pybind11;
@@ -118,9 +119,39 @@ int64_t gather_int4_py(const py::object& qdata_obj, const py::object& scale_obj,
     });
 }
 
+// data (outer, da, inner) float32, indices (outer, na, inner) int32 / int64, out like indices:
+// GatherElements around the middle axis (gather_elements.h).
+int64_t gather_elements_py(const py::object& data_obj, const py::object& indices_obj, const py::object& out_obj) {
+    py::array d = contiguous_array_of<float>(data_obj, "data", "float32");
+    if (d.ndim() != 3) throw py::value_error("data has shape " + shape_str(d) + ", expected (outer, da, inner)");
+    py::array idx = as_array(indices_obj, "indices");
+    if (!has_dtype<int32_t>(idx) && !has_dtype<int64_t>(idx))
+        throw py::type_error("indices must have dtype int32 or int64, got " + dtype_str(idx));
+    require_c_contiguous(idx, "indices");
+    const int64_t outer = d.shape(0), da = d.shape(1), inner = d.shape(2);
+    if (idx.ndim() != 3 || idx.shape(0) != outer || idx.shape(2) != inner)
+        throw py::value_error("indices has shape " + shape_str(idx) + ", expected (" + std::to_string(outer) +
+                              ", na, " + std::to_string(inner) + ") (data's outer and inner sizes)");
+    const int64_t na = idx.shape(1);
+    py::array out = contiguous_array_of<float>(out_obj, "out", "float32");
+    require_shape(out, "out", {outer, na, inner});
+    if (!out.writeable()) throw py::value_error("out must be writeable");
+    if (outer * na * inner == 0) return -1;
+    if (da == 0) return 0;   // every index is out of range of an empty axis
+    const float* dp = static_cast<const float*>(d.data());
+    float* op = static_cast<float*>(out.mutable_data());
+    const int threads = qrt::int8_get_threads();
+    return with_indices(idx, [&](auto* ip) { return qrt::gather_elements_f32(dp, outer, da, inner, ip, na, op, threads); });
+}
+
 }  // namespace
 
 void bind_gather(py::module_& m) {
+    m.def("gather_elements_f32", &gather_elements_py, py::arg("data"), py::arg("indices"), py::arg("out"),
+          "out (outer, na, inner) float32 C-contiguous := data[o, indices[o, a, i] (+ da when negative), i]: "
+          "GatherElements along the middle axis. data (outer, da, inner) float32, indices (outer, na, inner) "
+          "int32/int64, both C-contiguous. Returns -1, or the position (C order) of the first index outside "
+          "[-da, da) (then out is not written).");
     m.def("gather_int8_rows", &gather_int8_py, py::arg("qdata"), py::arg("scale"), py::arg("zero_point"),
           py::arg("indices"), py::arg("out"),
           "out (n, D) float32 C-contiguous := rows of the dequantized int8 table float32(qdata[r] - zero_point) * "

@@ -1069,6 +1069,15 @@ def _shape_ops() -> dict:
         x = randn(rng, 3, 4)
         yield c("GatherElements", "axis1-negative", (x, rng.integers(-4, 4, (3, 2))), {"axis": 1})
         yield c("GatherElements", "axis0", (x, rng.integers(-3, 3, (2, 4)).astype(np.int32)), {"axis": 0})
+        # DeBERTa's relative-position gather: (B*H, S, 2*span) along the last axis by a (B*H, S, S)
+        # index, large enough for the native kernel's threads
+        rel = randn(rng, 12, 40, 160)
+        yield c("GatherElements", "deberta-last-axis", (rel, rng.integers(-160, 160, (12, 40, 40))), {"axis": -1})
+        # a middle axis (inner > 1), int32 indices
+        y = randn(rng, 2, 5, 3, 4)
+        yield c("GatherElements", "axis1-inner", (y, rng.integers(-5, 5, (2, 7, 3, 4)).astype(np.int32)), {"axis": 1})
+        # other axes shorter than data's: the reference's case
+        yield c("GatherElements", "shorter-axes", (y, rng.integers(0, 3, (1, 2, 3, 2))), {"axis": 2})
 
     def gather_nd():
         rng = _rng("GatherND")

@@ -1,4 +1,5 @@
-"""Gather on an int8 / int4_grouped table, native backend: ("Gather", "native", "int8" | "int4_grouped").
+"""Gather on an int8 / int4_grouped table, native backend: ("Gather", "native", "int8" | "int4_grouped");
+and GatherElements on float32 data: ("GatherElements", "native", "dense").
 
 The kernel is csrc/embedding_gather.cpp (numerics in csrc/embedding_gather.h): only the
 gathered rows are dequantized, each element float32(q - zp) * scale, one float32 multiply, so
@@ -11,6 +12,13 @@ range becomes -2^63, refused like the value itself); out (n, D) float32, returne
 indices.shape + the table's shape[1:]. The C++ side checks every index against [-V, V) before
 reading a row and returns the first bad position; this wrapper raises the reference's
 IndexError for it. An axis other than 0 runs the reference.
+
+GatherElements (csrc/gather_elements.cpp): data float32 and indices int32 / int64 of the same
+rank whose axes other than ``axis`` have data's sizes (DeBERTa's relative-position scores: a
+(B*H, S, 2*span) product gathered along the last axis by a (B*H, S, S) index), viewed as
+(outer, axis, inner); the values are copied, so the result is the reference's, bits included.
+Any other call (dtypes, shorter axes, 0-d), and an index out of range (for the reference's
+error), runs the reference kernel.
 """
 from __future__ import annotations
 
@@ -19,7 +27,9 @@ from typing import Any
 import numpy as np
 
 from kernels.reference.packed_gather import check_index_dtype, index_error, row_gather_factory
+from kernels.fused_dispatch import reference_of
 from kernels.registry import register
+from kernels.reference._common import normalize_axis
 from kernels.core.layouts import PackedTensor, dense_view_2d
 
 from . import _native
@@ -79,3 +89,29 @@ gather_factory = row_gather_factory(TablePlan, "native")
 
 for _layout in ("int8", "int4_grouped"):
     register("Gather", "native", _layout)(gather_factory)
+
+
+@register("GatherElements", "native")
+def gather_elements_factory(attrs: dict, weights: dict):
+    """GatherElements(data, indices) on float32 data: _native.gather_elements_f32 on the
+    (outer, axis, inner) views, else the reference."""
+    ref = reference_of("GatherElements", attrs, weights)      # checks the attributes
+    axis = int(attrs.get("axis", 0))
+
+    def run(data, indices):
+        if not (isinstance(data, np.ndarray) and data.dtype == np.float32 and isinstance(indices, np.ndarray)
+                and indices.dtype in _NATIVE_INDEX_DTYPES and data.ndim == indices.ndim and data.ndim >= 1):
+            return ref(data, indices)
+        k = normalize_axis(axis, data.ndim, "GatherElements axis")
+        if data.shape[:k] != indices.shape[:k] or data.shape[k + 1:] != indices.shape[k + 1:]:
+            return ref(data, indices)
+        outer = int(np.prod(data.shape[:k], dtype=np.int64))
+        inner = int(np.prod(data.shape[k + 1:], dtype=np.int64))
+        out = np.empty(indices.shape, np.float32)
+        bad = _native.gather_elements_f32(np.ascontiguousarray(data).reshape(outer, data.shape[k], inner),
+                                          np.ascontiguousarray(indices).reshape(outer, indices.shape[k], inner),
+                                          out.reshape(outer, indices.shape[k], inner))
+        if bad >= 0:
+            return ref(data, indices)      # raises the reference's IndexError
+        return (out,)
+    return run
