@@ -8,6 +8,8 @@
 #include <cstring>
 #include <limits>
 #include <memory>
+#include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "cpu_features.h"
@@ -201,20 +203,150 @@ QRT_F_AVX512 void exp_avx512(const float* x, float* y, int64_t n) {
 
 #endif  // QRT_FUSED_X86_SIMD
 
+// One relative-position term of disentangled attention (attention.h), prepared once per call
+// and read by every item. The term's product T = X table_h^T (X = Q for c2p, K for p2c) is
+// computed per block of kRelRows rows of X, only over the table rows [lo_b, hi_b] that the
+// block's indices name: DeBERTa's index is a band along the diagonal, so a block needs about S
+// positions of the 2 * span a whole head would (half the products). Each item copies its head's
+// rows [lo, hi] of the table transposed, (D, width_pad), once; T's row r holds the products of
+// its block's band, starting at lo_b. offset[i * Sk + j] is where score (i, j) finds its term in T.
+constexpr int64_t kRelRows = 8;      // = kMr: one register tile of rows per block
+
+struct RelTerm {
+    bool on = false;
+    const float* table = nullptr;    // (H, P, D)
+    int64_t positions = 0, lo = 0, width_pad = 0, ldt = 0;
+    std::vector<int64_t> block_lo, block_width;   // per block of kRelRows rows of X
+    std::vector<int32_t> offset;                  // (Sq, Sk)
+};
+
+// c2p: S[i, j] += T[i, c2p[i, j]] with T = Q pos_key_h^T;  p2c: S[i, j] += T[j, p2c[j, i]], T = K pos_query_h^T
+RelTerm make_rel_term(const AttentionArgs& a, bool c2p) {
+    RelTerm t;
+    const int64_t* idx = c2p ? a.c2p : a.p2c;
+    t.table = c2p ? a.pos_key : a.pos_query;
+    if (t.table == nullptr || idx == nullptr) return t;
+    t.on = true;
+    t.positions = c2p ? a.positions_key : a.positions_query;
+    const int64_t rows = c2p ? a.sq : a.sk, cols = c2p ? a.sk : a.sq;   // idx is (rows, cols)
+    const int64_t blocks = (rows + kRelRows - 1) / kRelRows;
+    t.block_lo.assign(static_cast<size_t>(blocks), 0);
+    t.block_width.assign(static_cast<size_t>(blocks), 0);
+    int64_t lo = idx[0], hi = idx[0];
+    for (int64_t blk = 0; blk < blocks; ++blk) {
+        const int64_t* first = idx + blk * kRelRows * cols;
+        const int64_t* last = idx + std::min(rows, (blk + 1) * kRelRows) * cols;
+        const auto mm = std::minmax_element(first, last);
+        t.block_lo[blk] = *mm.first;
+        t.block_width[blk] = round_up(*mm.second - *mm.first + 1, 16);
+        lo = std::min(lo, *mm.first);
+        hi = std::max(hi, *mm.second);
+        t.ldt = std::max(t.ldt, t.block_width[blk]);
+    }
+    t.lo = lo;
+    t.width_pad = round_up(hi - lo + 1, 16) + 16;   // a block's 16-column round-up stays inside
+    if (round_up(rows, kRelRows) * t.ldt > std::numeric_limits<int32_t>::max())
+        throw std::length_error("disentangled attention: " + std::to_string(rows) + " rows of " +
+                                std::to_string(t.ldt) + " positions exceed the int32 offsets");
+    t.offset.resize(static_cast<size_t>(a.sq * a.sk));
+    for (int64_t i = 0; i < a.sq; ++i)
+        for (int64_t j = 0; j < a.sk; ++j) {
+            const int64_t row = c2p ? i : j, r = c2p ? idx[i * a.sk + j] : idx[j * a.sq + i];
+            t.offset[i * a.sk + j] = static_cast<int32_t>(row * t.ldt + (r - t.block_lo[row / kRelRows]));
+        }
+    return t;
+}
+
+struct RelTerms {
+    RelTerm c2p, p2c;
+};
+
 // One thread's buffers, sized for the whole call, zeroed once: padding columns are never
 // written, so they stay zero (Kh^T's pad columns make extra score columns, never read).
 struct Scratch {
-    std::vector<float> kt, s, vpad, yt, mrow, inv;
-    Scratch(const AttentionArgs& a, int64_t sk16, int64_t dv16)
+    std::vector<float> kt, s, vpad, yt, mrow, inv, rel_t, rel_table;
+    Scratch(const AttentionArgs& a, int64_t sk16, int64_t dv16, const RelTerms& terms)
         : kt(a.head_dim * sk16, 0.0f),
           s(a.sq * sk16, 0.0f),
           vpad(a.v_head_dim % 16 ? a.sk * dv16 : 0, 0.0f),
           yt(a.sq * dv16, 0.0f),
           mrow(sk16, 0.0f),
-          inv(a.sq, 0.0f) {}
+          inv(a.sq, 0.0f),
+          rel_t(std::max(terms.c2p.on ? round_up(a.sq, kRelRows) * terms.c2p.ldt : 0,
+                         terms.p2c.on ? round_up(a.sk, kRelRows) * terms.p2c.ldt : 0), 0.0f),
+          rel_table(a.head_dim * std::max(terms.c2p.width_pad, terms.p2c.width_pad), 0.0f) {}
 };
 
-void attention_item(const AttentionArgs& a, int64_t item, Scratch& w, FusedIsa isa) {
+// T (rows, ldt) of one term for head h: the head's table band transposed into w.rel_table,
+// then per block of rows X_block (kRelRows, D) @ band_b (D, width_b) on `isa`.
+void rel_product(const RelTerm& t, int64_t h, int64_t d, const float* x, int64_t xs, int64_t rows, Scratch& w,
+                 FusedIsa isa) {
+    float* tt = w.rel_table.data();
+    const float* band = t.table + (h * t.positions + t.lo) * d;
+    const int64_t width = std::min(t.width_pad, t.positions - t.lo);   // the table rows that exist
+#if QRT_FUSED_X86_SIMD
+    if (isa != FusedIsa::scalar && fused_isa_supported(FusedIsa::avx2)) {
+        fused_detail::transpose_avx2(band, d, width, d, tt, t.width_pad);
+    } else
+#endif
+    {
+        for (int64_t r = 0; r < width; ++r)
+            for (int64_t c = 0; c < d; ++c) tt[c * t.width_pad + r] = band[r * d + c];
+    }
+    for (int64_t r0 = 0; r0 < rows; r0 += kRelRows) {
+        const int64_t m = std::min(kRelRows, rows - r0), blk = r0 / kRelRows;
+        const float* b = tt + (t.block_lo[blk] - t.lo);
+        const int64_t n16 = t.block_width[blk];
+        float* c = w.rel_t.data() + r0 * t.ldt;
+#if QRT_FUSED_X86_SIMD
+        if (isa == FusedIsa::avx512) {
+            gemm_avx512(m, n16, d, x + r0 * xs, xs, b, t.width_pad, c, t.ldt);
+            continue;
+        }
+        if (isa == FusedIsa::avx2) {
+            fused_detail::gemm_avx2(m, n16, d, x + r0 * xs, xs, b, t.width_pad, c, t.ldt);
+            continue;
+        }
+#endif
+        gemm_scalar(m, n16, d, x + r0 * xs, xs, b, t.width_pad, c, t.ldt);
+    }
+}
+
+#if QRT_FUSED_X86_SIMD
+// add_rel_term's rows by 16-lane gathers (the same additions: one float32 add per score)
+QRT_F_AVX512 void add_rel_term_avx512(const RelTerm& t, const float* tp, float* s, int64_t sq, int64_t sk,
+                                      int64_t sk16) {
+    for (int64_t i = 0; i < sq; ++i) {
+        float* srow = s + i * sk16;
+        const int32_t* o = t.offset.data() + i * sk;
+        int64_t j = 0;
+        for (; j + 16 <= sk; j += 16) {
+            const __m512i off = _mm512_loadu_si512(o + j);
+            _mm512_storeu_ps(srow + j, _mm512_add_ps(_mm512_loadu_ps(srow + j), _mm512_i32gather_ps(off, tp, 4)));
+        }
+        for (; j < sk; ++j) srow[j] += tp[o[j]];
+    }
+}
+#endif
+
+// S (Sq, sk16) += the term T at each score's offset
+void add_rel_term(const RelTerm& t, const float* tp, float* s, int64_t sq, int64_t sk, int64_t sk16, FusedIsa isa) {
+#if QRT_FUSED_X86_SIMD
+    if (isa == FusedIsa::avx512) {
+        add_rel_term_avx512(t, tp, s, sq, sk, sk16);
+        return;
+    }
+#else
+    (void)isa;
+#endif
+    for (int64_t i = 0; i < sq; ++i) {
+        float* srow = s + i * sk16;
+        const int32_t* o = t.offset.data() + i * sk;
+        for (int64_t j = 0; j < sk; ++j) srow[j] += tp[o[j]];
+    }
+}
+
+void attention_item(const AttentionArgs& a, int64_t item, Scratch& w, FusedIsa isa, const RelTerms& terms) {
     const int64_t hds = a.heads, d = a.head_dim, dv = a.v_head_dim, sq = a.sq, sk = a.sk;
     const int64_t b = item / hds, h = item - b * hds;
     const int64_t sk16 = round_up(sk, 16), dv16 = round_up(dv, 16);
@@ -263,9 +395,23 @@ void attention_item(const AttentionArgs& a, int64_t item, Scratch& w, FusedIsa i
     const bool row_invariant = mbase != nullptr && msi == 0 && msj != 1;
     const float* fixed_row = row_invariant ? mask_row(0) : nullptr;
 
+    // disentangled attention: S += c2p, then + p2c (attention.h), before the softmax; one
+    // product buffer, each term computed and added in turn
+    const auto add_rel_terms = [&]() {
+        if (terms.c2p.on) {
+            rel_product(terms.c2p, h, d, qh, qs, sq, w, isa);
+            add_rel_term(terms.c2p, w.rel_t.data(), s, sq, sk, sk16, isa);
+        }
+        if (terms.p2c.on) {
+            rel_product(terms.p2c, h, d, kh, ks, sk, w, isa);
+            add_rel_term(terms.p2c, w.rel_t.data(), s, sq, sk, sk16, isa);
+        }
+    };
+
 #if QRT_FUSED_X86_SIMD
     if (isa == FusedIsa::avx512) {
         gemm_avx512(sq, sk16, d, qh, qs, kt, sk16, s, sk16);
+        add_rel_terms();
         for (int64_t i = 0; i < sq; ++i)
             w.inv[i] = 1.0f / softmax_row_avx512(s + i * sk16, sk, a.scale, row_invariant ? fixed_row : mask_row(i));
         gemm_avx512(sq, dv16, sk, s, sk16, vb, ldv, yt, dv16);
@@ -273,6 +419,7 @@ void attention_item(const AttentionArgs& a, int64_t item, Scratch& w, FusedIsa i
         // 8-column vectors: the 16-padded scratch holds them; only round_up(., 8) columns
         // are computed (V's rows, read in place when Dv % 16 == 0, are then exactly Dv long)
         fused_detail::gemm_avx2(sq, round_up(sk, 8), d, qh, qs, kt, sk16, s, sk16);
+        add_rel_terms();
         for (int64_t i = 0; i < sq; ++i)
             w.inv[i] = 1.0f / fused_detail::softmax_row_avx2(s + i * sk16, sk, a.scale,
                                                              row_invariant ? fixed_row : mask_row(i));
@@ -281,6 +428,7 @@ void attention_item(const AttentionArgs& a, int64_t item, Scratch& w, FusedIsa i
 #endif
     {
         gemm_scalar(sq, sk, d, qh, qs, kt, sk16, s, sk16);
+        add_rel_terms();
         for (int64_t i = 0; i < sq; ++i)
             w.inv[i] = 1.0f / softmax_row_scalar(s + i * sk16, sk, a.scale, row_invariant ? fixed_row : mask_row(i));
         gemm_scalar(sq, dv, sk, s, sk16, vb, ldv, yt, dv16);
@@ -345,19 +493,20 @@ void attention_f32(const AttentionArgs& a, FusedIsa isa, int threads) {
     const int64_t macs = items * a.sq * a.sk * (a.head_dim + a.v_head_dim);
     int nt = static_cast<int>(std::min<int64_t>(std::max(1, threads), items));
     if (macs < kAttentionParallelMinMacs) nt = 1;
+    const RelTerms terms{make_rel_term(a, true), make_rel_term(a, false)};
     if (nt > 1) {
         // items claimed by whoever is awake (csrc/work_pool.h); each participant's slot gets
         // its own Scratch, made at its first item of this call
         std::vector<std::unique_ptr<Scratch>> scratch(static_cast<size_t>(nt));
         parallel_items(items, nt, [&](int64_t item, int slot) {
             auto& mine = scratch[static_cast<size_t>(slot)];
-            if (!mine) mine = std::make_unique<Scratch>(a, sk16, dv16);
-            attention_item(a, item, *mine, isa);
+            if (!mine) mine = std::make_unique<Scratch>(a, sk16, dv16, terms);
+            attention_item(a, item, *mine, isa, terms);
         });
         return;
     }
-    Scratch w(a, sk16, dv16);
-    for (int64_t item = 0; item < items; ++item) attention_item(a, item, w, isa);
+    Scratch w(a, sk16, dv16, terms);
+    for (int64_t item = 0; item < items; ++item) attention_item(a, item, w, isa, terms);
 }
 
 void exp_f32(const float* x, float* y, int64_t n, FusedIsa isa) {

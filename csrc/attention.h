@@ -34,6 +34,16 @@
 //   Error against the reference: the float32 dot products, ~n 2^-24 relative to the output
 //   norm; tests/test_native_fused.py uses tests/test_fusion.py's ATTENTION_RTOL.
 //
+// Disentangled attention (DeBERTa-v2/v3, the "DisentangledAttention" op): relative-position
+// terms added to the unscaled scores before the scale,
+//     S[i, j] += q_bih . pos_key[h, c2p[i, j]]  +  k_bjh . pos_query[h, p2c[j, i]]
+// pos_key / pos_query (H, P, D) float32 C-contiguous (either may be absent), c2p (Sq, Sk) and
+// p2c (Sk, Sq) int64 in [0, P) (the caller checks). Only the positions an index names are
+// multiplied: per call the band [lo, hi] of each index, per head Q (or K) times the band of
+// the table (a float32 GEMM like S's), then each S[i, j] gathers its term from that product.
+// So DeBERTa's (B*H, S, 2 * span) products and their gathers of the unfused graph are never
+// formed. The terms are float32 dot products, added to S in float32: S + c2p, then + p2c.
+//
 // Work: one item per (b, h), each computed start to end by one thread in a fixed order, so
 // the result does not depend on the thread count (items claimed from work_pool.h); each query row's
 // scores, softmax and output are computed in an order that does not depend on the other rows
@@ -69,6 +79,12 @@ struct AttentionArgs {
     float scale = 1.0f;
     bool nan_to_zero = false;         // a row whose softmax sum is NaN writes zeros (sdpa's IsNaN + Where)
     float* y = nullptr;               // (B, Sq, H*Dv) C-contiguous
+    // disentangled attention's terms (above); nullptr: none
+    const float* pos_key = nullptr;   // (H, positions_key, D)
+    const int64_t* c2p = nullptr;     // (Sq, Sk), values in [0, positions_key)
+    const float* pos_query = nullptr; // (H, positions_query, D)
+    const int64_t* p2c = nullptr;     // (Sk, Sq), values in [0, positions_query)
+    int64_t positions_key = 0, positions_query = 0;
 };
 
 // Attention below this many multiply-adds (B * H * Sq * Sk * (D + Dv)) runs on one thread:

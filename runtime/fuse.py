@@ -93,8 +93,9 @@ def fuse(graph: Graph) -> Graph:
               dict(graph.initializers), dict(graph.metadata))
     for n in g.nodes:
         n.attrs = dict(n.attrs)
-    for rewrite in (_fuse_attention, _fuse_skip_layer_norm, _fuse_activation):
+    for rewrite in (_fuse_attention, _fuse_disentangled_attention, _fuse_skip_layer_norm, _fuse_activation):
         _apply(g, rewrite)
+    _drop_unread(g)
     _merge_sibling_linears(g)
     order_sparse_rows(g)
     g.validate()
@@ -295,6 +296,205 @@ def _plus_terms(view: _View, value: str, depth: int) -> tuple[str, list[str], li
         if inner is not None:
             return inner[0], inner[1] + [b], inner[2] + [add]
     return None
+
+
+# --- DeBERTa's disentangled attention ------------------------------------------------------------
+#
+# What torch.onnx.export (dynamo, the default) writes for transformers' DebertaV2 self-attention
+# with relative_attention (DeBERTa-v3's configuration), per layer, with Q3 / K3 / V3 the heads
+# of the Split of the merged QKV Linear as (B*H, S, D):
+#     X3 = Reshape(Transpose(Reshape(x, [0, 0, H, -1|D]), [0, 2, 1, 3]), [-1, S, D])
+#     qk  = MatMul(Q3, Div(Transpose(K3, [0, 2, 1]), c))
+#     c2p = Div(GatherElements(MatMul(Q3, Transpose(Tile(PK, [B, 1, 1]), [0, 2, 1])),
+#                              Expand(c2p_index), axis=-1), c)
+#     p2c = Div(Transpose(GatherElements(MatMul(K3, Transpose(Tile(PQ, [B, 1, 1]), [0, 2, 1])),
+#                                        Expand(p2c_index), axis=-1), [0, 2, 1]), c)
+#     scores = Reshape(qk + (c2p + p2c), [-1, H, S, S])          (the Adds in any grouping)
+#     probs = Softmax(Where(not_mask, lowest, scores))
+#     y = Reshape(Transpose(Reshape(MatMul(Reshape(probs, [-1, S, S]), V3), [-1, H, S, D]),
+#                           [0, 2, 1, 3]), [B, S, -1])
+# with PK / PQ (H, P, D) constants (the relative embeddings' LayerNorm and key / query
+# projections, folded by the exporter) and c the scalar sqrt(3 D). It becomes
+#     DisentangledAttention(q, k, v, Where(not_mask, lowest, 0), PK, c2p_index, PQ, p2c_index)
+# scale 1 / c, then the last Reshape. The masked fill becomes an additive mask only for a fill of
+# -inf or at most -1e37: added to a score of any size a float32 may hold in practice it gives the
+# fill itself, so every row (a fully masked one too) has the softmax the Where gave.
+
+MASK_FILL_MAX = -1e37
+
+
+def _producer(view: _View, value: str, op: str) -> Node | None:
+    node = view.producer.get(value)
+    return node if node is not None and node.op == op else None
+
+
+def _scaled_by(view: _View, value: str) -> tuple[str, float, Node] | None:
+    """value = Div(x, c) or Mul(x, c) / Mul(c, x) with c a scalar constant: (x, factor, node)."""
+    node = view.producer.get(value)
+    if node is None or node.op not in ("Div", "Mul"):
+        return None
+    a, b = node.inputs
+    if node.op == "Div":
+        c = view.scalar(b)
+        return (a, 1.0 / c, node) if c else None
+    for x, k in ((a, b), (b, a)):
+        c = view.scalar(k)
+        if c is not None:
+            return x, c, node
+    return None
+
+
+def _merged_heads(view: _View, value: str) -> tuple[str, int, list[Node]] | None:
+    """value = Reshape(Transpose(Reshape(x, [0, 0, H, -1|D]), [0, 2, 1, 3]), [-1, *, D]): the
+    heads of x (B, S, H*D) as (B*H, S, D). (x, H, nodes)."""
+    merge = _producer(view, value, "Reshape")
+    if merge is None:
+        return None
+    tr = _producer(view, merge.inputs[0], "Transpose")
+    if tr is None or list(tr.attrs.get("perm") or []) != [0, 2, 1, 3]:
+        return None
+    split = _producer(view, tr.inputs[0], "Reshape")
+    shape = None if split is None else view.const(split.inputs[1])
+    if (split is None or split.attrs.get("allowzero", 0) or shape is None or shape.shape != (4,)
+            or list(shape[:2]) != [0, 0] or shape[2] <= 0 or not (shape[3] == -1 or shape[3] > 0)):
+        return None
+    target = _producer(view, merge.inputs[1], "Concat")
+    first = None if target is None else view.const(target.inputs[0])
+    if target is None or len(target.inputs) != 3 or first is None or list(first.reshape(-1)) != [-1]:
+        return None
+    return split.inputs[0], int(shape[2]), [merge, tr, split]
+
+
+def _relative_term(view: _View, value: str, x3: str) -> tuple[str, str, list[Node]] | None:
+    """value = GatherElements(MatMul(x3, Transpose(Tile(T, r), [0, 2, 1])), Expand(index, s),
+    axis -1|2) with T a 3-D float constant and r = [*, 1, 1]: (T, index, nodes)."""
+    ge = _producer(view, value, "GatherElements")
+    if ge is None or ge.attrs.get("axis", 0) not in (-1, 2):
+        return None
+    mm = _producer(view, ge.inputs[0], "MatMul")
+    ex = _producer(view, ge.inputs[1], "Expand")
+    if mm is None or ex is None or mm.inputs[0] != x3:
+        return None
+    tr = _producer(view, mm.inputs[1], "Transpose")
+    tile = None if tr is None or list(tr.attrs.get("perm") or []) != [0, 2, 1] else _producer(view, tr.inputs[0], "Tile")
+    if tile is None:
+        return None
+    table = view.const(tile.inputs[0])
+    reps = _producer(view, tile.inputs[1], "Concat")
+    if table is None or table.ndim != 3 or table.dtype.kind != "f" or reps is None or len(reps.inputs) != 3:
+        return None
+    if any(view.const(r) is None or list(view.const(r).reshape(-1)) != [1] for r in reps.inputs[1:]):
+        return None
+    return tile.inputs[0], ex.inputs[0], [ge, mm, tr, tile]
+
+
+def _fuse_disentangled_attention(view: _View, sm: Node):
+    if sm.op != "Softmax" or sm.attrs.get("axis", -1) not in (-1, 3):
+        return None
+    # the output side: Reshape to 3-D, P V3, back to (B, H, S, D), Transpose, merge
+    rs_p = view.only_reader(sm.outputs[0], "Reshape")
+    pv = None if rs_p is None else view.only_reader(rs_p.outputs[0], "MatMul")
+    if pv is None or pv.inputs[0] != rs_p.outputs[0]:
+        return None
+    rs_h = view.only_reader(pv.outputs[0], "Reshape")
+    tr_o = None if rs_h is None else view.only_reader(rs_h.outputs[0], "Transpose")
+    if tr_o is None or list(tr_o.attrs.get("perm") or []) != [0, 2, 1, 3]:
+        return None
+    rs_o = view.only_reader(tr_o.outputs[0], "Reshape")
+    v = _merged_heads(view, pv.inputs[1])
+    if rs_o is None or v is None:
+        return None
+    # the masked fill and the 4-D view of the scores
+    where = view.made_by(sm.inputs[0], "Where")
+    fill = None if where is None else view.scalar(where.inputs[1])
+    if fill is None or not (fill == -np.inf or fill <= MASK_FILL_MAX):
+        return None
+    rs_s = view.made_by(where.inputs[2], "Reshape")
+    if rs_s is None:
+        return None
+    # the sum of the score terms: the leaves of a tree of Adds read once each
+    adds, leaves, stack = [], [], [rs_s.inputs[0]]
+    while stack:
+        value = stack.pop()
+        add = view.made_by(value, "Add")
+        if add is not None and len(adds) < 2:
+            adds.append(add)
+            stack.extend(add.inputs)
+        else:
+            leaves.append(value)
+    qk = next((view.producer[x] for x in leaves if _producer(view, x, "MatMul") is not None), None)
+    if qk is None or len(leaves) != len(adds) + 1 or not 2 <= len(leaves) <= 3:
+        return None
+    q = _merged_heads(view, qk.inputs[0])
+    kt = _scaled_by(view, qk.inputs[1])
+    tr_k = None if kt is None else _producer(view, kt[0], "Transpose")
+    if q is None or tr_k is None or list(tr_k.attrs.get("perm") or []) != [0, 2, 1]:
+        return None
+    k = _merged_heads(view, tr_k.inputs[0])
+    if k is None or not q[1] == k[1] == v[1]:
+        return None
+    scale = kt[1]
+    nodes = [sm, rs_p, pv, rs_h, tr_o, rs_o, where, rs_s, *adds, qk, kt[2], tr_k, *q[2], *k[2], *v[2]]
+    terms = {}
+    for leaf in leaves:
+        if view.producer.get(leaf) is qk:
+            continue
+        scaled = _scaled_by(view, leaf)
+        if scaled is None or not np.isclose(scaled[1], scale, rtol=1e-6, atol=0.0):
+            return None
+        tr = _producer(view, scaled[0], "Transpose")
+        if tr is not None and list(tr.attrs.get("perm") or []) == [0, 2, 1]:
+            kind, found, extra = "p2c", _relative_term(view, tr.inputs[0], tr_k.inputs[0]), [tr]
+        else:
+            kind, found, extra = "c2p", _relative_term(view, scaled[0], qk.inputs[0]), []
+        if found is None or kind in terms:
+            return None
+        terms[kind] = found
+        nodes += [scaled[2], *extra, *found[2]]
+    # every value the pattern computes is read inside it only (Q3 and K3 are read twice); the
+    # last Reshape's output is the pattern's result
+    inside = {id(n) for n in nodes}
+    for n in nodes:
+        if n is not rs_o and any(o in view.outputs or any(id(r) not in inside for r in view.readers.get(o, []))
+                                 for o in n.outputs):
+            return None
+    table_c2p, index_c2p = terms.get("c2p", ("", ""))[:2]
+    table_p2c, index_p2c = terms.get("p2c", ("", ""))[:2]
+    # the heads and the head size from a position table (H, P, D)
+    table = view.const(table_c2p or table_p2c)
+    if table.shape[0] != q[1] or (table_c2p and table_p2c and view.const(table_p2c).shape[::2] != table.shape[::2]):
+        return None
+    g = view.graph
+    # the additive mask Where(not_mask, lowest, 0): one node for every layer that masks alike
+    # (made with the first; the layers come in order, so it precedes all of them)
+    new = []
+    shared = view.__dict__.setdefault("additive_masks", {})
+    key = (where.inputs[0], where.inputs[1])
+    if key not in shared:
+        zero = _unique(g, f"{where.name}_zero")
+        g.initializers[zero] = dense_tensor(zero, np.zeros((), np.float32))
+        mask = Node(_unique(g, f"{where.name}_additive"), "Where", [where.inputs[0], where.inputs[1], zero],
+                    [_unique(g, f"{where.name}_additive_output")], {})
+        shared[key] = mask.outputs[0]
+        new.append(mask)
+    name = sm.name.rsplit("/", 1)[0] + "/DisentangledAttention" if "/" in sm.name else f"{sm.name}_disentangled"
+    y = _unique(g, f"{name}_output")
+    new.append(Node(name, "DisentangledAttention",
+                    [q[0], k[0], v[0], shared[key], table_c2p, index_c2p, table_p2c, index_p2c], [y],
+                    {"head_dim": int(table.shape[2]), "scale": scale}))
+    return nodes, new + [Node(rs_o.name, "Reshape", [y, rs_o.inputs[1]], list(rs_o.outputs), dict(rs_o.attrs))]
+
+
+def _drop_unread(graph: Graph) -> None:
+    """Drop nodes none of whose outputs is read or a graph output (a fusion can leave some:
+    DeBERTa's index Expands, shared by the layers' GatherElements), until none is left."""
+    outputs = {v.name for v in graph.outputs}
+    while True:
+        read = {i for n in graph.nodes for i in n.inputs} | outputs
+        kept = [n for n in graph.nodes if any(o in read for o in n.outputs)]
+        if len(kept) == len(graph.nodes):
+            return
+        graph.nodes = kept
 
 
 # --- Add + LayerNormalization ----------------------------------------------------------------

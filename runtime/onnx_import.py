@@ -48,7 +48,8 @@ _IMPORT_ONLY = {"Constant", "Dropout"}
 # someone else's op with other inputs and attributes (ONNX opset 23's Attention takes 3-D or
 # 4-D Q/K/V, num_heads attributes, a KV cache...), never imported as ours.
 INTERNAL_OPS = {"Linear": "qrt's fused Linear", "Attention": "qrt's fused Attention",
-                "SkipLayerNormalization": "qrt's fused Add + LayerNormalization"}
+                "SkipLayerNormalization": "qrt's fused Add + LayerNormalization",
+                "DisentangledAttention": "qrt's fused DeBERTa attention"}
 
 
 def _onnx():

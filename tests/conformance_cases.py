@@ -775,6 +775,46 @@ def attention() -> Iterator[Case]:
                     (), ATTENTION)
 
 
+def _deberta_index(rows: int, cols: int, span: int, buckets: int) -> np.ndarray:
+    """DeBERTa's log-bucketed relative positions i - j (transformers' make_log_bucket_position with
+    max_position = 4 * buckets),
+    shifted by span and clipped to [0, 2 span): a (1, rows, cols) int64 index."""
+    rel = np.arange(rows)[:, None] - np.arange(cols)[None, :]
+    mid = buckets // 2
+    absp = np.where((rel < mid) & (rel > -mid), mid - 1, np.abs(rel)).astype(np.float64)
+    log_pos = np.ceil(np.log(absp / mid) / np.log((4 * buckets - 1) / mid) * (mid - 1)) + mid
+    bucket = np.where(absp <= mid, rel, log_pos * np.sign(rel)).astype(np.int64)
+    return np.clip(bucket + span, 0, 2 * span - 1)[None]
+
+
+def disentangled_attention() -> Iterator[Case]:
+    # (B, S, H, D, span, buckets): seq below and above the buckets (log buckets, clipped
+    # indices), one head, a head size that is not a multiple of 16
+    for b, sq, h, d, span, buckets in ((1, 8, 2, 16, 8, 8), (2, 37, 3, 20, 16, 16), (1, 70, 1, 32, 24, 24)):
+        rng = _rng("DisentangledAttention", sq)
+        q, k, v, _ = _attention_case(("disentangled", sq), b, sq, sq, h, d, d, None)
+        pk, pq = randn(rng, h, 2 * span, d), randn(rng, h, 2 * span, d)
+        c2p = _deberta_index(sq, sq, span, buckets)
+        p2c = np.ascontiguousarray(np.clip(-(c2p[0] - span) + span, 0, 2 * span - 1).T)[None]
+        mask = np.where(rng.random((b, 1, sq, sq)) < 0.25, np.float32(-3.4028235e38), np.float32(0))
+        mask[0, 0, -1] = -3.4028235e38             # a row masked everywhere: equal weights
+        scale = {"head_dim": d, "scale": float(1 / np.sqrt(3 * d))}
+        name = f"B{b}S{sq}H{h}D{d}"
+        yield _case("DisentangledAttention", "dense", f"{name}-both", (q, k, v, mask, pk, c2p, pq, p2c), scale, (),
+                    ATTENTION)
+        yield _case("DisentangledAttention", "dense", f"{name}-c2p-only", (q, k, v, None, pk, c2p, None, None), scale,
+                    (), ATTENTION)
+        yield _case("DisentangledAttention", "dense", f"{name}-p2c-only-int32", (q, k, v, mask, None, None, pq,
+                                                                               p2c[0].astype(np.int32)), scale, (),
+                    ATTENTION)
+    q, k, v, _ = _attention_case("disentangled-f64", 1, 5, 5, 2, 4, 4, None)
+    pk = randn(_rng("DisentangledAttention", "f64"), 2, 6, 4)
+    c2p = _deberta_index(5, 5, 3, 4)
+    yield _case("DisentangledAttention", "dense", "float64", (q.astype(np.float64), k.astype(np.float64),
+                                                               v.astype(np.float64), None, pk.astype(np.float64), c2p,
+                                                               None, None), {"head_dim": 4, "scale": 0.5}, (), ATTENTION)
+
+
 def skip_layer_norm() -> Iterator[Case]:
     shapes = [(1, 1), (3, 7), (5, 8), (17, 23), (2, 1000), (37, 129), (2, 5, 24)]
     for i, shape in enumerate(shapes):
@@ -1189,6 +1229,7 @@ BUILDERS: dict[tuple[str, str], Callable[[], Iterator[Case]]] = {
     **{("Gather", lay): gather(lay) for lay in PACKED},
     ("Gather", "dense"): gather_dense,
     ("Attention", "dense"): attention,
+    ("DisentangledAttention", "dense"): disentangled_attention,
     ("SkipLayerNormalization", "dense"): skip_layer_norm,
     ("Split", "dense"): split,
     ("Softmax", "dense"): softmax,

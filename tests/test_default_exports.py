@@ -28,6 +28,10 @@ _SMALL = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, interm
               max_position_embeddings=64)
 
 
+_DEBERTA_V3 = dict(_SMALL, relative_attention=True, position_buckets=8, norm_rel_ebd="layer_norm", share_att_key=True,
+                   pos_att_type=["p2c", "c2p"], position_biased_input=False, type_vocab_size=0, layer_norm_eps=1e-7)
+
+
 def _text_models():
     return {
         "bert": lambda: T.BertModel(T.BertConfig(**_SMALL)),
@@ -39,6 +43,9 @@ def _text_models():
         "xlm-roberta": lambda: T.XLMRobertaModel(T.XLMRobertaConfig(**_SMALL)),
         "mpnet": lambda: T.MPNetModel(T.MPNetConfig(**_SMALL)),
         "deberta-v2": lambda: T.DebertaV2Model(T.DebertaV2Config(**_SMALL)),
+        # DeBERTa-v3's configuration (microsoft/deberta-v3-*): disentangled attention with
+        # log-bucketed relative positions, shared key projections, no absolute positions
+        "deberta-v3": lambda: T.DebertaV2Model(T.DebertaV2Config(**_DEBERTA_V3)),
         "gpt2": lambda: T.GPT2Model(T.GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=100, n_positions=64)),
     }
 
@@ -92,7 +99,8 @@ def test_transformers_default_export(name):
 # unfused. "dynamo" is torch.onnx.export with no exporter named (the default since torch 2.9):
 # its K^T goes through a 3-D Reshape / Transpose / Reshape and its mask uses float32's minimum;
 # the TorchScript export masks with -inf, so a sequence of padding only has NaN softmax rows
-# that its IsNaN + Where turn into zeros (nan_to_zero).
+# that its IsNaN + Where turn into zeros (nan_to_zero). DeBERTa-v3 (relative attention) fuses
+# into DisentangledAttention from the dynamo export: test_deberta_v3_default_export_fuses.
 _FUSED = ["bert", "distilbert", "roberta", "albert", "electra", "xlm-roberta", "mpnet", "gpt2"]
 
 
@@ -132,6 +140,39 @@ def test_sdpa_export_fuses_into_attention(name, exporter, tmp_path):
         got = runtime.InferenceSession(graph, backend=backend).run(None, feeds)[0]
         err = float(np.max(np.abs(got.astype(np.float64) - want)))
         assert err <= TOL * max(1.0, float(np.max(np.abs(want)))), f"{name} {exporter} {backend}: {err}"
+
+
+@pytest.mark.parametrize("layers,seq", [(2, 8), (1, 40)])
+def test_deberta_v3_default_export_fuses(layers, seq, tmp_path):
+    # the default (dynamo) export of DeBERTa-v3's attention: Q / K / V heads merged to 3-D,
+    # c2p / p2c as MatMul + GatherElements over (B*H, S, 2 * span), a masked fill, Softmax;
+    # every layer becomes one DisentangledAttention (runtime/fuse.py). seq 40 > 2 * buckets:
+    # the log buckets and the clipped indices. Padding, and a row of padding only (its softmax
+    # rows are uniform, the masked fill's lowest float32 value absorbing every score).
+    from runtime.fuse import fuse
+    torch.manual_seed(0)
+    model = T.DebertaV2Model(T.DebertaV2Config(**dict(_DEBERTA_V3, num_hidden_layers=layers))).eval()
+    ids = torch.randint(3, 100, (3, seq))
+    mask = torch.ones(3, seq, dtype=torch.long)
+    mask[1, seq // 2:] = 0
+    mask[2, :] = 0
+    names = ["input_ids", "attention_mask"]
+    path = tmp_path / "m.onnx"
+    torch.onnx.export(_Text(model).eval(), (ids, mask), path, input_names=names, output_names=["y"],
+                      dynamic_axes={n: {0: "batch", 1: "seq"} for n in names})
+    graph = runtime.convert(str(path))
+    ops = [n.op for n in fuse(graph).nodes]
+    assert ops.count("DisentangledAttention") == layers, ops
+    for gone in ("Softmax", "GatherElements", "MatMul", "Tile", "Expand"):
+        assert gone not in ops, (gone, ops)
+    feeds = {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
+    want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    for backend in ("reference", "native"):
+        got = runtime.InferenceSession(graph, backend=backend).run(None, feeds)[0]
+        err = float(np.max(np.abs(got.astype(np.float64) - want)))
+        assert err <= TOL * max(1.0, float(np.max(np.abs(want)))), f"deberta-v3 {backend}: {err}"
+    unfused = runtime.InferenceSession(graph, fuse=False).run(None, feeds)[0]
+    assert float(np.max(np.abs(unfused.astype(np.float64) - want))) <= TOL * max(1.0, float(np.max(np.abs(want))))
 
 
 class _SE(torch.nn.Module):

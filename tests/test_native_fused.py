@@ -432,3 +432,72 @@ def test_attention_nan_to_zero_other_than_0_or_1_is_refused_when_built(backend, 
     attrs = registry.fill_attrs("Attention", {"head_dim": 4, "scale": 0.5, "nan_to_zero": value})
     with pytest.raises(ValueError, match="nan_to_zero must be 0 or 1"):
         registry.build("Attention", "dense", backend, attrs, {})
+
+
+# --- DeBERTa's disentangled attention (csrc/attention.h, "Disentangled attention") -------------
+
+def _disentangled_case(b, sq, h, d, span, buckets, seed=0):
+    from tests.conformance_cases import _deberta_index
+    rng = np.random.default_rng(seed)
+    q, k, v = (rng.standard_normal((b, sq, h * d)).astype(np.float32) for _ in range(3))
+    pk, pq = (rng.standard_normal((h, 2 * span, d)).astype(np.float32) for _ in range(2))
+    c2p = _deberta_index(sq, sq, span, buckets)
+    p2c = np.ascontiguousarray(np.clip(span - (c2p[0] - span), 0, 2 * span - 1).T)[None]
+    mask = np.where(rng.random((b, 1, sq, sq)) < 0.2, np.float32(-3.4028235e38), np.float32(0))
+    return q, k, v, mask, pk, c2p, pq, p2c
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("b,sq,h,d,span,buckets", [(1, 1, 1, 1, 1, 2), (2, 23, 3, 20, 8, 8), (1, 130, 12, 32, 64, 64),
+                                                   (3, 9, 2, 17, 256, 256)])
+def test_disentangled_attention_every_path_matches_reference_and_threads(isa, b, sq, h, d, span, buckets, threads):
+    # every ISA path against the float64 reference; one and two threads give the same bits
+    # (items per (batch, head), computed start to end by one thread)
+    from kernels.reference.fused import disentangled_attention_ref
+    q, k, v, mask, pk, c2p, pq, p2c = _disentangled_case(b, sq, h, d, span, buckets)
+    scale = 1 / np.sqrt(3 * d)
+    want = disentangled_attention_ref(q, k, v, mask, pk, c2p, pq, p2c, head_dim=d, scale=scale)
+    outs = []
+    for n in (1, 2):
+        threads(n)
+        outs.append(_native.disentangled_attention(q, k, v, mask, pk, c2p, pq, p2c, d, scale, isa))
+    np.testing.assert_array_equal(outs[0], outs[1])
+    assert _rel(outs[0], want) < ATTENTION_RTOL
+    # without the terms it is the Attention kernel, bit for bit
+    np.testing.assert_array_equal(_native.disentangled_attention(q, k, v, mask, None, None, None, None, d, scale, isa),
+                                  _native.attention(q, k, v, mask, d, scale, isa))
+
+
+def test_disentangled_attention_bad_inputs_raise():
+    q, k, v, mask, pk, c2p, pq, p2c = _disentangled_case(1, 6, 2, 4, 4, 4)
+    run = _native.disentangled_attention
+    with pytest.raises(ValueError, match=r"c2p_index holds 8 at flat position 3, outside \[0, 8\)"):
+        bad = c2p.copy()
+        bad[0, 0, 3] = 8
+        run(q, k, v, mask, pk, bad, pq, p2c, 4, 0.5)
+    with pytest.raises(ValueError, match=r"p2c_index holds -1"):
+        bad = p2c.copy()
+        bad[0, 5, 5] = -1
+        run(q, k, v, mask, pk, c2p, pq, bad, 4, 0.5)
+    with pytest.raises(ValueError, match=r"c2p_index has shape \(6, 5\), expected \(6, 6\)"):
+        run(q, k, v, mask, pk, np.ascontiguousarray(c2p[0, :, :5]), pq, p2c, 4, 0.5)
+    with pytest.raises(ValueError, match=r"pos_key has shape \(2, 8, 5\), expected \(H, P, D\) = \(2, P >= 1, 4\)"):
+        run(q, k, v, mask, np.zeros((2, 8, 5), np.float32), c2p, pq, p2c, 4, 0.5)
+    with pytest.raises(ValueError, match="pos_query and p2c_index must be given together"):
+        run(q, k, v, mask, pk, c2p, pq, None, 4, 0.5)
+    with pytest.raises(TypeError, match="c2p_index"):
+        run(q, k, v, mask, pk, c2p.astype(np.int32), pq, p2c, 4, 0.5)
+
+
+def test_disentangled_attention_kernel_falls_back_to_the_reference():
+    # float64 inputs run the reference; int32 indices are widened and take the native kernel
+    from kernels.reference.fused import disentangled_attention_ref
+    q, k, v, mask, pk, c2p, pq, p2c = _disentangled_case(2, 11, 2, 8, 6, 6)
+    kern = registry.build("DisentangledAttention", "dense", "native", {"head_dim": 8, "scale": 0.2}, {})
+    want = disentangled_attention_ref(q, k, v, mask, pk, c2p, pq, p2c, head_dim=8, scale=0.2)
+    (got,) = kern(q, k, v, mask, pk, c2p.astype(np.int32), pq, p2c)
+    assert got.dtype == np.float32 and _rel(got, want) < ATTENTION_RTOL
+    f64 = [a.astype(np.float64) for a in (q, k, v, mask, pk)]
+    (got,) = kern(*f64, c2p, pq.astype(np.float64), p2c)
+    want64 = disentangled_attention_ref(*f64, c2p, pq.astype(np.float64), p2c, head_dim=8, scale=0.2)
+    assert got.dtype == np.float64 and np.array_equal(got, want64)

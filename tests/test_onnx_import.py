@@ -92,6 +92,16 @@ def test_onnx_attention_is_not_taken_for_qrts_fused_attention():
         from_onnx(data)
 
 
+@pytest.mark.parametrize("op", ["SkipLayerNormalization", "DisentangledAttention"])
+def test_a_node_named_like_a_fused_op_is_refused(op):
+    # qrt's fused ops exist only in sessions (runtime/fuse.py): a model's node of that name is
+    # someone else's op, refused by name
+    graph = helper.make_graph([helper.make_node(op, ["x"], ["y"])], "g", [f32("x", [2])], [f32("y", [2])])
+    data = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()  # unchecked
+    with pytest.raises(UnsupportedModelError, match=f"{op} \\(the ONNX op, not qrt's fused"):
+        from_onnx(data)
+
+
 @pytest.mark.parametrize("opset", [13, 21, 28])
 def test_opset_bounds_are_accepted(opset):
     data = make_model([helper.make_node("Relu", ["x"], ["y"])], [f32("x", [2])], [f32("y", [2])], opset=opset)

@@ -89,6 +89,14 @@ _SPECS = [
               "probabilities that are NaN count as 0 (the IsNaN + Where that transformers' "
               "sdpa export puts after its Softmax), so a query row masked everywhere with "
               "-inf gives zeros"),
+    _spec("DisentangledAttention", 8, attrs={"head_dim": None, "scale": None},
+          doc="DeBERTa-v2/v3 attention: Attention (q, k, v, mask as there; no nan_to_zero) with "
+              "relative-position terms in the scores, per head "
+              "softmax(scale * (q_i.k_j + q_i.pos_key[h, c2p[i, j]] + k_j.pos_query[h, p2c[j, i]]) "
+              "+ mask) v; inputs q, k, v, mask, pos_key, c2p_index, pos_query, p2c_index; "
+              "pos_key / pos_query (H, P, D), c2p_index (Sq, Sk) and p2c_index (Sk, Sq) integer in "
+              "[0, P) (leading axes of size 1 allowed); mask and either term ('' for both its "
+              "inputs) may be absent; fused from the exported c2p / p2c MatMul + GatherElements"),
     _spec("Gemm", (2, 3), attrs={"alpha": 1.0, "beta": 1.0, "transA": 0, "transB": 0},
           doc="kept only when B is not a constant; constant-B Gemm becomes Linear"),
     _spec("Conv", (2, 3), weight_input=1,

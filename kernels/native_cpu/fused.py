@@ -31,7 +31,7 @@ from __future__ import annotations
 import numpy as np
 
 from kernels.blas_activity import blas_recently_called
-from kernels.fused_dispatch import attention_factory, skip_layer_normalization_factory
+from kernels.fused_dispatch import all_f32, attention_factory, reference_of, skip_layer_normalization_factory
 from kernels.registry import register
 from kernels.split_views import split_views_factory
 
@@ -74,6 +74,30 @@ def _on_one_thread(kernel, *args):
 register("Attention", "native")(attention_factory(
     attention, fast=lambda head_dim, scale, nan_to_zero, run: _native.AttentionStep(head_dim, scale, nan_to_zero, run,
                                                                                     blas_recently_called)))
+
+
+@register("DisentangledAttention", "native")
+def disentangled_attention_factory(attrs: dict, weights: dict):
+    """DeBERTa's disentangled attention (csrc/attention.h): float32 q, k, v, mask and position
+    tables, integer indices (as int64); anything else runs the reference."""
+    ref = reference_of("DisentangledAttention", attrs, weights)     # checks head_dim, scale
+    head_dim, scale = int(attrs["head_dim"]), float(attrs["scale"])
+
+    def run(q, k, v, mask=None, pos_key=None, c2p_index=None, pos_query=None, p2c_index=None):
+        tables = [t for t in (pos_key, pos_query) if t is not None]
+        indices = [i for i in (c2p_index, p2c_index) if i is not None]
+        if not (all_f32(q, k, v, mask, *tables) and all(isinstance(i, np.ndarray) and i.dtype.kind in "iu"
+                                                         for i in indices)):
+            return ref(q, k, v, mask, pos_key, c2p_index, pos_query, p2c_index)
+        c = np.ascontiguousarray
+        idx = [None if i is None else c(i, np.int64) for i in (c2p_index, p2c_index)]
+        args = (_last_axis_contiguous(q), _last_axis_contiguous(k), _last_axis_contiguous(v), mask,
+                None if pos_key is None else c(pos_key), idx[0], None if pos_query is None else c(pos_query), idx[1],
+                head_dim, scale)
+        if blas_recently_called():
+            return (_on_one_thread(_native.disentangled_attention, *args),)
+        return (_native.disentangled_attention(*args),)
+    return run
 
 
 def skip_layer_norm(x: np.ndarray, skip: np.ndarray, scale: np.ndarray, bias: np.ndarray | None,

@@ -73,6 +73,74 @@ def attention_ref(q, k, v, mask=None, head_dim=None, scale=None, nan_to_zero=0):
     return y.astype(q.dtype)
 
 
+def relative_index(idx, rows: int, cols: int, positions: int, name: str) -> np.ndarray:
+    """A disentangled-attention index as (rows, cols) int64, checked: shape (leading axes of
+    size 1 allowed), integer dtype, values in [0, positions)."""
+    a = np.asarray(idx)
+    if a.dtype.kind not in "iu":
+        raise TypeError(f"DisentangledAttention: {name} must be an integer tensor, got {a.dtype}")
+    if a.ndim < 2 or a.shape[-2:] != (rows, cols) or any(n != 1 for n in a.shape[:-2]):
+        raise ValueError(f"DisentangledAttention: {name} has shape {a.shape}, expected ({rows}, {cols}) "
+                         f"(leading axes of size 1 allowed)")
+    a = a.reshape(rows, cols).astype(np.int64)
+    if a.size and (a.min() < 0 or a.max() >= positions):
+        raise ValueError(f"DisentangledAttention: {name} holds values in [{a.min()}, {a.max()}], outside "
+                         f"[0, {positions}) (the rows of its position table)")
+    return a
+
+
+def relative_table(table, h: int, d: int, name: str) -> np.ndarray:
+    t = np.asarray(table)
+    if t.ndim != 3 or t.shape[0] != h or t.shape[2] != d or t.shape[1] < 1:
+        raise ValueError(f"DisentangledAttention: {name} has shape {t.shape}, expected (H, P, D) = ({h}, P >= 1, {d})")
+    return t
+
+
+@reference_kernel("DisentangledAttention", required=("head_dim", "scale"), check=_check_attention)
+def disentangled_attention_ref(q, k, v, mask=None, pos_key=None, c2p_index=None, pos_query=None, p2c_index=None,
+                               head_dim=None, scale=None):
+    """DeBERTa's disentangled attention: attention_ref's softmax(scale * S + mask) V with
+    relative-position terms in S (content-to-position and position-to-content):
+
+        S[b, h, i, j] = q_bih . k_bjh + q_bih . pos_key[h, c2p_index[i, j]]
+                        + k_bjh . pos_query[h, p2c_index[j, i]]
+
+    q (B, Sq, H*D), k (B, Sk, H*D), v (B, Sk, H*Dv) float T; mask None or broadcastable to
+    (B, H, Sq, Sk); pos_key / pos_query (H, P, D) float; c2p_index (Sq, Sk), p2c_index (Sk, Sq)
+    integer in [0, P) (leading axes of size 1 allowed); a table and its index are given or
+    absent together. In float64, rounded once to T. (DeBERTa's export scales each of the
+    three terms by 1/sqrt(3 D) separately and masks with a Where; one scale and an additive
+    mask of float32's lowest value give the same up to rounding.)
+    """
+    b, sq, sk, h, d, dv = attention_heads(q, k, v, mask, head_dim)
+    if (pos_key is None) != (c2p_index is None) or (pos_query is None) != (p2c_index is None):
+        raise ValueError("DisentangledAttention: pos_key / c2p_index and pos_query / p2c_index come in pairs")
+    f = np.float64
+    qh = np.asarray(q, f).reshape(b, sq, h, d).transpose(0, 2, 1, 3)      # (B, H, Sq, D)
+    kh = np.asarray(k, f).reshape(b, sk, h, d).transpose(0, 2, 1, 3)      # (B, H, Sk, D)
+    vh = np.asarray(v, f).reshape(b, sk, h, dv).transpose(0, 2, 1, 3)     # (B, H, Sk, Dv)
+    s = qh @ kh.transpose(0, 1, 3, 2)
+    if pos_key is not None:
+        pk = np.asarray(relative_table(pos_key, h, d, "pos_key"), f)
+        c2p = relative_index(c2p_index, sq, sk, pk.shape[1], "c2p_index")
+        full = qh @ pk.transpose(0, 2, 1)[None]                            # (B, H, Sq, P)
+        s = s + np.take_along_axis(full, np.broadcast_to(c2p, (b, h, sq, sk)), axis=-1)
+    if pos_query is not None:
+        pq = np.asarray(relative_table(pos_query, h, d, "pos_query"), f)
+        p2c = relative_index(p2c_index, sk, sq, pq.shape[1], "p2c_index")
+        full = kh @ pq.transpose(0, 2, 1)[None]                            # (B, H, Sk, P)
+        s = s + np.take_along_axis(full, np.broadcast_to(p2c, (b, h, sk, sq)), axis=-1).transpose(0, 1, 3, 2)
+    s = s * f(scale)
+    if mask is not None:
+        s = s + np.asarray(mask, f)
+    if s.size:
+        with np.errstate(invalid="ignore"):
+            s = np.exp(s - s.max(axis=-1, keepdims=True))
+        s = s / s.sum(axis=-1, keepdims=True)
+    y = (s @ vh).transpose(0, 2, 1, 3).reshape(b, sq, h * dv)
+    return y.astype(q.dtype)
+
+
 @reference_kernel("SkipLayerNormalization")
 def skip_layer_normalization_ref(x, skip, scale, bias=None, epsilon=1e-5):
     """LayerNormalization over the last axis of x + skip (numpy broadcasting), the sum rounded
