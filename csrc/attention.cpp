@@ -207,44 +207,36 @@ QRT_F_AVX512 void exp_avx512(const float* x, float* y, int64_t n) {
 // and read by every item. The term's product T = X table_h^T (X = Q for c2p, K for p2c) is
 // computed per block of kRelRows rows of X, only over the table rows [lo_b, hi_b] that the
 // block's indices name: DeBERTa's index is a band along the diagonal, so a block needs about S
-// positions of the 2 * span a whole head would (half the products). Each item copies its head's
-// rows [lo, hi] of the table transposed, (D, width_pad), once; T's row r holds the products of
-// its block's band, starting at lo_b. offset[i * Sk + j] is where score (i, j) finds its term in T.
+// positions of the 2 * span a whole head would (half the products). T's row r holds the
+// products of its block's band, starting at lo_b; offset[i * Sk + j] is where score (i, j)
+// finds its term in T.
 constexpr int64_t kRelRows = 8;      // = kMr: one register tile of rows per block
 
 struct RelTerm {
-    bool on = false;
-    const float* table = nullptr;    // (H, P, D)
-    int64_t positions = 0, lo = 0, width_pad = 0, ldt = 0;
+    const PositionTable* table = nullptr;
+    int64_t ldt = 0;
     std::vector<int64_t> block_lo, block_width;   // per block of kRelRows rows of X
     std::vector<int32_t> offset;                  // (Sq, Sk)
 };
 
 // c2p: S[i, j] += T[i, c2p[i, j]] with T = Q pos_key_h^T;  p2c: S[i, j] += T[j, p2c[j, i]], T = K pos_query_h^T
-RelTerm make_rel_term(const AttentionArgs& a, bool c2p) {
-    RelTerm t;
+void make_rel_term(const AttentionArgs& a, bool c2p, RelTerm& t) {
     const int64_t* idx = c2p ? a.c2p : a.p2c;
-    t.table = c2p ? a.pos_key : a.pos_query;
-    if (t.table == nullptr || idx == nullptr) return t;
-    t.on = true;
-    t.positions = c2p ? a.positions_key : a.positions_query;
+    const PositionTable* table = c2p ? a.pos_key : a.pos_query;
+    if (table == nullptr || idx == nullptr) return;
     const int64_t rows = c2p ? a.sq : a.sk, cols = c2p ? a.sk : a.sq;   // idx is (rows, cols)
     const int64_t blocks = (rows + kRelRows - 1) / kRelRows;
     t.block_lo.assign(static_cast<size_t>(blocks), 0);
     t.block_width.assign(static_cast<size_t>(blocks), 0);
-    int64_t lo = idx[0], hi = idx[0];
     for (int64_t blk = 0; blk < blocks; ++blk) {
         const int64_t* first = idx + blk * kRelRows * cols;
         const int64_t* last = idx + std::min(rows, (blk + 1) * kRelRows) * cols;
         const auto mm = std::minmax_element(first, last);
         t.block_lo[blk] = *mm.first;
+        // lo_b + width_b <= P - 1 + 16 <= ld: the table's padding covers the round-up
         t.block_width[blk] = round_up(*mm.second - *mm.first + 1, 16);
-        lo = std::min(lo, *mm.first);
-        hi = std::max(hi, *mm.second);
         t.ldt = std::max(t.ldt, t.block_width[blk]);
     }
-    t.lo = lo;
-    t.width_pad = round_up(hi - lo + 1, 16) + 16;   // a block's 16-column round-up stays inside
     if (round_up(rows, kRelRows) * t.ldt > std::numeric_limits<int32_t>::max())
         throw std::length_error("disentangled attention: " + std::to_string(rows) + " rows of " +
                                 std::to_string(t.ldt) + " positions exceed the int32 offsets");
@@ -254,7 +246,7 @@ RelTerm make_rel_term(const AttentionArgs& a, bool c2p) {
             const int64_t row = c2p ? i : j, r = c2p ? idx[i * a.sk + j] : idx[j * a.sq + i];
             t.offset[i * a.sk + j] = static_cast<int32_t>(row * t.ldt + (r - t.block_lo[row / kRelRows]));
         }
-    return t;
+    t.table = table;   // last: a term is on once it is complete
 }
 
 struct RelTerms {
@@ -264,7 +256,7 @@ struct RelTerms {
 // One thread's buffers, sized for the whole call, zeroed once: padding columns are never
 // written, so they stay zero (Kh^T's pad columns make extra score columns, never read).
 struct Scratch {
-    std::vector<float> kt, s, vpad, yt, mrow, inv, rel_t, rel_table;
+    std::vector<float> kt, s, vpad, yt, mrow, inv, rel_t;
     Scratch(const AttentionArgs& a, int64_t sk16, int64_t dv16, const RelTerms& terms)
         : kt(a.head_dim * sk16, 0.0f),
           s(a.sq * sk16, 0.0f),
@@ -272,43 +264,32 @@ struct Scratch {
           yt(a.sq * dv16, 0.0f),
           mrow(sk16, 0.0f),
           inv(a.sq, 0.0f),
-          rel_t(std::max(terms.c2p.on ? round_up(a.sq, kRelRows) * terms.c2p.ldt : 0,
-                         terms.p2c.on ? round_up(a.sk, kRelRows) * terms.p2c.ldt : 0), 0.0f),
-          rel_table(a.head_dim * std::max(terms.c2p.width_pad, terms.p2c.width_pad), 0.0f) {}
+          rel_t(std::max(terms.c2p.table ? round_up(a.sq, kRelRows) * terms.c2p.ldt : 0,
+                         terms.p2c.table ? round_up(a.sk, kRelRows) * terms.p2c.ldt : 0), 0.0f) {}
 };
 
-// T (rows, ldt) of one term for head h: the head's table band transposed into w.rel_table,
-// then per block of rows X_block (kRelRows, D) @ band_b (D, width_b) on `isa`.
+// T (rows, ldt) of one term for head h: per block of rows X_block (kRelRows, D) @ the table's
+// band (D, width_b) on `isa`.
 void rel_product(const RelTerm& t, int64_t h, int64_t d, const float* x, int64_t xs, int64_t rows, Scratch& w,
                  FusedIsa isa) {
-    float* tt = w.rel_table.data();
-    const float* band = t.table + (h * t.positions + t.lo) * d;
-    const int64_t width = std::min(t.width_pad, t.positions - t.lo);   // the table rows that exist
-#if QRT_FUSED_X86_SIMD
-    if (isa != FusedIsa::scalar && fused_isa_supported(FusedIsa::avx2)) {
-        fused_detail::transpose_avx2(band, d, width, d, tt, t.width_pad);
-    } else
-#endif
-    {
-        for (int64_t r = 0; r < width; ++r)
-            for (int64_t c = 0; c < d; ++c) tt[c * t.width_pad + r] = band[r * d + c];
-    }
+    const float* th = t.table->head(h);
+    const int64_t ld = t.table->ld;
     for (int64_t r0 = 0; r0 < rows; r0 += kRelRows) {
         const int64_t m = std::min(kRelRows, rows - r0), blk = r0 / kRelRows;
-        const float* b = tt + (t.block_lo[blk] - t.lo);
+        const float* b = th + t.block_lo[blk];
         const int64_t n16 = t.block_width[blk];
         float* c = w.rel_t.data() + r0 * t.ldt;
 #if QRT_FUSED_X86_SIMD
         if (isa == FusedIsa::avx512) {
-            gemm_avx512(m, n16, d, x + r0 * xs, xs, b, t.width_pad, c, t.ldt);
+            gemm_avx512(m, n16, d, x + r0 * xs, xs, b, ld, c, t.ldt);
             continue;
         }
         if (isa == FusedIsa::avx2) {
-            fused_detail::gemm_avx2(m, n16, d, x + r0 * xs, xs, b, t.width_pad, c, t.ldt);
+            fused_detail::gemm_avx2(m, n16, d, x + r0 * xs, xs, b, ld, c, t.ldt);
             continue;
         }
 #endif
-        gemm_scalar(m, n16, d, x + r0 * xs, xs, b, t.width_pad, c, t.ldt);
+        gemm_scalar(m, n16, d, x + r0 * xs, xs, b, ld, c, t.ldt);
     }
 }
 
@@ -398,11 +379,11 @@ void attention_item(const AttentionArgs& a, int64_t item, Scratch& w, FusedIsa i
     // disentangled attention: S += c2p, then + p2c (attention.h), before the softmax; one
     // product buffer, each term computed and added in turn
     const auto add_rel_terms = [&]() {
-        if (terms.c2p.on) {
+        if (terms.c2p.table) {
             rel_product(terms.c2p, h, d, qh, qs, sq, w, isa);
             add_rel_term(terms.c2p, w.rel_t.data(), s, sq, sk, sk16, isa);
         }
-        if (terms.p2c.on) {
+        if (terms.p2c.table) {
             rel_product(terms.p2c, h, d, kh, ks, sk, w, isa);
             add_rel_term(terms.p2c, w.rel_t.data(), s, sq, sk, sk16, isa);
         }
@@ -493,7 +474,20 @@ void attention_f32(const AttentionArgs& a, FusedIsa isa, int threads) {
     const int64_t macs = items * a.sq * a.sk * (a.head_dim + a.v_head_dim);
     int nt = static_cast<int>(std::min<int64_t>(std::max(1, threads), items));
     if (macs < kAttentionParallelMinMacs) nt = 1;
-    const RelTerms terms{make_rel_term(a, true), make_rel_term(a, false)};
+    RelTerms terms;
+    if (a.pos_key != nullptr || a.pos_query != nullptr) {
+        // the two terms' offsets side by side (each S^2 values); an exception is kept for the caller
+        std::string failed[2];
+        parallel_items(2, std::max(1, threads), [&](int64_t item) {
+            try {
+                make_rel_term(a, item == 0, item == 0 ? terms.c2p : terms.p2c);
+            } catch (const std::exception& e) {
+                failed[item] = e.what();
+            }
+        });
+        for (const std::string& f : failed)
+            if (!f.empty()) throw std::length_error(f);
+    }
     if (nt > 1) {
         // items claimed by whoever is awake (csrc/work_pool.h); each participant's slot gets
         // its own Scratch, made at its first item of this call
@@ -521,6 +515,18 @@ void exp_f32(const float* x, float* y, int64_t n, FusedIsa isa) {
     }
 #endif
     for (int64_t i = 0; i < n; ++i) y[i] = exp32_scalar(x[i]);
+}
+
+}  // namespace qrt
+
+namespace qrt {
+
+PositionTable::PositionTable(const float* table, int64_t heads_, int64_t positions_, int64_t head_dim_)
+    : heads(heads_), positions(positions_), head_dim(head_dim_), ld(round_up(positions_ + 16, 16)) {
+    t.assign(static_cast<size_t>(heads * head_dim * ld), 0.0f);
+    for (int64_t h = 0; h < heads; ++h)
+        for (int64_t r = 0; r < positions; ++r)
+            for (int64_t c = 0; c < head_dim; ++c) t[(h * head_dim + c) * ld + r] = table[(h * positions + r) * head_dim + c];
 }
 
 }  // namespace qrt

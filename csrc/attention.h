@@ -37,10 +37,11 @@
 // Disentangled attention (DeBERTa-v2/v3, the "DisentangledAttention" op): relative-position
 // terms added to the unscaled scores before the scale,
 //     S[i, j] += q_bih . pos_key[h, c2p[i, j]]  +  k_bjh . pos_query[h, p2c[j, i]]
-// pos_key / pos_query (H, P, D) float32 C-contiguous (either may be absent), c2p (Sq, Sk) and
-// p2c (Sk, Sq) int64 in [0, P) (the caller checks). Only the positions an index names are
-// multiplied: per call the band [lo, hi] of each index, per head Q (or K) times the band of
-// the table (a float32 GEMM like S's), then each S[i, j] gathers its term from that product.
+// The tables are given transposed, as a GEMM's B operand: PositionTable below, made once per
+// table (a session makes it at plan time); c2p (Sq, Sk) and p2c (Sk, Sq) int64 in [0, P) (the
+// caller checks). Only the positions an index names are multiplied: per block of 8 rows of Q
+// (or K) the band [lo_b, hi_b] of table rows its indices name, a float32 GEMM like S's, then
+// each S[i, j] gathers its term from that product.
 // So DeBERTa's (B*H, S, 2 * span) products and their gathers of the unfused graph are never
 // formed. The terms are float32 dot products, added to S in float32: S + c2p, then + p2c.
 //
@@ -53,6 +54,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 namespace qrt {
 
@@ -65,6 +67,16 @@ bool fused_isa_supported(FusedIsa isa);
 FusedIsa fused_best_isa();
 // The path "auto" takes now: fused_best_isa(), capped by a forced int8 path (see above).
 FusedIsa fused_auto_isa();
+
+// A position table (H, P, D) float32, transposed per head to (D, ld) with ld = P + 16 rounded
+// up to 16, zero beyond P: a band of rows starting anywhere, rounded up to whole 16-column
+// vectors, is read inside it.
+struct PositionTable {
+    int64_t heads = 0, positions = 0, head_dim = 0, ld = 0;
+    std::vector<float> t;             // (H, D, ld)
+    PositionTable(const float* table, int64_t heads, int64_t positions, int64_t head_dim);
+    const float* head(int64_t h) const { return t.data() + h * head_dim * ld; }
+};
 
 struct AttentionArgs {
     const float* q = nullptr;
@@ -80,12 +92,12 @@ struct AttentionArgs {
     bool nan_to_zero = false;         // a row whose softmax sum is NaN writes zeros (sdpa's IsNaN + Where)
     float* y = nullptr;               // (B, Sq, H*Dv) C-contiguous
     // disentangled attention's terms (above); nullptr: none
-    const float* pos_key = nullptr;   // (H, positions_key, D)
-    const int64_t* c2p = nullptr;     // (Sq, Sk), values in [0, positions_key)
-    const float* pos_query = nullptr; // (H, positions_query, D)
-    const int64_t* p2c = nullptr;     // (Sk, Sq), values in [0, positions_query)
-    int64_t positions_key = 0, positions_query = 0;
+    const PositionTable* pos_key = nullptr;
+    const int64_t* c2p = nullptr;     // (Sq, Sk), values in [0, pos_key->positions)
+    const PositionTable* pos_query = nullptr;
+    const int64_t* p2c = nullptr;     // (Sk, Sq), values in [0, pos_query->positions)
 };
+
 
 // Attention below this many multiply-adds (B * H * Sq * Sk * (D + Dv)) runs on one thread:
 // waking the pool costs more than a small problem. In a model the pool's workers are still

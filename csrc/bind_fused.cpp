@@ -69,36 +69,48 @@ struct RelInputs {
     py::handle pos_key, c2p, pos_query, p2c;
 };
 
-// One term's table (H, P, D) float32 C-contiguous and index (rows, cols) int64 C-contiguous
-// (leading axes of size 1 allowed) with every value in [0, P), checked; kept alive in `keep`.
+// One term's table, a PositionTable or an (H, P, D) float32 C-contiguous array (transposed here
+// for this call), and its index (rows, cols) int64 C-contiguous (leading axes of size 1 allowed)
+// with every value in [0, P), checked; arrays and tables made here are kept alive in `keep`.
 void rel_term_arg(const py::handle& table_obj, const py::handle& idx_obj, const char* table_name,
                   const char* idx_name, int64_t heads, int64_t head_dim, int64_t rows, int64_t cols,
-                  std::vector<py::array>& keep, const float** table, const int64_t** idx, int64_t* positions) {
+                  std::vector<py::object>& keep, const qrt::PositionTable** table, const int64_t** idx) {
     if (table_obj.is_none() != idx_obj.is_none())
         throw py::value_error(std::string(table_name) + " and " + idx_name + " must be given together");
     if (table_obj.is_none()) return;
-    py::array t = as_f32(table_obj, table_name);
-    require_c_contiguous(t, table_name);
-    if (t.ndim() != 3 || t.shape(0) != heads || t.shape(1) < 1 || t.shape(2) != head_dim)
-        throw py::value_error(std::string(table_name) + " has shape " + shape_str(t) + ", expected (H, P, D) = (" +
-                              std::to_string(heads) + ", P >= 1, " + std::to_string(head_dim) + ")");
+    py::object holder;
+    if (py::isinstance<qrt::PositionTable>(table_obj)) {
+        holder = py::reinterpret_borrow<py::object>(table_obj);
+    } else {
+        py::array t = as_f32(table_obj, table_name);
+        require_c_contiguous(t, table_name);
+        if (t.ndim() != 3 || t.shape(1) < 1)
+            throw py::value_error(std::string(table_name) + " has shape " + shape_str(t) + ", expected (H, P, D) = (" +
+                                  std::to_string(heads) + ", P >= 1, " + std::to_string(head_dim) + ")");
+        holder = py::cast(qrt::PositionTable(static_cast<const float*>(t.data()), t.shape(0), t.shape(1), t.shape(2)));
+    }
+    const auto& pt = holder.cast<const qrt::PositionTable&>();
+    if (pt.heads != heads || pt.head_dim != head_dim)
+        throw py::value_error(std::string(table_name) + " has shape (" + std::to_string(pt.heads) + ", " +
+                              std::to_string(pt.positions) + ", " + std::to_string(pt.head_dim) +
+                              "), expected (H, P, D) = (" + std::to_string(heads) + ", P >= 1, " +
+                              std::to_string(head_dim) + ")");
     py::array ix = qrt::bind::contiguous_array_of<int64_t>(idx_obj, idx_name, "int64");
     bool ok = ix.ndim() >= 2 && ix.shape(ix.ndim() - 2) == rows && ix.shape(ix.ndim() - 1) == cols;
     for (py::ssize_t ax = 0; ok && ax + 2 < ix.ndim(); ++ax) ok = ix.shape(ax) == 1;
     if (!ok)
         throw py::value_error(std::string(idx_name) + " has shape " + shape_str(ix) + ", expected (" +
                               std::to_string(rows) + ", " + std::to_string(cols) + ") (leading axes of size 1 allowed)");
-    const int64_t p = t.shape(1);
+    const int64_t p = pt.positions;
     const int64_t* v = static_cast<const int64_t*>(ix.data());
     for (int64_t e = 0; e < rows * cols; ++e)
         if (v[e] < 0 || v[e] >= p)
             throw py::value_error(std::string(idx_name) + " holds " + std::to_string(v[e]) + " at flat position " +
                                   std::to_string(e) + ", outside [0, " + std::to_string(p) + ") (the rows of " +
                                   table_name + ")");
-    *table = static_cast<const float*>(t.data());
+    *table = &pt;
     *idx = v;
-    *positions = p;
-    keep.push_back(t);
+    keep.push_back(holder);
     keep.push_back(ix);
 }
 
@@ -153,12 +165,11 @@ py::array attention_run(const py::handle& q_obj, const py::handle& k_obj, const 
             a.mask_strides[4 - mask.ndim() + ax] = elem_stride(mask, ax, "mask");
         a.mask = static_cast<const float*>(mask.data());
     }
-    std::vector<py::array> keep;   // the relative-position arrays, referenced while the kernel runs
+    std::vector<py::object> keep;   // the relative-position tables and indices, referenced while the kernel runs
     if (rel != nullptr) {
-        rel_term_arg(rel->pos_key, rel->c2p, "pos_key", "c2p_index", h, head_dim, sq, sk, keep, &a.pos_key, &a.c2p,
-                     &a.positions_key);
+        rel_term_arg(rel->pos_key, rel->c2p, "pos_key", "c2p_index", h, head_dim, sq, sk, keep, &a.pos_key, &a.c2p);
         rel_term_arg(rel->pos_query, rel->p2c, "pos_query", "p2c_index", h, head_dim, sk, sq, keep, &a.pos_query,
-                     &a.p2c, &a.positions_query);
+                     &a.p2c);
     }
     py::array_t<float> y = qrt::bind::new_f32({b, sq, h * dv});   // output_cache.h
     if (y.size() == 0) return y;
@@ -353,12 +364,27 @@ void bind_fused(py::module_& m) {
           "k (B, Sk, H*D), v (B, Sk, H*Dv) float32, any batch/sequence strides, last axis contiguous; mask None or "
           "float32 broadcastable to (B, H, Sq, Sk) (any strides). isa 'auto', 'avx512', 'avx2' or 'scalar'. "
           "nan_to_zero: a query row whose softmax is NaN (scores all -inf, or a NaN / +inf score) gives zeros.");
+    py::class_<qrt::PositionTable>(
+        m, "PositionTable",
+        "A disentangled-attention position table (H, P, D) float32, transposed once for the kernel (csrc/attention.h); "
+        "pass it to disentangled_attention instead of the array to skip the per-call transpose.")
+        .def(py::init([](const py::object& table) {
+                 py::array t = as_f32(table, "table");
+                 require_c_contiguous(t, "table");
+                 if (t.ndim() != 3 || t.shape(0) < 1 || t.shape(1) < 1 || t.shape(2) < 1)
+                     throw py::value_error("table has shape " + shape_str(t) + ", expected (H, P, D), each >= 1");
+                 return qrt::PositionTable(static_cast<const float*>(t.data()), t.shape(0), t.shape(1), t.shape(2));
+             }),
+             py::arg("table"))
+        .def_property_readonly("shape", [](const qrt::PositionTable& p) {
+            return py::make_tuple(p.heads, p.positions, p.head_dim);
+        });
     m.def("disentangled_attention", &disentangled_attention_py, py::arg("q"), py::arg("k"), py::arg("v"),
           py::arg("mask"), py::arg("pos_key"), py::arg("c2p_index"), py::arg("pos_query"), py::arg("p2c_index"),
           py::arg("head_dim"), py::arg("scale"), py::arg("isa") = "auto",
           "DeBERTa's disentangled attention (csrc/attention.h): attention() with S[i, j] += q_i . pos_key[h, "
-          "c2p_index[i, j]] + k_j . pos_query[h, p2c_index[j, i]] before the scale. pos_key / pos_query (H, P, D) "
-          "float32 C-contiguous or None, c2p_index (Sq, Sk) / p2c_index (Sk, Sq) int64 C-contiguous (leading axes of "
+          "c2p_index[i, j]] + k_j . pos_query[h, p2c_index[j, i]] before the scale. pos_key / pos_query a "
+          "PositionTable, an (H, P, D) float32 C-contiguous array or None, c2p_index (Sq, Sk) / p2c_index (Sk, Sq) int64 C-contiguous (leading axes of "
           "size 1 allowed) with values in [0, P), None with their table.");
     m.def("skip_layer_norm", &skip_layer_norm_py, py::arg("x"), py::arg("skip"), py::arg("scale"),
           py::arg("bias") = py::none(), py::arg("epsilon") = 1e-5, py::arg("isa") = "auto",

@@ -61,6 +61,7 @@ class _View:
         self.producer = graph.producers()
         self.readers = graph.consumers()
         self.outputs = {v.name for v in graph.outputs}
+        self.shared: dict = {}     # values a rewrite made for the pass, for later matches to reuse
 
     def only_reader(self, value: str, op: str | None = None) -> Node | None:
         """The single node reading ``value`` (of op ``op``), if the value is an intermediate
@@ -468,8 +469,8 @@ def _fuse_disentangled_attention(view: _View, sm: Node):
     # the additive mask Where(not_mask, lowest, 0): one node for every layer that masks alike
     # (made with the first; the layers come in order, so it precedes all of them)
     new = []
-    shared = view.__dict__.setdefault("additive_masks", {})
-    key = (where.inputs[0], where.inputs[1])
+    shared = view.shared
+    key = ("additive mask", where.inputs[0], where.inputs[1])
     if key not in shared:
         zero = _unique(g, f"{where.name}_zero")
         g.initializers[zero] = dense_tensor(zero, np.zeros((), np.float32))

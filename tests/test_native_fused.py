@@ -501,3 +501,39 @@ def test_disentangled_attention_kernel_falls_back_to_the_reference():
     (got,) = kern(*f64, c2p, pq.astype(np.float64), p2c)
     want64 = disentangled_attention_ref(*f64, c2p, pq.astype(np.float64), p2c, head_dim=8, scale=0.2)
     assert got.dtype == np.float64 and np.array_equal(got, want64)
+
+
+def test_disentangled_attention_position_tables_bound_at_plan_time(monkeypatch):
+    # a PositionTable (transposed once) gives the array's bits; the registered kernel makes one
+    # for each table that is an initializer and passes it for the session's own array only
+    from kernels.core.layouts import dense_tensor
+    from kernels.native_cpu import fused
+    q, k, v, mask, pk, c2p, pq, p2c = _disentangled_case(2, 19, 3, 16, 12, 12)
+    table = _native.PositionTable(pk)
+    assert table.shape == pk.shape
+    np.testing.assert_array_equal(_native.disentangled_attention(q, k, v, mask, table, c2p, pq, p2c, 16, 0.3),
+                                  _native.disentangled_attention(q, k, v, mask, pk, c2p, pq, p2c, 16, 0.3))
+    with pytest.raises(ValueError, match=r"table has shape \(24, 16\), expected \(H, P, D\)"):
+        _native.PositionTable(pk[0])
+    with pytest.raises(ValueError, match=r"pos_key has shape \(3, 24, 16\), expected \(H, P, D\) = \(6, P >= 1, 8\)"):
+        _native.disentangled_attention(q, k, v, mask, table, c2p, None, None, 8, 0.3)
+    seen = []
+    real = _native.disentangled_attention
+
+    class Spy:
+        PositionTable = _native.PositionTable
+
+        def disentangled_attention(self, *args):
+            seen.append((type(args[4]).__name__, type(args[6]).__name__))
+            return real(*args)
+
+        def __getattr__(self, name):
+            return getattr(_native, name)
+
+    monkeypatch.setattr(fused, "_native", Spy())
+    weights = {4: dense_tensor("pk", pk), 6: dense_tensor("pq", pq)}
+    kern = registry.build("DisentangledAttention", "dense", "native", {"head_dim": 16, "scale": 0.3}, weights)
+    (a,) = kern(q, k, v, mask, weights[4].fields["data"], c2p, weights[6].fields["data"], p2c)
+    (b,) = kern(q, k, v, mask, pk.copy(), c2p, pq.copy(), p2c)
+    assert seen == [("PositionTable", "PositionTable"), ("ndarray", "ndarray")]
+    np.testing.assert_array_equal(a, b)

@@ -508,6 +508,32 @@ def _attention(a, q, k, v, mask=None):
     return (p @ vh).transpose(1, 2).reshape(b, sq, h * dv)
 
 
+@_op("DisentangledAttention")
+def _disentangled_attention(a, q, k, v, mask=None, pos_key=None, c2p_index=None, pos_query=None, p2c_index=None):
+    """Attention with DeBERTa's relative-position terms in the scores (kernels/reference/fused.py):
+    s = q_i.k_j + q_i.pos_key[h, c2p[i, j]] + k_j.pos_query[h, p2c[j, i]], then as Attention."""
+    import torch
+    d = int(a["head_dim"])
+    b, sq, qd = q.shape
+    sk = k.shape[1]
+    h = qd // d
+    dv = v.shape[2] // h
+    qh = q.reshape(b, sq, h, d).transpose(1, 2)                 # (B, H, Sq, D)
+    kh = k.reshape(b, sk, h, d).transpose(1, 2)                 # (B, H, Sk, D)
+    vh = v.reshape(b, sk, h, dv).transpose(1, 2)                # (B, H, Sk, Dv)
+    s = qh @ kh.transpose(-1, -2)
+    if pos_key is not None:
+        idx = c2p_index.reshape(sq, sk).long().expand(b, h, sq, sk)
+        s = s + torch.gather(qh @ pos_key.transpose(-1, -2), -1, idx)
+    if pos_query is not None:
+        idx = p2c_index.reshape(sk, sq).long().expand(b, h, sk, sq)
+        s = s + torch.gather(kh @ pos_query.transpose(-1, -2), -1, idx).transpose(-1, -2)
+    s = s * float(a["scale"])
+    if mask is not None:
+        s = s + mask
+    return (torch.softmax(s, dim=-1) @ vh).transpose(1, 2).reshape(b, sq, h * dv)
+
+
 # ------------------------------------------------------------------ conv and pool -------
 
 def _spatial(nsp: int, a) -> tuple[list[int], list[int], list[int], list[int]]:
