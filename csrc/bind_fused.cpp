@@ -198,7 +198,9 @@ py::array attention_py(const py::object& q_obj, const py::object& k_obj, const p
 // skip_layer_norm on `threads` threads of `isa` (every argument checked: skip_layer_norm_py's contract)
 py::array skip_layer_norm_run(const py::handle& x_obj, const py::handle& skip_obj, const py::handle& scale_obj,
                               const py::handle& bias_obj, double epsilon, qrt::FusedIsa isa, int threads) {
-    py::array x = as_f32(x_obj, "x"), skip = as_f32(skip_obj, "skip"), scale = as_f32(scale_obj, "scale");
+    // skip None: LayerNormalization of x alone (layer_norm.h)
+    py::array x = as_f32(x_obj, "x"), scale = as_f32(scale_obj, "scale");
+    py::array skip = skip_obj.is_none() ? x : as_f32(skip_obj, "skip");
     require_c_contiguous(x, "x");
     require_c_contiguous(skip, "skip");
     require_c_contiguous(scale, "scale");
@@ -226,7 +228,7 @@ py::array skip_layer_norm_run(const py::handle& x_obj, const py::handle& skip_ob
     const int64_t rows = d > 0 ? static_cast<int64_t>(x.size()) / d : 0;
     if (rows == 0) return y;
     const float* xp = static_cast<const float*>(x.data());
-    const float* sp = static_cast<const float*>(skip.data());
+    const float* sp = skip_obj.is_none() ? nullptr : static_cast<const float*>(skip.data());
     const float* gp = static_cast<const float*>(scale.data());
     float* yp = y.mutable_data();
     {
@@ -389,7 +391,7 @@ void bind_fused(py::module_& m) {
     m.def("skip_layer_norm", &skip_layer_norm_py, py::arg("x"), py::arg("skip"), py::arg("scale"),
           py::arg("bias") = py::none(), py::arg("epsilon") = 1e-5, py::arg("isa") = "auto",
           "LayerNorm over the last axis of float32(x + skip) (csrc/layer_norm.h): x, skip (..., D) float32 "
-          "C-contiguous of one shape, scale and bias (D,) float32 (bias may be None); float64 statistics. "
+          "C-contiguous of one shape (skip None: of x alone), scale and bias (D,) float32 (bias may be None); float64 statistics. "
           "isa 'auto', 'avx512', 'avx2' or 'scalar'.");
     py::class_<AttentionStep>(m, "AttentionStep",
                               "An Attention session step bound once: call(q, k, v, mask=None) -> (Y,), attention() on "

@@ -32,18 +32,20 @@ constexpr int kLanes = 8;
 
 // __restrict: y never aliases the inputs (the binding allocates it), which lets the compiler
 // vectorise the partial sums and the affine step.
+// kSkip false: LayerNormalization of x alone (skip is not read; t = x)
+template <bool kSkip>
 QRT_LN_INLINE void rows_body(const float* __restrict x, const float* __restrict skip, const float* __restrict scale,
                              const float* __restrict bias, double eps, float* __restrict y, int64_t lo, int64_t hi,
                              int64_t d) {
     for (int64_t i = lo; i < hi; ++i) {
         const float* __restrict xr = x + i * d;
-        const float* __restrict sr = skip + i * d;
+        const float* __restrict sr = kSkip ? skip + i * d : nullptr;
         float* __restrict yr = y + i * d;          // holds t = float32(x + skip) until the last pass
         double s[kLanes] = {0}, q[kLanes] = {0};
         const int64_t d8 = d / kLanes * kLanes;
         for (int64_t j = 0; j < d8; j += kLanes) {
             for (int l = 0; l < kLanes; ++l) {
-                const float t = xr[j + l] + sr[j + l];
+                const float t = kSkip ? xr[j + l] + sr[j + l] : xr[j + l];
                 yr[j + l] = t;
                 const double t64 = static_cast<double>(t);
                 s[l] += t64;
@@ -54,7 +56,7 @@ QRT_LN_INLINE void rows_body(const float* __restrict x, const float* __restrict 
         // keep s and q in memory for the whole row (2.7x slower than numba's kernel measured)
         double s_tail = 0.0, q_tail = 0.0;
         for (int64_t j = d8; j < d; ++j) {
-            const float t = xr[j] + sr[j];
+            const float t = kSkip ? xr[j] + sr[j] : xr[j];
             yr[j] = t;
             const double t64 = static_cast<double>(t);
             s_tail += t64;
@@ -76,9 +78,10 @@ QRT_LN_INLINE void rows_body(const float* __restrict x, const float* __restrict 
     }
 }
 
+template <bool kSkip>
 void rows_scalar(const float* x, const float* skip, const float* scale, const float* bias, double eps, float* y,
                  int64_t lo, int64_t hi, int64_t d) {
-    rows_body(x, skip, scale, bias, eps, y, lo, hi, d);
+    rows_body<kSkip>(x, skip, scale, bias, eps, y, lo, hi, d);
 }
 
 #if QRT_LN_X86_SIMD
@@ -132,6 +135,7 @@ QRT_LN_AVX512 inline __m512 affine16(__m512 t, const double* g64, const double* 
     return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castps_pd(_mm512_castps256_ps512(lo)), _mm256_castps_pd(hi), 1));
 }
 
+template <bool kSkip>
 QRT_LN_AVX512 void rows_avx512(const float* x, const float* skip, const float* scale, const float* bias,
                                double eps, float* y, int64_t lo, int64_t hi, int64_t d) {
     const int64_t d16 = d / 16 * 16;
@@ -155,17 +159,20 @@ QRT_LN_AVX512 void rows_avx512(const float* x, const float* skip, const float* s
     }
     for (int64_t i = lo; i < hi; ++i) {
         const float* xr = x + i * d;
-        const float* sr = skip + i * d;
+        const float* sr = kSkip ? skip + i * d : nullptr;
         float* yr = y + i * d;                    // holds t = float32(x + skip) until the last pass
         __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
         __m512d q0 = _mm512_setzero_pd(), q1 = _mm512_setzero_pd();
         for (int64_t j = 0; j < d16; j += 16) {
-            const __m512 t = _mm512_add_ps(_mm512_loadu_ps(xr + j), _mm512_loadu_ps(sr + j));
+            const __m512 t = kSkip ? _mm512_add_ps(_mm512_loadu_ps(xr + j), _mm512_loadu_ps(sr + j))
+                                   : _mm512_loadu_ps(xr + j);
             _mm512_storeu_ps(yr + j, t);
             accumulate(t, s0, s1, q0, q1);
         }
         if (tail) {
-            const __m512 t = _mm512_add_ps(_mm512_maskz_loadu_ps(tail, xr + d16), _mm512_maskz_loadu_ps(tail, sr + d16));
+            const __m512 t = kSkip ? _mm512_add_ps(_mm512_maskz_loadu_ps(tail, xr + d16),
+                                                   _mm512_maskz_loadu_ps(tail, sr + d16))
+                                   : _mm512_maskz_loadu_ps(tail, xr + d16);
             _mm512_mask_storeu_ps(yr + d16, tail, t);
             accumulate(t, s0, s1, q0, q1);        // masked-out lanes are 0 + 0: they add nothing
         }
@@ -209,6 +216,7 @@ QRT_LN_AVX2 inline __m128 affine4(__m128 t, const double* g64, const double* b64
     return _mm256_cvtpd_ps(has_bias ? _mm256_add_pd(r, _mm256_loadu_pd(b64)) : r);
 }
 
+template <bool kSkip>
 QRT_LN_AVX2 void rows_avx2(const float* x, const float* skip, const float* scale, const float* bias, double eps,
                            float* y, int64_t lo, int64_t hi, int64_t d) {
     const int64_t d8 = d / 8 * 8;
@@ -223,18 +231,19 @@ QRT_LN_AVX2 void rows_avx2(const float* x, const float* skip, const float* scale
     }
     for (int64_t i = lo; i < hi; ++i) {
         const float* xr = x + i * d;
-        const float* sr = skip + i * d;
+        const float* sr = kSkip ? skip + i * d : nullptr;
         float* yr = y + i * d;                    // holds t = float32(x + skip) until the last pass
         __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
         __m256d q0 = _mm256_setzero_pd(), q1 = _mm256_setzero_pd();
         for (int64_t j = 0; j < d8; j += 8) {
-            const __m256 t = _mm256_add_ps(_mm256_loadu_ps(xr + j), _mm256_loadu_ps(sr + j));
+            const __m256 t = kSkip ? _mm256_add_ps(_mm256_loadu_ps(xr + j), _mm256_loadu_ps(sr + j))
+                                   : _mm256_loadu_ps(xr + j);
             _mm256_storeu_ps(yr + j, t);
             accumulate8(t, s0, s1, q0, q1);
         }
         double s_tail = 0.0, q_tail = 0.0;
         for (int64_t j = d8; j < d; ++j) {
-            const float t = xr[j] + sr[j];
+            const float t = kSkip ? xr[j] + sr[j] : xr[j];
             yr[j] = t;
             const double t64 = static_cast<double>(t);
             s_tail += t64;
@@ -262,10 +271,11 @@ QRT_LN_AVX2 void rows_avx2(const float* x, const float* skip, const float* scale
 
 void skip_layer_norm_f32(const float* x, const float* skip, const float* scale, const float* bias, double epsilon,
                          float* y, int64_t rows, int64_t d, FusedIsa isa, int threads) {
-    auto rows_fn = rows_scalar;
+    const bool with_skip = skip != nullptr;
+    auto rows_fn = with_skip ? rows_scalar<true> : rows_scalar<false>;
 #if QRT_LN_X86_SIMD
-    if (isa == FusedIsa::avx512 && fused_isa_supported(isa)) rows_fn = rows_avx512;
-    if (isa == FusedIsa::avx2 && fused_isa_supported(isa)) rows_fn = rows_avx2;
+    if (isa == FusedIsa::avx512 && fused_isa_supported(isa)) rows_fn = with_skip ? rows_avx512<true> : rows_avx512<false>;
+    if (isa == FusedIsa::avx2 && fused_isa_supported(isa)) rows_fn = with_skip ? rows_avx2<true> : rows_avx2<false>;
 #else
     (void)isa;
 #endif

@@ -1,6 +1,8 @@
 // SkipLayerNormalization (runtime/fuse.py: Add + LayerNormalization) in float32 on raw pointers.
 //
 //   x, skip (rows, D) float32 C-contiguous; scale, bias (D,) float32 (bias may be nullptr);
+//   skip nullptr: LayerNormalization of x alone over its last axis (t = x; the native
+//   "LayerNormalization" kernel, kernels/native_cpu/fused.py);
 //   y (rows, D) float32:  t = float32(x + skip)  (rounded first, exactly as the Add node),
 //   y = (t - mean) / sqrt(var + eps) * scale + bias, over each row.
 //

@@ -537,3 +537,54 @@ def test_disentangled_attention_position_tables_bound_at_plan_time(monkeypatch):
     (b,) = kern(q, k, v, mask, pk.copy(), c2p, pq.copy(), p2c)
     assert seen == [("PositionTable", "PositionTable"), ("ndarray", "ndarray")]
     np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("rows,d", [(1, 1), (5, 7), (128, 384), (33, 129), (3, 1000)])
+def test_layer_norm_without_skip_is_skip_layer_norm_of_zeros(isa, rows, d, threads):
+    # skip None: t = x (LayerNormalization); the same bits as adding zeros (no -0.0 in x),
+    # within the reference's tolerance, on 1 and 2 threads
+    from kernels.reference.reduction import layer_normalization_ref
+    rng = np.random.default_rng(rows * d)
+    x = (rng.standard_normal((rows, d)) * 3 + 1).astype(np.float32)
+    g, b = rng.standard_normal(d).astype(np.float32), rng.standard_normal(d).astype(np.float32)
+    for n in (1, 2):
+        threads(n)
+        for bias in (b, None):
+            got = _native.skip_layer_norm(x, None, g, bias, 1e-5, isa)
+            np.testing.assert_array_equal(got, _native.skip_layer_norm(x, np.zeros_like(x), g, bias, 1e-5, isa))
+            want = layer_normalization_ref(x, g, bias, axis=-1, epsilon=1e-5)
+            assert np.max(np.abs(got - want)) <= SKIP_LN_ATOL * max(1.0, float(np.max(np.abs(want))))
+
+
+def test_layer_norm_registered_kernel_and_fallbacks(monkeypatch):
+    # the last axis of float32 x takes the native kernel (a spy); another axis, float64, a
+    # scale of another shape: the reference
+    from kernels.native_cpu import fused
+    from kernels.reference.reduction import layer_normalization_ref
+    calls = []
+    real = _native.skip_layer_norm
+
+    class Spy:
+        def skip_layer_norm(self, *args):
+            calls.append(args[1] is None)
+            return real(*args)
+
+        def __getattr__(self, name):
+            return getattr(_native, name)
+
+    monkeypatch.setattr(fused, "_native", Spy())
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 5, 16)).astype(np.float32)
+    g, b = rng.standard_normal(16).astype(np.float32), rng.standard_normal(16).astype(np.float32)
+    kern = registry.build("LayerNormalization", "dense", "native", {"axis": -1, "epsilon": 1e-5}, {})
+    (y,) = kern(x, g, b)
+    assert calls == [True]
+    assert np.max(np.abs(y - layer_normalization_ref(x, g, b, axis=-1, epsilon=1e-5))) < 1e-5
+    (y,) = kern(x.astype(np.float64), g, b)
+    assert y.dtype == np.float64 and len(calls) == 1
+    kern1 = registry.build("LayerNormalization", "dense", "native", {"axis": 1, "epsilon": 1e-5}, {})
+    g2 = rng.standard_normal((5, 16)).astype(np.float32)
+    (y,) = kern1(x, g2, None)
+    np.testing.assert_array_equal(y, layer_normalization_ref(x, g2, None, axis=1, epsilon=1e-5))
+    assert len(calls) == 1

@@ -1,5 +1,6 @@
-"""The fused ops of runtime/fuse.py on the native backend: Attention, SkipLayerNormalization,
-Split (views).
+"""The fused ops of runtime/fuse.py on the native backend: Attention, DisentangledAttention,
+SkipLayerNormalization, Split (views); and LayerNormalization (the SkipLayerNorm kernel without
+the skip).
 
 Float32 in and out; other dtypes run the reference (kernels/reference/fused.py), as on the
 numba backend. The kernels are csrc/attention.cpp and csrc/layer_norm.cpp, with their
@@ -120,6 +121,26 @@ def skip_layer_norm(x: np.ndarray, skip: np.ndarray, scale: np.ndarray, bias: np
     if blas_recently_called():
         return _on_one_thread(_native.skip_layer_norm, *args, float(epsilon))
     return _native.skip_layer_norm(*args, float(epsilon))
+
+
+@register("LayerNormalization", "native")
+def layer_normalization_factory(attrs: dict, weights: dict):
+    """LayerNormalization over the last axis of float32 x (pre-LN transformers: GPT-2, ViT; and
+    every LayerNorm SkipLayerNormalization did not take) by the SkipLayerNorm kernel with no
+    skip (csrc/layer_norm.h, float64 statistics); another axis, shapes or dtypes: the reference."""
+    ref = reference_of("LayerNormalization", attrs, weights)
+    axis, eps = int(attrs["axis"]), float(attrs["epsilon"])
+
+    def run(x, scale, bias=None):
+        if (type(x) is np.ndarray and x.ndim and axis in (-1, x.ndim - 1) and x.shape[-1] and all_f32(x, scale, bias)
+                and scale.shape == x.shape[-1:] and (bias is None or bias.shape == scale.shape)):
+            c = np.ascontiguousarray
+            args = (c(x), None, c(scale), None if bias is None else c(bias))
+            if blas_recently_called():
+                return (_on_one_thread(_native.skip_layer_norm, *args, eps),)
+            return (_native.skip_layer_norm(*args, eps),)
+        return ref(x, scale, bias)
+    return run
 
 
 register("SkipLayerNormalization", "native")(skip_layer_normalization_factory(
