@@ -486,26 +486,37 @@ def _gemm(a, x, y, c=None):
     return out
 
 
-@_op("Attention")
-def _attention(a, q, k, v, mask=None):
-    """Per head softmax(scale * q_h k_h^T + mask) v_h; q (B, Sq, H*D), k (B, Sk, H*D),
-    v (B, Sk, H*Dv), mask broadcastable to (B, H, Sq, Sk); y (B, Sq, H*Dv)."""
-    import torch
+def _heads(a, q, k, v):
+    """q (B, Sq, H*D), k (B, Sk, H*D), v (B, Sk, H*Dv) split into heads: (B, H, Sq, D),
+    (B, H, Sk, D), (B, H, Sk, Dv)."""
     d = int(a["head_dim"])
     b, sq, qd = q.shape
     sk = k.shape[1]
     h = qd // d
     dv = v.shape[2] // h
-    qh = q.reshape(b, sq, h, d).transpose(1, 2)                 # (B, H, Sq, D)
-    kh = k.reshape(b, sk, h, d).permute(0, 2, 3, 1)             # (B, H, D, Sk)
-    vh = v.reshape(b, sk, h, dv).transpose(1, 2)                # (B, H, Sk, Dv)
-    s = (qh @ kh) * float(a["scale"])
+    return (q.reshape(b, sq, h, d).transpose(1, 2), k.reshape(b, sk, h, d).transpose(1, 2),
+            v.reshape(b, sk, h, dv).transpose(1, 2))
+
+
+def _merge_heads(y):
+    """(B, H, Sq, Dv) -> (B, Sq, H*Dv)."""
+    b, h, sq, dv = y.shape
+    return y.transpose(1, 2).reshape(b, sq, h * dv)
+
+
+@_op("Attention")
+def _attention(a, q, k, v, mask=None):
+    """Per head softmax(scale * q_h k_h^T + mask) v_h; q (B, Sq, H*D), k (B, Sk, H*D),
+    v (B, Sk, H*Dv), mask broadcastable to (B, H, Sq, Sk); y (B, Sq, H*Dv)."""
+    import torch
+    qh, kh, vh = _heads(a, q, k, v)
+    s = (qh @ kh.transpose(-1, -2)) * float(a["scale"])
     if mask is not None:
         s = s + mask
     p = torch.softmax(s, dim=-1)
     if a.get("nan_to_zero", 0):
         p = torch.where(torch.isnan(p), torch.zeros_like(p), p)
-    return (p @ vh).transpose(1, 2).reshape(b, sq, h * dv)
+    return _merge_heads(p @ vh)
 
 
 @_op("DisentangledAttention")
@@ -513,14 +524,9 @@ def _disentangled_attention(a, q, k, v, mask=None, pos_key=None, c2p_index=None,
     """Attention with DeBERTa's relative-position terms in the scores (kernels/reference/fused.py):
     s = q_i.k_j + q_i.pos_key[h, c2p[i, j]] + k_j.pos_query[h, p2c[j, i]], then as Attention."""
     import torch
-    d = int(a["head_dim"])
-    b, sq, qd = q.shape
-    sk = k.shape[1]
-    h = qd // d
-    dv = v.shape[2] // h
-    qh = q.reshape(b, sq, h, d).transpose(1, 2)                 # (B, H, Sq, D)
-    kh = k.reshape(b, sk, h, d).transpose(1, 2)                 # (B, H, Sk, D)
-    vh = v.reshape(b, sk, h, dv).transpose(1, 2)                # (B, H, Sk, Dv)
+    qh, kh, vh = _heads(a, q, k, v)
+    b, h, sq, _ = qh.shape
+    sk = kh.shape[2]
     s = qh @ kh.transpose(-1, -2)
     if pos_key is not None:
         idx = c2p_index.reshape(sq, sk).long().expand(b, h, sq, sk)
@@ -531,7 +537,7 @@ def _disentangled_attention(a, q, k, v, mask=None, pos_key=None, c2p_index=None,
     s = s * float(a["scale"])
     if mask is not None:
         s = s + mask
-    return (torch.softmax(s, dim=-1) @ vh).transpose(1, 2).reshape(b, sq, h * dv)
+    return _merge_heads(torch.softmax(s, dim=-1) @ vh)
 
 
 # ------------------------------------------------------------------ conv and pool -------
