@@ -1057,6 +1057,14 @@ def _shape_ops() -> dict:
         x = randn(_rng("Reshape"), 2, 3, 4)
         yield c("Reshape", "zero-and-infer", (x, i64(0, -1)), {}, (1,))
         yield c("Reshape", "allowzero-empty", (randn(_rng("Reshape", 0), 0, 4), i64(0, 2, 2)), {"allowzero": 1}, (1,))
+        # constant targets (initializers: the CPU backends' views resolve them once), a strided
+        # input (numpy copies, as the reference), run-time targets (allowzero=1: DeBERTa's dynamo
+        # export, values as they are; allowzero=0: the reference)
+        yield c("Reshape", "constant-target", (x, i64(0, 0, 2, -1)), {}, (1,))
+        yield c("Reshape", "constant-target-allowzero", (x, i64(-1, 4)), {"allowzero": 1}, (1,))
+        yield c("Reshape", "strided-input", (np.ascontiguousarray(x.transpose(2, 0, 1))[::2], i64(0, -1)), {}, (1,))
+        yield c("Reshape", "runtime-allowzero", (x, i64(2, -1, 3)), {"allowzero": 1})
+        yield c("Reshape", "runtime", (x, i64(0, -1)), {})
 
     def flatten():
         x = randn(_rng("Flatten"), 2, 3, 4)

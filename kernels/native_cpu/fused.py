@@ -34,6 +34,7 @@ import numpy as np
 from kernels.blas_activity import blas_recently_called
 from kernels.fused_dispatch import all_f32, attention_factory, reference_of, skip_layer_normalization_factory
 from kernels.registry import register
+from kernels.reshape_views import reshape_views_factory
 from kernels.split_views import split_views_factory
 
 from . import _native
@@ -146,3 +147,4 @@ def layer_normalization_factory(attrs: dict, weights: dict):
 register("SkipLayerNormalization", "native")(skip_layer_normalization_factory(
     skip_layer_norm, fast=lambda eps, run: _native.SkipLayerNormStep(eps, run, blas_recently_called)))
 register("Split", "native")(split_views_factory)      # views, kernels/split_views.py
+register("Reshape", "native")(reshape_views_factory)      # views, kernels/reshape_views.py

@@ -25,6 +25,7 @@ from kernels.reference._common import prod
 from kernels.reference.fused import attention_heads
 from kernels.fused_dispatch import attention_factory, skip_layer_normalization_factory
 from kernels.registry import register
+from kernels.reshape_views import reshape_views_factory
 from kernels.split_views import split_views_factory
 
 from .f32_tile import gemm_acc
@@ -222,3 +223,4 @@ register("SkipLayerNormalization", "numba")(skip_layer_normalization_factory(ski
 # --- Split along the last axis: views ------------------------------------------------------------
 
 register("Split", "numba")(split_views_factory)      # views, kernels/split_views.py
+register("Reshape", "numba")(reshape_views_factory)      # views, kernels/reshape_views.py
