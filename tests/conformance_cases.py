@@ -1024,6 +1024,19 @@ def pools() -> dict:
                     {"kernel_shape": [2, 2], "dilations": [2, 2]})
         yield _case("MaxPool", "dense", "int8-1d", (rng.integers(-128, 127, (1, 2, 11)).astype(np.int8),),
                     {"kernel_shape": [3], "strides": [2], "pads": [1, 1]})
+        # a ResNet stem's pool (numba's plane kernel on its threads), NaN and -inf inputs, padding
+        # only windows (pads as wide as the kernel), asymmetric pads, a 1 x 1 window
+        yield _case("MaxPool", "dense", "resnet-stem", (randn(rng, 1, 8, 56, 56),),
+                    {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]})
+        special = randn(rng, 2, 2, 6, 7)
+        special[0, 0, 1, 1], special[0, 1, 4, 5], special[1, 0, 0, 0] = np.nan, -np.inf, np.inf
+        yield _case("MaxPool", "dense", "nan-inf", (special,), {"kernel_shape": [2, 3], "strides": [1, 2]})
+        yield _case("MaxPool", "dense", "pad-only-windows", (randn(rng, 1, 1, 3, 3),),
+                    {"kernel_shape": [2, 2], "strides": [2, 2], "pads": [2, 2, 2, 2]})
+        yield _case("MaxPool", "dense", "asymmetric-pads-ceil", (randn(rng, 1, 3, 10, 7),),
+                    {"kernel_shape": [3, 2], "strides": [3, 2], "pads": [0, 1, 2, 0], "dilations": [2, 1],
+                     "ceil_mode": 1})
+        yield _case("MaxPool", "dense", "1x1", (randn(rng, 2, 3, 4, 5),), {"kernel_shape": [1, 1]})
 
     def average_pool():
         rng = _rng("AveragePool")

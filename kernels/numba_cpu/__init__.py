@@ -29,7 +29,7 @@ from . import isa  # noqa: E402
 isa.apply_env()
 
 from . import quant  # noqa: F401  (shared helpers, no kernels)
-from . import fused, gather, int4, int8, ops, sparse  # noqa: F401  (register their kernels)
+from . import fused, gather, int4, int8, ops, pool, sparse  # noqa: F401  (register their kernels)
 
 
 def probe() -> str | None:
