@@ -66,13 +66,28 @@ def fold_symbolic_shapes(graph: Graph, consts: dict[str, np.ndarray]) -> int:
             n.attrs = {"perm": list(range(rank - 2)) + [rank - 1, rank - 2]}
             rewrites += 1
             continue
-        if n.op == "Reshape" and n.inputs[1] not in consts and n.inputs[1] in symvals:
+        if n.op == "Reshape" and n.inputs[1] in consts and n.inputs[1] in symvals:
+            target = _zero_form(symvals[n.inputs[1]].items, shapes.get(n.inputs[0]), n.attrs.get("allowzero", 0))
+            if target is not None:
+                name = unique_name(f"{n.name}.shape", taken)
+                taken.add(name)
+                consts[name] = np.array(target, np.int64)
+                symvals[name] = _SymVal(1, list(target))
+                n.inputs = [n.inputs[0], name]
+                n.attrs = {**n.attrs, "allowzero": 0}
+                rewrites += 1
+                try:        # the output's shape, which the -1 of the old target may have hidden
+                    _propagate(n, shapes, symvals, consts)
+                except Exception:
+                    pass
+        elif n.op == "Reshape" and n.inputs[1] not in consts and n.inputs[1] in symvals:
             target = _constant_reshape_target(symvals[n.inputs[1]], shapes.get(n.inputs[0]),
                                               n.attrs.get("allowzero", 0))
             if target is not None:
                 name = unique_name(f"{n.name}.shape", taken)
                 taken.add(name)
                 consts[name] = np.array(target, np.int64)
+                symvals[name] = _SymVal(1, list(target))
                 n.inputs = [n.inputs[0], name]
                 n.attrs = {**n.attrs, "allowzero": 0}
                 rewrites += 1
@@ -108,7 +123,30 @@ def _swapped_last_two(n: Node, made: dict, shapes: dict, symvals: dict) -> str |
     lead = list(xs[:-2])
     if s1.items not in ([-1, xs[-2], xs[-1]], [_product(lead), xs[-2], xs[-1]]):
         return None
-    return x if s2.items == lead + [xs[-1], xs[-2]] else None
+    if s2.items == lead + [xs[-1], xs[-2]]:
+        return x
+    # a constant target with -1 for one lead dim ([-1, H, D, S]: ViT's export, its sequence
+    # length fixed): the -1 is that dim, the element count being the same
+    items = s2.items
+    if (len(items) == len(lead) + 2 and items[-2:] == [xs[-1], xs[-2]] and items.count(-1) == 1
+            and all(a == b or a == -1 for a, b in zip(items, lead))):
+        return x
+    return None
+
+
+def _zero_form(target: list[int], xs: tuple | None, allowzero: int) -> list[int] | None:
+    """[0, 0, H, D] for a constant Reshape target [-1 | B, S, H, D] of x (B, S, H * D) with S
+    and H * D known ints: the head split written with ONNX's "copy this dim" as
+    runtime/fuse.py matches it (ViT's dynamo export fixes the sequence length and writes -1 for
+    the batch). None when the target is not that or is already in that form."""
+    if xs is None or len(xs) != 3 or len(target) != 4 or (allowzero and 0 in target):
+        return None
+    a, b, h, d = target
+    if h <= 0 or d <= 0 or not isinstance(xs[2], int) or h * d != xs[2]:
+        return None
+    if not (isinstance(xs[1], int) and b == xs[1]) or a not in (-1, xs[0]):
+        return None
+    return [0, 0, h, d]
 
 
 def _constant_reshape_target(sv: _SymVal, in_shape, allowzero: int) -> list[int] | None:

@@ -240,3 +240,36 @@ def test_vit_default_export():
     x = torch.randn(2, 3, 32, 32)
     data = _export(_Vit(), (x,), ["pixel_values"], {"pixel_values": {0: "batch"}})
     _assert_matches(data, {"pixel_values": x.numpy()}, "vit")
+
+
+def test_vit_dynamo_export_fuses(tmp_path):
+    # the dynamo export fixes ViT's sequence length: its head splits are Reshape(x, [-1, S, H, D])
+    # and K^T goes through Reshape([-1, S, D]) / Transpose / Reshape([-1, H, D, S]);
+    # runtime/shape_fold.py writes the first as [0, 0, H, D] and the second as one Transpose,
+    # so every layer's attention fuses
+    from runtime.fuse import fuse
+    torch.manual_seed(0)
+    cfg = T.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                      image_size=32, patch_size=8)
+
+    class _Vit(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = T.ViTModel(cfg)
+
+        def forward(self, pixel_values):
+            return self.model(pixel_values=pixel_values).last_hidden_state
+
+    x = torch.randn(2, 3, 32, 32)
+    path = tmp_path / "vit.onnx"
+    torch.onnx.export(_Vit().eval(), (x,), path, input_names=["pixel_values"], output_names=["y"],
+                      dynamic_axes={"pixel_values": {0: "batch"}})
+    graph = runtime.convert(str(path))
+    ops = [n.op for n in fuse(graph).nodes]
+    assert ops.count("Attention") == 2 and "Softmax" not in ops and "MatMul" not in ops, ops
+    for batch in (2, 3):                                  # the batch stays a run-time axis
+        feeds = {"pixel_values": np.random.default_rng(batch).standard_normal((batch, 3, 32, 32)).astype(np.float32)}
+        want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+        got = runtime.InferenceSession(graph).run(None, feeds)[0]
+        err = float(np.max(np.abs(got.astype(np.float64) - want)))
+        assert err <= TOL * max(1.0, float(np.max(np.abs(want)))), f"vit dynamo batch {batch}: {err}"
