@@ -1,0 +1,110 @@
+"""A ViT and a small ResNet exported the default way: qrt int8 against onnxruntime int8 and fp32,
+in one process.
+
+    python benchmarks/vision_speed.py [--seconds 1.5] [--batch 1]
+
+ViT: transformers' ViTModel with ViT-S-like sizes (hidden 384, 6 layers of 6 heads of 64, FFN
+1536, 224 x 224 images, 16 x 16 patches), random weights. ResNet-like: a 7 x 7 / 2 stem with
+BatchNorm and ReLU, a 3 x 3 / 2 MaxPool, two basic blocks of 64 channels, a stride-2 3 x 3 conv
+to 128 and two blocks of 128, global pooling, a Linear (torchvision's wheel does not load beside
+the CPU torch this project pins, so the blocks are written with torch.nn), BatchNorm statistics
+random. Both exported by ``torch.onnx.export`` (dynamo) with a dynamic batch; qrt int8
+(``runtime.convert(f, quant="int8")``), onnxruntime int8 (``quantize_dynamic``) and fp32, timed
+interleaved (benchmarks/interleaved.py).
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+import runtime  # noqa: E402
+from benchmarks.interleaved import time_interleaved  # noqa: E402
+from kernels.core.cpu import cpu_name  # noqa: E402
+from runtime.bench.machine import cpu_pair_latency, describe_cpu_pair  # noqa: E402
+from runtime.tables import format_table  # noqa: E402
+
+
+def models() -> dict:
+    import torch
+    import transformers as T
+    nn = torch.nn
+
+    class Vit(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.m = T.ViTModel(T.ViTConfig(hidden_size=384, num_hidden_layers=6, num_attention_heads=6,
+                                            intermediate_size=1536, image_size=224, patch_size=16))
+
+        def forward(self, x):
+            return self.m(pixel_values=x).last_hidden_state
+
+    class Basic(nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(c, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU(),
+                                      nn.Conv2d(c, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c))
+
+        def forward(self, x):
+            return torch.relu(x + self.body(x))
+
+    def resnet():
+        return nn.Sequential(nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(3, 2, 1),
+                             Basic(64), Basic(64), nn.Conv2d(64, 128, 3, 2, 1), nn.ReLU(), Basic(128), Basic(128),
+                             nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(), nn.Linear(128, 10))
+    return {"vit-s (6 layers)": Vit, "resnet-like": resnet}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seconds", type=float, default=1.5, help="timed seconds per row (default 1.5)")
+    ap.add_argument("--batch", type=int, default=1, help="images per run (default 1)")
+    args = ap.parse_args()
+    import torch
+    import onnxruntime as ort
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from runtime.fuse import fuse
+
+    print(f"# {cpu_name()}; {os.cpu_count()} CPUs; batch {args.batch}; torch {torch.__version__}", flush=True)
+    rows = []
+    for name, make in models().items():
+        torch.manual_seed(0)
+        model = make().eval()
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_()
+                m.running_var.uniform_(0.5, 2.0)
+        x = torch.randn(args.batch, 3, 224, 224)
+        with tempfile.TemporaryDirectory() as t:
+            path, i8 = os.path.join(t, "m.onnx"), os.path.join(t, "m_int8.onnx")
+            with torch.no_grad():
+                torch.onnx.export(model, (x,), path, input_names=["x"], output_names=["y"],
+                                  dynamic_axes={"x": {0: "batch"}})
+            quantize_dynamic(path, i8, weight_type=QuantType.QInt8)
+            graph = runtime.convert(path, quant="int8")
+            ops = collections.Counter(n.op for n in fuse(graph).nodes)
+            qrt = runtime.InferenceSession(graph)
+            so = ort.SessionOptions()
+            so.intra_op_num_threads = os.cpu_count() or 1
+            o8 = ort.InferenceSession(i8, so, providers=["CPUExecutionProvider"])
+            o32 = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+        feed = {"x": x.numpy()}
+        before = cpu_pair_latency()
+        med, _, (load, _) = time_interleaved({"qrt": lambda: qrt.run(None, feed), "ort8": lambda: o8.run(None, feed),
+                                              "ort32": lambda: o32.run(None, feed)}, args.seconds)
+        pair_line, far = describe_cpu_pair(before, cpu_pair_latency())
+        rows.append([name, f"{med['qrt']:.2f}", f"{med['ort8']:.2f}", f"{med['ort32']:.2f}",
+                     f"{med['ort8'] / med['qrt']:.2f}x", f"{med['ort32'] / med['qrt']:.2f}x",
+                     f"{ops.get('Attention', 0)}", f"{load:.2f}", pair_line + (" (far)" if far else "")])
+    print(format_table(rows, ["model", "qrt int8 ms", "ort int8 ms", "ort fp32 ms", "qrt vs ort int8",
+                              "qrt vs ort fp32", "fused attention", "load before", "CPU pair"]))
+
+
+if __name__ == "__main__":
+    main()
