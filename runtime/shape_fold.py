@@ -69,12 +69,7 @@ def fold_symbolic_shapes(graph: Graph, consts: dict[str, np.ndarray]) -> int:
         if n.op == "Reshape" and n.inputs[1] in consts and n.inputs[1] in symvals:
             target = _zero_form(symvals[n.inputs[1]].items, shapes.get(n.inputs[0]), n.attrs.get("allowzero", 0))
             if target is not None:
-                name = unique_name(f"{n.name}.shape", taken)
-                taken.add(name)
-                consts[name] = np.array(target, np.int64)
-                symvals[name] = _SymVal(1, list(target))
-                n.inputs = [n.inputs[0], name]
-                n.attrs = {**n.attrs, "allowzero": 0}
+                _set_target(n, target, consts, symvals, taken)
                 rewrites += 1
                 try:        # the output's shape, which the -1 of the old target may have hidden
                     _propagate(n, shapes, symvals, consts)
@@ -84,12 +79,7 @@ def fold_symbolic_shapes(graph: Graph, consts: dict[str, np.ndarray]) -> int:
             target = _constant_reshape_target(symvals[n.inputs[1]], shapes.get(n.inputs[0]),
                                               n.attrs.get("allowzero", 0))
             if target is not None:
-                name = unique_name(f"{n.name}.shape", taken)
-                taken.add(name)
-                consts[name] = np.array(target, np.int64)
-                symvals[name] = _SymVal(1, list(target))
-                n.inputs = [n.inputs[0], name]
-                n.attrs = {**n.attrs, "allowzero": 0}
+                _set_target(n, target, consts, symvals, taken)
                 rewrites += 1
     # numeric symvals computed at run time become constants (their producers then go dead)
     out_names = {v.name for v in graph.outputs}
@@ -102,6 +92,17 @@ def fold_symbolic_shapes(graph: Graph, consts: dict[str, np.ndarray]) -> int:
                 rewrites += 1
     graph.nodes = [n for n in graph.nodes if not all(o in consts for o in n.outputs)]
     return rewrites
+
+
+def _set_target(n: Node, target: list[int], consts: dict, symvals: dict, taken: set) -> None:
+    """Reshape ``n`` reads the constant ``target`` (a new initializer, its symbolic value
+    recorded) with allowzero=0: its 0s copy the input's dims."""
+    name = unique_name(f"{n.name}.shape", taken)
+    taken.add(name)
+    consts[name] = np.array(target, np.int64)
+    symvals[name] = _SymVal(1, list(target))
+    n.inputs = [n.inputs[0], name]
+    n.attrs = {**n.attrs, "allowzero": 0}
 
 
 def _swapped_last_two(n: Node, made: dict, shapes: dict, symvals: dict) -> str | None:

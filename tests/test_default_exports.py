@@ -224,21 +224,22 @@ def test_cnn_default_export(name):
     _assert_matches(data, {"x": x.numpy()}, name)
 
 
+class _Vit(torch.nn.Module):
+    """pixel_values -> last hidden state of a small ViT (32 x 32 images, 8 x 8 patches)."""
+
+    def __init__(self, layers: int):
+        super().__init__()
+        self.model = T.ViTModel(T.ViTConfig(hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
+                                            intermediate_size=64, image_size=32, patch_size=8))
+
+    def forward(self, pixel_values):
+        return self.model(pixel_values=pixel_values).last_hidden_state
+
+
 def test_vit_default_export():
     torch.manual_seed(0)
-    cfg = T.ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                      image_size=32, patch_size=8)
-
-    class _Vit(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.model = T.ViTModel(cfg)
-
-        def forward(self, pixel_values):
-            return self.model(pixel_values=pixel_values).last_hidden_state
-
     x = torch.randn(2, 3, 32, 32)
-    data = _export(_Vit(), (x,), ["pixel_values"], {"pixel_values": {0: "batch"}})
+    data = _export(_Vit(1), (x,), ["pixel_values"], {"pixel_values": {0: "batch"}})
     _assert_matches(data, {"pixel_values": x.numpy()}, "vit")
 
 
@@ -249,20 +250,9 @@ def test_vit_dynamo_export_fuses(tmp_path):
     # so every layer's attention fuses
     from runtime.fuse import fuse
     torch.manual_seed(0)
-    cfg = T.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                      image_size=32, patch_size=8)
-
-    class _Vit(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.model = T.ViTModel(cfg)
-
-        def forward(self, pixel_values):
-            return self.model(pixel_values=pixel_values).last_hidden_state
-
     x = torch.randn(2, 3, 32, 32)
     path = tmp_path / "vit.onnx"
-    torch.onnx.export(_Vit().eval(), (x,), path, input_names=["pixel_values"], output_names=["y"],
+    torch.onnx.export(_Vit(2).eval(), (x,), path, input_names=["pixel_values"], output_names=["y"],
                       dynamic_axes={"pixel_values": {0: "batch"}})
     graph = runtime.convert(str(path))
     ops = [n.op for n in fuse(graph).nodes]
