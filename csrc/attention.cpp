@@ -517,10 +517,6 @@ void exp_f32(const float* x, float* y, int64_t n, FusedIsa isa) {
     for (int64_t i = 0; i < n; ++i) y[i] = exp32_scalar(x[i]);
 }
 
-}  // namespace qrt
-
-namespace qrt {
-
 PositionTable::PositionTable(const float* table, int64_t heads_, int64_t positions_, int64_t head_dim_)
     : heads(heads_), positions(positions_), head_dim(head_dim_), ld(round_up(positions_ + 16, 16)) {
     t.assign(static_cast<size_t>(heads * head_dim * ld), 0.0f);

@@ -98,7 +98,6 @@ struct AttentionArgs {
     const int64_t* p2c = nullptr;     // (Sk, Sq), values in [0, pos_query->positions)
 };
 
-
 // Attention below this many multiply-adds (B * H * Sq * Sk * (D + Dv)) runs on one thread:
 // waking the pool costs more than a small problem. In a model the pool's workers are still
 // spinning from the Linear before, and the caller never waits for one that is not (work_pool.h),

@@ -3,21 +3,13 @@
 
 #include <algorithm>
 
+#include "index_check.h"
 #include "work_pool.h"
 
 namespace qrt {
 
 namespace {
 
-// The first position of idx (n,) outside [-v, v), or -1.
-template <typename Index>
-int64_t first_bad_index(const Index* idx, int64_t n, int64_t v) {
-    for (int64_t i = 0; i < n; ++i) {
-        const int64_t r = static_cast<int64_t>(idx[i]);
-        if (r < -v || r >= v) return i;
-    }
-    return -1;
-}
 
 template <typename Index>
 inline int64_t row_of(const Index* idx, int64_t i, int64_t v) {

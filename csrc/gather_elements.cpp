@@ -3,6 +3,7 @@
 
 #include <algorithm>
 
+#include "index_check.h"
 #include "work_pool.h"
 
 namespace qrt {
@@ -18,18 +19,8 @@ template <typename Index>
 int64_t gather_elements_f32(const float* data, int64_t outer, int64_t da, int64_t inner, const Index* idx,
                             int64_t na, float* out, int threads) {
     const int64_t n = outer * na * inner;
-    // one pass that the compiler vectorises: any index out of range?
-    bool bad = false;
-    for (int64_t e = 0; e < n; ++e) {
-        const int64_t r = static_cast<int64_t>(idx[e]);
-        bad |= (r < -da) | (r >= da);
-    }
-    if (bad) {
-        for (int64_t e = 0; e < n; ++e) {
-            const int64_t r = static_cast<int64_t>(idx[e]);
-            if (r < -da || r >= da) return e;
-        }
-    }
+    const int64_t bad = first_bad_index(idx, n, da);
+    if (bad >= 0) return bad;
     const int64_t slab = na * inner;   // output elements per o
     const int64_t rows = std::max<int64_t>(1, kItemElements / std::max<int64_t>(slab, 1));
     const int nt = (threads > 1 && outer > 1 && n >= kGatherElementsParallelMinElements) ? threads : 1;
