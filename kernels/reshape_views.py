@@ -26,12 +26,12 @@ def reshape_views_factory(attrs: dict[str, Any], weights: dict) -> Callable[...,
     allowzero = int(attrs.get("allowzero", 0))
     target = weights.get(1)
     data = None if target is None or target.layout != "dense" else np.asarray(target.fields["data"])
-    if data is not None and data.ndim == 1 and data.dtype.kind in "iu" and int(data.min(initial=0)) >= -1:
-        dims = [int(v) for v in data]
+    dims = [int(v) for v in data] if data is not None and data.ndim == 1 and data.dtype.kind in "iu" else None
+    if dims is not None and min(dims, default=0) >= -1 and dims.count(-1) <= 1:
         copied = [i for i, d in enumerate(dims) if d == 0] if not allowzero else []
 
         def run_constant(x, shape=None):
-            if not isinstance(x, np.ndarray) or dims.count(-1) > 1 or (copied and copied[-1] >= x.ndim):
+            if not isinstance(x, np.ndarray) or (copied and copied[-1] >= x.ndim):
                 return ref(x, shape if shape is not None else data)
             want = dims
             if copied:

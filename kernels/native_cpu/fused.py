@@ -96,7 +96,9 @@ def disentangled_attention_factory(attrs: dict, weights: dict):
     def table(pos: int, given):
         # the bound table for the session's own array, else the array (transposed per call)
         held = bound.get(pos)
-        return held[1] if held is not None and given is held[0] else None if given is None else np.ascontiguousarray(given)
+        if held is not None and given is held[0]:
+            return held[1]
+        return None if given is None else np.ascontiguousarray(given)
 
     def run(q, k, v, mask=None, pos_key=None, c2p_index=None, pos_query=None, p2c_index=None):
         tables = [t for t in (pos_key, pos_query) if t is not None]
@@ -114,11 +116,12 @@ def disentangled_attention_factory(attrs: dict, weights: dict):
     return run
 
 
-def skip_layer_norm(x: np.ndarray, skip: np.ndarray, scale: np.ndarray, bias: np.ndarray | None,
+def skip_layer_norm(x: np.ndarray, skip: np.ndarray | None, scale: np.ndarray, bias: np.ndarray | None,
                     epsilon: float) -> np.ndarray:
-    """LayerNorm over the last axis of float32(x + skip), x and skip float32 of one shape."""
+    """LayerNorm over the last axis of float32(x + skip), x and skip float32 of one shape; skip
+    None: of x alone (LayerNormalization)."""
     c = np.ascontiguousarray
-    args = (c(x), c(skip), c(scale), None if bias is None else c(bias))
+    args = (c(x), None if skip is None else c(skip), c(scale), None if bias is None else c(bias))
     if blas_recently_called():
         return _on_one_thread(_native.skip_layer_norm, *args, float(epsilon))
     return _native.skip_layer_norm(*args, float(epsilon))
@@ -135,11 +138,7 @@ def layer_normalization_factory(attrs: dict, weights: dict):
     def run(x, scale, bias=None):
         if (type(x) is np.ndarray and x.ndim and axis in (-1, x.ndim - 1) and x.shape[-1] and all_f32(x, scale, bias)
                 and scale.shape == x.shape[-1:] and (bias is None or bias.shape == scale.shape)):
-            c = np.ascontiguousarray
-            args = (c(x), None, c(scale), None if bias is None else c(bias))
-            if blas_recently_called():
-                return (_on_one_thread(_native.skip_layer_norm, *args, eps),)
-            return (_native.skip_layer_norm(*args, eps),)
+            return (skip_layer_norm(x, None, scale, bias, eps),)
         return ref(x, scale, bias)
     return run
 

@@ -55,22 +55,34 @@ def attention_ref(q, k, v, mask=None, head_dim=None, scale=None, nan_to_zero=0):
     export's IsNaN + Where (a row whose scores are all -inf, or hold a NaN or +inf, has an
     all-NaN softmax, so its output is 0).
     """
+    qh, kh, vh = _heads64(q, k, v, mask, head_dim)
+    return _attend(qh @ kh.transpose(0, 1, 3, 2), scale, mask, vh, nan_to_zero).astype(q.dtype)
+
+
+def _heads64(q, k, v, mask, head_dim: int):
+    """q, k, v checked (attention_heads) and split into float64 heads (B, H, Sq, D), (B, H, Sk, D),
+    (B, H, Sk, Dv)."""
     b, sq, sk, h, d, dv = attention_heads(q, k, v, mask, head_dim)
     f = np.float64
-    qh = np.asarray(q, f).reshape(b, sq, h, d).transpose(0, 2, 1, 3)      # (B, H, Sq, D)
-    kh = np.asarray(k, f).reshape(b, sk, h, d).transpose(0, 2, 3, 1)      # (B, H, D, Sk)
-    vh = np.asarray(v, f).reshape(b, sk, h, dv).transpose(0, 2, 1, 3)     # (B, H, Sk, Dv)
-    s = (qh @ kh) * f(scale)
+    return (np.asarray(q, f).reshape(b, sq, h, d).transpose(0, 2, 1, 3),
+            np.asarray(k, f).reshape(b, sk, h, d).transpose(0, 2, 1, 3),
+            np.asarray(v, f).reshape(b, sk, h, dv).transpose(0, 2, 1, 3))
+
+
+def _attend(s, scale: float, mask, vh, nan_to_zero: int = 0):
+    """softmax(scale * s + mask) vh per head, heads merged: s (B, H, Sq, Sk) float64 scores,
+    vh (B, H, Sk, Dv); y (B, Sq, H*Dv) float64."""
+    s = s * np.float64(scale)
     if mask is not None:
-        s = s + np.asarray(mask, f)
+        s = s + np.asarray(mask, np.float64)
     if s.size:
         with np.errstate(invalid="ignore"):     # -inf - -inf, inf - inf: NaN rows, as in ONNX's Softmax
             s = np.exp(s - s.max(axis=-1, keepdims=True))
         s = s / s.sum(axis=-1, keepdims=True)
         if nan_to_zero:
             s[np.isnan(s)] = 0.0
-    y = (s @ vh).transpose(0, 2, 1, 3).reshape(b, sq, h * dv)
-    return y.astype(q.dtype)
+    b, h, sq, _ = s.shape
+    return (s @ vh).transpose(0, 2, 1, 3).reshape(b, sq, h * vh.shape[3])
 
 
 def relative_index(idx, rows: int, cols: int, positions: int, name: str) -> np.ndarray:
@@ -112,13 +124,12 @@ def disentangled_attention_ref(q, k, v, mask=None, pos_key=None, c2p_index=None,
     three terms by 1/sqrt(3 D) separately and masks with a Where; one scale and an additive
     mask of float32's lowest value give the same up to rounding.)
     """
-    b, sq, sk, h, d, dv = attention_heads(q, k, v, mask, head_dim)
     if (pos_key is None) != (c2p_index is None) or (pos_query is None) != (p2c_index is None):
         raise ValueError("DisentangledAttention: pos_key / c2p_index and pos_query / p2c_index come in pairs")
+    qh, kh, vh = _heads64(q, k, v, mask, head_dim)
+    b, h, sq, d = qh.shape
+    sk = kh.shape[2]
     f = np.float64
-    qh = np.asarray(q, f).reshape(b, sq, h, d).transpose(0, 2, 1, 3)      # (B, H, Sq, D)
-    kh = np.asarray(k, f).reshape(b, sk, h, d).transpose(0, 2, 1, 3)      # (B, H, Sk, D)
-    vh = np.asarray(v, f).reshape(b, sk, h, dv).transpose(0, 2, 1, 3)     # (B, H, Sk, Dv)
     s = qh @ kh.transpose(0, 1, 3, 2)
     if pos_key is not None:
         pk = np.asarray(relative_table(pos_key, h, d, "pos_key"), f)
@@ -130,15 +141,7 @@ def disentangled_attention_ref(q, k, v, mask=None, pos_key=None, c2p_index=None,
         p2c = relative_index(p2c_index, sk, sq, pq.shape[1], "p2c_index")
         full = kh @ pq.transpose(0, 2, 1)[None]                            # (B, H, Sk, P)
         s = s + np.take_along_axis(full, np.broadcast_to(p2c, (b, h, sk, sq)), axis=-1).transpose(0, 1, 3, 2)
-    s = s * f(scale)
-    if mask is not None:
-        s = s + np.asarray(mask, f)
-    if s.size:
-        with np.errstate(invalid="ignore"):
-            s = np.exp(s - s.max(axis=-1, keepdims=True))
-        s = s / s.sum(axis=-1, keepdims=True)
-    y = (s @ vh).transpose(0, 2, 1, 3).reshape(b, sq, h * dv)
-    return y.astype(q.dtype)
+    return _attend(s, scale, mask, vh).astype(q.dtype)
 
 
 @reference_kernel("SkipLayerNormalization")
