@@ -72,6 +72,11 @@ class _View:
         node = readers[0]
         return node if op is None or node.op == op else None
 
+    def made(self, value: str, op: str) -> Node | None:
+        """The node of op ``op`` producing ``value``, however many read it; else None."""
+        node = self.producer.get(value)
+        return node if node is not None and node.op == op else None
+
     def made_by(self, value: str, op: str) -> Node | None:
         """The node of op ``op`` producing ``value`` when ``value`` is read only once."""
         node = self.producer.get(value)
@@ -241,19 +246,13 @@ def _fuse_attention(view: _View, sm: Node):
                             [_unique(view.graph, f"{adds[0].name}_mask_output")], {})
             before.append(mask_sum)
             mask = mask_sum.outputs[0]
-    for op in ("Mul", "Div"):
-        sc = view.made_by(scores, op)
-        if sc is None:
-            continue
-        a, b = sc.inputs
-        orders = [(a, b), (b, a)] if op == "Mul" else [(a, b)]      # the constant may come first
-        found = [(x, view.scalar(c)) for x, c in orders if view.scalar(c)]
-        if not found:
+    if view.made_by(scores, "Mul") is not None or view.made_by(scores, "Div") is not None:
+        found = _scaled_by(view, scores)      # Mul's constant may come first
+        if found is None or not found[1]:
             return None
-        scores, c = found[0]
-        scale *= c if op == "Mul" else 1.0 / c
+        scores, c, sc = found
+        scale *= c
         nodes.append(sc)
-        break
     qk = view.made_by(scores, "MatMul")
     if qk is None:
         return None
@@ -324,11 +323,6 @@ def _plus_terms(view: _View, value: str, depth: int) -> tuple[str, list[str], li
 MASK_FILL_MAX = -1e37
 
 
-def _producer(view: _View, value: str, op: str) -> Node | None:
-    node = view.producer.get(value)
-    return node if node is not None and node.op == op else None
-
-
 def _scaled_by(view: _View, value: str) -> tuple[str, float, Node] | None:
     """value = Div(x, c) or Mul(x, c) / Mul(c, x) with c a scalar constant: (x, factor, node)."""
     node = view.producer.get(value)
@@ -348,18 +342,18 @@ def _scaled_by(view: _View, value: str) -> tuple[str, float, Node] | None:
 def _merged_heads(view: _View, value: str) -> tuple[str, int, list[Node]] | None:
     """value = Reshape(Transpose(Reshape(x, [0, 0, H, -1|D]), [0, 2, 1, 3]), [-1, *, D]): the
     heads of x (B, S, H*D) as (B*H, S, D). (x, H, nodes)."""
-    merge = _producer(view, value, "Reshape")
+    merge = view.made(value, "Reshape")
     if merge is None:
         return None
-    tr = _producer(view, merge.inputs[0], "Transpose")
+    tr = view.made(merge.inputs[0], "Transpose")
     if tr is None or list(tr.attrs.get("perm") or []) != [0, 2, 1, 3]:
         return None
-    split = _producer(view, tr.inputs[0], "Reshape")
+    split = view.made(tr.inputs[0], "Reshape")
     shape = None if split is None else view.const(split.inputs[1])
     if (split is None or split.attrs.get("allowzero", 0) or shape is None or shape.shape != (4,)
             or list(shape[:2]) != [0, 0] or shape[2] <= 0 or not (shape[3] == -1 or shape[3] > 0)):
         return None
-    target = _producer(view, merge.inputs[1], "Concat")
+    target = view.made(merge.inputs[1], "Concat")
     first = None if target is None else view.const(target.inputs[0])
     if target is None or len(target.inputs) != 3 or first is None or list(first.reshape(-1)) != [-1]:
         return None
@@ -369,19 +363,19 @@ def _merged_heads(view: _View, value: str) -> tuple[str, int, list[Node]] | None
 def _relative_term(view: _View, value: str, x3: str) -> tuple[str, str, list[Node]] | None:
     """value = GatherElements(MatMul(x3, Transpose(Tile(T, r), [0, 2, 1])), Expand(index, s),
     axis -1|2) with T a 3-D float constant and r = [*, 1, 1]: (T, index, nodes)."""
-    ge = _producer(view, value, "GatherElements")
+    ge = view.made(value, "GatherElements")
     if ge is None or ge.attrs.get("axis", 0) not in (-1, 2):
         return None
-    mm = _producer(view, ge.inputs[0], "MatMul")
-    ex = _producer(view, ge.inputs[1], "Expand")
+    mm = view.made(ge.inputs[0], "MatMul")
+    ex = view.made(ge.inputs[1], "Expand")
     if mm is None or ex is None or mm.inputs[0] != x3:
         return None
-    tr = _producer(view, mm.inputs[1], "Transpose")
-    tile = None if tr is None or list(tr.attrs.get("perm") or []) != [0, 2, 1] else _producer(view, tr.inputs[0], "Tile")
+    tr = view.made(mm.inputs[1], "Transpose")
+    tile = None if tr is None or list(tr.attrs.get("perm") or []) != [0, 2, 1] else view.made(tr.inputs[0], "Tile")
     if tile is None:
         return None
     table = view.const(tile.inputs[0])
-    reps = _producer(view, tile.inputs[1], "Concat")
+    reps = view.made(tile.inputs[1], "Concat")
     if table is None or table.ndim != 3 or table.dtype.kind != "f" or reps is None or len(reps.inputs) != 3:
         return None
     if any(view.const(r) is None or list(view.const(r).reshape(-1)) != [1] for r in reps.inputs[1:]):
@@ -423,12 +417,12 @@ def _fuse_disentangled_attention(view: _View, sm: Node):
             stack.extend(add.inputs)
         else:
             leaves.append(value)
-    qk = next((view.producer[x] for x in leaves if _producer(view, x, "MatMul") is not None), None)
+    qk = next((view.producer[x] for x in leaves if view.made(x, "MatMul") is not None), None)
     if qk is None or len(leaves) != len(adds) + 1 or not 2 <= len(leaves) <= 3:
         return None
     q = _merged_heads(view, qk.inputs[0])
     kt = _scaled_by(view, qk.inputs[1])
-    tr_k = None if kt is None else _producer(view, kt[0], "Transpose")
+    tr_k = None if kt is None else view.made(kt[0], "Transpose")
     if q is None or tr_k is None or list(tr_k.attrs.get("perm") or []) != [0, 2, 1]:
         return None
     k = _merged_heads(view, tr_k.inputs[0])
@@ -443,7 +437,7 @@ def _fuse_disentangled_attention(view: _View, sm: Node):
         scaled = _scaled_by(view, leaf)
         if scaled is None or not np.isclose(scaled[1], scale, rtol=1e-6, atol=0.0):
             return None
-        tr = _producer(view, scaled[0], "Transpose")
+        tr = view.made(scaled[0], "Transpose")
         if tr is not None and list(tr.attrs.get("perm") or []) == [0, 2, 1]:
             kind, found, extra = "p2c", _relative_term(view, tr.inputs[0], tr_k.inputs[0]), [tr]
         else:
