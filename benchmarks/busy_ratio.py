@@ -14,7 +14,6 @@ model (input_ids, attention_mask, token_type_ids; those the files do not take ar
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -23,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 import runtime  # noqa: E402
-from benchmarks.interleaved import time_interleaved  # noqa: E402
+from benchmarks.interleaved import ort_session, time_interleaved  # noqa: E402
 
 
 def main() -> None:
@@ -35,11 +34,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=1.5, help="timed seconds per row (default 1.5)")
     ap.add_argument("--backend", default="auto", help="qrt's backend (default auto; e.g. numba: its own thread pool)")
     args = ap.parse_args()
-    import onnxruntime as ort
     q = runtime.InferenceSession(args.qrt, args.backend)
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = os.cpu_count() or 1
-    o = ort.InferenceSession(args.onnx, so, providers=["CPUExecutionProvider"])
+    o = ort_session(args.onnx)
     q_in, o_in = {i.name for i in q.get_inputs()}, {i.name for i in o.get_inputs()}
     rng = np.random.default_rng(0)
     shapes = [tuple(int(x) for x in s.split("x")) for s in args.shapes.split(",")]

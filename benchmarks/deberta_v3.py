@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 import runtime  # noqa: E402
-from benchmarks.interleaved import time_interleaved  # noqa: E402
+from benchmarks.interleaved import ort_session, time_interleaved  # noqa: E402
 from kernels.core.cpu import cpu_name  # noqa: E402
 from runtime.bench.machine import cpu_pair_latency, describe_cpu_pair  # noqa: E402
 from runtime.tables import format_table  # noqa: E402
@@ -77,7 +77,6 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=12, help="encoder layers (default 12, as deberta-v3-xsmall)")
     args = ap.parse_args()
     shapes = [tuple(int(x) for x in s.split("x")) for s in args.shapes.split(",")]
-    import onnxruntime as ort
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from runtime.fuse import fuse
 
@@ -91,12 +90,9 @@ def main() -> None:
         sessions = {"qrt int8": runtime.InferenceSession(int8),
                     "qrt int8, not fused": runtime.InferenceSession(int8, fuse=False),
                     "qrt fp32": runtime.InferenceSession(runtime.convert(onnx_path))}
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = os.cpu_count() or 1
         i8 = os.path.join(t, "int8.onnx")
         quantize_dynamic(onnx_path, i8, weight_type=QuantType.QInt8)
-        ort_sessions = {"onnxruntime fp32": ort.InferenceSession(onnx_path, so, providers=["CPUExecutionProvider"]),
-                        "onnxruntime int8": ort.InferenceSession(i8, so, providers=["CPUExecutionProvider"])}
+        ort_sessions = {"onnxruntime fp32": ort_session(onnx_path), "onnxruntime int8": ort_session(i8)}
     print(f"# {cpu_name()}; {os.cpu_count()} CPUs; qrt threads {sessions['qrt int8'].threads}", flush=True)
     rng = np.random.default_rng(0)
     for b, s in shapes:

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 import runtime  # noqa: E402
-from benchmarks.interleaved import time_interleaved  # noqa: E402
+from benchmarks.interleaved import ort_session, time_interleaved  # noqa: E402
 from kernels.core.cpu import cpu_name  # noqa: E402
 from runtime.bench.machine import cpu_pair_latency, describe_cpu_pair  # noqa: E402
 from runtime.tables import format_table  # noqa: E402
@@ -75,7 +75,6 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=1.5, help="timed seconds per row (default 1.5)")
     args = ap.parse_args()
     import torch
-    import onnxruntime as ort
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from runtime.fuse import fuse
 
@@ -95,9 +94,7 @@ def main() -> None:
             graph = runtime.convert(path, quant="int8")
             ops = collections.Counter(n.op for n in fuse(graph).nodes)
             qrt = runtime.InferenceSession(graph)
-            so = ort.SessionOptions()
-            so.intra_op_num_threads = os.cpu_count() or 1
-            o = ort.InferenceSession(i8, so, providers=["CPUExecutionProvider"])
+            o = ort_session(i8)
         feed = {"input_ids": np.random.default_rng(0).integers(3, 1000, (b, s)),
                 "attention_mask": np.ones((b, s), np.int64)}
         kept = {i.name for i in o.get_inputs()}

@@ -22,6 +22,15 @@ WARM_SECONDS = 0.2
 ROUNDS = 10
 
 
+def ort_session(path: str):
+    """An onnxruntime CPU session of ``path`` with one intra-op thread per CPU: the onnxruntime
+    rows of every benchmark here."""
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = os.cpu_count() or 1
+    return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+
+
 def time_interleaved(runners: dict[str, Callable[[], object]], seconds: float, busy: int = 0,
                      min_runs: int = 5) -> tuple[dict[str, float], dict[str, int], tuple[float, float]]:
     """(median ms per row, runs per row, (load average before, after)); about ``seconds``

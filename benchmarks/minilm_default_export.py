@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 import runtime  # noqa: E402
-from benchmarks.interleaved import time_interleaved  # noqa: E402
+from benchmarks.interleaved import ort_session, time_interleaved  # noqa: E402
 from kernels.core.cpu import cpu_name  # noqa: E402
 from runtime.bench.machine import cpu_pair_latency, describe_cpu_pair  # noqa: E402
 from runtime.tables import format_table  # noqa: E402
@@ -75,7 +75,6 @@ def main() -> None:
     shapes = [tuple(int(x) for x in s.split("x")) for s in args.shapes.split(",")]
     busy_levels = [int(x) for x in args.busy.split(",")]
     import onnx
-    import onnxruntime as ort
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.transformers import optimizer
     from runtime.fuse import fuse
@@ -94,8 +93,6 @@ def main() -> None:
                                                              quant="int8"),
                  "qrt 80% 4x4 blocks + int8, 7-bit weights": runtime.convert(
                      onnx_path, prune="block", block=(4, 4), sparsity=0.8, quant="int8", weight_bits=7)}
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = os.cpu_count() or 1
         i8 = os.path.join(t, "int8.onnx")
         quantize_dynamic(onnx_path, i8, weight_type=QuantType.QInt8)
         eager_path = os.path.join(t, "eager.onnx")
@@ -112,10 +109,8 @@ def main() -> None:
                              extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
             optimized[label] = opt_i8
         sessions = {k: runtime.InferenceSession(g) for k, g in files.items()}
-        ort_sessions = {"onnxruntime fp32": ort.InferenceSession(onnx_path, so, providers=["CPUExecutionProvider"]),
-                        "onnxruntime int8": ort.InferenceSession(i8, so, providers=["CPUExecutionProvider"]),
-                        **{k: ort.InferenceSession(f, so, providers=["CPUExecutionProvider"])
-                           for k, f in optimized.items()}}
+        ort_sessions = {"onnxruntime fp32": ort_session(onnx_path), "onnxruntime int8": ort_session(i8),
+                        **{k: ort_session(f) for k, f in optimized.items()}}
     print(f"# {cpu_name()}; {os.cpu_count()} CPUs; qrt threads {sessions['qrt int8'].threads}; "
           f"exporter {args.exporter}", flush=True)
     rng = np.random.default_rng(0)

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 import runtime  # noqa: E402
-from benchmarks.interleaved import time_interleaved  # noqa: E402
+from benchmarks.interleaved import ort_session, time_interleaved  # noqa: E402
 from runtime.tables import format_table  # noqa: E402
 
 
@@ -36,7 +36,6 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=3.0, help="timed seconds per row (default 3)")
     ap.add_argument("--busy", type=int, default=0, help="CPU-bound background processes per CPU while timing")
     args = ap.parse_args()
-    import onnxruntime as ort
     from onnxruntime.quantization import QuantType, quantize_dynamic
     d = Path(args.dir)
     rng = np.random.default_rng(0)
@@ -48,14 +47,12 @@ def main() -> None:
         for plan in ("auto", "off"):
             sess = runtime.InferenceSession(f, plan=plan)
             runners[f"qrt {f.stem} (plan {plan})"] = (lambda s=sess: s.run(None, feed))
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = os.cpu_count() or 1
-    fp32 = ort.InferenceSession(str(d / "minilm.onnx"), so, providers=["CPUExecutionProvider"])
+    fp32 = ort_session(str(d / "minilm.onnx"))
     runners["onnxruntime fp32"] = lambda: fp32.run(None, feed)
     with tempfile.TemporaryDirectory() as t:
         q = os.path.join(t, "int8.onnx")
         quantize_dynamic(str(d / "minilm.onnx"), q, weight_type=QuantType.QInt8)
-        i8 = ort.InferenceSession(q, so, providers=["CPUExecutionProvider"])
+        i8 = ort_session(q)
     runners["onnxruntime int8 (dynamic)"] = lambda: i8.run(None, feed)
     med, runs, (load, load_after) = time_interleaved(runners, args.seconds, args.busy)
     base = med.get("qrt int8 (plan auto)")

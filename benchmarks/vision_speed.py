@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 import runtime  # noqa: E402
-from benchmarks.interleaved import time_interleaved  # noqa: E402
+from benchmarks.interleaved import ort_session, time_interleaved  # noqa: E402
 from kernels.core.cpu import cpu_name  # noqa: E402
 from runtime.bench.machine import cpu_pair_latency, describe_cpu_pair  # noqa: E402
 from runtime.tables import format_table  # noqa: E402
@@ -67,7 +67,6 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1, help="images per run (default 1)")
     args = ap.parse_args()
     import torch
-    import onnxruntime as ort
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from runtime.fuse import fuse
 
@@ -90,10 +89,7 @@ def main() -> None:
             graph = runtime.convert(path, quant="int8")
             ops = collections.Counter(n.op for n in fuse(graph).nodes)
             qrt = runtime.InferenceSession(graph)
-            so = ort.SessionOptions()
-            so.intra_op_num_threads = os.cpu_count() or 1
-            o8 = ort.InferenceSession(i8, so, providers=["CPUExecutionProvider"])
-            o32 = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+            o8, o32 = ort_session(i8), ort_session(path)
         feed = {"x": x.numpy()}
         before = cpu_pair_latency()
         med, _, (load, _) = time_interleaved({"qrt": lambda: qrt.run(None, feed), "ort8": lambda: o8.run(None, feed),
