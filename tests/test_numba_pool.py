@@ -56,3 +56,12 @@ def test_registered_kernel_takes_float32_nchw_only(monkeypatch):
     np.testing.assert_array_equal(y, max_pool_ref(x, kernel_shape=[2, 2]))
     (y,) = kern(x.astype(np.float64))                 # another dtype: the reference
     assert y.dtype == np.float64 and len(calls) == 1
+
+
+def test_a_window_larger_than_the_padded_input_is_the_reference_s_error():
+    attrs = registry.fill_attrs("MaxPool", {"kernel_shape": [5, 5]})
+    x = np.zeros((1, 1, 3, 3), np.float32)
+    with pytest.raises(ValueError) as ref_error:
+        registry.build("MaxPool", "dense", "reference", attrs, {})(x)
+    with pytest.raises(ValueError, match=str(ref_error.value).replace("(", r"\(").replace(")", r"\)")):
+        registry.build("MaxPool", "dense", "numba", attrs, {})(x)
