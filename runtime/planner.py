@@ -36,9 +36,10 @@ rule of the running version, so a changed charge or margin applies to cached lay
 When: lazily, at the first run that gives a layer an input of a new size (a power-of-two
 bucket of its GEMM rows for Linear, the exact input shape for Conv), on that very input. The
 measurements are cached on disk, keyed by the machine (runtime.bench.machine: CPU model, ISA
-flags, cores, and any forced code path: QRT_NATIVE_ISA / QRT_NUMBA_ISA), the thread count and the layer's shape and structure (not its values), in
-``$QRT_CACHE_DIR`` or ``~/.cache/qrt``; a second session on the same machine measures
-nothing. ``InferenceSession(plan="off")`` turns planning off, ``plan="measure"`` ignores
+flags, cores, and any forced code path: QRT_NATIVE_ISA / QRT_NUMBA_ISA) and the kernels' build
+(``kernel_build_key``), the thread count and the layer's shape and structure (not its values),
+in ``$QRT_CACHE_DIR`` or ``~/.cache/qrt``; a second session of the same build on the same
+machine measures nothing. ``InferenceSession(plan="off")`` turns planning off, ``plan="measure"`` ignores
 the cache (and refreshes it).
 """
 from __future__ import annotations
@@ -186,6 +187,35 @@ def machine_key() -> str:
     return _MACHINE_KEY
 
 
+_BUILD_KEY: str | None = None
+
+
+def kernel_build_key() -> str:
+    """12 hex digits of blake2b over the kernels package's files that decide kernel speed: every
+    ``.py`` under kernels/ (numba kernels, drivers) and the built extension (``.so`` / ``.pyd``).
+    Part of the cache file's name, so that timings measured with other kernels (an upgrade, a
+    rebuild) are not taken for this build's: a stale cache had kept choosing the numba Conv
+    after the native one became 2-5x faster (RESULTS.md, "int8 Conv without numpy's im2col").
+    Read once per process (about 2.5 MB, a few ms)."""
+    global _BUILD_KEY
+    if _BUILD_KEY is None:
+        import hashlib
+        root = Path(registry.__file__).resolve().parent        # the kernels package
+        h = hashlib.blake2b(digest_size=6)
+        files = sorted(f for f in root.rglob("*") if f.suffix in (".py", ".so", ".pyd") and f.is_file()
+                       and "__pycache__" not in f.parts)
+        for f in files:
+            h.update(str(f.relative_to(root)).encode() + b"\0")
+            h.update(f.read_bytes())
+        _BUILD_KEY = h.hexdigest()
+    return _BUILD_KEY
+
+
+def cache_file() -> Path:
+    """This machine's and this build's plan cache: ``plans-<machine>-<kernels>.json``."""
+    return cache_dir() / f"plans-{machine_key()}-{kernel_build_key()}.json"
+
+
 class QrtCacheWarning(UserWarning):
     """The plan cache could not be read or written; planning goes on in memory."""
 
@@ -202,7 +232,7 @@ def valid_entry(entry: Any) -> bool:
 
 
 class PlanCache:
-    """Measured choices, one JSON file per machine: ``{"version", "entries": {key: {"chosen",
+    """Measured choices, one JSON file per machine and kernel build: ``{"version", "entries": {key: {"chosen",
     "times_ms"}}}``. The file is shared by every process on the machine, so nothing in it is
     trusted: a file that is not such an object, or an entry of the wrong shape, is ignored
     (with a QrtCacheWarning) and re-measured, and the next write replaces it. Unreadable or
@@ -211,7 +241,7 @@ class PlanCache:
     two processes planning at once both keep their entries."""
 
     def __init__(self, path: Path | None = None):
-        self.path = path or cache_dir() / f"plans-{machine_key()}.json"
+        self.path = path or cache_file()
         self._entries: dict[str, dict] | None = None
 
     def _warn(self, what: str) -> None:
@@ -288,7 +318,7 @@ _DEFAULT_CACHE: PlanCache | None = None
 def default_cache() -> PlanCache:
     """One cache object per process and cache directory (the directory may change in tests)."""
     global _DEFAULT_CACHE
-    path = cache_dir() / f"plans-{machine_key()}.json"
+    path = cache_file()
     if _DEFAULT_CACHE is None or _DEFAULT_CACHE.path != path:
         _DEFAULT_CACHE = PlanCache(path)
     return _DEFAULT_CACHE

@@ -212,6 +212,33 @@ def test_stored_layout_kept_within_margin():
     assert log[0]["chosen"] == "csr/reference" and "stored layout kept" in log[0]["reason"]
 
 
+def test_cache_file_is_per_kernel_build(tmp_path, monkeypatch):
+    """Timings measured with other kernels (an upgrade, a rebuild of the extension) are not this
+    build's: the cache file's name carries a digest of the kernels package's .py and .so files."""
+    pkg = tmp_path / "kernels"
+    (pkg / "native_cpu").mkdir(parents=True)
+    (pkg / "registry.py").write_text("# registry\n")
+    ext = pkg / "native_cpu" / "_native.so"
+    ext.write_bytes(b"build 1")
+    (pkg / "notes.txt").write_text("not code")
+    monkeypatch.setattr(planner, "registry", type("R", (), {"__file__": str(pkg / "registry.py")}))
+    monkeypatch.setenv("QRT_CACHE_DIR", str(tmp_path / "cache"))
+
+    def key():
+        monkeypatch.setattr(planner, "_BUILD_KEY", None)
+        return planner.kernel_build_key()
+    first = key()
+    assert planner.cache_file().name == f"plans-{planner.machine_key()}-{first}.json"
+    (pkg / "notes.txt").write_text("changed, but not code")
+    assert key() == first
+    ext.write_bytes(b"build 2")                    # a rebuilt extension
+    second = key()
+    assert second != first
+    (pkg / "native_cpu" / "conv.py").write_text("# a changed driver\n")
+    assert key() not in (first, second)
+    assert planner.default_cache().path == planner.cache_file()
+
+
 def test_cache_round_trip(tmp_path):
     cache = planner.PlanCache(tmp_path / "plans.json")
     layer, t, log, timer = _layer({"csr": 3e-3, "int8": 1e-3}, cache)
