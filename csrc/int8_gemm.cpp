@@ -43,6 +43,7 @@ template struct AlignedArray<int32_t>;
 template struct AlignedArray<int64_t>;
 template struct AlignedArray<int16_t>;
 template struct AlignedArray<double>;
+template struct AlignedArray<float>;
 
 // --- packing -----------------------------------------------------------------------------------
 
@@ -301,8 +302,8 @@ constexpr int64_t kItemsPerThread = 4;
 
 }  // namespace
 
-void int8_linear_isa(const Int8PackedWeight& w, const float* x, int64_t m, const double* bias,
-                     const Int8ActQuant& aq, float* y, Int8Isa isa, int threads, Activation act) {
+void int8_detail::int8_gemm_rows(const Int8PackedWeight& w, int64_t m, const RowFill& fill, const double* bias,
+                                  const Int8ActQuant& aq, float* y, Int8Isa isa, int threads, Activation act) {
     if (m <= 0) return;
     if (!int8_isa_supported(isa)) throw std::invalid_argument("int8_linear: unsupported path");
     if (w.k > kMaxKInt32) isa = Int8Isa::scalar;   // int32 lanes would not be exact
@@ -352,9 +353,9 @@ void int8_linear_isa(const Int8PackedWeight& w, const float* x, int64_t m, const
     // Items in order: the threads work on one row block at a time, each panel of it read by
     // one of them.
     const int64_t quant_rows = int8_detail::quant_rows_per_item(m, nt);
+    const RowSink sink{kern.quantize_row, aq, k, kp, ldu, u.get(), sx.data(), row_corr.data()};
     parallel_items((m + quant_rows - 1) / quant_rows, nt, [&](int64_t item) {
-        for (int64_t i = item * quant_rows; i < std::min(m, (item + 1) * quant_rows); ++i)
-            kern.quantize_row(x + i * k, k, kp, aq, u.get() + i * ldu, &sx[i], &row_corr[i]);
+        fill(item * quant_rows, std::min(m, (item + 1) * quant_rows), sink);
     });
     parallel_items(items, nt, [&](int64_t item) {
         const int64_t blk = item / w.panels, p = item % w.panels;
@@ -378,6 +379,14 @@ void int8_linear_isa(const Int8PackedWeight& w, const float* x, int64_t m, const
             }
         }
     });
+}
+
+void int8_linear_isa(const Int8PackedWeight& w, const float* x, int64_t m, const double* bias,
+                     const Int8ActQuant& aq, float* y, Int8Isa isa, int threads, Activation act) {
+    const int64_t k = w.k;
+    int8_gemm_rows(w, m, [x, k](int64_t i0, int64_t i1, const RowSink& sink) {
+        for (int64_t i = i0; i < i1; ++i) sink.put(i, x + i * k);
+    }, bias, aq, y, isa, threads, act);
 }
 
 void int8_linear(const Int8PackedWeight& w, const float* x, int64_t m, const double* bias,

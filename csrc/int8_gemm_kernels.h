@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <limits>
 
 #include "int8_gemm.h"
@@ -68,6 +69,26 @@ inline int64_t quant_rows_per_item(int64_t m, int threads) {
 // One row: x (K,) float32 -> u (kp,) uint8 = qx + 128 (128 for k >= K), *sx, *row_corr.
 using QuantizeRowFn = void (*)(const float* x, int64_t k, int64_t kp, const Int8ActQuant& aq,
                                uint8_t* u, double* sx, int64_t* row_corr);
+// Where a driver's rows go: sink.put(i, row) quantizes row i (K float32 values, contiguous) into
+// the call's buffers with the path's quantizer. The rows of the Linear are X's; the Conv
+// (int8_conv.cpp) assembles each patch row in scratch first.
+struct RowSink {
+    QuantizeRowFn quantize_row;
+    const Int8ActQuant& aq;
+    int64_t k, kp, ldu;
+    uint8_t* u;
+    double* sx;
+    int64_t* row_corr;
+    void put(int64_t i, const float* row) const { quantize_row(row, k, kp, aq, u + i * ldu, &sx[i], &row_corr[i]); }
+};
+// fill(i0, i1, sink): put rows i0 .. i1 - 1, each exactly once (called on the work pool's
+// threads, on disjoint ranges).
+using RowFill = std::function<void(int64_t i0, int64_t i1, const RowSink& sink)>;
+// int8_linear_isa on rows that fill provides: Y (M, N) = act(epilogue(quant(rows) @ W.T)), the
+// same numerics, threads and bits (int8_gemm.h); int8_linear_isa is this with X's rows.
+void int8_gemm_rows(const Int8PackedWeight& w, int64_t m, const RowFill& fill, const double* bias,
+                    const Int8ActQuant& aq, float* y, Int8Isa isa, int threads, Activation act);
+
 // rows (1..kInt8MR) x kInt8Panel outputs of one panel: u rows at u + r * ldu, the panel's
 // (k4, 64, 4) bytes at panel, outputs y[r * ldy + c] for c < 64 (a full panel's width), rows
 // m0 + r and columns n0 + c of the epilogue's arrays.

@@ -20,8 +20,16 @@ group > 1 int8 and int4_grouped slice their fields by rows, and the sparse layou
 each group's rows as CSR built from the same stored integers (kernels.core.layouts.int_weight), an
 exact re-encoding, so the integer products are unchanged.
 
+int8 with act_quant "dynamic" / "static" does not go through this driver: the whole Conv is
+one call of csrc/int8_conv.h (``_native.int8_conv2d``), which builds the same rows in C++ from a
+channels-last copy of X, with each patch tap-major (ki, kj, c) and the weight's columns permuted
+to match at plan time (``_tap_major``): the integer sums do not depend on the order, so the bits
+are still packed_conv_ref's. numpy's im2col (a strided gather into a float32 matrix nine times
+X's size for a 3 x 3 window) had cost 4-8x the int8 GEMM itself (RESULTS.md, "int8 Conv without
+numpy's im2col"). That kernel also applies the node's epilogue activation; the other layouts
+apply it on Y afterwards (``activate_after``), in place for float32.
+
 Other cases run the reference (packed_conv_ref): X not float32, or more than 2 spatial dims.
-The node's epilogue activation is not fused: kernels.registry.build runs it afterwards.
 """
 from __future__ import annotations
 
@@ -30,7 +38,7 @@ from typing import Any, Callable
 import numpy as np
 
 from kernels.core.layouts import PackedTensor, int_weight
-from kernels.gemm_front import bias64, gemm_factory, weight_only
+from kernels.gemm_front import activate_after, bias32_or_64, bias64, gemm_factory, weight_only
 from kernels.reference.conv_pool import _out_size, _spatial_attrs, _windows
 from kernels.reference.packed import PreparedWeight, packed_conv_ref
 from kernels.registry import register
@@ -64,6 +72,23 @@ def _rows_view(weight: PackedTensor, rows: slice, mg: int, kk: int) -> PackedTen
                         dict(weight.params))
 
 
+def _tap_major(weight: PackedTensor, group: int) -> list:
+    """The int8 weight (M, C/group, *kernel) as one ``_native.Int8Weight`` per group, its columns
+    tap-major: (M/group, *kernel, C/group) flattened, the order of csrc/int8_conv.h's rows."""
+    f = weight.fields
+    m = weight.shape[0]
+    mg = m // group
+    q = np.asarray(f["qdata"]).reshape(weight.shape)
+    q = np.moveaxis(q, 1, -1).reshape(m, -1)             # (M, kernel..., C/group) -> (M, K')
+    scale = np.broadcast_to(np.asarray(f["scale"], np.float32).reshape(-1), (m,))
+    zp = f.get("zero_point")
+    if zp is not None:
+        zp = np.broadcast_to(np.asarray(zp, np.int8).reshape(-1), (m,))
+    rows = [slice(g * mg, (g + 1) * mg) for g in range(group)]
+    return [_native.Int8Weight(np.ascontiguousarray(q[r]), np.ascontiguousarray(scale[r]),
+                               None if zp is None else np.ascontiguousarray(zp[r])) for r in rows]
+
+
 def _sparse_group_csr(iw, rows: slice, mg: int, kk: int):
     """The native CSR weight of rows ``rows`` of an integer sparse weight (exact re-encoding)."""
     q = iw.q[rows]
@@ -91,6 +116,10 @@ class ConvPlan(PreparedWeight):
         if self.group < 1 or self.m % self.group:
             raise ValueError(f"Conv: group={group} must be >= 1 and divide M = {self.m}")
         self.mg = self.m // self.group
+        # int8 with quantized activations: the one-call kernel (csrc/int8_conv.h) for 1-D / 2-D X
+        self.tap_major = None
+        if weight.layout == "int8" and act_quant != "none" and len(weight.shape) - 2 in NATIVE_SPATIAL_DIMS:
+            self.tap_major = _tap_major(weight, self.group)
         self.gemms: list[GroupGemm] = [self._group_gemm(g) for g in range(self.group)]
 
     def _group_gemm(self, g: int) -> GroupGemm:
@@ -119,13 +148,15 @@ class ConvPlan(PreparedWeight):
                                                           self.act_zero_point)
 
 
-def native_conv(x: Any, plan: ConvPlan, bias: Any = None, strides=None, pads=None, dilations=None) -> np.ndarray:
-    """Y (N, M, *out) = conv(X, W) + bias in X's dtype (numerics: module docstring)."""
+def native_conv(x: Any, plan: ConvPlan, bias: Any = None, strides=None, pads=None, dilations=None,
+                activation: str = "none") -> np.ndarray:
+    """Y (N, M, *out) = act(conv(X, W) + bias) in X's dtype (numerics: module docstring)."""
     x = np.asarray(x)
     nsp = x.ndim - 2
     wshape = plan.weight.shape
     if x.dtype != np.float32 or nsp not in NATIVE_SPATIAL_DIMS:
-        return packed_conv_ref(x, plan.reference(), bias, strides, pads, dilations, plan.group)
+        return activate_after(packed_conv_ref(x, plan.reference(), bias, strides, pads, dilations, plan.group),
+                              activation, "native")
     n, c = x.shape[:2]
     cg = wshape[1]
     if len(wshape) != x.ndim or c != cg * plan.group:
@@ -136,6 +167,14 @@ def native_conv(x: Any, plan: ConvPlan, bias: Any = None, strides=None, pads=Non
     out = [_out_size(x.shape[2 + i], kernel[i], strides[i], dilations[i], pb[i], pe[i], 0) for i in range(nsp)]
     if min(out) < 1:
         raise ValueError(f"Conv: X {x.shape} is smaller than the dilated kernel {kernel} with pads {pb + pe}")
+    if plan.tap_major is not None:
+        x4 = x if nsp == 2 else x[:, :, None, :]          # 1-D: a 2-D conv over one row
+        two = (lambda v: list(v)) if nsp == 2 else (lambda v: [1, v[0]])
+        pads4 = [pb[0], pb[1], pe[0], pe[1]] if nsp == 2 else [0, pb[0], 0, pe[0]]
+        y = _native.int8_conv2d(plan.tap_major, np.ascontiguousarray(x4), two(kernel), two(strides), pads4,
+                                two(dilations), bias32_or_64(bias, plan.m, "Conv"), plan.act_quant,
+                                plan.act_scale, plan.act_zero_point, activation)
+        return y if nsp == 2 else y[:, :, 0, :]
     b = bias64(bias, plan.m, "Conv")
     xp = np.pad(x, [(0, 0), (0, 0)] + list(zip(pb, pe))) if any(pb) or any(pe) else x
     win = _windows(xp, kernel, strides, dilations, out)          # (N, C, *out, *kernel), a view
@@ -148,12 +187,15 @@ def native_conv(x: Any, plan: ConvPlan, bias: Any = None, strides=None, pads=Non
         bg = None if b is None else np.ascontiguousarray(b[g * mg:(g + 1) * mg])
         yg = plan.gemms[g](cols, bg).reshape(n, *out, mg)
         y[:, g * mg:(g + 1) * mg] = np.moveaxis(yg, -1, 1)
+    if activation != "none":
+        _native.apply_activation(y, activation)           # in place, the epilogue's code
     return y
 
 
 _conv_factory = gemm_factory(
     "Conv", lambda w, a, _: ConvPlan(w, a.group, **a.quant),
-    lambda x, plan, bias, a: native_conv(x, plan, bias, a.strides, a.pads, a.dilations), name="native_conv_factory")
+    lambda x, plan, bias, a: native_conv(x, plan, bias, a.strides, a.pads, a.dilations, a.activation),
+    fused=True, name="native_conv_factory")
 
 
 for _layout in CONV_LAYOUTS:

@@ -1,0 +1,109 @@
+// pybind11 binding of the int8 Conv (int8_conv.h), added to the one module by bindings.cpp's
+// call of bind_conv(m). Every argument is checked here: a wrong call is a TypeError /
+// ValueError naming it, never a crash.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "bind_checks.h"
+#include "int8_conv.h"
+#include "int8_gemm.h"
+
+namespace py = pybind11;
+
+namespace {
+
+using qrt::bind::contiguous_array_of;
+using qrt::bind::shape_str;
+
+std::vector<int64_t> ints(const py::sequence& s, size_t count, const char* what) {
+    if (s.size() != count)
+        throw py::value_error(std::string(what) + " must have " + std::to_string(count) + " entries, got " +
+                              std::to_string(s.size()));
+    std::vector<int64_t> v;
+    for (const py::handle& e : s) v.push_back(e.cast<int64_t>());
+    return v;
+}
+
+// Y (N, M, OH, OW) float32 = int8 Conv of X (N, C, H, W) float32 (int8_conv.h).
+// The weights argument: a list or tuple of Int8Weight, one per group (at most kMaxGroups: a
+// longer sequence is refused before anything is allocated for it).
+constexpr size_t kMaxGroups = size_t(1) << 20;
+std::vector<const qrt::Int8PackedWeight*> weight_list(const py::object& obj) {
+    if (!py::isinstance<py::list>(obj) && !py::isinstance<py::tuple>(obj))
+        throw py::type_error("weights: expected a list of Int8Weight (one per group), got " +
+                             py::str(py::type::of(obj).attr("__name__")).cast<std::string>());
+    const py::sequence seq = obj;
+    if (seq.size() == 0) throw py::value_error("weights: expected one Int8Weight per group, got none");
+    if (seq.size() > kMaxGroups) throw py::value_error("weights: more than 2^20 groups");
+    std::vector<const qrt::Int8PackedWeight*> out;
+    for (const py::handle& e : seq) {
+        if (!py::isinstance<qrt::Int8PackedWeight>(e))
+            throw py::type_error("weights: expected Int8Weight entries, got " +
+                                 py::str(py::type::of(e).attr("__name__")).cast<std::string>());
+        out.push_back(e.cast<const qrt::Int8PackedWeight*>());
+    }
+    return out;
+}
+
+py::array int8_conv2d_py(const py::object& weights_obj, const py::object& x_obj,
+                         const py::sequence& kernel, const py::sequence& strides, const py::sequence& pads,
+                         const py::sequence& dilations, const py::object& bias_obj, const std::string& act_quant,
+                         double act_scale, int64_t act_zero_point, const std::string& activation) {
+    const qrt::Activation act = qrt::bind::activation_arg(activation);
+    const qrt::Int8ActQuant aq = qrt::bind::act_quant_arg(act_quant, act_scale, act_zero_point);
+    const std::vector<const qrt::Int8PackedWeight*> weights = weight_list(weights_obj);
+    py::array x = contiguous_array_of<float>(x_obj, "X", "float32");
+    if (x.ndim() != 4) throw py::value_error("X has shape " + shape_str(x) + ", expected (N, C, H, W)");
+    const std::vector<int64_t> k = ints(kernel, 2, "kernel"), s = ints(strides, 2, "strides"),
+                               p = ints(pads, 4, "pads (top, left, bottom, right)"), d = ints(dilations, 2, "dilations");
+    qrt::ConvGeometry g;
+    g.n = x.shape(0), g.c = x.shape(1), g.h = x.shape(2), g.w = x.shape(3);
+    g.group = static_cast<int64_t>(weights.size());
+    g.m = g.group * weights[0]->n;
+    g.kh = k[0], g.kw = k[1], g.sh = s[0], g.sw = s[1], g.dh = d[0], g.dw = d[1];
+    g.pt = p[0], g.pl = p[1], g.pb = p[2], g.pr = p[3];
+    try {
+        qrt::conv_check_geometry(g);
+    } catch (const std::invalid_argument& e) {
+        throw py::value_error(e.what());
+    }
+    const int64_t kk = g.kh * g.kw * (g.c / g.group);
+    for (const qrt::Int8PackedWeight* w : weights)
+        if (w->n != weights[0]->n || w->k != kk)
+            throw py::value_error("weights: each group's weight must be (M/group, kh * kw * C/group) = (" +
+                                  std::to_string(weights[0]->n) + ", " + std::to_string(kk) + "), got (" +
+                                  std::to_string(w->n) + ", " + std::to_string(w->k) + ")");
+    std::vector<double> bias;
+    if (!bias_obj.is_none()) {
+        py::array b = qrt::bind::bias_array(bias_obj, g.m);
+        bias.resize(static_cast<size_t>(g.m));
+        qrt::bind::copy_bias_f64(b, g.m, g.m, bias.data());
+    }
+    py::array_t<float> out = qrt::bind::new_f32({static_cast<py::ssize_t>(g.n), static_cast<py::ssize_t>(g.m),
+                                                 static_cast<py::ssize_t>(g.oh()), static_cast<py::ssize_t>(g.ow())});
+    py::array_t<float> scratch = qrt::bind::new_f32({static_cast<py::ssize_t>(qrt::int8_conv2d_scratch_floats(g))});
+    const float* xp = static_cast<const float*>(x.data());
+    float* yp = out.mutable_data();
+    {
+        py::gil_scoped_release release;
+        qrt::int8_conv2d(weights, g, xp, bias.empty() ? nullptr : bias.data(), aq, yp, scratch.mutable_data(), act);
+    }
+    return out;
+}
+
+}  // namespace
+
+void bind_conv(py::module_& m) {
+    m.def("int8_conv2d", &int8_conv2d_py, py::arg("weights"), py::arg("x"), py::arg("kernel"), py::arg("strides"),
+          py::arg("pads"), py::arg("dilations"), py::arg("bias") = py::none(), py::arg("act_quant") = "dynamic",
+          py::arg("act_scale") = 1.0, py::arg("act_zero_point") = 0, py::arg("activation") = "none",
+          "Y (N, M, OH, OW) float32 = act(int8 Conv of X (N, C, H, W) float32 C-contiguous): weights one "
+          "Int8Weight per group, each packed from qdata (M/group, kh * kw * C/group) in tap-major column order "
+          "(ki, kj, c); kernel (kh, kw), strides (sh, sw), pads (top, left, bottom, right), dilations (dh, dw); "
+          "bias (M,) float32/float64 or None; act_quant 'dynamic' (one scale per patch) or 'static'. The bits of "
+          "kernels/reference/packed.py's packed_conv_ref before the activation (csrc/int8_conv.h).");
+}

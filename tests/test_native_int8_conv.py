@@ -1,0 +1,179 @@
+"""The native int8 Conv kernel (csrc/int8_conv.h, ``_native.int8_conv2d``): patch rows built in
+C++ from a channels-last copy of X, tap-major, into the int8 Linear's own quantizer and GEMM.
+
+Bit for bit the reference's packed_conv_ref (kernels/reference/packed.py) on every int8 code
+path, 1 and 2 threads: the window shapes that take each way of building a row (one run for
+1 x 1 windows, kernel-row runs, per-tap runs for dilation and groups), stems with short rows,
+depthwise groups, a batch, NaN / inf / all-zero patches, static and dynamic activations,
+the fused activation; the binding's refusals; the driver's use of the kernel (a spy).
+tests/test_native_int4_conv.py covers the other layouts and the session.
+"""
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import pytest
+
+from kernels import registry
+from kernels.core import layouts
+from kernels.reference.packed import PackedPlan, packed_conv_ref
+
+_REASON = registry.backend_status("native")
+pytestmark = [pytest.mark.skipif(_REASON is not None, reason=f"native backend unavailable: {_REASON}"),
+              pytest.mark.isa]   # CPU-specific paths: tests/test_forced_isa.py runs them forced to AVX2
+
+if _REASON is None:
+    from kernels.native_cpu import _native
+    from kernels.native_cpu.conv import ConvPlan, native_conv
+    INT8_ISAS = tuple(_native.int8_isas())
+else:  # pragma: no cover
+    INT8_ISAS = ("scalar",)
+
+
+def _rng(*key) -> np.random.Generator:
+    return np.random.default_rng(zlib.crc32(repr(key).encode()))
+
+
+@pytest.fixture
+def paths():
+    """Yields (isa, threads) for every int8 path this CPU has and 1 / 2 threads, set in turn."""
+    before = _native.get_threads()
+
+    def each():
+        for isa in INT8_ISAS:
+            _native.set_int8_isa(isa)
+            for nt in (1, 2):
+                _native.set_threads(nt)
+                yield isa, nt
+    yield each
+    _native.set_int8_isa("auto")
+    _native.set_threads(before)
+
+
+CASES = {  # name: (X shape, M, kernel, group, strides, pads, dilations)
+    "3x3 pad 1": ((1, 16, 9, 9), 24, (3, 3), 1, [1, 1], [1, 1, 1, 1], [1, 1]),
+    "stem 7x7 / 2, 3 channels": ((2, 3, 19, 17), 8, (7, 7), 1, [2, 2], [3, 3, 3, 3], [1, 1]),
+    "1x1 (one run)": ((2, 12, 5, 6), 70, (1, 1), 1, [1, 1], [0, 0, 0, 0], [1, 1]),
+    "1x1 / 2, two groups": ((1, 8, 7, 6), 6, (1, 1), 2, [2, 2], [0, 0, 0, 0], [1, 1]),
+    "3x3 / 2, asymmetric pads": ((1, 5, 8, 11), 4, (3, 3), 1, [2, 2], [0, 1, 2, 0], [1, 1]),
+    "dilated 3x2": ((2, 6, 9, 8), 12, (3, 2), 1, [2, 1], [1, 0, 2, 1], [1, 2]),
+    "grouped 3x3": ((1, 12, 6, 7), 9, (3, 3), 3, [1, 1], [1, 1, 1, 1], [1, 1]),
+    "depthwise 3x3": ((2, 8, 6, 6), 8, (3, 3), 8, [1, 1], [1, 1, 1, 1], [1, 1]),
+    "1-D, dilated": ((2, 6, 10), 5, (3,), 1, [2], [1, 2], [2]),
+    "1-D 1x1, four groups": ((2, 4, 11), 8, (1,), 4, [1], [0, 0], [1]),
+    "window = input": ((1, 4, 3, 3), 3, (3, 3), 1, [1, 1], [0, 0, 0, 0], [1, 1]),
+    "K over one panel's rows": ((1, 40, 5, 5), 130, (3, 3), 1, [1, 1], [1, 1, 1, 1], [1, 1]),
+}
+
+
+def _plan_and_ref(case, symmetric, act, rng):
+    xshape, m, kernel, group, strides, pads, dilations = CASES[case]
+    w = rng.standard_normal((m, xshape[1] // group, *kernel)).astype(np.float32)
+    t = layouts.pack_int8("w", w, symmetric=symmetric)
+    quant = dict(act_quant=act, act_scale=0.03, act_zero_point=-7) if act == "static" else dict(act_quant=act)
+    plan = ConvPlan(t, group, **quant)
+    kw = dict(strides=strides, pads=pads, dilations=dilations)
+
+    def ref(x, bias):
+        return packed_conv_ref(x, PackedPlan(t, op="Conv", **quant), bias, group=group, **kw)
+    return plan, kw, ref
+
+
+@pytest.mark.parametrize("act", ["dynamic", "static"])
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bit_exact_on_every_path(case, symmetric, act, paths):
+    rng = _rng(case, symmetric, act)
+    plan, kw, ref = _plan_and_ref(case, symmetric, act, rng)
+    assert plan.tap_major is not None                     # the kernel, not the im2col driver
+    xshape, m = CASES[case][:2]
+    x = rng.standard_normal(xshape).astype(np.float32)
+    x.reshape(xshape[0], xshape[1], -1)[0, :, 0] = 0.0    # (part of) a patch of zeros: scale 1
+    bias = rng.standard_normal(m).astype(np.float32)
+    want, want_nobias = ref(x, bias), ref(x, None)
+    for isa, nt in paths():
+        y = native_conv(x, plan, bias, **kw)
+        assert y.dtype == np.float32 and y.shape == want.shape and y.flags.c_contiguous
+        assert np.array_equal(y, want), f"{isa}, {nt} threads: max diff {np.max(np.abs(y - want))}"
+        assert np.array_equal(native_conv(x, plan, None, **kw), want_nobias), (isa, nt)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")   # the reference's x / NaN
+@pytest.mark.parametrize("act", ["dynamic", "static"])
+def test_nan_and_inf_reach_the_patches_that_hold_them(act, paths):
+    rng = _rng("nan", act)
+    plan, kw, ref = _plan_and_ref("3x3 pad 1", True, act, rng)
+    x = rng.standard_normal((1, 16, 9, 9)).astype(np.float32)
+    x[0, 3, 2, 2] = np.nan
+    x[0, 5, 7, 6] = np.inf
+    bias = rng.standard_normal(24).astype(np.float32)
+    want = ref(x, bias)
+    assert np.isnan(want).any() and np.isfinite(want).any()
+    for isa, nt in paths():
+        assert np.array_equal(native_conv(x, plan, bias, **kw), want, equal_nan=True), (isa, nt)
+
+
+@pytest.mark.parametrize("activation", ["relu", "gelu"])
+def test_fused_activation_is_the_activation_of_the_result(activation, paths):
+    rng = _rng("act", activation)
+    plan, kw, ref = _plan_and_ref("stem 7x7 / 2, 3 channels", True, "dynamic", rng)
+    x = rng.standard_normal((2, 3, 19, 17)).astype(np.float32)
+    y0 = ref(x, None).astype(np.float32)
+    want = y0.copy()
+    _native.apply_activation(want, activation)            # the epilogue's code on its own
+    for isa, nt in paths():
+        assert np.array_equal(native_conv(x, plan, None, activation=activation, **kw), want), (isa, nt)
+
+
+def test_empty_batch_and_float64_input():
+    rng = _rng("edge")
+    plan, kw, ref = _plan_and_ref("3x3 pad 1", True, "dynamic", rng)
+    y = native_conv(np.zeros((0, 16, 9, 9), np.float32), plan, None, **kw)
+    assert y.shape == (0, 24, 9, 9)
+    x64 = rng.standard_normal((1, 16, 9, 9))              # other dtypes: the reference, as before
+    assert np.array_equal(native_conv(x64, plan, None, **kw), ref(x64, None))
+
+
+def test_the_driver_calls_the_kernel(monkeypatch):
+    rng = _rng("spy")
+    plan, kw, ref = _plan_and_ref("dilated 3x2", True, "dynamic", rng)
+    calls = []
+    real = _native.int8_conv2d
+    monkeypatch.setattr(_native, "int8_conv2d", lambda *a, **k: calls.append(1) or real(*a, **k))
+    plan.gemms = None                                      # the im2col driver would fail on this
+    x = rng.standard_normal((2, 6, 9, 8)).astype(np.float32)
+    assert np.array_equal(native_conv(x, plan, None, **kw), ref(x, None)) and calls == [1]
+
+
+def test_kernel_refuses_bad_arguments():
+    rng = _rng("bad")
+    w = _native.Int8Weight(rng.integers(-127, 128, (4, 18)).astype(np.int8), np.ones(4, np.float32), None)
+    x = rng.standard_normal((1, 2, 5, 5)).astype(np.float32)
+    good = dict(kernel=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1], dilations=[1, 1])
+    assert _native.int8_conv2d([w], x, **good).shape == (1, 4, 5, 5)
+    bad = [
+        (dict(x=x.astype(np.float64)), TypeError, "float32"),
+        (dict(x=x[:, :, :, ::2]), ValueError, "contiguous"),
+        (dict(x=x[0]), ValueError, r"\(N, C, H, W\)"),
+        (dict(kernel=[3]), ValueError, "kernel must have 2"),
+        (dict(pads=[1, 1]), ValueError, "pads"),
+        (dict(pads=[-1, 1, 1, 1]), ValueError, "pads must be >= 0"),
+        (dict(strides=[0, 1]), ValueError, ">= 1"),
+        (dict(kernel=[2, 3]), ValueError, r"\(4, 18\)"),          # the weight's K is 2 * 3 * 3
+        (dict(x=x[:, :, :1, :1].copy(), pads=[0, 0, 0, 0]), ValueError, "larger than the padded input"),
+        (dict(weights=[w, w]), ValueError, r"= \(4, 9\), got \(4, 18\)"),   # two groups of one channel: K = 9
+        (dict(weights=[w, w], x=rng.standard_normal((1, 3, 5, 5)).astype(np.float32)), ValueError,
+         "group = 2 must be >= 1 and divide C = 3"),
+        (dict(weights=[]), ValueError, "one Int8Weight per group"),
+        (dict(weights=w), TypeError, "a list of Int8Weight"),
+        (dict(weights=[w, None]), TypeError, "Int8Weight entries, got NoneType"),
+        (dict(bias=np.zeros(3, np.float32)), ValueError, "bias"),
+        (dict(act_quant="static", act_scale=0.0), ValueError, "act_scale"),
+        (dict(activation="tanh"), ValueError, "activation"),
+    ]
+    for change, err, match in bad:
+        args = dict(weights=[w], x=x, **good)
+        args.update(change)
+        with pytest.raises(err, match=match):
+            _native.int8_conv2d(**args)
