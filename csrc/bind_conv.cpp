@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "bind_checks.h"
+#include "depthwise_conv.h"
 #include "int8_conv.h"
 #include "int8_gemm.h"
 
@@ -95,6 +96,48 @@ py::array int8_conv2d_py(const py::object& weights_obj, const py::object& x_obj,
     return out;
 }
 
+// Y (N, M, OH, OW) float32 = depthwise Conv of X (N, C, H, W) float32 with W (M, 1, kh, kw)
+// float32 (depthwise_conv.h).
+py::array depthwise_conv2d_py(const py::object& x_obj, const py::object& w_obj, const py::sequence& strides,
+                              const py::sequence& pads, const py::sequence& dilations, const py::object& bias_obj) {
+    py::array x = contiguous_array_of<float>(x_obj, "X", "float32");
+    if (x.ndim() != 4) throw py::value_error("X has shape " + shape_str(x) + ", expected (N, C, H, W)");
+    py::array w = contiguous_array_of<float>(w_obj, "W", "float32");
+    if (w.ndim() != 4 || w.shape(1) != 1 || w.shape(0) < 1 || w.shape(0) % x.shape(1) != 0)
+        throw py::value_error("W has shape " + shape_str(w) + ", expected (M, 1, kh, kw) with M a multiple of C = " +
+                              std::to_string(x.shape(1)));
+    const std::vector<int64_t> s = ints(strides, 2, "strides"), p = ints(pads, 4, "pads (top, left, bottom, right)"),
+                               d = ints(dilations, 2, "dilations");
+    qrt::ConvGeometry g;
+    g.n = x.shape(0), g.c = x.shape(1), g.h = x.shape(2), g.w = x.shape(3);
+    g.m = w.shape(0), g.group = g.c;
+    g.kh = w.shape(2), g.kw = w.shape(3), g.sh = s[0], g.sw = s[1], g.dh = d[0], g.dw = d[1];
+    g.pt = p[0], g.pl = p[1], g.pb = p[2], g.pr = p[3];
+    try {
+        qrt::conv_check_geometry(g);
+    } catch (const std::invalid_argument& e) {
+        throw py::value_error(e.what());
+    }
+    const float* bp = nullptr;
+    py::array b;
+    if (!bias_obj.is_none()) {
+        b = contiguous_array_of<float>(bias_obj, "bias", "float32");
+        if (b.ndim() != 1 || b.shape(0) != g.m)
+            throw py::value_error("bias has shape " + shape_str(b) + ", expected (" + std::to_string(g.m) + ",)");
+        bp = static_cast<const float*>(b.data());
+    }
+    py::array_t<float> out = qrt::bind::new_f32({static_cast<py::ssize_t>(g.n), static_cast<py::ssize_t>(g.m),
+                                                 static_cast<py::ssize_t>(g.oh()), static_cast<py::ssize_t>(g.ow())});
+    const float* xp = static_cast<const float*>(x.data());
+    const float* wp = static_cast<const float*>(w.data());
+    float* yp = out.mutable_data();
+    {
+        py::gil_scoped_release release;
+        qrt::depthwise_conv2d(g, xp, wp, bp, yp);
+    }
+    return out;
+}
+
 }  // namespace
 
 void bind_conv(py::module_& m) {
@@ -106,4 +149,9 @@ void bind_conv(py::module_& m) {
           "(ki, kj, c); kernel (kh, kw), strides (sh, sw), pads (top, left, bottom, right), dilations (dh, dw); "
           "bias (M,) float32/float64 or None; act_quant 'dynamic' (one scale per patch) or 'static'. The bits of "
           "kernels/reference/packed.py's packed_conv_ref before the activation (csrc/int8_conv.h).");
+    m.def("depthwise_conv2d", &depthwise_conv2d_py, py::arg("x"), py::arg("w"), py::arg("strides"), py::arg("pads"),
+          py::arg("dilations"), py::arg("bias") = py::none(),
+          "Y (N, M, OH, OW) float32 = depthwise Conv (group = C) of X (N, C, H, W) float32 C-contiguous with W "
+          "(M, 1, kh, kw) float32, M a multiple of C; strides (sh, sw), pads (top, left, bottom, right), "
+          "dilations (dh, dw); bias (M,) float32 or None. float32 sums in a fixed order (csrc/depthwise_conv.h).");
 }

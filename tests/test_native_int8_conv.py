@@ -177,3 +177,95 @@ def test_kernel_refuses_bad_arguments():
         args.update(change)
         with pytest.raises(err, match=match):
             _native.int8_conv2d(**args)
+
+
+# --- the float32 depthwise kernel (csrc/depthwise_conv.h) ------------------------------------------
+
+DW_CASES = {  # name: (X shape, channel multiplier, kernel, strides, pads, dilations)
+    "3x3 pad 1": ((2, 6, 9, 8), 1, (3, 3), [1, 1], [1, 1, 1, 1], [1, 1]),
+    "3x3 / 2": ((1, 5, 11, 10), 1, (3, 3), [2, 2], [1, 1, 1, 1], [1, 1]),
+    "stride 2 x 1 (rows only)": ((1, 4, 9, 9), 1, (3, 3), [2, 1], [1, 1, 1, 1], [1, 1]),
+    "stride 1 x 2": ((1, 4, 9, 9), 1, (3, 3), [1, 2], [1, 1, 1, 1], [1, 1]),
+    "5x5, multiplier 2, asymmetric pads": ((2, 3, 8, 7), 2, (5, 5), [1, 1], [2, 0, 1, 2], [1, 1]),
+    "dilated, stride 3, no pads": ((1, 4, 12, 13), 1, (3, 2), [3, 3], [0, 0, 0, 0], [2, 3]),
+    "1-D": ((2, 6, 17), 1, (5,), [2], [2, 1], [1]),
+    "wide rows (vector tails)": ((1, 3, 5, 67), 1, (3, 3), [1, 1], [1, 1, 1, 1], [1, 1]),
+}
+
+
+def _dw_node(case, rng, bias=True):
+    xshape, mult, kernel, strides, pads, dilations = DW_CASES[case]
+    c = xshape[1]
+    w = rng.standard_normal((c * mult, 1, *kernel)).astype(np.float32)
+    weights = {1: layouts.dense_tensor("w", w)}
+    b = rng.standard_normal(c * mult).astype(np.float32) if bias else None
+    if bias:
+        weights[2] = layouts.dense_tensor("b", b)
+    attrs = registry.fill_attrs("Conv", {"group": c, "strides": strides, "pads": pads, "dilations": dilations})
+    return attrs, weights, w, b
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("case", sorted(DW_CASES))
+def test_depthwise_within_the_float32_bound_and_the_same_bits_everywhere(case, bias, paths):
+    from kernels.reference.conv_pool import conv_ref
+    rng = _rng("dw", case, bias)
+    attrs, weights, w, b = _dw_node(case, rng, bias)
+    x = rng.standard_normal(DW_CASES[case][0]).astype(np.float32)
+    kw = dict(strides=attrs["strides"], pads=attrs["pads"], dilations=attrs["dilations"], group=attrs["group"])
+    ref = conv_ref(x.astype(np.float64), w.astype(np.float64), None if b is None else b.astype(np.float64), **kw)
+    mag = conv_ref(np.abs(x).astype(np.float64), np.abs(w).astype(np.float64),
+                   None if b is None else np.abs(b).astype(np.float64), **kw)
+    taps = int(np.prod(w.shape[2:]))
+    run = registry.lookup("Conv", "dense", "native")(attrs, weights)
+    first = None
+    for isa, nt in paths():
+        y = run(x, w, b)[0]
+        assert y.dtype == np.float32 and y.shape == ref.shape
+        assert np.all(np.abs(y - ref) <= (taps + 2) * 2.0 ** -24 * mag), (isa, nt)
+        first = y if first is None else first
+        assert np.array_equal(y, first), f"{isa}, {nt} threads differ from the first path"
+
+
+def test_depthwise_factory_takes_the_kernel_only_where_it_applies(monkeypatch):
+    rng = _rng("dw-dispatch")
+    calls = []
+    real = _native.depthwise_conv2d
+    monkeypatch.setattr(_native, "depthwise_conv2d", lambda *a, **k: calls.append(1) or real(*a, **k))
+    attrs, weights, w, b = _dw_node("3x3 pad 1", rng)
+    run = registry.lookup("Conv", "dense", "native")(attrs, weights)
+    x = rng.standard_normal((2, 6, 9, 8)).astype(np.float32)
+    run(x, w, b)
+    assert calls == [1]
+    run(x.astype(np.float64), w, b)                         # float64: BLAS / the reference, not the kernel
+    assert calls == [1]
+    attrs3, weights3, w3, b3 = _dw_node("dilated, stride 3, no pads", rng)
+    with pytest.raises(ValueError, match="larger than the padded input"):   # the reference's error
+        registry.lookup("Conv", "dense", "native")(attrs3, weights3)(
+            rng.standard_normal((1, 4, 4, 4)).astype(np.float32), w3, b3)
+    dense = registry.fill_attrs("Conv", {"group": 2, "pads": [1, 1, 1, 1]})   # two channels a group
+    w2 = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    registry.lookup("Conv", "dense", "native")(dense, {1: layouts.dense_tensor("w", w2)})(
+        rng.standard_normal((1, 6, 5, 5)).astype(np.float32), w2)
+    assert calls == [1]
+
+
+def test_depthwise_kernel_refuses_bad_arguments():
+    rng = _rng("dw-bad")
+    x = rng.standard_normal((1, 4, 6, 6)).astype(np.float32)
+    w = rng.standard_normal((4, 1, 3, 3)).astype(np.float32)
+    good = dict(strides=[1, 1], pads=[1, 1, 1, 1], dilations=[1, 1])
+    assert _native.depthwise_conv2d(x, w, **good).shape == (1, 4, 6, 6)
+    for change, err, match in [
+        (dict(w=rng.standard_normal((4, 2, 3, 3)).astype(np.float32)), ValueError, r"\(M, 1, kh, kw\)"),
+        (dict(w=rng.standard_normal((6, 1, 3, 3)).astype(np.float32)), ValueError, "multiple of C = 4"),
+        (dict(w=w.astype(np.float64)), TypeError, "float32"),
+        (dict(x=x[:, :, ::2]), ValueError, "contiguous"),
+        (dict(bias=np.zeros(3, np.float32)), ValueError, "bias"),
+        (dict(dilations=[0, 1]), ValueError, ">= 1"),
+        (dict(pads=[1, 1]), ValueError, "pads"),
+    ]:
+        args = dict(x=x, w=w, **good)
+        args.update(change)
+        with pytest.raises(err, match=match):
+            _native.depthwise_conv2d(**args)

@@ -2,7 +2,8 @@
 never falls to the float64 reference on this backend:
 
 * ``Linear`` (dense weight), ``MatMul``, ``Gemm``, ``Conv``: BLAS sgemm, the factories of
-  kernels/blas_ops.py (shared with the numba backend).
+  kernels/blas_ops.py (shared with the numba backend); depthwise Convs by their own kernel
+  (kernels/native_cpu/conv.py, ``dense_conv_factory``).
 * ``Gelu`` (erf and tanh forms) and ``Relu``: the int8 epilogue's vectorised activations
   (csrc/activation.h, ``_native.apply_activation``) on a float32 copy of X: the same bits as
   the fused epilogue, within the reference's GELU tolerance (tests/conformance_cases.py GELU),
@@ -23,7 +24,8 @@ from kernels.registry import register
 from . import _native
 
 for _op, _factory in blas_ops.FACTORIES.items():
-    register(_op, "native")(_factory)
+    if _op != "Conv":           # conv.py: depthwise Convs on their own kernel, the rest as here
+        register(_op, "native")(_factory)
 
 
 def _activation_factory(op: str, kind_of: Callable[[dict], str]):
