@@ -121,6 +121,41 @@ def test_keep_fp32_and_skip_are_reported(mlp):
     assert layers["dense1/MatMul"]["layout"] == "csr"
 
 
+def test_depthwise_convs_stay_fp32_unless_asked(tmp_path):
+    """A MobileNet-style block: the depthwise Conv (16 groups of one channel) stays dense fp32
+    with the reason in the report, the others are quantized; --quant-depthwise compresses it
+    too. The fp32 one runs on the native depthwise kernel (tests/test_native_int8_conv.py)."""
+    torch = pytest.importorskip("torch")
+    import io
+
+    from runtime.cli import main as cli_main
+    nn = torch.nn
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(8, 16, 1), nn.ReLU(), nn.Conv2d(16, 16, 3, 1, 1, groups=16), nn.ReLU(),
+                          nn.Conv2d(16, 4, 1)).eval()
+    x = torch.randn(2, 8, 10, 10)
+    buf = io.BytesIO()
+    torch.onnx.export(model, (x,), buf, input_names=["x"], dynamo=False)
+    graph = runtime.convert(buf.getvalue(), quant="int8", prune="magnitude", sparsity=0.5)
+    layouts = {n.name: graph.initializers[n.inputs[1]].layout for n in graph.nodes if n.op == "Conv"}
+    notes = {lr["name"]: lr["note"] for lr in graph.metadata["report"]["layers"]}
+    (dw,) = [n.name for n in graph.nodes if n.op == "Conv" and n.attrs.get("group", 1) == 16]
+    assert layouts.pop(dw) == "dense" and "depthwise" in notes[dw] and "--quant-depthwise" in notes[dw]
+    assert set(layouts.values()) == {"csr"}
+    with torch.no_grad():
+        want = model(x).numpy()
+    int8 = runtime.convert(buf.getvalue(), quant="int8")      # not pruned: the accuracy of int8 alone
+    got = runtime.InferenceSession(int8).run(None, {"x": x.numpy()})[0]
+    assert np.abs(got - want).max() < 0.05 * np.abs(want).max()
+    both = runtime.convert(buf.getvalue(), quant="int8", quant_depthwise=True)
+    assert {both.initializers[n.inputs[1]].layout for n in both.nodes if n.op == "Conv"} == {"int8"}
+    src, out = tmp_path / "m.onnx", tmp_path / "m.qrt"
+    src.write_bytes(buf.getvalue())
+    assert cli_main(["convert", str(src), "-o", str(out), "--quant", "int8", "--quant-depthwise"]) == 0
+    saved = runtime.InferenceSession(str(out))
+    assert all(p.layout == "int8" for p in saved.plan if p.op == "Conv")
+
+
 def test_accuracy_budget_reverts_the_most_sensitive_layers(mlp):
     """A budget that dense int8 cannot meet: the sensitive layers are first unpruned (still
     int8), then reverted to fp32 until the cosine holds."""

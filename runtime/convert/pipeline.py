@@ -96,6 +96,9 @@ class ConvertOptions:
     calib_method: str = "minmax"
     percentile: float = 99.99
     keep_fp32: list[str] = field(default_factory=list)
+    # depthwise Convs (one input channel per group) stay dense fp32 unless this is set
+    # (``depthwise_reason``)
+    quant_depthwise: bool = False
     skip: list[str] = field(default_factory=list)                   # not pruned (still quantized)
     max_error: float | None = None  # minimum cosine similarity of the outputs
     holdout: float = 0.2            # fraction of real calibration feeds kept for evaluation only
@@ -337,6 +340,22 @@ def find_layers(graph: Graph) -> list[Layer]:
     return out
 
 
+# Why depthwise Convs stay fp32 by default. Their weights are tiny (kh * kw values a channel, a
+# fraction of a percent of a MobileNet), and int8 would quantize each kh x kw window of one
+# channel on its own (dynamic) for kh * kw products: measured 100-200x slower than the native
+# float32 depthwise kernel (RESULTS.md, "Depthwise convolutions"). Pruning them saves nothing a
+# kernel can use either.
+DEPTHWISE_REASON = ("kept fp32 (depthwise Conv: one input channel per group, a few weights a channel; "
+                    "int8 would be slower than float32; --quant-depthwise to compress it anyway)")
+
+
+def is_depthwise(graph: Graph, layer: Layer) -> bool:
+    """A Conv with more than one group and one input channel per group (W (M, 1, *kernel))."""
+    shape = graph.initializers[layer.weight_name].shape
+    return (layer.node.op == "Conv" and int(layer.node.attrs.get("group", 1)) > 1 and len(shape) >= 3
+            and shape[1] == 1)
+
+
 def _matches(layer: Layer, pattern: str) -> bool:
     return fnmatch.fnmatchcase(layer.name, pattern) or fnmatch.fnmatchcase(layer.weight_name, pattern)
 
@@ -549,6 +568,8 @@ def compress(graph: Graph, opts: ConvertOptions, say: Callable[[str], None] = la
         hit = next((p for p in opts.keep_fp32 if _matches(lr, p)), None)
         if hit:
             plans[lr.name].keep_fp32 = f"kept fp32 (--keep-fp32 {hit})"
+        elif not opts.quant_depthwise and is_depthwise(graph, lr):
+            plans[lr.name].keep_fp32 = DEPTHWISE_REASON
 
     # --- pruning --------------------------------------------------------------------------
     if opts.prune == "channel":
