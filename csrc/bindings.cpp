@@ -195,7 +195,7 @@ void bind_fused(py::module_& m);    // bind_fused.cpp: Attention, SkipLayerNorma
 void bind_int4(py::module_& m);     // bind_int4.cpp: the int4_grouped weight-only Linear
 void bind_gather(py::module_& m);   // bind_gather.cpp: Gather on an int8 / int4_grouped table
 void bind_linear_call(py::module_& m);   // bind_linear_call.cpp: a Linear step bound in C++
-void bind_conv(py::module_& m);          // bind_conv.cpp: the int8 Conv
+void bind_cnn(py::module_& m);           // bind_cnn.cpp: int8 and depthwise Conv, MaxPool, HardSwish
 
 PYBIND11_MODULE(_native, m) {
     m.doc() = "qrt native CPU backend (built from csrc/): feature probe, build information, int8 Linear.";
@@ -367,7 +367,7 @@ PYBIND11_MODULE(_native, m) {
     bind_sparse(m);
     bind_fused(m);
     bind_int4(m);
-    bind_conv(m);
+    bind_cnn(m);
     bind_gather(m);
     bind_linear_call(m);   // after the weight classes it takes
 

@@ -39,7 +39,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEED = 5
 CASES = 1500
 # bindings that take arrays get most of the cases: they have the checks worth fuzzing
-HEAVY = {"Int8Weight", "int8_linear", "int8_conv2d", "apply_activation", "sparse_int8_csr", "sparse_int8_bsr", "sparse_int8_nm",
+HEAVY = {"Int8Weight", "int8_linear", "int8_conv2d", "depthwise_conv2d", "max_pool2d", "apply_activation", "sparse_int8_csr", "sparse_int8_bsr", "sparse_int8_nm",
          "sparse_int8_linear", "Int4Weight", "int4_linear", "attention", "skip_layer_norm"}
 # exception types a malformed call may raise: TypeError / ValueError from the binding's own
 # checks and pybind11's argument conversion, OverflowError for Python ints beyond C types,
@@ -189,12 +189,20 @@ def _valid_cases(rng):
         ("build_info", _native.build_info, [], {}),
     ]
     if hasattr(_native, "int8_conv2d"):
-        # the int8 Conv (csrc/bind_conv.cpp): two groups of a 3 x 2 window over 2 channels each
+        # the int8 Conv (csrc/bind_cnn.cpp): two groups of a 3 x 2 window over 2 channels each
         wc = _native.Int8Weight(rng.integers(-128, 128, (3, 12)).astype(np.int8), np.ones(3, np.float32), None)
         xc = rng.standard_normal((int(rng.integers(0, 3)), 4, 5, 6)).astype(np.float32)
         cases.append(("int8_conv2d", _native.int8_conv2d,
                       [[wc, wc], xc, [3, 2], [1, 2], [1, 0, 1, 1], [1, 1], rng.standard_normal(6).astype(np.float32),
                        "static", 0.05, 3, "relu"], {}))
+        xd = rng.standard_normal((int(rng.integers(0, 3)), 3, 7, 6)).astype(np.float32)
+        cases += [
+            ("depthwise_conv2d", _native.depthwise_conv2d,
+             [xd, rng.standard_normal((6, 1, 3, 3)).astype(np.float32), [2, 1], [1, 1, 0, 2], [1, 2],
+              rng.standard_normal(6).astype(np.float32)], {}),
+            ("max_pool2d", _native.max_pool2d, [xd, [3, 2], [2, 2], [1, 0, 1, 1], [1, 1], [4, 3]], {}),
+            ("hard_sigmoid", _native.hard_sigmoid, [xd, 0.2, 0.5, True], {}),
+        ]
     if hasattr(_native, "sparse_int8_csr"):
         # the sparse bindings (csrc/bind_sparse.cpp), with their fields as kernels/core/layouts.py
         # stores them and kernels/native_cpu/sparse.py passes them

@@ -30,7 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 NATIVE_TESTS = ["tests/test_native_sparse.py", "tests/test_native_int8.py", "tests/test_native_fuzz.py",
                 "tests/test_native_int4_conv.py", "tests/test_native_fused.py",
                 "tests/test_native_bound_steps.py", "tests/test_native_output_cache.py",
-                "tests/test_native_gather_elements.py", "tests/test_native_int8_conv.py"]
+                "tests/test_native_gather_elements.py", "tests/test_native_int8_conv.py",
+                "tests/test_native_cnn_ops.py"]
 SANITIZE = "-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -O1"
 FUZZ_SECONDS = int(os.environ.get("QRT_FUZZ_SECONDS", "20"))
 

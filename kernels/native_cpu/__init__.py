@@ -238,4 +238,4 @@ if _load_native() is not None:
         from . import int8, sparse  # noqa: F401,E402
         from . import fused  # noqa: F401,E402
         from . import conv, int4  # noqa: F401,E402
-        from . import elementwise, gather  # noqa: F401,E402
+        from . import elementwise, gather, pool  # noqa: F401,E402

@@ -1,6 +1,7 @@
-// pybind11 binding of the int8 Conv (int8_conv.h), added to the one module by bindings.cpp's
-// call of bind_conv(m). Every argument is checked here: a wrong call is a TypeError /
-// ValueError naming it, never a crash.
+// pybind11 bindings of the kernels CNNs need besides the GEMMs: the int8 Conv (int8_conv.h),
+// the float32 depthwise Conv (depthwise_conv.h), MaxPool (max_pool.h), HardSigmoid / HardSwish
+// (hard_sigmoid.h), added to the one module by bindings.cpp's call of bind_cnn(m). Every
+// argument is checked here: a wrong call is a TypeError / ValueError naming it, never a crash.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
@@ -10,8 +11,10 @@
 
 #include "bind_checks.h"
 #include "depthwise_conv.h"
+#include "hard_sigmoid.h"
 #include "int8_conv.h"
 #include "int8_gemm.h"
+#include "max_pool.h"
 
 namespace py = pybind11;
 
@@ -138,9 +141,52 @@ py::array depthwise_conv2d_py(const py::object& x_obj, const py::object& w_obj, 
     return out;
 }
 
+// Y (N, C, OH, OW) float32 = MaxPool of X (N, C, H, W) float32 (max_pool.h).
+py::array max_pool2d_py(const py::object& x_obj, const py::sequence& kernel, const py::sequence& strides,
+                        const py::sequence& pads, const py::sequence& dilations, const py::sequence& out_size) {
+    py::array x = contiguous_array_of<float>(x_obj, "X", "float32");
+    if (x.ndim() != 4) throw py::value_error("X has shape " + shape_str(x) + ", expected (N, C, H, W)");
+    const std::vector<int64_t> k = ints(kernel, 2, "kernel"), s = ints(strides, 2, "strides"),
+                               p = ints(pads, 4, "pads (top, left, bottom, right)"), d = ints(dilations, 2, "dilations"),
+                               o = ints(out_size, 2, "out_size");
+    qrt::PoolGeometry g;
+    g.n = x.shape(0), g.c = x.shape(1), g.h = x.shape(2), g.w = x.shape(3);
+    g.kh = k[0], g.kw = k[1], g.sh = s[0], g.sw = s[1], g.dh = d[0], g.dw = d[1];
+    g.pt = p[0], g.pl = p[1], g.pb = p[2], g.pr = p[3], g.oh = o[0], g.ow = o[1];
+    try {
+        qrt::max_pool_check_geometry(g);     // before the output (out_size's) is allocated
+    } catch (const std::invalid_argument& e) {
+        throw py::value_error(e.what());
+    }
+    py::array_t<float> out = qrt::bind::new_f32({static_cast<py::ssize_t>(g.n), static_cast<py::ssize_t>(g.c),
+                              static_cast<py::ssize_t>(g.oh), static_cast<py::ssize_t>(g.ow)});
+    const float* xp = static_cast<const float*>(x.data());
+    float* yp = out.mutable_data();
+    {
+        py::gil_scoped_release release;
+        qrt::max_pool2d(g, xp, yp);
+    }
+    return out;
+}
+
+// HardSigmoid (swish false) or HardSwish of float32 X, any shape, into a new array (hard_sigmoid.h).
+py::array hard_sigmoid_py(const py::object& x_obj, double alpha, double beta, bool swish) {
+    py::array x = contiguous_array_of<float>(x_obj, "X", "float32");
+    std::vector<py::ssize_t> shape(x.shape(), x.shape() + x.ndim());
+    py::array_t<float> out = qrt::bind::new_f32(shape);
+    const float* xp = static_cast<const float*>(x.data());
+    float* yp = out.mutable_data();
+    const int64_t count = static_cast<int64_t>(x.size());
+    {
+        py::gil_scoped_release release;
+        qrt::hard_sigmoid(xp, yp, count, static_cast<float>(alpha), static_cast<float>(beta), swish);
+    }
+    return out;
+}
+
 }  // namespace
 
-void bind_conv(py::module_& m) {
+void bind_cnn(py::module_& m) {
     m.def("int8_conv2d", &int8_conv2d_py, py::arg("weights"), py::arg("x"), py::arg("kernel"), py::arg("strides"),
           py::arg("pads"), py::arg("dilations"), py::arg("bias") = py::none(), py::arg("act_quant") = "dynamic",
           py::arg("act_scale") = 1.0, py::arg("act_zero_point") = 0, py::arg("activation") = "none",
@@ -154,4 +200,12 @@ void bind_conv(py::module_& m) {
           "Y (N, M, OH, OW) float32 = depthwise Conv (group = C) of X (N, C, H, W) float32 C-contiguous with W "
           "(M, 1, kh, kw) float32, M a multiple of C; strides (sh, sw), pads (top, left, bottom, right), "
           "dilations (dh, dw); bias (M,) float32 or None. float32 sums in a fixed order (csrc/depthwise_conv.h).");
+    m.def("max_pool2d", &max_pool2d_py, py::arg("x"), py::arg("kernel"), py::arg("strides"), py::arg("pads"),
+          py::arg("dilations"), py::arg("out_size"),
+          "Y (N, C, OH, OW) float32 = MaxPool of X (N, C, H, W) float32 C-contiguous; pads (top, left, bottom, "
+          "right), the end ones grown to cover any ceil_mode overhang; out_size (OH, OW). -inf padding, NaN kept "
+          "once seen: the reference's bits (csrc/max_pool.h).");
+    m.def("hard_sigmoid", &hard_sigmoid_py, py::arg("x"), py::arg("alpha"), py::arg("beta"), py::arg("swish") = false,
+          "min(max(X * alpha + beta, 0), 1) in float32 (alpha, beta rounded to float32), times X when swish: "
+          "the reference's bits (csrc/hard_sigmoid.h). X float32 C-contiguous, any shape; a new array.");
 }

@@ -1,0 +1,131 @@
+"""The native backend's MaxPool (csrc/max_pool.h) and HardSigmoid / HardSwish
+(csrc/hard_sigmoid.h): the reference's bits on every int8 ISA path and 1 / 2 threads (NaN,
+infinities, ties at the clamps, padding, ceil_mode overhang, dilation, strides 1 / 2 / 3, 1-D
+windows), the registered kernels taking them (a spy) and the reference otherwise, and the
+bindings' refusals. The depthwise Conv shares MaxPool's window rows (csrc/window_rows.h); its
+tests are in tests/test_native_int8_conv.py."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kernels import registry
+
+_REASON = registry.backend_status("native")
+pytestmark = [pytest.mark.skipif(_REASON is not None, reason=f"native backend unavailable: {_REASON}"),
+              pytest.mark.isa]   # CPU-specific paths: tests/test_forced_isa.py runs them forced to AVX2
+
+if _REASON is None:
+    from kernels.native_cpu import _native
+    INT8_ISAS = tuple(_native.int8_isas())
+else:  # pragma: no cover
+    INT8_ISAS = ("scalar",)
+
+
+@pytest.fixture
+def paths():
+    before = _native.get_threads()
+
+    def each():
+        for isa in INT8_ISAS:
+            _native.set_int8_isa(isa)
+            for nt in (1, 2):
+                _native.set_threads(nt)
+                yield isa, nt
+    yield each
+    _native.set_int8_isa("auto")
+    _native.set_threads(before)
+
+
+def _specials(x):
+    flat = x.reshape(-1)
+    flat[::17] = np.nan
+    flat[5::23] = -np.inf
+    flat[7::29] = np.inf
+    return x
+
+
+POOLS = {
+    "stem 3x3 / 2": ((1, 8, 56, 56), dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])),
+    "dilated, ceil_mode": ((2, 3, 9, 11), dict(kernel_shape=[3, 2], strides=[2, 3], pads=[0, 1, 2, 0],
+                                               dilations=[2, 1], ceil_mode=1)),
+    "padding only windows": ((1, 2, 3, 3), dict(kernel_shape=[2, 2], strides=[2, 2], pads=[2, 2, 2, 2])),
+    "2x2 / 2, odd size, ceil_mode": ((2, 4, 7, 9), dict(kernel_shape=[2, 2], strides=[2, 2], ceil_mode=1)),
+    "3x3 / 1, wide rows": ((1, 3, 5, 70), dict(kernel_shape=[3, 3], pads=[1, 1, 1, 1])),
+    "1-D": ((2, 3, 19), dict(kernel_shape=[3], strides=[2], pads=[1, 1])),
+    "1x1": ((1, 2, 4, 4), dict(kernel_shape=[1, 1])),
+}
+
+
+@pytest.mark.parametrize("case", sorted(POOLS))
+def test_max_pool_is_the_reference_bit_for_bit(case, paths, monkeypatch):
+    shape, given = POOLS[case]
+    attrs = registry.fill_attrs("MaxPool", given)
+    x = _specials(np.random.default_rng(len(case)).standard_normal(shape).astype(np.float32))
+    want = registry.lookup("MaxPool", "dense", "reference")(attrs, {})(x)[0]
+    calls = []
+    real = _native.max_pool2d
+    monkeypatch.setattr(_native, "max_pool2d", lambda *a, **k: calls.append(1) or real(*a, **k))
+    run = registry.lookup("MaxPool", "dense", "native")(attrs, {})
+    for isa, nt in paths():
+        y = run(x)[0]
+        assert y.dtype == np.float32 and y.shape == want.shape
+        assert np.array_equal(y.view(np.uint32), want.view(np.uint32)), (isa, nt)
+    assert calls
+
+
+def test_max_pool_other_inputs_go_to_the_reference(monkeypatch):
+    monkeypatch.setattr(_native, "max_pool2d", None)          # any call would fail
+    attrs = registry.fill_attrs("MaxPool", dict(kernel_shape=[2, 2, 2]))
+    x = np.random.default_rng(0).standard_normal((1, 2, 3, 4, 5)).astype(np.float32)   # 3-D windows
+    run = registry.lookup("MaxPool", "dense", "native")(attrs, {})
+    assert np.array_equal(run(x)[0], registry.lookup("MaxPool", "dense", "reference")(attrs, {})(x)[0])
+    attrs2 = registry.fill_attrs("MaxPool", dict(kernel_shape=[2, 2]))
+    x64 = np.random.default_rng(1).standard_normal((1, 2, 4, 4))
+    assert registry.lookup("MaxPool", "dense", "native")(attrs2, {})(x64)[0].dtype == np.float64
+    with pytest.raises(ValueError, match="larger than the padded input"):
+        registry.lookup("MaxPool", "dense", "native")(registry.fill_attrs("MaxPool", dict(kernel_shape=[5, 5])), {})(
+            np.zeros((1, 1, 3, 3), np.float32))
+
+
+def test_max_pool_binding_refuses_bad_arguments():
+    x = np.zeros((1, 2, 6, 6), np.float32)
+    good = dict(kernel=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], dilations=[1, 1], out_size=[3, 3])
+    assert _native.max_pool2d(x, **good).shape == (1, 2, 3, 3)
+    for change, err, match in [
+        (dict(x=x.astype(np.float64)), TypeError, "float32"),
+        (dict(x=x[0]), ValueError, r"\(N, C, H, W\)"),
+        (dict(out_size=[4, 3]), ValueError, "reaches past the padded input"),
+        (dict(out_size=[1 << 40, 1]), ValueError, "larger than the padded input"),
+        (dict(strides=[0, 1]), ValueError, "1 to 2\\^20"),
+        (dict(pads=[-1, 0, 0, 0]), ValueError, "pads must be"),
+        (dict(kernel=[3]), ValueError, "kernel must have 2"),
+    ]:
+        args = dict(x=x, **good)
+        args.update(change)
+        with pytest.raises(err, match=match):
+            _native.max_pool2d(**args)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")    # the reference's x * NaN
+@pytest.mark.parametrize("op,given", [("HardSwish", {}), ("HardSigmoid", {}), ("HardSigmoid", {"alpha": 0.3, "beta": 0.4})])
+def test_hard_sigmoid_and_swish_are_the_reference_bit_for_bit(op, given, paths, monkeypatch):
+    attrs = registry.fill_attrs(op, given)
+    rng = np.random.default_rng(3)
+    x = _specials((rng.standard_normal((2, 5, 33, 31)) * 4).astype(np.float32))
+    flat = x.reshape(-1)
+    flat[2::31], flat[3::37], flat[4::41], flat[6::43] = 3.0, -3.0, -0.0, 2.5    # the clamps' corners
+    want = registry.lookup(op, "dense", "reference")(attrs, {})(x)[0]
+    calls = []
+    real = _native.hard_sigmoid
+    monkeypatch.setattr(_native, "hard_sigmoid", lambda *a, **k: calls.append(1) or real(*a, **k))
+    run = registry.lookup(op, "dense", "native")(attrs, {})
+    for isa, nt in paths():
+        y = run(x)[0]
+        assert y.dtype == np.float32 and y.shape == x.shape
+        assert np.array_equal(y.view(np.uint32), want.view(np.uint32)), (isa, nt)
+    assert calls
+    x64 = x.astype(np.float64)                                  # other dtypes: the reference
+    assert np.array_equal(run(x64)[0], registry.lookup(op, "dense", "reference")(attrs, {})(x64)[0], equal_nan=True)
+    with pytest.raises(TypeError, match="float32"):
+        real(x64, 0.2, 0.5)
