@@ -6,9 +6,11 @@ in one process.
 ViT: transformers' ViTModel with ViT-S-like sizes (hidden 384, 6 layers of 6 heads of 64, FFN
 1536, 224 x 224 images, 16 x 16 patches), random weights. ResNet-like: a 7 x 7 / 2 stem with
 BatchNorm and ReLU, a 3 x 3 / 2 MaxPool, two basic blocks of 64 channels, a stride-2 3 x 3 conv
-to 128 and two blocks of 128, global pooling, a Linear (torchvision's wheel does not load beside
-the CPU torch this project pins, so the blocks are written with torch.nn), BatchNorm statistics
-random. Both exported by ``torch.onnx.export`` (dynamo) with a dynamic batch; qrt int8
+to 128 and two blocks of 128, global pooling, a Linear. MobileNetV3-like: a 3 x 3 / 2 stem, six
+inverted residual blocks (1 x 1 expand, 3 x 3 or 5 x 5 depthwise, squeeze-excitation in three,
+1 x 1 project; Hardswish), a 1 x 1 conv to 480, pooling, a Linear (torchvision's wheel does not
+load beside the CPU torch this project pins, so the blocks are written with torch.nn); BatchNorm
+statistics random. Both exported by ``torch.onnx.export`` (dynamo) with a dynamic batch; qrt int8
 (``runtime.convert(f, quant="int8")``), onnxruntime int8 (``quantize_dynamic``) and fp32, timed
 interleaved (benchmarks/interleaved.py).
 """
@@ -58,14 +60,47 @@ def models() -> dict:
         return nn.Sequential(nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(3, 2, 1),
                              Basic(64), Basic(64), nn.Conv2d(64, 128, 3, 2, 1), nn.ReLU(), Basic(128), Basic(128),
                              nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(), nn.Linear(128, 10))
-    return {"vit-s (6 layers)": Vit, "resnet-like": resnet}
+    class SE(nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.f = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(c, c // 4, 1), nn.ReLU(), nn.Conv2d(c // 4, c, 1),
+                                   nn.Hardsigmoid())
+
+        def forward(self, x):
+            return x * self.f(x)
+
+    class Inverted(nn.Module):
+        """MobileNetV3's block: 1 x 1 expand, depthwise k x k, optional SE, 1 x 1 project."""
+
+        def __init__(self, cin, mid, cout, k, stride, se):
+            super().__init__()
+            layers = [nn.Conv2d(cin, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.Hardswish(),
+                      nn.Conv2d(mid, mid, k, stride, k // 2, groups=mid, bias=False), nn.BatchNorm2d(mid), nn.Hardswish()]
+            layers += [SE(mid)] if se else []
+            layers += [nn.Conv2d(mid, cout, 1, bias=False), nn.BatchNorm2d(cout)]
+            self.body, self.residual = nn.Sequential(*layers), stride == 1 and cin == cout
+
+        def forward(self, x):
+            return x + self.body(x) if self.residual else self.body(x)
+
+    def mobilenet():
+        return nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16), nn.Hardswish(),
+                             Inverted(16, 64, 24, 3, 2, False), Inverted(24, 72, 24, 3, 1, False),
+                             Inverted(24, 96, 40, 5, 2, True), Inverted(40, 240, 40, 5, 1, True),
+                             Inverted(40, 240, 80, 3, 2, False), Inverted(80, 480, 80, 3, 1, True),
+                             nn.Conv2d(80, 480, 1, bias=False), nn.BatchNorm2d(480), nn.Hardswish(),
+                             nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(), nn.Linear(480, 10))
+    return {"vit-s (6 layers)": Vit, "resnet-like": resnet, "mobilenet-v3-like": mobilenet}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=1.5, help="timed seconds per row (default 1.5)")
     ap.add_argument("--batch", type=int, default=1, help="images per run (default 1)")
+    ap.add_argument("--only", nargs="+", metavar="MODEL", help="these models only (default: all)")
+    ap.add_argument("--save", metavar="DIR", help="keep each model's ONNX export in DIR (NAME.onnx)")
     args = ap.parse_args()
+    import numpy as np
     import torch
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from runtime.fuse import fuse
@@ -73,6 +108,8 @@ def main() -> None:
     print(f"# {cpu_name()}; {os.cpu_count()} CPUs; batch {args.batch}; torch {torch.__version__}", flush=True)
     rows = []
     for name, make in models().items():
+        if args.only and name not in args.only:
+            continue
         torch.manual_seed(0)
         model = make().eval()
         for m in model.modules():
@@ -86,20 +123,31 @@ def main() -> None:
                 torch.onnx.export(model, (x,), path, input_names=["x"], output_names=["y"],
                                   dynamic_axes={"x": {0: "batch"}})
             quantize_dynamic(path, i8, weight_type=QuantType.QInt8)
+            if args.save:             # one file, the weights inside (the export keeps them beside it)
+                import onnx
+                os.makedirs(args.save, exist_ok=True)
+                onnx.save(onnx.load(path), os.path.join(args.save, f"{name.split()[0]}.onnx"))
             graph = runtime.convert(path, quant="int8")
             ops = collections.Counter(n.op for n in fuse(graph).nodes)
             qrt = runtime.InferenceSession(graph)
             o8, o32 = ort_session(i8), ort_session(path)
         feed = {"x": x.numpy()}
+        ref = o32.run(None, feed)[0].reshape(args.batch, -1).astype(np.float64)
+
+        def cosine(y):            # the worst image's cosine to onnxruntime fp32's output
+            y = np.asarray(y).reshape(args.batch, -1).astype(np.float64)
+            return float(np.min((y * ref).sum(1) / (np.linalg.norm(y, axis=1) * np.linalg.norm(ref, axis=1))))
+        cos = f"{cosine(qrt.run(None, feed)[0]):.4f} / {cosine(o8.run(None, feed)[0]):.4f}"
         before = cpu_pair_latency()
         med, _, (load, _) = time_interleaved({"qrt": lambda: qrt.run(None, feed), "ort8": lambda: o8.run(None, feed),
                                               "ort32": lambda: o32.run(None, feed)}, args.seconds)
         pair_line, far = describe_cpu_pair(before, cpu_pair_latency())
         rows.append([name, f"{med['qrt']:.2f}", f"{med['ort8']:.2f}", f"{med['ort32']:.2f}",
                      f"{med['ort8'] / med['qrt']:.2f}x", f"{med['ort32'] / med['qrt']:.2f}x",
-                     f"{ops.get('Attention', 0)}", f"{load:.2f}", pair_line + (" (far)" if far else "")])
+                     f"{ops.get('Attention', 0)}", cos, f"{load:.2f}", pair_line + (" (far)" if far else "")])
     print(format_table(rows, ["model", "qrt int8 ms", "ort int8 ms", "ort fp32 ms", "qrt vs ort int8",
-                              "qrt vs ort fp32", "fused attention", "load before", "CPU pair"]))
+                              "qrt vs ort fp32", "fused attention", "cosine to fp32: qrt / ort int8", "load before",
+                              "CPU pair"]))
 
 
 if __name__ == "__main__":
