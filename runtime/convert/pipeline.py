@@ -4,8 +4,9 @@ docs/CONVERTER.md is the contract (layers, numerics, layouts); this module decid
 what to do and in which layout, and keeps the user informed:
 
 * every weight layer (Linear / Conv with a constant weight) is pruned and quantized as asked;
-  the only ways to keep one in fp32 are ``keep_fp32`` patterns and the ``max_error`` budget,
-  and the report says which layers were kept and why;
+  the only ways to keep one in fp32 are ``keep_fp32`` patterns, the ``max_error`` budget and
+  the depthwise rule (``DEPTHWISE_REASON``, off with ``quant_depthwise``), and the report says
+  which layers were kept and why;
 * every option is checked before any work (bad values, patterns that match no layer, NaN/Inf
   weights, calibration data that does not fit the model), and nothing is written unless the
   whole conversion succeeded (the file is written atomically at the very end).
