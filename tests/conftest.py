@@ -111,3 +111,22 @@ def pytest_sessionstart(session):
     if missing:
         pytest.exit("required backend unavailable (QRT_REQUIRE_BACKENDS / QRT_REQUIRE_NATIVE): "
                     + "; ".join(f"{b}: {r}" for b, r in missing.items()), returncode=3)
+
+
+@pytest.fixture
+def native_paths():
+    """For the native kernels' tests: yields each() -> iterator of (isa, threads) over every int8
+    code path this CPU has (the ISA switch the whole native backend follows, csrc/int8_gemm.h)
+    with 1 and 2 threads, the backend switched to each in turn; the settings restored after."""
+    from kernels.native_cpu import _native
+    before = _native.get_threads()
+
+    def each():
+        for isa in _native.int8_isas():
+            _native.set_int8_isa(isa)
+            for nt in (1, 2):
+                _native.set_threads(nt)
+                yield isa, nt
+    yield each
+    _native.set_int8_isa("auto")
+    _native.set_threads(before)

@@ -17,24 +17,6 @@ pytestmark = [pytest.mark.skipif(_REASON is not None, reason=f"native backend un
 
 if _REASON is None:
     from kernels.native_cpu import _native
-    INT8_ISAS = tuple(_native.int8_isas())
-else:  # pragma: no cover
-    INT8_ISAS = ("scalar",)
-
-
-@pytest.fixture
-def paths():
-    before = _native.get_threads()
-
-    def each():
-        for isa in INT8_ISAS:
-            _native.set_int8_isa(isa)
-            for nt in (1, 2):
-                _native.set_threads(nt)
-                yield isa, nt
-    yield each
-    _native.set_int8_isa("auto")
-    _native.set_threads(before)
 
 
 def _specials(x):
@@ -58,7 +40,7 @@ POOLS = {
 
 
 @pytest.mark.parametrize("case", sorted(POOLS))
-def test_max_pool_is_the_reference_bit_for_bit(case, paths, monkeypatch):
+def test_max_pool_is_the_reference_bit_for_bit(case, native_paths, monkeypatch):
     shape, given = POOLS[case]
     attrs = registry.fill_attrs("MaxPool", given)
     x = _specials(np.random.default_rng(len(case)).standard_normal(shape).astype(np.float32))
@@ -67,7 +49,7 @@ def test_max_pool_is_the_reference_bit_for_bit(case, paths, monkeypatch):
     real = _native.max_pool2d
     monkeypatch.setattr(_native, "max_pool2d", lambda *a, **k: calls.append(1) or real(*a, **k))
     run = registry.lookup("MaxPool", "dense", "native")(attrs, {})
-    for isa, nt in paths():
+    for isa, nt in native_paths():
         y = run(x)[0]
         assert y.dtype == np.float32 and y.shape == want.shape
         assert np.array_equal(y.view(np.uint32), want.view(np.uint32)), (isa, nt)
@@ -109,7 +91,7 @@ def test_max_pool_binding_refuses_bad_arguments():
 
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")    # the reference's x * NaN
 @pytest.mark.parametrize("op,given", [("HardSwish", {}), ("HardSigmoid", {}), ("HardSigmoid", {"alpha": 0.3, "beta": 0.4})])
-def test_hard_sigmoid_and_swish_are_the_reference_bit_for_bit(op, given, paths, monkeypatch):
+def test_hard_sigmoid_and_swish_are_the_reference_bit_for_bit(op, given, native_paths, monkeypatch):
     attrs = registry.fill_attrs(op, given)
     rng = np.random.default_rng(3)
     x = _specials((rng.standard_normal((2, 5, 33, 31)) * 4).astype(np.float32))
@@ -120,7 +102,7 @@ def test_hard_sigmoid_and_swish_are_the_reference_bit_for_bit(op, given, paths, 
     real = _native.hard_sigmoid
     monkeypatch.setattr(_native, "hard_sigmoid", lambda *a, **k: calls.append(1) or real(*a, **k))
     run = registry.lookup(op, "dense", "native")(attrs, {})
-    for isa, nt in paths():
+    for isa, nt in native_paths():
         y = run(x)[0]
         assert y.dtype == np.float32 and y.shape == x.shape
         assert np.array_equal(y.view(np.uint32), want.view(np.uint32)), (isa, nt)

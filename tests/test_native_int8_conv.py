@@ -26,30 +26,10 @@ pytestmark = [pytest.mark.skipif(_REASON is not None, reason=f"native backend un
 if _REASON is None:
     from kernels.native_cpu import _native
     from kernels.native_cpu.conv import ConvPlan, native_conv
-    INT8_ISAS = tuple(_native.int8_isas())
-else:  # pragma: no cover
-    INT8_ISAS = ("scalar",)
 
 
 def _rng(*key) -> np.random.Generator:
     return np.random.default_rng(zlib.crc32(repr(key).encode()))
-
-
-@pytest.fixture
-def paths():
-    """Yields (isa, threads) for every int8 path this CPU has and 1 / 2 threads, set in turn."""
-    before = _native.get_threads()
-
-    def each():
-        for isa in INT8_ISAS:
-            _native.set_int8_isa(isa)
-            for nt in (1, 2):
-                _native.set_threads(nt)
-                yield isa, nt
-    yield each
-    _native.set_int8_isa("auto")
-    _native.set_threads(before)
-
 
 CASES = {  # name: (X shape, M, kernel, group, strides, pads, dilations)
     "3x3 pad 1": ((1, 16, 9, 9), 24, (3, 3), 1, [1, 1], [1, 1, 1, 1], [1, 1]),
@@ -83,7 +63,7 @@ def _plan_and_ref(case, symmetric, act, rng):
 @pytest.mark.parametrize("act", ["dynamic", "static"])
 @pytest.mark.parametrize("symmetric", [True, False])
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_bit_exact_on_every_path(case, symmetric, act, paths):
+def test_bit_exact_on_every_path(case, symmetric, act, native_paths):
     rng = _rng(case, symmetric, act)
     plan, kw, ref = _plan_and_ref(case, symmetric, act, rng)
     assert plan.tap_major is not None                     # the kernel, not the im2col driver
@@ -92,7 +72,7 @@ def test_bit_exact_on_every_path(case, symmetric, act, paths):
     x.reshape(xshape[0], xshape[1], -1)[0, :, 0] = 0.0    # (part of) a patch of zeros: scale 1
     bias = rng.standard_normal(m).astype(np.float32)
     want, want_nobias = ref(x, bias), ref(x, None)
-    for isa, nt in paths():
+    for isa, nt in native_paths():
         y = native_conv(x, plan, bias, **kw)
         assert y.dtype == np.float32 and y.shape == want.shape and y.flags.c_contiguous
         assert np.array_equal(y, want), f"{isa}, {nt} threads: max diff {np.max(np.abs(y - want))}"
@@ -101,7 +81,7 @@ def test_bit_exact_on_every_path(case, symmetric, act, paths):
 
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")   # the reference's x / NaN
 @pytest.mark.parametrize("act", ["dynamic", "static"])
-def test_nan_and_inf_reach_the_patches_that_hold_them(act, paths):
+def test_nan_and_inf_reach_the_patches_that_hold_them(act, native_paths):
     rng = _rng("nan", act)
     plan, kw, ref = _plan_and_ref("3x3 pad 1", True, act, rng)
     x = rng.standard_normal((1, 16, 9, 9)).astype(np.float32)
@@ -110,19 +90,19 @@ def test_nan_and_inf_reach_the_patches_that_hold_them(act, paths):
     bias = rng.standard_normal(24).astype(np.float32)
     want = ref(x, bias)
     assert np.isnan(want).any() and np.isfinite(want).any()
-    for isa, nt in paths():
+    for isa, nt in native_paths():
         assert np.array_equal(native_conv(x, plan, bias, **kw), want, equal_nan=True), (isa, nt)
 
 
 @pytest.mark.parametrize("activation", ["relu", "gelu"])
-def test_fused_activation_is_the_activation_of_the_result(activation, paths):
+def test_fused_activation_is_the_activation_of_the_result(activation, native_paths):
     rng = _rng("act", activation)
     plan, kw, ref = _plan_and_ref("stem 7x7 / 2, 3 channels", True, "dynamic", rng)
     x = rng.standard_normal((2, 3, 19, 17)).astype(np.float32)
     y0 = ref(x, None).astype(np.float32)
     want = y0.copy()
     _native.apply_activation(want, activation)            # the epilogue's code on its own
-    for isa, nt in paths():
+    for isa, nt in native_paths():
         assert np.array_equal(native_conv(x, plan, None, activation=activation, **kw), want), (isa, nt)
 
 
@@ -207,7 +187,7 @@ def _dw_node(case, rng, bias=True):
 
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("case", sorted(DW_CASES))
-def test_depthwise_within_the_float32_bound_and_the_same_bits_everywhere(case, bias, paths):
+def test_depthwise_within_the_float32_bound_and_the_same_bits_everywhere(case, bias, native_paths):
     from kernels.reference.conv_pool import conv_ref
     rng = _rng("dw", case, bias)
     attrs, weights, w, b = _dw_node(case, rng, bias)
@@ -219,7 +199,7 @@ def test_depthwise_within_the_float32_bound_and_the_same_bits_everywhere(case, b
     taps = int(np.prod(w.shape[2:]))
     run = registry.lookup("Conv", "dense", "native")(attrs, weights)
     first = None
-    for isa, nt in paths():
+    for isa, nt in native_paths():
         y = run(x, w, b)[0]
         assert y.dtype == np.float32 and y.shape == ref.shape
         assert np.all(np.abs(y - ref) <= (taps + 2) * 2.0 ** -24 * mag), (isa, nt)
