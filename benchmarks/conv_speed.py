@@ -1,12 +1,14 @@
 """One Conv at a time, the layers of ResNets and MobileNets: qrt int8 and float32 against onnxruntime
 int8 (quantize_dynamic: ConvInteger) and float32, in one process, timed interleaved.
 
-    python benchmarks/conv_speed.py [--seconds 0.5] [--batch 1]
+    python benchmarks/conv_speed.py [--seconds 0.5] [--batch 1] [--act dynamic|static]
 
 Each layer is a one-node ONNX model (float32 weights and bias, random); qrt int8 is
 ``runtime.convert(f, quant="int8")`` (dynamic activations: one scale per patch; depthwise layers
 stay float32 by default, so they are converted with ``quant_depthwise=True`` here to show the
-int8 form too), qrt fp32 the unconverted import. GOP/s count 2 x M x C/group x kh x kw x OH x OW
+int8 form too), qrt fp32 the unconverted import. With ``--act static`` both sides calibrate
+on 8 inputs like the timed one: qrt ``act="static"``, onnxruntime ``quantize_static`` (QDQ,
+uint8 activations, int8 weights: its QLinearConv) instead of ``quantize_dynamic``. GOP/s count 2 x M x C/group x kh x kw x OH x OW
 per image; the int8 peak is ``_native.measure_peaks`` on this machine (register-only VNNI / AVX2
 loop), so "% int8 peak" is qrt int8's share of what the cores can multiply.
 """
@@ -60,22 +62,40 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=0.5, help="timed seconds per row (default 0.5)")
     ap.add_argument("--batch", type=int, default=1, help="images per run (default 1)")
+    ap.add_argument("--act", choices=["dynamic", "static"], default="dynamic",
+                    help="int8 activations on both sides (default dynamic)")
     args = ap.parse_args()
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self, feeds):
+            self.feeds = iter(feeds)
+
+        def get_next(self):
+            return next(self.feeds, None)
 
     from kernels.native_cpu import _native
     peak = _native.measure_peaks(os.cpu_count() or 1, 1.0)["int8_gops"]
-    print(f"# {cpu_name()}; {os.cpu_count()} CPUs; batch {args.batch}; int8 peak {peak:.0f} GOP/s "
+    print(f"# {cpu_name()}; {os.cpu_count()} CPUs; batch {args.batch}; {args.act} int8 activations; "
+          f"int8 peak {peak:.0f} GOP/s "
           f"({_native.int8_isa()})", flush=True)
     rows = []
     for name, (c, m, hw, k, s, group) in LAYERS.items():
         rng = np.random.default_rng(1)
-        x = np.maximum(rng.standard_normal((args.batch, c, hw, hw)), 0).astype(np.float32)   # after a ReLU
+        def relu_input():                                                             # after a ReLU
+            return np.maximum(rng.standard_normal((args.batch, c, hw, hw)), 0).astype(np.float32)
+        x = relu_input()
+        calib = [{"x": relu_input()} for _ in range(8)]
         with tempfile.TemporaryDirectory() as t:
             path, i8 = os.path.join(t, "c.onnx"), os.path.join(t, "c8.onnx")
             Path(path).write_bytes(conv_model(c, m, hw, k, s, group))
-            quantize_dynamic(path, i8, weight_type=QuantType.QInt8)
-            q8 = runtime.InferenceSession(runtime.convert(path, quant="int8", quant_depthwise=True))
+            if args.act == "static":
+                quantize_static(path, i8, Reader(calib), quant_format=QuantFormat.QDQ,
+                                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+            else:
+                quantize_dynamic(path, i8, weight_type=QuantType.QInt8)
+            q8 = runtime.InferenceSession(runtime.convert(path, quant="int8", quant_depthwise=True, act=args.act,
+                                                          calib=calib if args.act == "static" else None))
             q32 = runtime.InferenceSession(runtime.convert(path))
             o8, o32 = ort_session(i8), ort_session(path)
         feed = {"x": x}

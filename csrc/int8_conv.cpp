@@ -3,6 +3,8 @@
 #include "int8_conv.h"
 
 #include <algorithm>
+#include <atomic>
+#include <cmath>
 #include <cstring>
 #include <stdexcept>
 #include <string>
@@ -38,6 +40,10 @@ inline void copy_run(float* dst, const float* src, int64_t n) {
     for (int64_t i = 0; i < n; i += 16) std::memcpy(dst + i, src + i, 16 * sizeof(float));
 }
 
+inline void copy_bytes(uint8_t* dst, const uint8_t* src, int64_t n) {
+    for (int64_t i = 0; i < n; i += 16) std::memcpy(dst + i, src + i, 16);
+}
+
 void require(bool ok, const std::string& what) {
     if (!ok) throw std::invalid_argument("int8_conv2d: " + what);
 }
@@ -70,6 +76,37 @@ void to_padded_nhwc(const ConvGeometry& g, const float* x, float* xp, Int8Isa is
         // x[n, :, r - pt, :] (C rows of W, H * W apart) -> (W, C) after the left padding
         transpose(x + (n * c * g.h + (r - g.pt)) * g.w, g.h * g.w, c, g.w, dst + g.pl * c, c, isa);
     });
+}
+
+// Static activations: the channels-last copy quantized once, xq = qx + 128 with the path's own
+// quantizer (zero padding becomes z, as the reference's zero-padded patches do), and per
+// (pixel, group) whether its floats held a NaN (the reference's row is NaN then); returns
+// whether any did. A patch row is then a gather of bytes: each value quantized once instead of
+// once per window holding it.
+bool quantize_padded(const ConvGeometry& g, const float* xp, uint8_t* xq, uint8_t* nan_flags, const Int8ActQuant& aq,
+                     Int8Isa isa, int threads) {
+    const QuantizeRowFn quantize = unsigned_row_quantizer(isa);
+    const int64_t hp = g.h + g.pt + g.pb, wp = g.w + g.pl + g.pr, row = wp * g.c, cg = g.c / g.group;
+    const int nt = g.n * hp * row >= kParallelMinFloats ? threads : 1;
+    std::atomic<bool> any_nan{false};
+    parallel_items(g.n * hp, nt, [&](int64_t item) {
+        double sx;
+        int64_t corr;
+        const float* v = xp + item * row;
+        quantize(v, row, row, aq, xq + item * row, &sx, &corr);
+        uint8_t* flags = nan_flags + item * wp * g.group;
+        if (!std::isnan(sx)) {               // the quantizer's static scale is NaN iff the row holds one
+            std::fill(flags, flags + wp * g.group, uint8_t(0));
+            return;
+        }
+        any_nan.store(true, std::memory_order_relaxed);
+        for (int64_t pg = 0; pg < wp * g.group; ++pg, v += cg) {
+            bool nan = false;
+            for (int64_t j = 0; j < cg; ++j) nan |= v[j] != v[j];
+            flags[pg] = nan;
+        }
+    });
+    return any_nan.load();
 }
 
 // yr (N * P, MG) -> y[n, m0 + co, p] of Y (N, M, P), P = OH * OW.
@@ -140,6 +177,13 @@ void int8_conv2d_isa(const std::vector<const Int8PackedWeight*>& weights, const 
     float* const xp = scratch;                              // (N, HP, WP, C)
     float* const yr = scratch + padded_input_floats(g);     // one group's (N * P, M/group) output
     to_padded_nhwc(g, x, xp, isa, threads);
+    std::vector<uint8_t> xq, nan_flags;           // static activations: quantized once
+    bool any_nan = false;
+    if (aq.is_static) {
+        xq.resize(static_cast<size_t>(g.n * hp * wp * g.c + kRunSlack));
+        nan_flags.resize(static_cast<size_t>(g.n * hp * wp * g.group));
+        any_nan = quantize_padded(g, xp, xq.data(), nan_flags.data(), aq, isa, threads);
+    }
     AlignedArray<double> bias_g;                 // one group's bias, padded to whole panels
 
     // A patch row is one run of memory when it spans a single kernel row whose taps follow each
@@ -156,7 +200,33 @@ void int8_conv2d_isa(const std::vector<const Int8PackedWeight*>& weights, const 
             bg = bias_g.get();
         }
         const float* xg = xp + gi * cg;        // this group's first channel
-        int8_gemm_rows(w, rows, [&](int64_t i0, int64_t i1, const RowSink& sink) {
+        const RowFill fill_static = [&](int64_t i0, int64_t i1, const RowSink& sink) {
+            thread_local std::vector<uint8_t> bytes;
+            if (!one_run) bytes.resize(static_cast<size_t>(k + kRunSlack));
+            for (int64_t i = i0; i < i1; ++i) {
+                const int64_t n = i / positions, p = i % positions, r = p / ow, q = p % ow;
+                const int64_t pix = (n * hp + r * g.sh) * wp + q * g.sw;   // the window's first tap
+                bool nan = false;
+                for (int64_t ki = 0; any_nan && ki < g.kh; ++ki)
+                    for (int64_t kj = 0; kj < g.kw; ++kj) nan |= nan_flags[(pix + ki * g.dh * wp + kj * g.dw) * g.group + gi] != 0;
+                if (one_run) {
+                    sink.put_quantized(i, xq.data() + pix * g.c + gi * cg, nan);
+                    continue;
+                }
+                uint8_t* dst = bytes.data();
+                for (int64_t ki = 0; ki < g.kh; ++ki) {
+                    const uint8_t* src = xq.data() + (pix + ki * g.dh * wp) * g.c + gi * cg;
+                    if (row_runs) {
+                        copy_bytes(dst, src, g.kw * g.c);
+                        dst += g.kw * g.c;
+                        continue;
+                    }
+                    for (int64_t kj = 0; kj < g.kw; ++kj, dst += cg) copy_bytes(dst, src + kj * g.dw * g.c, cg);
+                }
+                sink.put_quantized(i, bytes.data(), nan);
+            }
+        };
+        const RowFill fill_floats = [&](int64_t i0, int64_t i1, const RowSink& sink) {
             thread_local std::vector<float> patch;
             if (!one_run) patch.resize(static_cast<size_t>(k + kRunSlack));
             for (int64_t i = i0; i < i1; ++i) {
@@ -180,7 +250,8 @@ void int8_conv2d_isa(const std::vector<const Int8PackedWeight*>& weights, const 
                 }
                 sink.put(i, patch.data());
             }
-        }, bg, aq, yr, isa, threads, act);
+        };
+        int8_gemm_rows(w, rows, aq.is_static ? fill_static : fill_floats, bg, aq, yr, isa, threads, act);
         rows_to_planes(yr, g.n, positions, mg, g.m, gi * mg, y, isa, threads);
     }
 }

@@ -17,6 +17,11 @@
 //   3. the GEMM and epilogue (bias, the optional activation) are the int8 Linear's;
 //   4. its (positions, M / group) output is transposed into Y's (M / group, positions) planes.
 //
+// With static activations (one scale for the tensor) step 2 gathers bytes instead: the
+// channels-last copy is quantized once (each value once, not once per window that holds it:
+// nine times for 3 x 3), with per-pixel NaN flags for the rows the reference makes NaN, and
+// RowSink::put_quantized gives each row the bytes, sum and scale its floats would have had.
+//
 // Column order: the rows hold a patch tap-major, (ki, kj, c), where the reference's is
 // channel-major, (c, ki, kj). The weights are packed in the same tap-major order
 // (kernels/native_cpu/conv.py permutes qdata's columns at plan time), so every integer product

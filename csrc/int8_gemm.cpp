@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
+#include <limits>
 #include <new>
 #include <stdexcept>
 #include <vector>
@@ -190,6 +191,60 @@ PathKernels kernels_for(Int8Isa isa, const Int8PackedWeight& w) {
     }
 }
 
+}  // namespace
+
+QuantizeRowFn int8_detail::unsigned_row_quantizer(Int8Isa isa) {
+    switch (isa) {
+#if QRT_INT8_X86_SIMD
+        case Int8Isa::avx512_vnni: return quantize_row_avx512;
+        case Int8Isa::avx_vnni:
+        case Int8Isa::avx2: return quantize_row_avx2;
+#endif
+        default: return quantize_row_scalar;
+    }
+}
+
+namespace {
+
+// sum of n bytes: 16 at a time with SSE2's psadbw (every x86-64 has it), the rest one by one
+int64_t byte_sum(const uint8_t* b, int64_t n) {
+    int64_t sum = 0, j = 0;
+#if QRT_INT8_X86_SIMD
+    __m128i acc = _mm_setzero_si128();
+    for (; j + 16 <= n; j += 16)
+        acc = _mm_add_epi64(acc, _mm_sad_epu8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + j)),
+                                               _mm_setzero_si128()));
+    sum = _mm_cvtsi128_si64(acc) + _mm_cvtsi128_si64(_mm_unpackhi_epi64(acc, acc));
+#endif
+    for (; j < n; ++j) sum += b[j];
+    return sum;
+}
+
+}  // namespace
+
+void int8_detail::RowSink::put_quantized(int64_t i, const uint8_t* ubytes, bool nan) const {
+    uint8_t* row = u + i * ldu;
+    int64_t sum = 0;
+    if (signed_rows) {      // qx, then |qx| (|-128| = 128 as a byte), 0 past K
+        for (int64_t j = 0; j < k; ++j) {
+            const int32_t q = static_cast<int32_t>(ubytes[j]) - 128;
+            sum += q;
+            row[j] = static_cast<uint8_t>(static_cast<int8_t>(q));
+            row[kp + j] = static_cast<uint8_t>(q < 0 ? -q : q);
+        }
+        std::fill(row + k, row + kp, uint8_t(0));
+        std::fill(row + kp + k, row + 2 * kp, uint8_t(0));
+    } else {                // u = qx + 128, 128 past K
+        std::copy(ubytes, ubytes + k, row);
+        std::fill(row + k, row + kp, uint8_t(128));
+        sum = byte_sum(ubytes, k) - 128 * k;
+    }
+    row_corr[i] = sum - k * static_cast<int64_t>(aq.zero_point);
+    sx[i] = nan ? std::numeric_limits<double>::quiet_NaN() : aq.scale;
+}
+
+namespace {
+
 int default_threads() {
 #if defined(_OPENMP)
     return std::max(1, omp_get_max_threads());
@@ -353,7 +408,7 @@ void int8_detail::int8_gemm_rows(const Int8PackedWeight& w, int64_t m, const Row
     // Items in order: the threads work on one row block at a time, each panel of it read by
     // one of them.
     const int64_t quant_rows = int8_detail::quant_rows_per_item(m, nt);
-    const RowSink sink{kern.quantize_row, aq, k, kp, ldu, u.get(), sx.data(), row_corr.data()};
+    const RowSink sink{kern.quantize_row, aq, k, kp, ldu, u.get(), sx.data(), row_corr.data(), kern.row_factor == 2};
     parallel_items((m + quant_rows - 1) / quant_rows, nt, [&](int64_t item) {
         fill(item * quant_rows, std::min(m, (item + 1) * quant_rows), sink);
     });

@@ -79,8 +79,16 @@ struct RowSink {
     uint8_t* u;
     double* sx;
     int64_t* row_corr;
+    bool signed_rows;        // the path's rows are qx then |qx| (quantize_row_avx2_signed's form)
     void put(int64_t i, const float* row) const { quantize_row(row, k, kp, aq, u + i * ldu, &sx[i], &row_corr[i]); }
+    // Static quantization only: row i from values already quantized with aq, given as
+    // ubytes[j] = qx + 128 (K bytes), and whether the floats they came from held a NaN. The
+    // same row bytes, row sum and scale as put() of those floats (int8_gemm.cpp).
+    void put_quantized(int64_t i, const uint8_t* ubytes, bool nan) const;
 };
+// The path's quantizer in its unsigned form (u = qx + 128, every path's qx being the same):
+// for quantizing an input once, before its values are gathered into rows (put_quantized).
+QuantizeRowFn unsigned_row_quantizer(Int8Isa isa);
 // fill(i0, i1, sink): put rows i0 .. i1 - 1, each exactly once (called on the work pool's
 // threads, on disjoint ranges).
 using RowFill = std::function<void(int64_t i0, int64_t i1, const RowSink& sink)>;
