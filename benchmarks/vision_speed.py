@@ -99,13 +99,25 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1, help="images per run (default 1)")
     ap.add_argument("--only", nargs="+", metavar="MODEL", help="these models only (default: all)")
     ap.add_argument("--save", metavar="DIR", help="keep each model's ONNX export in DIR (NAME.onnx)")
+    ap.add_argument("--act", choices=["dynamic", "static"], default="dynamic",
+                    help="int8 activations on both sides: dynamic (default; onnxruntime quantize_dynamic) or "
+                         "static, calibrated on 8 random images (qrt act='static'; onnxruntime quantize_static, "
+                         "QDQ with uint8 activations)")
     args = ap.parse_args()
     import numpy as np
     import torch
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self, feeds):
+            self.feeds = iter(feeds)
+
+        def get_next(self):
+            return next(self.feeds, None)
     from runtime.fuse import fuse
 
-    print(f"# {cpu_name()}; {os.cpu_count()} CPUs; batch {args.batch}; torch {torch.__version__}", flush=True)
+    print(f"# {cpu_name()}; {os.cpu_count()} CPUs; batch {args.batch}; {args.act} int8 activations; "
+          f"torch {torch.__version__}", flush=True)
     rows = []
     for name, make in models().items():
         if args.only and name not in args.only:
@@ -122,12 +134,17 @@ def main() -> None:
             with torch.no_grad():
                 torch.onnx.export(model, (x,), path, input_names=["x"], output_names=["y"],
                                   dynamic_axes={"x": {0: "batch"}})
-            quantize_dynamic(path, i8, weight_type=QuantType.QInt8)
+            calib = [{"x": torch.randn(args.batch, 3, 224, 224).numpy()} for _ in range(8)]
+            if args.act == "static":
+                quantize_static(path, i8, Reader(calib), quant_format=QuantFormat.QDQ,
+                                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+            else:
+                quantize_dynamic(path, i8, weight_type=QuantType.QInt8)
             if args.save:             # one file, the weights inside (the export keeps them beside it)
                 import onnx
                 os.makedirs(args.save, exist_ok=True)
                 onnx.save(onnx.load(path), os.path.join(args.save, f"{name.split()[0]}.onnx"))
-            graph = runtime.convert(path, quant="int8")
+            graph = runtime.convert(path, quant="int8", act=args.act, calib=calib if args.act == "static" else None)
             ops = collections.Counter(n.op for n in fuse(graph).nodes)
             qrt = runtime.InferenceSession(graph)
             o8, o32 = ort_session(i8), ort_session(path)
