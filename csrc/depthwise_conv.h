@@ -4,7 +4,7 @@
 //
 // Why a kernel of its own: as a grouped GEMM (im2col + sgemm per group, or the int8 Linear per
 // group) each group is a 9-column product, so the copies and calls cost 10-200x the arithmetic
-// (RESULTS.md, "Depthwise convolutions"). Here each output is its window's taps folded in a
+// (RESULTS.md, "int8 Conv without numpy's im2col"). Here each output is its window's taps folded in a
 // vector register, read from a zero-padded copy of its input plane (window_rows.h).
 //
 // Numerics: float32, y = bias + sum over taps (ki outer, kj inner) of w * x, each product and

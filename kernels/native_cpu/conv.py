@@ -210,7 +210,7 @@ def dense_conv_factory(attrs: dict, weights: dict):
     group, W (M, 1, *kernel) an initializer, 1-D or 2-D) by csrc/depthwise_conv.h, everything
     else by kernels/blas_ops.py's im2col + sgemm. As a grouped GEMM a depthwise Conv is one
     9-column product per channel: a MobileNet-sized one (96 x 56 x 56, 3 x 3) took 1.0 ms there
-    and 0.17 ms here (RESULTS.md, "Depthwise convolutions"). Both are float32 sums within the
+    and 0.17 ms here (RESULTS.md, "int8 Conv without numpy's im2col"). Both are float32 sums within the
     same bound of the float64 reference (module docstrings)."""
     general = blas_ops.conv_factory(attrs, weights)
     group = int(attrs["group"])

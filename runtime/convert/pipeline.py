@@ -342,10 +342,10 @@ def find_layers(graph: Graph) -> list[Layer]:
 
 
 # Why depthwise Convs stay fp32 by default. Their weights are tiny (kh * kw values a channel, a
-# fraction of a percent of a MobileNet), and int8 would quantize each kh x kw window of one
-# channel on its own (dynamic) for kh * kw products: measured 100-200x slower than the native
-# float32 depthwise kernel (RESULTS.md, "Depthwise convolutions"). Pruning them saves nothing a
-# kernel can use either.
+# fraction of a percent of a MobileNet), and in int8 each kh x kw window of one channel is one
+# GEMM row of kh * kw products, quantized on its own (dynamic): measured 30-70x slower than the
+# native float32 depthwise kernel (RESULTS.md, "int8 Conv without numpy's im2col"). Pruning
+# them saves nothing a kernel can use either.
 DEPTHWISE_REASON = ("kept fp32 (depthwise Conv: one input channel per group, a few weights a channel; "
                     "int8 would be slower than float32; --quant-depthwise to compress it anyway)")
 
