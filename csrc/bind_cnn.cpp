@@ -1,6 +1,6 @@
 // pybind11 bindings of the kernels CNNs need besides the GEMMs: the int8 Conv (int8_conv.h),
-// the float32 depthwise Conv (depthwise_conv.h), MaxPool (max_pool.h), HardSigmoid / HardSwish
-// (hard_sigmoid.h), added to the one module by bindings.cpp's call of bind_cnn(m). Every
+// the float32 depthwise Conv (depthwise_conv.h), the float32 Conv's im2col (im2col.h), MaxPool
+// (max_pool.h), HardSigmoid / HardSwish (hard_sigmoid.h), added to the one module by bindings.cpp's call of bind_cnn(m). Every
 // argument is checked here: a wrong call is a TypeError / ValueError naming it, never a crash.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
@@ -12,6 +12,7 @@
 #include "bind_checks.h"
 #include "depthwise_conv.h"
 #include "hard_sigmoid.h"
+#include "im2col.h"
 #include "int8_conv.h"
 #include "int8_gemm.h"
 #include "max_pool.h"
@@ -184,6 +185,34 @@ py::array hard_sigmoid_py(const py::object& x_obj, double alpha, double beta, bo
     return out;
 }
 
+// cols (N, C * kh * kw, OH * OW) float32 of X (N, C, H, W) float32 (im2col.h).
+py::array im2col_py(const py::object& x_obj, const py::sequence& kernel, const py::sequence& strides,
+                    const py::sequence& pads, const py::sequence& dilations) {
+    py::array x = contiguous_array_of<float>(x_obj, "X", "float32");
+    if (x.ndim() != 4) throw py::value_error("X has shape " + shape_str(x) + ", expected (N, C, H, W)");
+    const std::vector<int64_t> k = ints(kernel, 2, "kernel"), s = ints(strides, 2, "strides"),
+                               p = ints(pads, 4, "pads (top, left, bottom, right)"), d = ints(dilations, 2, "dilations");
+    qrt::ConvGeometry g;
+    g.n = x.shape(0), g.c = x.shape(1), g.h = x.shape(2), g.w = x.shape(3), g.m = g.c, g.group = 1;
+    g.kh = k[0], g.kw = k[1], g.sh = s[0], g.sw = s[1], g.dh = d[0], g.dw = d[1];
+    g.pt = p[0], g.pl = p[1], g.pb = p[2], g.pr = p[3];
+    try {
+        qrt::conv_check_geometry(g);
+    } catch (const std::invalid_argument& e) {
+        throw py::value_error(e.what());
+    }
+    py::array_t<float> out = qrt::bind::new_f32({static_cast<py::ssize_t>(g.n),
+                                                 static_cast<py::ssize_t>(g.c * g.kh * g.kw),
+                                                 static_cast<py::ssize_t>(g.oh() * g.ow())});
+    const float* xp = static_cast<const float*>(x.data());
+    float* yp = out.mutable_data();
+    {
+        py::gil_scoped_release release;
+        qrt::im2col_f32(g, xp, yp);
+    }
+    return out;
+}
+
 }  // namespace
 
 void bind_cnn(py::module_& m) {
@@ -205,6 +234,10 @@ void bind_cnn(py::module_& m) {
           "Y (N, C, OH, OW) float32 = MaxPool of X (N, C, H, W) float32 C-contiguous; pads (top, left, bottom, "
           "right), the end ones grown to cover any ceil_mode overhang; out_size (OH, OW). -inf padding, NaN kept "
           "once seen: the reference's bits (csrc/max_pool.h).");
+    m.def("im2col", &im2col_py, py::arg("x"), py::arg("kernel"), py::arg("strides"), py::arg("pads"),
+          py::arg("dilations"),
+          "cols (N, C * kh * kw, OH * OW) float32 of X (N, C, H, W) float32 C-contiguous: row (c, ki, kj), column "
+          "r * OW + q holds X's value under that tap of output (r, q), 0 in the padding (csrc/im2col.h).");
     m.def("hard_sigmoid", &hard_sigmoid_py, py::arg("x"), py::arg("alpha"), py::arg("beta"), py::arg("swish") = false,
           "min(max(X * alpha + beta, 0), 1) in float32 (alpha, beta rounded to float32), times X when swish: "
           "the reference's bits (csrc/hard_sigmoid.h). X float32 C-contiguous, any shape; a new array.");

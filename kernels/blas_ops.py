@@ -112,7 +112,19 @@ def _conv_weight(w: np.ndarray, group: int) -> np.ndarray:
     return np.ascontiguousarray(w, dtype=F32).reshape(group, m // group, -1)
 
 
-def _conv_f32(x, w3, kernel, strides, pads, dilations, group):
+def im2col_numpy(x, kernel, strides, pb, pe, dilations, out):
+    """cols (N, C * prod(kernel), prod(out)) float32 of X (N, C, *spatial): row (c, tap), one
+    column per output position, 0 in the padding (a strided window view made contiguous)."""
+    nsp = x.ndim - 2
+    n, c = x.shape[:2]
+    xp = np.pad(x, [(0, 0), (0, 0)] + list(zip(pb, pe))) if any(pb + pe) else x
+    win = _windows(xp, kernel, strides, dilations, out)                   # (N, C, *out, *kernel)
+    # (N, C, *kernel, *out): one row per (channel, tap), one column per position
+    perm = (0, 1) + tuple(range(2 + nsp, 2 + 2 * nsp)) + tuple(range(2, 2 + nsp))
+    return np.ascontiguousarray(win.transpose(perm)).reshape(n, c * prod(kernel), prod(out))
+
+
+def _conv_f32(x, w3, kernel, strides, pads, dilations, group, im2col=im2col_numpy):
     """Conv of float32 X (N, C, *spatial) with prepared w3 (G, M/G, C/G * kernel), no bias."""
     nsp = x.ndim - 2
     n, c = x.shape[:2]
@@ -125,12 +137,8 @@ def _conv_f32(x, w3, kernel, strides, pads, dilations, group):
     if all(k == 1 for k in kernel) and all(s == 1 for s in strides) and not any(pb + pe):
         cols = np.ascontiguousarray(x).reshape(n, group, cg, positions)      # 1x1: no im2col
     else:
-        xp = np.pad(x, [(0, 0), (0, 0)] + list(zip(pb, pe))) if any(pb + pe) else x
-        win = _windows(xp, kernel, strides, dilations, out)               # (N, C, *out, *kernel)
-        win = win.reshape((n, group, cg) + win.shape[2:])                 # split C: still a view
-        # (N, G, C/G, *kernel, *out): one row per (channel, tap), one column per position
-        perm = (0, 1, 2) + tuple(range(3 + nsp, 3 + 2 * nsp)) + tuple(range(3, 3 + nsp))
-        cols = np.ascontiguousarray(win.transpose(perm)).reshape(n, group, -1, positions)
+        # rows (c, tap) with c = g * C/G + c': group g's rows are one block, so the split is a view
+        cols = im2col(x, kernel, strides, pb, pe, dilations, out).reshape(n, group, -1, positions)
     y = np.empty((n, group * mg, *out), F32)
     # (G, M/G, CK) @ (N, G, CK, P) -> (N, G, M/G, P), which is y's memory
     np.matmul(w3, cols, out=y.reshape(n, group, mg, positions))
@@ -138,8 +146,9 @@ def _conv_f32(x, w3, kernel, strides, pads, dilations, group):
     return y
 
 
-def conv_factory(attrs: dict, weights: dict):
-    """Grouped, strided, dilated, padded Conv (NCHW, 1-D and 2-D) in float32, im2col + sgemm."""
+def conv_factory(attrs: dict, weights: dict, im2col=im2col_numpy):
+    """Grouped, strided, dilated, padded Conv (NCHW, 1-D and 2-D) in float32, im2col + sgemm.
+    ``im2col``: a backend's own (im2col_numpy's arguments and result), numpy's by default."""
     _check_dense_act("Conv", attrs)
     ref = _reference("Conv", attrs, weights)
     group = int(attrs["group"])
@@ -154,7 +163,7 @@ def conv_factory(attrs: dict, weights: dict):
         if (not _is_f32(x, w, b) or x.ndim < 3 or w.ndim != x.ndim or m % group
                 or x.shape[1] != w.shape[1] * group):
             return ref(x, w, b)       # other dtypes; shape errors are the reference's to raise
-        y = _conv_f32(x, weight3.get(w), [int(k) for k in w.shape[2:]], strides, pads, dilations, group)
+        y = _conv_f32(x, weight3.get(w), [int(k) for k in w.shape[2:]], strides, pads, dilations, group, im2col)
         if b is not None:
             per_channel = y.reshape(y.shape[0], m, -1)     # a view of y
             per_channel += bias32.get(b)[:, None]

@@ -111,3 +111,59 @@ def test_hard_sigmoid_and_swish_are_the_reference_bit_for_bit(op, given, native_
     assert np.array_equal(run(x64)[0], registry.lookup(op, "dense", "reference")(attrs, {})(x64)[0], equal_nan=True)
     with pytest.raises(TypeError, match="float32"):
         real(x64, 0.2, 0.5)
+
+
+IM2COL = {  # name: (X shape, kernel, strides, pads, dilations)
+    "3x3 pad 1": ((2, 5, 9, 8), [3, 3], [1, 1], [1, 1, 1, 1], [1, 1]),
+    "7x7 / 2 stem": ((1, 3, 17, 19), [7, 7], [2, 2], [3, 3, 3, 3], [1, 1]),
+    "dilated, asymmetric pads": ((1, 4, 9, 10), [3, 2], [2, 1], [1, 0, 2, 1], [1, 2]),
+    "pads wider than the window": ((1, 2, 5, 5), [3, 3], [3, 3], [4, 0, 0, 4], [1, 1]),
+    "stride 3 over 2 columns": ((1, 2, 4, 7), [2, 2], [1, 3], [0, 2, 0, 0], [2, 1]),
+    "1-D": ((2, 4, 17), [5], [3], [2, 1], [2]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(IM2COL))
+def test_im2col_is_numpys_and_the_float32_conv_uses_it(case, native_paths, monkeypatch):
+    from kernels.blas_ops import im2col_numpy
+    from kernels.core import layouts
+    from kernels.native_cpu.conv import _im2col
+    from kernels.reference.conv_pool import _out_size, _spatial_attrs, conv_ref
+    shape, kernel, strides, pads, dilations = IM2COL[case]
+    nsp = len(kernel)
+    x = _specials(np.random.default_rng(len(case)).standard_normal(shape).astype(np.float32))
+    s, pb, pe, d = _spatial_attrs(nsp, strides, pads, dilations)
+    out = [_out_size(shape[2 + i], kernel[i], s[i], d[i], pb[i], pe[i], 0) for i in range(nsp)]
+    want = im2col_numpy(x, kernel, s, pb, pe, d, out)
+    for isa, nt in native_paths():
+        got = _im2col(x, kernel, s, pb, pe, d, out)
+        assert got.shape == want.shape and np.array_equal(got, want, equal_nan=True), (isa, nt)
+    calls = []
+    real = _native.im2col
+    monkeypatch.setattr(_native, "im2col", lambda *a, **k: calls.append(1) or real(*a, **k))
+    x = np.random.default_rng(7).standard_normal(shape).astype(np.float32)
+    w = np.random.default_rng(8).standard_normal((3, shape[1], *kernel)).astype(np.float32)
+    attrs = registry.fill_attrs("Conv", {"strides": strides, "pads": pads, "dilations": dilations})
+    y = registry.lookup("Conv", "dense", "native")(attrs, {1: layouts.dense_tensor("w", w)})(x, w)[0]
+    ref = conv_ref(x.astype(np.float64), w.astype(np.float64), None, strides, pads, dilations)
+    bound = (np.prod(w.shape[1:]) + 2) * 2.0 ** -24 * conv_ref(np.abs(x).astype(np.float64),
+                                                               np.abs(w).astype(np.float64), None, strides, pads,
+                                                               dilations)
+    assert calls and np.all(np.abs(y - ref) <= bound)
+
+
+def test_im2col_binding_refuses_bad_arguments():
+    x = np.zeros((1, 2, 6, 6), np.float32)
+    good = dict(kernel=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1], dilations=[1, 1])
+    assert _native.im2col(x, **good).shape == (1, 18, 36)
+    for change, err, match in [
+        (dict(x=x.astype(np.float64)), TypeError, "float32"),
+        (dict(x=x[0]), ValueError, r"\(N, C, H, W\)"),
+        (dict(kernel=[9, 9]), ValueError, "larger than the padded input"),
+        (dict(strides=[1, 0]), ValueError, ">= 1"),
+        (dict(pads=[1, 1, 1]), ValueError, "pads"),
+    ]:
+        args = dict(x=x, **good)
+        args.update(change)
+        with pytest.raises(err, match=match):
+            _native.im2col(**args)

@@ -39,7 +39,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEED = 5
 CASES = 1500
 # bindings that take arrays get most of the cases: they have the checks worth fuzzing
-HEAVY = {"Int8Weight", "int8_linear", "int8_conv2d", "depthwise_conv2d", "max_pool2d", "apply_activation", "sparse_int8_csr", "sparse_int8_bsr", "sparse_int8_nm",
+HEAVY = {"Int8Weight", "int8_linear", "int8_conv2d", "depthwise_conv2d", "max_pool2d", "im2col",
+         "apply_activation", "sparse_int8_csr", "sparse_int8_bsr", "sparse_int8_nm",
          "sparse_int8_linear", "Int4Weight", "int4_linear", "attention", "skip_layer_norm"}
 # exception types a malformed call may raise: TypeError / ValueError from the binding's own
 # checks and pybind11's argument conversion, OverflowError for Python ints beyond C types,
@@ -202,6 +203,7 @@ def _valid_cases(rng):
               rng.standard_normal(6).astype(np.float32)], {}),
             ("max_pool2d", _native.max_pool2d, [xd, [3, 2], [2, 2], [1, 0, 1, 1], [1, 1], [4, 3]], {}),
             ("hard_sigmoid", _native.hard_sigmoid, [xd, 0.2, 0.5, True], {}),
+            ("im2col", _native.im2col, [xd, [3, 2], [2, 1], [1, 1, 0, 2], [1, 2]], {}),
         ]
     if hasattr(_native, "sparse_int8_csr"):
         # the sparse bindings (csrc/bind_sparse.cpp), with their fields as kernels/core/layouts.py

@@ -205,14 +205,27 @@ for _layout in CONV_LAYOUTS:
 
 # --- float32 Conv: depthwise on its own kernel -------------------------------------------------
 
+def _im2col(x, kernel, strides, pb, pe, dilations, out):
+    """kernels/blas_ops.im2col_numpy's result by csrc/im2col.h for 1-D and 2-D windows (the same
+    values: a copy), numpy's for others. A ResNet layer of 64 channels at 56 x 56 took 1-2 ms in
+    numpy's form (RESULTS.md, "int8 Conv without numpy's im2col")."""
+    nsp = x.ndim - 2
+    if nsp == 2:
+        return _native.im2col(np.ascontiguousarray(x), kernel, strides, [pb[0], pb[1], pe[0], pe[1]], dilations)
+    if nsp == 1:
+        return _native.im2col(np.ascontiguousarray(x[:, :, None, :]), [1, kernel[0]], [1, strides[0]],
+                              [0, pb[0], 0, pe[0]], [1, dilations[0]])
+    return blas_ops.im2col_numpy(x, kernel, strides, pb, pe, dilations, out)
+
+
 def dense_conv_factory(attrs: dict, weights: dict):
     """float32 Conv with a dense weight: depthwise Convs (group = C > 1, one input channel per
     group, W (M, 1, *kernel) an initializer, 1-D or 2-D) by csrc/depthwise_conv.h, everything
-    else by kernels/blas_ops.py's im2col + sgemm. As a grouped GEMM a depthwise Conv is one
+    else by kernels/blas_ops.py's sgemm on csrc/im2col.h's im2col. As a grouped GEMM a depthwise Conv is one
     9-column product per channel: a MobileNet-sized one (96 x 56 x 56, 3 x 3) took 1.0 ms there
     and 0.17 ms here (RESULTS.md, "int8 Conv without numpy's im2col"). Both are float32 sums within the
     same bound of the float64 reference (module docstrings)."""
-    general = blas_ops.conv_factory(attrs, weights)
+    general = blas_ops.conv_factory(attrs, weights, im2col=_im2col)
     group = int(attrs["group"])
     w = bound_dense(weights, 1)
     if (group < 2 or w is None or w.dtype != np.float32 or w.ndim - 2 not in NATIVE_SPATIAL_DIMS or w.shape[1] != 1
