@@ -8,7 +8,8 @@ Each layer is a one-node ONNX model (float32 weights and bias, random); qrt int8
 stay float32 by default, so they are converted with ``quant_depthwise=True`` here to show the
 int8 form too), qrt fp32 the unconverted import. With ``--act static`` both sides calibrate
 on 8 inputs like the timed one: qrt ``act="static"``, onnxruntime ``quantize_static`` (QDQ,
-uint8 activations, int8 weights: its QLinearConv) instead of ``quantize_dynamic``. GOP/s count 2 x M x C/group x kh x kw x OH x OW
+uint8 activations, int8 weights: its QLinearConv) instead of ``quantize_dynamic``
+(benchmarks/interleaved.py ``ort_quantize``). GOP/s count 2 x M x C/group x kh x kw x OH x OW
 per image; the int8 peak is ``_native.measure_peaks`` on this machine (register-only VNNI / AVX2
 loop), so "% int8 peak" is qrt int8's share of what the cores can multiply.
 """
@@ -25,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 import runtime  # noqa: E402
-from benchmarks.interleaved import ort_session, time_interleaved  # noqa: E402
+from benchmarks.interleaved import ort_quantize, ort_session, time_interleaved  # noqa: E402
 from kernels.core.cpu import cpu_name  # noqa: E402
 from runtime.bench.machine import cpu_pair_latency, describe_cpu_pair  # noqa: E402
 from runtime.tables import format_table  # noqa: E402
@@ -65,15 +66,6 @@ def main() -> None:
     ap.add_argument("--act", choices=["dynamic", "static"], default="dynamic",
                     help="int8 activations on both sides (default dynamic)")
     args = ap.parse_args()
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
-
-    class Reader(CalibrationDataReader):
-        def __init__(self, feeds):
-            self.feeds = iter(feeds)
-
-        def get_next(self):
-            return next(self.feeds, None)
-
     from kernels.native_cpu import _native
     peak = _native.measure_peaks(os.cpu_count() or 1, 1.0)["int8_gops"]
     print(f"# {cpu_name()}; {os.cpu_count()} CPUs; batch {args.batch}; {args.act} int8 activations; "
@@ -89,11 +81,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as t:
             path, i8 = os.path.join(t, "c.onnx"), os.path.join(t, "c8.onnx")
             Path(path).write_bytes(conv_model(c, m, hw, k, s, group))
-            if args.act == "static":
-                quantize_static(path, i8, Reader(calib), quant_format=QuantFormat.QDQ,
-                                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-            else:
-                quantize_dynamic(path, i8, weight_type=QuantType.QInt8)
+            ort_quantize(path, i8, args.act, calib)
             q8 = runtime.InferenceSession(runtime.convert(path, quant="int8", quant_depthwise=True, act=args.act,
                                                           calib=calib if args.act == "static" else None))
             q32 = runtime.InferenceSession(runtime.convert(path))

@@ -31,6 +31,26 @@ def ort_session(path: str):
     return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
 
 
+def ort_quantize(path: str, out: str, act: str = "dynamic", calib: list | None = None) -> None:
+    """Write onnxruntime's int8 form of ``path`` to ``out``, as its users make it: ``quantize_dynamic``
+    (int8 weights; activations quantized at run time: ConvInteger / MatMulInteger), or with
+    ``act="static"`` ``quantize_static`` on ``calib`` (a list of feed dicts): QDQ, uint8
+    activations, int8 weights (QLinearConv and friends after its graph transformations)."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
+    if act != "static":
+        quantize_dynamic(path, out, weight_type=QuantType.QInt8)
+        return
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.feeds = iter(calib or [])
+
+        def get_next(self):
+            return next(self.feeds, None)
+    quantize_static(path, out, Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8)
+
+
 def time_interleaved(runners: dict[str, Callable[[], object]], seconds: float, busy: int = 0,
                      min_runs: int = 5) -> tuple[dict[str, float], dict[str, int], tuple[float, float]]:
     """(median ms per row, runs per row, (load average before, after)); about ``seconds``

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 import runtime  # noqa: E402
-from benchmarks.interleaved import ort_session, time_interleaved  # noqa: E402
+from benchmarks.interleaved import ort_quantize, ort_session, time_interleaved  # noqa: E402
 from kernels.core.cpu import cpu_name  # noqa: E402
 from runtime.bench.machine import cpu_pair_latency, describe_cpu_pair  # noqa: E402
 from runtime.tables import format_table  # noqa: E402
@@ -106,14 +106,6 @@ def main() -> None:
     args = ap.parse_args()
     import numpy as np
     import torch
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
-
-    class Reader(CalibrationDataReader):
-        def __init__(self, feeds):
-            self.feeds = iter(feeds)
-
-        def get_next(self):
-            return next(self.feeds, None)
     from runtime.fuse import fuse
 
     print(f"# {cpu_name()}; {os.cpu_count()} CPUs; batch {args.batch}; {args.act} int8 activations; "
@@ -135,11 +127,7 @@ def main() -> None:
                 torch.onnx.export(model, (x,), path, input_names=["x"], output_names=["y"],
                                   dynamic_axes={"x": {0: "batch"}})
             calib = [{"x": torch.randn(args.batch, 3, 224, 224).numpy()} for _ in range(8)]
-            if args.act == "static":
-                quantize_static(path, i8, Reader(calib), quant_format=QuantFormat.QDQ,
-                                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-            else:
-                quantize_dynamic(path, i8, weight_type=QuantType.QInt8)
+            ort_quantize(path, i8, args.act, calib)
             if args.save:             # one file, the weights inside (the export keeps them beside it)
                 import onnx
                 os.makedirs(args.save, exist_ok=True)

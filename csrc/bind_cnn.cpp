@@ -34,6 +34,32 @@ std::vector<int64_t> ints(const py::sequence& s, size_t count, const char* what)
 }
 
 // Y (N, M, OH, OW) float32 = int8 Conv of X (N, C, H, W) float32 (int8_conv.h).
+// X (N, C, H, W) float32 C-contiguous, else TypeError / ValueError.
+py::array nchw_input(const py::object& x_obj) {
+    py::array x = contiguous_array_of<float>(x_obj, "X", "float32");
+    if (x.ndim() != 4) throw py::value_error("X has shape " + shape_str(x) + ", expected (N, C, H, W)");
+    return x;
+}
+
+// The geometry of a Conv over X with window (kh, kw), M outputs and `group` groups; strides
+// (sh, sw), pads (top, left, bottom, right), dilations (dh, dw) from their sequences; checked by
+// conv_check_geometry (a ValueError naming the first bad value).
+qrt::ConvGeometry conv_geometry(const py::array& x, int64_t kh, int64_t kw, const py::sequence& strides,
+                                const py::sequence& pads, const py::sequence& dilations, int64_t m, int64_t group) {
+    const std::vector<int64_t> s = ints(strides, 2, "strides"), p = ints(pads, 4, "pads (top, left, bottom, right)"),
+                               d = ints(dilations, 2, "dilations");
+    qrt::ConvGeometry g;
+    g.n = x.shape(0), g.c = x.shape(1), g.h = x.shape(2), g.w = x.shape(3), g.m = m, g.group = group;
+    g.kh = kh, g.kw = kw, g.sh = s[0], g.sw = s[1], g.dh = d[0], g.dw = d[1];
+    g.pt = p[0], g.pl = p[1], g.pb = p[2], g.pr = p[3];
+    try {
+        qrt::conv_check_geometry(g);
+    } catch (const std::invalid_argument& e) {
+        throw py::value_error(e.what());
+    }
+    return g;
+}
+
 // The weights argument: a list or tuple of Int8Weight, one per group (at most kMaxGroups: a
 // longer sequence is refused before anything is allocated for it).
 constexpr size_t kMaxGroups = size_t(1) << 20;
@@ -61,21 +87,10 @@ py::array int8_conv2d_py(const py::object& weights_obj, const py::object& x_obj,
     const qrt::Activation act = qrt::bind::activation_arg(activation);
     const qrt::Int8ActQuant aq = qrt::bind::act_quant_arg(act_quant, act_scale, act_zero_point);
     const std::vector<const qrt::Int8PackedWeight*> weights = weight_list(weights_obj);
-    py::array x = contiguous_array_of<float>(x_obj, "X", "float32");
-    if (x.ndim() != 4) throw py::value_error("X has shape " + shape_str(x) + ", expected (N, C, H, W)");
-    const std::vector<int64_t> k = ints(kernel, 2, "kernel"), s = ints(strides, 2, "strides"),
-                               p = ints(pads, 4, "pads (top, left, bottom, right)"), d = ints(dilations, 2, "dilations");
-    qrt::ConvGeometry g;
-    g.n = x.shape(0), g.c = x.shape(1), g.h = x.shape(2), g.w = x.shape(3);
-    g.group = static_cast<int64_t>(weights.size());
-    g.m = g.group * weights[0]->n;
-    g.kh = k[0], g.kw = k[1], g.sh = s[0], g.sw = s[1], g.dh = d[0], g.dw = d[1];
-    g.pt = p[0], g.pl = p[1], g.pb = p[2], g.pr = p[3];
-    try {
-        qrt::conv_check_geometry(g);
-    } catch (const std::invalid_argument& e) {
-        throw py::value_error(e.what());
-    }
+    py::array x = nchw_input(x_obj);
+    const std::vector<int64_t> k = ints(kernel, 2, "kernel");
+    const int64_t group = static_cast<int64_t>(weights.size());
+    const qrt::ConvGeometry g = conv_geometry(x, k[0], k[1], strides, pads, dilations, group * weights[0]->n, group);
     const int64_t kk = g.kh * g.kw * (g.c / g.group);
     for (const qrt::Int8PackedWeight* w : weights)
         if (w->n != weights[0]->n || w->k != kk)
@@ -104,24 +119,13 @@ py::array int8_conv2d_py(const py::object& weights_obj, const py::object& x_obj,
 // float32 (depthwise_conv.h).
 py::array depthwise_conv2d_py(const py::object& x_obj, const py::object& w_obj, const py::sequence& strides,
                               const py::sequence& pads, const py::sequence& dilations, const py::object& bias_obj) {
-    py::array x = contiguous_array_of<float>(x_obj, "X", "float32");
-    if (x.ndim() != 4) throw py::value_error("X has shape " + shape_str(x) + ", expected (N, C, H, W)");
+    py::array x = nchw_input(x_obj);
     py::array w = contiguous_array_of<float>(w_obj, "W", "float32");
     if (w.ndim() != 4 || w.shape(1) != 1 || w.shape(0) < 1 || w.shape(0) % x.shape(1) != 0)
         throw py::value_error("W has shape " + shape_str(w) + ", expected (M, 1, kh, kw) with M a multiple of C = " +
                               std::to_string(x.shape(1)));
-    const std::vector<int64_t> s = ints(strides, 2, "strides"), p = ints(pads, 4, "pads (top, left, bottom, right)"),
-                               d = ints(dilations, 2, "dilations");
-    qrt::ConvGeometry g;
-    g.n = x.shape(0), g.c = x.shape(1), g.h = x.shape(2), g.w = x.shape(3);
-    g.m = w.shape(0), g.group = g.c;
-    g.kh = w.shape(2), g.kw = w.shape(3), g.sh = s[0], g.sw = s[1], g.dh = d[0], g.dw = d[1];
-    g.pt = p[0], g.pl = p[1], g.pb = p[2], g.pr = p[3];
-    try {
-        qrt::conv_check_geometry(g);
-    } catch (const std::invalid_argument& e) {
-        throw py::value_error(e.what());
-    }
+    const qrt::ConvGeometry g = conv_geometry(x, w.shape(2), w.shape(3), strides, pads, dilations, w.shape(0),
+                                              x.shape(1));
     const float* bp = nullptr;
     py::array b;
     if (!bias_obj.is_none()) {
@@ -145,8 +149,7 @@ py::array depthwise_conv2d_py(const py::object& x_obj, const py::object& w_obj, 
 // Y (N, C, OH, OW) float32 = MaxPool of X (N, C, H, W) float32 (max_pool.h).
 py::array max_pool2d_py(const py::object& x_obj, const py::sequence& kernel, const py::sequence& strides,
                         const py::sequence& pads, const py::sequence& dilations, const py::sequence& out_size) {
-    py::array x = contiguous_array_of<float>(x_obj, "X", "float32");
-    if (x.ndim() != 4) throw py::value_error("X has shape " + shape_str(x) + ", expected (N, C, H, W)");
+    py::array x = nchw_input(x_obj);
     const std::vector<int64_t> k = ints(kernel, 2, "kernel"), s = ints(strides, 2, "strides"),
                                p = ints(pads, 4, "pads (top, left, bottom, right)"), d = ints(dilations, 2, "dilations"),
                                o = ints(out_size, 2, "out_size");
@@ -188,19 +191,9 @@ py::array hard_sigmoid_py(const py::object& x_obj, double alpha, double beta, bo
 // cols (N, C * kh * kw, OH * OW) float32 of X (N, C, H, W) float32 (im2col.h).
 py::array im2col_py(const py::object& x_obj, const py::sequence& kernel, const py::sequence& strides,
                     const py::sequence& pads, const py::sequence& dilations) {
-    py::array x = contiguous_array_of<float>(x_obj, "X", "float32");
-    if (x.ndim() != 4) throw py::value_error("X has shape " + shape_str(x) + ", expected (N, C, H, W)");
-    const std::vector<int64_t> k = ints(kernel, 2, "kernel"), s = ints(strides, 2, "strides"),
-                               p = ints(pads, 4, "pads (top, left, bottom, right)"), d = ints(dilations, 2, "dilations");
-    qrt::ConvGeometry g;
-    g.n = x.shape(0), g.c = x.shape(1), g.h = x.shape(2), g.w = x.shape(3), g.m = g.c, g.group = 1;
-    g.kh = k[0], g.kw = k[1], g.sh = s[0], g.sw = s[1], g.dh = d[0], g.dw = d[1];
-    g.pt = p[0], g.pl = p[1], g.pb = p[2], g.pr = p[3];
-    try {
-        qrt::conv_check_geometry(g);
-    } catch (const std::invalid_argument& e) {
-        throw py::value_error(e.what());
-    }
+    py::array x = nchw_input(x_obj);
+    const std::vector<int64_t> k = ints(kernel, 2, "kernel");
+    const qrt::ConvGeometry g = conv_geometry(x, k[0], k[1], strides, pads, dilations, x.shape(1), 1);
     py::array_t<float> out = qrt::bind::new_f32({static_cast<py::ssize_t>(g.n),
                                                  static_cast<py::ssize_t>(g.c * g.kh * g.kw),
                                                  static_cast<py::ssize_t>(g.oh() * g.ow())});
