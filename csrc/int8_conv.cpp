@@ -32,16 +32,30 @@ constexpr double kMaxConvFloats = 1099511627776.0;   // 2^40
 
 // The patch runs are short (a stem's 7 x 7 window over 3 channels: 21 floats a run), too short
 // for a memcpy call, which cost more than the copy itself (perf: 1.7 of the stem's 3.5 ms on one
-// thread; GCC turns a plain loop back into that call). So whole blocks of 16 floats, each a
-// fixed-size copy the compiler inlines: up to 15 floats more than n are read and written, which
-// the buffers allow (kRunSlack floats past the channels-last copy and past each patch).
+// thread; GCC turns a plain loop back into that call). So whole blocks of 16 elements, each a
+// fixed-size copy the compiler inlines: up to 15 elements more than n are read and written, which
+// the buffers allow (kRunSlack elements past the channels-last copies and past each patch).
 constexpr int64_t kRunSlack = 16;
-inline void copy_run(float* dst, const float* src, int64_t n) {
-    for (int64_t i = 0; i < n; i += 16) std::memcpy(dst + i, src + i, 16 * sizeof(float));
+template <typename T>
+inline void copy_run(T* dst, const T* src, int64_t n) {
+    for (int64_t i = 0; i < n; i += 16) std::memcpy(dst + i, src + i, 16 * sizeof(T));
 }
 
-inline void copy_bytes(uint8_t* dst, const uint8_t* src, int64_t n) {
-    for (int64_t i = 0; i < n; i += 16) std::memcpy(dst + i, src + i, 16);
+// One patch row, tap-major (ki, kj, c), into dst from a channels-last buffer of T (floats or
+// quantized bytes; row pitch wp pixels of C), `at` pointing at the window's first tap in its
+// group's first channel: kh runs of kw * C (row_runs: dilation 1, one group) or kh * kw runs of
+// C / group.
+template <typename T>
+void gather_patch(T* dst, const T* at, const ConvGeometry& g, int64_t wp, int64_t cg, bool row_runs) {
+    for (int64_t ki = 0; ki < g.kh; ++ki) {
+        const T* src = at + ki * g.dh * wp * g.c;
+        if (row_runs) {
+            copy_run(dst, src, g.kw * g.c);
+            dst += g.kw * g.c;
+            continue;
+        }
+        for (int64_t kj = 0; kj < g.kw; ++kj, dst += cg) copy_run(dst, src + kj * g.dw * g.c, cg);
+    }
 }
 
 void require(bool ok, const std::string& what) {
@@ -199,56 +213,31 @@ void int8_conv2d_isa(const std::vector<const Int8PackedWeight*>& weights, const 
             std::copy(bias + gi * mg, bias + (gi + 1) * mg, bias_g.get());
             bg = bias_g.get();
         }
-        const float* xg = xp + gi * cg;        // this group's first channel
+        // row i's window: its first tap's pixel in the padded channels-last buffers
+        const auto first_pixel = [&](int64_t i) {
+            const int64_t n = i / positions, p = i % positions;
+            return (n * hp + (p / ow) * g.sh) * wp + (p % ow) * g.sw;
+        };
         const RowFill fill_static = [&](int64_t i0, int64_t i1, const RowSink& sink) {
             thread_local std::vector<uint8_t> bytes;
             if (!one_run) bytes.resize(static_cast<size_t>(k + kRunSlack));
             for (int64_t i = i0; i < i1; ++i) {
-                const int64_t n = i / positions, p = i % positions, r = p / ow, q = p % ow;
-                const int64_t pix = (n * hp + r * g.sh) * wp + q * g.sw;   // the window's first tap
+                const int64_t pix = first_pixel(i);
                 bool nan = false;
                 for (int64_t ki = 0; any_nan && ki < g.kh; ++ki)
                     for (int64_t kj = 0; kj < g.kw; ++kj) nan |= nan_flags[(pix + ki * g.dh * wp + kj * g.dw) * g.group + gi] != 0;
-                if (one_run) {
-                    sink.put_quantized(i, xq.data() + pix * g.c + gi * cg, nan);
-                    continue;
-                }
-                uint8_t* dst = bytes.data();
-                for (int64_t ki = 0; ki < g.kh; ++ki) {
-                    const uint8_t* src = xq.data() + (pix + ki * g.dh * wp) * g.c + gi * cg;
-                    if (row_runs) {
-                        copy_bytes(dst, src, g.kw * g.c);
-                        dst += g.kw * g.c;
-                        continue;
-                    }
-                    for (int64_t kj = 0; kj < g.kw; ++kj, dst += cg) copy_bytes(dst, src + kj * g.dw * g.c, cg);
-                }
-                sink.put_quantized(i, bytes.data(), nan);
+                const uint8_t* at = xq.data() + pix * g.c + gi * cg;
+                if (!one_run) gather_patch(bytes.data(), at, g, wp, cg, row_runs);
+                sink.put_quantized(i, one_run ? at : bytes.data(), nan);
             }
         };
         const RowFill fill_floats = [&](int64_t i0, int64_t i1, const RowSink& sink) {
             thread_local std::vector<float> patch;
             if (!one_run) patch.resize(static_cast<size_t>(k + kRunSlack));
             for (int64_t i = i0; i < i1; ++i) {
-                const int64_t n = i / positions, p = i % positions, r = p / ow, q = p % ow;
-                // xp[n, r * sh, q * sw, gi * cg]: the window's first tap
-                const float* at = xg + ((n * hp + r * g.sh) * wp + q * g.sw) * g.c;
-                if (one_run) {
-                    sink.put(i, at);
-                    continue;
-                }
-                float* dst = patch.data();
-                for (int64_t ki = 0; ki < g.kh; ++ki) {
-                    const float* src = at + ki * g.dh * wp * g.c;
-                    if (row_runs) {
-                        copy_run(dst, src, g.kw * g.c);
-                        dst += g.kw * g.c;
-                        continue;
-                    }
-                    for (int64_t kj = 0; kj < g.kw; ++kj, dst += cg)
-                        copy_run(dst, src + kj * g.dw * g.c, cg);
-                }
-                sink.put(i, patch.data());
+                const float* at = xp + first_pixel(i) * g.c + gi * cg;
+                if (!one_run) gather_patch(patch.data(), at, g, wp, cg, row_runs);
+                sink.put(i, one_run ? at : patch.data());
             }
         };
         int8_gemm_rows(w, rows, aq.is_static ? fill_static : fill_floats, bg, aq, yr, isa, threads, act);
