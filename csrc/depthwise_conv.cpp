@@ -46,10 +46,7 @@ void depthwise_conv2d_isa(const ConvGeometry& g, const float* x, const float* w,
     parallel_items(planes, nt, [&](int64_t item) {
         const int64_t n = item / g.m, o = item % g.m, c = o / mult;
         thread_local std::vector<float> plane, acc;
-        plane.assign(static_cast<size_t>(hp * wp + slack), 0.0f);
-        const float* src = x + (n * g.c + c) * g.h * g.w;
-        for (int64_t r = 0; r < g.h; ++r)
-            std::copy(src + r * g.w, src + (r + 1) * g.w, plane.data() + (r + g.pt) * wp + g.pl);
+        window::padded_plane(plane, x + (n * g.c + c) * g.h * g.w, g.h, g.w, g.pt, g.pl, hp, wp, slack, 0.0f);
         const float* wo = w + o * taps;
         const float b = bias != nullptr ? bias[o] : 0.0f;
         float* yo = y + item * oh * ow;

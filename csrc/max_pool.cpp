@@ -58,11 +58,8 @@ void max_pool2d_isa(const PoolGeometry& g, const float* x, float* y, Int8Isa isa
     const int64_t slack = (owp - g.ow) * g.sw + kWindowVec;
     parallel_items(planes, nt, [&](int64_t p) {
         thread_local std::vector<float> plane, acc;
-        plane.assign(static_cast<size_t>(hp * wp + slack), lowest);
+        window::padded_plane(plane, x + p * g.h * g.w, g.h, g.w, g.pt, g.pl, hp, wp, slack, lowest);
         acc.resize(static_cast<size_t>(owp));
-        const float* src = x + p * g.h * g.w;
-        for (int64_t r = 0; r < g.h; ++r)
-            std::copy(src + r * g.w, src + (r + 1) * g.w, plane.data() + (r + g.pt) * wp + g.pl);
         float* yp = y + p * g.oh * g.ow;
         for (int64_t i = 0; i < g.oh; ++i) {
             rows(acc.data(), plane.data() + i * g.sh * wp, window::Taps{g.kh, g.kw, g.dh * wp, g.dw, nullptr, lowest},

@@ -13,7 +13,9 @@
 // valid tap.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
+#include <vector>
 
 #include "int8_gemm.h"   // Int8Isa
 
@@ -60,6 +62,15 @@ struct MaxTap {
 // w[a * kw + b] (MaxTap ignores it: w may be nullptr). out[j] = the taps folded into init, in
 // that order, for the window starting at x0 + j * sw, j < n. The accumulator stays in a register
 // through all the taps (one load per tap, one store per output).
+// plane = the (h, w) plane at src inside a (hp, wp) buffer filled with `fill` (0 for a Conv,
+// -inf for MaxPool), its top-left at row pt, column pl, plus `slack` more fill values after it
+// for the extra outputs' reads (the module comment).
+inline void padded_plane(std::vector<float>& plane, const float* src, int64_t h, int64_t w, int64_t pt, int64_t pl,
+                         int64_t hp, int64_t wp, int64_t slack, float fill) {
+    plane.assign(static_cast<size_t>(hp * wp + slack), fill);
+    for (int64_t r = 0; r < h; ++r) std::copy(src + r * w, src + (r + 1) * w, plane.data() + (r + pt) * wp + pl);
+}
+
 struct Taps {
     int64_t kh, kw, row_step, tap_step;
     const float* w;
