@@ -102,6 +102,22 @@ def _sparse_group_csr(iw, rows: slice, mg: int, kk: int):
     return _native.sparse_int8_csr(indptr, indices, qdata, scale, (mg, kk), "auto", -1)
 
 
+def planar(x: np.ndarray, kernel, strides, pb, pe, dilations) -> tuple:
+    """The native 2-D window kernels' arguments for a 1-D or 2-D window over X (N, C, *spatial):
+    (X as C-contiguous (N, C, H, W), kernel, strides, pads (top, left, bottom, right),
+    dilations). A 1-D window is a 2-D one over a single row (kernel, stride and dilation 1 down
+    the rows, no pads there); ``unplanar`` takes the row axis off the result again."""
+    if x.ndim == 4:
+        return np.ascontiguousarray(x), list(kernel), list(strides), [pb[0], pb[1], pe[0], pe[1]], list(dilations)
+    return (np.ascontiguousarray(x[:, :, None, :]), [1, kernel[0]], [1, strides[0]], [0, pb[0], 0, pe[0]],
+            [1, dilations[0]])
+
+
+def unplanar(y: np.ndarray, nsp: int) -> np.ndarray:
+    """A native 2-D kernel's (N, M, OH, OW) result as the (N, M, *out) of a ``nsp``-D window."""
+    return y if nsp == 2 else y[:, :, 0, :]
+
+
 class ConvPlan(PreparedWeight):
     """One Conv node's packed weight W (M, C/group, *kernel), prepared once per group."""
 
@@ -169,13 +185,10 @@ def native_conv(x: Any, plan: ConvPlan, bias: Any = None, strides=None, pads=Non
     if min(out) < 1:
         raise ValueError(f"Conv: X {x.shape} is smaller than the dilated kernel {kernel} with pads {pb + pe}")
     if plan.tap_major is not None:
-        x4 = x if nsp == 2 else x[:, :, None, :]          # 1-D: a 2-D conv over one row
-        two = (lambda v: list(v)) if nsp == 2 else (lambda v: [1, v[0]])
-        pads4 = [pb[0], pb[1], pe[0], pe[1]] if nsp == 2 else [0, pb[0], 0, pe[0]]
-        y = _native.int8_conv2d(plan.tap_major, np.ascontiguousarray(x4), two(kernel), two(strides), pads4,
-                                two(dilations), bias32_or_64(bias, plan.m, "Conv"), plan.act_quant,
-                                plan.act_scale, plan.act_zero_point, activation)
-        return y if nsp == 2 else y[:, :, 0, :]
+        y = _native.int8_conv2d(plan.tap_major, *planar(x, kernel, strides, pb, pe, dilations),
+                                bias32_or_64(bias, plan.m, "Conv"), plan.act_quant, plan.act_scale,
+                                plan.act_zero_point, activation)
+        return unplanar(y, nsp)
     b = bias64(bias, plan.m, "Conv")
     xp = np.pad(x, [(0, 0), (0, 0)] + list(zip(pb, pe))) if any(pb) or any(pe) else x
     win = _windows(xp, kernel, strides, dilations, out)          # (N, C, *out, *kernel), a view
@@ -209,12 +222,8 @@ def _im2col(x, kernel, strides, pb, pe, dilations, out):
     """kernels/blas_ops.im2col_numpy's result by csrc/im2col.h for 1-D and 2-D windows (the same
     values: a copy), numpy's for others. A ResNet layer of 64 channels at 56 x 56 took 1-2 ms in
     numpy's form (RESULTS.md, "int8 Conv without numpy's im2col")."""
-    nsp = x.ndim - 2
-    if nsp == 2:
-        return _native.im2col(np.ascontiguousarray(x), kernel, strides, [pb[0], pb[1], pe[0], pe[1]], dilations)
-    if nsp == 1:
-        return _native.im2col(np.ascontiguousarray(x[:, :, None, :]), [1, kernel[0]], [1, strides[0]],
-                              [0, pb[0], 0, pe[0]], [1, dilations[0]])
+    if x.ndim - 2 in NATIVE_SPATIAL_DIMS:      # (N, C * taps, positions) either way: nothing to take off
+        return _native.im2col(*planar(x, kernel, strides, pb, pe, dilations))
     return blas_ops.im2col_numpy(x, kernel, strides, pb, pe, dilations, out)
 
 
@@ -243,13 +252,8 @@ def dense_conv_factory(attrs: dict, weights: dict):
         strides, pb, pe, dilations = _spatial_attrs(nsp, attrs["strides"], attrs["pads"], attrs["dilations"])
         for i in range(nsp):      # the reference's error for a window larger than the padded input
             _out_size(x.shape[2 + i], kernel[i], strides[i], dilations[i], pb[i], pe[i], 0)
-        if nsp == 2:
-            y = _native.depthwise_conv2d(np.ascontiguousarray(x), w4, strides, [pb[0], pb[1], pe[0], pe[1]],
-                                         dilations, b)
-            return (y,)
-        y = _native.depthwise_conv2d(np.ascontiguousarray(x[:, :, None, :]), w4, [1, strides[0]],
-                                     [0, pb[0], 0, pe[0]], [1, dilations[0]], b)
-        return (y[:, :, 0, :],)
+        x4, _, s2, pads4, d2 = planar(x, kernel, strides, pb, pe, dilations)   # the kernel is w4's
+        return (unplanar(_native.depthwise_conv2d(x4, w4, s2, pads4, d2, b), nsp),)
     return run
 
 

@@ -17,6 +17,7 @@ from kernels.reference.conv_pool import _pool_setup
 from kernels.registry import register
 
 from . import _native
+from .conv import planar, unplanar
 
 
 @register("MaxPool", "native")
@@ -30,11 +31,7 @@ def max_pool_factory(attrs: dict, weights: dict):
             return ref(x)
         kernel, strides, dilations, out, pad_width, _ = _pool_setup(
             x, attrs["kernel_shape"], attrs["strides"], attrs["pads"], attrs["dilations"], attrs["ceil_mode"])
-        if nsp == 2:
-            return (_native.max_pool2d(np.ascontiguousarray(x), kernel, strides,
-                                       [pad_width[2][0], pad_width[3][0], pad_width[2][1], pad_width[3][1]],
-                                       dilations, out),)
-        y = _native.max_pool2d(np.ascontiguousarray(x[:, :, None, :]), [1, kernel[0]], [1, strides[0]],
-                               [0, pad_width[2][0], 0, pad_width[2][1]], [1, dilations[0]], [1, out[0]])
-        return (y[:, :, 0, :],)
+        begin, end = [p[0] for p in pad_width[2:]], [p[1] for p in pad_width[2:]]
+        out2 = list(out) if nsp == 2 else [1, out[0]]
+        return (unplanar(_native.max_pool2d(*planar(x, kernel, strides, begin, end, dilations), out2), nsp),)
     return run
