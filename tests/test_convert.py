@@ -126,17 +126,15 @@ def test_depthwise_convs_stay_fp32_unless_asked(tmp_path):
     with the reason in the report, the others are quantized; --quant-depthwise compresses it
     too. The fp32 one runs on the native depthwise kernel (tests/test_native_int8_conv.py)."""
     torch = pytest.importorskip("torch")
-    import io
-
     from runtime.cli import main as cli_main
     nn = torch.nn
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(8, 16, 1), nn.ReLU(), nn.Conv2d(16, 16, 3, 1, 1, groups=16), nn.ReLU(),
                           nn.Conv2d(16, 4, 1)).eval()
     x = torch.randn(2, 8, 10, 10)
-    buf = io.BytesIO()
-    torch.onnx.export(model, (x,), buf, input_names=["x"], dynamo=False)
-    graph = runtime.convert(buf.getvalue(), quant="int8", prune="magnitude", sparsity=0.5)
+    src, out = tmp_path / "m.onnx", tmp_path / "m.qrt"
+    torch.onnx.export(model, (x,), str(src), input_names=["x"])      # the default exporter
+    graph = runtime.convert(str(src), quant="int8", prune="magnitude", sparsity=0.5)
     layouts = {n.name: graph.initializers[n.inputs[1]].layout for n in graph.nodes if n.op == "Conv"}
     notes = {lr["name"]: lr["note"] for lr in graph.metadata["report"]["layers"]}
     (dw,) = [n.name for n in graph.nodes if n.op == "Conv" and n.attrs.get("group", 1) == 16]
@@ -144,13 +142,11 @@ def test_depthwise_convs_stay_fp32_unless_asked(tmp_path):
     assert set(layouts.values()) == {"csr"}
     with torch.no_grad():
         want = model(x).numpy()
-    int8 = runtime.convert(buf.getvalue(), quant="int8")      # not pruned: the accuracy of int8 alone
+    int8 = runtime.convert(str(src), quant="int8")      # not pruned: the accuracy of int8 alone
     got = runtime.InferenceSession(int8).run(None, {"x": x.numpy()})[0]
     assert np.abs(got - want).max() < 0.05 * np.abs(want).max()
-    both = runtime.convert(buf.getvalue(), quant="int8", quant_depthwise=True)
+    both = runtime.convert(str(src), quant="int8", quant_depthwise=True)
     assert {both.initializers[n.inputs[1]].layout for n in both.nodes if n.op == "Conv"} == {"int8"}
-    src, out = tmp_path / "m.onnx", tmp_path / "m.qrt"
-    src.write_bytes(buf.getvalue())
     assert cli_main(["convert", str(src), "-o", str(out), "--quant", "int8", "--quant-depthwise"]) == 0
     saved = runtime.InferenceSession(str(out))
     assert all(p.layout == "int8" for p in saved.plan if p.op == "Conv")
