@@ -71,7 +71,8 @@ def test_fused_auto_path_follows_the_forced_int8_path(int8_isa):
     x = _rng("auto-ln").standard_normal((3, 21)).astype(np.float32)
     g = np.ones(21, np.float32)
     order = ("avx512", "avx2", "scalar")
-    cap = {"auto": "avx512", "avx512_vnni": "avx512", "avx2": "avx2", "scalar": "scalar"}
+    cap = {"auto": "avx512", "amx": "avx512", "avx512_vnni": "avx512", "avx_vnni": "avx2", "avx2": "avx2",
+           "scalar": "scalar"}
     for forced in ("auto", *_native.int8_isas()):
         int8_isa(forced)
         want = next(i for i in ISAS if order.index(i) >= order.index(cap[forced]))

@@ -130,7 +130,8 @@ def test_int4_auto_path_follows_the_forced_int8_path(int8_isa):
     rng = _rng("int4-auto")
     x = rng.standard_normal((3, 96)).astype(np.float32)
     order = ("avx512", "avx2", "scalar")
-    cap = {"auto": "avx512", "avx512_vnni": "avx512", "avx2": "avx2", "scalar": "scalar"}
+    cap = {"auto": "avx512", "amx": "avx512", "avx512_vnni": "avx512", "avx_vnni": "avx2", "avx2": "avx2",
+           "scalar": "scalar"}
     for forced in ("auto", *INT8_ISAS):
         int8_isa(forced)
         for g in (64, 16, 6):
