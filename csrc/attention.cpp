@@ -460,6 +460,7 @@ FusedIsa fused_auto_isa() {
     if (!int8_isa_forced()) return best;
     // the forced int8 path caps the choice: no wider vectors than it uses
     switch (int8_current_isa()) {
+        case Int8Isa::amx:
         case Int8Isa::avx512_vnni: return best;
         case Int8Isa::avx_vnni:
         case Int8Isa::avx2: return best == FusedIsa::scalar ? best : FusedIsa::avx2;

@@ -246,10 +246,10 @@ PYBIND11_MODULE(_native, m) {
           "instruction), the instruction timed (int8_isa, fp32_isa), ops per instruction, threads.");
 
     m.def("int8_isa", []() { return std::string(qrt::int8_isa_name(qrt::int8_current_isa())); },
-          "The code path int8_linear takes now: 'avx512_vnni', 'avx_vnni', 'avx2' or 'scalar'.");
+          "The code path int8_linear takes now: 'amx', 'avx512_vnni', 'avx_vnni', 'avx2' or 'scalar'.");
     m.def("int8_isas", []() {
             py::list out;
-            for (auto isa : {qrt::Int8Isa::avx512_vnni, qrt::Int8Isa::avx_vnni, qrt::Int8Isa::avx2, qrt::Int8Isa::scalar})
+            for (auto isa : {qrt::Int8Isa::amx, qrt::Int8Isa::avx512_vnni, qrt::Int8Isa::avx_vnni, qrt::Int8Isa::avx2, qrt::Int8Isa::scalar})
                 if (qrt::int8_isa_supported(isa)) out.append(qrt::int8_isa_name(isa));
             return out;
         },
@@ -261,7 +261,7 @@ PYBIND11_MODULE(_native, m) {
                 throw py::value_error(e.what());
             }
         },
-        py::arg("name"), "Force a code path ('avx512_vnni', 'avx_vnni', 'avx2', 'scalar'), or 'auto' for the best one.");
+        py::arg("name"), "Force a code path ('amx', 'avx512_vnni', 'avx_vnni', 'avx2', 'scalar'), or 'auto' for the best one.");
     m.def("set_threads", [](int n) {
             if (n < 1) throw py::value_error("threads must be >= 1, got " + std::to_string(n));
             qrt::int8_set_threads(n);

@@ -42,7 +42,7 @@ __attribute__((target("avx512f"))) void span_avx512(const float* x, float* y, in
 
 SpanFn span_fn(Int8Isa isa) {
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
-    if (isa == Int8Isa::avx512_vnni) return span_avx512;
+    if (int8_isa_is_avx512_class(isa)) return span_avx512;
     if (int8_isa_is_avx2_class(isa)) return span_avx2;
 #endif
     (void)isa;

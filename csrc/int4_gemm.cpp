@@ -58,7 +58,7 @@ Int4Isa int4_auto_isa(const Int4Weight& w) {
     // a forced int8 path caps the choice (int4_gemm.h); read once, so one answer per call
     const bool forced = int8_isa_forced();
     const Int8Isa cap = forced ? int8_current_isa() : Int8Isa::avx512_vnni;
-    if (w.group_size % kInt4Avx512Step == 0 && cap == Int8Isa::avx512_vnni && int4_isa_supported(Int4Isa::avx512))
+    if (w.group_size % kInt4Avx512Step == 0 && int8_isa_is_avx512_class(cap) && int4_isa_supported(Int4Isa::avx512))
         return Int4Isa::avx512;
     if (w.group_size % kInt4Avx2Step == 0 && cap != Int8Isa::scalar && int4_isa_supported(Int4Isa::avx2))
         return Int4Isa::avx2;

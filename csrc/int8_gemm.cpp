@@ -71,10 +71,11 @@ Int8PackedWeight int8_pack_weight(const int8_t* qdata, int64_t n, int64_t k, con
     w.n = n;
     w.k = k;
     w.k4 = (k + 3) / 4;
+    w.k4_stored = (w.k4 + kAmxK4 - 1) / kAmxK4 * kAmxK4;
     w.panels = (n + kInt8Panel - 1) / kInt8Panel;
     w.has_zero_point = zero_point != nullptr;
     const int64_t ncols = w.panels * kInt8Panel;
-    const int64_t panel_bytes = w.k4 * kInt8Panel * 4;
+    const int64_t panel_bytes = w.panel_bytes();
     w.data.allocate(static_cast<size_t>(w.panels * panel_bytes));
     std::fill(w.data.get(), w.data.get() + w.data.size, int8_t(0));
     w.colsum.allocate(ncols);
@@ -170,6 +171,8 @@ struct PathKernels {
     QuantizeRowFn quantize_row;
     TileFn tile;
     int64_t row_factor = 1;   // bytes of a quantized row = row_factor * kp
+    int64_t mr = kInt8MR;     // rows per tile
+    bool whole_block = false; // tile takes a work item's whole row block at once (int8_gemm_kernels.h)
 };
 
 // AVX2 takes the vpmaddubsw tile (2 multiplies per 32 products) unless a weight byte is -128,
@@ -179,6 +182,9 @@ PathKernels kernels_for(Int8Isa isa, const Int8PackedWeight& w) {
     switch (isa) {
 #if QRT_INT8_X86_SIMD
         case Int8Isa::avx512_vnni: return {quantize_row_avx512, tile_avx512};
+#if QRT_INT8_AMX
+        case Int8Isa::amx: return {quantize_row_avx512, tile_amx, 1, kAmxMR, true};
+#endif
 #if QRT_INT8_AVX_VNNI
         case Int8Isa::avx_vnni: return {quantize_row_avx2, tile_avx_vnni};
 #endif
@@ -196,6 +202,7 @@ PathKernels kernels_for(Int8Isa isa, const Int8PackedWeight& w) {
 QuantizeRowFn int8_detail::unsigned_row_quantizer(Int8Isa isa) {
     switch (isa) {
 #if QRT_INT8_X86_SIMD
+        case Int8Isa::amx:
         case Int8Isa::avx512_vnni: return quantize_row_avx512;
         case Int8Isa::avx_vnni:
         case Int8Isa::avx2: return quantize_row_avx2;
@@ -260,6 +267,7 @@ std::atomic<int> g_isa_override{-1};    // -1: the best path
 
 const char* int8_isa_name(Int8Isa isa) {
     switch (isa) {
+        case Int8Isa::amx: return "amx";
         case Int8Isa::avx512_vnni: return "avx512_vnni";
         case Int8Isa::avx_vnni: return "avx_vnni";
         case Int8Isa::avx2: return "avx2";
@@ -276,11 +284,14 @@ bool int8_isa_supported(Int8Isa isa) {
     if (isa == Int8Isa::avx2) return f.avx2 && f.fma;
     if (isa == Int8Isa::avx512_vnni) return f.avx512f && f.avx512bw && f.avx512_vnni;
     if (isa == Int8Isa::avx_vnni) return QRT_INT8_AVX_VNNI && f.avx2 && f.fma && f.avx_vnni;
+    // the OS's permission last: asked for only on a CPU that has the tiles
+    if (isa == Int8Isa::amx) return QRT_INT8_AMX && f.avx512f && f.avx512bw && f.avx512_vnni && f.amx_int8 && amx_permitted();
 #endif
     return false;
 }
 
 Int8Isa int8_best_isa() {
+    if (int8_isa_supported(Int8Isa::amx)) return Int8Isa::amx;
     if (int8_isa_supported(Int8Isa::avx512_vnni)) return Int8Isa::avx512_vnni;
     if (int8_isa_supported(Int8Isa::avx_vnni)) return Int8Isa::avx_vnni;
     if (int8_isa_supported(Int8Isa::avx2)) return Int8Isa::avx2;
@@ -299,7 +310,7 @@ void int8_set_isa(const std::string& name) {
         g_isa_override.store(-1);
         return;
     }
-    for (Int8Isa isa : {Int8Isa::scalar, Int8Isa::avx2, Int8Isa::avx_vnni, Int8Isa::avx512_vnni}) {
+    for (Int8Isa isa : {Int8Isa::scalar, Int8Isa::avx2, Int8Isa::avx_vnni, Int8Isa::avx512_vnni, Int8Isa::amx}) {
         if (name == int8_isa_name(isa)) {
             if (!int8_isa_supported(isa))
                 throw std::invalid_argument("int8 path '" + name + "' is not supported by this CPU (best here: " +
@@ -308,7 +319,7 @@ void int8_set_isa(const std::string& name) {
             return;
         }
     }
-    throw std::invalid_argument("unknown int8 path '" + name + "'; expected one of auto, avx512_vnni, avx_vnni, avx2, scalar");
+    throw std::invalid_argument("unknown int8 path '" + name + "'; expected one of auto, amx, avx512_vnni, avx_vnni, avx2, scalar");
 }
 
 void int8_set_threads(int n) { g_threads.store(std::max(1, n)); }
@@ -363,14 +374,21 @@ void int8_detail::int8_gemm_rows(const Int8PackedWeight& w, int64_t m, const Row
     if (!int8_isa_supported(isa)) throw std::invalid_argument("int8_linear: unsupported path");
     if (w.k > kMaxKInt32) isa = Int8Isa::scalar;   // int32 lanes would not be exact
     const PathKernels kern = kernels_for(isa, w);
-    const int64_t n = w.n, k = w.k, kp = 4 * w.k4, ncols = w.panels * kInt8Panel;
-    const int64_t panel_bytes = w.k4 * kInt8Panel * 4;
+    const int64_t mr = kern.mr;
+    // the AMX tile reads whole 64-byte k chunks of each row (128 past K meets the panel's
+    // zero-filled steps), the others k4 steps
+    const int64_t kp = 4 * (isa == Int8Isa::amx ? w.k4_stored : w.k4);
+    const int64_t n = w.n, k = w.k, ncols = w.panels * kInt8Panel;
+    const int64_t panel_bytes = w.panel_bytes();
 
-    // per-call buffers: u (M, kp) uint8, the per-row scales and corrections, and the
+    // per-call buffers: u (M, kp) uint8 (rows padded to a whole tile: the AMX tile reads
+    // kAmxRows rows whatever its height), the per-row scales and corrections, and the
     // per-column corrections for this call's activation zero point (O(M K + N) work)
     const int64_t ldu = kern.row_factor * kp;
+    const int64_t tiles = (m + mr - 1) / mr;
     AlignedArray<uint8_t> u;
-    u.allocate(static_cast<size_t>(m * ldu));
+    u.allocate(static_cast<size_t>(tiles * mr * ldu));
+    std::fill(u.get() + m * ldu, u.get() + tiles * mr * ldu, uint8_t(128));
     std::vector<double> sx(m);
     std::vector<int64_t> row_corr(m);
     const int64_t z = aq.is_static ? aq.zero_point : 0;
@@ -388,10 +406,9 @@ void int8_detail::int8_gemm_rows(const Int8PackedWeight& w, int64_t m, const Row
     if (m * ncols * kp < kParallelMinMacs) nt = 1;
     // work items: (block of rows, panel), rows blocked for L2 and split further until there
     // are enough items for the threads
-    const int64_t tiles = (m + kInt8MR - 1) / kInt8MR;
     const int64_t weight_bytes = w.k4 * 4 * ncols;
     const int64_t row_block_bytes = weight_bytes > kStreamedWeightBytes ? kStreamedRowBlockBytes : kRowBlockBytes;
-    int64_t block_tiles = std::max<int64_t>(1, row_block_bytes / (ldu * kInt8MR));
+    int64_t block_tiles = std::max<int64_t>(1, row_block_bytes / (ldu * mr));
     int64_t row_blocks = (tiles + block_tiles - 1) / block_tiles;
     const int64_t want_blocks = (kItemsPerThread * nt + w.panels - 1) / w.panels;
     if (row_blocks < want_blocks) {
@@ -418,10 +435,23 @@ void int8_detail::int8_gemm_rows(const Int8PackedWeight& w, int64_t m, const Row
         const int64_t n0 = p * kInt8Panel;
         const int64_t width = std::min(kInt8Panel, n - n0);
         const int8_t* panel = w.data.get() + p * panel_bytes;
+        if (kern.whole_block) {
+            const int64_t r0 = blk * block_tiles * mr, rows = std::min(m, t_end * mr) - r0;
+            const uint8_t* ub = u.get() + r0 * ldu;
+            if (width == kInt8Panel) {
+                kern.tile(rows, ub, ldu, panel, w.k4, ep, r0, n0, y + r0 * n + n0, n);
+            } else {   // the last panel: into scratch, as below
+                std::vector<float> scratch(static_cast<size_t>(rows * kInt8Panel));
+                kern.tile(rows, ub, ldu, panel, w.k4, ep, r0, n0, scratch.data(), kInt8Panel);
+                for (int64_t r = 0; r < rows; ++r)
+                    std::copy(&scratch[r * kInt8Panel], &scratch[r * kInt8Panel] + width, y + (r0 + r) * n + n0);
+            }
+            return;
+        }
         alignas(64) float scratch[kInt8MR * kInt8Panel];
         for (int64_t t = blk * block_tiles; t < t_end; ++t) {
-            const int64_t m0 = t * kInt8MR;
-            const int64_t rows = std::min(kInt8MR, m - m0);
+            const int64_t m0 = t * mr;
+            const int64_t rows = std::min(mr, m - m0);
             const uint8_t* ut = u.get() + m0 * ldu;
             if (width == kInt8Panel) {
                 kern.tile(rows, ut, ldu, panel, w.k4, ep, m0, n0, y + m0 * n + n0, n);
@@ -456,6 +486,7 @@ void activation_inplace_isa(float* y, int64_t count, Activation act, Int8Isa isa
     if (!int8_isa_supported(isa)) throw std::invalid_argument("activation_inplace: unsupported path");
     switch (isa) {
 #if QRT_INT8_X86_SIMD
+        case Int8Isa::amx:
         case Int8Isa::avx512_vnni: activation_span_avx512(y, count, act); return;
         case Int8Isa::avx_vnni:
         case Int8Isa::avx2: activation_span_avx2(y, count, act); return;

@@ -47,14 +47,26 @@
 namespace qrt {
 
 constexpr int64_t kInt8Panel = 64;        // output columns per weight panel (4 zmm of 16 int32)
-constexpr int64_t kInt8MR = 4;            // rows per micro-tile
+constexpr int64_t kInt8MR = 4;            // rows per micro-tile (the AVX and scalar paths)
+constexpr int64_t kAmxRows = 16;          // rows of an AMX tile register (int8_gemm_amx.cpp)
+constexpr int64_t kAmxMR = 2 * kAmxRows;  // rows per AMX micro-tile: two tile registers tall
+constexpr int64_t kAmxK4 = 16;            // k steps of 4 bytes per AMX tile (64 bytes a row)
+// A micro-tile of fewer rows than this takes the AVX-512 tile: the AMX one costs as much for
+// 1 row as for 16. Measured (Intel Xeon with AMX, 2 vCPU, 2 threads; avx512_vnni time / amx
+// time, the whole Linear): (K, N) = (384, 1536) M = 6: 0.99, 8: 1.03, 12: 1.26, 16: 1.35;
+// (768, 768) 8: 1.14, 16: 1.72; (768, 3072) 8: 1.36, 16: 2.07.
+constexpr int64_t kAmxMinRows = 8;
 
 // The GEMM code paths. All give the same int32 (or int64) accumulators, hence the same bits.
 // avx_vnni: VEX vpdpbusd on ymm (Intel Alder Lake and later client CPUs, Zen 5 without
 // AVX-512 enabled); the AVX2 kernels serve it wherever it has no kernel of its own.
-enum class Int8Isa : int { scalar = 0, avx2 = 1, avx512_vnni = 2, avx_vnni = 3 };
+// amx: AMX-INT8 tiles (Intel Xeon from Sapphire Rapids on) for the int8 GEMM's tiles of
+// kAmxMinRows rows or more, AVX-512 VNNI for everything else.
+enum class Int8Isa : int { scalar = 0, avx2 = 1, avx512_vnni = 2, avx_vnni = 3, amx = 4 };
 // avx2 or avx_vnni: the ISAs whose other kernels (sparse, int4, fused) are the AVX2 ones.
 inline bool int8_isa_is_avx2_class(Int8Isa isa) { return isa == Int8Isa::avx2 || isa == Int8Isa::avx_vnni; }
+// avx512_vnni or amx: the ISAs whose other kernels are the AVX-512 ones.
+inline bool int8_isa_is_avx512_class(Int8Isa isa) { return isa == Int8Isa::avx512_vnni || isa == Int8Isa::amx; }
 
 const char* int8_isa_name(Int8Isa isa);
 // The best path this CPU supports (cpu_features.cpp).
@@ -100,11 +112,13 @@ constexpr int32_t kNarrowQMax = 63;
 struct Int8PackedWeight {
     int64_t n = 0, k = 0;
     int64_t k4 = 0;          // ceil(K / 4): k steps of one 32-bit lane (4 bytes)
+    int64_t k4_stored = 0;   // k4 rounded up to kAmxK4: the k steps each panel stores (the
+                             // AMX tile reads whole 64-byte chunks; the other tiles read k4)
     int64_t panels = 0;      // ceil(N / kInt8Panel)
     bool has_zero_point = false;
     bool has_q_min = false;  // some qw is -128: the AVX2 vpmaddubsw tile is not exact for it
     int32_t max_abs_q = 0;   // max |qw|: at most kNarrowQMax takes the AVX2 narrow tile
-    // (panels, k4, kInt8Panel, 4) int8: panel p, k step kk, column c holds
+    // (panels, k4_stored, kInt8Panel, 4) int8: panel p, k step kk, column c holds
     // qw[p * 64 + c, 4 kk .. 4 kk + 3]; padded columns and k hold 0.
     AlignedArray<int8_t> data;
     // per column, padded to panels * kInt8Panel with 0
@@ -114,6 +128,7 @@ struct Int8PackedWeight {
     AlignedArray<double> scale;       // s_w[n], float32 -> float64 exactly
     size_t nbytes() const;
     int64_t padded_n() const { return panels * kInt8Panel; }
+    int64_t panel_bytes() const { return k4_stored * kInt8Panel * 4; }
 };
 
 // qdata (N, K) int8 row-major, scale (N,) float32 > 0, zero_point (N,) int8 or nullptr.

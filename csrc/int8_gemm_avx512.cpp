@@ -67,6 +67,43 @@ QRT_TARGET_AVX512 inline __m512i broadcast_u8x4(const uint8_t* a) {
     return _mm512_set1_epi32(word);   // 4 u8 of one row, one k step, in every lane
 }
 
+// The epilogue of one output row of a tile: acc[j] = the raw sums sum_k u qw of columns
+// n0 + 16 j .. + 15 (wrapping int32). Exact int32 corrections (wrapping, int8_gemm.h), then
+// float64 in the reference's order ((s_w * acc) * s_x) + b, rounded once to float32, then the
+// activation (activation.h) on those float32 values. ReLU is applied to the registers before
+// the store; the GELUs to the stored rows of the tile afterwards (finish_rows_avx512), while
+// they are in L1: they need most of the vector registers, which the epilogue shares with the
+// accumulators (measured: a fused GELU costs ~10% less so).
+QRT_TARGET_AVX512 inline void store_row_avx512(const __m512i* acc, const Epilogue& ep, int64_t m, int64_t n0,
+                                               float* y, int groups = 4) {
+    const Activation act = ep.act == Activation::relu ? ep.act : Activation::none;
+    const __m512d sxr = _mm512_set1_pd(ep.sx[m]);
+    const __m512i rc = _mm512_set1_epi32(static_cast<int32_t>(static_cast<uint32_t>(ep.row_corr[m])));
+    for (int j = 0; j < groups; ++j) {
+        const int64_t n = n0 + 16 * j;
+        __m512i t = _mm512_sub_epi32(acc[j], _mm512_loadu_si512(ep.col_corr + n));
+        if (ep.has_zw) t = _mm512_sub_epi32(t, _mm512_mullo_epi32(_mm512_loadu_si512(ep.zw + n), rc));
+        __m512d lo = _mm512_cvtepi32_pd(_mm512_castsi512_si256(t));
+        __m512d hi = _mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(t, 1));
+        lo = _mm512_mul_pd(_mm512_mul_pd(_mm512_loadu_pd(ep.sw + n), lo), sxr);
+        hi = _mm512_mul_pd(_mm512_mul_pd(_mm512_loadu_pd(ep.sw + n + 8), hi), sxr);
+        if (ep.bias != nullptr) {
+            lo = _mm512_add_pd(lo, _mm512_loadu_pd(ep.bias + n));
+            hi = _mm512_add_pd(hi, _mm512_loadu_pd(ep.bias + n + 8));
+        }
+        // the 16 float32 results in one register (insertf64x4: AVX-512F, no DQ needed)
+        const __m512 v = _mm512_castpd_ps(_mm512_insertf64x4(
+            _mm512_castps_pd(_mm512_castps256_ps512(_mm512_cvtpd_ps(lo))), _mm256_castps_pd(_mm512_cvtpd_ps(hi)), 1));
+        _mm512_storeu_ps(y + 16 * j, activation_avx512(v, act));
+    }
+}
+
+// The GELUs of a tile's stored rows, `width` columns each (store_row_avx512 leaves them out)
+inline void finish_rows_avx512(int64_t rows, const Epilogue& ep, float* y, int64_t ldy, int64_t width = kInt8Panel) {
+    if (ep.act == Activation::gelu || ep.act == Activation::gelu_tanh)
+        for (int64_t r = 0; r < rows; ++r) activation_span_avx512(y + r * ldy, width, ep.act);
+}
+
 // Row r's 4 accumulators (columns 16 j .. 16 j + 15 in c<r><j>) take one k step.
 #define QRT_VNNI_ROW(r)                                             \
     if constexpr (ROWS > r) {                                       \
@@ -100,37 +137,8 @@ QRT_TARGET_AVX512 void tile_rows(const uint8_t* u, int64_t ldu, const int8_t* pa
     }
     const __m512i acc[kInt8MR][4] = {{c00, c01, c02, c03}, {c10, c11, c12, c13},
                                      {c20, c21, c22, c23}, {c30, c31, c32, c33}};
-    // epilogue: exact int32 corrections (wrapping, int8_gemm.h), then float64 in the
-    // reference's order ((s_w * acc) * s_x) + b, rounded once to float32, then the activation
-    // (activation.h) on those float32 values. ReLU is applied to the registers before the store; the GELUs to the stored rows of the
-    // tile afterwards, while they are in L1: they need most of the vector registers, which
-    // the epilogue shares with the accumulators (measured: a fused GELU costs ~10% less so)
-    const Activation act = ep.act == Activation::relu ? ep.act : Activation::none;
-    const bool gelu_after = ep.act == Activation::gelu || ep.act == Activation::gelu_tanh;
-    for (int r = 0; r < ROWS; ++r) {
-        const int64_t m = m0 + r;
-        const __m512d sxr = _mm512_set1_pd(ep.sx[m]);
-        const __m512i rc = _mm512_set1_epi32(static_cast<int32_t>(static_cast<uint32_t>(ep.row_corr[m])));
-        for (int j = 0; j < 4; ++j) {
-            const int64_t n = n0 + 16 * j;
-            __m512i t = _mm512_sub_epi32(acc[r][j], _mm512_loadu_si512(ep.col_corr + n));
-            if (ep.has_zw) t = _mm512_sub_epi32(t, _mm512_mullo_epi32(_mm512_loadu_si512(ep.zw + n), rc));
-            __m512d lo = _mm512_cvtepi32_pd(_mm512_castsi512_si256(t));
-            __m512d hi = _mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(t, 1));
-            lo = _mm512_mul_pd(_mm512_mul_pd(_mm512_loadu_pd(ep.sw + n), lo), sxr);
-            hi = _mm512_mul_pd(_mm512_mul_pd(_mm512_loadu_pd(ep.sw + n + 8), hi), sxr);
-            if (ep.bias != nullptr) {
-                lo = _mm512_add_pd(lo, _mm512_loadu_pd(ep.bias + n));
-                hi = _mm512_add_pd(hi, _mm512_loadu_pd(ep.bias + n + 8));
-            }
-            // the 16 float32 results in one register (insertf64x4: AVX-512F, no DQ needed)
-            const __m512 v = _mm512_castpd_ps(_mm512_insertf64x4(
-                _mm512_castps_pd(_mm512_castps256_ps512(_mm512_cvtpd_ps(lo))), _mm256_castps_pd(_mm512_cvtpd_ps(hi)), 1));
-            _mm512_storeu_ps(y + r * ldy + 16 * j, activation_avx512(v, act));
-        }
-    }
-    if (gelu_after)
-        for (int r = 0; r < ROWS; ++r) activation_span_avx512(y + r * ldy, kInt8Panel, ep.act);
+    for (int r = 0; r < ROWS; ++r) store_row_avx512(acc[r], ep, m0 + r, n0, y + r * ldy);
+    finish_rows_avx512(ROWS, ep, y, ldy);
 }
 
 #undef QRT_VNNI_ROW
@@ -198,10 +206,27 @@ void tile_avx512(int64_t rows, const uint8_t* u, int64_t ldu, const int8_t* pane
     }
 }
 
+QRT_TARGET_AVX512 void store_rows_avx512(int64_t rows, int groups, const int32_t* acc, int64_t lda,
+                                         const Epilogue& ep, int64_t m0, int64_t n0, float* y, int64_t ldy) {
+    for (int64_t r = 0; r < rows; ++r) {
+        const int32_t* a = acc + r * lda;
+        __m512i row[4];
+        for (int j = 0; j < groups; ++j) row[j] = _mm512_loadu_si512(a + 16 * j);
+        store_row_avx512(row, ep, m0 + r, n0, y + r * ldy, groups);
+    }
+    finish_rows_avx512(rows, ep, y, ldy, 16 * groups);
+}
+
 QRT_TARGET_AVX512 void activation_span_avx512(float* y, int64_t count, Activation act) {
     int64_t i = 0;
     for (; i + 16 <= count; i += 16) _mm512_storeu_ps(y + i, activation_avx512(_mm512_loadu_ps(y + i), act));
-    for (; i < count; ++i) y[i] = activation_scalar(y[i], act);   // the same bits as a vector lane
+    // the tail as one masked vector (each lane computed alone: the same bits). Not a scalar
+    // loop: GCC 12 clones this function for finish_rows_avx512's count = 64 and reports the
+    // loop that cannot run there as undefined behaviour (-Waggressive-loop-optimizations).
+    if (i < count) {
+        const __mmask16 tail = static_cast<__mmask16>((1u << (count - i)) - 1);
+        _mm512_mask_storeu_ps(y + i, tail, activation_avx512(_mm512_maskz_loadu_ps(tail, y + i), act));
+    }
 }
 
 }  // namespace int8_detail

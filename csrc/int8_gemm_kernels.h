@@ -28,6 +28,15 @@
 #define QRT_INT8_AVX_VNNI 0
 #endif
 
+// The AMX tile (int8_gemm_amx.cpp): GCC >= 11 or clang >= 12 for the intrinsics, and Linux,
+// whose arch_prctl grants a process the tile state (other systems report the path unsupported).
+#if QRT_INT8_X86_SIMD && defined(__linux__) && \
+    ((defined(__clang__) && __clang_major__ >= 12) || (!defined(__clang__) && __GNUC__ >= 11))
+#define QRT_INT8_AMX 1
+#else
+#define QRT_INT8_AMX 0
+#endif
+
 namespace qrt {
 namespace int8_detail {
 
@@ -127,6 +136,26 @@ void tile_avx2_signed(int64_t rows, const uint8_t* u, int64_t ldu, const int8_t*
 // quantize_row_avx2's u = qx + 128 directly, exact because 2 * 255 * 63 <= 32767.
 void tile_avx2_narrow(int64_t rows, const uint8_t* u, int64_t ldu, const int8_t* panel, int64_t k4,
                       const Epilogue& ep, int64_t m0, int64_t n0, float* y, int64_t ldy);
+// The AVX-512 epilogue on sums already in memory: rows x 16 groups raw sums sum_k u qw (int32,
+// wrapping; groups <= 4) at acc[r * lda + c] -> y[r * ldy + c], columns n0 + c of the
+// epilogue's arrays: what tile_avx512 stores from its registers (the AMX tile's epilogue).
+void store_rows_avx512(int64_t rows, int groups, const int32_t* acc, int64_t lda, const Epilogue& ep, int64_t m0,
+                       int64_t n0, float* y, int64_t ldy);
+// AMX (int8_gemm_amx.cpp, where QRT_INT8_AMX): a whole row block, any number of rows x the
+// panel's 64 columns (the driver calls it once per work item: PathKernels::whole_block), as
+// micro-tiles of kAmxMR rows by TDPBUSD with quantize_row_avx512's rows and the AVX-512
+// epilogue; a last micro-tile of fewer than kAmxMinRows rows goes to tile_avx512. It reads
+// whole 64-byte k chunks: u rows of ldu >= 64 * ceil(k4 / 16) bytes (128 past K), rows up to
+// the next multiple of kAmxMR (read, their sums dropped), and the panel's k4 rounded up to
+// kAmxK4 steps (int8_pack_weight zero-fills them).
+void tile_amx(int64_t rows, const uint8_t* u, int64_t ldu, const int8_t* panel, int64_t k4,
+              const Epilogue& ep, int64_t m0, int64_t n0, float* y, int64_t ldy);
+// Asks Linux once for this process's AMX tile state (arch_prctl ARCH_REQ_XCOMP_PERM); whether
+// it was granted.
+bool amx_permitted();
+// The peak probe's AMX loop (peak_probe.cpp): iters x 4 TDPBUSD on register tiles, 16 x 16 x 64
+// multiply-adds each; where the path is supported only.
+double amx_peak_spin(int64_t iters);
 // y[i] = act(y[i]), i < count, in place (activation_inplace)
 void activation_span_avx2(float* y, int64_t count, Activation act);
 void activation_span_avx512(float* y, int64_t count, Activation act);

@@ -12,6 +12,8 @@
 #endif
 
 #include "cpu_features.h"
+#include "int8_gemm.h"
+#include "int8_gemm_kernels.h"
 
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
 #define QRT_PEAK_X86 1
@@ -286,10 +288,17 @@ PeakResult measure_int8_peak(int threads, double seconds) {
     Loop loop{nullptr, 0, 0, "none"};
 #if QRT_PEAK_X86
     const CpuFeatures f = detect_cpu_features();
-    if (f.avx512f && f.avx512_vnni) {
+    // the instruction of the int8 GEMM's path (forced or the best), so that a kernel's share of
+    // the peak is of what its own instruction can do; the scalar path has none, and takes the
+    // best vector loop of the CPU short of AMX
+    const Int8Isa path = int8_current_isa();
+    const bool any = path == Int8Isa::scalar;
+    if (path == Int8Isa::amx) {
+        loop = {int8_detail::amx_peak_spin, 4 * kAmxOps, kAmxOps, "amx"};
+    } else if (f.avx512f && f.avx512_vnni && (any || path == Int8Isa::avx512_vnni)) {
         loop = {spin_vnni_zmm, 16 * 128, 128, "avx512_vnni"};
 #if QRT_PEAK_AVX_VNNI
-    } else if (f.avx2 && f.avx_vnni) {
+    } else if (f.avx2 && f.avx_vnni && (any || path == Int8Isa::avx_vnni)) {
         loop = {spin_vnni_ymm, 12 * 64, 64, "avx_vnni"};
 #endif
     } else if (f.avx2) {

@@ -11,6 +11,9 @@
 //   int8: vpdpbusd, one u8 x s8 multiply and one add per byte pair, so 4 x 2 ops per int32
 //         lane: zmm (AVX-512 VNNI) 128 ops, ymm (AVX-VNNI) 64 ops per instruction; on AVX2
 //         alone, vpmaddubsw + vpmaddwd + vpaddd, 64 ops per such triple ("avx2").
+//   amx:  TDPBUSD on tiles (int8_gemm_amx.cpp), 16 x 16 x 64 multiply-adds, kAmxOps ops per
+//         instruction; the probe of the int8 path "amx" (the int8 peak follows the int8 GEMM's
+//         path: QRT_NATIVE_ISA=avx512_vnni measures vpdpbusd on the same machine).
 //   fp32: vfmadd231ps, 2 flops per lane: zmm (AVX-512F) 32, ymm (AVX2 + FMA) 16; without FMA,
 //         mulps + addps pairs on xmm (SSE2), 8 flops per pair.
 #pragma once
@@ -20,6 +23,7 @@
 namespace qrt {
 
 constexpr int kPeakAccumulators = 16;
+constexpr int64_t kAmxOps = 16 * 16 * 64 * 2;   // one TDPBUSD: 16 x 16 int32 outputs, 64 products each
 
 struct PeakResult {
     double ops_per_second = 0.0;      // 0 when the CPU has no instruction for it (isa "none")

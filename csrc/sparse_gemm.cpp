@@ -302,7 +302,7 @@ int64_t sparse_byte_segment() {
     // weights over 128 bytes, which ran MiniLM's 80% model 2-26% slower than 64 in every round
     // measured (benchmarks/RESULTS.md, "The segment probe depended on the host's state"). The
     // packer's 1.2x vector-growth rule still keeps 128 where 64 would pad too much.
-    if (int8_current_isa() != Int8Isa::avx512_vnni) return kSparseSegmentNarrow;   // AVX2-class or scalar: fewer lookups
+    if (!int8_isa_is_avx512_class(int8_current_isa())) return kSparseSegmentNarrow;   // AVX2-class or scalar: fewer lookups
     static const bool narrow = [] {   // measured once per process
         const auto [two, one] = sparse_permute_probe();
         return one > 0 && two > 1.05 * one;
@@ -387,7 +387,7 @@ SparseInt8Weight sparse_int8_pack(SparseRows rows, const float* scale, const Spa
     int64_t byte_seg = opt.segment > 0 ? opt.segment : sparse_byte_segment();
     const bool may_be_bytes = lanes < 0 || lanes == static_cast<int>(EllLanes::byte);
     if (opt.segment < 0 && may_be_bytes && byte_seg == kSparseSegmentNarrow &&
-        int8_current_isa() == Int8Isa::avx512_vnni && sparse_byte_lanes_supported()) {
+        int8_isa_is_avx512_class(int8_current_isa()) && sparse_byte_lanes_supported()) {
         // AVX-512: the narrow segments' faster permute pays for up to ~1.36x more vectors once a
         // vector serves several activation rows, but M = 1 streams each vector once, so there
         // every extra vector costs its bytes. Measured (Zen 4, 2 threads, 90% random masks, where
@@ -518,9 +518,9 @@ bool sparse_path_available(const SparseInt8Weight& w, SparsePath path, Int8Isa i
     // each vector path runs on its own ISA only, so that the ISA override picks the code
     switch (path) {
         case SparsePath::ell:
-            return isa == Int8Isa::avx512_vnni &&
+            return int8_isa_is_avx512_class(isa) &&
                    (w.lanes == EllLanes::dword || (w.lanes == EllLanes::byte && sparse_has_vbmi()));
-        case SparsePath::quad_tiles: return isa == Int8Isa::avx512_vnni && w.quad_rows > 0;
+        case SparsePath::quad_tiles: return int8_isa_is_avx512_class(isa) && w.quad_rows > 0;
         case SparsePath::ell_avx2: return int8_isa_is_avx2_class(isa) && w.lanes != EllLanes::none;
         case SparsePath::pairs_avx2: return int8_isa_is_avx2_class(isa) && w.has_pairs;
         case SparsePath::quad_tiles_avx2: return int8_isa_is_avx2_class(isa) && w.quad_rows > 0 && w.quads_no_min;
@@ -596,7 +596,7 @@ void sparse_int8_linear_isa(const SparseInt8Weight& w, const float* x, int64_t m
 
     int8_detail::QuantizeRowFn quantize = int8_detail::quantize_row_scalar;
 #if QRT_INT8_X86_SIMD
-    if (isa == Int8Isa::avx512_vnni) quantize = int8_detail::quantize_row_avx512;
+    if (int8_isa_is_avx512_class(isa)) quantize = int8_detail::quantize_row_avx512;
     if (int8_isa_is_avx2_class(isa)) quantize = int8_detail::quantize_row_avx2;
 #endif
 

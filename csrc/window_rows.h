@@ -131,12 +131,12 @@ __attribute__((target("avx512f"))) void rows_avx512(float* out, const float* x0,
 template <class Op>
 using RowsFn = void (*)(float*, const float*, const Taps&, int64_t, int64_t);
 
-// The function of the path's width: AVX-512 on the avx512_vnni path, AVX2 on the AVX2-class
+// The function of the path's width: AVX-512 on the avx512_vnni and amx paths, AVX2 on the AVX2-class
 // paths, scalar otherwise. n must be a multiple of kWindowVec for the vector ones.
 template <class Op>
 RowsFn<Op> rows_for(Int8Isa isa) {
 #if QRT_WINDOW_X86
-    if (isa == Int8Isa::avx512_vnni) return rows_avx512<Op>;
+    if (int8_isa_is_avx512_class(isa)) return rows_avx512<Op>;
     if (int8_isa_is_avx2_class(isa)) return rows_avx2<Op>;
 #endif
     (void)isa;

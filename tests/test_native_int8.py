@@ -16,6 +16,7 @@ from __future__ import annotations
 import concurrent.futures
 import math
 import os
+import platform
 import subprocess
 import sys
 import zlib
@@ -155,8 +156,38 @@ def test_every_path_is_tested_here():
     # AVX-VNNI (VEX vpdpbusd, csrc/int8_gemm_avxvnni.cpp): offered exactly where the CPU has it,
     # ahead of avx2 and behind avx512_vnni; where it is offered, every test here runs it
     assert ("avx_vnni" in ISAS) == bool(f["avx_vnni"] and f["avx2"] and f["fma"])
-    order = ["avx512_vnni", "avx_vnni", "avx2", "scalar"]
+    # AMX (csrc/int8_gemm_amx.cpp): needs the AVX-512 path beside it and, on Linux >= 5.16, the
+    # process's permission for the tile state, which the extension asks for
+    amx_cpu = bool(f["amx_int8"] and f["avx512_vnni"] and f["avx512bw"] and f["avx512f"])
+    if "amx" in ISAS:
+        assert amx_cpu
+    elif amx_cpu and sys.platform == "linux":
+        assert tuple(int(p) for p in platform.release().split(".")[:2]) < (5, 16), "AMX CPU, tiles not granted"
+    order = ["amx", "avx512_vnni", "avx_vnni", "avx2", "scalar"]
     assert list(ISAS) == [i for i in order if i in ISAS]
+
+
+@pytest.mark.skipif("amx" not in ISAS, reason="this CPU has no AMX-INT8 tiles (or the OS did not grant them)")
+@pytest.mark.parametrize("acfg", ACT_CONFIGS, ids=lambda c: f"{c['act_quant']}{c.get('act_zero_point', '')}")
+def test_amx_tile_edges(acfg, restore_native_state):
+    """The AMX path's own edges (csrc/int8_gemm_amx.cpp): tiles of 16 rows, of kAmxMinRows = 8
+    to 15 rows (the rows read past M are dropped) and of fewer (the AVX-512 tile); K over
+    several 64-byte chunks with a tail (the zero-filled steps of the panel), N over two panels
+    with a part-panel; an asymmetric weight, a bias and a fused GELU. The reference's bits."""
+    rng = _rng("amx-edges")
+    gelu = registry.fill_attrs("Linear", {**acfg, "activation": "gelu"})
+    for k in (3, 64, 200, 1100):
+        t = _weight(rng, (130, k), symmetric=False)
+        fused = registry.build("Linear", "int8", "native", gelu, {1: t})
+        for m in (7, 8, 15, 16, 23, 24, 40):
+            x = _input(rng, (m, k), zero_rows=True)
+            b = rng.standard_normal(130)
+            ref = _run("reference", acfg, t, x, b)
+            _native.set_int8_isa("avx512_vnni")
+            want = fused(x, t, b)[0]
+            _native.set_int8_isa("amx")
+            _assert_same(_run("native", acfg, t, x, b), ref, f"amx M={m} K={k}")
+            assert _same_bits(fused(x, t, b)[0], want), f"amx + GELU differs from avx512_vnni: M={m} K={k}"
 
 
 def test_non_contiguous_input_and_bias_dtypes():

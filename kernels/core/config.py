@@ -14,7 +14,7 @@ class Var:
 
 
 VARS = {v.name: v for v in (
-    Var("QRT_NATIVE_ISA", "", "force the native backend's int8 code path: avx512_vnni, avx_vnni, avx2 or scalar "
+    Var("QRT_NATIVE_ISA", "", "force the native backend's int8 code path: amx, avx512_vnni, avx_vnni, avx2 or scalar "
                               "(same bits on every path; tests and benchmarks)"),
     Var("QRT_NUMBA_ISA", "", "compile the numba backend for another target: auto, avx512_vnni, avx2 or generic"),
     Var("QRT_NUMBA_NO_VNNI", "", "1: the numba int8 GEMM uses its portable path even on a VNNI CPU"),

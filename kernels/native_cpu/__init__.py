@@ -24,9 +24,9 @@ one thread, in a fixed order). The weight-only (act_quant "none") Linear is nump
 BLAS matmul, whose bits may follow BLAS's thread count (kernels/blas_ops.py): it agrees
 within float32 rounding.
 
-Environment: QRT_NATIVE_ISA = avx512_vnni | avx_vnni | avx2 | scalar forces the int8 GEMM's code path (all
+Environment: QRT_NATIVE_ISA = amx | avx512_vnni | avx_vnni | avx2 | scalar forces the int8 GEMM's code path (all
 give the same bits; for tests and benchmarks), and caps the int4 Linear's and the fused ops'
-automatic paths at the same ISA (avx512_vnni: AVX-512, avx2: AVX2, scalar: scalar), so that
+automatic paths at the same ISA (amx and avx512_vnni: AVX-512, avx_vnni and avx2: AVX2, scalar: scalar), so that
 forcing it runs the whole backend on that ISA. A value this CPU cannot run makes the backend
 unavailable, with that reason.
 """

@@ -2,7 +2,7 @@
 
 The kernel is csrc/int8_gemm.cpp (numerics written down in csrc/int8_gemm.h): per-row
 (dynamic) or static activation quantization fused into the GEMM's prologue, an exact integer
-GEMM (AVX-512 VNNI, AVX2 or scalar, chosen on cpuid; ``_native.set_int8_isa`` or the
+GEMM (AMX, AVX-512 VNNI, AVX-VNNI, AVX2 or scalar, chosen on cpuid; ``_native.set_int8_isa`` or the
 environment variable QRT_NATIVE_ISA forces one), the float64 epilogue in the reference's order.
 For act_quant "dynamic" and "static" with float32 X the result is
 kernels/reference/packed.py's bit for bit (tests/test_native_int8.py asserts equality).
