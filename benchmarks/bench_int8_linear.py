@@ -1,8 +1,8 @@
-"""int8 Linear throughput: qrt numba and qrt native (AVX-512 VNNI) against onnxruntime int8,
+"""int8 Linear throughput: qrt numba and qrt native (AMX / AVX-512 VNNI / AVX2) against onnxruntime int8,
 PyTorch dynamic int8 and dense fp32 (numpy, onnxruntime), on the shapes table of runtime/bench/gemm.py.
 
     python benchmarks/bench_int8_linear.py [--quick] [--shapes 768x2304,384x384] [--m 16,128]
-                                           [--repeats 20] [--threads N]
+                                           [--repeats 20] [--threads N] [--native-isas auto,avx512_vnni]
 
 Every implementation computes Y = X @ W.T + b with X (M, K) float32, W (N, K), b (N,), float32
 out, quantization of X included where there is one:
@@ -26,7 +26,9 @@ at least ``--repeats`` calls in all; reported: the median of the quietest pass, 
 (interquartile range / median) over all calls.
 
 Throughput is GOP/s = 2 M N K / median time, also as a share of the int8 VNNI peak measured here
-(a register-only vpdpbusd loop on every thread: 128 ops per instruction).
+(a register-only vpdpbusd loop on every thread: 128 ops per instruction); a native row on a
+forced path (--native-isas) as a share of that path's own peak (the extension's probe: AMX's
+TDPBUSD for "amx", 32768 ops per instruction).
 
 OpenBLAS: OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE slow numpy's fp32 on some machines; this script
 re-executes itself without them (for its own process only) and prints which BLAS numpy runs.
@@ -63,7 +65,7 @@ ALL_M = (1, 16, 128, 512)
 QUICK_SHAPES = [(768, 768), (768, 3072), (384, 1536), (4096, 4096)]
 QUICK_M = (1, 16, 128)
 VALIDATE_ROWS = 32
-QRT_IMPLS = ("qrt numba int8", "qrt native int8")   # validated against the reference kernel
+QRT_PREFIX = "qrt "          # qrt's rows (numba, native on each path): validated against the reference kernel
 MIN_SECONDS = 0.3           # per implementation and case: more repeats for fast calls
 PASSES = 3
 SETTLE_SECONDS = 0.2        # > the spin-wait of OpenBLAS / OpenMP / onnxruntime workers
@@ -194,10 +196,17 @@ def wait_for_cores(threads: int, peak: float | None, max_wait: float) -> float |
 
 # --- implementations ----------------------------------------------------------------------------
 
-def build_impls(k: int, n: int, w: np.ndarray, b: np.ndarray, threads: int, tmp: str) -> dict:
+def native_name(isa: str) -> str:
+    """The row name of the native int8 Linear on one of its code paths."""
+    return "qrt native int8" if isa == "auto" else f"qrt native int8 ({isa})"
+
+
+def build_impls(k: int, n: int, w: np.ndarray, b: np.ndarray, threads: int, tmp: str,
+                native_isas: tuple[str, ...] = ("auto",)) -> dict:
     """name -> callable(x) -> y (float32 (M, N)), for everything installed here: qrt's int8
-    Linear kernels, and the baselines of runtime/bench/gemm.py (numpy / onnxruntime fp32,
-    onnxruntime / PyTorch int8)."""
+    Linear kernels (the native one on each of native_isas: a callable's ``path`` attribute is
+    the code path time_blocked sets before its block of calls), and the baselines of
+    runtime/bench/gemm.py (numpy / onnxruntime fp32, onnxruntime / PyTorch int8)."""
     from runtime.bench.gemm import baseline_impls
     impls = {}
     t = pack_int8("W", w)                               # per-channel symmetric
@@ -205,7 +214,11 @@ def build_impls(k: int, n: int, w: np.ndarray, b: np.ndarray, threads: int, tmp:
     impls["qrt numba int8"] = lambda x: qrt(x, t, b)[0]
     if registry.backend_status("native") is None:
         native = registry.lookup("Linear", "int8", "native")({"act_quant": "dynamic"}, {1: t})
-        impls["qrt native int8"] = lambda x: native(x, t, b)[0]
+        for isa in native_isas:
+            def run(x):
+                return native(x, t, b)[0]
+            run.path = isa
+            impls[native_name(isa)] = run
     omitted: list = []
     for impl in baseline_impls(w, b, threads, tmp, omitted):
         impls[impl.runtime] = impl.run
@@ -225,6 +238,7 @@ def time_blocked(impls: dict, x: np.ndarray, repeats: int) -> dict:
     times = {name: [] for name in impls}
     for _ in range(PASSES):
         for name, fn in impls.items():
+            set_native_path(getattr(fn, "path", "auto"))
             time.sleep(SETTLE_SECONDS)
             t0 = time.perf_counter()
             for _ in range(3):                      # warm-up: compilation, allocator, caches
@@ -238,6 +252,13 @@ def time_blocked(impls: dict, x: np.ndarray, repeats: int) -> dict:
                 ts.append(time.perf_counter() - t0)
             times[name].append(ts)
     return times
+
+
+def set_native_path(isa: str) -> None:
+    """Force the native int8 code path (or "auto"), where the backend is built."""
+    if registry.backend_status("native") is None:
+        from kernels.native_cpu import _native
+        _native.set_int8_isa(isa)
 
 
 def best_pass_median(passes: list[list[float]]) -> float:
@@ -260,6 +281,9 @@ def main() -> None:
     ap.add_argument("--m", help="comma-separated M values (default 1,16,128,512)")
     ap.add_argument("--repeats", type=int, default=20, help="minimum timed calls per implementation (>= 20)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--native-isas", default="auto",
+                    help="comma-separated code paths of the native int8 Linear to time side by side, e.g. "
+                         "auto,avx512_vnni (default: auto, the best the CPU has)")
     ap.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
                     help="before each case, wait up to SECONDS until no other process holds our cores "
                          "(a short vpdpbusd peak within 15%% of the start's); for shared machines")
@@ -271,6 +295,7 @@ def main() -> None:
     if args.m:
         ms = tuple(int(v) for v in args.m.split(","))
     repeats = max(20, args.repeats)
+    native_isas = tuple(v.strip() for v in args.native_isas.split(",") if v.strip())
 
     reason = registry.backend_status("numba")
     if reason:
@@ -313,6 +338,16 @@ def main() -> None:
                 f"({p1['int8_isa']})" if p1["int8_gops"] else "int8 n/a (no VNNI)")
         print(f"- native peak probe: {int8}; fp32 {p1['fp32_gflops']:.0f} GFLOP/s on 1 thread, "
               f"{pt['fp32_gflops']:.0f} on {pt['threads']} ({p1['fp32_isa']})")
+    # each native path's rows as a share of its own instruction's peak (the probe follows the
+    # int8 path: AMX's TDPBUSD for "amx", vpdpbusd for "avx512_vnni"), the others of vpdpbusd's
+    row_peaks = {}
+    for isa in native_isas if native_reason is None else ():
+        set_native_path(isa)
+        pp = measure_peaks(threads, seconds=0.4)
+        row_peaks[native_name(isa)] = pp["int8_gops"]
+        print(f"- peak of the native path {_native.int8_isa()} ({native_name(isa)}): "
+              f"{pp['int8_gops'] or float('nan'):.0f} GOP/s on {pp['threads']} threads ({pp['int8_isa']})")
+    set_native_path("auto")
     print()
 
     rows, summary = [], []
@@ -321,7 +356,7 @@ def main() -> None:
         for k, n in shapes:
             w = (rng.standard_normal((n, k)) / np.sqrt(k)).astype(np.float32)
             b = rng.standard_normal(n).astype(np.float32) * 0.1
-            impls = build_impls(k, n, w, b, threads, tmp)
+            impls = build_impls(k, n, w, b, threads, tmp, native_isas)
             ref_kernel = registry.lookup("Linear", "int8", "reference")({"act_quant": "dynamic"}, {1: pack_int8("W", w)})
             t_ref = pack_int8("W", w)
             for m in ms:
@@ -329,7 +364,7 @@ def main() -> None:
                 # validate
                 xv = x[:VALIDATE_ROWS]
                 want = ref_kernel(xv, t_ref, b)[0]
-                qrt_impls = [name for name in QRT_IMPLS if name in impls]
+                qrt_impls = [name for name in impls if name.startswith(QRT_PREFIX)]
                 exact_diff = {name: float(np.max(np.abs(impls[name](xv).astype(np.float64) - want)))
                               for name in qrt_impls}
                 truth = xv.astype(np.float64) @ w.T.astype(np.float64) + b
@@ -351,7 +386,8 @@ def main() -> None:
                 ort8 = med.get("onnxruntime int8")
                 for name, ts in times.items():
                     rows.append((k, n, m, name, med[name] * 1e3, spread(ts), ops / med[name] / 1e9,
-                                 ops / med[name] / 1e9 / peak * 100 if peak else float("nan"),
+                                 ops / med[name] / 1e9 / row_peaks.get(name, peak) * 100
+                                 if row_peaks.get(name, peak) else float("nan"),
                                  best_fp32 / med[name], ort8 / med[name] if ort8 else float("nan"),
                                  rel[name], sum(map(len, ts))))
                 for name in qrt_impls:
@@ -366,11 +402,12 @@ def main() -> None:
     if peak and peak_end:
         print(f"{threads}-thread vpdpbusd rate at the start {peak_start:.0f} GOP/s, at the end {peak_end:.0f} GOP/s, "
               f"against a peak of {peak:.0f} (lower: other processes held cores). "
-              f"'% int8 peak' below is of {peak:.0f} GOP/s.\n")
+              f"'% int8 peak' below is of {peak:.0f} GOP/s"
+              + (", a native row's on a named path of that path's peak above" if len(row_peaks) > 1 else "") + ".\n")
     print("| K | N | M | implementation | median ms | spread | GOP/s | % int8 peak | x best fp32 | x ort int8 | rel. err | calls |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for k, n, m, name, ms_, sp, gops, pct, vs32, vs8, rel, calls in rows:
-        bold = "**" if name in QRT_IMPLS else ""
+        bold = "**" if name.startswith(QRT_PREFIX) else ""
         print(f"| {k} | {n} | {m} | {bold}{name}{bold} | {ms_:.3f} | {sp * 100:.0f}% | {gops:.0f} | {pct:.0f}% | "
               f"{vs32:.2f} | {vs8:.2f} | {rel:.1e} | {calls} |")
     print("\nqrt int8, summary (x = speed-up; > 1 is faster than the baseline):\n")
@@ -378,7 +415,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for k, n, m, name, vs32, vs8, diff in summary:
         print(f"| {k} | {n} | {m} | {name} | {vs32:.2f} | {vs8:.2f} | {diff:g} |")
-    for name in QRT_IMPLS:
+    for name in dict.fromkeys(r[3] for r in summary):
         for label, keep in (("M >= 16", lambda m: m >= 16), ("M = 1", lambda m: m == 1)):
             sel = [r for r in summary if r[3] == name and keep(r[2])]
             if sel:
