@@ -97,7 +97,9 @@ def test_sequence_models_get_a_stated_default_seq(tmp_path):
     assert model.bench_model(mlp, "reference", batch=2, min_seconds=0.05)["seq"] is None
 
 
-@pytest.mark.parametrize("isa, want", [(["avx2", "fma", "avx512f", "avx512bw", "avx512_vnni"], "AVX-512 VNNI"),
+@pytest.mark.parametrize("isa, want", [(["avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "amx_int8"],
+                                        "AMX-INT8 + AVX-512 VNNI"),
+                                       (["avx2", "fma", "avx512f", "avx512bw", "avx512_vnni"], "AVX-512 VNNI"),
                                        (["avx2", "fma", "avx_vnni"], "AVX-VNNI (256-bit), no AVX-512"),
                                        (["avx2", "fma"], "AVX2 + FMA, no AVX-512, no VNNI"),
                                        ([], "no AVX2 (scalar int8 kernels)")])

@@ -49,8 +49,9 @@ BANDWIDTH_REPEATS = 5
 PEAKS_FILE = "peaks.json"    # in runtime.planner.cache_dir(): measured peaks per machine key
 # The version of csrc/peak_probe.cpp's loops: a cached entry of another version is measured
 # again. 2 (2026-12-04): the AVX2 int8 loop no longer keeps an accumulator in memory, which had
-# halved its rate (97 -> 188 GOP/s per Zen 3 core).
-PEAK_PROBE_VERSION = 2
+# halved its rate (97 -> 188 GOP/s per Zen 3 core). 3 (2026-12-06): the int8 loop is the int8
+# path's own instruction, TDPBUSD on an AMX machine (15 TOP/s on 2 Xeon vCPUs, not vpdpbusd's 2).
+PEAK_PROBE_VERSION = 3
 
 
 def fingerprint(threads: int, measure: bool = True, remeasure: bool = False) -> dict:
@@ -294,6 +295,8 @@ def cpu_class(isa: list[str]) -> str:
     """The int8 class of a CPU from its ISA flags, as qrt's kernels see it: which int8 code
     path runs, the first thing that decides its speed."""
     have = set(isa)
+    if "amx_int8" in have and "avx512_vnni" in have:
+        return "AMX-INT8 + AVX-512 VNNI"
     if "avx512_vnni" in have:
         return "AVX-512 VNNI"
     if "avx_vnni" in have:
