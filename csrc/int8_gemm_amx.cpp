@@ -88,6 +88,16 @@ struct PendingEpilogue {
     void finish() { run(rows); }
 };
 
+// One 64-byte k chunk of 16 rows into accumulators tmm0 / tmm1: the rows' chunk (at u) in tile
+// A, the chunk's columns 0-15 / 16-31 (at b, a pass's first column) in tiles B0 / B1. A macro:
+// GCC's tile intrinsics paste the tile number into their assembly, so it must be a literal.
+#define QRT_CHUNK_16_ROWS(A, B0, B1, u, ldu, b) \
+    _tile_loadd(A, u, ldu);                     \
+    _tile_loadd(B0, b, kStepBytes);             \
+    _tile_dpbusd(0, A, B0);                     \
+    _tile_loadd(B1, (b) + 64, kStepBytes);      \
+    _tile_dpbusd(1, A, B1);
+
 // One pass: the sums of u's rows (TALL: 32, else 16) x 32 columns of the panel (p: the
 // panel + 4 * the first column), over `chunks` 64-byte k chunks, into acc (row stride kHalf);
 // `pending` advances by about rows / chunks rows per chunk. Tiles: 2 x 2 accumulators (tmm0-3:
@@ -114,27 +124,15 @@ QRT_TARGET_AMX void pass_amx(const uint8_t* u, int64_t ldu, const int8_t* p, int
         // different tiles (rows tmm4 / tmm5, columns tmm6, tmm7 / tmm2, tmm3)
         for (; c + 2 <= chunks; c += 2) {
             const int8_t* b = p + c * kAmxK4 * kStepBytes;
-            _tile_loadd(4, u + 64 * c, ldu);
-            _tile_loadd(6, b, kStepBytes);
-            _tile_dpbusd(0, 4, 6);
-            _tile_loadd(7, b + 64, kStepBytes);
-            _tile_dpbusd(1, 4, 7);
-            b += kAmxK4 * kStepBytes;
-            _tile_loadd(5, u + 64 * (c + 1), ldu);
-            _tile_loadd(2, b, kStepBytes);
-            _tile_dpbusd(0, 5, 2);
-            _tile_loadd(3, b + 64, kStepBytes);
-            _tile_dpbusd(1, 5, 3);
+            const int8_t* b1 = b + kAmxK4 * kStepBytes;
+            QRT_CHUNK_16_ROWS(4, 6, 7, u + 64 * c, ldu, b)
+            QRT_CHUNK_16_ROWS(5, 2, 3, u + 64 * (c + 1), ldu, b1)
             pending.run(2 * per_chunk);
         }
     }
     for (; c < chunks; ++c) {
         const int8_t* b = p + c * kAmxK4 * kStepBytes;
-        _tile_loadd(4, u + 64 * c, ldu);
-        _tile_loadd(6, b, kStepBytes);
-        _tile_dpbusd(0, 4, 6);
-        _tile_loadd(7, b + 64, kStepBytes);
-        _tile_dpbusd(1, 4, 7);
+        QRT_CHUNK_16_ROWS(4, 6, 7, u + 64 * c, ldu, b)
         if constexpr (TALL) {
             _tile_loadd(5, u1 + 64 * c, ldu);
             _tile_dpbusd(2, 5, 6);
@@ -151,6 +149,8 @@ QRT_TARGET_AMX void pass_amx(const uint8_t* u, int64_t ldu, const int8_t* p, int
         _tile_stored(3, acc + kAmxRows * kHalf + 16, ldc);
     }
 }
+
+#undef QRT_CHUNK_16_ROWS
 
 }  // namespace
 
