@@ -9,15 +9,16 @@
 // and the same bits. The weight panel's layout (k step, 64 columns, 4 bytes) is already that
 // B layout: columns 16 j .. 16 j + 15 of 16 k steps are 16 rows of 64 bytes at stride 256.
 //
-// One tile call: 16 rows x the panel's 64 columns, four accumulator tiles (tmm0-3), the rows'
-// 64-byte chunk in tmm4, the panel's four column groups in tmm5-7 (tmm5 reloaded for the
-// fourth), the K loop over 64-byte chunks (int8_pack_weight stores k4 rounded up to kAmxK4
-// zero-filled steps; the driver's rows are 128 there). The accumulators go through memory to
-// the AVX-512 epilogue (store_rows_avx512).
+// One call: a whole row block of the driver x one 64-column panel, as micro-tiles of 32 rows
+// (kAmxMR), each in two passes of 32 columns (pass_amx: 2 x 2 accumulator tiles); the K loop
+// runs over 64-byte chunks (int8_pack_weight stores k4 rounded up to kAmxK4 zero-filled steps;
+// the driver's rows are 128 there). The accumulators go through memory to the AVX-512
+// epilogue (store_rows_avx512), each pass's while the next pass's tiles run.
 //
 // Peak: a TDPBUSD is 16 x 16 x 64 multiply-adds in 16 cycles, 2048 int8 operations a cycle a
-// core, 8x AVX-512 VNNI's 256 (two 512-bit vpdpbusd a cycle). A tile of fewer than kAmxMinRows
-// rows costs as much as a full one, so those rows take the AVX-512 tile instead.
+// core: 8-16x AVX-512 VNNI's 128-256 (one or two 512-bit vpdpbusd a cycle; the Xeon measured
+// in RESULTS.md has one: 15 TOP/s against 1.97 on 2 vCPUs). A micro-tile of fewer than
+// kAmxMinRows rows costs as much as a full one, so those rows take the AVX-512 tile instead.
 //
 // Linux hands a process the 8 KB of tile state only on request (arch_prctl
 // ARCH_REQ_XCOMP_PERM, kernel >= 5.16): amx_permitted() asks once, and the path is supported
