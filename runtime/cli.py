@@ -141,6 +141,10 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--quant-depthwise", action="store_true",
                    help="also prune and quantize depthwise Convs (one input channel per group), which stay "
                         "dense fp32 by default: a few weights a channel, and slower in int8 than in float32")
+    q.add_argument("--quant-small-convs", action="store_true",
+                   help="with --quant int8, also quantize (and prune) Convs whose patch (input channels per group x "
+                        "kernel) has at most 64 values, which then stay dense fp32 by default: slower in int8 than in "
+                        "float32")
     q.add_argument("--bias-correction", action="store_true",
                    help="shift each layer's bias by the mean output error its pruned / rounded weight leaves on "
                         "the calibration inputs (needs calibration data)")
@@ -377,7 +381,8 @@ def _convert_options(args, validate: bool = True):
         group_size=args.group_size, quant_method=args.quant_method, weight_bits=args.weight_bits, embed_quant=args.embed_quant, act_order=not args.no_act_order,
         smooth=args.smooth, calib=args.calib, calib_text=args.calib_text, tokenizer=args.tokenizer,
         seq_len=args.seq_len, calib_method=args.calib_method,
-        percentile=args.percentile, keep_fp32=args.keep_fp32, quant_depthwise=args.quant_depthwise, skip=args.skip,
+        percentile=args.percentile, keep_fp32=args.keep_fp32, quant_depthwise=args.quant_depthwise,
+        quant_small_convs=args.quant_small_convs, skip=args.skip,
         max_error=args.max_error, holdout=args.holdout,
         bias_correction=args.bias_correction,
         drift_correction=args.drift_correction,

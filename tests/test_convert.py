@@ -41,8 +41,10 @@ def cnn():
 
 
 def _acc(model, **options):
+    """Accuracy of the converted model. Every Conv is compressed as asked, the digits CNN's
+    small-patch ones included (quant_small_convs): these tests measure int8 on every layer."""
     data, calib, x_te, y_te, fp32 = model
-    graph = runtime.convert(data, calib=calib, **options)
+    graph = runtime.convert(data, calib=calib, **{"quant_small_convs": True, **options})
     name = graph.inputs[0].name
     return digits.accuracy(graph, x_te, y_te, name), fp32, graph
 
@@ -129,15 +131,16 @@ def test_depthwise_convs_stay_fp32_unless_asked(tmp_path):
     from runtime.cli import main as cli_main
     nn = torch.nn
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(8, 16, 1), nn.ReLU(), nn.Conv2d(16, 16, 3, 1, 1, groups=16), nn.ReLU(),
-                          nn.Conv2d(16, 4, 1)).eval()
-    x = torch.randn(2, 8, 10, 10)
+    # patches of 72 and 96 values: above the small-patch rule's 64 (test below)
+    model = nn.Sequential(nn.Conv2d(72, 96, 1), nn.ReLU(), nn.Conv2d(96, 96, 3, 1, 1, groups=96), nn.ReLU(),
+                          nn.Conv2d(96, 8, 1)).eval()
+    x = torch.randn(2, 72, 10, 10)
     src, out = tmp_path / "m.onnx", tmp_path / "m.qrt"
     torch.onnx.export(model, (x,), str(src), input_names=["x"])      # the default exporter
     graph = runtime.convert(str(src), quant="int8", prune="magnitude", sparsity=0.5)
     layouts = {n.name: graph.initializers[n.inputs[1]].layout for n in graph.nodes if n.op == "Conv"}
     notes = {lr["name"]: lr["note"] for lr in graph.metadata["report"]["layers"]}
-    (dw,) = [n.name for n in graph.nodes if n.op == "Conv" and n.attrs.get("group", 1) == 16]
+    (dw,) = [n.name for n in graph.nodes if n.op == "Conv" and n.attrs.get("group", 1) == 96]
     assert layouts.pop(dw) == "dense" and "depthwise" in notes[dw] and "--quant-depthwise" in notes[dw]
     assert set(layouts.values()) == {"csr"}
     with torch.no_grad():
@@ -150,6 +153,41 @@ def test_depthwise_convs_stay_fp32_unless_asked(tmp_path):
     assert cli_main(["convert", str(src), "-o", str(out), "--quant", "int8", "--quant-depthwise"]) == 0
     saved = runtime.InferenceSession(str(out))
     assert all(p.layout == "int8" for p in saved.plan if p.op == "Conv")
+
+
+def test_small_patch_convs_stay_fp32_unless_asked(tmp_path):
+    """With int8, a Conv whose patch (C/group x kernel) has at most SMALL_CONV_PATCH values (a
+    MobileNet stem, its 1 x 1 expansions from 16 or 24 channels) stays dense fp32 with the reason
+    in the report, a larger one is quantized; --quant-small-convs compresses it too; pruning
+    alone (no int8) prunes it."""
+    torch = pytest.importorskip("torch")
+    from runtime.cli import main as cli_main
+    from runtime.convert.pipeline import SMALL_CONV_PATCH
+    nn = torch.nn
+    torch.manual_seed(0)
+    # patches: 3 x 3 x 3 = 27 (stem), 16 (1 x 1), 64 (the limit, 1 x 1), 65 (1 x 1)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.ReLU(), nn.Conv2d(16, 64, 1), nn.ReLU(),
+                          nn.Conv2d(64, 65, 1), nn.ReLU(), nn.Conv2d(65, 8, 1)).eval()
+    x = torch.randn(1, 3, 16, 16)
+    src, out = tmp_path / "m.onnx", tmp_path / "m.qrt"
+    torch.onnx.export(model, (x,), str(src), input_names=["x"])      # the default exporter
+    assert SMALL_CONV_PATCH == 64
+
+    def conv_layouts(graph):
+        return [graph.initializers[n.inputs[1]].layout for n in graph.nodes if n.op == "Conv"]
+
+    graph = runtime.convert(str(src), quant="int8")
+    assert conv_layouts(graph) == ["dense", "dense", "dense", "int8"]
+    notes = [lr["note"] for lr in graph.metadata["report"]["layers"]]
+    assert sum("--quant-small-convs" in note for note in notes) == 3
+    with torch.no_grad():
+        want = model(x).numpy()
+    got = runtime.InferenceSession(graph).run(None, {"x": x.numpy()})[0]
+    assert np.abs(got - want).max() < 0.05 * np.abs(want).max()
+    assert conv_layouts(runtime.convert(str(src), quant="int8", quant_small_convs=True)) == ["int8"] * 4
+    assert conv_layouts(runtime.convert(str(src), prune="magnitude", sparsity=0.5)) == ["csr"] * 4
+    assert cli_main(["convert", str(src), "-o", str(out), "--quant", "int8", "--quant-small-convs"]) == 0
+    assert all(p.layout == "int8" for p in runtime.InferenceSession(str(out)).plan if p.op == "Conv")
 
 
 def test_accuracy_budget_reverts_the_most_sensitive_layers(mlp):

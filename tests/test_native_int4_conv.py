@@ -282,7 +282,7 @@ def test_session_cnn_native_equals_reference(prune):
     import runtime
     from tests.digits import cnn_onnx
     onnx_bytes, x_tr, x_te, _ = cnn_onnx(epochs=1)
-    graph = runtime.convert(onnx_bytes, quant="int8", act="dynamic", **prune)
+    graph = runtime.convert(onnx_bytes, quant="int8", act="dynamic", quant_small_convs=True, **prune)
     convs = [n for n in graph.nodes if n.op == "Conv"]
     assert convs and all(n.attrs.get("act_quant") == "dynamic" for n in convs)
     native = runtime.InferenceSession(graph, backend="native")

@@ -220,7 +220,8 @@ def test_obs_prunes_conv_layers_through_their_im2col_rows():
     calib = [{"image": x_tr[i:i + 128]} for i in range(0, 384, 128)]
     got = {}
     for method in ("magnitude", "obs"):
-        g = runtime.convert(data, calib=calib, prune="magnitude", sparsity=0.8, prune_method=method, quant="int8")
+        g = runtime.convert(data, calib=calib, prune="magnitude", sparsity=0.8, prune_method=method, quant="int8",
+                            quant_small_convs=True)
         got[method] = (g.metadata["report"]["end_to_end"]["cosine"], digits.accuracy(g, x_te, y_te, "image"), g)
     assert got["obs"][0] > got["magnitude"][0], {m: v[:2] for m, v in got.items()}
     convs = [lr for lr in got["obs"][2].metadata["report"]["layers"] if lr["op"] == "Conv"]
@@ -238,7 +239,7 @@ def test_strided_dilated_and_grouped_convs():
     rng = np.random.default_rng(3)
     calib = [{"x": rng.standard_normal((8, 3, 12, 12)).astype(np.float32)} for _ in range(3)]
     g = runtime.convert(data, calib=calib, prune="magnitude", sparsity=0.5, prune_method="obs", quant="int8",
-                        smooth="none")
+                        quant_small_convs=True, smooth="none")
     notes = {lr["name"]: (lr["op"], lr["note"]) for lr in g.metadata["report"]["layers"]}
     grouped = [name for name, (op, note) in notes.items() if note.startswith("pruned by magnitude (obs takes")]
     assert len(grouped) == 1 and notes[grouped[0]][0] == "Conv", notes

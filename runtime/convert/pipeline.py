@@ -4,9 +4,10 @@ docs/CONVERTER.md is the contract (layers, numerics, layouts); this module decid
 what to do and in which layout, and keeps the user informed:
 
 * every weight layer (Linear / Conv with a constant weight) is pruned and quantized as asked;
-  the only ways to keep one in fp32 are ``keep_fp32`` patterns, the ``max_error`` budget and
-  the depthwise rule (``DEPTHWISE_REASON``, off with ``quant_depthwise``), and the report says
-  which layers were kept and why;
+  the only ways to keep one in fp32 are ``keep_fp32`` patterns, the ``max_error`` budget, the
+  depthwise rule (``DEPTHWISE_REASON``, off with ``quant_depthwise``) and the small-patch rule
+  (``SMALL_CONV_REASON``, off with ``quant_small_convs``), and the report says which layers
+  were kept and why;
 * every option is checked before any work (bad values, patterns that match no layer, NaN/Inf
   weights, calibration data that does not fit the model), and nothing is written unless the
   whole conversion succeeded (the file is written atomically at the very end).
@@ -100,6 +101,9 @@ class ConvertOptions:
     # depthwise Convs (one input channel per group) stay dense fp32 unless this is set
     # (``depthwise_reason``)
     quant_depthwise: bool = False
+    # with quant "int8", Convs whose patch (C/group x kernel) has at most SMALL_CONV_PATCH values
+    # stay dense fp32 unless this is set (SMALL_CONV_REASON)
+    quant_small_convs: bool = False
     skip: list[str] = field(default_factory=list)                   # not pruned (still quantized)
     max_error: float | None = None  # minimum cosine similarity of the outputs
     holdout: float = 0.2            # fraction of real calibration feeds kept for evaluation only
@@ -350,6 +354,27 @@ DEPTHWISE_REASON = ("kept fp32 (depthwise Conv: one input channel per group, a f
                     "int8 would be slower than float32; --quant-depthwise to compress it anyway)")
 
 
+# Why Convs with a small patch stay fp32 by default. The int8 Conv quantizes each patch row on
+# its own (dynamic activations: one scale per row) and moves X to channels-last and Y back; for
+# a patch of a few dozen values that costs more than the products it saves. Measured (Intel
+# Xeon, 2 threads, qrt native, one Conv, int8 ms / fp32 ms; RESULTS.md "Convs with a small
+# patch"): K = 16 (1x1 16 -> 64 at 112^2) 0.66 / 0.16, K = 27 (3x3/2 3 -> 16 at 224^2) 0.70 /
+# 0.28, K = 32 0.27 / 0.10, K = 64 0.18 / 0.12; but K = 144 (3x3 16 -> 16) 0.81 / 0.99 and
+# K = 147 (7x7/2 3 -> 64) 1.09 / 1.64. Their weights are small (at most 64 values an output
+# channel), so keeping them costs little in size, and nothing in accuracy.
+SMALL_CONV_PATCH = 64
+SMALL_CONV_REASON = (f"kept fp32 (Conv with a patch of at most {SMALL_CONV_PATCH} values: int8 would be slower "
+                     "than float32; --quant-small-convs to compress it anyway)")
+
+
+def is_small_conv(graph: Graph, layer: Layer) -> bool:
+    """A Conv, not depthwise (that rule is is_depthwise's, with its own switch), whose weight
+    W (M, C/group, *kernel) has at most SMALL_CONV_PATCH values a row."""
+    shape = graph.initializers[layer.weight_name].shape
+    return (layer.node.op == "Conv" and len(shape) >= 3 and int(np.prod(shape[1:])) <= SMALL_CONV_PATCH
+            and not is_depthwise(graph, layer))
+
+
 def is_depthwise(graph: Graph, layer: Layer) -> bool:
     """A Conv with more than one group and one input channel per group (W (M, 1, *kernel))."""
     shape = graph.initializers[layer.weight_name].shape
@@ -571,6 +596,8 @@ def compress(graph: Graph, opts: ConvertOptions, say: Callable[[str], None] = la
             plans[lr.name].keep_fp32 = f"kept fp32 (--keep-fp32 {hit})"
         elif not opts.quant_depthwise and is_depthwise(graph, lr):
             plans[lr.name].keep_fp32 = DEPTHWISE_REASON
+        elif not opts.quant_small_convs and opts.quant == "int8" and is_small_conv(graph, lr):
+            plans[lr.name].keep_fp32 = SMALL_CONV_REASON
 
     # --- pruning --------------------------------------------------------------------------
     if opts.prune == "channel":
