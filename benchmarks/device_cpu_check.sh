@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The CPU checks a lent GPU machine can do: its host CPU (an Intel Xeon with AVX-512 VNNI,
-# AVX-VNNI and AMX on the H200 machine seen on 2026-12-04, 16 cores) is the only place this
-# project has reached where the native AVX-VNNI path (csrc/int8_gemm_avxvnni.cpp) can run at
-# all, and the AVX-512 VNNI speed goals of issue 15 can be measured.
+# AVX-VNNI and AMX on the H200 machine seen on 2026-12-04, 16 cores) runs the native AVX-VNNI
+# and AMX paths (csrc/int8_gemm_avxvnni.cpp, csrc/int8_gemm_amx.cpp); since 2026-12-06 some
+# development sessions run on such a Xeon too (benchmarks/RESULTS.md, "AMX-INT8 and AVX-VNNI").
 #
 #   bash benchmarks/device_cpu_check.sh [OUT_DIR]        (default $OUT, else /tmp/qrt-cpu-check)
 #
