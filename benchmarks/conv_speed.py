@@ -5,8 +5,9 @@ int8 (quantize_dynamic: ConvInteger) and float32, in one process, timed interlea
 
 Each layer is a one-node ONNX model (float32 weights and bias, random); qrt int8 is
 ``runtime.convert(f, quant="int8")`` (dynamic activations: one scale per patch; depthwise layers
-stay float32 by default, so they are converted with ``quant_depthwise=True`` here to show the
-int8 form too), qrt fp32 the unconverted import. With ``--act static`` both sides calibrate
+and those with a patch of at most 64 values stay float32 by default, so every layer is
+converted with ``quant_depthwise=True, quant_small_convs=True`` here to show the int8 form
+too), qrt fp32 the unconverted import. With ``--act static`` both sides calibrate
 on 8 inputs like the timed one: qrt ``act="static"``, onnxruntime ``quantize_static`` (QDQ,
 uint8 activations, int8 weights: its QLinearConv) instead of ``quantize_dynamic``
 (benchmarks/interleaved.py ``ort_quantize``). GOP/s count 2 x M x C/group x kh x kw x OH x OW
@@ -39,7 +40,9 @@ LAYERS = {
     "resnet 3x3 128": (128, 128, 28, 3, 1, 1),
     "resnet 3x3 256": (256, 256, 14, 3, 1, 1),
     "resnet 1x1 256->64": (256, 64, 56, 1, 1, 1),
+    "mobilenet stem 3x3/2": (3, 16, 224, 3, 2, 1),
     "mobilenet 1x1 16->64": (16, 64, 112, 1, 1, 1),
+    "mobilenet 1x1 24->72": (24, 72, 56, 1, 1, 1),
     "mobilenet 1x1 240->40": (240, 40, 28, 1, 1, 1),
     "mobilenet dw 3x3 64": (64, 64, 112, 3, 1, 64),
     "mobilenet dw 5x5/2 96": (96, 96, 56, 5, 2, 96),
@@ -82,8 +85,8 @@ def main() -> None:
             path, i8 = os.path.join(t, "c.onnx"), os.path.join(t, "c8.onnx")
             Path(path).write_bytes(conv_model(c, m, hw, k, s, group))
             ort_quantize(path, i8, args.act, calib)
-            q8 = runtime.InferenceSession(runtime.convert(path, quant="int8", quant_depthwise=True, act=args.act,
-                                                          calib=calib if args.act == "static" else None))
+            q8 = runtime.InferenceSession(runtime.convert(path, quant="int8", quant_depthwise=True, quant_small_convs=True,
+                                                          act=args.act, calib=calib if args.act == "static" else None))
             q32 = runtime.InferenceSession(runtime.convert(path))
             o8, o32 = ort_session(i8), ort_session(path)
         feed = {"x": x}
