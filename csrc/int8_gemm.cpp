@@ -173,6 +173,7 @@ struct PathKernels {
     int64_t row_factor = 1;   // bytes of a quantized row = row_factor * kp
     int64_t mr = kInt8MR;     // rows per tile
     bool whole_block = false; // tile takes a work item's whole row block at once (int8_gemm_kernels.h)
+    bool whole_chunks = false;// tile reads rows of 4 * k4_stored bytes (whole 64-byte k chunks), not 4 * k4
 };
 
 // AVX2 takes the vpmaddubsw tile (2 multiplies per 32 products) unless a weight byte is -128,
@@ -183,7 +184,7 @@ PathKernels kernels_for(Int8Isa isa, const Int8PackedWeight& w) {
 #if QRT_INT8_X86_SIMD
         case Int8Isa::avx512_vnni: return {quantize_row_avx512, tile_avx512};
 #if QRT_INT8_AMX
-        case Int8Isa::amx: return {quantize_row_avx512, tile_amx, 1, kAmxMR, true};
+        case Int8Isa::amx: return {quantize_row_avx512, tile_amx, 1, kAmxMR, true, true};
 #endif
 #if QRT_INT8_AVX_VNNI
         case Int8Isa::avx_vnni: return {quantize_row_avx2, tile_avx_vnni};
@@ -377,7 +378,7 @@ void int8_detail::int8_gemm_rows(const Int8PackedWeight& w, int64_t m, const Row
     const int64_t mr = kern.mr;
     // the AMX tile reads whole 64-byte k chunks of each row (128 past K meets the panel's
     // zero-filled steps), the others k4 steps
-    const int64_t kp = 4 * (isa == Int8Isa::amx ? w.k4_stored : w.k4);
+    const int64_t kp = 4 * (kern.whole_chunks ? w.k4_stored : w.k4);
     const int64_t n = w.n, k = w.k, ncols = w.panels * kInt8Panel;
     const int64_t panel_bytes = w.panel_bytes();
 

@@ -65,6 +65,8 @@ constexpr TileConfig full_tiles() {
     }
     return c;
 }
+// a constant, not a function-local static: no initialisation guard in the GEMM's items
+constexpr TileConfig kFullTiles = full_tiles();
 
 constexpr int64_t kStepBytes = kInt8Panel * 4;   // one k step of a panel: 64 columns x 4 bytes
 
@@ -156,10 +158,9 @@ QRT_TARGET_AMX void pass_amx(const uint8_t* u, int64_t ldu, const int8_t* p, int
 }  // namespace
 
 QRT_TARGET_AMX double amx_peak_spin(int64_t iters) {
-    static const TileConfig config = full_tiles();
     alignas(64) uint8_t operand[kAmxRows * 64];
     for (size_t i = 0; i < sizeof operand; ++i) operand[i] = static_cast<uint8_t>(i);
-    _tile_loadconfig(&config);
+    _tile_loadconfig(&kFullTiles);
     _tile_loadd(4, operand, 64);
     _tile_loadd(5, operand, 64);
     _tile_zero(0);
@@ -190,7 +191,6 @@ bool amx_permitted() {
 
 QRT_TARGET_AMX void tile_amx(int64_t rows, const uint8_t* u, int64_t ldu, const int8_t* panel, int64_t k4,
                              const Epilogue& ep, int64_t m0, int64_t n0, float* y, int64_t ldy) {
-    static const TileConfig config = full_tiles();
     const int64_t chunks = (k4 + kAmxK4 - 1) / kAmxK4;
     // two pass buffers: one being summed into, one whose epilogue is pending
     alignas(64) int32_t acc[2][kAmxMR * kHalf];
@@ -208,7 +208,7 @@ QRT_TARGET_AMX void tile_amx(int64_t rows, const uint8_t* u, int64_t ldu, const 
             break;
         }
         if (!configured) {
-            _tile_loadconfig(&config);
+            _tile_loadconfig(&kFullTiles);
             configured = true;
         }
         for (int64_t half = 0; half < 2; ++half) {

@@ -58,10 +58,6 @@ struct MaxTap {
 #endif
 };
 
-// The taps of one window position: kh x kw, at x0 + a * row_step + b * tap_step, weight
-// w[a * kw + b] (MaxTap ignores it: w may be nullptr). out[j] = the taps folded into init, in
-// that order, for the window starting at x0 + j * sw, j < n. The accumulator stays in a register
-// through all the taps (one load per tap, one store per output).
 // plane = the (h, w) plane at src inside a (hp, wp) buffer filled with `fill` (0 for a Conv,
 // -inf for MaxPool), its top-left at row pt, column pl, plus `slack` more fill values after it
 // for the extra outputs' reads (the module comment).
@@ -71,6 +67,10 @@ inline void padded_plane(std::vector<float>& plane, const float* src, int64_t h,
     for (int64_t r = 0; r < h; ++r) std::copy(src + r * w, src + (r + 1) * w, plane.data() + (r + pt) * wp + pl);
 }
 
+// The taps of one window position: kh x kw, at x0 + a * row_step + b * tap_step, weight
+// w[a * kw + b] (MaxTap ignores it: w may be nullptr). out[j] = the taps folded into init, in
+// that order, for the window starting at x0 + j * sw, j < n. The accumulator stays in a register
+// through all the taps (one load per tap, one store per output).
 struct Taps {
     int64_t kh, kw, row_step, tap_step;
     const float* w;
