@@ -440,7 +440,7 @@ def test_set_threads_hook_and_isa_override(restore_native_state):
     assert _native.get_threads() == 3
     with pytest.raises(ValueError, match="unknown int8 path"):
         _native.set_int8_isa("avx9000")
-    for missing in {"avx512_vnni", "avx_vnni"} - set(ISAS):
+    for missing in {"amx", "avx512_vnni", "avx_vnni"} - set(ISAS):
         with pytest.raises(ValueError, match=f"int8 path '{missing}' is not supported by this CPU"):
             _native.set_int8_isa(missing)
     for isa in ISAS:
