@@ -187,7 +187,7 @@ PathKernels kernels_for(Int8Isa isa, const Int8PackedWeight& w) {
         case Int8Isa::amx: return {quantize_row_avx512, tile_amx, 1, kAmxMR, true, true};
 #endif
 #if QRT_INT8_AVX_VNNI
-        case Int8Isa::avx_vnni: return {quantize_row_avx2, tile_avx_vnni};
+        case Int8Isa::avx_vnni: return {quantize_row_avx2, tile_avx_vnni, 1, kAvxVnniMR};
 #endif
         case Int8Isa::avx2:
             if (w.has_q_min) return {quantize_row_avx2, tile_avx2};
@@ -376,6 +376,7 @@ void int8_detail::int8_gemm_rows(const Int8PackedWeight& w, int64_t m, const Row
     if (w.k > kMaxKInt32) isa = Int8Isa::scalar;   // int32 lanes would not be exact
     const PathKernels kern = kernels_for(isa, w);
     const int64_t mr = kern.mr;
+    if (!kern.whole_block && mr > kMaxStackTileRows) throw std::logic_error("int8_linear: tile taller than its scratch");
     // the AMX tile reads whole 64-byte k chunks of each row (128 past K meets the panel's
     // zero-filled steps), the others k4 steps
     const int64_t kp = 4 * (kern.whole_chunks ? w.k4_stored : w.k4);
@@ -449,7 +450,7 @@ void int8_detail::int8_gemm_rows(const Int8PackedWeight& w, int64_t m, const Row
             }
             return;
         }
-        alignas(64) float scratch[kInt8MR * kInt8Panel];
+        alignas(64) float scratch[kMaxStackTileRows * kInt8Panel];
         for (int64_t t = blk * block_tiles; t < t_end; ++t) {
             const int64_t m0 = t * mr;
             const int64_t rows = std::min(mr, m - m0);

@@ -6,8 +6,10 @@
 // int32 lane without intermediate saturation (the saturating form is vpdpbusds), so u x qw is
 // exact for every byte, -128 included; the lanes wrap modulo 2^32 and the epilogue's
 // corrections recover the accumulator exactly for K <= kMaxKInt32, as on the AVX-512 path.
-// The tile is 4 rows x 16 columns (8 accumulators, 2 weight vectors per k step), the same
-// register shape as the AVX2 tiles, one vpdpbusd per 32 products of a row.
+// The tile is kAvxVnniMR = 6 rows x 16 columns (12 accumulators, 2 weight vectors and one
+// broadcast row per k step: 15 of the 16 ymm registers), one vpdpbusd per 32 products of a row.
+// 4 rows (8 accumulators, the AVX2 tiles' shape) left the multiplier waiting on vpdpbusd's
+// latency: 82-86% of the peak at M = 128 (int8_gemm.h, kAvxVnniMR).
 //
 // What ran: the reference's bits on an Intel Xeon with AVX-VNNI (2026-12-06: every test of the
 // int8 paths, including the forced-AVX2 and sanitizer reruns); on a CPU without it the path is
@@ -40,9 +42,10 @@ namespace {
 template <int ROWS>
 QRT_TARGET_AVXVNNI void group16_vnni(const uint8_t* u, int64_t ldu, const int8_t* panel, int64_t k4, int g,
                                      __m256i* out) {
-    static_assert(ROWS >= 1 && ROWS <= kInt8MR && kInt8MR == 4, "one QRT_VNNI_ROW per row of the tile");
+    static_assert(ROWS >= 1 && ROWS <= kAvxVnniMR && kAvxVnniMR == 6, "one QRT_VNNI_ROW per row of the tile");
     const __m256i zero = _mm256_setzero_si256();
     __m256i a0 = zero, b0 = zero, a1 = zero, b1 = zero, a2 = zero, b2 = zero, a3 = zero, b3 = zero;
+    __m256i a4 = zero, b4 = zero, a5 = zero, b5 = zero;
     const int8_t* w = panel + 64 * g;
     for (int64_t kk = 0; kk < k4; ++kk, w += kInt8Panel * 4) {
         const __m256i w0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(w));
@@ -51,8 +54,10 @@ QRT_TARGET_AVXVNNI void group16_vnni(const uint8_t* u, int64_t ldu, const int8_t
         QRT_VNNI_ROW(1)
         QRT_VNNI_ROW(2)
         QRT_VNNI_ROW(3)
+        QRT_VNNI_ROW(4)
+        QRT_VNNI_ROW(5)
     }
-    const __m256i as[kInt8MR] = {a0, a1, a2, a3}, bs[kInt8MR] = {b0, b1, b2, b3};
+    const __m256i as[kAvxVnniMR] = {a0, a1, a2, a3, a4, a5}, bs[kAvxVnniMR] = {b0, b1, b2, b3, b4, b5};
     for (int r = 0; r < ROWS; ++r) {
         out[2 * r] = as[r];
         out[2 * r + 1] = bs[r];
@@ -84,6 +89,7 @@ QRT_TARGET_AVXVNNI void row1_panel_vnni(const uint8_t* u, int64_t, const int8_t*
 
 struct VnniGroup16 {
     static constexpr bool kSignedSums = false;
+    static constexpr int kRows = kAvxVnniMR;
     template <int ROWS>
     static constexpr auto run = &group16_vnni<ROWS>;
     static constexpr auto run_row1 = &row1_panel_vnni;     // tile16_rows at ROWS = 1

@@ -284,7 +284,7 @@ constexpr auto has_row1(int) -> decltype(Group::run_row1, true) { return true; }
 template <class Group>
 constexpr bool has_row1(long) { return false; }
 
-// A 256-bit tile (rows 1..4 x one 64-column panel) built from a 16-column K-loop kernel:
+// A 256-bit tile (rows 1..4, or 1..Group::kRows, x one 64-column panel) built from a 16-column K-loop kernel:
 // Group::run<ROWS>(u, ldu, panel, k4, g, out) writes out[2r + h] = row r's sums for columns
 // 16 g + 8 h .. + 7, as sum u * qw, or sum qx * qw where Group::kSignedSums. The signed AVX2
 // tile and the AVX-VNNI one differ only in that kernel.
@@ -308,16 +308,20 @@ __attribute__((target("avx2,fma"))) inline void tile16_rows(const uint8_t* u, in
         for (int r = 0; r < ROWS; ++r) activation_span_avx2(y + r * ldy, kInt8Panel, ep.act);
 }
 
-// The TileFn of such a tile: one instance per tile height.
+// Group::kRows where the group declares it (the AVX-VNNI one: kAvxVnniMR), else kInt8MR.
 template <class Group>
+constexpr auto group_rows(int) -> decltype(Group::kRows, 0) { return Group::kRows; }
+template <class Group>
+constexpr int group_rows(long) { return static_cast<int>(kInt8MR); }
+
+// The TileFn of such a tile: one instance per tile height, rows 1 .. group_rows<Group>.
+template <class Group, int ROWS = group_rows<Group>(0)>
 void tile16(int64_t rows, const uint8_t* u, int64_t ldu, const int8_t* panel, int64_t k4, const Epilogue& ep,
             int64_t m0, int64_t n0, float* y, int64_t ldy) {
-    switch (rows) {
-        case 4: tile16_rows<Group, 4>(u, ldu, panel, k4, ep, m0, n0, y, ldy); break;
-        case 3: tile16_rows<Group, 3>(u, ldu, panel, k4, ep, m0, n0, y, ldy); break;
-        case 2: tile16_rows<Group, 2>(u, ldu, panel, k4, ep, m0, n0, y, ldy); break;
-        default: tile16_rows<Group, 1>(u, ldu, panel, k4, ep, m0, n0, y, ldy); break;
+    if constexpr (ROWS > 1) {
+        if (rows < ROWS) return tile16<Group, ROWS - 1>(rows, u, ldu, panel, k4, ep, m0, n0, y, ldy);
     }
+    tile16_rows<Group, ROWS>(u, ldu, panel, k4, ep, m0, n0, y, ldy);
 }
 #endif
 

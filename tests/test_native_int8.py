@@ -190,6 +190,28 @@ def test_amx_tile_edges(acfg, restore_native_state):
             assert _same_bits(fused(x, t, b)[0], want), f"amx + GELU differs from avx512_vnni: M={m} K={k}"
 
 
+@pytest.mark.skipif("avx_vnni" not in ISAS, reason="this CPU has no AVX-VNNI")
+def test_avx_vnni_tile_heights(restore_native_state):
+    """The AVX-VNNI tile is kAvxVnniMR = 6 rows tall (csrc/int8_gemm.h), the other 256-bit tiles
+    4: every last-tile height 1..6 (M = 1..13), K with a tail, N over a part panel, with and
+    without the fused GELU: the reference's bits, and the GELU the AVX2 path's bits."""
+    rng = _rng("avx-vnni-heights")
+    acfg = ACT_CONFIGS[0]
+    gelu = registry.fill_attrs("Linear", {**acfg, "activation": "gelu"})
+    for k in (5, 100):
+        t = _weight(rng, (70, k), symmetric=False)
+        fused = registry.build("Linear", "int8", "native", gelu, {1: t})
+        for m in range(1, 14):
+            x = _input(rng, (m, k), zero_rows=m > 2)
+            b = rng.standard_normal(70)
+            ref = _run("reference", acfg, t, x, b)
+            _native.set_int8_isa("avx2")
+            want = fused(x, t, b)[0]
+            _native.set_int8_isa("avx_vnni")
+            _assert_same(_run("native", acfg, t, x, b), ref, f"avx_vnni M={m} K={k}")
+            assert _same_bits(fused(x, t, b)[0], want), f"avx_vnni + GELU differs from avx2: M={m} K={k}"
+
+
 def test_non_contiguous_input_and_bias_dtypes():
     rng = _rng("layouts")
     t = _weight(rng, (20, 30), symmetric=False)
