@@ -97,19 +97,20 @@ def mask_cpuinfo(mode: str) -> Path:
 
 
 def check(lib: ctypes.CDLL) -> None:
-    """Print what qrt's native probe, numpy and onnxruntime's provider list see under the mask."""
-    import numpy as np
-
+    """Print what qrt (its cpuid probe, its /proc/cpuinfo view, the int8 path it picks) and numpy
+    see under the mask, and how many cpuid instructions the mask answered."""
     from kernels import native_cpu
-    feats = native_cpu.cpu_features()
-    print("qrt native cpuid:", ", ".join(k for k, v in sorted(feats.items()) if v))
-    print("qrt /proc/cpuinfo view:", cpu_id.cpu_name(), "|", " ".join(cpu_id.isa_flags()))
+    from kernels.native_cpu import _native
     try:
         from numpy._core._multiarray_umath import __cpu_features__ as npf
     except ImportError:  # numpy < 2
         from numpy.core._multiarray_umath import __cpu_features__ as npf
+    feats = native_cpu.cpu_features()
+    print("qrt native cpuid:", ", ".join(k for k, v in sorted(feats.items()) if v))
+    print("qrt /proc/cpuinfo view:", cpu_id.cpu_name(), "|", " ".join(cpu_id.isa_flags()))
+    print("qrt native int8 path:", _native.int8_isa())
     print("numpy:", ", ".join(k for k in ("AVX2", "AVX512F", "AVX512_ICL", "AVX512_SPR") if npf.get(k)))
-    print("numpy version", np.__version__, "| cpuid instructions emulated:", lib.qrt_mask_cpuid_faults())
+    print("cpuid instructions emulated:", lib.qrt_mask_cpuid_faults())
 
 
 def main() -> None:

@@ -170,9 +170,6 @@ QRT_TARGET_AVX2 void tile_rows(const uint8_t* u, int64_t ldu, const int8_t* pane
         }                                                                                  \
     }
 
-// k steps (256 bytes each) that group 0's prefetch runs ahead of its loads
-constexpr int64_t kPanelPrefetchSteps = 8;
-
 // ROWS x 16 columns (group g of 16 in the panel) for the whole K loop: out[2r] columns 0-7,
 // out[2r + 1] columns 8-15 of row r (int32, exact for K <= kMaxKInt32).
 template <bool NARROW, int ROWS>
@@ -186,17 +183,7 @@ QRT_TARGET_AVX2 void group16_rows(const uint8_t* u, int64_t ldu, const int8_t* p
     for (int64_t kk = 0; kk < k4; ++kk, w += kInt8Panel * 4) {
         const __m256i w0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(w));
         const __m256i w1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(w + 32));
-        if (g == 0) {
-            // Group 0 reads the first 64-byte line of each 256-byte k step; a panel that is
-            // not in cache yet (a weight streamed from memory, M of a few tiles) would come in
-            // as four strided passes. Fetching the step's other three lines a few steps ahead
-            // makes the first pass stream the whole panel, and groups 1-3 find it in cache.
-            // (Prefetches do not fault: past the panel's end they are dropped.)
-            const char* ahead = reinterpret_cast<const char*>(w) + kPanelPrefetchSteps * kInt8Panel * 4;
-            _mm_prefetch(ahead + 64, _MM_HINT_T0);
-            _mm_prefetch(ahead + 128, _MM_HINT_T0);
-            _mm_prefetch(ahead + 192, _MM_HINT_T0);
-        }
+        if (g == 0) prefetch_panel_step_ahead(w);   // int8_gemm_kernels.h
         QRT_AVX2_G16_ROW(0)
         QRT_AVX2_G16_ROW(1)
         QRT_AVX2_G16_ROW(2)

@@ -50,6 +50,7 @@ QRT_TARGET_AVXVNNI void group16_vnni(const uint8_t* u, int64_t ldu, const int8_t
     for (int64_t kk = 0; kk < k4; ++kk, w += kInt8Panel * 4) {
         const __m256i w0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(w));
         const __m256i w1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(w + 32));
+        if (g == 0) prefetch_panel_step_ahead(w);   // int8_gemm_kernels.h
         QRT_VNNI_ROW(0)
         QRT_VNNI_ROW(1)
         QRT_VNNI_ROW(2)

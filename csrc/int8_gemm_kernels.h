@@ -277,6 +277,20 @@ __attribute__((target("avx2,fma"))) inline void store_group16_avx2(const __m256i
     }
 }
 
+// The 16-column groups of a 256-bit tile walk the panel in four passes, each reading one
+// 64-byte line of every 256-byte k step; a panel that is not in cache yet (a weight streamed
+// from memory, M of a few tiles) would come in as four strided passes. Group 0 fetches each
+// step's other three lines kPanelPrefetchSteps steps ahead, so the first pass streams the whole
+// panel and groups 1-3 find it in cache. (Prefetches do not fault: past the panel's end they are
+// dropped.) w: group 0's position in the panel, the start of a k step.
+constexpr int64_t kPanelPrefetchSteps = 8;
+inline void prefetch_panel_step_ahead(const int8_t* w) {
+    const char* ahead = reinterpret_cast<const char*>(w) + kPanelPrefetchSteps * kInt8Panel * 4;
+    _mm_prefetch(ahead + 64, _MM_HINT_T0);
+    _mm_prefetch(ahead + 128, _MM_HINT_T0);
+    _mm_prefetch(ahead + 192, _MM_HINT_T0);
+}
+
 // Whether Group has run_row1(u, ldu, panel, k4, out[8]): one row x the whole panel in one K
 // loop, which tile16_rows takes for single rows (a GEMV streams the panel once, in order).
 template <class Group>
