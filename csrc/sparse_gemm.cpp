@@ -578,7 +578,11 @@ void sparse_int8_linear_isa(const SparseInt8Weight& w, const float* x, int64_t m
         corr = corr_z.get();
     }
     AlignedArray<int32_t> corr_signed;   // z * rowsum: for the kernels that sum qx * w (AVX2 pairs, signed quads)
-    if (path == SparsePath::pairs_avx2 || (path == SparsePath::quad_tiles_avx2 && !w.quads_narrow)) {
+    // the AVX-VNNI path runs the AVX2 quad tiles with vpdpbusd (sparse_gemm_avxvnni.cpp): sums of
+    // u * w for every weight, on rows transposed as for narrow weights
+    const bool quads_vnni = path == SparsePath::quad_tiles_avx2 && isa == Int8Isa::avx_vnni;
+    const bool quads_unsigned = quads_vnni || w.quads_narrow;
+    if (path == SparsePath::pairs_avx2 || (path == SparsePath::quad_tiles_avx2 && !quads_unsigned)) {
         corr_signed.allocate(w.npad);
         for (int64_t r = 0; r < w.npad; ++r) corr_signed[r] = static_cast<int32_t>(static_cast<uint32_t>(z * w.rowsum[r]));
     }
@@ -624,7 +628,7 @@ void sparse_int8_linear_isa(const SparseInt8Weight& w, const float* x, int64_t m
         if (path == SparsePath::pairs_avx2)
             sparse_detail::pairs_transpose_avx2(p, t, xt.get());
         else if (path == SparsePath::quad_tiles_avx2)
-            sparse_detail::quad_tile_transpose_avx2(u.get(), ldu, t, xq.get(), w.quads_narrow);
+            sparse_detail::quad_tile_transpose_avx2(u.get(), ldu, t, xq.get(), quads_unsigned);
         else
             sparse_detail::quad_tile_transpose_avx512(u.get(), ldu, t, xq.get());
 #else
@@ -643,7 +647,7 @@ void sparse_int8_linear_isa(const SparseInt8Weight& w, const float* x, int64_t m
             case SparsePath::ell_avx2: sparse_detail::ell_blocks_avx2(p, item, item + 1); break;
             case SparsePath::pairs_avx2: sparse_detail::pairs_block_avx2(p, xt.get(), item / tiles, item % tiles); break;
             case SparsePath::quad_tiles_avx2:
-                sparse_detail::quad_tile_avx2(p, xq.get(), item / tiles, item % tiles);
+                sparse_detail::quad_tile_avx2(p, xq.get(), item / tiles, item % tiles, quads_vnni);
                 break;
 #endif
             default:

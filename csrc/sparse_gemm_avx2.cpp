@@ -307,80 +307,9 @@ QRT_TARGET_AVX2 inline void transpose8x8_epi32(__m256i* r) {
     r[7] = _mm256_permute2x128_si256(u3, u7, 0x31);
 }
 
-// acc + qx . w over one quad of 8 activation rows: xa = |qx| (u8), xs = qx (s8), w the weight
-// dword broadcast; exact (sparse_gemm.h: no pair exceeds 2 x 128 x 127)
-QRT_TARGET_AVX2 inline __m256i quad_step(__m256i acc, __m256i xa, __m256i xs, const int8_t* w, __m256i ones) {
-    int32_t word;
-    std::memcpy(&word, w, 4);
-    const __m256i ws = _mm256_sign_epi8(_mm256_set1_epi32(word), xs);
-    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(xa, ws), ones));
-}
-
-// acc + u . w for narrow weights (every |w| <= kNarrowQMax): xu = qx + 128 (u8), exact
-// (2 x 255 x 63 <= 32767); the sums are sum u * w, corrected by (128 + z) rowsum
-QRT_TARGET_AVX2 inline __m256i quad_step_narrow(__m256i acc, __m256i xu, const int8_t* w, __m256i ones) {
-    int32_t word;
-    std::memcpy(&word, w, 4);
-    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(xu, _mm256_set1_epi32(word)), ones));
-}
-
-// quad_step for quad q of a one-row group (G = 1)
-template <bool NARROW>
-QRT_TARGET_AVX2 inline __m256i quad_step_at(__m256i acc, const int8_t* xt, const uint16_t* qcol, const int8_t* qw,
-                                            int64_t q, int h, __m256i ones) {
-    const __m256i xs = _mm256_load_si256(reinterpret_cast<const __m256i*>(xt + int64_t(qcol[q]) * 64 + 32 * h));
-    if constexpr (NARROW) return quad_step_narrow(acc, xs, qw + q * 4, ones);
-    return quad_step(acc, _mm256_abs_epi8(xs), xs, qw + q * 4, ones);
-}
-
-// raw[r] = sum over the stored quads of output row n0 + r of qx . w (NARROW: u . w), for the 8
-// activation rows of half h of the tile (lane = activation row), r < rows (a multiple of G)
-template <int G, bool NARROW>
-QRT_TARGET_AVX2 void quad_half(const SparseInt8Weight& w, const int8_t* xt, int64_t n0, int64_t rows, int h,
-                               __m256i* raw) {
-    const uint16_t* qcol = w.qcol.data();
-    const int8_t* qw = w.qw.get();
-    const __m256i ones = _mm256_set1_epi16(1);
-    for (int64_t r0 = 0; r0 < rows; r0 += G) {
-        const int64_t grp = (n0 + r0) / G;
-        const int64_t q1 = w.qptr[grp + 1];
-        int64_t q = w.qptr[grp];
-        __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
-        if constexpr (G == 4) {
-            // one load of 8 rows' quad feeds the group's 4 output rows
-            for (; q < q1; ++q) {
-                const __m256i xs = _mm256_load_si256(reinterpret_cast<const __m256i*>(xt + int64_t(qcol[q]) * 64 + 32 * h));
-                const int8_t* wq = qw + q * 16;
-                if constexpr (NARROW) {
-                    a0 = quad_step_narrow(a0, xs, wq, ones);
-                    a1 = quad_step_narrow(a1, xs, wq + 4, ones);
-                    a2 = quad_step_narrow(a2, xs, wq + 8, ones);
-                    a3 = quad_step_narrow(a3, xs, wq + 12, ones);
-                } else {
-                    const __m256i xa = _mm256_abs_epi8(xs);
-                    a0 = quad_step(a0, xa, xs, wq, ones);
-                    a1 = quad_step(a1, xa, xs, wq + 4, ones);
-                    a2 = quad_step(a2, xa, xs, wq + 8, ones);
-                    a3 = quad_step(a3, xa, xs, wq + 12, ones);
-                }
-            }
-            raw[r0] = a0;
-            raw[r0 + 1] = a1;
-            raw[r0 + 2] = a2;
-            raw[r0 + 3] = a3;
-        } else {
-            // one row: four accumulators over consecutive quads, summed (wrapping) at the end
-            for (; q + 4 <= q1; q += 4) {
-                a0 = quad_step_at<NARROW>(a0, xt, qcol, qw, q, h, ones);
-                a1 = quad_step_at<NARROW>(a1, xt, qcol, qw, q + 1, h, ones);
-                a2 = quad_step_at<NARROW>(a2, xt, qcol, qw, q + 2, h, ones);
-                a3 = quad_step_at<NARROW>(a3, xt, qcol, qw, q + 3, h, ones);
-            }
-            for (; q < q1; ++q) a0 = quad_step_at<NARROW>(a0, xt, qcol, qw, q, h, ones);
-            raw[r0] = _mm256_add_epi32(_mm256_add_epi32(a0, a1), _mm256_add_epi32(a2, a3));
-        }
-    }
-}
+#define QRT_QUAD_TARGET QRT_TARGET_AVX2
+#include "sparse_quad_half.h"
+#undef QRT_QUAD_TARGET
 
 }  // namespace
 
@@ -403,24 +332,27 @@ QRT_TARGET_AVX2 void quad_tile_transpose_avx2(const uint8_t* u, int64_t ldu, int
     }
 }
 
-QRT_TARGET_AVX2 void quad_tile_avx2(const Problem& p, const uint8_t* xq, int64_t blk, int64_t t) {
+QRT_TARGET_AVX2 void quad_tile_avx2(const Problem& p, const uint8_t* xq, int64_t blk, int64_t t, bool vnni) {
     const SparseInt8Weight& w = *p.w;
     const int64_t n0 = blk * kSparseBlockRows, m0 = t * kSparseTileRows;
     const int64_t nrows = std::min<int64_t>(kSparseBlockRows, w.n - n0);   // a multiple of G
     const int8_t* xt = reinterpret_cast<const int8_t*>(xq + t * (p.ldu / 4) * 64);
-    // raw[h][r]: output row n0 + r, lane i = activation row m0 + 8 h + i (sum qx * w)
+    // raw[h][r]: output row n0 + r, lane i = activation row m0 + 8 h + i (sum u * w, or qx * w)
     __m256i raw[2][kSparseBlockRows];
-    for (int h = 0; h < 2; ++h) {
-        for (int64_t r = nrows; r < kSparseBlockRows; ++r) raw[h][r] = _mm256_setzero_si256();
-        if (w.quads_narrow)
-            (w.quad_rows == 4 ? quad_half<4, true> : quad_half<1, true>)(w, xt, n0, nrows, h, raw[h]);
-        else
-            (w.quad_rows == 4 ? quad_half<4, false> : quad_half<1, false>)(w, xt, n0, nrows, h, raw[h]);
-    }
+    const bool unsigned_sums = vnni || w.quads_narrow;
+#if QRT_INT8_AVX_VNNI
+    if (vnni)
+        quad_raw_avx_vnni(w, xt, n0, nrows, raw);
+    else
+#endif
+    if (w.quads_narrow)
+        quad_raw<QuadStep::narrow>(w, xt, n0, nrows, raw);
+    else
+        quad_raw<QuadStep::signed_pairs>(w, xt, n0, nrows, raw);
     // the exact accumulators through store_rows8, 8 output rows of one activation row at a time
     // (an 8 x 8 transpose per quarter of the tile)
     const int64_t mrows = std::min<int64_t>(kSparseTileRows, p.m - m0);
-    const int32_t* corr = w.quads_narrow ? p.corr : p.corr_signed;   // sums of u * w, or of qx * w
+    const int32_t* corr = unsigned_sums ? p.corr : p.corr_signed;   // sums of u * w, or of qx * w
     for (int og = 0; og < 2 && 8 * og < nrows; ++og) {
         for (int h = 0; h < 2 && 8 * h < mrows; ++h) {
             __m256i c[8];

@@ -94,7 +94,8 @@ def _variants(t):
     """(label, packed weight, path, isa) for every code path this weight and CPU can take:
     the scalar path on every ISA, on the canonical rows and on the ELL vectors (what it reads
     once ELL is built); on AVX2 the AVX2 ELL kernel with each lane kind, the pairs and, for
-    bsr with whole column quads and no -128 weight, the AVX2 quad tiles of 1 and 4 rows; on
+    bsr with whole column quads and no -128 weight, the AVX2 quad tiles of 1 and 4 rows (and,
+    where the CPU has AVX-VNNI, the same tiles on the avx_vnni path: its vpdpbusd step); on
     AVX-512 VNNI, ELL with each lane kind and quad tiles of 1 and 4 rows (4: N % 4 == 0)."""
     out = [(f"scalar/{isa}", pack_sparse(t, lanes="none", quad_rows=0), "scalar", isa) for isa in ISAS]
     auto = pack_sparse(t, quad_rows=0)
@@ -111,6 +112,9 @@ def _variants(t):
             for g in ((1, 4) if t.shape[0] % 4 == 0 else (1,)):
                 out.append((f"quad_tiles_avx2-{g}", pack_sparse(t, lanes="none", quad_rows=g, pairs=0),
                             "quad_tiles_avx2", "avx2"))
+                if "avx_vnni" in ISAS:   # the same tiles with the vpdpbusd step (sparse_gemm_avxvnni.cpp)
+                    out.append((f"quad_tiles_avx2-{g}/avx_vnni", pack_sparse(t, lanes="none", quad_rows=g, pairs=0),
+                                "quad_tiles_avx2", "avx_vnni"))
     if not VNNI:
         return out
     for lanes, seg in LANES:
