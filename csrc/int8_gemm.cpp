@@ -182,7 +182,7 @@ struct PathKernels {
 PathKernels kernels_for(Int8Isa isa, const Int8PackedWeight& w) {
     switch (isa) {
 #if QRT_INT8_X86_SIMD
-        case Int8Isa::avx512_vnni: return {quantize_row_avx512, tile_avx512};
+        case Int8Isa::avx512_vnni: return {quantize_row_avx512, tile_avx512, 1, kAvx512MR};
 #if QRT_INT8_AMX
         case Int8Isa::amx: return {quantize_row_avx512, tile_amx, 1, kAmxMR, true, true};
 #endif

@@ -203,8 +203,8 @@ QRT_TARGET_AMX void tile_amx(int64_t rows, const uint8_t* u, int64_t ldu, const 
         const int64_t tile_rows = std::min(kAmxMR, rows - r);
         if (tile_rows < kAmxMinRows) {   // the last rows of the block: the AVX-512 tile
             pending.finish();
-            for (int64_t q = r; q < rows; q += kInt8MR)
-                tile_avx512(std::min(kInt8MR, rows - q), u + q * ldu, ldu, panel, k4, ep, m0 + q, n0, y + q * ldy, ldy);
+            for (int64_t q = r; q < rows; q += kAvx512MR)
+                tile_avx512(std::min(kAvx512MR, rows - q), u + q * ldu, ldu, panel, k4, ep, m0 + q, n0, y + q * ldy, ldy);
             break;
         }
         if (!configured) {

@@ -124,7 +124,8 @@ QRT_TARGET_AVX512 void tile_rows(const uint8_t* u, int64_t ldu, const int8_t* pa
     const __m512i zero = _mm512_setzero_si512();
     __m512i c00 = zero, c01 = zero, c02 = zero, c03 = zero, c10 = zero, c11 = zero, c12 = zero, c13 = zero;
     __m512i c20 = zero, c21 = zero, c22 = zero, c23 = zero, c30 = zero, c31 = zero, c32 = zero, c33 = zero;
-    static_assert(ROWS >= 1 && ROWS <= kInt8MR && kInt8MR == 4, "one QRT_VNNI_ROW per row of the tile");
+    __m512i c40 = zero, c41 = zero, c42 = zero, c43 = zero, c50 = zero, c51 = zero, c52 = zero, c53 = zero;
+    static_assert(ROWS >= 1 && ROWS <= kAvx512MR && kAvx512MR == 6, "one QRT_VNNI_ROW per row of the tile");
     const int8_t* w = panel;
     for (int64_t kk = 0; kk < k4; ++kk, w += kInt8Panel * 4) {
         // panels are 64-byte aligned (AlignedArray) and 256 bytes per k step
@@ -134,9 +135,11 @@ QRT_TARGET_AVX512 void tile_rows(const uint8_t* u, int64_t ldu, const int8_t* pa
         QRT_VNNI_ROW(1)
         QRT_VNNI_ROW(2)
         QRT_VNNI_ROW(3)
+        QRT_VNNI_ROW(4)
+        QRT_VNNI_ROW(5)
     }
-    const __m512i acc[kInt8MR][4] = {{c00, c01, c02, c03}, {c10, c11, c12, c13},
-                                     {c20, c21, c22, c23}, {c30, c31, c32, c33}};
+    const __m512i acc[kAvx512MR][4] = {{c00, c01, c02, c03}, {c10, c11, c12, c13}, {c20, c21, c22, c23},
+                                       {c30, c31, c32, c33}, {c40, c41, c42, c43}, {c50, c51, c52, c53}};
     for (int r = 0; r < ROWS; ++r) store_row_avx512(acc[r], ep, m0 + r, n0, y + r * ldy);
     finish_rows_avx512(ROWS, ep, y, ldy);
 }
@@ -196,9 +199,11 @@ QRT_TARGET_AVX512 void quantize_row_avx512(const float* x, int64_t k, int64_t kp
 
 void tile_avx512(int64_t rows, const uint8_t* u, int64_t ldu, const int8_t* panel, int64_t k4,
                  const Epilogue& ep, int64_t m0, int64_t n0, float* y, int64_t ldy) {
-    // one instantiation per tile height: an edge tile of M % 4 rows costs only its rows, and
+    // one instantiation per tile height: an edge tile of M % 6 rows costs only its rows, and
     // M = 1 (a GEMV) streams each panel once with 4 accumulators
     switch (rows) {
+        case 6: tile_rows<6>(u, ldu, panel, k4, ep, m0, n0, y, ldy); break;
+        case 5: tile_rows<5>(u, ldu, panel, k4, ep, m0, n0, y, ldy); break;
         case 4: tile_rows<4>(u, ldu, panel, k4, ep, m0, n0, y, ldy); break;
         case 3: tile_rows<3>(u, ldu, panel, k4, ep, m0, n0, y, ldy); break;
         case 2: tile_rows<2>(u, ldu, panel, k4, ep, m0, n0, y, ldy); break;

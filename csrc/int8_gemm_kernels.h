@@ -106,9 +106,10 @@ using RowFill = std::function<void(int64_t i0, int64_t i1, const RowSink& sink)>
 void int8_gemm_rows(const Int8PackedWeight& w, int64_t m, const RowFill& fill, const double* bias,
                     const Int8ActQuant& aq, float* y, Int8Isa isa, int threads, Activation act);
 
-// rows (1..kInt8MR) x kInt8Panel outputs of one panel: u rows at u + r * ldu, the panel's
-// (k4, 64, 4) bytes at panel, outputs y[r * ldy + c] for c < 64 (a full panel's width), rows
-// m0 + r and columns n0 + c of the epilogue's arrays.
+// rows (1 .. the path's tile height: kInt8MR, kAvxVnniMR or kAvx512MR) x kInt8Panel outputs of
+// one panel: u rows at u + r * ldu, the panel's (k4, 64, 4) bytes at panel, outputs
+// y[r * ldy + c] for c < 64 (a full panel's width), rows m0 + r and columns n0 + c of the
+// epilogue's arrays.
 using TileFn = void (*)(int64_t rows, const uint8_t* u, int64_t ldu, const int8_t* panel,
                         int64_t k4, const Epilogue& ep, int64_t m0, int64_t n0, float* y,
                         int64_t ldy);

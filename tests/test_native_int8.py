@@ -190,12 +190,15 @@ def test_amx_tile_edges(acfg, restore_native_state):
             assert _same_bits(fused(x, t, b)[0], want), f"amx + GELU differs from avx512_vnni: M={m} K={k}"
 
 
-@pytest.mark.skipif("avx_vnni" not in ISAS, reason="this CPU has no AVX-VNNI")
-def test_avx_vnni_tile_heights(restore_native_state):
-    """The AVX-VNNI tile is kAvxVnniMR = 6 rows tall (csrc/int8_gemm.h), the other 256-bit tiles
-    4: every last-tile height 1..6 (M = 1..13), K with a tail, N over a part panel, with and
-    without the fused GELU: the reference's bits, and the GELU the AVX2 path's bits."""
-    rng = _rng("avx-vnni-heights")
+@pytest.mark.parametrize("isa, other", [("avx_vnni", "avx2"), ("avx512_vnni", "avx2")])
+def test_six_row_tile_heights(isa, other, restore_native_state):
+    """The AVX-VNNI and AVX-512 VNNI tiles are 6 rows tall (kAvxVnniMR, kAvx512MR in
+    csrc/int8_gemm.h), the AVX2 ones 4: every last-tile height 1..6 (M = 1..13), K with a tail,
+    N over a part panel, with and without the fused GELU: the reference's bits, and the GELU
+    the other path's bits."""
+    if isa not in ISAS or other not in ISAS:
+        pytest.skip(f"this CPU does not run both {isa} and {other}")
+    rng = _rng("six-row-heights", isa)
     acfg = ACT_CONFIGS[0]
     gelu = registry.fill_attrs("Linear", {**acfg, "activation": "gelu"})
     for k in (5, 100):
@@ -205,11 +208,11 @@ def test_avx_vnni_tile_heights(restore_native_state):
             x = _input(rng, (m, k), zero_rows=m > 2)
             b = rng.standard_normal(70)
             ref = _run("reference", acfg, t, x, b)
-            _native.set_int8_isa("avx2")
+            _native.set_int8_isa(other)
             want = fused(x, t, b)[0]
-            _native.set_int8_isa("avx_vnni")
-            _assert_same(_run("native", acfg, t, x, b), ref, f"avx_vnni M={m} K={k}")
-            assert _same_bits(fused(x, t, b)[0], want), f"avx_vnni + GELU differs from avx2: M={m} K={k}"
+            _native.set_int8_isa(isa)
+            _assert_same(_run("native", acfg, t, x, b), ref, f"{isa} M={m} K={k}")
+            assert _same_bits(fused(x, t, b)[0], want), f"{isa} + GELU differs from {other}: M={m} K={k}"
 
 
 def test_non_contiguous_input_and_bias_dtypes():
