@@ -36,6 +36,7 @@
 // accumulates in int64.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -58,7 +59,8 @@ constexpr int64_t kAvxVnniMR = 6;
 // VNNI (benchmarks/as_cpu.py), 2 threads, the shapes table at M = 16 and 128 against
 // onnxruntime int8 in the same process: 1.10-1.11x with 4 rows, 1.15-1.17x with 6.
 constexpr int64_t kAvx512MR = 6;
-constexpr int64_t kMaxStackTileRows = 8;  // tiles of the non-whole-block paths have at most this many rows
+// the tallest tile of the paths that take one tile at a time (the driver's stack scratch)
+constexpr int64_t kMaxStackTileRows = std::max({kInt8MR, kAvxVnniMR, kAvx512MR});
 constexpr int64_t kAmxRows = 16;          // rows of an AMX tile register (int8_gemm_amx.cpp)
 constexpr int64_t kAmxMR = 2 * kAmxRows;  // rows per AMX micro-tile: two tile registers tall
 constexpr int64_t kAmxK4 = 16;            // k steps of 4 bytes per AMX tile (64 bytes a row)

@@ -13,8 +13,9 @@
 //
 // What ran: the reference's bits on an Intel Xeon with AVX-VNNI (2026-12-06: every test of the
 // int8 paths, including the forced-AVX2 and sanitizer reruns); on a CPU without it the path is
-// not offered and its tests skip. Speed there, 2 threads: 82-86% of the 256-bit vpdpbusd peak
-// at M = 128, 2.0-2.1x the AVX2 path at M >= 16 (RESULTS.md, "AMX").
+// not offered and its tests skip. Speed there, 2 threads: 90-100% of the 256-bit vpdpbusd peak
+// at M >= 128 on most shapes with the 6-row tile, 0.99x onnxruntime's AVX-VNNI kernel at
+// M >= 16 (RESULTS.md, "The Xeon as smaller CPUs").
 #include "int8_gemm_kernels.h"
 
 #if QRT_INT8_AVX_VNNI

@@ -299,10 +299,10 @@ constexpr auto has_row1(int) -> decltype(Group::run_row1, true) { return true; }
 template <class Group>
 constexpr bool has_row1(long) { return false; }
 
-// A 256-bit tile (rows 1..4, or 1..Group::kRows, x one 64-column panel) built from a 16-column K-loop kernel:
-// Group::run<ROWS>(u, ldu, panel, k4, g, out) writes out[2r + h] = row r's sums for columns
-// 16 g + 8 h .. + 7, as sum u * qw, or sum qx * qw where Group::kSignedSums. The signed AVX2
-// tile and the AVX-VNNI one differ only in that kernel.
+// A 256-bit tile (rows 1..4, or 1..Group::kRows, x one 64-column panel) built from a
+// 16-column K-loop kernel: Group::run<ROWS>(u, ldu, panel, k4, g, out) writes out[2r + h] =
+// row r's sums for columns 16 g + 8 h .. + 7, as sum u * qw, or sum qx * qw where
+// Group::kSignedSums. The signed AVX2 tile and the AVX-VNNI one differ only in that kernel.
 template <class Group, int ROWS>
 __attribute__((target("avx2,fma"))) inline void tile16_rows(const uint8_t* u, int64_t ldu, const int8_t* panel,
                                                              int64_t k4, const Epilogue& ep, int64_t m0, int64_t n0,

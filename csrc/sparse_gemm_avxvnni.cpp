@@ -1,9 +1,11 @@
 // Sparse int8 Linear, AVX-VNNI quad tiles: the AVX2 quad tiles (sparse_gemm_avx2.cpp) with one
 // VEX vpdpbusd per quad of 8 activation rows and weight dword, where the AVX2 step takes
 // vpmaddubsw + vpmaddwd (+ vpsignb for 8-bit weights). vpdpbusd sums u * w without
-// intermediate saturation, so every weight byte is exact, -128 included, on the unflipped
-// rows u = qx + 128 (the narrow tiles' transposition); the sums are corrected by (128 + z)
-// rowsum in sparse_gemm_avx2.cpp's store, as for narrow weights. Numerics: sparse_gemm.h.
+// intermediate saturation, so the step is exact for every weight byte, on the unflipped rows
+// u = qx + 128 (the narrow tiles' transposition); the sums are corrected by (128 + z) rowsum in
+// sparse_gemm_avx2.cpp's store, as for narrow weights. Numerics: sparse_gemm.h. The path is
+// still offered only where the AVX2 tiles are (sparse_path_available: no -128 weight), which
+// this step itself would not need.
 // Compiled with target attributes; sparse_gemm.cpp calls it only on the avx_vnni path.
 #include "sparse_gemm_kernels.h"
 
