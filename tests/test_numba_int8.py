@@ -30,12 +30,18 @@ pytestmark = [pytest.mark.skipif(_REASON is not None, reason=f"numba backend una
 if _REASON is None:
     from kernels.numba_cpu import int8, isa, vnni
     HAS_VNNI = vnni.has_vnni()
+    HAS_VNNI256 = vnni.has_vnni256()
     HAS_AVX2 = isa.has_avx2()
 else:  # pragma: no cover
-    HAS_VNNI = HAS_AVX2 = False
-# the GEMM paths this target can run, as Int8Plan's (use_vnni, use_avx2): VNNI tile, AVX2 tile,
-# portable loops
-PATHS = [p for p, ok in (((True, False), HAS_VNNI), ((False, True), HAS_AVX2), ((False, False), True)) if ok]
+    HAS_VNNI = HAS_VNNI256 = HAS_AVX2 = False
+# Int8Plan's switches for each GEMM tile, in its order of preference (a later one only where
+# the earlier ones are off)
+ZMM_VNNI = {"use_vnni": True}
+YMM_VNNI = {"use_vnni": False, "use_vnni256": True}
+AVX2_TILE = {"use_vnni": False, "use_vnni256": False, "use_avx2": True}
+PORTABLE = {"use_vnni": False, "use_vnni256": False, "use_avx2": False}
+# the GEMM paths this target can run
+PATHS = [p for p, ok in ((ZMM_VNNI, HAS_VNNI), (YMM_VNNI, HAS_VNNI256), (AVX2_TILE, HAS_AVX2), (PORTABLE, True)) if ok]
 
 # exact integer accumulation + the reference's float64 epilogue, same order: identical bits
 INT8_ATOL = 0.0
@@ -177,10 +183,10 @@ def test_writeable_bias_is_read_every_call():
 def test_output_fully_written():
     """Poisoned output buffers: every element of the edge tiles (M % MR, N % PANEL) written."""
     rng = _rng("poison")
-    for use_vnni, use_avx2 in PATHS:
-        for m, n, k in [(1, 1, 1), (33, 65, 100), (5, 200, 7), (4, 64, 64)]:
+    for path in PATHS:
+        for m, n, k in [(1, 1, 1), (33, 65, 100), (5, 200, 7), (4, 64, 64), (3, 130, 260), (2, 64, 9)]:
             t = _weight(rng, (n, k), symmetric=m % 2 == 0)
-            plan = int8.Int8Plan("Linear", t, "dynamic", use_vnni=use_vnni, use_avx2=use_avx2)
+            plan = int8.Int8Plan("Linear", t, "dynamic", **path)
             gemm = plan.groups[0]
             x = _input(rng, (m, k))
             b = rng.standard_normal(n).astype(np.float32)
@@ -188,8 +194,8 @@ def test_output_fully_written():
                 out = np.full((m, n), np.nan, dtype)
                 gemm(x.astype(dtype), gemm.bias64(b), out)
                 ref = _run("Linear", "reference", {"act_quant": "dynamic"}, t, x.astype(dtype), b)
-                assert np.all(np.isfinite(out)), f"unwritten elements M={m} N={n} path={use_vnni, use_avx2}"
-                _assert_same(out, ref, f"M={m} N={n} K={k} path={use_vnni, use_avx2} {dtype}")
+                assert np.all(np.isfinite(out)), f"unwritten elements M={m} N={n} path={path}"
+                _assert_same(out, ref, f"M={m} N={n} K={k} path={path} {dtype}")
 
 
 @pytest.mark.skipif(not HAS_VNNI, reason="no VNNI path here (numba's target lacks AVX-512 VNNI: an older CPU, QRT_NUMBA_ISA or QRT_NUMBA_NO_VNNI=1); the portable path is tested everywhere")
@@ -201,24 +207,26 @@ def test_vnni_and_portable_identical():
             x = _input(rng, (37, 300), zero_rows=True)
             b = rng.standard_normal(200).astype(np.float32)
             fast = int8.int8_linear(x, int8.Int8Plan("Linear", t, **acfg, use_vnni=True), b)
-            slow = int8.int8_linear(x, int8.Int8Plan("Linear", t, **acfg, use_vnni=False), b)
+            slow = int8.int8_linear(x, int8.Int8Plan("Linear", t, **acfg, **PORTABLE), b)
             assert int8.Int8Plan("Linear", t, **acfg).groups[0].use_vnni
             assert np.array_equal(fast, slow), f"{wcfg} {acfg}"
 
 
 def test_forced_fallback_env_in_subprocess():
-    """QRT_NUMBA_NO_VNNI=1: has_vnni() is False, the registered kernel takes the portable GEMM,
-    and its output is the reference's (the parent process compares against the same bits)."""
+    """QRT_NUMBA_NO_VNNI=1: has_vnni() and has_vnni256() are False, the registered kernel takes
+    no vpdpbusd tile (the AVX2 tile where numba's target has AVX2, else the portable GEMM), and
+    its output is the reference's (the parent process compares against the same bits)."""
     code = r"""
 import numpy as np, sys
 from kernels import registry
 from kernels.numba_cpu import vnni, int8
 from kernels.core.layouts import pack_int8
-assert not vnni.has_vnni()
+assert not vnni.has_vnni() and not vnni.has_vnni256()
 rng = np.random.default_rng(7)
 t = pack_int8("w", rng.standard_normal((65, 100)).astype(np.float32), symmetric=False)
 x = rng.standard_normal((17, 100)).astype(np.float32)
-assert not int8.Int8Plan("Linear", t, "dynamic").groups[0].use_vnni
+g = int8.Int8Plan("Linear", t, "dynamic").groups[0]
+assert not g.use_vnni and not g.use_vnni256
 y = registry.lookup("Linear", "int8", "numba")({"act_quant": "dynamic"}, {1: t})(x, t, None)[0]
 np.save(sys.argv[1], y)
 """
@@ -369,7 +377,7 @@ def test_avx2_tile_exact_at_the_int8_extremes(case, m, k):
     for acfg in ({"act_quant": "static", "act_scale": 0.5, "act_zero_point": 0},
                  {"act_quant": "static", "act_scale": 0.5, "act_zero_point": -128},
                  {"act_quant": "dynamic"}):
-        plan = int8.Int8Plan("Linear", t, **acfg, use_vnni=False, use_avx2=True)
+        plan = int8.Int8Plan("Linear", t, **acfg, **AVX2_TILE)
         assert plan.groups[0].use_avx2 == (not q_min) and plan.groups[0].narrow == narrow
         _assert_same(int8.int8_linear(x, plan), _run("Linear", "reference", acfg, t, x, None),
                      f"{case} M={m} K={k} {acfg}")
@@ -385,9 +393,80 @@ def test_narrow_weights_give_the_reference_bits(acfg):
     rng = _rng("narrow", acfg["act_quant"])
     n, k = 130, 260
     t = pack_int8("w", rng.standard_normal((n, k)).astype(np.float32), qmax=63)
-    plan = int8.Int8Plan("Linear", t, **acfg, use_vnni=False, use_avx2=True)
+    plan = int8.Int8Plan("Linear", t, **acfg, **AVX2_TILE)
     assert plan.groups[0].narrow
     b = rng.standard_normal(n).astype(np.float32)
     for m in (1, 17, 300):
         x = _input(rng, (m, k))
         _assert_same(int8.int8_linear(x, plan, b), _run("Linear", "reference", acfg, t, x, b), f"narrow M={m} {acfg}")
+
+
+@pytest.mark.skipif(not HAS_VNNI256, reason="numba's target has no 256-bit vpdpbusd (no AVX-VNNI, no AVX-512 VNNI)")
+@pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 6, 7, 8, 9, 40])
+@pytest.mark.parametrize("k", [1, 37, 256])
+def test_ymm_vnni_tile_every_height_at_the_int8_extremes(m, k):
+    """The 256-bit vpdpbusd tile (vnni._raw_ymm(kind="vnni")) groups its columns per tile height
+    (vnni._YMM_GROUPS: 8, 4 + 4 and 3 + 3 + 2 vectors per K loop): every height 1..MR and its
+    edges, with raw weight bytes at -128 and 127 (which the AVX2 tile cannot take) against
+    activations at qx = -128 and 127 (u = 0 and 255). A column group written to the wrong
+    output vector, a row dropped or a saturating product changes the integers, hence the
+    bits."""
+    rng = _rng("ymm-vnni", m, k)
+    n = 200
+    q = rng.choice(np.array([-128, 127, -127, 0, 1, 126], np.int8), size=(n, k)).astype(np.int8)
+    q.reshape(-1)[0] = -128
+    t = pack_int8("w", np.zeros((n, k), np.float32))
+    t.fields["qdata"][...] = q
+    t.fields["scale"][...] = np.float32(0.01)
+    x = np.where(rng.random((m, k)) < 0.5, np.float32(-1e4), np.float32(1e4))
+    x[:, ::3] = rng.standard_normal((m, len(range(0, k, 3)))).astype(np.float32)
+    for acfg in ({"act_quant": "static", "act_scale": 0.5, "act_zero_point": -128},
+                 {"act_quant": "static", "act_scale": 0.031, "act_zero_point": 5},
+                 {"act_quant": "dynamic"}):
+        plan = int8.Int8Plan("Linear", t, **acfg, **YMM_VNNI)
+        assert plan.groups[0].use_vnni256 and plan.groups[0].weight.ndim == 3
+        _assert_same(int8.int8_linear(x, plan), _run("Linear", "reference", acfg, t, x, None),
+                     f"ymm vnni M={m} K={k} {acfg}")
+
+
+def test_ymm_vnni_tile_is_the_default_where_avx_vnni_is_the_best():
+    """QRT_NUMBA_ISA=avx_vnni (an Alder Lake target: AVX-VNNI, no AVX-512) in a child process:
+    the default plan takes the 256-bit vpdpbusd tile, compiled in its VEX form, and its output
+    is the reference's. Skipped where the CPU has no AVX-VNNI (the tile's arithmetic is tested
+    above on AVX-512 VNNI machines, in its EVEX form)."""
+    import llvmlite.binding as llb
+    if not llb.get_host_cpu_features().get("avxvnni", False):
+        pytest.skip("this CPU has no AVX-VNNI (QRT_NUMBA_ISA=avx_vnni cannot run here)")
+    code = r"""
+import numpy as np, re, sys
+from kernels import registry
+from kernels.numba_cpu import int8, isa, vnni
+from kernels.core.layouts import pack_int8
+assert registry.backend_status("numba") is None, registry.backend_status("numba")
+assert not vnni.has_vnni() and vnni.has_vnni256(), isa.describe()
+rng = np.random.default_rng(11)
+t = pack_int8("w", rng.standard_normal((130, 300)).astype(np.float32), symmetric=False)
+x = rng.standard_normal((19, 300)).astype(np.float32)
+g = int8.Int8Plan("Linear", t, "dynamic").groups[0]
+assert g.use_vnni256 and not g.use_avx2
+y = registry.lookup("Linear", "int8", "numba")({"act_quant": "dynamic"}, {1: t})(x, t, None)[0]
+asm = "".join(vnni._panel_gemm_serial.inspect_asm(s) for s in vnni._panel_gemm_serial.signatures)
+assert re.search(r"\{vex\}\s*vpdpbusd\s+%ymm", asm) and "zmm" not in asm, "no VEX ymm vpdpbusd in the tile"
+np.save(sys.argv[1], y)
+"""
+    out = os.path.join(os.environ.get("PYTEST_TMPDIR", "/tmp"), f"qrt_avxvnni_{os.getpid()}.npy")
+    env = dict(os.environ, QRT_NUMBA_ISA="avx_vnni")
+    for k in ("NUMBA_CPU_NAME", "NUMBA_CPU_FEATURES", "QRT_NUMBA_NO_VNNI"):
+        env.pop(k, None)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    res = subprocess.run([sys.executable, "-c", code, out], env=env, cwd=root, capture_output=True, text=True,
+                         timeout=600, check=False)
+    assert res.returncode == 0, res.stderr[-3000:]
+    try:
+        y = np.load(out)
+    finally:
+        os.unlink(out)
+    rng = np.random.default_rng(11)
+    t = pack_int8("w", rng.standard_normal((130, 300)).astype(np.float32), symmetric=False)
+    x = rng.standard_normal((19, 300)).astype(np.float32)
+    _assert_same(y, _run("Linear", "reference", {"act_quant": "dynamic"}, t, x, None), "avx_vnni target")

@@ -30,7 +30,7 @@ def dot(a, b):
 
 dot(np.ones(64), np.ones(64))
 asm = next(iter(dot.inspect_asm().values()))
-print("target:", numba.config.CPU_NAME, "vnni:", vnni.has_vnni(), "vbmi:", isa.has_vbmi(),
+print("target:", numba.config.CPU_NAME, "vnni:", vnni.has_vnni(), "vnni256:", vnni.has_vnni256(), "vbmi:", isa.has_vbmi(),
       "ell:", sparse.USE_ELL, "zmm:", "zmm" in asm, "ymm:", "ymm" in asm)
 """
 
@@ -49,13 +49,25 @@ def _run(code: str, **env) -> str:
 def test_avx2_compiles_for_an_avx2_cpu():
     out = _run(_PROBE, QRT_NUMBA_ISA="avx2")
     assert "status: None" in out, out
-    assert "target: haswell vnni: False vbmi: False ell: False zmm: False ymm: True" in out, out
+    assert "target: haswell vnni: False vnni256: False vbmi: False ell: False zmm: False ymm: True" in out, out
+
+
+def test_avx_vnni_compiles_for_an_alder_lake_cpu():
+    """AVX2 + AVX-VNNI, no AVX-512: the 256-bit vpdpbusd tile, LLVM's own loops on ymm; refused
+    with the reason where this CPU has no AVX-VNNI."""
+    import llvmlite.binding as llb
+    out = _run(_PROBE, QRT_NUMBA_ISA="avx_vnni")
+    if not llb.get_host_cpu_features().get("avxvnni", False):
+        assert "status: QRT_NUMBA_ISA=avx_vnni: this CPU has no AVX-VNNI" in out, out
+        return
+    assert "status: None" in out, out
+    assert "target: alderlake vnni: False vnni256: True vbmi: False ell: False zmm: False ymm: True" in out, out
 
 
 def test_generic_compiles_for_baseline_x86_64():
     out = _run(_PROBE, QRT_NUMBA_ISA="generic")
     assert "status: None" in out, out
-    assert "target: generic vnni: False vbmi: False ell: False zmm: False ymm: False" in out, out
+    assert "target: generic vnni: False vnni256: False vbmi: False ell: False zmm: False ymm: False" in out, out
 
 
 def test_auto_is_numbas_own_target():
@@ -64,7 +76,7 @@ def test_auto_is_numbas_own_target():
 
 
 @pytest.mark.parametrize("env, fragment", [
-    ({"QRT_NUMBA_ISA": "avx9"}, "QRT_NUMBA_ISA=avx9: unknown numba target; expected one of auto, avx512_vnni, avx2, generic"),
+    ({"QRT_NUMBA_ISA": "avx9"}, "QRT_NUMBA_ISA=avx9: unknown numba target; expected one of auto, avx512_vnni, avx_vnni, avx2, generic"),
     ({"QRT_NUMBA_ISA": "avx2", "NUMBA_CPU_NAME": "znver3"}, "QRT_NUMBA_ISA=avx2 conflicts with NUMBA_CPU_NAME=znver3"),
 ])
 def test_bad_values_make_the_backend_unavailable_with_the_reason(env, fragment):

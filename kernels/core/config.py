@@ -16,8 +16,8 @@ class Var:
 VARS = {v.name: v for v in (
     Var("QRT_NATIVE_ISA", "", "force the native backend's int8 code path: amx, avx512_vnni, avx_vnni, avx2 or scalar "
                               "(same bits on every path; tests and benchmarks)"),
-    Var("QRT_NUMBA_ISA", "", "compile the numba backend for another target: auto, avx512_vnni, avx2 or generic"),
-    Var("QRT_NUMBA_NO_VNNI", "", "1: the numba int8 GEMM uses its portable path even on a VNNI CPU"),
+    Var("QRT_NUMBA_ISA", "", "compile the numba backend for another target: auto, avx512_vnni, avx_vnni, avx2 or generic"),
+    Var("QRT_NUMBA_NO_VNNI", "", "1: the numba int8 GEMM takes no vpdpbusd tile (zmm or ymm) even on a VNNI CPU"),
     Var("QRT_OUTPUT_CACHE_MB", "64", "MiB of freed native kernel outputs (256 KiB or larger) kept for reuse, so that "
                                      "each run does not map and fault them in anew (csrc/output_cache.h); 0: none"),
     Var("QRT_TRITON_AUTOTUNE", "1", "0: Triton kernels use their first configuration instead of autotuning"),

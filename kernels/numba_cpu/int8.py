@@ -6,9 +6,9 @@ results are the reference's bit for bit (tests/test_numba_int8.py asserts equali
 * activations are quantized per GEMM row (dynamic) or with the node's scale and zero point
   (static) exactly as kernels/numba_cpu/quant.py does, fused with the u8 shift (and, for Conv,
   with im2col: one pass over the input, no float64 patch matrix);
-* the integer GEMM runs on AVX-512 VNNI (kernels/numba_cpu/vnni.py: u8 x s8, the shift and
-  the zero points undone in the epilogue) or, without VNNI or for K > MAX_K_INT32, in
-  portable numba loops; both give the exact integer accumulator;
+* the integer GEMM runs on AVX-512 VNNI, AVX-VNNI or AVX2 (kernels/numba_cpu/vnni.py: u8 x s8,
+  the shift and the zero points undone in the epilogue) or, without them or for
+  K > MAX_K_INT32, in portable numba loops; both give the exact integer accumulator;
 * the epilogue y = ((s_w[n] * acc) * s_x[m]) + b[n] runs in float64 in the reference's order
   inside the GEMM and is rounded once to float32 (or to X's dtype, through float64).
 
@@ -61,16 +61,20 @@ class Int8Group:
 
     def __init__(self, q: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | None,
                  act_quant: str, act_scale: float = 1.0, act_zero_point: int = 0,
-                 use_vnni: bool | None = None, use_avx2: bool | None = None):
+                 use_vnni: bool | None = None, use_avx2: bool | None = None,
+                 use_vnni256: bool | None = None):
         self.n, self.k = q.shape
         self.act_quant = act_quant
         self.act_scale, self.act_zero_point = float(act_scale), int(act_zero_point)
         self.static = act_quant == "static"
         fits = self.k <= MAX_K_INT32
+        # the tiles in order of preference: zmm vpdpbusd, ymm vpdpbusd (AVX-VNNI: exact for every
+        # byte), the AVX2 vpmaddubsw tile (exact only without -128 in the weight, vnni._raw_ymm)
         self.use_vnni = (vnni.has_vnni() if use_vnni is None else use_vnni) and fits
-        # the AVX2 tile is exact only without -128 in the weight (vnni._raw_avx2)
-        self.use_avx2 = not self.use_vnni and fits and (isa.has_avx2() if use_avx2 is None else use_avx2) \
-            and (q.size == 0 or int(q.min()) > -128)
+        self.use_vnni256 = not self.use_vnni and fits and \
+            (vnni.has_vnni256() if use_vnni256 is None else use_vnni256)
+        self.use_avx2 = not (self.use_vnni or self.use_vnni256) and fits \
+            and (isa.has_avx2() if use_avx2 is None else use_avx2) and (q.size == 0 or int(q.min()) > -128)
         # narrow weights (every |qw| <= 63) take the AVX2 narrow tile, on u like the VNNI one
         self.narrow = self.use_avx2 and (q.size == 0 or int(np.abs(q.astype(np.int64)).max()) <= NARROW_INT8_QMAX)
         zw = np.zeros(self.n, np.int64) if zero_point is None else np.asarray(zero_point, np.int64)
@@ -81,12 +85,12 @@ class Int8Group:
         sw = np.asarray(scale, np.float64)
         _, np_, self.k4 = vnni.padded_sizes(1, self.n, self.k)
         self.padded_n = np_ * vnni.PANEL
-        self.panels = self.use_vnni or self.use_avx2
+        self.panels = self.use_vnni or self.use_vnni256 or self.use_avx2
         if self.panels:
-            # uint8 panels (the same bytes) select the AVX2 tile (vnni._make_tile)
+            # the view of the same bytes selects the tile (vnni._make_tile)
             panels = vnni.pack_weight_panels(q)
-            self.weight = vnni.narrow_panels(panels) if self.narrow else panels.view(np.uint8) if self.use_avx2 \
-                else panels
+            self.weight = vnni.vnni256_panels(panels) if self.use_vnni256 else vnni.narrow_panels(panels) \
+                if self.narrow else panels.view(np.uint8) if self.use_avx2 else panels
             # int32 copies wrap modulo 2^32 like the kernel's arithmetic (exact for K <= MAX_K_INT32)
             self.col_corr = self._pad(col_corr).astype(np.int32)
             self.zw = self._pad(zw).astype(np.int32)
@@ -143,7 +147,8 @@ class Int8Plan:
     or the dequantized float weight for act_quant "none"."""
 
     def __init__(self, op: str, weight: Any, act_quant: str = "none", act_scale: Any = None,
-                 act_zero_point: Any = 0, group: int = 1, use_vnni: bool | None = None, use_avx2: bool | None = None):
+                 act_zero_point: Any = 0, group: int = 1, use_vnni: bool | None = None, use_avx2: bool | None = None,
+                 use_vnni256: bool | None = None):
         self.weight = _check_weight(op, weight)
         self.act_quant = act_quant
         s, z = act_params(op, act_quant, act_scale, act_zero_point)
@@ -161,7 +166,8 @@ class Int8Plan:
         zp = None if zp is None else np.broadcast_to(np.asarray(zp, np.int64).reshape(-1), (self.n,))
         mg = self.n // group
         self.groups = [Int8Group(q[g * mg:(g + 1) * mg], scale[g * mg:(g + 1) * mg],
-                                None if zp is None else zp[g * mg:(g + 1) * mg], act_quant, s, z, use_vnni, use_avx2)
+                                None if zp is None else zp[g * mg:(g + 1) * mg], act_quant, s, z, use_vnni, use_avx2,
+                                use_vnni256)
                        for g in range(group)]
 
 

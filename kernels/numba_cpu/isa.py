@@ -13,6 +13,9 @@ forced-ISA step, benchmarks):
 
     auto         the default: numba's target (this CPU unless NUMBA_CPU_NAME says otherwise)
     avx512_vnni  this CPU, which must have AVX-512 VNNI (else the backend is unavailable)
+    avx_vnni     an Intel client CPU from Alder Lake on (AVX2 + AVX-VNNI, no AVX-512; LLVM's
+                 "alderlake"): the 256-bit vpdpbusd int8 tile in its VEX form, as on such a
+                 machine; this CPU must have AVX-VNNI
     avx2         an AVX2 + FMA CPU without AVX-512 (LLVM's "haswell": what every AVX2 machine,
                  Intel or AMD Zen 1-3, can run): the portable int8 GEMM and the ValueGroups sparse
                  path, vectorised by LLVM for 256-bit registers, as on such a machine
@@ -34,14 +37,15 @@ import os
 from kernels.core import config
 
 ENV = "QRT_NUMBA_ISA"
-VALUES = ("auto", "avx512_vnni", "avx2", "generic")
+VALUES = ("auto", "avx512_vnni", "avx_vnni", "avx2", "generic")
 
 # QRT_NUMBA_ISA -> (NUMBA_CPU_NAME, NUMBA_CPU_FEATURES) for the targets that are not this CPU.
 # Haswell's features are listed explicitly (not left to the CPU name) because numba passes the
 # host's features when NUMBA_CPU_FEATURES is unset, which would bring AVX-512 back.
+_HASWELL = "+sse2,+sse3,+ssse3,+sse4.1,+sse4.2,+popcnt,+avx,+avx2,+fma,+f16c,+bmi,+bmi2,+lzcnt,+movbe"
 _TARGETS = {
-    "avx2": ("haswell", "+sse2,+sse3,+ssse3,+sse4.1,+sse4.2,+popcnt,+avx,+avx2,+fma,+f16c,"
-                        "+bmi,+bmi2,+lzcnt,+movbe,-avx512f"),
+    "avx2": ("haswell", _HASWELL + ",-avx512f"),
+    "avx_vnni": ("alderlake", _HASWELL + ",+avxvnni,-avx512f"),
     "generic": ("generic", ""),
 }
 
@@ -49,6 +53,7 @@ _TARGETS = {
 _VNNI = ("avx512f", "avx512bw", "avx512vl", "avx512vnni")
 _VBMI = ("avx512f", "avx512bw", "avx512vbmi")
 _AVX2 = ("avx2",)
+_AVX_VNNI = ("avx2", "avxvnni")
 
 _error: str | None = None
 
@@ -80,6 +85,8 @@ def _apply(value: str) -> str | None:
         if not _host_has(_VNNI):
             return f"{ENV}=avx512_vnni: this CPU has no AVX-512 VNNI"
         return None
+    if value == "avx_vnni" and not _host_has(("avxvnni",)):
+        return f"{ENV}=avx_vnni: this CPU has no AVX-VNNI"
     from numba.core import config
     cpu, features = _TARGETS[value]
     if (config.CPU_NAME, config.CPU_FEATURES) == (cpu, features):
@@ -141,6 +148,13 @@ def has_vnni() -> bool:
     return target_has(_VNNI)
 
 
+def has_vnni256() -> bool:
+    """vpdpbusd on ymm may be emitted: AVX-VNNI (VEX), or AVX-512 VNNI with VL (EVEX), where
+    LLVM emits the same intrinsic in that encoding (so the 256-bit tile also runs, and is
+    tested, on AVX-512 VNNI machines)."""
+    return target_has(_AVX_VNNI) or target_has(_VNNI)
+
+
 def has_avx2() -> bool:
     """vpmaddubsw / vpsignb on ymm (the AVX2 int8 tile, vnni.py) may be emitted."""
     return target_has(_AVX2)
@@ -156,5 +170,5 @@ def describe() -> str:
     from numba.core import config
     cpu = config.CPU_NAME or "host"
     return f"target {cpu} ({ENV}={requested()}), vnni={'yes' if has_vnni() else 'no'}, " \
-           f"avx2={'yes' if has_avx2() else 'no'}, " \
+           f"vnni256={'yes' if has_vnni256() else 'no'}, avx2={'yes' if has_avx2() else 'no'}, " \
            f"vbmi={'yes' if has_vbmi() else 'no'}"

@@ -59,17 +59,22 @@ every panel, in one parallel region; fewer rows quantize first and split the pan
 computed by one thread in a fixed order, so results do not depend on the thread count.
 GOMP_SPINCOUNT (set in kernels/numba_cpu/__init__.py) keeps numba's OpenMP workers spinning briefly between calls.
 
-AVX2 (no vpdpbusd): the same panels, viewed as uint8, select the AVX2 tile (_raw_avx2: 16
+AVX2 (no vpdpbusd): the same panels, viewed as uint8, select the AVX2 tile (_raw_ymm: 16
 columns per K loop, |qx| x sign(qx) qw by vpmaddubsw, exact for weights without -128;
 docs/CONVERTER.md, "Integer GEMM"). It reads rows of qx then |qx| (signed_rows) and sums
 qx qw, so its col_corr is z_x colsum. Per core it runs at the C++ AVX2 tile's speed. Narrow
 weights (every |qw| <= NARROW_INT8_QMAX, the converter's weight_bits=7), viewed uint8 and 3-D
-(narrow_panels), select _raw_avx2(narrow=True): vpmaddubsw on u itself, like the VNNI tile's rows
+(narrow_panels), select _raw_ymm(kind="narrow"): vpmaddubsw on u itself, like the VNNI tile's rows
 and col_corr.
 
+AVX-VNNI (Intel client CPUs from Alder Lake, Zen 5 laptops: vpdpbusd on ymm, no AVX-512): the
+same int8 panels viewed 3-D (vnni256_panels) select _raw_ymm(kind="vnni"), the zmm tile's
+arithmetic on 8 lanes, with 12 accumulators where the registers allow (_YMM_GROUPS).
+
 The LLVM intrinsics exist only on targets with those instructions: the functions that contain
-them are compiled on their first call for the panel dtype used, and callers reach them only
-when ``has_vnni()`` (int8 panels) or ``isa.has_avx2()`` (uint8 panels) says so.
+them are compiled on their first call for the panel type used, and callers reach them only
+when ``has_vnni()`` (int8 panels), ``isa.has_vnni256()`` (int8 3-D) or ``isa.has_avx2()`` (uint8
+panels) says so.
 """
 from __future__ import annotations
 
@@ -87,7 +92,7 @@ from .ops import activate_rows
 MR = 4                    # rows per micro-tile
 NV = 4                    # 16-lane int32 vectors per micro-tile row
 PANEL = 16 * NV           # output columns per weight panel
-NO_VNNI_ENV = "QRT_NUMBA_NO_VNNI"            # "1": use the portable GEMM even on a VNNI CPU
+NO_VNNI_ENV = "QRT_NUMBA_NO_VNNI"            # "1": no vpdpbusd tile (zmm or ymm) even on a VNNI CPU
 
 _VPDPBUSD = "llvm.x86.avx512.vpdpbusd.512"
 
@@ -101,6 +106,14 @@ def has_vnni() -> bool:
     if config.get(NO_VNNI_ENV) == "1":
         return False
     return isa.has_vnni()
+
+
+def has_vnni256() -> bool:
+    """True when numba's target may emit vpdpbusd on ymm (isa.has_vnni256: AVX-VNNI, or AVX-512
+    VNNI with VL) and QRT_NUMBA_NO_VNNI is not 1."""
+    if config.get(NO_VNNI_ENV) == "1":
+        return False
+    return isa.has_vnni256()
 
 
 def padded_sizes(m: int, n: int, k: int) -> tuple[int, int, int]:
@@ -296,11 +309,18 @@ def _signed_tile(panels) -> bool:
 
 def narrow_panels(panels: np.ndarray) -> np.ndarray:
     """int8 panels (NP, K4, PANEL, 4) of a weight with every |qw| <= NARROW_INT8_QMAX, as the view
-    that selects the narrow AVX2 tile (_raw_avx2(narrow=True)): the same bytes as uint8 (NP, K4,
+    that selects the narrow AVX2 tile (_raw_ymm(kind="narrow")): the same bytes as uint8 (NP, K4,
     PANEL * 4). The tile is chosen at compile time from the array type, so the view is the
     switch (module docstring)."""
     np_, k4 = panels.shape[:2]
     return panels.view(np.uint8).reshape(np_, k4, PANEL * 4)
+
+
+def vnni256_panels(panels: np.ndarray) -> np.ndarray:
+    """int8 panels (NP, K4, PANEL, 4) as the view that selects the 256-bit vpdpbusd tile
+    (_raw_ymm(kind="vnni")): the same bytes, int8 (NP, K4, PANEL * 4); see narrow_panels."""
+    np_, k4 = panels.shape[:2]
+    return panels.reshape(np_, k4, PANEL * 4)
 
 
 @overload(signed_rows, inline="always")
@@ -358,6 +378,8 @@ _V8I32 = ir.VectorType(_I32, 8)
 _PMADDUBSW = "llvm.x86.avx2.pmadd.ub.sw"
 _PMADDWD = "llvm.x86.avx2.pmadd.wd"
 _PSIGNB = "llvm.x86.avx2.psign.b"
+# AVX-VNNI's vpdpbusd on ymm (VEX; LLVM emits the EVEX form where AVX-512 VL + VNNI exist)
+_VPDPBUSD256 = "llvm.x86.avx512.vpdpbusd.256"
 
 
 def _intrinsic_fn(builder, name, ret, args):
@@ -415,53 +437,75 @@ def _raw_vnni(builder, a, lda, b, k4, rows):
     return [final[r * NV:(r + 1) * NV] for r in range(rows)]
 
 
-def _raw_avx2(builder, a, lda, b, k4, rows, narrow=False):
-    """The AVX2 tiles: rows x 8 accumulators <8 x i32> (columns 8 j .. 8 j + 7), one K loop per
-    16 columns (rows x 2 accumulators stay in the 16 ymm registers); per k4 step and row
-    vpmaddubsw, then vpmaddwd against ones into int32.
+# ymm vectors (8 columns each) per K loop of the 256-bit tiles, by tile height. The AVX2 tiles
+# keep 2 per row (rows x 2 accumulators, the weight and broadcast vectors, and vpmaddubsw /
+# vpmaddwd temporaries fill the 16 registers). The 256-bit vpdpbusd tile has no temporaries but
+# needs more accumulator chains: vpdpbusd has a latency of 5 cycles and issues 2 a cycle, so
+# fewer than 10 independent accumulators leave it waiting (4 x 16 ran at 82-86% of the peak in
+# the C++ tile, RESULTS.md "The Xeon as smaller CPUs"); 12 (4 rows x 3 vectors, 3 rows x 4) is
+# what the registers hold beside a broadcast and the weights, which vpdpbusd may read from memory.
+# A lone row takes the whole panel step in one loop (8 accumulators: a GEMV reads the weight
+# once, in order, as the C++ tile's row1_panel).
+_YMM_GROUPS = {"avx2": {1: (8,), 2: (2, 2, 2, 2), 3: (2, 2, 2, 2), 4: (2, 2, 2, 2)},
+               "vnni": {1: (8,), 2: (4, 4), 3: (4, 4), 4: (3, 3, 2)}}
 
-    * signed (narrow False): sum_k qx qw (not u qw: the epilogue's col_corr is z_x colsum), from
-      the rows signed_rows made (qx, then |qx|): |qx| (u8) times sign(qx) qw (vpsignb, s8), a pair
-      of products at most 2 * 128 * 127 < 2^15, never saturated (the weight holds no -128:
-      Int8Group checks).
-    * narrow (every |qw| <= NARROW_INT8_QMAX = 63): sum_k u qw, vpmaddubsw on u = qx + 128 itself, a
-      pair at most 2 * 255 * 63 < 2^15; no vpsignb, one broadcast per row and k step, rows half
-      as long; col_corr (128 + z_x) colsum, as the VNNI tile's."""
-    maddubs = _intrinsic_fn(builder, _PMADDUBSW, _V16I16, [_V32I8, _V32I8])
-    maddwd = _intrinsic_fn(builder, _PMADDWD, _V8I32, [_V16I16, _V16I16])
-    psign = None if narrow else _intrinsic_fn(builder, _PSIGNB, _V32I8, [_V32I8, _V32I8])
-    ones = ir.Constant(_V16I16, [1] * 16)
+
+def _raw_ymm(builder, a, lda, b, k4, rows, kind):
+    """The 256-bit tiles: rows x 8 accumulators <8 x i32> (columns 8 j .. 8 j + 7), one K loop
+    per group of _YMM_GROUPS columns. ``kind``:
+
+    * "signed" (AVX2): sum_k qx qw (not u qw: the epilogue's col_corr is z_x colsum), from the
+      rows signed_rows made (qx, then |qx|): |qx| (u8) times sign(qx) qw (vpsignb, s8) by
+      vpmaddubsw, then vpmaddwd against ones into int32; a pair of products is at most
+      2 * 128 * 127 < 2^15, never saturated (the weight holds no -128: Int8Group checks).
+    * "narrow" (AVX2, every |qw| <= NARROW_INT8_QMAX = 63): sum_k u qw, vpmaddubsw on
+      u = qx + 128 itself, a pair at most 2 * 255 * 63 < 2^15; no vpsignb, one broadcast per row
+      and k step, rows half as long; col_corr (128 + z_x) colsum, as the VNNI tile's.
+    * "vnni" (AVX-VNNI, or AVX-512 VNNI on ymm): sum_k u qw by one 256-bit vpdpbusd per row and
+      vector, exact for every byte (u8 x s8 into int32, no intermediate int16); the zmm tile's
+      rows and col_corr."""
+    avx2 = kind != "vnni"
+    if avx2:
+        maddubs = _intrinsic_fn(builder, _PMADDUBSW, _V16I16, [_V32I8, _V32I8])
+        maddwd = _intrinsic_fn(builder, _PMADDWD, _V8I32, [_V16I16, _V16I16])
+        ones = ir.Constant(_V16I16, [1] * 16)
+    else:
+        dpbusd = _intrinsic_fn(builder, _VPDPBUSD256, _V8I32, [_V8I32] * 3)
+    psign = _intrinsic_fn(builder, _PSIGNB, _V32I8, [_V32I8, _V32I8]) if kind == "signed" else None
     half = builder.ashr(lda, _c64(1))          # signed: a row is qx (Kp bytes), then |qx|
 
     def splat_word(off):
         word = builder.load(builder.bitcast(builder.gep(a, [off]), _I32.as_pointer()), align=1)
-        return builder.bitcast(_splat(builder, word, _V8I32), _V32I8)
+        return _splat(builder, word, _V8I32)
 
-    # 16-column groups per K loop: one for a tile of several rows (its accumulators fill the
-    # registers); all four for a lone row, so that each k step's 256 bytes of the panel are read
-    # once, in order, not in four strided passes (the C++ tile's row1_panel)
-    span = PANEL // 16 if rows == 1 else 1
     out = [[None] * (PANEL // 8) for _ in range(rows)]
-    for g0 in range(0, PANEL // 16, span):
-        def body(kk, acc, g0=g0):
+    v0 = 0
+    for g in _YMM_GROUPS["avx2" if avx2 else "vnni"][rows]:
+        def body(kk, acc, v0=v0, g=g):
             kstep = builder.mul(kk, _c64(4 * PANEL))
-            wv = [builder.load(_vec_ptr(builder, b, builder.add(kstep, _c64(64 * (g0 + i // 2) + 32 * (i % 2))),
-                                        _V32I8), align=1) for i in range(2 * span)]
+            wv = [builder.load(_vec_ptr(builder, b, builder.add(kstep, _c64(32 * (v0 + i))), _V32I8), align=1)
+                  for i in range(g)]
             astep = builder.mul(kk, _c64(4))
             new = []
             for r in range(rows):
                 off = builder.add(builder.mul(_c64(r), lda), astep)
                 x = splat_word(off)
-                ax = x if narrow else splat_word(builder.add(off, half))
-                for i in range(2 * span):
-                    p = builder.call(maddubs, [ax, wv[i] if narrow else builder.call(psign, [wv[i], x])])
-                    new.append(builder.add(acc[2 * span * r + i], builder.call(maddwd, [p, ones])))
+                if not avx2:
+                    new.extend(builder.call(dpbusd, [acc[g * r + i], x, builder.bitcast(wv[i], _V8I32)])
+                               for i in range(g))
+                    continue
+                x = builder.bitcast(x, _V32I8)
+                ax = x if kind == "narrow" else builder.bitcast(splat_word(builder.add(off, half)), _V32I8)
+                for i in range(g):
+                    p = builder.call(maddubs, [ax, wv[i] if kind == "narrow" else builder.call(psign, [wv[i], x])])
+                    new.append(builder.add(acc[g * r + i], builder.call(maddwd, [p, ones])))
             return new
 
-        final = _k_loop(builder, f"avx2{'n' if narrow else ''}.g{g0}", k4, body, _V8I32, rows * 2 * span)
+        final = _k_loop(builder, f"ymm.{kind}.v{v0}", k4, body, _V8I32, rows * g)
         for r in range(rows):
-            for i in range(2 * span):
-                out[r][2 * g0 + i] = final[2 * span * r + i]
+            for i in range(g):
+                out[r][v0 + i] = final[g * r + i]
+        v0 += g
     return out
 
 
@@ -472,10 +516,11 @@ def _make_tile(rows: int):
              col_corr, zw, sw, bias, n_off, row_corr, sx, m_off)
 
     u: uint8 activations, row r of the tile at a_off + r * lda (elements); panels: the tile's
-    panel at b_off, whose dtype selects the kernel (numba compiles one specialisation per
-    dtype, so neither instruction set is emitted where it is not used): int8 -> vpdpbusd
-    (AVX-512 VNNI), uint8 (the same int8 bytes viewed unsigned) -> the AVX2 vpmaddubsw kernel
-    (_raw_avx2; its col_corr is z_x colsum). k4: k4 steps; y: output (float32 or float64), row r
+    panel at b_off, whose array type selects the kernel (numba compiles one specialisation per
+    type, so no instruction set is emitted where it is not used): int8 -> zmm vpdpbusd
+    (AVX-512 VNNI), int8 3-D (vnni256_panels) -> ymm vpdpbusd (AVX-VNNI), uint8 (the same int8
+    bytes viewed unsigned) -> the AVX2 vpmaddubsw kernels (_raw_ymm; the signed one's col_corr
+    is z_x colsum). k4: k4 steps; y: output (float32 or float64), row r
     at y_off + r * ldy, PANEL columns written; col_corr int32, zw int32, sw float64, bias
     float64: padded per-column arrays read at n_off; row_corr int64 and sx float64 per row,
     read at m_off. The zero-point term zw[n] * row_corr[m] is always applied (zw = 0 for
@@ -487,8 +532,11 @@ def _make_tile(rows: int):
         intp = types.intp
         sig = types.void(u, intp, intp, panels, intp, intp, y, intp, intp,
                          col_corr, zw, sw, bias, intp, row_corr, sx, intp)
-        avx2 = panels.dtype == types.uint8
-        narrow = avx2 and panels.ndim == 3               # narrow_panels' view
+        # the panel's array type picks the tile (compile time): int8 4-D the zmm VNNI tile, int8
+        # 3-D (vnni256_panels) the ymm VNNI one, uint8 4-D the signed AVX2 one, uint8 3-D
+        # (narrow_panels) the narrow AVX2 one
+        ymm = None if panels.dtype == types.int8 and panels.ndim == 4 else \
+            "vnni" if panels.dtype == types.int8 else "narrow" if panels.ndim == 3 else "signed"
 
         def codegen(context, builder, signature, args):
             a_off, lda, b_off, k4, y_off, ldy, n_off, m_off = (args[i] for i in (1, 2, 4, 5, 7, 8, 13, 16))
@@ -496,8 +544,8 @@ def _make_tile(rows: int):
                     for t, v in zip(signature.args, args)]
             a = builder.gep(data[0], [a_off])
             b = builder.gep(data[3], [b_off])
-            if avx2:
-                final, lanes = _raw_avx2(builder, a, lda, builder.bitcast(b, _I8.as_pointer()), k4, rows, narrow), 8
+            if ymm is not None:
+                final, lanes = _raw_ymm(builder, a, lda, builder.bitcast(b, _I8.as_pointer()), k4, rows, ymm), 8
             else:
                 final, lanes = _raw_vnni(builder, a, lda, b, k4, rows), 16
 
@@ -654,8 +702,9 @@ POOL_THREADS = numba.config.NUMBA_NUM_THREADS
 def panel_gemm(u, sx, row_corr, panels, y, col_corr, zw, sw, bias, act):
     """y (M, N) = act(epilogue(u (M, Kp) uint8 @ panels)) (module docstring): col_corr, zw int32,
     sw, bias float64, all padded to NP * PANEL; row_corr int64 (M,), sx float64 (M,); act an
-    ops.ACTIVATION_KINDS value (ACT_NONE: none). int8 panels: requires has_vnni(); uint8
-    panels (the AVX2 tile): has_avx2() and no -128 weight byte; K <= MAX_K_INT32 for both.
+    ops.ACTIVATION_KINDS value (ACT_NONE: none). int8 panels: requires has_vnni(), int8 3-D
+    (vnni256_panels) isa.has_vnni256(); uint8 panels (the AVX2 tile): has_avx2() and no -128
+    weight byte; K <= MAX_K_INT32 for both.
     Compiled on the first call."""
     m = u.shape[0]
     np_, k4 = panels.shape[0], panels.shape[1]
