@@ -247,8 +247,8 @@ np.save(sys.argv[1], y)
     _assert_same(y, _run("Linear", "numba", {"act_quant": "dynamic"}, t, x, None), "fallback vs this process")
 
 
-@pytest.mark.parametrize("m, k, n", [(203, 768, 200), (33, 768, 1000), (70, 1000, 250)],
-                         ids=["row-split", "panel-split", "row-split-edges"])
+@pytest.mark.parametrize("m, k, n", [(203, 768, 200), (33, 768, 1000), (70, 1000, 250), (1, 768, 1000)],
+                         ids=["row-split", "panel-split", "row-split-edges", "gemv-panel-split"])
 def test_linear_parallel_paths(m, k, n):
     """Shapes large enough for the parallel drivers (vnni.PARALLEL_MIN_MACS): rows split over
     threads with quantization inside (many rows), panels split (few rows); every config, against
@@ -355,11 +355,11 @@ AVX2_CASES = {"avx2-tile": ([-127, 127, -126, 0, 1], False, False),
 @pytest.mark.parametrize("case", list(AVX2_CASES))
 @pytest.mark.parametrize("m,k", [(1, 1), (5, 37), (17, 256), (3, MAX_K_INT32)])
 def test_avx2_tile_exact_at_the_int8_extremes(case, m, k):
-    """The AVX2 tile (vnni._raw_avx2) multiplies |qx| by sign(qx) qw with vpmaddubsw: exact
-    because a pair of products is at most 2 * 128 * 127 and the weight holds no -128; a weight
-    with -128 (where vpsignb would wrap) must take the portable GEMM; a narrow weight (every
-    |qw| <= 63) takes vnni._raw_avx2(narrow=True), vpmaddubsw on u = qx + 128 itself (a pair at most
-    2 * 255 * 63). Raw qdata at the extremes against activations at qx = -128 and 127 (u = 0
+    """The AVX2 tile (vnni._raw_ymm(kind="signed")) multiplies |qx| by sign(qx) qw with
+    vpmaddubsw: exact because a pair of products is at most 2 * 128 * 127 and the weight holds
+    no -128; a weight with -128 (where vpsignb would wrap) must take the portable GEMM; a narrow
+    weight (every |qw| <= 63) takes vnni._raw_ymm(kind="narrow"), vpmaddubsw on u = qx + 128
+    itself (a pair at most 2 * 255 * 63). Raw qdata at the extremes against activations at qx = -128 and 127 (u = 0
     and 255; static z = 0 and -128, and dynamic): any saturation or wrap changes the integers,
     hence the bits."""
     values, q_min, narrow = AVX2_CASES[case]
@@ -429,7 +429,7 @@ def test_ymm_vnni_tile_every_height_at_the_int8_extremes(m, k):
                      f"ymm vnni M={m} K={k} {acfg}")
 
 
-def test_ymm_vnni_tile_is_the_default_where_avx_vnni_is_the_best():
+def test_ymm_vnni_tile_is_the_default_where_avx_vnni_is_the_best(tmp_path):
     """QRT_NUMBA_ISA=avx_vnni (an Alder Lake target: AVX-VNNI, no AVX-512) in a child process:
     the default plan takes the 256-bit vpdpbusd tile, compiled in its VEX form, and its output
     is the reference's. Skipped where the CPU has no AVX-VNNI (the tile's arithmetic is tested
@@ -450,22 +450,20 @@ x = rng.standard_normal((19, 300)).astype(np.float32)
 g = int8.Int8Plan("Linear", t, "dynamic").groups[0]
 assert g.use_vnni256 and not g.use_avx2
 y = registry.lookup("Linear", "int8", "numba")({"act_quant": "dynamic"}, {1: t})(x, t, None)[0]
-asm = "".join(vnni._panel_gemm_serial.inspect_asm(s) for s in vnni._panel_gemm_serial.signatures)
+asm = "".join(vnni.panel_linear.inspect_asm(s) for s in vnni.panel_linear.signatures)
 assert re.search(r"\{vex\}\s*vpdpbusd\s+%ymm", asm) and "zmm" not in asm, "no VEX ymm vpdpbusd in the tile"
 np.save(sys.argv[1], y)
 """
-    out = os.path.join(os.environ.get("PYTEST_TMPDIR", "/tmp"), f"qrt_avxvnni_{os.getpid()}.npy")
-    env = dict(os.environ, QRT_NUMBA_ISA="avx_vnni")
+    out = str(tmp_path / "y.npy")
+    # a fresh numba cache: numba shows no assembly for code it loaded from its cache
+    env = dict(os.environ, QRT_NUMBA_ISA="avx_vnni", NUMBA_CACHE_DIR=str(tmp_path / "numba"))
     for k in ("NUMBA_CPU_NAME", "NUMBA_CPU_FEATURES", "QRT_NUMBA_NO_VNNI"):
         env.pop(k, None)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     res = subprocess.run([sys.executable, "-c", code, out], env=env, cwd=root, capture_output=True, text=True,
                          timeout=600, check=False)
     assert res.returncode == 0, res.stderr[-3000:]
-    try:
-        y = np.load(out)
-    finally:
-        os.unlink(out)
+    y = np.load(out)
     rng = np.random.default_rng(11)
     t = pack_int8("w", rng.standard_normal((130, 300)).astype(np.float32), symmetric=False)
     x = rng.standard_normal((19, 300)).astype(np.float32)

@@ -55,7 +55,8 @@ weight panel (K x 64 bytes, up to 704 KiB) re-read from L2, so there is no K blo
 Threads (numba prange): a Linear with enough rows (MIN_ROWS_PER_BLOCK per block, two blocks
 per thread) splits its rows over threads, each quantizing its own rows and multiplying them by
 every panel, in one parallel region; fewer rows quantize first and split the panels
-(panel_gemm). Work below PARALLEL_MIN_MACS runs on the calling thread. Each output tile is
+(panel_gemm). Work below PARALLEL_MIN_MACS (PARALLEL_MIN_MACS_GEMV for one row) runs on the
+calling thread. Each output tile is
 computed by one thread in a fixed order, so results do not depend on the thread count.
 GOMP_SPINCOUNT (set in kernels/numba_cpu/__init__.py) keeps numba's OpenMP workers spinning briefly between calls.
 
@@ -685,6 +686,11 @@ def _panel_linear_row_blocks(x, static, s, z, u, us, sx, row_corr, panels, y, co
 # 42 vs 23 us; a GEMV M = 1, K = 768, N = 3072, 2.4 M: 41 vs 23 us). Without the spin (workers
 # parked, e.g. OMP_WAIT_POLICY=PASSIVE) the break-even on that VM was ~16 M.
 PARALLEL_MIN_MACS = 1 << 21
+# A lone row (a GEMV: each weight byte read once, no reuse) gains from two threads sooner: on
+# the Xeon masked to AVX-VNNI (RESULTS.md, "numba's AVX-VNNI tile"), K x N = 384 x 1152
+# (0.44 M) 9.7 us serial, 7.6 parallel; 768 x 2304 (1.8 M) 27 vs 14 us; 384 x 384 (0.15 M,
+# below this) 5.3 either way.
+PARALLEL_MIN_MACS_GEMV = 1 << 18
 # work items per thread the N-split driver aims for, so that uneven items still split evenly
 ITEMS_PER_THREAD = 4
 # row blocks per thread of the row-split Linear driver, and the fewest rows per block: a
@@ -711,7 +717,7 @@ def panel_gemm(u, sx, row_corr, panels, y, col_corr, zw, sw, bias, act):
     us = signed_rows(u, panels)
     fill_signed_rows(u, panels, us, 0, m)
     u = us
-    if POOL_THREADS <= 1 or m * np_ * PANEL * k4 * 4 < PARALLEL_MIN_MACS:
+    if POOL_THREADS <= 1 or m * np_ * PANEL * k4 * 4 < (PARALLEL_MIN_MACS_GEMV if m == 1 else PARALLEL_MIN_MACS):
         _panel_gemm_serial(u, panels, y, col_corr, zw, sw, bias, row_corr, sx, 1, act)
     else:
         tiles = (m + MR - 1) // MR
