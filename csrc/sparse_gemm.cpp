@@ -293,6 +293,25 @@ std::pair<double, double> sparse_permute_probe() {
     return {0.0, 0.0};
 }
 
+namespace {
+
+// vpermi2b's (permute, vpdpbusd) pair time over vpermb's, measured once per process
+// (sparse_permute_probe); 0 without AVX-512 VBMI + VNNI.
+double permute_gain() {
+    static const double gain = [] {
+        const auto [two, one] = sparse_permute_probe();
+        return one > 0 ? two / one : 0.0;
+    }();
+    return gain;
+}
+
+}  // namespace
+
+double sparse_segment_tolerance() {
+    const double gain = permute_gain();   // the packer's rule: see its comment
+    return gain >= 1.6 ? std::min(0.9 * gain, 2.0) : 1.2;
+}
+
 int64_t sparse_byte_segment() {
     // Zen 4: vpermi2b + vpdpbusd 0.52-0.54 ns a pair, vpermb + vpdpbusd 0.36-0.39 (1.38-1.48x),
     // so 64-byte segments win although they need 6-18% more vectors (MiniLM's 80% weights); a
@@ -303,11 +322,7 @@ int64_t sparse_byte_segment() {
     // measured (benchmarks/RESULTS.md, "The segment probe depended on the host's state"). The
     // packer's 1.2x vector-growth rule still keeps 128 where 64 would pad too much.
     if (!int8_isa_is_avx512_class(int8_current_isa())) return kSparseSegmentNarrow;   // AVX2-class or scalar: fewer lookups
-    static const bool narrow = [] {   // measured once per process
-        const auto [two, one] = sparse_permute_probe();
-        return one > 0 && two > 1.05 * one;
-    }();
-    return narrow ? kSparseSegmentNarrow : kSparseSegment;
+    return permute_gain() > 1.05 ? kSparseSegmentNarrow : kSparseSegment;
 }
 
 namespace {
@@ -393,12 +408,17 @@ SparseInt8Weight sparse_int8_pack(SparseRows rows, const float* scale, const Spa
         // every extra vector costs its bytes. Measured (Zen 4, 2 threads, 90% random masks, where
         // 64-byte segments need 1.20-1.21x the vectors): M = 1 8-19% slower, M = 4 even, M = 16
         // 5-9% faster; MiniLM's 80% weights (1.06-1.18x): M = 16 13%, M = 128 17% faster. So
-        // 64 only below 1.2x. (The AVX2 kernel takes 64 always: 1.18-1.29x faster at every M
-        // measured, M = 1 included, at 1.2x the vectors.)
+        // 64 only below 1.2x there (the Zen 4 probe reads 1.13-1.48). Golden Cove cores (the
+        // Xeon masked to AVX-512 VNNI) probe 2.05 (pairs of 0.62 and 0.30 ns): at 1.20x the
+        // vectors 64 ran M = 16 1.43x faster and M = 1 4% slower, so where the probe reads
+        // 1.6 or more the tolerance follows it (0.9 x the gain, at most 2x the vectors;
+        // RESULTS.md, "The narrow segments on Golden Cove"). (The AVX2 kernel takes 64 always:
+        // 1.18-1.29x faster at every M measured, M = 1 included, at 1.2x the vectors.)
+        const double tolerance = sparse_segment_tolerance();
         std::vector<int64_t> counts;
         const int64_t narrow = ell_build(w.rows, w.nblk, kSparseSegmentNarrow, EllLanes::byte, counts, nullptr, nullptr);
         const int64_t wide = ell_build(w.rows, w.nblk, kSparseSegment, EllLanes::byte, counts, nullptr, nullptr);
-        if (narrow * 5 >= wide * 6) byte_seg = kSparseSegment;
+        if (static_cast<double>(narrow) >= tolerance * static_cast<double>(wide)) byte_seg = kSparseSegment;
     }
     if (lanes < 0) {   // the denser of the two: byte lanes are 128 bytes per vector, dword lanes 80
         std::vector<int64_t> counts;
