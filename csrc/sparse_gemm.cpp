@@ -307,6 +307,10 @@ double permute_gain() {
 
 }  // namespace
 
+// The largest weight (bytes of its 128-byte-segment byte-lane vectors) the probe's tolerance
+// applies to: 1 MiB, within the L2 of a core of every AVX-512 CPU qrt was measured on.
+constexpr int64_t kSegmentToleranceBytes = int64_t(1) << 20;
+
 double sparse_segment_tolerance() {
     const double gain = permute_gain();   // the packer's rule: see its comment
     return gain >= 1.6 ? std::min(0.9 * gain, 2.0) : 1.2;
@@ -411,13 +415,16 @@ SparseInt8Weight sparse_int8_pack(SparseRows rows, const float* scale, const Spa
         // 64 only below 1.2x there (the Zen 4 probe reads 1.13-1.48). Golden Cove cores (the
         // Xeon masked to AVX-512 VNNI) probe 2.05 (pairs of 0.62 and 0.30 ns): at 1.20x the
         // vectors 64 ran M = 16 1.43x faster and M = 1 4% slower, so where the probe reads
-        // 1.6 or more the tolerance follows it (0.9 x the gain, at most 2x the vectors;
-        // RESULTS.md, "The narrow segments on Golden Cove"). (The AVX2 kernel takes 64 always:
-        // 1.18-1.29x faster at every M measured, M = 1 included, at 1.2x the vectors.)
-        const double tolerance = sparse_segment_tolerance();
+        // 1.6 or more the tolerance follows it (0.9 x the gain, at most 2x the vectors), for
+        // weights whose vectors stay in a core's L2 (up to kSegmentToleranceBytes): a larger
+        // one streams from memory at M = 1, where 64 then ran 1.2-1.6x slower (the 16-45 MB
+        // LLM shapes; at M = 16 1.26-1.31x faster, at M = 1 on the MiniLM / BERT shapes 0-10%
+        // slower; RESULTS.md, "The narrow segments on Golden Cove"). (The AVX2 kernel takes 64
+        // always: 1.18-1.29x faster at every M measured, M = 1 included, at 1.2x the vectors.)
         std::vector<int64_t> counts;
         const int64_t narrow = ell_build(w.rows, w.nblk, kSparseSegmentNarrow, EllLanes::byte, counts, nullptr, nullptr);
         const int64_t wide = ell_build(w.rows, w.nblk, kSparseSegment, EllLanes::byte, counts, nullptr, nullptr);
+        const double tolerance = wide * 128 <= kSegmentToleranceBytes ? sparse_segment_tolerance() : 1.2;
         if (static_cast<double>(narrow) >= tolerance * static_cast<double>(wide)) byte_seg = kSparseSegment;
     }
     if (lanes < 0) {   // the denser of the two: byte lanes are 128 bytes per vector, dword lanes 80

@@ -208,7 +208,8 @@ int64_t sparse_byte_segment();
 std::pair<double, double> sparse_permute_probe();
 // Where that segment is 64 on an AVX-512 path, the packer still takes 128 for a weight whose
 // 64-byte form needs this many times the vectors or more: 1.2, or 0.9 x the probe's gain
-// (vpermi2b pair / vpermb pair, at most 2) where the gain is 1.6 or more (sparse_gemm.cpp).
+// (vpermi2b pair / vpermb pair, at most 2) where the gain is 1.6 or more; the latter only for
+// weights of at most 1 MiB of 128-byte vectors, larger ones take 1.2 (sparse_gemm.cpp).
 double sparse_segment_tolerance();
 
 // Y (M, N) = epilogue(quant(X) @ W.T) as above. x (M, K) float32 row-major, bias float64
