@@ -224,6 +224,22 @@ QRT_TARGET_AVX512 void store_rows_avx512(int64_t rows, int groups, const int32_t
 
 QRT_TARGET_AVX512 void activation_span_avx512(float* y, int64_t count, Activation act) {
     int64_t i = 0;
+    if (act == Activation::gelu) {
+        // eight vectors side by side (activation.h gelu_erf_avx512_n: the same bits, eight
+        // chains), then four (a tile row of 64 columns is one such group)
+        for (; i + 128 <= count; i += 128) {
+            __m512 v[8];
+            for (int j = 0; j < 8; ++j) v[j] = _mm512_loadu_ps(y + i + 16 * j);
+            act_detail::gelu_erf_avx512_n<8>(v);
+            for (int j = 0; j < 8; ++j) _mm512_storeu_ps(y + i + 16 * j, v[j]);
+        }
+        for (; i + 64 <= count; i += 64) {
+            __m512 v[4];
+            for (int j = 0; j < 4; ++j) v[j] = _mm512_loadu_ps(y + i + 16 * j);
+            act_detail::gelu_erf_avx512_n<4>(v);
+            for (int j = 0; j < 4; ++j) _mm512_storeu_ps(y + i + 16 * j, v[j]);
+        }
+    }
     for (; i + 16 <= count; i += 16) _mm512_storeu_ps(y + i, activation_avx512(_mm512_loadu_ps(y + i), act));
     // the tail as one masked vector (each lane computed alone: the same bits). Not a scalar
     // loop: GCC 12 clones this function for finish_rows_avx512's count = 64 and reports the
