@@ -240,6 +240,15 @@ QRT_TARGET_AVX512 void activation_span_avx512(float* y, int64_t count, Activatio
             for (int j = 0; j < 4; ++j) _mm512_storeu_ps(y + i + 16 * j, v[j]);
         }
     }
+    if (act == Activation::gelu_tanh) {
+        // four vectors per step, each its own chains (each lane computed alone: the same bits)
+        for (; i + 64 <= count; i += 64) {
+            __m512 v[4];
+            for (int j = 0; j < 4; ++j) v[j] = _mm512_loadu_ps(y + i + 16 * j);
+            for (int j = 0; j < 4; ++j) v[j] = act_detail::gelu_tanh_avx512(v[j]);
+            for (int j = 0; j < 4; ++j) _mm512_storeu_ps(y + i + 16 * j, v[j]);
+        }
+    }
     for (; i + 16 <= count; i += 16) _mm512_storeu_ps(y + i, activation_avx512(_mm512_loadu_ps(y + i), act));
     // the tail as one masked vector (each lane computed alone: the same bits). Not a scalar
     // loop: GCC 12 clones this function for finish_rows_avx512's count = 64 and reports the
