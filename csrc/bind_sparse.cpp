@@ -319,9 +319,10 @@ void bind_sparse(py::module_& m) {
     m.def("sparse_byte_segment", &qrt::sparse_byte_segment,
           "The segment (64 or 128 bytes of K) byte-lane ELL is built with by default, for the current int8 path "
           "(csrc/sparse_gemm.h).");
-    m.def("sparse_segment_tolerance", &qrt::sparse_segment_tolerance,
+    m.def("sparse_segment_tolerance", &qrt::sparse_segment_tolerance, py::arg("wide_vectors"),
           "On AVX-512 paths where sparse_byte_segment() is 64: the most vectors (as a multiple of the 128-byte "
-          "form's) a weight's 64-byte byte-lane form may need and still be built over 64 (csrc/sparse_gemm.h).");
+          "form's wide_vectors) a weight's 64-byte byte-lane form may need and still be built over 64 "
+          "(csrc/sparse_gemm.h).");
     m.def("sparse_permute_probe", &qrt::sparse_permute_probe,
           "(vpermi2b, vpermb) nanoseconds per (permute, vpdpbusd) pair, best of 5 short loops; (0, 0) without "
           "AVX-512 VBMI + VNNI.");

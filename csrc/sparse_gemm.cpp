@@ -311,9 +311,9 @@ double permute_gain() {
 // applies to: 1 MiB, within the L2 of a core of every AVX-512 CPU qrt was measured on.
 constexpr int64_t kSegmentToleranceBytes = int64_t(1) << 20;
 
-double sparse_segment_tolerance() {
+double sparse_segment_tolerance(int64_t wide_vectors) {
     const double gain = permute_gain();   // the packer's rule: see its comment
-    return gain >= 1.6 ? std::min(0.9 * gain, 2.0) : 1.2;
+    return gain >= 1.6 && wide_vectors * 128 <= kSegmentToleranceBytes ? std::min(0.9 * gain, 2.0) : 1.2;
 }
 
 int64_t sparse_byte_segment() {
@@ -424,8 +424,8 @@ SparseInt8Weight sparse_int8_pack(SparseRows rows, const float* scale, const Spa
         std::vector<int64_t> counts;
         const int64_t narrow = ell_build(w.rows, w.nblk, kSparseSegmentNarrow, EllLanes::byte, counts, nullptr, nullptr);
         const int64_t wide = ell_build(w.rows, w.nblk, kSparseSegment, EllLanes::byte, counts, nullptr, nullptr);
-        const double tolerance = wide * 128 <= kSegmentToleranceBytes ? sparse_segment_tolerance() : 1.2;
-        if (static_cast<double>(narrow) >= tolerance * static_cast<double>(wide)) byte_seg = kSparseSegment;
+        if (static_cast<double>(narrow) >= sparse_segment_tolerance(wide) * static_cast<double>(wide))
+            byte_seg = kSparseSegment;
     }
     if (lanes < 0) {   // the denser of the two: byte lanes are 128 bytes per vector, dword lanes 80
         std::vector<int64_t> counts;

@@ -33,7 +33,8 @@
 //                 pattern (csr, nm, bsr whose blocks are not 4-column aligned). Not built on
 //                 CPUs with AVX-512 VNNI but no VBMI (their vector path could not read them).
 //                 The segment is sparse_byte_segment()'s unless forced (on AVX-512, 128 for a
-//                 weight whose 64-byte form needs sparse_segment_tolerance() x the vectors or
+//                 weight whose 64-byte form needs sparse_segment_tolerance(its 128-byte
+//                 vectors) x the vectors or
 //                 more: see the packer).
 //                 Narrower segments pad more (a vector holds as many weights as the fullest of
 //                 its 16 rows has in the segment: 6-18% more vectors on MiniLM's 80% weights,
@@ -207,10 +208,10 @@ int64_t sparse_byte_segment();
 // a few short runs), or {0, 0} without AVX-512 VBMI + VNNI.
 std::pair<double, double> sparse_permute_probe();
 // Where that segment is 64 on an AVX-512 path, the packer still takes 128 for a weight whose
-// 64-byte form needs this many times the vectors or more: 1.2, or 0.9 x the probe's gain
-// (vpermi2b pair / vpermb pair, at most 2) where the gain is 1.6 or more; the latter only for
-// weights of at most 1 MiB of 128-byte vectors, larger ones take 1.2 (sparse_gemm.cpp).
-double sparse_segment_tolerance();
+// 64-byte form needs this many times the vectors of its 128-byte form (wide_vectors of them) or
+// more: 1.2, or 0.9 x the probe's gain (vpermi2b pair / vpermb pair, at most 2) where the gain
+// is 1.6 or more and the 128-byte vectors take at most 1 MiB (sparse_gemm.cpp).
+double sparse_segment_tolerance(int64_t wide_vectors);
 
 // Y (M, N) = epilogue(quant(X) @ W.T) as above. x (M, K) float32 row-major, bias float64
 // readable up to w.npad or nullptr, y (M, N) float32 row-major, every element written. M may be

@@ -387,8 +387,8 @@ def test_automatic_path_choice(restore_native_state):
 def test_byte_lane_segment_choice(restore_native_state):
     """Byte lanes are built over the segment sparse_byte_segment() names for the int8 path at
     pack time (64 on AVX2-class and scalar paths; on AVX-512 VNNI and AMX 64 or 128, by the permute
-    probe; where that is 64, a weight whose 64-byte form needs sparse_segment_tolerance() x the
-    vectors or more keeps 128: M = 1 streams every vector) unless forced; dword lanes always over 128 bytes; the
+    probe; where that is 64, a weight whose 64-byte form needs sparse_segment_tolerance(its
+    128-byte vectors) x the vectors or more keeps 128: M = 1 streams every vector) unless forced; dword lanes always over 128 bytes; the
     vector counts follow the segment (each vector is 4 weights of 16 rows inside one segment)."""
     rng = _rng("segment")
     cases = [pack_sparse_case(rng, "csr", 48, 300, "magnitude0.8"),     # 64 needs 1.07x the vectors
@@ -408,7 +408,7 @@ def test_byte_lane_segment_choice(restore_native_state):
             expected = _native.sparse_byte_segment()
             avx512 = isa in ("avx512_vnni", "amx")     # the AMX path's sparse kernels are AVX-512's
             assert expected == 64 if not avx512 else expected in (64, 128)
-            tolerance = _native.sparse_segment_tolerance() if vectors(128) * 128 <= 1 << 20 else 1.2
+            tolerance = _native.sparse_segment_tolerance(vectors(128))
             if avx512 and expected == 64 and vectors(64) >= tolerance * vectors(128):
                 expected = 128
             if BYTE_LANES:
@@ -428,8 +428,9 @@ def test_byte_lane_segment_choice(restore_native_state):
         assert two > 0 and one > 0
     else:
         assert (two, one) == (0.0, 0.0)
-        assert _native.sparse_segment_tolerance() == 1.2      # no probe: the fixed rule
-    assert 1.2 <= _native.sparse_segment_tolerance() <= 2.0
+        assert _native.sparse_segment_tolerance(1) == 1.2      # no probe: the fixed rule
+    assert 1.2 <= _native.sparse_segment_tolerance(1) <= 2.0
+    assert _native.sparse_segment_tolerance((1 << 20) // 128 + 1) == 1.2   # above 1 MiB of vectors: the fixed rule
 
 
 @pytest.mark.parametrize("layout,block", [("csr", None), ("bsr", (4, 4)), ("bsr", (1, 4)), ("bsr", (16, 1)),
