@@ -330,32 +330,33 @@ void tile_avx2_narrow(int64_t rows, const uint8_t* u, int64_t ldu, const int8_t*
     tile16<Group16<true>>(rows, u, ldu, panel, k4, ep, m0, n0, y, ldy);
 }
 
+// y[i ..] through act's GELU, G vectors side by side (gelu: gelu_erf_avx2_n, G chains; gelu_tanh:
+// G calls, each its own chains), for as many whole groups of 8 G values as fit; returns where it
+// stopped. Each lane is computed alone: the same bits as one vector at a time. Measured, the
+// erf form: Zen 3, the (1024, 384, 1536) Linear + GELU, 2 threads: GELU 1.73 ms one vector at a
+// time, 1.25 four, 0.94 eight; the tanh form, four: RESULTS.md "The AVX-512 GELU, eight chains".
+template <int G>
+QRT_TARGET_AVX2 int64_t gelu_groups_avx2(float* y, int64_t i, int64_t count, Activation act) {
+    for (; i + 8 * G <= count; i += 8 * G) {
+        __m256 v[G];
+        for (int j = 0; j < G; ++j) v[j] = _mm256_loadu_ps(y + i + 8 * j);
+        if (act == Activation::gelu)
+            act_detail::gelu_erf_avx2_n<G>(v);
+        else
+            for (int j = 0; j < G; ++j) v[j] = act_detail::gelu_tanh_avx2(v[j]);
+        for (int j = 0; j < G; ++j) _mm256_storeu_ps(y + i + 8 * j, v[j]);
+    }
+    return i;
+}
+
 // noipa: specialised for the tiles (count = 64), GCC 12 reports a spurious "iteration ... invokes
 // undefined behavior" on its tail loop (-Waggressive-loop-optimizations); one call per row.
 QRT_TARGET_AVX2 __attribute__((noipa)) void activation_span_avx2(float* y, int64_t count, Activation act) {
     int64_t i = 0;
-    if (act == Activation::gelu) {
-        // eight vectors side by side (activation.h gelu_erf_avx2_n: the same bits, eight
-        // chains; a tile row of 64 columns is one such group). Zen 3, the (1024, 384, 1536)
-        // Linear + GELU, 2 threads: GELU 1.73 ms one vector at a time, 1.25 four, 0.94 eight
-        constexpr int kGroup = 8;
-        for (; i + 8 * kGroup <= count; i += 8 * kGroup) {
-            __m256 v[kGroup];
-            for (int j = 0; j < kGroup; ++j) v[j] = _mm256_loadu_ps(y + i + 8 * j);
-            act_detail::gelu_erf_avx2_n<kGroup>(v);
-            for (int j = 0; j < kGroup; ++j) _mm256_storeu_ps(y + i + 8 * j, v[j]);
-        }
-    }
-    if (act == Activation::gelu_tanh) {
-        // four vectors per step, each its own chains (each lane computed alone: the same bits;
-        // 1.57 M values on the Xeon masked to AVX2, RESULTS.md "The AVX-512 GELU, eight chains")
-        for (; i + 32 <= count; i += 32) {
-            __m256 v[4];
-            for (int j = 0; j < 4; ++j) v[j] = _mm256_loadu_ps(y + i + 8 * j);
-            for (int j = 0; j < 4; ++j) v[j] = act_detail::gelu_tanh_avx2(v[j]);
-            for (int j = 0; j < 4; ++j) _mm256_storeu_ps(y + i + 8 * j, v[j]);
-        }
-    }
+    // eight vectors at a time for the erf form (a tile row of 64 columns is one group), four for
+    // the tanh form
+    if (act == Activation::gelu) i = gelu_groups_avx2<8>(y, i, count, act);
+    if (act == Activation::gelu_tanh) i = gelu_groups_avx2<4>(y, i, count, act);
     for (; i + 8 <= count; i += 8) _mm256_storeu_ps(y + i, activation_avx2(_mm256_loadu_ps(y + i), act));
     for (; i < count; ++i) y[i] = activation_scalar(y[i], act);   // the same bits as a vector lane
 }

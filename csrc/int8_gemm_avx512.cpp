@@ -222,33 +222,29 @@ QRT_TARGET_AVX512 void store_rows_avx512(int64_t rows, int groups, const int32_t
     finish_rows_avx512(rows, ep, y, ldy, 16 * groups);
 }
 
+// y[i ..] through act's GELU, G vectors side by side (gelu: gelu_erf_avx512_n, G chains; gelu_tanh:
+// G calls, each its own chains), for as many whole groups of 16 G values as fit; returns where
+// it stopped. Each lane is computed alone: the same bits as one vector at a time.
+template <int G>
+QRT_TARGET_AVX512 int64_t gelu_groups_avx512(float* y, int64_t i, int64_t count, Activation act) {
+    for (; i + 16 * G <= count; i += 16 * G) {
+        __m512 v[G];
+        for (int j = 0; j < G; ++j) v[j] = _mm512_loadu_ps(y + i + 16 * j);
+        if (act == Activation::gelu)
+            act_detail::gelu_erf_avx512_n<G>(v);
+        else
+            for (int j = 0; j < G; ++j) v[j] = act_detail::gelu_tanh_avx512(v[j]);
+        for (int j = 0; j < G; ++j) _mm512_storeu_ps(y + i + 16 * j, v[j]);
+    }
+    return i;
+}
+
 QRT_TARGET_AVX512 void activation_span_avx512(float* y, int64_t count, Activation act) {
     int64_t i = 0;
-    if (act == Activation::gelu) {
-        // eight vectors side by side (activation.h gelu_erf_avx512_n: the same bits, eight
-        // chains), then four (a tile row of 64 columns is one such group)
-        for (; i + 128 <= count; i += 128) {
-            __m512 v[8];
-            for (int j = 0; j < 8; ++j) v[j] = _mm512_loadu_ps(y + i + 16 * j);
-            act_detail::gelu_erf_avx512_n<8>(v);
-            for (int j = 0; j < 8; ++j) _mm512_storeu_ps(y + i + 16 * j, v[j]);
-        }
-        for (; i + 64 <= count; i += 64) {
-            __m512 v[4];
-            for (int j = 0; j < 4; ++j) v[j] = _mm512_loadu_ps(y + i + 16 * j);
-            act_detail::gelu_erf_avx512_n<4>(v);
-            for (int j = 0; j < 4; ++j) _mm512_storeu_ps(y + i + 16 * j, v[j]);
-        }
-    }
-    if (act == Activation::gelu_tanh) {
-        // four vectors per step, each its own chains (each lane computed alone: the same bits)
-        for (; i + 64 <= count; i += 64) {
-            __m512 v[4];
-            for (int j = 0; j < 4; ++j) v[j] = _mm512_loadu_ps(y + i + 16 * j);
-            for (int j = 0; j < 4; ++j) v[j] = act_detail::gelu_tanh_avx512(v[j]);
-            for (int j = 0; j < 4; ++j) _mm512_storeu_ps(y + i + 16 * j, v[j]);
-        }
-    }
+    // the GELUs several vectors at a time: eight then four for the erf form (a tile row of 64
+    // columns is one group of four), four for the tanh form
+    if (act == Activation::gelu) i = gelu_groups_avx512<8>(y, i, count, act);
+    if (act == Activation::gelu || act == Activation::gelu_tanh) i = gelu_groups_avx512<4>(y, i, count, act);
     for (; i + 16 <= count; i += 16) _mm512_storeu_ps(y + i, activation_avx512(_mm512_loadu_ps(y + i), act));
     // the tail as one masked vector (each lane computed alone: the same bits). Not a scalar
     // loop: GCC 12 clones this function for finish_rows_avx512's count = 64 and reports the
