@@ -8,6 +8,8 @@
 #include <cmath>
 #include <algorithm>
 #include <atomic>
+#include <chrono>
+#include <functional>
 #include <thread>
 #include <cstdint>
 #include <initializer_list>
@@ -325,6 +327,74 @@ PYBIND11_MODULE(_native, m) {
         py::arg("items"), py::arg("threads"), py::arg("spin") = 0,
         "(items, 2) int64: for each item the work pool's slot that ran it (0: the caller) and "
         "its place in that slot's order of work (for tests of the claim order).");
+    m.def("work_pool_stress", [](int callers, int calls, int64_t max_items, int max_threads, int max_spin, uint32_t seed) {
+            if (callers < 1 || calls < 0 || max_items < 1 || max_threads < 1 || max_spin < 1)
+                throw py::value_error("callers >= 1, calls >= 0, max_items >= 1, max_threads >= 1 and max_spin >= 1 expected");
+            std::atomic<int64_t> wrong{0};
+            {
+                py::gil_scoped_release release;
+                std::vector<std::thread> threads;
+                for (int c = 0; c < callers; ++c)
+                    threads.emplace_back([&, c] {
+                        uint32_t state = seed * 2654435761u + static_cast<uint32_t>(c) * 40503u + 1u;
+                        const auto next = [&state] { state = state * 1664525u + 1013904223u; return state >> 8; };
+                        std::vector<std::atomic<int>> hits(static_cast<size_t>(max_items));
+                        for (int call = 0; call < calls; ++call) {
+                            const int64_t items = 1 + static_cast<int64_t>(next() % static_cast<uint32_t>(max_items));
+                            const int nt = 1 + static_cast<int>(next() % static_cast<uint32_t>(max_threads));
+                            const int spin = static_cast<int>(next() % static_cast<uint32_t>(max_spin));
+                            for (int64_t i = 0; i < items; ++i) hits[static_cast<size_t>(i)].store(0);
+                            qrt::parallel_items(items, nt, [&](int64_t i, int slot) {
+                                if (slot < 0 || slot >= nt) wrong.fetch_add(1);
+                                volatile int sink = 0;
+                                for (int t = 0; t < spin; ++t) sink = sink + t;
+                                hits[static_cast<size_t>(i)].fetch_add(1);
+                            });
+                            // an item run twice, or after its call returned, shows in this call's
+                            // counts or the next's
+                            for (int64_t i = 0; i < items; ++i)
+                                if (hits[static_cast<size_t>(i)].load() != 1) wrong.fetch_add(1);
+                            if (next() % 4096u == 0) std::this_thread::sleep_for(std::chrono::microseconds(200));
+                        }
+                    });
+                for (std::thread& t : threads) t.join();
+            }
+            return wrong.load();
+        },
+        py::arg("callers"), py::arg("calls"), py::arg("max_items") = 300, py::arg("max_threads") = 4,
+        py::arg("max_spin") = 200, py::arg("seed") = 0,
+        "`callers` threads each make `calls` work pool calls (csrc/work_pool.h) at once, with random item counts "
+        "(1..max_items), thread counts (1..max_threads) and item lengths (0..max_spin - 1 steps), now and then pausing "
+        "so that workers sleep; "
+        "returns how many items ran other than exactly once, or with a participant slot out of range (0 expected).");
+    m.def("work_pool_round_ns", [](int64_t items, int threads, int64_t spin, int rounds) {
+            if (items < 1 || threads < 1 || spin < 0 || rounds < 1)
+                throw py::value_error("items >= 1, threads >= 1, spin >= 0 and rounds >= 1 expected");
+            // each participant's result on its own cache line: a shared one would move between
+            // the cores at every item and be timed as the pool's cost
+            struct alignas(64) Sink { volatile int64_t v = 0; };
+            std::vector<Sink> sinks(static_cast<size_t>(threads));
+            const std::function<void(int64_t, int)> fn = [&](int64_t i, int slot) {
+                int64_t s = i;
+                for (int64_t t = 0; t < spin; ++t) s = s * 3 + t;
+                sinks[static_cast<size_t>(slot)].v = s;
+            };
+            std::vector<double> ns;
+            {
+                py::gil_scoped_release release;
+                for (int r = 0; r < std::min(rounds, 50); ++r) qrt::parallel_items(items, threads, fn);   // warm
+                for (int r = 0; r < rounds; ++r) {
+                    const auto t0 = std::chrono::steady_clock::now();
+                    qrt::parallel_items(items, threads, fn);
+                    ns.push_back(std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - t0).count());
+                }
+            }
+            std::nth_element(ns.begin(), ns.begin() + ns.size() / 2, ns.end());
+            return ns[ns.size() / 2];
+        },
+        py::arg("items"), py::arg("threads"), py::arg("spin") = 0, py::arg("rounds") = 1000,
+        "Median nanoseconds of one work pool round (csrc/work_pool.h) of `items` items on `threads` threads, each "
+        "item `spin` dependent integer steps, over `rounds` back-to-back rounds (benchmarks/pool_rounds.py).");
     m.def("output_cache_stats", [] {
             const std::vector<int64_t> s = qrt::bind::output_cache_stats();
             return py::make_tuple(s[0], s[1], s[2]);

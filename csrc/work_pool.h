@@ -26,11 +26,11 @@
 namespace qrt {
 
 // fn(item) for every item in [0, items), on the calling thread and up to threads - 1 pool
-// workers (started on first use, kept, waiting passively after a short spin). fn must not
-// throw. threads <= 1 or items <= 1: every item on the calling thread, in order. Not
-// reentrant from inside fn; concurrent calls from several threads are safe (each is one job,
-// the pool's workers join whichever was published last, the others' callers do their items
-// themselves).
+// workers (started on first use, kept, waiting passively after a short spin; at most 255
+// join one call). fn must not throw. threads <= 1 or items <= 1: every item on the calling
+// thread, in order. Not reentrant from inside fn; concurrent calls from several threads are
+// safe (each is one job, the pool's workers join whichever was published last, the others'
+// callers do their items themselves; beyond 8 calls at once, a call runs on its own thread).
 void parallel_items(int64_t items, int threads, const std::function<void(int64_t)>& fn);
 
 // The same, with fn(item, slot): slot says which participant runs the item, 0 for the calling
