@@ -523,6 +523,12 @@ constexpr int64_t kPairsMinM = 8;
 // 96 K lane-MACs 4.6 us on one thread, 5.6 us on two; (768, 3072) with 393 K, 12.7 us on one,
 // 10.6 us on two.
 constexpr int64_t kParallelMinWork = int64_t(1) << 18;
+// The AVX2 ELL kernel (also the AVX-VNNI path's) takes about 3x as long per lane as AVX-512's
+// (a tree of lookups where AVX-512 has one vpermb), the AVX2 pairs kernel about as long per
+// unit of its work: their work counts this many times. Measured on X (Intel Xeon) masked to
+// AVX2, csr 90 %, us, one thread / two: ELL M = 1 (768, 768), 115 K lane-MACs: 10.6 / 7.6,
+// (384, 1536) 11.0 / 7.6, (384, 384), 30 K: 3.6 / 3.7; pairs M = 16 (384, 384), 236 K: 20.8 / 18.2-19.1.
+constexpr int64_t kAvx2WorkWeight = 3;
 
 }  // namespace
 
@@ -643,6 +649,7 @@ void sparse_int8_linear_isa(const SparseInt8Weight& w, const float* x, int64_t m
         default: items = w.nblk; work = w.nnz * m; break;
     }
     int nt = std::max(1, threads);
+    if (path == SparsePath::ell_avx2 || path == SparsePath::pairs_avx2) work *= kAvx2WorkWeight;
     if (work < kParallelMinWork) nt = 1;
     AlignedArray<uint8_t> xq;   // quad tiles: (tiles, ldu / 4, 16, 4)
     if (quads) xq.allocate(static_cast<size_t>(mpad * ldu));
