@@ -165,8 +165,13 @@ int move_off(int cpu) {
 }
 
 // A worker spins this long for the next job before it sleeps: the next layer's GEMM usually
-// follows within tens of microseconds, and waking a sleeping thread costs about as much.
-constexpr auto kSpin = std::chrono::microseconds(50);
+// follows within tens of microseconds, and a job that finds its worker asleep pays the wake-up
+// (40-60 us on X's far vCPUs). At 50 us the worker slept through the 55-70 us between one
+// all-MiniLM-L6-v2 run's last job and the next run's first Linear (embedding gathers and the
+// attention-mask plumbing in Python), and that Linear took 80 us instead of 15-25: 1 x 16 runs
+// 0.90-0.92 -> 0.80-0.81 ms with 200 (X, AMX, RESULTS.md "The work pool's round"). Spinning
+// costs the CPU for that long after the last job of a burst (libgomp's default spins longer).
+constexpr auto kSpin = std::chrono::microseconds(200);
 
 class Pool {
   public:
