@@ -518,6 +518,10 @@ constexpr int64_t kQuadTilesAvx2MinM = 4;
 // From this many activation rows the AVX2 pairs kernel (16 rows in lanes, whatever M) beats
 // ELL on AVX2 (a lookup per vector and row). Measured: benchmarks/RESULTS.md, "AVX2 sparse: pairs".
 constexpr int64_t kPairsMinM = 8;
+// Up to this many 16-row tiles of activations (M <= 32) each participant of the pairs path
+// transposes its own copy (sparse_int8_linear_isa); beyond, one shared copy (nt copies of a
+// large M would cost memory, and each item's share of the tile's reads grows with M anyway).
+constexpr int64_t kPairsOwnCopyTiles = 2;
 // Below this much work (stored lanes x activation rows) one thread: a parallel region costs
 // a few microseconds. Measured on the 2-core dev machine, csr 90 %, M = 1: (384, 1536) with
 // 96 K lane-MACs 4.6 us on one thread, 5.6 us on two; (768, 3072) with 393 K, 12.7 us on one,
@@ -653,8 +657,18 @@ void sparse_int8_linear_isa(const SparseInt8Weight& w, const float* x, int64_t m
     if (work < kParallelMinWork) nt = 1;
     AlignedArray<uint8_t> xq;   // quad tiles: (tiles, ldu / 4, 16, 4)
     if (quads) xq.allocate(static_cast<size_t>(mpad * ldu));
-    AlignedArray<int16_t> xt;   // pairs: (tiles, ldu, 16) int16
-    if (path == SparsePath::pairs_avx2) xt.allocate(static_cast<size_t>(mpad * ldu));
+    // pairs: (tiles, ldu, 16) int16. Its items read it at the columns their weights name, in no
+    // order the prefetchers follow, so a worker reading the caller's copy missed to the other
+    // core at almost every first touch. Up to kPairsOwnCopyTiles tiles every participant
+    // transposes its own copy, from the rows of u, which it reads in order, when its first item
+    // needs it. X as AVX2 (vCPUs ~300 ns apart), csr 90 %, 2 threads, us, shared copy / own
+    // copies (with the SIMD transpose): (768, 768) M = 16 43.8-46.4 / 34.8-38.6, M = 8 37.4-37.7
+    // / 28.3; (384, 384) M = 16 19.9-20.0 / 15.6-16.0.
+    const bool xt_per_slot = path == SparsePath::pairs_avx2 && nt > 1 && tiles <= kPairsOwnCopyTiles;
+    AlignedArray<int16_t> xt;
+    std::vector<uint8_t> xt_ready;   // (participant, tile): its copy of the tile is written
+    if (path == SparsePath::pairs_avx2) xt.allocate(static_cast<size_t>(mpad * ldu * (xt_per_slot ? nt : 1)));
+    if (xt_per_slot) xt_ready.assign(static_cast<size_t>(nt * tiles), 0);
 
     const auto quantize_row = [&](int64_t i) { quantize(x + i * k, k, ldu, aq, u.get() + i * ldu, &sx[i], &row_corr[i]); };
     const auto transpose_tile = [&](int64_t t) {
@@ -673,13 +687,26 @@ void sparse_int8_linear_isa(const SparseInt8Weight& w, const float* x, int64_t m
     // (activation_inplace_threads: its bits, its split). Measured on MiniLM's 80% FFN input Linear, M = 128,
     // 2 threads, Zen 4, us: products 112, + the pass 196; the GELU in the ELL kernel's registers
     // before each store 223-241; on each work item's 16-column strips right after it 229.
-    const auto run_item = [&](int64_t item) {
+    const auto run_item = [&](int64_t item, int slot) {
         switch (path) {
 #if QRT_INT8_X86_SIMD
             case SparsePath::ell: sparse_detail::ell_blocks_avx512(p, item, item + 1); break;
             case SparsePath::quad_tiles: sparse_detail::quad_tile_avx512(p, xq.get(), item / tiles, item % tiles); break;
             case SparsePath::ell_avx2: sparse_detail::ell_blocks_avx2(p, item, item + 1); break;
-            case SparsePath::pairs_avx2: sparse_detail::pairs_block_avx2(p, xt.get(), item / tiles, item % tiles); break;
+            case SparsePath::pairs_avx2: {
+                const int64_t t = item % tiles;
+                int16_t* copy = xt.get();
+                if (xt_per_slot) {
+                    copy += static_cast<int64_t>(slot) * mpad * ldu;
+                    uint8_t& ready = xt_ready[static_cast<size_t>(slot * tiles + t)];
+                    if (!ready) {
+                        sparse_detail::pairs_transpose_avx2(p, t, copy);
+                        ready = 1;
+                    }
+                }
+                sparse_detail::pairs_block_avx2(p, copy, item / tiles, t);
+                break;
+            }
             case SparsePath::quad_tiles_avx2:
                 sparse_detail::quad_tile_avx2(p, xq.get(), item / tiles, item % tiles, quads_vnni);
                 break;
@@ -692,11 +719,11 @@ void sparse_int8_linear_isa(const SparseInt8Weight& w, const float* x, int64_t m
                 break;
         }
     };
-    const int64_t ntiles = tiled ? tiles : 0;
+    const int64_t ntiles = tiled && !xt_per_slot ? tiles : 0;
     if (nt == 1) {   // no OpenMP loop bookkeeping (measured: ~10 % of a small call)
         for (int64_t i = 0; i < m; ++i) quantize_row(i);
         for (int64_t t = 0; t < ntiles; ++t) transpose_tile(t);
-        for (int64_t item = 0; item < items; ++item) run_item(item);
+        for (int64_t item = 0; item < items; ++item) run_item(item, 0);
         activation_inplace_threads(y, m * n, act, isa, 1);
         return;
     }
@@ -710,8 +737,8 @@ void sparse_int8_linear_isa(const SparseInt8Weight& w, const float* x, int64_t m
         for (int64_t i = c * quant_rows; i < std::min(m, (c + 1) * quant_rows); ++i) quantize_row(i);
     });
     parallel_items(ntiles, nt, transpose_tile);
-    parallel_items((items + chunk - 1) / chunk, nt, [&](int64_t c) {
-        for (int64_t item = c * chunk; item < std::min(items, (c + 1) * chunk); ++item) run_item(item);
+    parallel_items((items + chunk - 1) / chunk, nt, [&](int64_t c, int slot) {
+        for (int64_t item = c * chunk; item < std::min(items, (c + 1) * chunk); ++item) run_item(item, slot);
     });
     activation_inplace_threads(y, m * n, act, isa, nt);
 }

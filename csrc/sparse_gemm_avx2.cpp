@@ -227,11 +227,41 @@ void ell_blocks_avx2(const Problem& p, int64_t b0, int64_t b1) {
 // multiply-adds; the rows' sums are kept as int32 (8 output rows x 16 activation rows) and
 // go through the shared epilogue 8 outputs of one activation row at a time.
 
-void pairs_transpose_avx2(const Problem& p, int64_t t, int16_t* xt) {
+// 16 columns k0 .. k0 + 15 of the tile's 16 rows of u at a time: a 16 x 16 byte transpose in
+// four unpack stages (bytes, words, dwords, qwords), then each column widened to 16 int16 qx
+// = u - 128 and stored whole. (The scalar loop it replaces wrote one int16 at a stride of 32
+// bytes per step: a 16-row call at K = 768 on a 16-row weight, one thread, X as AVX2, 10.2 ->
+// 7.2 us.)
+QRT_TARGET_AVX2 void pairs_transpose_avx2(const Problem& p, int64_t t, int16_t* xt) {
     int16_t* dst = xt + t * p.ldu * kSparseTileRows;
-    for (int64_t r = 0; r < kSparseTileRows; ++r) {
-        const uint8_t* src = p.u + (t * kSparseTileRows + r) * p.ldu;   // rows >= M hold 128: qx = 0
-        for (int64_t k = 0; k < p.ldu; ++k) dst[k * kSparseTileRows + r] = static_cast<int16_t>(src[k] - 128);
+    const uint8_t* src = p.u + t * kSparseTileRows * p.ldu;   // rows >= M hold 128: qx = 0
+    const __m256i bias = _mm256_set1_epi16(128);
+    for (int64_t k0 = 0; k0 < p.ldu; k0 += 16) {   // ldu: a multiple of kSparseSegment
+        __m128i a[16], b[16];
+        for (int r = 0; r < 16; ++r) a[r] = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + r * p.ldu + k0));
+        for (int i = 0; i < 8; ++i) {   // rows 2i, 2i + 1 interleaved: columns 0-7 / 8-15
+            b[2 * i] = _mm_unpacklo_epi8(a[2 * i], a[2 * i + 1]);
+            b[2 * i + 1] = _mm_unpackhi_epi8(a[2 * i], a[2 * i + 1]);
+        }
+        for (int g = 0; g < 4; ++g) {   // rows 4g .. 4g + 3: a[4g + j] holds columns 4j .. 4j + 3
+            a[4 * g] = _mm_unpacklo_epi16(b[4 * g], b[4 * g + 2]);
+            a[4 * g + 1] = _mm_unpackhi_epi16(b[4 * g], b[4 * g + 2]);
+            a[4 * g + 2] = _mm_unpacklo_epi16(b[4 * g + 1], b[4 * g + 3]);
+            a[4 * g + 3] = _mm_unpackhi_epi16(b[4 * g + 1], b[4 * g + 3]);
+        }
+        for (int h = 0; h < 2; ++h)     // rows 8h .. 8h + 7: b[8h + j] holds columns 2j, 2j + 1
+            for (int j = 0; j < 4; ++j) {
+                b[8 * h + 2 * j] = _mm_unpacklo_epi32(a[8 * h + j], a[8 * h + 4 + j]);
+                b[8 * h + 2 * j + 1] = _mm_unpackhi_epi32(a[8 * h + j], a[8 * h + 4 + j]);
+            }
+        for (int j = 0; j < 8; ++j) {   // columns 2j and 2j + 1, rows 0-7 then 8-15
+            const __m128i c0 = _mm_unpacklo_epi64(b[j], b[8 + j]);
+            const __m128i c1 = _mm_unpackhi_epi64(b[j], b[8 + j]);
+            _mm256_store_si256(reinterpret_cast<__m256i*>(dst + (k0 + 2 * j) * kSparseTileRows),
+                               _mm256_sub_epi16(_mm256_cvtepu8_epi16(c0), bias));
+            _mm256_store_si256(reinterpret_cast<__m256i*>(dst + (k0 + 2 * j + 1) * kSparseTileRows),
+                               _mm256_sub_epi16(_mm256_cvtepu8_epi16(c1), bias));
+        }
     }
 }
 

@@ -339,6 +339,26 @@ def test_avx2_quad_tiles_refuse_a_minus_128_weight(restore_native_state):
     assert ok.path(16) == "quad_tiles_avx2"
 
 
+@pytest.mark.skipif(not AVX2, reason="the CPU has no AVX2")
+def test_avx2_pairs_on_every_participant(restore_native_state):
+    """The pairs path on several threads: up to 32 activation rows (2 tiles) every participant
+    transposes its own copy of the activations when its first item needs it, above that one
+    shared copy (csrc/sparse_gemm.cpp, kPairsOwnCopyTiles). The weight is large enough for the
+    call to go parallel (its work counted 3x, above kParallelMinWork); every M across the tile
+    edges on 1, 2 and 3 threads gives the reference's bits (a copy left untransposed for one
+    participant, or a tile taken from another's copy, fails it)."""
+    rng = _rng("pairs-threads")
+    t = pack_sparse_case(rng, "csr", 384, 384, "magnitude0.9")
+    w = pack_sparse(t, lanes="none", quad_rows=0, pairs=1)
+    _native.set_int8_isa("avx2")
+    for m in (8, 16, 17, 32, 33, 48):
+        x = _x(rng, (m, 384))
+        ref = _reference(t, ACTS["dynamic"], x)
+        for threads in (1, 2, 3):
+            _native.set_threads(threads)
+            _assert_same(_native.sparse_int8_linear(w, x, path="pairs_avx2"), ref, f"pairs M={m} threads={threads}")
+
+
 def test_automatic_path_choice(restore_native_state):
     """What auto packs and runs: ELL for every layout (byte lanes where they are denser and
     supported, dword lanes for 4-column blocks), plus quad tiles for bsr with C % 4 == 0. On
