@@ -283,10 +283,12 @@ bool int8_isa_supported(Int8Isa isa) {
     static const CpuFeatures f = detect_cpu_features();
     // the AVX2 path's epilogue activations use FMA (activation.h); every AVX2 CPU has it
     if (isa == Int8Isa::avx2) return f.avx2 && f.fma;
-    if (isa == Int8Isa::avx512_vnni) return f.avx512f && f.avx512bw && f.avx512_vnni;
+    // DQ: the quantizer's vreduceps (every CPU with AVX-512 VNNI has it; asked for all the same)
+    if (isa == Int8Isa::avx512_vnni) return f.avx512f && f.avx512bw && f.avx512dq && f.avx512_vnni;
     if (isa == Int8Isa::avx_vnni) return QRT_INT8_AVX_VNNI && f.avx2 && f.fma && f.avx_vnni;
     // the OS's permission last: asked for only on a CPU that has the tiles
-    if (isa == Int8Isa::amx) return QRT_INT8_AMX && f.avx512f && f.avx512bw && f.avx512_vnni && f.amx_int8 && amx_permitted();
+    if (isa == Int8Isa::amx)
+        return QRT_INT8_AMX && f.avx512f && f.avx512bw && f.avx512dq && f.avx512_vnni && f.amx_int8 && amx_permitted();
 #endif
     return false;
 }

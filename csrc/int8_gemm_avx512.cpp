@@ -15,7 +15,7 @@
 #endif
 
 
-#define QRT_TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vnni")))
+#define QRT_TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vnni")))
 
 namespace qrt {
 namespace int8_detail {
@@ -146,6 +146,56 @@ QRT_TARGET_AVX512 void tile_rows(const uint8_t* u, int64_t ldu, const int8_t* pa
 
 #undef QRT_VNNI_ROW
 
+// Four vectors of one row by the float64 path or the estimate, each as quantize16_estimated
+// decides: the rare 64 values of quantize64_dynamic with a lane near a half-integer. Out of line,
+// so that the hot loop keeps its registers (a call there spilled every constant to the stack).
+QRT_TARGET_AVX512 __attribute__((noinline)) void quantize64_careful(const float* x, const QuantConsts& c,
+                                                                    __m512i* q) {
+    for (int i = 0; i < 4; ++i) q[i] = quantize16_estimated(_mm512_loadu_ps(x + 16 * i), c);
+}
+
+// Dynamic activations (z = 0) whose 1 / s is a normal float32 (c.estimate): u[j] = qx + 128 for
+// the row's whole 64-value steps; returns where it stopped, and adds sum qx to *total. The
+// general loop's 16 operations per 16 values (port-bound: about 9 cycles on Intel, llvm-mca and
+// measured) become about 8: here |qx| <= 127 without a clamp (|x| <= max|x|, so
+// |x * fl(1 / s)| <= 127 (1 + 2^-23), which rounds to 127), x has no NaN (max|x| would be
+// NaN, and s with it: no estimate), vreduceps gives y - nearbyint(y) in one instruction for
+// the tie test, vcvtps2dq rounds y itself, and four vectors share one pack to bytes (exact:
+// every value fits int8), one top-bit flip (+ 128) and one vpsadbw for the sum. Same bits: the
+// test compares with the reference at every tie. X quantizing MiniLM-sized rows (768 values),
+// ns a row: 148 -> 93 (a standalone copy of both loops).
+QRT_TARGET_AVX512 int64_t quantize64_dynamic(const float* x, int64_t k, const QuantConsts& c, uint8_t* u,
+                                             int64_t* total) {
+    constexpr int kNear = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+    const __m512 window = _mm512_set1_ps(0.5f - kTieWindow);
+    // packs interleave the four vectors by 128-bit lanes: dword 4 L + i holds vector i's values
+    // 4 L .. 4 L + 3; this puts them back in order
+    const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    const __m512i top = _mm512_set1_epi8(static_cast<char>(0x80));
+    __m512i sums = _mm512_setzero_si512();   // 8 int64 lanes of sum u
+    int64_t j = 0;
+    for (; j + 64 <= k; j += 64) {
+        __m512 y[4];
+        __mmask16 tie = 0;
+        for (int i = 0; i < 4; ++i) {
+            y[i] = _mm512_mul_ps(_mm512_loadu_ps(x + j + 16 * i), c.inv);
+            tie |= _mm512_cmp_ps_mask(_mm512_abs_ps(_mm512_reduce_ps(y[i], kNear)), window, _CMP_GT_OQ);
+        }
+        __m512i q[4];
+        if (__builtin_expect(tie != 0, 0)) {
+            quantize64_careful(x + j, c, q);
+        } else {
+            for (int i = 0; i < 4; ++i) q[i] = _mm512_cvt_roundps_epi32(y[i], kNear);
+        }
+        const __m512i bytes = _mm512_packs_epi16(_mm512_packs_epi32(q[0], q[1]), _mm512_packs_epi32(q[2], q[3]));
+        const __m512i ub = _mm512_xor_si512(_mm512_permutexvar_epi32(order, bytes), top);
+        _mm512_storeu_si512(u + j, ub);
+        sums = _mm512_add_epi64(sums, _mm512_sad_epu8(ub, _mm512_setzero_si512()));
+    }
+    *total += _mm512_reduce_add_epi64(sums) - 128 * j;
+    return j;
+}
+
 }  // namespace
 
 QRT_TARGET_AVX512 void quantize_row_avx512(const float* x, int64_t k, int64_t kp, const Int8ActQuant& aq,
@@ -172,7 +222,8 @@ QRT_TARGET_AVX512 void quantize_row_avx512(const float* x, int64_t k, int64_t kp
     // this path runs (<= kMaxKInt32)
     __m512i sum = _mm512_setzero_si512();
     __mmask16 nan = 0;
-    int64_t j = 0;
+    int64_t total = 0;
+    int64_t j = (!aq.is_static && c.estimate) ? quantize64_dynamic(x, k, c, u, &total) : 0;
     for (; j + 16 <= k; j += 16) {
         const __m512 v = _mm512_loadu_ps(x + j);
         nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
@@ -193,7 +244,7 @@ QRT_TARGET_AVX512 void quantize_row_avx512(const float* x, int64_t k, int64_t kp
         std::memcpy(u + j, bytes, static_cast<size_t>(k - j));
     }
     for (int64_t j = k; j < kp; ++j) u[j] = 128;
-    *row_corr = static_cast<int64_t>(_mm512_reduce_add_epi32(sum)) - k * static_cast<int64_t>(z);
+    *row_corr = total + static_cast<int64_t>(_mm512_reduce_add_epi32(sum)) - k * static_cast<int64_t>(z);
     *sx = (aq.is_static && nan) ? std::numeric_limits<double>::quiet_NaN() : s;
 }
 

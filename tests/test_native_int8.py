@@ -224,23 +224,28 @@ def test_non_contiguous_input_and_bias_dtypes():
             _assert_same(_run("native", acfg, t, x, b), _run("reference", acfg, t, x, b), f"{acfg} {getattr(b, 'dtype', None)}")
 
 
-def test_quantization_near_ties_is_the_reference_division(restore_native_state):
+@pytest.mark.parametrize("k", [37, 150])
+def test_quantization_near_ties_is_the_reference_division(k, restore_native_state):
     """The vector quantizers estimate x / s by a float32 multiply and divide only near a
     half-integer (csrc/int8_gemm_avx2.cpp, quantize8). The near ties that real rows hold: an
     element at half the row's max (x / s = 63.5 (1 + e) after s's rounding), its float32
-    neighbours, and every (n + 1/2) s of a static scale with its neighbours; each row long
-    enough (37) for the vector loop. Every path must give the reference's integers."""
+    neighbours, and every (n + 1/2) s of a static scale with its neighbours; rows long
+    enough (37) for the vector loop, and (150) for the AVX-512 dynamic 64-value steps
+    (quantize64_dynamic) too, with near ties in each step. Every path must give the
+    reference's integers."""
     rng = _rng("near-ties")
     rows = []
     for amax in rng.uniform(0.01, 100.0, 200).astype(np.float32):
-        row = rng.uniform(-1, 1, 37).astype(np.float32) * amax * np.float32(0.4)
+        row = rng.uniform(-1, 1, k).astype(np.float32) * amax * np.float32(0.4)
         row[0] = amax
         half = np.float32(amax / np.float32(2))
-        row[1:9] = [half, -half, np.nextafter(half, np.float32(0)), np.nextafter(half, np.float32(np.inf)),
-                    -np.nextafter(half, np.float32(0)), half * np.float32(0.5), half / np.float32(63.5) * 62.5, half]
+        near = [half, -half, np.nextafter(half, np.float32(0)), np.nextafter(half, np.float32(np.inf)),
+                -np.nextafter(half, np.float32(0)), half * np.float32(0.5), half / np.float32(63.5) * 62.5, half]
+        for at in range(1, k - 8, 64):
+            row[at:at + 8] = near
         rows.append(row)
     x = np.stack(rows)
-    t = pack_int8("w", np.eye(37, dtype=np.float32) + np.float32(0.01))
+    t = pack_int8("w", np.eye(k, dtype=np.float32) + np.float32(0.01))
     for acfg in ACT_CONFIGS:
         xs = x
         if acfg["act_quant"] == "static":
@@ -248,7 +253,7 @@ def test_quantization_near_ties_is_the_reference_division(restore_native_state):
             ties = (np.arange(-130, 130) + 0.5) * s
             near = np.concatenate([ties, np.nextafter(ties.astype(np.float32), np.float32(np.inf)),
                                    np.nextafter(ties.astype(np.float32), np.float32(-np.inf))]).astype(np.float32)
-            xs = np.resize(near, (len(near) // 37 + 1) * 37).reshape(-1, 37)
+            xs = np.resize(near, (len(near) // k + 1) * k).reshape(-1, k)
         ref = _run("reference", acfg, t, xs, None)
         for isa in ISAS:
             _native.set_int8_isa(isa)
