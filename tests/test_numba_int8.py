@@ -121,6 +121,30 @@ def test_linear_extreme_values_and_saturation():
         _assert_same(_run("Linear", "numba", acfg, t, x, None), _run("Linear", "reference", acfg, t, x, None), str(acfg))
 
 
+@pytest.mark.parametrize("k", [37, 150])
+def test_dynamic_quantization_near_ties_is_the_reference_division(k):
+    """Dynamic rows are quantized 16 values a step by a float32 estimate, and a step with a
+    value near a half-integer by the reference's float64 division (vnni._quantize_steps_dynamic).
+    The near ties real rows hold, in every 16-value step and in the K % 16 tail: an element
+    at half the row's max (x / s = 63.5 (1 + e) after s's rounding) and its float32
+    neighbours. Every row must give the reference's integers."""
+    rng = _rng("near-ties", k)
+    rows = []
+    for amax in rng.uniform(0.01, 100.0, 100).astype(np.float32):
+        row = rng.uniform(-1, 1, k).astype(np.float32) * amax * np.float32(0.4)
+        row[0] = amax
+        half = np.float32(amax / np.float32(2))
+        near = [half, -half, np.nextafter(half, np.float32(0)), np.nextafter(half, np.float32(np.inf)),
+                -np.nextafter(half, np.float32(0)), half * np.float32(0.5), half / np.float32(63.5) * 62.5]
+        for at in list(range(1, k - 8, 16)) + [k - 7]:
+            row[at:at + 7] = near
+        rows.append(row)
+    x = np.stack(rows)
+    t = pack_int8("w", np.eye(k, dtype=np.float32) + np.float32(0.01))
+    acfg = {"act_quant": "dynamic"}
+    _assert_same(_run("Linear", "numba", acfg, t, x, None), _run("Linear", "reference", acfg, t, x, None), f"K={k}")
+
+
 @pytest.mark.parametrize("k", [MAX_K_INT32 if _REASON is None else 1, MAX_K_INT32 + 7 if _REASON is None else 1])
 def test_int32_accumulator_bound(k):
     """The largest |acc| = K * 255 * 255: static z = -128 with x far above range (qx - z = 255)
