@@ -26,6 +26,7 @@ import pytest
 
 from kernels import registry
 from kernels.core import bounds
+from tests.near_ties import near_tie_rows  # noqa: E402
 from tests.linear_errors import assert_common_refusals
 from kernels.core.layouts import pack_int8
 
@@ -227,24 +228,12 @@ def test_non_contiguous_input_and_bias_dtypes():
 @pytest.mark.parametrize("k", [37, 150])
 def test_quantization_near_ties_is_the_reference_division(k, restore_native_state):
     """The vector quantizers estimate x / s by a float32 multiply and divide only near a
-    half-integer (csrc/int8_gemm_avx2.cpp, quantize8). The near ties that real rows hold: an
-    element at half the row's max (x / s = 63.5 (1 + e) after s's rounding), its float32
-    neighbours, and every (n + 1/2) s of a static scale with its neighbours; rows long
-    enough (37) for the vector loop, and (150) for the AVX-512 dynamic 64-value steps
-    (quantize64_dynamic) too, with near ties in each step. Every path must give the
-    reference's integers."""
-    rng = _rng("near-ties")
-    rows = []
-    for amax in rng.uniform(0.01, 100.0, 200).astype(np.float32):
-        row = rng.uniform(-1, 1, k).astype(np.float32) * amax * np.float32(0.4)
-        row[0] = amax
-        half = np.float32(amax / np.float32(2))
-        near = [half, -half, np.nextafter(half, np.float32(0)), np.nextafter(half, np.float32(np.inf)),
-                -np.nextafter(half, np.float32(0)), half * np.float32(0.5), half / np.float32(63.5) * 62.5, half]
-        for at in range(1, k - 8, 64):
-            row[at:at + 8] = near
-        rows.append(row)
-    x = np.stack(rows)
+    half-integer (csrc/int8_gemm_avx2.cpp, quantize8). The near ties that real rows hold
+    (tests/near_ties.py), and every (n + 1/2) s of a static scale with its neighbours; rows
+    long enough (37) for the vector loop, and (150) for the dynamic four-vector steps
+    (quantize64_dynamic, quantize32_dynamic) too, with near ties in each step. Every path
+    must give the reference's integers."""
+    x = near_tie_rows(_rng("near-ties"), k, 200, list(range(1, k - 8, 64)))
     t = pack_int8("w", np.eye(k, dtype=np.float32) + np.float32(0.01))
     for acfg in ACT_CONFIGS:
         xs = x

@@ -19,6 +19,7 @@ import pytest
 numba = pytest.importorskip("numba")
 
 from kernels import registry  # noqa: E402
+from tests.near_ties import near_tie_rows  # noqa: E402
 from tests.linear_errors import assert_common_refusals  # noqa: E402
 from kernels.core.bounds import MAX_K_INT32  # noqa: E402
 from kernels.core.layouts import pack_int8  # noqa: E402
@@ -128,18 +129,7 @@ def test_dynamic_quantization_near_ties_is_the_reference_division(k):
     The near ties real rows hold, in every 16-value step and in the K % 16 tail: an element
     at half the row's max (x / s = 63.5 (1 + e) after s's rounding) and its float32
     neighbours. Every row must give the reference's integers."""
-    rng = _rng("near-ties", k)
-    rows = []
-    for amax in rng.uniform(0.01, 100.0, 100).astype(np.float32):
-        row = rng.uniform(-1, 1, k).astype(np.float32) * amax * np.float32(0.4)
-        row[0] = amax
-        half = np.float32(amax / np.float32(2))
-        near = [half, -half, np.nextafter(half, np.float32(0)), np.nextafter(half, np.float32(np.inf)),
-                -np.nextafter(half, np.float32(0)), half * np.float32(0.5), half / np.float32(63.5) * 62.5]
-        for at in list(range(1, k - 8, 16)) + [k - 7]:
-            row[at:at + 7] = near
-        rows.append(row)
-    x = np.stack(rows)
+    x = near_tie_rows(_rng("near-ties", k), k, 100, list(range(1, k - 8, 16)) + [k - 7])
     t = pack_int8("w", np.eye(k, dtype=np.float32) + np.float32(0.01))
     acfg = {"act_quant": "dynamic"}
     _assert_same(_run("Linear", "numba", acfg, t, x, None), _run("Linear", "reference", acfg, t, x, None), f"K={k}")
