@@ -126,9 +126,8 @@ def test_linear_extreme_values_and_saturation():
 def test_dynamic_quantization_near_ties_is_the_reference_division(k):
     """Dynamic rows are quantized 16 values a step by a float32 estimate, and a step with a
     value near a half-integer by the reference's float64 division (vnni._quantize_steps_dynamic).
-    The near ties real rows hold, in every 16-value step and in the K % 16 tail: an element
-    at half the row's max (x / s = 63.5 (1 + e) after s's rounding) and its float32
-    neighbours. Every row must give the reference's integers."""
+    The near ties real rows hold (tests/near_ties.py), in every 16-value step and in the
+    K % 16 tail. Every row must give the reference's integers."""
     x = near_tie_rows(_rng("near-ties", k), k, 100, list(range(1, k - 8, 16)) + [k - 7])
     t = pack_int8("w", np.eye(k, dtype=np.float32) + np.float32(0.01))
     acfg = {"act_quant": "dynamic"}
