@@ -240,7 +240,7 @@ struct Group16 {
     static constexpr auto run_row1 = &row1_panel<NARROW>;     // tile16_rows at ROWS = 1
 };
 
-// Four vectors of one row as quantize8 decides: the rare 32 values of quantize32_dynamic with a
+// Four vectors of one row as quantize8 decides: the rare 32 values of quantize32_steps with a
 // lane near a half-integer, out of line (see quantize64_careful, int8_gemm_avx512.cpp).
 QRT_TARGET_AVX2 __attribute__((noinline)) void quantize32_careful(const float* x, const QuantConsts& c, __m256i* q) {
     for (int i = 0; i < 4; ++i) {
@@ -250,26 +250,37 @@ QRT_TARGET_AVX2 __attribute__((noinline)) void quantize32_careful(const float* x
     }
 }
 
-// Dynamic activations with the float32 estimate (c.estimate): u[j] = qx + 128 for the row's
-// whole 32-value steps; returns where it stopped, and adds sum qx to *total. The AVX-512
-// quantize64_dynamic's reasoning (no clamp, no NaN, no zero point; one pack, flip and vpsadbw
-// per four vectors), with vroundps for the tie test: about 9 vector operations per 8 values
-// instead of 22. Same bits: the near-ties test runs it with a near tie in every step.
-QRT_TARGET_AVX2 int64_t quantize32_dynamic(const float* x, int64_t k, const QuantConsts& c, uint8_t* u,
-                                           int64_t* total) {
+// Rows with the float32 estimate (c.estimate): u[j] = qx + 128 for the row's whole 32-value
+// steps; returns where it stopped, adds sum qx to *total and (static) the NaN lanes' bits to
+// *nan. The AVX-512 quantize64_steps's reasoning (dynamic: no clamp, no NaN, no zero point;
+// static: y clamped to +-256, + z, the saturating packs clamp; one pack, flip and vpsadbw per
+// four vectors), with vroundps for the tie test: about 9 (dynamic) or 12 (static) vector
+// operations per 8 values instead of 22. Same bits: the tests run it with a near tie in every
+// step, and with NaN and infinite values.
+template <bool kStatic>
+QRT_TARGET_AVX2 int64_t quantize32_steps(const float* x, int64_t k, const QuantConsts& c, int32_t z, uint8_t* u,
+                                         int64_t* total, int* nan) {
     const __m256 window = _mm256_set1_ps(0.5f - kTieWindow);
     const __m256 sign = _mm256_set1_ps(-0.0f);
+    const __m256 bound = _mm256_set1_ps(256.0f), neg_bound = _mm256_set1_ps(-256.0f);
+    const __m256i vz = _mm256_set1_epi32(z);
     // the packs interleave the four vectors by 128-bit lanes: dword 4 L + i holds vector i's
     // values 4 L .. 4 L + 3; this puts them back in order
     const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
     const __m256i top = _mm256_set1_epi8(static_cast<char>(0x80));
     __m256i sums = _mm256_setzero_si256();   // 4 int64 lanes of sum u
+    __m256 nans = _mm256_setzero_ps();
     int64_t j = 0;
     for (; j + 32 <= k; j += 32) {
         __m256 r[4];
         __m256 tie = _mm256_setzero_ps();
         for (int i = 0; i < 4; ++i) {
-            const __m256 y = _mm256_mul_ps(_mm256_loadu_ps(x + j + 8 * i), c.inv);
+            const __m256 v = _mm256_loadu_ps(x + j + 8 * i);
+            __m256 y = _mm256_mul_ps(v, c.inv);
+            if constexpr (kStatic) {
+                nans = _mm256_or_ps(nans, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+                y = _mm256_max_ps(_mm256_min_ps(y, bound), neg_bound);   // minps(NaN, b) = b
+            }
             r[i] = _mm256_round_ps(y, kRound);
             tie = _mm256_or_ps(tie, _mm256_cmp_ps(_mm256_andnot_ps(sign, _mm256_sub_ps(y, r[i])), window, _CMP_GT_OQ));
         }
@@ -277,7 +288,10 @@ QRT_TARGET_AVX2 int64_t quantize32_dynamic(const float* x, int64_t k, const Quan
         if (__builtin_expect(_mm256_movemask_ps(tie) != 0, 0)) {
             quantize32_careful(x + j, c, q);
         } else {
-            for (int i = 0; i < 4; ++i) q[i] = _mm256_cvttps_epi32(r[i]);
+            for (int i = 0; i < 4; ++i) {
+                q[i] = _mm256_cvttps_epi32(r[i]);
+                if constexpr (kStatic) q[i] = _mm256_add_epi32(q[i], vz);
+            }
         }
         const __m256i bytes = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
         const __m256i ub = _mm256_xor_si256(_mm256_permutevar8x32_epi32(bytes, order), top);
@@ -287,6 +301,7 @@ QRT_TARGET_AVX2 int64_t quantize32_dynamic(const float* x, int64_t k, const Quan
     alignas(32) int64_t parts[4];
     _mm256_store_si256(reinterpret_cast<__m256i*>(parts), sums);
     *total += parts[0] + parts[1] + parts[2] + parts[3] - 128 * j;
+    *nan |= _mm256_movemask_ps(nans);
     return j;
 }
 
@@ -319,7 +334,10 @@ QRT_TARGET_AVX2 void quantize_row_avx2(const float* x, int64_t k, int64_t kp, co
     __m128i sum = _mm_setzero_si128();   // int32 lanes, K <= kMaxKInt32 on this path
     int nan = 0;
     int64_t fast_total = 0;
-    const int64_t j0 = (!aq.is_static && estimate) ? quantize32_dynamic(x, k, c, u, &fast_total) : 0;
+    int64_t j0 = 0;
+    if (estimate)
+        j0 = aq.is_static ? quantize32_steps<true>(x, k, c, static_cast<int32_t>(z), u, &fast_total, &nan)
+                          : quantize32_steps<false>(x, k, c, 0, u, &fast_total, &nan);
     for (int64_t j = j0; j < k8; j += 8) {
         const __m256 v = _mm256_loadu_ps(x + j);
         nan |= _mm256_movemask_ps(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));

@@ -147,45 +147,60 @@ QRT_TARGET_AVX512 void tile_rows(const uint8_t* u, int64_t ldu, const int8_t* pa
 #undef QRT_VNNI_ROW
 
 // Four vectors of one row by the float64 path or the estimate, each as quantize16_estimated
-// decides: the rare 64 values of quantize64_dynamic with a lane near a half-integer. Out of line,
+// decides: the rare 64 values of quantize64_steps with a lane near a half-integer. Out of line,
 // so that the hot loop keeps its registers (a call there spilled every constant to the stack).
 QRT_TARGET_AVX512 __attribute__((noinline)) void quantize64_careful(const float* x, const QuantConsts& c,
                                                                     __m512i* q) {
     for (int i = 0; i < 4; ++i) q[i] = quantize16_estimated(_mm512_loadu_ps(x + 16 * i), c);
 }
 
-// Dynamic activations (z = 0) whose 1 / s is a normal float32 (c.estimate): u[j] = qx + 128 for
-// the row's whole 64-value steps; returns where it stopped, and adds sum qx to *total. The
-// general loop's 16 operations per 16 values (port-bound: about 9 cycles on Intel, llvm-mca and
-// measured) become about 8: here |qx| <= 127 without a clamp (|x| <= max|x|, so
-// |x * fl(1 / s)| <= 127 (1 + 2^-23), which rounds to 127), x has no NaN (max|x| would be
-// NaN, and s with it: no estimate), vreduceps gives y - nearbyint(y) in one instruction for
-// the tie test, vcvtps2dq rounds y itself, and four vectors share one pack to bytes (exact:
-// every value fits int8), one top-bit flip (+ 128) and one vpsadbw for the sum. Same bits: the
-// test compares with the reference at every tie. X quantizing MiniLM-sized rows (768 values),
-// ns a row: 148 -> 93 (a standalone copy of both loops).
-QRT_TARGET_AVX512 int64_t quantize64_dynamic(const float* x, int64_t k, const QuantConsts& c, uint8_t* u,
-                                             int64_t* total) {
+// Rows whose 1 / s is a normal float32 (c.estimate): u[j] = qx + 128 for the row's whole
+// 64-value steps; returns where it stopped, adds sum qx to *total and (static) ORs the NaN lanes
+// into *nan. The general loop's 16 operations per 16 values (port-bound: about 9 cycles on
+// Intel, llvm-mca and measured) become about 8 (dynamic) or 11 (static): vreduceps gives
+// y - nearbyint(y) in one instruction for the tie test, vcvtps2dq rounds y itself, and four
+// vectors share one saturating pack to bytes, one top-bit flip (+ 128) and one vpsadbw for the
+// sum. Dynamic (z = 0): |qx| <= 127 without a clamp (|x| <= max|x|, so |x * fl(1 / s)| <=
+// 127 (1 + 2^-23), which rounds to 127) and no NaN (max|x| would be NaN, and s with it: no
+// estimate). Static: y clamped to +-256 first (beyond, qx clamps whatever the rounding; a NaN
+// becomes 256, so 127 as in quantize16_estimated), + z, and the packs saturate to [-128, 127],
+// the clamp. Same bits: the tests compare with the reference at every tie, NaN and infinity.
+// X quantizing MiniLM-sized rows (768 values), dynamic, ns a row: 148 -> 93 (a standalone copy
+// of both loops).
+template <bool kStatic>
+QRT_TARGET_AVX512 int64_t quantize64_steps(const float* x, int64_t k, const QuantConsts& c, int32_t z, uint8_t* u,
+                                           int64_t* total, __mmask16* nan) {
     constexpr int kNear = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
     const __m512 window = _mm512_set1_ps(0.5f - kTieWindow);
+    const __m512 bound = _mm512_set1_ps(256.0f), neg_bound = _mm512_set1_ps(-256.0f);
+    const __m512i vz = _mm512_set1_epi32(z);
     // packs interleave the four vectors by 128-bit lanes: dword 4 L + i holds vector i's values
     // 4 L .. 4 L + 3; this puts them back in order
     const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
     const __m512i top = _mm512_set1_epi8(static_cast<char>(0x80));
     __m512i sums = _mm512_setzero_si512();   // 8 int64 lanes of sum u
+    __mmask16 nans = 0;
     int64_t j = 0;
     for (; j + 64 <= k; j += 64) {
         __m512 y[4];
         __mmask16 tie = 0;
         for (int i = 0; i < 4; ++i) {
-            y[i] = _mm512_mul_ps(_mm512_loadu_ps(x + j + 16 * i), c.inv);
+            const __m512 v = _mm512_loadu_ps(x + j + 16 * i);
+            y[i] = _mm512_mul_ps(v, c.inv);
+            if constexpr (kStatic) {
+                nans |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+                y[i] = _mm512_max_ps(_mm512_min_ps(y[i], bound), neg_bound);   // minps(NaN, b) = b
+            }
             tie |= _mm512_cmp_ps_mask(_mm512_abs_ps(_mm512_reduce_ps(y[i], kNear)), window, _CMP_GT_OQ);
         }
         __m512i q[4];
         if (__builtin_expect(tie != 0, 0)) {
             quantize64_careful(x + j, c, q);
         } else {
-            for (int i = 0; i < 4; ++i) q[i] = _mm512_cvt_roundps_epi32(y[i], kNear);
+            for (int i = 0; i < 4; ++i) {
+                q[i] = _mm512_cvt_roundps_epi32(y[i], kNear);
+                if constexpr (kStatic) q[i] = _mm512_add_epi32(q[i], vz);
+            }
         }
         const __m512i bytes = _mm512_packs_epi16(_mm512_packs_epi32(q[0], q[1]), _mm512_packs_epi32(q[2], q[3]));
         const __m512i ub = _mm512_xor_si512(_mm512_permutexvar_epi32(order, bytes), top);
@@ -193,6 +208,7 @@ QRT_TARGET_AVX512 int64_t quantize64_dynamic(const float* x, int64_t k, const Qu
         sums = _mm512_add_epi64(sums, _mm512_sad_epu8(ub, _mm512_setzero_si512()));
     }
     *total += _mm512_reduce_add_epi64(sums) - 128 * j;
+    *nan |= nans;
     return j;
 }
 
@@ -223,7 +239,10 @@ QRT_TARGET_AVX512 void quantize_row_avx512(const float* x, int64_t k, int64_t kp
     __m512i sum = _mm512_setzero_si512();
     __mmask16 nan = 0;
     int64_t total = 0;
-    int64_t j = (!aq.is_static && c.estimate) ? quantize64_dynamic(x, k, c, u, &total) : 0;
+    int64_t j = 0;
+    if (c.estimate)
+        j = aq.is_static ? quantize64_steps<true>(x, k, c, static_cast<int32_t>(z), u, &total, &nan)
+                         : quantize64_steps<false>(x, k, c, 0, u, &total, &nan);
     for (; j + 16 <= k; j += 16) {
         const __m512 v = _mm512_loadu_ps(x + j);
         nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);

@@ -231,7 +231,7 @@ def test_quantization_near_ties_is_the_reference_division(k, restore_native_stat
     half-integer (csrc/int8_gemm_avx2.cpp, quantize8). The near ties that real rows hold
     (tests/near_ties.py), and every (n + 1/2) s of a static scale with its neighbours; rows
     long enough (37) for the vector loop, and (150) for the dynamic four-vector steps
-    (quantize64_dynamic, quantize32_dynamic) too, with near ties in each step. Every path
+    (quantize64_steps, quantize32_steps) too, with near ties in each step. Every path
     must give the reference's integers."""
     x = near_tie_rows(_rng("near-ties"), k, 200, list(range(1, k - 8, 64)))
     t = pack_int8("w", np.eye(k, dtype=np.float32) + np.float32(0.01))
