@@ -212,18 +212,14 @@ def _row_amax_impl(x, i):
 
 
 @njit(cache=True, inline="always")
-def _quantize_row(x, i, u, s, lo, z):
-    """Row i: u[i, k] = qx + 128 with qx = clip(rint(x / s) + z, lo, 127) in float64 (the
-    reference's formula with its true division: x * (1 / s) rounds differently near .5; a
-    scalar multiply plus an exactness check measured slower than the division, the vector
-    one of _quantize_steps_dynamic is 3x faster), 128 (qx = 0) for the padding k >= K.
-    Returns (sum_k qx - K * z, whether the row holds a NaN). Static rows, and dynamic ones
-    _quantize_row_dynamic_fast cannot take."""
-    k = x.shape[1]
+def _quantize_span(x, i, u, s, lo, z, j0, j1):
+    """Columns j0 .. j1 - 1 of row i: u[i, j] = qx + 128 with qx = clip(rint(x / s) + z, lo, 127)
+    in float64 (the reference's formula with its true division). Returns (sum qx, whether a
+    value is NaN)."""
     zf = np.float64(z)
     rs = 0
     nan = False
-    for j in range(k):
+    for j in range(j0, j1):
         v = np.float64(x[i, j])
         nan |= np.isnan(v)
         r = np.rint(v / s) + zf
@@ -232,8 +228,27 @@ def _quantize_row(x, i, u, s, lo, z):
         qi = np.int32(r if r >= lo else lo)  # noqa: FURB136
         rs += qi
         u[i, j] = np.uint8(qi + 128)
+    return rs, nan
+
+
+@njit(cache=True, inline="always")
+def _pad_row(u, i, k):
+    """u[i, k:] = 128 (qx = 0): the padding columns of the GEMM's k steps."""
     for j in range(k, u.shape[1]):
         u[i, j] = np.uint8(128)
+
+
+@njit(cache=True, inline="always")
+def _quantize_row(x, i, u, s, lo, z):
+    """Row i: u[i, k] = qx + 128 with qx = clip(rint(x / s) + z, lo, 127) in float64 (the
+    reference's formula with its true division: x * (1 / s) rounds differently near .5; a
+    scalar multiply plus an exactness check measured slower than the division, the vector
+    one of _quantize_steps_dynamic is 3x faster), 128 (qx = 0) for the padding k >= K.
+    Returns (sum_k qx - K * z, whether the row holds a NaN). Static rows, and dynamic ones
+    _quantize_row_dynamic_fast cannot take."""
+    k = x.shape[1]
+    rs, nan = _quantize_span(x, i, u, s, lo, z, 0, k)
+    _pad_row(u, i, k)
     return rs - np.int64(k) * z, nan
 
 
@@ -252,6 +267,8 @@ def row_scale_dynamic(amax):
 # The float32 estimate of x / s (csrc/int8_gemm_kernels.h, kTieWindow): y = fl(x * fl(1 / s))
 # rounds as the reference's float64 quotient unless y lies within this much of a half-integer.
 _TIE_WINDOW = 0.5 - 2.0 ** -12
+_F32_TINY = float(np.finfo(np.float32).tiny)     # 1 / s must be a normal float32 for the estimate
+_F32_MAX = float(np.finfo(np.float32).max)
 
 
 @intrinsic
@@ -277,68 +294,33 @@ def _quantize_steps_dynamic(typingctx, x, x_off, steps, inv, s, u, u_off):
         window = ir.Constant(_V16F32, [_TIE_WINDOW] * 16)
         hi, lo = ir.Constant(_V16F64, [127.0] * 16), ir.Constant(_V16F64, [-127.0] * 16)
 
-        zero = ir.Constant(_V16I32, None)
-        entry = builder.block
-        loop = builder.append_basic_block("quant.loop")
-        exact = builder.append_basic_block("quant.exact")
-        merge = builder.append_basic_block("quant.merge")
-        done = builder.append_basic_block("quant.done")
-        builder.cbranch(builder.icmp_signed(">", steps, _c64(0)), loop, done)
+        def body(kk, acc):
+            at = builder.mul(kk, _c64(16))
+            v = builder.load(_vec_ptr(builder, xd, at, _V16F32), align=4)
+            y = builder.fmul(v, vinv)
+            r = builder.call(rint32, [y])
+            near = builder.fcmp_ordered(">", builder.call(fabs, [builder.fsub(y, r)]), window)
+            tie = builder.icmp_unsigned("!=", builder.bitcast(near, _I16), ir.Constant(_I16, 0))
+            fast_q = builder.fptosi(r, _V16I32)
+            fast = builder.block
+            with builder.if_then(tie, likely=False):   # the reference's float64 division, clamped
+                d = builder.call(rint64, [builder.fdiv(builder.fpext(v, _V16F64), vs)])
+                d = builder.select(builder.fcmp_ordered(">", d, hi), hi, d)
+                d = builder.select(builder.fcmp_ordered("<", d, lo), lo, d)
+                exact_q = builder.fptosi(d, _V16I32)
+                exact = builder.block
+            q = builder.phi(_V16I32)
+            q.add_incoming(fast_q, fast)
+            q.add_incoming(exact_q, exact)
+            ub = builder.trunc(builder.add(q, ir.Constant(_V16I32, [128] * 16)), v16i8)
+            builder.store(ub, _vec_ptr(builder, ud, at, v16i8), align=1)
+            return [builder.add(acc[0], q)]   # int32 lanes: |q| <= 127, K / 16 values each
 
-        builder.position_at_end(loop)
-        kk = builder.phi(_I64)
-        acc = builder.phi(_V16I32)
-        at = builder.mul(kk, _c64(16))
-        v = builder.load(_vec_ptr(builder, xd, at, _V16F32), align=4)
-        y = builder.fmul(v, vinv)
-        r = builder.call(rint32, [y])
-        near = builder.fcmp_ordered(">", builder.call(fabs, [builder.fsub(y, r)]), window)
-        tie = builder.icmp_unsigned("!=", builder.bitcast(near, _I16), ir.Constant(_I16, 0))
-        fast_q = builder.fptosi(r, _V16I32)
-        builder.cbranch(tie, exact, merge)
-
-        builder.position_at_end(exact)       # the reference's float64 division, clamped
-        d = builder.call(rint64, [builder.fdiv(builder.fpext(v, _V16F64), vs)])
-        d = builder.select(builder.fcmp_ordered(">", d, hi), hi, d)
-        d = builder.select(builder.fcmp_ordered("<", d, lo), lo, d)
-        exact_q = builder.fptosi(d, _V16I32)
-        builder.branch(merge)
-
-        builder.position_at_end(merge)
-        q = builder.phi(_V16I32)
-        q.add_incoming(fast_q, loop)
-        q.add_incoming(exact_q, exact)
-        ub = builder.trunc(builder.add(q, ir.Constant(_V16I32, [128] * 16)), v16i8)
-        builder.store(ub, _vec_ptr(builder, ud, at, v16i8), align=1)
-        acc_next = builder.add(acc, q)       # int32 lanes: |q| <= 127, K / 16 values each
-        kn = builder.add(kk, _c64(1))
-        builder.cbranch(builder.icmp_signed("<", kn, steps), loop, done)
-        kk.add_incoming(_c64(0), entry)
-        kk.add_incoming(kn, merge)
-        acc.add_incoming(zero, entry)
-        acc.add_incoming(acc_next, merge)
-
-        builder.position_at_end(done)
-        final = builder.phi(_V16I32)
-        final.add_incoming(zero, entry)
-        final.add_incoming(acc_next, merge)
+        (final,) = _k_loop(builder, "quant.k", steps, body, _V16I32, 1)
         reduce_add = _intrinsic_fn(builder, "llvm.vector.reduce.add.v16i32", _I32, [_V16I32])
         return builder.sext(builder.call(reduce_add, [final]), _I64)
 
     return sig, codegen
-
-
-@njit(cache=True, inline="always")
-def _quantize_span_dynamic(x, i, u, s, lo, hi):
-    """u[i, lo:hi] by the reference's float64 division (dynamic: z = 0, clip to +-127); sum q."""
-    rs = 0
-    for j in range(lo, hi):
-        r = np.rint(np.float64(x[i, j]) / s)
-        r = r if r <= 127.0 else 127.0  # noqa: FURB136
-        qi = np.int32(r if r >= -127.0 else -127.0)  # noqa: FURB136
-        rs += qi
-        u[i, j] = np.uint8(qi + 128)
-    return rs
 
 
 def _quantize_row_dynamic_fast(x, i, u, s):
@@ -358,7 +340,7 @@ def _quantize_row_dynamic_fast_impl(x, i, u, s):
 
     def impl(x, i, u, s):
         inv = 1.0 / s
-        if not (1.1754943508222875e-38 <= abs(inv) <= 3.4028234663852886e+38):   # not a normal float32
+        if not (_F32_TINY <= abs(inv) <= _F32_MAX):   # not a normal float32 (quant_estimate_ok)
             return _quantize_row(x, i, u, s, -127.0, 0)[0]
         k = x.shape[1]
         xb = i * k
@@ -366,10 +348,8 @@ def _quantize_row_dynamic_fast_impl(x, i, u, s):
         inv32 = np.float32(inv)
         steps = k // 16
         rs = _quantize_steps_dynamic(x, xb, steps, inv32, s, u, ub)
-        j = 16 * steps
-        rs += _quantize_span_dynamic(x, i, u, s, j, k)
-        for j in range(k, u.shape[1]):
-            u[i, j] = np.uint8(128)
+        rs += _quantize_span(x, i, u, s, -127.0, 0, 16 * steps, k)[0]
+        _pad_row(u, i, k)
         return rs
     return impl
 
