@@ -26,7 +26,7 @@ import pytest
 
 from kernels import registry
 from kernels.core import bounds
-from tests.near_ties import near_tie_rows  # noqa: E402
+from tests.near_ties import near_tie_rows
 from tests.linear_errors import assert_common_refusals
 from kernels.core.layouts import pack_int8
 
