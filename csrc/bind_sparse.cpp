@@ -253,8 +253,11 @@ void bind_sparse(py::module_& m) {
         .def_property_readonly("lanes", [](const qrt::SparseInt8Weight& w) { return std::string(lanes_name(w.lanes)); },
                                "ELL lanes built: 'byte', 'dword' or 'none'")
         .def_property_readonly("ell_vectors", [](const qrt::SparseInt8Weight& w) { return w.ell_vectors; })
-        .def_property_readonly("segment", [](const qrt::SparseInt8Weight& w) { return w.lanes == qrt::EllLanes::none ? 0 : w.seg; },
-                               "bytes of K per ELL segment (64 or 128), 0 when no ELL was built")
+        .def_property_readonly("segment", [](const qrt::SparseInt8Weight& w) { return w.lanes == qrt::EllLanes::none || w.windows ? 0 : w.seg; },
+                               "bytes of K per ELL segment (64 or 128); 0 for sliding windows (the segment option "
+                               "0) and when no ELL was built")
+        .def_property_readonly("windows", [](const qrt::SparseInt8Weight& w) { return w.windows; },
+                               "byte lanes over sliding 64-byte windows (segment option 0) instead of fixed segments")
         .def_property_readonly("quad_rows", [](const qrt::SparseInt8Weight& w) { return w.quad_rows; },
                                "rows per quad group (1 or 4), 0 when no quads were built")
         .def_property_readonly("nquads", [](const qrt::SparseInt8Weight& w) { return w.nquads; })
@@ -270,7 +273,7 @@ void bind_sparse(py::module_& m) {
                 const qrt::SparsePath p = qrt::sparse_choose_path(w, 1, qrt::int8_current_isa());
                 if (p == qrt::SparsePath::ell || p == qrt::SparsePath::ell_avx2 ||
                     (p == qrt::SparsePath::scalar && !w.has_rows))
-                    return static_cast<int64_t>(w.ell_idx.size + w.ell_val.size + w.sptr.size() * 8);
+                    return static_cast<int64_t>(w.ell_idx.size + w.ell_val.size + w.sptr.size() * 8 + w.woff.size * 4);
                 if (p == qrt::SparsePath::quad_tiles)
                     return static_cast<int64_t>(w.qw.size + w.qcol.size() * 2 + w.qptr.size() * 8);
                 if (p == qrt::SparsePath::pairs_avx2)
@@ -285,7 +288,7 @@ void bind_sparse(py::module_& m) {
         .def("__repr__", [](const qrt::SparseInt8Weight& w) {
             return "SparseInt8Weight(N=" + std::to_string(w.n) + ", K=" + std::to_string(w.k) + ", nnz=" +
                    std::to_string(w.nnz) + ", lanes=" + lanes_name(w.lanes) + ", segment=" +
-                   std::to_string(w.lanes == qrt::EllLanes::none ? 0 : w.seg) + ", quad_rows=" +
+                   (w.windows ? std::string("windows") : std::to_string(w.lanes == qrt::EllLanes::none ? 0 : w.seg)) + ", quad_rows=" +
                    std::to_string(w.quad_rows) + ")";
         });
 
@@ -293,7 +296,7 @@ void bind_sparse(py::module_& m) {
                            "'none', 'byte' (refused on CPUs with AVX-512 VNNI but no VBMI), 'dword'; quad_rows: -1 "
                            "auto (bsr with C % 4 == 0: 4 if R % 4 == 0 else 1), 0 none, 1 or 4 (N % 4 == 0); pairs: -1 "
                            "auto (built where the current int8 path is avx2), 0 no, 1 yes (the pairs_avx2 path's); "
-                           "segment: byte lanes' segment bytes, -1 auto (sparse_byte_segment()), 64 or 128.";
+                           "segment: byte lanes' segment bytes, -1 auto (sparse_byte_segment()), 0 (sliding 64-byte windows), 64 or 128.";
     m.def("sparse_int8_csr", &make_csr, py::arg("indptr"), py::arg("indices"), py::arg("qdata"), py::arg("scale"),
           py::arg("shape"), py::arg("lanes") = "auto", py::arg("quad_rows") = -1, py::arg("pairs") = -1, py::arg("segment") = -1,
           (std::string("csr int8 weight: indptr (N+1,) int32/int64, indices (nnz,) uint8/uint16/int32/int64, qdata "
@@ -317,12 +320,12 @@ void bind_sparse(py::module_& m) {
           "activation).");
     m.def("sparse_has_vbmi", &qrt::sparse_has_vbmi, "Whether the CPU has AVX-512 VBMI (byte-lane ELL).");
     m.def("sparse_byte_segment", &qrt::sparse_byte_segment,
-          "The segment (64 or 128 bytes of K) byte-lane ELL is built with by default, for the current int8 path "
-          "(csrc/sparse_gemm.h).");
+          "The segment option byte-lane ELL is built with by default, for the current int8 path: 64 (bytes of K) "
+          "or 0 (sliding 64-byte windows) (csrc/sparse_gemm.h).");
     m.def("sparse_segment_tolerance", &qrt::sparse_segment_tolerance, py::arg("wide_vectors"),
           "On AVX-512 paths where sparse_byte_segment() is 64: the most vectors (as a multiple of the 128-byte "
-          "form's wide_vectors) a weight's 64-byte byte-lane form may need and still be built over 64 "
-          "(csrc/sparse_gemm.h).");
+          "form's wide_vectors) a weight's 64-byte byte-lane form may need and still be built over 64, else "
+          "sliding windows (csrc/sparse_gemm.h).");
     m.def("sparse_permute_probe", &qrt::sparse_permute_probe,
           "(vpermi2b, vpermb) nanoseconds per (permute, vpdpbusd) pair, best of 5 short loops; (0, 0) without "
           "AVX-512 VBMI + VNNI.");

@@ -204,7 +204,62 @@ int64_t ell_build(const SparseRows& rows, int64_t nblk, int64_t seg, EllLanes la
     return sptr.back();
 }
 
+// Byte-lane ELL over sliding 64-byte windows of `rows` (sparse_gemm.h): per block, each vector's
+// window starts at the lowest column any of the 16 rows still has to place (at most
+// round_up(K, 64) - 64, so the window stays inside a row of u), and each row places up to 4 of
+// its next stored values inside the window. Fixed segments make every segment cost as many
+// vectors as its fullest row needs there; a window follows the rows, so at 90% random masks a
+// block needs ~0.69x the vectors of 64-byte segments (0.83x of 128-byte ones) at the same 128
+// bytes a vector. Counting (idx == nullptr): fills sptr (nblk + 1,) and returns the vector
+// count; filling: writes idx / val (zeroed by the caller) and woff (vectors,).
+int64_t ell_build_windows(const SparseRows& rows, int64_t nblk, std::vector<int64_t>& sptr, uint8_t* idx, int8_t* val,
+                          int32_t* woff) {
+    const bool fill = idx != nullptr;
+    const int64_t last = round_up(rows.k, kSparseSegmentNarrow) - kSparseSegmentNarrow;
+    if (!fill) sptr.assign(nblk + 1, 0);
+    std::vector<int64_t> cur(kSparseBlockRows), stop(kSparseBlockRows);
+    for (int64_t b = 0; b < nblk; ++b) {
+        const int64_t r0 = b * kSparseBlockRows, nr = std::min(kSparseBlockRows, rows.n - r0);
+        for (int64_t i = 0; i < nr; ++i) {
+            cur[i] = rows.indptr[r0 + i];
+            stop[i] = rows.indptr[r0 + i + 1];
+        }
+        int64_t v = sptr[b];
+        for (;; ++v) {
+            int64_t o = rows.k;
+            for (int64_t i = 0; i < nr; ++i)
+                if (cur[i] < stop[i]) o = std::min<int64_t>(o, rows.cols[cur[i]]);
+            if (o == rows.k) break;   // every row placed
+            o = std::min(o, last);
+            if (fill) woff[v] = static_cast<int32_t>(o);
+            for (int64_t i = 0; i < nr; ++i)
+                for (int64_t e = 0; e < 4 && cur[i] < stop[i] && rows.cols[cur[i]] < o + kSparseSegmentNarrow; ++e, ++cur[i])
+                    if (fill) {
+                        const int64_t at = v * 64 + 4 * i + e;   // lane i, byte e
+                        idx[at] = static_cast<uint8_t>(rows.cols[cur[i]] - o);
+                        val[at] = rows.vals[cur[i]];
+                    }
+        }
+        if (!fill) sptr[b + 1] = v;
+    }
+    return sptr.back();
+}
+
 void ell_pack(SparseInt8Weight& w, EllLanes lanes, int64_t seg) {
+    if (seg == kSparseWindows) {   // byte lanes over sliding windows
+        w.lanes = EllLanes::byte;
+        w.windows = true;
+        w.seg = kSparseSegmentNarrow;
+        w.nseg = 1;
+        w.ell_vectors = ell_build_windows(w.rows, w.nblk, w.sptr, nullptr, nullptr, nullptr);
+        w.ell_idx.allocate(static_cast<size_t>(w.ell_vectors * 64));
+        w.ell_val.allocate(static_cast<size_t>(w.ell_vectors * 64));
+        w.woff.allocate(static_cast<size_t>(std::max<int64_t>(1, w.ell_vectors)));
+        std::fill(w.ell_idx.get(), w.ell_idx.get() + w.ell_idx.size, uint8_t(0));   // unused lanes: weight 0
+        std::fill(w.ell_val.get(), w.ell_val.get() + w.ell_val.size, int8_t(0));
+        ell_build_windows(w.rows, w.nblk, w.sptr, w.ell_idx.get(), w.ell_val.get(), w.woff.get());
+        return;
+    }
     w.lanes = lanes;
     w.seg = seg;
     w.nseg = (w.k + seg - 1) / seg;
@@ -324,9 +379,18 @@ int64_t sparse_byte_segment() {
     // (1.13-1.22x) at times (a busy host), and a 1.25x margin then packed a whole process's
     // weights over 128 bytes, which ran MiniLM's 80% model 2-26% slower than 64 in every round
     // measured (benchmarks/RESULTS.md, "The segment probe depended on the host's state"). The
-    // packer's 1.2x vector-growth rule still keeps 128 where 64 would pad too much.
-    if (!int8_isa_is_avx512_class(int8_current_isa())) return kSparseSegmentNarrow;   // AVX2-class or scalar: fewer lookups
-    return permute_gain() > 1.05 ? kSparseSegmentNarrow : kSparseSegment;
+    // packer's 1.2x vector-growth rule still leaves 64 where it would pad too much.
+    // Sliding windows (0) wherever 128 would have been taken, and on AVX2-class and scalar
+    // paths: X (Intel Xeon, Golden Cove) masked to AVX2, csr 90%, 1 / 2 threads, us, 64-byte
+    // segments -> windows: (768, 3072) M = 1 42.3 -> 29.1 / 25.9 -> 18.1, M = 4 123 -> 86 / 68
+    // -> 46; (768, 768) M = 4 31.5 -> 22.8 / 18.6 -> 14.0; (4096, 4096) M = 1 395 -> 230 / 193
+    // -> 107 (M >= 8 runs the pairs there). On AVX-512 a window's tables are loaded per vector
+    // and row, where a segment's stay in registers: as AVX-512 VNNI, 64-byte segments ->
+    // windows, 2 threads: (768, 768) M = 1 3.2 -> 2.8, M = 16 12.1 -> 12.6; (3072, 768) M = 16
+    // 34 -> 40; against 128-byte segments (the 16-45 MB LLM shapes): (4096, 4096) M = 1 66.7 ->
+    // 43.7, M = 16 262 -> 224. So 64 stays where the probe favours vpermb; windows replace 128.
+    if (!int8_isa_is_avx512_class(int8_current_isa())) return kSparseWindows;   // AVX2-class or scalar
+    return permute_gain() > 1.05 ? kSparseSegmentNarrow : kSparseWindows;
 }
 
 namespace {
@@ -359,7 +423,7 @@ void pairs_pack(SparseInt8Weight& w) {
 size_t SparseInt8Weight::nbytes() const {
     return rows.indptr.size() * sizeof(int64_t) + rows.cols.size() * sizeof(int32_t) + rows.vals.size() +
            rowsum.size * sizeof(int64_t) + scale.size * sizeof(double) + corr0.size * sizeof(int32_t) +
-           sptr.size() * sizeof(int64_t) +
+           sptr.size() * sizeof(int64_t) + woff.size * sizeof(int32_t) +
            ell_idx.size + ell_val.size + qptr.size() * sizeof(int64_t) + qcol.size() * sizeof(uint16_t) + qw.size +
            pptr.size() * sizeof(int64_t) + pcol.size() * sizeof(uint16_t) + pw.size * sizeof(int32_t);
 }
@@ -384,8 +448,9 @@ SparseInt8Weight sparse_int8_pack(SparseRows rows, const float* scale, const Spa
     for (int64_t r = 0; r < w.npad; ++r) w.corr0[r] = static_cast<int32_t>(static_cast<uint32_t>(128 * w.rowsum[r]));
     w.nblk = w.npad / kSparseBlockRows;
     w.nseg = (w.k + kSparseSegment - 1) / kSparseSegment;
-    if (!(opt.segment == -1 || opt.segment == kSparseSegmentNarrow || opt.segment == kSparseSegment))
-        fail("segment must be -1 (auto), 64 or 128, got " + str(opt.segment));
+    if (!(opt.segment == -1 || opt.segment == kSparseWindows || opt.segment == kSparseSegmentNarrow ||
+          opt.segment == kSparseSegment))
+        fail("segment must be -1 (auto), 0 (sliding windows), 64 or 128, got " + str(opt.segment));
     if (opt.lanes == static_cast<int>(EllLanes::byte) && !sparse_byte_lanes_supported())
         fail("ELL byte lanes need AVX-512 VBMI (vpermi2b) on a CPU with AVX-512 VNNI, and this one does not have it");
     if (opt.quad_rows == 4 && w.n % 4) fail("quads of 4 rows need N % 4 == 0, got N = " + str(w.n));
@@ -403,7 +468,7 @@ SparseInt8Weight sparse_int8_pack(SparseRows rows, const float* scale, const Spa
     if (quad_rows > 0) quads_pack(w, quad_rows);
 
     int lanes = opt.lanes;
-    int64_t byte_seg = opt.segment > 0 ? opt.segment : sparse_byte_segment();
+    int64_t byte_seg = opt.segment >= 0 ? opt.segment : sparse_byte_segment();
     const bool may_be_bytes = lanes < 0 || lanes == static_cast<int>(EllLanes::byte);
     if (opt.segment < 0 && may_be_bytes && byte_seg == kSparseSegmentNarrow &&
         int8_isa_is_avx512_class(int8_current_isa()) && sparse_byte_lanes_supported()) {
@@ -419,20 +484,23 @@ SparseInt8Weight sparse_int8_pack(SparseRows rows, const float* scale, const Spa
         // weights whose vectors stay in a core's L2 (up to kSegmentToleranceBytes): a larger
         // one streams from memory at M = 1, where 64 then ran 1.2-1.6x slower (the 16-45 MB
         // LLM shapes; at M = 16 1.26-1.31x faster, at M = 1 on the MiniLM / BERT shapes 0-10%
-        // slower; RESULTS.md, "The narrow segments on Golden Cove"). (The AVX2 kernel takes 64
-        // always: 1.18-1.29x faster at every M measured, M = 1 included, at 1.2x the vectors.)
+        // slower; RESULTS.md, "The narrow segments on Golden Cove"). (The AVX2 kernel took 64
+        // always: 1.18-1.29x faster at every M measured, M = 1 included, at 1.2x the vectors;
+        // now windows.) Those measurements set 64 against 128; sliding windows, which need
+        // fewer vectors than either (~0.82x of 128 at 90%), now take 128's place in this rule.
         std::vector<int64_t> counts;
         const int64_t narrow = ell_build(w.rows, w.nblk, kSparseSegmentNarrow, EllLanes::byte, counts, nullptr, nullptr);
         const int64_t wide = ell_build(w.rows, w.nblk, kSparseSegment, EllLanes::byte, counts, nullptr, nullptr);
         if (static_cast<double>(narrow) >= sparse_segment_tolerance(wide) * static_cast<double>(wide))
-            byte_seg = kSparseSegment;
+            byte_seg = kSparseWindows;   // where 128-byte segments would have been taken (sparse_byte_segment)
     }
     if (lanes < 0) {   // the denser of the two: byte lanes are 128 bytes per vector, dword lanes 80
         std::vector<int64_t> counts;
         const int64_t dword_bytes = ell_build(w.rows, w.nblk, kSparseSegment, EllLanes::dword, counts, nullptr, nullptr) * 80;
-        const int64_t byte_bytes = sparse_byte_lanes_supported()
-                                       ? ell_build(w.rows, w.nblk, byte_seg, EllLanes::byte, counts, nullptr, nullptr) * 128
-                                       : -1;
+        const int64_t byte_vectors =
+            byte_seg == kSparseWindows ? ell_build_windows(w.rows, w.nblk, counts, nullptr, nullptr, nullptr)
+                          : ell_build(w.rows, w.nblk, byte_seg, EllLanes::byte, counts, nullptr, nullptr);
+        const int64_t byte_bytes = sparse_byte_lanes_supported() ? byte_vectors * 128 : -1;
         lanes = static_cast<int>(byte_bytes >= 0 && byte_bytes < dword_bytes ? EllLanes::byte : EllLanes::dword);
     }
     if (lanes != static_cast<int>(EllLanes::none)) {
@@ -479,8 +547,9 @@ void scalar_ell_block(const Problem& p, int64_t b) {
     for (int64_t mm = 0; mm < p.m; ++mm) {
         int64_t raw[kSparseBlockRows] = {};
         for (int64_t s = 0; s < w.nseg; ++s) {
-            const uint8_t* u = p.u + mm * p.ldu + s * w.seg;
+            const uint8_t* row = p.u + mm * p.ldu + s * w.seg;
             for (int64_t v = w.sptr[b * w.nseg + s]; v < w.sptr[b * w.nseg + s + 1]; ++v) {
+                const uint8_t* u = w.windows ? p.u + mm * p.ldu + w.woff[v] : row;
                 const int8_t* val = w.ell_val.get() + v * 64;
                 for (int64_t i = 0; i < kSparseBlockRows; ++i)
                     for (int64_t j = 0; j < 4; ++j) {
@@ -527,12 +596,16 @@ constexpr int64_t kPairsOwnCopyTiles = 2;
 // 96 K lane-MACs 4.6 us on one thread, 5.6 us on two; (768, 3072) with 393 K, 12.7 us on one,
 // 10.6 us on two.
 constexpr int64_t kParallelMinWork = int64_t(1) << 18;
-// The AVX2 ELL kernel (also the AVX-VNNI path's) takes about 3x as long per lane as AVX-512's
-// (a tree of lookups where AVX-512 has one vpermb), the AVX2 pairs kernel about as long per
-// unit of its work: their work counts this many times. Measured on X (Intel Xeon) masked to
-// AVX2, csr 90 %, us, one thread / two: ELL M = 1 (768, 768), 115 K lane-MACs: 10.6 / 7.6,
-// (384, 1536) 11.0 / 7.6, (384, 384), 30 K: 3.6 / 3.7; pairs M = 16 (384, 384), 236 K: 20.8 / 18.2-19.1.
+// The AVX2 pairs kernel takes about 3x as long per unit of its work as AVX-512 ELL per lane:
+// its work counts this many times. Measured on X (Intel Xeon) masked to AVX2, csr 90 %, us,
+// one thread / two: pairs M = 16 (384, 384), 236 K: 20.8 / 18.2-19.1.
 constexpr int64_t kAvx2WorkWeight = 3;
+// The AVX2 ELL kernel (also the AVX-VNNI path's) over sliding windows: about 4-5x AVX-512's
+// time per lane (a tree of lookups where AVX-512 has one vpermb, on whole vectors: windows
+// skip no zero half). X masked to AVX2, csr 90 %, M = 1, us, one thread / two: (384, 1152),
+// 59 K lanes, 6.8 / 5.4; (384, 1536) and (768, 768), 78 K: 8.9 / 6.5, 7.9 / 6.3; (384, 384),
+// 20 K: 3.2 / 3.5; M = 4 (384, 384), 78 K: 6.9 / 5.6.
+constexpr int64_t kAvx2EllWorkWeight = 5;
 
 }  // namespace
 
@@ -653,7 +726,8 @@ void sparse_int8_linear_isa(const SparseInt8Weight& w, const float* x, int64_t m
         default: items = w.nblk; work = w.nnz * m; break;
     }
     int nt = std::max(1, threads);
-    if (path == SparsePath::ell_avx2 || path == SparsePath::pairs_avx2) work *= kAvx2WorkWeight;
+    if (path == SparsePath::ell_avx2) work *= kAvx2EllWorkWeight;
+    if (path == SparsePath::pairs_avx2) work *= kAvx2WorkWeight;
     if (work < kParallelMinWork) nt = 1;
     AlignedArray<uint8_t> xq;   // quad tiles: (tiles, ldu / 4, 16, 4)
     if (quads) xq.allocate(static_cast<size_t>(mpad * ldu));

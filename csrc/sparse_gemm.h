@@ -32,10 +32,10 @@
 //                 segments) or vpermb (64) (AVX-512 VBMI) or, on AVX2, vpshufb + selects; any
 //                 pattern (csr, nm, bsr whose blocks are not 4-column aligned). Not built on
 //                 CPUs with AVX-512 VNNI but no VBMI (their vector path could not read them).
-//                 The segment is sparse_byte_segment()'s unless forced (on AVX-512, 128 for a
-//                 weight whose 64-byte form needs sparse_segment_tolerance(its 128-byte
-//                 vectors) x the vectors or
-//                 more: see the packer).
+//                 The segment is sparse_byte_segment()'s unless forced (on AVX-512, sliding
+//                 windows (below) for a weight whose 64-byte form needs
+//                 sparse_segment_tolerance(its 128-byte vectors) x the vectors or more: see
+//                 the packer).
 //                 Narrower segments pad more (a vector holds as many weights as the fullest of
 //                 its 16 rows has in the segment: 6-18% more vectors on MiniLM's 80% weights,
 //                 20-21% on 90% random masks) but fetch for less (on
@@ -47,7 +47,21 @@
 //                 nothing is stored); activations fetched with vpermi2d. Denser than byte
 //                 lanes when the stored weights come in aligned quads (bsr 1x4, 2x4, ...).
 //   The vectors of one (block, segment) are as many as its fullest row needs; unused lanes
-//   hold weight 0. The packer keeps the lane kind of fewer bytes. M = 1 streams every vector
+//   hold weight 0. The packer keeps the lane kind of fewer bytes.
+//     sliding windows (byte lanes, segment option 0): each vector of a block carries its own
+//                 64-byte window of the activation row, starting at woff[v], the lowest column
+//                 any of its 16 rows still has to place (at most round_up(K, 64) - 64); each row
+//                 places up to 4 of its next stored weights inside the window, the index byte
+//                 being the offset in it. A fixed segment costs as many vectors as its fullest
+//                 row needs there, padding the others; a window moves on with the rows, so at
+//                 90% random masks a block needs ~0.69x the vectors of 64-byte segments and
+//                 ~0.82x of 128-byte ones, at the same 128 bytes a vector (+ 4 for woff). The
+//                 kernels load each window per vector and activation row (vpermb on AVX-512,
+//                 the 64-byte lookup tree on AVX2), where a segment's tables stay in registers
+//                 for its vectors: so windows win where the vectors' bytes or count bound the
+//                 call (M = 1, AVX2 at every M its ELL runs, the LLM shapes), and 64-byte
+//                 segments keep M >= 16 on AVX-512 for weights that fit a core's L2
+//                 (sparse_byte_segment). M = 1 streams every vector
 //   once; larger M reuses each vector for 4 activation rows at a time (8 table registers), 8
 //   with 64-byte segments.
 //   Once ELL exists the canonical rows are dropped and the scalar path reads the vectors.
@@ -101,6 +115,7 @@ namespace qrt {
 constexpr int64_t kSparseBlockRows = 16;    // output rows per ELL block (16 int32 lanes)
 constexpr int64_t kSparseSegment = 128;     // activation bytes per ELL segment (2 zmm tables), the most
 constexpr int64_t kSparseSegmentNarrow = 64;  // byte lanes may use this instead: one zmm table (vpermb)
+constexpr int64_t kSparseWindows = 0;         // the segment option of byte lanes over sliding 64-byte windows
 constexpr int64_t kSparseTileRows = 16;     // activation rows per quad tile (16 int32 lanes)
 
 // Canonical row form of a sparse int8 weight's 2-D view (N, K): what every layout is
@@ -154,8 +169,13 @@ struct SparseInt8Weight {
     // ELL (lanes != none)
     EllLanes lanes = EllLanes::none;
     int64_t seg = kSparseSegment;     // ELL segment bytes: 128, or 64 for byte lanes (sparse_byte_segment)
-    int64_t nblk = 0, nseg = 0;       // ceil(N / 16), ceil(K / seg)
+    int64_t nblk = 0, nseg = 0;       // ceil(N / 16), ceil(K / seg) (windows: 1)
     std::vector<int64_t> sptr;        // (nblk * nseg + 1,): vectors of (block b, segment s)
+    // Byte lanes over sliding windows (segment option 0): each vector has its own 64-byte window
+    // of the activation row, starting at woff[v] (any byte, <= ldu - 64), and nseg = 1, so
+    // sptr[b] .. sptr[b + 1] are block b's vectors in window order.
+    bool windows = false;
+    AlignedArray<int32_t> woff;       // (vectors,) windows only
     AlignedArray<uint8_t> ell_idx;    // (vectors, 64) byte lanes, (vectors, 16) dword lanes
     AlignedArray<int8_t> ell_val;     // (vectors, 64)
     int64_t ell_vectors = 0;
@@ -197,20 +217,23 @@ bool sparse_has_vbmi();
 // Whether byte-lane ELL may be built: the AVX-512 kernel reads it with VBMI only, the AVX2 and
 // scalar ones always; so everywhere except on CPUs with AVX-512 VNNI but no VBMI.
 bool sparse_byte_lanes_supported();
-// The segment byte lanes are built with by default: 64 where the int8 path at pack time is
-// AVX2-class (the AVX2 lookup of a 64-byte segment is 4 shuffles + 3 selects, of a 128-byte one
-// 8 + 7) or where the CPU's one-table byte permute (vpermb) runs a (permute, vpdpbusd) pair
-// at least 1.05x faster than the two-table one (vpermi2b): measured once per process by a short
+// The segment option byte lanes are built with by default: kSparseWindows (0, sliding windows)
+// where the int8 path at pack time is AVX2-class or scalar (the AVX2 lookup of 64 bytes is 4
+// shuffles + 3 selects, of 128 bytes 8 + 7, and windows need the fewest vectors); on AVX-512,
+// 64 where the CPU's one-table byte permute (vpermb) runs a (permute, vpdpbusd) pair at least
+// 1.05x faster than the two-table one (vpermi2b): measured once per process by a short
 // register-only loop (sparse_permute_probe; a busy host moves it, on Zen 4 between 1.13x and
-// 1.48x: sparse_gemm.cpp); 128 otherwise. Both are exact; only the speed differs.
+// 1.48x: sparse_gemm.cpp); windows otherwise (where 128-byte segments were built before). All
+// are exact; only the speed differs.
 int64_t sparse_byte_segment();
 // The probe behind it: nanoseconds per (permute, vpdpbusd) pair for vpermi2b and vpermb (best of
 // a few short runs), or {0, 0} without AVX-512 VBMI + VNNI.
 std::pair<double, double> sparse_permute_probe();
-// Where that segment is 64 on an AVX-512 path, the packer still takes 128 for a weight whose
-// 64-byte form needs this many times the vectors of its 128-byte form (wide_vectors of them) or
-// more: 1.2, or 0.9 x the probe's gain (vpermi2b pair / vpermb pair, at most 2) where the gain
-// is 1.6 or more and the 128-byte vectors take at most 1 MiB (sparse_gemm.cpp).
+// Where that segment is 64 on an AVX-512 path, the packer still takes sliding windows for a
+// weight whose 64-byte form needs this many times the vectors of its 128-byte form (wide_vectors
+// of them) or more: 1.2, or 0.9 x the probe's gain (vpermi2b pair / vpermb pair, at most 2)
+// where the gain is 1.6 or more and the 128-byte vectors take at most 1 MiB (sparse_gemm.cpp;
+// the rule chose 128-byte segments before windows existed, which need fewer vectors still).
 double sparse_segment_tolerance(int64_t wide_vectors);
 
 // Y (M, N) = epilogue(quant(X) @ W.T) as above. x (M, K) float32 row-major, bias float64

@@ -86,7 +86,7 @@ QRT_TARGET_AVX2 inline __m256i blend_dword(__m256i a, __m256i b, __m256i mask) {
 // vpshufb of the 16 bytes t[16 j ..] (the same table in both 128-bit halves) by the offsets'
 // low 4 bits; their bit 7 is clear (offsets < 128), so no byte is zeroed.
 QRT_TARGET_AVX2 inline __m256i shuffle16(const uint8_t* t, int j, __m256i sel) {
-    const __m128i table = _mm_load_si128(reinterpret_cast<const __m128i*>(t + 16 * j));
+    const __m128i table = _mm_loadu_si128(reinterpret_cast<const __m128i*>(t + 16 * j));   // windows: any byte
     return _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(table), sel);
 }
 
@@ -155,7 +155,7 @@ QRT_TARGET_AVX2 inline bool half_is_zero(const int8_t* val) {
 // Half h (rows 16 b + 8 h ..) of block b, activation rows m0 .. m0 + ROWS - 1. Named
 // accumulators, not an array: GCC 12 copies an array of vectors through the stack on every
 // step (int8_gemm_avx512.cpp).
-template <bool kByte, bool kSeg64, int ROWS>
+template <bool kByte, bool kSeg64, bool kWin, int ROWS>
 QRT_TARGET_AVX2 void ell_half(const Problem& p, int64_t b, int h, int64_t m0) {
     static_assert(ROWS >= 1 && ROWS <= 4, "one accumulator per activation row");
     const SparseInt8Weight& w = *p.w;
@@ -166,12 +166,14 @@ QRT_TARGET_AVX2 void ell_half(const Problem& p, int64_t b, int h, int64_t m0) {
     const int64_t ldu = p.ldu;
     __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
     for (int64_t s = 0; s < w.nseg; ++s) {
-        const uint8_t* t = p.u + m0 * ldu + s * w.seg;
+        const uint8_t* seg = p.u + m0 * ldu + s * w.seg;
         // a segment's vectors are as many as the fullest of 16 rows needs, and every row fills
         // a prefix of them: the ones past this half's fullest row are all 0 here, skipped
+        // (windows: one run of vectors per block, in window order, none skipped)
         int64_t v1 = sp[s + 1];
-        while (v1 > sp[s] && half_is_zero(val + (v1 - 1) * 64)) --v1;
+        while (!kWin && v1 > sp[s] && half_is_zero(val + (v1 - 1) * 64)) --v1;
         for (int64_t v = sp[s]; v < v1; ++v) {
+            const uint8_t* t = kWin ? p.u + m0 * ldu + w.woff[v] : seg;
             const HalfIndex d = decode<kByte>(idx + v * kIdx);
             __m256i wh, wl;
             split_weights(_mm256_load_si256(reinterpret_cast<const __m256i*>(val + v * 64)), wh, wl);
@@ -188,17 +190,17 @@ QRT_TARGET_AVX2 void ell_half(const Problem& p, int64_t b, int h, int64_t m0) {
     if constexpr (ROWS > 3) store_rows8(a3, p, n0, m0 + 3, p.corr);
 }
 
-template <bool kByte, bool kSeg64>
+template <bool kByte, bool kSeg64, bool kWin = false>
 void ell_blocks(const Problem& p, int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
         for (int h = 0; h < 2; ++h) {
             if (b * kSparseBlockRows + 8 * h >= p.w->n) break;   // a half of padding rows only
             int64_t m0 = 0;
-            for (; m0 + 4 <= p.m; m0 += 4) ell_half<kByte, kSeg64, 4>(p, b, h, m0);
+            for (; m0 + 4 <= p.m; m0 += 4) ell_half<kByte, kSeg64, kWin, 4>(p, b, h, m0);
             switch (p.m - m0) {
-                case 3: ell_half<kByte, kSeg64, 3>(p, b, h, m0); break;
-                case 2: ell_half<kByte, kSeg64, 2>(p, b, h, m0); break;
-                case 1: ell_half<kByte, kSeg64, 1>(p, b, h, m0); break;
+                case 3: ell_half<kByte, kSeg64, kWin, 3>(p, b, h, m0); break;
+                case 2: ell_half<kByte, kSeg64, kWin, 2>(p, b, h, m0); break;
+                case 1: ell_half<kByte, kSeg64, kWin, 1>(p, b, h, m0); break;
                 default: break;
             }
         }
@@ -208,7 +210,9 @@ void ell_blocks(const Problem& p, int64_t b0, int64_t b1) {
 }  // namespace
 
 void ell_blocks_avx2(const Problem& p, int64_t b0, int64_t b1) {
-    if (p.w->lanes == EllLanes::byte && p.w->seg == kSparseSegmentNarrow)
+    if (p.w->windows)
+        ell_blocks<true, true, true>(p, b0, b1);
+    else if (p.w->lanes == EllLanes::byte && p.w->seg == kSparseSegmentNarrow)
         ell_blocks<true, true>(p, b0, b1);
     else if (p.w->lanes == EllLanes::byte)
         ell_blocks<true, false>(p, b0, b1);

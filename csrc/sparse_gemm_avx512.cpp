@@ -151,6 +151,86 @@ QRT_TARGET_AVX512_VBMI void ell_block(const Problem& p, int64_t b, int64_t m0) {
     }
 }
 
+// acc + vpdpbusd(x, w) updated in place. Inline asm because GCC 12 compiles the intrinsic in
+// the windows loop with a register copy per accumulator and vector (see dpbusd_bcst below).
+QRT_TARGET_AVX512 inline void dpbusd_into(__m512i& acc, __m512i x, __m512i w) {
+    __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(x), "v"(w));
+}
+
+// The same over sliding windows (sparse_gemm.h): vector v's table is the 64 bytes of each
+// activation row from woff[v], loaded with the vector (one unaligned load per row and vector,
+// where fixed segments load theirs once per segment); vpermb as for 64-byte segments.
+template <int ROWS, bool kPrefetch = false>
+QRT_TARGET_AVX512_VBMI void ell_block_windows(const Problem& p, int64_t b, int64_t m0) {
+    static_assert(ROWS == 1 || ROWS == 4 || ROWS == 8, "8 rows at most");
+    const SparseInt8Weight& w = *p.w;
+    const uint8_t* idx = w.ell_idx.get();
+    const int8_t* val = w.ell_val.get();
+    const int32_t* woff = w.woff.get();
+    const int64_t ldu = p.ldu;
+    const uint8_t* u = p.u + m0 * ldu;
+    const int64_t v0 = w.sptr[b], v1 = w.sptr[b + 1];
+    int64_t v = v0;
+    if constexpr (ROWS > 1) {
+        // named accumulators, not an array: GCC 12 copied an array of them through other
+        // registers around every vpdpbusd here (16 extra moves a vector at 8 rows)
+        __m512i a0 = zero(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+        for (; v < v1; ++v) {
+            if constexpr (kPrefetch) ell_prefetch<64>(idx, val, v + kEllPrefetchAhead);
+            const __m512i iv = _mm512_load_si512(idx + v * 64);
+            const __m512i wv = _mm512_load_si512(val + v * 64);
+            const uint8_t* t = u + woff[v];
+// (a macro: a lambda would not carry the function's target attributes)
+#define QRT_ROW(r) _mm512_permutexvar_epi8(iv, _mm512_loadu_si512(t + (r) * ldu))
+            dpbusd_into(a0, QRT_ROW(0), wv);
+            dpbusd_into(a1, QRT_ROW(1), wv);
+            dpbusd_into(a2, QRT_ROW(2), wv);
+            dpbusd_into(a3, QRT_ROW(3), wv);
+            if constexpr (ROWS == 8) {
+                dpbusd_into(a4, QRT_ROW(4), wv);
+                dpbusd_into(a5, QRT_ROW(5), wv);
+                dpbusd_into(a6, QRT_ROW(6), wv);
+                dpbusd_into(a7, QRT_ROW(7), wv);
+            }
+#undef QRT_ROW
+        }
+        const int64_t n0 = b * kSparseBlockRows;
+        store_rows16(a0, p, n0, m0);
+        store_rows16(a1, p, n0, m0 + 1);
+        store_rows16(a2, p, n0, m0 + 2);
+        store_rows16(a3, p, n0, m0 + 3);
+        if constexpr (ROWS == 8) {
+            store_rows16(a4, p, n0, m0 + 4);
+            store_rows16(a5, p, n0, m0 + 5);
+            store_rows16(a6, p, n0, m0 + 6);
+            store_rows16(a7, p, n0, m0 + 7);
+        }
+    } else {
+        __m512i a0 = zero(), a1 = a0;   // two accumulators, alternating (vpdpbusd's latency)
+#define QRT_VEC(v) _mm512_permutexvar_epi8(_mm512_load_si512(idx + (v) * 64), _mm512_loadu_si512(u + woff[v]))
+        for (; v + 2 <= v1; v += 2) {
+            dpbusd_into(a0, QRT_VEC(v), _mm512_load_si512(val + v * 64));
+            dpbusd_into(a1, QRT_VEC(v + 1), _mm512_load_si512(val + (v + 1) * 64));
+        }
+        if (v < v1) dpbusd_into(a0, QRT_VEC(v), _mm512_load_si512(val + v * 64));
+#undef QRT_VEC
+        store_rows16(_mm512_add_epi32(a0, a1), p, b * kSparseBlockRows, m0);   // wrapping, as the lanes
+    }
+}
+
+QRT_TARGET_AVX512_VBMI void ell_blocks_windows(const Problem& p, int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+        int64_t m0 = 0;
+        if (p.m >= kEllPrefetchMinRows) {
+            ell_block_windows<8, true>(p, b, 0);
+            m0 = 8;
+        }
+        for (; m0 + 8 <= p.m; m0 += 8) ell_block_windows<8>(p, b, m0);
+        for (; m0 + 4 <= p.m; m0 += 4) ell_block_windows<4>(p, b, m0);
+        for (; m0 < p.m; ++m0) ell_block_windows<1>(p, b, m0);
+    }
+}
+
 template <Fetch kF>
 QRT_TARGET_AVX512_VBMI void ell_blocks(const Problem& p, int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
@@ -171,7 +251,9 @@ QRT_TARGET_AVX512_VBMI void ell_blocks(const Problem& p, int64_t b0, int64_t b1)
 }  // namespace
 
 void ell_blocks_avx512(const Problem& p, int64_t b0, int64_t b1) {
-    if (p.w->lanes == EllLanes::dword)
+    if (p.w->windows)
+        ell_blocks_windows(p, b0, b1);
+    else if (p.w->lanes == EllLanes::dword)
         ell_blocks<Fetch::dword>(p, b0, b1);
     else if (p.w->seg == kSparseSegmentNarrow)
         ell_blocks<Fetch::byte64>(p, b0, b1);

@@ -47,12 +47,15 @@ EXACT_ACT_QUANT = ("dynamic", "static")
 
 def byte_segment() -> int:
     """Columns per segment of the byte-lane ELL the native packer builds now
-    (``_native.sparse_byte_segment``: 64 or 128); 128 where the native backend is unavailable
-    (no backend reads ELL then, and the order changes no result either way). The packer may
-    still keep 128 for a very sparse weight (csrc/sparse_gemm.cpp); the order stays exact."""
+    (``_native.sparse_byte_segment``: 64, or sliding 64-column windows, modelled here as
+    64-column segments: a window, like a segment, costs as many vectors as its fullest row
+    needs, so rows of like density side by side fill both); 128 where the native backend is
+    unavailable (no backend reads ELL then, and the order changes no result either way). The
+    packer may still take windows for a very sparse weight (csrc/sparse_gemm.cpp); the order
+    stays exact."""
     if registry.backend_status("native") is not None:
         return SEGMENT
-    return registry.backend_module("native").ell_byte_segment()
+    return registry.backend_module("native").ell_byte_segment() or 64
 
 
 def ell_vectors(indptr: np.ndarray, indices: np.ndarray, n: int, k: int, order: np.ndarray | None = None,

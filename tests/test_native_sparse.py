@@ -38,9 +38,10 @@ if _REASON is None:
     VECTOR = VNNI or AVX2
     # byte-lane ELL is built everywhere but on VNNI CPUs without VBMI (csrc/sparse_gemm.h)
     BYTE_LANES = _native.sparse_has_vbmi() or not VNNI
-    # (lanes, segment): byte lanes over 64- and 128-byte segments (sparse_byte_segment picks one
-    # per CPU; both are forced here), dword lanes over 128
-    BYTE_FORMS = (("byte", 64), ("byte", 128))
+    # (lanes, segment): byte lanes over 64- and 128-byte segments and over sliding 64-byte
+    # windows (segment 0) (sparse_byte_segment picks one per CPU; all are forced here), dword
+    # lanes over 128
+    BYTE_FORMS = (("byte", 64), ("byte", 128), ("byte", 0))
     LANES = (BYTE_FORMS if _native.sparse_has_vbmi() else ()) + (("dword", -1),)   # AVX-512 ELL
     AVX2_LANES = (BYTE_FORMS if BYTE_LANES else ()) + (("dword", -1),)
 else:  # pragma: no cover
@@ -404,12 +405,30 @@ def test_automatic_path_choice(restore_native_state):
     assert {w.path(m) for w in everything for m in (1, 128)} == {"scalar"}
 
 
+def window_vectors(indptr: np.ndarray, indices: np.ndarray, n: int, k: int) -> int:
+    """Vectors of byte-lane ELL over sliding 64-byte windows (csrc/sparse_gemm.cpp,
+    ell_build_windows), counted independently: per block of 16 rows, each window starts at the
+    lowest column any row still has to place (at most round_up(K, 64) - 64) and takes up to 4
+    of each row's next columns below its start + 64."""
+    last = -(-k // 64) * 64 - 64
+    total = 0
+    for b in range(0, n, 16):
+        cols = [list(indices[indptr[r]:indptr[r + 1]]) for r in range(b, min(n, b + 16))]
+        while any(cols):
+            start = min(min(min(c) for c in cols if c), last)
+            cols = [c[sum(1 for col in c[:4] if col < start + 64):] for c in cols]
+            total += 1
+    return total
+
+
 def test_byte_lane_segment_choice(restore_native_state):
     """Byte lanes are built over the segment sparse_byte_segment() names for the int8 path at
-    pack time (64 on AVX2-class and scalar paths; on AVX-512 VNNI and AMX 64 or 128, by the permute
-    probe; where that is 64, a weight whose 64-byte form needs sparse_segment_tolerance(its
-    128-byte vectors) x the vectors or more keeps 128: M = 1 streams every vector) unless forced; dword lanes always over 128 bytes; the
-    vector counts follow the segment (each vector is 4 weights of 16 rows inside one segment)."""
+    pack time (sliding windows, 0, on AVX2-class and scalar paths; on AVX-512 VNNI and AMX 64 or
+    windows, by the permute probe; where that is 64, a weight whose 64-byte form needs
+    sparse_segment_tolerance(its 128-byte vectors) x the vectors or more takes windows: M = 1
+    streams every vector) unless forced; dword lanes always over 128 bytes; the vector counts
+    follow the segment (each vector is 4 weights of 16 rows inside one segment) or, for windows,
+    the greedy windows (window_vectors: each starts at the lowest column still to place)."""
     rng = _rng("segment")
     cases = [pack_sparse_case(rng, "csr", 48, 300, "magnitude0.8"),     # 64 needs 1.07x the vectors
              pack_sparse_case(rng, "csr", 48, 512, "magnitude0.95")]    # 64 needs 1.6x
@@ -419,6 +438,8 @@ def test_byte_lane_segment_choice(restore_native_state):
         rows = np.repeat(np.arange(n), np.diff(ip))
 
         def vectors(seg):
+            if seg == 0:
+                return window_vectors(ip, ix, n, k)
             counts = np.zeros((n, -(-k // seg)), np.int64)
             np.add.at(counts, (rows, ix // seg), 1)
             return int(np.ceil(counts.reshape(n // 16, 16, -1).max(1) / 4).sum())
@@ -427,17 +448,18 @@ def test_byte_lane_segment_choice(restore_native_state):
             _native.set_int8_isa(isa)
             expected = _native.sparse_byte_segment()
             avx512 = isa in ("avx512_vnni", "amx")     # the AMX path's sparse kernels are AVX-512's
-            assert expected == 64 if not avx512 else expected in (64, 128)
+            assert expected == 0 if not avx512 else expected in (64, 0)
             tolerance = _native.sparse_segment_tolerance(vectors(128))
             if avx512 and expected == 64 and vectors(64) >= tolerance * vectors(128):
-                expected = 128
+                expected = 0
             if BYTE_LANES:
                 auto = pack_sparse(case, lanes="byte", quad_rows=0)
                 assert (auto.segment, auto.ell_vectors) == (expected, vectors(expected)), (isa, vectors(64), vectors(128))
         if BYTE_LANES:
-            for seg in (64, 128):
+            for seg in (64, 128, 0):
                 w = pack_sparse(case, lanes="byte", quad_rows=0, segment=seg)
-                assert (w.lanes, w.segment, w.ell_vectors) == ("byte", seg, vectors(seg))
+                assert (w.lanes, w.segment, w.windows, w.ell_vectors) == ("byte", seg, seg == 0, vectors(seg))
+            assert vectors(0) < vectors(128) < vectors(64)   # the windows follow the rows: the fewest vectors
     ratios = [pack_sparse(c, lanes="byte", quad_rows=0, segment=64).ell_vectors
               / pack_sparse(c, lanes="byte", quad_rows=0, segment=128).ell_vectors for c in cases] if BYTE_LANES else [1, 2]
     assert ratios[0] < 1.2 <= ratios[1], ratios   # both sides of the rule are exercised
@@ -646,7 +668,7 @@ def test_bad_weights_are_refused_with_a_reason():
         (ValueError, "lanes = 'wide'", lambda: _native.sparse_int8_csr(ip, ix, q, s, shape, lanes="wide")),
         (ValueError, "quad_rows must be", lambda: _native.sparse_int8_csr(ip, ix, q, s, shape, quad_rows=3)),
         (ValueError, "pairs must be -1 \\(auto\\), 0 or 1, got 2", lambda: _native.sparse_int8_csr(ip, ix, q, s, shape, pairs=2)),
-        (ValueError, r"segment must be -1 \(auto\), 64 or 128, got 32", lambda: _native.sparse_int8_csr(ip, ix, q, s, shape, segment=32)),
+        (ValueError, r"segment must be -1 \(auto\), 0 \(sliding windows\), 64 or 128, got 32", lambda: _native.sparse_int8_csr(ip, ix, q, s, shape, segment=32)),
         (ValueError, r"quads of 4 rows need N % 4 == 0", lambda: _native.sparse_int8_csr(ip, ix, q, s, shape, quad_rows=4)),
     ]
     for exc, pattern, call in cases:

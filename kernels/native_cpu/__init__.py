@@ -152,9 +152,9 @@ def cpu_pair_round_trip_ns(cpu_a: int, cpu_b: int, seconds: float = 0.05) -> flo
 
 
 def ell_byte_segment() -> int:
-    """Columns per segment of the byte-lane ELL the sparse packer builds now by default
-    (``_native.sparse_byte_segment``, csrc/sparse_gemm.h: 64 or 128); 128 without the
-    extension. runtime/row_order.py sorts rows for it."""
+    """The segment option of the byte-lane ELL the sparse packer builds now by default
+    (``_native.sparse_byte_segment``, csrc/sparse_gemm.h: 64 columns, or 0 for sliding 64-column
+    windows); 128 without the extension. runtime/row_order.py sorts rows for it."""
     if _load_native() is None:
         return 128
     return int(_ext.sparse_byte_segment())
