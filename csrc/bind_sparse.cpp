@@ -258,6 +258,8 @@ void bind_sparse(py::module_& m) {
                                "0) and when no ELL was built")
         .def_property_readonly("windows", [](const qrt::SparseInt8Weight& w) { return w.windows; },
                                "byte lanes over sliding 64-byte windows (segment option 0) instead of fixed segments")
+        .def_property_readonly("ell_no_min", [](const qrt::SparseInt8Weight& w) { return w.lanes != qrt::EllLanes::none && w.ell_no_min; },
+                               "ELL built and no weight of it is -128: the AVX2 ELL kernel takes its signed step")
         .def_property_readonly("quad_rows", [](const qrt::SparseInt8Weight& w) { return w.quad_rows; },
                                "rows per quad group (1 or 4), 0 when no quads were built")
         .def_property_readonly("nquads", [](const qrt::SparseInt8Weight& w) { return w.nquads; })

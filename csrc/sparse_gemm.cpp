@@ -506,6 +506,7 @@ SparseInt8Weight sparse_int8_pack(SparseRows rows, const float* scale, const Spa
     if (lanes != static_cast<int>(EllLanes::none)) {
         // dword lanes index 32 quads of a 128-byte segment (vpermi2d); byte lanes either width
         ell_pack(w, static_cast<EllLanes>(lanes), lanes == static_cast<int>(EllLanes::byte) ? byte_seg : kSparseSegment);
+        w.ell_no_min = std::none_of(w.ell_val.get(), w.ell_val.get() + w.ell_val.size, [](int8_t v) { return v == -128; });
         w.rows = SparseRows();   // the scalar path reads the ELL vectors from now on
         w.rows.n = w.n;
         w.rows.k = w.k;
@@ -687,12 +688,14 @@ void sparse_int8_linear_isa(const SparseInt8Weight& w, const float* x, int64_t m
             corr_z[r] = static_cast<int32_t>(static_cast<uint32_t>((128 + z) * w.rowsum[r]));
         corr = corr_z.get();
     }
-    AlignedArray<int32_t> corr_signed;   // z * rowsum: for the kernels that sum qx * w (AVX2 pairs, signed quads)
-    // the AVX-VNNI path runs the AVX2 quad tiles with vpdpbusd (sparse_gemm_avxvnni.cpp): sums of
-    // u * w for every weight, on rows transposed as for narrow weights
-    const bool quads_vnni = path == SparsePath::quad_tiles_avx2 && isa == Int8Isa::avx_vnni;
+    AlignedArray<int32_t> corr_signed;   // z * rowsum: for the kernels that sum qx * w (AVX2 pairs, signed quads / ELL)
+    // the AVX-VNNI path runs the AVX2 quad tiles and ELL with vpdpbusd (sparse_gemm_avxvnni.cpp):
+    // sums of u * w for every weight (the tiles on rows transposed as for narrow weights)
+    const bool vnni = isa == Int8Isa::avx_vnni;
+    const bool quads_vnni = path == SparsePath::quad_tiles_avx2 && vnni;
     const bool quads_unsigned = quads_vnni || w.quads_narrow;
-    if (path == SparsePath::pairs_avx2 || (path == SparsePath::quad_tiles_avx2 && !quads_unsigned)) {
+    const bool ell_signed = path == SparsePath::ell_avx2 && !vnni && w.ell_no_min;   // sparse_gemm_avx2.cpp
+    if (path == SparsePath::pairs_avx2 || (path == SparsePath::quad_tiles_avx2 && !quads_unsigned) || ell_signed) {
         corr_signed.allocate(w.npad);
         for (int64_t r = 0; r < w.npad; ++r) corr_signed[r] = static_cast<int32_t>(static_cast<uint32_t>(z * w.rowsum[r]));
     }
@@ -766,7 +769,7 @@ void sparse_int8_linear_isa(const SparseInt8Weight& w, const float* x, int64_t m
 #if QRT_INT8_X86_SIMD
             case SparsePath::ell: sparse_detail::ell_blocks_avx512(p, item, item + 1); break;
             case SparsePath::quad_tiles: sparse_detail::quad_tile_avx512(p, xq.get(), item / tiles, item % tiles); break;
-            case SparsePath::ell_avx2: sparse_detail::ell_blocks_avx2(p, item, item + 1); break;
+            case SparsePath::ell_avx2: sparse_detail::ell_blocks_avx2(p, item, item + 1, vnni); break;
             case SparsePath::pairs_avx2: {
                 const int64_t t = item % tiles;
                 int16_t* copy = xt.get();

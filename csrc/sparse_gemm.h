@@ -176,6 +176,7 @@ struct SparseInt8Weight {
     // sptr[b] .. sptr[b + 1] are block b's vectors in window order.
     bool windows = false;
     AlignedArray<int32_t> woff;       // (vectors,) windows only
+    bool ell_no_min = false;          // no ELL weight is -128: the AVX2 ELL kernel's signed step is exact
     AlignedArray<uint8_t> ell_idx;    // (vectors, 64) byte lanes, (vectors, 16) dword lanes
     AlignedArray<int8_t> ell_val;     // (vectors, 64)
     int64_t ell_vectors = 0;

@@ -1,4 +1,5 @@
-// Sparse int8 Linear, AVX-VNNI quad tiles: the AVX2 quad tiles (sparse_gemm_avx2.cpp) with one
+// Sparse int8 Linear, AVX-VNNI: the AVX2 ELL loops with one vpdpbusd per activation row and
+// half-vector (sparse_ell_half.h, step "vnni"), and the quad tiles: the AVX2 quad tiles (sparse_gemm_avx2.cpp) with one
 // VEX vpdpbusd per quad of 8 activation rows and weight dword, where the AVX2 step takes
 // vpmaddubsw + vpmaddwd (+ vpsignb for 8-bit weights). vpdpbusd sums u * w without
 // intermediate saturation, so the step is exact for every weight byte, on the unflipped rows
@@ -13,6 +14,7 @@
 
 #include "simd.h"
 
+#include <algorithm>
 #include <cstring>
 
 namespace qrt {
@@ -22,8 +24,16 @@ namespace {
 
 #define QRT_QUAD_TARGET __attribute__((target("avx2,fma,avxvnni")))
 #include "sparse_quad_half.h"
+#define QRT_ELL_TARGET QRT_QUAD_TARGET
+#include "sparse_ell_half.h"
 
 }  // namespace
+
+QRT_ELL_TARGET void ell_blocks_avx_vnni(const Problem& p, int64_t b0, int64_t b1) {
+    ell_blocks_step<EllStep::vnni>(p, b0, b1);
+}
+
+#undef QRT_ELL_TARGET
 
 QRT_QUAD_TARGET void quad_raw_avx_vnni(const SparseInt8Weight& w, const int8_t* xt, int64_t n0, int64_t nrows,
                                        __m256i (*raw)[kSparseBlockRows]) {

@@ -33,8 +33,9 @@ double permute_pair_ns_avx512(bool two_tables);
 void quad_tile_transpose_avx512(const uint8_t* u, int64_t ldu, int64_t t, uint8_t* xq);
 // Quad tiles: output rows [16 blk, 16 blk + 16) x activation tile t, from xq as above.
 void quad_tile_avx512(const Problem& p, const uint8_t* xq, int64_t blk, int64_t t);
-// AVX2: ELL blocks [b0, b1), every activation row, byte or dword lanes (no VBMI needed).
-void ell_blocks_avx2(const Problem& p, int64_t b0, int64_t b1);
+// AVX2: ELL blocks [b0, b1), every activation row, byte or dword lanes (no VBMI needed);
+// vnni: the AVX-VNNI step (the avx_vnni path; compiled only with QRT_INT8_AVX_VNNI).
+void ell_blocks_avx2(const Problem& p, int64_t b0, int64_t b1, bool vnni);
 // AVX2 quad tiles: activation tile t (rows 16 t ..) of u as qx = u ^ 0x80 (narrow weights: u
 // itself), transposed into
 // xq + t * k4p * 64 bytes, (k4p, 16, 4) int8 with k4p = ldu / 4 (the AVX-512 tiles' layout).
@@ -43,6 +44,8 @@ void quad_tile_transpose_avx2(const uint8_t* u, int64_t ldu, int64_t t, uint8_t*
 // (vnni: the AVX-VNNI step, from a tile transposed as narrow, u itself; any weight).
 void quad_tile_avx2(const Problem& p, const uint8_t* xq, int64_t blk, int64_t t, bool vnni);
 #if QRT_INT8_AVX_VNNI
+// The AVX-VNNI ELL (sparse_gemm_avxvnni.cpp): ell_blocks_avx2's loops with one vpdpbusd a row.
+void ell_blocks_avx_vnni(const Problem& p, int64_t b0, int64_t b1);
 // The AVX-VNNI quad tiles' sums (sparse_gemm_avxvnni.cpp): raw[h][r] = sum u * w of output row
 // n0 + r (rows from nrows on: 0) against activation rows 8 h .. 8 h + 7 of the tile at xt.
 void quad_raw_avx_vnni(const SparseInt8Weight& w, const int8_t* xt, int64_t n0, int64_t nrows,

@@ -108,6 +108,8 @@ def _variants(t):
         for lanes, seg in AVX2_LANES:
             out.append((f"ell_avx2-{lanes}{seg}", pack_sparse(t, lanes=lanes, quad_rows=0, pairs=0, segment=seg),
                         "ell_avx2", "avx2"))
+            if "avx_vnni" in ISAS:   # the same loops with the vpdpbusd step (sparse_gemm_avxvnni.cpp)
+                out.append((f"ell_avx2-{lanes}{seg}/avx_vnni", out[-1][1], "ell_avx2", "avx_vnni"))
         out.append(("pairs_avx2", pack_sparse(t, lanes="none", quad_rows=0, pairs=1), "pairs_avx2", "avx2"))
         if _whole_quads(t):
             for g in ((1, 4) if t.shape[0] % 4 == 0 else (1,)):
@@ -338,6 +340,35 @@ def test_avx2_quad_tiles_refuse_a_minus_128_weight(restore_native_state):
     _assert_same(_native.sparse_int8_linear(w, x), _reference(t, ACTS["dynamic"], x), "pairs with a -128 weight")
     ok = pack_sparse(pack_sparse_case(rng, "bsr", 32, 128, block=(4, 4)), pairs=1)
     assert ok.path(16) == "quad_tiles_avx2"
+
+
+@pytest.mark.skipif(not AVX2, reason="the CPU has no AVX2")
+@pytest.mark.parametrize("minus_128", [False, True])
+def test_avx2_ell_steps(minus_128, restore_native_state):
+    """The AVX2 ELL kernel multiplies with the signed step (|qx| x sign(qx) w, vpmaddubsw) where
+    no ELL weight is -128, else with the split step (w = 2 (w >> 1) + (w & 1)), and on the
+    avx_vnni path with vpdpbusd (csrc/sparse_ell_half.h): each gives the reference's bits, on
+    every ELL form, for M across the 4-row groups, dynamic and static (z != 0: the signed step's
+    sums are of qx * w, corrected by z rowsum), 1 and 2 threads."""
+    rng = _rng("ell-steps", minus_128)
+    t = pack_sparse_case(rng, "csr", 40, 300, "magnitude0.8")
+    q = np.array(t.fields["qdata"])
+    if minus_128:
+        q.reshape(-1)[::7] = -128                # many lanes and pairs of lanes at -128
+        t = layouts.PackedTensor(t.name, t.layout, t.dtype, t.shape, {**t.fields, "qdata": q}, dict(t.params))
+    assert (q == -128).any() == minus_128
+    isas = ["avx2"] + (["avx_vnni"] if "avx_vnni" in ISAS else [])
+    for lanes, seg in AVX2_LANES:
+        w = pack_sparse(t, lanes=lanes, quad_rows=0, pairs=0, segment=seg)
+        assert w.ell_no_min == (not minus_128)
+        for m in (1, 3, 4, 9):
+            x = _x(rng, (m, 300))
+            for act in ("dynamic", "static"):
+                ref = _reference(t, ACTS[act], x)
+                for isa in isas:
+                    _native.set_int8_isa(isa)
+                    assert w.path(m) == "ell_avx2"
+                    _assert_on_1_and_2_threads(w, x, None, ACTS[act], ref, f"{lanes}{seg} {isa} M={m} {act}")
 
 
 @pytest.mark.skipif(not AVX2, reason="the CPU has no AVX2")
