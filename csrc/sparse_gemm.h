@@ -67,7 +67,9 @@
 //   Once ELL exists the canonical rows are dropped and the scalar path reads the vectors.
 //   The AVX2 kernel reads the same vectors as two halves of 8 rows (one ymm of 8 int32
 //   lanes), the activations looked up without a gather (vpermd / vpshufb on each part of the
-//   segment, then blends on the remaining index bits), for up to 4 activation rows at a time.
+//   segment, then blends on the remaining index bits), for up to 4 activation rows at a time,
+//   multiplied by one of three exact steps (csrc/sparse_ell_half.h): signed pairs where no ELL
+//   weight is -128 (ell_no_min), the split weights otherwise, vpdpbusd on the avx_vnni path.
 // * Quad tiles, for bsr weights whose blocks cover whole aligned column quads (C % 4 == 0),
 //   batched M: per group of G output rows (G = 4 when R % 4 == 0, else 1) the list of column
 //   quads any of them stores, with G x 4 weight bytes per quad. Activations are transposed into
