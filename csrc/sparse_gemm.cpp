@@ -588,6 +588,11 @@ constexpr int64_t kQuadTilesAvx2MinM = 4;
 // From this many activation rows the AVX2 pairs kernel (16 rows in lanes, whatever M) beats
 // ELL on AVX2 (a lookup per vector and row). Measured: benchmarks/RESULTS.md, "AVX2 sparse: pairs".
 constexpr int64_t kPairsMinM = 8;
+// The same on the avx_vnni path, whose ELL step is one vpdpbusd a row (sparse_ell_half.h) while
+// the pairs stay vpmaddwd. X (Intel Xeon) masked to AVX-VNNI, csr 90 %, 2 threads, us, ELL /
+// pairs: M = 8 (384, 1536) 27.2 / 40.5, (768, 768) 20.3 / 29.1, (3072, 768) 63.8 / 92.0; M = 16
+// (384, 1536) 52.8 / 54.7, (768, 768) 35.6 / 35.6, (3072, 768) 123.1 / 96.3.
+constexpr int64_t kPairsMinMVnni = 16;
 // Up to this many 16-row tiles of activations (M <= 32) each participant of the pairs path
 // transposes its own copy (sparse_int8_linear_isa); beyond, one shared copy (nt copies of a
 // large M would cost memory, and each item's share of the tile's reads grows with M anyway).
@@ -647,7 +652,7 @@ SparsePath sparse_choose_path(const SparseInt8Weight& w, int64_t m, Int8Isa isa)
     if (sparse_path_available(w, SparsePath::quad_tiles_avx2, isa) && m >= kQuadTilesAvx2MinM)
         return SparsePath::quad_tiles_avx2;
     const bool pairs = sparse_path_available(w, SparsePath::pairs_avx2, isa);
-    if (pairs && m >= kPairsMinM) return SparsePath::pairs_avx2;
+    if (pairs && m >= (isa == Int8Isa::avx_vnni ? kPairsMinMVnni : kPairsMinM)) return SparsePath::pairs_avx2;
     if (sparse_path_available(w, SparsePath::ell_avx2, isa)) return SparsePath::ell_avx2;
     if (pairs) return SparsePath::pairs_avx2;
     return SparsePath::scalar;
