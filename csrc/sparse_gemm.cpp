@@ -590,9 +590,10 @@ constexpr int64_t kQuadTilesAvx2MinM = 4;
 constexpr int64_t kPairsMinM = 8;
 // The same on the avx_vnni path, whose ELL step is one vpdpbusd a row (sparse_ell_half.h) while
 // the pairs stay vpmaddwd. X (Intel Xeon) masked to AVX-VNNI, csr 90 %, 2 threads, us, ELL /
-// pairs: M = 8 (384, 1536) 27.2 / 40.5, (768, 768) 20.3 / 29.1, (3072, 768) 63.8 / 92.0; M = 16
-// (384, 1536) 52.8 / 54.7, (768, 768) 35.6 / 35.6, (3072, 768) 123.1 / 96.3.
-constexpr int64_t kPairsMinMVnni = 16;
+// pairs: M = 8 (384, 1536) 20.2 / 27.4, (768, 768) 18.8 / 24.4, (3072, 768) 61.1 / 80.3, (768,
+// 3072) 68.6 / 81.2; M = 12 28.2 / 26.1, 28.7 / 26.4, 97.9 / 88.3, 95.8 / 83.1. (As AVX2 the
+// two are even at M = 8: 25.5 / 27.7, 26.8 / 27.7, 85.9 / 87.9, 98.2 / 87.4.)
+constexpr int64_t kPairsMinMVnni = 12;
 // Up to this many 16-row tiles of activations (M <= 32) each participant of the pairs path
 // transposes its own copy (sparse_int8_linear_isa); beyond, one shared copy (nt copies of a
 // large M would cost memory, and each item's share of the tile's reads grows with M anyway).

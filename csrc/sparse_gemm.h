@@ -93,7 +93,7 @@
 //   and the two weights as int16 halves of one int32. Activations are transposed per tile of
 //   16 rows into (K, 16) int16 = qx, so a pair is two 32-byte loads, two vpunpck{l,h}wd and two
 //   vpmaddwd against the broadcast weight pair (lane = activation row): no lookups, exact for
-//   any int8. Taken from M = kPairsMinM (8; 16 on the avx_vnni path, whose ELL step is one
+//   any int8. Taken from M = kPairsMinM (8; 12 on the avx_vnni path, whose ELL step is one
 //   vpdpbusd); below it the AVX2 ELL kernel is faster.
 //
 // Threads: every output element is computed by one thread, in a fixed order (work items are

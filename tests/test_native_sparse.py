@@ -430,9 +430,9 @@ def test_automatic_path_choice(restore_native_state):
         assert (with_pairs.path(7), with_pairs.path(8)) == ("ell_avx2", "pairs_avx2")
         assert pack_sparse(case, lanes="none", quad_rows=0, pairs=1).path(1) == "pairs_avx2"
         assert pack_sparse(case, lanes="none", quad_rows=0, pairs=0).path(1) == "scalar"
-        if "avx_vnni" in ISAS:           # its ELL step is one vpdpbusd: ELL up to M = 15
+        if "avx_vnni" in ISAS:           # its ELL step is one vpdpbusd: ELL up to M = 11
             _native.set_int8_isa("avx_vnni")
-            assert (with_pairs.path(15), with_pairs.path(16)) == ("ell_avx2", "pairs_avx2")
+            assert (with_pairs.path(11), with_pairs.path(12)) == ("ell_avx2", "pairs_avx2")
             _native.set_int8_isa("avx2")
         per_row = np.diff(case.fields["indptr"].astype(np.int64))
         assert pack_sparse(case, pairs=0).npairs == -1 and with_pairs.npairs == int(((per_row + 1) // 2).sum())
