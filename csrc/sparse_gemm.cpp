@@ -245,31 +245,27 @@ int64_t ell_build_windows(const SparseRows& rows, int64_t nblk, std::vector<int6
     return sptr.back();
 }
 
+// Either builder: byte lanes over sliding windows for seg == kSparseWindows (lanes is then
+// byte), else fixed segments of seg bytes with the given lanes. Counting or filling, as they do.
+int64_t ell_build_form(const SparseRows& rows, int64_t nblk, EllLanes lanes, int64_t seg, std::vector<int64_t>& sptr,
+                       uint8_t* idx, int8_t* val, int32_t* woff) {
+    return seg == kSparseWindows ? ell_build_windows(rows, nblk, sptr, idx, val, woff)
+                                 : ell_build(rows, nblk, seg, lanes, sptr, idx, val);
+}
+
 void ell_pack(SparseInt8Weight& w, EllLanes lanes, int64_t seg) {
-    if (seg == kSparseWindows) {   // byte lanes over sliding windows
-        w.lanes = EllLanes::byte;
-        w.windows = true;
-        w.seg = kSparseSegmentNarrow;
-        w.nseg = 1;
-        w.ell_vectors = ell_build_windows(w.rows, w.nblk, w.sptr, nullptr, nullptr, nullptr);
-        w.ell_idx.allocate(static_cast<size_t>(w.ell_vectors * 64));
-        w.ell_val.allocate(static_cast<size_t>(w.ell_vectors * 64));
-        w.woff.allocate(static_cast<size_t>(std::max<int64_t>(1, w.ell_vectors)));
-        std::fill(w.ell_idx.get(), w.ell_idx.get() + w.ell_idx.size, uint8_t(0));   // unused lanes: weight 0
-        std::fill(w.ell_val.get(), w.ell_val.get() + w.ell_val.size, int8_t(0));
-        ell_build_windows(w.rows, w.nblk, w.sptr, w.ell_idx.get(), w.ell_val.get(), w.woff.get());
-        return;
-    }
-    w.lanes = lanes;
-    w.seg = seg;
-    w.nseg = (w.k + seg - 1) / seg;
-    w.ell_vectors = ell_build(w.rows, w.nblk, seg, lanes, w.sptr, nullptr, nullptr);
-    const int64_t idx_bytes = lanes == EllLanes::byte ? 64 : 16;
+    w.windows = seg == kSparseWindows;
+    w.lanes = w.windows ? EllLanes::byte : lanes;
+    w.seg = w.windows ? kSparseSegmentNarrow : seg;
+    w.nseg = w.windows ? 1 : (w.k + seg - 1) / seg;
+    w.ell_vectors = ell_build_form(w.rows, w.nblk, w.lanes, seg, w.sptr, nullptr, nullptr, nullptr);
+    const int64_t idx_bytes = w.lanes == EllLanes::byte ? 64 : 16;
     w.ell_idx.allocate(static_cast<size_t>(w.ell_vectors * idx_bytes));
     w.ell_val.allocate(static_cast<size_t>(w.ell_vectors * 64));
+    if (w.windows) w.woff.allocate(static_cast<size_t>(std::max<int64_t>(1, w.ell_vectors)));
     std::fill(w.ell_idx.get(), w.ell_idx.get() + w.ell_idx.size, uint8_t(0));   // unused lanes: weight 0
     std::fill(w.ell_val.get(), w.ell_val.get() + w.ell_val.size, int8_t(0));
-    ell_build(w.rows, w.nblk, seg, lanes, w.sptr, w.ell_idx.get(), w.ell_val.get());
+    ell_build_form(w.rows, w.nblk, w.lanes, seg, w.sptr, w.ell_idx.get(), w.ell_val.get(), w.woff.get());
 }
 
 // Quads of groups of G rows: the sorted union of the column quads the G rows store.
@@ -497,10 +493,10 @@ SparseInt8Weight sparse_int8_pack(SparseRows rows, const float* scale, const Spa
     if (lanes < 0) {   // the denser of the two: byte lanes are 128 bytes per vector, dword lanes 80
         std::vector<int64_t> counts;
         const int64_t dword_bytes = ell_build(w.rows, w.nblk, kSparseSegment, EllLanes::dword, counts, nullptr, nullptr) * 80;
-        const int64_t byte_vectors =
-            byte_seg == kSparseWindows ? ell_build_windows(w.rows, w.nblk, counts, nullptr, nullptr, nullptr)
-                          : ell_build(w.rows, w.nblk, byte_seg, EllLanes::byte, counts, nullptr, nullptr);
-        const int64_t byte_bytes = sparse_byte_lanes_supported() ? byte_vectors * 128 : -1;
+        const int64_t byte_bytes =
+            sparse_byte_lanes_supported()
+                ? ell_build_form(w.rows, w.nblk, EllLanes::byte, byte_seg, counts, nullptr, nullptr, nullptr) * 128
+                : -1;
         lanes = static_cast<int>(byte_bytes >= 0 && byte_bytes < dword_bytes ? EllLanes::byte : EllLanes::dword);
     }
     if (lanes != static_cast<int>(EllLanes::none)) {
