@@ -81,7 +81,8 @@ QRT_ELL_TARGET inline __m256i fetch(const uint8_t* t, const HalfIndex& d) {
 //                 nothing per half: 6 operations against split's 6 + 5 at M = 1.
 //   vnni:         any weight, the avx_vnni path (sparse_gemm_avxvnni.cpp): one vpdpbusd of u and
 //                 w, no intermediate saturation. Sums of u * w.
-enum class EllStep { split, signed_pairs, vnni };
+// (EllStep is declared in sparse_gemm_kernels.h: the driver picks the step once, and with it
+// the correction the sums need.)
 
 struct HalfWeights {
     __m256i a, b;   // split: wh, wl; otherwise: w, unused

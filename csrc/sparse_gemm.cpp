@@ -696,7 +696,12 @@ void sparse_int8_linear_isa(const SparseInt8Weight& w, const float* x, int64_t m
     const bool vnni = isa == Int8Isa::avx_vnni;
     const bool quads_vnni = path == SparsePath::quad_tiles_avx2 && vnni;
     const bool quads_unsigned = quads_vnni || w.quads_narrow;
-    const bool ell_signed = path == SparsePath::ell_avx2 && !vnni && w.ell_no_min;   // sparse_gemm_avx2.cpp
+    // the AVX2 ELL kernel's step (sparse_ell_half.h): one vpdpbusd on avx_vnni, else signed pairs
+    // where no ELL weight is -128 (their sums are of qx * w), else the split weights
+    const sparse_detail::EllStep ell_step = vnni            ? sparse_detail::EllStep::vnni
+                                            : w.ell_no_min ? sparse_detail::EllStep::signed_pairs
+                                                           : sparse_detail::EllStep::split;
+    const bool ell_signed = path == SparsePath::ell_avx2 && ell_step == sparse_detail::EllStep::signed_pairs;
     if (path == SparsePath::pairs_avx2 || (path == SparsePath::quad_tiles_avx2 && !quads_unsigned) || ell_signed) {
         corr_signed.allocate(w.npad);
         for (int64_t r = 0; r < w.npad; ++r) corr_signed[r] = static_cast<int32_t>(static_cast<uint32_t>(z * w.rowsum[r]));
@@ -771,7 +776,7 @@ void sparse_int8_linear_isa(const SparseInt8Weight& w, const float* x, int64_t m
 #if QRT_INT8_X86_SIMD
             case SparsePath::ell: sparse_detail::ell_blocks_avx512(p, item, item + 1); break;
             case SparsePath::quad_tiles: sparse_detail::quad_tile_avx512(p, xq.get(), item / tiles, item % tiles); break;
-            case SparsePath::ell_avx2: sparse_detail::ell_blocks_avx2(p, item, item + 1, vnni); break;
+            case SparsePath::ell_avx2: sparse_detail::ell_blocks_avx2(p, item, item + 1, ell_step); break;
             case SparsePath::pairs_avx2: {
                 const int64_t t = item % tiles;
                 int16_t* copy = xt.get();

@@ -74,16 +74,14 @@ QRT_TARGET_AVX2 inline void transpose8x8_epi32(__m256i* r) {
 
 }  // namespace
 
-void ell_blocks_avx2(const Problem& p, int64_t b0, int64_t b1, bool vnni) {
+void ell_blocks_avx2(const Problem& p, int64_t b0, int64_t b1, EllStep step) {
+    switch (step) {
 #if QRT_INT8_AVX_VNNI
-    if (vnni) return ell_blocks_avx_vnni(p, b0, b1);
-#else
-    (void)vnni;
+        case EllStep::vnni: ell_blocks_avx_vnni(p, b0, b1); break;
 #endif
-    if (p.w->ell_no_min)
-        ell_blocks_step<EllStep::signed_pairs>(p, b0, b1);
-    else
-        ell_blocks_step<EllStep::split>(p, b0, b1);
+        case EllStep::signed_pairs: ell_blocks_step<EllStep::signed_pairs>(p, b0, b1); break;
+        default: ell_blocks_step<EllStep::split>(p, b0, b1); break;
+    }
 }
 
 // --- pairs: activation rows in lanes ------------------------------------------------------------

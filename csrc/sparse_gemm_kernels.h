@@ -10,6 +10,11 @@
 namespace qrt {
 namespace sparse_detail {
 
+// How the 256-bit ELL kernel multiplies (sparse_ell_half.h): split weights (any weight, sums of
+// u * w), signed pairs (no ELL weight is -128, sums of qx * w) or one vpdpbusd (the avx_vnni
+// path, sums of u * w).
+enum class EllStep { split, signed_pairs, vnni };
+
 // One call, after the prologue (activations quantized).
 struct Problem {
     const SparseInt8Weight* w;
@@ -33,9 +38,9 @@ double permute_pair_ns_avx512(bool two_tables);
 void quad_tile_transpose_avx512(const uint8_t* u, int64_t ldu, int64_t t, uint8_t* xq);
 // Quad tiles: output rows [16 blk, 16 blk + 16) x activation tile t, from xq as above.
 void quad_tile_avx512(const Problem& p, const uint8_t* xq, int64_t blk, int64_t t);
-// AVX2: ELL blocks [b0, b1), every activation row, byte or dword lanes (no VBMI needed);
-// vnni: the AVX-VNNI step (the avx_vnni path; compiled only with QRT_INT8_AVX_VNNI).
-void ell_blocks_avx2(const Problem& p, int64_t b0, int64_t b1, bool vnni);
+// AVX2: ELL blocks [b0, b1), every activation row, byte or dword lanes (no VBMI needed), with
+// the step ell_avx2_step picks (sparse_ell_half.h).
+void ell_blocks_avx2(const Problem& p, int64_t b0, int64_t b1, EllStep step);
 // AVX2 quad tiles: activation tile t (rows 16 t ..) of u as qx = u ^ 0x80 (narrow weights: u
 // itself), transposed into
 // xq + t * k4p * 64 bytes, (k4p, 16, 4) int8 with k4p = ldu / 4 (the AVX-512 tiles' layout).
