@@ -191,7 +191,6 @@ QRT_TARGET_AVX2 void pairs_block_avx2(const Problem& p, const int16_t* xt, int64
 
 namespace {
 
-
 #define QRT_QUAD_TARGET QRT_TARGET_AVX2
 #include "sparse_quad_half.h"
 #undef QRT_QUAD_TARGET
