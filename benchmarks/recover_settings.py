@@ -118,6 +118,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=R.DEFAULT_LR)
     ap.add_argument("--hidden-weight", type=float, default=R.NORM_HIDDEN_WEIGHT)
     ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--precision", choices=R.PRECISIONS, default="auto",
+                    help="the student's forward pass while training (recover()'s precision; default auto)")
     ap.add_argument("--loss", default="mse", help="mse (recover.py's), or mse plus cosW / poolW")
     ap.add_argument("--attention", type=float, default=0.0,
                     help="weight of an attention-distribution KL term (the Softmax outputs; default 0: none)")
@@ -183,13 +185,14 @@ def main() -> None:
             R.DistillLoss = with_attention_loss(R.DistillLoss, softmax, args.attention)
             hidden = hidden + softmax
         res = R.recover(student, teacher, masks, train, steps=args.steps, lr=args.lr, batch_size=args.batch,
-                        hidden_weight=args.hidden_weight, hidden=hidden,
+                        hidden_weight=args.hidden_weight, hidden=hidden, precision=args.precision,
                         say=lambda s: print("   ", s, flush=True) if "ETA" not in s else None)
         cos = score(res.weights)
     else:
         cos = score({})
     line = dict(prune=args.prune, steps=args.steps, lr=args.lr, hidden_weight=args.hidden_weight, batch=args.batch,
                 loss=args.loss, augment=args.augment, attention=args.attention,
+                precision=R.resolve_precision(args.precision),
                 min=round(float(cos.min()), 4), mean=round(float(cos.mean()), 4),
                 p5=round(float(np.percentile(cos, 5)), 4), seconds=round(time.perf_counter() - t0),
                 load_average=round(os.getloadavg()[0], 2))

@@ -22,6 +22,7 @@ from kernels.core.ops import op_spec
 from .bench.command import add_parser as add_bench_parser
 from .convert import ConvertOptions, convert
 from .convert.recover import DEFAULT_LR as DEFAULT_RECOVER_LR
+from .convert.recover import PRECISIONS as RECOVER_PRECISIONS
 from .demo import run_demo
 from .format import atomic_write as _atomic_write
 from .format import load, read_header
@@ -193,6 +194,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--recover-lr", type=float, default=DEFAULT_RECOVER_LR, metavar="LR",
                    help=f"peak learning rate of --recover (default {DEFAULT_RECOVER_LR:g}, measured on a pretrained "
                         "transformer: benchmarks/RESULTS.md, \"Recovery settings\")")
+    r.add_argument("--recover-precision", choices=RECOVER_PRECISIONS, default="auto",
+                   help="the student's forward pass while training: bf16 (matmuls in bfloat16, float32 weights "
+                        "and optimizer), fp32, or auto (default: bf16 where the CPU has AMX-BF16 tiles, else fp32)")
     r.add_argument("--recover-gradual", action="store_true",
                    help="prune during training instead of one-shot: sparsity grows on a cubic schedule from 0 "
                         "to the target over the first 2/3 of the budget (--prune magnitude or block)")
@@ -388,6 +392,7 @@ def _convert_options(args, validate: bool = True):
         drift_correction=args.drift_correction,
         recover=args.recover, recover_data=args.recover_data, recover_minutes=args.recover_minutes,
         recover_steps=args.recover_steps, recover_lr=args.recover_lr, recover_gradual=args.recover_gradual,
+        recover_precision=args.recover_precision,
         seed=args.seed)
     if validate:
         opts.validate()

@@ -42,6 +42,7 @@ def test_recovery_beats_one_shot_and_keeps_the_masks(mlp):
     assert info["steps"] == STEPS and not info["interrupted"] and not info["gradual"]
     assert info["loss_end"] < info["loss_start"] and info["cosine_after"] > info["cosine_before"]
     assert info["lr"] == 1e-3 and info["hidden_weight"] == 1.0      # an MLP: no LayerNorm, weight 1
+    assert info["precision"] in ("fp32", "bf16")
     assert any(line.startswith("recovery: ") and "steps in" in line for line in lines)
     # the one-shot obs masks are the ones trained with: csr int8 storing the same positions
     # (the kept set; int8 rounding may zero a few kept values, which csr still stores)
@@ -81,6 +82,8 @@ def test_recovery_data_of_its_own(mlp, tmp_path):
     ({"recover": True, "prune": "nm", "recover_minutes": 0, "calib": [{}]}, "recover_minutes must be > 0"),
     ({"recover": True, "prune": "nm", "recover_steps": 2.5, "calib": [{}]}, "recover_steps must be a positive int"),
     ({"prune": "nm", "recover_steps": 10}, "without recover=True"),
+    ({"recover": True, "prune": "nm", "recover_precision": "fp16", "calib": [{}]},
+     "recover_precision must be one of auto, fp32, bf16"),
     ({"recover": True, "prune": "magnitude", "sparsity": 0.5, "recover_gradual": True, "prune_method": "obs",
       "calib": [{}]}, "prune_method 'auto' or 'magnitude'"),
 ])
@@ -98,8 +101,9 @@ def test_cli_recover_and_ctrl_c_writes_nothing(mlp, tmp_path, capsys, monkeypatc
     np.savez(tmp_path / "c.npz", pixels=np.concatenate([f["pixels"] for f in calib]))
     args = ["convert", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "m.qrt"), "--prune", "nm", "--quant", "int8",
             "--calib", str(tmp_path / "c.npz"), "--recover", "--recover-steps", "5"]
-    assert main(args) == 0, capsys.readouterr().err
-    assert "recovery: 5 steps" in capsys.readouterr().err
+    assert main(args + ["--recover-precision", "bf16"]) == 0, capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "recovery: 5 steps" in err and "forward in bf16" in err, err
     (tmp_path / "m.qrt").unlink()
 
     def interrupted(*a, **k):

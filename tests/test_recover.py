@@ -275,3 +275,29 @@ def test_teacher_cache_budget_follows_available_memory(monkeypatch):
     assert R.teacher_cache_bytes() == 12345
     got = R.available_memory()                      # this machine: a positive byte count or None
     assert got is None or got > 0
+
+
+def test_precision_choice_and_a_bfloat16_forward_pass(monkeypatch):
+    """precision="bf16" runs the student's forward pass in bfloat16 (its losses differ from
+    the fp32 run's) and still trains, keeps the masks and returns float32 weights; "auto"
+    follows the CPU's flags (AMX-BF16); a bad name is refused before any work."""
+    import runtime.convert.recover as R
+    teacher = _mlp()
+    student, masks = _pruned(teacher)
+    held_out = _feeds(rows=256, seed=7)[0]["x"]
+    start = _cosine(student, teacher, held_out)
+    runs = {p: recover(student, teacher, masks, _feeds(), steps=100, lr=1e-3, precision=p) for p in ("fp32", "bf16")}
+    assert runs["fp32"].precision == "fp32" and runs["bf16"].precision == "bf16"
+    assert runs["bf16"].loss_end != runs["fp32"].loss_end                 # bfloat16 products did run
+    assert abs(runs["bf16"].loss_end - runs["fp32"].loss_end) < 0.1 * runs["fp32"].loss_end
+    r = runs["bf16"]
+    assert _cosine(_with(student, r.weights), teacher, held_out) > start + MIN_COSINE_GAIN
+    for name, m in masks.items():
+        w = r.weights[name]
+        assert w.dtype == np.float32 and np.all(w[~m] == 0) and not np.any(np.signbit(w[~m]))
+    for flags, want in (({"avx2", "amx_bf16"}, "bf16"), ({"avx2", "avx512_bf16"}, "fp32"), (set(), "fp32")):
+        monkeypatch.setattr(R, "cpuinfo_flags", lambda flags=flags: flags)
+        assert R.resolve_precision("auto") == want
+        assert R.resolve_precision("fp32") == "fp32" and R.resolve_precision("bf16") == "bf16"
+    with pytest.raises(ValueError, match="precision must be one of auto, fp32, bf16, got 'fp16'"):
+        recover(student, teacher, masks, _feeds(), steps=1, precision="fp16")

@@ -119,6 +119,7 @@ class ConvertOptions:
     recover_steps: int | None = None
     recover_lr: float = recovery.DEFAULT_LR
     recover_gradual: bool = False   # prune gradually during training (cubic schedule) instead of one-shot
+    recover_precision: str = "auto"  # the student's forward pass while training: recovery.PRECISIONS
     seed: int = 0
 
     def validate(self) -> None:
@@ -180,6 +181,7 @@ class ConvertOptions:
                 raise ValueError(f"recover_steps must be a positive int, got {self.recover_steps!r}")
             if not (isinstance(self.recover_lr, (int, float)) and self.recover_lr > 0):
                 raise ValueError(f"recover_lr must be > 0, got {self.recover_lr!r}")
+            choice("recover_precision", self.recover_precision, recovery.PRECISIONS)
             if self.recover_gradual and self.prune_method not in ("auto", "magnitude"):
                 raise ValueError("recover_gradual grows the masks by magnitude during training: it takes "
                                  f"prune_method 'auto' or 'magnitude', got {self.prune_method!r}")
@@ -847,7 +849,7 @@ def _recover(graph: Graph, teacher: Graph, layers: list[Layer], plans: dict[str,
     before = output_metrics(_run(graph, feeds), _run(teacher, feeds))["cosine"]
     result = recovery.recover(graph, teacher, masks, data, minutes=minutes, steps=opts.recover_steps,
                               lr=opts.recover_lr, gradual=gradual or None, target=target or None, seed=opts.seed,
-                              say=say)
+                              say=say, precision=opts.recover_precision)
     out = _copy(graph)
     for name, w in result.weights.items():
         out.initializers[name] = dense_tensor(name, np.asarray(w, np.float32))
@@ -866,7 +868,7 @@ def _recover(graph: Graph, teacher: Graph, layers: list[Layer], plans: dict[str,
     report.recovery = {"steps": result.steps, "seconds": round(result.seconds, 1), "loss_start": result.loss_start,
                        "loss_end": result.loss_end, "interrupted": result.interrupted,
                        "cosine_before": before, "cosine_after": after, "gradual": bool(gradual),
-                       "lr": opts.recover_lr, "hidden_weight": result.hidden_weight,
+                       "lr": opts.recover_lr, "hidden_weight": result.hidden_weight, "precision": result.precision,
                        "data": getattr(data, "source", "the given data")}
     say(f"recovery: {result.steps} steps in {result.seconds:.0f} s, loss {result.loss_start:.4f} -> "
         f"{result.loss_end:.4f}, fp32 cosine to the original {before:.4f} -> {after:.4f}")
