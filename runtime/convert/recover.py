@@ -354,8 +354,8 @@ def recover(student: Graph, teacher: Graph, masks: dict[str, np.ndarray], feeds:
     student_t = TorchGraph(student, trainable)
     teacher_t = TorchGraph(teacher)
     params = student_t.params
-    # Each step multiplies the masked gradients and weights by the mask as float32 (1 kept, 0
-    # pruned): torch's masked_fill_ took 1.3 ms on a (1536, 384) weight where mul_ takes 76 us
+    # Each step multiplies the masked weights by their mask as float32 (1 kept, 0 pruned):
+    # torch's masked_fill_ took 1.3 ms on a (1536, 384) weight where mul_ takes 76 us
     # (benchmarks/RESULTS.md, "Recovery in bfloat16"). A product leaves -0.0 where a pruned
     # weight was negative; clear_pruned() writes +0.0 once at the end.
     mask_t = {k: torch.from_numpy(m.astype(np.float32)) for k, m in masks.items()}
