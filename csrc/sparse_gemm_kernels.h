@@ -39,7 +39,8 @@ void quad_tile_transpose_avx512(const uint8_t* u, int64_t ldu, int64_t t, uint8_
 // Quad tiles: output rows [16 blk, 16 blk + 16) x activation tile t, from xq as above.
 void quad_tile_avx512(const Problem& p, const uint8_t* xq, int64_t blk, int64_t t);
 // AVX2: ELL blocks [b0, b1), every activation row, byte or dword lanes (no VBMI needed), with
-// the step ell_avx2_step picks (sparse_ell_half.h).
+// the step the driver (sparse_int8_linear_isa) picks, which also sets the correction its sums
+// need (sparse_ell_half.h).
 void ell_blocks_avx2(const Problem& p, int64_t b0, int64_t b1, EllStep step);
 // AVX2 quad tiles: activation tile t (rows 16 t ..) of u as qx = u ^ 0x80 (narrow weights: u
 // itself), transposed into
