@@ -187,12 +187,12 @@ def main() -> None:
         res = R.recover(student, teacher, masks, train, steps=args.steps, lr=args.lr, batch_size=args.batch,
                         hidden_weight=args.hidden_weight, hidden=hidden, precision=args.precision,
                         say=lambda s: print("   ", s, flush=True) if "ETA" not in s else None)
-        cos = score(res.weights)
+        cos, precision = score(res.weights), res.precision
     else:
-        cos = score({})
+        cos, precision = score({}), None          # nothing trained
     line = dict(prune=args.prune, steps=args.steps, lr=args.lr, hidden_weight=args.hidden_weight, batch=args.batch,
                 loss=args.loss, augment=args.augment, attention=args.attention,
-                precision=R.resolve_precision(args.precision),
+                precision=precision,
                 min=round(float(cos.min()), 4), mean=round(float(cos.mean()), 4),
                 p5=round(float(np.percentile(cos, 5)), 4), seconds=round(time.perf_counter() - t0),
                 load_average=round(os.getloadavg()[0], 2))
