@@ -178,6 +178,47 @@ def test_fused_quantization_equals_quant_py():
                 assert np.array_equal(rc, q.astype(np.int64).sum(1) - k * z)
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered")   # the reference's NaN / s
+@pytest.mark.parametrize("k", [37, 150])
+def test_static_quantization_near_ties_is_the_reference_division(k):
+    """Static rows are quantized 16 values a step by a float32 estimate clamped to +-256, and a
+    step with a value near a half-integer by the reference's float64 division
+    (vnni._quantize_steps_static). Every (n + 1/2) s across and beyond the clip range with its
+    float32 neighbours, spread over every step and the K % 16 tail, with NaN (those rows
+    only flagged), +-inf and values far out of range, for zero points at both ends; a scale whose 1 / s is no normal
+    float32 takes the division throughout. The integers, row sums and NaN flags must be
+    quant.quantize_static's."""
+    from kernels.numba_cpu import quant
+    rng = _rng("static-ties", k)
+    kp = -(-k // 4) * 4
+    for scale, z in ((0.02, 0), (0.013, -128), (0.7, 127), (3e-39, 5), (np.float64(1 / 3), -37)):
+        ties = (np.arange(-390, 390) + 0.5) * np.float64(scale)
+        near = np.concatenate([ties, np.nextafter(ties.astype(np.float32), np.float32(np.inf)),
+                               np.nextafter(ties.astype(np.float32), np.float32(-np.inf))]).astype(np.float32)
+        x = np.resize(rng.permutation(near), (len(near) // k + 4) * k).reshape(-1, k)
+        x[-4, 3] = np.nan
+        x[-3, k - 1] = np.nan                     # in the tail
+        x[-2, 1], x[-2, 20] = np.inf, -np.inf
+        x[-1, :] = np.float32(1e30) * np.sign(x[-1])
+        u = np.full((len(x), kp), 7, np.uint8)
+        sx, rc = np.full(len(x), -1.0), np.full(len(x), -1, np.int64)
+        q = np.empty(x.shape, np.int8)
+        for quantize in (vnni._quantize_shift_static_serial, vnni._quantize_shift_static_parallel):
+            quantize(x, u, np.float64(scale), np.int64(z), sx, rc)
+            quant.quantize_static(x, q, scale, z)
+            # a row holding a NaN is NaN in the output (sx = NaN) whatever its integers
+            ok = ~np.isnan(x).any(1)
+            bad = np.argwhere(u[ok, :k].astype(np.int64) - 128 != q[ok])
+            assert not len(bad), f"s={scale} z={z}: {len(bad)} values differ, first at {bad[0]}"
+            assert np.all(u[:, k:] == 128)
+            assert np.array_equal(rc[ok], q[ok].astype(np.int64).sum(1) - k * z)
+            assert np.all(np.isnan(sx[~ok])) and np.all(sx[ok] == scale)
+    acfg = {"act_quant": "static", "act_scale": 0.013, "act_zero_point": -128}
+    t = pack_int8("w", np.eye(k, dtype=np.float32) + np.float32(0.01))
+    x = np.resize(near, (len(near) // k) * k).reshape(-1, k)
+    _assert_same(_run("Linear", "numba", acfg, t, x, None), _run("Linear", "reference", acfg, t, x, None), f"K={k}")
+
+
 def test_writeable_bias_is_read_every_call():
     rng = _rng("bias-cache")
     t = _weight(rng, (20, 30))

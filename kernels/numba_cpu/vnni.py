@@ -244,8 +244,8 @@ def _quantize_row(x, i, u, s, lo, z):
     reference's formula with its true division: x * (1 / s) rounds differently near .5; a
     scalar multiply plus an exactness check measured slower than the division, the vector
     one of _quantize_steps_dynamic is 3x faster), 128 (qx = 0) for the padding k >= K.
-    Returns (sum_k qx - K * z, whether the row holds a NaN). Static rows, and dynamic ones
-    _quantize_row_dynamic_fast cannot take."""
+    Returns (sum_k qx - K * z, whether the row holds a NaN). The rows that
+    _quantize_row_dynamic_fast and _quantize_row_static_fast cannot take."""
     k = x.shape[1]
     rs, nan = _quantize_span(x, i, u, s, lo, z, 0, k)
     _pad_row(u, i, k)
@@ -323,6 +323,107 @@ def _quantize_steps_dynamic(typingctx, x, x_off, steps, inv, s, u, u_off):
     return sig, codegen
 
 
+# Static rows clamp the estimate to +-STATIC_CLAMP before rounding: beyond it every zero point
+# in [-128, 127] clips qx to the same end as the reference's quotient (|z| <= 128, so
+# rint(x / s) + z lies outside [-128, 127] there), and inside it |y| <= 256 keeps the estimate's
+# error (2^-23 relative, 2^-15 absolute) within the tie window's margin.
+_STATIC_CLAMP = 256.0
+
+
+@intrinsic
+def _quantize_steps_static(typingctx, x, x_off, steps, inv, s, z, u, u_off):
+    """``steps`` x 16 values of a static row (scale s, zero point z in [-128, 127]),
+    x[x_off ..] -> u[u_off ..] = qx + 128 with qx = clip(rint(x / s) + z, -128, 127); returns
+    (sum qx, number of NaN lanes). Like _quantize_steps_dynamic: the float32 estimate
+    y = x * inv (inv = fl32(1 / s), a normal float32), clamped to +-_STATIC_CLAMP (a NaN to
+    +_STATIC_CLAMP: qx 127, as the reference's clip gives a NaN), z added to the integers and
+    the sum clamped; a step with a value near a half-integer takes the reference's float64
+    division and clip instead (csrc/int8_gemm_kernels.h does the same for the native rows)."""
+    sig = types.UniTuple(types.int64, 2)(x, types.intp, types.intp, types.float32, types.float64, types.int64,
+                                         u, types.intp)
+
+    def codegen(context, builder, signature, args):
+        xa, x_off, steps, inv, s64, z, ua, u_off = args
+        xd = builder.gep(context.make_array(signature.args[0])(context, builder, xa).data, [x_off])
+        ud = builder.gep(context.make_array(signature.args[6])(context, builder, ua).data, [u_off])
+        v16i8 = ir.VectorType(_I8, 16)
+        rint32 = _intrinsic_fn(builder, "llvm.rint.v16f32", _V16F32, [_V16F32])
+        rint64 = _intrinsic_fn(builder, "llvm.rint.v16f64", _V16F64, [_V16F64])
+        fabs = _intrinsic_fn(builder, "llvm.fabs.v16f32", _V16F32, [_V16F32])
+        vinv = _splat(builder, inv, _V16F32)
+        vs = _splat(builder, s64, _V16F64)
+        z32 = builder.trunc(z, _I32)
+        vz = _splat(builder, z32, _V16I32)
+        vzf = _splat(builder, builder.sitofp(z, ir.DoubleType()), _V16F64)
+        window = ir.Constant(_V16F32, [_TIE_WINDOW] * 16)
+        clamp_hi = ir.Constant(_V16F32, [_STATIC_CLAMP] * 16)
+        clamp_lo = ir.Constant(_V16F32, [-_STATIC_CLAMP] * 16)
+        qhi, qlo = ir.Constant(_V16I32, [127] * 16), ir.Constant(_V16I32, [-128] * 16)
+        hi, lo = ir.Constant(_V16F64, [127.0] * 16), ir.Constant(_V16F64, [-128.0] * 16)
+        one = ir.Constant(_V16I32, [1] * 16)
+        zero = ir.Constant(_V16I32, None)
+
+        def body(kk, acc):
+            at = builder.mul(kk, _c64(16))
+            v = builder.load(_vec_ptr(builder, xd, at, _V16F32), align=4)
+            nan = builder.fcmp_unordered("uno", v, v)
+            y = builder.fmul(v, vinv)
+            y = builder.select(builder.fcmp_unordered(">", y, clamp_hi), clamp_hi, y)     # NaN too
+            y = builder.select(builder.fcmp_ordered("<", y, clamp_lo), clamp_lo, y)
+            r = builder.call(rint32, [y])
+            near = builder.fcmp_ordered(">", builder.call(fabs, [builder.fsub(y, r)]), window)
+            tie = builder.icmp_unsigned("!=", builder.bitcast(near, _I16), ir.Constant(_I16, 0))
+            fq = builder.add(builder.fptosi(r, _V16I32), vz)
+            fq = builder.select(builder.icmp_signed(">", fq, qhi), qhi, fq)
+            fast_q = builder.select(builder.icmp_signed("<", fq, qlo), qlo, fq)
+            fast = builder.block
+            with builder.if_then(tie, likely=False):   # the reference's float64 division and clip
+                d = builder.fadd(builder.call(rint64, [builder.fdiv(builder.fpext(v, _V16F64), vs)]), vzf)
+                d = builder.select(builder.fcmp_ordered("<=", d, hi), d, hi)     # NaN -> 127
+                d = builder.select(builder.fcmp_ordered(">=", d, lo), d, lo)
+                exact_q = builder.fptosi(d, _V16I32)
+                exact = builder.block
+            q = builder.phi(_V16I32)
+            q.add_incoming(fast_q, fast)
+            q.add_incoming(exact_q, exact)
+            ub = builder.trunc(builder.add(q, ir.Constant(_V16I32, [128] * 16)), v16i8)
+            builder.store(ub, _vec_ptr(builder, ud, at, v16i8), align=1)
+            return [builder.add(acc[0], q), builder.add(acc[1], builder.select(nan, one, zero))]
+
+        total, nans = _k_loop(builder, "squant.k", steps, body, _V16I32, 2)
+        reduce_add = _intrinsic_fn(builder, "llvm.vector.reduce.add.v16i32", _I32, [_V16I32])
+        out = [builder.sext(builder.call(reduce_add, [total]), _I64), builder.sext(builder.call(reduce_add, [nans]), _I64)]
+        return context.make_tuple(builder, signature.return_type, out)
+
+    return sig, codegen
+
+
+def _quantize_row_static_fast(x, i, u, s, z):
+    """(sum qx - K z, whether the row holds a NaN) of row i quantized into u (numba only)."""
+
+
+@overload(_quantize_row_static_fast, inline="always")
+def _quantize_row_static_fast_impl(x, i, u, s, z):
+    # float32 C-contiguous rows, as the dynamic ones: the float64 division alone took about
+    # 0.45 ns a value (benchmarks/RESULTS.md, "Static rows on numba without a division").
+    fast = (isinstance(x, types.Array) and x.dtype == types.float32 and x.layout == "C" and x.ndim == 2
+            and isinstance(u, types.Array) and u.dtype == types.uint8 and u.layout == "C")
+    if not fast:
+        return lambda x, i, u, s, z: _quantize_row(x, i, u, s, -128.0, z)
+
+    def impl(x, i, u, s, z):
+        inv = 1.0 / s
+        if not (_F32_TINY <= abs(inv) <= _F32_MAX) or not (-128 <= z <= 127):
+            return _quantize_row(x, i, u, s, -128.0, z)
+        k = x.shape[1]
+        steps = k // 16
+        rs, nans = _quantize_steps_static(x, i * k, steps, np.float32(inv), s, z, u, i * u.shape[1])
+        rt, nan = _quantize_span(x, i, u, s, -128.0, z, 16 * steps, k)
+        _pad_row(u, i, k)
+        return rs + rt - np.int64(k) * z, nan or nans > 0
+    return impl
+
+
 def _quantize_row_dynamic_fast(x, i, u, s):
     """sum qx of row i quantized into u (dynamic scale s), or None (numba only)."""
 
@@ -367,7 +468,7 @@ def quantize_row_static(x, i, u, s, z, sx, row_corr):
     """Row i of x -> row i of u, sx, row_corr (static s, z); also used by the Conv im2col."""
     # a NaN in x makes the reference's row NaN (rint(NaN) survives clip); +-inf clips to a
     # finite qx, as there
-    row_corr[i], nan = _quantize_row(x, i, u, s, -128.0, z)
+    row_corr[i], nan = _quantize_row_static_fast(x, i, u, s, z)
     sx[i] = np.nan if nan else s
 
 
