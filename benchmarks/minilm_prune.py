@@ -157,6 +157,9 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", help="labels of the option sets to run (default: all)")
     ap.add_argument("--train-extra", type=int, default=8000,
                     help="docstring sentences added to the recovery training text (default 8000)")
+    ap.add_argument("--train-text", metavar="FILE", nargs="*", default=[],
+                    help="text files (one sentence a line) added to the recovery training text, e.g. "
+                         "general English from benchmarks/generic_text.py; evaluation sentences are dropped")
     ap.add_argument("--recover-minutes", type=float, default=10.0,
                     help="time budget of each distillation recovery (default: 10)")
     ap.add_argument("--save", metavar="DIR", help="keep the exported .onnx and every .qrt in DIR (for qrt bench)")
@@ -185,6 +188,12 @@ def main() -> None:
     held = set(order[args.calib:args.calib + args.eval].tolist())
     train_texts = [texts[i] for i in order if i not in held]
     train_texts += docstring_sentences(args.train_extra, exclude=set(texts))
+    held_texts = set(eval_texts)
+    for path in args.train_text:
+        lines = [t.strip() for t in open(path, encoding="utf-8")]
+        added = [t for t in dict.fromkeys(lines) if t and t not in held_texts]
+        print(f"# {len(added)} training sentences from {path}", flush=True)
+        train_texts += added
     train = feeds_of(tok, train_texts, args.seq, 16)
     evals = feeds_of(tok, eval_texts, args.seq, 32)
     with torch.no_grad():

@@ -126,6 +126,8 @@ def main() -> None:
     ap.add_argument("--augment", default="none",
                     help="none, cropsN (N random 4-12 word spans of the training sentences added to the text) "
                          "or pairsN (N pairs of training sentences joined into one)")
+    ap.add_argument("--train-text", metavar="FILE", nargs="*", default=[],
+                    help="text files (one sentence a line) added to the training text, as minilm_prune.py's option")
     ap.add_argument("--work", default="/tmp/qrt_recover_settings", help="folder for the export and pruned files")
     args = ap.parse_args()
     import torch
@@ -141,6 +143,10 @@ def main() -> None:
     eval_texts = [texts[i] for i in order[128:128 + 256]]
     held = set(order[128:128 + 256].tolist())
     train_texts = [texts[i] for i in order if i not in held] + docstring_sentences(8000, exclude=set(texts))
+    pydoc = set(texts)          # no sentence of the evaluation's source twice
+    for path in args.train_text:
+        lines = [t.strip() for t in open(path, encoding="utf-8")]
+        train_texts += [t for t in dict.fromkeys(lines) if t and t not in pydoc]
     train = mp.feeds_of(tok, train_texts + augmented(train_texts, args.augment), 64, 16)
     evals = mp.feeds_of(tok, eval_texts, 64, 32)
     with torch.no_grad():
@@ -191,7 +197,8 @@ def main() -> None:
     else:
         cos, precision = score({}), None          # nothing trained
     line = dict(prune=args.prune, steps=args.steps, lr=args.lr, hidden_weight=args.hidden_weight, batch=args.batch,
-                loss=args.loss, augment=args.augment, attention=args.attention,
+                loss=args.loss, augment=args.augment, attention=args.attention, train_text=args.train_text,
+                train_rows=sum(len(f["input_ids"]) for f in train),
                 precision=precision,
                 min=round(float(cos.min()), 4), mean=round(float(cos.mean()), 4),
                 p5=round(float(np.percentile(cos, 5)), 4), seconds=round(time.perf_counter() - t0),
