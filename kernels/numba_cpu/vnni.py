@@ -271,6 +271,56 @@ _F32_TINY = float(np.finfo(np.float32).tiny)     # 1 / s must be a normal float3
 _F32_MAX = float(np.finfo(np.float32).max)
 
 
+class _QuantSteps:
+    """What both quantizer step loops set up (_quantize_steps_dynamic, _quantize_steps_static):
+    pointers to x[x_off] (float32) and u[u_off] (uint8), the rint / fabs intrinsics, inv and s
+    splatted, and the tie test of the float32 estimate y against its rounding r."""
+
+    def __init__(self, context, builder, x_type, xa, x_off, u_type, ua, u_off, inv, s64):
+        self.builder = builder
+        self.xd = builder.gep(context.make_array(x_type)(context, builder, xa).data, [x_off])
+        self.ud = builder.gep(context.make_array(u_type)(context, builder, ua).data, [u_off])
+        self.rint32 = _intrinsic_fn(builder, "llvm.rint.v16f32", _V16F32, [_V16F32])
+        self.rint64 = _intrinsic_fn(builder, "llvm.rint.v16f64", _V16F64, [_V16F64])
+        self.fabs = _intrinsic_fn(builder, "llvm.fabs.v16f32", _V16F32, [_V16F32])
+        self.vinv = _splat(builder, inv, _V16F32)
+        self.vs = _splat(builder, s64, _V16F64)
+        self.window = ir.Constant(_V16F32, [_TIE_WINDOW] * 16)
+
+    def load(self, at):
+        return self.builder.load(_vec_ptr(self.builder, self.xd, at, _V16F32), align=4)
+
+    def store(self, at, q):
+        """u[at ..] = q + 128 as bytes (q int32 lanes in [-128, 127])."""
+        b = self.builder
+        ub = b.trunc(b.add(q, ir.Constant(_V16I32, [128] * 16)), ir.VectorType(_I8, 16))
+        b.store(ub, _vec_ptr(b, self.ud, at, ir.VectorType(_I8, 16)), align=1)
+
+    def quotient(self, v):
+        """rint(float64(v) / s): the reference's rounding, for the steps with a tie."""
+        b = self.builder
+        return b.call(self.rint64, [b.fdiv(b.fpext(v, _V16F64), self.vs)])
+
+    def fast_or_exact(self, tie, fast_q, exact):
+        """fast_q, or where ``tie`` holds the int32 lanes exact() emits, out of line."""
+        b = self.builder
+        fast = b.block
+        with b.if_then(tie, likely=False):
+            exact_q = exact()
+            slow = b.block
+        q = b.phi(_V16I32)
+        q.add_incoming(fast_q, fast)
+        q.add_incoming(exact_q, slow)
+        return q
+
+    def tie(self, y, r):
+        """i1: some lane of y lies within 2^-12 of a half-integer (its rounding r may differ
+        from the reference's float64 quotient's)."""
+        b = self.builder
+        near = b.fcmp_ordered(">", b.call(self.fabs, [b.fsub(y, r)]), self.window)
+        return b.icmp_unsigned("!=", b.bitcast(near, _I16), ir.Constant(_I16, 0))
+
+
 @intrinsic
 def _quantize_steps_dynamic(typingctx, x, x_off, steps, inv, s, u, u_off):
     """``steps`` x 16 values of a dynamic row, x[x_off ..] -> u[u_off ..] = q + 128; returns sum q.
@@ -283,37 +333,22 @@ def _quantize_steps_dynamic(typingctx, x, x_off, steps, inv, s, u, u_off):
 
     def codegen(context, builder, signature, args):
         xa, x_off, steps, inv, s64, ua, u_off = args
-        xd = builder.gep(context.make_array(signature.args[0])(context, builder, xa).data, [x_off])
-        ud = builder.gep(context.make_array(signature.args[5])(context, builder, ua).data, [u_off])
-        v16i8 = ir.VectorType(_I8, 16)
-        rint32 = _intrinsic_fn(builder, "llvm.rint.v16f32", _V16F32, [_V16F32])
-        rint64 = _intrinsic_fn(builder, "llvm.rint.v16f64", _V16F64, [_V16F64])
-        fabs = _intrinsic_fn(builder, "llvm.fabs.v16f32", _V16F32, [_V16F32])
-        vinv = _splat(builder, inv, _V16F32)
-        vs = _splat(builder, s64, _V16F64)
-        window = ir.Constant(_V16F32, [_TIE_WINDOW] * 16)
+        qs = _QuantSteps(context, builder, signature.args[0], xa, x_off, signature.args[5], ua, u_off, inv, s64)
         hi, lo = ir.Constant(_V16F64, [127.0] * 16), ir.Constant(_V16F64, [-127.0] * 16)
 
         def body(kk, acc):
             at = builder.mul(kk, _c64(16))
-            v = builder.load(_vec_ptr(builder, xd, at, _V16F32), align=4)
-            y = builder.fmul(v, vinv)
-            r = builder.call(rint32, [y])
-            near = builder.fcmp_ordered(">", builder.call(fabs, [builder.fsub(y, r)]), window)
-            tie = builder.icmp_unsigned("!=", builder.bitcast(near, _I16), ir.Constant(_I16, 0))
-            fast_q = builder.fptosi(r, _V16I32)
-            fast = builder.block
-            with builder.if_then(tie, likely=False):   # the reference's float64 division, clamped
-                d = builder.call(rint64, [builder.fdiv(builder.fpext(v, _V16F64), vs)])
+            v = qs.load(at)
+            y = builder.fmul(v, qs.vinv)
+            r = builder.call(qs.rint32, [y])
+
+            def exact():                  # the reference's float64 division, clamped
+                d = qs.quotient(v)
                 d = builder.select(builder.fcmp_ordered(">", d, hi), hi, d)
                 d = builder.select(builder.fcmp_ordered("<", d, lo), lo, d)
-                exact_q = builder.fptosi(d, _V16I32)
-                exact = builder.block
-            q = builder.phi(_V16I32)
-            q.add_incoming(fast_q, fast)
-            q.add_incoming(exact_q, exact)
-            ub = builder.trunc(builder.add(q, ir.Constant(_V16I32, [128] * 16)), v16i8)
-            builder.store(ub, _vec_ptr(builder, ud, at, v16i8), align=1)
+                return builder.fptosi(d, _V16I32)
+            q = qs.fast_or_exact(qs.tie(y, r), builder.fptosi(r, _V16I32), exact)
+            qs.store(at, q)
             return [builder.add(acc[0], q)]   # int32 lanes: |q| <= 127, K / 16 values each
 
         (final,) = _k_loop(builder, "quant.k", steps, body, _V16I32, 1)
@@ -344,18 +379,9 @@ def _quantize_steps_static(typingctx, x, x_off, steps, inv, s, z, u, u_off):
 
     def codegen(context, builder, signature, args):
         xa, x_off, steps, inv, s64, z, ua, u_off = args
-        xd = builder.gep(context.make_array(signature.args[0])(context, builder, xa).data, [x_off])
-        ud = builder.gep(context.make_array(signature.args[6])(context, builder, ua).data, [u_off])
-        v16i8 = ir.VectorType(_I8, 16)
-        rint32 = _intrinsic_fn(builder, "llvm.rint.v16f32", _V16F32, [_V16F32])
-        rint64 = _intrinsic_fn(builder, "llvm.rint.v16f64", _V16F64, [_V16F64])
-        fabs = _intrinsic_fn(builder, "llvm.fabs.v16f32", _V16F32, [_V16F32])
-        vinv = _splat(builder, inv, _V16F32)
-        vs = _splat(builder, s64, _V16F64)
-        z32 = builder.trunc(z, _I32)
-        vz = _splat(builder, z32, _V16I32)
+        qs = _QuantSteps(context, builder, signature.args[0], xa, x_off, signature.args[6], ua, u_off, inv, s64)
+        vz = _splat(builder, builder.trunc(z, _I32), _V16I32)
         vzf = _splat(builder, builder.sitofp(z, ir.DoubleType()), _V16F64)
-        window = ir.Constant(_V16F32, [_TIE_WINDOW] * 16)
         clamp_hi = ir.Constant(_V16F32, [_STATIC_CLAMP] * 16)
         clamp_lo = ir.Constant(_V16F32, [-_STATIC_CLAMP] * 16)
         qhi, qlo = ir.Constant(_V16I32, [127] * 16), ir.Constant(_V16I32, [-128] * 16)
@@ -365,29 +391,23 @@ def _quantize_steps_static(typingctx, x, x_off, steps, inv, s, z, u, u_off):
 
         def body(kk, acc):
             at = builder.mul(kk, _c64(16))
-            v = builder.load(_vec_ptr(builder, xd, at, _V16F32), align=4)
+            v = qs.load(at)
             nan = builder.fcmp_unordered("uno", v, v)
-            y = builder.fmul(v, vinv)
+            y = builder.fmul(v, qs.vinv)
             y = builder.select(builder.fcmp_unordered(">", y, clamp_hi), clamp_hi, y)     # NaN too
             y = builder.select(builder.fcmp_ordered("<", y, clamp_lo), clamp_lo, y)
-            r = builder.call(rint32, [y])
-            near = builder.fcmp_ordered(">", builder.call(fabs, [builder.fsub(y, r)]), window)
-            tie = builder.icmp_unsigned("!=", builder.bitcast(near, _I16), ir.Constant(_I16, 0))
+            r = builder.call(qs.rint32, [y])
             fq = builder.add(builder.fptosi(r, _V16I32), vz)
             fq = builder.select(builder.icmp_signed(">", fq, qhi), qhi, fq)
-            fast_q = builder.select(builder.icmp_signed("<", fq, qlo), qlo, fq)
-            fast = builder.block
-            with builder.if_then(tie, likely=False):   # the reference's float64 division and clip
-                d = builder.fadd(builder.call(rint64, [builder.fdiv(builder.fpext(v, _V16F64), vs)]), vzf)
+            fq = builder.select(builder.icmp_signed("<", fq, qlo), qlo, fq)
+
+            def exact():                  # the reference's float64 division and clip
+                d = builder.fadd(qs.quotient(v), vzf)
                 d = builder.select(builder.fcmp_ordered("<=", d, hi), d, hi)     # NaN -> 127
                 d = builder.select(builder.fcmp_ordered(">=", d, lo), d, lo)
-                exact_q = builder.fptosi(d, _V16I32)
-                exact = builder.block
-            q = builder.phi(_V16I32)
-            q.add_incoming(fast_q, fast)
-            q.add_incoming(exact_q, exact)
-            ub = builder.trunc(builder.add(q, ir.Constant(_V16I32, [128] * 16)), v16i8)
-            builder.store(ub, _vec_ptr(builder, ud, at, v16i8), align=1)
+                return builder.fptosi(d, _V16I32)
+            q = qs.fast_or_exact(qs.tie(y, r), fq, exact)
+            qs.store(at, q)
             return [builder.add(acc[0], q), builder.add(acc[1], builder.select(nan, one, zero))]
 
         total, nans = _k_loop(builder, "squant.k", steps, body, _V16I32, 2)
