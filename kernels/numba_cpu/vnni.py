@@ -426,9 +426,7 @@ def _quantize_row_static_fast(x, i, u, s, z):
 def _quantize_row_static_fast_impl(x, i, u, s, z):
     # float32 C-contiguous rows, as the dynamic ones: the float64 division alone took about
     # 0.45 ns a value (benchmarks/RESULTS.md, "Static rows on numba without a division").
-    fast = (isinstance(x, types.Array) and x.dtype == types.float32 and x.layout == "C" and x.ndim == 2
-            and isinstance(u, types.Array) and u.dtype == types.uint8 and u.layout == "C")
-    if not fast:
+    if not _vector_rows(x, u):
         return lambda x, i, u, s, z: _quantize_row(x, i, u, s, -128.0, z)
 
     def impl(x, i, u, s, z):
@@ -444,6 +442,13 @@ def _quantize_row_static_fast_impl(x, i, u, s, z):
     return impl
 
 
+def _vector_rows(x, u) -> bool:
+    """Numba types that the 16-value quantizer steps take: float32 C-contiguous 2-D rows of x
+    into C-contiguous uint8 u."""
+    return (isinstance(x, types.Array) and x.dtype == types.float32 and x.layout == "C" and x.ndim == 2
+            and isinstance(u, types.Array) and u.dtype == types.uint8 and u.layout == "C")
+
+
 def _quantize_row_dynamic_fast(x, i, u, s):
     """sum qx of row i quantized into u (dynamic scale s), or None (numba only)."""
 
@@ -454,9 +459,7 @@ def _quantize_row_dynamic_fast_impl(x, i, u, s):
     # value near a half-integer (about 1 in 130) and the row's last K % 16 by the division. The
     # division alone took ~0.45 ns a value, a fifth to a third of a numba int8 Linear at
     # M = 16 (X: (16, 384, 384) 6.4 of 18.5 us).
-    fast = (isinstance(x, types.Array) and x.dtype == types.float32 and x.layout == "C" and x.ndim == 2
-            and isinstance(u, types.Array) and u.dtype == types.uint8 and u.layout == "C")
-    if not fast:
+    if not _vector_rows(x, u):
         return lambda x, i, u, s: _quantize_row(x, i, u, s, -127.0, 0)[0]
 
     def impl(x, i, u, s):
