@@ -141,6 +141,18 @@ def feeds_of(tok, texts: list[str], seq: int, batch: int) -> list[dict]:
     return out
 
 
+def text_file_sentences(paths: list[str], exclude: set[str]) -> list[str]:
+    """The distinct non-empty lines of text files (one sentence a line), none of ``exclude``
+    (the pydoc sentences: evaluation sentences never train), in file order; says how many."""
+    out = []
+    for path in paths:
+        lines = [t.strip() for t in open(path, encoding="utf-8")]
+        added = [t for t in dict.fromkeys(lines) if t and t not in exclude]
+        print(f"# {len(added)} training sentences from {path}", flush=True)
+        out += added
+    return out
+
+
 def embed(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
     m = mask[..., None].astype(np.float64)
     e = (hidden.astype(np.float64) * m).sum(1) / np.maximum(m.sum(1), 1e-9)
@@ -159,7 +171,7 @@ def main() -> None:
                     help="docstring sentences added to the recovery training text (default 8000)")
     ap.add_argument("--train-text", metavar="FILE", nargs="*", default=[],
                     help="text files (one sentence a line) added to the recovery training text, e.g. "
-                         "general English from benchmarks/generic_text.py; evaluation sentences are dropped")
+                         "general English from benchmarks/generic_text.py; pydoc sentences are dropped")
     ap.add_argument("--recover-minutes", type=float, default=10.0,
                     help="time budget of each distillation recovery (default: 10)")
     ap.add_argument("--save", metavar="DIR", help="keep the exported .onnx and every .qrt in DIR (for qrt bench)")
@@ -188,12 +200,7 @@ def main() -> None:
     held = set(order[args.calib:args.calib + args.eval].tolist())
     train_texts = [texts[i] for i in order if i not in held]
     train_texts += docstring_sentences(args.train_extra, exclude=set(texts))
-    held_texts = set(eval_texts)
-    for path in args.train_text:
-        lines = [t.strip() for t in open(path, encoding="utf-8")]
-        added = [t for t in dict.fromkeys(lines) if t and t not in held_texts]
-        print(f"# {len(added)} training sentences from {path}", flush=True)
-        train_texts += added
+    train_texts += text_file_sentences(args.train_text, exclude=set(texts))
     train = feeds_of(tok, train_texts, args.seq, 16)
     evals = feeds_of(tok, eval_texts, args.seq, 32)
     with torch.no_grad():

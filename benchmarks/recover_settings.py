@@ -143,10 +143,7 @@ def main() -> None:
     eval_texts = [texts[i] for i in order[128:128 + 256]]
     held = set(order[128:128 + 256].tolist())
     train_texts = [texts[i] for i in order if i not in held] + docstring_sentences(8000, exclude=set(texts))
-    pydoc = set(texts)          # no sentence of the evaluation's source twice
-    for path in args.train_text:
-        lines = [t.strip() for t in open(path, encoding="utf-8")]
-        train_texts += [t for t in dict.fromkeys(lines) if t and t not in pydoc]
+    train_texts += mp.text_file_sentences(args.train_text, exclude=set(texts))
     train = mp.feeds_of(tok, train_texts + augmented(train_texts, args.augment), 64, 16)
     evals = mp.feeds_of(tok, eval_texts, 64, 32)
     with torch.no_grad():
