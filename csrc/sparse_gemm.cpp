@@ -609,6 +609,24 @@ constexpr int64_t kAvx2WorkWeight = 3;
 // 59 K lanes, 6.8 / 5.4; (384, 1536) and (768, 768), 78 K: 8.9 / 6.5, 7.9 / 6.3; (384, 384),
 // 20 K: 3.2 / 3.5; M = 4 (384, 384), 78 K: 6.9 / 5.6.
 constexpr int64_t kAvx2EllWorkWeight = 5;
+// The tiled paths' work items go group of tiles by group (sparse_int8_linear_isa): a group's
+// transposed activation tiles fill at most this many bytes (at least one tile), a third to a half
+// of the L1 data cache of the cores we know (32 KB Zen 3 / 4, 48 KB Golden Cove).
+constexpr int64_t kTileGroupBytes = 16 * 1024;
+
+// Item i of a tiled path: the tiles run in groups of group_tiles, each group's items block-major
+// (a row block's weights serve every tile of the group while in L1), one group after another
+// (the group's tiles stay in L1 while all the row blocks' weights stream past). With one tile per
+// group the order is tile-major, with all tiles in one group block-major.
+struct TileItem {
+    int64_t block, tile;
+};
+inline TileItem tile_item(int64_t i, int64_t blocks, int64_t tiles, int64_t group_tiles) {
+    const int64_t g = i / (group_tiles * blocks);                     // every group before the last is full
+    const int64_t in_group = std::min(group_tiles, tiles - g * group_tiles);
+    const int64_t r = i - g * group_tiles * blocks;
+    return {r / in_group, g * group_tiles + r % in_group};
+}
 
 }  // namespace
 
@@ -727,14 +745,29 @@ void sparse_int8_linear_isa(const SparseInt8Weight& w, const float* x, int64_t m
     // work items, each computing a fixed set of outputs start to end (thread-count independent)
     int64_t items = 0, work = 0;
     const int64_t tiles = mpad / kSparseTileRows;
+    // The tiled paths' items are (row block, activation tile) pairs in tile_item()'s order: by
+    // groups of tiles that fit kTileGroupBytes. (Block-major over all the tiles, as before,
+    // switched tiles every item and missed L1 once they outgrew it.)
+    int64_t tile_blocks = 0;   // row blocks of a tiled path
     switch (path) {
         case SparsePath::ell:
         case SparsePath::ell_avx2: items = w.nblk; work = w.ell_vectors * 64 * m; break;
         case SparsePath::quad_tiles:
-        case SparsePath::quad_tiles_avx2: items = w.nblk * tiles; work = w.nquads * w.quad_rows * 4 * mpad; break;
-        case SparsePath::pairs_avx2: items = (n + 7) / 8 * tiles; work = w.npairs * 2 * mpad; break;
+        case SparsePath::quad_tiles_avx2:
+            tile_blocks = w.nblk;
+            items = tile_blocks * tiles;
+            work = w.nquads * w.quad_rows * 4 * mpad;
+            break;
+        case SparsePath::pairs_avx2:
+            tile_blocks = (n + 7) / 8;   // 8 output rows a block
+            items = tile_blocks * tiles;
+            work = w.npairs * 2 * mpad;
+            break;
         default: items = w.nblk; work = w.nnz * m; break;
     }
+    // bytes of one transposed tile: pairs (ldu, 16) int16, quads (ldu / 4, 16, 4) bytes
+    const int64_t tile_bytes = ldu * kSparseTileRows * (path == SparsePath::pairs_avx2 ? 2 : 1);
+    const int64_t group_tiles = std::max<int64_t>(1, kTileGroupBytes / tile_bytes);
     int nt = std::max(1, threads);
     if (path == SparsePath::ell_avx2) work *= kAvx2EllWorkWeight;
     if (path == SparsePath::pairs_avx2) work *= kAvx2WorkWeight;
@@ -775,10 +808,15 @@ void sparse_int8_linear_isa(const SparseInt8Weight& w, const float* x, int64_t m
         switch (path) {
 #if QRT_INT8_X86_SIMD
             case SparsePath::ell: sparse_detail::ell_blocks_avx512(p, item, item + 1); break;
-            case SparsePath::quad_tiles: sparse_detail::quad_tile_avx512(p, xq.get(), item / tiles, item % tiles); break;
+            case SparsePath::quad_tiles: {
+                const TileItem ti = tile_item(item, tile_blocks, tiles, group_tiles);
+                sparse_detail::quad_tile_avx512(p, xq.get(), ti.block, ti.tile);
+                break;
+            }
             case SparsePath::ell_avx2: sparse_detail::ell_blocks_avx2(p, item, item + 1, ell_step); break;
             case SparsePath::pairs_avx2: {
-                const int64_t t = item % tiles;
+                const TileItem ti = tile_item(item, tile_blocks, tiles, group_tiles);
+                const int64_t t = ti.tile;
                 int16_t* copy = xt.get();
                 if (xt_per_slot) {
                     copy += static_cast<int64_t>(slot) * mpad * ldu;
@@ -788,12 +826,14 @@ void sparse_int8_linear_isa(const SparseInt8Weight& w, const float* x, int64_t m
                         ready = 1;
                     }
                 }
-                sparse_detail::pairs_block_avx2(p, copy, item / tiles, t);
+                sparse_detail::pairs_block_avx2(p, copy, ti.block, t);
                 break;
             }
-            case SparsePath::quad_tiles_avx2:
-                sparse_detail::quad_tile_avx2(p, xq.get(), item / tiles, item % tiles, quads_vnni);
+            case SparsePath::quad_tiles_avx2: {
+                const TileItem ti = tile_item(item, tile_blocks, tiles, group_tiles);
+                sparse_detail::quad_tile_avx2(p, xq.get(), ti.block, ti.tile, quads_vnni);
                 break;
+            }
 #endif
             default:
                 if (w.has_rows)
