@@ -116,6 +116,9 @@ def main() -> None:
     ap.add_argument("--prune", choices=sorted(PRUNINGS), default="nm", help="mask kind (default nm: 2:4)")
     ap.add_argument("--steps", type=int, default=600, help="training steps; 0 scores the one-shot model")
     ap.add_argument("--lr", type=float, default=R.DEFAULT_LR)
+    ap.add_argument("--seed", type=int, default=0,
+                    help="seeds the order of the training rows (recover()'s seed; default 0): runs at several "
+                         "seeds give the spread of a setting's figures")
     ap.add_argument("--hidden-weight", type=float, default=R.NORM_HIDDEN_WEIGHT)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--precision", choices=R.PRECISIONS, default="auto",
@@ -187,13 +190,13 @@ def main() -> None:
             softmax = [n.outputs[0] for n in student.nodes if n.op == "Softmax"]
             R.DistillLoss = with_attention_loss(R.DistillLoss, softmax, args.attention)
             hidden = hidden + softmax
-        res = R.recover(student, teacher, masks, train, steps=args.steps, lr=args.lr, batch_size=args.batch,
+        res = R.recover(student, teacher, masks, train, steps=args.steps, lr=args.lr, seed=args.seed, batch_size=args.batch,
                         hidden_weight=args.hidden_weight, hidden=hidden, precision=args.precision,
                         say=lambda s: print("   ", s, flush=True) if "ETA" not in s else None)
         cos, precision = score(res.weights), res.precision
     else:
         cos, precision = score({}), None          # nothing trained
-    line = dict(prune=args.prune, steps=args.steps, lr=args.lr, hidden_weight=args.hidden_weight, batch=args.batch,
+    line = dict(prune=args.prune, steps=args.steps, lr=args.lr, seed=args.seed, hidden_weight=args.hidden_weight, batch=args.batch,
                 loss=args.loss, augment=args.augment, attention=args.attention, train_text=args.train_text,
                 train_rows=sum(len(f["input_ids"]) for f in train),
                 precision=precision,
