@@ -399,6 +399,8 @@ void pairs_pack(SparseInt8Weight& w) {
     for (int64_t r = 0; r < w.n; ++r) w.pptr[r + 1] = w.pptr[r] + (rows.indptr[r + 1] - rows.indptr[r] + 1) / 2;
     w.npairs = w.pptr[w.n];
     w.pcol.assign(2 * w.npairs, 0);
+    w.pcol_x4 = w.k <= kPairsColX4MaxK;
+    const int64_t unit = w.pcol_x4 ? 4 : 1;
     w.pw.allocate(std::max<int64_t>(1, w.npairs));
     const auto half = [](int8_t v) { return static_cast<uint32_t>(static_cast<uint16_t>(static_cast<int16_t>(v))); };
     for (int64_t r = 0; r < w.n; ++r) {
@@ -406,8 +408,8 @@ void pairs_pack(SparseInt8Weight& w) {
         int64_t q = w.pptr[r];
         for (int64_t j = rows.indptr[r]; j < j1; j += 2, ++q) {
             const bool two = j + 1 < j1;   // else the last column again, with weight 0
-            w.pcol[2 * q] = static_cast<uint16_t>(rows.cols[j]);
-            w.pcol[2 * q + 1] = static_cast<uint16_t>(rows.cols[two ? j + 1 : j]);
+            w.pcol[2 * q] = static_cast<uint16_t>(unit * rows.cols[j]);
+            w.pcol[2 * q + 1] = static_cast<uint16_t>(unit * rows.cols[two ? j + 1 : j]);
             w.pw[q] = static_cast<int32_t>(half(rows.vals[j]) | (half(two ? rows.vals[j + 1] : 0) << 16));
         }
     }

@@ -118,6 +118,7 @@ namespace qrt {
 constexpr int64_t kSparseBlockRows = 16;    // output rows per ELL block (16 int32 lanes)
 constexpr int64_t kSparseSegment = 128;     // activation bytes per ELL segment (2 zmm tables), the most
 constexpr int64_t kSparseSegmentNarrow = 64;  // byte lanes may use this instead: one zmm table (vpermb)
+constexpr int64_t kPairsColX4MaxK = 16384;    // pairs store 4 x column (uint16, <= 65532) up to this K (pcol_x4)
 constexpr int64_t kSparseWindows = 0;         // the segment option of byte lanes over sliding 64-byte windows
 constexpr int64_t kSparseTileRows = 16;     // activation rows per quad tile (16 int32 lanes)
 
@@ -195,7 +196,8 @@ struct SparseInt8Weight {
     // column order; an odd row's last pair repeats its column with weight 0
     bool has_pairs = false;
     std::vector<int64_t> pptr;        // (N + 1,) pairs of each row
-    std::vector<uint16_t> pcol;       // (npairs, 2) the two columns (K <= kMaxKInt32 < 2^16)
+    std::vector<uint16_t> pcol;       // (npairs, 2) the two columns (K <= kMaxKInt32 < 2^16), times 4 if pcol_x4
+    bool pcol_x4 = false;             // pcol holds 4 x column (K <= kPairsColX4MaxK): the load's x8 addressing
     AlignedArray<int32_t> pw;         // (npairs,) the two weights as int16: low half, high half
     int64_t npairs = 0;
     size_t nbytes() const;            // bytes held by every packed array

@@ -133,17 +133,25 @@ QRT_TARGET_AVX2 void pairs_transpose_avx2(const Problem& p, int64_t t, int16_t* 
     }
 }
 
-// One pair (the j-th of a row): l / h += its two columns' qx times its two weights.
+// One pair (the j-th of a row): l / h += its two columns' qx times its two weights. A column's
+// 16 int16 are 32 bytes at x + 32 c; with kX4 the stored index is 4 c and the address x + 8 (4 c)
+// is the load's own scaled-index form, without a shift per column.
+template <bool kX4>
 QRT_TARGET_AVX2 inline void pair_step(const int16_t* x, const uint16_t* col, const int32_t* pw, int64_t j, __m256i& l,
                                       __m256i& h) {
-    const __m256i a = _mm256_load_si256(reinterpret_cast<const __m256i*>(x + col[2 * j] * kSparseTileRows));
-    const __m256i b = _mm256_load_si256(reinterpret_cast<const __m256i*>(x + col[2 * j + 1] * kSparseTileRows));
+    constexpr size_t kStride = kX4 ? 8 : 32;   // bytes per unit of the stored index
+    const char* xb = reinterpret_cast<const char*>(x);
+    const __m256i a = _mm256_load_si256(reinterpret_cast<const __m256i*>(xb + col[2 * j] * kStride));
+    const __m256i b = _mm256_load_si256(reinterpret_cast<const __m256i*>(xb + col[2 * j + 1] * kStride));
     const __m256i wv = _mm256_set1_epi32(pw[j]);
     l = _mm256_add_epi32(l, _mm256_madd_epi16(_mm256_unpacklo_epi16(a, b), wv));
     h = _mm256_add_epi32(h, _mm256_madd_epi16(_mm256_unpackhi_epi16(a, b), wv));
 }
 
-QRT_TARGET_AVX2 void pairs_block_avx2(const Problem& p, const int16_t* xt, int64_t blk, int64_t t) {
+namespace {
+
+template <bool kX4>
+QRT_TARGET_AVX2 void pairs_block(const Problem& p, const int16_t* xt, int64_t blk, int64_t t) {
     const SparseInt8Weight& w = *p.w;
     const int16_t* x = xt + t * p.ldu * kSparseTileRows;
     const int64_t n = w.n, n0 = blk * 8, rows = std::min<int64_t>(8, n - n0);
@@ -161,10 +169,10 @@ QRT_TARGET_AVX2 void pairs_block_avx2(const Problem& p, const int16_t* xt, int64
         const int64_t count = j1 - j0;
         int64_t j = 0;
         for (; j + 2 <= count; j += 2) {
-            pair_step(x, col, pw, j, lo, hi);
-            pair_step(x, col, pw, j + 1, lo2, hi2);
+            pair_step<kX4>(x, col, pw, j, lo, hi);
+            pair_step<kX4>(x, col, pw, j + 1, lo2, hi2);
         }
-        if (j < count) pair_step(x, col, pw, j, lo, hi);
+        if (j < count) pair_step<kX4>(x, col, pw, j, lo, hi);
         lo_r[r] = _mm256_add_epi32(lo, lo2);
         hi_r[r] = _mm256_add_epi32(hi, hi2);
     }
@@ -181,6 +189,15 @@ QRT_TARGET_AVX2 void pairs_block_avx2(const Problem& p, const int16_t* xt, int64
         transpose8x8_epi32(c);   // c[i]: activation row m0 + 8 h + i, lane = output row n0 + lane
         for (int i = 0; i < 8 && 8 * h + i < mrows; ++i) store_rows8(c[i], p, n0, m0 + 8 * h + i, p.corr_signed);
     }
+}
+
+}  // namespace
+
+QRT_TARGET_AVX2 void pairs_block_avx2(const Problem& p, const int16_t* xt, int64_t blk, int64_t t) {
+    if (p.w->pcol_x4)
+        pairs_block<true>(p, xt, blk, t);
+    else
+        pairs_block<false>(p, xt, blk, t);
 }
 
 // --- quad tiles: activation rows in lanes, 4 consecutive k per lane ---------------------------

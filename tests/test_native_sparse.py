@@ -343,6 +343,26 @@ def test_avx2_quad_tiles_refuse_a_minus_128_weight(restore_native_state):
 
 
 @pytest.mark.skipif(not AVX2, reason="the CPU has no AVX2")
+@pytest.mark.parametrize("k", [16384, 16385, 16400])
+def test_avx2_pairs_column_forms(k, restore_native_state):
+    """The pairs store 4 x column (the loads' x8 addressing) up to K = 16384 (column 16383:
+    65532) and the column itself beyond (4 x 16384 does not fit uint16): both give the
+    reference's bits, the last columns included, on 1 and 2 threads and over 2 activation tiles."""
+    rng = _rng("pairs-cols", k)
+    t = pack_sparse_case(rng, "csr", 16, k, kind="magnitude0.9")
+    q = np.array(t.fields["qdata"])
+    idx = np.array(t.fields["indices"])
+    q[idx >= k - 4] = 127                            # the highest columns weigh most
+    t = layouts.PackedTensor(t.name, t.layout, t.dtype, t.shape, {**t.fields, "qdata": q}, dict(t.params))
+    w = pack_sparse(t, lanes="none", quad_rows=0, pairs=1)
+    assert w.pairs_col_x4 == (k <= 16384)
+    _native.set_int8_isa("avx2")
+    assert w.path(32) == "pairs_avx2"
+    x = _x(rng, (32, k))
+    _assert_on_1_and_2_threads(w, x, None, ACTS["dynamic"], _reference(t, ACTS["dynamic"], x), f"pairs K={k}")
+
+
+@pytest.mark.skipif(not AVX2, reason="the CPU has no AVX2")
 @pytest.mark.parametrize("minus_128", [False, True])
 def test_avx2_ell_steps(minus_128, restore_native_state):
     """The AVX2 ELL kernel multiplies with the signed step (|qx| x sign(qx) w, vpmaddubsw) where
