@@ -616,6 +616,21 @@ constexpr int64_t kAvx2EllWorkWeight = 5;
 // of the L1 data cache of the cores we know (32 KB Zen 3 / 4, 48 KB Golden Cove).
 constexpr int64_t kTileGroupBytes = 16 * 1024;
 
+// AVX-512 ELL items are row blocks with every activation row; a weight of few blocks (N = 384:
+// 24) at large M gave two threads few, long items to share. Such a weight's rows are split in
+// as many groups (of at least kEllMinGroupRows, a multiple of 8) as take its items to
+// kEllMinItems. Measured, X as AVX-512 VNNI, csr 80 %, M = 128, 2 threads, us, all rows /
+// groups: (384, 384) 33.8-34.1 / 29.3-29.8, (1536, 384) 98.0-98.3 / 88.9-92.0; one thread
+// unchanged. Splitting every weight's rows (in 24 KB of u) cost (768, 3072) 5 % (its vectors
+// streamed once per group): benchmarks/RESULTS.md, "AVX-512 ELL: rows split for weights of few blocks".
+constexpr int64_t kEllMinItems = 32;
+constexpr int64_t kEllMinGroupRows = 32;
+inline int64_t ell_group_rows(int64_t nblk, int64_t m) {
+    if (nblk >= kEllMinItems || m < 2 * kEllMinGroupRows) return m;
+    const int64_t groups = std::min((kEllMinItems + nblk - 1) / nblk, m / kEllMinGroupRows);
+    return ((m + groups - 1) / groups + 7) / 8 * 8;
+}
+
 // Item i of a tiled path: the tiles run in groups of group_tiles, each group's items block-major
 // (a row block's weights serve every tile of the group while in L1), one group after another
 // (the group's tiles stay in L1 while all the row blocks' weights stream past). With one tile per
@@ -751,8 +766,13 @@ void sparse_int8_linear_isa(const SparseInt8Weight& w, const float* x, int64_t m
     // groups of tiles that fit kTileGroupBytes. (Block-major over all the tiles, as before,
     // switched tiles every item and missed L1 once they outgrew it.)
     int64_t tile_blocks = 0;   // row blocks of a tiled path
+    int64_t ell_rows = m;      // AVX-512 ELL: activation rows per item (ell_row_groups)
     switch (path) {
         case SparsePath::ell:
+            ell_rows = ell_group_rows(w.nblk, m);
+            items = w.nblk * ((m + ell_rows - 1) / ell_rows);
+            work = w.ell_vectors * 64 * m;
+            break;
         case SparsePath::ell_avx2: items = w.nblk; work = w.ell_vectors * 64 * m; break;
         case SparsePath::quad_tiles:
         case SparsePath::quad_tiles_avx2:
@@ -809,7 +829,11 @@ void sparse_int8_linear_isa(const SparseInt8Weight& w, const float* x, int64_t m
     const auto run_item = [&](int64_t item, int slot) {
         switch (path) {
 #if QRT_INT8_X86_SIMD
-            case SparsePath::ell: sparse_detail::ell_blocks_avx512(p, item, item + 1); break;
+            case SparsePath::ell: {   // row group item / nblk of block item % nblk
+                const int64_t b = item % w.nblk, m_lo = item / w.nblk * ell_rows;
+                sparse_detail::ell_blocks_avx512(p, b, b + 1, m_lo, std::min(m, m_lo + ell_rows));
+                break;
+            }
             case SparsePath::quad_tiles: {
                 const TileItem ti = tile_item(item, tile_blocks, tiles, group_tiles);
                 sparse_detail::quad_tile_avx512(p, xq.get(), ti.block, ti.tile);

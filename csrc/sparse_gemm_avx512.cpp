@@ -218,47 +218,47 @@ QRT_TARGET_AVX512_VBMI void ell_block_windows(const Problem& p, int64_t b, int64
     }
 }
 
-QRT_TARGET_AVX512_VBMI void ell_blocks_windows(const Problem& p, int64_t b0, int64_t b1) {
+QRT_TARGET_AVX512_VBMI void ell_blocks_windows(const Problem& p, int64_t b0, int64_t b1, int64_t m_lo, int64_t m_hi) {
     for (int64_t b = b0; b < b1; ++b) {
-        int64_t m0 = 0;
-        if (p.m >= kEllPrefetchMinRows) {
-            ell_block_windows<8, true>(p, b, 0);
-            m0 = 8;
+        int64_t m0 = m_lo;
+        if (m_hi - m_lo >= kEllPrefetchMinRows) {
+            ell_block_windows<8, true>(p, b, m0);
+            m0 += 8;
         }
-        for (; m0 + 8 <= p.m; m0 += 8) ell_block_windows<8>(p, b, m0);
-        for (; m0 + 4 <= p.m; m0 += 4) ell_block_windows<4>(p, b, m0);
-        for (; m0 < p.m; ++m0) ell_block_windows<1>(p, b, m0);
+        for (; m0 + 8 <= m_hi; m0 += 8) ell_block_windows<8>(p, b, m0);
+        for (; m0 + 4 <= m_hi; m0 += 4) ell_block_windows<4>(p, b, m0);
+        for (; m0 < m_hi; ++m0) ell_block_windows<1>(p, b, m0);
     }
 }
 
 template <Fetch kF>
-QRT_TARGET_AVX512_VBMI void ell_blocks(const Problem& p, int64_t b0, int64_t b1) {
+QRT_TARGET_AVX512_VBMI void ell_blocks(const Problem& p, int64_t b0, int64_t b1, int64_t m_lo, int64_t m_hi) {
     for (int64_t b = b0; b < b1; ++b) {
         // the block's first pass prefetches its vectors (kEllPrefetchAhead), the others reuse them
         constexpr int kRows = kF == Fetch::byte64 ? 8 : 4;
-        int64_t m0 = 0;
-        if (p.m >= kEllPrefetchMinRows) {
-            ell_block<kF, kRows, true>(p, b, 0);
-            m0 = kRows;
+        int64_t m0 = m_lo;
+        if (m_hi - m_lo >= kEllPrefetchMinRows) {
+            ell_block<kF, kRows, true>(p, b, m0);
+            m0 += kRows;
         }
         if constexpr (kRows == 8)
-            for (; m0 + 8 <= p.m; m0 += 8) ell_block<kF, 8>(p, b, m0);
-        for (; m0 + 4 <= p.m; m0 += 4) ell_block<kF, 4>(p, b, m0);
-        for (; m0 < p.m; ++m0) ell_block<kF, 1>(p, b, m0);
+            for (; m0 + 8 <= m_hi; m0 += 8) ell_block<kF, 8>(p, b, m0);
+        for (; m0 + 4 <= m_hi; m0 += 4) ell_block<kF, 4>(p, b, m0);
+        for (; m0 < m_hi; ++m0) ell_block<kF, 1>(p, b, m0);
     }
 }
 
 }  // namespace
 
-void ell_blocks_avx512(const Problem& p, int64_t b0, int64_t b1) {
+void ell_blocks_avx512(const Problem& p, int64_t b0, int64_t b1, int64_t m_lo, int64_t m_hi) {
     if (p.w->windows)
-        ell_blocks_windows(p, b0, b1);
+        ell_blocks_windows(p, b0, b1, m_lo, m_hi);
     else if (p.w->lanes == EllLanes::dword)
-        ell_blocks<Fetch::dword>(p, b0, b1);
+        ell_blocks<Fetch::dword>(p, b0, b1, m_lo, m_hi);
     else if (p.w->seg == kSparseSegmentNarrow)
-        ell_blocks<Fetch::byte64>(p, b0, b1);
+        ell_blocks<Fetch::byte64>(p, b0, b1, m_lo, m_hi);
     else
-        ell_blocks<Fetch::byte128>(p, b0, b1);
+        ell_blocks<Fetch::byte128>(p, b0, b1, m_lo, m_hi);
 }
 
 namespace {

@@ -28,8 +28,8 @@ struct Problem {
 };
 
 #if QRT_INT8_X86_SIMD
-// ELL blocks [b0, b1), every activation row (byte lanes need VBMI).
-void ell_blocks_avx512(const Problem& p, int64_t b0, int64_t b1);
+// ELL blocks [b0, b1), activation rows [m_lo, m_hi) (byte lanes need VBMI).
+void ell_blocks_avx512(const Problem& p, int64_t b0, int64_t b1, int64_t m_lo, int64_t m_hi);
 // Nanoseconds per (byte permute, vpdpbusd) pair in a short register-only loop: vpermi2b (two
 // tables) or vpermb (one). Needs AVX-512 VBMI + VNNI.
 double permute_pair_ns_avx512(bool two_tables);
