@@ -97,8 +97,9 @@
 //   vpdpbusd); below it the AVX2 ELL kernel is faster.
 //
 // Threads: every output element is computed by one thread, in a fixed order (work items are
-// row blocks, or (row block, activation tile) pairs, handed out by groups of tiles that fit
-// L1: sparse_gemm.cpp, tile_item), so results do not depend on the thread count. The thread count and the ISA override are int8_gemm's (int8_set_threads,
+// row blocks (AVX-512 ELL: with a group of activation rows where the weight has few blocks,
+// sparse_gemm.cpp ell_group_rows), or (row block, activation tile) pairs, handed out by groups
+// of tiles that fit L1: tile_item), so results do not depend on the thread count. The thread count and the ISA override are int8_gemm's (int8_set_threads,
 // int8_set_isa): "avx512_vnni" runs the AVX-512 paths (ell, quad_tiles; byte-lane ELL also
 // needs VBMI); "avx2" (and "avx_vnni") run ell_avx2, the AVX2 kernel on the same ELL vectors
 // (either lane kind), and pairs_avx2 from M = 8 where pairs were built (quad tiles have no
