@@ -267,7 +267,7 @@ void bind_sparse(py::module_& m) {
                                "quads built and every quad weight within [-63, 63]: the AVX2 quad tiles skip the sign step")
         .def_property_readonly("npairs", [](const qrt::SparseInt8Weight& w) { return w.has_pairs ? w.npairs : -1; },
                                "weight pairs of the pairs_avx2 path, -1 when they were not built")
-        .def_property_readonly("pairs_col_x4", [](const qrt::SparseInt8Weight& w) { return w.has_pairs && w.pcol_x4; },
+        .def_property_readonly("pairs_col_x4", [](const qrt::SparseInt8Weight& w) { return w.has_pairs && w.pcol_x4(); },
                                "pairs built with 4 x column indices (K <= 16384: the kernel's loads scale them)")
         .def_property_readonly("nbytes", &qrt::SparseInt8Weight::nbytes, "bytes held by every packed array")
         .def_property_readonly(

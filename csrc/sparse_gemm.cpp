@@ -399,8 +399,7 @@ void pairs_pack(SparseInt8Weight& w) {
     for (int64_t r = 0; r < w.n; ++r) w.pptr[r + 1] = w.pptr[r] + (rows.indptr[r + 1] - rows.indptr[r] + 1) / 2;
     w.npairs = w.pptr[w.n];
     w.pcol.assign(2 * w.npairs, 0);
-    w.pcol_x4 = w.k <= kPairsColX4MaxK;
-    const int64_t unit = w.pcol_x4 ? 4 : 1;
+    const int64_t unit = w.pcol_x4() ? 4 : 1;
     w.pw.allocate(std::max<int64_t>(1, w.npairs));
     const auto half = [](int8_t v) { return static_cast<uint32_t>(static_cast<uint16_t>(static_cast<int16_t>(v))); };
     for (int64_t r = 0; r < w.n; ++r) {
@@ -766,7 +765,7 @@ void sparse_int8_linear_isa(const SparseInt8Weight& w, const float* x, int64_t m
     // groups of tiles that fit kTileGroupBytes. (Block-major over all the tiles, as before,
     // switched tiles every item and missed L1 once they outgrew it.)
     int64_t tile_blocks = 0;   // row blocks of a tiled path
-    int64_t ell_rows = m;      // AVX-512 ELL: activation rows per item (ell_row_groups)
+    int64_t ell_rows = m;      // AVX-512 ELL: activation rows per item (ell_group_rows)
     switch (path) {
         case SparsePath::ell:
             ell_rows = ell_group_rows(w.nblk, m);
@@ -827,6 +826,8 @@ void sparse_int8_linear_isa(const SparseInt8Weight& w, const float* x, int64_t m
     // 2 threads, Zen 4, us: products 112, + the pass 196; the GELU in the ELL kernel's registers
     // before each store 223-241; on each work item's 16-column strips right after it 229.
     const auto run_item = [&](int64_t item, int slot) {
+        // the tiled paths' (row block, activation tile) of this item
+        const TileItem ti = tiled ? tile_item(item, tile_blocks, tiles, group_tiles) : TileItem{0, 0};
         switch (path) {
 #if QRT_INT8_X86_SIMD
             case SparsePath::ell: {   // row group item / nblk of block item % nblk
@@ -834,14 +835,11 @@ void sparse_int8_linear_isa(const SparseInt8Weight& w, const float* x, int64_t m
                 sparse_detail::ell_blocks_avx512(p, b, b + 1, m_lo, std::min(m, m_lo + ell_rows));
                 break;
             }
-            case SparsePath::quad_tiles: {
-                const TileItem ti = tile_item(item, tile_blocks, tiles, group_tiles);
+            case SparsePath::quad_tiles:
                 sparse_detail::quad_tile_avx512(p, xq.get(), ti.block, ti.tile);
                 break;
-            }
             case SparsePath::ell_avx2: sparse_detail::ell_blocks_avx2(p, item, item + 1, ell_step); break;
             case SparsePath::pairs_avx2: {
-                const TileItem ti = tile_item(item, tile_blocks, tiles, group_tiles);
                 const int64_t t = ti.tile;
                 int16_t* copy = xt.get();
                 if (xt_per_slot) {
@@ -855,11 +853,9 @@ void sparse_int8_linear_isa(const SparseInt8Weight& w, const float* x, int64_t m
                 sparse_detail::pairs_block_avx2(p, copy, ti.block, t);
                 break;
             }
-            case SparsePath::quad_tiles_avx2: {
-                const TileItem ti = tile_item(item, tile_blocks, tiles, group_tiles);
+            case SparsePath::quad_tiles_avx2:
                 sparse_detail::quad_tile_avx2(p, xq.get(), ti.block, ti.tile, quads_vnni);
                 break;
-            }
 #endif
             default:
                 if (w.has_rows)

@@ -99,8 +99,8 @@
 // Threads: every output element is computed by one thread, in a fixed order (work items are
 // row blocks (AVX-512 ELL: with a group of activation rows where the weight has few blocks,
 // sparse_gemm.cpp ell_group_rows), or (row block, activation tile) pairs, handed out by groups
-// of tiles that fit L1: tile_item), so results do not depend on the thread count. The thread count and the ISA override are int8_gemm's (int8_set_threads,
-// int8_set_isa): "avx512_vnni" runs the AVX-512 paths (ell, quad_tiles; byte-lane ELL also
+// of tiles that fit L1: tile_item), so results do not depend on the thread count. The thread
+// count and the ISA override are int8_gemm's (int8_set_threads, int8_set_isa): "avx512_vnni" runs the AVX-512 paths (ell, quad_tiles; byte-lane ELL also
 // needs VBMI); "avx2" (and "avx_vnni") run ell_avx2, the AVX2 kernel on the same ELL vectors
 // (either lane kind), and pairs_avx2 from M = 8 where pairs were built (quad tiles have no
 // AVX2 kernel); "scalar" runs the scalar path.
@@ -197,11 +197,12 @@ struct SparseInt8Weight {
     // column order; an odd row's last pair repeats its column with weight 0
     bool has_pairs = false;
     std::vector<int64_t> pptr;        // (N + 1,) pairs of each row
-    std::vector<uint16_t> pcol;       // (npairs, 2) the two columns (K <= kMaxKInt32 < 2^16), times 4 if pcol_x4
-    bool pcol_x4 = false;             // pcol holds 4 x column (K <= kPairsColX4MaxK): the load's x8 addressing
+    std::vector<uint16_t> pcol;       // (npairs, 2) the two columns (K <= kMaxKInt32 < 2^16), times 4 if pcol_x4()
     AlignedArray<int32_t> pw;         // (npairs,) the two weights as int16: low half, high half
     int64_t npairs = 0;
     size_t nbytes() const;            // bytes held by every packed array
+    // pcol holds 4 x column (fits uint16 up to this K): the kernel's loads scale it by 8
+    bool pcol_x4() const { return k <= kPairsColX4MaxK; }
 };
 
 // Packs `rows` (moved in) with scale (N,) float32 (finite > 0, checked by the caller).

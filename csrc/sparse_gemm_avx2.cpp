@@ -194,7 +194,7 @@ QRT_TARGET_AVX2 void pairs_block(const Problem& p, const int16_t* xt, int64_t bl
 }  // namespace
 
 QRT_TARGET_AVX2 void pairs_block_avx2(const Problem& p, const int16_t* xt, int64_t blk, int64_t t) {
-    if (p.w->pcol_x4)
+    if (p.w->pcol_x4())
         pairs_block<true>(p, xt, blk, t);
     else
         pairs_block<false>(p, xt, blk, t);
