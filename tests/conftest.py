@@ -8,11 +8,13 @@
 * QRT_REQUIRE_BACKENDS=native,numba (a comma list) and QRT_REQUIRE_NATIVE=1 (which also makes
   setup.py fail a broken build) stop the run at once, with the reason, when a required backend
   is unavailable: without them its tests would all be skipped and the run would pass.
-* When tests/test_sanitizers.py's native test is collected, its sanitized build starts in the
-  background right after collection (niced), so that the test mostly finds it done.
+* The tests that re-run part of the suite in a child process (tests/test_sanitizers.py's
+  sanitized build and numba bounds checking, tests/test_forced_isa.py) start that work in the
+  background right after collection (niced) and run last, collecting its result.
 * Tests marked ``isa`` exercise CPU-specific code paths; tests/test_forced_isa.py runs them
   once more with the AVX2 paths forced.
 """
+import importlib
 import importlib.util
 import os
 import tempfile
@@ -55,12 +57,27 @@ def pytest_configure(config):
                                        "AVX2 paths forced by tests/test_forced_isa.py)")
 
 
-@pytest.hookimpl(trylast=True)    # after -m / -k deselection: a run without that test builds nothing
+# The tests that re-run part of the suite in a child process (minutes each, mostly one thread
+# compiling) and the function that starts each one's work in the background.
+BACKGROUND_TESTS = {
+    "test_native_tests_and_fuzzer_are_clean_under_asan_and_ubsan": ("tests.test_sanitizers", "start_background_build"),
+    "test_numba_sparse_kernels_with_bounds_checking": ("tests.test_sanitizers", "start_background_numba_bounds"),
+    "test_isa_tests_pass_with_the_avx2_paths_forced": ("tests.test_forced_isa", "start_background_run"),
+}
+
+
+@pytest.hookimpl(trylast=True)    # after -m / -k deselection: a run without those tests starts nothing
 def pytest_collection_modifyitems(session, config, items):
-    # the sanitizer test's build (minutes of compiling) starts now, beside the other tests
-    if any(item.nodeid.endswith("test_native_tests_and_fuzzer_are_clean_under_asan_and_ubsan") for item in items):
-        from tests import test_sanitizers
-        test_sanitizers.start_background_build()
+    # Their work starts now, beside the other tests, and the tests themselves go last, so that
+    # the main run never waits on them until its own work is done. Measured, a clean clone's CI
+    # on X (Intel Xeon, 2 vCPUs): benchmarks/RESULTS.md, "The test suite's children in the background".
+    last = [item for item in items if item.name in BACKGROUND_TESTS]
+    if not last:
+        return
+    items[:] = [item for item in items if item.name not in BACKGROUND_TESTS] + last
+    for item in last:
+        module, start = BACKGROUND_TESTS[item.name]
+        getattr(importlib.import_module(module), start)()
 
 
 def required_backends() -> list[str]:

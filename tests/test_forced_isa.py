@@ -13,16 +13,24 @@ is available here), and the AVX-512 machines' runs are the ones that check them.
 
 The subprocess requires the native and numba backends (QRT_REQUIRE_BACKENDS) wherever this run
 has them, so a forced path that fails to load fails here instead of skipping every test.
+
+It is the suite's longest test (about 4 minutes, mostly numba compiling every kernel again for
+the AVX2 target, on one thread), so tests/conftest.py starts it in the background right after
+collection (niced) and moves this test to the end of the session, where it collects the result.
 """
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 
 from kernels import registry
 from kernels.native_cpu import cpu_features
-from tests.child_pytest import passed_some, run_pytest
+from tests.child_pytest import BackgroundPytest, passed_some, run_pytest
 
 FORCED = {"QRT_NATIVE_ISA": "avx2", "QRT_NUMBA_ISA": "avx2"}
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,17 +50,41 @@ def _skip_reason() -> str | None:
     return None
 
 
+def _child_env(plan_cache: Path) -> dict:
+    required = [b for b in ("native", "numba") if registry.backend_status(b) is None]
+    env = {**os.environ, **FORCED, "QRT_REQUIRE_BACKENDS": ",".join(required), "QRT_CACHE_DIR": str(plan_cache)}
+    # numba may have been configured by this process; the child starts from the environment
+    env.pop("NUMBA_CPU_NAME", None)
+    env.pop("NUMBA_CPU_FEATURES", None)
+    return env
+
+
+CHILD_ARGS = ["-m", "isa", "tests"]
+_BACKGROUND: dict = {}
+
+
+def start_background_run() -> None:
+    """Called by tests/conftest.py after collection when this test will run."""
+    if _BACKGROUND or _skip_reason():
+        return
+    work = Path(tempfile.mkdtemp(prefix="qrt-forced-isa-"))
+    _BACKGROUND["run"] = BackgroundPytest(CHILD_ARGS, ROOT, _child_env(work / "plans"), work)
+    atexit.register(_stop_background, work)
+
+
+def _stop_background(work: Path) -> None:
+    _BACKGROUND["run"].stop()
+    shutil.rmtree(work, ignore_errors=True)
+
+
 def test_isa_tests_pass_with_the_avx2_paths_forced(tmp_path, capsys):
     reason = _skip_reason()
     if reason:
         pytest.skip(reason)
-    required = [b for b in ("native", "numba") if registry.backend_status(b) is None]
-    env = {**os.environ, **FORCED, "QRT_REQUIRE_BACKENDS": ",".join(required),
-           "QRT_CACHE_DIR": str(tmp_path / "plans")}
-    # numba may have been configured by this process; the child starts from the environment
-    env.pop("NUMBA_CPU_NAME", None)
-    env.pop("NUMBA_CPU_FEATURES", None)
-    code, out, summary = run_pytest(["-m", "isa", "tests"], ROOT, env)
+    if "run" in _BACKGROUND:
+        code, out, summary = _BACKGROUND["run"].result()
+    else:   # not started after collection (tests/conftest.py's hook did not run): now
+        code, out, summary = run_pytest(CHILD_ARGS, ROOT, _child_env(tmp_path / "plans"))
     with capsys.disabled():     # the child's closing line belongs in the CI log, pass or fail
         print(f"\n[forced {', '.join(f'{k}={v}' for k, v in FORCED.items())}] {summary}")
     assert code == 0, f"the isa tests failed with the AVX2 paths forced:\n{out[-6000:]}"

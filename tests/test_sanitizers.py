@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from kernels import registry
-from tests.child_pytest import passed_some, run_pytest
+from tests.child_pytest import BackgroundPytest, passed_some, run_pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 NATIVE_TESTS = ["tests/test_native_sparse.py", "tests/test_native_int8.py", "tests/test_native_fuzz.py",
@@ -149,13 +149,38 @@ def _has_atheris() -> bool:
     return importlib.util.find_spec("atheris") is not None
 
 
+# numba's bounds-checking run, started in the background (start_background_numba_bounds)
+_NUMBA_BOUNDS: dict = {}
+NUMBA_BOUNDS_ARGS = ["-x", "tests/test_numba_sparse.py", "-k", "every_path_exact or matches_reference"]
+
+
+def _numba_bounds_env(work: Path) -> dict:
+    return {**os.environ, "NUMBA_BOUNDSCHECK": "1", "NUMBA_CACHE_DIR": str(work / "numba"),
+            "QRT_REQUIRE_BACKENDS": "numba", "QRT_CACHE_DIR": str(work / "cache")}
+
+
+def start_background_numba_bounds() -> None:
+    """Called by tests/conftest.py after collection when the bounds-checking test will run: its
+    child (about a minute of numba compiling, one thread) starts now, beside the main run."""
+    if "run" in _NUMBA_BOUNDS or registry.backend_status("numba") is not None:
+        return
+    work = Path(tempfile.mkdtemp(prefix="qrt-numba-bounds-"))
+    _NUMBA_BOUNDS["run"] = BackgroundPytest(NUMBA_BOUNDS_ARGS, ROOT, _numba_bounds_env(work), work)
+    atexit.register(_stop_numba_bounds, work)
+
+
+def _stop_numba_bounds(work: Path) -> None:
+    _NUMBA_BOUNDS["run"].stop()
+    shutil.rmtree(work, ignore_errors=True)
+
+
 def test_numba_sparse_kernels_with_bounds_checking(tmp_path, capsys):
     if registry.backend_status("numba") is not None:
         pytest.skip(f"numba backend unavailable: {registry.backend_status('numba')}")
-    env = {**os.environ, "NUMBA_BOUNDSCHECK": "1", "NUMBA_CACHE_DIR": str(tmp_path / "numba"),
-           "QRT_REQUIRE_BACKENDS": "numba", "QRT_CACHE_DIR": str(tmp_path / "cache")}
-    code, out, summary = run_pytest(["-x", "tests/test_numba_sparse.py", "-k", "every_path_exact or matches_reference"],
-                                    ROOT, env)
+    if "run" in _NUMBA_BOUNDS:
+        code, out, summary = _NUMBA_BOUNDS["run"].result()
+    else:   # not started after collection (tests/conftest.py's hook did not run): now
+        code, out, summary = run_pytest(NUMBA_BOUNDS_ARGS, ROOT, _numba_bounds_env(tmp_path))
     with capsys.disabled():
         print(f"\n[NUMBA_BOUNDSCHECK=1] tests/test_numba_sparse.py (every path): {summary}")
     assert code == 0, _tail(out)
