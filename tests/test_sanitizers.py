@@ -13,9 +13,11 @@ checks; their bounds are the plan's (kernels/numba_cpu/sparse.py re-checks the l
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -55,93 +57,109 @@ def _tail(text: str, n: int = 6000) -> str:
     return text[-n:]
 
 
-# The sanitized build: a copy of the source tree, its extension compiled with SANITIZE. It
-# takes about 110 s of compiling on 2 cores, so tests/conftest.py starts it in the background
-# (niced) once it sees this test collected, and the test waits for it: the suite's other tests
-# are mostly one Python thread, which leaves a core idle for the compiler.
+# The sanitized build: a copy of the source tree, its extension compiled with SANITIZE, then
+# the native tests and the fuzzer against it. The build takes about 110 s of compiling on 2
+# cores and the tests another 100 s, so tests/conftest.py starts the whole job in the
+# background (this module run as a script, niced) once it sees this test collected; the test,
+# which runs last, waits for the job's result. The suite's other tests are mostly one Python
+# thread, which leaves a core idle for it.
 _BACKGROUND: dict = {}
 
 
-def _copy_and_build(dest: Path) -> subprocess.Popen:
-    """Copy the tree to dest/src and start its sanitized build (output in dest/build.log)."""
+def _sanitized_checks(dest: Path) -> dict:
+    """Copy the tree to dest/src, build it sanitized, run the native tests and the fuzzer against
+    that build: every outcome the test asserts, as a JSON-able dict (the background job writes
+    it to dest/result.json). Skips are decided by the test, before."""
     src = dest / "src"
     shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", ".venv", "venv", "build", "*.so", "__pycache__",
                                                              "*.egg-info", ".pytest_cache", "qrt-demo"))
-    log = open(dest / "build.log", "w")
     env = {**os.environ, "QRT_REQUIRE_NATIVE": "1", "QRT_EXTRA_CFLAGS": SANITIZE,
            "QRT_EXTRA_LDFLAGS": "-fsanitize=address,undefined"}
-    cmd = [sys.executable, "setup.py", "-q", "build_ext", "--inplace"]
-    if shutil.which("nice"):
-        cmd = ["nice", "-n", "10", *cmd]
-    try:
-        return subprocess.Popen(cmd, cwd=src, stdout=log, stderr=subprocess.STDOUT, env=env)
-    finally:
-        log.close()
-
-
-def start_background_build() -> None:
-    """Called by tests/conftest.py after collection when this file's native test will run."""
-    if _BACKGROUND or registry.backend_status("native") is not None or _runtime_libs() is None:
-        return
-    dest = Path(tempfile.mkdtemp(prefix="qrt-sanitized-"))
-    atexit.register(_stop_background)
-    _BACKGROUND.update(dest=dest, proc=_copy_and_build(dest))
-
-
-def _stop_background() -> None:
-    """At exit (the run may end before the test, e.g. under -x): no build left running, no copy left."""
-    proc = _BACKGROUND.get("proc")
-    if proc is not None and proc.poll() is None:
-        proc.kill()
-        proc.wait()
-    if "dest" in _BACKGROUND:
-        shutil.rmtree(_BACKGROUND["dest"], ignore_errors=True)
-
-
-def _sanitized_tree(tmp_path: Path) -> Path:
-    """The source copy with its sanitized extension built: the background build's, or built now."""
-    job = _BACKGROUND or {"dest": tmp_path, "proc": _copy_and_build(tmp_path)}
-    code = job["proc"].wait(timeout=1800)
-    log = (job["dest"] / "build.log").read_text(errors="replace")
-    assert code == 0, _tail(log)
-    return job["dest"] / "src"
-
-
-def test_native_tests_and_fuzzer_are_clean_under_asan_and_ubsan(tmp_path, capsys):
-    if registry.backend_status("native") is not None:
-        pytest.skip(f"native backend unavailable: {registry.backend_status('native')}")
-    libs = _runtime_libs()
-    if libs is None:
-        pytest.skip("no g++ with libasan here (Debian: g++ ships it)")
-    src = _sanitized_tree(tmp_path)
+    with open(dest / "build.log", "w") as log:
+        build = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=src, env=env,
+                               stdout=log, stderr=subprocess.STDOUT, timeout=1800, check=False)
+    result = {"build_code": build.returncode, "build_log": _tail((dest / "build.log").read_text(errors="replace"))}
+    if build.returncode != 0:
+        return result
     # numba off (QRT_DISABLE_BACKENDS): its JIT under the ASan runtime took 2 of the run's 3
     # minutes, in the session tests' backend="auto" plans, and it is not the code under test
-    env = {**os.environ, "LD_PRELOAD": ":".join(libs), "PYTHONPATH": str(src), "QRT_DISABLE_BACKENDS": "numba",
-           "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=1", "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1",
-           "QRT_REQUIRE_BACKENDS": "native", "QRT_CACHE_DIR": str(tmp_path / "cache")}
+    env = {**os.environ, "LD_PRELOAD": ":".join(_runtime_libs()), "PYTHONPATH": str(src),
+           "QRT_DISABLE_BACKENDS": "numba", "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=1",
+           "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1", "QRT_REQUIRE_BACKENDS": "native",
+           "QRT_CACHE_DIR": str(dest / "cache")}
     # the sanitized module is the one imported (not the tree's own build)
     where = subprocess.run([sys.executable, "-c", "import kernels.native_cpu._native as n; print(n.__file__)"],
                            cwd=src, env=env, capture_output=True, text=True, timeout=120, check=False)
-    assert where.returncode == 0 and where.stdout.strip().startswith(str(src)), _tail(where.stdout + where.stderr)
+    result["where_ok"] = where.returncode == 0 and where.stdout.strip().startswith(str(src))
+    result["where_out"] = _tail(where.stdout + where.stderr)
+    if not result["where_ok"]:
+        return result
     code, out, summary = run_pytest(["-x", *NATIVE_TESTS], src, env)
-    fuzz = None
+    result.update(code=code, out=_tail(out), summary=summary)
     if code == 0 and _has_atheris():
         # -rss_limit_mb: under ASan the process's RSS holds the shadow memory and the freed-memory
         # quarantine besides Python (2.2 GB measured in CI, past libFuzzer's 2 GB default; the
         # same target without ASan peaks at 164 MB, flat): the limit is for leaks, not for ASan
         fuzz = subprocess.run([sys.executable, "fuzz/fuzz_qrt.py", "native", f"-max_total_time={FUZZ_SECONDS}",
-                               "-rss_limit_mb=6144", f"-artifact_prefix={tmp_path}/"], cwd=src, env=env, capture_output=True,
+                               "-rss_limit_mb=6144", f"-artifact_prefix={dest}/"], cwd=src, env=env, capture_output=True,
                               text=True, timeout=600, check=False)
+        result.update(fuzz_code=fuzz.returncode, fuzz_out=_tail(fuzz.stdout + fuzz.stderr))
+    return result
+
+
+def start_background_build() -> None:
+    """Called by tests/conftest.py after collection when this file's native test will run: the
+    whole job in a child process (its own process group, so that one signal stops it and its
+    children)."""
+    if _BACKGROUND or registry.backend_status("native") is not None or _runtime_libs() is None:
+        return
+    dest = Path(tempfile.mkdtemp(prefix="qrt-sanitized-"))
+    cmd = [sys.executable, "-m", "tests.test_sanitizers", str(dest)]
+    if shutil.which("nice"):
+        cmd = ["nice", "-n", "10", *cmd]
+    with open(dest / "job.log", "w") as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    _BACKGROUND.update(dest=dest, proc=proc)
+    atexit.register(_stop_background)
+
+
+def _stop_background() -> None:
+    """At exit (the run may end before the test, e.g. under -x): no job left running, no copy left."""
+    proc = _BACKGROUND.get("proc")
+    if proc is not None and proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    if "dest" in _BACKGROUND:
+        shutil.rmtree(_BACKGROUND["dest"], ignore_errors=True)
+
+
+def _background_result() -> dict:
+    job = _BACKGROUND
+    code = job["proc"].wait(timeout=3600)
+    path = job["dest"] / "result.json"
+    assert code == 0 and path.exists(), "the sanitized job failed:\n" + _tail((job["dest"] / "job.log").read_text(errors="replace"))
+    return json.loads(path.read_text())
+
+
+def test_native_tests_and_fuzzer_are_clean_under_asan_and_ubsan(tmp_path, capsys):
+    if registry.backend_status("native") is not None:
+        pytest.skip(f"native backend unavailable: {registry.backend_status('native')}")
+    if _runtime_libs() is None:
+        pytest.skip("no g++ with libasan here (Debian: g++ ships it)")
+    # started after collection (tests/conftest.py), or, where that hook did not run, now
+    r = _background_result() if _BACKGROUND else _sanitized_checks(tmp_path)
+    assert r["build_code"] == 0, r["build_log"]
+    assert r["where_ok"], r["where_out"]
     with capsys.disabled():
-        print(f"\n[ASan + UBSan] native tests: {summary}")
-        if fuzz is not None:
-            runs = re.findall(r"Done (\d+) runs in (\d+) second", fuzz.stdout + fuzz.stderr)
+        print(f"\n[ASan + UBSan] native tests: {r['summary']}")
+        if "fuzz_code" in r:
+            runs = re.findall(r"Done (\d+) runs in (\d+) second", r["fuzz_out"])
             print("[ASan + UBSan] native fuzzer: " + (f"{runs[-1][0]} executions in {runs[-1][1]} s"
-                                                       if runs else f"exit {fuzz.returncode}"))
-    assert code == 0, f"native tests failed under the sanitizers:\n{_tail(out)}"
-    assert passed_some(summary), summary
-    if fuzz is not None:
-        assert fuzz.returncode == 0, f"the native fuzzer failed under the sanitizers:\n{_tail(fuzz.stdout + fuzz.stderr)}"
+                                                       if runs else f"exit {r['fuzz_code']}"))
+    assert r["code"] == 0, f"native tests failed under the sanitizers:\n{r['out']}"
+    assert passed_some(r["summary"]), r["summary"]
+    if "fuzz_code" in r:
+        assert r["fuzz_code"] == 0, f"the native fuzzer failed under the sanitizers:\n{r['fuzz_out']}"
 
 
 def _has_atheris() -> bool:
@@ -185,3 +203,8 @@ def test_numba_sparse_kernels_with_bounds_checking(tmp_path, capsys):
         print(f"\n[NUMBA_BOUNDSCHECK=1] tests/test_numba_sparse.py (every path): {summary}")
     assert code == 0, _tail(out)
     assert passed_some(summary), summary
+
+
+if __name__ == "__main__":   # the background job (start_background_build): python -m tests.test_sanitizers DEST
+    _dest = Path(sys.argv[1])
+    (_dest / "result.json").write_text(json.dumps(_sanitized_checks(_dest)))
