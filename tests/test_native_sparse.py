@@ -96,7 +96,8 @@ def _variants(t):
     the scalar path on every ISA, on the canonical rows and on the ELL vectors (what it reads
     once ELL is built); on AVX2 the AVX2 ELL kernel with each lane kind, the pairs and, for
     bsr with whole column quads and no -128 weight, the AVX2 quad tiles of 1 and 4 rows (and,
-    where the CPU has AVX-VNNI, the same tiles on the avx_vnni path: its vpdpbusd step); on
+    where the CPU has AVX-VNNI, the ELL, pairs and tiles on the avx_vnni path: its vpdpbusd and
+    vpdpwssd steps); on
     AVX-512 VNNI, ELL with each lane kind and quad tiles of 1 and 4 rows (4: N % 4 == 0)."""
     out = [(f"scalar/{isa}", pack_sparse(t, lanes="none", quad_rows=0), "scalar", isa) for isa in ISAS]
     auto = pack_sparse(t, quad_rows=0)
@@ -111,6 +112,8 @@ def _variants(t):
             if "avx_vnni" in ISAS:   # the same loops with the vpdpbusd step (sparse_gemm_avxvnni.cpp)
                 out.append((f"ell_avx2-{lanes}{seg}/avx_vnni", out[-1][1], "ell_avx2", "avx_vnni"))
         out.append(("pairs_avx2", pack_sparse(t, lanes="none", quad_rows=0, pairs=1), "pairs_avx2", "avx2"))
+        if "avx_vnni" in ISAS:   # the same loops with the vpdpwssd step (sparse_pairs_block.h)
+            out.append(("pairs_avx2/avx_vnni", out[-1][1], "pairs_avx2", "avx_vnni"))
         if _whole_quads(t):
             for g in ((1, 4) if t.shape[0] % 4 == 0 else (1,)):
                 out.append((f"quad_tiles_avx2-{g}", pack_sparse(t, lanes="none", quad_rows=g, pairs=0),
@@ -356,10 +359,12 @@ def test_avx2_pairs_column_forms(k, restore_native_state):
     t = layouts.PackedTensor(t.name, t.layout, t.dtype, t.shape, {**t.fields, "qdata": q}, dict(t.params))
     w = pack_sparse(t, lanes="none", quad_rows=0, pairs=1)
     assert w.pairs_col_x4 == (k <= 16384)
-    _native.set_int8_isa("avx2")
-    assert w.path(32) == "pairs_avx2"
     x = _x(rng, (32, k))
-    _assert_on_1_and_2_threads(w, x, None, ACTS["dynamic"], _reference(t, ACTS["dynamic"], x), f"pairs K={k}")
+    ref = _reference(t, ACTS["dynamic"], x)
+    for isa in ["avx2"] + (["avx_vnni"] if "avx_vnni" in ISAS else []):
+        _native.set_int8_isa(isa)
+        assert w.path(32) == "pairs_avx2"
+        _assert_on_1_and_2_threads(w, x, None, ACTS["dynamic"], ref, f"pairs K={k} {isa}")
 
 
 @pytest.mark.skipif(not AVX2, reason="the CPU has no AVX2")
@@ -402,13 +407,15 @@ def test_avx2_pairs_on_every_participant(restore_native_state):
     rng = _rng("pairs-threads")
     t = pack_sparse_case(rng, "csr", 384, 384, "magnitude0.9")
     w = pack_sparse(t, lanes="none", quad_rows=0, pairs=1)
-    _native.set_int8_isa("avx2")
-    for m in (8, 16, 17, 32, 33, 48):
-        x = _x(rng, (m, 384))
-        ref = _reference(t, ACTS["dynamic"], x)
-        for threads in (1, 2, 3):
-            _native.set_threads(threads)
-            _assert_same(_native.sparse_int8_linear(w, x, path="pairs_avx2"), ref, f"pairs M={m} threads={threads}")
+    for isa in ["avx2"] + (["avx_vnni"] if "avx_vnni" in ISAS else []):
+        _native.set_int8_isa(isa)
+        for m in (8, 16, 17, 32, 33, 48):
+            x = _x(rng, (m, 384))
+            ref = _reference(t, ACTS["dynamic"], x)
+            for threads in (1, 2, 3):
+                _native.set_threads(threads)
+                _assert_same(_native.sparse_int8_linear(w, x, path="pairs_avx2"), ref,
+                             f"pairs {isa} M={m} threads={threads}")
 
 
 def test_automatic_path_choice(restore_native_state):
