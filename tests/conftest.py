@@ -72,7 +72,7 @@ def pytest_collection_modifyitems(session, config, items):
     # the main run never waits on them until its own work is done. Measured, a clean clone's CI
     # on X (Intel Xeon, 2 vCPUs): benchmarks/RESULTS.md, "The test suite's children in the background".
     last = [item for item in items if item.name in BACKGROUND_TESTS]
-    if not last:
+    if not last or config.option.collectonly:   # --collect-only runs nothing: start nothing
         return
     items[:] = [item for item in items if item.name not in BACKGROUND_TESTS] + last
     for item in last:
