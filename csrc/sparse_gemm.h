@@ -93,7 +93,11 @@
 //   and the two weights as int16 halves of one int32. Activations are transposed per tile of
 //   16 rows into (K, 16) int16 = qx, so a pair is two 32-byte loads, two vpunpck{l,h}wd and two
 //   vpmaddwd against the broadcast weight pair (lane = activation row): no lookups, exact for
-//   any int8. Taken from M = kPairsMinM (8; 12 on the avx_vnni path, whose ELL step is one
+//   any int8. The two shuffles bound the step (about 2 cycles a pair): with one vpdpwssd a
+//   half (a third fewer operations, avx_vnni) or 2:4 pairs read pre-interleaved from a tile of
+//   each 4-column group's 6 interleavings (no shuffle, 3x the tile bytes), MiniLM's shapes ran
+//   no faster (benchmarks/RESULTS.md, "The AVX2 pairs kernel against its floor", "2:4 pattern
+//   pairs: a probe"). Taken from M = kPairsMinM (8; 12 on the avx_vnni path, whose ELL step is one
 //   vpdpbusd); below it the AVX2 ELL kernel is faster.
 //
 // Threads: every output element is computed by one thread, in a fixed order (work items are
