@@ -20,10 +20,7 @@ collection (niced) and moves this test to the end of the session, where it colle
 """
 from __future__ import annotations
 
-import atexit
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -67,14 +64,7 @@ def start_background_run() -> None:
     """Called by tests/conftest.py after collection when this test will run."""
     if _BACKGROUND or _skip_reason():
         return
-    work = Path(tempfile.mkdtemp(prefix="qrt-forced-isa-"))
-    _BACKGROUND["run"] = BackgroundPytest(CHILD_ARGS, ROOT, _child_env(work / "plans"), work)
-    atexit.register(_stop_background, work)
-
-
-def _stop_background(work: Path) -> None:
-    _BACKGROUND["run"].stop()
-    shutil.rmtree(work, ignore_errors=True)
+    _BACKGROUND["run"] = BackgroundPytest(CHILD_ARGS, ROOT, lambda work: _child_env(work / "plans"), "qrt-forced-isa-")
 
 
 def test_isa_tests_pass_with_the_avx2_paths_forced(tmp_path, capsys):

@@ -96,8 +96,8 @@ def _variants(t):
     the scalar path on every ISA, on the canonical rows and on the ELL vectors (what it reads
     once ELL is built); on AVX2 the AVX2 ELL kernel with each lane kind, the pairs and, for
     bsr with whole column quads and no -128 weight, the AVX2 quad tiles of 1 and 4 rows (and,
-    where the CPU has AVX-VNNI, the ELL, pairs and tiles on the avx_vnni path: its vpdpbusd and
-    vpdpwssd steps); on
+    where the CPU has AVX-VNNI, the ELL and tiles with their vpdpbusd steps, and the pairs, on
+    the avx_vnni path); on
     AVX-512 VNNI, ELL with each lane kind and quad tiles of 1 and 4 rows (4: N % 4 == 0)."""
     out = [(f"scalar/{isa}", pack_sparse(t, lanes="none", quad_rows=0), "scalar", isa) for isa in ISAS]
     auto = pack_sparse(t, quad_rows=0)
@@ -112,7 +112,7 @@ def _variants(t):
             if "avx_vnni" in ISAS:   # the same loops with the vpdpbusd step (sparse_gemm_avxvnni.cpp)
                 out.append((f"ell_avx2-{lanes}{seg}/avx_vnni", out[-1][1], "ell_avx2", "avx_vnni"))
         out.append(("pairs_avx2", pack_sparse(t, lanes="none", quad_rows=0, pairs=1), "pairs_avx2", "avx2"))
-        if "avx_vnni" in ISAS:   # the same loops with the vpdpwssd step (sparse_pairs_block.h)
+        if "avx_vnni" in ISAS:   # the same kernel, chosen there from M = 12 (kPairsMinMVnni)
             out.append(("pairs_avx2/avx_vnni", out[-1][1], "pairs_avx2", "avx_vnni"))
         if _whole_quads(t):
             for g in ((1, 4) if t.shape[0] % 4 == 0 else (1,)):

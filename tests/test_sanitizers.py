@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from kernels import registry
-from tests.child_pytest import BackgroundPytest, passed_some, run_pytest
+from tests.child_pytest import BackgroundPytest, niced, passed_some, run_pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 NATIVE_TESTS = ["tests/test_native_sparse.py", "tests/test_native_int8.py", "tests/test_native_fuzz.py",
@@ -114,9 +114,7 @@ def start_background_build() -> None:
     if _BACKGROUND or registry.backend_status("native") is not None or _runtime_libs() is None:
         return
     dest = Path(tempfile.mkdtemp(prefix="qrt-sanitized-"))
-    cmd = [sys.executable, "-m", "tests.test_sanitizers", str(dest)]
-    if shutil.which("nice"):
-        cmd = ["nice", "-n", "10", *cmd]
+    cmd = niced([sys.executable, "-m", "tests.test_sanitizers", str(dest)])
     with open(dest / "job.log", "w") as log:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     _BACKGROUND.update(dest=dest, proc=proc)
@@ -182,14 +180,7 @@ def start_background_numba_bounds() -> None:
     child (about a minute of numba compiling, one thread) starts now, beside the main run."""
     if "run" in _NUMBA_BOUNDS or registry.backend_status("numba") is not None:
         return
-    work = Path(tempfile.mkdtemp(prefix="qrt-numba-bounds-"))
-    _NUMBA_BOUNDS["run"] = BackgroundPytest(NUMBA_BOUNDS_ARGS, ROOT, _numba_bounds_env(work), work)
-    atexit.register(_stop_numba_bounds, work)
-
-
-def _stop_numba_bounds(work: Path) -> None:
-    _NUMBA_BOUNDS["run"].stop()
-    shutil.rmtree(work, ignore_errors=True)
+    _NUMBA_BOUNDS["run"] = BackgroundPytest(NUMBA_BOUNDS_ARGS, ROOT, _numba_bounds_env, "qrt-numba-bounds-")
 
 
 def test_numba_sparse_kernels_with_bounds_checking(tmp_path, capsys):
