@@ -1,6 +1,7 @@
 // pybind11 bindings of the kernels CNNs need besides the GEMMs: the int8 Conv (int8_conv.h),
-// the float32 depthwise Conv (depthwise_conv.h), the float32 Conv's im2col (im2col.h), MaxPool
-// (max_pool.h), HardSigmoid / HardSwish (hard_sigmoid.h), added to the one module by bindings.cpp's call of bind_cnn(m). Every
+// the float32 depthwise Conv (depthwise_conv.h), the float32 channel product (f32_channel_gemm.h), the float32 Conv's im2col (im2col.h), MaxPool
+// (max_pool.h), HardSigmoid / HardSwish (hard_sigmoid.h), float32 Add / Sub / Mul / Div and
+// ReduceMean (elementwise_f32.h), added to the one module by bindings.cpp's call of bind_cnn(m). Every
 // argument is checked here: a wrong call is a TypeError / ValueError naming it, never a crash.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
@@ -11,6 +12,8 @@
 
 #include "bind_checks.h"
 #include "depthwise_conv.h"
+#include "elementwise_f32.h"
+#include "f32_channel_gemm.h"
 #include "hard_sigmoid.h"
 #include "im2col.h"
 #include "int8_conv.h"
@@ -115,10 +118,20 @@ py::array int8_conv2d_py(const py::object& weights_obj, const py::object& x_obj,
     return out;
 }
 
-// Y (N, M, OH, OW) float32 = depthwise Conv of X (N, C, H, W) float32 with W (M, 1, kh, kw)
+qrt::FloatEpilogue float_epilogue_arg(const std::string& name) {
+    try {
+        return qrt::float_epilogue_from_name(name);
+    } catch (const std::invalid_argument& e) {
+        throw py::value_error(e.what());
+    }
+}
+
+// Y (N, M, OH, OW) float32 = act(depthwise Conv) of X (N, C, H, W) float32 with W (M, 1, kh, kw)
 // float32 (depthwise_conv.h).
 py::array depthwise_conv2d_py(const py::object& x_obj, const py::object& w_obj, const py::sequence& strides,
-                              const py::sequence& pads, const py::sequence& dilations, const py::object& bias_obj) {
+                              const py::sequence& pads, const py::sequence& dilations, const py::object& bias_obj,
+                              const std::string& activation) {
+    const qrt::FloatEpilogue ep = float_epilogue_arg(activation);
     py::array x = nchw_input(x_obj);
     py::array w = contiguous_array_of<float>(w_obj, "W", "float32");
     if (w.ndim() != 4 || w.shape(1) != 1 || w.shape(0) < 1 || w.shape(0) % x.shape(1) != 0)
@@ -141,7 +154,39 @@ py::array depthwise_conv2d_py(const py::object& x_obj, const py::object& w_obj, 
     float* yp = out.mutable_data();
     {
         py::gil_scoped_release release;
-        qrt::depthwise_conv2d(g, xp, wp, bp, yp);
+        qrt::depthwise_conv2d(g, xp, wp, bp, ep, yp);
+    }
+    return out;
+}
+
+// Y (N, M, P) float32 = act(W (M, K) @ X (N, K, P) + bias) (f32_channel_gemm.h).
+py::array f32_channel_gemm_py(const py::object& x_obj, const py::object& w_obj, const py::object& bias_obj,
+                              const std::string& activation) {
+    const qrt::FloatEpilogue ep = float_epilogue_arg(activation);
+    py::array x = contiguous_array_of<float>(x_obj, "X", "float32");
+    py::array w = contiguous_array_of<float>(w_obj, "W", "float32");
+    if (x.ndim() != 3 || x.shape(1) < 1 || x.shape(2) < 1)
+        throw py::value_error("X has shape " + shape_str(x) + ", expected (N, K, P) with K, P >= 1");
+    if (w.ndim() != 2 || w.shape(0) < 1 || w.shape(1) != x.shape(1))
+        throw py::value_error("W has shape " + shape_str(w) + ", expected (M, " + std::to_string(x.shape(1)) +
+                              ") with M >= 1");
+    const int64_t n = x.shape(0), k = x.shape(1), p = x.shape(2), m = w.shape(0);
+    const float* bp = nullptr;
+    py::array b;
+    if (!bias_obj.is_none()) {
+        b = contiguous_array_of<float>(bias_obj, "bias", "float32");
+        if (b.ndim() != 1 || b.shape(0) != m)
+            throw py::value_error("bias has shape " + shape_str(b) + ", expected (" + std::to_string(m) + ",)");
+        bp = static_cast<const float*>(b.data());
+    }
+    py::array_t<float> out = qrt::bind::new_f32({static_cast<py::ssize_t>(n), static_cast<py::ssize_t>(m),
+                                                 static_cast<py::ssize_t>(p)});
+    const float* xp = static_cast<const float*>(x.data());
+    const float* wp = static_cast<const float*>(w.data());
+    float* yp = out.mutable_data();
+    {
+        py::gil_scoped_release release;
+        qrt::f32_channel_gemm(n, m, k, p, wp, xp, bp, ep, yp);
     }
     return out;
 }
@@ -188,6 +233,54 @@ py::array hard_sigmoid_py(const py::object& x_obj, double alpha, double beta, bo
     return out;
 }
 
+// Y (rows, cols) float32 = A op B, each operand full (rows, cols), one value per row (rows,) or one
+// value (1,): kind 0, 1, 2 (elementwise_f32.h).
+py::array binary_f32_py(const std::string& op, const py::object& a_obj, int a_kind, const py::object& b_obj,
+                        int b_kind, int64_t rows, int64_t cols) {
+    qrt::BinaryOp bop;
+    if (op == "add") bop = qrt::BinaryOp::add;
+    else if (op == "sub") bop = qrt::BinaryOp::sub;
+    else if (op == "mul") bop = qrt::BinaryOp::mul;
+    else if (op == "div") bop = qrt::BinaryOp::div;
+    else throw py::value_error("op = '" + op + "', expected add, sub, mul or div");
+    if (rows < 0 || cols < 0) throw py::value_error("rows and cols must be >= 0");
+    py::array a = contiguous_array_of<float>(a_obj, "A", "float32"), b = contiguous_array_of<float>(b_obj, "B", "float32");
+    auto check = [&](const py::array& t, int kind, const char* name) {
+        const int64_t want = kind == 0 ? rows * cols : kind == 1 ? rows : 1;
+        if (kind < 0 || kind > 2)
+            throw py::value_error(std::string(name) + "_kind = " + std::to_string(kind) + ", expected 0, 1 or 2");
+        if (static_cast<int64_t>(t.size()) != want)
+            throw py::value_error(std::string(name) + " has " + std::to_string(t.size()) + " values, expected " +
+                                  std::to_string(want) + " for kind " + std::to_string(kind));
+    };
+    check(a, a_kind, "A");
+    check(b, b_kind, "B");
+    py::array_t<float> out = qrt::bind::new_f32({static_cast<py::ssize_t>(rows), static_cast<py::ssize_t>(cols)});
+    const float* ap = static_cast<const float*>(a.data());
+    const float* bp = static_cast<const float*>(b.data());
+    float* yp = out.mutable_data();
+    {
+        py::gil_scoped_release release;
+        qrt::binary_f32(bop, ap, a_kind, bp, b_kind, yp, rows, cols);
+    }
+    return out;
+}
+
+// y (rows,) float32 = the mean of each row of X (rows, cols) float32 (elementwise_f32.h).
+py::array mean_rows_f32_py(const py::object& x_obj) {
+    py::array x = contiguous_array_of<float>(x_obj, "X", "float32");
+    if (x.ndim() != 2 || x.shape(1) < 1) throw py::value_error("X has shape " + shape_str(x) + ", expected (rows, cols >= 1)");
+    const int64_t rows = x.shape(0), cols = x.shape(1);
+    py::array_t<float> out = qrt::bind::new_f32({static_cast<py::ssize_t>(rows)});
+    const float* xp = static_cast<const float*>(x.data());
+    float* yp = out.mutable_data();
+    {
+        py::gil_scoped_release release;
+        qrt::mean_rows_f32(xp, yp, rows, cols);
+    }
+    return out;
+}
+
 // cols (N, C * kh * kw, OH * OW) float32 of X (N, C, H, W) float32 (im2col.h).
 py::array im2col_py(const py::object& x_obj, const py::sequence& kernel, const py::sequence& strides,
                     const py::sequence& pads, const py::sequence& dilations) {
@@ -218,10 +311,17 @@ void bind_cnn(py::module_& m) {
           "bias (M,) float32/float64 or None; act_quant 'dynamic' (one scale per patch) or 'static'. The bits of "
           "kernels/reference/packed.py's packed_conv_ref before the activation (csrc/int8_conv.h).");
     m.def("depthwise_conv2d", &depthwise_conv2d_py, py::arg("x"), py::arg("w"), py::arg("strides"), py::arg("pads"),
-          py::arg("dilations"), py::arg("bias") = py::none(),
-          "Y (N, M, OH, OW) float32 = depthwise Conv (group = C) of X (N, C, H, W) float32 C-contiguous with W "
-          "(M, 1, kh, kw) float32, M a multiple of C; strides (sh, sw), pads (top, left, bottom, right), "
-          "dilations (dh, dw); bias (M,) float32 or None. float32 sums in a fixed order (csrc/depthwise_conv.h).");
+          py::arg("dilations"), py::arg("bias") = py::none(), py::arg("activation") = "none",
+          "Y (N, M, OH, OW) float32 = act(depthwise Conv (group = C) of X (N, C, H, W) float32 C-contiguous with W "
+          "(M, 1, kh, kw) float32, M a multiple of C); strides (sh, sw), pads (top, left, bottom, right), "
+          "dilations (dh, dw); bias (M,) float32 or None; activation 'none', 'relu', 'gelu', 'gelu_tanh' or "
+          "'hard_swish'. float32 sums in a fixed order (csrc/depthwise_conv.h).");
+    m.def("f32_channel_gemm", &f32_channel_gemm_py, py::arg("x"), py::arg("w"), py::arg("bias") = py::none(),
+          py::arg("activation") = "none",
+          "Y (N, M, P) float32 = act(W (M, K) @ X (N, K, P) + bias): a float32 Conv on NCHW memory (X a 1 x 1 "
+          "Conv's input as (N, C, H * W), or an im2col). X, W float32 C-contiguous, bias (M,) float32 or None; "
+          "activation 'none', 'relu', 'gelu', 'gelu_tanh' or 'hard_swish'. Sums by FMA in k order from 0, then "
+          "the bias: the same bits on every path and thread count (csrc/f32_channel_gemm.h).");
     m.def("max_pool2d", &max_pool2d_py, py::arg("x"), py::arg("kernel"), py::arg("strides"), py::arg("pads"),
           py::arg("dilations"), py::arg("out_size"),
           "Y (N, C, OH, OW) float32 = MaxPool of X (N, C, H, W) float32 C-contiguous; pads (top, left, bottom, "
@@ -231,6 +331,14 @@ void bind_cnn(py::module_& m) {
           py::arg("dilations"),
           "cols (N, C * kh * kw, OH * OW) float32 of X (N, C, H, W) float32 C-contiguous: row (c, ki, kj), column "
           "r * OW + q holds X's value under that tap of output (r, q), 0 in the padding (csrc/im2col.h).");
+    m.def("binary_f32", &binary_f32_py, py::arg("op"), py::arg("a"), py::arg("a_kind"), py::arg("b"), py::arg("b_kind"),
+          py::arg("rows"), py::arg("cols"),
+          "Y (rows, cols) float32 = A op B (op 'add', 'sub', 'mul', 'div'), each operand float32 C-contiguous "
+          "of kind 0 (rows * cols values), 1 (one per row) or 2 (one value): numpy's float32 bits "
+          "(csrc/elementwise_f32.h).");
+    m.def("mean_rows_f32", &mean_rows_f32_py, py::arg("x"),
+          "y (rows,) float32 = the mean of each row of X (rows, cols) float32 C-contiguous, summed in float64 and "
+          "rounded once (csrc/elementwise_f32.h).");
     m.def("hard_sigmoid", &hard_sigmoid_py, py::arg("x"), py::arg("alpha"), py::arg("beta"), py::arg("swish") = false,
           "min(max(X * alpha + beta, 0), 1) in float32 (alpha, beta rounded to float32), times X when swish: "
           "the reference's bits (csrc/hard_sigmoid.h). X float32 C-contiguous, any shape; a new array.");

@@ -1,4 +1,15 @@
 // float32 depthwise Conv: one work item per (image, output channel) plane. Numerics: depthwise_conv.h.
+//
+// Each output vector (16 outputs on the AVX-512 paths, 8 on the AVX2 ones) folds its taps in
+// registers, reading the input plane where it is: a tap whose input column or row lies in the
+// zero padding loads 0 through a masked load (a zero mask for a whole padding row), so every
+// output still adds w * 0 for it, as the padded copy this replaced did (the same bits, -0 and
+// inf weights included). The copy (a fill, a memmove per input row and one per output row) had
+// cost as much as the arithmetic on MobileNet's planes (RESULTS.md, "MobileNetV3-like: the
+// float32 layers"). The load masks depend only on the output column and the tap column, so they
+// are built once per call, and 8 output rows of one vector column share them. Strides 1 and 2
+// are vector loops (stride 2 loads two vectors and keeps the even lanes); other strides, and the
+// scalar path, fold one output at a time.
 #include "depthwise_conv.h"
 
 #include <algorithm>
@@ -6,8 +17,17 @@
 #include <string>
 #include <vector>
 
-#include "window_rows.h"
 #include "work_pool.h"
+
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+#define QRT_DW_X86 1
+#include "simd.h"
+// the per-vector loops unrolled, so the accumulators stay in registers (GCC at -O2 otherwise
+// kept them in memory: f32_channel_gemm.cpp)
+#define QRT_DW_UNROLL _Pragma("GCC unroll 8")
+#else
+#define QRT_DW_X86 0
+#endif
 
 namespace qrt {
 
@@ -17,55 +37,214 @@ namespace {
 // microseconds).
 constexpr int64_t kParallelMinMacs = int64_t(1) << 16;
 
-using window::kWindowVec;
+// What one plane's loop needs besides its pointers.
+struct Plane {
+    const ConvGeometry& g;
+    int64_t oh, ow;
+    int64_t vec;                        // outputs per vector (0: the scalar loop)
+    const std::vector<uint32_t>& bits;  // (output vector, tap column) -> valid lanes of its loads
+};
 
-int64_t round_up(int64_t v) { return (v + kWindowVec - 1) / kWindowVec * kWindowVec; }
+// Bit e set where element e of the sw * vec floats loaded for output vector v, tap column b
+// (starting at input column v * vec * sw + b * dw - pl) is an input column, not padding.
+std::vector<uint32_t> load_bits(const ConvGeometry& g, int64_t ow, int64_t vec) {
+    const int64_t nv = (ow + vec - 1) / vec, span = vec * g.sw;
+    std::vector<uint32_t> bits(static_cast<size_t>(nv * g.kw), 0);
+    for (int64_t v = 0; v < nv; ++v)
+        for (int64_t b = 0; b < g.kw; ++b) {
+            const int64_t start = v * span + b * g.dw - g.pl;
+            uint32_t m = 0;
+            for (int64_t e = 0; e < span; ++e)
+                if (start + e >= 0 && start + e < g.w) m |= uint32_t(1) << e;
+            bits[static_cast<size_t>(v * g.kw + b)] = m;
+        }
+    return bits;
+}
+
+using PlaneFn = void (*)(const Plane&, const float*, const float*, float, float*);
+
+void plane_scalar(const Plane& p, const float* x, const float* w, float b, float* y) {
+    const ConvGeometry& g = p.g;
+    for (int64_t i = 0; i < p.oh; ++i)
+        for (int64_t j = 0; j < p.ow; ++j) {
+            float acc = b;
+            for (int64_t a = 0; a < g.kh; ++a) {
+                const int64_t r = i * g.sh + a * g.dh - g.pt;
+                for (int64_t t = 0; t < g.kw; ++t) {
+                    const int64_t c = j * g.sw + t * g.dw - g.pl;
+                    const float v = (r >= 0 && r < g.h && c >= 0 && c < g.w) ? x[r * g.w + c] : 0.0f;
+                    acc = acc + w[a * g.kw + t] * v;
+                }
+            }
+            y[i * p.ow + j] = acc;
+        }
+}
+
+#if QRT_DW_X86
+// Output rows [i0, i0 + U) of output vector v. INSIDE: every tap row of these output rows is an
+// input row (all but the plane's first and last few rows), so one load mask per tap serves all U
+// rows, and U accumulator chains hide the add's latency (one chain at a time waited on it at every
+// tap). Else (U = 1) a tap row in the padding loads zeros through a zero mask. KW: the kernel's
+// width when it is 3 or 5 (the tap loop unrolled), else 0 (g.kw at run time).
+template <int U, int SW, int KW, bool INSIDE>
+__attribute__((target("avx512f"))) void rows_avx512(const Plane& p, const float* x, const float* w, float b, float* y,
+                                                    int64_t i0, int64_t v) {
+    const ConvGeometry& g = p.g;
+    const int64_t kw = KW > 0 ? KW : g.kw, dw = g.dw, rstep = g.sh * g.w;
+    const uint32_t* bits = p.bits.data() + v * kw;
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    __m512 acc[U];
+    QRT_DW_UNROLL for (int u = 0; u < U; ++u) acc[u] = _mm512_set1_ps(b);
+    for (int64_t a = 0; a < g.kh; ++a) {
+        const int64_t r = i0 * g.sh + a * g.dh - g.pt;   // the input row of tap row a for output row i0
+        const bool inside = INSIDE || (r >= 0 && r < g.h);
+        // masked-off lanes are not read: the address may point before or past the row
+        const float* ra = x + (inside ? r : 0) * g.w + v * 16 * SW - g.pl;
+        const float* wa = w + a * kw;
+        QRT_DW_UNROLL for (int64_t t = 0; t < kw; ++t) {
+            const __m512 wv = _mm512_set1_ps(wa[t]);
+            const uint32_t m = inside ? bits[t] : 0;
+            QRT_DW_UNROLL for (int u = 0; u < U; ++u) {
+                const float* src = ra + u * rstep + t * dw;
+                __m512 in;
+                if constexpr (SW == 1) {
+                    in = _mm512_maskz_loadu_ps(static_cast<__mmask16>(m), src);
+                } else {
+                    in = _mm512_permutex2var_ps(_mm512_maskz_loadu_ps(static_cast<__mmask16>(m), src), even,
+                                                _mm512_maskz_loadu_ps(static_cast<__mmask16>(m >> 16), src + 16));
+                }
+                acc[u] = _mm512_add_ps(acc[u], _mm512_mul_ps(wv, in));
+            }
+        }
+    }
+    const int64_t left = std::min<int64_t>(16, p.ow - v * 16);
+    const __mmask16 store = static_cast<__mmask16>((uint32_t(1) << left) - 1);
+    QRT_DW_UNROLL for (int u = 0; u < U; ++u) _mm512_mask_storeu_ps(y + (i0 + u) * p.ow + v * 16, store, acc[u]);
+}
+
+__attribute__((target("avx2"))) inline __m256i lanes_of(uint32_t m) {   // lane l set where bit l of m is
+    const __m256i bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+    return _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(static_cast<int>(m)), bit), bit);
+}
+
+template <int U, int SW, int KW, bool INSIDE>
+__attribute__((target("avx2"))) void rows_avx2(const Plane& p, const float* x, const float* w, float b, float* y,
+                                               int64_t i0, int64_t v) {
+    const ConvGeometry& g = p.g;
+    const int64_t kw = KW > 0 ? KW : g.kw, dw = g.dw, rstep = g.sh * g.w;
+    const uint32_t* bits = p.bits.data() + v * kw;
+    __m256 acc[U];
+    QRT_DW_UNROLL for (int u = 0; u < U; ++u) acc[u] = _mm256_set1_ps(b);
+    for (int64_t a = 0; a < g.kh; ++a) {
+        const int64_t r = i0 * g.sh + a * g.dh - g.pt;
+        const bool inside = INSIDE || (r >= 0 && r < g.h);
+        const float* ra = x + (inside ? r : 0) * g.w + v * 8 * SW - g.pl;   // masked lanes are not read
+        const float* wa = w + a * kw;
+        QRT_DW_UNROLL for (int64_t t = 0; t < kw; ++t) {
+            const __m256 wv = _mm256_set1_ps(wa[t]);
+            const uint32_t m = inside ? bits[t] : 0;
+            const __m256i lo = lanes_of(m), hi = lanes_of(m >> 8);
+            QRT_DW_UNROLL for (int u = 0; u < U; ++u) {
+                const float* src = ra + u * rstep + t * dw;
+                __m256 in = _mm256_maskload_ps(src, lo);
+                if constexpr (SW != 1) {
+                    const __m256 in_hi = _mm256_maskload_ps(src + 8, hi);
+                    // even lanes: lo0 lo2 hi0 hi2 | lo4 lo6 hi4 hi6, then the 64-bit pairs in order
+                    const __m256 ev = _mm256_shuffle_ps(in, in_hi, _MM_SHUFFLE(2, 0, 2, 0));
+                    in = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(ev), _MM_SHUFFLE(3, 1, 2, 0)));
+                }
+                acc[u] = _mm256_add_ps(acc[u], _mm256_mul_ps(wv, in));
+            }
+        }
+    }
+    const int64_t left = std::min<int64_t>(8, p.ow - v * 8);
+    const __m256i store = lanes_of((uint32_t(1) << left) - 1);
+    QRT_DW_UNROLL for (int u = 0; u < U; ++u) _mm256_maskstore_ps(y + (i0 + u) * p.ow + v * 8, store, acc[u]);
+}
+
+// One plane, vector column by vector column: the middle rows 8 (then 4, then 1) at a time, the
+// first and last rows, whose taps reach into the padding, one at a time.
+template <int SW, int KW, template <int, int, int, bool> class Rows>
+void plane_rows(const Plane& p, const float* x, const float* w, float b, float* y) {
+    const ConvGeometry& g = p.g;
+    const int64_t nv = (p.ow + p.vec - 1) / p.vec;
+    // output row i is "inside" when i * sh - pt >= 0 and i * sh - pt + (kh - 1) * dh <= h - 1
+    const int64_t i_lo = std::min(p.oh, (g.pt + g.sh - 1) / g.sh);
+    const int64_t last = g.h - 1 - (g.kh - 1) * g.dh + g.pt;
+    const int64_t i_hi = std::max(i_lo, std::min(p.oh, last >= 0 ? last / g.sh + 1 : 0));
+    for (int64_t v = 0; v < nv; ++v) {
+        int64_t i = 0;
+        for (; i < i_lo; ++i) Rows<1, SW, KW, false>::run(p, x, w, b, y, i, v);
+        for (; i + 8 <= i_hi; i += 8) Rows<8, SW, KW, true>::run(p, x, w, b, y, i, v);
+        for (; i + 4 <= i_hi; i += 4) Rows<4, SW, KW, true>::run(p, x, w, b, y, i, v);
+        for (; i < i_hi; ++i) Rows<1, SW, KW, true>::run(p, x, w, b, y, i, v);
+        for (; i < p.oh; ++i) Rows<1, SW, KW, false>::run(p, x, w, b, y, i, v);
+    }
+}
+
+template <int U, int SW, int KW, bool INSIDE>
+struct Avx512Rows {
+    static void run(const Plane& p, const float* x, const float* w, float b, float* y, int64_t i0, int64_t v) {
+        rows_avx512<U, SW, KW, INSIDE>(p, x, w, b, y, i0, v);
+    }
+};
+template <int U, int SW, int KW, bool INSIDE>
+struct Avx2Rows {
+    static void run(const Plane& p, const float* x, const float* w, float b, float* y, int64_t i0, int64_t v) {
+        rows_avx2<U, SW, KW, INSIDE>(p, x, w, b, y, i0, v);
+    }
+};
+
+// The loop for stride SW, its tap loop unrolled for MobileNet's and EfficientNet's 3- and 5-wide
+// kernels
+template <int SW, template <int, int, int, bool> class Rows>
+PlaneFn plane_kw(int64_t kw) {
+    return kw == 3 ? plane_rows<SW, 3, Rows> : kw == 5 ? plane_rows<SW, 5, Rows> : plane_rows<SW, 0, Rows>;
+}
+#endif
+
+// The path's plane loop and its outputs per vector (0: scalar); strides above 2 fold one output at a time
+PlaneFn plane_fn(Int8Isa isa, int64_t sw, int64_t kw, int64_t& vec) {
+    vec = 0;
+#if QRT_DW_X86
+    if (sw <= 2 && int8_isa_is_avx512_class(isa))
+        return vec = 16, sw == 1 ? plane_kw<1, Avx512Rows>(kw) : plane_kw<2, Avx512Rows>(kw);
+    if (sw <= 2 && int8_isa_is_avx2_class(isa))
+        return vec = 8, sw == 1 ? plane_kw<1, Avx2Rows>(kw) : plane_kw<2, Avx2Rows>(kw);
+#endif
+    (void)isa;
+    (void)sw;
+    (void)kw;
+    return plane_scalar;
+}
 
 }  // namespace
 
-void depthwise_conv2d_isa(const ConvGeometry& g, const float* x, const float* w, const float* bias, float* y,
-                          Int8Isa isa, int threads) {
+void depthwise_conv2d_isa(const ConvGeometry& g, const float* x, const float* w, const float* bias,
+                          const FloatEpilogue& ep, float* y, Int8Isa isa, int threads) {
     conv_check_geometry(g);
     if (g.group != g.c) throw std::invalid_argument("depthwise_conv2d: group must equal C, got group = " +
                                                     std::to_string(g.group) + ", C = " + std::to_string(g.c));
     if (!int8_isa_supported(isa))
         throw std::invalid_argument(std::string("depthwise_conv2d: path ") + int8_isa_name(isa) + " is not supported");
     if (g.n == 0) return;
-    const auto rows = window::rows_for<window::MacTap>(isa);
-    const int64_t mult = g.m / g.c, oh = g.oh(), ow = g.ow(), hp = g.h + g.pt + g.pb, wp = g.w + g.pl + g.pr;
-    const int64_t taps = g.kh * g.kw, planes = g.n * g.m;
-    const int nt = planes * oh * ow * taps >= kParallelMinMacs ? threads : 1;
-    // unit strides: the output is computed at the padded plane's pitch, as one long row (the
-    // taps of row i read row i + a of the padded input; the wp - ow columns past each row are
-    // computed too and dropped), so a 56-wide plane is one call, not 56. Other strides: row by
-    // row. Either way over a whole number of vectors (window_rows.h), the slack keeping the
-    // extra outputs' reads in the buffer.
-    const bool flat = g.sw == 1 && g.sh == 1;
-    const int64_t span = flat ? round_up(oh * wp) : round_up(ow);
-    const int64_t slack = (g.kw - 1) * g.dw + (span - (flat ? oh * wp : ow)) * g.sw + kWindowVec;
+    int64_t vec = 0;
+    const PlaneFn fn = plane_fn(isa, g.sw, g.kw, vec);
+    const int64_t mult = g.m / g.c, oh = g.oh(), ow = g.ow(), planes = g.n * g.m;
+    const std::vector<uint32_t> bits = vec > 0 ? load_bits(g, ow, vec) : std::vector<uint32_t>();
+    const Plane plane{g, oh, ow, vec, bits};
+    const int nt = planes * oh * ow * g.kh * g.kw >= kParallelMinMacs ? threads : 1;
     parallel_items(planes, nt, [&](int64_t item) {
         const int64_t n = item / g.m, o = item % g.m, c = o / mult;
-        thread_local std::vector<float> plane, acc;
-        window::padded_plane(plane, x + (n * g.c + c) * g.h * g.w, g.h, g.w, g.pt, g.pl, hp, wp, slack, 0.0f);
-        const float* wo = w + o * taps;
-        const float b = bias != nullptr ? bias[o] : 0.0f;
         float* yo = y + item * oh * ow;
-        if (flat) {
-            acc.resize(static_cast<size_t>(span));
-            rows(acc.data(), plane.data(), window::Taps{g.kh, g.kw, g.dh * wp, g.dw, wo, b}, span, 1);
-            for (int64_t i = 0; i < oh; ++i) std::copy(acc.data() + i * wp, acc.data() + i * wp + ow, yo + i * ow);
-            return;
-        }
-        acc.resize(static_cast<size_t>(span));
-        for (int64_t i = 0; i < oh; ++i) {
-            rows(acc.data(), plane.data() + i * g.sh * wp, window::Taps{g.kh, g.kw, g.dh * wp, g.dw, wo, b}, span, g.sw);
-            std::copy(acc.begin(), acc.begin() + ow, yo + i * ow);
-        }
+        fn(plane, x + (n * g.c + c) * g.h * g.w, w + o * g.kh * g.kw, bias != nullptr ? bias[o] : 0.0f, yo);
+        float_epilogue_inplace(yo, oh * ow, ep, isa);   // the plane was just written: in L1 / L2
     });
 }
 
-void depthwise_conv2d(const ConvGeometry& g, const float* x, const float* w, const float* bias, float* y) {
-    depthwise_conv2d_isa(g, x, w, bias, y, int8_current_isa(), int8_get_threads());
+void depthwise_conv2d(const ConvGeometry& g, const float* x, const float* w, const float* bias,
+                      const FloatEpilogue& ep, float* y) {
+    depthwise_conv2d_isa(g, x, w, bias, ep, y, int8_current_isa(), int8_get_threads());
 }
 
 }  // namespace qrt

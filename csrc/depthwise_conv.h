@@ -1,20 +1,23 @@
 // float32 depthwise Conv of the native backend: every group one input channel (C / group = 1),
 // each output channel M / C of them (the channel multiplier), 1-D or 2-D, any stride, padding
-// and dilation. MobileNet and EfficientNet are made of them.
+// and dilation, the node's activation fused. MobileNet and EfficientNet are made of them.
 //
 // Why a kernel of its own: as a grouped GEMM (im2col + sgemm per group, or the int8 Linear per
 // group) each group is a 9-column product, so the copies and calls cost 10-200x the arithmetic
 // (RESULTS.md, "int8 Conv without numpy's im2col"). Here each output is its window's taps folded in a
-// vector register, read from a zero-padded copy of its input plane (window_rows.h).
+// vector register, read from the input plane in place (masked loads give the zero padding:
+// depthwise_conv.cpp).
 //
 // Numerics: float32, y = bias + sum over taps (ki outer, kj inner) of w * x, each product and
 // sum rounded to float32 (no FMA contraction: -ffp-contract=off), so the same bits on every
 // path and thread count; against the float64 reference within the float32 accumulation bound
 // of the other float32 Conv (kernels/blas_ops.py): (K + 2) * 2^-24 * sum |w x| with K = kh * kw.
+// Then the epilogue's activation (f32_channel_gemm.h: activation.h's bits, or HardSwish's).
 #pragma once
 
 #include <cstdint>
 
+#include "f32_channel_gemm.h"   // FloatEpilogue
 #include "int8_conv.h"   // ConvGeometry
 #include "int8_gemm.h"   // Int8Isa: the native backend's one ISA switch
 
@@ -24,8 +27,9 @@ namespace qrt {
 // nullptr. g.group must equal g.c and divide g.m (conv_check_geometry's other rules apply).
 // Throws std::invalid_argument otherwise. Runs on int8_current_isa()'s vector width with
 // int8_get_threads() threads (the _isa form: explicit); the bits depend on neither.
-void depthwise_conv2d(const ConvGeometry& g, const float* x, const float* w, const float* bias, float* y);
-void depthwise_conv2d_isa(const ConvGeometry& g, const float* x, const float* w, const float* bias, float* y,
-                          Int8Isa isa, int threads);
+void depthwise_conv2d(const ConvGeometry& g, const float* x, const float* w, const float* bias,
+                      const FloatEpilogue& ep, float* y);
+void depthwise_conv2d_isa(const ConvGeometry& g, const float* x, const float* w, const float* bias,
+                          const FloatEpilogue& ep, float* y, Int8Isa isa, int threads);
 
 }  // namespace qrt

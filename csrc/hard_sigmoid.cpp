@@ -64,6 +64,10 @@ void hard_sigmoid_isa(const float* x, float* y, int64_t count, float alpha, floa
     });
 }
 
+void hard_sigmoid_span(const float* x, float* y, int64_t count, float alpha, float beta, bool swish, Int8Isa isa) {
+    if (count > 0) span_fn(isa)(x, y, count, alpha, beta, swish);
+}
+
 void hard_sigmoid(const float* x, float* y, int64_t count, float alpha, float beta, bool swish) {
     hard_sigmoid_isa(x, y, count, alpha, beta, swish, int8_current_isa(), int8_get_threads());
 }

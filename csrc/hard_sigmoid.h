@@ -19,5 +19,7 @@ namespace qrt {
 void hard_sigmoid(const float* x, float* y, int64_t count, float alpha, float beta, bool swish);
 void hard_sigmoid_isa(const float* x, float* y, int64_t count, float alpha, float beta, bool swish, Int8Isa isa,
                       int threads);
+// The same on the calling thread (a kernel's epilogue over the span it just wrote).
+void hard_sigmoid_span(const float* x, float* y, int64_t count, float alpha, float beta, bool swish, Int8Isa isa);
 
 }  // namespace qrt

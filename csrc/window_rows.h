@@ -1,7 +1,8 @@
-// The windows of one output row, shared by the depthwise Conv (depthwise_conv.cpp) and MaxPool
-// (max_pool.cpp): out[j] = the window's taps folded in order into an accumulator, on the path's
-// vector width. Op is a multiply-add (MacTap: acc + w * x, two float32 roundings) or the
-// NaN-keeping maximum (MaxTap: x if x > acc or x is NaN, else acc). Every width computes each
+// The windows of one output row, for MaxPool (max_pool.cpp; the depthwise Conv used them too
+// until it read its input in place with masked loads, depthwise_conv.cpp): out[j] = the window's
+// taps folded in order into an accumulator, on the path's vector width. Op is the NaN-keeping
+// maximum (MaxTap: x if x > acc or x is NaN, else acc), a template parameter so that another
+// window reduction can share the loops. Every width computes each
 // output with the same operations in the same order, so the bits do not depend on the ISA.
 //
 // Why intrinsics: the compiler's loop over one tap at a time loaded and stored the accumulator
@@ -30,18 +31,6 @@ namespace qrt {
 namespace window {
 
 constexpr int64_t kWindowVec = 16;   // outputs per AVX-512 vector, two AVX2 vectors
-
-struct MacTap {
-    static float apply(float acc, float v, float w) { return acc + w * v; }
-#if QRT_WINDOW_X86
-    __attribute__((target("avx2"))) static __m256 apply8(__m256 acc, __m256 v, __m256 w) {
-        return _mm256_add_ps(acc, _mm256_mul_ps(w, v));
-    }
-    __attribute__((target("avx512f"))) static __m512 apply16(__m512 acc, __m512 v, __m512 w) {
-        return _mm512_add_ps(acc, _mm512_mul_ps(w, v));
-    }
-#endif
-};
 
 struct MaxTap {
     static float apply(float acc, float v, float) { return (v > acc || v != v) ? v : acc; }

@@ -24,6 +24,11 @@ from kernels.blas_activity import note_blas_call
 from kernels.core.layouts import PackedTensor
 from kernels.registry import EPILOGUE_OPS, fill_attrs, has_kernel, lookup
 
+# The activations the quantized GEMMs' epilogues compute (csrc/activation.h, numba's, the GPU
+# kernels'): a ``fused`` factory declares these; any other (hard_swish) kernels.registry.build
+# applies after the kernel.
+GEMM_ACTIVATIONS = ("relu", "gelu", "gelu_tanh")
+
 
 @dataclass(frozen=True)
 class GemmAttrs:
@@ -154,7 +159,7 @@ def gemm_factory(op: str, prepare: Callable[[PackedTensor, GemmAttrs, dict], Any
         return run if quick is None else quick
 
     if fused:
-        factory.fused_activations = tuple(EPILOGUE_OPS)
+        factory.fused_activations = GEMM_ACTIVATIONS
     factory.__name__ = factory.__qualname__ = name or f"{op.lower()}_factory"
     return factory
 

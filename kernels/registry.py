@@ -182,7 +182,7 @@ def lookup(op: str, layout: str, backend: str) -> KernelFactory:
 # it (compute it while the output tile is still in registers or L1) by listing the name in its
 # factory's ``fused_activations``; for every other kernel build() runs that op after it.
 EPILOGUE_OPS = {"relu": ("Relu", {}), "gelu": ("Gelu", {"approximate": "none"}),
-                "gelu_tanh": ("Gelu", {"approximate": "tanh"})}
+                "gelu_tanh": ("Gelu", {"approximate": "tanh"}), "hard_swish": ("HardSwish", {})}
 
 
 def build(op: str, layout: str, backend: str, attrs: dict[str, Any], weights: dict,
@@ -204,6 +204,10 @@ def build(op: str, layout: str, backend: str, attrs: dict[str, Any], weights: di
     if act == "none":
         return inner
     act_op, act_attrs = EPILOGUE_OPS[act]
+    if backend in GPU_BACKENDS and not has_kernel(act_op, "dense", backend):
+        # the fallbacks are CPU kernels: they cannot take this kernel's device array
+        raise ValueError(f"{op}: activation {act!r} is not available after a {backend} kernel (no {act_op} "
+                         f"kernel on {backend}); run this node on a CPU backend")
     act_backend = next((b for b in (backend, *fallbacks, "reference") if has_kernel(act_op, "dense", b)))
     post = lookup(act_op, "dense", act_backend)(fill_attrs(act_op, act_attrs), {})
 

@@ -28,7 +28,9 @@ Patterns (in this order):
     additive mask;
   * Add -> LayerNormalization over the last axis becomes SkipLayerNormalization;
   * Linear or Conv -> Relu / Gelu becomes the Linear/Conv with activation "relu" / "gelu" /
-    "gelu_tanh" (the kernel applies it in its epilogue, or kernels.registry.build after it);
+    "gelu_tanh", and Conv -> HardSwish the Conv with "hard_swish" (the kernel applies it in its
+    epilogue, or kernels.registry.build after it; the GPU backends, which have no Conv, have no
+    HardSwish after a Linear either);
     Linear -> Reshape -> Relu / Gelu (GPT-2's Conv1D) becomes that Linear -> the Reshape;
   * Linears that read the same input with the same attributes and a dense, int8, csr or N:M
     weight (attention's Q, K and V projections) become one Linear over the concatenated weight and a
@@ -522,6 +524,8 @@ def _fuse_activation(view: _View, node: Node):
         name = "relu"
     elif act.op == "Gelu":
         name = "gelu_tanh" if act.attrs.get("approximate", "none") == "tanh" else "gelu"
+    elif act.op == "HardSwish" and node.op == "Conv":     # MobileNetV3's; Conv runs on the CPU backends only
+        name = "hard_swish"
     else:
         return None
     attrs = {**node.attrs, "activation": name}

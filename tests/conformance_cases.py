@@ -354,7 +354,10 @@ def with_specials(x: np.ndarray) -> np.ndarray:
     return x
 
 
-ACTIVATIONS = ("none", "relu", "gelu", "gelu_tanh")
+ACTIVATIONS = ("none", "relu", "gelu", "gelu_tanh")   # the GEMM epilogues' (kernels/gemm_front.py)
+# a Conv's also hard_swish (kernels/core/ops.py ACTIVATIONS: runtime/fuse.py fuses it into Convs,
+# which run on the CPU backends)
+CONV_ACTIVATIONS = ACTIVATIONS + ("hard_swish",)
 # activation quantization modes a packed layout with integer values allows (docs/CONVERTER.md)
 ACT_MODES = {
     "none": {"act_quant": "none"},
@@ -644,7 +647,7 @@ def conv(layout: str) -> Callable[[], Iterator[Case]]:
             modes = ["none"] if layout == "dense" else ["none", "dynamic", static]
             for j, qname in enumerate(modes):
                 rng = _rng("Conv", layout, i, qname)
-                activation = ACTIVATIONS[(i + j) % 4]
+                activation = CONV_ACTIVATIONS[(i + j) % len(CONV_ACTIVATIONS)]
                 t = _conv_weight(rng, layout, ws, "int8", i + j)
                 x = gemm_input(rng, xs, zero_rows=False)
                 if xs[0] > 1:

@@ -138,6 +138,21 @@ def test_linear_activation_fuses_and_matches(act_op, attrs, name):
     np.testing.assert_array_equal(got, want)        # the reference applies the same two kernels
 
 
+def test_hard_swish_fuses_into_a_conv_only():
+    """HardSwish after a Linear stays its own node: Linears also run on the GPU backends, whose
+    kernels have no HardSwish epilogue (the Conv case: tests/test_native_float_cnn.py)."""
+    g = _linear_act_graph("HardSwish")
+    assert [n.op for n in fuse(g).nodes] == ["Linear", "HardSwish"]
+
+
+@pytest.mark.skipif(registry.backend_status("triton") is not None, reason="triton backend unavailable")
+def test_an_activation_a_gpu_kernel_lacks_is_refused_there():
+    w = pack_int8("w", _rng("gpu-act").standard_normal((5, 8)).astype(np.float32))
+    attrs = registry.fill_attrs("Linear", {"act_quant": "dynamic", "activation": "hard_swish"})
+    with pytest.raises(ValueError, match="activation 'hard_swish' is not available after a triton kernel"):
+        registry.build("Linear", "int8", "triton", attrs, {1: w})
+
+
 def test_linear_reshape_activation_fuses_into_the_linear():
     # GPT-2's Conv1D: Gemm on (B*S, K), Reshape to (B, S, N), then the activation
     g = _linear_act_graph("Gelu", attrs={"approximate": "tanh"})
@@ -168,7 +183,7 @@ def test_bad_activation_attribute_is_refused():
     g.nodes = [g.nodes[0]]
     g.nodes[0].attrs["activation"] = "swish"
     g.nodes[0].outputs = ["y"]
-    with pytest.raises(ValueError, match="activation must be one of none, relu, gelu, gelu_tanh; got 'swish'"):
+    with pytest.raises(ValueError, match="activation must be one of none, relu, gelu, gelu_tanh, hard_swish; got 'swish'"):
         runtime.InferenceSession(g, backend="reference")
 
 

@@ -39,7 +39,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEED = 5
 CASES = 1500
 # bindings that take arrays get most of the cases: they have the checks worth fuzzing
-HEAVY = {"Int8Weight", "int8_linear", "int8_conv2d", "depthwise_conv2d", "max_pool2d", "im2col",
+HEAVY = {"Int8Weight", "int8_linear", "int8_conv2d", "depthwise_conv2d", "f32_channel_gemm", "binary_f32",
+         "mean_rows_f32", "max_pool2d", "im2col",
          "apply_activation", "sparse_int8_csr", "sparse_int8_bsr", "sparse_int8_nm",
          "sparse_int8_linear", "Int4Weight", "int4_linear", "attention", "skip_layer_norm"}
 # exception types a malformed call may raise: TypeError / ValueError from the binding's own
@@ -200,7 +201,15 @@ def _valid_cases(rng):
         cases += [
             ("depthwise_conv2d", _native.depthwise_conv2d,
              [xd, rng.standard_normal((6, 1, 3, 3)).astype(np.float32), [2, 1], [1, 1, 0, 2], [1, 2],
-              rng.standard_normal(6).astype(np.float32)], {}),
+              rng.standard_normal(6).astype(np.float32), "hard_swish"], {}),
+            ("f32_channel_gemm", _native.f32_channel_gemm,
+             [rng.standard_normal((int(rng.integers(0, 3)), 5, 37)).astype(np.float32),
+              rng.standard_normal((11, 5)).astype(np.float32), rng.standard_normal(11).astype(np.float32),
+              "relu"], {}),
+            ("binary_f32", _native.binary_f32,
+             ["mul", rng.standard_normal(12).astype(np.float32), 0, rng.standard_normal(3).astype(np.float32), 1,
+              3, 4], {}),
+            ("mean_rows_f32", _native.mean_rows_f32, [rng.standard_normal((3, 7)).astype(np.float32)], {}),
             ("max_pool2d", _native.max_pool2d, [xd, [3, 2], [2, 2], [1, 0, 1, 1], [1, 1], [4, 3]], {}),
             ("hard_sigmoid", _native.hard_sigmoid, [xd, 0.2, 0.5, True], {}),
             ("im2col", _native.im2col, [xd, [3, 2], [2, 1], [1, 1, 0, 2], [1, 2]], {}),

@@ -170,6 +170,11 @@ DW_CASES = {  # name: (X shape, channel multiplier, kernel, strides, pads, dilat
     "dilated, stride 3, no pads": ((1, 4, 12, 13), 1, (3, 2), [3, 3], [0, 0, 0, 0], [2, 3]),
     "1-D": ((2, 6, 17), 1, (5,), [2], [2, 1], [1]),
     "wide rows (vector tails)": ((1, 3, 5, 67), 1, (3, 3), [1, 1], [1, 1, 1, 1], [1, 1]),
+    # tall planes: the middle rows 8 and 4 at a time, then one at a time (depthwise_conv.cpp)
+    "tall, 3x3": ((1, 3, 37, 20), 1, (3, 3), [1, 1], [1, 1, 1, 1], [1, 1]),
+    "tall, 5x5 / 2": ((1, 2, 41, 35), 1, (5, 5), [2, 2], [2, 2, 2, 2], [1, 1]),
+    "7x7 (the tap loop not unrolled)": ((1, 2, 20, 19), 1, (7, 7), [1, 1], [3, 3, 3, 3], [1, 1]),
+    "taller window than plane": ((1, 2, 3, 18), 1, (5, 3), [1, 1], [2, 1, 2, 1], [1, 1]),
 }
 
 

@@ -45,8 +45,11 @@ _VARIADIC = 1 << 16
 # "dynamic" (per GEMM row at run time) or "static" (act_scale / act_zero_point from calibration).
 _ACT_QUANT = {"act_quant": "none", "act_scale": None, "act_zero_point": 0}
 # An activation applied to a Linear/Conv output before it is written (the GEMM epilogue):
-# set by the session's fusion pass (runtime/fuse.py) from a following Relu or Gelu node.
-ACTIVATIONS = ("none", "relu", "gelu", "gelu_tanh")
+# set by the session's fusion pass (runtime/fuse.py) from a following Relu, Gelu or HardSwish
+# node. The quantized GEMMs' epilogues apply the first four (kernels/gemm_front.py
+# GEMM_ACTIVATIONS); hard_swish is fused by the native float32 Convs (MobileNetV3's layers) and
+# applied after the kernel everywhere else (kernels/registry.py build).
+ACTIVATIONS = ("none", "relu", "gelu", "gelu_tanh", "hard_swish")
 _EPILOGUE = {"activation": "none"}
 
 _SPECS = [

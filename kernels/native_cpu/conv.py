@@ -40,6 +40,7 @@ import numpy as np
 from kernels import blas_ops
 from kernels.core.layouts import PackedTensor, int_weight
 from kernels.gemm_front import activate_after, bias32_or_64, bias64, gemm_factory, weight_only
+from kernels.reference._common import prod
 from kernels.reference.conv_pool import _out_size, _spatial_attrs, _windows
 from kernels.reference.packed import PreparedWeight, packed_conv_ref
 from kernels.registry import bound_dense, register
@@ -227,34 +228,66 @@ def _im2col(x, kernel, strides, pb, pe, dilations, out):
     return blas_ops.im2col_numpy(x, kernel, strides, pb, pe, dilations, out)
 
 
+# Convs whose patch (C * kh * kw) has at most this many values run as csrc/f32_channel_gemm.h's
+# product on NCHW memory; larger patches as sgemm. Measured on the Xeon (RESULTS.md,
+# "MobileNetV3-like: the float32 layers"): the channel product 2.6-3.3x sgemm + bias at K <= 64
+# and still ahead at K = 576 (M = 128, 28 x 28).
+CHANNEL_GEMM_MAX_K = 576
+FLOAT_CONV_ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "hard_swish")
+
+
 def dense_conv_factory(attrs: dict, weights: dict):
-    """float32 Conv with a dense weight: depthwise Convs (group = C > 1, one input channel per
-    group, W (M, 1, *kernel) an initializer, 1-D or 2-D) by csrc/depthwise_conv.h, everything
-    else by kernels/blas_ops.py's sgemm on csrc/im2col.h's im2col. As a grouped GEMM a depthwise Conv is one
-    9-column product per channel: a MobileNet-sized one (96 x 56 x 56, 3 x 3) took 1.0 ms there
-    and 0.17 ms here (RESULTS.md, "int8 Conv without numpy's im2col"). Both are float32 sums within the
-    same bound of the float64 reference (module docstrings)."""
-    general = blas_ops.conv_factory(attrs, weights, im2col=_im2col)
+    """float32 Conv with a dense weight (initializer), 1-D or 2-D, the node's activation fused:
+    depthwise Convs (group = C > 1, one input channel per group, W (M, 1, *kernel)) by
+    csrc/depthwise_conv.h; group = 1 with a patch of at most CHANNEL_GEMM_MAX_K values by
+    csrc/f32_channel_gemm.h on X itself (1 x 1, stride 1, unpadded) or csrc/im2col.h's columns;
+    everything else by kernels/blas_ops.py's sgemm on that im2col, the activation after it. As a
+    grouped GEMM a depthwise Conv is one 9-column product per channel: a MobileNet-sized one
+    (96 x 56 x 56, 3 x 3) took 1.0 ms there and 0.17 ms here (RESULTS.md, "int8 Conv without
+    numpy's im2col"). All are float32 sums within the same bound of the float64 reference
+    (module docstrings); the activation has the bits of its own op's native kernel."""
+    act = attrs.get("activation", "none")
+    general = blas_ops.conv_factory({k: v for k, v in attrs.items() if k != "activation"}, weights, im2col=_im2col)
     group = int(attrs["group"])
     w = bound_dense(weights, 1)
-    if (group < 2 or w is None or w.dtype != np.float32 or w.ndim - 2 not in NATIVE_SPATIAL_DIMS or w.shape[1] != 1
-            or w.shape[0] % group):
-        return general
-    nsp = w.ndim - 2
+    b_init = bound_dense(weights, 2)
+    nsp = None if w is None else w.ndim - 2
+
+    def fallback(x, _weight=None, b=None):
+        (y,) = general(x, _weight, b)
+        return (activate_after(y, act, "native"),)
+
+    if w is None or w.dtype != np.float32 or nsp not in NATIVE_SPATIAL_DIMS:
+        return fallback
+    depthwise = group > 1 and w.shape[1] == 1 and w.shape[0] % group == 0
+    if not depthwise and (group != 1 or prod(w.shape[1:]) > CHANNEL_GEMM_MAX_K):
+        return fallback
     w4 = np.ascontiguousarray(w if nsp == 2 else w[:, :, None, :])
+    w2 = np.ascontiguousarray(w.reshape(w.shape[0], -1))
     kernel = [int(k) for k in w.shape[2:]]
+    channels = group if depthwise else w.shape[1]
+    b32 = None if b_init is None or b_init.dtype != np.float32 else np.ascontiguousarray(b_init)
 
     def run(x, _weight=None, b=None):
-        if not (isinstance(x, np.ndarray) and x.dtype == np.float32 and x.ndim == w.ndim and x.shape[1] == group
-                and (b is None or (isinstance(b, np.ndarray) and b.dtype == np.float32 and b.shape == (w.shape[0],)
-                                   and b.flags.c_contiguous))):
-            return general(x, _weight, b)        # other dtypes and shapes (their errors) as before
+        if not (isinstance(x, np.ndarray) and x.dtype == np.float32 and x.ndim == w.ndim and x.shape[1] == channels
+                and (b is None or (isinstance(b, np.ndarray) and b.dtype == np.float32 and b.shape == (w.shape[0],)))):
+            return fallback(x, _weight, b)        # other dtypes and shapes (their errors) as before
+        bias = None if b is None else (b32 if b is b_init and b32 is not None else np.ascontiguousarray(b))
         strides, pb, pe, dilations = _spatial_attrs(nsp, attrs["strides"], attrs["pads"], attrs["dilations"])
-        for i in range(nsp):      # the reference's error for a window larger than the padded input
-            _out_size(x.shape[2 + i], kernel[i], strides[i], dilations[i], pb[i], pe[i], 0)
-        x4, _, s2, pads4, d2 = planar(x, kernel, strides, pb, pe, dilations)   # the kernel is w4's
-        return (unplanar(_native.depthwise_conv2d(x4, w4, s2, pads4, d2, b), nsp),)
+        out = [_out_size(x.shape[2 + i], kernel[i], strides[i], dilations[i], pb[i], pe[i], 0) for i in range(nsp)]
+        if depthwise:
+            x4, _, s2, pads4, d2 = planar(x, kernel, strides, pb, pe, dilations)   # the kernel is w4's
+            return (unplanar(_native.depthwise_conv2d(x4, w4, s2, pads4, d2, bias, act), nsp),)
+        if all(k == 1 for k in kernel) and all(s == 1 for s in strides) and not any(pb + pe):
+            cols = np.ascontiguousarray(x).reshape(x.shape[0], x.shape[1], -1)      # 1 x 1: X is its columns
+        else:
+            cols = _im2col(x, kernel, strides, pb, pe, dilations, out)
+        y = _native.f32_channel_gemm(cols, w2, bias, act)
+        return (y.reshape(x.shape[0], w.shape[0], *out),)
     return run
+
+
+dense_conv_factory.fused_activations = FLOAT_CONV_ACTIVATIONS
 
 
 register("Conv", "native")(dense_conv_factory)

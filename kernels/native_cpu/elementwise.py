@@ -1,15 +1,21 @@
 """The native backend's float32 layers outside the quantized GEMMs, so that a float32 node
 never falls to the float64 reference on this backend:
 
-* ``Linear`` (dense weight), ``MatMul``, ``Gemm``, ``Conv``: BLAS sgemm, the factories of
-  kernels/blas_ops.py (shared with the numba backend); depthwise Convs by their own kernel
-  (kernels/native_cpu/conv.py, ``dense_conv_factory``).
+* ``Linear`` (dense weight), ``MatMul``, ``Gemm``: BLAS sgemm, the factories of
+  kernels/blas_ops.py (shared with the numba backend). ``Conv``: kernels/native_cpu/conv.py's
+  ``dense_conv_factory`` (depthwise and small-patch Convs on their own kernels, the rest sgemm).
 * ``HardSigmoid`` and ``HardSwish``: one pass in C++ with the reference's float32 arithmetic
   (csrc/hard_sigmoid.h), the same bits.
 * ``Gelu`` (erf and tanh forms) and ``Relu``: the int8 epilogue's vectorised activations
   (csrc/activation.h, ``_native.apply_activation``) on a float32 copy of X: the same bits as
   the fused epilogue, within the reference's GELU tolerance (tests/conformance_cases.py GELU),
   ReLU exact.
+* ``Add``, ``Sub``, ``Mul``, ``Div`` on two float32 arrays of the same shape, or where one is a
+  single value or one value per row of the other (the trailing axes of size 1: a CNN's
+  (N, C, 1, 1) channel scales): csrc/elementwise_f32.h, numpy's float32 bits. Other broadcasts
+  and dtypes: the reference.
+* ``ReduceMean`` of float32 over trailing axes (global average pooling): float64 row sums
+  rounded once (csrc/elementwise_f32.h), within one float32 rounding of the reference.
 
 Other dtypes go to the reference kernel unchanged.
 """
@@ -21,6 +27,8 @@ import numpy as np
 
 from kernels import blas_ops
 from kernels.fused_dispatch import reference_of
+from kernels.reference._common import prod
+from kernels.reference.reduction import _reduce_axes
 from kernels.registry import register
 
 from . import _native
@@ -70,3 +78,72 @@ register("HardSigmoid", "native")(_hard_sigmoid_factory("HardSigmoid"))
 register("HardSwish", "native")(_hard_sigmoid_factory("HardSwish"))
 register("Gelu", "native")(_activation_factory("Gelu", lambda a: "gelu_tanh" if a["approximate"] == "tanh" else "gelu"))
 register("Relu", "native")(_activation_factory("Relu", lambda a: "relu"))
+
+
+def _row_kind(shape: tuple, out: tuple) -> tuple[int, int] | None:
+    """How an operand of ``shape`` broadcasts to ``out``: (0, -) the full array, (2, -) one value,
+    (1, k) one value per row of out viewed as (prod(out[:k]), prod(out[k:])); None otherwise
+    (the reference's broadcasting then)."""
+    if shape == out:
+        return 0, len(out)
+    if prod(shape) == 1:
+        return 2, len(out)
+    p = (1,) * (len(out) - len(shape)) + shape
+    k = len(out)
+    while k > 0 and p[k - 1] == 1:
+        k -= 1
+    return (1, k) if p[:k] == out[:k] else None
+
+
+def _binary_factory(op: str):
+    """Factory of a float32 Add / Sub / Mul / Div by ``_native.binary_f32`` (module docstring)."""
+    name = op.lower()
+
+    def factory(attrs: dict, weights: dict):
+        ref = reference_of(op, attrs, weights)
+
+        def run(a, b):
+            if not (type(a) is np.ndarray and type(b) is np.ndarray and a.dtype == np.float32
+                    and b.dtype == np.float32):
+                return ref(a, b)
+            if a.shape == b.shape and a.size and a.flags.c_contiguous and b.flags.c_contiguous:   # the common case, quickly
+                return (_native.binary_f32(name, a, 0, b, 0, 1, a.size).reshape(a.shape),)
+            try:
+                out = np.broadcast_shapes(a.shape, b.shape)
+            except ValueError:
+                return ref(a, b)          # the reference's error
+            ka, kb = _row_kind(a.shape, out), _row_kind(b.shape, out)
+            if ka is None or kb is None or prod(out) == 0:
+                return ref(a, b)
+            # the per-row operand's split (at most one is per row: two would make both full), else
+            # one row of everything
+            k = next((kind[1] for kind in (ka, kb) if kind[0] == 1), 0)
+            rows, cols = prod(out[:k]), prod(out[k:])
+            y = _native.binary_f32(name, np.ascontiguousarray(a), ka[0], np.ascontiguousarray(b), kb[0], rows, cols)
+            return (y.reshape(out),)
+        return run
+    factory.__name__ = factory.__qualname__ = f"{name}_factory"
+    return factory
+
+
+for _op in ("Add", "Sub", "Mul", "Div"):
+    register(_op, "native")(_binary_factory(_op))
+
+
+@register("ReduceMean", "native")
+def reduce_mean_factory(attrs: dict, weights: dict):
+    """float32 ReduceMean over trailing axes by ``_native.mean_rows_f32``; other axes, dtypes and
+    empty reductions: the reference."""
+    ref = reference_of("ReduceMean", attrs, weights)
+    keep = bool(attrs["keepdims"])
+
+    def run(x):
+        if type(x) is not np.ndarray or x.dtype != np.float32:
+            return ref(x)
+        ax = _reduce_axes(x, attrs["axes"], attrs["noop_with_empty_axes"])
+        if ax is None or ax != tuple(range(x.ndim - len(ax), x.ndim)) or prod(x.shape[x.ndim - len(ax):]) == 0:
+            return ref(x)
+        k = x.ndim - len(ax)
+        y = _native.mean_rows_f32(np.ascontiguousarray(x).reshape(prod(x.shape[:k]), -1))
+        return (y.reshape(x.shape[:k] + ((1,) * len(ax) if keep else ())),)
+    return run

@@ -450,6 +450,8 @@ def _epilogue(y, a):
         return torch.relu(y)
     if act in ("gelu", "gelu_tanh"):
         return F.gelu(y, approximate="tanh" if act == "gelu_tanh" else "none")
+    if act == "hard_swish":
+        return F.hardswish(y)
     raise ValueError(f"unknown activation {act!r}")
 
 

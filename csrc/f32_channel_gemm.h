@@ -1,0 +1,51 @@
+// float32 Conv as a product over channels, straight on NCHW memory: Y (N, M, P) = act(W (M, K) @
+// X (N, K, P) + bias), P the output positions. A 1 x 1 stride-1 Conv's input is X as it is; other
+// Convs pass their im2col (N, C * taps, P). MobileNet's and EfficientNet's layers whose patch has
+// few values (the 1 x 1 expansions of 16-40 channels, the 3 x 3 x 3 stem) stay float32 under int8
+// (docs/CONVERTER.md, "small patches"), and they are most of such a model's float32 time.
+//
+// Why not BLAS sgemm: at K <= 64 the product is bound by writing Y, and sgemm wrote it once, then
+// the bias and the activation each read and wrote it again (3 passes over a 3 MB output at
+// 112 x 112 x 64); OpenBLAS's workers also spin after each call against the native kernels'
+// threads (kernels/blas_activity.py). Here each 8-row x 128-position block of Y is computed in
+// registers, gets its bias in the register, its activation while in L1, and is written once.
+// RESULTS.md, "MobileNetV3-like: the float32 layers".
+//
+// Numerics: y = act(fma-chain + bias) with the chain acc = fma(w[m, k], x[k, p], acc) from acc = 0,
+// k in order, then one float32 addition of the bias: the same bits on every path (the scalar
+// one calls std::fma) and thread count; against the float64 reference within the float32
+// accumulation bound of the other float32 Convs (kernels/blas_ops.py): (K + 2) * 2^-24 * sum |w x|.
+// The activation: activation.h's (relu, gelu, gelu_tanh: the bits of activation_inplace) or
+// hard_swish (hard_sigmoid.h's HardSwish bits).
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "activation.h"   // Activation
+#include "int8_gemm.h"    // Int8Isa: the native backend's one ISA switch
+
+namespace qrt {
+
+struct FloatEpilogue {
+    Activation act = Activation::none;   // applied when hard_swish is false
+    bool hard_swish = false;             // x * clamp(x / 6 + 1 / 2, 0, 1), hard_sigmoid.h's bits
+};
+
+// "none", "relu", "gelu", "gelu_tanh" or "hard_swish"; throws std::invalid_argument otherwise.
+FloatEpilogue float_epilogue_from_name(const std::string& name);
+
+// Y (n, m, p) float32; X (n, k, p) float32 (image stride k * p), W (m, k) float32 row-major, bias
+// (m,) or nullptr. n may be 0; m, k, p >= 1 (std::invalid_argument otherwise). Runs on
+// int8_current_isa()'s vector width with int8_get_threads() threads (the _isa form: explicit); the
+// bits depend on neither.
+void f32_channel_gemm(int64_t n, int64_t m, int64_t k, int64_t p, const float* w, const float* x,
+                      const float* bias, const FloatEpilogue& ep, float* y);
+void f32_channel_gemm_isa(int64_t n, int64_t m, int64_t k, int64_t p, const float* w, const float* x,
+                          const float* bias, const FloatEpilogue& ep, float* y, Int8Isa isa, int threads);
+
+// The epilogue's activation on y[0, count) in place, on the calling thread (the depthwise Conv
+// shares it).
+void float_epilogue_inplace(float* y, int64_t count, const FloatEpilogue& ep, Int8Isa isa);
+
+}  // namespace qrt
