@@ -144,13 +144,23 @@ def test_float_conv_takes_sgemm_past_the_patch_limit_and_for_groups(monkeypatch)
     real = _native.f32_channel_gemm
     monkeypatch.setattr(_native, "f32_channel_gemm", lambda *a, **k: calls.append(1) or real(*a, **k))
     rng = _rng("conv-route")
-    c = native_conv_module.CHANNEL_GEMM_MAX_K // 9 + 1                # a 3 x 3 patch past the limit
+    c = native_conv_module.CHANNEL_GEMM_MAX_K // 9 + 1                # a 3 x 3 patch past its limit
     w = rng.standard_normal((4, c, 3, 3)).astype(np.float32)
     x = rng.standard_normal((1, c, 5, 5)).astype(np.float32)
     attrs, weights = _conv_node(w, pads=[1, 1, 1, 1])
     y = registry.build("Conv", "dense", "native", {**attrs, "activation": "hard_swish"}, weights)(x, w)[0]
     plain = registry.build("Conv", "dense", "native", attrs, weights)(x, w)[0]
     assert calls == [] and np.array_equal(_bits(y), _bits(_activation(plain, "hard_swish")))
+    c1 = native_conv_module.POINTWISE_MAX_K                          # a 1 x 1 takes the product up to its own limit
+    w1 = rng.standard_normal((4, c1, 1, 1)).astype(np.float32)
+    attrs, weights = _conv_node(w1)
+    registry.build("Conv", "dense", "native", attrs, weights)(rng.standard_normal((1, c1, 3, 3)).astype(np.float32), w1)
+    assert calls == [1]
+    w1 = rng.standard_normal((4, c1 + 1, 1, 1)).astype(np.float32)
+    attrs, weights = _conv_node(w1)
+    registry.build("Conv", "dense", "native", attrs, weights)(rng.standard_normal((1, c1 + 1, 3, 3)).astype(np.float32), w1)
+    assert calls == [1]
+    calls.clear()
     wg = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)       # 2 groups of 3 channels
     attrs, weights = _conv_node(wg, group=2, pads=[1, 1, 1, 1])
     registry.build("Conv", "dense", "native", attrs, weights)(rng.standard_normal((1, 6, 5, 5)).astype(np.float32), wg)

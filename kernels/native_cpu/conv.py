@@ -229,17 +229,21 @@ def _im2col(x, kernel, strides, pb, pe, dilations, out):
 
 
 # Convs whose patch (C * kh * kw) has at most this many values run as csrc/f32_channel_gemm.h's
-# product on NCHW memory; larger patches as sgemm. Measured on the Xeon (RESULTS.md,
-# "MobileNetV3-like: the float32 layers"): the channel product 2.6-3.3x sgemm + bias at K <= 64
-# and still ahead at K = 576 (M = 128, 28 x 28).
-CHANNEL_GEMM_MAX_K = 576
+# product on NCHW memory (1 x 1 stride-1 unpadded Convs up to POINTWISE_MAX_K, others after an
+# im2col up to CHANNEL_GEMM_MAX_K); larger patches as sgemm. Measured on the Xeon (RESULTS.md,
+# "MobileNetV3-like: the float32 layers"): the channel product 1.4-3.3x sgemm + bias at K <= 128,
+# 1.3x at K = 256 and even with it at K = 147-576 on ResNet's 3 x 3 and 7 x 7 shapes, where the
+# fp32 ResNet-like model read 10% slower with it (this kernel has no K blocking); the fp32
+# MobileNetV3-like model 20% faster with its 1 x 1 Convs of K = 240 and 480 on it.
+CHANNEL_GEMM_MAX_K = 128
+POINTWISE_MAX_K = 576
 FLOAT_CONV_ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "hard_swish")
 
 
 def dense_conv_factory(attrs: dict, weights: dict):
     """float32 Conv with a dense weight (initializer), 1-D or 2-D, the node's activation fused:
     depthwise Convs (group = C > 1, one input channel per group, W (M, 1, *kernel)) by
-    csrc/depthwise_conv.h; group = 1 with a patch of at most CHANNEL_GEMM_MAX_K values by
+    csrc/depthwise_conv.h; group = 1 with a small patch (the limits above) by
     csrc/f32_channel_gemm.h on X itself (1 x 1, stride 1, unpadded) or csrc/im2col.h's columns;
     everything else by kernels/blas_ops.py's sgemm on that im2col, the activation after it. As a
     grouped GEMM a depthwise Conv is one 9-column product per channel: a MobileNet-sized one
@@ -260,7 +264,12 @@ def dense_conv_factory(attrs: dict, weights: dict):
     if w is None or w.dtype != np.float32 or nsp not in NATIVE_SPATIAL_DIMS:
         return fallback
     depthwise = group > 1 and w.shape[1] == 1 and w.shape[0] % group == 0
-    if not depthwise and (group != 1 or prod(w.shape[1:]) > CHANNEL_GEMM_MAX_K):
+    try:
+        strides, pb, pe, dilations = _spatial_attrs(nsp, attrs["strides"], attrs["pads"], attrs["dilations"])
+    except ValueError:
+        return fallback           # the reference raises it when the node runs
+    pointwise = all(k == 1 for k in w.shape[2:]) and all(s == 1 for s in strides) and not any(pb + pe)
+    if not depthwise and (group != 1 or prod(w.shape[1:]) > (POINTWISE_MAX_K if pointwise else CHANNEL_GEMM_MAX_K)):
         return fallback
     w4 = np.ascontiguousarray(w if nsp == 2 else w[:, :, None, :])
     w2 = np.ascontiguousarray(w.reshape(w.shape[0], -1))
@@ -273,12 +282,11 @@ def dense_conv_factory(attrs: dict, weights: dict):
                 and (b is None or (isinstance(b, np.ndarray) and b.dtype == np.float32 and b.shape == (w.shape[0],)))):
             return fallback(x, _weight, b)        # other dtypes and shapes (their errors) as before
         bias = None if b is None else (b32 if b is b_init and b32 is not None else np.ascontiguousarray(b))
-        strides, pb, pe, dilations = _spatial_attrs(nsp, attrs["strides"], attrs["pads"], attrs["dilations"])
         out = [_out_size(x.shape[2 + i], kernel[i], strides[i], dilations[i], pb[i], pe[i], 0) for i in range(nsp)]
         if depthwise:
             x4, _, s2, pads4, d2 = planar(x, kernel, strides, pb, pe, dilations)   # the kernel is w4's
             return (unplanar(_native.depthwise_conv2d(x4, w4, s2, pads4, d2, bias, act), nsp),)
-        if all(k == 1 for k in kernel) and all(s == 1 for s in strides) and not any(pb + pe):
+        if pointwise:
             cols = np.ascontiguousarray(x).reshape(x.shape[0], x.shape[1], -1)      # 1 x 1: X is its columns
         else:
             cols = _im2col(x, kernel, strides, pb, pe, dilations, out)
