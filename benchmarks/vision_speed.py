@@ -11,8 +11,8 @@ inverted residual blocks (1 x 1 expand, 3 x 3 or 5 x 5 depthwise, squeeze-excita
 1 x 1 project; Hardswish), a 1 x 1 conv to 480, pooling, a Linear (torchvision's wheel does not
 load beside the CPU torch this project pins, so the blocks are written with torch.nn); BatchNorm
 statistics random. Both exported by ``torch.onnx.export`` (dynamo) with a dynamic batch; qrt int8
-(``runtime.convert(f, quant="int8")``), onnxruntime int8 (``quantize_dynamic``) and fp32, timed
-interleaved (benchmarks/interleaved.py).
+(``runtime.convert(f, quant="int8")``, or ``quant="none"`` with ``--quant none``), onnxruntime int8
+(``quantize_dynamic``) and fp32, timed interleaved (benchmarks/interleaved.py).
 """
 from __future__ import annotations
 
@@ -103,13 +103,15 @@ def main() -> None:
                     help="int8 activations on both sides: dynamic (default; onnxruntime quantize_dynamic) or "
                          "static, calibrated on 8 random images (qrt act='static'; onnxruntime quantize_static, "
                          "QDQ with uint8 activations)")
+    ap.add_argument("--quant", choices=["int8", "none"], default="int8",
+                    help="qrt's conversion: int8 (default) or none (qrt's float32 kernels against onnxruntime fp32)")
     args = ap.parse_args()
     import numpy as np
     import torch
     from runtime.fuse import fuse
 
     print(f"# {cpu_name()}; {os.cpu_count()} CPUs; batch {args.batch}; {args.act} int8 activations; "
-          f"torch {torch.__version__}", flush=True)
+          f"torch {torch.__version__}; qrt quant {args.quant}", flush=True)
     rows = []
     for name, make in models().items():
         if args.only and name not in args.only:
@@ -132,7 +134,10 @@ def main() -> None:
                 import onnx
                 os.makedirs(args.save, exist_ok=True)
                 onnx.save(onnx.load(path), os.path.join(args.save, f"{name.split()[0]}.onnx"))
-            graph = runtime.convert(path, quant="int8", act=args.act, calib=calib if args.act == "static" else None)
+            if args.quant == "none":
+                graph = runtime.convert(path, quant="none")
+            else:
+                graph = runtime.convert(path, quant="int8", act=args.act, calib=calib if args.act == "static" else None)
             ops = collections.Counter(n.op for n in fuse(graph).nodes)
             qrt = runtime.InferenceSession(graph)
             o8, o32 = ort_session(i8), ort_session(path)
@@ -150,7 +155,7 @@ def main() -> None:
         rows.append([name, f"{med['qrt']:.2f}", f"{med['ort8']:.2f}", f"{med['ort32']:.2f}",
                      f"{med['ort8'] / med['qrt']:.2f}x", f"{med['ort32'] / med['qrt']:.2f}x",
                      f"{ops.get('Attention', 0)}", cos, f"{load:.2f}", pair_line + (" (far)" if far else "")])
-    print(format_table(rows, ["model", "qrt int8 ms", "ort int8 ms", "ort fp32 ms", "qrt vs ort int8",
+    print(format_table(rows, ["model", f"qrt {args.quant} ms", "ort int8 ms", "ort fp32 ms", "qrt vs ort int8",
                               "qrt vs ort fp32", "fused attention", "cosine to fp32: qrt / ort int8", "load before",
                               "CPU pair"]))
 
