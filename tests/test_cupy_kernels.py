@@ -42,11 +42,10 @@ import pytest
 
 import runtime
 from kernels import registry
-from kernels.registry import EPILOGUE_OPS
 from kernels.core import device as core_device
 from kernels.core import layouts
+from kernels.gemm_front import GEMM_ACTIVATIONS
 from runtime.convert import prune
-from kernels.core.ops import ACTIVATIONS
 from tests.sparse_cases import pack_sparse_case
 from tests.test_fusion import ATTENTION_RTOL, MASK_SHAPES, _attention_case, _rel
 
@@ -274,7 +273,7 @@ def device(request, monkeypatch):
 
 def test_factories_are_the_required_kernels():
     assert set(cupy_gpu.FACTORIES) == REQUIRED_KERNELS
-    assert cupy_gpu.FACTORIES[("Linear", "csr")].fused_activations == tuple(EPILOGUE_OPS)
+    assert cupy_gpu.FACTORIES[("Linear", "csr")].fused_activations == GEMM_ACTIVATIONS
     if _REASON is None:
         assert set(registry.kernels("cupy")) == {(op, layout, "cupy") for op, layout in REQUIRED_KERNELS}
     else:
@@ -392,7 +391,7 @@ def test_every_launched_kernel_exists_and_every_kernel_is_launched():
 def test_activation_codes_match_common_cuh():
     defines = dict(re.findall(r"#define QRT_ACT_(\w+) (\d+)", cupy_gpu.sources()["common.cuh"]))
     assert {k.lower(): int(v) for k, v in defines.items()} == _common.ACTIVATION_CODES
-    assert tuple(_common.ACTIVATION_CODES) == ACTIVATIONS
+    assert tuple(_common.ACTIVATION_CODES) == ("none",) + GEMM_ACTIVATIONS   # the GEMM epilogues'
 
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc not found (CUDA toolkit not installed)")
@@ -571,7 +570,7 @@ def _check_linear(got, want, t, x, bias, attrs, what):
 def test_linear_matches_the_reference(device, layout, n, k, kind, act):
     quant = "none" if act == "none" and kind == "explicit_zeros" else "int8"    # float values too
     rng, t = _linear_case(layout, n, k, kind, quant, act)
-    for activation in ACTIVATIONS:
+    for activation in ("none",) + GEMM_ACTIVATIONS:
         attrs = {**ACTS[act], "activation": activation}
         bias = rng.standard_normal(n).astype(np.float32)
         run = device.build("Linear", attrs, {1: t, 2: layouts.dense_tensor("b", bias)}, layout=layout)
