@@ -2,7 +2,8 @@
 // X (N, K, P) + bias), P the output positions. A 1 x 1 stride-1 Conv's input is X as it is; other
 // Convs pass their im2col (N, C * taps, P). MobileNet's and EfficientNet's layers whose patch has
 // few values (the 1 x 1 expansions of 16-40 channels, the 3 x 3 x 3 stem) stay float32 under int8
-// (docs/CONVERTER.md, "small patches"), and they are most of such a model's float32 time.
+// (docs/CONVERTER.md, "Convs with a small patch stay dense fp32"), and they are most of such a
+// model's float32 time. Larger patches stay on sgemm (kernels/native_cpu/conv.py CHANNEL_GEMM_MAX_K).
 //
 // Why not BLAS sgemm: at K <= 64 the product is bound by writing Y, and sgemm wrote it once, then
 // the bias and the activation each read and wrote it again (3 passes over a 3 MB output at
