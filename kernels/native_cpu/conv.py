@@ -231,10 +231,10 @@ def _im2col(x, kernel, strides, pb, pe, dilations, out):
 # Convs whose patch (C * kh * kw) has at most this many values run as csrc/f32_channel_gemm.h's
 # product on NCHW memory (1 x 1 stride-1 unpadded Convs up to POINTWISE_MAX_K, others after an
 # im2col up to CHANNEL_GEMM_MAX_K); larger patches as sgemm. Measured on the Xeon (RESULTS.md,
-# "MobileNetV3-like: the float32 layers"): the channel product 1.4-3.3x sgemm + bias at K <= 128,
+# "MobileNetV3-like: the float32 layers"): the channel product 1.4-3.2x sgemm + bias at K <= 128,
 # 1.3x at K = 256 and even with it at K = 147-576 on ResNet's 3 x 3 and 7 x 7 shapes, where the
 # fp32 ResNet-like model read 10% slower with it (this kernel has no K blocking); the fp32
-# MobileNetV3-like model 20% faster with its 1 x 1 Convs of K = 240 and 480 on it.
+# MobileNetV3-like model 4.5 -> 3.0 ms with its 1 x 1 Convs of K = 240 and 480 on it.
 CHANNEL_GEMM_MAX_K = 128
 POINTWISE_MAX_K = 576
 FLOAT_CONV_ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "hard_swish")
