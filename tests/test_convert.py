@@ -14,6 +14,7 @@ pytest.importorskip("onnx")
 pytest.importorskip("sklearn")
 
 import runtime
+from kernels import registry
 from runtime.convert import ConvertOptions
 from tests import digits, model_zoo
 
@@ -153,6 +154,35 @@ def test_depthwise_convs_stay_fp32_unless_asked(tmp_path):
     assert cli_main(["convert", str(src), "-o", str(out), "--quant", "int8", "--quant-depthwise"]) == 0
     saved = runtime.InferenceSession(str(out))
     assert all(p.layout == "int8" for p in saved.plan if p.op == "Conv")
+
+
+@pytest.mark.skipif(registry.backend_status("native") is not None, reason="native backend unavailable")
+def test_hard_swish_fuses_into_the_conv_and_keeps_the_result(tmp_path):
+    """MobileNetV3's Conv -> HardSwish, as the default exporter writes it: the session's fusion
+    gives the Convs activation hard_swish (runtime/fuse.py), the native float32 Convs apply it in
+    their epilogue with the bits of the unfused pair (tests/test_native_float_cnn.py for the
+    kernels). Here, not in the forced-ISA modules: the export is most of its 6 s."""
+    torch = pytest.importorskip("torch")
+    nn = torch.nn
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.Hardswish(), nn.Conv2d(8, 8, 3, 1, 1, groups=8),
+                          nn.Hardswish(), nn.Conv2d(8, 4, 1), nn.Hardswish()).eval()
+    x = torch.randn(2, 3, 16, 16)
+    path = tmp_path / "m.onnx"
+    with torch.no_grad():
+        torch.onnx.export(model, (x,), str(path), input_names=["x"], output_names=["y"])   # the default exporter
+        want = model(x).numpy()
+    from runtime.fuse import fuse
+    graph = runtime.convert(str(path))
+    fused = fuse(graph)
+    assert [n.attrs.get("activation") for n in fused.nodes if n.op == "Conv"] == ["hard_swish"] * 3
+    assert not any(n.op == "HardSwish" for n in fused.nodes)
+    feed = {"x": x.numpy()}
+    y = runtime.InferenceSession(graph, backend="native").run(None, feed)[0]
+    y_unfused = runtime.InferenceSession(graph, backend="native", fuse=False).run(None, feed)[0]
+    assert np.array_equal(y.view(np.uint32), y_unfused.view(np.uint32))
+    y_ref = runtime.InferenceSession(graph, backend="reference").run(None, feed)[0]
+    assert np.allclose(y_ref, want, atol=1e-5) and np.allclose(y, want, atol=1e-5)
 
 
 def test_small_patch_convs_stay_fp32_unless_asked(tmp_path):

@@ -140,7 +140,7 @@ def test_linear_activation_fuses_and_matches(act_op, attrs, name):
 
 def test_hard_swish_fuses_into_a_conv_only():
     """HardSwish after a Linear stays its own node: Linears also run on the GPU backends, whose
-    kernels have no HardSwish epilogue (the Conv case: tests/test_native_float_cnn.py)."""
+    kernels have no HardSwish epilogue (the Conv case: tests/test_convert.py)."""
     g = _linear_act_graph("HardSwish")
     assert [n.op for n in fuse(g).nodes] == ["Linear", "HardSwish"]
 

@@ -1,7 +1,7 @@
 """The native backend's float32 CNN layers outside the quantized GEMMs: the channel product that
 runs a float32 Conv on NCHW memory (csrc/f32_channel_gemm.h) with its fused activation, the
 depthwise Conv's fused activation (csrc/depthwise_conv.h), Add / Sub / Mul / Div and ReduceMean
-(csrc/elementwise_f32.h), and the HardSwish fusion that feeds them (runtime/fuse.py).
+(csrc/elementwise_f32.h); the HardSwish fusion that feeds them: tests/test_fusion.py.
 
 Every kernel is checked on every ISA path this CPU has, with 1 and 2 threads (the ``native_paths``
 fixture; tests/test_forced_isa.py reruns the module forced to AVX2): float32 sums within their
@@ -15,7 +15,6 @@ import zlib
 import numpy as np
 import pytest
 
-import runtime
 from kernels import registry
 from kernels.core import layouts
 
@@ -233,29 +232,3 @@ def test_reduce_mean_within_one_rounding_of_the_reference(axes, keepdims, native
     empty = np.zeros((2, 0), np.float32)                 # the mean of nothing: the reference's 0
     assert np.array_equal(registry.lookup("ReduceMean", "dense", "native")(
         registry.fill_attrs("ReduceMean", {"axes": [1]}), {})(empty)[0], np.zeros((2, 1), np.float32))
-
-
-# --- HardSwish fused into the Conv before it (runtime/fuse.py) -------------------------------------
-
-def test_hard_swish_fuses_into_the_conv_and_keeps_the_result(tmp_path):
-    torch = pytest.importorskip("torch")
-    from runtime.fuse import fuse
-    nn = torch.nn
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.Hardswish(), nn.Conv2d(8, 8, 3, 1, 1, groups=8),
-                          nn.Hardswish(), nn.Conv2d(8, 4, 1), nn.Hardswish()).eval()
-    x = torch.randn(2, 3, 16, 16)
-    path = tmp_path / "m.onnx"
-    with torch.no_grad():
-        torch.onnx.export(model, (x,), str(path), input_names=["x"], output_names=["y"])   # the default exporter
-        want = model(x).numpy()
-    graph = runtime.convert(str(path))
-    fused = fuse(graph)
-    assert [n.attrs.get("activation") for n in fused.nodes if n.op == "Conv"] == ["hard_swish"] * 3
-    assert not any(n.op == "HardSwish" for n in fused.nodes)
-    feed = {"x": x.numpy()}
-    y = runtime.InferenceSession(graph, backend="native").run(None, feed)[0]
-    y_unfused = runtime.InferenceSession(graph, backend="native", fuse=False).run(None, feed)[0]
-    assert np.array_equal(_bits(y), _bits(y_unfused))
-    y_ref = runtime.InferenceSession(graph, backend="reference").run(None, feed)[0]
-    assert np.allclose(y_ref, want, atol=1e-5) and np.allclose(y, want, atol=1e-5)
