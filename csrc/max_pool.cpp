@@ -62,7 +62,7 @@ void max_pool2d_isa(const PoolGeometry& g, const float* x, float* y, Int8Isa isa
         acc.resize(static_cast<size_t>(owp));
         float* yp = y + p * g.oh * g.ow;
         for (int64_t i = 0; i < g.oh; ++i) {
-            rows(acc.data(), plane.data() + i * g.sh * wp, window::Taps{g.kh, g.kw, g.dh * wp, g.dw, nullptr, lowest},
+            rows(acc.data(), plane.data() + i * g.sh * wp, window::Taps{g.kh, g.kw, g.dh * wp, g.dw, lowest},
                  owp, g.sw);
             std::copy(acc.begin(), acc.begin() + g.ow, yp + i * g.ow);
         }

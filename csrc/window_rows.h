@@ -33,13 +33,13 @@ namespace window {
 constexpr int64_t kWindowVec = 16;   // outputs per AVX-512 vector, two AVX2 vectors
 
 struct MaxTap {
-    static float apply(float acc, float v, float) { return (v > acc || v != v) ? v : acc; }
+    static float apply(float acc, float v) { return (v > acc || v != v) ? v : acc; }
 #if QRT_WINDOW_X86
-    __attribute__((target("avx2"))) static __m256 apply8(__m256 acc, __m256 v, __m256) {
+    __attribute__((target("avx2"))) static __m256 apply8(__m256 acc, __m256 v) {
         const __m256 take = _mm256_or_ps(_mm256_cmp_ps(v, acc, _CMP_GT_OQ), _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
         return _mm256_blendv_ps(acc, v, take);
     }
-    __attribute__((target("avx512f"))) static __m512 apply16(__m512 acc, __m512 v, __m512) {
+    __attribute__((target("avx512f"))) static __m512 apply16(__m512 acc, __m512 v) {
         const __mmask16 take = static_cast<__mmask16>(_mm512_cmp_ps_mask(v, acc, _CMP_GT_OQ) |
                                                       _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q));
         return _mm512_mask_blend_ps(take, acc, v);
@@ -47,8 +47,8 @@ struct MaxTap {
 #endif
 };
 
-// plane = the (h, w) plane at src inside a (hp, wp) buffer filled with `fill` (0 for a Conv,
-// -inf for MaxPool), its top-left at row pt, column pl, plus `slack` more fill values after it
+// plane = the (h, w) plane at src inside a (hp, wp) buffer filled with `fill` (-inf for
+// MaxPool), its top-left at row pt, column pl, plus `slack` more fill values after it
 // for the extra outputs' reads (the module comment).
 inline void padded_plane(std::vector<float>& plane, const float* src, int64_t h, int64_t w, int64_t pt, int64_t pl,
                          int64_t hp, int64_t wp, int64_t slack, float fill) {
@@ -56,15 +56,12 @@ inline void padded_plane(std::vector<float>& plane, const float* src, int64_t h,
     for (int64_t r = 0; r < h; ++r) std::copy(src + r * w, src + (r + 1) * w, plane.data() + (r + pt) * wp + pl);
 }
 
-// The taps of one window position: kh x kw, at x0 + a * row_step + b * tap_step, weight
-// w[a * kw + b] (MaxTap ignores it: w may be nullptr). out[j] = the taps folded into init, in
-// that order, for the window starting at x0 + j * sw, j < n. The accumulator stays in a register
+// The taps of one window position: kh x kw, at x0 + a * row_step + b * tap_step. out[j] = the
+// taps folded into init, in that order, for the window starting at x0 + j * sw, j < n. The accumulator stays in a register
 // through all the taps (one load per tap, one store per output).
 struct Taps {
     int64_t kh, kw, row_step, tap_step;
-    const float* w;
     float init;
-    float weight(int64_t a, int64_t b) const { return w != nullptr ? w[a * kw + b] : 0.0f; }
 };
 
 template <class Op>
@@ -72,7 +69,7 @@ void rows_scalar(float* out, const float* x0, const Taps& t, int64_t n, int64_t 
     for (int64_t j = 0; j < n; ++j) {
         float acc = t.init;
         for (int64_t a = 0; a < t.kh; ++a)
-            for (int64_t b = 0; b < t.kw; ++b) acc = Op::apply(acc, x0[a * t.row_step + b * t.tap_step + j * sw], t.weight(a, b));
+            for (int64_t b = 0; b < t.kw; ++b) acc = Op::apply(acc, x0[a * t.row_step + b * t.tap_step + j * sw]);
         out[j] = acc;
     }
 }
@@ -94,7 +91,7 @@ __attribute__((target("avx2"))) void rows_avx2(float* out, const float* x0, cons
         __m256 acc = _mm256_set1_ps(t.init);
         for (int64_t a = 0; a < t.kh; ++a)
             for (int64_t b = 0; b < t.kw; ++b)
-                acc = Op::apply8(acc, load8(x0 + a * t.row_step + b * t.tap_step + j * sw, sw), _mm256_set1_ps(t.weight(a, b)));
+                acc = Op::apply8(acc, load8(x0 + a * t.row_step + b * t.tap_step + j * sw, sw));
         _mm256_storeu_ps(out + j, acc);
     }
 }
@@ -110,7 +107,7 @@ __attribute__((target("avx512f"))) void rows_avx512(float* out, const float* x0,
                 const float* x = x0 + a * t.row_step + b * t.tap_step + j * sw;
                 const __m512 v = sw == 1 ? _mm512_loadu_ps(x)
                                          : _mm512_permutex2var_ps(_mm512_loadu_ps(x), even, _mm512_loadu_ps(x + 16));
-                acc = Op::apply16(acc, v, _mm512_set1_ps(t.weight(a, b)));
+                acc = Op::apply16(acc, v);
             }
         _mm512_storeu_ps(out + j, acc);
     }
