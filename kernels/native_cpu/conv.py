@@ -271,8 +271,8 @@ def dense_conv_factory(attrs: dict, weights: dict):
     pointwise = all(k == 1 for k in w.shape[2:]) and all(s == 1 for s in strides) and not any(pb + pe)
     if not depthwise and (group != 1 or prod(w.shape[1:]) > (POINTWISE_MAX_K if pointwise else CHANNEL_GEMM_MAX_K)):
         return fallback
-    w4 = np.ascontiguousarray(w if nsp == 2 else w[:, :, None, :])
-    w2 = np.ascontiguousarray(w.reshape(w.shape[0], -1))
+    # the weight as its kernel reads it, prepared once: (M, 1, kh, kw) for the depthwise one, (M, K) else
+    wk = np.ascontiguousarray((w if nsp == 2 else w[:, :, None, :]) if depthwise else w.reshape(w.shape[0], -1))
     kernel = [int(k) for k in w.shape[2:]]
     channels = group if depthwise else w.shape[1]
     b32 = None if b_init is None or b_init.dtype != np.float32 else np.ascontiguousarray(b_init)
@@ -284,13 +284,13 @@ def dense_conv_factory(attrs: dict, weights: dict):
         bias = None if b is None else (b32 if b is b_init and b32 is not None else np.ascontiguousarray(b))
         out = [_out_size(x.shape[2 + i], kernel[i], strides[i], dilations[i], pb[i], pe[i], 0) for i in range(nsp)]
         if depthwise:
-            x4, _, s2, pads4, d2 = planar(x, kernel, strides, pb, pe, dilations)   # the kernel is w4's
-            return (unplanar(_native.depthwise_conv2d(x4, w4, s2, pads4, d2, bias, act), nsp),)
+            x4, _, s2, pads4, d2 = planar(x, kernel, strides, pb, pe, dilations)   # the kernel is wk's
+            return (unplanar(_native.depthwise_conv2d(x4, wk, s2, pads4, d2, bias, act), nsp),)
         if pointwise:
             cols = np.ascontiguousarray(x).reshape(x.shape[0], x.shape[1], -1)      # 1 x 1: X is its columns
         else:
             cols = _im2col(x, kernel, strides, pb, pe, dilations, out)
-        y = _native.f32_channel_gemm(cols, w2, bias, act)
+        y = _native.f32_channel_gemm(cols, wk, bias, act)
         return (y.reshape(x.shape[0], w.shape[0], *out),)
     return run
 
