@@ -210,9 +210,21 @@ def test_binary_ops_have_numpy_bits_for_every_broadcast(op, native_paths):
 def test_binary_kernel_refuses_bad_arguments():
     a = np.ones(6, np.float32)
     for args, match in [(("pow", a, 0, a, 0, 2, 3), "expected add"), (("add", a, 0, a[:5], 0, 2, 3), "B has 5 values"),
-                        (("add", a, 3, a, 0, 2, 3), "A_kind = 3"), (("add", a, 1, a, 0, 2, 3), "A has 6 values")]:
+                        (("add", a, 3, a, 0, 2, 3), "A_kind = 3"), (("add", a, 1, a, 0, 2, 3), "A has 6 values"),
+                        (("add", a, 0, a, 0, -2, -3), "rows and cols must be >= 0")]:
         with pytest.raises(ValueError, match=match):
             _native.binary_f32(*args)
+    with pytest.raises(TypeError, match="B must have dtype float32"):
+        _native.binary_f32("add", a, 0, a.astype(np.float64), 0, 2, 3)
+
+
+def test_mean_kernel_refuses_bad_arguments():
+    assert _native.mean_rows_f32(np.ones((2, 3), np.float32)).tolist() == [1.0, 1.0]
+    for x, err, match in [(np.ones(3, np.float32), ValueError, r"expected \(rows, cols >= 1\)"),
+                          (np.ones((2, 0), np.float32), ValueError, r"expected \(rows, cols >= 1\)"),
+                          (np.ones((2, 3)), TypeError, "X must have dtype float32")]:
+        with pytest.raises(err, match=match):
+            _native.mean_rows_f32(x)
 
 
 @pytest.mark.parametrize("axes, keepdims", [([2, 3], 1), ([-1, -2], 0), ([3], 1), (None, 1), ([1], 1), ([1, 3], 1)])
