@@ -1,4 +1,5 @@
-// pybind11 bindings of the kernels CNNs need besides the GEMMs: the int8 Conv (int8_conv.h),
+// pybind11 bindings of the kernels CNNs need besides the GEMMs: the int8 Conv (int8_conv.h) and its
+// 1 x 1 kernel (int8_pointwise_conv.h),
 // the float32 depthwise Conv (depthwise_conv.h), the float32 channel product (f32_channel_gemm.h), the float32 Conv's im2col (im2col.h), MaxPool
 // (max_pool.h), HardSigmoid / HardSwish (hard_sigmoid.h), float32 Add / Sub / Mul / Div and
 // ReduceMean (elementwise_f32.h), added to the one module by bindings.cpp's call of bind_cnn(m). Every
@@ -18,6 +19,7 @@
 #include "im2col.h"
 #include "int8_conv.h"
 #include "int8_gemm.h"
+#include "int8_pointwise_conv.h"
 #include "max_pool.h"
 
 namespace py = pybind11;
@@ -114,6 +116,35 @@ py::array int8_conv2d_py(const py::object& weights_obj, const py::object& x_obj,
     {
         py::gil_scoped_release release;
         qrt::int8_conv2d(weights, g, xp, bias.empty() ? nullptr : bias.data(), aq, yp, scratch.mutable_data(), act);
+    }
+    return out;
+}
+
+// Y (N, M, P) float32 = act(int8 1 x 1 Conv of X (N, K, P) float32) with one Int8Weight (M, K)
+// (int8_pointwise_conv.h): the kernel int8_conv2d takes for 1 x 1 windows of stride 1, callable
+// on its own for (N, K, P) data such as a 1-D Conv's.
+py::array int8_pointwise_conv_py(const qrt::Int8PackedWeight& w, const py::object& x_obj, const py::object& bias_obj,
+                                 const std::string& act_quant, double act_scale, int64_t act_zero_point,
+                                 const std::string& activation) {
+    const qrt::Activation act = qrt::bind::activation_arg(activation);
+    const qrt::Int8ActQuant aq = qrt::bind::act_quant_arg(act_quant, act_scale, act_zero_point);
+    py::array x = contiguous_array_of<float>(x_obj, "X", "float32");
+    if (x.ndim() != 3 || x.shape(1) != w.k || x.shape(2) < 1)
+        throw py::value_error("X has shape " + shape_str(x) + ", expected (N, K, P) with K = " + std::to_string(w.k) +
+                              " (the weight's) and P >= 1");
+    std::vector<double> bias;
+    if (!bias_obj.is_none()) {
+        py::array b = qrt::bind::bias_array(bias_obj, w.n);
+        bias.resize(static_cast<size_t>(w.n));
+        qrt::bind::copy_bias_f64(b, w.n, w.n, bias.data());
+    }
+    py::array_t<float> out = qrt::bind::new_f32({x.shape(0), static_cast<py::ssize_t>(w.n), x.shape(2)});
+    const float* xp = static_cast<const float*>(x.data());
+    float* yp = out.mutable_data();
+    {
+        py::gil_scoped_release release;
+        qrt::int8_pointwise_conv(w, x.shape(0), x.shape(2), xp, bias.empty() ? nullptr : bias.data(), aq, yp,
+                                 qrt::int8_current_isa(), qrt::int8_get_threads(), act);
     }
     return out;
 }
@@ -310,6 +341,13 @@ void bind_cnn(py::module_& m) {
           "(ki, kj, c); kernel (kh, kw), strides (sh, sw), pads (top, left, bottom, right), dilations (dh, dw); "
           "bias (M,) float32/float64 or None; act_quant 'dynamic' (one scale per patch) or 'static'. The bits of "
           "kernels/reference/packed.py's packed_conv_ref before the activation (csrc/int8_conv.h).");
+    m.def("int8_pointwise_conv", &int8_pointwise_conv_py, py::arg("weight"), py::arg("x"), py::arg("bias") = py::none(),
+          py::arg("act_quant") = "dynamic", py::arg("act_scale") = 1.0, py::arg("act_zero_point") = 0,
+          py::arg("activation") = "none",
+          "Y (N, M, P) float32 = act(int8 1 x 1 Conv of X (N, K, P) float32 C-contiguous) with weight an Int8Weight "
+          "(M, K), computed on NCHW memory (int8_pointwise_conv.h): the kernel int8_conv2d runs for 1 x 1 windows of "
+          "stride 1 without pads and one group. bias (M,) float32/float64 or None; act_quant 'dynamic' (one scale "
+          "per pixel) or 'static'. The bits of packed_conv_ref before the activation.");
     m.def("depthwise_conv2d", &depthwise_conv2d_py, py::arg("x"), py::arg("w"), py::arg("strides"), py::arg("pads"),
           py::arg("dilations"), py::arg("bias") = py::none(), py::arg("activation") = "none",
           "Y (N, M, OH, OW) float32 = act(depthwise Conv (group = C) of X (N, C, H, W) float32 C-contiguous with W "

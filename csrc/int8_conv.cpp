@@ -11,6 +11,7 @@
 
 #include "attention.h"     // fused_detail::transpose_avx2: 8 x 8 blocks through registers
 #include "int8_gemm_kernels.h"
+#include "int8_pointwise_conv.h"
 #include "work_pool.h"
 
 namespace qrt {
@@ -143,6 +144,7 @@ int64_t padded_input_floats(const ConvGeometry& g) {
 }  // namespace
 
 int64_t int8_conv2d_scratch_floats(const ConvGeometry& g) {
+    if (int8_conv_is_pointwise(g)) return 0;   // int8_pointwise_conv.h reads X in place
     return padded_input_floats(g) + g.n * g.oh() * g.ow() * (g.m / g.group);
 }
 
@@ -185,6 +187,10 @@ void int8_conv2d_isa(const std::vector<const Int8PackedWeight*>& weights, const 
                 "each group's weight must be (M/group, kh * kw * C/group) = (" + std::to_string(mg) + ", " +
                     std::to_string(k) + ")");
     if (g.n == 0) return;
+    if (int8_conv_is_pointwise(g)) {   // a 1 x 1 window over every channel: the NCHW kernel
+        int8_pointwise_conv(*weights[0], g.n, g.h * g.w, x, bias, aq, y, isa, threads, act);
+        return;
+    }
     const int64_t oh = g.oh(), ow = g.ow(), positions = oh * ow, rows = g.n * positions;
     const int64_t hp = g.h + g.pt + g.pb, wp = g.w + g.pl + g.pr;
 

@@ -41,6 +41,7 @@ void AlignedArray<T>::allocate(size_t n) {
 template struct AlignedArray<int8_t>;
 template struct AlignedArray<uint8_t>;
 template struct AlignedArray<int32_t>;
+template struct AlignedArray<uint32_t>;
 template struct AlignedArray<int64_t>;
 template struct AlignedArray<int16_t>;
 template struct AlignedArray<double>;

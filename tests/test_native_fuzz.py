@@ -39,7 +39,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEED = 5
 CASES = 1500
 # bindings that take arrays get most of the cases: they have the checks worth fuzzing
-HEAVY = {"Int8Weight", "int8_linear", "int8_conv2d", "depthwise_conv2d", "f32_channel_gemm", "binary_f32",
+HEAVY = {"Int8Weight", "int8_linear", "int8_conv2d", "int8_pointwise_conv", "depthwise_conv2d", "f32_channel_gemm", "binary_f32",
          "mean_rows_f32", "max_pool2d", "im2col",
          "apply_activation", "sparse_int8_csr", "sparse_int8_bsr", "sparse_int8_nm",
          "sparse_int8_linear", "Int4Weight", "int4_linear", "attention", "skip_layer_norm"}
@@ -197,6 +197,9 @@ def _valid_cases(rng):
         cases.append(("int8_conv2d", _native.int8_conv2d,
                       [[wc, wc], xc, [3, 2], [1, 2], [1, 0, 1, 1], [1, 1], rng.standard_normal(6).astype(np.float32),
                        "static", 0.05, 3, "relu"], {}))
+        cases.append(("int8_pointwise_conv", _native.int8_pointwise_conv,
+                      [wc, rng.standard_normal((int(rng.integers(0, 3)), 12, 70)).astype(np.float32),
+                       rng.standard_normal(3).astype(np.float32), "dynamic", 1.0, 0, "gelu"], {}))
         xd = rng.standard_normal((int(rng.integers(0, 3)), 3, 7, 6)).astype(np.float32)
         cases += [
             ("depthwise_conv2d", _native.depthwise_conv2d,
