@@ -234,30 +234,27 @@ QRT_PW_AVX512 void quantize16_pixels(const Call& c, const Block& b, int64_t v) {
 
 // Rows m0 .. m0 + R - 1 (one panel: wq = their bytes of k step 0, 4 apart) x the block's 64
 // pixels: exact int32 sums, the corrections, the float64 epilogue, stored to Y's planes.
-template <int R>
+template <int R, int V>
 QRT_PW_AVX512 void tile512(const Call& c, const Block& b, const int8_t* wq, int64_t m0) {
     const int64_t k4 = c.w.k4;
-    __m512i acc[R][4];
-    QRT_UNROLL for (int r = 0; r < R; ++r) QRT_UNROLL for (int j = 0; j < 4; ++j) acc[r][j] = _mm512_setzero_si512();
+    __m512i acc[R][V];
+    QRT_UNROLL for (int r = 0; r < R; ++r) QRT_UNROLL for (int j = 0; j < V; ++j) acc[r][j] = _mm512_setzero_si512();
     for (int64_t kk = 0; kk < k4; ++kk) {
         const uint32_t* a = b.words + kk * kBlock;
-        const __m512i a0 = _mm512_load_si512(a), a1 = _mm512_load_si512(a + 16), a2 = _mm512_load_si512(a + 32),
-                      a3 = _mm512_load_si512(a + 48);
+        __m512i av[V];
+        QRT_UNROLL for (int j = 0; j < V; ++j) av[j] = _mm512_load_si512(a + 16 * j);
         const int8_t* wk = wq + kk * kPanelStep;
         QRT_UNROLL for (int r = 0; r < R; ++r) {
             int32_t word;
             std::memcpy(&word, wk + 4 * r, 4);
             const __m512i wv = _mm512_set1_epi32(word);
-            acc[r][0] = _mm512_dpbusd_epi32(acc[r][0], a0, wv);
-            acc[r][1] = _mm512_dpbusd_epi32(acc[r][1], a1, wv);
-            acc[r][2] = _mm512_dpbusd_epi32(acc[r][2], a2, wv);
-            acc[r][3] = _mm512_dpbusd_epi32(acc[r][3], a3, wv);
+            QRT_UNROLL for (int j = 0; j < V; ++j) acc[r][j] = _mm512_dpbusd_epi32(acc[r][j], av[j], wv);
         }
     }
     // the sums to memory, then the epilogue from there: indexed by a run-time pixel count, the
     // accumulators would otherwise live in memory through the k loop too (GCC spilled them)
-    alignas(64) int32_t sums[R][kBlock];
-    QRT_UNROLL for (int r = 0; r < R; ++r) QRT_UNROLL for (int j = 0; j < 4; ++j)
+    alignas(64) int32_t sums[R][16 * V];
+    QRT_UNROLL for (int r = 0; r < R; ++r) QRT_UNROLL for (int j = 0; j < V; ++j)
         _mm512_store_si512(&sums[r][16 * j], acc[r][j]);
     const Activation in_register = c.act == Activation::relu ? c.act : Activation::none;
     for (int r = 0; r < R; ++r) {
@@ -266,7 +263,7 @@ QRT_PW_AVX512 void tile512(const Call& c, const Block& b, const int8_t* wq, int6
         const __m512i zw = _mm512_set1_epi32(c.w.zero_point[m]);
         const __m512d sw = _mm512_set1_pd(c.w.scale[m]);
         float* yr = b.y + m * c.ldy;
-        for (int j = 0; j < 4 && 16 * j < b.count; ++j) {
+        for (int j = 0; j < V && 16 * j < b.count; ++j) {
             __m512i t = _mm512_sub_epi32(_mm512_load_si512(&sums[r][16 * j]), cc);
             if (c.w.has_zero_point) t = _mm512_sub_epi32(t, _mm512_mullo_epi32(zw, _mm512_loadu_si512(b.rc + 16 * j)));
             __m512d lo = _mm512_cvtepi32_pd(_mm512_castsi512_si256(t));
@@ -290,31 +287,40 @@ QRT_PW_AVX512 void tile512(const Call& c, const Block& b, const int8_t* wq, int6
 
 constexpr int kTileRows512 = 6;   // 24 accumulators + 4 pixel vectors + the broadcast: 29 zmm
 
-QRT_PW_AVX512 void block_avx512(const Call& c, const Block& b) {
-    for (int64_t v = 0; v < kBlock / 16; ++v) {
-        if (16 * v < b.count) {
-            if (c.aq.is_static)
-                quantize16_pixels<true>(c, b, v);
-            else
-                quantize16_pixels<false>(c, b, v);
-        } else {   // whole vectors past the block's pixels: defined words, never stored
-            for (int64_t kk = 0; kk < c.w.k4; ++kk) _mm512_store_si512(b.words + kk * kBlock + 16 * v, _mm512_setzero_si512());
+// The tiles of one panel's rows [0, rows) over the block's first V vectors of pixels (those
+// that hold any: a 1 x 1 Conv on a 2 x 2 or 14 x 14 plane leaves most of a last block empty)
+template <int V>
+QRT_PW_AVX512 void panel_tiles512(const Call& c, const Block& b, const int8_t* panel, int64_t rows, int64_t m_first) {
+    for (int64_t r0 = 0; r0 < rows; r0 += kTileRows512) {
+        const int8_t* wq = panel + 4 * r0;
+        const int64_t m0 = m_first + r0;
+        switch (std::min<int64_t>(kTileRows512, rows - r0)) {
+            case 6: tile512<6, V>(c, b, wq, m0); break;
+            case 5: tile512<5, V>(c, b, wq, m0); break;
+            case 4: tile512<4, V>(c, b, wq, m0); break;
+            case 3: tile512<3, V>(c, b, wq, m0); break;
+            case 2: tile512<2, V>(c, b, wq, m0); break;
+            default: tile512<1, V>(c, b, wq, m0); break;
         }
+    }
+}
+
+QRT_PW_AVX512 void block_avx512(const Call& c, const Block& b) {
+    const int64_t vectors = (b.count + 15) / 16;
+    for (int64_t v = 0; v < vectors; ++v) {
+        if (c.aq.is_static)
+            quantize16_pixels<true>(c, b, v);
+        else
+            quantize16_pixels<false>(c, b, v);
     }
     for (int64_t p = b.p0; p < b.p1; ++p) {
         const int8_t* panel = c.w.data.get() + p * c.w.panel_bytes();
         const int64_t rows = std::min(kInt8Panel, c.w.n - p * kInt8Panel);
-        for (int64_t r0 = 0; r0 < rows; r0 += kTileRows512) {
-            const int8_t* wq = panel + 4 * r0;
-            const int64_t m0 = p * kInt8Panel + r0;
-            switch (std::min<int64_t>(kTileRows512, rows - r0)) {
-                case 6: tile512<6>(c, b, wq, m0); break;
-                case 5: tile512<5>(c, b, wq, m0); break;
-                case 4: tile512<4>(c, b, wq, m0); break;
-                case 3: tile512<3>(c, b, wq, m0); break;
-                case 2: tile512<2>(c, b, wq, m0); break;
-                default: tile512<1>(c, b, wq, m0); break;
-            }
+        switch (vectors) {
+            case 4: panel_tiles512<4>(c, b, panel, rows, p * kInt8Panel); break;
+            case 3: panel_tiles512<3>(c, b, panel, rows, p * kInt8Panel); break;
+            case 2: panel_tiles512<2>(c, b, panel, rows, p * kInt8Panel); break;
+            default: panel_tiles512<1>(c, b, panel, rows, p * kInt8Panel); break;
         }
     }
 }
@@ -607,7 +613,7 @@ BlockFn block_kernel(Int8Isa isa) {
 
 bool int8_conv_is_pointwise(const ConvGeometry& g) {
     return g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1 && g.pt == 0 && g.pl == 0 && g.pb == 0 && g.pr == 0 &&
-           g.group == 1;
+           g.group == 1 && g.h * g.w >= kPointwiseMinPixels;
 }
 
 void int8_pointwise_conv(const Int8PackedWeight& w, int64_t n, int64_t p, const float* x, const double* bias,
