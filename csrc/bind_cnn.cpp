@@ -38,6 +38,15 @@ std::vector<int64_t> ints(const py::sequence& s, size_t count, const char* what)
     return v;
 }
 
+// The activation argument of the Convs: float_epilogue.h's names, else a ValueError.
+qrt::FloatEpilogue float_epilogue_arg(const std::string& name) {
+    try {
+        return qrt::float_epilogue_from_name(name);
+    } catch (const std::invalid_argument& e) {
+        throw py::value_error(e.what());
+    }
+}
+
 // Y (N, M, OH, OW) float32 = int8 Conv of X (N, C, H, W) float32 (int8_conv.h).
 // X (N, C, H, W) float32 C-contiguous, else TypeError / ValueError.
 py::array nchw_input(const py::object& x_obj) {
@@ -89,7 +98,7 @@ py::array int8_conv2d_py(const py::object& weights_obj, const py::object& x_obj,
                          const py::sequence& kernel, const py::sequence& strides, const py::sequence& pads,
                          const py::sequence& dilations, const py::object& bias_obj, const std::string& act_quant,
                          double act_scale, int64_t act_zero_point, const std::string& activation) {
-    const qrt::Activation act = qrt::bind::activation_arg(activation);
+    const qrt::FloatEpilogue ep = float_epilogue_arg(activation);
     const qrt::Int8ActQuant aq = qrt::bind::act_quant_arg(act_quant, act_scale, act_zero_point);
     const std::vector<const qrt::Int8PackedWeight*> weights = weight_list(weights_obj);
     py::array x = nchw_input(x_obj);
@@ -115,7 +124,7 @@ py::array int8_conv2d_py(const py::object& weights_obj, const py::object& x_obj,
     float* yp = out.mutable_data();
     {
         py::gil_scoped_release release;
-        qrt::int8_conv2d(weights, g, xp, bias.empty() ? nullptr : bias.data(), aq, yp, scratch.mutable_data(), act);
+        qrt::int8_conv2d(weights, g, xp, bias.empty() ? nullptr : bias.data(), aq, yp, scratch.mutable_data(), ep);
     }
     return out;
 }
@@ -126,7 +135,7 @@ py::array int8_conv2d_py(const py::object& weights_obj, const py::object& x_obj,
 py::array int8_pointwise_conv_py(const qrt::Int8PackedWeight& w, const py::object& x_obj, const py::object& bias_obj,
                                  const std::string& act_quant, double act_scale, int64_t act_zero_point,
                                  const std::string& activation) {
-    const qrt::Activation act = qrt::bind::activation_arg(activation);
+    const qrt::FloatEpilogue ep = float_epilogue_arg(activation);
     const qrt::Int8ActQuant aq = qrt::bind::act_quant_arg(act_quant, act_scale, act_zero_point);
     py::array x = contiguous_array_of<float>(x_obj, "X", "float32");
     if (x.ndim() != 3 || x.shape(1) != w.k || x.shape(2) < 1)
@@ -144,18 +153,11 @@ py::array int8_pointwise_conv_py(const qrt::Int8PackedWeight& w, const py::objec
     {
         py::gil_scoped_release release;
         qrt::int8_pointwise_conv(w, x.shape(0), x.shape(2), xp, bias.empty() ? nullptr : bias.data(), aq, yp,
-                                 qrt::int8_current_isa(), qrt::int8_get_threads(), act);
+                                 qrt::int8_current_isa(), qrt::int8_get_threads(), ep);
     }
     return out;
 }
 
-qrt::FloatEpilogue float_epilogue_arg(const std::string& name) {
-    try {
-        return qrt::float_epilogue_from_name(name);
-    } catch (const std::invalid_argument& e) {
-        throw py::value_error(e.what());
-    }
-}
 
 // Y (N, M, OH, OW) float32 = act(depthwise Conv) of X (N, C, H, W) float32 with W (M, 1, kh, kw)
 // float32 (depthwise_conv.h).
@@ -339,15 +341,17 @@ void bind_cnn(py::module_& m) {
           "Y (N, M, OH, OW) float32 = act(int8 Conv of X (N, C, H, W) float32 C-contiguous): weights one "
           "Int8Weight per group, each packed from qdata (M/group, kh * kw * C/group) in tap-major column order "
           "(ki, kj, c); kernel (kh, kw), strides (sh, sw), pads (top, left, bottom, right), dilations (dh, dw); "
-          "bias (M,) float32/float64 or None; act_quant 'dynamic' (one scale per patch) or 'static'. The bits of "
-          "kernels/reference/packed.py's packed_conv_ref before the activation (csrc/int8_conv.h).");
+          "bias (M,) float32/float64 or None; act_quant 'dynamic' (one scale per patch) or 'static'; activation "
+          "'none', 'relu', 'gelu', 'gelu_tanh' or 'hard_swish'. The bits of kernels/reference/packed.py's "
+          "packed_conv_ref before the activation (csrc/int8_conv.h).");
     m.def("int8_pointwise_conv", &int8_pointwise_conv_py, py::arg("weight"), py::arg("x"), py::arg("bias") = py::none(),
           py::arg("act_quant") = "dynamic", py::arg("act_scale") = 1.0, py::arg("act_zero_point") = 0,
           py::arg("activation") = "none",
           "Y (N, M, P) float32 = act(int8 1 x 1 Conv of X (N, K, P) float32 C-contiguous) with weight an Int8Weight "
           "(M, K), computed on NCHW memory (int8_pointwise_conv.h): the kernel int8_conv2d runs for 1 x 1 windows of "
           "stride 1 without pads and one group. bias (M,) float32/float64 or None; act_quant 'dynamic' (one scale "
-          "per pixel) or 'static'. The bits of packed_conv_ref before the activation.");
+          "per pixel) or 'static'; activation as int8_conv2d's. The bits of packed_conv_ref before the "
+          "activation.");
     m.def("depthwise_conv2d", &depthwise_conv2d_py, py::arg("x"), py::arg("w"), py::arg("strides"), py::arg("pads"),
           py::arg("dilations"), py::arg("bias") = py::none(), py::arg("activation") = "none",
           "Y (N, M, OH, OW) float32 = act(depthwise Conv (group = C) of X (N, C, H, W) float32 C-contiguous with W "

@@ -23,18 +23,11 @@
 #include <cstdint>
 #include <string>
 
-#include "activation.h"   // Activation
-#include "int8_gemm.h"    // Int8Isa: the native backend's one ISA switch
+#include "float_epilogue.h"   // FloatEpilogue
+#include "int8_gemm.h"        // Int8Isa: the native backend's one ISA switch
 
 namespace qrt {
 
-struct FloatEpilogue {
-    Activation act = Activation::none;   // applied when hard_swish is false
-    bool hard_swish = false;             // x * clamp(x / 6 + 1 / 2, 0, 1), hard_sigmoid.h's bits
-};
-
-// "none", "relu", "gelu", "gelu_tanh" or "hard_swish"; throws std::invalid_argument otherwise.
-FloatEpilogue float_epilogue_from_name(const std::string& name);
 
 // Y (n, m, p) float32; X (n, k, p) float32 (image stride k * p), W (m, k) float32 row-major, bias
 // (m,) or nullptr. n may be 0; m, k, p >= 1 (std::invalid_argument otherwise). Runs on
@@ -44,9 +37,5 @@ void f32_channel_gemm(int64_t n, int64_t m, int64_t k, int64_t p, const float* w
                       const float* bias, const FloatEpilogue& ep, float* y);
 void f32_channel_gemm_isa(int64_t n, int64_t m, int64_t k, int64_t p, const float* w, const float* x,
                           const float* bias, const FloatEpilogue& ep, float* y, Int8Isa isa, int threads);
-
-// The epilogue's activation on y[0, count) in place, on the calling thread (the depthwise Conv
-// shares it).
-void float_epilogue_inplace(float* y, int64_t count, const FloatEpilogue& ep, Int8Isa isa);
 
 }  // namespace qrt

@@ -176,7 +176,7 @@ void conv_check_geometry(const ConvGeometry& g) {
 
 void int8_conv2d_isa(const std::vector<const Int8PackedWeight*>& weights, const ConvGeometry& g, const float* x,
                      const double* bias, const Int8ActQuant& aq, float* y, float* scratch, Int8Isa isa, int threads,
-                     Activation act) {
+                     const FloatEpilogue& ep) {
     conv_check_geometry(g);
     require(int8_isa_supported(isa), std::string("path ") + int8_isa_name(isa) + " is not supported by this CPU");
     const int64_t cg = g.c / g.group, mg = g.m / g.group, taps = g.kh * g.kw, k = taps * cg;
@@ -188,7 +188,7 @@ void int8_conv2d_isa(const std::vector<const Int8PackedWeight*>& weights, const 
                     std::to_string(k) + ")");
     if (g.n == 0) return;
     if (int8_conv_is_pointwise(g)) {   // a 1 x 1 window over every channel: the NCHW kernel
-        int8_pointwise_conv(*weights[0], g.n, g.h * g.w, x, bias, aq, y, isa, threads, act);
+        int8_pointwise_conv(*weights[0], g.n, g.h * g.w, x, bias, aq, y, isa, threads, ep);
         return;
     }
     const int64_t oh = g.oh(), ow = g.ow(), positions = oh * ow, rows = g.n * positions;
@@ -246,14 +246,23 @@ void int8_conv2d_isa(const std::vector<const Int8PackedWeight*>& weights, const 
                 sink.put(i, one_run ? at : patch.data());
             }
         };
-        int8_gemm_rows(w, rows, aq.is_static ? fill_static : fill_floats, bg, aq, yr, isa, threads, act);
+        int8_gemm_rows(w, rows, aq.is_static ? fill_static : fill_floats, bg, aq, yr, isa, threads,
+                       ep.hard_swish ? Activation::none : ep.act);
         rows_to_planes(yr, g.n, positions, mg, g.m, gi * mg, y, isa, threads);
+    }
+    if (ep.hard_swish) {   // the GEMM's epilogue has no HardSwish: one pass over Y, in chunks
+        const int64_t total = g.n * g.m * positions;
+        const int64_t chunks = (total + kParallelMinFloats - 1) / kParallelMinFloats;
+        parallel_items(chunks, chunks > 1 ? threads : 1, [&](int64_t item) {
+            const int64_t i0 = item * kParallelMinFloats;
+            float_epilogue_inplace(y + i0, std::min(kParallelMinFloats, total - i0), ep, isa);
+        });
     }
 }
 
 void int8_conv2d(const std::vector<const Int8PackedWeight*>& weights, const ConvGeometry& g, const float* x,
-                 const double* bias, const Int8ActQuant& aq, float* y, float* scratch, Activation act) {
-    int8_conv2d_isa(weights, g, x, bias, aq, y, scratch, int8_current_isa(), int8_get_threads(), act);
+                 const double* bias, const Int8ActQuant& aq, float* y, float* scratch, const FloatEpilogue& ep) {
+    int8_conv2d_isa(weights, g, x, bias, aq, y, scratch, int8_current_isa(), int8_get_threads(), ep);
 }
 
 }  // namespace qrt

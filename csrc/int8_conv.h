@@ -33,7 +33,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "activation.h"
+#include "float_epilogue.h"
 #include "int8_gemm.h"
 
 namespace qrt {
@@ -60,7 +60,8 @@ void conv_check_geometry(const ConvGeometry& g);
 // block of a few MiB per call cost page faults and zeroed pages, as outputs did).
 int64_t int8_conv2d_scratch_floats(const ConvGeometry& g);
 
-// Y (N, M, OH, OW) float32 = act(int8 Conv of X (N, C, H, W) float32), as described above.
+// Y (N, M, OH, OW) float32 = ep(int8 Conv of X (N, C, H, W) float32), as described above (ep: the
+// activation, float_epilogue.h; HardSwish, which the GEMM's epilogue lacks, in a pass after it).
 // weights[gi] (group entries): the int8 weight of output channels gi * M/group ..., packed by
 // int8_pack_weight from qdata (M/group, kh * kw * C/group) in tap-major column order; bias (M,)
 // float64 or nullptr; scratch: int8_conv2d_scratch_floats(g) floats, any contents. Every
@@ -68,9 +69,9 @@ int64_t int8_conv2d_scratch_floats(const ConvGeometry& g);
 // _isa form: an explicit path and thread count); the result depends on neither.
 void int8_conv2d(const std::vector<const Int8PackedWeight*>& weights, const ConvGeometry& g, const float* x,
                  const double* bias, const Int8ActQuant& aq, float* y, float* scratch,
-                 Activation act = Activation::none);
+                 const FloatEpilogue& ep = FloatEpilogue());
 void int8_conv2d_isa(const std::vector<const Int8PackedWeight*>& weights, const ConvGeometry& g, const float* x,
                      const double* bias, const Int8ActQuant& aq, float* y, float* scratch, Int8Isa isa, int threads,
-                     Activation act = Activation::none);
+                     const FloatEpilogue& ep = FloatEpilogue());
 
 }  // namespace qrt

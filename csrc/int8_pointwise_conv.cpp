@@ -36,7 +36,7 @@ struct Call {
     const Int8ActQuant& aq;
     const int32_t* col_corr;   // the path's column correction, wrapped to int32 (per padded row)
     const double* bias;
-    Activation act;
+    FloatEpilogue ep;          // the activation (float_epilogue.h)
     Int8Isa isa;
     int64_t ldx, ldy;          // X's and Y's row stride: the image's pixel count P
     const int16_t* w16;        // AVX2: the panels sign-extended to int16 (same layout), else null
@@ -90,9 +90,12 @@ void block_scalar(const Call& c, const Block& b) {
             double v = w.scale[m] * static_cast<double>(acc);
             v = v * sx;
             if (c.bias != nullptr) v = v + c.bias[m];
-            b.y[m * c.ldy + j] = activation_scalar(static_cast<float>(v), c.act);
+            b.y[m * c.ldy + j] = c.ep.hard_swish ? static_cast<float>(v) : activation_scalar(static_cast<float>(v), c.ep.act);
         }
     }
+    if (c.ep.hard_swish)
+        for (int64_t m = b.p0 * kInt8Panel; m < std::min(w.n, b.p1 * kInt8Panel); ++m)
+            float_epilogue_inplace(b.y + m * c.ldy, b.count, c.ep, Int8Isa::scalar);
 }
 
 #if QRT_INT8_X86_SIMD
@@ -256,7 +259,7 @@ QRT_PW_AVX512 void tile512(const Call& c, const Block& b, const int8_t* wq, int6
     alignas(64) int32_t sums[R][16 * V];
     QRT_UNROLL for (int r = 0; r < R; ++r) QRT_UNROLL for (int j = 0; j < V; ++j)
         _mm512_store_si512(&sums[r][16 * j], acc[r][j]);
-    const Activation in_register = c.act == Activation::relu ? c.act : Activation::none;
+    const Activation in_register = c.ep.in_register();
     for (int r = 0; r < R; ++r) {
         const int64_t m = m0 + r;
         const __m512i cc = _mm512_set1_epi32(c.col_corr[m]);
@@ -281,7 +284,7 @@ QRT_PW_AVX512 void tile512(const Call& c, const Block& b, const int8_t* wq, int6
             const __mmask16 mj = left >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << left) - 1);
             _mm512_mask_storeu_ps(yr + 16 * j, mj, activation_avx512(out, in_register));
         }
-        if (c.act == Activation::gelu || c.act == Activation::gelu_tanh) activation_inplace_isa(yr, b.count, c.act, c.isa);
+        if (c.ep.after_store()) float_epilogue_inplace(yr, b.count, c.ep, c.isa);   // in L1
     }
 }
 
@@ -450,7 +453,7 @@ QRT_PW_AVX2 inline void store16_avx2(const Call& c, const Block& b, int64_t m, i
     const __m256i cc = _mm256_set1_epi32(c.col_corr[m]);
     const __m256i zw = _mm256_set1_epi32(c.w.zero_point[m]);
     const __m256d sw = _mm256_set1_pd(c.w.scale[m]);
-    const Activation in_register = c.act == Activation::relu ? c.act : Activation::none;
+    const Activation in_register = c.ep.in_register();
     float* yr = b.y + m * c.ldy;
     for (int h = 0; h < 2; ++h) {
         const int64_t p = 16 * g + 8 * h;
@@ -574,9 +577,9 @@ QRT_PW_AVX2 void block_avx2(const Call& c, const Block& b) {
                 }
             }
         }
-        if (c.act == Activation::gelu || c.act == Activation::gelu_tanh)
+        if (c.ep.after_store())
             for (int64_t m = p * kInt8Panel; m < p * kInt8Panel + rows; ++m)
-                activation_inplace_isa(b.y + m * c.ldy, b.count, c.act, c.isa);
+                float_epilogue_inplace(b.y + m * c.ldy, b.count, c.ep, c.isa);
     }
 }
 
@@ -617,7 +620,7 @@ bool int8_conv_is_pointwise(const ConvGeometry& g) {
 }
 
 void int8_pointwise_conv(const Int8PackedWeight& w, int64_t n, int64_t p, const float* x, const double* bias,
-                         const Int8ActQuant& aq, float* y, Int8Isa isa, int threads, Activation act) {
+                         const Int8ActQuant& aq, float* y, Int8Isa isa, int threads, const FloatEpilogue& ep) {
     if (n < 0 || p < 1) throw std::invalid_argument("int8_pointwise_conv: N = " + std::to_string(n) + ", P = " +
                                                     std::to_string(p) + ", expected N >= 0 and P >= 1");
     if (!int8_isa_supported(isa))
@@ -643,7 +646,7 @@ void int8_pointwise_conv(const Int8PackedWeight& w, int64_t n, int64_t p, const 
         widen_panels(w, w16.get());
 #endif
     }
-    const Call call{w, aq, col_corr.data(), bias, act, isa, p, p, w16.get()};
+    const Call call{w, aq, col_corr.data(), bias, ep, isa, p, p, w16.get()};
 
     int nt = std::max(1, threads);
     const int64_t blocks = (p + kBlock - 1) / kBlock;

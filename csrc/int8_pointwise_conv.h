@@ -31,7 +31,7 @@
 
 #include <cstdint>
 
-#include "activation.h"
+#include "float_epilogue.h"
 #include "int8_conv.h"
 #include "int8_gemm.h"
 
@@ -49,12 +49,12 @@ constexpr int64_t kPointwiseMinPixels = 8;
 // least kPointwiseMinPixels pixels a plane.
 bool int8_conv_is_pointwise(const ConvGeometry& g);
 
-// Y (n, w.n, p) float32 = act(int8 1 x 1 Conv of X (n, w.k, p) float32), both C-contiguous;
+// Y (n, w.n, p) float32 = ep(int8 1 x 1 Conv of X (n, w.k, p) float32), both C-contiguous;
 // w packed by int8_pack_weight from qdata (M, K); bias (M,) float64 or nullptr. n may be 0,
 // p >= 1. The path: avx512_vnni and amx run the AVX-512 VNNI kernel, avx_vnni the 256-bit VNNI
 // one, avx2 the int16 one, scalar the reference loop (also every path's for K > kMaxKInt32).
 void int8_pointwise_conv(const Int8PackedWeight& w, int64_t n, int64_t p, const float* x, const double* bias,
                          const Int8ActQuant& aq, float* y, Int8Isa isa, int threads,
-                         Activation act = Activation::none);
+                         const FloatEpilogue& ep = FloatEpilogue());
 
 }  // namespace qrt

@@ -202,15 +202,22 @@ def native_conv(x: Any, plan: ConvPlan, bias: Any = None, strides=None, pads=Non
         bg = None if b is None else np.ascontiguousarray(b[g * mg:(g + 1) * mg])
         yg = plan.gemms[g](cols, bg).reshape(n, *out, mg)
         y[:, g * mg:(g + 1) * mg] = np.moveaxis(yg, -1, 1)
+    if activation == "hard_swish":
+        return activate_after(y, activation, "native")    # HardSwish's own native kernel
     if activation != "none":
         _native.apply_activation(y, activation)           # in place, the epilogue's code
     return y
 
 
+# The Conv -> HardSwish pair (runtime/fuse.py) as one node: csrc/int8_conv.h applies HardSwish in
+# its epilogue too (the 1 x 1 kernel while each row of Y is in L1), the other layouts after.
+FLOAT_CONV_ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "hard_swish")
+
 _conv_factory = gemm_factory(
     "Conv", lambda w, a, _: ConvPlan(w, a.group, **a.quant),
     lambda x, plan, bias, a: native_conv(x, plan, bias, a.strides, a.pads, a.dilations, a.activation),
     fused=True, name="native_conv_factory")
+_conv_factory.fused_activations = FLOAT_CONV_ACTIVATIONS
 
 
 for _layout in CONV_LAYOUTS:
@@ -237,7 +244,6 @@ def _im2col(x, kernel, strides, pb, pe, dilations, out):
 # MobileNetV3-like model 4.5 -> 3.0 ms with its 1 x 1 Convs of K = 240 and 480 on it.
 CHANNEL_GEMM_MAX_K = 128
 POINTWISE_MAX_K = 576
-FLOAT_CONV_ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "hard_swish")
 
 
 def dense_conv_factory(attrs: dict, weights: dict):

@@ -1,0 +1,31 @@
+// The activations the Convs of the native backend apply in their epilogue: activation.h's (relu,
+// gelu, gelu_tanh: the GEMMs' own) or HardSwish (hard_sigmoid.h's bits), which CNNs put after
+// their Convs (runtime/fuse.py fuses Conv -> HardSwish, not Linear -> HardSwish: the GPU GEMMs
+// have none). The float32 Convs (f32_channel_gemm.h, depthwise_conv.h) and the int8 one
+// (int8_conv.h, int8_pointwise_conv.h) take it; the definitions are in f32_channel_gemm.cpp.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "activation.h"   // Activation
+#include "int8_gemm.h"    // Int8Isa
+
+namespace qrt {
+
+struct FloatEpilogue {
+    Activation act = Activation::none;   // applied when hard_swish is false
+    bool hard_swish = false;             // x * clamp(x / 6 + 1 / 2, 0, 1), hard_sigmoid.h's bits
+    // the activation a kernel can apply to its registers before the store (ReLU); the others go
+    // through float_epilogue_inplace on the stored values
+    Activation in_register() const { return !hard_swish && act == Activation::relu ? act : Activation::none; }
+    bool after_store() const { return hard_swish || act == Activation::gelu || act == Activation::gelu_tanh; }
+};
+
+// "none", "relu", "gelu", "gelu_tanh" or "hard_swish"; throws std::invalid_argument otherwise.
+FloatEpilogue float_epilogue_from_name(const std::string& name);
+
+// The epilogue's activation on y[0, count) in place, on the calling thread.
+void float_epilogue_inplace(float* y, int64_t count, const FloatEpilogue& ep, Int8Isa isa);
+
+}  // namespace qrt
