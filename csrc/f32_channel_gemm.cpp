@@ -30,7 +30,6 @@ namespace {
 constexpr int64_t kPositionsPerItem = 128;   // a multiple of both paths' 2 vectors
 constexpr int64_t kTilesPerItem = 8;
 constexpr int64_t kParallelMinMacs = int64_t(1) << 16;   // below: the calling thread alone
-constexpr float kHardSwishAlpha = static_cast<float>(1.0 / 6.0), kHardSwishBeta = 0.5f;
 
 // One tile: rows [0, R) of W (row stride ldw) against positions [0, count) of X (row stride
 // ldx), count <= 2 vectors; y (row stride ldy) gets acc + bias.

@@ -16,11 +16,10 @@ namespace qrt {
 struct FloatEpilogue {
     Activation act = Activation::none;   // applied when hard_swish is false
     bool hard_swish = false;             // x * clamp(x / 6 + 1 / 2, 0, 1), hard_sigmoid.h's bits
-    // the activation a kernel can apply to its registers before the store (ReLU); the others go
-    // through float_epilogue_inplace on the stored values
-    Activation in_register() const { return !hard_swish && act == Activation::relu ? act : Activation::none; }
-    bool after_store() const { return hard_swish || act == Activation::gelu || act == Activation::gelu_tanh; }
 };
+
+// HardSwish's alpha and beta (ONNX: 1/6 and 1/2), as float32
+constexpr float kHardSwishAlpha = static_cast<float>(1.0 / 6.0), kHardSwishBeta = 0.5f;
 
 // "none", "relu", "gelu", "gelu_tanh" or "hard_swish"; throws std::invalid_argument otherwise.
 FloatEpilogue float_epilogue_from_name(const std::string& name);

@@ -36,7 +36,8 @@ struct Call {
     const Int8ActQuant& aq;
     const int32_t* col_corr;   // the path's column correction, wrapped to int32 (per padded row)
     const double* bias;
-    FloatEpilogue ep;          // the activation (float_epilogue.h)
+    FloatEpilogue ep;          // the activation (float_epilogue.h): ReLU and HardSwish applied in
+    bool gelu;                 // the registers, the GELUs (ep.act) to each stored row while in L1
     Int8Isa isa;
     int64_t ldx, ldy;          // X's and Y's row stride: the image's pixel count P
     const int16_t* w16;        // AVX2: the panels sign-extended to int16 (same layout), else null
@@ -104,6 +105,18 @@ void block_scalar(const Call& c, const Block& b) {
 #define QRT_UNROLL _Pragma("GCC unroll 16")
 
 // --- AVX-512 VNNI ------------------------------------------------------------------------------
+
+// The activations applied in registers: ReLU as activation.h's, HardSwish as hard_sigmoid.cpp's
+// span (x * min(1, max(0, x * alpha + beta)), the same operations in the same order: its bits)
+QRT_PW_AVX512 inline __m512 relu_or_none512(__m512 y, Activation act) {
+    return act == Activation::relu ? activation_avx512(y, act) : y;
+}
+QRT_PW_AVX512 inline __m512 hard_swish512(__m512 v) {
+    const __m512 s = _mm512_min_ps(_mm512_set1_ps(1.0f),
+                                   _mm512_max_ps(_mm512_setzero_ps(), _mm512_add_ps(_mm512_mul_ps(v, _mm512_set1_ps(kHardSwishAlpha)),
+                                                                                   _mm512_set1_ps(kHardSwishBeta))));
+    return _mm512_mul_ps(v, s);
+}
 
 // Per-lane quantizer constants of 16 pixels: each lane its own scale s (dynamic) or all the
 // static one; the float32 estimate x * fl(1 / s) where 1 / s is a normal float32 (ok), the
@@ -259,7 +272,6 @@ QRT_PW_AVX512 void tile512(const Call& c, const Block& b, const int8_t* wq, int6
     alignas(64) int32_t sums[R][16 * V];
     QRT_UNROLL for (int r = 0; r < R; ++r) QRT_UNROLL for (int j = 0; j < V; ++j)
         _mm512_store_si512(&sums[r][16 * j], acc[r][j]);
-    const Activation in_register = c.ep.in_register();
     for (int r = 0; r < R; ++r) {
         const int64_t m = m0 + r;
         const __m512i cc = _mm512_set1_epi32(c.col_corr[m]);
@@ -282,9 +294,9 @@ QRT_PW_AVX512 void tile512(const Call& c, const Block& b, const int8_t* wq, int6
                 _mm512_castps_pd(_mm512_castps256_ps512(_mm512_cvtpd_ps(lo))), _mm256_castps_pd(_mm512_cvtpd_ps(hi)), 1));
             const int64_t left = b.count - 16 * j;
             const __mmask16 mj = left >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << left) - 1);
-            _mm512_mask_storeu_ps(yr + 16 * j, mj, activation_avx512(out, in_register));
+            _mm512_mask_storeu_ps(yr + 16 * j, mj, c.ep.hard_swish ? hard_swish512(out) : relu_or_none512(out, c.ep.act));
         }
-        if (c.ep.after_store()) float_epilogue_inplace(yr, b.count, c.ep, c.isa);   // in L1
+        if (c.gelu) activation_inplace_isa(yr, b.count, c.ep.act, c.isa);   // in L1
     }
 }
 
@@ -329,6 +341,13 @@ QRT_PW_AVX512 void block_avx512(const Call& c, const Block& b) {
 }
 
 // --- AVX2 and AVX-VNNI (256-bit) ---------------------------------------------------------------
+
+QRT_PW_AVX2 inline __m256 hard_swish256(__m256 v) {   // as hard_swish512
+    const __m256 s = _mm256_min_ps(_mm256_set1_ps(1.0f),
+                                   _mm256_max_ps(_mm256_setzero_ps(), _mm256_add_ps(_mm256_mul_ps(v, _mm256_set1_ps(kHardSwishAlpha)),
+                                                                                   _mm256_set1_ps(kHardSwishBeta))));
+    return _mm256_mul_ps(v, s);
+}
 
 QRT_PW_AVX2 inline __m256i lanes_below8(int64_t count) {   // lane i all ones where i < count
     return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(std::clamp<int64_t>(count, 0, 8))),
@@ -453,7 +472,6 @@ QRT_PW_AVX2 inline void store16_avx2(const Call& c, const Block& b, int64_t m, i
     const __m256i cc = _mm256_set1_epi32(c.col_corr[m]);
     const __m256i zw = _mm256_set1_epi32(c.w.zero_point[m]);
     const __m256d sw = _mm256_set1_pd(c.w.scale[m]);
-    const Activation in_register = c.ep.in_register();
     float* yr = b.y + m * c.ldy;
     for (int h = 0; h < 2; ++h) {
         const int64_t p = 16 * g + 8 * h;
@@ -469,7 +487,8 @@ QRT_PW_AVX2 inline void store16_avx2(const Call& c, const Block& b, int64_t m, i
             lo = _mm256_add_pd(lo, bm);
             hi = _mm256_add_pd(hi, bm);
         }
-        const __m256 out = activation_avx2(_mm256_set_m128(_mm256_cvtpd_ps(hi), _mm256_cvtpd_ps(lo)), in_register);
+        __m256 out = _mm256_set_m128(_mm256_cvtpd_ps(hi), _mm256_cvtpd_ps(lo));
+        out = c.ep.hard_swish ? hard_swish256(out) : activation_avx2(out, c.ep.act == Activation::relu ? c.ep.act : Activation::none);
         _mm256_maskstore_ps(yr + p, lanes_below8(b.count - p), out);
     }
 }
@@ -577,9 +596,9 @@ QRT_PW_AVX2 void block_avx2(const Call& c, const Block& b) {
                 }
             }
         }
-        if (c.ep.after_store())
+        if (c.gelu)
             for (int64_t m = p * kInt8Panel; m < p * kInt8Panel + rows; ++m)
-                float_epilogue_inplace(b.y + m * c.ldy, b.count, c.ep, c.isa);
+                activation_inplace_isa(b.y + m * c.ldy, b.count, c.ep.act, c.isa);
     }
 }
 
@@ -646,7 +665,8 @@ void int8_pointwise_conv(const Int8PackedWeight& w, int64_t n, int64_t p, const 
         widen_panels(w, w16.get());
 #endif
     }
-    const Call call{w, aq, col_corr.data(), bias, ep, isa, p, p, w16.get()};
+    const bool gelu = !ep.hard_swish && (ep.act == Activation::gelu || ep.act == Activation::gelu_tanh);
+    const Call call{w, aq, col_corr.data(), bias, ep, gelu, isa, p, p, w16.get()};
 
     int nt = std::max(1, threads);
     const int64_t blocks = (p + kBlock - 1) / kBlock;
