@@ -125,6 +125,36 @@ def test_the_driver_calls_the_kernel(monkeypatch):
     assert np.array_equal(native_conv(x, plan, None, **kw), ref(x, None)) and calls == [1]
 
 
+def test_the_bound_run_takes_plain_calls_and_hands_on_the_rest(monkeypatch):
+    """The factory's run (conv.bound_int8_conv): float32 C-contiguous X straight into the kernel,
+    everything else through native_conv, with the same results and errors as before."""
+    from kernels.native_cpu import conv as conv_mod
+    rng = _rng("bound")
+    w = rng.standard_normal((6, 4, 3, 3)).astype(np.float32)
+    t = layouts.pack_int8("w", w)
+    kw = dict(strides=[2, 1], pads=[1, 0, 1, 2], dilations=[1, 1])
+    run = registry.build("Conv", "int8", "native", registry.fill_attrs("Conv", {"act_quant": "dynamic", **kw}), {1: t})
+    ref = PackedPlan(t, op="Conv", act_quant="dynamic")
+    general = []
+    real = conv_mod.native_conv
+    monkeypatch.setattr(conv_mod, "native_conv", lambda *a, **k: general.append(1) or real(*a, **k))
+    x = rng.standard_normal((2, 4, 7, 8)).astype(np.float32)
+    b32 = rng.standard_normal(6).astype(np.float32)
+    for bias in (None, b32, b32.astype(np.float64)):
+        assert np.array_equal(run(x, t, bias)[0], packed_conv_ref(x, ref, bias, **kw))
+    assert general == []
+    others = [(x.astype(np.float64), None),                        # the reference's dtype path
+              (np.asfortranarray(x), None),                        # not C-contiguous
+              (x, b32.astype(np.float16))]                         # a bias dtype the binding does not read
+    for xo, bias in others:
+        assert np.array_equal(run(xo, t, bias)[0], packed_conv_ref(xo, ref, bias, **kw))
+    assert len(general) == len(others)
+    unpadded = registry.build("Conv", "int8", "native", registry.fill_attrs("Conv", {"act_quant": "dynamic"}), {1: t})
+    with pytest.raises(ValueError, match="larger than the padded input"):   # the general path's error
+        unpadded(np.zeros((1, 4, 2, 8), np.float32), t, None)             # H = 2 < 3: no window
+    assert len(general) == len(others) + 1
+
+
 def test_kernel_refuses_bad_arguments():
     rng = _rng("bad")
     w = _native.Int8Weight(rng.integers(-127, 128, (4, 18)).astype(np.int8), np.ones(4, np.float32), None)
