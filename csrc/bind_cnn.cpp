@@ -193,6 +193,42 @@ py::array depthwise_conv2d_py(const py::object& x_obj, const py::object& w_obj, 
 }
 
 // Y (N, M, P) float32 = act(W (M, K) @ X (N, K, P) + bias) (f32_channel_gemm.h).
+// Y (N, M, OH, OW) float32 = act(Conv of X (N, C, H, W) float32 with W (M, C * kh * kw) float32, one
+// group): f32_channel_gemm.h's direct form.
+py::array f32_conv2d_py(const py::object& x_obj, const py::object& w_obj, const py::sequence& kernel,
+                        const py::sequence& strides, const py::sequence& pads, const py::sequence& dilations,
+                        const py::object& bias_obj, const std::string& activation) {
+    const qrt::FloatEpilogue ep = float_epilogue_arg(activation);
+    py::array x = nchw_input(x_obj);
+    py::array w = contiguous_array_of<float>(w_obj, "W", "float32");
+    const std::vector<int64_t> k = ints(kernel, 2, "kernel");
+    if (w.ndim() != 2 || w.shape(0) < 1)
+        throw py::value_error("W has shape " + shape_str(w) + ", expected (M, C * kh * kw) with M >= 1");
+    const qrt::ConvGeometry g = conv_geometry(x, k[0], k[1], strides, pads, dilations, w.shape(0), 1);
+    if (w.shape(1) != g.c * g.kh * g.kw)
+        throw py::value_error("W has shape " + shape_str(w) + ", expected (M, C * kh * kw) = (" +
+                              std::to_string(g.m) + ", " + std::to_string(g.c * g.kh * g.kw) + ")");
+    const float* bp = nullptr;
+    py::array b;
+    if (!bias_obj.is_none()) {
+        b = contiguous_array_of<float>(bias_obj, "bias", "float32");
+        if (b.ndim() != 1 || b.shape(0) != g.m)
+            throw py::value_error("bias has shape " + shape_str(b) + ", expected (" + std::to_string(g.m) + ",)");
+        bp = static_cast<const float*>(b.data());
+    }
+    py::array_t<float> out = qrt::bind::new_f32({static_cast<py::ssize_t>(g.n), static_cast<py::ssize_t>(g.m),
+                                                 static_cast<py::ssize_t>(g.oh()), static_cast<py::ssize_t>(g.ow())});
+    py::array_t<float> scratch = qrt::bind::new_f32({static_cast<py::ssize_t>(qrt::f32_conv2d_scratch_floats(g))});
+    const float* xp = static_cast<const float*>(x.data());
+    const float* wp = static_cast<const float*>(w.data());
+    float* yp = out.mutable_data();
+    {
+        py::gil_scoped_release release;
+        qrt::f32_conv2d(g, wp, xp, bp, ep, yp, scratch.mutable_data());
+    }
+    return out;
+}
+
 py::array f32_channel_gemm_py(const py::object& x_obj, const py::object& w_obj, const py::object& bias_obj,
                               const std::string& activation) {
     const qrt::FloatEpilogue ep = float_epilogue_arg(activation);
@@ -364,6 +400,12 @@ void bind_cnn(py::module_& m) {
           "Conv's input as (N, C, H * W), or an im2col). X, W float32 C-contiguous, bias (M,) float32 or None; "
           "activation 'none', 'relu', 'gelu', 'gelu_tanh' or 'hard_swish'. Sums by FMA in k order from 0, then "
           "the bias: the same bits on every path and thread count (csrc/f32_channel_gemm.h).");
+    m.def("f32_conv2d", &f32_conv2d_py, py::arg("x"), py::arg("w"), py::arg("kernel"), py::arg("strides"),
+          py::arg("pads"), py::arg("dilations"), py::arg("bias") = py::none(), py::arg("activation") = "none",
+          "Y (N, M, OH, OW) float32 = act(Conv of X (N, C, H, W) float32 C-contiguous with W (M, C * kh * kw) "
+          "float32, one group); kernel (kh, kw), strides (sh, sw), pads (top, left, bottom, right), dilations "
+          "(dh, dw); bias (M,) float32 or None; activation as f32_channel_gemm's. The bits of f32_channel_gemm "
+          "on im2col's columns, without them (csrc/f32_channel_gemm.h).");
     m.def("max_pool2d", &max_pool2d_py, py::arg("x"), py::arg("kernel"), py::arg("strides"), py::arg("pads"),
           py::arg("dilations"), py::arg("out_size"),
           "Y (N, C, OH, OW) float32 = MaxPool of X (N, C, H, W) float32 C-contiguous; pads (top, left, bottom, "

@@ -12,6 +12,7 @@
 #include <cmath>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "hard_sigmoid.h"
 #include "work_pool.h"
@@ -31,17 +32,34 @@ constexpr int64_t kPositionsPerItem = 128;   // a multiple of both paths' 2 vect
 constexpr int64_t kTilesPerItem = 8;
 constexpr int64_t kParallelMinMacs = int64_t(1) << 16;   // below: the calling thread alone
 
-// One tile: rows [0, R) of W (row stride ldw) against positions [0, count) of X (row stride
-// ldx), count <= 2 vectors; y (row stride ldy) gets acc + bias.
-using TileFn = void (*)(int rows, const float* w, int64_t ldw, int64_t k, const float* x, int64_t ldx, int64_t count,
-                        const float* bias, float* y, int64_t ldy);
+// Where a tile's K rows of X are: a channel-plane apart (the channel product: X's own rows) or
+// anywhere (the direct Conv: its prepared input rows, one pointer each). Two instantiations of
+// the same tiles rather than a pointer table for both: the table's extra load a k step cost the
+// channel product 6-10% at K = 24-64 (the Xeon, (24, 64) and (72, 24) at 56 x 56).
+struct StridedRows {
+    const float* x;
+    int64_t ldx;
+    const float* at(int64_t kk) const { return x + kk * ldx; }
+};
+struct TableRows {
+    const float* const* xr;
+    int64_t j0;
+    const float* at(int64_t kk) const { return xr[kk] + j0; }
+};
 
-void tile_scalar(int rows, const float* w, int64_t ldw, int64_t k, const float* x, int64_t ldx, int64_t count,
-                 const float* bias, float* y, int64_t ldy) {
+// One tile: rows [0, R) of W (row stride ldw) against positions [0, count) of X's K rows (xs),
+// count <= 2 vectors; y (row stride ldy) gets acc + bias.
+template <class Rows>
+using TileFn = void (*)(int rows, const float* w, int64_t ldw, int64_t k, Rows xs, int64_t count, const float* bias,
+                        float* y, int64_t ldy);
+
+template <class Rows>
+void tile_scalar(int rows, const float* w, int64_t ldw, int64_t k, Rows xs, int64_t count, const float* bias, float* y,
+                 int64_t ldy) {
     for (int r = 0; r < rows; ++r)
         for (int64_t j = 0; j < count; ++j) {
             float acc = 0.0f;
-            for (int64_t kk = 0; kk < k; ++kk) acc = std::fma(w[r * ldw + kk], x[kk * ldx + j], acc);
+            for (int64_t kk = 0; kk < k; ++kk) acc = std::fma(w[r * ldw + kk], xs.at(kk)[j], acc);
             y[r * ldy + j] = bias != nullptr ? acc + bias[r] : acc;
         }
 }
@@ -51,15 +69,15 @@ void tile_scalar(int rows, const float* w, int64_t ldw, int64_t k, const float* 
 // each in memory and stored it every k step.
 #define QRT_UNROLL _Pragma("GCC unroll 16")
 
-template <int R>
-__attribute__((target("avx512f"))) void tile512(const float* w, int64_t ldw, int64_t k, const float* x, int64_t ldx,
-                                                int64_t count, const float* bias, float* y, int64_t ldy) {
+template <int R, class Rows>
+__attribute__((target("avx512f"))) void tile512(const float* w, int64_t ldw, int64_t k, Rows xs, int64_t count,
+                                                const float* bias, float* y, int64_t ldy) {
     const __mmask16 m0 = count >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << count) - 1);
     const __mmask16 m1 = count >= 32 ? __mmask16(0xFFFF) : count <= 16 ? __mmask16(0) : __mmask16((1u << (count - 16)) - 1);
     __m512 a0[R], a1[R];
     QRT_UNROLL for (int r = 0; r < R; ++r) a0[r] = a1[r] = _mm512_setzero_ps();
     for (int64_t kk = 0; kk < k; ++kk) {
-        const __m512 x0 = _mm512_maskz_loadu_ps(m0, x + kk * ldx), x1 = _mm512_maskz_loadu_ps(m1, x + kk * ldx + 16);
+        const __m512 x0 = _mm512_maskz_loadu_ps(m0, xs.at(kk)), x1 = _mm512_maskz_loadu_ps(m1, xs.at(kk) + 16);
         QRT_UNROLL for (int r = 0; r < R; ++r) {
             const __m512 wv = _mm512_set1_ps(w[r * ldw + kk]);
             a0[r] = _mm512_fmadd_ps(wv, x0, a0[r]);
@@ -82,14 +100,14 @@ __attribute__((target("avx2"))) inline __m256i lanes_below(int64_t count) {   //
                               _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
-template <int R>
-__attribute__((target("avx2,fma"))) void tile256(const float* w, int64_t ldw, int64_t k, const float* x, int64_t ldx,
-                                                 int64_t count, const float* bias, float* y, int64_t ldy) {
+template <int R, class Rows>
+__attribute__((target("avx2,fma"))) void tile256(const float* w, int64_t ldw, int64_t k, Rows xs, int64_t count,
+                                                 const float* bias, float* y, int64_t ldy) {
     const __m256i m0 = lanes_below(count), m1 = lanes_below(count - 8);
     __m256 a0[R], a1[R];
     QRT_UNROLL for (int r = 0; r < R; ++r) a0[r] = a1[r] = _mm256_setzero_ps();
     for (int64_t kk = 0; kk < k; ++kk) {
-        const __m256 x0 = _mm256_maskload_ps(x + kk * ldx, m0), x1 = _mm256_maskload_ps(x + kk * ldx + 8, m1);
+        const __m256 x0 = _mm256_maskload_ps(xs.at(kk), m0), x1 = _mm256_maskload_ps(xs.at(kk) + 8, m1);
         QRT_UNROLL for (int r = 0; r < R; ++r) {
             const __m256 wv = _mm256_broadcast_ss(w + r * ldw + kk);
             a0[r] = _mm256_fmadd_ps(wv, x0, a0[r]);
@@ -108,46 +126,50 @@ __attribute__((target("avx2,fma"))) void tile256(const float* w, int64_t ldw, in
 }
 
 // rows in [1, 8] (AVX-512) / [1, 6] (AVX2) to the tile of that height
-void tile_avx512(int rows, const float* w, int64_t ldw, int64_t k, const float* x, int64_t ldx, int64_t count,
-                 const float* bias, float* y, int64_t ldy) {
+template <class Rows>
+void tile_avx512(int rows, const float* w, int64_t ldw, int64_t k, Rows xs, int64_t count, const float* bias, float* y,
+                 int64_t ldy) {
     switch (rows) {
-        case 8: return tile512<8>(w, ldw, k, x, ldx, count, bias, y, ldy);
-        case 7: return tile512<7>(w, ldw, k, x, ldx, count, bias, y, ldy);
-        case 6: return tile512<6>(w, ldw, k, x, ldx, count, bias, y, ldy);
-        case 5: return tile512<5>(w, ldw, k, x, ldx, count, bias, y, ldy);
-        case 4: return tile512<4>(w, ldw, k, x, ldx, count, bias, y, ldy);
-        case 3: return tile512<3>(w, ldw, k, x, ldx, count, bias, y, ldy);
-        case 2: return tile512<2>(w, ldw, k, x, ldx, count, bias, y, ldy);
-        default: return tile512<1>(w, ldw, k, x, ldx, count, bias, y, ldy);
+        case 8: return tile512<8, Rows>(w, ldw, k, xs, count, bias, y, ldy);
+        case 7: return tile512<7, Rows>(w, ldw, k, xs, count, bias, y, ldy);
+        case 6: return tile512<6, Rows>(w, ldw, k, xs, count, bias, y, ldy);
+        case 5: return tile512<5, Rows>(w, ldw, k, xs, count, bias, y, ldy);
+        case 4: return tile512<4, Rows>(w, ldw, k, xs, count, bias, y, ldy);
+        case 3: return tile512<3, Rows>(w, ldw, k, xs, count, bias, y, ldy);
+        case 2: return tile512<2, Rows>(w, ldw, k, xs, count, bias, y, ldy);
+        default: return tile512<1, Rows>(w, ldw, k, xs, count, bias, y, ldy);
     }
 }
 
-void tile_avx2(int rows, const float* w, int64_t ldw, int64_t k, const float* x, int64_t ldx, int64_t count,
-               const float* bias, float* y, int64_t ldy) {
+template <class Rows>
+void tile_avx2(int rows, const float* w, int64_t ldw, int64_t k, Rows xs, int64_t count, const float* bias, float* y,
+               int64_t ldy) {
     switch (rows) {
-        case 6: return tile256<6>(w, ldw, k, x, ldx, count, bias, y, ldy);
-        case 5: return tile256<5>(w, ldw, k, x, ldx, count, bias, y, ldy);
-        case 4: return tile256<4>(w, ldw, k, x, ldx, count, bias, y, ldy);
-        case 3: return tile256<3>(w, ldw, k, x, ldx, count, bias, y, ldy);
-        case 2: return tile256<2>(w, ldw, k, x, ldx, count, bias, y, ldy);
-        default: return tile256<1>(w, ldw, k, x, ldx, count, bias, y, ldy);
+        case 6: return tile256<6, Rows>(w, ldw, k, xs, count, bias, y, ldy);
+        case 5: return tile256<5, Rows>(w, ldw, k, xs, count, bias, y, ldy);
+        case 4: return tile256<4, Rows>(w, ldw, k, xs, count, bias, y, ldy);
+        case 3: return tile256<3, Rows>(w, ldw, k, xs, count, bias, y, ldy);
+        case 2: return tile256<2, Rows>(w, ldw, k, xs, count, bias, y, ldy);
+        default: return tile256<1, Rows>(w, ldw, k, xs, count, bias, y, ldy);
     }
 }
 #endif
 
+template <class Rows>
 struct PathTiles {
-    TileFn tile;
+    TileFn<Rows> tile;
     int mr;          // rows per tile
     int64_t nr;      // positions per tile (2 vectors)
 };
 
-PathTiles path_tiles(Int8Isa isa) {
+template <class Rows>
+PathTiles<Rows> path_tiles(Int8Isa isa) {
 #if QRT_F32G_X86
-    if (int8_isa_is_avx512_class(isa)) return {tile_avx512, 8, 32};
-    if (int8_isa_is_avx2_class(isa)) return {tile_avx2, 6, 16};
+    if (int8_isa_is_avx512_class(isa)) return {tile_avx512<Rows>, 8, 32};
+    if (int8_isa_is_avx2_class(isa)) return {tile_avx2<Rows>, 6, 16};
 #endif
     (void)isa;
-    return {tile_scalar, 4, 16};
+    return {tile_scalar<Rows>, 4, 16};
 }
 
 }  // namespace
@@ -182,21 +204,20 @@ void f32_channel_gemm_isa(int64_t n, int64_t m, int64_t k, int64_t p, const floa
     if (!int8_isa_supported(isa))
         throw std::invalid_argument(std::string("f32_channel_gemm: path ") + int8_isa_name(isa) + " is not supported");
     if (n == 0) return;
-    const PathTiles path = path_tiles(isa);
+    const PathTiles<StridedRows> path = path_tiles<StridedRows>(isa);
     const int64_t row_tiles = (m + path.mr - 1) / path.mr, groups = (row_tiles + kTilesPerItem - 1) / kTilesPerItem;
     const int64_t blocks = (p + kPositionsPerItem - 1) / kPositionsPerItem;
     const int nt = n * m * k * p >= kParallelMinMacs ? threads : 1;
     parallel_items(n * blocks * groups, nt, [&](int64_t item) {
         const int64_t img = item / (blocks * groups), block = item / groups % blocks, group = item % groups;
         const int64_t p0 = block * kPositionsPerItem, p1 = std::min(p, p0 + kPositionsPerItem);
-        const float* xi = x + img * k * p;
         float* yi = y + img * m * p;
         const int64_t t_end = std::min(row_tiles, (group + 1) * kTilesPerItem);
         for (int64_t t = group * kTilesPerItem; t < t_end; ++t) {
             const int64_t m0 = t * path.mr;
             const int rows = static_cast<int>(std::min<int64_t>(path.mr, m - m0));
             for (int64_t j = p0; j < p1; j += path.nr)
-                path.tile(rows, w + m0 * k, k, k, xi + j, p, std::min(path.nr, p1 - j),
+                path.tile(rows, w + m0 * k, k, k, StridedRows{x + img * k * p + j, p}, std::min(path.nr, p1 - j),
                           bias != nullptr ? bias + m0 : nullptr, yi + m0 * p + j, p);
             for (int r = 0; r < rows; ++r) float_epilogue_inplace(yi + (m0 + r) * p + p0, p1 - p0, ep, isa);
         }
@@ -206,6 +227,137 @@ void f32_channel_gemm_isa(int64_t n, int64_t m, int64_t k, int64_t p, const floa
 void f32_channel_gemm(int64_t n, int64_t m, int64_t k, int64_t p, const float* w, const float* x,
                       const float* bias, const FloatEpilogue& ep, float* y) {
     f32_channel_gemm_isa(n, m, k, p, w, x, bias, ep, y, int8_current_isa(), int8_get_threads());
+}
+
+// --- the direct Conv ---------------------------------------------------------------------------
+
+namespace {
+
+// The prepared input: each input row (n, c, ih) zero padded to WP = W + pl + pr and split into
+// its sw phases, phase f holding padded columns f, f + sw, f + 2 sw, ... (kPhaseLen(g) floats
+// each); then one row of zeros for the taps that fall in the top or bottom padding. A tap
+// (c, ki, kj) of output row oh then reads phase (kj dw) % sw of input row oh sh + ki dh - pt from
+// index (kj dw) / sw on: OW consecutive floats, one tile row.
+int64_t phase_len(const ConvGeometry& g) {
+    const int64_t wp = g.w + g.pl + g.pr;
+    return std::max((wp + g.sw - 1) / g.sw, g.ow() + (g.dw * (g.kw - 1)) / g.sw);
+}
+
+// Stride 2: the padded row's even and odd columns (the most common strided Conv, a stem's), a
+// vector at a time; returns how many columns of the row it did (the rest: the general loop).
+// Measured on the Xeon, one thread: the MobileNet stem's rows (3 x 224 x 224) 75 us by the loop.
+#if QRT_F32G_X86
+__attribute__((target("avx512f"))) int64_t split_pairs512(const float* row, int64_t wp, float* even, float* odd) {
+    const __m512i ie = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i io = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    int64_t i = 0;
+    for (; i + 32 <= wp; i += 32) {
+        const __m512 a = _mm512_loadu_ps(row + i), b = _mm512_loadu_ps(row + i + 16);
+        _mm512_storeu_ps(even + i / 2, _mm512_permutex2var_ps(a, ie, b));
+        _mm512_storeu_ps(odd + i / 2, _mm512_permutex2var_ps(a, io, b));
+    }
+    return i;
+}
+
+__attribute__((target("avx2"))) int64_t split_pairs256(const float* row, int64_t wp, float* even, float* odd) {
+    int64_t i = 0;
+    for (; i + 16 <= wp; i += 16) {
+        const __m256 a = _mm256_loadu_ps(row + i), b = _mm256_loadu_ps(row + i + 8);
+        // [a0 a2 b0 b2 | a4 a6 b4 b6] -> [a0 a2 a4 a6 b0 b2 b4 b6], likewise the odd ones
+        const __m256 e = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0)), o = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1));
+        _mm256_storeu_ps(even + i / 2, _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(e), 0xD8)));
+        _mm256_storeu_ps(odd + i / 2, _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(o), 0xD8)));
+    }
+    return i;
+}
+#endif
+
+// input row (image-major) r = (n * C + c) * H + ih -> its sw phases at out + r * sw * len
+void prepare_rows(const ConvGeometry& g, const float* x, float* out, Int8Isa isa, int threads) {
+    const int64_t len = phase_len(g), rows = g.n * g.c * g.h, sw = g.sw, wp = g.w + g.pl + g.pr;
+    const int nt = rows * g.w >= kParallelMinMacs ? threads : 1;
+    std::vector<std::vector<float>> padded(static_cast<size_t>(std::max(1, nt)));
+    parallel_items(rows, nt, [&](int64_t r, int slot) {
+        const float* src = x + r * g.w;
+        float* dst = out + r * sw * len;
+        std::fill(dst, dst + sw * len, 0.0f);
+        if (sw == 1) {
+            std::copy(src, src + g.w, dst + g.pl);
+            return;
+        }
+        if (sw == 2 && isa != Int8Isa::scalar) {   // the padded row, then its column pairs split
+            std::vector<float>& row = padded[slot];
+            row.assign(static_cast<size_t>(wp), 0.0f);
+            std::copy(src, src + g.w, row.begin() + g.pl);
+            int64_t done = 0;
+#if QRT_F32G_X86
+            done = int8_isa_is_avx512_class(isa) ? split_pairs512(row.data(), wp, dst, dst + len)
+                                                 : split_pairs256(row.data(), wp, dst, dst + len);
+#endif
+            for (int64_t pc = done; pc < wp; ++pc) dst[(pc & 1) * len + pc / 2] = row[pc];
+            return;
+        }
+        // phase f takes padded columns f, f + sw, ...: input columns f - pl, f - pl + sw, ...
+        for (int64_t f = 0; f < sw; ++f) {
+            float* ph = dst + f * len;
+            int64_t j = 0;
+            while (j * sw + f < g.pl) ++j;   // the left padding
+            for (int64_t col = j * sw + f - g.pl; col < g.w; col += sw, ++j) ph[j] = src[col];
+        }
+    });
+    std::fill(out + rows * sw * len, out + (rows * sw + 1) * len, 0.0f);   // the zero row
+}
+
+}  // namespace
+
+int64_t f32_conv2d_scratch_floats(const ConvGeometry& g) {
+    return (g.n * g.c * g.h * g.sw + 1) * phase_len(g);
+}
+
+void f32_conv2d_isa(const ConvGeometry& g, const float* w, const float* x, const float* bias, const FloatEpilogue& ep,
+                    float* y, float* scratch, Int8Isa isa, int threads) {
+    conv_check_geometry(g);
+    if (g.group != 1) throw std::invalid_argument("f32_conv2d: group = " + std::to_string(g.group) + ", expected 1");
+    if (!int8_isa_supported(isa))
+        throw std::invalid_argument(std::string("f32_conv2d: path ") + int8_isa_name(isa) + " is not supported");
+    if (g.n == 0) return;
+    const int64_t oh = g.oh(), ow = g.ow(), k = g.c * g.kh * g.kw, len = phase_len(g);
+    prepare_rows(g, x, scratch, isa, threads);
+    const float* zero_row = scratch + g.n * g.c * g.h * g.sw * len;
+    const PathTiles<TableRows> path = path_tiles<TableRows>(isa);
+    const int64_t row_tiles = (g.m + path.mr - 1) / path.mr;
+    const int nt = g.n * oh * ow * g.m * k >= kParallelMinMacs ? threads : 1;
+    std::vector<std::vector<const float*>> tables(static_cast<size_t>(std::max(1, nt)),
+                                                   std::vector<const float*>(static_cast<size_t>(k)));
+    // an item: one output row of one image, every output channel
+    parallel_items(g.n * oh, nt, [&](int64_t item, int slot) {
+        const int64_t img = item / oh, r = item % oh;
+        // tap (c, ki, kj), in the order of W's columns and of im2col's rows
+        const float** rows = tables[slot].data();
+        for (int64_t c = 0, kk = 0; c < g.c; ++c)
+            for (int64_t ki = 0; ki < g.kh; ++ki) {
+                const int64_t ih = r * g.sh + ki * g.dh - g.pt;
+                const float* phases = ih >= 0 && ih < g.h ? scratch + ((img * g.c + c) * g.h + ih) * g.sw * len : nullptr;
+                for (int64_t kj = 0; kj < g.kw; ++kj, ++kk) {
+                    const int64_t off = kj * g.dw;
+                    rows[kk] = phases != nullptr ? phases + (off % g.sw) * len + off / g.sw : zero_row;
+                }
+            }
+        float* yr = y + img * g.m * oh * ow + r * ow;   // channel m's row at yr + m * oh * ow
+        for (int64_t t = 0; t < row_tiles; ++t) {
+            const int64_t m0 = t * path.mr;
+            const int nrows = static_cast<int>(std::min<int64_t>(path.mr, g.m - m0));
+            for (int64_t j = 0; j < ow; j += path.nr)
+                path.tile(nrows, w + m0 * k, k, k, TableRows{rows, j}, std::min(path.nr, ow - j),
+                          bias != nullptr ? bias + m0 : nullptr, yr + m0 * oh * ow + j, oh * ow);
+            for (int rr = 0; rr < nrows; ++rr) float_epilogue_inplace(yr + (m0 + rr) * oh * ow, ow, ep, isa);
+        }
+    });
+}
+
+void f32_conv2d(const ConvGeometry& g, const float* w, const float* x, const float* bias, const FloatEpilogue& ep,
+                float* y, float* scratch) {
+    f32_conv2d_isa(g, w, x, bias, ep, y, scratch, int8_current_isa(), int8_get_threads());
 }
 
 }  // namespace qrt

@@ -99,6 +99,66 @@ def test_channel_gemm_refuses_bad_arguments():
             _native.f32_channel_gemm(*args)
 
 
+DIRECT_CASES = {  # name: (X shape, W shape, kernel, strides, pads (t, l, b, r), dilations)
+    "stem 3x3 / 2, pad 1": ((2, 3, 17, 16), (16, 3, 3, 3), [2, 2], [1, 1, 1, 1], [1, 1]),
+    "3x3, pad 1": ((1, 5, 9, 11), (10, 5, 3, 3), [1, 1], [1, 1, 1, 1], [1, 1]),
+    "7x7 / 2, pad 3 (ResNet's stem)": ((1, 2, 23, 21), (9, 2, 7, 7), [2, 2], [3, 3, 3, 3], [1, 1]),
+    "asymmetric pads, stride 3 x 2": ((1, 4, 13, 14), (7, 4, 3, 2), [3, 2], [0, 2, 1, 0], [1, 1]),
+    "dilated 3x3": ((2, 3, 12, 12), (5, 3, 3, 3), [1, 2], [2, 1, 0, 3], [2, 3]),
+    "1x1 / 2": ((1, 8, 9, 9), (37, 8, 1, 1), [2, 2], [0, 0, 0, 0], [1, 1]),
+    "wide rows (OW > 2 vectors)": ((1, 2, 5, 80), (3, 2, 3, 3), [1, 1], [1, 1, 1, 1], [1, 1]),
+    "window = padded input": ((1, 3, 2, 2), (4, 3, 3, 3), [1, 1], [1, 0, 0, 1], [1, 1]),
+}
+
+
+@pytest.mark.parametrize("activation", ["none", "relu", "hard_swish"])
+@pytest.mark.parametrize("case", sorted(DIRECT_CASES))
+def test_direct_conv_is_the_channel_product_on_im2col_bit_for_bit(case, activation, native_paths):
+    xshape, wshape, strides, pads, dilations = DIRECT_CASES[case]
+    rng = _rng("direct", case, activation)
+    x = rng.standard_normal(xshape).astype(np.float32)
+    w = rng.standard_normal(wshape).astype(np.float32)
+    x[0, 0, 0, :2] = [np.inf, -0.0]                      # non-finite and signed zeros where windows meet them
+    w[0, 0, 0, 0] = -0.0
+    w2 = np.ascontiguousarray(w.reshape(wshape[0], -1))
+    b = rng.standard_normal(wshape[0]).astype(np.float32)
+    kernel = list(wshape[2:])
+    for isa, nt in native_paths():
+        cols = _native.im2col(x, kernel, strides, pads, dilations)
+        want = _native.f32_channel_gemm(cols, w2, b, activation)
+        for bias in (b, None):
+            y = _native.f32_conv2d(x, w2, kernel, strides, pads, dilations, bias, activation)
+            if bias is None:
+                want = _native.f32_channel_gemm(cols, w2, None, activation)
+            assert y.shape == (xshape[0], wshape[0], *_out_hw(xshape, kernel, strides, pads, dilations))
+            assert np.array_equal(_bits(y.reshape(want.shape)), _bits(want)), (isa, nt, bias is None)
+
+
+def _out_hw(xshape, kernel, strides, pads, dilations):
+    return tuple((xshape[2 + i] + pads[i] + pads[2 + i] - dilations[i] * (kernel[i] - 1) - 1) // strides[i] + 1
+                 for i in range(2))
+
+
+def test_direct_conv_refuses_bad_arguments():
+    x = np.zeros((1, 3, 5, 5), np.float32)
+    w = np.zeros((4, 27), np.float32)
+    assert _native.f32_conv2d(x, w, [3, 3], [1, 1], [0, 0, 0, 0], [1, 1]).shape == (1, 4, 3, 3)
+    assert _native.f32_conv2d(np.zeros((0, 3, 5, 5), np.float32), w, [3, 3], [1, 1], [0, 0, 0, 0], [1, 1]).shape == (0, 4, 3, 3)
+    for args, err, match in [
+        ((x.astype(np.float64), w), TypeError, "X must have dtype float32"),
+        ((x[0], w), ValueError, r"expected \(N, C, H, W\)"),
+        ((x, np.zeros((4, 26), np.float32)), ValueError, r"expected \(M, C \* kh \* kw\) = \(4, 27\)"),
+        ((x, w, [3, 3], [1, 1], [0, 0, 0, 0], [1, 1], np.ones(2, np.float32)), ValueError, "bias has shape"),
+        ((x, w, [3, 3], [1, 1], [0, 0, 0, 0], [1, 1], None, "swish"), ValueError, "hard_swish"),
+        ((x, np.zeros((4, 6 * 9), np.float32), [6, 9], [1, 1], [0, 0, 0, 0], [1, 1]), ValueError, "larger than"),
+        ((x, w, [3, 3], [0, 1], [0, 0, 0, 0], [1, 1]), ValueError, ">= 1"),
+    ]:
+        if len(args) == 2:
+            args = args + ([3, 3], [1, 1], [0, 0, 0, 0], [1, 1])
+        with pytest.raises(err, match=match):
+            _native.f32_conv2d(*args)
+
+
 def _conv_node(w, b=None, **attrs):
     weights = {1: layouts.dense_tensor("w", w)}
     if b is not None:
@@ -119,9 +179,11 @@ CONV_CASES = {  # name: (X shape, W shape, attributes); group 1 unless said
 def test_float_conv_runs_the_channel_product_with_its_activation(case, activation, monkeypatch):
     from kernels.reference.conv_pool import conv_ref
     calls = []
-    real = _native.f32_channel_gemm
-    monkeypatch.setattr(_native, "f32_channel_gemm", lambda *a, **k: calls.append(1) or real(*a, **k))
     xshape, wshape, extra = CONV_CASES[case]
+    # 1 x 1 of stride 1: the channel product on X itself; others its direct form (f32_conv2d)
+    kernel = "f32_channel_gemm" if case == "1x1" else "f32_conv2d"
+    real = getattr(_native, kernel)
+    monkeypatch.setattr(_native, kernel, lambda *a, **k: calls.append(1) or real(*a, **k))
     rng = _rng("conv", case, activation)
     x = rng.standard_normal(xshape).astype(np.float32)
     w = rng.standard_normal(wshape).astype(np.float32)
@@ -138,12 +200,12 @@ def test_float_conv_runs_the_channel_product_with_its_activation(case, activatio
     assert np.all(np.abs(plain - ref) <= (np.prod(wshape[1:]) + 2) * 2.0 ** -24 * mag)
 
 
-def test_float_conv_takes_sgemm_past_the_patch_limit_and_for_groups(monkeypatch):
+def test_float_conv_takes_sgemm_past_the_patch_limits_and_for_groups(monkeypatch):
     calls = []
-    real = _native.f32_channel_gemm
-    monkeypatch.setattr(_native, "f32_channel_gemm", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for name in ("f32_channel_gemm", "f32_conv2d"):
+        monkeypatch.setattr(_native, name, lambda *a, _real=getattr(_native, name), **k: calls.append(1) or _real(*a, **k))
     rng = _rng("conv-route")
-    c = native_conv_module.CHANNEL_GEMM_MAX_K // 9 + 1                # a 3 x 3 patch past its limit
+    c = native_conv_module.DIRECT_MAX_K // 9 + 1                      # a 3 x 3 patch past the direct form's limit
     w = rng.standard_normal((4, c, 3, 3)).astype(np.float32)
     x = rng.standard_normal((1, c, 5, 5)).astype(np.float32)
     attrs, weights = _conv_node(w, pads=[1, 1, 1, 1])
@@ -164,6 +226,12 @@ def test_float_conv_takes_sgemm_past_the_patch_limit_and_for_groups(monkeypatch)
     attrs, weights = _conv_node(wg, group=2, pads=[1, 1, 1, 1])
     registry.build("Conv", "dense", "native", attrs, weights)(rng.standard_normal((1, 6, 5, 5)).astype(np.float32), wg)
     assert calls == []
+    cd = native_conv_module.DIRECT_MAX_K // 9                         # at the limit: the direct form
+    wd = rng.standard_normal((4, cd, 3, 3)).astype(np.float32)
+    attrs, weights = _conv_node(wd, pads=[1, 1, 1, 1])
+    registry.build("Conv", "dense", "native", attrs, weights)(rng.standard_normal((1, cd, 4, 4)).astype(np.float32), wd)
+    assert calls == [1]
+    calls.clear()
     w1 = rng.standard_normal((4, 3, 1, 1)).astype(np.float32)        # float64 X: the reference
     attrs, weights = _conv_node(w1)
     y64 = registry.build("Conv", "dense", "native", {**attrs, "activation": "relu"}, weights)(

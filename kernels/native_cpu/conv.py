@@ -266,23 +266,27 @@ def _im2col(x, kernel, strides, pb, pe, dilations, out):
     return blas_ops.im2col_numpy(x, kernel, strides, pb, pe, dilations, out)
 
 
-# Convs whose patch (C * kh * kw) has at most this many values run as csrc/f32_channel_gemm.h's
-# product on NCHW memory (1 x 1 stride-1 unpadded Convs up to POINTWISE_MAX_K, others after an
-# im2col up to CHANNEL_GEMM_MAX_K); larger patches as sgemm. Measured on the Xeon (RESULTS.md,
-# "MobileNetV3-like: the float32 layers"): the channel product 1.4-3.2x sgemm + bias at K <= 128,
-# 1.3x at K = 256 and even with it at K = 147-576 on ResNet's 3 x 3 and 7 x 7 shapes, where the
-# fp32 ResNet-like model read 10% slower with it (this kernel has no K blocking); the fp32
-# MobileNetV3-like model 4.5 -> 3.0 ms with its 1 x 1 Convs of K = 240 and 480 on it.
-CHANNEL_GEMM_MAX_K = 128
+# Convs of one group whose patch (C * kh * kw) has at most this many values run on
+# csrc/f32_channel_gemm.h: 1 x 1 stride-1 unpadded Convs as the channel product on X itself (up to
+# POINTWISE_MAX_K), the others in its direct form (up to DIRECT_MAX_K: 3 x 3 over 128 channels);
+# larger patches as sgemm on an im2col. Measured on the Xeon, 2 threads (RESULTS.md,
+# "MobileNetV3-like: the float32 layers" and "The direct float32 Conv"): the channel product
+# 1.4-3.2x sgemm + bias at K <= 128, the fp32 MobileNetV3-like model 4.5 -> 3.0 ms with its
+# 1 x 1 Convs of K = 240 and 480 on it; the direct form 1.3-4.7x the sgemm path on ResNet's
+# 7 x 7 / 2 stem and 3 x 3 layers of 16-128 channels (about 190 GFLOP/s, 45% of the FMA peak),
+# where the channel product on an im2col had been even with sgemm and the model 10% slower.
 POINTWISE_MAX_K = 576
+DIRECT_MAX_K = 1152
 
 
 def dense_conv_factory(attrs: dict, weights: dict):
     """float32 Conv with a dense weight (initializer), 1-D or 2-D, the node's activation fused:
     depthwise Convs (group = C > 1, one input channel per group, W (M, 1, *kernel)) by
-    csrc/depthwise_conv.h; group = 1 with a small patch (the limits above) by
-    csrc/f32_channel_gemm.h on X itself (1 x 1, stride 1, unpadded) or csrc/im2col.h's columns;
-    everything else by kernels/blas_ops.py's sgemm on that im2col, the activation after it. As a
+    csrc/depthwise_conv.h; group = 1 with a patch within the limits above by
+    csrc/f32_channel_gemm.h on X itself (1 x 1, stride 1, unpadded) or its direct form
+    (``_native.f32_conv2d``: the product on im2col's values without building im2col);
+    everything else by kernels/blas_ops.py's sgemm on csrc/im2col.h's columns, the activation
+    after it. As a
     grouped GEMM a depthwise Conv is one 9-column product per channel: a MobileNet-sized one
     (96 x 56 x 56, 3 x 3) took 1.0 ms there and 0.17 ms here (RESULTS.md, "int8 Conv without
     numpy's im2col"). All are float32 sums within the same bound of the float64 reference
@@ -306,7 +310,7 @@ def dense_conv_factory(attrs: dict, weights: dict):
     except ValueError:
         return fallback           # the reference raises it when the node runs
     pointwise = all(k == 1 for k in w.shape[2:]) and all(s == 1 for s in strides) and not any(pb + pe)
-    if not depthwise and (group != 1 or prod(w.shape[1:]) > (POINTWISE_MAX_K if pointwise else CHANNEL_GEMM_MAX_K)):
+    if not depthwise and (group != 1 or prod(w.shape[1:]) > (POINTWISE_MAX_K if pointwise else DIRECT_MAX_K)):
         return fallback
     # the weight as its kernel reads it, prepared once: (M, 1, kh, kw) for the depthwise one, (M, K) else
     wk = np.ascontiguousarray((w if nsp == 2 else w[:, :, None, :]) if depthwise else w.reshape(w.shape[0], -1))
@@ -323,10 +327,10 @@ def dense_conv_factory(attrs: dict, weights: dict):
         if depthwise:
             x4, _, s2, pads4, d2 = planar(x, kernel, strides, pb, pe, dilations)   # the kernel is wk's
             return (unplanar(_native.depthwise_conv2d(x4, wk, s2, pads4, d2, bias, act), nsp),)
-        if pointwise:
-            cols = np.ascontiguousarray(x).reshape(x.shape[0], x.shape[1], -1)      # 1 x 1: X is its columns
-        else:
-            cols = _im2col(x, kernel, strides, pb, pe, dilations, out)
+        if not pointwise:       # the direct form: im2col's values read where they are
+            x4, k2, s2, pads4, d2 = planar(x, kernel, strides, pb, pe, dilations)
+            return (unplanar(_native.f32_conv2d(x4, wk, k2, s2, pads4, d2, bias, act), nsp),)
+        cols = np.ascontiguousarray(x).reshape(x.shape[0], x.shape[1], -1)      # 1 x 1: X is its columns
         y = _native.f32_channel_gemm(cols, wk, bias, act)
         return (y.reshape(x.shape[0], w.shape[0], *out),)
     return run
