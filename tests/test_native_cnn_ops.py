@@ -124,7 +124,7 @@ IM2COL = {  # name: (X shape, kernel, strides, pads, dilations)
 
 
 @pytest.mark.parametrize("case", sorted(IM2COL))
-def test_im2col_is_numpys_and_the_float32_conv_uses_it(case, native_paths, monkeypatch):
+def test_im2col_is_numpys_and_the_float32_conv_on_its_values(case, native_paths, monkeypatch):
     from kernels.blas_ops import im2col_numpy
     from kernels.core import layouts
     from kernels.native_cpu.conv import _im2col
@@ -138,9 +138,9 @@ def test_im2col_is_numpys_and_the_float32_conv_uses_it(case, native_paths, monke
     for isa, nt in native_paths():
         got = _im2col(x, kernel, s, pb, pe, d, out)
         assert got.shape == want.shape and np.array_equal(got, want, equal_nan=True), (isa, nt)
-    calls = []
-    real = _native.im2col
-    monkeypatch.setattr(_native, "im2col", lambda *a, **k: calls.append(1) or real(*a, **k))
+    calls = []       # the float32 Conv: im2col + sgemm, or the direct form on im2col's values in place
+    for name in ("im2col", "f32_conv2d"):
+        monkeypatch.setattr(_native, name, lambda *a, _real=getattr(_native, name), **k: calls.append(1) or _real(*a, **k))
     x = np.random.default_rng(7).standard_normal(shape).astype(np.float32)
     w = np.random.default_rng(8).standard_normal((3, shape[1], *kernel)).astype(np.float32)
     attrs = registry.fill_attrs("Conv", {"strides": strides, "pads": pads, "dilations": dilations})
