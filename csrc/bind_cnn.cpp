@@ -38,6 +38,22 @@ std::vector<int64_t> ints(const py::sequence& s, size_t count, const char* what)
     return v;
 }
 
+// The float32 Convs' bias: None (nullptr) or (m,) float32 C-contiguous (its data, the array held
+// in `keep`), else TypeError / ValueError.
+const float* f32_bias_arg(const py::object& bias_obj, int64_t m, py::array& keep) {
+    if (bias_obj.is_none()) return nullptr;
+    keep = contiguous_array_of<float>(bias_obj, "bias", "float32");
+    if (keep.ndim() != 1 || keep.shape(0) != m)
+        throw py::value_error("bias has shape " + shape_str(keep) + ", expected (" + std::to_string(m) + ",)");
+    return static_cast<const float*>(keep.data());
+}
+
+// A new Y (N, M, OH, OW) float32 for geometry g
+py::array_t<float> nchw_output(const qrt::ConvGeometry& g) {
+    return qrt::bind::new_f32({static_cast<py::ssize_t>(g.n), static_cast<py::ssize_t>(g.m),
+                               static_cast<py::ssize_t>(g.oh()), static_cast<py::ssize_t>(g.ow())});
+}
+
 // The activation argument of the Convs: float_epilogue.h's names, else a ValueError.
 qrt::FloatEpilogue float_epilogue_arg(const std::string& name) {
     try {
@@ -117,8 +133,7 @@ py::array int8_conv2d_py(const py::object& weights_obj, const py::object& x_obj,
         bias.resize(static_cast<size_t>(g.m));
         qrt::bind::copy_bias_f64(b, g.m, g.m, bias.data());
     }
-    py::array_t<float> out = qrt::bind::new_f32({static_cast<py::ssize_t>(g.n), static_cast<py::ssize_t>(g.m),
-                                                 static_cast<py::ssize_t>(g.oh()), static_cast<py::ssize_t>(g.ow())});
+    py::array_t<float> out = nchw_output(g);
     py::array_t<float> scratch = qrt::bind::new_f32({static_cast<py::ssize_t>(qrt::int8_conv2d_scratch_floats(g))});
     const float* xp = static_cast<const float*>(x.data());
     float* yp = out.mutable_data();
@@ -172,16 +187,9 @@ py::array depthwise_conv2d_py(const py::object& x_obj, const py::object& w_obj, 
                               std::to_string(x.shape(1)));
     const qrt::ConvGeometry g = conv_geometry(x, w.shape(2), w.shape(3), strides, pads, dilations, w.shape(0),
                                               x.shape(1));
-    const float* bp = nullptr;
     py::array b;
-    if (!bias_obj.is_none()) {
-        b = contiguous_array_of<float>(bias_obj, "bias", "float32");
-        if (b.ndim() != 1 || b.shape(0) != g.m)
-            throw py::value_error("bias has shape " + shape_str(b) + ", expected (" + std::to_string(g.m) + ",)");
-        bp = static_cast<const float*>(b.data());
-    }
-    py::array_t<float> out = qrt::bind::new_f32({static_cast<py::ssize_t>(g.n), static_cast<py::ssize_t>(g.m),
-                                                 static_cast<py::ssize_t>(g.oh()), static_cast<py::ssize_t>(g.ow())});
+    const float* bp = f32_bias_arg(bias_obj, g.m, b);
+    py::array_t<float> out = nchw_output(g);
     const float* xp = static_cast<const float*>(x.data());
     const float* wp = static_cast<const float*>(w.data());
     float* yp = out.mutable_data();
@@ -192,7 +200,6 @@ py::array depthwise_conv2d_py(const py::object& x_obj, const py::object& w_obj, 
     return out;
 }
 
-// Y (N, M, P) float32 = act(W (M, K) @ X (N, K, P) + bias) (f32_channel_gemm.h).
 // Y (N, M, OH, OW) float32 = act(Conv of X (N, C, H, W) float32 with W (M, C * kh * kw) float32, one
 // group): f32_channel_gemm.h's direct form.
 py::array f32_conv2d_py(const py::object& x_obj, const py::object& w_obj, const py::sequence& kernel,
@@ -208,16 +215,9 @@ py::array f32_conv2d_py(const py::object& x_obj, const py::object& w_obj, const 
     if (w.shape(1) != g.c * g.kh * g.kw)
         throw py::value_error("W has shape " + shape_str(w) + ", expected (M, C * kh * kw) = (" +
                               std::to_string(g.m) + ", " + std::to_string(g.c * g.kh * g.kw) + ")");
-    const float* bp = nullptr;
     py::array b;
-    if (!bias_obj.is_none()) {
-        b = contiguous_array_of<float>(bias_obj, "bias", "float32");
-        if (b.ndim() != 1 || b.shape(0) != g.m)
-            throw py::value_error("bias has shape " + shape_str(b) + ", expected (" + std::to_string(g.m) + ",)");
-        bp = static_cast<const float*>(b.data());
-    }
-    py::array_t<float> out = qrt::bind::new_f32({static_cast<py::ssize_t>(g.n), static_cast<py::ssize_t>(g.m),
-                                                 static_cast<py::ssize_t>(g.oh()), static_cast<py::ssize_t>(g.ow())});
+    const float* bp = f32_bias_arg(bias_obj, g.m, b);
+    py::array_t<float> out = nchw_output(g);
     py::array_t<float> scratch = qrt::bind::new_f32({static_cast<py::ssize_t>(qrt::f32_conv2d_scratch_floats(g))});
     const float* xp = static_cast<const float*>(x.data());
     const float* wp = static_cast<const float*>(w.data());
@@ -229,6 +229,7 @@ py::array f32_conv2d_py(const py::object& x_obj, const py::object& w_obj, const 
     return out;
 }
 
+// Y (N, M, P) float32 = act(W (M, K) @ X (N, K, P) + bias) (f32_channel_gemm.h).
 py::array f32_channel_gemm_py(const py::object& x_obj, const py::object& w_obj, const py::object& bias_obj,
                               const std::string& activation) {
     const qrt::FloatEpilogue ep = float_epilogue_arg(activation);
@@ -240,14 +241,8 @@ py::array f32_channel_gemm_py(const py::object& x_obj, const py::object& w_obj, 
         throw py::value_error("W has shape " + shape_str(w) + ", expected (M, " + std::to_string(x.shape(1)) +
                               ") with M >= 1");
     const int64_t n = x.shape(0), k = x.shape(1), p = x.shape(2), m = w.shape(0);
-    const float* bp = nullptr;
     py::array b;
-    if (!bias_obj.is_none()) {
-        b = contiguous_array_of<float>(bias_obj, "bias", "float32");
-        if (b.ndim() != 1 || b.shape(0) != m)
-            throw py::value_error("bias has shape " + shape_str(b) + ", expected (" + std::to_string(m) + ",)");
-        bp = static_cast<const float*>(b.data());
-    }
+    const float* bp = f32_bias_arg(bias_obj, m, b);
     py::array_t<float> out = qrt::bind::new_f32({static_cast<py::ssize_t>(n), static_cast<py::ssize_t>(m),
                                                  static_cast<py::ssize_t>(p)});
     const float* xp = static_cast<const float*>(x.data());
