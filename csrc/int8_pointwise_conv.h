@@ -1,8 +1,9 @@
 // int8 1 x 1 Conv straight on NCHW memory: Y (N, M, P) = act(epilogue(quant(X) product W)) for
 // X (N, K, P) float32, W (M, K) int8, P the pixels. int8_conv2d (int8_conv.h) takes it for every
 // 1 x 1 window of stride 1, no padding and one group on planes of at least kPointwiseMinPixels
-// pixels (below): MobileNet's and EfficientNet's projections
-// and expansions, a third of an int8 MobileNetV3's time on the im2col driver.
+// pixels (below): MobileNet's and EfficientNet's projections and expansions, a third of an int8
+// MobileNetV3's time on the patch-row driver (benchmarks/RESULTS.md, "int8 1 x 1 Convs on NCHW
+// memory and the direct float32 Conv").
 //
 // Why: the driver treats each pixel as a GEMM row, so a 1 x 1 Conv paid a transpose of X into
 // channels-last floats, a per-row quantizer call on rows of 24-480 values (short rows are mostly
@@ -18,7 +19,8 @@
 //   - the product takes a row of W as the broadcast operand: acc[m, p..p+15] += dot(quad of
 //     pixel lanes, W[m, quad]), read from the int8 Linear's packed panels as they are (a row's
 //     4 bytes of one k step lie at a fixed stride there);
-//   - the epilogue writes Y's planes directly, 16 (8) pixels of one output channel a store.
+//   - the epilogue writes Y's planes directly, 16 (8) pixels of one output channel a store, ReLU
+//     and HardSwish applied in the registers, the GELUs to each row while it is in L1.
 //
 // Numerics: the int8 Linear's (int8_gemm.h), pixel by pixel: each pixel is the reference's
 // patch row (kernels/reference/packed.py, packed_conv_ref), quantized on its own (dynamic:

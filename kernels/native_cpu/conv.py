@@ -26,7 +26,9 @@ channels-last copy of X, with each patch tap-major (ki, kj, c) and the weight's 
 to match at plan time (``_tap_major``): the integer sums do not depend on the order, so the bits
 are still packed_conv_ref's. numpy's im2col (a strided gather into a float32 matrix nine times
 X's size for a 3 x 3 window) had cost 4-8x the int8 GEMM itself (RESULTS.md, "int8 Conv without
-numpy's im2col"). That kernel also applies the node's epilogue activation; the other layouts
+numpy's im2col"). A 1 x 1 window of stride 1 (no pads, one group) skips the patch rows and
+their transposes there: csrc/int8_pointwise_conv.h works on NCHW memory with the same bits. That
+kernel also applies the node's epilogue activation (HardSwish included); the other layouts
 apply it on Y afterwards (``activate_after``), in place for float32.
 
 Other cases run the reference (packed_conv_ref): X not float32, or more than 2 spatial dims.
