@@ -122,6 +122,38 @@ __attribute__((target("avx512f"))) void rows_avx512(const Plane& p, const float*
     QRT_DW_UNROLL for (int u = 0; u < U; ++u) _mm512_mask_storeu_ps(y + (i0 + u) * p.ow + v * 16, store, acc[u]);
 }
 
+// Output rows [i0, i0 + U) of output vector v when the rows go in stride 1, dilation 1, through a
+// square KW x KW window, all taps inside the plane: the U rows read U + KW - 1 input rows, each
+// loaded once (KW masked loads) and added to every output row it feeds. rows_avx512 loaded each
+// (output row, tap) on its own, U KW^2 loads against (U + KW - 1) KW, and its addresses cost more
+// than its arithmetic (perf: the top samples were address adds and spills, 72 channels at
+// 56 x 56). Each output row still gets its taps in (a, t) order: the same bits.
+#define QRT_DW_UNROLL_ALL _Pragma("GCC unroll 16")
+template <int U, int KW>
+__attribute__((target("avx512f"))) void rows_slide_avx512(const Plane& p, const float* x, const float* w, float b,
+                                                          float* y, int64_t i0, int64_t v) {
+    const ConvGeometry& g = p.g;
+    const uint32_t* bits = p.bits.data() + v * KW;
+    const float* base = x + (i0 - g.pt) * g.w + v * 16 - g.pl;   // masked lanes are not read
+    __mmask16 mk[KW];
+    QRT_DW_UNROLL_ALL for (int t = 0; t < KW; ++t) mk[t] = static_cast<__mmask16>(bits[t]);
+    __m512 acc[U];
+    QRT_DW_UNROLL_ALL for (int u = 0; u < U; ++u) acc[u] = _mm512_set1_ps(b);
+    QRT_DW_UNROLL_ALL for (int ri = 0; ri < U + KW - 1; ++ri) {
+        __m512 in[KW];
+        QRT_DW_UNROLL_ALL for (int t = 0; t < KW; ++t) in[t] = _mm512_maskz_loadu_ps(mk[t], base + ri * g.w + t * g.dw);
+        QRT_DW_UNROLL_ALL for (int a = 0; a < KW; ++a) {
+            const int u = ri - a;   // the output row this input row is tap row a of
+            if (u < 0 || u >= U) continue;
+            QRT_DW_UNROLL_ALL for (int t = 0; t < KW; ++t)
+                acc[u] = _mm512_add_ps(acc[u], _mm512_mul_ps(_mm512_set1_ps(w[a * KW + t]), in[t]));
+        }
+    }
+    const int64_t left = std::min<int64_t>(16, p.ow - v * 16);
+    const __mmask16 store = static_cast<__mmask16>((uint32_t(1) << left) - 1);
+    QRT_DW_UNROLL_ALL for (int u = 0; u < U; ++u) _mm512_mask_storeu_ps(y + (i0 + u) * p.ow + v * 16, store, acc[u]);
+}
+
 __attribute__((target("avx2"))) inline __m256i lanes_of(uint32_t m) {   // lane l set where bit l of m is
     const __m256i bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
     return _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(static_cast<int>(m)), bit), bit);
@@ -162,6 +194,31 @@ __attribute__((target("avx2"))) void rows_avx2(const Plane& p, const float* x, c
     QRT_DW_UNROLL for (int u = 0; u < U; ++u) _mm256_maskstore_ps(y + (i0 + u) * p.ow + v * 8, store, acc[u]);
 }
 
+// rows_slide_avx512 on 8-float vectors: U + KW accumulators and loads in flight, 14 of the 16 ymm
+// registers for U = 8, KW = 5
+template <int U, int KW>
+__attribute__((target("avx2"))) void rows_slide_avx2(const Plane& p, const float* x, const float* w, float b,
+                                                     float* y, int64_t i0, int64_t v) {
+    const ConvGeometry& g = p.g;
+    const uint32_t* bits = p.bits.data() + v * KW;
+    const float* base = x + (i0 - g.pt) * g.w + v * 8 - g.pl;   // masked lanes are not read
+    __m256 acc[U];
+    QRT_DW_UNROLL_ALL for (int u = 0; u < U; ++u) acc[u] = _mm256_set1_ps(b);
+    QRT_DW_UNROLL_ALL for (int ri = 0; ri < U + KW - 1; ++ri) {
+        __m256 in[KW];
+        QRT_DW_UNROLL_ALL for (int t = 0; t < KW; ++t) in[t] = _mm256_maskload_ps(base + ri * g.w + t * g.dw, lanes_of(bits[t]));
+        QRT_DW_UNROLL_ALL for (int a = 0; a < KW; ++a) {
+            const int u = ri - a;
+            if (u < 0 || u >= U) continue;
+            QRT_DW_UNROLL_ALL for (int t = 0; t < KW; ++t)
+                acc[u] = _mm256_add_ps(acc[u], _mm256_mul_ps(_mm256_set1_ps(w[a * KW + t]), in[t]));
+        }
+    }
+    const int64_t left = std::min<int64_t>(8, p.ow - v * 8);
+    const __m256i store = lanes_of((uint32_t(1) << left) - 1);
+    QRT_DW_UNROLL_ALL for (int u = 0; u < U; ++u) _mm256_maskstore_ps(y + (i0 + u) * p.ow + v * 8, store, acc[u]);
+}
+
 // One plane, vector column by vector column: the middle rows 8 (then 4, then 1) at a time, the
 // first and last rows, whose taps reach into the padding, one at a time.
 template <int SW, int KW, template <int, int, int, bool> class Rows>
@@ -185,12 +242,18 @@ void plane_rows(const Plane& p, const float* x, const float* w, float b, float* 
 template <int U, int SW, int KW, bool INSIDE>
 struct Avx512Rows {
     static void run(const Plane& p, const float* x, const float* w, float b, float* y, int64_t i0, int64_t v) {
+        if constexpr (INSIDE && SW == 1 && KW > 0 && U > 1) {
+            if (p.g.sh == 1 && p.g.dh == 1 && p.g.kh == KW) return rows_slide_avx512<U, KW>(p, x, w, b, y, i0, v);
+        }
         rows_avx512<U, SW, KW, INSIDE>(p, x, w, b, y, i0, v);
     }
 };
 template <int U, int SW, int KW, bool INSIDE>
 struct Avx2Rows {
     static void run(const Plane& p, const float* x, const float* w, float b, float* y, int64_t i0, int64_t v) {
+        if constexpr (INSIDE && SW == 1 && KW > 0 && U > 1) {
+            if (p.g.sh == 1 && p.g.dh == 1 && p.g.kh == KW) return rows_slide_avx2<U, KW>(p, x, w, b, y, i0, v);
+        }
         rows_avx2<U, SW, KW, INSIDE>(p, x, w, b, y, i0, v);
     }
 };
