@@ -7,9 +7,10 @@
 // inf weights included). The copy (a fill, a memmove per input row and one per output row) had
 // cost as much as the arithmetic on MobileNet's planes (RESULTS.md, "MobileNetV3-like: the
 // float32 layers"). The load masks depend only on the output column and the tap column, so they
-// are built once per call, and 8 output rows of one vector column share them. Strides 1 and 2
-// are vector loops (stride 2 loads two vectors and keeps the even lanes); other strides, and the
-// scalar path, fold one output at a time.
+// are built once per call, and 8 output rows of one vector column share them; at stride 1 with a
+// square 3 x 3 or 5 x 5 window, each of their input rows is loaded once for all the output rows
+// it feeds (rows_slide_*). Strides 1 and 2 are vector loops (stride 2 loads two vectors and keeps
+// the even lanes); other strides, and the scalar path, fold one output at a time.
 #include "depthwise_conv.h"
 
 #include <algorithm>
