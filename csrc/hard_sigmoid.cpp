@@ -7,10 +7,6 @@
 
 #include "work_pool.h"
 
-#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
-#include "simd.h"
-#endif
-
 namespace qrt {
 
 namespace {
@@ -33,33 +29,22 @@ using SpanFn = void (*)(const float*, float*, int64_t, float, float, bool);
 
 void span_scalar(const float* x, float* y, int64_t count, float alpha, float beta, bool swish) { QRT_HARD_BODY }
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
-// The same operations on whole vectors; the tail through the scalar body. max(0, t) and min(1, lo)
-// in this operand order are numpy's: vmaxps / vminps return the second operand when either is NaN
-// or when they are equal, so NaN propagates and max(0, -0) is -0. (The compiler's vectorisation of
-// the scalar body kept a compare and a blend per select: about a cycle an element.)
+// The same operations on whole vectors (hard_sigmoid.h's hard_sigmoid8 / 16); the tail through
+// the scalar body. (The compiler's vectorisation of the scalar body kept a compare and a blend per
+// select: about a cycle an element.)
 __attribute__((target("avx2"))) void span_avx2(const float* x, float* y, int64_t count, float alpha, float beta,
                                                bool swish) {
-    const __m256 va = _mm256_set1_ps(alpha), vb = _mm256_set1_ps(beta), zero = _mm256_setzero_ps(),
-                 one = _mm256_set1_ps(1.0f);
+    const __m256 va = _mm256_set1_ps(alpha), vb = _mm256_set1_ps(beta);
     int64_t i = 0;
-    for (; i + 8 <= count; i += 8) {
-        const __m256 v = _mm256_loadu_ps(x + i);
-        const __m256 s = _mm256_min_ps(one, _mm256_max_ps(zero, _mm256_add_ps(_mm256_mul_ps(v, va), vb)));
-        _mm256_storeu_ps(y + i, swish ? _mm256_mul_ps(v, s) : s);
-    }
+    for (; i + 8 <= count; i += 8) _mm256_storeu_ps(y + i, hard_sigmoid8(_mm256_loadu_ps(x + i), va, vb, swish));
     x += i, y += i, count -= i;
     QRT_HARD_BODY
 }
 __attribute__((target("avx512f"))) void span_avx512(const float* x, float* y, int64_t count, float alpha, float beta,
                                                     bool swish) {
-    const __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta), zero = _mm512_setzero_ps(),
-                 one = _mm512_set1_ps(1.0f);
+    const __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
     int64_t i = 0;
-    for (; i + 16 <= count; i += 16) {
-        const __m512 v = _mm512_loadu_ps(x + i);
-        const __m512 s = _mm512_min_ps(one, _mm512_max_ps(zero, _mm512_add_ps(_mm512_mul_ps(v, va), vb)));
-        _mm512_storeu_ps(y + i, swish ? _mm512_mul_ps(v, s) : s);
-    }
+    for (; i + 16 <= count; i += 16) _mm512_storeu_ps(y + i, hard_sigmoid16(_mm512_loadu_ps(x + i), va, vb, swish));
     x += i, y += i, count -= i;
     QRT_HARD_BODY
 }

@@ -29,12 +29,6 @@ namespace {
 // with the division alone).
 constexpr int kRound = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
 
-QRT_TARGET_AVX2 inline __m128i exact4(__m128 v, __m256d vs, __m256d vz, __m256d vlo, __m256d vhi) {
-    __m256d d = _mm256_add_pd(_mm256_round_pd(_mm256_div_pd(_mm256_cvtps_pd(v), vs), kRound), vz);
-    d = _mm256_max_pd(_mm256_min_pd(d, vhi), vlo);   // minpd(d, c) = d < c ? d : c: NaN -> 127
-    return _mm256_cvttpd_epi32(d);
-}
-
 struct QuantConsts {
     __m256d vs, vz, vlo, vhi;     // the float64 path
     __m256 inv, z, lo, hi;        // the float32 estimate
@@ -57,8 +51,8 @@ QRT_TARGET_AVX2 inline void quantize8(__m256 v, const QuantConsts& c, __m128i& q
             return;
         }
     }
-    q0 = exact4(_mm256_castps256_ps128(v), c.vs, c.vz, c.vlo, c.vhi);
-    q1 = exact4(_mm256_extractf128_ps(v, 1), c.vs, c.vz, c.vlo, c.vhi);
+    q0 = quantize4_exact_avx2(_mm256_castps256_ps128(v), c.vs, c.vz, c.vlo, c.vhi);
+    q1 = quantize4_exact_avx2(_mm256_extractf128_ps(v, 1), c.vs, c.vz, c.vlo, c.vhi);
 }
 
 // 4 activation bytes of one k step as int16, repeated in each 64-bit quarter:

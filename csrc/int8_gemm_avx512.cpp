@@ -22,27 +22,13 @@ namespace int8_detail {
 
 namespace {
 
-// 16 float32 -> 16 int32 qx = clamp(nearbyint(x / s) + z, lo, 127), computed in two halves of
-// 8 float64 exactly as quantize_value: true division, round to nearest even (the rounding
-// immediate, not MXCSR), and min/max in the order that turns a NaN into 127.
-QRT_TARGET_AVX512 inline __m512i quantize16(__m512 v, __m512d vs, __m512d vz, __m512d vlo, __m512d vhi) {
-    constexpr int kRound = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
-    const __m512d lo8 = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
-    const __m512d hi8 = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
-    __m512d a = _mm512_add_pd(_mm512_roundscale_pd(_mm512_div_pd(lo8, vs), kRound), vz);
-    __m512d b = _mm512_add_pd(_mm512_roundscale_pd(_mm512_div_pd(hi8, vs), kRound), vz);
-    a = _mm512_max_pd(_mm512_min_pd(a, vhi), vlo);   // minpd(a, c) = a < c ? a : c
-    b = _mm512_max_pd(_mm512_min_pd(b, vhi), vlo);
-    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvttpd_epi32(a)), _mm512_cvttpd_epi32(b), 1);
-}
-
 struct QuantConsts {
     __m512d vs, vz, vlo, vhi;     // the float64 path
     __m512 inv, z, lo, hi;        // the float32 estimate
     bool estimate;                // 1 / s is a normal float32
 };
 
-// quantize16, by the float32 estimate where it is exact (int8_gemm_kernels.h, kTieWindow): a
+// quantize16_exact_avx512 (int8_gemm_kernels.h), by the float32 estimate where it is exact (int8_gemm_kernels.h, kTieWindow): a
 // multiply instead of two float64 divisions of 8 lanes. Measured on Zen 4, 2 threads, GOP/s of
 // the whole Linear (RESULTS.md): (M, K, N) = (512, 384, 384) 665 -> 677-713, (512, 1536, 384)
 // 708 -> 750-767, (128, 384, 384) 646 -> 693
@@ -58,7 +44,7 @@ QRT_TARGET_AVX512 inline __m512i quantize16_estimated(__m512 v, const QuantConst
             return _mm512_cvttps_epi32(_mm512_max_ps(_mm512_min_ps(_mm512_add_ps(r, c.z), c.hi), c.lo));
         }
     }
-    return quantize16(v, c.vs, c.vz, c.vlo, c.vhi);
+    return quantize16_exact_avx512(v, c.vs, c.vs, c.vz, c.vlo, c.vhi);
 }
 
 QRT_TARGET_AVX512 inline __m512i broadcast_u8x4(const uint8_t* a) {

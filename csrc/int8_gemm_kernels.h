@@ -231,6 +231,32 @@ inline float epilogue_value(int64_t acc, int64_t n, int64_t m, const Epilogue& e
 }
 
 #if QRT_INT8_X86_SIMD
+// quantize_value's integers by its float64 true division, a vector at a time: the fallback of
+// the SIMD quantizers' float32 estimate (the rows of int8_gemm_avx2.cpp / _avx512.cpp, the
+// pixels of int8_pointwise_conv.cpp). Round to nearest even by the rounding immediate (not
+// MXCSR), then min / max in the order that turns a NaN into 127 (minpd(d, c) = d < c ? d : c).
+// 4 lanes with their scales vs (AVX2); 16 lanes, the scales of lanes 0-7 in vs_lo and of 8-15
+// in vs_hi (AVX-512; one row's scale in both, or each pixel's own).
+__attribute__((target("avx2"))) inline __m128i quantize4_exact_avx2(__m128 v, __m256d vs, __m256d vz, __m256d vlo,
+                                                                   __m256d vhi) {
+    constexpr int kRound = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+    __m256d d = _mm256_add_pd(_mm256_round_pd(_mm256_div_pd(_mm256_cvtps_pd(v), vs), kRound), vz);
+    d = _mm256_max_pd(_mm256_min_pd(d, vhi), vlo);
+    return _mm256_cvttpd_epi32(d);
+}
+
+__attribute__((target("avx512f"))) inline __m512i quantize16_exact_avx512(__m512 v, __m512d vs_lo, __m512d vs_hi,
+                                                                         __m512d vz, __m512d vlo, __m512d vhi) {
+    constexpr int kRound = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+    const __m512d lo8 = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
+    const __m512d hi8 = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+    __m512d a = _mm512_add_pd(_mm512_roundscale_pd(_mm512_div_pd(lo8, vs_lo), kRound), vz);
+    __m512d b = _mm512_add_pd(_mm512_roundscale_pd(_mm512_div_pd(hi8, vs_hi), kRound), vz);
+    a = _mm512_max_pd(_mm512_min_pd(a, vhi), vlo);
+    b = _mm512_max_pd(_mm512_min_pd(b, vhi), vlo);
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvttpd_epi32(a)), _mm512_cvttpd_epi32(b), 1);
+}
+
 // The same for 8 outputs of one row on the AVX2 paths (the dense int8 tile and the sparse ELL
 // kernel share it): columns n .. n + 7 with their exact int32 accumulators (every correction
 // applied), sw_lo / sw_hi = s_w[n .. n + 3] / s_w[n + 4 .. n + 7], bias = &b[n] or nullptr;

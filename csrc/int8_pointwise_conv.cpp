@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "hard_sigmoid.h"
 #include "int8_gemm_kernels.h"
 #include "numeric_bounds.h"
 #include "work_pool.h"
@@ -106,16 +107,13 @@ void block_scalar(const Call& c, const Block& b) {
 
 // --- AVX-512 VNNI ------------------------------------------------------------------------------
 
-// The activations applied in registers: ReLU as activation.h's, HardSwish as hard_sigmoid.cpp's
-// span (x * min(1, max(0, x * alpha + beta)), the same operations in the same order: its bits)
+// The activations applied in registers: ReLU as activation.h's, HardSwish as hard_sigmoid.h's
+// (the HardSwish op's bits)
 QRT_PW_AVX512 inline __m512 relu_or_none512(__m512 y, Activation act) {
     return act == Activation::relu ? activation_avx512(y, act) : y;
 }
 QRT_PW_AVX512 inline __m512 hard_swish512(__m512 v) {
-    const __m512 s = _mm512_min_ps(_mm512_set1_ps(1.0f),
-                                   _mm512_max_ps(_mm512_setzero_ps(), _mm512_add_ps(_mm512_mul_ps(v, _mm512_set1_ps(kHardSwishAlpha)),
-                                                                                   _mm512_set1_ps(kHardSwishBeta))));
-    return _mm512_mul_ps(v, s);
+    return hard_sigmoid16(v, _mm512_set1_ps(kHardSwishAlpha), _mm512_set1_ps(kHardSwishBeta), true);
 }
 
 // Per-lane quantizer constants of 16 pixels: each lane its own scale s (dynamic) or all the
@@ -146,17 +144,9 @@ QRT_PW_AVX512 inline __m512i quantize_lanes16(__m512 v, const Lanes16& l, float 
         q = _mm512_cvttps_epi32(r);
     }
     const __mmask16 exact = near | static_cast<__mmask16>(~l.ok);
-    if (exact) {
-        const __m512d vz = _mm512_set1_pd(z), vlo = _mm512_set1_pd(lo), vhi = _mm512_set1_pd(127.0);
-        const __m512d a8 = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
-        const __m512d b8 = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
-        __m512d a = _mm512_add_pd(_mm512_roundscale_pd(_mm512_div_pd(a8, l.s_lo), kRound), vz);
-        __m512d b = _mm512_add_pd(_mm512_roundscale_pd(_mm512_div_pd(b8, l.s_hi), kRound), vz);
-        a = _mm512_max_pd(_mm512_min_pd(a, vhi), vlo);
-        b = _mm512_max_pd(_mm512_min_pd(b, vhi), vlo);
-        const __m512i e = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvttpd_epi32(a)), _mm512_cvttpd_epi32(b), 1);
-        q = _mm512_mask_mov_epi32(q, exact, e);
-    }
+    if (exact)
+        q = _mm512_mask_mov_epi32(q, exact, quantize16_exact_avx512(v, l.s_lo, l.s_hi, _mm512_set1_pd(z), _mm512_set1_pd(lo),
+                                                                    _mm512_set1_pd(127.0)));
     return q;
 }
 
@@ -343,10 +333,7 @@ QRT_PW_AVX512 void block_avx512(const Call& c, const Block& b) {
 // --- AVX2 and AVX-VNNI (256-bit) ---------------------------------------------------------------
 
 QRT_PW_AVX2 inline __m256 hard_swish256(__m256 v) {   // as hard_swish512
-    const __m256 s = _mm256_min_ps(_mm256_set1_ps(1.0f),
-                                   _mm256_max_ps(_mm256_setzero_ps(), _mm256_add_ps(_mm256_mul_ps(v, _mm256_set1_ps(kHardSwishAlpha)),
-                                                                                   _mm256_set1_ps(kHardSwishBeta))));
-    return _mm256_mul_ps(v, s);
+    return hard_sigmoid8(v, _mm256_set1_ps(kHardSwishAlpha), _mm256_set1_ps(kHardSwishBeta), true);
 }
 
 QRT_PW_AVX2 inline __m256i lanes_below8(int64_t count) {   // lane i all ones where i < count
@@ -371,11 +358,8 @@ QRT_PW_AVX2 inline __m256i quantize_lanes8(__m256 v, const Lanes8& l, float z, f
     const __m256 exact = _mm256_or_ps(near, _mm256_andnot_ps(l.ok, _mm256_castsi256_ps(_mm256_set1_epi32(-1))));
     if (_mm256_movemask_ps(exact)) {
         const __m256d vz = _mm256_set1_pd(z), vlo = _mm256_set1_pd(lo), vhi = _mm256_set1_pd(127.0);
-        __m256d a = _mm256_div_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(v)), l.s_lo);
-        __m256d b = _mm256_div_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)), l.s_hi);
-        a = _mm256_max_pd(_mm256_min_pd(_mm256_add_pd(_mm256_round_pd(a, kRound), vz), vhi), vlo);
-        b = _mm256_max_pd(_mm256_min_pd(_mm256_add_pd(_mm256_round_pd(b, kRound), vz), vhi), vlo);
-        const __m256i e = _mm256_set_m128i(_mm256_cvttpd_epi32(b), _mm256_cvttpd_epi32(a));
+        const __m256i e = _mm256_set_m128i(quantize4_exact_avx2(_mm256_extractf128_ps(v, 1), l.s_hi, vz, vlo, vhi),
+                                           quantize4_exact_avx2(_mm256_castps256_ps128(v), l.s_lo, vz, vlo, vhi));
         q = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(q), _mm256_castsi256_ps(e), exact));
     }
     return q;
