@@ -240,11 +240,18 @@ void plane_rows(const Plane& p, const float* x, const float* w, float b, float* 
     }
 }
 
+// Whether rows [i0, i0 + U) take the rows_slide_* form: several inside rows of a square 3 x 3 or
+// 5 x 5 window going in stride 1, dilation 1, down the rows
+template <int U, int SW, int KW, bool INSIDE>
+bool slides(const Plane& p) {
+    return INSIDE && SW == 1 && KW > 0 && U > 1 && p.g.sh == 1 && p.g.dh == 1 && p.g.kh == KW;
+}
+
 template <int U, int SW, int KW, bool INSIDE>
 struct Avx512Rows {
     static void run(const Plane& p, const float* x, const float* w, float b, float* y, int64_t i0, int64_t v) {
-        if constexpr (INSIDE && SW == 1 && KW > 0 && U > 1) {
-            if (p.g.sh == 1 && p.g.dh == 1 && p.g.kh == KW) return rows_slide_avx512<U, KW>(p, x, w, b, y, i0, v);
+        if constexpr (KW > 0) {
+            if (slides<U, SW, KW, INSIDE>(p)) return rows_slide_avx512<U, KW>(p, x, w, b, y, i0, v);
         }
         rows_avx512<U, SW, KW, INSIDE>(p, x, w, b, y, i0, v);
     }
@@ -252,8 +259,8 @@ struct Avx512Rows {
 template <int U, int SW, int KW, bool INSIDE>
 struct Avx2Rows {
     static void run(const Plane& p, const float* x, const float* w, float b, float* y, int64_t i0, int64_t v) {
-        if constexpr (INSIDE && SW == 1 && KW > 0 && U > 1) {
-            if (p.g.sh == 1 && p.g.dh == 1 && p.g.kh == KW) return rows_slide_avx2<U, KW>(p, x, w, b, y, i0, v);
+        if constexpr (KW > 0) {
+            if (slides<U, SW, KW, INSIDE>(p)) return rows_slide_avx2<U, KW>(p, x, w, b, y, i0, v);
         }
         rows_avx2<U, SW, KW, INSIDE>(p, x, w, b, y, i0, v);
     }

@@ -172,6 +172,23 @@ PathTiles<Rows> path_tiles(Int8Isa isa) {
     return {tile_scalar<Rows>, 4, 16};
 }
 
+// Row tiles [t0, t1) of W's m rows over positions [j0, j1): y at (row 0, position 0), row stride
+// ldy; rows_at(j) the tile's K rows of X for position j. Each row's [j0, j1) then gets the
+// epilogue's activation while it is in L1. The channel product and the direct Conv's one loop.
+template <class Rows, class RowsAt>
+void row_tiles(const PathTiles<Rows>& path, int64_t t0, int64_t t1, int64_t m, int64_t k, const float* w,
+               const float* bias, RowsAt rows_at, int64_t j0, int64_t j1, float* y, int64_t ldy, const FloatEpilogue& ep,
+               Int8Isa isa) {
+    for (int64_t t = t0; t < t1; ++t) {
+        const int64_t m0 = t * path.mr;
+        const int rows = static_cast<int>(std::min<int64_t>(path.mr, m - m0));
+        for (int64_t j = j0; j < j1; j += path.nr)
+            path.tile(rows, w + m0 * k, k, k, rows_at(j), std::min(path.nr, j1 - j), bias != nullptr ? bias + m0 : nullptr,
+                      y + m0 * ldy + j, ldy);
+        for (int r = 0; r < rows; ++r) float_epilogue_inplace(y + (m0 + r) * ldy + j0, j1 - j0, ep, isa);
+    }
+}
+
 }  // namespace
 
 FloatEpilogue float_epilogue_from_name(const std::string& name) {
@@ -205,22 +222,14 @@ void f32_channel_gemm_isa(int64_t n, int64_t m, int64_t k, int64_t p, const floa
         throw std::invalid_argument(std::string("f32_channel_gemm: path ") + int8_isa_name(isa) + " is not supported");
     if (n == 0) return;
     const PathTiles<StridedRows> path = path_tiles<StridedRows>(isa);
-    const int64_t row_tiles = (m + path.mr - 1) / path.mr, groups = (row_tiles + kTilesPerItem - 1) / kTilesPerItem;
+    const int64_t tiles = (m + path.mr - 1) / path.mr, groups = (tiles + kTilesPerItem - 1) / kTilesPerItem;
     const int64_t blocks = (p + kPositionsPerItem - 1) / kPositionsPerItem;
     const int nt = n * m * k * p >= kParallelMinMacs ? threads : 1;
     parallel_items(n * blocks * groups, nt, [&](int64_t item) {
         const int64_t img = item / (blocks * groups), block = item / groups % blocks, group = item % groups;
         const int64_t p0 = block * kPositionsPerItem, p1 = std::min(p, p0 + kPositionsPerItem);
-        float* yi = y + img * m * p;
-        const int64_t t_end = std::min(row_tiles, (group + 1) * kTilesPerItem);
-        for (int64_t t = group * kTilesPerItem; t < t_end; ++t) {
-            const int64_t m0 = t * path.mr;
-            const int rows = static_cast<int>(std::min<int64_t>(path.mr, m - m0));
-            for (int64_t j = p0; j < p1; j += path.nr)
-                path.tile(rows, w + m0 * k, k, k, StridedRows{x + img * k * p + j, p}, std::min(path.nr, p1 - j),
-                          bias != nullptr ? bias + m0 : nullptr, yi + m0 * p + j, p);
-            for (int r = 0; r < rows; ++r) float_epilogue_inplace(yi + (m0 + r) * p + p0, p1 - p0, ep, isa);
-        }
+        row_tiles(path, group * kTilesPerItem, std::min(tiles, (group + 1) * kTilesPerItem), m, k, w, bias,
+                  [&](int64_t j) { return StridedRows{x + img * k * p + j, p}; }, p0, p1, y + img * m * p, p, ep, isa);
     });
 }
 
@@ -325,7 +334,7 @@ void f32_conv2d_isa(const ConvGeometry& g, const float* w, const float* x, const
     prepare_rows(g, x, scratch, isa, threads);
     const float* zero_row = scratch + g.n * g.c * g.h * g.sw * len;
     const PathTiles<TableRows> path = path_tiles<TableRows>(isa);
-    const int64_t row_tiles = (g.m + path.mr - 1) / path.mr;
+    const int64_t tiles = (g.m + path.mr - 1) / path.mr;
     const int nt = g.n * oh * ow * g.m * k >= kParallelMinMacs ? threads : 1;
     std::vector<std::vector<const float*>> tables(static_cast<size_t>(std::max(1, nt)),
                                                    std::vector<const float*>(static_cast<size_t>(k)));
@@ -343,15 +352,9 @@ void f32_conv2d_isa(const ConvGeometry& g, const float* w, const float* x, const
                     rows[kk] = phases != nullptr ? phases + (off % g.sw) * len + off / g.sw : zero_row;
                 }
             }
-        float* yr = y + img * g.m * oh * ow + r * ow;   // channel m's row at yr + m * oh * ow
-        for (int64_t t = 0; t < row_tiles; ++t) {
-            const int64_t m0 = t * path.mr;
-            const int nrows = static_cast<int>(std::min<int64_t>(path.mr, g.m - m0));
-            for (int64_t j = 0; j < ow; j += path.nr)
-                path.tile(nrows, w + m0 * k, k, k, TableRows{rows, j}, std::min(path.nr, ow - j),
-                          bias != nullptr ? bias + m0 : nullptr, yr + m0 * oh * ow + j, oh * ow);
-            for (int rr = 0; rr < nrows; ++rr) float_epilogue_inplace(yr + (m0 + rr) * oh * ow, ow, ep, isa);
-        }
+        // output row r of channel m at y + (img * M + m) * OH * OW + r * OW
+        row_tiles(path, 0, tiles, g.m, k, w, bias, [&](int64_t j) { return TableRows{rows, j}; }, 0, ow,
+                  y + img * g.m * oh * ow + r * ow, oh * ow, ep, isa);
     });
 }
 

@@ -272,9 +272,9 @@ def _im2col(x, kernel, strides, pb, pe, dilations, out):
 # csrc/f32_channel_gemm.h: 1 x 1 stride-1 unpadded Convs as the channel product on X itself (up to
 # POINTWISE_MAX_K), the others in its direct form (up to DIRECT_MAX_K: 3 x 3 over 128 channels);
 # larger patches as sgemm on an im2col. Measured on the Xeon, 2 threads (RESULTS.md,
-# "MobileNetV3-like: the float32 layers" and "The direct float32 Conv"): the channel product
-# 1.4-3.2x sgemm + bias at K <= 128, the fp32 MobileNetV3-like model 4.5 -> 3.0 ms with its
-# 1 x 1 Convs of K = 240 and 480 on it; the direct form 1.3-3.9x the sgemm path on ResNet's
+# "MobileNetV3-like: the float32 layers" and "int8 1 x 1 Convs on NCHW memory and the direct
+# float32 Conv"): the channel product 1.4-3.2x sgemm + bias at K <= 128, the fp32
+# MobileNetV3-like model 4.5 -> 3.0 ms with its 1 x 1 Convs of K = 240 and 480 on it; the direct form 1.3-3.9x the sgemm path on ResNet's
 # 7 x 7 / 2 stem and 3 x 3 layers of 16-128 channels (about 190 GFLOP/s, 45% of the FMA peak),
 # where the channel product on an im2col had been even with sgemm and the model 10% slower.
 POINTWISE_MAX_K = 576
@@ -325,6 +325,7 @@ def dense_conv_factory(attrs: dict, weights: dict):
                 and (b is None or (isinstance(b, np.ndarray) and b.dtype == np.float32 and b.shape == (w.shape[0],)))):
             return fallback(x, _weight, b)        # other dtypes and shapes (their errors) as before
         bias = None if b is None else (b32 if b is b_init and b32 is not None else np.ascontiguousarray(b))
+        # the output size, which also raises the reference's error for a window larger than X
         out = [_out_size(x.shape[2 + i], kernel[i], strides[i], dilations[i], pb[i], pe[i], 0) for i in range(nsp)]
         if depthwise:
             x4, _, s2, pads4, d2 = planar(x, kernel, strides, pb, pe, dilations)   # the kernel is wk's
