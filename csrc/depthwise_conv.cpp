@@ -7,13 +7,15 @@
 // inf weights included). The copy (a fill, a memmove per input row and one per output row) had
 // cost as much as the arithmetic on MobileNet's planes (RESULTS.md, "MobileNetV3-like: the
 // float32 layers"). The load masks depend only on the output column and the tap column, so they
-// are built once per call, and 8 output rows of one vector column share them; at stride 1 with a
-// square 3 x 3 or 5 x 5 window, each of their input rows is loaded once for all the output rows
-// it feeds (rows_slide_*). Strides 1 and 2 are vector loops (stride 2 loads two vectors and keeps
-// the even lanes); other strides, and the scalar path, fold one output at a time.
+// are built once per call, and 8 output rows of one vector column share them; at stride 1 or 2
+// (the same down the rows) with a square 3 x 3 or 5 x 5 window, each of their input rows is
+// loaded once for all the output rows it feeds (rows_slide_*). Strides 1 and 2 are vector loops
+// (stride 2 loads two vectors and keeps the even lanes); other strides, and the scalar path, fold
+// one output at a time.
 #include "depthwise_conv.h"
 
 #include <algorithm>
+#include <cmath>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -74,7 +76,7 @@ void plane_scalar(const Plane& p, const float* x, const float* w, float b, float
                 for (int64_t t = 0; t < g.kw; ++t) {
                     const int64_t c = j * g.sw + t * g.dw - g.pl;
                     const float v = (r >= 0 && r < g.h && c >= 0 && c < g.w) ? x[r * g.w + c] : 0.0f;
-                    acc = acc + w[a * g.kw + t] * v;
+                    acc = std::fma(w[a * g.kw + t], v, acc);
                 }
             }
             y[i * p.ow + j] = acc;
@@ -114,7 +116,7 @@ __attribute__((target("avx512f"))) void rows_avx512(const Plane& p, const float*
                     in = _mm512_permutex2var_ps(_mm512_maskz_loadu_ps(static_cast<__mmask16>(m), src), even,
                                                 _mm512_maskz_loadu_ps(static_cast<__mmask16>(m >> 16), src + 16));
                 }
-                acc[u] = _mm512_add_ps(acc[u], _mm512_mul_ps(wv, in));
+                acc[u] = _mm512_fmadd_ps(wv, in, acc[u]);
             }
         }
     }
@@ -123,31 +125,48 @@ __attribute__((target("avx512f"))) void rows_avx512(const Plane& p, const float*
     QRT_DW_UNROLL for (int u = 0; u < U; ++u) _mm512_mask_storeu_ps(y + (i0 + u) * p.ow + v * 16, store, acc[u]);
 }
 
-// Output rows [i0, i0 + U) of output vector v when the rows go in stride 1, dilation 1, through a
-// square KW x KW window, all taps inside the plane: the U rows read U + KW - 1 input rows, each
-// loaded once (KW masked loads) and added to every output row it feeds. rows_avx512 loaded each
-// (output row, tap) on its own, U KW^2 loads against (U + KW - 1) KW, and its addresses cost more
-// than its arithmetic (perf: the top samples were address adds and spills, 72 channels at
-// 56 x 56). Each output row still gets its taps in (a, t) order: the same bits.
+// Output rows [i0, i0 + U) of output vector v when the rows go in stride SW (1 or 2, the same as
+// the columns'), dilation 1, through a square KW x KW window, all taps inside the plane: the U rows
+// read (U - 1) SW + KW input rows, each row's KW tap vectors loaded once (at stride 2: two masked
+// loads and the even lanes) and added to every output row it feeds. rows_avx512 loaded each
+// (output row, tap) on its own: at stride 1, U KW^2 loads against (U + KW - 1) KW, and its
+// addresses cost more than its arithmetic (perf: the top samples were address adds and spills, 72
+// channels at 56 x 56); at stride 2 also U KW^2 lane shuffles against (2 U + KW - 2) KW, on the
+// port that does half of the multiply-adds. Each output row still gets its taps in (a, t) order:
+// the same bits.
 #define QRT_DW_UNROLL_ALL _Pragma("GCC unroll 16")
-template <int U, int KW>
+template <int U, int SW, int KW, bool FULL>
 __attribute__((target("avx512f"))) void rows_slide_avx512(const Plane& p, const float* x, const float* w, float b,
                                                           float* y, int64_t i0, int64_t v) {
     const ConvGeometry& g = p.g;
     const uint32_t* bits = p.bits.data() + v * KW;
-    const float* base = x + (i0 - g.pt) * g.w + v * 16 - g.pl;   // masked lanes are not read
-    __mmask16 mk[KW];
-    QRT_DW_UNROLL_ALL for (int t = 0; t < KW; ++t) mk[t] = static_cast<__mmask16>(bits[t]);
+    const float* base = x + (i0 * SW - g.pt) * g.w + v * 16 * SW - g.pl;   // masked lanes are not read
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    __mmask16 lo[KW], hi[KW];
+    QRT_DW_UNROLL_ALL for (int t = 0; t < KW; ++t) {
+        lo[t] = static_cast<__mmask16>(bits[t]);
+        hi[t] = static_cast<__mmask16>(bits[t] >> 16);
+    }
     __m512 acc[U];
     QRT_DW_UNROLL_ALL for (int u = 0; u < U; ++u) acc[u] = _mm512_set1_ps(b);
-    QRT_DW_UNROLL_ALL for (int ri = 0; ri < U + KW - 1; ++ri) {
+    QRT_DW_UNROLL_ALL for (int ri = 0; ri < (U - 1) * SW + KW; ++ri) {
         __m512 in[KW];
-        QRT_DW_UNROLL_ALL for (int t = 0; t < KW; ++t) in[t] = _mm512_maskz_loadu_ps(mk[t], base + ri * g.w + t * g.dw);
+        QRT_DW_UNROLL_ALL for (int t = 0; t < KW; ++t) {
+            const float* src = base + ri * g.w + t * g.dw;
+            if constexpr (SW == 1) {
+                in[t] = FULL ? _mm512_loadu_ps(src) : _mm512_maskz_loadu_ps(lo[t], src);
+            } else if constexpr (FULL) {
+                in[t] = _mm512_permutex2var_ps(_mm512_loadu_ps(src), even, _mm512_loadu_ps(src + 16));
+            } else {
+                in[t] = _mm512_permutex2var_ps(_mm512_maskz_loadu_ps(lo[t], src), even,
+                                               _mm512_maskz_loadu_ps(hi[t], src + 16));
+            }
+        }
         QRT_DW_UNROLL_ALL for (int a = 0; a < KW; ++a) {
-            const int u = ri - a;   // the output row this input row is tap row a of
-            if (u < 0 || u >= U) continue;
+            const int d = ri - a;   // this input row is tap row a of output row d / SW, if SW divides d
+            if (d < 0 || d % SW != 0 || d / SW >= U) continue;
             QRT_DW_UNROLL_ALL for (int t = 0; t < KW; ++t)
-                acc[u] = _mm512_add_ps(acc[u], _mm512_mul_ps(_mm512_set1_ps(w[a * KW + t]), in[t]));
+                acc[d / SW] = _mm512_fmadd_ps(_mm512_set1_ps(w[a * KW + t]), in[t], acc[d / SW]);
         }
     }
     const int64_t left = std::min<int64_t>(16, p.ow - v * 16);
@@ -160,8 +179,15 @@ __attribute__((target("avx2"))) inline __m256i lanes_of(uint32_t m) {   // lane 
     return _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(static_cast<int>(m)), bit), bit);
 }
 
+// The even lanes of the 16 floats at lo, hi: lo0 lo2 hi0 hi2 | lo4 lo6 hi4 hi6, then the 64-bit
+// pairs in order
+__attribute__((target("avx2"))) inline __m256 even_lanes(__m256 lo, __m256 hi) {
+    const __m256 ev = _mm256_shuffle_ps(lo, hi, _MM_SHUFFLE(2, 0, 2, 0));
+    return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(ev), _MM_SHUFFLE(3, 1, 2, 0)));
+}
+
 template <int U, int SW, int KW, bool INSIDE>
-__attribute__((target("avx2"))) void rows_avx2(const Plane& p, const float* x, const float* w, float b, float* y,
+__attribute__((target("avx2,fma"))) void rows_avx2(const Plane& p, const float* x, const float* w, float b, float* y,
                                                int64_t i0, int64_t v) {
     const ConvGeometry& g = p.g;
     const int64_t kw = KW > 0 ? KW : g.kw, dw = g.dw, rstep = g.sh * g.w;
@@ -180,13 +206,8 @@ __attribute__((target("avx2"))) void rows_avx2(const Plane& p, const float* x, c
             QRT_DW_UNROLL for (int u = 0; u < U; ++u) {
                 const float* src = ra + u * rstep + t * dw;
                 __m256 in = _mm256_maskload_ps(src, lo);
-                if constexpr (SW != 1) {
-                    const __m256 in_hi = _mm256_maskload_ps(src + 8, hi);
-                    // even lanes: lo0 lo2 hi0 hi2 | lo4 lo6 hi4 hi6, then the 64-bit pairs in order
-                    const __m256 ev = _mm256_shuffle_ps(in, in_hi, _MM_SHUFFLE(2, 0, 2, 0));
-                    in = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(ev), _MM_SHUFFLE(3, 1, 2, 0)));
-                }
-                acc[u] = _mm256_add_ps(acc[u], _mm256_mul_ps(wv, in));
+                if constexpr (SW != 1) in = even_lanes(in, _mm256_maskload_ps(src + 8, hi));
+                acc[u] = _mm256_fmadd_ps(wv, in, acc[u]);
             }
         }
     }
@@ -195,24 +216,33 @@ __attribute__((target("avx2"))) void rows_avx2(const Plane& p, const float* x, c
     QRT_DW_UNROLL for (int u = 0; u < U; ++u) _mm256_maskstore_ps(y + (i0 + u) * p.ow + v * 8, store, acc[u]);
 }
 
-// rows_slide_avx512 on 8-float vectors: U + KW accumulators and loads in flight, 14 of the 16 ymm
+// rows_slide_avx512 on 8-float vectors: U + KW accumulators and loads in flight, 13 of the 16 ymm
 // registers for U = 8, KW = 5
-template <int U, int KW>
-__attribute__((target("avx2"))) void rows_slide_avx2(const Plane& p, const float* x, const float* w, float b,
-                                                     float* y, int64_t i0, int64_t v) {
+template <int U, int SW, int KW, bool FULL>
+__attribute__((target("avx2,fma"))) void rows_slide_avx2(const Plane& p, const float* x, const float* w, float b,
+                                                         float* y, int64_t i0, int64_t v) {
     const ConvGeometry& g = p.g;
     const uint32_t* bits = p.bits.data() + v * KW;
-    const float* base = x + (i0 - g.pt) * g.w + v * 8 - g.pl;   // masked lanes are not read
+    const float* base = x + (i0 * SW - g.pt) * g.w + v * 8 * SW - g.pl;   // masked lanes are not read
     __m256 acc[U];
     QRT_DW_UNROLL_ALL for (int u = 0; u < U; ++u) acc[u] = _mm256_set1_ps(b);
-    QRT_DW_UNROLL_ALL for (int ri = 0; ri < U + KW - 1; ++ri) {
+    QRT_DW_UNROLL_ALL for (int ri = 0; ri < (U - 1) * SW + KW; ++ri) {
         __m256 in[KW];
-        QRT_DW_UNROLL_ALL for (int t = 0; t < KW; ++t) in[t] = _mm256_maskload_ps(base + ri * g.w + t * g.dw, lanes_of(bits[t]));
+        QRT_DW_UNROLL_ALL for (int t = 0; t < KW; ++t) {
+            const float* src = base + ri * g.w + t * g.dw;
+            if constexpr (FULL) {
+                in[t] = _mm256_loadu_ps(src);
+                if constexpr (SW != 1) in[t] = even_lanes(in[t], _mm256_loadu_ps(src + 8));
+            } else {
+                in[t] = _mm256_maskload_ps(src, lanes_of(bits[t]));
+                if constexpr (SW != 1) in[t] = even_lanes(in[t], _mm256_maskload_ps(src + 8, lanes_of(bits[t] >> 8)));
+            }
+        }
         QRT_DW_UNROLL_ALL for (int a = 0; a < KW; ++a) {
-            const int u = ri - a;
-            if (u < 0 || u >= U) continue;
+            const int d = ri - a;
+            if (d < 0 || d % SW != 0 || d / SW >= U) continue;
             QRT_DW_UNROLL_ALL for (int t = 0; t < KW; ++t)
-                acc[u] = _mm256_add_ps(acc[u], _mm256_mul_ps(_mm256_set1_ps(w[a * KW + t]), in[t]));
+                acc[d / SW] = _mm256_fmadd_ps(_mm256_set1_ps(w[a * KW + t]), in[t], acc[d / SW]);
         }
     }
     const int64_t left = std::min<int64_t>(8, p.ow - v * 8);
@@ -241,17 +271,30 @@ void plane_rows(const Plane& p, const float* x, const float* w, float b, float* 
 }
 
 // Whether rows [i0, i0 + U) take the rows_slide_* form: several inside rows of a square 3 x 3 or
-// 5 x 5 window going in stride 1, dilation 1, down the rows
+// 5 x 5 window going down the rows in the columns' stride, dilation 1
 template <int U, int SW, int KW, bool INSIDE>
 bool slides(const Plane& p) {
-    return INSIDE && SW == 1 && KW > 0 && U > 1 && p.g.sh == 1 && p.g.dh == 1 && p.g.kh == KW;
+    return INSIDE && KW > 0 && U > 1 && p.g.sh == SW && p.g.dh == 1 && p.g.kh == KW;
+}
+
+// Whether every load of output vector v's taps reads vec * SW input columns (none in the padding
+// or past the row): then plain loads, which cost less than masked ones (the stride-2 form with
+// masked loads took 1.4x the time of plain ones on X's cores)
+template <int SW, int KW>
+bool full_loads(const Plane& p, int64_t v) {
+    const uint32_t all = static_cast<uint32_t>((uint64_t(1) << (p.vec * SW)) - 1);
+    for (int t = 0; t < KW; ++t)
+        if (p.bits[static_cast<size_t>(v * KW + t)] != all) return false;
+    return true;
 }
 
 template <int U, int SW, int KW, bool INSIDE>
 struct Avx512Rows {
     static void run(const Plane& p, const float* x, const float* w, float b, float* y, int64_t i0, int64_t v) {
         if constexpr (KW > 0) {
-            if (slides<U, SW, KW, INSIDE>(p)) return rows_slide_avx512<U, KW>(p, x, w, b, y, i0, v);
+            if (slides<U, SW, KW, INSIDE>(p))
+                return full_loads<SW, KW>(p, v) ? rows_slide_avx512<U, SW, KW, true>(p, x, w, b, y, i0, v)
+                                                : rows_slide_avx512<U, SW, KW, false>(p, x, w, b, y, i0, v);
         }
         rows_avx512<U, SW, KW, INSIDE>(p, x, w, b, y, i0, v);
     }
@@ -260,7 +303,9 @@ template <int U, int SW, int KW, bool INSIDE>
 struct Avx2Rows {
     static void run(const Plane& p, const float* x, const float* w, float b, float* y, int64_t i0, int64_t v) {
         if constexpr (KW > 0) {
-            if (slides<U, SW, KW, INSIDE>(p)) return rows_slide_avx2<U, KW>(p, x, w, b, y, i0, v);
+            if (slides<U, SW, KW, INSIDE>(p))
+                return full_loads<SW, KW>(p, v) ? rows_slide_avx2<U, SW, KW, true>(p, x, w, b, y, i0, v)
+                                                : rows_slide_avx2<U, SW, KW, false>(p, x, w, b, y, i0, v);
         }
         rows_avx2<U, SW, KW, INSIDE>(p, x, w, b, y, i0, v);
     }

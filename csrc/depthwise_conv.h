@@ -8,10 +8,11 @@
 // vector register, read from the input plane in place (masked loads give the zero padding:
 // depthwise_conv.cpp).
 //
-// Numerics: float32, y = bias + sum over taps (ki outer, kj inner) of w * x, each product and
-// sum rounded to float32 (no FMA contraction: -ffp-contract=off), so the same bits on every
-// path and thread count; against the float64 reference within the float32 accumulation bound
-// of the other float32 Conv (kernels/blas_ops.py): (K + 2) * 2^-24 * sum |w x| with K = kh * kw.
+// Numerics: float32, the chain acc = fma(w, x, acc) from acc = bias over the taps (ki outer, kj
+// inner), one rounding per tap (the scalar path calls std::fma), so the same bits on every path
+// and thread count; against the float64 reference within the float32 accumulation bound of the
+// other float32 Conv (kernels/blas_ops.py): (K + 2) * 2^-24 * sum |w x| with K = kh * kw. A
+// separate multiply and add (before 2026-12-07) took twice the multiply-add port slots.
 // Then the epilogue's activation (f32_channel_gemm.h: activation.h's bits, or HardSwish's).
 #pragma once
 

@@ -202,8 +202,13 @@ DW_CASES = {  # name: (X shape, channel multiplier, kernel, strides, pads, dilat
     # tall planes: the middle rows 8 and 4 at a time, then one at a time (depthwise_conv.cpp)
     "tall, 3x3": ((1, 3, 37, 20), 1, (3, 3), [1, 1], [1, 1, 1, 1], [1, 1]),
     "tall, 5x5 / 2": ((1, 2, 41, 35), 1, (5, 5), [2, 2], [2, 2, 2, 2], [1, 1]),
-    # stride 1 down the rows: each input row loaded once for the rows it feeds (rows_slide_*)
+    # stride 1 or 2 down the rows: each input row loaded once for the rows it feeds (rows_slide_*)
     "tall, 5x5": ((1, 3, 30, 21), 1, (5, 5), [1, 1], [2, 2, 2, 2], [1, 1]),
+    # interior vector columns, whose loads are all inside the rows, take plain loads (full_loads)
+    "tall and wide, 3x3": ((1, 2, 30, 52), 1, (3, 3), [1, 1], [1, 1, 1, 1], [1, 1]),
+    "tall and wide, 5x5": ((1, 2, 30, 52), 1, (5, 5), [1, 1], [2, 2, 2, 2], [1, 1]),
+    "tall and wide, 3x3 / 2": ((1, 2, 37, 80), 1, (3, 3), [2, 2], [1, 1, 1, 1], [1, 1]),
+    "tall and wide, 5x5 / 2": ((2, 2, 41, 100), 1, (5, 5), [2, 2], [2, 1, 2, 2], [1, 1]),
     "tall, 3x3, rows dilated (the per-row form)": ((1, 2, 30, 18), 1, (3, 3), [1, 1], [2, 1, 2, 1], [2, 1]),
     "7x7 (the tap loop not unrolled)": ((1, 2, 20, 19), 1, (7, 7), [1, 1], [3, 3, 3, 3], [1, 1]),
     "taller window than plane": ((1, 2, 3, 18), 1, (5, 3), [1, 1], [2, 1, 2, 1], [1, 1]),
