@@ -5,7 +5,8 @@
 //
 // Numerics. Binary ops: one IEEE float32 operation per element (no FMA contraction:
 // -ffp-contract=off), the bits of numpy's float32 ufuncs (the reference). Mean: the row summed in
-// float64 (in an order of its own: four running sums of every fourth element, then added), divided
+// float64 (in an order of its own: sixteen running sums, lane l taking the elements j % 16 == l, then
+// added pairwise: elementwise_f32.cpp), divided
 // by the count in float64, rounded once to float32: within one float32 rounding of the
 // reference's float64 mean (numpy sums pairwise in float64; the two float64 sums differ by far less
 // than a float32 ulp except near a rounding tie).
