@@ -46,6 +46,7 @@ struct Plane {
     int64_t oh, ow;
     int64_t vec;                        // outputs per vector (0: the scalar loop)
     const std::vector<uint32_t>& bits;  // (output vector, tap column) -> valid lanes of its loads
+    FloatEpilogue ep;                   // applied to the registers before the store (empty: none)
 };
 
 // Bit e set where element e of the sw * vec floats loaded for output vector v, tap column b
@@ -122,7 +123,8 @@ __attribute__((target("avx512f"))) void rows_avx512(const Plane& p, const float*
     }
     const int64_t left = std::min<int64_t>(16, p.ow - v * 16);
     const __mmask16 store = static_cast<__mmask16>((uint32_t(1) << left) - 1);
-    QRT_DW_UNROLL for (int u = 0; u < U; ++u) _mm512_mask_storeu_ps(y + (i0 + u) * p.ow + v * 16, store, acc[u]);
+    QRT_DW_UNROLL for (int u = 0; u < U; ++u)
+        _mm512_mask_storeu_ps(y + (i0 + u) * p.ow + v * 16, store, float_epilogue16(acc[u], p.ep));
 }
 
 // Output rows [i0, i0 + U) of output vector v when the rows go in stride SW (1 or 2, the same as
@@ -171,7 +173,8 @@ __attribute__((target("avx512f"))) void rows_slide_avx512(const Plane& p, const 
     }
     const int64_t left = std::min<int64_t>(16, p.ow - v * 16);
     const __mmask16 store = static_cast<__mmask16>((uint32_t(1) << left) - 1);
-    QRT_DW_UNROLL_ALL for (int u = 0; u < U; ++u) _mm512_mask_storeu_ps(y + (i0 + u) * p.ow + v * 16, store, acc[u]);
+    QRT_DW_UNROLL_ALL for (int u = 0; u < U; ++u)
+        _mm512_mask_storeu_ps(y + (i0 + u) * p.ow + v * 16, store, float_epilogue16(acc[u], p.ep));
 }
 
 __attribute__((target("avx2"))) inline __m256i lanes_of(uint32_t m) {   // lane l set where bit l of m is
@@ -213,7 +216,8 @@ __attribute__((target("avx2,fma"))) void rows_avx2(const Plane& p, const float* 
     }
     const int64_t left = std::min<int64_t>(8, p.ow - v * 8);
     const __m256i store = lanes_of((uint32_t(1) << left) - 1);
-    QRT_DW_UNROLL for (int u = 0; u < U; ++u) _mm256_maskstore_ps(y + (i0 + u) * p.ow + v * 8, store, acc[u]);
+    QRT_DW_UNROLL for (int u = 0; u < U; ++u)
+        _mm256_maskstore_ps(y + (i0 + u) * p.ow + v * 8, store, float_epilogue8(acc[u], p.ep));
 }
 
 // rows_slide_avx512 on 8-float vectors: U + KW accumulators and loads in flight, 13 of the 16 ymm
@@ -247,7 +251,8 @@ __attribute__((target("avx2,fma"))) void rows_slide_avx2(const Plane& p, const f
     }
     const int64_t left = std::min<int64_t>(8, p.ow - v * 8);
     const __m256i store = lanes_of((uint32_t(1) << left) - 1);
-    QRT_DW_UNROLL_ALL for (int u = 0; u < U; ++u) _mm256_maskstore_ps(y + (i0 + u) * p.ow + v * 8, store, acc[u]);
+    QRT_DW_UNROLL_ALL for (int u = 0; u < U; ++u)
+        _mm256_maskstore_ps(y + (i0 + u) * p.ow + v * 8, store, float_epilogue8(acc[u], p.ep));
 }
 
 // One plane, vector column by vector column: the middle rows 8 (then 4, then 1) at a time, the
@@ -348,13 +353,16 @@ void depthwise_conv2d_isa(const ConvGeometry& g, const float* x, const float* w,
     const PlaneFn fn = plane_fn(isa, g.sw, g.kw, vec);
     const int64_t mult = g.m / g.c, oh = g.oh(), ow = g.ow(), planes = g.n * g.m;
     const std::vector<uint32_t> bits = vec > 0 ? load_bits(g, ow, vec) : std::vector<uint32_t>();
-    const Plane plane{g, oh, ow, vec, bits};
+    // the vector loops apply ReLU and HardSwish to their registers, the rest is a pass over the
+    // plane just written (in L1 / L2)
+    const bool after = !(vec > 0 && float_epilogue_in_registers(ep));
+    const Plane plane{g, oh, ow, vec, bits, after ? FloatEpilogue{} : ep};
     const int nt = planes * oh * ow * g.kh * g.kw >= kParallelMinMacs ? threads : 1;
     parallel_items(planes, nt, [&](int64_t item) {
         const int64_t n = item / g.m, o = item % g.m, c = o / mult;
         float* yo = y + item * oh * ow;
         fn(plane, x + (n * g.c + c) * g.h * g.w, w + o * g.kh * g.kw, bias != nullptr ? bias[o] : 0.0f, yo);
-        float_epilogue_inplace(yo, oh * ow, ep, isa);   // the plane was just written: in L1 / L2
+        if (after) float_epilogue_inplace(yo, oh * ow, ep, isa);
     });
 }
 

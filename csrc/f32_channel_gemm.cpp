@@ -51,11 +51,11 @@ struct TableRows {
 // count <= 2 vectors; y (row stride ldy) gets acc + bias.
 template <class Rows>
 using TileFn = void (*)(int rows, const float* w, int64_t ldw, int64_t k, Rows xs, int64_t count, const float* bias,
-                        float* y, int64_t ldy);
+                        const FloatEpilogue& ep, float* y, int64_t ldy);
 
 template <class Rows>
-void tile_scalar(int rows, const float* w, int64_t ldw, int64_t k, Rows xs, int64_t count, const float* bias, float* y,
-                 int64_t ldy) {
+void tile_scalar(int rows, const float* w, int64_t ldw, int64_t k, Rows xs, int64_t count, const float* bias,
+                 const FloatEpilogue&, float* y, int64_t ldy) {
     for (int r = 0; r < rows; ++r)
         for (int64_t j = 0; j < count; ++j) {
             float acc = 0.0f;
@@ -71,7 +71,7 @@ void tile_scalar(int rows, const float* w, int64_t ldw, int64_t k, Rows xs, int6
 
 template <int R, class Rows>
 __attribute__((target("avx512f"))) void tile512(const float* w, int64_t ldw, int64_t k, Rows xs, int64_t count,
-                                                const float* bias, float* y, int64_t ldy) {
+                                                const float* bias, const FloatEpilogue& ep, float* y, int64_t ldy) {
     const __mmask16 m0 = count >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << count) - 1);
     const __mmask16 m1 = count >= 32 ? __mmask16(0xFFFF) : count <= 16 ? __mmask16(0) : __mmask16((1u << (count - 16)) - 1);
     __m512 a0[R], a1[R];
@@ -90,8 +90,8 @@ __attribute__((target("avx512f"))) void tile512(const float* w, int64_t ldw, int
             a0[r] = _mm512_add_ps(a0[r], b);
             a1[r] = _mm512_add_ps(a1[r], b);
         }
-        _mm512_mask_storeu_ps(y + r * ldy, m0, a0[r]);
-        _mm512_mask_storeu_ps(y + r * ldy + 16, m1, a1[r]);
+        _mm512_mask_storeu_ps(y + r * ldy, m0, float_epilogue16(a0[r], ep));
+        _mm512_mask_storeu_ps(y + r * ldy + 16, m1, float_epilogue16(a1[r], ep));
     }
 }
 
@@ -102,7 +102,7 @@ __attribute__((target("avx2"))) inline __m256i lanes_below(int64_t count) {   //
 
 template <int R, class Rows>
 __attribute__((target("avx2,fma"))) void tile256(const float* w, int64_t ldw, int64_t k, Rows xs, int64_t count,
-                                                 const float* bias, float* y, int64_t ldy) {
+                                                 const float* bias, const FloatEpilogue& ep, float* y, int64_t ldy) {
     const __m256i m0 = lanes_below(count), m1 = lanes_below(count - 8);
     __m256 a0[R], a1[R];
     QRT_UNROLL for (int r = 0; r < R; ++r) a0[r] = a1[r] = _mm256_setzero_ps();
@@ -120,37 +120,37 @@ __attribute__((target("avx2,fma"))) void tile256(const float* w, int64_t ldw, in
             a0[r] = _mm256_add_ps(a0[r], b);
             a1[r] = _mm256_add_ps(a1[r], b);
         }
-        _mm256_maskstore_ps(y + r * ldy, m0, a0[r]);
-        _mm256_maskstore_ps(y + r * ldy + 8, m1, a1[r]);
+        _mm256_maskstore_ps(y + r * ldy, m0, float_epilogue8(a0[r], ep));
+        _mm256_maskstore_ps(y + r * ldy + 8, m1, float_epilogue8(a1[r], ep));
     }
 }
 
 // rows in [1, 8] (AVX-512) / [1, 6] (AVX2) to the tile of that height
 template <class Rows>
-void tile_avx512(int rows, const float* w, int64_t ldw, int64_t k, Rows xs, int64_t count, const float* bias, float* y,
-                 int64_t ldy) {
+void tile_avx512(int rows, const float* w, int64_t ldw, int64_t k, Rows xs, int64_t count, const float* bias,
+                 const FloatEpilogue& ep, float* y, int64_t ldy) {
     switch (rows) {
-        case 8: return tile512<8, Rows>(w, ldw, k, xs, count, bias, y, ldy);
-        case 7: return tile512<7, Rows>(w, ldw, k, xs, count, bias, y, ldy);
-        case 6: return tile512<6, Rows>(w, ldw, k, xs, count, bias, y, ldy);
-        case 5: return tile512<5, Rows>(w, ldw, k, xs, count, bias, y, ldy);
-        case 4: return tile512<4, Rows>(w, ldw, k, xs, count, bias, y, ldy);
-        case 3: return tile512<3, Rows>(w, ldw, k, xs, count, bias, y, ldy);
-        case 2: return tile512<2, Rows>(w, ldw, k, xs, count, bias, y, ldy);
-        default: return tile512<1, Rows>(w, ldw, k, xs, count, bias, y, ldy);
+        case 8: return tile512<8, Rows>(w, ldw, k, xs, count, bias, ep, y, ldy);
+        case 7: return tile512<7, Rows>(w, ldw, k, xs, count, bias, ep, y, ldy);
+        case 6: return tile512<6, Rows>(w, ldw, k, xs, count, bias, ep, y, ldy);
+        case 5: return tile512<5, Rows>(w, ldw, k, xs, count, bias, ep, y, ldy);
+        case 4: return tile512<4, Rows>(w, ldw, k, xs, count, bias, ep, y, ldy);
+        case 3: return tile512<3, Rows>(w, ldw, k, xs, count, bias, ep, y, ldy);
+        case 2: return tile512<2, Rows>(w, ldw, k, xs, count, bias, ep, y, ldy);
+        default: return tile512<1, Rows>(w, ldw, k, xs, count, bias, ep, y, ldy);
     }
 }
 
 template <class Rows>
-void tile_avx2(int rows, const float* w, int64_t ldw, int64_t k, Rows xs, int64_t count, const float* bias, float* y,
-               int64_t ldy) {
+void tile_avx2(int rows, const float* w, int64_t ldw, int64_t k, Rows xs, int64_t count, const float* bias,
+               const FloatEpilogue& ep, float* y, int64_t ldy) {
     switch (rows) {
-        case 6: return tile256<6, Rows>(w, ldw, k, xs, count, bias, y, ldy);
-        case 5: return tile256<5, Rows>(w, ldw, k, xs, count, bias, y, ldy);
-        case 4: return tile256<4, Rows>(w, ldw, k, xs, count, bias, y, ldy);
-        case 3: return tile256<3, Rows>(w, ldw, k, xs, count, bias, y, ldy);
-        case 2: return tile256<2, Rows>(w, ldw, k, xs, count, bias, y, ldy);
-        default: return tile256<1, Rows>(w, ldw, k, xs, count, bias, y, ldy);
+        case 6: return tile256<6, Rows>(w, ldw, k, xs, count, bias, ep, y, ldy);
+        case 5: return tile256<5, Rows>(w, ldw, k, xs, count, bias, ep, y, ldy);
+        case 4: return tile256<4, Rows>(w, ldw, k, xs, count, bias, ep, y, ldy);
+        case 3: return tile256<3, Rows>(w, ldw, k, xs, count, bias, ep, y, ldy);
+        case 2: return tile256<2, Rows>(w, ldw, k, xs, count, bias, ep, y, ldy);
+        default: return tile256<1, Rows>(w, ldw, k, xs, count, bias, ep, y, ldy);
     }
 }
 #endif
@@ -160,32 +160,38 @@ struct PathTiles {
     TileFn<Rows> tile;
     int mr;          // rows per tile
     int64_t nr;      // positions per tile (2 vectors)
+    bool registers;  // the tile applies float_epilogue_in_registers' activations before its stores
 };
 
 template <class Rows>
 PathTiles<Rows> path_tiles(Int8Isa isa) {
 #if QRT_F32G_X86
-    if (int8_isa_is_avx512_class(isa)) return {tile_avx512<Rows>, 8, 32};
-    if (int8_isa_is_avx2_class(isa)) return {tile_avx2<Rows>, 6, 16};
+    if (int8_isa_is_avx512_class(isa)) return {tile_avx512<Rows>, 8, 32, true};
+    if (int8_isa_is_avx2_class(isa)) return {tile_avx2<Rows>, 6, 16, true};
 #endif
     (void)isa;
-    return {tile_scalar<Rows>, 4, 16};
+    return {tile_scalar<Rows>, 4, 16, false};
 }
 
 // Row tiles [t0, t1) of W's m rows over positions [j0, j1): y at (row 0, position 0), row stride
-// ldy; rows_at(j) the tile's K rows of X for position j. Each row's [j0, j1) then gets the
-// epilogue's activation while it is in L1. The channel product and the direct Conv's one loop.
+// ldy; rows_at(j) the tile's K rows of X for position j. The epilogue's activation: in the tile's
+// registers (ReLU, HardSwish on the vector paths), else on each row's [j0, j1) while it is in L1.
+// The channel product and the direct Conv's one loop.
 template <class Rows, class RowsAt>
 void row_tiles(const PathTiles<Rows>& path, int64_t t0, int64_t t1, int64_t m, int64_t k, const float* w,
                const float* bias, RowsAt rows_at, int64_t j0, int64_t j1, float* y, int64_t ldy, const FloatEpilogue& ep,
                Int8Isa isa) {
+    // the tile applies the whole epilogue, or none of it (then a pass after)
+    const bool after = !(path.registers && float_epilogue_in_registers(ep));
+    const FloatEpilogue in_tile = after ? FloatEpilogue{} : ep;
     for (int64_t t = t0; t < t1; ++t) {
         const int64_t m0 = t * path.mr;
         const int rows = static_cast<int>(std::min<int64_t>(path.mr, m - m0));
         for (int64_t j = j0; j < j1; j += path.nr)
             path.tile(rows, w + m0 * k, k, k, rows_at(j), std::min(path.nr, j1 - j), bias != nullptr ? bias + m0 : nullptr,
-                      y + m0 * ldy + j, ldy);
-        for (int r = 0; r < rows; ++r) float_epilogue_inplace(y + (m0 + r) * ldy + j0, j1 - j0, ep, isa);
+                      in_tile, y + m0 * ldy + j, ldy);
+        if (after)
+            for (int r = 0; r < rows; ++r) float_epilogue_inplace(y + (m0 + r) * ldy + j0, j1 - j0, ep, isa);
     }
 }
 

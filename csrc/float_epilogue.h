@@ -8,8 +8,9 @@
 #include <cstdint>
 #include <string>
 
-#include "activation.h"   // Activation
-#include "int8_gemm.h"    // Int8Isa
+#include "activation.h"     // Activation, activation_avx512 / _avx2
+#include "hard_sigmoid.h"   // hard_sigmoid16 / 8
+#include "int8_gemm.h"      // Int8Isa
 
 namespace qrt {
 
@@ -26,5 +27,25 @@ FloatEpilogue float_epilogue_from_name(const std::string& name);
 
 // The epilogue's activation on y[0, count) in place, on the calling thread.
 void float_epilogue_inplace(float* y, int64_t count, const FloatEpilogue& ep, Int8Isa isa);
+
+// Whether a kernel applies the epilogue to its registers before the store (float_epilogue16 / 8):
+// ReLU and HardSwish, a few instructions a vector, where a pass over the stored span would read
+// and write it again; the GELUs (long polynomials, register hungry) stay a pass over the span.
+inline bool float_epilogue_in_registers(const FloatEpilogue& ep) {
+    return ep.hard_swish || ep.act == Activation::none || ep.act == Activation::relu;
+}
+
+#if QRT_HARD_X86
+// The epilogue on one vector where float_epilogue_in_registers(ep): the bits of
+// float_epilogue_inplace (activation.h's ReLU, hard_sigmoid.h's HardSwish).
+__attribute__((target("avx512f"))) inline __m512 float_epilogue16(__m512 v, const FloatEpilogue& ep) {
+    if (ep.hard_swish) return hard_sigmoid16(v, _mm512_set1_ps(kHardSwishAlpha), _mm512_set1_ps(kHardSwishBeta), true);
+    return ep.act == Activation::relu ? activation_avx512(v, ep.act) : v;
+}
+__attribute__((target("avx2"))) inline __m256 float_epilogue8(__m256 v, const FloatEpilogue& ep) {
+    if (ep.hard_swish) return hard_sigmoid8(v, _mm256_set1_ps(kHardSwishAlpha), _mm256_set1_ps(kHardSwishBeta), true);
+    return ep.act == Activation::relu ? activation_avx2(v, ep.act) : v;
+}
+#endif
 
 }  // namespace qrt

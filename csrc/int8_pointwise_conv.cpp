@@ -107,15 +107,6 @@ void block_scalar(const Call& c, const Block& b) {
 
 // --- AVX-512 VNNI ------------------------------------------------------------------------------
 
-// The activations applied in registers: ReLU as activation.h's, HardSwish as hard_sigmoid.h's
-// (the HardSwish op's bits)
-QRT_PW_AVX512 inline __m512 relu_or_none512(__m512 y, Activation act) {
-    return act == Activation::relu ? activation_avx512(y, act) : y;
-}
-QRT_PW_AVX512 inline __m512 hard_swish512(__m512 v) {
-    return hard_sigmoid16(v, _mm512_set1_ps(kHardSwishAlpha), _mm512_set1_ps(kHardSwishBeta), true);
-}
-
 // Per-lane quantizer constants of 16 pixels: each lane its own scale s (dynamic) or all the
 // static one; the float32 estimate x * fl(1 / s) where 1 / s is a normal float32 (ok), the
 // float64 true division for the other lanes and for any vector holding a lane near a
@@ -284,7 +275,7 @@ QRT_PW_AVX512 void tile512(const Call& c, const Block& b, const int8_t* wq, int6
                 _mm512_castps_pd(_mm512_castps256_ps512(_mm512_cvtpd_ps(lo))), _mm256_castps_pd(_mm512_cvtpd_ps(hi)), 1));
             const int64_t left = b.count - 16 * j;
             const __mmask16 mj = left >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << left) - 1);
-            _mm512_mask_storeu_ps(yr + 16 * j, mj, c.ep.hard_swish ? hard_swish512(out) : relu_or_none512(out, c.ep.act));
+            _mm512_mask_storeu_ps(yr + 16 * j, mj, float_epilogue16(out, c.ep));
         }
         if (c.gelu) activation_inplace_isa(yr, b.count, c.ep.act, c.isa);   // in L1
     }
@@ -331,10 +322,6 @@ QRT_PW_AVX512 void block_avx512(const Call& c, const Block& b) {
 }
 
 // --- AVX2 and AVX-VNNI (256-bit) ---------------------------------------------------------------
-
-QRT_PW_AVX2 inline __m256 hard_swish256(__m256 v) {   // as hard_swish512
-    return hard_sigmoid8(v, _mm256_set1_ps(kHardSwishAlpha), _mm256_set1_ps(kHardSwishBeta), true);
-}
 
 QRT_PW_AVX2 inline __m256i lanes_below8(int64_t count) {   // lane i all ones where i < count
     return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(std::clamp<int64_t>(count, 0, 8))),
@@ -472,7 +459,7 @@ QRT_PW_AVX2 inline void store16_avx2(const Call& c, const Block& b, int64_t m, i
             hi = _mm256_add_pd(hi, bm);
         }
         __m256 out = _mm256_set_m128(_mm256_cvtpd_ps(hi), _mm256_cvtpd_ps(lo));
-        out = c.ep.hard_swish ? hard_swish256(out) : activation_avx2(out, c.ep.act == Activation::relu ? c.ep.act : Activation::none);
+        out = float_epilogue8(out, c.ep);
         _mm256_maskstore_ps(yr + p, lanes_below8(b.count - p), out);
     }
 }
