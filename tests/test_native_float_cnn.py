@@ -107,6 +107,8 @@ DIRECT_CASES = {  # name: (X shape, W shape, kernel, strides, pads (t, l, b, r),
     "dilated 3x3": ((2, 3, 12, 12), (5, 3, 3, 3), [1, 2], [2, 1, 0, 3], [2, 3]),
     "1x1 / 2": ((1, 8, 9, 9), (37, 8, 1, 1), [2, 2], [0, 0, 0, 0], [1, 1]),
     "wide rows (OW > 2 vectors)": ((1, 2, 5, 80), (3, 2, 3, 3), [1, 1], [1, 1, 1, 1], [1, 1]),
+    # stride 2 splits each row into its column pairs 32 (16) padded columns at a time: several blocks, a partial last one
+    "wide rows / 2": ((1, 2, 7, 75), (3, 2, 3, 3), [2, 2], [1, 2, 1, 3], [1, 1]),
     "window = padded input": ((1, 3, 2, 2), (4, 3, 3, 3), [1, 1], [1, 0, 0, 1], [1, 1]),
 }
 
