@@ -297,10 +297,10 @@ py::array hard_sigmoid_py(const py::object& x_obj, double alpha, double beta, bo
     return out;
 }
 
-// Y (rows, cols) float32 = A op B, each operand full (rows, cols), one value per row (rows,) or one
-// value (1,): kind 0, 1, 2 (elementwise_f32.h).
+// Y (rows, cols) float32 = act(A op B), each operand full (rows, cols), one value per row (rows,) or
+// one value (1,): kind 0, 1, 2 (elementwise_f32.h).
 py::array binary_f32_py(const std::string& op, const py::object& a_obj, int a_kind, const py::object& b_obj,
-                        int b_kind, int64_t rows, int64_t cols) {
+                        int b_kind, int64_t rows, int64_t cols, const std::string& activation) {
     qrt::BinaryOp bop;
     if (op == "add") bop = qrt::BinaryOp::add;
     else if (op == "sub") bop = qrt::BinaryOp::sub;
@@ -308,6 +308,9 @@ py::array binary_f32_py(const std::string& op, const py::object& a_obj, int a_ki
     else if (op == "div") bop = qrt::BinaryOp::div;
     else throw py::value_error("op = '" + op + "', expected add, sub, mul or div");
     if (rows < 0 || cols < 0) throw py::value_error("rows and cols must be >= 0");
+    if (activation != "none" && activation != "relu")
+        throw py::value_error("activation = '" + activation + "', expected none or relu");
+    const qrt::Activation act = activation == "relu" ? qrt::Activation::relu : qrt::Activation::none;
     py::array a = contiguous_array_of<float>(a_obj, "A", "float32"), b = contiguous_array_of<float>(b_obj, "B", "float32");
     auto check = [&](const py::array& t, int kind, const char* name) {
         const int64_t want = kind == 0 ? rows * cols : kind == 1 ? rows : 1;
@@ -325,7 +328,7 @@ py::array binary_f32_py(const std::string& op, const py::object& a_obj, int a_ki
     float* yp = out.mutable_data();
     {
         py::gil_scoped_release release;
-        qrt::binary_f32(bop, ap, a_kind, bp, b_kind, yp, rows, cols);
+        qrt::binary_f32(bop, ap, a_kind, bp, b_kind, yp, rows, cols, act);
     }
     return out;
 }
@@ -411,10 +414,10 @@ void bind_cnn(py::module_& m) {
           "cols (N, C * kh * kw, OH * OW) float32 of X (N, C, H, W) float32 C-contiguous: row (c, ki, kj), column "
           "r * OW + q holds X's value under that tap of output (r, q), 0 in the padding (csrc/im2col.h).");
     m.def("binary_f32", &binary_f32_py, py::arg("op"), py::arg("a"), py::arg("a_kind"), py::arg("b"), py::arg("b_kind"),
-          py::arg("rows"), py::arg("cols"),
-          "Y (rows, cols) float32 = A op B (op 'add', 'sub', 'mul', 'div'), each operand float32 C-contiguous "
-          "of kind 0 (rows * cols values), 1 (one per row) or 2 (one value): numpy's float32 bits "
-          "(csrc/elementwise_f32.h).");
+          py::arg("rows"), py::arg("cols"), py::arg("activation") = "none",
+          "Y (rows, cols) float32 = act(A op B) (op 'add', 'sub', 'mul', 'div'; activation 'none' or 'relu'), "
+          "each operand float32 C-contiguous of kind 0 (rows * cols values), 1 (one per row) or 2 (one value): "
+          "numpy's float32 bits, then the Relu op's (csrc/elementwise_f32.h).");
     m.def("mean_rows_f32", &mean_rows_f32_py, py::arg("x"),
           "y (rows,) float32 = the mean of each row of X (rows, cols) float32 C-contiguous, summed in float64 and "
           "rounded once (csrc/elementwise_f32.h).");

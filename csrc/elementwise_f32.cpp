@@ -101,7 +101,7 @@ void check_isa(const char* what, Int8Isa isa) {
 }  // namespace
 
 void binary_f32_isa(BinaryOp op, const float* a, int a_kind, const float* b, int b_kind, float* y, int64_t rows,
-                    int64_t cols, Int8Isa isa, int threads) {
+                    int64_t cols, Int8Isa isa, int threads, Activation act) {
     check_isa("binary_f32", isa);
     if (a_kind < 0 || a_kind > 2 || b_kind < 0 || b_kind > 2 || rows < 0 || cols < 0)
         throw std::invalid_argument("binary_f32: operand kinds must be 0 (full), 1 (per row) or 2 (scalar) and "
@@ -117,12 +117,13 @@ void binary_f32_isa(BinaryOp op, const float* a, int a_kind, const float* b, int
         const float* ap = a_kind == 0 ? a + r * cols + lo : a_kind == 1 ? a + r : a;
         const float* bp = b_kind == 0 ? b + r * cols + lo : b_kind == 1 ? b + r : b;
         fn(op, ap, bp, y + r * cols + lo, n);
+        if (act != Activation::none) activation_inplace_isa(y + r * cols + lo, n, act, isa);
     });
 }
 
 void binary_f32(BinaryOp op, const float* a, int a_kind, const float* b, int b_kind, float* y, int64_t rows,
-                int64_t cols) {
-    binary_f32_isa(op, a, a_kind, b, b_kind, y, rows, cols, int8_current_isa(), int8_get_threads());
+                int64_t cols, Activation act) {
+    binary_f32_isa(op, a, a_kind, b, b_kind, y, rows, cols, int8_current_isa(), int8_get_threads(), act);
 }
 
 void mean_rows_f32_isa(const float* x, float* y, int64_t rows, int64_t cols, Int8Isa isa, int threads) {

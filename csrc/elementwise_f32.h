@@ -14,20 +14,22 @@
 
 #include <cstdint>
 
-#include "int8_gemm.h"   // Int8Isa: the native backend's one ISA switch
+#include "int8_gemm.h"   // Int8Isa: the native backend's one ISA switch; Activation
 
 namespace qrt {
 
 enum class BinaryOp : int { add = 0, sub = 1, mul = 2, div = 3 };
 
-// y (rows, cols) = a op b where a and b are each one of: the full (rows, cols) array, one value
-// per row (rows,), or one value (a scalar): a_kind / b_kind 0, 1, 2 respectively. y may alias a
-// full a or b. Runs on int8_current_isa()'s vector width with int8_get_threads() threads for
-// large arrays (the _isa form: explicit); the same bits anyway.
+// y (rows, cols) = act(a op b) where a and b are each one of: the full (rows, cols) array, one
+// value per row (rows,), or one value (a scalar): a_kind / b_kind 0, 1, 2 respectively; act
+// activation.h's (ResNet's Add -> Relu, fused by runtime/fuse.py), applied to each span while it
+// is in cache, the bits of the Relu op after it. y may alias a full a or b. Runs on
+// int8_current_isa()'s vector width with int8_get_threads() threads for large arrays (the _isa
+// form: explicit); the same bits anyway.
 void binary_f32(BinaryOp op, const float* a, int a_kind, const float* b, int b_kind, float* y, int64_t rows,
-                int64_t cols);
+                int64_t cols, Activation act = Activation::none);
 void binary_f32_isa(BinaryOp op, const float* a, int a_kind, const float* b, int b_kind, float* y, int64_t rows,
-                    int64_t cols, Int8Isa isa, int threads);
+                    int64_t cols, Int8Isa isa, int threads, Activation act = Activation::none);
 
 // y[r] = mean of x[r, 0 .. cols), r < rows (cols >= 1), as above.
 void mean_rows_f32(const float* x, float* y, int64_t rows, int64_t cols);

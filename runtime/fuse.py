@@ -32,6 +32,8 @@ Patterns (in this order):
     epilogue, or kernels.registry.build after it; the GPU backends, which have no Conv, have no
     HardSwish after a Linear either);
     Linear -> Reshape -> Relu / Gelu (GPT-2's Conv1D) becomes that Linear -> the Reshape;
+    Add -> Relu (ResNet's residual blocks) becomes the Add with activation "relu" (one pass
+    over the sum on the native backend; the Relu op after the Add elsewhere: kernels.registry.build);
   * Linears that read the same input with the same attributes and a dense, int8, csr or N:M
     weight (attention's Q, K and V projections) become one Linear over the concatenated weight and a
     Split of its output along the last axis: the input is quantized once and the GEMM is
@@ -510,8 +512,14 @@ def _fuse_skip_layer_norm(view: _View, ln: Node):
 # --- Linear / Conv + activation --------------------------------------------------------------
 
 def _fuse_activation(view: _View, node: Node):
-    if node.op not in ("Linear", "Conv") or node.attrs.get("activation", "none") != "none":
+    if node.op not in ("Linear", "Conv", "Add") or node.attrs.get("activation", "none") != "none":
         return None
+    if node.op == "Add":       # ResNet's residual sum -> Relu: one pass over the sum
+        act = view.only_reader(node.outputs[0], "Relu")
+        if act is None:
+            return None
+        return [node, act], Node(node.name, "Add", list(node.inputs), list(act.outputs),
+                                 {**node.attrs, "activation": "relu"})
     act = view.only_reader(node.outputs[0])
     reshape = None
     if act is not None and act.op == "Reshape" and node.op == "Linear":

@@ -173,6 +173,39 @@ def test_linear_reshape_activation_fuses_into_the_linear():
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
 
 
+def _add_relu_graph(b_shape=(2, 3, 5, 4), extra_output: bool = False) -> Graph:
+    """ResNet's residual block end: Add(h, skip) -> Relu."""
+    nodes = [Node("sum", "Add", ["h", "skip"], ["s"]), Node("act", "Relu", ["s"], ["y"])]
+    outputs = [Value("y", "float32", (2, 3, 5, 4))] + ([Value("s", "float32", (2, 3, 5, 4))] if extra_output else [])
+    g = Graph("t", [Value("h", "float32", (2, 3, 5, 4)), Value("skip", "float32", b_shape)], outputs, nodes, {})
+    g.validate()
+    return g
+
+
+@pytest.mark.parametrize("b_shape", [(2, 3, 5, 4), (2, 3, 1, 1), (1,)])
+def test_add_relu_fuses_and_has_the_bits_of_the_pair(b_shape):
+    g = _add_relu_graph(b_shape)
+    assert [(n.op, n.attrs.get("activation")) for n in fuse(g).nodes] == [("Add", "relu")]
+    rng = _rng("add-relu", b_shape)
+    h = rng.standard_normal((2, 3, 5, 4)).astype(np.float32)
+    skip = rng.standard_normal(b_shape).astype(np.float32)
+    h.flat[:4] = [np.nan, -0.0, np.inf, -np.inf]          # NaN kept, -0 + -0 -> +0 after the Relu
+    if skip.size > 1:
+        skip.flat[1] = -0.0
+    feed = {"h": h, "skip": skip}
+    want = runtime.InferenceSession(g, backend="reference", fuse=False).run(None, feed)[0]
+    for backend in ("reference", "numba", "native"):
+        if registry.backend_status(backend) is not None:
+            continue
+        for fused in (True, False):
+            got = runtime.InferenceSession(g, backend=backend, fuse=fused).run(None, feed)[0]
+            assert np.array_equal(got.view(np.uint32), want.view(np.uint32)), (backend, fused)
+
+
+def test_add_relu_is_not_fused_when_the_sum_is_read_elsewhere():
+    assert [n.op for n in fuse(_add_relu_graph(extra_output=True)).nodes] == ["Add", "Relu"]
+
+
 def test_no_fusion_when_the_intermediate_is_an_output():
     g = _linear_act_graph("Relu", extra_output=True)
     assert [n.op for n in fuse(g).nodes] == ["Linear", "Relu"]

@@ -277,11 +277,28 @@ def test_binary_ops_have_numpy_bits_for_every_broadcast(op, native_paths):
     assert run(np.ones(3), np.ones(3))[0].dtype == np.float64            # other dtypes: the reference
 
 
+def test_add_with_relu_has_the_bits_of_add_then_relu(native_paths):
+    """The fused Add -> Relu (runtime/fuse.py) on every path, each operand kind, across chunk
+    boundaries (70000 columns: several work items)."""
+    rng = _rng("add-relu")
+    for sa, sb in [((4, 70000), (4, 70000)), ((2, 3, 9, 9), (2, 3, 1, 1)), ((5,), (1,))]:
+        a = rng.standard_normal(sa).astype(np.float32)
+        b = rng.standard_normal(sb).astype(np.float32)
+        a.flat[:3] = [np.nan, -0.0, -np.inf]
+        run = registry.build("Add", "dense", "native", registry.fill_attrs("Add", {"activation": "relu"}), {})
+        plain = registry.lookup("Add", "dense", "native")(registry.fill_attrs("Add", {}), {})
+        relu = registry.lookup("Relu", "dense", "native")(registry.fill_attrs("Relu", {}), {})
+        for isa, nt in native_paths():
+            want = relu(plain(a, b)[0])[0]
+            assert np.array_equal(_bits(run(a, b)[0]), _bits(want)), (sa, sb, isa, nt)
+
+
 def test_binary_kernel_refuses_bad_arguments():
     a = np.ones(6, np.float32)
     for args, match in [(("pow", a, 0, a, 0, 2, 3), "expected add"), (("add", a, 0, a[:5], 0, 2, 3), "B has 5 values"),
                         (("add", a, 3, a, 0, 2, 3), "A_kind = 3"), (("add", a, 1, a, 0, 2, 3), "A has 6 values"),
-                        (("add", a, 0, a, 0, -2, -3), "rows and cols must be >= 0")]:
+                        (("add", a, 0, a, 0, -2, -3), "rows and cols must be >= 0"),
+                        (("add", a, 0, a, 0, 2, 3, "gelu"), "activation = 'gelu', expected none or relu")]:
         with pytest.raises(ValueError, match=match):
             _native.binary_f32(*args)
     with pytest.raises(TypeError, match="B must have dtype float32"):

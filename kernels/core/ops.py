@@ -54,7 +54,9 @@ _EPILOGUE = {"activation": "none"}
 
 _SPECS = [
     # --- element-wise, numpy broadcasting -------------------------------------------------
-    *[_spec(n, 2) for n in ("Add", "Sub", "Mul", "Div", "Pow", "Equal", "Greater",
+    _spec("Add", 2, attrs=_EPILOGUE,
+          doc="activation: 'none', or 'relu' fused from Add -> Relu (runtime/fuse.py), applied after the sum"),
+    *[_spec(n, 2) for n in ("Sub", "Mul", "Div", "Pow", "Equal", "Greater",
                             "GreaterOrEqual", "Less", "LessOrEqual", "And", "Or", "Xor")],
     _spec("Mod", 2, attrs={"fmod": 0}),
     *[_spec(n, (1, _VARIADIC)) for n in ("Max", "Min", "Sum")],

@@ -12,8 +12,9 @@ never falls to the float64 reference on this backend:
   ReLU exact.
 * ``Add``, ``Sub``, ``Mul``, ``Div`` on two float32 arrays of the same shape, or where one is a
   single value or one value per row of the other (the trailing axes of size 1: a CNN's
-  (N, C, 1, 1) channel scales): csrc/elementwise_f32.h, numpy's float32 bits. Other broadcasts
-  and dtypes: the reference.
+  (N, C, 1, 1) channel scales): csrc/elementwise_f32.h, numpy's float32 bits; an Add with the
+  fused "relu" of runtime/fuse.py (ResNet's Add -> Relu) applies it in the same pass, the bits of
+  the Relu op after it. Other broadcasts and dtypes: the reference (then the Relu op).
 * ``ReduceMean`` of float32 over trailing axes (global average pooling): float64 row sums
   rounded once (csrc/elementwise_f32.h), within one float32 rounding of the reference.
 
@@ -27,6 +28,7 @@ import numpy as np
 
 from kernels import blas_ops
 from kernels.fused_dispatch import reference_of
+from kernels.gemm_front import activate_after
 from kernels.reference._common import prod
 from kernels.reference.reduction import _reduce_axes
 from kernels.registry import register
@@ -96,18 +98,25 @@ def _row_kind(shape: tuple, out: tuple) -> tuple[int, int] | None:
 
 
 def _binary_factory(op: str):
-    """Factory of a float32 Add / Sub / Mul / Div by ``_native.binary_f32`` (module docstring)."""
+    """Factory of a float32 Add / Sub / Mul / Div by ``_native.binary_f32`` (module docstring);
+    an Add's fused "relu" (runtime/fuse.py: ResNet's Add -> Relu) in the same pass, the bits of
+    the native Relu after it."""
     name = op.lower()
 
     def factory(attrs: dict, weights: dict):
-        ref = reference_of(op, attrs, weights)
+        act = attrs.get("activation", "none")
+        plain = reference_of(op, {k: v for k, v in attrs.items() if k != "activation"}, weights)
+
+        def ref(a, b):
+            (y,) = plain(a, b)
+            return (activate_after(y, act, "native"),)
 
         def run(a, b):
             if not (type(a) is np.ndarray and type(b) is np.ndarray and a.dtype == np.float32
                     and b.dtype == np.float32):
                 return ref(a, b)
             if a.shape == b.shape and a.size and a.flags.c_contiguous and b.flags.c_contiguous:   # the common case, quickly
-                return (_native.binary_f32(name, a, 0, b, 0, 1, a.size).reshape(a.shape),)
+                return (_native.binary_f32(name, a, 0, b, 0, 1, a.size, act).reshape(a.shape),)
             try:
                 out = np.broadcast_shapes(a.shape, b.shape)
             except ValueError:
@@ -119,10 +128,12 @@ def _binary_factory(op: str):
             # one row of everything
             k = next((kind[1] for kind in (ka, kb) if kind[0] == 1), 0)
             rows, cols = prod(out[:k]), prod(out[k:])
-            y = _native.binary_f32(name, np.ascontiguousarray(a), ka[0], np.ascontiguousarray(b), kb[0], rows, cols)
+            y = _native.binary_f32(name, np.ascontiguousarray(a), ka[0], np.ascontiguousarray(b), kb[0], rows, cols, act)
             return (y.reshape(out),)
         return run
     factory.__name__ = factory.__qualname__ = f"{name}_factory"
+    if op == "Add":
+        factory.fused_activations = ("relu",)      # kernels.registry.build
     return factory
 
 
