@@ -111,24 +111,40 @@ def _binary_factory(op: str):
             (y,) = plain(a, b)
             return (activate_after(y, act, "native"),)
 
+        # (a.shape, b.shape) -> (out, a_kind, b_kind, rows, cols), or None for the reference: a
+        # node sees the same shapes call after call, and working the split out took 5 us of a
+        # MobileNet channel scale's 6 (np.broadcast_shapes, the kinds)
+        splits: dict = {}
+
+        def split(sa: tuple, sb: tuple):
+            try:
+                out = np.broadcast_shapes(sa, sb)
+            except ValueError:
+                return None               # the reference's error
+            ka, kb = _row_kind(sa, out), _row_kind(sb, out)
+            if ka is None or kb is None or prod(out) == 0:
+                return None
+            # the per-row operand's split (at most one is per row: two would make both full), else
+            # one row of everything
+            k = next((kind[1] for kind in (ka, kb) if kind[0] == 1), 0)
+            return out, ka[0], kb[0], prod(out[:k]), prod(out[k:])
+
         def run(a, b):
             if not (type(a) is np.ndarray and type(b) is np.ndarray and a.dtype == np.float32
                     and b.dtype == np.float32):
                 return ref(a, b)
             if a.shape == b.shape and a.size and a.flags.c_contiguous and b.flags.c_contiguous:   # the common case, quickly
                 return (_native.binary_f32(name, a, 0, b, 0, 1, a.size, act).reshape(a.shape),)
-            try:
-                out = np.broadcast_shapes(a.shape, b.shape)
-            except ValueError:
-                return ref(a, b)          # the reference's error
-            ka, kb = _row_kind(a.shape, out), _row_kind(b.shape, out)
-            if ka is None or kb is None or prod(out) == 0:
+            key = (a.shape, b.shape)
+            if key not in splits:
+                if len(splits) >= 64:     # run-time shapes that keep changing: a bounded memo
+                    splits.clear()
+                splits[key] = split(*key)
+            plan = splits[key]
+            if plan is None:
                 return ref(a, b)
-            # the per-row operand's split (at most one is per row: two would make both full), else
-            # one row of everything
-            k = next((kind[1] for kind in (ka, kb) if kind[0] == 1), 0)
-            rows, cols = prod(out[:k]), prod(out[k:])
-            y = _native.binary_f32(name, np.ascontiguousarray(a), ka[0], np.ascontiguousarray(b), kb[0], rows, cols, act)
+            out, ka, kb, rows, cols = plan
+            y = _native.binary_f32(name, np.ascontiguousarray(a), ka, np.ascontiguousarray(b), kb, rows, cols, act)
             return (y.reshape(out),)
         return run
     factory.__name__ = factory.__qualname__ = f"{name}_factory"
