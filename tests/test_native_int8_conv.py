@@ -212,6 +212,7 @@ DW_CASES = {  # name: (X shape, channel multiplier, kernel, strides, pads, dilat
     "tall, 3x3, rows dilated (the per-row form)": ((1, 2, 30, 18), 1, (3, 3), [1, 1], [2, 1, 2, 1], [2, 1]),
     "7x7 (the tap loop not unrolled)": ((1, 2, 20, 19), 1, (7, 7), [1, 1], [3, 3, 3, 3], [1, 1]),
     "taller window than plane": ((1, 2, 3, 18), 1, (5, 3), [1, 1], [2, 1, 2, 1], [1, 1]),
+    "1x1 (a channel scale; not the 1 x 1 product)": ((1, 4, 5, 6), 2, (1, 1), [1, 1], [0, 0, 0, 0], [1, 1]),
 }
 
 

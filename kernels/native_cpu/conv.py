@@ -319,6 +319,8 @@ def dense_conv_factory(attrs: dict, weights: dict):
     kernel = [int(k) for k in w.shape[2:]]
     channels = group if depthwise else w.shape[1]
     b32 = None if b_init is None or b_init.dtype != np.float32 else np.ascontiguousarray(b_init)
+    # the 2-D window arguments, fixed by the node (planar's, without its per-call work)
+    _, k2, s2, pads4, d2 = planar(np.empty((1, 1) + (1,) * nsp, np.float32), kernel, strides, pb, pe, dilations)
 
     def run(x, _weight=None, b=None):
         if not (isinstance(x, np.ndarray) and x.dtype == np.float32 and x.ndim == w.ndim and x.shape[1] == channels
@@ -327,11 +329,11 @@ def dense_conv_factory(attrs: dict, weights: dict):
         bias = None if b is None else (b32 if b is b_init and b32 is not None else np.ascontiguousarray(b))
         # the output size, which also raises the reference's error for a window larger than X
         out = [_out_size(x.shape[2 + i], kernel[i], strides[i], dilations[i], pb[i], pe[i], 0) for i in range(nsp)]
-        if depthwise:
-            x4, _, s2, pads4, d2 = planar(x, kernel, strides, pb, pe, dilations)   # the kernel is wk's
-            return (unplanar(_native.depthwise_conv2d(x4, wk, s2, pads4, d2, bias, act), nsp),)
-        if not pointwise:       # the direct form: im2col's values read where they are
-            x4, k2, s2, pads4, d2 = planar(x, kernel, strides, pb, pe, dilations)
+        if depthwise or not pointwise:
+            x4 = np.ascontiguousarray(x if nsp == 2 else x[:, :, None, :])    # planar's X
+            if depthwise:       # the kernel is wk's
+                return (unplanar(_native.depthwise_conv2d(x4, wk, s2, pads4, d2, bias, act), nsp),)
+            # the direct form: im2col's values read where they are
             return (unplanar(_native.f32_conv2d(x4, wk, k2, s2, pads4, d2, bias, act), nsp),)
         cols = np.ascontiguousarray(x).reshape(x.shape[0], x.shape[1], -1)      # 1 x 1: X is its columns
         y = _native.f32_channel_gemm(cols, wk, bias, act)
