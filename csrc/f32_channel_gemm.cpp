@@ -12,6 +12,7 @@
 #include <cmath>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "hard_sigmoid.h"
@@ -47,6 +48,15 @@ struct TableRows {
     const float* at(int64_t kk) const { return xr[kk] + j0; }
 };
 
+// Whether a tile may load whole vectors past its count: the direct Conv's rows lie in its scratch,
+// which ends with kTileSlack floats to spare (f32_conv2d_scratch_floats), so its partial tiles
+// read plain vectors (the lanes past count are never stored); X's own rows (StridedRows) may end
+// at the end of the caller's array, so those are masked. Masked loads cost the tile loop a mask
+// register reload per k step (perf: GCC kept the two masks on the stack).
+template <class Rows>
+constexpr bool kPlainLoads = std::is_same_v<Rows, TableRows>;
+constexpr int64_t kTileSlack = 32;
+
 // One tile: rows [0, R) of W (row stride ldw) against positions [0, count) of X's K rows (xs),
 // count <= 2 vectors; y (row stride ldy) gets acc + bias.
 template <class Rows>
@@ -77,7 +87,14 @@ __attribute__((target("avx512f"))) void tile512(const float* w, int64_t ldw, int
     __m512 a0[R], a1[R];
     QRT_UNROLL for (int r = 0; r < R; ++r) a0[r] = a1[r] = _mm512_setzero_ps();
     for (int64_t kk = 0; kk < k; ++kk) {
-        const __m512 x0 = _mm512_maskz_loadu_ps(m0, xs.at(kk)), x1 = _mm512_maskz_loadu_ps(m1, xs.at(kk) + 16);
+        __m512 x0, x1;
+        if constexpr (kPlainLoads<Rows>) {
+            x0 = _mm512_loadu_ps(xs.at(kk));
+            x1 = _mm512_loadu_ps(xs.at(kk) + 16);
+        } else {
+            x0 = _mm512_maskz_loadu_ps(m0, xs.at(kk));
+            x1 = _mm512_maskz_loadu_ps(m1, xs.at(kk) + 16);
+        }
         QRT_UNROLL for (int r = 0; r < R; ++r) {
             const __m512 wv = _mm512_set1_ps(w[r * ldw + kk]);
             a0[r] = _mm512_fmadd_ps(wv, x0, a0[r]);
@@ -107,7 +124,14 @@ __attribute__((target("avx2,fma"))) void tile256(const float* w, int64_t ldw, in
     __m256 a0[R], a1[R];
     QRT_UNROLL for (int r = 0; r < R; ++r) a0[r] = a1[r] = _mm256_setzero_ps();
     for (int64_t kk = 0; kk < k; ++kk) {
-        const __m256 x0 = _mm256_maskload_ps(xs.at(kk), m0), x1 = _mm256_maskload_ps(xs.at(kk) + 8, m1);
+        __m256 x0, x1;
+        if constexpr (kPlainLoads<Rows>) {
+            x0 = _mm256_loadu_ps(xs.at(kk));
+            x1 = _mm256_loadu_ps(xs.at(kk) + 8);
+        } else {
+            x0 = _mm256_maskload_ps(xs.at(kk), m0);
+            x1 = _mm256_maskload_ps(xs.at(kk) + 8, m1);
+        }
         QRT_UNROLL for (int r = 0; r < R; ++r) {
             const __m256 wv = _mm256_broadcast_ss(w + r * ldw + kk);
             a0[r] = _mm256_fmadd_ps(wv, x0, a0[r]);
@@ -342,7 +366,7 @@ void prepare_rows(const ConvGeometry& g, const float* x, float* out, Int8Isa isa
 }  // namespace
 
 int64_t f32_conv2d_scratch_floats(const ConvGeometry& g) {
-    return (g.n * g.c * g.h * g.sw + 1) * phase_len(g);
+    return (g.n * g.c * g.h * g.sw + 1) * phase_len(g) + kTileSlack;
 }
 
 void f32_conv2d_isa(const ConvGeometry& g, const float* w, const float* x, const float* bias, const FloatEpilogue& ep,
