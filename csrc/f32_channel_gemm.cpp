@@ -51,8 +51,8 @@ struct TableRows {
 // Whether a tile may load whole vectors past its count: the direct Conv's rows lie in its scratch,
 // which ends with kTileSlack floats to spare (f32_conv2d_scratch_floats), so its partial tiles
 // read plain vectors (the lanes past count are never stored); X's own rows (StridedRows) may end
-// at the end of the caller's array, so those are masked. Masked loads cost the tile loop a mask
-// register reload per k step (perf: GCC kept the two masks on the stack).
+// at the end of the caller's array, so those are masked unless the tile is full. Masked loads
+// cost the tile loop a mask register reload per k step (perf: GCC kept the two masks on the stack).
 template <class Rows>
 constexpr bool kPlainLoads = std::is_same_v<Rows, TableRows>;
 constexpr int64_t kTileSlack = 32;
@@ -79,7 +79,7 @@ void tile_scalar(int rows, const float* w, int64_t ldw, int64_t k, Rows xs, int6
 // each in memory and stored it every k step.
 #define QRT_UNROLL _Pragma("GCC unroll 16")
 
-template <int R, class Rows>
+template <int R, class Rows, bool PLAIN>
 __attribute__((target("avx512f"))) void tile512(const float* w, int64_t ldw, int64_t k, Rows xs, int64_t count,
                                                 const float* bias, const FloatEpilogue& ep, float* y, int64_t ldy) {
     const __mmask16 m0 = count >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << count) - 1);
@@ -88,7 +88,7 @@ __attribute__((target("avx512f"))) void tile512(const float* w, int64_t ldw, int
     QRT_UNROLL for (int r = 0; r < R; ++r) a0[r] = a1[r] = _mm512_setzero_ps();
     for (int64_t kk = 0; kk < k; ++kk) {
         __m512 x0, x1;
-        if constexpr (kPlainLoads<Rows>) {
+        if constexpr (PLAIN) {
             x0 = _mm512_loadu_ps(xs.at(kk));
             x1 = _mm512_loadu_ps(xs.at(kk) + 16);
         } else {
@@ -117,7 +117,7 @@ __attribute__((target("avx2"))) inline __m256i lanes_below(int64_t count) {   //
                               _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
-template <int R, class Rows>
+template <int R, class Rows, bool PLAIN>
 __attribute__((target("avx2,fma"))) void tile256(const float* w, int64_t ldw, int64_t k, Rows xs, int64_t count,
                                                  const float* bias, const FloatEpilogue& ep, float* y, int64_t ldy) {
     const __m256i m0 = lanes_below(count), m1 = lanes_below(count - 8);
@@ -125,7 +125,7 @@ __attribute__((target("avx2,fma"))) void tile256(const float* w, int64_t ldw, in
     QRT_UNROLL for (int r = 0; r < R; ++r) a0[r] = a1[r] = _mm256_setzero_ps();
     for (int64_t kk = 0; kk < k; ++kk) {
         __m256 x0, x1;
-        if constexpr (kPlainLoads<Rows>) {
+        if constexpr (PLAIN) {
             x0 = _mm256_loadu_ps(xs.at(kk));
             x1 = _mm256_loadu_ps(xs.at(kk) + 8);
         } else {
@@ -149,19 +149,29 @@ __attribute__((target("avx2,fma"))) void tile256(const float* w, int64_t ldw, in
     }
 }
 
+// A tile of plain loads where they are safe: kPlainLoads' rows, or a full tile (count = width),
+// whose masks would be all ones; else the masked one (MASKED_TILE: the plain one again for
+// kPlainLoads' rows, which never take it)
+template <auto PLAIN_TILE, auto MASKED_TILE, class Rows>
+inline void plain_or_masked(int64_t width, const float* w, int64_t ldw, int64_t k, Rows xs, int64_t count,
+                            const float* bias, const FloatEpilogue& ep, float* y, int64_t ldy) {
+    if (kPlainLoads<Rows> || count >= width) return PLAIN_TILE(w, ldw, k, xs, count, bias, ep, y, ldy);
+    MASKED_TILE(w, ldw, k, xs, count, bias, ep, y, ldy);
+}
+
 // rows in [1, 8] (AVX-512) / [1, 6] (AVX2) to the tile of that height
 template <class Rows>
 void tile_avx512(int rows, const float* w, int64_t ldw, int64_t k, Rows xs, int64_t count, const float* bias,
                  const FloatEpilogue& ep, float* y, int64_t ldy) {
     switch (rows) {
-        case 8: return tile512<8, Rows>(w, ldw, k, xs, count, bias, ep, y, ldy);
-        case 7: return tile512<7, Rows>(w, ldw, k, xs, count, bias, ep, y, ldy);
-        case 6: return tile512<6, Rows>(w, ldw, k, xs, count, bias, ep, y, ldy);
-        case 5: return tile512<5, Rows>(w, ldw, k, xs, count, bias, ep, y, ldy);
-        case 4: return tile512<4, Rows>(w, ldw, k, xs, count, bias, ep, y, ldy);
-        case 3: return tile512<3, Rows>(w, ldw, k, xs, count, bias, ep, y, ldy);
-        case 2: return tile512<2, Rows>(w, ldw, k, xs, count, bias, ep, y, ldy);
-        default: return tile512<1, Rows>(w, ldw, k, xs, count, bias, ep, y, ldy);
+        case 8: return plain_or_masked<tile512<8, Rows, true>, tile512<8, Rows, kPlainLoads<Rows>>>(32, w, ldw, k, xs, count, bias, ep, y, ldy);
+        case 7: return plain_or_masked<tile512<7, Rows, true>, tile512<7, Rows, kPlainLoads<Rows>>>(32, w, ldw, k, xs, count, bias, ep, y, ldy);
+        case 6: return plain_or_masked<tile512<6, Rows, true>, tile512<6, Rows, kPlainLoads<Rows>>>(32, w, ldw, k, xs, count, bias, ep, y, ldy);
+        case 5: return plain_or_masked<tile512<5, Rows, true>, tile512<5, Rows, kPlainLoads<Rows>>>(32, w, ldw, k, xs, count, bias, ep, y, ldy);
+        case 4: return plain_or_masked<tile512<4, Rows, true>, tile512<4, Rows, kPlainLoads<Rows>>>(32, w, ldw, k, xs, count, bias, ep, y, ldy);
+        case 3: return plain_or_masked<tile512<3, Rows, true>, tile512<3, Rows, kPlainLoads<Rows>>>(32, w, ldw, k, xs, count, bias, ep, y, ldy);
+        case 2: return plain_or_masked<tile512<2, Rows, true>, tile512<2, Rows, kPlainLoads<Rows>>>(32, w, ldw, k, xs, count, bias, ep, y, ldy);
+        default: return plain_or_masked<tile512<1, Rows, true>, tile512<1, Rows, kPlainLoads<Rows>>>(32, w, ldw, k, xs, count, bias, ep, y, ldy);
     }
 }
 
@@ -169,12 +179,12 @@ template <class Rows>
 void tile_avx2(int rows, const float* w, int64_t ldw, int64_t k, Rows xs, int64_t count, const float* bias,
                const FloatEpilogue& ep, float* y, int64_t ldy) {
     switch (rows) {
-        case 6: return tile256<6, Rows>(w, ldw, k, xs, count, bias, ep, y, ldy);
-        case 5: return tile256<5, Rows>(w, ldw, k, xs, count, bias, ep, y, ldy);
-        case 4: return tile256<4, Rows>(w, ldw, k, xs, count, bias, ep, y, ldy);
-        case 3: return tile256<3, Rows>(w, ldw, k, xs, count, bias, ep, y, ldy);
-        case 2: return tile256<2, Rows>(w, ldw, k, xs, count, bias, ep, y, ldy);
-        default: return tile256<1, Rows>(w, ldw, k, xs, count, bias, ep, y, ldy);
+        case 6: return plain_or_masked<tile256<6, Rows, true>, tile256<6, Rows, kPlainLoads<Rows>>>(16, w, ldw, k, xs, count, bias, ep, y, ldy);
+        case 5: return plain_or_masked<tile256<5, Rows, true>, tile256<5, Rows, kPlainLoads<Rows>>>(16, w, ldw, k, xs, count, bias, ep, y, ldy);
+        case 4: return plain_or_masked<tile256<4, Rows, true>, tile256<4, Rows, kPlainLoads<Rows>>>(16, w, ldw, k, xs, count, bias, ep, y, ldy);
+        case 3: return plain_or_masked<tile256<3, Rows, true>, tile256<3, Rows, kPlainLoads<Rows>>>(16, w, ldw, k, xs, count, bias, ep, y, ldy);
+        case 2: return plain_or_masked<tile256<2, Rows, true>, tile256<2, Rows, kPlainLoads<Rows>>>(16, w, ldw, k, xs, count, bias, ep, y, ldy);
+        default: return plain_or_masked<tile256<1, Rows, true>, tile256<1, Rows, kPlainLoads<Rows>>>(16, w, ldw, k, xs, count, bias, ep, y, ldy);
     }
 }
 #endif
