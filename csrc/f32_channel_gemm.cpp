@@ -149,29 +149,32 @@ __attribute__((target("avx2,fma"))) void tile256(const float* w, int64_t ldw, in
     }
 }
 
-// A tile of plain loads where they are safe: kPlainLoads' rows, or a full tile (count = width),
-// whose masks would be all ones; else the masked one (MASKED_TILE: the plain one again for
-// kPlainLoads' rows, which never take it)
-template <auto PLAIN_TILE, auto MASKED_TILE, class Rows>
-inline void plain_or_masked(int64_t width, const float* w, int64_t ldw, int64_t k, Rows xs, int64_t count,
-                            const float* bias, const FloatEpilogue& ep, float* y, int64_t ldy) {
-    if (kPlainLoads<Rows> || count >= width) return PLAIN_TILE(w, ldw, k, xs, count, bias, ep, y, ldy);
-    MASKED_TILE(w, ldw, k, xs, count, bias, ep, y, ldy);
-}
+// The tile of R rows with plain loads where they are safe (kPlainLoads' rows, or a full tile,
+// whose masks would be all ones), else the masked one. WIDTH: the tile's positions (2 vectors).
+#define QRT_PLAIN_OR_MASKED(NAME, TILE, WIDTH)                                                          \
+    template <int R, class Rows>                                                                      \
+    void NAME(const float* w, int64_t ldw, int64_t k, Rows xs, int64_t count, const float* bias,      \
+              const FloatEpilogue& ep, float* y, int64_t ldy) {                                       \
+        if (kPlainLoads<Rows> || count >= (WIDTH)) return TILE<R, Rows, true>(w, ldw, k, xs, count, bias, ep, y, ldy); \
+        if constexpr (!kPlainLoads<Rows>) TILE<R, Rows, false>(w, ldw, k, xs, count, bias, ep, y, ldy); \
+    }
+QRT_PLAIN_OR_MASKED(rows512, tile512, 32)
+QRT_PLAIN_OR_MASKED(rows256, tile256, 16)
+#undef QRT_PLAIN_OR_MASKED
 
 // rows in [1, 8] (AVX-512) / [1, 6] (AVX2) to the tile of that height
 template <class Rows>
 void tile_avx512(int rows, const float* w, int64_t ldw, int64_t k, Rows xs, int64_t count, const float* bias,
                  const FloatEpilogue& ep, float* y, int64_t ldy) {
     switch (rows) {
-        case 8: return plain_or_masked<tile512<8, Rows, true>, tile512<8, Rows, kPlainLoads<Rows>>>(32, w, ldw, k, xs, count, bias, ep, y, ldy);
-        case 7: return plain_or_masked<tile512<7, Rows, true>, tile512<7, Rows, kPlainLoads<Rows>>>(32, w, ldw, k, xs, count, bias, ep, y, ldy);
-        case 6: return plain_or_masked<tile512<6, Rows, true>, tile512<6, Rows, kPlainLoads<Rows>>>(32, w, ldw, k, xs, count, bias, ep, y, ldy);
-        case 5: return plain_or_masked<tile512<5, Rows, true>, tile512<5, Rows, kPlainLoads<Rows>>>(32, w, ldw, k, xs, count, bias, ep, y, ldy);
-        case 4: return plain_or_masked<tile512<4, Rows, true>, tile512<4, Rows, kPlainLoads<Rows>>>(32, w, ldw, k, xs, count, bias, ep, y, ldy);
-        case 3: return plain_or_masked<tile512<3, Rows, true>, tile512<3, Rows, kPlainLoads<Rows>>>(32, w, ldw, k, xs, count, bias, ep, y, ldy);
-        case 2: return plain_or_masked<tile512<2, Rows, true>, tile512<2, Rows, kPlainLoads<Rows>>>(32, w, ldw, k, xs, count, bias, ep, y, ldy);
-        default: return plain_or_masked<tile512<1, Rows, true>, tile512<1, Rows, kPlainLoads<Rows>>>(32, w, ldw, k, xs, count, bias, ep, y, ldy);
+        case 8: return rows512<8, Rows>(w, ldw, k, xs, count, bias, ep, y, ldy);
+        case 7: return rows512<7, Rows>(w, ldw, k, xs, count, bias, ep, y, ldy);
+        case 6: return rows512<6, Rows>(w, ldw, k, xs, count, bias, ep, y, ldy);
+        case 5: return rows512<5, Rows>(w, ldw, k, xs, count, bias, ep, y, ldy);
+        case 4: return rows512<4, Rows>(w, ldw, k, xs, count, bias, ep, y, ldy);
+        case 3: return rows512<3, Rows>(w, ldw, k, xs, count, bias, ep, y, ldy);
+        case 2: return rows512<2, Rows>(w, ldw, k, xs, count, bias, ep, y, ldy);
+        default: return rows512<1, Rows>(w, ldw, k, xs, count, bias, ep, y, ldy);
     }
 }
 
@@ -179,12 +182,12 @@ template <class Rows>
 void tile_avx2(int rows, const float* w, int64_t ldw, int64_t k, Rows xs, int64_t count, const float* bias,
                const FloatEpilogue& ep, float* y, int64_t ldy) {
     switch (rows) {
-        case 6: return plain_or_masked<tile256<6, Rows, true>, tile256<6, Rows, kPlainLoads<Rows>>>(16, w, ldw, k, xs, count, bias, ep, y, ldy);
-        case 5: return plain_or_masked<tile256<5, Rows, true>, tile256<5, Rows, kPlainLoads<Rows>>>(16, w, ldw, k, xs, count, bias, ep, y, ldy);
-        case 4: return plain_or_masked<tile256<4, Rows, true>, tile256<4, Rows, kPlainLoads<Rows>>>(16, w, ldw, k, xs, count, bias, ep, y, ldy);
-        case 3: return plain_or_masked<tile256<3, Rows, true>, tile256<3, Rows, kPlainLoads<Rows>>>(16, w, ldw, k, xs, count, bias, ep, y, ldy);
-        case 2: return plain_or_masked<tile256<2, Rows, true>, tile256<2, Rows, kPlainLoads<Rows>>>(16, w, ldw, k, xs, count, bias, ep, y, ldy);
-        default: return plain_or_masked<tile256<1, Rows, true>, tile256<1, Rows, kPlainLoads<Rows>>>(16, w, ldw, k, xs, count, bias, ep, y, ldy);
+        case 6: return rows256<6, Rows>(w, ldw, k, xs, count, bias, ep, y, ldy);
+        case 5: return rows256<5, Rows>(w, ldw, k, xs, count, bias, ep, y, ldy);
+        case 4: return rows256<4, Rows>(w, ldw, k, xs, count, bias, ep, y, ldy);
+        case 3: return rows256<3, Rows>(w, ldw, k, xs, count, bias, ep, y, ldy);
+        case 2: return rows256<2, Rows>(w, ldw, k, xs, count, bias, ep, y, ldy);
+        default: return rows256<1, Rows>(w, ldw, k, xs, count, bias, ep, y, ldy);
     }
 }
 #endif
