@@ -24,7 +24,7 @@
 
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
 #define QRT_DW_X86 1
-#include "simd.h"
+#include "lanes.h"   // lanes_of_bits8, even_lanes8 / 16
 // the per-vector loops unrolled, so the accumulators stay in registers (GCC at -O2 otherwise
 // kept them in memory: f32_channel_gemm.cpp)
 #define QRT_DW_UNROLL _Pragma("GCC unroll 8")
@@ -96,7 +96,6 @@ __attribute__((target("avx512f"))) void rows_avx512(const Plane& p, const float*
     const ConvGeometry& g = p.g;
     const int64_t kw = KW > 0 ? KW : g.kw, dw = g.dw, rstep = g.sh * g.w;
     const uint32_t* bits = p.bits.data() + v * kw;
-    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     __m512 acc[U];
     QRT_DW_UNROLL for (int u = 0; u < U; ++u) acc[u] = _mm512_set1_ps(b);
     for (int64_t a = 0; a < g.kh; ++a) {
@@ -114,8 +113,8 @@ __attribute__((target("avx512f"))) void rows_avx512(const Plane& p, const float*
                 if constexpr (SW == 1) {
                     in = _mm512_maskz_loadu_ps(static_cast<__mmask16>(m), src);
                 } else {
-                    in = _mm512_permutex2var_ps(_mm512_maskz_loadu_ps(static_cast<__mmask16>(m), src), even,
-                                                _mm512_maskz_loadu_ps(static_cast<__mmask16>(m >> 16), src + 16));
+                    in = even_lanes16(_mm512_maskz_loadu_ps(static_cast<__mmask16>(m), src),
+                                      _mm512_maskz_loadu_ps(static_cast<__mmask16>(m >> 16), src + 16));
                 }
                 acc[u] = _mm512_fmadd_ps(wv, in, acc[u]);
             }
@@ -139,13 +138,23 @@ __attribute__((target("avx512f"))) void rows_avx512(const Plane& p, const float*
 // Every loop of a group fully unrolled, so acc[] stays in registers: at "unroll 16" GCC left the
 // 2 U + KW - 2 = 19 input rows of a 5 x 5 stride-2 group rolled, its accumulators in memory (perf).
 #define QRT_DW_UNROLL_ALL _Pragma("GCC unroll 32")
+
+// The input rows a group of U output rows reads, and the output row that input row ri feeds as
+// its tap row a (-1: none): both slide bodies' one rule
+template <int U, int SW, int KW>
+constexpr int slide_rows() { return (U - 1) * SW + KW; }
+template <int U, int SW>
+constexpr int fed_row(int ri, int a) {
+    const int d = ri - a;   // tap row a of output row d / SW, if SW divides d
+    return d >= 0 && d % SW == 0 && d / SW < U ? d / SW : -1;
+}
+
 template <int U, int SW, int KW, bool FULL>
 __attribute__((target("avx512f"))) void rows_slide_avx512(const Plane& p, const float* x, const float* w, float b,
                                                           float* y, int64_t i0, int64_t v) {
     const ConvGeometry& g = p.g;
     const uint32_t* bits = p.bits.data() + v * KW;
     const float* base = x + (i0 * SW - g.pt) * g.w + v * 16 * SW - g.pl;   // masked lanes are not read
-    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     __mmask16 lo[KW], hi[KW];
     QRT_DW_UNROLL_ALL for (int t = 0; t < KW; ++t) {
         lo[t] = static_cast<__mmask16>(bits[t]);
@@ -153,42 +162,30 @@ __attribute__((target("avx512f"))) void rows_slide_avx512(const Plane& p, const 
     }
     __m512 acc[U];
     QRT_DW_UNROLL_ALL for (int u = 0; u < U; ++u) acc[u] = _mm512_set1_ps(b);
-    QRT_DW_UNROLL_ALL for (int ri = 0; ri < (U - 1) * SW + KW; ++ri) {
+    constexpr int rows_in = slide_rows<U, SW, KW>();
+    QRT_DW_UNROLL_ALL for (int ri = 0; ri < rows_in; ++ri) {
         __m512 in[KW];
         QRT_DW_UNROLL_ALL for (int t = 0; t < KW; ++t) {
             const float* src = base + ri * g.w + t * g.dw;
             if constexpr (SW == 1) {
                 in[t] = FULL ? _mm512_loadu_ps(src) : _mm512_maskz_loadu_ps(lo[t], src);
             } else if constexpr (FULL) {
-                in[t] = _mm512_permutex2var_ps(_mm512_loadu_ps(src), even, _mm512_loadu_ps(src + 16));
+                in[t] = even_lanes16(_mm512_loadu_ps(src), _mm512_loadu_ps(src + 16));
             } else {
-                in[t] = _mm512_permutex2var_ps(_mm512_maskz_loadu_ps(lo[t], src), even,
-                                               _mm512_maskz_loadu_ps(hi[t], src + 16));
+                in[t] = even_lanes16(_mm512_maskz_loadu_ps(lo[t], src), _mm512_maskz_loadu_ps(hi[t], src + 16));
             }
         }
         QRT_DW_UNROLL_ALL for (int a = 0; a < KW; ++a) {
-            const int d = ri - a;   // this input row is tap row a of output row d / SW, if SW divides d
-            if (d < 0 || d % SW != 0 || d / SW >= U) continue;
+            const int u = fed_row<U, SW>(ri, a);
+            if (u < 0) continue;
             QRT_DW_UNROLL_ALL for (int t = 0; t < KW; ++t)
-                acc[d / SW] = _mm512_fmadd_ps(_mm512_set1_ps(w[a * KW + t]), in[t], acc[d / SW]);
+                acc[u] = _mm512_fmadd_ps(_mm512_set1_ps(w[a * KW + t]), in[t], acc[u]);
         }
     }
     const int64_t left = std::min<int64_t>(16, p.ow - v * 16);
     const __mmask16 store = static_cast<__mmask16>((uint32_t(1) << left) - 1);
     QRT_DW_UNROLL_ALL for (int u = 0; u < U; ++u)
         _mm512_mask_storeu_ps(y + (i0 + u) * p.ow + v * 16, store, float_epilogue16(acc[u], p.ep));
-}
-
-__attribute__((target("avx2"))) inline __m256i lanes_of(uint32_t m) {   // lane l set where bit l of m is
-    const __m256i bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
-    return _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(static_cast<int>(m)), bit), bit);
-}
-
-// The even lanes of the 16 floats at lo, hi: lo0 lo2 hi0 hi2 | lo4 lo6 hi4 hi6, then the 64-bit
-// pairs in order
-__attribute__((target("avx2"))) inline __m256 even_lanes(__m256 lo, __m256 hi) {
-    const __m256 ev = _mm256_shuffle_ps(lo, hi, _MM_SHUFFLE(2, 0, 2, 0));
-    return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(ev), _MM_SHUFFLE(3, 1, 2, 0)));
 }
 
 template <int U, int SW, int KW, bool INSIDE>
@@ -207,17 +204,17 @@ __attribute__((target("avx2,fma"))) void rows_avx2(const Plane& p, const float* 
         QRT_DW_UNROLL for (int64_t t = 0; t < kw; ++t) {
             const __m256 wv = _mm256_set1_ps(wa[t]);
             const uint32_t m = inside ? bits[t] : 0;
-            const __m256i lo = lanes_of(m), hi = lanes_of(m >> 8);
+            const __m256i lo = lanes_of_bits8(m), hi = lanes_of_bits8(m >> 8);
             QRT_DW_UNROLL for (int u = 0; u < U; ++u) {
                 const float* src = ra + u * rstep + t * dw;
                 __m256 in = _mm256_maskload_ps(src, lo);
-                if constexpr (SW != 1) in = even_lanes(in, _mm256_maskload_ps(src + 8, hi));
+                if constexpr (SW != 1) in = even_lanes8(in, _mm256_maskload_ps(src + 8, hi));
                 acc[u] = _mm256_fmadd_ps(wv, in, acc[u]);
             }
         }
     }
     const int64_t left = std::min<int64_t>(8, p.ow - v * 8);
-    const __m256i store = lanes_of((uint32_t(1) << left) - 1);
+    const __m256i store = lanes_of_bits8((uint32_t(1) << left) - 1);
     QRT_DW_UNROLL for (int u = 0; u < U; ++u)
         _mm256_maskstore_ps(y + (i0 + u) * p.ow + v * 8, store, float_epilogue8(acc[u], p.ep));
 }
@@ -232,27 +229,28 @@ __attribute__((target("avx2,fma"))) void rows_slide_avx2(const Plane& p, const f
     const float* base = x + (i0 * SW - g.pt) * g.w + v * 8 * SW - g.pl;   // masked lanes are not read
     __m256 acc[U];
     QRT_DW_UNROLL_ALL for (int u = 0; u < U; ++u) acc[u] = _mm256_set1_ps(b);
-    QRT_DW_UNROLL_ALL for (int ri = 0; ri < (U - 1) * SW + KW; ++ri) {
+    constexpr int rows_in = slide_rows<U, SW, KW>();
+    QRT_DW_UNROLL_ALL for (int ri = 0; ri < rows_in; ++ri) {
         __m256 in[KW];
         QRT_DW_UNROLL_ALL for (int t = 0; t < KW; ++t) {
             const float* src = base + ri * g.w + t * g.dw;
             if constexpr (FULL) {
                 in[t] = _mm256_loadu_ps(src);
-                if constexpr (SW != 1) in[t] = even_lanes(in[t], _mm256_loadu_ps(src + 8));
+                if constexpr (SW != 1) in[t] = even_lanes8(in[t], _mm256_loadu_ps(src + 8));
             } else {
-                in[t] = _mm256_maskload_ps(src, lanes_of(bits[t]));
-                if constexpr (SW != 1) in[t] = even_lanes(in[t], _mm256_maskload_ps(src + 8, lanes_of(bits[t] >> 8)));
+                in[t] = _mm256_maskload_ps(src, lanes_of_bits8(bits[t]));
+                if constexpr (SW != 1) in[t] = even_lanes8(in[t], _mm256_maskload_ps(src + 8, lanes_of_bits8(bits[t] >> 8)));
             }
         }
         QRT_DW_UNROLL_ALL for (int a = 0; a < KW; ++a) {
-            const int d = ri - a;
-            if (d < 0 || d % SW != 0 || d / SW >= U) continue;
+            const int u = fed_row<U, SW>(ri, a);
+            if (u < 0) continue;
             QRT_DW_UNROLL_ALL for (int t = 0; t < KW; ++t)
-                acc[d / SW] = _mm256_fmadd_ps(_mm256_set1_ps(w[a * KW + t]), in[t], acc[d / SW]);
+                acc[u] = _mm256_fmadd_ps(_mm256_set1_ps(w[a * KW + t]), in[t], acc[u]);
         }
     }
     const int64_t left = std::min<int64_t>(8, p.ow - v * 8);
-    const __m256i store = lanes_of((uint32_t(1) << left) - 1);
+    const __m256i store = lanes_of_bits8((uint32_t(1) << left) - 1);
     QRT_DW_UNROLL_ALL for (int u = 0; u < U; ++u)
         _mm256_maskstore_ps(y + (i0 + u) * p.ow + v * 8, store, float_epilogue8(acc[u], p.ep));
 }

@@ -20,7 +20,7 @@
 
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
 #define QRT_F32G_X86 1
-#include "simd.h"
+#include "lanes.h"   // lanes_below8, lanes_of_bits8, even / odd_lanes8 / 16
 #else
 #define QRT_F32G_X86 0
 #endif
@@ -112,15 +112,10 @@ __attribute__((target("avx512f"))) void tile512(const float* w, int64_t ldw, int
     }
 }
 
-__attribute__((target("avx2"))) inline __m256i lanes_below(int64_t count) {   // lane i set where i < count
-    return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(std::clamp<int64_t>(count, 0, 8))),
-                              _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-}
-
 template <int R, class Rows, bool PLAIN>
 __attribute__((target("avx2,fma"))) void tile256(const float* w, int64_t ldw, int64_t k, Rows xs, int64_t count,
                                                  const float* bias, const FloatEpilogue& ep, float* y, int64_t ldy) {
-    const __m256i m0 = lanes_below(count), m1 = lanes_below(count - 8);
+    const __m256i m0 = lanes_below8(count), m1 = lanes_below8(count - 8);
     __m256 a0[R], a1[R];
     QRT_UNROLL for (int r = 0; r < R; ++r) a0[r] = a1[r] = _mm256_setzero_ps();
     for (int64_t kk = 0; kk < k; ++kk) {
@@ -311,22 +306,15 @@ inline uint32_t lane_range(int64_t lo, int64_t hi) {
 
 __attribute__((target("avx512f"))) void split_pairs512(const float* src, int64_t w, int64_t pl, int64_t len,
                                                        float* even, float* odd) {
-    const __m512i ie = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    const __m512i io = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
     for (int64_t j = 0; j < len; j += 16) {
         const int64_t col = 2 * j - pl;   // the input column of padded column 2 j; masked lanes are not read
         const uint32_t m = lane_range(-col, w - col);
         const __m512 a = _mm512_maskz_loadu_ps(static_cast<__mmask16>(m), src + col);
         const __m512 b = _mm512_maskz_loadu_ps(static_cast<__mmask16>(m >> 16), src + col + 16);
         const __mmask16 keep = static_cast<__mmask16>(lane_range(0, len - j));
-        _mm512_mask_storeu_ps(even + j, keep, _mm512_permutex2var_ps(a, ie, b));
-        _mm512_mask_storeu_ps(odd + j, keep, _mm512_permutex2var_ps(a, io, b));
+        _mm512_mask_storeu_ps(even + j, keep, even_lanes16(a, b));
+        _mm512_mask_storeu_ps(odd + j, keep, odd_lanes16(a, b));
     }
-}
-
-__attribute__((target("avx2"))) inline __m256i lanes_in(uint32_t m) {   // lane l all ones where bit l of m is
-    const __m256i bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
-    return _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(static_cast<int>(m)), bit), bit);
 }
 
 __attribute__((target("avx2"))) void split_pairs256(const float* src, int64_t w, int64_t pl, int64_t len, float* even,
@@ -334,12 +322,10 @@ __attribute__((target("avx2"))) void split_pairs256(const float* src, int64_t w,
     for (int64_t j = 0; j < len; j += 8) {
         const int64_t col = 2 * j - pl;
         const uint32_t m = lane_range(-col, w - col);
-        const __m256 a = _mm256_maskload_ps(src + col, lanes_in(m)), b = _mm256_maskload_ps(src + col + 8, lanes_in(m >> 8));
-        // [a0 a2 b0 b2 | a4 a6 b4 b6] -> [a0 a2 a4 a6 b0 b2 b4 b6], likewise the odd ones
-        const __m256 e = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0)), o = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1));
-        const __m256i keep = lanes_in(lane_range(0, len - j));
-        _mm256_maskstore_ps(even + j, keep, _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(e), 0xD8)));
-        _mm256_maskstore_ps(odd + j, keep, _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(o), 0xD8)));
+        const __m256 a = _mm256_maskload_ps(src + col, lanes_of_bits8(m)), b = _mm256_maskload_ps(src + col + 8, lanes_of_bits8(m >> 8));
+        const __m256i keep = lanes_of_bits8(lane_range(0, len - j));
+        _mm256_maskstore_ps(even + j, keep, even_lanes8(a, b));
+        _mm256_maskstore_ps(odd + j, keep, odd_lanes8(a, b));
     }
 }
 #endif

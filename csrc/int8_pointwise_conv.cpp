@@ -17,6 +17,7 @@
 
 #include "hard_sigmoid.h"
 #include "int8_gemm_kernels.h"
+#include "lanes.h"   // lanes_below8
 #include "numeric_bounds.h"
 #include "work_pool.h"
 
@@ -322,11 +323,6 @@ QRT_PW_AVX512 void block_avx512(const Call& c, const Block& b) {
 }
 
 // --- AVX2 and AVX-VNNI (256-bit) ---------------------------------------------------------------
-
-QRT_PW_AVX2 inline __m256i lanes_below8(int64_t count) {   // lane i all ones where i < count
-    return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(std::clamp<int64_t>(count, 0, 8))),
-                              _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-}
 
 struct Lanes8 {
     __m256d s_lo, s_hi;
