@@ -110,10 +110,19 @@ def planar(x: np.ndarray, kernel, strides, pb, pe, dilations) -> tuple:
     (X as C-contiguous (N, C, H, W), kernel, strides, pads (top, left, bottom, right),
     dilations). A 1-D window is a 2-D one over a single row (kernel, stride and dilation 1 down
     the rows, no pads there); ``unplanar`` takes the row axis off the result again."""
-    if x.ndim == 4:
-        return np.ascontiguousarray(x), list(kernel), list(strides), [pb[0], pb[1], pe[0], pe[1]], list(dilations)
-    return (np.ascontiguousarray(x[:, :, None, :]), [1, kernel[0]], [1, strides[0]], [0, pb[0], 0, pe[0]],
-            [1, dilations[0]])
+    return (planar_x(x), *window_args(x.ndim - 2, kernel, strides, pb, pe, dilations))
+
+
+def planar_x(x: np.ndarray) -> np.ndarray:
+    """``planar``'s X: C-contiguous (N, C, H, W), a 1-D window's X as one row."""
+    return np.ascontiguousarray(x if x.ndim == 4 else x[:, :, None, :])
+
+
+def window_args(nsp: int, kernel, strides, pb, pe, dilations) -> tuple:
+    """``planar``'s window arguments for ``nsp`` spatial dims: they depend on the node alone."""
+    if nsp == 2:
+        return list(kernel), list(strides), [pb[0], pb[1], pe[0], pe[1]], list(dilations)
+    return [1, kernel[0]], [1, strides[0]], [0, pb[0], 0, pe[0]], [1, dilations[0]]
 
 
 def unplanar(y: np.ndarray, nsp: int) -> np.ndarray:
@@ -319,8 +328,7 @@ def dense_conv_factory(attrs: dict, weights: dict):
     kernel = [int(k) for k in w.shape[2:]]
     channels = group if depthwise else w.shape[1]
     b32 = None if b_init is None or b_init.dtype != np.float32 else np.ascontiguousarray(b_init)
-    # the 2-D window arguments, fixed by the node (planar's, without its per-call work)
-    _, k2, s2, pads4, d2 = planar(np.empty((1, 1) + (1,) * nsp, np.float32), kernel, strides, pb, pe, dilations)
+    k2, s2, pads4, d2 = window_args(nsp, kernel, strides, pb, pe, dilations)   # once per node
 
     def run(x, _weight=None, b=None):
         if not (isinstance(x, np.ndarray) and x.dtype == np.float32 and x.ndim == w.ndim and x.shape[1] == channels
@@ -330,7 +338,7 @@ def dense_conv_factory(attrs: dict, weights: dict):
         # the output size, which also raises the reference's error for a window larger than X
         out = [_out_size(x.shape[2 + i], kernel[i], strides[i], dilations[i], pb[i], pe[i], 0) for i in range(nsp)]
         if depthwise or not pointwise:
-            x4 = np.ascontiguousarray(x if nsp == 2 else x[:, :, None, :])    # planar's X
+            x4 = planar_x(x)
             if depthwise:       # the kernel is wk's
                 return (unplanar(_native.depthwise_conv2d(x4, wk, s2, pads4, d2, bias, act), nsp),)
             # the direct form: im2col's values read where they are
