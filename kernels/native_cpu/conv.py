@@ -283,9 +283,10 @@ def _im2col(x, kernel, strides, pb, pe, dilations, out):
 # larger patches as sgemm on an im2col. Measured on the Xeon, 2 threads (RESULTS.md,
 # "MobileNetV3-like: the float32 layers" and "int8 1 x 1 Convs on NCHW memory and the direct
 # float32 Conv"): the channel product 1.4-3.2x sgemm + bias at K <= 128, the fp32
-# MobileNetV3-like model 4.5 -> 3.0 ms with its 1 x 1 Convs of K = 240 and 480 on it; the direct form 1.3-3.9x the sgemm path on ResNet's
-# 7 x 7 / 2 stem and 3 x 3 layers of 16-128 channels (about 190 GFLOP/s, 45% of the FMA peak),
-# where the channel product on an im2col had been even with sgemm and the model 10% slower.
+# MobileNetV3-like model 4.5 -> 3.0 ms with its 1 x 1 Convs of K = 240 and 480 on it; the direct
+# form 1.3-3.9x the sgemm path on ResNet's 7 x 7 / 2 stem and 3 x 3 layers of 16-128 channels
+# (then 45% of the FMA peak, 58-70% since its tiles take plain loads: "CNN layers again"), where
+# the channel product on an im2col had been even with sgemm and the model 10% slower.
 POINTWISE_MAX_K = 576
 DIRECT_MAX_K = 1152
 
