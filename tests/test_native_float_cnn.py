@@ -241,14 +241,16 @@ def test_float_conv_takes_sgemm_past_the_patch_limits_and_for_groups(monkeypatch
     assert calls == [] and y64.dtype == np.float64 and np.all(y64 >= 0)
 
 
-def test_depthwise_activation_has_the_bits_of_the_unfused_pair(native_paths):
-    rng = _rng("dw-act")
+@pytest.mark.parametrize("k, stride", [(3, 1), (5, 2)])   # (5, 2): through the phase planes
+def test_depthwise_activation_has_the_bits_of_the_unfused_pair(k, stride, native_paths):
+    rng = _rng("dw-act", k, stride)
     x = (3 * rng.standard_normal((2, 5, 13, 21))).astype(np.float32)
-    w = rng.standard_normal((5, 1, 3, 3)).astype(np.float32)
+    w = rng.standard_normal((5, 1, k, k)).astype(np.float32)
+    s, p = [stride] * 2, [k // 2] * 4
     for isa, nt in native_paths():
-        plain = _native.depthwise_conv2d(x, w, [1, 1], [1, 1, 1, 1], [1, 1])
+        plain = _native.depthwise_conv2d(x, w, s, p, [1, 1])
         for act in ("relu", "hard_swish"):
-            fused = _native.depthwise_conv2d(x, w, [1, 1], [1, 1, 1, 1], [1, 1], None, act)
+            fused = _native.depthwise_conv2d(x, w, s, p, [1, 1], None, act)
             assert np.array_equal(_bits(fused), _bits(_activation(plain, act))), (isa, nt, act)
 
 

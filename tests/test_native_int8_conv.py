@@ -209,6 +209,12 @@ DW_CASES = {  # name: (X shape, channel multiplier, kernel, strides, pads, dilat
     "tall and wide, 5x5": ((1, 2, 30, 52), 1, (5, 5), [1, 1], [2, 2, 2, 2], [1, 1]),
     "tall and wide, 3x3 / 2": ((1, 2, 37, 80), 1, (3, 3), [2, 2], [1, 1, 1, 1], [1, 1]),
     "tall and wide, 5x5 / 2": ((2, 2, 41, 100), 1, (5, 5), [2, 2], [2, 1, 2, 2], [1, 1]),
+    # 5 x 5 / 2 through the phase planes (depthwise_conv.cpp, plane_phases): one vector column with
+    # a tail, no pads (e0 = 0), pads of 3 and 0 with odd widths, MobileNet's 56 x 56 -> 28 x 28
+    "5x5 / 2, a small plane": ((1, 3, 9, 7), 1, (5, 5), [2, 2], [2, 2, 2, 2], [1, 1]),
+    "5x5 / 2, no pads": ((1, 2, 19, 23), 1, (5, 5), [2, 2], [0, 0, 0, 0], [1, 1]),
+    "5x5 / 2, pads 3 and 0, multiplier 2": ((1, 2, 12, 13), 2, (5, 5), [2, 2], [3, 0, 0, 3], [1, 1]),
+    "5x5 / 2, 56 x 56": ((1, 2, 56, 56), 1, (5, 5), [2, 2], [2, 2, 2, 2], [1, 1]),
     "tall, 3x3, rows dilated (the per-row form)": ((1, 2, 30, 18), 1, (3, 3), [1, 1], [2, 1, 2, 1], [2, 1]),
     "7x7 (the tap loop not unrolled)": ((1, 2, 20, 19), 1, (7, 7), [1, 1], [3, 3, 3, 3], [1, 1]),
     "taller window than plane": ((1, 2, 3, 18), 1, (5, 3), [1, 1], [2, 1, 2, 1], [1, 1]),
