@@ -12,6 +12,10 @@
 // loaded once for all the output rows it feeds (rows_slide_*). Strides 1 and 2 are vector loops
 // (stride 2 loads two vectors and keeps the even lanes); other strides, and the scalar path, fold
 // one output at a time.
+// (Tried, not kept: the plane split once into its even and odd columns, every tap then one plain
+// load: 5 x 5 / 2 alone 15-20% faster, in MobileNetV3 no faster, where the time is the input's
+// transfer from the other core; and work items by row band instead of plane. RESULTS.md, "Where
+// the CNN layers lose in the model: the other core's cache".)
 #include "depthwise_conv.h"
 
 #include <algorithm>
