@@ -176,9 +176,9 @@ py::array int8_pointwise_conv_py(const qrt::Int8PackedWeight& w, const py::objec
 
 // Y (N, M, OH, OW) float32 = act(depthwise Conv) of X (N, C, H, W) float32 with W (M, 1, kh, kw)
 // float32 (depthwise_conv.h).
-py::array depthwise_conv2d_py(const py::object& x_obj, const py::object& w_obj, const py::sequence& strides,
-                              const py::sequence& pads, const py::sequence& dilations, const py::object& bias_obj,
-                              const std::string& activation) {
+py::object depthwise_conv2d_py(const py::object& x_obj, const py::object& w_obj, const py::sequence& strides,
+                               const py::sequence& pads, const py::sequence& dilations, const py::object& bias_obj,
+                               const std::string& activation, bool channel_means) {
     const qrt::FloatEpilogue ep = float_epilogue_arg(activation);
     py::array x = nchw_input(x_obj);
     py::array w = contiguous_array_of<float>(w_obj, "W", "float32");
@@ -190,13 +190,17 @@ py::array depthwise_conv2d_py(const py::object& x_obj, const py::object& w_obj, 
     py::array b;
     const float* bp = f32_bias_arg(bias_obj, g.m, b);
     py::array_t<float> out = nchw_output(g);
+    py::array_t<float> means;
+    if (channel_means) means = py::array_t<float>(std::vector<py::ssize_t>{g.n, g.m, 1, 1});
     const float* xp = static_cast<const float*>(x.data());
     const float* wp = static_cast<const float*>(w.data());
     float* yp = out.mutable_data();
+    float* mp = channel_means ? means.mutable_data() : nullptr;
     {
         py::gil_scoped_release release;
-        qrt::depthwise_conv2d(g, xp, wp, bp, ep, yp);
+        qrt::depthwise_conv2d(g, xp, wp, bp, ep, yp, mp);
     }
+    if (channel_means) return py::make_tuple(out, means);
     return out;
 }
 
@@ -388,10 +392,12 @@ void bind_cnn(py::module_& m) {
           "activation.");
     m.def("depthwise_conv2d", &depthwise_conv2d_py, py::arg("x"), py::arg("w"), py::arg("strides"), py::arg("pads"),
           py::arg("dilations"), py::arg("bias") = py::none(), py::arg("activation") = "none",
+          py::arg("channel_means") = false,
           "Y (N, M, OH, OW) float32 = act(depthwise Conv (group = C) of X (N, C, H, W) float32 C-contiguous with W "
           "(M, 1, kh, kw) float32, M a multiple of C); strides (sh, sw), pads (top, left, bottom, right), "
           "dilations (dh, dw); bias (M,) float32 or None; activation 'none', 'relu', 'gelu', 'gelu_tanh' or "
-          "'hard_swish'. float32 sums in a fixed order (csrc/depthwise_conv.h).");
+          "'hard_swish'. float32 sums in a fixed order (csrc/depthwise_conv.h). channel_means: returns (Y, means) "
+          "with means (N, M, 1, 1) float32 each plane's mean, the bits of mean_rows_f32 on Y.");
     m.def("f32_channel_gemm", &f32_channel_gemm_py, py::arg("x"), py::arg("w"), py::arg("bias") = py::none(),
           py::arg("activation") = "none",
           "Y (N, M, P) float32 = act(W (M, K) @ X (N, K, P) + bias): a float32 Conv on NCHW memory (X a 1 x 1 "

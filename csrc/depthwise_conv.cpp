@@ -15,7 +15,8 @@
 // (Tried, not kept: the plane split once into its even and odd columns, every tap then one plain
 // load: 5 x 5 / 2 alone 15-20% faster, in MobileNetV3 no faster, where the time is the input's
 // transfer from the other core; and work items by row band instead of plane. RESULTS.md, "Where
-// the CNN layers lose in the model: the other core's cache".)
+// the CNN layers lose in the model: the other core's cache; the squeeze-excite mean in the
+// depthwise Conv".)
 #include "depthwise_conv.h"
 
 #include <algorithm>
@@ -24,6 +25,7 @@
 #include <string>
 #include <vector>
 
+#include "elementwise_f32.h"   // mean_row_f32
 #include "work_pool.h"
 
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
@@ -346,7 +348,7 @@ PlaneFn plane_fn(Int8Isa isa, int64_t sw, int64_t kw, int64_t& vec) {
 }  // namespace
 
 void depthwise_conv2d_isa(const ConvGeometry& g, const float* x, const float* w, const float* bias,
-                          const FloatEpilogue& ep, float* y, Int8Isa isa, int threads) {
+                          const FloatEpilogue& ep, float* y, Int8Isa isa, int threads, float* means) {
     conv_check_geometry(g);
     if (g.group != g.c) throw std::invalid_argument("depthwise_conv2d: group must equal C, got group = " +
                                                     std::to_string(g.group) + ", C = " + std::to_string(g.c));
@@ -367,12 +369,13 @@ void depthwise_conv2d_isa(const ConvGeometry& g, const float* x, const float* w,
         float* yo = y + item * oh * ow;
         fn(plane, x + (n * g.c + c) * g.h * g.w, w + o * g.kh * g.kw, bias != nullptr ? bias[o] : 0.0f, yo);
         if (after) float_epilogue_inplace(yo, oh * ow, ep, isa);
+        if (means != nullptr) means[item] = mean_row_f32(yo, oh * ow, isa);
     });
 }
 
 void depthwise_conv2d(const ConvGeometry& g, const float* x, const float* w, const float* bias,
-                      const FloatEpilogue& ep, float* y) {
-    depthwise_conv2d_isa(g, x, w, bias, ep, y, int8_current_isa(), int8_get_threads());
+                      const FloatEpilogue& ep, float* y, float* means) {
+    depthwise_conv2d_isa(g, x, w, bias, ep, y, int8_current_isa(), int8_get_threads(), means);
 }
 
 }  // namespace qrt

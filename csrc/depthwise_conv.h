@@ -28,9 +28,14 @@ namespace qrt {
 // nullptr. g.group must equal g.c and divide g.m (conv_check_geometry's other rules apply).
 // Throws std::invalid_argument otherwise. Runs on int8_current_isa()'s vector width with
 // int8_get_threads() threads (the _isa form: explicit); the bits depend on neither.
+// means (N * M,) or nullptr: each output plane's mean (after the epilogue), as mean_rows_f32
+// (elementwise_f32.h) computes it on the same path, summed right after the plane is written,
+// while it is in L1 (the squeeze-excite ReduceMean after MobileNetV3's and EfficientNet's
+// depthwise Convs, fused by runtime/fuse.py: a pass of its own read the planes back from L2 or
+// memory, at 3x its time on hot data).
 void depthwise_conv2d(const ConvGeometry& g, const float* x, const float* w, const float* bias,
-                      const FloatEpilogue& ep, float* y);
+                      const FloatEpilogue& ep, float* y, float* means = nullptr);
 void depthwise_conv2d_isa(const ConvGeometry& g, const float* x, const float* w, const float* bias,
-                          const FloatEpilogue& ep, float* y, Int8Isa isa, int threads);
+                          const FloatEpilogue& ep, float* y, Int8Isa isa, int threads, float* means = nullptr);
 
 }  // namespace qrt

@@ -131,14 +131,16 @@ void mean_rows_f32_isa(const float* x, float* y, int64_t rows, int64_t cols, Int
     if (rows < 0 || cols < 1)
         throw std::invalid_argument("mean_rows_f32: rows = " + std::to_string(rows) + ", cols = " +
                                     std::to_string(cols) + "; expected rows >= 0, cols >= 1");
-    const SumFn sum = sum_for(isa);
     const int64_t per_item = std::max<int64_t>(1, kChunk / cols);   // rows per work item
     const int nt = rows * cols >= kParallelMin ? threads : 1;
     parallel_items((rows + per_item - 1) / per_item, nt, [&](int64_t item) {
         const int64_t end = std::min(rows, (item + 1) * per_item);
-        for (int64_t r = item * per_item; r < end; ++r)
-            y[r] = static_cast<float>(sum(x + r * cols, cols) / static_cast<double>(cols));
+        for (int64_t r = item * per_item; r < end; ++r) y[r] = mean_row_f32(x + r * cols, cols, isa);
     });
+}
+
+float mean_row_f32(const float* x, int64_t n, Int8Isa isa) {
+    return static_cast<float>(sum_for(isa)(x, n) / static_cast<double>(n));
 }
 
 void mean_rows_f32(const float* x, float* y, int64_t rows, int64_t cols) {

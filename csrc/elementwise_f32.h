@@ -34,5 +34,8 @@ void binary_f32_isa(BinaryOp op, const float* a, int a_kind, const float* b, int
 // y[r] = mean of x[r, 0 .. cols), r < rows (cols >= 1), as above.
 void mean_rows_f32(const float* x, float* y, int64_t rows, int64_t cols);
 void mean_rows_f32_isa(const float* x, float* y, int64_t rows, int64_t cols, Int8Isa isa, int threads);
+// One row's mean, x[0 .. n), n >= 1, on the calling thread: the bits of mean_rows_f32 on path isa
+// (a kernel's fused mean of a row it has just written: the depthwise Conv's channel means).
+float mean_row_f32(const float* x, int64_t n, Int8Isa isa);
 
 }  // namespace qrt

@@ -185,14 +185,34 @@ EPILOGUE_OPS = {"relu": ("Relu", {}), "gelu": ("Gelu", {"approximate": "none"}),
                 "gelu_tanh": ("Gelu", {"approximate": "tanh"}), "hard_swish": ("HardSwish", {})}
 
 
+# A Conv's "channel_mean" output (kernels/core/ops.py): this ReduceMean of its first output.
+CHANNEL_MEAN_ATTRS = {"axes": [2, 3], "keepdims": 1}
+
+
 def build(op: str, layout: str, backend: str, attrs: dict[str, Any], weights: dict,
           fallbacks: tuple[str, ...] = ("reference",)) -> Callable[..., tuple]:
     """The ``run`` of one node: its kernel factory called with ``attrs`` (defaults filled in)
     and ``weights``; a Linear/Conv "activation" the kernel does not fuse is applied after it
     by that activation op's kernel on ``backend``, else on the first of ``fallbacks`` that has
     one (a session passes the backends it may use: AUTO_ORDER for "auto"), so results are
-    those of the unfused pair whichever kernel runs."""
+    those of the unfused pair whichever kernel runs. A Conv's "channel_mean" likewise: the
+    factory computes it where it says so (``fused_channel_mean``, with the activation fused),
+    else the ReduceMean kernel runs after it."""
     factory = lookup(op, layout, backend)
+    if attrs.get("channel_mean"):
+        act = attrs.get("activation", "none")
+        if getattr(factory, "fused_channel_mean", False) and (
+                act == "none" or act in getattr(factory, "fused_activations", ())):
+            return factory(attrs, weights)
+        inner = build(op, layout, backend, {k: v for k, v in attrs.items() if k != "channel_mean"}, weights,
+                      fallbacks)
+        mean_backend = next(b for b in (backend, *fallbacks, "reference") if has_kernel("ReduceMean", "dense", b))
+        mean = lookup("ReduceMean", "dense", mean_backend)(fill_attrs("ReduceMean", CHANNEL_MEAN_ATTRS), {})
+
+        def with_mean(*inputs):
+            (y,) = inner(*inputs)
+            return (y, *mean(y))
+        return with_mean
     if "activation" not in attrs:
         return factory(attrs, weights)
     act = attrs["activation"]

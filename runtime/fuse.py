@@ -34,6 +34,12 @@ Patterns (in this order):
     Linear -> Reshape -> Relu / Gelu (GPT-2's Conv1D) becomes that Linear -> the Reshape;
     Add -> Relu (ResNet's residual blocks) becomes the Add with activation "relu" (one pass
     over the sum on the native backend; the Relu op after the Add elsewhere: kernels.registry.build);
+  * ReduceMean over H and W with keepdims of a 2-D Conv's output (MobileNetV3's and EfficientNet's
+    squeeze-excite mean after the depthwise Conv, whose output the block's Mul reads too) becomes
+    the Conv's second output, its "channel_mean": the native depthwise kernel sums each plane
+    while it is in L1 (the ReduceMean pass read the planes back from L2 or memory), elsewhere the
+    ReduceMean kernel runs after the Conv (kernels.registry.build): the same bits. The one
+    pattern whose intermediate has other readers: the Conv's output stays a value of its own;
   * Linears that read the same input with the same attributes and a dense, int8, csr or N:M
     weight (attention's Q, K and V projections) become one Linear over the concatenated weight and a
     Split of its output along the last axis: the input is quantized once and the GEMM is
@@ -103,8 +109,10 @@ def fuse(graph: Graph) -> Graph:
               dict(graph.initializers), dict(graph.metadata))
     for n in g.nodes:
         n.attrs = dict(n.attrs)
-    for rewrite in (_fuse_attention, _fuse_disentangled_attention, _fuse_skip_layer_norm, _fuse_activation):
+    for rewrite in (_fuse_attention, _fuse_disentangled_attention, _fuse_skip_layer_norm, _fuse_activation,
+                    _fuse_channel_mean):
         _apply(g, rewrite)
+    g.topological_sort()      # a Conv with its mean sits where the ReduceMean was: its other readers may precede
     _drop_unread(g)
     _merge_sibling_linears(g)
     order_sparse_rows(g)
@@ -542,6 +550,25 @@ def _fuse_activation(view: _View, node: Node):
     return [node, reshape, act], [Node(node.name, node.op, list(node.inputs), list(node.outputs), attrs),
                                   Node(reshape.name, "Reshape", list(reshape.inputs), list(act.outputs),
                                        dict(reshape.attrs))]
+
+
+def _fuse_channel_mean(view: _View, node: Node):
+    """ReduceMean over H and W (keepdims) of a 2-D Conv's output, which other nodes read too
+    (MobileNetV3's and EfficientNet's squeeze-excite: the depthwise Conv's output is averaged,
+    then scaled by what the mean gives): the Conv's second output (its "channel_mean"), so a
+    kernel can sum each plane while it is in cache; the value and its readers stay."""
+    if node.op != "ReduceMean" or not node.attrs.get("keepdims", 1) or len(node.inputs) != 1:
+        return None
+    conv = view.made(node.inputs[0], "Conv")
+    weight = None if conv is None or len(conv.inputs) < 2 else view.graph.initializers.get(conv.inputs[1])
+    if conv is None or conv.attrs.get("channel_mean") or len(conv.outputs) != 1 or weight is None:
+        return None
+    rank = len(weight.shape)
+    axes = node.attrs.get("axes")
+    if rank != 4 or axes is None or sorted(int(a) % 4 for a in axes) != [2, 3]:
+        return None
+    return [conv, node], Node(conv.name, "Conv", list(conv.inputs), [conv.outputs[0], node.outputs[0]],
+                              {**conv.attrs, "channel_mean": 1})
 
 
 # --- Linears sharing an input ----------------------------------------------------------------

@@ -206,6 +206,50 @@ def test_add_relu_is_not_fused_when_the_sum_is_read_elsewhere():
     assert [n.op for n in fuse(_add_relu_graph(extra_output=True)).nodes] == ["Add", "Relu"]
 
 
+def _squeeze_excite_graph(k: int = 3, stride: int = 1, axes=(2, 3), keepdims: int = 1, mean_of: str = "a") -> Graph:
+    """MobileNetV3's block: depthwise Conv -> HardSwish (a), ReduceMean of a over H, W ->
+    1 x 1 Conv -> Relu -> 1 x 1 Conv -> HardSigmoid (s), y = a * s."""
+    rng = _rng("se", k, stride)
+    c, r = 4, 2
+    conv = {"strides": [stride, stride], "pads": [k // 2] * 4, "dilations": [1, 1]}
+    one = {"strides": [1, 1], "pads": [0, 0, 0, 0], "dilations": [1, 1], "group": 1}
+    nodes = [Node("dw", "Conv", ["x", "w_dw", "b_dw"], ["d"], {**conv, "group": c}),
+             Node("hs", "HardSwish", ["d"], ["a"]),
+             Node("mean", "ReduceMean", [mean_of], ["m"], {"axes": list(axes), "keepdims": keepdims}),
+             Node("fc1", "Conv", ["m", "w1", "b1"], ["f"], one), Node("relu", "Relu", ["f"], ["fr"]),
+             Node("fc2", "Conv", ["fr", "w2", "b2"], ["e"], one),
+             Node("hsig", "HardSigmoid", ["e"], ["s"], {"alpha": 1 / 6, "beta": 0.5}),
+             Node("scale", "Mul", ["a", "s"], ["y"])]
+    inits = {"w_dw": rng.standard_normal((c, 1, k, k)), "b_dw": rng.standard_normal(c),
+             "w1": rng.standard_normal((r, c, 1, 1)), "b1": rng.standard_normal(r),
+             "w2": rng.standard_normal((c, r, 1, 1)), "b2": rng.standard_normal(c)}
+    g = Graph("se", [Value("x", "float32", ("n", c, 11, 13))], [Value("y", "float32", None)], nodes,
+              {name: dense_tensor(name, v.astype(np.float32)) for name, v in inits.items()})
+    g.validate()
+    return g
+
+
+@pytest.mark.parametrize("k, stride", [(3, 1), (5, 2)])
+def test_squeeze_excite_mean_fuses_into_the_conv_with_the_bits_of_the_pair(k, stride):
+    g = _squeeze_excite_graph(k, stride)
+    fused = fuse(g)
+    dw = fused.nodes[0]
+    assert (dw.op, dw.attrs.get("activation"), dw.attrs.get("channel_mean"), dw.outputs) == ("Conv", "hard_swish", 1, ["a", "m"])
+    assert "ReduceMean" not in [n.op for n in fused.nodes]
+    x = (3 * _rng("se-x", k, stride).standard_normal((2, 4, 11, 13))).astype(np.float32)
+    for backend in ("reference", "numba", "native"):
+        if registry.backend_status(backend) is not None:
+            continue
+        want = runtime.InferenceSession(g, backend=backend, fuse=False).run(None, {"x": x})[0]
+        got = runtime.InferenceSession(g, backend=backend).run(None, {"x": x})[0]
+        assert np.array_equal(got.view(np.uint32), want.view(np.uint32)), backend
+
+
+@pytest.mark.parametrize("change", [dict(keepdims=0), dict(axes=(1, 2)), dict(axes=(3,)), dict(mean_of="x")])
+def test_squeeze_excite_mean_fuses_only_over_a_convs_planes_kept(change):
+    assert "ReduceMean" in [n.op for n in fuse(_squeeze_excite_graph(**change)).nodes]
+
+
 def test_no_fusion_when_the_intermediate_is_an_output():
     g = _linear_act_graph("Relu", extra_output=True)
     assert [n.op for n in fuse(g).nodes] == ["Linear", "Relu"]

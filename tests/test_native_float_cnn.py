@@ -254,6 +254,22 @@ def test_depthwise_activation_has_the_bits_of_the_unfused_pair(k, stride, native
             assert np.array_equal(_bits(fused), _bits(_activation(plain, act))), (isa, nt, act)
 
 
+@pytest.mark.parametrize("k, stride", [(3, 1), (5, 2), (3, 3)])
+def test_depthwise_channel_means_have_the_bits_of_mean_rows(k, stride, native_paths):
+    rng = _rng("dw-means", k, stride)
+    x = (3 * rng.standard_normal((2, 6, 17, 19))).astype(np.float32)
+    w = rng.standard_normal((12, 1, k, k)).astype(np.float32)   # multiplier 2
+    s, p = [stride] * 2, [k // 2] * 4
+    for isa, nt in native_paths():
+        for act in ("none", "hard_swish"):
+            y, m = _native.depthwise_conv2d(x, w, s, p, [1, 1], None, act, True)
+            plain = _native.depthwise_conv2d(x, w, s, p, [1, 1], None, act)
+            assert np.array_equal(_bits(y), _bits(plain)), (isa, nt, act)
+            assert m.shape == (2, 12, 1, 1) and m.dtype == np.float32
+            want = _native.mean_rows_f32(plain.reshape(24, -1)).reshape(2, 12, 1, 1)
+            assert np.array_equal(_bits(m), _bits(want)), (isa, nt, act)
+
+
 # --- Add / Sub / Mul / Div and ReduceMean (csrc/elementwise_f32.h) -------------------------------
 
 BROADCASTS = [((2, 3, 4, 5), (2, 3, 4, 5)), ((2, 3, 9, 9), (2, 3, 1, 1)), ((2, 3, 1, 1), (2, 3, 9, 9)),

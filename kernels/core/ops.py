@@ -104,9 +104,12 @@ _SPECS = [
               "inputs) may be absent; fused from the exported c2p / p2c MatMul + GatherElements"),
     _spec("Gemm", (2, 3), attrs={"alpha": 1.0, "beta": 1.0, "transA": 0, "transB": 0},
           doc="kept only when B is not a constant; constant-B Gemm becomes Linear"),
-    _spec("Conv", (2, 3), weight_input=1,
-          attrs={"strides": None, "pads": None, "dilations": None, "group": 1, **_ACT_QUANT, **_EPILOGUE},
-          doc="NCHW (1-D and 2-D), weight (C_out, C_in/group, kh, kw), explicit pads"),
+    _spec("Conv", (2, 3), outputs=(1, 2), weight_input=1,
+          attrs={"strides": None, "pads": None, "dilations": None, "group": 1, **_ACT_QUANT, **_EPILOGUE,
+                 "channel_mean": 0},
+          doc="NCHW (1-D and 2-D), weight (C_out, C_in/group, kh, kw), explicit pads; channel_mean = 1 (2-D "
+              "only, set by runtime/fuse.py): a second output (N, C_out, 1, 1), ReduceMean of the first over "
+              "axes [2, 3] (the squeeze-excite mean after a depthwise Conv)"),
     _spec("MaxPool", 1, attrs={"kernel_shape": None, "strides": None, "pads": None,
                                "dilations": None, "ceil_mode": 0}),
     _spec("AveragePool", 1, attrs={"kernel_shape": None, "strides": None, "pads": None,

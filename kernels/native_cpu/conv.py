@@ -45,9 +45,10 @@ from kernels.gemm_front import F32_F64, activate_after, bias32_or_64, bias64, ge
 from kernels.reference._common import prod
 from kernels.reference.conv_pool import _out_size, _spatial_attrs, _windows
 from kernels.reference.packed import PreparedWeight, packed_conv_ref
-from kernels.registry import bound_dense, register
+from kernels.registry import CHANNEL_MEAN_ATTRS, bound_dense, fill_attrs, register
 
 from . import _native
+from .elementwise import reduce_mean_factory
 from .int4 import Int4Plan, int4_linear
 from .int8 import Int8Plan, int8_linear
 from .sparse import SPARSE_LAYOUTS, SparsePlan, sparse_linear
@@ -302,17 +303,27 @@ def dense_conv_factory(attrs: dict, weights: dict):
     grouped GEMM a depthwise Conv is one 9-column product per channel: a MobileNet-sized one
     (96 x 56 x 56, 3 x 3) took 1.0 ms there and 0.17 ms here (RESULTS.md, "int8 Conv without
     numpy's im2col"). All are float32 sums within the same bound of the float64 reference
-    (module docstrings); the activation has the bits of its own op's native kernel."""
+    (module docstrings); the activation has the bits of its own op's native kernel. A
+    "channel_mean" output (runtime/fuse.py: the squeeze-excite ReduceMean after a depthwise
+    Conv) is summed by the depthwise kernel while each plane is in L1, elsewhere by the native
+    ReduceMean after the kernel: its bits either way."""
     act = attrs.get("activation", "none")
-    general = blas_ops.conv_factory({k: v for k, v in attrs.items() if k != "activation"}, weights, im2col=_im2col)
+    general = blas_ops.conv_factory({k: v for k, v in attrs.items() if k not in ("activation", "channel_mean")},
+                                    weights, im2col=_im2col)
     group = int(attrs["group"])
     w = bound_dense(weights, 1)
     b_init = bound_dense(weights, 2)
     nsp = None if w is None else w.ndim - 2
+    means = None
+    if attrs.get("channel_mean"):
+        means = reduce_mean_factory(fill_attrs("ReduceMean", CHANNEL_MEAN_ATTRS), {})
+
+    def with_means(out: tuple) -> tuple:
+        return out if means is None else (out[0], *means(out[0]))
 
     def fallback(x, _weight=None, b=None):
         (y,) = general(x, _weight, b)
-        return (activate_after(y, act, "native"),)
+        return with_means((activate_after(y, act, "native"),))
 
     if w is None or w.dtype != np.float32 or nsp not in NATIVE_SPATIAL_DIMS:
         return fallback
@@ -340,17 +351,20 @@ def dense_conv_factory(attrs: dict, weights: dict):
         out = [_out_size(x.shape[2 + i], kernel[i], strides[i], dilations[i], pb[i], pe[i], 0) for i in range(nsp)]
         if depthwise or not pointwise:
             x4 = planar_x(x)
+            if depthwise and means is not None and nsp == 2:   # the means summed by the kernel
+                return _native.depthwise_conv2d(x4, wk, s2, pads4, d2, bias, act, True)
             if depthwise:       # the kernel is wk's
-                return (unplanar(_native.depthwise_conv2d(x4, wk, s2, pads4, d2, bias, act), nsp),)
+                return with_means((unplanar(_native.depthwise_conv2d(x4, wk, s2, pads4, d2, bias, act), nsp),))
             # the direct form: im2col's values read where they are
-            return (unplanar(_native.f32_conv2d(x4, wk, k2, s2, pads4, d2, bias, act), nsp),)
+            return with_means((unplanar(_native.f32_conv2d(x4, wk, k2, s2, pads4, d2, bias, act), nsp),))
         cols = np.ascontiguousarray(x).reshape(x.shape[0], x.shape[1], -1)      # 1 x 1: X is its columns
         y = _native.f32_channel_gemm(cols, wk, bias, act)
-        return (y.reshape(x.shape[0], w.shape[0], *out),)
+        return with_means((y.reshape(x.shape[0], w.shape[0], *out),))
     return run
 
 
 dense_conv_factory.fused_activations = FLOAT_CONV_ACTIVATIONS
+dense_conv_factory.fused_channel_mean = True
 
 
 register("Conv", "native")(dense_conv_factory)

@@ -53,9 +53,11 @@ def reference_kernel(op: str, *, required: tuple[str, ...] = (),
     check:       validates the bound attributes at plan time; raises ValueError.
     """
     defaults = dict(op_spec(op).attrs)
-    # Linear/Conv's epilogue "activation" is applied after the kernel by kernels.registry.build
-    # (the reference function computes the op without it), so it is not passed here.
+    # Linear/Conv's epilogue "activation" and Conv's "channel_mean" output are applied after the
+    # kernel by kernels.registry.build (the reference function computes the op without them), so
+    # they are not passed here.
     defaults.pop("activation", None)
+    defaults.pop("channel_mean", None)
     defaults.update(extra_attrs or {})
     expected = snake_name(op) + "_ref"
 
