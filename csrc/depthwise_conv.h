@@ -30,7 +30,7 @@ namespace qrt {
 // int8_get_threads() threads (the _isa form: explicit); the bits depend on neither.
 // means (N * M,) or nullptr: each output plane's mean (after the epilogue), as mean_rows_f32
 // (elementwise_f32.h) computes it on the same path, summed right after the plane is written,
-// while it is in L1 (the squeeze-excite ReduceMean after MobileNetV3's and EfficientNet's
+// while it is in L1 (the squeeze-excite ReduceMean after MobileNetV3's
 // depthwise Convs, fused by runtime/fuse.py: a pass of its own read the planes back from L2 or
 // memory, at 3x its time on hot data).
 void depthwise_conv2d(const ConvGeometry& g, const float* x, const float* w, const float* bias,

@@ -34,8 +34,8 @@ Patterns (in this order):
     Linear -> Reshape -> Relu / Gelu (GPT-2's Conv1D) becomes that Linear -> the Reshape;
     Add -> Relu (ResNet's residual blocks) becomes the Add with activation "relu" (one pass
     over the sum on the native backend; the Relu op after the Add elsewhere: kernels.registry.build);
-  * ReduceMean over H and W with keepdims of a 2-D Conv's output (MobileNetV3's and EfficientNet's
-    squeeze-excite mean after the depthwise Conv, whose output the block's Mul reads too) becomes
+  * ReduceMean over H and W with keepdims of a 2-D Conv's output (MobileNetV3's squeeze-excite
+    mean after the depthwise Conv, whose output the block's Mul reads too) becomes
     the Conv's second output, its "channel_mean": the native depthwise kernel sums each plane
     while it is in L1 (the ReduceMean pass read the planes back from L2 or memory), elsewhere the
     ReduceMean kernel runs after the Conv (kernels.registry.build): the same bits. The one
@@ -554,7 +554,7 @@ def _fuse_activation(view: _View, node: Node):
 
 def _fuse_channel_mean(view: _View, node: Node):
     """ReduceMean over H and W (keepdims) of a 2-D Conv's output, which other nodes read too
-    (MobileNetV3's and EfficientNet's squeeze-excite: the depthwise Conv's output is averaged,
+    (MobileNetV3's squeeze-excite: the depthwise Conv's output is averaged,
     then scaled by what the mean gives): the Conv's second output (its "channel_mean"), so a
     kernel can sum each plane while it is in cache; the value and its readers stay."""
     if node.op != "ReduceMean" or not node.attrs.get("keepdims", 1) or len(node.inputs) != 1:
