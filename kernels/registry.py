@@ -206,8 +206,7 @@ def build(op: str, layout: str, backend: str, attrs: dict[str, Any], weights: di
             return factory(attrs, weights)
         inner = build(op, layout, backend, {k: v for k, v in attrs.items() if k != "channel_mean"}, weights,
                       fallbacks)
-        mean_backend = next(b for b in (backend, *fallbacks, "reference") if has_kernel("ReduceMean", "dense", b))
-        mean = lookup("ReduceMean", "dense", mean_backend)(fill_attrs("ReduceMean", CHANNEL_MEAN_ATTRS), {})
+        mean = _kernel_after(op, "channel_mean", "ReduceMean", CHANNEL_MEAN_ATTRS, backend, fallbacks)
 
         def with_mean(*inputs):
             (y,) = inner(*inputs)
@@ -223,18 +222,25 @@ def build(op: str, layout: str, backend: str, attrs: dict[str, Any], weights: di
     inner = factory({k: v for k, v in attrs.items() if k != "activation"}, weights)
     if act == "none":
         return inner
-    act_op, act_attrs = EPILOGUE_OPS[act]
-    if backend in GPU_BACKENDS and not has_kernel(act_op, "dense", backend):
-        # the fallbacks are CPU kernels: they cannot take this kernel's device array
-        raise ValueError(f"{op}: activation {act!r} is not available after a {backend} kernel (no {act_op} "
-                         f"kernel on {backend}); run this node on a CPU backend")
-    act_backend = next((b for b in (backend, *fallbacks, "reference") if has_kernel(act_op, "dense", b)))
-    post = lookup(act_op, "dense", act_backend)(fill_attrs(act_op, act_attrs), {})
+    post = _kernel_after(op, f"activation {act!r}", *EPILOGUE_OPS[act], backend, fallbacks)
 
     def run(*inputs):
         (y,) = inner(*inputs)
         return post(y)
     return run
+
+
+def _kernel_after(op: str, what: str, post_op: str, post_attrs: dict, backend: str,
+                  fallbacks: tuple[str, ...]) -> Callable[..., tuple]:
+    """The run of ``post_op`` (``post_attrs``) that build() applies to an ``op`` kernel's output
+    for its ``what``: on ``backend`` where that has the op, else on the first of ``fallbacks``
+    (or the reference) that does."""
+    if backend in GPU_BACKENDS and not has_kernel(post_op, "dense", backend):
+        # the fallbacks are CPU kernels: they cannot take this kernel's device array
+        raise ValueError(f"{op}: {what} is not available after a {backend} kernel (no {post_op} "
+                         f"kernel on {backend}); run this node on a CPU backend")
+    post_backend = next(b for b in (backend, *fallbacks, "reference") if has_kernel(post_op, "dense", b))
+    return lookup(post_op, "dense", post_backend)(fill_attrs(post_op, post_attrs), {})
 
 
 def kernels(backend: str | None = None) -> list[tuple[str, str, str]]:
