@@ -595,6 +595,15 @@ constexpr int64_t kPairsMinMVnni = 12;
 // transposes its own copy (sparse_int8_linear_isa); beyond, one shared copy (nt copies of a
 // large M would cost memory, and each item's share of the tile's reads grows with M anyway).
 constexpr int64_t kPairsOwnCopyTiles = 2;
+// Activation tiles per pairs work item: each pair's two columns and weights are loaded once for
+// all of them (per pair and tile 2 loads, 2 unpacks, 2 vpmaddwd, 2 vpaddd; the column indices and
+// the weight broadcast, 3 loads, shared). Two where both transposed tiles fit kPairsItemBytes (so
+// L1, Zen 3's 32 KiB included: K <= 512), else one. X as AVX2, csr 80%, M = 128, us, one tile /
+// two / three: (1536, 384) one thread 500-512 / 436-452 / 416-425, two 262-271 / 233 / 231-232;
+// (1152, 384) 370-374 / 330-335 / 319 and 197-203 / 177-180 / 176-179; (384, 1536), whose one
+// tile is 48 KiB, the same with two (L2) and 1.2x slower with four.
+constexpr int64_t kPairsItemBytes = 32 * 1024;
+constexpr int64_t kPairsMaxTiles = 2;
 // Below this much work (stored lanes x activation rows) one thread: a parallel region costs
 // a few microseconds. Measured on the 2-core dev machine, csr 90 %, M = 1: (384, 1536) with
 // 96 K lane-MACs 4.6 us on one thread, 5.6 us on two; (768, 3072) with 393 K, 12.7 us on one,
@@ -738,7 +747,11 @@ void sparse_int8_linear_isa(const SparseInt8Weight& w, const float* x, int64_t m
     const bool ell_signed = path == SparsePath::ell_avx2 && ell_step == sparse_detail::EllStep::signed_pairs;
     if (path == SparsePath::pairs_avx2 || (path == SparsePath::quad_tiles_avx2 && !quads_unsigned) || ell_signed) {
         corr_signed.allocate(w.npad);
-        for (int64_t r = 0; r < w.npad; ++r) corr_signed[r] = static_cast<int32_t>(static_cast<uint32_t>(z * w.rowsum[r]));
+        // the pairs' epilogue converts its int32 sums to float64 offset by 2^31 (sparse_gemm_avx2.cpp,
+        // pairs_store): that offset is folded into their correction, z * rowsum - 2^31 (mod 2^32)
+        const uint32_t offset = path == SparsePath::pairs_avx2 ? 0x80000000u : 0u;
+        for (int64_t r = 0; r < w.npad; ++r)
+            corr_signed[r] = static_cast<int32_t>((static_cast<uint32_t>(z * w.rowsum[r])) ^ offset);
     }
     static const int32_t kNoZeroPoint = 0;
     Problem p;
@@ -765,6 +778,7 @@ void sparse_int8_linear_isa(const SparseInt8Weight& w, const float* x, int64_t m
     // groups of tiles that fit kTileGroupBytes. (Block-major over all the tiles, as before,
     // switched tiles every item and missed L1 once they outgrew it.)
     int64_t tile_blocks = 0;   // row blocks of a tiled path
+    int64_t pairs_tiles = 1;   // pairs: activation tiles per item
     int64_t ell_rows = m;      // AVX-512 ELL: activation rows per item (ell_group_rows)
     switch (path) {
         case SparsePath::ell:
@@ -781,13 +795,16 @@ void sparse_int8_linear_isa(const SparseInt8Weight& w, const float* x, int64_t m
             break;
         case SparsePath::pairs_avx2:
             tile_blocks = (n + 7) / 8;   // 8 output rows a block
-            items = tile_blocks * tiles;
+            pairs_tiles = std::clamp<int64_t>(kPairsItemBytes / (ldu * kSparseTileRows * 2), 1, std::min(kPairsMaxTiles, tiles));
+            items = tile_blocks * ((tiles + pairs_tiles - 1) / pairs_tiles);
             work = w.npairs * 2 * mpad;
             break;
         default: items = w.nblk; work = w.nnz * m; break;
     }
     // bytes of one transposed tile: pairs (ldu, 16) int16, quads (ldu / 4, 16, 4) bytes
-    const int64_t tile_bytes = ldu * kSparseTileRows * (path == SparsePath::pairs_avx2 ? 2 : 1);
+    const int64_t tile_bytes = ldu * kSparseTileRows * (path == SparsePath::pairs_avx2 ? 2 * pairs_tiles : 1);
+    // the unit of tile_item(): a tile, or for the pairs pairs_tiles of them
+    const int64_t item_tiles = path == SparsePath::pairs_avx2 ? (tiles + pairs_tiles - 1) / pairs_tiles : tiles;
     const int64_t group_tiles = std::max<int64_t>(1, kTileGroupBytes / tile_bytes);
     int nt = std::max(1, threads);
     if (path == SparsePath::ell_avx2) work *= kAvx2EllWorkWeight;
@@ -827,7 +844,7 @@ void sparse_int8_linear_isa(const SparseInt8Weight& w, const float* x, int64_t m
     // before each store 223-241; on each work item's 16-column strips right after it 229.
     const auto run_item = [&](int64_t item, int slot) {
         // the tiled paths' (row block, activation tile) of this item
-        const TileItem ti = tiled ? tile_item(item, tile_blocks, tiles, group_tiles) : TileItem{0, 0};
+        const TileItem ti = tiled ? tile_item(item, tile_blocks, item_tiles, group_tiles) : TileItem{0, 0};
         switch (path) {
 #if QRT_INT8_X86_SIMD
             case SparsePath::ell: {   // row group item / nblk of block item % nblk
@@ -840,17 +857,20 @@ void sparse_int8_linear_isa(const SparseInt8Weight& w, const float* x, int64_t m
                 break;
             case SparsePath::ell_avx2: sparse_detail::ell_blocks_avx2(p, item, item + 1, ell_step); break;
             case SparsePath::pairs_avx2: {
-                const int64_t t = ti.tile;
+                const int64_t t = ti.tile * pairs_tiles;
+                const int nts = static_cast<int>(std::min(pairs_tiles, tiles - t));
                 int16_t* copy = xt.get();
                 if (xt_per_slot) {
                     copy += static_cast<int64_t>(slot) * mpad * ldu;
-                    uint8_t& ready = xt_ready[static_cast<size_t>(slot * tiles + t)];
-                    if (!ready) {
-                        sparse_detail::pairs_transpose_avx2(p, t, copy);
-                        ready = 1;
+                    for (int64_t q = t; q < t + nts; ++q) {
+                        uint8_t& ready = xt_ready[static_cast<size_t>(slot * tiles + q)];
+                        if (!ready) {
+                            sparse_detail::pairs_transpose_avx2(p, q, copy);
+                            ready = 1;
+                        }
                     }
                 }
-                sparse_detail::pairs_block_avx2(p, copy, ti.block, t);
+                sparse_detail::pairs_block_avx2(p, copy, ti.block, t, nts);
                 break;
             }
             case SparsePath::quad_tiles_avx2:

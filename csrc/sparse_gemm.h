@@ -97,7 +97,9 @@
 //   half (a third fewer operations, avx_vnni) or 2:4 pairs read pre-interleaved from a tile of
 //   each 4-column group's 6 interleavings (no shuffle, 3x the tile bytes), MiniLM's shapes ran
 //   no faster (benchmarks/RESULTS.md, "The AVX2 pairs kernel against its floor", "2:4 pattern
-//   pairs: a probe"). Taken from M = kPairsMinM (8; 12 on the avx_vnni path, whose ELL step is one
+//   pairs: a probe"). A work item runs up to two tiles (K <= 512), loading each pair's columns
+//   and weights once for both; the epilogue converts the int32 sums to float64 without a
+//   shuffle (sparse_gemm_avx2.cpp, pairs_store). Taken from M = kPairsMinM (8; 12 on the avx_vnni path, whose ELL step is one
 //   vpdpbusd); below it the AVX2 ELL kernel is faster.
 //
 // Threads: every output element is computed by one thread, in a fixed order (work items are

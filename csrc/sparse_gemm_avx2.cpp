@@ -92,8 +92,10 @@ void ell_blocks_avx2(const Problem& p, int64_t b0, int64_t b1, EllStep step) {
 // xt[c1] and xt[c2] interleaves the two columns per activation row, and vpmaddwd against the
 // broadcast int16 pair (w1, w2) adds qx[m, c1] w1 + qx[m, c2] w2 into lane m, exactly (int16
 // products, int32 sums). Per pair: 2 loads, 2 unpacks, 2 vpmaddwd, 2 vpaddd for 32
-// multiply-adds; the rows' sums are kept as int32 (8 output rows x 16 activation rows) and
-// go through the shared epilogue 8 outputs of one activation row at a time.
+// multiply-adds. A work item takes up to two tiles (sparse_gemm.cpp, kPairsMaxTiles), so each
+// pair's column indices and weight broadcast serve 32 activation rows. The rows' sums are kept
+// as int32 (8 output rows x 16 activation rows a tile) and go through the epilogue of
+// pairs_store, 4 outputs of one activation row at a time.
 
 // 16 columns k0 .. k0 + 15 of the tile's 16 rows of u at a time: a 16 x 16 byte transpose in
 // four unpack stages (bytes, words, dwords, qwords), then each column widened to 16 int16 qx
@@ -150,54 +152,128 @@ QRT_TARGET_AVX2 inline void pair_step(const int16_t* x, const uint16_t* col, con
 
 namespace {
 
-template <bool kX4>
+// The sums of one (row block, tile) through the epilogue: lo_r[r] / hi_r[r] hold output row
+// n0 + r over the tile's 16 activation rows (lanes: rows 0-3, 8-11 / 4-7, 12-15). Per 4 output
+// rows and half, a 4 x 4 transpose of 64-bit lanes (8 shuffles) leaves vectors whose 64-bit
+// lane i is output row n + i and whose two 32-bit halves are two activation rows. Each half
+// becomes float64 without a shuffle: the correction subtracted here is p.corr_signed = z * rowsum
+// - 2^31, so a half holds the exact accumulator plus 2^31 as an unsigned 32-bit value v, and
+// the float64 with high word 0x43300000 and low word v is 2^52 + v exactly; minus 2^52 + 2^31
+// it is the accumulator (the value vcvtdq2pd gives). Then the shared epilogue's operations in
+// its order, ((s_w * acc) * s_x) + b, rounded once to float32: the same bits. (The previous form,
+// two 8 x 8 transposes of 32-bit lanes and vcvtdq2pd / vextracti128 / vinsertf128 per 8
+// outputs, was 10 shuffle-port operations per 8 outputs against 6 here; a near-empty (1536,
+// 384) weight at M = 128, X as AVX2, one thread: 116-120 -> 108-115 us.) kFull: all 16
+// activation rows and 8 output rows exist, so no bound is tested (the test-laden form of the
+// loop, with the rows' addresses recomputed per store, was slower than the previous epilogue).
+template <bool kFull>
+QRT_TARGET_AVX2 inline void pairs_store_t(const Problem& p, const __m256i* lo_r, const __m256i* hi_r, int64_t n0, int64_t t) {
+    const int64_t n = p.w->n, m0 = t * kSparseTileRows, mrows = kFull ? 16 : std::min<int64_t>(kSparseTileRows, p.m - m0);
+    const int64_t valid = kFull ? 8 : std::min<int64_t>(8, n - n0);
+    const __m256i high = _mm256_set1_epi64x(0x4330000000000000LL);
+    const __m256d offset = _mm256_set1_pd(4503601774854144.0);   // 2^52 + 2^31
+    const double* sx = p.ep.sx + m0;
+    float* y0 = p.y + m0 * n;
+    for (int g = 0; g < 2; ++g) {
+        if (!kFull && 4 * g >= valid) break;
+        const int64_t nc = n0 + 4 * g, cols = kFull ? 4 : std::min<int64_t>(4, valid - 4 * g);
+        const __m256d sw = _mm256_loadu_pd(p.ep.sw + nc);
+        const double* bias = p.ep.bias == nullptr ? nullptr : p.ep.bias + nc;
+        const __m256d b = bias == nullptr ? _mm256_setzero_pd() : _mm256_loadu_pd(bias);
+        for (int h = 0; h < 2; ++h) {
+            const __m256i* src = (h == 0 ? lo_r : hi_r) + 4 * g;
+            __m256i a[4];
+            for (int i = 0; i < 4; ++i) a[i] = _mm256_sub_epi32(src[i], _mm256_set1_epi32(p.corr_signed[nc + i]));
+            const __m256i t0 = _mm256_unpacklo_epi64(a[0], a[1]), t1 = _mm256_unpackhi_epi64(a[0], a[1]);
+            const __m256i t2 = _mm256_unpacklo_epi64(a[2], a[3]), t3 = _mm256_unpackhi_epi64(a[2], a[3]);
+            const __m256i q[4] = {_mm256_permute2x128_si256(t0, t2, 0x20), _mm256_permute2x128_si256(t1, t3, 0x20),
+                                  _mm256_permute2x128_si256(t0, t2, 0x31), _mm256_permute2x128_si256(t1, t3, 0x31)};
+#pragma GCC unroll 4
+            for (int j = 0; j < 4; ++j) {
+                const int64_t r0 = (j & 1) * 2 + (j >> 1) * 8 + 4 * h;   // q[j]: activation rows r0 (low halves), r0 + 1
+#pragma GCC unroll 2
+                for (int e = 0; e < 2; ++e) {
+                    if (!kFull && r0 + e >= mrows) break;
+                    const __m256i bits = e == 0 ? _mm256_blend_epi32(q[j], high, 0xAA)
+                                                : _mm256_or_si256(_mm256_srli_epi64(q[j], 32), high);
+                    const __m256d acc = _mm256_sub_pd(_mm256_castsi256_pd(bits), offset);
+                    __m256d v = _mm256_mul_pd(_mm256_mul_pd(sw, acc), _mm256_broadcast_sd(sx + r0 + e));
+                    if (bias != nullptr) v = _mm256_add_pd(v, b);
+                    const __m128 f = _mm256_cvtpd_ps(v);
+                    float* out = y0 + (r0 + e) * n + nc;
+                    if (kFull || cols == 4) {
+                        _mm_storeu_ps(out, f);
+                    } else {
+                        alignas(16) float tmp[4];
+                        _mm_store_ps(tmp, f);
+                        std::memcpy(out, tmp, static_cast<size_t>(cols) * sizeof(float));
+                    }
+                }
+            }
+        }
+    }
+}
+
+QRT_TARGET_AVX2 inline void pairs_store(const Problem& p, const __m256i* lo_r, const __m256i* hi_r, int64_t n0, int64_t t) {
+    if (p.m - t * kSparseTileRows >= kSparseTileRows && p.w->n - n0 >= 8)
+        pairs_store_t<true>(p, lo_r, hi_r, n0, t);
+    else
+        pairs_store_t<false>(p, lo_r, hi_r, n0, t);
+}
+
+// kTiles consecutive tiles t .. t + kTiles - 1 against the block's 8 output rows: each pair's
+// column indices and weights are loaded once for all of them.
+template <bool kX4, int kTiles>
 QRT_TARGET_AVX2 void pairs_block(const Problem& p, const int16_t* xt, int64_t blk, int64_t t) {
     const SparseInt8Weight& w = *p.w;
     const int16_t* x = xt + t * p.ldu * kSparseTileRows;
     const int64_t n = w.n, n0 = blk * 8, rows = std::min<int64_t>(8, n - n0);
-    // per output row r, its sums over the tile's 16 activation rows: lo[r] lanes rows 0-3 and
-    // 8-11, hi[r] rows 4-7 and 12-15 (vpunpck{l,h}wd work within 128-bit halves); rows >= `rows`
-    // stay 0
-    __m256i lo_r[8], hi_r[8];
-    for (int r = 0; r < 8; ++r) lo_r[r] = hi_r[r] = _mm256_setzero_si256();
+    // per tile and output row r, its sums over the tile's 16 activation rows; rows >= `rows` stay 0
+    __m256i lo_r[kTiles][8], hi_r[kTiles][8];
+    for (int q = 0; q < kTiles; ++q)
+        for (int r = 0; r < 8; ++r) lo_r[q][r] = hi_r[q][r] = _mm256_setzero_si256();
     for (int64_t r = 0; r < rows; ++r) {
         const int64_t j0 = w.pptr[n0 + r], j1 = w.pptr[n0 + r + 1];
         const uint16_t* col = w.pcol.data() + 2 * j0;
         const int32_t* pw = w.pw.get() + j0;
-        __m256i lo = _mm256_setzero_si256(), hi = lo;   // lanes: rows 0-3, 8-11 / 4-7, 12-15
-        __m256i lo2 = lo, hi2 = lo;                      // the odd pairs: two independent chains
         const int64_t count = j1 - j0;
-        int64_t j = 0;
-        for (; j + 2 <= count; j += 2) {
-            pair_step<kX4>(x, col, pw, j, lo, hi);
-            pair_step<kX4>(x, col, pw, j + 1, lo2, hi2);
+        if constexpr (kTiles == 1) {
+            __m256i lo = _mm256_setzero_si256(), hi = lo;   // lanes: rows 0-3, 8-11 / 4-7, 12-15
+            __m256i lo2 = lo, hi2 = lo;                      // the odd pairs: two independent chains
+            int64_t j = 0;
+            for (; j + 2 <= count; j += 2) {
+                pair_step<kX4>(x, col, pw, j, lo, hi);
+                pair_step<kX4>(x, col, pw, j + 1, lo2, hi2);
+            }
+            if (j < count) pair_step<kX4>(x, col, pw, j, lo, hi);
+            lo_r[0][r] = _mm256_add_epi32(lo, lo2);
+            hi_r[0][r] = _mm256_add_epi32(hi, hi2);
+        } else {
+            __m256i lo[kTiles], hi[kTiles];
+            for (int q = 0; q < kTiles; ++q) lo[q] = hi[q] = _mm256_setzero_si256();
+            for (int64_t j = 0; j < count; ++j)
+                for (int q = 0; q < kTiles; ++q) pair_step<kX4>(x + q * p.ldu * kSparseTileRows, col, pw, j, lo[q], hi[q]);
+            for (int q = 0; q < kTiles; ++q) {
+                lo_r[q][r] = lo[q];
+                hi_r[q][r] = hi[q];
+            }
         }
-        if (j < count) pair_step<kX4>(x, col, pw, j, lo, hi);
-        lo_r[r] = _mm256_add_epi32(lo, lo2);
-        hi_r[r] = _mm256_add_epi32(hi, hi2);
     }
-    // sum qx * w - z * rowsum = the exact accumulator (wrapping int32, as every vector path),
-    // 8 output rows of one activation row at a time: the 8 x 16 sums turned in registers (two
-    // 8 x 8 transposes). (Gathering each activation row's 8 sums with _mm256_setr_epi32 from an
-    // int32 array compiled to scalar stores that the vector load could not forward from: a
-    // near-empty (3072, 64) weight at M = 16, X as AVX2, one thread, 117 us, 2.4 ns an output.)
-    const int64_t m0 = t * kSparseTileRows, mrows = std::min<int64_t>(kSparseTileRows, p.m - m0);
-    for (int h = 0; h < 2 && 8 * h < mrows; ++h) {
-        __m256i c[8];   // c[r]: output row n0 + r, lanes = activation rows m0 + 8 h ..
-        for (int r = 0; r < 8; ++r)
-            c[r] = h == 0 ? _mm256_permute2x128_si256(lo_r[r], hi_r[r], 0x20) : _mm256_permute2x128_si256(lo_r[r], hi_r[r], 0x31);
-        transpose8x8_epi32(c);   // c[i]: activation row m0 + 8 h + i, lane = output row n0 + lane
-        for (int i = 0; i < 8 && 8 * h + i < mrows; ++i) store_rows8(c[i], p, n0, m0 + 8 * h + i, p.corr_signed);
-    }
+    for (int q = 0; q < kTiles; ++q) pairs_store(p, lo_r[q], hi_r[q], n0, t + q);
 }
 
 }  // namespace
 
-QRT_TARGET_AVX2 void pairs_block_avx2(const Problem& p, const int16_t* xt, int64_t blk, int64_t t) {
-    if (p.w->pcol_x4())
-        pairs_block<true>(p, xt, blk, t);
+QRT_TARGET_AVX2 void pairs_block_avx2(const Problem& p, const int16_t* xt, int64_t blk, int64_t t, int tiles) {
+    const bool x4 = p.w->pcol_x4();
+    if (tiles == 4)
+        x4 ? pairs_block<true, 4>(p, xt, blk, t) : pairs_block<false, 4>(p, xt, blk, t);
+    else if (tiles == 3)
+        x4 ? pairs_block<true, 3>(p, xt, blk, t) : pairs_block<false, 3>(p, xt, blk, t);
+    else if (tiles == 2)
+        x4 ? pairs_block<true, 2>(p, xt, blk, t) : pairs_block<false, 2>(p, xt, blk, t);
     else
-        pairs_block<false>(p, xt, blk, t);
+        x4 ? pairs_block<true, 1>(p, xt, blk, t) : pairs_block<false, 1>(p, xt, blk, t);
 }
 
 // --- quad tiles: activation rows in lanes, 4 consecutive k per lane ---------------------------

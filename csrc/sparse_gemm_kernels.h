@@ -22,7 +22,8 @@ struct Problem {
     int64_t ldu;               // a multiple of kSparseSegment (ELL tables, 16-quad transposes)
     int64_t m;                 // rows of X and Y
     const int32_t* corr;       // (npad,) (128 + z) * rowsum[n] wrapped to int32
-    const int32_t* corr_signed;  // (npad,) z * rowsum[n] wrapped: for kernels summing qx * w
+    const int32_t* corr_signed;  // (npad,) z * rowsum[n] wrapped: for kernels summing qx * w;
+                                 // on the pairs path z * rowsum[n] - 2^31 (pairs_store's offset)
     int8_detail::Epilogue ep;  // sw = w.scale, sx (mpad,), bias (npad,) or nullptr
     float* y;                  // (M, N)
 };
@@ -60,8 +61,9 @@ void quad_raw_avx_vnni(const SparseInt8Weight& w, const int8_t* xt, int64_t n0, 
 // AVX2 pairs: activation tile t (rows 16 t ..) of u as qx, transposed into
 // xt + t * ldu * 16: (ldu, 16) int16, 0 in rows >= M.
 void pairs_transpose_avx2(const Problem& p, int64_t t, int16_t* xt);
-// AVX2 pairs: output rows [8 blk, 8 blk + 8) x activation tile t, from xt as above.
-void pairs_block_avx2(const Problem& p, const int16_t* xt, int64_t blk, int64_t t);
+// AVX2 pairs: output rows [8 blk, 8 blk + 8) x activation tiles t .. t + tiles - 1 (tiles 1 or 2),
+// from xt as above.
+void pairs_block_avx2(const Problem& p, const int16_t* xt, int64_t blk, int64_t t, int tiles);
 #endif
 
 }  // namespace sparse_detail
