@@ -1,4 +1,4 @@
-"""A ViT and a small ResNet exported the default way: qrt int8 against onnxruntime int8 and fp32,
+"""A ViT and small CNNs exported the default way: qrt int8 against onnxruntime int8 and fp32,
 in one process.
 
     python benchmarks/vision_speed.py [--seconds 1.5] [--batch 1]
@@ -8,7 +8,9 @@ ViT: transformers' ViTModel with ViT-S-like sizes (hidden 384, 6 layers of 6 hea
 BatchNorm and ReLU, a 3 x 3 / 2 MaxPool, two basic blocks of 64 channels, a stride-2 3 x 3 conv
 to 128 and two blocks of 128, global pooling, a Linear. MobileNetV3-like: a 3 x 3 / 2 stem, six
 inverted residual blocks (1 x 1 expand, 3 x 3 or 5 x 5 depthwise, squeeze-excitation in three,
-1 x 1 project; Hardswish), a 1 x 1 conv to 480, pooling, a Linear (torchvision's wheel does not
+1 x 1 project; Hardswish), a 1 x 1 conv to 480, pooling, a Linear. EfficientNet-like: the first
+stages of EfficientNet-B0 (a 3 x 3 / 2 stem to 32, six MBConv blocks to 80 channels with SiLU and
+squeeze-excitation gated by a Sigmoid), a 1 x 1 conv to 480, pooling, a Linear (torchvision's wheel does not
 load beside the CPU torch this project pins, so the blocks are written with torch.nn); BatchNorm
 statistics random. Both exported by ``torch.onnx.export`` (dynamo) with a dynamic batch; qrt int8
 (``runtime.convert(f, quant="int8")``, or ``quant="none"`` with ``--quant none``), onnxruntime int8
@@ -90,7 +92,40 @@ def models() -> dict:
                              Inverted(40, 240, 80, 3, 2, False), Inverted(80, 480, 80, 3, 1, True),
                              nn.Conv2d(80, 480, 1, bias=False), nn.BatchNorm2d(480), nn.Hardswish(),
                              nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(), nn.Linear(480, 10))
-    return {"vit-s (6 layers)": Vit, "resnet-like": resnet, "mobilenet-v3-like": mobilenet}
+    class SESilu(nn.Module):
+        """EfficientNet's squeeze-excitation: SiLU inside, a Sigmoid gate."""
+
+        def __init__(self, c, squeeze):
+            super().__init__()
+            self.f = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(c, squeeze, 1), nn.SiLU(), nn.Conv2d(squeeze, c, 1),
+                                   nn.Sigmoid())
+
+        def forward(self, x):
+            return x * self.f(x)
+
+    class MBConv(nn.Module):
+        """EfficientNet's block (torchvision's MBConv): 1 x 1 expand (ratio > 1), depthwise k x k, SE
+        squeezed to a quarter of the block's input, 1 x 1 project; SiLU throughout."""
+
+        def __init__(self, cin, ratio, cout, k, stride):
+            super().__init__()
+            mid = cin * ratio
+            layers = [nn.Conv2d(cin, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.SiLU()] if ratio > 1 else []
+            layers += [nn.Conv2d(mid, mid, k, stride, k // 2, groups=mid, bias=False), nn.BatchNorm2d(mid), nn.SiLU(),
+                       SESilu(mid, max(1, cin // 4)), nn.Conv2d(mid, cout, 1, bias=False), nn.BatchNorm2d(cout)]
+            self.body, self.residual = nn.Sequential(*layers), stride == 1 and cin == cout
+
+        def forward(self, x):
+            return x + self.body(x) if self.residual else self.body(x)
+
+    def efficientnet():
+        return nn.Sequential(nn.Conv2d(3, 32, 3, 2, 1, bias=False), nn.BatchNorm2d(32), nn.SiLU(),
+                             MBConv(32, 1, 16, 3, 1), MBConv(16, 6, 24, 3, 2), MBConv(24, 6, 24, 3, 1),
+                             MBConv(24, 6, 40, 5, 2), MBConv(40, 6, 40, 5, 1), MBConv(40, 6, 80, 3, 2),
+                             nn.Conv2d(80, 480, 1, bias=False), nn.BatchNorm2d(480), nn.SiLU(),
+                             nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(), nn.Linear(480, 10))
+    return {"vit-s (6 layers)": Vit, "resnet-like": resnet, "mobilenet-v3-like": mobilenet,
+            "efficientnet-like": efficientnet}
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 // pybind11 bindings of the kernels CNNs need besides the GEMMs: the int8 Conv (int8_conv.h) and its
 // 1 x 1 kernel (int8_pointwise_conv.h),
 // the float32 depthwise Conv (depthwise_conv.h), the float32 channel product (f32_channel_gemm.h), the float32 Conv's im2col (im2col.h), MaxPool
-// (max_pool.h), HardSigmoid / HardSwish (hard_sigmoid.h), float32 Add / Sub / Mul / Div and
+// (max_pool.h), HardSigmoid / HardSwish (hard_sigmoid.h), Sigmoid (sigmoid.h), float32 Add / Sub / Mul / Div and
 // ReduceMean (elementwise_f32.h), added to the one module by bindings.cpp's call of bind_cnn(m). Every
 // argument is checked here: a wrong call is a TypeError / ValueError naming it, never a crash.
 #include <pybind11/numpy.h>
@@ -16,6 +16,7 @@
 #include "elementwise_f32.h"
 #include "f32_channel_gemm.h"
 #include "hard_sigmoid.h"
+#include "sigmoid.h"
 #include "im2col.h"
 #include "int8_conv.h"
 #include "int8_gemm.h"
@@ -286,6 +287,21 @@ py::array max_pool2d_py(const py::object& x_obj, const py::sequence& kernel, con
     return out;
 }
 
+// Sigmoid of float32 X, any shape, into a new array (sigmoid.h).
+py::array sigmoid_py(const py::object& x_obj) {
+    py::array x = contiguous_array_of<float>(x_obj, "X", "float32");
+    std::vector<py::ssize_t> shape(x.shape(), x.shape() + x.ndim());
+    py::array_t<float> out = qrt::bind::new_f32(shape);
+    const float* xp = static_cast<const float*>(x.data());
+    float* yp = out.mutable_data();
+    const int64_t count = static_cast<int64_t>(x.size());
+    {
+        py::gil_scoped_release release;
+        qrt::sigmoid_f32(xp, yp, count);
+    }
+    return out;
+}
+
 // HardSigmoid (swish false) or HardSwish of float32 X, any shape, into a new array (hard_sigmoid.h).
 py::array hard_sigmoid_py(const py::object& x_obj, double alpha, double beta, bool swish) {
     py::array x = contiguous_array_of<float>(x_obj, "X", "float32");
@@ -427,6 +443,9 @@ void bind_cnn(py::module_& m) {
     m.def("mean_rows_f32", &mean_rows_f32_py, py::arg("x"),
           "y (rows,) float32 = the mean of each row of X (rows, cols) float32 C-contiguous, summed in float64 and "
           "rounded once (csrc/elementwise_f32.h).");
+    m.def("sigmoid", &sigmoid_py, py::arg("x"),
+          "1 / (1 + exp(-X)) in float32 by the stable form, the same bits on every path (csrc/sigmoid.h). "
+          "X float32 C-contiguous, any shape; a new array.");
     m.def("hard_sigmoid", &hard_sigmoid_py, py::arg("x"), py::arg("alpha"), py::arg("beta"), py::arg("swish") = false,
           "min(max(X * alpha + beta, 0), 1) in float32 (alpha, beta rounded to float32), times X when swish: "
           "the reference's bits (csrc/hard_sigmoid.h). X float32 C-contiguous, any shape; a new array.");

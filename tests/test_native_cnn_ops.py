@@ -1,5 +1,6 @@
-"""The native backend's MaxPool (csrc/max_pool.h) and HardSigmoid / HardSwish
-(csrc/hard_sigmoid.h): the reference's bits on every int8 ISA path and 1 / 2 threads (NaN,
+"""The native backend's MaxPool (csrc/max_pool.h), HardSigmoid / HardSwish
+(csrc/hard_sigmoid.h) and Sigmoid (csrc/sigmoid.h: one set of bits on every path, within 3 ulp
+of the float64 sigmoid): the reference's bits on every int8 ISA path and 1 / 2 threads (NaN,
 infinities, ties at the clamps, padding, ceil_mode overhang, dilation, strides 1 / 2 / 3, 1-D
 windows), the registered kernels taking them (a spy) and the reference otherwise, and the
 bindings' refusals. The depthwise Conv shares MaxPool's window rows (csrc/window_rows.h); its
@@ -111,6 +112,51 @@ def test_hard_sigmoid_and_swish_are_the_reference_bit_for_bit(op, given, native_
     assert np.array_equal(run(x64)[0], registry.lookup(op, "dense", "reference")(attrs, {})(x64)[0], equal_nan=True)
     with pytest.raises(TypeError, match="float32"):
         real(x64, 0.2, 0.5)
+
+
+def _sigmoid_inputs() -> np.ndarray:
+    """Every kind of float32 the kernel has a case for: normal values of both signs over the
+    range where the result moves (and past it: 1 and e^x rounding to 0 below -104), both zeros,
+    subnormal inputs and results, infinities and NaN; an odd count for the vector tails."""
+    rng = np.random.default_rng(11)
+    parts = [rng.standard_normal(40_000) * 6, rng.uniform(-110.0, 20.0, 30_001),
+             np.array([0.0, -0.0, 1e-40, -1e-40, np.inf, -np.inf, np.nan, -np.nan, 16.63553, 17.0, 88.0, -87.33655,
+                       -87.33656, -103.27893, -103.97, -104.0, -104.5, -150.0, -3.4e38, 3.4e38])]
+    return np.concatenate(parts).astype(np.float32)
+
+
+def test_sigmoid_is_one_set_of_bits_within_3_ulp(native_paths, monkeypatch):
+    x = _sigmoid_inputs()
+    calls = []
+    real = _native.sigmoid
+    monkeypatch.setattr(_native, "sigmoid", lambda *a, **k: calls.append(1) or real(*a, **k))
+    run = registry.lookup("Sigmoid", "dense", "native")({}, {})
+    outs = {}
+    for isa, nt in native_paths():
+        y = run(x.reshape(7, -1) if x.size % 7 == 0 else x)[0].reshape(-1)
+        assert y.dtype == np.float32 and y.size == x.size
+        outs[(isa, nt)] = y
+    assert calls
+    first = next(iter(outs.values()))
+    for key, y in outs.items():                       # every path, every thread count: one set of bits
+        assert np.array_equal(y.view(np.uint32), first.view(np.uint32)), key
+    exact = 1.0 / (1.0 + np.exp(-x.astype(np.float64)))
+    nan = np.isnan(x)
+    assert np.isnan(first[nan]).all()
+    ok = ~nan
+    normal = ok & (exact >= np.finfo(np.float32).tiny)
+    ulps = np.abs(first[normal] - exact[normal]) / np.spacing(exact[normal].astype(np.float32)).astype(np.float64)
+    assert ulps.max() <= 3.0, ulps.max()
+    assert np.abs(first[ok & ~normal] - exact[ok & ~normal]).max() <= 2.0 ** -149   # subnormal results
+    assert first[x == np.inf][0] == 1.0 and first[x == -np.inf][0] == 0.0
+    assert first[x == 0][0] == 0.5 and (first >= 0).all() | nan.any()
+    # within the reference's tolerance for Sigmoid (tests/conformance_cases.py), other dtypes the reference
+    want = registry.lookup("Sigmoid", "dense", "reference")({}, {})(x)[0]
+    assert np.allclose(first[normal], want[normal], rtol=1e-6, atol=0)
+    x64 = x.astype(np.float64)
+    assert run(x64)[0].dtype == np.float64
+    with pytest.raises(TypeError, match="float32"):
+        real(x64)
 
 
 IM2COL = {  # name: (X shape, kernel, strides, pads, dilations)

@@ -215,6 +215,7 @@ def _valid_cases(rng):
             ("mean_rows_f32", _native.mean_rows_f32, [rng.standard_normal((3, 7)).astype(np.float32)], {}),
             ("max_pool2d", _native.max_pool2d, [xd, [3, 2], [2, 2], [1, 0, 1, 1], [1, 1], [4, 3]], {}),
             ("hard_sigmoid", _native.hard_sigmoid, [xd, 0.2, 0.5, True], {}),
+            ("sigmoid", _native.sigmoid, [xd], {}),
             ("im2col", _native.im2col, [xd, [3, 2], [2, 1], [1, 1, 0, 2], [1, 2]], {}),
         ]
     if hasattr(_native, "sparse_int8_csr"):

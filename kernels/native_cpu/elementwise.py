@@ -6,6 +6,9 @@ never falls to the float64 reference on this backend:
   ``dense_conv_factory`` (depthwise and small-patch Convs on their own kernels, the rest sgemm).
 * ``HardSigmoid`` and ``HardSwish``: one pass in C++ with the reference's float32 arithmetic
   (csrc/hard_sigmoid.h), the same bits.
+* ``Sigmoid``: one pass in C++, the reference's stable form in float32 with the epilogue's
+  exponential (csrc/sigmoid.h): within 3 ulp of the float64 sigmoid, the same bits on every
+  ISA path (EfficientNet's SiLU is a Sigmoid and a Mul).
 * ``Gelu`` (erf and tanh forms) and ``Relu``: the int8 epilogue's vectorised activations
   (csrc/activation.h, ``_native.apply_activation``) on a float32 copy of X: the same bits as
   the fused epilogue, within the reference's GELU tolerance (tests/conformance_cases.py GELU),
@@ -74,6 +77,19 @@ def _hard_sigmoid_factory(op: str):
         return run
     factory.__name__ = factory.__qualname__ = f"{op.lower()}_factory"
     return factory
+
+
+@register("Sigmoid", "native")
+def sigmoid_factory(attrs: dict, weights: dict):
+    """Sigmoid of float32 X (any shape) by ``_native.sigmoid``: one pass on the call's threads
+    (csrc/sigmoid.h); other dtypes: the reference."""
+    ref = reference_of("Sigmoid", attrs, weights)
+
+    def run(x):
+        if not isinstance(x, np.ndarray) or x.dtype != np.float32:
+            return ref(x)
+        return (_native.sigmoid(np.ascontiguousarray(x)),)
+    return run
 
 
 register("HardSigmoid", "native")(_hard_sigmoid_factory("HardSigmoid"))
