@@ -396,7 +396,7 @@ void bind_cnn(py::module_& m) {
           "Int8Weight per group, each packed from qdata (M/group, kh * kw * C/group) in tap-major column order "
           "(ki, kj, c); kernel (kh, kw), strides (sh, sw), pads (top, left, bottom, right), dilations (dh, dw); "
           "bias (M,) float32/float64 or None; act_quant 'dynamic' (one scale per patch) or 'static'; activation "
-          "'none', 'relu', 'gelu', 'gelu_tanh' or 'hard_swish'. The bits of kernels/reference/packed.py's "
+          "'none', 'relu', 'gelu', 'gelu_tanh', 'hard_swish' or 'silu'. The bits of kernels/reference/packed.py's "
           "packed_conv_ref before the activation (csrc/int8_conv.h).");
     m.def("int8_pointwise_conv", &int8_pointwise_conv_py, py::arg("weight"), py::arg("x"), py::arg("bias") = py::none(),
           py::arg("act_quant") = "dynamic", py::arg("act_scale") = 1.0, py::arg("act_zero_point") = 0,
@@ -411,14 +411,14 @@ void bind_cnn(py::module_& m) {
           py::arg("channel_means") = false,
           "Y (N, M, OH, OW) float32 = act(depthwise Conv (group = C) of X (N, C, H, W) float32 C-contiguous with W "
           "(M, 1, kh, kw) float32, M a multiple of C); strides (sh, sw), pads (top, left, bottom, right), "
-          "dilations (dh, dw); bias (M,) float32 or None; activation 'none', 'relu', 'gelu', 'gelu_tanh' or "
-          "'hard_swish'. float32 sums in a fixed order (csrc/depthwise_conv.h). channel_means: returns (Y, means) "
+          "dilations (dh, dw); bias (M,) float32 or None; activation 'none', 'relu', 'gelu', 'gelu_tanh', "
+          "'hard_swish' or 'silu'. float32 sums in a fixed order (csrc/depthwise_conv.h). channel_means: returns (Y, means) "
           "with means (N, M, 1, 1) float32 each plane's mean, the bits of mean_rows_f32 on Y.");
     m.def("f32_channel_gemm", &f32_channel_gemm_py, py::arg("x"), py::arg("w"), py::arg("bias") = py::none(),
           py::arg("activation") = "none",
           "Y (N, M, P) float32 = act(W (M, K) @ X (N, K, P) + bias): a float32 Conv on NCHW memory (X a 1 x 1 "
           "Conv's input as (N, C, H * W), or an im2col). X, W float32 C-contiguous, bias (M,) float32 or None; "
-          "activation 'none', 'relu', 'gelu', 'gelu_tanh' or 'hard_swish'. Sums by FMA in k order from 0, then "
+          "activation 'none', 'relu', 'gelu', 'gelu_tanh', 'hard_swish' or 'silu'. Sums by FMA in k order from 0, then "
           "the bias: the same bits on every path and thread count (csrc/f32_channel_gemm.h).");
     m.def("f32_conv2d", &f32_conv2d_py, py::arg("x"), py::arg("w"), py::arg("kernel"), py::arg("strides"),
           py::arg("pads"), py::arg("dilations"), py::arg("bias") = py::none(), py::arg("activation") = "none",

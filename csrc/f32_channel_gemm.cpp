@@ -7,6 +7,7 @@
 // K = 64) stays in L1 / L2 while its row tiles pass over it; the activation runs over each row's
 // 128 outputs right after its tile, while they are in L1.
 #include "f32_channel_gemm.h"
+#include "sigmoid.h"
 
 #include <algorithm>
 #include <cmath>
@@ -231,20 +232,22 @@ void row_tiles(const PathTiles<Rows>& path, int64_t t0, int64_t t1, int64_t m, i
 
 FloatEpilogue float_epilogue_from_name(const std::string& name) {
     FloatEpilogue ep;
-    if (name == "hard_swish") {
-        ep.hard_swish = true;
+    if (name == "hard_swish" || name == "silu") {
+        (name == "silu" ? ep.silu : ep.hard_swish) = true;
         return ep;
     }
     try {
         ep.act = activation_from_name(name);
     } catch (const std::invalid_argument&) {
-        throw std::invalid_argument("activation = '" + name + "', expected one of none, relu, gelu, gelu_tanh, hard_swish");
+        throw std::invalid_argument("activation = '" + name + "', expected one of none, relu, gelu, gelu_tanh, hard_swish, silu");
     }
     return ep;
 }
 
 void float_epilogue_inplace(float* y, int64_t count, const FloatEpilogue& ep, Int8Isa isa) {
-    if (ep.hard_swish)
+    if (ep.silu)
+        silu_span(y, count, isa);
+    else if (ep.hard_swish)
         hard_sigmoid_span(y, y, count, kHardSwishAlpha, kHardSwishBeta, true, isa);
     else if (ep.act != Activation::none)
         activation_inplace_isa(y, count, ep.act, isa);

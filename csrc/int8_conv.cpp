@@ -247,10 +247,10 @@ void int8_conv2d_isa(const std::vector<const Int8PackedWeight*>& weights, const 
             }
         };
         int8_gemm_rows(w, rows, aq.is_static ? fill_static : fill_floats, bg, aq, yr, isa, threads,
-                       ep.hard_swish ? Activation::none : ep.act);
+                       float_epilogue_is_pass_only(ep) ? Activation::none : ep.act);
         rows_to_planes(yr, g.n, positions, mg, g.m, gi * mg, y, isa, threads);
     }
-    if (ep.hard_swish) {   // the GEMM's epilogue has no HardSwish: one pass over Y, in chunks
+    if (float_epilogue_is_pass_only(ep)) {   // the GEMM's epilogue has no HardSwish / SiLU: one pass over Y, in chunks
         const int64_t total = g.n * g.m * positions;
         const int64_t chunks = (total + kParallelMinFloats - 1) / kParallelMinFloats;
         parallel_items(chunks, chunks > 1 ? threads : 1, [&](int64_t item) {

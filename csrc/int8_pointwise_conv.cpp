@@ -39,7 +39,7 @@ struct Call {
     const int32_t* col_corr;   // the path's column correction, wrapped to int32 (per padded row)
     const double* bias;
     FloatEpilogue ep;          // the activation (float_epilogue.h): ReLU and HardSwish applied in
-    bool gelu;                 // the registers, the GELUs (ep.act) to each stored row while in L1
+    bool pass;                 // the registers, the GELUs and SiLU to each stored row while in L1
     Int8Isa isa;
     int64_t ldx, ldy;          // X's and Y's row stride: the image's pixel count P
     const int16_t* w16;        // AVX2: the panels sign-extended to int16 (same layout), else null
@@ -93,10 +93,11 @@ void block_scalar(const Call& c, const Block& b) {
             double v = w.scale[m] * static_cast<double>(acc);
             v = v * sx;
             if (c.bias != nullptr) v = v + c.bias[m];
-            b.y[m * c.ldy + j] = c.ep.hard_swish ? static_cast<float>(v) : activation_scalar(static_cast<float>(v), c.ep.act);
+            b.y[m * c.ldy + j] = float_epilogue_is_pass_only(c.ep) ? static_cast<float>(v)
+                                                                   : activation_scalar(static_cast<float>(v), c.ep.act);
         }
     }
-    if (c.ep.hard_swish)
+    if (float_epilogue_is_pass_only(c.ep))
         for (int64_t m = b.p0 * kInt8Panel; m < std::min(w.n, b.p1 * kInt8Panel); ++m)
             float_epilogue_inplace(b.y + m * c.ldy, b.count, c.ep, Int8Isa::scalar);
 }
@@ -278,7 +279,7 @@ QRT_PW_AVX512 void tile512(const Call& c, const Block& b, const int8_t* wq, int6
             const __mmask16 mj = left >= 16 ? __mmask16(0xFFFF) : static_cast<__mmask16>((1u << left) - 1);
             _mm512_mask_storeu_ps(yr + 16 * j, mj, float_epilogue16(out, c.ep));
         }
-        if (c.gelu) activation_inplace_isa(yr, b.count, c.ep.act, c.isa);   // in L1
+        if (c.pass) float_epilogue_inplace(yr, b.count, c.ep, c.isa);   // in L1
     }
 }
 
@@ -563,9 +564,9 @@ QRT_PW_AVX2 void block_avx2(const Call& c, const Block& b) {
                 }
             }
         }
-        if (c.gelu)
+        if (c.pass)
             for (int64_t m = p * kInt8Panel; m < p * kInt8Panel + rows; ++m)
-                activation_inplace_isa(b.y + m * c.ldy, b.count, c.ep.act, c.isa);
+                float_epilogue_inplace(b.y + m * c.ldy, b.count, c.ep, c.isa);
     }
 }
 
@@ -632,8 +633,8 @@ void int8_pointwise_conv(const Int8PackedWeight& w, int64_t n, int64_t p, const 
         widen_panels(w, w16.get());
 #endif
     }
-    const bool gelu = !ep.hard_swish && (ep.act == Activation::gelu || ep.act == Activation::gelu_tanh);
-    const Call call{w, aq, col_corr.data(), bias, ep, gelu, isa, p, p, w16.get()};
+    const bool pass = ep.silu || (!ep.hard_swish && (ep.act == Activation::gelu || ep.act == Activation::gelu_tanh));
+    const Call call{w, aq, col_corr.data(), bias, ep, pass, isa, p, p, w16.get()};
 
     int nt = std::max(1, threads);
     const int64_t blocks = (p + kBlock - 1) / kBlock;

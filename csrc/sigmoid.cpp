@@ -137,6 +137,18 @@ void sigmoid_f32_isa(const float* x, float* y, int64_t count, Int8Isa isa, int t
     });
 }
 
+void silu_span(float* y, int64_t count, Int8Isa isa) {
+    // in chunks through a stack buffer, so the sigmoid runs on its own vector spans
+    constexpr int64_t kSpan = 1024;
+    alignas(64) float s[kSpan];
+    const SpanFn span = span_fn(isa);
+    for (int64_t i = 0; i < count; i += kSpan) {
+        const int64_t c = std::min(kSpan, count - i);
+        span(y + i, s, c);
+        for (int64_t j = 0; j < c; ++j) y[i + j] = y[i + j] * s[j];
+    }
+}
+
 void sigmoid_f32(const float* x, float* y, int64_t count) {
     sigmoid_f32_isa(x, y, count, int8_current_isa(), int8_get_threads());
 }

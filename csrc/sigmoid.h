@@ -24,5 +24,9 @@ namespace qrt {
 // threads for large counts (the _isa form: explicit); the same bits anyway.
 void sigmoid_f32(const float* x, float* y, int64_t count);
 void sigmoid_f32_isa(const float* x, float* y, int64_t count, Int8Isa isa, int threads);
+// SiLU in place on the calling thread: y = y * sigmoid(y), the sigmoid's bits above and one float32
+// product, i.e. the bits of the Sigmoid op followed by the Mul op (a Conv's fused "silu" epilogue:
+// float_epilogue.h).
+void silu_span(float* y, int64_t count, Int8Isa isa);
 
 }  // namespace qrt

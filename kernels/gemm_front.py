@@ -22,7 +22,7 @@ import numpy as np
 
 from kernels.blas_activity import note_blas_call
 from kernels.core.layouts import PackedTensor
-from kernels.registry import EPILOGUE_OPS, fill_attrs, has_kernel, lookup
+from kernels.registry import EPILOGUE_OPS, apply_epilogue_op, fill_attrs, has_kernel, lookup
 
 # The activations the quantized GEMMs' epilogues compute (csrc/activation.h, numba's, the GPU
 # kernels'): a ``fused`` factory declares these; any other (hard_swish) kernels.registry.build
@@ -211,7 +211,7 @@ def activate_after(y: np.ndarray, activation: str, backend: str = "reference") -
         return y
     op, attrs = EPILOGUE_OPS[activation]
     backend = backend if y.dtype == np.float32 and has_kernel(op, "dense", backend) else "reference"
-    return lookup(op, "dense", backend)(fill_attrs(op, attrs), {})(y)[0]
+    return apply_epilogue_op(activation, lookup(op, "dense", backend)(fill_attrs(op, attrs), {}), y)
 
 
 def weight_only(x2: np.ndarray, dense32: np.ndarray, bias: np.ndarray | None) -> np.ndarray:

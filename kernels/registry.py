@@ -28,6 +28,8 @@ from __future__ import annotations
 import importlib
 from typing import Any, Callable
 
+import numpy as np
+
 from kernels.core import config
 from kernels.core.ops import op_spec
 
@@ -182,7 +184,18 @@ def lookup(op: str, layout: str, backend: str) -> KernelFactory:
 # it (compute it while the output tile is still in registers or L1) by listing the name in its
 # factory's ``fused_activations``; for every other kernel build() runs that op after it.
 EPILOGUE_OPS = {"relu": ("Relu", {}), "gelu": ("Gelu", {"approximate": "none"}),
-                "gelu_tanh": ("Gelu", {"approximate": "tanh"}), "hard_swish": ("HardSwish", {})}
+                "gelu_tanh": ("Gelu", {"approximate": "tanh"}), "hard_swish": ("HardSwish", {}),
+                "silu": ("Sigmoid", {})}
+# Activations that are Y times their op on Y (the op a gate, then a float32 Mul: SiLU is Sigmoid ->
+# Mul, as exported): one IEEE product, so any backend's Mul gives these bits.
+GATED_ACTIVATIONS = frozenset({"silu"})
+
+
+def apply_epilogue_op(activation: str, run_op: Callable[..., tuple], y):
+    """An activation of EPILOGUE_OPS on Y through ``run_op``, its op's kernel: op(Y), or Y * op(Y)
+    for the GATED_ACTIVATIONS."""
+    (a,) = run_op(y)
+    return np.multiply(y, a) if activation in GATED_ACTIVATIONS else a
 
 
 # A Conv's "channel_mean" output (kernels/core/ops.py): this ReduceMean of its first output.
@@ -226,7 +239,7 @@ def build(op: str, layout: str, backend: str, attrs: dict[str, Any], weights: di
 
     def run(*inputs):
         (y,) = inner(*inputs)
-        return post(y)
+        return (apply_epilogue_op(act, post, y),)
     return run
 
 

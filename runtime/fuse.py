@@ -28,9 +28,10 @@ Patterns (in this order):
     additive mask;
   * Add -> LayerNormalization over the last axis becomes SkipLayerNormalization;
   * Linear or Conv -> Relu / Gelu becomes the Linear/Conv with activation "relu" / "gelu" /
-    "gelu_tanh", and Conv -> HardSwish the Conv with "hard_swish" (the kernel applies it in its
-    epilogue, or kernels.registry.build after it; the GPU backends, which have no Conv, have no
-    HardSwish after a Linear either);
+    "gelu_tanh", Conv -> HardSwish the Conv with "hard_swish", and a Conv whose output y is
+    read by a Sigmoid and a Mul of y by it (SiLU as exported: EfficientNet) the Conv with "silu"
+    (the kernel applies it in its epilogue, or kernels.registry.build after it; the GPU backends,
+    which have no Conv, have neither after a Linear);
     Linear -> Reshape -> Relu / Gelu (GPT-2's Conv1D) becomes that Linear -> the Reshape;
     Add -> Relu (ResNet's residual blocks) becomes the Add with activation "relu" (one pass
     over the sum on the native backend; the Relu op after the Add elsewhere: kernels.registry.build);
@@ -528,6 +529,10 @@ def _fuse_activation(view: _View, node: Node):
             return None
         return [node, act], Node(node.name, "Add", list(node.inputs), list(act.outputs),
                                  {**node.attrs, "activation": "relu"})
+    silu = _silu_after(view, node) if node.op == "Conv" else None
+    if silu is not None:     # EfficientNet's SiLU, exported as Sigmoid -> Mul
+        return [node, *silu], Node(node.name, "Conv", list(node.inputs), list(silu[1].outputs),
+                                   {**node.attrs, "activation": "silu"})
     act = view.only_reader(node.outputs[0])
     reshape = None
     if act is not None and act.op == "Reshape" and node.op == "Linear":
@@ -550,6 +555,22 @@ def _fuse_activation(view: _View, node: Node):
     return [node, reshape, act], [Node(node.name, node.op, list(node.inputs), list(node.outputs), attrs),
                                   Node(reshape.name, "Reshape", list(reshape.inputs), list(act.outputs),
                                        dict(reshape.attrs))]
+
+
+def _silu_after(view: _View, node: Node) -> list[Node] | None:
+    """[Sigmoid, Mul] when the node's output y is read by exactly a Sigmoid and Mul(y, that
+    Sigmoid's output), the Sigmoid's output by that Mul alone: y * sigmoid(y), as torch exports
+    SiLU. (Mul(sigmoid(y), y) stays: where both are NaN the product's NaN is the first operand's,
+    so the operand order is part of the bits.)"""
+    y = node.outputs[0]
+    readers = view.readers.get(y, [])
+    if len(readers) != 2 or y in view.outputs:
+        return None
+    sig = next((r for r in readers if r.op == "Sigmoid"), None)
+    mul = next((r for r in readers if r.op == "Mul"), None)
+    if sig is None or mul is None or view.only_reader(sig.outputs[0], "Mul") is not mul:
+        return None
+    return [sig, mul] if list(mul.inputs) == [y, sig.outputs[0]] else None
 
 
 def _fuse_channel_mean(view: _View, node: Node):

@@ -245,6 +245,62 @@ def test_squeeze_excite_mean_fuses_into_the_conv_with_the_bits_of_the_pair(k, st
         assert np.array_equal(got.view(np.uint32), want.view(np.uint32)), backend
 
 
+def _silu_se_graph(mul_order: str = "ys", extra_reader: bool = False) -> Graph:
+    """EfficientNet's block: 1 x 1 Conv -> SiLU (as exported: Sigmoid, then Mul of the Conv's output
+    by it), depthwise Conv -> SiLU (a), ReduceMean of a -> 1 x 1 Conv -> SiLU -> 1 x 1 Conv ->
+    Sigmoid (the gate s), y = a * s. mul_order "sy": the SiLU Muls take the Sigmoid's output first
+    (not fused);
+    extra_reader: the expand Conv's output is also a graph output (no fusion there)."""
+    rng = _rng("silu-se", mul_order, extra_reader)
+    c, e, r = 3, 6, 2
+    one = {"strides": [1, 1], "pads": [0, 0, 0, 0], "dilations": [1, 1], "group": 1}
+
+    def silu(name, v):
+        ins = [v, f"{name}_s"] if mul_order == "ys" else [f"{name}_s", v]
+        return [Node(f"{name}_sig", "Sigmoid", [v], [f"{name}_s"]), Node(f"{name}_mul", "Mul", ins, [f"{name}_y"])]
+    nodes = [Node("ex", "Conv", ["x", "w_ex", "b_ex"], ["h"], one), *silu("ex", "h"),
+             Node("dw", "Conv", ["ex_y", "w_dw", "b_dw"], ["d"],
+                  {"strides": [1, 1], "pads": [1, 1, 1, 1], "dilations": [1, 1], "group": e}), *silu("dw", "d"),
+             Node("mean", "ReduceMean", ["dw_y"], ["m"], {"axes": [2, 3], "keepdims": 1}),
+             Node("fc1", "Conv", ["m", "w1", "b1"], ["f"], one), *silu("fc1", "f"),
+             Node("fc2", "Conv", ["fc1_y", "w2", "b2"], ["g"], one), Node("gate", "Sigmoid", ["g"], ["s"]),
+             Node("scale", "Mul", ["dw_y", "s"], ["y"])]
+    inits = {"w_ex": rng.standard_normal((e, c, 1, 1)), "b_ex": rng.standard_normal(e),
+             "w_dw": rng.standard_normal((e, 1, 3, 3)), "b_dw": rng.standard_normal(e),
+             "w1": rng.standard_normal((r, e, 1, 1)), "b1": rng.standard_normal(r),
+             "w2": rng.standard_normal((e, r, 1, 1)), "b2": rng.standard_normal(e)}
+    outs = [Value("y", "float32", None)] + ([Value("h", "float32", None)] if extra_reader else [])
+    g = Graph("silu-se", [Value("x", "float32", ("n", c, 9, 10))], outs, nodes,
+              {name: dense_tensor(name, v.astype(np.float32)) for name, v in inits.items()})
+    g.validate()
+    return g
+
+
+@pytest.mark.parametrize("mul_order", ["ys"])
+def test_silu_fuses_into_each_conv_with_the_bits_of_sigmoid_and_mul(mul_order):
+    g = _silu_se_graph(mul_order)
+    fused = fuse(g)
+    convs = {n.name: n for n in fused.nodes if n.op == "Conv"}
+    assert [convs[k].attrs.get("activation", "none") for k in ("ex", "dw", "fc1", "fc2")] == ["silu", "silu", "silu", "none"]
+    assert convs["dw"].attrs.get("channel_mean") == 1          # the mean after the SiLU: the Conv's output now
+    assert [n.op for n in fused.nodes].count("Sigmoid") == 1    # the gate stays: its input is read once
+    x = (2 * _rng("silu-x", mul_order).standard_normal((2, 3, 9, 10))).astype(np.float32)
+    x[0, 0, 0, :2] = [np.nan, -np.inf]
+    for backend in ("reference", "numba", "native"):
+        if registry.backend_status(backend) is not None:
+            continue
+        want = runtime.InferenceSession(g, backend=backend, fuse=False).run(None, {"x": x})[0]
+        got = runtime.InferenceSession(g, backend=backend).run(None, {"x": x})[0]
+        assert np.array_equal(got.view(np.uint32), want.view(np.uint32)), backend
+
+
+def test_silu_is_not_fused_when_the_convs_output_is_read_elsewhere_or_the_mul_is_reversed():
+    convs = {n.name: n for n in fuse(_silu_se_graph(extra_reader=True)).nodes if n.op == "Conv"}
+    assert convs["ex"].attrs.get("activation", "none") == "none" and convs["dw"].attrs.get("activation") == "silu"
+    # Mul(sigmoid(y), y): a NaN product takes the first operand's NaN, so the pair's bits are not y * sigmoid(y)'s
+    assert "silu" not in [n.attrs.get("activation") for n in fuse(_silu_se_graph("sy")).nodes]
+
+
 @pytest.mark.parametrize("change", [dict(keepdims=0), dict(axes=(1, 2)), dict(axes=(3,)), dict(mean_of="x")])
 def test_squeeze_excite_mean_fuses_only_over_a_convs_planes_kept(change):
     assert "ReduceMean" in [n.op for n in fuse(_squeeze_excite_graph(**change)).nodes]
@@ -260,7 +316,7 @@ def test_bad_activation_attribute_is_refused():
     g.nodes = [g.nodes[0]]
     g.nodes[0].attrs["activation"] = "swish"
     g.nodes[0].outputs = ["y"]
-    with pytest.raises(ValueError, match="activation must be one of none, relu, gelu, gelu_tanh, hard_swish; got 'swish'"):
+    with pytest.raises(ValueError, match="activation must be one of none, relu, gelu, gelu_tanh, hard_swish, silu; got 'swish'"):
         runtime.InferenceSession(g, backend="reference")
 
 

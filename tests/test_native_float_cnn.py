@@ -40,7 +40,7 @@ def _activation(y: np.ndarray, name: str) -> np.ndarray:
     if name == "none":
         return y
     op, attrs = registry.EPILOGUE_OPS[name]
-    return registry.lookup(op, "dense", "native")(registry.fill_attrs(op, attrs), {})(y)[0]
+    return registry.apply_epilogue_op(name, registry.lookup(op, "dense", "native")(registry.fill_attrs(op, attrs), {}), y)
 
 
 # --- the channel product (csrc/f32_channel_gemm.h) ------------------------------------------------
@@ -71,7 +71,7 @@ def test_channel_gemm_within_the_float32_bound_and_the_same_bits_everywhere(shap
         "the bias is one float32 addition after the sum"
 
 
-@pytest.mark.parametrize("activation", ["relu", "gelu", "hard_swish"])
+@pytest.mark.parametrize("activation", ["relu", "gelu", "hard_swish", "silu"])
 def test_channel_gemm_activation_has_the_bits_of_the_unfused_pair(activation, native_paths):
     rng = _rng("gemm-act", activation)
     x = (3 * rng.standard_normal((2, 11, 150))).astype(np.float32)
@@ -113,7 +113,7 @@ DIRECT_CASES = {  # name: (X shape, W shape, kernel, strides, pads (t, l, b, r),
 }
 
 
-@pytest.mark.parametrize("activation", ["none", "relu", "hard_swish"])
+@pytest.mark.parametrize("activation", ["none", "relu", "hard_swish", "silu"])
 @pytest.mark.parametrize("case", sorted(DIRECT_CASES))
 def test_direct_conv_is_the_channel_product_on_im2col_bit_for_bit(case, activation, native_paths):
     xshape, wshape, strides, pads, dilations = DIRECT_CASES[case]
@@ -176,7 +176,7 @@ CONV_CASES = {  # name: (X shape, W shape, attributes); group 1 unless said
 }
 
 
-@pytest.mark.parametrize("activation", ["none", "relu", "hard_swish"])
+@pytest.mark.parametrize("activation", ["none", "relu", "hard_swish", "silu"])
 @pytest.mark.parametrize("case", sorted(CONV_CASES))
 def test_float_conv_runs_the_channel_product_with_its_activation(case, activation, monkeypatch):
     from kernels.reference.conv_pool import conv_ref
@@ -249,7 +249,7 @@ def test_depthwise_activation_has_the_bits_of_the_unfused_pair(k, stride, native
     s, p = [stride] * 2, [k // 2] * 4
     for isa, nt in native_paths():
         plain = _native.depthwise_conv2d(x, w, s, p, [1, 1])
-        for act in ("relu", "hard_swish"):
+        for act in ("relu", "hard_swish", "silu"):
             fused = _native.depthwise_conv2d(x, w, s, p, [1, 1], None, act)
             assert np.array_equal(_bits(fused), _bits(_activation(plain, act))), (isa, nt, act)
 
@@ -261,7 +261,7 @@ def test_depthwise_channel_means_have_the_bits_of_mean_rows(k, stride, native_pa
     w = rng.standard_normal((12, 1, k, k)).astype(np.float32)   # multiplier 2
     s, p = [stride] * 2, [k // 2] * 4
     for isa, nt in native_paths():
-        for act in ("none", "hard_swish"):
+        for act in ("none", "hard_swish", "silu"):
             y, m = _native.depthwise_conv2d(x, w, s, p, [1, 1], None, act, True)
             plain = _native.depthwise_conv2d(x, w, s, p, [1, 1], None, act)
             assert np.array_equal(_bits(y), _bits(plain)), (isa, nt, act)

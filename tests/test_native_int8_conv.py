@@ -95,7 +95,7 @@ def test_nan_and_inf_reach_the_patches_that_hold_them(act, native_paths):
         assert np.array_equal(native_conv(x, plan, bias, **kw), want, equal_nan=True), (isa, nt)
 
 
-@pytest.mark.parametrize("activation", ["relu", "gelu", "hard_swish"])
+@pytest.mark.parametrize("activation", ["relu", "gelu", "hard_swish", "silu"])
 def test_fused_activation_is_the_activation_of_the_result(activation, native_paths):
     rng = _rng("act", activation)
     plan, kw, ref = _plan_and_ref("stem 7x7 / 2, 3 channels", True, "dynamic", rng)

@@ -89,7 +89,7 @@ def test_bit_exact_on_every_path(case, symmetric, act, native_paths):
         assert np.array_equal(_direct(x, plan, quant, None), want_nobias), (isa, nt)
 
 
-@pytest.mark.parametrize("activation", ["relu", "gelu", "gelu_tanh", "hard_swish"])
+@pytest.mark.parametrize("activation", ["relu", "gelu", "gelu_tanh", "hard_swish", "silu"])
 def test_fused_activation_is_the_activation_of_the_result(activation, native_paths):
     rng = _rng("act", activation)
     t, quant, x, bias = _setup("two blocks, K % 4 = 1, two panels", True, "dynamic", rng)

@@ -47,9 +47,10 @@ _ACT_QUANT = {"act_quant": "none", "act_scale": None, "act_zero_point": 0}
 # An activation applied to a Linear/Conv output before it is written (the GEMM epilogue):
 # set by the session's fusion pass (runtime/fuse.py) from a following Relu, Gelu or HardSwish
 # node. The quantized GEMMs' epilogues apply the first four (kernels/gemm_front.py
-# GEMM_ACTIVATIONS); hard_swish is fused by the native float32 Convs (MobileNetV3's layers) and
-# applied after the kernel everywhere else (kernels/registry.py build).
-ACTIVATIONS = ("none", "relu", "gelu", "gelu_tanh", "hard_swish")
+# GEMM_ACTIVATIONS); hard_swish and silu (x * sigmoid(x): EfficientNet's Sigmoid -> Mul) are fused
+# by the native Convs (MobileNetV3's and EfficientNet's layers) and applied after the kernel
+# everywhere else (kernels/registry.py build).
+ACTIVATIONS = ("none", "relu", "gelu", "gelu_tanh", "hard_swish", "silu")
 _EPILOGUE = {"activation": "none"}
 
 _SPECS = [

@@ -214,16 +214,17 @@ def native_conv(x: Any, plan: ConvPlan, bias: Any = None, strides=None, pads=Non
         bg = None if b is None else np.ascontiguousarray(b[g * mg:(g + 1) * mg])
         yg = plan.gemms[g](cols, bg).reshape(n, *out, mg)
         y[:, g * mg:(g + 1) * mg] = np.moveaxis(yg, -1, 1)
-    if activation == "hard_swish":
-        return activate_after(y, activation, "native")    # HardSwish's own native kernel
+    if activation in ("hard_swish", "silu"):
+        return activate_after(y, activation, "native")    # HardSwish's / Sigmoid's own native kernel
     if activation != "none":
         _native.apply_activation(y, activation)           # in place, the epilogue's code
     return y
 
 
-# The Conv -> HardSwish pair (runtime/fuse.py) as one node: csrc/int8_conv.h applies HardSwish in
-# its epilogue too (the 1 x 1 kernel while each row of Y is in L1), the other layouts after.
-FLOAT_CONV_ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "hard_swish")
+# The Conv -> HardSwish pair and Conv -> Sigmoid -> Mul (SiLU) (runtime/fuse.py) as one node:
+# csrc/int8_conv.h applies them in its epilogue too (the 1 x 1 kernel while each row of Y is in
+# L1), the other layouts after.
+FLOAT_CONV_ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "hard_swish", "silu")
 
 def bound_int8_conv(plan: ConvPlan, a, general):
     """The int8 Conv's common call bound at plan time (``gemm_factory``'s ``fast``): C-contiguous
