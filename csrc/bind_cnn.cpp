@@ -287,8 +287,10 @@ py::array max_pool2d_py(const py::object& x_obj, const py::sequence& kernel, con
     return out;
 }
 
-// Sigmoid of float32 X, any shape, into a new array (sigmoid.h).
-py::array sigmoid_py(const py::object& x_obj) {
+// An element-wise float32 kernel fn(x, y, count) on X (float32 C-contiguous, any shape), into a
+// new array of X's shape, without the GIL.
+template <class Fn>
+py::array map_f32(const py::object& x_obj, Fn fn) {
     py::array x = contiguous_array_of<float>(x_obj, "X", "float32");
     std::vector<py::ssize_t> shape(x.shape(), x.shape() + x.ndim());
     py::array_t<float> out = qrt::bind::new_f32(shape);
@@ -297,24 +299,19 @@ py::array sigmoid_py(const py::object& x_obj) {
     const int64_t count = static_cast<int64_t>(x.size());
     {
         py::gil_scoped_release release;
-        qrt::sigmoid_f32(xp, yp, count);
+        fn(xp, yp, count);
     }
     return out;
 }
 
-// HardSigmoid (swish false) or HardSwish of float32 X, any shape, into a new array (hard_sigmoid.h).
+// Sigmoid of float32 X (sigmoid.h).
+py::array sigmoid_py(const py::object& x_obj) { return map_f32(x_obj, qrt::sigmoid_f32); }
+
+// HardSigmoid (swish false) or HardSwish of float32 X (hard_sigmoid.h).
 py::array hard_sigmoid_py(const py::object& x_obj, double alpha, double beta, bool swish) {
-    py::array x = contiguous_array_of<float>(x_obj, "X", "float32");
-    std::vector<py::ssize_t> shape(x.shape(), x.shape() + x.ndim());
-    py::array_t<float> out = qrt::bind::new_f32(shape);
-    const float* xp = static_cast<const float*>(x.data());
-    float* yp = out.mutable_data();
-    const int64_t count = static_cast<int64_t>(x.size());
-    {
-        py::gil_scoped_release release;
+    return map_f32(x_obj, [&](const float* xp, float* yp, int64_t count) {
         qrt::hard_sigmoid(xp, yp, count, static_cast<float>(alpha), static_cast<float>(beta), swish);
-    }
-    return out;
+    });
 }
 
 // Y (rows, cols) float32 = act(A op B), each operand full (rows, cols), one value per row (rows,) or

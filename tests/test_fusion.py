@@ -206,6 +206,16 @@ def test_add_relu_is_not_fused_when_the_sum_is_read_elsewhere():
     assert [n.op for n in fuse(_add_relu_graph(extra_output=True)).nodes] == ["Add", "Relu"]
 
 
+def _assert_fused_has_the_bits_of_unfused(g: Graph, x: np.ndarray) -> None:
+    """Graph g on {"x": x}, fused and not, the same bits on every CPU backend there is."""
+    for backend in ("reference", "numba", "native"):
+        if registry.backend_status(backend) is not None:
+            continue
+        want = runtime.InferenceSession(g, backend=backend, fuse=False).run(None, {"x": x})[0]
+        got = runtime.InferenceSession(g, backend=backend).run(None, {"x": x})[0]
+        assert np.array_equal(got.view(np.uint32), want.view(np.uint32)), backend
+
+
 def _squeeze_excite_graph(k: int = 3, stride: int = 1, axes=(2, 3), keepdims: int = 1, mean_of: str = "a") -> Graph:
     """MobileNetV3's block: depthwise Conv -> HardSwish (a), ReduceMean of a over H, W ->
     1 x 1 Conv -> Relu -> 1 x 1 Conv -> HardSigmoid (s), y = a * s."""
@@ -237,12 +247,7 @@ def test_squeeze_excite_mean_fuses_into_the_conv_with_the_bits_of_the_pair(k, st
     assert (dw.op, dw.attrs.get("activation"), dw.attrs.get("channel_mean"), dw.outputs) == ("Conv", "hard_swish", 1, ["a", "m"])
     assert "ReduceMean" not in [n.op for n in fused.nodes]
     x = (3 * _rng("se-x", k, stride).standard_normal((2, 4, 11, 13))).astype(np.float32)
-    for backend in ("reference", "numba", "native"):
-        if registry.backend_status(backend) is not None:
-            continue
-        want = runtime.InferenceSession(g, backend=backend, fuse=False).run(None, {"x": x})[0]
-        got = runtime.InferenceSession(g, backend=backend).run(None, {"x": x})[0]
-        assert np.array_equal(got.view(np.uint32), want.view(np.uint32)), backend
+    _assert_fused_has_the_bits_of_unfused(g, x)
 
 
 def _silu_se_graph(mul_order: str = "ys", extra_reader: bool = False) -> Graph:
@@ -286,12 +291,7 @@ def test_silu_fuses_into_each_conv_with_the_bits_of_sigmoid_and_mul(mul_order):
     assert [n.op for n in fused.nodes].count("Sigmoid") == 1    # the gate stays: its input is read once
     x = (2 * _rng("silu-x", mul_order).standard_normal((2, 3, 9, 10))).astype(np.float32)
     x[0, 0, 0, :2] = [np.nan, -np.inf]
-    for backend in ("reference", "numba", "native"):
-        if registry.backend_status(backend) is not None:
-            continue
-        want = runtime.InferenceSession(g, backend=backend, fuse=False).run(None, {"x": x})[0]
-        got = runtime.InferenceSession(g, backend=backend).run(None, {"x": x})[0]
-        assert np.array_equal(got.view(np.uint32), want.view(np.uint32)), backend
+    _assert_fused_has_the_bits_of_unfused(g, x)
 
 
 def test_silu_is_not_fused_when_the_convs_output_is_read_elsewhere_or_the_mul_is_reversed():
