@@ -43,8 +43,10 @@ float sigmoid_scalar(float x) {
 
 using SpanFn = void (*)(const float*, float*, int64_t);
 
+// kSilu: x * sigmoid(x), one float32 product after the sigmoid's value (the Mul op's bits)
+template <bool kSilu>
 void span_scalar(const float* x, float* y, int64_t count) {
-    for (int64_t i = 0; i < count; ++i) y[i] = sigmoid_scalar(x[i]);
+    for (int64_t i = 0; i < count; ++i) y[i] = kSilu ? x[i] * sigmoid_scalar(x[i]) : sigmoid_scalar(x[i]);
 }
 
 #if QRT_ACT_X86_SIMD
@@ -67,18 +69,24 @@ QRT_SIGMOID_AVX2 inline __m256 sigmoid8(__m256 x) {
     return _mm256_blendv_ps(y, x, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
 }
 
+template <bool kSilu>
+QRT_SIGMOID_AVX2 inline __m256 value8(__m256 x) {
+    return kSilu ? _mm256_mul_ps(x, sigmoid8(x)) : sigmoid8(x);
+}
+
+template <bool kSilu>
 QRT_SIGMOID_AVX2 void span_avx2(const float* x, float* y, int64_t count) {
     int64_t i = 0;
     for (; i + 32 <= count; i += 32) {
-        const __m256 v0 = sigmoid8(_mm256_loadu_ps(x + i)), v1 = sigmoid8(_mm256_loadu_ps(x + i + 8));
-        const __m256 v2 = sigmoid8(_mm256_loadu_ps(x + i + 16)), v3 = sigmoid8(_mm256_loadu_ps(x + i + 24));
+        const __m256 v0 = value8<kSilu>(_mm256_loadu_ps(x + i)), v1 = value8<kSilu>(_mm256_loadu_ps(x + i + 8));
+        const __m256 v2 = value8<kSilu>(_mm256_loadu_ps(x + i + 16)), v3 = value8<kSilu>(_mm256_loadu_ps(x + i + 24));
         _mm256_storeu_ps(y + i, v0);
         _mm256_storeu_ps(y + i + 8, v1);
         _mm256_storeu_ps(y + i + 16, v2);
         _mm256_storeu_ps(y + i + 24, v3);
     }
-    for (; i + 8 <= count; i += 8) _mm256_storeu_ps(y + i, sigmoid8(_mm256_loadu_ps(x + i)));
-    span_scalar(x + i, y + i, count - i);
+    for (; i + 8 <= count; i += 8) _mm256_storeu_ps(y + i, value8<kSilu>(_mm256_loadu_ps(x + i)));
+    span_scalar<kSilu>(x + i, y + i, count - i);
 }
 
 QRT_SIGMOID_AVX512 inline __m512 sigmoid16(__m512 x) {
@@ -99,28 +107,35 @@ QRT_SIGMOID_AVX512 inline __m512 sigmoid16(__m512 x) {
     return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), y, x);
 }
 
+template <bool kSilu>
+QRT_SIGMOID_AVX512 inline __m512 value16(__m512 x) {
+    return kSilu ? _mm512_mul_ps(x, sigmoid16(x)) : sigmoid16(x);
+}
+
+template <bool kSilu>
 QRT_SIGMOID_AVX512 void span_avx512(const float* x, float* y, int64_t count) {
     int64_t i = 0;
     for (; i + 64 <= count; i += 64) {
-        const __m512 v0 = sigmoid16(_mm512_loadu_ps(x + i)), v1 = sigmoid16(_mm512_loadu_ps(x + i + 16));
-        const __m512 v2 = sigmoid16(_mm512_loadu_ps(x + i + 32)), v3 = sigmoid16(_mm512_loadu_ps(x + i + 48));
+        const __m512 v0 = value16<kSilu>(_mm512_loadu_ps(x + i)), v1 = value16<kSilu>(_mm512_loadu_ps(x + i + 16));
+        const __m512 v2 = value16<kSilu>(_mm512_loadu_ps(x + i + 32)), v3 = value16<kSilu>(_mm512_loadu_ps(x + i + 48));
         _mm512_storeu_ps(y + i, v0);
         _mm512_storeu_ps(y + i + 16, v1);
         _mm512_storeu_ps(y + i + 32, v2);
         _mm512_storeu_ps(y + i + 48, v3);
     }
-    for (; i + 16 <= count; i += 16) _mm512_storeu_ps(y + i, sigmoid16(_mm512_loadu_ps(x + i)));
-    span_scalar(x + i, y + i, count - i);
+    for (; i + 16 <= count; i += 16) _mm512_storeu_ps(y + i, value16<kSilu>(_mm512_loadu_ps(x + i)));
+    span_scalar<kSilu>(x + i, y + i, count - i);
 }
 #endif
 
+template <bool kSilu>
 SpanFn span_fn(Int8Isa isa) {
 #if QRT_ACT_X86_SIMD
-    if (int8_isa_is_avx512_class(isa)) return span_avx512;
-    if (int8_isa_is_avx2_class(isa)) return span_avx2;
+    if (int8_isa_is_avx512_class(isa)) return span_avx512<kSilu>;
+    if (int8_isa_is_avx2_class(isa)) return span_avx2<kSilu>;
 #endif
     (void)isa;
-    return span_scalar;
+    return span_scalar<kSilu>;
 }
 
 }  // namespace
@@ -129,7 +144,7 @@ void sigmoid_f32_isa(const float* x, float* y, int64_t count, Int8Isa isa, int t
     if (!int8_isa_supported(isa))
         throw std::invalid_argument(std::string("sigmoid: path ") + int8_isa_name(isa) + " is not supported");
     if (count <= 0) return;
-    const SpanFn span = span_fn(isa);
+    const SpanFn span = span_fn<false>(isa);
     const int nt = count >= kParallelMin ? threads : 1;
     parallel_items((count + kChunk - 1) / kChunk, nt, [&](int64_t item) {
         const int64_t lo = item * kChunk;
@@ -138,15 +153,7 @@ void sigmoid_f32_isa(const float* x, float* y, int64_t count, Int8Isa isa, int t
 }
 
 void silu_span(float* y, int64_t count, Int8Isa isa) {
-    // in chunks through a stack buffer, so the sigmoid runs on its own vector spans
-    constexpr int64_t kSpan = 1024;
-    alignas(64) float s[kSpan];
-    const SpanFn span = span_fn(isa);
-    for (int64_t i = 0; i < count; i += kSpan) {
-        const int64_t c = std::min(kSpan, count - i);
-        span(y + i, s, c);
-        for (int64_t j = 0; j < c; ++j) y[i + j] = y[i + j] * s[j];
-    }
+    if (count > 0) span_fn<true>(isa)(y, y, count);   // in place: each vector is read before it is written
 }
 
 void sigmoid_f32(const float* x, float* y, int64_t count) {

@@ -28,8 +28,6 @@ from __future__ import annotations
 import importlib
 from typing import Any, Callable
 
-import numpy as np
-
 from kernels.core import config
 from kernels.core.ops import op_spec
 
@@ -195,7 +193,7 @@ def apply_epilogue_op(activation: str, run_op: Callable[..., tuple], y):
     """An activation of EPILOGUE_OPS on Y through ``run_op``, its op's kernel: op(Y), or Y * op(Y)
     for the GATED_ACTIVATIONS."""
     (a,) = run_op(y)
-    return np.multiply(y, a) if activation in GATED_ACTIVATIONS else a
+    return y * a if activation in GATED_ACTIVATIONS else a
 
 
 # A Conv's "channel_mean" output (kernels/core/ops.py): this ReduceMean of its first output.
