@@ -603,7 +603,7 @@ constexpr int64_t kPairsOwnCopyTiles = 2;
 // (1152, 384) 370-374 / 330-335 / 319 and 197-203 / 177-180 / 176-179; (384, 1536), whose one
 // tile is 48 KiB, the same with two (L2) and 1.2x slower with four.
 constexpr int64_t kPairsItemBytes = 32 * 1024;
-constexpr int64_t kPairsMaxTiles = 2;
+constexpr int64_t kPairsMaxTiles = 2;   // pairs_block_avx2 takes 1 or 2
 // Below this much work (stored lanes x activation rows) one thread: a parallel region costs
 // a few microseconds. Measured on the 2-core dev machine, csr 90 %, M = 1: (384, 1536) with
 // 96 K lane-MACs 4.6 us on one thread, 5.6 us on two; (768, 3072) with 393 K, 12.7 us on one,
@@ -779,6 +779,7 @@ void sparse_int8_linear_isa(const SparseInt8Weight& w, const float* x, int64_t m
     // switched tiles every item and missed L1 once they outgrew it.)
     int64_t tile_blocks = 0;   // row blocks of a tiled path
     int64_t pairs_tiles = 1;   // pairs: activation tiles per item
+    int64_t item_tiles = tiles;   // the tiled paths' unit of tile_item(): a tile, or pairs_tiles of them
     int64_t ell_rows = m;      // AVX-512 ELL: activation rows per item (ell_group_rows)
     switch (path) {
         case SparsePath::ell:
@@ -796,15 +797,14 @@ void sparse_int8_linear_isa(const SparseInt8Weight& w, const float* x, int64_t m
         case SparsePath::pairs_avx2:
             tile_blocks = (n + 7) / 8;   // 8 output rows a block
             pairs_tiles = std::clamp<int64_t>(kPairsItemBytes / (ldu * kSparseTileRows * 2), 1, std::min(kPairsMaxTiles, tiles));
-            items = tile_blocks * ((tiles + pairs_tiles - 1) / pairs_tiles);
+            item_tiles = (tiles + pairs_tiles - 1) / pairs_tiles;
+            items = tile_blocks * item_tiles;
             work = w.npairs * 2 * mpad;
             break;
         default: items = w.nblk; work = w.nnz * m; break;
     }
     // bytes of one transposed tile: pairs (ldu, 16) int16, quads (ldu / 4, 16, 4) bytes
     const int64_t tile_bytes = ldu * kSparseTileRows * (path == SparsePath::pairs_avx2 ? 2 * pairs_tiles : 1);
-    // the unit of tile_item(): a tile, or for the pairs pairs_tiles of them
-    const int64_t item_tiles = path == SparsePath::pairs_avx2 ? (tiles + pairs_tiles - 1) / pairs_tiles : tiles;
     const int64_t group_tiles = std::max<int64_t>(1, kTileGroupBytes / tile_bytes);
     int nt = std::max(1, threads);
     if (path == SparsePath::ell_avx2) work *= kAvx2EllWorkWeight;

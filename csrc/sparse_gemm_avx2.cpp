@@ -266,11 +266,7 @@ QRT_TARGET_AVX2 void pairs_block(const Problem& p, const int16_t* xt, int64_t bl
 
 QRT_TARGET_AVX2 void pairs_block_avx2(const Problem& p, const int16_t* xt, int64_t blk, int64_t t, int tiles) {
     const bool x4 = p.w->pcol_x4();
-    if (tiles == 4)
-        x4 ? pairs_block<true, 4>(p, xt, blk, t) : pairs_block<false, 4>(p, xt, blk, t);
-    else if (tiles == 3)
-        x4 ? pairs_block<true, 3>(p, xt, blk, t) : pairs_block<false, 3>(p, xt, blk, t);
-    else if (tiles == 2)
+    if (tiles == 2)
         x4 ? pairs_block<true, 2>(p, xt, blk, t) : pairs_block<false, 2>(p, xt, blk, t);
     else
         x4 ? pairs_block<true, 1>(p, xt, blk, t) : pairs_block<false, 1>(p, xt, blk, t);
